@@ -1,0 +1,152 @@
+//! The aggregate model of evershard.
+//!
+//! This crate is deliberately free of storage and actors: `evershard-aggregates` depends on it
+//! and must never pull in sled or ractor. The engine re-exports everything here as
+//! `evershard_engine::model`.
+//!
+//! - [`Aggregate`]: typed Command, Event, State and domain Error. `decide` holds all business
+//!   logic and is pure; `apply` folds an event into the state and holds none.
+//! - [`DomainEvent`]: an event declares its `event_type`, `event_version` and outbound topic.
+//! - [`EventEnvelope`]: what the journal stores around every event.
+//! - [`codec`]: the one place that turns values into bytes (bincode 2 behind a version byte).
+//! - [`Money`]: integer minor units, never a binary float.
+//! - [`testing`]: `given(events).when(command).then_expect_events(..)`.
+//! - [`DemoRng`] and [`Workload`]: deterministic command generators for the demo and benches.
+
+pub mod codec;
+mod envelope;
+mod money;
+pub mod testing;
+mod workload;
+
+pub use codec::CodecError;
+pub use envelope::{EventEnvelope, Metadata};
+pub use money::{Currency, Money, MoneyParseError};
+pub use workload::{DemoRng, Workload};
+
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Serialize};
+use std::fmt::Debug;
+
+/// A domain event: an immutable fact. Implemented by each aggregate's event enum.
+///
+/// The enum is stored with [`codec`] (bincode: positional), so **variants and fields are
+/// append-only**: never reorder or remove a variant or a field of a stored event. A change of
+/// shape gets a new `event_version` and an upcaster in [`Aggregate::decode_event`].
+pub trait DomainEvent:
+    Serialize + DeserializeOwned + Clone + Debug + PartialEq + Send + Sync + 'static
+{
+    /// The contract name, exactly as the seed documents spell it (`StockReserved`,
+    /// `plant.created`, ...).
+    fn event_type(&self) -> &'static str;
+    /// The contract version, "major.minor".
+    fn event_version(&self) -> &'static str;
+    /// The outbound topic this event is published to (`business.inventory`, ...).
+    fn topic(&self) -> &'static str;
+    /// The JSON payload of the outbound contract: the seed's field names and JSON types.
+    fn payload_json(&self) -> serde_json::Value;
+}
+
+/// What `decide` may know besides the state and the command. Passing time in (rather than
+/// reading the clock) keeps `decide` pure and tests deterministic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecideContext {
+    /// The id of the aggregate instance the command is addressed to.
+    pub aggregate_id: String,
+    /// The engine's clock when the command is handled.
+    pub now: DateTime<Utc>,
+}
+
+impl DecideContext {
+    pub fn new(aggregate_id: impl Into<String>, now: DateTime<Utc>) -> Self {
+        Self { aggregate_id: aggregate_id.into(), now }
+    }
+}
+
+/// An event-sourced aggregate type.
+///
+/// The engine guarantees that for one aggregate instance `decide` and `apply` run one command
+/// at a time, in arrival order, and that the events `decide` returns are appended atomically
+/// before they are applied.
+pub trait Aggregate: Send + Sync + 'static {
+    /// The aggregate type's stable name, stored in every record (`"ProductStock"`).
+    const TYPE: &'static str;
+    /// Schema version of [`Aggregate::State`] as stored in snapshots. Bump it whenever the
+    /// state's shape changes: older snapshots are then skipped and the state is replayed.
+    const STATE_SCHEMA_VERSION: u32 = 1;
+
+    type State: Default
+        + Clone
+        + Debug
+        + PartialEq
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static;
+    type Command: Debug + Clone + Send + Sync + 'static;
+    type Event: DomainEvent;
+    type Error: std::error::Error + Clone + PartialEq + Send + Sync + 'static;
+
+    /// All business logic: the events a command produces, or a typed rejection. Pure: no I/O,
+    /// no clock (use `ctx.now`), no randomness except ids derived from the command.
+    /// An empty `Ok(vec![])` is a valid answer (an idempotent repeat).
+    fn decide(
+        state: &Self::State,
+        command: &Self::Command,
+        ctx: &DecideContext,
+    ) -> Result<Vec<Self::Event>, Self::Error>;
+
+    /// Folds one event into the state. No business logic and no rejections: the event is
+    /// already a fact.
+    fn apply(state: &mut Self::State, event: &Self::Event);
+
+    /// The invariants every reachable state holds. The engine asserts them after each apply
+    /// in debug builds; property tests assert them always.
+    fn check_invariants(_state: &Self::State) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Decodes a stored payload. Override to upcast old `event_version`s of an event type; the
+    /// default decodes the current shape and refuses any other major version.
+    fn decode_event(
+        event_type: &str,
+        event_version: &str,
+        payload: &[u8],
+    ) -> Result<Self::Event, CodecError> {
+        let event: Self::Event = codec::decode(payload)?;
+        if event.event_type() != event_type {
+            return Err(CodecError::Mismatch(format!(
+                "record says {event_type}, payload decodes as {}",
+                event.event_type()
+            )));
+        }
+        if major(event.event_version()) != major(event_version) {
+            return Err(CodecError::UnknownVersion {
+                event_type: event_type.to_owned(),
+                event_version: event_version.to_owned(),
+            });
+        }
+        Ok(event)
+    }
+
+    /// Encodes an event for the journal. Paired with [`Aggregate::decode_event`].
+    fn encode_event(event: &Self::Event) -> Vec<u8> {
+        codec::encode(event)
+    }
+
+    /// Folds a sequence of events into a state, starting from `state`.
+    fn replay<'a>(
+        mut state: Self::State,
+        events: impl IntoIterator<Item = &'a Self::Event>,
+    ) -> Self::State {
+        for event in events {
+            Self::apply(&mut state, event);
+        }
+        state
+    }
+}
+
+fn major(version: &str) -> &str {
+    version.split('.').next().unwrap_or(version)
+}

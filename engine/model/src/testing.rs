@@ -1,0 +1,209 @@
+//! The given/when/then test helper every aggregate's tests use.
+//!
+//! ```ignore
+//! given::<ProductStock>([InventoryUpdated { .. }.into()])
+//!     .when(Reserve { .. })
+//!     .then_expect_events([StockReserved { .. }.into()]);
+//! ```
+//!
+//! Every step also asserts [`Aggregate::check_invariants`] on the given state and on the state
+//! after the new events, so a test that forgets an invariant still trips over it.
+
+use crate::{Aggregate, DecideContext};
+use chrono::{DateTime, TimeZone, Utc};
+use std::fmt::Debug;
+
+/// The clock `given` uses unless told otherwise: 2026-01-01T00:00:00Z.
+pub fn fixed_now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("valid date")
+}
+
+/// Starts a scenario from the given past events.
+pub fn given<A: Aggregate>(events: impl IntoIterator<Item = A::Event>) -> Given<A> {
+    let events: Vec<A::Event> = events.into_iter().collect();
+    let state = A::replay(A::State::default(), &events);
+    if let Err(violation) = A::check_invariants(&state) {
+        panic!("given events already break an invariant: {violation}\nevents: {events:#?}");
+    }
+    Given { state, ctx: DecideContext::new("test-aggregate", fixed_now()) }
+}
+
+/// A scenario with no past events.
+pub fn given_no_events<A: Aggregate>() -> Given<A> {
+    given::<A>([])
+}
+
+#[derive(Debug)]
+pub struct Given<A: Aggregate> {
+    state: A::State,
+    ctx: DecideContext,
+}
+
+impl<A: Aggregate> Given<A> {
+    /// Sets the aggregate id the command is addressed to.
+    pub fn id(mut self, aggregate_id: impl Into<String>) -> Self {
+        self.ctx.aggregate_id = aggregate_id.into();
+        self
+    }
+    /// Sets the clock `decide` sees.
+    pub fn at(mut self, now: DateTime<Utc>) -> Self {
+        self.ctx.now = now;
+        self
+    }
+    /// The state folded from the given events.
+    pub fn state(&self) -> &A::State {
+        &self.state
+    }
+    /// Runs `decide` once.
+    pub fn when(self, command: impl Into<A::Command>) -> When<A> {
+        let command = command.into();
+        let result = A::decide(&self.state, &command, &self.ctx);
+        When { before: self.state, command, result }
+    }
+}
+
+#[derive(Debug)]
+pub struct When<A: Aggregate> {
+    before: A::State,
+    command: A::Command,
+    result: Result<Vec<A::Event>, A::Error>,
+}
+
+impl<A: Aggregate> When<A> {
+    /// Asserts the command was accepted with exactly these events; returns the new state.
+    #[track_caller]
+    pub fn then_expect_events(self, expected: impl IntoIterator<Item = A::Event>) -> A::State {
+        let expected: Vec<A::Event> = expected.into_iter().collect();
+        match &self.result {
+            Ok(events) => assert_eq!(
+                events, &expected,
+                "command {:?} produced other events than expected",
+                self.command
+            ),
+            Err(e) => panic!("command {:?} was rejected: {e:?}; expected {expected:#?}", self.command),
+        }
+        self.after()
+    }
+
+    /// Asserts the command was accepted and hands its events to `check`; returns the new state.
+    #[track_caller]
+    pub fn then_events(self, check: impl FnOnce(&[A::Event])) -> A::State {
+        match &self.result {
+            Ok(events) => check(events),
+            Err(e) => panic!("command {:?} was rejected: {e:?}", self.command),
+        }
+        self.after()
+    }
+
+    /// Asserts the command was rejected with exactly this error.
+    #[track_caller]
+    pub fn then_expect_error(self, expected: A::Error) {
+        match self.result {
+            Ok(events) => panic!(
+                "command {:?} was accepted with {events:#?}; expected error {expected:?}",
+                self.command
+            ),
+            Err(e) => assert_eq!(e, expected, "command {:?} rejected otherwise", self.command),
+        }
+    }
+
+    /// Asserts the command was rejected with an error `check` accepts.
+    #[track_caller]
+    pub fn then_expect_error_matching(self, check: impl FnOnce(&A::Error) -> bool) {
+        match self.result {
+            Ok(events) => panic!("command {:?} was accepted with {events:#?}", self.command),
+            Err(e) => assert!(check(&e), "command {:?} rejected with unexpected {e:?}", self.command),
+        }
+    }
+
+    /// The raw outcome, for tests that want to look themselves.
+    pub fn result(&self) -> &Result<Vec<A::Event>, A::Error> {
+        &self.result
+    }
+
+    #[track_caller]
+    fn after(self) -> A::State {
+        let events = self.result.expect("checked accepted");
+        let after = A::replay(self.before, &events);
+        if let Err(violation) = A::check_invariants(&after) {
+            panic!("events {events:#?} break an invariant: {violation}");
+        }
+        after
+    }
+}
+
+/// Asserts that `state` satisfies the aggregate's invariants, with a readable message.
+#[track_caller]
+pub fn assert_invariants<A: Aggregate>(state: &A::State)
+where
+    A::State: Debug,
+{
+    if let Err(violation) = A::check_invariants(state) {
+        panic!("invariant broken: {violation}\nstate: {state:#?}");
+    }
+}
+
+/// Checks a JSON payload against a minimal contract written out as `(field path, type)` pairs.
+///
+/// Paths use dots for nested objects (`"genetics.type"`). Types: `uuid`, `string`,
+/// `datetime` (RFC 3339 string), `decimal` (a decimal string, as [`crate::Money`] publishes),
+/// `number`, `integer`, `boolean`, `object`, `array`, and `enum:a|b|c` (a string among those).
+/// A trailing `?` makes the field nullable; the field must still be present. Fields beyond
+/// the contract are allowed: the seeds give minimal contracts.
+///
+/// Returns every mismatch, so a test can print them all at once.
+pub fn contract_violations(payload: &serde_json::Value, contract: &[(&str, &str)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (path, ty) in contract {
+        let mut node = Some(payload);
+        for part in path.split('.') {
+            node = node.and_then(|n| n.get(part));
+        }
+        let (ty, nullable) = match ty.strip_suffix('?') {
+            Some(t) => (t, true),
+            None => (*ty, false),
+        };
+        let Some(value) = node else {
+            problems.push(format!("{path}: missing"));
+            continue;
+        };
+        if value.is_null() {
+            if !nullable {
+                problems.push(format!("{path}: null but not nullable"));
+            }
+            continue;
+        }
+        let ok = match ty {
+            "uuid" => value.as_str().is_some_and(|s| uuid::Uuid::parse_str(s).is_ok()),
+            "string" => value.is_string(),
+            "datetime" => {
+                value.as_str().is_some_and(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok())
+            }
+            "decimal" => value.as_str().is_some_and(|s| crate::Money::parse(s).is_ok()),
+            "number" => value.is_number(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "boolean" => value.is_boolean(),
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            other => match other.strip_prefix("enum:") {
+                Some(options) => value.as_str().is_some_and(|s| options.split('|').any(|o| o == s)),
+                None => panic!("contract type {other:?} is not known to contract_violations"),
+            },
+        };
+        if !ok {
+            problems.push(format!("{path}: expected {ty}, found {value}"));
+        }
+    }
+    problems
+}
+
+/// Panics with every contract mismatch of `payload`.
+#[track_caller]
+pub fn assert_contract(event_type: &str, payload: &serde_json::Value, contract: &[(&str, &str)]) {
+    let problems = contract_violations(payload, contract);
+    assert!(
+        problems.is_empty(),
+        "{event_type} payload breaks its contract:\n  {}\npayload: {payload:#}",
+        problems.join("\n  ")
+    );
+}
