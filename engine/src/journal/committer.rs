@@ -1,0 +1,311 @@
+//! Group commit. One thread owns every write to the event keyspaces: it drains all queued
+//! append requests, checks each one's expected version against the stream heads, builds the
+//! records (sequence, global position, hash chain), writes them with one atomic
+//! `apply_batch`, then — in durable mode — one `flush` plus one `fdatasync` for the whole
+//! group, and only then acknowledges. Many actors' appends thus share one flush.
+
+use super::{keys, record, Durability, JournalConfig, Record, Shared, StreamHead, StreamId};
+use crate::error::{AppendError, StorageError};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::{mpsc, Arc};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// Heads kept in memory before the cache is dropped and reloaded lazily from sled.
+const HEAD_CACHE_STREAMS_MAX: usize = 200_000;
+
+/// One event to append; the journal assigns sequence, position and chain hash.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub event_version: String,
+    pub timestamp: DateTime<Utc>,
+    pub correlation_id: Uuid,
+    pub causation_id: Option<Uuid>,
+    pub source: String,
+    pub user_id: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+/// A raw write into one of the reserved keyspaces (outbox, timers, idempotency) that must
+/// commit atomically with the events of the same request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Remove { key: Vec<u8> },
+}
+
+impl WriteOp {
+    fn key(&self) -> &[u8] {
+        match self {
+            WriteOp::Put { key, .. } | WriteOp::Remove { key } => key,
+        }
+    }
+}
+
+/// The events of one command for one stream, plus writes that join the same atomic batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppendRequest {
+    pub stream: StreamId,
+    /// The stream's last sequence the events were decided on (0 for a new stream).
+    pub expected_version: u64,
+    pub events: Vec<NewEvent>,
+    pub extra_writes: Vec<WriteOp>,
+}
+
+/// Events in one request at most.
+pub const EVENTS_PER_APPEND_MAX: usize = 1024;
+
+impl AppendRequest {
+    pub fn new(stream: StreamId, expected_version: u64, events: Vec<NewEvent>) -> Self {
+        Self { stream, expected_version, events, extra_writes: Vec::new() }
+    }
+
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if self.events.len() > EVENTS_PER_APPEND_MAX {
+            return Err(format!("{} events in one append; at most {EVENTS_PER_APPEND_MAX}", self.events.len()));
+        }
+        for event in &self.events {
+            if event.payload.len() > record::PAYLOAD_BYTES_MAX {
+                return Err(format!("payload of {} bytes exceeds {}", event.payload.len(), record::PAYLOAD_BYTES_MAX));
+            }
+            for s in [&event.event_type, &event.event_version, &event.source] {
+                if s.len() > u16::MAX as usize {
+                    return Err("a record string exceeds 65535 bytes".into());
+                }
+            }
+        }
+        for op in &self.extra_writes {
+            match op.key().first() {
+                Some(&keys::OUTBOX | &keys::TIMERS | &keys::IDEMPOTENCY) => {}
+                _ => return Err("extra writes may only target the outbox, timer or idempotency keyspaces".into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What an acknowledged append wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Committed {
+    /// The stored records, in sequence order (empty for an append of no events).
+    pub records: Vec<Record>,
+    /// The stream's last sequence after the append.
+    pub version: u64,
+}
+
+pub(super) enum CommitJob {
+    Append { request: AppendRequest, reply: oneshot::Sender<Result<Committed, AppendError>> },
+    Sync { reply: oneshot::Sender<Result<(), StorageError>> },
+    /// Commit what is queued, sync, acknowledge, and stop the thread.
+    Shutdown { reply: oneshot::Sender<Result<(), StorageError>> },
+}
+
+pub(super) struct Committer {
+    shared: Arc<Shared>,
+    data_file: File,
+    config: JournalConfig,
+    next_global: u64,
+    heads: HashMap<StreamId, StreamHead>,
+}
+
+type Reply = (oneshot::Sender<Result<Committed, AppendError>>, Result<Committed, AppendError>);
+
+impl Committer {
+    pub(super) fn new(shared: Arc<Shared>, data_file: File, config: JournalConfig, next_global: u64) -> Self {
+        Self { shared, data_file, config, next_global, heads: HashMap::new() }
+    }
+
+    pub(super) fn run(mut self, jobs: mpsc::Receiver<CommitJob>) {
+        while let Ok(first) = jobs.recv() {
+            let mut group = vec![first];
+            let mut events = 0usize;
+            let mut bytes = 0usize;
+            // Take whatever else is already queued, up to the batch limits: this is the group.
+            while events < self.config.batch_events_max && bytes < self.config.batch_bytes_max {
+                match jobs.try_recv() {
+                    Ok(job) => {
+                        if let CommitJob::Append { request, .. } = &job {
+                            events += request.events.len();
+                            bytes += request.events.iter().map(|e| e.payload.len()).sum::<usize>();
+                        }
+                        group.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if self.commit_group(group) {
+                return;
+            }
+        }
+        // Every sender is gone: leave the store synced.
+        if !self.shared.poisoned.load(std::sync::atomic::Ordering::Acquire) {
+            let _ = self.sync();
+        }
+    }
+
+    fn head(&mut self, stream: &StreamId, staged: &HashMap<StreamId, StreamHead>) -> Result<StreamHead, StorageError> {
+        if let Some(h) = staged.get(stream).or_else(|| self.heads.get(stream)) {
+            return Ok(*h);
+        }
+        let prefix = keys::stream_prefix(keys::EVENTS, stream);
+        let head = match self.shared.db.scan_prefix(&prefix).next_back() {
+            None => StreamHead { sequence: 0, hash: record::ZERO_HASH },
+            Some(entry) => {
+                let (key, value) = entry?;
+                let (_, sequence) = keys::parse_stream_key(&key).ok_or_else(|| StorageError::Corrupt {
+                    stream: Some(stream.to_string()),
+                    sequence: None,
+                    reason: "malformed event key".into(),
+                })?;
+                StreamHead { sequence, hash: record::hash(&value) }
+            }
+        };
+        if self.heads.len() >= HEAD_CACHE_STREAMS_MAX {
+            self.heads.clear();
+        }
+        self.heads.insert(stream.clone(), head);
+        Ok(head)
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self.shared.db.flush()?;
+        self.data_file.sync_data().map_err(StorageError::from)
+    }
+
+    /// Commits one group; returns true when a shutdown was requested.
+    fn commit_group(&mut self, group: Vec<CommitJob>) -> bool {
+        let mut batch = sled::Batch::default();
+        let mut staged: HashMap<StreamId, StreamHead> = HashMap::new();
+        let mut next_global = self.next_global;
+        let mut pending: Vec<Reply> = Vec::new();
+        let mut syncs = Vec::new();
+        let mut any_writes = false;
+        let mut shutdown = false;
+
+        for job in group {
+            let (request, reply) = match job {
+                CommitJob::Sync { reply } => {
+                    syncs.push(reply);
+                    continue;
+                }
+                CommitJob::Shutdown { reply } => {
+                    syncs.push(reply);
+                    shutdown = true;
+                    continue;
+                }
+                CommitJob::Append { request, reply } => (request, reply),
+            };
+            if self.shared.poisoned.load(std::sync::atomic::Ordering::Acquire) {
+                let _ = reply.send(Err(StorageError::Poisoned.into()));
+                continue;
+            }
+            let head = match self.head(&request.stream, &staged) {
+                Ok(h) => h,
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                    continue;
+                }
+            };
+            if head.sequence != request.expected_version {
+                let _ = reply.send(Err(AppendError::Conflict {
+                    stream: request.stream.to_string(),
+                    expected: request.expected_version,
+                    actual: head.sequence,
+                }));
+                continue;
+            }
+            let mut prev = head;
+            let mut records = Vec::with_capacity(request.events.len());
+            for event in request.events {
+                let sequence = prev.sequence + 1;
+                let record = Record {
+                    sequence,
+                    global_position: next_global,
+                    timestamp: event.timestamp,
+                    event_id: event.event_id,
+                    correlation_id: event.correlation_id,
+                    causation_id: event.causation_id,
+                    prev_hash: prev.hash,
+                    aggregate_type: request.stream.aggregate_type.clone(),
+                    aggregate_id: request.stream.aggregate_id.clone(),
+                    event_type: event.event_type,
+                    event_version: event.event_version,
+                    source: event.source,
+                    user_id: event.user_id,
+                    payload: event.payload,
+                };
+                let bytes = record.encode();
+                batch.insert(keys::stream_key(keys::EVENTS, &request.stream, sequence), bytes.as_slice());
+                batch.insert(&keys::global_key(next_global)[..], keys::global_value(&request.stream, sequence));
+                // The chain and both counters move by exactly one per event.
+                assert_eq!(prev.sequence + 1, sequence);
+                prev = StreamHead { sequence, hash: record::hash(&bytes) };
+                next_global += 1;
+                records.push(record);
+                any_writes = true;
+            }
+            for op in request.extra_writes {
+                match op {
+                    WriteOp::Put { key, value } => batch.insert(key, value),
+                    WriteOp::Remove { key } => batch.remove(key),
+                }
+                any_writes = true;
+            }
+            staged.insert(request.stream, prev);
+            pending.push((reply, Ok(Committed { records, version: prev.sequence })));
+        }
+
+        if any_writes {
+            if let Err(e) = self.shared.db.apply_batch(batch) {
+                self.shared.poison("batch write", &e);
+                let err = StorageError::from(e);
+                fail_all(pending, syncs, &err);
+                return shutdown;
+            }
+        }
+        let durable = matches!(self.config.durability, Durability::Durable);
+        if !durable {
+            // Buffered mode acknowledges now; sled's flusher makes it durable shortly after.
+            self.publish(std::mem::take(&mut staged), next_global);
+            for (reply, result) in pending.drain(..) {
+                let _ = reply.send(result);
+            }
+        }
+        if (durable && any_writes) || !syncs.is_empty() {
+            if let Err(e) = self.sync() {
+                self.shared.poison("flush/fdatasync", &e);
+                fail_all(pending, syncs, &e);
+                return shutdown;
+            }
+        }
+        if durable {
+            self.publish(staged, next_global);
+        }
+        for (reply, result) in pending {
+            let _ = reply.send(result);
+        }
+        for reply in syncs {
+            let _ = reply.send(Ok(()));
+        }
+        shutdown
+    }
+
+    fn publish(&mut self, staged: HashMap<StreamId, StreamHead>, next_global: u64) {
+        assert!(next_global >= self.next_global, "global position moved backwards");
+        self.next_global = next_global;
+        self.heads.extend(staged);
+    }
+}
+
+fn fail_all(pending: Vec<Reply>, syncs: Vec<oneshot::Sender<Result<(), StorageError>>>, err: &StorageError) {
+    for (reply, _) in pending {
+        let _ = reply.send(Err(AppendError::Storage(err.clone())));
+    }
+    for reply in syncs {
+        let _ = reply.send(Err(err.clone()));
+    }
+}

@@ -1,0 +1,134 @@
+//! Key layout of the one sled tree the journal uses. Every key starts with a one-byte
+//! keyspace tag; integers in keys are big-endian so that byte order is numeric order.
+//!
+//! ```text
+//! e | type_len u8 | type | id_len u16 BE | id | sequence u64 BE   -> event record
+//! g | global_position u64 BE                                       -> stream part + sequence
+//! s | type_len u8 | type | id_len u16 BE | id | sequence u64 BE   -> snapshot record
+//! m | name                                                          -> store metadata
+//! o | t | i                                                         -> reserved: outbox, timers, idempotency
+//! ```
+
+use super::StreamId;
+
+pub const EVENTS: u8 = b'e';
+pub const GLOBAL: u8 = b'g';
+pub const SNAPSHOTS: u8 = b's';
+pub const META: u8 = b'm';
+
+/// Reserved keyspaces that later subsystems write in the same atomic batch as events.
+pub const OUTBOX: u8 = b'o';
+pub const TIMERS: u8 = b't';
+pub const IDEMPOTENCY: u8 = b'i';
+
+pub const AGGREGATE_TYPE_BYTES_MAX: usize = u8::MAX as usize;
+pub const AGGREGATE_ID_BYTES_MAX: usize = 1024;
+
+/// `type_len | type | id_len | id`: the stream part shared by event and snapshot keys.
+pub fn stream_part(stream: &StreamId) -> Vec<u8> {
+    let t = stream.aggregate_type.as_bytes();
+    let i = stream.aggregate_id.as_bytes();
+    debug_assert!(t.len() <= AGGREGATE_TYPE_BYTES_MAX && i.len() <= AGGREGATE_ID_BYTES_MAX);
+    let mut out = Vec::with_capacity(3 + t.len() + i.len());
+    out.push(t.len() as u8);
+    out.extend_from_slice(t);
+    out.extend_from_slice(&(i.len() as u16).to_be_bytes());
+    out.extend_from_slice(i);
+    out
+}
+
+/// Parses a stream part; returns the stream and the rest of the bytes.
+pub fn parse_stream_part(bytes: &[u8]) -> Option<(StreamId, &[u8])> {
+    let (&tlen, rest) = bytes.split_first()?;
+    let tlen = tlen as usize;
+    if rest.len() < tlen + 2 {
+        return None;
+    }
+    let aggregate_type = std::str::from_utf8(&rest[..tlen]).ok()?.to_owned();
+    let rest = &rest[tlen..];
+    let ilen = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+    let rest = &rest[2..];
+    if rest.len() < ilen {
+        return None;
+    }
+    let aggregate_id = std::str::from_utf8(&rest[..ilen]).ok()?.to_owned();
+    Some((StreamId { aggregate_type, aggregate_id }, &rest[ilen..]))
+}
+
+pub fn stream_prefix(space: u8, stream: &StreamId) -> Vec<u8> {
+    let mut key = vec![space];
+    key.extend_from_slice(&stream_part(stream));
+    key
+}
+
+pub fn stream_key(space: u8, stream: &StreamId, sequence: u64) -> Vec<u8> {
+    let mut key = stream_prefix(space, stream);
+    key.extend_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+/// Parses `space | stream part | seq` keys.
+pub fn parse_stream_key(key: &[u8]) -> Option<(StreamId, u64)> {
+    let (stream, rest) = parse_stream_part(key.get(1..)?)?;
+    let seq: [u8; 8] = rest.try_into().ok()?;
+    Some((stream, u64::from_be_bytes(seq)))
+}
+
+pub fn global_key(position: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = GLOBAL;
+    key[1..].copy_from_slice(&position.to_be_bytes());
+    key
+}
+
+pub fn parse_global_key(key: &[u8]) -> Option<u64> {
+    let pos: [u8; 8] = key.get(1..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(pos))
+}
+
+/// Value of a global index entry: the stream part and sequence of the event.
+pub fn global_value(stream: &StreamId, sequence: u64) -> Vec<u8> {
+    let mut v = stream_part(stream);
+    v.extend_from_slice(&sequence.to_be_bytes());
+    v
+}
+
+pub fn parse_global_value(value: &[u8]) -> Option<(StreamId, u64)> {
+    let (stream, rest) = parse_stream_part(value)?;
+    let seq: [u8; 8] = rest.try_into().ok()?;
+    Some((stream, u64::from_be_bytes(seq)))
+}
+
+/// The smallest key greater than every key starting with `prefix`, if any.
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut out = prefix.to_vec();
+    while let Some(last) = out.pop() {
+        if last < u8::MAX {
+            out.push(last + 1);
+            return Some(out);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_keys_round_trip_and_sort_by_sequence() {
+        let s = StreamId::new("ProductStock", "sku-1");
+        let k1 = stream_key(EVENTS, &s, 1);
+        let k2 = stream_key(EVENTS, &s, 256);
+        assert!(k1 < k2);
+        assert_eq!(parse_stream_key(&k2), Some((s.clone(), 256)));
+        assert!(k2.starts_with(&stream_prefix(EVENTS, &s)));
+        // A stream whose id is a prefix of another's never shares its key prefix.
+        let longer = StreamId::new("ProductStock", "sku-10");
+        assert!(!stream_key(EVENTS, &longer, 1).starts_with(&stream_prefix(EVENTS, &s)));
+        assert_eq!(parse_global_value(&global_value(&s, 9)), Some((s, 9)));
+        assert_eq!(parse_global_key(&global_key(77)), Some(77));
+        assert_eq!(prefix_successor(&[1, 255]), Some(vec![2]));
+        assert_eq!(prefix_successor(&[255]), None);
+    }
+}

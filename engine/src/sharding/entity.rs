@@ -1,0 +1,223 @@
+//! One aggregate instance as an actor. It recovers lazily on its first message, so spawning
+//! one is cheap and recoveries of different aggregates run in parallel.
+
+use super::snapshotter::SnapshotJob;
+use super::Runtime;
+use crate::error::{AppendError, CommandError};
+use crate::journal::{AppendRequest, NewEvent, StreamId};
+use crate::repository;
+use evershard_model::{Aggregate, DecideContext, DomainEvent, EventEnvelope, Metadata};
+use evershard_snapshots::SnapshotRecord;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+pub(crate) type ExecuteResult<A> =
+    Result<Vec<EventEnvelope<<A as Aggregate>::Event>>, CommandError<<A as Aggregate>::Error>>;
+pub(crate) type StateResult<A> =
+    Result<(<A as Aggregate>::State, u64), CommandError<<A as Aggregate>::Error>>;
+
+pub(crate) enum EntityMsg<A: Aggregate> {
+    Execute { command: A::Command, metadata: Metadata, reply: oneshot::Sender<ExecuteResult<A>> },
+    GetState { reply: oneshot::Sender<StateResult<A>> },
+}
+
+impl<A: Aggregate> EntityMsg<A> {
+    /// Answers the message with an error without handling it.
+    pub fn reject(self, err: CommandError<A::Error>) {
+        match self {
+            EntityMsg::Execute { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            EntityMsg::GetState { reply } => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+}
+
+pub(crate) struct EntityActor<A>(PhantomData<fn() -> A>);
+
+impl<A> EntityActor<A> {
+    pub fn new() -> Self {
+        EntityActor(PhantomData)
+    }
+}
+
+pub(crate) struct EntityArgs {
+    pub stream: StreamId,
+    pub rt: Arc<Runtime>,
+    /// Commands routed to this entity and not yet answered; the shard reads it to bound
+    /// the mailbox and to passivate only idle entities.
+    pub inflight: Arc<AtomicUsize>,
+}
+
+pub(crate) struct EntityState<A: Aggregate> {
+    args: EntityArgs,
+    /// `None` until recovered, and again after a panic or a conflict: the next message
+    /// recovers from the journal.
+    loaded: Option<(A::State, u64)>,
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
+}
+
+impl<A: Aggregate> EntityState<A> {
+    fn ensure_loaded(&mut self) -> Result<(), CommandError<A::Error>> {
+        if self.loaded.is_none() {
+            let loaded = repository::load::<A>(&self.args.rt.journal, &self.args.stream, u64::MAX, true)
+                .map_err(CommandError::Storage)?;
+            tracing::debug!(
+                stream = %self.args.stream,
+                version = loaded.version,
+                from_snapshot = ?loaded.from_snapshot,
+                replayed = loaded.events_replayed,
+                "recovered"
+            );
+            self.loaded = Some((loaded.state, loaded.version));
+        }
+        Ok(())
+    }
+
+    async fn execute(&mut self, command: A::Command, metadata: Metadata) -> ExecuteResult<A> {
+        self.ensure_loaded()?;
+        let rt = self.args.rt.clone();
+        let (state, version) = self.loaded.as_ref().expect("loaded above");
+        let version = *version;
+        let ctx = DecideContext::new(self.args.stream.aggregate_id.clone(), rt.clock.now());
+        let events = match catch_unwind(AssertUnwindSafe(|| A::decide(state, &command, &ctx))) {
+            Err(panic) => {
+                self.loaded = None;
+                let message = panic_message(panic);
+                tracing::error!(stream = %self.args.stream, %message, "decide panicked; nothing written");
+                return Err(CommandError::Panicked(message));
+            }
+            Ok(Err(rejection)) => return Err(CommandError::Rejected(rejection)),
+            Ok(Ok(events)) => events,
+        };
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let new_events = events
+            .iter()
+            .map(|event| NewEvent {
+                event_id: Uuid::new_v4(),
+                event_type: event.event_type().to_owned(),
+                event_version: event.event_version().to_owned(),
+                timestamp: ctx.now,
+                correlation_id: metadata.correlation_id,
+                causation_id: metadata.causation_id,
+                source: metadata.source.clone(),
+                user_id: metadata.user_id.clone(),
+                payload: A::encode_event(event),
+            })
+            .collect();
+        let request = AppendRequest::new(self.args.stream.clone(), version, new_events);
+        let committed = match rt.journal.append(request).await {
+            Ok(c) => c,
+            Err(e) => {
+                if matches!(e, AppendError::Conflict { .. }) {
+                    // Someone else wrote this stream: our state is stale.
+                    self.loaded = None;
+                }
+                return Err(CommandError::from_append(e));
+            }
+        };
+        assert_eq!(committed.version, version + events.len() as u64, "journal skipped sequences");
+
+        let (state, loaded_version) = self.loaded.as_mut().expect("loaded above");
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            for event in &events {
+                A::apply(state, event);
+            }
+        }));
+        if let Err(panic) = applied {
+            // The events are committed; only our in-memory copy is unusable. The next command
+            // recovers from the journal (and meets the same panic if apply is broken).
+            self.loaded = None;
+            tracing::error!(stream = %self.args.stream, message = %panic_message(panic), "apply panicked after commit");
+        } else {
+            debug_assert!(
+                A::check_invariants(state).is_ok(),
+                "{}: invariant broken after apply: {:?}",
+                self.args.stream,
+                A::check_invariants(state)
+            );
+            let new_version = committed.version;
+            *loaded_version = new_version;
+            if rt.snapshot_policy.is_due(version, new_version) {
+                let snapshot_state = state.clone();
+                rt.snapshotter.submit(SnapshotJob {
+                    stream: self.args.stream.clone(),
+                    sequence: new_version,
+                    encode: Box::new(move || {
+                        SnapshotRecord::encode_state(A::STATE_SCHEMA_VERSION, new_version, &snapshot_state)
+                    }),
+                });
+            }
+        }
+        Ok(committed
+            .records
+            .into_iter()
+            .zip(events)
+            .map(|(record, event)| {
+                let envelope = EventEnvelope {
+                    event_id: record.event_id,
+                    event_type: record.event_type,
+                    event_version: record.event_version,
+                    aggregate_type: record.aggregate_type,
+                    aggregate_id: record.aggregate_id,
+                    sequence: record.sequence,
+                    global_position: record.global_position,
+                    timestamp: record.timestamp,
+                    correlation_id: record.correlation_id,
+                    causation_id: record.causation_id,
+                    source: record.source,
+                    user_id: record.user_id,
+                    payload: (),
+                };
+                envelope.map(|()| event)
+            })
+            .collect())
+    }
+}
+
+impl<A: Aggregate> Actor for EntityActor<A> {
+    type Msg = EntityMsg<A>;
+    type State = EntityState<A>;
+    type Arguments = EntityArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: EntityArgs) -> Result<Self::State, ActorProcessingErr> {
+        Ok(EntityState { args, loaded: None })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            EntityMsg::Execute { command, metadata, reply } => {
+                let result = state.execute(command, metadata).await;
+                let _ = reply.send(result);
+            }
+            EntityMsg::GetState { reply } => {
+                let result = state.ensure_loaded().map(|()| state.loaded.clone().expect("loaded"));
+                let _ = reply.send(result);
+            }
+        }
+        // Only after the reply: the shard may passivate us once this reaches zero.
+        state.args.inflight.fetch_sub(1, Ordering::AcqRel);
+        Ok(())
+    }
+}

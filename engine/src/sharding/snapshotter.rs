@@ -1,0 +1,62 @@
+//! Snapshots are written off the command path: an entity hands a clone of its state to this
+//! thread, which encodes, stores and prunes. If the queue is full the snapshot is skipped;
+//! the next multiple of `every_events` takes one again, and recovery never needs one.
+
+use crate::journal::{Journal, StreamId};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+/// Snapshots waiting to be written before new ones are skipped.
+const SNAPSHOT_QUEUE_JOBS_MAX: usize = 1024;
+
+pub(crate) struct SnapshotJob {
+    pub stream: StreamId,
+    pub sequence: u64,
+    pub encode: Box<dyn FnOnce() -> Vec<u8> + Send>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Snapshotter {
+    tx: Mutex<Option<SyncSender<SnapshotJob>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Snapshotter {
+    pub fn start(journal: Journal, keep: usize) -> std::io::Result<Snapshotter> {
+        let (tx, rx) = sync_channel::<SnapshotJob>(SNAPSHOT_QUEUE_JOBS_MAX);
+        let thread = std::thread::Builder::new().name("evershard-snapshots".into()).spawn(move || {
+            for job in rx {
+                let bytes = (job.encode)();
+                let result = journal
+                    .put_snapshot(&job.stream, job.sequence, &bytes)
+                    .and_then(|()| journal.prune_snapshots(&job.stream, keep));
+                match result {
+                    Ok(_) => tracing::debug!(stream = %job.stream, sequence = job.sequence, "snapshot taken"),
+                    Err(e) => tracing::warn!(stream = %job.stream, sequence = job.sequence, %e, "snapshot not written"),
+                }
+            }
+        })?;
+        Ok(Snapshotter { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
+    }
+
+    pub fn submit(&self, job: SnapshotJob) {
+        let guard = self.tx.lock().expect("snapshotter lock");
+        let Some(tx) = guard.as_ref() else { return };
+        match tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => {
+                tracing::debug!(stream = %job.stream, sequence = job.sequence, "snapshot queue full; skipped")
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Writes what is queued, then stops the thread.
+    pub fn stop(&self) {
+        self.tx.lock().expect("snapshotter lock").take();
+        if let Some(t) = self.thread.lock().expect("snapshotter lock").take() {
+            let _ = t.join();
+        }
+    }
+}
