@@ -339,7 +339,8 @@ impl Engine {
     }
 
     /// Graceful shutdown: refuses new commands, waits for those in flight to be answered,
-    /// stops the actors, writes queued snapshots, and flushes and syncs the journal.
+    /// stops the actors, writes queued snapshots, and flushes and syncs the journal. The
+    /// store's directory lock is released when the last clone of the engine is dropped.
     pub async fn shutdown(&self) -> Result<(), EngineError> {
         if self.inner.closing.swap(true, Ordering::AcqRel) {
             return Ok(());

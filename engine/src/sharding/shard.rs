@@ -134,8 +134,10 @@ impl<A: Aggregate> Actor for ShardActor<A> {
         if let Some(t) = state.ticker.take() {
             t.abort();
         }
+        // Wait for each entity, so that after the shard has stopped no actor holds the
+        // journal any more.
         for (_, entry) in state.entities.drain() {
-            entry.actor.stop(Some("shard stopped".into()));
+            let _ = entry.actor.stop_and_wait(Some("shard stopped".into()), None).await;
         }
         Ok(())
     }
