@@ -4,7 +4,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{CommandError, EngineError, StorageError};
 use crate::journal::{Durability, Journal, JournalConfig, StreamId};
 use crate::repository;
-use crate::sharding::{EntityMsg, Runtime, ShardActor, ShardArgs, ShardMsg, ShardingConfig, Snapshotter};
+use crate::sharding::{
+    EntityMsg, Runtime, ShardActor, ShardArgs, ShardMsg, ShardingConfig, Snapshotter,
+};
 use evershard_model::{Aggregate, EventEnvelope, Metadata};
 use evershard_snapshots::SnapshotPolicy;
 use ractor::{Actor, ActorRef};
@@ -129,15 +131,20 @@ impl EngineBuilder {
         if self.sharding.shards == 0 {
             return Err(EngineError::Config("shards must be at least 1".into()));
         }
-        if self.sharding.entity_mailbox_commands_max == 0 || self.sharding.shard_mailbox_commands_max == 0 {
-            return Err(EngineError::Config("mailbox limits must be at least 1".into()));
+        if self.sharding.entity_mailbox_commands_max == 0
+            || self.sharding.shard_mailbox_commands_max == 0
+        {
+            return Err(EngineError::Config(
+                "mailbox limits must be at least 1".into(),
+            ));
         }
         let dir = self.data_dir.clone();
         let journal_config = self.journal.clone();
         let journal = tokio::task::spawn_blocking(move || Journal::open(dir, journal_config))
             .await
             .map_err(|e| EngineError::Actor(e.to_string()))??;
-        let snapshotter = Snapshotter::start(journal.clone(), self.snapshot_policy.keep).map_err(StorageError::from)?;
+        let snapshotter = Snapshotter::start(journal.clone(), self.snapshot_policy.keep)
+            .map_err(StorageError::from)?;
         let rt = Arc::new(Runtime {
             journal: journal.clone(),
             clock: self.clock,
@@ -185,19 +192,27 @@ impl<A: Aggregate> AnyGroup for ShardGroup<A> {
         let shards = self.shards.clone();
         Box::pin(async move {
             for shard in shards {
-                let _ = shard.stop_and_wait(Some("engine shutdown".into()), None).await;
+                let _ = shard
+                    .stop_and_wait(Some("engine shutdown".into()), None)
+                    .await;
             }
         })
     }
 }
 
-fn start_group<A: Aggregate>(rt: Arc<Runtime>) -> BoxFuture<Result<Box<dyn AnyGroup>, EngineError>> {
+fn start_group<A: Aggregate>(
+    rt: Arc<Runtime>,
+) -> BoxFuture<Result<Box<dyn AnyGroup>, EngineError>> {
     Box::pin(async move {
         let mut shards = Vec::new();
         let mut queued = Vec::new();
         for index in 0..rt.config.shards {
             let q = Arc::new(AtomicUsize::new(0));
-            let args = ShardArgs { index, rt: rt.clone(), queued: q.clone() };
+            let args = ShardArgs {
+                index,
+                rt: rt.clone(),
+                queued: q.clone(),
+            };
             let (actor, _) = Actor::spawn(None, ShardActor::<A>::new(), args)
                 .await
                 .map_err(|e| EngineError::Actor(e.to_string()))?;
@@ -255,7 +270,11 @@ impl Engine {
     }
 
     fn group<A: Aggregate>(&self) -> Option<&ShardGroup<A>> {
-        self.inner.groups.get(A::TYPE)?.as_any().downcast_ref::<ShardGroup<A>>()
+        self.inner
+            .groups
+            .get(A::TYPE)?
+            .as_any()
+            .downcast_ref::<ShardGroup<A>>()
     }
 
     fn enter(&self) -> Option<InflightGuard<'_>> {
@@ -272,23 +291,39 @@ impl Engine {
         aggregate_id: &str,
         make: impl FnOnce(oneshot::Sender<Result<T, CommandError<A::Error>>>) -> EntityMsg<A>,
     ) -> Result<T, CommandError<A::Error>> {
-        let Some(_guard) = self.enter() else { return Err(CommandError::ShuttingDown) };
-        StreamId::new(A::TYPE, aggregate_id).validate().map_err(CommandError::Invalid)?;
-        let group = self.group::<A>().ok_or(CommandError::NotRegistered(A::TYPE))?;
+        let Some(_guard) = self.enter() else {
+            return Err(CommandError::ShuttingDown);
+        };
+        StreamId::new(A::TYPE, aggregate_id)
+            .validate()
+            .map_err(CommandError::Invalid)?;
+        let group = self
+            .group::<A>()
+            .ok_or(CommandError::NotRegistered(A::TYPE))?;
         let index = crate::sharding::shard_for(A::TYPE, aggregate_id, group.shards.len());
         let limit = self.inner.rt.config.shard_mailbox_commands_max;
         let queued = &group.queued[index];
         if queued.fetch_add(1, Ordering::AcqRel) >= limit {
             queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(CommandError::Overloaded { what: "the shard's mailbox", limit });
+            return Err(CommandError::Overloaded {
+                what: "the shard's mailbox",
+                limit,
+            });
         }
         let (tx, rx) = oneshot::channel();
-        let route = ShardMsg::Route { aggregate_id: aggregate_id.to_owned(), msg: make(tx) };
+        let route = ShardMsg::Route {
+            aggregate_id: aggregate_id.to_owned(),
+            msg: make(tx),
+        };
         if group.shards[index].cast(route).is_err() {
             queued.fetch_sub(1, Ordering::AcqRel);
             return Err(CommandError::ShuttingDown);
         }
-        rx.await.unwrap_or_else(|_| Err(CommandError::Panicked("the aggregate's actor stopped before answering".into())))
+        rx.await.unwrap_or_else(|_| {
+            Err(CommandError::Panicked(
+                "the aggregate's actor stopped before answering".into(),
+            ))
+        })
     }
 
     /// Executes a command on one aggregate instance; returns the committed events (none for
@@ -300,7 +335,8 @@ impl Engine {
         command: impl Into<A::Command>,
     ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
         let metadata = Metadata::new(self.inner.source.clone());
-        self.execute_with::<A>(aggregate_id, command, metadata).await
+        self.execute_with::<A>(aggregate_id, command, metadata)
+            .await
     }
 
     /// [`Engine::execute`] with explicit correlation, causation, source and user.
@@ -311,29 +347,47 @@ impl Engine {
         metadata: Metadata,
     ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
         let command = command.into();
-        self.send::<A, _>(aggregate_id, |reply| EntityMsg::Execute { command, metadata, reply }).await
+        self.send::<A, _>(aggregate_id, |reply| EntityMsg::Execute {
+            command,
+            metadata,
+            reply,
+        })
+        .await
     }
 
     /// The live state and version of an aggregate, read through its actor (so it is ordered
     /// with that aggregate's commands).
-    pub async fn state<A: Aggregate>(&self, aggregate_id: &str) -> Result<(A::State, u64), CommandError<A::Error>> {
-        self.send::<A, _>(aggregate_id, |reply| EntityMsg::GetState { reply }).await
+    pub async fn state<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<(A::State, u64), CommandError<A::Error>> {
+        self.send::<A, _>(aggregate_id, |reply| EntityMsg::GetState { reply })
+            .await
     }
 
     /// Every committed event of an aggregate, in sequence order, read from the journal.
-    pub fn history<A: Aggregate>(&self, aggregate_id: &str) -> Result<Vec<EventEnvelope<A::Event>>, StorageError> {
+    pub fn history<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<EventEnvelope<A::Event>>, StorageError> {
         let stream = StreamId::new(A::TYPE, aggregate_id);
         repository::read_events::<A>(&self.inner.journal, &stream, 1, u64::MAX).collect()
     }
 
     /// Aggregates of type `A` currently in memory (for tests and monitoring).
     pub async fn active_aggregates<A: Aggregate>(&self) -> Result<usize, EngineError> {
-        let group = self.group::<A>().ok_or(EngineError::NotRegistered(A::TYPE))?;
+        let group = self
+            .group::<A>()
+            .ok_or(EngineError::NotRegistered(A::TYPE))?;
         let mut total = 0;
         for shard in &group.shards {
             let (tx, rx) = oneshot::channel();
-            shard.cast(ShardMsg::ActiveCount { reply: tx }).map_err(|e| EngineError::ActorGone(e.to_string()))?;
-            total += rx.await.map_err(|e| EngineError::ActorGone(e.to_string()))?;
+            shard
+                .cast(ShardMsg::ActiveCount { reply: tx })
+                .map_err(|e| EngineError::ActorGone(e.to_string()))?;
+            total += rx
+                .await
+                .map_err(|e| EngineError::ActorGone(e.to_string()))?;
         }
         Ok(total)
     }

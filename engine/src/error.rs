@@ -14,12 +14,18 @@ pub enum StorageError {
     #[error("sled error: {0}")]
     Sled(String),
     #[error("corrupt data{}{}: {reason}", stream.as_ref().map(|s| format!(" in {s}")).unwrap_or_default(), sequence.map(|q| format!(" at sequence {q}")).unwrap_or_default())]
-    Corrupt { stream: Option<String>, sequence: Option<u64>, reason: String },
+    Corrupt {
+        stream: Option<String>,
+        sequence: Option<u64>,
+        reason: String,
+    },
     #[error("the store at {} is locked by another process (is an engine running on it?)", dir.display())]
     Locked { dir: PathBuf },
     #[error("no evershard store at {}", dir.display())]
     NotFound { dir: PathBuf },
-    #[error("the journal refuses writes after an earlier write or flush failure; reopen the store")]
+    #[error(
+        "the journal refuses writes after an earlier write or flush failure; reopen the store"
+    )]
     Poisoned,
     #[error("the journal is closed")]
     Closed,
@@ -53,7 +59,11 @@ impl From<sled::Error> for StorageError {
 pub enum AppendError {
     /// The stream moved since the caller read it. Retry after reloading.
     #[error("version conflict on {stream}: expected version {expected}, stream is at {actual}")]
-    Conflict { stream: String, expected: u64, actual: u64 },
+    Conflict {
+        stream: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("invalid append: {0}")]
     InvalidRequest(String),
     #[error(transparent)]
@@ -90,12 +100,17 @@ pub enum CommandError<E: std::error::Error> {
 impl<E: std::error::Error> CommandError<E> {
     /// True for errors where the same command may succeed when retried.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, CommandError::Conflict { .. } | CommandError::Overloaded { .. })
+        matches!(
+            self,
+            CommandError::Conflict { .. } | CommandError::Overloaded { .. }
+        )
     }
 
     pub(crate) fn from_append(e: AppendError) -> Self {
         match e {
-            AppendError::Conflict { expected, actual, .. } => CommandError::Conflict { expected, actual },
+            AppendError::Conflict {
+                expected, actual, ..
+            } => CommandError::Conflict { expected, actual },
             AppendError::InvalidRequest(m) => CommandError::Invalid(m),
             AppendError::Storage(s) => CommandError::Storage(s),
         }

@@ -8,14 +8,18 @@ use evershard_model::{Aggregate, EventEnvelope};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Decodes one stored record into a typed envelope (upcasting old event versions).
-pub fn decode_record<A: Aggregate>(record: Record) -> Result<EventEnvelope<A::Event>, StorageError> {
-    let payload = A::decode_event(&record.event_type, &record.event_version, &record.payload).map_err(|e| {
-        StorageError::Corrupt {
+pub fn decode_record<A: Aggregate>(
+    record: Record,
+) -> Result<EventEnvelope<A::Event>, StorageError> {
+    let payload = A::decode_event(&record.event_type, &record.event_version, &record.payload)
+        .map_err(|e| StorageError::Corrupt {
             stream: Some(format!("{}/{}", record.aggregate_type, record.aggregate_id)),
             sequence: Some(record.sequence),
-            reason: format!("payload of {} {}: {e}", record.event_type, record.event_version),
-        }
-    })?;
+            reason: format!(
+                "payload of {} {}: {e}",
+                record.event_type, record.event_version
+            ),
+        })?;
     Ok(EventEnvelope {
         event_id: record.event_id,
         event_type: record.event_type,
@@ -40,7 +44,9 @@ pub fn read_events<'a, A: Aggregate>(
     from: u64,
     to: u64,
 ) -> impl Iterator<Item = Result<EventEnvelope<A::Event>, StorageError>> + 'a {
-    journal.read_stream(stream, from, to).map(|r| r.and_then(decode_record::<A>))
+    journal
+        .read_stream(stream, from, to)
+        .map(|r| r.and_then(decode_record::<A>))
 }
 
 /// How a state was loaded.
@@ -67,8 +73,17 @@ pub fn load<A: Aggregate>(
     let head = journal.head(stream)?.sequence;
     let target = upto.min(head);
     let start = if use_snapshots {
-        let candidates: Vec<_> = journal.snapshots(stream)?.into_iter().filter(|(seq, _)| *seq <= target).collect();
-        evershard_snapshots::select::<A::State>(&stream.to_string(), &candidates, A::STATE_SCHEMA_VERSION, head)
+        let candidates: Vec<_> = journal
+            .snapshots(stream)?
+            .into_iter()
+            .filter(|(seq, _)| *seq <= target)
+            .collect();
+        evershard_snapshots::select::<A::State>(
+            &stream.to_string(),
+            &candidates,
+            A::STATE_SCHEMA_VERSION,
+            head,
+        )
     } else {
         None
     };
@@ -102,5 +117,10 @@ pub fn load<A: Aggregate>(
             reason: format!("stream ends at {version}, head says {target}"),
         });
     }
-    Ok(Loaded { state, version, from_snapshot, events_replayed })
+    Ok(Loaded {
+        state,
+        version,
+        from_snapshot,
+        events_replayed,
+    })
 }

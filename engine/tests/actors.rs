@@ -7,6 +7,7 @@
 //! - passivation removes idle aggregates from memory and they come back by recovery;
 //! - snapshots are taken every N events and recovery after a restart uses them;
 //! - shutdown drains in-flight commands and refuses new ones.
+//!
 //! Waits are bounded polls, never fixed sleeps that assume a fast machine.
 
 mod common;
@@ -35,9 +36,16 @@ async fn concurrent_commands_lose_nothing_and_leave_no_gap() {
     for t in 0..32u64 {
         let engine = engine.clone();
         tasks.push(tokio::spawn(async move {
-            let id = if t < 16 { "hot".to_string() } else { format!("c-{}", t % 8) };
+            let id = if t < 16 {
+                "hot".to_string()
+            } else {
+                format!("c-{}", t % 8)
+            };
             for _ in 0..25 {
-                engine.execute::<Counter>(&id, CounterCommand::Add(1)).await.expect("accepted");
+                engine
+                    .execute::<Counter>(&id, CounterCommand::Add(1))
+                    .await
+                    .expect("accepted");
             }
         }));
     }
@@ -59,7 +67,9 @@ async fn concurrent_commands_lose_nothing_and_leave_no_gap() {
     assert_eq!(positions.len(), 400);
     engine.shutdown().await.unwrap();
     drop(engine);
-    let report = evershard_engine::Journal::open_read_only(dir.path()).unwrap().verify();
+    let report = evershard_engine::Journal::open_read_only(dir.path())
+        .unwrap()
+        .verify();
     assert!(report.is_clean(), "{report:#?}");
     assert_eq!(report.events, 800);
 }
@@ -68,17 +78,38 @@ async fn concurrent_commands_lose_nothing_and_leave_no_gap() {
 async fn a_panic_fails_one_command_and_harms_nobody_else() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path()).await;
-    engine.execute::<Counter>("a", CounterCommand::Add(5)).await.unwrap();
-    engine.execute::<Counter>("b", CounterCommand::Add(7)).await.unwrap();
-    let err = engine.execute::<Counter>("a", CounterCommand::Explode).await.unwrap_err();
-    assert!(matches!(err, CommandError::Panicked(ref m) if m.contains("boom")), "{err:?}");
+    engine
+        .execute::<Counter>("a", CounterCommand::Add(5))
+        .await
+        .unwrap();
+    engine
+        .execute::<Counter>("b", CounterCommand::Add(7))
+        .await
+        .unwrap();
+    let err = engine
+        .execute::<Counter>("a", CounterCommand::Explode)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Panicked(ref m) if m.contains("boom")),
+        "{err:?}"
+    );
     // The same aggregate works on, from its recovered state; the other is untouched.
-    engine.execute::<Counter>("a", CounterCommand::Add(1)).await.unwrap();
+    engine
+        .execute::<Counter>("a", CounterCommand::Add(1))
+        .await
+        .unwrap();
     assert_eq!(engine.state::<Counter>("a").await.unwrap().0.total, 6);
     assert_eq!(engine.state::<Counter>("b").await.unwrap().0.total, 7);
     // A rejection is typed and writes nothing.
-    let err = engine.execute::<Counter>("b", CounterCommand::RequireAtLeast(100)).await.unwrap_err();
-    assert!(matches!(err, CommandError::Rejected(CounterError::TooLow(7))));
+    let err = engine
+        .execute::<Counter>("b", CounterCommand::RequireAtLeast(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        CommandError::Rejected(CounterError::TooLow(7))
+    ));
     assert_eq!(engine.history::<Counter>("b").unwrap().len(), 1);
     engine.shutdown().await.unwrap();
 }
@@ -99,7 +130,9 @@ async fn full_mailboxes_answer_overloaded() {
     let mut tasks = Vec::new();
     for _ in 0..64 {
         let engine = engine.clone();
-        tasks.push(tokio::spawn(async move { engine.execute::<Counter>("x", CounterCommand::Add(1)).await }));
+        tasks.push(tokio::spawn(async move {
+            engine.execute::<Counter>("x", CounterCommand::Add(1)).await
+        }));
     }
     let mut accepted = 0;
     let mut overloaded = 0;
@@ -111,7 +144,10 @@ async fn full_mailboxes_answer_overloaded() {
         }
     }
     assert_eq!(accepted + overloaded, 64);
-    assert!(overloaded > 0, "a mailbox of 2 absorbed 64 concurrent commands");
+    assert!(
+        overloaded > 0,
+        "a mailbox of 2 absorbed 64 concurrent commands"
+    );
     let (state, version) = engine.state::<Counter>("x").await.unwrap();
     assert_eq!((state.total, version), (accepted, accepted));
     engine.shutdown().await.unwrap();
@@ -131,9 +167,15 @@ async fn idle_and_excess_aggregates_are_passivated_and_recover() {
         .await
         .unwrap();
     for i in 0..6 {
-        engine.execute::<Counter>(&format!("p-{i}"), CounterCommand::Add(i + 1)).await.unwrap();
+        engine
+            .execute::<Counter>(&format!("p-{i}"), CounterCommand::Add(i + 1))
+            .await
+            .unwrap();
     }
-    assert!(engine.active_aggregates::<Counter>().await.unwrap() <= 3, "max-active not enforced");
+    assert!(
+        engine.active_aggregates::<Counter>().await.unwrap() <= 3,
+        "max-active not enforced"
+    );
     // Idle past the timeout: everything leaves memory (bounded poll, up to 20 s).
     let mut active = usize::MAX;
     for _ in 0..2000 {
@@ -157,24 +199,40 @@ async fn restart_recovers_from_snapshot_plus_tail() {
     {
         let engine = open(dir.path()).await;
         for _ in 0..35 {
-            engine.execute::<Counter>("s", CounterCommand::Add(2)).await.unwrap();
+            engine
+                .execute::<Counter>("s", CounterCommand::Add(2))
+                .await
+                .unwrap();
         }
         engine.shutdown().await.unwrap();
     }
     let journal = evershard_engine::Journal::open_read_only(dir.path()).unwrap();
     let stream = StreamId::new("Counter", "s");
-    let snaps: Vec<u64> = journal.snapshots(&stream).unwrap().into_iter().map(|(s, _)| s).collect();
+    let snaps: Vec<u64> = journal
+        .snapshots(&stream)
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
     assert_eq!(snaps, vec![30, 20], "every 10 events, newest 2 kept");
-    let loaded = evershard_engine::repository::load::<Counter>(&journal, &stream, u64::MAX, true).unwrap();
-    assert_eq!((loaded.from_snapshot, loaded.events_replayed, loaded.version), (Some(30), 5, 35));
-    let full = evershard_engine::repository::load::<Counter>(&journal, &stream, u64::MAX, false).unwrap();
+    let loaded =
+        evershard_engine::repository::load::<Counter>(&journal, &stream, u64::MAX, true).unwrap();
+    assert_eq!(
+        (loaded.from_snapshot, loaded.events_replayed, loaded.version),
+        (Some(30), 5, 35)
+    );
+    let full =
+        evershard_engine::repository::load::<Counter>(&journal, &stream, u64::MAX, false).unwrap();
     assert_eq!(full.state, loaded.state);
     drop(journal);
 
     let engine = open(dir.path()).await;
     let (state, version) = engine.state::<Counter>("s").await.unwrap();
     assert_eq!((state.total, version), (70, 35));
-    engine.execute::<Counter>("s", CounterCommand::Add(1)).await.unwrap();
+    engine
+        .execute::<Counter>("s", CounterCommand::Add(1))
+        .await
+        .unwrap();
     engine.shutdown().await.unwrap();
 }
 
@@ -185,7 +243,11 @@ async fn shutdown_drains_and_then_refuses() {
     let mut tasks = Vec::new();
     for i in 0..50u64 {
         let engine = engine.clone();
-        tasks.push(tokio::spawn(async move { engine.execute::<Counter>(&format!("d-{}", i % 5), CounterCommand::Add(1)).await }));
+        tasks.push(tokio::spawn(async move {
+            engine
+                .execute::<Counter>(&format!("d-{}", i % 5), CounterCommand::Add(1))
+                .await
+        }));
     }
     // Give the tasks a chance to start, then shut down while some may be in flight.
     tokio::task::yield_now().await;
@@ -199,7 +261,9 @@ async fn shutdown_drains_and_then_refuses() {
         }
     }
     assert!(matches!(
-        engine.execute::<Counter>("d-0", CounterCommand::Add(1)).await,
+        engine
+            .execute::<Counter>("d-0", CounterCommand::Add(1))
+            .await,
         Err(CommandError::ShuttingDown)
     ));
     // Every acknowledged command is in the journal.

@@ -34,20 +34,29 @@ pub struct SnapshotPolicy {
 impl Default for SnapshotPolicy {
     /// Every 100 events, keep 2 (functional-architecture-ddd.md 10.1).
     fn default() -> Self {
-        Self { every_events: 100, keep: 2 }
+        Self {
+            every_events: 100,
+            keep: 2,
+        }
     }
 }
 
 impl SnapshotPolicy {
     pub fn every(every_events: u64) -> Self {
-        Self { every_events, ..Self::default() }
+        Self {
+            every_events,
+            ..Self::default()
+        }
     }
     pub fn keep(mut self, keep: usize) -> Self {
         self.keep = keep.max(1);
         self
     }
     pub fn disabled() -> Self {
-        Self { every_events: 0, keep: 1 }
+        Self {
+            every_events: 0,
+            keep: 1,
+        }
     }
     /// True when a command that moved the version from `before` to `after` crossed a
     /// multiple of `every_events`.
@@ -86,7 +95,12 @@ pub enum SnapshotError {
 impl SnapshotRecord {
     /// Encodes `state` taken at `sequence`.
     pub fn encode_state<S: Serialize>(schema_version: u32, sequence: u64, state: &S) -> Vec<u8> {
-        SnapshotRecord { schema_version, sequence, state: codec::encode(state) }.encode()
+        SnapshotRecord {
+            schema_version,
+            sequence,
+            state: codec::encode(state),
+        }
+        .encode()
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -122,7 +136,10 @@ impl SnapshotRecord {
     /// Decodes the state after checking the schema version.
     pub fn state<S: DeserializeOwned>(&self, current_schema: u32) -> Result<S, SnapshotError> {
         if self.schema_version != current_schema {
-            return Err(SnapshotError::SchemaVersion { found: self.schema_version, current: current_schema });
+            return Err(SnapshotError::SchemaVersion {
+                found: self.schema_version,
+                current: current_schema,
+            });
         }
         Ok(codec::decode(&self.state)?)
     }
@@ -137,10 +154,16 @@ pub fn load<S: DeserializeOwned>(
 ) -> Result<(u64, S), SnapshotError> {
     let record = SnapshotRecord::decode(bytes)?;
     if record.sequence != key_sequence {
-        return Err(SnapshotError::Misplaced { key: key_sequence, record: record.sequence });
+        return Err(SnapshotError::Misplaced {
+            key: key_sequence,
+            record: record.sequence,
+        });
     }
     if record.sequence > journal_head {
-        return Err(SnapshotError::BeyondHead { sequence: record.sequence, head: journal_head });
+        return Err(SnapshotError::BeyondHead {
+            sequence: record.sequence,
+            head: journal_head,
+        });
     }
     Ok((record.sequence, record.state(current_schema)?))
 }
@@ -156,7 +179,9 @@ pub fn select<S: DeserializeOwned>(
     for (seq, bytes) in candidates {
         match load(*seq, bytes, current_schema, journal_head) {
             Ok(found) => return Some(found),
-            Err(reason) => tracing::warn!(stream, sequence = seq, %reason, "skipping unusable snapshot"),
+            Err(reason) => {
+                tracing::warn!(stream, sequence = seq, %reason, "skipping unusable snapshot")
+            }
         }
     }
     None
@@ -183,13 +208,21 @@ mod tests {
         *damaged.last_mut().unwrap() ^= 1;
         let old_schema = SnapshotRecord::encode_state(1, 200, &vec![7u32]);
         let beyond = SnapshotRecord::encode_state(2, 400, &vec![8u32]);
-        let candidates = vec![(400, beyond), (300, damaged), (200, old_schema), (100, good)];
+        let candidates = vec![
+            (400, beyond),
+            (300, damaged),
+            (200, old_schema),
+            (100, good),
+        ];
         let picked: Option<(u64, Vec<u32>)> = select("t/1", &candidates, 2, 350);
         assert_eq!(picked, Some((100, vec![1, 2, 3])));
         let none: Option<(u64, Vec<u32>)> = select("t/1", &candidates[..3], 2, 350);
         assert_eq!(none, None);
         // A snapshot stored under the wrong key is refused too.
         let moved = SnapshotRecord::encode_state(2, 100, &vec![1u32]);
-        assert!(matches!(load::<Vec<u32>>(101, &moved, 2, 500), Err(SnapshotError::Misplaced { .. })));
+        assert!(matches!(
+            load::<Vec<u32>>(101, &moved, 2, 500),
+            Err(SnapshotError::Misplaced { .. })
+        ));
     }
 }

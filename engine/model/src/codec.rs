@@ -28,11 +28,16 @@ pub enum CodecError {
     #[error("record and payload disagree: {0}")]
     Mismatch(String),
     #[error("no decoder for {event_type} version {event_version}")]
-    UnknownVersion { event_type: String, event_version: String },
+    UnknownVersion {
+        event_type: String,
+        event_version: String,
+    },
 }
 
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_little_endian().with_fixed_int_encoding()
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
 }
 
 /// Encodes `value` as `[CODEC_FORMAT_V1] ++ bincode(value)`.
@@ -73,7 +78,10 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_unknown_format() {
-        let v = E::A { x: 7, s: "hi".into() };
+        let v = E::A {
+            x: 7,
+            s: "hi".into(),
+        };
         let bytes = encode(&v);
         assert_eq!(bytes[0], CODEC_FORMAT_V1);
         assert_eq!(decode::<E>(&bytes).unwrap(), v);

@@ -27,7 +27,10 @@ impl Default for Metadata {
 
 impl Metadata {
     pub fn new(source: impl Into<String>) -> Self {
-        Self { source: source.into(), ..Self::default() }
+        Self {
+            source: source.into(),
+            ..Self::default()
+        }
     }
     pub fn correlation_id(mut self, id: Uuid) -> Self {
         self.correlation_id = id;

@@ -10,7 +10,7 @@
 //! - [`EventEnvelope`]: what the journal stores around every event.
 //! - [`codec`]: the one place that turns values into bytes (bincode 2 behind a version byte).
 //! - [`Money`]: integer minor units, never a binary float.
-//! - [`testing`]: `given(events).when(command).then_expect_events(..)`.
+//! - [`testing`], the given/when/then helper: `given(events).when(command).then_expect_events(..)`.
 //! - [`DemoRng`] and [`Workload`]: deterministic command generators for the demo and benches.
 
 pub mod codec;
@@ -59,7 +59,10 @@ pub struct DecideContext {
 
 impl DecideContext {
     pub fn new(aggregate_id: impl Into<String>, now: DateTime<Utc>) -> Self {
-        Self { aggregate_id: aggregate_id.into(), now }
+        Self {
+            aggregate_id: aggregate_id.into(),
+            now,
+        }
     }
 }
 

@@ -87,7 +87,10 @@ impl Money {
             1 => frac.parse::<i64>().map_err(|_| err())? * 10,
             _ => frac.parse().map_err(|_| err())?,
         };
-        let minor = whole.checked_mul(100).and_then(|m| m.checked_add(frac_minor)).ok_or_else(err)?;
+        let minor = whole
+            .checked_mul(100)
+            .and_then(|m| m.checked_add(frac_minor))
+            .ok_or_else(err)?;
         Ok(Money(if negative { -minor } else { minor }))
     }
 }
@@ -146,10 +149,14 @@ impl<'de> Deserialize<'de> for Money {
                 Money::parse(v).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Money, E> {
-                v.checked_mul(100).map(Money).ok_or_else(|| E::custom("money overflow"))
+                v.checked_mul(100)
+                    .map(Money)
+                    .ok_or_else(|| E::custom("money overflow"))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Money, E> {
-                i64::try_from(v).map_err(E::custom).and_then(|v| self.visit_i64(v))
+                i64::try_from(v)
+                    .map_err(E::custom)
+                    .and_then(|v| self.visit_i64(v))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Money, E> {
                 // A JSON number like 12.5: go through its shortest decimal text, so that

@@ -15,7 +15,9 @@ use std::fmt::Debug;
 
 /// The clock `given` uses unless told otherwise: 2026-01-01T00:00:00Z.
 pub fn fixed_now() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("valid date")
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .expect("valid date")
 }
 
 /// Starts a scenario from the given past events.
@@ -25,7 +27,10 @@ pub fn given<A: Aggregate>(events: impl IntoIterator<Item = A::Event>) -> Given<
     if let Err(violation) = A::check_invariants(&state) {
         panic!("given events already break an invariant: {violation}\nevents: {events:#?}");
     }
-    Given { state, ctx: DecideContext::new("test-aggregate", fixed_now()) }
+    Given {
+        state,
+        ctx: DecideContext::new("test-aggregate", fixed_now()),
+    }
 }
 
 /// A scenario with no past events.
@@ -58,7 +63,11 @@ impl<A: Aggregate> Given<A> {
     pub fn when(self, command: impl Into<A::Command>) -> When<A> {
         let command = command.into();
         let result = A::decide(&self.state, &command, &self.ctx);
-        When { before: self.state, command, result }
+        When {
+            before: self.state,
+            command,
+            result,
+        }
     }
 }
 
@@ -80,7 +89,10 @@ impl<A: Aggregate> When<A> {
                 "command {:?} produced other events than expected",
                 self.command
             ),
-            Err(e) => panic!("command {:?} was rejected: {e:?}; expected {expected:#?}", self.command),
+            Err(e) => panic!(
+                "command {:?} was rejected: {e:?}; expected {expected:#?}",
+                self.command
+            ),
         }
         self.after()
     }
@@ -112,7 +124,11 @@ impl<A: Aggregate> When<A> {
     pub fn then_expect_error_matching(self, check: impl FnOnce(&A::Error) -> bool) {
         match self.result {
             Ok(events) => panic!("command {:?} was accepted with {events:#?}", self.command),
-            Err(e) => assert!(check(&e), "command {:?} rejected with unexpected {e:?}", self.command),
+            Err(e) => assert!(
+                check(&e),
+                "command {:?} rejected with unexpected {e:?}",
+                self.command
+            ),
         }
     }
 
@@ -174,19 +190,25 @@ pub fn contract_violations(payload: &serde_json::Value, contract: &[(&str, &str)
             continue;
         }
         let ok = match ty {
-            "uuid" => value.as_str().is_some_and(|s| uuid::Uuid::parse_str(s).is_ok()),
+            "uuid" => value
+                .as_str()
+                .is_some_and(|s| uuid::Uuid::parse_str(s).is_ok()),
             "string" => value.is_string(),
-            "datetime" => {
-                value.as_str().is_some_and(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok())
-            }
-            "decimal" => value.as_str().is_some_and(|s| crate::Money::parse(s).is_ok()),
+            "datetime" => value
+                .as_str()
+                .is_some_and(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok()),
+            "decimal" => value
+                .as_str()
+                .is_some_and(|s| crate::Money::parse(s).is_ok()),
             "number" => value.is_number(),
             "integer" => value.is_i64() || value.is_u64(),
             "boolean" => value.is_boolean(),
             "object" => value.is_object(),
             "array" => value.is_array(),
             other => match other.strip_prefix("enum:") {
-                Some(options) => value.as_str().is_some_and(|s| options.split('|').any(|o| o == s)),
+                Some(options) => value
+                    .as_str()
+                    .is_some_and(|s| options.split('|').any(|o| o == s)),
                 None => panic!("contract type {other:?} is not known to contract_violations"),
             },
         };

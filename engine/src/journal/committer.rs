@@ -61,16 +61,28 @@ pub const EVENTS_PER_APPEND_MAX: usize = 1024;
 
 impl AppendRequest {
     pub fn new(stream: StreamId, expected_version: u64, events: Vec<NewEvent>) -> Self {
-        Self { stream, expected_version, events, extra_writes: Vec::new() }
+        Self {
+            stream,
+            expected_version,
+            events,
+            extra_writes: Vec::new(),
+        }
     }
 
     pub(super) fn validate(&self) -> Result<(), String> {
         if self.events.len() > EVENTS_PER_APPEND_MAX {
-            return Err(format!("{} events in one append; at most {EVENTS_PER_APPEND_MAX}", self.events.len()));
+            return Err(format!(
+                "{} events in one append; at most {EVENTS_PER_APPEND_MAX}",
+                self.events.len()
+            ));
         }
         for event in &self.events {
             if event.payload.len() > record::PAYLOAD_BYTES_MAX {
-                return Err(format!("payload of {} bytes exceeds {}", event.payload.len(), record::PAYLOAD_BYTES_MAX));
+                return Err(format!(
+                    "payload of {} bytes exceeds {}",
+                    event.payload.len(),
+                    record::PAYLOAD_BYTES_MAX
+                ));
             }
             for s in [&event.event_type, &event.event_version, &event.source] {
                 if s.len() > u16::MAX as usize {
@@ -81,7 +93,12 @@ impl AppendRequest {
         for op in &self.extra_writes {
             match op.key().first() {
                 Some(&keys::OUTBOX | &keys::TIMERS | &keys::IDEMPOTENCY) => {}
-                _ => return Err("extra writes may only target the outbox, timer or idempotency keyspaces".into()),
+                _ => {
+                    return Err(
+                        "extra writes may only target the outbox, timer or idempotency keyspaces"
+                            .into(),
+                    )
+                }
             }
         }
         Ok(())
@@ -98,10 +115,17 @@ pub struct Committed {
 }
 
 pub(super) enum CommitJob {
-    Append { request: AppendRequest, reply: oneshot::Sender<Result<Committed, AppendError>> },
-    Sync { reply: oneshot::Sender<Result<(), StorageError>> },
+    Append {
+        request: AppendRequest,
+        reply: oneshot::Sender<Result<Committed, AppendError>>,
+    },
+    Sync {
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
     /// Commit what is queued, sync, acknowledge, and stop the thread.
-    Shutdown { reply: oneshot::Sender<Result<(), StorageError>> },
+    Shutdown {
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
 }
 
 pub(super) struct Committer {
@@ -112,11 +136,25 @@ pub(super) struct Committer {
     heads: HashMap<StreamId, StreamHead>,
 }
 
-type Reply = (oneshot::Sender<Result<Committed, AppendError>>, Result<Committed, AppendError>);
+type Reply = (
+    oneshot::Sender<Result<Committed, AppendError>>,
+    Result<Committed, AppendError>,
+);
 
 impl Committer {
-    pub(super) fn new(shared: Arc<Shared>, data_file: File, config: JournalConfig, next_global: u64) -> Self {
-        Self { shared, data_file, config, next_global, heads: HashMap::new() }
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        data_file: File,
+        config: JournalConfig,
+        next_global: u64,
+    ) -> Self {
+        Self {
+            shared,
+            data_file,
+            config,
+            next_global,
+            heads: HashMap::new(),
+        }
     }
 
     pub(super) fn run(mut self, jobs: mpsc::Receiver<CommitJob>) {
@@ -130,7 +168,11 @@ impl Committer {
                     Ok(job) => {
                         if let CommitJob::Append { request, .. } = &job {
                             events += request.events.len();
-                            bytes += request.events.iter().map(|e| e.payload.len()).sum::<usize>();
+                            bytes += request
+                                .events
+                                .iter()
+                                .map(|e| e.payload.len())
+                                .sum::<usize>();
                         }
                         group.push(job);
                     }
@@ -142,26 +184,41 @@ impl Committer {
             }
         }
         // Every sender is gone: leave the store synced.
-        if !self.shared.poisoned.load(std::sync::atomic::Ordering::Acquire) {
+        if !self
+            .shared
+            .poisoned
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
             let _ = self.sync();
         }
     }
 
-    fn head(&mut self, stream: &StreamId, staged: &HashMap<StreamId, StreamHead>) -> Result<StreamHead, StorageError> {
+    fn head(
+        &mut self,
+        stream: &StreamId,
+        staged: &HashMap<StreamId, StreamHead>,
+    ) -> Result<StreamHead, StorageError> {
         if let Some(h) = staged.get(stream).or_else(|| self.heads.get(stream)) {
             return Ok(*h);
         }
         let prefix = keys::stream_prefix(keys::EVENTS, stream);
         let head = match self.shared.db.scan_prefix(&prefix).next_back() {
-            None => StreamHead { sequence: 0, hash: record::ZERO_HASH },
+            None => StreamHead {
+                sequence: 0,
+                hash: record::ZERO_HASH,
+            },
             Some(entry) => {
                 let (key, value) = entry?;
-                let (_, sequence) = keys::parse_stream_key(&key).ok_or_else(|| StorageError::Corrupt {
-                    stream: Some(stream.to_string()),
-                    sequence: None,
-                    reason: "malformed event key".into(),
-                })?;
-                StreamHead { sequence, hash: record::hash(&value) }
+                let (_, sequence) =
+                    keys::parse_stream_key(&key).ok_or_else(|| StorageError::Corrupt {
+                        stream: Some(stream.to_string()),
+                        sequence: None,
+                        reason: "malformed event key".into(),
+                    })?;
+                StreamHead {
+                    sequence,
+                    hash: record::hash(&value),
+                }
             }
         };
         if self.heads.len() >= HEAD_CACHE_STREAMS_MAX {
@@ -172,6 +229,14 @@ impl Committer {
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
+        #[cfg(feature = "fault-injection")]
+        if self
+            .shared
+            .fail_next_sync
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Err(std::io::Error::other("injected flush failure").into());
+        }
         self.shared.db.flush()?;
         self.data_file.sync_data().map_err(StorageError::from)
     }
@@ -199,7 +264,11 @@ impl Committer {
                 }
                 CommitJob::Append { request, reply } => (request, reply),
             };
-            if self.shared.poisoned.load(std::sync::atomic::Ordering::Acquire) {
+            if self
+                .shared
+                .poisoned
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
                 let _ = reply.send(Err(StorageError::Poisoned.into()));
                 continue;
             }
@@ -239,11 +308,20 @@ impl Committer {
                     payload: event.payload,
                 };
                 let bytes = record.encode();
-                batch.insert(keys::stream_key(keys::EVENTS, &request.stream, sequence), bytes.as_slice());
-                batch.insert(&keys::global_key(next_global)[..], keys::global_value(&request.stream, sequence));
+                batch.insert(
+                    keys::stream_key(keys::EVENTS, &request.stream, sequence),
+                    bytes.as_slice(),
+                );
+                batch.insert(
+                    &keys::global_key(next_global)[..],
+                    keys::global_value(&request.stream, sequence),
+                );
                 // The chain and both counters move by exactly one per event.
                 assert_eq!(prev.sequence + 1, sequence);
-                prev = StreamHead { sequence, hash: record::hash(&bytes) };
+                prev = StreamHead {
+                    sequence,
+                    hash: record::hash(&bytes),
+                };
                 next_global += 1;
                 records.push(record);
                 any_writes = true;
@@ -256,7 +334,13 @@ impl Committer {
                 any_writes = true;
             }
             staged.insert(request.stream, prev);
-            pending.push((reply, Ok(Committed { records, version: prev.sequence })));
+            pending.push((
+                reply,
+                Ok(Committed {
+                    records,
+                    version: prev.sequence,
+                }),
+            ));
         }
 
         if any_writes {
@@ -295,13 +379,20 @@ impl Committer {
     }
 
     fn publish(&mut self, staged: HashMap<StreamId, StreamHead>, next_global: u64) {
-        assert!(next_global >= self.next_global, "global position moved backwards");
+        assert!(
+            next_global >= self.next_global,
+            "global position moved backwards"
+        );
         self.next_global = next_global;
         self.heads.extend(staged);
     }
 }
 
-fn fail_all(pending: Vec<Reply>, syncs: Vec<oneshot::Sender<Result<(), StorageError>>>, err: &StorageError) {
+fn fail_all(
+    pending: Vec<Reply>,
+    syncs: Vec<oneshot::Sender<Result<(), StorageError>>>,
+    err: &StorageError,
+) {
     for (reply, _) in pending {
         let _ = reply.send(Err(AppendError::Storage(err.clone())));
     }

@@ -52,7 +52,13 @@ pub fn parse_stream_part(bytes: &[u8]) -> Option<(StreamId, &[u8])> {
         return None;
     }
     let aggregate_id = std::str::from_utf8(&rest[..ilen]).ok()?.to_owned();
-    Some((StreamId { aggregate_type, aggregate_id }, &rest[ilen..]))
+    Some((
+        StreamId {
+            aggregate_type,
+            aggregate_id,
+        },
+        &rest[ilen..],
+    ))
 }
 
 pub fn stream_prefix(space: u8, stream: &StreamId) -> Vec<u8> {

@@ -33,13 +33,21 @@ pub struct StreamId {
 
 impl StreamId {
     pub fn new(aggregate_type: impl Into<String>, aggregate_id: impl Into<String>) -> Self {
-        Self { aggregate_type: aggregate_type.into(), aggregate_id: aggregate_id.into() }
+        Self {
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: aggregate_id.into(),
+        }
     }
 
     /// Checks the limits the key layout imposes.
     pub fn validate(&self) -> Result<(), String> {
-        if self.aggregate_type.is_empty() || self.aggregate_type.len() > keys::AGGREGATE_TYPE_BYTES_MAX {
-            return Err(format!("aggregate type must be 1..={} bytes", keys::AGGREGATE_TYPE_BYTES_MAX));
+        if self.aggregate_type.is_empty()
+            || self.aggregate_type.len() > keys::AGGREGATE_TYPE_BYTES_MAX
+        {
+            return Err(format!(
+                "aggregate type must be 1..={} bytes",
+                keys::AGGREGATE_TYPE_BYTES_MAX
+            ));
         }
         if self.aggregate_id.is_empty() || self.aggregate_id.len() > keys::AGGREGATE_ID_BYTES_MAX {
             return Err(format!(
@@ -106,6 +114,9 @@ struct Shared {
     dir: PathBuf,
     poisoned: AtomicBool,
     read_only: bool,
+    /// Fault injection: the next flush fails as if the disk had refused it.
+    #[cfg(feature = "fault-injection")]
+    fail_next_sync: AtomicBool,
 }
 
 impl Shared {
@@ -135,16 +146,20 @@ pub struct Journal {
 
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Journal").field("dir", &self.shared.dir).finish()
+        f.debug_struct("Journal")
+            .field("dir", &self.shared.dir)
+            .finish()
     }
 }
 
 fn map_open_error(dir: &Path, err: sled::Error) -> StorageError {
     match err {
-        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
-            || io.to_string().contains("lock") =>
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
         {
-            StorageError::Locked { dir: dir.to_path_buf() }
+            StorageError::Locked {
+                dir: dir.to_path_buf(),
+            }
         }
         other => StorageError::from(other),
     }
@@ -197,14 +212,25 @@ impl Journal {
             }
             None => 1,
         };
-        let shared = Arc::new(Shared { db, dir, poisoned: AtomicBool::new(false), read_only: false });
+        let shared = Arc::new(Shared {
+            db,
+            dir,
+            poisoned: AtomicBool::new(false),
+            read_only: false,
+            #[cfg(feature = "fault-injection")]
+            fail_next_sync: AtomicBool::new(false),
+        });
         let (tx, rx) = mpsc::channel();
         let committer = Committer::new(shared.clone(), data_file, config, next_global);
         let handle = std::thread::Builder::new()
             .name("evershard-committer".into())
             .spawn(move || committer.run(rx))
             .map_err(StorageError::from)?;
-        Ok(Journal { shared, jobs: Some(tx), committer: Arc::new(Mutex::new(Some(handle))) })
+        Ok(Journal {
+            shared,
+            jobs: Some(tx),
+            committer: Arc::new(Mutex::new(Some(handle))),
+        })
     }
 
     /// Opens an existing journal for reading only: no append, snapshot or prune is accepted.
@@ -214,9 +240,23 @@ impl Journal {
         if !dir.join("db").exists() {
             return Err(StorageError::NotFound { dir });
         }
-        let db = sled::Config::new().path(&dir).open().map_err(|e| map_open_error(&dir, e))?;
-        let shared = Arc::new(Shared { db, dir, poisoned: AtomicBool::new(false), read_only: true });
-        Ok(Journal { shared, jobs: None, committer: Arc::new(Mutex::new(None)) })
+        let db = sled::Config::new()
+            .path(&dir)
+            .open()
+            .map_err(|e| map_open_error(&dir, e))?;
+        let shared = Arc::new(Shared {
+            db,
+            dir,
+            poisoned: AtomicBool::new(false),
+            read_only: true,
+            #[cfg(feature = "fault-injection")]
+            fail_next_sync: AtomicBool::new(false),
+        });
+        Ok(Journal {
+            shared,
+            jobs: None,
+            committer: Arc::new(Mutex::new(None)),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -228,13 +268,20 @@ impl Journal {
         self.shared.poisoned.load(Ordering::Acquire)
     }
 
-    fn submit(&self, request: AppendRequest) -> Result<tokio::sync::oneshot::Receiver<Result<Committed, AppendError>>, AppendError> {
+    fn submit(
+        &self,
+        request: AppendRequest,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Committed, AppendError>>, AppendError> {
         self.shared.check_writable()?;
-        request.stream.validate().map_err(AppendError::InvalidRequest)?;
+        request
+            .stream
+            .validate()
+            .map_err(AppendError::InvalidRequest)?;
         request.validate().map_err(AppendError::InvalidRequest)?;
         let (reply, rx) = tokio::sync::oneshot::channel();
         let jobs = self.jobs.as_ref().ok_or(StorageError::ReadOnly)?;
-        jobs.send(CommitJob::Append { request, reply }).map_err(|_| StorageError::Closed)?;
+        jobs.send(CommitJob::Append { request, reply })
+            .map_err(|_| StorageError::Closed)?;
         Ok(rx)
     }
 
@@ -242,13 +289,15 @@ impl Journal {
     /// Resolves when the append is acknowledged under the configured [`Durability`].
     pub async fn append(&self, request: AppendRequest) -> Result<Committed, AppendError> {
         let rx = self.submit(request)?;
-        rx.await.map_err(|_| AppendError::Storage(StorageError::Closed))?
+        rx.await
+            .map_err(|_| AppendError::Storage(StorageError::Closed))?
     }
 
     /// [`Journal::append`] for callers outside an async runtime.
     pub fn append_blocking(&self, request: AppendRequest) -> Result<Committed, AppendError> {
         let rx = self.submit(request)?;
-        rx.blocking_recv().map_err(|_| AppendError::Storage(StorageError::Closed))?
+        rx.blocking_recv()
+            .map_err(|_| AppendError::Storage(StorageError::Closed))?
     }
 
     /// Waits until everything appended so far is on stable storage (flush + fdatasync).
@@ -256,14 +305,17 @@ impl Journal {
         self.shared.check_writable()?;
         let jobs = self.jobs.as_ref().ok_or(StorageError::ReadOnly)?;
         let (reply, rx) = tokio::sync::oneshot::channel();
-        jobs.send(CommitJob::Sync { reply }).map_err(|_| StorageError::Closed)?;
+        jobs.send(CommitJob::Sync { reply })
+            .map_err(|_| StorageError::Closed)?;
         rx.blocking_recv().map_err(|_| StorageError::Closed)?
     }
 
     /// Commits and syncs everything submitted so far, then stops the committer: every clone's
     /// later appends fail with [`StorageError::Closed`]. Idempotent.
     pub fn close(&self) -> Result<(), StorageError> {
-        let Some(jobs) = self.jobs.as_ref() else { return Ok(()) };
+        let Some(jobs) = self.jobs.as_ref() else {
+            return Ok(());
+        };
         let (reply, rx) = tokio::sync::oneshot::channel();
         let result = match jobs.send(CommitJob::Shutdown { reply }) {
             Ok(()) => rx.blocking_recv().unwrap_or(Ok(())),
@@ -279,15 +331,22 @@ impl Journal {
     pub fn head(&self, stream: &StreamId) -> Result<StreamHead, StorageError> {
         let prefix = keys::stream_prefix(keys::EVENTS, stream);
         match self.shared.db.scan_prefix(&prefix).next_back() {
-            None => Ok(StreamHead { sequence: 0, hash: record::ZERO_HASH }),
+            None => Ok(StreamHead {
+                sequence: 0,
+                hash: record::ZERO_HASH,
+            }),
             Some(entry) => {
                 let (key, value) = entry?;
-                let (_, sequence) = keys::parse_stream_key(&key).ok_or_else(|| StorageError::Corrupt {
-                    stream: Some(stream.to_string()),
-                    sequence: None,
-                    reason: "malformed event key".into(),
-                })?;
-                Ok(StreamHead { sequence, hash: record::hash(&value) })
+                let (_, sequence) =
+                    keys::parse_stream_key(&key).ok_or_else(|| StorageError::Corrupt {
+                        stream: Some(stream.to_string()),
+                        sequence: None,
+                        reason: "malformed event key".into(),
+                    })?;
+                Ok(StreamHead {
+                    sequence,
+                    hash: record::hash(&value),
+                })
             }
         }
     }
@@ -312,7 +371,10 @@ impl Journal {
 
     /// Every stream (optionally of one aggregate type) with its last sequence, in key order.
     /// Jumps from stream to stream instead of reading every event.
-    pub fn streams(&self, aggregate_type: Option<&str>) -> impl Iterator<Item = Result<(StreamId, u64), StorageError>> + '_ {
+    pub fn streams(
+        &self,
+        aggregate_type: Option<&str>,
+    ) -> impl Iterator<Item = Result<(StreamId, u64), StorageError>> + '_ {
         let prefix = match aggregate_type {
             Some(t) => {
                 let mut p = vec![keys::EVENTS, t.len() as u8];
@@ -344,7 +406,11 @@ impl Journal {
             }
             let Some((stream, _)) = keys::parse_stream_key(&first) else {
                 done = true;
-                return Some(Err(StorageError::Corrupt { stream: None, sequence: None, reason: "malformed event key".into() }));
+                return Some(Err(StorageError::Corrupt {
+                    stream: None,
+                    sequence: None,
+                    reason: "malformed event key".into(),
+                }));
             };
             let head = self.head(&stream).map(|h| (stream.clone(), h.sequence));
             match keys::prefix_successor(&keys::stream_prefix(keys::EVENTS, &stream)) {
@@ -356,7 +422,10 @@ impl Journal {
     }
 
     /// Every record in global order from `from_position`, as (position, stream, sequence).
-    pub fn read_global(&self, from_position: u64) -> impl Iterator<Item = Result<(u64, StreamId, u64), StorageError>> + '_ {
+    pub fn read_global(
+        &self,
+        from_position: u64,
+    ) -> impl Iterator<Item = Result<(u64, StreamId, u64), StorageError>> + '_ {
         let start = keys::global_key(from_position);
         let end = keys::global_key(u64::MAX);
         self.shared.db.range(start..=end).map(|entry| {
@@ -365,14 +434,23 @@ impl Journal {
             let target = keys::parse_global_value(&value);
             match (position, target) {
                 (Some(p), Some((s, q))) => Ok((p, s, q)),
-                _ => Err(StorageError::Corrupt { stream: None, sequence: None, reason: "malformed global index entry".into() }),
+                _ => Err(StorageError::Corrupt {
+                    stream: None,
+                    sequence: None,
+                    reason: "malformed global index entry".into(),
+                }),
             }
         })
     }
 
     /// Stores a snapshot's bytes at `sequence`. Not part of the command path, not synced:
     /// a snapshot lost in a crash is taken again, and recovery never needs one.
-    pub fn put_snapshot(&self, stream: &StreamId, sequence: u64, bytes: &[u8]) -> Result<(), StorageError> {
+    pub fn put_snapshot(
+        &self,
+        stream: &StreamId,
+        sequence: u64,
+        bytes: &[u8],
+    ) -> Result<(), StorageError> {
         self.shared.check_writable()?;
         let key = keys::stream_key(keys::SNAPSHOTS, stream, sequence);
         if let Err(e) = self.shared.db.insert(key, bytes) {
@@ -399,14 +477,17 @@ impl Journal {
     }
 
     /// Every stream that has snapshots, with their sequences, for verification.
-    pub fn all_snapshots(&self) -> impl Iterator<Item = Result<(StreamId, u64, Vec<u8>), StorageError>> + '_ {
+    pub fn all_snapshots(
+        &self,
+    ) -> impl Iterator<Item = Result<(StreamId, u64, Vec<u8>), StorageError>> + '_ {
         self.shared.db.scan_prefix([keys::SNAPSHOTS]).map(|entry| {
             let (key, value) = entry?;
-            let (stream, seq) = keys::parse_stream_key(&key).ok_or_else(|| StorageError::Corrupt {
-                stream: None,
-                sequence: None,
-                reason: "malformed snapshot key".into(),
-            })?;
+            let (stream, seq) =
+                keys::parse_stream_key(&key).ok_or_else(|| StorageError::Corrupt {
+                    stream: None,
+                    sequence: None,
+                    reason: "malformed snapshot key".into(),
+                })?;
             Ok((stream, seq, value.to_vec()))
         })
     }
@@ -416,7 +497,11 @@ impl Journal {
         self.shared.check_writable()?;
         let mut removed = 0;
         for (seq, _) in self.snapshots(stream)?.into_iter().skip(keep) {
-            if let Err(e) = self.shared.db.remove(keys::stream_key(keys::SNAPSHOTS, stream, seq)) {
+            if let Err(e) = self
+                .shared
+                .db
+                .remove(keys::stream_key(keys::SNAPSHOTS, stream, seq))
+            {
                 self.shared.poison("snapshot prune", &e);
                 return Err(e.into());
             }
@@ -439,7 +524,9 @@ impl Journal {
                     stats.snapshots += 1;
                     stats.snapshot_bytes += value.len() as u64;
                 }
-                Some(&keys::GLOBAL) => stats.last_global_position = keys::parse_global_key(&key).unwrap_or(0),
+                Some(&keys::GLOBAL) => {
+                    stats.last_global_position = keys::parse_global_key(&key).unwrap_or(0)
+                }
                 _ => {}
             }
         }
@@ -456,15 +543,31 @@ impl Journal {
         &self.shared.db
     }
 
+    /// Makes the next flush fail with an I/O error: for poisoning tests only.
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_sync_for_tests(&self) {
+        self.shared.fail_next_sync.store(true, Ordering::Release);
+    }
+
     /// Overwrites a stored record's byte, bypassing every check: for corruption tests only.
     #[cfg(feature = "fault-injection")]
-    pub fn corrupt_record_for_tests(&self, stream: &StreamId, sequence: u64, byte: usize) -> Result<(), StorageError> {
+    pub fn corrupt_record_for_tests(
+        &self,
+        stream: &StreamId,
+        sequence: u64,
+        byte: usize,
+    ) -> Result<(), StorageError> {
         let key = keys::stream_key(keys::EVENTS, stream, sequence);
-        let mut value = self.shared.db.get(&key)?.ok_or(StorageError::Corrupt {
-            stream: Some(stream.to_string()),
-            sequence: Some(sequence),
-            reason: "no such record".into(),
-        })?.to_vec();
+        let mut value = self
+            .shared
+            .db
+            .get(&key)?
+            .ok_or(StorageError::Corrupt {
+                stream: Some(stream.to_string()),
+                sequence: Some(sequence),
+                reason: "no such record".into(),
+            })?
+            .to_vec();
         let i = byte % value.len();
         value[i] ^= 0x5a;
         self.shared.db.insert(key, value)?;
@@ -474,7 +577,11 @@ impl Journal {
 }
 
 /// Decodes a record and checks it belongs where it is stored.
-pub(crate) fn decode_checked(stream: &StreamId, sequence: u64, bytes: &[u8]) -> Result<Record, StorageError> {
+pub(crate) fn decode_checked(
+    stream: &StreamId,
+    sequence: u64,
+    bytes: &[u8],
+) -> Result<Record, StorageError> {
     let corrupt = |reason: String| StorageError::Corrupt {
         stream: Some(stream.to_string()),
         sequence: Some(sequence),

@@ -66,7 +66,10 @@ pub fn hash(bytes: &[u8]) -> Hash {
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    assert!(s.len() <= u16::MAX as usize, "record string longer than u16::MAX");
+    assert!(
+        s.len() <= u16::MAX as usize,
+        "record string longer than u16::MAX"
+    );
     out.extend_from_slice(&(s.len() as u16).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
 }
@@ -128,9 +131,13 @@ impl Record {
         }
         let mut cursor = HEADER_BYTES;
         let mut take_str = || -> Result<String, RecordError> {
-            let len_bytes = bytes.get(cursor..cursor + 2).ok_or(RecordError::Malformed("string length"))?;
+            let len_bytes = bytes
+                .get(cursor..cursor + 2)
+                .ok_or(RecordError::Malformed("string length"))?;
             let len = u16::from_le_bytes([len_bytes[0], len_bytes[1]]) as usize;
-            let s = bytes.get(cursor + 2..cursor + 2 + len).ok_or(RecordError::Malformed("string"))?;
+            let s = bytes
+                .get(cursor + 2..cursor + 2 + len)
+                .ok_or(RecordError::Malformed("string"))?;
             cursor += 2 + len;
             String::from_utf8(s.to_vec()).map_err(|_| RecordError::Malformed("string not UTF-8"))
         };
@@ -140,11 +147,17 @@ impl Record {
         let event_version = take_str()?;
         let source = take_str()?;
         let user_id = take_str()?;
-        let len_bytes = bytes.get(cursor..cursor + 4).ok_or(RecordError::Malformed("payload length"))?;
+        let len_bytes = bytes
+            .get(cursor..cursor + 4)
+            .ok_or(RecordError::Malformed("payload length"))?;
         let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
-        let payload = bytes.get(cursor + 4..).ok_or(RecordError::Malformed("payload"))?;
+        let payload = bytes
+            .get(cursor + 4..)
+            .ok_or(RecordError::Malformed("payload"))?;
         if payload.len() != len {
-            return Err(RecordError::Malformed("payload length does not match record length"));
+            return Err(RecordError::Malformed(
+                "payload length does not match record length",
+            ));
         }
         Ok(Record {
             sequence: u64_at(5),
@@ -196,8 +209,14 @@ mod tests {
         for i in 0..bytes.len() {
             let mut damaged = bytes.clone();
             damaged[i] ^= 0x40;
-            assert!(Record::decode(&damaged).is_err(), "flip at byte {i} went unnoticed");
+            assert!(
+                Record::decode(&damaged).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
         }
-        assert!(matches!(Record::decode(&bytes[..20]), Err(RecordError::Truncated(20))));
+        assert!(matches!(
+            Record::decode(&bytes[..20]),
+            Err(RecordError::Truncated(20))
+        ));
     }
 }

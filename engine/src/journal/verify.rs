@@ -27,17 +27,36 @@ impl VerifyReport {
     pub fn is_clean(&self) -> bool {
         self.issues.is_empty()
     }
-    pub fn issue(&mut self, stream: Option<&StreamId>, sequence: Option<u64>, problem: impl Into<String>) {
-        self.issues.push(VerifyIssue { stream: stream.map(|s| s.to_string()), sequence, problem: problem.into() });
+    pub fn issue(
+        &mut self,
+        stream: Option<&StreamId>,
+        sequence: Option<u64>,
+        problem: impl Into<String>,
+    ) {
+        self.issues.push(VerifyIssue {
+            stream: stream.map(|s| s.to_string()),
+            sequence,
+            problem: problem.into(),
+        });
     }
 }
 
 fn issue_from(report: &mut VerifyReport, err: StorageError) {
     match err {
-        StorageError::Corrupt { stream, sequence, reason } => {
-            report.issues.push(VerifyIssue { stream, sequence, problem: reason })
-        }
-        other => report.issues.push(VerifyIssue { stream: None, sequence: None, problem: other.to_string() }),
+        StorageError::Corrupt {
+            stream,
+            sequence,
+            reason,
+        } => report.issues.push(VerifyIssue {
+            stream,
+            sequence,
+            problem: reason,
+        }),
+        other => report.issues.push(VerifyIssue {
+            stream: None,
+            sequence: None,
+            problem: other.to_string(),
+        }),
     }
 }
 
@@ -68,19 +87,38 @@ pub(super) fn verify(journal: &Journal) -> VerifyReport {
         }
         report.events += 1;
         if seq != expected_seq {
-            report.issue(Some(&stream), Some(expected_seq), format!("gap: sequences {expected_seq}..{} are missing", seq - 1));
+            report.issue(
+                Some(&stream),
+                Some(expected_seq),
+                format!("gap: sequences {expected_seq}..{} are missing", seq - 1),
+            );
         }
         expected_seq = seq + 1;
         match decode_checked(&stream, seq, &value) {
             Err(e) => issue_from(&mut report, e),
             Ok(rec) => {
                 if rec.prev_hash != prev_hash {
-                    report.issue(Some(&stream), Some(seq), "hash chain broken: previous-record hash does not match");
+                    report.issue(
+                        Some(&stream),
+                        Some(seq),
+                        "hash chain broken: previous-record hash does not match",
+                    );
                 }
                 match db.get(keys::global_key(rec.global_position)) {
                     Ok(Some(v)) if keys::parse_global_value(&v) == Some((stream.clone(), seq)) => {}
-                    Ok(Some(_)) => report.issue(Some(&stream), Some(seq), format!("global position {} points elsewhere", rec.global_position)),
-                    Ok(None) => report.issue(Some(&stream), Some(seq), format!("global position {} is missing from the index", rec.global_position)),
+                    Ok(Some(_)) => report.issue(
+                        Some(&stream),
+                        Some(seq),
+                        format!("global position {} points elsewhere", rec.global_position),
+                    ),
+                    Ok(None) => report.issue(
+                        Some(&stream),
+                        Some(seq),
+                        format!(
+                            "global position {} is missing from the index",
+                            rec.global_position
+                        ),
+                    ),
                     Err(e) => issue_from(&mut report, e.into()),
                 }
             }
@@ -103,20 +141,38 @@ pub(super) fn verify(journal: &Journal) -> VerifyReport {
             continue;
         };
         if pos != expected_pos {
-            report.issue(None, None, format!("global positions {expected_pos}..{} are missing", pos.saturating_sub(1)));
+            report.issue(
+                None,
+                None,
+                format!(
+                    "global positions {expected_pos}..{} are missing",
+                    pos.saturating_sub(1)
+                ),
+            );
         }
         expected_pos = pos + 1;
         match keys::parse_global_value(&value) {
             None => report.issue(None, None, format!("global index entry {pos} is malformed")),
             Some((stream, seq)) => match db.get(keys::stream_key(keys::EVENTS, &stream, seq)) {
                 Ok(Some(_)) => {}
-                Ok(None) => report.issue(Some(&stream), Some(seq), format!("global index entry {pos} points at a missing record")),
+                Ok(None) => report.issue(
+                    Some(&stream),
+                    Some(seq),
+                    format!("global index entry {pos} points at a missing record"),
+                ),
                 Err(e) => issue_from(&mut report, e.into()),
             },
         }
     }
     if report.global_entries != report.events {
-        report.issue(None, None, format!("{} events but {} global index entries", report.events, report.global_entries));
+        report.issue(
+            None,
+            None,
+            format!(
+                "{} events but {} global index entries",
+                report.events, report.global_entries
+            ),
+        );
     }
     report
 }

@@ -22,8 +22,14 @@ pub(crate) type StateResult<A> =
     Result<(<A as Aggregate>::State, u64), CommandError<<A as Aggregate>::Error>>;
 
 pub(crate) enum EntityMsg<A: Aggregate> {
-    Execute { command: A::Command, metadata: Metadata, reply: oneshot::Sender<ExecuteResult<A>> },
-    GetState { reply: oneshot::Sender<StateResult<A>> },
+    Execute {
+        command: A::Command,
+        metadata: Metadata,
+        reply: oneshot::Sender<ExecuteResult<A>>,
+    },
+    GetState {
+        reply: oneshot::Sender<StateResult<A>>,
+    },
 }
 
 impl<A: Aggregate> EntityMsg<A> {
@@ -74,8 +80,9 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 impl<A: Aggregate> EntityState<A> {
     fn ensure_loaded(&mut self) -> Result<(), CommandError<A::Error>> {
         if self.loaded.is_none() {
-            let loaded = repository::load::<A>(&self.args.rt.journal, &self.args.stream, u64::MAX, true)
-                .map_err(CommandError::Storage)?;
+            let loaded =
+                repository::load::<A>(&self.args.rt.journal, &self.args.stream, u64::MAX, true)
+                    .map_err(CommandError::Storage)?;
             tracing::debug!(
                 stream = %self.args.stream,
                 version = loaded.version,
@@ -132,7 +139,11 @@ impl<A: Aggregate> EntityState<A> {
                 return Err(CommandError::from_append(e));
             }
         };
-        assert_eq!(committed.version, version + events.len() as u64, "journal skipped sequences");
+        assert_eq!(
+            committed.version,
+            version + events.len() as u64,
+            "journal skipped sequences"
+        );
 
         let (state, loaded_version) = self.loaded.as_mut().expect("loaded above");
         let applied = catch_unwind(AssertUnwindSafe(|| {
@@ -160,7 +171,11 @@ impl<A: Aggregate> EntityState<A> {
                     stream: self.args.stream.clone(),
                     sequence: new_version,
                     encode: Box::new(move || {
-                        SnapshotRecord::encode_state(A::STATE_SCHEMA_VERSION, new_version, &snapshot_state)
+                        SnapshotRecord::encode_state(
+                            A::STATE_SCHEMA_VERSION,
+                            new_version,
+                            &snapshot_state,
+                        )
                     }),
                 });
             }
@@ -196,7 +211,11 @@ impl<A: Aggregate> Actor for EntityActor<A> {
     type State = EntityState<A>;
     type Arguments = EntityArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: EntityArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: EntityArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(EntityState { args, loaded: None })
     }
 
@@ -207,12 +226,18 @@ impl<A: Aggregate> Actor for EntityActor<A> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            EntityMsg::Execute { command, metadata, reply } => {
+            EntityMsg::Execute {
+                command,
+                metadata,
+                reply,
+            } => {
                 let result = state.execute(command, metadata).await;
                 let _ = reply.send(result);
             }
             EntityMsg::GetState { reply } => {
-                let result = state.ensure_loaded().map(|()| state.loaded.clone().expect("loaded"));
+                let result = state
+                    .ensure_loaded()
+                    .map(|()| state.loaded.clone().expect("loaded"));
                 let _ = reply.send(result);
             }
         }

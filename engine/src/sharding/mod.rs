@@ -74,7 +74,12 @@ pub fn shard_for(aggregate_type: &str, aggregate_id: &str, shards: usize) -> usi
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut h = OFFSET;
-    for &b in aggregate_type.as_bytes().iter().chain(&[0xFF]).chain(aggregate_id.as_bytes()) {
+    for &b in aggregate_type
+        .as_bytes()
+        .iter()
+        .chain(&[0xFF])
+        .chain(aggregate_id.as_bytes())
+    {
         h ^= b as u64;
         h = h.wrapping_mul(PRIME);
     }
@@ -88,7 +93,10 @@ mod tests {
     #[test]
     fn shard_hash_is_stable_and_spreads() {
         // Pinned values: changing the hash would move aggregates between shards.
-        assert_eq!(shard_for("ProductStock", "sku-1", 1024), shard_for("ProductStock", "sku-1", 1024));
+        assert_eq!(
+            shard_for("ProductStock", "sku-1", 1024),
+            shard_for("ProductStock", "sku-1", 1024)
+        );
         assert_eq!(shard_for("ProductStock", "sku-1", 8), 2); // FNV-1a computed independently
         assert_eq!(shard_for("Order", "o-42", 8), 2);
         let mut counts = [0usize; 8];

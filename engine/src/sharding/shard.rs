@@ -15,9 +15,14 @@ use std::time::Instant;
 use tokio::task::JoinHandle;
 
 pub(crate) enum ShardMsg<A: Aggregate> {
-    Route { aggregate_id: String, msg: EntityMsg<A> },
+    Route {
+        aggregate_id: String,
+        msg: EntityMsg<A>,
+    },
     PassivateIdle,
-    ActiveCount { reply: tokio::sync::oneshot::Sender<usize> },
+    ActiveCount {
+        reply: tokio::sync::oneshot::Sender<usize>,
+    },
 }
 
 pub(crate) struct ShardActor<A>(PhantomData<fn() -> A>);
@@ -73,7 +78,11 @@ impl<A: Aggregate> ShardState<A> {
         }
     }
 
-    async fn spawn_entity(&mut self, myself: &ActorRef<ShardMsg<A>>, id: &str) -> Result<(), ActorProcessingErr> {
+    async fn spawn_entity(
+        &mut self,
+        myself: &ActorRef<ShardMsg<A>>,
+        id: &str,
+    ) -> Result<(), ActorProcessingErr> {
         while self.entities.len() >= self.args.rt.config.active_per_shard_max {
             if !self.passivate_lru() {
                 break; // every active entity is busy: exceed the limit rather than block
@@ -85,20 +94,36 @@ impl<A: Aggregate> ShardState<A> {
             rt: self.args.rt.clone(),
             inflight: inflight.clone(),
         };
-        let (actor, _) = Actor::spawn_linked(None, EntityActor::<A>::new(), args, myself.get_cell()).await?;
+        let (actor, _) =
+            Actor::spawn_linked(None, EntityActor::<A>::new(), args, myself.get_cell()).await?;
         self.by_actor.insert(actor.get_id(), id.to_owned());
-        self.entities.insert(id.to_owned(), Entry { actor, inflight, last_used: Instant::now() });
+        self.entities.insert(
+            id.to_owned(),
+            Entry {
+                actor,
+                inflight,
+                last_used: Instant::now(),
+            },
+        );
         Ok(())
     }
 
-    async fn route(&mut self, myself: &ActorRef<ShardMsg<A>>, id: String, msg: EntityMsg<A>) -> Result<(), ActorProcessingErr> {
+    async fn route(
+        &mut self,
+        myself: &ActorRef<ShardMsg<A>>,
+        id: String,
+        msg: EntityMsg<A>,
+    ) -> Result<(), ActorProcessingErr> {
         if !self.entities.contains_key(&id) {
             self.spawn_entity(myself, &id).await?;
         }
         let limit = self.args.rt.config.entity_mailbox_commands_max;
         let entry = self.entities.get_mut(&id).expect("spawned above");
         if entry.inflight.load(Ordering::Acquire) >= limit {
-            msg.reject(CommandError::Overloaded { what: "the aggregate's mailbox", limit });
+            msg.reject(CommandError::Overloaded {
+                what: "the aggregate's mailbox",
+                limit,
+            });
             return Ok(());
         }
         entry.inflight.fetch_add(1, Ordering::AcqRel);
@@ -112,7 +137,9 @@ impl<A: Aggregate> ShardState<A> {
             };
             self.passivate(&id);
             if let Some(m) = msg {
-                m.reject(CommandError::Panicked("the aggregate's actor had stopped; retry".into()));
+                m.reject(CommandError::Panicked(
+                    "the aggregate's actor had stopped; retry".into(),
+                ));
             }
         }
         Ok(())
@@ -124,25 +151,46 @@ impl<A: Aggregate> Actor for ShardActor<A> {
     type State = ShardState<A>;
     type Arguments = ShardArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: ShardArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ShardArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         let period = std::time::Duration::from_millis(args.rt.config.passivation_check_ms.max(1));
         let ticker = myself.send_interval(period, || ShardMsg::PassivateIdle);
-        Ok(ShardState { args, entities: HashMap::new(), by_actor: HashMap::new(), ticker: Some(ticker) })
+        Ok(ShardState {
+            args,
+            entities: HashMap::new(),
+            by_actor: HashMap::new(),
+            ticker: Some(ticker),
+        })
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(t) = state.ticker.take() {
             t.abort();
         }
         // Wait for each entity, so that after the shard has stopped no actor holds the
         // journal any more.
         for (_, entry) in state.entities.drain() {
-            let _ = entry.actor.stop_and_wait(Some("shard stopped".into()), None).await;
+            let _ = entry
+                .actor
+                .stop_and_wait(Some("shard stopped".into()), None)
+                .await;
         }
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match message {
             ShardMsg::Route { aggregate_id, msg } => {
                 state.args.queued.fetch_sub(1, Ordering::AcqRel);
@@ -153,7 +201,9 @@ impl<A: Aggregate> Actor for ShardActor<A> {
                 let expired: Vec<String> = state
                     .entities
                     .iter()
-                    .filter(|(_, e)| e.inflight.load(Ordering::Acquire) == 0 && e.last_used.elapsed() >= idle)
+                    .filter(|(_, e)| {
+                        e.inflight.load(Ordering::Acquire) == 0 && e.last_used.elapsed() >= idle
+                    })
                     .map(|(id, _)| id.clone())
                     .collect();
                 for id in expired {
@@ -183,7 +233,11 @@ impl<A: Aggregate> Actor for ShardActor<A> {
             }
             SupervisionEvent::ActorTerminated(cell, ..) => {
                 if let Some(id) = state.by_actor.remove(&cell.get_id()) {
-                    if state.entities.get(&id).is_some_and(|e| e.actor.get_id() == cell.get_id()) {
+                    if state
+                        .entities
+                        .get(&id)
+                        .is_some_and(|e| e.actor.get_id() == cell.get_id())
+                    {
                         state.entities.remove(&id);
                     }
                 }

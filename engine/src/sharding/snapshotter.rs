@@ -37,7 +37,10 @@ impl Snapshotter {
                 }
             }
         })?;
-        Ok(Snapshotter { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
+        Ok(Snapshotter {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     pub fn submit(&self, job: SnapshotJob) {

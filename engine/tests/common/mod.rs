@@ -60,11 +60,20 @@ impl Aggregate for Counter {
     type Event = CounterEvent;
     type Error = CounterError;
 
-    fn decide(state: &CounterState, command: &CounterCommand, _ctx: &DecideContext) -> Result<Vec<CounterEvent>, CounterError> {
+    fn decide(
+        state: &CounterState,
+        command: &CounterCommand,
+        _ctx: &DecideContext,
+    ) -> Result<Vec<CounterEvent>, CounterError> {
         match command {
             CounterCommand::Add(0) => Ok(vec![]),
-            CounterCommand::Add(n) => Ok(vec![CounterEvent::Added { before: state.total, amount: *n }]),
-            CounterCommand::RequireAtLeast(n) if state.total < *n => Err(CounterError::TooLow(state.total)),
+            CounterCommand::Add(n) => Ok(vec![CounterEvent::Added {
+                before: state.total,
+                amount: *n,
+            }]),
+            CounterCommand::RequireAtLeast(n) if state.total < *n => {
+                Err(CounterError::TooLow(state.total))
+            }
             CounterCommand::RequireAtLeast(_) => Ok(vec![]),
             CounterCommand::Explode => panic!("boom (test panic)"),
         }

@@ -1,0 +1,184 @@
+//! Model-based test of the journal (sled-style): random appends — with right and wrong
+//! expected versions — and reopenings run against the journal and against a `Vec` of
+//! payloads per stream. After every step the journal must agree with the model: contents,
+//! heads, conflicts, a gapless global order, and a clean `verify`.
+//! Also: a failed flush poisons the journal instead of guessing.
+
+use evershard_engine::journal::{AppendRequest, NewEvent};
+use evershard_engine::{AppendError, Durability, Journal, JournalConfig, StorageError, StreamId};
+use proptest::prelude::*;
+use uuid::Uuid;
+
+const STREAMS: usize = 4;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append {
+        stream: usize,
+        events: usize,
+        version_skew: i8,
+    },
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (0..STREAMS, 0..4usize, prop_oneof![6 => Just(0i8), 1 => Just(-1i8), 1 => Just(1i8)])
+            .prop_map(|(stream, events, version_skew)| Op::Append { stream, events, version_skew }),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn stream(i: usize) -> StreamId {
+    // Ids where one is a prefix of another, to catch key-prefix mistakes.
+    StreamId::new("Model", ["a", "ab", "a\u{e9}", "b"][i])
+}
+
+fn event(payload: Vec<u8>) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type: "Happened".into(),
+        event_version: "1.0".into(),
+        timestamp: chrono::DateTime::from_timestamp_micros(1_767_225_600_000_000).unwrap(),
+        correlation_id: Uuid::new_v4(),
+        causation_id: None,
+        source: "model-test".into(),
+        user_id: Some("u".into()),
+        payload,
+    }
+}
+
+fn config() -> JournalConfig {
+    JournalConfig {
+        durability: Durability::Buffered {
+            flush_every_ms: 1000,
+        },
+        ..JournalConfig::default()
+    }
+}
+
+fn check(journal: &Journal, model: &[Vec<Vec<u8>>]) {
+    let mut total = 0;
+    for (i, expected) in model.iter().enumerate() {
+        let s = stream(i);
+        let records: Vec<_> = journal
+            .read_stream(&s, 1, u64::MAX)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let payloads: Vec<Vec<u8>> = records.iter().map(|r| r.payload.clone()).collect();
+        assert_eq!(&payloads, expected, "stream {s}");
+        assert!(records
+            .iter()
+            .enumerate()
+            .all(|(k, r)| r.sequence == k as u64 + 1));
+        assert_eq!(journal.head(&s).unwrap().sequence, expected.len() as u64);
+        total += expected.len();
+    }
+    let global: Vec<_> = journal.read_global(1).collect::<Result<_, _>>().unwrap();
+    assert_eq!(global.len(), total);
+    assert!(
+        global
+            .iter()
+            .enumerate()
+            .all(|(k, (pos, _, _))| *pos == k as u64 + 1),
+        "global order has a gap"
+    );
+    let listed: Vec<_> = journal
+        .streams(Some("Model"))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(listed.len(), model.iter().filter(|m| !m.is_empty()).count());
+    let report = journal.verify();
+    assert!(report.is_clean(), "{report:#?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn journal_agrees_with_a_vec_per_stream(ops in proptest::collection::vec(op(), 1..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path(), config()).unwrap();
+        let mut model: Vec<Vec<Vec<u8>>> = vec![Vec::new(); STREAMS];
+        let mut counter = 0u32;
+        for op in ops {
+            match op {
+                Op::Append { stream: i, events, version_skew } => {
+                    let current = model[i].len() as i64;
+                    let expected = (current + version_skew as i64).max(0) as u64;
+                    let payloads: Vec<Vec<u8>> = (0..events).map(|_| { counter += 1; counter.to_le_bytes().to_vec() }).collect();
+                    let request = AppendRequest::new(stream(i), expected, payloads.iter().cloned().map(event).collect());
+                    match journal.append_blocking(request) {
+                        Ok(committed) => {
+                            prop_assert_eq!(expected, current as u64);
+                            prop_assert_eq!(committed.version, current as u64 + events as u64);
+                            model[i].extend(payloads);
+                        }
+                        Err(AppendError::Conflict { expected: e, actual, .. }) => {
+                            prop_assert_ne!(expected, current as u64);
+                            prop_assert_eq!((e, actual), (expected, current as u64));
+                        }
+                        Err(other) => panic!("unexpected {other:?}"),
+                    }
+                }
+                Op::Reopen => {
+                    journal.close().unwrap();
+                    drop(journal);
+                    journal = Journal::open(dir.path(), config()).unwrap();
+                }
+            }
+            check(&journal, &model);
+        }
+        journal.close().unwrap();
+    }
+}
+
+#[test]
+fn a_failed_flush_poisons_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path(), JournalConfig::default()).unwrap();
+    let s = StreamId::new("Model", "p");
+    journal
+        .append_blocking(AppendRequest::new(s.clone(), 0, vec![event(vec![1])]))
+        .unwrap();
+    journal.fail_next_sync_for_tests();
+    let err = journal
+        .append_blocking(AppendRequest::new(s.clone(), 1, vec![event(vec![2])]))
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::Storage(StorageError::Io(_))),
+        "{err:?}"
+    );
+    assert!(journal.is_poisoned());
+    let err = journal
+        .append_blocking(AppendRequest::new(s.clone(), 1, vec![event(vec![3])]))
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::Storage(StorageError::Poisoned)),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn bad_requests_get_typed_errors_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path(), config()).unwrap();
+    let long_id = StreamId::new("Model", "x".repeat(5000));
+    let err = journal
+        .append_blocking(AppendRequest::new(long_id, 0, vec![event(vec![1])]))
+        .unwrap_err();
+    assert!(matches!(err, AppendError::InvalidRequest(_)), "{err:?}");
+    let mut sneaky = AppendRequest::new(stream(0), 0, vec![event(vec![1])]);
+    sneaky
+        .extra_writes
+        .push(evershard_engine::journal::WriteOp::Put {
+            key: b"e-forged".to_vec(),
+            value: vec![],
+        });
+    assert!(matches!(
+        journal.append_blocking(sneaky),
+        Err(AppendError::InvalidRequest(_))
+    ));
+    assert_eq!(journal.read_global(1).count(), 0);
+    journal.close().unwrap();
+}
