@@ -1,0 +1,1198 @@
+//! The `Payment` aggregate: one payment of a payer towards a target (an order, an invoice, an
+//! appointment or a service), with up to three attempts, then refunds. Topic
+//! `business.payments` (functional-architecture-ddd.md 5.2; field names from the catalog's
+//! `PaymentReceived`/`PaymentProcessed` contracts: `payment_id`, `payer_id`, `amount`,
+//! `currency`, `payment_method`).
+//!
+//! # Commands
+//! | command | accepted when | events |
+//! | --- | --- | --- |
+//! | [`InitiatePayment`] | new, or the last attempt failed (a retry) | `PaymentInitiated` |
+//! | [`CompletePayment`] | an attempt is in progress | `PaymentCompleted` |
+//! | [`FailPayment`] | an attempt is in progress | `PaymentFailed` (the third one blocks) |
+//! | [`RefundPayment`] | completed, not yet fully refunded | `PaymentRefunded` |
+//!
+//! # Events (all on topic `business.payments`, version "1.0")
+//! `PaymentInitiated`, `PaymentCompleted`, `PaymentFailed`, `PaymentRefunded`. Payloads are the
+//! serde JSON of the structs of the same name. Money is a decimal string with two fraction
+//! digits (`"1234.50"`), currencies are ISO codes (`"USD"`), times are RFC 3339 UTC.
+//!
+//! # Lifecycle ([`can_transition`])
+//! | from | to |
+//! | --- | --- |
+//! | `new` | `initiated` |
+//! | `initiated` | `completed`, `failed`, `blocked` (third failure) |
+//! | `failed` | `initiated` (a retry) |
+//! | `completed` | `partially_refunded`, `refunded` |
+//! | `partially_refunded` | `partially_refunded`, `refunded` |
+//! | `blocked`, `refunded` | final |
+//!
+//! # Rules
+//! - Methods: `card`, `apple_pay`, `paypal`, `bank_transfer`, `cash`.
+//! - **CVV**: a card attempt must carry a CVV of 3 or 4 ASCII digits; other methods must carry
+//!   none (a CVV sent with cash or PayPal is a client bug and is refused rather than silently
+//!   handled). The CVV is checked in `decide` and then dropped: events and state only record
+//!   `cvv_checked: true`, never the digits. [`Cvv`]'s `Debug` prints no digits either. Whether
+//!   the CVV *matches* the card is the provider's answer; a mismatch comes back as
+//!   [`FailPayment`] and counts as a failed attempt.
+//! - **Amount**: > 0 and at most 50,000.00 USD ([`AMOUNT_MAX_USD`]). Other currencies are
+//!   converted with the **fixed, documented rates** of [`USD_RATES_PPM`] (US dollars per unit,
+//!   in millionths): 1 EUR = 1.08 USD, 1 RUB = 0.011 USD. They are not live rates; they make
+//!   the limit reproducible on replay. The limit comparison is exact (integer arithmetic on
+//!   minor units times the rate); the `amount_usd` shown in `PaymentInitiated` is rounded down
+//!   to the cent. A currency without a rate is refused.
+//! - **Three failed attempts block the payment**: the third `PaymentFailed` carries
+//!   `blocked: true` and no further attempt is accepted ([`FAILED_ATTEMPTS_MAX`]). The saga
+//!   reads `blocked` to compensate (release stock, cancel the order). A validation rejection
+//!   (bad CVV format, amount above the limit) writes nothing and is not an attempt.
+//! - **Retries**: after a failure a new `InitiatePayment` is the next attempt. It must name the
+//!   same payment id, payer and target (the payment is for one obligation); method, amount and
+//!   currency may change (another card, another currency).
+//! - **Duplicates (10 seconds, [`DUPLICATE_WINDOW_SECONDS`])**: two identical transactions
+//!   (same payer, amount, currency and target: [`TransactionFingerprint`]) less than 10 s
+//!   apart: the second is rejected with [`PaymentError::DuplicateTransaction`]. Exactly 10 s
+//!   apart is allowed. The rule is enforced twice:
+//!   (a) here, in `decide`, against the earlier attempts of the *same* payment (a repeated
+//!   initiation, whether the earlier attempt is still in progress or failed fast), and
+//!   (b) across payments by [`DuplicateTransactionGuard`], which the engine owns: an aggregate
+//!   cannot see other payments. The duplicate check comes before the "attempt in progress"
+//!   check, so a fast identical repeat is reported as a duplicate.
+//! - **Refunds** may be partial; the sum of refunds never exceeds the completed amount. A
+//!   refund names a `refund_id`: the same id with the same amount (or no amount) again is an
+//!   idempotent repeat (`Ok(vec![])`), with another amount it is refused. A refund without an
+//!   amount refunds everything still refundable. A refund is in the completed currency.
+//! - **Completion** is idempotent on its provider reference: the same `CompletePayment` again
+//!   after completion writes nothing; another reference is refused.
+//! - `initiated_at`/`completed_at`/`failed_at`/`refunded_at` are the engine clock
+//!   (`ctx.now`); the 10-second rule reads `initiated_at` on replay.
+//!
+//! # Invariants ([`Payment::check_invariants`])
+//! - at most [`FAILED_ATTEMPTS_MAX`] attempts; attempts are numbered 1, 2, 3 without gaps;
+//!   every attempt but the last has failed; the identity is set iff there is an attempt;
+//! - every attempt: amount > 0 and within the USD limit; `cvv_checked` iff the method is card;
+//! - `failed_attempts` equals the failed attempts; the status is the one the attempts and
+//!   refunds imply (blocked iff three failures, ...);
+//! - refunds only on a completed payment; each refund > 0; `refunded_total` is their sum and
+//!   never exceeds the completed amount; a provider reference iff completed.
+
+mod guard;
+
+pub use guard::{DuplicateTransactionGuard, TransactionFingerprint, DUPLICATE_GUARD_ENTRIES_MAX};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use evershard_model::{Aggregate, Currency, DecideContext, DemoRng, DomainEvent, Money, Workload};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use uuid::Uuid;
+
+/// The outbound topic of every payment event.
+pub const TOPIC: &str = "business.payments";
+/// The contract version of every payment event.
+pub const EVENT_VERSION: &str = "1.0";
+/// The largest amount of one transaction, in US dollars.
+pub const AMOUNT_MAX_USD: Money = Money::from_major(50_000);
+/// The failed attempt that blocks the payment.
+pub const FAILED_ATTEMPTS_MAX: u32 = 3;
+/// Two identical transactions less than this many seconds apart: the second is rejected.
+pub const DUPLICATE_WINDOW_SECONDS: i64 = 10;
+/// Fixed conversion rates for the amount limit: US dollars per one unit of the currency, in
+/// millionths (parts per million). Fixed on purpose (replay must decide the same); change them
+/// only together with a new event version.
+pub const USD_RATES_PPM: [(Currency, i64); 3] = [
+    (Currency::USD, 1_000_000),
+    // 1 EUR = 1.08 USD.
+    (Currency::EUR, 1_080_000),
+    // 1 RUB = 0.011 USD (about 90.9 RUB per USD).
+    (Currency::RUB, 11_000),
+];
+const PPM: i64 = 1_000_000;
+
+/// The rate of [`USD_RATES_PPM`] for a currency, if it has one.
+pub fn usd_rate_ppm(currency: Currency) -> Option<i64> {
+    USD_RATES_PPM
+        .iter()
+        .find(|(c, _)| *c == currency)
+        .map(|(_, rate)| *rate)
+}
+
+/// `amount` in US dollars at the fixed rate, rounded down to the cent; `None` for a currency
+/// without a rate or an amount too large to convert.
+pub fn to_usd(amount: Money, currency: Currency) -> Option<Money> {
+    let rate = usd_rate_ppm(currency)?;
+    let usd_minor = i128::from(amount.minor()) * i128::from(rate) / i128::from(PPM);
+    i64::try_from(usd_minor).ok().map(Money::from_minor)
+}
+
+/// Whether `amount` is at most [`AMOUNT_MAX_USD`] at the fixed rate, compared exactly.
+fn within_usd_limit(amount: Money, rate_ppm: i64) -> bool {
+    i128::from(amount.minor()) * i128::from(rate_ppm)
+        <= i128::from(AMOUNT_MAX_USD.minor()) * i128::from(PPM)
+}
+
+/// True when `now` is less than [`DUPLICATE_WINDOW_SECONDS`] after `previous` (or before it,
+/// with a clock that went back): an identical transaction at `now` is a duplicate.
+pub fn within_duplicate_window(previous: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    now.signed_duration_since(previous) < TimeDelta::seconds(DUPLICATE_WINDOW_SECONDS)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value types
+// ---------------------------------------------------------------------------------------------
+
+/// How the payer pays. JSON: `card`, `apple_pay`, `paypal`, `bank_transfer`, `cash`.
+/// Stored: append-only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentMethod {
+    Card,
+    ApplePay,
+    Paypal,
+    BankTransfer,
+    Cash,
+}
+
+impl PaymentMethod {
+    pub const ALL: [PaymentMethod; 5] = [
+        PaymentMethod::Card,
+        PaymentMethod::ApplePay,
+        PaymentMethod::Paypal,
+        PaymentMethod::BankTransfer,
+        PaymentMethod::Cash,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentMethod::Card => "card",
+            PaymentMethod::ApplePay => "apple_pay",
+            PaymentMethod::Paypal => "paypal",
+            PaymentMethod::BankTransfer => "bank_transfer",
+            PaymentMethod::Cash => "cash",
+        }
+    }
+}
+
+/// What the payment pays for. JSON: `order`, `invoice`, `appointment`, `service` (the
+/// catalog's `reference_type` values plus `invoice`). Stored: append-only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetType {
+    Order,
+    Invoice,
+    Appointment,
+    Service,
+}
+
+impl TargetType {
+    pub const ALL: [TargetType; 4] = [
+        TargetType::Order,
+        TargetType::Invoice,
+        TargetType::Appointment,
+        TargetType::Service,
+    ];
+}
+
+/// A card verification value as typed by the payer. Lives only in the command: `decide` checks
+/// its format and drops it. `Debug` never prints the digits.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cvv(String);
+
+impl Cvv {
+    pub fn new(digits: impl Into<String>) -> Self {
+        Cvv(digits.into())
+    }
+    /// 3 or 4 ASCII digits.
+    pub fn is_well_formed(&self) -> bool {
+        (3..=4).contains(&self.0.len()) && self.0.bytes().all(|b| b.is_ascii_digit())
+    }
+}
+
+impl fmt::Debug for Cvv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cvv(<redacted>)")
+    }
+}
+
+/// Where the payment is in its lifecycle. Stored: append-only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentStatus {
+    /// No attempt yet.
+    #[default]
+    New,
+    /// An attempt is with the provider.
+    Initiated,
+    /// The last attempt failed; a retry is allowed.
+    Failed,
+    /// Three attempts failed: final.
+    Blocked,
+    /// Paid, nothing refunded.
+    Completed,
+    /// Paid, some refunded.
+    PartiallyRefunded,
+    /// Paid and refunded in full: final.
+    Refunded,
+}
+
+impl PaymentStatus {
+    pub const ALL: [PaymentStatus; 7] = [
+        PaymentStatus::New,
+        PaymentStatus::Initiated,
+        PaymentStatus::Failed,
+        PaymentStatus::Blocked,
+        PaymentStatus::Completed,
+        PaymentStatus::PartiallyRefunded,
+        PaymentStatus::Refunded,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::New => "new",
+            PaymentStatus::Initiated => "initiated",
+            PaymentStatus::Failed => "failed",
+            PaymentStatus::Blocked => "blocked",
+            PaymentStatus::Completed => "completed",
+            PaymentStatus::PartiallyRefunded => "partially_refunded",
+            PaymentStatus::Refunded => "refunded",
+        }
+    }
+    /// Paid: completed, partially refunded or refunded.
+    pub fn is_paid(self) -> bool {
+        matches!(
+            self,
+            PaymentStatus::Completed | PaymentStatus::PartiallyRefunded | PaymentStatus::Refunded
+        )
+    }
+    /// No command changes a payment in a final status.
+    pub fn is_final(self) -> bool {
+        matches!(self, PaymentStatus::Blocked | PaymentStatus::Refunded)
+    }
+}
+
+impl fmt::Display for PaymentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The lifecycle as a transition table: may a payment go from `from` to `to` by one event?
+// A `match` on (from, to) on purpose: the lifecycle reads as a table, one row per edge.
+#[allow(clippy::match_like_matches_macro)]
+pub fn can_transition(from: PaymentStatus, to: PaymentStatus) -> bool {
+    use PaymentStatus::*;
+    match (from, to) {
+        (New, Initiated) => true,
+        (Initiated, Completed) | (Initiated, Failed) | (Initiated, Blocked) => true,
+        (Failed, Initiated) => true,
+        (Completed, PartiallyRefunded) | (Completed, Refunded) => true,
+        (PartiallyRefunded, PartiallyRefunded) | (PartiallyRefunded, Refunded) => true,
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+// ---------------------------------------------------------------------------------------------
+
+/// Starts an attempt: the first one, or a retry after a failure.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InitiatePayment {
+    pub payment_id: Uuid,
+    pub payer_id: Uuid,
+    pub target_type: TargetType,
+    pub target_id: Uuid,
+    pub amount: Money,
+    pub currency: Currency,
+    pub payment_method: PaymentMethod,
+    /// Required for `card`, refused for every other method; never stored.
+    pub cvv: Option<Cvv>,
+}
+
+impl InitiatePayment {
+    /// The fingerprint of the 10-second rule.
+    pub fn fingerprint(&self) -> TransactionFingerprint {
+        TransactionFingerprint::new(
+            self.payer_id,
+            self.amount,
+            self.currency,
+            self.target_type,
+            self.target_id,
+        )
+    }
+}
+
+/// The provider accepted the attempt in progress.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompletePayment {
+    /// The provider's transaction reference.
+    pub provider_reference: String,
+}
+
+/// The provider refused the attempt in progress (declined, CVV mismatch, timeout, ...).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailPayment {
+    pub reason: String,
+}
+
+/// Refunds part or all of a completed payment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RefundPayment {
+    /// Identifies the refund: a repeat with the same id is idempotent.
+    pub refund_id: Uuid,
+    /// `None` refunds everything still refundable.
+    pub amount: Option<Money>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PaymentCommand {
+    Initiate(InitiatePayment),
+    Complete(CompletePayment),
+    Fail(FailPayment),
+    Refund(RefundPayment),
+}
+
+impl From<InitiatePayment> for PaymentCommand {
+    fn from(c: InitiatePayment) -> Self {
+        PaymentCommand::Initiate(c)
+    }
+}
+impl From<CompletePayment> for PaymentCommand {
+    fn from(c: CompletePayment) -> Self {
+        PaymentCommand::Complete(c)
+    }
+}
+impl From<FailPayment> for PaymentCommand {
+    fn from(c: FailPayment) -> Self {
+        PaymentCommand::Fail(c)
+    }
+}
+impl From<RefundPayment> for PaymentCommand {
+    fn from(c: RefundPayment) -> Self {
+        PaymentCommand::Refund(c)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events (stored: fields and variants are append-only)
+// ---------------------------------------------------------------------------------------------
+
+/// An attempt started. `cvv_checked` is true for card attempts (the CVV was present and well
+/// formed); the CVV itself is never recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentInitiated {
+    pub payment_id: Uuid,
+    pub payer_id: Uuid,
+    pub target_type: TargetType,
+    pub target_id: Uuid,
+    pub amount: Money,
+    pub currency: Currency,
+    /// `amount` at the fixed rate of [`USD_RATES_PPM`], rounded down to the cent.
+    pub amount_usd: Money,
+    pub payment_method: PaymentMethod,
+    pub cvv_checked: bool,
+    /// 1 for the first attempt, then 2 and 3.
+    pub attempt: u32,
+    pub initiated_at: DateTime<Utc>,
+}
+
+/// The attempt in progress succeeded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentCompleted {
+    pub payment_id: Uuid,
+    pub payer_id: Uuid,
+    pub target_type: TargetType,
+    pub target_id: Uuid,
+    pub amount: Money,
+    pub currency: Currency,
+    pub payment_method: PaymentMethod,
+    pub attempt: u32,
+    pub provider_reference: String,
+    pub completed_at: DateTime<Utc>,
+}
+
+/// The attempt in progress failed. `blocked` is true on the third failure: the payment takes
+/// no further attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentFailed {
+    pub payment_id: Uuid,
+    pub payer_id: Uuid,
+    pub target_type: TargetType,
+    pub target_id: Uuid,
+    pub amount: Money,
+    pub currency: Currency,
+    pub payment_method: PaymentMethod,
+    pub attempt: u32,
+    pub reason: String,
+    /// Failed attempts so far, this one included.
+    pub failed_attempts: u32,
+    pub blocked: bool,
+    pub failed_at: DateTime<Utc>,
+}
+
+/// Part or all of the completed amount was refunded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    pub payment_id: Uuid,
+    pub refund_id: Uuid,
+    pub payer_id: Uuid,
+    pub target_type: TargetType,
+    pub target_id: Uuid,
+    /// This refund.
+    pub amount: Money,
+    pub currency: Currency,
+    /// All refunds so far, this one included.
+    pub total_refunded: Money,
+    /// True when `total_refunded` equals the completed amount.
+    pub fully_refunded: bool,
+    pub reason: String,
+    pub refunded_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PaymentEvent {
+    PaymentInitiated(PaymentInitiated),
+    PaymentCompleted(PaymentCompleted),
+    PaymentFailed(PaymentFailed),
+    PaymentRefunded(PaymentRefunded),
+}
+
+impl From<PaymentInitiated> for PaymentEvent {
+    fn from(e: PaymentInitiated) -> Self {
+        PaymentEvent::PaymentInitiated(e)
+    }
+}
+impl From<PaymentCompleted> for PaymentEvent {
+    fn from(e: PaymentCompleted) -> Self {
+        PaymentEvent::PaymentCompleted(e)
+    }
+}
+impl From<PaymentFailed> for PaymentEvent {
+    fn from(e: PaymentFailed) -> Self {
+        PaymentEvent::PaymentFailed(e)
+    }
+}
+impl From<PaymentRefunded> for PaymentEvent {
+    fn from(e: PaymentRefunded) -> Self {
+        PaymentEvent::PaymentRefunded(e)
+    }
+}
+
+fn to_json<T: Serialize>(payload: &T) -> serde_json::Value {
+    serde_json::to_value(payload).expect("payment payloads are plain JSON-encodable structs")
+}
+
+impl DomainEvent for PaymentEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            PaymentEvent::PaymentInitiated(_) => "PaymentInitiated",
+            PaymentEvent::PaymentCompleted(_) => "PaymentCompleted",
+            PaymentEvent::PaymentFailed(_) => "PaymentFailed",
+            PaymentEvent::PaymentRefunded(_) => "PaymentRefunded",
+        }
+    }
+    fn event_version(&self) -> &'static str {
+        EVENT_VERSION
+    }
+    fn topic(&self) -> &'static str {
+        TOPIC
+    }
+    fn payload_json(&self) -> serde_json::Value {
+        match self {
+            PaymentEvent::PaymentInitiated(e) => to_json(e),
+            PaymentEvent::PaymentCompleted(e) => to_json(e),
+            PaymentEvent::PaymentFailed(e) => to_json(e),
+            PaymentEvent::PaymentRefunded(e) => to_json(e),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------------------------
+
+/// Who pays for what: fixed by the first attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentIdentity {
+    pub payment_id: Uuid,
+    pub payer_id: Uuid,
+    pub target_type: TargetType,
+    pub target_id: Uuid,
+}
+
+/// How an attempt ended. Stored: append-only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Pending,
+    Completed,
+    Failed,
+}
+
+/// One attempt as the state keeps it (no CVV, only that it was checked).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentAttempt {
+    pub attempt: u32,
+    pub amount: Money,
+    pub currency: Currency,
+    pub amount_usd: Money,
+    pub payment_method: PaymentMethod,
+    pub cvv_checked: bool,
+    pub initiated_at: DateTime<Utc>,
+    pub outcome: AttemptOutcome,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentState {
+    pub status: PaymentStatus,
+    pub identity: Option<PaymentIdentity>,
+    /// Every attempt in order (at most [`FAILED_ATTEMPTS_MAX`]).
+    pub attempts: Vec<PaymentAttempt>,
+    pub failed_attempts: u32,
+    /// The provider reference of the completed attempt.
+    pub provider_reference: Option<String>,
+    /// Refund id (UUID text) -> amount.
+    pub refunds: BTreeMap<String, Money>,
+    pub refunded_total: Money,
+}
+
+impl PaymentState {
+    /// The completed attempt, if the payment is paid.
+    pub fn completed_attempt(&self) -> Option<&PaymentAttempt> {
+        self.attempts
+            .last()
+            .filter(|a| a.outcome == AttemptOutcome::Completed)
+    }
+    /// What may still be refunded (zero unless paid).
+    pub fn refundable(&self) -> Money {
+        match self.completed_attempt() {
+            Some(a) => a
+                .amount
+                .checked_sub(self.refunded_total)
+                .unwrap_or(Money::ZERO),
+            None => Money::ZERO,
+        }
+    }
+    fn attempt_fingerprint(&self, attempt: &PaymentAttempt) -> Option<TransactionFingerprint> {
+        self.identity.as_ref().map(|id| {
+            TransactionFingerprint::new(
+                id.payer_id,
+                attempt.amount,
+                attempt.currency,
+                id.target_type,
+                id.target_id,
+            )
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PaymentError {
+    #[error("the amount must be greater than zero, got {0}")]
+    NonPositiveAmount(Money),
+    #[error("no fixed USD rate for {0:?}: the payment limit cannot be checked")]
+    UnsupportedCurrency(Currency),
+    #[error(
+        "{amount} {currency:?} is more than {} USD at the fixed rate",
+        AMOUNT_MAX_USD
+    )]
+    AmountAboveLimit { amount: Money, currency: Currency },
+    #[error("a card payment needs a CVV")]
+    CvvMissing,
+    #[error("a CVV is 3 or 4 digits")]
+    CvvMalformed,
+    #[error("a CVV is taken only for card payments, not for {0:?}")]
+    CvvNotExpected(PaymentMethod),
+    #[error(
+        "an identical transaction was made at {previous_at}, less than {window_seconds} s ago"
+    )]
+    DuplicateTransaction {
+        previous_at: DateTime<Utc>,
+        window_seconds: i64,
+    },
+    #[error("attempt {attempt} is still in progress")]
+    AttemptInProgress { attempt: u32 },
+    #[error("the payment is blocked after {failed_attempts} failed attempts")]
+    PaymentBlocked { failed_attempts: u32 },
+    #[error("the payment is already completed")]
+    AlreadyCompleted,
+    #[error("this aggregate is payment {expected}, the command names {got}")]
+    PaymentIdMismatch { expected: Uuid, got: Uuid },
+    #[error("a retry must come from the same payer {expected}, not {got}")]
+    PayerMismatch { expected: Uuid, got: Uuid },
+    #[error("a retry must pay the same target {expected_type:?} {expected_id}")]
+    TargetMismatch {
+        expected_type: TargetType,
+        expected_id: Uuid,
+    },
+    #[error("no attempt is in progress (status {status})")]
+    NoAttemptInProgress { status: PaymentStatus },
+    #[error("only a completed payment can be refunded (status {status})")]
+    NotCompleted { status: PaymentStatus },
+    #[error("the payment is already refunded in full")]
+    AlreadyFullyRefunded,
+    #[error("a refund must be greater than zero, got {0}")]
+    NonPositiveRefund(Money),
+    #[error("a refund of {requested} exceeds the {refundable} still refundable")]
+    RefundExceedsRefundable { requested: Money, refundable: Money },
+    #[error("refund {refund_id} was already made with another amount")]
+    RefundIdConflict { refund_id: Uuid },
+}
+
+// ---------------------------------------------------------------------------------------------
+// The aggregate
+// ---------------------------------------------------------------------------------------------
+
+/// The payment aggregate. See the module docs for its rules.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Payment;
+
+impl Aggregate for Payment {
+    const TYPE: &'static str = "Payment";
+    type State = PaymentState;
+    type Command = PaymentCommand;
+    type Event = PaymentEvent;
+    type Error = PaymentError;
+
+    fn decide(
+        state: &PaymentState,
+        command: &PaymentCommand,
+        ctx: &DecideContext,
+    ) -> Result<Vec<PaymentEvent>, PaymentError> {
+        match command {
+            PaymentCommand::Initiate(c) => initiate(state, c, ctx.now),
+            PaymentCommand::Complete(c) => complete(state, c, ctx.now),
+            PaymentCommand::Fail(c) => fail(state, c, ctx.now),
+            PaymentCommand::Refund(c) => refund(state, c, ctx.now),
+        }
+    }
+
+    fn apply(state: &mut PaymentState, event: &PaymentEvent) {
+        match event {
+            PaymentEvent::PaymentInitiated(e) => {
+                if state.identity.is_none() {
+                    state.identity = Some(PaymentIdentity {
+                        payment_id: e.payment_id,
+                        payer_id: e.payer_id,
+                        target_type: e.target_type,
+                        target_id: e.target_id,
+                    });
+                }
+                state.attempts.push(PaymentAttempt {
+                    attempt: e.attempt,
+                    amount: e.amount,
+                    currency: e.currency,
+                    amount_usd: e.amount_usd,
+                    payment_method: e.payment_method,
+                    cvv_checked: e.cvv_checked,
+                    initiated_at: e.initiated_at,
+                    outcome: AttemptOutcome::Pending,
+                });
+                state.status = PaymentStatus::Initiated;
+            }
+            PaymentEvent::PaymentCompleted(e) => {
+                if let Some(last) = state.attempts.last_mut() {
+                    last.outcome = AttemptOutcome::Completed;
+                }
+                state.provider_reference = Some(e.provider_reference.clone());
+                state.status = PaymentStatus::Completed;
+            }
+            PaymentEvent::PaymentFailed(e) => {
+                if let Some(last) = state.attempts.last_mut() {
+                    last.outcome = AttemptOutcome::Failed;
+                }
+                state.failed_attempts = e.failed_attempts;
+                state.status = if e.blocked {
+                    PaymentStatus::Blocked
+                } else {
+                    PaymentStatus::Failed
+                };
+            }
+            PaymentEvent::PaymentRefunded(e) => {
+                state.refunds.insert(e.refund_id.to_string(), e.amount);
+                state.refunded_total = e.total_refunded;
+                state.status = if e.fully_refunded {
+                    PaymentStatus::Refunded
+                } else {
+                    PaymentStatus::PartiallyRefunded
+                };
+            }
+        }
+    }
+
+    fn check_invariants(state: &PaymentState) -> Result<(), String> {
+        check_payment_invariants(state)
+    }
+}
+
+fn initiate(
+    state: &PaymentState,
+    cmd: &InitiatePayment,
+    now: DateTime<Utc>,
+) -> Result<Vec<PaymentEvent>, PaymentError> {
+    match state.status {
+        PaymentStatus::Blocked => {
+            return Err(PaymentError::PaymentBlocked {
+                failed_attempts: state.failed_attempts,
+            })
+        }
+        status if status.is_paid() => return Err(PaymentError::AlreadyCompleted),
+        _ => {}
+    }
+    if let Some(id) = &state.identity {
+        if id.payment_id != cmd.payment_id {
+            return Err(PaymentError::PaymentIdMismatch {
+                expected: id.payment_id,
+                got: cmd.payment_id,
+            });
+        }
+        if id.payer_id != cmd.payer_id {
+            return Err(PaymentError::PayerMismatch {
+                expected: id.payer_id,
+                got: cmd.payer_id,
+            });
+        }
+        if id.target_type != cmd.target_type || id.target_id != cmd.target_id {
+            return Err(PaymentError::TargetMismatch {
+                expected_type: id.target_type,
+                expected_id: id.target_id,
+            });
+        }
+    }
+    if !cmd.amount.is_positive() {
+        return Err(PaymentError::NonPositiveAmount(cmd.amount));
+    }
+    let rate = usd_rate_ppm(cmd.currency).ok_or(PaymentError::UnsupportedCurrency(cmd.currency))?;
+    if !within_usd_limit(cmd.amount, rate) {
+        return Err(PaymentError::AmountAboveLimit {
+            amount: cmd.amount,
+            currency: cmd.currency,
+        });
+    }
+    let amount_usd = to_usd(cmd.amount, cmd.currency).ok_or(PaymentError::AmountAboveLimit {
+        amount: cmd.amount,
+        currency: cmd.currency,
+    })?;
+    let cvv_checked = match (cmd.payment_method, &cmd.cvv) {
+        (PaymentMethod::Card, None) => return Err(PaymentError::CvvMissing),
+        (PaymentMethod::Card, Some(cvv)) if !cvv.is_well_formed() => {
+            return Err(PaymentError::CvvMalformed)
+        }
+        (PaymentMethod::Card, Some(_)) => true,
+        (method, Some(_)) => return Err(PaymentError::CvvNotExpected(method)),
+        (_, None) => false,
+    };
+    // Rule (a) of the 10-second rule: an identical repeat on this payment.
+    let fingerprint = cmd.fingerprint();
+    if let Some(previous) = state.attempts.iter().rev().find(|a| {
+        state.attempt_fingerprint(a) == Some(fingerprint)
+            && within_duplicate_window(a.initiated_at, now)
+    }) {
+        return Err(PaymentError::DuplicateTransaction {
+            previous_at: previous.initiated_at,
+            window_seconds: DUPLICATE_WINDOW_SECONDS,
+        });
+    }
+    if state.status == PaymentStatus::Initiated {
+        return Err(PaymentError::AttemptInProgress {
+            attempt: attempt_number(state),
+        });
+    }
+    Ok(vec![PaymentInitiated {
+        payment_id: cmd.payment_id,
+        payer_id: cmd.payer_id,
+        target_type: cmd.target_type,
+        target_id: cmd.target_id,
+        amount: cmd.amount,
+        currency: cmd.currency,
+        amount_usd,
+        payment_method: cmd.payment_method,
+        cvv_checked,
+        attempt: attempt_number(state) + 1,
+        initiated_at: now,
+    }
+    .into()])
+}
+
+fn attempt_number(state: &PaymentState) -> u32 {
+    u32::try_from(state.attempts.len()).unwrap_or(u32::MAX)
+}
+
+/// The identity and the attempt in progress; `None` unless the status is `Initiated`.
+fn in_progress(state: &PaymentState) -> Option<(&PaymentIdentity, &PaymentAttempt)> {
+    if state.status != PaymentStatus::Initiated {
+        return None;
+    }
+    Some((state.identity.as_ref()?, state.attempts.last()?))
+}
+
+fn complete(
+    state: &PaymentState,
+    cmd: &CompletePayment,
+    now: DateTime<Utc>,
+) -> Result<Vec<PaymentEvent>, PaymentError> {
+    if state.status.is_paid() {
+        return if state.provider_reference.as_deref() == Some(cmd.provider_reference.as_str()) {
+            Ok(vec![])
+        } else {
+            Err(PaymentError::AlreadyCompleted)
+        };
+    }
+    let (id, attempt) = in_progress(state).ok_or(PaymentError::NoAttemptInProgress {
+        status: state.status,
+    })?;
+    Ok(vec![PaymentCompleted {
+        payment_id: id.payment_id,
+        payer_id: id.payer_id,
+        target_type: id.target_type,
+        target_id: id.target_id,
+        amount: attempt.amount,
+        currency: attempt.currency,
+        payment_method: attempt.payment_method,
+        attempt: attempt.attempt,
+        provider_reference: cmd.provider_reference.clone(),
+        completed_at: now,
+    }
+    .into()])
+}
+
+fn fail(
+    state: &PaymentState,
+    cmd: &FailPayment,
+    now: DateTime<Utc>,
+) -> Result<Vec<PaymentEvent>, PaymentError> {
+    if state.status.is_paid() {
+        return Err(PaymentError::AlreadyCompleted);
+    }
+    let (id, attempt) = in_progress(state).ok_or(PaymentError::NoAttemptInProgress {
+        status: state.status,
+    })?;
+    let failed_attempts = state.failed_attempts + 1;
+    Ok(vec![PaymentFailed {
+        payment_id: id.payment_id,
+        payer_id: id.payer_id,
+        target_type: id.target_type,
+        target_id: id.target_id,
+        amount: attempt.amount,
+        currency: attempt.currency,
+        payment_method: attempt.payment_method,
+        attempt: attempt.attempt,
+        reason: cmd.reason.clone(),
+        failed_attempts,
+        blocked: failed_attempts >= FAILED_ATTEMPTS_MAX,
+        failed_at: now,
+    }
+    .into()])
+}
+
+fn refund(
+    state: &PaymentState,
+    cmd: &RefundPayment,
+    now: DateTime<Utc>,
+) -> Result<Vec<PaymentEvent>, PaymentError> {
+    if let Some(&previous) = state.refunds.get(&cmd.refund_id.to_string()) {
+        return match cmd.amount {
+            None => Ok(vec![]),
+            Some(amount) if amount == previous => Ok(vec![]),
+            Some(_) => Err(PaymentError::RefundIdConflict {
+                refund_id: cmd.refund_id,
+            }),
+        };
+    }
+    match state.status {
+        PaymentStatus::Completed | PaymentStatus::PartiallyRefunded => {}
+        PaymentStatus::Refunded => return Err(PaymentError::AlreadyFullyRefunded),
+        status => return Err(PaymentError::NotCompleted { status }),
+    }
+    let (Some(id), Some(paid)) = (&state.identity, state.completed_attempt()) else {
+        return Err(PaymentError::NotCompleted {
+            status: state.status,
+        });
+    };
+    let refundable = state.refundable();
+    let amount = cmd.amount.unwrap_or(refundable);
+    if !amount.is_positive() {
+        return Err(PaymentError::NonPositiveRefund(amount));
+    }
+    if amount > refundable {
+        return Err(PaymentError::RefundExceedsRefundable {
+            requested: amount,
+            refundable,
+        });
+    }
+    let total_refunded = state.refunded_total + amount;
+    Ok(vec![PaymentRefunded {
+        payment_id: id.payment_id,
+        refund_id: cmd.refund_id,
+        payer_id: id.payer_id,
+        target_type: id.target_type,
+        target_id: id.target_id,
+        amount,
+        currency: paid.currency,
+        total_refunded,
+        fully_refunded: total_refunded == paid.amount,
+        reason: cmd.reason.clone(),
+        refunded_at: now,
+    }
+    .into()])
+}
+
+fn check_payment_invariants(state: &PaymentState) -> Result<(), String> {
+    let attempts = &state.attempts;
+    if attempts.len() > FAILED_ATTEMPTS_MAX as usize {
+        return Err(format!(
+            "{} attempts, at most {FAILED_ATTEMPTS_MAX}",
+            attempts.len()
+        ));
+    }
+    if state.identity.is_none() != attempts.is_empty() {
+        return Err("the identity is set iff there is an attempt".into());
+    }
+    for (index, a) in attempts.iter().enumerate() {
+        if a.attempt as usize != index + 1 {
+            return Err(format!(
+                "attempt at index {index} is numbered {}",
+                a.attempt
+            ));
+        }
+        if !a.amount.is_positive() {
+            return Err(format!(
+                "attempt {} has a non-positive amount {}",
+                a.attempt, a.amount
+            ));
+        }
+        match usd_rate_ppm(a.currency) {
+            Some(rate) if within_usd_limit(a.amount, rate) => {}
+            _ => return Err(format!("attempt {} is above the USD limit", a.attempt)),
+        }
+        if a.cvv_checked != (a.payment_method == PaymentMethod::Card) {
+            return Err(format!(
+                "attempt {}: cvv_checked must be true iff card",
+                a.attempt
+            ));
+        }
+        if index + 1 < attempts.len() && a.outcome != AttemptOutcome::Failed {
+            return Err(format!(
+                "attempt {} is followed by another but did not fail",
+                a.attempt
+            ));
+        }
+    }
+    let failed = attempts
+        .iter()
+        .filter(|a| a.outcome == AttemptOutcome::Failed)
+        .count();
+    if failed != state.failed_attempts as usize {
+        return Err(format!(
+            "failed_attempts {} but {failed} failed",
+            state.failed_attempts
+        ));
+    }
+    let refunds_sum = state
+        .refunds
+        .values()
+        .try_fold(Money::ZERO, |sum, r| sum.checked_add(*r))
+        .ok_or("the refunds overflow")?;
+    if refunds_sum != state.refunded_total {
+        return Err(format!(
+            "refunded_total {} but the refunds sum to {refunds_sum}",
+            state.refunded_total
+        ));
+    }
+    if let Some(bad) = state.refunds.values().find(|r| !r.is_positive()) {
+        return Err(format!("a refund of {bad} is not positive"));
+    }
+    let expected = match (attempts.last(), state.completed_attempt()) {
+        (None, _) => PaymentStatus::New,
+        (_, Some(paid)) => {
+            if state.refunded_total > paid.amount {
+                return Err(format!(
+                    "refunded {} of a completed {}",
+                    state.refunded_total, paid.amount
+                ));
+            }
+            if state.refunded_total == Money::ZERO {
+                PaymentStatus::Completed
+            } else if state.refunded_total < paid.amount {
+                PaymentStatus::PartiallyRefunded
+            } else {
+                PaymentStatus::Refunded
+            }
+        }
+        (Some(last), None) => {
+            if !state.refunds.is_empty() {
+                return Err("refunds on a payment that is not completed".into());
+            }
+            match last.outcome {
+                AttemptOutcome::Pending => PaymentStatus::Initiated,
+                AttemptOutcome::Failed if state.failed_attempts >= FAILED_ATTEMPTS_MAX => {
+                    PaymentStatus::Blocked
+                }
+                AttemptOutcome::Failed => PaymentStatus::Failed,
+                AttemptOutcome::Completed => {
+                    return Err("a completed attempt that is not the paid one".into())
+                }
+            }
+        }
+    };
+    if state.status != expected {
+        return Err(format!(
+            "status is {} but the attempts imply {expected}",
+            state.status
+        ));
+    }
+    if state.provider_reference.is_some() != state.status.is_paid() {
+        return Err("a provider reference iff the payment is paid".into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workload
+// ---------------------------------------------------------------------------------------------
+
+const FAILURE_REASONS: [&str; 4] = [
+    "card_declined",
+    "insufficient_funds",
+    "cvv_mismatch",
+    "provider_timeout",
+];
+
+fn sample_cvv(rng: &mut DemoRng) -> Cvv {
+    let digits = if rng.chance(80) { 3 } else { 4 };
+    Cvv::new(
+        (0..digits)
+            .map(|_| char::from(b'0' + rng.below(10) as u8))
+            .collect::<String>(),
+    )
+}
+
+fn sample_amount(rng: &mut DemoRng, currency: Currency) -> Money {
+    if rng.chance(4) {
+        // Above the limit in any currency: rejected.
+        return Money::from_major(6_000_000);
+    }
+    match currency {
+        Currency::RUB => Money::from_minor(rng.range(10_000, 15_000_000)),
+        _ => Money::from_minor(rng.range(100, 200_000)),
+    }
+}
+
+fn sample_method_and_cvv(rng: &mut DemoRng) -> (PaymentMethod, Option<Cvv>) {
+    let method = *rng.pick(&PaymentMethod::ALL);
+    let cvv = match method {
+        // A few card commands forget the CVV: rejected.
+        PaymentMethod::Card if rng.chance(95) => Some(sample_cvv(rng)),
+        _ => None,
+    };
+    (method, cvv)
+}
+
+/// Plausible next commands: a new payment is initiated; an attempt completes (60%) or fails;
+/// a failed payment is retried (within 10 s of the last attempt, half of the retries are
+/// identical and rejected as duplicates, the other half change the amount slightly so that a
+/// fast demo still reaches `blocked`); a paid payment is refunded in part or in full. A
+/// refunded payment mostly gets a redelivered refund (an idempotent no-op), a blocked one an
+/// attempt that is rejected.
+impl Workload for Payment {
+    fn sample_command(
+        state: &PaymentState,
+        ctx: &DecideContext,
+        rng: &mut DemoRng,
+    ) -> PaymentCommand {
+        match state.status {
+            PaymentStatus::New => {
+                let currency = match rng.below(100) {
+                    0..=59 => Currency::USD,
+                    60..=84 => Currency::EUR,
+                    _ => Currency::RUB,
+                };
+                let (payment_method, cvv) = sample_method_and_cvv(rng);
+                InitiatePayment {
+                    payment_id: rng.uuid(),
+                    payer_id: rng.uuid(),
+                    target_type: *rng.pick(&TargetType::ALL),
+                    target_id: rng.uuid(),
+                    amount: sample_amount(rng, currency),
+                    currency,
+                    payment_method,
+                    cvv,
+                }
+                .into()
+            }
+            PaymentStatus::Initiated => {
+                if rng.chance(60) {
+                    CompletePayment {
+                        provider_reference: format!("psp-{:016x}", rng.next_u64()),
+                    }
+                    .into()
+                } else {
+                    FailPayment {
+                        reason: (*rng.pick(&FAILURE_REASONS)).to_owned(),
+                    }
+                    .into()
+                }
+            }
+            PaymentStatus::Failed | PaymentStatus::Blocked => {
+                match (&state.identity, state.attempts.last()) {
+                    (Some(id), Some(last)) => {
+                        let mut amount = last.amount;
+                        if within_duplicate_window(last.initiated_at, ctx.now) && rng.chance(50) {
+                            amount = amount + Money::from_minor(rng.range(1, 500));
+                        }
+                        let (payment_method, cvv) = sample_method_and_cvv(rng);
+                        InitiatePayment {
+                            payment_id: id.payment_id,
+                            payer_id: id.payer_id,
+                            target_type: id.target_type,
+                            target_id: id.target_id,
+                            amount,
+                            currency: last.currency,
+                            payment_method,
+                            cvv,
+                        }
+                        .into()
+                    }
+                    _ => CompletePayment {
+                        provider_reference: "psp-none".into(),
+                    }
+                    .into(),
+                }
+            }
+            PaymentStatus::Refunded if rng.chance(80) => {
+                // A redelivered refund request: an idempotent repeat, accepted, writes nothing.
+                let refund_id = state
+                    .refunds
+                    .keys()
+                    .next()
+                    .and_then(|id| Uuid::parse_str(id).ok())
+                    .unwrap_or_else(|| rng.uuid());
+                RefundPayment {
+                    refund_id,
+                    amount: None,
+                    reason: "customer_request".to_owned(),
+                }
+                .into()
+            }
+            PaymentStatus::Completed
+            | PaymentStatus::PartiallyRefunded
+            | PaymentStatus::Refunded => {
+                let refundable = state.refundable().minor();
+                let amount = match rng.below(100) {
+                    0..=49 if refundable > 1 => Some(Money::from_minor(rng.range(1, refundable))),
+                    50..=89 => None,
+                    // Too much: rejected.
+                    _ => Some(Money::from_minor(refundable + rng.range(1, 10_000))),
+                };
+                RefundPayment {
+                    refund_id: rng.uuid(),
+                    amount,
+                    reason: "customer_request".to_owned(),
+                }
+                .into()
+            }
+        }
+    }
+}

@@ -1,0 +1,813 @@
+//! Behaviour of the `Payment` aggregate, one command at a time.
+//!
+//! Proves, with given/when/then scenarios on a fixed clock (`testing::fixed_now`), that every
+//! command is accepted with exactly the expected events in the states where it should be, and
+//! rejected with the exact typed error for every rejection reason: CVV presence and format,
+//! the 50,000 USD limit at the fixed rates (exact boundaries in USD, EUR and RUB), the
+//! 10-second duplicate rule inside one payment (rule (a)), the three-failure block, refunds
+//! above what was paid, idempotent repeats. Also checks that no CVV reaches an event, the
+//! state or a `Debug` print, that the lifecycle table `can_transition` is exactly the
+//! documented one, and that the demo `Workload` drives payments into every status.
+
+use chrono::{DateTime, Duration, Utc};
+use evershard_aggregates::payment::*;
+use evershard_model::testing::{fixed_now, given, given_no_events};
+use evershard_model::{codec, Aggregate, Currency, DecideContext, DemoRng, Money, Workload};
+use std::collections::BTreeSet;
+use uuid::Uuid;
+
+fn payment_id() -> Uuid {
+    Uuid::from_u128(0x1001)
+}
+fn payer_id() -> Uuid {
+    Uuid::from_u128(0x2002)
+}
+fn target_id() -> Uuid {
+    Uuid::from_u128(0x3003)
+}
+fn t(seconds: i64) -> DateTime<Utc> {
+    fixed_now() + Duration::seconds(seconds)
+}
+fn usd(minor: i64) -> Money {
+    Money::from_minor(minor)
+}
+
+/// A card payment of 100.00 USD for the order, CVV 123.
+fn card_initiate() -> InitiatePayment {
+    InitiatePayment {
+        payment_id: payment_id(),
+        payer_id: payer_id(),
+        target_type: TargetType::Order,
+        target_id: target_id(),
+        amount: usd(10_000),
+        currency: Currency::USD,
+        payment_method: PaymentMethod::Card,
+        cvv: Some(Cvv::new("123")),
+    }
+}
+
+/// The `PaymentInitiated` that `card_initiate` produces as attempt `attempt` at `at`.
+fn initiated(attempt: u32, at: DateTime<Utc>) -> PaymentInitiated {
+    PaymentInitiated {
+        payment_id: payment_id(),
+        payer_id: payer_id(),
+        target_type: TargetType::Order,
+        target_id: target_id(),
+        amount: usd(10_000),
+        currency: Currency::USD,
+        amount_usd: usd(10_000),
+        payment_method: PaymentMethod::Card,
+        cvv_checked: true,
+        attempt,
+        initiated_at: at,
+    }
+}
+
+fn failed(attempt: u32, at: DateTime<Utc>) -> PaymentFailed {
+    PaymentFailed {
+        payment_id: payment_id(),
+        payer_id: payer_id(),
+        target_type: TargetType::Order,
+        target_id: target_id(),
+        amount: usd(10_000),
+        currency: Currency::USD,
+        payment_method: PaymentMethod::Card,
+        attempt,
+        reason: "card_declined".into(),
+        failed_attempts: attempt,
+        blocked: attempt >= FAILED_ATTEMPTS_MAX,
+        failed_at: at,
+    }
+}
+
+fn completed(attempt: u32, at: DateTime<Utc>) -> PaymentCompleted {
+    PaymentCompleted {
+        payment_id: payment_id(),
+        payer_id: payer_id(),
+        target_type: TargetType::Order,
+        target_id: target_id(),
+        amount: usd(10_000),
+        currency: Currency::USD,
+        payment_method: PaymentMethod::Card,
+        attempt,
+        provider_reference: "psp-1".into(),
+        completed_at: at,
+    }
+}
+
+fn refunded(refund: u128, amount: i64, total: i64) -> PaymentRefunded {
+    PaymentRefunded {
+        payment_id: payment_id(),
+        refund_id: Uuid::from_u128(refund),
+        payer_id: payer_id(),
+        target_type: TargetType::Order,
+        target_id: target_id(),
+        amount: usd(amount),
+        currency: Currency::USD,
+        total_refunded: usd(total),
+        fully_refunded: total == 10_000,
+        reason: "customer_request".into(),
+        refunded_at: t(100),
+    }
+}
+
+fn history_initiated() -> Vec<PaymentEvent> {
+    vec![initiated(1, t(0)).into()]
+}
+fn history_failed_once() -> Vec<PaymentEvent> {
+    vec![initiated(1, t(0)).into(), failed(1, t(1)).into()]
+}
+fn history_blocked() -> Vec<PaymentEvent> {
+    vec![
+        initiated(1, t(0)).into(),
+        failed(1, t(1)).into(),
+        initiated(2, t(20)).into(),
+        failed(2, t(21)).into(),
+        initiated(3, t(40)).into(),
+        failed(3, t(41)).into(),
+    ]
+}
+fn history_completed() -> Vec<PaymentEvent> {
+    vec![initiated(1, t(0)).into(), completed(1, t(2)).into()]
+}
+fn history_partially_refunded() -> Vec<PaymentEvent> {
+    let mut h = history_completed();
+    h.push(refunded(0xA1, 3_000, 3_000).into());
+    h
+}
+fn history_refunded() -> Vec<PaymentEvent> {
+    let mut h = history_completed();
+    h.push(refunded(0xA1, 10_000, 10_000).into());
+    h
+}
+
+fn refund(refund: u128, amount: Option<i64>) -> RefundPayment {
+    RefundPayment {
+        refund_id: Uuid::from_u128(refund),
+        amount: amount.map(usd),
+        reason: "customer_request".into(),
+    }
+}
+
+// ---- InitiatePayment: accepted ----------------------------------------------------------------
+
+#[test]
+fn a_card_payment_is_initiated_with_its_cvv_checked() {
+    let state = given_no_events::<Payment>()
+        .when(card_initiate())
+        .then_expect_events([initiated(1, fixed_now()).into()]);
+    assert_eq!(state.status, PaymentStatus::Initiated);
+    assert_eq!(state.attempts.len(), 1);
+    assert!(state.attempts[0].cvv_checked);
+}
+
+#[test]
+fn a_four_digit_cvv_is_accepted() {
+    let cmd = InitiatePayment {
+        cvv: Some(Cvv::new("1234")),
+        ..card_initiate()
+    };
+    given_no_events::<Payment>()
+        .when(cmd)
+        .then_expect_events([initiated(1, fixed_now()).into()]);
+}
+
+#[test]
+fn every_other_method_is_initiated_without_a_cvv() {
+    for method in [
+        PaymentMethod::ApplePay,
+        PaymentMethod::Paypal,
+        PaymentMethod::BankTransfer,
+        PaymentMethod::Cash,
+    ] {
+        let cmd = InitiatePayment {
+            payment_method: method,
+            cvv: None,
+            ..card_initiate()
+        };
+        let expected = PaymentInitiated {
+            payment_method: method,
+            cvv_checked: false,
+            ..initiated(1, fixed_now())
+        };
+        given_no_events::<Payment>()
+            .when(cmd)
+            .then_expect_events([expected.into()]);
+    }
+}
+
+#[test]
+fn other_currencies_are_converted_at_the_fixed_rates() {
+    for (currency, amount, amount_usd) in [
+        (Currency::EUR, 10_000, 10_800),  // 100.00 EUR = 108.00 USD
+        (Currency::RUB, 909_100, 10_000), // 9,091.00 RUB = 100.001 USD, shown rounded down
+        (Currency::USD, 12_345, 12_345),
+    ] {
+        let cmd = InitiatePayment {
+            currency,
+            amount: usd(amount),
+            ..card_initiate()
+        };
+        let expected = PaymentInitiated {
+            currency,
+            amount: usd(amount),
+            amount_usd: usd(amount_usd),
+            ..initiated(1, fixed_now())
+        };
+        given_no_events::<Payment>()
+            .when(cmd)
+            .then_expect_events([expected.into()]);
+    }
+    assert_eq!(usd_rate_ppm(Currency::USD), Some(1_000_000));
+    assert_eq!(usd_rate_ppm(Currency::EUR), Some(1_080_000));
+    assert_eq!(usd_rate_ppm(Currency::RUB), Some(11_000));
+    assert_eq!(to_usd(usd(100), Currency::EUR), Some(usd(108)));
+}
+
+#[test]
+fn the_limit_is_exactly_50000_usd_in_every_currency() {
+    // (currency, largest accepted amount): one cent more is above the limit.
+    for (currency, max_minor) in [
+        (Currency::USD, 5_000_000),   // 50,000.00 USD
+        (Currency::EUR, 4_629_629),   // 46,296.29 EUR = 49,999.9932 USD
+        (Currency::RUB, 454_545_454), // 4,545,454.54 RUB = 49,999.99994 USD
+    ] {
+        let ok = InitiatePayment {
+            currency,
+            amount: usd(max_minor),
+            ..card_initiate()
+        };
+        given_no_events::<Payment>()
+            .when(ok)
+            .then_events(|events| assert_eq!(events.len(), 1));
+        let too_much = InitiatePayment {
+            currency,
+            amount: usd(max_minor + 1),
+            ..card_initiate()
+        };
+        given_no_events::<Payment>()
+            .when(too_much)
+            .then_expect_error(PaymentError::AmountAboveLimit {
+                amount: usd(max_minor + 1),
+                currency,
+            });
+    }
+}
+
+#[test]
+fn a_retry_after_a_failure_is_the_next_attempt() {
+    let state = given::<Payment>(history_failed_once())
+        .at(t(10))
+        .when(card_initiate())
+        .then_expect_events([initiated(2, t(10)).into()]);
+    assert_eq!(state.status, PaymentStatus::Initiated);
+    assert_eq!(state.failed_attempts, 1);
+}
+
+#[test]
+fn a_retry_may_change_method_amount_and_currency() {
+    let cmd = InitiatePayment {
+        payment_method: PaymentMethod::Paypal,
+        cvv: None,
+        amount: usd(9_000),
+        currency: Currency::EUR,
+        ..card_initiate()
+    };
+    let expected = PaymentInitiated {
+        payment_method: PaymentMethod::Paypal,
+        cvv_checked: false,
+        amount: usd(9_000),
+        currency: Currency::EUR,
+        amount_usd: usd(9_720),
+        ..initiated(2, t(3))
+    };
+    // Not identical (another amount and currency), so no 10-second wait is needed.
+    given::<Payment>(history_failed_once())
+        .at(t(3))
+        .when(cmd)
+        .then_expect_events([expected.into()]);
+}
+
+// ---- InitiatePayment: rejected ----------------------------------------------------------------
+
+#[test]
+fn a_non_positive_amount_is_rejected() {
+    for minor in [0, -1, -10_000] {
+        let cmd = InitiatePayment {
+            amount: usd(minor),
+            ..card_initiate()
+        };
+        given_no_events::<Payment>()
+            .when(cmd)
+            .then_expect_error(PaymentError::NonPositiveAmount(usd(minor)));
+    }
+}
+
+#[test]
+fn a_card_payment_without_a_cvv_is_rejected() {
+    let cmd = InitiatePayment {
+        cvv: None,
+        ..card_initiate()
+    };
+    given_no_events::<Payment>()
+        .when(cmd)
+        .then_expect_error(PaymentError::CvvMissing);
+}
+
+#[test]
+fn a_malformed_cvv_is_rejected() {
+    for bad in ["", "12", "12345", "12a", "１２３", " 123", "12.3"] {
+        let cmd = InitiatePayment {
+            cvv: Some(Cvv::new(bad)),
+            ..card_initiate()
+        };
+        given_no_events::<Payment>()
+            .when(cmd)
+            .then_expect_error(PaymentError::CvvMalformed);
+    }
+}
+
+#[test]
+fn a_cvv_with_another_method_is_rejected() {
+    let cmd = InitiatePayment {
+        payment_method: PaymentMethod::Cash,
+        cvv: Some(Cvv::new("123")),
+        ..card_initiate()
+    };
+    given_no_events::<Payment>()
+        .when(cmd)
+        .then_expect_error(PaymentError::CvvNotExpected(PaymentMethod::Cash));
+}
+
+#[test]
+fn an_identical_retry_within_10_seconds_is_a_duplicate() {
+    // The failed attempt started at t(0): 9.999 s later is too soon, 10 s is fine.
+    given::<Payment>(history_failed_once())
+        .at(t(10) - Duration::milliseconds(1))
+        .when(card_initiate())
+        .then_expect_error(PaymentError::DuplicateTransaction {
+            previous_at: t(0),
+            window_seconds: DUPLICATE_WINDOW_SECONDS,
+        });
+    given::<Payment>(history_failed_once())
+        .at(t(10))
+        .when(card_initiate())
+        .then_expect_events([initiated(2, t(10)).into()]);
+}
+
+#[test]
+fn a_duplicate_is_found_among_all_earlier_attempts() {
+    // Attempt 1 at t(0) for 100.00, attempt 2 at t(3) for 90.00: a retry of 100.00 at t(5) is
+    // identical to attempt 1, two attempts back.
+    let second = PaymentInitiated {
+        amount: usd(9_000),
+        amount_usd: usd(9_000),
+        ..initiated(2, t(3))
+    };
+    let second_failed = PaymentFailed {
+        amount: usd(9_000),
+        ..failed(2, t(4))
+    };
+    given::<Payment>([
+        initiated(1, t(0)).into(),
+        failed(1, t(1)).into(),
+        second.into(),
+        second_failed.into(),
+    ])
+    .at(t(5))
+    .when(card_initiate())
+    .then_expect_error(PaymentError::DuplicateTransaction {
+        previous_at: t(0),
+        window_seconds: DUPLICATE_WINDOW_SECONDS,
+    });
+}
+
+#[test]
+fn a_clock_that_went_back_still_counts_as_within_the_window() {
+    given::<Payment>([initiated(1, t(30)).into(), failed(1, t(31)).into()])
+        .at(t(0))
+        .when(card_initiate())
+        .then_expect_error(PaymentError::DuplicateTransaction {
+            previous_at: t(30),
+            window_seconds: DUPLICATE_WINDOW_SECONDS,
+        });
+}
+
+#[test]
+fn a_repeat_while_an_attempt_is_in_progress_is_a_duplicate_then_in_progress() {
+    given::<Payment>(history_initiated())
+        .at(t(5))
+        .when(card_initiate())
+        .then_expect_error(PaymentError::DuplicateTransaction {
+            previous_at: t(0),
+            window_seconds: DUPLICATE_WINDOW_SECONDS,
+        });
+    given::<Payment>(history_initiated())
+        .at(t(11))
+        .when(card_initiate())
+        .then_expect_error(PaymentError::AttemptInProgress { attempt: 1 });
+}
+
+#[test]
+fn a_blocked_payment_takes_no_further_attempt() {
+    let blocked = given::<Payment>(history_blocked());
+    assert_eq!(blocked.state().status, PaymentStatus::Blocked);
+    blocked
+        .at(t(3600))
+        .when(card_initiate())
+        .then_expect_error(PaymentError::PaymentBlocked { failed_attempts: 3 });
+}
+
+#[test]
+fn a_completed_payment_takes_no_further_attempt() {
+    for history in [
+        history_completed(),
+        history_partially_refunded(),
+        history_refunded(),
+    ] {
+        given::<Payment>(history)
+            .at(t(3600))
+            .when(card_initiate())
+            .then_expect_error(PaymentError::AlreadyCompleted);
+    }
+}
+
+#[test]
+fn a_retry_must_keep_payment_payer_and_target() {
+    let other = Uuid::from_u128(0xBAD);
+    given::<Payment>(history_failed_once())
+        .at(t(60))
+        .when(InitiatePayment {
+            payment_id: other,
+            ..card_initiate()
+        })
+        .then_expect_error(PaymentError::PaymentIdMismatch {
+            expected: payment_id(),
+            got: other,
+        });
+    given::<Payment>(history_failed_once())
+        .at(t(60))
+        .when(InitiatePayment {
+            payer_id: other,
+            ..card_initiate()
+        })
+        .then_expect_error(PaymentError::PayerMismatch {
+            expected: payer_id(),
+            got: other,
+        });
+    let expected_target = PaymentError::TargetMismatch {
+        expected_type: TargetType::Order,
+        expected_id: target_id(),
+    };
+    given::<Payment>(history_failed_once())
+        .at(t(60))
+        .when(InitiatePayment {
+            target_id: other,
+            ..card_initiate()
+        })
+        .then_expect_error(expected_target.clone());
+    given::<Payment>(history_failed_once())
+        .at(t(60))
+        .when(InitiatePayment {
+            target_type: TargetType::Invoice,
+            ..card_initiate()
+        })
+        .then_expect_error(expected_target);
+}
+
+// ---- CompletePayment --------------------------------------------------------------------------
+
+#[test]
+fn the_attempt_in_progress_completes() {
+    let state = given::<Payment>(history_initiated())
+        .at(t(2))
+        .when(CompletePayment {
+            provider_reference: "psp-1".into(),
+        })
+        .then_expect_events([completed(1, t(2)).into()]);
+    assert_eq!(state.status, PaymentStatus::Completed);
+    assert_eq!(state.refundable(), usd(10_000));
+}
+
+#[test]
+fn a_retry_completes_as_its_own_attempt() {
+    let mut history = history_failed_once();
+    history.push(initiated(2, t(30)).into());
+    given::<Payment>(history)
+        .at(t(31))
+        .when(CompletePayment {
+            provider_reference: "psp-1".into(),
+        })
+        .then_expect_events([completed(2, t(31)).into()]);
+}
+
+#[test]
+fn the_same_completion_again_is_an_idempotent_repeat() {
+    let state = given::<Payment>(history_completed())
+        .at(t(50))
+        .when(CompletePayment {
+            provider_reference: "psp-1".into(),
+        })
+        .then_expect_events([]);
+    assert_eq!(state.status, PaymentStatus::Completed);
+}
+
+#[test]
+fn another_completion_of_a_paid_payment_is_rejected() {
+    given::<Payment>(history_completed())
+        .when(CompletePayment {
+            provider_reference: "psp-2".into(),
+        })
+        .then_expect_error(PaymentError::AlreadyCompleted);
+}
+
+#[test]
+fn completion_needs_an_attempt_in_progress() {
+    for (history, status) in [
+        (vec![], PaymentStatus::New),
+        (history_failed_once(), PaymentStatus::Failed),
+        (history_blocked(), PaymentStatus::Blocked),
+    ] {
+        given::<Payment>(history)
+            .when(CompletePayment {
+                provider_reference: "psp-1".into(),
+            })
+            .then_expect_error(PaymentError::NoAttemptInProgress { status });
+    }
+}
+
+// ---- FailPayment ------------------------------------------------------------------------------
+
+#[test]
+fn a_failure_is_counted_and_the_third_blocks() {
+    let state = given::<Payment>(history_initiated())
+        .at(t(1))
+        .when(FailPayment {
+            reason: "card_declined".into(),
+        })
+        .then_expect_events([failed(1, t(1)).into()]);
+    assert_eq!(state.status, PaymentStatus::Failed);
+    assert_eq!(state.failed_attempts, 1);
+
+    let mut history = history_blocked();
+    history.pop();
+    let state = given::<Payment>(history)
+        .at(t(41))
+        .when(FailPayment {
+            reason: "card_declined".into(),
+        })
+        .then_expect_events([failed(3, t(41)).into()]);
+    assert_eq!(state.status, PaymentStatus::Blocked);
+    assert_eq!(state.failed_attempts, FAILED_ATTEMPTS_MAX);
+    assert!(failed(3, t(41)).blocked && !failed(2, t(41)).blocked);
+}
+
+#[test]
+fn a_failure_needs_an_attempt_in_progress() {
+    for (history, status) in [
+        (vec![], PaymentStatus::New),
+        (history_failed_once(), PaymentStatus::Failed),
+        (history_blocked(), PaymentStatus::Blocked),
+    ] {
+        given::<Payment>(history)
+            .when(FailPayment {
+                reason: "timeout".into(),
+            })
+            .then_expect_error(PaymentError::NoAttemptInProgress { status });
+    }
+}
+
+#[test]
+fn a_paid_payment_cannot_fail() {
+    for history in [
+        history_completed(),
+        history_partially_refunded(),
+        history_refunded(),
+    ] {
+        given::<Payment>(history)
+            .when(FailPayment {
+                reason: "timeout".into(),
+            })
+            .then_expect_error(PaymentError::AlreadyCompleted);
+    }
+}
+
+// ---- RefundPayment ----------------------------------------------------------------------------
+
+#[test]
+fn a_partial_refund_then_the_rest() {
+    let state = given::<Payment>(history_completed())
+        .at(t(100))
+        .when(refund(0xA1, Some(3_000)))
+        .then_expect_events([refunded(0xA1, 3_000, 3_000).into()]);
+    assert_eq!(state.status, PaymentStatus::PartiallyRefunded);
+    assert_eq!(state.refundable(), usd(7_000));
+
+    let state = given::<Payment>(history_partially_refunded())
+        .at(t(100))
+        .when(refund(0xA2, Some(2_000)))
+        .then_expect_events([refunded(0xA2, 2_000, 5_000).into()]);
+    assert_eq!(state.status, PaymentStatus::PartiallyRefunded);
+
+    let state = given::<Payment>(history_partially_refunded())
+        .at(t(100))
+        .when(refund(0xA2, None))
+        .then_expect_events([refunded(0xA2, 7_000, 10_000).into()]);
+    assert_eq!(state.status, PaymentStatus::Refunded);
+    assert_eq!(state.refundable(), Money::ZERO);
+}
+
+#[test]
+fn a_full_refund_at_once() {
+    let state = given::<Payment>(history_completed())
+        .at(t(100))
+        .when(refund(0xA1, Some(10_000)))
+        .then_expect_events([refunded(0xA1, 10_000, 10_000).into()]);
+    assert_eq!(state.status, PaymentStatus::Refunded);
+}
+
+#[test]
+fn a_refund_is_in_the_completed_currency() {
+    let init = PaymentInitiated {
+        currency: Currency::EUR,
+        amount_usd: usd(10_800),
+        ..initiated(1, t(0))
+    };
+    let done = PaymentCompleted {
+        currency: Currency::EUR,
+        ..completed(1, t(1))
+    };
+    given::<Payment>([init.into(), done.into()])
+        .at(t(100))
+        .when(refund(0xA1, Some(1_000)))
+        .then_expect_events([PaymentRefunded {
+            currency: Currency::EUR,
+            ..refunded(0xA1, 1_000, 1_000)
+        }
+        .into()]);
+}
+
+#[test]
+fn refunds_never_exceed_the_completed_amount() {
+    given::<Payment>(history_completed())
+        .when(refund(0xA1, Some(10_001)))
+        .then_expect_error(PaymentError::RefundExceedsRefundable {
+            requested: usd(10_001),
+            refundable: usd(10_000),
+        });
+    given::<Payment>(history_partially_refunded())
+        .when(refund(0xA2, Some(7_001)))
+        .then_expect_error(PaymentError::RefundExceedsRefundable {
+            requested: usd(7_001),
+            refundable: usd(7_000),
+        });
+}
+
+#[test]
+fn a_non_positive_refund_is_rejected() {
+    for minor in [0, -100] {
+        given::<Payment>(history_completed())
+            .when(refund(0xA1, Some(minor)))
+            .then_expect_error(PaymentError::NonPositiveRefund(usd(minor)));
+    }
+}
+
+#[test]
+fn only_a_paid_payment_is_refunded() {
+    for (history, status) in [
+        (vec![], PaymentStatus::New),
+        (history_initiated(), PaymentStatus::Initiated),
+        (history_failed_once(), PaymentStatus::Failed),
+        (history_blocked(), PaymentStatus::Blocked),
+    ] {
+        given::<Payment>(history)
+            .when(refund(0xA1, None))
+            .then_expect_error(PaymentError::NotCompleted { status });
+    }
+}
+
+#[test]
+fn a_fully_refunded_payment_takes_no_new_refund() {
+    given::<Payment>(history_refunded())
+        .when(refund(0xA2, Some(1)))
+        .then_expect_error(PaymentError::AlreadyFullyRefunded);
+}
+
+#[test]
+fn a_repeated_refund_id_is_idempotent_with_the_same_amount() {
+    given::<Payment>(history_partially_refunded())
+        .when(refund(0xA1, Some(3_000)))
+        .then_expect_events([]);
+    given::<Payment>(history_partially_refunded())
+        .when(refund(0xA1, None))
+        .then_expect_events([]);
+    given::<Payment>(history_refunded())
+        .when(refund(0xA1, Some(10_000)))
+        .then_expect_events([]);
+    given::<Payment>(history_partially_refunded())
+        .when(refund(0xA1, Some(2_000)))
+        .then_expect_error(PaymentError::RefundIdConflict {
+            refund_id: Uuid::from_u128(0xA1),
+        });
+}
+
+// ---- The CVV is never kept ---------------------------------------------------------------------
+
+#[test]
+fn the_cvv_never_reaches_events_state_or_debug_output() {
+    let secret = "7391";
+    let cmd = InitiatePayment {
+        cvv: Some(Cvv::new(secret)),
+        ..card_initiate()
+    };
+    assert!(
+        !format!("{cmd:?}").contains(secret),
+        "Debug of the command shows the CVV"
+    );
+    let ctx = DecideContext::new("p-1", fixed_now());
+    let events = Payment::decide(&PaymentState::default(), &cmd.into(), &ctx).unwrap();
+    let state = Payment::replay(PaymentState::default(), &events);
+    for event in &events {
+        let json = serde_json::to_string(event).unwrap();
+        assert!(!json.contains(secret), "event JSON holds the CVV: {json}");
+        assert!(
+            !json.contains("\"cvv\""),
+            "event JSON has a cvv field: {json}"
+        );
+        let bytes = codec::encode(event);
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    }
+    let state_json = serde_json::to_string(&state).unwrap();
+    assert!(!state_json.contains(secret) && !format!("{state:?}").contains(secret));
+    assert!(state.attempts[0].cvv_checked);
+}
+
+// ---- Lifecycle --------------------------------------------------------------------------------
+
+#[test]
+fn can_transition_is_exactly_the_documented_table() {
+    use PaymentStatus::*;
+    let allowed: BTreeSet<(&str, &str)> = [
+        (New, Initiated),
+        (Initiated, Completed),
+        (Initiated, Failed),
+        (Initiated, Blocked),
+        (Failed, Initiated),
+        (Completed, PartiallyRefunded),
+        (Completed, Refunded),
+        (PartiallyRefunded, PartiallyRefunded),
+        (PartiallyRefunded, Refunded),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.as_str(), b.as_str()))
+    .collect();
+    for from in PaymentStatus::ALL {
+        for to in PaymentStatus::ALL {
+            assert_eq!(
+                can_transition(from, to),
+                allowed.contains(&(from.as_str(), to.as_str())),
+                "{from} -> {to}"
+            );
+        }
+        if from.is_final() {
+            assert!(PaymentStatus::ALL
+                .iter()
+                .all(|&to| !can_transition(from, to)));
+        }
+    }
+}
+
+#[test]
+fn the_workload_drives_payments_through_every_status() {
+    let mut reached = BTreeSet::new();
+    let mut accepted = 0usize;
+    let mut rejected = 0usize;
+    let mut rng = DemoRng::new(7);
+    for payment in 0..200 {
+        let mut state = PaymentState::default();
+        let mut now = fixed_now() + Duration::hours(payment);
+        for _ in 0..12 {
+            now += Duration::seconds(rng.range(1, 15));
+            let ctx = DecideContext::new(format!("payment-{payment}"), now);
+            let command = Payment::sample_command(&state, &ctx, &mut rng);
+            match Payment::decide(&state, &command, &ctx) {
+                Ok(events) if state.status.is_final() => assert!(events.is_empty()),
+                Ok(events) => {
+                    accepted += 1;
+                    state = Payment::replay(state, &events);
+                    Payment::check_invariants(&state).unwrap();
+                }
+                // Blocked payments can only be refused; count the others.
+                Err(_) if state.status == PaymentStatus::Blocked => {}
+                Err(_) => rejected += 1,
+            }
+            reached.insert(state.status.as_str());
+        }
+    }
+    let all: BTreeSet<&str> = PaymentStatus::ALL.iter().map(|s| s.as_str()).collect();
+    assert_eq!(reached, all, "statuses the workload never reached");
+    assert!(
+        accepted > 2 * rejected,
+        "accepted {accepted}, rejected {rejected}"
+    );
+}
