@@ -1,10 +1,16 @@
 //! evershard: an embedded, event-sourced aggregate store with actor sharding.
 //!
 //! This facade re-exports the public surface of the workspace crates:
+//! - [`Engine`] and its builder, [`Durability`], [`SnapshotPolicy`], the errors;
 //! - [`model`]: the aggregate model (traits, envelope, codec, money, given/when/then);
-//! - [`engine`]: the journal, snapshots and sharded actors behind [`Engine`];
+//! - [`engine`]: the whole engine crate (journal, repository, sharding);
 //! - [`aggregates`]: the seven domain aggregates.
 
 pub use evershard_aggregates as aggregates;
+pub use evershard_engine as engine;
+pub use evershard_engine::{
+    Clock, CommandError, Durability, Engine, EngineBuilder, EngineError, ManualClock, SnapshotPolicy,
+    StorageError, StreamId, SystemClock,
+};
 pub use evershard_model as model;
 pub use evershard_snapshots as snapshots;

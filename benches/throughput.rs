@@ -1,0 +1,217 @@
+//! Headline throughput and recovery figures (a bench binary; `harness = false`).
+//!
+//! ```text
+//! cargo bench --bench throughput                       # defaults below
+//! EVERSHARD_BENCH_COMMANDS=200000 cargo bench --bench throughput
+//! ```
+//!
+//! In one run, on the same disk:
+//! 1. evershard, **durable** (ack after flush + fdatasync): ProductStock commands from the
+//!    `Workload` generator over `AGGREGATES` aggregates and `CLIENTS` concurrent clients
+//!    (each client owns a slice of the aggregates and has one command in flight).
+//! 2. the ceiling, sled alone: the same number of records of the same average size, inserted in
+//!    batches of 1,000 with `flush()` after each batch.
+//! 3. the ceiling, a plain file: the same records appended with one `fdatasync` per 1,000.
+//! 4. recovery of one aggregate with 10,000 events: from the newest snapshot + tail, and by
+//!    full replay.
+//!
+//! Note: this bench uses sled directly for the baseline only; the product touches sled solely
+//! in `engine::journal`.
+
+use evershard::aggregates::product_stock::ProductStock;
+use evershard::model::{Aggregate, DecideContext, DemoRng, Workload};
+use evershard::engine::{repository, Durability, Engine, Journal, SnapshotPolicy, StreamId};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+struct Run {
+    commands: u64,
+    accepted: u64,
+    events: u64,
+    elapsed: Duration,
+    record_bytes_avg: u64,
+}
+
+async fn evershard_durable(dir: &std::path::Path, aggregates: u64, commands: u64, clients: u64, seed: u64) -> Run {
+    let engine = Engine::builder(dir)
+        .register::<ProductStock>()
+        .durability(Durability::Durable)
+        .shards(8)
+        .active_per_shard_max(aggregates as usize)
+        .open()
+        .await
+        .expect("open engine");
+    let per_client = commands / clients;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = DemoRng::new(seed ^ client.wrapping_mul(0x9E37_79B9));
+            // This client's aggregates and a mirror of each state, kept by applying the events
+            // the engine returns (so the generator proposes plausible commands).
+            let ids: Vec<String> = (client..aggregates).step_by(clients as usize).map(|i| format!("sku-{i}")).collect();
+            let mut mirrors = vec![<ProductStock as Aggregate>::State::default(); ids.len()];
+            let (mut accepted, mut events) = (0u64, 0u64);
+            for n in 0..per_client {
+                let k = (n as usize) % ids.len();
+                let ctx = DecideContext::new(ids[k].clone(), chrono::Utc::now());
+                let command = ProductStock::sample_command(&mirrors[k], &ctx, &mut rng);
+                match engine.execute::<ProductStock>(&ids[k], command).await {
+                    Ok(committed) => {
+                        accepted += 1;
+                        events += committed.len() as u64;
+                        for e in &committed {
+                            ProductStock::apply(&mut mirrors[k], &e.payload);
+                        }
+                    }
+                    Err(evershard::engine::CommandError::Rejected(_)) => {}
+                    Err(e) => panic!("command failed: {e}"),
+                }
+            }
+            (accepted, events)
+        }));
+    }
+    let (mut accepted, mut events) = (0, 0);
+    for t in tasks {
+        let (a, e) = t.await.unwrap();
+        accepted += a;
+        events += e;
+    }
+    let elapsed = start.elapsed();
+    let stats = engine.journal().stats().unwrap();
+    engine.shutdown().await.unwrap();
+    Run {
+        commands: per_client * clients,
+        accepted,
+        events,
+        elapsed,
+        record_bytes_avg: stats.event_bytes / stats.events.max(1),
+    }
+}
+
+fn sled_ceiling(dir: &std::path::Path, records: u64, value_bytes: usize) -> Duration {
+    let db = sled::Config::new().path(dir).open().unwrap();
+    let value = vec![0xABu8; value_bytes];
+    let start = Instant::now();
+    let mut i = 0u64;
+    while i < records {
+        let mut batch = sled::Batch::default();
+        for _ in 0..1000.min(records - i) {
+            batch.insert(&i.to_be_bytes(), value.as_slice());
+            i += 1;
+        }
+        db.apply_batch(batch).unwrap();
+        db.flush().unwrap();
+    }
+    start.elapsed()
+}
+
+fn file_ceiling(dir: &std::path::Path, records: u64, record_bytes: usize) -> Duration {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("plain.log")).unwrap();
+    let record = vec![0xCDu8; record_bytes];
+    let start = Instant::now();
+    for i in 0..records {
+        file.write_all(&record).unwrap();
+        if (i + 1) % 1000 == 0 || i + 1 == records {
+            file.sync_data().unwrap();
+        }
+    }
+    start.elapsed()
+}
+
+async fn recovery(dir: &std::path::Path, events: u64) -> (Duration, Duration, Option<u64>) {
+    let engine = Engine::builder(dir)
+        .register::<ProductStock>()
+        .durability(Durability::Buffered { flush_every_ms: 200 })
+        .snapshot_policy(SnapshotPolicy::default())
+        .open()
+        .await
+        .unwrap();
+    let id = "sku-recovery";
+    let mut rng = DemoRng::new(7);
+    let mut mirror = <ProductStock as Aggregate>::State::default();
+    let mut version = 0;
+    while version < events {
+        let ctx = DecideContext::new(id, chrono::Utc::now());
+        let cmd = ProductStock::sample_command(&mirror, &ctx, &mut rng);
+        if let Ok(committed) = engine.execute::<ProductStock>(id, cmd).await {
+            for e in &committed {
+                ProductStock::apply(&mut mirror, &e.payload);
+                version = e.sequence;
+            }
+        }
+    }
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    let journal = Journal::open_read_only(dir).unwrap();
+    let stream = StreamId::new(ProductStock::TYPE, id);
+    let median = |use_snapshots: bool| {
+        let mut times: Vec<Duration> = (0..7)
+            .map(|_| {
+                let t = Instant::now();
+                let loaded = repository::load::<ProductStock>(&journal, &stream, u64::MAX, use_snapshots).unwrap();
+                assert_eq!(loaded.state, mirror, "recovered state differs");
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[times.len() / 2]
+    };
+    let with_snapshot = median(true);
+    let full = median(false);
+    let from = repository::load::<ProductStock>(&journal, &stream, u64::MAX, true).unwrap().from_snapshot;
+    (with_snapshot, full, from)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing special. Either way
+    // a quick smoke run is enough under `cargo test`.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let aggregates = env("EVERSHARD_BENCH_AGGREGATES", if smoke { 100 } else { 10_000 });
+    let commands = env("EVERSHARD_BENCH_COMMANDS", if smoke { 1_000 } else { 100_000 });
+    let clients = env("EVERSHARD_BENCH_CLIENTS", 64).min(aggregates).max(1);
+    let recovery_events = env("EVERSHARD_BENCH_RECOVERY_EVENTS", if smoke { 500 } else { 10_000 });
+    let seed = env("EVERSHARD_BENCH_SEED", 42);
+    let base = std::env::var_os("EVERSHARD_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let tmp = tempfile::tempdir_in(base).unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    println!("evershard throughput bench: {aggregates} aggregates, {commands} commands, {clients} clients, seed {seed}");
+    println!("data dir: {}", tmp.path().display());
+
+    let run = rt.block_on(evershard_durable(&tmp.path().join("evershard"), aggregates, commands, clients, seed));
+    let secs = run.elapsed.as_secs_f64();
+    let cmds_per_s = run.commands as f64 / secs;
+    let events_per_s = run.events as f64 / secs;
+    println!(
+        "evershard durable : {:>9.0} commands/s  {:>9.0} events/s  ({} commands, {} accepted, {} events, {:.2} s, {} B/record)",
+        cmds_per_s, events_per_s, run.commands, run.accepted, run.events, secs, run.record_bytes_avg
+    );
+
+    let records = run.events.max(1000);
+    let value_bytes = run.record_bytes_avg as usize;
+    let sled_t = sled_ceiling(&tmp.path().join("sled"), records, value_bytes);
+    let sled_rate = records as f64 / sled_t.as_secs_f64();
+    println!("sled batch+flush  : {:>9.0} records/s  ({records} records of {value_bytes} B, batches of 1,000)", sled_rate);
+    let file_t = file_ceiling(tmp.path(), records, value_bytes);
+    let file_rate = records as f64 / file_t.as_secs_f64();
+    println!("plain file        : {:>9.0} records/s  (one fdatasync per 1,000)", file_rate);
+    println!(
+        "ratio             : evershard events/s = {:.2} x sled's batched rate, {:.2} x the plain file's",
+        events_per_s / sled_rate,
+        events_per_s / file_rate
+    );
+
+    let (snap, full, from) = rt.block_on(recovery(&tmp.path().join("recovery"), recovery_events));
+    println!(
+        "recovery, {recovery_events} events: {:.3} ms from snapshot {:?} + tail, {:.3} ms full replay (median of 7)",
+        snap.as_secs_f64() * 1e3,
+        from,
+        full.as_secs_f64() * 1e3
+    );
+}
