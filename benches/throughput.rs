@@ -28,6 +28,15 @@ fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// `EVERSHARD_BENCH_DURABILITY=buffered` measures the buffered mode instead (the CPU ceiling
+/// of the command path, without waiting for the disk).
+fn durability() -> Durability {
+    match std::env::var("EVERSHARD_BENCH_DURABILITY").as_deref() {
+        Ok("buffered") => Durability::Buffered { flush_every_ms: 500 },
+        _ => Durability::Durable,
+    }
+}
+
 struct Run {
     commands: u64,
     accepted: u64,
@@ -39,7 +48,7 @@ struct Run {
 async fn evershard_durable(dir: &std::path::Path, aggregates: u64, commands: u64, clients: u64, seed: u64) -> Run {
     let engine = Engine::builder(dir)
         .register::<ProductStock>()
-        .durability(Durability::Durable)
+        .durability(durability())
         .shards(8)
         .active_per_shard_max(aggregates as usize)
         .open()
@@ -92,6 +101,44 @@ async fn evershard_durable(dir: &std::path::Path, aggregates: u64, commands: u64
         elapsed,
         record_bytes_avg: stats.event_bytes / stats.events.max(1),
     }
+}
+
+/// The journal alone (no actors, no domain logic): `clients` threads each appending one
+/// event of `payload_bytes` at a time to their own streams, acknowledged under `durability()`.
+fn journal_alone(dir: &std::path::Path, records: u64, payload_bytes: usize, clients: u64) -> Duration {
+    use evershard::engine::journal::{AppendRequest, NewEvent};
+    let config = evershard::engine::JournalConfig { durability: durability(), ..Default::default() };
+    let journal = Journal::open(dir, config).unwrap();
+    let per_client = records / clients;
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for client in 0..clients {
+            let journal = journal.clone();
+            scope.spawn(move || {
+                let mut versions = vec![0u64; 16];
+                for n in 0..per_client {
+                    let k = (n % 16) as usize;
+                    let stream = StreamId::new("Bench", format!("c{client}-{k}"));
+                    let event = NewEvent {
+                        event_id: uuid::Uuid::new_v4(),
+                        event_type: "StockReserved".into(),
+                        event_version: "1.0".into(),
+                        timestamp: chrono::Utc::now(),
+                        correlation_id: uuid::Uuid::new_v4(),
+                        causation_id: None,
+                        source: "bench".into(),
+                        user_id: None,
+                        payload: vec![7u8; payload_bytes],
+                    };
+                    let committed = journal.append_blocking(AppendRequest::new(stream, versions[k], vec![event])).unwrap();
+                    versions[k] = committed.version;
+                }
+            });
+        }
+    });
+    let elapsed = start.elapsed();
+    journal.close().unwrap();
+    elapsed
 }
 
 fn sled_ceiling(dir: &std::path::Path, records: u64, value_bytes: usize) -> Duration {
@@ -189,12 +236,18 @@ fn main() {
     let cmds_per_s = run.commands as f64 / secs;
     let events_per_s = run.events as f64 / secs;
     println!(
-        "evershard durable : {:>9.0} commands/s  {:>9.0} events/s  ({} commands, {} accepted, {} events, {:.2} s, {} B/record)",
-        cmds_per_s, events_per_s, run.commands, run.accepted, run.events, secs, run.record_bytes_avg
+        "evershard {:<8}: {:>9.0} commands/s  {:>9.0} events/s  ({} commands, {} accepted, {} events, {:.2} s, {} B/record)",
+        if durability() == Durability::Durable { "durable" } else { "buffered" },
+        cmds_per_s,
+        events_per_s,
+        run.commands, run.accepted, run.events, secs, run.record_bytes_avg
     );
 
     let records = run.events.max(1000);
     let value_bytes = run.record_bytes_avg as usize;
+    let journal_t = journal_alone(&tmp.path().join("journal"), records, value_bytes.saturating_sub(180), clients);
+    let journal_rate = (records / clients * clients) as f64 / journal_t.as_secs_f64();
+    println!("journal alone     : {:>9.0} events/s   (same clients, one event per append, no actors)", journal_rate);
     let sled_t = sled_ceiling(&tmp.path().join("sled"), records, value_bytes);
     let sled_rate = records as f64 / sled_t.as_secs_f64();
     println!("sled batch+flush  : {:>9.0} records/s  ({records} records of {value_bytes} B, batches of 1,000)", sled_rate);
