@@ -19,20 +19,25 @@
 //! in `engine::journal`.
 
 use evershard::aggregates::product_stock::ProductStock;
-use evershard::model::{Aggregate, DecideContext, DemoRng, Workload};
 use evershard::engine::{repository, Durability, Engine, Journal, SnapshotPolicy, StreamId};
+use evershard::model::{Aggregate, DecideContext, DemoRng, Workload};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// `EVERSHARD_BENCH_DURABILITY=buffered` measures the buffered mode instead (the CPU ceiling
 /// of the command path, without waiting for the disk).
 fn durability() -> Durability {
     match std::env::var("EVERSHARD_BENCH_DURABILITY").as_deref() {
-        Ok("buffered") => Durability::Buffered { flush_every_ms: 500 },
+        Ok("buffered") => Durability::Buffered {
+            flush_every_ms: 500,
+        },
         _ => Durability::Durable,
     }
 }
@@ -45,7 +50,13 @@ struct Run {
     record_bytes_avg: u64,
 }
 
-async fn evershard_durable(dir: &std::path::Path, aggregates: u64, commands: u64, clients: u64, seed: u64) -> Run {
+async fn evershard_durable(
+    dir: &std::path::Path,
+    aggregates: u64,
+    commands: u64,
+    clients: u64,
+    seed: u64,
+) -> Run {
     let engine = Engine::builder(dir)
         .register::<ProductStock>()
         .durability(durability())
@@ -63,7 +74,10 @@ async fn evershard_durable(dir: &std::path::Path, aggregates: u64, commands: u64
             let mut rng = DemoRng::new(seed ^ client.wrapping_mul(0x9E37_79B9));
             // This client's aggregates and a mirror of each state, kept by applying the events
             // the engine returns (so the generator proposes plausible commands).
-            let ids: Vec<String> = (client..aggregates).step_by(clients as usize).map(|i| format!("sku-{i}")).collect();
+            let ids: Vec<String> = (client..aggregates)
+                .step_by(clients as usize)
+                .map(|i| format!("sku-{i}"))
+                .collect();
             let mut mirrors = vec![<ProductStock as Aggregate>::State::default(); ids.len()];
             let (mut accepted, mut events) = (0u64, 0u64);
             for n in 0..per_client {
@@ -105,9 +119,17 @@ async fn evershard_durable(dir: &std::path::Path, aggregates: u64, commands: u64
 
 /// The journal alone (no actors, no domain logic): `clients` threads each appending one
 /// event of `payload_bytes` at a time to their own streams, acknowledged under `durability()`.
-fn journal_alone(dir: &std::path::Path, records: u64, payload_bytes: usize, clients: u64) -> Duration {
+fn journal_alone(
+    dir: &std::path::Path,
+    records: u64,
+    payload_bytes: usize,
+    clients: u64,
+) -> Duration {
     use evershard::engine::journal::{AppendRequest, NewEvent};
-    let config = evershard::engine::JournalConfig { durability: durability(), ..Default::default() };
+    let config = evershard::engine::JournalConfig {
+        durability: durability(),
+        ..Default::default()
+    };
     let journal = Journal::open(dir, config).unwrap();
     let per_client = records / clients;
     let start = Instant::now();
@@ -115,7 +137,7 @@ fn journal_alone(dir: &std::path::Path, records: u64, payload_bytes: usize, clie
         for client in 0..clients {
             let journal = journal.clone();
             scope.spawn(move || {
-                let mut versions = vec![0u64; 16];
+                let mut versions = [0u64; 16];
                 for n in 0..per_client {
                     let k = (n % 16) as usize;
                     let stream = StreamId::new("Bench", format!("c{client}-{k}"));
@@ -130,7 +152,9 @@ fn journal_alone(dir: &std::path::Path, records: u64, payload_bytes: usize, clie
                         user_id: None,
                         payload: vec![7u8; payload_bytes],
                     };
-                    let committed = journal.append_blocking(AppendRequest::new(stream, versions[k], vec![event])).unwrap();
+                    let committed = journal
+                        .append_blocking(AppendRequest::new(stream, versions[k], vec![event]))
+                        .unwrap();
                     versions[k] = committed.version;
                 }
             });
@@ -159,7 +183,11 @@ fn sled_ceiling(dir: &std::path::Path, records: u64, value_bytes: usize) -> Dura
 }
 
 fn file_ceiling(dir: &std::path::Path, records: u64, record_bytes: usize) -> Duration {
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("plain.log")).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("plain.log"))
+        .unwrap();
     let record = vec![0xCDu8; record_bytes];
     let start = Instant::now();
     for i in 0..records {
@@ -174,7 +202,9 @@ fn file_ceiling(dir: &std::path::Path, records: u64, record_bytes: usize) -> Dur
 async fn recovery(dir: &std::path::Path, events: u64) -> (Duration, Duration, Option<u64>) {
     let engine = Engine::builder(dir)
         .register::<ProductStock>()
-        .durability(Durability::Buffered { flush_every_ms: 200 })
+        .durability(Durability::Buffered {
+            flush_every_ms: 200,
+        })
         .snapshot_policy(SnapshotPolicy::default())
         .open()
         .await
@@ -201,7 +231,9 @@ async fn recovery(dir: &std::path::Path, events: u64) -> (Duration, Duration, Op
         let mut times: Vec<Duration> = (0..7)
             .map(|_| {
                 let t = Instant::now();
-                let loaded = repository::load::<ProductStock>(&journal, &stream, u64::MAX, use_snapshots).unwrap();
+                let loaded =
+                    repository::load::<ProductStock>(&journal, &stream, u64::MAX, use_snapshots)
+                        .unwrap();
                 assert_eq!(loaded.state, mirror, "recovered state differs");
                 t.elapsed()
             })
@@ -211,7 +243,9 @@ async fn recovery(dir: &std::path::Path, events: u64) -> (Duration, Duration, Op
     };
     let with_snapshot = median(true);
     let full = median(false);
-    let from = repository::load::<ProductStock>(&journal, &stream, u64::MAX, true).unwrap().from_snapshot;
+    let from = repository::load::<ProductStock>(&journal, &stream, u64::MAX, true)
+        .unwrap()
+        .from_snapshot;
     (with_snapshot, full, from)
 }
 
@@ -219,19 +253,39 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing special. Either way
     // a quick smoke run is enough under `cargo test`.
     let smoke = !std::env::args().any(|a| a == "--bench");
-    let aggregates = env("EVERSHARD_BENCH_AGGREGATES", if smoke { 100 } else { 10_000 });
-    let commands = env("EVERSHARD_BENCH_COMMANDS", if smoke { 1_000 } else { 100_000 });
+    let aggregates = env(
+        "EVERSHARD_BENCH_AGGREGATES",
+        if smoke { 100 } else { 10_000 },
+    );
+    let commands = env(
+        "EVERSHARD_BENCH_COMMANDS",
+        if smoke { 1_000 } else { 100_000 },
+    );
     let clients = env("EVERSHARD_BENCH_CLIENTS", 64).min(aggregates).max(1);
-    let recovery_events = env("EVERSHARD_BENCH_RECOVERY_EVENTS", if smoke { 500 } else { 10_000 });
+    let recovery_events = env(
+        "EVERSHARD_BENCH_RECOVERY_EVENTS",
+        if smoke { 500 } else { 10_000 },
+    );
     let seed = env("EVERSHARD_BENCH_SEED", 42);
-    let base = std::env::var_os("EVERSHARD_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let base = std::env::var_os("EVERSHARD_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::tempdir_in(base).unwrap();
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     println!("evershard throughput bench: {aggregates} aggregates, {commands} commands, {clients} clients, seed {seed}");
     println!("data dir: {}", tmp.path().display());
 
-    let run = rt.block_on(evershard_durable(&tmp.path().join("evershard"), aggregates, commands, clients, seed));
+    let run = rt.block_on(evershard_durable(
+        &tmp.path().join("evershard"),
+        aggregates,
+        commands,
+        clients,
+        seed,
+    ));
     let secs = run.elapsed.as_secs_f64();
     let cmds_per_s = run.commands as f64 / secs;
     let events_per_s = run.events as f64 / secs;
@@ -243,17 +297,31 @@ fn main() {
         run.commands, run.accepted, run.events, secs, run.record_bytes_avg
     );
 
+    if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("engine") {
+        return; // for profiling the command path alone
+    }
     let records = run.events.max(1000);
     let value_bytes = run.record_bytes_avg as usize;
-    let journal_t = journal_alone(&tmp.path().join("journal"), records, value_bytes.saturating_sub(180), clients);
+    let journal_t = journal_alone(
+        &tmp.path().join("journal"),
+        records,
+        value_bytes.saturating_sub(180),
+        clients,
+    );
     let journal_rate = (records / clients * clients) as f64 / journal_t.as_secs_f64();
-    println!("journal alone     : {:>9.0} events/s   (same clients, one event per append, no actors)", journal_rate);
+    println!(
+        "journal alone     : {:>9.0} events/s   (same clients, one event per append, no actors)",
+        journal_rate
+    );
     let sled_t = sled_ceiling(&tmp.path().join("sled"), records, value_bytes);
     let sled_rate = records as f64 / sled_t.as_secs_f64();
     println!("sled batch+flush  : {:>9.0} records/s  ({records} records of {value_bytes} B, batches of 1,000)", sled_rate);
     let file_t = file_ceiling(tmp.path(), records, value_bytes);
     let file_rate = records as f64 / file_t.as_secs_f64();
-    println!("plain file        : {:>9.0} records/s  (one fdatasync per 1,000)", file_rate);
+    println!(
+        "plain file        : {:>9.0} records/s  (one fdatasync per 1,000)",
+        file_rate
+    );
     println!(
         "ratio             : evershard events/s = {:.2} x sled's batched rate, {:.2} x the plain file's",
         events_per_s / sled_rate,

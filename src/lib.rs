@@ -9,8 +9,8 @@
 pub use evershard_aggregates as aggregates;
 pub use evershard_engine as engine;
 pub use evershard_engine::{
-    Clock, CommandError, Durability, Engine, EngineBuilder, EngineError, ManualClock, SnapshotPolicy,
-    StorageError, StreamId, SystemClock,
+    Clock, CommandError, Durability, Engine, EngineBuilder, EngineError, ManualClock,
+    SnapshotPolicy, StorageError, StreamId, SystemClock,
 };
 pub use evershard_model as model;
 pub use evershard_snapshots as snapshots;

@@ -55,11 +55,20 @@ async fn exercise<A: Workload>(seed: u64) {
             }
         }
     }
-    assert!(accepted >= 2 * AGGREGATES, "{}: only {accepted} accepted, {rejected} rejected", A::TYPE);
+    assert!(
+        accepted >= 2 * AGGREGATES,
+        "{}: only {accepted} accepted, {rejected} rejected",
+        A::TYPE
+    );
     let mut versions = Vec::new();
     for (k, id) in ids.iter().enumerate() {
         let (state, version) = engine.state::<A>(id).await.unwrap();
-        assert_eq!(state, mirrors[k], "{}: live state differs from the events returned", A::TYPE);
+        assert_eq!(
+            state,
+            mirrors[k],
+            "{}: live state differs from the events returned",
+            A::TYPE
+        );
         A::check_invariants(&state).unwrap();
         versions.push(version);
     }
@@ -79,17 +88,31 @@ async fn exercise<A: Workload>(seed: u64) {
             assert_eq!(full.state, mirrors[k]);
             assert_eq!(with.version, versions[k]);
             if versions[k] >= SNAPSHOT_EVERY_EVENTS {
-                assert!(with.from_snapshot.is_some(), "{}: no snapshot at version {}", A::TYPE, versions[k]);
+                assert!(
+                    with.from_snapshot.is_some(),
+                    "{}: no snapshot at version {}",
+                    A::TYPE,
+                    versions[k]
+                );
                 snapshotted += 1;
             }
         }
-        assert!(snapshotted > 0, "{}: no aggregate reached a snapshot; the workload is too thin", A::TYPE);
+        assert!(
+            snapshotted > 0,
+            "{}: no aggregate reached a snapshot; the workload is too thin",
+            A::TYPE
+        );
     }
 
     let engine = open::<A>(dir.path()).await;
     for (k, id) in ids.iter().enumerate() {
         let (state, version) = engine.state::<A>(id).await.unwrap();
-        assert_eq!((&state, version), (&mirrors[k], versions[k]), "{}: recovered state differs", A::TYPE);
+        assert_eq!(
+            (&state, version),
+            (&mirrors[k], versions[k]),
+            "{}: recovered state differs",
+            A::TYPE
+        );
     }
     // And it goes on working after the restart.
     let ctx = DecideContext::new(ids[0].clone(), chrono::Utc::now());

@@ -1,8 +1,10 @@
-//! Group commit. One thread owns every write to the event keyspaces: it drains all queued
-//! append requests, checks each one's expected version against the stream heads, builds the
-//! records (sequence, global position, hash chain), writes them with one atomic
-//! `apply_batch`, then — in durable mode — one `flush` plus one `fdatasync` for the whole
-//! group, and only then acknowledges. Many actors' appends thus share one flush.
+//! Group commit. One thread (the committer) owns every write to the event keyspaces: it
+//! drains all queued append requests, checks each one's expected version against the stream
+//! heads, builds the records (sequence, global position, hash chain) and writes them with one
+//! atomic `apply_batch`. In durable mode it then hands the group's replies to a second thread
+//! (the syncer), which runs one `flush` plus one `fdatasync` for everything handed to it so
+//! far and only then acknowledges. Many actors' appends thus share one flush, and the CPU
+//! work of the next group overlaps the disk wait of the previous one.
 
 use super::{keys, record, Durability, JournalConfig, Record, Shared, StreamHead, StreamId};
 use crate::error::{AppendError, StorageError};
@@ -130,10 +132,80 @@ pub(super) enum CommitJob {
 
 pub(super) struct Committer {
     shared: Arc<Shared>,
-    data_file: File,
     config: JournalConfig,
     next_global: u64,
     heads: HashMap<StreamId, StreamHead>,
+    syncer: mpsc::Sender<SyncBatch>,
+    syncer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Work for the syncer: replies to send once everything applied before is on stable storage.
+#[derive(Default)]
+struct SyncBatch {
+    replies: Vec<Reply>,
+    syncs: Vec<oneshot::Sender<Result<(), StorageError>>>,
+    shutdown: bool,
+}
+
+struct Syncer {
+    shared: Arc<Shared>,
+    data_file: File,
+}
+
+impl Syncer {
+    fn run(mut self, batches: mpsc::Receiver<SyncBatch>) {
+        while let Ok(mut batch) = batches.recv() {
+            // Everything queued meanwhile shares this flush.
+            while let Ok(more) = batches.try_recv() {
+                batch.replies.extend(more.replies);
+                batch.syncs.extend(more.syncs);
+                batch.shutdown |= more.shutdown;
+            }
+            let result = if self
+                .shared
+                .poisoned
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                Err(StorageError::Poisoned)
+            } else {
+                self.sync()
+            };
+            match result {
+                Ok(()) => {
+                    for (reply, result) in batch.replies {
+                        let _ = reply.send(result);
+                    }
+                    for reply in batch.syncs {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    if !matches!(e, StorageError::Poisoned) {
+                        self.shared.poison("flush/fdatasync", &e);
+                    }
+                    fail_all(batch.replies, batch.syncs, &e);
+                }
+            }
+            if batch.shutdown {
+                return;
+            }
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        #[cfg(feature = "fault-injection")]
+        if self
+            .shared
+            .fail_next_sync
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Err(std::io::Error::other("injected flush failure").into());
+        }
+        self.shared.db.flush()?;
+        // sled's flush ends in sync_file_range, which does not reach stable storage
+        // (spacejam/sled#1452): fdatasync the data file ourselves.
+        self.data_file.sync_data().map_err(StorageError::from)
+    }
 }
 
 type Reply = (
@@ -148,12 +220,35 @@ impl Committer {
         config: JournalConfig,
         next_global: u64,
     ) -> Self {
+        let (syncer, batches) = mpsc::channel();
+        let sync_worker = Syncer {
+            shared: shared.clone(),
+            data_file,
+        };
+        let syncer_thread = std::thread::Builder::new()
+            .name("evershard-syncer".into())
+            .spawn(move || sync_worker.run(batches))
+            .expect("spawn the syncer thread");
         Self {
             shared,
-            data_file,
             config,
             next_global,
             heads: HashMap::new(),
+            syncer,
+            syncer_thread: Some(syncer_thread),
+        }
+    }
+
+    /// Hands replies to the syncer; on shutdown also waits for it to finish.
+    fn hand_to_syncer(&mut self, batch: SyncBatch) {
+        let shutdown = batch.shutdown;
+        if let Err(mpsc::SendError(batch)) = self.syncer.send(batch) {
+            fail_all(batch.replies, batch.syncs, &StorageError::Closed);
+        }
+        if shutdown {
+            if let Some(t) = self.syncer_thread.take() {
+                let _ = t.join();
+            }
         }
     }
 
@@ -184,13 +279,10 @@ impl Committer {
             }
         }
         // Every sender is gone: leave the store synced.
-        if !self
-            .shared
-            .poisoned
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
-            let _ = self.sync();
-        }
+        self.hand_to_syncer(SyncBatch {
+            shutdown: true,
+            ..SyncBatch::default()
+        });
     }
 
     fn head(
@@ -228,24 +320,12 @@ impl Committer {
         Ok(head)
     }
 
-    fn sync(&mut self) -> Result<(), StorageError> {
-        #[cfg(feature = "fault-injection")]
-        if self
-            .shared
-            .fail_next_sync
-            .swap(false, std::sync::atomic::Ordering::AcqRel)
-        {
-            return Err(std::io::Error::other("injected flush failure").into());
-        }
-        self.shared.db.flush()?;
-        self.data_file.sync_data().map_err(StorageError::from)
-    }
-
     /// Commits one group; returns true when a shutdown was requested.
     fn commit_group(&mut self, group: Vec<CommitJob>) -> bool {
         let mut batch = sled::Batch::default();
         let mut staged: HashMap<StreamId, StreamHead> = HashMap::new();
         let mut next_global = self.next_global;
+        let mut runs: Vec<keys::GlobalRun> = Vec::new();
         let mut pending: Vec<Reply> = Vec::new();
         let mut syncs = Vec::new();
         let mut any_writes = false;
@@ -312,10 +392,6 @@ impl Committer {
                     keys::stream_key(keys::EVENTS, &request.stream, sequence),
                     bytes.as_slice(),
                 );
-                batch.insert(
-                    &keys::global_key(next_global)[..],
-                    keys::global_value(&request.stream, sequence),
-                );
                 // The chain and both counters move by exactly one per event.
                 assert_eq!(prev.sequence + 1, sequence);
                 prev = StreamHead {
@@ -333,6 +409,13 @@ impl Committer {
                 }
                 any_writes = true;
             }
+            if !records.is_empty() {
+                runs.push(keys::GlobalRun {
+                    stream: request.stream.clone(),
+                    first_sequence: head.sequence + 1,
+                    count: records.len() as u32,
+                });
+            }
             staged.insert(request.stream, prev);
             pending.push((
                 reply,
@@ -343,6 +426,17 @@ impl Committer {
             ));
         }
 
+        if !runs.is_empty() {
+            // One global index entry for the whole group: positions first.. in run order.
+            assert_eq!(
+                keys::global_entry_len(&runs),
+                next_global - self.next_global
+            );
+            batch.insert(
+                &keys::global_key(self.next_global)[..],
+                keys::global_entry_value(&runs),
+            );
+        }
         if any_writes {
             if let Err(e) = self.shared.db.apply_batch(batch) {
                 self.shared.poison("batch write", &e);
@@ -351,29 +445,25 @@ impl Committer {
                 return shutdown;
             }
         }
+        // The group is in sled: later groups build on these heads. If the sync below fails,
+        // the journal is poisoned and no later group is written, so they never mislead.
+        self.publish(staged, next_global);
         let durable = matches!(self.config.durability, Durability::Durable);
-        if !durable {
+        let mut handoff = SyncBatch {
+            replies: Vec::new(),
+            syncs,
+            shutdown,
+        };
+        if durable {
+            handoff.replies = pending;
+        } else {
             // Buffered mode acknowledges now; sled's flusher makes it durable shortly after.
-            self.publish(std::mem::take(&mut staged), next_global);
-            for (reply, result) in pending.drain(..) {
+            for (reply, result) in pending {
                 let _ = reply.send(result);
             }
         }
-        if (durable && any_writes) || !syncs.is_empty() {
-            if let Err(e) = self.sync() {
-                self.shared.poison("flush/fdatasync", &e);
-                fail_all(pending, syncs, &e);
-                return shutdown;
-            }
-        }
-        if durable {
-            self.publish(staged, next_global);
-        }
-        for (reply, result) in pending {
-            let _ = reply.send(result);
-        }
-        for reply in syncs {
-            let _ = reply.send(Ok(()));
+        if !handoff.replies.is_empty() || !handoff.syncs.is_empty() || shutdown {
+            self.hand_to_syncer(handoff);
         }
         shutdown
     }

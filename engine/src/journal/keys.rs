@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! e | type_len u8 | type | id_len u16 BE | id | sequence u64 BE   -> event record
-//! g | global_position u64 BE                                       -> stream part + sequence
+//! g | first global_position u64 BE                                 -> runs of the group commit (below)
 //! s | type_len u8 | type | id_len u16 BE | id | sequence u64 BE   -> snapshot record
 //! m | name                                                          -> store metadata
 //! o | t | i                                                         -> reserved: outbox, timers, idempotency
@@ -92,17 +92,50 @@ pub fn parse_global_key(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(pos))
 }
 
-/// Value of a global index entry: the stream part and sequence of the event.
-pub fn global_value(stream: &StreamId, sequence: u64) -> Vec<u8> {
-    let mut v = stream_part(stream);
-    v.extend_from_slice(&sequence.to_be_bytes());
+/// One run of a global index entry: `count` events of `stream` from `first_sequence`, at
+/// consecutive global positions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GlobalRun {
+    pub stream: StreamId,
+    pub first_sequence: u64,
+    pub count: u32,
+}
+
+/// The global index has one entry per group commit, not one per event: it halves the keys
+/// sled must insert per event. Value: run count (u32 LE), then per run the stream part,
+/// first sequence (u64 LE) and count (u32 LE). The runs cover positions `first..` in order.
+pub fn global_entry_value(runs: &[GlobalRun]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + runs.len() * 32);
+    v.extend_from_slice(&(runs.len() as u32).to_le_bytes());
+    for run in runs {
+        v.extend_from_slice(&stream_part(&run.stream));
+        v.extend_from_slice(&run.first_sequence.to_le_bytes());
+        v.extend_from_slice(&run.count.to_le_bytes());
+    }
     v
 }
 
-pub fn parse_global_value(value: &[u8]) -> Option<(StreamId, u64)> {
-    let (stream, rest) = parse_stream_part(value)?;
-    let seq: [u8; 8] = rest.try_into().ok()?;
-    Some((stream, u64::from_be_bytes(seq)))
+pub fn parse_global_entry(value: &[u8]) -> Option<Vec<GlobalRun>> {
+    let n = u32::from_le_bytes(value.get(..4)?.try_into().ok()?) as usize;
+    let mut rest = &value[4..];
+    let mut runs = Vec::with_capacity(n.min(4096));
+    for _ in 0..n {
+        let (stream, after) = parse_stream_part(rest)?;
+        let first_sequence = u64::from_le_bytes(after.get(..8)?.try_into().ok()?);
+        let count = u32::from_le_bytes(after.get(8..12)?.try_into().ok()?);
+        rest = &after[12..];
+        runs.push(GlobalRun {
+            stream,
+            first_sequence,
+            count,
+        });
+    }
+    rest.is_empty().then_some(runs)
+}
+
+/// Events an index entry covers.
+pub fn global_entry_len(runs: &[GlobalRun]) -> u64 {
+    runs.iter().map(|r| r.count as u64).sum()
 }
 
 /// The smallest key greater than every key starting with `prefix`, if any.
@@ -132,7 +165,24 @@ mod tests {
         // A stream whose id is a prefix of another's never shares its key prefix.
         let longer = StreamId::new("ProductStock", "sku-10");
         assert!(!stream_key(EVENTS, &longer, 1).starts_with(&stream_prefix(EVENTS, &s)));
-        assert_eq!(parse_global_value(&global_value(&s, 9)), Some((s, 9)));
+        let runs = vec![
+            GlobalRun {
+                stream: s.clone(),
+                first_sequence: 9,
+                count: 2,
+            },
+            GlobalRun {
+                stream: longer,
+                first_sequence: 1,
+                count: 1,
+            },
+        ];
+        assert_eq!(
+            parse_global_entry(&global_entry_value(&runs)),
+            Some(runs.clone())
+        );
+        assert_eq!(global_entry_len(&runs), 3);
+        assert_eq!(parse_global_entry(&global_entry_value(&runs)[..10]), None);
         assert_eq!(parse_global_key(&global_key(77)), Some(77));
         assert_eq!(prefix_successor(&[1, 255]), Some(vec![2]));
         assert_eq!(prefix_successor(&[255]), None);

@@ -181,6 +181,9 @@ impl Journal {
             .path(&dir)
             .cache_capacity(config.cache_bytes)
             .flush_every_ms(flush_every_ms)
+            // An append-only journal never rewrites in place: favour write throughput over
+            // sled's space-saving rewrites.
+            .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| map_open_error(&dir, e))?;
         let meta_key = [&[keys::META][..], b"format"].concat();
@@ -201,17 +204,7 @@ impl Journal {
         // sled 0.34's flush() ends in sync_file_range, which does not reach stable storage
         // (spacejam/sled#1452). Durable mode fdatasyncs sled's data file itself.
         let data_file = File::open(dir.join("db")).map_err(StorageError::from)?;
-        let next_global = match db.scan_prefix([keys::GLOBAL]).next_back() {
-            Some(entry) => {
-                let (key, _) = entry?;
-                keys::parse_global_key(&key).ok_or_else(|| StorageError::Corrupt {
-                    stream: None,
-                    sequence: None,
-                    reason: "malformed global index key".into(),
-                })? + 1
-            }
-            None => 1,
-        };
+        let next_global = last_global_position(&db)? + 1;
         let shared = Arc::new(Shared {
             db,
             dir,
@@ -421,26 +414,38 @@ impl Journal {
         })
     }
 
-    /// Every record in global order from `from_position`, as (position, stream, sequence).
+    /// Every event in global order from `from_position`, as (position, stream, sequence).
     pub fn read_global(
         &self,
         from_position: u64,
     ) -> impl Iterator<Item = Result<(u64, StreamId, u64), StorageError>> + '_ {
-        let start = keys::global_key(from_position);
-        let end = keys::global_key(u64::MAX);
-        self.shared.db.range(start..=end).map(|entry| {
-            let (key, value) = entry?;
-            let position = keys::parse_global_key(&key);
-            let target = keys::parse_global_value(&value);
-            match (position, target) {
-                (Some(p), Some((s, q))) => Ok((p, s, q)),
-                _ => Err(StorageError::Corrupt {
-                    stream: None,
-                    sequence: None,
-                    reason: "malformed global index entry".into(),
-                }),
-            }
-        })
+        let db = &self.shared.db;
+        // The index entry holding `from_position` starts at or before it.
+        let start = match db.range(..=keys::global_key(from_position)).next_back() {
+            Some(Ok((key, _))) if key.first() == Some(&keys::GLOBAL) => key.to_vec(),
+            _ => keys::global_key(0).to_vec(),
+        };
+        db.range(start..=keys::global_key(u64::MAX).to_vec())
+            .flat_map(move |entry| {
+                let expanded: Vec<Result<(u64, StreamId, u64), StorageError>> = match entry {
+                    Err(e) => vec![Err(e.into())],
+                    Ok((key, value)) => match (
+                        keys::parse_global_key(&key),
+                        keys::parse_global_entry(&value),
+                    ) {
+                        (Some(first), Some(runs)) => expand_runs(first, &runs)
+                            .filter(|(pos, _, _)| *pos >= from_position)
+                            .map(Ok)
+                            .collect(),
+                        _ => vec![Err(StorageError::Corrupt {
+                            stream: None,
+                            sequence: None,
+                            reason: "malformed global index entry".into(),
+                        })],
+                    },
+                };
+                expanded
+            })
     }
 
     /// Stores a snapshot's bytes at `sequence`. Not part of the command path, not synced:
@@ -524,12 +529,11 @@ impl Journal {
                     stats.snapshots += 1;
                     stats.snapshot_bytes += value.len() as u64;
                 }
-                Some(&keys::GLOBAL) => {
-                    stats.last_global_position = keys::parse_global_key(&key).unwrap_or(0)
-                }
+                Some(&keys::GLOBAL) => {}
                 _ => {}
             }
         }
+        stats.last_global_position = last_global_position(&self.shared.db)?;
         stats.disk_bytes = self.shared.db.size_on_disk()?;
         Ok(stats)
     }
@@ -573,6 +577,37 @@ impl Journal {
         self.shared.db.insert(key, value)?;
         self.shared.db.flush()?;
         Ok(())
+    }
+}
+
+/// The positions an index entry starting at `first` covers, as (position, stream, sequence).
+pub(crate) fn expand_runs(
+    first: u64,
+    runs: &[keys::GlobalRun],
+) -> impl Iterator<Item = (u64, StreamId, u64)> + '_ {
+    let mut position = first;
+    runs.iter().flat_map(move |run| {
+        let start = position;
+        position += run.count as u64;
+        (0..run.count as u64).map(move |i| (start + i, run.stream.clone(), run.first_sequence + i))
+    })
+}
+
+/// The highest committed global position (0 for an empty store).
+fn last_global_position(db: &sled::Db) -> Result<u64, StorageError> {
+    let corrupt = || StorageError::Corrupt {
+        stream: None,
+        sequence: None,
+        reason: "malformed global index entry".into(),
+    };
+    match db.scan_prefix([keys::GLOBAL]).next_back() {
+        None => Ok(0),
+        Some(entry) => {
+            let (key, value) = entry?;
+            let first = keys::parse_global_key(&key).ok_or_else(corrupt)?;
+            let runs = keys::parse_global_entry(&value).ok_or_else(corrupt)?;
+            Ok(first + keys::global_entry_len(&runs) - 1)
+        }
     }
 }
 

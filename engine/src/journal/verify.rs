@@ -104,28 +104,14 @@ pub(super) fn verify(journal: &Journal) -> VerifyReport {
                         "hash chain broken: previous-record hash does not match",
                     );
                 }
-                match db.get(keys::global_key(rec.global_position)) {
-                    Ok(Some(v)) if keys::parse_global_value(&v) == Some((stream.clone(), seq)) => {}
-                    Ok(Some(_)) => report.issue(
-                        Some(&stream),
-                        Some(seq),
-                        format!("global position {} points elsewhere", rec.global_position),
-                    ),
-                    Ok(None) => report.issue(
-                        Some(&stream),
-                        Some(seq),
-                        format!(
-                            "global position {} is missing from the index",
-                            rec.global_position
-                        ),
-                    ),
-                    Err(e) => issue_from(&mut report, e.into()),
-                }
             }
         }
         prev_hash = record::hash(&value);
     }
 
+    // The global index: entries cover positions 1..=N without gap or overlap, and each
+    // position points at a record whose header carries that position. Together with the
+    // count check below this makes index and records a bijection.
     let mut expected_pos = 1u64;
     for entry in db.scan_prefix([keys::GLOBAL]) {
         let (key, value) = match entry {
@@ -135,34 +121,44 @@ pub(super) fn verify(journal: &Journal) -> VerifyReport {
                 break;
             }
         };
-        report.global_entries += 1;
-        let Some(pos) = keys::parse_global_key(&key) else {
-            report.issue(None, None, "malformed global index key");
+        let (Some(first), Some(runs)) = (
+            keys::parse_global_key(&key),
+            keys::parse_global_entry(&value),
+        ) else {
+            report.issue(None, None, "malformed global index entry");
             continue;
         };
-        if pos != expected_pos {
+        if first != expected_pos {
             report.issue(
                 None,
                 None,
-                format!(
-                    "global positions {expected_pos}..{} are missing",
-                    pos.saturating_sub(1)
-                ),
+                format!("global index: expected position {expected_pos}, entry starts at {first}"),
             );
         }
-        expected_pos = pos + 1;
-        match keys::parse_global_value(&value) {
-            None => report.issue(None, None, format!("global index entry {pos} is malformed")),
-            Some((stream, seq)) => match db.get(keys::stream_key(keys::EVENTS, &stream, seq)) {
-                Ok(Some(_)) => {}
+        for (pos, stream, seq) in super::expand_runs(first, &runs) {
+            report.global_entries += 1;
+            match db.get(keys::stream_key(keys::EVENTS, &stream, seq)) {
+                Ok(Some(bytes)) => match record::Record::decode(&bytes) {
+                    Ok(rec) if rec.global_position == pos => {}
+                    Ok(rec) => report.issue(
+                        Some(&stream),
+                        Some(seq),
+                        format!(
+                            "global index says position {pos}, record says {}",
+                            rec.global_position
+                        ),
+                    ),
+                    Err(_) => {} // reported by the record scan above
+                },
                 Ok(None) => report.issue(
                     Some(&stream),
                     Some(seq),
-                    format!("global index entry {pos} points at a missing record"),
+                    format!("global position {pos} points at a missing record"),
                 ),
                 Err(e) => issue_from(&mut report, e.into()),
-            },
+            }
         }
+        expected_pos = first + keys::global_entry_len(&runs);
     }
     if report.global_entries != report.events {
         report.issue(

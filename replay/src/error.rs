@@ -1,0 +1,101 @@
+//! The CLI's errors and the exit codes they map to.
+//!
+//! Exit codes: 0 — the command ran and found nothing wrong; 1 — the store (or a check of it)
+//! is bad: verification problems, a failed recovery check, damaged records met while reading;
+//! 2 — the command could not run as asked: the store is missing or in use, an unknown type,
+//! an aggregate that does not exist, an argument out of range (clap's own usage errors exit 2
+//! as well).
+
+use evershard_engine::{EngineError, StorageError};
+use std::path::PathBuf;
+
+/// Why a command failed. Every variant prints as one plain sentence (no debug dumps).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    #[error(
+        "the store at {} is in use by a running evershard process; stop it first",
+        dir.display()
+    )]
+    Locked { dir: PathBuf },
+    #[error("no evershard store at {} (no sled database there)", dir.display())]
+    NotFound { dir: PathBuf },
+    #[error("unknown aggregate type {name:?}; known types: {}", known.join(", "))]
+    UnknownType {
+        name: String,
+        known: Vec<&'static str>,
+    },
+    #[error("no aggregate {aggregate_type}/{aggregate_id} in the store at {}", dir.display())]
+    NoSuchAggregate {
+        aggregate_type: String,
+        aggregate_id: String,
+        dir: PathBuf,
+    },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A record or snapshot that fails its checks, met while reading (not while verifying,
+    /// where it becomes a report line).
+    #[error("the store is damaged: {0}")]
+    Damaged(StorageError),
+    #[error("storage error: {0}")]
+    Storage(StorageError),
+    #[error("engine error: {0}")]
+    Engine(EngineError),
+    #[error("could not render {what} as JSON: {source}")]
+    Json {
+        what: String,
+        source: serde_json::Error,
+    },
+    #[error("could not write the output: {0}")]
+    Output(#[from] std::io::Error),
+    #[error("could not start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("the demo stopped: {0}")]
+    Demo(String),
+    /// A panic caught around a storage call (a damaged store can make sled panic).
+    #[error("internal error while {what}: {message}")]
+    Panicked { what: String, message: String },
+}
+
+impl CliError {
+    /// The process exit code for this error; see the module documentation.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Locked { .. }
+            | CliError::NotFound { .. }
+            | CliError::UnknownType { .. }
+            | CliError::NoSuchAggregate { .. }
+            | CliError::InvalidArgument(_) => 2,
+            CliError::Damaged(_)
+            | CliError::Storage(_)
+            | CliError::Engine(_)
+            | CliError::Json { .. }
+            | CliError::Output(_)
+            | CliError::Runtime(_)
+            | CliError::Demo(_)
+            | CliError::Panicked { .. } => 1,
+        }
+    }
+
+    /// Maps a storage error met on the store at `dir` to the CLI's vocabulary.
+    pub fn storage(dir: &std::path::Path, err: StorageError) -> CliError {
+        match err {
+            StorageError::Locked { .. } => CliError::Locked {
+                dir: dir.to_path_buf(),
+            },
+            StorageError::NotFound { .. } => CliError::NotFound {
+                dir: dir.to_path_buf(),
+            },
+            corrupt @ StorageError::Corrupt { .. } => CliError::Damaged(corrupt),
+            other => CliError::Storage(other),
+        }
+    }
+
+    /// Maps an engine error met on the store at `dir`.
+    pub fn engine(dir: &std::path::Path, err: EngineError) -> CliError {
+        match err {
+            EngineError::Storage(s) => CliError::storage(dir, s),
+            other => CliError::Engine(other),
+        }
+    }
+}

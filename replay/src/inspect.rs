@@ -1,0 +1,265 @@
+//! The read-only views: `list`, `history`, `state`, `stats`. Each opens the store with
+//! `Journal::open_read_only` and closes it before returning.
+
+use crate::error::CliError;
+use crate::registry::{kind, stored_kind, AggregateKind};
+use crate::store::open_read_only;
+use crate::{HistoryArgs, ListArgs, Outcome, StateArgs, StatsArgs};
+use chrono::{DateTime, SecondsFormat, Utc};
+use evershard_engine::model::EventEnvelope;
+use evershard_engine::{Journal, StreamId};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::Write;
+
+fn rfc3339(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn json_line(out: &mut dyn Write, value: &Value) -> Result<(), CliError> {
+    writeln!(out, "{value}")?;
+    Ok(())
+}
+
+/// The stream's head, or an error when the aggregate has no events.
+fn existing_head(journal: &Journal, stream: &StreamId) -> Result<u64, CliError> {
+    let head = journal
+        .head(stream)
+        .map_err(|e| CliError::storage(journal.dir(), e))?
+        .sequence;
+    if head == 0 {
+        return Err(CliError::NoSuchAggregate {
+            aggregate_type: stream.aggregate_type.clone(),
+            aggregate_id: stream.aggregate_id.clone(),
+            dir: journal.dir().to_path_buf(),
+        });
+    }
+    Ok(head)
+}
+
+/// `evershard list`: one line per aggregate, `type<TAB>id<TAB>last sequence`.
+pub fn list(args: &ListArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    let filter = args
+        .aggregate_type
+        .as_deref()
+        .map(kind)
+        .transpose()?
+        .map(|k| k.name());
+    let journal = open_read_only(&args.store.data)?;
+    for entry in journal.streams(filter) {
+        let (stream, head) = entry.map_err(|e| CliError::storage(&args.store.data, e))?;
+        writeln!(
+            out,
+            "{}\t{}\t{head}",
+            stream.aggregate_type, stream.aggregate_id
+        )?;
+    }
+    out.flush()?;
+    Ok(Outcome::Clean)
+}
+
+/// The JSON object `history --json` prints for one event.
+pub fn envelope_json(envelope: &EventEnvelope<Value>) -> Value {
+    json!({
+        "event_id": envelope.event_id,
+        "event_type": envelope.event_type,
+        "event_version": envelope.event_version,
+        "aggregate_type": envelope.aggregate_type,
+        "aggregate_id": envelope.aggregate_id,
+        "sequence": envelope.sequence,
+        "global_position": envelope.global_position,
+        "timestamp": rfc3339(&envelope.timestamp),
+        "correlation_id": envelope.correlation_id,
+        "causation_id": envelope.causation_id,
+        "source": envelope.source,
+        "user_id": envelope.user_id,
+        "payload": envelope.payload,
+    })
+}
+
+/// `evershard history TYPE ID`: every event, oldest first. Events before a damaged record are
+/// printed; the damaged one ends the command with an error naming its sequence.
+pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    let kind = kind(&args.aggregate_type)?;
+    let journal = open_read_only(&args.store.data)?;
+    let stream = StreamId::new(kind.name(), args.aggregate_id.clone());
+    existing_head(&journal, &stream)?;
+    for envelope in kind.history_json(&journal, &stream) {
+        let envelope = envelope.map_err(|e| CliError::storage(&args.store.data, e))?;
+        if args.json {
+            json_line(out, &envelope_json(&envelope))?;
+        } else {
+            writeln!(
+                out,
+                "#{:<5} {}  {} {}  global {}  correlation {}{}{}  {}",
+                envelope.sequence,
+                rfc3339(&envelope.timestamp),
+                envelope.event_type,
+                envelope.event_version,
+                envelope.global_position,
+                envelope.correlation_id,
+                envelope
+                    .causation_id
+                    .map(|c| format!("  causation {c}"))
+                    .unwrap_or_default(),
+                envelope
+                    .user_id
+                    .as_deref()
+                    .map(|u| format!("  user {u}"))
+                    .unwrap_or_default(),
+                envelope.payload
+            )?;
+        }
+    }
+    out.flush()?;
+    Ok(Outcome::Clean)
+}
+
+/// The highest sequence whose event's timestamp is at or before `at` (0: none).
+fn last_sequence_at(
+    journal: &Journal,
+    stream: &StreamId,
+    at: DateTime<Utc>,
+) -> Result<u64, CliError> {
+    let mut last = 0;
+    for record in journal.read_stream(stream, 1, u64::MAX) {
+        let record = record.map_err(|e| CliError::storage(journal.dir(), e))?;
+        if record.timestamp <= at {
+            last = record.sequence;
+        }
+    }
+    Ok(last)
+}
+
+/// `evershard state TYPE ID`: the state at the head, at a sequence, or at a point in time.
+pub fn state(args: &StateArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    let kind: &dyn AggregateKind = kind(&args.aggregate_type)?;
+    let journal = open_read_only(&args.store.data)?;
+    let stream = StreamId::new(kind.name(), args.aggregate_id.clone());
+    let head = existing_head(&journal, &stream)?;
+    let (upto, as_of) = match (args.at_seq, args.at) {
+        (Some(sequence), _) if sequence > head => {
+            return Err(CliError::InvalidArgument(format!(
+                "--at-seq {sequence} is beyond the last sequence of {stream}, {head}"
+            )))
+        }
+        (Some(sequence), _) => (sequence, json!({ "sequence": sequence })),
+        (None, Some(at)) => {
+            let at = at.with_timezone(&Utc);
+            (
+                last_sequence_at(&journal, &stream, at)?,
+                json!({ "timestamp": rfc3339(&at) }),
+            )
+        }
+        (None, None) => (head, json!("head")),
+    };
+    let loaded = kind.state_json(&journal, &stream, upto, args.from_snapshots)?;
+    if args.json {
+        json_line(
+            out,
+            &json!({
+                "aggregate_type": stream.aggregate_type,
+                "aggregate_id": stream.aggregate_id,
+                "as_of": as_of,
+                "version": loaded.version,
+                "head": head,
+                "from_snapshot": loaded.from_snapshot,
+                "events_replayed": loaded.events_replayed,
+                "state": loaded.state,
+            }),
+        )?;
+    } else {
+        let asked = match (args.at_seq, args.at) {
+            (Some(sequence), _) => format!("as of sequence {sequence}"),
+            (None, Some(at)) => format!("as of {}", rfc3339(&at.with_timezone(&Utc))),
+            (None, None) => "at the head".to_owned(),
+        };
+        let source = match loaded.from_snapshot {
+            Some(snapshot) => format!(
+                "snapshot at {snapshot} + {} events replayed",
+                loaded.events_replayed
+            ),
+            None => format!("{} events replayed from the first", loaded.events_replayed),
+        };
+        writeln!(
+            out,
+            "{stream} {asked}: version {} of {head} ({source})",
+            loaded.version
+        )?;
+        let pretty =
+            serde_json::to_string_pretty(&loaded.state).map_err(|source| CliError::Json {
+                what: format!("the state of {stream}"),
+                source,
+            })?;
+        writeln!(out, "{pretty}")?;
+    }
+    out.flush()?;
+    Ok(Outcome::Clean)
+}
+
+/// `evershard stats`: the journal's counts and the aggregates of each type.
+pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    let journal = open_read_only(&args.store.data)?;
+    let stats = journal
+        .stats()
+        .map_err(|e| CliError::storage(&args.store.data, e))?;
+    // type -> (aggregates, events)
+    let mut per_type: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for entry in journal.streams(None) {
+        let (stream, head) = entry.map_err(|e| CliError::storage(&args.store.data, e))?;
+        let counts = per_type.entry(stream.aggregate_type).or_default();
+        counts.0 += 1;
+        counts.1 += head;
+    }
+    if args.json {
+        let types: serde_json::Map<String, Value> = per_type
+            .iter()
+            .map(|(name, (aggregates, events))| {
+                let known = stored_kind(name).is_some();
+                (
+                    name.clone(),
+                    json!({ "aggregates": aggregates, "events": events, "known": known }),
+                )
+            })
+            .collect();
+        json_line(
+            out,
+            &json!({
+                "store": args.store.data.display().to_string(),
+                "events": stats.events,
+                "event_bytes": stats.event_bytes,
+                "snapshots": stats.snapshots,
+                "snapshot_bytes": stats.snapshot_bytes,
+                "last_global_position": stats.last_global_position,
+                "disk_bytes": stats.disk_bytes,
+                "aggregates": per_type.values().map(|(a, _)| a).sum::<u64>(),
+                "types": types,
+            }),
+        )?;
+    } else {
+        writeln!(out, "store                 {}", args.store.data.display())?;
+        writeln!(out, "events                {}", stats.events)?;
+        writeln!(out, "event bytes           {}", stats.event_bytes)?;
+        writeln!(out, "snapshots             {}", stats.snapshots)?;
+        writeln!(out, "snapshot bytes        {}", stats.snapshot_bytes)?;
+        writeln!(out, "last global position  {}", stats.last_global_position)?;
+        writeln!(out, "disk bytes            {}", stats.disk_bytes)?;
+        writeln!(out, "aggregates by type:")?;
+        if per_type.is_empty() {
+            writeln!(out, "  (none)")?;
+        }
+        for (name, (aggregates, events)) in &per_type {
+            let unknown = if stored_kind(name).is_some() {
+                ""
+            } else {
+                "  (unknown to this build)"
+            };
+            writeln!(
+                out,
+                "  {name:<14} {aggregates:>8} aggregates {events:>10} events{unknown}"
+            )?;
+        }
+    }
+    out.flush()?;
+    Ok(Outcome::Clean)
+}

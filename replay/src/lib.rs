@@ -1,0 +1,224 @@
+//! The auditors' CLI of evershard, as a library so that tests can call it; `src/main.rs` only
+//! parses arguments and maps the outcome to an exit code.
+//!
+//! - [`registry`]: the aggregate types this build knows, one trait object per type.
+//! - [`demo`]: a generated workload through a real engine, then a restart and a recovery check.
+//! - [`inspect`]: `list`, `history`, `state`, `stats`.
+//! - [`verify`]: the journal's integrity checks plus replay and snapshot checks per type.
+//!
+//! **Architecture Invariant:** replay never writes. Every command but `demo` opens the store
+//! with `Journal::open_read_only`; only `demo` runs an engine.
+//!
+//! Exit codes: 0 clean; 1 the store or a check of it is bad; 2 the command could not run
+//! (missing or locked store, unknown type or aggregate, bad arguments). See [`CliError`].
+
+pub mod demo;
+mod diff;
+pub mod error;
+pub mod inspect;
+pub mod registry;
+pub mod store;
+pub mod verify;
+
+pub use error::CliError;
+pub use registry::{known_types, AggregateKind, Kind, KINDS};
+pub use verify::{audit, AuditReport, Check, Finding};
+
+use chrono::{DateTime, FixedOffset};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// evershard: inspect, verify and exercise an evershard store.
+#[derive(Debug, Parser)]
+#[command(name = "evershard", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a generated workload through an engine, restart it, and check recovery.
+    Demo(DemoArgs),
+    /// One line per aggregate: type, id, last sequence.
+    List(ListArgs),
+    /// The events of one aggregate, oldest first.
+    History(HistoryArgs),
+    /// The state of one aggregate at its head, a sequence or a point in time.
+    State(StateArgs),
+    /// Counts of events, snapshots, bytes, and aggregates per type.
+    Stats(StatsArgs),
+    /// Check records, chains, the global index, every replay and every snapshot.
+    Verify(VerifyArgs),
+}
+
+/// The store every command works on.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The store's directory.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    /// Acknowledge a command after flush + fdatasync.
+    Durable,
+    /// Acknowledge once applied in memory; sled flushes every 200 ms.
+    Buffered,
+}
+
+impl std::fmt::Display for DurabilityArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DurabilityArg::Durable => "durable",
+            DurabilityArg::Buffered => "buffered",
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The store's directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Aggregates per type.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub aggregates: u64,
+    /// Commands in all, spread evenly over the aggregates.
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    pub commands: u64,
+    /// Seed of the command generators; the same seed issues the same commands.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub seed: u64,
+    /// Only these aggregate types (repeatable). Default: every registered type.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub types: Vec<String>,
+    /// When the engine acknowledges a command.
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Durable)]
+    pub durability: DurabilityArg,
+    /// Concurrent client tasks; each owns a share of the aggregates.
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub clients: u64,
+    /// Take a snapshot every N events per aggregate (0: never). Default: the engine's (100).
+    #[arg(long, value_name = "N")]
+    pub snapshot_every: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only aggregates of this type.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub aggregate_type: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The aggregate type, e.g. ProductStock.
+    #[arg(value_name = "TYPE")]
+    pub aggregate_type: String,
+    /// The aggregate id.
+    #[arg(value_name = "ID")]
+    pub aggregate_id: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// One JSON object per event and line: the envelope plus `payload`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// The aggregate type, e.g. ProductStock.
+    #[arg(value_name = "TYPE")]
+    pub aggregate_type: String,
+    /// The aggregate id.
+    #[arg(value_name = "ID")]
+    pub aggregate_id: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The state after the event with this sequence (0: before the first event).
+    #[arg(long, value_name = "N", conflicts_with = "at")]
+    pub at_seq: Option<u64>,
+    /// The state after the last event with a timestamp at or before this RFC 3339 time.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub at: Option<DateTime<FixedOffset>>,
+    /// Start from the newest usable snapshot, as recovery does. Default: replay every event
+    /// from the first (the journal is the source of truth).
+    #[arg(long)]
+    pub from_snapshots: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_rfc3339(text: &str) -> Result<DateTime<FixedOffset>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map_err(|e| format!("{e}; expected RFC 3339, e.g. 2026-01-31T12:00:00Z"))
+}
+
+/// How a command that ran to its end came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing wrong found: exit 0.
+    Clean,
+    /// The command's checks found problems (and printed them): exit 1.
+    ProblemsFound,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Clean => 0,
+            Outcome::ProblemsFound => 1,
+        }
+    }
+}
+
+/// Runs one command, writing its report to `out`.
+pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    store::install_panic_hook();
+    match &cli.command {
+        Command::Demo(args) => demo::run(args, out),
+        Command::List(args) => inspect::list(args, out),
+        Command::History(args) => inspect::history(args, out),
+        Command::State(args) => inspect::state(args, out),
+        Command::Stats(args) => inspect::stats(args, out),
+        Command::Verify(args) => verify::run(args, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,76 @@
+//! Opening the store read-only, and the guard that turns a panic inside a storage call into
+//! an error. **Architecture Invariant:** the CLI opens the journal only through
+//! [`open_read_only`] (except `demo`, which runs an engine): replay never writes.
+
+use crate::error::CliError;
+use evershard_engine::Journal;
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::Once;
+
+thread_local! {
+    /// Depth of [`guarded`] calls on this thread: a panic inside one is caught and reported
+    /// as an error, so the panic hook stays quiet about it.
+    static GUARDED_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+static HOOK: Once = Once::new();
+
+/// Installs (once) a panic hook that is silent for panics [`guarded`] catches and defers to
+/// the previous hook for every other panic.
+pub fn install_panic_hook() {
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if GUARDED_DEPTH.with(Cell::get) == 0 {
+                previous(info);
+            }
+        }));
+    });
+}
+
+struct DepthGuard;
+
+impl DepthGuard {
+    fn enter() -> DepthGuard {
+        GUARDED_DEPTH.with(|d| d.set(d.get() + 1));
+        DepthGuard
+    }
+}
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        GUARDED_DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
+/// The text of a caught panic.
+pub fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
+}
+
+/// Runs `f`; a panic becomes `Err(message)`. For calls into sled and aggregate code on a
+/// store that may be damaged.
+pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    install_panic_hook();
+    let _depth = DepthGuard::enter();
+    catch_unwind(AssertUnwindSafe(f)).map_err(panic_message)
+}
+
+/// Opens the store at `dir` for reading only, mapping "missing" and "in use" to their own
+/// errors.
+pub fn open_read_only(dir: &Path) -> Result<Journal, CliError> {
+    match guarded(|| Journal::open_read_only(dir)) {
+        Ok(Ok(journal)) => Ok(journal),
+        Ok(Err(e)) => Err(CliError::storage(dir, e)),
+        Err(message) => Err(CliError::Panicked {
+            what: format!("opening {}", dir.display()),
+            message,
+        }),
+    }
+}

@@ -1,0 +1,553 @@
+//! End-to-end tests of the `evershard` binary, run as a real process
+//! (`env!("CARGO_BIN_EXE_evershard")`) against stores in temporary directories.
+//!
+//! They prove that:
+//! - `demo` writes a store through a real engine, and its own restart check passes (every
+//!   aggregate recovers to its pre-restart state and equals a full replay);
+//! - `list`, `history --json`, `state --json` (head, `--at-seq`, `--at`) and `stats --json`
+//!   report what is in the store: sequences 1..=n, full envelopes with payloads, the state as
+//!   of an earlier sequence equal to the library's replay up to it;
+//! - `verify` exits 0 on a clean store, and exits 1 naming the aggregate type, id and
+//!   sequence when a stored event has a flipped byte (`Journal::corrupt_record_for_tests`) or a
+//!   snapshot disagrees with the replay, while a snapshot of another schema version is only a
+//!   note;
+//! - a store held open by an `Engine` in this test process is reported as in use (exit 2):
+//!   sled takes an exclusive `flock` on its file, which conflicts across processes, so the CLI
+//!   child process cannot open it — deterministic, no timing involved;
+//! - unknown types, missing stores and missing aggregates are clear errors (exit 2), and no
+//!   command panics.
+//!
+//! Workloads are small (tens of aggregates, hundreds of commands, buffered durability) and
+//! nothing asserts on timing, so the tests hold on a loaded two-core machine.
+
+use evershard_aggregates::product_stock::{ProductStock, ProductStockState};
+use evershard_engine::model::Aggregate;
+use evershard_engine::{repository, Engine, Journal, JournalConfig, StreamId};
+use evershard_snapshots::SnapshotRecord;
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn evershard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_evershard"))
+        .args(args)
+        .output()
+        .expect("the evershard binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs the binary and asserts its exit code; returns (stdout, stderr).
+fn expect_exit(args: &[&str], code: i32) -> (String, String) {
+    let output = evershard(args);
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "evershard {args:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "evershard {args:?} panicked:\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+fn path(dir: &Path) -> &str {
+    dir.to_str().expect("UTF-8 temp path")
+}
+
+/// A ProductStock-only demo store; snapshots every 5 events so that verify has some to check.
+fn product_stock_store(dir: &Path, aggregates: &str, commands: &str) {
+    expect_exit(
+        &[
+            "demo",
+            "--data",
+            path(dir),
+            "--type",
+            "ProductStock",
+            "--aggregates",
+            aggregates,
+            "--commands",
+            commands,
+            "--seed",
+            "7",
+            "--durability",
+            "buffered",
+            "--clients",
+            "3",
+            "--snapshot-every",
+            "5",
+        ],
+        0,
+    );
+}
+
+/// `list` output as (type, id, last sequence).
+fn list(dir: &Path) -> Vec<(String, String, u64)> {
+    let (stdout, _) = expect_exit(&["list", "--data", path(dir)], 0);
+    stdout
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            assert_eq!(fields.len(), 3, "list line {line:?}");
+            (
+                fields[0].to_owned(),
+                fields[1].to_owned(),
+                fields[2].parse().expect("sequence"),
+            )
+        })
+        .collect()
+}
+
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+fn state_json(dir: &Path, id: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["state", "ProductStock", id, "--data", path(dir), "--json"];
+    args.extend_from_slice(extra);
+    let (stdout, _) = expect_exit(&args, 0);
+    serde_json::from_str(stdout.trim()).expect("state --json is one JSON object")
+}
+
+#[test]
+fn demo_of_every_type_recovers_and_verifies_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, _) = expect_exit(
+        &[
+            "demo",
+            "--data",
+            path(dir.path()),
+            "--aggregates",
+            "20",
+            "--commands",
+            "400",
+            "--durability",
+            "buffered",
+            "--clients",
+            "4",
+        ],
+        0,
+    );
+    let types = evershard_replay::known_types();
+    let total = 20 * types.len();
+    assert!(stdout.contains("workload: 400 commands"), "{stdout}");
+    assert!(
+        stdout.contains("commands/s") && stdout.contains("events/s"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("recovery check: all {total} aggregates recover")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("journal verify: clean"), "{stdout}");
+
+    let (stdout, _) = expect_exit(&["verify", "--data", path(dir.path())], 0);
+    assert!(stdout.contains("result: clean"), "{stdout}");
+    let (stdout, _) = expect_exit(&["verify", "--data", path(dir.path()), "--json"], 0);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["clean"], true);
+    assert_eq!(report["streams_replayed"], report["streams"]);
+    assert_eq!(report["events_replayed"], report["events"]);
+    assert_eq!(report["global_entries"], report["events"]);
+    assert!(report["events"].as_u64().unwrap() > 0);
+
+    // Every type's aggregates were written (an aggregate may end with no accepted command).
+    let listed = list(dir.path());
+    for t in &types {
+        let n = listed.iter().filter(|(ty, _, _)| ty == t).count();
+        assert!((1..=20).contains(&n), "{t}: {n} aggregates listed");
+    }
+}
+
+#[test]
+fn list_history_state_and_stats_report_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    product_stock_store(dir.path(), "4", "160");
+    let listed = list(dir.path());
+    assert!((1..=4).contains(&listed.len()), "{listed:?}");
+    assert!(listed
+        .iter()
+        .all(|(t, _, seq)| t == "ProductStock" && *seq >= 1));
+    let (_, id, n) = listed
+        .iter()
+        .max_by_key(|(_, _, seq)| *seq)
+        .unwrap()
+        .clone();
+    assert!(n >= 3, "the busiest aggregate has {n} events");
+
+    // history --json: the full envelope per line, sequences 1..=n, payloads present.
+    let (stdout, _) = expect_exit(
+        &[
+            "history",
+            "ProductStock",
+            &id,
+            "--data",
+            path(dir.path()),
+            "--json",
+        ],
+        0,
+    );
+    let events = json_lines(&stdout);
+    let sequences: Vec<u64> = events
+        .iter()
+        .map(|e| e["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sequences, (1..=n).collect::<Vec<_>>());
+    let mut last_position = 0;
+    for e in &events {
+        for field in [
+            "event_id",
+            "event_type",
+            "event_version",
+            "aggregate_type",
+            "aggregate_id",
+            "sequence",
+            "global_position",
+            "timestamp",
+            "correlation_id",
+            "causation_id",
+            "source",
+            "user_id",
+            "payload",
+        ] {
+            assert!(e.get(field).is_some(), "{field} missing in {e}");
+        }
+        assert_eq!(e["aggregate_type"], "ProductStock");
+        assert_eq!(e["aggregate_id"], id.as_str());
+        assert_eq!(e["source"], "evershard-demo");
+        assert!(
+            e["user_id"].as_str().unwrap().starts_with("demo-client-"),
+            "{e}"
+        );
+        assert!(uuid::Uuid::parse_str(e["event_id"].as_str().unwrap()).is_ok());
+        chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap()).expect("RFC 3339");
+        let payload = e["payload"].as_object().expect("payload is an object");
+        assert!(!payload.is_empty(), "{e}");
+        assert_eq!(
+            payload["product_id"],
+            id.as_str(),
+            "ProductStock payloads name the product"
+        );
+        let position = e["global_position"].as_u64().unwrap();
+        assert!(
+            position > last_position,
+            "global positions rise along a stream"
+        );
+        last_position = position;
+    }
+    // The human-readable form has one line per event too.
+    let (stdout, _) = expect_exit(
+        &["history", "ProductStock", &id, "--data", path(dir.path())],
+        0,
+    );
+    assert_eq!(stdout.lines().count() as u64, n);
+    assert!(stdout.starts_with("#1 "), "{stdout}");
+
+    // state: the head, earlier sequences, and a point in time.
+    let head = state_json(dir.path(), &id, &[]);
+    assert_eq!(
+        (head["version"].as_u64(), head["head"].as_u64()),
+        (Some(n), Some(n))
+    );
+    let journal_dir = dir.path().to_path_buf();
+    let stream = StreamId::new("ProductStock", id.clone());
+    let mut earlier = Vec::new();
+    for k in [0, 1, n / 2, n - 1] {
+        let at = state_json(dir.path(), &id, &["--at-seq", &k.to_string()]);
+        assert_eq!(at["version"].as_u64(), Some(k), "{at}");
+        assert_eq!(at["as_of"]["sequence"].as_u64(), Some(k));
+        earlier.push((k, at["state"].clone()));
+    }
+    let at_zero = &earlier[0].1;
+    assert_eq!(
+        at_zero,
+        &serde_json::to_value(ProductStockState::default()).unwrap()
+    );
+    assert_ne!(
+        at_zero, &head["state"],
+        "the head state is not the empty state"
+    );
+    {
+        // The CLI's earlier states are the library's replay up to those sequences.
+        let journal = Journal::open_read_only(&journal_dir).unwrap();
+        for (k, state) in &earlier {
+            let replayed = repository::load::<ProductStock>(&journal, &stream, *k, false).unwrap();
+            assert_eq!(
+                &serde_json::to_value(&replayed.state).unwrap(),
+                state,
+                "at {k}"
+            );
+        }
+        let full = repository::load::<ProductStock>(&journal, &stream, u64::MAX, false).unwrap();
+        assert_eq!(serde_json::to_value(&full.state).unwrap(), head["state"]);
+    }
+    // --from-snapshots reaches the same head state.
+    let via_snapshot = state_json(dir.path(), &id, &["--from-snapshots"]);
+    assert_eq!(via_snapshot["state"], head["state"]);
+    // --at T: the last event with timestamp <= T (events of one command share a timestamp).
+    let k = n / 2;
+    let t = events[k as usize - 1]["timestamp"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let at_time = state_json(dir.path(), &id, &["--at", &t]);
+    let v = at_time["version"].as_u64().unwrap();
+    assert!(v >= k, "--at {t} gave version {v} < {k}");
+    assert_eq!(
+        events[v as usize - 1]["timestamp"].as_str(),
+        Some(t.as_str())
+    );
+    if v < n {
+        assert!(events[v as usize]["timestamp"].as_str().unwrap() > t.as_str());
+    }
+    let (stdout, _) = expect_exit(
+        &[
+            "state",
+            "ProductStock",
+            &id,
+            "--data",
+            path(dir.path()),
+            "--at-seq",
+            "1",
+        ],
+        0,
+    );
+    assert!(stdout.contains("version 1 of"), "{stdout}");
+
+    // stats: the journal's counts and the aggregates per type.
+    let (stdout, _) = expect_exit(&["stats", "--data", path(dir.path()), "--json"], 0);
+    let stats: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let events_listed: u64 = listed.iter().map(|(_, _, seq)| seq).sum();
+    assert_eq!(stats["events"].as_u64(), Some(events_listed));
+    assert_eq!(stats["last_global_position"].as_u64(), Some(events_listed));
+    assert_eq!(
+        stats["types"]["ProductStock"]["aggregates"].as_u64(),
+        Some(listed.len() as u64)
+    );
+    assert_eq!(
+        stats["types"]["ProductStock"]["events"].as_u64(),
+        Some(events_listed)
+    );
+    assert!(stats["snapshots"].as_u64().unwrap() >= 1, "{stats}");
+    let (stdout, _) = expect_exit(&["stats", "--data", path(dir.path())], 0);
+    assert!(stdout.contains("ProductStock"), "{stdout}");
+
+    // verify compares the snapshots the engine took.
+    let (stdout, _) = expect_exit(&["verify", "--data", path(dir.path()), "--json"], 0);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        report["snapshots_checked"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+
+    // Reading changed nothing.
+    let (after, _) = expect_exit(&["stats", "--data", path(dir.path()), "--json"], 0);
+    let after: Value = serde_json::from_str(after.trim()).unwrap();
+    assert_eq!(
+        (after["events"].clone(), after["snapshots"].clone()),
+        (stats["events"].clone(), stats["snapshots"].clone())
+    );
+}
+
+#[test]
+fn verify_names_the_aggregate_and_sequence_of_a_flipped_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    product_stock_store(dir.path(), "3", "60");
+    let (_, id, n) = list(dir.path())
+        .into_iter()
+        .max_by_key(|(_, _, seq)| *seq)
+        .unwrap();
+    assert!(n >= 2, "{n}");
+    let stream = StreamId::new("ProductStock", id.clone());
+    {
+        let journal = Journal::open_read_only(dir.path()).unwrap();
+        journal.corrupt_record_for_tests(&stream, 2, 7).unwrap();
+    }
+
+    let (stdout, _) = expect_exit(&["verify", "--data", path(dir.path())], 1);
+    // The flipped record fails its CRC, and the next record's hash chain no longer matches.
+    assert!(
+        stdout.contains(&format!(
+            "PROBLEM ProductStock/{id} sequence 2 [journal]: CRC32C"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("problems in 1 aggregate: ProductStock/{id}\n")),
+        "{stdout}"
+    );
+
+    let (stdout, _) = expect_exit(&["verify", "--data", path(dir.path()), "--json"], 1);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["clean"], false);
+    assert_eq!(
+        report["bad_aggregates"],
+        serde_json::json!([format!("ProductStock/{id}")])
+    );
+    let problems = report["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["aggregate_type"] == "ProductStock"
+                && p["aggregate_id"] == id.as_str()
+                && p["sequence"] == 2
+                && p["check"] == "journal"),
+        "{report}"
+    );
+
+    // Reading the damaged aggregate is an error naming the sequence, not a panic.
+    let (_, stderr) = expect_exit(
+        &["history", "ProductStock", &id, "--data", path(dir.path())],
+        1,
+    );
+    assert!(
+        stderr.contains("damaged") && stderr.contains("sequence 2"),
+        "{stderr}"
+    );
+    let (_, stderr) = expect_exit(
+        &["state", "ProductStock", &id, "--data", path(dir.path())],
+        1,
+    );
+    assert!(stderr.contains("sequence 2"), "{stderr}");
+}
+
+#[test]
+fn verify_compares_snapshots_with_the_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    product_stock_store(dir.path(), "2", "20");
+    let (_, id, n) = list(dir.path())
+        .into_iter()
+        .max_by_key(|(_, _, seq)| *seq)
+        .unwrap();
+    assert!(n >= 3, "{n}");
+    let stream = StreamId::new("ProductStock", id.clone());
+    let current = ProductStock::STATE_SCHEMA_VERSION;
+    {
+        let journal = Journal::open(dir.path(), JournalConfig::default()).unwrap();
+        // A wrong state at sequence 3: the default state is not what 3 events fold to.
+        let wrong = SnapshotRecord::encode_state(current, 3, &ProductStockState::default());
+        journal.put_snapshot(&stream, 3, &wrong).unwrap();
+        // Another schema version at sequence 2: recovery skips it; verify notes it.
+        let other_schema =
+            SnapshotRecord::encode_state(current + 1, 2, &ProductStockState::default());
+        journal.put_snapshot(&stream, 2, &other_schema).unwrap();
+        journal.close().unwrap();
+    }
+    let (stdout, _) = expect_exit(&["verify", "--data", path(dir.path()), "--json"], 1);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report}");
+    assert_eq!(problems[0]["check"], "snapshot");
+    assert_eq!(problems[0]["aggregate_id"], id.as_str());
+    assert_eq!(problems[0]["sequence"], 3);
+    assert!(problems[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("differs from the replay"));
+    let notes = report["notes"].as_array().unwrap();
+    assert!(
+        notes.iter().any(
+            |n| n["sequence"] == 2 && n["message"].as_str().unwrap().contains("schema version")
+        ),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_store_held_by_a_running_engine_is_reported_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let engine = runtime
+        .block_on(
+            Engine::builder(dir.path())
+                .register::<ProductStock>()
+                .open(),
+        )
+        .expect("the engine opens");
+    let data = path(dir.path());
+    for args in [
+        vec!["list", "--data", data],
+        vec!["verify", "--data", data],
+        vec!["stats", "--data", data],
+        vec!["history", "ProductStock", "x", "--data", data],
+        vec![
+            "demo",
+            "--data",
+            data,
+            "--aggregates",
+            "1",
+            "--commands",
+            "1",
+        ],
+    ] {
+        let (_, stderr) = expect_exit(&args, 2);
+        assert!(
+            stderr.contains(&format!(
+                "the store at {data} is in use by a running evershard process; stop it first"
+            )),
+            "{args:?}: {stderr}"
+        );
+    }
+    runtime.block_on(engine.shutdown()).unwrap();
+    drop(engine);
+}
+
+#[test]
+fn unknown_types_missing_stores_and_aggregates_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothing-here");
+    let missing = path(&missing);
+    let (_, stderr) = expect_exit(&["list", "--data", missing], 2);
+    assert!(stderr.contains("no evershard store at"), "{stderr}");
+    let (_, stderr) = expect_exit(&["verify", "--data", missing], 2);
+    assert!(stderr.contains("no evershard store at"), "{stderr}");
+
+    product_stock_store(dir.path(), "1", "5");
+    let data = path(dir.path());
+    for args in [
+        vec!["history", "Nope", "x", "--data", data],
+        vec!["state", "Nope", "x", "--data", data],
+        vec!["list", "--type", "Nope", "--data", data],
+        vec!["demo", "--type", "Nope", "--data", data],
+    ] {
+        let (_, stderr) = expect_exit(&args, 2);
+        assert!(
+            stderr.contains("unknown aggregate type \"Nope\""),
+            "{args:?}: {stderr}"
+        );
+        for known in evershard_replay::known_types() {
+            assert!(
+                stderr.contains(known),
+                "{args:?} should list {known}: {stderr}"
+            );
+        }
+    }
+    let (_, stderr) = expect_exit(
+        &["history", "ProductStock", "no-such-id", "--data", data],
+        2,
+    );
+    assert!(
+        stderr.contains("no aggregate ProductStock/no-such-id"),
+        "{stderr}"
+    );
+    let (_, stderr) = expect_exit(
+        &[
+            "state",
+            "ProductStock",
+            "x",
+            "--data",
+            data,
+            "--at",
+            "yesterday",
+        ],
+        2,
+    );
+    assert!(stderr.contains("RFC 3339"), "{stderr}");
+}
