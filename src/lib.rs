@@ -14,3 +14,8 @@ pub use evershard_engine::{
 };
 pub use evershard_model as model;
 pub use evershard_snapshots as snapshots;
+
+/// The README's code example is compiled as a doctest, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
