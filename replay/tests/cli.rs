@@ -164,6 +164,44 @@ fn demo_of_every_type_recovers_and_verifies_clean() {
         let n = listed.iter().filter(|(ty, _, _)| ty == t).count();
         assert!((1..=20).contains(&n), "{t}: {n} aggregates listed");
     }
+
+    // history and state work for every aggregate type: take each type's longest stream.
+    for t in &types {
+        let (_, id, last) = listed
+            .iter()
+            .filter(|(ty, _, _)| ty == t)
+            .max_by_key(|(_, _, seq)| *seq)
+            .unwrap();
+        let (stdout, _) = expect_exit(&["history", t, id, "--data", path(dir.path()), "--json"], 0);
+        let events = json_lines(&stdout);
+        let seqs: Vec<u64> = events
+            .iter()
+            .map(|e| e["sequence"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, (1..=*last).collect::<Vec<_>>(), "{t}/{id}");
+        for e in &events {
+            assert_eq!(e["aggregate_type"], *t);
+            assert!(
+                e["event_type"].as_str().is_some_and(|s| !s.is_empty()),
+                "{e}"
+            );
+            assert!(e["payload"].is_object(), "{t}: payload {e}");
+        }
+        for extra in [&[][..], &["--at-seq", "1"][..]] {
+            let mut args = vec![
+                "state",
+                t,
+                id.as_str(),
+                "--data",
+                path(dir.path()),
+                "--json",
+            ];
+            args.extend_from_slice(extra);
+            let (stdout, _) = expect_exit(&args, 0);
+            let state: Value = serde_json::from_str(stdout.trim()).unwrap();
+            assert!(state.is_object(), "{t}: state {state}");
+        }
+    }
 }
 
 #[test]
