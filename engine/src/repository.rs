@@ -7,20 +7,9 @@ use crate::journal::{Journal, Record, StreamId};
 use evershard_model::{Aggregate, EventEnvelope};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-/// Decodes one stored record into a typed envelope (upcasting old event versions).
-pub fn decode_record<A: Aggregate>(
-    record: Record,
-) -> Result<EventEnvelope<A::Event>, StorageError> {
-    let payload = A::decode_event(&record.event_type, &record.event_version, &record.payload)
-        .map_err(|e| StorageError::Corrupt {
-            stream: Some(format!("{}/{}", record.aggregate_type, record.aggregate_id)),
-            sequence: Some(record.sequence),
-            reason: format!(
-                "payload of {} {}: {e}",
-                record.event_type, record.event_version
-            ),
-        })?;
-    Ok(EventEnvelope {
+/// The envelope of a stored record around an already decoded payload.
+pub fn envelope<E>(record: Record, payload: E) -> EventEnvelope<E> {
+    EventEnvelope {
         event_id: record.event_id,
         event_type: record.event_type,
         event_version: record.event_version,
@@ -34,7 +23,23 @@ pub fn decode_record<A: Aggregate>(
         source: record.source,
         user_id: record.user_id,
         payload,
-    })
+    }
+}
+
+/// Decodes one stored record into a typed envelope (upcasting old event versions).
+pub fn decode_record<A: Aggregate>(
+    record: Record,
+) -> Result<EventEnvelope<A::Event>, StorageError> {
+    let payload = A::decode_event(&record.event_type, &record.event_version, &record.payload)
+        .map_err(|e| StorageError::Corrupt {
+            stream: Some(format!("{}/{}", record.aggregate_type, record.aggregate_id)),
+            sequence: Some(record.sequence),
+            reason: format!(
+                "payload of {} {}: {e}",
+                record.event_type, record.event_version
+            ),
+        })?;
+    Ok(envelope(record, payload))
 }
 
 /// The typed events of a stream with `from <= sequence <= to`.

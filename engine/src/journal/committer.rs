@@ -293,26 +293,7 @@ impl Committer {
         if let Some(h) = staged.get(stream).or_else(|| self.heads.get(stream)) {
             return Ok(*h);
         }
-        let prefix = keys::stream_prefix(keys::EVENTS, stream);
-        let head = match self.shared.db.scan_prefix(&prefix).next_back() {
-            None => StreamHead {
-                sequence: 0,
-                hash: record::ZERO_HASH,
-            },
-            Some(entry) => {
-                let (key, value) = entry?;
-                let (_, sequence) =
-                    keys::parse_stream_key(&key).ok_or_else(|| StorageError::Corrupt {
-                        stream: Some(stream.to_string()),
-                        sequence: None,
-                        reason: "malformed event key".into(),
-                    })?;
-                StreamHead {
-                    sequence,
-                    hash: record::hash(&value),
-                }
-            }
-        };
+        let head = super::read_head(&self.shared.db, stream)?;
         if self.heads.len() >= HEAD_CACHE_STREAMS_MAX {
             self.heads.clear();
         }

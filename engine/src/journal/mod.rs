@@ -322,26 +322,7 @@ impl Journal {
 
     /// The head of a stream: its last sequence (0 when empty) and the hash of its last record.
     pub fn head(&self, stream: &StreamId) -> Result<StreamHead, StorageError> {
-        let prefix = keys::stream_prefix(keys::EVENTS, stream);
-        match self.shared.db.scan_prefix(&prefix).next_back() {
-            None => Ok(StreamHead {
-                sequence: 0,
-                hash: record::ZERO_HASH,
-            }),
-            Some(entry) => {
-                let (key, value) = entry?;
-                let (_, sequence) =
-                    keys::parse_stream_key(&key).ok_or_else(|| StorageError::Corrupt {
-                        stream: Some(stream.to_string()),
-                        sequence: None,
-                        reason: "malformed event key".into(),
-                    })?;
-                Ok(StreamHead {
-                    sequence,
-                    hash: record::hash(&value),
-                })
-            }
-        }
+        read_head(&self.shared.db, stream)
     }
 
     /// The records of a stream with `from <= sequence <= to`, in order. A record that fails
@@ -591,6 +572,30 @@ pub(crate) fn expand_runs(
         position += run.count as u64;
         (0..run.count as u64).map(move |i| (start + i, run.stream.clone(), run.first_sequence + i))
     })
+}
+
+/// A stream's head as stored: its last event key and the hash of that record.
+fn read_head(db: &sled::Db, stream: &StreamId) -> Result<StreamHead, StorageError> {
+    let prefix = keys::stream_prefix(keys::EVENTS, stream);
+    match db.scan_prefix(&prefix).next_back() {
+        None => Ok(StreamHead {
+            sequence: 0,
+            hash: record::ZERO_HASH,
+        }),
+        Some(entry) => {
+            let (key, value) = entry?;
+            let (_, sequence) =
+                keys::parse_stream_key(&key).ok_or_else(|| StorageError::Corrupt {
+                    stream: Some(stream.to_string()),
+                    sequence: None,
+                    reason: "malformed event key".into(),
+                })?;
+            Ok(StreamHead {
+                sequence,
+                hash: record::hash(&value),
+            })
+        }
+    }
 }
 
 /// The highest committed global position (0 for an empty store).

@@ -184,24 +184,7 @@ impl<A: Aggregate> EntityState<A> {
             .records
             .into_iter()
             .zip(events)
-            .map(|(record, event)| {
-                let envelope = EventEnvelope {
-                    event_id: record.event_id,
-                    event_type: record.event_type,
-                    event_version: record.event_version,
-                    aggregate_type: record.aggregate_type,
-                    aggregate_id: record.aggregate_id,
-                    sequence: record.sequence,
-                    global_position: record.global_position,
-                    timestamp: record.timestamp,
-                    correlation_id: record.correlation_id,
-                    causation_id: record.causation_id,
-                    source: record.source,
-                    user_id: record.user_id,
-                    payload: (),
-                };
-                envelope.map(|()| event)
-            })
+            .map(|(record, event)| repository::envelope(record, event))
             .collect())
     }
 }
