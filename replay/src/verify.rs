@@ -310,6 +310,13 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, CliError> 
         }
         if report.clean {
             writeln!(out, "result: clean")?;
+        } else if report.bad_aggregates.is_empty() {
+            // Damage below the records (sled's own files, the index): no aggregate to name.
+            writeln!(
+                out,
+                "result: {} in the store itself",
+                plural(report.problems.len(), "problem")
+            )?;
         } else {
             writeln!(
                 out,
