@@ -69,7 +69,9 @@
 //! - `service_type` is non-blank.
 
 use chrono::{DateTime, Duration, Utc};
-use evershard_model::{Aggregate, DecideContext, DemoRng, DomainEvent, Money, Workload};
+use evershard_model::{
+    from_variants, json_payload, Aggregate, DecideContext, DemoRng, DomainEvent, Money, Workload,
+};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use uuid::Uuid;
@@ -175,31 +177,12 @@ pub enum AppointmentEvent {
     AppointmentCompleted(AppointmentCompleted),
 }
 
-impl From<AppointmentCreated> for AppointmentEvent {
-    fn from(e: AppointmentCreated) -> Self {
-        AppointmentEvent::AppointmentCreated(e)
-    }
-}
-impl From<AppointmentRescheduled> for AppointmentEvent {
-    fn from(e: AppointmentRescheduled) -> Self {
-        AppointmentEvent::AppointmentRescheduled(e)
-    }
-}
-impl From<AppointmentCancelled> for AppointmentEvent {
-    fn from(e: AppointmentCancelled) -> Self {
-        AppointmentEvent::AppointmentCancelled(e)
-    }
-}
-impl From<AppointmentCompleted> for AppointmentEvent {
-    fn from(e: AppointmentCompleted) -> Self {
-        AppointmentEvent::AppointmentCompleted(e)
-    }
-}
-
-fn to_json<T: Serialize>(value: &T) -> serde_json::Value {
-    // Plain derived structs of strings, uuids, times, integers and Money: cannot fail.
-    serde_json::to_value(value).expect("appointment payloads serialize to JSON")
-}
+from_variants!(AppointmentEvent:
+    AppointmentCreated,
+    AppointmentRescheduled,
+    AppointmentCancelled,
+    AppointmentCompleted,
+);
 
 impl DomainEvent for AppointmentEvent {
     fn event_type(&self) -> &'static str {
@@ -220,11 +203,12 @@ impl DomainEvent for AppointmentEvent {
     }
 
     fn payload_json(&self) -> serde_json::Value {
+        // Plain derived structs of strings, uuids, times, integers and Money: cannot fail.
         match self {
-            AppointmentEvent::AppointmentCreated(e) => to_json(e),
-            AppointmentEvent::AppointmentRescheduled(e) => to_json(e),
-            AppointmentEvent::AppointmentCancelled(e) => to_json(e),
-            AppointmentEvent::AppointmentCompleted(e) => to_json(e),
+            AppointmentEvent::AppointmentCreated(e) => json_payload(e),
+            AppointmentEvent::AppointmentRescheduled(e) => json_payload(e),
+            AppointmentEvent::AppointmentCancelled(e) => json_payload(e),
+            AppointmentEvent::AppointmentCompleted(e) => json_payload(e),
         }
     }
 }
@@ -277,26 +261,12 @@ pub enum AppointmentCommand {
     Complete(CompleteAppointment),
 }
 
-impl From<CreateAppointment> for AppointmentCommand {
-    fn from(c: CreateAppointment) -> Self {
-        AppointmentCommand::Create(c)
-    }
-}
-impl From<RescheduleAppointment> for AppointmentCommand {
-    fn from(c: RescheduleAppointment) -> Self {
-        AppointmentCommand::Reschedule(c)
-    }
-}
-impl From<CancelAppointment> for AppointmentCommand {
-    fn from(c: CancelAppointment) -> Self {
-        AppointmentCommand::Cancel(c)
-    }
-}
-impl From<CompleteAppointment> for AppointmentCommand {
-    fn from(c: CompleteAppointment) -> Self {
-        AppointmentCommand::Complete(c)
-    }
-}
+from_variants!(AppointmentCommand {
+    Create(CreateAppointment),
+    Reschedule(RescheduleAppointment),
+    Cancel(CancelAppointment),
+    Complete(CompleteAppointment),
+});
 
 // ---------------------------------------------------------------------------------------------
 // State

@@ -62,7 +62,9 @@
 //!   `approved` has a positive balance, `closed` a zero one; before approval both are zero.
 
 use chrono::{Days, NaiveDate};
-use evershard_model::{Aggregate, DecideContext, DemoRng, DomainEvent, Money, Workload};
+use evershard_model::{
+    from_variants, json_payload, Aggregate, DecideContext, DemoRng, DomainEvent, Money, Workload,
+};
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -264,26 +266,12 @@ pub enum CreditCommand {
     ReceivePayment(ReceiveCreditPayment),
 }
 
-impl From<ApplyForCredit> for CreditCommand {
-    fn from(c: ApplyForCredit) -> Self {
-        CreditCommand::Apply(c)
-    }
-}
-impl From<ApproveCredit> for CreditCommand {
-    fn from(c: ApproveCredit) -> Self {
-        CreditCommand::Approve(c)
-    }
-}
-impl From<RejectCredit> for CreditCommand {
-    fn from(c: RejectCredit) -> Self {
-        CreditCommand::Reject(c)
-    }
-}
-impl From<ReceiveCreditPayment> for CreditCommand {
-    fn from(c: ReceiveCreditPayment) -> Self {
-        CreditCommand::ReceivePayment(c)
-    }
-}
+from_variants!(CreditCommand {
+    Apply(ApplyForCredit),
+    Approve(ApproveCredit),
+    Reject(RejectCredit),
+    ReceivePayment(ReceiveCreditPayment),
+});
 
 // ---------------------------------------------------------------------------------------------
 // Events (stored: fields and variants are append-only)
@@ -344,30 +332,12 @@ pub enum CreditEvent {
     CreditRejected(CreditRejected),
 }
 
-impl From<CreditApplicationCreated> for CreditEvent {
-    fn from(e: CreditApplicationCreated) -> Self {
-        CreditEvent::CreditApplicationCreated(e)
-    }
-}
-impl From<CreditApproved> for CreditEvent {
-    fn from(e: CreditApproved) -> Self {
-        CreditEvent::CreditApproved(e)
-    }
-}
-impl From<CreditPaymentReceived> for CreditEvent {
-    fn from(e: CreditPaymentReceived) -> Self {
-        CreditEvent::CreditPaymentReceived(e)
-    }
-}
-impl From<CreditRejected> for CreditEvent {
-    fn from(e: CreditRejected) -> Self {
-        CreditEvent::CreditRejected(e)
-    }
-}
-
-fn to_json<T: Serialize>(payload: &T) -> serde_json::Value {
-    serde_json::to_value(payload).expect("credit payloads are plain JSON-encodable structs")
-}
+from_variants!(CreditEvent:
+    CreditApplicationCreated,
+    CreditApproved,
+    CreditPaymentReceived,
+    CreditRejected,
+);
 
 impl DomainEvent for CreditEvent {
     fn event_type(&self) -> &'static str {
@@ -386,10 +356,10 @@ impl DomainEvent for CreditEvent {
     }
     fn payload_json(&self) -> serde_json::Value {
         match self {
-            CreditEvent::CreditApplicationCreated(e) => to_json(e),
-            CreditEvent::CreditApproved(e) => to_json(e),
-            CreditEvent::CreditPaymentReceived(e) => to_json(e),
-            CreditEvent::CreditRejected(e) => to_json(e),
+            CreditEvent::CreditApplicationCreated(e) => json_payload(e),
+            CreditEvent::CreditApproved(e) => json_payload(e),
+            CreditEvent::CreditPaymentReceived(e) => json_payload(e),
+            CreditEvent::CreditRejected(e) => json_payload(e),
         }
     }
 }

@@ -117,7 +117,9 @@
 //! 6. A disconnected device records why it was disconnected.
 
 use chrono::{DateTime, Duration, Utc};
-use evershard_model::{Aggregate, DecideContext, DemoRng, DomainEvent, Workload};
+use evershard_model::{
+    from_variants, json_payload, Aggregate, DecideContext, DemoRng, DomainEvent, Workload,
+};
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use uuid::Uuid;
@@ -416,17 +418,7 @@ pub enum DeviceEvent {
     DeviceErrorDetected(DeviceErrorDetected),
 }
 
-macro_rules! from_payloads {
-    ($enum:ident: $($variant:ident),* $(,)?) => {
-        $(impl From<$variant> for $enum {
-            fn from(value: $variant) -> Self {
-                $enum::$variant(value)
-            }
-        })*
-    };
-}
-
-from_payloads!(DeviceEvent:
+from_variants!(DeviceEvent:
     TelemetryReceived,
     FailurePredicted,
     DeviceConnected,
@@ -462,17 +454,16 @@ impl DomainEvent for DeviceEvent {
     }
 
     fn payload_json(&self) -> serde_json::Value {
-        let value = match self {
-            DeviceEvent::TelemetryReceived(e) => serde_json::to_value(e),
-            DeviceEvent::FailurePredicted(e) => serde_json::to_value(e),
-            DeviceEvent::DeviceConnected(e) => serde_json::to_value(e),
-            DeviceEvent::DeviceCalibrated(e) => serde_json::to_value(e),
-            DeviceEvent::DeviceDisconnected(e) => serde_json::to_value(e),
-            DeviceEvent::DeviceErrorDetected(e) => serde_json::to_value(e),
-        };
         // Only finite floats are ever stored (decide rejects the rest), and every field is a
         // plain serde type, so JSON encoding cannot fail.
-        value.expect("device event payloads are JSON-encodable")
+        match self {
+            DeviceEvent::TelemetryReceived(e) => json_payload(e),
+            DeviceEvent::FailurePredicted(e) => json_payload(e),
+            DeviceEvent::DeviceConnected(e) => json_payload(e),
+            DeviceEvent::DeviceCalibrated(e) => json_payload(e),
+            DeviceEvent::DeviceDisconnected(e) => json_payload(e),
+            DeviceEvent::DeviceErrorDetected(e) => json_payload(e),
+        }
     }
 }
 
@@ -541,36 +532,14 @@ pub enum DeviceCommand {
     Disconnect(DisconnectDevice),
 }
 
-impl From<ConnectDevice> for DeviceCommand {
-    fn from(value: ConnectDevice) -> Self {
-        DeviceCommand::Connect(value)
-    }
-}
-impl From<CalibrateDevice> for DeviceCommand {
-    fn from(value: CalibrateDevice) -> Self {
-        DeviceCommand::Calibrate(value)
-    }
-}
-impl From<RecordTelemetry> for DeviceCommand {
-    fn from(value: RecordTelemetry) -> Self {
-        DeviceCommand::RecordTelemetry(value)
-    }
-}
-impl From<ReportError> for DeviceCommand {
-    fn from(value: ReportError) -> Self {
-        DeviceCommand::ReportError(value)
-    }
-}
-impl From<PredictFailure> for DeviceCommand {
-    fn from(value: PredictFailure) -> Self {
-        DeviceCommand::PredictFailure(value)
-    }
-}
-impl From<DisconnectDevice> for DeviceCommand {
-    fn from(value: DisconnectDevice) -> Self {
-        DeviceCommand::Disconnect(value)
-    }
-}
+from_variants!(DeviceCommand {
+    Connect(ConnectDevice),
+    Calibrate(CalibrateDevice),
+    RecordTelemetry(RecordTelemetry),
+    ReportError(ReportError),
+    PredictFailure(PredictFailure),
+    Disconnect(DisconnectDevice),
+});
 
 // ---------------------------------------------------------------------------------------------
 // Errors

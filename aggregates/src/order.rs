@@ -105,7 +105,10 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use evershard_model::{Aggregate, Currency, DecideContext, DemoRng, DomainEvent, Money, Workload};
+use evershard_model::{
+    from_variants, json_payload, Aggregate, Currency, DecideContext, DemoRng, DomainEvent, Money,
+    Workload,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -198,17 +201,7 @@ pub enum OrderCommand {
     ExpireOrder(ExpireOrder),
 }
 
-macro_rules! into_enum {
-    ($enum:ident: $($variant:ident),+ $(,)?) => {
-        $(impl From<$variant> for $enum {
-            fn from(value: $variant) -> Self {
-                $enum::$variant(value)
-            }
-        })+
-    };
-}
-
-into_enum!(OrderCommand: CreateOrder, RecordStockReserved, RequestPayment,
+from_variants!(OrderCommand: CreateOrder, RecordStockReserved, RequestPayment,
     RecordPaymentCompleted, FulfilOrder, CancelOrder, RecordReservationExpired, ExpireOrder);
 
 // ---------------------------------------------------------------------------------------------
@@ -347,7 +340,7 @@ pub enum OrderEvent {
     OrderPaymentRequested(OrderPaymentRequested),
 }
 
-into_enum!(OrderEvent: OrderCreated, OrderConfirmed, OrderCancelled, OrderFulfilled,
+from_variants!(OrderEvent: OrderCreated, OrderConfirmed, OrderCancelled, OrderFulfilled,
     OrderLineReserved, OrderStockReserved, OrderPaymentRequested);
 
 impl DomainEvent for OrderEvent {
@@ -372,17 +365,16 @@ impl DomainEvent for OrderEvent {
     }
 
     fn payload_json(&self) -> serde_json::Value {
-        let json = match self {
-            OrderEvent::OrderCreated(e) => serde_json::to_value(e),
-            OrderEvent::OrderConfirmed(e) => serde_json::to_value(e),
-            OrderEvent::OrderCancelled(e) => serde_json::to_value(e),
-            OrderEvent::OrderFulfilled(e) => serde_json::to_value(e),
-            OrderEvent::OrderLineReserved(e) => serde_json::to_value(e),
-            OrderEvent::OrderStockReserved(e) => serde_json::to_value(e),
-            OrderEvent::OrderPaymentRequested(e) => serde_json::to_value(e),
-        };
         // Plain structs of strings, numbers, money and enums always serialize to JSON.
-        json.expect("Order payloads serialize to JSON")
+        match self {
+            OrderEvent::OrderCreated(e) => json_payload(e),
+            OrderEvent::OrderConfirmed(e) => json_payload(e),
+            OrderEvent::OrderCancelled(e) => json_payload(e),
+            OrderEvent::OrderFulfilled(e) => json_payload(e),
+            OrderEvent::OrderLineReserved(e) => json_payload(e),
+            OrderEvent::OrderStockReserved(e) => json_payload(e),
+            OrderEvent::OrderPaymentRequested(e) => json_payload(e),
+        }
     }
 }
 

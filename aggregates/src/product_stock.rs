@@ -97,7 +97,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use evershard_model::{Aggregate, DecideContext, DemoRng, DomainEvent, Workload};
+use evershard_model::{
+    from_variants, json_payload, Aggregate, DecideContext, DemoRng, DomainEvent, Workload,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -185,17 +187,7 @@ pub enum ProductStockCommand {
     SetDemandForecast(SetDemandForecast),
 }
 
-macro_rules! into_enum {
-    ($enum:ident: $($variant:ident),+ $(,)?) => {
-        $(impl From<$variant> for $enum {
-            fn from(value: $variant) -> Self {
-                $enum::$variant(value)
-            }
-        })+
-    };
-}
-
-into_enum!(ProductStockCommand: ReceiveStock, AdjustStock, Reserve, ConfirmReservation,
+from_variants!(ProductStockCommand: ReceiveStock, AdjustStock, Reserve, ConfirmReservation,
     ReleaseReservation, CommitReservation, ExpireReservations, SetDemandForecast);
 
 // ---------------------------------------------------------------------------------------------
@@ -328,7 +320,7 @@ pub enum ProductStockEvent {
     StockReservationConfirmed(StockReservationConfirmed),
 }
 
-into_enum!(ProductStockEvent: InventoryUpdated, StockReserved, StockReleased, StockCommitted,
+from_variants!(ProductStockEvent: InventoryUpdated, StockReserved, StockReleased, StockCommitted,
     LowStockAlert, DemandForecastUpdated, StockReservationConfirmed);
 
 impl ProductStockEvent {
@@ -368,17 +360,16 @@ impl DomainEvent for ProductStockEvent {
     }
 
     fn payload_json(&self) -> serde_json::Value {
-        let json = match self {
-            ProductStockEvent::InventoryUpdated(e) => serde_json::to_value(e),
-            ProductStockEvent::StockReserved(e) => serde_json::to_value(e),
-            ProductStockEvent::StockReleased(e) => serde_json::to_value(e),
-            ProductStockEvent::StockCommitted(e) => serde_json::to_value(e),
-            ProductStockEvent::LowStockAlert(e) => serde_json::to_value(e),
-            ProductStockEvent::DemandForecastUpdated(e) => serde_json::to_value(e),
-            ProductStockEvent::StockReservationConfirmed(e) => serde_json::to_value(e),
-        };
         // Plain structs of strings, integers and enums always serialize to JSON.
-        json.expect("ProductStock payloads serialize to JSON")
+        match self {
+            ProductStockEvent::InventoryUpdated(e) => json_payload(e),
+            ProductStockEvent::StockReserved(e) => json_payload(e),
+            ProductStockEvent::StockReleased(e) => json_payload(e),
+            ProductStockEvent::StockCommitted(e) => json_payload(e),
+            ProductStockEvent::LowStockAlert(e) => json_payload(e),
+            ProductStockEvent::DemandForecastUpdated(e) => json_payload(e),
+            ProductStockEvent::StockReservationConfirmed(e) => json_payload(e),
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //!   rejected with each rejection reason, at the fixed clock 2026-01-01T00:00:00Z;
 //! - the lifecycle table `can_transition` cell by cell;
 //! - `check_invariants` catches each listed invariant when a state is broken by hand;
-//! - the catalog contract of every event (`assert_contract`, names and JSON types written out
+//! - the catalog contract of every event (`assert_exact_contract`, names and JSON types written out
 //!   from `domain-events-catalog.md`), plus the exact key set, event type, version and topic;
 //! - JSON (serde_json) and journal (`codec`, `encode_event`/`decode_event`) round trips of every
 //!   event and every command;
@@ -17,9 +17,12 @@
 
 use chrono::{DateTime, Duration, Utc};
 use evershard_aggregates::appointment::*;
-use evershard_model::testing::{assert_contract, fixed_now, given, given_no_events};
+use evershard_model::testing::{
+    assert_exact_contract, assert_json_and_codec_round_trip, assert_replay_and_snapshots_agree,
+    assert_stored_event_round_trip, assert_transition_table, fixed_now, given, given_no_events,
+};
 use evershard_model::{
-    codec, Aggregate, CodecError, DecideContext, DemoRng, DomainEvent, Money, Workload,
+    Aggregate, CodecError, DecideContext, DemoRng, DomainEvent, Money, Workload,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, RngSeed};
@@ -591,14 +594,8 @@ fn lifecycle_table() {
         (Scheduled, Cancelled),
         (Scheduled, Completed),
     ];
+    assert_transition_table(&all, &allowed, can_transition);
     for from in all {
-        for to in all {
-            assert_eq!(
-                can_transition(from, to),
-                allowed.contains(&(from, to)),
-                "{from} -> {to}"
-            );
-        }
         assert_eq!(
             from.is_final(),
             all.iter().all(|&to| !can_transition(from, to))
@@ -774,18 +771,8 @@ fn every_event_meets_its_catalog_contract() {
         assert_eq!(event.event_version(), "1.0");
         let json = event.payload_json();
         let contract = contract(event.event_type());
-        assert_contract(event.event_type(), &json, contract);
         // Exactly the catalog's fields: no more, no fewer.
-        let mut keys: Vec<&str> = json
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        let mut expected: Vec<&str> = contract.iter().map(|(k, _)| *k).collect();
-        keys.sort_unstable();
-        expected.sort_unstable();
-        assert_eq!(keys, expected, "{}", event.event_type());
+        assert_exact_contract(event.event_type(), &json, contract);
     }
 }
 
@@ -823,17 +810,8 @@ fn a_catalog_json_payload_deserializes() {
 #[test]
 fn every_event_round_trips_through_json_and_the_codec() {
     for event in all_events() {
-        let text = serde_json::to_string(&event).unwrap();
-        assert_eq!(
-            serde_json::from_str::<AppointmentEvent>(&text).unwrap(),
-            event
-        );
-        let bytes = codec::encode(&event);
-        assert_eq!(codec::decode::<AppointmentEvent>(&bytes).unwrap(), event);
-        let stored = Appointment::encode_event(&event);
-        let decoded =
-            Appointment::decode_event(event.event_type(), event.event_version(), &stored).unwrap();
-        assert_eq!(decoded, event);
+        assert_json_and_codec_round_trip(&event);
+        assert_stored_event_round_trip::<Appointment>(&event);
     }
 }
 
@@ -869,16 +847,8 @@ fn every_command_round_trips_through_json_and_the_codec() {
         cancel(CancelledBy::Doctor).into(),
         complete_command().into(),
     ];
-    for command in commands {
-        let text = serde_json::to_string(&command).unwrap();
-        assert_eq!(
-            serde_json::from_str::<AppointmentCommand>(&text).unwrap(),
-            command
-        );
-        assert_eq!(
-            codec::decode::<AppointmentCommand>(&codec::encode(&command)).unwrap(),
-            command
-        );
+    for command in &commands {
+        assert_json_and_codec_round_trip(command);
     }
 }
 
@@ -888,15 +858,7 @@ fn state_round_trips_through_json_and_the_codec() {
         AppointmentState::default(),
         &[created(), rescheduled(), completed()],
     );
-    let text = serde_json::to_string(&state).unwrap();
-    assert_eq!(
-        serde_json::from_str::<AppointmentState>(&text).unwrap(),
-        state
-    );
-    assert_eq!(
-        codec::decode::<AppointmentState>(&codec::encode(&state)).unwrap(),
-        state
-    );
+    assert_json_and_codec_round_trip(&state);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1069,8 +1031,6 @@ proptest! {
     fn random_command_sequences_keep_every_guarantee(steps in arb_steps()) {
         let mut ctx = DecideContext::new(APPOINTMENT.to_string(), fixed_now());
         let mut state = AppointmentState::default();
-        // states[i] is the state after the first i accepted events.
-        let mut states = vec![state.clone()];
         let mut log: Vec<AppointmentEvent> = Vec::new();
         for (step, advance_minutes) in steps {
             ctx.now += Duration::minutes(advance_minutes);
@@ -1084,13 +1044,9 @@ proptest! {
             match Appointment::decide(&state, &command, &ctx) {
                 Ok(events) => {
                     for event in events {
-                        let stored = Appointment::encode_event(&event);
-                        let (event_type, version) = (event.event_type(), event.event_version());
-                        let decoded = Appointment::decode_event(event_type, version, &stored);
-                        prop_assert_eq!(decoded.as_ref(), Ok(&event));
+                        assert_stored_event_round_trip::<Appointment>(&event);
                         Appointment::apply(&mut state, &event);
                         log.push(event);
-                        states.push(state.clone());
                     }
                 }
                 Err(_) => prop_assert_eq!(&state, &before, "a rejection changed the state"),
@@ -1100,10 +1056,6 @@ proptest! {
             }
             prop_assert_eq!(&Appointment::replay(AppointmentState::default(), &log), &state);
         }
-        for (cut, snapshot) in states.iter().enumerate() {
-            let restored: AppointmentState = codec::decode(&codec::encode(snapshot)).unwrap();
-            prop_assert_eq!(&restored, snapshot);
-            prop_assert_eq!(&Appointment::replay(restored, &log[cut..]), &state);
-        }
+        assert_replay_and_snapshots_agree::<Appointment>(&log, &state);
     }
 }

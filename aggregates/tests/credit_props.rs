@@ -14,8 +14,10 @@
 
 use chrono::{Days, Duration};
 use evershard_aggregates::credit::*;
-use evershard_model::testing::fixed_now;
-use evershard_model::{codec, Aggregate, DecideContext, DemoRng, DomainEvent, Money, Workload};
+use evershard_model::testing::{
+    assert_snapshot_and_tail_agree, assert_stored_event_round_trip, fixed_now,
+};
+use evershard_model::{Aggregate, DecideContext, DemoRng, DomainEvent, Money, Workload};
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 use uuid::Uuid;
@@ -138,11 +140,7 @@ proptest! {
                             can_transition(from, live.status),
                             "{} -> {} by {}", from, live.status, event.event_type()
                         );
-                        let bytes = Credit::encode_event(event);
-                        let back = Credit::decode_event(
-                            event.event_type(), event.event_version(), &bytes,
-                        ).unwrap();
-                        prop_assert_eq!(&back, event);
+                        assert_stored_event_round_trip::<Credit>(event);
                     }
                     if events.is_empty() {
                         prop_assert_eq!(&live, &before, "an idempotent repeat changes nothing");
@@ -157,10 +155,7 @@ proptest! {
             let replayed = Credit::replay(CreditState::default(), &accepted);
             prop_assert_eq!(&replayed, &live, "replay from Default");
             let cut = (seed % (accepted.len() as u64 + 1)) as usize;
-            let snapshot = Credit::replay(CreditState::default(), &accepted[..cut]);
-            let restored: CreditState = codec::decode(&codec::encode(&snapshot)).unwrap();
-            prop_assert_eq!(&restored, &snapshot);
-            prop_assert_eq!(&Credit::replay(restored, &accepted[cut..]), &live, "snapshot + tail");
+            assert_snapshot_and_tail_agree::<Credit>(&accepted, cut, &live);
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use evershard_aggregates::device::*;
-use evershard_model::testing::{fixed_now, given, given_no_events};
+use evershard_model::testing::{assert_transition_table, fixed_now, given, given_no_events};
 use evershard_model::Aggregate;
 use uuid::Uuid;
 
@@ -998,15 +998,7 @@ fn the_lifecycle_table_allows_exactly_the_documented_transitions() {
         (Disconnected, Connected),
         (Disconnected, Disconnected),
     ];
-    for from in all {
-        for to in all {
-            assert_eq!(
-                can_transition(from, to),
-                allowed.contains(&(from, to)),
-                "{from} -> {to}"
-            );
-        }
-    }
+    assert_transition_table(&all, &allowed, can_transition);
 }
 
 #[test]

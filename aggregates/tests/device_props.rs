@@ -23,7 +23,9 @@
 
 use chrono::Duration;
 use evershard_aggregates::device::*;
-use evershard_model::testing::fixed_now;
+use evershard_model::testing::{
+    assert_snapshot_and_tail_agree, assert_stored_event_round_trip, fixed_now,
+};
 use evershard_model::{codec, Aggregate, DecideContext, DemoRng, DomainEvent, Workload};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
@@ -220,10 +222,7 @@ proptest! {
                             can_transition(from, state.status),
                             "{} -> {} by {:?}", from, state.status, event
                         );
-                        let stored = Device::encode_event(event);
-                        let loaded = Device::decode_event(
-                            event.event_type(), event.event_version(), &stored);
-                        prop_assert_eq!(loaded.as_ref(), Ok(event));
+                        assert_stored_event_round_trip::<Device>(event);
                         log.push(event.clone());
                     }
                     prop_assert!(
@@ -243,9 +242,7 @@ proptest! {
 
         // Snapshot after a drawn prefix, then the rest of the events.
         let cut = snapshot_at.index(log.len() + 1);
-        let prefix = Device::replay(DeviceState::default(), &log[..cut]);
-        let snapshot: DeviceState = codec::decode(&codec::encode(&prefix)).unwrap();
-        prop_assert_eq!(&Device::replay(snapshot, &log[cut..]), &state);
+        assert_snapshot_and_tail_agree::<Device>(&log, cut, &state);
     }
 }
 

@@ -24,8 +24,8 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use evershard_aggregates::order::*;
-use evershard_model::testing::fixed_now;
-use evershard_model::{codec, Aggregate, Currency, DecideContext, DomainEvent, Money};
+use evershard_model::testing::{assert_replay_and_snapshots_agree, fixed_now};
+use evershard_model::{Aggregate, Currency, DecideContext, DomainEvent, Money};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
@@ -285,15 +285,7 @@ proptest! {
         steps in prop::collection::vec(step(), 1..40)
     ) {
         let Run { live, events } = run(&steps)?;
-        prop_assert_eq!(&Order::replay(OrderState::default(), &events), &live);
-        for cut in 0..=events.len() {
-            let at_cut = Order::replay(OrderState::default(), &events[..cut]);
-            let snapshot: OrderState = codec::decode(&codec::encode(&at_cut))
-                .map_err(|e| TestCaseError::fail(format!("snapshot at {cut} does not decode: {e}")))?;
-            prop_assert_eq!(&snapshot, &at_cut, "snapshot at {} changed in the codec", cut);
-            let restored = Order::replay(snapshot, &events[cut..]);
-            prop_assert_eq!(&restored, &live, "snapshot at {} + tail differs from live", cut);
-        }
+        assert_replay_and_snapshots_agree::<Order>(&events, &live);
     }
 }
 

@@ -14,10 +14,10 @@
 
 use chrono::Duration;
 use evershard_aggregates::payment::*;
-use evershard_model::testing::fixed_now;
-use evershard_model::{
-    codec, Aggregate, Currency, DecideContext, DemoRng, DomainEvent, Money, Workload,
+use evershard_model::testing::{
+    assert_snapshot_and_tail_agree, assert_stored_event_round_trip, fixed_now,
 };
+use evershard_model::{Aggregate, Currency, DecideContext, DemoRng, DomainEvent, Money, Workload};
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 use uuid::Uuid;
@@ -157,11 +157,7 @@ proptest! {
                             can_transition(from, live.status),
                             "{} -> {} by {}", from, live.status, event.event_type()
                         );
-                        let bytes = Payment::encode_event(event);
-                        let back = Payment::decode_event(
-                            event.event_type(), event.event_version(), &bytes,
-                        ).unwrap();
-                        prop_assert_eq!(&back, event);
+                        assert_stored_event_round_trip::<Payment>(event);
                     }
                     if events.is_empty() {
                         prop_assert_eq!(&live, &before, "an idempotent repeat changes nothing");
@@ -176,10 +172,7 @@ proptest! {
             let replayed = Payment::replay(PaymentState::default(), &accepted);
             prop_assert_eq!(&replayed, &live, "replay from Default");
             let cut = (seed % (accepted.len() as u64 + 1)) as usize;
-            let snapshot = Payment::replay(PaymentState::default(), &accepted[..cut]);
-            let restored: PaymentState = codec::decode(&codec::encode(&snapshot)).unwrap();
-            prop_assert_eq!(&restored, &snapshot);
-            prop_assert_eq!(&Payment::replay(restored, &accepted[cut..]), &live, "snapshot + tail");
+            assert_snapshot_and_tail_agree::<Payment>(&accepted, cut, &live);
         }
     }
 }

@@ -22,8 +22,11 @@
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use evershard_aggregates::plant::*;
-use evershard_model::testing::{assert_contract, fixed_now, given, given_no_events};
-use evershard_model::{codec, Aggregate, DecideContext, DemoRng, DomainEvent, Workload};
+use evershard_model::testing::{
+    assert_contract, assert_json_and_codec_round_trip, assert_replay_and_snapshots_agree,
+    assert_stored_event_round_trip, fixed_now, given, given_no_events,
+};
+use evershard_model::{Aggregate, DecideContext, DemoRng, DomainEvent, Workload};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, RngSeed};
 use std::collections::{BTreeMap, BTreeSet};
@@ -1525,17 +1528,8 @@ fn a_seed_shaped_json_payload_deserializes() {
 #[test]
 fn every_event_round_trips_through_json_and_the_codec() {
     for event in full_events().into_iter().chain(minimal_events()) {
-        let text = serde_json::to_string(&event).unwrap();
-        assert_eq!(serde_json::from_str::<PlantEvent>(&text).unwrap(), event);
-        assert_eq!(
-            codec::decode::<PlantEvent>(&codec::encode(&event)).unwrap(),
-            event
-        );
-        let stored = Plant::encode_event(&event);
-        assert_eq!(
-            Plant::decode_event(event.event_type(), event.event_version(), &stored).unwrap(),
-            event
-        );
+        assert_json_and_codec_round_trip(&event);
+        assert_stored_event_round_trip::<Plant>(&event);
     }
 }
 
@@ -1560,16 +1554,8 @@ fn every_command_round_trips_through_json_and_the_codec() {
         .into(),
         harvest_command().into(),
     ];
-    for command in commands {
-        let text = serde_json::to_string(&command).unwrap();
-        assert_eq!(
-            serde_json::from_str::<PlantCommand>(&text).unwrap(),
-            command
-        );
-        assert_eq!(
-            codec::decode::<PlantCommand>(&codec::encode(&command)).unwrap(),
-            command
-        );
+    for command in &commands {
+        assert_json_and_codec_round_trip(command);
     }
 }
 
@@ -1577,12 +1563,7 @@ fn every_command_round_trips_through_json_and_the_codec() {
 fn state_round_trips_through_json_and_the_codec() {
     for stage in [Flowering, Harvested, Disposed] {
         let state = Plant::replay(PlantState::default(), &history_to(stage));
-        let text = serde_json::to_string(&state).unwrap();
-        assert_eq!(serde_json::from_str::<PlantState>(&text).unwrap(), state);
-        assert_eq!(
-            codec::decode::<PlantState>(&codec::encode(&state)).unwrap(),
-            state
-        );
+        assert_json_and_codec_round_trip(&state);
     }
 }
 
@@ -1870,8 +1851,6 @@ proptest! {
     fn random_command_sequences_keep_every_guarantee(steps in arb_steps()) {
         let mut ctx = DecideContext::new(PLANT.to_string(), fixed_now());
         let mut state = PlantState::default();
-        // states[i] is the state after the first i accepted events.
-        let mut states = vec![state.clone()];
         let mut log: Vec<PlantEvent> = Vec::new();
         for (step, advance_minutes) in steps {
             ctx.now += Duration::minutes(advance_minutes);
@@ -1883,13 +1862,9 @@ proptest! {
             match Plant::decide(&state, &command, &ctx) {
                 Ok(events) => {
                     for event in events {
-                        let stored = Plant::encode_event(&event);
-                        let decoded =
-                            Plant::decode_event(event.event_type(), event.event_version(), &stored);
-                        prop_assert_eq!(decoded.as_ref(), Ok(&event));
+                        assert_stored_event_round_trip::<Plant>(&event);
                         Plant::apply(&mut state, &event);
                         log.push(event);
-                        states.push(state.clone());
                     }
                 }
                 Err(_) => prop_assert_eq!(&state, &before, "a rejection changed the state"),
@@ -1900,10 +1875,6 @@ proptest! {
             // `==` on f64 fields: decide only accepts finite numbers, so this is exact.
             prop_assert_eq!(&Plant::replay(PlantState::default(), &log), &state);
         }
-        for (cut, snapshot) in states.iter().enumerate() {
-            let restored: PlantState = codec::decode(&codec::encode(snapshot)).unwrap();
-            prop_assert_eq!(&restored, snapshot);
-            prop_assert_eq!(&Plant::replay(restored, &log[cut..]), &state);
-        }
+        assert_replay_and_snapshots_agree::<Plant>(&log, &state);
     }
 }

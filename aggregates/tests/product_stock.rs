@@ -4,12 +4,15 @@
 //!
 //! How: given/when/then from `evershard_model::testing` (which also asserts the invariants
 //! before and after every step) at the fixed clock 2026-01-01T00:00:00Z, moved with `.at(..)`;
-//! contracts with `assert_contract`, written out below from the module docs (the seed gives
+//! contracts with `assert_exact_contract`, written out below from the module docs (the seed gives
 //! the event names, `functional-architecture-ddd.md` 6.1, but no JSON contract).
 
 use chrono::{DateTime, TimeDelta, Utc};
 use evershard_aggregates::product_stock::*;
-use evershard_model::testing::{assert_contract, fixed_now, given, given_no_events};
+use evershard_model::testing::{
+    assert_exact_contract, assert_json_and_codec_round_trip, assert_stored_event_round_trip,
+    assert_transition_table, fixed_now, given, given_no_events,
+};
 use evershard_model::{codec, Aggregate, DecideContext, DemoRng, DomainEvent, Workload};
 use uuid::Uuid;
 
@@ -826,15 +829,7 @@ fn reservation_lifecycle_table() {
         (Confirmed, Released),
         (Confirmed, Committed),
     ];
-    for from in all {
-        for to in all {
-            assert_eq!(
-                can_transition(from, to),
-                allowed.contains(&(from, to)),
-                "{from} -> {to}"
-            );
-        }
-    }
+    assert_transition_table(&all, &allowed, can_transition);
 }
 
 // --- Invariants ------------------------------------------------------------------------------
@@ -1033,9 +1028,8 @@ fn every_event_matches_its_contract() {
                 ("confirmed_at", "datetime"),
             ],
         };
-        assert_contract(event.event_type(), &json, &contract);
         // Exactly the contract's fields: nothing undocumented leaks onto the topic.
-        assert_eq!(json.as_object().unwrap().len(), contract.len(), "{json}");
+        assert_exact_contract(event.event_type(), &json, &contract);
     }
 }
 
@@ -1074,16 +1068,10 @@ fn release_reason_strings_match_their_json() {
 #[test]
 fn events_round_trip_through_json_and_codec() {
     for event in one_of_each_event() {
-        let json = serde_json::to_string(&event).unwrap();
-        assert_eq!(
-            serde_json::from_str::<ProductStockEvent>(&json).unwrap(),
-            event
-        );
+        assert_json_and_codec_round_trip(&event);
+        assert_stored_event_round_trip::<ProductStock>(&event);
         let bytes = ProductStock::encode_event(&event);
         assert_eq!(codec::decode::<ProductStockEvent>(&bytes).unwrap(), event);
-        let decoded =
-            ProductStock::decode_event(event.event_type(), event.event_version(), &bytes).unwrap();
-        assert_eq!(decoded, event);
         assert!(
             ProductStock::decode_event("StockReleased", "1.0", &codec::encode(&demand(1))).is_err()
         );
@@ -1115,16 +1103,8 @@ fn commands_round_trip_through_json_and_codec() {
         }
         .into(),
     ];
-    for command in commands {
-        let json = serde_json::to_string(&command).unwrap();
-        assert_eq!(
-            serde_json::from_str::<ProductStockCommand>(&json).unwrap(),
-            command
-        );
-        assert_eq!(
-            codec::decode::<ProductStockCommand>(&codec::encode(&command)).unwrap(),
-            command
-        );
+    for command in &commands {
+        assert_json_and_codec_round_trip(command);
     }
 }
 
@@ -1138,15 +1118,7 @@ fn state_round_trips_through_json_and_codec() {
         released(1, 10, ReleaseReason::Cancelled, 95, fixed_now()),
     ]);
     let state = given::<ProductStock>(events).state().clone();
-    assert_eq!(
-        codec::decode::<ProductStockState>(&codec::encode(&state)).unwrap(),
-        state
-    );
-    let json = serde_json::to_string(&state).unwrap();
-    assert_eq!(
-        serde_json::from_str::<ProductStockState>(&json).unwrap(),
-        state
-    );
+    assert_json_and_codec_round_trip(&state);
 }
 
 // --- Workload --------------------------------------------------------------------------------

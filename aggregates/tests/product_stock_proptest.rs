@@ -26,8 +26,8 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use evershard_aggregates::product_stock::*;
-use evershard_model::testing::fixed_now;
-use evershard_model::{codec, Aggregate, DecideContext, DomainEvent};
+use evershard_model::testing::{assert_replay_and_snapshots_agree, fixed_now};
+use evershard_model::{Aggregate, DecideContext, DomainEvent};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
@@ -239,16 +239,7 @@ proptest! {
         steps in prop::collection::vec(step(), 1..60)
     ) {
         let Run { live, events, .. } = run(&steps)?;
-        let all = ProductStock::replay(ProductStockState::default(), &events);
-        prop_assert_eq!(&all, &live);
-        for cut in 0..=events.len() {
-            let at_cut = ProductStock::replay(ProductStockState::default(), &events[..cut]);
-            let snapshot: ProductStockState = codec::decode(&codec::encode(&at_cut))
-                .map_err(|e| TestCaseError::fail(format!("snapshot at {cut} does not decode: {e}")))?;
-            prop_assert_eq!(&snapshot, &at_cut, "snapshot at {} changed in the codec", cut);
-            let restored = ProductStock::replay(snapshot, &events[cut..]);
-            prop_assert_eq!(&restored, &live, "snapshot at {} + tail differs from live", cut);
-        }
+        assert_replay_and_snapshots_agree::<ProductStock>(&events, &live);
     }
 }
 

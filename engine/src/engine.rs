@@ -138,6 +138,10 @@ impl EngineBuilder {
                 "mailbox limits must be at least 1".into(),
             ));
         }
+        let mut seen = std::collections::HashSet::new();
+        if let Some((name, _)) = self.types.iter().find(|(name, _)| !seen.insert(*name)) {
+            return Err(EngineError::DuplicateType(name));
+        }
         let dir = self.data_dir.clone();
         let journal_config = self.journal.clone();
         let journal = tokio::task::spawn_blocking(move || Journal::open(dir, journal_config))
@@ -154,10 +158,18 @@ impl EngineBuilder {
         });
         let mut groups: HashMap<&'static str, Box<dyn AnyGroup>> = HashMap::new();
         for (name, start) in self.types {
-            if groups.contains_key(name) {
-                return Err(EngineError::DuplicateType(name));
+            match (start.0)(rt.clone()).await {
+                Ok(group) => {
+                    groups.insert(name, group);
+                }
+                Err(e) => {
+                    // Stop what already started, so the store's lock is released.
+                    for group in groups.values() {
+                        group.stop_now();
+                    }
+                    return Err(e);
+                }
             }
-            groups.insert(name, (start.0)(rt.clone()).await?);
         }
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -168,6 +180,7 @@ impl EngineBuilder {
                 closing: AtomicBool::new(false),
                 inflight: AtomicUsize::new(0),
                 drained: Notify::new(),
+                shutdown: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -176,7 +189,10 @@ impl EngineBuilder {
 /// A registered aggregate type's shards, type-erased for the registry.
 trait AnyGroup: Send + Sync {
     fn as_any(&self) -> &dyn Any;
+    /// Stops the shards and waits for them (and their entities).
     fn stop(&self) -> BoxFuture<()>;
+    /// Signals the shards to stop, without waiting (for `Drop`).
+    fn stop_now(&self);
 }
 
 struct ShardGroup<A: Aggregate> {
@@ -197,6 +213,11 @@ impl<A: Aggregate> AnyGroup for ShardGroup<A> {
                     .await;
             }
         })
+    }
+    fn stop_now(&self) {
+        for shard in &self.shards {
+            shard.stop(Some("engine dropped".into()));
+        }
     }
 }
 
@@ -231,6 +252,21 @@ struct Inner {
     closing: AtomicBool,
     inflight: AtomicUsize,
     drained: Notify,
+    /// The outcome of the one shutdown, shared by every caller of `shutdown`.
+    shutdown: tokio::sync::OnceCell<Result<(), EngineError>>,
+}
+
+impl Drop for Inner {
+    /// Dropped without `shutdown`: stop the actors so that they release the journal; the
+    /// committer then syncs what is queued and exits, and sled releases the directory lock.
+    /// Commands answered before are durable in durable mode; nothing waits here.
+    fn drop(&mut self) {
+        if !self.closing.load(Ordering::SeqCst) {
+            for group in self.groups.values() {
+                group.stop_now();
+            }
+        }
+    }
 }
 
 /// The running store. Cheap to clone; all clones share one engine.
@@ -253,7 +289,7 @@ struct InflightGuard<'a>(&'a Inner);
 
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
-        if self.0.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.drained.notify_waiters();
         }
     }
@@ -278,9 +314,11 @@ impl Engine {
     }
 
     fn enter(&self) -> Option<InflightGuard<'_>> {
-        self.inner.inflight.fetch_add(1, Ordering::AcqRel);
+        // SeqCst pairs with `shutdown`: either it sees this command in flight, or this
+        // command sees it closing. Weaker orderings allow both to miss each other.
+        self.inner.inflight.fetch_add(1, Ordering::SeqCst);
         let guard = InflightGuard(&self.inner);
-        if self.inner.closing.load(Ordering::Acquire) {
+        if self.inner.closing.load(Ordering::SeqCst) {
             return None; // the guard drops here and may wake the drainer
         }
         Some(guard)
@@ -396,12 +434,19 @@ impl Engine {
     /// stops the actors, writes queued snapshots, and flushes and syncs the journal. The
     /// store's directory lock is released when the last clone of the engine is dropped.
     pub async fn shutdown(&self) -> Result<(), EngineError> {
-        if self.inner.closing.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
+        // Every caller, concurrent or later, gets the outcome of the one real shutdown.
+        self.inner
+            .shutdown
+            .get_or_init(|| self.shutdown_once())
+            .await
+            .clone()
+    }
+
+    async fn shutdown_once(&self) -> Result<(), EngineError> {
+        self.inner.closing.store(true, Ordering::SeqCst);
         loop {
             let drained = self.inner.drained.notified();
-            if self.inner.inflight.load(Ordering::Acquire) == 0 {
+            if self.inner.inflight.load(Ordering::SeqCst) == 0 {
                 break;
             }
             drained.await;

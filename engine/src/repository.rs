@@ -30,15 +30,31 @@ pub fn envelope<E>(record: Record, payload: E) -> EventEnvelope<E> {
 pub fn decode_record<A: Aggregate>(
     record: Record,
 ) -> Result<EventEnvelope<A::Event>, StorageError> {
-    let payload = A::decode_event(&record.event_type, &record.event_version, &record.payload)
-        .map_err(|e| StorageError::Corrupt {
-            stream: Some(format!("{}/{}", record.aggregate_type, record.aggregate_id)),
-            sequence: Some(record.sequence),
-            reason: format!(
+    let corrupt = |reason: String| StorageError::Corrupt {
+        stream: Some(format!("{}/{}", record.aggregate_type, record.aggregate_id)),
+        sequence: Some(record.sequence),
+        reason,
+    };
+    // An upcaster is user code: a panic in it is a storage-level failure of this record,
+    // not of the caller.
+    let decoded = catch_unwind(AssertUnwindSafe(|| {
+        A::decode_event(&record.event_type, &record.event_version, &record.payload)
+    }));
+    let payload = match decoded {
+        Ok(Ok(payload)) => payload,
+        Ok(Err(e)) => {
+            return Err(corrupt(format!(
                 "payload of {} {}: {e}",
                 record.event_type, record.event_version
-            ),
-        })?;
+            )))
+        }
+        Err(_) => {
+            return Err(corrupt(format!(
+                "decoding {} {} panicked",
+                record.event_type, record.event_version
+            )))
+        }
+    };
     Ok(envelope(record, payload))
 }
 

@@ -6,7 +6,11 @@
 //! - bounded mailboxes answer `Overloaded` instead of queueing without end;
 //! - passivation removes idle aggregates from memory and they come back by recovery;
 //! - snapshots are taken every N events and recovery after a restart uses them;
-//! - shutdown drains in-flight commands and refuses new ones.
+//! - shutdown drains in-flight commands and refuses new ones; a second or concurrent shutdown
+//!   gets the same outcome; an engine dropped without shutdown still releases the store;
+//! - a panic in `apply` after the commit answers with the committed events (never "nothing
+//!   written"), and the aggregate then refuses to act on a state it cannot rebuild;
+//! - times reach `decide`, the reply and the journal identically (microsecond resolution).
 //!
 //! Waits are bounded polls, never fixed sleeps that assume a fast machine.
 
@@ -14,6 +18,8 @@ mod common;
 
 use common::{Counter, CounterCommand, CounterError};
 use evershard_engine::{CommandError, Durability, Engine, SnapshotPolicy, StreamId};
+use evershard_engine::{ManualClock, StorageError};
+use std::sync::Arc;
 use std::time::Duration;
 
 async fn open(dir: &std::path::Path) -> Engine {
@@ -271,4 +277,117 @@ async fn shutdown_drains_and_then_refuses() {
     let journal = evershard_engine::Journal::open_read_only(dir.path()).unwrap();
     let total: u64 = journal.streams(Some("Counter")).map(|s| s.unwrap().1).sum();
     assert_eq!(total, ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_after_commit_answers_with_the_committed_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    engine
+        .execute::<Counter>("u", CounterCommand::Add(1))
+        .await
+        .unwrap();
+    let events = engine
+        .execute::<Counter>("u", CounterCommand::AddUnlucky)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "the committed event is reported");
+    assert_eq!(engine.history::<Counter>("u").unwrap().len(), 2);
+    // The aggregate cannot be rebuilt (apply panics on that event): it refuses, typed.
+    let err = engine
+        .execute::<Counter>("u", CounterCommand::Add(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CommandError::Storage(StorageError::Corrupt {
+                sequence: Some(2),
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    engine
+        .execute::<Counter>("other", CounterCommand::Add(1))
+        .await
+        .unwrap();
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_twice_and_concurrently_gets_one_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    engine
+        .execute::<Counter>("s", CounterCommand::Add(1))
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(engine.shutdown(), engine.shutdown());
+    a.unwrap();
+    b.unwrap();
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_dropped_without_shutdown_releases_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::builder(dir.path())
+            .register::<Counter>()
+            .open()
+            .await
+            .unwrap();
+        engine
+            .execute::<Counter>("d", CounterCommand::Add(4))
+            .await
+            .unwrap();
+    }
+    // The actors stop asynchronously; poll (bounded) until sled's lock is free.
+    let mut reopened = None;
+    for _ in 0..500 {
+        match Engine::builder(dir.path())
+            .register::<Counter>()
+            .open()
+            .await
+        {
+            Ok(engine) => {
+                reopened = Some(engine);
+                break;
+            }
+            Err(evershard_engine::EngineError::Storage(StorageError::Locked { .. })) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let engine = reopened.expect("the store was never released");
+    assert_eq!(
+        engine.state::<Counter>("d").await.unwrap().0.total,
+        4,
+        "durable ack survived the drop"
+    );
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_times_are_identical_in_decide_reply_and_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    // A clock with nanoseconds, which the journal cannot store.
+    let start = chrono::DateTime::from_timestamp(1_767_225_600, 123_456_789).unwrap();
+    let clock = Arc::new(ManualClock::new(start));
+    let engine = Engine::builder(dir.path())
+        .register::<Counter>()
+        .clock(clock)
+        .open()
+        .await
+        .unwrap();
+    let events = engine
+        .execute::<Counter>("t", CounterCommand::Add(1))
+        .await
+        .unwrap();
+    let stored = engine.history::<Counter>("t").unwrap();
+    assert_eq!(events[0].timestamp, stored[0].timestamp);
+    assert_eq!(events[0].timestamp.timestamp_subsec_nanos(), 123_456_000);
+    engine.shutdown().await.unwrap();
 }

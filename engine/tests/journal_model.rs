@@ -187,6 +187,29 @@ fn bad_requests_get_typed_errors_and_write_nothing() {
         journal.append_blocking(sneaky),
         Err(AppendError::InvalidRequest(_))
     ));
+    // Oversized strings and payloads are refused up front; the journal goes on working.
+    let mut long_user = event(vec![1]);
+    long_user.user_id = Some("u".repeat(70_000));
+    let err = journal
+        .append_blocking(AppendRequest::new(stream(0), 0, vec![long_user]))
+        .unwrap_err();
+    assert!(matches!(err, AppendError::InvalidRequest(_)), "{err:?}");
+    let huge = event(vec![
+        0;
+        evershard_engine::journal::record::PAYLOAD_BYTES_MAX + 1
+    ]);
+    let err = journal
+        .append_blocking(AppendRequest::new(stream(0), 0, vec![huge]))
+        .unwrap_err();
+    assert!(matches!(err, AppendError::InvalidRequest(_)), "{err:?}");
     assert_eq!(journal.read_global(1).count(), 0);
+    journal
+        .append_blocking(AppendRequest::new(stream(0), 0, vec![event(vec![1])]))
+        .unwrap();
     journal.close().unwrap();
+    journal.close().unwrap(); // idempotent
+    assert!(matches!(
+        journal.append_blocking(AppendRequest::new(stream(0), 1, vec![event(vec![2])])),
+        Err(AppendError::Storage(StorageError::Closed))
+    ));
 }

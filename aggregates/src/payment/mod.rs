@@ -80,7 +80,10 @@ mod guard;
 pub use guard::{DuplicateTransactionGuard, TransactionFingerprint, DUPLICATE_GUARD_ENTRIES_MAX};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use evershard_model::{Aggregate, Currency, DecideContext, DemoRng, DomainEvent, Money, Workload};
+use evershard_model::{
+    from_variants, json_payload, Aggregate, Currency, DecideContext, DemoRng, DomainEvent, Money,
+    Workload,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -350,26 +353,12 @@ pub enum PaymentCommand {
     Refund(RefundPayment),
 }
 
-impl From<InitiatePayment> for PaymentCommand {
-    fn from(c: InitiatePayment) -> Self {
-        PaymentCommand::Initiate(c)
-    }
-}
-impl From<CompletePayment> for PaymentCommand {
-    fn from(c: CompletePayment) -> Self {
-        PaymentCommand::Complete(c)
-    }
-}
-impl From<FailPayment> for PaymentCommand {
-    fn from(c: FailPayment) -> Self {
-        PaymentCommand::Fail(c)
-    }
-}
-impl From<RefundPayment> for PaymentCommand {
-    fn from(c: RefundPayment) -> Self {
-        PaymentCommand::Refund(c)
-    }
-}
+from_variants!(PaymentCommand {
+    Initiate(InitiatePayment),
+    Complete(CompletePayment),
+    Fail(FailPayment),
+    Refund(RefundPayment),
+});
 
 // ---------------------------------------------------------------------------------------------
 // Events (stored: fields and variants are append-only)
@@ -455,30 +444,7 @@ pub enum PaymentEvent {
     PaymentRefunded(PaymentRefunded),
 }
 
-impl From<PaymentInitiated> for PaymentEvent {
-    fn from(e: PaymentInitiated) -> Self {
-        PaymentEvent::PaymentInitiated(e)
-    }
-}
-impl From<PaymentCompleted> for PaymentEvent {
-    fn from(e: PaymentCompleted) -> Self {
-        PaymentEvent::PaymentCompleted(e)
-    }
-}
-impl From<PaymentFailed> for PaymentEvent {
-    fn from(e: PaymentFailed) -> Self {
-        PaymentEvent::PaymentFailed(e)
-    }
-}
-impl From<PaymentRefunded> for PaymentEvent {
-    fn from(e: PaymentRefunded) -> Self {
-        PaymentEvent::PaymentRefunded(e)
-    }
-}
-
-fn to_json<T: Serialize>(payload: &T) -> serde_json::Value {
-    serde_json::to_value(payload).expect("payment payloads are plain JSON-encodable structs")
-}
+from_variants!(PaymentEvent: PaymentInitiated, PaymentCompleted, PaymentFailed, PaymentRefunded);
 
 impl DomainEvent for PaymentEvent {
     fn event_type(&self) -> &'static str {
@@ -497,10 +463,10 @@ impl DomainEvent for PaymentEvent {
     }
     fn payload_json(&self) -> serde_json::Value {
         match self {
-            PaymentEvent::PaymentInitiated(e) => to_json(e),
-            PaymentEvent::PaymentCompleted(e) => to_json(e),
-            PaymentEvent::PaymentFailed(e) => to_json(e),
-            PaymentEvent::PaymentRefunded(e) => to_json(e),
+            PaymentEvent::PaymentInitiated(e) => json_payload(e),
+            PaymentEvent::PaymentCompleted(e) => json_payload(e),
+            PaymentEvent::PaymentFailed(e) => json_payload(e),
+            PaymentEvent::PaymentRefunded(e) => json_payload(e),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! `f64` (the seed's `z.number()`); see the module docs of [`crate::plant`] for why.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use evershard_model::DomainEvent;
+use evershard_model::{from_variants, json_payload, DomainEvent};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -379,21 +379,7 @@ pub enum PlantEvent {
     PlantHarvested(PlantHarvested),
 }
 
-impl From<PlantCreated> for PlantEvent {
-    fn from(e: PlantCreated) -> Self {
-        PlantEvent::PlantCreated(e)
-    }
-}
-impl From<PlantStageChanged> for PlantEvent {
-    fn from(e: PlantStageChanged) -> Self {
-        PlantEvent::PlantStageChanged(e)
-    }
-}
-impl From<PlantHarvested> for PlantEvent {
-    fn from(e: PlantHarvested) -> Self {
-        PlantEvent::PlantHarvested(e)
-    }
-}
+from_variants!(PlantEvent: PlantCreated, PlantStageChanged, PlantHarvested);
 
 /// Removes every `null` member of every object, recursively. The seed's Zod schemas mark
 /// optional fields `.optional()`, which accepts an absent key but rejects `null`; the stored
@@ -408,14 +394,6 @@ pub fn strip_nulls(value: &mut serde_json::Value) {
         serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nulls),
         _ => {}
     }
-}
-
-fn to_json<T: Serialize>(value: &T) -> serde_json::Value {
-    // Finite floats are guaranteed by decide; a non-finite float serializes as null in
-    // serde_json rather than failing, so this cannot panic on any stored event either.
-    let mut json = serde_json::to_value(value).expect("plant payloads serialize to JSON");
-    strip_nulls(&mut json);
-    json
 }
 
 impl DomainEvent for PlantEvent {
@@ -440,10 +418,14 @@ impl DomainEvent for PlantEvent {
 
     /// The camelCase payload of the seed, with absent optional fields left out (not `null`).
     fn payload_json(&self) -> serde_json::Value {
-        match self {
-            PlantEvent::PlantCreated(e) => to_json(e),
-            PlantEvent::PlantStageChanged(e) => to_json(e),
-            PlantEvent::PlantHarvested(e) => to_json(e),
-        }
+        // Finite floats are guaranteed by decide; a non-finite float serializes as null in
+        // serde_json rather than failing, so this cannot panic on any stored event either.
+        let mut json = match self {
+            PlantEvent::PlantCreated(e) => json_payload(e),
+            PlantEvent::PlantStageChanged(e) => json_payload(e),
+            PlantEvent::PlantHarvested(e) => json_payload(e),
+        };
+        strip_nulls(&mut json);
+        json
     }
 }

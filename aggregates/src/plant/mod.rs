@@ -121,7 +121,7 @@ pub use legacy::{PlantCreatedV1_0, PlantEventV1_0, PLANT_CREATED_V1_0_VERSION, U
 pub use workload::next_growth_stage;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use evershard_model::{codec, Aggregate, CodecError, DecideContext, DomainEvent};
+use evershard_model::{codec, from_variants, Aggregate, CodecError, DecideContext, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -202,21 +202,11 @@ pub enum PlantCommand {
     Harvest(HarvestPlant),
 }
 
-impl From<CreatePlant> for PlantCommand {
-    fn from(c: CreatePlant) -> Self {
-        PlantCommand::Create(c)
-    }
-}
-impl From<ChangePlantStage> for PlantCommand {
-    fn from(c: ChangePlantStage) -> Self {
-        PlantCommand::ChangeStage(c)
-    }
-}
-impl From<HarvestPlant> for PlantCommand {
-    fn from(c: HarvestPlant) -> Self {
-        PlantCommand::Harvest(c)
-    }
-}
+from_variants!(PlantCommand {
+    Create(CreatePlant),
+    ChangeStage(ChangePlantStage),
+    Harvest(HarvestPlant),
+});
 
 // ---------------------------------------------------------------------------------------------
 // State

@@ -12,6 +12,8 @@
 //! - [`Money`]: integer minor units, never a binary float.
 //! - [`testing`], the given/when/then helper: `given(events).when(command).then_expect_events(..)`.
 //! - [`DemoRng`] and [`Workload`]: deterministic command generators for the demo and benches.
+//! - [`from_variants!`] and [`json_payload`]: the `From` impls and the outbound JSON every
+//!   aggregate's command and event enums need.
 
 pub mod codec;
 mod envelope;
@@ -152,4 +154,46 @@ pub trait Aggregate: Send + Sync + 'static {
 
 fn major(version: &str) -> &str {
     version.split('.').next().unwrap_or(version)
+}
+
+/// The outbound JSON of a payload struct: what [`DomainEvent::payload_json`] returns for one
+/// event variant (`OrderEvent::OrderCreated(e) => json_payload(e)`).
+///
+/// # Panics
+///
+/// Only if `T` cannot be encoded as JSON at all (a map with non-string keys, a `Serialize`
+/// impl that returns an error, ...). That is a programmer error in the payload type, never a
+/// matter of the data: plain derived structs of strings, numbers, uuids, times, [`Money`] and
+/// enums always encode (serde_json writes a non-finite float as `null` rather than failing).
+pub fn json_payload<T: Serialize>(payload: &T) -> serde_json::Value {
+    match serde_json::to_value(payload) {
+        Ok(json) => json,
+        Err(e) => panic!("{} is not JSON-encodable: {e}", std::any::type_name::<T>()),
+    }
+}
+
+/// Writes `impl From<Payload> for Enum` for every variant of a command or event enum whose
+/// variants each wrap one payload struct, so tests and callers can write `.into()`.
+///
+/// Two forms:
+///
+/// - `from_variants!(OrderCommand: CreateOrder, CancelOrder)`, where each variant is named
+///   after its payload type (`OrderCommand::CreateOrder(CreateOrder)`);
+/// - `from_variants!(PlantCommand { Create(CreatePlant), Harvest(HarvestPlant) })`, where the
+///   variant names differ from the payload types.
+///
+/// Both generate, for each pair, `impl From<CreatePlant> for PlantCommand` returning
+/// `PlantCommand::Create(value)`. The enum and payload types must be in scope at the call.
+#[macro_export]
+macro_rules! from_variants {
+    ($enum:ident: $($variant:ident),+ $(,)?) => {
+        $crate::from_variants!($enum { $($variant($variant)),+ });
+    };
+    ($enum:ident { $($variant:ident($payload:ty)),+ $(,)? }) => {
+        $(impl ::core::convert::From<$payload> for $enum {
+            fn from(value: $payload) -> Self {
+                $enum::$variant(value)
+            }
+        })+
+    };
 }

@@ -8,10 +8,18 @@
 //!
 //! Every step also asserts [`Aggregate::check_invariants`] on the given state and on the state
 //! after the new events, so a test that forgets an invariant still trips over it.
+//!
+//! Besides: the outbound contract checks ([`assert_contract`], [`assert_exact_contract`]), the
+//! round trips every aggregate's tests run ([`assert_json_and_codec_round_trip`],
+//! [`assert_stored_event_round_trip`]), the replay/snapshot agreement its property tests assert
+//! ([`assert_replay_and_snapshots_agree`], [`assert_snapshot_and_tail_agree`]) and the
+//! lifecycle table check ([`assert_transition_table`]).
 
-use crate::{Aggregate, DecideContext};
+use crate::{codec, Aggregate, DecideContext, DomainEvent};
 use chrono::{DateTime, TimeZone, Utc};
-use std::fmt::Debug;
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::BTreeSet;
+use std::fmt::{Debug, Display};
 
 /// The clock `given` uses unless told otherwise: 2026-01-01T00:00:00Z.
 pub fn fixed_now() -> DateTime<Utc> {
@@ -228,4 +236,128 @@ pub fn assert_contract(event_type: &str, payload: &serde_json::Value, contract: 
         "{event_type} payload breaks its contract:\n  {}\npayload: {payload:#}",
         problems.join("\n  ")
     );
+}
+
+/// [`assert_contract`], and nothing beyond the contract: the payload's top-level field set
+/// equals the contract's top-level field names (each path up to its first dot, so
+/// `"metrics.temperature"` names `metrics`). Nested objects are checked only as far as the
+/// contract's paths reach; fields inside them beyond the contract are not refused.
+///
+/// For outbound payloads whose contract is the whole payload, so that nothing undocumented
+/// leaks onto the topic.
+#[track_caller]
+pub fn assert_exact_contract(
+    event_type: &str,
+    payload: &serde_json::Value,
+    contract: &[(&str, &str)],
+) {
+    assert_contract(event_type, payload, contract);
+    let Some(object) = payload.as_object() else {
+        panic!("{event_type} payload is not a JSON object: {payload:#}");
+    };
+    let fields: BTreeSet<&str> = object.keys().map(String::as_str).collect();
+    let expected: BTreeSet<&str> = contract
+        .iter()
+        .map(|(path, _)| path.split_once('.').map_or(*path, |(top, _)| top))
+        .collect();
+    assert_eq!(
+        fields, expected,
+        "{event_type} payload's fields are not exactly its contract's\npayload: {payload:#}"
+    );
+}
+
+/// Asserts that `value` survives both encodings it meets: JSON (serde_json, as commands and
+/// states are read and written at the API) and [`crate::codec`] (bincode, as the journal and
+/// the snapshots store them). Each must give back a value equal to `value`.
+#[track_caller]
+pub fn assert_json_and_codec_round_trip<T>(value: &T)
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug,
+{
+    let text = serde_json::to_string(value)
+        .unwrap_or_else(|e| panic!("{value:?} does not encode as JSON: {e}"));
+    let from_json = serde_json::from_str::<T>(&text)
+        .unwrap_or_else(|e| panic!("JSON {text} does not decode: {e}"));
+    assert_eq!(
+        &from_json, value,
+        "JSON round trip changed the value: {text}"
+    );
+    let from_codec = codec::decode::<T>(&codec::encode(value))
+        .unwrap_or_else(|e| panic!("{value:?} does not survive the codec: {e}"));
+    assert_eq!(&from_codec, value, "codec round trip changed the value");
+}
+
+/// Asserts that an event comes back unchanged from the journal's own path:
+/// [`Aggregate::encode_event`], then [`Aggregate::decode_event`] under the event's own
+/// `event_type` and `event_version`.
+#[track_caller]
+pub fn assert_stored_event_round_trip<A: Aggregate>(event: &A::Event) {
+    let stored = A::encode_event(event);
+    let loaded = A::decode_event(event.event_type(), event.event_version(), &stored);
+    assert_eq!(
+        loaded.as_ref(),
+        Ok(event),
+        "{} {} does not load back as stored",
+        event.event_type(),
+        event.event_version()
+    );
+}
+
+/// Asserts what a snapshot taken after the first `cut` of `events` promises: the state replayed
+/// from the default over `events[..cut]` survives the codec unchanged, and replaying the rest,
+/// `events[cut..]`, onto the decoded snapshot gives `live`.
+///
+/// `events` are all the events accepted so far and `live` the state they were applied to.
+#[track_caller]
+pub fn assert_snapshot_and_tail_agree<A: Aggregate>(
+    events: &[A::Event],
+    cut: usize,
+    live: &A::State,
+) {
+    let at_cut = A::replay(A::State::default(), &events[..cut]);
+    let snapshot: A::State = codec::decode(&codec::encode(&at_cut))
+        .unwrap_or_else(|e| panic!("snapshot at {cut} does not decode: {e}"));
+    assert_eq!(snapshot, at_cut, "snapshot at {cut} changed in the codec");
+    assert_eq!(
+        &A::replay(snapshot, &events[cut..]),
+        live,
+        "snapshot at {cut} + tail differs from live"
+    );
+}
+
+/// Asserts that the live state is exactly what the journal rebuilds: replaying all `events`
+/// from the default gives `live`, and so does every snapshot (at every cut `0..=events.len()`,
+/// see [`assert_snapshot_and_tail_agree`]) plus the events after it.
+#[track_caller]
+pub fn assert_replay_and_snapshots_agree<A: Aggregate>(events: &[A::Event], live: &A::State) {
+    assert_eq!(
+        &A::replay(A::State::default(), events),
+        live,
+        "replay of all {} events differs from live",
+        events.len()
+    );
+    for cut in 0..=events.len() {
+        assert_snapshot_and_tail_agree::<A>(events, cut, live);
+    }
+}
+
+/// Asserts that `can_transition` allows exactly the `allowed` pairs among every `from -> to`
+/// of `all` × `all`: the lifecycle table of an aggregate, cell by cell.
+#[track_caller]
+pub fn assert_transition_table<S>(
+    all: &[S],
+    allowed: &[(S, S)],
+    can_transition: impl Fn(S, S) -> bool,
+) where
+    S: Copy + PartialEq + Display,
+{
+    for &from in all {
+        for &to in all {
+            assert_eq!(
+                can_transition(from, to),
+                allowed.contains(&(from, to)),
+                "{from} -> {to}"
+            );
+        }
+    }
 }

@@ -86,10 +86,16 @@ impl AppendRequest {
                     record::PAYLOAD_BYTES_MAX
                 ));
             }
-            for s in [&event.event_type, &event.event_version, &event.source] {
-                if s.len() > u16::MAX as usize {
-                    return Err("a record string exceeds 65535 bytes".into());
-                }
+            let strings = [&event.event_type, &event.event_version, &event.source];
+            if strings
+                .into_iter()
+                .chain(event.user_id.as_ref())
+                .any(|s| s.len() > record::RECORD_STRING_BYTES_MAX)
+            {
+                return Err(format!(
+                    "a record string exceeds {} bytes",
+                    record::RECORD_STRING_BYTES_MAX
+                ));
             }
         }
         for op in &self.extra_writes {
@@ -150,6 +156,8 @@ struct SyncBatch {
 struct Syncer {
     shared: Arc<Shared>,
     data_file: File,
+    /// Blob files already synced (see `sync_new_blobs`).
+    synced_blobs: std::collections::HashSet<std::ffi::OsString>,
 }
 
 impl Syncer {
@@ -204,7 +212,41 @@ impl Syncer {
         self.shared.db.flush()?;
         // sled's flush ends in sync_file_range, which does not reach stable storage
         // (spacejam/sled#1452): fdatasync the data file ourselves.
-        self.data_file.sync_data().map_err(StorageError::from)
+        self.data_file.sync_data()?;
+        self.sync_new_blobs()
+    }
+
+    /// sled 0.34 writes a log item larger than its blob threshold to `blobs/<lsn>` and never
+    /// syncs that file or the folder. Our records and index entries are sized to stay below
+    /// the threshold, but a large consolidated tree node could still land there: sync every
+    /// blob file not synced before, then the folder. Cheap when, as usual, there are none.
+    fn sync_new_blobs(&mut self) -> Result<(), StorageError> {
+        let folder = self.shared.dir.join("blobs");
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut present = std::collections::HashSet::new();
+        let mut synced_any = false;
+        for entry in entries {
+            let name = entry?.file_name();
+            if !self.synced_blobs.contains(&name) {
+                match File::open(folder.join(&name)) {
+                    Ok(file) => file.sync_data()?,
+                    // sled removed it meanwhile (blob garbage collection).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                synced_any = true;
+            }
+            present.insert(name);
+        }
+        if synced_any {
+            File::open(&folder)?.sync_all()?;
+        }
+        self.synced_blobs = present;
+        Ok(())
     }
 }
 
@@ -224,6 +266,7 @@ impl Committer {
         let sync_worker = Syncer {
             shared: shared.clone(),
             data_file,
+            synced_blobs: Default::default(),
         };
         let syncer_thread = std::thread::Builder::new()
             .name("evershard-syncer".into())
@@ -253,29 +296,43 @@ impl Committer {
     }
 
     pub(super) fn run(mut self, jobs: mpsc::Receiver<CommitJob>) {
+        let size = |job: &CommitJob| match job {
+            CommitJob::Append { request, .. } => (
+                request.events.len(),
+                request
+                    .events
+                    .iter()
+                    .map(|e| e.payload.len())
+                    .sum::<usize>(),
+            ),
+            _ => (0, 0),
+        };
         while let Ok(first) = jobs.recv() {
+            let (mut events, mut bytes) = size(&first);
             let mut group = vec![first];
-            let mut events = 0usize;
-            let mut bytes = 0usize;
             // Take whatever else is already queued, up to the batch limits: this is the group.
             while events < self.config.batch_events_max && bytes < self.config.batch_bytes_max {
                 match jobs.try_recv() {
                     Ok(job) => {
-                        if let CommitJob::Append { request, .. } = &job {
-                            events += request.events.len();
-                            bytes += request
-                                .events
-                                .iter()
-                                .map(|e| e.payload.len())
-                                .sum::<usize>();
-                        }
+                        let (e, b) = size(&job);
+                        events += e;
+                        bytes += b;
                         group.push(job);
                     }
                     Err(_) => break,
                 }
             }
-            if self.commit_group(group) {
-                return;
+            // A panic here is a bug in evershard; it must not leave a dead thread behind a
+            // journal that looks healthy. The group's callers see their channel close; every
+            // later write is refused as poisoned.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.commit_group(group)
+            })) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(_) => self
+                    .shared
+                    .poison("group commit", &"the committer panicked"),
             }
         }
         // Every sender is gone: leave the store synced.
@@ -355,7 +412,7 @@ impl Committer {
                 let record = Record {
                     sequence,
                     global_position: next_global,
-                    timestamp: event.timestamp,
+                    timestamp: record::truncate_to_micros(event.timestamp),
                     event_id: event.event_id,
                     correlation_id: event.correlation_id,
                     causation_id: event.causation_id,
@@ -373,8 +430,6 @@ impl Committer {
                     keys::stream_key(keys::EVENTS, &request.stream, sequence),
                     bytes.as_slice(),
                 );
-                // The chain and both counters move by exactly one per event.
-                assert_eq!(prev.sequence + 1, sequence);
                 prev = StreamHead {
                     sequence,
                     hash: record::hash(&bytes),
@@ -390,6 +445,8 @@ impl Committer {
                 }
                 any_writes = true;
             }
+            // The stream moved by exactly one sequence per event, from the expected version.
+            assert_eq!(prev.sequence, head.sequence + records.len() as u64);
             if !records.is_empty() {
                 runs.push(keys::GlobalRun {
                     stream: request.stream.clone(),
@@ -407,22 +464,36 @@ impl Committer {
             ));
         }
 
-        if !runs.is_empty() {
-            // One global index entry for the whole group: positions first.. in run order.
-            assert_eq!(
-                keys::global_entry_len(&runs),
-                next_global - self.next_global
-            );
+        // The global index: one entry per chunk of runs (not per event), each keyed by its
+        // first position; positions follow the runs in order.
+        assert_eq!(
+            keys::global_entry_len(&runs),
+            next_global - self.next_global
+        );
+        let mut position = self.next_global;
+        for chunk in runs.chunks(keys::GLOBAL_ENTRY_RUNS_MAX) {
             batch.insert(
-                &keys::global_key(self.next_global)[..],
-                keys::global_entry_value(&runs),
+                &keys::global_key(position)[..],
+                keys::global_entry_value(chunk),
             );
+            position += keys::global_entry_len(chunk);
         }
         if any_writes {
             if let Err(e) = self.shared.db.apply_batch(batch) {
                 self.shared.poison("batch write", &e);
                 let err = StorageError::from(e);
-                fail_all(pending, syncs, &err);
+                for (reply, _) in pending {
+                    let _ = reply.send(Err(AppendError::Storage(err.clone())));
+                }
+                // Sync requests and a shutdown still go to the syncer, which refuses them as
+                // poisoned and, on shutdown, is joined.
+                if !syncs.is_empty() || shutdown {
+                    self.hand_to_syncer(SyncBatch {
+                        replies: Vec::new(),
+                        syncs,
+                        shutdown,
+                    });
+                }
                 return shutdown;
             }
         }

@@ -130,8 +130,13 @@ pub fn parse_global_entry(value: &[u8]) -> Option<Vec<GlobalRun>> {
             count,
         });
     }
-    rest.is_empty().then_some(runs)
+    (rest.is_empty() && !runs.is_empty()).then_some(runs)
 }
+
+/// Runs in one global index entry at most. A run takes at most 3 + 255 + 1024 + 12 bytes, so
+/// an entry stays below 96 KiB — under sled 0.34's blob threshold (segment size / 4 = 128 KiB),
+/// above which sled writes a value to a separate file that its flush never syncs.
+pub const GLOBAL_ENTRY_RUNS_MAX: usize = 64;
 
 /// Events an index entry covers.
 pub fn global_entry_len(runs: &[GlobalRun]) -> u64 {

@@ -114,6 +114,8 @@ struct Shared {
     dir: PathBuf,
     poisoned: AtomicBool,
     read_only: bool,
+    /// Set by the first `close`.
+    closed: AtomicBool,
     /// Fault injection: the next flush fails as if the disk had refused it.
     #[cfg(feature = "fault-injection")]
     fail_next_sync: AtomicBool,
@@ -199,6 +201,8 @@ impl Journal {
             None => {
                 db.insert(&meta_key, STORE_FORMAT)?;
                 db.flush()?;
+                // A new store: make its files' directory entries durable too.
+                File::open(&dir)?.sync_all()?;
             }
         }
         // sled 0.34's flush() ends in sync_file_range, which does not reach stable storage
@@ -210,6 +214,7 @@ impl Journal {
             dir,
             poisoned: AtomicBool::new(false),
             read_only: false,
+            closed: AtomicBool::new(false),
             #[cfg(feature = "fault-injection")]
             fail_next_sync: AtomicBool::new(false),
         });
@@ -237,11 +242,26 @@ impl Journal {
             .path(&dir)
             .open()
             .map_err(|e| map_open_error(&dir, e))?;
+        let meta_key = [&[keys::META][..], b"format"].concat();
+        match db.get(&meta_key)? {
+            Some(v) if v.as_ref() == STORE_FORMAT => {}
+            other => {
+                return Err(StorageError::Corrupt {
+                    stream: None,
+                    sequence: None,
+                    reason: format!(
+                        "not an evershard journal (format marker {:?})",
+                        other.map(|v| String::from_utf8_lossy(&v).into_owned())
+                    ),
+                })
+            }
+        }
         let shared = Arc::new(Shared {
             db,
             dir,
             poisoned: AtomicBool::new(false),
             read_only: true,
+            closed: AtomicBool::new(false),
             #[cfg(feature = "fault-injection")]
             fail_next_sync: AtomicBool::new(false),
         });
@@ -294,6 +314,7 @@ impl Journal {
     }
 
     /// Waits until everything appended so far is on stable storage (flush + fdatasync).
+    /// Blocking: from async code call it through `spawn_blocking`.
     pub fn sync(&self) -> Result<(), StorageError> {
         self.shared.check_writable()?;
         let jobs = self.jobs.as_ref().ok_or(StorageError::ReadOnly)?;
@@ -303,16 +324,21 @@ impl Journal {
         rx.blocking_recv().map_err(|_| StorageError::Closed)?
     }
 
+    /// Blocking, like [`Journal::sync`].
     /// Commits and syncs everything submitted so far, then stops the committer: every clone's
     /// later appends fail with [`StorageError::Closed`]. Idempotent.
     pub fn close(&self) -> Result<(), StorageError> {
         let Some(jobs) = self.jobs.as_ref() else {
             return Ok(());
         };
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return Ok(()); // closed before, by this or another clone
+        }
         let (reply, rx) = tokio::sync::oneshot::channel();
+        // No answer means the committer is gone: nothing was synced, so say so.
         let result = match jobs.send(CommitJob::Shutdown { reply }) {
-            Ok(()) => rx.blocking_recv().unwrap_or(Ok(())),
-            Err(_) => Ok(()), // already closed
+            Ok(()) => rx.blocking_recv().unwrap_or(Err(StorageError::Closed)),
+            Err(_) => Err(StorageError::Closed),
         };
         if let Some(handle) = self.committer.lock().expect("committer lock").take() {
             let _ = handle.join();
@@ -358,7 +384,8 @@ impl Journal {
             None => vec![keys::EVENTS],
         };
         let mut cursor = prefix.clone();
-        let mut done = false;
+        // A type name longer than any stored one has no streams.
+        let mut done = aggregate_type.is_some_and(|t| t.len() > keys::AGGREGATE_TYPE_BYTES_MAX);
         std::iter::from_fn(move || {
             if done {
                 return None;
@@ -438,11 +465,10 @@ impl Journal {
         bytes: &[u8],
     ) -> Result<(), StorageError> {
         self.shared.check_writable()?;
+        // A failed snapshot write does not poison the journal: snapshots are optional, and
+        // the events are untouched by it.
         let key = keys::stream_key(keys::SNAPSHOTS, stream, sequence);
-        if let Err(e) = self.shared.db.insert(key, bytes) {
-            self.shared.poison("snapshot write", &e);
-            return Err(e.into());
-        }
+        self.shared.db.insert(key, bytes)?;
         Ok(())
     }
 
@@ -483,14 +509,9 @@ impl Journal {
         self.shared.check_writable()?;
         let mut removed = 0;
         for (seq, _) in self.snapshots(stream)?.into_iter().skip(keep) {
-            if let Err(e) = self
-                .shared
+            self.shared
                 .db
-                .remove(keys::stream_key(keys::SNAPSHOTS, stream, seq))
-            {
-                self.shared.poison("snapshot prune", &e);
-                return Err(e.into());
-            }
+                .remove(keys::stream_key(keys::SNAPSHOTS, stream, seq))?;
             removed += 1;
         }
         Ok(removed)

@@ -25,7 +25,12 @@ use uuid::Uuid;
 
 pub const RECORD_FORMAT_V1: u8 = 1;
 pub const HEADER_BYTES: usize = 110;
-pub const PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// A payload's size at most. Records must stay below sled 0.34's blob threshold (128 KiB with
+/// the default 512 KiB segments): sled writes larger values to separate `blobs/` files that its
+/// flush never syncs. 64 KiB leaves room for the header and strings.
+pub const PAYLOAD_BYTES_MAX: usize = 64 * 1024;
+/// Each record string (type, id, event type and version, source, user id) at most.
+pub const RECORD_STRING_BYTES_MAX: usize = 8 * 1024;
 pub type Hash = [u8; 32];
 pub const ZERO_HASH: Hash = [0; 32];
 
@@ -59,6 +64,14 @@ pub enum RecordError {
     Checksum { stored: u32, computed: u32 },
     #[error("malformed record: {0}")]
     Malformed(&'static str),
+}
+
+/// The record's time resolution: microseconds. Truncating before encoding keeps what
+/// `decide` saw, what the caller is told and what is stored identical.
+pub fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    Utc.timestamp_micros(t.timestamp_micros())
+        .single()
+        .unwrap_or(t)
 }
 
 pub fn hash(bytes: &[u8]) -> Hash {

@@ -86,7 +86,9 @@ pub(super) fn verify(journal: &Journal) -> VerifyReport {
             prev_hash = record::ZERO_HASH;
         }
         report.events += 1;
-        if seq != expected_seq {
+        if seq == 0 {
+            report.issue(Some(&stream), Some(0), "sequence 0 is not a valid sequence");
+        } else if seq != expected_seq {
             report.issue(
                 Some(&stream),
                 Some(expected_seq),

@@ -100,7 +100,9 @@ impl<A: Aggregate> EntityState<A> {
         let rt = self.args.rt.clone();
         let (state, version) = self.loaded.as_ref().expect("loaded above");
         let version = *version;
-        let ctx = DecideContext::new(self.args.stream.aggregate_id.clone(), rt.clock.now());
+        // At the journal's resolution, so that what `decide` saw is what is stored.
+        let now = crate::journal::record::truncate_to_micros(rt.clock.now());
+        let ctx = DecideContext::new(self.args.stream.aggregate_id.clone(), now);
         let events = match catch_unwind(AssertUnwindSafe(|| A::decide(state, &command, &ctx))) {
             Err(panic) => {
                 self.loaded = None;
@@ -132,8 +134,10 @@ impl<A: Aggregate> EntityState<A> {
         let committed = match rt.journal.append(request).await {
             Ok(c) => c,
             Err(e) => {
-                if matches!(e, AppendError::Conflict { .. }) {
-                    // Someone else wrote this stream: our state is stale.
+                // A conflict means someone else wrote this stream; a storage error leaves it
+                // unknown whether sled holds the events. Either way: reload before deciding
+                // again.
+                if !matches!(e, AppendError::InvalidRequest(_)) {
                     self.loaded = None;
                 }
                 return Err(CommandError::from_append(e));
@@ -145,30 +149,30 @@ impl<A: Aggregate> EntityState<A> {
             "journal skipped sequences"
         );
 
-        let (state, loaded_version) = self.loaded.as_mut().expect("loaded above");
-        let applied = catch_unwind(AssertUnwindSafe(|| {
+        // From here on the events are committed: whatever happens, the answer is Ok with
+        // them. A panic in `apply`, the invariant check or the snapshot clone only costs the
+        // in-memory copy, which the next command rebuilds from the journal (and meets the
+        // same panic, as a storage error, if `apply` itself is broken).
+        let new_version = committed.version;
+        let stream = &self.args.stream;
+        let loaded = &mut self.loaded;
+        let after_commit = catch_unwind(AssertUnwindSafe(|| {
+            let (state, loaded_version) = loaded.as_mut().expect("loaded above");
             for event in &events {
                 A::apply(state, event);
             }
-        }));
-        if let Err(panic) = applied {
-            // The events are committed; only our in-memory copy is unusable. The next command
-            // recovers from the journal (and meets the same panic if apply is broken).
-            self.loaded = None;
-            tracing::error!(stream = %self.args.stream, message = %panic_message(panic), "apply panicked after commit");
-        } else {
-            debug_assert!(
-                A::check_invariants(state).is_ok(),
-                "{}: invariant broken after apply: {:?}",
-                self.args.stream,
-                A::check_invariants(state)
-            );
-            let new_version = committed.version;
+            if let Err(violation) = A::check_invariants(state) {
+                // A bug in decide: it produced events that break an invariant. The events
+                // stand (they are committed); we refuse to keep acting on this state.
+                tracing::error!(%stream, %violation, "invariant broken after apply");
+                *loaded = None;
+                return;
+            }
             *loaded_version = new_version;
             if rt.snapshot_policy.is_due(version, new_version) {
                 let snapshot_state = state.clone();
                 rt.snapshotter.submit(SnapshotJob {
-                    stream: self.args.stream.clone(),
+                    stream: stream.clone(),
                     sequence: new_version,
                     encode: Box::new(move || {
                         SnapshotRecord::encode_state(
@@ -179,6 +183,10 @@ impl<A: Aggregate> EntityState<A> {
                     }),
                 });
             }
+        }));
+        if let Err(panic) = after_commit {
+            self.loaded = None;
+            tracing::error!(stream = %self.args.stream, message = %panic_message(panic), "panic after commit; state will be recovered");
         }
         Ok(committed
             .records

@@ -115,7 +115,14 @@ impl<A: Aggregate> ShardState<A> {
         msg: EntityMsg<A>,
     ) -> Result<(), ActorProcessingErr> {
         if !self.entities.contains_key(&id) {
-            self.spawn_entity(myself, &id).await?;
+            if let Err(e) = self.spawn_entity(myself, &id).await {
+                // Fail this command, keep the shard (and its other aggregates) alive.
+                tracing::error!(shard = self.args.index, aggregate_id = %id, %e, "could not start the aggregate's actor");
+                msg.reject(CommandError::Panicked(format!(
+                    "could not start the aggregate's actor: {e}"
+                )));
+                return Ok(());
+            }
         }
         let limit = self.args.rt.config.entity_mailbox_commands_max;
         let entry = self.entities.get_mut(&id).expect("spawned above");

@@ -15,7 +15,12 @@ pub enum CounterCommand {
     RequireAtLeast(u64),
     /// Panics inside `decide`.
     Explode,
+    /// Commits an event whose `apply` panics (a bug in `apply`, found after the commit).
+    AddUnlucky,
 }
+
+/// `apply` panics on an `Added` of this amount.
+pub const UNLUCKY_AMOUNT: u64 = 13;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CounterEvent {
@@ -76,11 +81,19 @@ impl Aggregate for Counter {
             }
             CounterCommand::RequireAtLeast(_) => Ok(vec![]),
             CounterCommand::Explode => panic!("boom (test panic)"),
+            CounterCommand::AddUnlucky => Ok(vec![CounterEvent::Added {
+                before: state.total,
+                amount: UNLUCKY_AMOUNT,
+            }]),
         }
     }
 
     fn apply(state: &mut CounterState, event: &CounterEvent) {
         let CounterEvent::Added { before, amount } = event;
+        assert_ne!(
+            *amount, UNLUCKY_AMOUNT,
+            "apply cannot handle 13 (test panic)"
+        );
         if *before != state.total {
             state.broken = true;
         }
