@@ -771,4 +771,11 @@ impl Workload for Appointment {
             }
         }
     }
+
+    fn is_finished(state: &AppointmentState) -> bool {
+        state
+            .appointment
+            .as_ref()
+            .is_some_and(|a| a.status.is_final())
+    }
 }

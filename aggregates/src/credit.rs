@@ -818,4 +818,8 @@ impl Workload for Credit {
             _ => payment(rng, Money::from_major(100)),
         }
     }
+
+    fn is_finished(state: &CreditState) -> bool {
+        state.status.is_final()
+    }
 }

@@ -1204,4 +1204,8 @@ impl Workload for Order {
             },
         }
     }
+
+    fn is_finished(state: &OrderState) -> bool {
+        state.status().is_some_and(OrderStatus::is_final)
+    }
 }

@@ -142,10 +142,15 @@ fn demo_of_every_type_recovers_and_verifies_clean() {
         stdout.contains("commands/s") && stdout.contains("events/s"),
         "{stdout}"
     );
-    assert!(
-        stdout.contains(&format!("recovery check: all {total} aggregates recover")),
-        "{stdout}"
-    );
+    // Drivers move on to a fresh aggregate when one reaches a final state, so at least
+    // `total` aggregates were driven and checked.
+    let checked: usize = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("recovery check: all "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no recovery check line in {stdout}"));
+    assert!(checked >= total, "{checked} < {total}: {stdout}");
     assert!(stdout.contains("journal verify: clean"), "{stdout}");
 
     let (stdout, _) = expect_exit(&["verify", "--data", path(dir.path())], 0);
@@ -160,9 +165,10 @@ fn demo_of_every_type_recovers_and_verifies_clean() {
 
     // Every type's aggregates were written (an aggregate may end with no accepted command).
     let listed = list(dir.path());
+    assert!(listed.len() <= checked);
     for t in &types {
         let n = listed.iter().filter(|(ty, _, _)| ty == t).count();
-        assert!((1..=20).contains(&n), "{t}: {n} aggregates listed");
+        assert!(n >= 1, "{t}: {n} aggregates listed");
     }
 
     // history and state work for every aggregate type: take each type's longest stream.

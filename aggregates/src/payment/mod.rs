@@ -1161,4 +1161,8 @@ impl Workload for Payment {
             }
         }
     }
+
+    fn is_finished(state: &PaymentState) -> bool {
+        state.status.is_final()
+    }
 }

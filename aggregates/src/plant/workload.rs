@@ -188,4 +188,8 @@ impl Workload for Plant {
             None => harvest(rng),
         }
     }
+
+    fn is_finished(state: &PlantState) -> bool {
+        state.plant.as_ref().is_some_and(|p| p.stage.is_final())
+    }
 }

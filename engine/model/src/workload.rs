@@ -48,4 +48,11 @@ pub trait Workload: Aggregate {
     /// The next command for the aggregate in `state`.
     fn sample_command(state: &Self::State, ctx: &DecideContext, rng: &mut DemoRng)
         -> Self::Command;
+
+    /// True when no command can change `state` any more (a final lifecycle state: a completed
+    /// appointment, a closed credit). Workload drivers then move on to a fresh aggregate
+    /// instead of sending commands that can only be rejected. Default: never.
+    fn is_finished(_state: &Self::State) -> bool {
+        false
+    }
 }
