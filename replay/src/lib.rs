@@ -100,8 +100,9 @@ pub struct DemoArgs {
     /// When the engine acknowledges a command.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Durable)]
     pub durability: DurabilityArg,
-    /// Concurrent client tasks; each owns a share of the aggregates.
-    #[arg(long, value_name = "N", default_value_t = 8,
+    /// Concurrent client tasks; each owns a share of the aggregates. In durable mode the
+    /// clients with a command in flight share one flush, so more clients, more throughput.
+    #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub clients: u64,
     /// Take a snapshot every N events per aggregate (0: never). Default: the engine's (100).
