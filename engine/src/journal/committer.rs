@@ -163,6 +163,8 @@ struct Syncer {
 impl Syncer {
     fn run(mut self, batches: mpsc::Receiver<SyncBatch>) {
         while let Ok(mut batch) = batches.recv() {
+            #[cfg(feature = "fault-injection")]
+            drop(self.shared.sync_gate.read().expect("sync gate"));
             // Everything queued meanwhile shares this flush.
             while let Ok(more) = batches.try_recv() {
                 batch.replies.extend(more.replies);
@@ -180,6 +182,9 @@ impl Syncer {
             };
             match result {
                 Ok(()) => {
+                    self.shared
+                        .syncs_done
+                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                     for (reply, result) in batch.replies {
                         let _ = reply.send(result);
                     }

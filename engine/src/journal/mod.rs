@@ -116,6 +116,12 @@ struct Shared {
     read_only: bool,
     /// Set by the first `close`.
     closed: AtomicBool,
+    /// Flush + fdatasync rounds the syncer has completed: with group commit, far fewer than
+    /// appends.
+    syncs_done: std::sync::atomic::AtomicU64,
+    /// Fault injection: while held, the syncer waits before each sync.
+    #[cfg(feature = "fault-injection")]
+    sync_gate: Arc<std::sync::RwLock<()>>,
     /// Fault injection: the next flush fails as if the disk had refused it.
     #[cfg(feature = "fault-injection")]
     fail_next_sync: AtomicBool,
@@ -215,6 +221,9 @@ impl Journal {
             poisoned: AtomicBool::new(false),
             read_only: false,
             closed: AtomicBool::new(false),
+            syncs_done: std::sync::atomic::AtomicU64::new(0),
+            #[cfg(feature = "fault-injection")]
+            sync_gate: Default::default(),
             #[cfg(feature = "fault-injection")]
             fail_next_sync: AtomicBool::new(false),
         });
@@ -262,6 +271,9 @@ impl Journal {
             poisoned: AtomicBool::new(false),
             read_only: true,
             closed: AtomicBool::new(false),
+            syncs_done: std::sync::atomic::AtomicU64::new(0),
+            #[cfg(feature = "fault-injection")]
+            sync_gate: Default::default(),
             #[cfg(feature = "fault-injection")]
             fail_next_sync: AtomicBool::new(false),
         });
@@ -547,6 +559,18 @@ impl Journal {
 
     pub(crate) fn db(&self) -> &sled::Db {
         &self.shared.db
+    }
+
+    /// Durable syncs (flush + fdatasync) completed since open.
+    pub fn syncs_done(&self) -> u64 {
+        self.shared.syncs_done.load(Ordering::Acquire)
+    }
+
+    /// Holds the syncer before its next sync until the guard is dropped, so that a test can
+    /// queue appends deterministically behind one sync.
+    #[cfg(feature = "fault-injection")]
+    pub fn hold_syncs_for_tests(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.shared.sync_gate.write().expect("sync gate")
     }
 
     /// Makes the next flush fail with an I/O error: for poisoning tests only.
