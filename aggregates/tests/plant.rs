@@ -1241,6 +1241,8 @@ fn contract(event_type: &str) -> Contract {
         "plant.created" => (
             &[
                 ("plantId", "uuid"),
+                // Section 11's 1.1: the deprecated top-level strain is still required.
+                ("strain", "string"),
                 ("batchId", "uuid"),
                 ("genetics", "object"),
                 ("genetics.id", "uuid"),

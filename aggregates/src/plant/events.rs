@@ -421,7 +421,14 @@ impl DomainEvent for PlantEvent {
         // Finite floats are guaranteed by decide; a non-finite float serializes as null in
         // serde_json rather than failing, so this cannot panic on any stored event either.
         let mut json = match self {
-            PlantEvent::PlantCreated(e) => json_payload(e),
+            PlantEvent::PlantCreated(e) => {
+                let mut json = json_payload(e);
+                // Section 11's 1.1 schema still requires the deprecated top-level `strain`
+                // (= genetics.strain). Publishing it too costs nothing: section 4.1's Zod
+                // object ignores unknown keys, and 1.1 consumers written from section 11 find it.
+                json["strain"] = serde_json::Value::String(e.genetics.strain.clone());
+                json
+            }
             PlantEvent::PlantStageChanged(e) => json_payload(e),
             PlantEvent::PlantHarvested(e) => json_payload(e),
         };

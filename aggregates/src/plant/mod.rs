@@ -36,7 +36,10 @@
 //! the legacy [`PlantCreatedV1_0`] shape for records of version "1.0" and upcasts it (genetics
 //! type `hybrid`; every other field is mapped as tabled in [`legacy`]). Section 11 shows an
 //! interim 1.1 that still had a deprecated top-level `strain` and a string `location`; this
-//! crate publishes the section 4.1 shape as 1.1, which the brief names as current.
+//! crate publishes the section 4.1 shape as 1.1, which the brief names as current, plus the
+//! deprecated top-level `strain` (= `genetics.strain`), so that section 11's 1.1 consumers find
+//! it. Its `location` stays the section 4.1 object: the two sections of the seed disagree there,
+//! and 4.1 is the full contract.
 //! `decode_event` accepts exactly: `plant.created` 1.0 (upcast) and 1.1, `plant.stage_changed`
 //! 1.0, `plant.harvested` 1.0; any other version is refused with `UnknownVersion` rather than
 //! decoded by guesswork (bincode is positional: a "1.2" with an extra field would not decode).
