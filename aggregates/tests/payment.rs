@@ -8,11 +8,19 @@
 //! above what was paid, idempotent repeats. Also checks that no CVV reaches an event, the
 //! state or a `Debug` print, that the lifecycle table `can_transition` is exactly the
 //! documented one, and that the demo `Workload` drives payments into every status.
+//! The bank events: a completed invoice payment also publishes `PaymentReceived` (each of
+//! bank_transfer/card/cash; apple_pay and paypal refused for invoices; beneficiary required,
+//! refused elsewhere, fixed on retries; 1.0 legacy payments publish none), a completed
+//! outgoing transfer also publishes `PaymentProcessed` (accounts only with bank_transfer,
+//! never to the debited account), both in order when an invoice is paid by transfer; limit,
+//! duplicates, blocking, refunds and idempotent completion still hold; the workload emits both.
 
 use chrono::{DateTime, Duration, Utc};
 use evershard_aggregates::payment::*;
 use evershard_model::testing::{assert_transition_table, fixed_now, given, given_no_events};
-use evershard_model::{codec, Aggregate, Currency, DecideContext, DemoRng, Money, Workload};
+use evershard_model::{
+    codec, Aggregate, Currency, DecideContext, DemoRng, DomainEvent, Money, Workload,
+};
 use std::collections::BTreeSet;
 use uuid::Uuid;
 
@@ -43,6 +51,8 @@ fn card_initiate() -> InitiatePayment {
         currency: Currency::USD,
         payment_method: PaymentMethod::Card,
         cvv: Some(Cvv::new("123")),
+        beneficiary_department_id: None,
+        transfer: None,
     }
 }
 
@@ -60,6 +70,8 @@ fn initiated(attempt: u32, at: DateTime<Utc>) -> PaymentInitiated {
         cvv_checked: true,
         attempt,
         initiated_at: at,
+        beneficiary_department_id: None,
+        transfer: None,
     }
 }
 
@@ -801,4 +813,531 @@ fn the_workload_drives_payments_through_every_status() {
         accepted > 2 * rejected,
         "accepted {accepted}, rejected {rejected}"
     );
+}
+
+// ---- Invoice payments: PaymentReceived ----------------------------------------------------------
+
+fn department_id() -> Uuid {
+    Uuid::from_u128(0x4004)
+}
+fn from_account() -> Uuid {
+    Uuid::from_u128(0x5005)
+}
+fn to_account() -> Uuid {
+    Uuid::from_u128(0x6006)
+}
+
+/// A payment of 100.00 USD for the invoice `target_id()` to `department_id()`, by `method`.
+fn invoice_initiate(method: PaymentMethod) -> InitiatePayment {
+    InitiatePayment {
+        target_type: TargetType::Invoice,
+        payment_method: method,
+        cvv: (method == PaymentMethod::Card).then(|| Cvv::new("123")),
+        beneficiary_department_id: Some(department_id()),
+        ..card_initiate()
+    }
+}
+
+fn invoice_initiated(method: PaymentMethod, attempt: u32, at: DateTime<Utc>) -> PaymentInitiated {
+    PaymentInitiated {
+        target_type: TargetType::Invoice,
+        payment_method: method,
+        cvv_checked: method == PaymentMethod::Card,
+        beneficiary_department_id: Some(department_id()),
+        ..initiated(attempt, at)
+    }
+}
+
+fn invoice_completed(method: PaymentMethod, attempt: u32, at: DateTime<Utc>) -> PaymentCompleted {
+    PaymentCompleted {
+        target_type: TargetType::Invoice,
+        payment_method: method,
+        ..completed(attempt, at)
+    }
+}
+
+fn received(method: InvoicePaymentMethod) -> PaymentReceived {
+    PaymentReceived {
+        payment_id: payment_id(),
+        invoice_id: target_id(),
+        payer_id: payer_id(),
+        amount: usd(10_000),
+        payment_method: method,
+        beneficiary_department_id: department_id(),
+    }
+}
+
+fn accounts(reference: Option<&str>) -> TransferAccounts {
+    TransferAccounts {
+        from_account_id: from_account(),
+        to_account_id: to_account(),
+        reference: reference.map(str::to_owned),
+    }
+}
+
+fn complete() -> CompletePayment {
+    CompletePayment {
+        provider_reference: "psp-1".into(),
+    }
+}
+
+#[test]
+fn an_invoice_payment_is_initiated_with_its_beneficiary() {
+    let state = given_no_events::<Payment>()
+        .when(invoice_initiate(PaymentMethod::Cash))
+        .then_expect_events([invoice_initiated(PaymentMethod::Cash, 1, fixed_now()).into()]);
+    let identity = state.identity.unwrap();
+    assert_eq!(identity.beneficiary_department_id, Some(department_id()));
+}
+
+#[test]
+fn a_completed_invoice_payment_is_also_received_by_each_accepted_method() {
+    for (method, published) in [
+        (
+            PaymentMethod::BankTransfer,
+            InvoicePaymentMethod::BankTransfer,
+        ),
+        (PaymentMethod::Card, InvoicePaymentMethod::Card),
+        (PaymentMethod::Cash, InvoicePaymentMethod::Cash),
+    ] {
+        let state = given::<Payment>([invoice_initiated(method, 1, t(0)).into()])
+            .at(t(2))
+            .when(complete())
+            .then_expect_events([
+                invoice_completed(method, 1, t(2)).into(),
+                received(published).into(),
+            ]);
+        assert_eq!(state.status, PaymentStatus::Completed);
+    }
+}
+
+#[test]
+fn the_received_amount_and_method_are_those_of_the_completed_retry() {
+    let retry = PaymentInitiated {
+        amount: usd(9_000),
+        amount_usd: usd(9_720),
+        currency: Currency::EUR,
+        ..invoice_initiated(PaymentMethod::Cash, 2, t(30))
+    };
+    let failed_first = PaymentFailed {
+        target_type: TargetType::Invoice,
+        ..failed(1, t(1))
+    };
+    given::<Payment>([
+        invoice_initiated(PaymentMethod::Card, 1, t(0)).into(),
+        failed_first.into(),
+        retry.into(),
+    ])
+    .at(t(31))
+    .when(complete())
+    .then_expect_events([
+        PaymentCompleted {
+            amount: usd(9_000),
+            currency: Currency::EUR,
+            ..invoice_completed(PaymentMethod::Cash, 2, t(31))
+        }
+        .into(),
+        PaymentReceived {
+            amount: usd(9_000),
+            ..received(InvoicePaymentMethod::Cash)
+        }
+        .into(),
+    ]);
+}
+
+#[test]
+fn an_invoice_is_not_paid_by_apple_pay_or_paypal() {
+    for method in [PaymentMethod::ApplePay, PaymentMethod::Paypal] {
+        given_no_events::<Payment>()
+            .when(invoice_initiate(method))
+            .then_expect_error(PaymentError::InvoiceMethodNotAccepted(method));
+        // Nor on a retry.
+        given::<Payment>([
+            invoice_initiated(PaymentMethod::Card, 1, t(0)).into(),
+            PaymentFailed {
+                target_type: TargetType::Invoice,
+                ..failed(1, t(1))
+            }
+            .into(),
+        ])
+        .at(t(60))
+        .when(invoice_initiate(method))
+        .then_expect_error(PaymentError::InvoiceMethodNotAccepted(method));
+    }
+    assert_eq!(PaymentMethod::ApplePay.for_invoice(), None);
+    assert_eq!(PaymentMethod::Paypal.for_invoice(), None);
+}
+
+#[test]
+fn an_invoice_payment_must_name_its_beneficiary_and_only_an_invoice_may() {
+    given_no_events::<Payment>()
+        .when(InitiatePayment {
+            beneficiary_department_id: None,
+            ..invoice_initiate(PaymentMethod::Card)
+        })
+        .then_expect_error(PaymentError::BeneficiaryMissing);
+    for target_type in [
+        TargetType::Order,
+        TargetType::Appointment,
+        TargetType::Service,
+    ] {
+        given_no_events::<Payment>()
+            .when(InitiatePayment {
+                target_type,
+                beneficiary_department_id: Some(department_id()),
+                ..card_initiate()
+            })
+            .then_expect_error(PaymentError::BeneficiaryNotExpected(target_type));
+    }
+}
+
+#[test]
+fn a_retry_of_an_invoice_payment_names_the_same_beneficiary() {
+    let history = || -> Vec<PaymentEvent> {
+        vec![
+            invoice_initiated(PaymentMethod::Card, 1, t(0)).into(),
+            PaymentFailed {
+                target_type: TargetType::Invoice,
+                ..failed(1, t(1))
+            }
+            .into(),
+        ]
+    };
+    let other = Uuid::from_u128(0xD2);
+    for got in [Some(other), None] {
+        given::<Payment>(history())
+            .at(t(60))
+            .when(InitiatePayment {
+                beneficiary_department_id: got,
+                ..invoice_initiate(PaymentMethod::Card)
+            })
+            .then_expect_error(PaymentError::BeneficiaryMismatch {
+                expected: Some(department_id()),
+                got,
+            });
+    }
+    // The same beneficiary, another accepted method: the next attempt.
+    given::<Payment>(history())
+        .at(t(60))
+        .when(invoice_initiate(PaymentMethod::BankTransfer))
+        .then_expect_events([invoice_initiated(PaymentMethod::BankTransfer, 2, t(60)).into()]);
+}
+
+#[test]
+fn invoice_payments_keep_the_limit_and_the_duplicate_rule() {
+    given_no_events::<Payment>()
+        .when(InitiatePayment {
+            amount: usd(5_000_001),
+            ..invoice_initiate(PaymentMethod::Cash)
+        })
+        .then_expect_error(PaymentError::AmountAboveLimit {
+            amount: usd(5_000_001),
+            currency: Currency::USD,
+        });
+    given::<Payment>([
+        invoice_initiated(PaymentMethod::Cash, 1, t(0)).into(),
+        PaymentFailed {
+            target_type: TargetType::Invoice,
+            payment_method: PaymentMethod::Cash,
+            ..failed(1, t(1))
+        }
+        .into(),
+    ])
+    .at(t(5))
+    .when(invoice_initiate(PaymentMethod::Card))
+    .then_expect_error(PaymentError::DuplicateTransaction {
+        previous_at: t(0),
+        window_seconds: DUPLICATE_WINDOW_SECONDS,
+    });
+}
+
+#[test]
+fn a_repeated_invoice_completion_publishes_nothing_again_and_a_refund_no_bank_event() {
+    let history = vec![
+        invoice_initiated(PaymentMethod::Card, 1, t(0)).into(),
+        invoice_completed(PaymentMethod::Card, 1, t(2)).into(),
+        received(InvoicePaymentMethod::Card).into(),
+    ];
+    given::<Payment>(history.clone())
+        .at(t(50))
+        .when(complete())
+        .then_expect_events([]);
+    let state = given::<Payment>(history)
+        .at(t(100))
+        .when(refund(0xA1, Some(3_000)))
+        .then_expect_events([PaymentRefunded {
+            target_type: TargetType::Invoice,
+            ..refunded(0xA1, 3_000, 3_000)
+        }
+        .into()]);
+    assert_eq!(state.status, PaymentStatus::PartiallyRefunded);
+}
+
+#[test]
+fn a_legacy_invoice_payment_without_beneficiary_keeps_the_old_rules() {
+    // As upcast from PaymentInitiated 1.0: an invoice target, no beneficiary, PayPal.
+    let legacy = PaymentInitiatedV1_0 {
+        payment_id: payment_id(),
+        payer_id: payer_id(),
+        target_type: TargetType::Invoice,
+        target_id: target_id(),
+        amount: usd(10_000),
+        currency: Currency::USD,
+        amount_usd: usd(10_000),
+        payment_method: PaymentMethod::Paypal,
+        cvv_checked: false,
+        attempt: 1,
+        initiated_at: t(0),
+    }
+    .upcast();
+    given::<Payment>([legacy.clone().into()])
+        .at(t(2))
+        .when(complete())
+        .then_expect_events([PaymentCompleted {
+            payment_method: PaymentMethod::Paypal,
+            ..invoice_completed(PaymentMethod::Paypal, 1, t(2))
+        }
+        .into()]);
+    let failed_first = PaymentFailed {
+        target_type: TargetType::Invoice,
+        payment_method: PaymentMethod::Paypal,
+        ..failed(1, t(1))
+    };
+    let retry = InitiatePayment {
+        payment_method: PaymentMethod::Paypal,
+        cvv: None,
+        beneficiary_department_id: None,
+        ..invoice_initiate(PaymentMethod::Paypal)
+    };
+    given::<Payment>([legacy.into(), failed_first.into()])
+        .at(t(60))
+        .when(retry)
+        .then_events(|events| assert_eq!(events.len(), 1));
+}
+
+// ---- Outgoing transfers: PaymentProcessed -------------------------------------------------------
+
+fn transfer_initiate(reference: Option<&str>) -> InitiatePayment {
+    InitiatePayment {
+        payment_method: PaymentMethod::BankTransfer,
+        cvv: None,
+        transfer: Some(accounts(reference)),
+        ..card_initiate()
+    }
+}
+
+fn transfer_initiated(reference: Option<&str>, at: DateTime<Utc>) -> PaymentInitiated {
+    PaymentInitiated {
+        payment_method: PaymentMethod::BankTransfer,
+        cvv_checked: false,
+        transfer: Some(accounts(reference)),
+        ..initiated(1, at)
+    }
+}
+
+fn processed(reference: Option<&str>) -> PaymentProcessed {
+    PaymentProcessed {
+        payment_id: payment_id(),
+        from_account_id: from_account(),
+        to_account_id: to_account(),
+        amount: usd(10_000),
+        currency: Currency::USD,
+        reference: reference.map(str::to_owned),
+    }
+}
+
+#[test]
+fn an_outgoing_transfer_is_initiated_with_its_accounts() {
+    let state = given_no_events::<Payment>()
+        .when(transfer_initiate(Some("INV-000042")))
+        .then_expect_events([transfer_initiated(Some("INV-000042"), fixed_now()).into()]);
+    assert_eq!(
+        state.attempts[0].transfer,
+        Some(accounts(Some("INV-000042")))
+    );
+}
+
+#[test]
+fn a_completed_outgoing_transfer_is_also_processed() {
+    for reference in [Some("INV-000042"), None] {
+        let state = given::<Payment>([transfer_initiated(reference, t(0)).into()])
+            .at(t(2))
+            .when(complete())
+            .then_expect_events([
+                PaymentCompleted {
+                    payment_method: PaymentMethod::BankTransfer,
+                    ..completed(1, t(2))
+                }
+                .into(),
+                processed(reference).into(),
+            ]);
+        assert_eq!(state.status, PaymentStatus::Completed);
+    }
+}
+
+#[test]
+fn a_bank_transfer_without_accounts_completes_without_a_bank_event() {
+    let init = PaymentInitiated {
+        payment_method: PaymentMethod::BankTransfer,
+        cvv_checked: false,
+        ..initiated(1, t(0))
+    };
+    given::<Payment>([init.into()])
+        .at(t(2))
+        .when(complete())
+        .then_expect_events([PaymentCompleted {
+            payment_method: PaymentMethod::BankTransfer,
+            ..completed(1, t(2))
+        }
+        .into()]);
+}
+
+#[test]
+fn an_invoice_paid_by_outgoing_transfer_publishes_both_bank_events_in_order() {
+    let cmd = InitiatePayment {
+        transfer: Some(accounts(None)),
+        currency: Currency::EUR,
+        amount: usd(4_000),
+        ..invoice_initiate(PaymentMethod::BankTransfer)
+    };
+    let state = given_no_events::<Payment>()
+        .when(cmd)
+        .then_events(|events| assert_eq!(events.len(), 1));
+    let ctx = DecideContext::new("p-1", t(2));
+    let events = Payment::decide(&state, &complete().into(), &ctx).unwrap();
+    let names: Vec<&str> = events.iter().map(|e| e.event_type()).collect();
+    assert_eq!(
+        names,
+        ["PaymentCompleted", "PaymentProcessed", "PaymentReceived"]
+    );
+    assert_eq!(
+        events[1],
+        PaymentProcessed {
+            amount: usd(4_000),
+            currency: Currency::EUR,
+            ..processed(None)
+        }
+        .into()
+    );
+    assert_eq!(
+        events[2],
+        PaymentReceived {
+            amount: usd(4_000),
+            ..received(InvoicePaymentMethod::BankTransfer)
+        }
+        .into()
+    );
+    let topics: Vec<&str> = events.iter().map(|e| e.topic()).collect();
+    assert_eq!(topics, [TOPIC, BANK_TOPIC, BANK_TOPIC]);
+}
+
+#[test]
+fn transfer_accounts_only_with_bank_transfer_and_to_another_account() {
+    for method in [
+        PaymentMethod::Card,
+        PaymentMethod::ApplePay,
+        PaymentMethod::Paypal,
+        PaymentMethod::Cash,
+    ] {
+        given_no_events::<Payment>()
+            .when(InitiatePayment {
+                payment_method: method,
+                cvv: (method == PaymentMethod::Card).then(|| Cvv::new("123")),
+                ..transfer_initiate(None)
+            })
+            .then_expect_error(PaymentError::TransferNotExpected(method));
+    }
+    given_no_events::<Payment>()
+        .when(InitiatePayment {
+            transfer: Some(TransferAccounts {
+                to_account_id: from_account(),
+                ..accounts(None)
+            }),
+            ..transfer_initiate(None)
+        })
+        .then_expect_error(PaymentError::TransferToSameAccount(from_account()));
+}
+
+#[test]
+fn outgoing_transfers_keep_the_limit_blocking_and_refunds() {
+    given_no_events::<Payment>()
+        .when(InitiatePayment {
+            amount: usd(5_000_001),
+            ..transfer_initiate(None)
+        })
+        .then_expect_error(PaymentError::AmountAboveLimit {
+            amount: usd(5_000_001),
+            currency: Currency::USD,
+        });
+    let t_failed = |attempt: u32, at: DateTime<Utc>| PaymentFailed {
+        payment_method: PaymentMethod::BankTransfer,
+        ..failed(attempt, at)
+    };
+    let blocked = vec![
+        transfer_initiated(None, t(0)).into(),
+        t_failed(1, t(1)).into(),
+        PaymentInitiated {
+            attempt: 2,
+            initiated_at: t(20),
+            ..transfer_initiated(None, t(20))
+        }
+        .into(),
+        t_failed(2, t(21)).into(),
+        PaymentInitiated {
+            attempt: 3,
+            initiated_at: t(40),
+            ..transfer_initiated(None, t(40))
+        }
+        .into(),
+        t_failed(3, t(41)).into(),
+    ];
+    given::<Payment>(blocked)
+        .at(t(3600))
+        .when(transfer_initiate(None))
+        .then_expect_error(PaymentError::PaymentBlocked { failed_attempts: 3 });
+    given::<Payment>([
+        transfer_initiated(None, t(0)).into(),
+        PaymentCompleted {
+            payment_method: PaymentMethod::BankTransfer,
+            ..completed(1, t(2))
+        }
+        .into(),
+        processed(None).into(),
+    ])
+    .at(t(100))
+    .when(refund(0xA1, None))
+    .then_expect_events([refunded(0xA1, 10_000, 10_000).into()]);
+}
+
+#[test]
+fn the_bank_events_change_nothing_in_the_state() {
+    let state = Payment::replay(PaymentState::default(), &history_completed());
+    let mut after = state.clone();
+    Payment::apply(&mut after, &received(InvoicePaymentMethod::Card).into());
+    Payment::apply(&mut after, &processed(None).into());
+    assert_eq!(after, state);
+}
+
+#[test]
+fn the_workload_publishes_both_bank_events() {
+    let mut seen = BTreeSet::new();
+    let mut rng = DemoRng::new(11);
+    for payment in 0..300 {
+        let mut state = PaymentState::default();
+        let mut now = fixed_now() + Duration::hours(payment);
+        for _ in 0..8 {
+            now += Duration::seconds(rng.range(1, 15));
+            let ctx = DecideContext::new(format!("payment-{payment}"), now);
+            let command = Payment::sample_command(&state, &ctx, &mut rng);
+            if let Ok(events) = Payment::decide(&state, &command, &ctx) {
+                for event in &events {
+                    seen.insert(event.event_type());
+                }
+                state = Payment::replay(state, &events);
+                Payment::check_invariants(&state).unwrap();
+            }
+        }
+    }
+    assert!(seen.contains("PaymentReceived"), "{seen:?}");
+    assert!(seen.contains("PaymentProcessed"), "{seen:?}");
 }

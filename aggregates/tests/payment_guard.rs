@@ -99,6 +99,8 @@ fn the_fingerprint_of_a_command_ignores_payment_id_and_method() {
         currency: Currency::USD,
         payment_method: PaymentMethod::Card,
         cvv: Some(Cvv::new("123")),
+        beneficiary_department_id: None,
+        transfer: None,
     };
     let b = InitiatePayment {
         payment_id: Uuid::from_u128(200),
@@ -196,6 +198,8 @@ fn the_guard_catches_duplicates_across_payments_that_the_aggregate_cannot_see() 
         currency: Currency::USD,
         payment_method: PaymentMethod::BankTransfer,
         cvv: None,
+        beneficiary_department_id: None,
+        transfer: None,
     };
     let second = InitiatePayment {
         payment_id: Uuid::from_u128(200),

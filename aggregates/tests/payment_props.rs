@@ -4,9 +4,13 @@
 //! builds a command from the current state: half of them from the demo `Workload` (plausible,
 //! drives the lifecycle through retries, blocks and refunds), half from a "chaos" builder that
 //! picks boundary amounts (0, -1, exactly 50,000 USD, one cent more), bad CVVs, foreign ids,
-//! repeated refund ids and repeats of the last attempt. After every command it checks:
-//! the invariants hold; a rejected command leaves the state unchanged; every event moves the
-//! status along `can_transition`; replaying all accepted events from `Default` rebuilds the
+//! repeated refund ids and repeats of the last attempt, invoice payments with, without or with
+//! a foreign beneficiary department, transfer accounts (also on other methods or naming one
+//! account twice). After every command it checks:
+//! the invariants hold; a rejected command leaves the state unchanged; the lifecycle event moves
+//! the status along `can_transition`; the bank events (`PaymentReceived`, `PaymentProcessed`,
+//! topic `bank.payments`) come only after a `PaymentCompleted`, move no status, and appear
+//! exactly when the completed attempt named transfer accounts / the payment a beneficiary; replaying all accepted events from `Default` rebuilds the
 //! live state; a snapshot taken at a random earlier point survives `codec` encode/decode and,
 //! with the remaining events applied, equals the live state; every event survives
 //! `encode_event`/`decode_event`. 128 cases from a fixed seed (override with
@@ -41,8 +45,13 @@ fn chaos_command(state: &PaymentState, rng: &mut DemoRng) -> PaymentCommand {
     let identity = state.identity.clone().unwrap_or(PaymentIdentity {
         payment_id: Uuid::from_u128(1),
         payer_id: Uuid::from_u128(2),
-        target_type: TargetType::Order,
+        target_type: *rng.pick(&TargetType::ALL),
         target_id: Uuid::from_u128(3),
+        beneficiary_department_id: None,
+    });
+    // A new invoice payment mostly names a beneficiary (else: BeneficiaryMissing).
+    let beneficiary = identity.beneficiary_department_id.or_else(|| {
+        (identity.target_type == TargetType::Invoice && rng.chance(85)).then(|| Uuid::from_u128(4))
     });
     let foreign = Uuid::from_u128(99);
     match rng.below(4) {
@@ -72,6 +81,15 @@ fn chaos_command(state: &PaymentState, rng: &mut DemoRng) -> PaymentCommand {
             } else {
                 None
             };
+            // Mostly accounts on a bank transfer, sometimes the same account twice, sometimes
+            // accounts with another method (rejected).
+            let transfer = (payment_method == PaymentMethod::BankTransfer && rng.chance(70)
+                || rng.chance(5))
+            .then(|| TransferAccounts {
+                from_account_id: Uuid::from_u128(6),
+                to_account_id: Uuid::from_u128(*rng.pick(&[7, 7, 7, 6])),
+                reference: rng.chance(50).then(|| "ref".to_owned()),
+            });
             InitiatePayment {
                 payment_id: if rng.chance(92) {
                     identity.payment_id
@@ -97,6 +115,12 @@ fn chaos_command(state: &PaymentState, rng: &mut DemoRng) -> PaymentCommand {
                 currency,
                 payment_method,
                 cvv,
+                beneficiary_department_id: match rng.below(20) {
+                    0 => Some(foreign),
+                    1 => None,
+                    _ => beneficiary,
+                },
+                transfer,
             }
             .into()
         }
@@ -149,15 +173,42 @@ proptest! {
             let before = live.clone();
             match Payment::decide(&live, &command, &ctx) {
                 Ok(events) => {
-                    prop_assert!(events.len() <= 1, "one command, at most one event");
-                    for event in &events {
+                    // One lifecycle event, first; only a completion adds the bank events.
+                    prop_assert!(events.len() <= 3, "at most three events: {:?}", events);
+                    for (index, event) in events.iter().enumerate() {
+                        let bank = matches!(
+                            event,
+                            PaymentEvent::PaymentReceived(_) | PaymentEvent::PaymentProcessed(_)
+                        );
+                        prop_assert_eq!(bank, index > 0, "bank events follow the lifecycle one");
+                        if bank {
+                            prop_assert!(
+                                matches!(events[0], PaymentEvent::PaymentCompleted(_)),
+                                "a bank event after {}", events[0].event_type()
+                            );
+                            prop_assert_eq!(event.topic(), BANK_TOPIC);
+                        }
                         let from = live.status;
                         Payment::apply(&mut live, event);
-                        prop_assert!(
-                            can_transition(from, live.status),
-                            "{} -> {} by {}", from, live.status, event.event_type()
-                        );
+                        if bank {
+                            prop_assert_eq!(from, live.status, "a bank event moves no status");
+                        } else {
+                            prop_assert!(
+                                can_transition(from, live.status),
+                                "{} -> {} by {}", from, live.status, event.event_type()
+                            );
+                        }
                         assert_stored_event_round_trip::<Payment>(event);
+                    }
+                    if let Some(PaymentEvent::PaymentCompleted(_)) = events.first() {
+                        let attempt = live.completed_attempt().expect("completed");
+                        let id = live.identity.clone().expect("identity");
+                        let has = |name: &str| events.iter().any(|e| e.event_type() == name);
+                        prop_assert_eq!(has("PaymentProcessed"), attempt.transfer.is_some());
+                        prop_assert_eq!(
+                            has("PaymentReceived"),
+                            id.beneficiary_department_id.is_some()
+                        );
                     }
                     if events.is_empty() {
                         prop_assert_eq!(&live, &before, "an idempotent repeat changes nothing");

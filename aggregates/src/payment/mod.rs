@@ -1,21 +1,44 @@
 //! The `Payment` aggregate: one payment of a payer towards a target (an order, an invoice, an
-//! appointment or a service), with up to three attempts, then refunds. Topic
-//! `business.payments` (functional-architecture-ddd.md 5.2; field names from the catalog's
-//! `PaymentReceived`/`PaymentProcessed` contracts: `payment_id`, `payer_id`, `amount`,
-//! `currency`, `payment_method`).
+//! appointment or a service), with up to three attempts, then refunds. Lifecycle events on
+//! topic `business.payments` (functional-architecture-ddd.md 5.2); the bank events of the
+//! catalog (`PaymentReceived`, `PaymentProcessed`, "bank services of the group's departments")
+//! on topic `bank.payments`, published by the completion of an invoice payment or of an
+//! outgoing bank transfer. Field names follow the catalog: `payment_id`, `payer_id`, `amount`,
+//! `currency`, `payment_method`.
 //!
 //! # Commands
 //! | command | accepted when | events |
 //! | --- | --- | --- |
 //! | [`InitiatePayment`] | new, or the last attempt failed (a retry) | `PaymentInitiated` |
-//! | [`CompletePayment`] | an attempt is in progress | `PaymentCompleted` |
+//! | [`CompletePayment`] | an attempt is in progress | `PaymentCompleted`, then `PaymentProcessed` if the attempt is an outgoing transfer, then `PaymentReceived` if the target is an invoice |
 //! | [`FailPayment`] | an attempt is in progress | `PaymentFailed` (the third one blocks) |
 //! | [`RefundPayment`] | completed, not yet fully refunded | `PaymentRefunded` |
 //!
-//! # Events (all on topic `business.payments`, version "1.0")
-//! `PaymentInitiated`, `PaymentCompleted`, `PaymentFailed`, `PaymentRefunded`. Payloads are the
-//! serde JSON of the structs of the same name. Money is a decimal string with two fraction
-//! digits (`"1234.50"`), currencies are ISO codes (`"USD"`), times are RFC 3339 UTC.
+//! No new command: the two bank events arise from the existing lifecycle. The initiation
+//! carries what they need ([`InitiatePayment::beneficiary_department_id`],
+//! [`InitiatePayment::transfer`]), and `PaymentCompleted` is the one status change; the bank
+//! events are published in the same atomic append, right after it.
+//!
+//! # Events
+//! | event | topic | version | emitted by |
+//! | --- | --- | --- | --- |
+//! | `PaymentInitiated` | `business.payments` | "1.1" | `InitiatePayment` |
+//! | `PaymentCompleted` | `business.payments` | "1.0" | `CompletePayment` |
+//! | `PaymentFailed` | `business.payments` | "1.0" | `FailPayment` |
+//! | `PaymentRefunded` | `business.payments` | "1.0" | `RefundPayment` |
+//! | `PaymentReceived` | `bank.payments` | "1.0" | `CompletePayment` of an invoice payment |
+//! | `PaymentProcessed` | `bank.payments` | "1.0" | `CompletePayment` of an outgoing transfer |
+//!
+//! Payloads are the serde JSON of the structs of the same name. Money is a decimal string with
+//! two fraction digits (`"1234.50"`), currencies are ISO codes (`"USD"`), times are RFC 3339
+//! UTC. `PaymentReceived` and `PaymentProcessed` hold exactly the catalog's fields:
+//! `PaymentReceived {payment_id, invoice_id, payer_id, amount, payment_method:
+//! bank_transfer|card|cash, beneficiary_department_id}`, `PaymentProcessed {payment_id,
+//! from_account_id, to_account_id, amount, currency, reference (nullable)}`.
+//! `PaymentInitiated` 1.1 appended `beneficiary_department_id` (nullable uuid) and `transfer`
+//! (nullable object `{from_account_id, to_account_id, reference}`); a stored 1.0 record is
+//! upcast with both null ([`legacy`]). The bank events change nothing in the state (they are
+//! published views of the completion).
 //!
 //! # Lifecycle ([`can_transition`])
 //! | from | to |
@@ -24,6 +47,9 @@
 //! | `initiated` | `completed`, `failed`, `blocked` (third failure) |
 //! | `failed` | `initiated` (a retry) |
 //! | `completed` | `partially_refunded`, `refunded` |
+//!
+//! `PaymentReceived` and `PaymentProcessed` leave the status `completed` (no edge of their
+//! own); they only ever follow a `PaymentCompleted` in the same append.
 //! | `partially_refunded` | `partially_refunded`, `refunded` |
 //! | `blocked`, `refunded` | final |
 //!
@@ -63,6 +89,36 @@
 //!   amount refunds everything still refundable. A refund is in the completed currency.
 //! - **Completion** is idempotent on its provider reference: the same `CompletePayment` again
 //!   after completion writes nothing; another reference is refused.
+//! - **Invoice payments** (`target_type: invoice`; the `target_id` is the invoice id published
+//!   as `invoice_id`) must name the beneficiary department (the invoice's issuer):
+//!   [`PaymentError::BeneficiaryMissing`]; any other target must name none
+//!   ([`PaymentError::BeneficiaryNotExpected`]). The department belongs to the payment's
+//!   identity: a retry names the same one ([`PaymentError::BeneficiaryMismatch`]).
+//! - **Methods for invoices**: `PaymentReceived` takes only `bank_transfer`, `card`, `cash`.
+//!   An invoice payment by `apple_pay` or `paypal` is **refused** at initiation
+//!   ([`PaymentError::InvoiceMethodNotAccepted`]; it writes nothing and is not an attempt),
+//!   not mapped: reporting a PayPal payment to the beneficiary as a card payment or a transfer
+//!   would be false. The rule holds for every attempt (a retry may change the method among the
+//!   three). [`InvoicePaymentMethod`] is the event's type, so the contract cannot be broken.
+//! - `PaymentReceived` is published on completion of an invoice payment with the completed
+//!   attempt's amount and method. Its `amount` is in the payment's currency (the contract has
+//!   no currency field; an invoice is paid in the currency it was issued in, `InvoiceIssued`,
+//!   which this aggregate cannot see). The 50,000 USD cap, the duplicate rule (the invoice is
+//!   the target of the fingerprint), the three-failure block and refunds apply unchanged; a
+//!   refund of an invoice payment publishes only `PaymentRefunded` (on `business.payments`),
+//!   no bank event.
+//! - **Outgoing transfers**: a `bank_transfer` attempt may name the accounts the bank debits
+//!   and credits ([`TransferAccounts`]; optional, as a transfer from outside the bank names
+//!   none). Accounts with any other method are refused ([`PaymentError::TransferNotExpected`]),
+//!   as is a transfer to the account it debits ([`PaymentError::TransferToSameAccount`]). On
+//!   completion of such an attempt `PaymentProcessed` is published with the attempt's amount
+//!   and currency and the reference as given (null if none). Accounts are per attempt: a retry
+//!   may use other ones (like another card); they are not part of the duplicate fingerprint.
+//!   An invoice paid by an outgoing transfer publishes both bank events
+//!   (`PaymentCompleted`, `PaymentProcessed`, `PaymentReceived`, in that order).
+//! - **Legacy**: a payment first initiated under `PaymentInitiated` 1.0 has no beneficiary
+//!   recorded; it keeps the 1.0 rules (its retries name none, any method) and its completion
+//!   publishes no `PaymentReceived`.
 //! - `initiated_at`/`completed_at`/`failed_at`/`refunded_at` are the engine clock
 //!   (`ctx.now`); the 10-second rule reads `initiated_at` on replay.
 //!
@@ -70,29 +126,39 @@
 //! - at most [`FAILED_ATTEMPTS_MAX`] attempts; attempts are numbered 1, 2, 3 without gaps;
 //!   every attempt but the last has failed; the identity is set iff there is an attempt;
 //! - every attempt: amount > 0 and within the USD limit; `cvv_checked` iff the method is card;
+//!   transfer accounts only with `bank_transfer`, and two different accounts;
+//! - a beneficiary department only on an invoice payment, and then every attempt pays by
+//!   `bank_transfer`, `card` or `cash`;
 //! - `failed_attempts` equals the failed attempts; the status is the one the attempts and
 //!   refunds imply (blocked iff three failures, ...);
 //! - refunds only on a completed payment; each refund > 0; `refunded_total` is their sum and
 //!   never exceeds the completed amount; a provider reference iff completed.
 
 mod guard;
+pub mod legacy;
 
 pub use guard::{DuplicateTransactionGuard, TransactionFingerprint, DUPLICATE_GUARD_ENTRIES_MAX};
+pub use legacy::{PaymentEventV1_0, PaymentInitiatedV1_0, PAYMENT_INITIATED_V1_0_VERSION};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use evershard_model::{
-    from_variants, json_payload, Aggregate, Currency, DecideContext, DemoRng, DomainEvent, Money,
-    Workload,
+    codec, from_variants, json_payload, Aggregate, CodecError, Currency, DecideContext, DemoRng,
+    DomainEvent, Money, Workload,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use uuid::Uuid;
 
-/// The outbound topic of every payment event.
+/// The outbound topic of the payment lifecycle events (initiated, completed, failed, refunded).
 pub const TOPIC: &str = "business.payments";
-/// The contract version of every payment event.
+/// The outbound topic of the bank events `PaymentReceived` and `PaymentProcessed`.
+pub const BANK_TOPIC: &str = "bank.payments";
+/// The contract version of every payment event but `PaymentInitiated`.
 pub const EVENT_VERSION: &str = "1.0";
+/// The contract version of `PaymentInitiated` (1.1 appended `beneficiary_department_id` and
+/// `transfer`; 1.0 records are upcast, see [`legacy`]).
+pub const PAYMENT_INITIATED_VERSION: &str = "1.1";
 /// The largest amount of one transaction, in US dollars.
 pub const AMOUNT_MAX_USD: Money = Money::from_major(50_000);
 /// The failed attempt that blocks the payment.
@@ -192,6 +258,64 @@ impl TargetType {
         TargetType::Appointment,
         TargetType::Service,
     ];
+}
+
+/// The methods an invoice may be paid by, as `PaymentReceived` publishes them (the catalog's
+/// `enum[bank_transfer, card, cash]`). `apple_pay` and `paypal` are refused for invoices at
+/// initiation ([`PaymentError::InvoiceMethodNotAccepted`]), so every invoice payment's method
+/// has one of these. Stored: append-only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvoicePaymentMethod {
+    BankTransfer,
+    Card,
+    Cash,
+}
+
+impl InvoicePaymentMethod {
+    pub const ALL: [InvoicePaymentMethod; 3] = [
+        InvoicePaymentMethod::BankTransfer,
+        InvoicePaymentMethod::Card,
+        InvoicePaymentMethod::Cash,
+    ];
+    pub fn as_str(self) -> &'static str {
+        PaymentMethod::from(self).as_str()
+    }
+}
+
+impl PaymentMethod {
+    /// The invoice method of this method: `None` for `apple_pay` and `paypal`, which are not
+    /// taken for invoices (no mapping: an Apple Pay or PayPal payment is not reported to the
+    /// beneficiary as a card payment or a transfer).
+    pub fn for_invoice(self) -> Option<InvoicePaymentMethod> {
+        match self {
+            PaymentMethod::BankTransfer => Some(InvoicePaymentMethod::BankTransfer),
+            PaymentMethod::Card => Some(InvoicePaymentMethod::Card),
+            PaymentMethod::Cash => Some(InvoicePaymentMethod::Cash),
+            PaymentMethod::ApplePay | PaymentMethod::Paypal => None,
+        }
+    }
+}
+
+impl From<InvoicePaymentMethod> for PaymentMethod {
+    fn from(method: InvoicePaymentMethod) -> Self {
+        match method {
+            InvoicePaymentMethod::BankTransfer => PaymentMethod::BankTransfer,
+            InvoicePaymentMethod::Card => PaymentMethod::Card,
+            InvoicePaymentMethod::Cash => PaymentMethod::Cash,
+        }
+    }
+}
+
+/// The accounts of an outgoing bank transfer the bank carries out itself: `from_account_id`
+/// is debited, `to_account_id` credited. Taken only with `bank_transfer`; the two accounts
+/// differ. On completion the payment publishes `PaymentProcessed` with them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferAccounts {
+    pub from_account_id: Uuid,
+    pub to_account_id: Uuid,
+    /// The payment reference (purpose line) as given, if any; published as is.
+    pub reference: Option<String>,
 }
 
 /// A card verification value as typed by the payer. Lives only in the command: `decide` checks
@@ -307,6 +431,13 @@ pub struct InitiatePayment {
     pub payment_method: PaymentMethod,
     /// Required for `card`, refused for every other method; never stored.
     pub cvv: Option<Cvv>,
+    /// The department an invoice is paid to (the invoice's issuer): required when the target is
+    /// an invoice, refused otherwise; the same on every attempt. Notified by `PaymentReceived`.
+    pub beneficiary_department_id: Option<Uuid>,
+    /// The accounts of an outgoing transfer the bank carries out: only with `bank_transfer`
+    /// (optional there: a transfer from outside the bank names none). Published by
+    /// `PaymentProcessed` on completion.
+    pub transfer: Option<TransferAccounts>,
 }
 
 impl InitiatePayment {
@@ -381,6 +512,10 @@ pub struct PaymentInitiated {
     /// 1 for the first attempt, then 2 and 3.
     pub attempt: u32,
     pub initiated_at: DateTime<Utc>,
+    /// Since 1.1: the beneficiary department of an invoice payment, else null.
+    pub beneficiary_department_id: Option<Uuid>,
+    /// Since 1.1: the accounts of an outgoing bank transfer, else null.
+    pub transfer: Option<TransferAccounts>,
 }
 
 /// The attempt in progress succeeded.
@@ -436,15 +571,51 @@ pub struct PaymentRefunded {
     pub refunded_at: DateTime<Utc>,
 }
 
+/// A payment for an invoice was received (catalog, bank services of the group's departments;
+/// topic `bank.payments`): published with the `PaymentCompleted` of an invoice payment, it
+/// notifies the beneficiary department. `amount` is in the payment's currency (the contract
+/// has no currency field; an invoice is paid in its own currency, see `InvoiceIssued`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentReceived {
+    pub payment_id: Uuid,
+    pub invoice_id: Uuid,
+    pub payer_id: Uuid,
+    pub amount: Money,
+    pub payment_method: InvoicePaymentMethod,
+    pub beneficiary_department_id: Uuid,
+}
+
+/// An outgoing payment was carried out (catalog; topic `bank.payments`): published with the
+/// `PaymentCompleted` of a `bank_transfer` attempt that named its [`TransferAccounts`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentProcessed {
+    pub payment_id: Uuid,
+    pub from_account_id: Uuid,
+    pub to_account_id: Uuid,
+    pub amount: Money,
+    pub currency: Currency,
+    pub reference: Option<String>,
+}
+
+/// Stored: variants are append-only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PaymentEvent {
     PaymentInitiated(PaymentInitiated),
     PaymentCompleted(PaymentCompleted),
     PaymentFailed(PaymentFailed),
     PaymentRefunded(PaymentRefunded),
+    PaymentReceived(PaymentReceived),
+    PaymentProcessed(PaymentProcessed),
 }
 
-from_variants!(PaymentEvent: PaymentInitiated, PaymentCompleted, PaymentFailed, PaymentRefunded);
+from_variants!(
+    PaymentEvent: PaymentInitiated,
+    PaymentCompleted,
+    PaymentFailed,
+    PaymentRefunded,
+    PaymentReceived,
+    PaymentProcessed
+);
 
 impl DomainEvent for PaymentEvent {
     fn event_type(&self) -> &'static str {
@@ -453,13 +624,21 @@ impl DomainEvent for PaymentEvent {
             PaymentEvent::PaymentCompleted(_) => "PaymentCompleted",
             PaymentEvent::PaymentFailed(_) => "PaymentFailed",
             PaymentEvent::PaymentRefunded(_) => "PaymentRefunded",
+            PaymentEvent::PaymentReceived(_) => "PaymentReceived",
+            PaymentEvent::PaymentProcessed(_) => "PaymentProcessed",
         }
     }
     fn event_version(&self) -> &'static str {
-        EVENT_VERSION
+        match self {
+            PaymentEvent::PaymentInitiated(_) => PAYMENT_INITIATED_VERSION,
+            _ => EVENT_VERSION,
+        }
     }
     fn topic(&self) -> &'static str {
-        TOPIC
+        match self {
+            PaymentEvent::PaymentReceived(_) | PaymentEvent::PaymentProcessed(_) => BANK_TOPIC,
+            _ => TOPIC,
+        }
     }
     fn payload_json(&self) -> serde_json::Value {
         match self {
@@ -467,6 +646,8 @@ impl DomainEvent for PaymentEvent {
             PaymentEvent::PaymentCompleted(e) => json_payload(e),
             PaymentEvent::PaymentFailed(e) => json_payload(e),
             PaymentEvent::PaymentRefunded(e) => json_payload(e),
+            PaymentEvent::PaymentReceived(e) => json_payload(e),
+            PaymentEvent::PaymentProcessed(e) => json_payload(e),
         }
     }
 }
@@ -482,6 +663,9 @@ pub struct PaymentIdentity {
     pub payer_id: Uuid,
     pub target_type: TargetType,
     pub target_id: Uuid,
+    /// The beneficiary department of an invoice payment (`None` for other targets, and for an
+    /// invoice payment first initiated under `PaymentInitiated` 1.0).
+    pub beneficiary_department_id: Option<Uuid>,
 }
 
 /// How an attempt ended. Stored: append-only.
@@ -504,6 +688,8 @@ pub struct PaymentAttempt {
     pub cvv_checked: bool,
     pub initiated_at: DateTime<Utc>,
     pub outcome: AttemptOutcome,
+    /// The accounts of an outgoing transfer (bank_transfer only).
+    pub transfer: Option<TransferAccounts>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -605,6 +791,21 @@ pub enum PaymentError {
     RefundExceedsRefundable { requested: Money, refundable: Money },
     #[error("refund {refund_id} was already made with another amount")]
     RefundIdConflict { refund_id: Uuid },
+    #[error("an invoice payment must name its beneficiary department")]
+    BeneficiaryMissing,
+    #[error("a beneficiary department is taken only for invoices, not for a {0:?} target")]
+    BeneficiaryNotExpected(TargetType),
+    #[error("a retry must name the same beneficiary department {expected:?}, not {got:?}")]
+    BeneficiaryMismatch {
+        expected: Option<Uuid>,
+        got: Option<Uuid>,
+    },
+    #[error("an invoice is paid by bank_transfer, card or cash, not by {0:?}")]
+    InvoiceMethodNotAccepted(PaymentMethod),
+    #[error("transfer accounts are taken only with bank_transfer, not with {0:?}")]
+    TransferNotExpected(PaymentMethod),
+    #[error("a transfer must credit another account than it debits ({0})")]
+    TransferToSameAccount(Uuid),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -617,6 +818,8 @@ pub struct Payment;
 
 impl Aggregate for Payment {
     const TYPE: &'static str = "Payment";
+    /// 2: `PaymentIdentity::beneficiary_department_id` and `PaymentAttempt::transfer` added.
+    const STATE_SCHEMA_VERSION: u32 = 2;
     type State = PaymentState;
     type Command = PaymentCommand;
     type Event = PaymentEvent;
@@ -644,6 +847,7 @@ impl Aggregate for Payment {
                         payer_id: e.payer_id,
                         target_type: e.target_type,
                         target_id: e.target_id,
+                        beneficiary_department_id: e.beneficiary_department_id,
                     });
                 }
                 state.attempts.push(PaymentAttempt {
@@ -655,6 +859,7 @@ impl Aggregate for Payment {
                     cvv_checked: e.cvv_checked,
                     initiated_at: e.initiated_at,
                     outcome: AttemptOutcome::Pending,
+                    transfer: e.transfer.clone(),
                 });
                 state.status = PaymentStatus::Initiated;
             }
@@ -685,12 +890,45 @@ impl Aggregate for Payment {
                     PaymentStatus::PartiallyRefunded
                 };
             }
+            // Published views of the completion that precedes them: nothing to fold.
+            PaymentEvent::PaymentReceived(_) | PaymentEvent::PaymentProcessed(_) => {}
         }
     }
 
     fn check_invariants(state: &PaymentState) -> Result<(), String> {
         check_payment_invariants(state)
     }
+
+    /// `PaymentInitiated` 1.0 is decoded in its legacy shape and upcast ([`legacy`]); every
+    /// other record as the current enum, refusing another major version or a type mismatch.
+    fn decode_event(
+        event_type: &str,
+        event_version: &str,
+        payload: &[u8],
+    ) -> Result<PaymentEvent, CodecError> {
+        if (event_type, event_version) == ("PaymentInitiated", PAYMENT_INITIATED_V1_0_VERSION) {
+            let PaymentEventV1_0::PaymentInitiated(legacy) = codec::decode(payload)?;
+            return Ok(PaymentEvent::PaymentInitiated(legacy.upcast()));
+        }
+        let event: PaymentEvent = codec::decode(payload)?;
+        if event.event_type() != event_type {
+            return Err(CodecError::Mismatch(format!(
+                "record says {event_type}, payload decodes as {}",
+                event.event_type()
+            )));
+        }
+        if major(event.event_version()) != major(event_version) {
+            return Err(CodecError::UnknownVersion {
+                event_type: event_type.to_owned(),
+                event_version: event_version.to_owned(),
+            });
+        }
+        Ok(event)
+    }
+}
+
+fn major(version: &str) -> &str {
+    version.split('.').next().unwrap_or(version)
 }
 
 fn initiate(
@@ -727,6 +965,23 @@ fn initiate(
             });
         }
     }
+    if cmd.target_type != TargetType::Invoice && cmd.beneficiary_department_id.is_some() {
+        return Err(PaymentError::BeneficiaryNotExpected(cmd.target_type));
+    }
+    match &state.identity {
+        Some(id) if id.beneficiary_department_id != cmd.beneficiary_department_id => {
+            return Err(PaymentError::BeneficiaryMismatch {
+                expected: id.beneficiary_department_id,
+                got: cmd.beneficiary_department_id,
+            })
+        }
+        None if cmd.target_type == TargetType::Invoice
+            && cmd.beneficiary_department_id.is_none() =>
+        {
+            return Err(PaymentError::BeneficiaryMissing)
+        }
+        _ => {}
+    }
     if !cmd.amount.is_positive() {
         return Err(PaymentError::NonPositiveAmount(cmd.amount));
     }
@@ -750,6 +1005,21 @@ fn initiate(
         (method, Some(_)) => return Err(PaymentError::CvvNotExpected(method)),
         (_, None) => false,
     };
+    // An invoice payment that names its beneficiary (every one but a 1.0 legacy payment) is
+    // reported by `PaymentReceived`, whose method is bank_transfer, card or cash.
+    if cmd.beneficiary_department_id.is_some() && cmd.payment_method.for_invoice().is_none() {
+        return Err(PaymentError::InvoiceMethodNotAccepted(cmd.payment_method));
+    }
+    if let Some(transfer) = &cmd.transfer {
+        if cmd.payment_method != PaymentMethod::BankTransfer {
+            return Err(PaymentError::TransferNotExpected(cmd.payment_method));
+        }
+        if transfer.from_account_id == transfer.to_account_id {
+            return Err(PaymentError::TransferToSameAccount(
+                transfer.from_account_id,
+            ));
+        }
+    }
     // Rule (a) of the 10-second rule: an identical repeat on this payment.
     let fingerprint = cmd.fingerprint();
     if let Some(previous) = state.attempts.iter().rev().find(|a| {
@@ -778,6 +1048,8 @@ fn initiate(
         cvv_checked,
         attempt: attempt_number(state) + 1,
         initiated_at: now,
+        beneficiary_department_id: cmd.beneficiary_department_id,
+        transfer: cmd.transfer.clone(),
     }
     .into()])
 }
@@ -809,7 +1081,7 @@ fn complete(
     let (id, attempt) = in_progress(state).ok_or(PaymentError::NoAttemptInProgress {
         status: state.status,
     })?;
-    Ok(vec![PaymentCompleted {
+    let mut events = vec![PaymentCompleted {
         payment_id: id.payment_id,
         payer_id: id.payer_id,
         target_type: id.target_type,
@@ -821,7 +1093,38 @@ fn complete(
         provider_reference: cmd.provider_reference.clone(),
         completed_at: now,
     }
-    .into()])
+    .into()];
+    if let Some(transfer) = &attempt.transfer {
+        events.push(
+            PaymentProcessed {
+                payment_id: id.payment_id,
+                from_account_id: transfer.from_account_id,
+                to_account_id: transfer.to_account_id,
+                amount: attempt.amount,
+                currency: attempt.currency,
+                reference: transfer.reference.clone(),
+            }
+            .into(),
+        );
+    }
+    // `initiate` refuses apple_pay/paypal once a beneficiary is named, so the method maps.
+    if let (Some(beneficiary), Some(method)) = (
+        id.beneficiary_department_id,
+        attempt.payment_method.for_invoice(),
+    ) {
+        events.push(
+            PaymentReceived {
+                payment_id: id.payment_id,
+                invoice_id: id.target_id,
+                payer_id: id.payer_id,
+                amount: attempt.amount,
+                payment_method: method,
+                beneficiary_department_id: beneficiary,
+            }
+            .into(),
+        );
+    }
+    Ok(events)
 }
 
 fn fail(
@@ -915,6 +1218,44 @@ fn check_payment_invariants(state: &PaymentState) -> Result<(), String> {
     }
     if state.identity.is_none() != attempts.is_empty() {
         return Err("the identity is set iff there is an attempt".into());
+    }
+    let beneficiary = state
+        .identity
+        .as_ref()
+        .and_then(|id| id.beneficiary_department_id.map(|b| (id.target_type, b)));
+    if let Some((target_type, _)) = beneficiary {
+        if target_type != TargetType::Invoice {
+            return Err(format!(
+                "a beneficiary department on a {target_type:?} target"
+            ));
+        }
+        if let Some(a) = attempts
+            .iter()
+            .find(|a| a.payment_method.for_invoice().is_none())
+        {
+            return Err(format!(
+                "attempt {} pays an invoice by {}",
+                a.attempt,
+                a.payment_method.as_str()
+            ));
+        }
+    }
+    for a in attempts {
+        if let Some(transfer) = &a.transfer {
+            if a.payment_method != PaymentMethod::BankTransfer {
+                return Err(format!(
+                    "attempt {} has transfer accounts but pays by {}",
+                    a.attempt,
+                    a.payment_method.as_str()
+                ));
+            }
+            if transfer.from_account_id == transfer.to_account_id {
+                return Err(format!(
+                    "attempt {} transfers to the account it debits",
+                    a.attempt
+                ));
+            }
+        }
     }
     for (index, a) in attempts.iter().enumerate() {
         if a.attempt as usize != index + 1 {
@@ -1046,8 +1387,14 @@ fn sample_amount(rng: &mut DemoRng, currency: Currency) -> Money {
     }
 }
 
-fn sample_method_and_cvv(rng: &mut DemoRng) -> (PaymentMethod, Option<Cvv>) {
-    let method = *rng.pick(&PaymentMethod::ALL);
+/// A method (for an invoice mostly one of the three it takes: a few apple_pay/paypal ones are
+/// rejected) and its CVV.
+fn sample_method_and_cvv(rng: &mut DemoRng, invoice: bool) -> (PaymentMethod, Option<Cvv>) {
+    let method = if invoice && rng.chance(95) {
+        PaymentMethod::from(*rng.pick(&InvoicePaymentMethod::ALL))
+    } else {
+        *rng.pick(&PaymentMethod::ALL)
+    };
     let cvv = match method {
         // A few card commands forget the CVV: rejected.
         PaymentMethod::Card if rng.chance(95) => Some(sample_cvv(rng)),
@@ -1056,7 +1403,32 @@ fn sample_method_and_cvv(rng: &mut DemoRng) -> (PaymentMethod, Option<Cvv>) {
     (method, cvv)
 }
 
-/// Plausible next commands: a new payment is initiated; an attempt completes (60%) or fails;
+/// For a bank transfer, mostly an outgoing one the bank carries out (its accounts, with or
+/// without a reference); a few name the same account twice (rejected).
+fn sample_transfer(rng: &mut DemoRng, method: PaymentMethod) -> Option<TransferAccounts> {
+    if method != PaymentMethod::BankTransfer || !rng.chance(70) {
+        return None;
+    }
+    let from_account_id = rng.uuid();
+    let to_account_id = if rng.chance(3) {
+        from_account_id
+    } else {
+        rng.uuid()
+    };
+    let reference = rng
+        .chance(60)
+        .then(|| format!("INV-{:06}", rng.below(1_000_000)));
+    Some(TransferAccounts {
+        from_account_id,
+        to_account_id,
+        reference,
+    })
+}
+
+/// Plausible next commands: a new payment is initiated (an invoice payment names its
+/// beneficiary department and mostly pays by bank_transfer, card or cash; most bank transfers
+/// name their accounts, so completions publish `PaymentReceived` and `PaymentProcessed` too);
+/// an attempt completes (60%) or fails;
 /// a failed payment is retried (within 10 s of the last attempt, half of the retries are
 /// identical and rejected as duplicates, the other half change the amount slightly so that a
 /// fast demo still reaches `blocked`); a paid payment is refunded in part or in full. A
@@ -1075,16 +1447,21 @@ impl Workload for Payment {
                     60..=84 => Currency::EUR,
                     _ => Currency::RUB,
                 };
-                let (payment_method, cvv) = sample_method_and_cvv(rng);
+                let target_type = *rng.pick(&TargetType::ALL);
+                let invoice = target_type == TargetType::Invoice;
+                let (payment_method, cvv) = sample_method_and_cvv(rng, invoice);
                 InitiatePayment {
                     payment_id: rng.uuid(),
                     payer_id: rng.uuid(),
-                    target_type: *rng.pick(&TargetType::ALL),
+                    target_type,
                     target_id: rng.uuid(),
                     amount: sample_amount(rng, currency),
                     currency,
                     payment_method,
                     cvv,
+                    // A few invoice payments forget their beneficiary: rejected.
+                    beneficiary_department_id: (invoice && rng.chance(97)).then(|| rng.uuid()),
+                    transfer: sample_transfer(rng, payment_method),
                 }
                 .into()
             }
@@ -1108,7 +1485,8 @@ impl Workload for Payment {
                         if within_duplicate_window(last.initiated_at, ctx.now) && rng.chance(50) {
                             amount = amount + Money::from_minor(rng.range(1, 500));
                         }
-                        let (payment_method, cvv) = sample_method_and_cvv(rng);
+                        let (payment_method, cvv) =
+                            sample_method_and_cvv(rng, id.beneficiary_department_id.is_some());
                         InitiatePayment {
                             payment_id: id.payment_id,
                             payer_id: id.payer_id,
@@ -1118,6 +1496,8 @@ impl Workload for Payment {
                             currency: last.currency,
                             payment_method,
                             cvv,
+                            beneficiary_department_id: id.beneficiary_department_id,
+                            transfer: sample_transfer(rng, payment_method),
                         }
                         .into()
                     }
