@@ -4,12 +4,15 @@
 //! - [`Engine`] and its builder, [`Durability`], [`SnapshotPolicy`], the errors;
 //! - [`model`]: the aggregate model (traits, envelope, codec, money, given/when/then);
 //! - [`engine`]: the whole engine crate (journal, repository, sharding);
-//! - [`aggregates`]: the seven domain aggregates.
+//! - [`aggregates`]: the seven domain aggregates;
+//! - [`guards`]: engine-level guards for rules that span aggregates (Payment's 10 s rule).
+
+pub mod guards;
 
 pub use evershard_aggregates as aggregates;
 pub use evershard_engine as engine;
 pub use evershard_engine::{
-    Clock, CommandError, Durability, Engine, EngineBuilder, EngineError, ManualClock,
+    Clock, CommandError, CommandGuard, Durability, Engine, EngineBuilder, EngineError, ManualClock,
     SnapshotPolicy, StorageError, StreamId, SystemClock,
 };
 pub use evershard_model as model;

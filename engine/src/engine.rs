@@ -2,6 +2,7 @@
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{CommandError, EngineError, StorageError};
+use crate::guard::CommandGuard;
 use crate::journal::{Durability, Journal, JournalConfig, StreamId};
 use crate::repository;
 use crate::sharding::{
@@ -32,6 +33,7 @@ pub struct EngineBuilder {
     clock: Arc<dyn Clock>,
     source: String,
     types: Vec<(&'static str, StartGroupFn)>,
+    guards: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
 }
 
 /// A function pointer wrapper so the builder can be `Debug`.
@@ -55,12 +57,21 @@ impl EngineBuilder {
             clock: Arc::new(SystemClock),
             source: "evershard".into(),
             types: Vec::new(),
+            guards: HashMap::new(),
         }
     }
 
     /// Registers an aggregate type. Each type gets its own shard actors.
     pub fn register<A: Aggregate>(mut self) -> Self {
         self.types.push((A::TYPE, StartGroupFn(start_group::<A>)));
+        self
+    }
+
+    /// Adds a [`CommandGuard`] that every command to `A` passes before it is routed (one
+    /// guard per type; a second call replaces the first). `A` must also be registered.
+    pub fn guard<A: Aggregate>(mut self, guard: impl CommandGuard<A>) -> Self {
+        let guard: Arc<dyn CommandGuard<A>> = Arc::new(guard);
+        self.guards.insert(A::TYPE, Box::new(guard));
         self
     }
 
@@ -142,6 +153,9 @@ impl EngineBuilder {
         if let Some((name, _)) = self.types.iter().find(|(name, _)| !seen.insert(*name)) {
             return Err(EngineError::DuplicateType(name));
         }
+        if let Some(name) = self.guards.keys().find(|name| !seen.contains(*name)) {
+            return Err(EngineError::NotRegistered(name));
+        }
         let dir = self.data_dir.clone();
         let journal_config = self.journal.clone();
         let journal = tokio::task::spawn_blocking(move || Journal::open(dir, journal_config))
@@ -177,6 +191,7 @@ impl EngineBuilder {
                 rt,
                 groups,
                 source: self.source,
+                guards: self.guards,
                 closing: AtomicBool::new(false),
                 inflight: AtomicUsize::new(0),
                 drained: Notify::new(),
@@ -249,6 +264,8 @@ struct Inner {
     rt: Arc<Runtime>,
     groups: HashMap<&'static str, Box<dyn AnyGroup>>,
     source: String,
+    /// `Arc<dyn CommandGuard<A>>` per aggregate type name.
+    guards: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
     closing: AtomicBool,
     inflight: AtomicUsize,
     drained: Notify,
@@ -385,12 +402,35 @@ impl Engine {
         metadata: Metadata,
     ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
         let command = command.into();
-        self.send::<A, _>(aggregate_id, |reply| EntityMsg::Execute {
-            command,
-            metadata,
-            reply,
-        })
-        .await
+        let guard = self
+            .inner
+            .guards
+            .get(A::TYPE)
+            .and_then(|g| g.downcast_ref::<Arc<dyn CommandGuard<A>>>())
+            .cloned();
+        let Some(guard) = guard else {
+            return self
+                .send::<A, _>(aggregate_id, |reply| EntityMsg::Execute {
+                    command,
+                    metadata,
+                    reply,
+                })
+                .await;
+        };
+        let now = crate::journal::record::truncate_to_micros(self.inner.rt.clock.now());
+        guard
+            .admit(aggregate_id, &command, now)
+            .map_err(CommandError::Rejected)?;
+        let for_settle = command.clone();
+        let result = self
+            .send::<A, _>(aggregate_id, |reply| EntityMsg::Execute {
+                command,
+                metadata,
+                reply,
+            })
+            .await;
+        guard.settle(aggregate_id, &for_settle, now, result.is_ok());
+        result
     }
 
     /// The live state and version of an aggregate, read through its actor (so it is ordered

@@ -158,6 +158,16 @@ impl DuplicateTransactionGuard {
         debug_assert!(self.arrivals.len() <= self.entries_max);
     }
 
+    /// Takes back a `record` made at `at` (a reservation whose command was then rejected for
+    /// another reason), so that a corrected transaction is not refused as its duplicate. A
+    /// later record of the same fingerprint is kept.
+    pub fn forget(&mut self, fingerprint: &TransactionFingerprint, at: DateTime<Utc>) {
+        if self.last_seen.get(fingerprint) == Some(&at) {
+            // The arrival entry becomes stale and is dropped when it reaches the front.
+            self.last_seen.remove(fingerprint);
+        }
+    }
+
     /// Prunes, checks and, if the transaction is not a duplicate, records it.
     pub fn check_and_record(
         &mut self,

@@ -81,7 +81,10 @@
 //!   (a) here, in `decide`, against the earlier attempts of the *same* payment (a repeated
 //!   initiation, whether the earlier attempt is still in progress or failed fast), and
 //!   (b) across payments by [`DuplicateTransactionGuard`], which the engine owns: an aggregate
-//!   cannot see other payments. The duplicate check comes before the "attempt in progress"
+//!   cannot see other payments. The application installs it as an engine command guard,
+//!   `Engine::builder(..).guard::<Payment>(evershard::guards::PaymentDuplicateGuard::new())`,
+//!   which reserves the fingerprint before routing and takes it back if the aggregate rejects
+//!   the command (tested in the root crate's `tests/payment_duplicate_guard.rs`). The duplicate check comes before the "attempt in progress"
 //!   check, so a fast identical repeat is reported as a duplicate.
 //! - **Refunds** may be partial; the sum of refunds never exceeds the completed amount. A
 //!   refund names a `refund_id`: the same id with the same amount (or no amount) again is an

@@ -1,0 +1,132 @@
+//! Payment's 10-second rule across payment ids, enforced by the engine-level
+//! `PaymentDuplicateGuard` (evershard::guards): an identical initiation (same payer, amount,
+//! currency, target) under another payment id is rejected within 10 s and accepted after;
+//! one rejected by the aggregate for another reason does not block its corrected retry; two
+//! identical initiations sent at once cannot both pass. Time comes from a `ManualClock`.
+
+use evershard::aggregates::payment::{
+    Cvv, InitiatePayment, Payment, PaymentError, PaymentMethod, TargetType,
+};
+use evershard::guards::PaymentDuplicateGuard;
+use evershard::model::Currency;
+use evershard::model::Money;
+use evershard::{CommandError, Engine, ManualClock};
+use std::sync::Arc;
+use uuid::Uuid;
+
+fn initiate(payment_id: Uuid, cvv: Option<&str>) -> InitiatePayment {
+    InitiatePayment {
+        payment_id,
+        payer_id: Uuid::from_u128(1),
+        target_type: TargetType::Order,
+        target_id: Uuid::from_u128(2),
+        amount: Money::from_minor(10_000),
+        currency: Currency::USD,
+        payment_method: PaymentMethod::Card,
+        cvv: cvv.map(Cvv::new),
+        beneficiary_department_id: None,
+        transfer: None,
+    }
+}
+
+async fn engine(dir: &std::path::Path, clock: Arc<ManualClock>) -> Engine {
+    Engine::builder(dir)
+        .register::<Payment>()
+        .guard::<Payment>(PaymentDuplicateGuard::new())
+        .clock(clock)
+        .open()
+        .await
+        .unwrap()
+}
+
+fn is_duplicate(result: &Result<impl std::fmt::Debug, CommandError<PaymentError>>) -> bool {
+    matches!(
+        result,
+        Err(CommandError::Rejected(
+            PaymentError::DuplicateTransaction { .. }
+        ))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_payments_under_two_ids_within_ten_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(
+        chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
+    ));
+    let engine = engine(dir.path(), clock.clone()).await;
+    let (p1, p2, p3) = (
+        Uuid::from_u128(11),
+        Uuid::from_u128(12),
+        Uuid::from_u128(13),
+    );
+
+    engine
+        .execute::<Payment>(&p1.to_string(), initiate(p1, Some("123")))
+        .await
+        .unwrap();
+    clock.advance(chrono::Duration::seconds(9));
+    let second = engine
+        .execute::<Payment>(&p2.to_string(), initiate(p2, Some("123")))
+        .await;
+    assert!(is_duplicate(&second), "{second:?}");
+    assert!(
+        engine
+            .history::<Payment>(&p2.to_string())
+            .unwrap()
+            .is_empty(),
+        "a rejection writes nothing"
+    );
+    clock.advance(chrono::Duration::seconds(2));
+    engine
+        .execute::<Payment>(&p3.to_string(), initiate(p3, Some("123")))
+        .await
+        .unwrap();
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_rejected_for_another_reason_does_not_block_its_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(
+        chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
+    ));
+    let engine = engine(dir.path(), clock.clone()).await;
+    let p = Uuid::from_u128(21);
+    // A card payment without its CVV: the aggregate refuses it.
+    let refused = engine
+        .execute::<Payment>(&p.to_string(), initiate(p, None))
+        .await;
+    assert!(
+        matches!(refused, Err(CommandError::Rejected(ref e)) if !matches!(e, PaymentError::DuplicateTransaction { .. })),
+        "{refused:?}"
+    );
+    // The corrected command, same fingerprint, the same second: accepted.
+    engine
+        .execute::<Payment>(&p.to_string(), initiate(p, Some("123")))
+        .await
+        .unwrap();
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_identical_initiations_at_once_cannot_both_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(
+        chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
+    ));
+    let engine = engine(dir.path(), clock).await;
+    let (a, b) = (Uuid::from_u128(31), Uuid::from_u128(32));
+    let (ida, idb) = (a.to_string(), b.to_string());
+    let (ra, rb) = tokio::join!(
+        engine.execute::<Payment>(&ida, initiate(a, Some("123"))),
+        engine.execute::<Payment>(&idb, initiate(b, Some("123"))),
+    );
+    assert_eq!(
+        [ra.is_ok(), rb.is_ok()].iter().filter(|ok| **ok).count(),
+        1,
+        "exactly one passes: {ra:?} / {rb:?}"
+    );
+    assert!(is_duplicate(&ra) || is_duplicate(&rb));
+    engine.shutdown().await.unwrap();
+}
