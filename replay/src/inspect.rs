@@ -16,7 +16,7 @@ fn rfc3339(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-fn json_line(out: &mut dyn Write, value: &Value) -> Result<(), CliError> {
+pub(crate) fn json_line(out: &mut dyn Write, value: &Value) -> Result<(), CliError> {
     writeln!(out, "{value}")?;
     Ok(())
 }

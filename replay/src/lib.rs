@@ -5,6 +5,7 @@
 //! - [`demo`]: a generated workload through a real engine, then a restart and a recovery check.
 //! - [`inspect`]: `list`, `history`, `state`, `stats`.
 //! - [`verify`]: the journal's integrity checks plus replay and snapshot checks per type.
+//! - [`export`]: every event in global order as JSON lines, with the records' hash chain.
 //!
 //! **Architecture Invariant:** replay never writes. Every command but `demo` opens the store
 //! with `Journal::open_read_only`; only `demo` runs an engine.
@@ -15,6 +16,7 @@
 pub mod demo;
 mod diff;
 pub mod error;
+pub mod export;
 pub mod inspect;
 pub mod registry;
 pub mod store;
@@ -51,6 +53,8 @@ pub enum Command {
     Stats(StatsArgs),
     /// Check records, chains, the global index, every replay and every snapshot.
     Verify(VerifyArgs),
+    /// Every event in global order as JSON lines, with each record's SHA-256 chain.
+    Export(ExportArgs),
 }
 
 /// The store every command works on.
@@ -177,6 +181,18 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only events of this aggregate type.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub aggregate_type: Option<String>,
+    /// Start at this global position (to continue an earlier export).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub from_position: u64,
+}
+
 fn parse_rfc3339(text: &str) -> Result<DateTime<FixedOffset>, String> {
     DateTime::parse_from_rfc3339(text)
         .map_err(|e| format!("{e}; expected RFC 3339, e.g. 2026-01-31T12:00:00Z"))
@@ -210,6 +226,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, CliError> {
         Command::State(args) => inspect::state(args, out),
         Command::Stats(args) => inspect::stats(args, out),
         Command::Verify(args) => verify::run(args, out),
+        Command::Export(args) => export::run(args, out),
     }
 }
 

@@ -17,6 +17,7 @@ use evershard_aggregates::order::Order;
 use evershard_aggregates::payment::Payment;
 use evershard_aggregates::plant::Plant;
 use evershard_aggregates::product_stock::ProductStock;
+use evershard_engine::journal::Record;
 use evershard_engine::model::{Aggregate, DomainEvent, EventEnvelope, Workload};
 use evershard_engine::repository::{self, Loaded};
 use evershard_engine::{EngineBuilder, Journal, StorageError, StreamId};
@@ -43,6 +44,9 @@ pub trait AggregateKind: Send + Sync + 'static {
         journal: &'j Journal,
         stream: &StreamId,
     ) -> Box<dyn Iterator<Item = Result<EventEnvelope<Value>, StorageError>> + 'j>;
+
+    /// One stored record of this type as an envelope around its JSON payload (upcast).
+    fn record_json(&self, record: Record) -> Result<EventEnvelope<Value>, StorageError>;
 
     /// The state as of sequence `upto` (`u64::MAX`: the head) rendered as JSON, through
     /// `repository::load`.
@@ -162,6 +166,10 @@ impl<A: Workload> AggregateKind for Kind<A> {
             repository::read_events::<A>(journal, stream, 1, u64::MAX)
                 .map(|r| r.map(|envelope| envelope.map(|event| event.payload_json()))),
         )
+    }
+
+    fn record_json(&self, record: Record) -> Result<EventEnvelope<Value>, StorageError> {
+        repository::decode_record::<A>(record).map(|e| e.map(|event| event.payload_json()))
     }
 
     fn state_json(
