@@ -163,7 +163,9 @@ impl<A: Aggregate> EntityState<A> {
             }
             if let Err(violation) = A::check_invariants(state) {
                 // A bug in decide: it produced events that break an invariant. The events
-                // stand (they are committed); we refuse to keep acting on this state.
+                // stand (they are committed facts); say so loudly, and rebuild the state from
+                // the journal for the next command rather than trust this copy. `evershard
+                // verify` reports the aggregate until the code is fixed.
                 tracing::error!(%stream, %violation, "invariant broken after apply");
                 *loaded = None;
                 return;
