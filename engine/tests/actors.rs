@@ -131,29 +131,33 @@ async fn full_mailboxes_answer_overloaded() {
         .open()
         .await
         .unwrap();
-    // 64 commands at once to one aggregate whose mailbox holds 2: some must be refused, and
-    // every accepted one is applied exactly once.
-    let mut tasks = Vec::new();
+    // 64 commands at once to one aggregate whose mailbox holds 2, while the journal's syncer
+    // is held so that no command can finish: exactly 2 are taken, 62 refused at once. Then
+    // the syncer goes on and the 2 are applied exactly once. No timing involved.
+    let gate = engine.journal().hold_syncs_for_tests();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..64 {
         let engine = engine.clone();
-        tasks.push(tokio::spawn(async move {
-            engine.execute::<Counter>("x", CounterCommand::Add(1)).await
-        }));
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(engine.execute::<Counter>("x", CounterCommand::Add(1)).await);
+        });
     }
-    let mut accepted = 0;
+    drop(tx);
     let mut overloaded = 0;
-    for t in tasks {
-        match t.await.unwrap() {
-            Ok(_) => accepted += 1,
+    while overloaded < 62 {
+        match rx.recv().await.expect("a task answered") {
             Err(CommandError::Overloaded { limit: 2, .. }) => overloaded += 1,
-            Err(other) => panic!("unexpected {other:?}"),
+            other => panic!("only refusals can arrive while the syncer is held: {other:?}"),
         }
     }
-    assert_eq!(accepted + overloaded, 64);
-    assert!(
-        overloaded > 0,
-        "a mailbox of 2 absorbed 64 concurrent commands"
-    );
+    drop(gate);
+    let mut accepted = 0;
+    while let Some(result) = rx.recv().await {
+        result.expect("the two queued commands are applied");
+        accepted += 1;
+    }
+    assert_eq!(accepted, 2);
     let (state, version) = engine.state::<Counter>("x").await.unwrap();
     assert_eq!((state.total, version), (accepted, accepted));
     engine.shutdown().await.unwrap();

@@ -215,8 +215,6 @@ fn bad_requests_get_typed_errors_and_write_nothing() {
     ));
 }
 
-// Holding the gate across awaits is the point: only the syncer thread (not a task) waits on it.
-#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_one_flush() {
     // Hold the syncer, queue 64 durable appends from 64 tasks, release: they must be

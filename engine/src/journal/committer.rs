@@ -164,7 +164,13 @@ impl Syncer {
     fn run(mut self, batches: mpsc::Receiver<SyncBatch>) {
         while let Ok(mut batch) = batches.recv() {
             #[cfg(feature = "fault-injection")]
-            drop(self.shared.sync_gate.read().expect("sync gate"));
+            while self
+                .shared
+                .syncs_held
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             // Everything queued meanwhile shares this flush.
             while let Ok(more) = batches.try_recv() {
                 batch.replies.extend(more.replies);

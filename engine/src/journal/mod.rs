@@ -119,9 +119,9 @@ struct Shared {
     /// Flush + fdatasync rounds the syncer has completed: with group commit, far fewer than
     /// appends.
     syncs_done: std::sync::atomic::AtomicU64,
-    /// Fault injection: while held, the syncer waits before each sync.
+    /// Fault injection: while set, the syncer waits before each sync.
     #[cfg(feature = "fault-injection")]
-    sync_gate: Arc<std::sync::RwLock<()>>,
+    pub(crate) syncs_held: AtomicBool,
     /// Fault injection: the next flush fails as if the disk had refused it.
     #[cfg(feature = "fault-injection")]
     fail_next_sync: AtomicBool,
@@ -223,7 +223,7 @@ impl Journal {
             closed: AtomicBool::new(false),
             syncs_done: std::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "fault-injection")]
-            sync_gate: Default::default(),
+            syncs_held: AtomicBool::new(false),
             #[cfg(feature = "fault-injection")]
             fail_next_sync: AtomicBool::new(false),
         });
@@ -273,7 +273,7 @@ impl Journal {
             closed: AtomicBool::new(false),
             syncs_done: std::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "fault-injection")]
-            sync_gate: Default::default(),
+            syncs_held: AtomicBool::new(false),
             #[cfg(feature = "fault-injection")]
             fail_next_sync: AtomicBool::new(false),
         });
@@ -566,11 +566,12 @@ impl Journal {
         self.shared.syncs_done.load(Ordering::Acquire)
     }
 
-    /// Holds the syncer before its next sync until the guard is dropped, so that a test can
-    /// queue appends deterministically behind one sync.
+    /// Holds the syncer before its next sync until the returned value is dropped, so that a
+    /// test can queue appends deterministically behind one sync.
     #[cfg(feature = "fault-injection")]
-    pub fn hold_syncs_for_tests(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
-        self.shared.sync_gate.write().expect("sync gate")
+    pub fn hold_syncs_for_tests(&self) -> SyncHold {
+        self.shared.syncs_held.store(true, Ordering::Release);
+        SyncHold(self.shared.clone())
     }
 
     /// Makes the next flush fail with an I/O error: for poisoning tests only.
@@ -603,6 +604,24 @@ impl Journal {
         self.shared.db.insert(key, value)?;
         self.shared.db.flush()?;
         Ok(())
+    }
+}
+
+/// Releases the syncer held by [`Journal::hold_syncs_for_tests`] when dropped.
+#[cfg(feature = "fault-injection")]
+pub struct SyncHold(Arc<Shared>);
+
+#[cfg(feature = "fault-injection")]
+impl std::fmt::Debug for SyncHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SyncHold")
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Drop for SyncHold {
+    fn drop(&mut self) {
+        self.0.syncs_held.store(false, Ordering::Release);
     }
 }
 
