@@ -5,9 +5,6 @@
 //! - [`model`]: the aggregate model (traits, envelope, codec, money, given/when/then);
 //! - [`engine`]: the whole engine crate (journal, repository, sharding);
 //! - [`aggregates`]: the seven domain aggregates;
-//! - [`guards`]: engine-level guards for rules that span aggregates (Payment's 10 s rule).
-
-pub mod guards;
 
 pub use evershard_aggregates as aggregates;
 pub use evershard_engine as engine;

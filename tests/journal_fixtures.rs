@@ -196,7 +196,7 @@ async fn a_journal_holding_the_1_0_event_works_in_a_live_engine() {
     drop(journal);
     // The auditors' CLI (as a library: the binary lives in evershard-replay).
     use clap::Parser;
-    let cli = evershard_replay::Cli::try_parse_from([
+    let cli = evershard_cli::Cli::try_parse_from([
         "evershard",
         "history",
         "Plant",
@@ -207,7 +207,7 @@ async fn a_journal_holding_the_1_0_event_works_in_a_live_engine() {
     ])
     .unwrap();
     let mut out = Vec::new();
-    evershard_replay::run(&cli, &mut out).unwrap();
+    evershard_cli::run(&cli, &mut out).unwrap();
     let out = String::from_utf8(out).unwrap();
     let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(first["event_version"], "1.0");

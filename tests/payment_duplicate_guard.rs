@@ -1,13 +1,12 @@
 //! Payment's 10-second rule across payment ids, enforced by the engine-level
-//! `PaymentDuplicateGuard` (evershard::guards): an identical initiation (same payer, amount,
+//! `PaymentDuplicateGuard` (beside the Payment aggregate): an identical initiation (same payer, amount,
 //! currency, target) under another payment id is rejected within 10 s and accepted after;
 //! one rejected by the aggregate for another reason does not block its corrected retry; two
 //! identical initiations sent at once cannot both pass. Time comes from a `ManualClock`.
 
 use evershard::aggregates::payment::{
-    Cvv, InitiatePayment, Payment, PaymentError, PaymentMethod, TargetType,
+    Cvv, InitiatePayment, Payment, PaymentDuplicateGuard, PaymentError, PaymentMethod, TargetType,
 };
-use evershard::guards::PaymentDuplicateGuard;
 use evershard::model::Currency;
 use evershard::model::Money;
 use evershard::{CommandError, Engine, ManualClock};

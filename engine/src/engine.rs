@@ -2,12 +2,12 @@
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{CommandError, EngineError, StorageError};
-use crate::guard::CommandGuard;
 use crate::journal::{Durability, Journal, JournalConfig, StreamId};
 use crate::repository;
 use crate::sharding::{
     EntityMsg, Runtime, ShardActor, ShardArgs, ShardMsg, ShardingConfig, Snapshotter,
 };
+use evershard_model::CommandGuard;
 use evershard_model::{Aggregate, EventEnvelope, Metadata};
 use evershard_snapshots::SnapshotPolicy;
 use ractor::{Actor, ActorRef};
@@ -351,7 +351,7 @@ impl Engine {
         };
         StreamId::new(A::TYPE, aggregate_id)
             .validate()
-            .map_err(CommandError::Invalid)?;
+            .map_err(|e| CommandError::Invalid(e.to_string()))?;
         let group = self
             .group::<A>()
             .ok_or(CommandError::NotRegistered(A::TYPE))?;

@@ -20,7 +20,6 @@
 pub mod clock;
 mod engine;
 pub mod error;
-pub mod guard;
 pub mod journal;
 pub mod repository;
 pub mod sharding;
@@ -29,7 +28,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineBuilder};
 pub use error::{AppendError, CommandError, EngineError, StorageError};
 pub use evershard_model as model;
+pub use evershard_model::CommandGuard;
 pub use evershard_snapshots::SnapshotPolicy;
-pub use guard::CommandGuard;
 pub use journal::{Durability, Journal, JournalConfig, StreamId};
 pub use sharding::{shard_for, ShardingConfig};

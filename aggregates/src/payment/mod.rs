@@ -82,7 +82,7 @@
 //!   initiation, whether the earlier attempt is still in progress or failed fast), and
 //!   (b) across payments by [`DuplicateTransactionGuard`], which the engine owns: an aggregate
 //!   cannot see other payments. The application installs it as an engine command guard,
-//!   `Engine::builder(..).guard::<Payment>(evershard::guards::PaymentDuplicateGuard::new())`,
+//!   `Engine::builder(..).guard::<Payment>(PaymentDuplicateGuard::new())`,
 //!   which reserves the fingerprint before routing and takes it back if the aggregate rejects
 //!   the command (tested in the root crate's `tests/payment_duplicate_guard.rs`). The duplicate check comes before the "attempt in progress"
 //!   check, so a fast identical repeat is reported as a duplicate.
@@ -140,7 +140,10 @@
 mod guard;
 pub mod legacy;
 
-pub use guard::{DuplicateTransactionGuard, TransactionFingerprint, DUPLICATE_GUARD_ENTRIES_MAX};
+pub use guard::{
+    DuplicateTransactionGuard, PaymentDuplicateGuard, TransactionFingerprint,
+    DUPLICATE_GUARD_ENTRIES_MAX,
+};
 pub use legacy::{PaymentEventV1_0, PaymentInitiatedV1_0, PAYMENT_INITIATED_V1_0_VERSION};
 
 use chrono::{DateTime, TimeDelta, Utc};

@@ -21,8 +21,7 @@ pub const OUTBOX: u8 = b'o';
 pub const TIMERS: u8 = b't';
 pub const IDEMPOTENCY: u8 = b'i';
 
-pub const AGGREGATE_TYPE_BYTES_MAX: usize = u8::MAX as usize;
-pub const AGGREGATE_ID_BYTES_MAX: usize = 1024;
+pub use evershard_model::{AGGREGATE_ID_BYTES_MAX, AGGREGATE_TYPE_BYTES_MAX};
 
 /// `type_len | type | id_len | id`: the stream part shared by event and snapshot keys.
 pub fn stream_part(stream: &StreamId) -> Vec<u8> {

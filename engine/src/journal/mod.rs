@@ -24,47 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
-/// One aggregate instance's event stream.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StreamId {
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-}
-
-impl StreamId {
-    pub fn new(aggregate_type: impl Into<String>, aggregate_id: impl Into<String>) -> Self {
-        Self {
-            aggregate_type: aggregate_type.into(),
-            aggregate_id: aggregate_id.into(),
-        }
-    }
-
-    /// Checks the limits the key layout imposes.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.aggregate_type.is_empty()
-            || self.aggregate_type.len() > keys::AGGREGATE_TYPE_BYTES_MAX
-        {
-            return Err(format!(
-                "aggregate type must be 1..={} bytes",
-                keys::AGGREGATE_TYPE_BYTES_MAX
-            ));
-        }
-        if self.aggregate_id.is_empty() || self.aggregate_id.len() > keys::AGGREGATE_ID_BYTES_MAX {
-            return Err(format!(
-                "aggregate id must be 1..={} bytes, got {}",
-                keys::AGGREGATE_ID_BYTES_MAX,
-                self.aggregate_id.len()
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl std::fmt::Display for StreamId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.aggregate_type, self.aggregate_id)
-    }
-}
+pub use evershard_model::StreamId;
 
 /// When an append is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -301,7 +261,7 @@ impl Journal {
         request
             .stream
             .validate()
-            .map_err(AppendError::InvalidRequest)?;
+            .map_err(|e| AppendError::InvalidRequest(e.to_string()))?;
         request.validate().map_err(AppendError::InvalidRequest)?;
         let (reply, rx) = tokio::sync::oneshot::channel();
         let jobs = self.jobs.as_ref().ok_or(StorageError::ReadOnly)?;

@@ -6,10 +6,10 @@
 //! streams of a type the registry does not know.
 
 use chrono::{TimeZone, Utc};
+use evershard_cli::{audit, AggregateKind, Check, Kind};
 use evershard_engine::journal::{AppendRequest, NewEvent};
 use evershard_engine::model::{codec, Aggregate, DecideContext, DemoRng, DomainEvent, Workload};
 use evershard_engine::{Journal, JournalConfig, StreamId};
-use evershard_replay::{audit, AggregateKind, Check, Kind};
 use evershard_snapshots::SnapshotRecord;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

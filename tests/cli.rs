@@ -137,7 +137,7 @@ fn demo_of_every_type_recovers_and_verifies_clean() {
         ],
         0,
     );
-    let types = evershard_replay::known_types();
+    let types = evershard_cli::known_types();
     let total = 20 * types.len();
     assert!(stdout.contains("workload: 400 commands"), "{stdout}");
     assert!(
@@ -612,7 +612,7 @@ fn unknown_types_missing_stores_and_aggregates_are_clear_errors() {
             stderr.contains("unknown aggregate type \"Nope\""),
             "{args:?}: {stderr}"
         );
-        for known in evershard_replay::known_types() {
+        for known in evershard_cli::known_types() {
             assert!(
                 stderr.contains(known),
                 "{args:?} should list {known}: {stderr}"

@@ -10,8 +10,8 @@
 //! Guards keep their memory in process: after a restart they start empty. That suits short
 //! windows (seconds); rules that must survive a restart belong in an aggregate.
 
+use crate::Aggregate;
 use chrono::{DateTime, Utc};
-use evershard_model::Aggregate;
 
 pub trait CommandGuard<A: Aggregate>: Send + Sync + 'static {
     /// Before routing. `Err` rejects the command (`CommandError::Rejected`); nothing is written.

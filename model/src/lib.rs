@@ -7,7 +7,9 @@
 //! - [`Aggregate`]: typed Command, Event, State and domain Error. `decide` holds all business
 //!   logic and is pure; `apply` folds an event into the state and holds none.
 //! - [`DomainEvent`]: an event declares its `event_type`, `event_version` and outbound topic.
-//! - [`EventEnvelope`]: what the journal stores around every event.
+//! - [`EventEnvelope`]: what the journal stores around every event; [`StreamId`]: which
+//!   aggregate instance's stream it belongs to.
+//! - [`CommandGuard`]: rules that span aggregate instances, checked before a command is routed.
 //! - [`codec`]: the one place that turns values into bytes (bincode 2 behind a version byte).
 //! - [`Money`]: integer minor units, never a binary float.
 //! - [`testing`], the given/when/then helper: `given(events).when(command).then_expect_events(..)`.
@@ -17,13 +19,17 @@
 
 pub mod codec;
 mod envelope;
+mod guard;
 mod money;
+mod stream;
 pub mod testing;
 mod workload;
 
 pub use codec::CodecError;
 pub use envelope::{EventEnvelope, Metadata};
+pub use guard::CommandGuard;
 pub use money::{Currency, Money, MoneyParseError};
+pub use stream::{StreamId, StreamIdError, AGGREGATE_ID_BYTES_MAX, AGGREGATE_TYPE_BYTES_MAX};
 pub use workload::{DemoRng, Workload};
 
 use chrono::{DateTime, Utc};

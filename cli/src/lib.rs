@@ -15,6 +15,7 @@
 
 pub mod demo;
 mod diff;
+mod entry;
 pub mod error;
 pub mod export;
 pub mod inspect;
@@ -22,6 +23,7 @@ pub mod registry;
 pub mod store;
 pub mod verify;
 
+pub use entry::main;
 pub use error::CliError;
 pub use registry::{known_types, AggregateKind, Kind, KINDS};
 pub use verify::{audit, AuditReport, Check, Finding};

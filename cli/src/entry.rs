@@ -1,18 +1,23 @@
-//! `evershard`: the auditors' CLI. Parsing and exit codes only; see the library.
+//! The process entry of an `evershard` binary: argument parsing, logging, output and exit
+//! codes. Everything else is in the library.
 
+use crate::{run, Cli, CliError};
 use clap::Parser;
-use evershard_replay::{run, Cli, CliError};
-use std::io::{BufWriter, ErrorKind, Write};
+use std::io::{BufWriter, ErrorKind, IsTerminal, Write};
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
-fn main() -> ExitCode {
+/// Runs the CLI on the process's arguments and returns its exit code: what a binary's `main`
+/// calls.
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Warnings and errors of the engine go to stderr; RUST_LOG overrides.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // No colour codes in logs captured to a file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let stdout = std::io::stdout();
