@@ -1,6 +1,6 @@
 //! The one entry type: [`Engine::builder`] → register aggregate types → [`EngineBuilder::open`].
 
-use crate::clock::{Clock, SystemClock};
+use evershard_model::{Clock, SystemClock};
 use crate::error::{CommandError, EngineError, StorageError};
 use crate::journal::{Durability, Journal, JournalConfig, StreamId};
 use crate::repository;
@@ -417,7 +417,7 @@ impl Engine {
                 })
                 .await;
         };
-        let now = crate::journal::record::truncate_to_micros(self.inner.rt.clock.now());
+        let now = self.inner.rt.clock.now();
         guard
             .admit(aggregate_id, &command, now)
             .map_err(CommandError::Rejected)?;

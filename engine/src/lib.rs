@@ -17,14 +17,13 @@
 //! # Ok(()) }
 //! ```
 
-pub mod clock;
 mod engine;
 pub mod error;
 pub mod journal;
 pub mod repository;
 pub mod sharding;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use evershard_model::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineBuilder};
 pub use error::{AppendError, CommandError, EngineError, StorageError};
 pub use evershard_model as model;

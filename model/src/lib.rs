@@ -17,6 +17,7 @@
 //! - [`from_variants!`] and [`json_payload`]: the `From` impls and the outbound JSON every
 //!   aggregate's command and event enums need.
 
+mod clock;
 pub mod codec;
 mod envelope;
 mod guard;
@@ -25,6 +26,7 @@ mod stream;
 pub mod testing;
 mod workload;
 
+pub use clock::{truncate_to_micros, Clock, ManualClock, SystemClock};
 pub use codec::CodecError;
 pub use envelope::{EventEnvelope, Metadata};
 pub use guard::CommandGuard;
@@ -61,15 +63,16 @@ pub trait DomainEvent:
 pub struct DecideContext {
     /// The id of the aggregate instance the command is addressed to.
     pub aggregate_id: String,
-    /// The engine's clock when the command is handled.
+    /// The engine's clock when the command is handled, at microsecond resolution.
     pub now: DateTime<Utc>,
 }
 
 impl DecideContext {
+    /// `now` is truncated to the store's resolution (microseconds): see [`truncate_to_micros`].
     pub fn new(aggregate_id: impl Into<String>, now: DateTime<Utc>) -> Self {
         Self {
             aggregate_id: aggregate_id.into(),
-            now,
+            now: truncate_to_micros(now),
         }
     }
 }

@@ -58,9 +58,10 @@ impl<A: Aggregate> Given<A> {
         self.ctx.aggregate_id = aggregate_id.into();
         self
     }
-    /// Sets the clock `decide` sees.
+    /// Sets the clock `decide` sees, at the store's resolution (microseconds), exactly as the
+    /// engine would pass it.
     pub fn at(mut self, now: DateTime<Utc>) -> Self {
-        self.ctx.now = now;
+        self.ctx.now = crate::truncate_to_micros(now);
         self
     }
     /// The state folded from the given events.

@@ -66,13 +66,7 @@ pub enum RecordError {
     Malformed(&'static str),
 }
 
-/// The record's time resolution: microseconds. Truncating before encoding keeps what
-/// `decide` saw, what the caller is told and what is stored identical.
-pub fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
-    Utc.timestamp_micros(t.timestamp_micros())
-        .single()
-        .unwrap_or(t)
-}
+pub use evershard_model::truncate_to_micros;
 
 pub fn hash(bytes: &[u8]) -> Hash {
     Sha256::digest(bytes).into()

@@ -100,9 +100,8 @@ impl<A: Aggregate> EntityState<A> {
         let rt = self.args.rt.clone();
         let (state, version) = self.loaded.as_ref().expect("loaded above");
         let version = *version;
-        // At the journal's resolution, so that what `decide` saw is what is stored.
-        let now = crate::journal::record::truncate_to_micros(rt.clock.now());
-        let ctx = DecideContext::new(self.args.stream.aggregate_id.clone(), now);
+        // `DecideContext::new` keeps the store's resolution, so what `decide` saw is stored.
+        let ctx = DecideContext::new(self.args.stream.aggregate_id.clone(), rt.clock.now());
         let events = match catch_unwind(AssertUnwindSafe(|| A::decide(state, &command, &ctx))) {
             Err(panic) => {
                 self.loaded = None;

@@ -14,7 +14,7 @@ pub(crate) use entity::EntityMsg;
 pub(crate) use shard::{ShardActor, ShardArgs, ShardMsg};
 pub(crate) use snapshotter::Snapshotter;
 
-use crate::clock::Clock;
+use evershard_model::Clock;
 use crate::journal::Journal;
 use evershard_snapshots::SnapshotPolicy;
 use std::sync::Arc;
