@@ -60,10 +60,20 @@ async fn unit_test_and_engine_decide_at_the_same_instant() {
     let unit_events = unit.expect("accepted in the unit test");
     let engine_events = through_engine.expect("accepted through the engine");
     assert_eq!(unit_events.len(), 1);
-    assert!(matches!(unit_events[0], AppointmentEvent::AppointmentCreated(_)));
+    assert!(matches!(
+        unit_events[0],
+        AppointmentEvent::AppointmentCreated(_)
+    ));
     assert_eq!(
-        engine_events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
+        engine_events
+            .iter()
+            .map(|e| e.payload.clone())
+            .collect::<Vec<_>>(),
         unit_events
     );
-    assert_eq!(engine_events[0].timestamp, t0(), "stored time is the decided time");
+    assert_eq!(
+        engine_events[0].timestamp,
+        t0(),
+        "stored time is the decided time"
+    );
 }

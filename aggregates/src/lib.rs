@@ -10,3 +10,9 @@ pub mod order;
 pub mod payment;
 pub mod plant;
 pub mod product_stock;
+
+/// The demo workload generators (`Workload`) of the seven aggregates, for the demo, the
+/// benches and the property tests. Behind the `workload` feature: a service that embeds the
+/// aggregates does not compile them.
+#[cfg(feature = "workload")]
+pub mod workloads;

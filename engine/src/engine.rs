@@ -1,6 +1,5 @@
 //! The one entry type: [`Engine::builder`] → register aggregate types → [`EngineBuilder::open`].
 
-use evershard_model::{Clock, SystemClock};
 use crate::error::{CommandError, EngineError, StorageError};
 use crate::journal::{Durability, Journal, JournalConfig, StreamId};
 use crate::repository;
@@ -9,6 +8,7 @@ use crate::sharding::{
 };
 use evershard_model::CommandGuard;
 use evershard_model::{Aggregate, EventEnvelope, Metadata};
+use evershard_model::{Clock, SystemClock};
 use evershard_snapshots::SnapshotPolicy;
 use ractor::{Actor, ActorRef};
 use std::any::Any;

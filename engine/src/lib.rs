@@ -23,11 +23,11 @@ pub mod journal;
 pub mod repository;
 pub mod sharding;
 
-pub use evershard_model::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineBuilder};
 pub use error::{AppendError, CommandError, EngineError, StorageError};
 pub use evershard_model as model;
 pub use evershard_model::CommandGuard;
+pub use evershard_model::{Clock, ManualClock, SystemClock};
 pub use evershard_snapshots::SnapshotPolicy;
 pub use journal::{Durability, Journal, JournalConfig, StreamId};
 pub use sharding::{shard_for, ShardingConfig};

@@ -117,11 +117,9 @@
 
 mod events;
 pub mod legacy;
-mod workload;
 
 pub use events::*;
 pub use legacy::{PlantCreatedV1_0, PlantEventV1_0, PLANT_CREATED_V1_0_VERSION, UPCAST_FROM_KEY};
-pub use workload::next_growth_stage;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use evershard_model::{codec, from_variants, Aggregate, CodecError, DecideContext, DomainEvent};
@@ -766,4 +764,14 @@ impl Aggregate for Plant {
             _ => Err(unknown_version(event_type, event_version)),
         }
     }
+}
+
+/// The next stage a growing plant moves to by a stage change: the first later stage that a
+/// change may enter, short of `harvested` and `disposed`. `None` from `ready` on.
+pub fn next_growth_stage(stage: PlantStage) -> Option<PlantStage> {
+    PlantStage::ALL.into_iter().find(|&to| {
+        to.rank() > stage.rank()
+            && to.is_new_stage_value()
+            && !matches!(to, PlantStage::Harvested | PlantStage::Disposed)
+    })
 }

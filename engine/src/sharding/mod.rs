@@ -14,8 +14,8 @@ pub(crate) use entity::EntityMsg;
 pub(crate) use shard::{ShardActor, ShardArgs, ShardMsg};
 pub(crate) use snapshotter::Snapshotter;
 
-use evershard_model::Clock;
 use crate::journal::Journal;
+use evershard_model::Clock;
 use evershard_snapshots::SnapshotPolicy;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,10 +1,10 @@
 //! The demo workload of [`Plant`]: a plausible next command for a plant in any state.
 
-use super::{
-    ChangePlantStage, CreatePlant, EnvironmentalConditions, Genetics, GeneticsType,
-    HarvestConditions, HarvestData, HarvestPlant, HarvestSection, Location, Photo, PhotoType,
-    Plant, PlantCommand, PlantStage, PlantState, PropagationMethod, QualityGrade, SectionType,
-    Weight, WeightUnit,
+use crate::plant::{
+    next_growth_stage, ChangePlantStage, CreatePlant, EnvironmentalConditions, Genetics,
+    GeneticsType, HarvestConditions, HarvestData, HarvestPlant, HarvestSection, Location, Photo,
+    PhotoType, Plant, PlantCommand, PlantStage, PlantState, PropagationMethod, QualityGrade,
+    SectionType, Weight, WeightUnit,
 };
 use chrono::Duration;
 use evershard_model::{DecideContext, DemoRng, Workload};
@@ -19,16 +19,6 @@ const STRAINS: [&str; 5] = [
 ];
 const ZONES: [&str; 4] = ["A", "B", "C", "D"];
 const DISPOSAL_REASONS: [&str; 3] = ["mold", "pest infestation", "male plant"];
-
-/// The next stage a growing plant moves to by a stage change: the first later stage that a
-/// change may enter, short of `harvested` and `disposed`. `None` from `ready` on.
-pub fn next_growth_stage(stage: PlantStage) -> Option<PlantStage> {
-    PlantStage::ALL.into_iter().find(|&to| {
-        to.rank() > stage.rank()
-            && to.is_new_stage_value()
-            && !matches!(to, PlantStage::Harvested | PlantStage::Disposed)
-    })
-}
 
 /// A multiple of 0.1 in `lo/10..=hi/10`: tidy numbers for the demo.
 fn tenths(rng: &mut DemoRng, lo: i64, hi: i64) -> f64 {
@@ -175,7 +165,7 @@ impl Workload for Plant {
             // Backward (or standing still): rejected.
             return change(rng, PlantStage::Seedling, None);
         }
-        let harvestable = super::can_transition(stage, PlantStage::Harvested);
+        let harvestable = crate::plant::can_transition(stage, PlantStage::Harvested);
         match next_growth_stage(stage) {
             Some(_) if harvestable && rng.chance(15) => harvest(rng),
             Some(next) => {
