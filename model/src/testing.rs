@@ -13,7 +13,13 @@
 //! round trips every aggregate's tests run ([`assert_json_and_codec_round_trip`],
 //! [`assert_stored_event_round_trip`]), the replay/snapshot agreement its property tests assert
 //! ([`assert_replay_and_snapshots_agree`], [`assert_snapshot_and_tail_agree`]) and the
-//! lifecycle table check ([`assert_transition_table`]).
+//! lifecycle table check ([`assert_transition_table`]); and, with the `proptest` feature,
+//! [`check_workload`]: a whole property test of an aggregate from its workload generator.
+
+#[cfg(feature = "proptest")]
+mod props;
+#[cfg(feature = "proptest")]
+pub use props::{check_workload, WorkloadCheck};
 
 use crate::{codec, Aggregate, DecideContext, DomainEvent};
 use chrono::{DateTime, TimeZone, Utc};
@@ -29,6 +35,7 @@ pub fn fixed_now() -> DateTime<Utc> {
 }
 
 /// Starts a scenario from the given past events.
+#[track_caller]
 pub fn given<A: Aggregate>(events: impl IntoIterator<Item = A::Event>) -> Given<A> {
     let events: Vec<A::Event> = events.into_iter().collect();
     let state = A::replay(A::State::default(), &events);
@@ -42,6 +49,7 @@ pub fn given<A: Aggregate>(events: impl IntoIterator<Item = A::Event>) -> Given<
 }
 
 /// A scenario with no past events.
+#[track_caller]
 pub fn given_no_events<A: Aggregate>() -> Given<A> {
     given::<A>([])
 }
@@ -69,6 +77,7 @@ impl<A: Aggregate> Given<A> {
         &self.state
     }
     /// Runs `decide` once.
+    #[track_caller]
     pub fn when(self, command: impl Into<A::Command>) -> When<A> {
         let command = command.into();
         let result = A::decide(&self.state, &command, &self.ctx);
