@@ -6,12 +6,9 @@
 //! Deterministic: the generator is seeded; the only clock input is the engine's clock, which
 //! the generated commands read through the same `DecideContext`.
 
-use evershard::aggregates::{
-    appointment::Appointment, credit::Credit, device::Device, order::Order, payment::Payment,
-    plant::Plant, product_stock::ProductStock,
-};
+use evershard::aggregates::workloads::visit_all;
 use evershard::engine::{repository, Journal};
-use evershard::model::{Aggregate, DecideContext, DemoRng, Workload};
+use evershard::model::{Aggregate, DecideContext, DemoRng, Workload, WorkloadVisitor};
 use evershard::{CommandError, Durability, Engine, SnapshotPolicy, StreamId};
 
 const AGGREGATES: usize = 12;
@@ -124,37 +121,26 @@ async fn exercise<A: Workload>(seed: u64) {
     engine.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn product_stock_through_engine() {
-    exercise::<ProductStock>(1).await;
+/// Collects one `exercise` per aggregate type, each with its own seed.
+#[derive(Default)]
+struct Exercises(Vec<(&'static str, BoxFuture<'static, ()>)>);
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+impl WorkloadVisitor for Exercises {
+    fn visit<A: Workload>(&mut self) {
+        let seed = self.0.len() as u64 + 1;
+        self.0.push((A::TYPE, Box::pin(exercise::<A>(seed))));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn order_through_engine() {
-    exercise::<Order>(2).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payment_through_engine() {
-    exercise::<Payment>(3).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn appointment_through_engine() {
-    exercise::<Appointment>(4).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credit_through_engine() {
-    exercise::<Credit>(5).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plant_through_engine() {
-    exercise::<Plant>(6).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn device_through_engine() {
-    exercise::<Device>(7).await;
+async fn every_aggregate_type_through_the_engine() {
+    let mut exercises = Exercises::default();
+    visit_all(&mut exercises);
+    assert_eq!(exercises.0.len(), 7);
+    for (name, exercise) in exercises.0 {
+        println!("{name}");
+        exercise.await;
+    }
 }

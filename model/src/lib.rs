@@ -32,7 +32,7 @@ pub use envelope::{EventEnvelope, Metadata};
 pub use guard::CommandGuard;
 pub use money::{Currency, Money, MoneyParseError};
 pub use stream::{StreamId, StreamIdError, AGGREGATE_ID_BYTES_MAX, AGGREGATE_TYPE_BYTES_MAX};
-pub use workload::{DemoRng, Workload};
+pub use workload::{DemoRng, Workload, WorkloadVisitor};
 
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Serialize};

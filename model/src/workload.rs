@@ -56,3 +56,10 @@ pub trait Workload: Aggregate {
         false
     }
 }
+
+/// Work written once, generic over the aggregate type, and run for each type of a set: how
+/// the CLI, the demo and the tests reach every known aggregate type without keeping a list of
+/// their own (`evershard_aggregates::workloads::visit_all` is the list of the seven).
+pub trait WorkloadVisitor {
+    fn visit<A: Workload>(&mut self);
+}
