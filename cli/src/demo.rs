@@ -16,12 +16,15 @@
 //!    it too. Finally the journal's own `verify` must be clean.
 
 use crate::error::CliError;
-use crate::registry::{AggregateKind, KINDS};
+use crate::registry::{dispatch, resolve, visit_all, TypeOp};
 use crate::{DemoArgs, DurabilityArg, Outcome};
-use evershard_engine::model::{Aggregate, DecideContext, DemoRng, Metadata, Workload};
+use evershard_aggregates::payment::{Payment, PaymentDuplicateGuard};
+use evershard_engine::model::{
+    Aggregate, DecideContext, DemoRng, Metadata, Workload, WorkloadVisitor,
+};
 use evershard_engine::{
-    repository, Clock, CommandError, Durability, Engine, EngineError, SnapshotPolicy, StorageError,
-    StreamId, SystemClock,
+    repository, Clock, CommandError, Durability, Engine, EngineBuilder, EngineError,
+    SnapshotPolicy, StorageError, StreamId, SystemClock,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::future::Future;
@@ -480,9 +483,11 @@ async fn open_engine(args: &DemoArgs, retry_locked: bool) -> Result<Engine, CliE
             };
             builder = builder.snapshot_policy(policy);
         }
-        for kind in KINDS {
-            builder = kind.register(builder);
-        }
+        let mut register = Register(Some(builder));
+        visit_all(&mut register);
+        builder = register.0.expect("every visit hands the builder back");
+        // Payment's 10-second rule across payment ids lives in a guard beside the aggregate.
+        builder = builder.guard::<Payment>(PaymentDuplicateGuard::new());
         match builder.open().await {
             Ok(engine) => return Ok(engine),
             Err(EngineError::Storage(StorageError::Locked { .. }))
@@ -529,16 +534,43 @@ fn per_second(count: u64, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64().max(1e-9)
 }
 
+/// Registers every known type with an engine being built.
+struct Register(Option<EngineBuilder>);
+
+impl WorkloadVisitor for Register {
+    fn visit<A: Workload>(&mut self) {
+        self.0 = self.0.take().map(|builder| builder.register::<A>());
+    }
+}
+
+/// A demo driver for one aggregate instance of the type chosen by name.
+struct MakeDriver {
+    aggregate_id: String,
+    seed: u64,
+    client: usize,
+}
+
+impl TypeOp for MakeDriver {
+    type Output = Box<dyn Driver>;
+    fn run<A: Workload>(self) -> Box<dyn Driver> {
+        Box::new(WorkloadDriver::<A>::new(
+            self.aggregate_id,
+            self.seed,
+            self.client,
+        ))
+    }
+}
+
 /// Runs the demo; see the module documentation.
 pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
-    let kinds: Vec<&'static dyn AggregateKind> = if args.types.is_empty() {
-        KINDS.to_vec()
+    let kinds: Vec<&'static str> = if args.types.is_empty() {
+        crate::registry::known_types()
     } else {
-        let mut picked: Vec<&'static dyn AggregateKind> = Vec::new();
+        let mut picked: Vec<&'static str> = Vec::new();
         for name in &args.types {
-            let kind = crate::registry::kind(name)?;
-            if !picked.iter().any(|k| k.name() == kind.name()) {
-                picked.push(kind);
+            let name = resolve(name)?;
+            if !picked.contains(&name) {
+                picked.push(name);
             }
         }
         picked
@@ -552,18 +584,17 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
 
 async fn run_async(
     args: &DemoArgs,
-    kinds: &[&'static dyn AggregateKind],
+    kinds: &[&'static str],
     out: &mut dyn Write,
 ) -> Result<Outcome, CliError> {
     let per_type = args.aggregates;
     let aggregates_total = per_type * kinds.len() as u64;
     let clients = args.clients.min(aggregates_total).max(1) as usize;
-    let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
     writeln!(
         out,
         "demo: {} × {per_type} aggregates ({aggregates_total} in all), {} commands, {clients} clients, \
          seed {}, durability {}, store {}",
-        names.join(", "),
+        kinds.join(", "),
         args.commands,
         args.seed,
         args.durability,
@@ -578,13 +609,17 @@ async fn run_async(
     let base = args.commands / aggregates_total;
     let extra = args.commands % aggregates_total;
     let mut j = 0u64;
-    for kind in kinds {
+    for name in kinds {
         for index in 0..per_type {
             let client = (j % clients as u64) as usize;
-            let id = demo_aggregate_id(kind.name(), index);
+            let make = MakeDriver {
+                aggregate_id: demo_aggregate_id(name, index),
+                seed: args.seed,
+                client,
+            };
             let commands = base + u64::from(j < extra);
             partitions[client].push(Slot {
-                driver: kind.demo_driver(id, args.seed, client),
+                driver: dispatch(name, make).expect("resolved types are known"),
                 commands,
             });
             j += 1;

@@ -9,8 +9,8 @@
 //! incomplete.
 
 use crate::error::CliError;
-use crate::inspect::{envelope_json, json_line};
-use crate::registry::{kind, stored_kind};
+use crate::inspect::{envelope_json, json_line, RecordJson};
+use crate::registry::{dispatch, is_known, resolve};
 use crate::store::open_read_only;
 use crate::{ExportArgs, Outcome};
 use evershard_engine::journal::record;
@@ -22,17 +22,17 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 pub fn run(args: &ExportArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
-    let only = args.aggregate_type.as_deref().map(kind).transpose()?;
+    let only = args.aggregate_type.as_deref().map(resolve).transpose()?;
     let dir = &args.store.data;
     let journal = open_read_only(dir)?;
     let mut exported = 0u64;
     for entry in journal.read_global(args.from_position.max(1)) {
         let (position, stream, sequence) = entry.map_err(|e| CliError::storage(dir, e))?;
-        if only.is_some_and(|k| k.name() != stream.aggregate_type) {
+        if only.is_some_and(|name| name != stream.aggregate_type) {
             continue;
         }
-        let kind = stored_kind(&stream.aggregate_type).ok_or_else(|| {
-            CliError::storage(
+        if !is_known(&stream.aggregate_type) {
+            return Err(CliError::storage(
                 dir,
                 StorageError::Corrupt {
                     stream: Some(stream.to_string()),
@@ -42,8 +42,8 @@ pub fn run(args: &ExportArgs, out: &mut dyn Write) -> Result<Outcome, CliError> 
                         stream.aggregate_type
                     ),
                 },
-            )
-        })?;
+            ));
+        }
         let stored = journal
             .read_stream(&stream, sequence, sequence)
             .next()
@@ -59,8 +59,8 @@ pub fn run(args: &ExportArgs, out: &mut dyn Write) -> Result<Outcome, CliError> 
         // decoded record gives the stored bytes.
         let record_sha256 = hex(&record::hash(&stored.encode()));
         let prev_record_sha256 = hex(&stored.prev_hash);
-        let envelope = kind
-            .record_json(stored)
+        let envelope = dispatch(&stream.aggregate_type, RecordJson(stored))
+            .expect("known type")
             .map_err(|e| CliError::storage(dir, e))?;
         let mut line = envelope_json(&envelope);
         line["record_sha256"] = record_sha256.into();

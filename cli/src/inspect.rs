@@ -2,12 +2,14 @@
 //! `Journal::open_read_only` and closes it before returning.
 
 use crate::error::CliError;
-use crate::registry::{kind, stored_kind, AggregateKind};
+use crate::registry::{dispatch, is_known, resolve, TypeOp};
 use crate::store::open_read_only;
 use crate::{HistoryArgs, ListArgs, Outcome, StateArgs, StatsArgs};
 use chrono::{DateTime, SecondsFormat, Utc};
-use evershard_engine::model::EventEnvelope;
-use evershard_engine::{Journal, StreamId};
+use evershard_engine::journal::Record;
+use evershard_engine::model::{DomainEvent, EventEnvelope, Workload};
+use evershard_engine::repository::{self, Loaded};
+use evershard_engine::{Journal, StorageError, StreamId};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -39,12 +41,7 @@ fn existing_head(journal: &Journal, stream: &StreamId) -> Result<u64, CliError> 
 
 /// `evershard list`: one line per aggregate, `type<TAB>id<TAB>last sequence`.
 pub fn list(args: &ListArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
-    let filter = args
-        .aggregate_type
-        .as_deref()
-        .map(kind)
-        .transpose()?
-        .map(|k| k.name());
+    let filter = args.aggregate_type.as_deref().map(resolve).transpose()?;
     let journal = open_read_only(&args.store.data)?;
     for entry in journal.streams(filter) {
         let (stream, head) = entry.map_err(|e| CliError::storage(&args.store.data, e))?;
@@ -56,6 +53,69 @@ pub fn list(args: &ListArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
     }
     out.flush()?;
     Ok(Outcome::Clean)
+}
+
+/// The events of a stream in sequence order, each envelope around its outbound JSON payload
+/// (`DomainEvent::payload_json`). A record that fails its checks or does not decode is an
+/// `Err` naming the stream and sequence.
+pub(crate) struct HistoryJson<'j> {
+    pub journal: &'j Journal,
+    pub stream: &'j StreamId,
+}
+
+type EnvelopesJson<'j> = Box<dyn Iterator<Item = Result<EventEnvelope<Value>, StorageError>> + 'j>;
+
+impl<'j> TypeOp for HistoryJson<'j> {
+    type Output = EnvelopesJson<'j>;
+    fn run<A: Workload>(self) -> EnvelopesJson<'j> {
+        Box::new(
+            repository::read_events::<A>(self.journal, self.stream, 1, u64::MAX)
+                .map(|r| r.map(|envelope| envelope.map(|event| event.payload_json()))),
+        )
+    }
+}
+
+/// One stored record as an envelope around its JSON payload (upcast).
+pub(crate) struct RecordJson(pub Record);
+
+impl TypeOp for RecordJson {
+    type Output = Result<EventEnvelope<Value>, StorageError>;
+    fn run<A: Workload>(self) -> Self::Output {
+        repository::decode_record::<A>(self.0).map(|e| e.map(|event| event.payload_json()))
+    }
+}
+
+/// The state as of sequence `upto` (`u64::MAX`: the head) rendered as JSON, through
+/// `repository::load`.
+struct StateJson<'j> {
+    journal: &'j Journal,
+    stream: &'j StreamId,
+    upto: u64,
+    use_snapshots: bool,
+}
+
+impl TypeOp for StateJson<'_> {
+    type Output = Result<Loaded<Value>, CliError>;
+    fn run<A: Workload>(self) -> Self::Output {
+        let StateJson {
+            journal,
+            stream,
+            upto,
+            use_snapshots,
+        } = self;
+        let loaded = repository::load::<A>(journal, stream, upto, use_snapshots)
+            .map_err(|e| CliError::storage(journal.dir(), e))?;
+        let state = serde_json::to_value(&loaded.state).map_err(|source| CliError::Json {
+            what: format!("the state of {stream} ({})", A::TYPE),
+            source,
+        })?;
+        Ok(Loaded {
+            state,
+            version: loaded.version,
+            from_snapshot: loaded.from_snapshot,
+            events_replayed: loaded.events_replayed,
+        })
+    }
 }
 
 /// The JSON object `history --json` prints for one event.
@@ -80,11 +140,16 @@ pub fn envelope_json(envelope: &EventEnvelope<Value>) -> Value {
 /// `evershard history TYPE ID`: every event, oldest first. Events before a damaged record are
 /// printed; the damaged one ends the command with an error naming its sequence.
 pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
-    let kind = kind(&args.aggregate_type)?;
+    let aggregate_type = resolve(&args.aggregate_type)?;
     let journal = open_read_only(&args.store.data)?;
-    let stream = StreamId::new(kind.name(), args.aggregate_id.clone());
+    let stream = StreamId::new(aggregate_type, args.aggregate_id.clone());
     existing_head(&journal, &stream)?;
-    for envelope in kind.history_json(&journal, &stream) {
+    let history = HistoryJson {
+        journal: &journal,
+        stream: &stream,
+    };
+    let events = dispatch(aggregate_type, history).expect("resolved types are known");
+    for envelope in events {
         let envelope = envelope.map_err(|e| CliError::storage(&args.store.data, e))?;
         if args.json {
             json_line(out, &envelope_json(&envelope))?;
@@ -133,9 +198,9 @@ fn last_sequence_at(
 
 /// `evershard state TYPE ID`: the state at the head, at a sequence, or at a point in time.
 pub fn state(args: &StateArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
-    let kind: &dyn AggregateKind = kind(&args.aggregate_type)?;
+    let aggregate_type = resolve(&args.aggregate_type)?;
     let journal = open_read_only(&args.store.data)?;
-    let stream = StreamId::new(kind.name(), args.aggregate_id.clone());
+    let stream = StreamId::new(aggregate_type, args.aggregate_id.clone());
     let head = existing_head(&journal, &stream)?;
     let (upto, as_of) = match (args.at_seq, args.at) {
         (Some(sequence), _) if sequence > head => {
@@ -153,7 +218,13 @@ pub fn state(args: &StateArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
         }
         (None, None) => (head, json!("head")),
     };
-    let loaded = kind.state_json(&journal, &stream, upto, args.from_snapshots)?;
+    let state = StateJson {
+        journal: &journal,
+        stream: &stream,
+        upto,
+        use_snapshots: args.from_snapshots,
+    };
+    let loaded = dispatch(aggregate_type, state).expect("resolved types are known")?;
     if args.json {
         json_line(
             out,
@@ -215,7 +286,7 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
         let types: serde_json::Map<String, Value> = per_type
             .iter()
             .map(|(name, (aggregates, events))| {
-                let known = stored_kind(name).is_some();
+                let known = is_known(name);
                 (
                     name.clone(),
                     json!({ "aggregates": aggregates, "events": events, "known": known }),
@@ -249,7 +320,7 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
             writeln!(out, "  (none)")?;
         }
         for (name, (aggregates, events)) in &per_type {
-            let unknown = if stored_kind(name).is_some() {
+            let unknown = if is_known(name) {
                 ""
             } else {
                 "  (unknown to this build)"

@@ -1,7 +1,7 @@
 //! The auditors' CLI of evershard, as a library so that tests can call it; `src/main.rs` only
 //! parses arguments and maps the outcome to an exit code.
 //!
-//! - [`registry`]: the aggregate types this build knows, one trait object per type.
+//! - [`registry`]: the aggregate types this build knows, and a generic dispatch over them.
 //! - [`demo`]: a generated workload through a real engine, then a restart and a recovery check.
 //! - [`inspect`]: `list`, `history`, `state`, `stats`.
 //! - [`verify`]: the journal's integrity checks plus replay and snapshot checks per type.
@@ -25,8 +25,8 @@ pub mod verify;
 
 pub use entry::main;
 pub use error::CliError;
-pub use registry::{known_types, AggregateKind, Kind, KINDS};
-pub use verify::{audit, AuditReport, Check, Finding};
+pub use registry::{known_types, TypeOp};
+pub use verify::{audit, check_stream, AuditReport, Check, Finding, StreamCheck};
 
 use chrono::{DateTime, FixedOffset};
 use clap::{Args, Parser, Subcommand, ValueEnum};

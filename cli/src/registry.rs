@@ -1,317 +1,82 @@
-//! The aggregate types this build knows, as trait objects, so that every command can dispatch
-//! on a type *name* read from the command line or from the store.
+//! The aggregate types this build knows, and a generic dispatch over them. A command module
+//! writes its per-type work once, generic over the aggregate type, as a [`TypeOp`], and runs
+//! it for the type a name selects ([`dispatch`]) — or for every type with a
+//! [`WorkloadVisitor`] ([`visit_all`]).
 //!
-//! One generic implementation, [`Kind<A>`], serves every `A: Aggregate + Workload`: adding a
-//! type to the CLI is one line in [`KINDS`]. Everything typed (decoding payloads, folding,
-//! comparing states) happens inside `Kind<A>`; what crosses the trait boundary is JSON, plain
-//! report lines, or a boxed demo driver.
+//! **Architecture Invariant:** this module is a leaf of the CLI: it knows the aggregate types
+//! and nothing of the commands (`demo`, `verify`, `inspect`, `export` import it, never the
+//! other way round). The list of types itself is `evershard_aggregates::workloads::visit_all`.
 
-use crate::demo::{Driver, WorkloadDriver};
-use crate::diff::first_difference;
 use crate::error::CliError;
-use crate::verify::{Check, Finding, StreamCheck};
-use evershard_aggregates::appointment::Appointment;
-use evershard_aggregates::credit::Credit;
-use evershard_aggregates::device::Device;
-use evershard_aggregates::order::Order;
-use evershard_aggregates::payment::Payment;
-use evershard_aggregates::plant::Plant;
-use evershard_aggregates::product_stock::ProductStock;
-use evershard_engine::journal::Record;
-use evershard_engine::model::{Aggregate, DomainEvent, EventEnvelope, Workload};
-use evershard_engine::repository::{self, Loaded};
-use evershard_engine::{EngineBuilder, Journal, StorageError, StreamId};
-use evershard_snapshots::SnapshotRecord;
-use serde_json::Value;
-use std::marker::PhantomData;
+use evershard_model::{Workload, WorkloadVisitor};
 
-/// A registered aggregate type, type-erased.
-pub trait AggregateKind: Send + Sync + 'static {
-    /// The stored type name (`Aggregate::TYPE`).
-    fn name(&self) -> &'static str;
-
-    /// `Aggregate::STATE_SCHEMA_VERSION`: the schema snapshots of this build carry.
-    fn state_schema_version(&self) -> u32;
-
-    /// Registers the type with an engine being built.
-    fn register(&self, builder: EngineBuilder) -> EngineBuilder;
-
-    /// The events of `stream` in sequence order, each envelope around its outbound JSON payload
-    /// (`DomainEvent::payload_json`). A record that fails its checks or does not decode is an
-    /// `Err` naming the stream and sequence.
-    fn history_json<'j>(
-        &self,
-        journal: &'j Journal,
-        stream: &StreamId,
-    ) -> Box<dyn Iterator<Item = Result<EventEnvelope<Value>, StorageError>> + 'j>;
-
-    /// One stored record of this type as an envelope around its JSON payload (upcast).
-    fn record_json(&self, record: Record) -> Result<EventEnvelope<Value>, StorageError>;
-
-    /// The state as of sequence `upto` (`u64::MAX`: the head) rendered as JSON, through
-    /// `repository::load`.
-    fn state_json(
-        &self,
-        journal: &Journal,
-        stream: &StreamId,
-        upto: u64,
-        use_snapshots: bool,
-    ) -> Result<Loaded<Value>, CliError>;
-
-    /// Verifies one stream of this type: it fully decodes and folds from the first event (no
-    /// snapshots), its final state holds the type's invariants, and every stored snapshot
-    /// equals the replay up to its sequence. `head` is the stream's last sequence.
-    fn check_stream(&self, journal: &Journal, stream: &StreamId, head: u64) -> StreamCheck;
-
-    /// A demo driver for one aggregate instance: generates commands with `Workload`, keeps
-    /// the state the client expects, and checks recovery after a restart.
-    fn demo_driver(&self, aggregate_id: String, seed: u64, client: usize) -> Box<dyn Driver>;
+/// Work written once, generic over the aggregate type, run for one type chosen by name.
+pub trait TypeOp {
+    type Output;
+    fn run<A: Workload>(self) -> Self::Output;
 }
 
-/// The one implementation of [`AggregateKind`], for any aggregate with a workload.
-pub struct Kind<A>(PhantomData<fn() -> A>);
-
-impl<A> Kind<A> {
-    pub const fn new() -> Self {
-        Kind(PhantomData)
-    }
+/// Runs `visitor` for every known type, in the order the CLI lists them.
+pub fn visit_all(visitor: &mut impl WorkloadVisitor) {
+    evershard_aggregates::workloads::visit_all(visitor);
 }
 
-impl<A> Default for Kind<A> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<A: Aggregate> std::fmt::Debug for Kind<A> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Kind<{}>", A::TYPE)
-    }
-}
-
-/// Every aggregate type of `evershard-aggregates`, in the order the CLI lists them.
-pub static KINDS: &[&dyn AggregateKind] = &[
-    &Kind::<ProductStock>::new(),
-    &Kind::<Order>::new(),
-    &Kind::<Payment>::new(),
-    &Kind::<Appointment>::new(),
-    &Kind::<Credit>::new(),
-    &Kind::<Plant>::new(),
-    &Kind::<Device>::new(),
-];
-
-/// The names of every registered type.
+/// The stored names of every known type.
 pub fn known_types() -> Vec<&'static str> {
-    KINDS.iter().map(|k| k.name()).collect()
+    struct Names(Vec<&'static str>);
+    impl WorkloadVisitor for Names {
+        fn visit<A: Workload>(&mut self) {
+            self.0.push(A::TYPE);
+        }
+    }
+    let mut names = Names(Vec::new());
+    visit_all(&mut names);
+    names.0
 }
 
-/// The registered type named `name`: exact match first, then ignoring ASCII case (so
-/// `productstock` works). Unknown names are an error listing the known ones.
-pub fn kind(name: &str) -> Result<&'static dyn AggregateKind, CliError> {
-    KINDS
+/// The stored name of the type a user typed: exact match first, then ignoring ASCII case (so
+/// `productstock` works). An unknown name is an error listing the known ones.
+pub fn resolve(name: &str) -> Result<&'static str, CliError> {
+    let known = known_types();
+    known
         .iter()
-        .find(|k| k.name() == name)
-        .or_else(|| KINDS.iter().find(|k| k.name().eq_ignore_ascii_case(name)))
+        .find(|k| **k == name)
+        .or_else(|| known.iter().find(|k| k.eq_ignore_ascii_case(name)))
         .copied()
         .ok_or_else(|| CliError::UnknownType {
             name: name.to_owned(),
-            known: known_types(),
+            known: known.clone(),
         })
 }
 
-/// The registered type with exactly this stored name, if any (for names read from the store).
-pub fn stored_kind(name: &str) -> Option<&'static dyn AggregateKind> {
-    KINDS.iter().find(|k| k.name() == name).copied()
+/// True when this build knows the type stored under exactly `name`.
+pub fn is_known(name: &str) -> bool {
+    known_types().contains(&name)
 }
 
-fn finding(stream: &StreamId, sequence: Option<u64>, check: Check, message: String) -> Finding {
-    Finding {
-        check,
-        aggregate_type: Some(stream.aggregate_type.clone()),
-        aggregate_id: Some(stream.aggregate_id.clone()),
-        sequence,
-        message,
+/// Runs `op` for the type stored under exactly `name`; `None` when this build does not know it.
+pub fn dispatch<O: TypeOp>(name: &str, op: O) -> Option<O::Output> {
+    struct One<'n, O: TypeOp> {
+        name: &'n str,
+        op: Option<O>,
+        output: Option<O::Output>,
     }
-}
-
-/// A storage error of one stream as a finding (its own sequence when it names one).
-fn storage_finding(stream: &StreamId, check: Check, err: StorageError) -> Finding {
-    match err {
-        StorageError::Corrupt {
-            sequence, reason, ..
-        } => finding(stream, sequence, check, reason),
-        other => finding(stream, None, check, other.to_string()),
-    }
-}
-
-impl<A: Workload> AggregateKind for Kind<A> {
-    fn name(&self) -> &'static str {
-        A::TYPE
-    }
-
-    fn state_schema_version(&self) -> u32 {
-        A::STATE_SCHEMA_VERSION
-    }
-
-    fn register(&self, builder: EngineBuilder) -> EngineBuilder {
-        builder.register::<A>()
-    }
-
-    fn history_json<'j>(
-        &self,
-        journal: &'j Journal,
-        stream: &StreamId,
-    ) -> Box<dyn Iterator<Item = Result<EventEnvelope<Value>, StorageError>> + 'j> {
-        Box::new(
-            repository::read_events::<A>(journal, stream, 1, u64::MAX)
-                .map(|r| r.map(|envelope| envelope.map(|event| event.payload_json()))),
-        )
-    }
-
-    fn record_json(&self, record: Record) -> Result<EventEnvelope<Value>, StorageError> {
-        repository::decode_record::<A>(record).map(|e| e.map(|event| event.payload_json()))
-    }
-
-    fn state_json(
-        &self,
-        journal: &Journal,
-        stream: &StreamId,
-        upto: u64,
-        use_snapshots: bool,
-    ) -> Result<Loaded<Value>, CliError> {
-        let loaded = repository::load::<A>(journal, stream, upto, use_snapshots)
-            .map_err(|e| CliError::storage(journal.dir(), e))?;
-        let state = serde_json::to_value(&loaded.state).map_err(|source| CliError::Json {
-            what: format!("the state of {stream}"),
-            source,
-        })?;
-        Ok(Loaded {
-            state,
-            version: loaded.version,
-            from_snapshot: loaded.from_snapshot,
-            events_replayed: loaded.events_replayed,
-        })
-    }
-
-    fn check_stream(&self, journal: &Journal, stream: &StreamId, head: u64) -> StreamCheck {
-        let mut check = StreamCheck::default();
-        // The full replay, exactly as recovery without snapshots does it.
-        let replay_fails_at = match repository::load::<A>(journal, stream, u64::MAX, false) {
-            Ok(loaded) => {
-                check.events_replayed = loaded.events_replayed;
-                if let Err(broken) = A::check_invariants(&loaded.state) {
-                    check.problems.push(finding(
-                        stream,
-                        Some(loaded.version),
-                        Check::Replay,
-                        format!("the replayed state breaks an invariant: {broken}"),
-                    ));
+    impl<O: TypeOp> WorkloadVisitor for One<'_, O> {
+        fn visit<A: Workload>(&mut self) {
+            if A::TYPE == self.name {
+                if let Some(op) = self.op.take() {
+                    self.output = Some(op.run::<A>());
                 }
-                None
-            }
-            Err(e) => {
-                let failure = storage_finding(stream, Check::Replay, e);
-                let at = failure.sequence.unwrap_or(1);
-                check.problems.push(failure);
-                Some(at)
-            }
-        };
-
-        let snapshots = match journal.snapshots(stream) {
-            Ok(s) => s,
-            Err(e) => {
-                check
-                    .problems
-                    .push(storage_finding(stream, Check::Snapshot, e));
-                return check;
-            }
-        };
-        for (key_sequence, bytes) in snapshots.into_iter().rev() {
-            let at = Some(key_sequence);
-            let record = match SnapshotRecord::decode(&bytes) {
-                Ok(r) => r,
-                Err(e) => {
-                    let message = format!("snapshot is damaged: {e}");
-                    check
-                        .problems
-                        .push(finding(stream, at, Check::Snapshot, message));
-                    continue;
-                }
-            };
-            if record.sequence != key_sequence {
-                let message = format!(
-                    "snapshot stored under sequence {key_sequence} says sequence {}",
-                    record.sequence
-                );
-                check
-                    .problems
-                    .push(finding(stream, at, Check::Snapshot, message));
-                continue;
-            }
-            if key_sequence > head {
-                let message = format!("snapshot lies beyond the stream's head {head}");
-                check
-                    .problems
-                    .push(finding(stream, at, Check::Snapshot, message));
-                continue;
-            }
-            if record.schema_version != A::STATE_SCHEMA_VERSION {
-                // Recovery skips it and replays: harmless, but worth telling an auditor.
-                let message = format!(
-                    "snapshot has state schema version {}, this build's is {}; recovery skips \
-                     it, so it was not compared",
-                    record.schema_version,
-                    A::STATE_SCHEMA_VERSION
-                );
-                check
-                    .notes
-                    .push(finding(stream, at, Check::Snapshot, message));
-                continue;
-            }
-            if let Some(fails_at) = replay_fails_at.filter(|f| *f <= key_sequence) {
-                let message = format!(
-                    "snapshot not compared: the replay fails at sequence {fails_at}, before it"
-                );
-                check
-                    .notes
-                    .push(finding(stream, at, Check::Snapshot, message));
-                continue;
-            }
-            let snapshot_state: A::State = match record.state(A::STATE_SCHEMA_VERSION) {
-                Ok(s) => s,
-                Err(e) => {
-                    let message = format!("snapshot state does not decode: {e}");
-                    check
-                        .problems
-                        .push(finding(stream, at, Check::Snapshot, message));
-                    continue;
-                }
-            };
-            check.snapshots_checked += 1;
-            match repository::load::<A>(journal, stream, key_sequence, false) {
-                Ok(replayed) if replayed.state == snapshot_state => {}
-                Ok(replayed) => {
-                    let at_path = first_difference(&snapshot_state, &replayed.state)
-                        .unwrap_or_else(|| "(equal as JSON)".into());
-                    let message = format!(
-                        "snapshot differs from the replay up to its sequence at {at_path} \
-                         (snapshot vs replay)"
-                    );
-                    check
-                        .problems
-                        .push(finding(stream, at, Check::Snapshot, message));
-                }
-                Err(e) => check
-                    .problems
-                    .push(storage_finding(stream, Check::Snapshot, e)),
             }
         }
-        check
     }
-
-    fn demo_driver(&self, aggregate_id: String, seed: u64, client: usize) -> Box<dyn Driver> {
-        Box::new(WorkloadDriver::<A>::new(aggregate_id, seed, client))
-    }
+    let mut one = One {
+        name,
+        op: Some(op),
+        output: None,
+    };
+    visit_all(&mut one);
+    one.output
 }
 
 #[cfg(test)]
@@ -319,15 +84,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn registry_holds_each_type_once_and_finds_names_ignoring_case() {
+    fn every_type_once_and_names_found_ignoring_case() {
         let mut names = known_types();
+        assert_eq!(names.len(), 7);
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), KINDS.len());
-        assert_eq!(kind("ProductStock").unwrap().name(), "ProductStock");
-        assert_eq!(kind("productstock").unwrap().name(), "ProductStock");
-        let err = kind("Nope").err().expect("unknown type");
+        assert_eq!(names.len(), 7);
+        assert_eq!(resolve("ProductStock").unwrap(), "ProductStock");
+        assert_eq!(resolve("productstock").unwrap(), "ProductStock");
+        let err = resolve("Nope").expect_err("unknown type");
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("ProductStock"), "{err}");
+
+        struct Name;
+        impl TypeOp for Name {
+            type Output = &'static str;
+            fn run<A: Workload>(self) -> &'static str {
+                A::TYPE
+            }
+        }
+        assert_eq!(dispatch("Order", Name), Some("Order"));
+        assert_eq!(dispatch("order", Name), None, "stored names match exactly");
     }
 }

@@ -1,12 +1,12 @@
-//! The per-type checks of `evershard verify` (`AggregateKind::check_stream` through the
-//! generic `Kind<A>`), on streams written directly to a journal with a small test aggregate
+//! The per-type checks of `evershard verify` (`check_stream::<A>`, generic over the
+//! aggregate type), on streams written directly to a journal with a small test aggregate
 //! whose `apply` panics on one event. Proves that an apply panic and a payload that does not
 //! decode are reported with the aggregate and sequence (and never propagate), that a snapshot
 //! equal to the replay passes and a different one is a problem, and that `audit` reports the
 //! streams of a type the registry does not know.
 
 use chrono::{TimeZone, Utc};
-use evershard_cli::{audit, AggregateKind, Check, Kind};
+use evershard_cli::{audit, check_stream, Check};
 use evershard_engine::journal::{AppendRequest, NewEvent};
 use evershard_engine::model::{codec, Aggregate, DecideContext, DemoRng, DomainEvent, Workload};
 use evershard_engine::{Journal, JournalConfig, StreamId};
@@ -104,7 +104,6 @@ fn append(journal: &Journal, id: &str, events: Vec<NewEvent>) -> StreamId {
 fn replay_failures_and_snapshot_mismatches_name_the_sequence() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path(), JournalConfig::default()).unwrap();
-    let kind = Kind::<Tally>::new();
     let added = |n| event(&TallyEvent::Added(n));
 
     // An apply panic at sequence 3.
@@ -113,7 +112,7 @@ fn replay_failures_and_snapshot_mismatches_name_the_sequence() {
         "poisoned",
         vec![added(1), added(2), event(&TallyEvent::Poison), added(3)],
     );
-    let check = kind.check_stream(&journal, &poisoned, 4);
+    let check = check_stream::<Tally>(&journal, &poisoned, 4);
     assert_eq!(check.problems.len(), 1, "{check:?}");
     assert_eq!(check.problems[0].check, Check::Replay);
     assert_eq!(check.problems[0].aggregate_id.as_deref(), Some("poisoned"));
@@ -129,7 +128,7 @@ fn replay_failures_and_snapshot_mismatches_name_the_sequence() {
         "garbled",
         vec![added(1), new_event("Added", vec![1, 9, 9])],
     );
-    let check = kind.check_stream(&journal, &garbled, 2);
+    let check = check_stream::<Tally>(&journal, &garbled, 2);
     assert_eq!(check.problems.len(), 1, "{check:?}");
     assert_eq!(check.problems[0].sequence, Some(2));
     assert!(
@@ -143,7 +142,7 @@ fn replay_failures_and_snapshot_mismatches_name_the_sequence() {
     journal
         .put_snapshot(&healthy, 2, &SnapshotRecord::encode_state(schema, 2, &3u64))
         .unwrap();
-    let check = kind.check_stream(&journal, &healthy, 3);
+    let check = check_stream::<Tally>(&journal, &healthy, 3);
     assert_eq!(
         (check.problems.len(), check.snapshots_checked),
         (0, 1),
@@ -157,7 +156,7 @@ fn replay_failures_and_snapshot_mismatches_name_the_sequence() {
             &SnapshotRecord::encode_state(schema, 3, &100u64),
         )
         .unwrap();
-    let check = kind.check_stream(&journal, &healthy, 3);
+    let check = check_stream::<Tally>(&journal, &healthy, 3);
     assert_eq!(check.problems.len(), 1, "{check:?}");
     assert_eq!(
         (check.problems[0].check, check.problems[0].sequence),
