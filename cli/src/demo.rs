@@ -46,6 +46,9 @@ const RETRY_BACKOFF_MS: u64 = 20;
 /// (actors drop their handles asynchronously): retry this many times, this far apart.
 const REOPEN_ATTEMPTS_MAX: u32 = 100;
 const REOPEN_BACKOFF_MS: u64 = 100;
+/// A driver that draws this many ids of finished aggregates in a row (from earlier runs on
+/// the same store) gives up: the store is then full of this seed's finished aggregates.
+const FRESH_ID_ATTEMPTS_MAX: u32 = 10_000;
 /// Failures and mismatches listed in full; the rest are counted.
 const LISTED_MAX: usize = 20;
 
@@ -68,6 +71,8 @@ pub trait Driver: Send + Sync {
     fn stream(&self) -> StreamId;
     /// How many aggregate instances this driver has worked on (finished ones included).
     fn instances(&self) -> usize;
+    /// The version (last sequence) of every instance this driver has worked on.
+    fn versions(&self) -> Vec<u64>;
     /// Loads the current state through the engine (the store may hold earlier runs).
     fn init<'a>(&'a mut self, engine: &'a Engine) -> BoxFuture<'a, Result<(), String>>;
     /// Generates and executes one command, folding the returned events into the state the
@@ -117,6 +122,17 @@ impl<A: Aggregate> Instance<A> {
             version: 0,
             captured: None,
         }
+    }
+
+    /// Takes the state the store holds (the store may hold earlier runs) as the client's.
+    async fn load(&mut self, engine: &Engine) -> Result<(), String> {
+        let (state, version) = engine
+            .state::<A>(&self.stream.aggregate_id)
+            .await
+            .map_err(|e| format!("{}: loading failed: {e}", self.stream))?;
+        self.expected = state;
+        self.version = version;
+        Ok(())
     }
 
     async fn capture(&mut self, engine: &Engine) -> Result<Vec<String>, String> {
@@ -286,25 +302,33 @@ impl<A: Workload> Driver for WorkloadDriver<A> {
         self.instances.len()
     }
 
+    fn versions(&self) -> Vec<u64> {
+        self.instances.iter().map(|i| i.version).collect()
+    }
+
     fn init<'a>(&'a mut self, engine: &'a Engine) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            let current = self.current();
-            let (state, version) = engine
-                .state::<A>(&current.stream.aggregate_id)
-                .await
-                .map_err(|e| format!("{}: loading failed: {e}", current.stream))?;
-            current.expected = state;
-            current.version = version;
-            Ok(())
-        })
+        Box::pin(async move { self.current().load(engine).await })
     }
 
     fn step<'a>(&'a mut self, engine: &'a Engine) -> BoxFuture<'a, Result<Step, String>> {
         Box::pin(async move {
-            if A::is_finished(&self.current_ref().expected) {
-                // Nothing can change it any more: a new customer, a new appointment.
+            // Nothing can change a finished aggregate any more: move on to a new customer, a
+            // new appointment. Its id comes from this driver's random stream, so a second run
+            // on the same store meets the ids of the first: load each, and pass over those
+            // that an earlier run already finished.
+            let mut fresh = 0;
+            while A::is_finished(&self.current_ref().expected) {
+                if fresh == FRESH_ID_ATTEMPTS_MAX {
+                    return Err(format!(
+                        "{}: {FRESH_ID_ATTEMPTS_MAX} fresh aggregate ids in a row were taken \
+                         by finished aggregates",
+                        self.current_ref().stream
+                    ));
+                }
+                fresh += 1;
                 let id = self.rng.uuid().to_string();
                 self.instances.push(Instance::new(id));
+                self.current().load(engine).await?;
             }
             let current = self.instances.last().expect("a driver has an instance");
             let ctx = DecideContext::new(current.stream.aggregate_id.clone(), SystemClock.now());
@@ -646,6 +670,11 @@ async fn run_async(
         .flatten()
         .map(|slot| slot.driver.instances())
         .sum();
+    let versions: Vec<u64> = partitions
+        .iter()
+        .flatten()
+        .flat_map(|slot| slot.driver.versions())
+        .collect();
     let checked = run_phase(&engine, partitions, Phase::Check, &hidden).await;
     let journal = engine.journal().clone();
     let verify = tokio::task::spawn_blocking(move || journal.verify()).await;
@@ -697,12 +726,56 @@ async fn run_async(
             problems += 1;
         }
     }
+    write_summary(out, args, kinds.len(), &versions)?;
     out.flush()?;
     Ok(if problems == 0 {
         Outcome::Clean
     } else {
         Outcome::ProblemsFound
     })
+}
+
+/// What the numbers above mean, so the output reads without the README.
+fn write_summary(
+    out: &mut dyn Write,
+    args: &DemoArgs,
+    types: usize,
+    versions: &[u64],
+) -> Result<(), CliError> {
+    let every = args
+        .snapshot_every
+        .unwrap_or(SnapshotPolicy::default().every_events);
+    let started = args.aggregates * types as u64;
+    let touched = versions.len() as u64;
+    let without_events = versions.iter().filter(|v| **v == 0).count();
+    writeln!(out, "summary:")?;
+    writeln!(
+        out,
+        "  aggregates: {touched} touched — {started} to start with ({} per type); each one that \
+         reached a final state (a completed appointment, a repaid credit) was followed by a \
+         fresh one; {without_events} of them have no event (every command to them was rejected)",
+        args.aggregates
+    )?;
+    writeln!(
+        out,
+        "  commands: a rejected command is a domain rule saying no (the generators send some \
+         invalid commands on purpose) and writes nothing; an accepted one writes its events, \
+         none for an idempotent repeat"
+    )?;
+    if every == 0 {
+        writeln!(
+            out,
+            "  snapshots: off (--snapshot-every 0); recovery replays every event"
+        )?;
+    } else {
+        let with_snapshot = versions.iter().filter(|v| **v >= every).count();
+        writeln!(
+            out,
+            "  snapshots: {with_snapshot} aggregates reached {every} events, so they recovered \
+             from a snapshot plus the events after it; the others replayed from their first event"
+        )?;
+    }
+    Ok(())
 }
 
 /// The workload and the pre-restart capture. Returns the drivers (holding the captured

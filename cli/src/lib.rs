@@ -89,12 +89,14 @@ pub struct DemoArgs {
     /// The store's directory (created if missing).
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
-    /// Aggregates per type.
-    #[arg(long, value_name = "N", default_value_t = 100,
+    /// Aggregates per type to start with (one that reaches a final state is followed by a
+    /// fresh one). The defaults give the open-ended types over 100 events each, so the run
+    /// takes snapshots and the restart recovers from them.
+    #[arg(long, value_name = "N", default_value_t = 20,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub aggregates: u64,
     /// Commands in all, spread evenly over the aggregates.
-    #[arg(long, value_name = "N", default_value_t = 10_000,
+    #[arg(long, value_name = "N", default_value_t = 20_000,
           value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
     pub commands: u64,
     /// Seed of the command generators; the same seed issues the same commands.
