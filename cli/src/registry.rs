@@ -17,11 +17,10 @@ use evershard_aggregates::order::Order;
 use evershard_aggregates::payment::Payment;
 use evershard_aggregates::plant::Plant;
 use evershard_aggregates::product_stock::ProductStock;
-use evershard_engine::journal::Record;
 use evershard_engine::model::{Aggregate, DomainEvent, EventEnvelope, Workload};
 use evershard_engine::repository::{self, Loaded};
-use evershard_engine::{EngineBuilder, Journal, StorageError, StreamId};
-use evershard_snapshots::SnapshotRecord;
+use evershard_engine::snapshot::{select, SnapshotError};
+use evershard_engine::{EngineBuilder, Journal, LoadError, Record, StorageError, StreamId};
 use serde_json::Value;
 use std::marker::PhantomData;
 
@@ -138,8 +137,8 @@ fn finding(stream: &StreamId, sequence: Option<u64>, check: Check, message: Stri
 fn storage_finding(stream: &StreamId, check: Check, err: StorageError) -> Finding {
     match err {
         StorageError::Corrupt {
-            sequence, reason, ..
-        } => finding(stream, sequence, check, reason),
+            sequence, cause, ..
+        } => finding(stream, sequence, check, cause.to_string()),
         other => finding(stream, None, check, other.to_string()),
     }
 }
@@ -180,7 +179,7 @@ impl<A: Workload> AggregateKind for Kind<A> {
         use_snapshots: bool,
     ) -> Result<Loaded<Value>, CliError> {
         let loaded = repository::load::<A>(journal, stream, upto, use_snapshots)
-            .map_err(|e| CliError::storage(journal.dir(), e))?;
+            .map_err(|e| CliError::load(journal.dir(), e))?;
         let state = serde_json::to_value(&loaded.state).map_err(|source| CliError::Json {
             what: format!("the state of {stream}"),
             source,
@@ -195,25 +194,38 @@ impl<A: Workload> AggregateKind for Kind<A> {
 
     fn check_stream(&self, journal: &Journal, stream: &StreamId, head: u64) -> StreamCheck {
         let mut check = StreamCheck::default();
-        // The full replay, exactly as recovery without snapshots does it.
+        // The full replay, exactly as recovery without snapshots does it (with its hash-chain
+        // and invariant checks).
         let replay_fails_at = match repository::load::<A>(journal, stream, u64::MAX, false) {
             Ok(loaded) => {
                 check.events_replayed = loaded.events_replayed;
-                if let Err(broken) = A::check_invariants(&loaded.state) {
-                    check.problems.push(finding(
-                        stream,
-                        Some(loaded.version),
-                        Check::Replay,
-                        format!("the replayed state breaks an invariant: {broken}"),
-                    ));
-                }
                 None
             }
-            Err(e) => {
+            Err(LoadError::InvariantViolated {
+                invariant,
+                sequence,
+                ..
+            }) => {
+                check.events_replayed = sequence;
+                check.problems.push(finding(
+                    stream,
+                    Some(sequence),
+                    Check::Replay,
+                    format!("the replayed state breaks an invariant: {invariant}"),
+                ));
+                None
+            }
+            Err(LoadError::Storage(e)) => {
                 let failure = storage_finding(stream, Check::Replay, e);
                 let at = failure.sequence.unwrap_or(1);
                 check.problems.push(failure);
                 Some(at)
+            }
+            Err(other) => {
+                check
+                    .problems
+                    .push(finding(stream, None, Check::Replay, other.to_string()));
+                Some(1)
             }
         };
 
@@ -226,67 +238,38 @@ impl<A: Workload> AggregateKind for Kind<A> {
                 return check;
             }
         };
-        for (key_sequence, bytes) in snapshots.into_iter().rev() {
+        for candidate in snapshots.into_iter().rev() {
+            let key_sequence = candidate.0;
             let at = Some(key_sequence);
-            let record = match SnapshotRecord::decode(&bytes) {
-                Ok(r) => r,
-                Err(e) => {
-                    let message = format!("snapshot is damaged: {e}");
-                    check
-                        .problems
-                        .push(finding(stream, at, Check::Snapshot, message));
+            // The very selection recovery makes, one candidate at a time: its typed reason
+            // for skipping is the finding.
+            let selection = select::<A::State>(&[candidate], A::STATE_SCHEMA_VERSION, head);
+            let snapshot_state = match (selection.chosen, selection.skipped.into_iter().next()) {
+                (Some((_, state)), _) => state,
+                (None, Some((_, reason))) => {
+                    let (is_note, message) = snapshot_skip_message(&reason, head);
+                    let not_compared = replay_fails_at.is_some_and(|f| f <= key_sequence)
+                        && matches!(reason, SnapshotError::State(_));
+                    if not_compared {
+                        let fails_at = replay_fails_at.unwrap_or(1);
+                        check.notes.push(not_compared_note(stream, at, fails_at));
+                    } else if is_note {
+                        check
+                            .notes
+                            .push(finding(stream, at, Check::Snapshot, message));
+                    } else {
+                        check
+                            .problems
+                            .push(finding(stream, at, Check::Snapshot, message));
+                    }
                     continue;
                 }
+                (None, None) => continue,
             };
-            if record.sequence != key_sequence {
-                let message = format!(
-                    "snapshot stored under sequence {key_sequence} says sequence {}",
-                    record.sequence
-                );
-                check
-                    .problems
-                    .push(finding(stream, at, Check::Snapshot, message));
-                continue;
-            }
-            if key_sequence > head {
-                let message = format!("snapshot lies beyond the stream's head {head}");
-                check
-                    .problems
-                    .push(finding(stream, at, Check::Snapshot, message));
-                continue;
-            }
-            if record.schema_version != A::STATE_SCHEMA_VERSION {
-                // Recovery skips it and replays: harmless, but worth telling an auditor.
-                let message = format!(
-                    "snapshot has state schema version {}, this build's is {}; recovery skips \
-                     it, so it was not compared",
-                    record.schema_version,
-                    A::STATE_SCHEMA_VERSION
-                );
-                check
-                    .notes
-                    .push(finding(stream, at, Check::Snapshot, message));
-                continue;
-            }
             if let Some(fails_at) = replay_fails_at.filter(|f| *f <= key_sequence) {
-                let message = format!(
-                    "snapshot not compared: the replay fails at sequence {fails_at}, before it"
-                );
-                check
-                    .notes
-                    .push(finding(stream, at, Check::Snapshot, message));
+                check.notes.push(not_compared_note(stream, at, fails_at));
                 continue;
             }
-            let snapshot_state: A::State = match record.state(A::STATE_SCHEMA_VERSION) {
-                Ok(s) => s,
-                Err(e) => {
-                    let message = format!("snapshot state does not decode: {e}");
-                    check
-                        .problems
-                        .push(finding(stream, at, Check::Snapshot, message));
-                    continue;
-                }
-            };
             check.snapshots_checked += 1;
             match repository::load::<A>(journal, stream, key_sequence, false) {
                 Ok(replayed) if replayed.state == snapshot_state => {}
@@ -301,9 +284,16 @@ impl<A: Workload> AggregateKind for Kind<A> {
                         .problems
                         .push(finding(stream, at, Check::Snapshot, message));
                 }
-                Err(e) => check
-                    .problems
-                    .push(storage_finding(stream, Check::Snapshot, e)),
+                Err(LoadError::Storage(e)) => {
+                    check
+                        .problems
+                        .push(storage_finding(stream, Check::Snapshot, e))
+                }
+                Err(other) => {
+                    check
+                        .problems
+                        .push(finding(stream, at, Check::Snapshot, other.to_string()))
+                }
             }
         }
         check
@@ -312,6 +302,36 @@ impl<A: Workload> AggregateKind for Kind<A> {
     fn demo_driver(&self, aggregate_id: String, seed: u64, client: usize) -> Box<dyn Driver> {
         Box::new(WorkloadDriver::<A>::new(aggregate_id, seed, client))
     }
+}
+
+/// How `verify` words a snapshot recovery skips: (is it only a note, the message).
+fn snapshot_skip_message(reason: &SnapshotError, head: u64) -> (bool, String) {
+    match reason {
+        SnapshotError::Misplaced { key, record } => (
+            false,
+            format!("snapshot stored under sequence {key} says sequence {record}"),
+        ),
+        SnapshotError::BeyondHead { .. } => (
+            false,
+            format!("snapshot lies beyond the stream's head {head}"),
+        ),
+        // Recovery skips it and replays: harmless, but worth telling an auditor.
+        SnapshotError::SchemaVersion { found, current } => (
+            true,
+            format!(
+                "snapshot has state schema version {found}, this build's is {current}; \
+                 recovery skips it, so it was not compared"
+            ),
+        ),
+        SnapshotError::State(e) => (false, format!("snapshot state does not decode: {e}")),
+        damaged => (false, format!("snapshot is damaged: {damaged}")),
+    }
+}
+
+fn not_compared_note(stream: &StreamId, at: Option<u64>, fails_at: u64) -> Finding {
+    let message =
+        format!("snapshot not compared: the replay fails at sequence {fails_at}, before it");
+    finding(stream, at, Check::Snapshot, message)
 }
 
 #[cfg(test)]

@@ -7,9 +7,8 @@
 
 use chrono::{TimeZone, Utc};
 use evershard_cli::{audit, AggregateKind, Check, Kind};
-use evershard_engine::journal::{AppendRequest, NewEvent};
 use evershard_engine::model::{codec, Aggregate, DecideContext, DemoRng, DomainEvent, Workload};
-use evershard_engine::{Journal, JournalConfig, StreamId};
+use evershard_engine::{AppendRequest, JournalConfig, JournalWriter, NewEvent, StreamId};
 use evershard_snapshots::SnapshotRecord;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -88,7 +87,7 @@ fn event(e: &TallyEvent) -> NewEvent {
     new_event(e.event_type(), codec::encode(e))
 }
 
-fn append(journal: &Journal, id: &str, events: Vec<NewEvent>) -> StreamId {
+fn append(journal: &JournalWriter, id: &str, events: Vec<NewEvent>) -> StreamId {
     let stream = StreamId::new("Tally", id);
     let mut version = 0;
     for e in events {
@@ -103,7 +102,7 @@ fn append(journal: &Journal, id: &str, events: Vec<NewEvent>) -> StreamId {
 #[test]
 fn replay_failures_and_snapshot_mismatches_name_the_sequence() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path(), JournalConfig::default()).unwrap();
+    let journal = JournalWriter::open(dir.path(), JournalConfig::default()).unwrap();
     let kind = Kind::<Tally>::new();
     let added = |n| event(&TallyEvent::Added(n));
 
