@@ -227,11 +227,19 @@ async fn a_panic_in_decide_is_not_retryable_a_stopped_actor_is() {
         "{err:?}"
     );
     assert!(err.is_retryable());
-    // The shard forgot the failed actor: the next command starts a fresh one.
-    engine
-        .execute::<Account>("p", AccountCommand::Deposit(1))
-        .await
-        .unwrap();
+    // Once the shard has heard of the failure (asynchronously: until then the command meets
+    // the dead actor and is answered `Unavailable` again), a retry starts a fresh actor.
+    let mut result = Err(err);
+    for _ in 0..1000 {
+        result = engine
+            .execute::<Account>("p", AccountCommand::Deposit(1))
+            .await;
+        match &result {
+            Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(5)).await,
+            _ => break,
+        }
+    }
+    assert_eq!(result.unwrap().len(), 1);
     engine.shutdown().await.unwrap();
 }
 
