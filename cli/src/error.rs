@@ -98,7 +98,7 @@ impl CliError {
             OpenError::NotFound { .. } => CliError::NotFound {
                 dir: dir.to_path_buf(),
             },
-            OpenError::Storage { source, .. } => CliError::storage(dir, source),
+            OpenError::Storage { source, .. } => CliError::storage(dir, *source),
             other => CliError::Storage(StorageError::Io(std::sync::Arc::new(
                 std::io::Error::other(other.to_string()),
             ))),

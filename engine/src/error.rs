@@ -51,7 +51,8 @@ impl std::error::Error for SledError {
     }
 }
 
-/// What is wrong with stored data: the cause inside [`StorageError::Corrupt`].
+/// What is wrong with stored data: the cause inside [`StorageError::Corrupt`]. (Its larger
+/// fields are boxed so that every `Result` carrying a [`StorageError`] stays small.)
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Corruption {
@@ -61,7 +62,7 @@ pub enum Corruption {
     /// The record is intact but says it belongs elsewhere (copied or moved under this key).
     #[error("record says {found}#{found_sequence}, stored under another key")]
     Misplaced {
-        found: StreamId,
+        found: Box<StreamId>,
         found_sequence: u64,
     },
     /// The record's `prev_hash` is not the SHA-256 of the stream's record before it.
@@ -76,16 +77,16 @@ pub enum Corruption {
     /// The payload does not decode as the aggregate's event (or its upcaster refused it).
     #[error("payload of {event_type} {event_version}: {source}")]
     Payload {
-        event_type: String,
-        event_version: String,
+        event_type: Box<str>,
+        event_version: Box<str>,
         #[source]
-        source: CodecError,
+        source: Box<CodecError>,
     },
     /// The aggregate's `decode_event` (an upcaster) panicked on the record.
     #[error("decoding {event_type} {event_version} panicked")]
     DecodePanicked {
-        event_type: String,
-        event_version: String,
+        event_type: Box<str>,
+        event_version: Box<str>,
     },
     /// The aggregate's `apply` panicked on the event: the state cannot be rebuilt.
     #[error("apply panicked on this event")]
@@ -184,7 +185,7 @@ pub enum OpenError {
     Storage {
         dir: PathBuf,
         #[source]
-        source: StorageError,
+        source: Box<StorageError>,
     },
 }
 
@@ -192,7 +193,7 @@ impl OpenError {
     pub(crate) fn storage(dir: &std::path::Path, source: impl Into<StorageError>) -> Self {
         OpenError::Storage {
             dir: dir.to_path_buf(),
-            source: source.into(),
+            source: Box::new(source.into()),
         }
     }
 }

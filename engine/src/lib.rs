@@ -57,6 +57,8 @@ pub use error::{
 pub use journal::Journal;
 /// Counts of the store (`Journal::stats`).
 pub use journal::JournalStats;
+/// What the journal's scans return: a boxed iterator of reads.
+pub use journal::Reads;
 /// A stream's last sequence and the hash of its last record.
 pub use journal::StreamHead;
 /// A decoded event record and why bytes are not one.

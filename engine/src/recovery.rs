@@ -42,15 +42,15 @@ pub fn decode_record<A: Aggregate>(
         Ok(Ok(payload)) => payload,
         Ok(Err(source)) => {
             return Err(corrupt(Corruption::Payload {
-                event_type: record.event_type.clone(),
-                event_version: record.event_version.clone(),
-                source,
+                event_type: record.event_type.as_str().into(),
+                event_version: record.event_version.as_str().into(),
+                source: Box::new(source),
             }))
         }
         Err(_) => {
             return Err(corrupt(Corruption::DecodePanicked {
-                event_type: record.event_type.clone(),
-                event_version: record.event_version.clone(),
+                event_type: record.event_type.as_str().into(),
+                event_version: record.event_version.as_str().into(),
             }))
         }
     };

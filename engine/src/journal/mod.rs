@@ -373,8 +373,11 @@ impl JournalWriter {
     }
 }
 
+/// A boxed iterator of reads: what the journal's scans return.
+pub type Reads<'a, T> = Box<dyn Iterator<Item = Result<T, StorageError>> + 'a>;
+
 /// An iterator that yields one error: what a read answers on a closed journal.
-fn failed<T: 'static>(e: StorageError) -> Box<dyn Iterator<Item = Result<T, StorageError>>> {
+fn failed<T: 'static>(e: StorageError) -> Reads<'static, T> {
     Box::new(std::iter::once(Err(e)))
 }
 
@@ -418,12 +421,7 @@ impl Journal {
     /// its checks — including the hash chain: each record's `prev_hash` must be the SHA-256 of
     /// the stored record before it (for the first one read, the record at `from - 1`) — is
     /// returned as [`StorageError::Corrupt`] naming the stream and sequence.
-    pub fn read_stream(
-        &self,
-        stream: &StreamId,
-        from: u64,
-        to: u64,
-    ) -> Box<dyn Iterator<Item = Result<Record, StorageError>> + '_> {
+    pub fn read_stream(&self, stream: &StreamId, from: u64, to: u64) -> Reads<'_, Record> {
         let from = from.max(1);
         let db = match self.shared.db() {
             Ok(db) => db,
@@ -462,10 +460,7 @@ impl Journal {
 
     /// Every stream (optionally of one aggregate type) with its last sequence, in key order.
     /// Jumps from stream to stream instead of reading every event.
-    pub fn streams(
-        &self,
-        aggregate_type: Option<&str>,
-    ) -> Box<dyn Iterator<Item = Result<(StreamId, u64), StorageError>> + '_> {
+    pub fn streams(&self, aggregate_type: Option<&str>) -> Reads<'_, (StreamId, u64)> {
         let db = match self.shared.db() {
             Ok(db) => db,
             Err(e) => return failed(e),
@@ -516,10 +511,7 @@ impl Journal {
     }
 
     /// Every event in global order from `from_position`, as (position, stream, sequence).
-    pub fn read_global(
-        &self,
-        from_position: u64,
-    ) -> Box<dyn Iterator<Item = Result<(u64, StreamId, u64), StorageError>> + '_> {
+    pub fn read_global(&self, from_position: u64) -> Reads<'_, (u64, StreamId, u64)> {
         let db = match self.shared.db() {
             Ok(db) => db,
             Err(e) => return failed(e),
@@ -581,9 +573,7 @@ impl Journal {
     }
 
     /// Every stream that has snapshots, with their sequences, for verification.
-    pub fn all_snapshots(
-        &self,
-    ) -> Box<dyn Iterator<Item = Result<(StreamId, u64, Vec<u8>), StorageError>> + '_> {
+    pub fn all_snapshots(&self) -> Reads<'_, (StreamId, u64, Vec<u8>)> {
         let db = match self.shared.db() {
             Ok(db) => db,
             Err(e) => return failed(e),
@@ -787,7 +777,7 @@ pub(crate) fn decode_checked(
             stream,
             sequence,
             Corruption::Misplaced {
-                found: StreamId::new(record.aggregate_type, record.aggregate_id),
+                found: Box::new(StreamId::new(record.aggregate_type, record.aggregate_id)),
                 found_sequence: record.sequence,
             },
         ));
