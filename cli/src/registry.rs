@@ -194,41 +194,7 @@ impl<A: Workload> AggregateKind for Kind<A> {
 
     fn check_stream(&self, journal: &Journal, stream: &StreamId, head: u64) -> StreamCheck {
         let mut check = StreamCheck::default();
-        // The full replay, exactly as recovery without snapshots does it (with its hash-chain
-        // and invariant checks).
-        let replay_fails_at = match repository::load::<A>(journal, stream, u64::MAX, false) {
-            Ok(loaded) => {
-                check.events_replayed = loaded.events_replayed;
-                None
-            }
-            Err(LoadError::InvariantViolated {
-                invariant,
-                sequence,
-                ..
-            }) => {
-                check.events_replayed = sequence;
-                check.problems.push(finding(
-                    stream,
-                    Some(sequence),
-                    Check::Replay,
-                    format!("the replayed state breaks an invariant: {invariant}"),
-                ));
-                None
-            }
-            Err(LoadError::Storage(e)) => {
-                let failure = storage_finding(stream, Check::Replay, e);
-                let at = failure.sequence.unwrap_or(1);
-                check.problems.push(failure);
-                Some(at)
-            }
-            Err(other) => {
-                check
-                    .problems
-                    .push(finding(stream, None, Check::Replay, other.to_string()));
-                Some(1)
-            }
-        };
-
+        let replay_fails_at = replay_check::<A>(journal, stream, &mut check);
         let snapshots = match journal.snapshots(stream) {
             Ok(s) => s,
             Err(e) => {
@@ -301,6 +267,48 @@ impl<A: Workload> AggregateKind for Kind<A> {
 
     fn demo_driver(&self, aggregate_id: String, seed: u64, client: usize) -> Box<dyn Driver> {
         Box::new(WorkloadDriver::<A>::new(aggregate_id, seed, client))
+    }
+}
+
+/// The full replay of one stream, exactly as recovery without snapshots does it (with its
+/// hash-chain and invariant checks): records its findings in `check` and returns the
+/// sequence the replay fails at, if it does.
+fn replay_check<A: Aggregate>(
+    journal: &Journal,
+    stream: &StreamId,
+    check: &mut StreamCheck,
+) -> Option<u64> {
+    match repository::load::<A>(journal, stream, u64::MAX, false) {
+        Ok(loaded) => {
+            check.events_replayed = loaded.events_replayed;
+            None
+        }
+        Err(LoadError::InvariantViolated {
+            invariant,
+            sequence,
+            ..
+        }) => {
+            check.events_replayed = sequence;
+            check.problems.push(finding(
+                stream,
+                Some(sequence),
+                Check::Replay,
+                format!("the replayed state breaks an invariant: {invariant}"),
+            ));
+            None
+        }
+        Err(LoadError::Storage(e)) => {
+            let failure = storage_finding(stream, Check::Replay, e);
+            let at = failure.sequence.unwrap_or(1);
+            check.problems.push(failure);
+            Some(at)
+        }
+        Err(other) => {
+            check
+                .problems
+                .push(finding(stream, None, Check::Replay, other.to_string()));
+            Some(1)
+        }
     }
 }
 
