@@ -90,6 +90,35 @@ struct Shared {
     fail_next_sync: AtomicBool,
 }
 
+/// How long closing a journal waits for sled to let go of the directory lock.
+const UNLOCK_WAIT_MS_MAX: u64 = 5_000;
+
+/// Drops a handle on sled's database and waits (bounded) until the directory lock is free.
+/// sled 0.34 hands log writes to its own thread pool (`threadpool::spawn`), whose jobs hold
+/// the log file: the `flock` can outlive the last `Db` handle by a moment. Waiting here makes
+/// "closed" mean "unlocked", so the same process can reopen the store at once. (A read
+/// iterator still alive holds its own handle; then this waits for the bound and warns.)
+fn close_db(db: Option<sled::Db>, dir: &Path) {
+    let Some(db) = db else { return };
+    drop(db);
+    for _ in 0..UNLOCK_WAIT_MS_MAX {
+        if !lock_is_held(dir) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    tracing::warn!(dir = %dir.display(), "sled still holds the store's lock after close");
+}
+
+impl Drop for Shared {
+    /// The last handle of a journal that was not closed (a read-only view, or an engine
+    /// dropped without shutdown): release the lock before returning, as `close` does.
+    fn drop(&mut self) {
+        let db = self.db.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        close_db(db, &self.dir);
+    }
+}
+
 impl Shared {
     fn new(db: sled::Db, dir: PathBuf) -> Arc<Shared> {
         Arc::new(Shared {
@@ -332,15 +361,14 @@ impl JournalWriter {
             let _ = handle.join();
         }
         // The committer and syncer (and their handles on sled) are gone; dropping the last
-        // handle here closes sled, which flushes and releases its `flock`. A read iterator
-        // still running holds its own handle until it is dropped.
+        // handle here closes sled, which flushes and releases its `flock`.
         let db = self
             .shared
             .db
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        drop(db);
+        close_db(db, &self.shared.dir);
         result
     }
 
