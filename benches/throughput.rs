@@ -19,7 +19,9 @@
 //! in `engine::journal`.
 
 use evershard::aggregates::product_stock::ProductStock;
-use evershard::engine::{repository, Durability, Engine, Journal, SnapshotPolicy, StreamId};
+use evershard::engine::{
+    repository, Durability, Engine, Journal, JournalWriter, SnapshotPolicy, StreamId,
+};
 use evershard::model::{Aggregate, DecideContext, DemoRng, Workload};
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -125,12 +127,12 @@ fn journal_alone(
     payload_bytes: usize,
     clients: u64,
 ) -> Duration {
-    use evershard::engine::journal::{AppendRequest, NewEvent};
+    use evershard::engine::{AppendRequest, NewEvent};
     let config = evershard::engine::JournalConfig {
         durability: durability(),
         ..Default::default()
     };
-    let journal = Journal::open(dir, config).unwrap();
+    let journal = JournalWriter::open(dir, config).unwrap();
     let per_client = records / clients;
     let start = Instant::now();
     std::thread::scope(|scope| {

@@ -3,14 +3,15 @@
 //! This facade re-exports the public surface of the workspace crates:
 //! - [`Engine`] and its builder, [`Durability`], [`SnapshotPolicy`], the errors;
 //! - [`model`]: the aggregate model (traits, envelope, codec, money, given/when/then);
-//! - [`engine`]: the whole engine crate (journal, repository, sharding);
+//! - [`engine`]: the engine crate's public surface (journal reads, repository, snapshots);
 //! - [`aggregates`]: the seven domain aggregates;
 
 pub use evershard_aggregates as aggregates;
 pub use evershard_engine as engine;
 pub use evershard_engine::{
-    Clock, CommandError, CommandGuard, Durability, Engine, EngineBuilder, EngineError, ManualClock,
-    SnapshotPolicy, StorageError, StreamId, SystemClock,
+    AppendError, Clock, CommandError, CommandGuard, Durability, Engine, EngineBuilder, EngineError,
+    Error, LoadError, ManualClock, OpenError, Result, SnapshotPolicy, StorageError, StreamId,
+    SystemClock,
 };
 pub use evershard_model as model;
 pub use evershard_snapshots as snapshots;

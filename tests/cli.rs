@@ -24,7 +24,7 @@
 
 use evershard_aggregates::product_stock::{ProductStock, ProductStockState};
 use evershard_engine::model::Aggregate;
-use evershard_engine::{repository, Engine, Journal, JournalConfig, StreamId};
+use evershard_engine::{repository, Engine, Journal, JournalConfig, JournalWriter, StreamId};
 use evershard_snapshots::SnapshotRecord;
 use serde_json::Value;
 use std::path::Path;
@@ -520,7 +520,7 @@ fn verify_compares_snapshots_with_the_replay() {
     let stream = StreamId::new("ProductStock", id.clone());
     let current = ProductStock::STATE_SCHEMA_VERSION;
     {
-        let journal = Journal::open(dir.path(), JournalConfig::default()).unwrap();
+        let journal = JournalWriter::open(dir.path(), JournalConfig::default()).unwrap();
         // A wrong state at sequence 3: the default state is not what 3 events fold to.
         let wrong = SnapshotRecord::encode_state(current, 3, &ProductStockState::default());
         journal.put_snapshot(&stream, 3, &wrong).unwrap();

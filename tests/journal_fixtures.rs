@@ -12,8 +12,8 @@
 //!   commands, `verify` is clean, and the auditors' CLI prints its history.
 
 use evershard::aggregates::plant::{ChangePlantStage, GeneticsType, Plant, PlantEvent, PlantStage};
-use evershard::engine::journal::{AppendRequest, NewEvent, Record};
-use evershard::engine::{repository, Journal, JournalConfig};
+use evershard::engine::{repository, Journal, JournalConfig, JournalWriter};
+use evershard::engine::{AppendRequest, NewEvent, Record};
 use evershard::model::{Aggregate, DomainEvent};
 use evershard::{Durability, Engine, StreamId};
 use std::path::PathBuf;
@@ -132,7 +132,7 @@ async fn a_journal_holding_the_1_0_event_works_in_a_live_engine() {
     tokio::task::spawn_blocking(move || {
         let stream = append_stream;
         // Put the old event into a journal exactly as the 1.0-era writer appended it.
-        let journal = Journal::open(&path, JournalConfig::default()).unwrap();
+        let journal = JournalWriter::open(&path, JournalConfig::default()).unwrap();
         let old = legacy_record();
         let event = NewEvent {
             event_id: old.event_id,

@@ -23,8 +23,8 @@ use evershard_engine::model::{
     Aggregate, DecideContext, DemoRng, Metadata, Workload, WorkloadVisitor,
 };
 use evershard_engine::{
-    repository, Clock, CommandError, Durability, Engine, EngineBuilder, EngineError,
-    SnapshotPolicy, StorageError, StreamId, SystemClock,
+    repository, Clock, CommandError, Durability, Engine, EngineBuilder, SnapshotPolicy, StreamId,
+    SystemClock,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::future::Future;
@@ -42,10 +42,6 @@ pub const BUFFERED_FLUSH_EVERY_MS: u64 = 200;
 /// Retries of a command refused with a retryable error (conflict, overload).
 const RETRIES_MAX: u32 = 5;
 const RETRY_BACKOFF_MS: u64 = 20;
-/// Reopening right after our own shutdown may find sled's file lock not yet released
-/// (actors drop their handles asynchronously): retry this many times, this far apart.
-const REOPEN_ATTEMPTS_MAX: u32 = 100;
-const REOPEN_BACKOFF_MS: u64 = 100;
 /// A driver that draws this many ids of finished aggregates in a row (from earlier runs on
 /// the same store) gives up: the store is then full of this seed's finished aggregates.
 const FRESH_ID_ATTEMPTS_MAX: u32 = 10_000;
@@ -278,9 +274,11 @@ impl<A: Workload> WorkloadDriver<A> {
                     let backoff = RETRY_BACKOFF_MS * u64::from(attempt);
                     tokio::time::sleep(Duration::from_millis(backoff)).await;
                 }
-                Err(e @ (CommandError::Panicked(_) | CommandError::Invalid(_))) => {
-                    return Ok(Step::Failed(format!("{}: {e}", current.stream)))
-                }
+                Err(
+                    e @ (CommandError::HandlerPanicked { .. }
+                    | CommandError::InvariantViolated { .. }
+                    | CommandError::Invalid(_)),
+                ) => return Ok(Step::Failed(format!("{}: {e}", current.stream))),
                 Err(e) if e.is_retryable() => {
                     return Ok(Step::Failed(format!(
                         "{}: still refused after {RETRIES_MAX} retries: {e}",
@@ -487,46 +485,34 @@ async fn run_phase(
     Ok((partitions, total))
 }
 
-async fn open_engine(args: &DemoArgs, retry_locked: bool) -> Result<Engine, CliError> {
+async fn open_engine(args: &DemoArgs) -> Result<Engine, CliError> {
     let durability = match args.durability {
         DurabilityArg::Durable => Durability::Durable,
         DurabilityArg::Buffered => Durability::Buffered {
             flush_every_ms: BUFFERED_FLUSH_EVERY_MS,
         },
     };
-    let mut attempt = 0;
-    loop {
-        let mut builder = Engine::builder(&args.data)
-            .durability(durability)
-            .source(DEMO_SOURCE);
-        if let Some(every) = args.snapshot_every {
-            let policy = if every == 0 {
-                SnapshotPolicy::disabled()
-            } else {
-                SnapshotPolicy::every(every)
-            };
-            builder = builder.snapshot_policy(policy);
-        }
-        let mut register = Register(Some(builder));
-        visit_all(&mut register);
-        builder = register.0.expect("every visit hands the builder back");
-        // Payment's 10-second rule across payment ids lives in a guard beside the aggregate.
-        builder = builder.guard::<Payment>(PaymentDuplicateGuard::new());
-        match builder.open().await {
-            Ok(engine) => return Ok(engine),
-            Err(EngineError::Storage(StorageError::Locked { .. }))
-                if retry_locked && attempt < REOPEN_ATTEMPTS_MAX =>
-            {
-                attempt += 1;
-                tracing::debug!(
-                    attempt,
-                    "the store is still locked after our shutdown; retrying"
-                );
-                tokio::time::sleep(Duration::from_millis(REOPEN_BACKOFF_MS)).await;
-            }
-            Err(e) => return Err(CliError::engine(&args.data, e)),
-        }
+    let mut builder = Engine::builder(&args.data)
+        .durability(durability)
+        .source(DEMO_SOURCE);
+    if let Some(every) = args.snapshot_every {
+        let policy = if every == 0 {
+            SnapshotPolicy::disabled()
+        } else {
+            SnapshotPolicy::every(every)
+        };
+        builder = builder.snapshot_policy(policy);
     }
+    let mut register = Register(Some(builder));
+    visit_all(&mut register);
+    builder = register.0.expect("every visit hands the builder back");
+    // Payment's 10-second rule across payment ids lives in a guard beside the aggregate.
+    builder = builder.guard::<Payment>(PaymentDuplicateGuard::new());
+    // `shutdown` releases the store's lock before it returns, so the restart needs no retry.
+    builder
+        .open()
+        .await
+        .map_err(|e| CliError::engine(&args.data, e))
 }
 
 fn progress_bar(total: u64) -> ProgressBar {
@@ -626,7 +612,7 @@ async fn run_async(
     )?;
     out.flush()?;
 
-    let engine = open_engine(args, false).await?;
+    let engine = open_engine(args).await?;
 
     // Aggregates are dealt to clients round-robin; commands are spread evenly over aggregates.
     let mut partitions: Vec<Vec<Slot>> = (0..clients).map(|_| Vec::new()).collect();
@@ -664,7 +650,7 @@ async fn run_async(
     writeln!(out, "restart: engine shut down; reopening the store")?;
     out.flush()?;
 
-    let engine = open_engine(args, true).await?;
+    let engine = open_engine(args).await?;
     let instances: usize = partitions
         .iter()
         .flatten()

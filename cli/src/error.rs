@@ -6,7 +6,7 @@
 //! an aggregate that does not exist, an argument out of range (clap's own usage errors exit 2
 //! as well).
 
-use evershard_engine::{EngineError, StorageError};
+use evershard_engine::{EngineError, LoadError, OpenError, StorageError};
 use std::path::PathBuf;
 
 /// Why a command failed. Every variant prints as one plain sentence (no debug dumps).
@@ -37,6 +37,9 @@ pub enum CliError {
     /// where it becomes a report line).
     #[error("the store is damaged: {0}")]
     Damaged(StorageError),
+    /// A state loaded from the store breaks one of its aggregate's invariants.
+    #[error("the store holds a broken aggregate: {0}")]
+    BrokenInvariant(LoadError),
     #[error("storage error: {0}")]
     Storage(StorageError),
     #[error("engine error: {0}")]
@@ -67,6 +70,7 @@ impl CliError {
             | CliError::NoSuchAggregate { .. }
             | CliError::InvalidArgument(_) => 2,
             CliError::Damaged(_)
+            | CliError::BrokenInvariant(_)
             | CliError::Storage(_)
             | CliError::Engine(_)
             | CliError::Json { .. }
@@ -78,22 +82,41 @@ impl CliError {
     }
 
     /// Maps a storage error met on the store at `dir` to the CLI's vocabulary.
-    pub fn storage(dir: &std::path::Path, err: StorageError) -> CliError {
+    pub fn storage(_dir: &std::path::Path, err: StorageError) -> CliError {
         match err {
-            StorageError::Locked { .. } => CliError::Locked {
-                dir: dir.to_path_buf(),
-            },
-            StorageError::NotFound { .. } => CliError::NotFound {
-                dir: dir.to_path_buf(),
-            },
             corrupt @ StorageError::Corrupt { .. } => CliError::Damaged(corrupt),
             other => CliError::Storage(other),
+        }
+    }
+
+    /// Maps an error of opening the store at `dir`.
+    pub fn open(dir: &std::path::Path, err: OpenError) -> CliError {
+        match err {
+            OpenError::Locked { .. } => CliError::Locked {
+                dir: dir.to_path_buf(),
+            },
+            OpenError::NotFound { .. } => CliError::NotFound {
+                dir: dir.to_path_buf(),
+            },
+            OpenError::Storage { source, .. } => CliError::storage(dir, *source),
+            other => CliError::Storage(StorageError::Io(std::sync::Arc::new(
+                std::io::Error::other(other.to_string()),
+            ))),
+        }
+    }
+
+    /// Maps an error of loading a state from the store at `dir`.
+    pub fn load(dir: &std::path::Path, err: LoadError) -> CliError {
+        match err {
+            LoadError::Storage(s) => CliError::storage(dir, s),
+            other => CliError::BrokenInvariant(other),
         }
     }
 
     /// Maps an engine error met on the store at `dir`.
     pub fn engine(dir: &std::path::Path, err: EngineError) -> CliError {
         match err {
+            EngineError::Open(o) => CliError::open(dir, o),
             EngineError::Storage(s) => CliError::storage(dir, s),
             other => CliError::Engine(other),
         }

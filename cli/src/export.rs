@@ -13,8 +13,8 @@ use crate::inspect::{envelope_json, json_line, RecordJson};
 use crate::registry::{dispatch, is_known, resolve};
 use crate::store::open_read_only;
 use crate::{ExportArgs, Outcome};
-use evershard_engine::journal::record;
-use evershard_engine::StorageError;
+use evershard_engine::record;
+use evershard_engine::{Corruption, StorageError};
 use std::io::Write;
 
 fn hex(bytes: &[u8]) -> String {
@@ -27,31 +27,24 @@ pub fn run(args: &ExportArgs, out: &mut dyn Write) -> Result<Outcome, CliError> 
     let journal = open_read_only(dir)?;
     let mut exported = 0u64;
     for entry in journal.read_global(args.from_position.max(1)) {
-        let (position, stream, sequence) = entry.map_err(|e| CliError::storage(dir, e))?;
+        let (_position, stream, sequence) = entry.map_err(|e| CliError::storage(dir, e))?;
         if only.is_some_and(|name| name != stream.aggregate_type) {
             continue;
         }
         if !is_known(&stream.aggregate_type) {
-            return Err(CliError::storage(
-                dir,
-                StorageError::Corrupt {
-                    stream: Some(stream.to_string()),
-                    sequence: Some(sequence),
-                    reason: format!(
-                        "aggregate type {} is not known to this build",
-                        stream.aggregate_type
-                    ),
-                },
-            ));
+            return Err(CliError::InvalidArgument(format!(
+                "{stream} at sequence {sequence}: aggregate type {} is not known to this build",
+                stream.aggregate_type
+            )));
         }
         let stored = journal
             .read_stream(&stream, sequence, sequence)
             .next()
             .unwrap_or_else(|| {
                 Err(StorageError::Corrupt {
-                    stream: Some(stream.to_string()),
+                    stream: Some(stream.clone()),
                     sequence: Some(sequence),
-                    reason: format!("global position {position} points at a missing record"),
+                    cause: Corruption::MissingRecord,
                 })
             })
             .map_err(|e| CliError::storage(dir, e))?;

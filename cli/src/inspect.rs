@@ -6,9 +6,9 @@ use crate::registry::{dispatch, is_known, resolve, TypeOp};
 use crate::store::open_read_only;
 use crate::{HistoryArgs, ListArgs, Outcome, StateArgs, StatsArgs};
 use chrono::{DateTime, SecondsFormat, Utc};
-use evershard_engine::journal::Record;
 use evershard_engine::model::{DomainEvent, EventEnvelope, Workload};
 use evershard_engine::repository::{self, Loaded};
+use evershard_engine::Record;
 use evershard_engine::{Journal, StorageError, StreamId};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -104,7 +104,7 @@ impl TypeOp for StateJson<'_> {
             use_snapshots,
         } = self;
         let loaded = repository::load::<A>(journal, stream, upto, use_snapshots)
-            .map_err(|e| CliError::storage(journal.dir(), e))?;
+            .map_err(|e| CliError::load(journal.dir(), e))?;
         let state = serde_json::to_value(&loaded.state).map_err(|source| CliError::Json {
             what: format!("the state of {stream} ({})", A::TYPE),
             source,

@@ -67,7 +67,7 @@ pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 pub fn open_read_only(dir: &Path) -> Result<Journal, CliError> {
     match guarded(|| Journal::open_read_only(dir)) {
         Ok(Ok(journal)) => Ok(journal),
-        Ok(Err(e)) => Err(CliError::storage(dir, e)),
+        Ok(Err(e)) => Err(CliError::open(dir, e)),
         Err(message) => Err(CliError::Panicked {
             what: format!("opening {}", dir.display()),
             message,

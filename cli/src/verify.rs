@@ -10,8 +10,8 @@ use crate::registry::{dispatch, known_types, TypeOp};
 use crate::store::{guarded, open_read_only};
 use crate::{Outcome, VerifyArgs};
 use evershard_engine::model::{Aggregate, Workload};
-use evershard_engine::{repository, Journal, StorageError, StreamId};
-use evershard_snapshots::SnapshotRecord;
+use evershard_engine::snapshot::{select, SnapshotError};
+use evershard_engine::{repository, Journal, LoadError, StorageError, StreamId};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -357,8 +357,8 @@ fn finding(stream: &StreamId, sequence: Option<u64>, check: Check, message: Stri
 fn storage_finding(stream: &StreamId, check: Check, err: StorageError) -> Finding {
     match err {
         StorageError::Corrupt {
-            sequence, reason, ..
-        } => finding(stream, sequence, check, reason),
+            sequence, cause, ..
+        } => finding(stream, sequence, check, cause.to_string()),
         other => finding(stream, None, check, other.to_string()),
     }
 }
@@ -369,28 +369,7 @@ fn storage_finding(stream: &StreamId, check: Check, err: StorageError) -> Findin
 /// service can check streams of its own types.
 pub fn check_stream<A: Aggregate>(journal: &Journal, stream: &StreamId, head: u64) -> StreamCheck {
     let mut check = StreamCheck::default();
-    // The full replay, exactly as recovery without snapshots does it.
-    let replay_fails_at = match repository::load::<A>(journal, stream, u64::MAX, false) {
-        Ok(loaded) => {
-            check.events_replayed = loaded.events_replayed;
-            if let Err(broken) = A::check_invariants(&loaded.state) {
-                check.problems.push(finding(
-                    stream,
-                    Some(loaded.version),
-                    Check::Replay,
-                    format!("the replayed state breaks an invariant: {broken}"),
-                ));
-            }
-            None
-        }
-        Err(e) => {
-            let failure = storage_finding(stream, Check::Replay, e);
-            let at = failure.sequence.unwrap_or(1);
-            check.problems.push(failure);
-            Some(at)
-        }
-    };
-
+    let replay_fails_at = replay_check::<A>(journal, stream, &mut check);
     let snapshots = match journal.snapshots(stream) {
         Ok(s) => s,
         Err(e) => {
@@ -400,67 +379,38 @@ pub fn check_stream<A: Aggregate>(journal: &Journal, stream: &StreamId, head: u6
             return check;
         }
     };
-    for (key_sequence, bytes) in snapshots.into_iter().rev() {
+    for candidate in snapshots.into_iter().rev() {
+        let key_sequence = candidate.0;
         let at = Some(key_sequence);
-        let record = match SnapshotRecord::decode(&bytes) {
-            Ok(r) => r,
-            Err(e) => {
-                let message = format!("snapshot is damaged: {e}");
-                check
-                    .problems
-                    .push(finding(stream, at, Check::Snapshot, message));
+        // The very selection recovery makes, one candidate at a time: its typed reason
+        // for skipping is the finding.
+        let selection = select::<A::State>(&[candidate], A::STATE_SCHEMA_VERSION, head);
+        let snapshot_state = match (selection.chosen, selection.skipped.into_iter().next()) {
+            (Some((_, state)), _) => state,
+            (None, Some((_, reason))) => {
+                let (is_note, message) = snapshot_skip_message(&reason, head);
+                let not_compared = replay_fails_at.is_some_and(|f| f <= key_sequence)
+                    && matches!(reason, SnapshotError::State(_));
+                if not_compared {
+                    let fails_at = replay_fails_at.unwrap_or(1);
+                    check.notes.push(not_compared_note(stream, at, fails_at));
+                } else if is_note {
+                    check
+                        .notes
+                        .push(finding(stream, at, Check::Snapshot, message));
+                } else {
+                    check
+                        .problems
+                        .push(finding(stream, at, Check::Snapshot, message));
+                }
                 continue;
             }
+            (None, None) => continue,
         };
-        if record.sequence != key_sequence {
-            let message = format!(
-                "snapshot stored under sequence {key_sequence} says sequence {}",
-                record.sequence
-            );
-            check
-                .problems
-                .push(finding(stream, at, Check::Snapshot, message));
-            continue;
-        }
-        if key_sequence > head {
-            let message = format!("snapshot lies beyond the stream's head {head}");
-            check
-                .problems
-                .push(finding(stream, at, Check::Snapshot, message));
-            continue;
-        }
-        if record.schema_version != A::STATE_SCHEMA_VERSION {
-            // Recovery skips it and replays: harmless, but worth telling an auditor.
-            let message = format!(
-                "snapshot has state schema version {}, this build's is {}; recovery skips \
-                 it, so it was not compared",
-                record.schema_version,
-                A::STATE_SCHEMA_VERSION
-            );
-            check
-                .notes
-                .push(finding(stream, at, Check::Snapshot, message));
-            continue;
-        }
         if let Some(fails_at) = replay_fails_at.filter(|f| *f <= key_sequence) {
-            let message = format!(
-                "snapshot not compared: the replay fails at sequence {fails_at}, before it"
-            );
-            check
-                .notes
-                .push(finding(stream, at, Check::Snapshot, message));
+            check.notes.push(not_compared_note(stream, at, fails_at));
             continue;
         }
-        let snapshot_state: A::State = match record.state(A::STATE_SCHEMA_VERSION) {
-            Ok(s) => s,
-            Err(e) => {
-                let message = format!("snapshot state does not decode: {e}");
-                check
-                    .problems
-                    .push(finding(stream, at, Check::Snapshot, message));
-                continue;
-            }
-        };
         check.snapshots_checked += 1;
         match repository::load::<A>(journal, stream, key_sequence, false) {
             Ok(replayed) if replayed.state == snapshot_state => {}
@@ -475,12 +425,91 @@ pub fn check_stream<A: Aggregate>(journal: &Journal, stream: &StreamId, head: u6
                     .problems
                     .push(finding(stream, at, Check::Snapshot, message));
             }
-            Err(e) => check
-                .problems
-                .push(storage_finding(stream, Check::Snapshot, e)),
+            Err(LoadError::Storage(e)) => {
+                check
+                    .problems
+                    .push(storage_finding(stream, Check::Snapshot, e))
+            }
+            Err(other) => {
+                check
+                    .problems
+                    .push(finding(stream, at, Check::Snapshot, other.to_string()))
+            }
         }
     }
     check
+}
+
+/// The full replay of one stream, exactly as recovery without snapshots does it (with its
+/// hash-chain and invariant checks): records its findings in `check` and returns the
+/// sequence the replay fails at, if it does.
+fn replay_check<A: Aggregate>(
+    journal: &Journal,
+    stream: &StreamId,
+    check: &mut StreamCheck,
+) -> Option<u64> {
+    match repository::load::<A>(journal, stream, u64::MAX, false) {
+        Ok(loaded) => {
+            check.events_replayed = loaded.events_replayed;
+            None
+        }
+        Err(LoadError::InvariantViolated {
+            invariant,
+            sequence,
+            ..
+        }) => {
+            check.events_replayed = sequence;
+            check.problems.push(finding(
+                stream,
+                Some(sequence),
+                Check::Replay,
+                format!("the replayed state breaks an invariant: {invariant}"),
+            ));
+            None
+        }
+        Err(LoadError::Storage(e)) => {
+            let failure = storage_finding(stream, Check::Replay, e);
+            let at = failure.sequence.unwrap_or(1);
+            check.problems.push(failure);
+            Some(at)
+        }
+        Err(other) => {
+            check
+                .problems
+                .push(finding(stream, None, Check::Replay, other.to_string()));
+            Some(1)
+        }
+    }
+}
+
+/// How `verify` words a snapshot recovery skips: (is it only a note, the message).
+fn snapshot_skip_message(reason: &SnapshotError, head: u64) -> (bool, String) {
+    match reason {
+        SnapshotError::Misplaced { key, record } => (
+            false,
+            format!("snapshot stored under sequence {key} says sequence {record}"),
+        ),
+        SnapshotError::BeyondHead { .. } => (
+            false,
+            format!("snapshot lies beyond the stream's head {head}"),
+        ),
+        // Recovery skips it and replays: harmless, but worth telling an auditor.
+        SnapshotError::SchemaVersion { found, current } => (
+            true,
+            format!(
+                "snapshot has state schema version {found}, this build's is {current}; \
+                 recovery skips it, so it was not compared"
+            ),
+        ),
+        SnapshotError::State(e) => (false, format!("snapshot state does not decode: {e}")),
+        damaged => (false, format!("snapshot is damaged: {damaged}")),
+    }
+}
+
+fn not_compared_note(stream: &StreamId, at: Option<u64>, fails_at: u64) -> Finding {
+    let message =
+        format!("snapshot not compared: the replay fails at sequence {fails_at}, before it");
+    finding(stream, at, Check::Snapshot, message)
 }
 
 /// [`check_stream`] for a type chosen by name.

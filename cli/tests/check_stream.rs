@@ -3,13 +3,13 @@
 //! whose `apply` panics on one event. Proves that an apply panic and a payload that does not
 //! decode are reported with the aggregate and sequence (and never propagate), that a snapshot
 //! equal to the replay passes and a different one is a problem, and that `audit` reports the
-//! streams of a type the registry does not know.
+//! streams of a type the registry does not know, and that a replayed state breaking an
+//! invariant (committed events a buggy `decide` produced) is reported at its sequence.
 
 use chrono::{TimeZone, Utc};
 use evershard_cli::{audit, check_stream, Check};
-use evershard_engine::journal::{AppendRequest, NewEvent};
 use evershard_engine::model::{codec, Aggregate, DecideContext, DemoRng, DomainEvent, Workload};
-use evershard_engine::{Journal, JournalConfig, StreamId};
+use evershard_engine::{AppendRequest, JournalConfig, JournalWriter, NewEvent, StreamId};
 use evershard_snapshots::SnapshotRecord;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -62,7 +62,16 @@ impl Aggregate for Tally {
             TallyEvent::Poison => panic!("test: apply refuses Poison"),
         }
     }
+    fn check_invariants(state: &u64) -> Result<(), String> {
+        if *state >= TALLY_MAX {
+            return Err(format!("a tally stays below {TALLY_MAX}"));
+        }
+        Ok(())
+    }
 }
+
+/// Tally's invariant: the state stays below this.
+const TALLY_MAX: u64 = 1000;
 
 impl Workload for Tally {
     fn sample_command(_: &u64, _: &DecideContext, rng: &mut DemoRng) -> u64 {
@@ -88,7 +97,7 @@ fn event(e: &TallyEvent) -> NewEvent {
     new_event(e.event_type(), codec::encode(e))
 }
 
-fn append(journal: &Journal, id: &str, events: Vec<NewEvent>) -> StreamId {
+fn append(journal: &JournalWriter, id: &str, events: Vec<NewEvent>) -> StreamId {
     let stream = StreamId::new("Tally", id);
     let mut version = 0;
     for e in events {
@@ -103,7 +112,7 @@ fn append(journal: &Journal, id: &str, events: Vec<NewEvent>) -> StreamId {
 #[test]
 fn replay_failures_and_snapshot_mismatches_name_the_sequence() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path(), JournalConfig::default()).unwrap();
+    let journal = JournalWriter::open(dir.path(), JournalConfig::default()).unwrap();
     let added = |n| event(&TallyEvent::Added(n));
 
     // An apply panic at sequence 3.
@@ -167,6 +176,21 @@ fn replay_failures_and_snapshot_mismatches_name_the_sequence() {
         "{check:?}"
     );
 
+    // Events that break the invariant at sequence 2: reported, with the sequence.
+    let broken = append(&journal, "broken", vec![added(1), added(TALLY_MAX)]);
+    let check = check_stream::<Tally>(&journal, &broken, 2);
+    assert_eq!(check.problems.len(), 1, "{check:?}");
+    assert_eq!(
+        (check.problems[0].check, check.problems[0].sequence),
+        (Check::Replay, Some(2))
+    );
+    assert!(
+        check.problems[0]
+            .message
+            .contains("the replayed state breaks an invariant: a tally stays below 1000"),
+        "{check:?}"
+    );
+
     // The registry does not know Tally: audit reports its streams rather than skipping them.
     let report = audit(&journal);
     assert!(!report.clean);
@@ -177,7 +201,7 @@ fn replay_failures_and_snapshot_mismatches_name_the_sequence() {
         .collect();
     assert_eq!(unknown.len(), 1, "{report:?}");
     assert_eq!(unknown[0].aggregate_type.as_deref(), Some("Tally"));
-    assert!(unknown[0].message.starts_with("3 streams"), "{report:?}");
+    assert!(unknown[0].message.starts_with("4 streams"), "{report:?}");
     // Its journal-level checks still pass: the records themselves are intact.
     assert!(
         report.problems.iter().all(|p| p.check != Check::Journal),

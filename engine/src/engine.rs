@@ -1,15 +1,15 @@
 //! The one entry type: [`Engine::builder`] → register aggregate types → [`EngineBuilder::open`].
 
-use crate::error::{CommandError, EngineError, StorageError};
-use crate::journal::{Durability, Journal, JournalConfig, StreamId};
-use crate::repository;
-use crate::sharding::{
-    EntityMsg, Runtime, ShardActor, ShardArgs, ShardMsg, ShardingConfig, Snapshotter,
+use crate::error::{
+    CommandError, ConfigError, EngineError, InvalidRequest, StorageError, UnavailableReason,
 };
+use crate::journal::{Durability, Journal, JournalConfig, JournalWriter, StreamId};
+use crate::recovery as repository;
+use crate::sharding::{EntityMsg, Runtime, ShardActor, ShardArgs, ShardMsg, ShardingConfig};
+use crate::snapshots::{SnapshotPolicy, Snapshotter};
 use evershard_model::CommandGuard;
 use evershard_model::{Aggregate, EventEnvelope, Metadata};
 use evershard_model::{Clock, SystemClock};
-use evershard_snapshots::SnapshotPolicy;
 use ractor::{Actor, ActorRef};
 use std::any::Any;
 use std::collections::HashMap;
@@ -140,14 +140,12 @@ impl EngineBuilder {
     /// Opens the journal and starts the shard actors. Must run inside a tokio runtime.
     pub async fn open(self) -> Result<Engine, EngineError> {
         if self.sharding.shards == 0 {
-            return Err(EngineError::Config("shards must be at least 1".into()));
+            return Err(ConfigError::NoShards.into());
         }
         if self.sharding.entity_mailbox_commands_max == 0
             || self.sharding.shard_mailbox_commands_max == 0
         {
-            return Err(EngineError::Config(
-                "mailbox limits must be at least 1".into(),
-            ));
+            return Err(ConfigError::ZeroMailbox.into());
         }
         let mut seen = std::collections::HashSet::new();
         if let Some((name, _)) = self.types.iter().find(|(name, _)| !seen.insert(*name)) {
@@ -158,9 +156,9 @@ impl EngineBuilder {
         }
         let dir = self.data_dir.clone();
         let journal_config = self.journal.clone();
-        let journal = tokio::task::spawn_blocking(move || Journal::open(dir, journal_config))
+        let journal = tokio::task::spawn_blocking(move || JournalWriter::open(dir, journal_config))
             .await
-            .map_err(|e| EngineError::Actor(e.to_string()))??;
+            .map_err(actor_error)??;
         let snapshotter = Snapshotter::start(journal.clone(), self.snapshot_policy.keep)
             .map_err(StorageError::from)?;
         let rt = Arc::new(Runtime {
@@ -251,7 +249,7 @@ fn start_group<A: Aggregate>(
             };
             let (actor, _) = Actor::spawn(None, ShardActor::<A>::new(), args)
                 .await
-                .map_err(|e| EngineError::Actor(e.to_string()))?;
+                .map_err(actor_error)?;
             shards.push(actor);
             queued.push(q);
         }
@@ -259,8 +257,15 @@ fn start_group<A: Aggregate>(
     })
 }
 
+/// An actor or task failure as an [`EngineError`].
+fn actor_error(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Actor {
+        message: e.to_string(),
+    }
+}
+
 struct Inner {
-    journal: Journal,
+    journal: JournalWriter,
     rt: Arc<Runtime>,
     groups: HashMap<&'static str, Box<dyn AnyGroup>>,
     source: String,
@@ -317,9 +322,11 @@ impl Engine {
         EngineBuilder::new(data_dir)
     }
 
-    /// The journal, for reads (history, global order, verification).
+    /// The journal's read view: history, streams, global order, verification, statistics.
+    /// It cannot append: commands are the only way events get in. After [`Engine::shutdown`]
+    /// its reads fail with [`StorageError::Closed`].
     pub fn journal(&self) -> &Journal {
-        &self.inner.journal
+        self.inner.journal.reader()
     }
 
     fn group<A: Aggregate>(&self) -> Option<&ShardGroup<A>> {
@@ -349,9 +356,10 @@ impl Engine {
         let Some(_guard) = self.enter() else {
             return Err(CommandError::ShuttingDown);
         };
-        StreamId::new(A::TYPE, aggregate_id)
+        let stream = StreamId::new(A::TYPE, aggregate_id);
+        stream
             .validate()
-            .map_err(|e| CommandError::Invalid(e.to_string()))?;
+            .map_err(|e| CommandError::Invalid(InvalidRequest::Stream(e)))?;
         let group = self
             .group::<A>()
             .ok_or(CommandError::NotRegistered(A::TYPE))?;
@@ -374,11 +382,12 @@ impl Engine {
             queued.fetch_sub(1, Ordering::AcqRel);
             return Err(CommandError::ShuttingDown);
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(CommandError::Panicked(
-                "the aggregate's actor stopped before answering".into(),
-            ))
-        })
+        // A closed reply channel: the actor stopped (it failed, or the shard stopped) before
+        // it handled the command. Nothing of it was written.
+        rx.await.unwrap_or(Err(CommandError::Unavailable {
+            stream,
+            reason: UnavailableReason::Stopped,
+        }))
     }
 
     /// Executes a command on one aggregate instance; returns the committed events (none for
@@ -462,17 +471,17 @@ impl Engine {
             let (tx, rx) = oneshot::channel();
             shard
                 .cast(ShardMsg::ActiveCount { reply: tx })
-                .map_err(|e| EngineError::ActorGone(e.to_string()))?;
-            total += rx
-                .await
-                .map_err(|e| EngineError::ActorGone(e.to_string()))?;
+                .map_err(actor_error)?;
+            total += rx.await.map_err(actor_error)?;
         }
         Ok(total)
     }
 
     /// Graceful shutdown: refuses new commands, waits for those in flight to be answered,
-    /// stops the actors, writes queued snapshots, and flushes and syncs the journal. The
-    /// store's directory lock is released when the last clone of the engine is dropped.
+    /// stops the actors, writes queued snapshots, flushes and syncs the journal, and closes
+    /// it: when this returns, the store's directory lock is released — the same process may
+    /// reopen the store at once, even while clones of this engine are alive (their commands
+    /// then answer `ShuttingDown`, their journal reads `Closed`).
     pub async fn shutdown(&self) -> Result<(), EngineError> {
         // Every caller, concurrent or later, gets the outcome of the one real shutdown.
         self.inner
@@ -500,7 +509,7 @@ impl Engine {
             inner.journal.close()
         })
         .await
-        .map_err(|e| EngineError::Actor(e.to_string()))??;
+        .map_err(actor_error)??;
         Ok(())
     }
 }

@@ -1,36 +1,156 @@
-//! Errors by layer, as cqrs-es and redb draw them: a domain rejection (the caller's command
-//! is wrong: don't retry), a conflict or overload (retry), and a storage fault (log, alert;
-//! the journal may be poisoned).
+//! Errors, one `#[non_exhaustive]` enum per operation (as redb draws them), with typed fields
+//! and `#[source]` causes:
+//!
+//! | operation | error |
+//! |---|---|
+//! | opening a journal | [`OpenError`] |
+//! | reading (history, streams, snapshots, stats) | [`StorageError`] |
+//! | loading an aggregate's state (recovery, state at a sequence) | [`LoadError`] |
+//! | appending to the journal | [`AppendError`] |
+//! | executing a command, reading an aggregate's live state | [`CommandError`] |
+//! | opening and shutting down an engine | [`EngineError`] |
+//!
+//! [`Error`] is the umbrella with a `From` for each, and [`Result`] its alias. Within each,
+//! cqrs-es's split holds: a domain rejection (don't retry), a conflict, overload or an
+//! unavailable actor (retry), a storage fault or a bug (log, alert).
 
+use crate::journal::RecordError;
+use evershard_model::{CodecError, StreamId, StreamIdError};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// A fault of the storage layer.
+/// `Result` with evershard's umbrella [`Error`] by default.
+pub type Result<T = (), E = Error> = std::result::Result<T, E>;
+
+/// An error of sled, the storage engine under the journal. Opaque: sled's types are not part
+/// of evershard's API; the error is kept as the [`source`](std::error::Error::source).
+#[derive(Clone)]
+pub struct SledError(Arc<sled::Error>);
+
+impl SledError {
+    pub(crate) fn new(e: sled::Error) -> Self {
+        SledError(Arc::new(e))
+    }
+}
+
+impl std::fmt::Debug for SledError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Display for SledError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for SledError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// What is wrong with stored data: the cause inside [`StorageError::Corrupt`]. (Its larger
+/// fields are boxed so that every `Result` carrying a [`StorageError`] stays small.)
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Corruption {
+    /// The record's bytes fail their checks (length, format, CRC, fields).
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The record is intact but says it belongs elsewhere (copied or moved under this key).
+    #[error("record says {found}#{found_sequence}, stored under another key")]
+    Misplaced {
+        found: Box<StreamId>,
+        found_sequence: u64,
+    },
+    /// The record's `prev_hash` is not the SHA-256 of the stream's record before it.
+    #[error("hash chain broken: previous-record hash does not match")]
+    HashChain,
+    /// A sequence is missing: the next stored one is `found`.
+    #[error("gap: next stored sequence is {found}")]
+    Gap { found: u64 },
+    /// The stream's records end before its head.
+    #[error("stream ends at {last}, head says {head}")]
+    Truncated { last: u64, head: u64 },
+    /// The payload does not decode as the aggregate's event (or its upcaster refused it).
+    #[error("payload of {event_type} {event_version}: {source}")]
+    Payload {
+        event_type: Box<str>,
+        event_version: Box<str>,
+        #[source]
+        source: Box<CodecError>,
+    },
+    /// The aggregate's `decode_event` (an upcaster) panicked on the record.
+    #[error("decoding {event_type} {event_version} panicked")]
+    DecodePanicked {
+        event_type: Box<str>,
+        event_version: Box<str>,
+    },
+    /// The aggregate's `apply` panicked on the event: the state cannot be rebuilt.
+    #[error("apply panicked on this event")]
+    ApplyPanicked,
+    /// A stored key does not parse.
+    #[error("malformed {keyspace} key")]
+    MalformedKey { keyspace: &'static str },
+    /// A global index entry does not parse.
+    #[error("malformed global index entry")]
+    MalformedGlobalEntry,
+    /// The store's format marker is not evershard's.
+    #[error("not an evershard journal (format marker {found:?})")]
+    UnknownStoreFormat { found: Option<String> },
+    /// The record a test hook or an index points at does not exist.
+    #[error("no such record")]
+    MissingRecord,
+    /// sled itself reports corruption of its files.
+    #[error("sled reports corruption: {0}")]
+    Sled(#[source] SledError),
+}
+
+/// A fault met while reading the journal, or the storage cause of a failed write.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
     #[error("I/O error: {0}")]
-    Io(Arc<std::io::Error>),
+    Io(#[source] Arc<std::io::Error>),
     #[error("sled error: {0}")]
-    Sled(String),
-    #[error("corrupt data{}{}: {reason}", stream.as_ref().map(|s| format!(" in {s}")).unwrap_or_default(), sequence.map(|q| format!(" at sequence {q}")).unwrap_or_default())]
+    Sled(#[source] SledError),
+    /// Stored data fails its checks. `stream` is `None` for store-level data (index, keys).
+    #[error("corrupt data{}{}: {cause}", stream.as_ref().map(|s| format!(" in {s}")).unwrap_or_default(), sequence.map(|q| format!(" at sequence {q}")).unwrap_or_default())]
     Corrupt {
-        stream: Option<String>,
+        stream: Option<StreamId>,
         sequence: Option<u64>,
-        reason: String,
+        #[source]
+        cause: Corruption,
     },
-    #[error("the store at {} is locked by another process (is an engine running on it?)", dir.display())]
-    Locked { dir: PathBuf },
-    #[error("no evershard store at {}", dir.display())]
-    NotFound { dir: PathBuf },
     #[error(
         "the journal refuses writes after an earlier write or flush failure; reopen the store"
     )]
     Poisoned,
+    /// The journal was closed (the engine shut down): reopen the store.
     #[error("the journal is closed")]
     Closed,
-    #[error("the journal was opened read-only")]
-    ReadOnly,
+}
+
+impl StorageError {
+    /// A corruption of one stream at one sequence.
+    pub(crate) fn corrupt(stream: &StreamId, sequence: u64, cause: impl Into<Corruption>) -> Self {
+        StorageError::Corrupt {
+            stream: Some(stream.clone()),
+            sequence: Some(sequence),
+            cause: cause.into(),
+        }
+    }
+
+    /// A corruption of store-level data.
+    pub(crate) fn corrupt_store(cause: Corruption) -> Self {
+        StorageError::Corrupt {
+            stream: None,
+            sequence: None,
+            cause,
+        }
+    }
 }
 
 impl From<std::io::Error> for StorageError {
@@ -43,14 +163,55 @@ impl From<sled::Error> for StorageError {
     fn from(e: sled::Error) -> Self {
         match e {
             sled::Error::Io(io) => StorageError::Io(Arc::new(io)),
-            sled::Error::Corruption { at, .. } => StorageError::Corrupt {
-                stream: None,
-                sequence: None,
-                reason: format!("sled reports corruption at {at:?}"),
-            },
-            other => StorageError::Sled(other.to_string()),
+            corruption @ sled::Error::Corruption { .. } => {
+                StorageError::corrupt_store(Corruption::Sled(SledError::new(corruption)))
+            }
+            other => StorageError::Sled(SledError::new(other)),
         }
     }
+}
+
+/// Why a journal could not be opened.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Another process — or another open journal in this process — holds the store's lock.
+    #[error("the store at {} is locked by another process (is an engine running on it?)", dir.display())]
+    Locked { dir: PathBuf },
+    /// A read-only open found no store.
+    #[error("no evershard store at {}", dir.display())]
+    NotFound { dir: PathBuf },
+    #[error("could not open the store at {}: {source}", dir.display())]
+    Storage {
+        dir: PathBuf,
+        #[source]
+        source: Box<StorageError>,
+    },
+}
+
+impl OpenError {
+    pub(crate) fn storage(dir: &std::path::Path, source: impl Into<StorageError>) -> Self {
+        OpenError::Storage {
+            dir: dir.to_path_buf(),
+            source: Box::new(source.into()),
+        }
+    }
+}
+
+/// Why an append request is malformed (nothing was written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidRequest {
+    #[error(transparent)]
+    Stream(#[from] StreamIdError),
+    #[error("{count} events in one append; at most {max}")]
+    TooManyEvents { count: usize, max: usize },
+    #[error("payload of {bytes} bytes exceeds {max}")]
+    PayloadTooLarge { bytes: usize, max: usize },
+    #[error("a record string exceeds {max} bytes")]
+    StringTooLong { max: usize },
+    #[error("extra writes may only target the outbox, timer or idempotency keyspaces")]
+    ForbiddenKeyspace,
 }
 
 /// Why an append was not acknowledged.
@@ -60,17 +221,46 @@ pub enum AppendError {
     /// The stream moved since the caller read it. Retry after reloading.
     #[error("version conflict on {stream}: expected version {expected}, stream is at {actual}")]
     Conflict {
-        stream: String,
+        stream: StreamId,
         expected: u64,
         actual: u64,
     },
     #[error("invalid append: {0}")]
-    InvalidRequest(String),
+    InvalidRequest(#[from] InvalidRequest),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
 
-/// Why a command was not executed. `E` is the aggregate's domain error.
+/// Why an aggregate's state could not be loaded from the journal.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// A record, the hash chain or a payload fails its checks, or `apply` panicked.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The loaded state breaks one of the aggregate's invariants: committed events that
+    /// `decide` should never have produced (a bug). Nothing may act on this state.
+    #[error("{stream} breaks an invariant at sequence {sequence}: {invariant}")]
+    InvariantViolated {
+        stream: StreamId,
+        invariant: String,
+        sequence: u64,
+    },
+}
+
+/// Why an aggregate's actor could not take a command (retryable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnavailableReason {
+    /// The actor could not be started.
+    #[error("its actor could not start")]
+    StartFailed,
+    /// The actor stopped (it failed, or was passivated) before it answered.
+    #[error("its actor stopped before answering")]
+    Stopped,
+}
+
+/// Why a command was not executed (or a live state not read). `E` is the domain error.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum CommandError<E: std::error::Error> {
@@ -78,17 +268,37 @@ pub enum CommandError<E: std::error::Error> {
     #[error("rejected: {0}")]
     Rejected(E),
     /// Another writer appended to the same stream first. Retry.
-    #[error("version conflict: expected version {expected}, stream is at {actual}")]
-    Conflict { expected: u64, actual: u64 },
+    #[error("version conflict on {stream}: expected version {expected}, stream is at {actual}")]
+    Conflict {
+        stream: StreamId,
+        expected: u64,
+        actual: u64,
+    },
     /// A mailbox bound was reached; the command was not queued. Retry later.
     #[error("overloaded: {what} holds {limit} commands already")]
     Overloaded { what: &'static str, limit: usize },
-    /// The handler panicked; nothing of this command was written. The aggregate recovers
-    /// from the journal for its next command.
-    #[error("the aggregate's handler panicked: {0}")]
-    Panicked(String),
+    /// `decide` panicked on this command; nothing was written. A bug: the same command will
+    /// panic again. The aggregate recovers from the journal for its next command.
+    #[error("the handler of {stream} panicked: {message}")]
+    HandlerPanicked { stream: StreamId, message: String },
+    /// The aggregate's actor is stopping or could not start; the command was not handled,
+    /// nothing was written. Retry.
+    #[error("{stream} is unavailable: {reason}")]
+    Unavailable {
+        stream: StreamId,
+        reason: UnavailableReason,
+    },
+    /// The aggregate's state breaks an invariant (committed events that `decide` should never
+    /// have produced, at `sequence`). It refuses every command and state read until the code
+    /// is fixed; the committed events stand.
+    #[error("{stream} breaks an invariant at sequence {sequence}: {invariant}; it refuses commands until fixed")]
+    InvariantViolated {
+        stream: StreamId,
+        invariant: String,
+        sequence: u64,
+    },
     #[error("invalid command: {0}")]
-    Invalid(String),
+    Invalid(#[source] InvalidRequest),
     #[error("aggregate type {0} is not registered with this engine")]
     NotRegistered(&'static str),
     #[error("the engine is shutting down")]
@@ -98,29 +308,66 @@ pub enum CommandError<E: std::error::Error> {
 }
 
 impl<E: std::error::Error> CommandError<E> {
-    /// True for errors where the same command may succeed when retried.
+    /// True for errors where the same command may succeed when retried: `Conflict`,
+    /// `Overloaded` and `Unavailable`. Never for `HandlerPanicked` (a bug) or
+    /// `InvariantViolated`.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            CommandError::Conflict { .. } | CommandError::Overloaded { .. }
+            CommandError::Conflict { .. }
+                | CommandError::Overloaded { .. }
+                | CommandError::Unavailable { .. }
         )
     }
 
     pub(crate) fn from_append(e: AppendError) -> Self {
         match e {
             AppendError::Conflict {
-                expected, actual, ..
-            } => CommandError::Conflict { expected, actual },
+                stream,
+                expected,
+                actual,
+            } => CommandError::Conflict {
+                stream,
+                expected,
+                actual,
+            },
             AppendError::InvalidRequest(m) => CommandError::Invalid(m),
             AppendError::Storage(s) => CommandError::Storage(s),
         }
     }
+
+    pub(crate) fn from_load(e: LoadError) -> Self {
+        match e {
+            LoadError::Storage(s) => CommandError::Storage(s),
+            LoadError::InvariantViolated {
+                stream,
+                invariant,
+                sequence,
+            } => CommandError::InvariantViolated {
+                stream,
+                invariant,
+                sequence,
+            },
+        }
+    }
 }
 
-/// Errors of opening and running an engine (not of one command).
+/// An engine setting out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("shards must be at least 1")]
+    NoShards,
+    #[error("mailbox limits must be at least 1")]
+    ZeroMailbox,
+}
+
+/// Errors of opening, querying and shutting down an engine (not of one command).
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("aggregate type {0} is not registered with this engine")]
@@ -128,11 +375,35 @@ pub enum EngineError {
     #[error("aggregate type {0} is registered twice")]
     DuplicateType(&'static str),
     #[error("invalid configuration: {0}")]
-    Config(String),
-    #[error("could not start the actor system: {0}")]
-    Actor(String),
-    #[error("the aggregate's actor is gone: {0}")]
-    ActorGone(String),
+    Config(#[from] ConfigError),
+    /// An actor or a blocking task could not be started or joined.
+    #[error("the actor system failed: {message}")]
+    Actor { message: String },
     #[error("the engine is shutting down")]
     ShuttingDown,
+}
+
+/// Every evershard error, for callers that propagate them with `?`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A [`CommandError`], with its domain error type erased.
+    #[error(transparent)]
+    Command(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<CommandError<E>> for Error {
+    fn from(e: CommandError<E>) -> Self {
+        Error::Command(Box::new(e))
+    }
 }

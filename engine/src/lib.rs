@@ -1,5 +1,5 @@
-//! evershard's engine: the sled journal with group commit ([`journal`]), snapshots, and
-//! aggregates as sharded ractor actors ([`sharding`]) behind one entry type, [`Engine`].
+//! evershard's engine: the sled journal with group commit, snapshots, and aggregates as
+//! sharded ractor actors behind one entry type, [`Engine`].
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,18 +16,82 @@
 //! # */
 //! # Ok(()) }
 //! ```
+//!
+//! The modules are private; this file is the public surface, re-exported by hand. sled's
+//! types appear nowhere in it.
 
 mod engine;
-pub mod error;
-pub mod journal;
-pub mod repository;
-pub mod sharding;
+mod error;
+mod journal;
+mod recovery;
+mod sharding;
+mod snapshots;
 
+// The entry type and its configuration.
+/// The running store and its builder.
 pub use engine::{Engine, EngineBuilder};
-pub use error::{AppendError, CommandError, EngineError, StorageError};
+/// The aggregate model the engine runs (`Aggregate`, envelopes, codec, testing).
 pub use evershard_model as model;
+/// Engine-level checks of rules that span aggregate instances.
 pub use evershard_model::CommandGuard;
+/// Which aggregate instance a stream belongs to.
+pub use evershard_model::StreamId;
+/// The time `decide` sees.
 pub use evershard_model::{Clock, ManualClock, SystemClock};
-pub use evershard_snapshots::SnapshotPolicy;
-pub use journal::{Durability, Journal, JournalConfig, StreamId};
-pub use sharding::{shard_for, ShardingConfig};
+/// When an append is acknowledged: after fdatasync (the default) or buffered.
+pub use journal::Durability;
+/// The stable shard of an aggregate instance (FNV-1a of type and id).
+pub use sharding::shard_for;
+/// Limits and timings of the actor layer (see `EngineBuilder`'s setters).
+pub use sharding::ShardingConfig;
+
+// Errors, one per operation, and the umbrella.
+pub use error::{
+    AppendError, CommandError, ConfigError, Corruption, EngineError, Error, InvalidRequest,
+    LoadError, OpenError, Result, SledError, StorageError, UnavailableReason,
+};
+
+// Reading the journal.
+/// The journal's read view (from `Engine::journal` or `Journal::open_read_only`).
+pub use journal::Journal;
+/// Counts of the store (`Journal::stats`).
+pub use journal::JournalStats;
+/// What the journal's scans return: a boxed iterator of reads.
+pub use journal::Reads;
+/// A stream's last sequence and the hash of its last record.
+pub use journal::StreamHead;
+/// A decoded event record and why bytes are not one.
+pub use journal::{Record, RecordError};
+/// What `Journal::verify` found.
+pub use journal::{VerifyIssue, VerifyReport};
+
+/// The on-disk event record: its hash (the chain) and its limits.
+pub mod record {
+    pub use crate::journal::record::{
+        hash, Hash, HEADER_BYTES, PAYLOAD_BYTES_MAX, RECORD_FORMAT_V1, RECORD_STRING_BYTES_MAX,
+        ZERO_HASH,
+    };
+}
+
+/// Loading aggregates from the journal: typed envelopes, and the state as of a sequence
+/// (newest usable snapshot plus the events after it), with the checks recovery makes.
+pub mod repository {
+    pub use crate::recovery::{decode_record, envelope, load, read_events, Loaded};
+}
+
+/// Snapshots: the policy, the record format, and the selection of the snapshot recovery
+/// starts from, with a typed reason for each skipped one.
+pub mod snapshot {
+    pub use crate::snapshots::{select, Selection, SnapshotError, SnapshotRecord};
+}
+/// "Every N events, keep the newest K".
+pub use snapshots::SnapshotPolicy;
+
+// Writing to the journal directly bypasses `decide`: only tests and benchmarks do it, with
+// the `fault-injection` feature (which also brings the hooks that damage records).
+/// The writing side of the journal (tests and benchmarks only).
+#[cfg(feature = "fault-injection")]
+pub use journal::{
+    AppendRequest, Committed, JournalConfig, JournalWriter, NewEvent, SyncHold, WriteOp,
+    EVENTS_PER_APPEND_MAX,
+};

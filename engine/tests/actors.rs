@@ -18,7 +18,7 @@ mod common;
 
 use common::{Counter, CounterCommand, CounterError};
 use evershard_engine::{CommandError, Durability, Engine, SnapshotPolicy, StreamId};
-use evershard_engine::{ManualClock, StorageError};
+use evershard_engine::{ManualClock, OpenError, StorageError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,7 +97,7 @@ async fn a_panic_fails_one_command_and_harms_nobody_else() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, CommandError::Panicked(ref m) if m.contains("boom")),
+        matches!(err, CommandError::HandlerPanicked { ref message, .. } if message.contains("boom")),
         "{err:?}"
     );
     // The same aggregate works on, from its recovered state; the other is untouched.
@@ -359,7 +359,7 @@ async fn an_engine_dropped_without_shutdown_releases_the_store() {
                 reopened = Some(engine);
                 break;
             }
-            Err(evershard_engine::EngineError::Storage(StorageError::Locked { .. })) => {
+            Err(evershard_engine::EngineError::Open(OpenError::Locked { .. })) => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => panic!("{e}"),

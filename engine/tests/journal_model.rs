@@ -5,8 +5,10 @@
 //! Also: a failed flush poisons the journal instead of guessing; bad requests get typed
 //! errors; and concurrent durable appends share one flush (group commit).
 
-use evershard_engine::journal::{AppendRequest, NewEvent};
-use evershard_engine::{AppendError, Durability, Journal, JournalConfig, StorageError, StreamId};
+use evershard_engine::{
+    AppendError, Durability, Journal, JournalConfig, JournalWriter, StorageError, StreamId,
+};
+use evershard_engine::{AppendRequest, NewEvent};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -107,7 +109,7 @@ proptest! {
     #[test]
     fn journal_agrees_with_a_vec_per_stream(ops in proptest::collection::vec(op(), 1..40)) {
         let dir = tempfile::tempdir().unwrap();
-        let mut journal = Journal::open(dir.path(), config()).unwrap();
+        let mut journal = JournalWriter::open(dir.path(), config()).unwrap();
         let mut model: Vec<Vec<Vec<u8>>> = vec![Vec::new(); STREAMS];
         let mut counter = 0u32;
         for op in ops {
@@ -133,7 +135,7 @@ proptest! {
                 Op::Reopen => {
                     journal.close().unwrap();
                     drop(journal);
-                    journal = Journal::open(dir.path(), config()).unwrap();
+                    journal = JournalWriter::open(dir.path(), config()).unwrap();
                 }
             }
             check(&journal, &model);
@@ -145,7 +147,7 @@ proptest! {
 #[test]
 fn a_failed_flush_poisons_the_journal() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path(), JournalConfig::default()).unwrap();
+    let journal = JournalWriter::open(dir.path(), JournalConfig::default()).unwrap();
     let s = StreamId::new("Model", "p");
     journal
         .append_blocking(AppendRequest::new(s.clone(), 0, vec![event(vec![1])]))
@@ -171,19 +173,17 @@ fn a_failed_flush_poisons_the_journal() {
 #[test]
 fn bad_requests_get_typed_errors_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path(), config()).unwrap();
+    let journal = JournalWriter::open(dir.path(), config()).unwrap();
     let long_id = StreamId::new("Model", "x".repeat(5000));
     let err = journal
         .append_blocking(AppendRequest::new(long_id, 0, vec![event(vec![1])]))
         .unwrap_err();
     assert!(matches!(err, AppendError::InvalidRequest(_)), "{err:?}");
     let mut sneaky = AppendRequest::new(stream(0), 0, vec![event(vec![1])]);
-    sneaky
-        .extra_writes
-        .push(evershard_engine::journal::WriteOp::Put {
-            key: b"e-forged".to_vec(),
-            value: vec![],
-        });
+    sneaky.extra_writes.push(evershard_engine::WriteOp::Put {
+        key: b"e-forged".to_vec(),
+        value: vec![],
+    });
     assert!(matches!(
         journal.append_blocking(sneaky),
         Err(AppendError::InvalidRequest(_))
@@ -195,10 +195,7 @@ fn bad_requests_get_typed_errors_and_write_nothing() {
         .append_blocking(AppendRequest::new(stream(0), 0, vec![long_user]))
         .unwrap_err();
     assert!(matches!(err, AppendError::InvalidRequest(_)), "{err:?}");
-    let huge = event(vec![
-        0;
-        evershard_engine::journal::record::PAYLOAD_BYTES_MAX + 1
-    ]);
+    let huge = event(vec![0; evershard_engine::record::PAYLOAD_BYTES_MAX + 1]);
     let err = journal
         .append_blocking(AppendRequest::new(stream(0), 0, vec![huge]))
         .unwrap_err();
@@ -221,7 +218,7 @@ async fn concurrent_appends_share_one_flush() {
     // acknowledged by at most two syncs (one for whatever the syncer had taken when it was
     // held, one for everything queued behind it) — not 64.
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path(), JournalConfig::default()).unwrap();
+    let journal = JournalWriter::open(dir.path(), JournalConfig::default()).unwrap();
     let before = journal.syncs_done();
     let gate = journal.hold_syncs_for_tests();
     let mut tasks = Vec::new();

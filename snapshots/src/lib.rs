@@ -4,7 +4,8 @@
 //! A snapshot is an optimisation, never a source of truth: recovery uses the newest snapshot
 //! that decodes, carries the current state schema version and does not lie beyond the
 //! journal's head, and otherwise falls back to an older one or to a full replay. Storage of
-//! the bytes belongs to the journal (the only sled user); this crate is pure.
+//! the bytes belongs to the journal (the only sled user) and the writer thread to the engine's
+//! `snapshots` module; this crate is pure.
 //!
 //! Record format (integers little-endian):
 //! ```text
@@ -168,23 +169,42 @@ pub fn load<S: DeserializeOwned>(
     Ok((record.sequence, record.state(current_schema)?))
 }
 
-/// Picks the newest usable snapshot from `candidates` (newest first, as (sequence, bytes)).
-/// Every unusable one is logged with its reason and skipped. `None` means: replay everything.
+/// What [`select`] found: the snapshot recovery starts from, and why each newer one was
+/// skipped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selection<S> {
+    /// The newest usable snapshot as (sequence, state); `None`: replay from the first event.
+    pub chosen: Option<(u64, S)>,
+    /// Every candidate newer than the chosen one (all of them when none was chosen), newest
+    /// first, as (sequence from its key, why it is unusable).
+    pub skipped: Vec<(u64, SnapshotError)>,
+}
+
+/// Picks the newest usable snapshot from `candidates` (newest first, as (sequence from the
+/// key, bytes)) and says why each newer one is unusable: damaged (truncated, unknown format,
+/// CRC), misplaced (stored under another sequence), beyond the journal's head, of another
+/// schema version, or a state that does not decode — the checks of [`load`], in that order.
 pub fn select<S: DeserializeOwned>(
-    stream: &str,
     candidates: &[(u64, Vec<u8>)],
     current_schema: u32,
     journal_head: u64,
-) -> Option<(u64, S)> {
+) -> Selection<S> {
+    let mut skipped = Vec::new();
     for (seq, bytes) in candidates {
         match load(*seq, bytes, current_schema, journal_head) {
-            Ok(found) => return Some(found),
-            Err(reason) => {
-                tracing::warn!(stream, sequence = seq, %reason, "skipping unusable snapshot")
+            Ok(found) => {
+                return Selection {
+                    chosen: Some(found),
+                    skipped,
+                }
             }
+            Err(reason) => skipped.push((*seq, reason)),
         }
     }
-    None
+    Selection {
+        chosen: None,
+        skipped,
+    }
 }
 
 #[cfg(test)]
@@ -214,10 +234,35 @@ mod tests {
             (200, old_schema),
             (100, good),
         ];
-        let picked: Option<(u64, Vec<u32>)> = select("t/1", &candidates, 2, 350);
-        assert_eq!(picked, Some((100, vec![1, 2, 3])));
-        let none: Option<(u64, Vec<u32>)> = select("t/1", &candidates[..3], 2, 350);
-        assert_eq!(none, None);
+        let picked = select::<Vec<u32>>(&candidates, 2, 350);
+        assert_eq!(picked.chosen, Some((100, vec![1, 2, 3])));
+        let reasons: Vec<_> = picked
+            .skipped
+            .iter()
+            .map(|(seq, r)| (*seq, r.clone()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (
+                    400,
+                    SnapshotError::BeyondHead {
+                        sequence: 400,
+                        head: 350
+                    }
+                ),
+                (300, SnapshotError::Checksum),
+                (
+                    200,
+                    SnapshotError::SchemaVersion {
+                        found: 1,
+                        current: 2
+                    }
+                ),
+            ]
+        );
+        let none = select::<Vec<u32>>(&candidates[..3], 2, 350);
+        assert_eq!((none.chosen, none.skipped.len()), (None, 3));
         // A snapshot stored under the wrong key is refused too.
         let moved = SnapshotRecord::encode_state(2, 100, &vec![1u32]);
         assert!(matches!(

@@ -7,7 +7,7 @@
 //! work of the next group overlaps the disk wait of the previous one.
 
 use super::{keys, record, Durability, JournalConfig, Record, Shared, StreamHead, StreamId};
-use crate::error::{AppendError, StorageError};
+use crate::error::{AppendError, InvalidRequest, StorageError};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::fs::File;
@@ -35,6 +35,7 @@ pub struct NewEvent {
 /// A raw write into one of the reserved keyspaces (outbox, timers, idempotency) that must
 /// commit atomically with the events of the same request.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 pub enum WriteOp {
     Put { key: Vec<u8>, value: Vec<u8> },
     Remove { key: Vec<u8> },
@@ -71,20 +72,19 @@ impl AppendRequest {
         }
     }
 
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(super) fn validate(&self) -> Result<(), InvalidRequest> {
         if self.events.len() > EVENTS_PER_APPEND_MAX {
-            return Err(format!(
-                "{} events in one append; at most {EVENTS_PER_APPEND_MAX}",
-                self.events.len()
-            ));
+            return Err(InvalidRequest::TooManyEvents {
+                count: self.events.len(),
+                max: EVENTS_PER_APPEND_MAX,
+            });
         }
         for event in &self.events {
             if event.payload.len() > record::PAYLOAD_BYTES_MAX {
-                return Err(format!(
-                    "payload of {} bytes exceeds {}",
-                    event.payload.len(),
-                    record::PAYLOAD_BYTES_MAX
-                ));
+                return Err(InvalidRequest::PayloadTooLarge {
+                    bytes: event.payload.len(),
+                    max: record::PAYLOAD_BYTES_MAX,
+                });
             }
             let strings = [&event.event_type, &event.event_version, &event.source];
             if strings
@@ -92,21 +92,15 @@ impl AppendRequest {
                 .chain(event.user_id.as_ref())
                 .any(|s| s.len() > record::RECORD_STRING_BYTES_MAX)
             {
-                return Err(format!(
-                    "a record string exceeds {} bytes",
-                    record::RECORD_STRING_BYTES_MAX
-                ));
+                return Err(InvalidRequest::StringTooLong {
+                    max: record::RECORD_STRING_BYTES_MAX,
+                });
             }
         }
         for op in &self.extra_writes {
             match op.key().first() {
                 Some(&keys::OUTBOX | &keys::TIMERS | &keys::IDEMPOTENCY) => {}
-                _ => {
-                    return Err(
-                        "extra writes may only target the outbox, timer or idempotency keyspaces"
-                            .into(),
-                    )
-                }
+                _ => return Err(InvalidRequest::ForbiddenKeyspace),
             }
         }
         Ok(())
@@ -127,6 +121,7 @@ pub(super) enum CommitJob {
         request: AppendRequest,
         reply: oneshot::Sender<Result<Committed, AppendError>>,
     },
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     Sync {
         reply: oneshot::Sender<Result<(), StorageError>>,
     },
@@ -138,6 +133,9 @@ pub(super) enum CommitJob {
 
 pub(super) struct Committer {
     shared: Arc<Shared>,
+    /// The committer's own handle on sled, dropped when it stops (so that close can release
+    /// the store's lock).
+    db: sled::Db,
     config: JournalConfig,
     next_global: u64,
     heads: HashMap<StreamId, StreamHead>,
@@ -155,6 +153,7 @@ struct SyncBatch {
 
 struct Syncer {
     shared: Arc<Shared>,
+    db: sled::Db,
     data_file: File,
     /// Blob files already synced (see `sync_new_blobs`).
     synced_blobs: std::collections::HashSet<std::ffi::OsString>,
@@ -220,7 +219,7 @@ impl Syncer {
         {
             return Err(std::io::Error::other("injected flush failure").into());
         }
-        self.shared.db.flush()?;
+        self.db.flush()?;
         // sled's flush ends in sync_file_range, which does not reach stable storage
         // (spacejam/sled#1452): fdatasync the data file ourselves.
         self.data_file.sync_data()?;
@@ -269,6 +268,7 @@ type Reply = (
 impl Committer {
     pub(super) fn new(
         shared: Arc<Shared>,
+        db: sled::Db,
         data_file: File,
         config: JournalConfig,
         next_global: u64,
@@ -276,6 +276,7 @@ impl Committer {
         let (syncer, batches) = mpsc::channel();
         let sync_worker = Syncer {
             shared: shared.clone(),
+            db: db.clone(),
             data_file,
             synced_blobs: Default::default(),
         };
@@ -285,6 +286,7 @@ impl Committer {
             .expect("spawn the syncer thread");
         Self {
             shared,
+            db,
             config,
             next_global,
             heads: HashMap::new(),
@@ -361,7 +363,7 @@ impl Committer {
         if let Some(h) = staged.get(stream).or_else(|| self.heads.get(stream)) {
             return Ok(*h);
         }
-        let head = super::read_head(&self.shared.db, stream)?;
+        let head = super::read_head(&self.db, stream)?;
         if self.heads.len() >= HEAD_CACHE_STREAMS_MAX {
             self.heads.clear();
         }
@@ -410,7 +412,7 @@ impl Committer {
             };
             if head.sequence != request.expected_version {
                 let _ = reply.send(Err(AppendError::Conflict {
-                    stream: request.stream.to_string(),
+                    stream: request.stream.clone(),
                     expected: request.expected_version,
                     actual: head.sequence,
                 }));
@@ -490,7 +492,7 @@ impl Committer {
             position += keys::global_entry_len(chunk);
         }
         if any_writes {
-            if let Err(e) = self.shared.db.apply_batch(batch) {
+            if let Err(e) = self.db.apply_batch(batch) {
                 self.shared.poison("batch write", &e);
                 let err = StorageError::from(e);
                 for (reply, _) in pending {

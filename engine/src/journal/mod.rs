@@ -8,20 +8,22 @@
 //! (group commit). Reads go straight to sled.
 
 mod committer;
-pub mod keys;
-pub mod record;
+pub(crate) mod keys;
+pub(crate) mod record;
 mod verify;
 
-pub use committer::{AppendRequest, Committed, NewEvent, WriteOp};
+// The writing types are public only with `fault-injection` (see lib.rs).
+#[cfg_attr(not(feature = "fault-injection"), allow(unused_imports))]
+pub use committer::{AppendRequest, Committed, NewEvent, WriteOp, EVENTS_PER_APPEND_MAX};
 pub use record::{Record, RecordError};
 pub use verify::{VerifyIssue, VerifyReport};
 
-use crate::error::{AppendError, StorageError};
+use crate::error::{AppendError, Corruption, InvalidRequest, OpenError, StorageError};
 use committer::{CommitJob, Committer};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 pub use evershard_model::StreamId;
@@ -70,10 +72,11 @@ pub struct StreamHead {
 }
 
 struct Shared {
-    db: sled::Db,
+    /// sled's database. Taken out (and so closed, releasing the directory lock) by
+    /// [`JournalWriter::close`]; every read after that answers [`StorageError::Closed`].
+    db: RwLock<Option<sled::Db>>,
     dir: PathBuf,
     poisoned: AtomicBool,
-    read_only: bool,
     /// Set by the first `close`.
     closed: AtomicBool,
     /// Flush + fdatasync rounds the syncer has completed: with group commit, far fewer than
@@ -87,11 +90,60 @@ struct Shared {
     fail_next_sync: AtomicBool,
 }
 
-impl Shared {
-    fn check_writable(&self) -> Result<(), StorageError> {
-        if self.read_only {
-            return Err(StorageError::ReadOnly);
+/// How long closing a journal waits for sled to let go of the directory lock.
+const UNLOCK_WAIT_MS_MAX: u64 = 5_000;
+
+/// Drops a handle on sled's database and waits (bounded) until the directory lock is free.
+/// sled 0.34 hands log writes to its own thread pool (`threadpool::spawn`), whose jobs hold
+/// the log file: the `flock` can outlive the last `Db` handle by a moment. Waiting here makes
+/// "closed" mean "unlocked", so the same process can reopen the store at once. (A read
+/// iterator still alive holds its own handle; then this waits for the bound and warns.)
+fn close_db(db: Option<sled::Db>, dir: &Path) {
+    let Some(db) = db else { return };
+    drop(db);
+    for _ in 0..UNLOCK_WAIT_MS_MAX {
+        if !lock_is_held(dir) {
+            return;
         }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    tracing::warn!(dir = %dir.display(), "sled still holds the store's lock after close");
+}
+
+impl Drop for Shared {
+    /// The last handle of a journal that was not closed (a read-only view, or an engine
+    /// dropped without shutdown): release the lock before returning, as `close` does.
+    fn drop(&mut self) {
+        let db = self.db.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        close_db(db, &self.dir);
+    }
+}
+
+impl Shared {
+    fn new(db: sled::Db, dir: PathBuf) -> Arc<Shared> {
+        Arc::new(Shared {
+            db: RwLock::new(Some(db)),
+            dir,
+            poisoned: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            syncs_done: std::sync::atomic::AtomicU64::new(0),
+            #[cfg(feature = "fault-injection")]
+            syncs_held: AtomicBool::new(false),
+            #[cfg(feature = "fault-injection")]
+            fail_next_sync: AtomicBool::new(false),
+        })
+    }
+
+    /// A handle on sled's database (a cheap clone), or `Closed` after close.
+    fn db(&self) -> Result<sled::Db, StorageError> {
+        self.db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StorageError::Closed)
+    }
+
+    fn check_writable(&self) -> Result<(), StorageError> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(StorageError::Poisoned);
         }
@@ -104,12 +156,12 @@ impl Shared {
     }
 }
 
-/// The embedded event journal. Cheap to clone; every clone shares one committer.
+/// Reads of the embedded event journal: the view [`crate::Engine::journal`] hands out and what
+/// [`Journal::open_read_only`] opens for auditors. It has no write method: commands are the
+/// only way events get in. Cheap to clone.
 #[derive(Clone)]
 pub struct Journal {
     shared: Arc<Shared>,
-    jobs: Option<mpsc::Sender<CommitJob>>,
-    committer: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -120,27 +172,87 @@ impl std::fmt::Debug for Journal {
     }
 }
 
-fn map_open_error(dir: &Path, err: sled::Error) -> StorageError {
-    match err {
-        sled::Error::Io(io)
-            if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
-        {
-            StorageError::Locked {
-                dir: dir.to_path_buf(),
-            }
+/// The writing side of the journal: appends through the group committer, snapshot writes,
+/// close. The engine owns one; outside the engine it exists for tests and benchmarks only
+/// (behind the `fault-injection` feature), because an append bypasses `decide`. Derefs to the
+/// read view. Cheap to clone; every clone shares one committer.
+#[derive(Clone)]
+pub struct JournalWriter {
+    journal: Journal,
+    jobs: mpsc::Sender<CommitJob>,
+    committer: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for JournalWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalWriter")
+            .field("dir", &self.journal.shared.dir)
+            .finish()
+    }
+}
+
+impl std::ops::Deref for JournalWriter {
+    type Target = Journal;
+    fn deref(&self) -> &Journal {
+        &self.journal
+    }
+}
+
+/// Maps sled's open error. sled 0.34 (`Config::try_lock`, config.rs) reports a held lock as
+/// `Error::Io` of kind `Other` whose payload is a *string* with fs2's error inside: neither
+/// the kind nor the OS error survives. So on an I/O error we probe the lock ourselves with
+/// the same `flock(LOCK_EX | LOCK_NB)` sled uses (fs2): `EWOULDBLOCK` means another open
+/// file description — another process, or another journal in this one — holds it.
+fn map_open_error(dir: &Path, err: sled::Error) -> OpenError {
+    if matches!(err, sled::Error::Io(_)) && lock_is_held(dir) {
+        return OpenError::Locked {
+            dir: dir.to_path_buf(),
+        };
+    }
+    OpenError::storage(dir, err)
+}
+
+/// True when `flock` on sled's data file `<dir>/db` would block.
+fn lock_is_held(dir: &Path) -> bool {
+    use fs2::FileExt;
+    let Ok(file) = File::open(dir.join("db")) else {
+        return false;
+    };
+    match file.try_lock_exclusive() {
+        Ok(()) => {
+            let _ = FileExt::unlock(&file);
+            false
         }
-        other => StorageError::from(other),
+        Err(e) => e.raw_os_error() == fs2::lock_contended_error().raw_os_error(),
     }
 }
 
 /// The format marker stored under `m|format`.
 const STORE_FORMAT: &[u8] = b"evershard-journal-v1";
 
-impl Journal {
+fn meta_format_key() -> Vec<u8> {
+    [&[keys::META][..], b"format"].concat()
+}
+
+/// Refuses a store whose format marker is not evershard's.
+fn check_format(dir: &Path, found: Option<sled::IVec>) -> Result<(), OpenError> {
+    match found {
+        Some(v) if v.as_ref() == STORE_FORMAT => Ok(()),
+        other => Err(OpenError::storage(
+            dir,
+            StorageError::corrupt_store(Corruption::UnknownStoreFormat {
+                found: other.map(|v| String::from_utf8_lossy(&v).into_owned()),
+            }),
+        )),
+    }
+}
+
+impl JournalWriter {
     /// Opens (or creates) a journal for reading and writing.
-    pub fn open(dir: impl AsRef<Path>, config: JournalConfig) -> Result<Journal, StorageError> {
+    pub fn open(dir: impl AsRef<Path>, config: JournalConfig) -> Result<JournalWriter, OpenError> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(StorageError::from)?;
+        let io = |e: std::io::Error| OpenError::storage(&dir, e);
+        std::fs::create_dir_all(&dir).map_err(io)?;
         let flush_every_ms = match config.durability {
             Durability::Durable => Some(1000),
             Durability::Buffered { flush_every_ms } => Some(flush_every_ms.max(1)),
@@ -154,103 +266,38 @@ impl Journal {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| map_open_error(&dir, e))?;
-        let meta_key = [&[keys::META][..], b"format"].concat();
-        match db.get(&meta_key)? {
-            Some(v) if v.as_ref() == STORE_FORMAT => {}
-            Some(v) => {
-                return Err(StorageError::Corrupt {
-                    stream: None,
-                    sequence: None,
-                    reason: format!("unknown store format {:?}", String::from_utf8_lossy(&v)),
-                })
-            }
+        let sled_err = |e: sled::Error| OpenError::storage(&dir, e);
+        let meta_key = meta_format_key();
+        match db.get(&meta_key).map_err(sled_err)? {
             None => {
-                db.insert(&meta_key, STORE_FORMAT)?;
-                db.flush()?;
+                db.insert(&meta_key, STORE_FORMAT).map_err(sled_err)?;
+                db.flush().map_err(sled_err)?;
                 // A new store: make its files' directory entries durable too.
-                File::open(&dir)?.sync_all()?;
+                File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
             }
+            found => check_format(&dir, found)?,
         }
         // sled 0.34's flush() ends in sync_file_range, which does not reach stable storage
         // (spacejam/sled#1452). Durable mode fdatasyncs sled's data file itself.
-        let data_file = File::open(dir.join("db")).map_err(StorageError::from)?;
-        let next_global = last_global_position(&db)? + 1;
-        let shared = Arc::new(Shared {
-            db,
-            dir,
-            poisoned: AtomicBool::new(false),
-            read_only: false,
-            closed: AtomicBool::new(false),
-            syncs_done: std::sync::atomic::AtomicU64::new(0),
-            #[cfg(feature = "fault-injection")]
-            syncs_held: AtomicBool::new(false),
-            #[cfg(feature = "fault-injection")]
-            fail_next_sync: AtomicBool::new(false),
-        });
+        let data_file = File::open(dir.join("db")).map_err(io)?;
+        let next_global = last_global_position(&db).map_err(|e| OpenError::storage(&dir, e))? + 1;
+        let shared = Shared::new(db.clone(), dir.clone());
         let (tx, rx) = mpsc::channel();
-        let committer = Committer::new(shared.clone(), data_file, config, next_global);
+        let committer = Committer::new(shared.clone(), db, data_file, config, next_global);
         let handle = std::thread::Builder::new()
             .name("evershard-committer".into())
             .spawn(move || committer.run(rx))
-            .map_err(StorageError::from)?;
-        Ok(Journal {
-            shared,
-            jobs: Some(tx),
+            .map_err(io)?;
+        Ok(JournalWriter {
+            journal: Journal { shared },
+            jobs: tx,
             committer: Arc::new(Mutex::new(Some(handle))),
         })
     }
 
-    /// Opens an existing journal for reading only: no append, snapshot or prune is accepted.
-    /// Used by the auditors' CLI. (sled itself may still replay its own log on open.)
-    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Journal, StorageError> {
-        let dir = dir.as_ref().to_path_buf();
-        if !dir.join("db").exists() {
-            return Err(StorageError::NotFound { dir });
-        }
-        let db = sled::Config::new()
-            .path(&dir)
-            .open()
-            .map_err(|e| map_open_error(&dir, e))?;
-        let meta_key = [&[keys::META][..], b"format"].concat();
-        match db.get(&meta_key)? {
-            Some(v) if v.as_ref() == STORE_FORMAT => {}
-            other => {
-                return Err(StorageError::Corrupt {
-                    stream: None,
-                    sequence: None,
-                    reason: format!(
-                        "not an evershard journal (format marker {:?})",
-                        other.map(|v| String::from_utf8_lossy(&v).into_owned())
-                    ),
-                })
-            }
-        }
-        let shared = Arc::new(Shared {
-            db,
-            dir,
-            poisoned: AtomicBool::new(false),
-            read_only: true,
-            closed: AtomicBool::new(false),
-            syncs_done: std::sync::atomic::AtomicU64::new(0),
-            #[cfg(feature = "fault-injection")]
-            syncs_held: AtomicBool::new(false),
-            #[cfg(feature = "fault-injection")]
-            fail_next_sync: AtomicBool::new(false),
-        });
-        Ok(Journal {
-            shared,
-            jobs: None,
-            committer: Arc::new(Mutex::new(None)),
-        })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.shared.dir
-    }
-
-    /// True after a failed write or flush: the journal refuses every further write.
-    pub fn is_poisoned(&self) -> bool {
-        self.shared.poisoned.load(Ordering::Acquire)
+    /// The read view of this journal.
+    pub fn reader(&self) -> &Journal {
+        &self.journal
     }
 
     fn submit(
@@ -258,14 +305,11 @@ impl Journal {
         request: AppendRequest,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Committed, AppendError>>, AppendError> {
         self.shared.check_writable()?;
-        request
-            .stream
-            .validate()
-            .map_err(|e| AppendError::InvalidRequest(e.to_string()))?;
-        request.validate().map_err(AppendError::InvalidRequest)?;
+        request.stream.validate().map_err(InvalidRequest::from)?;
+        request.validate()?;
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let jobs = self.jobs.as_ref().ok_or(StorageError::ReadOnly)?;
-        jobs.send(CommitJob::Append { request, reply })
+        self.jobs
+            .send(CommitJob::Append { request, reply })
             .map_err(|_| StorageError::Closed)?;
         Ok(rx)
     }
@@ -278,7 +322,8 @@ impl Journal {
             .map_err(|_| AppendError::Storage(StorageError::Closed))?
     }
 
-    /// [`Journal::append`] for callers outside an async runtime.
+    /// [`JournalWriter::append`] for callers outside an async runtime.
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     pub fn append_blocking(&self, request: AppendRequest) -> Result<Committed, AppendError> {
         let rx = self.submit(request)?;
         rx.blocking_recv()
@@ -287,66 +332,167 @@ impl Journal {
 
     /// Waits until everything appended so far is on stable storage (flush + fdatasync).
     /// Blocking: from async code call it through `spawn_blocking`.
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     pub fn sync(&self) -> Result<(), StorageError> {
         self.shared.check_writable()?;
-        let jobs = self.jobs.as_ref().ok_or(StorageError::ReadOnly)?;
         let (reply, rx) = tokio::sync::oneshot::channel();
-        jobs.send(CommitJob::Sync { reply })
+        self.jobs
+            .send(CommitJob::Sync { reply })
             .map_err(|_| StorageError::Closed)?;
         rx.blocking_recv().map_err(|_| StorageError::Closed)?
     }
 
-    /// Blocking, like [`Journal::sync`].
-    /// Commits and syncs everything submitted so far, then stops the committer: every clone's
-    /// later appends fail with [`StorageError::Closed`]. Idempotent.
+    /// Blocking, like [`JournalWriter::sync`].
+    /// Commits and syncs everything submitted so far, stops the committer, and closes sled's
+    /// database, which releases the directory lock even while clones of this journal (or of
+    /// its read view) are alive: their later calls fail with [`StorageError::Closed`].
+    /// Idempotent: a second call returns `Ok`.
     pub fn close(&self) -> Result<(), StorageError> {
-        let Some(jobs) = self.jobs.as_ref() else {
-            return Ok(());
-        };
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(()); // closed before, by this or another clone
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
         // No answer means the committer is gone: nothing was synced, so say so.
-        let result = match jobs.send(CommitJob::Shutdown { reply }) {
+        let result = match self.jobs.send(CommitJob::Shutdown { reply }) {
             Ok(()) => rx.blocking_recv().unwrap_or(Err(StorageError::Closed)),
             Err(_) => Err(StorageError::Closed),
         };
         if let Some(handle) = self.committer.lock().expect("committer lock").take() {
             let _ = handle.join();
         }
+        // The committer and syncer (and their handles on sled) are gone; dropping the last
+        // handle here closes sled, which flushes and releases its `flock`.
+        let db = self
+            .shared
+            .db
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        close_db(db, &self.shared.dir);
         result
+    }
+
+    /// Stores a snapshot's bytes at `sequence`. Not part of the command path, not synced:
+    /// a snapshot lost in a crash is taken again, and recovery never needs one.
+    pub fn put_snapshot(
+        &self,
+        stream: &StreamId,
+        sequence: u64,
+        bytes: &[u8],
+    ) -> Result<(), StorageError> {
+        self.shared.check_writable()?;
+        // A failed snapshot write does not poison the journal: snapshots are optional, and
+        // the events are untouched by it.
+        let key = keys::stream_key(keys::SNAPSHOTS, stream, sequence);
+        self.shared.db()?.insert(key, bytes)?;
+        Ok(())
+    }
+
+    /// Deletes all but the newest `keep` snapshots of a stream.
+    pub fn prune_snapshots(&self, stream: &StreamId, keep: usize) -> Result<usize, StorageError> {
+        self.shared.check_writable()?;
+        let db = self.shared.db()?;
+        let mut removed = 0;
+        for (seq, _) in self.snapshots(stream)?.into_iter().skip(keep) {
+            db.remove(keys::stream_key(keys::SNAPSHOTS, stream, seq))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+/// A boxed iterator of reads: what the journal's scans return.
+pub type Reads<'a, T> = Box<dyn Iterator<Item = Result<T, StorageError>> + 'a>;
+
+/// An iterator that yields one error: what a read answers on a closed journal.
+fn failed<T: 'static>(e: StorageError) -> Reads<'static, T> {
+    Box::new(std::iter::once(Err(e)))
+}
+
+impl Journal {
+    /// Opens an existing journal for reading only. Used by the auditors' CLI. (sled itself may
+    /// still replay its own log on open.) The store's lock is held until the last clone is
+    /// dropped.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Journal, OpenError> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.join("db").exists() {
+            return Err(OpenError::NotFound { dir });
+        }
+        let db = sled::Config::new()
+            .path(&dir)
+            .open()
+            .map_err(|e| map_open_error(&dir, e))?;
+        let found = db
+            .get(meta_format_key())
+            .map_err(|e| OpenError::storage(&dir, e))?;
+        check_format(&dir, found)?;
+        Ok(Journal {
+            shared: Shared::new(db, dir),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// True after a failed write or flush: the journal refuses every further write.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.poisoned.load(Ordering::Acquire)
     }
 
     /// The head of a stream: its last sequence (0 when empty) and the hash of its last record.
     pub fn head(&self, stream: &StreamId) -> Result<StreamHead, StorageError> {
-        read_head(&self.shared.db, stream)
+        read_head(&self.shared.db()?, stream)
     }
 
     /// The records of a stream with `from <= sequence <= to`, in order. A record that fails
-    /// its checks is returned as [`StorageError::Corrupt`] naming the stream and sequence.
-    pub fn read_stream(
-        &self,
-        stream: &StreamId,
-        from: u64,
-        to: u64,
-    ) -> impl Iterator<Item = Result<Record, StorageError>> + '_ {
-        let start = keys::stream_key(keys::EVENTS, stream, from.max(1));
+    /// its checks — including the hash chain: each record's `prev_hash` must be the SHA-256 of
+    /// the stored record before it (for the first one read, the record at `from - 1`) — is
+    /// returned as [`StorageError::Corrupt`] naming the stream and sequence.
+    pub fn read_stream(&self, stream: &StreamId, from: u64, to: u64) -> Reads<'_, Record> {
+        let from = from.max(1);
+        let db = match self.shared.db() {
+            Ok(db) => db,
+            Err(e) => return failed(e),
+        };
+        // The chain link into the first record read: the stored record before it.
+        let mut prev: Option<(u64, record::Hash)> = if from == 1 {
+            Some((0, record::ZERO_HASH))
+        } else {
+            match db.get(keys::stream_key(keys::EVENTS, stream, from - 1)) {
+                Ok(Some(bytes)) => Some((from - 1, record::hash(&bytes))),
+                Ok(None) => None,
+                Err(e) => return failed(e.into()),
+            }
+        };
+        let start = keys::stream_key(keys::EVENTS, stream, from);
         let end = keys::stream_key(keys::EVENTS, stream, to);
         let stream = stream.clone();
-        self.shared.db.range(start..=end).map(move |entry| {
+        Box::new(db.range(start..=end).map(move |entry| {
             let (key, value) = entry?;
             let (_, sequence) = keys::parse_stream_key(&key).unwrap_or((stream.clone(), 0));
-            decode_checked(&stream, sequence, &value)
-        })
+            let record = decode_checked(&stream, sequence, &value)?;
+            // Across a gap there is no link to check; the reader reports the gap itself.
+            let link = prev.filter(|(seq, _)| seq + 1 == sequence);
+            if link.is_some_and(|(_, hash)| hash != record.prev_hash) {
+                return Err(StorageError::corrupt(
+                    &stream,
+                    sequence,
+                    Corruption::HashChain,
+                ));
+            }
+            prev = Some((sequence, record::hash(&value)));
+            Ok(record)
+        }))
     }
 
     /// Every stream (optionally of one aggregate type) with its last sequence, in key order.
     /// Jumps from stream to stream instead of reading every event.
-    pub fn streams(
-        &self,
-        aggregate_type: Option<&str>,
-    ) -> impl Iterator<Item = Result<(StreamId, u64), StorageError>> + '_ {
+    pub fn streams(&self, aggregate_type: Option<&str>) -> Reads<'_, (StreamId, u64)> {
+        let db = match self.shared.db() {
+            Ok(db) => db,
+            Err(e) => return failed(e),
+        };
         let prefix = match aggregate_type {
             Some(t) => {
                 let mut p = vec![keys::EVENTS, t.len() as u8];
@@ -358,11 +504,11 @@ impl Journal {
         let mut cursor = prefix.clone();
         // A type name longer than any stored one has no streams.
         let mut done = aggregate_type.is_some_and(|t| t.len() > keys::AGGREGATE_TYPE_BYTES_MAX);
-        std::iter::from_fn(move || {
+        Box::new(std::iter::from_fn(move || {
             if done {
                 return None;
             }
-            let first = match self.shared.db.range(cursor.clone()..).next() {
+            let first = match db.range(cursor.clone()..).next() {
                 None => {
                     done = true;
                     return None;
@@ -379,81 +525,75 @@ impl Journal {
             }
             let Some((stream, _)) = keys::parse_stream_key(&first) else {
                 done = true;
-                return Some(Err(StorageError::Corrupt {
-                    stream: None,
-                    sequence: None,
-                    reason: "malformed event key".into(),
-                }));
+                return Some(Err(StorageError::corrupt_store(Corruption::MalformedKey {
+                    keyspace: "event",
+                })));
             };
-            let head = self.head(&stream).map(|h| (stream.clone(), h.sequence));
+            let head = read_head(&db, &stream).map(|h| (stream.clone(), h.sequence));
             match keys::prefix_successor(&keys::stream_prefix(keys::EVENTS, &stream)) {
                 Some(next) => cursor = next,
                 None => done = true,
             }
             Some(head)
-        })
+        }))
     }
 
     /// Every event in global order from `from_position`, as (position, stream, sequence).
-    pub fn read_global(
-        &self,
-        from_position: u64,
-    ) -> impl Iterator<Item = Result<(u64, StreamId, u64), StorageError>> + '_ {
-        let db = &self.shared.db;
+    pub fn read_global(&self, from_position: u64) -> Reads<'_, (u64, StreamId, u64)> {
+        let db = match self.shared.db() {
+            Ok(db) => db,
+            Err(e) => return failed(e),
+        };
         // The index entry holding `from_position` starts at or before it.
         let start = match db.range(..=keys::global_key(from_position)).next_back() {
             Some(Ok((key, _))) if key.first() == Some(&keys::GLOBAL) => key.to_vec(),
             _ => keys::global_key(0).to_vec(),
         };
-        db.range(start..=keys::global_key(u64::MAX).to_vec())
-            .flat_map(move |entry| {
-                let expanded: Vec<Result<(u64, StreamId, u64), StorageError>> = match entry {
-                    Err(e) => vec![Err(e.into())],
-                    Ok((key, value)) => match (
-                        keys::parse_global_key(&key),
-                        keys::parse_global_entry(&value),
-                    ) {
-                        (Some(first), Some(runs)) => expand_runs(first, &runs)
-                            .filter(|(pos, _, _)| *pos >= from_position)
-                            .map(Ok)
-                            .collect(),
-                        _ => vec![Err(StorageError::Corrupt {
-                            stream: None,
-                            sequence: None,
-                            reason: "malformed global index entry".into(),
-                        })],
-                    },
-                };
-                expanded
-            })
+        Box::new(
+            db.range(start..=keys::global_key(u64::MAX).to_vec())
+                .flat_map(move |entry| {
+                    let expanded: Vec<Result<(u64, StreamId, u64), StorageError>> = match entry {
+                        Err(e) => vec![Err(e.into())],
+                        Ok((key, value)) => match (
+                            keys::parse_global_key(&key),
+                            keys::parse_global_entry(&value),
+                        ) {
+                            (Some(first), Some(runs)) => expand_runs(first, &runs)
+                                .filter(|(pos, _, _)| *pos >= from_position)
+                                .map(Ok)
+                                .collect(),
+                            _ => vec![Err(StorageError::corrupt_store(
+                                Corruption::MalformedGlobalEntry,
+                            ))],
+                        },
+                    };
+                    expanded
+                }),
+        )
     }
 
-    /// Stores a snapshot's bytes at `sequence`. Not part of the command path, not synced:
-    /// a snapshot lost in a crash is taken again, and recovery never needs one.
-    pub fn put_snapshot(
+    /// The stored bytes of one event record, unchecked (for exports that print its hash).
+    pub fn record_bytes(
         &self,
         stream: &StreamId,
         sequence: u64,
-        bytes: &[u8],
-    ) -> Result<(), StorageError> {
-        self.shared.check_writable()?;
-        // A failed snapshot write does not poison the journal: snapshots are optional, and
-        // the events are untouched by it.
-        let key = keys::stream_key(keys::SNAPSHOTS, stream, sequence);
-        self.shared.db.insert(key, bytes)?;
-        Ok(())
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let key = keys::stream_key(keys::EVENTS, stream, sequence);
+        Ok(self.shared.db()?.get(key)?.map(|v| v.to_vec()))
     }
 
     /// Snapshots of a stream as (sequence, bytes), newest first.
     pub fn snapshots(&self, stream: &StreamId) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
         let prefix = keys::stream_prefix(keys::SNAPSHOTS, stream);
         let mut out = Vec::new();
-        for entry in self.shared.db.scan_prefix(&prefix).rev() {
+        for entry in self.shared.db()?.scan_prefix(&prefix).rev() {
             let (key, value) = entry?;
             let (_, seq) = keys::parse_stream_key(&key).ok_or_else(|| StorageError::Corrupt {
-                stream: Some(stream.to_string()),
+                stream: Some(stream.clone()),
                 sequence: None,
-                reason: "malformed snapshot key".into(),
+                cause: Corruption::MalformedKey {
+                    keyspace: "snapshot",
+                },
             })?;
             out.push((seq, value.to_vec()));
         }
@@ -461,38 +601,27 @@ impl Journal {
     }
 
     /// Every stream that has snapshots, with their sequences, for verification.
-    pub fn all_snapshots(
-        &self,
-    ) -> impl Iterator<Item = Result<(StreamId, u64, Vec<u8>), StorageError>> + '_ {
-        self.shared.db.scan_prefix([keys::SNAPSHOTS]).map(|entry| {
+    pub fn all_snapshots(&self) -> Reads<'_, (StreamId, u64, Vec<u8>)> {
+        let db = match self.shared.db() {
+            Ok(db) => db,
+            Err(e) => return failed(e),
+        };
+        Box::new(db.scan_prefix([keys::SNAPSHOTS]).map(|entry| {
             let (key, value) = entry?;
-            let (stream, seq) =
-                keys::parse_stream_key(&key).ok_or_else(|| StorageError::Corrupt {
-                    stream: None,
-                    sequence: None,
-                    reason: "malformed snapshot key".into(),
-                })?;
+            let (stream, seq) = keys::parse_stream_key(&key).ok_or_else(|| {
+                StorageError::corrupt_store(Corruption::MalformedKey {
+                    keyspace: "snapshot",
+                })
+            })?;
             Ok((stream, seq, value.to_vec()))
-        })
-    }
-
-    /// Deletes all but the newest `keep` snapshots of a stream.
-    pub fn prune_snapshots(&self, stream: &StreamId, keep: usize) -> Result<usize, StorageError> {
-        self.shared.check_writable()?;
-        let mut removed = 0;
-        for (seq, _) in self.snapshots(stream)?.into_iter().skip(keep) {
-            self.shared
-                .db
-                .remove(keys::stream_key(keys::SNAPSHOTS, stream, seq))?;
-            removed += 1;
-        }
-        Ok(removed)
+        }))
     }
 
     /// Counts for `evershard stats`.
     pub fn stats(&self) -> Result<JournalStats, StorageError> {
+        let db = self.shared.db()?;
         let mut stats = JournalStats::default();
-        for entry in self.shared.db.iter() {
+        for entry in db.iter() {
             let (key, value) = entry?;
             match key.first() {
                 Some(&keys::EVENTS) => {
@@ -503,22 +632,24 @@ impl Journal {
                     stats.snapshots += 1;
                     stats.snapshot_bytes += value.len() as u64;
                 }
-                Some(&keys::GLOBAL) => {}
                 _ => {}
             }
         }
-        stats.last_global_position = last_global_position(&self.shared.db)?;
-        stats.disk_bytes = self.shared.db.size_on_disk()?;
+        stats.last_global_position = last_global_position(&db)?;
+        stats.disk_bytes = db.size_on_disk()?;
         Ok(stats)
     }
 
     /// Checks every record, chain and index. See [`verify`].
     pub fn verify(&self) -> VerifyReport {
-        verify::verify(self)
-    }
-
-    pub(crate) fn db(&self) -> &sled::Db {
-        &self.shared.db
+        match self.shared.db() {
+            Ok(db) => verify::verify(&db),
+            Err(e) => {
+                let mut report = VerifyReport::default();
+                report.issue(None, None, e.to_string());
+                report
+            }
+        }
     }
 
     /// Durable syncs (flush + fdatasync) completed since open.
@@ -548,21 +679,44 @@ impl Journal {
         sequence: u64,
         byte: usize,
     ) -> Result<(), StorageError> {
+        self.rewrite_raw_for_tests(stream, sequence, |value| {
+            let i = byte % value.len();
+            value[i] ^= 0x5a;
+        })
+    }
+
+    /// Rewrites a stored record through `edit` and re-encodes it, so that its CRC is valid
+    /// again: for tests of the checks above the CRC (the hash chain, misplaced records).
+    #[cfg(feature = "fault-injection")]
+    pub fn rewrite_record_for_tests(
+        &self,
+        stream: &StreamId,
+        sequence: u64,
+        edit: impl FnOnce(&mut Record),
+    ) -> Result<(), StorageError> {
+        self.rewrite_raw_for_tests(stream, sequence, |value| {
+            let mut record = Record::decode(value).expect("an intact record to rewrite");
+            edit(&mut record);
+            *value = record.encode();
+        })
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn rewrite_raw_for_tests(
+        &self,
+        stream: &StreamId,
+        sequence: u64,
+        edit: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), StorageError> {
+        let db = self.shared.db()?;
         let key = keys::stream_key(keys::EVENTS, stream, sequence);
-        let mut value = self
-            .shared
-            .db
+        let mut value = db
             .get(&key)?
-            .ok_or(StorageError::Corrupt {
-                stream: Some(stream.to_string()),
-                sequence: Some(sequence),
-                reason: "no such record".into(),
-            })?
+            .ok_or_else(|| StorageError::corrupt(stream, sequence, Corruption::MissingRecord))?
             .to_vec();
-        let i = byte % value.len();
-        value[i] ^= 0x5a;
-        self.shared.db.insert(key, value)?;
-        self.shared.db.flush()?;
+        edit(&mut value);
+        db.insert(key, value)?;
+        db.flush()?;
         Ok(())
     }
 }
@@ -610,9 +764,9 @@ fn read_head(db: &sled::Db, stream: &StreamId) -> Result<StreamHead, StorageErro
             let (key, value) = entry?;
             let (_, sequence) =
                 keys::parse_stream_key(&key).ok_or_else(|| StorageError::Corrupt {
-                    stream: Some(stream.to_string()),
+                    stream: Some(stream.clone()),
                     sequence: None,
-                    reason: "malformed event key".into(),
+                    cause: Corruption::MalformedKey { keyspace: "event" },
                 })?;
             Ok(StreamHead {
                 sequence,
@@ -624,11 +778,7 @@ fn read_head(db: &sled::Db, stream: &StreamId) -> Result<StreamHead, StorageErro
 
 /// The highest committed global position (0 for an empty store).
 fn last_global_position(db: &sled::Db) -> Result<u64, StorageError> {
-    let corrupt = || StorageError::Corrupt {
-        stream: None,
-        sequence: None,
-        reason: "malformed global index entry".into(),
-    };
+    let corrupt = || StorageError::corrupt_store(Corruption::MalformedGlobalEntry);
     match db.scan_prefix([keys::GLOBAL]).next_back() {
         None => Ok(0),
         Some(entry) => {
@@ -646,24 +796,24 @@ pub(crate) fn decode_checked(
     sequence: u64,
     bytes: &[u8],
 ) -> Result<Record, StorageError> {
-    let corrupt = |reason: String| StorageError::Corrupt {
-        stream: Some(stream.to_string()),
-        sequence: Some(sequence),
-        reason,
-    };
-    let record = Record::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let record = Record::decode(bytes).map_err(|e| StorageError::corrupt(stream, sequence, e))?;
     if record.sequence != sequence
         || record.aggregate_type != stream.aggregate_type
         || record.aggregate_id != stream.aggregate_id
     {
-        return Err(corrupt(format!(
-            "record says {}/{}#{}, stored under {stream}#{sequence}",
-            record.aggregate_type, record.aggregate_id, record.sequence
-        )));
+        return Err(StorageError::corrupt(
+            stream,
+            sequence,
+            Corruption::Misplaced {
+                found: Box::new(StreamId::new(record.aggregate_type, record.aggregate_id)),
+                found_sequence: record.sequence,
+            },
+        ));
     }
     Ok(record)
 }
 
+/// Counts of the store, for `evershard stats`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JournalStats {
     pub events: u64,

@@ -3,7 +3,7 @@
 //! (one entry per event, positions 1..=N without gaps, each pointing back at its record).
 //! Snapshot-against-replay checks need the aggregate types and live in `evershard-replay`.
 
-use super::{decode_checked, keys, record, Journal, StreamId};
+use super::{decode_checked, keys, record, StreamId};
 use crate::error::StorageError;
 
 /// One problem found, with the aggregate and sequence where it applies.
@@ -46,11 +46,11 @@ fn issue_from(report: &mut VerifyReport, err: StorageError) {
         StorageError::Corrupt {
             stream,
             sequence,
-            reason,
+            cause,
         } => report.issues.push(VerifyIssue {
-            stream,
+            stream: stream.map(|s| s.to_string()),
             sequence,
-            problem: reason,
+            problem: cause.to_string(),
         }),
         other => report.issues.push(VerifyIssue {
             stream: None,
@@ -60,8 +60,7 @@ fn issue_from(report: &mut VerifyReport, err: StorageError) {
     }
 }
 
-pub(super) fn verify(journal: &Journal) -> VerifyReport {
-    let db = journal.db();
+pub(super) fn verify(db: &sled::Db) -> VerifyReport {
     let mut report = VerifyReport::default();
     let mut current: Option<StreamId> = None;
     let mut expected_seq = 1u64;

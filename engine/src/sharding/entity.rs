@@ -1,18 +1,19 @@
 //! One aggregate instance as an actor. It recovers lazily on its first message, so spawning
 //! one is cheap and recoveries of different aggregates run in parallel.
 
-use super::snapshotter::SnapshotJob;
 use super::Runtime;
-use crate::error::{AppendError, CommandError};
+use crate::error::{AppendError, CommandError, LoadError};
 use crate::journal::{AppendRequest, NewEvent, StreamId};
-use crate::repository;
+use crate::recovery as repository;
+use crate::snapshots::SnapshotJob;
 use evershard_model::{Aggregate, DecideContext, DomainEvent, EventEnvelope, Metadata};
 use evershard_snapshots::SnapshotRecord;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -46,6 +47,43 @@ impl<A: Aggregate> EntityMsg<A> {
     }
 }
 
+/// An invariant an aggregate's state broke, and the sequence it was found at.
+#[derive(Clone, Debug)]
+pub(crate) struct Violation {
+    invariant: String,
+    sequence: u64,
+}
+
+impl Violation {
+    pub fn error<E: std::error::Error>(&self, stream: StreamId) -> CommandError<E> {
+        CommandError::InvariantViolated {
+            stream,
+            invariant: self.invariant.clone(),
+            sequence: self.sequence,
+        }
+    }
+}
+
+/// The aggregates of one shard that broke an invariant, by id. Shared by the shard (which
+/// outlives its entities, so passivation cannot clear it) and its entities (which record).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Violations(Arc<Mutex<HashMap<String, Violation>>>);
+
+impl Violations {
+    pub fn get(&self, id: &str) -> Option<Violation> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn record(&self, id: &str, violation: Violation) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(id.to_owned(), violation);
+    }
+}
+
 pub(crate) struct EntityActor<A>(PhantomData<fn() -> A>);
 
 impl<A> EntityActor<A> {
@@ -60,6 +98,8 @@ pub(crate) struct EntityArgs {
     /// Commands routed to this entity and not yet answered; the shard reads it to bound
     /// the mailbox and to passivate only idle entities.
     pub inflight: Arc<AtomicUsize>,
+    /// Where this entity records a broken invariant (see [`Violations`]).
+    pub violations: Violations,
 }
 
 pub(crate) struct EntityState<A: Aggregate> {
@@ -78,11 +118,33 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 }
 
 impl<A: Aggregate> EntityState<A> {
+    /// Refuses once the state broke an invariant; recovers the state when it is not loaded.
     fn ensure_loaded(&mut self) -> Result<(), CommandError<A::Error>> {
+        let stream = &self.args.stream;
         if self.loaded.is_none() {
-            let loaded =
-                repository::load::<A>(&self.args.rt.journal, &self.args.stream, u64::MAX, true)
-                    .map_err(CommandError::Storage)?;
+            // A violation leaves the state unloaded, so every later message comes here.
+            if let Some(violation) = self.args.violations.get(&stream.aggregate_id) {
+                return Err(violation.error(stream.clone()));
+            }
+            let loaded = match repository::load::<A>(&self.args.rt.journal, stream, u64::MAX, true)
+            {
+                Ok(loaded) => loaded,
+                Err(LoadError::InvariantViolated {
+                    invariant,
+                    sequence,
+                    ..
+                }) => {
+                    let violation = Violation {
+                        invariant,
+                        sequence,
+                    };
+                    self.args
+                        .violations
+                        .record(&stream.aggregate_id, violation.clone());
+                    return Err(violation.error(stream.clone()));
+                }
+                Err(e) => return Err(CommandError::from_load(e)),
+            };
             tracing::debug!(
                 stream = %self.args.stream,
                 version = loaded.version,
@@ -107,7 +169,10 @@ impl<A: Aggregate> EntityState<A> {
                 self.loaded = None;
                 let message = panic_message(panic);
                 tracing::error!(stream = %self.args.stream, %message, "decide panicked; nothing written");
-                return Err(CommandError::Panicked(message));
+                return Err(CommandError::HandlerPanicked {
+                    stream: self.args.stream.clone(),
+                    message,
+                });
             }
             Ok(Err(rejection)) => return Err(CommandError::Rejected(rejection)),
             Ok(Ok(events)) => events,
@@ -152,23 +217,29 @@ impl<A: Aggregate> EntityState<A> {
         // them. A panic in `apply`, the invariant check or the snapshot clone only costs the
         // in-memory copy, which the next command rebuilds from the journal (and meets the
         // same panic, as a storage error, if `apply` itself is broken).
-        let new_version = committed.version;
+        self.after_commit(&events, version, committed.version);
+        Ok(committed
+            .records
+            .into_iter()
+            .zip(events)
+            .map(|(record, event)| repository::envelope(record, event))
+            .collect())
+    }
+}
+
+impl<A: Aggregate> EntityState<A> {
+    /// Applies committed events to the in-memory state, checks the invariants and hands a
+    /// snapshot to the writer when one is due. Never fails the command: the events stand.
+    fn after_commit(&mut self, events: &[A::Event], version: u64, new_version: u64) {
+        let rt = self.args.rt.clone();
         let stream = &self.args.stream;
         let loaded = &mut self.loaded;
-        let after_commit = catch_unwind(AssertUnwindSafe(|| {
-            let (state, loaded_version) = loaded.as_mut().expect("loaded above");
-            for event in &events {
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let (state, loaded_version) = loaded.as_mut().expect("loaded before deciding");
+            for event in events {
                 A::apply(state, event);
             }
-            if let Err(violation) = A::check_invariants(state) {
-                // A bug in decide: it produced events that break an invariant. The events
-                // stand (they are committed facts); say so loudly, and rebuild the state from
-                // the journal for the next command rather than trust this copy. `evershard
-                // verify` reports the aggregate until the code is fixed.
-                tracing::error!(%stream, %violation, "invariant broken after apply");
-                *loaded = None;
-                return;
-            }
+            A::check_invariants(state)?;
             *loaded_version = new_version;
             if rt.snapshot_policy.is_due(version, new_version) {
                 let snapshot_state = state.clone();
@@ -184,17 +255,28 @@ impl<A: Aggregate> EntityState<A> {
                     }),
                 });
             }
+            Ok(())
         }));
-        if let Err(panic) = after_commit {
-            self.loaded = None;
-            tracing::error!(stream = %self.args.stream, message = %panic_message(panic), "panic after commit; state will be recovered");
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(invariant)) => {
+                // A bug in decide: it produced events that break an invariant. The events
+                // stand (they are committed facts); this aggregate refuses every further
+                // command and state read, typed, until the engine is reopened — and recovery
+                // then finds the violation again, until the code (and the data) is fixed.
+                tracing::error!(%stream, %invariant, sequence = new_version, "invariant broken after commit; the aggregate refuses further commands");
+                self.loaded = None;
+                let violation = Violation {
+                    invariant,
+                    sequence: new_version,
+                };
+                self.args.violations.record(&stream.aggregate_id, violation);
+            }
+            Err(panic) => {
+                self.loaded = None;
+                tracing::error!(%stream, message = %panic_message(panic), "panic after commit; state will be recovered");
+            }
         }
-        Ok(committed
-            .records
-            .into_iter()
-            .zip(events)
-            .map(|(record, event)| repository::envelope(record, event))
-            .collect())
     }
 }
 

@@ -8,15 +8,13 @@
 
 mod entity;
 mod shard;
-mod snapshotter;
 
 pub(crate) use entity::EntityMsg;
 pub(crate) use shard::{ShardActor, ShardArgs, ShardMsg};
-pub(crate) use snapshotter::Snapshotter;
 
-use crate::journal::Journal;
+use crate::journal::JournalWriter;
+use crate::snapshots::{SnapshotPolicy, Snapshotter};
 use evershard_model::Clock;
-use evershard_snapshots::SnapshotPolicy;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,7 +51,7 @@ impl Default for ShardingConfig {
 /// What every actor shares.
 #[derive(Debug)]
 pub(crate) struct Runtime {
-    pub journal: Journal,
+    pub journal: JournalWriter,
     pub clock: Arc<dyn Clock>,
     pub snapshot_policy: SnapshotPolicy,
     pub snapshotter: Snapshotter,

@@ -1,9 +1,9 @@
 //! A shard: routes commands to entity actors it spawns on demand, bounds their mailboxes,
 //! and passivates idle ones.
 
-use super::entity::{EntityActor, EntityArgs, EntityMsg};
+use super::entity::{EntityActor, EntityArgs, EntityMsg, Violations};
 use super::Runtime;
-use crate::error::CommandError;
+use crate::error::{CommandError, UnavailableReason};
 use crate::journal::StreamId;
 use evershard_model::Aggregate;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -48,6 +48,10 @@ struct Entry<A: Aggregate> {
 
 pub(crate) struct ShardState<A: Aggregate> {
     args: ShardArgs,
+    /// Aggregates whose state broke an invariant, kept by the shard so that passivation
+    /// (which drops the entity) does not forget them: they refuse commands until the engine
+    /// is reopened (and then recovery finds the violation again).
+    violations: Violations,
     entities: HashMap<String, Entry<A>>,
     by_actor: HashMap<ActorId, String>,
     ticker: Option<JoinHandle<()>>,
@@ -93,6 +97,7 @@ impl<A: Aggregate> ShardState<A> {
             stream: StreamId::new(A::TYPE, id),
             rt: self.args.rt.clone(),
             inflight: inflight.clone(),
+            violations: self.violations.clone(),
         };
         let (actor, _) =
             Actor::spawn_linked(None, EntityActor::<A>::new(), args, myself.get_cell()).await?;
@@ -114,13 +119,19 @@ impl<A: Aggregate> ShardState<A> {
         id: String,
         msg: EntityMsg<A>,
     ) -> Result<(), ActorProcessingErr> {
+        let stream = || StreamId::new(A::TYPE, id.clone());
+        if let Some(violation) = self.violations.get(&id) {
+            msg.reject(violation.error(stream()));
+            return Ok(());
+        }
         if !self.entities.contains_key(&id) {
             if let Err(e) = self.spawn_entity(myself, &id).await {
                 // Fail this command, keep the shard (and its other aggregates) alive.
                 tracing::error!(shard = self.args.index, aggregate_id = %id, %e, "could not start the aggregate's actor");
-                msg.reject(CommandError::Panicked(format!(
-                    "could not start the aggregate's actor: {e}"
-                )));
+                msg.reject(CommandError::Unavailable {
+                    stream: stream(),
+                    reason: UnavailableReason::StartFailed,
+                });
                 return Ok(());
             }
         }
@@ -144,9 +155,10 @@ impl<A: Aggregate> ShardState<A> {
             };
             self.passivate(&id);
             if let Some(m) = msg {
-                m.reject(CommandError::Panicked(
-                    "the aggregate's actor had stopped; retry".into(),
-                ));
+                m.reject(CommandError::Unavailable {
+                    stream: stream(),
+                    reason: UnavailableReason::Stopped,
+                });
             }
         }
         Ok(())
@@ -167,6 +179,7 @@ impl<A: Aggregate> Actor for ShardActor<A> {
         let ticker = myself.send_interval(period, || ShardMsg::PassivateIdle);
         Ok(ShardState {
             args,
+            violations: Violations::default(),
             entities: HashMap::new(),
             by_actor: HashMap::new(),
             ticker: Some(ticker),

@@ -2,7 +2,7 @@
 //! thread, which encodes, stores and prunes. If the queue is full the snapshot is skipped;
 //! the next multiple of `every_events` takes one again, and recovery never needs one.
 
-use crate::journal::{Journal, StreamId};
+use crate::journal::{JournalWriter, StreamId};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
@@ -23,7 +23,7 @@ pub(crate) struct Snapshotter {
 }
 
 impl Snapshotter {
-    pub fn start(journal: Journal, keep: usize) -> std::io::Result<Snapshotter> {
+    pub fn start(journal: JournalWriter, keep: usize) -> std::io::Result<Snapshotter> {
         let (tx, rx) = sync_channel::<SnapshotJob>(SNAPSHOT_QUEUE_JOBS_MAX);
         let thread = std::thread::Builder::new().name("evershard-snapshots".into()).spawn(move || {
             for job in rx {
