@@ -70,7 +70,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use evershard_model::{
-    from_variants, json_payload, Aggregate, DecideContext, DemoRng, DomainEvent, Money, Workload,
+    from_variants, Aggregate, DecideContext, DemoRng, DomainEvent, Money, Workload,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -169,7 +169,8 @@ pub struct AppointmentCompleted {
 }
 
 /// Every appointment event. Stored with the codec: variants are append-only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DomainEvent)]
+#[event(topic = TOPIC, version = EVENT_VERSION)]
 pub enum AppointmentEvent {
     AppointmentCreated(AppointmentCreated),
     AppointmentRescheduled(AppointmentRescheduled),
@@ -183,35 +184,6 @@ from_variants!(AppointmentEvent:
     AppointmentCancelled,
     AppointmentCompleted,
 );
-
-impl DomainEvent for AppointmentEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            AppointmentEvent::AppointmentCreated(_) => "AppointmentCreated",
-            AppointmentEvent::AppointmentRescheduled(_) => "AppointmentRescheduled",
-            AppointmentEvent::AppointmentCancelled(_) => "AppointmentCancelled",
-            AppointmentEvent::AppointmentCompleted(_) => "AppointmentCompleted",
-        }
-    }
-
-    fn event_version(&self) -> &'static str {
-        EVENT_VERSION
-    }
-
-    fn topic(&self) -> &'static str {
-        TOPIC
-    }
-
-    fn payload_json(&self) -> serde_json::Value {
-        // Plain derived structs of strings, uuids, times, integers and Money: cannot fail.
-        match self {
-            AppointmentEvent::AppointmentCreated(e) => json_payload(e),
-            AppointmentEvent::AppointmentRescheduled(e) => json_payload(e),
-            AppointmentEvent::AppointmentCancelled(e) => json_payload(e),
-            AppointmentEvent::AppointmentCompleted(e) => json_payload(e),
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Commands

@@ -106,8 +106,7 @@ use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use evershard_model::{
-    from_variants, json_payload, Aggregate, Currency, DecideContext, DemoRng, DomainEvent, Money,
-    Workload,
+    from_variants, Aggregate, Currency, DecideContext, DemoRng, DomainEvent, Money, Workload,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -329,7 +328,8 @@ pub struct OrderFulfilled {
 }
 
 /// Every Order event. Stored: append new variants at the end only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DomainEvent)]
+#[event(topic = TOPIC, version = "1.0")]
 pub enum OrderEvent {
     OrderCreated(OrderCreated),
     OrderConfirmed(OrderConfirmed),
@@ -342,41 +342,6 @@ pub enum OrderEvent {
 
 from_variants!(OrderEvent: OrderCreated, OrderConfirmed, OrderCancelled, OrderFulfilled,
     OrderLineReserved, OrderStockReserved, OrderPaymentRequested);
-
-impl DomainEvent for OrderEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            OrderEvent::OrderCreated(_) => "OrderCreated",
-            OrderEvent::OrderConfirmed(_) => "OrderConfirmed",
-            OrderEvent::OrderCancelled(_) => "OrderCancelled",
-            OrderEvent::OrderFulfilled(_) => "OrderFulfilled",
-            OrderEvent::OrderLineReserved(_) => "OrderLineReserved",
-            OrderEvent::OrderStockReserved(_) => "OrderStockReserved",
-            OrderEvent::OrderPaymentRequested(_) => "OrderPaymentRequested",
-        }
-    }
-
-    fn event_version(&self) -> &'static str {
-        "1.0"
-    }
-
-    fn topic(&self) -> &'static str {
-        TOPIC
-    }
-
-    fn payload_json(&self) -> serde_json::Value {
-        // Plain structs of strings, numbers, money and enums always serialize to JSON.
-        match self {
-            OrderEvent::OrderCreated(e) => json_payload(e),
-            OrderEvent::OrderConfirmed(e) => json_payload(e),
-            OrderEvent::OrderCancelled(e) => json_payload(e),
-            OrderEvent::OrderFulfilled(e) => json_payload(e),
-            OrderEvent::OrderLineReserved(e) => json_payload(e),
-            OrderEvent::OrderStockReserved(e) => json_payload(e),
-            OrderEvent::OrderPaymentRequested(e) => json_payload(e),
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // State
