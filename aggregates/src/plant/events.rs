@@ -18,14 +18,14 @@ pub const PLANT_CREATED_VERSION: &str = "1.1";
 pub const PLANT_EVENT_VERSION: &str = "1.0";
 
 /// Free-form metadata (`z.record(z.string(), z.unknown())` in the seed). Values are strings:
-/// an arbitrary JSON value is not storable in the journal's bincode form, so a caller with a
-/// structured value stores it as JSON text.
+/// an arbitrary JSON value is not storable in codec format 1 (bincode: snapshots, older
+/// journal records), so a caller with a structured value stores it as JSON text.
 pub type Metadata = BTreeMap<String, String>;
 
 /// A plant's growth stage, in the seed's order (`previousStage` of `plant.stage_changed`).
 ///
-/// The declaration order IS the lifecycle order ([`PlantStage::rank`]) and the stored
-/// (bincode) index: append-only, never reorder. `cloning` and `mother_plant` occur only as a
+/// The declaration order IS the lifecycle order ([`PlantStage::rank`]) and the stored index
+/// in codec format 1 (snapshots, older journal records): append-only, never reorder. `cloning` and `mother_plant` occur only as a
 /// previous stage: no stage change enters them (the seed's `newStage` leaves them out).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
