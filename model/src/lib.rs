@@ -48,13 +48,19 @@ use std::fmt::Debug;
 ///
 /// ```ignore
 /// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-/// #[event(topic = "business.inventory", version = "1.0")]
-/// pub enum ProductStockEvent {
-///     InventoryUpdated(InventoryUpdated), // event_type "InventoryUpdated"
-///     #[event(name = "stock.reserved", version = "1.1")]
-///     StockReserved(StockReserved),
+/// #[event(topic = TOPIC, version = PLANT_EVENT_VERSION, payload_json = json_without_nulls)]
+/// pub enum PlantEvent {
+///     #[event(name = "plant.created", version = PLANT_CREATED_VERSION, payload_json = plant_created_json)]
+///     PlantCreated(PlantCreated),
+///     #[event(name = "plant.stage_changed")] // version, topic, payload_json: the enum's
+///     PlantStageChanged(PlantStageChanged),
+///     // ...
 /// }
 /// ```
+///
+/// A variant without `name` publishes its own name as `event_type`
+/// (`ProductStockEvent::InventoryUpdated` is `"InventoryUpdated"`), and without `payload_json`
+/// its payload through [`json_payload`]. See `evershard_derive` for every key.
 ///
 /// The enum is stored with [`codec::encode`] (format 2: fields and variants by name), so adding
 /// an `Option` or `#[serde(default)]` field, removing a field, or adding a variant never breaks

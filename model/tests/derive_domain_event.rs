@@ -1,10 +1,12 @@
 //! `#[derive(DomainEvent)]` expands to the contract its attributes state: the variant name as
 //! `event_type` unless `name` overrides it, the enum's `topic`/`version` unless a variant
 //! overrides them, `json_payload` unless `payload_json` names another function (on the enum
-//! or a variant); and an aggregate whose events use the derive stores and loads them through
-//! the default `encode_event`/`decode_event`. (The derive's refusals — unknown keys, variants
-//! without exactly one payload — are unit-tested in model/derive.)
+//! or a variant), and the model crate's path when `crate` names it; and an aggregate whose
+//! events use the derive stores and loads them through the default
+//! `encode_event`/`decode_event`. (The derive's refusals — unknown keys, variants without
+//! exactly one payload, missing topic or version — are unit-tested in model/derive.)
 
+use evershard_model as model_by_another_name;
 use evershard_model::{json_payload, Aggregate, CodecError, DecideContext, DomainEvent};
 use serde::{Deserialize, Serialize};
 
@@ -47,8 +49,9 @@ pub enum ThingEvent {
     ThingAlerted(ThingAlerted),
 }
 
+/// Also names the model crate by another path, as a crate behind the facade would.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-#[event(topic = TOPIC, version = "1.0", payload_json = tagged)]
+#[event(crate = model_by_another_name, topic = TOPIC, version = "1.0", payload_json = tagged)]
 pub enum TaggedEvent {
     ThingAlerted(ThingAlerted),
 }

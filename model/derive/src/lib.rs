@@ -19,8 +19,12 @@
 //!   must be generic over the payload (`fn f<T: Serialize>(&T) -> Value`). Default:
 //!   `evershard_model::json_payload`.
 //!
-//! and on a variant only:
-//! - `name = EXPR` — the `event_type`; default: the variant's name as a string.
+//! on a variant only:
+//! - `name = EXPR` — the `event_type`; default: the variant's name as a string;
+//!
+//! and on the enum only:
+//! - `crate = PATH` — where evershard-model is, for a crate that reaches it through another
+//!   name (`crate = ::evershard::model` behind the facade); default: `::evershard_model`.
 //!
 //! `EXPR` is anything of type `&'static str` (a literal or a constant), so a contract's
 //! constants stay the single source of its names.
@@ -47,6 +51,7 @@ struct EventAttrs {
     version: Option<Expr>,
     topic: Option<Expr>,
     payload_json: Option<Path>,
+    krate: Option<Path>,
 }
 
 /// Which item the attributes sit on: `name` only makes sense on a variant.
@@ -83,6 +88,11 @@ fn parse_attrs(attrs: &[Attribute], level: Level) -> syn::Result<EventAttrs> {
                 set(&mut out.version, meta.value()?.parse()?, "version", span)
             } else if meta.path.is_ident("topic") {
                 set(&mut out.topic, meta.value()?.parse()?, "topic", span)
+            } else if meta.path.is_ident("crate") {
+                if level == Level::Variant {
+                    return Err(meta.error("`crate` belongs on the enum"));
+                }
+                set(&mut out.krate, meta.value()?.parse()?, "crate", span)
             } else if meta.path.is_ident("payload_json") {
                 set(
                     &mut out.payload_json,
@@ -92,7 +102,7 @@ fn parse_attrs(attrs: &[Attribute], level: Level) -> syn::Result<EventAttrs> {
                 )
             } else {
                 Err(meta.error(
-                    "unknown #[event(..)] key; expected `name`, `version`, `topic` or `payload_json`",
+                    "unknown #[event(..)] key; expected `name`, `version`, `topic`, `payload_json` or `crate`",
                 ))
             }
         })?;
@@ -116,6 +126,10 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
         ));
     }
     let defaults = parse_attrs(&input.attrs, Level::Enum)?;
+    let krate = defaults
+        .krate
+        .clone()
+        .map_or_else(|| quote!(::evershard_model), |p| quote!(#p));
 
     let (mut names, mut versions, mut topics, mut payloads) = (vec![], vec![], vec![], vec![]);
     let mut errors: Option<syn::Error> = None;
@@ -168,7 +182,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
         let payload = own
             .payload_json
             .or_else(|| defaults.payload_json.clone())
-            .map_or_else(|| quote!(::evershard_model::json_payload), |p| quote!(#p));
+            .map_or_else(|| quote!(#krate::json_payload), |p| quote!(#p));
         names.push(quote!(Self::#ident(_) => #name));
         versions.push(quote!(Self::#ident(_) => #version));
         topics.push(quote!(Self::#ident(_) => #topic));
@@ -182,7 +196,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     Ok(quote! {
         #[automatically_derived]
-        impl #impl_generics ::evershard_model::DomainEvent for #ident #ty_generics #where_clause {
+        impl #impl_generics #krate::DomainEvent for #ident #ty_generics #where_clause {
             fn event_type(&self) -> &'static str {
                 match self { #(#names,)* }
             }
@@ -192,7 +206,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             fn topic(&self) -> &'static str {
                 match self { #(#topics,)* }
             }
-            fn payload_json(&self) -> ::evershard_model::__private::serde_json::Value {
+            fn payload_json(&self) -> #krate::__private::serde_json::Value {
                 match self { #(#payloads,)* }
             }
         }
@@ -269,6 +283,11 @@ mod tests {
         assert!(message.contains("no topic for `A`"), "{message}");
         let message = error_of(parse_quote! { #[event(name = "x")] enum E { A(A) } });
         assert!(message.contains("`name` belongs on a variant"), "{message}");
+        let message = error_of(parse_quote! {
+            #[event(topic = "t", version = "1.0")]
+            enum E { #[event(crate = x)] A(A) }
+        });
+        assert!(message.contains("`crate` belongs on the enum"), "{message}");
         let message = error_of(parse_quote! { struct S(A); });
         assert!(message.contains("needs an enum"), "{message}");
         let message = error_of(parse_quote! {
