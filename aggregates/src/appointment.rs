@@ -69,7 +69,7 @@
 //! - `service_type` is non-blank.
 
 use chrono::{DateTime, Duration, Utc};
-use evershard_model::{from_variants, json_payload, Aggregate, DecideContext, DomainEvent, Money};
+use evershard_model::{from_variants, Aggregate, DecideContext, DomainEvent, Money};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use uuid::Uuid;
@@ -167,7 +167,8 @@ pub struct AppointmentCompleted {
 }
 
 /// Every appointment event. Stored with the codec: variants are append-only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DomainEvent)]
+#[event(topic = TOPIC, version = EVENT_VERSION)]
 pub enum AppointmentEvent {
     AppointmentCreated(AppointmentCreated),
     AppointmentRescheduled(AppointmentRescheduled),
@@ -181,35 +182,6 @@ from_variants!(AppointmentEvent:
     AppointmentCancelled,
     AppointmentCompleted,
 );
-
-impl DomainEvent for AppointmentEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            AppointmentEvent::AppointmentCreated(_) => "AppointmentCreated",
-            AppointmentEvent::AppointmentRescheduled(_) => "AppointmentRescheduled",
-            AppointmentEvent::AppointmentCancelled(_) => "AppointmentCancelled",
-            AppointmentEvent::AppointmentCompleted(_) => "AppointmentCompleted",
-        }
-    }
-
-    fn event_version(&self) -> &'static str {
-        EVENT_VERSION
-    }
-
-    fn topic(&self) -> &'static str {
-        TOPIC
-    }
-
-    fn payload_json(&self) -> serde_json::Value {
-        // Plain derived structs of strings, uuids, times, integers and Money: cannot fail.
-        match self {
-            AppointmentEvent::AppointmentCreated(e) => json_payload(e),
-            AppointmentEvent::AppointmentRescheduled(e) => json_payload(e),
-            AppointmentEvent::AppointmentCancelled(e) => json_payload(e),
-            AppointmentEvent::AppointmentCompleted(e) => json_payload(e),
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Commands

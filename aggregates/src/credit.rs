@@ -62,7 +62,7 @@
 //!   `approved` has a positive balance, `closed` a zero one; before approval both are zero.
 
 use chrono::NaiveDate;
-use evershard_model::{from_variants, json_payload, Aggregate, DecideContext, DomainEvent, Money};
+use evershard_model::{from_variants, Aggregate, DecideContext, DomainEvent, Money};
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -322,7 +322,8 @@ pub struct CreditPaymentReceived {
     pub is_final_payment: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DomainEvent)]
+#[event(topic = TOPIC, version = EVENT_VERSION)]
 pub enum CreditEvent {
     CreditApplicationCreated(CreditApplicationCreated),
     CreditApproved(CreditApproved),
@@ -336,31 +337,6 @@ from_variants!(CreditEvent:
     CreditPaymentReceived,
     CreditRejected,
 );
-
-impl DomainEvent for CreditEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            CreditEvent::CreditApplicationCreated(_) => "CreditApplicationCreated",
-            CreditEvent::CreditApproved(_) => "CreditApproved",
-            CreditEvent::CreditPaymentReceived(_) => "CreditPaymentReceived",
-            CreditEvent::CreditRejected(_) => "CreditRejected",
-        }
-    }
-    fn event_version(&self) -> &'static str {
-        EVENT_VERSION
-    }
-    fn topic(&self) -> &'static str {
-        TOPIC
-    }
-    fn payload_json(&self) -> serde_json::Value {
-        match self {
-            CreditEvent::CreditApplicationCreated(e) => json_payload(e),
-            CreditEvent::CreditApproved(e) => json_payload(e),
-            CreditEvent::CreditPaymentReceived(e) => json_payload(e),
-            CreditEvent::CreditRejected(e) => json_payload(e),
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // State

@@ -117,7 +117,7 @@
 //! 6. A disconnected device records why it was disconnected.
 
 use chrono::{DateTime, Duration, Utc};
-use evershard_model::{from_variants, json_payload, Aggregate, DecideContext, DomainEvent};
+use evershard_model::{from_variants, Aggregate, DecideContext, DomainEvent};
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use uuid::Uuid;
@@ -406,13 +406,16 @@ pub struct DeviceErrorDetected {
 }
 
 /// Every event of a device. Stored: variants are append-only.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
+#[event(topic = TELEMETRY_TOPIC, version = "1.0")]
 pub enum DeviceEvent {
     TelemetryReceived(TelemetryReceived),
+    #[event(topic = ALERTS_TOPIC)]
     FailurePredicted(FailurePredicted),
     DeviceConnected(DeviceConnected),
     DeviceCalibrated(DeviceCalibrated),
     DeviceDisconnected(DeviceDisconnected),
+    #[event(topic = ALERTS_TOPIC)]
     DeviceErrorDetected(DeviceErrorDetected),
 }
 
@@ -424,46 +427,6 @@ from_variants!(DeviceEvent:
     DeviceDisconnected,
     DeviceErrorDetected,
 );
-
-impl DomainEvent for DeviceEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            DeviceEvent::TelemetryReceived(_) => "TelemetryReceived",
-            DeviceEvent::FailurePredicted(_) => "FailurePredicted",
-            DeviceEvent::DeviceConnected(_) => "DeviceConnected",
-            DeviceEvent::DeviceCalibrated(_) => "DeviceCalibrated",
-            DeviceEvent::DeviceDisconnected(_) => "DeviceDisconnected",
-            DeviceEvent::DeviceErrorDetected(_) => "DeviceErrorDetected",
-        }
-    }
-
-    fn event_version(&self) -> &'static str {
-        "1.0"
-    }
-
-    fn topic(&self) -> &'static str {
-        match self {
-            DeviceEvent::TelemetryReceived(_)
-            | DeviceEvent::DeviceConnected(_)
-            | DeviceEvent::DeviceCalibrated(_)
-            | DeviceEvent::DeviceDisconnected(_) => TELEMETRY_TOPIC,
-            DeviceEvent::FailurePredicted(_) | DeviceEvent::DeviceErrorDetected(_) => ALERTS_TOPIC,
-        }
-    }
-
-    fn payload_json(&self) -> serde_json::Value {
-        // Only finite floats are ever stored (decide rejects the rest), and every field is a
-        // plain serde type, so JSON encoding cannot fail.
-        match self {
-            DeviceEvent::TelemetryReceived(e) => json_payload(e),
-            DeviceEvent::FailurePredicted(e) => json_payload(e),
-            DeviceEvent::DeviceConnected(e) => json_payload(e),
-            DeviceEvent::DeviceCalibrated(e) => json_payload(e),
-            DeviceEvent::DeviceDisconnected(e) => json_payload(e),
-            DeviceEvent::DeviceErrorDetected(e) => json_payload(e),
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Commands

@@ -105,9 +105,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use evershard_model::{
-    from_variants, json_payload, Aggregate, Currency, DecideContext, DomainEvent, Money,
-};
+use evershard_model::{from_variants, Aggregate, Currency, DecideContext, DomainEvent, Money};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -328,7 +326,8 @@ pub struct OrderFulfilled {
 }
 
 /// Every Order event. Stored: append new variants at the end only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DomainEvent)]
+#[event(topic = TOPIC, version = "1.0")]
 pub enum OrderEvent {
     OrderCreated(OrderCreated),
     OrderConfirmed(OrderConfirmed),
@@ -341,41 +340,6 @@ pub enum OrderEvent {
 
 from_variants!(OrderEvent: OrderCreated, OrderConfirmed, OrderCancelled, OrderFulfilled,
     OrderLineReserved, OrderStockReserved, OrderPaymentRequested);
-
-impl DomainEvent for OrderEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            OrderEvent::OrderCreated(_) => "OrderCreated",
-            OrderEvent::OrderConfirmed(_) => "OrderConfirmed",
-            OrderEvent::OrderCancelled(_) => "OrderCancelled",
-            OrderEvent::OrderFulfilled(_) => "OrderFulfilled",
-            OrderEvent::OrderLineReserved(_) => "OrderLineReserved",
-            OrderEvent::OrderStockReserved(_) => "OrderStockReserved",
-            OrderEvent::OrderPaymentRequested(_) => "OrderPaymentRequested",
-        }
-    }
-
-    fn event_version(&self) -> &'static str {
-        "1.0"
-    }
-
-    fn topic(&self) -> &'static str {
-        TOPIC
-    }
-
-    fn payload_json(&self) -> serde_json::Value {
-        // Plain structs of strings, numbers, money and enums always serialize to JSON.
-        match self {
-            OrderEvent::OrderCreated(e) => json_payload(e),
-            OrderEvent::OrderConfirmed(e) => json_payload(e),
-            OrderEvent::OrderCancelled(e) => json_payload(e),
-            OrderEvent::OrderFulfilled(e) => json_payload(e),
-            OrderEvent::OrderLineReserved(e) => json_payload(e),
-            OrderEvent::OrderStockReserved(e) => json_payload(e),
-            OrderEvent::OrderPaymentRequested(e) => json_payload(e),
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // State

@@ -97,7 +97,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use evershard_model::{from_variants, json_payload, Aggregate, DecideContext, DomainEvent};
+use evershard_model::{from_variants, Aggregate, DecideContext, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -307,7 +307,8 @@ pub struct StockReservationConfirmed {
 }
 
 /// Every ProductStock event. Stored: append new variants at the end only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DomainEvent)]
+#[event(topic = TOPIC, version = "1.0")]
 pub enum ProductStockEvent {
     InventoryUpdated(InventoryUpdated),
     StockReserved(StockReserved),
@@ -332,41 +333,6 @@ impl ProductStockEvent {
             ProductStockEvent::LowStockAlert(e) => e.detected_at,
             ProductStockEvent::DemandForecastUpdated(e) => e.updated_at,
             ProductStockEvent::StockReservationConfirmed(e) => e.confirmed_at,
-        }
-    }
-}
-
-impl DomainEvent for ProductStockEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            ProductStockEvent::InventoryUpdated(_) => "InventoryUpdated",
-            ProductStockEvent::StockReserved(_) => "StockReserved",
-            ProductStockEvent::StockReleased(_) => "StockReleased",
-            ProductStockEvent::StockCommitted(_) => "StockCommitted",
-            ProductStockEvent::LowStockAlert(_) => "LowStockAlert",
-            ProductStockEvent::DemandForecastUpdated(_) => "DemandForecastUpdated",
-            ProductStockEvent::StockReservationConfirmed(_) => "StockReservationConfirmed",
-        }
-    }
-
-    fn event_version(&self) -> &'static str {
-        "1.0"
-    }
-
-    fn topic(&self) -> &'static str {
-        TOPIC
-    }
-
-    fn payload_json(&self) -> serde_json::Value {
-        // Plain structs of strings, integers and enums always serialize to JSON.
-        match self {
-            ProductStockEvent::InventoryUpdated(e) => json_payload(e),
-            ProductStockEvent::StockReserved(e) => json_payload(e),
-            ProductStockEvent::StockReleased(e) => json_payload(e),
-            ProductStockEvent::StockCommitted(e) => json_payload(e),
-            ProductStockEvent::LowStockAlert(e) => json_payload(e),
-            ProductStockEvent::DemandForecastUpdated(e) => json_payload(e),
-            ProductStockEvent::StockReservationConfirmed(e) => json_payload(e),
         }
     }
 }

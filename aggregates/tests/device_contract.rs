@@ -469,10 +469,16 @@ fn probability_is_a_json_number_and_an_integer_in_the_codec() {
     );
     assert!(serde_json::from_str::<Probability>("1.5").is_err());
     assert!(serde_json::from_str::<Probability>("-0.1").is_err());
-    let bytes = codec::encode(&p);
+    // Format 1 (snapshots): the fixed-width u32 of ppm.
+    let bytes = codec::encode_compact(&p);
     assert_eq!(bytes.len(), 1 + 4);
     assert_eq!(codec::decode::<Probability>(&bytes).unwrap(), p);
+    // Format 2 (journal): the same integer, as MessagePack uint32 (0xce), never a float.
+    let bytes = codec::encode(&p);
+    assert_eq!(bytes[1..], [0xce, 0x00, 0x0d, 0x52, 0x28]);
+    assert_eq!(codec::decode::<Probability>(&bytes).unwrap(), p);
     assert!(codec::decode::<Probability>(&codec::encode(&1_000_001u32)).is_err());
+    assert!(codec::decode::<Probability>(&codec::encode_compact(&1_000_001u32)).is_err());
     for ppm in [0, 1, 7, 999_999, 1_000_000, 123_457, 500_000] {
         let p = Probability::from_ppm(ppm).unwrap();
         let json = serde_json::to_string(&p).unwrap();

@@ -342,8 +342,8 @@ fn a_stored_payment_initiated_1_0_is_upcast_to_1_1() {
         attempt: 1,
         initiated_at: fixed_now(),
     };
-    // The bytes a 1.0-era writer stored.
-    let bytes = codec::encode(&PaymentEventV1_0::PaymentInitiated(legacy.clone()));
+    // The bytes a 1.0-era writer stored: codec format 1 (positional), the only one it had.
+    let bytes = codec::encode_compact(&PaymentEventV1_0::PaymentInitiated(legacy.clone()));
     let loaded = Payment::decode_event("PaymentInitiated", PAYMENT_INITIATED_V1_0_VERSION, &bytes)
         .expect("1.0 decodes");
     assert_eq!(
@@ -354,12 +354,12 @@ fn a_stored_payment_initiated_1_0_is_upcast_to_1_1() {
         })
     );
     assert_eq!(loaded, PaymentEvent::PaymentInitiated(legacy.upcast()));
-    // The old layout is not the new one: read as 1.1 it is refused, not misread.
+    // The old positional layout is not the new one: read as 1.1 it is refused, not misread.
     assert!(Payment::decode_event("PaymentInitiated", "1.1", &bytes).is_err());
     // The unchanged events of 1.0 still decode as stored.
     for event in [completed().into(), failed().into(), refunded().into()] {
         let event: PaymentEvent = event;
-        let stored = codec::encode(&event);
+        let stored = codec::encode_compact(&event);
         assert_eq!(
             Payment::decode_event(event.event_type(), "1.0", &stored),
             Ok(event)

@@ -4,7 +4,8 @@
 //! How:
 //! - `fixtures/plant/plant_created_v1_0.hex` holds the bytes a 1.0-era writer stored:
 //!   `codec::encode` of its event enum with `plant.created` (plantId, strain, location as plain
-//!   strings) at variant 0. The bytes were produced once by `regenerate_v1_0_fixture` below
+//!   strings) at variant 0, in codec format 1 (positional bincode, the only format of that era;
+//!   today's `codec::encode_compact`). The bytes were produced once by `regenerate_v1_0_fixture` below
 //!   (ignored; run it by name with `--ignored` only if the fixture is lost) from a writer type
 //!   declared in this file, independent of the crate's legacy types, and are committed. A
 //!   test loads the file through `Plant::decode_event("plant.created", "1.0", ..)` and checks
@@ -91,7 +92,8 @@ fn render_v1_0_fixture() -> (Vec<u8>, String) {
     let payload: era_1_0::PlantCreated =
         serde_json::from_value(fixture_json()["payload"].clone()).expect("1.0 payload");
     let (strain_len, location_len) = (payload.strain.len(), payload.location.len());
-    let bytes = codec::encode(&era_1_0::PlantEvent::PlantCreated(payload));
+    // A 1.0-era writer had only codec format 1 (positional bincode).
+    let bytes = codec::encode_compact(&era_1_0::PlantEvent::PlantCreated(payload));
     // The layout the comment below states; asserting it here keeps the comment true.
     let sizes = [1, 4, 8 + 16, 8 + strain_len, 8 + location_len];
     assert_eq!(

@@ -6,16 +6,21 @@
 //!
 //! - [`Aggregate`]: typed Command, Event, State and domain Error. `decide` holds all business
 //!   logic and is pure; `apply` folds an event into the state and holds none.
-//! - [`DomainEvent`]: an event declares its `event_type`, `event_version` and outbound topic.
+//! - [`DomainEvent`]: an event declares its `event_type`, `event_version` and outbound topic;
+//!   `#[derive(DomainEvent)]` writes that from `#[event(..)]` attributes on the enum.
 //! - [`EventEnvelope`]: what the journal stores around every event; [`StreamId`]: which
 //!   aggregate instance's stream it belongs to.
 //! - [`CommandGuard`]: rules that span aggregate instances, checked before a command is routed.
-//! - [`codec`]: the one place that turns values into bytes (bincode 2 behind a version byte).
+//! - [`codec`]: the one place that turns values into bytes, behind a format byte: MessagePack
+//!   with named fields for events (format 2), bincode for snapshot states (format 1).
 //! - [`Money`]: integer minor units, never a binary float.
 //! - [`testing`], the given/when/then helper: `given(events).when(command).then_expect_events(..)`.
 //! - [`DemoRng`] and [`Workload`]: deterministic command generators for the demo and benches.
 //! - [`from_variants!`] and [`json_payload`]: the `From` impls and the outbound JSON every
 //!   aggregate's command and event enums need.
+
+// Lets `#[derive(DomainEvent)]`'s `::evershard_model::..` paths resolve inside this crate too.
+extern crate self as evershard_model;
 
 mod clock;
 pub mod codec;
@@ -29,6 +34,8 @@ mod workload;
 pub use clock::{truncate_to_micros, Clock, ManualClock, SystemClock};
 pub use codec::CodecError;
 pub use envelope::{EventEnvelope, Metadata};
+/// `#[derive(DomainEvent)]`: see [`evershard_derive`]'s docs for the `#[event(..)]` keys.
+pub use evershard_derive::DomainEvent;
 pub use guard::CommandGuard;
 pub use money::{Currency, Money, MoneyParseError};
 pub use stream::{StreamId, StreamIdError, AGGREGATE_ID_BYTES_MAX, AGGREGATE_TYPE_BYTES_MAX};
@@ -38,11 +45,32 @@ use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Serialize};
 use std::fmt::Debug;
 
-/// A domain event: an immutable fact. Implemented by each aggregate's event enum.
+/// A domain event: an immutable fact. Implemented by each aggregate's event enum, usually with
+/// `#[derive(DomainEvent)]`:
 ///
-/// The enum is stored with [`codec`] (bincode: positional), so **variants and fields are
-/// append-only**: never reorder or remove a variant or a field of a stored event. A change of
-/// shape gets a new `event_version` and an upcaster in [`Aggregate::decode_event`].
+/// ```ignore
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
+/// #[event(topic = TOPIC, version = PLANT_EVENT_VERSION, payload_json = json_without_nulls)]
+/// pub enum PlantEvent {
+///     #[event(name = "plant.created", version = PLANT_CREATED_VERSION, payload_json = plant_created_json)]
+///     PlantCreated(PlantCreated),
+///     #[event(name = "plant.stage_changed")] // version, topic, payload_json: the enum's
+///     PlantStageChanged(PlantStageChanged),
+///     // ...
+/// }
+/// ```
+///
+/// A variant without `name` publishes its own name as `event_type`
+/// (`ProductStockEvent::InventoryUpdated` is `"InventoryUpdated"`), and without `payload_json`
+/// its payload through [`json_payload`]. See `evershard_derive` for every key.
+///
+/// The enum is stored with [`codec::encode`] (format 2: fields and variants by name), so adding
+/// an `Option` or `#[serde(default)]` field, removing a field, or adding a variant never breaks
+/// loading. A rename or a change of meaning or type gets a new `event_version` and an upcaster
+/// in [`Aggregate::decode_event`]. Records written before format 2 (format 1, positional) decode
+/// with the current types too, so for an event type that has format-1 records in a journal,
+/// fields stay append-only unless its old shape is kept for them (as Plant's and Payment's
+/// `legacy` modules do).
 pub trait DomainEvent:
     Serialize + DeserializeOwned + Clone + Debug + PartialEq + Send + Sync + 'static
 {
@@ -163,6 +191,13 @@ pub trait Aggregate: Send + Sync + 'static {
 
 fn major(version: &str) -> &str {
     version.split('.').next().unwrap_or(version)
+}
+
+#[doc(hidden)]
+pub mod __private {
+    //! What `#[derive(DomainEvent)]` expands to, so a crate using the derive needs no direct
+    //! dependency on these.
+    pub use serde_json;
 }
 
 /// The outbound JSON of a payload struct: what [`DomainEvent::payload_json`] returns for one

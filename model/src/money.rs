@@ -1,9 +1,9 @@
 //! Money as integer minor units (cents, kopecks): never a binary float.
 //!
-//! In the journal (bincode, not human-readable) a [`Money`] is its `i64` of minor units. In
-//! JSON (human-readable) it is a decimal **string** with two fraction digits, `"1234.50"`,
-//! which is how the seed contracts' `decimal` fields are published. JSON input also accepts a
-//! number with at most two fraction digits.
+//! In the journal and snapshots (the codec's formats are not human-readable) a [`Money`] is its
+//! `i64` of minor units. In JSON (human-readable) it is a decimal **string** with two fraction
+//! digits, `"1234.50"`, which is how the seed contracts' `decimal` fields are published. JSON
+//! input also accepts a number with at most two fraction digits.
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -190,8 +190,17 @@ mod tests {
         assert_eq!(serde_json::to_string(&m).unwrap(), "\"1234.56\"");
         assert_eq!(serde_json::from_str::<Money>("1234.56").unwrap(), m);
         assert_eq!(serde_json::from_str::<Money>("\"1234.56\"").unwrap(), m);
-        let bytes = crate::codec::encode(&m);
+        // Format 1 (bincode): the fixed-width i64.
+        let bytes = crate::codec::encode_compact(&m);
         assert_eq!(bytes.len(), 1 + 8);
+        assert_eq!(crate::codec::decode::<Money>(&bytes).unwrap(), m);
+        // Format 2 (MessagePack, not human-readable either): the integer in its smallest
+        // MessagePack form, here 0xce = uint32.
+        let bytes = crate::codec::encode(&m);
+        assert_eq!(
+            bytes,
+            [crate::codec::CODEC_FORMAT_V2, 0xce, 0, 1, 0xe2, 0x40]
+        );
         assert_eq!(crate::codec::decode::<Money>(&bytes).unwrap(), m);
     }
 }

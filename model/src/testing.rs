@@ -277,8 +277,9 @@ pub fn assert_exact_contract(
 }
 
 /// Asserts that `value` survives both encodings it meets: JSON (serde_json, as commands and
-/// states are read and written at the API) and [`crate::codec`] (bincode, as the journal and
-/// the snapshots store them). Each must give back a value equal to `value`.
+/// states are read and written at the API) and both forms of [`crate::codec`]: format 2
+/// ([`codec::encode`], as the journal stores events) and format 1 ([`codec::encode_compact`],
+/// as snapshots store states). Each must give back a value equal to `value`.
 #[track_caller]
 pub fn assert_json_and_codec_round_trip<T>(value: &T)
 where
@@ -292,9 +293,17 @@ where
         &from_json, value,
         "JSON round trip changed the value: {text}"
     );
-    let from_codec = codec::decode::<T>(&codec::encode(value))
-        .unwrap_or_else(|e| panic!("{value:?} does not survive the codec: {e}"));
-    assert_eq!(&from_codec, value, "codec round trip changed the value");
+    for (format, bytes) in [
+        ("format 2", codec::encode(value)),
+        ("format 1", codec::encode_compact(value)),
+    ] {
+        let from_codec = codec::decode::<T>(&bytes)
+            .unwrap_or_else(|e| panic!("{value:?} does not survive the codec ({format}): {e}"));
+        assert_eq!(
+            &from_codec, value,
+            "codec {format} round trip changed the value"
+        );
+    }
 }
 
 /// Asserts that an event comes back unchanged from the journal's own path:
@@ -325,7 +334,7 @@ pub fn assert_snapshot_and_tail_agree<A: Aggregate>(
     live: &A::State,
 ) {
     let at_cut = A::replay(A::State::default(), &events[..cut]);
-    let snapshot: A::State = codec::decode(&codec::encode(&at_cut))
+    let snapshot: A::State = codec::decode(&codec::encode_compact(&at_cut))
         .unwrap_or_else(|e| panic!("snapshot at {cut} does not decode: {e}"));
     assert_eq!(snapshot, at_cut, "snapshot at {cut} changed in the codec");
     assert_eq!(

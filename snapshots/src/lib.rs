@@ -13,8 +13,14 @@
 //! [1..5]   CRC32C of bytes [5..]
 //! [5..9]   state schema version (u32)
 //! [9..17]  sequence of the last event folded into the state (u64)
-//! [17..]   the state, evershard_model::codec bytes
+//! [17..]   the state, evershard_model::codec bytes (codec::encode_compact: format 1)
 //! ```
+//!
+//! The state is written in the codec's compact, positional format 1 rather than the named
+//! format 2 the journal uses: a snapshot must be exactly the fold of its events, so a state
+//! whose shape changed should stop decoding (and be replayed) rather than load with defaults
+//! for fields it never had; the state schema version says the same explicitly. Format 1 is
+//! also smaller and faster (docs/design.md, "Payload codec").
 
 use evershard_model::codec;
 use serde::{de::DeserializeOwned, Serialize};
@@ -99,7 +105,7 @@ impl SnapshotRecord {
         SnapshotRecord {
             schema_version,
             sequence,
-            state: codec::encode(state),
+            state: codec::encode_compact(state),
         }
         .encode()
     }

@@ -3,9 +3,11 @@
 //!
 //! Version 1.1 appended two nullable fields to `PaymentInitiated`:
 //! `beneficiary_department_id` (the department an invoice payment is for) and `transfer` (the
-//! accounts of an outgoing bank transfer). The codec is positional, so a 1.0 record (written as
-//! `codec::encode(&PaymentEvent::PaymentInitiated(..))` with the eleven 1.0 fields) no longer
-//! decodes as the current enum; this module keeps its exact layout. The upcast sets both new
+//! accounts of an outgoing bank transfer). 1.0 records were written in codec format 1, which
+//! is positional, so such a record (`PaymentEvent::PaymentInitiated(..)` with the eleven 1.0
+//! fields) no longer decodes as the current enum; this module keeps its exact layout. (A
+//! format-2 record names its fields and would need no such module: the two `Option` fields
+//! would read as `None`.) The upcast sets both new
 //! fields to `None`: a payment initiated under 1.0 names no beneficiary (its completion
 //! publishes no `PaymentReceived`) and orders no transfer (no `PaymentProcessed`). The other
 //! payment events did not change shape and decode directly.

@@ -148,8 +148,7 @@ pub use legacy::{PaymentEventV1_0, PaymentInitiatedV1_0, PAYMENT_INITIATED_V1_0_
 
 use chrono::{DateTime, TimeDelta, Utc};
 use evershard_model::{
-    codec, from_variants, json_payload, Aggregate, CodecError, Currency, DecideContext,
-    DomainEvent, Money,
+    codec, from_variants, Aggregate, CodecError, Currency, DecideContext, DomainEvent, Money,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -604,13 +603,17 @@ pub struct PaymentProcessed {
 }
 
 /// Stored: variants are append-only.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
+#[event(topic = TOPIC, version = EVENT_VERSION)]
 pub enum PaymentEvent {
+    #[event(version = PAYMENT_INITIATED_VERSION)]
     PaymentInitiated(PaymentInitiated),
     PaymentCompleted(PaymentCompleted),
     PaymentFailed(PaymentFailed),
     PaymentRefunded(PaymentRefunded),
+    #[event(topic = BANK_TOPIC)]
     PaymentReceived(PaymentReceived),
+    #[event(topic = BANK_TOPIC)]
     PaymentProcessed(PaymentProcessed),
 }
 
@@ -622,41 +625,6 @@ from_variants!(
     PaymentReceived,
     PaymentProcessed
 );
-
-impl DomainEvent for PaymentEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            PaymentEvent::PaymentInitiated(_) => "PaymentInitiated",
-            PaymentEvent::PaymentCompleted(_) => "PaymentCompleted",
-            PaymentEvent::PaymentFailed(_) => "PaymentFailed",
-            PaymentEvent::PaymentRefunded(_) => "PaymentRefunded",
-            PaymentEvent::PaymentReceived(_) => "PaymentReceived",
-            PaymentEvent::PaymentProcessed(_) => "PaymentProcessed",
-        }
-    }
-    fn event_version(&self) -> &'static str {
-        match self {
-            PaymentEvent::PaymentInitiated(_) => PAYMENT_INITIATED_VERSION,
-            _ => EVENT_VERSION,
-        }
-    }
-    fn topic(&self) -> &'static str {
-        match self {
-            PaymentEvent::PaymentReceived(_) | PaymentEvent::PaymentProcessed(_) => BANK_TOPIC,
-            _ => TOPIC,
-        }
-    }
-    fn payload_json(&self) -> serde_json::Value {
-        match self {
-            PaymentEvent::PaymentInitiated(e) => json_payload(e),
-            PaymentEvent::PaymentCompleted(e) => json_payload(e),
-            PaymentEvent::PaymentFailed(e) => json_payload(e),
-            PaymentEvent::PaymentRefunded(e) => json_payload(e),
-            PaymentEvent::PaymentReceived(e) => json_payload(e),
-            PaymentEvent::PaymentProcessed(e) => json_payload(e),
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // State

@@ -18,14 +18,14 @@ pub const PLANT_CREATED_VERSION: &str = "1.1";
 pub const PLANT_EVENT_VERSION: &str = "1.0";
 
 /// Free-form metadata (`z.record(z.string(), z.unknown())` in the seed). Values are strings:
-/// an arbitrary JSON value is not storable in the journal's bincode form, so a caller with a
-/// structured value stores it as JSON text.
+/// an arbitrary JSON value is not storable in codec format 1 (bincode: snapshots, older
+/// journal records), so a caller with a structured value stores it as JSON text.
 pub type Metadata = BTreeMap<String, String>;
 
 /// A plant's growth stage, in the seed's order (`previousStage` of `plant.stage_changed`).
 ///
-/// The declaration order IS the lifecycle order ([`PlantStage::rank`]) and the stored
-/// (bincode) index: append-only, never reorder. `cloning` and `mother_plant` occur only as a
+/// The declaration order IS the lifecycle order ([`PlantStage::rank`]) and the stored index
+/// in codec format 1 (snapshots, older journal records): append-only, never reorder. `cloning` and `mother_plant` occur only as a
 /// previous stage: no stage change enters them (the seed's `newStage` leaves them out).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -371,11 +371,18 @@ pub struct PlantHarvested {
 }
 
 /// Every plant event. Stored with the codec: variants are append-only (the 1.0-era journal
-/// already holds `PlantCreated` at index 0).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// already holds `PlantCreated` at index 0 in codec format 1, which is positional).
+///
+/// The outbound JSON is the camelCase payload of the seed with absent optional fields left
+/// out (not `null`): [`json_without_nulls`], and [`plant_created_json`] for `plant.created`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
+#[event(topic = TOPIC, version = PLANT_EVENT_VERSION, payload_json = json_without_nulls)]
 pub enum PlantEvent {
+    #[event(name = "plant.created", version = PLANT_CREATED_VERSION, payload_json = plant_created_json)]
     PlantCreated(PlantCreated),
+    #[event(name = "plant.stage_changed")]
     PlantStageChanged(PlantStageChanged),
+    #[event(name = "plant.harvested")]
     PlantHarvested(PlantHarvested),
 }
 
@@ -383,8 +390,9 @@ from_variants!(PlantEvent: PlantCreated, PlantStageChanged, PlantHarvested);
 
 /// Removes every `null` member of every object, recursively. The seed's Zod schemas mark
 /// optional fields `.optional()`, which accepts an absent key but rejects `null`; the stored
-/// form keeps `Option` fields positionally (bincode), so absence is produced here, at the JSON
-/// edge, rather than with `skip_serializing_if` on the types.
+/// form writes `None` as nil (snapshots, in positional bincode, cannot read a skipped field),
+/// so absence is produced here, at the JSON edge, rather than with `skip_serializing_if` on
+/// the types.
 pub fn strip_nulls(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Object(map) => {
@@ -396,43 +404,23 @@ pub fn strip_nulls(value: &mut serde_json::Value) {
     }
 }
 
-impl DomainEvent for PlantEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            PlantEvent::PlantCreated(_) => "plant.created",
-            PlantEvent::PlantStageChanged(_) => "plant.stage_changed",
-            PlantEvent::PlantHarvested(_) => "plant.harvested",
-        }
-    }
+/// The outbound JSON of a plant event payload: [`evershard_model::json_payload`] without
+/// `null` members ([`strip_nulls`]).
+pub fn json_without_nulls<T: Serialize>(payload: &T) -> serde_json::Value {
+    // Finite floats are guaranteed by decide; a non-finite float serializes as null in
+    // serde_json rather than failing, so this cannot panic on any stored event either.
+    let mut json = json_payload(payload);
+    strip_nulls(&mut json);
+    json
+}
 
-    fn event_version(&self) -> &'static str {
-        match self {
-            PlantEvent::PlantCreated(_) => PLANT_CREATED_VERSION,
-            PlantEvent::PlantStageChanged(_) | PlantEvent::PlantHarvested(_) => PLANT_EVENT_VERSION,
-        }
-    }
-
-    fn topic(&self) -> &'static str {
-        TOPIC
-    }
-
-    /// The camelCase payload of the seed, with absent optional fields left out (not `null`).
-    fn payload_json(&self) -> serde_json::Value {
-        // Finite floats are guaranteed by decide; a non-finite float serializes as null in
-        // serde_json rather than failing, so this cannot panic on any stored event either.
-        let mut json = match self {
-            PlantEvent::PlantCreated(e) => {
-                let mut json = json_payload(e);
-                // Section 11's 1.1 schema still requires the deprecated top-level `strain`
-                // (= genetics.strain). Publishing it too costs nothing: section 4.1's Zod
-                // object ignores unknown keys, and 1.1 consumers written from section 11 find it.
-                json["strain"] = serde_json::Value::String(e.genetics.strain.clone());
-                json
-            }
-            PlantEvent::PlantStageChanged(e) => json_payload(e),
-            PlantEvent::PlantHarvested(e) => json_payload(e),
-        };
-        strip_nulls(&mut json);
-        json
-    }
+/// The outbound JSON of `plant.created` 1.1: [`json_without_nulls`] plus the top-level
+/// `strain`.
+pub fn plant_created_json(created: &PlantCreated) -> serde_json::Value {
+    let mut json = json_without_nulls(created);
+    // Section 11's 1.1 schema still requires the deprecated top-level `strain`
+    // (= genetics.strain). Publishing it too costs nothing: section 4.1's Zod
+    // object ignores unknown keys, and 1.1 consumers written from section 11 find it.
+    json["strain"] = serde_json::Value::String(created.genetics.strain.clone());
+    json
 }

@@ -22,8 +22,8 @@
 //!   humidity}, notes?.
 //!
 //! `x?` is Zod's `.optional()`: the key may be absent but is never `null`, so
-//! [`DomainEvent::payload_json`] leaves absent optional fields out (the stored bincode form
-//! keeps them as `Option`). `plannedHarvestDate` is a `YYYY-MM-DD` date.
+//! [`DomainEvent::payload_json`] leaves absent optional fields out (the stored form keeps them
+//! as `Option`, `None` written as nil). `plannedHarvestDate` is a `YYYY-MM-DD` date.
 //!
 //! Physical measurements (THC/CBD percentages, temperature, humidity, VPD, CO2, light
 //! intensity, weights) are `f64`: they are measurements published as JSON numbers, not money,
@@ -42,7 +42,8 @@
 //! and 4.1 is the full contract.
 //! `decode_event` accepts exactly: `plant.created` 1.0 (upcast) and 1.1, `plant.stage_changed`
 //! 1.0, `plant.harvested` 1.0; any other version is refused with `UnknownVersion` rather than
-//! decoded by guesswork (bincode is positional: a "1.2" with an extra field would not decode).
+//! decoded by guesswork (a "1.2" is a contract change that gets its own decoder here, even
+//! where the named codec format 2 would happen to read it).
 //!
 //! # Lifecycle
 //! Stages in the seed's order: seedling, cloning, vegetative, mother_plant, pre_flower,
