@@ -92,7 +92,7 @@
 //! Physical measurements and calibration coefficients are `f64` (the sensors report binary
 //! floats; no money-style exactness is needed), never NaN or infinite, and are published as
 //! JSON numbers: the catalog's `decimal` for temperature and vibration is a JSON number
-//! here, as `shared/docs/domain.md` allows. A failure probability is fixed point,
+//! here, as `docs/domain.md` allows. A failure probability is fixed point,
 //! [`Probability`] in parts per million (`u32`), stored as an integer and published as a
 //! JSON number in 0..=1 (`0.873`). Operating hours and days are integers.
 //!

@@ -1,4 +1,4 @@
-//! The seven aggregates of evershard, from `shared/docs/domain.md` and the seed documents.
+//! The seven aggregates of evershard, from `docs/domain.md` and the seed documents.
 //!
 //! Pure domain logic on `evershard-model`.
 //! **Architecture Invariant:** this crate knows nothing of sled, ractor or tokio.

@@ -3,7 +3,7 @@
 //! Source: `functional-architecture-ddd.md` section 5.1 (the aggregate, the idempotency key,
 //! the 30-minute reservation TTL, the four events `OrderCreated`, `OrderConfirmed`,
 //! `OrderCancelled`, `OrderFulfilled`), 9.1 (Idempotency-Key is a UUID; a saga runs at most
-//! 30 minutes), and `shared/docs/domain.md` "Order" and the saga section. The seeds name the
+//! 30 minutes), and `docs/domain.md` "Order" and the saga section. The seeds name the
 //! events but give no JSON contract for them: the payloads below are ours, in the snake_case
 //! style of `domain-events-catalog.md`. All events go to topic `business.orders`.
 //!

@@ -2,7 +2,7 @@
 //!
 //! Source: `functional-architecture-ddd.md` section 6.1 (the aggregate, its four events and
 //! its rules), 9.1 (idempotency results live 24 hours) and 9.2 (reservations live 30 minutes);
-//! `shared/docs/domain.md` "ProductStock" and the order/stock/payment saga. The seeds give
+//! `docs/domain.md` "ProductStock" and the order/stock/payment saga. The seeds give
 //! event names but no JSON contracts for this aggregate: the payloads below are ours, in the
 //! snake_case style of `domain-events-catalog.md`. All events go to topic `business.inventory`.
 //!
