@@ -156,20 +156,7 @@ pub trait Aggregate: Send + Sync + 'static {
         event_version: &str,
         payload: &[u8],
     ) -> Result<Self::Event, CodecError> {
-        let event: Self::Event = codec::decode(payload)?;
-        if event.event_type() != event_type {
-            return Err(CodecError::Mismatch(format!(
-                "record says {event_type}, payload decodes as {}",
-                event.event_type()
-            )));
-        }
-        if major(event.event_version()) != major(event_version) {
-            return Err(CodecError::UnknownVersion {
-                event_type: event_type.to_owned(),
-                event_version: event_version.to_owned(),
-            });
-        }
-        Ok(event)
+        decode_current_event(event_type, event_version, payload)
     }
 
     /// Encodes an event for the journal. Paired with [`Aggregate::decode_event`].
@@ -187,6 +174,30 @@ pub trait Aggregate: Send + Sync + 'static {
         }
         state
     }
+}
+
+/// The default of [`Aggregate::decode_event`]: decodes the current shape of `E` and checks it
+/// against the record's `event_type` and major `event_version`. An upcaster handles its old
+/// versions first and hands everything else to this.
+pub fn decode_current_event<E: DomainEvent>(
+    event_type: &str,
+    event_version: &str,
+    payload: &[u8],
+) -> Result<E, CodecError> {
+    let event: E = codec::decode(payload)?;
+    if event.event_type() != event_type {
+        return Err(CodecError::Mismatch(format!(
+            "record says {event_type}, payload decodes as {}",
+            event.event_type()
+        )));
+    }
+    if major(event.event_version()) != major(event_version) {
+        return Err(CodecError::UnknownVersion {
+            event_type: event_type.to_owned(),
+            event_version: event_version.to_owned(),
+        });
+    }
+    Ok(event)
 }
 
 fn major(version: &str) -> &str {

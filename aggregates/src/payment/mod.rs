@@ -884,25 +884,8 @@ impl Aggregate for Payment {
             let PaymentEventV1_0::PaymentInitiated(legacy) = codec::decode(payload)?;
             return Ok(PaymentEvent::PaymentInitiated(legacy.upcast()));
         }
-        let event: PaymentEvent = codec::decode(payload)?;
-        if event.event_type() != event_type {
-            return Err(CodecError::Mismatch(format!(
-                "record says {event_type}, payload decodes as {}",
-                event.event_type()
-            )));
-        }
-        if major(event.event_version()) != major(event_version) {
-            return Err(CodecError::UnknownVersion {
-                event_type: event_type.to_owned(),
-                event_version: event_version.to_owned(),
-            });
-        }
-        Ok(event)
+        evershard_model::decode_current_event(event_type, event_version, payload)
     }
-}
-
-fn major(version: &str) -> &str {
-    version.split('.').next().unwrap_or(version)
 }
 
 fn initiate(
