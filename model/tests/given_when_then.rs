@@ -44,8 +44,12 @@ impl Aggregate for Counter {
     }
 }
 
+/// The panic hook is process-wide: the tests of this file take turns with it.
+static HOOK: Mutex<()> = Mutex::new(());
+
 /// Runs `f`, which must panic, and returns the file the panic names.
 fn panic_file(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
+    let _turn = HOOK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let seen: Arc<Mutex<Option<String>>> = Arc::default();
     let into_hook = seen.clone();
     let previous = std::panic::take_hook();
