@@ -9,9 +9,9 @@
 
 use crate::model::{Node, State};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, Request, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -331,13 +331,16 @@ impl Filesystem for Fs {
             return reply.error(errno(crate::model::libc_errno::EINVAL));
         }
         let mut state = self.lock();
-        let result = state.file(ino.0).map(|f| f.volatile.len() as u64).and_then(|len| {
-            if offset + length > len {
-                state.set_len(ino.0, offset + length)
-            } else {
-                Ok(())
-            }
-        });
+        let result = state
+            .file(ino.0)
+            .map(|f| f.volatile.len() as u64)
+            .and_then(|len| {
+                if offset + length > len {
+                    state.set_len(ino.0, offset + length)
+                } else {
+                    Ok(())
+                }
+            });
         Self::empty(result, reply);
     }
 }

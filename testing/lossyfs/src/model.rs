@@ -307,7 +307,10 @@ impl State {
                         .iter()
                         .filter(|(k, v)| d.durable.get(*k) != Some(v))
                         .count()
-                        + d.durable.keys().filter(|k| !d.entries.contains_key(*k)).count();
+                        + d.durable
+                            .keys()
+                            .filter(|k| !d.entries.contains_key(*k))
+                            .count();
                     self.stats.dir_entries_reverted += reverted as u64;
                     d.entries = d.durable.clone();
                 }
@@ -451,7 +454,10 @@ mod tests {
         // Every surviving byte is its write's byte, and within a write, a prefix survives.
         for (i, chunk) in image.chunks(100).enumerate() {
             let kept = chunk.iter().take_while(|&&b| b == i as u8 + 1).count();
-            assert!(chunk[kept..].iter().all(|&b| b == 0), "write {i} is not a prefix");
+            assert!(
+                chunk[kept..].iter().all(|&b| b == 0),
+                "write {i} is not a prefix"
+            );
         }
     }
 }

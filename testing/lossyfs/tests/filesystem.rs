@@ -40,7 +40,9 @@ fn only_synced_content_and_names_survive_a_power_cut() {
     synced.sync_data().unwrap();
     synced.write_all_at(b" and lost", 7).unwrap();
     let mut unsynced_name = File::create(at.join("d/unnamed")).unwrap();
-    unsynced_name.write_all(b"content synced, name not").unwrap();
+    unsynced_name
+        .write_all(b"content synced, name not")
+        .unwrap();
     unsynced_name.sync_all().unwrap();
     File::create(at.join("d/empty")).unwrap();
     File::open(at.join("d")).unwrap().sync_all().unwrap(); // names so far are durable
@@ -52,7 +54,10 @@ fn only_synced_content_and_names_survive_a_power_cut() {
     fs.power_loss(TornWrites::LoseAll);
     let mount = fs.mount(at).unwrap();
     assert_eq!(std::fs::read(at.join("d/synced")).unwrap(), b"durable");
-    assert!(!at.join("d/renamed").exists(), "an unsynced rename survived");
+    assert!(
+        !at.join("d/renamed").exists(),
+        "an unsynced rename survived"
+    );
     assert_eq!(
         std::fs::read(at.join("d/unnamed")).unwrap(),
         b"content synced, name not",
@@ -79,7 +84,10 @@ fn flock_excludes_a_second_holder() {
         .unwrap();
     let b = OpenOptions::new().write(true).open(&path).unwrap();
     a.try_lock_exclusive().unwrap();
-    assert!(b.try_lock_exclusive().is_err(), "a second flock on the same file succeeded");
+    assert!(
+        b.try_lock_exclusive().is_err(),
+        "a second flock on the same file succeeded"
+    );
     drop(a);
     b.try_lock_exclusive().unwrap();
     drop(b);
