@@ -220,12 +220,16 @@ impl Syncer {
             return Err(std::io::Error::other("injected flush failure").into());
         }
         self.db.flush()?;
+        // Blobs first: once the data file is synced, its log points at them, and sled's
+        // recovery refuses to open a store whose log points at a blob file that exists but
+        // is empty or torn (found by the power-loss test in testing/lossyfs).
+        self.sync_new_blobs()?;
         // sled's flush ends in sync_file_range, which does not reach stable storage
         // (spacejam/sled#1452): fdatasync the data file ourselves.
         if !fault::skip(fault::Sync::Fdatasync) {
             self.data_file.sync_data()?;
         }
-        self.sync_new_blobs()
+        Ok(())
     }
 
     /// sled 0.34 writes a log item larger than its blob threshold to `blobs/<lsn>` and never

@@ -273,7 +273,10 @@ impl JournalWriter {
         let io = |e: std::io::Error| OpenError::storage(&dir, e);
         create_dir_durably(&dir).map_err(io)?;
         let flush_every_ms = match config.durability {
-            Durability::Durable => Some(1000),
+            // No periodic flush: the syncer flushes and syncs every group itself, blob files
+            // before the data file. sled's flusher would fsync the data file behind its back,
+            // making log entries durable that point at blob files not yet synced.
+            Durability::Durable => None,
             Durability::Buffered { flush_every_ms } => Some(flush_every_ms.max(1)),
         };
         let db = sled::Config::new()
@@ -291,8 +294,13 @@ impl JournalWriter {
             None => {
                 db.insert(&meta_key, STORE_FORMAT).map_err(sled_err)?;
                 db.flush().map_err(sled_err)?;
-                // A new store: make its files' directory entries durable too.
+                // A new store: make its files' directory entries durable too, and sled's
+                // `conf`, which sled writes at creation and never syncs: a torn `conf`
+                // makes sled refuse to open the store (found by the power-loss test).
                 if !fault::skip(fault::Sync::Dir) {
+                    File::open(dir.join("conf"))
+                        .and_then(|f| f.sync_all())
+                        .map_err(io)?;
                     File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
                 }
             }
