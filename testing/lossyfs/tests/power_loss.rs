@@ -435,7 +435,7 @@ fn base_seed() -> u64 {
     std::env::var("EVERSHARD_POWER_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x9017_e4_c0de)
+        .unwrap_or(0x90_17e4_c0de)
 }
 
 fn print_losses(seed: u64, report: &TrialReport) {
