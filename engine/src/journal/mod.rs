@@ -8,6 +8,7 @@
 //! (group commit). Reads go straight to sled.
 
 mod committer;
+mod fault;
 pub(crate) mod keys;
 pub(crate) mod record;
 mod verify;
@@ -227,6 +228,24 @@ fn lock_is_held(dir: &Path) -> bool {
     }
 }
 
+/// `create_dir_all`, and then an fsync of the parent of every directory it created: a new
+/// directory's name is durable only once its parent directory is synced, and without it a
+/// power cut can take the whole new store with it (found by the power-loss test in
+/// `testing/lossyfs`). The store directory's own entries are synced once the store exists.
+fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.exists()).collect();
+    std::fs::create_dir_all(dir)?;
+    if fault::skip(fault::Sync::Dir) {
+        return Ok(());
+    }
+    for created in missing {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
 /// The format marker stored under `m|format`.
 const STORE_FORMAT: &[u8] = b"evershard-journal-v1";
 
@@ -252,9 +271,12 @@ impl JournalWriter {
     pub fn open(dir: impl AsRef<Path>, config: JournalConfig) -> Result<JournalWriter, OpenError> {
         let dir = dir.as_ref().to_path_buf();
         let io = |e: std::io::Error| OpenError::storage(&dir, e);
-        std::fs::create_dir_all(&dir).map_err(io)?;
+        create_dir_durably(&dir).map_err(io)?;
         let flush_every_ms = match config.durability {
-            Durability::Durable => Some(1000),
+            // No periodic flush: the syncer flushes and syncs every group itself, blob files
+            // before the data file. sled's flusher would fsync the data file behind its back,
+            // making log entries durable that point at blob files not yet synced.
+            Durability::Durable => None,
             Durability::Buffered { flush_every_ms } => Some(flush_every_ms.max(1)),
         };
         let db = sled::Config::new()
@@ -272,8 +294,15 @@ impl JournalWriter {
             None => {
                 db.insert(&meta_key, STORE_FORMAT).map_err(sled_err)?;
                 db.flush().map_err(sled_err)?;
-                // A new store: make its files' directory entries durable too.
-                File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
+                // A new store: make its files' directory entries durable too, and sled's
+                // `conf`, which sled writes at creation and never syncs: a torn `conf`
+                // makes sled refuse to open the store (found by the power-loss test).
+                if !fault::skip(fault::Sync::Dir) {
+                    File::open(dir.join("conf"))
+                        .and_then(|f| f.sync_all())
+                        .map_err(io)?;
+                    File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
+                }
             }
             found => check_format(&dir, found)?,
         }
