@@ -194,7 +194,7 @@ async fn a_journal_holding_the_1_0_event_works_in_a_live_engine() {
     let journal = Journal::open_read_only(dir.path()).unwrap();
     assert!(journal.verify().is_clean());
     drop(journal);
-    // The auditors' CLI (as a library: the binary lives in evershard-replay).
+    // The auditors' CLI (as a library, evershard-cli; the binary is the facade's).
     use clap::Parser;
     let cli = evershard_cli::Cli::try_parse_from([
         "evershard",

@@ -1,7 +1,7 @@
 //! Integrity verification: every record's format and CRC32C, its place (key and record
 //! agree), gapless sequences from 1, the SHA-256 chain of each stream, and the global index
 //! (one entry per event, positions 1..=N without gaps, each pointing back at its record).
-//! Snapshot-against-replay checks need the aggregate types and live in `evershard-replay`.
+//! Snapshot-against-replay checks need the aggregate types and live in `evershard-cli` (`verify::check_stream`).
 
 use super::{decode_checked, keys, record, StreamId};
 use crate::error::StorageError;
