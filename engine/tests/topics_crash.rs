@@ -67,7 +67,10 @@ fn topics_crash_child() {
         let ctx = tx.clone();
         tokio::spawn(async move {
             loop {
-                let batch = consumer.poll(200, Duration::from_millis(100)).await.unwrap();
+                let batch = consumer
+                    .poll(200, Duration::from_millis(100))
+                    .await
+                    .unwrap();
                 if batch.is_empty() {
                     continue;
                 }
@@ -100,7 +103,12 @@ fn placements(log: &TopicLog) -> BTreeMap<String, (u32, u64)> {
     };
     let mut last: HashMap<String, u64> = HashMap::new();
     for p in 0..info.partitions {
-        for (i, m) in log.read(TOPIC, p, 0, usize::MAX).unwrap().iter().enumerate() {
+        for (i, m) in log
+            .read(TOPIC, p, 0, usize::MAX)
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
             assert_eq!(m.offset, i as u64);
             let prev = last.insert(m.key.clone(), m.sequence).unwrap_or(0);
             assert_eq!(m.sequence, prev + 1, "order of {}", m.key);
@@ -157,7 +165,10 @@ fn topics_survive_crashes() {
                 }
             }
         }
-        assert!(seen >= acks_before_kill, "round {round}: child stopped early");
+        assert!(
+            seen >= acks_before_kill,
+            "round {round}: child stopped early"
+        );
         std::thread::sleep(Duration::from_millis(rng.below(30)));
         child.kill().unwrap(); // SIGKILL
         for line in lines {
@@ -182,7 +193,11 @@ fn topics_survive_crashes() {
             "seed {seed} round {round}: every journal event once in the topic"
         );
         for (id, (p, o)) in &earlier {
-            assert_eq!(predicted.get(id), Some(&(*p, *o)), "seed {seed}: offsets moved");
+            assert_eq!(
+                predicted.get(id),
+                Some(&(*p, *o)),
+                "seed {seed}: offsets moved"
+            );
         }
         let stored: HashMap<u32, u64> = log
             .committed_offsets()
