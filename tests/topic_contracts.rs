@@ -8,7 +8,7 @@
 use evershard::aggregates::order::Order;
 use evershard::aggregates::workloads::visit_all;
 use evershard::engine::topic::partition_for;
-use evershard::model::{Aggregate, DecideContext, DemoRng, DomainEvent, Workload, WorkloadVisitor};
+use evershard::model::{DecideContext, DemoRng, DomainEvent, Workload, WorkloadVisitor};
 use evershard::{CommandError, Engine, Message, TopicRoute, WireFormat};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
