@@ -185,7 +185,7 @@ impl WorkloadVisitor for PayloadCheck<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_topic_matches_its_seed_contract() {
-    let seed = 0xc0_47_5ac7;
+    let seed = 0xc047_5ac7;
     eprintln!("seed {seed}");
     let dir = tempfile::tempdir().unwrap();
     let mut drivers = Drivers(Vec::new(), Some(Engine::builder(dir.path())));

@@ -90,7 +90,7 @@ fn check_topic(engine: &Engine) -> BTreeMap<String, (u32, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_once_in_order_and_offsets_survive_reopen() {
-    let seed = 0x70_91c5;
+    let seed = 0x0070_91c5;
     eprintln!("seed {seed}");
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path()).await;

@@ -123,7 +123,7 @@ fn topics_survive_crashes() {
     let seed: u64 = std::env::var("EVERSHARD_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x70_91c5_c4a5);
+        .unwrap_or(0x0070_91c5_c4a5);
     eprintln!("topics crash seed {seed} (set EVERSHARD_CRASH_SEED to reproduce)");
     let mut rng = DemoRng::new(seed);
     let dir = tempfile::tempdir().unwrap();

@@ -86,11 +86,14 @@ impl TopicInfo {
     }
 }
 
+/// Index entries of one partition: (first offset, runs).
+type PartitionEntries = Vec<(u64, Vec<TopicRun>)>;
+
 /// The index entries the indexer has not written yet, planned in memory (read-only views).
 #[derive(Debug, Default)]
 struct Tail {
     topics: HashMap<String, StoredTopic>,
-    entries: HashMap<(String, u32), Vec<(u64, Vec<TopicRun>)>>,
+    entries: HashMap<(String, u32), PartitionEntries>,
     /// The global position the tail reaches (the journal's last at open).
     through: u64,
 }
