@@ -15,6 +15,7 @@
 //! (missing or locked store, unknown type or aggregate, bad arguments). See [`CliError`].
 
 pub mod demo;
+pub mod demo_topics;
 mod diff;
 mod entry;
 pub mod error;
