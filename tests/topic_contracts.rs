@@ -61,7 +61,7 @@ fn keys(v: &Value) -> Vec<&str> {
 
 /// domain-events-catalog.md: `{"event_type","event_id","timestamp","payload", ...metadata}`.
 fn check_catalog(m: &Message) {
-    let v = &m.value;
+    let v = &m.value_json();
     let mut want = vec![
         "aggregate_id",
         "aggregate_type",
@@ -94,7 +94,7 @@ fn check_catalog(m: &Message) {
 
 /// event-architecture-kafka.md 3.1 `BaseEventSchema` + payload.
 fn check_gacp(m: &Message) {
-    let v = &m.value;
+    let v = &m.value_json();
     for k in keys(v) {
         assert!(
             [
@@ -132,14 +132,14 @@ fn check_gacp(m: &Message) {
 
 /// coworking-topics.md: `{"eventId","eventType","occurredAt","data"}`.
 fn check_coworking(m: &Message) {
-    let v = &m.value;
+    let v = &m.value_json();
     assert_eq!(keys(v), vec!["data", "eventId", "eventType", "occurredAt"]);
     assert!(is_uuid(&v["eventId"]) && v["eventType"].is_string() && is_time(&v["occurredAt"]));
     assert!(v["data"].is_object());
 }
 
 fn check_headers(m: &Message) {
-    let names: Vec<&str> = m.headers.iter().map(|(k, _)| k.as_str()).collect();
+    let names: Vec<&str> = m.headers.iter().map(|(k, _)| *k).collect();
     assert_eq!(
         names,
         [
@@ -160,7 +160,7 @@ fn check_headers(m: &Message) {
         Some(m.global_position.to_string().as_str())
     );
     for (k, v) in &m.headers {
-        assert!(v.is_some() || k == "causation_id", "{k} is null");
+        assert!(v.is_some() || *k == "causation_id", "{k} is null");
     }
 }
 
@@ -171,9 +171,10 @@ impl WorkloadVisitor for PayloadCheck<'_> {
         for (stream, _) in self.0.journal().streams(Some(A::TYPE)).map(Result::unwrap) {
             for e in self.0.history::<A>(&stream.aggregate_id).unwrap() {
                 let m = &self.1[&e.event_id];
+                let value = m.value_json();
                 let payload = match WireFormat::for_topic(&m.topic) {
-                    WireFormat::Coworking => &m.value["data"],
-                    _ => &m.value["payload"],
+                    WireFormat::Coworking => &value["data"],
+                    _ => &value["payload"],
                 };
                 assert_eq!(payload, &e.payload.payload_json(), "{}", e.event_type);
                 assert_eq!(m.topic, e.payload.topic());

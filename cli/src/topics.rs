@@ -153,7 +153,7 @@ fn print_message(m: &Message, json: bool, out: &mut dyn Write) -> Result<(), Cli
         m.offset,
         m.key,
         headers.join(" "),
-        String::from_utf8_lossy(&m.value_bytes())
+        String::from_utf8_lossy(&m.value)
     )?;
     Ok(())
 }

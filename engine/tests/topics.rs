@@ -308,7 +308,7 @@ async fn retries_then_dead_letters_and_redrive() {
         .unwrap();
     let mut letters = drain(&mut dlq, 2).await;
     letters.sort_by(|a, b| a.key.cmp(&b.key));
-    let payload = |m: &Message| m.value["payload"].clone();
+    let payload = |m: &Message| m.value_json()["payload"].clone();
     let p1 = payload(&letters[0]);
     assert_eq!(letters[0].key, "c-1");
     assert_eq!(p1["reason"], "processing_error");
@@ -324,7 +324,7 @@ async fn retries_then_dead_letters_and_redrive() {
     assert_eq!(p2["attempts"], 1);
     // The DLQ envelope is the GACP one; the causation is the original event.
     assert_eq!(
-        letters[0].value["causationId"],
+        letters[0].value_json()["causationId"],
         p1["originalMessage"]["headers"]["event_id"]
     );
     let health = engine.health(1_000).unwrap();
@@ -348,7 +348,7 @@ async fn retries_then_dead_letters_and_redrive() {
         async move {
             assert_eq!(m.key, "c-1");
             assert_eq!(m.topic, TOPIC);
-            assert_eq!(m.value["payload"]["amount"], 5);
+            assert_eq!(m.value_json()["payload"]["amount"], 5);
             seen.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }

@@ -6,6 +6,7 @@
 //! verified by `evershard verify`, exported with everything else, and indexed into its topic
 //! by the same indexer, at offsets that never change. No second storage path exists for it.
 
+use super::render::HEADER_NAMES;
 use super::{Message, TopicError, DLQ_TOPIC};
 use crate::journal::record::Record;
 use evershard_model::CodecError;
@@ -72,8 +73,12 @@ impl DeadLetter {
             partition: message.partition,
             offset: message.offset,
             key: message.key.clone(),
-            headers: message.headers.clone(),
-            value_json: String::from_utf8(message.value_bytes()).expect("JSON is UTF-8"),
+            headers: message
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            value_json: String::from_utf8(message.value.clone()).expect("JSON is UTF-8"),
         }
     }
 
@@ -111,10 +116,8 @@ impl DeadLetter {
         if message.topic != DLQ_TOPIC || message.aggregate_type != DEAD_LETTER_TYPE {
             return Err(bad("not a message of dlq.events.v1"));
         }
-        let p = message
-            .value
-            .get("payload")
-            .ok_or_else(|| bad("no payload"))?;
+        let value = message.value_json();
+        let p = value.get("payload").ok_or_else(|| bad("no payload"))?;
         let s = |name: &str| {
             p.get(name)
                 .and_then(|v| v.as_str())
@@ -139,17 +142,7 @@ impl DeadLetter {
             .and_then(|h| h.as_object())
             .ok_or_else(|| bad("headers"))?;
         // The original header order (render::headers) is fixed; an object keeps names only.
-        let order = [
-            "event_id",
-            "event_type",
-            "event_version",
-            "aggregate_type",
-            "sequence",
-            "global_position",
-            "correlation_id",
-            "causation_id",
-        ];
-        let headers = order
+        let headers = HEADER_NAMES
             .iter()
             .filter(|name| headers.contains_key(**name))
             .map(|name| (name.to_string(), headers[*name].as_str().map(str::to_owned)))
@@ -172,6 +165,8 @@ impl DeadLetter {
                 .get("value")
                 .map(|v| v.to_string())
                 .ok_or_else(|| bad("value"))?,
+            // (serde_json writes an object's keys in order: the text may differ from the
+            // original bytes in key order only.)
         })
     }
 
@@ -189,8 +184,16 @@ impl DeadLetter {
             partition: self.partition,
             offset: self.offset,
             key: self.key.clone(),
-            headers: self.headers.clone(),
-            value: serde_json::from_str(&self.value_json).unwrap_or(serde_json::Value::Null),
+            headers: HEADER_NAMES
+                .iter()
+                .filter_map(|name| {
+                    self.headers
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, v)| (*name, v.clone()))
+                })
+                .collect(),
+            value: self.value_json.clone().into_bytes(),
             timestamp: serde_json::from_str::<serde_json::Value>(&self.value_json)
                 .ok()
                 .and_then(|v| {

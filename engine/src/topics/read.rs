@@ -24,9 +24,9 @@ pub struct Message {
     /// `event_id`, `event_type`, `event_version`, `aggregate_type`, `sequence`,
     /// `global_position`, `correlation_id`, `causation_id` (value `None` when absent), in
     /// this order.
-    pub headers: Vec<(String, Option<String>)>,
-    /// One JSON object in the topic's wire format.
-    pub value: serde_json::Value,
+    pub headers: Vec<(&'static str, Option<String>)>,
+    /// One JSON object in the topic's wire format: the compact JSON bytes as published.
+    pub value: Vec<u8>,
     /// When the event happened (the record's timestamp; the Kafka record's timestamp).
     pub timestamp: DateTime<Utc>,
     pub event_id: Uuid,
@@ -37,16 +37,16 @@ pub struct Message {
 }
 
 impl Message {
-    /// The value's bytes as published (compact JSON).
-    pub fn value_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.value).expect("a JSON value always encodes")
+    /// The value parsed as JSON (for inspection; `value` holds the bytes as published).
+    pub fn value_json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.value).expect("a rendered value is JSON")
     }
 
     /// One header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
-            .find(|(n, _)| n == name)
+            .find(|(n, _)| *n == name)
             .and_then(|(_, v)| v.as_deref())
     }
 
@@ -56,7 +56,7 @@ impl Message {
         let headers: serde_json::Map<String, serde_json::Value> = self
             .headers
             .iter()
-            .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
             .collect();
         serde_json::json!({
             "topic": self.topic,
@@ -65,7 +65,7 @@ impl Message {
             "timestamp": render::rfc3339(self.timestamp),
             "key": self.key,
             "headers": headers,
-            "value": self.value,
+            "value": self.value_json(),
         })
     }
 }
