@@ -14,6 +14,12 @@
 //! 3. the ceiling, a plain file: the same records appended with one `fdatasync` per 1,000.
 //! 4. recovery of one aggregate with 10,000 events: from the newest snapshot + tail, and by
 //!    full replay.
+//! 5. topics: (1) runs without the topic indexer; the same workload runs again with the
+//!    indexer and a consumer group live (reading and committing as it goes), and the ratio of
+//!    the two command rates is printed (target >= 0.9). Then a store of
+//!    `EVERSHARD_BENCH_CATCHUP_EVENTS` (default 1,000,000) events is indexed and a consumer
+//!    reads it from the beginning: the indexer's rate and the consumer's catch-up rate
+//!    (rendered messages/s; target >= 500,000).
 //!
 //! Note: this bench uses sled directly for the baseline only; the product touches sled solely
 //! in `engine::journal`.
@@ -58,15 +64,37 @@ async fn evershard_durable(
     commands: u64,
     clients: u64,
     seed: u64,
+    topics: bool,
 ) -> Run {
     let engine = Engine::builder(dir)
         .register::<ProductStock>()
         .durability(durability())
         .shards(8)
         .active_per_shard_max(aggregates as usize)
+        .topic_indexer(topics)
         .open()
         .await
         .expect("open engine");
+    // With topics: a consumer group reads business.inventory live and commits per batch.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let live = topics.then(|| {
+        let mut consumer = engine.consumer("bench", "business.inventory").unwrap();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut read = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let batch = consumer
+                    .poll(4096, Duration::from_millis(50))
+                    .await
+                    .unwrap();
+                if !batch.is_empty() {
+                    read += batch.len() as u64;
+                    consumer.commit().await.unwrap();
+                }
+            }
+            read
+        })
+    });
     let per_client = commands / clients;
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -108,6 +136,17 @@ async fn evershard_durable(
         events += e;
     }
     let elapsed = start.elapsed();
+    if let Some(live) = live {
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        let read = live.await.unwrap();
+        let lag = engine
+            .consumer_lag("bench", "business.inventory")
+            .unwrap()
+            .total();
+        println!(
+            "  live consumer group: {read} messages read during the run, lag {lag} at its end"
+        );
+    }
     let stats = engine.journal().stats().unwrap();
     engine.shutdown().await.unwrap();
     Run {
@@ -251,6 +290,112 @@ async fn recovery(dir: &std::path::Path, events: u64) -> (Duration, Duration, Op
     (with_snapshot, full, from)
 }
 
+/// Fills a store with `events` ProductStock events (decided in process from the workload
+/// generator, appended through the journal in large buffered requests), lets the indexer
+/// index it, and reads it from the beginning with a consumer.
+async fn catch_up(dir: &std::path::Path, events: u64, seed: u64) {
+    use evershard::engine::{AppendRequest, JournalConfig, NewEvent};
+    let per_stream = 100u64;
+    let streams = events.div_ceil(per_stream);
+    let config = JournalConfig {
+        durability: Durability::Buffered {
+            flush_every_ms: 500,
+        },
+        ..JournalConfig::default()
+    };
+    let journal = JournalWriter::open(dir, config).unwrap();
+    let fill_start = Instant::now();
+    let mut written = 0u64;
+    let mut pending = Vec::new();
+    for s in 0..streams {
+        let id = format!("sku-{s}");
+        let mut rng = DemoRng::new(seed ^ s);
+        let mut state = <ProductStock as Aggregate>::State::default();
+        let mut batch = Vec::new();
+        while (batch.len() as u64) < per_stream.min(events - written) {
+            let ctx = DecideContext::new(id.clone(), chrono::Utc::now());
+            let command = ProductStock::sample_command(&state, &ctx, &mut rng);
+            let Ok(decided) = ProductStock::decide(&state, &command, &ctx) else {
+                continue;
+            };
+            for e in decided {
+                ProductStock::apply(&mut state, &e);
+                use evershard::model::DomainEvent;
+                batch.push(NewEvent {
+                    event_id: rng.uuid(),
+                    event_type: e.event_type().into(),
+                    event_version: e.event_version().into(),
+                    timestamp: ctx.now,
+                    correlation_id: rng.uuid(),
+                    causation_id: None,
+                    source: "bench".into(),
+                    user_id: None,
+                    payload: ProductStock::encode_event(&e),
+                });
+            }
+        }
+        written += batch.len() as u64;
+        let stream = StreamId::new("ProductStock", id);
+        let j = journal.clone();
+        pending.push(tokio::spawn(async move {
+            j.append(AppendRequest::new(stream, 0, batch))
+                .await
+                .unwrap();
+        }));
+        if pending.len() >= 64 {
+            for p in pending.drain(..) {
+                p.await.unwrap();
+            }
+        }
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+    let fill = fill_start.elapsed();
+    let j = journal.clone();
+    tokio::task::spawn_blocking(move || j.close())
+        .await
+        .unwrap()
+        .unwrap();
+    let engine = Engine::builder(dir)
+        .register::<ProductStock>()
+        .open()
+        .await
+        .unwrap();
+    let last = engine.journal().durable_position();
+    let index_start = Instant::now();
+    assert!(engine.wait_indexed(last, Duration::from_secs(3600)).await);
+    let index_t = index_start.elapsed();
+    let mut consumer = engine
+        .consumer_with(
+            "catch-up",
+            "business.inventory",
+            evershard::ConsumerOptions {
+                start: evershard::StartFrom::Beginning,
+            },
+        )
+        .unwrap();
+    let read_start = Instant::now();
+    let mut read = 0u64;
+    loop {
+        let batch = consumer.try_poll(8192).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        read += batch.len() as u64;
+    }
+    let read_t = read_start.elapsed();
+    assert_eq!(read, last, "the consumer read every event");
+    println!(
+        "topics catch-up   : {last} events (filled in {:.1} s); indexer {:>9.0} events/s; consumer from the beginning {:>9.0} messages/s (rendered; target >= 500,000/s)",
+        fill.as_secs_f64(),
+        last as f64 / index_t.as_secs_f64(),
+        read as f64 / read_t.as_secs_f64(),
+    );
+    drop(consumer);
+    engine.shutdown().await.unwrap();
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing special. Either way
     // a quick smoke run is enough under `cargo test`.
@@ -287,6 +432,7 @@ fn main() {
         commands,
         clients,
         seed,
+        false,
     ));
     let secs = run.elapsed.as_secs_f64();
     let cmds_per_s = run.commands as f64 / secs;
@@ -301,6 +447,28 @@ fn main() {
 
     if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("engine") {
         return; // for profiling the command path alone
+    }
+    let with_topics = rt.block_on(evershard_durable(
+        &tmp.path().join("evershard-topics"),
+        aggregates,
+        commands,
+        clients,
+        seed,
+        true,
+    ));
+    let topics_cmds_per_s = with_topics.commands as f64 / with_topics.elapsed.as_secs_f64();
+    println!(
+        "with topics       : {:>9.0} commands/s  (indexer + a live consumer group); ratio to without: {:.2} (target >= 0.90)",
+        topics_cmds_per_s,
+        topics_cmds_per_s / cmds_per_s
+    );
+    let catchup_events = env(
+        "EVERSHARD_BENCH_CATCHUP_EVENTS",
+        if smoke { 5_000 } else { 1_000_000 },
+    );
+    rt.block_on(catch_up(&tmp.path().join("catchup"), catchup_events, seed));
+    if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("topics") {
+        return;
     }
     let records = run.events.max(1000);
     let value_bytes = run.record_bytes_avg as usize;

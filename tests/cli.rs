@@ -141,6 +141,12 @@ fn demo_of_every_type_recovers_and_verifies_clean() {
     let total = 20 * types.len();
     assert!(stdout.contains("workload: 400 commands"), "{stdout}");
     assert!(
+        stdout.contains(
+            "reached their topic and consumer group \"demo\" exactly once, in per-aggregate order"
+        ),
+        "{stdout}"
+    );
+    assert!(
         stdout.contains("commands/s") && stdout.contains("events/s"),
         "{stdout}"
     );

@@ -641,7 +641,25 @@ async fn run_async(
     );
 
     let hidden = ProgressBar::hidden();
-    let result = drive(&engine, partitions, args, &hidden, out).await;
+    let consumer = crate::demo_topics::DemoConsumer::start(&engine);
+    let mut result = drive(&engine, partitions, args, &hidden, out).await;
+    // Every event committed in this run must have reached its topic and the group once.
+    match consumer.finish(&engine).await {
+        Ok((lines, problems)) => {
+            for line in lines {
+                writeln!(out, "{line}")?;
+            }
+            if let Ok((_, found)) = &mut result {
+                *found += problems;
+            }
+        }
+        Err(e) => {
+            writeln!(out, "topics check FAILED: {e}")?;
+            if let Ok((_, found)) = &mut result {
+                *found += 1;
+            }
+        }
+    }
     // Shut down whatever happened, so the store is left consistent and unlocked.
     let shutdown = engine.shutdown().await;
     drop(engine);

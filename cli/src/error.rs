@@ -6,7 +6,7 @@
 //! an aggregate that does not exist, an argument out of range (clap's own usage errors exit 2
 //! as well).
 
-use evershard_engine::{EngineError, LoadError, OpenError, StorageError};
+use evershard_engine::{EngineError, LoadError, OpenError, StorageError, TopicError};
 use std::path::PathBuf;
 
 /// Why a command failed. Every variant prints as one plain sentence (no debug dumps).
@@ -44,6 +44,10 @@ pub enum CliError {
     Storage(StorageError),
     #[error("engine error: {0}")]
     Engine(EngineError),
+    #[error("no topic {topic} in the store at {}", dir.display())]
+    NoSuchTopic { topic: String, dir: PathBuf },
+    #[error("topic error: {0}")]
+    Topic(TopicError),
     #[error("could not render {what} as JSON: {source}")]
     Json {
         what: String,
@@ -68,11 +72,13 @@ impl CliError {
             | CliError::NotFound { .. }
             | CliError::UnknownType { .. }
             | CliError::NoSuchAggregate { .. }
+            | CliError::NoSuchTopic { .. }
             | CliError::InvalidArgument(_) => 2,
             CliError::Damaged(_)
             | CliError::BrokenInvariant(_)
             | CliError::Storage(_)
             | CliError::Engine(_)
+            | CliError::Topic(_)
             | CliError::Json { .. }
             | CliError::Output(_)
             | CliError::Runtime(_)
@@ -110,6 +116,21 @@ impl CliError {
         match err {
             LoadError::Storage(s) => CliError::storage(dir, s),
             other => CliError::BrokenInvariant(other),
+        }
+    }
+
+    /// Maps a topic error met on the store at `dir`.
+    pub fn topic(dir: &std::path::Path, err: TopicError) -> CliError {
+        match err {
+            TopicError::UnknownTopic { topic } => CliError::NoSuchTopic {
+                topic,
+                dir: dir.to_path_buf(),
+            },
+            TopicError::UnknownPartition { topic, partition } => {
+                CliError::InvalidArgument(format!("topic {topic} has no partition {partition}"))
+            }
+            TopicError::Storage(s) => CliError::storage(dir, s),
+            other => CliError::Topic(other),
         }
     }
 

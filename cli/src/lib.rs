@@ -6,6 +6,7 @@
 //! - [`inspect`]: `list`, `history`, `state`, `stats`.
 //! - [`verify`]: the journal's integrity checks plus replay and snapshot checks per type.
 //! - [`export`]: every event in global order as JSON lines, with the records' hash chain.
+//! - [`topics`]: `topics` and `consume`, the embedded topic log as it would be published.
 //!
 //! **Architecture Invariant:** replay never writes. Every command but `demo` opens the store
 //! with `Journal::open_read_only`; only `demo` runs an engine.
@@ -14,6 +15,7 @@
 //! (missing or locked store, unknown type or aggregate, bad arguments). See [`CliError`].
 
 pub mod demo;
+pub mod demo_topics;
 mod diff;
 mod entry;
 pub mod error;
@@ -21,6 +23,7 @@ pub mod export;
 pub mod inspect;
 pub mod registry;
 pub mod store;
+pub mod topics;
 pub mod verify;
 
 pub use entry::main;
@@ -57,6 +60,11 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Every event in global order as JSON lines, with each record's SHA-256 chain.
     Export(ExportArgs),
+    /// Topics, partitions, end offsets, consumer groups with their lag, the indexer's cursor,
+    /// the dead-letter count.
+    Topics(TopicsArgs),
+    /// Print a topic's messages exactly as they are published (reads only; commits nothing).
+    Consume(ConsumeArgs),
 }
 
 /// The store every command works on.
@@ -197,6 +205,43 @@ pub struct ExportArgs {
     pub from_position: u64,
 }
 
+#[derive(Debug, Args)]
+pub struct TopicsArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// The topic, e.g. business.orders.
+    #[arg(value_name = "TOPIC")]
+    pub topic: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only this partition. Default: every partition, one after the other.
+    #[arg(long, value_name = "P")]
+    pub partition: Option<u32>,
+    /// From offset 0 of each partition (the default: this command has no group).
+    #[arg(long, conflicts_with_all = ["offset", "at"])]
+    pub from_beginning: bool,
+    /// From this offset of each partition.
+    #[arg(long, value_name = "N", conflicts_with = "at")]
+    pub offset: Option<u64>,
+    /// From the first message at or after this RFC 3339 time, in each partition.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub at: Option<DateTime<FixedOffset>>,
+    /// At most N messages in all.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// One JSON object per message and line: topic, partition, offset, timestamp, key,
+    /// headers, value.
+    #[arg(long)]
+    pub json: bool,
+}
+
 fn parse_rfc3339(text: &str) -> Result<DateTime<FixedOffset>, String> {
     DateTime::parse_from_rfc3339(text)
         .map_err(|e| format!("{e}; expected RFC 3339, e.g. 2026-01-31T12:00:00Z"))
@@ -231,6 +276,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, CliError> {
         Command::Stats(args) => inspect::stats(args, out),
         Command::Verify(args) => verify::run(args, out),
         Command::Export(args) => export::run(args, out),
+        Command::Topics(args) => topics::topics(args, out),
+        Command::Consume(args) => topics::consume(args, out),
     }
 }
 

@@ -7,6 +7,14 @@ use crate::journal::{Durability, Journal, JournalConfig, JournalWriter, StreamId
 use crate::recovery as repository;
 use crate::sharding::{EntityMsg, Runtime, ShardActor, ShardArgs, ShardMsg, ShardingConfig};
 use crate::snapshots::{SnapshotPolicy, Snapshotter};
+use crate::topics::consumer::TopicsRuntime;
+use crate::topics::index::Indexer;
+use crate::topics::metrics::Metrics;
+use crate::topics::{
+    Consumer, ConsumerOptions, DeadLetter, GroupLag, Handler, HandlerError, Health, Message,
+    PartitionLag, Subscription, SubscriptionOptions, TopicCatalog, TopicConfig, TopicError,
+    TopicLog, TopicMetrics, TopicRoute,
+};
 use evershard_model::CommandGuard;
 use evershard_model::{Aggregate, EventEnvelope, Metadata};
 use evershard_model::{Clock, SystemClock};
@@ -34,6 +42,8 @@ pub struct EngineBuilder {
     source: String,
     types: Vec<(&'static str, StartGroupFn)>,
     guards: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
+    catalog: TopicCatalog,
+    topic_indexer: bool,
 }
 
 /// A function pointer wrapper so the builder can be `Debug`.
@@ -58,12 +68,38 @@ impl EngineBuilder {
             source: "evershard".into(),
             types: Vec::new(),
             guards: HashMap::new(),
+            catalog: TopicCatalog::new(),
+            topic_indexer: true,
         }
     }
 
     /// Registers an aggregate type. Each type gets its own shard actors.
     pub fn register<A: Aggregate>(mut self) -> Self {
         self.types.push((A::TYPE, StartGroupFn(start_group::<A>)));
+        self.catalog.register::<A>();
+        self
+    }
+
+    /// Routes `A`'s events to another topic and/or envelope instead of
+    /// `DomainEvent::topic()` in its family's format, without touching the aggregate. Several
+    /// routes fan the events out to each. Routing is part of how offsets are assigned: change
+    /// it only for positions not yet indexed (new topics, or a new store).
+    pub fn route<A: Aggregate>(mut self, route: TopicRoute) -> Self {
+        self.catalog.route(A::TYPE, route);
+        self
+    }
+
+    /// Configures a topic (partitions, wire format). Fixed at creation: opening a store whose
+    /// topic was created with another partition count or format fails with
+    /// `EngineError::Topic(PartitionsMismatch | FormatMismatch)`.
+    pub fn topic(mut self, config: TopicConfig) -> Self {
+        self.catalog.topic(config);
+        self
+    }
+
+    /// Runs the topic indexer (and so topics, consumers, subscriptions). Default true.
+    pub fn topic_indexer(mut self, on: bool) -> Self {
+        self.topic_indexer = on;
         self
     }
 
@@ -159,6 +195,19 @@ impl EngineBuilder {
         let journal = tokio::task::spawn_blocking(move || JournalWriter::open(dir, journal_config))
             .await
             .map_err(actor_error)??;
+        let topics = if self.topic_indexer {
+            match start_topics(&journal, self.catalog).await {
+                Ok(topics) => Some(topics),
+                Err(e) => {
+                    // Release the store's lock before answering, so a corrected open works.
+                    let j = journal.clone();
+                    let _ = tokio::task::spawn_blocking(move || j.close()).await;
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let snapshotter = Snapshotter::start(journal.clone(), self.snapshot_policy.keep)
             .map_err(StorageError::from)?;
         let rt = Arc::new(Runtime {
@@ -179,6 +228,9 @@ impl EngineBuilder {
                     for group in groups.values() {
                         group.stop_now();
                     }
+                    if let Some((indexer, _)) = &topics {
+                        indexer.stop_now();
+                    }
                     return Err(e);
                 }
             }
@@ -190,6 +242,7 @@ impl EngineBuilder {
                 groups,
                 source: self.source,
                 guards: self.guards,
+                topics,
                 closing: AtomicBool::new(false),
                 inflight: AtomicUsize::new(0),
                 drained: Notify::new(),
@@ -197,6 +250,59 @@ impl EngineBuilder {
             }),
         })
     }
+}
+
+/// Checks the configured topics against the store, records new ones, starts the indexer.
+async fn start_topics(
+    journal: &JournalWriter,
+    catalog: TopicCatalog,
+) -> Result<(Indexer, Arc<TopicsRuntime>), EngineError> {
+    let writer = journal.clone();
+    tokio::task::spawn_blocking(move || {
+        let stored: HashMap<String, crate::journal::topics::StoredTopic> =
+            writer.stored_topics()?.into_iter().collect();
+        for config in catalog.configured_topics() {
+            crate::topics::index::check_config(config)?;
+            match stored.get(&config.name) {
+                Some(s) if s.partitions != config.partitions => {
+                    return Err(TopicError::PartitionsMismatch {
+                        topic: config.name.clone(),
+                        stored: s.partitions,
+                        configured: config.partitions,
+                    })
+                }
+                Some(s) if s.format != config.format.code() => {
+                    return Err(TopicError::FormatMismatch {
+                        topic: config.name.clone(),
+                        stored: crate::topics::WireFormat::from_code(s.format)
+                            .map_or("unknown", |f| f.name()),
+                        configured: config.format.name(),
+                    })
+                }
+                Some(_) => {}
+                None => writer.put_topic_config(
+                    &config.name,
+                    crate::journal::topics::StoredTopic {
+                        partitions: config.partitions,
+                        format: config.format.code(),
+                    },
+                )?,
+            }
+        }
+        let catalog = Arc::new(catalog);
+        let metrics = Arc::new(Metrics::default());
+        let indexer = Indexer::start(writer.clone(), catalog.clone(), metrics.clone())?;
+        let rt = Arc::new(TopicsRuntime::new(
+            writer,
+            catalog,
+            indexer.status.clone(),
+            metrics,
+        ));
+        Ok((indexer, rt))
+    })
+    .await
+    .map_err(actor_error)?
+    .map_err(EngineError::from)
 }
 
 /// A registered aggregate type's shards, type-erased for the registry.
@@ -271,6 +377,8 @@ struct Inner {
     source: String,
     /// `Arc<dyn CommandGuard<A>>` per aggregate type name.
     guards: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
+    /// The topic indexer and what consumers share; `None` with `topic_indexer(false)`.
+    topics: Option<(Indexer, Arc<TopicsRuntime>)>,
     closing: AtomicBool,
     inflight: AtomicUsize,
     drained: Notify,
@@ -287,6 +395,9 @@ impl Drop for Inner {
             for group in self.groups.values() {
                 group.stop_now();
             }
+        }
+        if let Some((indexer, _)) = &self.topics {
+            indexer.stop_now();
         }
     }
 }
@@ -506,10 +617,265 @@ impl Engine {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             inner.rt.snapshotter.stop();
+            if let Some((indexer, _)) = &inner.topics {
+                // Everything committed is synced, then indexed, before the store closes.
+                if inner.journal.sync().is_ok() {
+                    indexer.drain_and_stop();
+                } else {
+                    indexer.stop_now();
+                }
+            }
             inner.journal.close()
         })
         .await
         .map_err(actor_error)??;
         Ok(())
     }
+}
+
+/// Topics, consumers, subscriptions, metrics (see `crate::topics`).
+impl Engine {
+    fn topics(&self) -> Result<&Arc<TopicsRuntime>, TopicError> {
+        if self.inner.closing.load(Ordering::SeqCst) {
+            return Err(TopicError::ShuttingDown);
+        }
+        self.inner
+            .topics
+            .as_ref()
+            .map(|(_, rt)| rt)
+            .ok_or(TopicError::Disabled)
+    }
+
+    /// Reads topics: "the messages of topic T, partition P, from offset O", end offsets,
+    /// topic configurations.
+    pub fn topic_log(&self) -> Result<TopicLog, TopicError> {
+        Ok(self.topics()?.log.clone())
+    }
+
+    /// The global position the topic index covers: every event at or below it is in its
+    /// topics.
+    pub fn indexed_through(&self) -> Result<u64, TopicError> {
+        Ok(self
+            .topics()?
+            .status
+            .cursor
+            .load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Waits until the index covers `position` (at most `timeout`); true when it does.
+    pub async fn wait_indexed(&self, position: u64, timeout: std::time::Duration) -> bool {
+        let Ok(rt) = self.topics() else { return false };
+        let mut moved = rt.status.moved.subscribe();
+        let reached = match tokio::time::timeout(timeout, moved.wait_for(|c| *c >= position)).await
+        {
+            Ok(Ok(_)) => true,
+            Ok(Err(_)) | Err(_) => false,
+        };
+        reached
+    }
+
+    /// A member of consumer group `group` on `topic`, starting from the group's committed
+    /// offsets.
+    pub fn consumer(&self, group: &str, topic: &str) -> Result<Consumer, TopicError> {
+        self.consumer_with(group, topic, ConsumerOptions::default())
+    }
+
+    /// [`Engine::consumer`], starting from the beginning, an offset or a point in time.
+    pub fn consumer_with(
+        &self,
+        group: &str,
+        topic: &str,
+        options: ConsumerOptions,
+    ) -> Result<Consumer, TopicError> {
+        Consumer::new(self.topics()?.clone(), group, topic, options)
+    }
+
+    /// Runs `handler` on every message of `topic` for consumer group `group`: at-least-once,
+    /// retries with backoff, dead letters to `dlq.events.v1` (see `SubscriptionOptions`).
+    pub fn subscribe(
+        &self,
+        group: &str,
+        topic: &str,
+        handler: impl Handler,
+    ) -> Result<Subscription, TopicError> {
+        self.subscribe_with(group, topic, handler, SubscriptionOptions::default())
+    }
+
+    /// [`Engine::subscribe`] with options (retries, dedup, start).
+    pub fn subscribe_with(
+        &self,
+        group: &str,
+        topic: &str,
+        handler: impl Handler,
+        options: SubscriptionOptions,
+    ) -> Result<Subscription, TopicError> {
+        let consumer = self.consumer_with(group, topic, options.consumer)?;
+        Ok(crate::topics::subscribe::start(
+            consumer,
+            Arc::new(handler),
+            options,
+        ))
+    }
+
+    /// Hands the original message of a dead letter (a message of `dlq.events.v1`) to
+    /// `handler` again, once; returns the handler's outcome. Re-driving does not change the
+    /// dead-letter topic (its messages are facts); a failure may be dead-lettered again by the
+    /// caller with [`Engine::dead_letter`].
+    pub async fn redrive(
+        &self,
+        dead_letter: &Message,
+        handler: &impl Handler,
+    ) -> Result<Result<(), HandlerError>, TopicError> {
+        let letter = DeadLetter::from_message(dead_letter)?;
+        Ok(handler.handle(letter.original_message()).await)
+    }
+
+    /// Appends a dead letter for `message` (durably) to `dlq.events.v1`.
+    pub async fn dead_letter(
+        &self,
+        message: &Message,
+        letter: &DeadLetter,
+    ) -> Result<(), TopicError> {
+        let rt = self.topics()?;
+        crate::topics::subscribe::dead_letter(&rt.writer, message, letter).await
+    }
+
+    /// The lag of a consumer group on every partition of `topic`.
+    pub fn consumer_lag(&self, group: &str, topic: &str) -> Result<GroupLag, TopicError> {
+        let rt = self.topics()?;
+        lag_of(&rt.log, group, topic, &rt.committed(group, topic)?)
+    }
+
+    /// Counters per topic and event type since open, with each topic's queue depth.
+    pub fn metrics(&self) -> Result<Vec<TopicMetrics>, TopicError> {
+        let rt = self.topics()?;
+        let committed = rt.writer.committed_offsets(None)?;
+        let mut depth: HashMap<String, u64> = HashMap::new();
+        for info in rt.log.topics()? {
+            // Queue depth: messages the slowest group on the topic has not committed (all of
+            // them when no group reads it).
+            let mut groups: HashMap<&str, u64> = HashMap::new();
+            for (g, t, p, o) in &committed {
+                if *t == info.name {
+                    let end = info.end_offsets.get(*p as usize).copied().unwrap_or(0);
+                    *groups.entry(g.as_str()).or_default() += end.saturating_sub(*o);
+                }
+            }
+            let max = groups.values().copied().max().unwrap_or(info.messages());
+            depth.insert(info.name.clone(), max);
+        }
+        Ok(rt
+            .metrics
+            .snapshot()
+            .into_iter()
+            .map(|((topic, event_type), metrics)| TopicMetrics {
+                queue_depth: depth.get(&topic).copied().unwrap_or(0),
+                topic,
+                event_type,
+                metrics,
+            })
+            .collect())
+    }
+
+    /// The health check: indexer lag, every group's lag, the dead-letter count. Healthy when
+    /// the indexer has no error and no lag exceeds `lag_max` messages.
+    pub fn health(&self, lag_max: u64) -> Result<Health, TopicError> {
+        let rt = self.topics()?;
+        let cursor = rt.status.cursor.load(Ordering::Acquire);
+        let indexer_lag = rt.writer.durable_position().saturating_sub(cursor);
+        let indexer_error = rt
+            .status
+            .error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let consumer_lag = all_lags(&rt.log, &rt.writer.committed_offsets(None)?)?;
+        let dead_letters = match rt.log.topic(crate::topics::DLQ_TOPIC) {
+            Ok(info) => info.messages(),
+            Err(TopicError::UnknownTopic { .. }) => 0,
+            Err(e) => return Err(e),
+        };
+        let healthy = indexer_error.is_none()
+            && indexer_lag <= lag_max
+            && consumer_lag
+                .iter()
+                .all(|g| g.partitions.iter().all(|p| p.lag <= lag_max));
+        Ok(Health {
+            healthy,
+            indexer_lag,
+            indexer_error,
+            consumer_lag,
+            dead_letters,
+        })
+    }
+}
+
+/// The lag of one group on one topic, given its committed offsets.
+pub(crate) fn lag_of(
+    log: &TopicLog,
+    group: &str,
+    topic: &str,
+    committed: &HashMap<u32, u64>,
+) -> Result<GroupLag, TopicError> {
+    let info = match log.topic(topic) {
+        Ok(info) => info,
+        Err(TopicError::UnknownTopic { .. }) => {
+            return Ok(GroupLag {
+                group: group.to_owned(),
+                partitions: Vec::new(),
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    let partitions = info
+        .end_offsets
+        .iter()
+        .enumerate()
+        .map(|(p, end)| {
+            let committed = committed.get(&(p as u32)).copied().unwrap_or(0);
+            PartitionLag {
+                topic: topic.to_owned(),
+                partition: p as u32,
+                committed,
+                end: *end,
+                lag: end.saturating_sub(committed),
+            }
+        })
+        .collect();
+    Ok(GroupLag {
+        group: group.to_owned(),
+        partitions,
+    })
+}
+
+/// The lag of every group on every topic it committed on.
+pub(crate) fn all_lags(
+    log: &TopicLog,
+    committed: &[(String, String, u32, u64)],
+) -> Result<Vec<GroupLag>, TopicError> {
+    let mut by_group: std::collections::BTreeMap<
+        &str,
+        std::collections::BTreeMap<&str, HashMap<u32, u64>>,
+    > = Default::default();
+    for (g, t, p, o) in committed {
+        by_group
+            .entry(g.as_str())
+            .or_default()
+            .entry(t.as_str())
+            .or_default()
+            .insert(*p, *o);
+    }
+    let mut out = Vec::new();
+    for (group, topics) in by_group {
+        let mut lag = GroupLag {
+            group: group.to_owned(),
+            partitions: Vec::new(),
+        };
+        for (topic, offsets) in topics {
+            lag.partitions
+                .extend(lag_of(log, group, topic, &offsets)?.partitions);
+        }
+        out.push(lag);
+    }
+    Ok(out)
 }

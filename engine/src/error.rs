@@ -381,6 +381,10 @@ pub enum EngineError {
     Actor { message: String },
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// A topic's stored configuration disagrees with the builder's, or the indexer could not
+    /// start.
+    #[error(transparent)]
+    Topic(#[from] crate::topics::TopicError),
 }
 
 /// Every evershard error, for callers that propagate them with `?`.
@@ -397,6 +401,8 @@ pub enum Error {
     Append(#[from] AppendError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Topic(#[from] crate::topics::TopicError),
     /// A [`CommandError`], with its domain error type erased.
     #[error(transparent)]
     Command(Box<dyn std::error::Error + Send + Sync>),

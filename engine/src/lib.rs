@@ -26,6 +26,7 @@ mod journal;
 mod recovery;
 mod sharding;
 mod snapshots;
+mod topics;
 
 // The entry type and its configuration.
 /// The running store and its builder.
@@ -44,6 +45,26 @@ pub use journal::Durability;
 pub use sharding::shard_for;
 /// Limits and timings of the actor layer (see `EngineBuilder`'s setters).
 pub use sharding::ShardingConfig;
+
+// Topics: the journal as the outbox, consumers, subscriptions, the dead-letter topic.
+pub use topics::{
+    Consumer, ConsumerOptions, DeadLetter, DeadLetterReason, Handler, HandlerError, Health,
+    Message, RetryPolicy, StartFrom, Subscription, SubscriptionOptions, TopicCatalog, TopicConfig,
+    TopicError, TopicInfo, TopicLog, TopicRoute, WireFormat, DLQ_TOPIC,
+};
+
+/// Topic details: partitioning (Kafka's murmur2), limits, metrics and lag types, the
+/// dead-letter record.
+pub mod topic {
+    pub use crate::topics::{
+        murmur2, partition_for, valid_name, EventMetrics, GroupLag, PartitionLag, TopicMetrics,
+        DEFAULT_PARTITIONS, PARTITIONS_MAX, TOPIC_NAME_BYTES_MAX,
+    };
+    /// The lag of every group on every topic it committed on, from a [`crate::TopicLog`].
+    pub fn all_lags(log: &crate::TopicLog) -> Result<Vec<GroupLag>, crate::TopicError> {
+        crate::engine::all_lags(log, &log.committed_offsets()?)
+    }
+}
 
 // Errors, one per operation, and the umbrella.
 pub use error::{

@@ -149,6 +149,8 @@ struct SyncBatch {
     replies: Vec<Reply>,
     syncs: Vec<oneshot::Sender<Result<(), StorageError>>>,
     shutdown: bool,
+    /// The last global position applied before this hand-off: durable once synced.
+    applied_through: u64,
 }
 
 struct Syncer {
@@ -175,6 +177,7 @@ impl Syncer {
                 batch.replies.extend(more.replies);
                 batch.syncs.extend(more.syncs);
                 batch.shutdown |= more.shutdown;
+                batch.applied_through = batch.applied_through.max(more.applied_through);
             }
             let result = if self
                 .shared
@@ -190,6 +193,7 @@ impl Syncer {
                     self.shared
                         .syncs_done
                         .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    self.shared.mark_durable(batch.applied_through);
                     for (reply, result) in batch.replies {
                         let _ = reply.send(result);
                     }
@@ -512,6 +516,7 @@ impl Committer {
                         replies: Vec::new(),
                         syncs,
                         shutdown,
+                        applied_through: 0,
                     });
                 }
                 return shutdown;
@@ -525,11 +530,13 @@ impl Committer {
             replies: Vec::new(),
             syncs,
             shutdown,
+            applied_through: next_global - 1,
         };
         if durable {
             handoff.replies = pending;
         } else {
             // Buffered mode acknowledges now; sled's flusher makes it durable shortly after.
+            self.shared.mark_durable(next_global - 1);
             for (reply, result) in pending {
                 let _ = reply.send(result);
             }

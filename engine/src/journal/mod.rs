@@ -11,6 +11,7 @@ mod committer;
 mod fault;
 pub(crate) mod keys;
 pub(crate) mod record;
+pub(crate) mod topics;
 mod verify;
 
 // The writing types are public only with `fault-injection` (see lib.rs).
@@ -83,6 +84,11 @@ struct Shared {
     /// Flush + fdatasync rounds the syncer has completed: with group commit, far fewer than
     /// appends.
     syncs_done: std::sync::atomic::AtomicU64,
+    /// The durable watermark: every global position at or below it is acknowledged (synced
+    /// in durable mode, applied in buffered mode). Readers that must never see an event that
+    /// a crash could take back (the topic indexer) stop here; `durable_moved` wakes them.
+    durable_position: Mutex<u64>,
+    durable_moved: std::sync::Condvar,
     /// Fault injection: while set, the syncer waits before each sync.
     #[cfg(feature = "fault-injection")]
     pub(crate) syncs_held: AtomicBool,
@@ -128,6 +134,8 @@ impl Shared {
             poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             syncs_done: std::sync::atomic::AtomicU64::new(0),
+            durable_position: Mutex::new(0),
+            durable_moved: std::sync::Condvar::new(),
             #[cfg(feature = "fault-injection")]
             syncs_held: AtomicBool::new(false),
             #[cfg(feature = "fault-injection")]
@@ -149,6 +157,27 @@ impl Shared {
             return Err(StorageError::Poisoned);
         }
         Ok(())
+    }
+
+    /// Moves the durable watermark up to `position` (never down) and wakes its waiters.
+    fn mark_durable(&self, position: u64) {
+        let mut durable = self
+            .durable_position
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if position > *durable {
+            *durable = position;
+            self.durable_moved.notify_all();
+        }
+    }
+
+    /// Wakes the watermark's waiters without moving it (so they can see a stop flag).
+    fn wake_durable_waiters(&self) {
+        let _guard = self
+            .durable_position
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.durable_moved.notify_all();
     }
 
     fn poison(&self, what: &str, err: &dyn std::fmt::Display) {
@@ -311,6 +340,8 @@ impl JournalWriter {
         let data_file = File::open(dir.join("db")).map_err(io)?;
         let next_global = last_global_position(&db).map_err(|e| OpenError::storage(&dir, e))? + 1;
         let shared = Shared::new(db.clone(), dir.clone());
+        // What sled recovered at open is what survived: the watermark starts there.
+        shared.mark_durable(next_global - 1);
         let (tx, rx) = mpsc::channel();
         let committer = Committer::new(shared.clone(), db, data_file, config, next_global);
         let handle = std::thread::Builder::new()
@@ -361,7 +392,6 @@ impl JournalWriter {
 
     /// Waits until everything appended so far is on stable storage (flush + fdatasync).
     /// Blocking: from async code call it through `spawn_blocking`.
-    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     pub fn sync(&self) -> Result<(), StorageError> {
         self.shared.check_writable()?;
         let (reply, rx) = tokio::sync::oneshot::channel();
@@ -455,9 +485,10 @@ impl Journal {
             .get(meta_format_key())
             .map_err(|e| OpenError::storage(&dir, e))?;
         check_format(&dir, found)?;
-        Ok(Journal {
-            shared: Shared::new(db, dir),
-        })
+        let last = last_global_position(&db).map_err(|e| OpenError::storage(&dir, e))?;
+        let shared = Shared::new(db, dir);
+        shared.mark_durable(last);
+        Ok(Journal { shared })
     }
 
     pub fn dir(&self) -> &Path {
@@ -679,6 +710,41 @@ impl Journal {
                 report
             }
         }
+    }
+
+    /// The durable watermark: the highest global position such that it and every position
+    /// below it are acknowledged (after flush + fdatasync in durable mode; after the batch
+    /// was applied in buffered mode). A crash never takes back an event at or below it.
+    pub fn durable_position(&self) -> u64 {
+        *self
+            .shared
+            .durable_position
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until the durable watermark is above `after`, at most `timeout`; returns the
+    /// watermark. Also returns early when [`Journal::wake_durable_waiters`] is called.
+    pub(crate) fn wait_durable(&self, after: u64, timeout: std::time::Duration) -> u64 {
+        let guard = self
+            .shared
+            .durable_position
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *guard > after {
+            return *guard;
+        }
+        let (guard, _) = self
+            .shared
+            .durable_moved
+            .wait_timeout(guard, timeout)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard
+    }
+
+    /// Wakes every [`Journal::wait_durable`] caller (for a stop flag to be seen).
+    pub(crate) fn wake_durable_waiters(&self) {
+        self.shared.wake_durable_waiters();
     }
 
     /// Durable syncs (flush + fdatasync) completed since open.

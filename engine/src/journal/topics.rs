@@ -1,0 +1,419 @@
+//! The topic keyspaces: what the topic indexer (`crate::topics`) and the consumers persist.
+//! Only the journal touches sled, so the bytes live here; the logic (routing, offsets,
+//! consumers) lives in `crate::topics` and calls these functions.
+//!
+//! ```text
+//! x | topic_len u8 | topic | partition u32 BE | first_offset u64 BE   -> index entry: runs (below)
+//! y | topic                                                           -> topic config: 1 u8 | partitions u32 LE | format u8
+//! z | group_len u8 | group | topic_len u8 | topic | partition u32 BE  -> committed offset u64 LE (next to read)
+//! m | "topics-cursor"                                                 -> indexed through global position, u64 LE
+//! ```
+//!
+//! An index entry covers offsets `first_offset..first_offset + n` of one partition, where n is
+//! the sum of its runs' counts. Value: run count (u32 LE), then per run the stream part
+//! (`type_len u8 | type | id_len u16 BE | id`), first sequence (u64 LE), first global position
+//! (u64 LE) and count (u32 LE): `count` events of one stream with consecutive sequences *and*
+//! consecutive global positions. One entry per (topic, partition) per indexer batch; the
+//! cursor moves in the same atomic batch.
+
+use super::keys::{self, parse_stream_part, stream_part};
+use super::StreamId;
+use super::{failed, Journal, JournalWriter, Reads};
+use crate::error::{Corruption, StorageError};
+
+pub const TOPIC_INDEX: u8 = b'x';
+pub const TOPIC_CONFIG: u8 = b'y';
+pub const CONSUMER_OFFSETS: u8 = b'z';
+
+/// Topic and consumer-group names are 1..=249 bytes (Kafka's limit for topic names).
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// Runs in one index entry at most: a run takes at most 3 + 255 + 1024 + 20 bytes, so an
+/// entry stays below 96 KiB, under sled's blob threshold (see `keys::GLOBAL_ENTRY_RUNS_MAX`).
+pub const TOPIC_ENTRY_RUNS_MAX: usize = 64;
+
+const CURSOR_KEY: &[u8] = b"mtopics-cursor";
+
+/// `count` events of `stream` from `first_sequence`, at global positions from
+/// `first_position`, consecutive in both.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicRun {
+    pub stream: StreamId,
+    pub first_sequence: u64,
+    pub first_position: u64,
+    pub count: u32,
+}
+
+/// A topic's stored configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredTopic {
+    pub partitions: u32,
+    /// The wire format's code (see `crate::topics::WireFormat::code`).
+    pub format: u8,
+}
+
+/// One index entry to write: offsets from `first_offset` of `(topic, partition)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicEntry {
+    pub topic: String,
+    pub partition: u32,
+    pub first_offset: u64,
+    pub runs: Vec<TopicRun>,
+}
+
+fn name_part(out: &mut Vec<u8>, name: &str) {
+    debug_assert!(!name.is_empty() && name.len() <= TOPIC_NAME_BYTES_MAX);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+}
+
+fn partition_prefix(topic: &str, partition: u32) -> Vec<u8> {
+    let mut key = vec![TOPIC_INDEX];
+    name_part(&mut key, topic);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+pub fn index_key(topic: &str, partition: u32, first_offset: u64) -> Vec<u8> {
+    let mut key = partition_prefix(topic, partition);
+    key.extend_from_slice(&first_offset.to_be_bytes());
+    key
+}
+
+fn config_key(topic: &str) -> Vec<u8> {
+    [&[TOPIC_CONFIG][..], topic.as_bytes()].concat()
+}
+
+fn offsets_prefix(group: &str, topic: Option<&str>) -> Vec<u8> {
+    let mut key = vec![CONSUMER_OFFSETS];
+    name_part(&mut key, group);
+    if let Some(topic) = topic {
+        name_part(&mut key, topic);
+    }
+    key
+}
+
+pub fn entry_value(runs: &[TopicRun]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + runs.len() * 40);
+    v.extend_from_slice(&(runs.len() as u32).to_le_bytes());
+    for run in runs {
+        v.extend_from_slice(&stream_part(&run.stream));
+        v.extend_from_slice(&run.first_sequence.to_le_bytes());
+        v.extend_from_slice(&run.first_position.to_le_bytes());
+        v.extend_from_slice(&run.count.to_le_bytes());
+    }
+    v
+}
+
+pub fn parse_entry_value(value: &[u8]) -> Option<Vec<TopicRun>> {
+    let n = u32::from_le_bytes(value.get(..4)?.try_into().ok()?) as usize;
+    let mut rest = &value[4..];
+    let mut runs = Vec::with_capacity(n.min(TOPIC_ENTRY_RUNS_MAX));
+    for _ in 0..n {
+        let (stream, after) = parse_stream_part(rest)?;
+        let first_sequence = u64::from_le_bytes(after.get(..8)?.try_into().ok()?);
+        let first_position = u64::from_le_bytes(after.get(8..16)?.try_into().ok()?);
+        let count = u32::from_le_bytes(after.get(16..20)?.try_into().ok()?);
+        rest = &after[20..];
+        runs.push(TopicRun {
+            stream,
+            first_sequence,
+            first_position,
+            count,
+        });
+    }
+    (rest.is_empty() && !runs.is_empty()).then_some(runs)
+}
+
+fn parse_index_key(key: &[u8]) -> Option<(String, u32, u64)> {
+    let (&len, rest) = key.get(1..)?.split_first()?;
+    let len = len as usize;
+    let topic = std::str::from_utf8(rest.get(..len)?).ok()?.to_owned();
+    let partition = u32::from_be_bytes(rest.get(len..len + 4)?.try_into().ok()?);
+    let offset = u64::from_be_bytes(rest.get(len + 4..)?.try_into().ok()?);
+    Some((topic, partition, offset))
+}
+
+fn parse_offsets_key(key: &[u8]) -> Option<(String, String, u32)> {
+    let (&glen, rest) = key.get(1..)?.split_first()?;
+    let glen = glen as usize;
+    let group = std::str::from_utf8(rest.get(..glen)?).ok()?.to_owned();
+    let (&tlen, rest) = rest.get(glen..)?.split_first()?;
+    let tlen = tlen as usize;
+    let topic = std::str::from_utf8(rest.get(..tlen)?).ok()?.to_owned();
+    let partition = u32::from_be_bytes(rest.get(tlen..)?.try_into().ok()?);
+    Some((group, topic, partition))
+}
+
+fn malformed(keyspace: &'static str) -> StorageError {
+    StorageError::corrupt_store(Corruption::MalformedKey { keyspace })
+}
+
+fn u64_value(value: &[u8], keyspace: &'static str) -> Result<u64, StorageError> {
+    let bytes: [u8; 8] = value.try_into().map_err(|_| malformed(keyspace))?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+impl Journal {
+    /// The global position the topic index covers (0 before the first batch).
+    pub(crate) fn topic_cursor(&self) -> Result<u64, StorageError> {
+        match self.shared.db()?.get(CURSOR_KEY)? {
+            None => Ok(0),
+            Some(v) => u64_value(&v, "topic cursor"),
+        }
+    }
+
+    /// Every stored topic with its configuration, by name.
+    pub(crate) fn stored_topics(&self) -> Result<Vec<(String, StoredTopic)>, StorageError> {
+        let mut out = Vec::new();
+        for entry in self.shared.db()?.scan_prefix([TOPIC_CONFIG]) {
+            let (key, value) = entry?;
+            let name = std::str::from_utf8(&key[1..]).map_err(|_| malformed("topic config"))?;
+            match value.as_ref() {
+                [1, p0, p1, p2, p3, format] => out.push((
+                    name.to_owned(),
+                    StoredTopic {
+                        partitions: u32::from_le_bytes([*p0, *p1, *p2, *p3]),
+                        format: *format,
+                    },
+                )),
+                _ => return Err(malformed("topic config")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The next offset of a partition: the end of its last index entry (0 when empty).
+    pub(crate) fn partition_end(&self, topic: &str, partition: u32) -> Result<u64, StorageError> {
+        let prefix = partition_prefix(topic, partition);
+        match self.shared.db()?.scan_prefix(&prefix).next_back() {
+            None => Ok(0),
+            Some(entry) => {
+                let (key, value) = entry?;
+                let (_, _, first) =
+                    parse_index_key(&key).ok_or_else(|| malformed("topic index"))?;
+                let runs = parse_entry_value(&value).ok_or_else(|| malformed("topic index"))?;
+                Ok(first + runs.iter().map(|r| r.count as u64).sum::<u64>())
+            }
+        }
+    }
+
+    /// The index entries of one partition in offset order, starting with the one holding
+    /// `from_offset`: (first offset, runs).
+    pub(crate) fn topic_entries(
+        &self,
+        topic: &str,
+        partition: u32,
+        from_offset: u64,
+    ) -> Reads<'static, (u64, Vec<TopicRun>)> {
+        let db = match self.shared.db() {
+            Ok(db) => db,
+            Err(e) => return failed(e),
+        };
+        let prefix = partition_prefix(topic, partition);
+        let start = match db
+            .range(..=index_key(topic, partition, from_offset))
+            .next_back()
+        {
+            Some(Ok((key, _))) if key.starts_with(&prefix) => key.to_vec(),
+            _ => prefix.clone(),
+        };
+        let end = index_key(topic, partition, u64::MAX);
+        Box::new(db.range(start..=end).map(|entry| {
+            let (key, value) = entry?;
+            let (_, _, first) = parse_index_key(&key).ok_or_else(|| malformed("topic index"))?;
+            let runs = parse_entry_value(&value).ok_or_else(|| malformed("topic index"))?;
+            Ok((first, runs))
+        }))
+    }
+
+    /// The records of a stream from `first` (`count` of them), in order, without the
+    /// chain check of `read_stream` (the topic index already fixes which records these are).
+    pub(crate) fn records_run(
+        &self,
+        stream: &StreamId,
+        first: u64,
+        count: u32,
+    ) -> Result<Vec<super::Record>, StorageError> {
+        let db = self.shared.db()?;
+        let start = keys::stream_key(keys::EVENTS, stream, first);
+        let end = keys::stream_key(keys::EVENTS, stream, first + count as u64 - 1);
+        let mut out = Vec::with_capacity(count as usize);
+        for (i, entry) in db.range(start..=end).enumerate() {
+            let (_, value) = entry?;
+            out.push(super::decode_checked(stream, first + i as u64, &value)?);
+        }
+        if out.len() != count as usize {
+            return Err(StorageError::corrupt(
+                stream,
+                first + out.len() as u64,
+                Corruption::MissingRecord,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Committed offsets, optionally of one group: (group, topic, partition, next offset).
+    pub(crate) fn committed_offsets(
+        &self,
+        group: Option<&str>,
+    ) -> Result<Vec<(String, String, u32, u64)>, StorageError> {
+        let prefix = match group {
+            Some(g) => offsets_prefix(g, None),
+            None => vec![CONSUMER_OFFSETS],
+        };
+        let mut out = Vec::new();
+        for entry in self.shared.db()?.scan_prefix(prefix) {
+            let (key, value) = entry?;
+            let (g, t, p) = parse_offsets_key(&key).ok_or_else(|| malformed("consumer offset"))?;
+            out.push((g, t, p, u64_value(&value, "consumer offset")?));
+        }
+        Ok(out)
+    }
+}
+
+impl JournalWriter {
+    /// Writes one indexer batch atomically: new topic configs, index entries, and the cursor
+    /// moved from `cursor_from` to `cursor_to`. Not synced here: the batch is rebuilt
+    /// identically from the journal if a crash takes it back.
+    pub(crate) fn write_topic_batch(
+        &self,
+        cursor_from: u64,
+        cursor_to: u64,
+        new_topics: &[(String, StoredTopic)],
+        entries: &[TopicEntry],
+    ) -> Result<(), StorageError> {
+        self.shared.check_writable()?;
+        assert!(cursor_to >= cursor_from, "topic cursor moved backwards");
+        let db = self.shared.db()?;
+        // One writer (the indexer thread): the stored cursor is where this batch starts.
+        let stored = match db.get(CURSOR_KEY)? {
+            None => 0,
+            Some(v) => u64_value(&v, "topic cursor")?,
+        };
+        assert_eq!(
+            stored, cursor_from,
+            "topic cursor changed under the indexer"
+        );
+        let mut batch = sled::Batch::default();
+        for (name, topic) in new_topics {
+            let mut value = vec![1u8];
+            value.extend_from_slice(&topic.partitions.to_le_bytes());
+            value.push(topic.format);
+            batch.insert(config_key(name), value);
+        }
+        for entry in entries {
+            for (first, chunk) in chunk_offsets(entry.first_offset, &entry.runs) {
+                batch.insert(
+                    index_key(&entry.topic, entry.partition, first),
+                    entry_value(chunk),
+                );
+            }
+        }
+        batch.insert(CURSOR_KEY, &cursor_to.to_le_bytes()[..]);
+        db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Stores a topic's configuration (at engine open, for configured topics not yet stored).
+    pub(crate) fn put_topic_config(
+        &self,
+        name: &str,
+        topic: StoredTopic,
+    ) -> Result<(), StorageError> {
+        self.write_topic_batch_configs(&[(name.to_owned(), topic)])
+    }
+
+    fn write_topic_batch_configs(
+        &self,
+        topics: &[(String, StoredTopic)],
+    ) -> Result<(), StorageError> {
+        self.shared.check_writable()?;
+        let db = self.shared.db()?;
+        let mut batch = sled::Batch::default();
+        for (name, topic) in topics {
+            let mut value = vec![1u8];
+            value.extend_from_slice(&topic.partitions.to_le_bytes());
+            value.push(topic.format);
+            batch.insert(config_key(name), value);
+        }
+        db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Stores a group's committed offsets (next offset to read per partition) atomically and
+    /// makes them durable (flush + fdatasync) before returning. Blocking.
+    pub(crate) fn commit_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        offsets: &[(u32, u64)],
+    ) -> Result<(), StorageError> {
+        self.shared.check_writable()?;
+        let db = self.shared.db()?;
+        let mut batch = sled::Batch::default();
+        for (partition, offset) in offsets {
+            let mut key = offsets_prefix(group, Some(topic));
+            key.extend_from_slice(&partition.to_be_bytes());
+            batch.insert(key, &offset.to_le_bytes()[..]);
+        }
+        db.apply_batch(batch)?;
+        self.sync()
+    }
+}
+
+/// Splits a partition's runs into index entries of at most `TOPIC_ENTRY_RUNS_MAX` runs, each
+/// with its first offset.
+fn chunk_offsets(first_offset: u64, runs: &[TopicRun]) -> Vec<(u64, &[TopicRun])> {
+    let mut out = Vec::new();
+    let mut offset = first_offset;
+    for chunk in runs.chunks(TOPIC_ENTRY_RUNS_MAX) {
+        out.push((offset, chunk));
+        offset += chunk.iter().map(|r| r.count as u64).sum::<u64>();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_entries_round_trip() {
+        let runs = vec![
+            TopicRun {
+                stream: StreamId::new("Order", "o-1"),
+                first_sequence: 3,
+                first_position: 17,
+                count: 2,
+            },
+            TopicRun {
+                stream: StreamId::new("Order", "o-10"),
+                first_sequence: 1,
+                first_position: 20,
+                count: 1,
+            },
+        ];
+        assert_eq!(parse_entry_value(&entry_value(&runs)), Some(runs.clone()));
+        assert_eq!(parse_entry_value(&entry_value(&runs)[..9]), None);
+        let k = index_key("business.orders", 7, 300);
+        assert_eq!(
+            parse_index_key(&k),
+            Some(("business.orders".into(), 7, 300))
+        );
+        assert!(index_key("t", 1, 2) < index_key("t", 1, 256));
+        assert!(index_key("t", 1, u64::MAX) < index_key("t", 2, 0));
+        let mut ok = offsets_prefix("g", Some("t"));
+        ok.extend_from_slice(&3u32.to_be_bytes());
+        assert_eq!(parse_offsets_key(&ok), Some(("g".into(), "t".into(), 3)));
+        let many: Vec<TopicRun> = (0..130).map(|_| runs[1].clone()).collect();
+        let chunks = chunk_offsets(10, &many);
+        assert_eq!(
+            chunks
+                .iter()
+                .map(|(o, c)| (*o, c.len()))
+                .collect::<Vec<_>>(),
+            vec![(10, 64), (74, 64), (138, 2)]
+        );
+    }
+}

@@ -1,0 +1,401 @@
+//! Consumer groups over the embedded topic log.
+//!
+//! A group's committed offsets (the next offset to read, per partition) are stored in the `z`
+//! keyspace and made durable (flush + fdatasync) by `commit`; a restarted consumer resumes
+//! there. The consumers of one group on one topic in this process split the partitions
+//! round-robin by join order (partition p → member p mod n); a join or a leave bumps the
+//! group's generation and every member re-reads its assignment on its next poll. Progress
+//! not committed on a partition that moves is redelivered to its new owner (at-least-once).
+//! Groups are independent. A waiting `poll` wakes on the indexer's notification, not by
+//! sleeping in a loop.
+
+use super::index::IndexerStatus;
+use super::metrics::Metrics;
+use super::{Message, TopicCatalog, TopicError, TopicLog, DEFAULT_PARTITIONS};
+use crate::journal::JournalWriter;
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where a new consumer starts on the partitions first assigned to it. Partitions it
+/// acquires later (a rebalance) start from the group's committed offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// The group's committed offset; offset 0 where it never committed. The default.
+    #[default]
+    Committed,
+    /// Offset 0 of every partition.
+    Beginning,
+    /// This offset of every partition (clamped to its end).
+    Offset(u64),
+    /// The first message at or after this time, per partition.
+    Time(DateTime<Utc>),
+}
+
+/// How a consumer starts and reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsumerOptions {
+    pub start: StartFrom,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self {
+            start: StartFrom::Committed,
+        }
+    }
+}
+
+/// Event ids one group remembers as handled (for subscriptions with deduplication).
+const HANDLED_IDS_MAX: usize = 100_000;
+
+#[derive(Debug, Default)]
+pub(crate) struct GroupState {
+    members: Vec<u64>,
+    generation: u64,
+    /// Recently handled event ids (bounded), shared by the group's in-process members.
+    pub(crate) handled: HandledIds,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct HandledIds {
+    set: HashSet<uuid::Uuid>,
+    order: VecDeque<uuid::Uuid>,
+}
+
+impl HandledIds {
+    pub(crate) fn contains(&self, id: &uuid::Uuid) -> bool {
+        self.set.contains(id)
+    }
+    pub(crate) fn insert(&mut self, id: uuid::Uuid) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > HANDLED_IDS_MAX {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// What the engine's topic side shares: the log, the indexer's status, the groups.
+#[derive(Debug)]
+pub(crate) struct TopicsRuntime {
+    pub(crate) writer: JournalWriter,
+    pub(crate) log: TopicLog,
+    pub(crate) catalog: Arc<TopicCatalog>,
+    pub(crate) status: Arc<IndexerStatus>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) groups: Mutex<HashMap<(String, String), GroupState>>,
+    pub(crate) generations: tokio::sync::watch::Sender<u64>,
+    next_member: AtomicU64,
+}
+
+impl TopicsRuntime {
+    pub(crate) fn new(
+        writer: JournalWriter,
+        catalog: Arc<TopicCatalog>,
+        status: Arc<IndexerStatus>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let log = TopicLog::indexed(writer.reader().clone(), catalog.clone());
+        Self {
+            writer,
+            log,
+            catalog,
+            status,
+            metrics,
+            groups: Mutex::new(HashMap::new()),
+            generations: tokio::sync::watch::channel(0).0,
+            next_member: AtomicU64::new(1),
+        }
+    }
+
+    /// Partitions of a topic: stored, or what the indexer will create it with.
+    pub(crate) fn partitions(&self, topic: &str) -> Result<u32, TopicError> {
+        match self.log.topic(topic) {
+            Ok(info) => Ok(info.partitions),
+            Err(TopicError::UnknownTopic { .. }) => Ok(self
+                .catalog
+                .configured_topics()
+                .find(|c| c.name == topic)
+                .map(|c| c.partitions)
+                .unwrap_or(DEFAULT_PARTITIONS)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn join(&self, group: &str, topic: &str) -> u64 {
+        let id = self.next_member.fetch_add(1, Ordering::Relaxed);
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let state = groups
+            .entry((group.to_owned(), topic.to_owned()))
+            .or_default();
+        state.members.push(id);
+        state.generation += 1;
+        drop(groups);
+        self.generations.send_modify(|g| *g += 1);
+        id
+    }
+
+    fn leave(&self, group: &str, topic: &str, member: u64) {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = groups.get_mut(&(group.to_owned(), topic.to_owned())) {
+            state.members.retain(|m| *m != member);
+            state.generation += 1;
+        }
+        drop(groups);
+        self.generations.send_modify(|g| *g += 1);
+    }
+
+    /// (generation, partitions assigned to `member`).
+    fn assignment(
+        &self,
+        group: &str,
+        topic: &str,
+        member: u64,
+        partitions: u32,
+    ) -> (u64, Vec<u32>) {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = groups.get(&(group.to_owned(), topic.to_owned())) else {
+            return (0, Vec::new());
+        };
+        let Some(index) = state.members.iter().position(|m| *m == member) else {
+            return (state.generation, Vec::new());
+        };
+        let n = state.members.len() as u32;
+        let mine = (0..partitions).filter(|p| p % n == index as u32).collect();
+        (state.generation, mine)
+    }
+
+    pub(crate) fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<HashMap<u32, u64>, TopicError> {
+        Ok(self
+            .writer
+            .committed_offsets(Some(group))?
+            .into_iter()
+            .filter(|(_, t, _, _)| t == topic)
+            .map(|(_, _, p, o)| (p, o))
+            .collect())
+    }
+}
+
+/// A member of a consumer group reading one topic. Dropping it leaves the group (its
+/// partitions move to the other members); uncommitted progress is then redelivered.
+#[derive(Debug)]
+pub struct Consumer {
+    rt: Arc<TopicsRuntime>,
+    group: String,
+    topic: String,
+    member: u64,
+    start: Option<StartFrom>,
+    generation: u64,
+    /// Next offset to read, per assigned partition.
+    positions: BTreeMap<u32, u64>,
+    /// Round-robin start among the assigned partitions.
+    turn: usize,
+    moved: tokio::sync::watch::Receiver<u64>,
+    generations: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Consumer {
+    pub(crate) fn new(
+        rt: Arc<TopicsRuntime>,
+        group: &str,
+        topic: &str,
+        options: ConsumerOptions,
+    ) -> Result<Consumer, TopicError> {
+        for name in [group, topic] {
+            if !super::valid_name(name) {
+                return Err(TopicError::InvalidName {
+                    name: name.to_owned(),
+                });
+            }
+        }
+        let moved = rt.status.moved.subscribe();
+        let generations = rt.generations.subscribe();
+        let member = rt.join(group, topic);
+        Ok(Consumer {
+            rt,
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            member,
+            start: Some(options.start),
+            generation: u64::MAX,
+            positions: BTreeMap::new(),
+            turn: 0,
+            moved,
+            generations,
+        })
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partitions this consumer reads now (after its last poll's rebalance check).
+    pub fn assignment(&self) -> Vec<u32> {
+        self.positions.keys().copied().collect()
+    }
+
+    /// The next offset this consumer reads on a partition it owns.
+    pub fn position(&self, partition: u32) -> Option<u64> {
+        self.positions.get(&partition).copied()
+    }
+
+    /// Moves the read position of an owned partition.
+    pub fn seek(&mut self, partition: u32, offset: u64) {
+        if let Some(p) = self.positions.get_mut(&partition) {
+            *p = offset;
+        }
+    }
+
+    /// Re-reads the assignment if the group changed; new partitions start per `start`
+    /// (first assignment) or from the committed offset.
+    fn refresh(&mut self) -> Result<(), TopicError> {
+        let partitions = self.rt.partitions(&self.topic)?;
+        let (generation, mine) =
+            self.rt
+                .assignment(&self.group, &self.topic, self.member, partitions);
+        if generation == self.generation && mine.len() == self.positions.len() {
+            return Ok(());
+        }
+        let committed = self.rt.committed(&self.group, &self.topic)?;
+        let start = self.start.take().unwrap_or(StartFrom::Committed);
+        let mut positions = BTreeMap::new();
+        for p in mine {
+            let offset = match self.positions.get(&p) {
+                Some(o) => *o,
+                None => self.start_offset(p, start, &committed)?,
+            };
+            positions.insert(p, offset);
+        }
+        self.positions = positions;
+        self.generation = generation;
+        Ok(())
+    }
+
+    fn start_offset(
+        &self,
+        partition: u32,
+        start: StartFrom,
+        committed: &HashMap<u32, u64>,
+    ) -> Result<u64, TopicError> {
+        let exists = || self.rt.log.topic(&self.topic).is_ok();
+        Ok(match start {
+            StartFrom::Committed => committed.get(&partition).copied().unwrap_or(0),
+            StartFrom::Beginning => 0,
+            StartFrom::Offset(o) if exists() => {
+                o.min(self.rt.log.end_offset(&self.topic, partition)?)
+            }
+            StartFrom::Offset(_) => 0,
+            StartFrom::Time(t) if exists() => {
+                self.rt.log.offset_for_time(&self.topic, partition, t)?
+            }
+            StartFrom::Time(_) => 0,
+        })
+    }
+
+    /// The messages available now, at most `max`, across the assigned partitions (each
+    /// partition in offset order). Does not wait.
+    pub fn try_poll(&mut self, max: usize) -> Result<Vec<Message>, TopicError> {
+        self.refresh()?;
+        if self.positions.is_empty() || max == 0 || self.rt.log.topic(&self.topic).is_err() {
+            return Ok(Vec::new());
+        }
+        let partitions: Vec<u32> = self.positions.keys().copied().collect();
+        let mut out = Vec::new();
+        for i in 0..partitions.len() {
+            let p = partitions[(self.turn + i) % partitions.len()];
+            let from = self.positions[&p];
+            let batch = self.rt.log.read(&self.topic, p, from, max - out.len())?;
+            if let Some(last) = batch.last() {
+                self.positions.insert(p, last.offset + 1);
+            }
+            out.extend(batch);
+            if out.len() >= max {
+                break;
+            }
+        }
+        self.turn = self.turn.wrapping_add(1);
+        let mut counts: HashMap<&str, u64> = HashMap::new();
+        for m in &out {
+            *counts.entry(m.event_type.as_str()).or_default() += 1;
+        }
+        for (event_type, n) in counts {
+            self.rt
+                .metrics
+                .update(&self.topic, event_type, |m| m.consumed += n);
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` messages; waits up to `timeout` for the first one to arrive (woken by the
+    /// indexer when new messages are indexed, or by a rebalance). Empty on timeout.
+    pub async fn poll(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Message>, TopicError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Mark the current values seen before reading, so a change after the read wakes us.
+            self.moved.borrow_and_update();
+            self.generations.borrow_and_update();
+            let batch = self.try_poll(max)?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            tokio::select! {
+                changed = self.moved.changed() => {
+                    if changed.is_err() {
+                        return Err(TopicError::ShuttingDown);
+                    }
+                }
+                _ = self.generations.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    /// Durably commits the current positions of the owned partitions (flush + fdatasync
+    /// before it returns): a restarted member of the group resumes there.
+    pub async fn commit(&mut self) -> Result<(), TopicError> {
+        // Only partitions still ours: a partition that moved belongs to its new owner's
+        // commits.
+        self.refresh()?;
+        let offsets: Vec<(u32, u64)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
+        self.commit_offsets(offsets).await
+    }
+
+    pub(crate) async fn commit_offsets(&self, offsets: Vec<(u32, u64)>) -> Result<(), TopicError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let writer = self.rt.writer.clone();
+        let (group, topic) = (self.group.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || writer.commit_offsets(&group, &topic, &offsets))
+            .await
+            .map_err(|_| TopicError::ShuttingDown)??;
+        Ok(())
+    }
+
+    pub(crate) fn runtime(&self) -> &Arc<TopicsRuntime> {
+        &self.rt
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.rt.leave(&self.group, &self.topic, self.member);
+    }
+}

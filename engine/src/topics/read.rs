@@ -1,0 +1,343 @@
+//! Reading topics: "the messages of topic T, partition P, from offset O", each with key,
+//! headers and value exactly as they are published. Consumers read through it; so do the CLI
+//! (`topics`, `consume`) and, later, a Kafka publisher.
+
+use super::index::{records_between, Planner};
+use super::render;
+use super::{TopicCatalog, TopicError, WireFormat};
+use crate::journal::topics::{StoredTopic, TopicRun};
+use crate::journal::Journal;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// One message of a topic, as published: `key`, `headers`, `value` are the Kafka record's
+/// parts; the other fields repeat what they hold for convenience.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    /// The aggregate id.
+    pub key: String,
+    /// `event_id`, `event_type`, `event_version`, `aggregate_type`, `sequence`,
+    /// `global_position`, `correlation_id`, `causation_id` (value `None` when absent), in
+    /// this order.
+    pub headers: Vec<(&'static str, Option<String>)>,
+    /// One JSON object in the topic's wire format: the compact JSON bytes as published.
+    pub value: Vec<u8>,
+    /// When the event happened (the record's timestamp; the Kafka record's timestamp).
+    pub timestamp: DateTime<Utc>,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub aggregate_type: String,
+    pub sequence: u64,
+    pub global_position: u64,
+}
+
+impl Message {
+    /// The value parsed as JSON (for inspection; `value` holds the bytes as published).
+    pub fn value_json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.value).expect("a rendered value is JSON")
+    }
+
+    /// One header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    /// The message as one JSON object: topic, partition, offset, timestamp, key, headers
+    /// (an object; null values for absent headers) and value.
+    pub fn to_json(&self) -> serde_json::Value {
+        let headers: serde_json::Map<String, serde_json::Value> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect();
+        serde_json::json!({
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "timestamp": render::rfc3339(self.timestamp),
+            "key": self.key,
+            "headers": headers,
+            "value": self.value_json(),
+        })
+    }
+}
+
+/// A topic as stored: its configuration and the end offset of each partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub partitions: u32,
+    pub format: WireFormat,
+    /// The next offset of each partition (= its message count: retention keeps everything).
+    pub end_offsets: Vec<u64>,
+}
+
+impl TopicInfo {
+    pub fn messages(&self) -> u64 {
+        self.end_offsets.iter().sum()
+    }
+}
+
+/// Index entries of one partition: (first offset, runs).
+type PartitionEntries = Vec<(u64, Vec<TopicRun>)>;
+
+/// The index entries the indexer has not written yet, planned in memory (read-only views).
+#[derive(Debug, Default)]
+struct Tail {
+    topics: HashMap<String, StoredTopic>,
+    entries: HashMap<(String, u32), PartitionEntries>,
+    /// The global position the tail reaches (the journal's last at open).
+    through: u64,
+}
+
+/// Reads topics from a journal. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct TopicLog {
+    journal: Journal,
+    catalog: Arc<TopicCatalog>,
+    tail: Arc<Tail>,
+}
+
+impl TopicLog {
+    pub(crate) fn indexed(journal: Journal, catalog: Arc<TopicCatalog>) -> TopicLog {
+        TopicLog {
+            journal,
+            catalog,
+            tail: Arc::default(),
+        }
+    }
+
+    /// A view over a read-only journal (the CLI): what the indexer has written, plus the
+    /// events after its cursor routed in memory by the same planner, so that every event in
+    /// the journal is visible at the offsets the indexer will give it (for the catalog's
+    /// routes). Writes nothing.
+    pub fn read_only(journal: &Journal, catalog: TopicCatalog) -> Result<TopicLog, TopicError> {
+        let cursor = journal.topic_cursor()?;
+        let last = journal.durable_position();
+        let mut planner = Planner::load(journal)?;
+        let mut tail = Tail {
+            through: last.max(cursor),
+            ..Tail::default()
+        };
+        let mut from = cursor + 1;
+        while from <= last {
+            let to = last.min(from + super::index::INDEX_BATCH_EVENTS_MAX - 1);
+            let records = records_between(journal, from, to)?;
+            let plan = planner.plan(journal, &catalog, &records)?;
+            for entry in plan.entries {
+                tail.entries
+                    .entry((entry.topic, entry.partition))
+                    .or_default()
+                    .push((entry.first_offset, entry.runs));
+            }
+            from = to + 1;
+        }
+        tail.topics = planner.topics;
+        Ok(TopicLog {
+            journal: journal.clone(),
+            catalog: Arc::new(catalog),
+            tail: Arc::new(tail),
+        })
+    }
+
+    /// The global position the index covers (for a read-only view: including its tail).
+    pub fn indexed_through(&self) -> Result<u64, TopicError> {
+        Ok(self.journal.topic_cursor()?.max(self.tail.through))
+    }
+
+    /// Every group's committed offsets: (group, topic, partition, next offset).
+    pub fn committed_offsets(&self) -> Result<Vec<(String, String, u32, u64)>, TopicError> {
+        Ok(self.journal.committed_offsets(None)?)
+    }
+
+    /// The global position the stored index covers (the indexer's cursor).
+    pub fn cursor(&self) -> Result<u64, TopicError> {
+        Ok(self.journal.topic_cursor()?)
+    }
+
+    fn stored_topics(&self) -> Result<HashMap<String, StoredTopic>, TopicError> {
+        let mut topics: HashMap<String, StoredTopic> =
+            self.journal.stored_topics()?.into_iter().collect();
+        for (name, t) in &self.tail.topics {
+            topics.entry(name.clone()).or_insert(*t);
+        }
+        Ok(topics)
+    }
+
+    /// One topic's configuration, or `UnknownTopic`.
+    pub fn topic(&self, name: &str) -> Result<TopicInfo, TopicError> {
+        let stored =
+            self.stored_topics()?
+                .get(name)
+                .copied()
+                .ok_or_else(|| TopicError::UnknownTopic {
+                    topic: name.to_owned(),
+                })?;
+        self.info(name, stored)
+    }
+
+    fn info(&self, name: &str, stored: StoredTopic) -> Result<TopicInfo, TopicError> {
+        let mut end_offsets = Vec::with_capacity(stored.partitions as usize);
+        for p in 0..stored.partitions {
+            end_offsets.push(self.end_offset(name, p)?);
+        }
+        Ok(TopicInfo {
+            name: name.to_owned(),
+            partitions: stored.partitions,
+            format: WireFormat::from_code(stored.format).unwrap_or(WireFormat::Catalog),
+            end_offsets,
+        })
+    }
+
+    /// Every topic, by name.
+    pub fn topics(&self) -> Result<Vec<TopicInfo>, TopicError> {
+        let mut names: Vec<(String, StoredTopic)> = self.stored_topics()?.into_iter().collect();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        names
+            .into_iter()
+            .map(|(name, stored)| self.info(&name, stored))
+            .collect()
+    }
+
+    /// The next offset of a partition.
+    pub fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, TopicError> {
+        if let Some(entries) = self.tail.entries.get(&(topic.to_owned(), partition)) {
+            if let Some((first, runs)) = entries.last() {
+                return Ok(first + runs.iter().map(|r| r.count as u64).sum::<u64>());
+            }
+        }
+        Ok(self.journal.partition_end(topic, partition)?)
+    }
+
+    /// Up to `max` messages of `(topic, partition)` from `from_offset`, in offset order.
+    pub fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from_offset: u64,
+        max: usize,
+    ) -> Result<Vec<Message>, TopicError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let info =
+            self.stored_topics()?
+                .get(topic)
+                .copied()
+                .ok_or_else(|| TopicError::UnknownTopic {
+                    topic: topic.to_owned(),
+                })?;
+        if partition >= info.partitions {
+            return Err(TopicError::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+            });
+        }
+        let format = WireFormat::from_code(info.format).unwrap_or(WireFormat::Catalog);
+        let mut out = Vec::new();
+        let mut reader = RunReader {
+            log: self,
+            topic,
+            partition,
+            format,
+            from: from_offset,
+            max,
+            out: &mut out,
+        };
+        for entry in self.journal.topic_entries(topic, partition, from_offset) {
+            let (first, runs) = entry?;
+            if reader.entry(first, &runs)? {
+                return Ok(out);
+            }
+        }
+        if let Some(entries) = self.tail.entries.get(&(topic.to_owned(), partition)) {
+            for (first, runs) in entries {
+                if reader.entry(*first, runs)? {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first offset of `(topic, partition)` whose message's timestamp is at or after
+    /// `at` (the end offset when none is). Scans the partition in order.
+    pub fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        at: DateTime<Utc>,
+    ) -> Result<u64, TopicError> {
+        let mut offset = 0;
+        loop {
+            let batch = self.read(topic, partition, offset, 4096)?;
+            let Some(last) = batch.last() else {
+                return self.end_offset(topic, partition);
+            };
+            if let Some(m) = batch.iter().find(|m| m.timestamp >= at) {
+                return Ok(m.offset);
+            }
+            offset = last.offset + 1;
+        }
+    }
+}
+
+/// Walks index entries from an offset, rendering messages until `max`.
+struct RunReader<'a> {
+    log: &'a TopicLog,
+    topic: &'a str,
+    partition: u32,
+    format: WireFormat,
+    from: u64,
+    max: usize,
+    out: &'a mut Vec<Message>,
+}
+
+impl RunReader<'_> {
+    /// Returns true when `max` messages were read.
+    fn entry(&mut self, first: u64, runs: &[TopicRun]) -> Result<bool, TopicError> {
+        let mut offset = first;
+        for run in runs {
+            let count = run.count as u64;
+            if offset + count <= self.from {
+                offset += count;
+                continue;
+            }
+            let skip = self.from.saturating_sub(offset);
+            let want = (count - skip).min((self.max - self.out.len()) as u64);
+            let records = self.log.journal.records_run(
+                &run.stream,
+                run.first_sequence + skip,
+                want as u32,
+            )?;
+            for (i, record) in records.iter().enumerate() {
+                assert_eq!(
+                    record.global_position,
+                    run.first_position + skip + i as u64,
+                    "topic index and journal disagree"
+                );
+                self.out.push(render::message(
+                    &self.log.catalog,
+                    self.format,
+                    self.topic,
+                    self.partition,
+                    offset + skip + i as u64,
+                    record,
+                )?);
+            }
+            offset += count;
+            if self.out.len() >= self.max {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
