@@ -81,6 +81,17 @@ pub trait DomainEvent:
     fn event_version(&self) -> &'static str;
     /// The outbound topic this event is published to (`business.inventory`, ...).
     fn topic(&self) -> &'static str;
+    /// The topic of the events stored as `event_type`, without decoding one: lets the topic
+    /// indexer route a record by its header alone. `None` means "decode and ask
+    /// [`DomainEvent::topic`]" (the default); `#[derive(DomainEvent)]` answers for every
+    /// variant.
+    fn topic_of(event_type: &str) -> Option<&'static str>
+    where
+        Self: Sized,
+    {
+        let _ = event_type;
+        None
+    }
     /// The JSON payload of the outbound contract: the seed's field names and JSON types.
     fn payload_json(&self) -> serde_json::Value;
 }

@@ -218,7 +218,12 @@ struct TypeFns {
     payload: PayloadFn,
 }
 
+/// The topic of a record: from its event type alone when the event type says (the derive
+/// does), else by decoding it.
 fn route_of<A: Aggregate>(record: &Record) -> Result<&'static str, CodecError> {
+    if let Some(topic) = <A::Event as DomainEvent>::topic_of(&record.event_type) {
+        return Ok(topic);
+    }
     Ok(A::decode_event(&record.event_type, &record.event_version, &record.payload)?.topic())
 }
 

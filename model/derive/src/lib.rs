@@ -132,6 +132,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
         .map_or_else(|| quote!(::evershard_model), |p| quote!(#p));
 
     let (mut names, mut versions, mut topics, mut payloads) = (vec![], vec![], vec![], vec![]);
+    let mut topics_by_name = vec![];
     let mut errors: Option<syn::Error> = None;
     let mut push_error = |e: syn::Error| match &mut errors {
         Some(all) => all.combine(e),
@@ -186,6 +187,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
         names.push(quote!(Self::#ident(_) => #name));
         versions.push(quote!(Self::#ident(_) => #version));
         topics.push(quote!(Self::#ident(_) => #topic));
+        topics_by_name.push(quote!(if event_type == #name { return Some(#topic); }));
         payloads.push(quote!(Self::#ident(payload) => #payload(payload)));
     }
     if let Some(errors) = errors {
@@ -205,6 +207,10 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             }
             fn topic(&self) -> &'static str {
                 match self { #(#topics,)* }
+            }
+            fn topic_of(event_type: &str) -> Option<&'static str> {
+                #(#topics_by_name)*
+                None
             }
             fn payload_json(&self) -> #krate::__private::serde_json::Value {
                 match self { #(#payloads,)* }

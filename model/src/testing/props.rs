@@ -12,6 +12,7 @@
 //! forward between them (now and then by hours, past TTLs and windows). Asserted for every case:
 //! - after **each** accepted event the invariants hold ([`Aggregate::check_invariants`]), as
 //!   the engine checks them;
+//! - every event's topic is what `DomainEvent::topic_of` says for its type;
 //! - every event survives the journal's path ([`Aggregate::encode_event`] then
 //!   [`Aggregate::decode_event`] under its own type and version) and publishes a JSON object;
 //! - once [`Workload::is_finished`] says so, no sampled command produces an event;
@@ -149,6 +150,15 @@ fn check_stored_form<A: Aggregate>(event: &A::Event) {
         "{} publishes no JSON object",
         event.event_type()
     );
+    // Routing by the stored event type alone agrees with the decoded event.
+    if let Some(topic) = A::Event::topic_of(event.event_type()) {
+        assert_eq!(
+            topic,
+            event.topic(),
+            "topic_of({}) disagrees",
+            event.event_type()
+        );
+    }
     // The codec is deterministic: the same event always gives the same bytes.
     assert_eq!(
         stored,
