@@ -38,7 +38,7 @@ use std::path::PathBuf;
 
 /// evershard: inspect, verify and exercise an evershard store.
 #[derive(Debug, Parser)]
-#[command(name = "evershard", version, about, long_about = None)]
+#[command(name = "evershard", version, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
