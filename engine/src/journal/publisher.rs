@@ -34,6 +34,7 @@ fn name_part(out: &mut Vec<u8>, name: &str) {
     out.extend_from_slice(name.as_bytes());
 }
 
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))] // written by the Kafka publisher
 pub fn cursor_key(publisher: &str, topic: &str, partition: u32) -> Vec<u8> {
     let mut key = vec![PUBLISHER_CURSORS];
     name_part(&mut key, publisher);
@@ -68,6 +69,7 @@ fn parse_cursor(key: &[u8], value: &[u8]) -> Option<StoredCursor> {
     })
 }
 
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))] // written by the Kafka publisher
 pub fn cursor_value(next_offset: u64, last_global_position: u64) -> [u8; 16] {
     let mut v = [0u8; 16];
     v[..8].copy_from_slice(&next_offset.to_le_bytes());
@@ -100,6 +102,7 @@ impl Journal {
     }
 }
 
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))] // written by the Kafka publisher
 impl JournalWriter {
     /// Stores the cursors one delivered batch moved, atomically (not synced: see the module
     /// docs).
