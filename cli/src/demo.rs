@@ -642,7 +642,69 @@ async fn run_async(
 
     let hidden = ProgressBar::hidden();
     let consumer = crate::demo_topics::DemoConsumer::start(&engine);
+    #[cfg(feature = "kafka")]
+    let kafka = match &args.kafka {
+        None => None,
+        Some(brokers) => {
+            let config = evershard_engine::KafkaConfig::new(brokers).client_id("evershard-demo");
+            match engine.kafka_publisher(config).await {
+                Ok(p) => {
+                    writeln!(out, "kafka: publishing to {brokers}")?;
+                    Some((p, std::time::Instant::now()))
+                }
+                Err(e) => {
+                    writeln!(out, "kafka publisher FAILED to start: {e}")?;
+                    None
+                }
+            }
+        }
+    };
     let mut result = drive(&engine, partitions, args, &hidden, out).await;
+    #[cfg(feature = "kafka")]
+    if let Some((publisher, started)) = kafka {
+        let caught_up = publisher
+            .wait_caught_up(std::time::Duration::from_secs(300))
+            .await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let status = publisher.status();
+        let mut lat = publisher.take_latencies();
+        lat.sort_unstable();
+        let pct = |q: f64| {
+            lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+                .map_or(0.0, |v| *v as f64 / 1000.0)
+        };
+        publisher.stop().await;
+        match status {
+            Ok(s) => {
+                writeln!(
+                    out,
+                    "kafka: published {} messages in {elapsed:.1} s ({:.0}/s), lag {}{}, \
+                     commit-to-ack p50 {:.1} ms p99 {:.1} ms, failed rounds {}, anomalies {}",
+                    s.published,
+                    s.published as f64 / elapsed.max(1e-9),
+                    s.lag(),
+                    if caught_up {
+                        ""
+                    } else {
+                        " (NOT caught up within 300 s)"
+                    },
+                    pct(0.5),
+                    pct(0.99),
+                    s.failed_rounds,
+                    s.anomalies.len()
+                )?;
+                if let Some(e) = &s.last_error {
+                    writeln!(out, "kafka: last error: {e}")?;
+                }
+                if !caught_up || !s.anomalies.is_empty() || s.fatal.is_some() {
+                    if let Ok((_, found)) = &mut result {
+                        *found += 1;
+                    }
+                }
+            }
+            Err(e) => writeln!(out, "kafka status FAILED: {e}")?,
+        }
+    }
     // Every event committed in this run must have reached its topic and the group once.
     match consumer.finish(&engine).await {
         Ok((lines, problems)) => {

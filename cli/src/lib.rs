@@ -124,6 +124,11 @@ pub struct DemoArgs {
     /// Take a snapshot every N events per aggregate (0: never). Default: the engine's (100).
     #[arg(long, value_name = "N")]
     pub snapshot_every: Option<u64>,
+    /// Also publish every topic to this Kafka cluster (`host:port[,host:port...]`, plaintext)
+    /// and report the publisher's lag and rate (feature `kafka`).
+    #[cfg(feature = "kafka")]
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
 }
 
 #[derive(Debug, Args)]

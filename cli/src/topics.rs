@@ -42,6 +42,7 @@ pub fn topics(args: &TopicsArgs, out: &mut dyn Write) -> Result<Outcome, CliErro
     let lags = all_lags(&log).map_err(err)?;
     let cursor = log.cursor().map_err(err)?;
     let last = journal.durable_position();
+    let publishers = evershard_engine::publisher_cursors(&log).map_err(err)?;
     let dead_letters = topics
         .iter()
         .find(|t| t.name == DLQ_TOPIC)
@@ -60,6 +61,11 @@ pub fn topics(args: &TopicsArgs, out: &mut dyn Write) -> Result<Outcome, CliErro
                     "topic": p.topic, "partition": p.partition, "committed": p.committed,
                     "end": p.end, "lag": p.lag,
                 })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "publishers": publishers.iter().map(|c| json!({
+                "publisher": c.publisher, "topic": c.topic, "partition": c.partition,
+                "published": c.next_offset, "last_global_position": c.last_global_position,
+                "end": c.end, "lag": c.lag,
             })).collect::<Vec<_>>(),
         });
         writeln!(out, "{value}")?;
@@ -90,6 +96,23 @@ pub fn topics(args: &TopicsArgs, out: &mut dyn Write) -> Result<Outcome, CliErro
                 out,
                 "  {}[{}] committed {} end {} lag {}",
                 p.topic, p.partition, p.committed, p.end, p.lag
+            )?;
+        }
+    }
+    let mut names: Vec<&str> = publishers.iter().map(|c| c.publisher.as_str()).collect();
+    names.dedup();
+    for name in names {
+        let mine: Vec<_> = publishers.iter().filter(|c| c.publisher == name).collect();
+        let lag: u64 = mine.iter().map(|c| c.lag).sum();
+        writeln!(
+            out,
+            "publisher {name}  lag {lag} (as of its last stored cursor)"
+        )?;
+        for c in mine {
+            writeln!(
+                out,
+                "  {}[{}] published {} end {} lag {}",
+                c.topic, c.partition, c.next_offset, c.end, c.lag
             )?;
         }
     }

@@ -635,7 +635,7 @@ impl Engine {
 
 /// Topics, consumers, subscriptions, metrics (see `crate::topics`).
 impl Engine {
-    fn topics(&self) -> Result<&Arc<TopicsRuntime>, TopicError> {
+    pub(crate) fn topics(&self) -> Result<&Arc<TopicsRuntime>, TopicError> {
         if self.inner.closing.load(Ordering::SeqCst) {
             return Err(TopicError::ShuttingDown);
         }

@@ -23,6 +23,9 @@
 mod engine;
 mod error;
 mod journal;
+#[cfg(feature = "kafka")]
+mod kafka;
+mod publisher;
 mod recovery;
 mod sharding;
 mod snapshots;
@@ -65,6 +68,16 @@ pub mod topic {
         crate::engine::all_lags(log, &log.committed_offsets()?)
     }
 }
+
+/// The Kafka publisher (feature `kafka`): relays the topics to a Kafka cluster, with a
+/// cursor per partition in the store and recovery from the broker's last message.
+#[cfg(feature = "kafka")]
+pub use kafka::{
+    KafkaConfig, KafkaError, KafkaPublisher, PublisherLag, PublisherStatus, Sasl, SaslMechanism,
+};
+
+/// A publisher's stored cursor per topic partition (any build: the CLI shows them).
+pub use publisher::{publisher_cursors, PublisherCursor};
 
 // Errors, one per operation, and the umbrella.
 pub use error::{

@@ -107,6 +107,11 @@ pub struct TopicLog {
 }
 
 impl TopicLog {
+    /// The journal it reads (the publisher's cursors live there too).
+    pub(crate) fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
     pub(crate) fn indexed(journal: Journal, catalog: Arc<TopicCatalog>) -> TopicLog {
         TopicLog {
             journal,

@@ -1,0 +1,323 @@
+//! The publisher's configuration: the seed's `KafkaConfigSchema` (brokers, client id, SSL,
+//! SASL PLAIN / SCRAM-SHA-256 / SCRAM-SHA-512, retries, request and connection timeouts) plus
+//! what the publisher itself needs. Credentials never reach a log line or an error text: the
+//! `Debug` impls redact them and error texts are scrubbed (`KafkaConfig::redact`).
+
+use std::time::Duration;
+
+/// A SASL mechanism of the seed's schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaslMechanism {
+    Plain,
+    ScramSha256,
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// librdkafka's name (`sasl.mechanism`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    /// Parses the seed's spelling (`plain`, `scram-sha-256`, `scram-sha-512`), any case.
+    pub fn parse(s: &str) -> Option<SaslMechanism> {
+        match s.to_ascii_lowercase().as_str() {
+            "plain" => Some(SaslMechanism::Plain),
+            "scram-sha-256" => Some(SaslMechanism::ScramSha256),
+            "scram-sha-512" => Some(SaslMechanism::ScramSha512),
+            _ => None,
+        }
+    }
+}
+
+/// SASL credentials. `Debug` prints the mechanism only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sasl {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Sasl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sasl")
+            .field("mechanism", &self.mechanism)
+            .field("username", &"<redacted>")
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// How the publisher connects and publishes. Build with [`KafkaConfig::new`] and the setters.
+#[derive(Clone)]
+pub struct KafkaConfig {
+    /// `host:port` of the bootstrap brokers (a `kafka://` or `tcp://` prefix is dropped).
+    pub brokers: Vec<String>,
+    /// The client id (`clientId`). Default `evershard`.
+    pub client_id: String,
+    /// TLS to the brokers. Default false (the seed's production config sets it to true).
+    pub ssl: bool,
+    /// A CA bundle to verify the brokers with (default: the system's).
+    pub ssl_ca_location: Option<String>,
+    pub sasl: Option<Sasl>,
+    /// librdkafka's retries of one produce request (`retries`). Default 5.
+    pub retries: u32,
+    /// A request's timeout; also how long a message may wait for its acknowledgement before
+    /// the publisher gives up on the batch, recovers and sends again. Default 30 s.
+    pub request_timeout: Duration,
+    /// Timeout of a TCP + TLS + SASL connection setup. Default 10 s.
+    pub connection_timeout: Duration,
+    /// The name of this publisher's cursors in the store (one per cluster). Default `kafka`.
+    pub publisher: String,
+    /// Only these topics (default: every topic of the store but the dead-letter topic).
+    pub topics: Option<Vec<String>>,
+    /// Replication factor of the topics the publisher creates (-1: the broker's default).
+    pub replication_factor: i32,
+    /// Messages read per partition per round at most. Default 5,000.
+    pub batch_max: usize,
+    /// The publisher's own backoff after a failed round: from `backoff_min`, doubling, at
+    /// most `backoff_max`. Default 100 ms .. 5 s.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// More librdkafka properties (values are redacted in `Debug`).
+    pub extra: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("client_id", &self.client_id)
+            .field("ssl", &self.ssl)
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .field("sasl", &self.sasl)
+            .field("retries", &self.retries)
+            .field("request_timeout", &self.request_timeout)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("publisher", &self.publisher)
+            .field("topics", &self.topics)
+            .field("replication_factor", &self.replication_factor)
+            .field("batch_max", &self.batch_max)
+            .field(
+                "extra",
+                &self
+                    .extra
+                    .iter()
+                    .map(|(k, _)| (k.as_str(), "<redacted>"))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl KafkaConfig {
+    /// The seed's defaults for `brokers` given as a comma-separated list or one address.
+    pub fn new(brokers: impl AsRef<str>) -> KafkaConfig {
+        KafkaConfig {
+            brokers: brokers
+                .as_ref()
+                .split(',')
+                .map(|b| b.trim())
+                .filter(|b| !b.is_empty())
+                .map(|b| {
+                    b.trim_start_matches("kafka://")
+                        .trim_start_matches("tcp://")
+                        .to_owned()
+                })
+                .collect(),
+            client_id: "evershard".into(),
+            ssl: false,
+            ssl_ca_location: None,
+            sasl: None,
+            retries: 5,
+            request_timeout: Duration::from_millis(30_000),
+            connection_timeout: Duration::from_millis(10_000),
+            publisher: "kafka".into(),
+            topics: None,
+            replication_factor: -1,
+            batch_max: 5_000,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = id.into();
+        self
+    }
+    pub fn ssl(mut self, on: bool) -> Self {
+        self.ssl = on;
+        self
+    }
+    pub fn sasl(
+        mut self,
+        mechanism: SaslMechanism,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.sasl = Some(Sasl {
+            mechanism,
+            username: username.into(),
+            password: password.into(),
+        });
+        self
+    }
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+    pub fn request_timeout(mut self, t: Duration) -> Self {
+        self.request_timeout = t;
+        self
+    }
+    pub fn connection_timeout(mut self, t: Duration) -> Self {
+        self.connection_timeout = t;
+        self
+    }
+    pub fn publisher(mut self, name: impl Into<String>) -> Self {
+        self.publisher = name.into();
+        self
+    }
+    pub fn topics(mut self, topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.topics = Some(topics.into_iter().map(Into::into).collect());
+        self
+    }
+    pub fn replication_factor(mut self, factor: i32) -> Self {
+        self.replication_factor = factor;
+        self
+    }
+    pub fn batch_max(mut self, max: usize) -> Self {
+        self.batch_max = max.max(1);
+        self
+    }
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min;
+        self.backoff_max = max.max(min);
+        self
+    }
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra.push((key.into(), value.into()));
+        self
+    }
+
+    /// `security.protocol` for `ssl` and `sasl`.
+    pub fn security_protocol(&self) -> &'static str {
+        match (self.ssl, self.sasl.is_some()) {
+            (false, false) => "plaintext",
+            (true, false) => "ssl",
+            (false, true) => "sasl_plaintext",
+            (true, true) => "sasl_ssl",
+        }
+    }
+
+    /// Checks what can be checked without a broker.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.brokers.is_empty() {
+            return Err("no brokers".into());
+        }
+        if self.client_id.is_empty() {
+            return Err("empty client id".into());
+        }
+        if !crate::topics::valid_name(&self.publisher) {
+            return Err(format!("invalid publisher name {:?}", self.publisher));
+        }
+        if self.request_timeout.is_zero() || self.connection_timeout.is_zero() {
+            return Err("timeouts must be positive".into());
+        }
+        if let Some(sasl) = &self.sasl {
+            if sasl.username.is_empty() {
+                return Err("SASL needs a username".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The librdkafka properties common to the producer, the admin client and the recovery
+    /// consumer.
+    pub(crate) fn client_properties(&self) -> Vec<(&'static str, String)> {
+        let mut p = vec![
+            ("bootstrap.servers", self.brokers.join(",")),
+            ("client.id", self.client_id.clone()),
+            ("security.protocol", self.security_protocol().into()),
+            (
+                "request.timeout.ms",
+                self.request_timeout.as_millis().to_string(),
+            ),
+            (
+                "socket.timeout.ms",
+                self.request_timeout.as_millis().max(10).to_string(),
+            ),
+            (
+                "socket.connection.setup.timeout.ms",
+                self.connection_timeout.as_millis().max(1000).to_string(),
+            ),
+            ("reconnect.backoff.ms", "100".into()),
+            ("reconnect.backoff.max.ms", "2000".into()),
+            // Keep librdkafka's own chatter off stderr: errors reach the publisher's status.
+            ("log_level", "3".into()),
+        ];
+        if let Some(ca) = &self.ssl_ca_location {
+            p.push(("ssl.ca.location", ca.clone()));
+        }
+        if let Some(sasl) = &self.sasl {
+            p.push(("sasl.mechanism", sasl.mechanism.name().into()));
+            p.push(("sasl.username", sasl.username.clone()));
+            p.push(("sasl.password", sasl.password.clone()));
+        }
+        p
+    }
+
+    /// `text` with the credentials (and extra property values) replaced by `<redacted>`.
+    pub(crate) fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        let mut secrets: Vec<&str> = Vec::new();
+        if let Some(sasl) = &self.sasl {
+            secrets.push(&sasl.password);
+            secrets.push(&sasl.username);
+        }
+        secrets.extend(self.extra.iter().map(|(_, v)| v.as_str()));
+        for s in secrets {
+            if s.len() >= 3 {
+                out = out.replace(s, "<redacted>");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_errors_never_show_credentials() {
+        let c = KafkaConfig::new("kafka://b1:9092, b2:9092")
+            .ssl(true)
+            .sasl(SaslMechanism::ScramSha512, "alice-user", "s3cret-pw")
+            .set("ssl.key.password", "keypass-xyz");
+        assert_eq!(c.brokers, vec!["b1:9092", "b2:9092"]);
+        assert_eq!(c.security_protocol(), "sasl_ssl");
+        let debug = format!("{c:?}");
+        for secret in ["alice-user", "s3cret-pw", "keypass-xyz"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert_eq!(
+            c.redact("auth failed for alice-user with s3cret-pw"),
+            "auth failed for <redacted> with <redacted>"
+        );
+        assert!(c
+            .client_properties()
+            .iter()
+            .any(|(k, v)| *k == "sasl.mechanism" && v == "SCRAM-SHA-512"));
+        assert_eq!(
+            SaslMechanism::parse("scram-sha-256"),
+            Some(SaslMechanism::ScramSha256)
+        );
+        assert_eq!(KafkaConfig::new("b").security_protocol(), "plaintext");
+    }
+}

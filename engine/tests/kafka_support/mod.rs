@@ -1,0 +1,253 @@
+//! A real Kafka-protocol broker for tests: tansu 0.6.0 on 127.0.0.1, a free port, sqlite
+//! storage in a fresh temporary directory; and the independent reader (kafka-python 3.0.12,
+//! testing/kafka/read_topic.py). Missing tools skip the test locally and fail it under CI
+//! (`CI=true` or `EVERSHARD_REQUIRE_KAFKA=1`).
+#![allow(dead_code)]
+
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const GZ: &str = "tansu-0.6.0-x86_64-linux-gnu.gz";
+const BIN_SHA256: &str = "aa775f2cc826e6079ffe7fd74e06fa131ebf5f68eb366111b0d24b9d2806df23";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var("EVERSHARD_REQUIRE_KAFKA").is_ok_and(|v| v == "1")
+}
+
+fn sha256_hex(path: &Path) -> std::io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn find_tansu() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("tansu");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    let gz = repo_root().join("..").join("shared").join("tools").join(GZ);
+    // The cache: <target>/tools/tansu (the test binary is <target>/<profile>/deps/<name>).
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let target = exe.ancestors().nth(3).ok_or("no target dir")?.to_path_buf();
+    let cached = target.join("tools").join("tansu");
+    if cached.is_file() && sha256_hex(&cached).map_err(|e| e.to_string())? == BIN_SHA256 {
+        return Ok(cached);
+    }
+    if !gz.is_file() {
+        return Err(format!(
+            "tansu is not on PATH and {} does not exist; install it with \
+             `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql` \
+             (.ci/run does)",
+            gz.display()
+        ));
+    }
+    std::fs::create_dir_all(cached.parent().unwrap()).map_err(|e| e.to_string())?;
+    let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+    let out = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+    let status = Command::new("gzip")
+        .arg("-dc")
+        .arg(&gz)
+        .stdout(out)
+        .status()
+        .map_err(|e| format!("gzip: {e}"))?;
+    if !status.success() {
+        return Err(format!("gzip -dc {} failed", gz.display()));
+    }
+    let sum = sha256_hex(&tmp).map_err(|e| e.to_string())?;
+    if sum != BIN_SHA256 {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!(
+            "{} decompresses to sha256 {sum}, expected {BIN_SHA256}",
+            gz.display()
+        ));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, &cached).map_err(|e| e.to_string())?;
+    Ok(cached)
+}
+
+fn python_ok() -> Result<(), String> {
+    let out = Command::new("python3")
+        .args(["-c", "import kafka; print(kafka.__version__)"])
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() {
+        return Err("python3 cannot import kafka (pip install kafka-python==3.0.12)".into());
+    }
+    if v != "3.0.12" {
+        return Err(format!("kafka-python {v}, expected 3.0.12"));
+    }
+    Ok(())
+}
+
+/// The tools, or `None` after printing SKIPPED (panics instead under CI).
+pub fn tools(test: &str) -> Option<PathBuf> {
+    match find_tansu().and_then(|t| python_ok().map(|_| t)) {
+        Ok(t) => Some(t),
+        Err(e) if required() => panic!("{test}: the Kafka test tools are missing: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED {test}: {e}");
+            None
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running tansu broker; killed on drop.
+pub struct Broker {
+    bin: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start(bin: &Path) -> Broker {
+        let mut b = Broker {
+            bin: bin.to_path_buf(),
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            child: None,
+        };
+        b.restart();
+        b
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker (again) on the same port and directory; waits until it accepts
+    /// connections (at most 60 s).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("broker.log"))
+            .unwrap();
+        let child = Command::new(&self.bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ])
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("tansu exited with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the broker (SIGKILL) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One message as kafka-python read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaRecord {
+    pub partition: u32,
+    pub offset: u64,
+    pub key: Option<String>,
+    pub headers: Vec<(String, Option<String>)>,
+    pub value: Option<String>,
+}
+
+/// Every message of `topic`, read by kafka-python.
+pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<KafkaRecord> {
+    let script = repo_root().join("testing/kafka/read_topic.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([bootstrap, topic, "300"])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "read_topic.py {topic}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut records = Vec::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v.get("end_offsets").is_some() {
+            continue;
+        }
+        let headers = v["headers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned)))
+            .collect();
+        records.push(KafkaRecord {
+            partition: v["partition"].as_u64().unwrap() as u32,
+            offset: v["offset"].as_u64().unwrap(),
+            key: v["key"].as_str().map(str::to_owned),
+            headers,
+            value: v["value"].as_str().map(str::to_owned),
+        });
+    }
+    records
+}
