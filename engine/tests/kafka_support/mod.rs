@@ -32,7 +32,14 @@ fn sha256_hex(path: &Path) -> std::io::Result<String> {
         .collect())
 }
 
+/// Finds (or unpacks) the broker once per test process: the tests of a binary run in
+/// parallel threads and would otherwise unpack into the same temporary file.
 fn find_tansu() -> Result<PathBuf, String> {
+    static TANSU: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    TANSU.get_or_init(find_tansu_once).clone()
+}
+
+fn find_tansu_once() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             let p = dir.join("tansu");
