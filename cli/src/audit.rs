@@ -41,9 +41,9 @@ fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), CliError> {
     }
     #[cfg(not(unix))]
     let _ = mode;
-    let mut file = options.open(path).map_err(|e| {
-        CliError::InvalidArgument(format!("cannot create {}: {e}", path.display()))
-    })?;
+    let mut file = options
+        .open(path)
+        .map_err(|e| CliError::InvalidArgument(format!("cannot create {}: {e}", path.display())))?;
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     Ok(())
@@ -57,7 +57,11 @@ pub fn keygen(args: &KeygenArgs, out: &mut dyn Write) -> Result<Outcome, CliErro
         .map_err(|e| CliError::InvalidArgument(format!("no randomness from /dev/urandom: {e}")))?;
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
     let public_path = args.key.with_extension("pub");
-    write_new(&args.key, &format!("{SECRET_KEY_TAG} {}\n", hex(&seed)), 0o600)?;
+    write_new(
+        &args.key,
+        &format!("{SECRET_KEY_TAG} {}\n", hex(&seed)),
+        0o600,
+    )?;
     let public = hex(key.verifying_key().as_bytes());
     write_new(&public_path, &format!("{PUBLIC_KEY_TAG} {public}\n"), 0o644)?;
     writeln!(
@@ -153,7 +157,9 @@ pub fn check_proof(args: &CheckProofArgs, out: &mut dyn Write) -> Result<Outcome
     let parse_err =
         |e: serde_json::Error| CliError::InvalidArgument(format!("malformed proof: {e}"));
     let mut refusals = Vec::new();
-    for (name, d) in std::iter::once(("digest", &digest)).chain(to.iter().map(|d| ("second digest", d))) {
+    for (name, d) in
+        std::iter::once(("digest", &digest)).chain(to.iter().map(|d| ("second digest", d)))
+    {
         match d.check_signature(pinned.as_ref()) {
             Ok(Some(key)) if pinned.is_some() => {
                 writeln!(out, "ok: the {name} is signed by the given key {key}")?

@@ -151,8 +151,9 @@ pub fn signed_message(
 }
 
 fn read_text(path: &Path, what: &str) -> Result<String, CliError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| CliError::InvalidArgument(format!("cannot read {what} {}: {e}", path.display())))
+    std::fs::read_to_string(path).map_err(|e| {
+        CliError::InvalidArgument(format!("cannot read {what} {}: {e}", path.display()))
+    })
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T, CliError> {
@@ -187,7 +188,10 @@ fn read_key_line(path: &Path, tag: &str) -> Result<[u8; 32], CliError> {
 }
 
 pub fn read_signing_key(path: &Path) -> Result<SigningKey, CliError> {
-    Ok(SigningKey::from_bytes(&read_key_line(path, SECRET_KEY_TAG)?))
+    Ok(SigningKey::from_bytes(&read_key_line(
+        path,
+        SECRET_KEY_TAG,
+    )?))
 }
 
 pub fn read_public_key(path: &Path) -> Result<VerifyingKey, CliError> {
@@ -348,7 +352,9 @@ pub fn check_consistency(
 ) -> Result<String, String> {
     let first_root = hash32(&proof.first_root, "first_root")?;
     let second_root = hash32(&proof.second_root, "second_root")?;
-    if proof.first_size != digest.tree_size || first_root != digest.root().map_err(|e| e.to_string())? {
+    if proof.first_size != digest.tree_size
+        || first_root != digest.root().map_err(|e| e.to_string())?
+    {
         return Err(format!(
             "the proof starts from a tree of {} events with root {}, the digest is of {} with root {}",
             proof.first_size, proof.first_root, digest.tree_size, digest.root_hash
@@ -362,7 +368,13 @@ pub fn check_consistency(
         }
     }
     let path = hashes(&proof.path)?;
-    if !merkle::verify_consistency(proof.first_size, proof.second_size, &first_root, &second_root, &path) {
+    if !merkle::verify_consistency(
+        proof.first_size,
+        proof.second_size,
+        &first_root,
+        &second_root,
+        &path,
+    ) {
         return Err(format!(
             "the tree of {} events is NOT a prefix of the tree of {} events",
             proof.first_size, proof.second_size

@@ -33,7 +33,12 @@ pub(crate) fn check(journal: &Journal, digest: &DigestCheck<'_>, report: &mut Au
     let tree = match journal.check_tree(&sizes) {
         Ok(tree) => tree,
         Err(e) => {
-            failure(report, Check::Tree, "the Merkle tree cannot be recomputed", e);
+            failure(
+                report,
+                Check::Tree,
+                "the Merkle tree cannot be recomputed",
+                e,
+            );
             if let Some(d) = digest.digest {
                 let message = format!(
                     "the digest of {} events cannot be checked: the tree cannot be recomputed",
@@ -109,7 +114,12 @@ fn check_digest(
     // The proof is built from the stored nodes (as for any auditor) and checked against the
     // root recomputed from the records, so neither can hide a change from the other.
     match journal.prove_consistency(d.tree_size, Some(tree.leaves)) {
-        Err(e) => failure(report, Check::Digest, "the consistency proof cannot be built", e),
+        Err(e) => failure(
+            report,
+            Check::Digest,
+            "the consistency proof cannot be built",
+            e,
+        ),
         Ok(proof) => {
             if !proof.verify(&digest_root, &tree.root) {
                 let message = format!(

@@ -337,7 +337,9 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, CliError> 
     if let (Some(d), Some(key)) = (&digest, &args.pubkey) {
         let key = crate::offline::read_public_key(key)?;
         if let Err(why) = d.check_signature(Some(&key)) {
-            return Err(CliError::InvalidArgument(format!("the digest's signature: {why}")));
+            return Err(CliError::InvalidArgument(format!(
+                "the digest's signature: {why}"
+            )));
         }
     }
     let journal = open_read_only(&args.store.data)?;
@@ -378,7 +380,9 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, CliError> 
                     "digest: the store's first {size} events still hash to the digest's root, \
                      and the consistency proof to now holds"
                 )?,
-                (Some(size), _) => writeln!(out, "digest: the digest of {size} events does NOT hold")?,
+                (Some(size), _) => {
+                    writeln!(out, "digest: the digest of {size} events does NOT hold")?
+                }
                 _ => {}
             }
         }

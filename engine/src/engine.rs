@@ -1,5 +1,7 @@
 //! The one entry type: [`Engine::builder`] → register aggregate types → [`EngineBuilder::open`].
 
+use crate::audit::maintainer::Maintainer;
+use crate::audit::{AuditError, ConsistencyProof, InclusionProof, TreeHead};
 use crate::error::{
     CommandError, ConfigError, EngineError, InvalidRequest, StorageError, UnavailableReason,
 };
@@ -8,8 +10,6 @@ use crate::recovery as repository;
 use crate::sharding::{EntityMsg, Runtime, ShardActor, ShardArgs, ShardMsg, ShardingConfig};
 use crate::snapshots::{SnapshotPolicy, Snapshotter};
 use crate::topics::consumer::TopicsRuntime;
-use crate::audit::maintainer::Maintainer;
-use crate::audit::{AuditError, ConsistencyProof, InclusionProof, TreeHead};
 use crate::topics::index::Indexer;
 use crate::topics::metrics::Metrics;
 use crate::topics::{
@@ -729,7 +729,11 @@ impl Engine {
         self.inner.maintainer.as_ref().map(|m| {
             (
                 m.status.size.load(Ordering::Acquire),
-                m.status.error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                m.status
+                    .error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
             )
         })
     }

@@ -54,7 +54,11 @@ impl Maintainer {
         } else {
             Vec::new()
         };
-        assert_eq!(pending.len() as u64, size - block_start, "block leaves reread");
+        assert_eq!(
+            pending.len() as u64,
+            size - block_start,
+            "block leaves reread"
+        );
         let status = Arc::new(MaintainerStatus {
             size: AtomicU64::new(size),
             error: Mutex::new(None),
@@ -151,7 +155,11 @@ impl Worker {
             ));
         }
         for (i, record) in records.iter().enumerate() {
-            assert_eq!(record.position, self.size + 1 + i as u64, "global order broken");
+            assert_eq!(
+                record.position,
+                self.size + 1 + i as u64,
+                "global order broken"
+            );
         }
         let mut nodes: Vec<(u8, u64, Hash)> = Vec::new();
         let mut emitted: HashMap<(u8, u64), Hash> = HashMap::new();

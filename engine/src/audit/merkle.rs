@@ -118,7 +118,10 @@ pub fn consistency_path<S: Subtrees>(
     first: u64,
     second: u64,
 ) -> Result<Vec<Hash>, S::Error> {
-    assert!(0 < first && first <= second, "consistency {first} -> {second}");
+    assert!(
+        0 < first && first <= second,
+        "consistency {first} -> {second}"
+    );
     let mut path = Vec::new();
     if first < second {
         subproof(source, first, 0, second, true, &mut path)?;
@@ -287,10 +290,19 @@ mod tests {
             assert_eq!(range_root(&mut mem, 0, n).unwrap(), root);
             for i in 0..n {
                 let path = inclusion_path(&mut mem, i, n).unwrap();
-                assert!(verify_inclusion(i, n, &l[i as usize], &path, &root), "{i}/{n}");
+                assert!(
+                    verify_inclusion(i, n, &l[i as usize], &path, &root),
+                    "{i}/{n}"
+                );
                 // A wrong index, a wrong size, another leaf, a forged sibling: refused.
                 if n > 1 {
-                    assert!(!verify_inclusion((i + 1) % n, n, &l[i as usize], &path, &root));
+                    assert!(!verify_inclusion(
+                        (i + 1) % n,
+                        n,
+                        &l[i as usize],
+                        &path,
+                        &root
+                    ));
                     let other = l[((i + 1) % n) as usize];
                     assert!(!verify_inclusion(i, n, &other, &path, &root));
                     let mut forged = path.clone();
@@ -316,7 +328,10 @@ mod tests {
             for m in 1..=n {
                 let root_m = root_of_leaves(&l[..m as usize]);
                 let path = consistency_path(&mut mem, m, n).unwrap();
-                assert!(verify_consistency(m, n, &root_m, &root_n, &path), "{m}->{n}");
+                assert!(
+                    verify_consistency(m, n, &root_m, &root_n, &path),
+                    "{m}->{n}"
+                );
                 if m < n {
                     assert!(!verify_consistency(m, n, &root_n, &root_n, &path));
                     for j in 0..path.len() {

@@ -184,9 +184,9 @@ impl Journal {
         } else {
             let last = self.stored_records_between(size, size)?;
             match last.first() {
-                Some(r) => Some(
-                    crate::journal::decode_checked(&r.stream, r.sequence, &r.bytes)?.timestamp,
-                ),
+                Some(r) => {
+                    Some(crate::journal::decode_checked(&r.stream, r.sequence, &r.bytes)?.timestamp)
+                }
                 None => None,
             }
         };
@@ -213,12 +213,12 @@ impl Journal {
                 store_size,
             });
         }
-        let bytes = self
-            .record_bytes(stream, sequence)?
-            .ok_or_else(|| AuditError::NoSuchEvent {
-                stream: stream.clone(),
-                sequence,
-            })?;
+        let bytes =
+            self.record_bytes(stream, sequence)?
+                .ok_or_else(|| AuditError::NoSuchEvent {
+                    stream: stream.clone(),
+                    sequence,
+                })?;
         let record: Record = crate::journal::decode_checked(stream, sequence, &bytes)?;
         let position = record.global_position;
         if position == 0 || position > tree_size {

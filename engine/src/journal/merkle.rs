@@ -123,9 +123,9 @@ impl Journal {
             if position > to {
                 break;
             }
-            let extends = run.last().is_some_and(|(p, s, q)| {
-                *s == stream && p + 1 == position && q + 1 == sequence
-            });
+            let extends = run
+                .last()
+                .is_some_and(|(p, s, q)| *s == stream && p + 1 == position && q + 1 == sequence);
             if !extends {
                 flush(&mut run, &mut out)?;
             }
@@ -166,6 +166,75 @@ impl JournalWriter {
         }
         batch.insert(SIZE_KEY, &size_to.to_le_bytes()[..]);
         self.shared.db()?.apply_batch(batch)?;
+        Ok(())
+    }
+}
+
+/// Test hooks that damage the log the way the tampering tests need (feature
+/// `fault-injection`). They bypass every check and write straight to sled.
+#[cfg(feature = "fault-injection")]
+impl Journal {
+    /// Deletes one event's key (its record), leaving the global index pointing at it.
+    pub fn delete_record_for_tests(
+        &self,
+        stream: &StreamId,
+        sequence: u64,
+    ) -> Result<(), StorageError> {
+        let db = self.shared.db()?;
+        db.remove(keys::stream_key(keys::EVENTS, stream, sequence))?
+            .ok_or_else(|| StorageError::corrupt(stream, sequence, Corruption::MissingRecord))?;
+        db.flush()?;
+        Ok(())
+    }
+
+    /// Swaps the stored records of two events (each lands under the other's key).
+    pub fn swap_records_for_tests(
+        &self,
+        a: (&StreamId, u64),
+        b: (&StreamId, u64),
+    ) -> Result<(), StorageError> {
+        let db = self.shared.db()?;
+        let key_a = keys::stream_key(keys::EVENTS, a.0, a.1);
+        let key_b = keys::stream_key(keys::EVENTS, b.0, b.1);
+        let missing = |s: &StreamId, q| StorageError::corrupt(s, q, Corruption::MissingRecord);
+        let value_a = db.get(&key_a)?.ok_or_else(|| missing(a.0, a.1))?;
+        let value_b = db.get(&key_b)?.ok_or_else(|| missing(b.0, b.1))?;
+        db.insert(key_a, value_b)?;
+        db.insert(key_b, value_a)?;
+        db.flush()?;
+        Ok(())
+    }
+
+    /// Cuts the log after global position `keep`: the later events' records and their
+    /// global index entries are removed, as if the log had been truncated.
+    pub fn truncate_log_for_tests(&self, keep: u64) -> Result<(), StorageError> {
+        let db = self.shared.db()?;
+        let doomed: Vec<(u64, StreamId, u64)> =
+            self.read_global(keep + 1).collect::<Result<_, _>>()?;
+        for (_, stream, sequence) in &doomed {
+            db.remove(keys::stream_key(keys::EVENTS, stream, *sequence))?;
+        }
+        for entry in db.scan_prefix([keys::GLOBAL]) {
+            let (key, value) = entry?;
+            let first = keys::parse_global_key(&key).ok_or_else(malformed)?;
+            let runs = keys::parse_global_entry(&value).ok_or_else(malformed)?;
+            if first > keep {
+                db.remove(key)?;
+            } else if first + keys::global_entry_len(&runs) - 1 > keep {
+                let mut left = keep + 1 - first;
+                let mut kept = Vec::new();
+                for mut run in runs {
+                    if left == 0 {
+                        break;
+                    }
+                    run.count = run.count.min(left as u32);
+                    left -= run.count as u64;
+                    kept.push(run);
+                }
+                db.insert(key, keys::global_entry_value(&kept))?;
+            }
+        }
+        db.flush()?;
         Ok(())
     }
 }
