@@ -530,3 +530,32 @@ async fn a_running_engine_answers_digests_and_proofs_and_the_cli_writes_no_tree_
     assert_eq!(journal.tree_size_stored().unwrap(), 300);
     assert_eq!(journal.tree_head(None).unwrap().root_hash, head.root_hash);
 }
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn export_carries_the_record_bytes_and_the_leaves_recompute_the_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    demo(&store, "300", "3");
+    let head = digest_to(&store, &tmp.path().join("d.json"), &[]);
+    let out = expect_exit(&["export", "--data", p(&store)], 0);
+    let mut leaves = Vec::new();
+    for line in out.lines() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        let bytes = unhex(e["record"].as_str().unwrap());
+        let sha = evershard_engine::record::hash(&bytes);
+        assert_eq!(unhex(e["record_sha256"].as_str().unwrap()), sha.to_vec());
+        let leaf = evershard_engine::merkle::leaf_hash(&sha);
+        assert_eq!(unhex(e["leaf_hash"].as_str().unwrap()), leaf.to_vec());
+        leaves.push(leaf);
+    }
+    assert_eq!(leaves.len() as u64, head["tree_size"].as_u64().unwrap());
+    let root = evershard_engine::merkle::root_of_leaves(&leaves);
+    assert_eq!(unhex(head["root_hash"].as_str().unwrap()), root.to_vec());
+}
