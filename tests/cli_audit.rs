@@ -559,3 +559,47 @@ fn export_carries_the_record_bytes_and_the_leaves_recompute_the_digest() {
     let root = evershard_engine::merkle::root_of_leaves(&leaves);
     assert_eq!(unhex(head["root_hash"].as_str().unwrap()), root.to_vec());
 }
+
+#[test]
+fn a_type_the_binary_does_not_know_is_reported_unknown_and_still_checked() {
+    use evershard_engine::{AppendRequest, JournalConfig, JournalWriter, NewEvent};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let stream = StreamId::new("Booking", "room-1");
+    {
+        let journal = JournalWriter::open(&dir, JournalConfig::default()).unwrap();
+        for sequence in 0..3u64 {
+            let event = NewEvent {
+                event_id: uuid::Uuid::new_v4(),
+                event_type: "booking.made".into(),
+                event_version: "1.0".into(),
+                timestamp: chrono::Utc::now(),
+                correlation_id: uuid::Uuid::new_v4(),
+                causation_id: None,
+                source: "test".into(),
+                user_id: None,
+                payload: vec![2, 0x80],
+            };
+            let request = AppendRequest::new(stream.clone(), sequence, vec![event]);
+            journal.append_blocking(request).unwrap();
+        }
+        journal.close().unwrap();
+    }
+    let out = expect_exit(&["verify", "--data", p(&dir)], 0);
+    assert!(
+        out.contains("[unknown type]") && out.contains("result: clean"),
+        "{out}"
+    );
+    let head = digest_to(&dir, &tmp.path().join("d.json"), &[]);
+    assert_eq!(head["tree_size"], 3);
+    // Its records are still checked: a flipped byte is damage, named.
+    Journal::open_read_only(&dir)
+        .unwrap()
+        .corrupt_record_for_tests(&stream, 2, 30)
+        .unwrap();
+    let out = expect_exit(&["verify", "--data", p(&dir)], 1);
+    assert!(
+        out.contains("PROBLEM Booking/room-1 sequence 2 [journal]: CRC32C"),
+        "{out}"
+    );
+}
