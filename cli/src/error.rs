@@ -59,6 +59,9 @@ pub enum CliError {
     Runtime(std::io::Error),
     #[error("the demo stopped: {0}")]
     Demo(String),
+    /// A proof cannot be given: the store no longer matches the digest.
+    #[error("no valid proof: {0}")]
+    ProofRefused(String),
     /// A panic caught around a storage call (a damaged store can make sled panic).
     #[error("internal error while {what}: {message}")]
     Panicked { what: String, message: String },
@@ -83,6 +86,7 @@ impl CliError {
             | CliError::Output(_)
             | CliError::Runtime(_)
             | CliError::Demo(_)
+            | CliError::ProofRefused(_)
             | CliError::Panicked { .. } => 1,
         }
     }

@@ -1,8 +1,10 @@
 //! `evershard export`: every event of the store (or of one type) in global order, as JSON
 //! lines, for auditors and for loading into other tools. Each line is the envelope of
-//! `history --json` plus the record's integrity data: `record_sha256` (SHA-256 of the stored
-//! record bytes) and `prev_record_sha256` (the previous record of the same aggregate; zeroes at
-//! sequence 1), so the per-aggregate hash chain can be checked outside evershard.
+//! `history --json` plus the record's integrity data: `record` (the stored record bytes, hex),
+//! `record_sha256` (their SHA-256), `prev_record_sha256` (the previous record of the same
+//! aggregate; zeroes at sequence 1) and `leaf_hash` (the record's Merkle leaf,
+//! SHA-256(0x00 ‖ record_sha256)), so the per-aggregate hash chain and the tree can be
+//! recomputed outside evershard.
 //!
 //! Read-only, like every command but `demo`. A record that fails its checks or whose type this
 //! build does not know ends the export with an error naming it: an export is never silently
@@ -48,9 +50,23 @@ pub fn run(args: &ExportArgs, out: &mut dyn Write) -> Result<Outcome, CliError> 
                 })
             })
             .map_err(|e| CliError::storage(dir, e))?;
-        // Encoding is deterministic (pinned by tests/journal_fixtures.rs), so re-encoding the
-        // decoded record gives the stored bytes.
-        let record_sha256 = hex(&record::hash(&stored.encode()));
+        // The stored bytes themselves (read_stream above checked them): an auditor recomputes
+        // record_sha256 and the Merkle leaf from them, without evershard.
+        let bytes = journal
+            .record_bytes(&stream, sequence)
+            .map_err(|e| CliError::storage(dir, e))?
+            .ok_or_else(|| {
+                CliError::storage(
+                    dir,
+                    StorageError::Corrupt {
+                        stream: Some(stream.clone()),
+                        sequence: Some(sequence),
+                        cause: Corruption::MissingRecord,
+                    },
+                )
+            })?;
+        let sha = record::hash(&bytes);
+        let record_sha256 = hex(&sha);
         let prev_record_sha256 = hex(&stored.prev_hash);
         let envelope = dispatch(&stream.aggregate_type, RecordJson(stored))
             .expect("known type")
@@ -58,6 +74,8 @@ pub fn run(args: &ExportArgs, out: &mut dyn Write) -> Result<Outcome, CliError> 
         let mut line = envelope_json(&envelope);
         line["record_sha256"] = record_sha256.into();
         line["prev_record_sha256"] = prev_record_sha256.into();
+        line["leaf_hash"] = hex(&evershard_engine::merkle::leaf_hash(&sha)).into();
+        line["record"] = hex(&bytes).into();
         json_line(out, &line)?;
         exported += 1;
     }

@@ -14,6 +14,7 @@
 //! Exit codes: 0 clean; 1 the store or a check of it is bad; 2 the command could not run
 //! (missing or locked store, unknown type or aggregate, bad arguments). See [`CliError`].
 
+pub mod audit;
 pub mod demo;
 pub mod demo_topics;
 mod diff;
@@ -21,9 +22,11 @@ mod entry;
 pub mod error;
 pub mod export;
 pub mod inspect;
+pub mod offline;
 pub mod registry;
 pub mod store;
 pub mod topics;
+mod tree_check;
 pub mod verify;
 
 pub use entry::main;
@@ -65,6 +68,14 @@ pub enum Command {
     Topics(TopicsArgs),
     /// Print a topic's messages exactly as they are published (reads only; commits nothing).
     Consume(ConsumeArgs),
+    /// Make an Ed25519 key pair for signing digests: KEY (secret) and KEY.pub.
+    Keygen(KeygenArgs),
+    /// The Merkle tree head of the store's global log (size, root hash, time), optionally signed.
+    Digest(DigestArgs),
+    /// An inclusion proof that one event (its full record) is in the tree of a digest.
+    Prove(ProveArgs),
+    /// Check a proof against a digest, offline: needs no store.
+    CheckProof(CheckProofArgs),
 }
 
 /// The store every command works on.
@@ -196,6 +207,75 @@ pub struct VerifyArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// An earlier digest: check that the store's first N events still hash to its root, and
+    /// that a consistency proof from it to the store now holds.
+    #[arg(long, value_name = "FILE")]
+    pub digest: Option<PathBuf>,
+    /// With --digest: the digest must be signed by this public key.
+    #[arg(long, value_name = "KEY", requires = "digest")]
+    pub pubkey: Option<PathBuf>,
+    /// With --digest: write the consistency proof (JSON) to this new file.
+    #[arg(long, value_name = "FILE", requires = "digest")]
+    pub proof_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// The secret key file to create; the public key goes to the same path with `.pub`.
+    #[arg(value_name = "KEY")]
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DigestArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The tree over the first N events only (default: every event).
+    #[arg(long, value_name = "N")]
+    pub at_position: Option<u64>,
+    /// Sign the digest with this Ed25519 secret key file (see `keygen`).
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
+    /// Print the digest file (JSON) instead of text. Keep it outside the store.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProveArgs {
+    /// The aggregate type, exactly as stored.
+    #[arg(value_name = "TYPE")]
+    pub aggregate_type: String,
+    /// The aggregate id.
+    #[arg(value_name = "ID")]
+    pub aggregate_id: String,
+    /// The event's sequence.
+    #[arg(value_name = "SEQ")]
+    pub sequence: u64,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The digest (from `digest --json`) whose tree the proof is for.
+    #[arg(long, value_name = "FILE")]
+    pub digest: PathBuf,
+    /// Write the proof to this new file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckProofArgs {
+    /// The proof file (inclusion or consistency).
+    #[arg(value_name = "PROOF")]
+    pub proof: PathBuf,
+    /// The digest the proof must lead to (for a consistency proof: the earlier one).
+    #[arg(long, value_name = "FILE")]
+    pub digest: PathBuf,
+    /// For a consistency proof: the later digest it must end at.
+    #[arg(long, value_name = "FILE")]
+    pub to_digest: Option<PathBuf>,
+    /// The digest(s) must be signed by this Ed25519 public key file.
+    #[arg(long, value_name = "KEY")]
+    pub pubkey: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -283,6 +363,10 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, CliError> {
         Command::Export(args) => export::run(args, out),
         Command::Topics(args) => topics::topics(args, out),
         Command::Consume(args) => topics::consume(args, out),
+        Command::Keygen(args) => audit::keygen(args, out),
+        Command::Digest(args) => audit::digest(args, out),
+        Command::Prove(args) => audit::prove(args, out),
+        Command::CheckProof(args) => audit::check_proof(args, out),
     }
 }
 

@@ -1,5 +1,7 @@
 //! The one entry type: [`Engine::builder`] → register aggregate types → [`EngineBuilder::open`].
 
+use crate::audit::maintainer::Maintainer;
+use crate::audit::{AuditError, ConsistencyProof, InclusionProof, TreeHead};
 use crate::error::{
     CommandError, ConfigError, EngineError, InvalidRequest, StorageError, UnavailableReason,
 };
@@ -44,6 +46,7 @@ pub struct EngineBuilder {
     guards: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
     catalog: TopicCatalog,
     topic_indexer: bool,
+    merkle_tree: bool,
 }
 
 /// A function pointer wrapper so the builder can be `Debug`.
@@ -70,6 +73,7 @@ impl EngineBuilder {
             guards: HashMap::new(),
             catalog: TopicCatalog::new(),
             topic_indexer: true,
+            merkle_tree: true,
         }
     }
 
@@ -94,6 +98,14 @@ impl EngineBuilder {
     /// `EngineError::Topic(PartitionsMismatch | FormatMismatch)`.
     pub fn topic(mut self, config: TopicConfig) -> Self {
         self.catalog.topic(config);
+        self
+    }
+
+    /// Runs the Merkle tree maintainer, which stores subtree hashes as events become durable
+    /// so that `digest` and `prove` cost O(log n). Default true. Off, tree heads and proofs
+    /// still work, computed from the records (slower on a large store).
+    pub fn merkle_tree(mut self, on: bool) -> Self {
+        self.merkle_tree = on;
         self
     }
 
@@ -208,6 +220,25 @@ impl EngineBuilder {
         } else {
             None
         };
+        let maintainer = if self.merkle_tree {
+            let writer = journal.clone();
+            match tokio::task::spawn_blocking(move || Maintainer::start(writer))
+                .await
+                .map_err(actor_error)?
+            {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    if let Some((indexer, _)) = &topics {
+                        indexer.stop_now();
+                    }
+                    let j = journal.clone();
+                    let _ = tokio::task::spawn_blocking(move || j.close()).await;
+                    return Err(e.into());
+                }
+            }
+        } else {
+            None
+        };
         let snapshotter = Snapshotter::start(journal.clone(), self.snapshot_policy.keep)
             .map_err(StorageError::from)?;
         let rt = Arc::new(Runtime {
@@ -231,6 +262,9 @@ impl EngineBuilder {
                     if let Some((indexer, _)) = &topics {
                         indexer.stop_now();
                     }
+                    if let Some(m) = &maintainer {
+                        m.stop_now();
+                    }
                     return Err(e);
                 }
             }
@@ -243,6 +277,7 @@ impl EngineBuilder {
                 source: self.source,
                 guards: self.guards,
                 topics,
+                maintainer,
                 closing: AtomicBool::new(false),
                 inflight: AtomicUsize::new(0),
                 drained: Notify::new(),
@@ -379,6 +414,8 @@ struct Inner {
     guards: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
     /// The topic indexer and what consumers share; `None` with `topic_indexer(false)`.
     topics: Option<(Indexer, Arc<TopicsRuntime>)>,
+    /// The Merkle tree maintainer; `None` with `merkle_tree(false)`.
+    maintainer: Option<Maintainer>,
     closing: AtomicBool,
     inflight: AtomicUsize,
     drained: Notify,
@@ -398,6 +435,9 @@ impl Drop for Inner {
         }
         if let Some((indexer, _)) = &self.topics {
             indexer.stop_now();
+        }
+        if let Some(m) = &self.maintainer {
+            m.stop_now();
         }
     }
 }
@@ -625,11 +665,77 @@ impl Engine {
                     indexer.stop_now();
                 }
             }
+            if let Some(m) = &inner.maintainer {
+                // Everything committed is synced, then covered by the tree, before close.
+                if inner.journal.sync().is_ok() {
+                    m.drain_and_stop();
+                } else {
+                    m.stop_now();
+                }
+            }
             inner.journal.close()
         })
         .await
         .map_err(actor_error)??;
         Ok(())
+    }
+}
+
+/// Digests and proofs for auditors, answered while the engine runs (see `crate::audit`).
+impl Engine {
+    /// The tree head over every event committed so far: O(log n) stored subtree hashes plus
+    /// at most 255 records. Blocking reads run on tokio's blocking pool.
+    pub async fn digest(&self) -> Result<TreeHead, AuditError> {
+        let journal = self.inner.journal.reader().clone();
+        tokio::task::spawn_blocking(move || journal.tree_head(None))
+            .await
+            .map_err(|e| AuditError::Storage(StorageError::from(std::io::Error::other(e))))?
+    }
+
+    /// The tree head over the first `tree_size` events.
+    pub async fn digest_at(&self, tree_size: u64) -> Result<TreeHead, AuditError> {
+        let journal = self.inner.journal.reader().clone();
+        tokio::task::spawn_blocking(move || journal.tree_head(Some(tree_size)))
+            .await
+            .map_err(|e| AuditError::Storage(StorageError::from(std::io::Error::other(e))))?
+    }
+
+    /// The inclusion proof of event `sequence` of aggregate `A`/`id` in the tree of
+    /// `tree_size` events (an auditor's digest), with the record's bytes.
+    pub async fn prove<A: Aggregate>(
+        &self,
+        id: &str,
+        sequence: u64,
+        tree_size: u64,
+    ) -> Result<InclusionProof, AuditError> {
+        let journal = self.inner.journal.reader().clone();
+        let stream = StreamId::new(A::TYPE, id);
+        tokio::task::spawn_blocking(move || journal.prove_event(&stream, sequence, Some(tree_size)))
+            .await
+            .map_err(|e| AuditError::Storage(StorageError::from(std::io::Error::other(e))))?
+    }
+
+    /// The consistency proof from the tree of `first_size` events (an auditor's earlier
+    /// digest) to the tree of every event committed so far.
+    pub async fn prove_consistency(&self, first_size: u64) -> Result<ConsistencyProof, AuditError> {
+        let journal = self.inner.journal.reader().clone();
+        tokio::task::spawn_blocking(move || journal.prove_consistency(first_size, None))
+            .await
+            .map_err(|e| AuditError::Storage(StorageError::from(std::io::Error::other(e))))?
+    }
+
+    /// The tree size the maintainer has stored nodes for, and its last error, if any.
+    pub fn tree_maintainer_status(&self) -> Option<(u64, Option<String>)> {
+        self.inner.maintainer.as_ref().map(|m| {
+            (
+                m.status.size.load(Ordering::Acquire),
+                m.status
+                    .error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            )
+        })
     }
 }
 

@@ -20,6 +20,7 @@
 //! The modules are private; this file is the public surface, re-exported by hand. sled's
 //! types appear nowhere in it.
 
+mod audit;
 mod engine;
 mod error;
 mod journal;
@@ -78,6 +79,23 @@ pub use kafka::{
 
 /// A publisher's stored cursor per topic partition (any build: the CLI shows them).
 pub use publisher::{publisher_cursors, PublisherCursor};
+// Digests and proofs: a Merkle tree (RFC 6962 / RFC 9162) over the global log.
+/// A tree head, an inclusion proof, a consistency proof, and why one could not be made.
+pub use audit::{AuditError, ConsistencyProof, InclusionProof, TreeHead};
+/// The full recomputation of the tree that `verify` runs (`Journal::check_tree`).
+pub use audit::{NodeMismatch, TreeCheck};
+
+/// The tree's hashing and proof algorithms, pure (no storage): what an offline verifier
+/// needs. Leaf = SHA-256(0x00 ‖ SHA-256(record bytes)), node = SHA-256(0x01 ‖ left ‖ right).
+pub mod merkle {
+    pub use crate::audit::merkle::{
+        consistency_path, empty_root, inclusion_path, leaf_hash, node_hash, range_root,
+        root_of_leaves, verify_consistency, verify_inclusion, Subtrees,
+    };
+    pub use crate::audit::JournalTree;
+    /// The lowest level whose complete subtrees the maintainer stores (256 leaves).
+    pub use crate::journal::merkle::STORED_LEVEL_MIN;
+}
 
 // Errors, one per operation, and the umbrella.
 pub use error::{

@@ -7,6 +7,7 @@
 //! s | type_len u8 | type | id_len u16 BE | id | sequence u64 BE   -> snapshot record
 //! m | name                                                          -> store metadata
 //! o | t | i                                                         -> reserved: outbox, timers, idempotency
+//! h, m | "merkle-size"                                           -> Merkle tree nodes (see `merkle`)
 //! x | y | z, m | "topics-cursor"                                   -> topic index, topic configs, consumer offsets (see `topics`)
 //! ```
 

@@ -10,6 +10,7 @@
 mod committer;
 mod fault;
 pub(crate) mod keys;
+pub(crate) mod merkle;
 pub(crate) mod publisher;
 pub(crate) mod record;
 pub(crate) mod topics;

@@ -1,0 +1,144 @@
+//! The Merkle tree part of `verify`: the tree recomputed from every record
+//! (`Journal::check_tree`), every stored subtree hash compared with it, and, with `--digest`,
+//! the root at the digest's size and the consistency proof from it to the store now.
+
+use crate::offline::{hex, ConsistencyProofFile};
+use crate::verify::{AuditReport, Check, DigestCheck, Finding, TreeReport};
+use evershard_engine::{AuditError, Journal, StorageError};
+
+fn problem(report: &mut AuditReport, check: Check, message: String) {
+    report.problems.push(Finding::store(check, message));
+}
+
+/// A failure to recompute the tree, named by the stream and sequence where it has one.
+fn failure(report: &mut AuditReport, check: Check, what: &str, err: AuditError) {
+    match err {
+        AuditError::Storage(StorageError::Corrupt {
+            stream,
+            sequence,
+            cause,
+        }) => report.problems.push(Finding {
+            check,
+            aggregate_type: stream.as_ref().map(|s| s.aggregate_type.clone()),
+            aggregate_id: stream.as_ref().map(|s| s.aggregate_id.clone()),
+            sequence,
+            message: format!("{what}: {cause}"),
+        }),
+        other => problem(report, check, format!("{what}: {other}")),
+    }
+}
+
+pub(crate) fn check(journal: &Journal, digest: &DigestCheck<'_>, report: &mut AuditReport) {
+    let sizes: Vec<u64> = digest.digest.iter().map(|d| d.tree_size).collect();
+    let tree = match journal.check_tree(&sizes) {
+        Ok(tree) => tree,
+        Err(e) => {
+            failure(
+                report,
+                Check::Tree,
+                "the Merkle tree cannot be recomputed",
+                e,
+            );
+            if let Some(d) = digest.digest {
+                let message = format!(
+                    "the digest of {} events cannot be checked: the tree cannot be recomputed",
+                    d.tree_size
+                );
+                problem(report, Check::Digest, message);
+            }
+            return;
+        }
+    };
+    for m in &tree.mismatches {
+        let what = if m.missing { "is missing" } else { "differs" };
+        let message = format!(
+            "the stored hash of the subtree over global positions {}..={} (level {}, index {}) \
+             {what}: an event in that range changed after it was committed, or the node did",
+            m.first_position, m.last_position, m.level, m.index
+        );
+        problem(report, Check::Tree, message);
+    }
+    let mut tree_report = TreeReport {
+        tree_size: tree.leaves,
+        root_hash: hex(&tree.root),
+        stored_size: tree.stored_size,
+        nodes_compared: tree.nodes_compared,
+        digest_size: None,
+        digest_holds: None,
+    };
+    if let Some(d) = digest.digest {
+        let before = report.problems.len();
+        check_digest(journal, digest, d, &tree, report);
+        tree_report.digest_size = Some(d.tree_size);
+        tree_report.digest_holds = Some(report.problems.len() == before);
+    }
+    report.tree = Some(tree_report);
+}
+
+fn check_digest(
+    journal: &Journal,
+    digest: &DigestCheck<'_>,
+    d: &crate::offline::DigestFile,
+    tree: &evershard_engine::TreeCheck,
+    report: &mut AuditReport,
+) {
+    let taken = d.taken_at.to_rfc3339();
+    if d.tree_size > tree.leaves {
+        let message = format!(
+            "the store has {} events, fewer than the {} of the digest taken at {taken}: events \
+             at global positions {}..={} were removed (the log was truncated)",
+            tree.leaves,
+            d.tree_size,
+            tree.leaves + 1,
+            d.tree_size
+        );
+        problem(report, Check::Digest, message);
+        return;
+    }
+    let Ok(digest_root) = d.root() else {
+        problem(report, Check::Digest, "the digest's root is not hex".into());
+        return;
+    };
+    let root_then = tree.roots_at.iter().find(|(s, _)| *s == d.tree_size);
+    if root_then.map(|(_, r)| r) != Some(&digest_root) {
+        let message = format!(
+            "the store's first {} events no longer hash to the root of the digest taken at \
+             {taken}: an event at a global position in 1..={} was changed, removed or reordered",
+            d.tree_size, d.tree_size
+        );
+        problem(report, Check::Digest, message);
+    }
+    if d.tree_size == 0 {
+        return;
+    }
+    // The proof is built from the stored nodes (as for any auditor) and checked against the
+    // root recomputed from the records, so neither can hide a change from the other.
+    match journal.prove_consistency(d.tree_size, Some(tree.leaves)) {
+        Err(e) => failure(
+            report,
+            Check::Digest,
+            "the consistency proof cannot be built",
+            e,
+        ),
+        Ok(proof) => {
+            if !proof.verify(&digest_root, &tree.root) {
+                let message = format!(
+                    "the consistency proof from the digest taken at {taken} ({} events) to the \
+                     store now ({} events) fails: the store is not an extension of the digest",
+                    d.tree_size, tree.leaves
+                );
+                problem(report, Check::Digest, message);
+            }
+            if let Some(path) = digest.proof_out {
+                let file = ConsistencyProofFile::new(&proof, &digest_root, &tree.root);
+                let written = serde_json::to_string_pretty(&file)
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| std::fs::write(path, text + "\n").map_err(|e| e.to_string()));
+                if let Err(e) = written {
+                    let message = format!("could not write {}: {e}", path.display());
+                    problem(report, Check::Internal, message);
+                }
+            }
+        }
+    }
+}

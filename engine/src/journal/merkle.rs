@@ -1,0 +1,253 @@
+//! The Merkle tree keyspace: what the tree maintainer (`crate::audit`) persists. Only the
+//! journal touches sled, so the bytes live here; the hashing and the proofs live in
+//! `crate::audit` and call these functions.
+//!
+//! ```text
+//! h | level u8 | index u64 BE     -> 32 bytes: the hash of the complete subtree of 2^level
+//!                                    leaves [index·2^level, (index+1)·2^level), level >= 8
+//! m | "merkle-size"               -> the tree size the stored nodes cover, u64 LE
+//! ```
+//!
+//! Leaves (one per event record, in global order) and subtrees below `STORED_LEVEL_MIN` are
+//! never stored: they are recomputed from the records on demand (at most 255 records per
+//! subtree). Nodes and the size move in one atomic batch per maintainer batch.
+
+use super::keys;
+use super::record::Hash;
+use super::{Journal, JournalWriter, StreamId};
+use crate::error::{Corruption, StorageError};
+
+/// The keyspace tag of tree nodes.
+pub const TREE: u8 = b'h';
+
+/// The lowest level whose complete subtrees are stored: 2^8 = 256 leaves. One 42-byte key and
+/// 32-byte value per 128 events on average (levels 8, 9, … halve each time).
+pub const STORED_LEVEL_MIN: u8 = 8;
+
+const SIZE_KEY: &[u8] = b"mmerkle-size";
+
+/// `h | level | index BE`.
+pub fn node_key(level: u8, index: u64) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    key[0] = TREE;
+    key[1] = level;
+    key[2..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn malformed() -> StorageError {
+    StorageError::corrupt_store(Corruption::MalformedKey {
+        keyspace: "merkle tree",
+    })
+}
+
+/// One stored record as read in global order: its position, where it is stored, its bytes.
+#[derive(Clone, Debug)]
+pub struct StoredRecord {
+    pub position: u64,
+    pub stream: StreamId,
+    pub sequence: u64,
+    pub bytes: Vec<u8>,
+}
+
+impl Journal {
+    /// The tree size the stored nodes cover (0 before the maintainer's first batch).
+    pub(crate) fn merkle_size(&self) -> Result<u64, StorageError> {
+        match self.shared.db()?.get(SIZE_KEY)? {
+            None => Ok(0),
+            Some(v) => Ok(u64::from_le_bytes(
+                v.as_ref().try_into().map_err(|_| malformed())?,
+            )),
+        }
+    }
+
+    /// A stored complete-subtree hash, if the maintainer wrote it.
+    pub(crate) fn merkle_node(&self, level: u8, index: u64) -> Result<Option<Hash>, StorageError> {
+        match self.shared.db()?.get(node_key(level, index))? {
+            None => Ok(None),
+            Some(v) => Ok(Some(v.as_ref().try_into().map_err(|_| malformed())?)),
+        }
+    }
+
+    /// The stored bytes of the records at global positions `from..=to`, in order, unchecked
+    /// (the tree hashes what is stored). Consecutive events of one stream are read with one
+    /// range scan. A position the global index names but whose record is missing is an error.
+    pub(crate) fn stored_records_between(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        let db = self.shared.db()?;
+        let mut out: Vec<StoredRecord> = Vec::with_capacity((to + 1).saturating_sub(from) as usize);
+        let mut run: Vec<(u64, StreamId, u64)> = Vec::new();
+        let flush = |run: &mut Vec<(u64, StreamId, u64)>,
+                     out: &mut Vec<StoredRecord>|
+         -> Result<(), StorageError> {
+            let Some((first_pos, stream, first_seq)) = run.first().cloned() else {
+                return Ok(());
+            };
+            let count = run.len() as u64;
+            let start = keys::stream_key(keys::EVENTS, &stream, first_seq);
+            let end = keys::stream_key(keys::EVENTS, &stream, first_seq + count - 1);
+            let mut expected = first_seq;
+            for entry in db.range(start..=end) {
+                let (key, value) = entry?;
+                let (_, sequence) = keys::parse_stream_key(&key).ok_or_else(malformed)?;
+                if sequence != expected {
+                    return Err(StorageError::corrupt(
+                        &stream,
+                        expected,
+                        Corruption::MissingRecord,
+                    ));
+                }
+                out.push(StoredRecord {
+                    position: first_pos + (sequence - first_seq),
+                    stream: stream.clone(),
+                    sequence,
+                    bytes: value.to_vec(),
+                });
+                expected += 1;
+            }
+            if expected != first_seq + count {
+                return Err(StorageError::corrupt(
+                    &stream,
+                    expected,
+                    Corruption::MissingRecord,
+                ));
+            }
+            run.clear();
+            Ok(())
+        };
+        for item in self.read_global(from) {
+            let (position, stream, sequence) = item?;
+            if position > to {
+                break;
+            }
+            let extends = run
+                .last()
+                .is_some_and(|(p, s, q)| *s == stream && p + 1 == position && q + 1 == sequence);
+            if !extends {
+                flush(&mut run, &mut out)?;
+            }
+            run.push((position, stream, sequence));
+        }
+        flush(&mut run, &mut out)?;
+        Ok(out)
+    }
+
+    /// The highest committed global position (0 for an empty store).
+    pub(crate) fn last_position(&self) -> Result<u64, StorageError> {
+        super::last_global_position(&self.shared.db()?)
+    }
+}
+
+impl JournalWriter {
+    /// Writes one maintainer batch: new complete-subtree nodes and the new size, atomically.
+    /// `size_from` must be the stored size (one writer: the maintainer thread).
+    pub(crate) fn write_merkle_batch(
+        &self,
+        size_from: u64,
+        size_to: u64,
+        nodes: &[(u8, u64, Hash)],
+    ) -> Result<(), StorageError> {
+        self.shared.check_writable()?;
+        assert!(size_to >= size_from, "merkle size moved backwards");
+        assert_eq!(
+            self.merkle_size()?,
+            size_from,
+            "merkle size changed under the maintainer"
+        );
+        let mut batch = sled::Batch::default();
+        for (level, index, hash) in nodes {
+            assert!(*level >= STORED_LEVEL_MIN, "only levels >= 8 are stored");
+            // A node is written once its subtree is complete, and only then.
+            assert!((index + 1) << level <= size_to, "node beyond the tree size");
+            batch.insert(&node_key(*level, *index)[..], &hash[..]);
+        }
+        batch.insert(SIZE_KEY, &size_to.to_le_bytes()[..]);
+        self.shared.db()?.apply_batch(batch)?;
+        Ok(())
+    }
+}
+
+/// Test hooks that damage the log the way the tampering tests need (feature
+/// `fault-injection`). They bypass every check and write straight to sled.
+#[cfg(feature = "fault-injection")]
+impl Journal {
+    /// Deletes one event's key (its record), leaving the global index pointing at it.
+    pub fn delete_record_for_tests(
+        &self,
+        stream: &StreamId,
+        sequence: u64,
+    ) -> Result<(), StorageError> {
+        let db = self.shared.db()?;
+        db.remove(keys::stream_key(keys::EVENTS, stream, sequence))?
+            .ok_or_else(|| StorageError::corrupt(stream, sequence, Corruption::MissingRecord))?;
+        db.flush()?;
+        Ok(())
+    }
+
+    /// Swaps the stored records of two events (each lands under the other's key).
+    pub fn swap_records_for_tests(
+        &self,
+        a: (&StreamId, u64),
+        b: (&StreamId, u64),
+    ) -> Result<(), StorageError> {
+        let db = self.shared.db()?;
+        let key_a = keys::stream_key(keys::EVENTS, a.0, a.1);
+        let key_b = keys::stream_key(keys::EVENTS, b.0, b.1);
+        let missing = |s: &StreamId, q| StorageError::corrupt(s, q, Corruption::MissingRecord);
+        let value_a = db.get(&key_a)?.ok_or_else(|| missing(a.0, a.1))?;
+        let value_b = db.get(&key_b)?.ok_or_else(|| missing(b.0, b.1))?;
+        db.insert(key_a, value_b)?;
+        db.insert(key_b, value_a)?;
+        db.flush()?;
+        Ok(())
+    }
+
+    /// Cuts the log after global position `keep`: the later events' records and their
+    /// global index entries are removed, as if the log had been truncated.
+    pub fn truncate_log_for_tests(&self, keep: u64) -> Result<(), StorageError> {
+        let db = self.shared.db()?;
+        let doomed: Vec<(u64, StreamId, u64)> =
+            self.read_global(keep + 1).collect::<Result<_, _>>()?;
+        for (_, stream, sequence) in &doomed {
+            db.remove(keys::stream_key(keys::EVENTS, stream, *sequence))?;
+        }
+        for entry in db.scan_prefix([keys::GLOBAL]) {
+            let (key, value) = entry?;
+            let first = keys::parse_global_key(&key).ok_or_else(malformed)?;
+            let runs = keys::parse_global_entry(&value).ok_or_else(malformed)?;
+            if first > keep {
+                db.remove(key)?;
+            } else if first + keys::global_entry_len(&runs) - 1 > keep {
+                let mut left = keep + 1 - first;
+                let mut kept = Vec::new();
+                for mut run in runs {
+                    if left == 0 {
+                        break;
+                    }
+                    run.count = run.count.min(left as u32);
+                    left -= run.count as u64;
+                    kept.push(run);
+                }
+                db.insert(key, keys::global_entry_value(&kept))?;
+            }
+        }
+        db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_keys_sort_by_level_then_index() {
+        assert!(node_key(8, 1) < node_key(8, 2));
+        assert!(node_key(8, u64::MAX) < node_key(9, 0));
+        assert_eq!(node_key(9, 3)[0], b'h');
+        assert_eq!(&node_key(9, 3)[2..], &3u64.to_be_bytes());
+    }
+}

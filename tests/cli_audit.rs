@@ -1,0 +1,605 @@
+//! Digests, proofs and tampering, through the `evershard` binary (and the engine's API).
+//!
+//! They prove that:
+//! - `keygen`, `digest --sign --json`, `prove`, `check-proof --pubkey` and `verify --digest
+//!   --proof-out` round-trip: an event proven against a signed digest is accepted offline, a
+//!   digest of an earlier size stays consistent with the grown store, and `digest
+//!   --at-position N` on the grown store reproduces the earlier digest's root;
+//! - `check-proof` refuses a forged sibling, a wrong tree size, a swapped leaf (another event's
+//!   record), a forged consistency path, a wrong signature and another key;
+//! - tampering is caught by `verify` naming the event, and by the digest (root and consistency
+//!   proof): a flipped byte, a deleted event key, two swapped records, a truncated log, and a
+//!   re-encoded record with a valid CRC at the end of its chain (which only the tree sees);
+//! - a running engine answers `digest()` and `prove()`; a store whose tree maintainer never
+//!   ran gets the same digest from the read-only CLI, which writes no tree node.
+//!
+//! Stores are small (hundreds of events, buffered durability, three clients), so the tests
+//! hold on a loaded two-core machine; nothing asserts on timing.
+
+use evershard_aggregates::product_stock::{ProductStock, ReceiveStock};
+use evershard_engine::{Durability, Engine, Journal, StreamId};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn expect_exit(args: &[&str], code: i32) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_evershard"))
+        .args(args)
+        .output()
+        .expect("the evershard binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "evershard {args:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stdout
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+fn demo(dir: &Path, commands: &str, seed: &str) {
+    expect_exit(
+        &[
+            "demo",
+            "--data",
+            p(dir),
+            "--type",
+            "ProductStock",
+            "--aggregates",
+            "3",
+            "--commands",
+            commands,
+            "--seed",
+            seed,
+            "--durability",
+            "buffered",
+            "--clients",
+            "3",
+        ],
+        0,
+    );
+}
+
+fn streams(dir: &Path) -> Vec<(String, u64)> {
+    expect_exit(&["list", "--data", p(dir)], 0)
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            (f[1].to_owned(), f[2].parse().unwrap())
+        })
+        .collect()
+}
+
+fn digest_to(dir: &Path, file: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["digest", "--data", p(dir), "--json"];
+    args.extend_from_slice(extra);
+    let text = expect_exit(&args, 0);
+    std::fs::write(file, &text).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn read_json(file: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
+}
+
+fn write_json(file: &Path, value: &Value) -> PathBuf {
+    std::fs::write(file, serde_json::to_string_pretty(value).unwrap()).unwrap();
+    file.to_path_buf()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn digests_proofs_and_consistency_round_trip_and_forgeries_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, t) = (tmp.path().join("store"), tmp.path());
+    demo(&store, "400", "7");
+    expect_exit(&["keygen", p(&t.join("key"))], 0);
+    expect_exit(&["keygen", p(&t.join("other"))], 0);
+    let old = digest_to(&store, &t.join("old.json"), &["--sign", p(&t.join("key"))]);
+    let old_size = old["tree_size"].as_u64().unwrap();
+    assert!(old_size > 256, "{old}");
+
+    // The store grows; the old digest stays consistent with it.
+    demo(&store, "400", "8");
+    let new = digest_to(&store, &t.join("new.json"), &["--sign", p(&t.join("key"))]);
+    assert!(new["tree_size"].as_u64().unwrap() > old_size);
+    let again = digest_to(
+        &store,
+        &t.join("again.json"),
+        &["--at-position", &old_size.to_string()],
+    );
+    assert_eq!(again["root_hash"], old["root_hash"]);
+    let out = expect_exit(
+        &[
+            "verify",
+            "--data",
+            p(&store),
+            "--digest",
+            p(&t.join("old.json")),
+            "--pubkey",
+            p(&t.join("key.pub")),
+            "--proof-out",
+            p(&t.join("consistency.json")),
+        ],
+        0,
+    );
+    assert!(out.contains("consistency proof to now holds"), "{out}");
+    let ok = expect_exit(
+        &[
+            "check-proof",
+            p(&t.join("consistency.json")),
+            "--digest",
+            p(&t.join("old.json")),
+            "--to-digest",
+            p(&t.join("new.json")),
+            "--pubkey",
+            p(&t.join("key.pub")),
+        ],
+        0,
+    );
+    assert!(ok.contains("result: valid"), "{ok}");
+
+    // An inclusion proof of an early event against the old digest, checked offline.
+    let (id, _) = streams(&store).remove(0);
+    let proof_file = t.join("proof.json");
+    expect_exit(
+        &[
+            "prove",
+            "ProductStock",
+            &id,
+            "2",
+            "--data",
+            p(&store),
+            "--digest",
+            p(&t.join("old.json")),
+            "--out",
+            p(&proof_file),
+        ],
+        0,
+    );
+    let check = |proof: &Path, digest: &str, key: &str| {
+        let (digest, key) = (t.join(digest), t.join(key));
+        expect_exit(
+            &[
+                "check-proof",
+                p(proof),
+                "--digest",
+                p(&digest),
+                "--pubkey",
+                p(&key),
+            ],
+            if proof == proof_file && digest.ends_with("old.json") && key.ends_with("key.pub") {
+                0
+            } else {
+                1
+            },
+        )
+    };
+    let out = check(&proof_file, "old.json", "key.pub");
+    assert!(
+        out.contains(&format!("ProductStock/{id} sequence 2")),
+        "{out}"
+    );
+    let proof = read_json(&proof_file);
+
+    // A forged sibling.
+    let mut forged = proof.clone();
+    let first = forged["path"][0].as_str().unwrap().to_owned();
+    let flipped = if first.starts_with('0') { "1" } else { "0" };
+    forged["path"][0] = format!("{flipped}{}", &first[1..]).into();
+    let out = check(
+        &write_json(&t.join("f1.json"), &forged),
+        "old.json",
+        "key.pub",
+    );
+    assert!(out.contains("REFUSED: the path does not lead"), "{out}");
+    // A wrong size.
+    let mut forged = proof.clone();
+    forged["tree_size"] = (old_size + 1).into();
+    let out = check(
+        &write_json(&t.join("f2.json"), &forged),
+        "old.json",
+        "key.pub",
+    );
+    assert!(out.contains("REFUSED"), "{out}");
+    // A swapped leaf: another event's record (with its own hashes) in this proof.
+    let other_file = t.join("other-proof.json");
+    expect_exit(
+        &[
+            "prove",
+            "ProductStock",
+            &id,
+            "3",
+            "--data",
+            p(&store),
+            "--digest",
+            p(&t.join("old.json")),
+            "--out",
+            p(&other_file),
+        ],
+        0,
+    );
+    let other = read_json(&other_file);
+    let mut forged = proof.clone();
+    for field in [
+        "record",
+        "record_sha256",
+        "leaf_hash",
+        "sequence",
+        "global_position",
+        "event_type",
+    ] {
+        forged[field] = other[field].clone();
+    }
+    let out = check(
+        &write_json(&t.join("f3.json"), &forged),
+        "old.json",
+        "key.pub",
+    );
+    assert!(out.contains("REFUSED"), "{out}");
+    // The proof checked against the new digest (another tree).
+    let out = check(&proof_file, "new.json", "key.pub");
+    assert!(out.contains("REFUSED: the proof is for a tree of"), "{out}");
+    // A wrong signature, and another key.
+    let mut bad_sig = read_json(&t.join("old.json"));
+    let sig = bad_sig["signature"]["signature"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let flipped = if sig.ends_with('0') { "1" } else { "0" };
+    bad_sig["signature"]["signature"] = format!("{}{flipped}", &sig[..sig.len() - 1]).into();
+    write_json(&t.join("badsig.json"), &bad_sig);
+    let out = check(&proof_file, "badsig.json", "key.pub");
+    assert!(
+        out.contains("REFUSED: digest signature: the signature does not match"),
+        "{out}"
+    );
+    let out = check(&proof_file, "old.json", "other.pub");
+    assert!(
+        out.contains("REFUSED: digest signature: the digest is signed by another key"),
+        "{out}"
+    );
+    // A forged consistency path.
+    let mut forged = read_json(&t.join("consistency.json"));
+    let last = forged["path"].as_array().unwrap().len() - 1;
+    let h = forged["path"][last].as_str().unwrap().to_owned();
+    let flipped = if h.starts_with('a') { "b" } else { "a" };
+    forged["path"][last] = format!("{flipped}{}", &h[1..]).into();
+    let out = expect_exit(
+        &[
+            "check-proof",
+            p(&write_json(&t.join("f4.json"), &forged)),
+            "--digest",
+            p(&t.join("old.json")),
+        ],
+        1,
+    );
+    assert!(out.contains("is NOT a prefix"), "{out}");
+}
+
+/// verify --digest --json on a damaged copy: (problems, report).
+fn verify_damaged(store: &Path, digest: &Path) -> (Vec<Value>, Value) {
+    let out = expect_exit(
+        &[
+            "verify",
+            "--data",
+            p(store),
+            "--digest",
+            p(digest),
+            "--json",
+        ],
+        1,
+    );
+    let report: Value = serde_json::from_str(&out).unwrap();
+    (report["problems"].as_array().unwrap().clone(), report)
+}
+
+fn has(
+    problems: &[Value],
+    check: &str,
+    id: Option<&str>,
+    sequence: Option<u64>,
+    text: &str,
+) -> bool {
+    problems.iter().any(|f| {
+        f["check"] == check
+            && id.is_none_or(|id| f["aggregate_id"] == id)
+            && sequence.is_none_or(|s| f["sequence"] == s)
+            && f["message"].as_str().unwrap().contains(text)
+    })
+}
+
+#[test]
+fn tampering_is_caught_by_verify_and_by_an_earlier_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (clean, t) = (tmp.path().join("clean"), tmp.path());
+    demo(&clean, "400", "7");
+    let digest = t.join("digest.json");
+    let head = digest_to(&clean, &digest, &[]);
+    let size = head["tree_size"].as_u64().unwrap();
+    let ids: Vec<String> = streams(&clean).into_iter().map(|(id, _)| id).collect();
+    let damaged = |name: &str, damage: &dyn Fn(&Journal)| {
+        let dir = t.join(name);
+        copy_dir(&clean, &dir);
+        damage(&Journal::open_read_only(&dir).unwrap());
+        dir
+    };
+    let s = |i: usize| StreamId::new("ProductStock", ids[i].clone());
+
+    // A flipped byte.
+    let dir = damaged("flip", &|j| {
+        j.corrupt_record_for_tests(&s(0), 2, 40).unwrap()
+    });
+    let (problems, _) = verify_damaged(&dir, &digest);
+    assert!(
+        has(&problems, "journal", Some(&ids[0]), Some(2), "CRC32C"),
+        "{problems:?}"
+    );
+    // Sequence 2 of the first aggregate lies in the first block of 256 events, whose stored
+    // node was hashed at commit.
+    assert!(
+        has(&problems, "tree", None, None, "global positions 1..=256"),
+        "{problems:?}"
+    );
+    assert!(
+        has(
+            &problems,
+            "digest",
+            None,
+            None,
+            "no longer hash to the root"
+        ),
+        "{problems:?}"
+    );
+    assert!(
+        has(&problems, "digest", None, None, "consistency proof"),
+        "{problems:?}"
+    );
+
+    // A deleted event key.
+    let dir = damaged("delete", &|j| j.delete_record_for_tests(&s(1), 3).unwrap());
+    let (problems, _) = verify_damaged(&dir, &digest);
+    assert!(
+        has(&problems, "journal", Some(&ids[1]), Some(3), "missing"),
+        "{problems:?}"
+    );
+    assert!(
+        has(
+            &problems,
+            "tree",
+            Some(&ids[1]),
+            Some(3),
+            "cannot be recomputed"
+        ),
+        "{problems:?}"
+    );
+    assert!(
+        has(&problems, "digest", None, None, "cannot be checked"),
+        "{problems:?}"
+    );
+
+    // Two records swapped.
+    let dir = damaged("swap", &|j| {
+        j.swap_records_for_tests((&s(0), 4), (&s(1), 4)).unwrap()
+    });
+    let (problems, _) = verify_damaged(&dir, &digest);
+    assert!(
+        has(
+            &problems,
+            "journal",
+            Some(&ids[0]),
+            Some(4),
+            "stored under another key"
+        ),
+        "{problems:?}"
+    );
+    assert!(
+        has(
+            &problems,
+            "journal",
+            Some(&ids[1]),
+            Some(4),
+            "stored under another key"
+        ),
+        "{problems:?}"
+    );
+    assert!(
+        has(
+            &problems,
+            "digest",
+            None,
+            None,
+            "no longer hash to the root"
+        ),
+        "{problems:?}"
+    );
+
+    // The log truncated by ten events.
+    let dir = damaged("truncate", &|j| {
+        j.truncate_log_for_tests(size - 10).unwrap()
+    });
+    let (problems, _) = verify_damaged(&dir, &digest);
+    let gone = format!("positions {}..={size} were removed", size - 9);
+    assert!(has(&problems, "digest", None, None, &gone), "{problems:?}");
+
+    // A record re-encoded with a valid CRC at the end of its chain: the journal's checks
+    // cannot see it; the digest does, and so does the stored tree node above it when its
+    // position lies in a complete block of 256 events.
+    let (victim, last, position) = {
+        let all = streams(&clean);
+        let j = Journal::open_read_only(&clean).unwrap();
+        let mut ends = Vec::new();
+        for (id, seq) in all {
+            let stream = StreamId::new("ProductStock", id.clone());
+            let record = j.read_stream(&stream, seq, seq).next().unwrap().unwrap();
+            ends.push((id, seq, record.global_position));
+        }
+        ends.into_iter().min_by_key(|e| e.2).unwrap()
+    };
+    let dir = damaged("reencode", &|j| {
+        let stream = StreamId::new("ProductStock", victim.clone());
+        j.rewrite_record_for_tests(&stream, last, |r| r.source = "forged".into())
+            .unwrap()
+    });
+    let (problems, _) = verify_damaged(&dir, &digest);
+    assert!(
+        !problems.iter().any(|f| f["check"] == "journal"),
+        "{problems:?}"
+    );
+    assert!(
+        has(
+            &problems,
+            "digest",
+            None,
+            None,
+            "no longer hash to the root"
+        ),
+        "{problems:?}"
+    );
+    if position <= 256 {
+        let block = "global positions 1..=256";
+        assert!(has(&problems, "tree", None, None, block), "{problems:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_engine_answers_digests_and_proofs_and_the_cli_writes_no_tree_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let open = |tree: bool| {
+        Engine::builder(&dir)
+            .register::<ProductStock>()
+            .durability(Durability::Buffered { flush_every_ms: 50 })
+            .topic_indexer(false)
+            .merkle_tree(tree)
+            .open()
+    };
+    let engine = open(false).await.unwrap();
+    for i in 0..300u64 {
+        let id = format!("sku-{}", i % 5);
+        engine
+            .execute::<ProductStock>(&id, ReceiveStock { quantity: 1 })
+            .await
+            .unwrap();
+    }
+    let head = engine.digest().await.unwrap();
+    assert_eq!(head.tree_size, 300);
+    let proof = engine
+        .prove::<ProductStock>("sku-3", 7, head.tree_size)
+        .await
+        .unwrap();
+    assert!(proof.verify(&head.root_hash));
+    let consistency = engine.prove_consistency(100).await.unwrap();
+    let early = engine.digest_at(100).await.unwrap();
+    assert!(consistency.verify(&early.root_hash, &head.root_hash));
+    engine.shutdown().await.unwrap();
+
+    // No maintainer ran: the read-only CLI computes the same root and writes no node.
+    let cli = digest_to(&dir, &tmp.path().join("d.json"), &[]);
+    let root: String = head.root_hash.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(cli["root_hash"], root.as_str());
+    assert_eq!(
+        Journal::open_read_only(&dir)
+            .unwrap()
+            .tree_size_stored()
+            .unwrap(),
+        0
+    );
+
+    // With the maintainer, the nodes are stored at open (catching up) and the root is the same.
+    let engine = open(true).await.unwrap();
+    engine.shutdown().await.unwrap();
+    let journal = Journal::open_read_only(&dir).unwrap();
+    assert_eq!(journal.tree_size_stored().unwrap(), 300);
+    assert_eq!(journal.tree_head(None).unwrap().root_hash, head.root_hash);
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn export_carries_the_record_bytes_and_the_leaves_recompute_the_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    demo(&store, "300", "3");
+    let head = digest_to(&store, &tmp.path().join("d.json"), &[]);
+    let out = expect_exit(&["export", "--data", p(&store)], 0);
+    let mut leaves = Vec::new();
+    for line in out.lines() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        let bytes = unhex(e["record"].as_str().unwrap());
+        let sha = evershard_engine::record::hash(&bytes);
+        assert_eq!(unhex(e["record_sha256"].as_str().unwrap()), sha.to_vec());
+        let leaf = evershard_engine::merkle::leaf_hash(&sha);
+        assert_eq!(unhex(e["leaf_hash"].as_str().unwrap()), leaf.to_vec());
+        leaves.push(leaf);
+    }
+    assert_eq!(leaves.len() as u64, head["tree_size"].as_u64().unwrap());
+    let root = evershard_engine::merkle::root_of_leaves(&leaves);
+    assert_eq!(unhex(head["root_hash"].as_str().unwrap()), root.to_vec());
+}
+
+#[test]
+fn a_type_the_binary_does_not_know_is_reported_unknown_and_still_checked() {
+    use evershard_engine::{AppendRequest, JournalConfig, JournalWriter, NewEvent};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let stream = StreamId::new("Booking", "room-1");
+    {
+        let journal = JournalWriter::open(&dir, JournalConfig::default()).unwrap();
+        for sequence in 0..3u64 {
+            let event = NewEvent {
+                event_id: uuid::Uuid::new_v4(),
+                event_type: "booking.made".into(),
+                event_version: "1.0".into(),
+                timestamp: chrono::Utc::now(),
+                correlation_id: uuid::Uuid::new_v4(),
+                causation_id: None,
+                source: "test".into(),
+                user_id: None,
+                payload: vec![2, 0x80],
+            };
+            let request = AppendRequest::new(stream.clone(), sequence, vec![event]);
+            journal.append_blocking(request).unwrap();
+        }
+        journal.close().unwrap();
+    }
+    let out = expect_exit(&["verify", "--data", p(&dir)], 0);
+    assert!(
+        out.contains("[unknown type]") && out.contains("result: clean"),
+        "{out}"
+    );
+    let head = digest_to(&dir, &tmp.path().join("d.json"), &[]);
+    assert_eq!(head["tree_size"], 3);
+    // Its records are still checked: a flipped byte is damage, named.
+    Journal::open_read_only(&dir)
+        .unwrap()
+        .corrupt_record_for_tests(&stream, 2, 30)
+        .unwrap();
+    let out = expect_exit(&["verify", "--data", p(&dir)], 1);
+    assert!(
+        out.contains("PROBLEM Booking/room-1 sequence 2 [journal]: CRC32C"),
+        "{out}"
+    );
+}
