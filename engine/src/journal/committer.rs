@@ -230,6 +230,14 @@ impl Syncer {
         if !fault::skip(fault::Sync::Fdatasync) {
             self.data_file.sync_data()?;
         }
+        // The fdatasync made durable every log item in the file, not only those the flush
+        // covered: items written since the blob listing above (by the committer's next group,
+        // or by a reader's or snapshot's page consolidation) may point at blobs created after
+        // it. A durable item whose blob file is missing is skipped by sled's recovery as
+        // "dangling", which is not safe for a consolidated tree node (found by the power-loss
+        // test: "tried to serialize Uninitialized", "cannot find pid 3 in view_for_key"). So
+        // sync those blobs now; what remains is the window between the fdatasync and this.
+        self.sync_new_blobs()?;
         Ok(())
     }
 
