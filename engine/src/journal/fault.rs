@@ -6,7 +6,7 @@
 //! - `blob`: the sync of each new blob file;
 //! - `blobdir`: the sync of the `blobs/` folder after new blob files;
 //! - `dir`: the syncs of a new store's directory and of its parent at creation, and of the
-//!   store's directories after sled's recovery at open.
+//!   store's files and directories before and after sled's recovery at open.
 //!
 //! Without the feature every switch is off and compiles away.
 
