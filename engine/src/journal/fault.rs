@@ -5,7 +5,8 @@
 //! - `fdatasync`: the fdatasync of sled's data file after each group's flush;
 //! - `blob`: the sync of each new blob file;
 //! - `blobdir`: the sync of the `blobs/` folder after new blob files;
-//! - `dir`: the syncs of a new store's directory and of its parent at creation.
+//! - `dir`: the syncs of a new store's directory and of its parent at creation, and of the
+//!   store's files and directories before and after sled's recovery at open.
 //!
 //! Without the feature every switch is off and compiles away.
 

@@ -277,6 +277,55 @@ fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Makes durable what a previous process left in the store's files, before sled's recovery
+/// reads it: fdatasyncs `db` and every blob file, then fsyncs `blobs/` and the store
+/// directory. sled's recovery takes what it reads for stable and builds on it — it writes a
+/// snapshot (synced) recording the log's end as it read it, and zeroes what lies after — but a
+/// process that was killed (or a read-only open, which writes too) leaves log items that only
+/// `sync_file_range` ever touched. Without this, a power cut after the next open could leave a
+/// durable snapshot pointing into a log tail that was never durable.
+fn sync_before_recovery(dir: &Path) -> std::io::Result<()> {
+    if fault::skip(fault::Sync::Dir) {
+        return Ok(());
+    }
+    let ignore_missing = |r: std::io::Result<()>| match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    };
+    ignore_missing(File::open(dir.join("db")).and_then(|f| f.sync_data()))?;
+    let blobs = dir.join("blobs");
+    match std::fs::read_dir(&blobs) {
+        Ok(entries) => {
+            for entry in entries {
+                ignore_missing(File::open(entry?.path()).and_then(|f| f.sync_data()))?;
+            }
+            File::open(&blobs)?.sync_all()?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    File::open(dir)?.sync_all()
+}
+
+/// Makes what sled's recovery did to the store's names durable: fsyncs the store directory
+/// and `blobs/`. Opening runs sled's recovery, which writes `snap.<lsn>.generating`, syncs it,
+/// renames it to `snap.<lsn>`, removes the older snapshot files, and removes blob files above
+/// the recovered log's end (`gc_blobs`) — and never syncs a directory, while the zeroing of the
+/// log's torn tail it does in the same recovery is synced at once. sled assumes the renamed
+/// snapshot is in place before anything written after it; POSIX promises that only after a
+/// sync of the directory. Called right after sled opens, before any new write.
+fn sync_recovered_names(dir: &Path) -> std::io::Result<()> {
+    if fault::skip(fault::Sync::Dir) {
+        return Ok(());
+    }
+    File::open(dir)?.sync_all()?;
+    match File::open(dir.join("blobs")) {
+        Ok(blobs) => blobs.sync_all(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The format marker stored under `m|format`.
 const STORE_FORMAT: &[u8] = b"evershard-journal-v1";
 
@@ -303,6 +352,7 @@ impl JournalWriter {
         let dir = dir.as_ref().to_path_buf();
         let io = |e: std::io::Error| OpenError::storage(&dir, e);
         create_dir_durably(&dir).map_err(io)?;
+        sync_before_recovery(&dir).map_err(io)?;
         let flush_every_ms = match config.durability {
             // No periodic flush: the syncer flushes and syncs every group itself, blob files
             // before the data file. sled's flusher would fsync the data file behind its back,
@@ -319,6 +369,7 @@ impl JournalWriter {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| map_open_error(&dir, e))?;
+        sync_recovered_names(&dir).map_err(io)?;
         let sled_err = |e: sled::Error| OpenError::storage(&dir, e);
         let meta_key = meta_format_key();
         match db.get(&meta_key).map_err(sled_err)? {
@@ -479,10 +530,18 @@ impl Journal {
         if !dir.join("db").exists() {
             return Err(OpenError::NotFound { dir });
         }
+        if let Err(e) = sync_before_recovery(&dir) {
+            tracing::warn!(dir = %dir.display(), %e, "could not sync the store before sled's recovery");
+        }
         let db = sled::Config::new()
             .path(&dir)
             .open()
             .map_err(|e| map_open_error(&dir, e))?;
+        // sled's recovery writes even here; a read-only caller still gets the store when the
+        // directories cannot be synced (say, on a read-only mount), with a warning.
+        if let Err(e) = sync_recovered_names(&dir) {
+            tracing::warn!(dir = %dir.display(), %e, "could not sync the store's directories after sled's recovery");
+        }
         let found = db
             .get(meta_format_key())
             .map_err(|e| OpenError::storage(&dir, e))?;
