@@ -23,6 +23,7 @@
 mod audit;
 mod engine;
 mod error;
+mod follower;
 mod journal;
 #[cfg(feature = "kafka")]
 mod kafka;

@@ -11,19 +11,16 @@
 
 use super::{leaves_of, merkle};
 use crate::error::StorageError;
+use crate::follower::{Follow, Follower};
 use crate::journal::merkle::STORED_LEVEL_MIN;
 use crate::journal::record::Hash;
-use crate::journal::{Journal, JournalWriter};
+use crate::journal::JournalWriter;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// Events one maintainer step covers at most.
 pub(crate) const MAINTAINER_BATCH_EVENTS_MAX: u64 = 16_384;
-
-/// How long the thread waits on the watermark before it looks at its stop flag again.
-const MAINTAINER_WAIT_MS: u64 = 200;
 
 const BLOCK_LEAVES: u64 = 1 << STORED_LEVEL_MIN;
 
@@ -33,16 +30,13 @@ pub(crate) struct MaintainerStatus {
     /// The tree size the stored nodes cover.
     pub(crate) size: AtomicU64,
     pub(crate) error: Mutex<Option<String>>,
-    stop: AtomicBool,
-    drain: AtomicBool,
 }
 
-/// The background thread.
+/// The background maintainer: a [`Follower`] of the durable global order.
 #[derive(Debug)]
 pub(crate) struct Maintainer {
     pub(crate) status: Arc<MaintainerStatus>,
-    journal: Journal,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    follower: Follower,
 }
 
 impl Maintainer {
@@ -62,93 +56,66 @@ impl Maintainer {
         let status = Arc::new(MaintainerStatus {
             size: AtomicU64::new(size),
             error: Mutex::new(None),
-            stop: AtomicBool::new(false),
-            drain: AtomicBool::new(false),
         });
-        let journal = writer.reader().clone();
         let worker = Worker {
-            writer,
             status: status.clone(),
             size,
-            pending,
+            pending: pending.clone(),
+            pending_at_step: pending,
         };
-        let thread = std::thread::Builder::new()
-            .name("evershard-merkle".into())
-            .spawn(move || worker.run())
-            .map_err(StorageError::from)?;
-        Ok(Maintainer {
-            status,
-            journal,
-            thread: Mutex::new(Some(thread)),
-        })
+        let follower = Follower::start(writer, worker).map_err(StorageError::from)?;
+        Ok(Maintainer { status, follower })
     }
 
     /// Covers everything durable, then stops the thread and waits for it. Blocking.
     pub(crate) fn drain_and_stop(&self) {
-        self.status.drain.store(true, Ordering::Release);
-        self.stop_now();
-        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = t.join();
-        }
+        self.follower.drain_and_stop();
     }
 
     /// Tells the thread to stop without waiting for it.
     pub(crate) fn stop_now(&self) {
-        self.status.stop.store(true, Ordering::Release);
-        self.journal.wake_durable_waiters();
+        self.follower.stop_now();
     }
 }
 
 struct Worker {
-    writer: JournalWriter,
     status: Arc<MaintainerStatus>,
     size: u64,
     /// Leaves of the incomplete block `size - size % 256 .. size`.
     pending: Vec<Hash>,
+    /// `pending` as it was before the current step, to restore after a failed one.
+    pending_at_step: Vec<Hash>,
+}
+
+impl Follow for Worker {
+    type Error = StorageError;
+    const NAME: &'static str = "evershard-merkle";
+    const BATCH_EVENTS_MAX: u64 = MAINTAINER_BATCH_EVENTS_MAX;
+
+    fn covered(&self) -> u64 {
+        self.size
+    }
+
+    fn step(&mut self, writer: &JournalWriter, to: u64) -> Result<(), StorageError> {
+        self.pending_at_step.clone_from(&self.pending);
+        self.cover(writer, to)
+    }
+
+    fn recover(&mut self, _: &JournalWriter, error: &StorageError) -> bool {
+        // Skipping would make every later tree head wrong: retry from the same leaves.
+        std::mem::swap(&mut self.pending, &mut self.pending_at_step);
+        matches!(error, StorageError::Closed)
+    }
+
+    fn report(&self, error: Option<String>) {
+        *self.status.error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
 }
 
 impl Worker {
-    fn run(mut self) {
-        loop {
-            let stopping = self.status.stop.load(Ordering::Acquire);
-            if stopping && !self.status.drain.load(Ordering::Acquire) {
-                return;
-            }
-            let durable = if stopping {
-                self.writer.durable_position()
-            } else {
-                self.writer
-                    .wait_durable(self.size, Duration::from_millis(MAINTAINER_WAIT_MS))
-            };
-            if durable <= self.size {
-                if stopping {
-                    return;
-                }
-                continue;
-            }
-            let to = durable.min(self.size + MAINTAINER_BATCH_EVENTS_MAX);
-            let pending_before = self.pending.clone();
-            match self.step(to) {
-                Ok(()) => *self.status.error.lock().unwrap_or_else(|e| e.into_inner()) = None,
-                Err(e) => {
-                    // Stuck (a missing record, a storage error): reported, retried later.
-                    // Skipping would make every later tree head wrong.
-                    tracing::error!(error = %e, size = self.size, "merkle maintainer failed");
-                    *self.status.error.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(e.to_string());
-                    self.pending = pending_before;
-                    if stopping || matches!(e, StorageError::Closed) {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(MAINTAINER_WAIT_MS));
-                }
-            }
-        }
-    }
-
     /// Covers positions `size + 1 ..= to`: one atomic batch of nodes and the new size.
-    fn step(&mut self, to: u64) -> Result<(), StorageError> {
-        let records = self.writer.stored_records_between(self.size + 1, to)?;
+    fn cover(&mut self, writer: &JournalWriter, to: u64) -> Result<(), StorageError> {
+        let records = writer.stored_records_between(self.size + 1, to)?;
         if records.len() as u64 != to - self.size {
             return Err(StorageError::corrupt_store(
                 crate::error::Corruption::MalformedGlobalEntry,
@@ -171,43 +138,50 @@ impl Worker {
                 let hash = merkle::root_of_leaves(&self.pending);
                 self.pending.clear();
                 let index = (covered - BLOCK_LEAVES) >> STORED_LEVEL_MIN;
-                self.add(STORED_LEVEL_MIN, index, hash, &mut nodes, &mut emitted)?;
+                add(
+                    writer,
+                    STORED_LEVEL_MIN,
+                    index,
+                    hash,
+                    &mut nodes,
+                    &mut emitted,
+                )?;
             }
         }
         assert_eq!(covered, to, "every record covered once");
-        self.writer.write_merkle_batch(self.size, to, &nodes)?;
+        writer.write_merkle_batch(self.size, to, &nodes)?;
         self.size = to;
         self.status.size.store(to, Ordering::Release);
         Ok(())
     }
+}
 
-    /// Records a complete node, and every parent it completes.
-    fn add(
-        &self,
-        level: u8,
-        index: u64,
-        hash: Hash,
-        nodes: &mut Vec<(u8, u64, Hash)>,
-        emitted: &mut HashMap<(u8, u64), Hash>,
-    ) -> Result<(), StorageError> {
-        let (mut level, mut index, mut hash) = (level, index, hash);
-        loop {
-            nodes.push((level, index, hash));
-            emitted.insert((level, index), hash);
-            if index % 2 == 0 || level == 63 {
-                return Ok(());
-            }
-            let sibling = match emitted.get(&(level, index - 1)) {
-                Some(h) => *h,
-                None => self.writer.merkle_node(level, index - 1)?.ok_or_else(|| {
-                    StorageError::corrupt_store(crate::error::Corruption::MalformedKey {
-                        keyspace: "merkle tree (missing node)",
-                    })
-                })?,
-            };
-            hash = merkle::node_hash(&sibling, &hash);
-            level += 1;
-            index /= 2;
+/// Records a complete node, and every parent it completes.
+fn add(
+    writer: &JournalWriter,
+    level: u8,
+    index: u64,
+    hash: Hash,
+    nodes: &mut Vec<(u8, u64, Hash)>,
+    emitted: &mut HashMap<(u8, u64), Hash>,
+) -> Result<(), StorageError> {
+    let (mut level, mut index, mut hash) = (level, index, hash);
+    loop {
+        nodes.push((level, index, hash));
+        emitted.insert((level, index), hash);
+        if index % 2 == 0 || level == 63 {
+            return Ok(());
         }
+        let sibling = match emitted.get(&(level, index - 1)) {
+            Some(h) => *h,
+            None => writer.merkle_node(level, index - 1)?.ok_or_else(|| {
+                StorageError::corrupt_store(crate::error::Corruption::MalformedKey {
+                    keyspace: "merkle tree (missing node)",
+                })
+            })?,
+        };
+        hash = merkle::node_hash(&sibling, &hash);
+        level += 1;
+        index /= 2;
     }
 }

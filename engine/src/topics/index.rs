@@ -15,20 +15,16 @@
 use super::metrics::Metrics;
 use super::{valid_name, TopicCatalog, TopicConfig, TopicError, PARTITIONS_MAX};
 use crate::error::StorageError;
+use crate::follower::{Follow, Follower};
 use crate::journal::record::Record;
 use crate::journal::topics::{StoredTopic, TopicEntry, TopicRun};
 use crate::journal::{Journal, JournalWriter, StreamId};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// Events one indexer batch covers at most.
 pub(crate) const INDEX_BATCH_EVENTS_MAX: u64 = 16_384;
-
-/// How long the indexer sleeps on its condition before it looks at its stop flag again
-/// (a wakeup normally comes first).
-const INDEXER_WAIT_MS: u64 = 200;
 
 /// Routing state: stored topics and the next offset of every partition touched.
 #[derive(Debug, Default, Clone)]
@@ -219,17 +215,13 @@ pub(crate) struct IndexerStatus {
     pub(crate) error: Mutex<Option<String>>,
     /// Wakes consumers waiting for new messages: carries the cursor.
     pub(crate) moved: tokio::sync::watch::Sender<u64>,
-    stop: AtomicBool,
-    /// With `stop`: index everything durable first (shutdown), or leave at once (drop).
-    drain: AtomicBool,
 }
 
-/// The background indexer thread.
+/// The background indexer: a [`Follower`] of the durable global order.
 #[derive(Debug)]
 pub(crate) struct Indexer {
     pub(crate) status: Arc<IndexerStatus>,
-    journal: Journal,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    follower: Follower,
 }
 
 impl Indexer {
@@ -245,47 +237,31 @@ impl Indexer {
             cursor: AtomicU64::new(cursor),
             error: Mutex::new(None),
             moved,
-            stop: AtomicBool::new(false),
-            drain: AtomicBool::new(false),
         });
-        let journal = writer.reader().clone();
         let worker = Worker {
-            writer,
             catalog,
             metrics,
             status: status.clone(),
             planner,
             cursor,
         };
-        let thread = std::thread::Builder::new()
-            .name("evershard-topic-indexer".into())
-            .spawn(move || worker.run())
-            .map_err(|e| TopicError::Storage(e.into()))?;
-        Ok(Indexer {
-            status,
-            journal,
-            thread: Mutex::new(Some(thread)),
-        })
+        let follower =
+            Follower::start(writer, worker).map_err(|e| TopicError::Storage(e.into()))?;
+        Ok(Indexer { status, follower })
     }
 
     /// Indexes everything durable, then stops the thread and waits for it. Blocking.
     pub(crate) fn drain_and_stop(&self) {
-        self.status.drain.store(true, Ordering::Release);
-        self.stop_now();
-        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = t.join();
-        }
+        self.follower.drain_and_stop();
     }
 
     /// Tells the thread to stop without waiting for it (engine dropped).
     pub(crate) fn stop_now(&self) {
-        self.status.stop.store(true, Ordering::Release);
-        self.journal.wake_durable_waiters();
+        self.follower.stop_now();
     }
 }
 
 struct Worker {
-    writer: JournalWriter,
     catalog: Arc<TopicCatalog>,
     metrics: Arc<Metrics>,
     status: Arc<IndexerStatus>,
@@ -293,54 +269,19 @@ struct Worker {
     cursor: u64,
 }
 
-impl Worker {
-    fn run(mut self) {
-        loop {
-            let stopping = self.status.stop.load(Ordering::Acquire);
-            if stopping && !self.status.drain.load(Ordering::Acquire) {
-                return;
-            }
-            let durable = if stopping {
-                self.writer.durable_position()
-            } else {
-                self.writer
-                    .wait_durable(self.cursor, Duration::from_millis(INDEXER_WAIT_MS))
-            };
-            if durable <= self.cursor {
-                if stopping {
-                    return;
-                }
-                continue;
-            }
-            let to = durable.min(self.cursor + INDEX_BATCH_EVENTS_MAX);
-            match self.index(to) {
-                Ok(()) => {
-                    *self.status.error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                }
-                Err(e) => {
-                    // Stuck (a record that does not decode, a storage error): report it in
-                    // the health check and try again later; skipping would change offsets.
-                    tracing::error!(error = %e, cursor = self.cursor, "topic indexer failed");
-                    *self.status.error.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(e.to_string());
-                    // A fresh planner: the failed batch may have half-advanced it.
-                    if let Ok(p) = Planner::load(&self.writer) {
-                        self.planner = p;
-                    }
-                    if stopping || matches!(e, TopicError::Storage(StorageError::Closed)) {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(INDEXER_WAIT_MS));
-                }
-            }
-        }
+impl Follow for Worker {
+    type Error = TopicError;
+    const NAME: &'static str = "evershard-topic-indexer";
+    const BATCH_EVENTS_MAX: u64 = INDEX_BATCH_EVENTS_MAX;
+
+    fn covered(&self) -> u64 {
+        self.cursor
     }
 
-    fn index(&mut self, to: u64) -> Result<(), TopicError> {
-        let records = records_between(&self.writer, self.cursor + 1, to)?;
-        let plan = self.planner.plan(&self.writer, &self.catalog, &records)?;
-        self.writer
-            .write_topic_batch(self.cursor, to, &plan.new_topics, &plan.entries)?;
+    fn step(&mut self, writer: &JournalWriter, to: u64) -> Result<(), TopicError> {
+        let records = records_between(writer, self.cursor + 1, to)?;
+        let plan = self.planner.plan(writer, &self.catalog, &records)?;
+        writer.write_topic_batch(self.cursor, to, &plan.new_topics, &plan.entries)?;
         self.cursor = to;
         for ((topic, event_type), n) in plan.produced {
             self.metrics
@@ -349,5 +290,17 @@ impl Worker {
         self.status.cursor.store(to, Ordering::Release);
         self.status.moved.send_replace(to);
         Ok(())
+    }
+
+    fn recover(&mut self, writer: &JournalWriter, error: &TopicError) -> bool {
+        // A fresh planner: the failed batch may have half-advanced it.
+        if let Ok(p) = Planner::load(writer) {
+            self.planner = p;
+        }
+        matches!(error, TopicError::Storage(StorageError::Closed))
+    }
+
+    fn report(&self, error: Option<String>) {
+        *self.status.error.lock().unwrap_or_else(|e| e.into_inner()) = error;
     }
 }

@@ -1,0 +1,125 @@
+//! A background thread that follows the journal's durable global order in batches: the shape
+//! the topic indexer and the Merkle tree maintainer share.
+//!
+//! It waits for the syncer's durable watermark to move past what it covers, hands the new
+//! positions to its [`Follow`] in steps of at most [`Follow::BATCH_EVENTS_MAX`], reports the
+//! last error (a stuck follower never skips: skipping would change offsets or tree heads),
+//! and stops either at once (the engine dropped) or after covering everything durable
+//! (shutdown).
+
+use crate::journal::{Journal, JournalWriter};
+use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How long a follower waits on the watermark before it looks at its stop flag again (a
+/// wakeup normally comes first), and how long it waits after a failed step before retrying.
+const FOLLOWER_WAIT_MS: u64 = 200;
+
+/// What a follower does with the positions it follows.
+pub(crate) trait Follow: Send + 'static {
+    type Error: Display;
+    /// The thread's name and what its log lines call it.
+    const NAME: &'static str;
+    /// Positions one step covers at most.
+    const BATCH_EVENTS_MAX: u64;
+    /// The last global position covered.
+    fn covered(&self) -> u64;
+    /// Covers `covered() + 1 ..= to` (one atomic write) and publishes the progress.
+    fn step(&mut self, writer: &JournalWriter, to: u64) -> Result<(), Self::Error>;
+    /// After a failed step: undoes what the step may have half-done in memory. True when the
+    /// error means the journal is gone, so the thread stops.
+    fn recover(&mut self, writer: &JournalWriter, error: &Self::Error) -> bool;
+    /// The outcome of the last step: `None` after a success, the error text after a failure.
+    fn report(&self, error: Option<String>);
+}
+
+#[derive(Debug, Default)]
+struct Flags {
+    stop: AtomicBool,
+    /// With `stop`: cover everything durable first (shutdown), or leave at once (drop).
+    drain: AtomicBool,
+}
+
+/// The running thread of one [`Follow`].
+#[derive(Debug)]
+pub(crate) struct Follower {
+    flags: Arc<Flags>,
+    journal: Journal,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Follower {
+    pub(crate) fn start<F: Follow>(writer: JournalWriter, follow: F) -> std::io::Result<Self> {
+        let flags = Arc::new(Flags::default());
+        let journal = writer.reader().clone();
+        let thread_flags = flags.clone();
+        let thread = std::thread::Builder::new()
+            .name(F::NAME.into())
+            .spawn(move || run(writer, follow, &thread_flags))?;
+        Ok(Follower {
+            flags,
+            journal,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Covers everything durable, then stops the thread and waits for it. Blocking.
+    pub(crate) fn drain_and_stop(&self) {
+        self.flags.drain.store(true, Ordering::Release);
+        self.stop_now();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Tells the thread to stop without waiting for it (the engine dropped).
+    pub(crate) fn stop_now(&self) {
+        self.flags.stop.store(true, Ordering::Release);
+        self.journal.wake_durable_waiters();
+    }
+}
+
+fn run<F: Follow>(writer: JournalWriter, mut follow: F, flags: &Flags) {
+    let wait = Duration::from_millis(FOLLOWER_WAIT_MS);
+    loop {
+        let stopping = flags.stop.load(Ordering::Acquire);
+        if stopping && !flags.drain.load(Ordering::Acquire) {
+            return;
+        }
+        let covered = follow.covered();
+        let durable = if stopping {
+            writer.durable_position()
+        } else {
+            writer.wait_durable(covered, wait)
+        };
+        if durable <= covered {
+            if stopping {
+                return;
+            }
+            continue;
+        }
+        let to = durable.min(covered + F::BATCH_EVENTS_MAX);
+        match follow.step(&writer, to) {
+            Ok(()) => {
+                assert_eq!(
+                    follow.covered(),
+                    to,
+                    "{}: a step covers what it was given",
+                    F::NAME
+                );
+                follow.report(None);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, covered, "{} failed; retrying", F::NAME);
+                follow.report(Some(e.to_string()));
+                if follow.recover(&writer, &e) || stopping {
+                    return;
+                }
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
