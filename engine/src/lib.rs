@@ -60,6 +60,9 @@ pub use journal::JournalStats;
 pub use journal::Reads;
 /// A stream's last sequence and the hash of its last record.
 pub use journal::StreamHead;
+/// A pending durable timer (`Journal::timers`) and a stored idempotency key
+/// (`Journal::idempotency_keys`).
+pub use journal::{IdempotencyEntry, PendingTimer};
 /// A decoded event record and why bytes are not one.
 pub use journal::{Record, RecordError};
 /// What `Journal::verify` found.

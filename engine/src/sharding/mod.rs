@@ -56,6 +56,8 @@ pub(crate) struct Runtime {
     pub snapshot_policy: SnapshotPolicy,
     pub snapshotter: Snapshotter,
     pub config: ShardingConfig,
+    /// How long an idempotency key answers with its original result.
+    pub idempotency_retention_ms: i64,
 }
 
 impl Runtime {
