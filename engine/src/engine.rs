@@ -692,7 +692,10 @@ impl Engine {
             .clock
             .now()
             .timestamp_micros()
-            .saturating_sub(retention);
+            .saturating_sub(retention)
+            // A record is past its window when recorded_at + retention <= now, as the lookup
+            // says: remove every record at or before now - retention.
+            .saturating_add(1);
         let journal = self.inner.journal.clone();
         Ok(tokio::task::spawn_blocking(move || {
             journal.sweep_idempotency(before, IDEMPOTENCY_SWEEP_MAX)
