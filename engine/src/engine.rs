@@ -7,6 +7,7 @@ use crate::journal::{Durability, Journal, JournalConfig, JournalWriter, StreamId
 use crate::recovery as repository;
 use crate::sharding::{EntityMsg, Runtime, ShardActor, ShardArgs, ShardMsg, ShardingConfig};
 use crate::snapshots::{SnapshotPolicy, Snapshotter};
+use chrono::{DateTime, Utc};
 use evershard_model::CommandGuard;
 use evershard_model::{Aggregate, EventEnvelope, Metadata};
 use evershard_model::{Clock, SystemClock};
@@ -36,6 +37,55 @@ pub struct EngineBuilder {
     guards: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
     timer_poll_ms: u64,
     idempotency_retention_ms: i64,
+    guard_recoveries: HashMap<&'static str, GuardRecovery>,
+}
+
+/// Replays the recent events of a type into its guard at open.
+struct GuardRecovery(
+    Box<dyn FnOnce(&Journal, DateTime<Utc>) -> Result<usize, StorageError> + Send + Sync>,
+);
+
+impl std::fmt::Debug for GuardRecovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GuardRecovery")
+    }
+}
+
+/// Records read back past a guard's window before the scan stops: commits of one moment may
+/// reach the journal slightly out of clock order (decided, then group-committed).
+const GUARD_RECOVERY_SLACK_MS: i64 = 5_000;
+
+/// Hands a guard every event of `A` committed within its recovery window, oldest first;
+/// returns how many. Reads the journal backwards from its newest event and stops at the
+/// first record older than the window (plus a slack).
+fn recover_guard<A: Aggregate>(
+    journal: &Journal,
+    guard: &dyn CommandGuard<A>,
+    now: DateTime<Utc>,
+) -> Result<usize, StorageError> {
+    let Some(window) = guard.recovery_window() else {
+        return Ok(0);
+    };
+    let since = now - window;
+    let stop_before = since - chrono::TimeDelta::milliseconds(GUARD_RECOVERY_SLACK_MS);
+    let mut recent = Vec::new();
+    for item in journal.read_global_rev() {
+        let (_, stream, sequence) = item?;
+        let Some(record) = journal.read_stream(&stream, sequence, sequence).next() else {
+            continue;
+        };
+        let record = record?;
+        if record.timestamp < stop_before {
+            break;
+        }
+        if stream.aggregate_type == A::TYPE && record.timestamp >= since {
+            recent.push(repository::decode_record::<A>(record)?);
+        }
+    }
+    for event in recent.iter().rev() {
+        guard.recover(event);
+    }
+    Ok(recent.len())
 }
 
 /// Fires the timer of one aggregate of a registered type (type-erased for the scheduler).
@@ -85,6 +135,7 @@ impl EngineBuilder {
             guards: HashMap::new(),
             timer_poll_ms: 1000,
             idempotency_retention_ms: 24 * 60 * 60 * 1000,
+            guard_recoveries: HashMap::new(),
         }
     }
 
@@ -112,9 +163,18 @@ impl EngineBuilder {
 
     /// Adds a [`CommandGuard`] that every command to `A` passes before it is routed (one
     /// guard per type; a second call replaces the first). `A` must also be registered.
+    ///
+    /// A guard with a [`CommandGuard::recovery_window`] is handed the events of `A` committed
+    /// within that window before the clock's now, at open, before any command.
     pub fn guard<A: Aggregate>(mut self, guard: impl CommandGuard<A>) -> Self {
         let guard: Arc<dyn CommandGuard<A>> = Arc::new(guard);
-        self.guards.insert(A::TYPE, Box::new(guard));
+        self.guards.insert(A::TYPE, Box::new(guard.clone()));
+        self.guard_recoveries.insert(
+            A::TYPE,
+            GuardRecovery(Box::new(move |journal: &Journal, now| {
+                recover_guard::<A>(journal, &*guard, now)
+            })),
+        );
         self
     }
 
@@ -202,6 +262,18 @@ impl EngineBuilder {
         let journal = tokio::task::spawn_blocking(move || JournalWriter::open(dir, journal_config))
             .await
             .map_err(actor_error)??;
+        let now = self.clock.now();
+        for (name, recover) in self.guard_recoveries {
+            let reader = journal.reader().clone();
+            let recovered = tokio::task::spawn_blocking(move || (recover.0)(&reader, now))
+                .await
+                .map_err(actor_error)??;
+            tracing::debug!(
+                aggregate_type = name,
+                recovered,
+                "guard recovered from the journal"
+            );
+        }
         let snapshotter = Snapshotter::start(journal.clone(), self.snapshot_policy.keep)
             .map_err(StorageError::from)?;
         let rt = Arc::new(Runtime {

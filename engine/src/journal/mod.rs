@@ -755,6 +755,38 @@ impl Journal {
         )
     }
 
+    /// Every event in reverse global order, newest first, as (position, stream, sequence):
+    /// for recoveries that need only the recent past (a guard's window).
+    pub(crate) fn read_global_rev(&self) -> Reads<'_, (u64, StreamId, u64)> {
+        let db = match self.shared.db() {
+            Ok(db) => db,
+            Err(e) => return failed(e),
+        };
+        Box::new(
+            db.range(keys::global_key(0).to_vec()..=keys::global_key(u64::MAX).to_vec())
+                .rev()
+                .flat_map(|entry| {
+                    let expanded: Vec<Result<(u64, StreamId, u64), StorageError>> = match entry {
+                        Err(e) => vec![Err(e.into())],
+                        Ok((key, value)) => match (
+                            keys::parse_global_key(&key),
+                            keys::parse_global_entry(&value),
+                        ) {
+                            (Some(first), Some(runs)) => {
+                                let mut all: Vec<_> = expand_runs(first, &runs).map(Ok).collect();
+                                all.reverse();
+                                all
+                            }
+                            _ => vec![Err(StorageError::corrupt_store(
+                                Corruption::MalformedGlobalEntry,
+                            ))],
+                        },
+                    };
+                    expanded
+                }),
+        )
+    }
+
     /// The stored bytes of one event record, unchecked (for exports that print its hash).
     pub fn record_bytes(
         &self,
