@@ -81,8 +81,12 @@
 //! | timer at `expires_at` | `ExpireOrder` |
 //!
 //! # Rules chosen where the documents are silent
-//! - **Idempotency key.** The key is remembered with the order for as long as the order
-//!   lives (the journal is the result cache; the 24-hour limit of seed 9.1 is a Redis cache
+//! - **Idempotency key.** `CreateOrder`'s key is also the engine's idempotency key
+//!   ([`Aggregate::idempotency_key`]): within the engine's retention window (24 h) a repeat
+//!   answers the original `OrderCreated` without running `decide`, and the key reused for
+//!   another order id or body is refused (`CommandError::IdempotencyConflict`). Beyond
+//!   that window this aggregate's own rule below is the second line of defence. The key is
+//!   remembered with the order for as long as the order lives (the journal is the result cache; the 24-hour limit of seed 9.1 is a Redis cache
 //!   limit we do not need). Same key and same body (customer, currency, lines compared as a
 //!   set by product) again: accepted, no events, whatever the status. Same key, other body:
 //!   `IdempotencyConflict`. Another key for an existing order: `OrderAlreadyExists`.
@@ -654,6 +658,17 @@ impl Aggregate for Order {
 
     fn next_timer(state: &OrderState) -> Option<(DateTime<Utc>, OrderCommand)> {
         next_timer(state)
+    }
+
+    /// `CreateOrder` carries its idempotency key: the engine's durable idempotency records
+    /// answer a repeat within their retention window with the original `OrderCreated`; the
+    /// order's own check (same key and body: no events; other body: `IdempotencyConflict`)
+    /// stays as the second line of defence for the order's whole life.
+    fn idempotency_key(command: &OrderCommand) -> Option<Uuid> {
+        match command {
+            OrderCommand::CreateOrder(c) => Some(c.idempotency_key),
+            _ => None,
+        }
     }
 
     fn check_invariants(state: &OrderState) -> Result<(), String> {

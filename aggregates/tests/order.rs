@@ -1313,7 +1313,7 @@ fn workload_drives_orders_through_every_outcome() {
 
 #[test]
 fn the_timer_follows_the_order_until_it_is_confirmed() {
-    let at = |h: Vec<OrderEvent>| Order::next_timer(on(h).state()).map(|(at, c)| (at, c));
+    let at = |h: Vec<OrderEvent>| Order::next_timer(on(h).state());
     assert_eq!(at(vec![]), None);
     // Nothing reserved yet: the order's own deadline, `timed_out`.
     assert_eq!(at(history_created()), Some((t(30), ExpireOrder.into())));

@@ -57,6 +57,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Every event in global order as JSON lines, with each record's SHA-256 chain.
     Export(ExportArgs),
+    /// Pending durable timers in deadline order: deadline, type, id.
+    Timers(TimersArgs),
 }
 
 /// The store every command works on.
@@ -186,6 +188,18 @@ pub struct VerifyArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TimersArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only timers due before this RFC 3339 time.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub due_before: Option<DateTime<FixedOffset>>,
+    /// One JSON object per timer and line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ExportArgs {
     #[command(flatten)]
     pub store: StoreArgs,
@@ -231,6 +245,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, CliError> {
         Command::Stats(args) => inspect::stats(args, out),
         Command::Verify(args) => verify::run(args, out),
         Command::Export(args) => export::run(args, out),
+        Command::Timers(args) => inspect::timers(args, out),
     }
 }
 

@@ -41,9 +41,9 @@ pub struct EngineBuilder {
 }
 
 /// Replays the recent events of a type into its guard at open.
-struct GuardRecovery(
-    Box<dyn FnOnce(&Journal, DateTime<Utc>) -> Result<usize, StorageError> + Send + Sync>,
-);
+struct GuardRecovery(Box<RecoverFn>);
+
+type RecoverFn = dyn FnOnce(&Journal, DateTime<Utc>) -> Result<usize, StorageError> + Send + Sync;
 
 impl std::fmt::Debug for GuardRecovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -433,6 +433,9 @@ fn actor_error(e: impl std::fmt::Display) -> EngineError {
     }
 }
 
+/// An idempotency key of an aggregate type.
+type KeyLock = (&'static str, uuid::Uuid);
+
 struct Inner {
     journal: JournalWriter,
     rt: Arc<Runtime>,
@@ -453,7 +456,7 @@ struct Inner {
     timer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Idempotency keys of commands in flight, per aggregate type: a second command with
     /// the same key waits for the first, then finds its result.
-    key_locks: std::sync::Mutex<HashMap<(&'static str, uuid::Uuid), Arc<tokio::sync::Mutex<()>>>>,
+    key_locks: std::sync::Mutex<HashMap<KeyLock, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Drop for Inner {
@@ -601,6 +604,10 @@ impl Engine {
         metadata: Metadata,
     ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
         let command = command.into();
+        let mut metadata = metadata;
+        metadata.idempotency_key = metadata
+            .idempotency_key
+            .or_else(|| A::idempotency_key(&command));
         let Some(key) = metadata.idempotency_key else {
             return self
                 .execute_guarded::<A>(aggregate_id, command, metadata)

@@ -151,6 +151,13 @@ pub trait Aggregate: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The idempotency key a command carries in its body, if its contract has one (Order's
+    /// `CreateOrder.idempotency_key`). The engine uses it when the command's
+    /// [`Metadata::idempotency_key`] is not set. Default: none.
+    fn idempotency_key(_command: &Self::Command) -> Option<uuid::Uuid> {
+        None
+    }
+
     /// When this aggregate next needs to act on its own, and what command the engine then
     /// sends it: a durable timer. The engine calls it on the state after every commit; when
     /// the deadline changed, it writes, moves or removes the timer entry in the same atomic

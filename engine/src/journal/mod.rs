@@ -567,6 +567,11 @@ impl Journal {
         Ok(Some(i64::from_le_bytes(raw)))
     }
 
+    /// The deadline of a stream's pending timer, if it has one.
+    pub fn timer(&self, stream: &StreamId) -> Result<Option<DateTime<Utc>>, StorageError> {
+        Ok(self.timer_of(stream)?.map(micros_to_time))
+    }
+
     /// Pending timers in deadline order (then by stream), optionally only those due before
     /// `due_before`. Read lazily from the keyspace: a million pending timers are never held
     /// in memory at once.
