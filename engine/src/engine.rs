@@ -625,16 +625,18 @@ impl Engine {
             let _held = lock.lock().await;
             // A key already recorded within its window goes straight to the aggregate, which
             // answers the recorded result: the guard would take the repeat for a duplicate.
-            let recorded = self
-                .inner
-                .journal
-                .idempotency_record(A::TYPE, &key)
-                .map_err(CommandError::Storage)?
-                .is_some_and(|r| {
-                    let retention = self.inner.rt.idempotency_retention_ms.saturating_mul(1000);
-                    r.recorded_at_micros.saturating_add(retention)
-                        > self.inner.rt.clock.now().timestamp_micros()
-                });
+            // Only a type with a guard needs this look-up (the entity makes its own).
+            let recorded = self.inner.guards.contains_key(A::TYPE)
+                && self
+                    .inner
+                    .journal
+                    .idempotency_record(A::TYPE, &key)
+                    .map_err(CommandError::Storage)?
+                    .is_some_and(|r| {
+                        let retention = self.inner.rt.idempotency_retention_ms.saturating_mul(1000);
+                        r.recorded_at_micros.saturating_add(retention)
+                            > self.inner.rt.clock.now().timestamp_micros()
+                    });
             if recorded {
                 self.send::<A, _>(aggregate_id, |reply| EntityMsg::Execute {
                     command,

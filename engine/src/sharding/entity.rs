@@ -122,7 +122,7 @@ pub(crate) struct EntityState<A: Aggregate> {
 
 /// The writes that move a stream's timer entry from `old` to `new` (none when equal): the
 /// `t` key sorted by deadline and the `T` reverse entry, in the same batch as the events.
-fn timer_ops(stream: &StreamId, old: Option<i64>, new: Option<i64>) -> Vec<WriteOp> {
+pub(crate) fn timer_ops(stream: &StreamId, old: Option<i64>, new: Option<i64>) -> Vec<WriteOp> {
     if old == new {
         return Vec::new();
     }
@@ -148,6 +148,25 @@ fn timer_ops(stream: &StreamId, old: Option<i64>, new: Option<i64>) -> Vec<Write
         }),
     }
     ops
+}
+
+/// The writes that record an idempotency key with its result: the `i` record and its `I`
+/// sweep index entry, in the same batch as the events.
+pub(crate) fn idempotency_ops(
+    aggregate_type: &str,
+    key: &Uuid,
+    record: &keys::IdempotencyRecord,
+) -> [WriteOp; 2] {
+    [
+        WriteOp::Put {
+            key: keys::idempotency_key(aggregate_type, key),
+            value: record.encode(),
+        },
+        WriteOp::Put {
+            key: keys::idempotency_by_time_key(record.recorded_at_micros, aggregate_type, key),
+            value: Vec::new(),
+        },
+    ]
 }
 
 /// SHA-256 of the aggregate id and the command in the payload codec: what tells a repeat of
@@ -378,22 +397,16 @@ impl<A: Aggregate> EntityState<A> {
         let mut request = AppendRequest::new(self.args.stream.clone(), version, new_events);
         request.extra_writes = timer_ops(&self.args.stream, self.timer, next_timer);
         if let Some(claim) = &claim {
-            let recorded_at = ctx.now.timestamp_micros();
             let record = keys::IdempotencyRecord {
-                recorded_at_micros: recorded_at,
+                recorded_at_micros: ctx.now.timestamp_micros(),
                 digest: claim.digest,
                 aggregate_id: self.args.stream.aggregate_id.clone(),
                 first_sequence: version + 1,
                 count: events.len() as u32,
             };
-            request.extra_writes.push(WriteOp::Put {
-                key: keys::idempotency_key(A::TYPE, &claim.key),
-                value: record.encode(),
-            });
-            request.extra_writes.push(WriteOp::Put {
-                key: keys::idempotency_by_time_key(recorded_at, A::TYPE, &claim.key),
-                value: Vec::new(),
-            });
+            request
+                .extra_writes
+                .extend(idempotency_ops(A::TYPE, &claim.key, &record));
         }
         let committed = match rt.journal.append(request).await {
             Ok(c) => c,

@@ -10,6 +10,8 @@ mod entity;
 mod shard;
 
 pub(crate) use entity::EntityMsg;
+#[cfg(feature = "fault-injection")]
+pub(crate) use entity::{idempotency_ops, timer_ops};
 pub(crate) use shard::{ShardActor, ShardArgs, ShardMsg};
 
 use crate::journal::JournalWriter;
