@@ -485,6 +485,31 @@ fn main() {
         run.commands, run.accepted, run.events, secs, run.record_bytes_avg
     );
 
+    if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("idempotency") {
+        // Alternating runs, fresh stores: keyed / unkeyed ratios without ordering effects.
+        for round in 0..2 {
+            let mut rates = [0.0; 2];
+            for (i, keyed) in [(round == 0, 0), (round != 0, 1)].map(|(k, i)| (i, k)) {
+                let run = rt.block_on(evershard_durable(
+                    &tmp.path().join(format!("alt-{round}-{keyed}")),
+                    aggregates,
+                    commands,
+                    clients,
+                    seed,
+                    keyed,
+                ));
+                rates[usize::from(keyed)] = run.commands as f64 / run.elapsed.as_secs_f64();
+                let _ = i;
+            }
+            println!(
+                "round {round}: without {:.0}/s, with keys {:.0}/s, ratio {:.2}",
+                rates[0],
+                rates[1],
+                rates[1] / rates[0]
+            );
+        }
+        return;
+    }
     if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("engine") {
         return; // for profiling the command path alone
     }

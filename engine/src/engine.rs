@@ -345,6 +345,7 @@ async fn timer_loop(engine: std::sync::Weak<Inner>, poll: std::time::Duration) {
             let engine = Engine { inner };
             let fired = match engine.run_due_timers().await {
                 Ok(fired) => fired,
+                Err(_) if engine.inner.closing.load(Ordering::SeqCst) => return,
                 Err(e) => {
                     tracing::warn!(%e, "timer pass failed; retrying after the poll interval");
                     0

@@ -362,4 +362,15 @@ mod tests {
         );
         assert_eq!(IdempotencyRecord::decode(&record.encode()[1..]), None);
     }
+
+    #[test]
+    fn the_timer_key_of_docs_design_md() {
+        let at = 1_800_000_000_000_000; // 2027-01-15T08:00:00Z
+        let key = timer_key(at, &StreamId::new("ProductStock", "sku-1"));
+        let mut expected = vec![b't', 0x80, 0x06, 0x65, 0x17, 0x28, 0x98, 0x80, 0x00, 12];
+        expected.extend_from_slice(b"ProductStock");
+        expected.extend_from_slice(&[0, 5]);
+        expected.extend_from_slice(b"sku-1");
+        assert_eq!(key, expected);
+    }
 }
