@@ -688,7 +688,7 @@ fn the_demo_fires_real_timers_and_timers_lists_the_pending_ones() {
         ],
         0,
     );
-    let (id, _, _) = list(dir.path()).into_iter().next().expect("an aggregate");
+    let (_, id, _) = list(dir.path()).into_iter().next().expect("an aggregate");
     let state = state_json(dir.path(), &id, &[]);
     assert!(state["timer"].is_null(), "{state}");
     assert!(state["idempotency_keys"].is_array(), "{state}");
