@@ -20,17 +20,29 @@
 //!    `EVERSHARD_BENCH_CATCHUP_EVENTS` (default 1,000,000) events is indexed and a consumer
 //!    reads it from the beginning: the indexer's rate and the consumer's catch-up rate
 //!    (rendered messages/s; target >= 500,000).
+//! 6. idempotency keys: run 1 again with a fresh key on every command (`execute_with`), and
+//!    the ratio of the two command rates (target >= 0.85);
+//! 7. timers: how fast due timers fire (ProductStock reservations expired by the scheduler
+//!    through the command path, `EVERSHARD_BENCH_FIRED`, default 20,000), and the disk and
+//!    memory cost of `EVERSHARD_BENCH_TIMERS` (default 1,000,000) pending timers and of as
+//!    many idempotency keys, written through `JournalWriter` (the keyspaces alone, no events).
+//!    Memory is the process's resident set (`VmRSS`) before and after opening an engine on the
+//!    store and running a timer pass and a sweep: the scheduler reads timers page by page.
 //!
 //! Note: this bench uses sled directly for the baseline only; the product touches sled solely
 //! in `engine::journal`.
 
 use evershard::aggregates::product_stock::ProductStock;
+use evershard::aggregates::product_stock::{ReceiveStock, Reserve, RESERVATION_TTL_MS};
+use evershard::engine::{keyspace_writes, AppendRequest, JournalConfig, ManualClock};
 use evershard::engine::{
     repository, Durability, Engine, Journal, JournalWriter, SnapshotPolicy, StreamId,
 };
-use evershard::model::{Aggregate, DecideContext, DemoRng, Workload};
+use evershard::model::{Aggregate, DecideContext, DemoRng, Metadata, Workload};
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -65,6 +77,7 @@ async fn evershard_durable(
     clients: u64,
     seed: u64,
     topics: bool,
+    keyed: bool,
 ) -> Run {
     let engine = Engine::builder(dir)
         .register::<ProductStock>()
@@ -114,7 +127,17 @@ async fn evershard_durable(
                 let k = (n as usize) % ids.len();
                 let ctx = DecideContext::new(ids[k].clone(), chrono::Utc::now());
                 let command = ProductStock::sample_command(&mirrors[k], &ctx, &mut rng);
-                match engine.execute::<ProductStock>(&ids[k], command).await {
+                let mut metadata = Metadata::new("bench");
+                if keyed {
+                    // A fresh key per command: every command records its result.
+                    metadata = metadata.idempotency_key(Uuid::from_u128(
+                        (u128::from(client) << 64) | u128::from(n),
+                    ));
+                }
+                match engine
+                    .execute_with::<ProductStock>(&ids[k], command, metadata)
+                    .await
+                {
                     Ok(committed) => {
                         accepted += 1;
                         events += committed.len() as u64;
@@ -290,6 +313,168 @@ async fn recovery(dir: &std::path::Path, events: u64) -> (Duration, Duration, Op
     (with_snapshot, full, from)
 }
 
+/// The process's resident set in bytes (Linux `VmRSS`), 0 where unknown.
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn t0() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+}
+
+/// Timers fired per second: `count` products each get a reservation through the engine
+/// (durable, 64 clients), then the clock moves past every deadline and one pass fires them.
+async fn timers_fired(dir: &std::path::Path, count: u64, clients: u64) -> (u64, Duration) {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = Engine::builder(dir)
+        .register::<ProductStock>()
+        .durability(durability())
+        .clock(clock.clone())
+        .timer_poll_ms(3_600_000)
+        .active_per_shard_max(count as usize)
+        .open()
+        .await
+        .expect("open engine");
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (client..count).step_by(clients as usize) {
+                let id = format!("sku-{i}");
+                engine
+                    .execute::<ProductStock>(&id, ReceiveStock { quantity: 10 })
+                    .await
+                    .unwrap();
+                let reserve = Reserve {
+                    reservation_id: Uuid::from_u128(u128::from(i) + 1),
+                    order_id: Uuid::from_u128(u128::from(i) + 1),
+                    quantity: 1,
+                };
+                engine.execute::<ProductStock>(&id, reserve).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    clock.advance(chrono::Duration::milliseconds(RESERVATION_TTL_MS + 1));
+    let start = Instant::now();
+    let fired = engine.run_due_timers().await.unwrap() as u64;
+    let elapsed = start.elapsed();
+    assert_eq!(
+        engine.journal().timers(None).count(),
+        0,
+        "every timer fired"
+    );
+    engine.shutdown().await.unwrap();
+    (fired, elapsed)
+}
+
+/// Fills a fresh store with `count` entries of one keyspace through `JournalWriter` (buffered,
+/// 1,000 appends in flight, no events); returns the store's size on disk before and after.
+async fn fill_keyspace(dir: &std::path::Path, count: u64, timers: bool) -> (u64, u64) {
+    let config = JournalConfig {
+        durability: Durability::Buffered {
+            flush_every_ms: 500,
+        },
+        ..JournalConfig::default()
+    };
+    let journal = JournalWriter::open(dir, config).expect("open journal");
+    tokio::task::block_in_place(|| journal.sync()).unwrap();
+    let empty = dir_bytes(dir);
+    let mut in_flight = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let stream = StreamId::new("ProductStock", format!("sku-{i}"));
+        let at = t0() + chrono::Duration::milliseconds(i as i64);
+        let writes = if timers {
+            keyspace_writes::timer(&stream, at + chrono::Duration::hours(1))
+        } else {
+            keyspace_writes::idempotency(&stream, &Uuid::from_u128(u128::from(i) + 1), at, 1, 1)
+        };
+        let mut request = AppendRequest::new(stream, 0, Vec::new());
+        request.extra_writes = writes;
+        let journal = journal.clone();
+        in_flight.spawn(async move { journal.append(request).await.unwrap() });
+        if in_flight.len() >= 1000 {
+            in_flight.join_next().await;
+        }
+    }
+    while in_flight.join_next().await.is_some() {}
+    let j = journal.clone();
+    tokio::task::spawn_blocking(move || j.close().unwrap())
+        .await
+        .unwrap();
+    (empty, dir_bytes(dir))
+}
+
+/// The resident memory an engine adds when it opens a store holding the keyspaces filled
+/// above, runs a timer pass (none due: the clock is before every deadline) and a sweep
+/// (nothing expired), and looks up one idempotency key.
+async fn engine_memory(dir: &std::path::Path) -> (u64, u64) {
+    let before = rss_bytes();
+    let engine = Engine::builder(dir)
+        .register::<ProductStock>()
+        .clock(Arc::new(ManualClock::new(t0())))
+        .timer_poll_ms(3_600_000)
+        .open()
+        .await
+        .expect("open engine");
+    engine.run_due_timers().await.unwrap();
+    engine.sweep_idempotency_keys().await.unwrap();
+    let after = rss_bytes();
+    engine.shutdown().await.unwrap();
+    (before, after)
+}
+
+/// Section 6 of the module docs: timers fired/s and the cost of pending timers and keys.
+fn timer_figures(rt: &tokio::runtime::Runtime, dir: &std::path::Path, clients: u64, smoke: bool) {
+    let fired_count = env("EVERSHARD_BENCH_FIRED", if smoke { 500 } else { 20_000 });
+    let (fired, elapsed) = rt.block_on(timers_fired(&dir.join("fired"), fired_count, clients));
+    println!(
+        "timers fired     : {:>9.0} timers/s     ({fired} reservations expired in one pass, {:.2} s)",
+        fired as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    let count = env(
+        "EVERSHARD_BENCH_TIMERS",
+        if smoke { 10_000 } else { 1_000_000 },
+    );
+    for (what, timers) in [("pending timers", true), ("idempotency keys", false)] {
+        let store = dir.join(if timers { "timers" } else { "keys" });
+        let (empty, full) = rt.block_on(fill_keyspace(&store, count, timers));
+        let (before, after) = rt.block_on(engine_memory(&store));
+        println!(
+            "{count} {what}: {:.1} MiB on disk ({:.0} B each, sled's files); an engine on the store: +{:.1} MiB resident",
+            (full.saturating_sub(empty)) as f64 / 1048576.0,
+            full.saturating_sub(empty) as f64 / count as f64,
+            after.saturating_sub(before) as f64 / 1048576.0
+        );
+        let _ = std::fs::remove_dir_all(&store);
+    }
+}
+
 /// Fills a store with `events` ProductStock events (decided in process from the workload
 /// generator, appended through the journal in large buffered requests), lets the indexer
 /// index it, and reads it from the beginning with a consumer.
@@ -433,6 +618,7 @@ fn main() {
         clients,
         seed,
         false,
+        false,
     ));
     let secs = run.elapsed.as_secs_f64();
     let cmds_per_s = run.commands as f64 / secs;
@@ -448,6 +634,48 @@ fn main() {
     if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("engine") {
         return; // for profiling the command path alone
     }
+    if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("idempotency") {
+        // Alternating runs, fresh stores: keyed / unkeyed ratios without ordering effects.
+        for round in 0..2 {
+            let mut rates = [0.0; 2];
+            for (i, keyed) in [(round == 0, 0), (round != 0, 1)].map(|(k, i)| (i, k)) {
+                let run = rt.block_on(evershard_durable(
+                    &tmp.path().join(format!("alt-{round}-{keyed}")),
+                    aggregates,
+                    commands,
+                    clients,
+                    seed,
+                    false,
+                    keyed,
+                ));
+                rates[usize::from(keyed)] = run.commands as f64 / run.elapsed.as_secs_f64();
+                let _ = i;
+            }
+            println!(
+                "round {round}: without {:.0}/s, with keys {:.0}/s, ratio {:.2}",
+                rates[0],
+                rates[1],
+                rates[1] / rates[0]
+            );
+        }
+        return;
+    }
+    let keyed = rt.block_on(evershard_durable(
+        &tmp.path().join("evershard-keyed"),
+        aggregates,
+        commands,
+        clients,
+        seed,
+        false,
+        true,
+    ));
+    let keyed_rate = keyed.commands as f64 / keyed.elapsed.as_secs_f64();
+    println!(
+        "with idempotency : {:>9.0} commands/s  (a fresh key on every command; {:.2} x the rate without, target >= 0.85)",
+        keyed_rate,
+        keyed_rate / cmds_per_s
+    );
+    timer_figures(&rt, tmp.path(), clients, smoke);
     let with_topics = rt.block_on(evershard_durable(
         &tmp.path().join("evershard-topics"),
         aggregates,
@@ -455,6 +683,7 @@ fn main() {
         clients,
         seed,
         true,
+        false,
     ));
     let topics_cmds_per_s = with_topics.commands as f64 / with_topics.elapsed.as_secs_f64();
     println!(

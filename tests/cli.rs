@@ -317,11 +317,16 @@ fn list_history_state_and_stats_report_the_store() {
         }
         assert_eq!(e["aggregate_type"], "ProductStock");
         assert_eq!(e["aggregate_id"], id.as_str());
-        assert_eq!(e["source"], "evershard-demo");
-        assert!(
-            e["user_id"].as_str().unwrap().starts_with("demo-client-"),
-            "{e}"
-        );
+        // The demo's clients, or the demo's real timers (expired reservations).
+        if e["source"] == "evershard-timer" {
+            assert!(e["user_id"].is_null(), "{e}");
+        } else {
+            assert_eq!(e["source"], "evershard-demo");
+            assert!(
+                e["user_id"].as_str().unwrap().starts_with("demo-client-"),
+                "{e}"
+            );
+        }
         assert!(uuid::Uuid::parse_str(e["event_id"].as_str().unwrap()).is_ok());
         chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap()).expect("RFC 3339");
         let payload = e["payload"].as_object().expect("payload is an object");
@@ -646,4 +651,65 @@ fn unknown_types_missing_stores_and_aggregates_are_clear_errors() {
         2,
     );
     assert!(stderr.contains("RFC 3339"), "{stderr}");
+}
+
+/// The demo fires real timers (its clock moves 31 minutes ahead), `timers` lists what is
+/// pending (nothing, after the demo), and `state` shows an aggregate's timer and keys.
+#[test]
+fn the_demo_fires_real_timers_and_timers_lists_the_pending_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, _) = expect_exit(
+        &[
+            "demo",
+            "--data",
+            path(dir.path()),
+            "--type",
+            "ProductStock",
+            "--aggregates",
+            "4",
+            "--commands",
+            "200",
+            "--durability",
+            "buffered",
+        ],
+        0,
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("timers: "))
+        .unwrap_or_else(|| panic!("no timers line in {stdout}"));
+    assert!(
+        line.contains("fired") && line.ends_with("0 still pending"),
+        "{line}"
+    );
+    let (listed, _) = expect_exit(&["timers", "--data", path(dir.path()), "--json"], 0);
+    assert!(listed.trim().is_empty(), "every timer fired: {listed}");
+    let (_, _) = expect_exit(
+        &[
+            "timers",
+            "--data",
+            path(dir.path()),
+            "--due-before",
+            "2030-01-01T00:00:00Z",
+        ],
+        0,
+    );
+    let (_, id, _) = list(dir.path()).into_iter().next().expect("an aggregate");
+    let state = state_json(dir.path(), &id, &[]);
+    assert!(state["timer"].is_null(), "{state}");
+    assert!(state["idempotency_keys"].is_array(), "{state}");
+    let (history, _) = expect_exit(
+        &[
+            "history",
+            "ProductStock",
+            &id,
+            "--data",
+            path(dir.path()),
+            "--json",
+        ],
+        0,
+    );
+    assert!(json_lines(&history)
+        .iter()
+        .all(|e| e.get("idempotency_key").is_some()));
 }

@@ -129,3 +129,40 @@ async fn two_identical_initiations_at_once_cannot_both_pass() {
     assert!(is_duplicate(&ra) || is_duplicate(&rb));
     engine.shutdown().await.unwrap();
 }
+
+/// The 10-second window survives a restart: the engine replays the last 10 s of
+/// `PaymentInitiated` events into the guard at open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(
+        chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
+    ));
+    let first = engine(dir.path(), clock.clone()).await;
+    let (p1, p2, p3) = (
+        Uuid::from_u128(21),
+        Uuid::from_u128(22),
+        Uuid::from_u128(23),
+    );
+    first
+        .execute::<Payment>(&p1.to_string(), initiate(p1, Some("123")))
+        .await
+        .unwrap();
+    first.shutdown().await.unwrap();
+
+    clock.advance(chrono::Duration::seconds(9));
+    let second = engine(dir.path(), clock.clone()).await;
+    let duplicate = second
+        .execute::<Payment>(&p2.to_string(), initiate(p2, Some("123")))
+        .await;
+    assert!(is_duplicate(&duplicate), "{duplicate:?}");
+    second.shutdown().await.unwrap();
+
+    clock.advance(chrono::Duration::seconds(1));
+    let third = engine(dir.path(), clock.clone()).await;
+    third
+        .execute::<Payment>(&p3.to_string(), initiate(p3, Some("123")))
+        .await
+        .expect("10 s after the first, an identical payment is accepted");
+    third.shutdown().await.unwrap();
+}

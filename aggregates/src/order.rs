@@ -22,6 +22,15 @@
 //! | [`CancelOrder`] | not fulfilled (reasons `reservation_expired`/`timed_out` have their own commands) | `OrderCancelled`; none if already cancelled |
 //! | [`RecordReservationExpired`] | not fulfilled; the reservation is (or may be) this line's | `OrderCancelled` (reason `reservation_expired`); none if already cancelled |
 //! | [`ExpireOrder`] | an order exists | `OrderCancelled` (reason `timed_out`) if unconfirmed at its `expires_at`; otherwise none |
+//! | [`ExpireUnconfirmedReservation`] | an order exists | `OrderCancelled` (reason `reservation_expired`) if unconfirmed [`ORDER_CONFIRMATION_TTL_MS`] after its first line was reserved; otherwise none |
+//!
+//! # Timer
+//! An unconfirmed order asks the engine for a durable timer: once a line is reserved, at the
+//! first reservation's time + [`ORDER_CONFIRMATION_TTL_MS`] with
+//! [`ExpireUnconfirmedReservation`] (an order not confirmed within 30 minutes of its
+//! reservation is cancelled, reason `reservation_expired`: its stock reservation lapses at
+//! the same moment); before any line is reserved, at `expires_at` with [`ExpireOrder`]
+//! (reason `timed_out`). A confirmed or final order has no timer.
 //!
 //! # Events (topic `business.orders`, all version "1.0")
 //! - `OrderCreated` {order_id, customer_id, idempotency_key, lines: [{product_id, quantity,
@@ -72,8 +81,12 @@
 //! | timer at `expires_at` | `ExpireOrder` |
 //!
 //! # Rules chosen where the documents are silent
-//! - **Idempotency key.** The key is remembered with the order for as long as the order
-//!   lives (the journal is the result cache; the 24-hour limit of seed 9.1 is a Redis cache
+//! - **Idempotency key.** `CreateOrder`'s key is also the engine's idempotency key
+//!   ([`Aggregate::idempotency_key`]): within the engine's retention window (24 h) a repeat
+//!   answers the original `OrderCreated` without running `decide`, and the key reused for
+//!   another order id or body is refused (`CommandError::IdempotencyConflict`). Beyond
+//!   that window this aggregate's own rule below is the second line of defence. The key is
+//!   remembered with the order for as long as the order lives (the journal is the result cache; the 24-hour limit of seed 9.1 is a Redis cache
 //!   limit we do not need). Same key and same body (customer, currency, lines compared as a
 //!   set by product) again: accepted, no events, whatever the status. Same key, other body:
 //!   `IdempotencyConflict`. Another key for an existing order: `OrderAlreadyExists`.
@@ -186,6 +199,11 @@ pub struct RecordReservationExpired {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExpireOrder;
 
+/// The order's first reservation may be older than [`ORDER_CONFIRMATION_TTL_MS`] while the
+/// order is unconfirmed: cancels it with reason `reservation_expired` if so (the timer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpireUnconfirmedReservation;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderCommand {
     CreateOrder(CreateOrder),
@@ -196,10 +214,11 @@ pub enum OrderCommand {
     CancelOrder(CancelOrder),
     RecordReservationExpired(RecordReservationExpired),
     ExpireOrder(ExpireOrder),
+    ExpireUnconfirmedReservation(ExpireUnconfirmedReservation),
 }
 
 from_variants!(OrderCommand: CreateOrder, RecordStockReserved, RequestPayment,
-    RecordPaymentCompleted, FulfilOrder, CancelOrder, RecordReservationExpired, ExpireOrder);
+    RecordPaymentCompleted, FulfilOrder, CancelOrder, RecordReservationExpired, ExpireOrder, ExpireUnconfirmedReservation);
 
 // ---------------------------------------------------------------------------------------------
 // Events
@@ -397,6 +416,8 @@ pub struct OrderLine {
     pub line_total: Money,
     /// Set once the line's stock is reserved.
     pub reservation_id: Option<Uuid>,
+    /// When the line's stock was reserved (`OrderLineReserved`).
+    pub reserved_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -537,6 +558,8 @@ pub enum OrderError {
 
 impl Aggregate for Order {
     const TYPE: &'static str = "Order";
+    /// 2: order lines gained `reserved_at`.
+    const STATE_SCHEMA_VERSION: u32 = 2;
 
     type State = OrderState;
     type Command = OrderCommand;
@@ -569,6 +592,7 @@ impl Aggregate for Order {
             }
             OrderCommand::RecordReservationExpired(c) => reservation_expired(order, c, ctx),
             OrderCommand::ExpireOrder(_) => expire(order, ctx),
+            OrderCommand::ExpireUnconfirmedReservation(_) => expire_reservation(order, ctx),
         }
     }
 
@@ -588,6 +612,7 @@ impl Aggregate for Order {
                         unit_price: l.unit_price,
                         line_total: l.line_total,
                         reservation_id: None,
+                        reserved_at: None,
                     })
                     .collect(),
                 total_amount: e.total_amount,
@@ -610,6 +635,7 @@ impl Aggregate for Order {
             OrderEvent::OrderLineReserved(e) => {
                 if let Some(line) = order.line_mut(&e.product_id) {
                     line.reservation_id = Some(e.reservation_id);
+                    line.reserved_at = Some(e.reserved_at);
                 }
             }
             OrderEvent::OrderStockReserved(_) => order.status = OrderStatus::StockReserved,
@@ -627,6 +653,21 @@ impl Aggregate for Order {
                 order.status = OrderStatus::Cancelled;
             }
             OrderEvent::OrderFulfilled(_) => order.status = OrderStatus::Fulfilled,
+        }
+    }
+
+    fn next_timer(state: &OrderState) -> Option<(DateTime<Utc>, OrderCommand)> {
+        next_timer(state)
+    }
+
+    /// `CreateOrder` carries its idempotency key: the engine's durable idempotency records
+    /// answer a repeat within their retention window with the original `OrderCreated`; the
+    /// order's own check (same key and body: no events; other body: `IdempotencyConflict`)
+    /// stays as the second line of defence for the order's whole life.
+    fn idempotency_key(command: &OrderCommand) -> Option<Uuid> {
+        match command {
+            OrderCommand::CreateOrder(c) => Some(c.idempotency_key),
+            _ => None,
         }
     }
 
@@ -1031,12 +1072,45 @@ fn reservation_expired(
     cancel(order, CancelReason::ReservationExpired, ctx)
 }
 
-fn expire(order: &PlacedOrder, ctx: &DecideContext) -> Result<Vec<OrderEvent>, OrderError> {
-    let unconfirmed = matches!(
+fn is_unconfirmed(order: &PlacedOrder) -> bool {
+    matches!(
         order.status,
         OrderStatus::Created | OrderStatus::StockReserved | OrderStatus::PaymentRequested
-    );
-    if unconfirmed && order.expires_at <= ctx.now {
+    )
+}
+
+/// When the order's first reservation lapses unconfirmed: its time + the confirmation TTL.
+fn reservation_deadline(order: &PlacedOrder) -> Option<DateTime<Utc>> {
+    let first = order.lines.iter().filter_map(|l| l.reserved_at).min()?;
+    first.checked_add_signed(TimeDelta::milliseconds(ORDER_CONFIRMATION_TTL_MS))
+}
+
+/// The order's timer (see the module docs): `None` once confirmed or final.
+fn next_timer(state: &OrderState) -> Option<(DateTime<Utc>, OrderCommand)> {
+    let order = state.order.as_ref()?;
+    if !is_unconfirmed(order) {
+        return None;
+    }
+    match reservation_deadline(order) {
+        Some(deadline) => Some((deadline, ExpireUnconfirmedReservation.into())),
+        None => Some((order.expires_at, ExpireOrder.into())),
+    }
+}
+
+fn expire_reservation(
+    order: &PlacedOrder,
+    ctx: &DecideContext,
+) -> Result<Vec<OrderEvent>, OrderError> {
+    match reservation_deadline(order) {
+        Some(deadline) if is_unconfirmed(order) && deadline <= ctx.now => {
+            cancel(order, CancelReason::ReservationExpired, ctx)
+        }
+        _ => Ok(vec![]),
+    }
+}
+
+fn expire(order: &PlacedOrder, ctx: &DecideContext) -> Result<Vec<OrderEvent>, OrderError> {
+    if is_unconfirmed(order) && order.expires_at <= ctx.now {
         cancel(order, CancelReason::TimedOut, ctx)
     } else {
         Ok(vec![])

@@ -21,6 +21,7 @@
 //! | [`CommitReservation`] | the reservation is open, confirmed or within its deadline | `StockCommitted`; none if already committed |
 //! | [`ExpireReservations`] | always | one `StockReleased` (reason `expired`) per unconfirmed reservation with deadline <= now |
 //! | [`SetDemandForecast`] | 0 <= average monthly demand <= [`QUANTITY_MAX`] | `DemandForecastUpdated` [+ `LowStockAlert`]; none if unchanged |
+//! | [`SetReservationTtl`] | [`RESERVATION_TTL_MS_MIN`] <= ttl <= [`RESERVATION_TTL_MS_MAX`] | `ReservationTtlSet`; none if unchanged |
 //!
 //! # Events (topic `business.inventory`, all version "1.0")
 //! - `InventoryUpdated` {product_id, quantity_change, reason: received|adjusted, on_hand,
@@ -37,6 +38,14 @@
 //! - `LowStockAlert` {product_id, available, safety_stock, average_monthly_demand, on_hand,
 //!   reserved, detected_at}.
 //! - `DemandForecastUpdated` {product_id, average_monthly_demand, safety_stock, updated_at}.
+//! - `ReservationTtlSet` {product_id, reservation_ttl_ms, updated_at}: reservations made from
+//!   now on live this long (reservations already open keep their deadline).
+//!
+//! # Timer
+//! [`ProductStock`] asks the engine for a durable timer at [`ProductStockState::next_deadline`]
+//! (the earliest deadline of an unconfirmed reservation) with [`ExpireReservations`]: a
+//! reservation neither confirmed, committed nor released within its TTL is released with
+//! reason `expired` at its deadline, also when the deadline passed while the process was down.
 //!
 //! Quantities are whole units, JSON integers (`i64`).
 //!
@@ -103,8 +112,14 @@ use uuid::Uuid;
 
 /// The outbound topic of every ProductStock event.
 pub const TOPIC: &str = "business.inventory";
-/// How long a reservation lives unless confirmed, committed or released (seed 6.1 and 9.2).
+/// How long a reservation lives unless confirmed, committed or released (seed 6.1 and 9.2):
+/// the default, which [`SetReservationTtl`] changes per product.
 pub const RESERVATION_TTL_MS: i64 = 30 * 60 * 1000;
+/// The shortest reservation TTL [`SetReservationTtl`] accepts: one second.
+pub const RESERVATION_TTL_MS_MIN: i64 = 1000;
+/// The longest reservation TTL [`SetReservationTtl`] accepts: the closed-reservation memory,
+/// so that a late duplicate `Reserve` of an expired reservation is still recognised.
+pub const RESERVATION_TTL_MS_MAX: i64 = CLOSED_RESERVATION_MEMORY_MS;
 /// How long a closed reservation id is remembered for idempotency (seed 9.1: 24 hours).
 pub const CLOSED_RESERVATION_MEMORY_MS: i64 = 24 * 60 * 60 * 1000;
 /// The largest quantity one command may move or declare.
@@ -173,6 +188,12 @@ pub struct SetDemandForecast {
     pub average_monthly_demand: i64,
 }
 
+/// Sets how long this product's new reservations live (default [`RESERVATION_TTL_MS`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetReservationTtl {
+    pub reservation_ttl_ms: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ProductStockCommand {
     ReceiveStock(ReceiveStock),
@@ -183,10 +204,12 @@ pub enum ProductStockCommand {
     CommitReservation(CommitReservation),
     ExpireReservations(ExpireReservations),
     SetDemandForecast(SetDemandForecast),
+    SetReservationTtl(SetReservationTtl),
 }
 
 from_variants!(ProductStockCommand: ReceiveStock, AdjustStock, Reserve, ConfirmReservation,
-    ReleaseReservation, CommitReservation, ExpireReservations, SetDemandForecast);
+    ReleaseReservation, CommitReservation, ExpireReservations, SetDemandForecast,
+    SetReservationTtl);
 
 // ---------------------------------------------------------------------------------------------
 // Events
@@ -306,6 +329,13 @@ pub struct StockReservationConfirmed {
     pub confirmed_at: DateTime<Utc>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationTtlSet {
+    pub product_id: String,
+    pub reservation_ttl_ms: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
 /// Every ProductStock event. Stored: append new variants at the end only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DomainEvent)]
 #[event(topic = TOPIC, version = "1.0")]
@@ -317,10 +347,11 @@ pub enum ProductStockEvent {
     LowStockAlert(LowStockAlert),
     DemandForecastUpdated(DemandForecastUpdated),
     StockReservationConfirmed(StockReservationConfirmed),
+    ReservationTtlSet(ReservationTtlSet),
 }
 
 from_variants!(ProductStockEvent: InventoryUpdated, StockReserved, StockReleased, StockCommitted,
-    LowStockAlert, DemandForecastUpdated, StockReservationConfirmed);
+    LowStockAlert, DemandForecastUpdated, StockReservationConfirmed, ReservationTtlSet);
 
 impl ProductStockEvent {
     /// The business time the event carries (its `*_at` field).
@@ -333,6 +364,7 @@ impl ProductStockEvent {
             ProductStockEvent::LowStockAlert(e) => e.detected_at,
             ProductStockEvent::DemandForecastUpdated(e) => e.updated_at,
             ProductStockEvent::StockReservationConfirmed(e) => e.confirmed_at,
+            ProductStockEvent::ReservationTtlSet(e) => e.updated_at,
         }
     }
 }
@@ -426,6 +458,8 @@ pub struct ProductStockState {
     pub reservations: BTreeMap<String, Reservation>,
     /// Released or committed reservations of the last [`CLOSED_RESERVATION_MEMORY_MS`].
     pub closed_reservations: BTreeMap<String, ClosedReservation>,
+    /// From [`SetReservationTtl`]; `None`: [`RESERVATION_TTL_MS`].
+    pub reservation_ttl_ms: Option<i64>,
 }
 
 impl ProductStockState {
@@ -441,6 +475,11 @@ impl ProductStockState {
     /// Available stock is below the safety stock.
     pub fn is_low(&self) -> bool {
         self.available() < self.safety_stock()
+    }
+
+    /// How long a reservation made now lives.
+    pub fn reservation_ttl_ms(&self) -> i64 {
+        self.reservation_ttl_ms.unwrap_or(RESERVATION_TTL_MS)
     }
 
     /// The earliest deadline of an unconfirmed reservation: when the engine's timer should
@@ -503,6 +542,12 @@ fn key(reservation_id: Uuid) -> String {
 pub enum ProductStockError {
     #[error("quantity must be positive, got {quantity}")]
     InvalidQuantity { quantity: i64 },
+    #[error("a reservation TTL must be within {min}..={max} ms, got {reservation_ttl_ms}")]
+    InvalidReservationTtl {
+        reservation_ttl_ms: i64,
+        min: i64,
+        max: i64,
+    },
     #[error("quantity {quantity} exceeds the limit of {max} units per command")]
     QuantityTooLarge { quantity: i64, max: i64 },
     #[error("on hand would become {on_hand}, above the limit of {max}")]
@@ -546,6 +591,8 @@ pub enum ProductStockError {
 
 impl Aggregate for ProductStock {
     const TYPE: &'static str = "ProductStock";
+    /// 2: the state gained `reservation_ttl_ms`.
+    const STATE_SCHEMA_VERSION: u32 = 2;
 
     type State = ProductStockState;
     type Command = ProductStockCommand;
@@ -566,6 +613,7 @@ impl Aggregate for ProductStock {
             ProductStockCommand::CommitReservation(c) => commit(state, c, ctx)?,
             ProductStockCommand::ExpireReservations(_) => expire(state, ctx),
             ProductStockCommand::SetDemandForecast(c) => set_demand(state, c, ctx)?,
+            ProductStockCommand::SetReservationTtl(c) => set_ttl(state, c, ctx)?,
         };
         Ok(with_low_stock_alert(state, events, ctx))
     }
@@ -620,9 +668,17 @@ impl Aggregate for ProductStock {
             ProductStockEvent::DemandForecastUpdated(e) => {
                 state.average_monthly_demand = e.average_monthly_demand;
             }
+            ProductStockEvent::ReservationTtlSet(e) => {
+                state.reservation_ttl_ms = Some(e.reservation_ttl_ms);
+            }
         }
         // Housekeeping, not a rule: the idempotency memory only spans 24 hours of event time.
         state.forget_closed(event.occurred_at());
+    }
+
+    /// The durable timer: at the earliest deadline of an unconfirmed reservation, expire.
+    fn next_timer(state: &ProductStockState) -> Option<(DateTime<Utc>, ProductStockCommand)> {
+        Some((state.next_deadline()?, ExpireReservations.into()))
     }
 
     fn check_invariants(state: &ProductStockState) -> Result<(), String> {
@@ -807,7 +863,7 @@ fn reserve(
     }
     let expires_at = ctx
         .now
-        .checked_add_signed(TimeDelta::milliseconds(RESERVATION_TTL_MS))
+        .checked_add_signed(TimeDelta::milliseconds(state.reservation_ttl_ms()))
         .ok_or(ProductStockError::ClockOutOfRange { now: ctx.now })?;
     Ok(vec![StockReserved {
         product_id: ctx.aggregate_id.clone(),
@@ -971,6 +1027,30 @@ fn expire(state: &ProductStockState, ctx: &DecideContext) -> Vec<ProductStockEve
         );
     }
     events
+}
+
+fn set_ttl(
+    state: &ProductStockState,
+    c: &SetReservationTtl,
+    ctx: &DecideContext,
+) -> Result<Vec<ProductStockEvent>, ProductStockError> {
+    let ttl = c.reservation_ttl_ms;
+    if !(RESERVATION_TTL_MS_MIN..=RESERVATION_TTL_MS_MAX).contains(&ttl) {
+        return Err(ProductStockError::InvalidReservationTtl {
+            reservation_ttl_ms: ttl,
+            min: RESERVATION_TTL_MS_MIN,
+            max: RESERVATION_TTL_MS_MAX,
+        });
+    }
+    if ttl == state.reservation_ttl_ms() {
+        return Ok(vec![]);
+    }
+    Ok(vec![ReservationTtlSet {
+        product_id: ctx.aggregate_id.clone(),
+        reservation_ttl_ms: ttl,
+        updated_at: ctx.now,
+    }
+    .into()])
 }
 
 fn set_demand(

@@ -1308,3 +1308,59 @@ fn workload_drives_orders_through_every_outcome() {
         "accepted {accepted}, rejected {rejected}"
     );
 }
+
+// --- Timer -----------------------------------------------------------------------------------
+
+#[test]
+fn the_timer_follows_the_order_until_it_is_confirmed() {
+    let at = |h: Vec<OrderEvent>| Order::next_timer(on(h).state());
+    assert_eq!(at(vec![]), None);
+    // Nothing reserved yet: the order's own deadline, `timed_out`.
+    assert_eq!(at(history_created()), Some((t(30), ExpireOrder.into())));
+    // Reserved: 30 minutes after the first reservation, `reservation_expired`.
+    assert_eq!(
+        at(history_one_line_reserved()),
+        Some((t(30), ExpireUnconfirmedReservation.into()))
+    );
+    assert_eq!(
+        at(history_payment_requested()),
+        Some((t(30), ExpireUnconfirmedReservation.into()))
+    );
+    for final_or_confirmed in [
+        history_confirmed(),
+        history_fulfilled(),
+        history_cancelled(),
+    ] {
+        assert_eq!(at(final_or_confirmed), None);
+    }
+}
+
+#[test]
+fn expire_unconfirmed_reservation_cancels_at_the_reservation_deadline_and_not_before() {
+    on(history_payment_requested())
+        .at(t(30) - TimeDelta::microseconds(1))
+        .when(ExpireUnconfirmedReservation)
+        .then_expect_events([]);
+    on(history_payment_requested())
+        .at(t(30))
+        .when(ExpireUnconfirmedReservation)
+        .then_expect_events([cancelled(
+            CancelReason::ReservationExpired,
+            None,
+            Some(payment()),
+            both_reservations(),
+            t(30),
+        )]);
+    // Nothing reserved, confirmed or final: nothing to do.
+    for history in [
+        history_created(),
+        history_confirmed(),
+        history_fulfilled(),
+        history_cancelled(),
+    ] {
+        on(history)
+            .at(t(300))
+            .when(ExpireUnconfirmedReservation)
+            .then_expect_events([]);
+    }
+}

@@ -959,6 +959,7 @@ fn one_of_each_event() -> Vec<ProductStockEvent> {
         alert(5, 20, 200, 50, fixed_now()),
         demand(200),
         confirmed(1, 10, fixed_now()),
+        ttl_set(60_000),
     ]
 }
 
@@ -1028,6 +1029,11 @@ fn every_event_matches_its_contract() {
                 ("quantity", "integer"),
                 ("confirmed_at", "datetime"),
             ],
+            ProductStockEvent::ReservationTtlSet(_) => vec![
+                ("product_id", "string"),
+                ("reservation_ttl_ms", "integer"),
+                ("updated_at", "datetime"),
+            ],
         };
         // Exactly the contract's fields: nothing undocumented leaks onto the topic.
         assert_exact_contract(event.event_type(), &json, &contract);
@@ -1046,7 +1052,8 @@ fn event_types_are_the_seed_names() {
             "StockCommitted",
             "LowStockAlert",
             "DemandForecastUpdated",
-            "StockReservationConfirmed"
+            "StockReservationConfirmed",
+            "ReservationTtlSet"
         ]
     );
     assert_eq!(ProductStock::TYPE, "ProductStock");
@@ -1156,4 +1163,105 @@ fn workload_drives_the_whole_lifecycle_and_keeps_the_invariants() {
         "accepted {accepted}, rejected {rejected}"
     );
     assert!(expired > 0, "no reservation ever expired");
+}
+
+// --- Timer -----------------------------------------------------------------------------------
+
+fn ttl_set(reservation_ttl_ms: i64) -> ProductStockEvent {
+    ReservationTtlSet {
+        product_id: PRODUCT.into(),
+        reservation_ttl_ms,
+        updated_at: fixed_now(),
+    }
+    .into()
+}
+
+#[test]
+fn the_timer_is_the_earliest_unconfirmed_deadline_with_expire_reservations() {
+    let none = given::<ProductStock>(vec![received(100, 0, 0)])
+        .state()
+        .clone();
+    assert_eq!(ProductStock::next_timer(&none), None);
+    let two = given::<ProductStock>(vec![
+        received(100, 0, 0),
+        reserved_at(1, 10, 90, t(minutes(5))),
+        reserved(2, 10, 80),
+    ])
+    .state()
+    .clone();
+    assert_eq!(
+        ProductStock::next_timer(&two),
+        Some((t(ttl()), ExpireReservations.into()))
+    );
+    // Confirmed reservations no longer expire: the timer moves to the other one.
+    let one_confirmed = given::<ProductStock>(vec![
+        received(100, 0, 0),
+        reserved_at(1, 10, 90, t(minutes(5))),
+        reserved(2, 10, 80),
+        confirmed(2, 10, fixed_now()),
+    ])
+    .state()
+    .clone();
+    assert_eq!(
+        ProductStock::next_timer(&one_confirmed).map(|(at, _)| at),
+        Some(t(minutes(5) + ttl()))
+    );
+    // Released and committed ones neither.
+    let closed = given::<ProductStock>(vec![
+        received(100, 0, 0),
+        reserved(1, 10, 90),
+        released(1, 10, ReleaseReason::Cancelled, 100, fixed_now()),
+    ])
+    .state()
+    .clone();
+    assert_eq!(ProductStock::next_timer(&closed), None);
+}
+
+#[test]
+fn the_timer_command_expires_exactly_at_the_deadline_and_not_before() {
+    let history = vec![received(100, 0, 0), reserved(1, 10, 90)];
+    given::<ProductStock>(history.clone())
+        .at(t(ttl() - TimeDelta::microseconds(1)))
+        .when(ExpireReservations)
+        .then_expect_events([]);
+    given::<ProductStock>(history)
+        .at(t(ttl()))
+        .when(ExpireReservations)
+        .then_expect_events([released(1, 10, ReleaseReason::Expired, 100, t(ttl()))]);
+}
+
+#[test]
+fn a_configured_ttl_sets_the_deadline_of_new_reservations() {
+    given::<ProductStock>(vec![received(100, 0, 0)])
+        .when(SetReservationTtl {
+            reservation_ttl_ms: 60_000,
+        })
+        .then_expect_events([ttl_set(60_000)]);
+    given::<ProductStock>(vec![received(100, 0, 0), ttl_set(60_000)])
+        .when(SetReservationTtl {
+            reservation_ttl_ms: 60_000,
+        })
+        .then_expect_events([]);
+    for bad in [0, RESERVATION_TTL_MS_MIN - 1, RESERVATION_TTL_MS_MAX + 1] {
+        given::<ProductStock>(vec![])
+            .when(SetReservationTtl {
+                reservation_ttl_ms: bad,
+            })
+            .then_expect_error(ProductStockError::InvalidReservationTtl {
+                reservation_ttl_ms: bad,
+                min: RESERVATION_TTL_MS_MIN,
+                max: RESERVATION_TTL_MS_MAX,
+            });
+    }
+    let state = given::<ProductStock>(vec![received(100, 0, 0), ttl_set(60_000)])
+        .when(Reserve {
+            reservation_id: rid(1),
+            order_id: oid(1),
+            quantity: 10,
+        })
+        .then_events(|_| {});
+    assert_eq!(
+        ProductStock::next_timer(&state).map(|(at, _)| at),
+        Some(t(TimeDelta::seconds(60)))
+    );
 }

@@ -14,6 +14,12 @@
 //!    snapshot + tail) equals the pre-restart state and version;
 //! 3. a full replay from the journal without snapshots (`repository::load(.., false)`) equals
 //!    it too. Finally the journal's own `verify` must be clean.
+//!
+//! Timers are real: the engine runs on the demo's clock, the system clock plus an offset.
+//! After the workload the demo moves that clock [`DEMO_TIMER_ADVANCE_MINUTES`] ahead — past
+//! every reservation's 30-minute TTL and every order's deadline — fires the due timers
+//! through the engine (`run_due_timers`) and prints how many fired; each client then folds
+//! the timer's events (source `evershard-timer`) into the state it expects before the check.
 
 use crate::error::CliError;
 use crate::registry::{dispatch, resolve, visit_all, TypeOp};
@@ -34,6 +40,39 @@ use std::time::{Duration, Instant};
 
 /// A boxed, sendable future: what type-erased drivers return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How far the demo moves its clock after the workload so that real timers come due.
+pub const DEMO_TIMER_ADVANCE_MINUTES: i64 = 31;
+
+/// The source of the events a timer's command writes (see the engine).
+const TIMER_SOURCE: &str = "evershard-timer";
+
+/// The demo's clock: the system clock plus an offset that only moves forward.
+#[derive(Debug, Default)]
+struct DemoClock {
+    offset_micros: std::sync::atomic::AtomicI64,
+}
+
+impl DemoClock {
+    fn advance(&self, by: chrono::TimeDelta) {
+        let micros = by.num_microseconds().unwrap_or(i64::MAX);
+        self.offset_micros
+            .fetch_add(micros, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for DemoClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        let offset = self.offset_micros.load(std::sync::atomic::Ordering::SeqCst);
+        SystemClock.now() + chrono::TimeDelta::microseconds(offset)
+    }
+}
+
+/// The one demo clock of this process: the engine's and the drivers'.
+fn demo_clock() -> &'static std::sync::Arc<DemoClock> {
+    static CLOCK: std::sync::OnceLock<std::sync::Arc<DemoClock>> = std::sync::OnceLock::new();
+    CLOCK.get_or_init(Default::default)
+}
 
 /// The `source` recorded in every event the demo writes.
 pub const DEMO_SOURCE: &str = "evershard-demo";
@@ -131,7 +170,27 @@ impl<A: Aggregate> Instance<A> {
         Ok(())
     }
 
+    /// Folds the events timers wrote after the client's last command into what it expects;
+    /// returns how many. Stops at the first event of another source (a mismatch, reported
+    /// by `capture`).
+    fn catch_up_timers(&mut self, engine: &Engine) -> Result<u64, String> {
+        let history = engine
+            .history::<A>(&self.stream.aggregate_id)
+            .map_err(|e| format!("{}: reading the history failed: {e}", self.stream))?;
+        let mut folded = 0;
+        for envelope in history.into_iter().skip(self.version as usize) {
+            if envelope.source != TIMER_SOURCE || envelope.sequence != self.version + 1 {
+                break;
+            }
+            A::apply(&mut self.expected, &envelope.payload);
+            self.version = envelope.sequence;
+            folded += 1;
+        }
+        Ok(folded)
+    }
+
     async fn capture(&mut self, engine: &Engine) -> Result<Vec<String>, String> {
+        self.catch_up_timers(engine)?;
         let (state, version) = engine
             .state::<A>(&self.stream.aggregate_id)
             .await
@@ -254,6 +313,11 @@ impl<A: Workload> WorkloadDriver<A> {
                 .await;
             match result {
                 Ok(events) => {
+                    // An idempotent repeat (Order's `CreateOrder` key) answers the original
+                    // events, which the client has folded already.
+                    if events.last().is_some_and(|e| e.sequence <= current.version) {
+                        return Ok(Step::Accepted { events: 0 });
+                    }
                     for envelope in &events {
                         if envelope.sequence != current.version + 1 {
                             return Ok(Step::Failed(format!(
@@ -329,7 +393,7 @@ impl<A: Workload> Driver for WorkloadDriver<A> {
                 self.current().load(engine).await?;
             }
             let current = self.instances.last().expect("a driver has an instance");
-            let ctx = DecideContext::new(current.stream.aggregate_id.clone(), SystemClock.now());
+            let ctx = DecideContext::new(current.stream.aggregate_id.clone(), demo_clock().now());
             let command = A::sample_command(&current.expected, &ctx, &mut self.rng);
             self.execute(engine, command).await
         })
@@ -494,6 +558,7 @@ async fn open_engine(args: &DemoArgs) -> Result<Engine, CliError> {
     };
     let mut builder = Engine::builder(&args.data)
         .durability(durability)
+        .clock(demo_clock().clone())
         .source(DEMO_SOURCE);
     if let Some(every) = args.snapshot_every {
         let policy = if every == 0 {
@@ -883,6 +948,25 @@ async fn drive(
         per_second(work.events, elapsed)
     )?;
     write_listed(out, "failed", &work.failures)?;
+    out.flush()?;
+
+    // Real timers: move the clock past every 30-minute deadline and let the engine fire
+    // what came due (the drivers fold the timers' events in before the check below).
+    let pending = engine.journal().timers(None).count();
+    demo_clock().advance(chrono::TimeDelta::minutes(DEMO_TIMER_ADVANCE_MINUTES));
+    let started = Instant::now();
+    let fired = engine
+        .run_due_timers()
+        .await
+        .map_err(|e| CliError::engine(&args.data, e))?;
+    writeln!(
+        out,
+        "timers: {pending} pending; clock moved {DEMO_TIMER_ADVANCE_MINUTES} minutes ahead; \
+         {fired} fired in {:.2} s (expired reservations released, unconfirmed orders cancelled); \
+         {} still pending",
+        started.elapsed().as_secs_f64(),
+        engine.journal().timers(None).count()
+    )?;
     out.flush()?;
 
     let (partitions, capture) = run_phase(engine, partitions, Phase::Capture, hidden).await?;

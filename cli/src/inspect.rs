@@ -4,10 +4,11 @@
 use crate::error::CliError;
 use crate::registry::{dispatch, is_known, resolve, TypeOp};
 use crate::store::open_read_only;
-use crate::{HistoryArgs, ListArgs, Outcome, StateArgs, StatsArgs};
+use crate::{HistoryArgs, ListArgs, Outcome, StateArgs, StatsArgs, TimersArgs};
 use chrono::{DateTime, SecondsFormat, Utc};
 use evershard_engine::model::{DomainEvent, EventEnvelope, Workload};
 use evershard_engine::repository::{self, Loaded};
+use evershard_engine::IdempotencyEntry;
 use evershard_engine::Record;
 use evershard_engine::{Journal, StorageError, StreamId};
 use serde_json::{json, Value};
@@ -148,15 +149,27 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> Result<Outcome, CliEr
         journal: &journal,
         stream: &stream,
     };
+    let keys = journal
+        .idempotency_keys(&stream)
+        .map_err(|e| CliError::storage(&args.store.data, e))?;
+    // The idempotency key whose command committed a sequence, if any.
+    let key_of = |sequence: u64| {
+        keys.iter()
+            .find(|k| (k.first_sequence..k.first_sequence + k.events as u64).contains(&sequence))
+            .map(|k| k.key)
+    };
     let events = dispatch(aggregate_type, history).expect("resolved types are known");
     for envelope in events {
         let envelope = envelope.map_err(|e| CliError::storage(&args.store.data, e))?;
+        let key = key_of(envelope.sequence);
         if args.json {
-            json_line(out, &envelope_json(&envelope))?;
+            let mut line = envelope_json(&envelope);
+            line["idempotency_key"] = json!(key);
+            json_line(out, &line)?;
         } else {
             writeln!(
                 out,
-                "#{:<5} {}  {} {}  global {}  correlation {}{}{}  {}",
+                "#{:<5} {}  {} {}  global {}  correlation {}{}{}{}  {}",
                 envelope.sequence,
                 rfc3339(&envelope.timestamp),
                 envelope.event_type,
@@ -171,6 +184,8 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> Result<Outcome, CliEr
                     .user_id
                     .as_deref()
                     .map(|u| format!("  user {u}"))
+                    .unwrap_or_default(),
+                key.map(|k| format!("  idempotency-key {k}"))
                     .unwrap_or_default(),
                 envelope.payload
             )?;
@@ -225,6 +240,10 @@ pub fn state(args: &StateArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
         use_snapshots: args.from_snapshots,
     };
     let loaded = dispatch(aggregate_type, state).expect("resolved types are known")?;
+    let storage = |e| CliError::storage(&args.store.data, e);
+    // The timer and keys are the store's now, not as of an earlier sequence.
+    let timer = journal.timer(&stream).map_err(storage)?;
+    let keys = journal.idempotency_keys(&stream).map_err(storage)?;
     if args.json {
         json_line(
             out,
@@ -237,6 +256,8 @@ pub fn state(args: &StateArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
                 "from_snapshot": loaded.from_snapshot,
                 "events_replayed": loaded.events_replayed,
                 "state": loaded.state,
+                "timer": timer.as_ref().map(rfc3339),
+                "idempotency_keys": keys.iter().map(key_json).collect::<Vec<_>>(),
             }),
         )?;
     } else {
@@ -263,6 +284,58 @@ pub fn state(args: &StateArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
                 source,
             })?;
         writeln!(out, "{pretty}")?;
+        match timer {
+            Some(at) => writeln!(out, "timer: due {}", rfc3339(&at))?,
+            None => writeln!(out, "timer: none")?,
+        }
+        for k in &keys {
+            writeln!(
+                out,
+                "idempotency key {} recorded {}: {} events from sequence {}",
+                k.key,
+                rfc3339(&k.recorded_at),
+                k.events,
+                k.first_sequence
+            )?;
+        }
+    }
+    out.flush()?;
+    Ok(Outcome::Clean)
+}
+
+fn key_json(k: &IdempotencyEntry) -> Value {
+    json!({
+        "key": k.key,
+        "recorded_at": rfc3339(&k.recorded_at),
+        "first_sequence": k.first_sequence,
+        "events": k.events,
+    })
+}
+
+/// `evershard timers`: pending timers in deadline order (read lazily from the keyspace).
+pub fn timers(args: &TimersArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    let journal = open_read_only(&args.store.data)?;
+    let due_before = args.due_before.map(|t| t.with_timezone(&Utc));
+    for timer in journal.timers(due_before) {
+        let timer = timer.map_err(|e| CliError::storage(&args.store.data, e))?;
+        if args.json {
+            json_line(
+                out,
+                &json!({
+                    "deadline": rfc3339(&timer.deadline),
+                    "aggregate_type": timer.stream.aggregate_type,
+                    "aggregate_id": timer.stream.aggregate_id,
+                }),
+            )?;
+        } else {
+            writeln!(
+                out,
+                "{}\t{}\t{}",
+                rfc3339(&timer.deadline),
+                timer.stream.aggregate_type,
+                timer.stream.aggregate_id
+            )?;
+        }
     }
     out.flush()?;
     Ok(Outcome::Clean)

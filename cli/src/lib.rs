@@ -76,6 +76,8 @@ pub enum Command {
     Prove(ProveArgs),
     /// Check a proof against a digest, offline: needs no store.
     CheckProof(CheckProofArgs),
+    /// Pending durable timers in deadline order: deadline, type, id.
+    Timers(TimersArgs),
 }
 
 /// The store every command works on.
@@ -279,6 +281,18 @@ pub struct CheckProofArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TimersArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only timers due before this RFC 3339 time.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub due_before: Option<DateTime<FixedOffset>>,
+    /// One JSON object per timer and line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ExportArgs {
     #[command(flatten)]
     pub store: StoreArgs,
@@ -367,6 +381,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, CliError> {
         Command::Digest(args) => audit::digest(args, out),
         Command::Prove(args) => audit::prove(args, out),
         Command::CheckProof(args) => audit::check_proof(args, out),
+        Command::Timers(args) => inspect::timers(args, out),
     }
 }
 

@@ -17,6 +17,7 @@ use crate::topics::{
     PartitionLag, Subscription, SubscriptionOptions, TopicCatalog, TopicConfig, TopicError,
     TopicLog, TopicMetrics, TopicRoute,
 };
+use chrono::{DateTime, Utc};
 use evershard_model::CommandGuard;
 use evershard_model::{Aggregate, EventEnvelope, Metadata};
 use evershard_model::{Clock, SystemClock};
@@ -47,11 +48,85 @@ pub struct EngineBuilder {
     catalog: TopicCatalog,
     topic_indexer: bool,
     merkle_tree: bool,
+    timer_poll_ms: u64,
+    idempotency_retention_ms: i64,
+    guard_recoveries: HashMap<&'static str, GuardRecovery>,
 }
+
+/// Replays the recent events of a type into its guard at open.
+struct GuardRecovery(Box<RecoverFn>);
+
+type RecoverFn = dyn FnOnce(&Journal, DateTime<Utc>) -> Result<usize, StorageError> + Send + Sync;
+
+impl std::fmt::Debug for GuardRecovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GuardRecovery")
+    }
+}
+
+/// Records read back past a guard's window before the scan stops: commits of one moment may
+/// reach the journal slightly out of clock order (decided, then group-committed).
+const GUARD_RECOVERY_SLACK_MS: i64 = 5_000;
+
+/// Hands a guard every event of `A` committed within its recovery window, oldest first;
+/// returns how many. Reads the journal backwards from its newest event and stops at the
+/// first record older than the window (plus a slack).
+fn recover_guard<A: Aggregate>(
+    journal: &Journal,
+    guard: &dyn CommandGuard<A>,
+    now: DateTime<Utc>,
+) -> Result<usize, StorageError> {
+    let Some(window) = guard.recovery_window() else {
+        return Ok(0);
+    };
+    let since = now - window;
+    let stop_before = since - chrono::TimeDelta::milliseconds(GUARD_RECOVERY_SLACK_MS);
+    let mut recent = Vec::new();
+    for item in journal.read_global_rev() {
+        let (_, stream, sequence) = item?;
+        let Some(record) = journal.read_stream(&stream, sequence, sequence).next() else {
+            continue;
+        };
+        let record = record?;
+        if record.timestamp < stop_before {
+            break;
+        }
+        if stream.aggregate_type == A::TYPE && record.timestamp >= since {
+            recent.push(repository::decode_record::<A>(record)?);
+        }
+    }
+    for event in recent.iter().rev() {
+        guard.recover(event);
+    }
+    Ok(recent.len())
+}
+
+/// Fires the timer of one aggregate of a registered type (type-erased for the scheduler).
+type FireTimer = fn(Engine, String) -> BoxFuture<Result<bool, String>>;
+
+fn fire_timer<A: Aggregate>(
+    engine: Engine,
+    aggregate_id: String,
+) -> BoxFuture<Result<bool, String>> {
+    Box::pin(async move {
+        engine
+            .send::<A, _>(&aggregate_id, |reply| EntityMsg::FireTimer { reply })
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Timers read from the keyspace per page: the scheduler never holds more in memory.
+const TIMER_PAGE_MAX: usize = 512;
+/// Timer commands one scheduler pass runs at most before it lets the loop breathe (and
+/// re-reads the clock); the next pass starts at once.
+const TIMERS_PER_PASS_MAX: usize = 100_000;
+/// Idempotency records one sweep removes at most.
+const IDEMPOTENCY_SWEEP_MAX: usize = 10_000;
 
 /// A function pointer wrapper so the builder can be `Debug`.
 #[derive(Clone, Copy)]
-struct StartGroupFn(StartGroup);
+struct StartGroupFn(StartGroup, FireTimer);
 
 impl std::fmt::Debug for StartGroupFn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -74,12 +149,16 @@ impl EngineBuilder {
             catalog: TopicCatalog::new(),
             topic_indexer: true,
             merkle_tree: true,
+            timer_poll_ms: 1000,
+            idempotency_retention_ms: 24 * 60 * 60 * 1000,
+            guard_recoveries: HashMap::new(),
         }
     }
 
     /// Registers an aggregate type. Each type gets its own shard actors.
     pub fn register<A: Aggregate>(mut self) -> Self {
-        self.types.push((A::TYPE, StartGroupFn(start_group::<A>)));
+        self.types
+            .push((A::TYPE, StartGroupFn(start_group::<A>, fire_timer::<A>)));
         self.catalog.register::<A>();
         self
     }
@@ -115,11 +194,35 @@ impl EngineBuilder {
         self
     }
 
+    /// How often, at most, the timer scheduler looks for due timers when none is known to be
+    /// due sooner (by the clock). Default 1 s. It also runs at start-up and whenever
+    /// [`Engine::run_due_timers`] or [`Engine::wake_timers`] is called.
+    pub fn timer_poll_ms(mut self, ms: u64) -> Self {
+        self.timer_poll_ms = ms.max(1);
+        self
+    }
+
+    /// How long a command's idempotency key answers with its original result. Default 24
+    /// hours (seed 9.1). Older keys are swept.
+    pub fn idempotency_retention_ms(mut self, ms: u64) -> Self {
+        self.idempotency_retention_ms = i64::try_from(ms).unwrap_or(i64::MAX);
+        self
+    }
+
     /// Adds a [`CommandGuard`] that every command to `A` passes before it is routed (one
     /// guard per type; a second call replaces the first). `A` must also be registered.
+    ///
+    /// A guard with a [`CommandGuard::recovery_window`] is handed the events of `A` committed
+    /// within that window before the clock's now, at open, before any command.
     pub fn guard<A: Aggregate>(mut self, guard: impl CommandGuard<A>) -> Self {
         let guard: Arc<dyn CommandGuard<A>> = Arc::new(guard);
-        self.guards.insert(A::TYPE, Box::new(guard));
+        self.guards.insert(A::TYPE, Box::new(guard.clone()));
+        self.guard_recoveries.insert(
+            A::TYPE,
+            GuardRecovery(Box::new(move |journal: &Journal, now| {
+                recover_guard::<A>(journal, &*guard, now)
+            })),
+        );
         self
     }
 
@@ -239,6 +342,18 @@ impl EngineBuilder {
         } else {
             None
         };
+        let now = self.clock.now();
+        for (name, recover) in self.guard_recoveries {
+            let reader = journal.reader().clone();
+            let recovered = tokio::task::spawn_blocking(move || (recover.0)(&reader, now))
+                .await
+                .map_err(actor_error)??;
+            tracing::debug!(
+                aggregate_type = name,
+                recovered,
+                "guard recovered from the journal"
+            );
+        }
         let snapshotter = Snapshotter::start(journal.clone(), self.snapshot_policy.keep)
             .map_err(StorageError::from)?;
         let rt = Arc::new(Runtime {
@@ -247,7 +362,10 @@ impl EngineBuilder {
             snapshot_policy: self.snapshot_policy,
             snapshotter,
             config: self.sharding,
+            idempotency_retention_ms: self.idempotency_retention_ms,
         });
+        let fire: HashMap<&'static str, FireTimer> =
+            self.types.iter().map(|(name, f)| (*name, f.1)).collect();
         let mut groups: HashMap<&'static str, Box<dyn AnyGroup>> = HashMap::new();
         for (name, start) in self.types {
             match (start.0)(rt.clone()).await {
@@ -269,7 +387,7 @@ impl EngineBuilder {
                 }
             }
         }
-        Ok(Engine {
+        let engine = Engine {
             inner: Arc::new(Inner {
                 journal,
                 rt,
@@ -282,8 +400,60 @@ impl EngineBuilder {
                 inflight: AtomicUsize::new(0),
                 drained: Notify::new(),
                 shutdown: tokio::sync::OnceCell::new(),
+                fire,
+                timer_pass: tokio::sync::Mutex::new(()),
+                timer_wake: Notify::new(),
+                timer_task: std::sync::Mutex::new(None),
+                key_locks: std::sync::Mutex::new(HashMap::new()),
             }),
-        })
+        };
+        // The scheduler holds only a weak handle, so dropping the last `Engine` still drops
+        // the engine (and stops the scheduler).
+        let task = tokio::spawn(timer_loop(
+            Arc::downgrade(&engine.inner),
+            std::time::Duration::from_millis(self.timer_poll_ms),
+        ));
+        *engine.inner.timer_task.lock().expect("timer task lock") = Some(task);
+        Ok(engine)
+    }
+}
+
+/// The timer scheduler: a pass at start-up (timers that came due while the process was down
+/// fire now, in deadline order), then again when the next known deadline comes, after at
+/// most `poll`, or when woken. Also sweeps idempotency keys past their retention.
+async fn timer_loop(engine: std::sync::Weak<Inner>, poll: std::time::Duration) {
+    loop {
+        let (wait, woken) = {
+            let Some(inner) = engine.upgrade() else {
+                return;
+            };
+            if inner.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            let engine = Engine { inner };
+            let fired = match engine.run_due_timers().await {
+                Ok(fired) => fired,
+                Err(_) if engine.inner.closing.load(Ordering::SeqCst) => return,
+                Err(e) => {
+                    tracing::warn!(%e, "timer pass failed; retrying after the poll interval");
+                    0
+                }
+            };
+            if let Err(e) = engine.sweep_idempotency_keys().await {
+                tracing::warn!(%e, "idempotency sweep failed");
+            }
+            let wait = if fired >= TIMERS_PER_PASS_MAX {
+                std::time::Duration::ZERO
+            } else {
+                engine.until_next_timer(poll)
+            };
+            let inner = engine.inner.clone();
+            (wait, async move { inner.timer_wake.notified().await })
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = woken => {}
+        }
     }
 }
 
@@ -405,6 +575,9 @@ fn actor_error(e: impl std::fmt::Display) -> EngineError {
     }
 }
 
+/// An idempotency key of an aggregate type.
+type KeyLock = (&'static str, uuid::Uuid);
+
 struct Inner {
     journal: JournalWriter,
     rt: Arc<Runtime>,
@@ -421,6 +594,15 @@ struct Inner {
     drained: Notify,
     /// The outcome of the one shutdown, shared by every caller of `shutdown`.
     shutdown: tokio::sync::OnceCell<Result<(), EngineError>>,
+    /// How the scheduler fires a timer of each registered type.
+    fire: HashMap<&'static str, FireTimer>,
+    /// One timer pass at a time (the background scheduler and `run_due_timers`).
+    timer_pass: tokio::sync::Mutex<()>,
+    timer_wake: Notify,
+    timer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Idempotency keys of commands in flight, per aggregate type: a second command with
+    /// the same key waits for the first, then finds its result.
+    key_locks: std::sync::Mutex<HashMap<KeyLock, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Drop for Inner {
@@ -428,6 +610,9 @@ impl Drop for Inner {
     /// committer then syncs what is queued and exits, and sled releases the directory lock.
     /// Commands answered before are durable in durable mode; nothing waits here.
     fn drop(&mut self) {
+        if let Some(task) = self.timer_task.get_mut().ok().and_then(|t| t.take()) {
+            task.abort();
+        }
         if !self.closing.load(Ordering::SeqCst) {
             for group in self.groups.values() {
                 group.stop_now();
@@ -554,7 +739,16 @@ impl Engine {
             .await
     }
 
-    /// [`Engine::execute`] with explicit correlation, causation, source and user.
+    /// [`Engine::execute`] with explicit correlation, causation, source, user and
+    /// idempotency key.
+    ///
+    /// With [`Metadata::idempotency_key`], a repeat of the key for the same aggregate type
+    /// within the retention window answers the original result (the same envelopes, read
+    /// back from the journal) without running `decide` or the guard and without writing;
+    /// the same key with another command (or another aggregate id) is refused with
+    /// [`CommandError::IdempotencyConflict`]. Concurrent commands with one key run one after
+    /// the other, so one executes and the others get its result. A command that is refused
+    /// (any error) records nothing: a retry with the key is decided afresh.
     pub async fn execute_with<A: Aggregate>(
         &self,
         aggregate_id: &str,
@@ -562,6 +756,69 @@ impl Engine {
         metadata: Metadata,
     ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
         let command = command.into();
+        let mut metadata = metadata;
+        metadata.idempotency_key = metadata
+            .idempotency_key
+            .or_else(|| A::idempotency_key(&command));
+        let Some(key) = metadata.idempotency_key else {
+            return self
+                .execute_guarded::<A>(aggregate_id, command, metadata)
+                .await;
+        };
+        let lock = {
+            let mut locks = self
+                .inner
+                .key_locks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            locks.entry((A::TYPE, key)).or_default().clone()
+        };
+        let result = {
+            let _held = lock.lock().await;
+            // A key already recorded within its window goes straight to the aggregate, which
+            // answers the recorded result: the guard would take the repeat for a duplicate.
+            // Only a type with a guard needs this look-up (the entity makes its own).
+            let recorded = self.inner.guards.contains_key(A::TYPE)
+                && self
+                    .inner
+                    .journal
+                    .idempotency_record(A::TYPE, &key)
+                    .map_err(CommandError::Storage)?
+                    .is_some_and(|r| {
+                        let retention = self.inner.rt.idempotency_retention_ms.saturating_mul(1000);
+                        r.recorded_at_micros.saturating_add(retention)
+                            > self.inner.rt.clock.now().timestamp_micros()
+                    });
+            if recorded {
+                self.send::<A, _>(aggregate_id, |reply| EntityMsg::Execute {
+                    command,
+                    metadata,
+                    reply,
+                })
+                .await
+            } else {
+                self.execute_guarded::<A>(aggregate_id, command, metadata)
+                    .await
+            }
+        };
+        let mut locks = self
+            .inner
+            .key_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // The map's and ours: nobody else waits for this key.
+        if Arc::strong_count(&lock) == 2 {
+            locks.remove(&(A::TYPE, key));
+        }
+        result
+    }
+
+    async fn execute_guarded<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: Metadata,
+    ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
         let guard = self
             .inner
             .guards
@@ -591,6 +848,93 @@ impl Engine {
             .await;
         guard.settle(aggregate_id, &for_settle, now, result.is_ok());
         result
+    }
+
+    /// Fires every timer due by the engine's clock now, in deadline order, through the
+    /// normal command path; returns how many timer commands ran. The background scheduler
+    /// does the same at start-up, at the next deadline and at least every `timer_poll_ms`;
+    /// tests that move a [`ManualClock`](crate::ManualClock) call this to fire at once.
+    /// Passes never overlap: this waits for a running one.
+    pub async fn run_due_timers(&self) -> Result<usize, EngineError> {
+        let _pass = self.inner.timer_pass.lock().await;
+        let now = self.inner.rt.clock.now().timestamp_micros();
+        let mut after = None;
+        let mut fired = 0;
+        while fired < TIMERS_PER_PASS_MAX {
+            let page = self
+                .inner
+                .journal
+                .due_timers(after.as_ref(), now, TIMER_PAGE_MAX)?;
+            let Some(last) = page.last().cloned() else {
+                break;
+            };
+            // Dispatched in deadline order; different aggregates then run in parallel.
+            let mut running = tokio::task::JoinSet::new();
+            for timer in page {
+                let Some(fire) = self.inner.fire.get(timer.stream.aggregate_type.as_str()) else {
+                    tracing::debug!(stream = %timer.stream, "timer of a type this engine does not run");
+                    continue;
+                };
+                running.spawn(fire(self.clone(), timer.stream.aggregate_id.clone()));
+            }
+            while let Some(outcome) = running.join_next().await {
+                match outcome {
+                    Ok(Ok(true)) => fired += 1,
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(%e, "a timer command failed; it fires again at the next pass")
+                    }
+                    Err(e) => tracing::warn!(%e, "a timer task failed"),
+                }
+            }
+            if self.inner.closing.load(Ordering::SeqCst) {
+                return Err(EngineError::ShuttingDown);
+            }
+            after = Some(last);
+        }
+        Ok(fired)
+    }
+
+    /// Wakes the background scheduler for a pass now (e.g. after moving a manual clock),
+    /// without waiting for it. [`Engine::run_due_timers`] waits.
+    pub fn wake_timers(&self) {
+        self.inner.timer_wake.notify_one();
+    }
+
+    /// How long the scheduler may sleep: until the earliest pending deadline by the clock,
+    /// at most `poll`; `poll` when the earliest is already due (it did not fire: retry).
+    fn until_next_timer(&self, poll: std::time::Duration) -> std::time::Duration {
+        let next = match self.inner.journal.timers(None).next() {
+            Some(Ok(timer)) => timer.deadline,
+            _ => return poll,
+        };
+        let now = self.inner.rt.clock.now();
+        match (next - now).to_std() {
+            Ok(d) if !d.is_zero() => d.min(poll),
+            _ => poll,
+        }
+    }
+
+    /// Removes idempotency records older than the retention window (at most 10,000 per
+    /// call); returns how many. The scheduler calls it on every pass.
+    pub async fn sweep_idempotency_keys(&self) -> Result<usize, EngineError> {
+        let retention = self.inner.rt.idempotency_retention_ms.saturating_mul(1000);
+        let before = self
+            .inner
+            .rt
+            .clock
+            .now()
+            .timestamp_micros()
+            .saturating_sub(retention)
+            // A record is past its window when recorded_at + retention <= now, as the lookup
+            // says: remove every record at or before now - retention.
+            .saturating_add(1);
+        let journal = self.inner.journal.clone();
+        Ok(tokio::task::spawn_blocking(move || {
+            journal.sweep_idempotency(before, IDEMPOTENCY_SWEEP_MAX)
+        })
+        .await
+        .map_err(actor_error)??)
     }
 
     /// The live state and version of an aggregate, read through its actor (so it is ordered
@@ -644,6 +988,7 @@ impl Engine {
 
     async fn shutdown_once(&self) -> Result<(), EngineError> {
         self.inner.closing.store(true, Ordering::SeqCst);
+        self.inner.timer_wake.notify_one();
         loop {
             let drained = self.inner.drained.notified();
             if self.inner.inflight.load(Ordering::SeqCst) == 0 {

@@ -297,6 +297,14 @@ pub enum CommandError<E: std::error::Error> {
         invariant: String,
         sequence: u64,
     },
+    /// The idempotency key was used within its retention window for another command body
+    /// (or another aggregate of the type). Nothing was executed or written. Do not retry
+    /// with this key: use a new key for a new command.
+    #[error("idempotency key {key} of {aggregate_type} was used for another command")]
+    IdempotencyConflict {
+        aggregate_type: &'static str,
+        key: uuid::Uuid,
+    },
     #[error("invalid command: {0}")]
     Invalid(#[source] InvalidRequest),
     #[error("aggregate type {0} is not registered with this engine")]

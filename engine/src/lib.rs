@@ -113,6 +113,9 @@ pub use journal::JournalStats;
 pub use journal::Reads;
 /// A stream's last sequence and the hash of its last record.
 pub use journal::StreamHead;
+/// A pending durable timer (`Journal::timers`) and a stored idempotency key
+/// (`Journal::idempotency_keys`).
+pub use journal::{IdempotencyEntry, PendingTimer};
 /// A decoded event record and why bytes are not one.
 pub use journal::{Record, RecordError};
 /// What `Journal::verify` found.
@@ -148,3 +151,36 @@ pub use journal::{
     AppendRequest, Committed, JournalConfig, JournalWriter, NewEvent, SyncHold, WriteOp,
     EVENTS_PER_APPEND_MAX,
 };
+
+/// The writes the engine makes for a timer and an idempotency key, for benchmarks that fill
+/// the keyspaces through `JournalWriter` without running commands (tests and benches only).
+#[cfg(feature = "fault-injection")]
+pub mod keyspace_writes {
+    use crate::journal::{keys, WriteOp};
+    use chrono::{DateTime, Utc};
+    use evershard_model::StreamId;
+
+    /// A new timer of `stream` at `deadline`: its `t` entry and `T` reverse entry.
+    pub fn timer(stream: &StreamId, deadline: DateTime<Utc>) -> Vec<WriteOp> {
+        crate::sharding::timer_ops(stream, None, Some(deadline.timestamp_micros()))
+    }
+
+    /// An idempotency record of `key` (its `i` record and `I` index entry), for a command of
+    /// `count` events from `first_sequence` of `stream`, recorded at `recorded_at`.
+    pub fn idempotency(
+        stream: &StreamId,
+        key: &uuid::Uuid,
+        recorded_at: DateTime<Utc>,
+        first_sequence: u64,
+        count: u32,
+    ) -> Vec<WriteOp> {
+        let record = keys::IdempotencyRecord {
+            recorded_at_micros: recorded_at.timestamp_micros(),
+            digest: [0; 32],
+            aggregate_id: stream.aggregate_id.clone(),
+            first_sequence,
+            count,
+        };
+        crate::sharding::idempotency_ops(&stream.aggregate_type, key, &record).to_vec()
+    }
+}

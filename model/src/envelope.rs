@@ -12,6 +12,11 @@ pub struct Metadata {
     /// The producing service or tool, e.g. `"evershard-demo"`.
     pub source: String,
     pub user_id: Option<String>,
+    /// The client's idempotency key (a UUID, sent as `X-Idempotency-Key`): a repeat of the
+    /// same key for the same aggregate type within the engine's retention window answers the
+    /// original result without executing again. Not stored in the event records.
+    #[serde(default)]
+    pub idempotency_key: Option<Uuid>,
 }
 
 impl Default for Metadata {
@@ -21,6 +26,7 @@ impl Default for Metadata {
             causation_id: None,
             source: "evershard".to_owned(),
             user_id: None,
+            idempotency_key: None,
         }
     }
 }
@@ -42,6 +48,11 @@ impl Metadata {
     }
     pub fn user_id(mut self, user: impl Into<String>) -> Self {
         self.user_id = Some(user.into());
+        self
+    }
+    /// Makes the command idempotent under `key`: see [`Metadata::idempotency_key`].
+    pub fn idempotency_key(mut self, key: Uuid) -> Self {
+        self.idempotency_key = Some(key);
         self
     }
 }

@@ -7,11 +7,14 @@
 //! *reserve* (record the command as if accepted) and `settle(accepted = false)` should take
 //! the reservation back: two identical commands sent at once then cannot both pass.
 //!
-//! Guards keep their memory in process: after a restart they start empty. That suits short
-//! windows (seconds); rules that must survive a restart belong in an aggregate.
+//! Guards keep their memory in process. To survive a restart, a guard names a
+//! [`CommandGuard::recovery_window`]: at open, the engine hands it (through
+//! [`CommandGuard::recover`]) every event of its type committed within that window before
+//! now, oldest first, so it remembers what it would have remembered had the process not
+//! stopped. The journal is the durable record; the guard writes nothing of its own.
 
-use crate::Aggregate;
-use chrono::{DateTime, Utc};
+use crate::{Aggregate, EventEnvelope};
+use chrono::{DateTime, TimeDelta, Utc};
 
 pub trait CommandGuard<A: Aggregate>: Send + Sync + 'static {
     /// Before routing. `Err` rejects the command (`CommandError::Rejected`); nothing is written.
@@ -26,5 +29,17 @@ pub trait CommandGuard<A: Aggregate>: Send + Sync + 'static {
     /// aggregate included. Not called when `admit` refused.
     fn settle(&self, aggregate_id: &str, command: &A::Command, now: DateTime<Utc>, accepted: bool) {
         let _ = (aggregate_id, command, now, accepted);
+    }
+
+    /// How far back the engine replays committed events into [`CommandGuard::recover`] when
+    /// it opens. Default `None`: the guard starts empty after a restart.
+    fn recovery_window(&self) -> Option<TimeDelta> {
+        None
+    }
+
+    /// At open, once per event of `A` committed within [`CommandGuard::recovery_window`]
+    /// before the engine's clock, oldest first, before any command is admitted.
+    fn recover(&self, event: &EventEnvelope<A::Event>) {
+        let _ = event;
     }
 }

@@ -137,7 +137,9 @@ pub trait Aggregate: Send + Sync + 'static {
         + Send
         + Sync
         + 'static;
-    type Command: Debug + Clone + Send + Sync + 'static;
+    /// `Serialize` gives a command a stable encoding: the engine digests it to tell a repeat
+    /// of an idempotency key with the same body from one with another body.
+    type Command: Debug + Clone + Serialize + Send + Sync + 'static;
     type Event: DomainEvent;
     type Error: std::error::Error + Clone + PartialEq + Send + Sync + 'static;
 
@@ -158,6 +160,32 @@ pub trait Aggregate: Send + Sync + 'static {
     /// in debug builds; property tests assert them always.
     fn check_invariants(_state: &Self::State) -> Result<(), String> {
         Ok(())
+    }
+
+    /// The idempotency key a command carries in its body, if its contract has one (Order's
+    /// `CreateOrder.idempotency_key`). The engine uses it when the command's
+    /// [`Metadata::idempotency_key`] is not set. Default: none.
+    fn idempotency_key(_command: &Self::Command) -> Option<uuid::Uuid> {
+        None
+    }
+
+    /// When this aggregate next needs to act on its own, and what command the engine then
+    /// sends it: a durable timer. The engine calls it on the state after every commit; when
+    /// the deadline changed, it writes, moves or removes the timer entry in the same atomic
+    /// batch as the events. At the deadline (or, after downtime, at start-up) the engine
+    /// calls it again on the then current state and, if the deadline is due, executes the
+    /// command through the normal command path. So the command is never stored: it is always
+    /// the one the current state asks for. Firing is at-least-once; the command must be
+    /// harmless when there is nothing to do (answer no events), and after it the deadline
+    /// must lie in the future (or be `None`). Default: no timer.
+    ///
+    /// ```ignore
+    /// fn next_timer(state: &ProductStockState) -> Option<(DateTime<Utc>, ProductStockCommand)> {
+    ///     Some((state.next_deadline()?, ExpireReservations.into()))
+    /// }
+    /// ```
+    fn next_timer(_state: &Self::State) -> Option<(DateTime<Utc>, Self::Command)> {
+        None
     }
 
     /// Decodes a stored payload. Override to upcast old `event_version`s of an event type; the

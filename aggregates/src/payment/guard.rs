@@ -21,11 +21,11 @@
 //! both at once for callers that record on arrival.
 
 use super::{
-    within_duplicate_window, InitiatePayment, Payment, PaymentCommand, PaymentError, TargetType,
-    DUPLICATE_WINDOW_SECONDS,
+    within_duplicate_window, InitiatePayment, Payment, PaymentCommand, PaymentError, PaymentEvent,
+    TargetType, DUPLICATE_WINDOW_SECONDS,
 };
 use chrono::{DateTime, Utc};
-use evershard_model::{CommandGuard, Currency, Money};
+use evershard_model::{CommandGuard, Currency, EventEnvelope, Money};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use uuid::Uuid;
@@ -214,7 +214,9 @@ impl DuplicateTransactionGuard {
 /// `admit` reserves the fingerprint, so two identical initiations sent at the same moment
 /// cannot both pass; if the aggregate then rejects the command for another reason, `settle`
 /// takes the reservation back and a corrected command is not refused as a duplicate.
-/// In-process memory: a restart forgets the last 10 s, by design of a short window.
+/// It survives a restart: the engine replays the `PaymentInitiated` events of the last 10 s
+/// from the journal into it at open ([`CommandGuard::recovery_window`]), so an identical
+/// initiation right after a restart is refused as it would have been before.
 #[derive(Debug, Default)]
 pub struct PaymentDuplicateGuard {
     recent: Mutex<DuplicateTransactionGuard>,
@@ -247,6 +249,26 @@ impl CommandGuard<Payment> for PaymentDuplicateGuard {
                 .expect("guard lock")
                 .check_and_record(initiate.fingerprint(), now),
             None => Ok(()),
+        }
+    }
+
+    fn recovery_window(&self) -> Option<chrono::TimeDelta> {
+        Some(chrono::TimeDelta::seconds(DUPLICATE_WINDOW_SECONDS))
+    }
+
+    fn recover(&self, event: &EventEnvelope<PaymentEvent>) {
+        if let PaymentEvent::PaymentInitiated(e) = &event.payload {
+            let fingerprint = TransactionFingerprint::new(
+                e.payer_id,
+                e.amount,
+                e.currency,
+                e.target_type,
+                e.target_id,
+            );
+            self.recent
+                .lock()
+                .expect("guard lock")
+                .record(fingerprint, e.initiated_at);
         }
     }
 

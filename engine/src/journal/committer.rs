@@ -35,7 +35,6 @@ pub struct NewEvent {
 /// A raw write into one of the reserved keyspaces (outbox, timers, idempotency) that must
 /// commit atomically with the events of the same request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 pub enum WriteOp {
     Put { key: Vec<u8>, value: Vec<u8> },
     Remove { key: Vec<u8> },
@@ -99,7 +98,13 @@ impl AppendRequest {
         }
         for op in &self.extra_writes {
             match op.key().first() {
-                Some(&keys::OUTBOX | &keys::TIMERS | &keys::IDEMPOTENCY) => {}
+                Some(
+                    &keys::OUTBOX
+                    | &keys::TIMERS
+                    | &keys::TIMERS_BY_STREAM
+                    | &keys::IDEMPOTENCY
+                    | &keys::IDEMPOTENCY_BY_TIME,
+                ) => {}
                 _ => return Err(InvalidRequest::ForbiddenKeyspace),
             }
         }

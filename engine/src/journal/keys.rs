@@ -6,10 +6,17 @@
 //! g | first global_position u64 BE                                 -> runs of the group commit (below)
 //! s | type_len u8 | type | id_len u16 BE | id | sequence u64 BE   -> snapshot record
 //! m | name                                                          -> store metadata
-//! o | t | i                                                         -> reserved: outbox, timers, idempotency
+//! t | deadline u64 BE | type_len u8 | type | id_len u16 BE | id     -> (empty): a due timer
+//! T | type_len u8 | type | id_len u16 BE | id                       -> deadline i64 LE: its reverse entry
+//! i | type_len u8 | type | key (16 bytes)                           -> idempotency record (below)
+//! I | recorded_at u64 BE | type_len u8 | type | key (16 bytes)      -> (empty): sweep index
 //! h, m | "merkle-size"                                           -> Merkle tree nodes (see `merkle`)
 //! x | y | z, m | "topics-cursor"                                   -> topic index, topic configs, consumer offsets (see `topics`)
+//! k | publisher | topic | partition u32 BE                          -> a Kafka publisher's cursor (see `publisher`)
 //! ```
+//!
+//! Times in keys are microseconds since the epoch, an `i64` stored as `u64` with the sign bit
+//! flipped ([`time_key_part`]), so that byte order is time order also before 1970.
 
 use super::StreamId;
 
@@ -22,6 +29,140 @@ pub const META: u8 = b'm';
 pub const OUTBOX: u8 = b'o';
 pub const TIMERS: u8 = b't';
 pub const IDEMPOTENCY: u8 = b'i';
+/// The reverse entry of a timer: stream -> its deadline, so a moved deadline finds its key.
+pub const TIMERS_BY_STREAM: u8 = b'T';
+/// Idempotency records in the order they were recorded, for the retention sweep.
+pub const IDEMPOTENCY_BY_TIME: u8 = b'I';
+
+/// An instant (microseconds since the epoch) as 8 bytes whose byte order is time order.
+pub fn time_key_part(micros: i64) -> [u8; 8] {
+    ((micros as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The inverse of [`time_key_part`].
+pub fn parse_time_key_part(bytes: &[u8]) -> Option<i64> {
+    let raw: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some((u64::from_be_bytes(raw) ^ (1 << 63)) as i64)
+}
+
+/// `t | deadline | stream part`: timers sorted by deadline, then stream.
+pub fn timer_key(deadline_micros: i64, stream: &StreamId) -> Vec<u8> {
+    let mut key = vec![TIMERS];
+    key.extend_from_slice(&time_key_part(deadline_micros));
+    key.extend_from_slice(&stream_part(stream));
+    key
+}
+
+/// Parses a `t` key into (deadline micros, stream).
+pub fn parse_timer_key(key: &[u8]) -> Option<(i64, StreamId)> {
+    if key.first() != Some(&TIMERS) {
+        return None;
+    }
+    let deadline = parse_time_key_part(key.get(1..)?)?;
+    let (stream, rest) = parse_stream_part(key.get(9..)?)?;
+    rest.is_empty().then_some((deadline, stream))
+}
+
+/// `T | stream part`: where a stream's timer is.
+pub fn timer_by_stream_key(stream: &StreamId) -> Vec<u8> {
+    stream_prefix(TIMERS_BY_STREAM, stream)
+}
+
+/// `i | type_len | type | key`.
+pub fn idempotency_key(aggregate_type: &str, key: &uuid::Uuid) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + aggregate_type.len() + 16);
+    out.push(IDEMPOTENCY);
+    out.push(aggregate_type.len() as u8);
+    out.extend_from_slice(aggregate_type.as_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// `I | recorded_at | type_len | type | key`.
+pub fn idempotency_by_time_key(
+    recorded_at_micros: i64,
+    aggregate_type: &str,
+    key: &uuid::Uuid,
+) -> Vec<u8> {
+    let mut out = vec![IDEMPOTENCY_BY_TIME];
+    out.extend_from_slice(&time_key_part(recorded_at_micros));
+    out.extend_from_slice(&idempotency_key(aggregate_type, key)[1..]);
+    out
+}
+
+/// Parses an `I` key into (recorded_at micros, the matching `i` key).
+pub fn parse_idempotency_by_time_key(key: &[u8]) -> Option<(i64, Vec<u8>)> {
+    if key.first() != Some(&IDEMPOTENCY_BY_TIME) {
+        return None;
+    }
+    let at = parse_time_key_part(key.get(1..)?)?;
+    let rest = key.get(9..)?;
+    let tlen = *rest.first()? as usize;
+    if rest.len() != 1 + tlen + 16 {
+        return None;
+    }
+    let mut i = vec![IDEMPOTENCY];
+    i.extend_from_slice(rest);
+    Some((at, i))
+}
+
+/// The value of an idempotency record (`i` key), integers little-endian:
+///
+/// ```text
+/// [0]      format = 1
+/// [1..9]   recorded_at, i64 LE, microseconds since the epoch
+/// [9..41]  SHA-256 of the aggregate id and the encoded command
+/// [41..]   id_len u16 LE | aggregate id | first sequence u64 LE | event count u32 LE
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub recorded_at_micros: i64,
+    pub digest: [u8; 32],
+    pub aggregate_id: String,
+    /// The first sequence the command committed (meaningless when `count` is 0).
+    pub first_sequence: u64,
+    pub count: u32,
+}
+
+pub const IDEMPOTENCY_RECORD_FORMAT_V1: u8 = 1;
+
+impl IdempotencyRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let id = self.aggregate_id.as_bytes();
+        let mut v = Vec::with_capacity(55 + id.len());
+        v.push(IDEMPOTENCY_RECORD_FORMAT_V1);
+        v.extend_from_slice(&self.recorded_at_micros.to_le_bytes());
+        v.extend_from_slice(&self.digest);
+        v.extend_from_slice(&(id.len() as u16).to_le_bytes());
+        v.extend_from_slice(id);
+        v.extend_from_slice(&self.first_sequence.to_le_bytes());
+        v.extend_from_slice(&self.count.to_le_bytes());
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Option<Self> {
+        if v.first() != Some(&IDEMPOTENCY_RECORD_FORMAT_V1) {
+            return None;
+        }
+        let recorded_at_micros = i64::from_le_bytes(v.get(1..9)?.try_into().ok()?);
+        let digest: [u8; 32] = v.get(9..41)?.try_into().ok()?;
+        let id_len = u16::from_le_bytes(v.get(41..43)?.try_into().ok()?) as usize;
+        let aggregate_id = std::str::from_utf8(v.get(43..43 + id_len)?)
+            .ok()?
+            .to_owned();
+        let rest = v.get(43 + id_len..)?;
+        if rest.len() != 12 {
+            return None;
+        }
+        Some(IdempotencyRecord {
+            recorded_at_micros,
+            digest,
+            aggregate_id,
+            first_sequence: u64::from_le_bytes(rest[..8].try_into().ok()?),
+            count: u32::from_le_bytes(rest[8..].try_into().ok()?),
+        })
+    }
+}
 
 pub use evershard_model::{AGGREGATE_ID_BYTES_MAX, AGGREGATE_TYPE_BYTES_MAX};
 
@@ -192,5 +333,46 @@ mod tests {
         assert_eq!(parse_global_key(&global_key(77)), Some(77));
         assert_eq!(prefix_successor(&[1, 255]), Some(vec![2]));
         assert_eq!(prefix_successor(&[255]), None);
+    }
+
+    #[test]
+    fn timer_and_idempotency_keys_round_trip_and_sort_by_time() {
+        let s = StreamId::new("ProductStock", "sku-1");
+        let before_epoch = timer_key(-5, &s);
+        let at_epoch = timer_key(0, &s);
+        let later = timer_key(1_700_000_000_000_000, &StreamId::new("A", "z"));
+        assert!(before_epoch < at_epoch && at_epoch < later);
+        assert_eq!(parse_timer_key(&before_epoch), Some((-5, s.clone())));
+        assert_eq!(parse_timer_key(&at_epoch[..9]), None);
+        let key = uuid::Uuid::from_u128(7);
+        let by_time = idempotency_by_time_key(-1, "Order", &key);
+        assert!(by_time < idempotency_by_time_key(1, "A", &key));
+        assert_eq!(
+            parse_idempotency_by_time_key(&by_time),
+            Some((-1, idempotency_key("Order", &key)))
+        );
+        let record = IdempotencyRecord {
+            recorded_at_micros: -3,
+            digest: [9; 32],
+            aggregate_id: "o-1".into(),
+            first_sequence: 4,
+            count: 2,
+        };
+        assert_eq!(
+            IdempotencyRecord::decode(&record.encode()),
+            Some(record.clone())
+        );
+        assert_eq!(IdempotencyRecord::decode(&record.encode()[1..]), None);
+    }
+
+    #[test]
+    fn the_timer_key_of_docs_design_md() {
+        let at = 1_800_000_000_000_000; // 2027-01-15T08:00:00Z
+        let key = timer_key(at, &StreamId::new("ProductStock", "sku-1"));
+        let mut expected = vec![b't', 0x80, 0x06, 0x65, 0x17, 0x28, 0x98, 0x80, 0x00, 12];
+        expected.extend_from_slice(b"ProductStock");
+        expected.extend_from_slice(&[0, 5]);
+        expected.extend_from_slice(b"sku-1");
+        assert_eq!(key, expected);
     }
 }

@@ -23,6 +23,7 @@ pub use record::{Record, RecordError};
 pub use verify::{VerifyIssue, VerifyReport};
 
 use crate::error::{AppendError, Corruption, InvalidRequest, OpenError, StorageError};
+use chrono::{DateTime, Utc};
 use committer::{CommitJob, Committer};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -500,6 +501,46 @@ impl JournalWriter {
         Ok(())
     }
 
+    /// Removes up to `limit` idempotency records recorded before `before_micros`, oldest
+    /// first; returns how many it removed. Like snapshot writes, not part of a command's
+    /// batch and not synced: a sweep lost in a crash is simply done again. A record that a
+    /// newer command with the same key replaced meanwhile is kept: the removal is a
+    /// compare-and-swap against the value the sweep read.
+    pub(crate) fn sweep_idempotency(
+        &self,
+        before_micros: i64,
+        limit: usize,
+    ) -> Result<usize, StorageError> {
+        self.shared.check_writable()?;
+        let db = self.shared.db()?;
+        let end = {
+            let mut k = vec![keys::IDEMPOTENCY_BY_TIME];
+            k.extend_from_slice(&keys::time_key_part(before_micros));
+            k
+        };
+        let mut removed = 0;
+        let old: Vec<sled::IVec> = db
+            .range(vec![keys::IDEMPOTENCY_BY_TIME]..end)
+            .keys()
+            .take(limit)
+            .collect::<Result<_, _>>()?;
+        for by_time in old {
+            if let Some((at, key)) = keys::parse_idempotency_by_time_key(&by_time) {
+                if let Some(value) = db.get(&key)? {
+                    let same = keys::IdempotencyRecord::decode(&value)
+                        .is_some_and(|r| r.recorded_at_micros == at);
+                    if same {
+                        // Err(CompareAndSwapError): replaced meanwhile; keep the new one.
+                        let _ = db.compare_and_swap(&key, Some(value), None::<&[u8]>)?;
+                    }
+                }
+            }
+            db.remove(by_time)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// Deletes all but the newest `keep` snapshots of a stream.
     pub fn prune_snapshots(&self, stream: &StreamId, keep: usize) -> Result<usize, StorageError> {
         self.shared.check_writable()?;
@@ -607,6 +648,124 @@ impl Journal {
         }))
     }
 
+    /// Where a stream's timer is (its deadline, microseconds), read from its reverse entry.
+    pub(crate) fn timer_of(&self, stream: &StreamId) -> Result<Option<i64>, StorageError> {
+        let Some(value) = self.shared.db()?.get(keys::timer_by_stream_key(stream))? else {
+            return Ok(None);
+        };
+        let raw: [u8; 8] = value.as_ref().try_into().map_err(|_| {
+            StorageError::corrupt_store(Corruption::MalformedKey { keyspace: "timer" })
+        })?;
+        Ok(Some(i64::from_le_bytes(raw)))
+    }
+
+    /// The deadline of a stream's pending timer, if it has one.
+    pub fn timer(&self, stream: &StreamId) -> Result<Option<DateTime<Utc>>, StorageError> {
+        Ok(self.timer_of(stream)?.map(micros_to_time))
+    }
+
+    /// Pending timers in deadline order (then by stream), optionally only those due before
+    /// `due_before`. Read lazily from the keyspace: a million pending timers are never held
+    /// in memory at once.
+    pub fn timers(&self, due_before: Option<DateTime<Utc>>) -> Reads<'_, PendingTimer> {
+        let db = match self.shared.db() {
+            Ok(db) => db,
+            Err(e) => return failed(e),
+        };
+        let end = match due_before {
+            Some(t) => keys::timer_key(t.timestamp_micros(), &StreamId::new("", "")),
+            None => vec![keys::TIMERS + 1],
+        };
+        Box::new(
+            db.range(vec![keys::TIMERS]..end)
+                .map(|entry| parse_timer_entry(entry?)),
+        )
+    }
+
+    /// Up to `limit` timers with deadline <= `up_to_micros`, after `after` (exclusive), in
+    /// deadline order: the scheduler's next page.
+    pub(crate) fn due_timers(
+        &self,
+        after: Option<&PendingTimer>,
+        up_to_micros: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingTimer>, StorageError> {
+        let db = self.shared.db()?;
+        let start = match after {
+            Some(t) => {
+                let mut k = keys::timer_key(t.deadline.timestamp_micros(), &t.stream);
+                k.push(0); // the smallest key after it
+                k
+            }
+            None => vec![keys::TIMERS],
+        };
+        let end = keys::timer_key(up_to_micros.saturating_add(1), &StreamId::new("", ""));
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        db.range(start..end)
+            .take(limit)
+            .map(|entry| parse_timer_entry(entry?))
+            .collect()
+    }
+
+    /// The idempotency record of `key` for an aggregate type, if one is stored.
+    pub(crate) fn idempotency_record(
+        &self,
+        aggregate_type: &str,
+        key: &uuid::Uuid,
+    ) -> Result<Option<keys::IdempotencyRecord>, StorageError> {
+        let Some(value) = self
+            .shared
+            .db()?
+            .get(keys::idempotency_key(aggregate_type, key))?
+        else {
+            return Ok(None);
+        };
+        keys::IdempotencyRecord::decode(&value)
+            .map(Some)
+            .ok_or_else(|| {
+                StorageError::corrupt_store(Corruption::MalformedKey {
+                    keyspace: "idempotency",
+                })
+            })
+    }
+
+    /// The idempotency keys stored for one aggregate instance (within or past the retention
+    /// window; the sweep removes old ones), with when they were recorded and how many
+    /// events their command committed from which sequence. Scans the keys of the type.
+    pub fn idempotency_keys(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Vec<IdempotencyEntry>, StorageError> {
+        let db = self.shared.db()?;
+        let t = stream.aggregate_type.as_bytes();
+        let mut prefix = vec![keys::IDEMPOTENCY, t.len() as u8];
+        prefix.extend_from_slice(t);
+        let mut out = Vec::new();
+        for entry in db.scan_prefix(&prefix) {
+            let (key, value) = entry?;
+            let malformed = || {
+                StorageError::corrupt_store(Corruption::MalformedKey {
+                    keyspace: "idempotency",
+                })
+            };
+            let record = keys::IdempotencyRecord::decode(&value).ok_or_else(malformed)?;
+            if record.aggregate_id != stream.aggregate_id {
+                continue;
+            }
+            let raw: [u8; 16] = key[prefix.len()..].try_into().map_err(|_| malformed())?;
+            out.push(IdempotencyEntry {
+                key: uuid::Uuid::from_bytes(raw),
+                recorded_at: micros_to_time(record.recorded_at_micros),
+                first_sequence: record.first_sequence,
+                events: record.count,
+            });
+        }
+        out.sort_by_key(|e| e.recorded_at);
+        Ok(out)
+    }
+
     /// Every stream (optionally of one aggregate type) with its last sequence, in key order.
     /// Jumps from stream to stream instead of reading every event.
     pub fn streams(&self, aggregate_type: Option<&str>) -> Reads<'_, (StreamId, u64)> {
@@ -683,6 +842,38 @@ impl Journal {
                                 .filter(|(pos, _, _)| *pos >= from_position)
                                 .map(Ok)
                                 .collect(),
+                            _ => vec![Err(StorageError::corrupt_store(
+                                Corruption::MalformedGlobalEntry,
+                            ))],
+                        },
+                    };
+                    expanded
+                }),
+        )
+    }
+
+    /// Every event in reverse global order, newest first, as (position, stream, sequence):
+    /// for recoveries that need only the recent past (a guard's window).
+    pub(crate) fn read_global_rev(&self) -> Reads<'_, (u64, StreamId, u64)> {
+        let db = match self.shared.db() {
+            Ok(db) => db,
+            Err(e) => return failed(e),
+        };
+        Box::new(
+            db.range(keys::global_key(0).to_vec()..=keys::global_key(u64::MAX).to_vec())
+                .rev()
+                .flat_map(|entry| {
+                    let expanded: Vec<Result<(u64, StreamId, u64), StorageError>> = match entry {
+                        Err(e) => vec![Err(e.into())],
+                        Ok((key, value)) => match (
+                            keys::parse_global_key(&key),
+                            keys::parse_global_entry(&value),
+                        ) {
+                            (Some(first), Some(runs)) => {
+                                let mut all: Vec<_> = expand_runs(first, &runs).map(Ok).collect();
+                                all.reverse();
+                                all
+                            }
                             _ => vec![Err(StorageError::corrupt_store(
                                 Corruption::MalformedGlobalEntry,
                             ))],
@@ -967,6 +1158,37 @@ pub(crate) fn decode_checked(
         ));
     }
     Ok(record)
+}
+
+/// A pending durable timer: when, and which aggregate it wakes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingTimer {
+    pub deadline: DateTime<Utc>,
+    pub stream: StreamId,
+}
+
+/// A stored idempotency key of one aggregate (see [`Journal::idempotency_keys`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyEntry {
+    pub key: uuid::Uuid,
+    pub recorded_at: DateTime<Utc>,
+    /// The first sequence its command committed (meaningless when `events` is 0).
+    pub first_sequence: u64,
+    pub events: u32,
+}
+
+pub(crate) fn micros_to_time(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+fn parse_timer_entry((key, _): (sled::IVec, sled::IVec)) -> Result<PendingTimer, StorageError> {
+    let (deadline, stream) = keys::parse_timer_key(&key).ok_or_else(|| {
+        StorageError::corrupt_store(Corruption::MalformedKey { keyspace: "timer" })
+    })?;
+    Ok(PendingTimer {
+        deadline: micros_to_time(deadline),
+        stream,
+    })
 }
 
 /// Counts of the store, for `evershard stats`.

@@ -2,8 +2,8 @@
 //! one is cheap and recoveries of different aggregates run in parallel.
 
 use super::Runtime;
-use crate::error::{AppendError, CommandError, LoadError};
-use crate::journal::{AppendRequest, NewEvent, StreamId};
+use crate::error::{CommandError, LoadError};
+use crate::journal::{keys, AppendRequest, NewEvent, StreamId, WriteOp};
 use crate::recovery as repository;
 use crate::snapshots::SnapshotJob;
 use evershard_model::{Aggregate, DecideContext, DomainEvent, EventEnvelope, Metadata};
@@ -31,6 +31,11 @@ pub(crate) enum EntityMsg<A: Aggregate> {
     GetState {
         reply: oneshot::Sender<StateResult<A>>,
     },
+    /// The scheduler found this aggregate's timer due: execute the command the current state
+    /// asks for, if its deadline is due. Answers whether a timer command ran.
+    FireTimer {
+        reply: oneshot::Sender<Result<bool, CommandError<A::Error>>>,
+    },
 }
 
 impl<A: Aggregate> EntityMsg<A> {
@@ -41,6 +46,9 @@ impl<A: Aggregate> EntityMsg<A> {
                 let _ = reply.send(Err(err));
             }
             EntityMsg::GetState { reply } => {
+                let _ = reply.send(Err(err));
+            }
+            EntityMsg::FireTimer { reply } => {
                 let _ = reply.send(Err(err));
             }
         }
@@ -107,6 +115,75 @@ pub(crate) struct EntityState<A: Aggregate> {
     /// `None` until recovered, and again after a panic or a conflict: the next message
     /// recovers from the journal.
     loaded: Option<(A::State, u64)>,
+    /// The deadline (microseconds) of this aggregate's stored timer entry, read with the
+    /// state: what a commit must move or remove.
+    timer: Option<i64>,
+}
+
+/// The writes that move a stream's timer entry from `old` to `new` (none when equal): the
+/// `t` key sorted by deadline and the `T` reverse entry, in the same batch as the events.
+pub(crate) fn timer_ops(stream: &StreamId, old: Option<i64>, new: Option<i64>) -> Vec<WriteOp> {
+    if old == new {
+        return Vec::new();
+    }
+    let mut ops = Vec::with_capacity(3);
+    if let Some(old) = old {
+        ops.push(WriteOp::Remove {
+            key: keys::timer_key(old, stream),
+        });
+    }
+    match new {
+        Some(new) => {
+            ops.push(WriteOp::Put {
+                key: keys::timer_key(new, stream),
+                value: Vec::new(),
+            });
+            ops.push(WriteOp::Put {
+                key: keys::timer_by_stream_key(stream),
+                value: new.to_le_bytes().to_vec(),
+            });
+        }
+        None => ops.push(WriteOp::Remove {
+            key: keys::timer_by_stream_key(stream),
+        }),
+    }
+    ops
+}
+
+/// The writes that record an idempotency key with its result: the `i` record and its `I`
+/// sweep index entry, in the same batch as the events.
+pub(crate) fn idempotency_ops(
+    aggregate_type: &str,
+    key: &Uuid,
+    record: &keys::IdempotencyRecord,
+) -> [WriteOp; 2] {
+    [
+        WriteOp::Put {
+            key: keys::idempotency_key(aggregate_type, key),
+            value: record.encode(),
+        },
+        WriteOp::Put {
+            key: keys::idempotency_by_time_key(record.recorded_at_micros, aggregate_type, key),
+            value: Vec::new(),
+        },
+    ]
+}
+
+/// SHA-256 of the aggregate id and the command in the payload codec: what tells a repeat of
+/// an idempotency key from a reuse of it for another command.
+pub(crate) fn command_digest<A: Aggregate>(aggregate_id: &str, command: &A::Command) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((aggregate_id.len() as u64).to_le_bytes());
+    h.update(aggregate_id.as_bytes());
+    h.update(evershard_model::codec::encode(command));
+    h.finalize().into()
+}
+
+/// What an idempotent command records with its events.
+struct IdempotencyClaim {
+    key: Uuid,
+    digest: [u8; 32],
 }
 
 fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
@@ -152,18 +229,124 @@ impl<A: Aggregate> EntityState<A> {
                 replayed = loaded.events_replayed,
                 "recovered"
             );
+            self.timer = self
+                .args
+                .rt
+                .journal
+                .timer_of(stream)
+                .map_err(CommandError::Storage)?;
             self.loaded = Some((loaded.state, loaded.version));
         }
         Ok(())
     }
 
+    /// The stored result of an idempotency key, when it is within the retention window:
+    /// `Some(Ok(envelopes))` for the same command, `Some(Err(IdempotencyConflict))` for
+    /// another one, `None` when the key is new (or expired).
+    fn idempotent_result(
+        &self,
+        claim: &IdempotencyClaim,
+        now_micros: i64,
+    ) -> Option<ExecuteResult<A>> {
+        let rt = &self.args.rt;
+        let record = match rt.journal.idempotency_record(A::TYPE, &claim.key) {
+            Ok(Some(record)) => record,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(CommandError::Storage(e))),
+        };
+        let retention = rt.idempotency_retention_ms.saturating_mul(1000);
+        if record.recorded_at_micros.saturating_add(retention) <= now_micros {
+            return None; // past the window: decided afresh, and recorded anew
+        }
+        if record.digest != claim.digest {
+            return Some(Err(CommandError::IdempotencyConflict {
+                aggregate_type: A::TYPE,
+                key: claim.key,
+            }));
+        }
+        if record.count == 0 {
+            return Some(Ok(Vec::new()));
+        }
+        let last = record.first_sequence + record.count as u64 - 1;
+        let events: Result<Vec<_>, _> = repository::read_events::<A>(
+            &rt.journal,
+            &self.args.stream,
+            record.first_sequence,
+            last,
+        )
+        .collect();
+        Some(match events {
+            Ok(events) if events.len() == record.count as usize => Ok(events),
+            Ok(_) => Err(CommandError::Storage(crate::error::StorageError::corrupt(
+                &self.args.stream,
+                record.first_sequence,
+                crate::error::Corruption::MissingRecord,
+            ))),
+            Err(e) => Err(CommandError::Storage(e)),
+        })
+    }
+
+    /// A due timer: runs the command the current state asks for, if its deadline has come.
+    /// When the state asks for no timer or a later one than the stored entry, the entry is
+    /// corrected (an append of no events), so a stale entry never fires again.
+    async fn fire_timer(&mut self) -> Result<bool, CommandError<A::Error>> {
+        self.ensure_loaded()?;
+        let rt = self.args.rt.clone();
+        let now = evershard_model::truncate_to_micros(rt.clock.now());
+        let (state, version) = self.loaded.as_ref().expect("loaded above");
+        let version = *version;
+        let wanted = catch_unwind(AssertUnwindSafe(|| A::next_timer(state))).map_err(|panic| {
+            CommandError::HandlerPanicked {
+                stream: self.args.stream.clone(),
+                message: panic_message(panic),
+            }
+        })?;
+        match wanted {
+            Some((deadline, command)) if deadline <= now => {
+                let metadata = Metadata::new("evershard-timer");
+                self.execute(command, metadata).await?;
+                if let Some((state, _)) = &self.loaded {
+                    if let Some((next, _)) = A::next_timer(state) {
+                        if next <= now {
+                            tracing::warn!(stream = %self.args.stream, %next, "a timer command left its deadline due; it fires again at the next pass");
+                        }
+                    }
+                }
+                Ok(true)
+            }
+            other => {
+                let want = other.map(|(d, _)| d.timestamp_micros());
+                let ops = timer_ops(&self.args.stream, self.timer, want);
+                if !ops.is_empty() {
+                    let mut request = AppendRequest::new(self.args.stream.clone(), version, vec![]);
+                    request.extra_writes = ops;
+                    if let Err(e) = rt.journal.append(request).await {
+                        self.loaded = None;
+                        return Err(CommandError::from_append(e));
+                    }
+                    self.timer = want;
+                }
+                Ok(false)
+            }
+        }
+    }
+
     async fn execute(&mut self, command: A::Command, metadata: Metadata) -> ExecuteResult<A> {
         self.ensure_loaded()?;
         let rt = self.args.rt.clone();
-        let (state, version) = self.loaded.as_ref().expect("loaded above");
-        let version = *version;
         // `DecideContext::new` keeps the store's resolution, so what `decide` saw is stored.
         let ctx = DecideContext::new(self.args.stream.aggregate_id.clone(), rt.clock.now());
+        let claim = metadata.idempotency_key.map(|key| IdempotencyClaim {
+            key,
+            digest: command_digest::<A>(&self.args.stream.aggregate_id, &command),
+        });
+        if let Some(claim) = &claim {
+            if let Some(result) = self.idempotent_result(claim, ctx.now.timestamp_micros()) {
+                return result;
+            }
+        }
+        let (state, version) = self.loaded.as_mut().expect("loaded above");
+        let version = *version;
         let events = match catch_unwind(AssertUnwindSafe(|| A::decide(state, &command, &ctx))) {
             Err(panic) => {
                 self.loaded = None;
@@ -174,12 +357,29 @@ impl<A: Aggregate> EntityState<A> {
                     message,
                 });
             }
+            // A rejection writes nothing and records no idempotency key: a retry is decided
+            // afresh.
             Ok(Err(rejection)) => return Err(CommandError::Rejected(rejection)),
             Ok(Ok(events)) => events,
         };
-        if events.is_empty() {
+        if events.is_empty() && claim.is_none() {
             return Ok(Vec::new());
         }
+        // Apply before the append, so that the timer the new state asks for is written in
+        // the same batch as the events. A panic in `apply` (or `next_timer`) is a bug found
+        // here rather than after the commit: the events are still committed (as before
+        // timers existed, see docs/runtime-semantics.md), the timer entry stays as it was,
+        // and the state is rebuilt from the journal for the next command.
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            for event in &events {
+                A::apply(state, event);
+            }
+            A::next_timer(state).map(|(deadline, _)| deadline.timestamp_micros())
+        }));
+        let (next_timer, apply_panic) = match applied {
+            Ok(next) => (next, None),
+            Err(panic) => (self.timer, Some(panic_message(panic))),
+        };
         let new_events = events
             .iter()
             .map(|event| NewEvent {
@@ -194,16 +394,27 @@ impl<A: Aggregate> EntityState<A> {
                 payload: A::encode_event(event),
             })
             .collect();
-        let request = AppendRequest::new(self.args.stream.clone(), version, new_events);
+        let mut request = AppendRequest::new(self.args.stream.clone(), version, new_events);
+        request.extra_writes = timer_ops(&self.args.stream, self.timer, next_timer);
+        if let Some(claim) = &claim {
+            let record = keys::IdempotencyRecord {
+                recorded_at_micros: ctx.now.timestamp_micros(),
+                digest: claim.digest,
+                aggregate_id: self.args.stream.aggregate_id.clone(),
+                first_sequence: version + 1,
+                count: events.len() as u32,
+            };
+            request
+                .extra_writes
+                .extend(idempotency_ops(A::TYPE, &claim.key, &record));
+        }
         let committed = match rt.journal.append(request).await {
             Ok(c) => c,
             Err(e) => {
-                // A conflict means someone else wrote this stream; a storage error leaves it
-                // unknown whether sled holds the events. Either way: reload before deciding
-                // again.
-                if !matches!(e, AppendError::InvalidRequest(_)) {
-                    self.loaded = None;
-                }
+                // The state was applied ahead of the append: rebuild it from the journal
+                // before deciding again (also after a conflict, where someone else wrote,
+                // and a storage error, where it is unknown whether sled holds the events).
+                self.loaded = None;
                 return Err(CommandError::from_append(e));
             }
         };
@@ -212,12 +423,19 @@ impl<A: Aggregate> EntityState<A> {
             version + events.len() as u64,
             "journal skipped sequences"
         );
+        self.timer = next_timer;
 
         // From here on the events are committed: whatever happens, the answer is Ok with
         // them. A panic in `apply`, the invariant check or the snapshot clone only costs the
         // in-memory copy, which the next command rebuilds from the journal (and meets the
         // same panic, as a storage error, if `apply` itself is broken).
-        self.after_commit(&events, version, committed.version);
+        match apply_panic {
+            None => self.after_commit(version, committed.version),
+            Some(message) => {
+                self.loaded = None;
+                tracing::error!(stream = %self.args.stream, %message, "apply panicked; the events are committed, the state will be recovered");
+            }
+        }
         Ok(committed
             .records
             .into_iter()
@@ -228,17 +446,15 @@ impl<A: Aggregate> EntityState<A> {
 }
 
 impl<A: Aggregate> EntityState<A> {
-    /// Applies committed events to the in-memory state, checks the invariants and hands a
-    /// snapshot to the writer when one is due. Never fails the command: the events stand.
-    fn after_commit(&mut self, events: &[A::Event], version: u64, new_version: u64) {
+    /// After the commit of events already applied to the in-memory state: checks the
+    /// invariants and hands a snapshot to the writer when one is due. Never fails the
+    /// command: the events stand.
+    fn after_commit(&mut self, version: u64, new_version: u64) {
         let rt = self.args.rt.clone();
         let stream = &self.args.stream;
         let loaded = &mut self.loaded;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let (state, loaded_version) = loaded.as_mut().expect("loaded before deciding");
-            for event in events {
-                A::apply(state, event);
-            }
             A::check_invariants(state)?;
             *loaded_version = new_version;
             if rt.snapshot_policy.is_due(version, new_version) {
@@ -290,7 +506,11 @@ impl<A: Aggregate> Actor for EntityActor<A> {
         _myself: ActorRef<Self::Msg>,
         args: EntityArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(EntityState { args, loaded: None })
+        Ok(EntityState {
+            args,
+            loaded: None,
+            timer: None,
+        })
     }
 
     async fn handle(
@@ -312,6 +532,10 @@ impl<A: Aggregate> Actor for EntityActor<A> {
                 let result = state
                     .ensure_loaded()
                     .map(|()| state.loaded.clone().expect("loaded"));
+                let _ = reply.send(result);
+            }
+            EntityMsg::FireTimer { reply } => {
+                let result = state.fire_timer().await;
                 let _ = reply.send(result);
             }
         }

@@ -10,6 +10,8 @@ mod entity;
 mod shard;
 
 pub(crate) use entity::EntityMsg;
+#[cfg(feature = "fault-injection")]
+pub(crate) use entity::{idempotency_ops, timer_ops};
 pub(crate) use shard::{ShardActor, ShardArgs, ShardMsg};
 
 use crate::journal::JournalWriter;
@@ -56,6 +58,8 @@ pub(crate) struct Runtime {
     pub snapshot_policy: SnapshotPolicy,
     pub snapshotter: Snapshotter,
     pub config: ShardingConfig,
+    /// How long an idempotency key answers with its original result.
+    pub idempotency_retention_ms: i64,
 }
 
 impl Runtime {
