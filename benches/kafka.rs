@@ -27,7 +27,6 @@
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it runs a small smoke version.
 
-#[allow(dead_code)]
 #[path = "../engine/tests/kafka_support/mod.rs"]
 mod kafka_support;
 

@@ -5,7 +5,6 @@
 //! topic as the store's topic holds.
 #![cfg(feature = "kafka")]
 
-#[allow(dead_code)]
 #[path = "../engine/tests/kafka_support/mod.rs"]
 mod kafka_support;
 
