@@ -74,3 +74,35 @@ fn demo_with_kafka_publishes_every_event_and_reports_lag_and_rate() {
         .unwrap();
     assert_eq!(total, published, "{line}");
 }
+
+/// A publisher that cannot start (here: no broker in the list) fails the demo (exit 1) after
+/// it ran the workload and its checks; no broker is needed.
+#[test]
+fn demo_with_a_kafka_publisher_that_cannot_start_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_evershard"))
+        .args([
+            "demo",
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--kafka",
+            ",",
+        ])
+        .args([
+            "--aggregates",
+            "1",
+            "--commands",
+            "20",
+            "--type",
+            "ProductStock",
+        ])
+        .args(["--durability", "buffered"])
+        .output()
+        .expect("the evershard binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("kafka publisher FAILED to start: invalid Kafka configuration: no brokers"),
+        "{stdout}"
+    );
+}

@@ -643,6 +643,8 @@ async fn run_async(
     let hidden = ProgressBar::hidden();
     let consumer = crate::demo_topics::DemoConsumer::start(&engine);
     #[cfg(feature = "kafka")]
+    let mut kafka_failed = false;
+    #[cfg(feature = "kafka")]
     let kafka = match &args.kafka {
         None => None,
         Some(brokers) => {
@@ -669,12 +671,19 @@ async fn run_async(
                 }
                 Err(e) => {
                     writeln!(out, "kafka publisher FAILED to start: {e}")?;
+                    kafka_failed = true;
                     None
                 }
             }
         }
     };
     let mut result = drive(&engine, partitions, args, &hidden, out).await;
+    #[cfg(feature = "kafka")]
+    if kafka_failed {
+        if let Ok((_, found)) = &mut result {
+            *found += 1;
+        }
+    }
     #[cfg(feature = "kafka")]
     if let Some((publisher, sampler, lag_max, started)) = kafka {
         sampler.abort();
