@@ -16,8 +16,8 @@ pub use evershard_engine::{
 /// Topics, consumers, subscriptions and the dead-letter topic.
 pub use evershard_engine::{
     Consumer, ConsumerOptions, DeadLetter, DeadLetterReason, Handler, HandlerError, Health,
-    Message, RetryPolicy, StartFrom, Subscription, SubscriptionOptions, TopicConfig, TopicError,
-    TopicLog, TopicRoute, WireFormat, DLQ_TOPIC,
+    Message, PublisherHealth, RetryPolicy, StartFrom, Subscription, SubscriptionOptions,
+    TopicConfig, TopicError, TopicLog, TopicRoute, WireFormat, DLQ_TOPIC,
 };
 pub use evershard_model as model;
 pub use evershard_snapshots as snapshots;

@@ -708,6 +708,8 @@ async fn run_async(
     let hidden = ProgressBar::hidden();
     let consumer = crate::demo_topics::DemoConsumer::start(&engine);
     #[cfg(feature = "kafka")]
+    let mut kafka_failed = false;
+    #[cfg(feature = "kafka")]
     let kafka = match &args.kafka {
         None => None,
         Some(brokers) => {
@@ -715,10 +717,26 @@ async fn run_async(
             match engine.kafka_publisher(config).await {
                 Ok(p) => {
                     writeln!(out, "kafka: publishing to {brokers}")?;
-                    Some((p, std::time::Instant::now()))
+                    // The lag while the workload runs: sampled every 100 ms, the highest kept.
+                    let p = std::sync::Arc::new(p);
+                    let lag_max = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+                    let sampler = {
+                        let (p, lag_max) = (p.clone(), lag_max.clone());
+                        tokio::spawn(async move {
+                            loop {
+                                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                                if let Ok(s) = p.status() {
+                                    lag_max
+                                        .fetch_max(s.lag(), std::sync::atomic::Ordering::Relaxed);
+                                }
+                            }
+                        })
+                    };
+                    Some((p, sampler, lag_max, std::time::Instant::now()))
                 }
                 Err(e) => {
                     writeln!(out, "kafka publisher FAILED to start: {e}")?;
+                    kafka_failed = true;
                     None
                 }
             }
@@ -726,7 +744,16 @@ async fn run_async(
     };
     let mut result = drive(&engine, partitions, args, &hidden, out).await;
     #[cfg(feature = "kafka")]
-    if let Some((publisher, started)) = kafka {
+    if kafka_failed {
+        if let Ok((_, found)) = &mut result {
+            *found += 1;
+        }
+    }
+    #[cfg(feature = "kafka")]
+    if let Some((publisher, sampler, lag_max, started)) = kafka {
+        sampler.abort();
+        let _ = sampler.await;
+        let lag_max = lag_max.load(std::sync::atomic::Ordering::Relaxed);
         let caught_up = publisher
             .wait_caught_up(std::time::Duration::from_secs(300))
             .await;
@@ -743,11 +770,13 @@ async fn run_async(
             Ok(s) => {
                 writeln!(
                     out,
-                    "kafka: published {} messages in {elapsed:.1} s ({:.0}/s), lag {}{}, \
-                     commit-to-ack p50 {:.1} ms p99 {:.1} ms, failed rounds {}, anomalies {}",
+                    "kafka: published {} messages in {elapsed:.1} s ({:.0}/s), lag {} (at most {} \
+                     while the workload ran){}, commit-to-ack p50 {:.1} ms p99 {:.1} ms, failed \
+                     rounds {}, anomalies {}",
                     s.published,
                     s.published as f64 / elapsed.max(1e-9),
                     s.lag(),
+                    lag_max,
                     if caught_up {
                         ""
                     } else {

@@ -1228,8 +1228,10 @@ impl Engine {
             .collect())
     }
 
-    /// The health check: indexer lag, every group's lag, the dead-letter count. Healthy when
-    /// the indexer has no error and no lag exceeds `lag_max` messages.
+    /// The health check: indexer lag, every group's lag, every running publisher's lag (the
+    /// Kafka publisher, feature `kafka`), the dead-letter count. Healthy when the indexer
+    /// has no error, no publisher has a fatal error or an anomaly, and no lag exceeds
+    /// `lag_max` messages.
     pub fn health(&self, lag_max: u64) -> Result<Health, TopicError> {
         let rt = self.topics()?;
         let cursor = rt.status.cursor.load(Ordering::Acquire);
@@ -1246,16 +1248,19 @@ impl Engine {
             Err(TopicError::UnknownTopic { .. }) => 0,
             Err(e) => return Err(e),
         };
+        let publisher_lag = rt.publishers.health()?;
         let healthy = indexer_error.is_none()
             && indexer_lag <= lag_max
             && consumer_lag
                 .iter()
-                .all(|g| g.partitions.iter().all(|p| p.lag <= lag_max));
+                .all(|g| g.partitions.iter().all(|p| p.lag <= lag_max))
+            && publisher_lag.iter().all(|p| p.healthy(lag_max));
         Ok(Health {
             healthy,
             indexer_lag,
             indexer_error,
             consumer_lag,
+            publisher_lag,
             dead_letters,
         })
     }

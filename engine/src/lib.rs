@@ -77,9 +77,13 @@ pub mod topic {
 pub use kafka::{
     KafkaConfig, KafkaError, KafkaPublisher, PublisherLag, PublisherStatus, Sasl, SaslMechanism,
 };
+/// The Kafka client the publisher is built on (rdkafka 0.39), for code that wants to produce
+/// or read exactly like it (`KafkaConfig::producer_config`, `KafkaPublisher::record`).
+#[cfg(feature = "kafka")]
+pub use rdkafka;
 
 /// A publisher's stored cursor per topic partition (any build: the CLI shows them).
-pub use publisher::{publisher_cursors, PublisherCursor};
+pub use publisher::{publisher_cursors, PublisherCursor, PublisherHealth};
 // Digests and proofs: a Merkle tree (RFC 6962 / RFC 9162) over the global log.
 /// A tree head, an inclusion proof, a consistency proof, and why one could not be made.
 pub use audit::{AuditError, ConsistencyProof, InclusionProof, TreeHead};

@@ -38,3 +38,57 @@ pub fn publisher_cursors(log: &TopicLog) -> Result<Vec<PublisherCursor>, TopicEr
     }
     Ok(out)
 }
+
+/// A running external publisher as [`Engine::health`](crate::Engine::health) reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublisherHealth {
+    /// The publisher's name (`KafkaConfig::publisher`).
+    pub publisher: String,
+    /// Messages of its topics not yet acknowledged by the broker (the sum over partitions).
+    pub lag: u64,
+    /// The last round reached the broker and every message was acknowledged.
+    pub connected: bool,
+    /// The last error (cleared by a successful round).
+    pub last_error: Option<String>,
+    /// An error that stopped the publisher.
+    pub fatal: Option<String>,
+    /// Recovery findings that break the one-to-one mirror (see the publisher's status).
+    pub anomalies: usize,
+}
+
+impl PublisherHealth {
+    /// No fatal error, no anomaly, lag at most `lag_max`.
+    pub fn healthy(&self, lag_max: u64) -> bool {
+        self.fatal.is_none() && self.anomalies == 0 && self.lag <= lag_max
+    }
+}
+
+/// What the engine asks a running publisher for its health check. `None` once it was stopped.
+pub(crate) trait PublisherProbe: Send + Sync + std::fmt::Debug {
+    fn probe(&self) -> Option<Result<PublisherHealth, TopicError>>;
+}
+
+/// The publishers started from an engine (weak: dropping a publisher unregisters it).
+#[derive(Debug, Default)]
+pub(crate) struct PublisherRegistry {
+    probes: std::sync::Mutex<Vec<std::sync::Weak<dyn PublisherProbe>>>,
+}
+
+impl PublisherRegistry {
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    pub(crate) fn register(&self, probe: std::sync::Weak<dyn PublisherProbe>) {
+        let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        probes.retain(|p| p.strong_count() > 0);
+        probes.push(probe);
+    }
+
+    /// Every live, running publisher's health, in start order.
+    pub(crate) fn health(&self) -> Result<Vec<PublisherHealth>, TopicError> {
+        let live: Vec<_> = {
+            let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+            probes.retain(|p| p.strong_count() > 0);
+            probes.iter().filter_map(|p| p.upgrade()).collect()
+        };
+        live.iter().filter_map(|p| p.probe()).collect()
+    }
+}

@@ -165,6 +165,17 @@ fn kafka_round_trip_survives_a_broker_restart() {
         engine.shutdown_indexed_probe().await;
         let down = publisher.status().unwrap();
         assert!(down.lag() > 0, "lag while the broker is down: {down:#?}");
+        // The engine's health check reports the same lag (nothing commits, nothing publishes).
+        let health = engine.health(u64::MAX).unwrap();
+        assert_eq!(health.publisher_lag.len(), 1, "{health:#?}");
+        let p = &health.publisher_lag[0];
+        assert_eq!((p.publisher.as_str(), p.lag), ("kafka", down.lag()));
+        // (`connected` turns false only once the round in flight fails: up to the request
+        // timeout later, so it is not asserted here.)
+        assert!(
+            !engine.health(down.lag() - 1).unwrap().healthy,
+            "a publisher lag above the bound is unhealthy"
+        );
         broker.restart();
         run(200, &mut rng).await;
         caught_up(&publisher, "after the broker restart").await;
@@ -175,7 +186,13 @@ fn kafka_round_trip_survives_a_broker_restart() {
         );
         assert!(status.anomalies.is_empty(), "{status:#?}");
         assert!(status.healthy(0));
+        let health = engine.health(0).unwrap();
+        assert_eq!(health.publisher_lag.len(), 1, "{health:#?}");
+        assert_eq!(health.publisher_lag[0].lag, 0);
+        assert!(health.publisher_lag[0].connected, "{health:#?}");
         publisher.stop().await;
+        // A stopped publisher is no longer part of the health check.
+        assert!(engine.health(0).unwrap().publisher_lag.is_empty());
         engine.shutdown().await.unwrap();
     });
     let n = compare(&broker.bootstrap(), dir.path());

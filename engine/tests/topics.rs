@@ -330,6 +330,7 @@ async fn retries_then_dead_letters_and_redrive() {
     let health = engine.health(1_000).unwrap();
     assert_eq!(health.dead_letters, 2);
     assert!(health.healthy, "{health:?}");
+    assert!(health.publisher_lag.is_empty(), "no publisher runs");
     let metrics = engine.metrics().unwrap();
     let counters = metrics
         .iter()

@@ -130,17 +130,100 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// waits for the round in flight to finish.
 #[derive(Debug)]
 pub struct KafkaPublisher {
+    inner: Arc<Inner>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// What the status needs; the engine's health check holds it weakly.
+#[derive(Debug)]
+struct Inner {
     name: String,
     log: TopicLog,
     topics: Option<Vec<String>>,
     shared: Arc<Shared>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for KafkaPublisher {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        self.shared.wake.notify_one();
+        self.inner.shared.stop.store(true, Ordering::SeqCst);
+        self.inner.shared.wake.notify_one();
+    }
+}
+
+impl KafkaConfig {
+    /// The librdkafka client configuration of every client the publisher creates (brokers,
+    /// client id, security, SASL, timeouts, then `extra`).
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in self.client_properties() {
+            c.set(k, v);
+        }
+        for (k, v) in &self.extra {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// The configuration the publisher's producer is created with: [`Self::client_config`]
+    /// plus the idempotent producer (`enable.idempotence=true`, `acks=all`), Kafka's murmur2
+    /// partitioner, `retries`, `message.timeout.ms` = the request timeout, `linger.ms=5`
+    /// (`extra` still wins). Public so that a tool or a benchmark can produce exactly like the
+    /// publisher.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut c = self.client_config();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("retries", self.retries.to_string())
+            .set("retry.backoff.ms", "100")
+            .set("retry.backoff.max.ms", "1000")
+            .set(
+                "message.timeout.ms",
+                self.request_timeout.as_millis().to_string(),
+            )
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000");
+        for (k, v) in &self.extra {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+impl KafkaPublisher {
+    /// The record the publisher produces for a message: its topic and partition, key =
+    /// aggregate id, the eight headers (null values kept), value = the envelope's JSON bytes,
+    /// timestamp = the event's (milliseconds).
+    pub fn record(m: &Message) -> FutureRecord<'_, [u8], [u8]> {
+        let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
+        for (k, v) in &m.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
+        }
+        FutureRecord::to(&m.topic)
+            .partition(m.partition as i32)
+            .key(m.key.as_bytes())
+            .payload(&m.value[..])
+            .headers(headers)
+            .timestamp(m.timestamp.timestamp_millis())
+    }
+}
+
+impl crate::publisher::PublisherProbe for Inner {
+    fn probe(&self) -> Option<Result<crate::PublisherHealth, TopicError>> {
+        if self.shared.stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(self.status().map(|s| crate::PublisherHealth {
+            lag: s.lag(),
+            publisher: s.publisher,
+            connected: s.connected,
+            last_error: s.last_error,
+            fatal: s.fatal,
+            anomalies: s.anomalies.len(),
+        }))
     }
 }
 
@@ -180,11 +263,16 @@ impl Engine {
             Ok(()) => {}
         }
         let join = handle.spawn(task.run(moved));
-        Ok(KafkaPublisher {
+        let inner = Arc::new(Inner {
             name: config.publisher.clone(),
             log,
             topics: config.topics.clone(),
             shared,
+        });
+        let weak: std::sync::Weak<Inner> = Arc::downgrade(&inner);
+        rt.publishers.register(weak);
+        Ok(KafkaPublisher {
+            inner,
             task: Mutex::new(Some(join)),
         })
     }
@@ -193,6 +281,12 @@ impl Engine {
 impl KafkaPublisher {
     /// The publisher's state: per-partition cursor and lag, counters, errors, anomalies.
     pub fn status(&self) -> Result<PublisherStatus, KafkaError> {
+        Ok(self.inner.status()?)
+    }
+}
+
+impl Inner {
+    fn status(&self) -> Result<PublisherStatus, TopicError> {
         let cursors = lock(&self.shared.cursors).clone();
         let mut partitions = Vec::new();
         for info in self.log.topics()? {
@@ -225,7 +319,9 @@ impl KafkaPublisher {
             partitions,
         })
     }
+}
 
+impl KafkaPublisher {
     /// Waits until every message the index holds at call time... and after it, until the
     /// lag is 0 (at most `timeout`); true when it is.
     pub async fn wait_caught_up(&self, timeout: Duration) -> bool {
@@ -247,13 +343,13 @@ impl KafkaPublisher {
     /// Commit-to-acknowledgement latencies (microseconds, from each event's timestamp) since
     /// the last call.
     pub fn take_latencies(&self) -> Vec<u32> {
-        std::mem::take(&mut *lock(&self.shared.latencies))
+        std::mem::take(&mut *lock(&self.inner.shared.latencies))
     }
 
     /// Stops the task after the round in flight (its acknowledgements and cursor write).
     pub async fn stop(&self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        self.shared.wake.notify_one();
+        self.inner.shared.stop.store(true, Ordering::SeqCst);
+        self.inner.shared.wake.notify_one();
         let join = lock(&self.task).take();
         if let Some(join) = join {
             let _ = join.await;
@@ -336,14 +432,7 @@ impl Task {
     }
 
     fn client_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        for (k, v) in self.config.client_properties() {
-            c.set(k, v);
-        }
-        for (k, v) in &self.config.extra {
-            c.set(k, v);
-        }
-        c
+        self.config.client_config()
     }
 
     fn note_error(&self, e: &KafkaError) {
@@ -616,22 +705,7 @@ impl Task {
 
     fn producer(&mut self) -> Result<&FutureProducer, KafkaError> {
         if self.producer.is_none() {
-            let mut c = self.client_config();
-            c.set("enable.idempotence", "true")
-                .set("acks", "all")
-                .set("partitioner", "murmur2_random")
-                .set("retries", self.config.retries.to_string())
-                .set("retry.backoff.ms", "100")
-                .set("retry.backoff.max.ms", "1000")
-                .set(
-                    "message.timeout.ms",
-                    self.config.request_timeout.as_millis().to_string(),
-                )
-                .set("linger.ms", "5")
-                .set("queue.buffering.max.messages", "1000000");
-            for (k, v) in &self.config.extra {
-                c.set(k, v);
-            }
+            let c = self.config.producer_config();
             self.producer = Some(c.create().map_err(|e| client_error(&self.config, e))?);
         }
         Ok(self.producer.as_ref().expect("just created"))
@@ -719,20 +793,8 @@ impl Task {
         let mut failed = vec![false; batches.len()];
         for (i, (_, messages)) in batches.iter().enumerate() {
             for m in messages {
-                let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
-                for (k, v) in &m.headers {
-                    headers = headers.insert(Header {
-                        key: k,
-                        value: v.as_deref(),
-                    });
-                }
                 let ts = m.timestamp.timestamp_micros();
-                let mut record = FutureRecord::to(&m.topic)
-                    .partition(m.partition as i32)
-                    .key(m.key.as_bytes())
-                    .payload(&m.value[..])
-                    .headers(headers)
-                    .timestamp(ts / 1000);
+                let mut record = KafkaPublisher::record(m);
                 loop {
                     match producer.send_result(record) {
                         Ok(f) => {

@@ -91,6 +91,8 @@ pub(crate) struct TopicsRuntime {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) groups: Mutex<HashMap<(String, String), GroupState>>,
     pub(crate) generations: tokio::sync::watch::Sender<u64>,
+    /// External publishers (the Kafka publisher) started from this engine, for `health`.
+    pub(crate) publishers: crate::publisher::PublisherRegistry,
     next_member: AtomicU64,
 }
 
@@ -110,6 +112,7 @@ impl TopicsRuntime {
             metrics,
             groups: Mutex::new(HashMap::new()),
             generations: tokio::sync::watch::channel(0).0,
+            publishers: Default::default(),
             next_member: AtomicU64::new(1),
         }
     }

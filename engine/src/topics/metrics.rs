@@ -61,10 +61,12 @@ impl GroupLag {
     }
 }
 
-/// The health check of the seed's 10.2: indexer lag, consumer lag, dead letters.
+/// The health check of the seed's 10.2: indexer lag, consumer lag, publisher lag, dead
+/// letters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Health {
-    /// True when the indexer has no error and every lag is within the given bound.
+    /// True when the indexer has no error, no running publisher has a fatal error or an
+    /// anomaly, and every lag (indexer, groups, publishers) is within the given bound.
     pub healthy: bool,
     /// Durable global position minus the indexer's cursor: events committed but not yet in
     /// their topics.
@@ -72,6 +74,9 @@ pub struct Health {
     /// The indexer's last error, if it is stuck.
     pub indexer_error: Option<String>,
     pub consumer_lag: Vec<GroupLag>,
+    /// Every running publisher started from this engine (the Kafka publisher of feature
+    /// `kafka`): its lag, connection and errors. Empty when none runs.
+    pub publisher_lag: Vec<crate::publisher::PublisherHealth>,
     /// Messages in the dead-letter topic.
     pub dead_letters: u64,
 }

@@ -12,10 +12,13 @@ use std::time::{Duration, Instant};
 const GZ: &str = "tansu-0.6.0-x86_64-linux-gnu.gz";
 const BIN_SHA256: &str = "aa775f2cc826e6079ffe7fd74e06fa131ebf5f68eb366111b0d24b9d2806df23";
 
+/// The workspace root: the first ancestor of the including crate's directory that holds
+/// testing/kafka (this module is also compiled into the facade's tests and benches).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
+        .ancestors()
+        .find(|d| d.join("testing/kafka/read_topic.py").is_file())
+        .expect("testing/kafka/read_topic.py above CARGO_MANIFEST_DIR")
         .to_path_buf()
 }
 
@@ -106,6 +109,19 @@ fn python_ok() -> Result<(), String> {
     Ok(())
 }
 
+/// The broker alone (a benchmark needs no reader), or `None` after printing SKIPPED
+/// (panics instead under CI).
+pub fn broker_tool(what: &str) -> Option<PathBuf> {
+    match find_tansu() {
+        Ok(t) => Some(t),
+        Err(e) if required() => panic!("{what}: the Kafka broker is missing: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED {what}: {e}");
+            None
+        }
+    }
+}
+
 /// The tools, or `None` after printing SKIPPED (panics instead under CI).
 pub fn tools(test: &str) -> Option<PathBuf> {
     match find_tansu().and_then(|t| python_ok().map(|_| t)) {
@@ -191,6 +207,31 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Adds the index tansu 0.6.0's sqlite engine lacks (it scans its header table per
+    /// record, slow past a few hundred thousand headers): stops the broker, creates
+    /// `header_topition_offset` (python3's sqlite3), starts it again.
+    pub fn index_headers(&mut self) {
+        self.stop();
+        let db = self.dir.path().join("tansu.db");
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('create index \
+                 if not exists header_topition_offset on header(topition, offset_id)'); \
+                 c.commit()",
+            ])
+            .arg(&db)
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "creating the header index in {}: {}",
+            db.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.restart();
     }
 
     /// Kills the broker (SIGKILL) and waits for it.
