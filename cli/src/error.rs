@@ -20,6 +20,12 @@ pub enum CliError {
     Locked { dir: PathBuf },
     #[error("no evershard store at {} (no sled database there)", dir.display())]
     NotFound { dir: PathBuf },
+    /// The directory holds something else; nothing there was opened or changed.
+    #[error(
+        "{} is not an evershard store (it holds {found}); nothing there was opened or changed",
+        dir.display()
+    )]
+    NotAStore { dir: PathBuf, found: String },
     #[error("unknown aggregate type {name:?}; known types: {}", known.join(", "))]
     UnknownType {
         name: String,
@@ -73,6 +79,7 @@ impl CliError {
         match self {
             CliError::Locked { .. }
             | CliError::NotFound { .. }
+            | CliError::NotAStore { .. }
             | CliError::UnknownType { .. }
             | CliError::NoSuchAggregate { .. }
             | CliError::NoSuchTopic { .. }
@@ -107,6 +114,10 @@ impl CliError {
             },
             OpenError::NotFound { .. } => CliError::NotFound {
                 dir: dir.to_path_buf(),
+            },
+            OpenError::NotAStore { found, .. } => CliError::NotAStore {
+                dir: dir.to_path_buf(),
+                found,
             },
             OpenError::Storage { source, .. } => CliError::storage(dir, *source),
             other => CliError::Storage(StorageError::Io(std::sync::Arc::new(

@@ -181,6 +181,11 @@ pub enum OpenError {
     /// A read-only open found no store.
     #[error("no evershard store at {}", dir.display())]
     NotFound { dir: PathBuf },
+    /// The directory holds something other than an evershard store (another sled database,
+    /// stray files, a `db` that is not a file): nothing was opened or written there. `found`
+    /// says what, in a few words.
+    #[error("{} is not an evershard store: it holds {found}", dir.display())]
+    NotAStore { dir: PathBuf, found: String },
     #[error("could not open the store at {}: {source}", dir.display())]
     Storage {
         dir: PathBuf,

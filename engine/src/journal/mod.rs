@@ -11,6 +11,7 @@ mod committer;
 mod fault;
 pub(crate) mod keys;
 pub(crate) mod merkle;
+mod probe;
 pub(crate) mod publisher;
 pub(crate) mod record;
 pub(crate) mod topics;
@@ -351,7 +352,13 @@ impl JournalWriter {
     pub fn open(dir: impl AsRef<Path>, config: JournalConfig) -> Result<JournalWriter, OpenError> {
         let dir = dir.as_ref().to_path_buf();
         let io = |e: std::io::Error| OpenError::storage(&dir, e);
+        // Nothing is created or written before the directory is known to hold nothing or an
+        // evershard store: sled would adopt anything (see `probe`).
+        let found = probe::probe(&dir)?;
         create_dir_durably(&dir).map_err(io)?;
+        if matches!(found, probe::Probe::Missing | probe::Probe::Empty) {
+            probe::write_marker(&dir, !fault::skip(fault::Sync::Dir)).map_err(io)?;
+        }
         sync_before_recovery(&dir).map_err(io)?;
         let flush_every_ms = match config.durability {
             // No periodic flush: the syncer flushes and syncs every group itself, blob files
@@ -373,6 +380,13 @@ impl JournalWriter {
         let sled_err = |e: sled::Error| OpenError::storage(&dir, e);
         let meta_key = meta_format_key();
         match db.get(&meta_key).map_err(sled_err)? {
+            // A store made before the marker file whose `db` merely holds the marker's bytes.
+            None if found == (probe::Probe::Store { marked: false }) => {
+                return Err(OpenError::NotAStore {
+                    dir: dir.clone(),
+                    found: "a sled database without evershard's format marker".into(),
+                });
+            }
             None => {
                 db.insert(&meta_key, STORE_FORMAT).map_err(sled_err)?;
                 db.flush().map_err(sled_err)?;
@@ -386,7 +400,12 @@ impl JournalWriter {
                     File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
                 }
             }
-            found => check_format(&dir, found)?,
+            format => {
+                check_format(&dir, format)?;
+                if found == (probe::Probe::Store { marked: false }) {
+                    probe::write_marker(&dir, !fault::skip(fault::Sync::Dir)).map_err(io)?;
+                }
+            }
         }
         // sled 0.34's flush() ends in sync_file_range, which does not reach stable storage
         // (spacejam/sled#1452). Durable mode fdatasyncs sled's data file itself.
@@ -527,8 +546,14 @@ impl Journal {
     /// dropped.
     pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Journal, OpenError> {
         let dir = dir.as_ref().to_path_buf();
-        if !dir.join("db").exists() {
-            return Err(OpenError::NotFound { dir });
+        // Nothing may open a directory for writing before it is known to be a store: sled's
+        // open creates and writes files (see `probe`).
+        match probe::probe(&dir)? {
+            probe::Probe::Missing | probe::Probe::Empty => return Err(OpenError::NotFound { dir }),
+            probe::Probe::Store { .. } if !dir.join("db").is_file() => {
+                return Err(OpenError::NotFound { dir });
+            }
+            probe::Probe::Store { .. } => {}
         }
         if let Err(e) = sync_before_recovery(&dir) {
             tracing::warn!(dir = %dir.display(), %e, "could not sync the store before sled's recovery");

@@ -1,0 +1,214 @@
+//! The `evershard` binary, run as a real process, pointed at directories that are not
+//! evershard stores (issue 12, section 3).
+//!
+//! They prove that:
+//! - every read-only command (`list`, `history`, `state`, `stats`, `verify`, `export`,
+//!   `topics`, `consume`, `digest`, `prove`), pointed at another sled database (made with sled
+//!   here), garbage `db`/`conf` files, an empty `db`, a `db` that is a directory, stray files,
+//!   an empty directory, a file, or a missing directory, exits 2 with one line on stderr and
+//!   leaves every byte as it was: each file's bytes and the recursive listing are snapshotted
+//!   before and after and compared (a missing directory stays missing);
+//! - `demo` (the writer open, `Engine::open`) refuses the same directories the same way
+//!   instead of adopting them or starting a new store over them;
+//! - a store made before the `EVERSHARD` marker file (the marker removed here) is still read
+//!   by the read-only commands, which do not add the marker, and the writer adds it.
+//!
+//! No timing is involved; each case runs each command once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn evershard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_evershard"))
+        .args(args)
+        .output()
+        .expect("the evershard binary runs")
+}
+
+fn path(dir: &Path) -> &str {
+    dir.to_str().expect("UTF-8 temp path")
+}
+
+/// Every entry under `dir`: a file's bytes, `None` for a directory. Empty when `dir` is
+/// missing; a `dir` that is a file maps to its own bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    let mut all = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            all.insert(p.clone(), None);
+            for entry in std::fs::read_dir(&p).unwrap() {
+                todo.push(entry.unwrap().path());
+            }
+        } else {
+            all.insert(p.clone(), Some(std::fs::read(&p).unwrap()));
+        }
+    }
+    all
+}
+
+/// A ProductStock demo store with a few events.
+fn small_store(dir: &Path) {
+    let out = evershard(&[
+        "demo",
+        "--data",
+        path(dir),
+        "--type",
+        "ProductStock",
+        "--aggregates",
+        "2",
+        "--commands",
+        "20",
+        "--durability",
+        "buffered",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+/// The directories that are not stores, by name; each made fresh under `root`.
+fn foreign_dirs(root: &Path) -> Vec<(&'static str, PathBuf)> {
+    let mut dirs = Vec::new();
+    let mut make = |name: &'static str, f: &dyn Fn(&Path)| {
+        let dir = root.join(name);
+        f(&dir);
+        dirs.push((name, dir));
+    };
+    make("another sled database", &|d| {
+        let db = sled::open(d).unwrap();
+        db.insert(b"k", b"a value of another program").unwrap();
+        db.flush().unwrap();
+    });
+    make("garbage db and conf", &|d| {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("db"), vec![0xA5u8; 70_000]).unwrap();
+        std::fs::write(d.join("conf"), b"\x01\x02garbage\xff\xfe").unwrap();
+    });
+    make("empty db", &|d| {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("db"), b"").unwrap();
+    });
+    make("db is a directory", &|d| {
+        std::fs::create_dir_all(d.join("db")).unwrap();
+    });
+    make("stray files", &|d| {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("notes.txt"), b"not a store").unwrap();
+    });
+    make("a file", &|d| std::fs::write(d, b"a file").unwrap());
+    make("an empty directory", &|d| std::fs::create_dir(d).unwrap());
+    make("a missing directory", &|_| {});
+    dirs
+}
+
+fn read_only_commands<'a>(data: &'a str, digest: &'a str) -> Vec<Vec<&'a str>> {
+    vec![
+        vec!["list", "--data", data],
+        vec!["history", "--data", data, "ProductStock", "p-1"],
+        vec!["state", "--data", data, "ProductStock", "p-1"],
+        vec!["stats", "--data", data],
+        vec!["verify", "--data", data],
+        vec!["export", "--data", data],
+        vec!["topics", "--data", data],
+        vec!["consume", "--data", data, "stock"],
+        vec!["digest", "--data", data],
+        vec![
+            "prove",
+            "--data",
+            data,
+            "--digest",
+            digest,
+            "ProductStock",
+            "p-1",
+            "1",
+        ],
+    ]
+}
+
+/// Runs `args`, expects exit 2 with one line on stderr naming the refusal, and `dir`
+/// unchanged.
+fn expect_refusal(case: &str, dir: &Path, args: &[&str]) {
+    let before = snapshot(dir);
+    let out = evershard(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{case}: {args:?}\n{stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{case}: {args:?}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("not an evershard store") || stderr.contains("no evershard store"),
+        "{case}: {args:?}\n{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "{case}: colour codes: {stderr:?}"
+    );
+    assert!(
+        before == snapshot(dir),
+        "{case}: {args:?} changed {}",
+        dir.display()
+    );
+}
+
+#[test]
+fn read_only_commands_refuse_a_directory_that_is_not_a_store_and_change_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("real");
+    small_store(&store);
+    let digest = root.path().join("digest.json");
+    let out = evershard(&["digest", "--json", "--data", path(&store)]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    std::fs::write(&digest, &out.stdout).unwrap();
+
+    for (case, dir) in foreign_dirs(root.path()) {
+        for args in read_only_commands(path(&dir), path(&digest)) {
+            expect_refusal(case, &dir, &args);
+        }
+    }
+}
+
+#[test]
+fn the_writer_refuses_a_directory_that_is_not_a_store_and_changes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    for (case, dir) in foreign_dirs(root.path()) {
+        if case == "an empty directory" || case == "a missing directory" {
+            continue; // where a new store is made
+        }
+        let args = [
+            "demo",
+            "--data",
+            path(&dir),
+            "--type",
+            "ProductStock",
+            "--aggregates",
+            "2",
+            "--commands",
+            "10",
+        ];
+        expect_refusal(case, &dir, &args);
+    }
+}
+
+#[test]
+fn a_store_without_the_marker_file_is_read_unchanged_and_the_writer_marks_it() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("old");
+    small_store(&store);
+    std::fs::remove_file(store.join("EVERSHARD")).unwrap();
+    let out = evershard(&["verify", "--data", path(&store)]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        !store.join("EVERSHARD").exists(),
+        "a reader added the marker"
+    );
+    small_store(&store);
+    assert!(
+        store.join("EVERSHARD").exists(),
+        "the writer did not add the marker"
+    );
+}
