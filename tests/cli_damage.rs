@@ -10,6 +10,8 @@
 //!   before and after and compared (a missing directory stays missing);
 //! - `demo` (the writer open, `Engine::open`) refuses the same directories the same way
 //!   instead of adopting them or starting a new store over them;
+//! - a 70,000-byte aggregate id is refused (exit 2) and echoed shortened, and a damaged sled
+//!   `conf` is named in one line with what to do (sled's own log lines are off by default);
 //! - a store made before the `EVERSHARD` marker file (the marker removed here) is still read
 //!   by the read-only commands, which do not add the marker, and the writer adds it.
 //!
@@ -211,4 +213,46 @@ fn a_store_without_the_marker_file_is_read_unchanged_and_the_writer_marks_it() {
         store.join("EVERSHARD").exists(),
         "the writer did not add the marker"
     );
+}
+
+/// Runs `args` and returns (exit code, stderr), asserting one line on stderr.
+fn one_line_error(args: &[&str]) -> (Option<i32>, String) {
+    let out = evershard(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.code(), stderr)
+}
+
+#[test]
+fn messages_are_one_plain_line() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    small_store(&store);
+    // A 70,000-byte id is an invalid argument, echoed shortened.
+    let long_id = "x".repeat(70_000);
+    for command in ["state", "history"] {
+        let args = [command, "--data", path(&store), "ProductStock", &long_id];
+        let (code, stderr) = one_line_error(&args);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("(70000 bytes)"), "{stderr}");
+        assert!(stderr.len() < 400, "{stderr}");
+    }
+    // A damaged sled `conf` is named, with what to do; sled's own log lines stay off.
+    let conf = std::fs::read(store.join("conf")).unwrap();
+    std::fs::write(
+        store.join("conf"),
+        b"\xff\xfe\x00 not sled's settings at all",
+    )
+    .unwrap();
+    let (code, stderr) = one_line_error(&["verify", "--data", path(&store)]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("damaged sled settings file `conf`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("0.29"), "{stderr}");
+    std::fs::write(store.join("conf"), conf).unwrap();
+    let out = evershard(&["verify", "--data", path(&store)]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 }

@@ -31,7 +31,7 @@ pub enum CliError {
         name: String,
         known: Vec<&'static str>,
     },
-    #[error("no aggregate {aggregate_type}/{aggregate_id} in the store at {}", dir.display())]
+    #[error("no aggregate {aggregate_type}/{} in the store at {}", shown(aggregate_id), dir.display())]
     NoSuchAggregate {
         aggregate_type: String,
         aggregate_id: String,
@@ -46,6 +46,9 @@ pub enum CliError {
     /// A state loaded from the store breaks one of its aggregate's invariants.
     #[error("the store holds a broken aggregate: {0}")]
     BrokenInvariant(LoadError),
+    /// sled's settings file is damaged; the message says what to do.
+    #[error("{0}")]
+    DamagedConf(OpenError),
     #[error("storage error: {0}")]
     Storage(StorageError),
     #[error("engine error: {0}")]
@@ -73,6 +76,22 @@ pub enum CliError {
     Panicked { what: String, message: String },
 }
 
+/// How many bytes of a caller's text (an aggregate id) a message echoes.
+pub const ECHOED_BYTES_MAX: usize = 64;
+
+/// `text` for a message: whole when short, else its first [`ECHOED_BYTES_MAX`] bytes (cut at
+/// a character boundary) and its length, so a 70,000-byte id is not echoed whole.
+pub fn shown(text: &str) -> String {
+    if text.len() <= ECHOED_BYTES_MAX {
+        return text.to_owned();
+    }
+    let mut end = ECHOED_BYTES_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
 impl CliError {
     /// The process exit code for this error; see the module documentation.
     pub fn exit_code(&self) -> u8 {
@@ -85,6 +104,7 @@ impl CliError {
             | CliError::NoSuchTopic { .. }
             | CliError::InvalidArgument(_) => 2,
             CliError::Damaged(_)
+            | CliError::DamagedConf(_)
             | CliError::BrokenInvariant(_)
             | CliError::Storage(_)
             | CliError::Engine(_)
@@ -119,6 +139,7 @@ impl CliError {
                 dir: dir.to_path_buf(),
                 found,
             },
+            damaged @ OpenError::DamagedConf { .. } => CliError::DamagedConf(damaged),
             OpenError::Storage { source, .. } => CliError::storage(dir, *source),
             other => CliError::Storage(StorageError::Io(std::sync::Arc::new(
                 std::io::Error::other(other.to_string()),

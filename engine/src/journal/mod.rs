@@ -82,6 +82,8 @@ struct Shared {
     db: RwLock<Option<sled::Db>>,
     dir: PathBuf,
     poisoned: AtomicBool,
+    /// What failed first when the journal was poisoned, in plain words.
+    poison_cause: Mutex<Option<String>>,
     /// Set by the first `close`.
     closed: AtomicBool,
     /// Flush + fdatasync rounds the syncer has completed: with group commit, far fewer than
@@ -135,6 +137,7 @@ impl Shared {
             db: RwLock::new(Some(db)),
             dir,
             poisoned: AtomicBool::new(false),
+            poison_cause: Mutex::new(None),
             closed: AtomicBool::new(false),
             syncs_done: std::sync::atomic::AtomicU64::new(0),
             durable_position: Mutex::new(0),
@@ -184,7 +187,12 @@ impl Shared {
     }
 
     fn poison(&self, what: &str, err: &dyn std::fmt::Display) {
+        let err = crate::error::plain_message(&err.to_string());
         tracing::error!(%err, "journal poisoned after failed {what}; refusing further writes");
+        self.poison_cause
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| format!("{what} failed: {err}"));
         self.poisoned.store(true, Ordering::Release);
     }
 }
@@ -236,9 +244,22 @@ impl std::ops::Deref for JournalWriter {
 /// the kind nor the OS error survives. So on an I/O error we probe the lock ourselves with
 /// the same `flock(LOCK_EX | LOCK_NB)` sled uses (fs2): `EWOULDBLOCK` means another open
 /// file description — another process, or another journal in this one — holds it.
+///
+/// A damaged `conf` makes sled answer "may have been created using a sled version earlier than
+/// 0.29" (not UTF-8) or a bare corruption (a line without `: `); both become
+/// [`OpenError::DamagedConf`] when our own reading of `conf` agrees that it is not sled's.
 fn map_open_error(dir: &Path, err: sled::Error) -> OpenError {
     if matches!(err, sled::Error::Io(_)) && lock_is_held(dir) {
         return OpenError::Locked {
+            dir: dir.to_path_buf(),
+        };
+    }
+    let conf_refused = matches!(
+        &err,
+        sled::Error::Unsupported(_) | sled::Error::Corruption { .. }
+    );
+    if conf_refused && !probe::is_sled_conf(&dir.join("conf")) {
+        return OpenError::DamagedConf {
             dir: dir.to_path_buf(),
         };
     }
@@ -584,6 +605,17 @@ impl Journal {
     /// True after a failed write or flush: the journal refuses every further write.
     pub fn is_poisoned(&self) -> bool {
         self.shared.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Why the journal refuses writes — the first failure, in one line ("flush/fdatasync
+    /// failed: I/O error: No space left on device (os error 28)") — or `None` while it
+    /// accepts them.
+    pub fn poison_cause(&self) -> Option<String> {
+        self.shared
+            .poison_cause
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The head of a stream: its last sequence (0 when empty) and the hash of its last record.

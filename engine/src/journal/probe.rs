@@ -128,7 +128,7 @@ fn read_small(path: &Path) -> Option<Vec<u8>> {
 
 /// True when `path` reads like sled's `conf`: lines `key: value` naming its segment size
 /// and version, then a 4-byte checksum (not checked here: this only names what was found).
-fn is_sled_conf(path: &Path) -> bool {
+pub(super) fn is_sled_conf(path: &Path) -> bool {
     let Some(bytes) = read_small(path) else {
         return false;
     };
