@@ -256,3 +256,47 @@ fn messages_are_one_plain_line() {
     let out = evershard(&["verify", "--data", path(&store)]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
+
+/// A store on a read-only mount (a read-only bind mount; as root, permission bits stop no
+/// write). sled 0.34 cannot open it (see docs/design.md, "Opening a directory"): the commands
+/// say so in one line, exit 2, and change nothing. Skipped, with the reason printed, where a
+/// bind mount cannot be made (not root, no `mount`).
+#[test]
+fn a_store_on_a_read_only_mount_is_refused_in_one_line_and_left_unchanged() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    small_store(&store);
+    let mnt = root.path().join("ro");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = |args: &[&str]| {
+        Command::new("mount")
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !mount(&["--bind", path(&store), path(&mnt)]) {
+        println!("skipped: cannot make a bind mount here");
+        return;
+    }
+    if !mount(&["-o", "remount,ro,bind", path(&mnt)]) {
+        let _ = Command::new("umount").arg(&mnt).output();
+        println!("skipped: cannot remount the bind mount read-only");
+        return;
+    }
+    let before = snapshot(&mnt);
+    let mut failures = Vec::new();
+    for command in ["list", "stats", "verify", "export", "digest"] {
+        let out = evershard(&[command, "--data", path(&mnt)]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.code() != Some(2)
+            || stderr.trim_end().lines().count() != 1
+            || !stderr.contains("without write access")
+        {
+            failures.push(format!("{command}: {:?} {stderr}", out.status.code()));
+        }
+    }
+    let after = snapshot(&mnt);
+    let _ = Command::new("umount").arg(&mnt).output();
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(before == after, "the read-only mount changed");
+}

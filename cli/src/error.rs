@@ -46,6 +46,15 @@ pub enum CliError {
     /// A state loaded from the store breaks one of its aggregate's invariants.
     #[error("the store holds a broken aggregate: {0}")]
     BrokenInvariant(LoadError),
+    /// The store cannot be written (a read-only mount, another user's files): sled 0.34
+    /// opens its files read-write even to read, so no command can read it in place.
+    #[error(
+        "the store at {} cannot be opened for reading without write access ({cause}): sled 0.34 \
+         opens its files read-write even to read; copy the store to a writable place and point \
+         --data there",
+        dir.display()
+    )]
+    NeedsWriteAccess { dir: PathBuf, cause: String },
     /// sled's settings file is damaged; the message says what to do.
     #[error("{0}")]
     DamagedConf(OpenError),
@@ -99,6 +108,7 @@ impl CliError {
             CliError::Locked { .. }
             | CliError::NotFound { .. }
             | CliError::NotAStore { .. }
+            | CliError::NeedsWriteAccess { .. }
             | CliError::UnknownType { .. }
             | CliError::NoSuchAggregate { .. }
             | CliError::NoSuchTopic { .. }
@@ -140,7 +150,21 @@ impl CliError {
                 found,
             },
             damaged @ OpenError::DamagedConf { .. } => CliError::DamagedConf(damaged),
-            OpenError::Storage { source, .. } => CliError::storage(dir, *source),
+            OpenError::Storage { source, .. } => match *source {
+                StorageError::Io(io)
+                    if matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ReadOnlyFilesystem
+                            | std::io::ErrorKind::PermissionDenied
+                    ) =>
+                {
+                    CliError::NeedsWriteAccess {
+                        dir: dir.to_path_buf(),
+                        cause: io.to_string(),
+                    }
+                }
+                other => CliError::storage(dir, other),
+            },
             other => CliError::Storage(StorageError::Io(std::sync::Arc::new(
                 std::io::Error::other(other.to_string()),
             ))),
