@@ -14,7 +14,8 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum CliError {
     #[error(
-        "the store at {} is in use by a running evershard process; stop it first",
+        "the store at {} is in use by another evershard process (an engine, or another command \
+         reading it: sled 0.34 lets one process open a store at a time); retry when it ends",
         dir.display()
     )]
     Locked { dir: PathBuf },
