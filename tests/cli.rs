@@ -591,7 +591,7 @@ fn a_store_held_by_a_running_engine_is_reported_in_use() {
         let (_, stderr) = expect_exit(&args, 2);
         assert!(
             stderr.contains(&format!(
-                "the store at {data} is in use by a running evershard process; stop it first"
+                "the store at {data} is in use by another evershard process"
             )),
             "{args:?}: {stderr}"
         );

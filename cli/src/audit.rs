@@ -12,7 +12,7 @@ use crate::offline::{
 };
 use crate::store::{guarded, open_read_only};
 use crate::{CheckProofArgs, DigestArgs, KeygenArgs, Outcome, ProveArgs};
-use evershard_engine::{AuditError, StreamId};
+use evershard_engine::AuditError;
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -113,8 +113,8 @@ pub fn digest(args: &DigestArgs, out: &mut dyn Write) -> Result<Outcome, CliErro
 pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
     let digest = read_digest(&args.digest)?;
     let dir = &args.store.data;
+    let stream = crate::store::stream_arg(&args.aggregate_type, &args.aggregate_id)?;
     let journal = open_read_only(dir)?;
-    let stream = StreamId::new(args.aggregate_type.clone(), args.aggregate_id.clone());
     let proof = guarded(|| journal.prove_event(&stream, args.sequence, Some(digest.tree_size)))
         .map_err(|message| CliError::Panicked {
             what: "computing the proof".into(),

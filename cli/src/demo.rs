@@ -742,7 +742,12 @@ async fn run_async(
             }
         }
     };
-    let mut result = drive(&engine, partitions, args, &hidden, out).await;
+    let mut result = drive(&engine, partitions, args, &hidden, out)
+        .await
+        .map_err(|e| match e {
+            CliError::Demo(message) => CliError::Demo(with_cause(&engine, message)),
+            other => other,
+        });
     #[cfg(feature = "kafka")]
     if kafka_failed {
         if let Ok((_, found)) = &mut result {
@@ -810,7 +815,11 @@ async fn run_async(
             }
         }
         Err(e) => {
-            writeln!(out, "topics check FAILED: {e}")?;
+            writeln!(
+                out,
+                "topics check FAILED: {}",
+                with_cause(&engine, e.to_string())
+            )?;
             if let Ok((_, found)) = &mut result {
                 *found += 1;
             }
@@ -936,6 +945,17 @@ fn write_summary(
         )?;
     }
     Ok(())
+}
+
+/// `message`, with the journal's first failure appended when it says the journal refuses
+/// writes (that error itself carries no cause: the cause is kept by the journal).
+fn with_cause(engine: &Engine, message: String) -> String {
+    match engine.journal().poison_cause() {
+        Some(cause) if message.contains("refuses writes") => {
+            format!("{message} (first failure: {cause})")
+        }
+        _ => message,
+    }
 }
 
 /// The workload and the pre-restart capture. Returns the drivers (holding the captured

@@ -11,8 +11,12 @@ use tracing_subscriber::EnvFilter;
 /// calls.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Warnings and errors of the engine go to stderr; RUST_LOG overrides.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // Warnings and errors of the engine go to stderr; RUST_LOG overrides. sled's own log
+    // lines are off by default: every sled error reaches evershard as a `Result` and is
+    // reported there in one line, while sled logs the same failure again with Rust debug
+    // dumps (`Io(Custom { kind: StorageFull, .. })`); `RUST_LOG=warn,sled=warn` shows them.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,sled=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -14,18 +14,25 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum CliError {
     #[error(
-        "the store at {} is in use by a running evershard process; stop it first",
+        "the store at {} is in use by another evershard process (an engine, or another command \
+         reading it: sled 0.34 lets one process open a store at a time); retry when it ends",
         dir.display()
     )]
     Locked { dir: PathBuf },
     #[error("no evershard store at {} (no sled database there)", dir.display())]
     NotFound { dir: PathBuf },
+    /// The directory holds something else; nothing there was opened or changed.
+    #[error(
+        "{} is not an evershard store (it holds {found}); nothing there was opened or changed",
+        dir.display()
+    )]
+    NotAStore { dir: PathBuf, found: String },
     #[error("unknown aggregate type {name:?}; known types: {}", known.join(", "))]
     UnknownType {
         name: String,
         known: Vec<&'static str>,
     },
-    #[error("no aggregate {aggregate_type}/{aggregate_id} in the store at {}", dir.display())]
+    #[error("no aggregate {aggregate_type}/{} in the store at {}", shown(aggregate_id), dir.display())]
     NoSuchAggregate {
         aggregate_type: String,
         aggregate_id: String,
@@ -40,6 +47,18 @@ pub enum CliError {
     /// A state loaded from the store breaks one of its aggregate's invariants.
     #[error("the store holds a broken aggregate: {0}")]
     BrokenInvariant(LoadError),
+    /// The store cannot be written (a read-only mount, another user's files): sled 0.34
+    /// opens its files read-write even to read, so no command can read it in place.
+    #[error(
+        "the store at {} cannot be opened for reading without write access ({cause}): sled 0.34 \
+         opens its files read-write even to read; copy the store to a writable place and point \
+         --data there",
+        dir.display()
+    )]
+    NeedsWriteAccess { dir: PathBuf, cause: String },
+    /// sled's settings file is damaged; the message says what to do.
+    #[error("{0}")]
+    DamagedConf(OpenError),
     #[error("storage error: {0}")]
     Storage(StorageError),
     #[error("engine error: {0}")]
@@ -67,17 +86,36 @@ pub enum CliError {
     Panicked { what: String, message: String },
 }
 
+/// How many bytes of a caller's text (an aggregate id) a message echoes.
+pub const ECHOED_BYTES_MAX: usize = 64;
+
+/// `text` for a message: whole when short, else its first [`ECHOED_BYTES_MAX`] bytes (cut at
+/// a character boundary) and its length, so a 70,000-byte id is not echoed whole.
+pub fn shown(text: &str) -> String {
+    if text.len() <= ECHOED_BYTES_MAX {
+        return text.to_owned();
+    }
+    let mut end = ECHOED_BYTES_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
 impl CliError {
     /// The process exit code for this error; see the module documentation.
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Locked { .. }
             | CliError::NotFound { .. }
+            | CliError::NotAStore { .. }
+            | CliError::NeedsWriteAccess { .. }
             | CliError::UnknownType { .. }
             | CliError::NoSuchAggregate { .. }
             | CliError::NoSuchTopic { .. }
             | CliError::InvalidArgument(_) => 2,
             CliError::Damaged(_)
+            | CliError::DamagedConf(_)
             | CliError::BrokenInvariant(_)
             | CliError::Storage(_)
             | CliError::Engine(_)
@@ -108,7 +146,26 @@ impl CliError {
             OpenError::NotFound { .. } => CliError::NotFound {
                 dir: dir.to_path_buf(),
             },
-            OpenError::Storage { source, .. } => CliError::storage(dir, *source),
+            OpenError::NotAStore { found, .. } => CliError::NotAStore {
+                dir: dir.to_path_buf(),
+                found,
+            },
+            damaged @ OpenError::DamagedConf { .. } => CliError::DamagedConf(damaged),
+            OpenError::Storage { source, .. } => match *source {
+                StorageError::Io(io)
+                    if matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ReadOnlyFilesystem
+                            | std::io::ErrorKind::PermissionDenied
+                    ) =>
+                {
+                    CliError::NeedsWriteAccess {
+                        dir: dir.to_path_buf(),
+                        cause: io.to_string(),
+                    }
+                }
+                other => CliError::storage(dir, other),
+            },
             other => CliError::Storage(StorageError::Io(std::sync::Arc::new(
                 std::io::Error::other(other.to_string()),
             ))),

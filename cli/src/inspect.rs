@@ -142,8 +142,8 @@ pub fn envelope_json(envelope: &EventEnvelope<Value>) -> Value {
 /// printed; the damaged one ends the command with an error naming its sequence.
 pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
     let aggregate_type = resolve(&args.aggregate_type)?;
+    let stream = crate::store::stream_arg(aggregate_type, &args.aggregate_id)?;
     let journal = open_read_only(&args.store.data)?;
-    let stream = StreamId::new(aggregate_type, args.aggregate_id.clone());
     existing_head(&journal, &stream)?;
     let history = HistoryJson {
         journal: &journal,
@@ -214,8 +214,8 @@ fn last_sequence_at(
 /// `evershard state TYPE ID`: the state at the head, at a sequence, or at a point in time.
 pub fn state(args: &StateArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
     let aggregate_type = resolve(&args.aggregate_type)?;
+    let stream = crate::store::stream_arg(aggregate_type, &args.aggregate_id)?;
     let journal = open_read_only(&args.store.data)?;
-    let stream = StreamId::new(aggregate_type, args.aggregate_id.clone());
     let head = existing_head(&journal, &stream)?;
     let (upto, as_of) = match (args.at_seq, args.at) {
         (Some(sequence), _) if sequence > head => {

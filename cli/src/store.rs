@@ -3,7 +3,7 @@
 //! [`open_read_only`] (except `demo`, which runs an engine): replay never writes.
 
 use crate::error::CliError;
-use evershard_engine::Journal;
+use evershard_engine::{Journal, StreamId};
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -73,4 +73,18 @@ pub fn open_read_only(dir: &Path) -> Result<Journal, CliError> {
             message,
         }),
     }
+}
+
+/// The stream an `TYPE ID` argument pair names, checked against the key layout's limits
+/// before any read builds a key from it: an id over the limit is an invalid argument
+/// (exit 2), echoed shortened.
+pub fn stream_arg(aggregate_type: &str, aggregate_id: &str) -> Result<StreamId, CliError> {
+    let stream = StreamId::new(aggregate_type.to_owned(), aggregate_id.to_owned());
+    stream.validate().map_err(|e| {
+        CliError::InvalidArgument(format!(
+            "aggregate {aggregate_type}/{}: {e}",
+            crate::error::shown(aggregate_id)
+        ))
+    })?;
+    Ok(stream)
 }

@@ -155,14 +155,58 @@ impl StorageError {
 
 impl From<std::io::Error> for StorageError {
     fn from(e: std::io::Error) -> Self {
-        StorageError::Io(Arc::new(e))
+        StorageError::Io(Arc::new(plain_io_error(e)))
+    }
+}
+
+/// `text` with each Rust debug dump of an OS error in it (`Os { code: 28, kind: StorageFull,
+/// message: "No space left on device" }`, as sled 0.34 prints its rewrapped I/O errors)
+/// replaced by the OS error's own words ("No space left on device (os error 28)").
+pub(crate) fn plain_message(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("Os { code: ") {
+        let after = &rest[start..];
+        let (Some(end), Some(code)) = (
+            after.find('}'),
+            after["Os { code: ".len()..]
+                .split(',')
+                .next()
+                .and_then(|c| c.trim().parse::<i32>().ok()),
+        ) else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        out.push_str(&std::io::Error::from_raw_os_error(code).to_string());
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// sled 0.34 rewraps some OS errors as `io::Error::new(kind, format!("{:?}", e))`, whose
+/// message is Rust's debug dump (`Os { code: 28, kind: StorageFull, message: "No space left
+/// on device" }`). This turns such an error back into the OS error it dumps, which prints as
+/// "No space left on device (os error 28)"; any other error is returned as it is.
+pub(crate) fn plain_io_error(e: std::io::Error) -> std::io::Error {
+    if e.raw_os_error().is_some() {
+        return e;
+    }
+    let text = e.to_string();
+    let code = text
+        .strip_prefix("Os { code: ")
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|code| code.trim().parse::<i32>().ok());
+    match code {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => e,
     }
 }
 
 impl From<sled::Error> for StorageError {
     fn from(e: sled::Error) -> Self {
         match e {
-            sled::Error::Io(io) => StorageError::Io(Arc::new(io)),
+            sled::Error::Io(io) => StorageError::Io(Arc::new(plain_io_error(io))),
             corruption @ sled::Error::Corruption { .. } => {
                 StorageError::corrupt_store(Corruption::Sled(SledError::new(corruption)))
             }
@@ -181,6 +225,19 @@ pub enum OpenError {
     /// A read-only open found no store.
     #[error("no evershard store at {}", dir.display())]
     NotFound { dir: PathBuf },
+    /// The directory holds something other than an evershard store (another sled database,
+    /// stray files, a `db` that is not a file): nothing was opened or written there. `found`
+    /// says what, in a few words.
+    #[error("{} is not an evershard store: it holds {found}", dir.display())]
+    NotAStore { dir: PathBuf, found: String },
+    /// sled refused its settings file `conf` as damaged. Every evershard store's `conf` is
+    /// the same (sled's defaults, which evershard never changes), and it holds no data.
+    #[error(
+        "the store at {} has a damaged sled settings file `conf` (its events are not affected): \
+         replace it with the `conf` of any other evershard store, then retry",
+        dir.display()
+    )]
+    DamagedConf { dir: PathBuf },
     #[error("could not open the store at {}: {source}", dir.display())]
     Storage {
         dir: PathBuf,
@@ -419,5 +476,29 @@ pub enum Error {
 impl<E: std::error::Error + Send + Sync + 'static> From<CommandError<E>> for Error {
     fn from(e: CommandError<E>) -> Self {
         Error::Command(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_os_error_dumped_by_sled_prints_as_the_os_error() {
+        let dumped = std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!("{:?}", std::io::Error::from_raw_os_error(28)),
+        );
+        let err = StorageError::from(sled::Error::Io(dumped));
+        let text = err.to_string();
+        assert!(text.contains("(os error 28)"), "{text}");
+        assert!(!text.contains("Os {"), "{text}");
+        let dump = format!("IO error: {:?}", std::io::Error::from_raw_os_error(28));
+        assert_eq!(
+            plain_message(&dump),
+            "IO error: No space left on device (os error 28)"
+        );
+        let other = StorageError::from(std::io::Error::other("plain words"));
+        assert_eq!(other.to_string(), "I/O error: plain words");
     }
 }

@@ -320,8 +320,12 @@ async fn a_store_held_open_is_locked() {
     // Another I/O failure is not mistaken for a lock: a file where the directory should be.
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
-    let err = JournalWriter::open(&file, JournalConfig::default()).unwrap_err();
+    let err = JournalWriter::open(file.join("store"), JournalConfig::default()).unwrap_err();
     assert!(matches!(err, OpenError::Storage { .. }), "{err:?}");
+    // A file where the store's directory should be is not a store, and is left alone.
+    let err = JournalWriter::open(&file, JournalConfig::default()).unwrap_err();
+    assert!(matches!(err, OpenError::NotAStore { .. }), "{err:?}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ mod committer;
 mod fault;
 pub(crate) mod keys;
 pub(crate) mod merkle;
+mod probe;
 pub(crate) mod publisher;
 pub(crate) mod record;
 pub(crate) mod topics;
@@ -82,6 +83,8 @@ struct Shared {
     db: RwLock<Option<sled::Db>>,
     dir: PathBuf,
     poisoned: AtomicBool,
+    /// What failed first when the journal was poisoned, in plain words.
+    poison_cause: Mutex<Option<String>>,
     /// Set by the first `close`.
     closed: AtomicBool,
     /// Flush + fdatasync rounds the syncer has completed: with group commit, far fewer than
@@ -135,6 +138,7 @@ impl Shared {
             db: RwLock::new(Some(db)),
             dir,
             poisoned: AtomicBool::new(false),
+            poison_cause: Mutex::new(None),
             closed: AtomicBool::new(false),
             syncs_done: std::sync::atomic::AtomicU64::new(0),
             durable_position: Mutex::new(0),
@@ -184,7 +188,12 @@ impl Shared {
     }
 
     fn poison(&self, what: &str, err: &dyn std::fmt::Display) {
+        let err = crate::error::plain_message(&err.to_string());
         tracing::error!(%err, "journal poisoned after failed {what}; refusing further writes");
+        self.poison_cause
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| format!("{what} failed: {err}"));
         self.poisoned.store(true, Ordering::Release);
     }
 }
@@ -236,9 +245,22 @@ impl std::ops::Deref for JournalWriter {
 /// the kind nor the OS error survives. So on an I/O error we probe the lock ourselves with
 /// the same `flock(LOCK_EX | LOCK_NB)` sled uses (fs2): `EWOULDBLOCK` means another open
 /// file description — another process, or another journal in this one — holds it.
+///
+/// A damaged `conf` makes sled answer "may have been created using a sled version earlier than
+/// 0.29" (not UTF-8) or a bare corruption (a line without `: `); both become
+/// [`OpenError::DamagedConf`] when our own reading of `conf` agrees that it is not sled's.
 fn map_open_error(dir: &Path, err: sled::Error) -> OpenError {
     if matches!(err, sled::Error::Io(_)) && lock_is_held(dir) {
         return OpenError::Locked {
+            dir: dir.to_path_buf(),
+        };
+    }
+    let conf_refused = matches!(
+        &err,
+        sled::Error::Unsupported(_) | sled::Error::Corruption { .. }
+    );
+    if conf_refused && !probe::is_sled_conf(&dir.join("conf")) {
+        return OpenError::DamagedConf {
             dir: dir.to_path_buf(),
         };
     }
@@ -352,7 +374,13 @@ impl JournalWriter {
     pub fn open(dir: impl AsRef<Path>, config: JournalConfig) -> Result<JournalWriter, OpenError> {
         let dir = dir.as_ref().to_path_buf();
         let io = |e: std::io::Error| OpenError::storage(&dir, e);
+        // Nothing is created or written before the directory is known to hold nothing or an
+        // evershard store: sled would adopt anything (see `probe`).
+        let found = probe::probe(&dir)?;
         create_dir_durably(&dir).map_err(io)?;
+        if matches!(found, probe::Probe::Missing | probe::Probe::Empty) {
+            probe::write_marker(&dir, !fault::skip(fault::Sync::Dir)).map_err(io)?;
+        }
         sync_before_recovery(&dir).map_err(io)?;
         let flush_every_ms = match config.durability {
             // No periodic flush: the syncer flushes and syncs every group itself, blob files
@@ -374,6 +402,13 @@ impl JournalWriter {
         let sled_err = |e: sled::Error| OpenError::storage(&dir, e);
         let meta_key = meta_format_key();
         match db.get(&meta_key).map_err(sled_err)? {
+            // A store made before the marker file whose `db` merely holds the marker's bytes.
+            None if found == (probe::Probe::Store { marked: false }) => {
+                return Err(OpenError::NotAStore {
+                    dir: dir.clone(),
+                    found: "a sled database without evershard's format marker".into(),
+                });
+            }
             None => {
                 db.insert(&meta_key, STORE_FORMAT).map_err(sled_err)?;
                 db.flush().map_err(sled_err)?;
@@ -387,7 +422,12 @@ impl JournalWriter {
                     File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
                 }
             }
-            found => check_format(&dir, found)?,
+            format => {
+                check_format(&dir, format)?;
+                if found == (probe::Probe::Store { marked: false }) {
+                    probe::write_marker(&dir, !fault::skip(fault::Sync::Dir)).map_err(io)?;
+                }
+            }
         }
         // sled 0.34's flush() ends in sync_file_range, which does not reach stable storage
         // (spacejam/sled#1452). Durable mode fdatasyncs sled's data file itself.
@@ -568,8 +608,14 @@ impl Journal {
     /// dropped.
     pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Journal, OpenError> {
         let dir = dir.as_ref().to_path_buf();
-        if !dir.join("db").exists() {
-            return Err(OpenError::NotFound { dir });
+        // Nothing may open a directory for writing before it is known to be a store: sled's
+        // open creates and writes files (see `probe`).
+        match probe::probe(&dir)? {
+            probe::Probe::Missing | probe::Probe::Empty => return Err(OpenError::NotFound { dir }),
+            probe::Probe::Store { .. } if !dir.join("db").is_file() => {
+                return Err(OpenError::NotFound { dir });
+            }
+            probe::Probe::Store { .. } => {}
         }
         if let Err(e) = sync_before_recovery(&dir) {
             tracing::warn!(dir = %dir.display(), %e, "could not sync the store before sled's recovery");
@@ -600,6 +646,17 @@ impl Journal {
     /// True after a failed write or flush: the journal refuses every further write.
     pub fn is_poisoned(&self) -> bool {
         self.shared.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Why the journal refuses writes — the first failure, in one line ("flush/fdatasync
+    /// failed: I/O error: No space left on device (os error 28)") — or `None` while it
+    /// accepts them.
+    pub fn poison_cause(&self) -> Option<String> {
+        self.shared
+            .poison_cause
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The head of a stream: its last sequence (0 when empty) and the hash of its last record.
