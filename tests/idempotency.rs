@@ -9,19 +9,15 @@
 //! - an empty result (an idempotent no-op) is recorded too;
 //! - after the retention window the key is decided afresh, and the sweep removes old keys.
 
+mod common;
 use chrono::{DateTime, Duration, Utc};
-use evershard::aggregates::product_stock::{
-    ProductStock, ProductStockError, ReceiveStock, Reserve,
-};
+use common::*;
+use evershard::aggregates::product_stock::{ProductStock, ProductStockError, ReceiveStock};
 use evershard::model::Metadata;
 use evershard::{CommandError, Durability, Engine, ManualClock, StreamId};
 use std::path::Path;
 use std::sync::Arc;
 use uuid::Uuid;
-
-fn t0() -> DateTime<Utc> {
-    DateTime::from_timestamp(1_800_000_000, 0).expect("valid time")
-}
 
 async fn open(dir: &Path, clock: &Arc<ManualClock>) -> Engine {
     Engine::builder(dir)
@@ -37,14 +33,6 @@ async fn open(dir: &Path, clock: &Arc<ManualClock>) -> Engine {
 
 fn keyed(key: u128) -> Metadata {
     Metadata::new("test").idempotency_key(Uuid::from_u128(key))
-}
-
-fn reserve(n: u128, quantity: i64) -> Reserve {
-    Reserve {
-        reservation_id: Uuid::from_u128(n),
-        order_id: Uuid::from_u128(1000 + n),
-        quantity,
-    }
 }
 
 fn last_position(engine: &Engine) -> u64 {

@@ -7,17 +7,15 @@
 //! resolution "now" is past the schedule (rejected); at the store's resolution "now" is T, and
 //! T + 500 ns (the command's own value) lies ahead (accepted). Both paths must say accepted.
 
+mod common;
 use chrono::{DateTime, Duration, Utc};
+use common::*;
 use evershard::aggregates::appointment::{Appointment, AppointmentEvent, CreateAppointment};
 use evershard::model::testing::given_no_events;
 use evershard::model::{Clock, Money};
 use evershard::{Engine, ManualClock};
 use std::sync::Arc;
 use uuid::Uuid;
-
-fn t0() -> DateTime<Utc> {
-    DateTime::from_timestamp(1_800_000_000, 0).expect("valid time")
-}
 
 fn create(scheduled_at: DateTime<Utc>) -> CreateAppointment {
     CreateAppointment {

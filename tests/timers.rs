@@ -12,23 +12,21 @@
 //!   reservation past its deadline once the scheduler ran, and the pending timers always
 //!   equal what the states ask for.
 
+mod common;
 use chrono::{DateTime, Duration, Utc};
+use common::*;
 use evershard::aggregates::order::{
     CancelReason, CreateOrder, LineRequest, Order, OrderEvent, RecordStockReserved,
 };
 use evershard::aggregates::product_stock::{
     CommitReservation, ConfirmReservation, ProductStock, ProductStockEvent, ReceiveStock,
-    ReleaseReason, ReleaseReservation, Reserve, RESERVATION_TTL_MS,
+    ReleaseReason, ReleaseReservation, RESERVATION_TTL_MS,
 };
 use evershard::model::{Aggregate, Clock, Currency, DemoRng, Money};
 use evershard::{Durability, Engine, ManualClock};
 use std::path::Path;
 use std::sync::Arc;
 use uuid::Uuid;
-
-fn t0() -> DateTime<Utc> {
-    DateTime::from_timestamp(1_800_000_000, 0).expect("valid time")
-}
 
 fn ttl() -> Duration {
     Duration::milliseconds(RESERVATION_TTL_MS)
@@ -46,14 +44,6 @@ async fn open(dir: &Path, clock: &Arc<ManualClock>) -> Engine {
         .open()
         .await
         .expect("engine opens")
-}
-
-fn reserve(n: u128, quantity: i64) -> Reserve {
-    Reserve {
-        reservation_id: Uuid::from_u128(n),
-        order_id: Uuid::from_u128(1000 + n),
-        quantity,
-    }
 }
 
 fn expired_releases(engine: &Engine, id: &str) -> Vec<Uuid> {
