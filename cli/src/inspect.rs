@@ -347,6 +347,9 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
     let stats = journal
         .stats()
         .map_err(|e| CliError::storage(&args.store.data, e))?;
+    let checkpoint = journal
+        .checkpoint_mark()
+        .map_err(|e| CliError::storage(&args.store.data, e))?;
     // type -> (aggregates, events)
     let mut per_type: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for entry in journal.streams(None) {
@@ -378,6 +381,11 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
                 "disk_bytes": stats.disk_bytes,
                 "aggregates": per_type.values().map(|(a, _)| a).sum::<u64>(),
                 "types": types,
+                "checkpoint": checkpoint.as_ref().map(|m| json!({
+                    "cut_position": m.cut_position,
+                    "taken_at": m.taken_at.to_rfc3339(),
+                    "source": m.source_dir.display().to_string(),
+                })),
             }),
         )?;
     } else {
@@ -388,6 +396,15 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
         writeln!(out, "snapshot bytes        {}", stats.snapshot_bytes)?;
         writeln!(out, "last global position  {}", stats.last_global_position)?;
         writeln!(out, "disk bytes            {}", stats.disk_bytes)?;
+        if let Some(m) = &checkpoint {
+            writeln!(
+                out,
+                "checkpoint            of {} at global position {}, taken {}",
+                m.source_dir.display(),
+                m.cut_position,
+                m.taken_at.to_rfc3339()
+            )?;
+        }
         writeln!(out, "aggregates by type:")?;
         if per_type.is_empty() {
             writeln!(out, "  (none)")?;

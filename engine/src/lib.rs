@@ -104,8 +104,8 @@ pub mod merkle {
 
 // Errors, one per operation, and the umbrella.
 pub use error::{
-    AppendError, CommandError, ConfigError, Corruption, EngineError, Error, InvalidRequest,
-    LoadError, OpenError, Result, SledError, StorageError, UnavailableReason,
+    AppendError, CheckpointError, CommandError, ConfigError, Corruption, EngineError, Error,
+    InvalidRequest, LoadError, OpenError, Result, SledError, StorageError, UnavailableReason,
 };
 
 // Reading the journal.
@@ -117,6 +117,9 @@ pub use journal::JournalStats;
 pub use journal::Reads;
 /// A stream's last sequence and the hash of its last record.
 pub use journal::StreamHead;
+/// A checkpoint (`Engine::checkpoint`): what one copied, and what a checkpoint store says
+/// about itself (`Journal::checkpoint_mark`).
+pub use journal::{CheckpointInfo, CheckpointMark};
 /// A pending durable timer (`Journal::timers`) and a stored idempotency key
 /// (`Journal::idempotency_keys`).
 pub use journal::{IdempotencyEntry, PendingTimer};

@@ -130,6 +130,14 @@ pub(super) enum CommitJob {
     Sync {
         reply: oneshot::Sender<Result<(), StorageError>>,
     },
+    /// Commit what is queued, sync it, answer the cut (the last global position, durable),
+    /// then write nothing until `resume` is dropped or sent to. Appends queue meanwhile.
+    /// What `JournalWriter::pause` sends: a checkpoint copies the keyspaces that commands
+    /// rewrite (timers, idempotency records, cursors) while no command can move them.
+    Pause {
+        paused: oneshot::Sender<Result<u64, StorageError>>,
+        resume: mpsc::Receiver<()>,
+    },
     /// Commit what is queued, sync, acknowledge, and stop the thread.
     Shutdown {
         reply: oneshot::Sender<Result<(), StorageError>>,
@@ -361,10 +369,20 @@ impl Committer {
         };
         while let Ok(first) = jobs.recv() {
             let (mut events, mut bytes) = size(&first);
-            let mut group = vec![first];
+            // A pause ends the group: what was queued before it is in the cut, nothing after.
+            let mut pause = None;
+            let mut group = Vec::new();
+            match first {
+                job @ CommitJob::Pause { .. } => pause = Some(job),
+                job => group.push(job),
+            }
             // Take whatever else is already queued, up to the batch limits: this is the group.
-            while events < self.config.batch_events_max && bytes < self.config.batch_bytes_max {
+            while pause.is_none()
+                && events < self.config.batch_events_max
+                && bytes < self.config.batch_bytes_max
+            {
                 match jobs.try_recv() {
+                    Ok(job @ CommitJob::Pause { .. }) => pause = Some(job),
                     Ok(job) => {
                         let (e, b) = size(&job);
                         events += e;
@@ -377,14 +395,19 @@ impl Committer {
             // A panic here is a bug in evershard; it must not leave a dead thread behind a
             // journal that looks healthy. The group's callers see their channel close; every
             // later write is refused as poisoned.
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.commit_group(group)
-            })) {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(_) => self
-                    .shared
-                    .poison("group commit", &"the committer panicked"),
+            if !group.is_empty() {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.commit_group(group)
+                })) {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(_) => self
+                        .shared
+                        .poison("group commit", &"the committer panicked"),
+                }
+            }
+            if let Some(CommitJob::Pause { paused, resume }) = pause {
+                self.pause(paused, resume);
             }
         }
         // Every sender is gone: leave the store synced.
@@ -392,6 +415,31 @@ impl Committer {
             shutdown: true,
             ..SyncBatch::default()
         });
+    }
+
+    /// Syncs everything applied, answers the cut, and blocks until resumed. A failed sync
+    /// (a poisoned journal) answers the error and does not block.
+    fn pause(
+        &mut self,
+        paused: oneshot::Sender<Result<u64, StorageError>>,
+        resume: mpsc::Receiver<()>,
+    ) {
+        let cut = self.next_global - 1;
+        let (synced, done) = oneshot::channel();
+        self.hand_to_syncer(SyncBatch {
+            syncs: vec![synced],
+            applied_through: cut,
+            ..SyncBatch::default()
+        });
+        let result = done
+            .blocking_recv()
+            .unwrap_or(Err(StorageError::Closed))
+            .map(|()| cut);
+        let ok = result.is_ok();
+        if paused.send(result).is_ok() && ok {
+            // Ends when the pauser sends or drops its handle (also when it panics).
+            let _ = resume.recv();
+        }
     }
 
     fn head(
@@ -433,6 +481,7 @@ impl Committer {
                     continue;
                 }
                 CommitJob::Append { request, reply } => (request, reply),
+                CommitJob::Pause { .. } => unreachable!("a pause never joins a group"),
             };
             if self
                 .shared

@@ -7,6 +7,7 @@
 //! thread ([`committer`]) which batches concurrent requests into one sled batch and one flush
 //! (group commit). Reads go straight to sled.
 
+mod checkpoint;
 mod committer;
 mod fault;
 pub(crate) mod keys;
@@ -18,6 +19,7 @@ pub(crate) mod topics;
 mod verify;
 
 // The writing types are public only with `fault-injection` (see lib.rs).
+pub use checkpoint::{CheckpointInfo, CheckpointMark};
 #[cfg_attr(not(feature = "fault-injection"), allow(unused_imports))]
 pub use committer::{AppendRequest, Committed, NewEvent, WriteOp, EVENTS_PER_APPEND_MAX};
 pub use record::{Record, RecordError};
@@ -369,6 +371,39 @@ fn check_format(dir: &Path, found: Option<sled::IVec>) -> Result<(), OpenError> 
     }
 }
 
+/// The checkpoint marker of the store, if it is a checkpoint.
+fn read_checkpoint_mark(dir: &Path, db: &sled::Db) -> Result<Option<CheckpointMark>, OpenError> {
+    match db
+        .get(checkpoint::CHECKPOINT_KEY)
+        .map_err(|e| OpenError::storage(dir, e))?
+    {
+        None => Ok(None),
+        Some(v) => CheckpointMark::decode(&v).map(Some).ok_or_else(|| {
+            OpenError::storage(
+                dir,
+                StorageError::corrupt_store(Corruption::MalformedKey {
+                    keyspace: "checkpoint marker",
+                }),
+            )
+        }),
+    }
+}
+
+fn refuse_checkpoint(dir: PathBuf, mark: CheckpointMark) -> OpenError {
+    if mark.complete {
+        OpenError::Checkpoint {
+            dir,
+            source_dir: mark.source_dir,
+            cut_position: mark.cut_position,
+        }
+    } else {
+        OpenError::IncompleteCheckpoint {
+            dir,
+            source_dir: mark.source_dir,
+        }
+    }
+}
+
 impl JournalWriter {
     /// Opens (or creates) a journal for reading and writing.
     pub fn open(dir: impl AsRef<Path>, config: JournalConfig) -> Result<JournalWriter, OpenError> {
@@ -424,6 +459,10 @@ impl JournalWriter {
             }
             format => {
                 check_format(&dir, format)?;
+                if let Some(mark) = read_checkpoint_mark(&dir, &db)? {
+                    close_db(Some(db), &dir);
+                    return Err(refuse_checkpoint(dir, mark));
+                }
                 if found == (probe::Probe::Store { marked: false }) {
                     probe::write_marker(&dir, !fault::skip(fault::Sync::Dir)).map_err(io)?;
                 }
@@ -633,6 +672,12 @@ impl Journal {
             .get(meta_format_key())
             .map_err(|e| OpenError::storage(&dir, e))?;
         check_format(&dir, found)?;
+        if let Some(mark) = read_checkpoint_mark(&dir, &db)?.filter(|m| !m.complete) {
+            return Err(OpenError::IncompleteCheckpoint {
+                dir,
+                source_dir: mark.source_dir,
+            });
+        }
         let last = last_global_position(&db).map_err(|e| OpenError::storage(&dir, e))?;
         let shared = Shared::new(db, dir);
         shared.mark_durable(last);
@@ -641,6 +686,19 @@ impl Journal {
 
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// What the store says about itself when it is a checkpoint (`Engine::checkpoint`):
+    /// the cut, when and from where it was taken. `None` for a store that is not one.
+    pub fn checkpoint_mark(&self) -> Result<Option<CheckpointMark>, StorageError> {
+        match self.shared.db()?.get(checkpoint::CHECKPOINT_KEY)? {
+            None => Ok(None),
+            Some(v) => CheckpointMark::decode(&v).map(Some).ok_or_else(|| {
+                StorageError::corrupt_store(Corruption::MalformedKey {
+                    keyspace: "checkpoint marker",
+                })
+            }),
+        }
     }
 
     /// True after a failed write or flush: the journal refuses every further write.
