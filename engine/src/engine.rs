@@ -1091,7 +1091,9 @@ impl Engine {
             writer.checkpoint(&dir, taken_at, |cut| engine.wait_followers(cut))
         })
         .await
-        .map_err(|e| CheckpointError::Source(StorageError::from(std::io::Error::other(e))))?
+        .map_err(|e| {
+            CheckpointError::Source(Box::new(StorageError::from(std::io::Error::other(e))))
+        })?
     }
 
     /// Blocks until the topic indexer and the tree maintainer (those running) cover `cut`,

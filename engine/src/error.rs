@@ -290,7 +290,7 @@ pub enum CheckpointError {
     },
     /// Reading the live store failed (it may be poisoned or closed).
     #[error("could not read the live store: {0}")]
-    Source(#[source] StorageError),
+    Source(#[source] Box<StorageError>),
     /// Creating the destination store failed.
     #[error(transparent)]
     Create(#[from] OpenError),
@@ -299,7 +299,7 @@ pub enum CheckpointError {
     Write {
         dir: PathBuf,
         #[source]
-        source: StorageError,
+        source: Box<StorageError>,
     },
 }
 

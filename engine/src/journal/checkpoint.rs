@@ -156,16 +156,16 @@ impl Copier<'_> {
 fn write_error(dir: &Path, e: impl Into<StorageError>) -> CheckpointError {
     CheckpointError::Write {
         dir: dir.to_path_buf(),
-        source: e.into(),
+        source: Box::new(e.into()),
     }
 }
 
 fn source_error(e: impl Into<StorageError>) -> CheckpointError {
-    CheckpointError::Source(e.into())
+    CheckpointError::Source(Box::new(e.into()))
 }
 
 fn missing(stream: &StreamId, sequence: u64) -> CheckpointError {
-    CheckpointError::Source(StorageError::corrupt(
+    source_error(StorageError::corrupt(
         stream,
         sequence,
         Corruption::MissingRecord,
