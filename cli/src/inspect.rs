@@ -134,8 +134,31 @@ pub fn envelope_json(envelope: &EventEnvelope<Value>) -> Value {
         "causation_id": envelope.causation_id,
         "source": envelope.source,
         "user_id": envelope.user_id,
+        "session_id": envelope.session_id,
+        "audit_context": envelope.audit_context,
         "payload": envelope.payload,
     })
+}
+
+/// `  session S  from IP  agent "A"  flags F,G` for the events that carry them (record
+/// format 2), else empty.
+pub fn audit_text(envelope: &EventEnvelope<Value>) -> String {
+    let mut text = String::new();
+    if let Some(session) = envelope.session_id {
+        text.push_str(&format!("  session {session}"));
+    }
+    if let Some(audit) = &envelope.audit_context {
+        if let Some(ip) = audit.ip_address {
+            text.push_str(&format!("  from {ip}"));
+        }
+        if let Some(agent) = &audit.user_agent {
+            text.push_str(&format!("  agent {:?}", crate::error::shown(agent)));
+        }
+        if !audit.compliance_flags.is_empty() {
+            text.push_str(&format!("  flags {}", audit.compliance_flags.join(",")));
+        }
+    }
+    text
 }
 
 /// `evershard history TYPE ID`: every event, oldest first. Events before a damaged record are
@@ -169,7 +192,7 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> Result<Outcome, CliEr
         } else {
             writeln!(
                 out,
-                "#{:<5} {}  {} {}  global {}  correlation {}{}{}{}  {}",
+                "#{:<5} {}  {} {}  global {}  correlation {}{}{}{}{}  {}",
                 envelope.sequence,
                 rfc3339(&envelope.timestamp),
                 envelope.event_type,
@@ -185,6 +208,7 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> Result<Outcome, CliEr
                     .as_deref()
                     .map(|u| format!("  user {u}"))
                     .unwrap_or_default(),
+                audit_text(&envelope),
                 key.map(|k| format!("  idempotency-key {k}"))
                     .unwrap_or_default(),
                 envelope.payload

@@ -23,6 +23,7 @@ pub mod error;
 pub mod export;
 pub mod inspect;
 pub mod offline;
+pub mod reconcile;
 pub mod registry;
 pub mod store;
 pub mod topics;
@@ -78,6 +79,9 @@ pub enum Command {
     CheckProof(CheckProofArgs),
     /// Pending durable timers in deadline order: deadline, type, id.
     Timers(TimersArgs),
+    /// Compare messages a consumer received (JSON lines) with what the journal says a topic
+    /// holds: missing, extra, duplicated, reordered or different messages.
+    Reconcile(ReconcileArgs),
 }
 
 /// The store every command works on.
@@ -314,6 +318,24 @@ pub struct TopicsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The topic, e.g. business.orders.
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: String,
+    /// The messages as consumed, one JSON object per line: `evershard consume --json`'s
+    /// shape (topic, partition, offset, key, headers, value), or any dump whose lines carry
+    /// an `event_id` header or a value with `eventId`/`event_id`; `value` may be an object
+    /// or a string holding the JSON.
+    #[arg(long, value_name = "FILE")]
+    pub messages: PathBuf,
+    /// Print one JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ConsumeArgs {
     /// The topic, e.g. business.orders.
     #[arg(value_name = "TOPIC")]
@@ -377,6 +399,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, CliError> {
         Command::Export(args) => export::run(args, out),
         Command::Topics(args) => topics::topics(args, out),
         Command::Consume(args) => topics::consume(args, out),
+        Command::Reconcile(args) => reconcile::run(args, out),
         Command::Keygen(args) => audit::keygen(args, out),
         Command::Digest(args) => audit::digest(args, out),
         Command::Prove(args) => audit::prove(args, out),

@@ -324,6 +324,8 @@ pub enum InvalidRequest {
     PayloadTooLarge { bytes: usize, max: usize },
     #[error("a record string exceeds {max} bytes")]
     StringTooLong { max: usize },
+    #[error("{count} compliance flags in an audit context; at most {max}")]
+    TooManyComplianceFlags { count: usize, max: usize },
     #[error("extra writes may only target the outbox, timer or idempotency keyspaces")]
     ForbiddenKeyspace,
 }

@@ -29,6 +29,9 @@ pub struct NewEvent {
     pub causation_id: Option<Uuid>,
     pub source: String,
     pub user_id: Option<String>,
+    /// Stored in record format 2 (with `audit_context`); `None` keeps format 1.
+    pub session_id: Option<Uuid>,
+    pub audit_context: Option<evershard_model::AuditContext>,
     pub payload: Vec<u8>,
 }
 
@@ -94,6 +97,33 @@ impl AppendRequest {
                 return Err(InvalidRequest::StringTooLong {
                     max: record::RECORD_STRING_BYTES_MAX,
                 });
+            }
+            if let Some(audit) = &event.audit_context {
+                use evershard_model::AuditContext;
+                if audit.compliance_flags.len() > AuditContext::COMPLIANCE_FLAGS_MAX {
+                    return Err(InvalidRequest::TooManyComplianceFlags {
+                        count: audit.compliance_flags.len(),
+                        max: AuditContext::COMPLIANCE_FLAGS_MAX,
+                    });
+                }
+                if audit
+                    .compliance_flags
+                    .iter()
+                    .any(|f| f.len() > AuditContext::COMPLIANCE_FLAG_BYTES_MAX)
+                {
+                    return Err(InvalidRequest::StringTooLong {
+                        max: AuditContext::COMPLIANCE_FLAG_BYTES_MAX,
+                    });
+                }
+                if audit
+                    .user_agent
+                    .as_ref()
+                    .is_some_and(|a| a.len() > record::RECORD_STRING_BYTES_MAX)
+                {
+                    return Err(InvalidRequest::StringTooLong {
+                        max: record::RECORD_STRING_BYTES_MAX,
+                    });
+                }
             }
         }
         for op in &self.extra_writes {
@@ -524,6 +554,8 @@ impl Committer {
                     event_version: event.event_version,
                     source: event.source,
                     user_id: event.user_id,
+                    session_id: event.session_id,
+                    audit_context: event.audit_context,
                     payload: event.payload,
                 };
                 let bytes = record.encode();
