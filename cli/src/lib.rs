@@ -223,6 +223,25 @@ pub struct VerifyArgs {
     /// With --digest: write the consistency proof (JSON) to this new file.
     #[arg(long, value_name = "FILE", requires = "digest")]
     pub proof_out: Option<PathBuf>,
+    /// Only the streams of this aggregate type (a type this build does not know is checked
+    /// too: records, chains and index, without replay).
+    #[arg(long = "type", value_name = "TYPE", conflicts_with = "digest")]
+    pub aggregate_type: Option<String>,
+    /// With --type: only this aggregate.
+    #[arg(long, value_name = "ID", requires = "aggregate_type")]
+    pub id: Option<String>,
+    /// Only the records at global positions from N (default 1).
+    #[arg(long, value_name = "N", conflicts_with = "digest")]
+    pub from_position: Option<u64>,
+    /// Only the records at global positions up to N (default: the last).
+    #[arg(long, value_name = "N", conflicts_with = "digest")]
+    pub to_position: Option<u64>,
+    /// Only the records timestamped at or after this time.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339, conflicts_with = "digest")]
+    pub from: Option<DateTime<FixedOffset>>,
+    /// Only the records timestamped at or before this time.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339, conflicts_with = "digest")]
+    pub to: Option<DateTime<FixedOffset>>,
 }
 
 #[derive(Debug, Args)]

@@ -123,16 +123,18 @@ pub use journal::{CheckpointInfo, CheckpointMark};
 /// A pending durable timer (`Journal::timers`) and a stored idempotency key
 /// (`Journal::idempotency_keys`).
 pub use journal::{IdempotencyEntry, PendingTimer};
+/// What `Journal::verify` found.
+pub use journal::{
+    IssueKind, VerifyIssue, VerifyOptions, VerifyReport, VerifyScope, VERIFY_ISSUES_MAX,
+};
 /// A decoded event record and why bytes are not one.
 pub use journal::{Record, RecordError};
-/// What `Journal::verify` found.
-pub use journal::{VerifyIssue, VerifyReport};
 
 /// The on-disk event record: its hash (the chain) and its limits.
 pub mod record {
     pub use crate::journal::record::{
-        hash, Hash, HEADER_BYTES, PAYLOAD_BYTES_MAX, RECORD_FORMAT_V1, RECORD_STRING_BYTES_MAX,
-        ZERO_HASH,
+        hash, peek_position_and_time, Hash, RecordView, HEADER_BYTES, PAYLOAD_BYTES_MAX,
+        RECORD_FORMAT_V1, RECORD_STRING_BYTES_MAX, ZERO_HASH,
     };
 }
 
