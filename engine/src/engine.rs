@@ -363,6 +363,7 @@ impl EngineBuilder {
             snapshotter,
             config: self.sharding,
             idempotency_retention_ms: self.idempotency_retention_ms,
+            skipped_snapshots: Default::default(),
         });
         let fire: HashMap<&'static str, FireTimer> =
             self.types.iter().map(|(name, f)| (*name, f.1)).collect();
@@ -663,6 +664,21 @@ impl Engine {
     /// its reads fail with [`StorageError::Closed`].
     pub fn journal(&self) -> &Journal {
         self.inner.journal.reader()
+    }
+
+    /// The snapshots that recovery of an aggregate could not use since this engine opened
+    /// (unreadable or unusable records), oldest first, at most the last 1,024. Each one's
+    /// aggregate was recovered anyway — from an older snapshot or from its events alone —
+    /// so its state is exact; the list says what was damaged. Empty when all was well.
+    pub fn skipped_snapshots(&self) -> Vec<crate::snapshot::SkippedSnapshot> {
+        self.inner
+            .rt
+            .skipped_snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     fn group<A: Aggregate>(&self) -> Option<&ShardGroup<A>> {

@@ -6,7 +6,9 @@
 //! far and only then acknowledges. Many actors' appends thus share one flush, and the CPU
 //! work of the next group overlaps the disk wait of the previous one.
 
-use super::{fault, keys, record, Durability, JournalConfig, Record, Shared, StreamHead, StreamId};
+use super::{
+    failpoint, fault, keys, record, Durability, JournalConfig, Record, Shared, StreamHead, StreamId,
+};
 use crate::error::{AppendError, InvalidRequest, StorageError};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -121,19 +123,53 @@ pub struct Committed {
     pub version: u64,
 }
 
+/// Where the answer to one job goes. A reply is always answered: dropped unanswered — by a
+/// panic of the committer unwinding (a bug, or a failpoint), or with a job the committer
+/// never took — it poisons the journal first if a panic dropped it, then answers with the
+/// typed error (`Poisoned`, else `Closed`), so a waiter never reads a closed channel before
+/// the journal says why, and never waits for an answer that cannot come.
+pub(super) struct ReplyTo<T, E: From<StorageError>> {
+    tx: Option<oneshot::Sender<Result<T, E>>>,
+    shared: Arc<Shared>,
+}
+
+impl<T, E: From<StorageError>> ReplyTo<T, E> {
+    pub(super) fn new(tx: oneshot::Sender<Result<T, E>>, shared: Arc<Shared>) -> Self {
+        Self {
+            tx: Some(tx),
+            shared,
+        }
+    }
+
+    /// Answers; `Err` when the waiter is gone (as `oneshot::Sender::send`).
+    pub(super) fn send(mut self, result: Result<T, E>) -> Result<(), Result<T, E>> {
+        match self.tx.take() {
+            Some(tx) => tx.send(result),
+            None => Err(result),
+        }
+    }
+}
+
+impl<T, E: From<StorageError>> Drop for ReplyTo<T, E> {
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.take() else { return };
+        if std::thread::panicking() {
+            self.shared
+                .poison("group commit", &"the committer panicked");
+        }
+        let _ = tx.send(Err(self.shared.gone().into()));
+    }
+}
+
 pub(super) enum CommitJob {
     Append {
         request: AppendRequest,
-        reply: oneshot::Sender<Result<Committed, AppendError>>,
+        reply: ReplyTo<Committed, AppendError>,
     },
     #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
-    Sync {
-        reply: oneshot::Sender<Result<(), StorageError>>,
-    },
+    Sync { reply: ReplyTo<(), StorageError> },
     /// Commit what is queued, sync, acknowledge, and stop the thread.
-    Shutdown {
-        reply: oneshot::Sender<Result<(), StorageError>>,
-    },
+    Shutdown { reply: ReplyTo<(), StorageError> },
 }
 
 pub(super) struct Committer {
@@ -152,7 +188,7 @@ pub(super) struct Committer {
 #[derive(Default)]
 struct SyncBatch {
     replies: Vec<Reply>,
-    syncs: Vec<oneshot::Sender<Result<(), StorageError>>>,
+    syncs: Vec<ReplyTo<(), StorageError>>,
     shutdown: bool,
     /// The last global position applied before this hand-off: durable once synced.
     applied_through: u64,
@@ -192,7 +228,15 @@ impl Syncer {
             {
                 Err(StorageError::Poisoned)
             } else {
-                self.sync()
+                // A panic while syncing is a bug (or a failpoint): like a failed sync, it
+                // poisons the journal, and every waiter gets a typed error instead of a
+                // closed channel or no answer at all.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sync()))
+                    .unwrap_or_else(|_| {
+                        self.shared
+                            .poison("flush/fdatasync", &"the syncer panicked");
+                        Err(StorageError::Poisoned)
+                    })
             };
             match result {
                 Ok(()) => {
@@ -229,6 +273,7 @@ impl Syncer {
         {
             return Err(std::io::Error::other("injected flush failure").into());
         }
+        failpoint::check(failpoint::FLUSH)?;
         self.db.flush()?;
         // Blobs first: once the data file is synced, its log points at them, and sled's
         // recovery refuses to open a store whose log points at a blob file that exists but
@@ -237,6 +282,7 @@ impl Syncer {
         // sled's flush ends in sync_file_range, which does not reach stable storage
         // (spacejam/sled#1452): fdatasync the data file ourselves.
         if !fault::skip(fault::Sync::Fdatasync) {
+            failpoint::check(failpoint::FDATASYNC)?;
             self.data_file.sync_data()?;
         }
         // The fdatasync made durable every log item in the file, not only those the flush
@@ -266,6 +312,7 @@ impl Syncer {
     /// length recorded here is read before the sync, so a blob is synced again until the
     /// length synced is its final one.
     fn sync_new_blobs(&mut self) -> Result<(), StorageError> {
+        failpoint::check(failpoint::BLOB_SYNC)?;
         let folder = self.shared.dir.join("blobs");
         let entries = match std::fs::read_dir(&folder) {
             Ok(entries) => entries,
@@ -300,7 +347,7 @@ impl Syncer {
 }
 
 type Reply = (
-    oneshot::Sender<Result<Committed, AppendError>>,
+    ReplyTo<Committed, AppendError>,
     Result<Committed, AppendError>,
 );
 
@@ -531,7 +578,10 @@ impl Committer {
             position += keys::global_entry_len(chunk);
         }
         if any_writes {
-            if let Err(e) = self.db.apply_batch(batch) {
+            let written = failpoint::check(failpoint::APPLY_BATCH)
+                .map_err(sled::Error::Io)
+                .and_then(|()| self.db.apply_batch(batch));
+            if let Err(e) = written {
                 self.shared.poison("batch write", &e);
                 let err = StorageError::from(e);
                 for (reply, _) in pending {
@@ -585,11 +635,7 @@ impl Committer {
     }
 }
 
-fn fail_all(
-    pending: Vec<Reply>,
-    syncs: Vec<oneshot::Sender<Result<(), StorageError>>>,
-    err: &StorageError,
-) {
+fn fail_all(pending: Vec<Reply>, syncs: Vec<ReplyTo<(), StorageError>>, err: &StorageError) {
     for (reply, _) in pending {
         let _ = reply.send(Err(AppendError::Storage(err.clone())));
     }
