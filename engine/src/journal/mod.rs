@@ -1109,6 +1109,24 @@ impl Journal {
         })
     }
 
+    /// Writes `value` under `stream`'s snapshot prefix followed by `suffix` — a snapshot key
+    /// when `suffix` is a sequence's 8 big-endian bytes, a malformed key otherwise —
+    /// bypassing every check: for the snapshot-fallback tests only.
+    #[cfg(feature = "fault-injection")]
+    pub fn put_raw_snapshot_for_tests(
+        &self,
+        stream: &StreamId,
+        suffix: &[u8],
+        value: &[u8],
+    ) -> Result<(), StorageError> {
+        let db = self.shared.db()?;
+        let mut key = keys::stream_prefix(keys::SNAPSHOTS, stream);
+        key.extend_from_slice(suffix);
+        db.insert(key, value)?;
+        db.flush()?;
+        Ok(())
+    }
+
     /// Rewrites a stored record through `edit` and re-encodes it, so that its CRC is valid
     /// again: for tests of the checks above the CRC (the hash chain, misplaced records).
     #[cfg(feature = "fault-injection")]
