@@ -1130,15 +1130,32 @@ impl Engine {
     }
 
     /// Waits until the index covers `position` (at most `timeout`); true when it does.
+    /// Returns false at once when the journal is poisoned (see [`Journal::is_poisoned`]):
+    /// the indexer cannot write any more, so the index will not move until the store is
+    /// reopened, and waiting out the timeout would only hide the cause.
     pub async fn wait_indexed(&self, position: u64, timeout: std::time::Duration) -> bool {
+        /// How often a waiter looks at the journal's poison flag (the indexer's progress
+        /// wakes it at once).
+        const POISON_CHECK_MS: u64 = 50;
         let Ok(rt) = self.topics() else { return false };
         let mut moved = rt.status.moved.subscribe();
-        let reached = match tokio::time::timeout(timeout, moved.wait_for(|c| *c >= position)).await
-        {
-            Ok(Ok(_)) => true,
-            Ok(Err(_)) | Err(_) => false,
-        };
-        reached
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if *moved.borrow_and_update() >= position {
+                return true;
+            }
+            if self.journal().is_poisoned() {
+                return false;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let wait = (deadline - now).min(std::time::Duration::from_millis(POISON_CHECK_MS));
+            if let Ok(Err(_)) = tokio::time::timeout(wait, moved.changed()).await {
+                return false; // the indexer is gone
+            }
+        }
     }
 
     /// A member of consumer group `group` on `topic`, starting from the group's committed

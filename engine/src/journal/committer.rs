@@ -582,8 +582,8 @@ impl Committer {
                 .map_err(sled::Error::Io)
                 .and_then(|()| self.db.apply_batch(batch));
             if let Err(e) = written {
-                self.shared.poison("batch write", &e);
                 let err = StorageError::from(e);
+                self.shared.poison("batch write", &err);
                 for (reply, _) in pending {
                     let _ = reply.send(Err(AppendError::Storage(err.clone())));
                 }
