@@ -115,6 +115,7 @@ impl TypeOp for StateJson<'_> {
             version: loaded.version,
             from_snapshot: loaded.from_snapshot,
             events_replayed: loaded.events_replayed,
+            skipped_snapshots: loaded.skipped_snapshots,
         })
     }
 }
@@ -279,6 +280,10 @@ pub fn state(args: &StateArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
                 "head": head,
                 "from_snapshot": loaded.from_snapshot,
                 "events_replayed": loaded.events_replayed,
+                "skipped_snapshots": loaded.skipped_snapshots.iter().map(|s| json!({
+                    "sequence": s.sequence,
+                    "reason": s.reason.to_string(),
+                })).collect::<Vec<_>>(),
                 "state": loaded.state,
                 "timer": timer.as_ref().map(rfc3339),
                 "idempotency_keys": keys.iter().map(key_json).collect::<Vec<_>>(),
@@ -302,6 +307,9 @@ pub fn state(args: &StateArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
             "{stream} {asked}: version {} of {head} ({source})",
             loaded.version
         )?;
+        for skipped in &loaded.skipped_snapshots {
+            writeln!(out, "warning: {skipped}")?;
+        }
         let pretty =
             serde_json::to_string_pretty(&loaded.state).map_err(|source| CliError::Json {
                 what: format!("the state of {stream}"),

@@ -367,6 +367,7 @@ impl EngineBuilder {
             snapshotter,
             config: self.sharding,
             idempotency_retention_ms: self.idempotency_retention_ms,
+            skipped_snapshots: Default::default(),
         });
         let fire: HashMap<&'static str, FireTimer> =
             self.types.iter().map(|(name, f)| (*name, f.1)).collect();
@@ -667,6 +668,21 @@ impl Engine {
     /// its reads fail with [`StorageError::Closed`].
     pub fn journal(&self) -> &Journal {
         self.inner.journal.reader()
+    }
+
+    /// The snapshots that recovery of an aggregate could not use since this engine opened
+    /// (unreadable or unusable records), oldest first, at most the last 1,024. Each one's
+    /// aggregate was recovered anyway — from an older snapshot or from its events alone —
+    /// so its state is exact; the list says what was damaged. Empty when all was well.
+    pub fn skipped_snapshots(&self) -> Vec<crate::snapshot::SkippedSnapshot> {
+        self.inner
+            .rt
+            .skipped_snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     fn group<A: Aggregate>(&self) -> Option<&ShardGroup<A>> {
@@ -1178,15 +1194,32 @@ impl Engine {
     }
 
     /// Waits until the index covers `position` (at most `timeout`); true when it does.
+    /// Returns false at once when the journal is poisoned (see [`Journal::is_poisoned`]):
+    /// the indexer cannot write any more, so the index will not move until the store is
+    /// reopened, and waiting out the timeout would only hide the cause.
     pub async fn wait_indexed(&self, position: u64, timeout: std::time::Duration) -> bool {
+        /// How often a waiter looks at the journal's poison flag (the indexer's progress
+        /// wakes it at once).
+        const POISON_CHECK_MS: u64 = 50;
         let Ok(rt) = self.topics() else { return false };
         let mut moved = rt.status.moved.subscribe();
-        let reached = match tokio::time::timeout(timeout, moved.wait_for(|c| *c >= position)).await
-        {
-            Ok(Ok(_)) => true,
-            Ok(Err(_)) | Err(_) => false,
-        };
-        reached
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if *moved.borrow_and_update() >= position {
+                return true;
+            }
+            if self.journal().is_poisoned() {
+                return false;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let wait = (deadline - now).min(std::time::Duration::from_millis(POISON_CHECK_MS));
+            if let Ok(Err(_)) = tokio::time::timeout(wait, moved.changed()).await {
+                return false; // the indexer is gone
+            }
+        }
     }
 
     /// A member of consumer group `group` on `topic`, starting from the group's committed

@@ -147,7 +147,9 @@ pub mod repository {
 /// Snapshots: the policy, the record format, and the selection of the snapshot recovery
 /// starts from, with a typed reason for each skipped one.
 pub mod snapshot {
-    pub use crate::snapshots::{select, Selection, SnapshotError, SnapshotRecord};
+    pub use crate::snapshots::{
+        select, Selection, SkipReason, SkippedSnapshot, SnapshotError, SnapshotRecord,
+    };
 }
 /// "Every N events, keep the newest K".
 pub use snapshots::SnapshotPolicy;
@@ -192,4 +194,14 @@ pub mod keyspace_writes {
         };
         crate::sharding::idempotency_ops(&stream.aggregate_type, key, &record).to_vec()
     }
+}
+
+/// The names of the write path's failpoints (with the `failpoints` feature, for tests that
+/// configure them through the `fail` crate). See `engine/tests/failpoints.rs`.
+#[cfg(feature = "failpoints")]
+pub mod failpoints {
+    pub use crate::journal::failpoint::{
+        ALL, APPLY_BATCH, BLOB_SYNC, COMMIT_OFFSETS, FDATASYNC, FLUSH, IDEMPOTENCY_SWEEP,
+        SNAPSHOT_WRITE, TOPIC_BATCH,
+    };
 }

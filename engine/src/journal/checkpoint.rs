@@ -187,9 +187,12 @@ impl JournalWriter {
         let (paused, answer) = tokio::sync::oneshot::channel();
         let (resume_tx, resume) = mpsc::channel();
         self.jobs
-            .send(CommitJob::Pause { paused, resume })
+            .send(CommitJob::Pause {
+                paused: super::committer::ReplyTo::new(paused, self.shared.clone()),
+                resume,
+            })
             .map_err(|_| StorageError::Closed)?;
-        let cut = answer.blocking_recv().map_err(|_| StorageError::Closed)??;
+        let cut = answer.blocking_recv().map_err(|_| self.shared.gone())??;
         Ok(Paused {
             cut,
             _resume: resume_tx,

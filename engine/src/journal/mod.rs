@@ -9,6 +9,7 @@
 
 mod checkpoint;
 mod committer;
+pub(crate) mod failpoint;
 mod fault;
 pub(crate) mod keys;
 pub(crate) mod merkle;
@@ -29,7 +30,7 @@ pub use verify::{
 
 use crate::error::{AppendError, Corruption, InvalidRequest, OpenError, StorageError};
 use chrono::{DateTime, Utc};
-use committer::{CommitJob, Committer};
+use committer::{CommitJob, Committer, ReplyTo};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -168,6 +169,16 @@ impl Shared {
             return Err(StorageError::Poisoned);
         }
         Ok(())
+    }
+
+    /// Why a request's reply channel closed without an answer: the committer dropped it
+    /// while failing (a panic, which poisons the journal), or the journal was closed.
+    fn gone(&self) -> StorageError {
+        if self.poisoned.load(Ordering::Acquire) {
+            StorageError::Poisoned
+        } else {
+            StorageError::Closed
+        }
     }
 
     /// Moves the durable watermark up to `position` (never down) and wakes its waiters.
@@ -504,7 +515,10 @@ impl JournalWriter {
         request.validate()?;
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(CommitJob::Append { request, reply })
+            .send(CommitJob::Append {
+                request,
+                reply: ReplyTo::new(reply, self.shared.clone()),
+            })
             .map_err(|_| StorageError::Closed)?;
         Ok(rx)
     }
@@ -514,7 +528,7 @@ impl JournalWriter {
     pub async fn append(&self, request: AppendRequest) -> Result<Committed, AppendError> {
         let rx = self.submit(request)?;
         rx.await
-            .map_err(|_| AppendError::Storage(StorageError::Closed))?
+            .map_err(|_| AppendError::Storage(self.shared.gone()))?
     }
 
     /// [`JournalWriter::append`] for callers outside an async runtime.
@@ -522,7 +536,7 @@ impl JournalWriter {
     pub fn append_blocking(&self, request: AppendRequest) -> Result<Committed, AppendError> {
         let rx = self.submit(request)?;
         rx.blocking_recv()
-            .map_err(|_| AppendError::Storage(StorageError::Closed))?
+            .map_err(|_| AppendError::Storage(self.shared.gone()))?
     }
 
     /// Waits until everything appended so far is on stable storage (flush + fdatasync).
@@ -531,9 +545,11 @@ impl JournalWriter {
         self.shared.check_writable()?;
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(CommitJob::Sync { reply })
+            .send(CommitJob::Sync {
+                reply: ReplyTo::new(reply, self.shared.clone()),
+            })
             .map_err(|_| StorageError::Closed)?;
-        rx.blocking_recv().map_err(|_| StorageError::Closed)?
+        rx.blocking_recv().map_err(|_| self.shared.gone())?
     }
 
     /// Blocking, like [`JournalWriter::sync`].
@@ -547,7 +563,9 @@ impl JournalWriter {
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
         // No answer means the committer is gone: nothing was synced, so say so.
-        let result = match self.jobs.send(CommitJob::Shutdown { reply }) {
+        let result = match self.jobs.send(CommitJob::Shutdown {
+            reply: ReplyTo::new(reply, self.shared.clone()),
+        }) {
             Ok(()) => rx.blocking_recv().unwrap_or(Err(StorageError::Closed)),
             Err(_) => Err(StorageError::Closed),
         };
@@ -578,6 +596,7 @@ impl JournalWriter {
         // A failed snapshot write does not poison the journal: snapshots are optional, and
         // the events are untouched by it.
         let key = keys::stream_key(keys::SNAPSHOTS, stream, sequence);
+        failpoint::check(failpoint::SNAPSHOT_WRITE)?;
         self.shared.db()?.insert(key, bytes)?;
         Ok(())
     }
@@ -593,6 +612,7 @@ impl JournalWriter {
         limit: usize,
     ) -> Result<usize, StorageError> {
         self.shared.check_writable()?;
+        failpoint::check(failpoint::IDEMPOTENCY_SWEEP)?;
         let db = self.shared.db()?;
         let end = {
             let mut k = vec![keys::IDEMPOTENCY_BY_TIME];
@@ -1206,6 +1226,24 @@ impl Journal {
             let i = byte % value.len();
             value[i] ^= 0x5a;
         })
+    }
+
+    /// Writes `value` under `stream`'s snapshot prefix followed by `suffix` — a snapshot key
+    /// when `suffix` is a sequence's 8 big-endian bytes, a malformed key otherwise —
+    /// bypassing every check: for the snapshot-fallback tests only.
+    #[cfg(feature = "fault-injection")]
+    pub fn put_raw_snapshot_for_tests(
+        &self,
+        stream: &StreamId,
+        suffix: &[u8],
+        value: &[u8],
+    ) -> Result<(), StorageError> {
+        let db = self.shared.db()?;
+        let mut key = keys::stream_prefix(keys::SNAPSHOTS, stream);
+        key.extend_from_slice(suffix);
+        db.insert(key, value)?;
+        db.flush()?;
+        Ok(())
     }
 
     /// Rewrites a stored record through `edit` and re-encodes it, so that its CRC is valid

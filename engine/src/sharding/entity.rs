@@ -229,6 +229,7 @@ impl<A: Aggregate> EntityState<A> {
                 replayed = loaded.events_replayed,
                 "recovered"
             );
+            self.args.rt.record_skipped(loaded.skipped_snapshots);
             self.timer = self
                 .args
                 .rt
