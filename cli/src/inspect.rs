@@ -88,11 +88,11 @@ impl TypeOp for RecordJson {
 
 /// The state as of sequence `upto` (`u64::MAX`: the head) rendered as JSON, through
 /// `repository::load`.
-struct StateJson<'j> {
-    journal: &'j Journal,
-    stream: &'j StreamId,
-    upto: u64,
-    use_snapshots: bool,
+pub(crate) struct StateJson<'j> {
+    pub journal: &'j Journal,
+    pub stream: &'j StreamId,
+    pub upto: u64,
+    pub use_snapshots: bool,
 }
 
 impl TypeOp for StateJson<'_> {
@@ -165,8 +165,13 @@ pub fn audit_text(envelope: &EventEnvelope<Value>) -> String {
 /// `evershard history TYPE ID`: every event, oldest first. Events before a damaged record are
 /// printed; the damaged one ends the command with an error naming its sequence.
 pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
-    let aggregate_type = resolve(&args.aggregate_type)?;
-    let stream = crate::store::stream_arg(aggregate_type, &args.aggregate_id)?;
+    let (Some(aggregate_type), Some(aggregate_id)) = (&args.aggregate_type, &args.aggregate_id)
+    else {
+        return crate::trail::history_all(args, out);
+    };
+    let filter = crate::trail::Filter::of(args);
+    let aggregate_type = resolve(aggregate_type)?;
+    let stream = crate::store::stream_arg(aggregate_type, aggregate_id)?;
     let journal = open_read_only(&args.store.data)?;
     existing_head(&journal, &stream)?;
     let history = HistoryJson {
@@ -185,6 +190,9 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> Result<Outcome, CliEr
     let events = dispatch(aggregate_type, history).expect("resolved types are known");
     for envelope in events {
         let envelope = envelope.map_err(|e| CliError::storage(&args.store.data, e))?;
+        if !filter.matches_envelope(&envelope) {
+            continue;
+        }
         let key = key_of(envelope.sequence);
         if args.json {
             let mut line = envelope_json(&envelope);
@@ -221,7 +229,7 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> Result<Outcome, CliEr
 }
 
 /// The highest sequence whose event's timestamp is at or before `at` (0: none).
-fn last_sequence_at(
+pub(crate) fn last_sequence_at(
     journal: &Journal,
     stream: &StreamId,
     at: DateTime<Utc>,

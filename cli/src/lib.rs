@@ -27,6 +27,7 @@ pub mod reconcile;
 pub mod registry;
 pub mod store;
 pub mod topics;
+mod trail;
 mod tree_check;
 pub mod verify;
 
@@ -79,6 +80,8 @@ pub enum Command {
     CheckProof(CheckProofArgs),
     /// Pending durable timers in deadline order: deadline, type, id.
     Timers(TimersArgs),
+    /// The state of every aggregate of a type at a point in time (a time-travel report).
+    SnapshotAt(SnapshotAtArgs),
     /// Compare messages a consumer received (JSON lines) with what the journal says a topic
     /// holds: missing, extra, duplicated, reordered or different messages.
     Reconcile(ReconcileArgs),
@@ -159,17 +162,62 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
-    /// The aggregate type, e.g. ProductStock.
-    #[arg(value_name = "TYPE")]
-    pub aggregate_type: String,
+    /// The aggregate type, e.g. ProductStock. Without TYPE and ID: every aggregate, in
+    /// global order.
+    #[arg(value_name = "TYPE", requires = "aggregate_id")]
+    pub aggregate_type: Option<String>,
     /// The aggregate id.
     #[arg(value_name = "ID")]
-    pub aggregate_id: String,
+    pub aggregate_id: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
     /// One JSON object per event and line: the envelope plus `payload`.
     #[arg(long)]
     pub json: bool,
+    /// Only events of this aggregate type (without TYPE ID).
+    #[arg(long = "type", value_name = "T", conflicts_with = "aggregate_type")]
+    pub type_filter: Option<String>,
+    /// Only events whose command named this user.
+    #[arg(long, value_name = "U")]
+    pub user: Option<String>,
+    /// Only events with this correlation id (one business flow).
+    #[arg(long, value_name = "UUID")]
+    pub correlation: Option<uuid::Uuid>,
+    /// Only events with this session id.
+    #[arg(long, value_name = "UUID")]
+    pub session: Option<uuid::Uuid>,
+    /// Only events of this event type, e.g. StockReserved.
+    #[arg(long, value_name = "E")]
+    pub event_type: Option<String>,
+    /// Only events at or after this RFC 3339 time.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub from: Option<DateTime<FixedOffset>>,
+    /// Only events at or before this RFC 3339 time.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub to: Option<DateTime<FixedOffset>>,
+}
+
+/// How a report prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// One JSON object per line.
+    Json,
+    /// RFC 4180 CSV with a header line; nested values as JSON text.
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotAtArgs {
+    /// The point in time, RFC 3339.
+    #[arg(value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub at: DateTime<FixedOffset>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The aggregate type, e.g. ProductStock.
+    #[arg(long = "type", value_name = "T")]
+    pub aggregate_type: String,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: ReportFormat,
 }
 
 #[derive(Debug, Args)]
@@ -419,6 +467,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, CliError> {
         Command::Topics(args) => topics::topics(args, out),
         Command::Consume(args) => topics::consume(args, out),
         Command::Reconcile(args) => reconcile::run(args, out),
+        Command::SnapshotAt(args) => trail::snapshot_at(args, out),
         Command::Keygen(args) => audit::keygen(args, out),
         Command::Digest(args) => audit::digest(args, out),
         Command::Prove(args) => audit::prove(args, out),
