@@ -597,7 +597,15 @@ async fn catch_up(dir: &std::path::Path, events: u64, seed: u64) {
 ///    whole `evershard verify` (`evershard_cli::audit`: all that plus the replay of every
 ///    stream). Best of three runs each (the machine is shared).
 async fn verify_rate(dir: &std::path::Path, events: u64, seed: u64) {
-    let fill = fill_product_stock(dir, events, seed).await;
+    // `EVERSHARD_BENCH_VERIFY_STORE=DIR`: fill DIR once and keep it (for profiling `evershard
+    // verify --data DIR`); later runs reuse it.
+    let kept = std::env::var_os("EVERSHARD_BENCH_VERIFY_STORE").map(std::path::PathBuf::from);
+    let dir = kept.as_deref().unwrap_or(dir);
+    let fill = if dir.join("db").exists() {
+        Duration::ZERO
+    } else {
+        fill_product_stock(dir, events, seed).await
+    };
     let engine = Engine::builder(dir)
         .register::<ProductStock>()
         .topic_indexer(false)
