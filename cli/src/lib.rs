@@ -31,9 +31,9 @@ mod trail;
 mod tree_check;
 pub mod verify;
 
-pub use entry::main;
+pub use entry::{main, Cli};
 pub use error::CliError;
-pub use registry::{known_types, TypeOp};
+pub use registry::{known_types, Registry, TypeOp};
 pub use verify::{audit, check_stream, AuditReport, Check, Finding, StreamCheck};
 
 use chrono::{DateTime, FixedOffset};
@@ -44,7 +44,7 @@ use std::path::PathBuf;
 /// evershard: inspect, verify and exercise an evershard store.
 #[derive(Debug, Parser)]
 #[command(name = "evershard", version, long_about = None)]
-pub struct Cli {
+pub struct CommandLine {
     #[command(subcommand)]
     pub command: Command,
 }
@@ -453,21 +453,30 @@ impl Outcome {
     }
 }
 
-/// Runs one command, writing its report to `out`.
-pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, CliError> {
+/// Runs one command of the stock binary (the seven stock types), writing its report to `out`.
+pub fn run(cli: &CommandLine, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    run_with(&Registry::with_defaults(), cli, out)
+}
+
+/// Runs one command for the types of `registry`, writing its report to `out`.
+pub fn run_with(
+    registry: &Registry,
+    cli: &CommandLine,
+    out: &mut dyn Write,
+) -> Result<Outcome, CliError> {
     store::install_panic_hook();
     match &cli.command {
         Command::Demo(args) => demo::run(args, out),
-        Command::List(args) => inspect::list(args, out),
-        Command::History(args) => inspect::history(args, out),
-        Command::State(args) => inspect::state(args, out),
-        Command::Stats(args) => inspect::stats(args, out),
-        Command::Verify(args) => verify::run(args, out),
-        Command::Export(args) => export::run(args, out),
-        Command::Topics(args) => topics::topics(args, out),
-        Command::Consume(args) => topics::consume(args, out),
-        Command::Reconcile(args) => reconcile::run(args, out),
-        Command::SnapshotAt(args) => trail::snapshot_at(args, out),
+        Command::List(args) => inspect::list(registry, args, out),
+        Command::History(args) => inspect::history(registry, args, out),
+        Command::State(args) => inspect::state(registry, args, out),
+        Command::Stats(args) => inspect::stats(registry, args, out),
+        Command::Verify(args) => verify::run(registry, args, out),
+        Command::Export(args) => export::run(registry, args, out),
+        Command::Topics(args) => topics::topics(registry, args, out),
+        Command::Consume(args) => topics::consume(registry, args, out),
+        Command::Reconcile(args) => reconcile::run(registry, args, out),
+        Command::SnapshotAt(args) => trail::snapshot_at(registry, args, out),
         Command::Keygen(args) => audit::keygen(args, out),
         Command::Digest(args) => audit::digest(args, out),
         Command::Prove(args) => audit::prove(args, out),
@@ -483,6 +492,6 @@ mod tests {
 
     #[test]
     fn the_command_line_is_well_formed() {
-        Cli::command().debug_assert();
+        CommandLine::command().debug_assert();
     }
 }

@@ -12,6 +12,7 @@
 
 use crate::error::CliError;
 use crate::inspect::json_line;
+use crate::registry::Registry;
 use crate::{Outcome, ReconcileArgs};
 use evershard_engine::{Message, TopicLog};
 use serde_json::{json, Value};
@@ -354,9 +355,9 @@ fn topic_messages(
 }
 
 /// `evershard reconcile --data DIR --topic T --messages FILE [--json]`.
-pub fn run(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+pub fn run(reg: &Registry, args: &ReconcileArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
     let dir = &args.store.data;
-    let (_journal, log) = crate::topics::open(dir)?;
+    let (_journal, log) = crate::topics::open(reg, dir)?;
     let messages = topic_messages(&log, &args.topic).map_err(|e| CliError::topic(dir, e))?;
     let unreadable = |e: std::io::Error| {
         CliError::InvalidArgument(format!("cannot read {}: {e}", args.messages.display()))

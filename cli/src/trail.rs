@@ -6,10 +6,8 @@
 //! question over a large store costs one header decode per event it skips.
 
 use crate::error::CliError;
-use crate::inspect::{
-    audit_text, envelope_json, json_line, last_sequence_at, RecordJson, StateJson,
-};
-use crate::registry::dispatch;
+use crate::inspect::{audit_text, envelope_json, json_line, last_sequence_at};
+use crate::registry::Registry;
 use crate::store::open_read_only;
 use crate::{HistoryArgs, Outcome, ReportFormat, SnapshotAtArgs};
 use chrono::{DateTime, Utc};
@@ -83,7 +81,11 @@ impl Filter {
 /// `evershard history --data DIR [filters]`: every event of the store that passes the
 /// filters, in global order. Types this build does not know are listed with a `null`
 /// payload and a note, never as damage.
-pub fn history_all(args: &HistoryArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+pub fn history_all(
+    reg: &Registry,
+    args: &HistoryArgs,
+    out: &mut dyn Write,
+) -> Result<Outcome, CliError> {
     let dir = &args.store.data;
     let journal = open_read_only(dir)?;
     let storage = |e| CliError::storage(dir, e);
@@ -117,9 +119,10 @@ pub fn history_all(args: &HistoryArgs, out: &mut dyn Write) -> Result<Outcome, C
         if !filter.matches_record(&record) {
             continue;
         }
-        let known = crate::registry::is_known(&record.aggregate_type);
-        let envelope = match dispatch(&record.aggregate_type, RecordJson(record.clone())) {
-            Some(decoded) => decoded.map_err(storage)?,
+        let entry = reg.get(&record.aggregate_type);
+        let known = entry.is_some();
+        let envelope = match entry {
+            Some(entry) => (entry.record_json)(record).map_err(storage)?,
             None => evershard_engine::repository::envelope(record, Value::Null),
         };
         if args.json {
@@ -169,9 +172,16 @@ fn rfc3339(t: &DateTime<Utc>) -> String {
 /// `evershard snapshot-at RFC3339 --data DIR --type T [--format json|csv]`: the state of
 /// every aggregate of the type after its last event at or before the time (aggregates with
 /// no event by then are left out), one line each.
-pub fn snapshot_at(args: &SnapshotAtArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+pub fn snapshot_at(
+    reg: &Registry,
+    args: &SnapshotAtArgs,
+    out: &mut dyn Write,
+) -> Result<Outcome, CliError> {
     let dir = &args.store.data;
-    let aggregate_type = crate::registry::resolve(&args.aggregate_type)?;
+    let aggregate_type = reg.resolve(&args.aggregate_type)?;
+    let type_entry = *reg
+        .get(aggregate_type)
+        .expect("resolved types are registered");
     let journal = open_read_only(dir)?;
     let at = args.at.with_timezone(&Utc);
     let mut rows: Vec<(StreamId, u64, Value)> = Vec::new();
@@ -181,13 +191,7 @@ pub fn snapshot_at(args: &SnapshotAtArgs, out: &mut dyn Write) -> Result<Outcome
         if upto == 0 {
             continue;
         }
-        let state = StateJson {
-            journal: &journal,
-            stream: &stream,
-            upto,
-            use_snapshots: true,
-        };
-        let loaded = dispatch(aggregate_type, state).expect("resolved types are known")?;
+        let loaded = (type_entry.state_json)(&journal, &stream, upto, true)?;
         match args.format {
             ReportFormat::Json => json_line(
                 out,
