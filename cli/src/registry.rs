@@ -28,6 +28,9 @@ pub trait TypeOp {
     fn run<A: Workload>(self) -> Self::Output;
 }
 
+/// The state of a stream as of a sequence, rendered as JSON (`use_snapshots` as recovery).
+pub(crate) type StateJsonFn = fn(&Journal, &StreamId, u64, bool) -> Result<Loaded<Value>, CliError>;
+
 /// The functions of one registered type.
 #[derive(Clone, Copy)]
 pub(crate) struct TypeEntry {
@@ -35,7 +38,7 @@ pub(crate) struct TypeEntry {
     pub(crate) check_stream: StreamChecker,
     pub(crate) history_json: for<'j> fn(&'j Journal, &'j StreamId) -> EnvelopesJson<'j>,
     pub(crate) record_json: fn(Record) -> Result<EventEnvelope<Value>, StorageError>,
-    pub(crate) state_json: fn(&Journal, &StreamId, u64, bool) -> Result<Loaded<Value>, CliError>,
+    pub(crate) state_json: StateJsonFn,
     pub(crate) register_topics: fn(&mut TopicCatalog),
 }
 
