@@ -395,8 +395,15 @@ pub struct ReconcileArgs {
     /// shape (topic, partition, offset, key, headers, value), or any dump whose lines carry
     /// an `event_id` header or a value with `eventId`/`event_id`; `value` may be an object
     /// or a string holding the JSON.
-    #[arg(long, value_name = "FILE")]
-    pub messages: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "brokers")]
+    pub messages: Option<PathBuf>,
+    /// Read the topic from these Kafka brokers instead of a file (build with `--features
+    /// kafka`): every partition from its first message to its end offset, plaintext.
+    #[arg(long, value_name = "HOST:PORT,...", conflicts_with = "messages")]
+    pub brokers: Option<String>,
+    /// With `--brokers`: how long to wait for the broker, in seconds.
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    pub broker_timeout_s: u64,
     /// Print one JSON report.
     #[arg(long)]
     pub json: bool,
