@@ -100,6 +100,12 @@ struct Shared {
     /// a crash could take back (the topic indexer) stop here; `durable_moved` wakes them.
     durable_position: Mutex<u64>,
     durable_moved: std::sync::Condvar,
+    /// A writer's exclusive `flock` on the marker file, held while it is open: how readers
+    /// tell a running engine (whose files they must not copy) from another reader.
+    writer_lock: Mutex<Option<File>>,
+    /// A reader that could not open the store in place (another reader holds sled's lock, or
+    /// the store cannot be written) reads a private copy here, removed when it is dropped.
+    private_copy: Option<PathBuf>,
     /// Fault injection: while set, the syncer waits before each sync.
     #[cfg(feature = "fault-injection")]
     pub(crate) syncs_held: AtomicBool,
@@ -133,7 +139,19 @@ impl Drop for Shared {
     /// dropped without shutdown): release the lock before returning, as `close` does.
     fn drop(&mut self) {
         let db = self.db.get_mut().unwrap_or_else(|e| e.into_inner()).take();
-        close_db(db, &self.dir);
+        match &self.private_copy {
+            Some(copy) => {
+                close_db(db, copy);
+                if let Err(e) = std::fs::remove_dir_all(copy) {
+                    tracing::warn!(copy = %copy.display(), %e, "could not remove the private copy of a store");
+                }
+            }
+            None => close_db(db, &self.dir),
+        }
+        self.writer_lock
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 }
 
@@ -148,6 +166,8 @@ impl Shared {
             syncs_done: std::sync::atomic::AtomicU64::new(0),
             durable_position: Mutex::new(0),
             durable_moved: std::sync::Condvar::new(),
+            writer_lock: Mutex::new(None),
+            private_copy: None,
             #[cfg(feature = "fault-injection")]
             syncs_held: AtomicBool::new(false),
             #[cfg(feature = "fault-injection")]
@@ -280,6 +300,105 @@ fn map_open_error(dir: &Path, err: sled::Error) -> OpenError {
         };
     }
     OpenError::storage(dir, err)
+}
+
+/// The writer's exclusive lock on the marker file (see `Shared::writer_lock`). A reader may
+/// hold it shared for the moment of its own open: wait for that, bounded; a store without a
+/// marker file has none.
+fn lock_marker(dir: &Path) -> Option<File> {
+    use fs2::FileExt;
+    let file = File::open(dir.join(probe::MARKER_FILE)).ok()?;
+    for _ in 0..UNLOCK_WAIT_MS_MAX {
+        if file.try_lock_exclusive().is_ok() {
+            return Some(file);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    tracing::warn!(dir = %dir.display(), "readers kept the marker file locked; opened without the writer's marker lock");
+    None
+}
+
+/// Whether a read-only open that failed this way can read a private copy instead.
+fn may_read_a_copy(e: &OpenError) -> bool {
+    match e {
+        OpenError::Locked { .. } => true,
+        OpenError::Storage { source, .. } => match source.as_ref() {
+            StorageError::Io(io) => matches!(
+                io.kind(),
+                std::io::ErrorKind::ReadOnlyFilesystem
+                    | std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::StorageFull
+            ),
+            StorageError::Sled(e) => {
+                let text = e.to_string();
+                text.contains("Read-only file system")
+                    || text.contains("Permission denied")
+                    || text.contains("No space left")
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// Copies a store's files (sled's `db`, `conf`, `snap.*`, `blobs/`, the marker) into a new
+/// private directory under the temp dir, for reading. Files are copied as they are; nothing
+/// in `dir` is written.
+fn copy_store(dir: &Path) -> std::io::Result<PathBuf> {
+    static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let copy = std::env::temp_dir().join(format!(
+        "evershard-read-{}-{}",
+        std::process::id(),
+        COPIES.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        std::fs::create_dir(&copy)?;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let to = copy.join(entry.file_name());
+            if kind.is_file() {
+                std::fs::copy(entry.path(), &to)?;
+            } else if kind.is_dir() && entry.file_name() == "blobs" {
+                std::fs::create_dir(&to)?;
+                for blob in std::fs::read_dir(entry.path())? {
+                    let blob = blob?;
+                    std::fs::copy(blob.path(), to.join(blob.file_name()))?;
+                }
+            }
+        }
+        // The copy is sled's to write (its recovery does): make it ours to write even when
+        // the original's files are read-only.
+        for entry in walk(&copy)? {
+            let mut permissions = std::fs::metadata(&entry)?.permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            permissions.set_readonly(false);
+            std::fs::set_permissions(&entry, permissions)?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(copy),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&copy);
+            Err(e)
+        }
+    }
+}
+
+/// Every file and directory under `dir` (one level of subdirectories: a store's layout).
+fn walk(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut all = vec![dir.to_path_buf()];
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            for inner in std::fs::read_dir(&path)? {
+                all.push(inner?.path());
+            }
+        }
+        all.push(path);
+    }
+    Ok(all)
 }
 
 /// True when `flock` on sled's data file `<dir>/db` would block.
@@ -486,6 +605,7 @@ impl JournalWriter {
         let data_file = File::open(dir.join("db")).map_err(io)?;
         let next_global = last_global_position(&db).map_err(|e| OpenError::storage(&dir, e))? + 1;
         let shared = Shared::new(db.clone(), dir.clone());
+        *shared.writer_lock.lock().unwrap_or_else(|e| e.into_inner()) = lock_marker(&dir);
         // What sled recovered at open is what survived: the watermark starts there.
         shared.mark_durable(next_global - 1);
         let (tx, rx) = mpsc::channel();
@@ -581,6 +701,11 @@ impl JournalWriter {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         close_db(db, &self.shared.dir);
+        self.shared
+            .writer_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         result
     }
 
@@ -727,18 +852,79 @@ impl Journal {
             }
             probe::Probe::Store { .. } => {}
         }
-        if let Err(e) = sync_before_recovery(&dir) {
+        // A running engine holds the marker file exclusively: its files change under us, so
+        // neither opening them nor copying them is safe. Holding the marker shared while we
+        // open (or copy) keeps an engine from starting meanwhile.
+        let marker = File::open(dir.join(probe::MARKER_FILE)).ok();
+        if let Some(marker) = &marker {
+            if marker.try_lock_shared().is_err() {
+                return Err(OpenError::Locked { dir });
+            }
+        }
+        let (db, private_copy) = match Self::open_in_place(&dir) {
+            Ok(db) => (db, None),
+            // Another reader holds sled's lock (no engine does: the marker said so), or the
+            // store cannot be written (a read-only mount or medium, files owned by someone
+            // else, a full disk): read a private copy instead. A store without a marker file
+            // (made before it existed) keeps the old answer, "locked", when locked.
+            Err(e) if marker.is_some() && may_read_a_copy(&e) => {
+                tracing::info!(dir = %dir.display(), cause = %e, "reading a private copy of the store");
+                let copy = copy_store(&dir).map_err(|e| {
+                    OpenError::storage(
+                        &dir,
+                        std::io::Error::new(
+                            e.kind(),
+                            format!(
+                                "the store cannot be opened in place, and a private copy \
+                                 to read could not be made in {} (set TMPDIR to a place with \
+                                 room): {e}",
+                                std::env::temp_dir().display()
+                            ),
+                        ),
+                    )
+                })?;
+                match sled::Config::new().path(&copy).open() {
+                    Ok(db) => (db, Some(copy)),
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&copy);
+                        return Err(map_open_error(&dir, e));
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        drop(marker);
+        let opened = Self::finish_read_only(dir, db, private_copy.clone());
+        if opened.is_err() {
+            if let Some(copy) = private_copy {
+                let _ = std::fs::remove_dir_all(copy);
+            }
+        }
+        opened
+    }
+
+    /// sled's open of the store itself, with the syncs around its recovery.
+    fn open_in_place(dir: &Path) -> Result<sled::Db, OpenError> {
+        if let Err(e) = sync_before_recovery(dir) {
             tracing::warn!(dir = %dir.display(), %e, "could not sync the store before sled's recovery");
         }
         let db = sled::Config::new()
-            .path(&dir)
+            .path(dir)
             .open()
-            .map_err(|e| map_open_error(&dir, e))?;
+            .map_err(|e| map_open_error(dir, e))?;
         // sled's recovery writes even here; a read-only caller still gets the store when the
         // directories cannot be synced (say, on a read-only mount), with a warning.
-        if let Err(e) = sync_recovered_names(&dir) {
+        if let Err(e) = sync_recovered_names(dir) {
             tracing::warn!(dir = %dir.display(), %e, "could not sync the store's directories after sled's recovery");
         }
+        Ok(db)
+    }
+
+    fn finish_read_only(
+        dir: PathBuf,
+        db: sled::Db,
+        private_copy: Option<PathBuf>,
+    ) -> Result<Journal, OpenError> {
         let found = db
             .get(meta_format_key())
             .map_err(|e| OpenError::storage(&dir, e))?;
@@ -750,9 +936,17 @@ impl Journal {
             });
         }
         let last = last_global_position(&db).map_err(|e| OpenError::storage(&dir, e))?;
-        let shared = Shared::new(db, dir);
+        let mut shared = Shared::new(db, dir);
+        Arc::get_mut(&mut shared)
+            .expect("a new journal has one handle")
+            .private_copy = private_copy;
         shared.mark_durable(last);
         Ok(Journal { shared })
+    }
+
+    /// True when this journal reads a private copy of its store (see `open_read_only`).
+    pub fn reads_a_private_copy(&self) -> bool {
+        self.shared.private_copy.is_some()
     }
 
     pub fn dir(&self) -> &Path {
