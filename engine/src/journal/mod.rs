@@ -857,7 +857,7 @@ impl Journal {
         // open (or copy) keeps an engine from starting meanwhile.
         let marker = File::open(dir.join(probe::MARKER_FILE)).ok();
         if let Some(marker) = &marker {
-            if marker.try_lock_shared().is_err() {
+            if fs2::FileExt::try_lock_shared(marker).is_err() {
                 return Err(OpenError::Locked { dir });
             }
         }
