@@ -214,6 +214,8 @@ fn journal_alone(
                         causation_id: None,
                         source: "bench".into(),
                         user_id: None,
+                        session_id: None,
+                        audit_context: None,
                         payload: vec![7u8; payload_bytes],
                     };
                     let committed = journal
@@ -515,6 +517,8 @@ async fn catch_up(dir: &std::path::Path, events: u64, seed: u64) {
                     causation_id: None,
                     source: "bench".into(),
                     user_id: None,
+                    session_id: None,
+                    audit_context: None,
                     payload: ProductStock::encode_event(&e),
                 });
             }

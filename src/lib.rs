@@ -9,9 +9,9 @@
 pub use evershard_aggregates as aggregates;
 pub use evershard_engine as engine;
 pub use evershard_engine::{
-    AppendError, Clock, CommandError, CommandGuard, Durability, Engine, EngineBuilder, EngineError,
-    Error, LoadError, ManualClock, OpenError, Result, SnapshotPolicy, StorageError, StreamId,
-    SystemClock,
+    AppendError, CheckpointError, CheckpointInfo, Clock, CommandError, CommandGuard, Durability,
+    Engine, EngineBuilder, EngineError, Error, LoadError, ManualClock, OpenError, Result,
+    SnapshotPolicy, StorageError, StreamId, SystemClock,
 };
 /// Topics, consumers, subscriptions and the dead-letter topic.
 pub use evershard_engine::{

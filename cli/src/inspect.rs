@@ -135,8 +135,31 @@ pub fn envelope_json(envelope: &EventEnvelope<Value>) -> Value {
         "causation_id": envelope.causation_id,
         "source": envelope.source,
         "user_id": envelope.user_id,
+        "session_id": envelope.session_id,
+        "audit_context": envelope.audit_context,
         "payload": envelope.payload,
     })
+}
+
+/// `  session S  from IP  agent "A"  flags F,G` for the events that carry them (record
+/// format 2), else empty.
+pub fn audit_text(envelope: &EventEnvelope<Value>) -> String {
+    let mut text = String::new();
+    if let Some(session) = envelope.session_id {
+        text.push_str(&format!("  session {session}"));
+    }
+    if let Some(audit) = &envelope.audit_context {
+        if let Some(ip) = audit.ip_address {
+            text.push_str(&format!("  from {ip}"));
+        }
+        if let Some(agent) = &audit.user_agent {
+            text.push_str(&format!("  agent {:?}", crate::error::shown(agent)));
+        }
+        if !audit.compliance_flags.is_empty() {
+            text.push_str(&format!("  flags {}", audit.compliance_flags.join(",")));
+        }
+    }
+    text
 }
 
 /// `evershard history TYPE ID`: every event, oldest first. Events before a damaged record are
@@ -170,7 +193,7 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> Result<Outcome, CliEr
         } else {
             writeln!(
                 out,
-                "#{:<5} {}  {} {}  global {}  correlation {}{}{}{}  {}",
+                "#{:<5} {}  {} {}  global {}  correlation {}{}{}{}{}  {}",
                 envelope.sequence,
                 rfc3339(&envelope.timestamp),
                 envelope.event_type,
@@ -186,6 +209,7 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> Result<Outcome, CliEr
                     .as_deref()
                     .map(|u| format!("  user {u}"))
                     .unwrap_or_default(),
+                audit_text(&envelope),
                 key.map(|k| format!("  idempotency-key {k}"))
                     .unwrap_or_default(),
                 envelope.payload
@@ -355,6 +379,9 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
     let stats = journal
         .stats()
         .map_err(|e| CliError::storage(&args.store.data, e))?;
+    let checkpoint = journal
+        .checkpoint_mark()
+        .map_err(|e| CliError::storage(&args.store.data, e))?;
     // type -> (aggregates, events)
     let mut per_type: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for entry in journal.streams(None) {
@@ -386,6 +413,11 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
                 "disk_bytes": stats.disk_bytes,
                 "aggregates": per_type.values().map(|(a, _)| a).sum::<u64>(),
                 "types": types,
+                "checkpoint": checkpoint.as_ref().map(|m| json!({
+                    "cut_position": m.cut_position,
+                    "taken_at": m.taken_at.to_rfc3339(),
+                    "source": m.source_dir.display().to_string(),
+                })),
             }),
         )?;
     } else {
@@ -396,6 +428,15 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
         writeln!(out, "snapshot bytes        {}", stats.snapshot_bytes)?;
         writeln!(out, "last global position  {}", stats.last_global_position)?;
         writeln!(out, "disk bytes            {}", stats.disk_bytes)?;
+        if let Some(m) = &checkpoint {
+            writeln!(
+                out,
+                "checkpoint            of {} at global position {}, taken {}",
+                m.source_dir.display(),
+                m.cut_position,
+                m.taken_at.to_rfc3339()
+            )?;
+        }
         writeln!(out, "aggregates by type:")?;
         if per_type.is_empty() {
             writeln!(out, "  (none)")?;

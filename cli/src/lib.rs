@@ -23,6 +23,7 @@ pub mod error;
 pub mod export;
 pub mod inspect;
 pub mod offline;
+pub mod reconcile;
 pub mod registry;
 pub mod store;
 pub mod topics;
@@ -78,6 +79,9 @@ pub enum Command {
     CheckProof(CheckProofArgs),
     /// Pending durable timers in deadline order: deadline, type, id.
     Timers(TimersArgs),
+    /// Compare messages a consumer received (JSON lines) with what the journal says a topic
+    /// holds: missing, extra, duplicated, reordered or different messages.
+    Reconcile(ReconcileArgs),
 }
 
 /// The store every command works on.
@@ -219,6 +223,25 @@ pub struct VerifyArgs {
     /// With --digest: write the consistency proof (JSON) to this new file.
     #[arg(long, value_name = "FILE", requires = "digest")]
     pub proof_out: Option<PathBuf>,
+    /// Only the streams of this aggregate type (a type this build does not know is checked
+    /// too: records, chains and index, without replay).
+    #[arg(long = "type", value_name = "TYPE", conflicts_with = "digest")]
+    pub aggregate_type: Option<String>,
+    /// With --type: only this aggregate.
+    #[arg(long, value_name = "ID", requires = "aggregate_type")]
+    pub id: Option<String>,
+    /// Only the records at global positions from N (default 1).
+    #[arg(long, value_name = "N", conflicts_with = "digest")]
+    pub from_position: Option<u64>,
+    /// Only the records at global positions up to N (default: the last).
+    #[arg(long, value_name = "N", conflicts_with = "digest")]
+    pub to_position: Option<u64>,
+    /// Only the records timestamped at or after this time.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339, conflicts_with = "digest")]
+    pub from: Option<DateTime<FixedOffset>>,
+    /// Only the records timestamped at or before this time.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339, conflicts_with = "digest")]
+    pub to: Option<DateTime<FixedOffset>>,
 }
 
 #[derive(Debug, Args)]
@@ -314,6 +337,24 @@ pub struct TopicsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The topic, e.g. business.orders.
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: String,
+    /// The messages as consumed, one JSON object per line: `evershard consume --json`'s
+    /// shape (topic, partition, offset, key, headers, value), or any dump whose lines carry
+    /// an `event_id` header or a value with `eventId`/`event_id`; `value` may be an object
+    /// or a string holding the JSON.
+    #[arg(long, value_name = "FILE")]
+    pub messages: PathBuf,
+    /// Print one JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ConsumeArgs {
     /// The topic, e.g. business.orders.
     #[arg(value_name = "TOPIC")]
@@ -377,6 +418,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, CliError> {
         Command::Export(args) => export::run(args, out),
         Command::Topics(args) => topics::topics(args, out),
         Command::Consume(args) => topics::consume(args, out),
+        Command::Reconcile(args) => reconcile::run(args, out),
         Command::Keygen(args) => audit::keygen(args, out),
         Command::Digest(args) => audit::digest(args, out),
         Command::Prove(args) => audit::prove(args, out),

@@ -28,7 +28,9 @@ pub fn catalog() -> TopicCatalog {
     r.0
 }
 
-fn open(dir: &std::path::Path) -> Result<(evershard_engine::Journal, TopicLog), CliError> {
+pub(crate) fn open(
+    dir: &std::path::Path,
+) -> Result<(evershard_engine::Journal, TopicLog), CliError> {
     let journal = store::open_read_only(dir)?;
     let log = TopicLog::read_only(&journal, catalog()).map_err(|e| CliError::topic(dir, e))?;
     Ok((journal, log))

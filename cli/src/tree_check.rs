@@ -4,7 +4,8 @@
 
 use crate::offline::{hex, ConsistencyProofFile};
 use crate::verify::{AuditReport, Check, DigestCheck, Finding, TreeReport};
-use evershard_engine::{AuditError, Journal, StorageError};
+use evershard_engine::record::Hash;
+use evershard_engine::{AuditError, Journal, StorageError, VerifyIssue};
 
 fn problem(report: &mut AuditReport, check: Check, message: String) {
     report.problems.push(Finding::store(check, message));
@@ -18,19 +19,56 @@ fn failure(report: &mut AuditReport, check: Check, what: &str, err: AuditError) 
             sequence,
             cause,
         }) => report.problems.push(Finding {
-            check,
             aggregate_type: stream.as_ref().map(|s| s.aggregate_type.clone()),
             aggregate_id: stream.as_ref().map(|s| s.aggregate_id.clone()),
             sequence,
-            message: format!("{what}: {cause}"),
+            ..Finding::store(check, format!("{what}: {cause}"))
         }),
         other => problem(report, check, format!("{what}: {other}")),
     }
 }
 
-pub(crate) fn check(journal: &Journal, digest: &DigestCheck<'_>, report: &mut AuditReport) {
+/// What the journal's scan left for the tree: the leaves in global order, or why there are
+/// none.
+#[derive(Debug)]
+pub(crate) struct TreeInput<'a> {
+    pub leaves: Option<&'a [Hash]>,
+    pub blocked: Option<VerifyIssue>,
+}
+
+pub(crate) fn check(
+    journal: &Journal,
+    input: &TreeInput<'_>,
+    digest: &DigestCheck<'_>,
+    report: &mut AuditReport,
+) {
     let sizes: Vec<u64> = digest.digest.iter().map(|d| d.tree_size).collect();
-    let tree = match journal.check_tree(&sizes) {
+    let recomputed = match (input.leaves, &input.blocked) {
+        (Some(leaves), _) => journal.check_tree_with(leaves, &sizes),
+        (None, Some(why)) => {
+            let (aggregate_type, aggregate_id) =
+                match why.stream.as_deref().map(|s| s.split_once('/')) {
+                    Some(Some((t, i))) => (Some(t.to_owned()), Some(i.to_owned())),
+                    _ => (None, None),
+                };
+            report.problems.push(Finding {
+                aggregate_type,
+                aggregate_id,
+                sequence: why.sequence,
+                global_position: why.global_position,
+                ..Finding::store(
+                    Check::Tree,
+                    format!("the Merkle tree cannot be recomputed: {}", why.problem),
+                )
+            });
+            digest_unchecked(digest, report);
+            return;
+        }
+        // The scan stopped early (sled damage, already reported): read the tree the slow way,
+        // which names the first record it cannot read.
+        (None, None) => journal.check_tree(&sizes),
+    };
+    let tree = match recomputed {
         Ok(tree) => tree,
         Err(e) => {
             failure(
@@ -39,13 +77,7 @@ pub(crate) fn check(journal: &Journal, digest: &DigestCheck<'_>, report: &mut Au
                 "the Merkle tree cannot be recomputed",
                 e,
             );
-            if let Some(d) = digest.digest {
-                let message = format!(
-                    "the digest of {} events cannot be checked: the tree cannot be recomputed",
-                    d.tree_size
-                );
-                problem(report, Check::Digest, message);
-            }
+            digest_unchecked(digest, report);
             return;
         }
     };
@@ -73,6 +105,16 @@ pub(crate) fn check(journal: &Journal, digest: &DigestCheck<'_>, report: &mut Au
         tree_report.digest_holds = Some(report.problems.len() == before);
     }
     report.tree = Some(tree_report);
+}
+
+fn digest_unchecked(digest: &DigestCheck<'_>, report: &mut AuditReport) {
+    if let Some(d) = digest.digest {
+        let message = format!(
+            "the digest of {} events cannot be checked: the tree cannot be recomputed",
+            d.tree_size
+        );
+        problem(report, Check::Digest, message);
+    }
 }
 
 fn check_digest(

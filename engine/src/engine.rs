@@ -3,9 +3,10 @@
 use crate::audit::maintainer::Maintainer;
 use crate::audit::{AuditError, ConsistencyProof, InclusionProof, TreeHead};
 use crate::error::{
-    CommandError, ConfigError, EngineError, InvalidRequest, StorageError, UnavailableReason,
+    CheckpointError, CommandError, ConfigError, EngineError, InvalidRequest, StorageError,
+    UnavailableReason,
 };
-use crate::journal::{Durability, Journal, JournalConfig, JournalWriter, StreamId};
+use crate::journal::{CheckpointInfo, Durability, Journal, JournalConfig, JournalWriter, StreamId};
 use crate::recovery as repository;
 use crate::sharding::{EntityMsg, Runtime, ShardActor, ShardArgs, ShardMsg, ShardingConfig};
 use crate::snapshots::{SnapshotPolicy, Snapshotter};
@@ -123,6 +124,9 @@ const TIMER_PAGE_MAX: usize = 512;
 const TIMERS_PER_PASS_MAX: usize = 100_000;
 /// Idempotency records one sweep removes at most.
 const IDEMPOTENCY_SWEEP_MAX: usize = 10_000;
+/// How long a checkpoint waits, with appends paused, for the topic indexer and the tree
+/// maintainer to cover its cut (they normally trail the durable position by milliseconds).
+const FOLLOWER_CATCH_UP_MS_MAX: u64 = 30_000;
 
 /// A function pointer wrapper so the builder can be `Debug`.
 #[derive(Clone, Copy)]
@@ -1083,6 +1087,66 @@ impl Engine {
         tokio::task::spawn_blocking(move || journal.prove_consistency(first_size, None))
             .await
             .map_err(|e| AuditError::Storage(StorageError::from(std::io::Error::other(e))))?
+    }
+
+    /// Takes a checkpoint: a consistent, read-only copy of the store at a global-position
+    /// cut, into `dir` (missing or empty), while commands keep flowing. Appends wait only
+    /// while the keyspaces that commands rewrite (timers, idempotency records, offsets and
+    /// cursors) are copied; the events, snapshots and indexes are copied afterwards. Every
+    /// read-only command reads the copy like any store; opening it for writing is refused.
+    /// See docs/audit.md, "Reading a live store".
+    pub async fn checkpoint(
+        &self,
+        dir: impl Into<std::path::PathBuf>,
+    ) -> Result<CheckpointInfo, CheckpointError> {
+        let dir = dir.into();
+        let engine = self.clone();
+        let taken_at = evershard_model::truncate_to_micros(self.inner.rt.clock.now());
+        tokio::task::spawn_blocking(move || {
+            let writer = &engine.inner.journal;
+            writer.checkpoint(&dir, taken_at, |cut| engine.wait_followers(cut))
+        })
+        .await
+        .map_err(|e| {
+            CheckpointError::Source(Box::new(StorageError::from(std::io::Error::other(e))))
+        })?
+    }
+
+    /// Blocks until the topic indexer and the tree maintainer (those running) cover `cut`,
+    /// for at most [`FOLLOWER_CATCH_UP_MS_MAX`]. Called with the committer paused, so
+    /// nothing newer than `cut` can become durable meanwhile.
+    fn wait_followers(&self, cut: u64) -> Result<(), CheckpointError> {
+        let started = std::time::Instant::now();
+        let behind = |follower: &'static str, covered: u64| {
+            if covered >= cut {
+                return Ok(false);
+            }
+            let waited_ms = started.elapsed().as_millis() as u64;
+            if waited_ms >= FOLLOWER_CATCH_UP_MS_MAX {
+                return Err(CheckpointError::FollowerBehind {
+                    follower,
+                    covered,
+                    cut_position: cut,
+                    waited_ms,
+                });
+            }
+            Ok(true)
+        };
+        loop {
+            let mut waiting = false;
+            if let Some((_, rt)) = &self.inner.topics {
+                let covered = rt.status.cursor.load(Ordering::Acquire);
+                waiting |= behind("topic indexer", covered)?;
+            }
+            if let Some(m) = &self.inner.maintainer {
+                let covered = m.status.size.load(Ordering::Acquire);
+                waiting |= behind("Merkle tree maintainer", covered)?;
+            }
+            if !waiting {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// The tree size the maintainer has stored nodes for, and its last error, if any.

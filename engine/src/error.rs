@@ -261,6 +261,63 @@ pub enum OpenError {
         #[source]
         source: Box<StorageError>,
     },
+    /// The directory is a checkpoint (`Engine::checkpoint`): a copy of another store at a
+    /// global position, for reading. Writing to it would fork that store's history.
+    #[error(
+        "{} is a read-only checkpoint of {} at global position {cut_position}: \
+         read it with the read-only commands; to write, open the store it was taken from",
+        dir.display(),
+        source_dir.display()
+    )]
+    Checkpoint {
+        dir: PathBuf,
+        source_dir: PathBuf,
+        cut_position: u64,
+    },
+    /// A checkpoint whose copy never finished (the process taking it stopped midway).
+    #[error(
+        "{} is an unfinished checkpoint of {} (the copy stopped midway): delete it and take \
+         the checkpoint again",
+        dir.display(),
+        source_dir.display()
+    )]
+    IncompleteCheckpoint { dir: PathBuf, source_dir: PathBuf },
+}
+
+/// Why `Engine::checkpoint` took no checkpoint. The live store is never changed by a
+/// checkpoint; a destination directory the attempt created is removed again.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// The destination is unusable: not empty, the live store itself, or inside it.
+    #[error("cannot take a checkpoint into {}: {reason}", dir.display())]
+    Destination { dir: PathBuf, reason: String },
+    /// A background follower (the topic indexer or the Merkle tree maintainer) did not
+    /// reach the cut in time, so its keyspace could not be copied consistently. Its last
+    /// error, if any, is in the engine's health and logs.
+    #[error(
+        "the {follower} covers global position {covered}, behind the checkpoint's cut \
+         {cut_position}, and did not catch up within {waited_ms} ms"
+    )]
+    FollowerBehind {
+        follower: &'static str,
+        covered: u64,
+        cut_position: u64,
+        waited_ms: u64,
+    },
+    /// Reading the live store failed (it may be poisoned or closed).
+    #[error("could not read the live store: {0}")]
+    Source(#[source] Box<StorageError>),
+    /// Creating the destination store failed.
+    #[error(transparent)]
+    Create(#[from] OpenError),
+    /// Writing or syncing the destination failed (for example, its disk is full).
+    #[error("could not write the checkpoint at {}: {source}", dir.display())]
+    Write {
+        dir: PathBuf,
+        #[source]
+        source: Box<StorageError>,
+    },
 }
 
 impl OpenError {
@@ -284,6 +341,8 @@ pub enum InvalidRequest {
     PayloadTooLarge { bytes: usize, max: usize },
     #[error("a record string exceeds {max} bytes")]
     StringTooLong { max: usize },
+    #[error("{count} compliance flags in an audit context; at most {max}")]
+    TooManyComplianceFlags { count: usize, max: usize },
     #[error("extra writes may only target the outbox, timer or idempotency keyspaces")]
     ForbiddenKeyspace,
 }

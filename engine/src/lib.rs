@@ -104,8 +104,8 @@ pub mod merkle {
 
 // Errors, one per operation, and the umbrella.
 pub use error::{
-    AppendError, CommandError, ConfigError, Corruption, EngineError, Error, InvalidRequest,
-    LoadError, OpenError, Result, SledError, StorageError, UnavailableReason,
+    AppendError, CheckpointError, CommandError, ConfigError, Corruption, EngineError, Error,
+    InvalidRequest, LoadError, OpenError, Result, SledError, StorageError, UnavailableReason,
 };
 
 // Reading the journal.
@@ -117,19 +117,24 @@ pub use journal::JournalStats;
 pub use journal::Reads;
 /// A stream's last sequence and the hash of its last record.
 pub use journal::StreamHead;
+/// A checkpoint (`Engine::checkpoint`): what one copied, and what a checkpoint store says
+/// about itself (`Journal::checkpoint_mark`).
+pub use journal::{CheckpointInfo, CheckpointMark};
 /// A pending durable timer (`Journal::timers`) and a stored idempotency key
 /// (`Journal::idempotency_keys`).
 pub use journal::{IdempotencyEntry, PendingTimer};
+/// What `Journal::verify` found.
+pub use journal::{
+    IssueKind, VerifyIssue, VerifyOptions, VerifyReport, VerifyScope, VERIFY_ISSUES_MAX,
+};
 /// A decoded event record and why bytes are not one.
 pub use journal::{Record, RecordError};
-/// What `Journal::verify` found.
-pub use journal::{VerifyIssue, VerifyReport};
 
 /// The on-disk event record: its hash (the chain) and its limits.
 pub mod record {
     pub use crate::journal::record::{
-        hash, Hash, HEADER_BYTES, PAYLOAD_BYTES_MAX, RECORD_FORMAT_V1, RECORD_STRING_BYTES_MAX,
-        ZERO_HASH,
+        hash, peek_position_and_time, Hash, RecordView, HEADER_BYTES, PAYLOAD_BYTES_MAX,
+        RECORD_FORMAT_V1, RECORD_STRING_BYTES_MAX, ZERO_HASH,
     };
 }
 

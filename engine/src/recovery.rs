@@ -24,6 +24,8 @@ pub fn envelope<E>(record: Record, payload: E) -> EventEnvelope<E> {
         causation_id: record.causation_id,
         source: record.source,
         user_id: record.user_id,
+        session_id: record.session_id,
+        audit_context: record.audit_context,
         payload,
     }
 }

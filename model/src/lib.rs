@@ -33,7 +33,7 @@ mod workload;
 
 pub use clock::{truncate_to_micros, Clock, ManualClock, SystemClock};
 pub use codec::CodecError;
-pub use envelope::{EventEnvelope, Metadata};
+pub use envelope::{AuditContext, EventEnvelope, Metadata};
 /// `#[derive(DomainEvent)]`: see [`evershard_derive`]'s docs for the `#[event(..)]` keys.
 pub use evershard_derive::DomainEvent;
 pub use guard::CommandGuard;

@@ -49,6 +49,20 @@ impl Journal {
     /// Recomputes the whole tree from the records (a full scan; reads only).
     pub fn check_tree(&self, sizes: &[u64]) -> Result<TreeCheck, AuditError> {
         let last = self.last_position()?;
+        let mut leaves = Vec::with_capacity(last.min(1 << 24) as usize);
+        let mut from = 1;
+        while from <= last {
+            let to = last.min(from + CHECK_CHUNK_EVENTS - 1);
+            leaves.extend(leaves_of(&self.stored_records_between(from, to)?));
+            from = to + 1;
+        }
+        self.check_tree_with(&leaves, sizes)
+    }
+
+    /// [`Journal::check_tree`] from leaves already computed, one per event in global order
+    /// (`VerifyReport::leaves`: `verify` hashes every record anyway). The stored nodes are
+    /// compared with the tree over `leaves`; the roots at `sizes` come from them.
+    pub fn check_tree_with(&self, leaves: &[Hash], sizes: &[u64]) -> Result<TreeCheck, AuditError> {
         let mut check = TreeCheck {
             stored_size: self.merkle_size()?,
             ..TreeCheck::default()
@@ -57,28 +71,22 @@ impl Journal {
         if sizes.contains(&0) {
             check.roots_at.push((0, merkle::empty_root()));
         }
-        let mut from = 1;
-        while from <= last {
-            let to = last.min(from + CHECK_CHUNK_EVENTS - 1);
-            let records = self.stored_records_between(from, to)?;
-            for leaf in leaves_of(&records) {
-                frontier.push((0, check.leaves, leaf));
-                check.leaves += 1;
-                while frontier.len() >= 2
-                    && frontier[frontier.len() - 1].0 == frontier[frontier.len() - 2].0
-                {
-                    let (level, index, right) = frontier.pop().expect("two");
-                    let (_, _, left) = frontier.pop().expect("two");
-                    let (level, index) = (level + 1, index / 2);
-                    let hash = merkle::node_hash(&left, &right);
-                    self.compare_node(&mut check, level, index, &hash)?;
-                    frontier.push((level, index, hash));
-                }
-                if sizes.contains(&check.leaves) {
-                    check.roots_at.push((check.leaves, fold(&frontier)));
-                }
+        for leaf in leaves {
+            frontier.push((0, check.leaves, *leaf));
+            check.leaves += 1;
+            while frontier.len() >= 2
+                && frontier[frontier.len() - 1].0 == frontier[frontier.len() - 2].0
+            {
+                let (level, index, right) = frontier.pop().expect("two");
+                let (_, _, left) = frontier.pop().expect("two");
+                let (level, index) = (level + 1, index / 2);
+                let hash = merkle::node_hash(&left, &right);
+                self.compare_node(&mut check, level, index, &hash)?;
+                frontier.push((level, index, hash));
             }
-            from = to + 1;
+            if sizes.contains(&check.leaves) {
+                check.roots_at.push((check.leaves, fold(&frontier)));
+            }
         }
         check.root = fold(&frontier);
         Ok(check)

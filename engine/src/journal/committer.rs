@@ -31,6 +31,9 @@ pub struct NewEvent {
     pub causation_id: Option<Uuid>,
     pub source: String,
     pub user_id: Option<String>,
+    /// Stored in record format 2 (with `audit_context`); `None` keeps format 1.
+    pub session_id: Option<Uuid>,
+    pub audit_context: Option<evershard_model::AuditContext>,
     pub payload: Vec<u8>,
 }
 
@@ -96,6 +99,33 @@ impl AppendRequest {
                 return Err(InvalidRequest::StringTooLong {
                     max: record::RECORD_STRING_BYTES_MAX,
                 });
+            }
+            if let Some(audit) = &event.audit_context {
+                use evershard_model::AuditContext;
+                if audit.compliance_flags.len() > AuditContext::COMPLIANCE_FLAGS_MAX {
+                    return Err(InvalidRequest::TooManyComplianceFlags {
+                        count: audit.compliance_flags.len(),
+                        max: AuditContext::COMPLIANCE_FLAGS_MAX,
+                    });
+                }
+                if audit
+                    .compliance_flags
+                    .iter()
+                    .any(|f| f.len() > AuditContext::COMPLIANCE_FLAG_BYTES_MAX)
+                {
+                    return Err(InvalidRequest::StringTooLong {
+                        max: AuditContext::COMPLIANCE_FLAG_BYTES_MAX,
+                    });
+                }
+                if audit
+                    .user_agent
+                    .as_ref()
+                    .is_some_and(|a| a.len() > record::RECORD_STRING_BYTES_MAX)
+                {
+                    return Err(InvalidRequest::StringTooLong {
+                        max: record::RECORD_STRING_BYTES_MAX,
+                    });
+                }
             }
         }
         for op in &self.extra_writes {
@@ -168,6 +198,14 @@ pub(super) enum CommitJob {
     },
     #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     Sync { reply: ReplyTo<(), StorageError> },
+    /// Commit what is queued, sync it, answer the cut (the last global position, durable),
+    /// then write nothing until `resume` is dropped or sent to. Appends queue meanwhile.
+    /// What `JournalWriter::pause` sends: a checkpoint copies the keyspaces that commands
+    /// rewrite (timers, idempotency records, cursors) while no command can move them.
+    Pause {
+        paused: ReplyTo<u64, StorageError>,
+        resume: mpsc::Receiver<()>,
+    },
     /// Commit what is queued, sync, acknowledge, and stop the thread.
     Shutdown { reply: ReplyTo<(), StorageError> },
 }
@@ -408,10 +446,20 @@ impl Committer {
         };
         while let Ok(first) = jobs.recv() {
             let (mut events, mut bytes) = size(&first);
-            let mut group = vec![first];
+            // A pause ends the group: what was queued before it is in the cut, nothing after.
+            let mut pause = None;
+            let mut group = Vec::new();
+            match first {
+                job @ CommitJob::Pause { .. } => pause = Some(job),
+                job => group.push(job),
+            }
             // Take whatever else is already queued, up to the batch limits: this is the group.
-            while events < self.config.batch_events_max && bytes < self.config.batch_bytes_max {
+            while pause.is_none()
+                && events < self.config.batch_events_max
+                && bytes < self.config.batch_bytes_max
+            {
                 match jobs.try_recv() {
+                    Ok(job @ CommitJob::Pause { .. }) => pause = Some(job),
                     Ok(job) => {
                         let (e, b) = size(&job);
                         events += e;
@@ -424,14 +472,19 @@ impl Committer {
             // A panic here is a bug in evershard; it must not leave a dead thread behind a
             // journal that looks healthy. The group's callers see their channel close; every
             // later write is refused as poisoned.
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.commit_group(group)
-            })) {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(_) => self
-                    .shared
-                    .poison("group commit", &"the committer panicked"),
+            if !group.is_empty() {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.commit_group(group)
+                })) {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(_) => self
+                        .shared
+                        .poison("group commit", &"the committer panicked"),
+                }
+            }
+            if let Some(CommitJob::Pause { paused, resume }) = pause {
+                self.pause(paused, resume);
             }
         }
         // Every sender is gone: leave the store synced.
@@ -439,6 +492,27 @@ impl Committer {
             shutdown: true,
             ..SyncBatch::default()
         });
+    }
+
+    /// Syncs everything applied, answers the cut, and blocks until resumed. A failed sync
+    /// (a poisoned journal) answers the error and does not block.
+    fn pause(&mut self, paused: ReplyTo<u64, StorageError>, resume: mpsc::Receiver<()>) {
+        let cut = self.next_global - 1;
+        let (synced, done) = oneshot::channel();
+        self.hand_to_syncer(SyncBatch {
+            syncs: vec![ReplyTo::new(synced, self.shared.clone())],
+            applied_through: cut,
+            ..SyncBatch::default()
+        });
+        let result = done
+            .blocking_recv()
+            .unwrap_or(Err(StorageError::Closed))
+            .map(|()| cut);
+        let ok = result.is_ok();
+        if paused.send(result).is_ok() && ok {
+            // Ends when the pauser sends or drops its handle (also when it panics).
+            let _ = resume.recv();
+        }
     }
 
     fn head(
@@ -480,6 +554,7 @@ impl Committer {
                     continue;
                 }
                 CommitJob::Append { request, reply } => (request, reply),
+                CommitJob::Pause { .. } => unreachable!("a pause never joins a group"),
             };
             if self
                 .shared
@@ -522,6 +597,8 @@ impl Committer {
                     event_version: event.event_version,
                     source: event.source,
                     user_id: event.user_id,
+                    session_id: event.session_id,
+                    audit_context: event.audit_context,
                     payload: event.payload,
                 };
                 let bytes = record.encode();

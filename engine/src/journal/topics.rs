@@ -219,7 +219,7 @@ impl Journal {
             _ => prefix.clone(),
         };
         let end = index_key(topic, partition, u64::MAX);
-        Box::new(db.range(start..=end).map(|entry| {
+        super::reads(db.range(start..=end).map(|entry| {
             let (key, value) = entry?;
             let (_, _, first) = parse_index_key(&key).ok_or_else(|| malformed("topic index"))?;
             let runs = parse_entry_value(&value).ok_or_else(|| malformed("topic index"))?;

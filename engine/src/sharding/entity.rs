@@ -392,6 +392,8 @@ impl<A: Aggregate> EntityState<A> {
                 causation_id: metadata.causation_id,
                 source: metadata.source.clone(),
                 user_id: metadata.user_id.clone(),
+                session_id: metadata.session_id,
+                audit_context: metadata.audit_context.clone(),
                 payload: A::encode_event(event),
             })
             .collect();
