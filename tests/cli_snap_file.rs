@@ -41,7 +41,12 @@ fn snap_files(dir: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("snap."))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("snap.")
+        })
         .collect();
     found.sort();
     found
@@ -86,7 +91,10 @@ fn a_damaged_snap_file_is_named_by_readers_and_moved_aside_by_the_writer() {
             "{command}: {stderr}"
         );
     }
-    assert!(contents(&store) == before, "a read-only command changed the store");
+    assert!(
+        contents(&store) == before,
+        "a read-only command changed the store"
+    );
 
     let out = evershard(&demo, &store);
     assert_eq!(out.status.code(), Some(0), "the writer recovers: {out:?}");
@@ -97,5 +105,8 @@ fn a_damaged_snap_file_is_named_by_readers_and_moved_aside_by_the_writer() {
     let out = evershard(&["verify"], &store);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     // Events are never removed: the first run's are all there, and the second run's after.
-    assert!(events(&store) > counted, "the second run added to the first run's events");
+    assert!(
+        events(&store) > counted,
+        "the second run added to the first run's events"
+    );
 }

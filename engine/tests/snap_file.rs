@@ -28,6 +28,8 @@ fn event(n: u64) -> NewEvent {
         causation_id: None,
         source: "snap-file-test".into(),
         user_id: None,
+        session_id: None,
+        audit_context: None,
         payload: n.to_le_bytes().to_vec(),
     }
 }

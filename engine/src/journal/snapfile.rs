@@ -108,7 +108,7 @@ fn check_copy(copy: &Path) -> Result<(), String> {
         Ok(_) => return Err("a copy without it has no evershard format marker".into()),
         Err(e) => return Err(format!("a copy without it does not read: {e}")),
     }
-    let report = verify::verify(&db);
+    let report = verify::verify(&db, &verify::VerifyOptions::default());
     if report.is_clean() {
         Ok(())
     } else {
