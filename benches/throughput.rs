@@ -29,6 +29,9 @@
 //!    Memory is the process's resident set (`VmRSS`) before and after opening an engine on the
 //!    store and running a timer pass and a sweep: the scheduler reads timers page by page.
 //!
+//! 8. `EVERSHARD_BENCH_ONLY=verify` (alone): how fast `verify` checks a store of
+//!    `EVERSHARD_BENCH_VERIFY_EVENTS` (default 1,000,000) events (target >= 1,000,000 events/s).
+//!
 //! Note: this bench uses sled directly for the baseline only; the product touches sled solely
 //! in `engine::journal`.
 
@@ -480,7 +483,9 @@ fn timer_figures(rt: &tokio::runtime::Runtime, dir: &std::path::Path, clients: u
 /// Fills a store with `events` ProductStock events (decided in process from the workload
 /// generator, appended through the journal in large buffered requests), lets the indexer
 /// index it, and reads it from the beginning with a consumer.
-async fn catch_up(dir: &std::path::Path, events: u64, seed: u64) {
+/// Writes `events` ProductStock events (100 per aggregate) through `JournalWriter` in
+/// buffered mode, without an engine: a large store quickly. Returns the time it took.
+async fn fill_product_stock(dir: &std::path::Path, events: u64, seed: u64) -> Duration {
     use evershard::engine::{AppendRequest, JournalConfig, NewEvent};
     let per_stream = 100u64;
     let streams = events.div_ceil(per_stream);
@@ -540,12 +545,16 @@ async fn catch_up(dir: &std::path::Path, events: u64, seed: u64) {
     for p in pending {
         p.await.unwrap();
     }
-    let fill = fill_start.elapsed();
     let j = journal.clone();
     tokio::task::spawn_blocking(move || j.close())
         .await
         .unwrap()
         .unwrap();
+    fill_start.elapsed()
+}
+
+async fn catch_up(dir: &std::path::Path, events: u64, seed: u64) {
+    let fill = fill_product_stock(dir, events, seed).await;
     let engine = Engine::builder(dir)
         .register::<ProductStock>()
         .open()
@@ -585,6 +594,75 @@ async fn catch_up(dir: &std::path::Path, events: u64, seed: u64) {
     engine.shutdown().await.unwrap();
 }
 
+/// 8. verify: a store of `EVERSHARD_BENCH_VERIFY_EVENTS` (default 1,000,000) events, its
+///    Merkle tree maintained by an engine, then verified read-only: the journal's pass
+///    (`Journal::verify`: every record's CRC and place, the chains, the global index, the
+///    Merkle leaves), the tree recomputed from those leaves against the stored nodes, and the
+///    whole `evershard verify` (`evershard_cli::audit`: all that plus the replay of every
+///    stream). Best of three runs each (the machine is shared).
+async fn verify_rate(dir: &std::path::Path, events: u64, seed: u64) {
+    // `EVERSHARD_BENCH_VERIFY_STORE=DIR`: fill DIR once and keep it (for profiling `evershard
+    // verify --data DIR`); later runs reuse it.
+    let kept = std::env::var_os("EVERSHARD_BENCH_VERIFY_STORE").map(std::path::PathBuf::from);
+    let dir = kept.as_deref().unwrap_or(dir);
+    let fill = if dir.join("db").exists() {
+        Duration::ZERO
+    } else {
+        fill_product_stock(dir, events, seed).await
+    };
+    let engine = Engine::builder(dir)
+        .register::<ProductStock>()
+        .topic_indexer(false)
+        .open()
+        .await
+        .unwrap();
+    let last = engine.journal().durable_position();
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    while engine.tree_maintainer_status().map(|s| s.0) != Some(last) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let journal = Journal::open_read_only(&dir).unwrap();
+        let best = |f: &mut dyn FnMut() -> Duration| (0..3).map(|_| f()).min().unwrap();
+        let mut leaves = Vec::new();
+        let pass = best(&mut || {
+            let start = Instant::now();
+            let mut report = journal.verify();
+            let t = start.elapsed();
+            assert!(report.is_clean(), "{:?}", report.issues.first());
+            assert_eq!(report.events_checked, last);
+            leaves = report.leaves.take().expect("a whole-store pass keeps the leaves");
+            t
+        });
+        let tree = best(&mut || {
+            let start = Instant::now();
+            let tree = journal.check_tree_with(&leaves, &[]).unwrap();
+            assert!(tree.mismatches.is_empty() && tree.nodes_compared > 0);
+            start.elapsed()
+        });
+        let full = best(&mut || {
+            let start = Instant::now();
+            let report = evershard_cli::audit(&journal);
+            assert!(report.clean, "{:?}", report.problems.first());
+            assert_eq!(report.events_replayed, last);
+            start.elapsed()
+        });
+        let rate = |t: Duration| last as f64 / t.as_secs_f64();
+        println!(
+            "verify            : {last} events (filled in {:.1} s); records + chains + index + leaves {:>9.0} events/s; + tree {:>9.0} events/s; whole `evershard verify` with every replay {:>9.0} events/s (target >= 1,000,000/s)",
+            fill.as_secs_f64(),
+            rate(pass),
+            rate(pass + tree),
+            rate(full),
+        );
+    })
+    .await
+    .unwrap();
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing special. Either way
     // a quick smoke run is enough under `cargo test`.
@@ -615,6 +693,14 @@ fn main() {
     println!("evershard throughput bench: {aggregates} aggregates, {commands} commands, {clients} clients, seed {seed}");
     println!("data dir: {}", tmp.path().display());
 
+    if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("verify") {
+        let events = env(
+            "EVERSHARD_BENCH_VERIFY_EVENTS",
+            if smoke { 5_000 } else { 1_000_000 },
+        );
+        rt.block_on(verify_rate(&tmp.path().join("verify"), events, seed));
+        return;
+    }
     let run = rt.block_on(evershard_durable(
         &tmp.path().join("evershard"),
         aggregates,

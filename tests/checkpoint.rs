@@ -9,6 +9,8 @@
 //! - its timers and idempotency records are those of the states at the cut: every stream's
 //!   stored timer equals what its state (loaded from the copy) asks for, and every
 //!   idempotency record points at events the copy holds;
+//! - `Engine::verify` under the same load checks every record up to the durable position
+//!   and finds nothing wrong;
 //! - it reads like any store through the CLI (`verify`, `stats`), refuses to be opened for
 //!   writing, and a destination that is not empty or lies inside the live store is refused
 //!   without writing anything.
@@ -110,6 +112,11 @@ async fn a_checkpoint_taken_under_load_is_the_store_up_to_its_cut() {
         .collect();
     wait_until("500 events", || engine.journal().durable_position() >= 500).await;
     assert!(done.load(Ordering::Acquire) > 0);
+
+    // An online verification under the same load: clean, up to the durable position.
+    let online = engine.verify().await.expect("online verify");
+    assert!(online.is_clean(), "{online:?}");
+    assert!(online.events_checked >= 500, "{online:?}");
 
     let info = engine.checkpoint(&copy).await.expect("checkpoint");
     let cut = info.cut_position;

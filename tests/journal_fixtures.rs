@@ -200,7 +200,7 @@ async fn a_journal_holding_the_1_0_event_works_in_a_live_engine() {
     drop(journal);
     // The auditors' CLI (as a library, evershard-cli; the binary is the facade's).
     use clap::Parser;
-    let cli = evershard_cli::Cli::try_parse_from([
+    let cli = evershard_cli::CommandLine::try_parse_from([
         "evershard",
         "history",
         "Plant",

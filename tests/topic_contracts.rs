@@ -367,7 +367,8 @@ async fn session_and_audit_context_reach_the_record_the_envelope_and_the_gacp_me
     let history = engine.history::<Order>(&id(1)).unwrap();
     assert_eq!(history[0].session_id, Some(session));
     assert_eq!(history[0].audit_context.as_ref(), Some(&audit));
-    assert!(journal.verify().is_clean());
+    let report = journal.verify();
+    assert!(report.is_clean(), "{report:?}");
 
     let durable = journal.durable_position();
     assert!(

@@ -11,8 +11,8 @@
 //! incomplete.
 
 use crate::error::CliError;
-use crate::inspect::{envelope_json, json_line, RecordJson};
-use crate::registry::{dispatch, is_known, resolve};
+use crate::inspect::{envelope_json, json_line};
+use crate::registry::Registry;
 use crate::store::open_read_only;
 use crate::{ExportArgs, Outcome};
 use evershard_engine::record;
@@ -23,8 +23,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub fn run(args: &ExportArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
-    let only = args.aggregate_type.as_deref().map(resolve).transpose()?;
+pub fn run(reg: &Registry, args: &ExportArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    let only = args
+        .aggregate_type
+        .as_deref()
+        .map(|t| reg.resolve(t))
+        .transpose()?;
     let dir = &args.store.data;
     let journal = open_read_only(dir)?;
     let mut exported = 0u64;
@@ -33,12 +37,12 @@ pub fn run(args: &ExportArgs, out: &mut dyn Write) -> Result<Outcome, CliError> 
         if only.is_some_and(|name| name != stream.aggregate_type) {
             continue;
         }
-        if !is_known(&stream.aggregate_type) {
+        let Some(entry) = reg.get(&stream.aggregate_type) else {
             return Err(CliError::InvalidArgument(format!(
                 "{stream} at sequence {sequence}: aggregate type {} is not known to this build",
                 stream.aggregate_type
             )));
-        }
+        };
         let stored = journal
             .read_stream(&stream, sequence, sequence)
             .next()
@@ -68,9 +72,7 @@ pub fn run(args: &ExportArgs, out: &mut dyn Write) -> Result<Outcome, CliError> 
         let sha = record::hash(&bytes);
         let record_sha256 = hex(&sha);
         let prev_record_sha256 = hex(&stored.prev_hash);
-        let envelope = dispatch(&stream.aggregate_type, RecordJson(stored))
-            .expect("known type")
-            .map_err(|e| CliError::storage(dir, e))?;
+        let envelope = (entry.record_json)(stored).map_err(|e| CliError::storage(dir, e))?;
         let mut line = envelope_json(&envelope);
         line["record_sha256"] = record_sha256.into();
         line["prev_record_sha256"] = prev_record_sha256.into();

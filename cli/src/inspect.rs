@@ -2,11 +2,11 @@
 //! `Journal::open_read_only` and closes it before returning.
 
 use crate::error::CliError;
-use crate::registry::{dispatch, is_known, resolve, TypeOp};
+use crate::registry::Registry;
 use crate::store::open_read_only;
 use crate::{HistoryArgs, ListArgs, Outcome, StateArgs, StatsArgs, TimersArgs};
 use chrono::{DateTime, SecondsFormat, Utc};
-use evershard_engine::model::{DomainEvent, EventEnvelope, Workload};
+use evershard_engine::model::{Aggregate, DomainEvent, EventEnvelope};
 use evershard_engine::repository::{self, Loaded};
 use evershard_engine::IdempotencyEntry;
 use evershard_engine::Record;
@@ -41,8 +41,12 @@ fn existing_head(journal: &Journal, stream: &StreamId) -> Result<u64, CliError> 
 }
 
 /// `evershard list`: one line per aggregate, `type<TAB>id<TAB>last sequence`.
-pub fn list(args: &ListArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
-    let filter = args.aggregate_type.as_deref().map(resolve).transpose()?;
+pub fn list(reg: &Registry, args: &ListArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    let filter = args
+        .aggregate_type
+        .as_deref()
+        .map(|t| reg.resolve(t))
+        .transpose()?;
     let journal = open_read_only(&args.store.data)?;
     for entry in journal.streams(filter) {
         let (stream, head) = entry.map_err(|e| CliError::storage(&args.store.data, e))?;
@@ -56,68 +60,50 @@ pub fn list(args: &ListArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
     Ok(Outcome::Clean)
 }
 
-/// The events of a stream in sequence order, each envelope around its outbound JSON payload
+/// Every event of a stream, upcast and decoded as `A::Event`, rendered as JSON
 /// (`DomainEvent::payload_json`). A record that fails its checks or does not decode is an
 /// `Err` naming the stream and sequence.
-pub(crate) struct HistoryJson<'j> {
-    pub journal: &'j Journal,
-    pub stream: &'j StreamId,
+pub(crate) fn history_json<'j, A: Aggregate>(
+    journal: &'j Journal,
+    stream: &'j StreamId,
+) -> EnvelopesJson<'j> {
+    Box::new(
+        repository::read_events::<A>(journal, stream, 1, u64::MAX)
+            .map(|r| r.map(|envelope| envelope.map(|event| event.payload_json()))),
+    )
 }
 
-type EnvelopesJson<'j> = Box<dyn Iterator<Item = Result<EventEnvelope<Value>, StorageError>> + 'j>;
-
-impl<'j> TypeOp for HistoryJson<'j> {
-    type Output = EnvelopesJson<'j>;
-    fn run<A: Workload>(self) -> EnvelopesJson<'j> {
-        Box::new(
-            repository::read_events::<A>(self.journal, self.stream, 1, u64::MAX)
-                .map(|r| r.map(|envelope| envelope.map(|event| event.payload_json()))),
-        )
-    }
-}
+pub(crate) type EnvelopesJson<'j> =
+    Box<dyn Iterator<Item = Result<EventEnvelope<Value>, StorageError>> + 'j>;
 
 /// One stored record as an envelope around its JSON payload (upcast).
-pub(crate) struct RecordJson(pub Record);
-
-impl TypeOp for RecordJson {
-    type Output = Result<EventEnvelope<Value>, StorageError>;
-    fn run<A: Workload>(self) -> Self::Output {
-        repository::decode_record::<A>(self.0).map(|e| e.map(|event| event.payload_json()))
-    }
+pub(crate) fn record_json<A: Aggregate>(
+    record: Record,
+) -> Result<EventEnvelope<Value>, StorageError> {
+    repository::decode_record::<A>(record).map(|e| e.map(|event| event.payload_json()))
 }
 
 /// The state as of sequence `upto` (`u64::MAX`: the head) rendered as JSON, through
 /// `repository::load`.
-struct StateJson<'j> {
-    journal: &'j Journal,
-    stream: &'j StreamId,
+pub(crate) fn state_json<A: Aggregate>(
+    journal: &Journal,
+    stream: &StreamId,
     upto: u64,
     use_snapshots: bool,
-}
-
-impl TypeOp for StateJson<'_> {
-    type Output = Result<Loaded<Value>, CliError>;
-    fn run<A: Workload>(self) -> Self::Output {
-        let StateJson {
-            journal,
-            stream,
-            upto,
-            use_snapshots,
-        } = self;
-        let loaded = repository::load::<A>(journal, stream, upto, use_snapshots)
-            .map_err(|e| CliError::load(journal.dir(), e))?;
-        let state = serde_json::to_value(&loaded.state).map_err(|source| CliError::Json {
-            what: format!("the state of {stream} ({})", A::TYPE),
-            source,
-        })?;
-        Ok(Loaded {
-            state,
-            version: loaded.version,
-            from_snapshot: loaded.from_snapshot,
-            events_replayed: loaded.events_replayed,
-            skipped_snapshots: loaded.skipped_snapshots,
-        })
-    }
+) -> Result<Loaded<Value>, CliError> {
+    let loaded = repository::load::<A>(journal, stream, upto, use_snapshots)
+        .map_err(|e| CliError::load(journal.dir(), e))?;
+    let state = serde_json::to_value(&loaded.state).map_err(|source| CliError::Json {
+        what: format!("the state of {stream} ({})", A::TYPE),
+        source,
+    })?;
+    Ok(Loaded {
+        state,
+        version: loaded.version,
+        from_snapshot: loaded.from_snapshot,
+        events_replayed: loaded.events_replayed,
+        skipped_snapshots: loaded.skipped_snapshots,
+    })
 }
 
 /// The JSON object `history --json` prints for one event.
@@ -164,15 +150,23 @@ pub fn audit_text(envelope: &EventEnvelope<Value>) -> String {
 
 /// `evershard history TYPE ID`: every event, oldest first. Events before a damaged record are
 /// printed; the damaged one ends the command with an error naming its sequence.
-pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
-    let aggregate_type = resolve(&args.aggregate_type)?;
-    let stream = crate::store::stream_arg(aggregate_type, &args.aggregate_id)?;
+pub fn history(
+    reg: &Registry,
+    args: &HistoryArgs,
+    out: &mut dyn Write,
+) -> Result<Outcome, CliError> {
+    let (Some(aggregate_type), Some(aggregate_id)) = (&args.aggregate_type, &args.aggregate_id)
+    else {
+        return crate::trail::history_all(reg, args, out);
+    };
+    let filter = crate::trail::Filter::of(args);
+    let aggregate_type = reg.resolve(aggregate_type)?;
+    let entry = *reg
+        .get(aggregate_type)
+        .expect("resolved types are registered");
+    let stream = crate::store::stream_arg(aggregate_type, aggregate_id)?;
     let journal = open_read_only(&args.store.data)?;
     existing_head(&journal, &stream)?;
-    let history = HistoryJson {
-        journal: &journal,
-        stream: &stream,
-    };
     let keys = journal
         .idempotency_keys(&stream)
         .map_err(|e| CliError::storage(&args.store.data, e))?;
@@ -182,9 +176,12 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> Result<Outcome, CliEr
             .find(|k| (k.first_sequence..k.first_sequence + k.events as u64).contains(&sequence))
             .map(|k| k.key)
     };
-    let events = dispatch(aggregate_type, history).expect("resolved types are known");
+    let events = (entry.history_json)(&journal, &stream);
     for envelope in events {
         let envelope = envelope.map_err(|e| CliError::storage(&args.store.data, e))?;
+        if !filter.matches_envelope(&envelope) {
+            continue;
+        }
         let key = key_of(envelope.sequence);
         if args.json {
             let mut line = envelope_json(&envelope);
@@ -221,7 +218,7 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> Result<Outcome, CliEr
 }
 
 /// The highest sequence whose event's timestamp is at or before `at` (0: none).
-fn last_sequence_at(
+pub(crate) fn last_sequence_at(
     journal: &Journal,
     stream: &StreamId,
     at: DateTime<Utc>,
@@ -237,8 +234,11 @@ fn last_sequence_at(
 }
 
 /// `evershard state TYPE ID`: the state at the head, at a sequence, or at a point in time.
-pub fn state(args: &StateArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
-    let aggregate_type = resolve(&args.aggregate_type)?;
+pub fn state(reg: &Registry, args: &StateArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    let aggregate_type = reg.resolve(&args.aggregate_type)?;
+    let entry = *reg
+        .get(aggregate_type)
+        .expect("resolved types are registered");
     let stream = crate::store::stream_arg(aggregate_type, &args.aggregate_id)?;
     let journal = open_read_only(&args.store.data)?;
     let head = existing_head(&journal, &stream)?;
@@ -258,13 +258,7 @@ pub fn state(args: &StateArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
         }
         (None, None) => (head, json!("head")),
     };
-    let state = StateJson {
-        journal: &journal,
-        stream: &stream,
-        upto,
-        use_snapshots: args.from_snapshots,
-    };
-    let loaded = dispatch(aggregate_type, state).expect("resolved types are known")?;
+    let loaded = (entry.state_json)(&journal, &stream, upto, args.from_snapshots)?;
     let storage = |e| CliError::storage(&args.store.data, e);
     // The timer and keys are the store's now, not as of an earlier sequence.
     let timer = journal.timer(&stream).map_err(storage)?;
@@ -374,7 +368,7 @@ pub fn timers(args: &TimersArgs, out: &mut dyn Write) -> Result<Outcome, CliErro
 }
 
 /// `evershard stats`: the journal's counts and the aggregates of each type.
-pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+pub fn stats(reg: &Registry, args: &StatsArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
     let journal = open_read_only(&args.store.data)?;
     let stats = journal
         .stats()
@@ -394,7 +388,7 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
         let types: serde_json::Map<String, Value> = per_type
             .iter()
             .map(|(name, (aggregates, events))| {
-                let known = is_known(name);
+                let known = reg.is_known(name);
                 (
                     name.clone(),
                     json!({ "aggregates": aggregates, "events": events, "known": known }),
@@ -442,7 +436,7 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
             writeln!(out, "  (none)")?;
         }
         for (name, (aggregates, events)) in &per_type {
-            let unknown = if is_known(name) {
+            let unknown = if reg.is_known(name) {
                 ""
             } else {
                 "  (unknown to this build)"

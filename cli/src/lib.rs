@@ -27,12 +27,13 @@ pub mod reconcile;
 pub mod registry;
 pub mod store;
 pub mod topics;
+mod trail;
 mod tree_check;
 pub mod verify;
 
-pub use entry::main;
+pub use entry::{main, Cli};
 pub use error::CliError;
-pub use registry::{known_types, TypeOp};
+pub use registry::{known_types, Registry, TypeOp};
 pub use verify::{audit, check_stream, AuditReport, Check, Finding, StreamCheck};
 
 use chrono::{DateTime, FixedOffset};
@@ -43,7 +44,7 @@ use std::path::PathBuf;
 /// evershard: inspect, verify and exercise an evershard store.
 #[derive(Debug, Parser)]
 #[command(name = "evershard", version, long_about = None)]
-pub struct Cli {
+pub struct CommandLine {
     #[command(subcommand)]
     pub command: Command,
 }
@@ -79,6 +80,8 @@ pub enum Command {
     CheckProof(CheckProofArgs),
     /// Pending durable timers in deadline order: deadline, type, id.
     Timers(TimersArgs),
+    /// The state of every aggregate of a type at a point in time (a time-travel report).
+    SnapshotAt(SnapshotAtArgs),
     /// Compare messages a consumer received (JSON lines) with what the journal says a topic
     /// holds: missing, extra, duplicated, reordered or different messages.
     Reconcile(ReconcileArgs),
@@ -159,17 +162,62 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
-    /// The aggregate type, e.g. ProductStock.
-    #[arg(value_name = "TYPE")]
-    pub aggregate_type: String,
+    /// The aggregate type, e.g. ProductStock. Without TYPE and ID: every aggregate, in
+    /// global order.
+    #[arg(value_name = "TYPE", requires = "aggregate_id")]
+    pub aggregate_type: Option<String>,
     /// The aggregate id.
     #[arg(value_name = "ID")]
-    pub aggregate_id: String,
+    pub aggregate_id: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
     /// One JSON object per event and line: the envelope plus `payload`.
     #[arg(long)]
     pub json: bool,
+    /// Only events of this aggregate type (without TYPE ID).
+    #[arg(long = "type", value_name = "T", conflicts_with = "aggregate_type")]
+    pub type_filter: Option<String>,
+    /// Only events whose command named this user.
+    #[arg(long, value_name = "U")]
+    pub user: Option<String>,
+    /// Only events with this correlation id (one business flow).
+    #[arg(long, value_name = "UUID")]
+    pub correlation: Option<uuid::Uuid>,
+    /// Only events with this session id.
+    #[arg(long, value_name = "UUID")]
+    pub session: Option<uuid::Uuid>,
+    /// Only events of this event type, e.g. StockReserved.
+    #[arg(long, value_name = "E")]
+    pub event_type: Option<String>,
+    /// Only events at or after this RFC 3339 time.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub from: Option<DateTime<FixedOffset>>,
+    /// Only events at or before this RFC 3339 time.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub to: Option<DateTime<FixedOffset>>,
+}
+
+/// How a report prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// One JSON object per line.
+    Json,
+    /// RFC 4180 CSV with a header line; nested values as JSON text.
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotAtArgs {
+    /// The point in time, RFC 3339.
+    #[arg(value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub at: DateTime<FixedOffset>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The aggregate type, e.g. ProductStock.
+    #[arg(long = "type", value_name = "T")]
+    pub aggregate_type: String,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: ReportFormat,
 }
 
 #[derive(Debug, Args)]
@@ -347,8 +395,15 @@ pub struct ReconcileArgs {
     /// shape (topic, partition, offset, key, headers, value), or any dump whose lines carry
     /// an `event_id` header or a value with `eventId`/`event_id`; `value` may be an object
     /// or a string holding the JSON.
-    #[arg(long, value_name = "FILE")]
-    pub messages: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "brokers")]
+    pub messages: Option<PathBuf>,
+    /// Read the topic from these Kafka brokers instead of a file (build with `--features
+    /// kafka`): every partition from its first message to its end offset, plaintext.
+    #[arg(long, value_name = "HOST:PORT,...", conflicts_with = "messages")]
+    pub brokers: Option<String>,
+    /// With `--brokers`: how long to wait for the broker, in seconds.
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    pub broker_timeout_s: u64,
     /// Print one JSON report.
     #[arg(long)]
     pub json: bool,
@@ -405,20 +460,30 @@ impl Outcome {
     }
 }
 
-/// Runs one command, writing its report to `out`.
-pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, CliError> {
+/// Runs one command of the stock binary (the seven stock types), writing its report to `out`.
+pub fn run(cli: &CommandLine, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    run_with(&Registry::with_defaults(), cli, out)
+}
+
+/// Runs one command for the types of `registry`, writing its report to `out`.
+pub fn run_with(
+    registry: &Registry,
+    cli: &CommandLine,
+    out: &mut dyn Write,
+) -> Result<Outcome, CliError> {
     store::install_panic_hook();
     match &cli.command {
         Command::Demo(args) => demo::run(args, out),
-        Command::List(args) => inspect::list(args, out),
-        Command::History(args) => inspect::history(args, out),
-        Command::State(args) => inspect::state(args, out),
-        Command::Stats(args) => inspect::stats(args, out),
-        Command::Verify(args) => verify::run(args, out),
-        Command::Export(args) => export::run(args, out),
-        Command::Topics(args) => topics::topics(args, out),
-        Command::Consume(args) => topics::consume(args, out),
-        Command::Reconcile(args) => reconcile::run(args, out),
+        Command::List(args) => inspect::list(registry, args, out),
+        Command::History(args) => inspect::history(registry, args, out),
+        Command::State(args) => inspect::state(registry, args, out),
+        Command::Stats(args) => inspect::stats(registry, args, out),
+        Command::Verify(args) => verify::run(registry, args, out),
+        Command::Export(args) => export::run(registry, args, out),
+        Command::Topics(args) => topics::topics(registry, args, out),
+        Command::Consume(args) => topics::consume(registry, args, out),
+        Command::Reconcile(args) => reconcile::run(registry, args, out),
+        Command::SnapshotAt(args) => trail::snapshot_at(registry, args, out),
         Command::Keygen(args) => audit::keygen(args, out),
         Command::Digest(args) => audit::digest(args, out),
         Command::Prove(args) => audit::prove(args, out),
@@ -434,6 +499,6 @@ mod tests {
 
     #[test]
     fn the_command_line_is_well_formed() {
-        Cli::command().debug_assert();
+        CommandLine::command().debug_assert();
     }
 }

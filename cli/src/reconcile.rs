@@ -12,6 +12,7 @@
 
 use crate::error::CliError;
 use crate::inspect::json_line;
+use crate::registry::Registry;
 use crate::{Outcome, ReconcileArgs};
 use evershard_engine::{Message, TopicLog};
 use serde_json::{json, Value};
@@ -354,15 +355,32 @@ fn topic_messages(
 }
 
 /// `evershard reconcile --data DIR --topic T --messages FILE [--json]`.
-pub fn run(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+pub fn run(reg: &Registry, args: &ReconcileArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
     let dir = &args.store.data;
-    let (_journal, log) = crate::topics::open(dir)?;
+    let (_journal, log) = crate::topics::open(reg, dir)?;
     let messages = topic_messages(&log, &args.topic).map_err(|e| CliError::topic(dir, e))?;
-    let unreadable = |e: std::io::Error| {
-        CliError::InvalidArgument(format!("cannot read {}: {e}", args.messages.display()))
+    let report = match (&args.messages, &args.brokers) {
+        (Some(path), _) => {
+            let unreadable = |e: std::io::Error| {
+                CliError::InvalidArgument(format!("cannot read {}: {e}", path.display()))
+            };
+            let file = std::fs::File::open(path).map_err(unreadable)?;
+            reconcile(messages, std::io::BufReader::new(file)).map_err(unreadable)?
+        }
+        (None, Some(brokers)) => {
+            let lines = read_from_kafka(
+                brokers,
+                &args.topic,
+                std::time::Duration::from_secs(args.broker_timeout_s),
+            )?;
+            reconcile(messages, std::io::Cursor::new(lines)).map_err(CliError::Output)?
+        }
+        (None, None) => {
+            return Err(CliError::InvalidArgument(
+                "give --messages FILE or --brokers HOST:PORT".into(),
+            ))
+        }
     };
-    let file = std::fs::File::open(&args.messages).map_err(unreadable)?;
-    let report = reconcile(messages, std::io::BufReader::new(file)).map_err(unreadable)?;
     print(&report, &args.topic, args.json, out)
 }
 
@@ -434,4 +452,113 @@ fn print(
     } else {
         Outcome::ProblemsFound
     })
+}
+
+/// Every message of `topic` on the brokers, as JSON lines in `consume --json`'s shape.
+#[cfg(feature = "kafka")]
+fn read_from_kafka(
+    brokers: &str,
+    topic: &str,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, CliError> {
+    use evershard_engine::rdkafka::consumer::{BaseConsumer, Consumer};
+    use evershard_engine::rdkafka::message::{Headers, Message as _};
+    use evershard_engine::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let kafka = |e: evershard_engine::rdkafka::error::KafkaError| {
+        CliError::InvalidArgument(format!("reading {topic} from {brokers}: {e}"))
+    };
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "evershard-reconcile")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .create()
+        .map_err(kafka)?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(kafka)?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            CliError::InvalidArgument(format!("no topic {topic} on the brokers {brokers}"))
+        })?;
+    // (partition, next offset to read, end offset)
+    let mut todo = Vec::new();
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(kafka)?;
+        if high > low {
+            todo.push((p, low, high));
+            assignment
+                .add_partition_offset(topic, p, Offset::Offset(low))
+                .map_err(kafka)?;
+        }
+    }
+    consumer.assign(&assignment).map_err(kafka)?;
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + timeout;
+    while todo.iter().any(|(_, next, high)| next < high) {
+        if std::time::Instant::now() > deadline {
+            return Err(CliError::InvalidArgument(format!(
+                "reading {topic} from {brokers}: the end offsets were not reached within {} s",
+                timeout.as_secs()
+            )));
+        }
+        let Some(message) = consumer.poll(std::time::Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = message.map_err(kafka)?;
+        let Some(slot) = todo.iter_mut().find(|(p, _, _)| *p == m.partition()) else {
+            continue;
+        };
+        if m.offset() < slot.1 {
+            continue;
+        }
+        slot.1 = m.offset() + 1;
+        let headers: serde_json::Map<String, Value> = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        let value = h
+                            .value
+                            .map(|v| Value::String(String::from_utf8_lossy(v).into_owned()))
+                            .unwrap_or(Value::Null);
+                        (h.key.to_owned(), value)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let line = json!({
+            "topic": topic,
+            "partition": m.partition(),
+            "offset": m.offset(),
+            "key": m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            "headers": headers,
+            "value": m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
+        });
+        serde_json::to_writer(&mut out, &line).map_err(|source| CliError::Json {
+            what: "a Kafka message".into(),
+            source,
+        })?;
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+#[cfg(not(feature = "kafka"))]
+fn read_from_kafka(
+    _brokers: &str,
+    _topic: &str,
+    _timeout: std::time::Duration,
+) -> Result<Vec<u8>, CliError> {
+    Err(CliError::InvalidArgument(
+        "--brokers needs a build with the `kafka` feature (cargo build --features kafka)".into(),
+    ))
 }

@@ -8,37 +8,31 @@
 //! builder are not known here: the tail is routed by the types' default topics.
 
 use crate::error::CliError;
-use crate::{registry, store, ConsumeArgs, Outcome, TopicsArgs};
-use evershard_engine::model::{Workload, WorkloadVisitor};
+use crate::registry::Registry;
+use crate::{store, ConsumeArgs, Outcome, TopicsArgs};
 use evershard_engine::topic::all_lags;
-use evershard_engine::{Message, TopicCatalog, TopicError, TopicLog, DLQ_TOPIC};
+use evershard_engine::{Message, TopicError, TopicLog, DLQ_TOPIC};
 use serde_json::json;
 use std::io::Write;
 
-/// Every type this build knows, with its routing and rendering.
-pub fn catalog() -> TopicCatalog {
-    struct Register(TopicCatalog);
-    impl WorkloadVisitor for Register {
-        fn visit<A: Workload>(&mut self) {
-            self.0.register::<A>();
-        }
-    }
-    let mut r = Register(TopicCatalog::new());
-    registry::visit_all(&mut r);
-    r.0
+/// Every stock type with its routing and rendering (the stock binary's topic catalog).
+pub fn catalog() -> evershard_engine::TopicCatalog {
+    Registry::with_defaults().topic_catalog()
 }
 
 pub(crate) fn open(
+    reg: &Registry,
     dir: &std::path::Path,
 ) -> Result<(evershard_engine::Journal, TopicLog), CliError> {
     let journal = store::open_read_only(dir)?;
-    let log = TopicLog::read_only(&journal, catalog()).map_err(|e| CliError::topic(dir, e))?;
+    let log =
+        TopicLog::read_only(&journal, reg.topic_catalog()).map_err(|e| CliError::topic(dir, e))?;
     Ok((journal, log))
 }
 
-pub fn topics(args: &TopicsArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+pub fn topics(reg: &Registry, args: &TopicsArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
     let dir = &args.store.data;
-    let (journal, log) = open(dir)?;
+    let (journal, log) = open(reg, dir)?;
     let err = |e| CliError::topic(dir, e);
     let topics = log.topics().map_err(err)?;
     let lags = all_lags(&log).map_err(err)?;
@@ -121,9 +115,13 @@ pub fn topics(args: &TopicsArgs, out: &mut dyn Write) -> Result<Outcome, CliErro
     Ok(Outcome::Clean)
 }
 
-pub fn consume(args: &ConsumeArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+pub fn consume(
+    reg: &Registry,
+    args: &ConsumeArgs,
+    out: &mut dyn Write,
+) -> Result<Outcome, CliError> {
     let dir = &args.store.data;
-    let (_journal, log) = open(dir)?;
+    let (_journal, log) = open(reg, dir)?;
     let err = |e| CliError::topic(dir, e);
     let info = log.topic(&args.topic).map_err(err)?;
     let partitions: Vec<u32> = match args.partition {

@@ -6,10 +6,10 @@
 
 use crate::diff::first_difference;
 use crate::error::CliError;
-use crate::registry::{dispatch, known_types, TypeOp};
+use crate::registry::Registry;
 use crate::store::{guarded, open_read_only};
 use crate::{Outcome, VerifyArgs};
-use evershard_engine::model::{Aggregate, Workload};
+use evershard_engine::model::Aggregate;
 use evershard_engine::snapshot::{select, SnapshotError};
 use evershard_engine::{
     repository, IssueKind, Journal, LoadError, StorageError, StreamId, VerifyOptions, VerifyScope,
@@ -165,9 +165,11 @@ pub struct DigestCheck<'a> {
     pub proof_out: Option<&'a std::path::Path>,
 }
 
-/// How to audit: which part of the store, an earlier digest, progress on stderr.
+/// How to audit: which types, which part of the store, an earlier digest, progress on stderr.
 #[derive(Debug, Default)]
 pub struct AuditOptions<'a> {
+    /// The aggregate types whose streams are replayed (`None`: the stock seven).
+    pub registry: Option<&'a Registry>,
     pub scope: VerifyScope,
     pub digest: DigestCheck<'a>,
     /// Draw a progress bar on stderr (only when stderr is a terminal).
@@ -272,6 +274,14 @@ fn journal_findings(journal_report: evershard_engine::VerifyReport, report: &mut
 /// [`audit`] limited to a scope, with an earlier digest and a progress bar.
 pub fn audit_scoped(journal: &Journal, options: &AuditOptions<'_>) -> AuditReport {
     let started = std::time::Instant::now();
+    let stock;
+    let registry = match options.registry {
+        Some(registry) => registry,
+        None => {
+            stock = Registry::with_defaults();
+            &stock
+        }
+    };
     let scope = &options.scope;
     let mut report = AuditReport {
         store: journal.dir().display().to_string(),
@@ -322,7 +332,7 @@ pub fn audit_scoped(journal: &Journal, options: &AuditOptions<'_>) -> AuditRepor
             ),
         ));
     } else {
-        replay_streams(journal, &heads, options.progress, &mut report);
+        replay_streams(journal, registry, &heads, options.progress, &mut report);
         snapshots_without_events(journal, scope, &heads, &mut report);
     }
 
@@ -405,6 +415,7 @@ fn list_streams(
 /// notes the streams of unknown types.
 fn replay_streams(
     journal: &Journal,
+    registry: &Registry,
     heads: &BTreeMap<StreamId, u64>,
     progress: bool,
     report: &mut AuditReport,
@@ -412,8 +423,8 @@ fn replay_streams(
     let mut unknown_types: BTreeMap<String, usize> = BTreeMap::new();
     let mut work: Vec<(&StreamId, u64, StreamChecker)> = Vec::new();
     for (stream, head) in heads {
-        match checker_for(&stream.aggregate_type) {
-            Some(checker) => work.push((stream, *head, checker)),
+        match registry.get(&stream.aggregate_type) {
+            Some(entry) => work.push((stream, *head, entry.check_stream)),
             None => {
                 *unknown_types
                     .entry(stream.aggregate_type.clone())
@@ -484,7 +495,7 @@ fn replay_streams(
                 format!(
                     "{count} streams of a type this build does not know: records, chains and \
                      the tree were checked, payloads not decoded or folded (known types: {})",
-                    known_types().join(", ")
+                    registry.names().join(", ")
                 ),
             )
         });
@@ -566,11 +577,11 @@ fn plural(n: usize, noun: &str) -> String {
 
 /// The scope the arguments ask for (the type name resolved when this build knows it; a type
 /// it does not know is taken as typed, so its records can still be checked).
-fn scope_of(args: &VerifyArgs) -> Result<VerifyScope, CliError> {
+fn scope_of(registry: &Registry, args: &VerifyArgs) -> Result<VerifyScope, CliError> {
     let aggregate_type = args.aggregate_type.as_deref().map(|t| {
-        crate::registry::resolve(t)
-            .map(str::to_owned)
-            .unwrap_or_else(|_| t.to_owned())
+        registry
+            .resolve(t)
+            .map_or_else(|_| t.to_owned(), str::to_owned)
     });
     if let (Some(t), Some(i)) = (&aggregate_type, &args.id) {
         crate::store::stream_arg(t, i)?;
@@ -608,8 +619,12 @@ fn scope_of(args: &VerifyArgs) -> Result<VerifyScope, CliError> {
 }
 
 /// Runs `evershard verify`.
-pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
-    let scope = scope_of(args)?;
+pub fn run(
+    registry: &Registry,
+    args: &VerifyArgs,
+    out: &mut dyn Write,
+) -> Result<Outcome, CliError> {
+    let scope = scope_of(registry, args)?;
     let digest = args
         .digest
         .as_deref()
@@ -625,6 +640,7 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, CliError> 
     }
     let journal = open_read_only(&args.store.data)?;
     let options = AuditOptions {
+        registry: Some(registry),
         scope,
         digest: DigestCheck {
             digest: digest.as_ref(),
@@ -887,16 +903,3 @@ fn not_compared_note(stream: &StreamId, at: Option<u64>, fails_at: u64) -> Findi
 
 /// [`check_stream`] of one type, chosen by name at run time.
 pub type StreamChecker = fn(&Journal, &StreamId, u64) -> StreamCheck;
-
-/// The checker of the type stored under exactly `name`; `None` when this build does not know
-/// it.
-fn checker_for(name: &str) -> Option<StreamChecker> {
-    struct Checker;
-    impl TypeOp for Checker {
-        type Output = StreamChecker;
-        fn run<A: Workload>(self) -> StreamChecker {
-            check_stream::<A>
-        }
-    }
-    dispatch(name, Checker)
-}

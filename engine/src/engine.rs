@@ -1089,6 +1089,30 @@ impl Engine {
             .map_err(|e| AuditError::Storage(StorageError::from(std::io::Error::other(e))))?
     }
 
+    /// Verifies the live store without stopping it: every record at a global position up
+    /// to the durable position when called (its bytes, CRC, place, and hash chain link) and
+    /// the global index over them, while commands keep flowing. What lies beyond that cut is
+    /// left to the next call. The full recomputation of the Merkle tree needs every record
+    /// at one cut: take a [`checkpoint`](Engine::checkpoint) and verify it (or digest it and
+    /// check consistency, docs/audit.md). Runs on a blocking thread.
+    pub async fn verify(&self) -> Result<crate::journal::VerifyReport, EngineError> {
+        let journal = self.inner.journal.reader().clone();
+        tokio::task::spawn_blocking(move || {
+            let cut = journal.durable_position();
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+            journal.verify_with(&crate::journal::VerifyOptions {
+                scope: crate::journal::VerifyScope {
+                    positions: Some(1..=cut.max(1)),
+                    ..Default::default()
+                },
+                threads,
+                progress: None,
+            })
+        })
+        .await
+        .map_err(|e| EngineError::Storage(StorageError::from(std::io::Error::other(e))))
+    }
+
     /// Takes a checkpoint: a consistent, read-only copy of the store at a global-position
     /// cut, into `dir` (missing or empty), while commands keep flowing. Appends wait only
     /// while the keyspaces that commands rewrite (timers, idempotency records, offsets and
