@@ -97,7 +97,15 @@ fn a_damaged_snap_file_is_named_by_readers_and_moved_aside_by_the_writer() {
     );
 
     // Another seed: the same seed's commands again would reuse its idempotency keys.
-    let again = ["demo", "--commands", "300", "--aggregates", "3", "--seed", "2"];
+    let again = [
+        "demo",
+        "--commands",
+        "300",
+        "--aggregates",
+        "3",
+        "--seed",
+        "2",
+    ];
     let out = evershard(&again, &store);
     assert_eq!(out.status.code(), Some(0), "the writer recovers: {out:?}");
     assert_eq!(
