@@ -238,6 +238,23 @@ pub enum OpenError {
         dir.display()
     )]
     DamagedConf { dir: PathBuf },
+    /// sled refused the store as corrupt because its snapshot file is damaged: `files` are
+    /// sled's `snap.*` files (a cache of sled's page table, holding no event), and a copy of
+    /// the store without them reads clean — nothing is lost. A read-only open changes
+    /// nothing and says the step; a writer's open moves them aside itself. `moves` pairs
+    /// each file with the name to move it to.
+    #[error(
+        "the store at {} has a damaged sled snapshot file {} (a cache of sled's page table, \
+         no event is in it); a copy of the store without it reads clean, so nothing is lost: \
+         move it aside ({}) and retry — opening the store for writing does this itself",
+        dir.display(),
+        moves.iter().map(|(f, _)| format!("`{}`", f.display())).collect::<Vec<_>>().join(", "),
+        moves.iter().map(|(f, to)| format!("mv {} {}", f.display(), to.display())).collect::<Vec<_>>().join("; ")
+    )]
+    DamagedSnapshotFile {
+        dir: PathBuf,
+        moves: Vec<(PathBuf, PathBuf)>,
+    },
     #[error("could not open the store at {}: {source}", dir.display())]
     Storage {
         dir: PathBuf,

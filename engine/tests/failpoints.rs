@@ -14,7 +14,11 @@
 //! - a failed or panicking snapshot write does not poison the journal and does not stop the
 //!   snapshot thread (snapshots are optional: the next one is written);
 //! - a failed topic indexer batch does not poison the journal either: the indexer retries
-//!   and catches up once the failure clears.
+//!   and catches up once the failure clears;
+//! - a failed consumer offset commit and a failed idempotency sweep (writes of their own,
+//!   outside any command's batch; timers and idempotency keys of a command are in its batch,
+//!   covered by `apply_batch`) answer a typed storage error, poison nothing, and succeed
+//!   when retried once the failure clears.
 //!
 //! `fail` keeps one registry per process: each test holds a `FailScenario`, which serialises
 //! the tests of this binary and clears every failpoint when dropped.
@@ -24,8 +28,8 @@ mod common;
 use common::{Counter, CounterCommand};
 use evershard_engine::failpoints;
 use evershard_engine::{
-    AppendError, AppendRequest, CommandError, Durability, Engine, Journal, JournalConfig,
-    JournalWriter, NewEvent, SnapshotPolicy, StorageError, StreamId,
+    AppendError, AppendRequest, CommandError, Durability, Engine, EngineError, Journal,
+    JournalConfig, JournalWriter, NewEvent, SnapshotPolicy, StorageError, StreamId, TopicError,
 };
 use std::path::Path;
 use std::sync::mpsc;
@@ -332,6 +336,62 @@ async fn a_failed_topic_batch_is_retried_without_poisoning() {
         .wait_indexed(durable, Duration::from_millis(HANG_BOUND_MS))
         .await;
     assert!(caught_up, "the indexer retries and catches up");
+    within("shutdown", engine.shutdown()).await.unwrap();
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_offset_commits_and_sweeps_are_typed_and_poison_nothing() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_counters(dir.path(), 0).await;
+    for _ in 0..3 {
+        within(
+            "a command",
+            engine.execute::<Counter>("o", CounterCommand::Add(1)),
+        )
+        .await
+        .unwrap();
+    }
+    let durable = engine.journal().durable_position();
+    assert!(
+        engine
+            .wait_indexed(durable, Duration::from_millis(HANG_BOUND_MS))
+            .await
+    );
+    let mut consumer = engine.consumer("g", "test.counters").unwrap();
+    let got = within("a poll", consumer.poll(100, Duration::from_millis(2_000)))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+
+    fail::cfg(failpoints::COMMIT_OFFSETS, "return(enospc)").unwrap();
+    let err = within("a commit", consumer.commit())
+        .await
+        .expect_err("the commit fails");
+    assert!(
+        matches!(err, TopicError::Storage(StorageError::Io(_))),
+        "{err:?}"
+    );
+    assert!(!engine.journal().is_poisoned());
+    fail::remove(failpoints::COMMIT_OFFSETS);
+    within("a commit", consumer.commit())
+        .await
+        .expect("the retried commit succeeds");
+
+    fail::cfg(failpoints::IDEMPOTENCY_SWEEP, "return(eio)").unwrap();
+    let err = within("a sweep", engine.sweep_idempotency_keys())
+        .await
+        .expect_err("the sweep fails");
+    assert!(
+        matches!(err, EngineError::Storage(StorageError::Io(_))),
+        "{err:?}"
+    );
+    assert!(!engine.journal().is_poisoned());
+    fail::remove(failpoints::IDEMPOTENCY_SWEEP);
+    within("a sweep", engine.sweep_idempotency_keys())
+        .await
+        .expect("the retried sweep succeeds");
     within("shutdown", engine.shutdown()).await.unwrap();
     scenario.teardown();
 }

@@ -16,6 +16,7 @@ pub(crate) mod merkle;
 mod probe;
 pub(crate) mod publisher;
 pub(crate) mod record;
+mod snapfile;
 pub(crate) mod topics;
 mod verify;
 
@@ -386,6 +387,33 @@ fn copy_store(dir: &Path) -> std::io::Result<PathBuf> {
     }
 }
 
+/// After sled refused the store at `dir` with `err`: when `err` is sled's corruption and
+/// sled's snapshot files are there, whether a copy of the store without them reads clean
+/// (see [`snapfile`]); then those files, else `None` (the damage is elsewhere, or not known).
+fn snapshot_file_damage(dir: &Path, err: &OpenError) -> Option<Vec<PathBuf>> {
+    let OpenError::Storage { source, .. } = err else {
+        return None;
+    };
+    let StorageError::Corrupt {
+        cause: Corruption::Sled(_),
+        ..
+    } = **source
+    else {
+        return None;
+    };
+    let files = snapfile::snapshot_files(dir).ok()?;
+    if files.is_empty() {
+        return None;
+    }
+    match snapfile::check_without(dir) {
+        Ok(()) => Some(files),
+        Err(why) => {
+            tracing::warn!(dir = %dir.display(), %why, "sled refuses the store as corrupt, and not only because of its snapshot file");
+            None
+        }
+    }
+}
+
 /// Every file and directory under `dir` (one level of subdirectories: a store's layout).
 fn walk(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut all = vec![dir.to_path_buf()];
@@ -556,15 +584,37 @@ impl JournalWriter {
             Durability::Durable => None,
             Durability::Buffered { flush_every_ms } => Some(flush_every_ms.max(1)),
         };
-        let db = sled::Config::new()
-            .path(&dir)
-            .cache_capacity(config.cache_bytes)
-            .flush_every_ms(flush_every_ms)
-            // An append-only journal never rewrites in place: favour write throughput over
-            // sled's space-saving rewrites.
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| map_open_error(&dir, e))?;
+        let open_sled = || {
+            sled::Config::new()
+                .path(&dir)
+                .cache_capacity(config.cache_bytes)
+                .flush_every_ms(flush_every_ms)
+                // An append-only journal never rewrites in place: favour write throughput
+                // over sled's space-saving rewrites.
+                .mode(sled::Mode::HighThroughput)
+                .open()
+                .map_err(|e| map_open_error(&dir, e))
+        };
+        let db = match open_sled() {
+            Ok(db) => db,
+            Err(err) => {
+                let Some(files) = snapshot_file_damage(&dir, &err) else {
+                    return Err(err);
+                };
+                // The log reads clean without sled's snapshot files: move them aside (never
+                // delete) and let sled rebuild its snapshot from the log.
+                for file in files {
+                    let aside = snapfile::move_aside(&file).map_err(io)?;
+                    tracing::warn!(
+                        damaged = %file.display(),
+                        moved_to = %aside.display(),
+                        "sled's snapshot file was damaged and the log reads clean without it: \
+                         moved it aside; sled rebuilds it from the log"
+                    );
+                }
+                open_sled()?
+            }
+        };
         sync_recovered_names(&dir).map_err(io)?;
         let sled_err = |e: sled::Error| OpenError::storage(&dir, e);
         let meta_key = meta_format_key();
@@ -908,10 +958,26 @@ impl Journal {
         if let Err(e) = sync_before_recovery(dir) {
             tracing::warn!(dir = %dir.display(), %e, "could not sync the store before sled's recovery");
         }
-        let db = sled::Config::new()
-            .path(dir)
-            .open()
-            .map_err(|e| map_open_error(dir, e))?;
+        let db = match sled::Config::new().path(dir).open() {
+            Ok(db) => db,
+            Err(e) => {
+                let err = map_open_error(dir, e);
+                return Err(match snapshot_file_damage(dir, &err) {
+                    // Read-only: change nothing, say the step.
+                    Some(files) => OpenError::DamagedSnapshotFile {
+                        moves: files
+                            .into_iter()
+                            .map(|f| {
+                                let to = snapfile::aside_path(&f);
+                                (f, to)
+                            })
+                            .collect(),
+                        dir: dir.to_path_buf(),
+                    },
+                    None => err,
+                });
+            }
+        };
         // sled's recovery writes even here; a read-only caller still gets the store when the
         // directories cannot be synced (say, on a read-only mount), with a warning.
         if let Err(e) = sync_recovered_names(dir) {
