@@ -978,7 +978,9 @@ impl Aggregate for OrderSaga {
         let mut events = match (&state.saga, command) {
             (None, OrderSagaCommand::Observe(o)) => start(order_id, o, ctx)?,
             (None, OrderSagaCommand::Tick(_)) => vec![],
-            (Some(saga), _) if saga.outcome.is_some() => after_finish(saga, command)?,
+            // A finished saga still observes: a reservation that shows up late (a `Reserve`
+            // refused, then accepted when redelivered) is released, and its release recorded.
+            (Some(saga), OrderSagaCommand::Tick(_)) if saga.outcome.is_some() => vec![],
             (Some(saga), OrderSagaCommand::Observe(o)) => observe(saga, o, ctx)?,
             (Some(saga), OrderSagaCommand::Tick(_)) => tick(saga, ctx),
         };
@@ -1029,14 +1031,17 @@ impl Aggregate for OrderSaga {
         if saga.seen.len() > SOURCES_MAX {
             return Err(format!("{} source streams remembered", saga.seen.len()));
         }
-        if saga.outcome.is_some() && saga.settled().is_none() {
-            return Err("finished, but something is still owed".into());
-        }
-        if saga.outcome.is_some() && saga.outcome != saga.settled() {
+        // (Not "finished => settled": a late reservation reopens a line of a finished saga
+        // until its release is recorded.)
+        let order_final = match saga.outcome {
+            None => true,
+            Some(SagaOutcome::Fulfilled) => saga.order == OrderPhase::Fulfilled,
+            Some(SagaOutcome::Cancelled) => saga.order == OrderPhase::Cancelled,
+        };
+        if !order_final {
             return Err(format!(
-                "finished as {:?}, settled as {:?}",
-                saga.outcome,
-                saga.settled()
+                "finished as {:?}, but the order is {:?}",
+                saga.outcome, saga.order
             ));
         }
         if let (Some(requested), Some(captured)) = (saga.refund_requested, saga.captured) {
@@ -1253,23 +1258,6 @@ fn start(
         cause: Cause::Observed(o.source.clone()),
     }
     .into()])
-}
-
-/// A finished saga still records a reservation that shows up late (a `Reserve` that was
-/// refused, then succeeded on redelivery) and releases it; everything else is a no-op.
-fn after_finish(
-    saga: &SagaInstance,
-    command: &OrderSagaCommand,
-) -> Result<Vec<OrderSagaEvent>, OrderSagaError> {
-    match command {
-        OrderSagaCommand::Observe(
-            o @ Observe {
-                fact: Fact::StockReserved { .. },
-                ..
-            },
-        ) => observe_reserved(saga, o),
-        _ => Ok(vec![]),
-    }
 }
 
 fn already_seen(saga: &SagaInstance, o: &Observe) -> bool {
