@@ -14,7 +14,8 @@
 //!   [`Saga::outbox`], in order, through the saga author's dispatch function, each with the
 //!   idempotency key [`step_key`]`(saga type, saga id, step)`. A command the target rejects is
 //!   reported back to the saga (the author's `on_rejected` turns it into a saga command),
-//!   under an idempotency key derived from the step, so the saga can compensate.
+//!   under an idempotency key derived from the step and the error, so the saga can
+//!   compensate. A saga must treat a second report of a step's rejection as a repeat.
 //!
 //! Both are at-least-once (a crash redelivers from the group's committed offset); the keys
 //! make every redelivery a repeat that writes nothing, so a command takes effect once.
@@ -353,10 +354,14 @@ async fn dispatch_one<S: Saga>(
         let metadata = Metadata::new(source.clone())
             .correlation_id(envelope.correlation_id)
             .causation_id(envelope.event_id)
+            // The error text is part of the key: a redelivered command is decided afresh
+            // (a rejection records nothing) and may be refused with another text (another
+            // available quantity); that report is another command, which the saga
+            // recognises as a repeat of the step's rejection.
             .idempotency_key(step_key(
                 S::TYPE,
                 &envelope.aggregate_id,
-                &format!("rejected:{}", outbound.step),
+                &format!("rejected:{}:{}", outbound.step, rejected.error),
             ));
         match engine
             .execute_with::<S>(&envelope.aggregate_id, on_rejected(&rejected), metadata)

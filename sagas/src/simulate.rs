@@ -1,0 +1,169 @@
+//! Stand-ins for the flow's external parties, for the demo and the tests: a payment gateway
+//! that answers the attempts the saga initiates, and a warehouse that hands over (or, for
+//! the customer, cancels) confirmed orders. Both are consumer groups over the engine's topics
+//! like the saga itself, so they survive a crash and a redelivery the same way: each answer
+//! carries an idempotency key derived from what it answers, and is sent only while the thing
+//! it answers is still current (the attempt in progress, the confirmed order).
+
+use evershard_aggregates::order::{
+    CancelOrder, CancelReason, FulfilOrder, Order, OrderCommand, OrderEvent, OrderStatus,
+    TOPIC as ORDERS_TOPIC,
+};
+use evershard_aggregates::payment::{
+    AttemptOutcome, CompletePayment, FailPayment, Payment, PaymentCommand, PaymentEvent,
+    TargetType, TOPIC as PAYMENTS_TOPIC,
+};
+use evershard_engine::model::{step_key, Aggregate, EventEnvelope, Metadata};
+use evershard_engine::{
+    repository, send_to, Engine, HandlerError, Message, StreamId, Subscription,
+    SubscriptionOptions, TopicError, SAGA_RETRY,
+};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// The `source` of the stand-ins' commands.
+pub const SIMULATION_SOURCE: &str = "evershard-simulation";
+
+/// What the gateway answers to an attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GatewayAnswer {
+    Complete,
+    Fail(String),
+    /// No answer (yet): the attempt stays in progress.
+    Silent,
+}
+
+/// What the warehouse does with a confirmed order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WarehouseAction {
+    Fulfil,
+    /// The customer cancels the paid order (the saga refunds it).
+    CustomerCancels,
+    Hold,
+}
+
+fn read_one<A: Aggregate>(
+    engine: &Engine,
+    message: &Message,
+) -> Result<EventEnvelope<A::Event>, HandlerError> {
+    let stream = StreamId::new(A::TYPE, message.key.clone());
+    repository::read_events::<A>(
+        engine.journal(),
+        &stream,
+        message.sequence,
+        message.sequence,
+    )
+    .next()
+    .ok_or_else(|| HandlerError::Processing(format!("{stream}#{} not found", message.sequence)))?
+    .map_err(|e| HandlerError::Processing(e.to_string()))
+}
+
+fn options() -> SubscriptionOptions {
+    SubscriptionOptions {
+        retry: SAGA_RETRY,
+        ..SubscriptionOptions::default()
+    }
+}
+
+/// Starts a gateway (consumer group `group` on `business.payments`) that answers each
+/// attempt of an order payment with `plan(payment id, attempt)`.
+pub fn gateway(
+    engine: &Engine,
+    group: &str,
+    plan: impl Fn(Uuid, u32) -> GatewayAnswer + Send + Sync + 'static,
+) -> Result<Subscription, TopicError> {
+    let plan = Arc::new(plan);
+    let handler_engine = engine.clone();
+    let handler = move |message: Message| {
+        let engine = handler_engine.clone();
+        let plan = plan.clone();
+        async move {
+            if message.aggregate_type != Payment::TYPE || message.event_type != "PaymentInitiated" {
+                return Ok(());
+            }
+            let envelope = read_one::<Payment>(&engine, &message)?;
+            let PaymentEvent::PaymentInitiated(initiated) = envelope.payload else {
+                return Ok(());
+            };
+            if initiated.target_type != TargetType::Order {
+                return Ok(());
+            }
+            let id = initiated.payment_id.to_string();
+            let command: PaymentCommand = match plan(initiated.payment_id, initiated.attempt) {
+                GatewayAnswer::Complete => CompletePayment {
+                    provider_reference: format!("psp-{id}-{}", initiated.attempt),
+                }
+                .into(),
+                GatewayAnswer::Fail(reason) => FailPayment { reason }.into(),
+                GatewayAnswer::Silent => return Ok(()),
+            };
+            // Answer only the attempt still in progress: a redelivered initiation of an
+            // attempt already answered must not answer the next one.
+            let (state, _) = engine
+                .state::<Payment>(&id)
+                .await
+                .map_err(|e| HandlerError::Processing(e.to_string()))?;
+            let current = state.attempts.last().is_some_and(|a| {
+                a.attempt == initiated.attempt && a.outcome == AttemptOutcome::Pending
+            });
+            if !current {
+                return Ok(());
+            }
+            let key = step_key("gateway", &id, &format!("answer:{}", initiated.attempt));
+            let metadata = Metadata::new(SIMULATION_SOURCE)
+                .correlation_id(envelope.correlation_id)
+                .causation_id(envelope.event_id)
+                .idempotency_key(key);
+            send_to::<Payment>(&engine, &id, command, metadata).await?;
+            Ok(())
+        }
+    };
+    engine.subscribe_with(group, PAYMENTS_TOPIC, handler, options())
+}
+
+/// Starts a warehouse (consumer group `group` on `business.orders`) that does
+/// `plan(order id)` with each confirmed order.
+pub fn warehouse(
+    engine: &Engine,
+    group: &str,
+    plan: impl Fn(Uuid) -> WarehouseAction + Send + Sync + 'static,
+) -> Result<Subscription, TopicError> {
+    let plan = Arc::new(plan);
+    let handler_engine = engine.clone();
+    let handler = move |message: Message| {
+        let engine = handler_engine.clone();
+        let plan = plan.clone();
+        async move {
+            if message.aggregate_type != Order::TYPE || message.event_type != "OrderConfirmed" {
+                return Ok(());
+            }
+            let envelope = read_one::<Order>(&engine, &message)?;
+            let OrderEvent::OrderConfirmed(confirmed) = envelope.payload else {
+                return Ok(());
+            };
+            let command: OrderCommand = match plan(confirmed.order_id) {
+                WarehouseAction::Fulfil => FulfilOrder.into(),
+                WarehouseAction::CustomerCancels => CancelOrder {
+                    reason: CancelReason::CustomerRequest,
+                }
+                .into(),
+                WarehouseAction::Hold => return Ok(()),
+            };
+            let id = confirmed.order_id.to_string();
+            let (state, _) = engine
+                .state::<Order>(&id)
+                .await
+                .map_err(|e| HandlerError::Processing(e.to_string()))?;
+            if state.status() != Some(OrderStatus::Confirmed) {
+                return Ok(());
+            }
+            let metadata = Metadata::new(SIMULATION_SOURCE)
+                .correlation_id(envelope.correlation_id)
+                .causation_id(envelope.event_id)
+                .idempotency_key(step_key("warehouse", &id, "handover"));
+            send_to::<Order>(&engine, &id, command, metadata).await?;
+            Ok(())
+        }
+    };
+    engine.subscribe_with(group, ORDERS_TOPIC, handler, options())
+}
