@@ -13,6 +13,9 @@
 //! - every confirmed or fulfilled order has exactly one completed payment, equal to its
 //!   total; no order is charged twice (at most one completion over all its payments);
 //! - every cancelled order got back what was captured (refunds = captures);
+//! - no payment attempt the saga did not ask for: the attempts initiated for an order are at
+//!   most the attempts its saga requested (a redelivered `InitiatePayment` that took effect
+//!   again would start an extra attempt);
 //! - every saga whose deadline has passed is finished, and its outcome is the order's
 //!   (fulfilled or cancelled);
 //! - `Journal::verify` is clean.
@@ -106,6 +109,7 @@ fn one_of<A: Aggregate>(journal: &Journal, stream: &StreamId) -> Result<Loaded<A
 /// Per order: what its payments captured and refunded, and how many completions.
 #[derive(Default)]
 struct Money3 {
+    attempts: u32,
     completions: u32,
     captured: i64,
     refunded: i64,
@@ -121,6 +125,7 @@ pub fn check_order_flow(
     let sagas = all_of::<OrderSaga>(journal)?;
     report.sagas = sagas.len();
     let mut orders: BTreeMap<Uuid, PlacedOrder> = BTreeMap::new();
+    let mut requested_attempts: BTreeMap<Uuid, u32> = BTreeMap::new();
     let mut products = BTreeSet::new();
     for (saga_id, state, history) in &sagas {
         let Some(saga) = &state.saga else {
@@ -142,10 +147,15 @@ pub fn check_order_flow(
         report
             .confirm_latencies_ms
             .extend(confirm_latency(&order_events));
+        let requested = history
+            .iter()
+            .filter(|e| matches!(e.payload, OrderSagaEvent::PaymentAttemptRequested(_)))
+            .count();
+        requested_attempts.insert(order.order_id, requested as u32);
         orders.insert(order.order_id, order);
     }
     report.products = products.len();
-    check_payments(&mut report, journal, &orders)?;
+    check_payments(&mut report, journal, &orders, &requested_attempts)?;
     for product_id in &products {
         let stream = StreamId::new(ProductStock::TYPE, product_id.clone());
         let (_, state, events) = one_of::<ProductStock>(journal, &stream)?;
@@ -223,11 +233,18 @@ fn check_payments(
     report: &mut FlowReport,
     journal: &Journal,
     orders: &BTreeMap<Uuid, PlacedOrder>,
+    requested_attempts: &BTreeMap<Uuid, u32>,
 ) -> Result<(), FlowCheckError> {
     let mut per_order: BTreeMap<Uuid, Money3> = BTreeMap::new();
     for (_, _, events) in all_of::<Payment>(journal)? {
         for event in &events {
             let (target_type, target_id, completed, refunded) = match &event.payload {
+                PaymentEvent::PaymentInitiated(e) => {
+                    if e.target_type == TargetType::Order && orders.contains_key(&e.target_id) {
+                        per_order.entry(e.target_id).or_default().attempts += 1;
+                    }
+                    continue;
+                }
                 PaymentEvent::PaymentCompleted(e) => {
                     (e.target_type, e.target_id, e.amount.minor(), 0)
                 }
@@ -249,6 +266,13 @@ fn check_payments(
         let paid = per_order.remove(order_id).unwrap_or_default();
         report.captured_total_minor += paid.captured;
         report.refunded_total_minor += paid.refunded;
+        let requested = requested_attempts.get(order_id).copied().unwrap_or(0);
+        if paid.attempts > requested {
+            report.violations.push(format!(
+                "order {order_id}: {} payment attempts initiated, its saga requested {requested}",
+                paid.attempts
+            ));
+        }
         if paid.completions > 1 {
             report.violations.push(format!(
                 "order {order_id} was charged {} times",
