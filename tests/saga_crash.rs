@@ -16,11 +16,10 @@
 use chrono::{DateTime, Duration, Utc};
 use evershard::aggregates::order::{CancelOrder, CancelReason, CreateOrder, LineRequest, Order};
 use evershard::aggregates::order_saga::OrderSaga;
-use evershard::aggregates::payment::{AttemptOutcome, FailPayment, Payment};
 use evershard::aggregates::product_stock::{ProductStock, ReceiveStock};
 use evershard::engine::SagaRunner;
 use evershard::model::{Clock, Currency, DemoRng, Money};
-use evershard::sagas::simulate::{gateway, warehouse, GatewayAnswer, WarehouseAction};
+use evershard::sagas::simulate::{self, gateway, warehouse, GatewayAnswer, WarehouseAction};
 use evershard::sagas::{
     check_order_flow, order_saga_runner, register_order_flow, OrderSagaOptions,
 };
@@ -233,61 +232,22 @@ fn saga_crash_child() {
     });
 }
 
-/// Fails every attempt still in progress: the gateway gives up on what it never answered.
-async fn abandon_open_attempts(engine: &Engine) -> usize {
-    let payments: Vec<String> = engine
-        .journal()
-        .streams(Some("Payment"))
-        .map(|s| s.unwrap().0.aggregate_id)
-        .collect();
-    let mut abandoned = 0;
-    for id in payments {
-        let (state, _) = engine.state::<Payment>(&id).await.unwrap();
-        if state
-            .attempts
-            .last()
-            .is_some_and(|a| a.outcome == AttemptOutcome::Pending)
-        {
-            let fail = FailPayment {
-                reason: "abandoned by the gateway".into(),
-            };
-            if engine.execute::<Payment>(&id, fail).await.is_ok() {
-                abandoned += 1;
-            }
-        }
-    }
-    abandoned
-}
-
-async fn unfinished_sagas(engine: &Engine) -> usize {
-    let ids: Vec<String> = engine
-        .journal()
-        .streams(Some("OrderSaga"))
-        .map(|s| s.unwrap().0.aggregate_id)
-        .collect();
-    let mut unfinished = 0;
-    for id in ids {
-        let (state, _) = engine.state::<OrderSaga>(&id).await.unwrap();
-        if state.saga.is_none_or(|s| s.outcome.is_none()) {
-            unfinished += 1;
-        }
-    }
-    unfinished
-}
-
-async fn settle(engine: &Engine, clock: &ManualClock, runner: &SagaRunner, seed: u64) {
-    for _ in 0..SETTLE_ROUNDS_MAX {
-        abandon_open_attempts(engine).await;
-        clock.advance(Duration::minutes(10));
-        engine.run_due_timers().await.unwrap();
-        assert!(
-            runner.wait_idle(IDLE_WAIT).await,
-            "seed {seed}: no settling"
-        );
-        if unfinished_sagas(engine).await == 0 {
-            return;
-        }
-    }
+async fn settle(engine: &Engine, clock: &Arc<ManualClock>, runner: &SagaRunner, seed: u64) {
+    let advance = |by: Duration| clock.advance(by);
+    let unfinished = simulate::settle(
+        engine,
+        runner,
+        &advance,
+        Duration::minutes(10),
+        SETTLE_ROUNDS_MAX,
+        IDLE_WAIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        unfinished, 0,
+        "seed {seed}: sagas left unfinished after settling"
+    );
 }
 
 /// Every dead letter in the store (each would be a saga step, an answer or a hand-over

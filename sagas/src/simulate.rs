@@ -9,6 +9,7 @@ use evershard_aggregates::order::{
     CancelOrder, CancelReason, FulfilOrder, Order, OrderCommand, OrderEvent, OrderStatus,
     TOPIC as ORDERS_TOPIC,
 };
+use evershard_aggregates::order_saga::OrderSaga;
 use evershard_aggregates::payment::{
     AttemptOutcome, CompletePayment, FailPayment, Payment, PaymentCommand, PaymentEvent,
     TargetType, TOPIC as PAYMENTS_TOPIC,
@@ -166,4 +167,95 @@ pub fn warehouse(
         }
     };
     engine.subscribe_with(group, ORDERS_TOPIC, handler, options())
+}
+
+/// Why settling could not go on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettleError {
+    #[error("reading the store: {0}")]
+    Storage(#[from] evershard_engine::StorageError),
+    #[error("reading an aggregate through the engine: {0}")]
+    State(String),
+    #[error("firing timers: {0}")]
+    Timers(#[from] evershard_engine::EngineError),
+    #[error("the sagas did not become idle within {seconds} s")]
+    NotIdle { seconds: u64 },
+}
+
+fn ids_of(engine: &Engine, aggregate_type: &str) -> Result<Vec<String>, SettleError> {
+    engine
+        .journal()
+        .streams(Some(aggregate_type))
+        .map(|s| Ok(s?.0.aggregate_id))
+        .collect()
+}
+
+/// The gateway gives up on every attempt it never answered: fails each attempt still in
+/// progress (`FailPayment`, "abandoned by the gateway"). Returns how many.
+pub async fn abandon_open_attempts(engine: &Engine) -> Result<usize, SettleError> {
+    let mut abandoned = 0;
+    for id in ids_of(engine, Payment::TYPE)? {
+        let (state, _) = engine
+            .state::<Payment>(&id)
+            .await
+            .map_err(|e| SettleError::State(e.to_string()))?;
+        let open = state
+            .attempts
+            .last()
+            .is_some_and(|a| a.outcome == AttemptOutcome::Pending);
+        let fail = FailPayment {
+            reason: "abandoned by the gateway".into(),
+        };
+        // A refusal means the attempt was answered meanwhile: nothing to abandon.
+        if open && engine.execute::<Payment>(&id, fail).await.is_ok() {
+            abandoned += 1;
+        }
+    }
+    Ok(abandoned)
+}
+
+/// Sagas that have not finished.
+pub async fn unfinished_sagas(engine: &Engine) -> Result<usize, SettleError> {
+    let mut unfinished = 0;
+    for id in ids_of(engine, OrderSaga::TYPE)? {
+        let (state, _) = engine
+            .state::<OrderSaga>(&id)
+            .await
+            .map_err(|e| SettleError::State(e.to_string()))?;
+        if state.saga.is_none_or(|s| s.outcome.is_none()) {
+            unfinished += 1;
+        }
+    }
+    Ok(unfinished)
+}
+
+/// Lets the sagas finish: up to `rounds_max` times, the gateway abandons what it left open,
+/// `advance` moves the engine's clock by `step`, due timers fire, and the runner is waited
+/// for (at most `idle_wait` per round); stops when no saga is unfinished. Returns the sagas
+/// still unfinished (0 when settled).
+pub async fn settle(
+    engine: &Engine,
+    runner: &evershard_engine::SagaRunner,
+    advance: &(dyn Fn(chrono::TimeDelta) + Sync),
+    step: chrono::TimeDelta,
+    rounds_max: usize,
+    idle_wait: std::time::Duration,
+) -> Result<usize, SettleError> {
+    let mut unfinished = unfinished_sagas(engine).await?;
+    for _ in 0..rounds_max {
+        if unfinished == 0 {
+            break;
+        }
+        abandon_open_attempts(engine).await?;
+        advance(step);
+        engine.run_due_timers().await?;
+        if !runner.wait_idle(idle_wait).await {
+            return Err(SettleError::NotIdle {
+                seconds: idle_wait.as_secs(),
+            });
+        }
+        unfinished = unfinished_sagas(engine).await?;
+    }
+    Ok(unfinished)
 }
