@@ -7,6 +7,7 @@
 //! - [`verify`]: the journal's integrity checks plus replay and snapshot checks per type.
 //! - [`export`]: every event in global order as JSON lines, with the records' hash chain.
 //! - [`topics`]: `topics` and `consume`, the embedded topic log as it would be published.
+//! - [`saga`]: `saga`, one order saga's steps, the commands it sent and what answered them.
 //!
 //! **Architecture Invariant:** replay never writes. Every command but `demo` opens the store
 //! with `Journal::open_read_only`; only `demo` runs an engine.
@@ -24,6 +25,7 @@ pub mod export;
 pub mod inspect;
 pub mod offline;
 pub mod registry;
+pub mod saga;
 pub mod store;
 pub mod topics;
 mod tree_check;
@@ -78,6 +80,9 @@ pub enum Command {
     CheckProof(CheckProofArgs),
     /// Pending durable timers in deadline order: deadline, type, id.
     Timers(TimersArgs),
+    /// One order's saga: its steps, the commands each sent (with their idempotency keys),
+    /// the events that answered them, and the timer it holds.
+    Saga(SagaArgs),
 }
 
 /// The store every command works on.
@@ -293,6 +298,18 @@ pub struct TimersArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SagaArgs {
+    /// The order id (a UUID): the saga's id.
+    #[arg(value_name = "ORDER_ID")]
+    pub order_id: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ExportArgs {
     #[command(flatten)]
     pub store: StoreArgs,
@@ -382,6 +399,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, CliError> {
         Command::Prove(args) => audit::prove(args, out),
         Command::CheckProof(args) => audit::check_proof(args, out),
         Command::Timers(args) => inspect::timers(args, out),
+        Command::Saga(args) => saga::saga(args, out),
     }
 }
 
