@@ -137,7 +137,7 @@ fn demo_of_every_type_recovers_and_verifies_clean() {
         ],
         0,
     );
-    let types = evershard_cli::known_types();
+    let types = evershard_cli::registry::workload_types();
     let total = 20 * types.len();
     assert!(stdout.contains("workload: 400 commands"), "{stdout}");
     assert!(

@@ -170,8 +170,20 @@ fn saga_crash_child() {
         let clock = Arc::new(ManualClock::new(saved_clock(&dir)));
         let engine = open(&dir, clock.clone()).await;
         let _runner = order_saga_runner(&engine, OrderSagaOptions::default()).unwrap();
-        let _gateway = gateway(&engine, "gateway", live_gateway(seed)).unwrap();
-        let _warehouse = warehouse(&engine, "warehouse", warehouse_plan(seed)).unwrap();
+        let _gateway = gateway(
+            &engine,
+            "gateway",
+            evershard::StartFrom::Committed,
+            live_gateway(seed),
+        )
+        .unwrap();
+        let _warehouse = warehouse(
+            &engine,
+            "warehouse",
+            evershard::StartFrom::Committed,
+            warehouse_plan(seed),
+        )
+        .unwrap();
         let mut rng = DemoRng::new(seed ^ round);
         if round == 0 {
             for p in 0..PRODUCTS {
@@ -343,8 +355,8 @@ fn the_saga_keeps_its_invariants_across_sigkill() {
         let clock = Arc::new(ManualClock::new(saved_clock(dir.path()) + Duration::seconds(1)));
         let engine = open(dir.path(), clock.clone()).await;
         let runner = order_saga_runner(&engine, OrderSagaOptions::default()).unwrap();
-        let gateway = gateway(&engine, "gateway", final_gateway(seed)).unwrap();
-        let warehouse = warehouse(&engine, "warehouse", warehouse_plan(seed)).unwrap();
+        let gateway = gateway(&engine, "gateway", evershard::StartFrom::Committed, final_gateway(seed)).unwrap();
+        let warehouse = warehouse(&engine, "warehouse", evershard::StartFrom::Committed, warehouse_plan(seed)).unwrap();
         settle(&engine, &clock, &runner, seed).await;
         clock.advance(Duration::hours(25));
         engine.run_due_timers().await.unwrap();

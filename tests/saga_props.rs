@@ -98,20 +98,28 @@ async fn play(stock: Vec<i64>, orders: Vec<OrderPlan>) -> Result<(), TestCaseErr
     let handovers: Arc<Mutex<BTreeMap<Uuid, bool>>> = Arc::default();
     let gateway = {
         let pays = pays.clone();
-        gateway(&engine, "gateway", move |payment_id, attempt| {
-            let plan = pays.lock().unwrap().get(&payment_id).copied();
-            plan.map_or(GatewayAnswer::Silent, |p| answer(p, attempt))
-        })
+        gateway(
+            &engine,
+            "gateway",
+            evershard::StartFrom::Committed,
+            move |payment_id, attempt| {
+                let plan = pays.lock().unwrap().get(&payment_id).copied();
+                plan.map_or(GatewayAnswer::Silent, |p| answer(p, attempt))
+            },
+        )
         .unwrap()
     };
     let warehouse = {
         let handovers = handovers.clone();
-        warehouse(&engine, "warehouse", move |order_id| {
-            match handovers.lock().unwrap().get(&order_id) {
+        warehouse(
+            &engine,
+            "warehouse",
+            evershard::StartFrom::Committed,
+            move |order_id| match handovers.lock().unwrap().get(&order_id) {
                 Some(true) => WarehouseAction::CustomerCancels,
                 _ => WarehouseAction::Fulfil,
-            }
-        })
+            },
+        )
         .unwrap()
     };
     for (p, quantity) in stock.iter().enumerate() {

@@ -602,3 +602,13 @@ fn facts_of_another_payment_or_line_are_rejected() {
             got: Uuid::from_u128(7),
         });
 }
+
+/// The saga's invariants under random fact sequences drawn by its workload generator (every
+/// event through the journal's codec, replay and snapshots agree, a finished saga stays
+/// finished); the proptest seed is printed.
+#[test]
+fn the_saga_keeps_its_invariants_under_its_workload() {
+    evershard_model::testing::check_workload::<OrderSaga>(
+        &evershard_model::testing::WorkloadCheck::default(),
+    );
+}

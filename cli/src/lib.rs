@@ -17,6 +17,7 @@
 
 pub mod audit;
 pub mod demo;
+pub mod demo_saga;
 pub mod demo_topics;
 mod diff;
 mod entry;
@@ -142,6 +143,11 @@ pub struct DemoArgs {
     /// Take a snapshot every N events per aggregate (0: never). Default: the engine's (100).
     #[arg(long, value_name = "N")]
     pub snapshot_every: Option<u64>,
+    /// Orders driven through the order saga after the workload (see `demo_saga`). Default:
+    /// 200 when every type runs, none with `--type` (unless given).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub saga_orders: Option<u64>,
     /// Also publish every topic to this Kafka cluster (`host:port[,host:port...]`, plaintext)
     /// and report the publisher's lag and rate (feature `kafka`).
     #[cfg(feature = "kafka")]

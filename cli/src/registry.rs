@@ -5,9 +5,13 @@
 //!
 //! **Architecture Invariant:** this module is a leaf of the CLI: it knows the aggregate types
 //! and nothing of the commands (`demo`, `verify`, `inspect`, `export` import it, never the
-//! other way round). The list of types itself is `evershard_aggregates::workloads::visit_all`.
+//! other way round). The list of types itself is `evershard_aggregates::workloads::visit_all`
+//! (the seven aggregates) plus the process managers ([`OrderSaga`]), which every read-only
+//! command knows like any aggregate but the demo drives through their saga runner, never with
+//! a workload ([`workload_types`]).
 
 use crate::error::CliError;
+use evershard_aggregates::order_saga::OrderSaga;
 use evershard_model::{Workload, WorkloadVisitor};
 
 /// Work written once, generic over the aggregate type, run for one type chosen by name.
@@ -16,9 +20,25 @@ pub trait TypeOp {
     fn run<A: Workload>(self) -> Self::Output;
 }
 
-/// Runs `visitor` for every known type, in the order the CLI lists them.
+/// Runs `visitor` for every known type, in the order the CLI lists them: the seven
+/// aggregates, then the process managers.
 pub fn visit_all(visitor: &mut impl WorkloadVisitor) {
     evershard_aggregates::workloads::visit_all(visitor);
+    visitor.visit::<OrderSaga>();
+}
+
+/// The types the demo drives with their workload generators: the seven aggregates (a saga is
+/// driven by its runner).
+pub fn workload_types() -> Vec<&'static str> {
+    struct Names(Vec<&'static str>);
+    impl WorkloadVisitor for Names {
+        fn visit<A: Workload>(&mut self) {
+            self.0.push(A::TYPE);
+        }
+    }
+    let mut names = Names(Vec::new());
+    evershard_aggregates::workloads::visit_all(&mut names);
+    names.0
 }
 
 /// The stored names of every known type.
@@ -86,10 +106,13 @@ mod tests {
     #[test]
     fn every_type_once_and_names_found_ignoring_case() {
         let mut names = known_types();
-        assert_eq!(names.len(), 7);
+        assert_eq!(names.len(), 8);
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 7);
+        assert_eq!(names.len(), 8);
+        assert_eq!(workload_types().len(), 7);
+        assert!(!workload_types().contains(&"OrderSaga"));
+        assert_eq!(resolve("ordersaga").unwrap(), "OrderSaga");
         assert_eq!(resolve("ProductStock").unwrap(), "ProductStock");
         assert_eq!(resolve("productstock").unwrap(), "ProductStock");
         let err = resolve("Nope").expect_err("unknown type");

@@ -57,7 +57,7 @@ pub use sharding::ShardingConfig;
 pub use evershard_model::{step_key, Outbound, Saga};
 pub use saga::{
     send_to, BoxFuture as SagaFuture, RejectedStep, SagaBuilder, SagaRunner, SagaSend,
-    SagaStartError, Sent, SAGA_RETRY, SAGA_SOURCE_PREFIX,
+    SagaStartError, Sent, SAGA_GROUP_MEMBERS, SAGA_RETRY, SAGA_SOURCE_PREFIX,
 };
 
 // Topics: the journal as the outbox, consumers, subscriptions, the dead-letter topic.

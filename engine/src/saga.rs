@@ -4,13 +4,14 @@
 //! A runner is two kinds of subscriptions (see docs/saga.md):
 //!
 //! - **observers**, one consumer group per observed topic
-//!   (`saga.{Saga::TYPE}.observe.{topic}`): each message of a registered aggregate type is read
+//!   (`{prefix}.observe.{topic}`, prefix `saga.{Saga::TYPE}` unless
+//!   [`SagaBuilder::group_prefix`] says otherwise): each message of a registered aggregate type is read
 //!   back from the journal as a typed envelope, mapped by the saga author's function to
 //!   `(saga id, command)`, and executed on the saga with an idempotency key derived from the
 //!   observed event's id. A domain rejection of that command means "not this saga's
 //!   business" (an event no saga started, a repeat the saga refuses) and is skipped.
 //! - the **dispatcher**, one consumer group on the saga's own topic
-//!   (`saga.{Saga::TYPE}.dispatch`): for each saga event it sends the commands of
+//!   (`{prefix}.dispatch`): for each saga event it sends the commands of
 //!   [`Saga::outbox`], in order, through the saga author's dispatch function, each with the
 //!   idempotency key [`step_key`]`(saga type, saga id, step)`. A command the target rejects is
 //!   reported back to the saga (the author's `on_rejected` turns it into a saga command),
@@ -118,7 +119,14 @@ pub struct SagaBuilder<S: Saga> {
     dispatch: Option<Dispatch<S>>,
     on_rejected: Option<OnRejected<S>>,
     options: SubscriptionOptions,
+    group_prefix: String,
+    members: usize,
 }
+
+/// Members per consumer group of a saga runner by default: the partitions of a topic are
+/// shared among them (8 by default), so steps of different sagas run in parallel while the
+/// steps of one saga (one partition) stay in order.
+pub const SAGA_GROUP_MEMBERS: usize = 4;
 
 impl<S: Saga> std::fmt::Debug for SagaBuilder<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,7 +163,23 @@ impl<S: Saga> SagaBuilder<S> {
                 retry: SAGA_RETRY,
                 ..SubscriptionOptions::default()
             },
+            group_prefix: format!("saga.{}", S::TYPE),
+            members: SAGA_GROUP_MEMBERS,
         }
+    }
+
+    /// Members per consumer group (default [`SAGA_GROUP_MEMBERS`], at least 1).
+    pub fn members(mut self, members: usize) -> Self {
+        self.members = members.max(1);
+        self
+    }
+
+    /// The prefix of the runner's consumer group names (default `saga.{Saga::TYPE}`). A runner
+    /// under another prefix is another set of groups, with offsets of its own: two runners of
+    /// one saga type under different prefixes would both act on every event.
+    pub fn group_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.group_prefix = prefix.into();
+        self
     }
 
     /// Feeds the events of aggregate type `A` published on `topic` to the saga: `map` names
@@ -233,7 +257,7 @@ impl<S: Saga> SagaBuilder<S> {
         let on_rejected = self.on_rejected.ok_or(SagaStartError::MissingOnRejected)?;
         let mut subscriptions = Vec::new();
         for (topic, observers) in self.observers {
-            let group = format!("saga.{}.observe.{topic}", S::TYPE);
+            let group = format!("{}.observe.{topic}", self.group_prefix);
             let engine = self.engine.clone();
             let observers = Arc::new(observers);
             let handler = move |message: Message| {
@@ -241,12 +265,14 @@ impl<S: Saga> SagaBuilder<S> {
                 let observers = observers.clone();
                 async move { observe_one::<S>(&engine, &observers, message).await }
             };
-            let subscription = self
-                .engine
-                .subscribe_with(&group, &topic, handler, self.options)?;
-            subscriptions.push((group, topic, subscription));
+            for _ in 0..self.members {
+                let subscription =
+                    self.engine
+                        .subscribe_with(&group, &topic, handler.clone(), self.options)?;
+                subscriptions.push((group.clone(), topic.clone(), subscription));
+            }
         }
-        let group = format!("saga.{}.dispatch", S::TYPE);
+        let group = format!("{}.dispatch", self.group_prefix);
         let engine = self.engine.clone();
         let handler = move |message: Message| {
             let engine = engine.clone();
@@ -254,10 +280,15 @@ impl<S: Saga> SagaBuilder<S> {
             let on_rejected = on_rejected.clone();
             async move { dispatch_one::<S>(&engine, &dispatch, &on_rejected, message).await }
         };
-        let subscription =
-            self.engine
-                .subscribe_with(&group, &self.saga_topic, handler, self.options)?;
-        subscriptions.push((group, self.saga_topic, subscription));
+        for _ in 0..self.members {
+            let subscription = self.engine.subscribe_with(
+                &group,
+                &self.saga_topic,
+                handler.clone(),
+                self.options,
+            )?;
+            subscriptions.push((group.clone(), self.saga_topic.clone(), subscription));
+        }
         Ok(SagaRunner {
             engine: self.engine,
             subscriptions,
@@ -397,10 +428,13 @@ impl SagaRunner {
 
     /// The consumer groups of this runner, with their topics.
     pub fn groups(&self) -> Vec<(String, String)> {
-        self.subscriptions
+        let mut groups: Vec<_> = self
+            .subscriptions
             .iter()
             .map(|(g, t, _)| (g.clone(), t.clone()))
-            .collect()
+            .collect();
+        groups.dedup();
+        groups
     }
 
     /// Messages its subscriptions dead-lettered (a step that kept failing): each is a saga
@@ -414,8 +448,10 @@ impl SagaRunner {
 
     /// The total committed lag of its groups.
     pub fn lag(&self) -> Result<u64, TopicError> {
+        let groups: std::collections::BTreeSet<_> =
+            self.subscriptions.iter().map(|(g, t, _)| (g, t)).collect();
         let mut lag = 0;
-        for (group, topic, _) in &self.subscriptions {
+        for (group, topic) in groups {
             lag += self.engine.consumer_lag(group, topic)?.total();
         }
         Ok(lag)

@@ -34,12 +34,14 @@ use evershard_engine::{
 use evershard_engine::{ConsumerOptions, Engine, StartFrom};
 
 /// How the order saga's runner starts.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct OrderSagaOptions {
     /// Where its consumer groups start when they have never committed: `Committed` (the
     /// default: offset 0, every order in the store gets a saga), or a time (only orders
     /// placed from then on, e.g. when the saga is introduced into a store with history).
     pub start: StartFrom,
+    /// The prefix of its consumer groups; `None`: `saga.OrderSaga`.
+    pub group_prefix: Option<String>,
 }
 
 /// Registers the flow's four types with an engine being built: `ProductStock`, `Order`,
@@ -66,7 +68,11 @@ pub fn order_saga_runner(
         retry: SAGA_RETRY,
         ..SubscriptionOptions::default()
     };
-    SagaRunner::builder::<OrderSaga>(engine, SAGA_TOPIC)
+    let mut builder = SagaRunner::builder::<OrderSaga>(engine, SAGA_TOPIC);
+    if let Some(prefix) = options.group_prefix {
+        builder = builder.group_prefix(prefix);
+    }
+    builder
         .observe::<Order>(ORDERS_TOPIC, observe_order)
         .observe::<ProductStock>(INVENTORY_TOPIC, observe_stock)
         .observe::<Payment>(PAYMENTS_TOPIC, observe_payment)

@@ -16,8 +16,8 @@ use evershard_aggregates::payment::{
 };
 use evershard_engine::model::{step_key, Aggregate, EventEnvelope, Metadata};
 use evershard_engine::{
-    repository, send_to, Engine, HandlerError, Message, StreamId, Subscription,
-    SubscriptionOptions, TopicError, SAGA_RETRY,
+    repository, send_to, ConsumerOptions, Engine, HandlerError, Message, StartFrom, StreamId,
+    Subscription, SubscriptionOptions, TopicError, SAGA_RETRY,
 };
 use std::sync::Arc;
 use uuid::Uuid;
@@ -59,18 +59,21 @@ fn read_one<A: Aggregate>(
     .map_err(|e| HandlerError::Processing(e.to_string()))
 }
 
-fn options() -> SubscriptionOptions {
+fn options(start: StartFrom) -> SubscriptionOptions {
     SubscriptionOptions {
+        consumer: ConsumerOptions { start },
         retry: SAGA_RETRY,
         ..SubscriptionOptions::default()
     }
 }
 
-/// Starts a gateway (consumer group `group` on `business.payments`) that answers each
-/// attempt of an order payment with `plan(payment id, attempt)`.
+/// Starts a gateway (consumer group `group` on `business.payments`, from `start` when the
+/// group never committed) that answers each attempt of an order payment with
+/// `plan(payment id, attempt)`.
 pub fn gateway(
     engine: &Engine,
     group: &str,
+    start: StartFrom,
     plan: impl Fn(Uuid, u32) -> GatewayAnswer + Send + Sync + 'static,
 ) -> Result<Subscription, TopicError> {
     let plan = Arc::new(plan);
@@ -119,14 +122,15 @@ pub fn gateway(
             Ok(())
         }
     };
-    engine.subscribe_with(group, PAYMENTS_TOPIC, handler, options())
+    engine.subscribe_with(group, PAYMENTS_TOPIC, handler, options(start))
 }
 
-/// Starts a warehouse (consumer group `group` on `business.orders`) that does
-/// `plan(order id)` with each confirmed order.
+/// Starts a warehouse (consumer group `group` on `business.orders`, from `start` when the
+/// group never committed) that does `plan(order id)` with each confirmed order.
 pub fn warehouse(
     engine: &Engine,
     group: &str,
+    start: StartFrom,
     plan: impl Fn(Uuid) -> WarehouseAction + Send + Sync + 'static,
 ) -> Result<Subscription, TopicError> {
     let plan = Arc::new(plan);
@@ -166,7 +170,7 @@ pub fn warehouse(
             Ok(())
         }
     };
-    engine.subscribe_with(group, ORDERS_TOPIC, handler, options())
+    engine.subscribe_with(group, ORDERS_TOPIC, handler, options(start))
 }
 
 /// Why settling could not go on.
