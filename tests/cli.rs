@@ -134,6 +134,10 @@ fn demo_of_every_type_recovers_and_verifies_clean() {
             "buffered",
             "--clients",
             "4",
+            // The saga phase adds aggregates no workload client checks; tests/cli_saga.rs
+            // runs it.
+            "--saga-orders",
+            "0",
         ],
         0,
     );

@@ -3,7 +3,8 @@
 //! come in order with what caused them, each sent command with its step, its idempotency
 //! key (`step_key`) and the target's events that answered it (or the rejection the saga
 //! recorded), and the timer; the text form says the same; the command writes nothing; a bad
-//! or unknown order id exits 2.
+//! or unknown order id exits 2. And the demo drives orders through the saga and reports
+//! outcomes, throughput, latency and a clean invariant check.
 
 use evershard::aggregates::order::{CreateOrder, FulfilOrder, LineRequest, Order};
 use evershard::aggregates::order_saga::{payment_id_for, OrderSaga};
@@ -192,4 +193,53 @@ fn saga_shows_steps_commands_answers_and_timer_without_writing() {
     let journal = Journal::open_read_only(dir.path()).unwrap();
     let sagas = journal.streams(Some(<OrderSaga as evershard::model::Aggregate>::TYPE));
     assert_eq!(sagas.count(), 2);
+}
+
+#[test]
+fn the_demo_drives_orders_through_the_saga_and_checks_the_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = expect_exit(
+        &[
+            "demo",
+            "--data",
+            d,
+            "--aggregates",
+            "2",
+            "--commands",
+            "50",
+            "--durability",
+            "buffered",
+            "--saga-orders",
+            "40",
+        ],
+        0,
+    );
+    let saga_line = out
+        .lines()
+        .find(|l| l.starts_with("saga: 40 orders through OrderSaga"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        saga_line.contains("sagas/s") && saga_line.contains("fulfilled"),
+        "{saga_line}"
+    );
+    assert!(out.contains("saga: order -> confirmation p50 "), "{out}");
+    assert!(out.contains("saga invariants: clean"), "{out}");
+    assert!(out.contains("journal verify: clean"), "{out}");
+    // Every saga of the run is in the store, readable by `saga` and `history`.
+    let journal = Journal::open_read_only(dir.path()).unwrap();
+    let ids: Vec<String> = journal
+        .streams(Some("OrderSaga"))
+        .map(|s| s.unwrap().0.aggregate_id)
+        .collect();
+    drop(journal);
+    assert_eq!(ids.len(), 40);
+    let report: Value =
+        serde_json::from_str(expect_exit(&["saga", &ids[0], "--data", d, "--json"], 0).trim())
+            .unwrap();
+    assert!(report["outcome"].is_string(), "{report}");
+    let history = expect_exit(&["history", "OrderSaga", &ids[0], "--data", d], 0);
+    assert!(history.contains("SagaStarted"), "{history}");
+    let verify = expect_exit(&["verify", "--data", d], 0);
+    assert!(verify.contains("result: clean"), "{verify}");
 }
