@@ -29,3 +29,8 @@ pub use evershard_snapshots as snapshots;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// docs/saga.md's "how to write another saga" example is compiled as a doctest too.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/saga.md")]
+pub struct SagaDocDoctests;
