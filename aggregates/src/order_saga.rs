@@ -1199,7 +1199,16 @@ fn apply_step(saga: &mut SagaInstance, event: &OrderSagaEvent) {
                 .or_else(|| e.step.strip_prefix("release-late:"))
                 .or_else(|| e.step.strip_prefix("commit:"))
             {
-                set_line(saga, product, LineStatus::Released);
+                // Only a line waiting for that answer: a line whose `Reserve` was refused
+                // meanwhile stays rejected.
+                if let Some(line) = saga.line_mut(product).filter(|l| {
+                    matches!(
+                        l.status,
+                        LineStatus::ReleaseRequested | LineStatus::CommitRequested
+                    )
+                }) {
+                    line.status = LineStatus::Released;
+                }
             }
         }
         E::SagaFinished(e) => saga.outcome = Some(e.outcome),

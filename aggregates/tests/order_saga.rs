@@ -612,3 +612,32 @@ fn the_saga_keeps_its_invariants_under_its_workload() {
         &evershard_model::testing::WorkloadCheck::default(),
     );
 }
+
+#[test]
+fn a_refused_release_of_a_line_whose_reserve_was_refused_leaves_it_rejected() {
+    let mut sim = Sim::started(&[("sku-a", 1), ("sku-b", 1)]);
+    sim.reserved("sku-a");
+    // The customer cancels while sku-b's Reserve is still in flight: both lines are released.
+    let cancelled = sim.order(Fact::OrderCancelled {
+        reason: CancelReason::CustomerRequest,
+    });
+    assert_eq!(steps(&cancelled), ["release:sku-a", "release:sku-b"]);
+    // sku-b's Reserve is refused, then its release finds nothing.
+    sim.rejected("reserve:sku-b", "insufficient stock");
+    sim.rejected("release:sku-b", "reservation unknown");
+    assert_eq!(
+        sim.state().line("sku-b").unwrap().status,
+        LineStatus::Rejected
+    );
+    let done = sim.stock(
+        "sku-a",
+        Fact::StockReleased {
+            product_id: "sku-a".into(),
+            reason: ReleaseReason::Cancelled,
+        },
+    );
+    assert_eq!(
+        finished(&done).unwrap().cancel_reason,
+        Some(CancelReason::CustomerRequest)
+    );
+}
