@@ -59,6 +59,48 @@ fn read_one<A: Aggregate>(
     .map_err(|e| HandlerError::Processing(e.to_string()))
 }
 
+/// Members of each stand-in's consumer group: the partitions are shared among them, so
+/// answers to different orders do not wait for each other.
+pub const SIMULATION_GROUP_MEMBERS: usize = 4;
+
+/// A running stand-in: the members of its consumer group.
+#[derive(Debug)]
+pub struct Party {
+    members: Vec<Subscription>,
+}
+
+impl Party {
+    fn start<H: evershard_engine::Handler + Clone>(
+        engine: &Engine,
+        group: &str,
+        topic: &str,
+        handler: H,
+        start: StartFrom,
+    ) -> Result<Party, TopicError> {
+        let members = (0..SIMULATION_GROUP_MEMBERS)
+            .map(|_| engine.subscribe_with(group, topic, handler.clone(), options(start)))
+            .collect::<Result<_, _>>()?;
+        Ok(Party { members })
+    }
+
+    /// Messages its members dead-lettered.
+    pub fn dead_lettered(&self) -> u64 {
+        self.members.iter().map(Subscription::dead_lettered).sum()
+    }
+
+    /// Stops every member (each commits first); returns the first error.
+    pub async fn stop(self) -> Result<(), TopicError> {
+        let mut first = Ok(());
+        for member in self.members {
+            let result = member.stop().await;
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first
+    }
+}
+
 fn options(start: StartFrom) -> SubscriptionOptions {
     SubscriptionOptions {
         consumer: ConsumerOptions { start },
@@ -75,7 +117,7 @@ pub fn gateway(
     group: &str,
     start: StartFrom,
     plan: impl Fn(Uuid, u32) -> GatewayAnswer + Send + Sync + 'static,
-) -> Result<Subscription, TopicError> {
+) -> Result<Party, TopicError> {
     let plan = Arc::new(plan);
     let handler_engine = engine.clone();
     let handler = move |message: Message| {
@@ -122,7 +164,7 @@ pub fn gateway(
             Ok(())
         }
     };
-    engine.subscribe_with(group, PAYMENTS_TOPIC, handler, options(start))
+    Party::start(engine, group, PAYMENTS_TOPIC, handler, start)
 }
 
 /// Starts a warehouse (consumer group `group` on `business.orders`, from `start` when the
@@ -132,7 +174,7 @@ pub fn warehouse(
     group: &str,
     start: StartFrom,
     plan: impl Fn(Uuid) -> WarehouseAction + Send + Sync + 'static,
-) -> Result<Subscription, TopicError> {
+) -> Result<Party, TopicError> {
     let plan = Arc::new(plan);
     let handler_engine = engine.clone();
     let handler = move |message: Message| {
@@ -170,7 +212,7 @@ pub fn warehouse(
             Ok(())
         }
     };
-    engine.subscribe_with(group, ORDERS_TOPIC, handler, options(start))
+    Party::start(engine, group, ORDERS_TOPIC, handler, start)
 }
 
 /// Why settling could not go on.
