@@ -4,8 +4,9 @@
 //! with it once paid (hand over, or the customer cancels), an early customer cancel, and
 //! clock moves between orders — are played in one process; after the sagas settle (every
 //! deadline passed), the flow's global invariants hold (`check_order_flow`, the checker the
-//! crash torture and the demo use) and every saga is finished. proptest prints the failing
-//! scenario, shrunk, and keeps it in `proptest-regressions/` to replay first next time.
+//! crash torture and the demo use) and every saga is finished. The proptest seed is printed
+//! (`EVERSHARD_SAGA_PROPS_SEED` sets another); proptest prints the failing scenario, shrunk,
+//! and keeps it in `proptest-regressions/` to replay first next time.
 
 use chrono::Duration;
 use evershard::aggregates::order::{CancelOrder, CancelReason, CreateOrder, LineRequest, Order};
@@ -208,8 +209,23 @@ async fn play(stock: Vec<i64>, orders: Vec<OrderPlan>) -> Result<(), TestCaseErr
     Ok(())
 }
 
+/// The proptest seed: `EVERSHARD_SAGA_PROPS_SEED`, else a fixed one; printed, so a failure
+/// reproduces (proptest also keeps the shrunk case in `proptest-regressions/`).
+fn config() -> ProptestConfig {
+    let seed: u64 = std::env::var("EVERSHARD_SAGA_PROPS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5a6a_9e05);
+    eprintln!("saga property test: proptest seed {seed} (set EVERSHARD_SAGA_PROPS_SEED to change)");
+    ProptestConfig {
+        cases: 12,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     #[test]
     fn random_scenarios_keep_the_flow_invariants(
