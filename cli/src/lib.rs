@@ -7,6 +7,7 @@
 //! - [`verify`]: the journal's integrity checks plus replay and snapshot checks per type.
 //! - [`export`]: every event in global order as JSON lines, with the records' hash chain.
 //! - [`topics`]: `topics` and `consume`, the embedded topic log as it would be published.
+//! - [`saga`]: `saga`, one order saga's steps, the commands it sent and what answered them.
 //!
 //! **Architecture Invariant:** replay never writes. Every command but `demo` opens the store
 //! with `Journal::open_read_only`; only `demo` runs an engine.
@@ -16,6 +17,7 @@
 
 pub mod audit;
 pub mod demo;
+pub mod demo_saga;
 pub mod demo_topics;
 mod diff;
 mod entry;
@@ -25,6 +27,7 @@ pub mod inspect;
 pub mod offline;
 pub mod reconcile;
 pub mod registry;
+pub mod saga;
 pub mod store;
 pub mod topics;
 mod trail;
@@ -85,6 +88,9 @@ pub enum Command {
     /// Compare messages a consumer received (JSON lines) with what the journal says a topic
     /// holds: missing, extra, duplicated, reordered or different messages.
     Reconcile(ReconcileArgs),
+    /// One order's saga: its steps, the commands each sent (with their idempotency keys),
+    /// the events that answered them, and the timer it holds.
+    Saga(SagaArgs),
 }
 
 /// The store every command works on.
@@ -144,6 +150,11 @@ pub struct DemoArgs {
     /// Take a snapshot every N events per aggregate (0: never). Default: the engine's (100).
     #[arg(long, value_name = "N")]
     pub snapshot_every: Option<u64>,
+    /// Orders driven through the order saga after the workload (see `demo_saga`). Default:
+    /// 200 when every type runs, none with `--type` or `--kafka` (unless given).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub saga_orders: Option<u64>,
     /// Also publish every topic to this Kafka cluster (`host:port[,host:port...]`, plaintext)
     /// and report the publisher's lag and rate (feature `kafka`).
     #[cfg(feature = "kafka")]
@@ -364,6 +375,18 @@ pub struct TimersArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SagaArgs {
+    /// The order id (a UUID): the saga's id.
+    #[arg(value_name = "ORDER_ID")]
+    pub order_id: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ExportArgs {
     #[command(flatten)]
     pub store: StoreArgs,
@@ -489,6 +512,7 @@ pub fn run_with(
         Command::Prove(args) => audit::prove(args, out),
         Command::CheckProof(args) => audit::check_proof(args, out),
         Command::Timers(args) => inspect::timers(args, out),
+        Command::Saga(args) => saga::saga(args, out),
     }
 }
 

@@ -11,11 +11,14 @@
 //! **Architecture Invariant:** this module is a leaf of the CLI: it knows how to reach a type's
 //! code and nothing of the commands' logic (`verify`, `inspect`, `export`, `topics` take a
 //! `&Registry`, never the other way round). The stock list of types is
-//! `evershard_aggregates::workloads::visit_all`.
+//! `evershard_aggregates::workloads::visit_all` (the seven aggregates) plus the process
+//! managers ([`OrderSaga`]), which every read-only command knows like any aggregate but the
+//! demo drives through their saga runner, never with a workload ([`workload_types`]).
 
 use crate::error::CliError;
 use crate::inspect::EnvelopesJson;
 use crate::verify::StreamChecker;
+use evershard_aggregates::order_saga::OrderSaga;
 use evershard_engine::model::{Aggregate, EventEnvelope, Workload, WorkloadVisitor};
 use evershard_engine::repository::Loaded;
 use evershard_engine::{Journal, Record, StorageError, StreamId, TopicCatalog};
@@ -67,12 +70,12 @@ impl Registry {
         Registry::default()
     }
 
-    /// The seven types of `evershard-aggregates`: the stock binary's.
+    /// The seven types of `evershard-aggregates` and the order saga: the stock binary's.
     pub fn with_defaults() -> Registry {
         Registry::new().register_defaults()
     }
 
-    /// Adds the seven types of `evershard-aggregates`.
+    /// Adds the seven types of `evershard-aggregates` and the order saga ([`OrderSaga`]).
     pub fn register_defaults(self) -> Registry {
         struct Defaults(Registry);
         impl WorkloadVisitor for Defaults {
@@ -83,7 +86,7 @@ impl Registry {
         }
         let mut defaults = Defaults(self);
         evershard_aggregates::workloads::visit_all(&mut defaults);
-        defaults.0
+        defaults.0.register::<OrderSaga>()
     }
 
     /// Adds a type (replacing an earlier one stored under the same `A::TYPE`). Every read-only
@@ -151,6 +154,20 @@ pub fn visit_all(visitor: &mut impl WorkloadVisitor) {
     evershard_aggregates::workloads::visit_all(visitor);
 }
 
+/// The types the demo drives with their workload generators: the seven aggregates (a saga is
+/// driven by its runner).
+pub fn workload_types() -> Vec<&'static str> {
+    struct Names(Vec<&'static str>);
+    impl WorkloadVisitor for Names {
+        fn visit<A: Workload>(&mut self) {
+            self.0.push(A::TYPE);
+        }
+    }
+    let mut names = Names(Vec::new());
+    visit_all(&mut names);
+    names.0
+}
+
 /// The stored name of a stock type a user typed (see [`Registry::resolve`]).
 pub fn resolve(name: &str) -> Result<&'static str, CliError> {
     Registry::with_defaults().resolve(name)
@@ -194,10 +211,13 @@ mod tests {
     fn every_type_once_and_names_found_ignoring_case() {
         let registry = Registry::with_defaults();
         let mut names = registry.names();
-        assert_eq!(names.len(), 7);
+        assert_eq!(names.len(), 8);
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 7);
+        assert_eq!(names.len(), 8);
+        assert_eq!(workload_types().len(), 7);
+        assert!(!workload_types().contains(&"OrderSaga"));
+        assert_eq!(registry.resolve("ordersaga").unwrap(), "OrderSaga");
         assert_eq!(registry.resolve("ProductStock").unwrap(), "ProductStock");
         assert_eq!(registry.resolve("productstock").unwrap(), "ProductStock");
         let err = registry.resolve("Nope").expect_err("unknown type");
@@ -208,7 +228,7 @@ mod tests {
         // Registering a type twice keeps one entry.
         let twice = Registry::with_defaults()
             .register::<evershard_aggregates::product_stock::ProductStock>();
-        assert_eq!(twice.names().len(), 7);
+        assert_eq!(twice.names().len(), 8);
 
         struct Name;
         impl TypeOp for Name {

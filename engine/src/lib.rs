@@ -29,6 +29,7 @@ mod journal;
 mod kafka;
 mod publisher;
 mod recovery;
+mod saga;
 mod sharding;
 mod snapshots;
 mod topics;
@@ -50,6 +51,14 @@ pub use journal::Durability;
 pub use sharding::shard_for;
 /// Limits and timings of the actor layer (see `EngineBuilder`'s setters).
 pub use sharding::ShardingConfig;
+
+// Sagas: process managers driven by consumer groups over the engine's topics.
+/// The saga runner (docs/saga.md): observers and a dispatcher, with deterministic step keys.
+pub use evershard_model::{step_key, Outbound, Saga};
+pub use saga::{
+    send_to, BoxFuture as SagaFuture, RejectedStep, SagaBuilder, SagaRunner, SagaSend,
+    SagaStartError, Sent, SAGA_GROUP_MEMBERS, SAGA_RETRY, SAGA_SOURCE_PREFIX,
+};
 
 // Topics: the journal as the outbox, consumers, subscriptions, the dead-letter topic.
 pub use topics::{
