@@ -75,12 +75,11 @@ pub async fn run(
     let publishing = args.kafka.is_some();
     #[cfg(not(feature = "kafka"))]
     let publishing = false;
-    let default_orders = if args.types.is_empty() && !publishing {
-        200
-    } else {
-        0
-    };
-    let orders = args.saga_orders.unwrap_or(default_orders);
+    // Opt-in for now: the saga phase after the restart can stall (its observers stop
+    // delivering; seen on the merged main in most runs of `--saga-orders 40`, never in the
+    // saga tests of tests/saga_*.rs). Until that is found, the demo runs it only when asked.
+    let _ = publishing;
+    let orders = args.saga_orders.unwrap_or(0);
     if orders == 0 {
         return Ok(0);
     }
