@@ -288,13 +288,12 @@ pub fn audit_scoped(journal: &Journal, options: &AuditOptions<'_>) -> AuditRepor
         scope: describe_scope(scope),
         ..Default::default()
     };
-    let total = guarded(|| journal.stats().map(|s| s.last_global_position))
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or(0);
-    let bar = progress_bar(options.progress, total, "records");
-    let tick = |n: u64| {
+    let bar = progress_bar(options.progress, 0, "records");
+    let tick = |n: u64, total: u64| {
         if let Some(bar) = &bar {
+            if bar.length() != Some(total) {
+                bar.set_length(total);
+            }
             bar.inc(n);
         }
     };

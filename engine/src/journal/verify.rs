@@ -144,8 +144,9 @@ pub struct VerifyOptions<'a> {
     pub scope: VerifyScope,
     /// Threads for the record scan (0 or 1: one).
     pub threads: usize,
-    /// Called from the scan threads with the number of records checked since the last call.
-    pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// Called from the scan threads with the number of records checked since the last call
+    /// and the number of events in the store (for a progress bar's length).
+    pub progress: Option<&'a (dyn Fn(u64, u64) + Sync)>,
 }
 
 impl std::fmt::Debug for VerifyOptions<'_> {
@@ -281,7 +282,12 @@ struct Current {
     prev_ok: bool,
 }
 
-fn scan_range(db: &sled::Db, from: &[u8], to: &[u8], opts: &VerifyOptions<'_>) -> Scan {
+fn scan_range(
+    db: &sled::Db,
+    (from, to): (&[u8], &[u8]),
+    total: u64,
+    opts: &VerifyOptions<'_>,
+) -> Scan {
     let scope = &opts.scope;
     let mut scan = Scan::default();
     let mut current: Option<Current> = None;
@@ -424,13 +430,13 @@ fn scan_range(db: &sled::Db, from: &[u8], to: &[u8], opts: &VerifyOptions<'_>) -
         unreported += 1;
         if unreported >= PROGRESS_EVERY_RECORDS {
             if let Some(progress) = opts.progress {
-                progress(unreported);
+                progress(unreported, total);
             }
             unreported = 0;
         }
     }
     if let Some(progress) = opts.progress {
-        progress(unreported);
+        progress(unreported, total);
     }
     scan
 }
@@ -495,10 +501,10 @@ pub(super) fn verify(db: &sled::Db, opts: &VerifyOptions<'_>) -> VerifyReport {
             .flatten()
             .filter(|k| k.as_slice() > from.as_slice() && k.as_slice() < to.as_slice());
     let scans: Vec<Scan> = match split {
-        None => vec![scan_range(db, &from, &to, opts)],
+        None => vec![scan_range(db, (&from, &to), last, opts)],
         Some(middle) => std::thread::scope(|s| {
-            let low = s.spawn(|| scan_range(db, &from, &middle, opts));
-            let high = scan_range(db, &middle, &to, opts);
+            let low = s.spawn(|| scan_range(db, (&from, &middle), last, opts));
+            let high = scan_range(db, (&middle, &to), last, opts);
             let low = low.join().unwrap_or_else(|_| Scan {
                 issues: vec![new_issue(
                     IssueKind::Storage,
