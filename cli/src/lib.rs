@@ -24,6 +24,7 @@ pub mod export;
 pub mod inspect;
 pub mod offline;
 pub mod registry;
+mod replay;
 pub mod store;
 pub mod topics;
 mod tree_check;
@@ -32,7 +33,8 @@ pub mod verify;
 pub use entry::{main, Cli};
 pub use error::CliError;
 pub use registry::{known_types, Registry, TypeOp};
-pub use verify::{audit, check_stream, AuditReport, Check, Finding, StreamCheck};
+pub use replay::check_stream;
+pub use verify::{audit, AuditReport, Check, Finding, StreamCheck};
 
 use chrono::{DateTime, FixedOffset};
 use clap::{Args, Parser, Subcommand, ValueEnum};

@@ -194,6 +194,10 @@ pub struct RecordView<'a> {
     pub prev_hash: &'a [u8; 32],
     pub aggregate_type: &'a str,
     pub aggregate_id: &'a str,
+    pub event_type: &'a str,
+    pub event_version: &'a str,
+    /// The payload's bytes (`evershard_model::codec`), not decoded.
+    pub payload: &'a [u8],
 }
 
 /// The global position and timestamp (microseconds) of a record, read from its header
@@ -262,6 +266,9 @@ impl<'a> RecordView<'a> {
             prev_hash: bytes[78..110].try_into().expect("32 bytes"),
             aggregate_type: strings[0],
             aggregate_id: strings[1],
+            event_type: strings[2],
+            event_version: strings[3],
+            payload,
         })
     }
 }
