@@ -28,6 +28,9 @@ pub trait TypeOp {
     fn run<A: Workload>(self) -> Self::Output;
 }
 
+/// `inspect::state_json::<A>`: the state of a stream as of a sequence, as JSON.
+type StateJson = fn(&Journal, &StreamId, u64, bool) -> Result<Loaded<Value>, CliError>;
+
 /// The functions of one registered type.
 #[derive(Clone, Copy)]
 pub(crate) struct TypeEntry {
@@ -36,7 +39,7 @@ pub(crate) struct TypeEntry {
         for<'a> fn(&'a Journal, StreamId, &'a ReplaySink) -> Box<dyn StreamVisitor + 'a>,
     pub(crate) history_json: for<'j> fn(&'j Journal, &'j StreamId) -> EnvelopesJson<'j>,
     pub(crate) record_json: fn(Record) -> Result<EventEnvelope<Value>, StorageError>,
-    pub(crate) state_json: fn(&Journal, &StreamId, u64, bool) -> Result<Loaded<Value>, CliError>,
+    pub(crate) state_json: StateJson,
     pub(crate) register_topics: fn(&mut TopicCatalog),
 }
 
