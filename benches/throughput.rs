@@ -217,6 +217,8 @@ fn journal_alone(
                         causation_id: None,
                         source: "bench".into(),
                         user_id: None,
+                        session_id: None,
+                        audit_context: None,
                         payload: vec![7u8; payload_bytes],
                     };
                     let committed = journal
@@ -520,6 +522,8 @@ async fn fill_product_stock(dir: &std::path::Path, events: u64, seed: u64) -> Du
                     causation_id: None,
                     source: "bench".into(),
                     user_id: None,
+                    session_id: None,
+                    audit_context: None,
                     payload: ProductStock::encode_event(&e),
                 });
             }

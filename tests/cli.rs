@@ -134,10 +134,14 @@ fn demo_of_every_type_recovers_and_verifies_clean() {
             "buffered",
             "--clients",
             "4",
+            // The saga phase adds aggregates no workload client checks; tests/cli_saga.rs
+            // runs it.
+            "--saga-orders",
+            "0",
         ],
         0,
     );
-    let types = evershard_cli::known_types();
+    let types = evershard_cli::registry::workload_types();
     let total = 20 * types.len();
     assert!(stdout.contains("workload: 400 commands"), "{stdout}");
     assert!(

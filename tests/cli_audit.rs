@@ -584,6 +584,8 @@ fn a_type_the_binary_does_not_know_is_reported_unknown_and_still_checked() {
                 causation_id: None,
                 source: "test".into(),
                 user_id: None,
+                session_id: None,
+                audit_context: None,
                 payload: vec![2, 0x80],
             };
             let request = AppendRequest::new(stream.clone(), sequence, vec![event]);

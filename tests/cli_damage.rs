@@ -258,11 +258,11 @@ fn messages_are_one_plain_line() {
 }
 
 /// A store on a read-only mount (a read-only bind mount; as root, permission bits stop no
-/// write). sled 0.34 cannot open it (see docs/design.md, "Opening a directory"): the commands
-/// say so in one line, exit 2, and change nothing. Skipped, with the reason printed, where a
-/// bind mount cannot be made (not root, no `mount`).
+/// write). sled 0.34 cannot open it in place (see docs/design.md, "Opening a directory"): the
+/// commands read a private copy, succeed, and change nothing on the mount. Skipped, with the
+/// reason printed, where a bind mount cannot be made (not root, no `mount`).
 #[test]
-fn a_store_on_a_read_only_mount_is_refused_in_one_line_and_left_unchanged() {
+fn a_store_on_a_read_only_mount_is_read_and_left_unchanged() {
     let root = tempfile::tempdir().unwrap();
     let store = root.path().join("store");
     small_store(&store);
@@ -288,10 +288,7 @@ fn a_store_on_a_read_only_mount_is_refused_in_one_line_and_left_unchanged() {
     for command in ["list", "stats", "verify", "export", "digest"] {
         let out = evershard(&[command, "--data", path(&mnt)]);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        if out.status.code() != Some(2)
-            || stderr.trim_end().lines().count() != 1
-            || !stderr.contains("without write access")
-        {
+        if out.status.code() != Some(0) || out.stdout.is_empty() {
             failures.push(format!("{command}: {:?} {stderr}", out.status.code()));
         }
     }

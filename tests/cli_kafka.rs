@@ -67,6 +67,54 @@ fn demo_with_kafka_publishes_every_event_and_reports_lag_and_rate() {
         );
         total += records.len();
     }
+    // Reconciliation: what kafka-python read back, and what the CLI reads from the broker
+    // itself, is every message of the topic once, unchanged.
+    // (The CLI cannot open the store while this process holds it.)
+    let topics: Vec<String> = log
+        .topics()
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.name != evershard::DLQ_TOPIC && t.messages() > 0)
+        .map(|t| t.name)
+        .collect();
+    drop(log);
+    drop(journal);
+    for topic in &topics {
+        let dump = Command::new("python3")
+            .arg(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("testing/kafka/read_topic.py"),
+            )
+            .args([bootstrap.as_str(), topic.as_str(), "300"])
+            .output()
+            .unwrap();
+        assert!(dump.status.success());
+        let lines: String = String::from_utf8(dump.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("{\"end_offsets\""))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file = dir.path().join(format!("{topic}.jsonl"));
+        std::fs::write(&file, lines).unwrap();
+        for source in [
+            ["--messages", file.to_str().unwrap()],
+            ["--brokers", bootstrap.as_str()],
+        ] {
+            let out = Command::new(env!("CARGO_BIN_EXE_evershard"))
+                .args(["reconcile", "--data", data, "--topic", topic])
+                .args(source)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains("reconciled"),
+                "reconcile {topic} {source:?}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     let published: usize = line
         .strip_prefix("kafka: published ")
         .and_then(|r| r.split(' ').next())

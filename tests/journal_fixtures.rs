@@ -67,6 +67,8 @@ fn legacy_record() -> Record {
         event_version: "1.0".into(),
         source: "plants-service-1.0".into(),
         user_id: Some("grower-7".into()),
+        session_id: None,
+        audit_context: None,
         payload: legacy_payload(),
     }
 }
@@ -143,6 +145,8 @@ async fn a_journal_holding_the_1_0_event_works_in_a_live_engine() {
             causation_id: None,
             source: old.source,
             user_id: old.user_id,
+            session_id: None,
+            audit_context: None,
             payload: old.payload,
         };
         let committed = journal

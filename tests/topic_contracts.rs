@@ -106,6 +106,8 @@ fn check_gacp(m: &Message) {
                 "causationId",
                 "source",
                 "userId",
+                "sessionId",
+                "auditContext",
                 "payload"
             ]
             .contains(&k),
@@ -123,8 +125,24 @@ fn check_gacp(m: &Message) {
     );
     assert!(is_time(&v["timestamp"]) && is_uuid(&v["correlationId"]));
     // `.optional()`: absent or a UUID, never null.
-    for k in ["causationId", "userId"] {
+    for k in ["causationId", "userId", "sessionId"] {
         assert!(v.get(k).is_none() || is_uuid(&v[k]), "{k}: {}", v[k]);
+    }
+    // `auditContext: { ipAddress: ip?, userAgent: string?, complianceFlags: string[] }?`
+    if let Some(audit) = v.get("auditContext") {
+        for k in keys(audit) {
+            assert!(
+                ["ipAddress", "userAgent", "complianceFlags"].contains(&k),
+                "auditContext: unexpected {k}"
+            );
+        }
+        assert!(audit.get("ipAddress").is_none_or(|ip| ip
+            .as_str()
+            .is_some_and(|s| s.parse::<std::net::IpAddr>().is_ok())));
+        assert!(audit.get("userAgent").is_none_or(Value::is_string));
+        assert!(audit["complianceFlags"]
+            .as_array()
+            .is_some_and(|flags| flags.iter().all(Value::is_string)));
     }
     assert!(v["source"].as_str().is_some_and(|s| !s.is_empty()));
     assert!(v["payload"].is_object());
@@ -289,5 +307,121 @@ async fn routes_change_topic_and_envelope_without_touching_the_aggregate() {
             check_catalog(&m);
         }
     }
+    engine.shutdown().await.unwrap();
+}
+
+/// The seed's `sessionId` and `auditContext` (event-architecture-kafka.md 3.1) travel from the
+/// command's metadata into the stored record (format 2), the typed envelope and the GACP
+/// message; a command without them still writes format 1 and publishes neither field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_and_audit_context_reach_the_record_the_envelope_and_the_gacp_message() {
+    use evershard::aggregates::order::{CreateOrder, LineRequest};
+    use evershard::model::{AuditContext, Currency, Metadata, Money};
+    use uuid::Uuid;
+
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder(dir.path())
+        .register::<Order>()
+        .route::<Order>(TopicRoute::to("orders.gacp").format(WireFormat::Gacp))
+        .open()
+        .await
+        .unwrap();
+    // Order ids are UUIDs.
+    let id = |n: u128| Uuid::from_u128(0x0de1_0000 + n).to_string();
+    let create = |n: u128| CreateOrder {
+        idempotency_key: Uuid::from_u128(n),
+        customer_id: Uuid::from_u128(6),
+        currency: Currency::USD,
+        lines: vec![LineRequest {
+            product_id: "sku-1".into(),
+            quantity: 1,
+            unit_price: Money::from_major(3),
+        }],
+    };
+    let session = Uuid::from_u128(0x5e55);
+    let audit = AuditContext::new()
+        .ip_address("192.0.2.17".parse().unwrap())
+        .user_agent("evershard-tests/1.0")
+        .compliance_flag("GACP")
+        .compliance_flag("21CFR11");
+    let metadata = Metadata::new("clinic-app")
+        .user_id("3f1c0d9e-5a1b-4c7e-9a43-0b6f1f1f2a10")
+        .session_id(session)
+        .audit_context(audit.clone());
+    let audited = engine
+        .execute_with::<Order>(&id(1), create(1), metadata)
+        .await
+        .unwrap();
+    assert_eq!(audited[0].session_id, Some(session));
+    assert_eq!(audited[0].audit_context.as_ref(), Some(&audit));
+    let plain = engine.execute::<Order>(&id(2), create(2)).await.unwrap();
+    assert_eq!(plain[0].session_id, None);
+    assert_eq!(plain[0].audit_context, None);
+
+    // The stored records: format 2 only where needed; read back the same.
+    let journal = engine.journal();
+    let stream = |id: &str| evershard::StreamId::new("Order", id);
+    let first = journal.record_bytes(&stream(&id(1)), 1).unwrap().unwrap();
+    let second = journal.record_bytes(&stream(&id(2)), 1).unwrap().unwrap();
+    assert_eq!((first[0], second[0]), (2, 1), "record formats");
+    let history = engine.history::<Order>(&id(1)).unwrap();
+    assert_eq!(history[0].session_id, Some(session));
+    assert_eq!(history[0].audit_context.as_ref(), Some(&audit));
+    let report = journal.verify();
+    assert!(report.is_clean(), "{report:?}");
+
+    let durable = journal.durable_position();
+    assert!(
+        engine
+            .wait_indexed(durable, std::time::Duration::from_secs(60))
+            .await
+    );
+    let log = engine.topic_log().unwrap();
+    let topic = log.topic("orders.gacp").unwrap();
+    let mut seen = 0;
+    for p in 0..topic.partitions {
+        for m in log.read("orders.gacp", p, 0, usize::MAX).unwrap() {
+            check_gacp(&m);
+            let v = m.value_json();
+            if m.key == id(1) {
+                assert_eq!(v["sessionId"], session.to_string());
+                assert_eq!(
+                    v["auditContext"],
+                    serde_json::json!({
+                        "ipAddress": "192.0.2.17",
+                        "userAgent": "evershard-tests/1.0",
+                        "complianceFlags": ["GACP", "21CFR11"],
+                    })
+                );
+            } else {
+                assert!(v.get("sessionId").is_none() && v.get("auditContext").is_none());
+            }
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 2);
+
+    // Limits: too many compliance flags is a typed refusal that writes nothing.
+    let mut crowded = AuditContext::new();
+    for i in 0..=AuditContext::COMPLIANCE_FLAGS_MAX {
+        crowded = crowded.compliance_flag(format!("flag-{i}"));
+    }
+    let refused = engine
+        .execute_with::<Order>(
+            &id(3),
+            create(3),
+            Metadata::new("clinic-app").audit_context(crowded),
+        )
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(CommandError::Invalid(
+                evershard::engine::InvalidRequest::TooManyComplianceFlags { .. }
+            ))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(journal.head(&stream(&id(3))).unwrap().sequence, 0);
     engine.shutdown().await.unwrap();
 }

@@ -7,6 +7,7 @@ pub mod appointment;
 pub mod credit;
 pub mod device;
 pub mod order;
+pub mod order_saga;
 pub mod payment;
 pub mod plant;
 pub mod product_stock;

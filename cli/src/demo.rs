@@ -595,7 +595,11 @@ fn progress_bar(total: u64) -> ProgressBar {
     bar
 }
 
-fn write_listed(out: &mut dyn Write, what: &str, lines: &[String]) -> Result<(), CliError> {
+pub(crate) fn write_listed(
+    out: &mut dyn Write,
+    what: &str,
+    lines: &[String],
+) -> Result<(), CliError> {
     for line in lines.iter().take(LISTED_MAX) {
         writeln!(out, "  {what}: {line}")?;
     }
@@ -639,11 +643,16 @@ impl TypeOp for MakeDriver {
 /// Runs the demo; see the module documentation.
 pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
     let kinds: Vec<&'static str> = if args.types.is_empty() {
-        crate::registry::known_types()
+        crate::registry::workload_types()
     } else {
         let mut picked: Vec<&'static str> = Vec::new();
         for name in &args.types {
             let name = resolve(name)?;
+            if !crate::registry::workload_types().contains(&name) {
+                return Err(CliError::InvalidArgument(format!(
+                    "{name} is a saga: the demo drives it through its runner (--saga-orders),                      not with a workload"
+                )));
+            }
             if !picked.contains(&name) {
                 picked.push(name);
             }
@@ -845,11 +854,15 @@ async fn run_async(
         .flat_map(|slot| slot.driver.versions())
         .collect();
     let checked = run_phase(&engine, partitions, Phase::Check, &hidden).await;
+    let advance: std::sync::Arc<dyn Fn(chrono::TimeDelta) + Send + Sync> =
+        std::sync::Arc::new(|by| demo_clock().advance(by));
+    let saga = crate::demo_saga::run(&engine, args, demo_clock().now(), advance, out).await;
     let journal = engine.journal().clone();
     let verify = tokio::task::spawn_blocking(move || journal.verify()).await;
     let shutdown = engine.shutdown().await;
     drop(engine);
     let (_, tally) = checked?;
+    problems += saga?;
     shutdown.map_err(|e| CliError::engine(&args.data, e))?;
 
     if tally.mismatches.is_empty() {

@@ -60,9 +60,15 @@ impl DemoConsumer {
     pub async fn finish(self, engine: &Engine) -> Result<(Vec<String>, usize), String> {
         let target = engine.journal().durable_position();
         if !engine.wait_indexed(target, Duration::from_secs(120)).await {
-            return Err(format!(
-                "the topic index did not reach position {target} in 120 s"
-            ));
+            let indexed = engine.indexed_through().unwrap_or(0);
+            return Err(if engine.journal().is_poisoned() {
+                format!(
+                    "the topic index stopped at position {indexed} of {target}: the journal \
+                     refuses writes"
+                )
+            } else {
+                format!("the topic index did not reach position {target} in 120 s (at {indexed})")
+            });
         }
         self.stop.store(true, Ordering::Release);
         let topics = self.task.await.map_err(|e| e.to_string())??;

@@ -56,7 +56,7 @@ pub enum CliError {
         dir.display()
     )]
     NeedsWriteAccess { dir: PathBuf, cause: String },
-    /// sled's settings file is damaged; the message says what to do.
+    /// sled's settings file or snapshot file is damaged; the message says what to do.
     #[error("{0}")]
     DamagedConf(OpenError),
     #[error("storage error: {0}")]
@@ -150,7 +150,9 @@ impl CliError {
                 dir: dir.to_path_buf(),
                 found,
             },
-            damaged @ OpenError::DamagedConf { .. } => CliError::DamagedConf(damaged),
+            damaged @ (OpenError::DamagedConf { .. } | OpenError::DamagedSnapshotFile { .. }) => {
+                CliError::DamagedConf(damaged)
+            }
             OpenError::Storage { source, .. } => match *source {
                 StorageError::Io(io)
                     if matches!(

@@ -102,6 +102,7 @@ pub(crate) fn state_json<A: Aggregate>(
         version: loaded.version,
         from_snapshot: loaded.from_snapshot,
         events_replayed: loaded.events_replayed,
+        skipped_snapshots: loaded.skipped_snapshots,
     })
 }
 
@@ -120,8 +121,31 @@ pub fn envelope_json(envelope: &EventEnvelope<Value>) -> Value {
         "causation_id": envelope.causation_id,
         "source": envelope.source,
         "user_id": envelope.user_id,
+        "session_id": envelope.session_id,
+        "audit_context": envelope.audit_context,
         "payload": envelope.payload,
     })
+}
+
+/// `  session S  from IP  agent "A"  flags F,G` for the events that carry them (record
+/// format 2), else empty.
+pub fn audit_text(envelope: &EventEnvelope<Value>) -> String {
+    let mut text = String::new();
+    if let Some(session) = envelope.session_id {
+        text.push_str(&format!("  session {session}"));
+    }
+    if let Some(audit) = &envelope.audit_context {
+        if let Some(ip) = audit.ip_address {
+            text.push_str(&format!("  from {ip}"));
+        }
+        if let Some(agent) = &audit.user_agent {
+            text.push_str(&format!("  agent {:?}", crate::error::shown(agent)));
+        }
+        if !audit.compliance_flags.is_empty() {
+            text.push_str(&format!("  flags {}", audit.compliance_flags.join(",")));
+        }
+    }
+    text
 }
 
 /// `evershard history TYPE ID`: every event, oldest first. Events before a damaged record are
@@ -131,11 +155,16 @@ pub fn history(
     args: &HistoryArgs,
     out: &mut dyn Write,
 ) -> Result<Outcome, CliError> {
-    let aggregate_type = reg.resolve(&args.aggregate_type)?;
+    let (Some(aggregate_type), Some(aggregate_id)) = (&args.aggregate_type, &args.aggregate_id)
+    else {
+        return crate::trail::history_all(reg, args, out);
+    };
+    let filter = crate::trail::Filter::of(args);
+    let aggregate_type = reg.resolve(aggregate_type)?;
     let entry = *reg
         .get(aggregate_type)
         .expect("resolved types are registered");
-    let stream = crate::store::stream_arg(aggregate_type, &args.aggregate_id)?;
+    let stream = crate::store::stream_arg(aggregate_type, aggregate_id)?;
     let journal = open_read_only(&args.store.data)?;
     existing_head(&journal, &stream)?;
     let keys = journal
@@ -150,6 +179,9 @@ pub fn history(
     let events = (entry.history_json)(&journal, &stream);
     for envelope in events {
         let envelope = envelope.map_err(|e| CliError::storage(&args.store.data, e))?;
+        if !filter.matches_envelope(&envelope) {
+            continue;
+        }
         let key = key_of(envelope.sequence);
         if args.json {
             let mut line = envelope_json(&envelope);
@@ -158,7 +190,7 @@ pub fn history(
         } else {
             writeln!(
                 out,
-                "#{:<5} {}  {} {}  global {}  correlation {}{}{}{}  {}",
+                "#{:<5} {}  {} {}  global {}  correlation {}{}{}{}{}  {}",
                 envelope.sequence,
                 rfc3339(&envelope.timestamp),
                 envelope.event_type,
@@ -174,6 +206,7 @@ pub fn history(
                     .as_deref()
                     .map(|u| format!("  user {u}"))
                     .unwrap_or_default(),
+                audit_text(&envelope),
                 key.map(|k| format!("  idempotency-key {k}"))
                     .unwrap_or_default(),
                 envelope.payload
@@ -185,7 +218,7 @@ pub fn history(
 }
 
 /// The highest sequence whose event's timestamp is at or before `at` (0: none).
-fn last_sequence_at(
+pub(crate) fn last_sequence_at(
     journal: &Journal,
     stream: &StreamId,
     at: DateTime<Utc>,
@@ -241,6 +274,10 @@ pub fn state(reg: &Registry, args: &StateArgs, out: &mut dyn Write) -> Result<Ou
                 "head": head,
                 "from_snapshot": loaded.from_snapshot,
                 "events_replayed": loaded.events_replayed,
+                "skipped_snapshots": loaded.skipped_snapshots.iter().map(|s| json!({
+                    "sequence": s.sequence,
+                    "reason": s.reason.to_string(),
+                })).collect::<Vec<_>>(),
                 "state": loaded.state,
                 "timer": timer.as_ref().map(rfc3339),
                 "idempotency_keys": keys.iter().map(key_json).collect::<Vec<_>>(),
@@ -264,6 +301,9 @@ pub fn state(reg: &Registry, args: &StateArgs, out: &mut dyn Write) -> Result<Ou
             "{stream} {asked}: version {} of {head} ({source})",
             loaded.version
         )?;
+        for skipped in &loaded.skipped_snapshots {
+            writeln!(out, "warning: {skipped}")?;
+        }
         let pretty =
             serde_json::to_string_pretty(&loaded.state).map_err(|source| CliError::Json {
                 what: format!("the state of {stream}"),
@@ -333,6 +373,9 @@ pub fn stats(reg: &Registry, args: &StatsArgs, out: &mut dyn Write) -> Result<Ou
     let stats = journal
         .stats()
         .map_err(|e| CliError::storage(&args.store.data, e))?;
+    let checkpoint = journal
+        .checkpoint_mark()
+        .map_err(|e| CliError::storage(&args.store.data, e))?;
     // type -> (aggregates, events)
     let mut per_type: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for entry in journal.streams(None) {
@@ -364,6 +407,11 @@ pub fn stats(reg: &Registry, args: &StatsArgs, out: &mut dyn Write) -> Result<Ou
                 "disk_bytes": stats.disk_bytes,
                 "aggregates": per_type.values().map(|(a, _)| a).sum::<u64>(),
                 "types": types,
+                "checkpoint": checkpoint.as_ref().map(|m| json!({
+                    "cut_position": m.cut_position,
+                    "taken_at": m.taken_at.to_rfc3339(),
+                    "source": m.source_dir.display().to_string(),
+                })),
             }),
         )?;
     } else {
@@ -374,6 +422,15 @@ pub fn stats(reg: &Registry, args: &StatsArgs, out: &mut dyn Write) -> Result<Ou
         writeln!(out, "snapshot bytes        {}", stats.snapshot_bytes)?;
         writeln!(out, "last global position  {}", stats.last_global_position)?;
         writeln!(out, "disk bytes            {}", stats.disk_bytes)?;
+        if let Some(m) = &checkpoint {
+            writeln!(
+                out,
+                "checkpoint            of {} at global position {}, taken {}",
+                m.source_dir.display(),
+                m.cut_position,
+                m.taken_at.to_rfc3339()
+            )?;
+        }
         writeln!(out, "aggregates by type:")?;
         if per_type.is_empty() {
             writeln!(out, "  (none)")?;

@@ -7,6 +7,7 @@
 //! - [`verify`]: the journal's integrity checks plus replay and snapshot checks per type.
 //! - [`export`]: every event in global order as JSON lines, with the records' hash chain.
 //! - [`topics`]: `topics` and `consume`, the embedded topic log as it would be published.
+//! - [`saga`]: `saga`, one order saga's steps, the commands it sent and what answered them.
 //!
 //! **Architecture Invariant:** replay never writes. Every command but `demo` opens the store
 //! with `Journal::open_read_only`; only `demo` runs an engine.
@@ -16,6 +17,7 @@
 
 pub mod audit;
 pub mod demo;
+pub mod demo_saga;
 pub mod demo_topics;
 mod diff;
 mod entry;
@@ -23,10 +25,13 @@ pub mod error;
 pub mod export;
 pub mod inspect;
 pub mod offline;
+pub mod reconcile;
 pub mod registry;
 mod replay;
+pub mod saga;
 pub mod store;
 pub mod topics;
+mod trail;
 mod tree_check;
 pub mod verify;
 
@@ -80,6 +85,14 @@ pub enum Command {
     CheckProof(CheckProofArgs),
     /// Pending durable timers in deadline order: deadline, type, id.
     Timers(TimersArgs),
+    /// The state of every aggregate of a type at a point in time (a time-travel report).
+    SnapshotAt(SnapshotAtArgs),
+    /// Compare messages a consumer received (JSON lines) with what the journal says a topic
+    /// holds: missing, extra, duplicated, reordered or different messages.
+    Reconcile(ReconcileArgs),
+    /// One order's saga: its steps, the commands each sent (with their idempotency keys),
+    /// the events that answered them, and the timer it holds.
+    Saga(SagaArgs),
 }
 
 /// The store every command works on.
@@ -139,6 +152,11 @@ pub struct DemoArgs {
     /// Take a snapshot every N events per aggregate (0: never). Default: the engine's (100).
     #[arg(long, value_name = "N")]
     pub snapshot_every: Option<u64>,
+    /// Orders driven through the order saga after the workload (see `demo_saga`). Default:
+    /// 200 when every type runs, none with `--type` or `--kafka` (unless given).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub saga_orders: Option<u64>,
     /// Also publish every topic to this Kafka cluster (`host:port[,host:port...]`, plaintext)
     /// and report the publisher's lag and rate (feature `kafka`).
     #[cfg(feature = "kafka")]
@@ -157,17 +175,62 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
-    /// The aggregate type, e.g. ProductStock.
-    #[arg(value_name = "TYPE")]
-    pub aggregate_type: String,
+    /// The aggregate type, e.g. ProductStock. Without TYPE and ID: every aggregate, in
+    /// global order.
+    #[arg(value_name = "TYPE", requires = "aggregate_id")]
+    pub aggregate_type: Option<String>,
     /// The aggregate id.
     #[arg(value_name = "ID")]
-    pub aggregate_id: String,
+    pub aggregate_id: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
     /// One JSON object per event and line: the envelope plus `payload`.
     #[arg(long)]
     pub json: bool,
+    /// Only events of this aggregate type (without TYPE ID).
+    #[arg(long = "type", value_name = "T", conflicts_with = "aggregate_type")]
+    pub type_filter: Option<String>,
+    /// Only events whose command named this user.
+    #[arg(long, value_name = "U")]
+    pub user: Option<String>,
+    /// Only events with this correlation id (one business flow).
+    #[arg(long, value_name = "UUID")]
+    pub correlation: Option<uuid::Uuid>,
+    /// Only events with this session id.
+    #[arg(long, value_name = "UUID")]
+    pub session: Option<uuid::Uuid>,
+    /// Only events of this event type, e.g. StockReserved.
+    #[arg(long, value_name = "E")]
+    pub event_type: Option<String>,
+    /// Only events at or after this RFC 3339 time.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub from: Option<DateTime<FixedOffset>>,
+    /// Only events at or before this RFC 3339 time.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub to: Option<DateTime<FixedOffset>>,
+}
+
+/// How a report prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// One JSON object per line.
+    Json,
+    /// RFC 4180 CSV with a header line; nested values as JSON text.
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotAtArgs {
+    /// The point in time, RFC 3339.
+    #[arg(value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub at: DateTime<FixedOffset>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The aggregate type, e.g. ProductStock.
+    #[arg(long = "type", value_name = "T")]
+    pub aggregate_type: String,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: ReportFormat,
 }
 
 #[derive(Debug, Args)]
@@ -314,6 +377,18 @@ pub struct TimersArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SagaArgs {
+    /// The order id (a UUID): the saga's id.
+    #[arg(value_name = "ORDER_ID")]
+    pub order_id: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ExportArgs {
     #[command(flatten)]
     pub store: StoreArgs,
@@ -330,6 +405,31 @@ pub struct TopicsArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The topic, e.g. business.orders.
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: String,
+    /// The messages as consumed, one JSON object per line: `evershard consume --json`'s
+    /// shape (topic, partition, offset, key, headers, value), or any dump whose lines carry
+    /// an `event_id` header or a value with `eventId`/`event_id`; `value` may be an object
+    /// or a string holding the JSON.
+    #[arg(long, value_name = "FILE", required_unless_present = "brokers")]
+    pub messages: Option<PathBuf>,
+    /// Read the topic from these Kafka brokers instead of a file (build with `--features
+    /// kafka`): every partition from its first message to its end offset, plaintext.
+    #[arg(long, value_name = "HOST:PORT,...", conflicts_with = "messages")]
+    pub brokers: Option<String>,
+    /// With `--brokers`: how long to wait for the broker, in seconds.
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    pub broker_timeout_s: u64,
+    /// Print one JSON report.
     #[arg(long)]
     pub json: bool,
 }
@@ -407,11 +507,14 @@ pub fn run_with(
         Command::Export(args) => export::run(registry, args, out),
         Command::Topics(args) => topics::topics(registry, args, out),
         Command::Consume(args) => topics::consume(registry, args, out),
+        Command::Reconcile(args) => reconcile::run(registry, args, out),
+        Command::SnapshotAt(args) => trail::snapshot_at(registry, args, out),
         Command::Keygen(args) => audit::keygen(args, out),
         Command::Digest(args) => audit::digest(args, out),
         Command::Prove(args) => audit::prove(args, out),
         Command::CheckProof(args) => audit::check_proof(args, out),
         Command::Timers(args) => inspect::timers(args, out),
+        Command::Saga(args) => saga::saga(args, out),
     }
 }
 

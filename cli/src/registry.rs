@@ -11,11 +11,14 @@
 //! **Architecture Invariant:** this module is a leaf of the CLI: it knows how to reach a type's
 //! code and nothing of the commands' logic (`verify`, `inspect`, `export`, `topics` take a
 //! `&Registry`, never the other way round). The stock list of types is
-//! `evershard_aggregates::workloads::visit_all`.
+//! `evershard_aggregates::workloads::visit_all` (the seven aggregates) plus the process
+//! managers ([`OrderSaga`]), which every read-only command knows like any aggregate but the
+//! demo drives through their saga runner, never with a workload ([`workload_types`]).
 
 use crate::error::CliError;
 use crate::inspect::EnvelopesJson;
 use crate::replay::ReplaySink;
+use evershard_aggregates::order_saga::OrderSaga;
 use evershard_engine::model::{Aggregate, EventEnvelope, Workload, WorkloadVisitor};
 use evershard_engine::repository::Loaded;
 use evershard_engine::{Journal, Record, StorageError, StreamId, StreamVisitor, TopicCatalog};
@@ -28,8 +31,8 @@ pub trait TypeOp {
     fn run<A: Workload>(self) -> Self::Output;
 }
 
-/// `inspect::state_json::<A>`: the state of a stream as of a sequence, as JSON.
-type StateJson = fn(&Journal, &StreamId, u64, bool) -> Result<Loaded<Value>, CliError>;
+/// The state of a stream as of a sequence, rendered as JSON (`use_snapshots` as recovery).
+pub(crate) type StateJsonFn = fn(&Journal, &StreamId, u64, bool) -> Result<Loaded<Value>, CliError>;
 
 /// The functions of one registered type.
 #[derive(Clone, Copy)]
@@ -39,7 +42,7 @@ pub(crate) struct TypeEntry {
         for<'a> fn(&'a Journal, StreamId, &'a ReplaySink) -> Box<dyn StreamVisitor + 'a>,
     pub(crate) history_json: for<'j> fn(&'j Journal, &'j StreamId) -> EnvelopesJson<'j>,
     pub(crate) record_json: fn(Record) -> Result<EventEnvelope<Value>, StorageError>,
-    pub(crate) state_json: StateJson,
+    pub(crate) state_json: StateJsonFn,
     pub(crate) register_topics: fn(&mut TopicCatalog),
 }
 
@@ -68,12 +71,12 @@ impl Registry {
         Registry::default()
     }
 
-    /// The seven types of `evershard-aggregates`: the stock binary's.
+    /// The seven types of `evershard-aggregates` and the order saga: the stock binary's.
     pub fn with_defaults() -> Registry {
         Registry::new().register_defaults()
     }
 
-    /// Adds the seven types of `evershard-aggregates`.
+    /// Adds the seven types of `evershard-aggregates` and the order saga ([`OrderSaga`]).
     pub fn register_defaults(self) -> Registry {
         struct Defaults(Registry);
         impl WorkloadVisitor for Defaults {
@@ -84,7 +87,7 @@ impl Registry {
         }
         let mut defaults = Defaults(self);
         evershard_aggregates::workloads::visit_all(&mut defaults);
-        defaults.0
+        defaults.0.register::<OrderSaga>()
     }
 
     /// Adds a type (replacing an earlier one stored under the same `A::TYPE`). Every read-only
@@ -152,6 +155,20 @@ pub fn visit_all(visitor: &mut impl WorkloadVisitor) {
     evershard_aggregates::workloads::visit_all(visitor);
 }
 
+/// The types the demo drives with their workload generators: the seven aggregates (a saga is
+/// driven by its runner).
+pub fn workload_types() -> Vec<&'static str> {
+    struct Names(Vec<&'static str>);
+    impl WorkloadVisitor for Names {
+        fn visit<A: Workload>(&mut self) {
+            self.0.push(A::TYPE);
+        }
+    }
+    let mut names = Names(Vec::new());
+    visit_all(&mut names);
+    names.0
+}
+
 /// The stored name of a stock type a user typed (see [`Registry::resolve`]).
 pub fn resolve(name: &str) -> Result<&'static str, CliError> {
     Registry::with_defaults().resolve(name)
@@ -195,10 +212,13 @@ mod tests {
     fn every_type_once_and_names_found_ignoring_case() {
         let registry = Registry::with_defaults();
         let mut names = registry.names();
-        assert_eq!(names.len(), 7);
+        assert_eq!(names.len(), 8);
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 7);
+        assert_eq!(names.len(), 8);
+        assert_eq!(workload_types().len(), 7);
+        assert!(!workload_types().contains(&"OrderSaga"));
+        assert_eq!(registry.resolve("ordersaga").unwrap(), "OrderSaga");
         assert_eq!(registry.resolve("ProductStock").unwrap(), "ProductStock");
         assert_eq!(registry.resolve("productstock").unwrap(), "ProductStock");
         let err = registry.resolve("Nope").expect_err("unknown type");
@@ -209,7 +229,7 @@ mod tests {
         // Registering a type twice keeps one entry.
         let twice = Registry::with_defaults()
             .register::<evershard_aggregates::product_stock::ProductStock>();
-        assert_eq!(twice.names().len(), 7);
+        assert_eq!(twice.names().len(), 8);
 
         struct Name;
         impl TypeOp for Name {

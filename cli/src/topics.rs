@@ -20,7 +20,7 @@ pub fn catalog() -> evershard_engine::TopicCatalog {
     Registry::with_defaults().topic_catalog()
 }
 
-fn open(
+pub(crate) fn open(
     reg: &Registry,
     dir: &std::path::Path,
 ) -> Result<(evershard_engine::Journal, TopicLog), CliError> {

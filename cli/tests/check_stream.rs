@@ -89,6 +89,8 @@ fn new_event(event_type: &str, payload: Vec<u8>) -> NewEvent {
         causation_id: None,
         source: "test".into(),
         user_id: None,
+        session_id: None,
+        audit_context: None,
         payload,
     }
 }

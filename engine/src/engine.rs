@@ -3,9 +3,10 @@
 use crate::audit::maintainer::Maintainer;
 use crate::audit::{AuditError, ConsistencyProof, InclusionProof, TreeHead};
 use crate::error::{
-    CommandError, ConfigError, EngineError, InvalidRequest, StorageError, UnavailableReason,
+    CheckpointError, CommandError, ConfigError, EngineError, InvalidRequest, StorageError,
+    UnavailableReason,
 };
-use crate::journal::{Durability, Journal, JournalConfig, JournalWriter, StreamId};
+use crate::journal::{CheckpointInfo, Durability, Journal, JournalConfig, JournalWriter, StreamId};
 use crate::recovery as repository;
 use crate::sharding::{EntityMsg, Runtime, ShardActor, ShardArgs, ShardMsg, ShardingConfig};
 use crate::snapshots::{SnapshotPolicy, Snapshotter};
@@ -123,6 +124,9 @@ const TIMER_PAGE_MAX: usize = 512;
 const TIMERS_PER_PASS_MAX: usize = 100_000;
 /// Idempotency records one sweep removes at most.
 const IDEMPOTENCY_SWEEP_MAX: usize = 10_000;
+/// How long a checkpoint waits, with appends paused, for the topic indexer and the tree
+/// maintainer to cover its cut (they normally trail the durable position by milliseconds).
+const FOLLOWER_CATCH_UP_MS_MAX: u64 = 30_000;
 
 /// A function pointer wrapper so the builder can be `Debug`.
 #[derive(Clone, Copy)]
@@ -363,6 +367,7 @@ impl EngineBuilder {
             snapshotter,
             config: self.sharding,
             idempotency_retention_ms: self.idempotency_retention_ms,
+            skipped_snapshots: Default::default(),
         });
         let fire: HashMap<&'static str, FireTimer> =
             self.types.iter().map(|(name, f)| (*name, f.1)).collect();
@@ -663,6 +668,21 @@ impl Engine {
     /// its reads fail with [`StorageError::Closed`].
     pub fn journal(&self) -> &Journal {
         self.inner.journal.reader()
+    }
+
+    /// The snapshots that recovery of an aggregate could not use since this engine opened
+    /// (unreadable or unusable records), oldest first, at most the last 1,024. Each one's
+    /// aggregate was recovered anyway — from an older snapshot or from its events alone —
+    /// so its state is exact; the list says what was damaged. Empty when all was well.
+    pub fn skipped_snapshots(&self) -> Vec<crate::snapshot::SkippedSnapshot> {
+        self.inner
+            .rt
+            .skipped_snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     fn group<A: Aggregate>(&self) -> Option<&ShardGroup<A>> {
@@ -1069,6 +1089,91 @@ impl Engine {
             .map_err(|e| AuditError::Storage(StorageError::from(std::io::Error::other(e))))?
     }
 
+    /// Verifies the live store without stopping it: every record at a global position up
+    /// to the durable position when called (its bytes, CRC, place, and hash chain link) and
+    /// the global index over them, while commands keep flowing. What lies beyond that cut is
+    /// left to the next call. The full recomputation of the Merkle tree needs every record
+    /// at one cut: take a [`checkpoint`](Engine::checkpoint) and verify it (or digest it and
+    /// check consistency, docs/audit.md). Runs on a blocking thread.
+    pub async fn verify(&self) -> Result<crate::journal::VerifyReport, EngineError> {
+        let journal = self.inner.journal.reader().clone();
+        tokio::task::spawn_blocking(move || {
+            let cut = journal.durable_position();
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+            journal.verify_with(&crate::journal::VerifyOptions {
+                scope: crate::journal::VerifyScope {
+                    positions: Some(1..=cut.max(1)),
+                    ..Default::default()
+                },
+                threads,
+                progress: None,
+                visit: None,
+            })
+        })
+        .await
+        .map_err(|e| EngineError::Storage(StorageError::from(std::io::Error::other(e))))
+    }
+
+    /// Takes a checkpoint: a consistent, read-only copy of the store at a global-position
+    /// cut, into `dir` (missing or empty), while commands keep flowing. Appends wait only
+    /// while the keyspaces that commands rewrite (timers, idempotency records, offsets and
+    /// cursors) are copied; the events, snapshots and indexes are copied afterwards. Every
+    /// read-only command reads the copy like any store; opening it for writing is refused.
+    /// See docs/audit.md, "Reading a live store".
+    pub async fn checkpoint(
+        &self,
+        dir: impl Into<std::path::PathBuf>,
+    ) -> Result<CheckpointInfo, CheckpointError> {
+        let dir = dir.into();
+        let engine = self.clone();
+        let taken_at = evershard_model::truncate_to_micros(self.inner.rt.clock.now());
+        tokio::task::spawn_blocking(move || {
+            let writer = &engine.inner.journal;
+            writer.checkpoint(&dir, taken_at, |cut| engine.wait_followers(cut))
+        })
+        .await
+        .map_err(|e| {
+            CheckpointError::Source(Box::new(StorageError::from(std::io::Error::other(e))))
+        })?
+    }
+
+    /// Blocks until the topic indexer and the tree maintainer (those running) cover `cut`,
+    /// for at most [`FOLLOWER_CATCH_UP_MS_MAX`]. Called with the committer paused, so
+    /// nothing newer than `cut` can become durable meanwhile.
+    fn wait_followers(&self, cut: u64) -> Result<(), CheckpointError> {
+        let started = std::time::Instant::now();
+        let behind = |follower: &'static str, covered: u64| {
+            if covered >= cut {
+                return Ok(false);
+            }
+            let waited_ms = started.elapsed().as_millis() as u64;
+            if waited_ms >= FOLLOWER_CATCH_UP_MS_MAX {
+                return Err(CheckpointError::FollowerBehind {
+                    follower,
+                    covered,
+                    cut_position: cut,
+                    waited_ms,
+                });
+            }
+            Ok(true)
+        };
+        loop {
+            let mut waiting = false;
+            if let Some((_, rt)) = &self.inner.topics {
+                let covered = rt.status.cursor.load(Ordering::Acquire);
+                waiting |= behind("topic indexer", covered)?;
+            }
+            if let Some(m) = &self.inner.maintainer {
+                let covered = m.status.size.load(Ordering::Acquire);
+                waiting |= behind("Merkle tree maintainer", covered)?;
+            }
+            if !waiting {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// The tree size the maintainer has stored nodes for, and its last error, if any.
     pub fn tree_maintainer_status(&self) -> Option<(u64, Option<String>)> {
         self.inner.maintainer.as_ref().map(|m| {
@@ -1114,15 +1219,32 @@ impl Engine {
     }
 
     /// Waits until the index covers `position` (at most `timeout`); true when it does.
+    /// Returns false at once when the journal is poisoned (see [`Journal::is_poisoned`]):
+    /// the indexer cannot write any more, so the index will not move until the store is
+    /// reopened, and waiting out the timeout would only hide the cause.
     pub async fn wait_indexed(&self, position: u64, timeout: std::time::Duration) -> bool {
+        /// How often a waiter looks at the journal's poison flag (the indexer's progress
+        /// wakes it at once).
+        const POISON_CHECK_MS: u64 = 50;
         let Ok(rt) = self.topics() else { return false };
         let mut moved = rt.status.moved.subscribe();
-        let reached = match tokio::time::timeout(timeout, moved.wait_for(|c| *c >= position)).await
-        {
-            Ok(Ok(_)) => true,
-            Ok(Err(_)) | Err(_) => false,
-        };
-        reached
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if *moved.borrow_and_update() >= position {
+                return true;
+            }
+            if self.journal().is_poisoned() {
+                return false;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let wait = (deadline - now).min(std::time::Duration::from_millis(POISON_CHECK_MS));
+            if let Ok(Err(_)) = tokio::time::timeout(wait, moved.changed()).await {
+                return false; // the indexer is gone
+            }
+        }
     }
 
     /// A member of consumer group `group` on `topic`, starting from the group's committed

@@ -238,8 +238,82 @@ pub enum OpenError {
         dir.display()
     )]
     DamagedConf { dir: PathBuf },
+    /// sled refused the store as corrupt because its snapshot file is damaged: `files` are
+    /// sled's `snap.*` files (a cache of sled's page table, holding no event), and a copy of
+    /// the store without them reads clean — nothing is lost. A read-only open changes
+    /// nothing and says the step; a writer's open moves them aside itself. `moves` pairs
+    /// each file with the name to move it to.
+    #[error(
+        "the store at {} has a damaged sled snapshot file {} (a cache of sled's page table, \
+         no event is in it); a copy of the store without it reads clean, so nothing is lost: \
+         move it aside ({}) and retry — opening the store for writing does this itself",
+        dir.display(),
+        moves.iter().map(|(f, _)| format!("`{}`", f.display())).collect::<Vec<_>>().join(", "),
+        moves.iter().map(|(f, to)| format!("mv {} {}", f.display(), to.display())).collect::<Vec<_>>().join("; ")
+    )]
+    DamagedSnapshotFile {
+        dir: PathBuf,
+        moves: Vec<(PathBuf, PathBuf)>,
+    },
     #[error("could not open the store at {}: {source}", dir.display())]
     Storage {
+        dir: PathBuf,
+        #[source]
+        source: Box<StorageError>,
+    },
+    /// The directory is a checkpoint (`Engine::checkpoint`): a copy of another store at a
+    /// global position, for reading. Writing to it would fork that store's history.
+    #[error(
+        "{} is a read-only checkpoint of {} at global position {cut_position}: \
+         read it with the read-only commands; to write, open the store it was taken from",
+        dir.display(),
+        source_dir.display()
+    )]
+    Checkpoint {
+        dir: PathBuf,
+        source_dir: PathBuf,
+        cut_position: u64,
+    },
+    /// A checkpoint whose copy never finished (the process taking it stopped midway).
+    #[error(
+        "{} is an unfinished checkpoint of {} (the copy stopped midway): delete it and take \
+         the checkpoint again",
+        dir.display(),
+        source_dir.display()
+    )]
+    IncompleteCheckpoint { dir: PathBuf, source_dir: PathBuf },
+}
+
+/// Why `Engine::checkpoint` took no checkpoint. The live store is never changed by a
+/// checkpoint; a destination directory the attempt created is removed again.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// The destination is unusable: not empty, the live store itself, or inside it.
+    #[error("cannot take a checkpoint into {}: {reason}", dir.display())]
+    Destination { dir: PathBuf, reason: String },
+    /// A background follower (the topic indexer or the Merkle tree maintainer) did not
+    /// reach the cut in time, so its keyspace could not be copied consistently. Its last
+    /// error, if any, is in the engine's health and logs.
+    #[error(
+        "the {follower} covers global position {covered}, behind the checkpoint's cut \
+         {cut_position}, and did not catch up within {waited_ms} ms"
+    )]
+    FollowerBehind {
+        follower: &'static str,
+        covered: u64,
+        cut_position: u64,
+        waited_ms: u64,
+    },
+    /// Reading the live store failed (it may be poisoned or closed).
+    #[error("could not read the live store: {0}")]
+    Source(#[source] Box<StorageError>),
+    /// Creating the destination store failed.
+    #[error(transparent)]
+    Create(#[from] OpenError),
+    /// Writing or syncing the destination failed (for example, its disk is full).
+    #[error("could not write the checkpoint at {}: {source}", dir.display())]
+    Write {
         dir: PathBuf,
         #[source]
         source: Box<StorageError>,
@@ -267,6 +341,8 @@ pub enum InvalidRequest {
     PayloadTooLarge { bytes: usize, max: usize },
     #[error("a record string exceeds {max} bytes")]
     StringTooLong { max: usize },
+    #[error("{count} compliance flags in an audit context; at most {max}")]
+    TooManyComplianceFlags { count: usize, max: usize },
     #[error("extra writes may only target the outbox, timer or idempotency keyspaces")]
     ForbiddenKeyspace,
 }

@@ -113,6 +113,18 @@ fn run<F: Follow>(writer: JournalWriter, mut follow: F, flags: &Flags) {
                 follow.report(None);
             }
             Err(e) => {
+                // A poisoned journal refuses every write until it is reopened (and sled
+                // itself may fail reads after the I/O error that poisoned it): retrying
+                // cannot succeed, so stop and say why, once. Waiters on this follower's
+                // progress check the poison themselves (see `Engine::wait_indexed`).
+                if writer.is_poisoned() {
+                    let cause = writer.poison_cause().unwrap_or_default();
+                    tracing::error!(error = %e, covered, %cause, "{} stopped: the journal refuses writes", F::NAME);
+                    follow.report(Some(format!(
+                        "stopped at position {covered}: the journal refuses writes ({cause})"
+                    )));
+                    return;
+                }
                 tracing::error!(error = %e, covered, "{} failed; retrying", F::NAME);
                 follow.report(Some(e.to_string()));
                 if follow.recover(&writer, &e) || stopping {

@@ -29,6 +29,7 @@ mod journal;
 mod kafka;
 mod publisher;
 mod recovery;
+mod saga;
 mod sharding;
 mod snapshots;
 mod topics;
@@ -50,6 +51,14 @@ pub use journal::Durability;
 pub use sharding::shard_for;
 /// Limits and timings of the actor layer (see `EngineBuilder`'s setters).
 pub use sharding::ShardingConfig;
+
+// Sagas: process managers driven by consumer groups over the engine's topics.
+/// The saga runner (docs/saga.md): observers and a dispatcher, with deterministic step keys.
+pub use evershard_model::{step_key, Outbound, Saga};
+pub use saga::{
+    send_to, BoxFuture as SagaFuture, RejectedStep, SagaBuilder, SagaRunner, SagaSend,
+    SagaStartError, Sent, SAGA_GROUP_MEMBERS, SAGA_RETRY, SAGA_SOURCE_PREFIX,
+};
 
 // Topics: the journal as the outbox, consumers, subscriptions, the dead-letter topic.
 pub use topics::{
@@ -104,8 +113,8 @@ pub mod merkle {
 
 // Errors, one per operation, and the umbrella.
 pub use error::{
-    AppendError, CommandError, ConfigError, Corruption, EngineError, Error, InvalidRequest,
-    LoadError, OpenError, Result, SledError, StorageError, UnavailableReason,
+    AppendError, CheckpointError, CommandError, ConfigError, Corruption, EngineError, Error,
+    InvalidRequest, LoadError, OpenError, Result, SledError, StorageError, UnavailableReason,
 };
 
 // Reading the journal.
@@ -117,6 +126,9 @@ pub use journal::JournalStats;
 pub use journal::Reads;
 /// A stream's last sequence and the hash of its last record.
 pub use journal::StreamHead;
+/// A checkpoint (`Engine::checkpoint`): what one copied, and what a checkpoint store says
+/// about itself (`Journal::checkpoint_mark`).
+pub use journal::{CheckpointInfo, CheckpointMark};
 /// A pending durable timer (`Journal::timers`) and a stored idempotency key
 /// (`Journal::idempotency_keys`).
 pub use journal::{IdempotencyEntry, PendingTimer};
@@ -145,7 +157,9 @@ pub mod repository {
 /// Snapshots: the policy, the record format, and the selection of the snapshot recovery
 /// starts from, with a typed reason for each skipped one.
 pub mod snapshot {
-    pub use crate::snapshots::{select, Selection, SnapshotError, SnapshotRecord};
+    pub use crate::snapshots::{
+        select, Selection, SkipReason, SkippedSnapshot, SnapshotError, SnapshotRecord,
+    };
 }
 /// "Every N events, keep the newest K".
 pub use snapshots::SnapshotPolicy;
@@ -190,4 +204,14 @@ pub mod keyspace_writes {
         };
         crate::sharding::idempotency_ops(&stream.aggregate_type, key, &record).to_vec()
     }
+}
+
+/// The names of the write path's failpoints (with the `failpoints` feature, for tests that
+/// configure them through the `fail` crate). See `engine/tests/failpoints.rs`.
+#[cfg(feature = "failpoints")]
+pub mod failpoints {
+    pub use crate::journal::failpoint::{
+        ALL, APPLY_BATCH, BLOB_SYNC, COMMIT_OFFSETS, FDATASYNC, FLUSH, IDEMPOTENCY_SWEEP,
+        SNAPSHOT_WRITE, TOPIC_BATCH,
+    };
 }

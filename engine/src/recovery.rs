@@ -5,6 +5,7 @@
 
 use crate::error::{Corruption, LoadError, StorageError};
 use crate::journal::{Journal, Record, StreamId};
+use crate::snapshots::SkippedSnapshot;
 use evershard_model::{Aggregate, EventEnvelope};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -23,6 +24,8 @@ pub fn envelope<E>(record: Record, payload: E) -> EventEnvelope<E> {
         causation_id: record.causation_id,
         source: record.source,
         user_id: record.user_id,
+        session_id: record.session_id,
+        audit_context: record.audit_context,
         payload,
     }
 }
@@ -79,10 +82,15 @@ pub struct Loaded<S> {
     pub from_snapshot: Option<u64>,
     /// Events folded after the snapshot.
     pub events_replayed: u64,
+    /// Snapshots that could not be used and were skipped (recovery fell back to an older
+    /// one or to a full replay): empty when all was well. Worth a warning to an operator —
+    /// the state is still exact, rebuilt from the events.
+    pub skipped_snapshots: Vec<SkippedSnapshot>,
 }
 
 /// Loads the state as of sequence `upto` (`u64::MAX`: the head): the newest usable snapshot
-/// at or below it, then the events after the snapshot. `use_snapshots = false` replays from
+/// at or below it, then the events after the snapshot. A snapshot that cannot be read or
+/// used is skipped and listed in [`Loaded::skipped_snapshots`], never an error. `use_snapshots = false` replays from
 /// the first event. Checks what it replays — each record's hash-chain link (for the first
 /// record after a snapshot, against the stored record at the snapshot's sequence), gapless
 /// sequences up to the target, no panic in `apply` — and the aggregate's invariants on the
@@ -95,10 +103,10 @@ pub fn load<A: Aggregate>(
 ) -> Result<Loaded<A::State>, LoadError> {
     let head = journal.head(stream)?.sequence;
     let target = upto.min(head);
-    let start = if use_snapshots {
-        crate::snapshots::recovery_start::<A>(journal, stream, target, head)?
+    let (start, skipped_snapshots) = if use_snapshots {
+        crate::snapshots::recovery_start::<A>(journal, stream, target, head)
     } else {
-        None
+        (None, Vec::new())
     };
     let from_snapshot = start.as_ref().map(|(seq, _)| *seq);
     let (version, state) = start.unwrap_or_else(|| (0, A::State::default()));
@@ -107,6 +115,7 @@ pub fn load<A: Aggregate>(
         version,
         from_snapshot,
         events_replayed: 0,
+        skipped_snapshots,
     };
     fold_tail::<A>(journal, stream, target, &mut loaded)?;
     if let Err(invariant) = A::check_invariants(&loaded.state) {

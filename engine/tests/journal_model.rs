@@ -47,6 +47,8 @@ fn event(payload: Vec<u8>) -> NewEvent {
         causation_id: None,
         source: "model-test".into(),
         user_id: Some("u".into()),
+        session_id: None,
+        audit_context: None,
         payload,
     }
 }

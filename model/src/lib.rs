@@ -14,6 +14,8 @@
 //! - [`codec`]: the one place that turns values into bytes, behind a format byte: MessagePack
 //!   with named fields for events (format 2), bincode for snapshot states (format 1).
 //! - [`Money`]: integer minor units, never a binary float.
+//! - [`Saga`]: a process manager, an aggregate whose events name the commands it sends
+//!   ([`saga`], [`step_key`]: the deterministic idempotency key of a saga step).
 //! - [`testing`], the given/when/then helper: `given(events).when(command).then_expect_events(..)`.
 //! - [`DemoRng`] and [`Workload`]: deterministic command generators for the demo and benches.
 //! - [`from_variants!`] and [`json_payload`]: the `From` impls and the outbound JSON every
@@ -27,17 +29,19 @@ pub mod codec;
 mod envelope;
 mod guard;
 mod money;
+pub mod saga;
 mod stream;
 pub mod testing;
 mod workload;
 
 pub use clock::{truncate_to_micros, Clock, ManualClock, SystemClock};
 pub use codec::CodecError;
-pub use envelope::{EventEnvelope, Metadata};
+pub use envelope::{AuditContext, EventEnvelope, Metadata};
 /// `#[derive(DomainEvent)]`: see [`evershard_derive`]'s docs for the `#[event(..)]` keys.
 pub use evershard_derive::DomainEvent;
 pub use guard::CommandGuard;
 pub use money::{Currency, Money, MoneyParseError};
+pub use saga::{step_key, Outbound, Saga};
 pub use stream::{StreamId, StreamIdError, AGGREGATE_ID_BYTES_MAX, AGGREGATE_TYPE_BYTES_MAX};
 pub use workload::{DemoRng, Workload, WorkloadVisitor};
 

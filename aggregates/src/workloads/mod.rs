@@ -9,6 +9,7 @@ mod appointment;
 mod credit;
 mod device;
 mod order;
+mod order_saga;
 mod payment;
 mod plant;
 mod product_stock;

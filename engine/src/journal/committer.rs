@@ -6,7 +6,9 @@
 //! far and only then acknowledges. Many actors' appends thus share one flush, and the CPU
 //! work of the next group overlaps the disk wait of the previous one.
 
-use super::{fault, keys, record, Durability, JournalConfig, Record, Shared, StreamHead, StreamId};
+use super::{
+    failpoint, fault, keys, record, Durability, JournalConfig, Record, Shared, StreamHead, StreamId,
+};
 use crate::error::{AppendError, InvalidRequest, StorageError};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -29,6 +31,9 @@ pub struct NewEvent {
     pub causation_id: Option<Uuid>,
     pub source: String,
     pub user_id: Option<String>,
+    /// Stored in record format 2 (with `audit_context`); `None` keeps format 1.
+    pub session_id: Option<Uuid>,
+    pub audit_context: Option<evershard_model::AuditContext>,
     pub payload: Vec<u8>,
 }
 
@@ -95,6 +100,33 @@ impl AppendRequest {
                     max: record::RECORD_STRING_BYTES_MAX,
                 });
             }
+            if let Some(audit) = &event.audit_context {
+                use evershard_model::AuditContext;
+                if audit.compliance_flags.len() > AuditContext::COMPLIANCE_FLAGS_MAX {
+                    return Err(InvalidRequest::TooManyComplianceFlags {
+                        count: audit.compliance_flags.len(),
+                        max: AuditContext::COMPLIANCE_FLAGS_MAX,
+                    });
+                }
+                if audit
+                    .compliance_flags
+                    .iter()
+                    .any(|f| f.len() > AuditContext::COMPLIANCE_FLAG_BYTES_MAX)
+                {
+                    return Err(InvalidRequest::StringTooLong {
+                        max: AuditContext::COMPLIANCE_FLAG_BYTES_MAX,
+                    });
+                }
+                if audit
+                    .user_agent
+                    .as_ref()
+                    .is_some_and(|a| a.len() > record::RECORD_STRING_BYTES_MAX)
+                {
+                    return Err(InvalidRequest::StringTooLong {
+                        max: record::RECORD_STRING_BYTES_MAX,
+                    });
+                }
+            }
         }
         for op in &self.extra_writes {
             match op.key().first() {
@@ -121,19 +153,61 @@ pub struct Committed {
     pub version: u64,
 }
 
+/// Where the answer to one job goes. A reply is always answered: dropped unanswered — by a
+/// panic of the committer unwinding (a bug, or a failpoint), or with a job the committer
+/// never took — it poisons the journal first if a panic dropped it, then answers with the
+/// typed error (`Poisoned`, else `Closed`), so a waiter never reads a closed channel before
+/// the journal says why, and never waits for an answer that cannot come.
+pub(super) struct ReplyTo<T, E: From<StorageError>> {
+    tx: Option<oneshot::Sender<Result<T, E>>>,
+    shared: Arc<Shared>,
+}
+
+impl<T, E: From<StorageError>> ReplyTo<T, E> {
+    pub(super) fn new(tx: oneshot::Sender<Result<T, E>>, shared: Arc<Shared>) -> Self {
+        Self {
+            tx: Some(tx),
+            shared,
+        }
+    }
+
+    /// Answers; `Err` when the waiter is gone (as `oneshot::Sender::send`).
+    pub(super) fn send(mut self, result: Result<T, E>) -> Result<(), Result<T, E>> {
+        match self.tx.take() {
+            Some(tx) => tx.send(result),
+            None => Err(result),
+        }
+    }
+}
+
+impl<T, E: From<StorageError>> Drop for ReplyTo<T, E> {
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.take() else { return };
+        if std::thread::panicking() {
+            self.shared
+                .poison("group commit", &"the committer panicked");
+        }
+        let _ = tx.send(Err(self.shared.gone().into()));
+    }
+}
+
 pub(super) enum CommitJob {
     Append {
         request: AppendRequest,
-        reply: oneshot::Sender<Result<Committed, AppendError>>,
+        reply: ReplyTo<Committed, AppendError>,
     },
     #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
-    Sync {
-        reply: oneshot::Sender<Result<(), StorageError>>,
+    Sync { reply: ReplyTo<(), StorageError> },
+    /// Commit what is queued, sync it, answer the cut (the last global position, durable),
+    /// then write nothing until `resume` is dropped or sent to. Appends queue meanwhile.
+    /// What `JournalWriter::pause` sends: a checkpoint copies the keyspaces that commands
+    /// rewrite (timers, idempotency records, cursors) while no command can move them.
+    Pause {
+        paused: ReplyTo<u64, StorageError>,
+        resume: mpsc::Receiver<()>,
     },
     /// Commit what is queued, sync, acknowledge, and stop the thread.
-    Shutdown {
-        reply: oneshot::Sender<Result<(), StorageError>>,
-    },
+    Shutdown { reply: ReplyTo<(), StorageError> },
 }
 
 pub(super) struct Committer {
@@ -152,7 +226,7 @@ pub(super) struct Committer {
 #[derive(Default)]
 struct SyncBatch {
     replies: Vec<Reply>,
-    syncs: Vec<oneshot::Sender<Result<(), StorageError>>>,
+    syncs: Vec<ReplyTo<(), StorageError>>,
     shutdown: bool,
     /// The last global position applied before this hand-off: durable once synced.
     applied_through: u64,
@@ -192,7 +266,15 @@ impl Syncer {
             {
                 Err(StorageError::Poisoned)
             } else {
-                self.sync()
+                // A panic while syncing is a bug (or a failpoint): like a failed sync, it
+                // poisons the journal, and every waiter gets a typed error instead of a
+                // closed channel or no answer at all.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sync()))
+                    .unwrap_or_else(|_| {
+                        self.shared
+                            .poison("flush/fdatasync", &"the syncer panicked");
+                        Err(StorageError::Poisoned)
+                    })
             };
             match result {
                 Ok(()) => {
@@ -229,6 +311,7 @@ impl Syncer {
         {
             return Err(std::io::Error::other("injected flush failure").into());
         }
+        failpoint::check(failpoint::FLUSH)?;
         self.db.flush()?;
         // Blobs first: once the data file is synced, its log points at them, and sled's
         // recovery refuses to open a store whose log points at a blob file that exists but
@@ -237,6 +320,7 @@ impl Syncer {
         // sled's flush ends in sync_file_range, which does not reach stable storage
         // (spacejam/sled#1452): fdatasync the data file ourselves.
         if !fault::skip(fault::Sync::Fdatasync) {
+            failpoint::check(failpoint::FDATASYNC)?;
             self.data_file.sync_data()?;
         }
         // The fdatasync made durable every log item in the file, not only those the flush
@@ -266,6 +350,7 @@ impl Syncer {
     /// length recorded here is read before the sync, so a blob is synced again until the
     /// length synced is its final one.
     fn sync_new_blobs(&mut self) -> Result<(), StorageError> {
+        failpoint::check(failpoint::BLOB_SYNC)?;
         let folder = self.shared.dir.join("blobs");
         let entries = match std::fs::read_dir(&folder) {
             Ok(entries) => entries,
@@ -300,7 +385,7 @@ impl Syncer {
 }
 
 type Reply = (
-    oneshot::Sender<Result<Committed, AppendError>>,
+    ReplyTo<Committed, AppendError>,
     Result<Committed, AppendError>,
 );
 
@@ -361,10 +446,20 @@ impl Committer {
         };
         while let Ok(first) = jobs.recv() {
             let (mut events, mut bytes) = size(&first);
-            let mut group = vec![first];
+            // A pause ends the group: what was queued before it is in the cut, nothing after.
+            let mut pause = None;
+            let mut group = Vec::new();
+            match first {
+                job @ CommitJob::Pause { .. } => pause = Some(job),
+                job => group.push(job),
+            }
             // Take whatever else is already queued, up to the batch limits: this is the group.
-            while events < self.config.batch_events_max && bytes < self.config.batch_bytes_max {
+            while pause.is_none()
+                && events < self.config.batch_events_max
+                && bytes < self.config.batch_bytes_max
+            {
                 match jobs.try_recv() {
+                    Ok(job @ CommitJob::Pause { .. }) => pause = Some(job),
                     Ok(job) => {
                         let (e, b) = size(&job);
                         events += e;
@@ -377,14 +472,19 @@ impl Committer {
             // A panic here is a bug in evershard; it must not leave a dead thread behind a
             // journal that looks healthy. The group's callers see their channel close; every
             // later write is refused as poisoned.
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.commit_group(group)
-            })) {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(_) => self
-                    .shared
-                    .poison("group commit", &"the committer panicked"),
+            if !group.is_empty() {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.commit_group(group)
+                })) {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(_) => self
+                        .shared
+                        .poison("group commit", &"the committer panicked"),
+                }
+            }
+            if let Some(CommitJob::Pause { paused, resume }) = pause {
+                self.pause(paused, resume);
             }
         }
         // Every sender is gone: leave the store synced.
@@ -392,6 +492,27 @@ impl Committer {
             shutdown: true,
             ..SyncBatch::default()
         });
+    }
+
+    /// Syncs everything applied, answers the cut, and blocks until resumed. A failed sync
+    /// (a poisoned journal) answers the error and does not block.
+    fn pause(&mut self, paused: ReplyTo<u64, StorageError>, resume: mpsc::Receiver<()>) {
+        let cut = self.next_global - 1;
+        let (synced, done) = oneshot::channel();
+        self.hand_to_syncer(SyncBatch {
+            syncs: vec![ReplyTo::new(synced, self.shared.clone())],
+            applied_through: cut,
+            ..SyncBatch::default()
+        });
+        let result = done
+            .blocking_recv()
+            .unwrap_or(Err(StorageError::Closed))
+            .map(|()| cut);
+        let ok = result.is_ok();
+        if paused.send(result).is_ok() && ok {
+            // Ends when the pauser sends or drops its handle (also when it panics).
+            let _ = resume.recv();
+        }
     }
 
     fn head(
@@ -433,6 +554,7 @@ impl Committer {
                     continue;
                 }
                 CommitJob::Append { request, reply } => (request, reply),
+                CommitJob::Pause { .. } => unreachable!("a pause never joins a group"),
             };
             if self
                 .shared
@@ -475,6 +597,8 @@ impl Committer {
                     event_version: event.event_version,
                     source: event.source,
                     user_id: event.user_id,
+                    session_id: event.session_id,
+                    audit_context: event.audit_context,
                     payload: event.payload,
                 };
                 let bytes = record.encode();
@@ -531,9 +655,12 @@ impl Committer {
             position += keys::global_entry_len(chunk);
         }
         if any_writes {
-            if let Err(e) = self.db.apply_batch(batch) {
-                self.shared.poison("batch write", &e);
+            let written = failpoint::check(failpoint::APPLY_BATCH)
+                .map_err(sled::Error::Io)
+                .and_then(|()| self.db.apply_batch(batch));
+            if let Err(e) = written {
                 let err = StorageError::from(e);
+                self.shared.poison("batch write", &err);
                 for (reply, _) in pending {
                     let _ = reply.send(Err(AppendError::Storage(err.clone())));
                 }
@@ -585,11 +712,7 @@ impl Committer {
     }
 }
 
-fn fail_all(
-    pending: Vec<Reply>,
-    syncs: Vec<oneshot::Sender<Result<(), StorageError>>>,
-    err: &StorageError,
-) {
+fn fail_all(pending: Vec<Reply>, syncs: Vec<ReplyTo<(), StorageError>>, err: &StorageError) {
     for (reply, _) in pending {
         let _ = reply.send(Err(AppendError::Storage(err.clone())));
     }

@@ -24,7 +24,7 @@ pub const TREE: u8 = b'h';
 /// 32-byte value per 128 events on average (levels 8, 9, … halve each time).
 pub const STORED_LEVEL_MIN: u8 = 8;
 
-const SIZE_KEY: &[u8] = b"mmerkle-size";
+pub(crate) const SIZE_KEY: &[u8] = b"mmerkle-size";
 
 /// `h | level | index BE`.
 pub fn node_key(level: u8, index: u64) -> [u8; 10] {
@@ -33,6 +33,14 @@ pub fn node_key(level: u8, index: u64) -> [u8; 10] {
     key[1] = level;
     key[2..].copy_from_slice(&index.to_be_bytes());
     key
+}
+
+/// The level and index of a node key, if `key` is one.
+pub fn parse_node_key(key: &[u8]) -> Option<(u8, u64)> {
+    if key.len() != 10 || key[0] != TREE {
+        return None;
+    }
+    Some((key[1], u64::from_be_bytes(key[2..].try_into().ok()?)))
 }
 
 fn malformed() -> StorageError {

@@ -7,17 +7,21 @@
 //! thread ([`committer`]) which batches concurrent requests into one sled batch and one flush
 //! (group commit). Reads go straight to sled.
 
+mod checkpoint;
 mod committer;
+pub(crate) mod failpoint;
 mod fault;
 pub(crate) mod keys;
 pub(crate) mod merkle;
 mod probe;
 pub(crate) mod publisher;
 pub(crate) mod record;
+mod snapfile;
 pub(crate) mod topics;
 mod verify;
 
 // The writing types are public only with `fault-injection` (see lib.rs).
+pub use checkpoint::{CheckpointInfo, CheckpointMark};
 #[cfg_attr(not(feature = "fault-injection"), allow(unused_imports))]
 pub use committer::{AppendRequest, Committed, NewEvent, WriteOp, EVENTS_PER_APPEND_MAX};
 pub use record::{Record, RecordError};
@@ -28,7 +32,7 @@ pub use verify::{
 
 use crate::error::{AppendError, Corruption, InvalidRequest, OpenError, StorageError};
 use chrono::{DateTime, Utc};
-use committer::{CommitJob, Committer};
+use committer::{CommitJob, Committer, ReplyTo};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,6 +102,12 @@ struct Shared {
     /// a crash could take back (the topic indexer) stop here; `durable_moved` wakes them.
     durable_position: Mutex<u64>,
     durable_moved: std::sync::Condvar,
+    /// A writer's exclusive `flock` on the marker file, held while it is open: how readers
+    /// tell a running engine (whose files they must not copy) from another reader.
+    writer_lock: Mutex<Option<File>>,
+    /// A reader that could not open the store in place (another reader holds sled's lock, or
+    /// the store cannot be written) reads a private copy here, removed when it is dropped.
+    private_copy: Option<PathBuf>,
     /// Fault injection: while set, the syncer waits before each sync.
     #[cfg(feature = "fault-injection")]
     pub(crate) syncs_held: AtomicBool,
@@ -131,7 +141,19 @@ impl Drop for Shared {
     /// dropped without shutdown): release the lock before returning, as `close` does.
     fn drop(&mut self) {
         let db = self.db.get_mut().unwrap_or_else(|e| e.into_inner()).take();
-        close_db(db, &self.dir);
+        match &self.private_copy {
+            Some(copy) => {
+                close_db(db, copy);
+                if let Err(e) = std::fs::remove_dir_all(copy) {
+                    tracing::warn!(copy = %copy.display(), %e, "could not remove the private copy of a store");
+                }
+            }
+            None => close_db(db, &self.dir),
+        }
+        self.writer_lock
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 }
 
@@ -146,6 +168,8 @@ impl Shared {
             syncs_done: std::sync::atomic::AtomicU64::new(0),
             durable_position: Mutex::new(0),
             durable_moved: std::sync::Condvar::new(),
+            writer_lock: Mutex::new(None),
+            private_copy: None,
             #[cfg(feature = "fault-injection")]
             syncs_held: AtomicBool::new(false),
             #[cfg(feature = "fault-injection")]
@@ -167,6 +191,16 @@ impl Shared {
             return Err(StorageError::Poisoned);
         }
         Ok(())
+    }
+
+    /// Why a request's reply channel closed without an answer: the committer dropped it
+    /// while failing (a panic, which poisons the journal), or the journal was closed.
+    fn gone(&self) -> StorageError {
+        if self.poisoned.load(Ordering::Acquire) {
+            StorageError::Poisoned
+        } else {
+            StorageError::Closed
+        }
     }
 
     /// Moves the durable watermark up to `position` (never down) and wakes its waiters.
@@ -268,6 +302,132 @@ fn map_open_error(dir: &Path, err: sled::Error) -> OpenError {
         };
     }
     OpenError::storage(dir, err)
+}
+
+/// The writer's exclusive lock on the marker file (see `Shared::writer_lock`). A reader may
+/// hold it shared for the moment of its own open: wait for that, bounded; a store without a
+/// marker file has none.
+fn lock_marker(dir: &Path) -> Option<File> {
+    use fs2::FileExt;
+    let file = File::open(dir.join(probe::MARKER_FILE)).ok()?;
+    for _ in 0..UNLOCK_WAIT_MS_MAX {
+        if file.try_lock_exclusive().is_ok() {
+            return Some(file);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    tracing::warn!(dir = %dir.display(), "readers kept the marker file locked; opened without the writer's marker lock");
+    None
+}
+
+/// Whether a read-only open that failed this way can read a private copy instead.
+fn may_read_a_copy(e: &OpenError) -> bool {
+    match e {
+        OpenError::Locked { .. } => true,
+        OpenError::Storage { source, .. } => match source.as_ref() {
+            StorageError::Io(io) => matches!(
+                io.kind(),
+                std::io::ErrorKind::ReadOnlyFilesystem
+                    | std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::StorageFull
+            ),
+            StorageError::Sled(e) => {
+                let text = e.to_string();
+                text.contains("Read-only file system")
+                    || text.contains("Permission denied")
+                    || text.contains("No space left")
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// Copies a store's files (sled's `db`, `conf`, `snap.*`, `blobs/`, the marker) into a new
+/// private directory under the temp dir, for reading. Files are copied as they are; nothing
+/// in `dir` is written.
+fn copy_store(dir: &Path) -> std::io::Result<PathBuf> {
+    static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let copy = std::env::temp_dir().join(format!(
+        "evershard-read-{}-{}",
+        std::process::id(),
+        COPIES.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        std::fs::create_dir(&copy)?;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let to = copy.join(entry.file_name());
+            if kind.is_file() {
+                std::fs::copy(entry.path(), &to)?;
+            } else if kind.is_dir() && entry.file_name() == "blobs" {
+                std::fs::create_dir(&to)?;
+                for blob in std::fs::read_dir(entry.path())? {
+                    let blob = blob?;
+                    std::fs::copy(blob.path(), to.join(blob.file_name()))?;
+                }
+            }
+        }
+        // The copy is sled's to write (its recovery does): make it ours to write even when
+        // the original's files are read-only.
+        for entry in walk(&copy)? {
+            let mut permissions = std::fs::metadata(&entry)?.permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            permissions.set_readonly(false);
+            std::fs::set_permissions(&entry, permissions)?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(copy),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&copy);
+            Err(e)
+        }
+    }
+}
+
+/// After sled refused the store at `dir` with `err`: when `err` is sled's corruption and
+/// sled's snapshot files are there, whether a copy of the store without them reads clean
+/// (see [`snapfile`]); then those files, else `None` (the damage is elsewhere, or not known).
+fn snapshot_file_damage(dir: &Path, err: &OpenError) -> Option<Vec<PathBuf>> {
+    let OpenError::Storage { source, .. } = err else {
+        return None;
+    };
+    let StorageError::Corrupt {
+        cause: Corruption::Sled(_),
+        ..
+    } = **source
+    else {
+        return None;
+    };
+    let files = snapfile::snapshot_files(dir).ok()?;
+    if files.is_empty() {
+        return None;
+    }
+    match snapfile::check_without(dir) {
+        Ok(()) => Some(files),
+        Err(why) => {
+            tracing::warn!(dir = %dir.display(), %why, "sled refuses the store as corrupt, and not only because of its snapshot file");
+            None
+        }
+    }
+}
+
+/// Every file and directory under `dir` (one level of subdirectories: a store's layout).
+fn walk(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut all = vec![dir.to_path_buf()];
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            for inner in std::fs::read_dir(&path)? {
+                all.push(inner?.path());
+            }
+        }
+        all.push(path);
+    }
+    Ok(all)
 }
 
 /// True when `flock` on sled's data file `<dir>/db` would block.
@@ -372,6 +532,39 @@ fn check_format(dir: &Path, found: Option<sled::IVec>) -> Result<(), OpenError> 
     }
 }
 
+/// The checkpoint marker of the store, if it is a checkpoint.
+fn read_checkpoint_mark(dir: &Path, db: &sled::Db) -> Result<Option<CheckpointMark>, OpenError> {
+    match db
+        .get(checkpoint::CHECKPOINT_KEY)
+        .map_err(|e| OpenError::storage(dir, e))?
+    {
+        None => Ok(None),
+        Some(v) => CheckpointMark::decode(&v).map(Some).ok_or_else(|| {
+            OpenError::storage(
+                dir,
+                StorageError::corrupt_store(Corruption::MalformedKey {
+                    keyspace: "checkpoint marker",
+                }),
+            )
+        }),
+    }
+}
+
+fn refuse_checkpoint(dir: PathBuf, mark: CheckpointMark) -> OpenError {
+    if mark.complete {
+        OpenError::Checkpoint {
+            dir,
+            source_dir: mark.source_dir,
+            cut_position: mark.cut_position,
+        }
+    } else {
+        OpenError::IncompleteCheckpoint {
+            dir,
+            source_dir: mark.source_dir,
+        }
+    }
+}
+
 impl JournalWriter {
     /// Opens (or creates) a journal for reading and writing.
     pub fn open(dir: impl AsRef<Path>, config: JournalConfig) -> Result<JournalWriter, OpenError> {
@@ -392,15 +585,37 @@ impl JournalWriter {
             Durability::Durable => None,
             Durability::Buffered { flush_every_ms } => Some(flush_every_ms.max(1)),
         };
-        let db = sled::Config::new()
-            .path(&dir)
-            .cache_capacity(config.cache_bytes)
-            .flush_every_ms(flush_every_ms)
-            // An append-only journal never rewrites in place: favour write throughput over
-            // sled's space-saving rewrites.
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| map_open_error(&dir, e))?;
+        let open_sled = || {
+            sled::Config::new()
+                .path(&dir)
+                .cache_capacity(config.cache_bytes)
+                .flush_every_ms(flush_every_ms)
+                // An append-only journal never rewrites in place: favour write throughput
+                // over sled's space-saving rewrites.
+                .mode(sled::Mode::HighThroughput)
+                .open()
+                .map_err(|e| map_open_error(&dir, e))
+        };
+        let db = match open_sled() {
+            Ok(db) => db,
+            Err(err) => {
+                let Some(files) = snapshot_file_damage(&dir, &err) else {
+                    return Err(err);
+                };
+                // The log reads clean without sled's snapshot files: move them aside (never
+                // delete) and let sled rebuild its snapshot from the log.
+                for file in files {
+                    let aside = snapfile::move_aside(&file).map_err(io)?;
+                    tracing::warn!(
+                        damaged = %file.display(),
+                        moved_to = %aside.display(),
+                        "sled's snapshot file was damaged and the log reads clean without it: \
+                         moved it aside; sled rebuilds it from the log"
+                    );
+                }
+                open_sled()?
+            }
+        };
         sync_recovered_names(&dir).map_err(io)?;
         let sled_err = |e: sled::Error| OpenError::storage(&dir, e);
         let meta_key = meta_format_key();
@@ -427,6 +642,10 @@ impl JournalWriter {
             }
             format => {
                 check_format(&dir, format)?;
+                if let Some(mark) = read_checkpoint_mark(&dir, &db)? {
+                    close_db(Some(db), &dir);
+                    return Err(refuse_checkpoint(dir, mark));
+                }
                 if found == (probe::Probe::Store { marked: false }) {
                     probe::write_marker(&dir, !fault::skip(fault::Sync::Dir)).map_err(io)?;
                 }
@@ -437,6 +656,7 @@ impl JournalWriter {
         let data_file = File::open(dir.join("db")).map_err(io)?;
         let next_global = last_global_position(&db).map_err(|e| OpenError::storage(&dir, e))? + 1;
         let shared = Shared::new(db.clone(), dir.clone());
+        *shared.writer_lock.lock().unwrap_or_else(|e| e.into_inner()) = lock_marker(&dir);
         // What sled recovered at open is what survived: the watermark starts there.
         shared.mark_durable(next_global - 1);
         let (tx, rx) = mpsc::channel();
@@ -466,7 +686,10 @@ impl JournalWriter {
         request.validate()?;
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(CommitJob::Append { request, reply })
+            .send(CommitJob::Append {
+                request,
+                reply: ReplyTo::new(reply, self.shared.clone()),
+            })
             .map_err(|_| StorageError::Closed)?;
         Ok(rx)
     }
@@ -476,7 +699,7 @@ impl JournalWriter {
     pub async fn append(&self, request: AppendRequest) -> Result<Committed, AppendError> {
         let rx = self.submit(request)?;
         rx.await
-            .map_err(|_| AppendError::Storage(StorageError::Closed))?
+            .map_err(|_| AppendError::Storage(self.shared.gone()))?
     }
 
     /// [`JournalWriter::append`] for callers outside an async runtime.
@@ -484,7 +707,7 @@ impl JournalWriter {
     pub fn append_blocking(&self, request: AppendRequest) -> Result<Committed, AppendError> {
         let rx = self.submit(request)?;
         rx.blocking_recv()
-            .map_err(|_| AppendError::Storage(StorageError::Closed))?
+            .map_err(|_| AppendError::Storage(self.shared.gone()))?
     }
 
     /// Waits until everything appended so far is on stable storage (flush + fdatasync).
@@ -493,9 +716,11 @@ impl JournalWriter {
         self.shared.check_writable()?;
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(CommitJob::Sync { reply })
+            .send(CommitJob::Sync {
+                reply: ReplyTo::new(reply, self.shared.clone()),
+            })
             .map_err(|_| StorageError::Closed)?;
-        rx.blocking_recv().map_err(|_| StorageError::Closed)?
+        rx.blocking_recv().map_err(|_| self.shared.gone())?
     }
 
     /// Blocking, like [`JournalWriter::sync`].
@@ -509,7 +734,9 @@ impl JournalWriter {
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
         // No answer means the committer is gone: nothing was synced, so say so.
-        let result = match self.jobs.send(CommitJob::Shutdown { reply }) {
+        let result = match self.jobs.send(CommitJob::Shutdown {
+            reply: ReplyTo::new(reply, self.shared.clone()),
+        }) {
             Ok(()) => rx.blocking_recv().unwrap_or(Err(StorageError::Closed)),
             Err(_) => Err(StorageError::Closed),
         };
@@ -525,6 +752,11 @@ impl JournalWriter {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         close_db(db, &self.shared.dir);
+        self.shared
+            .writer_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         result
     }
 
@@ -540,6 +772,7 @@ impl JournalWriter {
         // A failed snapshot write does not poison the journal: snapshots are optional, and
         // the events are untouched by it.
         let key = keys::stream_key(keys::SNAPSHOTS, stream, sequence);
+        failpoint::check(failpoint::SNAPSHOT_WRITE)?;
         self.shared.db()?.insert(key, bytes)?;
         Ok(())
     }
@@ -555,6 +788,7 @@ impl JournalWriter {
         limit: usize,
     ) -> Result<usize, StorageError> {
         self.shared.check_writable()?;
+        failpoint::check(failpoint::IDEMPOTENCY_SWEEP)?;
         let db = self.shared.db()?;
         let end = {
             let mut k = vec![keys::IDEMPOTENCY_BY_TIME];
@@ -669,30 +903,134 @@ impl Journal {
             }
             probe::Probe::Store { .. } => {}
         }
-        if let Err(e) = sync_before_recovery(&dir) {
+        // A running engine holds the marker file exclusively: its files change under us, so
+        // neither opening them nor copying them is safe. Holding the marker shared while we
+        // open (or copy) keeps an engine from starting meanwhile.
+        let marker = File::open(dir.join(probe::MARKER_FILE)).ok();
+        if let Some(marker) = &marker {
+            if fs2::FileExt::try_lock_shared(marker).is_err() {
+                return Err(OpenError::Locked { dir });
+            }
+        }
+        let (db, private_copy) = match Self::open_in_place(&dir) {
+            Ok(db) => (db, None),
+            // Another reader holds sled's lock (no engine does: the marker said so), or the
+            // store cannot be written (a read-only mount or medium, files owned by someone
+            // else, a full disk): read a private copy instead. A store without a marker file
+            // (made before it existed) keeps the old answer, "locked", when locked.
+            Err(e) if marker.is_some() && may_read_a_copy(&e) => {
+                tracing::info!(dir = %dir.display(), cause = %e, "reading a private copy of the store");
+                let copy = copy_store(&dir).map_err(|e| {
+                    OpenError::storage(
+                        &dir,
+                        std::io::Error::new(
+                            e.kind(),
+                            format!(
+                                "the store cannot be opened in place, and a private copy \
+                                 to read could not be made in {} (set TMPDIR to a place with \
+                                 room): {e}",
+                                std::env::temp_dir().display()
+                            ),
+                        ),
+                    )
+                })?;
+                match sled::Config::new().path(&copy).open() {
+                    Ok(db) => (db, Some(copy)),
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&copy);
+                        return Err(map_open_error(&dir, e));
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        drop(marker);
+        let opened = Self::finish_read_only(dir, db, private_copy.clone());
+        if opened.is_err() {
+            if let Some(copy) = private_copy {
+                let _ = std::fs::remove_dir_all(copy);
+            }
+        }
+        opened
+    }
+
+    /// sled's open of the store itself, with the syncs around its recovery.
+    fn open_in_place(dir: &Path) -> Result<sled::Db, OpenError> {
+        if let Err(e) = sync_before_recovery(dir) {
             tracing::warn!(dir = %dir.display(), %e, "could not sync the store before sled's recovery");
         }
-        let db = sled::Config::new()
-            .path(&dir)
-            .open()
-            .map_err(|e| map_open_error(&dir, e))?;
+        let db = match sled::Config::new().path(dir).open() {
+            Ok(db) => db,
+            Err(e) => {
+                let err = map_open_error(dir, e);
+                return Err(match snapshot_file_damage(dir, &err) {
+                    // Read-only: change nothing, say the step.
+                    Some(files) => OpenError::DamagedSnapshotFile {
+                        moves: files
+                            .into_iter()
+                            .map(|f| {
+                                let to = snapfile::aside_path(&f);
+                                (f, to)
+                            })
+                            .collect(),
+                        dir: dir.to_path_buf(),
+                    },
+                    None => err,
+                });
+            }
+        };
         // sled's recovery writes even here; a read-only caller still gets the store when the
         // directories cannot be synced (say, on a read-only mount), with a warning.
-        if let Err(e) = sync_recovered_names(&dir) {
+        if let Err(e) = sync_recovered_names(dir) {
             tracing::warn!(dir = %dir.display(), %e, "could not sync the store's directories after sled's recovery");
         }
+        Ok(db)
+    }
+
+    fn finish_read_only(
+        dir: PathBuf,
+        db: sled::Db,
+        private_copy: Option<PathBuf>,
+    ) -> Result<Journal, OpenError> {
         let found = db
             .get(meta_format_key())
             .map_err(|e| OpenError::storage(&dir, e))?;
         check_format(&dir, found)?;
+        if let Some(mark) = read_checkpoint_mark(&dir, &db)?.filter(|m| !m.complete) {
+            return Err(OpenError::IncompleteCheckpoint {
+                dir,
+                source_dir: mark.source_dir,
+            });
+        }
         let last = last_global_position(&db).map_err(|e| OpenError::storage(&dir, e))?;
-        let shared = Shared::new(db, dir);
+        let mut shared = Shared::new(db, dir);
+        Arc::get_mut(&mut shared)
+            .expect("a new journal has one handle")
+            .private_copy = private_copy;
         shared.mark_durable(last);
         Ok(Journal { shared })
     }
 
+    /// True when this journal reads a private copy of its store (see `open_read_only`).
+    pub fn reads_a_private_copy(&self) -> bool {
+        self.shared.private_copy.is_some()
+    }
+
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// What the store says about itself when it is a checkpoint (`Engine::checkpoint`):
+    /// the cut, when and from where it was taken. `None` for a store that is not one.
+    pub fn checkpoint_mark(&self) -> Result<Option<CheckpointMark>, StorageError> {
+        match self.shared.db()?.get(checkpoint::CHECKPOINT_KEY)? {
+            None => Ok(None),
+            Some(v) => CheckpointMark::decode(&v).map(Some).ok_or_else(|| {
+                StorageError::corrupt_store(Corruption::MalformedKey {
+                    keyspace: "checkpoint marker",
+                })
+            }),
+        }
     }
 
     /// True after a failed write or flush: the journal refuses every further write.
@@ -1149,6 +1487,24 @@ impl Journal {
             let i = byte % value.len();
             value[i] ^= 0x5a;
         })
+    }
+
+    /// Writes `value` under `stream`'s snapshot prefix followed by `suffix` — a snapshot key
+    /// when `suffix` is a sequence's 8 big-endian bytes, a malformed key otherwise —
+    /// bypassing every check: for the snapshot-fallback tests only.
+    #[cfg(feature = "fault-injection")]
+    pub fn put_raw_snapshot_for_tests(
+        &self,
+        stream: &StreamId,
+        suffix: &[u8],
+        value: &[u8],
+    ) -> Result<(), StorageError> {
+        let db = self.shared.db()?;
+        let mut key = keys::stream_prefix(keys::SNAPSHOTS, stream);
+        key.extend_from_slice(suffix);
+        db.insert(key, value)?;
+        db.flush()?;
+        Ok(())
     }
 
     /// Rewrites a stored record through `edit` and re-encodes it, so that its CRC is valid

@@ -18,12 +18,30 @@
 //!    …    4  payload length (u32)
 //!    …    …  payload (evershard_model::codec bytes)
 //! ```
+//!
+//! Format 2 (written only for events that carry a session or an audit context, so every
+//! other record stays byte for byte format 1) adds flag bit 2 (session) and bit 3 (audit
+//! context) and, between `user_id` and the payload length:
+//!
+//! ```text
+//!   16  session_id, when bit 2
+//!        when bit 3: audit flags u8 (bit 0 ip present, bit 1 user agent present),
+//!        ip_address (u16 length + text), user_agent (u16 length + UTF-8),
+//!        compliance flag count u16, then each flag as u16 length + UTF-8
+//! ```
 
 use chrono::{DateTime, TimeZone, Utc};
+use evershard_model::AuditContext;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 pub const RECORD_FORMAT_V1: u8 = 1;
+/// Format 1 plus a session id and an audit context (see the module docs).
+pub const RECORD_FORMAT_V2: u8 = 2;
+const FLAG_CAUSATION: u8 = 1;
+const FLAG_USER: u8 = 1 << 1;
+const FLAG_SESSION: u8 = 1 << 2;
+const FLAG_AUDIT: u8 = 1 << 3;
 pub const HEADER_BYTES: usize = 110;
 /// A payload's size at most. Records must stay below sled 0.34's blob threshold (128 KiB with
 /// the default 512 KiB segments): sled writes larger values to separate `blobs/` files that its
@@ -50,6 +68,10 @@ pub struct Record {
     pub event_version: String,
     pub source: String,
     pub user_id: Option<String>,
+    /// Format 2 only.
+    pub session_id: Option<Uuid>,
+    /// Format 2 only.
+    pub audit_context: Option<AuditContext>,
     pub payload: Vec<u8>,
 }
 
@@ -81,19 +103,45 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// A u16-length-prefixed UTF-8 string at `*cursor`, moving the cursor past it.
+fn read_str(bytes: &[u8], cursor: &mut usize, what: &'static str) -> Result<String, RecordError> {
+    let at = *cursor;
+    let len_bytes = bytes.get(at..at + 2).ok_or(RecordError::Malformed(what))?;
+    let len = u16::from_le_bytes([len_bytes[0], len_bytes[1]]) as usize;
+    let s = bytes
+        .get(at + 2..at + 2 + len)
+        .ok_or(RecordError::Malformed(what))?;
+    *cursor = at + 2 + len;
+    String::from_utf8(s.to_vec()).map_err(|_| RecordError::Malformed(what))
+}
+
 impl Record {
+    /// The format this record is written in: 2 when it carries a session or an audit
+    /// context, else 1.
+    pub fn format(&self) -> u8 {
+        if self.session_id.is_some() || self.audit_context.is_some() {
+            RECORD_FORMAT_V2
+        } else {
+            RECORD_FORMAT_V1
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         assert!(self.sequence >= 1, "sequences start at 1");
         assert!(self.payload.len() <= PAYLOAD_BYTES_MAX);
         let mut out = Vec::with_capacity(HEADER_BYTES + 64 + self.payload.len());
-        out.push(RECORD_FORMAT_V1);
+        out.push(self.format());
         out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&self.sequence.to_le_bytes());
         out.extend_from_slice(&self.global_position.to_le_bytes());
         out.extend_from_slice(&self.timestamp.timestamp_micros().to_le_bytes());
         out.extend_from_slice(self.event_id.as_bytes());
         out.extend_from_slice(self.correlation_id.as_bytes());
-        let flags = u8::from(self.causation_id.is_some()) | (u8::from(self.user_id.is_some()) << 1);
+        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+        let flags = flag(self.causation_id.is_some(), FLAG_CAUSATION)
+            | flag(self.user_id.is_some(), FLAG_USER)
+            | flag(self.session_id.is_some(), FLAG_SESSION)
+            | flag(self.audit_context.is_some(), FLAG_AUDIT);
         out.push(flags);
         out.extend_from_slice(self.causation_id.unwrap_or(Uuid::nil()).as_bytes());
         out.extend_from_slice(&self.prev_hash);
@@ -104,6 +152,24 @@ impl Record {
         put_str(&mut out, &self.event_version);
         put_str(&mut out, &self.source);
         put_str(&mut out, self.user_id.as_deref().unwrap_or(""));
+        if let Some(session) = &self.session_id {
+            out.extend_from_slice(session.as_bytes());
+        }
+        if let Some(audit) = &self.audit_context {
+            let present = flag(audit.ip_address.is_some(), 1) | flag(audit.user_agent.is_some(), 2);
+            out.push(present);
+            let ip = audit
+                .ip_address
+                .map(|ip| ip.to_string())
+                .unwrap_or_default();
+            put_str(&mut out, &ip);
+            put_str(&mut out, audit.user_agent.as_deref().unwrap_or(""));
+            assert!(audit.compliance_flags.len() <= AuditContext::COMPLIANCE_FLAGS_MAX);
+            out.extend_from_slice(&(audit.compliance_flags.len() as u16).to_le_bytes());
+            for f in &audit.compliance_flags {
+                put_str(&mut out, f);
+            }
+        }
         out.extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.payload);
         let crc = crc32c::crc32c(&out[5..]);
@@ -117,8 +183,9 @@ impl Record {
         if bytes.len() < HEADER_BYTES + 6 * 2 + 4 {
             return Err(RecordError::Truncated(bytes.len()));
         }
-        if bytes[0] != RECORD_FORMAT_V1 {
-            return Err(RecordError::UnknownFormat(bytes[0]));
+        let format = bytes[0];
+        if format != RECORD_FORMAT_V1 && format != RECORD_FORMAT_V2 {
+            return Err(RecordError::UnknownFormat(format));
         }
         let stored = u32::from_le_bytes(bytes[1..5].try_into().expect("4 bytes"));
         let computed = crc32c::crc32c(&bytes[5..]);
@@ -133,8 +200,19 @@ impl Record {
             .single()
             .ok_or(RecordError::Malformed("timestamp out of range"))?;
         let flags = bytes[61];
-        if flags & !0b11 != 0 {
+        let known = match format {
+            RECORD_FORMAT_V1 => FLAG_CAUSATION | FLAG_USER,
+            _ => FLAG_CAUSATION | FLAG_USER | FLAG_SESSION | FLAG_AUDIT,
+        };
+        if flags & !known != 0 {
             return Err(RecordError::Malformed("unknown flag bits"));
+        }
+        if format == RECORD_FORMAT_V2 && flags & (FLAG_SESSION | FLAG_AUDIT) == 0 {
+            // Format 2 is written only for what format 1 cannot hold: one record, one
+            // encoding, so a re-encoded record hashes the same.
+            return Err(RecordError::Malformed(
+                "format 2 without a session or audit context",
+            ));
         }
         let mut cursor = HEADER_BYTES;
         let mut take_str = || -> Result<String, RecordError> {
@@ -154,6 +232,58 @@ impl Record {
         let event_version = take_str()?;
         let source = take_str()?;
         let user_id = take_str()?;
+        let session_id = if flags & FLAG_SESSION != 0 {
+            let raw = bytes
+                .get(cursor..cursor + 16)
+                .ok_or(RecordError::Malformed("session id"))?;
+            cursor += 16;
+            Some(Uuid::from_slice(raw).expect("16 bytes"))
+        } else {
+            None
+        };
+        let audit_context = if flags & FLAG_AUDIT != 0 {
+            let present = *bytes
+                .get(cursor)
+                .ok_or(RecordError::Malformed("audit flags"))?;
+            if present & !0b11 != 0 {
+                return Err(RecordError::Malformed("unknown audit flag bits"));
+            }
+            cursor += 1;
+            let ip = read_str(bytes, &mut cursor, "audit ip address")?;
+            let agent = read_str(bytes, &mut cursor, "audit user agent")?;
+            let ip_address = if present & 1 != 0 {
+                Some(
+                    ip.parse()
+                        .map_err(|_| RecordError::Malformed("audit ip address"))?,
+                )
+            } else if ip.is_empty() {
+                None
+            } else {
+                return Err(RecordError::Malformed("audit ip address"));
+            };
+            if present & 2 == 0 && !agent.is_empty() {
+                return Err(RecordError::Malformed("audit user agent"));
+            }
+            let user_agent = (present & 2 != 0).then_some(agent);
+            let count_bytes = bytes
+                .get(cursor..cursor + 2)
+                .ok_or(RecordError::Malformed("compliance flags"))?;
+            let count = u16::from_le_bytes([count_bytes[0], count_bytes[1]]) as usize;
+            cursor += 2;
+            if count > AuditContext::COMPLIANCE_FLAGS_MAX {
+                return Err(RecordError::Malformed("too many compliance flags"));
+            }
+            let compliance_flags = (0..count)
+                .map(|_| read_str(bytes, &mut cursor, "compliance flag"))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(AuditContext {
+                ip_address,
+                user_agent,
+                compliance_flags,
+            })
+        } else {
+            None
+        };
         let len_bytes = bytes
             .get(cursor..cursor + 4)
             .ok_or(RecordError::Malformed("payload length"))?;
@@ -172,14 +302,16 @@ impl Record {
             timestamp,
             event_id: uuid_at(29),
             correlation_id: uuid_at(45),
-            causation_id: (flags & 1 != 0).then(|| uuid_at(62)),
+            causation_id: (flags & FLAG_CAUSATION != 0).then(|| uuid_at(62)),
             prev_hash: bytes[78..110].try_into().expect("32 bytes"),
             aggregate_type,
             aggregate_id,
             event_type,
             event_version,
             source,
-            user_id: (flags & 2 != 0).then_some(user_id),
+            user_id: (flags & FLAG_USER != 0).then_some(user_id),
+            session_id,
+            audit_context,
             payload: payload.to_vec(),
         })
     }
@@ -217,7 +349,15 @@ impl<'a> RecordView<'a> {
         if bytes.len() < HEADER_BYTES + 6 * 2 + 4 {
             return Err(RecordError::Truncated(bytes.len()));
         }
-        if bytes[0] != RECORD_FORMAT_V1 {
+        // The payload's length for format 2, which the full decode below has checked.
+        let mut v2_payload_len = None;
+        if bytes[0] == RECORD_FORMAT_V2 {
+            // Format 2 (events with a session or an audit context) is the exception: check
+            // it with the full decoder, so the two can never disagree on its tail, and take
+            // the view's fields from the bytes as for format 1 below (the payload is the last
+            // field of both formats).
+            v2_payload_len = Some(Record::decode(bytes)?.payload.len());
+        } else if bytes[0] != RECORD_FORMAT_V1 {
             return Err(RecordError::UnknownFormat(bytes[0]));
         }
         let stored = u32::from_le_bytes(bytes[1..5].try_into().expect("4 bytes"));
@@ -230,7 +370,7 @@ impl<'a> RecordView<'a> {
         if Utc.timestamp_micros(micros).single().is_none() {
             return Err(RecordError::Malformed("timestamp out of range"));
         }
-        if bytes[61] & !0b11 != 0 {
+        if bytes[0] == RECORD_FORMAT_V1 && bytes[61] & !(FLAG_CAUSATION | FLAG_USER) != 0 {
             return Err(RecordError::Malformed("unknown flag bits"));
         }
         let mut cursor = HEADER_BYTES;
@@ -247,18 +387,25 @@ impl<'a> RecordView<'a> {
             *slot =
                 std::str::from_utf8(s).map_err(|_| RecordError::Malformed("string not UTF-8"))?;
         }
-        let len_bytes = bytes
-            .get(cursor..cursor + 4)
-            .ok_or(RecordError::Malformed("payload length"))?;
-        let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
-        let payload = bytes
-            .get(cursor + 4..)
-            .ok_or(RecordError::Malformed("payload"))?;
-        if payload.len() != len {
-            return Err(RecordError::Malformed(
-                "payload length does not match record length",
-            ));
-        }
+        // Format 2's tail and payload were checked by the full decode above.
+        let payload = match v2_payload_len {
+            Some(len) => &bytes[bytes.len() - len..],
+            None => {
+                let len_bytes = bytes
+                    .get(cursor..cursor + 4)
+                    .ok_or(RecordError::Malformed("payload length"))?;
+                let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
+                let payload = bytes
+                    .get(cursor + 4..)
+                    .ok_or(RecordError::Malformed("payload"))?;
+                if payload.len() != len {
+                    return Err(RecordError::Malformed(
+                        "payload length does not match record length",
+                    ));
+                }
+                payload
+            }
+        };
         Ok(RecordView {
             sequence: u64_at(5),
             global_position: u64_at(13),
@@ -292,13 +439,81 @@ mod tests {
             event_version: "1.0".into(),
             source: "test".into(),
             user_id: None,
+            session_id: None,
+            audit_context: None,
             payload: vec![1, 2, 3],
         }
     }
 
+    fn audited() -> Record {
+        Record {
+            user_id: Some("3f1c0d9e-5a1b-4c7e-9a43-0b6f1f1f2a10".into()),
+            session_id: Some(Uuid::from_u128(9)),
+            audit_context: Some(
+                AuditContext::new()
+                    .ip_address("2001:db8::7".parse().unwrap())
+                    .user_agent("curl/8.5")
+                    .compliance_flag("GACP")
+                    .compliance_flag("21CFR11"),
+            ),
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn format_2_only_when_needed_and_it_round_trips_and_detects_every_flipped_byte() {
+        assert_eq!(sample().encode()[0], RECORD_FORMAT_V1);
+        for r in [
+            audited(),
+            Record {
+                audit_context: None,
+                ..audited()
+            },
+            Record {
+                session_id: None,
+                audit_context: Some(AuditContext::default()),
+                ..audited()
+            },
+        ] {
+            let bytes = r.encode();
+            assert_eq!(bytes[0], RECORD_FORMAT_V2);
+            let view = RecordView::check(&bytes).unwrap();
+            assert_eq!(
+                (view.payload, view.event_type),
+                (r.payload.as_slice(), r.event_type.as_str())
+            );
+            assert_eq!(Record::decode(&bytes), Ok(r));
+            for i in 0..bytes.len() {
+                let mut damaged = bytes.clone();
+                damaged[i] ^= 0x40;
+                assert!(
+                    Record::decode(&damaged).is_err(),
+                    "flip at byte {i} went unnoticed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_format_1_record_with_format_2_flags_is_refused() {
+        let mut bytes = sample().encode();
+        bytes[61] |= FLAG_SESSION;
+        let crc = crc32c::crc32c(&bytes[5..]);
+        bytes[1..5].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            Record::decode(&bytes),
+            Err(RecordError::Malformed("unknown flag bits"))
+        );
+    }
+
     #[test]
     fn round_trips_and_detects_every_flipped_byte() {
-        let r = sample();
+        for r in [sample(), audited()] {
+            round_trips_and_detects_every_flipped_byte_of(r);
+        }
+    }
+
+    fn round_trips_and_detects_every_flipped_byte_of(r: Record) {
         let bytes = r.encode();
         assert_eq!(Record::decode(&bytes), Ok(r.clone()));
         let view = RecordView::check(&bytes).unwrap();

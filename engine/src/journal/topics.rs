@@ -311,6 +311,7 @@ impl JournalWriter {
             }
         }
         batch.insert(CURSOR_KEY, &cursor_to.to_le_bytes()[..]);
+        super::failpoint::check(super::failpoint::TOPIC_BATCH)?;
         db.apply_batch(batch)?;
         Ok(())
     }
@@ -357,6 +358,7 @@ impl JournalWriter {
             key.extend_from_slice(&partition.to_be_bytes());
             batch.insert(key, &offset.to_le_bytes()[..]);
         }
+        super::failpoint::check(super::failpoint::COMMIT_OFFSETS)?;
         db.apply_batch(batch)?;
         self.sync()
     }

@@ -229,6 +229,7 @@ impl<A: Aggregate> EntityState<A> {
                 replayed = loaded.events_replayed,
                 "recovered"
             );
+            self.args.rt.record_skipped(loaded.skipped_snapshots);
             self.timer = self
                 .args
                 .rt
@@ -391,6 +392,8 @@ impl<A: Aggregate> EntityState<A> {
                 causation_id: metadata.causation_id,
                 source: metadata.source.clone(),
                 user_id: metadata.user_id.clone(),
+                session_id: metadata.session_id,
+                audit_context: metadata.audit_context.clone(),
                 payload: A::encode_event(event),
             })
             .collect();

@@ -15,7 +15,7 @@ pub(crate) use entity::{idempotency_ops, timer_ops};
 pub(crate) use shard::{ShardActor, ShardArgs, ShardMsg};
 
 use crate::journal::JournalWriter;
-use crate::snapshots::{SnapshotPolicy, Snapshotter};
+use crate::snapshots::{SkippedSnapshot, SnapshotPolicy, Snapshotter};
 use evershard_model::Clock;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,9 +60,32 @@ pub(crate) struct Runtime {
     pub config: ShardingConfig,
     /// How long an idempotency key answers with its original result.
     pub idempotency_retention_ms: i64,
+    /// Snapshots recovery skipped since the engine opened, newest last, at most
+    /// [`SKIPPED_SNAPSHOTS_KEPT_MAX`] (see [`crate::Engine::skipped_snapshots`]).
+    pub skipped_snapshots: std::sync::Mutex<std::collections::VecDeque<SkippedSnapshot>>,
 }
 
+/// Skipped-snapshot warnings an engine keeps in memory; older ones are only in the log.
+pub(crate) const SKIPPED_SNAPSHOTS_KEPT_MAX: usize = 1024;
+
 impl Runtime {
+    /// Keeps recovery's warnings about skipped snapshots for [`crate::Engine::skipped_snapshots`].
+    pub fn record_skipped(&self, skipped: Vec<SkippedSnapshot>) {
+        if skipped.is_empty() {
+            return;
+        }
+        let mut kept = self
+            .skipped_snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for skip in skipped {
+            if kept.len() == SKIPPED_SNAPSHOTS_KEPT_MAX {
+                kept.pop_front();
+            }
+            kept.push_back(skip);
+        }
+    }
+
     pub fn passivate_idle(&self) -> Duration {
         Duration::from_millis(self.config.passivate_idle_ms)
     }

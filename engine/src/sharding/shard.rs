@@ -14,6 +14,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinHandle;
 
+// `Route` carries every command; the other variants are rare control messages. Boxing the
+// command would add an allocation per command to shrink messages that sit in a mailbox only
+// briefly.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum ShardMsg<A: Aggregate> {
     Route {
         aggregate_id: String,

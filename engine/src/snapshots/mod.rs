@@ -10,27 +10,78 @@ pub(crate) use writer::{SnapshotJob, Snapshotter};
 
 pub use evershard_snapshots::{select, Selection, SnapshotError, SnapshotPolicy, SnapshotRecord};
 
-use crate::error::StorageError;
 use crate::journal::{Journal, StreamId};
 use evershard_model::Aggregate;
 
+/// A snapshot recovery could not use and skipped: it fell back to an older snapshot or to a
+/// full replay from the stream's first event, which the events alone make correct. What was
+/// lost is the shortcut, never an event; the warning says which snapshot and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{stream}: {} skipped ({reason}); recovered from {}", sequence.map(|s| format!("snapshot at sequence {s}")).unwrap_or_else(|| "its snapshots".into()), fallback.map(|s| format!("the older snapshot at sequence {s} plus the events after it")).unwrap_or_else(|| "its events alone".into()))]
+#[non_exhaustive]
+pub struct SkippedSnapshot {
+    pub stream: StreamId,
+    /// The snapshot's sequence; `None` when the stream's snapshots could not be read at all
+    /// (sled reports damage in the pages that hold them).
+    pub sequence: Option<u64>,
+    pub reason: SkipReason,
+    /// The snapshot recovery used instead (`None`: a full replay).
+    pub fallback: Option<u64>,
+}
+
+/// Why a snapshot was skipped.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SkipReason {
+    /// The record was read but is unusable (CRC, format, schema, beyond the head).
+    #[error(transparent)]
+    Unusable(#[from] SnapshotError),
+    /// Reading the stream's snapshots failed (in one line, as the storage error says it).
+    #[error("unreadable: {0}")]
+    Unreadable(String),
+}
+
 /// The newest usable snapshot of `stream` at or below `target` as (sequence, state), or
-/// `None` (replay from the first event). Each newer, unusable one is logged with its typed
-/// reason and skipped.
+/// `None` (replay from the first event), and every snapshot skipped on the way: newer ones
+/// that are unusable, and — when sled cannot read the stream's snapshot keys at all — one
+/// warning for the lot. A damaged snapshot is never a reason to refuse a stream whose events
+/// are intact; each skip is logged and returned.
 pub(crate) fn recovery_start<A: Aggregate>(
     journal: &Journal,
     stream: &StreamId,
     target: u64,
     head: u64,
-) -> Result<Option<(u64, A::State)>, StorageError> {
-    let candidates: Vec<_> = journal
-        .snapshots(stream)?
+) -> (Option<(u64, A::State)>, Vec<SkippedSnapshot>) {
+    let (candidates, unreadable) = match journal.snapshots(stream) {
+        Ok(all) => (all, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let candidates: Vec<_> = candidates
         .into_iter()
         .filter(|(seq, _)| *seq <= target)
         .collect();
     let selection = select::<A::State>(&candidates, A::STATE_SCHEMA_VERSION, head);
-    for (sequence, reason) in &selection.skipped {
-        tracing::warn!(%stream, sequence, %reason, "skipping unusable snapshot");
+    let fallback = selection.chosen.as_ref().map(|(seq, _)| *seq);
+    let mut skipped: Vec<SkippedSnapshot> = selection
+        .skipped
+        .into_iter()
+        .map(|(sequence, reason)| SkippedSnapshot {
+            stream: stream.clone(),
+            sequence: Some(sequence),
+            reason: SkipReason::Unusable(reason),
+            fallback,
+        })
+        .collect();
+    if let Some(e) = unreadable {
+        skipped.push(SkippedSnapshot {
+            stream: stream.clone(),
+            sequence: None,
+            reason: SkipReason::Unreadable(e.to_string()),
+            fallback: None,
+        });
     }
-    Ok(selection.chosen)
+    for skip in &skipped {
+        tracing::warn!(%skip, "skipping unusable snapshot");
+    }
+    (selection.chosen, skipped)
 }

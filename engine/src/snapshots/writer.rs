@@ -27,13 +27,18 @@ impl Snapshotter {
         let (tx, rx) = sync_channel::<SnapshotJob>(SNAPSHOT_QUEUE_JOBS_MAX);
         let thread = std::thread::Builder::new().name("evershard-snapshots".into()).spawn(move || {
             for job in rx {
-                let bytes = (job.encode)();
-                let result = journal
-                    .put_snapshot(&job.stream, job.sequence, &bytes)
-                    .and_then(|()| journal.prune_snapshots(&job.stream, keep));
+                // A panic while encoding or storing (a bug, or a failpoint) loses this
+                // snapshot only: the thread goes on with the next one.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let bytes = (job.encode)();
+                    journal
+                        .put_snapshot(&job.stream, job.sequence, &bytes)
+                        .and_then(|()| journal.prune_snapshots(&job.stream, keep))
+                }));
                 match result {
-                    Ok(_) => tracing::debug!(stream = %job.stream, sequence = job.sequence, "snapshot taken"),
-                    Err(e) => tracing::warn!(stream = %job.stream, sequence = job.sequence, %e, "snapshot not written"),
+                    Ok(Ok(_)) => tracing::debug!(stream = %job.stream, sequence = job.sequence, "snapshot taken"),
+                    Ok(Err(e)) => tracing::warn!(stream = %job.stream, sequence = job.sequence, %e, "snapshot not written"),
+                    Err(_) => tracing::warn!(stream = %job.stream, sequence = job.sequence, "snapshot not written: its writer panicked"),
                 }
             }
         })?;

@@ -46,6 +46,12 @@ struct GacpEnvelope<'a> {
     // `userId: z.string().uuid().optional()`: only a UUID may appear here.
     #[serde(skip_serializing_if = "Option::is_none")]
     user_id: Option<Uuid>,
+    // `sessionId: z.string().uuid().optional()`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_id: Option<Uuid>,
+    // `auditContext: { ipAddress?, userAgent?, complianceFlags: [] }.optional()`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_context: Option<&'a evershard_model::AuditContext>,
     payload: &'a Value,
 }
 
@@ -97,6 +103,8 @@ pub(crate) fn envelope(format: WireFormat, record: &Record, payload: &Value) -> 
                     .user_id
                     .as_deref()
                     .and_then(|u| Uuid::parse_str(u).ok()),
+                session_id: record.session_id,
+                audit_context: record.audit_context.as_ref(),
                 payload,
             },
         ),

@@ -319,6 +319,8 @@ pub(crate) async fn dead_letter(
             causation_id: Some(message.event_id),
             source: "evershard.subscriber".to_owned(),
             user_id: None,
+            session_id: None,
+            audit_context: None,
             payload: evershard_model::codec::encode(letter),
         };
         match writer

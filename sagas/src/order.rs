@@ -1,0 +1,251 @@
+//! The order saga on an engine: observers of `business.orders`, `business.inventory` and
+//! `business.payments`, and the dispatch of its commands to `ProductStock`, `Order` and
+//! `Payment`.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use evershard_engine::Engine;
+//! use evershard_sagas::{order_saga_runner, register_order_flow, OrderSagaOptions};
+//!
+//! let engine = register_order_flow(Engine::builder("./data")).open().await?;
+//! let saga = order_saga_runner(&engine, OrderSagaOptions::default())?;
+//! // ... place orders with `engine.execute::<Order>(..)`; the saga does the rest ...
+//! saga.stop().await?;
+//! engine.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+use evershard_aggregates::order::{Order, OrderEvent, TOPIC as ORDERS_TOPIC};
+use evershard_aggregates::order_saga::{
+    Fact, Observe, OrderSaga, OrderSagaCommand, SagaCommand, SagaLineSpec, Source,
+    TOPIC as SAGA_TOPIC,
+};
+use evershard_aggregates::payment::{
+    Payment, PaymentDuplicateGuard, PaymentEvent, TargetType, TOPIC as PAYMENTS_TOPIC,
+};
+use evershard_aggregates::product_stock::{
+    ProductStock, ProductStockEvent, TOPIC as INVENTORY_TOPIC,
+};
+use evershard_engine::model::{Aggregate, EventEnvelope};
+use evershard_engine::{
+    send_to, EngineBuilder, RejectedStep, SagaRunner, SagaSend, SagaStartError,
+    SubscriptionOptions, SAGA_RETRY,
+};
+use evershard_engine::{ConsumerOptions, Engine, StartFrom};
+
+/// How the order saga's runner starts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OrderSagaOptions {
+    /// Where its consumer groups start when they have never committed: `Committed` (the
+    /// default: offset 0, every order in the store gets a saga), or a time (only orders
+    /// placed from then on, e.g. when the saga is introduced into a store with history).
+    pub start: StartFrom,
+    /// The prefix of its consumer groups; `None`: `saga.OrderSaga`.
+    pub group_prefix: Option<String>,
+}
+
+/// Registers the flow's four types with an engine being built: `ProductStock`, `Order`,
+/// `Payment` (with its cross-payment duplicate guard) and `OrderSaga`.
+pub fn register_order_flow(builder: EngineBuilder) -> EngineBuilder {
+    builder
+        .register::<ProductStock>()
+        .register::<Order>()
+        .register::<Payment>()
+        .register::<OrderSaga>()
+        .guard::<Payment>(PaymentDuplicateGuard::new())
+}
+
+/// Starts the order saga on `engine` (which must run the four types of
+/// [`register_order_flow`]).
+pub fn order_saga_runner(
+    engine: &Engine,
+    options: OrderSagaOptions,
+) -> Result<SagaRunner, SagaStartError> {
+    let subscription = SubscriptionOptions {
+        consumer: ConsumerOptions {
+            start: options.start,
+        },
+        retry: SAGA_RETRY,
+        ..SubscriptionOptions::default()
+    };
+    let mut builder = SagaRunner::builder::<OrderSaga>(engine, SAGA_TOPIC);
+    if let Some(prefix) = options.group_prefix {
+        builder = builder.group_prefix(prefix);
+    }
+    builder
+        .observe::<Order>(ORDERS_TOPIC, observe_order)
+        .observe::<ProductStock>(INVENTORY_TOPIC, observe_stock)
+        .observe::<Payment>(PAYMENTS_TOPIC, observe_payment)
+        .dispatch(|engine, send| Box::pin(dispatch(engine, send)))
+        .on_rejected(report_rejection)
+        .options(subscription)
+        .start()
+}
+
+fn source<E: evershard_engine::model::DomainEvent>(
+    aggregate_type: &str,
+    envelope: &EventEnvelope<E>,
+) -> Source {
+    Source {
+        aggregate_type: aggregate_type.to_owned(),
+        aggregate_id: envelope.aggregate_id.clone(),
+        sequence: envelope.sequence,
+        event_type: envelope.event_type.clone(),
+    }
+}
+
+fn observation<E: evershard_engine::model::DomainEvent>(
+    saga_id: String,
+    aggregate_type: &str,
+    envelope: &EventEnvelope<E>,
+    fact: Fact,
+) -> Option<(String, OrderSagaCommand)> {
+    let source = source(aggregate_type, envelope);
+    Some((saga_id, Observe { source, fact }.into()))
+}
+
+/// Order events: the creation starts the saga; confirmation, fulfilment and cancellation
+/// drive it. The order's own acknowledgements of the saga's commands are not needed.
+pub fn observe_order(envelope: &EventEnvelope<OrderEvent>) -> Option<(String, OrderSagaCommand)> {
+    let fact = match &envelope.payload {
+        OrderEvent::OrderCreated(e) => Fact::OrderCreated {
+            customer_id: e.customer_id,
+            lines: e
+                .lines
+                .iter()
+                .map(|l| SagaLineSpec {
+                    product_id: l.product_id.clone(),
+                    quantity: l.quantity,
+                })
+                .collect(),
+            total_amount: e.total_amount,
+            currency: e.currency,
+            created_at: e.created_at,
+            expires_at: e.expires_at,
+        },
+        OrderEvent::OrderConfirmed(_) => Fact::OrderConfirmed,
+        OrderEvent::OrderFulfilled(_) => Fact::OrderFulfilled,
+        OrderEvent::OrderCancelled(e) => Fact::OrderCancelled { reason: e.reason },
+        OrderEvent::OrderLineReserved(_)
+        | OrderEvent::OrderStockReserved(_)
+        | OrderEvent::OrderPaymentRequested(_) => return None,
+    };
+    observation(envelope.aggregate_id.clone(), Order::TYPE, envelope, fact)
+}
+
+/// Stock events of reservations the saga makes (reservation id = order id).
+pub fn observe_stock(
+    envelope: &EventEnvelope<ProductStockEvent>,
+) -> Option<(String, OrderSagaCommand)> {
+    let product_id = envelope.aggregate_id.clone();
+    let (order_id, reservation_id, fact) = match &envelope.payload {
+        ProductStockEvent::StockReserved(e) => (
+            e.order_id,
+            e.reservation_id,
+            Fact::StockReserved {
+                product_id,
+                reservation_id: e.reservation_id,
+            },
+        ),
+        ProductStockEvent::StockReservationConfirmed(e) => (
+            e.order_id,
+            e.reservation_id,
+            Fact::StockReservationConfirmed { product_id },
+        ),
+        ProductStockEvent::StockReleased(e) => (
+            e.order_id,
+            e.reservation_id,
+            Fact::StockReleased {
+                product_id,
+                reason: e.reason,
+            },
+        ),
+        ProductStockEvent::StockCommitted(e) => (
+            e.order_id,
+            e.reservation_id,
+            Fact::StockCommitted { product_id },
+        ),
+        _ => return None,
+    };
+    // A reservation made by someone else for the order (another id) is not the saga's.
+    if order_id != reservation_id {
+        return None;
+    }
+    observation(order_id.to_string(), ProductStock::TYPE, envelope, fact)
+}
+
+/// Payment events of payments for an order.
+pub fn observe_payment(
+    envelope: &EventEnvelope<PaymentEvent>,
+) -> Option<(String, OrderSagaCommand)> {
+    let (target_type, order_id, fact) = match &envelope.payload {
+        PaymentEvent::PaymentCompleted(e) => (
+            e.target_type,
+            e.target_id,
+            Fact::PaymentCompleted {
+                payment_id: e.payment_id,
+                amount: e.amount,
+            },
+        ),
+        PaymentEvent::PaymentFailed(e) => (
+            e.target_type,
+            e.target_id,
+            Fact::PaymentFailed {
+                payment_id: e.payment_id,
+                attempt: e.attempt,
+                blocked: e.blocked,
+                reason: e.reason.clone(),
+            },
+        ),
+        PaymentEvent::PaymentRefunded(e) => (
+            e.target_type,
+            e.target_id,
+            Fact::PaymentRefunded {
+                payment_id: e.payment_id,
+                amount: e.amount,
+                total_refunded: e.total_refunded,
+            },
+        ),
+        _ => return None,
+    };
+    if target_type != TargetType::Order {
+        return None;
+    }
+    observation(order_id.to_string(), Payment::TYPE, envelope, fact)
+}
+
+async fn dispatch(
+    engine: Engine,
+    send: SagaSend<SagaCommand>,
+) -> Result<evershard_engine::Sent, evershard_engine::HandlerError> {
+    match send.command {
+        SagaCommand::Stock {
+            product_id,
+            command,
+        } => send_to::<ProductStock>(&engine, &product_id, command, send.metadata).await,
+        SagaCommand::Order { order_id, command } => {
+            send_to::<Order>(&engine, &order_id.to_string(), command, send.metadata).await
+        }
+        SagaCommand::Payment {
+            payment_id,
+            command,
+        } => send_to::<Payment>(&engine, &payment_id.to_string(), command, send.metadata).await,
+    }
+}
+
+/// A rejected step, reported to the saga as an observation of its own event.
+pub fn report_rejection(rejected: &RejectedStep) -> OrderSagaCommand {
+    Observe {
+        source: Source {
+            aggregate_type: OrderSaga::TYPE.to_owned(),
+            aggregate_id: rejected.saga_id.clone(),
+            sequence: rejected.saga_sequence,
+            event_type: rejected.saga_event_type.clone(),
+        },
+        fact: Fact::CommandRejected {
+            step: rejected.step.clone(),
+            error: rejected.error.clone(),
+        },
+    }
+    .into()
+}

@@ -1,0 +1,527 @@
+//! The order / stock / payment saga end to end, through a real engine with a `ManualClock`:
+//! the runner's consumer groups drive `OrderSaga`, which drives `ProductStock`, `Order` and
+//! `Payment`; the tests play the customer, the payment gateway and the warehouse.
+//!
+//! One test per path of the issue: the happy path; out of stock; a payment failure then a
+//! success; a blocked payment; a reservation that expires; a cancel after payment; a saga
+//! that times out. Each waits with bounded polls (`SagaRunner::wait_idle`), moves the clock
+//! and fires timers explicitly, and ends with the flow's global invariant check
+//! (`evershard::sagas::check_order_flow`) — the same checker the crash torture uses.
+
+mod common;
+use chrono::Duration;
+use common::t0;
+use evershard::aggregates::order::{
+    CancelOrder, CancelReason, CreateOrder, FulfilOrder, LineRequest, Order, OrderStatus,
+    ORDER_CONFIRMATION_TTL_MS,
+};
+use evershard::aggregates::order_saga::{
+    payment_id_for, LineStatus, OrderSaga, OrderSagaEvent, PaymentPhase, SagaInstance, SagaOutcome,
+    PAYMENT_RETRY_DELAY_MS,
+};
+use evershard::aggregates::payment::{CompletePayment, FailPayment, Payment, PaymentStatus};
+use evershard::aggregates::product_stock::{
+    ProductStock, ProductStockState, ReceiveStock, SetReservationTtl,
+};
+use evershard::engine::SagaRunner;
+use evershard::model::{Clock, Currency, Money};
+use evershard::sagas::{
+    check_order_flow, order_saga_runner, register_order_flow, OrderSagaOptions,
+};
+use evershard::{Durability, Engine, ManualClock};
+use std::path::Path;
+use std::sync::Arc;
+use uuid::Uuid;
+
+const IDLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Rounds of "fire due timers, wait until the sagas are idle" after a clock move: each
+/// round may start commands whose events ask for more (a timeout cancels the order, whose
+/// cancellation releases stock, ...), but the chain is short.
+const SETTLE_ROUNDS_MAX: usize = 10;
+
+struct Flow {
+    _dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    engine: Engine,
+    runner: SagaRunner,
+}
+
+async fn open(dir: &Path, clock: &Arc<ManualClock>) -> Engine {
+    register_order_flow(Engine::builder(dir))
+        .clock(clock.clone())
+        .durability(Durability::Buffered { flush_every_ms: 20 })
+        // Timers fire when the tests call `run_due_timers` after moving the clock.
+        .timer_poll_ms(3_600_000)
+        .open()
+        .await
+        .expect("engine opens")
+}
+
+impl Flow {
+    async fn start() -> Flow {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(t0()));
+        let engine = open(dir.path(), &clock).await;
+        let runner = order_saga_runner(&engine, OrderSagaOptions::default()).unwrap();
+        Flow {
+            _dir: dir,
+            clock,
+            engine,
+            runner,
+        }
+    }
+
+    async fn idle(&self) {
+        assert!(
+            self.runner.wait_idle(IDLE_WAIT).await,
+            "the sagas did not settle"
+        );
+    }
+
+    /// Moves the clock, then fires due timers and waits until nothing moves any more.
+    async fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+        for _ in 0..SETTLE_ROUNDS_MAX {
+            let fired = self.engine.run_due_timers().await.unwrap();
+            self.idle().await;
+            if fired == 0 {
+                return;
+            }
+        }
+        panic!("timers kept firing after {SETTLE_ROUNDS_MAX} rounds");
+    }
+
+    async fn stock(&self, product: &str, quantity: i64) {
+        self.engine
+            .execute::<ProductStock>(product, ReceiveStock { quantity })
+            .await
+            .unwrap();
+    }
+
+    /// Places an order of `lines` (product, quantity, unit price in cents) and waits for the
+    /// saga to react.
+    async fn place(&self, lines: &[(&str, i64, i64)]) -> Uuid {
+        let order_id = Uuid::new_v4();
+        self.engine
+            .execute::<Order>(
+                &order_id.to_string(),
+                CreateOrder {
+                    idempotency_key: Uuid::new_v4(),
+                    customer_id: Uuid::new_v4(),
+                    currency: Currency::USD,
+                    lines: lines
+                        .iter()
+                        .map(|(p, q, cents)| LineRequest {
+                            product_id: p.to_string(),
+                            quantity: *q,
+                            unit_price: Money::from_minor(*cents),
+                        })
+                        .collect(),
+                },
+            )
+            .await
+            .unwrap();
+        self.idle().await;
+        order_id
+    }
+
+    async fn gateway_completes(&self, order_id: Uuid, reference: &str) {
+        self.engine
+            .execute::<Payment>(
+                &payment_id_for(order_id).to_string(),
+                CompletePayment {
+                    provider_reference: reference.into(),
+                },
+            )
+            .await
+            .unwrap();
+        self.idle().await;
+    }
+
+    async fn gateway_fails(&self, order_id: Uuid, reason: &str) {
+        self.engine
+            .execute::<Payment>(
+                &payment_id_for(order_id).to_string(),
+                FailPayment {
+                    reason: reason.into(),
+                },
+            )
+            .await
+            .unwrap();
+        self.idle().await;
+    }
+
+    async fn saga(&self, order_id: Uuid) -> SagaInstance {
+        let (state, _) = self
+            .engine
+            .state::<OrderSaga>(&order_id.to_string())
+            .await
+            .unwrap();
+        state.saga.expect("the saga started")
+    }
+
+    async fn order_status(&self, order_id: Uuid) -> OrderStatus {
+        let (state, _) = self
+            .engine
+            .state::<Order>(&order_id.to_string())
+            .await
+            .unwrap();
+        state.status().expect("the order exists")
+    }
+
+    async fn product(&self, product: &str) -> ProductStockState {
+        self.engine.state::<ProductStock>(product).await.unwrap().0
+    }
+
+    async fn payment_status(&self, order_id: Uuid) -> PaymentStatus {
+        let (state, _) = self
+            .engine
+            .state::<Payment>(&payment_id_for(order_id).to_string())
+            .await
+            .unwrap();
+        state.status
+    }
+
+    /// Moves the clock past every deadline, then checks the flow's invariants and that no
+    /// step was dead-lettered.
+    async fn finish_and_check(self) {
+        self.advance(Duration::hours(25)).await;
+        let report = check_order_flow(self.engine.journal(), self.clock.now()).unwrap();
+        assert!(report.is_clean(), "invariants: {:#?}", report.violations);
+        assert_eq!(report.unfinished, 0, "{report:#?}");
+        assert_eq!(
+            self.runner.dead_lettered(),
+            0,
+            "a saga step was dead-lettered"
+        );
+        self.runner.stop().await.unwrap();
+        self.engine.shutdown().await.unwrap();
+    }
+}
+
+fn saga_steps(engine: &Engine, order_id: Uuid) -> Vec<&'static str> {
+    use evershard::model::DomainEvent;
+    engine
+        .history::<OrderSaga>(&order_id.to_string())
+        .unwrap()
+        .iter()
+        .map(|e| e.payload.event_type())
+        .collect()
+}
+
+fn finished(saga: &SagaInstance) -> Option<SagaOutcome> {
+    saga.outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn happy_path_reserves_pays_confirms_and_fulfils() {
+    let flow = Flow::start().await;
+    flow.stock("sku-a", 10).await;
+    flow.stock("sku-b", 5).await;
+    let order = flow.place(&[("sku-a", 2, 1000), ("sku-b", 1, 500)]).await;
+
+    let saga = flow.saga(order).await;
+    assert!(
+        saga.lines.iter().all(|l| l.status == LineStatus::Reserved),
+        "{saga:?}"
+    );
+    assert_eq!(saga.payment, PaymentPhase::Requested { attempt: 1 });
+    assert_eq!(
+        flow.order_status(order).await,
+        OrderStatus::PaymentRequested
+    );
+    assert_eq!(flow.payment_status(order).await, PaymentStatus::Initiated);
+    assert_eq!(flow.product("sku-a").await.reserved, 2);
+
+    flow.gateway_completes(order, "psp-1").await;
+    assert_eq!(flow.order_status(order).await, OrderStatus::Confirmed);
+    let saga = flow.saga(order).await;
+    assert!(
+        saga.lines.iter().all(|l| l.status == LineStatus::Confirmed),
+        "{saga:?}"
+    );
+    // Confirmed reservations no longer expire: the 30-minute TTL passes harmlessly.
+    flow.advance(Duration::minutes(31)).await;
+    assert_eq!(flow.product("sku-a").await.reserved, 2);
+
+    // The warehouse hands the goods over.
+    flow.engine
+        .execute::<Order>(&order.to_string(), FulfilOrder)
+        .await
+        .unwrap();
+    flow.idle().await;
+    assert_eq!(flow.order_status(order).await, OrderStatus::Fulfilled);
+    let a = flow.product("sku-a").await;
+    assert_eq!((a.on_hand, a.reserved), (8, 0));
+    let b = flow.product("sku-b").await;
+    assert_eq!((b.on_hand, b.reserved), (4, 0));
+    assert_eq!(
+        finished(&flow.saga(order).await),
+        Some(SagaOutcome::Fulfilled)
+    );
+    assert_eq!(
+        saga_steps(&flow.engine, order),
+        [
+            "SagaStarted",
+            "LineReserved",
+            "LineReserved",
+            "PaymentAttemptRequested",
+            "PaymentSucceeded",
+            "OrderConfirmedSeen",
+            "LineConfirmed",
+            "LineConfirmed",
+            "OrderFulfilledSeen",
+            "LineCommitted",
+            "LineCommitted",
+            "SagaFinished"
+        ]
+    );
+    flow.finish_and_check().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_stock_releases_the_reserved_lines_and_cancels() {
+    let flow = Flow::start().await;
+    flow.stock("sku-a", 10).await;
+    flow.stock("sku-b", 1).await;
+    let order = flow.place(&[("sku-a", 2, 1000), ("sku-b", 3, 500)]).await;
+
+    assert_eq!(flow.order_status(order).await, OrderStatus::Cancelled);
+    let (state, _) = flow
+        .engine
+        .state::<Order>(&order.to_string())
+        .await
+        .unwrap();
+    assert_eq!(
+        state.order.unwrap().cancel_reason,
+        Some(CancelReason::StockUnavailable)
+    );
+    let saga = flow.saga(order).await;
+    assert_eq!(saga.outcome, Some(SagaOutcome::Cancelled));
+    assert_eq!(saga.line("sku-b").unwrap().status, LineStatus::Rejected);
+    assert_eq!(saga.line("sku-a").unwrap().status, LineStatus::Released);
+    assert_eq!(
+        saga.payment,
+        PaymentPhase::NotRequested,
+        "no payment without stock"
+    );
+    let a = flow.product("sku-a").await;
+    assert_eq!((a.on_hand, a.reserved), (10, 0));
+    assert_eq!(flow.product("sku-b").await.reserved, 0);
+    flow.finish_and_check().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_payment_is_retried_and_then_succeeds() {
+    let flow = Flow::start().await;
+    flow.stock("sku-a", 10).await;
+    let order = flow.place(&[("sku-a", 1, 2500)]).await;
+
+    flow.gateway_fails(order, "card declined").await;
+    let saga = flow.saga(order).await;
+    let PaymentPhase::RetryScheduled { attempt, retry_at } = saga.payment else {
+        panic!("a retry is scheduled: {saga:?}");
+    };
+    assert_eq!(attempt, 1);
+    assert_eq!(
+        retry_at,
+        flow.clock.now() + Duration::milliseconds(PAYMENT_RETRY_DELAY_MS)
+    );
+    // Not before its time.
+    flow.advance(Duration::milliseconds(PAYMENT_RETRY_DELAY_MS - 1))
+        .await;
+    assert_eq!(flow.payment_status(order).await, PaymentStatus::Failed);
+    flow.advance(Duration::milliseconds(1)).await;
+    assert_eq!(flow.payment_status(order).await, PaymentStatus::Initiated);
+    assert_eq!(
+        flow.saga(order).await.payment,
+        PaymentPhase::Requested { attempt: 2 }
+    );
+
+    flow.gateway_completes(order, "psp-2").await;
+    assert_eq!(flow.order_status(order).await, OrderStatus::Confirmed);
+    flow.engine
+        .execute::<Order>(&order.to_string(), FulfilOrder)
+        .await
+        .unwrap();
+    flow.idle().await;
+    assert_eq!(flow.saga(order).await.outcome, Some(SagaOutcome::Fulfilled));
+    flow.finish_and_check().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_payment_releases_the_stock_and_cancels() {
+    let flow = Flow::start().await;
+    flow.stock("sku-a", 10).await;
+    let order = flow.place(&[("sku-a", 4, 100)]).await;
+    for attempt in 1..=3 {
+        assert_eq!(
+            flow.saga(order).await.payment,
+            PaymentPhase::Requested { attempt }
+        );
+        flow.gateway_fails(order, "insufficient funds").await;
+        if attempt < 3 {
+            flow.advance(Duration::milliseconds(PAYMENT_RETRY_DELAY_MS))
+                .await;
+        }
+    }
+    assert_eq!(flow.payment_status(order).await, PaymentStatus::Blocked);
+    let (state, _) = flow
+        .engine
+        .state::<Order>(&order.to_string())
+        .await
+        .unwrap();
+    let placed = state.order.unwrap();
+    assert_eq!(placed.status, OrderStatus::Cancelled);
+    assert_eq!(placed.cancel_reason, Some(CancelReason::PaymentFailed));
+    assert_eq!(flow.product("sku-a").await.reserved, 0);
+    let saga = flow.saga(order).await;
+    assert_eq!(saga.outcome, Some(SagaOutcome::Cancelled));
+    assert_eq!(saga.payment, PaymentPhase::Blocked);
+    flow.finish_and_check().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_reservation_cancels_the_order_and_releases_the_other_lines() {
+    let flow = Flow::start().await;
+    flow.stock("sku-a", 10).await;
+    flow.stock("sku-b", 10).await;
+    // sku-b keeps reservations one minute only: it expires long before the order's 30 min.
+    flow.engine
+        .execute::<ProductStock>(
+            "sku-b",
+            SetReservationTtl {
+                reservation_ttl_ms: 60_000,
+            },
+        )
+        .await
+        .unwrap();
+    let order = flow.place(&[("sku-a", 3, 100), ("sku-b", 2, 100)]).await;
+    assert_eq!(
+        flow.order_status(order).await,
+        OrderStatus::PaymentRequested
+    );
+
+    flow.advance(Duration::minutes(2)).await;
+    let (state, _) = flow
+        .engine
+        .state::<Order>(&order.to_string())
+        .await
+        .unwrap();
+    let placed = state.order.unwrap();
+    assert_eq!(placed.status, OrderStatus::Cancelled);
+    assert_eq!(placed.cancel_reason, Some(CancelReason::ReservationExpired));
+    assert_eq!(
+        flow.product("sku-a").await.reserved,
+        0,
+        "the other line is released"
+    );
+    assert_eq!(flow.product("sku-b").await.reserved, 0);
+    // The payment attempt is still with the gateway: the saga waits for its answer. A late
+    // completion is refunded.
+    assert_eq!(flow.saga(order).await.outcome, None);
+    flow.gateway_completes(order, "psp-late").await;
+    let (payment, _) = flow
+        .engine
+        .state::<Payment>(&payment_id_for(order).to_string())
+        .await
+        .unwrap();
+    assert_eq!(payment.status, PaymentStatus::Refunded);
+    assert_eq!(payment.refunded_total, Money::from_minor(500));
+    assert_eq!(flow.saga(order).await.outcome, Some(SagaOutcome::Cancelled));
+    flow.finish_and_check().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_paid_order_refunds_it_and_returns_the_stock() {
+    let flow = Flow::start().await;
+    flow.stock("sku-a", 10).await;
+    let order = flow.place(&[("sku-a", 5, 1999)]).await;
+    flow.gateway_completes(order, "psp-1").await;
+    assert_eq!(flow.order_status(order).await, OrderStatus::Confirmed);
+
+    flow.engine
+        .execute::<Order>(
+            &order.to_string(),
+            CancelOrder {
+                reason: CancelReason::CustomerRequest,
+            },
+        )
+        .await
+        .unwrap();
+    flow.idle().await;
+    let (payment, _) = flow
+        .engine
+        .state::<Payment>(&payment_id_for(order).to_string())
+        .await
+        .unwrap();
+    assert_eq!(payment.status, PaymentStatus::Refunded);
+    assert_eq!(payment.refunded_total, Money::from_minor(5 * 1999));
+    assert_eq!(payment.refunds.len(), 1, "one refund");
+    let a = flow.product("sku-a").await;
+    assert_eq!((a.on_hand, a.reserved), (10, 0));
+    let saga = flow.saga(order).await;
+    assert_eq!(saga.outcome, Some(SagaOutcome::Cancelled));
+    let finished = flow
+        .engine
+        .history::<OrderSaga>(&order.to_string())
+        .unwrap()
+        .into_iter()
+        .find_map(|e| match e.payload {
+            OrderSagaEvent::SagaFinished(f) => Some(f),
+            _ => None,
+        })
+        .unwrap();
+    assert!(finished.compensated);
+    assert_eq!(finished.refunded, Some(Money::from_minor(5 * 1999)));
+    flow.finish_and_check().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_not_confirmed_within_30_minutes_is_compensated() {
+    let flow = Flow::start().await;
+    flow.stock("sku-a", 10).await;
+    let order = flow.place(&[("sku-a", 1, 700)]).await;
+    // The gateway fails once, and the retry is never answered.
+    flow.gateway_fails(order, "timeout at the provider").await;
+    flow.advance(Duration::milliseconds(PAYMENT_RETRY_DELAY_MS))
+        .await;
+    assert_eq!(
+        flow.saga(order).await.payment,
+        PaymentPhase::Requested { attempt: 2 }
+    );
+    let deadline = flow.saga(order).await.deadline;
+    assert_eq!(
+        deadline,
+        t0() + Duration::milliseconds(ORDER_CONFIRMATION_TTL_MS)
+    );
+
+    flow.advance(deadline - flow.clock.now() - Duration::microseconds(1))
+        .await;
+    assert_eq!(
+        flow.order_status(order).await,
+        OrderStatus::PaymentRequested
+    );
+    flow.advance(Duration::microseconds(1)).await;
+    let (state, _) = flow
+        .engine
+        .state::<Order>(&order.to_string())
+        .await
+        .unwrap();
+    let placed = state.order.unwrap();
+    assert_eq!(placed.status, OrderStatus::Cancelled);
+    assert!(
+        matches!(
+            placed.cancel_reason,
+            Some(CancelReason::TimedOut | CancelReason::ReservationExpired)
+        ),
+        "{:?}",
+        placed.cancel_reason
+    );
+    assert_eq!(flow.product("sku-a").await.reserved, 0);
+    assert!(saga_steps(&flow.engine, order).contains(&"OrderCancelledSeen"));
+    // The gateway finally declines the open attempt: the saga is settled.
+    flow.gateway_fails(order, "expired").await;
+    assert_eq!(flow.saga(order).await.outcome, Some(SagaOutcome::Cancelled));
+    flow.finish_and_check().await;
+}
