@@ -391,7 +391,13 @@ fn tampering_is_caught_by_verify_and_by_an_earlier_digest() {
         "{problems:?}"
     );
     assert!(
-        has(&problems, "digest", None, None, "cannot be checked"),
+        has(
+            &problems,
+            "digest",
+            None,
+            None,
+            "no longer hash to the root"
+        ),
         "{problems:?}"
     );
 

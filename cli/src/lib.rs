@@ -27,6 +27,7 @@ pub mod inspect;
 pub mod offline;
 pub mod reconcile;
 pub mod registry;
+mod replay;
 pub mod saga;
 pub mod store;
 pub mod topics;
@@ -37,7 +38,8 @@ pub mod verify;
 pub use entry::{main, Cli};
 pub use error::CliError;
 pub use registry::{known_types, Registry, TypeOp};
-pub use verify::{audit, check_stream, AuditReport, Check, Finding, StreamCheck};
+pub use replay::check_stream;
+pub use verify::{audit, AuditReport, Check, Finding, StreamCheck};
 
 use chrono::{DateTime, FixedOffset};
 use clap::{Args, Parser, Subcommand, ValueEnum};

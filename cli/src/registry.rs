@@ -1,6 +1,6 @@
 //! The aggregate types a CLI knows, as a value: a [`Registry`] built with
 //! [`Registry::register`]. Each entry keeps, per type, the functions the commands need
-//! (replay check, JSON rendering, state, topic routing), monomorphised when the type is
+//! (the replay `verify` folds, JSON rendering, state, topic routing), monomorphised when the type is
 //! registered, so that a command picks them by the stored type name at run time. (`demo`
 //! drives generated workloads, which only the stock types have: it uses [`dispatch`] over
 //! them, whatever a binary registered.)
@@ -17,11 +17,11 @@
 
 use crate::error::CliError;
 use crate::inspect::EnvelopesJson;
-use crate::verify::StreamChecker;
+use crate::replay::ReplaySink;
 use evershard_aggregates::order_saga::OrderSaga;
 use evershard_engine::model::{Aggregate, EventEnvelope, Workload, WorkloadVisitor};
 use evershard_engine::repository::Loaded;
-use evershard_engine::{Journal, Record, StorageError, StreamId, TopicCatalog};
+use evershard_engine::{Journal, Record, StorageError, StreamId, StreamVisitor, TopicCatalog};
 use serde_json::Value;
 
 /// Work written once, generic over the aggregate type, run for one type chosen by name over
@@ -38,7 +38,8 @@ pub(crate) type StateJsonFn = fn(&Journal, &StreamId, u64, bool) -> Result<Loade
 #[derive(Clone, Copy)]
 pub(crate) struct TypeEntry {
     pub(crate) name: &'static str,
-    pub(crate) check_stream: StreamChecker,
+    pub(crate) replay:
+        for<'a> fn(&'a Journal, StreamId, &'a ReplaySink) -> Box<dyn StreamVisitor + 'a>,
     pub(crate) history_json: for<'j> fn(&'j Journal, &'j StreamId) -> EnvelopesJson<'j>,
     pub(crate) record_json: fn(Record) -> Result<EventEnvelope<Value>, StorageError>,
     pub(crate) state_json: StateJsonFn,
@@ -94,7 +95,7 @@ impl Registry {
     pub fn register<A: Aggregate>(self) -> Registry {
         self.add(TypeEntry {
             name: A::TYPE,
-            check_stream: crate::verify::check_stream::<A>,
+            replay: crate::replay::replay::<A>,
             history_json: crate::inspect::history_json::<A>,
             record_json: crate::inspect::record_json::<A>,
             state_json: crate::inspect::state_json::<A>,

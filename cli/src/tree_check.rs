@@ -61,7 +61,23 @@ pub(crate) fn check(
                     format!("the Merkle tree cannot be recomputed: {}", why.problem),
                 )
             });
-            digest_unchecked(digest, report);
+            match (digest.digest, why.global_position) {
+                // The missing event is one the digest covers: the digest no longer holds.
+                (Some(d), Some(position)) if position <= d.tree_size => {
+                    let message = format!(
+                        "the store's first {} events no longer hash to the root of the digest \
+                         taken at {}: the event at global position {position}{} is missing",
+                        d.tree_size,
+                        d.taken_at.to_rfc3339(),
+                        why.stream
+                            .as_ref()
+                            .map(|s| format!(" ({s}#{})", why.sequence.unwrap_or(0)))
+                            .unwrap_or_default()
+                    );
+                    problem(report, Check::Digest, message);
+                }
+                _ => digest_unchecked(digest, report),
+            }
             return;
         }
         // The scan stopped early (sled damage, already reported): read the tree the slow way,

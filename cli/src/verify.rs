@@ -4,19 +4,17 @@
 //! its sequence. Nothing here panics on a damaged store: every failure becomes a [`Finding`]
 //! naming the aggregate and sequence.
 
-use crate::diff::first_difference;
 use crate::error::CliError;
 use crate::registry::Registry;
+use crate::replay::ReplaySink;
 use crate::store::{guarded, open_read_only};
 use crate::{Outcome, VerifyArgs};
-use evershard_engine::model::Aggregate;
-use evershard_engine::snapshot::{select, SnapshotError};
-use evershard_engine::{
-    repository, IssueKind, Journal, LoadError, StorageError, StreamId, VerifyOptions, VerifyScope,
-};
+use evershard_engine::snapshot::SnapshotError;
+use evershard_engine::{IssueKind, Journal, StorageError, StreamId, VerifyOptions, VerifyScope};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::sync::Mutex;
 
 /// Which check a finding comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -288,20 +286,32 @@ pub fn audit_scoped(journal: &Journal, options: &AuditOptions<'_>) -> AuditRepor
         scope: describe_scope(scope),
         ..Default::default()
     };
-    let total = guarded(|| journal.stats().map(|s| s.last_global_position))
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or(0);
-    let bar = progress_bar(options.progress, total, "records");
-    let tick = |n: u64| {
+    let bar = progress_bar(options.progress, 0, "records");
+    let tick = |n: u64, total: u64| {
         if let Some(bar) = &bar {
+            if bar.length() != Some(total) {
+                bar.set_length(total);
+            }
             bar.inc(n);
         }
     };
+    // Each stream of a known type is folded as the scan reads it; the others are counted.
+    let sink = ReplaySink::default();
+    let unknown: Mutex<BTreeMap<String, usize>> = Mutex::default();
+    let make = |stream: &StreamId| match registry.get(&stream.aggregate_type) {
+        Some(entry) => Some((entry.replay)(journal, stream.clone(), &sink)),
+        None => {
+            let mut unknown = unknown.lock().unwrap_or_else(|e| e.into_inner());
+            *unknown.entry(stream.aggregate_type.clone()).or_default() += 1;
+            None
+        }
+    };
+    let records_limited = scope.positions.is_some() || scope.from.is_some() || scope.to.is_some();
     let engine_options = VerifyOptions {
         scope: scope.clone(),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(2)),
         progress: Some(&tick),
+        visit: Some(&make),
     };
     let mut leaves = None;
     let mut tree_blocked = None;
@@ -320,8 +330,7 @@ pub fn audit_scoped(journal: &Journal, options: &AuditOptions<'_>) -> AuditRepor
         bar.finish_and_clear();
     }
 
-    let heads = list_streams(journal, scope, &mut report);
-    if scope.positions.is_some() || scope.from.is_some() || scope.to.is_some() {
+    if records_limited {
         // A replay folds a stream from its first event: it cannot be limited to a range.
         report.notes.push(Finding::store(
             Check::Replay,
@@ -332,8 +341,21 @@ pub fn audit_scoped(journal: &Journal, options: &AuditOptions<'_>) -> AuditRepor
             ),
         ));
     } else {
-        replay_streams(journal, registry, &heads, options.progress, &mut report);
-        snapshots_without_events(journal, scope, &heads, &mut report);
+        let mut checks = sink.into_inner().unwrap_or_else(|e| e.into_inner());
+        checks.sort_by(|a, b| a.0.cmp(&b.0));
+        let streams: BTreeSet<StreamId> = checks.iter().map(|c| c.0.clone()).collect();
+        for (_, check) in checks {
+            report.streams_replayed += 1;
+            report.events_replayed += check.events_replayed;
+            report.snapshots_checked += check.snapshots_checked;
+            report.problems.extend(check.problems);
+            report.notes.extend(check.notes);
+        }
+        let unknown = unknown.into_inner().unwrap_or_else(|e| e.into_inner());
+        unknown_type_notes(registry, &unknown, &mut report);
+        let mut with_events = streams;
+        with_events.extend(unknown_streams(journal, &unknown, scope));
+        snapshots_without_events(journal, scope, &with_events, &mut report);
     }
 
     if scope.is_whole_store() {
@@ -367,127 +389,15 @@ pub fn audit_scoped(journal: &Journal, options: &AuditOptions<'_>) -> AuditRepor
     report
 }
 
-/// Every stream in scope with its head.
-fn list_streams(
-    journal: &Journal,
-    scope: &VerifyScope,
-    report: &mut AuditReport,
-) -> BTreeMap<StreamId, u64> {
-    let listed = guarded(|| {
-        journal
-            .streams(scope.aggregate_type.as_deref())
-            .collect::<Vec<_>>()
-    });
-    let streams = match listed {
-        Ok(streams) => streams,
-        Err(panic) => {
-            let message = format!("listing the streams panicked: {panic}");
-            report
-                .problems
-                .push(Finding::store(Check::Internal, message));
-            Vec::new()
-        }
-    };
-    let mut heads: BTreeMap<StreamId, u64> = BTreeMap::new();
-    for entry in streams {
-        match entry {
-            Ok((stream, head)) => {
-                let wanted = scope
-                    .aggregate_id
-                    .as_ref()
-                    .is_none_or(|i| *i == stream.aggregate_id);
-                if wanted {
-                    heads.insert(stream, head);
-                }
-            }
-            Err(e) => {
-                let message = format!("listing the streams failed: {e}");
-                report
-                    .problems
-                    .push(Finding::store(Check::Internal, message));
-            }
-        }
-    }
-    heads
-}
-
-/// Replays every stream of a known type (on up to two threads: streams are independent) and
-/// notes the streams of unknown types.
-fn replay_streams(
-    journal: &Journal,
+/// The note for each type this build does not know.
+fn unknown_type_notes(
     registry: &Registry,
-    heads: &BTreeMap<StreamId, u64>,
-    progress: bool,
+    unknown: &BTreeMap<String, usize>,
     report: &mut AuditReport,
 ) {
-    let mut unknown_types: BTreeMap<String, usize> = BTreeMap::new();
-    let mut work: Vec<(&StreamId, u64, StreamChecker)> = Vec::new();
-    for (stream, head) in heads {
-        match registry.get(&stream.aggregate_type) {
-            Some(entry) => work.push((stream, *head, entry.check_stream)),
-            None => {
-                *unknown_types
-                    .entry(stream.aggregate_type.clone())
-                    .or_default() += 1
-            }
-        }
-    }
-    let events: u64 = work.iter().map(|w| w.1).sum();
-    let bar = progress_bar(progress, events, "replays");
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
-    let run = || {
-        let mut done: Vec<(usize, Result<StreamCheck, String>)> = Vec::new();
-        loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some((stream, head, checker)) = work.get(i) else {
-                return done;
-            };
-            done.push((i, guarded(|| checker(journal, stream, *head))));
-            if let Some(bar) = &bar {
-                bar.inc(*head);
-            }
-        }
-    };
-    let mut results: Vec<(usize, Result<StreamCheck, String>)> = if threads >= 2 && work.len() > 1 {
-        std::thread::scope(|s| {
-            let other = s.spawn(run);
-            let mut mine = run();
-            mine.extend(other.join().unwrap_or_default());
-            mine
-        })
-    } else {
-        run()
-    };
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    results.sort_by_key(|r| r.0);
-    for (i, result) in results {
-        match result {
-            Ok(check) => {
-                report.streams_replayed += 1;
-                report.events_replayed += check.events_replayed;
-                report.snapshots_checked += check.snapshots_checked;
-                report.problems.extend(check.problems);
-                report.notes.extend(check.notes);
-            }
-            Err(panic) => {
-                let stream = work[i].0;
-                report.problems.push(Finding {
-                    aggregate_type: Some(stream.aggregate_type.clone()),
-                    aggregate_id: Some(stream.aggregate_id.clone()),
-                    ..Finding::store(
-                        Check::Internal,
-                        format!("checking this stream panicked: {panic}"),
-                    )
-                })
-            }
-        }
-    }
-    for (aggregate_type, count) in &unknown_types {
-        // Unknown is not damage: the journal and tree checks above covered these records,
-        // chains and proofs; only decoding and folding the payloads needs the type.
+    for (aggregate_type, count) in unknown {
+        // Unknown is not damage: the journal and tree checks covered these records, chains
+        // and proofs; only decoding and folding the payloads needs the type.
         report.notes.push(Finding {
             aggregate_type: Some(aggregate_type.clone()),
             ..Finding::store(
@@ -502,11 +412,32 @@ fn replay_streams(
     }
 }
 
+/// The streams of the unknown types (for the snapshot check: a snapshot needs a stream).
+fn unknown_streams(
+    journal: &Journal,
+    unknown: &BTreeMap<String, usize>,
+    scope: &VerifyScope,
+) -> Vec<StreamId> {
+    let mut streams = Vec::new();
+    for aggregate_type in unknown.keys() {
+        for (stream, _) in journal.streams(Some(aggregate_type)).flatten() {
+            if scope
+                .aggregate_id
+                .as_ref()
+                .is_none_or(|i| *i == stream.aggregate_id)
+            {
+                streams.push(stream);
+            }
+        }
+    }
+    streams
+}
+
 /// Snapshots of streams without events (per-stream snapshots were checked with the replay).
 fn snapshots_without_events(
     journal: &Journal,
     scope: &VerifyScope,
-    heads: &BTreeMap<StreamId, u64>,
+    heads: &BTreeSet<StreamId>,
     report: &mut AuditReport,
 ) {
     let in_scope = |stream: &StreamId| {
@@ -523,9 +454,7 @@ fn snapshots_without_events(
         Ok(snapshots) => {
             for entry in snapshots {
                 match entry {
-                    Ok((stream, sequence, _))
-                        if in_scope(&stream) && !heads.contains_key(&stream) =>
-                    {
+                    Ok((stream, sequence, _)) if in_scope(&stream) && !heads.contains(&stream) => {
                         report.problems.push(finding(
                             &stream,
                             Some(sequence),
@@ -730,7 +659,12 @@ pub fn run(
     })
 }
 
-fn finding(stream: &StreamId, sequence: Option<u64>, check: Check, message: String) -> Finding {
+pub(crate) fn finding(
+    stream: &StreamId,
+    sequence: Option<u64>,
+    check: Check,
+    message: String,
+) -> Finding {
     Finding {
         check,
         kind: None,
@@ -743,7 +677,7 @@ fn finding(stream: &StreamId, sequence: Option<u64>, check: Check, message: Stri
 }
 
 /// A storage error of one stream as a finding (its own sequence when it names one).
-fn storage_finding(stream: &StreamId, check: Check, err: StorageError) -> Finding {
+pub(crate) fn storage_finding(stream: &StreamId, check: Check, err: StorageError) -> Finding {
     match err {
         StorageError::Corrupt {
             sequence, cause, ..
@@ -752,127 +686,8 @@ fn storage_finding(stream: &StreamId, check: Check, err: StorageError) -> Findin
     }
 }
 
-/// Verifies one stream of type `A`: it fully decodes and folds from the first event (no
-/// snapshots), its final state holds the type's invariants, and every stored snapshot equals
-/// the replay up to its sequence. `head` is the stream's last sequence. Public so that a
-/// service can check streams of its own types.
-pub fn check_stream<A: Aggregate>(journal: &Journal, stream: &StreamId, head: u64) -> StreamCheck {
-    let mut check = StreamCheck::default();
-    let replay_fails_at = replay_check::<A>(journal, stream, &mut check);
-    let snapshots = match journal.snapshots(stream) {
-        Ok(s) => s,
-        Err(e) => {
-            check
-                .problems
-                .push(storage_finding(stream, Check::Snapshot, e));
-            return check;
-        }
-    };
-    for candidate in snapshots.into_iter().rev() {
-        let key_sequence = candidate.0;
-        let at = Some(key_sequence);
-        // The very selection recovery makes, one candidate at a time: its typed reason
-        // for skipping is the finding.
-        let selection = select::<A::State>(&[candidate], A::STATE_SCHEMA_VERSION, head);
-        let snapshot_state = match (selection.chosen, selection.skipped.into_iter().next()) {
-            (Some((_, state)), _) => state,
-            (None, Some((_, reason))) => {
-                let (is_note, message) = snapshot_skip_message(&reason, head);
-                let not_compared = replay_fails_at.is_some_and(|f| f <= key_sequence)
-                    && matches!(reason, SnapshotError::State(_));
-                if not_compared {
-                    let fails_at = replay_fails_at.unwrap_or(1);
-                    check.notes.push(not_compared_note(stream, at, fails_at));
-                } else if is_note {
-                    check
-                        .notes
-                        .push(finding(stream, at, Check::Snapshot, message));
-                } else {
-                    check
-                        .problems
-                        .push(finding(stream, at, Check::Snapshot, message));
-                }
-                continue;
-            }
-            (None, None) => continue,
-        };
-        if let Some(fails_at) = replay_fails_at.filter(|f| *f <= key_sequence) {
-            check.notes.push(not_compared_note(stream, at, fails_at));
-            continue;
-        }
-        check.snapshots_checked += 1;
-        match repository::load::<A>(journal, stream, key_sequence, false) {
-            Ok(replayed) if replayed.state == snapshot_state => {}
-            Ok(replayed) => {
-                let at_path = first_difference(&snapshot_state, &replayed.state)
-                    .unwrap_or_else(|| "(equal as JSON)".into());
-                let message = format!(
-                    "snapshot differs from the replay up to its sequence at {at_path} \
-                     (snapshot vs replay)"
-                );
-                check
-                    .problems
-                    .push(finding(stream, at, Check::Snapshot, message));
-            }
-            Err(LoadError::Storage(e)) => {
-                check
-                    .problems
-                    .push(storage_finding(stream, Check::Snapshot, e))
-            }
-            Err(other) => {
-                check
-                    .problems
-                    .push(finding(stream, at, Check::Snapshot, other.to_string()))
-            }
-        }
-    }
-    check
-}
-
-/// The full replay of one stream, exactly as recovery without snapshots does it (with its
-/// hash-chain and invariant checks): records its findings in `check` and returns the
-/// sequence the replay fails at, if it does.
-fn replay_check<A: Aggregate>(
-    journal: &Journal,
-    stream: &StreamId,
-    check: &mut StreamCheck,
-) -> Option<u64> {
-    match repository::load::<A>(journal, stream, u64::MAX, false) {
-        Ok(loaded) => {
-            check.events_replayed = loaded.events_replayed;
-            None
-        }
-        Err(LoadError::InvariantViolated {
-            invariant,
-            sequence,
-            ..
-        }) => {
-            check.events_replayed = sequence;
-            check.problems.push(finding(
-                stream,
-                Some(sequence),
-                Check::Replay,
-                format!("the replayed state breaks an invariant: {invariant}"),
-            ));
-            None
-        }
-        Err(LoadError::Storage(e)) => {
-            let failure = storage_finding(stream, Check::Replay, e);
-            let at = failure.sequence.unwrap_or(1);
-            check.problems.push(failure);
-            Some(at)
-        }
-        Err(other) => {
-            check
-                .problems
-                .push(finding(stream, None, Check::Replay, other.to_string()));
-            Some(1)
-        }
-    }
-}
-
 /// How `verify` words a snapshot recovery skips: (is it only a note, the message).
-fn snapshot_skip_message(reason: &SnapshotError, head: u64) -> (bool, String) {
+pub(crate) fn snapshot_skip_message(reason: &SnapshotError, head: u64) -> (bool, String) {
     match reason {
         SnapshotError::Misplaced { key, record } => (
             false,
@@ -895,11 +710,8 @@ fn snapshot_skip_message(reason: &SnapshotError, head: u64) -> (bool, String) {
     }
 }
 
-fn not_compared_note(stream: &StreamId, at: Option<u64>, fails_at: u64) -> Finding {
+pub(crate) fn not_compared_note(stream: &StreamId, at: Option<u64>, fails_at: u64) -> Finding {
     let message =
         format!("snapshot not compared: the replay fails at sequence {fails_at}, before it");
     finding(stream, at, Check::Snapshot, message)
 }
-
-/// [`check_stream`] of one type, chosen by name at run time.
-pub type StreamChecker = fn(&Journal, &StreamId, u64) -> StreamCheck;

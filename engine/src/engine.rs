@@ -1107,6 +1107,7 @@ impl Engine {
                 },
                 threads,
                 progress: None,
+                visit: None,
             })
         })
         .await

@@ -134,7 +134,8 @@ pub use journal::{CheckpointInfo, CheckpointMark};
 pub use journal::{IdempotencyEntry, PendingTimer};
 /// What `Journal::verify` found.
 pub use journal::{
-    IssueKind, VerifyIssue, VerifyOptions, VerifyReport, VerifyScope, VERIFY_ISSUES_MAX,
+    IssueKind, StreamVisitor, VerifyIssue, VerifyOptions, VerifyReport, VerifyScope,
+    VisitorFactory, VERIFY_ISSUES_MAX,
 };
 /// A decoded event record and why bytes are not one.
 pub use journal::{Record, RecordError};

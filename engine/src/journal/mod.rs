@@ -26,7 +26,8 @@ pub use checkpoint::{CheckpointInfo, CheckpointMark};
 pub use committer::{AppendRequest, Committed, NewEvent, WriteOp, EVENTS_PER_APPEND_MAX};
 pub use record::{Record, RecordError};
 pub use verify::{
-    IssueKind, VerifyIssue, VerifyOptions, VerifyReport, VerifyScope, VERIFY_ISSUES_MAX,
+    IssueKind, StreamVisitor, VerifyIssue, VerifyOptions, VerifyReport, VerifyScope,
+    VisitorFactory, VERIFY_ISSUES_MAX,
 };
 
 use crate::error::{AppendError, Corruption, InvalidRequest, OpenError, StorageError};

@@ -326,6 +326,10 @@ pub struct RecordView<'a> {
     pub prev_hash: &'a [u8; 32],
     pub aggregate_type: &'a str,
     pub aggregate_id: &'a str,
+    pub event_type: &'a str,
+    pub event_version: &'a str,
+    /// The payload's bytes (`evershard_model::codec`), not decoded.
+    pub payload: &'a [u8],
 }
 
 /// The global position and timestamp (microseconds) of a record, read from its header
@@ -345,11 +349,14 @@ impl<'a> RecordView<'a> {
         if bytes.len() < HEADER_BYTES + 6 * 2 + 4 {
             return Err(RecordError::Truncated(bytes.len()));
         }
+        // The payload's length for format 2, which the full decode below has checked.
+        let mut v2_payload_len = None;
         if bytes[0] == RECORD_FORMAT_V2 {
             // Format 2 (events with a session or an audit context) is the exception: check
             // it with the full decoder, so the two can never disagree on its tail, and take
-            // the view's fields from the bytes as for format 1 below.
-            Record::decode(bytes)?;
+            // the view's fields from the bytes as for format 1 below (the payload is the last
+            // field of both formats).
+            v2_payload_len = Some(Record::decode(bytes)?.payload.len());
         } else if bytes[0] != RECORD_FORMAT_V1 {
             return Err(RecordError::UnknownFormat(bytes[0]));
         }
@@ -381,20 +388,24 @@ impl<'a> RecordView<'a> {
                 std::str::from_utf8(s).map_err(|_| RecordError::Malformed("string not UTF-8"))?;
         }
         // Format 2's tail and payload were checked by the full decode above.
-        if bytes[0] == RECORD_FORMAT_V1 {
-            let len_bytes = bytes
-                .get(cursor..cursor + 4)
-                .ok_or(RecordError::Malformed("payload length"))?;
-            let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
-            let payload = bytes
-                .get(cursor + 4..)
-                .ok_or(RecordError::Malformed("payload"))?;
-            if payload.len() != len {
-                return Err(RecordError::Malformed(
-                    "payload length does not match record length",
-                ));
+        let payload = match v2_payload_len {
+            Some(len) => &bytes[bytes.len() - len..],
+            None => {
+                let len_bytes = bytes
+                    .get(cursor..cursor + 4)
+                    .ok_or(RecordError::Malformed("payload length"))?;
+                let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
+                let payload = bytes
+                    .get(cursor + 4..)
+                    .ok_or(RecordError::Malformed("payload"))?;
+                if payload.len() != len {
+                    return Err(RecordError::Malformed(
+                        "payload length does not match record length",
+                    ));
+                }
+                payload
             }
-        }
+        };
         Ok(RecordView {
             sequence: u64_at(5),
             global_position: u64_at(13),
@@ -402,6 +413,9 @@ impl<'a> RecordView<'a> {
             prev_hash: bytes[78..110].try_into().expect("32 bytes"),
             aggregate_type: strings[0],
             aggregate_id: strings[1],
+            event_type: strings[2],
+            event_version: strings[3],
+            payload,
         })
     }
 }
@@ -463,6 +477,11 @@ mod tests {
         ] {
             let bytes = r.encode();
             assert_eq!(bytes[0], RECORD_FORMAT_V2);
+            let view = RecordView::check(&bytes).unwrap();
+            assert_eq!(
+                (view.payload, view.event_type),
+                (r.payload.as_slice(), r.event_type.as_str())
+            );
             assert_eq!(Record::decode(&bytes), Ok(r));
             for i in 0..bytes.len() {
                 let mut damaged = bytes.clone();

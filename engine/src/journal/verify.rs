@@ -138,14 +138,33 @@ impl VerifyScope {
     }
 }
 
+/// Sees the records of one stream as `verify` reads them, in sequence order, on the thread
+/// that reads them: what a caller needs to replay the stream without reading it again (see
+/// [`VerifyOptions::visit`]).
+pub trait StreamVisitor: Send {
+    /// One stored record: its key's sequence and, when its bytes and place passed their
+    /// checks, its fields (`None`: the record is damaged or misplaced, already reported).
+    fn record(&mut self, sequence: u64, record: Option<&RecordView<'_>>);
+    /// The stream's records ended; `complete` is false when sled stopped the scan in it.
+    fn finish(self: Box<Self>, complete: bool);
+}
+
+/// Makes the visitor of one stream (`None`: this stream needs none).
+pub type VisitorFactory<'a> = dyn Fn(&StreamId) -> Option<Box<dyn StreamVisitor + 'a>> + Sync + 'a;
+
 /// How to verify: the scope, threads, and a progress callback.
 #[derive(Default)]
 pub struct VerifyOptions<'a> {
     pub scope: VerifyScope,
     /// Threads for the record scan (0 or 1: one).
     pub threads: usize,
-    /// Called from the scan threads with the number of records checked since the last call.
-    pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// Called from the scan threads with the number of records checked since the last call
+    /// and the number of events in the store (for a progress bar's length).
+    pub progress: Option<&'a (dyn Fn(u64, u64) + Sync)>,
+    /// Called for each stream in scope, whose visitor then sees every record of it. Not
+    /// called when the scope limits records by position or time (a visitor is for whole
+    /// streams).
+    pub visit: Option<&'a VisitorFactory<'a>>,
 }
 
 impl std::fmt::Debug for VerifyOptions<'_> {
@@ -154,6 +173,7 @@ impl std::fmt::Debug for VerifyOptions<'_> {
             .field("scope", &self.scope)
             .field("threads", &self.threads)
             .field("progress", &self.progress.is_some())
+            .field("visit", &self.visit.is_some())
             .finish()
     }
 }
@@ -269,7 +289,7 @@ struct Scan {
 }
 
 /// The state of the stream being scanned.
-struct Current {
+struct Current<'a> {
     prefix: Vec<u8>,
     expected: u64,
     /// The previous record's stored bytes, hashed only when the next record's chain is
@@ -279,12 +299,26 @@ struct Current {
     /// False when the previous record was damaged, misplaced or followed a gap: the next
     /// chain check would only echo that break.
     prev_ok: bool,
+    visitor: Option<Box<dyn StreamVisitor + 'a>>,
 }
 
-fn scan_range(db: &sled::Db, from: &[u8], to: &[u8], opts: &VerifyOptions<'_>) -> Scan {
+/// Ends the stream being scanned: its visitor sees the end.
+fn finish(current: &mut Option<Current<'_>>, complete: bool) {
+    if let Some(visitor) = current.take().and_then(|c| c.visitor) {
+        visitor.finish(complete);
+    }
+}
+
+fn scan_range<'a>(
+    db: &sled::Db,
+    (from, to): (&[u8], &[u8]),
+    total: u64,
+    opts: &VerifyOptions<'a>,
+) -> Scan {
     let scope = &opts.scope;
+    let visit = opts.visit.filter(|_| !scope.records_limited());
     let mut scan = Scan::default();
-    let mut current: Option<Current> = None;
+    let mut current: Option<Current<'a>> = None;
     let mut skipping: Option<Vec<u8>> = None; // the prefix of an out-of-scope stream
     let mut unreported = 0u64;
     for entry in db.range(from.to_vec()..to.to_vec()) {
@@ -305,6 +339,7 @@ fn scan_range(db: &sled::Db, from: &[u8], to: &[u8], opts: &VerifyOptions<'_>) -
                 scan.issues
                     .push(new_issue(IssueKind::Storage, None, None, None, problem));
                 scan.stopped = true;
+                finish(&mut current, false);
                 break;
             }
         };
@@ -330,9 +365,9 @@ fn scan_range(db: &sled::Db, from: &[u8], to: &[u8], opts: &VerifyOptions<'_>) -
                 continue;
             };
             let prefix = keys::stream_prefix(keys::EVENTS, &stream);
+            finish(&mut current, true);
             if !scope.stream_in(&stream) {
                 skipping = Some(prefix);
-                current = None;
                 continue;
             }
             current = Some(Current {
@@ -341,6 +376,7 @@ fn scan_range(db: &sled::Db, from: &[u8], to: &[u8], opts: &VerifyOptions<'_>) -
                 prev: None,
                 prev_hash: Some(record::ZERO_HASH),
                 prev_ok: true,
+                visitor: visit.and_then(|make| make(&stream)),
             });
             scan.streams.push(SeenStream {
                 id: stream,
@@ -388,9 +424,15 @@ fn scan_range(db: &sled::Db, from: &[u8], to: &[u8], opts: &VerifyOptions<'_>) -
                 Err(issue) => {
                     scan.issues.push(issue);
                     cur.prev_ok = false;
+                    if let Some(visitor) = &mut cur.visitor {
+                        visitor.record(sequence, None);
+                    }
                 }
                 Ok(view) => {
                     seen.position = view.global_position;
+                    if let Some(visitor) = &mut cur.visitor {
+                        visitor.record(sequence, Some(&view));
+                    }
                     // A predecessor outside the scope was not checked: if its own bytes are
                     // damaged, that break lies outside the scope and this link only echoes it.
                     let prev_hash = cur.prev_hash.or_else(|| {
@@ -424,13 +466,16 @@ fn scan_range(db: &sled::Db, from: &[u8], to: &[u8], opts: &VerifyOptions<'_>) -
         unreported += 1;
         if unreported >= PROGRESS_EVERY_RECORDS {
             if let Some(progress) = opts.progress {
-                progress(unreported);
+                progress(unreported, total);
             }
             unreported = 0;
         }
     }
+    if !scan.stopped {
+        finish(&mut current, true);
+    }
     if let Some(progress) = opts.progress {
-        progress(unreported);
+        progress(unreported, total);
     }
     scan
 }
@@ -495,10 +540,10 @@ pub(super) fn verify(db: &sled::Db, opts: &VerifyOptions<'_>) -> VerifyReport {
             .flatten()
             .filter(|k| k.as_slice() > from.as_slice() && k.as_slice() < to.as_slice());
     let scans: Vec<Scan> = match split {
-        None => vec![scan_range(db, &from, &to, opts)],
+        None => vec![scan_range(db, (&from, &to), last, opts)],
         Some(middle) => std::thread::scope(|s| {
-            let low = s.spawn(|| scan_range(db, &from, &middle, opts));
-            let high = scan_range(db, &middle, &to, opts);
+            let low = s.spawn(|| scan_range(db, (&from, &middle), last, opts));
+            let high = scan_range(db, (&middle, &to), last, opts);
             let low = low.join().unwrap_or_else(|_| Scan {
                 issues: vec![new_issue(
                     IssueKind::Storage,
