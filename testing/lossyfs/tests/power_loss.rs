@@ -8,8 +8,9 @@
 //! of them with events near the payload limit, so that sled writes blob files), plus
 //! `STOCK_CLIENTS_COUNT` clients over `STOCK_AGGREGATES_COUNT` `ProductStock` aggregates:
 //! receipts, reservations (each sets or moves the product's durable timer; some products
-//! get a TTL of a second or two, so their timers fire and release reservations while the
-//! child writes), confirmations and releases, half of them with an idempotency key. A
+//! get a TTL of one to three seconds of the child's clock, which runs 20 times fast, so
+//! their timers fire and release reservations while the child writes), confirmations and
+//! releases, half of them with an idempotency key. A
 //! consumer group reads `business.inventory` and commits its offsets. The child prints on
 //! its stdout, a pipe outside the mount, each acknowledged event (`ack <type> <id>
 //! <sequence> <event id> <payload bytes>`), each acknowledged keyed command (`keyed <key>
@@ -241,8 +242,11 @@ async fn stock_client(
     let mut reservations: Vec<(String, Uuid)> = Vec::new();
     loop {
         let id = stock_id(rng.below(STOCK_AGGREGATES_COUNT));
+        // One of the product's last few: most likely still open, so that confirming or
+        // releasing it moves the product's timer.
         let earlier = reservations
             .iter()
+            .rev()
             .filter(|(on, _)| *on == id)
             .map(|(_, r)| *r)
             .nth(rng.below(4) as usize);
@@ -678,23 +682,29 @@ fn catching(what: &str, report: &mut TrialReport, part: impl FnOnce(&mut TrialRe
 /// read-only (events, verify, timers), then through a reopened engine (keys, topics,
 /// offsets).
 fn check(store: &Path, acked: &Acknowledged, report: &mut TrialReport) {
+    let mut earliest_deadline = None;
     catching("opening the store read-only", report, |report| {
-        check_store(store, acked, report)
+        earliest_deadline = check_store(store, acked, report)
     });
     // A store that lost events would only pile up consequences in the reopened engine.
     if report.losses.is_empty() {
         catching("the reopened engine", report, |report| {
-            check_reopened(store, acked, report)
+            check_reopened(store, earliest_deadline, acked, report)
         });
     }
 }
 
-fn check_store(store: &Path, acked: &Acknowledged, report: &mut TrialReport) {
+/// The read-only checks; returns the earliest stored timer deadline.
+fn check_store(
+    store: &Path,
+    acked: &Acknowledged,
+    report: &mut TrialReport,
+) -> Option<DateTime<Utc>> {
     let journal = match Journal::open_read_only(store) {
         Ok(j) => j,
         Err(e) => {
             report.losses.push(format!("the store does not open: {e}"));
-            return;
+            return None;
         }
     };
     let mut by_stream: HashMap<(&str, &str), Vec<&Ack>> = HashMap::new();
@@ -747,6 +757,8 @@ fn check_store(store: &Path, acked: &Acknowledged, report: &mut TrialReport) {
         report.losses.push(format!("verify: {verify:?}"));
     }
     check_timers(&journal, report);
+    let earliest = journal.timers(None).next().and_then(Result::ok);
+    earliest.map(|t| t.deadline)
 }
 
 /// Every product's stored timer is the one its state asks for: the timer entry is written
@@ -822,14 +834,18 @@ fn keyed_state(journal: &Journal) -> Result<(u64, Vec<String>), String> {
 }
 
 /// Reopens the engine on the store and checks keys, topics and offsets through it.
-fn check_reopened(store: &Path, acked: &Acknowledged, report: &mut TrialReport) {
-    // The clock stands before every stored deadline (and within every key's retention), so
-    // that nothing fires or expires while the check runs: a repeat must write nothing.
-    let earliest = Journal::open_read_only(store)
-        .ok()
-        .and_then(|j| j.timers(None).next().and_then(Result::ok))
-        .map(|t| t.deadline - TimeDelta::microseconds(1));
-    let now: DateTime<Utc> = earliest.map_or(Utc::now(), |e| e.min(Utc::now()));
+fn check_reopened(
+    store: &Path,
+    earliest_deadline: Option<DateTime<Utc>>,
+    acked: &Acknowledged,
+    report: &mut TrialReport,
+) {
+    // The clock stands before every stored deadline (and, the system's time at most, within
+    // every key's retention), so that nothing fires or expires while the check runs: a
+    // repeat must write nothing.
+    let now = earliest_deadline
+        .map(|d| d - TimeDelta::microseconds(1))
+        .map_or(Utc::now(), |d| d.min(Utc::now()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
