@@ -144,6 +144,10 @@ fn fill(sequence: u64, bytes: u32) -> Vec<u8> {
         .collect()
 }
 
+impl Appended {
+    const TOPIC: &'static str = "test.ledger";
+}
+
 impl DomainEvent for Appended {
     fn event_type(&self) -> &'static str {
         "Appended"
@@ -152,7 +156,7 @@ impl DomainEvent for Appended {
         "1.0"
     }
     fn topic(&self) -> &'static str {
-        "test.ledger"
+        Appended::TOPIC
     }
     fn payload_json(&self) -> serde_json::Value {
         serde_json::json!({ "sequence": self.sequence, "bytes": self.fill.len() })
@@ -1019,6 +1023,17 @@ async fn check_topics(engine: &Engine, acked: &Acknowledged, report: &mut TrialR
                     }
                     offset = m.offset + 1;
                     let stream = StreamId::new(m.aggregate_type.as_str(), m.key.as_str());
+                    let own_topic = match m.aggregate_type.as_str() {
+                        t if t == Ledger::TYPE => Appended::TOPIC,
+                        t if t == ProductStock::TYPE => product_stock::TOPIC,
+                        _ => "none",
+                    };
+                    if info.name != own_topic {
+                        report.losses.push(format!(
+                            "{at}: {stream} #{} belongs in topic {own_topic}",
+                            m.sequence
+                        ));
+                    }
                     match unseen.remove(&m.global_position) {
                         Some((s, q)) if s == stream && q == m.sequence => {}
                         Some((s, q)) => report.losses.push(format!(
@@ -1047,6 +1062,12 @@ async fn check_topics(engine: &Engine, acked: &Acknowledged, report: &mut TrialR
         report.losses.push(format!(
             "{stream} #{sequence} (position {position}) is in no topic"
         ));
+    }
+    if unseen.len() > 5 {
+        let more = unseen.len() - 5;
+        report
+            .losses
+            .push(format!("… {more} more events in no topic"));
     }
     check_offsets(&log, &topics, acked, report);
 }
