@@ -103,16 +103,51 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// A u16-length-prefixed UTF-8 string at `*cursor`, moving the cursor past it.
-fn read_str(bytes: &[u8], cursor: &mut usize, what: &'static str) -> Result<String, RecordError> {
+/// A u16-length-prefixed UTF-8 string at `*cursor`, borrowed, moving the cursor past it.
+/// `errors` names what is malformed when the length, the bytes, or the UTF-8 are missing or
+/// wrong. The one string reader of `Record::decode` and `RecordView::check`, so the two give
+/// the same verdict and reason.
+fn str_at<'a>(
+    bytes: &'a [u8],
+    cursor: &mut usize,
+    errors: [&'static str; 3],
+) -> Result<&'a str, RecordError> {
+    let [length, string, utf8] = errors;
     let at = *cursor;
-    let len_bytes = bytes.get(at..at + 2).ok_or(RecordError::Malformed(what))?;
+    let len_bytes = bytes
+        .get(at..at + 2)
+        .ok_or(RecordError::Malformed(length))?;
     let len = u16::from_le_bytes([len_bytes[0], len_bytes[1]]) as usize;
     let s = bytes
         .get(at + 2..at + 2 + len)
-        .ok_or(RecordError::Malformed(what))?;
+        .ok_or(RecordError::Malformed(string))?;
     *cursor = at + 2 + len;
-    String::from_utf8(s.to_vec()).map_err(|_| RecordError::Malformed(what))
+    std::str::from_utf8(s).map_err(|_| RecordError::Malformed(utf8))
+}
+
+/// The six header strings' error names.
+const HEADER_STRING_ERRORS: [&str; 3] = ["string length", "string", "string not UTF-8"];
+
+/// A string of the audit context, owned; every failure is named `what`.
+fn read_str(bytes: &[u8], cursor: &mut usize, what: &'static str) -> Result<String, RecordError> {
+    str_at(bytes, cursor, [what; 3]).map(str::to_owned)
+}
+
+/// The payload at `cursor`: its u32 length, then exactly the rest of the record.
+fn payload_at(bytes: &[u8], cursor: usize) -> Result<&[u8], RecordError> {
+    let len_bytes = bytes
+        .get(cursor..cursor + 4)
+        .ok_or(RecordError::Malformed("payload length"))?;
+    let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
+    let payload = bytes
+        .get(cursor + 4..)
+        .ok_or(RecordError::Malformed("payload"))?;
+    if payload.len() != len {
+        return Err(RecordError::Malformed(
+            "payload length does not match record length",
+        ));
+    }
+    Ok(payload)
 }
 
 impl Record {
@@ -215,17 +250,7 @@ impl Record {
             ));
         }
         let mut cursor = HEADER_BYTES;
-        let mut take_str = || -> Result<String, RecordError> {
-            let len_bytes = bytes
-                .get(cursor..cursor + 2)
-                .ok_or(RecordError::Malformed("string length"))?;
-            let len = u16::from_le_bytes([len_bytes[0], len_bytes[1]]) as usize;
-            let s = bytes
-                .get(cursor + 2..cursor + 2 + len)
-                .ok_or(RecordError::Malformed("string"))?;
-            cursor += 2 + len;
-            String::from_utf8(s.to_vec()).map_err(|_| RecordError::Malformed("string not UTF-8"))
-        };
+        let mut take_str = || str_at(bytes, &mut cursor, HEADER_STRING_ERRORS).map(str::to_owned);
         let aggregate_type = take_str()?;
         let aggregate_id = take_str()?;
         let event_type = take_str()?;
@@ -284,18 +309,7 @@ impl Record {
         } else {
             None
         };
-        let len_bytes = bytes
-            .get(cursor..cursor + 4)
-            .ok_or(RecordError::Malformed("payload length"))?;
-        let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
-        let payload = bytes
-            .get(cursor + 4..)
-            .ok_or(RecordError::Malformed("payload"))?;
-        if payload.len() != len {
-            return Err(RecordError::Malformed(
-                "payload length does not match record length",
-            ));
-        }
+        let payload = payload_at(bytes, cursor)?;
         Ok(Record {
             sequence: u64_at(5),
             global_position: u64_at(13),
@@ -376,35 +390,12 @@ impl<'a> RecordView<'a> {
         let mut cursor = HEADER_BYTES;
         let mut strings: [&str; 6] = [""; 6];
         for slot in &mut strings {
-            let len_bytes = bytes
-                .get(cursor..cursor + 2)
-                .ok_or(RecordError::Malformed("string length"))?;
-            let len = u16::from_le_bytes([len_bytes[0], len_bytes[1]]) as usize;
-            let s = bytes
-                .get(cursor + 2..cursor + 2 + len)
-                .ok_or(RecordError::Malformed("string"))?;
-            cursor += 2 + len;
-            *slot =
-                std::str::from_utf8(s).map_err(|_| RecordError::Malformed("string not UTF-8"))?;
+            *slot = str_at(bytes, &mut cursor, HEADER_STRING_ERRORS)?;
         }
         // Format 2's tail and payload were checked by the full decode above.
         let payload = match v2_payload_len {
             Some(len) => &bytes[bytes.len() - len..],
-            None => {
-                let len_bytes = bytes
-                    .get(cursor..cursor + 4)
-                    .ok_or(RecordError::Malformed("payload length"))?;
-                let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
-                let payload = bytes
-                    .get(cursor + 4..)
-                    .ok_or(RecordError::Malformed("payload"))?;
-                if payload.len() != len {
-                    return Err(RecordError::Malformed(
-                        "payload length does not match record length",
-                    ));
-                }
-                payload
-            }
+            None => payload_at(bytes, cursor)?,
         };
         Ok(RecordView {
             sequence: u64_at(5),
