@@ -17,14 +17,33 @@ thread_local! {
 
 static HOOK: Once = Once::new();
 
-/// Installs (once) a panic hook that is silent for panics [`guarded`] catches and defers to
-/// the previous hook for every other panic.
+/// Installs (once) a panic hook that is silent for panics [`guarded`] catches, says in one
+/// line when sled's own threads give up on damaged data (they are not ours to guard: sled
+/// spawns them, and the command reports the damage through its `Result`), and defers to the
+/// previous hook for every other panic.
 pub fn install_panic_hook() {
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if GUARDED_DEPTH.with(Cell::get) == 0 {
-                previous(info);
+            if GUARDED_DEPTH.with(Cell::get) != 0 {
+                return;
+            }
+            match info.location().filter(|l| l.file().contains("/sled-")) {
+                Some(at) => {
+                    let message = info
+                        .payload()
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "no message".into());
+                    eprintln!(
+                        "evershard: sled stopped reading damaged data in one of its threads: \
+                         {message} (sled {}:{})",
+                        at.file().rsplit('/').next().unwrap_or_default(),
+                        at.line()
+                    );
+                }
+                None => previous(info),
             }
         }));
     });
