@@ -24,6 +24,7 @@
 use crate::error::CliError;
 use crate::registry::{dispatch, resolve, visit_all, TypeOp};
 use crate::{DemoArgs, DurabilityArg, Outcome};
+use evershard_aggregates::order_saga::OrderSaga;
 use evershard_aggregates::payment::{Payment, PaymentDuplicateGuard};
 use evershard_engine::model::{
     Aggregate, DecideContext, DemoRng, Metadata, Workload, WorkloadVisitor,
@@ -571,6 +572,10 @@ async fn open_engine(args: &DemoArgs) -> Result<Engine, CliError> {
     let mut register = Register(Some(builder));
     visit_all(&mut register);
     builder = register.0.expect("every visit hands the builder back");
+    // The saga phase executes `OrderSaga` commands on this engine; the workload visitor above
+    // only knows the seven workload types, so the process manager is registered by name here
+    // (without it every observation is refused as an unregistered type and dead-lettered).
+    builder = builder.register::<OrderSaga>();
     // Payment's 10-second rule across payment ids lives in a guard beside the aggregate.
     builder = builder.guard::<Payment>(PaymentDuplicateGuard::new());
     // `shutdown` releases the store's lock before it returns, so the restart needs no retry.

@@ -3,7 +3,9 @@
 //! at gapless offsets that survive a reopen; consumer groups commit durably, resume, split
 //! partitions and are independent; waiting consumers are woken; subscriptions retry with
 //! backoff and dead-letter to `dlq.events.v1`; a dead letter can be re-driven; a topic's
-//! partition count is fixed at creation. Every wait is a bounded poll (no sleep assumes a
+//! partition count is fixed at creation; a group started at a time after a reopen, whose
+//! members join one by one, reads exactly the messages from that time and commits its start
+//! positions (issue 9's demo stall). Every wait is a bounded poll (no sleep assumes a
 //! speed); the randomised parts print their seed.
 
 mod common;
@@ -12,10 +14,10 @@ use common::{Counter, CounterCommand};
 use evershard_engine::model::DemoRng;
 use evershard_engine::topic::partition_for;
 use evershard_engine::{
-    ConsumerOptions, Engine, EngineError, HandlerError, Message, RetryPolicy, StartFrom,
-    SubscriptionOptions, TopicConfig, TopicError, DLQ_TOPIC,
+    Clock, ConsumerOptions, Engine, EngineError, HandlerError, ManualClock, Message, RetryPolicy,
+    StartFrom, SubscriptionOptions, TopicConfig, TopicError, DLQ_TOPIC,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -362,4 +364,179 @@ async fn retries_then_dead_letters_and_redrive() {
     // The dead letters are journal records: verified like everything else.
     let journal = evershard_engine::Journal::open_read_only(dir.path()).unwrap();
     assert!(journal.verify().is_clean());
+}
+
+async fn open_on(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Engine {
+    Engine::builder(dir)
+        .register::<Counter>()
+        .clock(clock.clone())
+        .open()
+        .await
+        .unwrap()
+}
+
+/// The event ids on the topic whose timestamp is at or after `t`, and the count before it.
+fn split_at(engine: &Engine, t: chrono::DateTime<chrono::Utc>) -> (BTreeSet<uuid::Uuid>, usize) {
+    let log = engine.topic_log().unwrap();
+    let (mut after, mut before) = (BTreeSet::new(), 0);
+    for p in 0..8 {
+        for m in log.read(TOPIC, p, 0, usize::MAX).unwrap() {
+            if m.timestamp >= t {
+                after.insert(m.event_id);
+            } else {
+                before += 1;
+            }
+        }
+    }
+    (after, before)
+}
+
+/// Regression for the demo's saga stall (issue 9): after a reopen, a group started at a
+/// time gets four members that join one at a time, each polling before the next joins —
+/// the interleaving of a saga runner's members starting on a multi-threaded runtime. A
+/// partition that moves to a member after that member's first assignment used to start at
+/// the group's durable committed offset, 0 for a new group: the whole history. Now every
+/// member reads from the group's start position: all the messages from the time (once or
+/// more, at least once), none before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_started_at_a_time_reads_from_it_while_members_join_after_a_reopen() {
+    let seed = 0x5a6a_0009;
+    eprintln!("seed {seed}");
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    let clock = Arc::new(ManualClock::new(t0));
+    let engine = open_on(dir.path(), &clock).await;
+    let last = write(&engine, seed, 64, 200).await;
+    assert!(engine.wait_indexed(last, WAIT).await);
+    engine.shutdown().await.unwrap();
+
+    let engine = open_on(dir.path(), &clock).await;
+    clock.advance(chrono::TimeDelta::minutes(1));
+    let t = clock.now();
+    let start = ConsumerOptions {
+        start: StartFrom::Time(t),
+    };
+    // New messages before the members join and while they join.
+    let last = write(&engine, seed + 1, 64, 20).await;
+    assert!(engine.wait_indexed(last, WAIT).await);
+    let mut members = Vec::new();
+    let mut got: Vec<Message> = Vec::new();
+    for _ in 0..4 {
+        members.push(engine.consumer_with("late", TOPIC, start).unwrap());
+        for member in &mut members {
+            got.extend(member.try_poll(10_000).unwrap());
+        }
+        let last = write(&engine, seed + 2 + members.len() as u64, 64, 5).await;
+        assert!(engine.wait_indexed(last, WAIT).await);
+    }
+    let (after, before) = split_at(&engine, t);
+    assert_eq!((after.len(), before), (40, 200));
+    let assigned: BTreeSet<u32> = members.iter().flat_map(|m| m.assignment()).collect();
+    assert_eq!(assigned.len(), 8, "every partition has an owner");
+    let started = Instant::now();
+    loop {
+        for member in &mut members {
+            got.extend(member.try_poll(10_000).unwrap());
+        }
+        let seen: BTreeSet<_> = got.iter().map(|m| m.event_id).collect();
+        if seen.is_superset(&after) {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "{} of 40 delivered", seen.len());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let early: Vec<_> = got.iter().filter(|m| m.timestamp < t).collect();
+    assert!(
+        early.is_empty(),
+        "{} messages from before the group's start time, e.g. {}[{}]@{}",
+        early.len(),
+        early[0].topic,
+        early[0].partition,
+        early[0].offset
+    );
+    drop(members);
+    engine.shutdown().await.unwrap();
+}
+
+/// Regression for the demo's saga stall (issue 9), at the subscription level: a group of four
+/// subscribed members started at a time commits its start position on every partition, also
+/// where no message came after the time, so its lag reaches 0 (a saga runner's `wait_idle`
+/// waits for that) and the group is listed with all eight partitions. It used to count the
+/// messages before the time as lag forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_started_at_a_time_commits_its_start_and_reaches_lag_zero() {
+    let seed = 0x5a6a_0010;
+    eprintln!("seed {seed}");
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    let clock = Arc::new(ManualClock::new(t0));
+    let engine = open_on(dir.path(), &clock).await;
+    let last = write(&engine, seed, 64, 200).await;
+    assert!(engine.wait_indexed(last, WAIT).await);
+    engine.shutdown().await.unwrap();
+
+    let engine = open_on(dir.path(), &clock).await;
+    clock.advance(chrono::TimeDelta::minutes(1));
+    let t = clock.now();
+    let options = SubscriptionOptions {
+        consumer: ConsumerOptions {
+            start: StartFrom::Time(t),
+        },
+        ..SubscriptionOptions::default()
+    };
+    let handled: Arc<Mutex<Vec<Message>>> = Arc::default();
+    let mut subscriptions = Vec::new();
+    for _ in 0..4 {
+        let handled = handled.clone();
+        let handler = move |m: Message| {
+            let handled = handled.clone();
+            async move {
+                handled.lock().unwrap().push(m);
+                Ok(())
+            }
+        };
+        subscriptions.push(
+            engine
+                .subscribe_with("sub", TOPIC, handler, options)
+                .unwrap(),
+        );
+    }
+    // New messages for two aggregates only: most partitions get none after the time.
+    let last = write(&engine, seed + 1, 2, 10).await;
+    assert!(engine.wait_indexed(last, WAIT).await);
+    let (after, before) = split_at(&engine, t);
+    assert_eq!((after.len(), before), (10, 200));
+    let started = Instant::now();
+    loop {
+        let lag = engine.consumer_lag("sub", TOPIC).unwrap();
+        let committed = engine
+            .topic_log()
+            .unwrap()
+            .committed_offsets()
+            .unwrap()
+            .into_iter()
+            .filter(|(g, topic, _, _)| g == "sub" && topic == TOPIC)
+            .count();
+        if lag.total() == 0 && committed == 8 {
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "lag {} with {committed} partitions committed: {lag:?}",
+            lag.total()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let handled = handled.lock().unwrap().clone();
+    assert!(handled.iter().all(|m| m.timestamp >= t));
+    let seen: BTreeSet<_> = handled.iter().map(|m| m.event_id).collect();
+    assert_eq!(seen, after);
+    for subscription in subscriptions {
+        subscription.stop().await.unwrap();
+    }
+    engine.shutdown().await.unwrap();
 }

@@ -8,6 +8,16 @@
 //! not committed on a partition that moves is redelivered to its new owner (at-least-once).
 //! Groups are independent. A waiting `poll` wakes on the indexer's notification, not by
 //! sleeping in a loop.
+//!
+//! Where a partition starts is decided once per group per partition while the group has
+//! members in this process (its *start position*, from the members' [`StartFrom`]), and kept
+//! in the group's in-process state with every commit after it: a member that acquires a
+//! partition in a rebalance takes it where the group stands, never from a default. (Before,
+//! a partition moved to a member after that member's first assignment started from the
+//! durable committed offset or 0: a group started `StartFrom::Time` with four members read
+//! the whole history of the partitions that moved while the members joined.) A start
+//! position not committed yet is committed by the next `commit`, so that the group's lag and
+//! `evershard topics` count from it even when no message was read there.
 
 use super::index::IndexerStatus;
 use super::metrics::Metrics;
@@ -19,8 +29,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Where a new consumer starts on the partitions first assigned to it. Partitions it
-/// acquires later (a rebalance) start from the group's committed offset.
+/// Where a group starts reading a partition when it (re)starts in this process: the start
+/// position is decided by the first member that is assigned the partition after the group
+/// had no member, and every member that takes the partition later (a rebalance) continues
+/// from the group's position (its start, or a later commit), whatever its own `StartFrom`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum StartFrom {
     /// The group's committed offset; offset 0 where it never committed. The default.
@@ -55,6 +67,10 @@ const HANDLED_IDS_MAX: usize = 100_000;
 pub(crate) struct GroupState {
     members: Vec<u64>,
     generation: u64,
+    /// Where the group stands per partition in this process: the start position decided by
+    /// the first member assigned the partition, then every offset a member committed. Cleared
+    /// when the last member leaves, so that a group started afresh applies its `StartFrom`.
+    positions: HashMap<u32, u64>,
     /// Recently handled event ids (bounded), shared by the group's in-process members.
     pub(crate) handled: HandledIds,
 }
@@ -149,6 +165,9 @@ impl TopicsRuntime {
         if let Some(state) = groups.get_mut(&(group.to_owned(), topic.to_owned())) {
             state.members.retain(|m| *m != member);
             state.generation += 1;
+            if state.members.is_empty() {
+                state.positions.clear();
+            }
         }
         drop(groups);
         self.generations.send_modify(|g| *g += 1);
@@ -174,6 +193,32 @@ impl TopicsRuntime {
         (state.generation, mine)
     }
 
+    /// The group's position on a partition in this process, if one was decided.
+    fn group_position(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups
+            .get(&(group.to_owned(), topic.to_owned()))
+            .and_then(|state| state.positions.get(&partition).copied())
+    }
+
+    /// Records `offset` as the group's start position on a partition unless a member decided
+    /// one meanwhile; returns the group's position.
+    fn decide_position(&self, group: &str, topic: &str, partition: u32, offset: u64) -> u64 {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let state = groups
+            .entry((group.to_owned(), topic.to_owned()))
+            .or_default();
+        *state.positions.entry(partition).or_insert(offset)
+    }
+
+    /// Records durably committed offsets as the group's positions.
+    fn committed_positions(&self, group: &str, topic: &str, offsets: &[(u32, u64)]) {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = groups.get_mut(&(group.to_owned(), topic.to_owned())) {
+            state.positions.extend(offsets.iter().copied());
+        }
+    }
+
     pub(crate) fn committed(
         &self,
         group: &str,
@@ -197,10 +242,14 @@ pub struct Consumer {
     group: String,
     topic: String,
     member: u64,
-    start: Option<StartFrom>,
+    start: StartFrom,
     generation: u64,
     /// Next offset to read, per assigned partition.
     positions: BTreeMap<u32, u64>,
+    /// The durably committed offset of each assigned partition as this member last knew it
+    /// (read when it acquired the partition, then its own commits): a position that differs
+    /// is not committed yet.
+    durable: BTreeMap<u32, u64>,
     /// Round-robin start among the assigned partitions.
     turn: usize,
     moved: tokio::sync::watch::Receiver<u64>,
@@ -229,9 +278,10 @@ impl Consumer {
             group: group.to_owned(),
             topic: topic.to_owned(),
             member,
-            start: Some(options.start),
+            start: options.start,
             generation: u64::MAX,
             positions: BTreeMap::new(),
+            durable: BTreeMap::new(),
             turn: 0,
             moved,
             generations,
@@ -262,8 +312,17 @@ impl Consumer {
         }
     }
 
-    /// Re-reads the assignment if the group changed; new partitions start per `start`
-    /// (first assignment) or from the committed offset.
+    /// True when a position of an owned partition is not durably committed (a start
+    /// position no message moved yet, or progress since the last commit).
+    pub fn has_uncommitted(&self) -> bool {
+        self.positions
+            .iter()
+            .any(|(p, o)| self.durable.get(p) != Some(o))
+    }
+
+    /// Re-reads the assignment if the group changed; a partition new to this member starts
+    /// at the group's position, or — the first time the group reads it in this process — at
+    /// the start position `start` names (see the module docs).
     fn refresh(&mut self) -> Result<(), TopicError> {
         let partitions = self.rt.partitions(&self.topic)?;
         let (generation, mine) =
@@ -272,17 +331,36 @@ impl Consumer {
         if generation == self.generation && mine.len() == self.positions.len() {
             return Ok(());
         }
-        let committed = self.rt.committed(&self.group, &self.topic)?;
-        let start = self.start.take().unwrap_or(StartFrom::Committed);
+        // The durable offsets are read only when a partition is new to this member.
+        let committed = if mine.iter().any(|p| !self.positions.contains_key(p)) {
+            self.rt.committed(&self.group, &self.topic)?
+        } else {
+            HashMap::new()
+        };
         let mut positions = BTreeMap::new();
+        let mut durable = BTreeMap::new();
         for p in mine {
-            let offset = match self.positions.get(&p) {
-                Some(o) => *o,
-                None => self.start_offset(p, start, &committed)?,
+            if let Some(o) = self.positions.get(&p) {
+                positions.insert(p, *o);
+                if let Some(d) = self.durable.get(&p) {
+                    durable.insert(p, *d);
+                }
+                continue;
+            }
+            let offset = match self.rt.group_position(&self.group, &self.topic, p) {
+                Some(o) => o,
+                None => {
+                    let start = self.start_offset(p, self.start, &committed)?;
+                    self.rt.decide_position(&self.group, &self.topic, p, start)
+                }
             };
             positions.insert(p, offset);
+            if let Some(d) = committed.get(&p) {
+                durable.insert(p, *d);
+            }
         }
         self.positions = positions;
+        self.durable = durable;
         self.generation = generation;
         Ok(())
     }
@@ -380,15 +458,26 @@ impl Consumer {
         self.commit_offsets(offsets).await
     }
 
-    pub(crate) async fn commit_offsets(&self, offsets: Vec<(u32, u64)>) -> Result<(), TopicError> {
+    pub(crate) async fn commit_offsets(
+        &mut self,
+        offsets: Vec<(u32, u64)>,
+    ) -> Result<(), TopicError> {
         if offsets.is_empty() {
             return Ok(());
         }
         let writer = self.rt.writer.clone();
         let (group, topic) = (self.group.clone(), self.topic.clone());
-        tokio::task::spawn_blocking(move || writer.commit_offsets(&group, &topic, &offsets))
+        let written = offsets.clone();
+        tokio::task::spawn_blocking(move || writer.commit_offsets(&group, &topic, &written))
             .await
             .map_err(|_| TopicError::ShuttingDown)??;
+        self.rt
+            .committed_positions(&self.group, &self.topic, &offsets);
+        for (p, o) in offsets {
+            if self.positions.contains_key(&p) {
+                self.durable.insert(p, o);
+            }
+        }
         Ok(())
     }
 

@@ -275,6 +275,10 @@ impl TopicLog {
 
     /// The first offset of `(topic, partition)` whose message's timestamp is at or after
     /// `at` (the end offset when none is). Scans the partition in order.
+    ///
+    /// When no message qualifies, the answer is the offset after the last message scanned,
+    /// not a second look at the partition's end: messages indexed between the scan and that
+    /// look (written after `at`) would otherwise be skipped by a consumer starting there.
     pub fn offset_for_time(
         &self,
         topic: &str,
@@ -285,7 +289,7 @@ impl TopicLog {
         loop {
             let batch = self.read(topic, partition, offset, 4096)?;
             let Some(last) = batch.last() else {
-                return self.end_offset(topic, partition);
+                return Ok(offset);
             };
             if let Some(m) = batch.iter().find(|m| m.timestamp >= at) {
                 return Ok(m.offset);

@@ -204,7 +204,9 @@ impl Worker {
                 _ = self.wake.notified() => continue,
             };
             if batch.is_empty() {
-                if uncommitted {
+                // Also a start position no message moved yet: committed, so that the group's
+                // lag counts from where it started reading, not from offset 0.
+                if uncommitted || self.consumer.has_uncommitted() {
                     self.consumer.commit().await?;
                     uncommitted = false;
                     last_commit = Instant::now();
