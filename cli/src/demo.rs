@@ -5,7 +5,10 @@
 //! from its own [`DemoRng`] stream seeded by (seed, type, id). One client task issues all of
 //! an aggregate's commands, one at a time, so the commands an aggregate receives do not depend
 //! on how the clients interleave or on `--clients`. (They do depend on the clock where a
-//! workload looks at deadlines, as `decide` runs on the system clock.)
+//! workload looks at deadlines, as `decide` runs on the system clock.) On a store that holds
+//! earlier runs, the streams are seeded by (seed, the store's size) instead ([`run_seed`]):
+//! the same seed's streams again would draw an earlier run's idempotency keys (Order's
+//! `CreateOrder` key) for other commands and other orders, which the engine refuses.
 //!
 //! The check after the workload, per aggregate:
 //! 1. the state the client folded from the events `execute` returned equals `engine.state`
@@ -30,8 +33,8 @@ use evershard_engine::model::{
     Aggregate, DecideContext, DemoRng, Metadata, Workload, WorkloadVisitor,
 };
 use evershard_engine::{
-    repository, Clock, CommandError, Durability, Engine, EngineBuilder, SnapshotPolicy, StreamId,
-    SystemClock,
+    repository, Clock, CommandError, Durability, Engine, EngineBuilder, Journal, SnapshotPolicy,
+    StorageError, StreamId, SystemClock,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::future::Future;
@@ -60,6 +63,38 @@ impl DemoClock {
         self.offset_micros
             .fetch_add(micros, std::sync::atomic::Ordering::SeqCst);
     }
+
+    /// Moves the clock to `at` if it is behind it.
+    fn not_before(&self, at: chrono::DateTime<chrono::Utc>) {
+        let behind = at - self.now();
+        if behind > chrono::TimeDelta::zero() {
+            self.advance(behind);
+        }
+    }
+}
+
+/// Events of the store's tail whose latest timestamp [`store_time`] looks for.
+const STORE_TIME_EVENTS_MAX: u64 = 1_000;
+
+/// The latest timestamp among the store's last events (None on an empty store). An earlier
+/// run moved its demo clock ahead (timers, the saga phase), so a new run on the same store
+/// starts its clock there: time on one store only moves forward, and a consumer group
+/// started at "now" (the saga phase) does not take an earlier run's later-stamped events for
+/// new ones.
+fn store_time(journal: &Journal) -> Result<Option<chrono::DateTime<chrono::Utc>>, StorageError> {
+    let last = journal.durable_position();
+    if last == 0 {
+        return Ok(None);
+    }
+    let mut latest = None;
+    for entry in journal.read_global(last.saturating_sub(STORE_TIME_EVENTS_MAX).max(1)) {
+        let (_, stream, sequence) = entry?;
+        if let Some(record) = journal.read_stream(&stream, sequence, sequence).next() {
+            let at = record?.timestamp;
+            latest = latest.max(Some(at));
+        }
+    }
+    Ok(latest)
 }
 
 impl Clock for DemoClock {
@@ -134,6 +169,16 @@ pub fn demo_aggregate_id(aggregate_type: &str, index: u64) -> String {
     let mut rng =
         DemoRng::new(fnv1a(aggregate_type.as_bytes()) ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     rng.uuid().to_string()
+}
+
+/// The seed of this run's command streams: `seed` on an empty store (so one seed always
+/// issues the same commands there), mixed with the store's last global position otherwise.
+pub fn run_seed(seed: u64, store_position: u64) -> u64 {
+    if store_position == 0 {
+        seed
+    } else {
+        DemoRng::new(seed ^ store_position.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+    }
 }
 
 /// The seed of one aggregate's command stream.
@@ -692,6 +737,15 @@ async fn run_async(
     out.flush()?;
 
     let engine = open_engine(args).await?;
+    let seed = run_seed(args.seed, engine.journal().durable_position());
+    let journal = engine.journal().clone();
+    let resumed_at = tokio::task::spawn_blocking(move || store_time(&journal))
+        .await
+        .map_err(|e| CliError::Demo(format!("reading the store's time: {e}")))?
+        .map_err(|e| CliError::storage(&args.data, e))?;
+    if let Some(at) = resumed_at {
+        demo_clock().not_before(at + chrono::TimeDelta::milliseconds(1));
+    }
 
     // Aggregates are dealt to clients round-robin; commands are spread evenly over aggregates.
     let mut partitions: Vec<Vec<Slot>> = (0..clients).map(|_| Vec::new()).collect();
@@ -703,7 +757,7 @@ async fn run_async(
             let client = (j % clients as u64) as usize;
             let make = MakeDriver {
                 aggregate_id: demo_aggregate_id(name, index),
-                seed: args.seed,
+                seed,
                 client,
             };
             let commands = base + u64::from(j < extra);
@@ -861,7 +915,9 @@ async fn run_async(
     let checked = run_phase(&engine, partitions, Phase::Check, &hidden).await;
     let advance: std::sync::Arc<dyn Fn(chrono::TimeDelta) + Send + Sync> =
         std::sync::Arc::new(|by| demo_clock().advance(by));
-    let saga = crate::demo_saga::run(&engine, args, demo_clock().now(), advance, out).await;
+    let saga_orders = crate::demo_saga::orders_to_place(args, kinds);
+    let saga =
+        crate::demo_saga::run(&engine, args, saga_orders, demo_clock().now(), advance, out).await;
     let journal = engine.journal().clone();
     let verify = tokio::task::spawn_blocking(move || journal.verify()).await;
     let shutdown = engine.shutdown().await;

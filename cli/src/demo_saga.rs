@@ -1,8 +1,11 @@
 //! The demo's saga phase: real orders through `OrderSaga` on the demo's engine, alongside the
 //! other types' aggregates (after their workload and recovery check, on the reopened store).
 //!
-//! `--saga-orders N` orders from 16 clients against scarce stock of 8 products of this run
-//! (product ids carry the run's tag, so runs on one store never share stock); a simulated
+//! `--saga-orders N` orders (default [`DEFAULT_SAGA_ORDERS`] when the workload drives
+//! ProductStock, Order and Payment; none with `--kafka` unless asked) from 16 clients against
+//! scarce stock of 8 products of this run (product ids carry the run's tag, so runs on one
+//! store never share stock; order ids and keys are drawn from the seed and the store's size,
+//! so a second run on the same store with the same seed places other orders); a simulated
 //! gateway completes most payment attempts, fails some (retried by the saga, three failures
 //! block) and never answers a few (their orders time out); a simulated warehouse hands over
 //! most paid orders, and for some the customer cancels after paying (refunded); a few
@@ -15,15 +18,18 @@
 //! Printed: outcomes (fulfilled, cancelled by reason, compensated), sagas per second (orders
 //! / wall time from the first order to the last saga finished), p50/p99 of the wall time
 //! from placing an order to its confirmation, and the flow's invariant check
-//! (`evershard_sagas::check_order_flow`, the checker the crash and property tests use).
+//! (`evershard_sagas::check_order_flow`, the checker the crash and property tests use), plus
+//! one the checker cannot make on a store that also holds orders without a saga (the
+//! workload's): every order placed in this phase has its saga.
 
 use crate::error::CliError;
 use crate::DemoArgs;
 use chrono::{DateTime, TimeDelta, Utc};
 use evershard_aggregates::order::{CancelOrder, CancelReason, CreateOrder, LineRequest, Order};
+use evershard_aggregates::order_saga::OrderSaga;
 use evershard_aggregates::product_stock::{ProductStock, ReceiveStock};
-use evershard_engine::model::{Currency, DemoRng, Money};
-use evershard_engine::{Engine, StartFrom};
+use evershard_engine::model::{Aggregate, Currency, DemoRng, Money};
+use evershard_engine::{Engine, StartFrom, StreamId};
 use evershard_sagas::simulate::{self, gateway, warehouse, GatewayAnswer, WarehouseAction};
 use evershard_sagas::{check_order_flow, order_saga_runner, OrderSagaOptions};
 use std::collections::HashMap;
@@ -32,6 +38,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+/// Orders through the saga when `--saga-orders` is not given (and the workload drives the
+/// saga's three types).
+pub const DEFAULT_SAGA_ORDERS: u64 = 200;
+/// The types the saga phase runs by default with: the saga's targets.
+const SAGA_TYPES: [&str; 3] = ["ProductStock", "Order", "Payment"];
 const CLIENTS: u64 = 16;
 const PRODUCTS: u64 = 8;
 /// How the demo clock moves while orders flow: `TICK_SIM` every `TICK_REAL`.
@@ -61,30 +72,43 @@ fn percentile(sorted: &[u128], p: usize) -> u128 {
     sorted[rank - 1]
 }
 
-/// Runs the phase; returns the problems found (invariant violations, sagas left).
-pub async fn run(
-    engine: &Engine,
-    args: &DemoArgs,
-    now: DateTime<Utc>,
-    advance: Arc<dyn Fn(TimeDelta) + Send + Sync>,
-    out: &mut dyn Write,
-) -> Result<usize, CliError> {
+/// The orders the phase places: `--saga-orders`, or by default [`DEFAULT_SAGA_ORDERS`] when
+/// the workload drives the saga's three types (`kinds`) and no Kafka publisher runs.
+pub fn orders_to_place(args: &DemoArgs, kinds: &[&str]) -> u64 {
     // The Kafka publisher runs before the restart only: with `--kafka` the phase runs only
     // when asked, so that what the broker holds is what the store's topics hold.
     #[cfg(feature = "kafka")]
     let publishing = args.kafka.is_some();
     #[cfg(not(feature = "kafka"))]
     let publishing = false;
-    // Opt-in for now: the saga phase after the restart can stall (its observers stop
-    // delivering; seen on the merged main in most runs of `--saga-orders 40`, never in the
-    // saga tests of tests/saga_*.rs). Until that is found, the demo runs it only when asked.
-    let _ = publishing;
-    let orders = args.saga_orders.unwrap_or(0);
+    let drives_targets = SAGA_TYPES.iter().all(|t| kinds.contains(t));
+    match args.saga_orders {
+        Some(n) => n,
+        None if drives_targets && !publishing => DEFAULT_SAGA_ORDERS,
+        None => 0,
+    }
+}
+
+/// Runs the phase with `orders` orders; returns the problems found (invariant violations,
+/// sagas left, orders without a saga).
+pub async fn run(
+    engine: &Engine,
+    args: &DemoArgs,
+    orders: u64,
+    now: DateTime<Utc>,
+    advance: Arc<dyn Fn(TimeDelta) + Send + Sync>,
+    out: &mut dyn Write,
+) -> Result<usize, CliError> {
     if orders == 0 {
         return Ok(0);
     }
     let tag = format!("{}-{}", args.seed, now.timestamp_micros());
     let seed = args.seed;
+    // Order ids and their `CreateOrder` keys (the engine's idempotency keys) come from the
+    // seed and the store's size: the same on an empty store for one seed, and others when
+    // the store holds an earlier run, whose keys must not be reused for other orders.
+    let store_position = engine.journal().durable_position();
+    let orders_seed = seed ^ 0x5a6a ^ store_position.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let demo = |e: &dyn std::fmt::Display| CliError::Demo(format!("saga phase: {e}"));
     let product = {
         let tag = tag.clone();
@@ -160,7 +184,7 @@ pub async fn run(
         let timings = timings.clone();
         let product = product.clone();
         clients.spawn(async move {
-            let mut rng = DemoRng::new(seed ^ 0x5a6a ^ (client << 20));
+            let mut rng = DemoRng::new(orders_seed ^ (client << 20));
             let mut failures = Vec::new();
             for _ in (client..orders).step_by(CLIENTS as usize) {
                 let order_id = rng.uuid();
@@ -185,6 +209,12 @@ pub async fn run(
                     .insert(order_id, Instant::now());
                 if let Err(e) = engine.execute::<Order>(&order_id.to_string(), create).await {
                     failures.push(format!("placing {order_id}: {e}"));
+                    // Reported once: not again as an order without a saga.
+                    timings
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .placed
+                        .remove(&order_id);
                     continue;
                 }
                 if rng.chance(3) {
@@ -239,9 +269,25 @@ pub async fn run(
         .await
         .map_err(|e| demo(&e))?
         .map_err(|e| demo(&e))?;
-    let fulfilled = report.outcomes.get("fulfilled").copied().unwrap_or(0);
-    let cancelled: Vec<String> = report
-        .outcomes
+    // This run's orders (the store may hold earlier runs' sagas: the check covers them all,
+    // the outcomes printed are this run's).
+    let placed: Vec<Uuid> = {
+        let t = timings.lock().unwrap_or_else(|e| e.into_inner());
+        t.placed.keys().copied().collect()
+    };
+    let mut outcomes: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut compensated = 0;
+    for order_id in &placed {
+        match report.finished.get(order_id) {
+            Some((outcome, undid)) => {
+                *outcomes.entry(outcome.as_str()).or_default() += 1;
+                compensated += usize::from(*undid);
+            }
+            None => *outcomes.entry("unfinished").or_default() += 1,
+        }
+    }
+    let fulfilled = outcomes.get("fulfilled").copied().unwrap_or(0);
+    let cancelled: Vec<String> = outcomes
         .iter()
         .filter(|(k, _)| k.starts_with("cancelled"))
         .map(|(k, n)| format!("{} {n}", k.trim_start_matches("cancelled ")))
@@ -249,11 +295,15 @@ pub async fn run(
     writeln!(
         out,
         "saga: {orders} orders through OrderSaga in {:.1} s ({:.0} sagas/s): fulfilled {fulfilled}, \
-         cancelled {}, compensated {} (store total: {} sagas)",
+         cancelled {}, compensated {}{} (store total: {} sagas)",
         elapsed.as_secs_f64(),
         orders as f64 / elapsed.as_secs_f64().max(1e-9),
         if cancelled.is_empty() { "0".to_owned() } else { cancelled.join(", ") },
-        report.compensated,
+        compensated,
+        match outcomes.get("unfinished") {
+            Some(n) => format!(", unfinished {n}"),
+            None => String::new(),
+        },
         report.sagas
     )?;
     let mut latencies: Vec<u128> = {
@@ -275,13 +325,30 @@ pub async fn run(
         latencies.len()
     )?;
     problems.extend(report.violations.iter().cloned());
+    // Every order placed here must have been seen by the saga's observers.
+    let journal = engine.journal().clone();
+    let without_saga = tokio::task::spawn_blocking(move || {
+        let mut missing = Vec::new();
+        for order_id in placed {
+            let stream = StreamId::new(OrderSaga::TYPE, order_id.to_string());
+            match journal.head(&stream) {
+                Ok(head) if head.sequence > 0 => {}
+                Ok(_) => missing.push(format!("order {order_id} has no saga")),
+                Err(e) => missing.push(format!("order {order_id}: reading its saga: {e}")),
+            }
+        }
+        missing
+    })
+    .await
+    .map_err(|e| demo(&e))?;
+    problems.extend(without_saga);
     if problems.is_empty() {
         writeln!(
             out,
             "saga invariants: clean (stock = received - committed and never below zero, no \
              reservation left to a closed order, one completed payment = total per confirmed \
              order, refunds = captures per cancelled order, no double charge, every saga \
-             finished, verify clean)"
+             finished, every order of this run has its saga, verify clean)"
         )?;
     } else {
         writeln!(out, "saga invariants FAILED: {} problems", problems.len())?;

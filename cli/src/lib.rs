@@ -152,8 +152,9 @@ pub struct DemoArgs {
     /// Take a snapshot every N events per aggregate (0: never). Default: the engine's (100).
     #[arg(long, value_name = "N")]
     pub snapshot_every: Option<u64>,
-    /// Orders driven through the order saga after the workload (see `demo_saga`). Default:
-    /// none (the phase is opt-in while a stall in it is investigated; see the README).
+    /// Orders driven through the order saga after the workload and the restart (see
+    /// `demo_saga`; 0: none). Default: 200 when the workload drives ProductStock, Order and
+    /// Payment (every type, or a `--type` list with the three), none with `--kafka`.
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub saga_orders: Option<u64>,

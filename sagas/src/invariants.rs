@@ -52,6 +52,9 @@ pub struct FlowReport {
     pub outcomes: BTreeMap<String, usize>,
     /// Finished sagas that undid work (released reservations or refunded a payment).
     pub compensated: usize,
+    /// Each finished saga (by order id): its outcome as in `outcomes`, and whether it
+    /// compensated — for a report on some of the store's sagas (the demo's run).
+    pub finished: BTreeMap<Uuid, (String, bool)>,
     /// Sagas not finished (deadline passed or not).
     pub unfinished: usize,
     /// Order creation → confirmation, in milliseconds of the engine's clock, per confirmed
@@ -194,7 +197,7 @@ fn check_saga(
                 (SagaOutcome::Cancelled, Some(reason)) => format!("cancelled ({reason})"),
                 (outcome, _) => outcome.to_string(),
             };
-            *report.outcomes.entry(key).or_default() += 1;
+            *report.outcomes.entry(key.clone()).or_default() += 1;
             let compensated = history.iter().rev().find_map(|e| match &e.payload {
                 OrderSagaEvent::SagaFinished(f) => Some(f.compensated),
                 _ => None,
@@ -202,6 +205,7 @@ fn check_saga(
             if compensated == Some(true) {
                 report.compensated += 1;
             }
+            report.finished.insert(id, (key, compensated == Some(true)));
             let expected = match order.status {
                 OrderStatus::Fulfilled => Some(SagaOutcome::Fulfilled),
                 OrderStatus::Cancelled => Some(SagaOutcome::Cancelled),
