@@ -36,9 +36,13 @@ use evershard_engine::{ConsumerOptions, Engine, StartFrom};
 /// How the order saga's runner starts.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct OrderSagaOptions {
-    /// Where its consumer groups start when they have never committed: `Committed` (the
-    /// default: offset 0, every order in the store gets a saga), or a time (only orders
-    /// placed from then on, e.g. when the saga is introduced into a store with history).
+    /// Where its consumer groups start reading in this process: `Committed` (the default:
+    /// where they stopped, offset 0 for new groups — every order in the store gets a saga),
+    /// or a time (only events from then on, e.g. when the saga is introduced into a store
+    /// with history). The start applies to the group, not to each member: members that take
+    /// a partition over later continue where the group stands (docs/runtime-semantics.md). A
+    /// runner restarted with the same time reads again from it (the saga takes what it
+    /// already saw as repeats); after its first start, `Committed` resumes where it stopped.
     pub start: StartFrom,
     /// The prefix of its consumer groups; `None`: `saga.OrderSaga`.
     pub group_prefix: Option<String>,
