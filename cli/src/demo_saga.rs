@@ -128,6 +128,15 @@ pub async fn run(
             .map_err(|e| demo(&e))?;
     }
     let start = StartFrom::Time(now);
+    // A group started at a time finds its start in what is indexed: every event before this
+    // phase must be, or one indexed late would land after the start and be read as new.
+    let written = engine.journal().durable_position();
+    if !engine.wait_indexed(written, IDLE_WAIT).await {
+        return Err(demo(&format!(
+            "the topic index did not reach global position {written} within {} s",
+            IDLE_WAIT.as_secs()
+        )));
+    }
     let runner = order_saga_runner(
         engine,
         OrderSagaOptions {
