@@ -1,0 +1,167 @@
+//! docs/saga.md's "how to write another saga" runs, not only compiles: its harvest saga (a
+//! saga written on the public API only) is driven end to end through an engine — a plant
+//! that becomes ready starts it, an approved inspection harvests the plant through the
+//! dispatcher, a refused one ends it, a harvest the plant refuses comes back as a rejected
+//! step. `tests/harvest/mod.rs` is the doc's code block byte for byte (checked here), so the
+//! doc cannot drift from what this test runs. Every wait is a bounded `wait_idle`.
+
+#[allow(dead_code)]
+mod harvest;
+
+use evershard::aggregates::plant::*;
+use evershard::Engine;
+use harvest::{harvest_runner, HarvestCommand, HarvestEvent, HarvestSaga};
+use std::time::Duration;
+use uuid::Uuid;
+
+const IDLE: Duration = Duration::from_secs(60);
+
+#[test]
+fn the_docs_example_is_this_module() {
+    let doc = include_str!("../docs/saga.md");
+    let code = include_str!("harvest/mod.rs");
+    assert!(
+        doc.contains(&format!("```rust,no_run\n{code}```\n")),
+        "tests/harvest/mod.rs differs from the code block in docs/saga.md"
+    );
+}
+
+fn create(plant_id: Uuid) -> CreatePlant {
+    CreatePlant {
+        plant_id,
+        batch_id: Uuid::new_v4(),
+        genetics: Genetics {
+            id: Uuid::new_v4(),
+            strain: "Northern Lights".into(),
+            genetics_type: GeneticsType::Indica,
+            thc_percentage: 18.5,
+            cbd_percentage: 0.5,
+            lineage: None,
+        },
+        location: Location {
+            facility_id: Uuid::new_v4(),
+            zone: "A".into(),
+            row: 1,
+            position: 1,
+        },
+        propagation_method: PropagationMethod::Seed,
+        source_id: None,
+        planned_harvest_date: chrono::NaiveDate::from_ymd_opt(2100, 1, 1).unwrap(),
+        metadata: None,
+    }
+}
+
+fn ready() -> ChangePlantStage {
+    ChangePlantStage {
+        new_stage: PlantStage::Ready,
+        changed_by: Uuid::new_v4(),
+        reason: None,
+        environmental_conditions: None,
+        photos: None,
+    }
+}
+
+/// A harvest; `wet_grams` ≤ 0 is one the plant refuses.
+fn harvest(wet_grams: f64) -> HarvestPlant {
+    HarvestPlant {
+        harvest_id: Uuid::new_v4(),
+        harvested_by: Uuid::new_v4(),
+        harvest_data: HarvestData {
+            wet_weight: Weight {
+                amount: wet_grams,
+                unit: WeightUnit::G,
+            },
+            dry_weight: None,
+            quality_grade: None,
+            sections: vec![],
+        },
+        environmental_conditions: HarvestConditions {
+            temperature: 21.5,
+            humidity: 45.0,
+        },
+        notes: None,
+    }
+}
+
+/// How the saga of `plant` ended, if it did.
+fn ended(engine: &Engine, plant: &str) -> Option<String> {
+    engine
+        .history::<HarvestSaga>(plant)
+        .unwrap()
+        .into_iter()
+        .find_map(|e| match e.payload {
+            HarvestEvent::Ended(end) => Some(end.outcome),
+            _ => None,
+        })
+}
+
+#[test]
+fn the_harvest_saga_of_the_docs_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let engine = Engine::builder(dir.path())
+            .register::<Plant>()
+            .register::<HarvestSaga>()
+            .open()
+            .await
+            .unwrap();
+        let runner = harvest_runner(&engine).unwrap();
+        let [approved, refused, failing] = [(); 3].map(|_| Uuid::new_v4());
+        for plant in [approved, refused, failing] {
+            let id = plant.to_string();
+            engine.execute::<Plant>(&id, create(plant)).await.unwrap();
+            engine.execute::<Plant>(&id, ready()).await.unwrap();
+        }
+        assert!(runner.wait_idle(IDLE).await);
+        for plant in [approved, refused, failing] {
+            let (state, _) = engine
+                .state::<HarvestSaga>(&plant.to_string())
+                .await
+                .unwrap();
+            assert!(state.started && !state.done, "{plant}: {state:?}");
+        }
+
+        // The quality service answers.
+        let answers = [
+            (approved, true, harvest(1200.0)),
+            (refused, false, harvest(1200.0)),
+            (failing, true, harvest(-1.0)),
+        ];
+        for (plant, ok, harvest) in answers {
+            let answer = HarvestCommand::InspectionCompleted {
+                approved: ok,
+                harvest: Some(harvest),
+            };
+            engine
+                .execute::<HarvestSaga>(&plant.to_string(), answer)
+                .await
+                .unwrap();
+        }
+        assert!(runner.wait_idle(IDLE).await);
+
+        let stage = |plant: Uuid| {
+            let engine = engine.clone();
+            async move {
+                let (state, _) = engine.state::<Plant>(&plant.to_string()).await.unwrap();
+                state.plant.map(|p| p.stage)
+            }
+        };
+        assert_eq!(
+            ended(&engine, &approved.to_string()).as_deref(),
+            Some("harvested")
+        );
+        assert_eq!(stage(approved).await, Some(PlantStage::Harvested));
+        assert_eq!(
+            ended(&engine, &refused.to_string()).as_deref(),
+            Some("rejected")
+        );
+        assert_eq!(stage(refused).await, Some(PlantStage::Ready));
+        let failed = ended(&engine, &failing.to_string()).unwrap_or_default();
+        assert!(failed.starts_with("failed: "), "{failed}");
+        assert_eq!(stage(failing).await, Some(PlantStage::Ready));
+        assert_eq!(runner.dead_lettered(), 0);
+        runner.stop().await.unwrap();
+        engine.shutdown().await.unwrap();
+    });
+}
