@@ -7,7 +7,7 @@
 //! work of the next group overlaps the disk wait of the previous one.
 
 use super::{
-    failpoint, fault, keys, record, Durability, JournalConfig, Record, Shared, StreamHead, StreamId,
+    failpoint, fault, keys, record, segments, Durability, JournalConfig, Record, Shared, StreamHead, StreamId,
 };
 use crate::error::{AppendError, InvalidRequest, StorageError};
 use chrono::{DateTime, Utc};
@@ -138,6 +138,18 @@ impl AppendRequest {
                     | &keys::IDEMPOTENCY_BY_TIME,
                 ) => {}
                 _ => return Err(InvalidRequest::ForbiddenKeyspace),
+            }
+            let value_bytes = match op {
+                WriteOp::Put { value, .. } => value.len(),
+                WriteOp::Remove { .. } => 0,
+            };
+            if op.key().len() > segments::KEY_BYTES_MAX || value_bytes > segments::VALUE_BYTES_MAX {
+                return Err(InvalidRequest::WriteTooLarge {
+                    key_bytes: op.key().len(),
+                    value_bytes,
+                    key_max: segments::KEY_BYTES_MAX,
+                    value_max: segments::VALUE_BYTES_MAX,
+                });
             }
         }
         Ok(())
