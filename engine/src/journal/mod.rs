@@ -16,7 +16,7 @@ pub(crate) mod merkle;
 mod probe;
 pub(crate) mod publisher;
 pub(crate) mod record;
-mod segments;
+pub(crate) mod segments;
 mod snapfile;
 pub(crate) mod topics;
 mod verify;
