@@ -135,7 +135,9 @@ pub enum StorageError {
     /// write a tree node to a blob file, which a power cut can leave behind a durable
     /// pointer (docs/design.md, "What the durability tests prove and how", point 5). Nothing
     /// is lost: recovery replays the events instead.
-    #[error("a snapshot of {bytes} bytes exceeds {max}; not written (recovery replays the events)")]
+    #[error(
+        "a snapshot of {bytes} bytes exceeds {max}; not written (recovery replays the events)"
+    )]
     SnapshotTooLarge { bytes: usize, max: usize },
 }
 

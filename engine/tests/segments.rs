@@ -26,10 +26,12 @@ mod common;
 use common::{Counter, CounterCommand};
 use evershard_engine::model::AuditContext;
 use evershard_engine::record::{PAYLOAD_BYTES_MAX, RECORD_STRING_BYTES_MAX};
-use evershard_engine::segments::{KEY_BYTES_MAX, LEGACY_SEGMENT_BYTES, SEGMENT_BYTES, VALUE_BYTES_MAX};
+use evershard_engine::segments::{
+    KEY_BYTES_MAX, LEGACY_SEGMENT_BYTES, SEGMENT_BYTES, VALUE_BYTES_MAX,
+};
 use evershard_engine::{
-    AppendRequest, Durability, Engine, Journal, JournalConfig, JournalWriter, NewEvent,
-    StreamId, WriteOp,
+    AppendRequest, Durability, Engine, Journal, JournalConfig, JournalWriter, NewEvent, StreamId,
+    WriteOp,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -67,7 +69,10 @@ fn make_legacy_store(dir: &Path) {
 /// A stream with the longest type and id the journal accepts, told apart by `n`.
 fn long_stream(n: usize) -> StreamId {
     let ty = "T".repeat(evershard_engine::model::AGGREGATE_TYPE_BYTES_MAX);
-    let id = format!("{n:04}{}", "i".repeat(evershard_engine::model::AGGREGATE_ID_BYTES_MAX - 4));
+    let id = format!(
+        "{n:04}{}",
+        "i".repeat(evershard_engine::model::AGGREGATE_ID_BYTES_MAX - 4)
+    );
     StreamId::new(ty, id)
 }
 
@@ -118,11 +123,8 @@ fn journal_workload(dir: &Path) -> Vec<usize> {
         for n in 0..STREAMS_COUNT {
             let stream = long_stream(n);
             let head = round as u64;
-            let mut request = AppendRequest::new(
-                stream.clone(),
-                head,
-                vec![largest_event((n + round) as u8)],
-            );
+            let mut request =
+                AppendRequest::new(stream.clone(), head, vec![largest_event((n + round) as u8)]);
             request.extra_writes.push(WriteOp::Put {
                 key: outbox_key(n, round),
                 value: vec![round as u8; VALUE_BYTES_MAX],
@@ -185,7 +187,12 @@ fn no_blob_files_are_written() {
             .await
             .unwrap();
         let ids: Vec<String> = (0..96)
-            .map(|n| format!("{n:04}{}", "c".repeat(evershard_engine::model::AGGREGATE_ID_BYTES_MAX - 4)))
+            .map(|n| {
+                format!(
+                    "{n:04}{}",
+                    "c".repeat(evershard_engine::model::AGGREGATE_ID_BYTES_MAX - 4)
+                )
+            })
             .collect();
         for _ in 0..8 {
             let mut tasks = Vec::new();
@@ -193,7 +200,10 @@ fn no_blob_files_are_written() {
                 let engine = engine.clone();
                 let id = id.clone();
                 tasks.push(tokio::spawn(async move {
-                    engine.execute::<Counter>(&id, CounterCommand::Add(1)).await.unwrap();
+                    engine
+                        .execute::<Counter>(&id, CounterCommand::Add(1))
+                        .await
+                        .unwrap();
                 }));
             }
             for t in tasks {
@@ -204,7 +214,11 @@ fn no_blob_files_are_written() {
         assert!(engine.wait_indexed(last, Duration::from_secs(60)).await);
         engine.shutdown().await.unwrap();
     });
-    assert_eq!(blob_files(&dir), 0, "blob files after the topic indexer ran");
+    assert_eq!(
+        blob_files(&dir),
+        0,
+        "blob files after the topic indexer ran"
+    );
     let journal = Journal::open_read_only(&dir).unwrap();
     assert!(journal.verify().is_clean());
 }

@@ -7,7 +7,8 @@
 //! work of the next group overlaps the disk wait of the previous one.
 
 use super::{
-    failpoint, fault, keys, record, segments, Durability, JournalConfig, Record, Shared, StreamHead, StreamId,
+    failpoint, fault, keys, record, segments, Durability, JournalConfig, Record, Shared,
+    StreamHead, StreamId,
 };
 use crate::error::{AppendError, InvalidRequest, StorageError};
 use chrono::{DateTime, Utc};

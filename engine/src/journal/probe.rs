@@ -289,7 +289,11 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(segment_bytes_of_log(&dir.path().join("db")).unwrap(), None);
-        std::fs::write(dir.path().join("conf"), b"segment_size: 1000\nversion: 0.34\n1234").unwrap();
+        std::fs::write(
+            dir.path().join("conf"),
+            b"segment_size: 1000\nversion: 0.34\n1234",
+        )
+        .unwrap();
         assert_eq!(sled_segment_bytes(&dir.path().join("conf")), None);
     }
 

@@ -484,7 +484,10 @@ mod tests {
         record.audit_context = Some(audit);
         record.payload = vec![9; PAYLOAD_BYTES_MAX];
         let ip_text = 39;
-        assert_eq!(record.encode().len(), RECORD_BYTES_MAX - (IP_TEXT_BYTES_MAX - ip_text));
+        assert_eq!(
+            record.encode().len(),
+            RECORD_BYTES_MAX - (IP_TEXT_BYTES_MAX - ip_text)
+        );
     }
 
     fn audited() -> Record {

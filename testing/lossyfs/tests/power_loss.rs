@@ -1536,7 +1536,10 @@ fn soak_power_loss() {
         lossy, 0,
         "acknowledged data lost in {lossy} of {trials} trials"
     );
-    assert_eq!(blobs, 0, "sled wrote blob files in a store of evershard's segment size");
+    assert_eq!(
+        blobs, 0,
+        "sled wrote blob files in a store of evershard's segment size"
+    );
 }
 
 /// Checks a store copied by `EVERSHARD_POWER_DUMP` (`EVERSHARD_POWER_CHECK_DIR`, a copy: sled's
