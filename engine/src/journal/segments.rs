@@ -30,8 +30,9 @@
 //!   34 entries, two full leaves. (A left sibling could in principle take several merges in a
 //!   row with no write to its own keys in between, +3 entries each in the common case: 34
 //!   also covers five such merges into a full leaf. Beyond that is not excluded by sled's
-//!   code, only by how unlikely it is; the syncer's blob passes stay as the defence, and the
-//!   test `no_blob_files_are_written` watches for it.)
+//!   code, only by how unlikely it is; the syncer's blob passes stay as the defence, the
+//!   syncer warns once if a blob file appears, and `engine/tests/segments.rs` and the
+//!   power-loss test fail on any.)
 //! - An index node splits above 256 entries and merges below 64: the same reasoning gives
 //!   [`INDEX_ENTRIES_MAX`] = 2 × 257 separator keys with their child pointers.
 //! - Each entry is a key of at most [`KEY_BYTES_MAX`] and a value of at most
@@ -46,8 +47,10 @@ pub const LEGACY_SEGMENT_BYTES: usize = 512 * 1024;
 
 /// The segment size of every new store. The largest sled accepts is 16 MiB (config.rs
 /// `validate`); the smaller 8 MiB (threshold 2 MiB) would bound a node of 17 entries but not
-/// of 34. Each of sled's I/O buffers is one segment, allocated when the previous one is
-/// sealed (at every flush); only the pages written are touched.
+/// of 34. The costs (docs/design.md, "Sled's segment size: no blob files"): sled's I/O buffer
+/// is one segment, allocated once per segment and reused across flushes, only its written
+/// pages touched; sled's recovery overwrites the rest of the current segment at every open,
+/// so `db` is a whole segment after the first reopen and an open writes up to 16 MiB.
 pub const SEGMENT_BYTES: usize = 16 * 1024 * 1024;
 
 /// sled 0.34's `SEG_HEADER_LEN` and `MAX_MSG_HEADER_LEN` (`pagecache/constants.rs`).
