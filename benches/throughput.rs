@@ -71,6 +71,11 @@ struct Run {
     events: u64,
     elapsed: Duration,
     record_bytes_avg: u64,
+    /// Resident set grown from before the engine opened to the end of the run.
+    rss_growth_bytes: u64,
+    /// The store's files after shutdown: apparent size, and blocks allocated.
+    disk_bytes: u64,
+    disk_allocated_bytes: u64,
 }
 
 async fn evershard_durable(
@@ -82,6 +87,7 @@ async fn evershard_durable(
     topics: bool,
     keyed: bool,
 ) -> Run {
+    let rss_before = rss_bytes();
     let engine = Engine::builder(dir)
         .register::<ProductStock>()
         .durability(durability())
@@ -174,6 +180,7 @@ async fn evershard_durable(
         );
     }
     let stats = engine.journal().stats().unwrap();
+    let rss_growth_bytes = rss_bytes().saturating_sub(rss_before);
     engine.shutdown().await.unwrap();
     Run {
         commands: per_client * clients,
@@ -181,6 +188,9 @@ async fn evershard_durable(
         events,
         elapsed,
         record_bytes_avg: stats.event_bytes / stats.events.max(1),
+        rss_growth_bytes,
+        disk_bytes: dir_bytes(dir),
+        disk_allocated_bytes: dir_allocated_bytes(dir),
     }
 }
 
@@ -340,6 +350,22 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         .map(|e| match e.metadata() {
             Ok(m) if m.is_dir() => dir_bytes(&e.path()),
             Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Like `dir_bytes`, but the blocks the files occupy (sparse regions not counted).
+fn dir_allocated_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_allocated_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
             Err(_) => 0,
         })
         .sum()
@@ -719,6 +745,12 @@ fn main() {
         cmds_per_s,
         events_per_s,
         run.commands, run.accepted, run.events, secs, run.record_bytes_avg
+    );
+    println!(
+        "  its cost         : resident set +{:.1} MiB over the run; store {:.1} MiB on disk ({:.1} MiB allocated)",
+        run.rss_growth_bytes as f64 / (1 << 20) as f64,
+        run.disk_bytes as f64 / (1 << 20) as f64,
+        run.disk_allocated_bytes as f64 / (1 << 20) as f64,
     );
 
     if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("engine") {

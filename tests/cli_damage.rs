@@ -252,6 +252,13 @@ fn messages_are_one_plain_line() {
         "{stderr}"
     );
     assert!(!stderr.contains("0.29"), "{stderr}");
+    assert!(stderr.contains("move it out of the store"), "{stderr}");
+    // Following the advice: without `conf`, the open judges the segment size from the log
+    // and sled writes the same `conf` again.
+    std::fs::remove_file(store.join("conf")).unwrap();
+    let out = evershard(&["verify", "--data", path(&store)]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(std::fs::read(store.join("conf")).unwrap(), conf);
     std::fs::write(store.join("conf"), conf).unwrap();
     let out = evershard(&["verify", "--data", path(&store)]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");

@@ -131,6 +131,14 @@ pub enum StorageError {
     /// The journal was closed (the engine shut down): reopen the store.
     #[error("the journal is closed")]
     Closed,
+    /// A snapshot larger than the journal's value bound was not written: it could make sled
+    /// write a tree node to a blob file, which a power cut can leave behind a durable
+    /// pointer (docs/design.md, "What the durability tests prove and how", point 5). Nothing
+    /// is lost: recovery replays the events instead.
+    #[error(
+        "a snapshot of {bytes} bytes exceeds {max}; not written (recovery replays the events)"
+    )]
+    SnapshotTooLarge { bytes: usize, max: usize },
 }
 
 impl StorageError {
@@ -230,11 +238,14 @@ pub enum OpenError {
     /// says what, in a few words.
     #[error("{} is not an evershard store: it holds {found}", dir.display())]
     NotAStore { dir: PathBuf, found: String },
-    /// sled refused its settings file `conf` as damaged. Every evershard store's `conf` is
-    /// the same (sled's defaults, which evershard never changes), and it holds no data.
+    /// sled refused its settings file `conf` as damaged. It holds no data, only sled's
+    /// version and the store's segment size, which evershard judges from the log when `conf`
+    /// is missing (stores differ: 512 KiB before evershard chose 16 MiB; see
+    /// `docs/design.md`), so a store opens again without it.
     #[error(
         "the store at {} has a damaged sled settings file `conf` (its events are not affected): \
-         replace it with the `conf` of any other evershard store, then retry",
+         move it out of the store (evershard writes a new one, with the segment size the \
+         store's log was written with), then retry",
         dir.display()
     )]
     DamagedConf { dir: PathBuf },
@@ -345,6 +356,15 @@ pub enum InvalidRequest {
     TooManyComplianceFlags { count: usize, max: usize },
     #[error("extra writes may only target the outbox, timer or idempotency keyspaces")]
     ForbiddenKeyspace,
+    /// An extra write's key or value exceeds the journal's bounds (which keep sled from
+    /// writing blob files; see `docs/design.md`).
+    #[error("an extra write of a {key_bytes}-byte key and a {value_bytes}-byte value exceeds {key_max} and {value_max}")]
+    WriteTooLarge {
+        key_bytes: usize,
+        value_bytes: usize,
+        key_max: usize,
+        value_max: usize,
+    },
 }
 
 /// Why an append was not acknowledged.

@@ -144,7 +144,17 @@ pub use journal::{Record, RecordError};
 pub mod record {
     pub use crate::journal::record::{
         hash, peek_position_and_time, Hash, RecordView, HEADER_BYTES, PAYLOAD_BYTES_MAX,
-        RECORD_FORMAT_V1, RECORD_STRING_BYTES_MAX, ZERO_HASH,
+        RECORD_BYTES_MAX, RECORD_FORMAT_V1, RECORD_STRING_BYTES_MAX, ZERO_HASH,
+    };
+}
+
+/// sled's segment size and the bounds on every key and value the journal writes, which keep
+/// every tree node below sled's blob threshold (docs/design.md, "Writing: group commit and
+/// durability").
+pub mod segments {
+    pub use crate::journal::segments::{
+        blob_threshold_bytes, KEY_BYTES_MAX, LEGACY_SEGMENT_BYTES, NODE_BYTES_MAX, SEGMENT_BYTES,
+        VALUE_BYTES_MAX,
     };
 }
 

@@ -7,7 +7,8 @@
 //! work of the next group overlaps the disk wait of the previous one.
 
 use super::{
-    failpoint, fault, keys, record, Durability, JournalConfig, Record, Shared, StreamHead, StreamId,
+    failpoint, fault, keys, record, segments, Durability, JournalConfig, Record, Shared,
+    StreamHead, StreamId,
 };
 use crate::error::{AppendError, InvalidRequest, StorageError};
 use chrono::{DateTime, Utc};
@@ -139,6 +140,18 @@ impl AppendRequest {
                 ) => {}
                 _ => return Err(InvalidRequest::ForbiddenKeyspace),
             }
+            let value_bytes = match op {
+                WriteOp::Put { value, .. } => value.len(),
+                WriteOp::Remove { .. } => 0,
+            };
+            if op.key().len() > segments::KEY_BYTES_MAX || value_bytes > segments::VALUE_BYTES_MAX {
+                return Err(InvalidRequest::WriteTooLarge {
+                    key_bytes: op.key().len(),
+                    value_bytes,
+                    key_max: segments::KEY_BYTES_MAX,
+                    value_max: segments::VALUE_BYTES_MAX,
+                });
+            }
         }
         Ok(())
     }
@@ -239,6 +252,10 @@ struct Syncer {
     /// Blob files already synced, with the length each had when synced (see
     /// `sync_new_blobs`).
     synced_blobs: HashMap<std::ffi::OsString, u64>,
+    /// The store's sled segment size, and whether a blob file was already reported for a
+    /// store of evershard's size (where none should appear).
+    segment_bytes: usize,
+    blob_reported: bool,
 }
 
 impl Syncer {
@@ -329,16 +346,23 @@ impl Syncer {
         // it. A durable item whose blob file is missing is skipped by sled's recovery as
         // "dangling", which is not safe for a consolidated tree node (found by the power-loss
         // test: "tried to serialize Uninitialized", "cannot find pid 3 in view_for_key"). So
-        // sync those blobs now; what remains is the window between the fdatasync and this.
+        // sync those blobs now. The window between the fdatasync and this pass cannot be
+        // closed here; it is closed by sled writing no blobs at all in a store made with
+        // evershard's segment size (`segments`). Both passes stay, as the defence for stores
+        // made with sled's default segments and for a node beyond `segments`' bound: they
+        // cost one directory listing when, as there, `blobs/` is empty.
         self.sync_new_blobs()?;
         Ok(())
     }
 
     /// sled 0.34 writes a log item larger than its blob threshold to `blobs/<lsn>` and never
-    /// syncs that file or the folder. Our records and index entries are sized to stay below
-    /// the threshold, but a large consolidated tree node lands there: sync every blob file
-    /// that is new or has grown since it was last synced, then the folder. Cheap when, as
-    /// usual, there are none.
+    /// syncs that file or the folder. In a store made with evershard's segment size no item
+    /// reaches the threshold (`segments`: every value and every tree node is bounded below
+    /// it), so there are none; in a store made with sled's default 512 KiB segments (before
+    /// evershard chose its own) a consolidated tree node of large values lands there: sync
+    /// every blob file that is new or has grown since it was last synced, then the folder.
+    /// A blob in a store of evershard's segment size means a node outgrew the bound: it is
+    /// synced all the same, and said once in the log.
     ///
     /// "Or has grown": sled writes a blob (create, then three writes) while the log item
     /// pointing at it is reserved, so a blob of a *later* group can be half written when this
@@ -369,6 +393,16 @@ impl Syncer {
             };
             let len = file.metadata()?.len();
             if self.synced_blobs.get(&name) != Some(&len) {
+                if self.segment_bytes == segments::SEGMENT_BYTES && !self.blob_reported {
+                    self.blob_reported = true;
+                    tracing::warn!(
+                        blob = %folder.join(&name).display(),
+                        bytes = len,
+                        "sled wrote a blob file although no tree node should reach its \
+                         threshold with this store's segment size: synced, but a power cut \
+                         just after the next fdatasync could lose it (docs/design.md, point 5)"
+                    );
+                }
                 if !fault::skip(fault::Sync::Blob) {
                     file.sync_data()?;
                 }
@@ -403,6 +437,8 @@ impl Committer {
             db: db.clone(),
             data_file,
             synced_blobs: Default::default(),
+            segment_bytes: segments::segment_bytes_for(&shared.dir),
+            blob_reported: false,
         };
         let syncer_thread = std::thread::Builder::new()
             .name("evershard-syncer".into())

@@ -276,9 +276,13 @@ pub fn parse_global_entry(value: &[u8]) -> Option<Vec<GlobalRun>> {
 }
 
 /// Runs in one global index entry at most. A run takes at most 3 + 255 + 1024 + 12 bytes, so
-/// an entry stays below 96 KiB — under sled 0.34's blob threshold (segment size / 4 = 128 KiB),
-/// above which sled writes a value to a separate file that its flush never syncs.
+/// an entry stays below 96 KiB, within the journal's value bound (`segments::VALUE_BYTES_MAX`),
+/// which keeps sled from writing it, or a tree node holding it, to a blob file.
 pub const GLOBAL_ENTRY_RUNS_MAX: usize = 64;
+
+/// A global index entry's bytes at most (see [`global_entry_value`]).
+pub const GLOBAL_ENTRY_BYTES_MAX: usize =
+    4 + GLOBAL_ENTRY_RUNS_MAX * (3 + AGGREGATE_TYPE_BYTES_MAX + AGGREGATE_ID_BYTES_MAX + 8 + 4);
 
 /// Events an index entry covers.
 pub fn global_entry_len(runs: &[GlobalRun]) -> u64 {

@@ -16,6 +16,7 @@ pub(crate) mod merkle;
 mod probe;
 pub(crate) mod publisher;
 pub(crate) mod record;
+pub(crate) mod segments;
 mod snapfile;
 pub(crate) mod topics;
 mod verify;
@@ -585,9 +586,13 @@ impl JournalWriter {
             Durability::Durable => None,
             Durability::Buffered { flush_every_ms } => Some(flush_every_ms.max(1)),
         };
+        // A store without `conf` (new, or one whose `conf` was removed) gets one from sled's
+        // open, which sled never syncs: sync it below, as for a new store.
+        let conf_was_missing = !dir.join("conf").exists();
         let open_sled = || {
-            sled::Config::new()
-                .path(&dir)
+            // The segment size that keeps every tree node out of sled's blob files for a new
+            // store; an existing store keeps its own (see `segments`).
+            segments::sled_config(&dir)
                 .cache_capacity(config.cache_bytes)
                 .flush_every_ms(flush_every_ms)
                 // An append-only journal never rewrites in place: favour write throughput
@@ -642,6 +647,12 @@ impl JournalWriter {
             }
             format => {
                 check_format(&dir, format)?;
+                if conf_was_missing && !fault::skip(fault::Sync::Dir) {
+                    File::open(dir.join("conf"))
+                        .and_then(|f| f.sync_all())
+                        .map_err(io)?;
+                    File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
+                }
                 if let Some(mark) = read_checkpoint_mark(&dir, &db)? {
                     close_db(Some(db), &dir);
                     return Err(refuse_checkpoint(dir, mark));
@@ -771,6 +782,13 @@ impl JournalWriter {
         self.shared.check_writable()?;
         // A failed snapshot write does not poison the journal: snapshots are optional, and
         // the events are untouched by it.
+        // Bounded like every value, so that no tree node outgrows sled's blob threshold.
+        if bytes.len() > segments::VALUE_BYTES_MAX {
+            return Err(StorageError::SnapshotTooLarge {
+                bytes: bytes.len(),
+                max: segments::VALUE_BYTES_MAX,
+            });
+        }
         let key = keys::stream_key(keys::SNAPSHOTS, stream, sequence);
         failpoint::check(failpoint::SNAPSHOT_WRITE)?;
         self.shared.db()?.insert(key, bytes)?;
@@ -934,7 +952,7 @@ impl Journal {
                         ),
                     )
                 })?;
-                match sled::Config::new().path(&copy).open() {
+                match segments::sled_config(&copy).open() {
                     Ok(db) => (db, Some(copy)),
                     Err(e) => {
                         let _ = std::fs::remove_dir_all(&copy);
@@ -959,7 +977,7 @@ impl Journal {
         if let Err(e) = sync_before_recovery(dir) {
             tracing::warn!(dir = %dir.display(), %e, "could not sync the store before sled's recovery");
         }
-        let db = match sled::Config::new().path(dir).open() {
+        let db = match segments::sled_config(dir).open() {
             Ok(db) => db,
             Err(e) => {
                 let err = map_open_error(dir, e);

@@ -139,6 +139,100 @@ pub(super) fn is_sled_conf(path: &Path) -> bool {
     text.contains("segment_size: ") && text.contains("version: ")
 }
 
+/// The segment size sled's `conf` at `path` records, if it reads as one sled accepts (a power
+/// of two from 256 bytes to 16 MiB, config.rs `validate`). The checksum is left to sled.
+pub(super) fn sled_segment_bytes(path: &Path) -> Option<usize> {
+    let bytes = read_small(path)?;
+    let text = bytes.get(..bytes.len().checked_sub(4)?)?;
+    let text = std::str::from_utf8(text).ok()?;
+    let size: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("segment_size: "))?
+        .trim()
+        .parse()
+        .ok()?;
+    (size.is_power_of_two() && (256..=1 << 24).contains(&size)).then_some(size)
+}
+
+/// The segment size sled's log in `db` was written with, judged from the file when `conf`
+/// cannot say: either evershard's ([`super::segments::SEGMENT_BYTES`]) or sled's default
+/// ([`super::segments::LEGACY_SEGMENT_BYTES`]). A log of the default size has a segment
+/// header (a checksummed LSN, a multiple of the size) at multiples of 512 KiB; one of
+/// evershard's only at multiples of 16 MiB, with LSNs multiples of 16 MiB. A log too short
+/// to tell is taken as the default's, what every store created before evershard chose its
+/// own size has (a new store's `conf` is synced at creation). `None` when `db` is missing or
+/// empty: sled will create the store, with evershard's size.
+pub(super) fn segment_bytes_of_log(db: &Path) -> std::io::Result<Option<usize>> {
+    use super::segments::{LEGACY_SEGMENT_BYTES, SEGMENT_BYTES};
+    let mut file = match File::open(db) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut header_at = |offset: u64| -> std::io::Result<Option<u64>> {
+        use std::io::{Seek, SeekFrom};
+        let mut buf = [0u8; SEGMENT_HEADER_BYTES];
+        if offset + SEGMENT_HEADER_BYTES as u64 > len {
+            return Ok(None);
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(&mut buf)?;
+        Ok(segment_header_lsn(&buf))
+    };
+    // Offsets where only a log of the default size has segment headers (a few suffice: any
+    // segment the log ever used has one, and one found there settles it).
+    const OFFSETS_CHECKED_MAX: u64 = 256;
+    let per_large = (SEGMENT_BYTES / LEGACY_SEGMENT_BYTES) as u64;
+    let mut legacy = len <= LEGACY_SEGMENT_BYTES as u64
+        || header_at(0)?.is_some_and(|lsn| lsn % SEGMENT_BYTES as u64 != 0);
+    for k in (1..=OFFSETS_CHECKED_MAX).filter(|k| k % per_large != 0) {
+        if legacy || k * LEGACY_SEGMENT_BYTES as u64 >= len {
+            break;
+        }
+        legacy = header_at(k * LEGACY_SEGMENT_BYTES as u64)?.is_some();
+    }
+    Ok(Some(if legacy {
+        LEGACY_SEGMENT_BYTES
+    } else {
+        SEGMENT_BYTES
+    }))
+}
+
+/// sled 0.34's segment header (`SegmentHeader` in `pagecache/logger.rs`): a CRC-32 of the
+/// next 16 bytes (inverted), then the segment's LSN and the highest stable LSN, each XORed
+/// with `0x7FFF_FFFF_FFFF_FFFF`, little-endian.
+const SEGMENT_HEADER_BYTES: usize = 20;
+
+/// The LSN of a segment header whose checksum holds.
+fn segment_header_lsn(buf: &[u8; SEGMENT_HEADER_BYTES]) -> Option<u64> {
+    let stored = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) ^ 0xFFFF_FFFF;
+    if crc32_ieee(&buf[4..]) != stored {
+        return None;
+    }
+    let lsn = u64::from_le_bytes(buf[4..12].try_into().expect("8 bytes")) ^ 0x7FFF_FFFF_FFFF_FFFF;
+    Some(lsn)
+}
+
+/// CRC-32 (IEEE, as `crc32fast`, which sled uses), bit by bit: it runs on 16 bytes per open.
+fn crc32_ieee(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
 /// True when sled's data file holds the bytes of evershard's format marker value.
 fn holds_format_marker(db: &Path) -> std::io::Result<bool> {
     let needle = super::STORE_FORMAT;
@@ -163,6 +257,45 @@ fn holds_format_marker(db: &Path) -> std::io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crc32_is_ieee() {
+        // The check value of CRC-32/ISO-HDLC.
+        assert_eq!(crc32_ieee(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn a_logs_segment_size_is_read_from_conf_or_judged_from_the_log() {
+        use super::super::segments::{LEGACY_SEGMENT_BYTES, SEGMENT_BYTES};
+        for size in [LEGACY_SEGMENT_BYTES, SEGMENT_BYTES] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = sled::Config::new()
+                .path(dir.path())
+                .segment_size(size)
+                .open()
+                .unwrap();
+            // Enough to fill more than one small segment.
+            for i in 0u32..2_000 {
+                db.insert(i.to_be_bytes(), vec![7u8; 1024]).unwrap();
+            }
+            db.flush().unwrap();
+            drop(db);
+            assert_eq!(sled_segment_bytes(&dir.path().join("conf")), Some(size));
+            assert_eq!(
+                segment_bytes_of_log(&dir.path().join("db")).unwrap(),
+                Some(size),
+                "a log of {size}-byte segments"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(segment_bytes_of_log(&dir.path().join("db")).unwrap(), None);
+        std::fs::write(
+            dir.path().join("conf"),
+            b"segment_size: 1000\nversion: 0.34\n1234",
+        )
+        .unwrap();
+        assert_eq!(sled_segment_bytes(&dir.path().join("conf")), None);
+    }
 
     #[test]
     fn the_marker_is_found_across_a_chunk_boundary() {

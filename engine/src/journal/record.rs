@@ -43,12 +43,39 @@ const FLAG_USER: u8 = 1 << 1;
 const FLAG_SESSION: u8 = 1 << 2;
 const FLAG_AUDIT: u8 = 1 << 3;
 pub const HEADER_BYTES: usize = 110;
-/// A payload's size at most. Records must stay below sled 0.34's blob threshold (128 KiB with
-/// the default 512 KiB segments): sled writes larger values to separate `blobs/` files that its
-/// flush never syncs. 64 KiB leaves room for the header and strings.
+/// A payload's size at most. A record must stay within the journal's value bound
+/// (`segments::VALUE_BYTES_MAX`, checked against [`RECORD_BYTES_MAX`] at compile time), which
+/// keeps sled from writing it, or a tree node holding it, to a separate `blobs/` file.
+/// 64 KiB leaves room for the header and strings.
 pub const PAYLOAD_BYTES_MAX: usize = 64 * 1024;
 /// Each record string (type, id, event type and version, source, user id) at most.
 pub const RECORD_STRING_BYTES_MAX: usize = 8 * 1024;
+/// The longest text of an IP address (`IpAddr`'s `Display`: 39 for IPv6, rounded up to
+/// `INET6_ADDRSTRLEN` less its NUL).
+const IP_TEXT_BYTES_MAX: usize = 45;
+/// A record's bytes at most, every field at its limit (format 2 with an audit context). A
+/// test encodes such a record and compares.
+pub const RECORD_BYTES_MAX: usize = {
+    // A string: its u16 length, then its bytes.
+    const fn string(max: usize) -> usize {
+        2 + max
+    }
+    HEADER_BYTES
+        + string(evershard_model::AGGREGATE_TYPE_BYTES_MAX)
+        + string(evershard_model::AGGREGATE_ID_BYTES_MAX)
+        // event type, event version, source, user id
+        + 4 * string(RECORD_STRING_BYTES_MAX)
+        // session id
+        + 16
+        // audit context: presence flags, ip, user agent, flag count, flags
+        + 1
+        + string(IP_TEXT_BYTES_MAX)
+        + string(RECORD_STRING_BYTES_MAX)
+        + 2
+        + AuditContext::COMPLIANCE_FLAGS_MAX * string(AuditContext::COMPLIANCE_FLAG_BYTES_MAX)
+        + 4
+        + PAYLOAD_BYTES_MAX
+};
 pub type Hash = [u8; 32];
 pub const ZERO_HASH: Hash = [0; 32];
 
@@ -434,6 +461,33 @@ mod tests {
             audit_context: None,
             payload: vec![1, 2, 3],
         }
+    }
+
+    /// Every field at its limit: the record is exactly `RECORD_BYTES_MAX` long.
+    #[test]
+    fn the_largest_record_is_record_bytes_max_long() {
+        let long = |n: usize| "x".repeat(n);
+        let mut record = sample();
+        record.aggregate_type = long(evershard_model::AGGREGATE_TYPE_BYTES_MAX);
+        record.aggregate_id = long(evershard_model::AGGREGATE_ID_BYTES_MAX);
+        record.event_type = long(RECORD_STRING_BYTES_MAX);
+        record.event_version = long(RECORD_STRING_BYTES_MAX);
+        record.source = long(RECORD_STRING_BYTES_MAX);
+        record.user_id = Some(long(RECORD_STRING_BYTES_MAX));
+        record.session_id = Some(Uuid::from_u128(5));
+        let mut audit = AuditContext::new()
+            .ip_address("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe".parse().unwrap())
+            .user_agent(long(RECORD_STRING_BYTES_MAX));
+        for _ in 0..AuditContext::COMPLIANCE_FLAGS_MAX {
+            audit = audit.compliance_flag(long(AuditContext::COMPLIANCE_FLAG_BYTES_MAX));
+        }
+        record.audit_context = Some(audit);
+        record.payload = vec![9; PAYLOAD_BYTES_MAX];
+        let ip_text = 39;
+        assert_eq!(
+            record.encode().len(),
+            RECORD_BYTES_MAX - (IP_TEXT_BYTES_MAX - ip_text)
+        );
     }
 
     fn audited() -> Record {

@@ -99,8 +99,7 @@ pub(super) fn check_without(dir: &Path) -> Result<(), String> {
 }
 
 fn check_copy(copy: &Path) -> Result<(), String> {
-    let db = sled::Config::new()
-        .path(copy)
+    let db = super::segments::sled_config(copy)
         .open()
         .map_err(|e| format!("a copy without it does not open either: {e}"))?;
     match db.get(meta_format_key()) {

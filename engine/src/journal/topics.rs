@@ -29,8 +29,13 @@ pub const CONSUMER_OFFSETS: u8 = b'z';
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 
 /// Runs in one index entry at most: a run takes at most 3 + 255 + 1024 + 20 bytes, so an
-/// entry stays below 96 KiB, under sled's blob threshold (see `keys::GLOBAL_ENTRY_RUNS_MAX`).
+/// entry stays below 96 KiB, within the journal's value bound (see
+/// `keys::GLOBAL_ENTRY_RUNS_MAX`).
 pub const TOPIC_ENTRY_RUNS_MAX: usize = 64;
+
+/// A topic index entry's bytes at most.
+pub const TOPIC_ENTRY_BYTES_MAX: usize = 4 + TOPIC_ENTRY_RUNS_MAX
+    * (3 + keys::AGGREGATE_TYPE_BYTES_MAX + keys::AGGREGATE_ID_BYTES_MAX + 8 + 8 + 4);
 
 const CURSOR_KEY: &[u8] = b"mtopics-cursor";
 

@@ -5,7 +5,9 @@
 //! their directory's fsync) and re-runs this test binary as a child process that opens a
 //! durable `Engine` (topic indexer on) in a new store on the mount and drives it with
 //! `CLIENTS_COUNT` concurrent clients over `AGGREGATES_COUNT` `Ledger` aggregates (a quarter
-//! of them with events near the payload limit, so that sled writes blob files), plus
+//! of them with events near the payload limit, so that tree nodes are large: in a store of
+//! sled's default segment size sled writes them to blob files; in one of evershard's it must
+//! not, and the test counts the blob files it sees), plus
 //! `STOCK_CLIENTS_COUNT` clients over `STOCK_AGGREGATES_COUNT` `ProductStock` aggregates:
 //! receipts, reservations (each sets or moves the product's durable timer; some products
 //! get a TTL of one to three seconds of the child's clock, which runs 20 times fast, so
@@ -40,6 +42,8 @@
 //! The mutation tests run the same trials with a sync removed from the engine
 //! (`EVERSHARD_FAULT_SKIP_SYNC`, read only with the engine's `fault-injection` feature) and
 //! assert that some trial detects the loss: proof that the crash test sees a missing sync.
+//! The blob syncs' mutations run on a store of sled's default 512 KiB segments (as evershard
+//! made them before it chose 16 MiB), the only kind in which sled still writes blob files.
 //!
 //! `soak_power_loss` (ignored; `cargo test --release -p evershard-lossyfs -- --ignored soak`)
 //! runs trials for `EVERSHARD_SOAK_MINUTES` minutes and prints what it checked.
@@ -78,7 +82,8 @@ const SKIP_SYNC_ENV: &str = "EVERSHARD_FAULT_SKIP_SYNC";
 const CLIENTS_COUNT: u64 = 64;
 const AGGREGATES_COUNT: u64 = 24;
 /// Aggregates `big-*` (one in four) carry payloads this large, near the journal's 64 KiB
-/// limit: sled consolidates their tree nodes into items over its blob threshold.
+/// limit: their consolidated tree nodes are over sled's blob threshold with the default
+/// 512 KiB segments (the blob mutations' stores), below it with evershard's 16 MiB.
 const BIG_PAYLOAD_BYTES_MIN: u32 = 40 * 1024;
 const BIG_PAYLOAD_BYTES_MAX: u32 = 60 * 1024;
 const SMALL_PAYLOAD_BYTES_MAX: u32 = 200;
@@ -568,6 +573,9 @@ struct TrialReport {
     keys_checked: u64,
     topic_messages_checked: u64,
     offsets_checked: u64,
+    /// Files in the store's `blobs/` seen after each round (before the cut): none in a store
+    /// of evershard's segment size, whose tree nodes all stay below sled's blob threshold.
+    blob_files_seen: u64,
     /// Each acknowledged event missing or wrong, or the store not opening, or verify issues,
     /// or a timer, key, topic message or committed offset not as acknowledged.
     losses: Vec<String>,
@@ -576,14 +584,15 @@ struct TrialReport {
 impl TrialReport {
     fn checked(&self) -> String {
         format!(
-            "{} acks ({} of products), {} timers ({} reservations expired by them), {} keys, {} topic messages, {} offsets checked",
+            "{} acks ({} of products), {} timers ({} reservations expired by them), {} keys, {} topic messages, {} offsets checked, {} blob files seen",
             self.acks_checked,
             self.stock_acks_checked,
             self.timers_checked,
             self.expired_by_timers,
             self.keys_checked,
             self.topic_messages_checked,
-            self.offsets_checked
+            self.offsets_checked,
+            self.blob_files_seen
         )
     }
 }
@@ -1121,6 +1130,41 @@ fn check_offsets(
 }
 
 /// One trial: a fresh filesystem and store, `ROUNDS_PER_TRIAL` kills and power cuts.
+/// The bytes of evershard's marker file `EVERSHARD` (journal/probe.rs), an on-disk format.
+const MARKER_FILE_CONTENTS: &[u8] = b"evershard store; journal format evershard-journal-v1\n";
+
+/// sled 0.34's `conf` for its default 512 KiB segments, which every store made before
+/// evershard chose its own segment size has (`tests/fixtures/store/`).
+const LEGACY_CONF: &[u8] = include_bytes!("../../../tests/fixtures/store/sled-0.34-conf-512k");
+
+/// Prepares `store` as the start of a store of sled's default segment size, as evershard made
+/// them before it chose its own: the marker file and that `conf`, synced. The engine then
+/// opens it with the size its `conf` names, and sled writes blob files for large tree nodes.
+fn make_legacy_store(store: &Path) {
+    std::fs::create_dir(store).unwrap();
+    for (name, bytes) in [("EVERSHARD", MARKER_FILE_CONTENTS), ("conf", LEGACY_CONF)] {
+        let mut f = std::fs::File::create(store.join(name)).unwrap();
+        f.write_all(bytes).unwrap();
+        f.sync_all().unwrap();
+    }
+    std::fs::File::open(store).unwrap().sync_all().unwrap();
+    std::fs::File::open(store.parent().unwrap())
+        .unwrap()
+        .sync_all()
+        .unwrap();
+}
+
+fn blob_files(store: &Path) -> u64 {
+    std::fs::read_dir(store.join("blobs")).map_or(0, |d| d.count() as u64)
+}
+
+/// The mutations of the blob syncs need blob files: their trials run on a store of sled's
+/// default segment size (a store made before evershard chose its own), since a store of
+/// evershard's size has none.
+fn needs_legacy_store(skip_sync: Option<&str>) -> bool {
+    matches!(skip_sync, Some("blob" | "blobdir"))
+}
+
 fn trial(seed: u64, skip_sync: Option<&str>) -> TrialReport {
     // One trial at a time in this process: the tests share two cores with everything else,
     // and a child's timing should not depend on how many other children run.
@@ -1133,6 +1177,9 @@ fn trial(seed: u64, skip_sync: Option<&str>) -> TrialReport {
     let fs = LossyFs::new();
     let mut mount = fs.mount(&at).unwrap();
     let store = at.join("store");
+    if needs_legacy_store(skip_sync) {
+        make_legacy_store(&store);
+    }
     let epoch = Utc::now();
     let mut report = TrialReport::default();
     let mut acked = Acknowledged::default();
@@ -1147,6 +1194,7 @@ fn trial(seed: u64, skip_sync: Option<&str>) -> TrialReport {
             kill_after,
             delay_ms,
         ));
+        report.blob_files_seen += blob_files(&store);
         let dump = dump_dir(seed);
         if let Some(d) = &dump {
             copy_store(
@@ -1250,6 +1298,10 @@ fn power_loss_loses_nothing_acknowledged() {
         assert!(
             report.losses.is_empty(),
             "seed {seed}: acknowledged data lost"
+        );
+        assert_eq!(
+            report.blob_files_seen, 0,
+            "seed {seed}: sled wrote blob files in a store of evershard's segment size"
         );
     }
 }
@@ -1460,6 +1512,7 @@ fn soak_power_loss() {
     let base = base_seed() ^ 0x50a6;
     let (mut trials, mut cuts, mut checked, mut lossy) = (0u64, 0u64, 0u64, 0u64);
     let (mut timers, mut keys, mut messages, mut offsets) = (0u64, 0u64, 0u64, 0u64);
+    let mut blobs = 0u64;
     while Instant::now() < deadline {
         let seed = base.wrapping_add(trials);
         let report = trial(seed, None);
@@ -1470,17 +1523,22 @@ fn soak_power_loss() {
         keys += report.keys_checked;
         messages += report.topic_messages_checked;
         offsets += report.offsets_checked;
+        blobs += report.blob_files_seen;
         if !report.losses.is_empty() {
             lossy += 1;
             eprintln!("soak: seed {seed} LOST acknowledged data");
             print_losses(seed, &report);
         }
-        eprintln!("soak: {trials} trials, {cuts} power cuts, {checked} acknowledged events, {timers} timers, {keys} keys, {messages} topic messages, {offsets} offsets checked, {lossy} trials with losses");
+        eprintln!("soak: {trials} trials, {cuts} power cuts, {checked} acknowledged events, {timers} timers, {keys} keys, {messages} topic messages, {offsets} offsets checked, {blobs} blob files seen, {lossy} trials with losses");
     }
-    println!("soak: {trials} trials, {cuts} power cuts, {checked} acknowledged events, {timers} timers, {keys} keys, {messages} topic messages, {offsets} offsets checked, {lossy} trials with losses");
+    println!("soak: {trials} trials, {cuts} power cuts, {checked} acknowledged events, {timers} timers, {keys} keys, {messages} topic messages, {offsets} offsets checked, {blobs} blob files seen, {lossy} trials with losses");
     assert_eq!(
         lossy, 0,
         "acknowledged data lost in {lossy} of {trials} trials"
+    );
+    assert_eq!(
+        blobs, 0,
+        "sled wrote blob files in a store of evershard's segment size"
     );
 }
 

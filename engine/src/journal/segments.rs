@@ -1,0 +1,163 @@
+//! sled's segment size, and the bound that keeps sled from writing blob files.
+//!
+//! sled 0.34 writes every log item larger than its *blob threshold* — a quarter of its
+//! segment size, less the segment and message headers (`reserve_inner` in
+//! `pagecache/logger.rs`) — to a separate file `blobs/<lsn>` and points at it from the log.
+//! Those files and their names are durable only when the syncer syncs them, and the syncer
+//! cannot sync them at the same instant as the fdatasync of `db` that makes the pointing item
+//! durable: a power cut in between left a durable item without its blob, which sled's recovery
+//! skips as "dangling" and, for a consolidated tree node, loses the node (docs/design.md, "What
+//! the durability tests prove and how", points 5 and 8).
+//!
+//! Every value evershard writes is far below sled's default threshold (128 KiB with the
+//! default 512 KiB segments), but a log item is not always one value: a *consolidated tree
+//! node* is one item holding all of its entries. So new stores are created with
+//! [`SEGMENT_BYTES`] = 16 MiB segments, whose threshold (4 MiB) is above the largest node
+//! evershard's limits allow ([`NODE_BYTES_MAX`], worked out below and checked at compile
+//! time). sled persists the segment size in `conf` and refuses to open a store with another
+//! one, so a store keeps the size it was created with: [`segment_bytes_for`] reads it.
+//!
+//! The largest node, from sled 0.34's `node.rs` and `tree.rs`:
+//!
+//! - A leaf splits once it holds more than 16 entries (`should_split`), and every write
+//!   reaches its leaf through `view_for_key`, which splits an oversized leaf first. So a leaf
+//!   holds at most 17 entries when a write or a split stores it.
+//! - A leaf that falls below 4 entries (by removals: pruned snapshots, fired timers, swept
+//!   idempotency keys) is merged into its left sibling, which is stored whole with the
+//!   child's entries added (`merge_node`, `receive_merge`). The child had fewer than 4
+//!   entries when the merge began but may take inserts until it is capped, at most 17 (it
+//!   splits above that); the left sibling has at most 17. We size for [`LEAF_ENTRIES_MAX`] =
+//!   34 entries, two full leaves. (A left sibling could in principle take several merges in a
+//!   row with no write to its own keys in between, +3 entries each in the common case: 34
+//!   also covers five such merges into a full leaf. Beyond that is not excluded by sled's
+//!   code, only by how unlikely it is; the syncer's blob passes stay as the defence, the
+//!   syncer warns once if a blob file appears, and `engine/tests/segments.rs` and the
+//!   power-loss test fail on any.)
+//! - An index node splits above 256 entries and merges below 64: the same reasoning gives
+//!   [`INDEX_ENTRIES_MAX`] = 2 × 257 separator keys with their child pointers.
+//! - Each entry is a key of at most [`KEY_BYTES_MAX`] and a value of at most
+//!   [`VALUE_BYTES_MAX`] (events, index entries, snapshots, everything a request's extra
+//!   writes may put), each with a varint length (at most 9 bytes); a node adds its `lo` and
+//!   `hi` keys (each at most a key) and a few fixed fields.
+
+use std::path::Path;
+
+/// sled 0.34's default segment size, the size of every store created before this module.
+pub const LEGACY_SEGMENT_BYTES: usize = 512 * 1024;
+
+/// The segment size of every new store. The largest sled accepts is 16 MiB (config.rs
+/// `validate`); the smaller 8 MiB (threshold 2 MiB) would bound a node of 17 entries but not
+/// of 34. The costs (docs/design.md, "Sled's segment size: no blob files"): sled's I/O buffer
+/// is one segment, allocated once per segment and reused across flushes, only its written
+/// pages touched; sled's recovery overwrites the rest of the current segment at every open,
+/// so `db` is a whole segment after the first reopen and an open writes up to 16 MiB.
+pub const SEGMENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// sled 0.34's `SEG_HEADER_LEN` and `MAX_MSG_HEADER_LEN` (`pagecache/constants.rs`).
+const SLED_SEGMENT_HEADER_BYTES: usize = 20;
+const SLED_MESSAGE_HEADER_BYTES_MAX: usize = 32;
+/// sled 0.34's `MINIMUM_ITEMS_PER_SEGMENT`.
+const SLED_ITEMS_PER_SEGMENT_MIN: usize = 4;
+
+/// The largest log item sled 0.34 keeps inline in a log with segments of `segment_bytes`;
+/// larger items go to blob files.
+pub const fn blob_threshold_bytes(segment_bytes: usize) -> usize {
+    segment_bytes / SLED_ITEMS_PER_SEGMENT_MIN
+        - SLED_SEGMENT_HEADER_BYTES
+        - SLED_MESSAGE_HEADER_BYTES_MAX
+}
+
+/// The longest key the journal writes: an event, snapshot or timer key (`e`/`s` | stream
+/// part | sequence, `t` | deadline | stream part) of a stream with the longest type and id.
+/// Every other keyspace's keys are shorter (topic names are at most 249 bytes, publisher and
+/// group names 255), and a request's extra writes are checked against it.
+pub const KEY_BYTES_MAX: usize =
+    1 + 1 + super::keys::AGGREGATE_TYPE_BYTES_MAX + 2 + super::keys::AGGREGATE_ID_BYTES_MAX + 8;
+
+/// The largest value the journal writes: above the largest event record
+/// ([`super::record::RECORD_BYTES_MAX`]), global or topic index entry, and the bound checked on
+/// snapshots and on a request's extra writes.
+pub const VALUE_BYTES_MAX: usize = 116 * 1024;
+
+/// Entries of a leaf node stored at once, at most (see the module docs).
+pub const LEAF_ENTRIES_MAX: usize = 2 * (16 + 1);
+/// Entries of an index node stored at once, at most (see the module docs).
+pub const INDEX_ENTRIES_MAX: usize = 2 * (256 + 1);
+
+/// sled's varint length prefix, at most.
+const VARINT_BYTES_MAX: usize = 9;
+/// A node's fixed fields: `next`, `merging_child` (varints), `merging`, `prefix_len`, the
+/// data's tag and entry count, and the log item's own tag; rounded up.
+const NODE_FIXED_BYTES_MAX: usize = 64;
+
+/// The largest tree node evershard's limits allow, serialized.
+pub const NODE_BYTES_MAX: usize = {
+    let bounds = 2 * (VARINT_BYTES_MAX + KEY_BYTES_MAX);
+    let leaf = LEAF_ENTRIES_MAX * (2 * VARINT_BYTES_MAX + KEY_BYTES_MAX + VALUE_BYTES_MAX);
+    // An index entry: a separator key and a child's page id (a u64).
+    let index = INDEX_ENTRIES_MAX * (VARINT_BYTES_MAX + KEY_BYTES_MAX + 8);
+    NODE_FIXED_BYTES_MAX + bounds + if leaf > index { leaf } else { index }
+};
+
+const _: () = {
+    assert!(SEGMENT_BYTES.is_power_of_two() && SEGMENT_BYTES <= 1 << 24);
+    assert!(NODE_BYTES_MAX <= blob_threshold_bytes(SEGMENT_BYTES));
+    assert!(super::record::RECORD_BYTES_MAX <= VALUE_BYTES_MAX);
+    assert!(super::keys::GLOBAL_ENTRY_BYTES_MAX <= VALUE_BYTES_MAX);
+    assert!(super::topics::TOPIC_ENTRY_BYTES_MAX <= VALUE_BYTES_MAX);
+    // Each value alone also stays inline in a store made with the old segments, as before.
+    assert!(VALUE_BYTES_MAX + KEY_BYTES_MAX + 64 <= blob_threshold_bytes(LEGACY_SEGMENT_BYTES));
+};
+
+/// The segment size to open the store in `dir` with: the one its `conf` records (sled refuses
+/// any other); without a readable `conf`, the one its log was written with
+/// (`probe::segment_bytes_of_log`: sled would write a new `conf` with whatever size it is
+/// given and misread the log); [`SEGMENT_BYTES`] for a store sled has not created yet.
+pub(super) fn segment_bytes_for(dir: &Path) -> usize {
+    if let Some(size) = super::probe::sled_segment_bytes(&dir.join("conf")) {
+        return size;
+    }
+    match super::probe::segment_bytes_of_log(&dir.join("db")) {
+        Ok(Some(size)) => size,
+        Ok(None) => SEGMENT_BYTES,
+        // sled's own open will fail on it too; never guess the new size for existing data.
+        Err(_) => LEGACY_SEGMENT_BYTES,
+    }
+}
+
+/// sled's settings for the store in `dir` (evershard's segment size), to which each open
+/// adds its own.
+pub(super) fn sled_config(dir: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(dir)
+        .segment_size(segment_bytes_for(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_thresholds_are_sleds() {
+        // 128 KiB less the headers with sled's default segments, 4 MiB less them with ours.
+        assert_eq!(blob_threshold_bytes(LEGACY_SEGMENT_BYTES), 131_020);
+        assert_eq!(blob_threshold_bytes(SEGMENT_BYTES), 4_194_252);
+        assert_eq!(
+            sled::Config::new().segment_size,
+            LEGACY_SEGMENT_BYTES,
+            "sled's default segment size changed: stores without a conf would not be legacy"
+        );
+    }
+
+    #[test]
+    fn the_largest_node_is_below_the_threshold() {
+        // Printed so that the margin is visible in the test log.
+        println!(
+            "largest node {NODE_BYTES_MAX} B, blob threshold {} B",
+            blob_threshold_bytes(SEGMENT_BYTES)
+        );
+        assert!(NODE_BYTES_MAX < blob_threshold_bytes(SEGMENT_BYTES));
+        // ... and above the old threshold by far: the old segments could not bound a node.
+        assert!(NODE_BYTES_MAX > 16 * blob_threshold_bytes(LEGACY_SEGMENT_BYTES));
+    }
+}
