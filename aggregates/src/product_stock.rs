@@ -493,13 +493,13 @@ impl ProductStockState {
     }
 
     pub fn reservation(&self, reservation_id: Uuid) -> Option<&Reservation> {
-        self.reservations.get(&key(reservation_id))
+        self.reservations.get(key_str(reservation_id, &mut [0; 36]))
     }
 
     /// A closed reservation still remembered at `now`.
     fn closed_at(&self, reservation_id: Uuid, now: DateTime<Utc>) -> Option<&ClosedReservation> {
         self.closed_reservations
-            .get(&key(reservation_id))
+            .get(key_str(reservation_id, &mut [0; 36]))
             .filter(|c| !memory_expired(c.closed_at, now))
     }
 
@@ -513,8 +513,23 @@ impl ProductStockState {
 
     /// Forgets closed reservations older than [`CLOSED_RESERVATION_MEMORY_MS`] at `now`.
     fn forget_closed(&mut self, now: DateTime<Utc>) {
-        self.closed_reservations
-            .retain(|_, c| !memory_expired(c.closed_at, now));
+        // `apply` runs this on every event (so recovery and `verify`'s replay do, on every
+        // event of a stream): compare each remembered time with one cutoff instead of adding
+        // the memory span to each, and rewrite the map only when something expired. The same
+        // set is forgotten as by `memory_expired`: `closed + span <= now` is
+        // `closed <= now - span`; where `now - span` underflows nothing has expired, and a
+        // `closed` whose `closed + span` overflows lies after every cutoff.
+        let span = TimeDelta::milliseconds(CLOSED_RESERVATION_MEMORY_MS);
+        let Some(cutoff) = now.checked_sub_signed(span) else {
+            return;
+        };
+        if self
+            .closed_reservations
+            .values()
+            .any(|c| c.closed_at <= cutoff)
+        {
+            self.closed_reservations.retain(|_, c| c.closed_at > cutoff);
+        }
     }
 }
 
@@ -532,6 +547,12 @@ fn memory_expired(closed_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
 
 fn key(reservation_id: Uuid) -> String {
     reservation_id.to_string()
+}
+
+/// [`key`] written into `buf`, for a lookup: `apply` looks reservations up on most events,
+/// and replay (recovery, `verify`) runs it on every event, so a lookup allocates nothing.
+fn key_str(reservation_id: Uuid, buf: &mut [u8; 36]) -> &str {
+    reservation_id.hyphenated().encode_lower(buf)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -634,10 +655,16 @@ impl Aggregate for ProductStock {
                     },
                 );
                 // A re-reservation of a forgotten-by-decide id replaces its old record.
-                state.closed_reservations.remove(&key(e.reservation_id));
+                state
+                    .closed_reservations
+                    .remove(key_str(e.reservation_id, &mut [0; 36]));
             }
             ProductStockEvent::StockReservationConfirmed(e) => {
-                if let Some(r) = state.reservations.get_mut(&key(e.reservation_id)) {
+                let mut buf = [0; 36];
+                if let Some(r) = state
+                    .reservations
+                    .get_mut(key_str(e.reservation_id, &mut buf))
+                {
                     r.confirmed_at = Some(e.confirmed_at);
                 }
             }
@@ -1102,4 +1129,63 @@ fn with_low_stock_alert(
         );
     }
     events
+}
+
+#[cfg(test)]
+mod forget_tests {
+    //! `forget_closed` (one cutoff) forgets exactly the reservations `memory_expired` (the
+    //! span added to each) says have expired, at the boundary and at chrono's extremes.
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn forget_closed_forgets_exactly_what_memory_expired_says() {
+        let span = TimeDelta::milliseconds(CLOSED_RESERVATION_MEMORY_MS);
+        let t = Utc.timestamp_micros(1_767_225_600_123_456).unwrap();
+        let one = TimeDelta::microseconds(1);
+        let times = [
+            DateTime::<Utc>::MIN_UTC,
+            DateTime::<Utc>::MIN_UTC + one,
+            t - span - one,
+            t - span,
+            t - span + one,
+            t,
+            DateTime::<Utc>::MAX_UTC - span,
+            DateTime::<Utc>::MAX_UTC,
+        ];
+        for now in times
+            .iter()
+            .copied()
+            .chain([DateTime::<Utc>::MIN_UTC + span, DateTime::<Utc>::MAX_UTC])
+        {
+            let mut state = ProductStockState::default();
+            for (i, closed_at) in times.iter().enumerate() {
+                state.closed_reservations.insert(
+                    format!("{i}"),
+                    ClosedReservation {
+                        order_id: Uuid::from_u128(i as u128),
+                        quantity: 1,
+                        status: ReservationStatus::Committed,
+                        release_reason: None,
+                        closed_at: *closed_at,
+                    },
+                );
+            }
+            let mut expect = state.closed_reservations.clone();
+            expect.retain(|_, c| !memory_expired(c.closed_at, now));
+            state.forget_closed(now);
+            assert_eq!(state.closed_reservations, expect, "now {now:?}");
+        }
+    }
+
+    #[test]
+    fn the_lookup_key_is_the_stored_key() {
+        for id in [
+            Uuid::nil(),
+            Uuid::max(),
+            Uuid::from_u128(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210),
+        ] {
+            assert_eq!(key_str(id, &mut [0; 36]), key(id));
+        }
+    }
 }
