@@ -11,6 +11,7 @@ mod checkpoint;
 mod committer;
 pub(crate) mod failpoint;
 mod fault;
+pub(crate) mod keyring;
 pub(crate) mod keys;
 pub(crate) mod merkle;
 mod probe;
@@ -22,9 +23,10 @@ mod verify;
 
 // The writing types are public only with `fault-injection` (see lib.rs).
 pub use checkpoint::{CheckpointInfo, CheckpointMark};
+pub(crate) use committer::Seal;
 #[cfg_attr(not(feature = "fault-injection"), allow(unused_imports))]
 pub use committer::{AppendRequest, Committed, NewEvent, WriteOp, EVENTS_PER_APPEND_MAX};
-pub use record::{Record, RecordError};
+pub use record::{AtRest, Record, RecordError};
 pub use verify::{
     IssueKind, StreamVisitor, VerifyIssue, VerifyOptions, VerifyReport, VerifyScope,
     VisitorFactory, VERIFY_ISSUES_MAX,
@@ -108,6 +110,8 @@ struct Shared {
     /// A reader that could not open the store in place (another reader holds sled's lock, or
     /// the store cannot be written) reads a private copy here, removed when it is dropped.
     private_copy: Option<PathBuf>,
+    /// Encryption at rest: the key provider, the data keys in memory, erasures.
+    keyring: keyring::Keyring,
     /// Fault injection: while set, the syncer waits before each sync.
     #[cfg(feature = "fault-injection")]
     pub(crate) syncs_held: AtomicBool,
@@ -170,6 +174,7 @@ impl Shared {
             durable_moved: std::sync::Condvar::new(),
             writer_lock: Mutex::new(None),
             private_copy: None,
+            keyring: keyring::Keyring::default(),
             #[cfg(feature = "fault-injection")]
             syncs_held: AtomicBool::new(false),
             #[cfg(feature = "fault-injection")]
@@ -777,6 +782,44 @@ impl JournalWriter {
         Ok(())
     }
 
+    /// Re-wraps every data key under the provider's current master key, durably; returns
+    /// how many it re-wrapped. Passes repeat (at most 3) until one finds nothing left, so a
+    /// key first written during a pass is re-wrapped too.
+    pub(crate) fn rewrap_data_keys(&self) -> Result<usize, StorageError> {
+        let mut total = 0;
+        for _ in 0..3 {
+            let db = self.shared.db()?;
+            let (writes, count) = self
+                .shared
+                .keyring
+                .rewrap_writes(&db)
+                .map_err(|e| match e {
+                    keyring::KeyLookup::Storage(s) => s,
+                    keyring::KeyLookup::Key(source) => StorageError::Key {
+                        stream: None,
+                        sequence: None,
+                        source,
+                    },
+                    keyring::KeyLookup::Erased => unreachable!("rewrap skips erased keys"),
+                })?;
+            if count == 0 {
+                break;
+            }
+            let mut batch = sled::Batch::default();
+            for op in writes {
+                match op {
+                    WriteOp::Put { key, value } => batch.insert(key, value),
+                    WriteOp::Remove { key } => batch.remove(key),
+                }
+            }
+            self.shared.check_writable()?;
+            db.apply_batch(batch)?;
+            self.sync()?;
+            total += count;
+        }
+        Ok(total)
+    }
+
     /// Removes up to `limit` idempotency records recorded before `before_micros`, oldest
     /// first; returns how many it removed. Like snapshot writes, not part of a command's
     /// batch and not synced: a sweep lost in a crash is simply done again. A record that a
@@ -1058,7 +1101,26 @@ impl Journal {
     /// its checks — including the hash chain: each record's `prev_hash` must be the SHA-256 of
     /// the stored record before it (for the first one read, the record at `from - 1`) — is
     /// returned as [`StorageError::Corrupt`] naming the stream and sequence.
+    ///
+    /// Encrypted payloads are opened (decrypted): a payload whose data key was destroyed is
+    /// [`StorageError::Erased`], one whose key cannot be had [`StorageError::Key`]; the
+    /// iterator goes on after either. [`read_stream_sealed`](Self::read_stream_sealed) leaves
+    /// them sealed.
     pub fn read_stream(&self, stream: &StreamId, from: u64, to: u64) -> Reads<'_, Record> {
+        let db = match self.shared.db() {
+            Ok(db) => db,
+            Err(e) => return failed(e),
+        };
+        reads(
+            self.read_stream_sealed(stream, from, to).map(move |r| {
+                r.and_then(|mut record| self.open_in(&db, &mut record).map(|()| record))
+            }),
+        )
+    }
+
+    /// [`read_stream`](Self::read_stream) without opening encrypted payloads: each record as
+    /// stored (encrypted payloads stay [`AtRest::Sealed`]). Needs no key.
+    pub fn read_stream_sealed(&self, stream: &StreamId, from: u64, to: u64) -> Reads<'_, Record> {
         let from = from.max(1);
         let db = match self.shared.db() {
             Ok(db) => db,
@@ -1093,6 +1155,143 @@ impl Journal {
             prev = Some((sequence, record::hash(&value)));
             Ok(record)
         }))
+    }
+
+    /// Sets the key provider that opens encrypted payloads (and, for an engine's journal,
+    /// wraps new data keys). A read-only journal (the CLI) takes one to read payloads;
+    /// integrity checks never need it.
+    pub fn set_key_provider(&self, provider: Arc<dyn crate::crypto::KeyProvider>) {
+        self.shared.keyring.set_provider(provider);
+    }
+
+    /// True when a key provider is set.
+    pub fn has_key_provider(&self) -> bool {
+        self.shared.keyring.has_provider()
+    }
+
+    pub(crate) fn keyring(&self) -> &keyring::Keyring {
+        &self.shared.keyring
+    }
+
+    /// The key that seals `subject`'s new payloads.
+    pub(crate) fn sealing_key(
+        &self,
+        subject: &str,
+    ) -> Result<Arc<keyring::SealingKey>, StorageError> {
+        let db = self.shared.db()?;
+        self.shared
+            .keyring
+            .sealing_key(&db, subject)
+            .map_err(|e| match e {
+                keyring::KeyLookup::Storage(s) => s,
+                keyring::KeyLookup::Key(source) => StorageError::Key {
+                    stream: None,
+                    sequence: None,
+                    source,
+                },
+                keyring::KeyLookup::Erased => StorageError::Key {
+                    stream: None,
+                    sequence: None,
+                    source: crate::crypto::KeyError::Provider {
+                        reason: "the subject's key was erased while it was being read".into(),
+                    },
+                },
+            })
+    }
+
+    /// The data key id of `subject`, if it has one.
+    pub(crate) fn subject_key_id(&self, subject: &str) -> Result<Option<uuid::Uuid>, StorageError> {
+        self.shared
+            .keyring
+            .subject_key_id(&self.shared.db()?, subject)
+    }
+
+    /// Opens (decrypts) the payload of a record as stored; a record stored in plain is
+    /// returned as it is. See [`read_stream`](Self::read_stream) for the errors.
+    pub fn open_record(&self, record: Record) -> Result<Record, StorageError> {
+        if record.at_rest != record::AtRest::Sealed {
+            return Ok(record);
+        }
+        let mut record = record;
+        self.open_in(&self.shared.db()?, &mut record)?;
+        Ok(record)
+    }
+
+    /// Opens `record`'s payload in place; on an error it is left as it was.
+    pub(crate) fn open_in(&self, db: &sled::Db, record: &mut Record) -> Result<(), StorageError> {
+        if record.at_rest != record::AtRest::Sealed {
+            return Ok(());
+        }
+        let stream = || StreamId::new(record.aggregate_type.clone(), record.aggregate_id.clone());
+        let Some(key_id) = crate::crypto::sealed_key_id(&record.payload) else {
+            return Err(StorageError::corrupt(
+                &stream(),
+                record.sequence,
+                Corruption::Undecryptable,
+            ));
+        };
+        let key = match self.shared.keyring.data_key(db, key_id) {
+            Ok(key) => key,
+            Err(keyring::KeyLookup::Erased) => {
+                return Err(StorageError::Erased {
+                    stream: stream(),
+                    sequence: record.sequence,
+                    key_id,
+                })
+            }
+            Err(keyring::KeyLookup::Key(source)) => {
+                return Err(StorageError::Key {
+                    stream: Some(stream()),
+                    sequence: Some(record.sequence),
+                    source,
+                })
+            }
+            Err(keyring::KeyLookup::Storage(e)) => return Err(e),
+        };
+        let aad = crate::crypto::record_aad(
+            &record.aggregate_type,
+            &record.aggregate_id,
+            record.sequence,
+        );
+        match key.open(&record.payload, &aad) {
+            Ok(plain) => {
+                record.payload = plain;
+                record.at_rest = record::AtRest::Opened;
+                Ok(())
+            }
+            Err(_) => Err(StorageError::corrupt(
+                &stream(),
+                record.sequence,
+                Corruption::Undecryptable,
+            )),
+        }
+    }
+
+    /// Opens a stored snapshot's bytes: a sealed snapshot (format
+    /// [`evershard_snapshots::SNAPSHOT_FORMAT_SEALED`]) becomes the plain record it holds;
+    /// one that cannot be opened (no key, erased, altered) is returned sealed, which
+    /// recovery skips with a reason and `verify` reports as not checked.
+    pub(crate) fn open_snapshot(
+        &self,
+        stream: &StreamId,
+        sequence: u64,
+        bytes: Vec<u8>,
+    ) -> Vec<u8> {
+        if bytes.first() != Some(&evershard_snapshots::SNAPSHOT_FORMAT_SEALED) {
+            return bytes;
+        }
+        let Ok(db) = self.shared.db() else {
+            return bytes;
+        };
+        let Some(key_id) = crate::crypto::sealed_key_id(&bytes[1..]) else {
+            return bytes;
+        };
+        let Ok(key) = self.shared.keyring.data_key(&db, key_id) else {
+            return bytes;
+        };
+        let aad =
+            crate::crypto::snapshot_aad(&stream.aggregate_type, &stream.aggregate_id, sequence);
+        key.open(&bytes[1..], &aad).unwrap_or(bytes)
     }
 
     /// Where a stream's timer is (its deadline, microseconds), read from its reverse entry.

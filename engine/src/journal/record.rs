@@ -29,6 +29,13 @@
 //!        ip_address (u16 length + text), user_agent (u16 length + UTF-8),
 //!        compliance flag count u16, then each flag as u16 length + UTF-8
 //! ```
+//!
+//! Flag bit 4 (either format) marks a payload **encrypted at rest** (docs/security.md): the
+//! payload bytes are then `data key id 16 | nonce 24 | XChaCha20-Poly1305 ciphertext + tag`,
+//! sealed with the record's identity (type, id, sequence) as associated data. The CRC, the
+//! hash chain and the Merkle leaves cover these stored bytes, so integrity is checked
+//! without any key. A binary older than this flag refuses such a record ("unknown flag
+//! bits") rather than mistake ciphertext for a payload.
 
 use chrono::{DateTime, TimeZone, Utc};
 use evershard_model::AuditContext;
@@ -42,8 +49,10 @@ const FLAG_CAUSATION: u8 = 1;
 const FLAG_USER: u8 = 1 << 1;
 const FLAG_SESSION: u8 = 1 << 2;
 const FLAG_AUDIT: u8 = 1 << 3;
+const FLAG_ENCRYPTED: u8 = 1 << 4;
 pub const HEADER_BYTES: usize = 110;
-/// A payload's size at most. Records must stay below sled 0.34's blob threshold (128 KiB with
+/// A payload's size at most (before encryption, which adds
+/// [`crate::crypto::SEAL_OVERHEAD_BYTES`]). Records must stay below sled 0.34's blob threshold (128 KiB with
 /// the default 512 KiB segments): sled writes larger values to separate `blobs/` files that its
 /// flush never syncs. 64 KiB leaves room for the header and strings.
 pub const PAYLOAD_BYTES_MAX: usize = 64 * 1024;
@@ -51,6 +60,26 @@ pub const PAYLOAD_BYTES_MAX: usize = 64 * 1024;
 pub const RECORD_STRING_BYTES_MAX: usize = 8 * 1024;
 pub type Hash = [u8; 32];
 pub const ZERO_HASH: Hash = [0; 32];
+
+/// How a record's payload is stored, and what `Record::payload` holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AtRest {
+    /// Stored in plain; `payload` is the codec bytes.
+    #[default]
+    Plain,
+    /// Stored encrypted; `payload` is the sealed bytes (key id, nonce, ciphertext): not
+    /// opened, because it was not asked for, no key is at hand, or the subject was forgotten.
+    Sealed,
+    /// Stored encrypted; `payload` is the opened codec bytes.
+    Opened,
+}
+
+impl AtRest {
+    /// Stored encrypted (sealed or opened).
+    pub fn is_encrypted(self) -> bool {
+        self != AtRest::Plain
+    }
+}
 
 /// A decoded event record with its raw payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +101,10 @@ pub struct Record {
     pub session_id: Option<Uuid>,
     /// Format 2 only.
     pub audit_context: Option<AuditContext>,
+    /// Whether the payload is stored encrypted (flag bit 4) and, if so, whether `payload`
+    /// holds the sealed bytes (right after `decode`) or the opened ones (the journal's
+    /// reads, see `Journal::read_stream`).
+    pub at_rest: AtRest,
     pub payload: Vec<u8>,
 }
 
@@ -163,7 +196,11 @@ impl Record {
 
     pub fn encode(&self) -> Vec<u8> {
         assert!(self.sequence >= 1, "sequences start at 1");
-        assert!(self.payload.len() <= PAYLOAD_BYTES_MAX);
+        assert!(self.payload.len() <= PAYLOAD_BYTES_MAX + crate::crypto::SEAL_OVERHEAD_BYTES);
+        assert!(
+            self.at_rest != AtRest::Opened,
+            "an opened payload is never stored: seal it first"
+        );
         let mut out = Vec::with_capacity(HEADER_BYTES + 64 + self.payload.len());
         out.push(self.format());
         out.extend_from_slice(&[0; 4]);
@@ -176,7 +213,8 @@ impl Record {
         let flags = flag(self.causation_id.is_some(), FLAG_CAUSATION)
             | flag(self.user_id.is_some(), FLAG_USER)
             | flag(self.session_id.is_some(), FLAG_SESSION)
-            | flag(self.audit_context.is_some(), FLAG_AUDIT);
+            | flag(self.audit_context.is_some(), FLAG_AUDIT)
+            | flag(self.at_rest.is_encrypted(), FLAG_ENCRYPTED);
         out.push(flags);
         out.extend_from_slice(self.causation_id.unwrap_or(Uuid::nil()).as_bytes());
         out.extend_from_slice(&self.prev_hash);
@@ -236,8 +274,8 @@ impl Record {
             .ok_or(RecordError::Malformed("timestamp out of range"))?;
         let flags = bytes[61];
         let known = match format {
-            RECORD_FORMAT_V1 => FLAG_CAUSATION | FLAG_USER,
-            _ => FLAG_CAUSATION | FLAG_USER | FLAG_SESSION | FLAG_AUDIT,
+            RECORD_FORMAT_V1 => FLAG_CAUSATION | FLAG_USER | FLAG_ENCRYPTED,
+            _ => FLAG_CAUSATION | FLAG_USER | FLAG_SESSION | FLAG_AUDIT | FLAG_ENCRYPTED,
         };
         if flags & !known != 0 {
             return Err(RecordError::Malformed("unknown flag bits"));
@@ -326,6 +364,11 @@ impl Record {
             user_id: (flags & FLAG_USER != 0).then_some(user_id),
             session_id,
             audit_context,
+            at_rest: if flags & FLAG_ENCRYPTED != 0 {
+                AtRest::Sealed
+            } else {
+                AtRest::Plain
+            },
             payload: payload.to_vec(),
         })
     }
@@ -342,8 +385,11 @@ pub struct RecordView<'a> {
     pub aggregate_id: &'a str,
     pub event_type: &'a str,
     pub event_version: &'a str,
-    /// The payload's bytes (`evershard_model::codec`), not decoded.
+    /// The payload's bytes (`evershard_model::codec`, or sealed when `encrypted`), not
+    /// decoded.
     pub payload: &'a [u8],
+    /// The payload is encrypted at rest (flag bit 4).
+    pub encrypted: bool,
 }
 
 /// The global position and timestamp (microseconds) of a record, read from its header
@@ -384,7 +430,9 @@ impl<'a> RecordView<'a> {
         if Utc.timestamp_micros(micros).single().is_none() {
             return Err(RecordError::Malformed("timestamp out of range"));
         }
-        if bytes[0] == RECORD_FORMAT_V1 && bytes[61] & !(FLAG_CAUSATION | FLAG_USER) != 0 {
+        if bytes[0] == RECORD_FORMAT_V1
+            && bytes[61] & !(FLAG_CAUSATION | FLAG_USER | FLAG_ENCRYPTED) != 0
+        {
             return Err(RecordError::Malformed("unknown flag bits"));
         }
         let mut cursor = HEADER_BYTES;
@@ -407,6 +455,7 @@ impl<'a> RecordView<'a> {
             event_type: strings[2],
             event_version: strings[3],
             payload,
+            encrypted: bytes[61] & FLAG_ENCRYPTED != 0,
         })
     }
 }
@@ -432,6 +481,7 @@ mod tests {
             user_id: None,
             session_id: None,
             audit_context: None,
+            at_rest: AtRest::Plain,
             payload: vec![1, 2, 3],
         }
     }
@@ -499,7 +549,16 @@ mod tests {
 
     #[test]
     fn round_trips_and_detects_every_flipped_byte() {
-        for r in [sample(), audited()] {
+        let sealed = Record {
+            at_rest: AtRest::Sealed,
+            payload: vec![9; crate::crypto::SEAL_OVERHEAD_BYTES + 3],
+            ..sample()
+        };
+        let sealed_v2 = Record {
+            at_rest: AtRest::Sealed,
+            ..audited()
+        };
+        for r in [sample(), audited(), sealed, sealed_v2] {
             round_trips_and_detects_every_flipped_byte_of(r);
         }
     }
