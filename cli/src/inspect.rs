@@ -67,9 +67,21 @@ pub(crate) fn history_json<'j, A: Aggregate>(
     journal: &'j Journal,
     stream: &'j StreamId,
 ) -> EnvelopesJson<'j> {
+    // An erased payload (its subject forgotten) is shown as such with the record's
+    // metadata, which stays readable; a missing key is an error.
     Box::new(
-        repository::read_events::<A>(journal, stream, 1, u64::MAX)
-            .map(|r| r.map(|envelope| envelope.map(|event| event.payload_json()))),
+        journal
+            .read_stream_sealed(stream, 1, u64::MAX)
+            .map(move |r| {
+                r.and_then(|sealed| match journal.open_record(sealed.clone()) {
+                    Ok(opened) => record_json::<A>(opened),
+                    Err(StorageError::Erased { .. }) => Ok(repository::envelope(
+                        sealed,
+                        serde_json::json!({ "erased": true }),
+                    )),
+                    Err(e) => Err(e),
+                })
+            }),
     )
 }
 

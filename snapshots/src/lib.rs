@@ -94,7 +94,9 @@ pub enum SnapshotError {
     UnknownFormat(u8),
     /// The snapshot is encrypted and was not opened: its data key is erased, or no key
     /// provider is configured. Recovery replays the events instead.
-    #[error("snapshot is encrypted and could not be opened (no key, or its subject was forgotten)")]
+    #[error(
+        "snapshot is encrypted and could not be opened (no key, or its subject was forgotten)"
+    )]
     Sealed,
     #[error("snapshot CRC32C mismatch")]
     Checksum,

@@ -579,8 +579,14 @@ impl JournalWriter {
         // evershard store: sled would adopt anything (see `probe`).
         let found = probe::probe(&dir)?;
         create_dir_durably(&dir).map_err(io)?;
-        if matches!(found, probe::Probe::Missing | probe::Probe::Empty) {
+        let new_store = matches!(found, probe::Probe::Missing | probe::Probe::Empty);
+        if new_store {
+            // Private by default (docs/security.md): the directory before sled creates
+            // anything in it, its files right after.
+            set_mode(&dir, 0o700).map_err(io)?;
             probe::write_marker(&dir, !fault::skip(fault::Sync::Dir)).map_err(io)?;
+        } else {
+            crate::crypto::warn_if_readable_by_others(&dir, "the store directory");
         }
         sync_before_recovery(&dir).map_err(io)?;
         let flush_every_ms = match config.durability {
@@ -622,6 +628,9 @@ impl JournalWriter {
             }
         };
         sync_recovered_names(&dir).map_err(io)?;
+        if new_store {
+            make_files_private(&dir).map_err(io)?;
+        }
         let sled_err = |e: sled::Error| OpenError::storage(&dir, e);
         let meta_key = meta_format_key();
         match db.get(&meta_key).map_err(sled_err)? {
@@ -1222,11 +1231,49 @@ impl Journal {
         if record.at_rest != record::AtRest::Sealed {
             return Ok(());
         }
-        let stream = || StreamId::new(record.aggregate_type.clone(), record.aggregate_id.clone());
-        let Some(key_id) = crate::crypto::sealed_key_id(&record.payload) else {
+        let plain = self.open_payload_in(
+            db,
+            &record.aggregate_type,
+            &record.aggregate_id,
+            record.sequence,
+            &record.payload,
+        )?;
+        record.payload = plain;
+        record.at_rest = record::AtRest::Opened;
+        Ok(())
+    }
+
+    /// The plain bytes of a sealed payload stored at `(aggregate_type, aggregate_id,
+    /// sequence)` (for readers of [`record::RecordView`]s, such as `verify`'s replay).
+    pub fn open_payload(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: u64,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, StorageError> {
+        self.open_payload_in(
+            &self.shared.db()?,
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            sealed,
+        )
+    }
+
+    fn open_payload_in(
+        &self,
+        db: &sled::Db,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: u64,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, StorageError> {
+        let stream = || StreamId::new(aggregate_type, aggregate_id);
+        let Some(key_id) = crate::crypto::sealed_key_id(sealed) else {
             return Err(StorageError::corrupt(
                 &stream(),
-                record.sequence,
+                sequence,
                 Corruption::Undecryptable,
             ));
         };
@@ -1235,33 +1282,25 @@ impl Journal {
             Err(keyring::KeyLookup::Erased) => {
                 return Err(StorageError::Erased {
                     stream: stream(),
-                    sequence: record.sequence,
+                    sequence,
                     key_id,
                 })
             }
             Err(keyring::KeyLookup::Key(source)) => {
                 return Err(StorageError::Key {
                     stream: Some(stream()),
-                    sequence: Some(record.sequence),
+                    sequence: Some(sequence),
                     source,
                 })
             }
             Err(keyring::KeyLookup::Storage(e)) => return Err(e),
         };
-        let aad = crate::crypto::record_aad(
-            &record.aggregate_type,
-            &record.aggregate_id,
-            record.sequence,
-        );
-        match key.open(&record.payload, &aad) {
-            Ok(plain) => {
-                record.payload = plain;
-                record.at_rest = record::AtRest::Opened;
-                Ok(())
-            }
+        let aad = crate::crypto::record_aad(aggregate_type, aggregate_id, sequence);
+        match key.open(sealed, &aad) {
+            Ok(plain) => Ok(plain),
             Err(_) => Err(StorageError::corrupt(
                 &stream(),
-                record.sequence,
+                sequence,
                 Corruption::Undecryptable,
             )),
         }
@@ -1271,12 +1310,7 @@ impl Journal {
     /// [`evershard_snapshots::SNAPSHOT_FORMAT_SEALED`]) becomes the plain record it holds;
     /// one that cannot be opened (no key, erased, altered) is returned sealed, which
     /// recovery skips with a reason and `verify` reports as not checked.
-    pub(crate) fn open_snapshot(
-        &self,
-        stream: &StreamId,
-        sequence: u64,
-        bytes: Vec<u8>,
-    ) -> Vec<u8> {
+    pub fn open_snapshot(&self, stream: &StreamId, sequence: u64, bytes: Vec<u8>) -> Vec<u8> {
         if bytes.first() != Some(&evershard_snapshots::SNAPSHOT_FORMAT_SEALED) {
             return bytes;
         }
@@ -1795,6 +1829,37 @@ fn read_head(db: &sled::Db, stream: &StreamId) -> Result<StreamHead, StorageErro
             })
         }
     }
+}
+
+/// Sets a path's permission bits (Unix; elsewhere nothing to do).
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, mode);
+        Ok(())
+    }
+}
+
+/// Every file under a new store 0600 and every directory 0700. Files sled creates later
+/// (its snapshot files, blobs) get the process umask, inside a directory no one else can
+/// enter.
+fn make_files_private(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            set_mode(&path, 0o700)?;
+            make_files_private(&path)?;
+        } else if entry.file_type()?.is_file() {
+            set_mode(&path, 0o600)?;
+        }
+    }
+    Ok(())
 }
 
 /// The highest committed global position (0 for an empty store).
