@@ -7,9 +7,12 @@
 //! - with the key, `history` of the forgotten credit shows each event's metadata with its
 //!   payload marked erased, `state` of it exits 2 saying it is erased, and the other credit
 //!   reads in full;
+//! - the store-wide `history --data DIR` follows the same rules;
 //! - `export` with the key marks erased payloads and prints the erasure event (who, why),
 //!   every line still carrying the record bytes and hashes;
-//! - the store directory is private (0700) and a store opened to others is warned about.
+//! - the store directory is private (0700) and a store opened to others is warned about;
+//! - Appointment's data subject is its patient: forgetting the patient erases every
+//!   appointment of theirs and no other.
 
 use evershard::aggregates::credit::{ApplicantType, ApplyForCredit, Credit};
 use evershard::engine::crypto::{FileKeyProvider, KeyProvider};
@@ -185,6 +188,21 @@ async fn encrypted_store_through_the_cli() {
         0,
     );
 
+    // The store-wide trail: the same rules.
+    let (out, _) = run(
+        &["history", "--data", data, "--key-file", key_file, "--json"],
+        0,
+    );
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines[0]["payload"]["purpose"], "greenhouse-secret-purpose");
+    assert_eq!(lines[1]["payload"], serde_json::json!({ "erased": true }));
+    let (out, err) = run(&["history", "--data", data], 2);
+    assert!(err.contains("--key-file") && out.is_empty(), "{out}\n{err}");
+
     // Export: erased marked, the erasure event readable, the record bytes on every line.
     let (out, _) = run(&["export", "--data", data, "--key-file", key_file], 0);
     let lines: Vec<Value> = out
@@ -205,4 +223,67 @@ async fn encrypted_store_through_the_cli() {
         let (_, err) = run(&["verify", "--data", data], 0);
         assert!(err.contains("readable by other users"), "{err}");
     }
+}
+
+#[tokio::test]
+async fn forgetting_a_patient_erases_all_their_appointments_and_no_other() {
+    use evershard::aggregates::appointment::CreateAppointment;
+    use evershard::engine::{CommandError, StorageError, StreamId};
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("master.keys");
+    FileKeyProvider::append_new_key(&keys, "m1").unwrap();
+    let provider: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::open(&keys).unwrap());
+    let engine = Engine::builder(dir.path().join("store"))
+        .register::<evershard::aggregates::appointment::Appointment>()
+        .key_provider(provider)
+        .open()
+        .await
+        .unwrap();
+    let (alice, bob) = (Uuid::from_u128(0xa11ce), Uuid::from_u128(0xb0b));
+    let appointments = [(1u128, alice), (2, alice), (3, bob)];
+    for (n, patient) in appointments {
+        let id = Uuid::from_u128(n);
+        engine
+            .execute::<evershard::aggregates::appointment::Appointment>(
+                &id.to_string(),
+                CreateAppointment {
+                    appointment_id: id,
+                    patient_id: patient,
+                    doctor_id: Uuid::from_u128(0xd0c),
+                    clinic_id: Uuid::from_u128(0xc11),
+                    scheduled_at: chrono::Utc::now() + chrono::Duration::days(3),
+                    service_type: "consultation".into(),
+                    estimated_cost: Money::from_minor(5_000),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    engine
+        .forget_subject(&format!("patient:{alice}"), "dpo", "request")
+        .await
+        .unwrap();
+    for (n, patient) in appointments {
+        let id = Uuid::from_u128(n).to_string();
+        let state = engine
+            .state::<evershard::aggregates::appointment::Appointment>(&id)
+            .await;
+        let read = engine
+            .journal()
+            .read_stream(&StreamId::new("Appointment", id.as_str()), 1, 1)
+            .next()
+            .unwrap();
+        if patient == alice {
+            assert!(
+                matches!(state, Err(CommandError::Erased { .. })),
+                "{state:?}"
+            );
+            assert!(matches!(read, Err(StorageError::Erased { .. })), "{read:?}");
+        } else {
+            assert!(state.is_ok(), "{state:?}");
+            assert!(read.is_ok(), "{read:?}");
+        }
+    }
+    assert!(engine.verify().await.unwrap().is_clean());
+    engine.shutdown().await.unwrap();
 }

@@ -236,7 +236,8 @@ pub(crate) fn last_sequence_at(
     at: DateTime<Utc>,
 ) -> Result<u64, CliError> {
     let mut last = 0;
-    for record in journal.read_stream(stream, 1, u64::MAX) {
+    // Times are metadata: no payload is opened (no key needed).
+    for record in journal.read_stream_sealed(stream, 1, u64::MAX) {
         let record = record.map_err(|e| CliError::storage(journal.dir(), e))?;
         if record.timestamp <= at {
             last = record.sequence;

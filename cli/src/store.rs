@@ -100,14 +100,15 @@ pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 /// Opens the store at `dir` for reading only, mapping "missing" and "in use" to their own
 /// errors.
 pub fn open_read_only(dir: &Path) -> Result<Journal, CliError> {
-    if readable_by_others(dir) {
-        eprintln!(
-            "warning: the store at {} is readable by other users (chmod -R go-rwx)",
-            dir.display()
-        );
-    }
     match guarded(|| Journal::open_read_only(dir)) {
         Ok(Ok(journal)) => {
+            // Only for a store: a refusal stays one line.
+            if readable_by_others(dir) {
+                eprintln!(
+                    "warning: the store at {} is readable by other users (chmod -R go-rwx)",
+                    dir.display()
+                );
+            }
             if let Some(provider) = KEY_PROVIDER.get() {
                 journal.set_key_provider(provider.clone());
             }

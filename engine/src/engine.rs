@@ -93,7 +93,11 @@ fn recover_guard<A: Aggregate>(
     let mut recent = Vec::new();
     for item in journal.read_global_rev() {
         let (_, stream, sequence) = item?;
-        let Some(record) = journal.read_stream(&stream, sequence, sequence).next() else {
+        // Sealed: the time is metadata; only the guard's own type is opened.
+        let Some(record) = journal
+            .read_stream_sealed(&stream, sequence, sequence)
+            .next()
+        else {
             continue;
         };
         let record = record?;
@@ -101,7 +105,13 @@ fn recover_guard<A: Aggregate>(
             break;
         }
         if stream.aggregate_type == A::TYPE && record.timestamp >= since {
-            recent.push(repository::decode_record::<A>(record)?);
+            match journal.open_record(record) {
+                Ok(opened) => recent.push(repository::decode_record::<A>(opened)?),
+                // A forgotten subject's events are not fed to the guard: nothing of them
+                // can be read any more.
+                Err(StorageError::Erased { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     for event in recent.iter().rev() {
