@@ -6,6 +6,8 @@
 //! - a ciphertext moved into another record does not open;
 //! - `forget_subject` erases reads and commands of that subject only, keeps `verify` clean
 //!   and inclusion proofs valid, and survives a reopen;
+//! - topics publish decrypted or redacted payloads per topic, and an erased payload as
+//!   `{"erased":true}`, also one erased before the indexer reached it;
 //! - master key rotation re-wraps the data keys so the old master key can go;
 //! - a forget survives SIGKILL at any moment (child-process test, seeded);
 //! - random interleavings of commands, forgets and restarts never expose a forgotten payload
@@ -309,6 +311,89 @@ async fn forget_erases_reads_and_commands_keeps_verify_and_proofs() {
     ));
     engine.shutdown().await.unwrap();
     assert!(Journal::open_read_only(&store).unwrap().verify().is_clean());
+}
+
+#[tokio::test]
+async fn topics_carry_decrypted_redacted_or_erased_payloads() {
+    use evershard_engine::{TopicConfig, TopicPayloads, TopicRoute};
+    let (_dir, store, keys) = setup();
+    // Written and forgotten before any indexing: the indexer meets the erased payload.
+    let engine = Engine::builder(&store)
+        .register::<Counter>()
+        .sensitive::<Counter>(true)
+        .key_provider(provider(&keys))
+        .topic_indexer(false)
+        .open()
+        .await
+        .unwrap();
+    add(&engine, "alice", 3).await;
+    add(&engine, "bob", 4).await;
+    let receipt = engine
+        .forget_subject("alice", "dpo", "request")
+        .await
+        .unwrap();
+    engine.shutdown().await.unwrap();
+    let engine = Engine::builder(&store)
+        .register::<Counter>()
+        .sensitive::<Counter>(true)
+        .key_provider(provider(&keys))
+        .route::<Counter>(TopicRoute::to("open.counters"))
+        .route::<Counter>(TopicRoute::to("redacted.counters"))
+        // The counter's own topic is known only by decoding the payload.
+        .route::<Counter>(TopicRoute::default_topic())
+        .topic(TopicConfig::new("open.counters").partitions(1))
+        .topic(TopicConfig::new("test.counters").partitions(1))
+        .topic(
+            TopicConfig::new("redacted.counters")
+                .partitions(1)
+                .payloads(TopicPayloads::Redacted),
+        )
+        .open()
+        .await
+        .unwrap();
+    assert!(
+        engine
+            .wait_indexed(receipt.global_position, Duration::from_secs(60))
+            .await
+    );
+    let log = engine.topic_log().unwrap();
+    let payloads = |topic: &str| -> Vec<(String, serde_json::Value)> {
+        log.read(topic, 0, 0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|m| {
+                let value: serde_json::Value = serde_json::from_slice(&m.value).unwrap();
+                (m.key, value["payload"].clone())
+            })
+            .collect()
+    };
+    let erased = serde_json::json!({ "erased": true });
+    assert_eq!(
+        payloads("open.counters"),
+        vec![
+            ("alice".to_owned(), erased.clone()),
+            (
+                "bob".to_owned(),
+                serde_json::json!({ "before": 0, "amount": 4 })
+            ),
+        ]
+    );
+    assert_eq!(
+        payloads("redacted.counters"),
+        vec![
+            ("alice".to_owned(), erased),
+            ("bob".to_owned(), serde_json::json!({ "redacted": true })),
+        ]
+    );
+    // Its own topic needs the payload to route: the erased event is not published there.
+    assert_eq!(
+        payloads("test.counters"),
+        vec![(
+            "bob".to_owned(),
+            serde_json::json!({ "before": 0, "amount": 4 })
+        )]
+    );
+    engine.shutdown().await.unwrap();
 }
 
 #[tokio::test]

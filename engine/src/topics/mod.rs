@@ -334,6 +334,9 @@ impl TopicCatalog {
         let Some(fns) = self.types.get(&record.aggregate_type) else {
             return Ok(Vec::new());
         };
+        // A payload erased before it was indexed cannot be decoded: when its topic is known
+        // only from the payload, it is not published (nothing of it could be anyway).
+        let erased = record.at_rest == crate::journal::AtRest::Sealed;
         let own = || (fns.route)(record);
         let config = |name: &str, format: Option<WireFormat>| {
             self.topics.get(name).cloned().unwrap_or_else(|| {
@@ -345,13 +348,21 @@ impl TopicCatalog {
             })
         };
         match self.routes.get(&record.aggregate_type) {
-            None => Ok(vec![config(own()?, None)]),
+            None => match own() {
+                Ok(topic) => Ok(vec![config(topic, None)]),
+                Err(_) if erased => Ok(Vec::new()),
+                Err(e) => Err(e),
+            },
             Some(routes) => {
                 let mut out: Vec<TopicConfig> = Vec::with_capacity(routes.len());
                 for route in routes {
                     let name = match &route.topic {
                         Some(t) => t.clone(),
-                        None => own()?.to_owned(),
+                        None => match own() {
+                            Ok(topic) => topic.to_owned(),
+                            Err(_) if erased => continue,
+                            Err(e) => return Err(e),
+                        },
                     };
                     if !out.iter().any(|c| c.name == name) {
                         out.push(config(&name, route.format));
