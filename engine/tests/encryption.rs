@@ -524,6 +524,10 @@ fn forget_survives_sigkill_at_any_moment() {
             }
         }
         child.wait().unwrap();
+        eprintln!(
+            "round {round}: killed after {seen} acknowledged forgets this round, {} in all",
+            forgotten.len()
+        );
 
         // Every acknowledged forget holds; every other subject reads whole or erased,
         // never anything else; the chain and the tree verify.
