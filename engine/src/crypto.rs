@@ -472,6 +472,31 @@ mod tests {
         assert_ne!(key.seal(b"hello", &aad), sealed);
     }
 
+    /// The on-disk form, pinned: bytes sealed and wrapped by the first version of this code
+    /// must open forever (the fixture rule for stored formats). A change to the cipher, the
+    /// layout or the associated data fails here.
+    #[test]
+    fn sealed_and_wrapped_bytes_of_the_first_version_still_open() {
+        const SEALED: &str = "00000000000000000000000000005eed8d9e890d48956280c431fcba302bd20e43cf8d777e21d654913918c673de3b4b76bf1573cde7341094fb0dafaefe6f75f479b8f3d89b";
+        const WRAPPED: &str = "0d5fab0fb0cbd5f4cfe75bfb7774357bec6f52d53c371450eb8b579f735939eb15b85f6757348572bc5b16eabac203a22809895a8828e570f6cae73cc9a813976ad0f8349886af97";
+        let unhex = |h: &str| -> Vec<u8> {
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        let master = MasterKey::new("pinned", [9; KEY_BYTES]).unwrap();
+        let id = Uuid::from_u128(0x5eed);
+        let key = DataKey::unwrap(id, &unhex(WRAPPED), &master).unwrap();
+        assert_eq!(key.bytes, [7; KEY_BYTES]);
+        let sealed = unhex(SEALED);
+        assert_eq!(sealed_key_id(&sealed), Some(id));
+        assert_eq!(
+            key.open(&sealed, &record_aad("Credit", "c-1", 3)).unwrap(),
+            b"pinned payload"
+        );
+    }
+
     #[test]
     fn wrap_unwrap_needs_the_same_master_key() {
         let key = DataKey::generate();
