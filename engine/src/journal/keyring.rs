@@ -21,6 +21,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use uuid::Uuid;
 
 const ENTRY_FORMAT_V1: u8 = 1;
+/// Data keys kept unwrapped in memory (each cache) before the cache is emptied and reloaded
+/// lazily from the store. A key not yet durable is never dropped: a second key for the same
+/// subject would escape its erasure.
+const DATA_KEYS_CACHED_MAX: usize = 100_000;
 const STATE_LIVE: u8 = 1;
 const STATE_ERASED: u8 = 2;
 
@@ -228,7 +232,11 @@ impl Keyring {
             }
         };
         let sealing = Arc::new(sealing);
-        lock(&self.sealing).insert(subject.to_owned(), sealing.clone());
+        let mut cache = lock(&self.sealing);
+        if cache.len() >= DATA_KEYS_CACHED_MAX {
+            cache.retain(|_, k| !k.durable.load(Ordering::Acquire));
+        }
+        cache.insert(subject.to_owned(), sealing.clone());
         Ok(sealing)
     }
 
@@ -253,7 +261,14 @@ impl Keyring {
                 let provider = self.provider().map_err(KeyLookup::Key)?;
                 let master = provider.get(master_id).map_err(KeyLookup::Key)?;
                 let key = DataKey::unwrap(id, wrapped, &master).map_err(KeyLookup::Key)?;
-                lock(&self.opening).insert(id, key.clone());
+                let mut cache = lock(&self.opening);
+                if cache.len() >= DATA_KEYS_CACHED_MAX {
+                    // Every key in it can be unwrapped again from the store: a key's entry
+                    // is in the batch of the first events it seals, so no reader meets a
+                    // payload sealed with a key the store does not hold yet.
+                    cache.clear();
+                }
+                cache.insert(id, key.clone());
                 Ok(key)
             }
         }
