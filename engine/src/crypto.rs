@@ -11,7 +11,7 @@
 //!   and the record's identity (aggregate type, id, sequence) as associated data, so a
 //!   ciphertext copied into another record fails to open.
 
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::aead::{Aead, AeadCore, AeadInPlace, KeyInit, OsRng, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
@@ -179,6 +179,19 @@ impl DataKey {
                     aad,
                 },
             )
+            .map_err(|_| OpenFailure::Tag)
+    }
+
+    /// [`open`](Self::open) in place: `sealed` becomes the plain bytes (no second buffer,
+    /// for replay). On an error its contents are unspecified.
+    pub fn open_in_place(&self, sealed: &mut Vec<u8>, aad: &[u8]) -> Result<(), OpenFailure> {
+        if sealed.len() < SEAL_OVERHEAD_BYTES {
+            return Err(OpenFailure::Malformed);
+        }
+        let nonce = *XNonce::from_slice(&sealed[16..16 + NONCE_BYTES]);
+        sealed.drain(..16 + NONCE_BYTES);
+        self.cipher()
+            .decrypt_in_place(&nonce, aad, sealed)
             .map_err(|_| OpenFailure::Tag)
     }
 
@@ -449,6 +462,9 @@ mod tests {
         let sealed = key.seal(b"hello", &aad);
         assert_eq!(sealed_key_id(&sealed), Some(key.id));
         assert_eq!(key.open(&sealed, &aad).unwrap(), b"hello");
+        let mut in_place = sealed.clone();
+        key.open_in_place(&mut in_place, &aad).unwrap();
+        assert_eq!(in_place, b"hello");
         // The same bytes in another record (another sequence, id or type) do not open.
         for other in [
             record_aad("Credit", "c-1", 4),

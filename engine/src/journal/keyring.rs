@@ -242,11 +242,13 @@ impl Keyring {
 
     /// The data key `id`, for opening a sealed payload.
     pub fn data_key(&self, db: &sled::Db, id: Uuid) -> Result<DataKey, KeyLookup> {
-        if self.is_erased(id) {
-            return Err(KeyLookup::Erased);
-        }
+        // `mark_erased` records the erasure before it drops the key from this cache, so a
+        // key found here was live when the lookup began.
         if let Some(k) = lock(&self.opening).get(&id) {
             return Ok(k.clone());
+        }
+        if self.is_erased(id) {
+            return Err(KeyLookup::Erased);
         }
         let Some(value) = db.get(data_key_key(id))? else {
             return Err(KeyLookup::Key(KeyError::MissingDataKey { key_id: id }));

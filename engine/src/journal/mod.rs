@@ -1231,14 +1231,29 @@ impl Journal {
         if record.at_rest != record::AtRest::Sealed {
             return Ok(());
         }
-        let plain = self.open_payload_in(
+        let key = self.key_of(
             db,
             &record.aggregate_type,
             &record.aggregate_id,
             record.sequence,
             &record.payload,
         )?;
-        record.payload = plain;
+        // Opened in place (no second buffer): on a failed tag the record is refused anyway.
+        let mut payload = std::mem::take(&mut record.payload);
+        let aad = crate::crypto::record_aad(
+            &record.aggregate_type,
+            &record.aggregate_id,
+            record.sequence,
+        );
+        if key.open_in_place(&mut payload, &aad).is_err() {
+            let stream = StreamId::new(record.aggregate_type.clone(), record.aggregate_id.clone());
+            return Err(StorageError::corrupt(
+                &stream,
+                record.sequence,
+                Corruption::Undecryptable,
+            ));
+        }
+        record.payload = payload;
         record.at_rest = record::AtRest::Opened;
         Ok(())
     }
@@ -1252,23 +1267,30 @@ impl Journal {
         sequence: u64,
         sealed: &[u8],
     ) -> Result<Vec<u8>, StorageError> {
-        self.open_payload_in(
+        let key = self.key_of(
             &self.shared.db()?,
             aggregate_type,
             aggregate_id,
             sequence,
             sealed,
-        )
+        )?;
+        let aad = crate::crypto::record_aad(aggregate_type, aggregate_id, sequence);
+        key.open(sealed, &aad).map_err(|_| {
+            let stream = StreamId::new(aggregate_type, aggregate_id);
+            StorageError::corrupt(&stream, sequence, Corruption::Undecryptable)
+        })
     }
 
-    fn open_payload_in(
+    /// The data key a sealed payload stored at `(aggregate_type, aggregate_id, sequence)`
+    /// names, or why it cannot be had (erased, no or the wrong master key).
+    fn key_of(
         &self,
         db: &sled::Db,
         aggregate_type: &str,
         aggregate_id: &str,
         sequence: u64,
         sealed: &[u8],
-    ) -> Result<Vec<u8>, StorageError> {
+    ) -> Result<crate::crypto::DataKey, StorageError> {
         let stream = || StreamId::new(aggregate_type, aggregate_id);
         let Some(key_id) = crate::crypto::sealed_key_id(sealed) else {
             return Err(StorageError::corrupt(
@@ -1295,15 +1317,7 @@ impl Journal {
             }
             Err(keyring::KeyLookup::Storage(e)) => return Err(e),
         };
-        let aad = crate::crypto::record_aad(aggregate_type, aggregate_id, sequence);
-        match key.open(sealed, &aad) {
-            Ok(plain) => Ok(plain),
-            Err(_) => Err(StorageError::corrupt(
-                &stream(),
-                sequence,
-                Corruption::Undecryptable,
-            )),
-        }
+        Ok(key)
     }
 
     /// Opens a stored snapshot's bytes: a sealed snapshot (format
