@@ -62,8 +62,10 @@ pub struct AppendRequest {
     pub expected_version: u64,
     pub events: Vec<NewEvent>,
     pub extra_writes: Vec<WriteOp>,
-    /// Seal every payload with this data key (the aggregate type is sensitive): see
-    /// docs/security.md. The committer refuses the request if the key was erased.
+    /// The payloads are sealed with this data key, for sequences `expected_version + 1..`
+    /// (the aggregate type is sensitive: docs/security.md). The committer stores them
+    /// flagged encrypted, writes the key's entries while they are not yet durable, and
+    /// refuses the request if the key was erased.
     pub(crate) seal: Option<Seal>,
     /// This request records the erasure of this data key: from the moment the committer
     /// takes it, no later request may seal with the key.
@@ -105,10 +107,15 @@ impl AppendRequest {
                 max: EVENTS_PER_APPEND_MAX,
             });
         }
+        // Sealing adds exactly its overhead to a payload of at most the limit.
+        let sealing = match self.seal {
+            Some(_) => crate::crypto::SEAL_OVERHEAD_BYTES,
+            None => 0,
+        };
         for event in &self.events {
-            if event.payload.len() > record::PAYLOAD_BYTES_MAX {
+            if event.payload.len() > record::PAYLOAD_BYTES_MAX + sealing {
                 return Err(InvalidRequest::PayloadTooLarge {
-                    bytes: event.payload.len(),
+                    bytes: event.payload.len().saturating_sub(sealing),
                     max: record::PAYLOAD_BYTES_MAX,
                 });
             }
@@ -639,24 +646,12 @@ impl Committer {
                     at_rest: record::AtRest::Plain,
                     payload: event.payload,
                 };
-                let bytes = match &request.seal {
-                    None => record.encode(),
-                    Some(Seal(key)) => {
-                        // Store the sealed payload; answer the caller with the plain one.
-                        let aad = crate::crypto::record_aad(
-                            &record.aggregate_type,
-                            &record.aggregate_id,
-                            sequence,
-                        );
-                        let sealed = key.key.seal(&record.payload, &aad);
-                        let plain = std::mem::replace(&mut record.payload, sealed);
-                        record.at_rest = record::AtRest::Sealed;
-                        let bytes = record.encode();
-                        record.payload = plain;
-                        record.at_rest = record::AtRest::Opened;
-                        bytes
-                    }
-                };
+                if request.seal.is_some() {
+                    // Sealed by the caller (off this one thread), for exactly this sequence:
+                    // the expected version checked above fixes it.
+                    record.at_rest = record::AtRest::Sealed;
+                }
+                let bytes = record.encode();
                 batch.insert(
                     keys::stream_key(keys::EVENTS, &request.stream, sequence),
                     bytes.as_slice(),

@@ -423,6 +423,19 @@ impl<A: Aggregate> EntityState<A> {
         } else {
             None
         };
+        let mut new_events: Vec<NewEvent> = new_events;
+        if let Some(key) = &seal {
+            // Sealed here, in parallel across aggregates, not on the committer's one
+            // thread; each event's sequence follows the version it was decided on.
+            for (i, event) in new_events.iter_mut().enumerate() {
+                let aad = crate::crypto::record_aad(
+                    A::TYPE,
+                    &self.args.stream.aggregate_id,
+                    version + 1 + i as u64,
+                );
+                event.payload = key.key.seal(&event.payload, &aad);
+            }
+        }
         let mut request = AppendRequest::new(self.args.stream.clone(), version, new_events);
         request.seal = seal.clone().map(Seal);
         request.extra_writes = timer_ops(&self.args.stream, self.timer, next_timer);
