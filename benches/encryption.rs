@@ -170,6 +170,39 @@ fn replay_rates(
         v.sort();
         v[v.len() / 2]
     };
+    // The opening alone: the sealed store's records read as stored vs opened, same loop.
+    let read = |opened: bool| {
+        let t = Instant::now();
+        let n = if opened {
+            sealed
+                .read_stream(&stream, 1, u64::MAX)
+                .map(|r| r.unwrap())
+                .count()
+        } else {
+            sealed
+                .read_stream_sealed(&stream, 1, u64::MAX)
+                .map(|r| r.unwrap())
+                .count()
+        };
+        (t.elapsed(), n)
+    };
+    let (mut as_stored, mut as_opened) = (Vec::new(), Vec::new());
+    for _ in 0..loads {
+        as_stored.push(read(false));
+        as_opened.push(read(true));
+    }
+    let n = as_opened[0].1 as f64;
+    let per_record = |v: Vec<(Duration, usize)>| {
+        let mut d: Vec<Duration> = v.into_iter().map(|(d, _)| d).collect();
+        d.sort();
+        d[d.len() / 2].as_nanos() as f64 / n
+    };
+    let (stored_ns, opened_ns) = (per_record(as_stored), per_record(as_opened));
+    println!(
+        "reading the sealed store: {stored_ns:.0} ns/record as stored, {opened_ns:.0} ns/record \
+         opened: opening costs {:.0} ns/record",
+        opened_ns - stored_ns
+    );
     let version = plain.head(&stream).unwrap().sequence as f64;
     (
         version / median(p).as_secs_f64(),
