@@ -69,6 +69,7 @@ fn legacy_record() -> Record {
         user_id: Some("grower-7".into()),
         session_id: None,
         audit_context: None,
+        at_rest: evershard::engine::AtRest::Plain,
         payload: legacy_payload(),
     }
 }

@@ -522,6 +522,15 @@ fn decide_complete(
 impl Aggregate for Appointment {
     const TYPE: &'static str = "Appointment";
 
+    /// An appointment's payloads belong to its patient: one key per patient, so forgetting
+    /// a patient erases every appointment of theirs.
+    fn data_subject(state: &AppointmentState) -> Option<String> {
+        state
+            .appointment
+            .as_ref()
+            .map(|a| format!("patient:{}", a.patient_id))
+    }
+
     type State = AppointmentState;
     type Command = AppointmentCommand;
     type Event = AppointmentEvent;

@@ -59,6 +59,12 @@ pub enum CliError {
     /// sled's settings file or snapshot file is damaged; the message says what to do.
     #[error("{0}")]
     DamagedConf(OpenError),
+    /// Payloads are encrypted and no key (or the wrong one) was given: `--key-file`.
+    #[error("{0} (pass the master key file with --key-file)")]
+    NeedsKey(StorageError),
+    /// The aggregate's data subject was forgotten: its payloads are erased for good.
+    #[error("{0}")]
+    Erased(StorageError),
     #[error("storage error: {0}")]
     Storage(StorageError),
     #[error("engine error: {0}")]
@@ -113,6 +119,8 @@ impl CliError {
             | CliError::UnknownType { .. }
             | CliError::NoSuchAggregate { .. }
             | CliError::NoSuchTopic { .. }
+            | CliError::NeedsKey(_)
+            | CliError::Erased(_)
             | CliError::InvalidArgument(_) => 2,
             CliError::Damaged(_)
             | CliError::DamagedConf(_)
@@ -133,6 +141,8 @@ impl CliError {
     pub fn storage(_dir: &std::path::Path, err: StorageError) -> CliError {
         match err {
             corrupt @ StorageError::Corrupt { .. } => CliError::Damaged(corrupt),
+            key @ StorageError::Key { .. } => CliError::NeedsKey(key),
+            erased @ StorageError::Erased { .. } => CliError::Erased(erased),
             other => CliError::Storage(other),
         }
     }

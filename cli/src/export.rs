@@ -37,14 +37,16 @@ pub fn run(reg: &Registry, args: &ExportArgs, out: &mut dyn Write) -> Result<Out
         if only.is_some_and(|name| name != stream.aggregate_type) {
             continue;
         }
-        let Some(entry) = reg.get(&stream.aggregate_type) else {
+        let erasure = stream.aggregate_type == evershard_engine::crypto::ERASURE_TYPE;
+        let entry = reg.get(&stream.aggregate_type);
+        if entry.is_none() && !erasure {
             return Err(CliError::InvalidArgument(format!(
                 "{stream} at sequence {sequence}: aggregate type {} is not known to this build",
                 stream.aggregate_type
             )));
-        };
+        }
         let stored = journal
-            .read_stream(&stream, sequence, sequence)
+            .read_stream_sealed(&stream, sequence, sequence)
             .next()
             .unwrap_or_else(|| {
                 Err(StorageError::Corrupt {
@@ -72,7 +74,38 @@ pub fn run(reg: &Registry, args: &ExportArgs, out: &mut dyn Write) -> Result<Out
         let sha = record::hash(&bytes);
         let record_sha256 = hex(&sha);
         let prev_record_sha256 = hex(&stored.prev_hash);
-        let envelope = (entry.record_json)(stored).map_err(|e| CliError::storage(dir, e))?;
+        // An erased payload (its subject forgotten) is exported as such; the record bytes
+        // and hashes below are unchanged, so the line still proves the record.
+        let envelope = match journal.open_record(stored.clone()) {
+            Ok(opened) if erasure => {
+                let body: evershard_engine::crypto::Erasure =
+                    evershard_engine::model::codec::decode(&opened.payload).map_err(|e| {
+                        CliError::storage(
+                            dir,
+                            StorageError::Corrupt {
+                                stream: Some(stream.clone()),
+                                sequence: Some(sequence),
+                                cause: Corruption::Payload {
+                                    event_type: opened.event_type.as_str().into(),
+                                    event_version: opened.event_version.as_str().into(),
+                                    source: Box::new(e),
+                                },
+                            },
+                        )
+                    })?;
+                evershard_engine::repository::envelope(
+                    opened,
+                    serde_json::json!({ "key_id": body.key_id, "reason": body.reason }),
+                )
+            }
+            Ok(opened) => (entry.expect("known type").record_json)(opened)
+                .map_err(|e| CliError::storage(dir, e))?,
+            Err(StorageError::Erased { .. }) => evershard_engine::repository::envelope(
+                stored,
+                serde_json::json!({ "erased": true }),
+            ),
+            Err(e) => return Err(CliError::storage(dir, e)),
+        };
         let mut line = envelope_json(&envelope);
         line["record_sha256"] = record_sha256.into();
         line["prev_record_sha256"] = prev_record_sha256.into();

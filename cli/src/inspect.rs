@@ -67,9 +67,21 @@ pub(crate) fn history_json<'j, A: Aggregate>(
     journal: &'j Journal,
     stream: &'j StreamId,
 ) -> EnvelopesJson<'j> {
+    // An erased payload (its subject forgotten) is shown as such with the record's
+    // metadata, which stays readable; a missing key is an error.
     Box::new(
-        repository::read_events::<A>(journal, stream, 1, u64::MAX)
-            .map(|r| r.map(|envelope| envelope.map(|event| event.payload_json()))),
+        journal
+            .read_stream_sealed(stream, 1, u64::MAX)
+            .map(move |r| {
+                r.and_then(|sealed| match journal.open_record(sealed.clone()) {
+                    Ok(opened) => record_json::<A>(opened),
+                    Err(StorageError::Erased { .. }) => Ok(repository::envelope(
+                        sealed,
+                        serde_json::json!({ "erased": true }),
+                    )),
+                    Err(e) => Err(e),
+                })
+            }),
     )
 }
 
@@ -224,7 +236,8 @@ pub(crate) fn last_sequence_at(
     at: DateTime<Utc>,
 ) -> Result<u64, CliError> {
     let mut last = 0;
-    for record in journal.read_stream(stream, 1, u64::MAX) {
+    // Times are metadata: no payload is opened (no key needed).
+    for record in journal.read_stream_sealed(stream, 1, u64::MAX) {
         let record = record.map_err(|e| CliError::storage(journal.dir(), e))?;
         if record.timestamp <= at {
             last = record.sequence;

@@ -52,6 +52,10 @@ use std::path::PathBuf;
 pub struct CommandLine {
     #[command(subcommand)]
     pub command: Command,
+    /// The master key file (`ID HEX64` per line, the last one current) that opens encrypted
+    /// payloads for history, state, export and verify's replay. Integrity checks need none.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -498,6 +502,9 @@ pub fn run_with(
     out: &mut dyn Write,
 ) -> Result<Outcome, CliError> {
     store::install_panic_hook();
+    if let Some(path) = &cli.key_file {
+        store::use_key_file(path)?;
+    }
     match &cli.command {
         Command::Demo(args) => demo::run(args, out),
         Command::List(args) => inspect::list(registry, args, out),

@@ -3,6 +3,7 @@
 //! [`open_read_only`] (except `demo`, which runs an engine): replay never writes.
 
 use crate::error::CliError;
+use evershard_engine::crypto::{readable_by_others, FileKeyProvider, KeyProvider};
 use evershard_engine::{Journal, StreamId};
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -16,6 +17,21 @@ thread_local! {
 }
 
 static HOOK: Once = Once::new();
+
+/// The master keys of this run (`--key-file`), given to every journal [`open_read_only`]
+/// opens, so `history`, `state`, `export` and the replay of `verify` can open encrypted
+/// payloads. Integrity checks never need them.
+static KEY_PROVIDER: std::sync::OnceLock<std::sync::Arc<dyn KeyProvider>> =
+    std::sync::OnceLock::new();
+
+/// Reads the key file for this run. Its errors name the file and line, never a key.
+pub fn use_key_file(path: &Path) -> Result<(), CliError> {
+    let provider = FileKeyProvider::open(path)
+        .map_err(|e| CliError::InvalidArgument(format!("--key-file: {e}")))?;
+    // A second call (tests running several commands in one process) keeps the first.
+    let _ = KEY_PROVIDER.set(std::sync::Arc::new(provider));
+    Ok(())
+}
 
 /// Installs (once) a panic hook that is silent for panics [`guarded`] catches, says in one
 /// line when sled's own threads give up on damaged data (they are not ours to guard: sled
@@ -85,7 +101,19 @@ pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 /// errors.
 pub fn open_read_only(dir: &Path) -> Result<Journal, CliError> {
     match guarded(|| Journal::open_read_only(dir)) {
-        Ok(Ok(journal)) => Ok(journal),
+        Ok(Ok(journal)) => {
+            // Only for a store: a refusal stays one line.
+            if readable_by_others(dir) {
+                eprintln!(
+                    "warning: the store at {} is readable by other users (chmod -R go-rwx)",
+                    dir.display()
+                );
+            }
+            if let Some(provider) = KEY_PROVIDER.get() {
+                journal.set_key_provider(provider.clone());
+            }
+            Ok(journal)
+        }
         Ok(Err(e)) => Err(CliError::open(dir, e)),
         Err(message) => Err(CliError::Panicked {
             what: format!("opening {}", dir.display()),

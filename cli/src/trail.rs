@@ -122,7 +122,15 @@ pub fn history_all(
         let entry = reg.get(&record.aggregate_type);
         let known = entry.is_some();
         let envelope = match entry {
-            Some(entry) => (entry.record_json)(record).map_err(storage)?,
+            // An erased payload (its subject forgotten) shows as such; an encrypted one
+            // without the key is the typed refusal of `--key-file`.
+            Some(entry) => match journal.open_record(record.clone()) {
+                Ok(opened) => (entry.record_json)(opened).map_err(storage)?,
+                Err(StorageError::Erased { .. }) => {
+                    evershard_engine::repository::envelope(record, json!({ "erased": true }))
+                }
+                Err(e) => return Err(storage(e)),
+            },
             None => evershard_engine::repository::envelope(record, Value::Null),
         };
         if args.json {

@@ -706,6 +706,12 @@ pub(crate) fn snapshot_skip_message(reason: &SnapshotError, head: u64) -> (bool,
             ),
         ),
         SnapshotError::State(e) => (false, format!("snapshot state does not decode: {e}")),
+        SnapshotError::Sealed => (
+            true,
+            "snapshot is encrypted and was not opened (no key, or its subject was \
+             forgotten): not compared"
+                .into(),
+        ),
         damaged => (false, format!("snapshot is damaged: {damaged}")),
     }
 }

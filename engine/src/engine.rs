@@ -2,6 +2,8 @@
 
 use crate::audit::maintainer::Maintainer;
 use crate::audit::{AuditError, ConsistencyProof, InclusionProof, TreeHead};
+use crate::crypto::KeyProvider;
+use crate::error::ForgetError;
 use crate::error::{
     CheckpointError, CommandError, ConfigError, EngineError, InvalidRequest, StorageError,
     UnavailableReason,
@@ -52,7 +54,13 @@ pub struct EngineBuilder {
     timer_poll_ms: u64,
     idempotency_retention_ms: i64,
     guard_recoveries: HashMap<&'static str, GuardRecovery>,
+    sensitive: std::collections::HashSet<&'static str>,
+    key_provider: Option<Arc<dyn KeyProvider>>,
 }
+
+/// The aggregate types that are sensitive unless the builder says otherwise: health and
+/// financial data (docs/security.md).
+pub const DEFAULT_SENSITIVE_TYPES: [&str; 4] = ["Appointment", "Device", "Credit", "Payment"];
 
 /// Replays the recent events of a type into its guard at open.
 struct GuardRecovery(Box<RecoverFn>);
@@ -85,7 +93,11 @@ fn recover_guard<A: Aggregate>(
     let mut recent = Vec::new();
     for item in journal.read_global_rev() {
         let (_, stream, sequence) = item?;
-        let Some(record) = journal.read_stream(&stream, sequence, sequence).next() else {
+        // Sealed: the time is metadata; only the guard's own type is opened.
+        let Some(record) = journal
+            .read_stream_sealed(&stream, sequence, sequence)
+            .next()
+        else {
             continue;
         };
         let record = record?;
@@ -93,7 +105,13 @@ fn recover_guard<A: Aggregate>(
             break;
         }
         if stream.aggregate_type == A::TYPE && record.timestamp >= since {
-            recent.push(repository::decode_record::<A>(record)?);
+            match journal.open_record(record) {
+                Ok(opened) => recent.push(repository::decode_record::<A>(opened)?),
+                // A forgotten subject's events are not fed to the guard: nothing of them
+                // can be read any more.
+                Err(StorageError::Erased { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     for event in recent.iter().rev() {
@@ -156,7 +174,31 @@ impl EngineBuilder {
             timer_poll_ms: 1000,
             idempotency_retention_ms: 24 * 60 * 60 * 1000,
             guard_recoveries: HashMap::new(),
+            sensitive: DEFAULT_SENSITIVE_TYPES.into_iter().collect(),
+            key_provider: None,
         }
+    }
+
+    /// The provider of the master key that wraps the data keys of encryption at rest
+    /// (docs/security.md; [`crate::crypto::FileKeyProvider`] reads a key file). Without one,
+    /// nothing is encrypted: sensitive types are stored in plain and `open` logs a warning,
+    /// and payloads that an earlier run encrypted cannot be read. Default: none.
+    pub fn key_provider(mut self, provider: Arc<dyn KeyProvider>) -> Self {
+        self.key_provider = Some(provider);
+        self
+    }
+
+    /// Declares `A` sensitive (`true`: its event payloads and snapshots are encrypted at rest
+    /// with its data subject's key, see `Aggregate::data_subject`) or not. Default: sensitive
+    /// for the types in [`DEFAULT_SENSITIVE_TYPES`]. Records already stored keep the form
+    /// they were written in; both are always read.
+    pub fn sensitive<A: Aggregate>(mut self, on: bool) -> Self {
+        if on {
+            self.sensitive.insert(A::TYPE);
+        } else {
+            self.sensitive.remove(A::TYPE);
+        }
+        self
     }
 
     /// Registers an aggregate type. Each type gets its own shard actors.
@@ -314,6 +356,22 @@ impl EngineBuilder {
         let journal = tokio::task::spawn_blocking(move || JournalWriter::open(dir, journal_config))
             .await
             .map_err(actor_error)??;
+        // Before anything reads: the topic indexer and guard recovery open payloads too.
+        let registered: std::collections::HashSet<&'static str> =
+            self.types.iter().map(|(name, _)| *name).collect();
+        let sensitive: std::collections::HashSet<&'static str> = match &self.key_provider {
+            Some(provider) => {
+                journal.set_key_provider(provider.clone());
+                self.sensitive.intersection(&registered).copied().collect()
+            }
+            None => {
+                let plain: Vec<_> = self.sensitive.intersection(&registered).collect();
+                if !plain.is_empty() {
+                    tracing::warn!(types = ?plain, "no key provider: sensitive aggregate types are stored unencrypted (EngineBuilder::key_provider)");
+                }
+                Default::default()
+            }
+        };
         let topics = if self.topic_indexer {
             match start_topics(&journal, self.catalog).await {
                 Ok(topics) => Some(topics),
@@ -368,6 +426,7 @@ impl EngineBuilder {
             config: self.sharding,
             idempotency_retention_ms: self.idempotency_retention_ms,
             skipped_snapshots: Default::default(),
+            sensitive,
         });
         let fire: HashMap<&'static str, FireTimer> =
             self.types.iter().map(|(name, f)| (*name, f.1)).collect();
@@ -410,6 +469,7 @@ impl EngineBuilder {
                 timer_wake: Notify::new(),
                 timer_task: std::sync::Mutex::new(None),
                 key_locks: std::sync::Mutex::new(HashMap::new()),
+                key_admin: tokio::sync::Mutex::new(()),
             }),
         };
         // The scheduler holds only a weak handle, so dropping the last `Engine` still drops
@@ -608,6 +668,9 @@ struct Inner {
     /// Idempotency keys of commands in flight, per aggregate type: a second command with
     /// the same key waits for the first, then finds its result.
     key_locks: std::sync::Mutex<HashMap<KeyLock, Arc<tokio::sync::Mutex<()>>>>,
+    /// One erasure or master-key rotation at a time: a rotation must never re-wrap a data
+    /// key that an erasure is destroying.
+    key_admin: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Inner {
@@ -661,6 +724,80 @@ impl Drop for InflightGuard<'_> {
 impl Engine {
     pub fn builder(data_dir: impl Into<PathBuf>) -> EngineBuilder {
         EngineBuilder::new(data_dir)
+    }
+
+    /// Forgets a data subject (crypto-shredding, docs/security.md): destroys the subject's
+    /// data key in one atomic, durable batch that also appends an audited erasure event
+    /// (aggregate type [`crate::crypto::ERASURE_TYPE`], id the key id; `who` as its user id,
+    /// `why` in its payload, the time as its timestamp). From then on the subject's payloads
+    /// and snapshots cannot be read by anyone: reads answer [`StorageError::Erased`], its
+    /// aggregates [`CommandError::Erased`]. Their records stay, so `verify`, digests and
+    /// inclusion proofs are unchanged. The subject is the aggregate id, or what
+    /// `Aggregate::data_subject` names (Appointment: `patient:<uuid>`).
+    ///
+    /// Messages already read from topics or published to Kafka are beyond the store's reach.
+    pub async fn forget_subject(
+        &self,
+        subject: &str,
+        who: &str,
+        why: &str,
+    ) -> Result<crate::crypto::ErasureReceipt, ForgetError> {
+        let _inflight = self.enter().ok_or(ForgetError::ShuttingDown)?;
+        let _admin = self.inner.key_admin.lock().await;
+        let journal = &self.inner.journal;
+        let key_id = journal
+            .subject_key_id(subject)?
+            .ok_or(ForgetError::UnknownSubject)?;
+        let now = evershard_model::truncate_to_micros(self.inner.rt.clock.now());
+        let stream = StreamId::new(crate::crypto::ERASURE_TYPE, key_id.to_string());
+        let event = crate::journal::NewEvent {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: crate::crypto::ERASURE_EVENT_TYPE.into(),
+            event_version: "1.0".into(),
+            timestamp: now,
+            correlation_id: uuid::Uuid::new_v4(),
+            causation_id: None,
+            source: self.inner.source.clone(),
+            user_id: Some(who.to_owned()),
+            session_id: None,
+            audit_context: None,
+            payload: evershard_model::codec::encode(&crate::crypto::Erasure {
+                key_id,
+                reason: why.to_owned(),
+            }),
+        };
+        let mut request = crate::journal::AppendRequest::new(stream, 0, vec![event]);
+        request.erases = Some(key_id);
+        request.key_writes = crate::journal::keyring::Keyring::erasure_writes(
+            subject,
+            key_id,
+            now.timestamp_micros(),
+        );
+        let committed = journal.append(request).await?;
+        tracing::info!(%key_id, who, "data subject forgotten");
+        Ok(crate::crypto::ErasureReceipt {
+            key_id,
+            global_position: committed.records[0].global_position,
+            erased_at: now,
+        })
+    }
+
+    /// Re-wraps every data key under `provider`'s current master key, which becomes the
+    /// engine's provider; events and snapshots are not rewritten. `provider` must still hold
+    /// the master keys being rotated away (a [`crate::crypto::FileKeyProvider`] file with
+    /// the new key appended). Returns how many data keys were re-wrapped; once it returns,
+    /// the old master keys can be removed from the provider. Durable when it returns.
+    pub async fn rotate_master_key(
+        &self,
+        provider: Arc<dyn KeyProvider>,
+    ) -> Result<usize, StorageError> {
+        let _inflight = self.enter().ok_or(StorageError::Closed)?;
+        let _admin = self.inner.key_admin.lock().await;
+        let journal = self.inner.journal.clone();
+        journal.set_key_provider(provider);
+        tokio::task::spawn_blocking(move || journal.rewrap_data_keys())
+            .await
+            .map_err(|e| StorageError::Io(Arc::new(std::io::Error::other(e.to_string()))))?
     }
 
     /// The journal's read view: history, streams, global order, verification, statistics.

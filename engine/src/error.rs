@@ -103,6 +103,10 @@ pub enum Corruption {
     /// The record a test hook or an index points at does not exist.
     #[error("no such record")]
     MissingRecord,
+    /// An encrypted payload does not open with its data key: the ciphertext belongs to
+    /// another record, or its bytes were altered.
+    #[error("the encrypted payload does not open with its data key: moved from another record, or altered")]
+    Undecryptable,
     /// sled itself reports corruption of its files.
     #[error("sled reports corruption: {0}")]
     Sled(#[source] SledError),
@@ -139,6 +143,24 @@ pub enum StorageError {
         "a snapshot of {bytes} bytes exceeds {max}; not written (recovery replays the events)"
     )]
     SnapshotTooLarge { bytes: usize, max: usize },
+    /// The payload's data subject was forgotten (`Engine::forget_subject`): its data key is
+    /// destroyed and the payload can never be read again. The record's metadata stands and
+    /// the chain still verifies.
+    #[error("the payload of {stream} at sequence {sequence} is erased (its data key {key_id} was destroyed)")]
+    Erased {
+        stream: StreamId,
+        sequence: u64,
+        key_id: uuid::Uuid,
+    },
+    /// The payload is encrypted and its data key cannot be had: no master key configured,
+    /// or the wrong one (docs/security.md).
+    #[error("cannot open the payload{}{}: {source}", stream.as_ref().map(|s| format!(" of {s}")).unwrap_or_default(), sequence.map(|q| format!(" at sequence {q}")).unwrap_or_default())]
+    Key {
+        stream: Option<StreamId>,
+        sequence: Option<u64>,
+        #[source]
+        source: crate::crypto::KeyError,
+    },
 }
 
 impl StorageError {
@@ -464,6 +486,10 @@ pub enum CommandError<E: std::error::Error> {
     NotRegistered(&'static str),
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The aggregate's data subject was forgotten: its payloads are erased, so it has no
+    /// state to decide on. It refuses every command and state read, for good.
+    #[error("{stream} is erased: its data subject was forgotten")]
+    Erased { stream: StreamId },
     #[error(transparent)]
     Storage(StorageError),
 }
@@ -493,12 +519,18 @@ impl<E: std::error::Error> CommandError<E> {
                 actual,
             },
             AppendError::InvalidRequest(m) => CommandError::Invalid(m),
+            AppendError::Storage(StorageError::Erased { stream, .. }) => {
+                CommandError::Erased { stream }
+            }
             AppendError::Storage(s) => CommandError::Storage(s),
         }
     }
 
     pub(crate) fn from_load(e: LoadError) -> Self {
         match e {
+            LoadError::Storage(StorageError::Erased { stream, .. }) => {
+                CommandError::Erased { stream }
+            }
             LoadError::Storage(s) => CommandError::Storage(s),
             LoadError::InvariantViolated {
                 stream,
@@ -511,6 +543,24 @@ impl<E: std::error::Error> CommandError<E> {
             },
         }
     }
+}
+
+/// Why [`crate::Engine::forget_subject`] did not forget a subject.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ForgetError {
+    /// The store holds no data key for the subject: nothing of it was ever encrypted, or it
+    /// was forgotten already.
+    #[error(
+        "no data key for this subject: nothing of it is encrypted, or it was forgotten already"
+    )]
+    UnknownSubject,
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Append(#[from] AppendError),
 }
 
 /// An engine setting out of range.

@@ -21,6 +21,8 @@
 //! types appear nowhere in it.
 
 mod audit;
+/// Encryption at rest: key providers, master keys, erasure receipts (docs/security.md).
+pub mod crypto;
 mod engine;
 mod error;
 mod follower;
@@ -36,7 +38,7 @@ mod topics;
 
 // The entry type and its configuration.
 /// The running store and its builder.
-pub use engine::{Engine, EngineBuilder};
+pub use engine::{Engine, EngineBuilder, DEFAULT_SENSITIVE_TYPES};
 /// The aggregate model the engine runs (`Aggregate`, envelopes, codec, testing).
 pub use evershard_model as model;
 /// Engine-level checks of rules that span aggregate instances.
@@ -64,7 +66,7 @@ pub use saga::{
 pub use topics::{
     Consumer, ConsumerOptions, DeadLetter, DeadLetterReason, Handler, HandlerError, Health,
     Message, RetryPolicy, StartFrom, Subscription, SubscriptionOptions, TopicCatalog, TopicConfig,
-    TopicError, TopicInfo, TopicLog, TopicRoute, WireFormat, DLQ_TOPIC,
+    TopicError, TopicInfo, TopicLog, TopicPayloads, TopicRoute, WireFormat, DLQ_TOPIC,
 };
 
 /// Topic details: partitioning (Kafka's murmur2), limits, metrics and lag types, the
@@ -114,10 +116,13 @@ pub mod merkle {
 // Errors, one per operation, and the umbrella.
 pub use error::{
     AppendError, CheckpointError, CommandError, ConfigError, Corruption, EngineError, Error,
-    InvalidRequest, LoadError, OpenError, Result, SledError, StorageError, UnavailableReason,
+    ForgetError, InvalidRequest, LoadError, OpenError, Result, SledError, StorageError,
+    UnavailableReason,
 };
 
 // Reading the journal.
+/// How a record's payload is stored (plain, sealed, opened).
+pub use journal::AtRest;
 /// The journal's read view (from `Engine::journal` or `Journal::open_read_only`).
 pub use journal::Journal;
 /// Counts of the store (`Journal::stats`).

@@ -244,6 +244,85 @@ fn kafka_refuses_a_topic_with_another_partition_count() {
     });
 }
 
+/// tansu 0.6.0 listens on plain TCP without SASL, so a TLS or SASL handshake cannot succeed
+/// against it: what can be tested is that such a publisher fails visibly (an error, or a
+/// status with an error and nothing published, within a bound) and that neither the error
+/// nor the status nor `Debug` ever shows the credentials. A configuration that cannot work
+/// (SASL without a password) is refused before connecting.
+#[test]
+fn kafka_tls_and_sasl_against_a_plain_broker_fail_visibly_without_credentials() {
+    let Some(tansu) = tools("kafka_tls_and_sasl_against_a_plain_broker_fail_visibly") else {
+        return;
+    };
+    let broker = Broker::start(&tansu);
+    let rt = runtime();
+    const USER: &str = "alice-kafka-user";
+    const PASSWORD: &str = "s3cret-kafka-pw";
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::builder(dir.path())
+            .register::<Counter>()
+            .topic(TopicConfig::new(TOPIC))
+            .open()
+            .await
+            .unwrap();
+        for i in 0..3 {
+            engine
+                .execute::<Counter>(&format!("c-{i}"), CounterCommand::Add(1))
+                .await
+                .unwrap();
+        }
+        let refused = engine
+            .kafka_publisher(config(&broker.bootstrap()).sasl(
+                evershard_engine::SaslMechanism::Plain,
+                USER,
+                "",
+            ))
+            .await;
+        assert!(
+            matches!(refused, Err(KafkaError::Config { ref reason }) if reason.contains("password")),
+            "{refused:?}"
+        );
+        let secure = [
+            config(&broker.bootstrap()).sasl(evershard_engine::SaslMechanism::Plain, USER, PASSWORD),
+            config(&broker.bootstrap())
+                .sasl(evershard_engine::SaslMechanism::ScramSha256, USER, PASSWORD),
+            config(&broker.bootstrap()).ssl(true),
+        ];
+        for c in secure {
+            let protocol = c.security_protocol();
+            let shown = |text: String| {
+                assert!(
+                    !text.contains(USER) && !text.contains(PASSWORD),
+                    "{protocol}: credentials shown: {text}"
+                );
+            };
+            shown(format!("{c:?}"));
+            match engine.kafka_publisher(c).await {
+                Err(e) => shown(format!("{e} {e:?}")),
+                Ok(publisher) => {
+                    let mut status = publisher.status().unwrap();
+                    for _ in 0..600 {
+                        if status.last_error.is_some() || status.fatal.is_some() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        status = publisher.status().unwrap();
+                    }
+                    assert!(
+                        status.last_error.is_some() || status.fatal.is_some(),
+                        "{protocol}: no error reported within 60 s: {status:#?}"
+                    );
+                    assert_eq!(status.published, 0, "{protocol}: {status:#?}");
+                    shown(format!("{status:?}"));
+                    publisher.stop().await;
+                }
+            }
+        }
+        engine.shutdown().await.unwrap();
+    });
+}
+
 const CHILD_DIR: &str = "EVERSHARD_KAFKA_CHILD_DIR";
 const CHILD_BROKER: &str = "EVERSHARD_KAFKA_CHILD_BROKER";
 

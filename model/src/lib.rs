@@ -192,6 +192,15 @@ pub trait Aggregate: Send + Sync + 'static {
         None
     }
 
+    /// The data subject whose data key encrypts this aggregate's payloads and snapshots when
+    /// its type is declared sensitive (`EngineBuilder::sensitive`): forgetting the subject
+    /// (`Engine::forget_subject`) erases them. Called on the state after the command's
+    /// events are applied. Default `None`: the aggregate id is the subject. Appointment
+    /// names its patient, so forgetting a patient erases all of their appointments.
+    fn data_subject(_state: &Self::State) -> Option<String> {
+        None
+    }
+
     /// Decodes a stored payload. Override to upcast old `event_version`s of an event type; the
     /// default decodes the current shape and refuses any other major version.
     fn decode_event(

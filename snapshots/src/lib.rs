@@ -26,6 +26,11 @@ use evershard_model::codec;
 use serde::{de::DeserializeOwned, Serialize};
 
 pub const SNAPSHOT_FORMAT_V1: u8 = 1;
+/// A snapshot encrypted at rest (docs/security.md): `[0] = 2`, then the data key id (16
+/// bytes), a 24-byte nonce and the XChaCha20-Poly1305 ciphertext of a whole format-1 record,
+/// sealed with the stream and sequence as associated data. The engine opens it before
+/// [`select`]; this crate only names it.
+pub const SNAPSHOT_FORMAT_SEALED: u8 = 2;
 const HEADER_BYTES: usize = 17;
 
 /// "Every N events, keep the newest K".
@@ -87,6 +92,12 @@ pub enum SnapshotError {
     Truncated(usize),
     #[error("unknown snapshot format {0}")]
     UnknownFormat(u8),
+    /// The snapshot is encrypted and was not opened: its data key is erased, or no key
+    /// provider is configured. Recovery replays the events instead.
+    #[error(
+        "snapshot is encrypted and could not be opened (no key, or its subject was forgotten)"
+    )]
+    Sealed,
     #[error("snapshot CRC32C mismatch")]
     Checksum,
     #[error("snapshot schema version {found}, current is {current}")]
@@ -125,6 +136,9 @@ impl SnapshotRecord {
     pub fn decode(bytes: &[u8]) -> Result<SnapshotRecord, SnapshotError> {
         if bytes.len() < HEADER_BYTES {
             return Err(SnapshotError::Truncated(bytes.len()));
+        }
+        if bytes[0] == SNAPSHOT_FORMAT_SEALED {
+            return Err(SnapshotError::Sealed);
         }
         if bytes[0] != SNAPSHOT_FORMAT_V1 {
             return Err(SnapshotError::UnknownFormat(bytes[0]));

@@ -6,6 +6,7 @@
 //! far and only then acknowledges. Many actors' appends thus share one flush, and the CPU
 //! work of the next group overlaps the disk wait of the previous one.
 
+use super::keyring::SealingKey;
 use super::{
     failpoint, fault, keys, record, segments, Durability, JournalConfig, Record, Shared,
     StreamHead, StreamId,
@@ -62,6 +63,26 @@ pub struct AppendRequest {
     pub expected_version: u64,
     pub events: Vec<NewEvent>,
     pub extra_writes: Vec<WriteOp>,
+    /// The payloads are sealed with this data key, for sequences `expected_version + 1..`
+    /// (the aggregate type is sensitive: docs/security.md). The committer stores them
+    /// flagged encrypted, writes the key's entries while they are not yet durable, and
+    /// refuses the request if the key was erased.
+    pub(crate) seal: Option<Seal>,
+    /// This request records the erasure of this data key: from the moment the committer
+    /// takes it, no later request may seal with the key.
+    pub(crate) erases: Option<Uuid>,
+    /// Writes into the data-key keyspaces (an erasure's), which `validate` keeps callers from.
+    pub(crate) key_writes: Vec<WriteOp>,
+}
+
+/// The data key a request's payloads are sealed with.
+#[derive(Clone, Debug)]
+pub(crate) struct Seal(pub Arc<SealingKey>);
+
+impl PartialEq for Seal {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key.id == other.0.key.id
+    }
 }
 
 /// Events in one request at most.
@@ -74,6 +95,9 @@ impl AppendRequest {
             expected_version,
             events,
             extra_writes: Vec::new(),
+            seal: None,
+            erases: None,
+            key_writes: Vec::new(),
         }
     }
 
@@ -84,10 +108,15 @@ impl AppendRequest {
                 max: EVENTS_PER_APPEND_MAX,
             });
         }
+        // Sealing adds exactly its overhead to a payload of at most the limit.
+        let sealing = match self.seal {
+            Some(_) => crate::crypto::SEAL_OVERHEAD_BYTES,
+            None => 0,
+        };
         for event in &self.events {
-            if event.payload.len() > record::PAYLOAD_BYTES_MAX {
+            if event.payload.len() > record::PAYLOAD_BYTES_MAX + sealing {
                 return Err(InvalidRequest::PayloadTooLarge {
-                    bytes: event.payload.len(),
+                    bytes: event.payload.len().saturating_sub(sealing),
                     max: record::PAYLOAD_BYTES_MAX,
                 });
             }
@@ -577,6 +606,7 @@ impl Committer {
         let mut syncs = Vec::new();
         let mut any_writes = false;
         let mut shutdown = false;
+        let mut seals: Vec<Seal> = Vec::new();
 
         for job in group {
             let (request, reply) = match job {
@@ -615,11 +645,25 @@ impl Committer {
                 }));
                 continue;
             }
+            if let Some(Seal(key)) = &request.seal {
+                if self.shared.keyring.is_erased(key.key.id) {
+                    let _ = reply.send(Err(StorageError::Erased {
+                        stream: request.stream.clone(),
+                        sequence: head.sequence + 1,
+                        key_id: key.key.id,
+                    }
+                    .into()));
+                    continue;
+                }
+            }
+            if let Some(id) = request.erases {
+                self.shared.keyring.mark_erased(id);
+            }
             let mut prev = head;
             let mut records = Vec::with_capacity(request.events.len());
             for event in request.events {
                 let sequence = prev.sequence + 1;
-                let record = Record {
+                let mut record = Record {
                     sequence,
                     global_position: next_global,
                     timestamp: record::truncate_to_micros(event.timestamp),
@@ -635,8 +679,14 @@ impl Committer {
                     user_id: event.user_id,
                     session_id: event.session_id,
                     audit_context: event.audit_context,
+                    at_rest: record::AtRest::Plain,
                     payload: event.payload,
                 };
+                if request.seal.is_some() {
+                    // Sealed by the caller (off this one thread), for exactly this sequence:
+                    // the expected version checked above fixes it.
+                    record.at_rest = record::AtRest::Sealed;
+                }
                 let bytes = record.encode();
                 batch.insert(
                     keys::stream_key(keys::EVENTS, &request.stream, sequence),
@@ -650,7 +700,16 @@ impl Committer {
                 records.push(record);
                 any_writes = true;
             }
-            for op in request.extra_writes {
+            if let Some(seal) = request.seal {
+                for op in seal.0.pending_writes() {
+                    match op {
+                        WriteOp::Put { key, value } => batch.insert(key, value),
+                        WriteOp::Remove { key } => batch.remove(key),
+                    }
+                }
+                seals.push(seal);
+            }
+            for op in request.extra_writes.into_iter().chain(request.key_writes) {
                 match op {
                     WriteOp::Put { key, value } => batch.insert(key, value),
                     WriteOp::Remove { key } => batch.remove(key),
@@ -712,6 +771,11 @@ impl Committer {
                 }
                 return shutdown;
             }
+        }
+        // A new data key is in sled with the events it sealed: later batches need not carry
+        // it (a failed sync poisons the journal, so no later batch outlives a lost one).
+        for Seal(key) in seals {
+            key.mark_durable();
         }
         // The group is in sled: later groups build on these heads. If the sync below fails,
         // the journal is poisoned and no later group is written, so they never mislead.

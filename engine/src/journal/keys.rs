@@ -13,6 +13,7 @@
 //! h, m | "merkle-size"                                           -> Merkle tree nodes (see `merkle`)
 //! x | y | z, m | "topics-cursor"                                   -> topic index, topic configs, consumer offsets (see `topics`)
 //! k | publisher | topic | partition u32 BE                          -> a Kafka publisher's cursor (see `publisher`)
+//! d | key_id 16, D | subject_len u16 BE | subject                   -> wrapped data keys, subjects' keys (see `keyring`)
 //! ```
 //!
 //! Times in keys are microseconds since the epoch, an `i64` stored as `u64` with the sign bit
@@ -33,6 +34,10 @@ pub const IDEMPOTENCY: u8 = b'i';
 pub const TIMERS_BY_STREAM: u8 = b'T';
 /// Idempotency records in the order they were recorded, for the retention sweep.
 pub const IDEMPOTENCY_BY_TIME: u8 = b'I';
+/// Wrapped data keys of encryption at rest, by key id (see `keyring`).
+pub const DATA_KEYS: u8 = b'd';
+/// Each data subject's current data key id (see `keyring`).
+pub const DATA_SUBJECTS: u8 = b'D';
 
 /// An instant (microseconds since the epoch) as 8 bytes whose byte order is time order.
 pub fn time_key_part(micros: i64) -> [u8; 8] {

@@ -11,6 +11,7 @@ mod checkpoint;
 mod committer;
 pub(crate) mod failpoint;
 mod fault;
+pub(crate) mod keyring;
 pub(crate) mod keys;
 pub(crate) mod merkle;
 mod probe;
@@ -23,9 +24,10 @@ mod verify;
 
 // The writing types are public only with `fault-injection` (see lib.rs).
 pub use checkpoint::{CheckpointInfo, CheckpointMark};
+pub(crate) use committer::Seal;
 #[cfg_attr(not(feature = "fault-injection"), allow(unused_imports))]
 pub use committer::{AppendRequest, Committed, NewEvent, WriteOp, EVENTS_PER_APPEND_MAX};
-pub use record::{Record, RecordError};
+pub use record::{AtRest, Record, RecordError};
 pub use verify::{
     IssueKind, StreamVisitor, VerifyIssue, VerifyOptions, VerifyReport, VerifyScope,
     VisitorFactory, VERIFY_ISSUES_MAX,
@@ -109,6 +111,8 @@ struct Shared {
     /// A reader that could not open the store in place (another reader holds sled's lock, or
     /// the store cannot be written) reads a private copy here, removed when it is dropped.
     private_copy: Option<PathBuf>,
+    /// Encryption at rest: the key provider, the data keys in memory, erasures.
+    keyring: keyring::Keyring,
     /// Fault injection: while set, the syncer waits before each sync.
     #[cfg(feature = "fault-injection")]
     pub(crate) syncs_held: AtomicBool,
@@ -171,6 +175,7 @@ impl Shared {
             durable_moved: std::sync::Condvar::new(),
             writer_lock: Mutex::new(None),
             private_copy: None,
+            keyring: keyring::Keyring::default(),
             #[cfg(feature = "fault-injection")]
             syncs_held: AtomicBool::new(false),
             #[cfg(feature = "fault-injection")]
@@ -575,8 +580,14 @@ impl JournalWriter {
         // evershard store: sled would adopt anything (see `probe`).
         let found = probe::probe(&dir)?;
         create_dir_durably(&dir).map_err(io)?;
-        if matches!(found, probe::Probe::Missing | probe::Probe::Empty) {
+        let new_store = matches!(found, probe::Probe::Missing | probe::Probe::Empty);
+        if new_store {
+            // Private by default (docs/security.md): the directory before sled creates
+            // anything in it, its files right after.
+            set_mode(&dir, 0o700).map_err(io)?;
             probe::write_marker(&dir, !fault::skip(fault::Sync::Dir)).map_err(io)?;
+        } else {
+            crate::crypto::warn_if_readable_by_others(&dir, "the store directory");
         }
         sync_before_recovery(&dir).map_err(io)?;
         let flush_every_ms = match config.durability {
@@ -622,6 +633,9 @@ impl JournalWriter {
             }
         };
         sync_recovered_names(&dir).map_err(io)?;
+        if new_store {
+            make_files_private(&dir).map_err(io)?;
+        }
         let sled_err = |e: sled::Error| OpenError::storage(&dir, e);
         let meta_key = meta_format_key();
         match db.get(&meta_key).map_err(sled_err)? {
@@ -793,6 +807,44 @@ impl JournalWriter {
         failpoint::check(failpoint::SNAPSHOT_WRITE)?;
         self.shared.db()?.insert(key, bytes)?;
         Ok(())
+    }
+
+    /// Re-wraps every data key under the provider's current master key, durably; returns
+    /// how many it re-wrapped. Passes repeat (at most 3) until one finds nothing left, so a
+    /// key first written during a pass is re-wrapped too.
+    pub(crate) fn rewrap_data_keys(&self) -> Result<usize, StorageError> {
+        let mut total = 0;
+        for _ in 0..3 {
+            let db = self.shared.db()?;
+            let (writes, count) = self
+                .shared
+                .keyring
+                .rewrap_writes(&db)
+                .map_err(|e| match e {
+                    keyring::KeyLookup::Storage(s) => s,
+                    keyring::KeyLookup::Key(source) => StorageError::Key {
+                        stream: None,
+                        sequence: None,
+                        source,
+                    },
+                    keyring::KeyLookup::Erased => unreachable!("rewrap skips erased keys"),
+                })?;
+            if count == 0 {
+                break;
+            }
+            let mut batch = sled::Batch::default();
+            for op in writes {
+                match op {
+                    WriteOp::Put { key, value } => batch.insert(key, value),
+                    WriteOp::Remove { key } => batch.remove(key),
+                }
+            }
+            self.shared.check_writable()?;
+            db.apply_batch(batch)?;
+            self.sync()?;
+            total += count;
+        }
+        Ok(total)
     }
 
     /// Removes up to `limit` idempotency records recorded before `before_micros`, oldest
@@ -1076,7 +1128,26 @@ impl Journal {
     /// its checks — including the hash chain: each record's `prev_hash` must be the SHA-256 of
     /// the stored record before it (for the first one read, the record at `from - 1`) — is
     /// returned as [`StorageError::Corrupt`] naming the stream and sequence.
+    ///
+    /// Encrypted payloads are opened (decrypted): a payload whose data key was destroyed is
+    /// [`StorageError::Erased`], one whose key cannot be had [`StorageError::Key`]; the
+    /// iterator goes on after either. [`read_stream_sealed`](Self::read_stream_sealed) leaves
+    /// them sealed.
     pub fn read_stream(&self, stream: &StreamId, from: u64, to: u64) -> Reads<'_, Record> {
+        let db = match self.shared.db() {
+            Ok(db) => db,
+            Err(e) => return failed(e),
+        };
+        reads(
+            self.read_stream_sealed(stream, from, to).map(move |r| {
+                r.and_then(|mut record| self.open_in(&db, &mut record).map(|()| record))
+            }),
+        )
+    }
+
+    /// [`read_stream`](Self::read_stream) without opening encrypted payloads: each record as
+    /// stored (encrypted payloads stay [`AtRest::Sealed`]). Needs no key.
+    pub fn read_stream_sealed(&self, stream: &StreamId, from: u64, to: u64) -> Reads<'_, Record> {
         let from = from.max(1);
         let db = match self.shared.db() {
             Ok(db) => db,
@@ -1111,6 +1182,182 @@ impl Journal {
             prev = Some((sequence, record::hash(&value)));
             Ok(record)
         }))
+    }
+
+    /// Sets the key provider that opens encrypted payloads (and, for an engine's journal,
+    /// wraps new data keys). A read-only journal (the CLI) takes one to read payloads;
+    /// integrity checks never need it.
+    pub fn set_key_provider(&self, provider: Arc<dyn crate::crypto::KeyProvider>) {
+        self.shared.keyring.set_provider(provider);
+    }
+
+    /// True when a key provider is set.
+    pub fn has_key_provider(&self) -> bool {
+        self.shared.keyring.has_provider()
+    }
+
+    pub(crate) fn keyring(&self) -> &keyring::Keyring {
+        &self.shared.keyring
+    }
+
+    /// The key that seals `subject`'s new payloads.
+    pub(crate) fn sealing_key(
+        &self,
+        subject: &str,
+    ) -> Result<Arc<keyring::SealingKey>, StorageError> {
+        let db = self.shared.db()?;
+        self.shared
+            .keyring
+            .sealing_key(&db, subject)
+            .map_err(|e| match e {
+                keyring::KeyLookup::Storage(s) => s,
+                keyring::KeyLookup::Key(source) => StorageError::Key {
+                    stream: None,
+                    sequence: None,
+                    source,
+                },
+                keyring::KeyLookup::Erased => StorageError::Key {
+                    stream: None,
+                    sequence: None,
+                    source: crate::crypto::KeyError::Provider {
+                        reason: "the subject's key was erased while it was being read".into(),
+                    },
+                },
+            })
+    }
+
+    /// The data key id of `subject`, if it has one.
+    pub(crate) fn subject_key_id(&self, subject: &str) -> Result<Option<uuid::Uuid>, StorageError> {
+        self.shared
+            .keyring
+            .subject_key_id(&self.shared.db()?, subject)
+    }
+
+    /// Opens (decrypts) the payload of a record as stored; a record stored in plain is
+    /// returned as it is. See [`read_stream`](Self::read_stream) for the errors.
+    pub fn open_record(&self, record: Record) -> Result<Record, StorageError> {
+        if record.at_rest != record::AtRest::Sealed {
+            return Ok(record);
+        }
+        let mut record = record;
+        self.open_in(&self.shared.db()?, &mut record)?;
+        Ok(record)
+    }
+
+    /// Opens `record`'s payload in place; on an error it is left as it was.
+    pub(crate) fn open_in(&self, db: &sled::Db, record: &mut Record) -> Result<(), StorageError> {
+        if record.at_rest != record::AtRest::Sealed {
+            return Ok(());
+        }
+        let key = self.key_of(
+            db,
+            &record.aggregate_type,
+            &record.aggregate_id,
+            record.sequence,
+            &record.payload,
+        )?;
+        // Opened in place (no second buffer): on a failed tag the record is refused anyway.
+        let mut payload = std::mem::take(&mut record.payload);
+        let aad = crate::crypto::record_aad(
+            &record.aggregate_type,
+            &record.aggregate_id,
+            record.sequence,
+        );
+        if key.open_in_place(&mut payload, &aad).is_err() {
+            let stream = StreamId::new(record.aggregate_type.clone(), record.aggregate_id.clone());
+            return Err(StorageError::corrupt(
+                &stream,
+                record.sequence,
+                Corruption::Undecryptable,
+            ));
+        }
+        record.payload = payload;
+        record.at_rest = record::AtRest::Opened;
+        Ok(())
+    }
+
+    /// The plain bytes of a sealed payload stored at `(aggregate_type, aggregate_id,
+    /// sequence)` (for readers of [`record::RecordView`]s, such as `verify`'s replay).
+    pub fn open_payload(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: u64,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, StorageError> {
+        let key = self.key_of(
+            &self.shared.db()?,
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            sealed,
+        )?;
+        let aad = crate::crypto::record_aad(aggregate_type, aggregate_id, sequence);
+        key.open(sealed, &aad).map_err(|_| {
+            let stream = StreamId::new(aggregate_type, aggregate_id);
+            StorageError::corrupt(&stream, sequence, Corruption::Undecryptable)
+        })
+    }
+
+    /// The data key a sealed payload stored at `(aggregate_type, aggregate_id, sequence)`
+    /// names, or why it cannot be had (erased, no or the wrong master key).
+    fn key_of(
+        &self,
+        db: &sled::Db,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: u64,
+        sealed: &[u8],
+    ) -> Result<crate::crypto::DataKey, StorageError> {
+        let stream = || StreamId::new(aggregate_type, aggregate_id);
+        let Some(key_id) = crate::crypto::sealed_key_id(sealed) else {
+            return Err(StorageError::corrupt(
+                &stream(),
+                sequence,
+                Corruption::Undecryptable,
+            ));
+        };
+        let key = match self.shared.keyring.data_key(db, key_id) {
+            Ok(key) => key,
+            Err(keyring::KeyLookup::Erased) => {
+                return Err(StorageError::Erased {
+                    stream: stream(),
+                    sequence,
+                    key_id,
+                })
+            }
+            Err(keyring::KeyLookup::Key(source)) => {
+                return Err(StorageError::Key {
+                    stream: Some(stream()),
+                    sequence: Some(sequence),
+                    source,
+                })
+            }
+            Err(keyring::KeyLookup::Storage(e)) => return Err(e),
+        };
+        Ok(key)
+    }
+
+    /// Opens a stored snapshot's bytes: a sealed snapshot (format
+    /// [`evershard_snapshots::SNAPSHOT_FORMAT_SEALED`]) becomes the plain record it holds;
+    /// one that cannot be opened (no key, erased, altered) is returned sealed, which
+    /// recovery skips with a reason and `verify` reports as not checked.
+    pub fn open_snapshot(&self, stream: &StreamId, sequence: u64, bytes: Vec<u8>) -> Vec<u8> {
+        if bytes.first() != Some(&evershard_snapshots::SNAPSHOT_FORMAT_SEALED) {
+            return bytes;
+        }
+        let Ok(db) = self.shared.db() else {
+            return bytes;
+        };
+        let Some(key_id) = crate::crypto::sealed_key_id(&bytes[1..]) else {
+            return bytes;
+        };
+        let Ok(key) = self.shared.keyring.data_key(&db, key_id) else {
+            return bytes;
+        };
+        let aad =
+            crate::crypto::snapshot_aad(&stream.aggregate_type, &stream.aggregate_id, sequence);
+        key.open(&bytes[1..], &aad).unwrap_or(bytes)
     }
 
     /// Where a stream's timer is (its deadline, microseconds), read from its reverse entry.
@@ -1614,6 +1861,37 @@ fn read_head(db: &sled::Db, stream: &StreamId) -> Result<StreamHead, StorageErro
             })
         }
     }
+}
+
+/// Sets a path's permission bits (Unix; elsewhere nothing to do).
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, mode);
+        Ok(())
+    }
+}
+
+/// Every file under a new store 0600 and every directory 0700. Files sled creates later
+/// (its snapshot files, blobs) get the process umask, inside a directory no one else can
+/// enter.
+fn make_files_private(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            set_mode(&path, 0o700)?;
+            make_files_private(&path)?;
+        } else if entry.file_type()?.is_file() {
+            set_mode(&path, 0o600)?;
+        }
+    }
+    Ok(())
 }
 
 /// The highest committed global position (0 for an empty store).

@@ -29,6 +29,13 @@
 //!        ip_address (u16 length + text), user_agent (u16 length + UTF-8),
 //!        compliance flag count u16, then each flag as u16 length + UTF-8
 //! ```
+//!
+//! Flag bit 4 (either format) marks a payload **encrypted at rest** (docs/security.md): the
+//! payload bytes are then `data key id 16 | nonce 24 | XChaCha20-Poly1305 ciphertext + tag`,
+//! sealed with the record's identity (type, id, sequence) as associated data. The CRC, the
+//! hash chain and the Merkle leaves cover these stored bytes, so integrity is checked
+//! without any key. A binary older than this flag refuses such a record ("unknown flag
+//! bits") rather than mistake ciphertext for a payload.
 
 use chrono::{DateTime, TimeZone, Utc};
 use evershard_model::AuditContext;
@@ -42,8 +49,10 @@ const FLAG_CAUSATION: u8 = 1;
 const FLAG_USER: u8 = 1 << 1;
 const FLAG_SESSION: u8 = 1 << 2;
 const FLAG_AUDIT: u8 = 1 << 3;
+const FLAG_ENCRYPTED: u8 = 1 << 4;
 pub const HEADER_BYTES: usize = 110;
-/// A payload's size at most. A record must stay within the journal's value bound
+/// A payload's size at most (before encryption, which adds
+/// [`crate::crypto::SEAL_OVERHEAD_BYTES`]). A record must stay within the journal's value bound
 /// (`segments::VALUE_BYTES_MAX`, checked against [`RECORD_BYTES_MAX`] at compile time), which
 /// keeps sled from writing it, or a tree node holding it, to a separate `blobs/` file.
 /// 64 KiB leaves room for the header and strings.
@@ -53,8 +62,8 @@ pub const RECORD_STRING_BYTES_MAX: usize = 8 * 1024;
 /// The longest text of an IP address (`IpAddr`'s `Display`: 39 for IPv6, rounded up to
 /// `INET6_ADDRSTRLEN` less its NUL).
 const IP_TEXT_BYTES_MAX: usize = 45;
-/// A record's bytes at most, every field at its limit (format 2 with an audit context). A
-/// test encodes such a record and compares.
+/// A record's bytes at most, every field at its limit (format 2 with an audit context and an
+/// encrypted payload). A test encodes such a record and compares.
 pub const RECORD_BYTES_MAX: usize = {
     // A string: its u16 length, then its bytes.
     const fn string(max: usize) -> usize {
@@ -74,10 +83,32 @@ pub const RECORD_BYTES_MAX: usize = {
         + 2
         + AuditContext::COMPLIANCE_FLAGS_MAX * string(AuditContext::COMPLIANCE_FLAG_BYTES_MAX)
         + 4
+        // the payload, sealed (an encrypted payload is the larger)
         + PAYLOAD_BYTES_MAX
+        + crate::crypto::SEAL_OVERHEAD_BYTES
 };
 pub type Hash = [u8; 32];
 pub const ZERO_HASH: Hash = [0; 32];
+
+/// How a record's payload is stored, and what `Record::payload` holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AtRest {
+    /// Stored in plain; `payload` is the codec bytes.
+    #[default]
+    Plain,
+    /// Stored encrypted; `payload` is the sealed bytes (key id, nonce, ciphertext): not
+    /// opened, because it was not asked for, no key is at hand, or the subject was forgotten.
+    Sealed,
+    /// Stored encrypted; `payload` is the opened codec bytes.
+    Opened,
+}
+
+impl AtRest {
+    /// Stored encrypted (sealed or opened).
+    pub fn is_encrypted(self) -> bool {
+        self != AtRest::Plain
+    }
+}
 
 /// A decoded event record with its raw payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +130,10 @@ pub struct Record {
     pub session_id: Option<Uuid>,
     /// Format 2 only.
     pub audit_context: Option<AuditContext>,
+    /// Whether the payload is stored encrypted (flag bit 4) and, if so, whether `payload`
+    /// holds the sealed bytes (right after `decode`) or the opened ones (the journal's
+    /// reads, see `Journal::read_stream`).
+    pub at_rest: AtRest,
     pub payload: Vec<u8>,
 }
 
@@ -190,7 +225,11 @@ impl Record {
 
     pub fn encode(&self) -> Vec<u8> {
         assert!(self.sequence >= 1, "sequences start at 1");
-        assert!(self.payload.len() <= PAYLOAD_BYTES_MAX);
+        assert!(self.payload.len() <= PAYLOAD_BYTES_MAX + crate::crypto::SEAL_OVERHEAD_BYTES);
+        assert!(
+            self.at_rest != AtRest::Opened,
+            "an opened payload is never stored: seal it first"
+        );
         let mut out = Vec::with_capacity(HEADER_BYTES + 64 + self.payload.len());
         out.push(self.format());
         out.extend_from_slice(&[0; 4]);
@@ -203,7 +242,8 @@ impl Record {
         let flags = flag(self.causation_id.is_some(), FLAG_CAUSATION)
             | flag(self.user_id.is_some(), FLAG_USER)
             | flag(self.session_id.is_some(), FLAG_SESSION)
-            | flag(self.audit_context.is_some(), FLAG_AUDIT);
+            | flag(self.audit_context.is_some(), FLAG_AUDIT)
+            | flag(self.at_rest.is_encrypted(), FLAG_ENCRYPTED);
         out.push(flags);
         out.extend_from_slice(self.causation_id.unwrap_or(Uuid::nil()).as_bytes());
         out.extend_from_slice(&self.prev_hash);
@@ -263,8 +303,8 @@ impl Record {
             .ok_or(RecordError::Malformed("timestamp out of range"))?;
         let flags = bytes[61];
         let known = match format {
-            RECORD_FORMAT_V1 => FLAG_CAUSATION | FLAG_USER,
-            _ => FLAG_CAUSATION | FLAG_USER | FLAG_SESSION | FLAG_AUDIT,
+            RECORD_FORMAT_V1 => FLAG_CAUSATION | FLAG_USER | FLAG_ENCRYPTED,
+            _ => FLAG_CAUSATION | FLAG_USER | FLAG_SESSION | FLAG_AUDIT | FLAG_ENCRYPTED,
         };
         if flags & !known != 0 {
             return Err(RecordError::Malformed("unknown flag bits"));
@@ -353,6 +393,11 @@ impl Record {
             user_id: (flags & FLAG_USER != 0).then_some(user_id),
             session_id,
             audit_context,
+            at_rest: if flags & FLAG_ENCRYPTED != 0 {
+                AtRest::Sealed
+            } else {
+                AtRest::Plain
+            },
             payload: payload.to_vec(),
         })
     }
@@ -369,8 +414,11 @@ pub struct RecordView<'a> {
     pub aggregate_id: &'a str,
     pub event_type: &'a str,
     pub event_version: &'a str,
-    /// The payload's bytes (`evershard_model::codec`), not decoded.
+    /// The payload's bytes (`evershard_model::codec`, or sealed when `encrypted`), not
+    /// decoded.
     pub payload: &'a [u8],
+    /// The payload is encrypted at rest (flag bit 4).
+    pub encrypted: bool,
 }
 
 /// The global position and timestamp (microseconds) of a record, read from its header
@@ -411,7 +459,9 @@ impl<'a> RecordView<'a> {
         if Utc.timestamp_micros(micros).single().is_none() {
             return Err(RecordError::Malformed("timestamp out of range"));
         }
-        if bytes[0] == RECORD_FORMAT_V1 && bytes[61] & !(FLAG_CAUSATION | FLAG_USER) != 0 {
+        if bytes[0] == RECORD_FORMAT_V1
+            && bytes[61] & !(FLAG_CAUSATION | FLAG_USER | FLAG_ENCRYPTED) != 0
+        {
             return Err(RecordError::Malformed("unknown flag bits"));
         }
         let mut cursor = HEADER_BYTES;
@@ -434,6 +484,7 @@ impl<'a> RecordView<'a> {
             event_type: strings[2],
             event_version: strings[3],
             payload,
+            encrypted: bytes[61] & FLAG_ENCRYPTED != 0,
         })
     }
 }
@@ -459,6 +510,7 @@ mod tests {
             user_id: None,
             session_id: None,
             audit_context: None,
+            at_rest: AtRest::Plain,
             payload: vec![1, 2, 3],
         }
     }
@@ -482,7 +534,8 @@ mod tests {
             audit = audit.compliance_flag(long(AuditContext::COMPLIANCE_FLAG_BYTES_MAX));
         }
         record.audit_context = Some(audit);
-        record.payload = vec![9; PAYLOAD_BYTES_MAX];
+        record.at_rest = AtRest::Sealed;
+        record.payload = vec![9; PAYLOAD_BYTES_MAX + crate::crypto::SEAL_OVERHEAD_BYTES];
         let ip_text = 39;
         assert_eq!(
             record.encode().len(),
@@ -553,7 +606,16 @@ mod tests {
 
     #[test]
     fn round_trips_and_detects_every_flipped_byte() {
-        for r in [sample(), audited()] {
+        let sealed = Record {
+            at_rest: AtRest::Sealed,
+            payload: vec![9; crate::crypto::SEAL_OVERHEAD_BYTES + 3],
+            ..sample()
+        };
+        let sealed_v2 = Record {
+            at_rest: AtRest::Sealed,
+            ..audited()
+        };
+        for r in [sample(), audited(), sealed, sealed_v2] {
             round_trips_and_detects_every_flipped_byte_of(r);
         }
     }

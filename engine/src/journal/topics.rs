@@ -246,7 +246,15 @@ impl Journal {
         let mut out = Vec::with_capacity(count as usize);
         for (i, entry) in db.range(start..=end).enumerate() {
             let (_, value) = entry?;
-            out.push(super::decode_checked(stream, first + i as u64, &value)?);
+            let mut record = super::decode_checked(stream, first + i as u64, &value)?;
+            // An erased payload stays sealed: the message is still there (offsets never
+            // move), rendered with its payload marked erased. A missing or wrong key is an
+            // error: nothing is published half-read.
+            match self.open_in(&db, &mut record) {
+                Ok(()) | Err(StorageError::Erased { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            out.push(record);
         }
         if out.len() != count as usize {
             return Err(StorageError::corrupt(

@@ -233,6 +233,19 @@ impl KafkaConfig {
             if sasl.username.is_empty() {
                 return Err("SASL needs a username".into());
             }
+            if sasl.password.is_empty() {
+                return Err("SASL needs a password".into());
+            }
+        }
+        if let Some(ca) = &self.ssl_ca_location {
+            // A CA file with TLS off would be silently ignored: the connection would go out
+            // in plain text while the operator believes it is verified.
+            if !self.ssl {
+                return Err("ssl_ca_location is set but ssl is off".into());
+            }
+            if !std::path::Path::new(ca).exists() {
+                return Err(format!("ssl_ca_location {ca:?} does not exist"));
+            }
         }
         Ok(())
     }
@@ -319,5 +332,40 @@ mod tests {
             Some(SaslMechanism::ScramSha256)
         );
         assert_eq!(KafkaConfig::new("b").security_protocol(), "plaintext");
+    }
+
+    #[test]
+    fn tls_and_sasl_misconfigurations_are_refused_before_connecting_without_echoing_secrets() {
+        let base = || KafkaConfig::new("b1:9092");
+        assert_eq!(
+            base()
+                .sasl(SaslMechanism::Plain, "alice-user", "")
+                .validate(),
+            Err("SASL needs a password".into())
+        );
+        assert_eq!(
+            base()
+                .sasl(SaslMechanism::Plain, "", "s3cret-pw")
+                .validate(),
+            Err("SASL needs a username".into())
+        );
+        let mut ca_without_tls = base();
+        ca_without_tls.ssl_ca_location = Some("/etc/ssl/certs".into());
+        assert_eq!(
+            ca_without_tls.validate(),
+            Err("ssl_ca_location is set but ssl is off".into())
+        );
+        let mut missing_ca = base().ssl(true);
+        missing_ca.ssl_ca_location = Some("/nonexistent/ca.pem".into());
+        assert!(missing_ca
+            .validate()
+            .unwrap_err()
+            .contains("does not exist"));
+        let good = base()
+            .ssl(true)
+            .sasl(SaslMechanism::ScramSha256, "alice-user", "s3cret-pw");
+        assert_eq!(good.validate(), Ok(()));
+        let props = format!("{:?}", good);
+        assert!(!props.contains("s3cret-pw") && !props.contains("alice-user"));
     }
 }

@@ -2,8 +2,9 @@
 //! one is cheap and recoveries of different aggregates run in parallel.
 
 use super::Runtime;
+use crate::crypto::DataKey;
 use crate::error::{CommandError, LoadError};
-use crate::journal::{keys, AppendRequest, NewEvent, StreamId, WriteOp};
+use crate::journal::{keys, AppendRequest, NewEvent, Seal, StreamId, WriteOp};
 use crate::recovery as repository;
 use crate::snapshots::SnapshotJob;
 use evershard_model::{Aggregate, DecideContext, DomainEvent, EventEnvelope, Metadata};
@@ -118,6 +119,9 @@ pub(crate) struct EntityState<A: Aggregate> {
     /// The deadline (microseconds) of this aggregate's stored timer entry, read with the
     /// state: what a commit must move or remove.
     timer: Option<i64>,
+    /// The keyring's erasure epoch when the state was loaded: after a subject is forgotten
+    /// every entity reloads once, and one whose payloads were erased meets the erasure.
+    epoch: u64,
 }
 
 /// The writes that move a stream's timer entry from `old` to `new` (none when equal): the
@@ -198,7 +202,14 @@ impl<A: Aggregate> EntityState<A> {
     /// Refuses once the state broke an invariant; recovers the state when it is not loaded.
     fn ensure_loaded(&mut self) -> Result<(), CommandError<A::Error>> {
         let stream = &self.args.stream;
+        let epoch = self.args.rt.journal.keyring().epoch();
+        if epoch != self.epoch {
+            self.loaded = None;
+        }
         if self.loaded.is_none() {
+            // Taken before loading: an erasure during the load makes the next message
+            // reload again.
+            self.epoch = epoch;
             // A violation leaves the state unloaded, so every later message comes here.
             if let Some(violation) = self.args.violations.get(&stream.aggregate_id) {
                 return Err(violation.error(stream.clone()));
@@ -397,7 +408,36 @@ impl<A: Aggregate> EntityState<A> {
                 payload: A::encode_event(event),
             })
             .collect();
+        // A sensitive type's payloads are sealed with its data subject's key (the subject
+        // named by the state the events lead to).
+        let seal = if rt.sensitive.contains(A::TYPE) {
+            let subject =
+                A::data_subject(state).unwrap_or_else(|| self.args.stream.aggregate_id.clone());
+            match rt.journal.sealing_key(&subject) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    self.loaded = None;
+                    return Err(CommandError::Storage(e));
+                }
+            }
+        } else {
+            None
+        };
+        let mut new_events: Vec<NewEvent> = new_events;
+        if let Some(key) = &seal {
+            // Sealed here, in parallel across aggregates, not on the committer's one
+            // thread; each event's sequence follows the version it was decided on.
+            for (i, event) in new_events.iter_mut().enumerate() {
+                let aad = crate::crypto::record_aad(
+                    A::TYPE,
+                    &self.args.stream.aggregate_id,
+                    version + 1 + i as u64,
+                );
+                event.payload = key.key.seal(&event.payload, &aad);
+            }
+        }
         let mut request = AppendRequest::new(self.args.stream.clone(), version, new_events);
+        request.seal = seal.clone().map(Seal);
         request.extra_writes = timer_ops(&self.args.stream, self.timer, next_timer);
         if let Some(claim) = &claim {
             let record = keys::IdempotencyRecord {
@@ -433,7 +473,7 @@ impl<A: Aggregate> EntityState<A> {
         // in-memory copy, which the next command rebuilds from the journal (and meets the
         // same panic, as a storage error, if `apply` itself is broken).
         match apply_panic {
-            None => self.after_commit(version, committed.version),
+            None => self.after_commit(version, committed.version, seal.map(|k| k.key.clone())),
             Some(message) => {
                 self.loaded = None;
                 tracing::error!(stream = %self.args.stream, %message, "apply panicked; the events are committed, the state will be recovered");
@@ -452,7 +492,7 @@ impl<A: Aggregate> EntityState<A> {
     /// After the commit of events already applied to the in-memory state: checks the
     /// invariants and hands a snapshot to the writer when one is due. Never fails the
     /// command: the events stand.
-    fn after_commit(&mut self, version: u64, new_version: u64) {
+    fn after_commit(&mut self, version: u64, new_version: u64, seal: Option<DataKey>) {
         let rt = self.args.rt.clone();
         let stream = &self.args.stream;
         let loaded = &mut self.loaded;
@@ -462,15 +502,25 @@ impl<A: Aggregate> EntityState<A> {
             *loaded_version = new_version;
             if rt.snapshot_policy.is_due(version, new_version) {
                 let snapshot_state = state.clone();
+                let sealed_stream = stream.clone();
                 rt.snapshotter.submit(SnapshotJob {
                     stream: stream.clone(),
                     sequence: new_version,
                     encode: Box::new(move || {
-                        SnapshotRecord::encode_state(
+                        let plain = SnapshotRecord::encode_state(
                             A::STATE_SCHEMA_VERSION,
                             new_version,
                             &snapshot_state,
-                        )
+                        );
+                        match &seal {
+                            None => plain,
+                            Some(key) => crate::crypto::seal_snapshot(
+                                key,
+                                &sealed_stream,
+                                new_version,
+                                &plain,
+                            ),
+                        }
                     }),
                 });
             }
@@ -513,6 +563,7 @@ impl<A: Aggregate> Actor for EntityActor<A> {
             args,
             loaded: None,
             timer: None,
+            epoch: 0,
         })
     }
 

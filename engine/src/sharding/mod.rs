@@ -63,6 +63,9 @@ pub(crate) struct Runtime {
     /// Snapshots recovery skipped since the engine opened, newest last, at most
     /// [`SKIPPED_SNAPSHOTS_KEPT_MAX`] (see [`crate::Engine::skipped_snapshots`]).
     pub skipped_snapshots: std::sync::Mutex<std::collections::VecDeque<SkippedSnapshot>>,
+    /// The aggregate types whose payloads and snapshots are encrypted at rest (empty
+    /// without a key provider).
+    pub sensitive: std::collections::HashSet<&'static str>,
 }
 
 /// Skipped-snapshot warnings an engine keeps in memory; older ones are only in the log.

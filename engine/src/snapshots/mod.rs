@@ -59,6 +59,9 @@ pub(crate) fn recovery_start<A: Aggregate>(
     let candidates: Vec<_> = candidates
         .into_iter()
         .filter(|(seq, _)| *seq <= target)
+        // Sealed snapshots are opened here; one that cannot be (erased, no key) stays
+        // sealed and is skipped below with its reason.
+        .map(|(seq, bytes)| (seq, journal.open_snapshot(stream, seq, bytes)))
         .collect();
     let selection = select::<A::State>(&candidates, A::STATE_SCHEMA_VERSION, head);
     let fallback = selection.chosen.as_ref().map(|(seq, _)| *seq);

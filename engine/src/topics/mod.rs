@@ -106,6 +106,23 @@ pub struct TopicConfig {
     pub partitions: u32,
     /// Default: [`WireFormat::for_topic`].
     pub format: WireFormat,
+    /// What this topic's messages carry of payloads encrypted at rest. Default
+    /// [`TopicPayloads::Decrypted`]. Not stored: it applies when messages are read.
+    pub payloads: TopicPayloads,
+}
+
+/// What a topic's messages carry of payloads that are encrypted at rest (sensitive types,
+/// docs/security.md). Plain payloads are always published as they are, and an erased payload
+/// (its subject forgotten) is always published as `{"erased":true}`. Messages already read
+/// or published to Kafka are beyond the store's reach: forgetting a subject cannot recall
+/// them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TopicPayloads {
+    /// The decrypted payload, for consumers entitled to read it.
+    #[default]
+    Decrypted,
+    /// `{"redacted":true}` in place of the payload; the envelope's metadata stays.
+    Redacted,
 }
 
 impl TopicConfig {
@@ -116,7 +133,13 @@ impl TopicConfig {
             name,
             partitions: DEFAULT_PARTITIONS,
             format,
+            payloads: TopicPayloads::Decrypted,
         }
+    }
+    /// See [`TopicPayloads`].
+    pub fn payloads(mut self, payloads: TopicPayloads) -> Self {
+        self.payloads = payloads;
+        self
     }
     pub fn partitions(mut self, partitions: u32) -> Self {
         self.partitions = partitions;
@@ -288,6 +311,13 @@ impl TopicCatalog {
         self.topics.insert(config.name.clone(), config);
     }
 
+    /// True when `topic` publishes encrypted payloads redacted ([`TopicPayloads::Redacted`]).
+    pub(crate) fn redacts(&self, topic: &str) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|c| c.payloads == TopicPayloads::Redacted)
+    }
+
     /// The explicitly configured topics.
     pub fn configured_topics(&self) -> impl Iterator<Item = &TopicConfig> {
         self.topics.values()
@@ -304,6 +334,9 @@ impl TopicCatalog {
         let Some(fns) = self.types.get(&record.aggregate_type) else {
             return Ok(Vec::new());
         };
+        // A payload erased before it was indexed cannot be decoded: when its topic is known
+        // only from the payload, it is not published (nothing of it could be anyway).
+        let erased = record.at_rest == crate::journal::AtRest::Sealed;
         let own = || (fns.route)(record);
         let config = |name: &str, format: Option<WireFormat>| {
             self.topics.get(name).cloned().unwrap_or_else(|| {
@@ -315,13 +348,21 @@ impl TopicCatalog {
             })
         };
         match self.routes.get(&record.aggregate_type) {
-            None => Ok(vec![config(own()?, None)]),
+            None => match own() {
+                Ok(topic) => Ok(vec![config(topic, None)]),
+                Err(_) if erased => Ok(Vec::new()),
+                Err(e) => Err(e),
+            },
             Some(routes) => {
                 let mut out: Vec<TopicConfig> = Vec::with_capacity(routes.len());
                 for route in routes {
                     let name = match &route.topic {
                         Some(t) => t.clone(),
-                        None => own()?.to_owned(),
+                        None => match own() {
+                            Ok(topic) => topic.to_owned(),
+                            Err(_) if erased => continue,
+                            Err(e) => return Err(e),
+                        },
                     };
                     if !out.iter().any(|c| c.name == name) {
                         out.push(config(&name, route.format));
@@ -332,7 +373,6 @@ impl TopicCatalog {
         }
     }
 
-    /// The JSON payload of a record (the aggregate's `payload_json`).
     /// The JSON payload of a record (the aggregate's `payload_json`).
     pub fn render_payload(&self, record: &Record) -> Result<serde_json::Value, CodecError> {
         self.payload(record)

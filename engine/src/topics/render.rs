@@ -4,6 +4,7 @@
 
 use super::{Message, TopicCatalog, TopicError, WireFormat};
 use crate::journal::record::Record;
+use crate::journal::AtRest;
 use chrono::SecondsFormat;
 use serde::Serialize;
 use serde_json::Value;
@@ -160,12 +161,17 @@ pub(crate) fn message(
     offset: u64,
     record: &Record,
 ) -> Result<Message, TopicError> {
-    let payload = catalog
-        .payload(record)
-        .map_err(|source| TopicError::Render {
-            position: record.global_position,
-            source,
-        })?;
+    let payload = match record.at_rest {
+        // Left sealed by the reader only when its subject was forgotten.
+        AtRest::Sealed => serde_json::json!({ "erased": true }),
+        AtRest::Opened if catalog.redacts(topic) => serde_json::json!({ "redacted": true }),
+        _ => catalog
+            .payload(record)
+            .map_err(|source| TopicError::Render {
+                position: record.global_position,
+                source,
+            })?,
+    };
     Ok(Message {
         topic: topic.to_owned(),
         partition,
