@@ -145,23 +145,22 @@ impl DataKey {
         XChaCha20Poly1305::new(Key::from_slice(&self.bytes))
     }
 
-    /// `key id 16 | nonce 24 | ciphertext + tag`, bound to `aad`.
+    /// `key id 16 | nonce 24 | ciphertext + tag`, bound to `aad`. Encrypted in place in the
+    /// one buffer it returns; the nonce comes from the thread's CSPRNG (ChaCha12 seeded and
+    /// reseeded from the OS), not a `getrandom` system call per record: the syscall was a
+    /// measurable part of a sealed append.
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
-        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let sealed = self
-            .cipher()
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
-            .expect("XChaCha20-Poly1305 encrypts any payload below 256 GiB");
-        let mut out = Vec::with_capacity(16 + NONCE_BYTES + sealed.len());
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut rand::thread_rng());
+        let mut out = Vec::with_capacity(SEAL_OVERHEAD_BYTES + plaintext.len());
         out.extend_from_slice(self.id.as_bytes());
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .cipher()
+            .encrypt_in_place_detached(&nonce, aad, &mut out[16 + NONCE_BYTES..])
+            .expect("XChaCha20-Poly1305 encrypts any payload below 256 GiB");
+        out.extend_from_slice(&tag);
+        debug_assert_eq!(out.len(), SEAL_OVERHEAD_BYTES + plaintext.len());
         out
     }
 
