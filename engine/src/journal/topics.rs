@@ -253,6 +253,33 @@ impl Journal {
         Ok(out)
     }
 
+    /// Calls `f(sequence, bytes)` for the stored bytes of `count` records of a stream from
+    /// `first`, in order, with one range scan and no copy (the topic reader checks and renders
+    /// each in place). A record missing from the range is a `MissingRecord` corruption.
+    pub(crate) fn visit_run<E: From<StorageError>>(
+        &self,
+        stream: &StreamId,
+        first: u64,
+        count: u32,
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let db = self.shared.db()?;
+        let start = keys::stream_key(keys::EVENTS, stream, first);
+        let end = keys::stream_key(keys::EVENTS, stream, first + count as u64 - 1);
+        let mut seen = 0u64;
+        for entry in db.range(start..=end) {
+            let (_, value) = entry.map_err(StorageError::from)?;
+            f(first + seen, &value)?;
+            seen += 1;
+        }
+        if seen != count as u64 {
+            return Err(
+                StorageError::corrupt(stream, first + seen, Corruption::MissingRecord).into(),
+            );
+        }
+        Ok(())
+    }
+
     /// Committed offsets, optionally of one group: (group, topic, partition, next offset).
     pub(crate) fn committed_offsets(
         &self,

@@ -3,10 +3,10 @@
 //! (`topics`, `consume`) and, later, a Kafka publisher.
 
 use super::index::{records_between, Planner};
-use super::render;
+use super::render::{self, Fields};
 use super::{TopicCatalog, TopicError, WireFormat};
 use crate::journal::topics::{StoredTopic, TopicRun};
-use crate::journal::Journal;
+use crate::journal::{decode_checked, view_checked, Journal};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -322,26 +322,61 @@ impl RunReader<'_> {
             }
             let skip = self.from.saturating_sub(offset);
             let want = (count - skip).min((self.max - self.out.len()) as u64);
-            let records = self.log.journal.records_run(
+            let first_sequence = run.first_sequence + skip;
+            let first_position = run.first_position + skip;
+            let first_offset = offset + skip;
+            self.out.reserve(want as usize);
+            let (format, topic, partition) = (self.format, self.topic, self.partition);
+            // Every record of a run has the run's aggregate type: one lookup per run.
+            let write_payload = self
+                .log
+                .catalog
+                .payload_writer(&run.stream.aggregate_type)
+                .map_err(|source| TopicError::Render {
+                    position: first_position,
+                    source,
+                })?;
+            let out = &mut *self.out;
+            // One range scan per run; each record checked (CRC, place) and rendered from its
+            // stored bytes in place: nothing is copied out of the journal but the message.
+            self.log.journal.visit_run(
                 &run.stream,
-                run.first_sequence + skip,
+                first_sequence,
                 want as u32,
+                |sequence, bytes| -> Result<(), TopicError> {
+                    let view = view_checked(&run.stream, sequence, bytes)?;
+                    let i = sequence - first_sequence;
+                    assert_eq!(
+                        view.global_position,
+                        first_position + i,
+                        "topic index and journal disagree"
+                    );
+                    let message = match Fields::from_view(&view) {
+                        Some(fields) => render::message(
+                            write_payload,
+                            format,
+                            topic,
+                            partition,
+                            first_offset + i,
+                            &fields,
+                        )?,
+                        None => {
+                            // Format 2: its session id and audit context are decoded.
+                            let record = decode_checked(&run.stream, sequence, bytes)?;
+                            render::message(
+                                write_payload,
+                                format,
+                                topic,
+                                partition,
+                                first_offset + i,
+                                &Fields::from(&record),
+                            )?
+                        }
+                    };
+                    out.push(message);
+                    Ok(())
+                },
             )?;
-            for (i, record) in records.iter().enumerate() {
-                assert_eq!(
-                    record.global_position,
-                    run.first_position + skip + i as u64,
-                    "topic index and journal disagree"
-                );
-                self.out.push(render::message(
-                    &self.log.catalog,
-                    self.format,
-                    self.topic,
-                    self.partition,
-                    offset + skip + i as u64,
-                    record,
-                )?);
-            }
             offset += count;
             if self.out.len() >= self.max {
                 return Ok(true);
