@@ -34,9 +34,41 @@ pub fn write_json_payload<T: Serialize>(payload: &T, out: &mut Vec<u8>) {
     }
 }
 
-/// A string as serde_json escapes it, appended to `out`.
-fn write_str(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *out, s).expect("a string always encodes");
+/// A string as serde_json escapes it (quoted), appended to `out`.
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    // Nothing to escape (the common case: field names, ids, timestamps): quote and copy.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("a string always encodes");
+    }
+}
+
+/// Text written by `Display` on the stack (`collect_str`: timestamps, decimals), spilling to
+/// the heap only past its size.
+struct StackText {
+    buf: [u8; 64],
+    len: usize,
+    spill: Option<String>,
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if let Some(spill) = &mut self.spill {
+            spill.push_str(s);
+        } else if self.len + s.len() <= self.buf.len() {
+            self.buf[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
+            self.len += s.len();
+        } else {
+            let mut spill = String::with_capacity(self.len + s.len() + 64);
+            spill.push_str(std::str::from_utf8(&self.buf[..self.len]).expect("whole str pieces"));
+            spill.push_str(s);
+            self.spill = Some(spill);
+        }
+        Ok(())
+    }
 }
 
 /// A number or literal through serde_json's own writer (itoa / ryu), appended to `out`.
@@ -75,15 +107,22 @@ impl Array<'_> {
     }
 }
 
+/// An object member's key: a struct field's name, or a map key's text in the scratch buffer.
+#[derive(Clone, Copy)]
+enum Key {
+    Field(&'static str),
+    Text(usize, usize),
+}
+
 /// An object being written: members go to `scratch` (raw key, then the value's bytes) and are
 /// emitted sorted by key when it closes.
 struct Object<'a> {
     out: &'a mut Vec<u8>,
     scratch: Vec<u8>,
-    /// (key start, key end, value end) in `scratch`.
-    members: Vec<(usize, usize, usize)>,
-    /// A map's key written by `serialize_key`, waiting for its value: (key start, key end).
-    pending: Option<(usize, usize)>,
+    /// (key, value start, value end): the value's bytes in `scratch`.
+    members: Vec<(Key, usize, usize)>,
+    /// A map's key written by `serialize_key`, waiting for its value.
+    pending: Option<Key>,
     /// A struct variant, closed with `}}`.
     variant: bool,
 }
@@ -99,28 +138,23 @@ impl<'a> Object<'a> {
         }
     }
 
-    fn value<T: Serialize + ?Sized>(
-        &mut self,
-        (key_start, key_end): (usize, usize),
-        value: &T,
-    ) -> Result<(), Error> {
+    fn value<T: Serialize + ?Sized>(&mut self, key: Key, value: &T) -> Result<(), Error> {
+        let start = self.scratch.len();
         value.serialize(Ser {
             out: &mut self.scratch,
         })?;
-        self.members.push((key_start, key_end, self.scratch.len()));
+        self.members.push((key, start, self.scratch.len()));
         Ok(())
-    }
-
-    fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), Error> {
-        let start = self.scratch.len();
-        self.scratch.extend_from_slice(key.as_bytes());
-        let end = self.scratch.len();
-        self.value((start, end), value)
     }
 
     fn close(mut self) {
         let scratch = &self.scratch;
-        let key = |m: &(usize, usize, usize)| &scratch[m.0..m.1];
+        let key = |m: &(Key, usize, usize)| -> &[u8] {
+            match m.0 {
+                Key::Field(name) => name.as_bytes(),
+                Key::Text(start, end) => &scratch[start..end],
+            }
+        };
         // Stable: of equal keys the last one written stays last.
         self.members.sort_by(|a, b| key(a).cmp(key(b)));
         self.out.push(b'{');
@@ -137,8 +171,13 @@ impl<'a> Object<'a> {
                 self.out.push(b',');
             }
             first = false;
-            let name = std::str::from_utf8(key(m)).expect("keys are written from str");
-            write_str(self.out, name);
+            match m.0 {
+                Key::Field(name) => write_str(self.out, name),
+                Key::Text(start, end) => write_str(
+                    self.out,
+                    std::str::from_utf8(&scratch[start..end]).expect("keys are written from str"),
+                ),
+            }
             self.out.push(b':');
             self.out.extend_from_slice(&scratch[m.1..m.2]);
         }
@@ -318,8 +357,25 @@ impl<'a> ser::Serializer for Ser<'a> {
         self.out.push(b':');
         Ok(Object::new(self.out, true, len))
     }
-    // `collect_str`: the default (`serialize_str` of the `Display` text), as the value
-    // serializer's `Value::String(value.to_string())`.
+    /// The `Display` text as a string, as the value serializer's
+    /// `Value::String(value.to_string())`, formatted on the stack.
+    fn collect_str<T: std::fmt::Display + ?Sized>(self, value: &T) -> Result<(), Error> {
+        use std::fmt::Write as _;
+        let mut text = StackText {
+            buf: [0; 64],
+            len: 0,
+            spill: None,
+        };
+        write!(text, "{value}").map_err(|_| unsupported("a Display that failed"))?;
+        match &text.spill {
+            Some(spill) => write_str(self.out, spill),
+            None => write_str(
+                self.out,
+                std::str::from_utf8(&text.buf[..text.len]).expect("whole str pieces"),
+            ),
+        }
+        Ok(())
+    }
 }
 
 impl ser::SerializeSeq for Array<'_> {
@@ -378,7 +434,7 @@ impl ser::SerializeMap for Object<'_> {
         key.serialize(KeySer {
             out: &mut self.scratch,
         })?;
-        self.pending = Some((start, self.scratch.len()));
+        self.pending = Some(Key::Text(start, self.scratch.len()));
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
@@ -402,7 +458,7 @@ impl ser::SerializeStruct for Object<'_> {
         key: &'static str,
         value: &T,
     ) -> Result<(), Error> {
-        self.field(key, value)
+        self.value(Key::Field(key), value)
     }
     fn end(self) -> Result<(), Error> {
         self.close();
@@ -418,7 +474,7 @@ impl ser::SerializeStructVariant for Object<'_> {
         key: &'static str,
         value: &T,
     ) -> Result<(), Error> {
-        self.field(key, value)
+        self.value(Key::Field(key), value)
     }
     fn end(self) -> Result<(), Error> {
         self.close();
@@ -625,6 +681,13 @@ mod tests {
         extra: BTreeMap<String, String>,
         escaped: &'static str,
         unit: (),
+        /// `collect_str` of a text longer than its stack buffer, with characters to escape.
+        #[serde(serialize_with = "long_display")]
+        long: String,
+    }
+
+    fn long_display<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
     }
 
     /// The direct writer gives the tree's bytes, field for field, over every shape serde can
@@ -696,6 +759,7 @@ mod tests {
                 extra,
                 escaped: "tab\there \u{1} \u{2028}",
                 unit: (),
+                long: format!("{}\"{}", "d".repeat((r % 100) as usize), round),
             };
             assert_eq!(
                 String::from_utf8(direct_bytes(&sample)).unwrap(),

@@ -155,7 +155,7 @@ fn opt_uuid_json(out: &mut Vec<u8>, id: Option<Uuid>) {
 
 /// A string, escaped as serde_json escapes it.
 fn str_json(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *out, s).expect("a string always encodes");
+    evershard_model::json::write_str(out, s);
 }
 
 fn u64_json(out: &mut Vec<u8>, n: u64) {
