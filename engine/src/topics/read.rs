@@ -256,6 +256,7 @@ impl TopicLog {
             from: from_offset,
             max,
             out: &mut out,
+            scratch: Vec::with_capacity(4096),
         };
         for entry in self.journal.topic_entries(topic, partition, from_offset) {
             let (first, runs) = entry?;
@@ -308,6 +309,8 @@ struct RunReader<'a> {
     from: u64,
     max: usize,
     out: &'a mut Vec<Message>,
+    /// Where each message's value is rendered before it is copied out at its size.
+    scratch: Vec<u8>,
 }
 
 impl RunReader<'_> {
@@ -337,6 +340,7 @@ impl RunReader<'_> {
                     source,
                 })?;
             let out = &mut *self.out;
+            let scratch = &mut self.scratch;
             // One range scan per run; each record checked (CRC, place) and rendered from its
             // stored bytes in place: nothing is copied out of the journal but the message.
             self.log.journal.visit_run(
@@ -353,6 +357,7 @@ impl RunReader<'_> {
                     );
                     let message = match Fields::from_view(&view) {
                         Some(fields) => render::message(
+                            scratch,
                             write_payload,
                             format,
                             topic,
@@ -364,6 +369,7 @@ impl RunReader<'_> {
                             // Format 2: its session id and audit context are decoded.
                             let record = decode_checked(&run.stream, sequence, bytes)?;
                             render::message(
+                                scratch,
                                 write_payload,
                                 format,
                                 topic,
