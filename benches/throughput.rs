@@ -29,6 +29,8 @@
 //!    Memory is the process's resident set (`VmRSS`) before and after opening an engine on the
 //!    store and running a timer pass and a sweep: the scheduler reads timers page by page.
 //!
+//!    `EVERSHARD_BENCH_ONLY=catchup` runs this catch-up read alone;
+//!    `EVERSHARD_BENCH_CATCHUP_STORE=DIR` keeps its filled store in DIR for later runs.
 //! 8. `EVERSHARD_BENCH_ONLY=verify` (alone): how fast `verify` checks a store of
 //!    `EVERSHARD_BENCH_VERIFY_EVENTS` (default 1,000,000) events (target >= 1,000,000 events/s).
 //!
@@ -580,7 +582,15 @@ async fn fill_product_stock(dir: &std::path::Path, events: u64, seed: u64) -> Du
 }
 
 async fn catch_up(dir: &std::path::Path, events: u64, seed: u64) {
-    let fill = fill_product_stock(dir, events, seed).await;
+    // `EVERSHARD_BENCH_CATCHUP_STORE=DIR`: fill DIR once and keep it (for profiling the
+    // catch-up read alone); later runs reuse it, already indexed.
+    let kept = std::env::var_os("EVERSHARD_BENCH_CATCHUP_STORE").map(std::path::PathBuf::from);
+    let dir = kept.as_deref().unwrap_or(dir);
+    let fill = if dir.join("db").exists() {
+        Duration::ZERO
+    } else {
+        fill_product_stock(dir, events, seed).await
+    };
     let engine = Engine::builder(dir)
         .register::<ProductStock>()
         .open()
@@ -754,6 +764,14 @@ fn main() {
     println!("evershard throughput bench: {aggregates} aggregates, {commands} commands, {clients} clients, seed {seed}");
     println!("data dir: {}", tmp.path().display());
 
+    if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("catchup") {
+        let events = env(
+            "EVERSHARD_BENCH_CATCHUP_EVENTS",
+            if smoke { 5_000 } else { 1_000_000 },
+        );
+        rt.block_on(catch_up(&tmp.path().join("catchup"), events, seed));
+        return;
+    }
     if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("verify") {
         let events = env(
             "EVERSHARD_BENCH_VERIFY_EVENTS",

@@ -28,6 +28,7 @@ mod clock;
 pub mod codec;
 mod envelope;
 mod guard;
+pub mod json;
 mod money;
 pub mod saga;
 mod stream;
@@ -98,6 +99,14 @@ pub trait DomainEvent:
     }
     /// The JSON payload of the outbound contract: the seed's field names and JSON types.
     fn payload_json(&self) -> serde_json::Value;
+    /// [`DomainEvent::payload_json`] as compact JSON bytes appended to `out`: exactly the
+    /// bytes `serde_json::to_writer(out, &self.payload_json())` writes. Topic messages are
+    /// rendered through it. `#[derive(DomainEvent)]` writes a variant whose payload is
+    /// [`json_payload`]'s straight from the payload struct ([`json::write_json_payload`]: no
+    /// `Value` tree); the default goes through `payload_json`.
+    fn write_payload_json(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, &self.payload_json()).expect("a JSON value always encodes");
+    }
 }
 
 /// What `decide` may know besides the state and the command. Passing time in (rather than

@@ -1908,6 +1908,31 @@ fn last_global_position(db: &sled::Db) -> Result<u64, StorageError> {
     }
 }
 
+/// Checks a record in place (every check `decode_checked` makes, nothing copied) and that it
+/// belongs where it is stored: the topic reader renders messages from the view.
+pub(crate) fn view_checked<'a>(
+    stream: &StreamId,
+    sequence: u64,
+    bytes: &'a [u8],
+) -> Result<record::RecordView<'a>, StorageError> {
+    let view =
+        record::RecordView::check(bytes).map_err(|e| StorageError::corrupt(stream, sequence, e))?;
+    if view.sequence != sequence
+        || view.aggregate_type != stream.aggregate_type
+        || view.aggregate_id != stream.aggregate_id
+    {
+        return Err(StorageError::corrupt(
+            stream,
+            sequence,
+            Corruption::Misplaced {
+                found: Box::new(StreamId::new(view.aggregate_type, view.aggregate_id)),
+                found_sequence: view.sequence,
+            },
+        ));
+    }
+    Ok(view)
+}
+
 /// Decodes a record and checks it belongs where it is stored.
 pub(crate) fn decode_checked(
     stream: &StreamId,

@@ -403,17 +403,26 @@ impl Record {
     }
 }
 
-/// The fields of a stored record that verification needs, borrowed from its bytes.
+/// The fields of a stored record that verification and topic reads need, borrowed from its
+/// bytes. A format 2 record's session id and audit context are not in the view: a reader that
+/// needs them decodes the record (`format` says which).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordView<'a> {
+    /// `RECORD_FORMAT_V1` or `RECORD_FORMAT_V2`.
+    pub format: u8,
     pub sequence: u64,
     pub global_position: u64,
     pub timestamp_micros: i64,
+    pub event_id: Uuid,
+    pub correlation_id: Uuid,
+    pub causation_id: Option<Uuid>,
     pub prev_hash: &'a [u8; 32],
     pub aggregate_type: &'a str,
     pub aggregate_id: &'a str,
     pub event_type: &'a str,
     pub event_version: &'a str,
+    pub source: &'a str,
+    pub user_id: Option<&'a str>,
     /// The payload's bytes (`evershard_model::codec`, or sealed when `encrypted`), not
     /// decoded.
     pub payload: &'a [u8],
@@ -474,15 +483,23 @@ impl<'a> RecordView<'a> {
             Some(len) => &bytes[bytes.len() - len..],
             None => payload_at(bytes, cursor)?,
         };
+        let uuid_at = |o: usize| Uuid::from_slice(&bytes[o..o + 16]).expect("16 bytes");
+        let flags = bytes[61];
         Ok(RecordView {
+            format: bytes[0],
             sequence: u64_at(5),
             global_position: u64_at(13),
             timestamp_micros: micros,
+            event_id: uuid_at(29),
+            correlation_id: uuid_at(45),
+            causation_id: (flags & FLAG_CAUSATION != 0).then(|| uuid_at(62)),
             prev_hash: bytes[78..110].try_into().expect("32 bytes"),
             aggregate_type: strings[0],
             aggregate_id: strings[1],
             event_type: strings[2],
             event_version: strings[3],
+            source: strings[4],
+            user_id: (flags & FLAG_USER != 0).then_some(strings[5]),
             payload,
             encrypted: bytes[61] & FLAG_ENCRYPTED != 0,
         })
@@ -615,7 +632,12 @@ mod tests {
             at_rest: AtRest::Sealed,
             ..audited()
         };
-        for r in [sample(), audited(), sealed, sealed_v2] {
+        let without_causation = Record {
+            causation_id: None,
+            user_id: Some("u-7".into()),
+            ..sample()
+        };
+        for r in [sample(), audited(), sealed, sealed_v2, without_causation] {
             round_trips_and_detects_every_flipped_byte_of(r);
         }
     }
@@ -639,6 +661,27 @@ mod tests {
             )
         );
         assert_eq!(view.timestamp_micros, r.timestamp.timestamp_micros());
+        // The fields topic reads render from the view, as the full decode gives them.
+        assert_eq!(
+            (
+                view.format,
+                view.event_id,
+                view.correlation_id,
+                view.causation_id,
+                view.source,
+                view.user_id,
+                view.event_version
+            ),
+            (
+                r.format(),
+                r.event_id,
+                r.correlation_id,
+                r.causation_id,
+                r.source.as_str(),
+                r.user_id.as_deref(),
+                r.event_version.as_str()
+            )
+        );
         for i in 0..bytes.len() {
             let mut damaged = bytes.clone();
             damaged[i] ^= 0x40;

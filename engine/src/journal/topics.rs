@@ -246,15 +246,7 @@ impl Journal {
         let mut out = Vec::with_capacity(count as usize);
         for (i, entry) in db.range(start..=end).enumerate() {
             let (_, value) = entry?;
-            let mut record = super::decode_checked(stream, first + i as u64, &value)?;
-            // An erased payload stays sealed: the message is still there (offsets never
-            // move), rendered with its payload marked erased. A missing or wrong key is an
-            // error: nothing is published half-read.
-            match self.open_in(&db, &mut record) {
-                Ok(()) | Err(StorageError::Erased { .. }) => {}
-                Err(e) => return Err(e),
-            }
-            out.push(record);
+            out.push(self.record_for_topic(stream, first + i as u64, &value)?);
         }
         if out.len() != count as usize {
             return Err(StorageError::corrupt(
@@ -264,6 +256,49 @@ impl Journal {
             ));
         }
         Ok(out)
+    }
+
+    /// The record stored as `bytes` at `(stream, sequence)`, checked and, if encrypted,
+    /// opened; an erased payload stays sealed (its message is published as erased). A
+    /// missing or wrong key is an error: nothing is published half-read.
+    pub(crate) fn record_for_topic(
+        &self,
+        stream: &StreamId,
+        sequence: u64,
+        bytes: &[u8],
+    ) -> Result<super::Record, StorageError> {
+        let mut record = super::decode_checked(stream, sequence, bytes)?;
+        match self.open_in(&self.shared.db()?, &mut record) {
+            Ok(()) | Err(StorageError::Erased { .. }) => Ok(record),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Calls `f(sequence, bytes)` for the stored bytes of `count` records of a stream from
+    /// `first`, in order, with one range scan and no copy (the topic reader checks and renders
+    /// each in place). A record missing from the range is a `MissingRecord` corruption.
+    pub(crate) fn visit_run<E: From<StorageError>>(
+        &self,
+        stream: &StreamId,
+        first: u64,
+        count: u32,
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let db = self.shared.db()?;
+        let start = keys::stream_key(keys::EVENTS, stream, first);
+        let end = keys::stream_key(keys::EVENTS, stream, first + count as u64 - 1);
+        let mut seen = 0u64;
+        for entry in db.range(start..=end) {
+            let (_, value) = entry.map_err(StorageError::from)?;
+            f(first + seen, &value)?;
+            seen += 1;
+        }
+        if seen != count as u64 {
+            return Err(
+                StorageError::corrupt(stream, first + seen, Corruption::MissingRecord).into(),
+            );
+        }
+        Ok(())
     }
 
     /// Committed offsets, optionally of one group: (group, topic, partition, next offset).

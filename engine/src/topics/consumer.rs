@@ -408,9 +408,22 @@ impl Consumer {
             }
         }
         self.turn = self.turn.wrapping_add(1);
+        // Per event type; consecutive messages mostly share one, so hash once per change.
         let mut counts: HashMap<&str, u64> = HashMap::new();
+        let mut current: Option<(&str, u64)> = None;
         for m in &out {
-            *counts.entry(m.event_type.as_str()).or_default() += 1;
+            match &mut current {
+                Some((t, n)) if *t == m.event_type.as_str() => *n += 1,
+                _ => {
+                    if let Some((t, n)) = current.take() {
+                        *counts.entry(t).or_default() += n;
+                    }
+                    current = Some((m.event_type.as_str(), 1));
+                }
+            }
+        }
+        if let Some((t, n)) = current {
+            *counts.entry(t).or_default() += n;
         }
         for (event_type, n) in counts {
             self.rt

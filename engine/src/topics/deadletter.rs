@@ -217,7 +217,22 @@ pub(crate) fn route(_record: &Record) -> Result<&'static str, CodecError> {
     Ok(DLQ_TOPIC)
 }
 
-pub(crate) fn payload(record: &Record) -> Result<serde_json::Value, CodecError> {
-    let letter: DeadLetter = evershard_model::codec::decode(&record.payload)?;
+pub(crate) fn write_payload(
+    event_type: &str,
+    event_version: &str,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    let json = self::payload(event_type, event_version, payload)?;
+    serde_json::to_writer(out, &json).expect("a JSON value always encodes");
+    Ok(())
+}
+
+pub(crate) fn payload(
+    _event_type: &str,
+    _event_version: &str,
+    payload: &[u8],
+) -> Result<serde_json::Value, CodecError> {
+    let letter: DeadLetter = evershard_model::codec::decode(payload)?;
     Ok(letter.payload_json())
 }

@@ -232,13 +232,19 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 type RouteFn = fn(&Record) -> Result<&'static str, CodecError>;
-type PayloadFn = fn(&Record) -> Result<serde_json::Value, CodecError>;
+/// `(event_type, event_version, payload bytes)` → the payload's JSON: the parts of a record
+/// it needs, so that the read path renders from a borrowed view of the stored bytes.
+type PayloadFn = fn(&str, &str, &[u8]) -> Result<serde_json::Value, CodecError>;
+/// The same payload written as its compact JSON bytes into a buffer (the read path: no
+/// `Value` tree, see `DomainEvent::write_payload_json`).
+pub(crate) type WritePayloadFn = fn(&str, &str, &[u8], &mut Vec<u8>) -> Result<(), CodecError>;
 
 /// The typed parts of one aggregate type, monomorphized at registration.
 #[derive(Clone, Copy)]
 struct TypeFns {
     route: RouteFn,
     payload: PayloadFn,
+    write_payload: WritePayloadFn,
 }
 
 /// The topic of a record: from its event type alone when the event type says (the derive
@@ -250,8 +256,22 @@ fn route_of<A: Aggregate>(record: &Record) -> Result<&'static str, CodecError> {
     Ok(A::decode_event(&record.event_type, &record.event_version, &record.payload)?.topic())
 }
 
-fn payload_of<A: Aggregate>(record: &Record) -> Result<serde_json::Value, CodecError> {
-    Ok(A::decode_event(&record.event_type, &record.event_version, &record.payload)?.payload_json())
+fn payload_of<A: Aggregate>(
+    event_type: &str,
+    event_version: &str,
+    payload: &[u8],
+) -> Result<serde_json::Value, CodecError> {
+    Ok(A::decode_event(event_type, event_version, payload)?.payload_json())
+}
+
+fn write_payload_of<A: Aggregate>(
+    event_type: &str,
+    event_version: &str,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    A::decode_event(event_type, event_version, payload)?.write_payload_json(out);
+    Ok(())
 }
 
 /// Which aggregate types route where and render how. Built by the engine from its
@@ -282,6 +302,7 @@ impl TopicCatalog {
             TypeFns {
                 route: deadletter::route,
                 payload: deadletter::payload,
+                write_payload: deadletter::write_payload,
             },
         );
         catalog
@@ -294,6 +315,7 @@ impl TopicCatalog {
             TypeFns {
                 route: route_of::<A>,
                 payload: payload_of::<A>,
+                write_payload: write_payload_of::<A>,
             },
         );
     }
@@ -375,15 +397,40 @@ impl TopicCatalog {
 
     /// The JSON payload of a record (the aggregate's `payload_json`).
     pub fn render_payload(&self, record: &Record) -> Result<serde_json::Value, CodecError> {
-        self.payload(record)
+        self.payload(
+            &record.aggregate_type,
+            &record.event_type,
+            &record.event_version,
+            &record.payload,
+        )
     }
 
-    pub(crate) fn payload(&self, record: &Record) -> Result<serde_json::Value, CodecError> {
-        match self.types.get(&record.aggregate_type) {
-            Some(fns) => (fns.payload)(record),
+    /// How to write the JSON payload of `aggregate_type`'s events (looked up once per run of
+    /// records on the read path), or why it cannot be rendered.
+    pub(crate) fn payload_writer(
+        &self,
+        aggregate_type: &str,
+    ) -> Result<WritePayloadFn, CodecError> {
+        match self.types.get(aggregate_type) {
+            Some(fns) => Ok(fns.write_payload),
             None => Err(CodecError::Mismatch(format!(
-                "no renderer for aggregate type {}",
-                record.aggregate_type
+                "no renderer for aggregate type {aggregate_type}"
+            ))),
+        }
+    }
+
+    /// The JSON payload of a stored event, from its parts.
+    pub(crate) fn payload(
+        &self,
+        aggregate_type: &str,
+        event_type: &str,
+        event_version: &str,
+        payload: &[u8],
+    ) -> Result<serde_json::Value, CodecError> {
+        match self.types.get(aggregate_type) {
+            Some(fns) => (fns.payload)(event_type, event_version, payload),
+            None => Err(CodecError::Mismatch(format!(
+                "no renderer for aggregate type {aggregate_type}"
             ))),
         }
     }

@@ -3,10 +3,10 @@
 //! (`topics`, `consume`) and, later, a Kafka publisher.
 
 use super::index::{records_between, Planner};
-use super::render;
+use super::render::{self, Fields};
 use super::{TopicCatalog, TopicError, WireFormat};
 use crate::journal::topics::{StoredTopic, TopicRun};
-use crate::journal::Journal;
+use crate::journal::{decode_checked, view_checked, AtRest, Journal};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -256,6 +256,7 @@ impl TopicLog {
             from: from_offset,
             max,
             out: &mut out,
+            scratch: Vec::with_capacity(4096),
         };
         for entry in self.journal.topic_entries(topic, partition, from_offset) {
             let (first, runs) = entry?;
@@ -308,6 +309,8 @@ struct RunReader<'a> {
     from: u64,
     max: usize,
     out: &'a mut Vec<Message>,
+    /// Where each message's value is rendered before it is copied out at its size.
+    scratch: Vec<u8>,
 }
 
 impl RunReader<'_> {
@@ -322,26 +325,87 @@ impl RunReader<'_> {
             }
             let skip = self.from.saturating_sub(offset);
             let want = (count - skip).min((self.max - self.out.len()) as u64);
-            let records = self.log.journal.records_run(
+            let first_sequence = run.first_sequence + skip;
+            let first_position = run.first_position + skip;
+            let first_offset = offset + skip;
+            self.out.reserve(want as usize);
+            let (format, topic, partition) = (self.format, self.topic, self.partition);
+            // Every record of a run has the run's aggregate type: one lookup per run.
+            let write_payload = self
+                .log
+                .catalog
+                .payload_writer(&run.stream.aggregate_type)
+                .map_err(|source| TopicError::Render {
+                    position: first_position,
+                    source,
+                })?;
+            let redacted = self.log.catalog.redacts(topic);
+            let journal = &self.log.journal;
+            let out = &mut *self.out;
+            let scratch = &mut self.scratch;
+            // One range scan per run; each record checked (CRC, place) and rendered from its
+            // stored bytes in place: nothing is copied out of the journal but the message.
+            self.log.journal.visit_run(
                 &run.stream,
-                run.first_sequence + skip,
+                first_sequence,
                 want as u32,
+                |sequence, bytes| -> Result<(), TopicError> {
+                    let view = view_checked(&run.stream, sequence, bytes)?;
+                    let i = sequence - first_sequence;
+                    assert_eq!(
+                        view.global_position,
+                        first_position + i,
+                        "topic index and journal disagree"
+                    );
+                    let message = if view.encrypted {
+                        // Encrypted at rest: decoded whole and opened with its data key; an
+                        // erased one stays sealed and is published as erased.
+                        let record = journal.record_for_topic(&run.stream, sequence, bytes)?;
+                        let payload = match record.at_rest {
+                            AtRest::Sealed => render::Payload::Erased,
+                            _ if redacted => render::Payload::Redacted,
+                            _ => render::Payload::Own(write_payload),
+                        };
+                        render::message(
+                            scratch,
+                            payload,
+                            format,
+                            topic,
+                            partition,
+                            first_offset + i,
+                            &Fields::from(&record),
+                        )?
+                    } else {
+                        let payload = render::Payload::Own(write_payload);
+                        match Fields::from_view(&view) {
+                            Some(fields) => render::message(
+                                scratch,
+                                payload,
+                                format,
+                                topic,
+                                partition,
+                                first_offset + i,
+                                &fields,
+                            )?,
+                            None => {
+                                // Format 2: its session id and audit context are decoded.
+                                let record = decode_checked(&run.stream, sequence, bytes)?;
+                                render::message(
+                                    scratch,
+                                    payload,
+                                    format,
+                                    topic,
+                                    partition,
+                                    first_offset + i,
+                                    &Fields::from(&record),
+                                )?
+                            }
+                        }
+                    };
+                    out.push(message);
+                    Ok(())
+                },
             )?;
-            for (i, record) in records.iter().enumerate() {
-                assert_eq!(
-                    record.global_position,
-                    run.first_position + skip + i as u64,
-                    "topic index and journal disagree"
-                );
-                self.out.push(render::message(
-                    &self.log.catalog,
-                    self.format,
-                    self.topic,
-                    self.partition,
-                    offset + skip + i as u64,
-                    record,
-                )?);
-            }
             offset += count;
             if self.out.len() >= self.max {
                 return Ok(true);

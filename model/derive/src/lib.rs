@@ -132,6 +132,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
         .map_or_else(|| quote!(::evershard_model), |p| quote!(#p));
 
     let (mut names, mut versions, mut topics, mut payloads) = (vec![], vec![], vec![], vec![]);
+    let mut payloads_into = vec![];
     let mut topics_by_name = vec![];
     let mut errors: Option<syn::Error> = None;
     let mut push_error = |e: syn::Error| match &mut errors {
@@ -180,10 +181,14 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             ));
             continue;
         };
-        let payload = own
-            .payload_json
-            .or_else(|| defaults.payload_json.clone())
-            .map_or_else(|| quote!(#krate::json_payload), |p| quote!(#p));
+        let custom = own.payload_json.or_else(|| defaults.payload_json.clone());
+        // The default payload is written without its `Value` tree; a custom one through it.
+        payloads_into.push(match &custom {
+            None => quote!(Self::#ident(payload) => #krate::json::write_json_payload(payload, out)),
+            Some(p) => quote!(Self::#ident(payload) => #krate::__private::serde_json::to_writer(
+                &mut *out, &#p(payload)).expect("a JSON value always encodes")),
+        });
+        let payload = custom.map_or_else(|| quote!(#krate::json_payload), |p| quote!(#p));
         names.push(quote!(Self::#ident(_) => #name));
         versions.push(quote!(Self::#ident(_) => #version));
         topics.push(quote!(Self::#ident(_) => #topic));
@@ -214,6 +219,9 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             }
             fn payload_json(&self) -> #krate::__private::serde_json::Value {
                 match self { #(#payloads,)* }
+            }
+            fn write_payload_json(&self, out: &mut ::std::vec::Vec<u8>) {
+                match self { #(#payloads_into,)* }
             }
         }
     })
