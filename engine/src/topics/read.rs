@@ -6,7 +6,7 @@ use super::index::{records_between, Planner};
 use super::render::{self, Fields};
 use super::{TopicCatalog, TopicError, WireFormat};
 use crate::journal::topics::{StoredTopic, TopicRun};
-use crate::journal::{decode_checked, view_checked, AtRest, Journal};
+use crate::journal::{decode_checked, view_checked, AtRest, Journal, Record};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -357,51 +357,39 @@ impl RunReader<'_> {
                         first_position + i,
                         "topic index and journal disagree"
                     );
-                    let message = if view.encrypted {
-                        // Encrypted at rest: decoded whole and opened with its data key; an
-                        // erased one stays sealed and is published as erased.
-                        let record = journal.record_for_topic(&run.stream, sequence, bytes)?;
-                        let payload = match record.at_rest {
-                            AtRest::Sealed => render::Payload::Erased,
-                            _ if redacted => render::Payload::Redacted,
-                            _ => render::Payload::Own(write_payload),
-                        };
-                        render::message(
-                            scratch,
-                            payload,
-                            format,
-                            topic,
-                            partition,
-                            first_offset + i,
-                            &Fields::from(&record),
-                        )?
-                    } else {
-                        let payload = render::Payload::Own(write_payload);
-                        match Fields::from_view(&view) {
-                            Some(fields) => render::message(
-                                scratch,
-                                payload,
-                                format,
-                                topic,
-                                partition,
-                                first_offset + i,
-                                &fields,
-                            )?,
-                            None => {
-                                // Format 2: its session id and audit context are decoded.
-                                let record = decode_checked(&run.stream, sequence, bytes)?;
-                                render::message(
-                                    scratch,
-                                    payload,
-                                    format,
-                                    topic,
-                                    partition,
-                                    first_offset + i,
-                                    &Fields::from(&record),
-                                )?
-                            }
+                    // A format 1 record in plain renders from its view; an encrypted one is
+                    // decoded whole and opened with its data key (an erased one stays sealed
+                    // and is published as erased); a format 2 one is decoded for its session
+                    // id and audit context.
+                    let decoded: Record;
+                    let mut payload = render::Payload::Own(write_payload);
+                    let fields = match Fields::from_view(&view) {
+                        Some(fields) if !view.encrypted => fields,
+                        _ => {
+                            decoded = if view.encrypted {
+                                let record =
+                                    journal.record_for_topic(&run.stream, sequence, bytes)?;
+                                if record.at_rest == AtRest::Sealed {
+                                    payload = render::Payload::Erased;
+                                } else if redacted {
+                                    payload = render::Payload::Redacted;
+                                }
+                                record
+                            } else {
+                                decode_checked(&run.stream, sequence, bytes)?
+                            };
+                            Fields::from(&decoded)
                         }
                     };
+                    let message = render::message(
+                        scratch,
+                        payload,
+                        format,
+                        topic,
+                        partition,
+                        first_offset + i,
+                        &fields,
+                    )?;
                     out.push(message);
                     Ok(())
                 },
