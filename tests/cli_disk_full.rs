@@ -11,59 +11,13 @@
 //! the test prints why and passes without checking anything, unless
 //! `EVERSHARD_REQUIRE_TMPFS=1` (set by `.ci/run` as root).
 
-use std::path::{Path, PathBuf};
+use evershard_testing::tmpfs::SmallFs;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long one demo run on a full disk may take before the test calls it a hang.
 const DEMO_BOUND_MS: u64 = 60_000;
-
-struct SmallFs {
-    _root: tempfile::TempDir,
-    mnt: PathBuf,
-}
-
-impl SmallFs {
-    fn mount(size: &str) -> Option<SmallFs> {
-        let root = tempfile::tempdir().unwrap();
-        let mnt = root.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&mnt)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(SmallFs { _root: root, mnt }),
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
-                    Err(e) => e.to_string(),
-                };
-                assert!(
-                    std::env::var_os("EVERSHARD_REQUIRE_TMPFS").is_none(),
-                    "EVERSHARD_REQUIRE_TMPFS is set but a tmpfs cannot be mounted: {why}"
-                );
-                println!("skipped: cannot mount a tmpfs here ({why})");
-                None
-            }
-        }
-    }
-
-    fn grow(&self, size: &str) {
-        let out = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.mnt)
-            .output()
-            .expect("mount runs");
-        assert!(out.status.success(), "remount: {out:?}");
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).output();
-    }
-}
 
 /// Runs `evershard demo` on `store`; kills it and fails the test if it outlives the bound.
 /// Returns (exit code, stdout, stderr).
@@ -103,7 +57,7 @@ fn the_demo_on_a_full_disk_ends_says_why_and_leaves_a_clean_store() {
         };
         // The captured output lives outside the small filesystem.
         let logs = tempfile::tempdir().unwrap();
-        let store = fs.mnt.join("store");
+        let store = fs.path().join("store");
         let (code, stdout, stderr) = demo(&store, logs.path(), seed);
         assert_eq!(code, Some(1), "seed {seed}: {stdout}\n{stderr}");
         let last = stderr.trim_end().lines().last().unwrap_or_default();

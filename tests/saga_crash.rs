@@ -24,9 +24,10 @@ use evershard::sagas::{
     check_order_flow, order_saga_runner, register_order_flow, OrderSagaOptions,
 };
 use evershard::{Durability, Engine, ManualClock};
-use std::io::{BufRead, BufReader, Write};
+use evershard_testing::child::{self, TestChild};
+use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -161,12 +162,7 @@ fn saga_crash_child() {
     let dir = PathBuf::from(dir);
     let round: u64 = round.parse().unwrap();
     let seed: u64 = seed.parse().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    child::runtime().block_on(async move {
         let clock = Arc::new(ManualClock::new(saved_clock(&dir)));
         let engine = open(&dir, clock.clone()).await;
         let _runner = order_saga_runner(&engine, OrderSagaOptions::default()).unwrap();
@@ -289,41 +285,25 @@ async fn dead_letters(engine: &Engine) -> Vec<(String, String)> {
 
 #[test]
 fn the_saga_keeps_its_invariants_across_sigkill() {
-    let seed: u64 = std::env::var("EVERSHARD_SAGA_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5a6a_c4a5);
-    eprintln!("saga crash test seed {seed} (set EVERSHARD_SAGA_CRASH_SEED to reproduce)");
+    let seed = child::seed(SEED_ENV, 0x5a6a_c4a5, "saga crash test");
     let mut rng = DemoRng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(store(dir.path())).unwrap();
     let mut placed = Vec::new();
     for round in 0..ROUNDS {
         let orders_before_kill = 30 + rng.below(60);
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "saga_crash_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(DIR_ENV, dir.path())
-            .env(ROUND_ENV, round.to_string())
-            .env(SEED_ENV, seed.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let env: [(&str, OsString); 3] = [
+            (DIR_ENV, dir.path().into()),
+            (ROUND_ENV, round.to_string().into()),
+            (SEED_ENV, seed.to_string().into()),
+        ];
+        let mut child = TestChild::spawn("saga_crash_child", &env);
         let mut this_round = 0;
-        for line in lines.by_ref() {
-            if let Some(id) = line.unwrap().strip_prefix("placed ") {
+        while this_round < orders_before_kill {
+            let Some(line) = child.next_line() else { break };
+            if let Some(id) = line.strip_prefix("placed ") {
                 placed.push(Uuid::parse_str(id).unwrap());
                 this_round += 1;
-                if this_round >= orders_before_kill {
-                    break;
-                }
             }
         }
         assert!(
@@ -331,14 +311,11 @@ fn the_saga_keeps_its_invariants_across_sigkill() {
             "seed {seed} round {round}: the child stopped early"
         );
         std::thread::sleep(std::time::Duration::from_millis(rng.below(80)));
-        child.kill().unwrap(); // SIGKILL
-        for line in lines {
-            let Ok(line) = line else { break };
+        for line in child.kill() {
             if let Some(id) = line.strip_prefix("placed ") {
                 placed.push(Uuid::parse_str(id).unwrap());
             }
         }
-        child.wait().unwrap();
         eprintln!(
             "round {round}: {} orders acknowledged so far, clock {}",
             placed.len(),
@@ -346,12 +323,7 @@ fn the_saga_keeps_its_invariants_across_sigkill() {
         );
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    child::runtime().block_on(async {
         let clock = Arc::new(ManualClock::new(saved_clock(dir.path()) + Duration::seconds(1)));
         let engine = open(dir.path(), clock.clone()).await;
         let runner = order_saga_runner(&engine, OrderSagaOptions::default()).unwrap();

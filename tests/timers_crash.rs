@@ -19,8 +19,8 @@ use evershard::aggregates::product_stock::{
 use evershard::engine::Journal;
 use evershard::model::{Aggregate, DemoRng, Metadata};
 use evershard::{Durability, Engine, ManualClock, StreamId};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use evershard_testing::child::{self, TestChild};
+use std::io::Write;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -66,12 +66,7 @@ fn timer_crash_child() {
         return;
     };
     let round: u64 = round.parse().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    child::runtime().block_on(async move {
         let engine = open(&dir, Arc::new(ManualClock::new(round_start(round)))).await;
         for p in 0..PRODUCTS {
             engine
@@ -130,52 +125,28 @@ fn parse_ack(line: &str) -> Option<Ack> {
 
 #[test]
 fn timers_and_keys_survive_sigkill() {
-    let seed: u64 = std::env::var("EVERSHARD_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x7173_e125);
-    eprintln!("timer crash test seed {seed} (set EVERSHARD_CRASH_SEED to reproduce)");
+    let seed = child::seed("EVERSHARD_CRASH_SEED", 0x7173_e125, "timer crash test");
     let mut rng = DemoRng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let dir_str = dir.path().to_str().unwrap().to_owned();
 
     for round in 0..2u64 {
         let acks_before_kill = 100 + rng.below(400);
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "timer_crash_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, &dir_str)
-            .env(ROUND_ENV, round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let env = [(CHILD_ENV, dir_str.clone()), (ROUND_ENV, round.to_string())];
+        let mut child = TestChild::spawn("timer_crash_child", &env);
         let mut acks = Vec::new();
-        for line in lines.by_ref() {
-            if let Some(ack) = parse_ack(&line.unwrap()) {
-                acks.push(ack);
-                if acks.len() as u64 >= acks_before_kill {
-                    break;
-                }
-            }
+        while (acks.len() as u64) < acks_before_kill {
+            let Some(line) = child.next_line() else { break };
+            acks.extend(parse_ack(&line));
         }
         assert!(
             acks.len() as u64 >= acks_before_kill,
             "round {round}: the child stopped early"
         );
         std::thread::sleep(std::time::Duration::from_millis(rng.below(30)));
-        child.kill().unwrap(); // SIGKILL
-        for line in lines {
-            let Ok(line) = line else { break };
+        for line in child.kill() {
             acks.extend(parse_ack(&line));
         }
-        child.wait().unwrap();
 
         // 1. Read-only: every stored timer is what the recovered state asks for.
         {
@@ -200,12 +171,7 @@ fn timers_and_keys_survive_sigkill() {
         }
 
         // 2. Past every deadline: the start-up pass fires them all.
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        child::runtime().block_on(async {
             let clock = Arc::new(ManualClock::new(round_start(round) + Duration::hours(1)));
             let engine = open(&dir_str, clock).await;
             let mut pending = usize::MAX;

@@ -10,9 +10,9 @@ mod common;
 use common::{Counter, CounterCommand};
 use evershard_engine::model::DemoRng;
 use evershard_engine::{Durability, Engine, Journal, StreamId};
+use evershard_testing::child::{self, TestChild};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::time::Duration;
 
 const CHILD_ENV: &str = "EVERSHARD_CRASH_CHILD_DIR";
@@ -24,12 +24,7 @@ fn crash_child_writer() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    evershard_testing::child::runtime().block_on(async move {
         let engine = Engine::builder(&dir)
             .register::<Counter>()
             .durability(Durability::Durable)
@@ -65,46 +60,27 @@ fn crash_child_writer() {
 
 #[test]
 fn crash_loses_nothing_acknowledged() {
-    let seed: u64 = std::env::var("EVERSHARD_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_c4a5);
-    eprintln!("crash test seed {seed} (set EVERSHARD_CRASH_SEED to reproduce)");
+    let seed = child::seed("EVERSHARD_CRASH_SEED", 0x5eed_c4a5, "crash test");
     let mut rng = DemoRng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut acked: HashMap<String, u64> = HashMap::new();
 
     for round in 0..3 {
         let acks_before_kill = 50 + rng.below(400);
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "crash_child_writer",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut seen = 0u64;
-        let mut lines = stdout.lines();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
+        let mut child = TestChild::spawn("crash_child_writer", &[(CHILD_ENV, dir.path())]);
+        let mut record = |line: &str| -> bool {
             let Some(rest) = line.strip_prefix("ack ") else {
-                continue;
+                return false;
             };
             let (id, seq) = rest.split_once(' ').unwrap();
-            let seq: u64 = seq.parse().unwrap();
             let max = acked.entry(id.to_owned()).or_insert(0);
-            *max = (*max).max(seq);
-            seen += 1;
-            if seen >= acks_before_kill {
-                break;
-            }
+            *max = (*max).max(seq.parse().unwrap());
+            true
+        };
+        let mut seen = 0u64;
+        while seen < acks_before_kill {
+            let Some(line) = child.next_line() else { break };
+            seen += u64::from(record(&line));
         }
         assert!(
             seen >= acks_before_kill,
@@ -112,17 +88,10 @@ fn crash_loses_nothing_acknowledged() {
         );
         // A random moment a little later: the child is still writing.
         std::thread::sleep(Duration::from_millis(rng.below(30)));
-        child.kill().unwrap(); // SIGKILL
-                               // Acks printed before the kill landed are acknowledged too: read them all.
-        for line in lines {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.strip_prefix("ack ") {
-                let (id, seq) = rest.split_once(' ').unwrap();
-                let max = acked.entry(id.to_owned()).or_insert(0);
-                *max = (*max).max(seq.parse().unwrap());
-            }
+        // Acks printed before the kill landed are acknowledged too: read them all.
+        for line in child.kill() {
+            record(&line);
         }
-        child.wait().unwrap();
 
         let journal = Journal::open_read_only(dir.path()).unwrap();
         for (id, &seq) in &acked {

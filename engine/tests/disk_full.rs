@@ -20,64 +20,14 @@ mod common;
 
 use common::{Counter, CounterCommand};
 use evershard_engine::{CommandError, Durability, Engine, SnapshotPolicy, StorageError};
+use evershard_testing::tmpfs::SmallFs;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 /// The longest any single step here may take before the test calls it a hang.
 const HANG_BOUND_MS: u64 = 20_000;
 const CLIENTS: usize = 16;
-
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct SmallFs {
-    _root: tempfile::TempDir,
-    mnt: PathBuf,
-}
-
-impl SmallFs {
-    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it), or says why it cannot.
-    fn mount(size: &str) -> Option<SmallFs> {
-        let root = tempfile::tempdir().unwrap();
-        let mnt = root.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&mnt)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(SmallFs { _root: root, mnt }),
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
-                    Err(e) => e.to_string(),
-                };
-                assert!(
-                    std::env::var_os("EVERSHARD_REQUIRE_TMPFS").is_none(),
-                    "EVERSHARD_REQUIRE_TMPFS is set but a tmpfs cannot be mounted: {why}"
-                );
-                println!("skipped: cannot mount a tmpfs here ({why})");
-                None
-            }
-        }
-    }
-
-    /// Frees space the way an operator would: grows the filesystem.
-    fn grow(&self, size: &str) {
-        let out = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.mnt)
-            .output()
-            .expect("mount runs");
-        assert!(out.status.success(), "remount: {out:?}");
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).output();
-    }
-}
 
 async fn open_counters(dir: &Path) -> Result<Engine, evershard_engine::EngineError> {
     Engine::builder(dir)
@@ -116,7 +66,7 @@ async fn a_full_disk_refuses_writes_typed_and_loses_nothing_acknowledged() {
     let Some(fs) = SmallFs::mount("2m") else {
         return;
     };
-    let dir = fs.mnt.join("store");
+    let dir = fs.path().join("store");
     let engine = open_counters(&dir).await.expect("the engine opens");
     let ids: Vec<String> = (0..CLIENTS)
         .map(|i| format!("c{i}-{}", "x".repeat(200)))

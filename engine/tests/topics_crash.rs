@@ -19,9 +19,9 @@ mod common;
 use common::{Counter, CounterCommand};
 use evershard_engine::model::DemoRng;
 use evershard_engine::{Engine, Journal, TopicCatalog, TopicLog};
+use evershard_testing::child::{self, TestChild};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::time::Duration;
 
 const CHILD_ENV: &str = "EVERSHARD_TOPICS_CRASH_CHILD_DIR";
@@ -34,12 +34,7 @@ fn topics_crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    evershard_testing::child::runtime().block_on(async move {
         let engine = Engine::builder(&dir)
             .register::<Counter>()
             .open()
@@ -120,11 +115,7 @@ fn placements(log: &TopicLog) -> BTreeMap<String, (u32, u64)> {
 
 #[test]
 fn topics_survive_crashes() {
-    let seed: u64 = std::env::var("EVERSHARD_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x0070_91c5_c4a5);
-    eprintln!("topics crash seed {seed} (set EVERSHARD_CRASH_SEED to reproduce)");
+    let seed = child::seed("EVERSHARD_CRASH_SEED", 0x0070_91c5_c4a5, "topics crash");
     let mut rng = DemoRng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut acked: HashMap<String, u64> = HashMap::new();
@@ -132,15 +123,7 @@ fn topics_survive_crashes() {
 
     for round in 0..3 {
         let acks_before_kill = 100 + rng.below(600);
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "topics_crash_child", "--ignored", "--nocapture"])
-            .args(["--test-threads=1"])
-            .env(CHILD_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut child = TestChild::spawn("topics_crash_child", &[(CHILD_ENV, dir.path())]);
         let mut commits: HashMap<u32, u64> = HashMap::new();
         let mut seen = 0;
         let mut record = |line: &str, acked: &mut HashMap<String, u64>| {
@@ -157,25 +140,18 @@ fn topics_survive_crashes() {
             }
             false
         };
-        for line in lines.by_ref() {
-            if record(&line.unwrap(), &mut acked) {
-                seen += 1;
-                if seen >= acks_before_kill {
-                    break;
-                }
-            }
+        while seen < acks_before_kill {
+            let Some(line) = child.next_line() else { break };
+            seen += u64::from(record(&line, &mut acked));
         }
         assert!(
             seen >= acks_before_kill,
             "round {round}: child stopped early"
         );
         std::thread::sleep(Duration::from_millis(rng.below(30)));
-        child.kill().unwrap(); // SIGKILL
-        for line in lines {
-            let Ok(line) = line else { break };
+        for line in child.kill() {
             record(&line, &mut acked);
         }
-        child.wait().unwrap();
 
         // Read-only: the index plus the tail planned in memory.
         let journal = Journal::open_read_only(dir.path()).unwrap();
