@@ -22,44 +22,15 @@
 //! Workloads are small (tens of aggregates, hundreds of commands, buffered durability) and
 //! nothing asserts on timing, so the tests hold on a loaded two-core machine.
 
+mod common;
+
+use common::cli::{expect_exit, json_lines, p};
 use evershard_aggregates::product_stock::{ProductStock, ProductStockState};
 use evershard_engine::model::Aggregate;
 use evershard_engine::{repository, Engine, Journal, JournalConfig, JournalWriter, StreamId};
 use evershard_snapshots::SnapshotRecord;
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn evershard(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_evershard"))
-        .args(args)
-        .output()
-        .expect("the evershard binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs the binary and asserts its exit code; returns (stdout, stderr).
-fn expect_exit(args: &[&str], code: i32) -> (String, String) {
-    let output = evershard(args);
-    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
-    assert_eq!(
-        output.status.code(),
-        Some(code),
-        "evershard {args:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked"),
-        "evershard {args:?} panicked:\n{stderr}"
-    );
-    (stdout, stderr)
-}
-
-fn path(dir: &Path) -> &str {
-    dir.to_str().expect("UTF-8 temp path")
-}
 
 /// A ProductStock-only demo store; snapshots every 5 events so that verify has some to check.
 fn product_stock_store(dir: &Path, aggregates: &str, commands: &str) {
@@ -67,7 +38,7 @@ fn product_stock_store(dir: &Path, aggregates: &str, commands: &str) {
         &[
             "demo",
             "--data",
-            path(dir),
+            p(dir),
             "--type",
             "ProductStock",
             "--aggregates",
@@ -89,7 +60,7 @@ fn product_stock_store(dir: &Path, aggregates: &str, commands: &str) {
 
 /// `list` output as (type, id, last sequence).
 fn list(dir: &Path) -> Vec<(String, String, u64)> {
-    let (stdout, _) = expect_exit(&["list", "--data", path(dir)], 0);
+    let (stdout, _) = expect_exit(&["list", "--data", p(dir)], 0);
     stdout
         .lines()
         .map(|line| {
@@ -104,15 +75,8 @@ fn list(dir: &Path) -> Vec<(String, String, u64)> {
         .collect()
 }
 
-fn json_lines(stdout: &str) -> Vec<Value> {
-    stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect()
-}
-
 fn state_json(dir: &Path, id: &str, extra: &[&str]) -> Value {
-    let mut args = vec!["state", "ProductStock", id, "--data", path(dir), "--json"];
+    let mut args = vec!["state", "ProductStock", id, "--data", p(dir), "--json"];
     args.extend_from_slice(extra);
     let (stdout, _) = expect_exit(&args, 0);
     serde_json::from_str(stdout.trim()).expect("state --json is one JSON object")
@@ -125,7 +89,7 @@ fn demo_of_every_type_recovers_and_verifies_clean() {
         &[
             "demo",
             "--data",
-            path(dir.path()),
+            p(dir.path()),
             "--aggregates",
             "20",
             "--commands",
@@ -165,9 +129,9 @@ fn demo_of_every_type_recovers_and_verifies_clean() {
     assert!(checked >= total, "{checked} < {total}: {stdout}");
     assert!(stdout.contains("journal verify: clean"), "{stdout}");
 
-    let (stdout, _) = expect_exit(&["verify", "--data", path(dir.path())], 0);
+    let (stdout, _) = expect_exit(&["verify", "--data", p(dir.path())], 0);
     assert!(stdout.contains("result: clean"), "{stdout}");
-    let (stdout, _) = expect_exit(&["verify", "--data", path(dir.path()), "--json"], 0);
+    let (stdout, _) = expect_exit(&["verify", "--data", p(dir.path()), "--json"], 0);
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["clean"], true);
     assert_eq!(report["streams_replayed"], report["streams"]);
@@ -185,7 +149,7 @@ fn demo_of_every_type_recovers_and_verifies_clean() {
 
     // export: every event once, in global order, with an intact hash chain per aggregate.
     let events_total = report["events"].as_u64().unwrap();
-    let (stdout, _) = expect_exit(&["export", "--data", path(dir.path())], 0);
+    let (stdout, _) = expect_exit(&["export", "--data", p(dir.path())], 0);
     let exported = json_lines(&stdout);
     assert_eq!(exported.len() as u64, events_total);
     let positions: Vec<u64> = exported
@@ -214,7 +178,7 @@ fn demo_of_every_type_recovers_and_verifies_clean() {
         &[
             "export",
             "--data",
-            path(dir.path()),
+            p(dir.path()),
             "--type",
             "Plant",
             "--from-position",
@@ -234,7 +198,7 @@ fn demo_of_every_type_recovers_and_verifies_clean() {
             .filter(|(ty, _, _)| ty == t)
             .max_by_key(|(_, _, seq)| *seq)
             .unwrap();
-        let (stdout, _) = expect_exit(&["history", t, id, "--data", path(dir.path()), "--json"], 0);
+        let (stdout, _) = expect_exit(&["history", t, id, "--data", p(dir.path()), "--json"], 0);
         let events = json_lines(&stdout);
         let seqs: Vec<u64> = events
             .iter()
@@ -250,14 +214,7 @@ fn demo_of_every_type_recovers_and_verifies_clean() {
             assert!(e["payload"].is_object(), "{t}: payload {e}");
         }
         for extra in [&[][..], &["--at-seq", "1"][..]] {
-            let mut args = vec![
-                "state",
-                t,
-                id.as_str(),
-                "--data",
-                path(dir.path()),
-                "--json",
-            ];
+            let mut args = vec!["state", t, id.as_str(), "--data", p(dir.path()), "--json"];
             args.extend_from_slice(extra);
             let (stdout, _) = expect_exit(&args, 0);
             let state: Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -289,7 +246,7 @@ fn list_history_state_and_stats_report_the_store() {
             "ProductStock",
             &id,
             "--data",
-            path(dir.path()),
+            p(dir.path()),
             "--json",
         ],
         0,
@@ -349,7 +306,7 @@ fn list_history_state_and_stats_report_the_store() {
     }
     // The human-readable form has one line per event too.
     let (stdout, _) = expect_exit(
-        &["history", "ProductStock", &id, "--data", path(dir.path())],
+        &["history", "ProductStock", &id, "--data", p(dir.path())],
         0,
     );
     assert_eq!(stdout.lines().count() as u64, n);
@@ -418,7 +375,7 @@ fn list_history_state_and_stats_report_the_store() {
             "ProductStock",
             &id,
             "--data",
-            path(dir.path()),
+            p(dir.path()),
             "--at-seq",
             "1",
         ],
@@ -427,7 +384,7 @@ fn list_history_state_and_stats_report_the_store() {
     assert!(stdout.contains("version 1 of"), "{stdout}");
 
     // stats: the journal's counts and the aggregates per type.
-    let (stdout, _) = expect_exit(&["stats", "--data", path(dir.path()), "--json"], 0);
+    let (stdout, _) = expect_exit(&["stats", "--data", p(dir.path()), "--json"], 0);
     let stats: Value = serde_json::from_str(stdout.trim()).unwrap();
     let events_listed: u64 = listed.iter().map(|(_, _, seq)| seq).sum();
     assert_eq!(stats["events"].as_u64(), Some(events_listed));
@@ -441,11 +398,11 @@ fn list_history_state_and_stats_report_the_store() {
         Some(events_listed)
     );
     assert!(stats["snapshots"].as_u64().unwrap() >= 1, "{stats}");
-    let (stdout, _) = expect_exit(&["stats", "--data", path(dir.path())], 0);
+    let (stdout, _) = expect_exit(&["stats", "--data", p(dir.path())], 0);
     assert!(stdout.contains("ProductStock"), "{stdout}");
 
     // verify compares the snapshots the engine took.
-    let (stdout, _) = expect_exit(&["verify", "--data", path(dir.path()), "--json"], 0);
+    let (stdout, _) = expect_exit(&["verify", "--data", p(dir.path()), "--json"], 0);
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert!(
         report["snapshots_checked"].as_u64().unwrap() >= 1,
@@ -453,7 +410,7 @@ fn list_history_state_and_stats_report_the_store() {
     );
 
     // Reading changed nothing.
-    let (after, _) = expect_exit(&["stats", "--data", path(dir.path()), "--json"], 0);
+    let (after, _) = expect_exit(&["stats", "--data", p(dir.path()), "--json"], 0);
     let after: Value = serde_json::from_str(after.trim()).unwrap();
     assert_eq!(
         (after["events"].clone(), after["snapshots"].clone()),
@@ -476,7 +433,7 @@ fn verify_names_the_aggregate_and_sequence_of_a_flipped_byte() {
         journal.corrupt_record_for_tests(&stream, 2, 7).unwrap();
     }
 
-    let (stdout, _) = expect_exit(&["verify", "--data", path(dir.path())], 1);
+    let (stdout, _) = expect_exit(&["verify", "--data", p(dir.path())], 1);
     // The flipped record fails its CRC. The next record's chain link to it cannot match any
     // more; that is the same break, so it is not reported a second time.
     assert!(
@@ -490,7 +447,7 @@ fn verify_names_the_aggregate_and_sequence_of_a_flipped_byte() {
         "{stdout}"
     );
 
-    let (stdout, _) = expect_exit(&["verify", "--data", path(dir.path()), "--json"], 1);
+    let (stdout, _) = expect_exit(&["verify", "--data", p(dir.path()), "--json"], 1);
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["clean"], false);
     assert_eq!(
@@ -510,17 +467,14 @@ fn verify_names_the_aggregate_and_sequence_of_a_flipped_byte() {
 
     // Reading the damaged aggregate is an error naming the sequence, not a panic.
     let (_, stderr) = expect_exit(
-        &["history", "ProductStock", &id, "--data", path(dir.path())],
+        &["history", "ProductStock", &id, "--data", p(dir.path())],
         1,
     );
     assert!(
         stderr.contains("damaged") && stderr.contains("sequence 2"),
         "{stderr}"
     );
-    let (_, stderr) = expect_exit(
-        &["state", "ProductStock", &id, "--data", path(dir.path())],
-        1,
-    );
+    let (_, stderr) = expect_exit(&["state", "ProductStock", &id, "--data", p(dir.path())], 1);
     assert!(stderr.contains("sequence 2"), "{stderr}");
 }
 
@@ -546,7 +500,7 @@ fn verify_compares_snapshots_with_the_replay() {
         journal.put_snapshot(&stream, 2, &other_schema).unwrap();
         journal.close().unwrap();
     }
-    let (stdout, _) = expect_exit(&["verify", "--data", path(dir.path()), "--json"], 1);
+    let (stdout, _) = expect_exit(&["verify", "--data", p(dir.path()), "--json"], 1);
     let report: Value = serde_json::from_str(&stdout).unwrap();
     let problems = report["problems"].as_array().unwrap();
     assert_eq!(problems.len(), 1, "{report}");
@@ -577,7 +531,7 @@ fn a_store_held_by_a_running_engine_is_reported_in_use() {
                 .open(),
         )
         .expect("the engine opens");
-    let data = path(dir.path());
+    let data = p(dir.path());
     for args in [
         vec!["list", "--data", data],
         vec!["verify", "--data", data],
@@ -609,14 +563,14 @@ fn a_store_held_by_a_running_engine_is_reported_in_use() {
 fn unknown_types_missing_stores_and_aggregates_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nothing-here");
-    let missing = path(&missing);
+    let missing = p(&missing);
     let (_, stderr) = expect_exit(&["list", "--data", missing], 2);
     assert!(stderr.contains("no evershard store at"), "{stderr}");
     let (_, stderr) = expect_exit(&["verify", "--data", missing], 2);
     assert!(stderr.contains("no evershard store at"), "{stderr}");
 
     product_stock_store(dir.path(), "1", "5");
-    let data = path(dir.path());
+    let data = p(dir.path());
     for args in [
         vec!["history", "Nope", "x", "--data", data],
         vec!["state", "Nope", "x", "--data", data],
@@ -667,7 +621,7 @@ fn the_demo_fires_real_timers_and_timers_lists_the_pending_ones() {
         &[
             "demo",
             "--data",
-            path(dir.path()),
+            p(dir.path()),
             "--type",
             "ProductStock",
             "--aggregates",
@@ -687,13 +641,13 @@ fn the_demo_fires_real_timers_and_timers_lists_the_pending_ones() {
         line.contains("fired") && line.ends_with("0 still pending"),
         "{line}"
     );
-    let (listed, _) = expect_exit(&["timers", "--data", path(dir.path()), "--json"], 0);
+    let (listed, _) = expect_exit(&["timers", "--data", p(dir.path()), "--json"], 0);
     assert!(listed.trim().is_empty(), "every timer fired: {listed}");
     let (_, _) = expect_exit(
         &[
             "timers",
             "--data",
-            path(dir.path()),
+            p(dir.path()),
             "--due-before",
             "2030-01-01T00:00:00Z",
         ],
@@ -709,7 +663,7 @@ fn the_demo_fires_real_timers_and_timers_lists_the_pending_ones() {
             "ProductStock",
             &id,
             "--data",
-            path(dir.path()),
+            p(dir.path()),
             "--json",
         ],
         0,

@@ -16,34 +16,16 @@
 //! Stores are small (hundreds of events, buffered durability, three clients), so the tests
 //! hold on a loaded two-core machine; nothing asserts on timing.
 
+mod common;
+
+use common::cli::{expect_stdout, p};
 use evershard_aggregates::product_stock::{ProductStock, ReceiveStock};
 use evershard_engine::{Durability, Engine, Journal, StreamId};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn expect_exit(args: &[&str], code: i32) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_evershard"))
-        .args(args)
-        .output()
-        .expect("the evershard binary runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(
-        output.status.code(),
-        Some(code),
-        "evershard {args:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stdout
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 path")
-}
 
 fn demo(dir: &Path, commands: &str, seed: &str) {
-    expect_exit(
+    expect_stdout(
         &[
             "demo",
             "--data",
@@ -66,7 +48,7 @@ fn demo(dir: &Path, commands: &str, seed: &str) {
 }
 
 fn streams(dir: &Path) -> Vec<(String, u64)> {
-    expect_exit(&["list", "--data", p(dir)], 0)
+    expect_stdout(&["list", "--data", p(dir)], 0)
         .lines()
         .map(|line| {
             let f: Vec<&str> = line.split('\t').collect();
@@ -78,7 +60,7 @@ fn streams(dir: &Path) -> Vec<(String, u64)> {
 fn digest_to(dir: &Path, file: &Path, extra: &[&str]) -> Value {
     let mut args = vec!["digest", "--data", p(dir), "--json"];
     args.extend_from_slice(extra);
-    let text = expect_exit(&args, 0);
+    let text = expect_stdout(&args, 0);
     std::fs::write(file, &text).unwrap();
     serde_json::from_str(&text).unwrap()
 }
@@ -110,8 +92,8 @@ fn digests_proofs_and_consistency_round_trip_and_forgeries_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, t) = (tmp.path().join("store"), tmp.path());
     demo(&store, "400", "7");
-    expect_exit(&["keygen", p(&t.join("key"))], 0);
-    expect_exit(&["keygen", p(&t.join("other"))], 0);
+    expect_stdout(&["keygen", p(&t.join("key"))], 0);
+    expect_stdout(&["keygen", p(&t.join("other"))], 0);
     let old = digest_to(&store, &t.join("old.json"), &["--sign", p(&t.join("key"))]);
     let old_size = old["tree_size"].as_u64().unwrap();
     assert!(old_size > 256, "{old}");
@@ -126,7 +108,7 @@ fn digests_proofs_and_consistency_round_trip_and_forgeries_are_refused() {
         &["--at-position", &old_size.to_string()],
     );
     assert_eq!(again["root_hash"], old["root_hash"]);
-    let out = expect_exit(
+    let out = expect_stdout(
         &[
             "verify",
             "--data",
@@ -141,7 +123,7 @@ fn digests_proofs_and_consistency_round_trip_and_forgeries_are_refused() {
         0,
     );
     assert!(out.contains("consistency proof to now holds"), "{out}");
-    let ok = expect_exit(
+    let ok = expect_stdout(
         &[
             "check-proof",
             p(&t.join("consistency.json")),
@@ -159,7 +141,7 @@ fn digests_proofs_and_consistency_round_trip_and_forgeries_are_refused() {
     // An inclusion proof of an early event against the old digest, checked offline.
     let (id, _) = streams(&store).remove(0);
     let proof_file = t.join("proof.json");
-    expect_exit(
+    expect_stdout(
         &[
             "prove",
             "ProductStock",
@@ -176,7 +158,7 @@ fn digests_proofs_and_consistency_round_trip_and_forgeries_are_refused() {
     );
     let check = |proof: &Path, digest: &str, key: &str| {
         let (digest, key) = (t.join(digest), t.join(key));
-        expect_exit(
+        expect_stdout(
             &[
                 "check-proof",
                 p(proof),
@@ -221,7 +203,7 @@ fn digests_proofs_and_consistency_round_trip_and_forgeries_are_refused() {
     assert!(out.contains("REFUSED"), "{out}");
     // A swapped leaf: another event's record (with its own hashes) in this proof.
     let other_file = t.join("other-proof.json");
-    expect_exit(
+    expect_stdout(
         &[
             "prove",
             "ProductStock",
@@ -282,7 +264,7 @@ fn digests_proofs_and_consistency_round_trip_and_forgeries_are_refused() {
     let h = forged["path"][last].as_str().unwrap().to_owned();
     let flipped = if h.starts_with('a') { "b" } else { "a" };
     forged["path"][last] = format!("{flipped}{}", &h[1..]).into();
-    let out = expect_exit(
+    let out = expect_stdout(
         &[
             "check-proof",
             p(&write_json(&t.join("f4.json"), &forged)),
@@ -296,7 +278,7 @@ fn digests_proofs_and_consistency_round_trip_and_forgeries_are_refused() {
 
 /// verify --digest --json on a damaged copy: (problems, report).
 fn verify_damaged(store: &Path, digest: &Path) -> (Vec<Value>, Value) {
-    let out = expect_exit(
+    let out = expect_stdout(
         &[
             "verify",
             "--data",
@@ -550,7 +532,7 @@ fn export_carries_the_record_bytes_and_the_leaves_recompute_the_digest() {
     let store = tmp.path().join("store");
     demo(&store, "300", "3");
     let head = digest_to(&store, &tmp.path().join("d.json"), &[]);
-    let out = expect_exit(&["export", "--data", p(&store)], 0);
+    let out = expect_stdout(&["export", "--data", p(&store)], 0);
     let mut leaves = Vec::new();
     for line in out.lines() {
         let e: Value = serde_json::from_str(line).unwrap();
@@ -593,7 +575,7 @@ fn a_type_the_binary_does_not_know_is_reported_unknown_and_still_checked() {
         }
         journal.close().unwrap();
     }
-    let out = expect_exit(&["verify", "--data", p(&dir)], 0);
+    let out = expect_stdout(&["verify", "--data", p(&dir)], 0);
     assert!(
         out.contains("[unknown type]") && out.contains("result: clean"),
         "{out}"
@@ -605,7 +587,7 @@ fn a_type_the_binary_does_not_know_is_reported_unknown_and_still_checked() {
         .unwrap()
         .corrupt_record_for_tests(&stream, 2, 30)
         .unwrap();
-    let out = expect_exit(&["verify", "--data", p(&dir)], 1);
+    let out = expect_stdout(&["verify", "--data", p(&dir)], 1);
     assert!(
         out.contains("PROBLEM Booking/room-1 sequence 2 [journal]: CRC32C"),
         "{out}"

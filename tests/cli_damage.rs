@@ -17,20 +17,12 @@
 //!
 //! No timing is involved; each case runs each command once.
 
+mod common;
+
+use common::cli::{evershard, p};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn evershard(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_evershard"))
-        .args(args)
-        .output()
-        .expect("the evershard binary runs")
-}
-
-fn path(dir: &Path) -> &str {
-    dir.to_str().expect("UTF-8 temp path")
-}
+use std::process::Command;
 
 /// Every entry under `dir`: a file's bytes, `None` for a directory. Empty when `dir` is
 /// missing; a `dir` that is a file maps to its own bytes.
@@ -58,7 +50,7 @@ fn small_store(dir: &Path) {
     let out = evershard(&[
         "demo",
         "--data",
-        path(dir),
+        p(dir),
         "--type",
         "ProductStock",
         "--aggregates",
@@ -163,12 +155,12 @@ fn read_only_commands_refuse_a_directory_that_is_not_a_store_and_change_nothing(
     let store = root.path().join("real");
     small_store(&store);
     let digest = root.path().join("digest.json");
-    let out = evershard(&["digest", "--json", "--data", path(&store)]);
+    let out = evershard(&["digest", "--json", "--data", p(&store)]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     std::fs::write(&digest, &out.stdout).unwrap();
 
     for (case, dir) in foreign_dirs(root.path()) {
-        for args in read_only_commands(path(&dir), path(&digest)) {
+        for args in read_only_commands(p(&dir), p(&digest)) {
             expect_refusal(case, &dir, &args);
         }
     }
@@ -184,7 +176,7 @@ fn the_writer_refuses_a_directory_that_is_not_a_store_and_changes_nothing() {
         let args = [
             "demo",
             "--data",
-            path(&dir),
+            p(&dir),
             "--type",
             "ProductStock",
             "--aggregates",
@@ -202,7 +194,7 @@ fn a_store_without_the_marker_file_is_read_unchanged_and_the_writer_marks_it() {
     let store = root.path().join("old");
     small_store(&store);
     std::fs::remove_file(store.join("EVERSHARD")).unwrap();
-    let out = evershard(&["verify", "--data", path(&store)]);
+    let out = evershard(&["verify", "--data", p(&store)]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(
         !store.join("EVERSHARD").exists(),
@@ -232,7 +224,7 @@ fn messages_are_one_plain_line() {
     // A 70,000-byte id is an invalid argument, echoed shortened.
     let long_id = "x".repeat(70_000);
     for command in ["state", "history"] {
-        let args = [command, "--data", path(&store), "ProductStock", &long_id];
+        let args = [command, "--data", p(&store), "ProductStock", &long_id];
         let (code, stderr) = one_line_error(&args);
         assert_eq!(code, Some(2), "{stderr}");
         assert!(stderr.contains("(70000 bytes)"), "{stderr}");
@@ -245,7 +237,7 @@ fn messages_are_one_plain_line() {
         b"\xff\xfe\x00 not sled's settings at all",
     )
     .unwrap();
-    let (code, stderr) = one_line_error(&["verify", "--data", path(&store)]);
+    let (code, stderr) = one_line_error(&["verify", "--data", p(&store)]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("damaged sled settings file `conf`"),
@@ -256,11 +248,11 @@ fn messages_are_one_plain_line() {
     // Following the advice: without `conf`, the open judges the segment size from the log
     // and sled writes the same `conf` again.
     std::fs::remove_file(store.join("conf")).unwrap();
-    let out = evershard(&["verify", "--data", path(&store)]);
+    let out = evershard(&["verify", "--data", p(&store)]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(std::fs::read(store.join("conf")).unwrap(), conf);
     std::fs::write(store.join("conf"), conf).unwrap();
-    let out = evershard(&["verify", "--data", path(&store)]);
+    let out = evershard(&["verify", "--data", p(&store)]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
 
@@ -281,11 +273,11 @@ fn a_store_on_a_read_only_mount_is_read_and_left_unchanged() {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if !mount(&["--bind", path(&store), path(&mnt)]) {
+    if !mount(&["--bind", p(&store), p(&mnt)]) {
         println!("skipped: cannot make a bind mount here");
         return;
     }
-    if !mount(&["-o", "remount,ro,bind", path(&mnt)]) {
+    if !mount(&["-o", "remount,ro,bind", p(&mnt)]) {
         let _ = Command::new("umount").arg(&mnt).output();
         println!("skipped: cannot remount the bind mount read-only");
         return;
@@ -293,7 +285,7 @@ fn a_store_on_a_read_only_mount_is_read_and_left_unchanged() {
     let before = snapshot(&mnt);
     let mut failures = Vec::new();
     for command in ["list", "stats", "verify", "export", "digest"] {
-        let out = evershard(&[command, "--data", path(&mnt)]);
+        let out = evershard(&[command, "--data", p(&mnt)]);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if out.status.code() != Some(0) || out.stdout.is_empty() {
             failures.push(format!("{command}: {:?} {stderr}", out.status.code()));

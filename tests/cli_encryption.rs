@@ -14,30 +14,17 @@
 //! - Appointment's data subject is its patient: forgetting the patient erases every
 //!   appointment of theirs and no other.
 
+mod common;
+
+use common::cli::expect_exit;
 use evershard::aggregates::credit::{ApplicantType, ApplyForCredit, Credit};
 use evershard::engine::crypto::{FileKeyProvider, KeyProvider};
 use evershard::model::Money;
 use evershard::Engine;
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use uuid::Uuid;
-
-fn run(args: &[&str], code: i32) -> (String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_evershard"))
-        .args(args)
-        .output()
-        .expect("the evershard binary runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(
-        output.status.code(),
-        Some(code),
-        "{args:?}\n{stdout}\n{stderr}"
-    );
-    (stdout, stderr)
-}
 
 async fn write_store(store: &Path, keys: &Path) -> (Uuid, Uuid) {
     let provider: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::open(keys).unwrap());
@@ -95,10 +82,10 @@ async fn encrypted_store_through_the_cli() {
     }
 
     // Integrity without any key.
-    let (out, _) = run(&["verify", "--data", data], 0);
+    let (out, _) = expect_exit(&["verify", "--data", data], 0);
     assert!(out.contains("result: clean"), "{out}");
     assert!(out.contains("note") && out.contains("--key-file"), "{out}");
-    let (out, _) = run(&["verify", "--data", data, "--key-file", key_file], 0);
+    let (out, _) = expect_exit(&["verify", "--data", data, "--key-file", key_file], 0);
     assert!(out.contains("result: clean"), "{out}");
 
     // Payloads need the key: a typed refusal, never a payload.
@@ -106,13 +93,13 @@ async fn encrypted_store_through_the_cli() {
         vec!["history", "Credit", kept.as_str(), "--data", data],
         vec!["state", "Credit", kept.as_str(), "--data", data],
     ] {
-        let (out, err) = run(&args, 2);
+        let (out, err) = expect_exit(&args, 2);
         assert!(err.contains("--key-file"), "{err}");
         assert!(!out.contains("greenhouse-secret-purpose"));
     }
     let wrong = dir.path().join("wrong.keys");
     FileKeyProvider::append_new_key(&wrong, "m1").unwrap();
-    let (out, err) = run(
+    let (out, err) = expect_exit(
         &[
             "history",
             "Credit",
@@ -128,7 +115,7 @@ async fn encrypted_store_through_the_cli() {
     assert!(!out.contains("greenhouse-secret-purpose"));
 
     // With the key: the kept credit in full, the forgotten one as metadata only.
-    let (out, _) = run(
+    let (out, _) = expect_exit(
         &[
             "history",
             "Credit",
@@ -142,7 +129,7 @@ async fn encrypted_store_through_the_cli() {
         0,
     );
     assert!(out.contains("greenhouse-secret-purpose"), "{out}");
-    let (out, _) = run(
+    let (out, _) = expect_exit(
         &[
             "history",
             "Credit",
@@ -162,7 +149,7 @@ async fn encrypted_store_through_the_cli() {
     assert_eq!(lines.len(), 1, "{out}");
     assert_eq!(lines[0]["payload"], serde_json::json!({ "erased": true }));
     assert_eq!(lines[0]["event_type"], "CreditApplicationCreated");
-    let (_, err) = run(
+    let (_, err) = expect_exit(
         &[
             "state",
             "Credit",
@@ -175,7 +162,7 @@ async fn encrypted_store_through_the_cli() {
         2,
     );
     assert!(err.contains("erased"), "{err}");
-    run(
+    expect_exit(
         &[
             "state",
             "Credit",
@@ -189,7 +176,7 @@ async fn encrypted_store_through_the_cli() {
     );
 
     // The store-wide trail: the same rules.
-    let (out, _) = run(
+    let (out, _) = expect_exit(
         &["history", "--data", data, "--key-file", key_file, "--json"],
         0,
     );
@@ -200,11 +187,11 @@ async fn encrypted_store_through_the_cli() {
     assert_eq!(lines.len(), 3, "{out}");
     assert_eq!(lines[0]["payload"]["purpose"], "greenhouse-secret-purpose");
     assert_eq!(lines[1]["payload"], serde_json::json!({ "erased": true }));
-    let (out, err) = run(&["history", "--data", data], 2);
+    let (out, err) = expect_exit(&["history", "--data", data], 2);
     assert!(err.contains("--key-file") && out.is_empty(), "{out}\n{err}");
 
     // Export: erased marked, the erasure event readable, the record bytes on every line.
-    let (out, _) = run(&["export", "--data", data, "--key-file", key_file], 0);
+    let (out, _) = expect_exit(&["export", "--data", data, "--key-file", key_file], 0);
     let lines: Vec<Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -220,7 +207,7 @@ async fn encrypted_store_through_the_cli() {
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (_, err) = run(&["verify", "--data", data], 0);
+        let (_, err) = expect_exit(&["verify", "--data", data], 0);
         assert!(err.contains("readable by other users"), "{err}");
     }
 }

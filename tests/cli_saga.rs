@@ -8,6 +8,9 @@
 //! its saga, none for the workload's orders — and does it again on the same store with the
 //! same seed (other orders, no idempotency conflict with the first run).
 
+mod common;
+
+use common::cli::expect_stdout;
 use evershard::aggregates::order::{CreateOrder, FulfilOrder, LineRequest, Order};
 use evershard::aggregates::order_saga::{payment_id_for, OrderSaga};
 use evershard::aggregates::payment::{CompletePayment, Payment};
@@ -17,25 +20,8 @@ use evershard::model::{step_key, Currency, Money};
 use evershard::sagas::{order_saga_runner, register_order_flow, OrderSagaOptions};
 use evershard::Engine;
 use serde_json::Value;
-use std::process::Command;
 use std::time::Duration;
 use uuid::Uuid;
-
-fn expect_exit(args: &[&str], code: i32) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_evershard"))
-        .args(args)
-        .output()
-        .expect("the evershard binary runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(
-        output.status.code(),
-        Some(code),
-        "{args:?}\n{stdout}\n{stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stdout
-}
 
 fn create(product: &str, quantity: i64) -> CreateOrder {
     CreateOrder {
@@ -103,7 +89,7 @@ fn saga_shows_steps_commands_answers_and_timer_without_writing() {
         .stats()
         .unwrap();
 
-    let out = expect_exit(&["saga", &fulfilled.to_string(), "--data", d, "--json"], 0);
+    let out = expect_stdout(&["saga", &fulfilled.to_string(), "--data", d, "--json"], 0);
     let report: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(report["outcome"], "fulfilled");
     assert_eq!(
@@ -160,7 +146,7 @@ fn saga_shows_steps_commands_answers_and_timer_without_writing() {
     let commit = &steps[6]["sends"][0];
     assert_eq!(commit["answered_by"][0]["event_type"], "StockCommitted");
 
-    let out = expect_exit(&["saga", &refused.to_string(), "--data", d, "--json"], 0);
+    let out = expect_stdout(&["saga", &refused.to_string(), "--data", d, "--json"], 0);
     let report: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(report["outcome"], "cancelled");
     let reserve = &report["steps"][0]["sends"][0];
@@ -173,7 +159,7 @@ fn saga_shows_steps_commands_answers_and_timer_without_writing() {
     );
     assert_eq!(reserve["answered_by"], Value::Array(vec![]));
 
-    let text = expect_exit(&["saga", &fulfilled.to_string(), "--data", d], 0);
+    let text = expect_stdout(&["saga", &fulfilled.to_string(), "--data", d], 0);
     assert!(
         text.starts_with(&format!("saga {fulfilled}  outcome fulfilled")),
         "{text}"
@@ -184,8 +170,8 @@ fn saga_shows_steps_commands_answers_and_timer_without_writing() {
     );
     assert!(text.contains("=> StockReserved#"), "{text}");
 
-    expect_exit(&["saga", "not-a-uuid", "--data", d], 2);
-    expect_exit(&["saga", &Uuid::new_v4().to_string(), "--data", d], 2);
+    expect_stdout(&["saga", "not-a-uuid", "--data", d], 2);
+    expect_stdout(&["saga", &Uuid::new_v4().to_string(), "--data", d], 2);
     // The saga is auditable like any aggregate: its events are in the journal as OrderSaga.
     let after = Journal::open_read_only(dir.path())
         .unwrap()
@@ -234,7 +220,7 @@ fn the_demo_drives_orders_through_the_saga_and_checks_the_flow() {
         "--saga-orders",
         "40",
     ];
-    let out = expect_exit(&args, 0);
+    let out = expect_stdout(&args, 0);
     let saga_line = out
         .lines()
         .find(|l| l.starts_with("saga: 40 orders through OrderSaga"))
@@ -266,17 +252,17 @@ fn the_demo_drives_orders_through_the_saga_and_checks_the_flow() {
     drop(journal);
     assert_eq!(ids.len(), 40);
     let report: Value =
-        serde_json::from_str(expect_exit(&["saga", &ids[0], "--data", d, "--json"], 0).trim())
+        serde_json::from_str(expect_stdout(&["saga", &ids[0], "--data", d, "--json"], 0).trim())
             .unwrap();
     assert!(report["outcome"].is_string(), "{report}");
-    let history = expect_exit(&["history", "OrderSaga", &ids[0], "--data", d], 0);
+    let history = expect_stdout(&["history", "OrderSaga", &ids[0], "--data", d], 0);
     assert!(history.contains("SagaStarted"), "{history}");
-    let verify = expect_exit(&["verify", "--data", d], 0);
+    let verify = expect_stdout(&["verify", "--data", d], 0);
     assert!(verify.contains("result: clean"), "{verify}");
 
     // Again on the same store, with the same seed: other orders, their own sagas, the
     // whole store's flow still clean.
-    let out = expect_exit(&args, 0);
+    let out = expect_stdout(&args, 0);
     let saga_line = out
         .lines()
         .find(|l| l.starts_with("saga: 40 orders through OrderSaga"))

@@ -4,35 +4,14 @@
 //! and they write nothing (the index cursor stays 0). Consumer groups show their committed
 //! offsets and lag; partitions, offsets and limits select messages; unknown topics exit 2.
 
+mod common;
+
+use common::cli::{expect_stdout, json_lines};
 use evershard_aggregates::product_stock::{ProductStock, ReceiveStock};
 use evershard_engine::{Engine, Journal, TopicLog};
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
-
-fn expect_exit(args: &[&str], code: i32) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_evershard"))
-        .args(args)
-        .output()
-        .expect("the evershard binary runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(
-        output.status.code(),
-        Some(code),
-        "{args:?}\n{stdout}\n{stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stdout
-}
-
-fn lines(stdout: &str) -> Vec<Value> {
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 fn cursor(dir: &Path) -> u64 {
     let journal = Journal::open_read_only(dir).unwrap();
@@ -65,14 +44,14 @@ fn topics_and_consume_show_every_event_as_published_without_writing() {
     });
 
     let topics: Value =
-        serde_json::from_str(&expect_exit(&["topics", "--data", d, "--json"], 0)).unwrap();
+        serde_json::from_str(&expect_stdout(&["topics", "--data", d, "--json"], 0)).unwrap();
     assert_eq!(topics["indexer"]["cursor"], 0);
     assert_eq!(topics["indexer"]["not_indexed"], 60);
     assert_eq!(topics["topics"][0]["name"], "business.inventory");
     assert_eq!(topics["topics"][0]["messages"], 60);
     assert_eq!(topics["topics"][0]["format"], "catalog");
-    let before = expect_exit(&["consume", "business.inventory", "--data", d, "--json"], 0);
-    let messages = lines(&before);
+    let before = expect_stdout(&["consume", "business.inventory", "--data", d, "--json"], 0);
+    let messages = json_lines(&before);
     assert_eq!(messages.len(), 60);
     for m in &messages {
         assert_eq!(m["value"]["aggregate_id"], m["key"]);
@@ -103,13 +82,13 @@ fn topics_and_consume_show_every_event_as_published_without_writing() {
         engine.shutdown().await.unwrap();
     });
     assert_eq!(cursor(dir.path()), 60);
-    let after = expect_exit(&["consume", "business.inventory", "--data", d, "--json"], 0);
+    let after = expect_stdout(&["consume", "business.inventory", "--data", d, "--json"], 0);
     assert_eq!(after, before, "same messages at the same offsets");
     let topics: Value =
-        serde_json::from_str(&expect_exit(&["topics", "--data", d, "--json"], 0)).unwrap();
+        serde_json::from_str(&expect_stdout(&["topics", "--data", d, "--json"], 0)).unwrap();
     assert_eq!(topics["groups"][0]["group"], "billing");
     assert_eq!(topics["groups"][0]["lag"], 35);
-    let text = expect_exit(&["topics", "--data", d], 0);
+    let text = expect_stdout(&["topics", "--data", d], 0);
     assert!(text.contains("group billing  lag 35"), "{text}");
     assert!(text.contains("topic business.inventory  partitions 8  format catalog  messages 60"));
 
@@ -119,7 +98,7 @@ fn topics_and_consume_show_every_event_as_published_without_writing() {
         .find(|m| m["offset"].as_u64() == Some(2))
         .map(|m| m["partition"].as_u64().unwrap().to_string())
         .unwrap();
-    let some = lines(&expect_exit(
+    let some = json_lines(&expect_stdout(
         &[
             "consume",
             "business.inventory",
@@ -141,7 +120,7 @@ fn topics_and_consume_show_every_event_as_published_without_writing() {
     assert!(some
         .iter()
         .all(|m| m["partition"].as_u64().unwrap().to_string() == p));
-    let late = expect_exit(
+    let late = expect_stdout(
         &[
             "consume",
             "business.inventory",
@@ -153,8 +132,8 @@ fn topics_and_consume_show_every_event_as_published_without_writing() {
         0,
     );
     assert!(late.is_empty());
-    expect_exit(&["consume", "no.such.topic", "--data", d], 2);
-    expect_exit(
+    expect_stdout(&["consume", "no.such.topic", "--data", d], 2);
+    expect_stdout(
         &[
             "consume",
             "business.inventory",
@@ -194,7 +173,7 @@ fn reconcile_reports_every_missing_extra_duplicate_reordered_and_changed_message
         engine.shutdown().await.unwrap();
     });
     let topic = "business.inventory";
-    let consumed = expect_exit(&["consume", topic, "--data", d, "--json"], 0);
+    let consumed = expect_stdout(&["consume", topic, "--data", d, "--json"], 0);
     let mut good: Vec<String> = consumed.lines().map(str::to_owned).collect();
     assert_eq!(good.len(), 40, "every event is on the topic");
     // Any order across partitions is fine: reverse the partitions' blocks.
@@ -206,7 +185,7 @@ fn reconcile_reports_every_missing_extra_duplicate_reordered_and_changed_message
     write(&good);
     let f = file.to_str().unwrap();
     let before = std::fs::read(dir.path().join("db")).unwrap();
-    let out = expect_exit(
+    let out = expect_stdout(
         &["reconcile", "--data", d, "--topic", topic, "--messages", f],
         0,
     );
@@ -238,7 +217,7 @@ fn reconcile_reports_every_missing_extra_duplicate_reordered_and_changed_message
         .expect("two events of one aggregate");
     bad.swap(a, b);
     write(&bad);
-    let out = expect_exit(
+    let out = expect_stdout(
         &["reconcile", "--data", d, "--topic", topic, "--messages", f],
         1,
     );
@@ -265,7 +244,7 @@ fn reconcile_reports_every_missing_extra_duplicate_reordered_and_changed_message
         out.contains("NOT reconciled: 1 missing, 1 extra, 1 differs, 1 duplicate, 1 out-of-order, 1 unreadable"),
         "{out}"
     );
-    let json = expect_exit(
+    let json = expect_stdout(
         &[
             "reconcile",
             "--data",
@@ -278,12 +257,12 @@ fn reconcile_reports_every_missing_extra_duplicate_reordered_and_changed_message
         ],
         1,
     );
-    let report = &lines(&json)[0];
+    let report = &json_lines(&json)[0];
     assert_eq!(report["clean"], false);
     assert_eq!(report["counts"]["missing"], 1);
     assert_eq!(report["findings_total"], 6);
 
-    expect_exit(
+    expect_stdout(
         &[
             "reconcile",
             "--data",
@@ -295,7 +274,7 @@ fn reconcile_reports_every_missing_extra_duplicate_reordered_and_changed_message
         ],
         2,
     );
-    expect_exit(
+    expect_stdout(
         &[
             "reconcile",
             "--data",

@@ -10,37 +10,15 @@
 //! - none of it writes to the store.
 
 mod common;
+
 use chrono::Duration;
+use common::cli::{expect_stdout, json_lines};
 use common::*;
 use evershard::aggregates::product_stock::{ProductStock, ReceiveStock};
 use evershard::model::{AuditContext, Metadata};
 use evershard::{Engine, ManualClock};
-use serde_json::Value;
-use std::process::Command;
 use std::sync::Arc;
 use uuid::Uuid;
-
-fn run(args: &[&str], code: i32) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_evershard"))
-        .args(args)
-        .output()
-        .expect("the evershard binary runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(code),
-        "{args:?}\n{stdout}\n{stderr}"
-    );
-    stdout
-}
-
-fn json_lines(stdout: &str) -> Vec<Value> {
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
-}
 
 const SESSION: Uuid = Uuid::from_u128(0x5e55_1011);
 const FLOW: Uuid = Uuid::from_u128(0xf10e);
@@ -102,16 +80,16 @@ fn history_across_aggregates_filters_and_snapshot_at_answer_who_did_what_when() 
     let d = dir.path().to_str().unwrap();
     // sled's own recovery may rewrite its files at the first open after the writer (see
     // docs/design.md, "Opening a directory"); from then on, reads change nothing.
-    run(&["stats", "--data", d], 0);
+    expect_stdout(&["stats", "--data", d], 0);
     let db_before = std::fs::read(dir.path().join("db")).unwrap();
     let count = |extra: &[&str]| {
         let mut args = vec!["history", "--data", d, "--json"];
         args.extend_from_slice(extra);
-        json_lines(&run(&args, 0)).len()
+        json_lines(&expect_stdout(&args, 0)).len()
     };
 
     // Everything, in global order.
-    let all = json_lines(&run(&["history", "--data", d, "--json"], 0));
+    let all = json_lines(&expect_stdout(&["history", "--data", d, "--json"], 0));
     assert_eq!(all.len(), 13);
     let positions: Vec<u64> = all
         .iter()
@@ -140,7 +118,7 @@ fn history_across_aggregates_filters_and_snapshot_at_answer_who_did_what_when() 
     assert_eq!(count(&["--from", &from, "--to", &to, "--user", "alice"]), 2);
 
     // The audit fields in the JSON and the text.
-    let alices = json_lines(&run(
+    let alices = json_lines(&expect_stdout(
         &["history", "--data", d, "--json", "--user", "alice"],
         0,
     ));
@@ -149,7 +127,7 @@ fn history_across_aggregates_filters_and_snapshot_at_answer_who_did_what_when() 
         assert_eq!(e["audit_context"]["ipAddress"], "198.51.100.4");
         assert_eq!(e["audit_context"]["complianceFlags"][0], "GACP");
     }
-    let text = run(&["history", "--data", d, "--user", "alice"], 0);
+    let text = expect_stdout(&["history", "--data", d, "--user", "alice"], 0);
     assert_eq!(text.lines().count(), 6);
     assert!(
         text.lines()
@@ -160,7 +138,7 @@ fn history_across_aggregates_filters_and_snapshot_at_answer_who_did_what_when() 
     );
 
     // The per-aggregate form takes the filters too.
-    let per = json_lines(&run(
+    let per = json_lines(&expect_stdout(
         &[
             "history",
             "ProductStock",
@@ -181,7 +159,7 @@ fn history_across_aggregates_filters_and_snapshot_at_answer_who_did_what_when() 
 
     // snapshot-at: the state at t0 + 5h30 of every aggregate that existed then.
     let at = (t0() + Duration::minutes(330)).to_rfc3339();
-    let report = json_lines(&run(
+    let report = json_lines(&expect_stdout(
         &["snapshot-at", &at, "--data", d, "--type", "ProductStock"],
         0,
     ));
@@ -196,7 +174,7 @@ fn history_across_aggregates_filters_and_snapshot_at_answer_who_did_what_when() 
     );
     for row in &report {
         let id = row["aggregate_id"].as_str().unwrap();
-        let state = json_lines(&run(
+        let state = json_lines(&expect_stdout(
             &[
                 "state",
                 "ProductStock",
@@ -218,7 +196,7 @@ fn history_across_aggregates_filters_and_snapshot_at_answer_who_did_what_when() 
         .map(|r| r["sequence"].as_u64().unwrap())
         .collect();
     assert_eq!(sequences, [2, 2, 1, 1]);
-    let csv = run(
+    let csv = expect_stdout(
         &[
             "snapshot-at",
             &at,
@@ -238,8 +216,8 @@ fn history_across_aggregates_filters_and_snapshot_at_answer_who_did_what_when() 
     assert_eq!(rows.len(), 4, "{csv}");
     assert!(rows[0].starts_with("sku-0,2,"), "{csv}");
 
-    run(&["snapshot-at", &at, "--data", d, "--type", "Nope"], 2);
-    run(&["history", "ProductStock", "--data", d], 2);
+    expect_stdout(&["snapshot-at", &at, "--data", d, "--type", "Nope"], 2);
+    expect_stdout(&["history", "ProductStock", "--data", d], 2);
     assert!(
         std::fs::read(dir.path().join("db")).unwrap() == db_before,
         "read-only commands wrote to the store"

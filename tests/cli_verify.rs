@@ -18,23 +18,14 @@
 //! Stores are small (hundreds of events, buffered durability); nothing asserts on timing
 //! except the generous per-command bound of the hang test.
 
+mod common;
+
+use common::cli::{p, run};
 use evershard_engine::{Journal, StreamId};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn run(args: &[&str]) -> (Option<i32>, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_evershard"))
-        .args(args)
-        .output()
-        .expect("the evershard binary runs");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 fn expect_exit(args: &[&str], code: i32) -> String {
     let (status, stdout, stderr) = run(args);
@@ -49,10 +40,6 @@ fn expect_exit(args: &[&str], code: i32) -> String {
         "escape codes"
     );
     stdout
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 path")
 }
 
 fn demo(dir: &Path, aggregates: &str, commands: &str) {

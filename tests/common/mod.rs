@@ -1,7 +1,9 @@
-//! Helpers the facade's engine tests share: a fixed start time and a ProductStock
-//! reservation whose ids derive from one number.
+//! Helpers the facade's tests share: a fixed start time, a ProductStock reservation whose ids
+//! derive from one number, and (`cli`) running the `evershard` binary.
 
 #![allow(dead_code)] // each test binary uses its own part of this module
+
+pub mod cli;
 
 use chrono::{DateTime, Utc};
 use evershard::aggregates::product_stock::Reserve;
