@@ -19,6 +19,7 @@ use evershard_engine::{
     repository, send_to, ConsumerOptions, Engine, HandlerError, Message, StartFrom, StreamId,
     Subscription, SubscriptionOptions, TopicError, SAGA_RETRY,
 };
+use std::future::Future;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -101,6 +102,38 @@ impl Party {
     }
 }
 
+/// Starts a stand-in: consumer group `group` on `topic` (from `start` when the group never
+/// committed) that hands each `event_type` event of `A`, read back whole from the store, to
+/// `react`. Every other message is skipped.
+fn react_to<A, F, Fut>(
+    engine: &Engine,
+    group: &str,
+    topic: &str,
+    event_type: &'static str,
+    start: StartFrom,
+    react: F,
+) -> Result<Party, TopicError>
+where
+    A: Aggregate,
+    F: Fn(Engine, EventEnvelope<A::Event>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    let react = Arc::new(react);
+    let handler_engine = engine.clone();
+    let handler = move |message: Message| {
+        let engine = handler_engine.clone();
+        let react = react.clone();
+        async move {
+            if message.aggregate_type != A::TYPE || message.event_type != event_type {
+                return Ok(());
+            }
+            let envelope = read_one::<A>(&engine, &message)?;
+            react(engine, envelope).await
+        }
+    };
+    Party::start(engine, group, topic, handler, start)
+}
+
 fn options(start: StartFrom) -> SubscriptionOptions {
     SubscriptionOptions {
         consumer: ConsumerOptions { start },
@@ -119,15 +152,9 @@ pub fn gateway(
     plan: impl Fn(Uuid, u32) -> GatewayAnswer + Send + Sync + 'static,
 ) -> Result<Party, TopicError> {
     let plan = Arc::new(plan);
-    let handler_engine = engine.clone();
-    let handler = move |message: Message| {
-        let engine = handler_engine.clone();
+    let react = move |engine: Engine, envelope: EventEnvelope<PaymentEvent>| {
         let plan = plan.clone();
         async move {
-            if message.aggregate_type != Payment::TYPE || message.event_type != "PaymentInitiated" {
-                return Ok(());
-            }
-            let envelope = read_one::<Payment>(&engine, &message)?;
             let PaymentEvent::PaymentInitiated(initiated) = envelope.payload else {
                 return Ok(());
             };
@@ -164,7 +191,14 @@ pub fn gateway(
             Ok(())
         }
     };
-    Party::start(engine, group, PAYMENTS_TOPIC, handler, start)
+    react_to::<Payment, _, _>(
+        engine,
+        group,
+        PAYMENTS_TOPIC,
+        "PaymentInitiated",
+        start,
+        react,
+    )
 }
 
 /// Starts a warehouse (consumer group `group` on `business.orders`, from `start` when the
@@ -176,15 +210,9 @@ pub fn warehouse(
     plan: impl Fn(Uuid) -> WarehouseAction + Send + Sync + 'static,
 ) -> Result<Party, TopicError> {
     let plan = Arc::new(plan);
-    let handler_engine = engine.clone();
-    let handler = move |message: Message| {
-        let engine = handler_engine.clone();
+    let react = move |engine: Engine, envelope: EventEnvelope<OrderEvent>| {
         let plan = plan.clone();
         async move {
-            if message.aggregate_type != Order::TYPE || message.event_type != "OrderConfirmed" {
-                return Ok(());
-            }
-            let envelope = read_one::<Order>(&engine, &message)?;
             let OrderEvent::OrderConfirmed(confirmed) = envelope.payload else {
                 return Ok(());
             };
@@ -212,7 +240,7 @@ pub fn warehouse(
             Ok(())
         }
     };
-    Party::start(engine, group, ORDERS_TOPIC, handler, start)
+    react_to::<Order, _, _>(engine, group, ORDERS_TOPIC, "OrderConfirmed", start, react)
 }
 
 /// Why settling could not go on.
