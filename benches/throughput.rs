@@ -33,6 +33,13 @@
 //!    `EVERSHARD_BENCH_CATCHUP_STORE=DIR` keeps its filled store in DIR for later runs.
 //! 8. `EVERSHARD_BENCH_ONLY=verify` (alone): how fast `verify` checks a store of
 //!    `EVERSHARD_BENCH_VERIFY_EVENTS` (default 1,000,000) events (target >= 1,000,000 events/s).
+//! 9. issue #13's goals, each printed with its target: the same commands through cqrs-es 0.5
+//!    with an in-memory store (the peer), `EVERSHARD_BENCH_MANY_CLIENTS` (default 1,024)
+//!    clients against the plain file, the p50/p99 latency of an open-loop load at half the
+//!    rate of run 1, disk allocated per byte of event records, and
+//!    `EVERSHARD_BENCH_MANY_AGGREGATES` (default 1,000,000) aggregates touched once each with
+//!    passivation at the engine's defaults (rate ratio and resident set).
+//!    `EVERSHARD_BENCH_ONLY=goals` runs run 1, the plain file and these alone.
 //!
 //! Note: this bench uses sled directly for the baseline only; the product touches sled solely
 //! in `engine::journal`.
@@ -46,6 +53,11 @@ use evershard::engine::{
 use evershard::model::{Aggregate, DecideContext, DemoRng, Metadata, Workload};
 use std::io::Write;
 use std::sync::Arc;
+
+#[path = "throughput_goals/cqrs_peer.rs"]
+mod cqrs_peer;
+#[path = "throughput_goals/latency.rs"]
+mod latency;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -94,7 +106,12 @@ async fn evershard_durable(
         .register::<ProductStock>()
         .durability(durability())
         .shards(8)
-        .active_per_shard_max(aggregates as usize)
+        // Every aggregate stays active up to the engine's default limit; past it (the
+        // 1,000,000-aggregate run) passivation works as configured by default.
+        .active_per_shard_max(
+            (aggregates as usize)
+                .min(evershard::engine::ShardingConfig::default().active_per_shard_max),
+        )
         .topic_indexer(topics)
         .open()
         .await
@@ -132,12 +149,22 @@ async fn evershard_durable(
                 .step_by(clients as usize)
                 .map(|i| format!("sku-{i}"))
                 .collect();
-            let mut mirrors = vec![<ProductStock as Aggregate>::State::default(); ids.len()];
+            // A client that touches each of its aggregates once (the 1,000,000-aggregate run)
+            // keeps no mirrors: its own bookkeeping would otherwise be counted as the engine's
+            // memory.
+            let mirrored = per_client > ids.len() as u64;
+            let fresh = <ProductStock as Aggregate>::State::default();
+            let mut mirrors = if mirrored {
+                vec![fresh.clone(); ids.len()]
+            } else {
+                Vec::new()
+            };
             let (mut accepted, mut events) = (0u64, 0u64);
             for n in 0..per_client {
                 let k = (n as usize) % ids.len();
                 let ctx = DecideContext::new(ids[k].clone(), chrono::Utc::now());
-                let command = ProductStock::sample_command(&mirrors[k], &ctx, &mut rng);
+                let state = mirrors.get(k).unwrap_or(&fresh);
+                let command = ProductStock::sample_command(state, &ctx, &mut rng);
                 let mut metadata = Metadata::new("bench");
                 if keyed {
                     // A fresh key per command: every command records its result.
@@ -152,8 +179,10 @@ async fn evershard_durable(
                     Ok(committed) => {
                         accepted += 1;
                         events += committed.len() as u64;
-                        for e in &committed {
-                            ProductStock::apply(&mut mirrors[k], &e.payload);
+                        if let Some(mirror) = mirrors.get_mut(k) {
+                            for e in &committed {
+                                ProductStock::apply(mirror, &e.payload);
+                            }
                         }
                     }
                     Err(evershard::engine::CommandError::Rejected(_)) => {}
@@ -809,6 +838,25 @@ fn main() {
     if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("engine") {
         return; // for profiling the command path alone
     }
+    if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("goals") {
+        // Issue #13's figures alone: they need the plain file's rate for one ratio.
+        let records = run.events.max(1000);
+        let file_t = file_ceiling(tmp.path(), records, run.record_bytes_avg as usize);
+        let file_rate = records as f64 / file_t.as_secs_f64();
+        println!("plain file        : {file_rate:>9.0} records/s  (one fdatasync per 1,000)");
+        goals(
+            &rt,
+            tmp.path(),
+            &run,
+            file_rate,
+            aggregates,
+            commands,
+            clients,
+            seed,
+            smoke,
+        );
+        return;
+    }
     if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("idempotency") {
         // Alternating runs, fresh stores: keyed / unkeyed ratios without ordering effects.
         for round in 0..2 {
@@ -908,5 +956,107 @@ fn main() {
         snap.as_secs_f64() * 1e3,
         from,
         full.as_secs_f64() * 1e3
+    );
+    goals(
+        &rt,
+        tmp.path(),
+        &run,
+        file_rate,
+        aggregates,
+        commands,
+        clients,
+        seed,
+        smoke,
+    );
+}
+
+/// Issue #13's figures that the sections above do not give, each with its target: the
+/// in-memory cqrs-es peer, 1,024 clients against the plain file, the latency at half the
+/// maximum rate, disk per byte of event records, and 1,000,000 aggregates with passivation.
+#[allow(clippy::too_many_arguments)]
+fn goals(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    run: &Run,
+    file_rate: f64,
+    aggregates: u64,
+    commands: u64,
+    clients: u64,
+    seed: u64,
+    smoke: bool,
+) {
+    let rate = run.commands as f64 / run.elapsed.as_secs_f64();
+    println!("issue #13 goals (ratios to the first run above, {rate:.0} commands/s):");
+
+    let peer = rt.block_on(cqrs_peer::run(aggregates, commands, clients, seed));
+    let peer_rate = peer.commands as f64 / peer.elapsed.as_secs_f64();
+    println!(
+        "  peer cqrs-es 0.5, in-memory store, same commands and clients: {peer_rate:>9.0} commands/s ({} accepted); evershard durable = {:.2} x (target >= 0.5)",
+        peer.accepted,
+        rate / peer_rate
+    );
+
+    let many_clients = env("EVERSHARD_BENCH_MANY_CLIENTS", 1024)
+        .min(aggregates)
+        .max(1);
+    let wide = rt.block_on(evershard_durable(
+        &dir.join("evershard-wide"),
+        aggregates,
+        commands,
+        many_clients,
+        seed,
+        false,
+        false,
+    ));
+    let wide_events = wide.events as f64 / wide.elapsed.as_secs_f64();
+    println!(
+        "  {many_clients} clients: {:>9.0} commands/s, {wide_events:>9.0} events/s = {:.2} x the plain file's records/s (target >= 0.3)",
+        wide.commands as f64 / wide.elapsed.as_secs_f64(),
+        wide_events / file_rate
+    );
+
+    let seconds = if smoke { 0.5 } else { 5.0 };
+    let lat = rt.block_on(latency::open_loop(
+        &dir.join("latency"),
+        aggregates,
+        rate / 2.0,
+        seconds,
+    ));
+    println!(
+        "  latency at half that rate ({:.0}/s open loop, {} commands in {:.1} s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 < 5 ms)",
+        rate / 2.0,
+        lat.sent,
+        lat.elapsed.as_secs_f64(),
+        lat.quantile_ms(0.5),
+        lat.quantile_ms(0.99),
+        lat.quantile_ms(1.0)
+    );
+
+    let record_bytes = (run.events * run.record_bytes_avg).max(1);
+    println!(
+        "  disk: {:.1} MiB allocated for {:.1} MiB of event records = {:.1} x (target <= 2)",
+        run.disk_allocated_bytes as f64 / (1 << 20) as f64,
+        record_bytes as f64 / (1 << 20) as f64,
+        run.disk_allocated_bytes as f64 / record_bytes as f64
+    );
+
+    let million = env(
+        "EVERSHARD_BENCH_MANY_AGGREGATES",
+        if smoke { 2_000 } else { 1_000_000 },
+    );
+    let wide_run = rt.block_on(evershard_durable(
+        &dir.join("evershard-million"),
+        million,
+        million,
+        clients,
+        seed,
+        false,
+        false,
+    ));
+    let million_rate = wide_run.commands as f64 / wide_run.elapsed.as_secs_f64();
+    println!(
+        "  {million} aggregates, one command each, passivation at the defaults: {million_rate:>9.0} commands/s = {:.2} x (target >= 0.7); resident set +{:.0} MiB (target < 512 MiB)",
+        million_rate / rate,
+        wide_run.rss_growth_bytes as f64 / (1 << 20) as f64
     );
 }
