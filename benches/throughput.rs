@@ -38,7 +38,8 @@
 //!    clients against the plain file, the p50/p99 latency of an open-loop load at half the
 //!    rate of run 1, disk allocated per byte of event records, and
 //!    `EVERSHARD_BENCH_MANY_AGGREGATES` (default 1,000,000) aggregates touched once each with
-//!    passivation at the engine's defaults (rate ratio and resident set).
+//!    passivation at the engine's defaults (rate ratio and resident set;
+//!    `EVERSHARD_BENCH_ACTIVE_PER_SHARD_MAX` changes the active limit of every run).
 //!    `EVERSHARD_BENCH_ONLY=goals` runs run 1, the plain file and these alone.
 //!
 //! Note: this bench uses sled directly for the baseline only; the product touches sled solely
@@ -79,6 +80,12 @@ fn durability() -> Durability {
     }
 }
 
+/// The engine's default active limit, or `EVERSHARD_BENCH_ACTIVE_PER_SHARD_MAX`.
+fn active_per_shard_max() -> usize {
+    let default = evershard::engine::ShardingConfig::default().active_per_shard_max;
+    env("EVERSHARD_BENCH_ACTIVE_PER_SHARD_MAX", default as u64) as usize
+}
+
 struct Run {
     commands: u64,
     accepted: u64,
@@ -108,10 +115,7 @@ async fn evershard_durable(
         .shards(8)
         // Every aggregate stays active up to the engine's default limit; past it (the
         // 1,000,000-aggregate run) passivation works as configured by default.
-        .active_per_shard_max(
-            (aggregates as usize)
-                .min(evershard::engine::ShardingConfig::default().active_per_shard_max),
-        )
+        .active_per_shard_max((aggregates as usize).min(active_per_shard_max()))
         .topic_indexer(topics)
         .open()
         .await
