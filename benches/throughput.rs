@@ -780,6 +780,9 @@ fn main() {
         rt.block_on(verify_rate(&tmp.path().join("verify"), events, seed));
         return;
     }
+    // `EVERSHARD_BENCH_KEYED=1` gives this first run a fresh idempotency key per command (to
+    // profile the keyed path alone, with `EVERSHARD_BENCH_ONLY=engine`).
+    let keyed_first = std::env::var("EVERSHARD_BENCH_KEYED").as_deref() == Ok("1");
     let run = rt.block_on(evershard_durable(
         &tmp.path().join("evershard"),
         aggregates,
@@ -787,7 +790,7 @@ fn main() {
         clients,
         seed,
         false,
-        false,
+        keyed_first,
     ));
     let secs = run.elapsed.as_secs_f64();
     let cmds_per_s = run.commands as f64 / secs;

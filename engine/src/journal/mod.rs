@@ -871,7 +871,9 @@ impl JournalWriter {
         };
         // Whole entries, oldest first, until they name `limit` keys (a group entry names up
         // to `keys::IDEMPOTENCY_GROUP_KEYS_MAX`).
-        let mut old: Vec<(sled::IVec, Vec<(i64, Vec<u8>)>)> = Vec::new();
+        // Each entry's key and the (recorded_at, `i` key) pairs it lists.
+        type Listed = Vec<(i64, Vec<u8>)>;
+        let mut old: Vec<(sled::IVec, Listed)> = Vec::new();
         let mut named = 0;
         for entry in db.range(vec![keys::IDEMPOTENCY_BY_TIME]..end) {
             if named >= limit {
