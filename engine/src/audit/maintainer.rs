@@ -100,6 +100,11 @@ impl Follow for Worker {
     type Error = StorageError;
     const NAME: &'static str = "evershard-merkle";
     const BATCH_EVENTS_MAX: u64 = MAINTAINER_BATCH_EVENTS_MAX;
+    // Nothing but the size is stored for less than a block of 256 leaves, and nobody waits
+    // on the stored nodes (tree heads compute what is not stored): step once per block, or
+    // after 10 ms, rather than on every group commit (a wakeup and a sled batch each).
+    const STEP_EVENTS_MIN: u64 = BLOCK_LEAVES;
+    const STEP_WAIT_MS: u64 = 10;
 
     fn covered(&self) -> u64 {
         self.size
