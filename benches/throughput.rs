@@ -34,6 +34,9 @@
 //! 8. `EVERSHARD_BENCH_ONLY=verify` (alone): how fast `verify` checks a store of
 //!    `EVERSHARD_BENCH_VERIFY_EVENTS` (default 1,000,000) events (target >= 1,000,000 events/s).
 //!
+//! For profiling the command path: `EVERSHARD_BENCH_ONLY=engine` stops after (1);
+//! `EVERSHARD_BENCH_KEYED=1` gives (1) a fresh idempotency key per command.
+//!
 //! Note: this bench uses sled directly for the baseline only; the product touches sled solely
 //! in `engine::journal`.
 
