@@ -42,6 +42,9 @@
 //!    `EVERSHARD_BENCH_ACTIVE_PER_SHARD_MAX` changes the active limit of every run).
 //!    `EVERSHARD_BENCH_ONLY=goals` runs run 1, the plain file and these alone.
 //!
+//! For profiling the command path: `EVERSHARD_BENCH_ONLY=engine` stops after (1);
+//! `EVERSHARD_BENCH_KEYED=1` gives (1) a fresh idempotency key per command.
+//!
 //! Note: this bench uses sled directly for the baseline only; the product touches sled solely
 //! in `engine::journal`.
 
@@ -813,6 +816,9 @@ fn main() {
         rt.block_on(verify_rate(&tmp.path().join("verify"), events, seed));
         return;
     }
+    // `EVERSHARD_BENCH_KEYED=1` gives this first run a fresh idempotency key per command (to
+    // profile the keyed path alone, with `EVERSHARD_BENCH_ONLY=engine`).
+    let keyed_first = std::env::var("EVERSHARD_BENCH_KEYED").as_deref() == Ok("1");
     let run = rt.block_on(evershard_durable(
         &tmp.path().join("evershard"),
         aggregates,
@@ -820,7 +826,7 @@ fn main() {
         clients,
         seed,
         false,
-        false,
+        keyed_first,
     ));
     let secs = run.elapsed.as_secs_f64();
     let cmds_per_s = run.commands as f64 / secs;

@@ -10,7 +10,9 @@ use crate::error::{
 };
 use crate::journal::{CheckpointInfo, Durability, Journal, JournalConfig, JournalWriter, StreamId};
 use crate::recovery as repository;
-use crate::sharding::{EntityMsg, Runtime, ShardActor, ShardArgs, ShardMsg, ShardingConfig};
+use crate::sharding::{
+    Direct, EntityMsg, Routes, Runtime, ShardActor, ShardArgs, ShardMsg, ShardingConfig,
+};
 use crate::snapshots::{SnapshotPolicy, Snapshotter};
 use crate::topics::consumer::TopicsRuntime;
 use crate::topics::index::Indexer;
@@ -587,6 +589,8 @@ trait AnyGroup: Send + Sync {
 struct ShardGroup<A: Aggregate> {
     shards: Vec<ActorRef<ShardMsg<A>>>,
     queued: Vec<Arc<AtomicUsize>>,
+    /// Each shard's routing table: commands to active aggregates skip the shard's mailbox.
+    routes: Vec<Arc<Routes<A>>>,
 }
 
 impl<A: Aggregate> AnyGroup for ShardGroup<A> {
@@ -616,20 +620,28 @@ fn start_group<A: Aggregate>(
     Box::pin(async move {
         let mut shards = Vec::new();
         let mut queued = Vec::new();
+        let mut routes = Vec::new();
         for index in 0..rt.config.shards {
             let q = Arc::new(AtomicUsize::new(0));
+            let table = Arc::new(Routes::new());
             let args = ShardArgs {
                 index,
                 rt: rt.clone(),
                 queued: q.clone(),
+                routes: table.clone(),
             };
             let (actor, _) = Actor::spawn(None, ShardActor::<A>::new(), args)
                 .await
                 .map_err(actor_error)?;
             shards.push(actor);
             queued.push(q);
+            routes.push(table);
         }
-        Ok(Box::new(ShardGroup::<A> { shards, queued }) as Box<dyn AnyGroup>)
+        Ok(Box::new(ShardGroup::<A> {
+            shards,
+            queued,
+            routes,
+        }) as Box<dyn AnyGroup>)
     })
 }
 
@@ -849,38 +861,55 @@ impl Engine {
         let Some(_guard) = self.enter() else {
             return Err(CommandError::ShuttingDown);
         };
-        let stream = StreamId::new(A::TYPE, aggregate_id);
-        stream
-            .validate()
+        StreamId::validate_parts(A::TYPE, aggregate_id)
             .map_err(|e| CommandError::Invalid(InvalidRequest::Stream(e)))?;
         let group = self
             .group::<A>()
             .ok_or(CommandError::NotRegistered(A::TYPE))?;
         let index = crate::sharding::shard_for(A::TYPE, aggregate_id, group.shards.len());
-        let limit = self.inner.rt.config.shard_mailbox_commands_max;
-        let queued = &group.queued[index];
-        if queued.fetch_add(1, Ordering::AcqRel) >= limit {
-            queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(CommandError::Overloaded {
-                what: "the shard's mailbox",
-                limit,
-            });
-        }
         let (tx, rx) = oneshot::channel();
-        let route = ShardMsg::Route {
-            aggregate_id: aggregate_id.to_owned(),
-            msg: make(tx),
+        let routes = &group.routes[index];
+        // An active aggregate gets the command straight into its mailbox.
+        let entity_limit = self.inner.rt.config.entity_mailbox_commands_max;
+        let msg = match routes.send_direct(aggregate_id, make(tx), entity_limit) {
+            Direct::Sent => None,
+            Direct::Overloaded(_) => {
+                return Err(CommandError::Overloaded {
+                    what: "the aggregate's mailbox",
+                    limit: entity_limit,
+                })
+            }
+            Direct::ViaShard(msg) => Some(msg),
         };
-        if group.shards[index].cast(route).is_err() {
-            queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(CommandError::ShuttingDown);
+        if let Some(msg) = msg {
+            let limit = self.inner.rt.config.shard_mailbox_commands_max;
+            let queued = &group.queued[index];
+            if queued.fetch_add(1, Ordering::AcqRel) >= limit {
+                queued.fetch_sub(1, Ordering::AcqRel);
+                routes.not_via_shard(aggregate_id);
+                return Err(CommandError::Overloaded {
+                    what: "the shard's mailbox",
+                    limit,
+                });
+            }
+            let route = ShardMsg::Route {
+                aggregate_id: aggregate_id.to_owned(),
+                msg,
+            };
+            if group.shards[index].cast(route).is_err() {
+                queued.fetch_sub(1, Ordering::AcqRel);
+                routes.not_via_shard(aggregate_id);
+                return Err(CommandError::ShuttingDown);
+            }
         }
         // A closed reply channel: the actor stopped (it failed, or the shard stopped) before
         // it handled the command. Nothing of it was written.
-        rx.await.unwrap_or(Err(CommandError::Unavailable {
-            stream,
-            reason: UnavailableReason::Stopped,
-        }))
+        rx.await.unwrap_or_else(|_| {
+            Err(CommandError::Unavailable {
+                stream: StreamId::new(A::TYPE, aggregate_id),
+                reason: UnavailableReason::Stopped,
+            })
+        })
     }
 
     /// Executes a command on one aggregate instance; returns the committed events (none for

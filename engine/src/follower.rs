@@ -25,6 +25,13 @@ pub(crate) trait Follow: Send + 'static {
     const NAME: &'static str;
     /// Positions one step covers at most.
     const BATCH_EVENTS_MAX: u64;
+    /// Fewer new durable positions than this are left to accumulate for up to
+    /// [`Follow::STEP_WAIT_MS`] before a step covers them (never when stopping): a follower
+    /// with no reader waiting on it then wakes and writes a few times per second rather than
+    /// once per group commit. The default (1, 0 ms) steps on every wakeup.
+    const STEP_EVENTS_MIN: u64 = 1;
+    /// How long new positions wait for [`Follow::STEP_EVENTS_MIN`] at most.
+    const STEP_WAIT_MS: u64 = 0;
     /// The last global position covered.
     fn covered(&self) -> u64;
     /// Covers `covered() + 1 ..= to` (one atomic write) and publishes the progress.
@@ -90,7 +97,7 @@ fn run<F: Follow>(writer: JournalWriter, mut follow: F, flags: &Flags) {
             return;
         }
         let covered = follow.covered();
-        let durable = if stopping {
+        let mut durable = if stopping {
             writer.durable_position()
         } else {
             writer.wait_durable(covered, wait)
@@ -100,6 +107,12 @@ fn run<F: Follow>(writer: JournalWriter, mut follow: F, flags: &Flags) {
                 return;
             }
             continue;
+        }
+        if !stopping && durable - covered < F::STEP_EVENTS_MIN {
+            // A sleep, not a wait on the watermark: the watermark wakes its waiters on every
+            // group commit, which is what this avoids.
+            std::thread::sleep(Duration::from_millis(F::STEP_WAIT_MS));
+            durable = writer.durable_position();
         }
         let to = durable.min(covered + F::BATCH_EVENTS_MAX);
         match follow.step(&writer, to) {

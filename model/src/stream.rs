@@ -32,11 +32,18 @@ impl StreamId {
 
     /// Checks the limits the key layout imposes.
     pub fn validate(&self) -> Result<(), StreamIdError> {
-        let type_bytes = self.aggregate_type.len();
+        Self::validate_parts(&self.aggregate_type, &self.aggregate_id)
+    }
+
+    /// [`StreamId::validate`] of the stream `(aggregate_type, aggregate_id)`, without building
+    /// it (the command path checks every command's id and needs the owned form only for an
+    /// error).
+    pub fn validate_parts(aggregate_type: &str, aggregate_id: &str) -> Result<(), StreamIdError> {
+        let type_bytes = aggregate_type.len();
         if type_bytes == 0 || type_bytes > AGGREGATE_TYPE_BYTES_MAX {
             return Err(StreamIdError::TypeLength { bytes: type_bytes });
         }
-        let id_bytes = self.aggregate_id.len();
+        let id_bytes = aggregate_id.len();
         if id_bytes == 0 || id_bytes > AGGREGATE_ID_BYTES_MAX {
             return Err(StreamIdError::IdLength { bytes: id_bytes });
         }

@@ -607,6 +607,10 @@ impl Committer {
         let mut any_writes = false;
         let mut shutdown = false;
         let mut seals: Vec<Seal> = Vec::new();
+        // The idempotency keys the group records (recorded_at, `i` key): one sweep entry.
+        let mut sweep_keys: Vec<(i64, Vec<u8>)> = Vec::new();
+        // Each written record's SHA-256, in global order: the tree maintainer's leaves.
+        let mut record_hashes: Vec<record::Hash> = Vec::new();
 
         for job in group {
             let (request, reply) = match job {
@@ -696,6 +700,7 @@ impl Committer {
                     sequence,
                     hash: record::hash(&bytes),
                 };
+                record_hashes.push(prev.hash);
                 next_global += 1;
                 records.push(record);
                 any_writes = true;
@@ -710,11 +715,21 @@ impl Committer {
                 seals.push(seal);
             }
             for op in request.extra_writes.into_iter().chain(request.key_writes) {
+                any_writes = true;
                 match op {
-                    WriteOp::Put { key, value } => batch.insert(key, value),
+                    WriteOp::Put { key, value } => {
+                        // A one-key sweep entry joins the group's single entry instead:
+                        // one sled key per group rather than per idempotent command.
+                        if value.is_empty() && key.first() == Some(&keys::IDEMPOTENCY_BY_TIME) {
+                            if let Some(swept) = keys::parse_idempotency_by_time_key(&key) {
+                                sweep_keys.push(swept);
+                                continue;
+                            }
+                        }
+                        batch.insert(key, value)
+                    }
                     WriteOp::Remove { key } => batch.remove(key),
                 }
-                any_writes = true;
             }
             // The stream moved by exactly one sequence per event, from the expected version.
             assert_eq!(prev.sequence, head.sequence + records.len() as u64);
@@ -749,6 +764,11 @@ impl Committer {
             );
             position += keys::global_entry_len(chunk);
         }
+        for chunk in sweep_keys.chunks(keys::IDEMPOTENCY_GROUP_KEYS_MAX) {
+            let listed: Vec<(i64, &[u8])> = chunk.iter().map(|(at, k)| (*at, &k[..])).collect();
+            let (key, value) = keys::idempotency_group_entry(&listed);
+            batch.insert(key, value);
+        }
         if any_writes {
             let written = failpoint::check(failpoint::APPLY_BATCH)
                 .map_err(sled::Error::Io)
@@ -777,6 +797,13 @@ impl Committer {
         for Seal(key) in seals {
             key.mark_durable();
         }
+        assert_eq!(
+            record_hashes.len() as u64,
+            next_global - self.next_global,
+            "one hash per position"
+        );
+        self.shared
+            .feed_record_hashes(self.next_global, &record_hashes);
         // The group is in sled: later groups build on these heads. If the sync below fails,
         // the journal is poisoned and no later group is written, so they never mislead.
         self.publish(staged, next_global);

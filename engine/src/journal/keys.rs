@@ -9,7 +9,8 @@
 //! t | deadline u64 BE | type_len u8 | type | id_len u16 BE | id     -> (empty): a due timer
 //! T | type_len u8 | type | id_len u16 BE | id                       -> deadline i64 LE: its reverse entry
 //! i | type_len u8 | type | key (16 bytes)                           -> idempotency record (below)
-//! I | recorded_at u64 BE | type_len u8 | type | key (16 bytes)      -> (empty): sweep index
+//! I | recorded_at u64 BE | type_len u8 | type | key (16 bytes)      -> (empty): sweep index, one key
+//! I | recorded_at u64 BE | 0x00 | type_len u8 | type | key (16 B)   -> sweep index, one group's keys (below)
 //! h, m | "merkle-size"                                           -> Merkle tree nodes (see `merkle`)
 //! x | y | z, m | "topics-cursor"                                   -> topic index, topic configs, consumer offsets (see `topics`)
 //! k | publisher | topic | partition u32 BE                          -> a Kafka publisher's cursor (see `publisher`)
@@ -52,9 +53,10 @@ pub fn parse_time_key_part(bytes: &[u8]) -> Option<i64> {
 
 /// `t | deadline | stream part`: timers sorted by deadline, then stream.
 pub fn timer_key(deadline_micros: i64, stream: &StreamId) -> Vec<u8> {
-    let mut key = vec![TIMERS];
+    let mut key = Vec::with_capacity(9 + stream_part_len(stream));
+    key.push(TIMERS);
     key.extend_from_slice(&time_key_part(deadline_micros));
-    key.extend_from_slice(&stream_part(stream));
+    put_stream_part(&mut key, stream);
     key
 }
 
@@ -109,6 +111,74 @@ pub fn parse_idempotency_by_time_key(key: &[u8]) -> Option<(i64, Vec<u8>)> {
     let mut i = vec![IDEMPOTENCY];
     i.extend_from_slice(rest);
     Some((at, i))
+}
+
+/// Keys one group sweep entry lists at most: 256 of at most 8 + 1 + 255 + 16 bytes each stay
+/// well under the value limit of `segments`.
+pub const IDEMPOTENCY_GROUP_KEYS_MAX: usize = 256;
+
+/// Format byte of a group sweep entry's value.
+pub const IDEMPOTENCY_GROUP_FORMAT_V1: u8 = 1;
+
+/// `I | recorded_at | 0x00 | type_len | type | key`: the sweep entry of the idempotency keys
+/// one group commit recorded (up to [`IDEMPOTENCY_GROUP_KEYS_MAX`]), instead of one entry per
+/// key. `recorded_at` is the latest of theirs, so the sweep never takes a key early; the
+/// first listed key makes the entry's key unique. The 0x00 byte tells it from a one-key entry
+/// (an aggregate type is at least one byte long).
+///
+/// The value, integers little-endian:
+///
+/// ```text
+/// [0]   format = 1
+/// then per key: recorded_at i64 LE | type_len u8 | type | key (16 bytes)
+/// ```
+pub fn idempotency_group_entry(keys: &[(i64, &[u8])]) -> (Vec<u8>, Vec<u8>) {
+    assert!(
+        !keys.is_empty() && keys.len() <= IDEMPOTENCY_GROUP_KEYS_MAX,
+        "a group entry lists 1..=IDEMPOTENCY_GROUP_KEYS_MAX keys"
+    );
+    let latest = keys.iter().map(|(at, _)| *at).max().expect("not empty");
+    let first = keys[0].1;
+    assert_eq!(first.first(), Some(&IDEMPOTENCY), "an `i` key");
+    let mut key = Vec::with_capacity(10 + first.len());
+    key.push(IDEMPOTENCY_BY_TIME);
+    key.extend_from_slice(&time_key_part(latest));
+    key.push(0);
+    key.extend_from_slice(&first[1..]);
+    let mut value = Vec::with_capacity(1 + keys.iter().map(|(_, k)| 8 + k.len()).sum::<usize>());
+    value.push(IDEMPOTENCY_GROUP_FORMAT_V1);
+    for (at, i_key) in keys {
+        assert_eq!(i_key.first(), Some(&IDEMPOTENCY), "an `i` key");
+        value.extend_from_slice(&at.to_le_bytes());
+        value.extend_from_slice(&i_key[1..]);
+    }
+    (key, value)
+}
+
+/// The (recorded_at, `i` key) pairs a sweep entry names: one for a one-key entry (format of
+/// [`idempotency_by_time_key`], empty value), each listed one for a group entry.
+pub fn parse_idempotency_sweep_entry(key: &[u8], value: &[u8]) -> Option<Vec<(i64, Vec<u8>)>> {
+    if key.get(9) != Some(&0) {
+        return parse_idempotency_by_time_key(key).map(|one| vec![one]);
+    }
+    if key.first() != Some(&IDEMPOTENCY_BY_TIME)
+        || value.first() != Some(&IDEMPOTENCY_GROUP_FORMAT_V1)
+    {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut rest = &value[1..];
+    while !rest.is_empty() {
+        let at = i64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+        let tlen = *rest.get(8)? as usize;
+        let part = rest.get(8..8 + 1 + tlen + 16)?;
+        let mut i = Vec::with_capacity(1 + part.len());
+        i.push(IDEMPOTENCY);
+        i.extend_from_slice(part);
+        out.push((at, i));
+        rest = &rest[8 + part.len()..];
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// The value of an idempotency record (`i` key), integers little-endian:
@@ -173,15 +243,25 @@ pub use evershard_model::{AGGREGATE_ID_BYTES_MAX, AGGREGATE_TYPE_BYTES_MAX};
 
 /// `type_len | type | id_len | id`: the stream part shared by event and snapshot keys.
 pub fn stream_part(stream: &StreamId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(stream_part_len(stream));
+    put_stream_part(&mut out, stream);
+    out
+}
+
+/// The length of [`stream_part`].
+fn stream_part_len(stream: &StreamId) -> usize {
+    3 + stream.aggregate_type.len() + stream.aggregate_id.len()
+}
+
+/// Appends [`stream_part`] to `out`: every key of the write path is built in one allocation.
+fn put_stream_part(out: &mut Vec<u8>, stream: &StreamId) {
     let t = stream.aggregate_type.as_bytes();
     let i = stream.aggregate_id.as_bytes();
     debug_assert!(t.len() <= AGGREGATE_TYPE_BYTES_MAX && i.len() <= AGGREGATE_ID_BYTES_MAX);
-    let mut out = Vec::with_capacity(3 + t.len() + i.len());
     out.push(t.len() as u8);
     out.extend_from_slice(t);
     out.extend_from_slice(&(i.len() as u16).to_be_bytes());
     out.extend_from_slice(i);
-    out
 }
 
 /// Parses a stream part; returns the stream and the rest of the bytes.
@@ -209,13 +289,16 @@ pub fn parse_stream_part(bytes: &[u8]) -> Option<(StreamId, &[u8])> {
 }
 
 pub fn stream_prefix(space: u8, stream: &StreamId) -> Vec<u8> {
-    let mut key = vec![space];
-    key.extend_from_slice(&stream_part(stream));
+    let mut key = Vec::with_capacity(1 + stream_part_len(stream));
+    key.push(space);
+    put_stream_part(&mut key, stream);
     key
 }
 
 pub fn stream_key(space: u8, stream: &StreamId, sequence: u64) -> Vec<u8> {
-    let mut key = stream_prefix(space, stream);
+    let mut key = Vec::with_capacity(1 + stream_part_len(stream) + 8);
+    key.push(space);
+    put_stream_part(&mut key, stream);
     key.extend_from_slice(&sequence.to_be_bytes());
     key
 }
@@ -255,7 +338,7 @@ pub fn global_entry_value(runs: &[GlobalRun]) -> Vec<u8> {
     let mut v = Vec::with_capacity(4 + runs.len() * 32);
     v.extend_from_slice(&(runs.len() as u32).to_le_bytes());
     for run in runs {
-        v.extend_from_slice(&stream_part(&run.stream));
+        put_stream_part(&mut v, &run.stream);
         v.extend_from_slice(&run.first_sequence.to_le_bytes());
         v.extend_from_slice(&run.count.to_le_bytes());
     }
@@ -372,6 +455,35 @@ mod tests {
             Some(record.clone())
         );
         assert_eq!(IdempotencyRecord::decode(&record.encode()[1..]), None);
+    }
+
+    #[test]
+    fn a_group_sweep_entry_lists_its_keys_and_sorts_by_the_latest_time() {
+        let (a, b) = (uuid::Uuid::from_u128(1), uuid::Uuid::from_u128(2));
+        let (ia, ib) = (
+            idempotency_key("Order", &a),
+            idempotency_key("ProductStock", &b),
+        );
+        let (key, value) = idempotency_group_entry(&[(5, &ia[..]), (-2, &ib[..])]);
+        assert_eq!(&key[..9], &idempotency_by_time_key(5, "Order", &a)[..9]);
+        assert_eq!(key[9], 0);
+        assert_eq!(&key[10..], &ia[1..]);
+        assert_eq!(
+            parse_idempotency_sweep_entry(&key, &value),
+            Some(vec![(5, ia.clone()), (-2, ib)])
+        );
+        // A one-key entry (the earlier format) still parses, value empty.
+        let one = idempotency_by_time_key(3, "Order", &a);
+        assert_eq!(
+            parse_idempotency_sweep_entry(&one, &[]),
+            Some(vec![(3, ia)])
+        );
+        assert!(one < key, "ordered by time");
+        assert_eq!(
+            parse_idempotency_sweep_entry(&key, &value[..value.len() - 1]),
+            None
+        );
+        assert_eq!(parse_idempotency_sweep_entry(&key, &[]), None);
     }
 
     #[test]

@@ -13,9 +13,10 @@
 //! subtree). Nodes and the size move in one atomic batch per maintainer batch.
 
 use super::keys;
-use super::record::Hash;
-use super::{Journal, JournalWriter, StreamId};
+use super::record::{self, Hash};
+use super::{Journal, JournalWriter, Shared, StreamId};
 use crate::error::{Corruption, StorageError};
+use std::collections::VecDeque;
 
 /// The keyspace tag of tree nodes.
 pub const TREE: u8 = b'h';
@@ -56,6 +57,133 @@ pub struct StoredRecord {
     pub stream: StreamId,
     pub sequence: u64,
     pub bytes: Vec<u8>,
+}
+
+/// Record hashes the feed keeps at most (32 bytes each: 8 MiB). Sixteen maintainer steps:
+/// a maintainer that falls further behind than this (a stalled disk, a slow machine) loses
+/// the oldest hashes and reads those records back from sled, as after a restart.
+pub(crate) const RECORD_HASH_FEED_MAX: usize = 262_144;
+
+/// The SHA-256 of each record the committer wrote, in global order, from `first` on: handed
+/// to the tree maintainer so that it hashes leaves without reading every record back from
+/// sled (the committer hashed each record's bytes for the chain anyway). A cache only: it
+/// starts empty, forgets its oldest entries past [`RECORD_HASH_FEED_MAX`], and whatever it
+/// does not hold is read from the stored records.
+#[derive(Debug, Default)]
+pub(crate) struct RecordHashFeed {
+    /// The global position of `hashes[0]`.
+    first: u64,
+    hashes: VecDeque<Hash>,
+}
+
+impl RecordHashFeed {
+    /// Appends the hashes of positions `first..first + hashes.len()`; drops the oldest past
+    /// `max`.
+    fn push(&mut self, first: u64, hashes: &[Hash], max: usize) {
+        if self.first + self.hashes.len() as u64 != first {
+            // The first group after the maintainer started (or a gap, which the committer
+            // never leaves): start over here; earlier positions come from sled.
+            self.hashes.clear();
+            self.first = first;
+        }
+        self.hashes.extend(hashes.iter().copied());
+        let over = self.hashes.len().saturating_sub(max);
+        if over > 0 {
+            self.hashes.drain(..over);
+            self.first += over as u64;
+        }
+    }
+
+    /// Forgets everything below `from`; when the feed reaches `to`, takes the hashes of
+    /// `max(from, first)..=to` and answers that first position with them. `None` when the
+    /// feed does not reach `to` (then all of `from..=to` is read from the records).
+    fn take(&mut self, from: u64, to: u64) -> Option<(u64, Vec<Hash>)> {
+        let stale = from
+            .saturating_sub(self.first)
+            .min(self.hashes.len() as u64);
+        self.hashes.drain(..stale as usize);
+        self.first += stale;
+        let end = self.first + self.hashes.len() as u64; // exclusive
+        if self.hashes.is_empty() || self.first > to || end <= to {
+            return None;
+        }
+        let fed_from = self.first.max(from);
+        let take = (to + 1 - self.first) as usize;
+        let skip = (fed_from - self.first) as usize;
+        let fed = self.hashes.drain(..take).skip(skip).collect();
+        self.first = to + 1;
+        Some((fed_from, fed))
+    }
+}
+
+impl Shared {
+    /// The committer wrote (applied) the records at positions `first..first + hashes.len()`,
+    /// with these SHA-256s. Called once per group, after `apply_batch` succeeded.
+    pub(super) fn feed_record_hashes(&self, first: u64, hashes: &[Hash]) {
+        if hashes.is_empty() {
+            return;
+        }
+        let mut feed = self.record_hashes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(feed) = feed.as_mut() {
+            feed.push(first, hashes, RECORD_HASH_FEED_MAX);
+        }
+    }
+}
+
+impl JournalWriter {
+    /// From now on the committer hands the hash of every record it writes to
+    /// [`JournalWriter::record_hashes_between`]. One reader: the tree maintainer.
+    pub(crate) fn feed_record_hashes(&self) {
+        let mut feed = self
+            .shared
+            .record_hashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        feed.get_or_insert_with(RecordHashFeed::default);
+    }
+
+    /// The SHA-256 of the stored records at global positions `from..=to`, in order, and
+    /// forgets the fed hashes up to `to`. Positions the feed holds (written by this process's
+    /// committer, identical to the stored bytes) cost no read; the others — after a restart,
+    /// or when the maintainer fell far behind — are read from sled as
+    /// [`Journal::stored_records_between`] reads them.
+    pub(crate) fn record_hashes_between(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Hash>, StorageError> {
+        if to < from {
+            return Ok(Vec::new());
+        }
+        let taken = self
+            .shared
+            .record_hashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .and_then(|feed| feed.take(from, to));
+        let (fed_from, fed) = taken.unwrap_or((to + 1, Vec::new()));
+        let mut out = Vec::with_capacity((to + 1 - from) as usize);
+        if fed_from > from {
+            let stored = self.stored_records_between(from, fed_from - 1)?;
+            if stored.len() as u64 != fed_from - from {
+                return Err(StorageError::corrupt_store(
+                    Corruption::MalformedGlobalEntry,
+                ));
+            }
+            for (i, r) in stored.iter().enumerate() {
+                assert_eq!(r.position, from + i as u64, "global order broken");
+                out.push(record::hash(&r.bytes));
+            }
+        }
+        out.extend(fed);
+        assert_eq!(
+            out.len() as u64,
+            to + 1 - from,
+            "every position hashed once"
+        );
+        Ok(out)
+    }
 }
 
 impl Journal {
@@ -250,6 +378,38 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn h(position: u64) -> Hash {
+        let mut hash = [0; 32];
+        hash[..8].copy_from_slice(&position.to_le_bytes());
+        hash
+    }
+
+    fn hashes(positions: std::ops::RangeInclusive<u64>) -> Vec<Hash> {
+        positions.map(h).collect()
+    }
+
+    #[test]
+    fn the_record_hash_feed_answers_what_it_holds_and_forgets_the_rest() {
+        let mut feed = RecordHashFeed::default();
+        // Started after positions 1..=9 were written: those are not in the feed.
+        feed.push(10, &hashes(10..=14), 100);
+        feed.push(15, &hashes(15..=20), 100);
+        // 5..=12: 5..=9 from the records, 10..=12 fed.
+        assert_eq!(feed.take(5, 12), Some((10, hashes(10..=12))));
+        assert_eq!(feed.take(13, 16), Some((13, hashes(13..=16))));
+        // Beyond what was fed: all from the records, nothing taken.
+        assert_eq!(feed.take(17, 25), None);
+        assert_eq!(feed.take(17, 20), Some((17, hashes(17..=20))));
+        assert!(feed.hashes.is_empty());
+        // Past its bound it forgets the oldest: they come from the records.
+        feed.push(21, &hashes(21..=30), 4);
+        assert_eq!(feed.first, 27);
+        assert_eq!(feed.take(21, 28), Some((27, hashes(27..=28))));
+        // A gap (never left by the committer) starts the feed over.
+        feed.push(40, &hashes(40..=41), 100);
+        assert_eq!(feed.take(29, 41), Some((40, hashes(40..=41))));
+    }
 
     #[test]
     fn node_keys_sort_by_level_then_index() {

@@ -113,6 +113,9 @@ struct Shared {
     private_copy: Option<PathBuf>,
     /// Encryption at rest: the key provider, the data keys in memory, erasures.
     keyring: keyring::Keyring,
+    /// The SHA-256 of each record the committer wrote, in global order, for the Merkle tree
+    /// maintainer (`None` until one starts): what spares it reading every record back.
+    record_hashes: Mutex<Option<merkle::RecordHashFeed>>,
     /// Fault injection: while set, the syncer waits before each sync.
     #[cfg(feature = "fault-injection")]
     pub(crate) syncs_held: AtomicBool,
@@ -176,6 +179,7 @@ impl Shared {
             writer_lock: Mutex::new(None),
             private_copy: None,
             keyring: keyring::Keyring::default(),
+            record_hashes: Mutex::new(None),
             #[cfg(feature = "fault-injection")]
             syncs_held: AtomicBool::new(false),
             #[cfg(feature = "fault-injection")]
@@ -865,14 +869,26 @@ impl JournalWriter {
             k.extend_from_slice(&keys::time_key_part(before_micros));
             k
         };
+        // Whole entries, oldest first, until they name `limit` keys (a group entry names up
+        // to `keys::IDEMPOTENCY_GROUP_KEYS_MAX`).
+        // Each entry's key and the (recorded_at, `i` key) pairs it lists.
+        type Listed = Vec<(i64, Vec<u8>)>;
+        let mut old: Vec<(sled::IVec, Listed)> = Vec::new();
+        let mut named = 0;
+        for entry in db.range(vec![keys::IDEMPOTENCY_BY_TIME]..end) {
+            if named >= limit {
+                break;
+            }
+            let (key, value) = entry?;
+            let listed = keys::parse_idempotency_sweep_entry(&key, &value).unwrap_or_default();
+            named += listed.len().max(1);
+            old.push((key, listed));
+        }
         let mut removed = 0;
-        let old: Vec<sled::IVec> = db
-            .range(vec![keys::IDEMPOTENCY_BY_TIME]..end)
-            .keys()
-            .take(limit)
-            .collect::<Result<_, _>>()?;
-        for by_time in old {
-            if let Some((at, key)) = keys::parse_idempotency_by_time_key(&by_time) {
+        for (by_time, listed) in old {
+            // A malformed entry is removed and counted as one, as before group entries.
+            removed += usize::from(listed.is_empty());
+            for (at, key) in listed {
                 if let Some(value) = db.get(&key)? {
                     let same = keys::IdempotencyRecord::decode(&value)
                         .is_some_and(|r| r.recorded_at_micros == at);
@@ -881,9 +897,9 @@ impl JournalWriter {
                         let _ = db.compare_and_swap(&key, Some(value), None::<&[u8]>)?;
                     }
                 }
+                removed += 1;
             }
             db.remove(by_time)?;
-            removed += 1;
         }
         Ok(removed)
     }
@@ -1996,4 +2012,94 @@ pub struct JournalStats {
     pub snapshot_bytes: u64,
     pub last_global_position: u64,
     pub disk_bytes: u64,
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    //! The idempotency sweep reads both forms of `I` entries: the one-key entries of stores
+    //! written before group entries, and the group entries the committer writes now (one per
+    //! group commit), and keeps a key that a newer command recorded again.
+
+    use super::*;
+
+    fn record(at: i64) -> keys::IdempotencyRecord {
+        keys::IdempotencyRecord {
+            recorded_at_micros: at,
+            digest: [0; 32],
+            aggregate_id: "a".into(),
+            first_sequence: 1,
+            count: 0,
+        }
+    }
+
+    /// What the entity writes for a key recorded at `at`: the `i` record and a one-key `I`
+    /// entry, which the committer folds into its group entry.
+    fn recorded(key: u128, at: i64) -> [WriteOp; 2] {
+        let key = uuid::Uuid::from_u128(key);
+        [
+            WriteOp::Put {
+                key: keys::idempotency_key("T", &key),
+                value: record(at).encode(),
+            },
+            WriteOp::Put {
+                key: keys::idempotency_by_time_key(at, "T", &key),
+                value: Vec::new(),
+            },
+        ]
+    }
+
+    fn count(db: &sled::Db, tag: u8) -> usize {
+        db.scan_prefix([tag]).count()
+    }
+
+    #[test]
+    fn the_sweep_reads_one_key_and_group_entries_and_keeps_what_was_recorded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = JournalConfig {
+            durability: Durability::Buffered {
+                flush_every_ms: 1000,
+            },
+            ..JournalConfig::default()
+        };
+        let writer = JournalWriter::open(dir.path(), config).unwrap();
+        let db = writer.shared.db().unwrap();
+        // A one-key entry as stores written before group entries hold it.
+        for op in recorded(1, 10) {
+            if let WriteOp::Put { key, value } = op {
+                db.insert(key, value).unwrap();
+            }
+        }
+        // Two keys in one request (one group): one group entry.
+        let stream = StreamId::new("T", "a");
+        let mut request = AppendRequest::new(stream.clone(), 0, Vec::new());
+        request.extra_writes = recorded(2, 20).into_iter().chain(recorded(3, 30)).collect();
+        writer.append_blocking(request).unwrap();
+        assert_eq!(count(&db, keys::IDEMPOTENCY), 3);
+        assert_eq!(
+            count(&db, keys::IDEMPOTENCY_BY_TIME),
+            2,
+            "the old entry and one group"
+        );
+
+        // Before 25: the old entry only (the group entry carries its latest time, 30).
+        assert_eq!(writer.sweep_idempotency(25, 100).unwrap(), 1);
+        assert_eq!(count(&db, keys::IDEMPOTENCY), 2);
+        // Key 2 recorded again at 40 (its window had ended): the group of 30 lists it at 20,
+        // so its sweep leaves the newer record alone.
+        let mut again = AppendRequest::new(stream, 0, Vec::new());
+        again.extra_writes = recorded(2, 40).to_vec();
+        writer.append_blocking(again).unwrap();
+        assert_eq!(writer.sweep_idempotency(31, 100).unwrap(), 2);
+        let left: Vec<_> = db
+            .scan_prefix([keys::IDEMPOTENCY])
+            .map(|e| keys::IdempotencyRecord::decode(&e.unwrap().1).unwrap())
+            .collect();
+        assert_eq!(left, vec![record(40)]);
+        assert_eq!(count(&db, keys::IDEMPOTENCY_BY_TIME), 1);
+        assert_eq!(writer.sweep_idempotency(41, 100).unwrap(), 1);
+        assert_eq!(count(&db, keys::IDEMPOTENCY), 0);
+        assert_eq!(count(&db, keys::IDEMPOTENCY_BY_TIME), 0);
+        drop(db);
+        writer.close().unwrap();
+    }
 }

@@ -395,7 +395,9 @@ impl<A: Aggregate> EntityState<A> {
         let new_events = events
             .iter()
             .map(|event| NewEvent {
-                event_id: Uuid::new_v4(),
+                // A v4 id from the thread's CSPRNG (as uuid's `fast-rng` does), not a
+                // getrandom system call per event.
+                event_id: uuid::Builder::from_random_bytes(rand::random()).into_uuid(),
                 event_type: event.event_type().to_owned(),
                 event_version: event.event_version().to_owned(),
                 timestamp: ctx.now,

@@ -2,7 +2,9 @@
 //!
 //! Each registered aggregate type gets `shards` shard actors. A stable hash of
 //! (aggregate type, id) picks the shard; the shard owns one entity actor per active aggregate
-//! instance and forwards each command to it. ractor handles one message at a time per actor
+//! instance and forwards each command to it — or, once the actor is active and nothing for
+//! it is queued at the shard, the sender puts the command straight into its mailbox through
+//! the shard's routing table (`shard::Routes`). ractor handles one message at a time per actor
 //! and keeps per-sender FIFO order, so one aggregate's commands run strictly one at a time in
 //! arrival order while different aggregates run in parallel. See docs/runtime-semantics.md.
 
@@ -12,7 +14,7 @@ mod shard;
 pub(crate) use entity::EntityMsg;
 #[cfg(feature = "fault-injection")]
 pub(crate) use entity::{idempotency_ops, timer_ops};
-pub(crate) use shard::{ShardActor, ShardArgs, ShardMsg};
+pub(crate) use shard::{Direct, Routes, ShardActor, ShardArgs, ShardMsg};
 
 use crate::journal::JournalWriter;
 use crate::snapshots::{SkippedSnapshot, SnapshotPolicy, Snapshotter};

@@ -1,5 +1,14 @@
 //! A shard: routes commands to entity actors it spawns on demand, bounds their mailboxes,
 //! and passivates idle ones.
+//!
+//! The shard shares its routing table ([`Routes`]) with the engine's senders: a command to an
+//! aggregate whose actor is already active goes straight to that actor's mailbox (one task
+//! hop and one wakeup fewer per command); only a command to an inactive aggregate, or one
+//! sent while earlier commands to the same aggregate are still queued at the shard, goes
+//! through the shard. Both decisions are taken under the table's lock, with the count of
+//! commands still queued at the shard (`via_shard`), so per-sender order per aggregate holds:
+//! a sender goes direct only when nothing it sent earlier to the aggregate is still queued
+//! at the shard, and the shard publishes an actor only after handing it the command.
 
 use super::entity::{EntityActor, EntityArgs, EntityMsg, Violations};
 use super::Runtime;
@@ -10,7 +19,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::task::JoinHandle;
 
@@ -37,154 +46,328 @@ impl<A> ShardActor<A> {
     }
 }
 
-pub(crate) struct ShardArgs {
+pub(crate) struct ShardArgs<A: Aggregate> {
     pub index: usize,
     pub rt: Arc<Runtime>,
     /// Commands sent to this shard and not yet routed (bounded by the engine).
     pub queued: Arc<AtomicUsize>,
+    /// The routing table the shard shares with the engine's senders.
+    pub routes: Arc<Routes<A>>,
 }
 
+/// One aggregate in a shard's routing table: while commands to it are queued at the shard,
+/// and while its actor is active.
 struct Entry<A: Aggregate> {
-    actor: ActorRef<EntityMsg<A>>,
+    /// The active actor; `None` until the shard has spawned it and handed it a command.
+    actor: Option<ActorRef<EntityMsg<A>>>,
+    /// Commands handed to the actor and not yet answered: bounds the mailbox; the shard
+    /// passivates only an actor at zero.
     inflight: Arc<AtomicUsize>,
     last_used: Instant,
+    /// Commands to this aggregate queued at the shard (not yet handed to the actor). While
+    /// any is, senders go through the shard too, behind them.
+    via_shard: usize,
+}
+
+impl<A: Aggregate> Entry<A> {
+    fn new() -> Self {
+        Entry {
+            actor: None,
+            inflight: Arc::new(AtomicUsize::new(0)),
+            last_used: Instant::now(),
+            via_shard: 0,
+        }
+    }
+
+    /// Active, and nothing in flight or queued for it: it may leave memory.
+    fn idle(&self) -> bool {
+        self.actor.is_some() && self.via_shard == 0 && self.inflight.load(Ordering::Acquire) == 0
+    }
+}
+
+/// A shard's routing table, shared by the shard actor and the engine's senders. A short
+/// `std` mutex: no await and no actor call is made while it is held.
+pub(crate) struct Routes<A: Aggregate> {
+    entries: Mutex<HashMap<String, Entry<A>>>,
+}
+
+/// What [`Routes::send_direct`] did with a command.
+pub(crate) enum Direct<A: Aggregate> {
+    /// In the active actor's mailbox.
+    Sent,
+    /// The actor's mailbox is full: the command, to refuse.
+    Overloaded(EntityMsg<A>),
+    /// No active actor, or commands to the aggregate queued at the shard: send the command
+    /// through the shard (counted in `via_shard` already; [`Routes::not_via_shard`] undoes
+    /// that if the shard refuses it).
+    ViaShard(EntityMsg<A>),
+}
+
+impl<A: Aggregate> Routes<A> {
+    pub(crate) fn new() -> Self {
+        Routes {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry<A>>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands a command straight to the aggregate's active actor when it may (see the module
+    /// comment), else counts it as going through the shard.
+    pub(crate) fn send_direct(
+        &self,
+        aggregate_id: &str,
+        msg: EntityMsg<A>,
+        entity_mailbox_commands_max: usize,
+    ) -> Direct<A> {
+        let mut entries = self.lock();
+        if let Some(entry) = entries.get_mut(aggregate_id) {
+            if let (0, Some(actor)) = (entry.via_shard, &entry.actor) {
+                if entry.inflight.load(Ordering::Acquire) >= entity_mailbox_commands_max {
+                    return Direct::Overloaded(msg);
+                }
+                // Counted under the lock: the shard cannot passivate the actor from here on.
+                entry.inflight.fetch_add(1, Ordering::AcqRel);
+                entry.last_used = Instant::now();
+                let (actor, inflight) = (actor.clone(), entry.inflight.clone());
+                drop(entries);
+                match actor.cast(msg) {
+                    Ok(()) => return Direct::Sent,
+                    Err(err) => {
+                        // The actor stopped (it failed) after the lookup: its supervision
+                        // event cleans up; this command goes through the shard instead.
+                        inflight.fetch_sub(1, Ordering::AcqRel);
+                        let ractor::MessagingErr::SendErr(msg) = err else {
+                            // No message to retry: its reply channel closed unanswered, which
+                            // the sender reads as the actor having stopped.
+                            return Direct::Sent;
+                        };
+                        entries = self.lock();
+                        entries
+                            .entry(aggregate_id.to_owned())
+                            .or_insert_with(Entry::new)
+                            .via_shard += 1;
+                        return Direct::ViaShard(msg);
+                    }
+                }
+            }
+            entry.via_shard += 1;
+            return Direct::ViaShard(msg);
+        }
+        let mut entry = Entry::new();
+        entry.via_shard = 1;
+        entries.insert(aggregate_id.to_owned(), entry);
+        Direct::ViaShard(msg)
+    }
+
+    /// A command counted by [`Routes::send_direct`] as going through the shard did not reach
+    /// the shard's mailbox.
+    pub(crate) fn not_via_shard(&self, aggregate_id: &str) {
+        let mut entries = self.lock();
+        if let Some(entry) = entries.get_mut(aggregate_id) {
+            entry.via_shard -= 1;
+            if entry.via_shard == 0 && entry.actor.is_none() {
+                entries.remove(aggregate_id);
+            }
+        }
+    }
 }
 
 pub(crate) struct ShardState<A: Aggregate> {
-    args: ShardArgs,
+    args: ShardArgs<A>,
     /// Aggregates whose state broke an invariant, kept by the shard so that passivation
     /// (which drops the entity) does not forget them: they refuse commands until the engine
     /// is reopened (and then recovery finds the violation again).
     violations: Violations,
-    entities: HashMap<String, Entry<A>>,
     by_actor: HashMap<ActorId, String>,
     ticker: Option<JoinHandle<()>>,
 }
 
 impl<A: Aggregate> ShardState<A> {
-    fn passivate(&mut self, id: &str) {
-        if let Some(entry) = self.entities.remove(id) {
-            self.by_actor.remove(&entry.actor.get_id());
-            entry.actor.stop(Some("passivated".into()));
+    /// Stops the actors of these aggregates, which the caller took out of the table.
+    fn stop_all(&mut self, actors: Vec<ActorRef<EntityMsg<A>>>) {
+        for actor in actors {
+            self.by_actor.remove(&actor.get_id());
+            actor.stop(Some("passivated".into()));
         }
     }
 
     /// Passivates the least recently used idle entity; false when every entity is busy.
     fn passivate_lru(&mut self) -> bool {
-        let victim = self
-            .entities
-            .iter()
-            .filter(|(_, e)| e.inflight.load(Ordering::Acquire) == 0)
-            .min_by_key(|(_, e)| e.last_used)
-            .map(|(id, _)| id.clone());
+        let victim = {
+            let mut entries = self.args.routes.lock();
+            let id = entries
+                .iter()
+                .filter(|(_, e)| e.idle())
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(id, _)| id.clone());
+            id.and_then(|id| entries.remove(&id)).and_then(|e| e.actor)
+        };
         match victim {
-            Some(id) => {
-                self.passivate(&id);
+            Some(actor) => {
+                self.stop_all(vec![actor]);
                 true
             }
             None => false,
         }
     }
 
+    fn active(&self) -> usize {
+        self.args
+            .routes
+            .lock()
+            .values()
+            .filter(|e| e.actor.is_some())
+            .count()
+    }
+
     async fn spawn_entity(
         &mut self,
         myself: &ActorRef<ShardMsg<A>>,
         id: &str,
-    ) -> Result<(), ActorProcessingErr> {
-        while self.entities.len() >= self.args.rt.config.active_per_shard_max {
+        inflight: Arc<AtomicUsize>,
+    ) -> Result<ActorRef<EntityMsg<A>>, ActorProcessingErr> {
+        while self.active() >= self.args.rt.config.active_per_shard_max {
             if !self.passivate_lru() {
                 break; // every active entity is busy: exceed the limit rather than block
             }
         }
-        let inflight = Arc::new(AtomicUsize::new(0));
         let args = EntityArgs {
             stream: StreamId::new(A::TYPE, id),
             rt: self.args.rt.clone(),
-            inflight: inflight.clone(),
+            inflight,
             violations: self.violations.clone(),
         };
         let (actor, _) =
             Actor::spawn_linked(None, EntityActor::<A>::new(), args, myself.get_cell()).await?;
         self.by_actor.insert(actor.get_id(), id.to_owned());
-        self.entities.insert(
-            id.to_owned(),
-            Entry {
-                actor,
-                inflight,
-                last_used: Instant::now(),
-            },
-        );
-        Ok(())
+        Ok(actor)
     }
 
+    /// Routes one command that came through the shard, then counts it out of `via_shard`
+    /// (and publishes the actor) in one step under the table's lock.
     async fn route(
         &mut self,
         myself: &ActorRef<ShardMsg<A>>,
         id: String,
         msg: EntityMsg<A>,
     ) -> Result<(), ActorProcessingErr> {
-        let stream = || StreamId::new(A::TYPE, id.clone());
-        if let Some(violation) = self.violations.get(&id) {
-            msg.reject(violation.error(stream()));
-            return Ok(());
-        }
-        if !self.entities.contains_key(&id) {
-            if let Err(e) = self.spawn_entity(myself, &id).await {
-                // Fail this command, keep the shard (and its other aggregates) alive.
-                tracing::error!(shard = self.args.index, aggregate_id = %id, %e, "could not start the aggregate's actor");
-                msg.reject(CommandError::Unavailable {
-                    stream: stream(),
-                    reason: UnavailableReason::StartFailed,
-                });
-                return Ok(());
+        let routed = self.hand_over(myself, &id, msg).await;
+        let mut entries = self.args.routes.lock();
+        let entry = entries
+            .get_mut(&id)
+            .expect("counted in via_shard until here");
+        entry.via_shard -= 1;
+        match routed {
+            Some(actor) => {
+                entry.actor = Some(actor);
+                entry.last_used = Instant::now();
+            }
+            None => {
+                if entry.via_shard == 0 && entry.actor.is_none() {
+                    entries.remove(&id);
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Hands the command to the aggregate's actor, spawning it when needed; answers it with
+    /// an error when it cannot. The actor it reached, if any.
+    async fn hand_over(
+        &mut self,
+        myself: &ActorRef<ShardMsg<A>>,
+        id: &str,
+        msg: EntityMsg<A>,
+    ) -> Option<ActorRef<EntityMsg<A>>> {
+        let stream = || StreamId::new(A::TYPE, id);
+        if let Some(violation) = self.violations.get(id) {
+            msg.reject(violation.error(stream()));
+            return None;
+        }
+        let (actor, inflight) = {
+            let entries = self.args.routes.lock();
+            let entry = entries.get(id).expect("counted in via_shard");
+            (entry.actor.clone(), entry.inflight.clone())
+        };
+        let actor = match actor {
+            Some(actor) => actor,
+            None => match self.spawn_entity(myself, id, inflight.clone()).await {
+                Ok(actor) => actor,
+                Err(e) => {
+                    // Fail this command, keep the shard (and its other aggregates) alive.
+                    tracing::error!(shard = self.args.index, aggregate_id = %id, %e, "could not start the aggregate's actor");
+                    msg.reject(CommandError::Unavailable {
+                        stream: stream(),
+                        reason: UnavailableReason::StartFailed,
+                    });
+                    return None;
+                }
+            },
+        };
         let limit = self.args.rt.config.entity_mailbox_commands_max;
-        let entry = self.entities.get_mut(&id).expect("spawned above");
-        if entry.inflight.load(Ordering::Acquire) >= limit {
+        if inflight.load(Ordering::Acquire) >= limit {
             msg.reject(CommandError::Overloaded {
                 what: "the aggregate's mailbox",
                 limit,
             });
-            return Ok(());
+            return Some(actor);
         }
-        entry.inflight.fetch_add(1, Ordering::AcqRel);
-        entry.last_used = Instant::now();
-        if let Err(err) = entry.actor.cast(msg) {
-            // The entity stopped between our lookup and the send (it failed). Its supervision
-            // event will clean up; answer this command rather than lose it silently.
-            let msg = match err {
-                ractor::MessagingErr::SendErr(m) => Some(m),
-                _ => None,
-            };
-            self.passivate(&id);
-            if let Some(m) = msg {
-                m.reject(CommandError::Unavailable {
-                    stream: stream(),
-                    reason: UnavailableReason::Stopped,
-                });
+        inflight.fetch_add(1, Ordering::AcqRel);
+        match actor.cast(msg) {
+            Ok(()) => Some(actor),
+            Err(err) => {
+                // The entity stopped between our lookup and the send (it failed). Its
+                // supervision event will clean up; answer this command rather than lose it
+                // silently, and forget the actor (the next command starts a new one).
+                inflight.fetch_sub(1, Ordering::AcqRel);
+                self.forget(id, actor.get_id());
+                if let ractor::MessagingErr::SendErr(m) = err {
+                    m.reject(CommandError::Unavailable {
+                        stream: stream(),
+                        reason: UnavailableReason::Stopped,
+                    });
+                }
+                None
             }
         }
-        Ok(())
+    }
+
+    /// The actor `actor` of aggregate `id` stopped: commands go through the shard again,
+    /// which starts a new one. Its in-flight count starts afresh (commands left in the dead
+    /// actor's mailbox were answered as stopped, never counted down).
+    fn forget(&mut self, id: &str, actor: ActorId) {
+        self.by_actor.remove(&actor);
+        let mut entries = self.args.routes.lock();
+        if let Some(entry) = entries.get_mut(id) {
+            if entry.actor.as_ref().is_some_and(|a| a.get_id() == actor) {
+                entry.actor = None;
+                entry.inflight = Arc::new(AtomicUsize::new(0));
+                if entry.via_shard == 0 {
+                    entries.remove(id);
+                }
+            }
+        }
     }
 }
 
 impl<A: Aggregate> Actor for ShardActor<A> {
     type Msg = ShardMsg<A>;
     type State = ShardState<A>;
-    type Arguments = ShardArgs;
+    type Arguments = ShardArgs<A>;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        args: ShardArgs,
+        args: ShardArgs<A>,
     ) -> Result<Self::State, ActorProcessingErr> {
         let period = std::time::Duration::from_millis(args.rt.config.passivation_check_ms.max(1));
         let ticker = myself.send_interval(period, || ShardMsg::PassivateIdle);
         Ok(ShardState {
             args,
             violations: Violations::default(),
-            entities: HashMap::new(),
             by_actor: HashMap::new(),
             ticker: Some(ticker),
         })
@@ -200,9 +383,12 @@ impl<A: Aggregate> Actor for ShardActor<A> {
         }
         // Wait for each entity, so that after the shard has stopped no actor holds the
         // journal any more.
-        for (_, entry) in state.entities.drain() {
-            let _ = entry
-                .actor
+        let actors: Vec<_> = {
+            let mut entries = state.args.routes.lock();
+            entries.drain().filter_map(|(_, e)| e.actor).collect()
+        };
+        for actor in actors {
+            let _ = actor
                 .stop_and_wait(Some("shard stopped".into()), None)
                 .await;
         }
@@ -222,20 +408,21 @@ impl<A: Aggregate> Actor for ShardActor<A> {
             }
             ShardMsg::PassivateIdle => {
                 let idle = state.args.rt.passivate_idle();
-                let expired: Vec<String> = state
-                    .entities
-                    .iter()
-                    .filter(|(_, e)| {
-                        e.inflight.load(Ordering::Acquire) == 0 && e.last_used.elapsed() >= idle
-                    })
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                for id in expired {
-                    state.passivate(&id);
-                }
+                let expired: Vec<_> = {
+                    let mut entries = state.args.routes.lock();
+                    let ids: Vec<String> = entries
+                        .iter()
+                        .filter(|(_, e)| e.idle() && e.last_used.elapsed() >= idle)
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    ids.iter()
+                        .filter_map(|id| entries.remove(id).and_then(|e| e.actor))
+                        .collect()
+                };
+                state.stop_all(expired);
             }
             ShardMsg::ActiveCount { reply } => {
-                let _ = reply.send(state.entities.len());
+                let _ = reply.send(state.active());
             }
         }
         Ok(())
@@ -250,20 +437,14 @@ impl<A: Aggregate> Actor for ShardActor<A> {
         // A failed entity harms nobody else: forget it; the next command recovers it.
         match event {
             SupervisionEvent::ActorFailed(cell, reason) => {
-                if let Some(id) = state.by_actor.remove(&cell.get_id()) {
+                if let Some(id) = state.by_actor.get(&cell.get_id()).cloned() {
                     tracing::error!(shard = state.args.index, aggregate_id = %id, %reason, "aggregate actor failed");
-                    state.entities.remove(&id);
+                    state.forget(&id, cell.get_id());
                 }
             }
             SupervisionEvent::ActorTerminated(cell, ..) => {
-                if let Some(id) = state.by_actor.remove(&cell.get_id()) {
-                    if state
-                        .entities
-                        .get(&id)
-                        .is_some_and(|e| e.actor.get_id() == cell.get_id())
-                    {
-                        state.entities.remove(&id);
-                    }
+                if let Some(id) = state.by_actor.get(&cell.get_id()).cloned() {
+                    state.forget(&id, cell.get_id());
                 }
             }
             _ => {}
