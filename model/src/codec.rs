@@ -35,7 +35,7 @@
 //!
 //! [`Money`]: crate::Money
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Format 1: bincode 2, positional. Still written by [`encode_compact`]; always read.
 pub const CODEC_FORMAT_V1: u8 = 1;
@@ -113,14 +113,28 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
             Ok(value)
         }
         CODEC_FORMAT_V2 => {
-            let mut rest = body;
-            let mut deserializer = rmp_serde::Deserializer::new(&mut rest);
+            // Strings and field names are read borrowed from `body` (no copy into a buffer
+            // per string, as through `io::Read`). That reader does not tell where the value
+            // ended, so the end is checked by reading one more value: it must find none.
+            let mut deserializer = rmp_serde::Deserializer::from_read_ref(body);
             let value =
                 T::deserialize(&mut deserializer).map_err(|e| CodecError::Decode(e.to_string()))?;
-            if !rest.is_empty() {
-                return Err(CodecError::TrailingBytes(rest.len()));
+            match serde::de::IgnoredAny::deserialize(&mut deserializer) {
+                Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                {
+                    Ok(value)
+                }
+                // Bytes after the value: count them with the reader that says where it
+                // stopped (an error path, so its cost does not matter).
+                _ => {
+                    let mut rest = body;
+                    let mut counting = rmp_serde::Deserializer::new(&mut rest);
+                    serde::de::IgnoredAny::deserialize(&mut counting)
+                        .map_err(|e| CodecError::Decode(e.to_string()))?;
+                    Err(CodecError::TrailingBytes(rest.len()))
+                }
             }
-            Ok(value)
         }
         other => Err(CodecError::UnknownFormat(other)),
     }
@@ -155,6 +169,17 @@ mod tests {
         for mut long in [encode(&E::B(None)), encode_compact(&E::B(None))] {
             long.push(0);
             assert_eq!(decode::<E>(&long), Err(CodecError::TrailingBytes(1)));
+        }
+        // Format 2's borrowing reader finds the end by reading on: bytes after the value that
+        // are not a value (0xc1 is never used in MessagePack) or a whole second value are
+        // trailing bytes, counted.
+        for tail in [&[0xc1][..], &[0xc1, 0x00], &[0x92, 0x01, 0x02]] {
+            let mut long = encode(&v);
+            long.extend_from_slice(tail);
+            assert_eq!(
+                decode::<E>(&long),
+                Err(CodecError::TrailingBytes(tail.len()))
+            );
         }
     }
 
