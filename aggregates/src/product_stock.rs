@@ -261,6 +261,7 @@ pub struct InventoryUpdated {
     pub on_hand: i64,
     pub reserved: i64,
     pub available: i64,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -272,8 +273,10 @@ pub struct StockReserved {
     pub quantity: i64,
     /// Available after the reservation.
     pub available: i64,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub reserved_at: DateTime<Utc>,
     /// The deadline: `reserved_at` + [`RESERVATION_TTL_MS`].
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub expires_at: DateTime<Utc>,
 }
 
@@ -286,6 +289,7 @@ pub struct StockReleased {
     pub reason: ReleaseReason,
     /// Available after the release.
     pub available: i64,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub released_at: DateTime<Utc>,
 }
 
@@ -298,6 +302,7 @@ pub struct StockCommitted {
     /// On hand after the commit.
     pub on_hand: i64,
     pub available: i64,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub committed_at: DateTime<Utc>,
 }
 
@@ -309,6 +314,7 @@ pub struct LowStockAlert {
     pub average_monthly_demand: i64,
     pub on_hand: i64,
     pub reserved: i64,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub detected_at: DateTime<Utc>,
 }
 
@@ -317,6 +323,7 @@ pub struct DemandForecastUpdated {
     pub product_id: String,
     pub average_monthly_demand: i64,
     pub safety_stock: i64,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -326,6 +333,7 @@ pub struct StockReservationConfirmed {
     pub reservation_id: Uuid,
     pub order_id: Uuid,
     pub quantity: i64,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub confirmed_at: DateTime<Utc>,
 }
 
@@ -333,6 +341,7 @@ pub struct StockReservationConfirmed {
 pub struct ReservationTtlSet {
     pub product_id: String,
     pub reservation_ttl_ms: i64,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -415,9 +424,12 @@ pub fn can_transition(from: ReservationStatus, to: ReservationStatus) -> bool {
 pub struct Reservation {
     pub order_id: Uuid,
     pub quantity: i64,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub reserved_at: DateTime<Utc>,
     /// The deadline. Kept after confirmation for the record; it no longer applies then.
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub expires_at: DateTime<Utc>,
+    #[serde(with = "evershard_model::codec::timestamp::option")]
     pub confirmed_at: Option<DateTime<Utc>>,
 }
 
@@ -444,6 +456,7 @@ pub struct ClosedReservation {
     /// `Released` or `Committed`.
     pub status: ReservationStatus,
     pub release_reason: Option<ReleaseReason>,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub closed_at: DateTime<Utc>,
 }
 
