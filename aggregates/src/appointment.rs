@@ -131,6 +131,7 @@ pub struct AppointmentCreated {
     pub patient_id: Uuid,
     pub doctor_id: Uuid,
     pub clinic_id: Uuid,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub scheduled_at: DateTime<Utc>,
     pub service_type: String,
     pub estimated_cost: Money,
@@ -140,7 +141,9 @@ pub struct AppointmentCreated {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppointmentRescheduled {
     pub appointment_id: Uuid,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub previous_scheduled_at: DateTime<Utc>,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub new_scheduled_at: DateTime<Utc>,
     pub previous_doctor_id: Uuid,
     pub new_doctor_id: Uuid,
@@ -194,6 +197,7 @@ pub struct CreateAppointment {
     pub patient_id: Uuid,
     pub doctor_id: Uuid,
     pub clinic_id: Uuid,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub scheduled_at: DateTime<Utc>,
     pub service_type: String,
     pub estimated_cost: Money,
@@ -202,6 +206,7 @@ pub struct CreateAppointment {
 /// Moves an appointment. `None` keeps the current time or doctor; at least one must change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RescheduleAppointment {
+    #[serde(with = "evershard_model::codec::timestamp::option")]
     pub new_scheduled_at: Option<DateTime<Utc>>,
     pub new_doctor_id: Option<Uuid>,
     pub reason: Option<String>,
@@ -305,6 +310,7 @@ pub struct AppointmentRecord {
     pub patient_id: Uuid,
     pub doctor_id: Uuid,
     pub clinic_id: Uuid,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub scheduled_at: DateTime<Utc>,
     pub service_type: String,
     pub estimated_cost: Money,

@@ -367,6 +367,7 @@ pub struct DeviceConnected {
     /// True when the device is not calibrated for `owner_id`: telemetry waits for a
     /// `DeviceCalibrated` ("DeviceConnected → начало калибровки").
     pub calibration_required: bool,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub connected_at: DateTime<Utc>,
 }
 
@@ -379,6 +380,7 @@ pub struct DeviceCalibrated {
     pub temperature_offset_celsius: f64,
     /// Multiplies raw vibration for consumers that correct readings; dimensionless.
     pub vibration_scale_factor: f64,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub calibrated_at: DateTime<Utc>,
 }
 
@@ -388,6 +390,7 @@ pub struct DeviceDisconnected {
     pub device_id: Uuid,
     pub owner_id: Uuid,
     pub reason: DisconnectReason,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub disconnected_at: DateTime<Utc>,
 }
 
@@ -402,6 +405,7 @@ pub struct DeviceErrorDetected {
     /// Errors within [`REPEATED_ERRORS_WINDOW_SECONDS`] including this one; at
     /// [`REPEATED_ERRORS_LIMIT_COUNT`] the device is disconnected in the same command.
     pub errors_in_window: u32,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub detected_at: DateTime<Utc>,
 }
 
@@ -584,6 +588,7 @@ pub struct DeviceState {
     pub device: Option<DeviceRecord>,
     /// The owner the sensors are calibrated for; telemetry needs it to be the current owner.
     pub calibrated_owner_id: Option<Uuid>,
+    #[serde(with = "evershard_model::codec::timestamp::option")]
     pub last_calibrated_at: Option<DateTime<Utc>>,
     /// The highest (= last reported) operating-hours counter.
     pub last_operating_hours: Option<u64>,

@@ -283,8 +283,10 @@ pub struct OrderCreated {
     pub lines: Vec<OrderLineCreated>,
     pub total_amount: Money,
     pub currency: Currency,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub created_at: DateTime<Utc>,
     /// The confirmation deadline: `created_at` + [`ORDER_CONFIRMATION_TTL_MS`].
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub expires_at: DateTime<Utc>,
 }
 
@@ -294,6 +296,7 @@ pub struct OrderLineReserved {
     pub product_id: String,
     pub reservation_id: Uuid,
     pub quantity: i64,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub reserved_at: DateTime<Utc>,
 }
 
@@ -301,6 +304,7 @@ pub struct OrderLineReserved {
 pub struct OrderStockReserved {
     pub order_id: Uuid,
     pub reservations: Vec<LineReservation>,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub reserved_at: DateTime<Utc>,
 }
 
@@ -310,6 +314,7 @@ pub struct OrderPaymentRequested {
     pub payment_id: Uuid,
     pub amount: Money,
     pub currency: Currency,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub requested_at: DateTime<Utc>,
 }
 
@@ -319,6 +324,7 @@ pub struct OrderConfirmed {
     pub payment_id: Uuid,
     pub amount: Money,
     pub currency: Currency,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub confirmed_at: DateTime<Utc>,
 }
 
@@ -332,6 +338,7 @@ pub struct OrderCancelled {
     /// The order's payment, if one was requested; null otherwise.
     pub payment_id: Option<Uuid>,
     pub reservations_to_release: Vec<LineReservation>,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub cancelled_at: DateTime<Utc>,
 }
 
@@ -341,6 +348,7 @@ pub struct OrderFulfilled {
     pub total_amount: Money,
     pub currency: Currency,
     pub reservations_to_commit: Vec<LineReservation>,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub fulfilled_at: DateTime<Utc>,
 }
 
@@ -417,6 +425,7 @@ pub struct OrderLine {
     /// Set once the line's stock is reserved.
     pub reservation_id: Option<Uuid>,
     /// When the line's stock was reserved (`OrderLineReserved`).
+    #[serde(with = "evershard_model::codec::timestamp::option")]
     pub reserved_at: Option<DateTime<Utc>>,
 }
 
@@ -430,7 +439,9 @@ pub struct PlacedOrder {
     pub lines: Vec<OrderLine>,
     pub total_amount: Money,
     pub status: OrderStatus,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub created_at: DateTime<Utc>,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub expires_at: DateTime<Utc>,
     pub payment_id: Option<Uuid>,
     pub paid_amount: Option<Money>,

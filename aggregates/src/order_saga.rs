@@ -255,8 +255,10 @@ pub struct SagaStarted {
     pub total_amount: Money,
     pub currency: Currency,
     pub payment_id: Uuid,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub started_at: DateTime<Utc>,
     /// The order's `expires_at`: the saga's deadline to reach confirmation.
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub deadline: DateTime<Utc>,
     pub cause: Cause,
 }
@@ -302,6 +304,7 @@ pub struct PaymentAttemptFailed {
     pub blocked: bool,
     pub reason: String,
     /// When the next attempt is initiated; `None` when blocked or the order is closed.
+    #[serde(with = "evershard_model::codec::timestamp::option")]
     pub retry_at: Option<DateTime<Utc>>,
     pub cause: Cause,
 }
@@ -335,6 +338,7 @@ pub struct CancelRequested {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimeoutRequested {
     pub order_id: Uuid,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub deadline: DateTime<Utc>,
     pub cause: Cause,
 }
@@ -343,6 +347,7 @@ pub struct TimeoutRequested {
 pub struct OrderConfirmedSeen {
     pub order_id: Uuid,
     pub confirm: Vec<LineRef>,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub confirmed_at: DateTime<Utc>,
     pub cause: Cause,
 }
@@ -442,6 +447,7 @@ pub struct SagaFinished {
     /// True when the saga undid work: released reservations or refunded a payment.
     pub compensated: bool,
     pub refunded: Option<Money>,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub finished_at: DateTime<Utc>,
 }
 
@@ -847,13 +853,16 @@ pub struct SagaInstance {
     pub currency: Currency,
     pub total_amount: Money,
     pub payment_id: Uuid,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub started_at: DateTime<Utc>,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub deadline: DateTime<Utc>,
     /// In the order's line order.
     pub lines: Vec<SagaLine>,
     pub order: OrderPhase,
     pub cancel_reason: Option<CancelReason>,
     /// When the saga saw the order confirmed.
+    #[serde(with = "evershard_model::codec::timestamp::option")]
     pub confirmed_at: Option<DateTime<Utc>>,
     pub payment: PaymentPhase,
     /// What the payment captured, once completed.

@@ -34,30 +34,52 @@ pub fn envelope<E>(record: Record, payload: E) -> EventEnvelope<E> {
 pub fn decode_record<A: Aggregate>(
     record: Record,
 ) -> Result<EventEnvelope<A::Event>, StorageError> {
-    let stream = StreamId::new(record.aggregate_type.clone(), record.aggregate_id.clone());
-    let corrupt = |cause: Corruption| StorageError::corrupt(&stream, record.sequence, cause);
+    let payload = decode_payload::<A>(
+        &record.aggregate_type,
+        &record.aggregate_id,
+        record.sequence,
+        &record.event_type,
+        &record.event_version,
+        &record.payload,
+    )?;
+    Ok(envelope(record, payload))
+}
+
+/// Decodes a stored payload of the event at `sequence` of stream `(aggregate_type,
+/// aggregate_id)`, naming that event in the error. Borrows everything: the stream is built
+/// only for an error.
+fn decode_payload<A: Aggregate>(
+    aggregate_type: &str,
+    aggregate_id: &str,
+    sequence: u64,
+    event_type: &str,
+    event_version: &str,
+    payload: &[u8],
+) -> Result<A::Event, StorageError> {
+    let corrupt = |cause: Corruption| {
+        StorageError::corrupt(
+            &StreamId::new(aggregate_type, aggregate_id),
+            sequence,
+            cause,
+        )
+    };
     // An upcaster is user code: a panic in it is a storage-level failure of this record,
     // not of the caller.
     let decoded = catch_unwind(AssertUnwindSafe(|| {
-        A::decode_event(&record.event_type, &record.event_version, &record.payload)
+        A::decode_event(event_type, event_version, payload)
     }));
-    let payload = match decoded {
-        Ok(Ok(payload)) => payload,
-        Ok(Err(source)) => {
-            return Err(corrupt(Corruption::Payload {
-                event_type: record.event_type.as_str().into(),
-                event_version: record.event_version.as_str().into(),
-                source: Box::new(source),
-            }))
-        }
-        Err(_) => {
-            return Err(corrupt(Corruption::DecodePanicked {
-                event_type: record.event_type.as_str().into(),
-                event_version: record.event_version.as_str().into(),
-            }))
-        }
-    };
-    Ok(envelope(record, payload))
+    match decoded {
+        Ok(Ok(payload)) => Ok(payload),
+        Ok(Err(source)) => Err(corrupt(Corruption::Payload {
+            event_type: event_type.into(),
+            event_version: event_version.into(),
+            source: Box::new(source),
+        })),
+        Err(_) => Err(corrupt(Corruption::DecodePanicked {
+            event_type: event_type.into(),
+            event_version: event_version.into(),
+        })),
+    }
 }
 
 /// The typed events of a stream with `from <= sequence <= to`.
@@ -128,31 +150,41 @@ pub fn load<A: Aggregate>(
     Ok(loaded)
 }
 
-/// Folds the events after `loaded.version` up to `target` into `loaded`.
+/// Folds the events after `loaded.version` up to `target` into `loaded`. Reads each record
+/// as a view of its stored bytes ([`Journal::visit_stream`]) and decodes its payload from
+/// there: per event, no record copy and no envelope, only the event the fold applies.
 fn fold_tail<A: Aggregate>(
     journal: &Journal,
     stream: &StreamId,
     target: u64,
     loaded: &mut Loaded<A::State>,
 ) -> Result<(), StorageError> {
-    for envelope in read_events::<A>(journal, stream, loaded.version + 1, target) {
-        let envelope = envelope?;
+    journal.visit_stream(stream, loaded.version + 1, target, |view, payload| {
         let expected = loaded.version + 1;
-        if envelope.sequence != expected {
+        if view.sequence != expected {
             let gap = Corruption::Gap {
-                found: envelope.sequence,
+                found: view.sequence,
             };
             return Err(StorageError::corrupt(stream, expected, gap));
         }
+        let event = decode_payload::<A>(
+            view.aggregate_type,
+            view.aggregate_id,
+            view.sequence,
+            view.event_type,
+            view.event_version,
+            payload,
+        )?;
         let state = &mut loaded.state;
-        let applied = catch_unwind(AssertUnwindSafe(|| A::apply(state, &envelope.payload)));
+        let applied = catch_unwind(AssertUnwindSafe(|| A::apply(state, &event)));
         if applied.is_err() {
             let cause = Corruption::ApplyPanicked;
-            return Err(StorageError::corrupt(stream, envelope.sequence, cause));
+            return Err(StorageError::corrupt(stream, view.sequence, cause));
         }
-        loaded.version = envelope.sequence;
+        loaded.version = view.sequence;
         loaded.events_replayed += 1;
-    }
+        Ok(())
+    })?;
     if loaded.version != target {
         let cause = Corruption::Truncated {
             last: loaded.version,

@@ -34,6 +34,7 @@ pub struct PaymentInitiatedV1_0 {
     pub payment_method: PaymentMethod,
     pub cvv_checked: bool,
     pub attempt: u32,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub initiated_at: DateTime<Utc>,
 }
 

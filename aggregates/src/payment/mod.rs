@@ -516,6 +516,7 @@ pub struct PaymentInitiated {
     pub cvv_checked: bool,
     /// 1 for the first attempt, then 2 and 3.
     pub attempt: u32,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub initiated_at: DateTime<Utc>,
     /// Since 1.1: the beneficiary department of an invoice payment, else null.
     pub beneficiary_department_id: Option<Uuid>,
@@ -535,6 +536,7 @@ pub struct PaymentCompleted {
     pub payment_method: PaymentMethod,
     pub attempt: u32,
     pub provider_reference: String,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub completed_at: DateTime<Utc>,
 }
 
@@ -554,6 +556,7 @@ pub struct PaymentFailed {
     /// Failed attempts so far, this one included.
     pub failed_attempts: u32,
     pub blocked: bool,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub failed_at: DateTime<Utc>,
 }
 
@@ -573,6 +576,7 @@ pub struct PaymentRefunded {
     /// True when `total_refunded` equals the completed amount.
     pub fully_refunded: bool,
     pub reason: String,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub refunded_at: DateTime<Utc>,
 }
 
@@ -660,6 +664,7 @@ pub struct PaymentAttempt {
     pub amount_usd: Money,
     pub payment_method: PaymentMethod,
     pub cvv_checked: bool,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub initiated_at: DateTime<Utc>,
     pub outcome: AttemptOutcome,
     /// The accounts of an outgoing transfer (bank_transfer only).

@@ -229,6 +229,7 @@ pub struct PlantStageChanged {
     pub previous_stage: PlantStage,
     /// Never `cloning` or `mother_plant`, never `harvested` (that is `plant.harvested`).
     pub new_stage: PlantStage,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub stage_changed_at: DateTime<Utc>,
     pub stage_changed_by: Uuid,
     pub reason: Option<String>,
@@ -363,6 +364,7 @@ pub struct PlantHarvested {
     pub plant_id: Uuid,
     pub batch_id: Uuid,
     pub harvest_id: Uuid,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub harvested_at: DateTime<Utc>,
     pub harvested_by: Uuid,
     pub harvest_data: HarvestData,

@@ -219,6 +219,7 @@ from_variants!(PlantCommand {
 #[serde(rename_all = "camelCase")]
 pub struct HarvestRecord {
     pub harvest_id: Uuid,
+    #[serde(with = "evershard_model::codec::timestamp")]
     pub harvested_at: DateTime<Utc>,
     pub harvested_by: Uuid,
     pub wet_weight: Weight,
@@ -240,6 +241,7 @@ pub struct PlantRecord {
     /// The stage the plant was created in (from the propagation method).
     pub initial_stage: PlantStage,
     pub stage: PlantStage,
+    #[serde(with = "evershard_model::codec::timestamp::option")]
     pub last_stage_changed_at: Option<DateTime<Utc>>,
     pub disposal_reason: Option<String>,
     pub harvest: Option<HarvestRecord>,
