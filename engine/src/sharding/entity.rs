@@ -575,13 +575,18 @@ impl<A: Aggregate> Actor for EntityActor<A> {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // The command's work is boxed: ractor keeps each idle actor's next `handle` future
+        // allocated while it waits for a message, sized for the largest future awaited in
+        // it. Inline, `execute` and `fire_timer` made that about 6 KiB per active aggregate
+        // (valgrind massif, 10,000 active ProductStocks); boxed, an idle actor holds a
+        // pointer, and a command pays one allocation.
         match message {
             EntityMsg::Execute {
                 command,
                 metadata,
                 reply,
             } => {
-                let result = state.execute(command, metadata).await;
+                let result = Box::pin(state.execute(command, metadata)).await;
                 let _ = reply.send(result);
             }
             EntityMsg::GetState { reply } => {
@@ -591,7 +596,7 @@ impl<A: Aggregate> Actor for EntityActor<A> {
                 let _ = reply.send(result);
             }
             EntityMsg::FireTimer { reply } => {
-                let result = state.fire_timer().await;
+                let result = Box::pin(state.fire_timer()).await;
                 let _ = reply.send(result);
             }
         }
