@@ -19,7 +19,7 @@ use evershard::aggregates::product_stock::ProductStock;
 use evershard::engine::crypto::{FileKeyProvider, KeyProvider};
 use evershard::engine::{repository, AtRest, Journal, LoadError, StorageError};
 use evershard::model::{Aggregate, DecideContext, DemoRng, Workload};
-use evershard::{Durability, Engine, StreamId};
+use evershard::{Clock, Durability, Engine, ManualClock, StreamId};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -129,11 +129,30 @@ fn the_first_format_verifies_without_keys_and_reads_exactly_with_them() {
     assert_erased(&journal);
 }
 
-async fn open_engine(store: &Path, provider: Arc<dyn KeyProvider>) -> Engine {
+/// The fixture's own time: a second after its last event. ProductStock's reservations expire
+/// 30 minutes after they were made, so an engine on the wall clock would fire expiry timers
+/// and add events depending on when the test runs.
+fn fixture_clock(store: &Path) -> Arc<ManualClock> {
+    let journal = Journal::open_read_only(store).unwrap();
+    let last = [KEPT[0], KEPT[1], FORGOTTEN]
+        .iter()
+        .flat_map(|id| journal.read_stream_sealed(&stream(id), 1, u64::MAX))
+        .map(|r| r.unwrap().timestamp)
+        .max()
+        .unwrap();
+    Arc::new(ManualClock::new(last + chrono::Duration::seconds(1)))
+}
+
+async fn open_engine(
+    store: &Path,
+    provider: Arc<dyn KeyProvider>,
+    clock: &Arc<ManualClock>,
+) -> Engine {
     Engine::builder(store)
         .register::<ProductStock>()
         .sensitive::<ProductStock>(true)
         .key_provider(provider)
+        .clock(clock.clone())
         .snapshot_policy(evershard::SnapshotPolicy::every(8))
         .durability(Durability::Durable)
         .open()
@@ -142,12 +161,13 @@ async fn open_engine(store: &Path, provider: Arc<dyn KeyProvider>) -> Engine {
 }
 
 /// Runs accepted workload commands on `id` until it has `events` more events.
-async fn grow(engine: &Engine, id: &str, events: u64, seed: u64) {
+async fn grow(engine: &Engine, clock: &ManualClock, id: &str, events: u64, seed: u64) {
+    let now = clock.now();
     let mut rng = DemoRng::new(seed);
     let (mut state, start) = engine.state::<ProductStock>(id).await.unwrap();
     let mut version = start;
     while version < start + events {
-        let ctx = DecideContext::new(id, chrono::Utc::now());
+        let ctx = DecideContext::new(id, now);
         let command = ProductStock::sample_command(&state, &ctx, &mut rng);
         if let Ok(committed) = engine.execute::<ProductStock>(id, command).await {
             for e in &committed {
@@ -162,14 +182,15 @@ async fn grow(engine: &Engine, id: &str, events: u64, seed: u64) {
 async fn a_live_engine_keeps_old_keys_on_their_algorithm_and_seals_new_subjects_with_gcm() {
     let (dir, store) = copy_store();
     let expected = expected();
-    let engine = open_engine(&store, keys()).await;
+    let clock = fixture_clock(&store);
+    let engine = open_engine(&store, keys(), &clock).await;
     for id in KEPT {
         let (state, version) = engine.state::<ProductStock>(id).await.unwrap();
         assert_eq!(version, expected[id]["version"].as_u64().unwrap());
         assert_eq!(&state_json(&state), &expected[id]["state"], "{id}");
     }
-    grow(&engine, KEPT[0], 10, 1).await;
-    grow(&engine, "sku-new", 10, 2).await;
+    grow(&engine, &clock, KEPT[0], 10, 1).await;
+    grow(&engine, &clock, "sku-new", 10, 2).await;
     let old_version = expected[KEPT[0]]["version"].as_u64().unwrap();
     let journal = engine.journal();
     assert!(overheads(journal, KEPT[0], old_version + 1, u64::MAX)
@@ -191,7 +212,12 @@ async fn a_live_engine_keeps_old_keys_on_their_algorithm_and_seals_new_subjects_
     let rotated = dir.path().join("rotated.keys");
     std::fs::copy(fixture().join("master.keys"), &rotated).unwrap();
     FileKeyProvider::append_new_key(&rotated, "rotated-2026").unwrap();
-    let engine = open_engine(&store, Arc::new(FileKeyProvider::open(&rotated).unwrap())).await;
+    let engine = open_engine(
+        &store,
+        Arc::new(FileKeyProvider::open(&rotated).unwrap()),
+        &clock,
+    )
+    .await;
     // The old subjects' two keys and the new one's (the forgotten key is erased).
     assert_eq!(
         engine
@@ -216,7 +242,7 @@ async fn a_live_engine_keeps_old_keys_on_their_algorithm_and_seals_new_subjects_
 
     // Restarted on the new master key alone: the same states (snapshots or replay), the
     // erasures hold, and verify is clean.
-    let engine = open_engine(&store, provider.clone()).await;
+    let engine = open_engine(&store, provider, &clock).await;
     for (id, state, version) in &states {
         if id == KEPT[1] {
             assert!(engine.state::<ProductStock>(id).await.is_err(), "forgotten");
