@@ -6,24 +6,41 @@
 //!   another subject with `Aggregate::data_subject`) encrypts that subject's payloads and
 //!   snapshots. It is stored wrapped (encrypted under the master key) in the journal's `d`
 //!   keyspace; forgetting the subject destroys it (crypto-shredding).
-//! - Payloads are sealed with XChaCha20-Poly1305: a random 24-byte nonce per record (random
-//!   nonces of that size never realistically collide, so no counter has to survive a crash),
-//!   and the record's identity (aggregate type, id, sequence) as associated data, so a
-//!   ciphertext copied into another record fails to open.
+//! - Payloads are sealed with the AEAD the data key was made for, named in its stored entry
+//!   ([`Aead`]): new keys seal with AES-256-GCM (AES-NI and carry-less multiplication where
+//!   the CPU has them), keys made before it with XChaCha20-Poly1305, which stays readable.
+//!   Every record has its own random nonce and the record's identity (aggregate type, id,
+//!   sequence) as associated data, so a ciphertext copied into another record fails to open.
+//!   Nonces are random, never derived from the identity: a sequence can be written again
+//!   after a crash before its commit, and the same (key, nonce) twice would break GCM.
 
-use chacha20poly1305::aead::{Aead, AeadCore, AeadInPlace, KeyInit, OsRng, Payload};
+use aes_gcm::Aes256Gcm;
+use chacha20poly1305::aead::{Aead as _, AeadCore, AeadInPlace, KeyInit, OsRng, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// Bytes of a key (master or data).
 pub const KEY_BYTES: usize = 32;
-/// Bytes of an XChaCha20-Poly1305 nonce.
+/// Bytes of an XChaCha20-Poly1305 nonce (also the nonce of a wrapped data key).
 pub const NONCE_BYTES: usize = 24;
-/// Bytes of the Poly1305 tag.
+/// Bytes of an AES-256-GCM nonce.
+pub const GCM_NONCE_BYTES: usize = 12;
+/// Bytes of the authentication tag (Poly1305 and GHASH alike).
 pub const TAG_BYTES: usize = 16;
-/// What sealing adds to a payload: key id, nonce, tag.
-pub const SEAL_OVERHEAD_BYTES: usize = 16 + NONCE_BYTES + TAG_BYTES;
+/// Bytes of the key id that opens a sealed payload.
+const KEY_ID_BYTES: usize = 16;
+/// What sealing adds to a payload at most (key id, nonce, tag), over every [`Aead`]: the
+/// bound record sizes are checked against. AES-256-GCM adds 44 bytes, XChaCha20-Poly1305 56.
+pub const SEAL_OVERHEAD_BYTES: usize = KEY_ID_BYTES + NONCE_BYTES + TAG_BYTES;
+/// Payloads and snapshots one AES-256-GCM data key may seal: with random 96-bit nonces,
+/// NIST SP 800-38D (section 8.3) allows 2^32 invocations per key, which keeps the chance of
+/// any two nonces colliding below 2^-32. A data key serves one data subject (by default one
+/// aggregate: its events and snapshots), so reaching it takes four billion records of one
+/// subject. The bound is documented (docs/security.md), not counted: a count that survives
+/// restarts would be a write to the key's entry in every batch.
+pub const GCM_SEALS_PER_KEY_MAX: u64 = 1 << 32;
 /// A master key id's length at most (it is stored with each wrapped data key).
 pub const MASTER_KEY_ID_BYTES_MAX: usize = 64;
 
@@ -107,16 +124,85 @@ pub enum KeyError {
     Provider { reason: String },
 }
 
-/// A data key in memory: its id and bytes. `Debug` shows the id only.
+/// The AEAD a data key seals with. A key is made for one algorithm and used with it for its
+/// whole life (never the same key bytes under two ciphers); the algorithm is stored in the
+/// key's entry in the store (keyring entry format 2; format 1 entries are XChaCha20-Poly1305
+/// keys), so a sealed payload needs no algorithm byte of its own and the records written
+/// before AES-256-GCM stay byte for byte as they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Aead {
+    /// XChaCha20-Poly1305 with a random 24-byte nonce: the first format. Every data key made
+    /// before AES-256-GCM is one, and keeps sealing its subject's payloads with it.
+    XChaCha20Poly1305,
+    /// AES-256-GCM with a random 12-byte nonce (at most [`GCM_SEALS_PER_KEY_MAX`] seals per
+    /// key): what new data keys seal with.
+    Aes256Gcm,
+}
+
+impl Aead {
+    /// The algorithm new data keys are made for.
+    pub const CURRENT: Aead = Aead::Aes256Gcm;
+
+    /// Its byte in a keyring entry (format 2).
+    pub(crate) fn id(self) -> u8 {
+        match self {
+            Aead::XChaCha20Poly1305 => 1,
+            Aead::Aes256Gcm => 2,
+        }
+    }
+
+    pub(crate) fn from_id(id: u8) -> Option<Aead> {
+        match id {
+            1 => Some(Aead::XChaCha20Poly1305),
+            2 => Some(Aead::Aes256Gcm),
+            _ => None,
+        }
+    }
+
+    /// Bytes of its nonce.
+    pub fn nonce_bytes(self) -> usize {
+        match self {
+            Aead::XChaCha20Poly1305 => NONCE_BYTES,
+            Aead::Aes256Gcm => GCM_NONCE_BYTES,
+        }
+    }
+
+    /// What sealing adds to a payload: key id, nonce, tag.
+    pub fn seal_overhead_bytes(self) -> usize {
+        KEY_ID_BYTES + self.nonce_bytes() + TAG_BYTES
+    }
+}
+
+/// A data key in memory: its id, the algorithm it is for, its bytes and the cipher made
+/// ready from them (AES-256-GCM's key schedule and GHASH key cost more than opening a small
+/// payload, so they are made once per key, not once per record). Cloning shares them.
+/// `Debug` shows the id and the algorithm only.
 #[derive(Clone)]
 pub(crate) struct DataKey {
     pub id: Uuid,
+    inner: Arc<DataKeyInner>,
+}
+
+struct DataKeyInner {
     bytes: [u8; KEY_BYTES],
+    cipher: Cipher,
+}
+
+// One per data key, inside its `Arc`: the AES variant's ~1 KiB (key schedules and GHASH key)
+// is paid once per key, and boxing it would add a pointer chase to every record opened.
+#[allow(clippy::large_enum_variant)]
+enum Cipher {
+    XChaCha20Poly1305(XChaCha20Poly1305),
+    Aes256Gcm(Aes256Gcm),
 }
 
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DataKey").field("id", &self.id).finish()
+        f.debug_struct("DataKey")
+            .field("id", &self.id)
+            .field("aead", &self.aead())
+            .finish()
     }
 }
 
@@ -134,77 +220,141 @@ pub(crate) enum OpenFailure {
 }
 
 impl DataKey {
+    /// A fresh random key for the current algorithm ([`Aead::CURRENT`]).
     pub fn generate() -> DataKey {
+        DataKey::from_bytes(Uuid::new_v4(), Aead::CURRENT, random_key())
+    }
+
+    fn from_bytes(id: Uuid, aead: Aead, bytes: [u8; KEY_BYTES]) -> DataKey {
+        let cipher = match aead {
+            Aead::XChaCha20Poly1305 => {
+                Cipher::XChaCha20Poly1305(XChaCha20Poly1305::new(Key::from_slice(&bytes)))
+            }
+            Aead::Aes256Gcm => Cipher::Aes256Gcm(Aes256Gcm::new(
+                aes_gcm::Key::<Aes256Gcm>::from_slice(&bytes),
+            )),
+        };
         DataKey {
-            id: Uuid::new_v4(),
-            bytes: random_key(),
+            id,
+            inner: Arc::new(DataKeyInner { bytes, cipher }),
         }
     }
 
-    fn cipher(&self) -> XChaCha20Poly1305 {
-        XChaCha20Poly1305::new(Key::from_slice(&self.bytes))
+    /// The algorithm this key seals and opens with.
+    pub fn aead(&self) -> Aead {
+        match self.inner.cipher {
+            Cipher::XChaCha20Poly1305(_) => Aead::XChaCha20Poly1305,
+            Cipher::Aes256Gcm(_) => Aead::Aes256Gcm,
+        }
     }
 
-    /// `key id 16 | nonce 24 | ciphertext + tag`, bound to `aad`. Encrypted in place in the
-    /// one buffer it returns; the nonce comes from the thread's CSPRNG (ChaCha12 seeded and
-    /// reseeded from the OS), not a `getrandom` system call per record: the syscall was a
-    /// measurable part of a sealed append.
+    /// `key id 16 | nonce (24 or 12) | ciphertext + tag 16`, bound to `aad`. Encrypted in
+    /// place in the one buffer it returns; the nonce comes from the thread's CSPRNG (ChaCha12
+    /// seeded and reseeded from the OS), not a `getrandom` system call per record: the
+    /// syscall was a measurable part of a sealed append.
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
-        let nonce = XChaCha20Poly1305::generate_nonce(&mut rand::thread_rng());
-        let mut out = Vec::with_capacity(SEAL_OVERHEAD_BYTES + plaintext.len());
+        let header = KEY_ID_BYTES + self.aead().nonce_bytes();
+        let mut out = Vec::with_capacity(header + plaintext.len() + TAG_BYTES);
         out.extend_from_slice(self.id.as_bytes());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext);
-        let tag = self
-            .cipher()
-            .encrypt_in_place_detached(&nonce, aad, &mut out[16 + NONCE_BYTES..])
-            .expect("XChaCha20-Poly1305 encrypts any payload below 256 GiB");
+        let tag = match &self.inner.cipher {
+            Cipher::XChaCha20Poly1305(cipher) => {
+                let nonce = XChaCha20Poly1305::generate_nonce(&mut rand::thread_rng());
+                out.extend_from_slice(&nonce);
+                out.extend_from_slice(plaintext);
+                cipher.encrypt_in_place_detached(&nonce, aad, &mut out[header..])
+            }
+            Cipher::Aes256Gcm(cipher) => {
+                let nonce = Aes256Gcm::generate_nonce(&mut rand::thread_rng());
+                out.extend_from_slice(&nonce);
+                out.extend_from_slice(plaintext);
+                cipher.encrypt_in_place_detached(&nonce, aad, &mut out[header..])
+            }
+        }
+        .expect("both AEADs encrypt any payload below 64 GiB");
         out.extend_from_slice(&tag);
-        debug_assert_eq!(out.len(), SEAL_OVERHEAD_BYTES + plaintext.len());
+        debug_assert_eq!(
+            out.len(),
+            self.aead().seal_overhead_bytes() + plaintext.len()
+        );
         out
     }
 
     /// The inverse of [`seal`](Self::seal) (the caller has matched the key id).
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, OpenFailure> {
-        if sealed.len() < SEAL_OVERHEAD_BYTES {
-            return Err(OpenFailure::Malformed);
-        }
-        let nonce = XNonce::from_slice(&sealed[16..16 + NONCE_BYTES]);
-        self.cipher()
-            .decrypt(
-                nonce,
-                Payload {
-                    msg: &sealed[16 + NONCE_BYTES..],
-                    aad,
-                },
-            )
-            .map_err(|_| OpenFailure::Tag)
+        let mut buffer = sealed.to_vec();
+        self.open_in_place(&mut buffer, aad)?;
+        Ok(buffer)
     }
 
     /// [`open`](Self::open) in place: `sealed` becomes the plain bytes (no second buffer,
     /// for replay). On an error its contents are unspecified.
     pub fn open_in_place(&self, sealed: &mut Vec<u8>, aad: &[u8]) -> Result<(), OpenFailure> {
-        if sealed.len() < SEAL_OVERHEAD_BYTES {
+        let header = KEY_ID_BYTES + self.aead().nonce_bytes();
+        if sealed.len() < header + TAG_BYTES {
             return Err(OpenFailure::Malformed);
         }
-        let nonce = *XNonce::from_slice(&sealed[16..16 + NONCE_BYTES]);
-        sealed.drain(..16 + NONCE_BYTES);
-        self.cipher()
-            .decrypt_in_place(&nonce, aad, sealed)
-            .map_err(|_| OpenFailure::Tag)
+        let body_end = sealed.len() - TAG_BYTES;
+        // Decrypted where it lies, then moved down over the header once: the tag and the
+        // nonce are copied out first because the buffer is borrowed mutably.
+        let tag: [u8; TAG_BYTES] = sealed[body_end..].try_into().expect("16 bytes");
+        let opened = match &self.inner.cipher {
+            Cipher::XChaCha20Poly1305(cipher) => {
+                let nonce = *XNonce::from_slice(&sealed[KEY_ID_BYTES..header]);
+                cipher.decrypt_in_place_detached(
+                    &nonce,
+                    aad,
+                    &mut sealed[header..body_end],
+                    chacha20poly1305::Tag::from_slice(&tag),
+                )
+            }
+            Cipher::Aes256Gcm(cipher) => {
+                let nonce = *aes_gcm::Nonce::from_slice(&sealed[KEY_ID_BYTES..header]);
+                cipher.decrypt_in_place_detached(
+                    &nonce,
+                    aad,
+                    &mut sealed[header..body_end],
+                    aes_gcm::Tag::from_slice(&tag),
+                )
+            }
+        };
+        opened.map_err(|_| OpenFailure::Tag)?;
+        sealed.truncate(body_end);
+        sealed.drain(..header);
+        Ok(())
     }
 
-    /// The data key wrapped under `master`: `nonce 24 | ciphertext 32 + tag 16`, bound to the
-    /// key id and the master key id.
+    /// Opens an event record's sealed payload in place, its identity as the associated data
+    /// (built on the stack: replay opens one record after another).
+    pub fn open_record_in_place(
+        &self,
+        sealed: &mut Vec<u8>,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: u64,
+    ) -> Result<(), OpenFailure> {
+        with_identity_aad(
+            RECORD_AAD_DOMAIN,
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            |aad| self.open_in_place(sealed, aad),
+        )
+    }
+
+    /// The data key wrapped under `master`: `nonce 24 | ciphertext 32 + tag 16`
+    /// (XChaCha20-Poly1305 whatever the key's own algorithm: a master key wraps one key per
+    /// subject, millions over its life, which random 24-byte nonces bear and 12-byte ones
+    /// would not for long), bound to the key id, the master key id and, for keys stored in
+    /// entry format 2, the key's algorithm.
     pub fn wrap(&self, master: &MasterKey) -> Vec<u8> {
         let cipher = XChaCha20Poly1305::new(Key::from_slice(&master.bytes));
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let aad = wrap_aad(self.id, &master.id);
+        let aad = wrap_aad(self.id, self.aead(), &master.id);
         let sealed = cipher
             .encrypt(
                 &nonce,
                 Payload {
-                    msg: &self.bytes,
+                    msg: &self.inner.bytes,
                     aad: &aad,
                 },
             )
@@ -214,8 +364,13 @@ impl DataKey {
         out
     }
 
-    /// The inverse of [`wrap`](Self::wrap).
-    pub fn unwrap(id: Uuid, wrapped: &[u8], master: &MasterKey) -> Result<DataKey, KeyError> {
+    /// The inverse of [`wrap`](Self::wrap), for a key made for `aead`.
+    pub fn unwrap(
+        id: Uuid,
+        aead: Aead,
+        wrapped: &[u8],
+        master: &MasterKey,
+    ) -> Result<DataKey, KeyError> {
         let wrong = || KeyError::WrongMasterKey {
             id: master.id.clone(),
             key_id: id,
@@ -224,7 +379,7 @@ impl DataKey {
             return Err(KeyError::MalformedDataKey { key_id: id });
         }
         let cipher = XChaCha20Poly1305::new(Key::from_slice(&master.bytes));
-        let aad = wrap_aad(id, &master.id);
+        let aad = wrap_aad(id, aead, &master.id);
         let bytes = cipher
             .decrypt(
                 XNonce::from_slice(&wrapped[..NONCE_BYTES]),
@@ -234,15 +389,26 @@ impl DataKey {
                 },
             )
             .map_err(|_| wrong())?;
-        Ok(DataKey {
+        Ok(DataKey::from_bytes(
             id,
-            bytes: bytes.try_into().map_err(|_| wrong())?,
-        })
+            aead,
+            bytes.try_into().map_err(|_| wrong())?,
+        ))
     }
 }
 
-fn wrap_aad(key_id: Uuid, master_id: &str) -> Vec<u8> {
-    let mut aad = b"evershard-data-key-v1".to_vec();
+/// The associated data of a wrapped data key. XChaCha20-Poly1305 keys (entry format 1) keep
+/// the first form; later keys also bind their algorithm, so an entry whose algorithm byte was
+/// changed does not unwrap (a key is never used under another cipher).
+fn wrap_aad(key_id: Uuid, aead: Aead, master_id: &str) -> Vec<u8> {
+    let mut aad = match aead {
+        Aead::XChaCha20Poly1305 => b"evershard-data-key-v1".to_vec(),
+        other => {
+            let mut v = b"evershard-data-key-v2".to_vec();
+            v.push(other.id());
+            v
+        }
+    };
     aad.extend_from_slice(key_id.as_bytes());
     aad.extend_from_slice(master_id.as_bytes());
     aad
@@ -250,38 +416,70 @@ fn wrap_aad(key_id: Uuid, master_id: &str) -> Vec<u8> {
 
 /// The key id a sealed payload names (its first 16 bytes).
 pub(crate) fn sealed_key_id(sealed: &[u8]) -> Option<Uuid> {
-    Some(Uuid::from_slice(sealed.get(..16)?).expect("16 bytes"))
+    Some(Uuid::from_slice(sealed.get(..KEY_ID_BYTES)?).expect("16 bytes"))
 }
+
+const RECORD_AAD_DOMAIN: &[u8] = b"evershard-event-v1";
+const SNAPSHOT_AAD_DOMAIN: &[u8] = b"evershard-snapshot-v1";
 
 /// The associated data of an event record: what binds a ciphertext to its place.
 pub(crate) fn record_aad(aggregate_type: &str, aggregate_id: &str, sequence: u64) -> Vec<u8> {
-    identity_aad(
-        b"evershard-event-v1",
+    with_identity_aad(
+        RECORD_AAD_DOMAIN,
         aggregate_type,
         aggregate_id,
         sequence,
+        <[u8]>::to_vec,
     )
 }
 
 /// The associated data of a snapshot record.
 pub(crate) fn snapshot_aad(aggregate_type: &str, aggregate_id: &str, sequence: u64) -> Vec<u8> {
-    identity_aad(
-        b"evershard-snapshot-v1",
+    with_identity_aad(
+        SNAPSHOT_AAD_DOMAIN,
         aggregate_type,
         aggregate_id,
         sequence,
+        <[u8]>::to_vec,
     )
 }
 
-fn identity_aad(domain: &[u8], aggregate_type: &str, aggregate_id: &str, sequence: u64) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(domain.len() + 12 + aggregate_type.len() + aggregate_id.len());
-    aad.extend_from_slice(domain);
-    aad.extend_from_slice(&(aggregate_type.len() as u16).to_le_bytes());
-    aad.extend_from_slice(aggregate_type.as_bytes());
-    aad.extend_from_slice(&(aggregate_id.len() as u16).to_le_bytes());
-    aad.extend_from_slice(aggregate_id.as_bytes());
-    aad.extend_from_slice(&sequence.to_le_bytes());
-    aad
+/// Identity associated data up to this size is built on the stack.
+const AAD_STACK_BYTES: usize = 256;
+
+/// Calls `f` with `domain | type_len u16 LE | type | id_len u16 LE | id | sequence u64 LE`.
+fn with_identity_aad<R>(
+    domain: &[u8],
+    aggregate_type: &str,
+    aggregate_id: &str,
+    sequence: u64,
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
+    let len = domain.len() + 2 + aggregate_type.len() + 2 + aggregate_id.len() + 8;
+    let fill = |out: &mut [u8]| {
+        let mut at = 0;
+        for part in [
+            domain,
+            &(aggregate_type.len() as u16).to_le_bytes(),
+            aggregate_type.as_bytes(),
+            &(aggregate_id.len() as u16).to_le_bytes(),
+            aggregate_id.as_bytes(),
+            &sequence.to_le_bytes(),
+        ] {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        debug_assert_eq!(at, out.len());
+    };
+    if len <= AAD_STACK_BYTES {
+        let mut buffer = [0u8; AAD_STACK_BYTES];
+        fill(&mut buffer[..len]);
+        f(&buffer[..len])
+    } else {
+        let mut buffer = vec![0u8; len];
+        fill(&mut buffer);
+        f(&buffer)
+    }
 }
 
 /// The aggregate type of erasure events ([`crate::Engine::forget_subject`]); the id is the
@@ -308,8 +506,8 @@ pub struct ErasureReceipt {
     pub erased_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// A snapshot record's bytes sealed for storage: `SNAPSHOT_FORMAT_SEALED | sealed`, bound to
-/// the stream and sequence.
+/// A snapshot record's bytes sealed for storage: `SNAPSHOT_FORMAT_SEALED | sealed` (sealed
+/// with the key's own algorithm, like an event payload), bound to the stream and sequence.
 pub(crate) fn seal_snapshot(
     key: &DataKey,
     stream: &evershard_model::StreamId,
@@ -456,14 +654,33 @@ mod tests {
 
     #[test]
     fn seal_open_round_trip_and_the_identity_binds() {
-        let key = DataKey::generate();
+        let gcm = DataKey::generate();
+        assert_eq!(gcm.aead(), Aead::Aes256Gcm, "new keys are AES-256-GCM keys");
+        let xchacha = DataKey::from_bytes(Uuid::new_v4(), Aead::XChaCha20Poly1305, random_key());
+        for key in [gcm, xchacha] {
+            round_trip_and_binding(&key);
+        }
+    }
+
+    fn round_trip_and_binding(key: &DataKey) {
         let aad = record_aad("Credit", "c-1", 3);
         let sealed = key.seal(b"hello", &aad);
+        assert_eq!(sealed.len(), key.aead().seal_overhead_bytes() + 5);
+        assert!(sealed.len() <= SEAL_OVERHEAD_BYTES + 5);
         assert_eq!(sealed_key_id(&sealed), Some(key.id));
         assert_eq!(key.open(&sealed, &aad).unwrap(), b"hello");
         let mut in_place = sealed.clone();
         key.open_in_place(&mut in_place, &aad).unwrap();
         assert_eq!(in_place, b"hello");
+        let mut in_place = sealed.clone();
+        key.open_record_in_place(&mut in_place, "Credit", "c-1", 3)
+            .unwrap();
+        assert_eq!(in_place, b"hello");
+        // Too short to hold a nonce and a tag.
+        assert_eq!(
+            key.open(&sealed[..key.aead().seal_overhead_bytes() - 1], &aad),
+            Err(OpenFailure::Malformed)
+        );
         // The same bytes in another record (another sequence, id or type) do not open.
         for other in [
             record_aad("Credit", "c-1", 4),
@@ -473,11 +690,18 @@ mod tests {
         ] {
             assert_eq!(key.open(&sealed, &other), Err(OpenFailure::Tag));
         }
-        // Another key does not open it either, and no byte can be flipped unnoticed.
+        // Another key does not open it either (nor the same bytes under the other
+        // algorithm), and no byte can be flipped unnoticed.
         assert_eq!(
             DataKey::generate().open(&sealed, &aad),
             Err(OpenFailure::Tag)
         );
+        for aead in [Aead::XChaCha20Poly1305, Aead::Aes256Gcm] {
+            if aead != key.aead() {
+                let twin = DataKey::from_bytes(key.id, aead, key.inner.bytes);
+                assert!(twin.open(&sealed, &aad).is_err());
+            }
+        }
         for i in 16..sealed.len() {
             let mut damaged = sealed.clone();
             damaged[i] ^= 1;
@@ -502,8 +726,8 @@ mod tests {
         };
         let master = MasterKey::new("pinned", [9; KEY_BYTES]).unwrap();
         let id = Uuid::from_u128(0x5eed);
-        let key = DataKey::unwrap(id, &unhex(WRAPPED), &master).unwrap();
-        assert_eq!(key.bytes, [7; KEY_BYTES]);
+        let key = DataKey::unwrap(id, Aead::XChaCha20Poly1305, &unhex(WRAPPED), &master).unwrap();
+        assert_eq!(key.inner.bytes, [7; KEY_BYTES]);
         let sealed = unhex(SEALED);
         assert_eq!(sealed_key_id(&sealed), Some(id));
         assert_eq!(
@@ -512,23 +736,65 @@ mod tests {
         );
     }
 
+    /// The AES-256-GCM form, pinned by vectors computed with another implementation
+    /// (PyCryptodome's AES-GCM and XChaCha20-Poly1305, over the layout docs/security.md
+    /// draws): a key wrapped in entry format 2 (its algorithm bound into the wrap), an event
+    /// payload and a snapshot sealed with it.
     #[test]
-    fn wrap_unwrap_needs_the_same_master_key() {
-        let key = DataKey::generate();
-        let master = MasterKey::generate("m1").unwrap();
-        let wrapped = key.wrap(&master);
-        let back = DataKey::unwrap(key.id, &wrapped, &master).unwrap();
-        assert_eq!(back.bytes, key.bytes);
-        let impostor = MasterKey::generate("m1").unwrap();
+    fn aes_256_gcm_bytes_match_an_independent_implementation() {
+        const WRAPPED: &str = "303132333435363738393a3b3c3d3e3f40414243444546475e06b869e98ea9679eb60e5d824f41ee974054053097175395d7ffafa66d22d2c42c9f7fe476305cec22f97eaa7055fb";
+        const SEALED: &str = "000000000000000000000000000006cca0a1a2a3a4a5a6a7a8a9aaabe2817645252a08a8c8ecf9fc89a54d8f019986257c44a39a2097c6f2d93e";
+        const SNAPSHOT: &str = "000000000000000000000000000006ccb0b1b2b3b4b5b6b7b8b9babb007644a683614f459c1b0f64908dd281fc24b5a7fb2dd26ed0e0e794e68d4c";
+        let unhex = |h: &str| -> Vec<u8> {
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        let master = MasterKey::new("pinned", [9; KEY_BYTES]).unwrap();
+        let id = Uuid::from_u128(0x6cc);
+        let key = DataKey::unwrap(id, Aead::Aes256Gcm, &unhex(WRAPPED), &master).unwrap();
+        assert_eq!(key.inner.bytes, [7; KEY_BYTES]);
+        assert_eq!(key.aead(), Aead::Aes256Gcm);
+        // The algorithm is bound: the same entry read as an XChaCha20-Poly1305 key fails.
+        assert!(DataKey::unwrap(id, Aead::XChaCha20Poly1305, &unhex(WRAPPED), &master).is_err());
+        let mut sealed = unhex(SEALED);
+        assert_eq!(sealed_key_id(&sealed), Some(id));
+        key.open_record_in_place(&mut sealed, "Credit", "c-1", 3)
+            .unwrap();
+        assert_eq!(sealed, b"pinned payload");
         assert_eq!(
-            DataKey::unwrap(key.id, &wrapped, &impostor).unwrap_err(),
-            KeyError::WrongMasterKey {
-                id: "m1".into(),
-                key_id: key.id
-            }
+            key.open(&unhex(SNAPSHOT), &snapshot_aad("Credit", "c-1", 8))
+                .unwrap(),
+            b"pinned snapshot"
         );
-        // Bound to the key id: a wrapped key copied under another id does not unwrap.
-        assert!(DataKey::unwrap(Uuid::new_v4(), &wrapped, &master).is_err());
+        // And what this code seals, the same layout opens (the nonce is random, so the
+        // bytes themselves cannot be pinned).
+        let ours = key.seal(b"pinned payload", &record_aad("Credit", "c-1", 3));
+        assert_eq!(ours.len(), unhex(SEALED).len());
+        assert_eq!(ours[..16], unhex(SEALED)[..16]);
+    }
+
+    #[test]
+    fn wrap_unwrap_needs_the_same_master_key_and_algorithm() {
+        let master = MasterKey::generate("m1").unwrap();
+        let legacy = DataKey::from_bytes(Uuid::new_v4(), Aead::XChaCha20Poly1305, random_key());
+        for key in [DataKey::generate(), legacy] {
+            let wrapped = key.wrap(&master);
+            let back = DataKey::unwrap(key.id, key.aead(), &wrapped, &master).unwrap();
+            assert_eq!(back.inner.bytes, key.inner.bytes);
+            assert_eq!(back.aead(), key.aead());
+            let impostor = MasterKey::generate("m1").unwrap();
+            assert_eq!(
+                DataKey::unwrap(key.id, key.aead(), &wrapped, &impostor).unwrap_err(),
+                KeyError::WrongMasterKey {
+                    id: "m1".into(),
+                    key_id: key.id
+                }
+            );
+            // Bound to the key id: a wrapped key copied under another id does not unwrap.
+            assert!(DataKey::unwrap(Uuid::new_v4(), key.aead(), &wrapped, &master).is_err());
+        }
     }
 
     #[test]

@@ -27,8 +27,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 pub const SNAPSHOT_FORMAT_V1: u8 = 1;
 /// A snapshot encrypted at rest (docs/security.md): `[0] = 2`, then the data key id (16
-/// bytes), a 24-byte nonce and the XChaCha20-Poly1305 ciphertext of a whole format-1 record,
-/// sealed with the stream and sequence as associated data. The engine opens it before
+/// bytes), a nonce and the ciphertext + tag of a whole format-1 record in the data key's
+/// algorithm (AES-256-GCM, 12-byte nonce; XChaCha20-Poly1305, 24-byte nonce, for keys made
+/// before it), sealed with the stream and sequence as associated data. The engine opens it before
 /// [`select`]; this crate only names it.
 pub const SNAPSHOT_FORMAT_SEALED: u8 = 2;
 const HEADER_BYTES: usize = 17;

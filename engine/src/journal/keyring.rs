@@ -1,10 +1,16 @@
 //! The data keys of encryption at rest, in the store and in memory (docs/security.md).
 //!
 //! ```text
-//! d | key_id 16                      live:   1 | 1 | master_id_len u8 | master_id | wrapped 72
-//!                                    erased: 1 | 2 | erased_at micros i64 LE
+//! d | key_id 16                      live, format 1: 1 | 1 | master_id_len u8 | master_id | wrapped 72
+//!                                    live, format 2: 2 | 1 | aead u8 | master_id_len u8 | master_id | wrapped 72
+//!                                    erased:         1 | 2 | erased_at micros i64 LE
 //! D | subject_len u16 BE | subject   key_id 16: the subject's current data key
 //! ```
+//!
+//! Format 1 is an XChaCha20-Poly1305 key (every key made before AES-256-GCM; its entry keeps
+//! format 1 when rotation re-wraps it). Format 2 names the key's AEAD ([`Aead`]: 2 is
+//! AES-256-GCM) and binds it into the wrapping, so the algorithm of every sealed payload is
+//! known from its key id alone and records need no algorithm byte.
 //!
 //! A new data key's two entries are written in the same batch as the first events it seals
 //! (and again with every batch until one is acknowledged), so no record is ever stored under
@@ -13,7 +19,7 @@
 
 use super::committer::WriteOp;
 use super::keys;
-use crate::crypto::{DataKey, KeyError, KeyProvider, MasterKey};
+use crate::crypto::{Aead, DataKey, KeyError, KeyProvider, MasterKey};
 use crate::error::StorageError;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +27,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use uuid::Uuid;
 
 const ENTRY_FORMAT_V1: u8 = 1;
+const ENTRY_FORMAT_V2: u8 = 2;
 /// Data keys kept unwrapped in memory (each cache) before the cache is emptied and reloaded
 /// lazily from the store. A key not yet durable is never dropped: a second key for the same
 /// subject would escape its erasure.
@@ -43,10 +50,16 @@ pub(crate) fn subject_key(subject: &str) -> Vec<u8> {
     key
 }
 
-fn live_entry(master: &MasterKey, wrapped: &[u8]) -> Vec<u8> {
-    let mut v = vec![ENTRY_FORMAT_V1, STATE_LIVE, master.id().len() as u8];
+/// `key`'s live entry, wrapped under `master`: format 1 for an XChaCha20-Poly1305 key (the
+/// form readers before AES-256-GCM know), format 2 with the algorithm for any other.
+fn live_entry(master: &MasterKey, key: &DataKey) -> Vec<u8> {
+    let mut v = match key.aead() {
+        Aead::XChaCha20Poly1305 => vec![ENTRY_FORMAT_V1, STATE_LIVE],
+        aead => vec![ENTRY_FORMAT_V2, STATE_LIVE, aead.id()],
+    };
+    v.push(master.id().len() as u8);
     v.extend_from_slice(master.id().as_bytes());
-    v.extend_from_slice(wrapped);
+    v.extend_from_slice(&key.wrap(master));
     v
 }
 
@@ -59,6 +72,7 @@ fn erased_entry(at_micros: i64) -> Vec<u8> {
 /// A stored data-key entry, parsed.
 enum Entry<'a> {
     Live {
+        aead: Aead,
         master_id: &'a str,
         wrapped: &'a [u8],
     },
@@ -66,14 +80,19 @@ enum Entry<'a> {
 }
 
 fn parse_entry(value: &[u8]) -> Option<Entry<'_>> {
+    fn live(aead: Aead, len: u8, rest: &[u8]) -> Option<Entry<'_>> {
+        let len = len as usize;
+        let master_id = std::str::from_utf8(rest.get(..len)?).ok()?;
+        Some(Entry::Live {
+            aead,
+            master_id,
+            wrapped: rest.get(len..)?,
+        })
+    }
     match value {
-        [ENTRY_FORMAT_V1, STATE_LIVE, len, rest @ ..] => {
-            let len = *len as usize;
-            let master_id = std::str::from_utf8(rest.get(..len)?).ok()?;
-            Some(Entry::Live {
-                master_id,
-                wrapped: rest.get(len..)?,
-            })
+        [ENTRY_FORMAT_V1, STATE_LIVE, len, rest @ ..] => live(Aead::XChaCha20Poly1305, *len, rest),
+        [ENTRY_FORMAT_V2, STATE_LIVE, aead, len, rest @ ..] => {
+            live(Aead::from_id(*aead)?, *len, rest)
         }
         [ENTRY_FORMAT_V1, STATE_ERASED, rest @ ..] if rest.len() == 8 => Some(Entry::Erased),
         _ => None,
@@ -216,7 +235,7 @@ impl Keyring {
                 let entries = vec![
                     WriteOp::Put {
                         key: data_key_key(key.id),
-                        value: live_entry(&master, &key.wrap(&master)),
+                        value: live_entry(&master, &key),
                     },
                     WriteOp::Put {
                         key: subject_key(subject),
@@ -259,10 +278,14 @@ impl Keyring {
                 lock(&self.erased).insert(id);
                 Err(KeyLookup::Erased)
             }
-            Some(Entry::Live { master_id, wrapped }) => {
+            Some(Entry::Live {
+                aead,
+                master_id,
+                wrapped,
+            }) => {
                 let provider = self.provider().map_err(KeyLookup::Key)?;
                 let master = provider.get(master_id).map_err(KeyLookup::Key)?;
-                let key = DataKey::unwrap(id, wrapped, &master).map_err(KeyLookup::Key)?;
+                let key = DataKey::unwrap(id, aead, wrapped, &master).map_err(KeyLookup::Key)?;
                 let mut cache = lock(&self.opening);
                 if cache.len() >= DATA_KEYS_CACHED_MAX {
                     // Every key in it can be unwrapped again from the store: a key's entry
@@ -330,17 +353,22 @@ impl Keyring {
             let Some(parsed) = parse_entry(&value) else {
                 return Err(KeyLookup::Key(KeyError::MalformedDataKey { key_id: id }));
             };
-            let Entry::Live { master_id, wrapped } = parsed else {
+            let Entry::Live {
+                aead,
+                master_id,
+                wrapped,
+            } = parsed
+            else {
                 continue;
             };
             if master_id == current.id() {
                 continue;
             }
             let old = provider.get(master_id).map_err(KeyLookup::Key)?;
-            let data_key = DataKey::unwrap(id, wrapped, &old).map_err(KeyLookup::Key)?;
+            let data_key = DataKey::unwrap(id, aead, wrapped, &old).map_err(KeyLookup::Key)?;
             writes.push(WriteOp::Put {
                 key: key.to_vec(),
-                value: live_entry(&current, &data_key.wrap(&current)),
+                value: live_entry(&current, &data_key),
             });
         }
         // Keys not yet durable carry their entries: re-wrap those too, so a late first write
@@ -348,10 +376,139 @@ impl Keyring {
         for k in lock(&self.sealing).values() {
             let mut entries = lock(&k.entries);
             if let Some(WriteOp::Put { value, .. }) = entries.first_mut() {
-                *value = live_entry(&current, &k.key.wrap(&current));
+                *value = live_entry(&current, &k.key);
             }
         }
         let count = writes.len();
         Ok((writes, count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The keyring entry formats: format 1 entries (written before AES-256-GCM) load as
+    //! XChaCha20-Poly1305 keys and keep that algorithm, new keys are AES-256-GCM keys in
+    //! format 2, rotation keeps each entry's format, and the algorithm byte is authenticated.
+    use super::*;
+
+    #[derive(Debug)]
+    struct Keys(Vec<MasterKey>);
+
+    impl KeyProvider for Keys {
+        fn current(&self) -> Result<MasterKey, KeyError> {
+            Ok(self.0.last().unwrap().clone())
+        }
+        fn get(&self, id: &str) -> Result<MasterKey, KeyError> {
+            self.0
+                .iter()
+                .find(|k| k.id() == id)
+                .cloned()
+                .ok_or_else(|| KeyError::UnknownMasterKey { id: id.into() })
+        }
+    }
+
+    fn keyring(masters: Vec<MasterKey>) -> Keyring {
+        let keyring = Keyring::default();
+        keyring.set_provider(Arc::new(Keys(masters)));
+        keyring
+    }
+
+    fn apply(db: &sled::Db, writes: Vec<WriteOp>) {
+        for op in writes {
+            match op {
+                WriteOp::Put { key, value } => db.insert(key, value).unwrap(),
+                WriteOp::Remove { key } => db.remove(key).unwrap(),
+            };
+        }
+    }
+
+    fn unhex(h: &str) -> Vec<u8> {
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn old_entries_keep_their_algorithm_new_keys_are_gcm_and_rotation_keeps_formats() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let pinned = MasterKey::new("pinned", [9; crate::crypto::KEY_BYTES]).unwrap();
+        // A format 1 entry as the first version wrote it (the wrapped key of crypto.rs's
+        // pinned test: key id 0x5eed under master key "pinned").
+        let old_id = Uuid::from_u128(0x5eed);
+        let mut entry = vec![1, 1, 6];
+        entry.extend_from_slice(b"pinned");
+        entry.extend_from_slice(&unhex("0d5fab0fb0cbd5f4cfe75bfb7774357bec6f52d53c371450eb8b579f735939eb15b85f6757348572bc5b16eabac203a22809895a8828e570f6cae73cc9a813976ad0f8349886af97"));
+        db.insert(data_key_key(old_id), entry.clone()).unwrap();
+        db.insert(subject_key("s-old"), old_id.as_bytes().to_vec())
+            .unwrap();
+
+        let ring = keyring(vec![pinned.clone()]);
+        let old = ring.sealing_key(&db, "s-old").unwrap();
+        assert_eq!(old.key.id, old_id);
+        assert_eq!(
+            old.key.aead(),
+            Aead::XChaCha20Poly1305,
+            "an old key keeps its AEAD"
+        );
+        assert!(old.pending_writes().is_empty());
+        let new = ring.sealing_key(&db, "s-new").unwrap();
+        assert_eq!(new.key.aead(), Aead::Aes256Gcm);
+        apply(&db, new.pending_writes());
+        let stored = db.get(data_key_key(new.key.id)).unwrap().unwrap();
+        assert_eq!(
+            stored[..3],
+            [ENTRY_FORMAT_V2, STATE_LIVE, Aead::Aes256Gcm.id()]
+        );
+        let sealed = new.key.seal(b"payload", b"aad");
+
+        // Another process reads both back from the store alone.
+        let fresh = keyring(vec![pinned.clone()]);
+        let reread = fresh.data_key(&db, new.key.id).unwrap();
+        assert_eq!(reread.aead(), Aead::Aes256Gcm);
+        assert_eq!(reread.open(&sealed, b"aad").unwrap(), b"payload");
+        assert_eq!(
+            fresh.data_key(&db, old_id).unwrap().aead(),
+            Aead::XChaCha20Poly1305
+        );
+
+        // Rotation re-wraps each key in its own entry format.
+        let m2 = MasterKey::generate("m2").unwrap();
+        let (writes, count) = keyring(vec![pinned, m2.clone()])
+            .rewrap_writes(&db)
+            .unwrap();
+        assert_eq!(count, 2);
+        apply(&db, writes);
+        assert_eq!(
+            db.get(data_key_key(old_id)).unwrap().unwrap()[0],
+            ENTRY_FORMAT_V1
+        );
+        assert_eq!(
+            db.get(data_key_key(new.key.id)).unwrap().unwrap()[0],
+            ENTRY_FORMAT_V2
+        );
+        let rotated = keyring(vec![m2.clone()]);
+        assert_eq!(
+            rotated.data_key(&db, old_id).unwrap().aead(),
+            Aead::XChaCha20Poly1305
+        );
+        let reread = rotated.data_key(&db, new.key.id).unwrap();
+        assert_eq!(reread.open(&sealed, b"aad").unwrap(), b"payload");
+
+        // The algorithm byte is authenticated: changed to XChaCha20-Poly1305 the key does
+        // not unwrap; changed to an unknown algorithm the entry is malformed.
+        let mut stored = db.get(data_key_key(new.key.id)).unwrap().unwrap().to_vec();
+        stored[2] = Aead::XChaCha20Poly1305.id();
+        db.insert(data_key_key(new.key.id), stored.clone()).unwrap();
+        assert!(matches!(
+            keyring(vec![m2.clone()]).data_key(&db, new.key.id),
+            Err(KeyLookup::Key(KeyError::WrongMasterKey { .. }))
+        ));
+        stored[2] = 0x7f;
+        db.insert(data_key_key(new.key.id), stored).unwrap();
+        assert!(matches!(
+            keyring(vec![m2]).data_key(&db, new.key.id),
+            Err(KeyLookup::Key(KeyError::MalformedDataKey { .. }))
+        ));
     }
 }

@@ -1342,14 +1342,16 @@ impl Journal {
             record.sequence,
             &record.payload,
         )?;
-        // Opened in place (no second buffer): on a failed tag the record is refused anyway.
+        // Opened in place (no second buffer, the identity built on the stack): on a failed
+        // tag the record is refused anyway.
         let mut payload = std::mem::take(&mut record.payload);
-        let aad = crate::crypto::record_aad(
+        let opened = key.open_record_in_place(
+            &mut payload,
             &record.aggregate_type,
             &record.aggregate_id,
             record.sequence,
         );
-        if key.open_in_place(&mut payload, &aad).is_err() {
+        if opened.is_err() {
             let stream = StreamId::new(record.aggregate_type.clone(), record.aggregate_id.clone());
             return Err(StorageError::corrupt(
                 &stream,
