@@ -300,7 +300,7 @@ impl EngineBuilder {
         self
     }
     /// Active aggregates per shard before the least recently used idle one is passivated.
-    /// Default 10,000.
+    /// Default 2,048 (an active aggregate costs about 10 KiB of memory besides its state).
     pub fn active_per_shard_max(mut self, max: usize) -> Self {
         self.sharding.active_per_shard_max = max;
         self
