@@ -47,7 +47,7 @@ fn read_one<A: Aggregate>(
     engine: &Engine,
     message: &Message,
 ) -> Result<EventEnvelope<A::Event>, HandlerError> {
-    let stream = StreamId::new(A::TYPE, message.key.clone());
+    let stream = StreamId::new(A::TYPE, message.key().to_owned());
     repository::read_events::<A>(
         engine.journal(),
         &stream,
@@ -124,7 +124,9 @@ pub fn gateway(
         let engine = handler_engine.clone();
         let plan = plan.clone();
         async move {
-            if message.aggregate_type != Payment::TYPE || message.event_type != "PaymentInitiated" {
+            if message.aggregate_type() != Payment::TYPE
+                || message.event_type() != "PaymentInitiated"
+            {
                 return Ok(());
             }
             let envelope = read_one::<Payment>(&engine, &message)?;
@@ -181,7 +183,7 @@ pub fn warehouse(
         let engine = handler_engine.clone();
         let plan = plan.clone();
         async move {
-            if message.aggregate_type != Order::TYPE || message.event_type != "OrderConfirmed" {
+            if message.aggregate_type() != Order::TYPE || message.event_type() != "OrderConfirmed" {
                 return Ok(());
             }
             let envelope = read_one::<Order>(&engine, &message)?;

@@ -232,28 +232,60 @@ impl Journal {
         }))
     }
 
-    /// The records of a stream from `first` (`count` of them), in order, without the
-    /// chain check of `read_stream` (the topic index already fixes which records these are).
-    pub(crate) fn records_run(
+    /// The runs of the global index covering positions `from..=to`, in order, each as (its
+    /// first position, the run), trimmed to the range; consecutive runs of one stream are
+    /// merged. One `StreamId` per run, not per event (`read_global` expands runs per event):
+    /// the topic indexer's read.
+    pub(crate) fn global_runs(
         &self,
-        stream: &StreamId,
-        first: u64,
-        count: u32,
-    ) -> Result<Vec<super::Record>, StorageError> {
-        let db = self.shared.db()?;
-        let start = keys::stream_key(keys::EVENTS, stream, first);
-        let end = keys::stream_key(keys::EVENTS, stream, first + count as u64 - 1);
-        let mut out = Vec::with_capacity(count as usize);
-        for (i, entry) in db.range(start..=end).enumerate() {
-            let (_, value) = entry?;
-            out.push(self.record_for_topic(stream, first + i as u64, &value)?);
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, keys::GlobalRun)>, StorageError> {
+        let mut out: Vec<(u64, keys::GlobalRun)> = Vec::new();
+        if from > to {
+            return Ok(out);
         }
-        if out.len() != count as usize {
-            return Err(StorageError::corrupt(
-                stream,
-                first + out.len() as u64,
-                Corruption::MissingRecord,
-            ));
+        let db = self.shared.db()?;
+        // The index entry holding `from` starts at or before it.
+        let start = match db.range(..=keys::global_key(from)).next_back() {
+            Some(Ok((key, _))) if key.first() == Some(&keys::GLOBAL) => key.to_vec(),
+            _ => keys::global_key(0).to_vec(),
+        };
+        let bad = || StorageError::corrupt_store(Corruption::MalformedGlobalEntry);
+        for entry in db.range(start..=keys::global_key(to).to_vec()) {
+            let (key, value) = entry?;
+            let first = keys::parse_global_key(&key).ok_or_else(bad)?;
+            let mut position = first;
+            for run in keys::parse_global_entry(&value).ok_or_else(bad)? {
+                if run.count == 0 {
+                    continue;
+                }
+                let (run_from, run_to) = (position, position + run.count as u64 - 1);
+                position += run.count as u64;
+                if run_to < from || run_from > to {
+                    continue;
+                }
+                let skip = from.saturating_sub(run_from);
+                let count = (run_to.min(to) - run_from + 1 - skip) as u32;
+                let (first_position, first_sequence) = (run_from + skip, run.first_sequence + skip);
+                match out.last_mut() {
+                    Some((p, last))
+                        if last.stream == run.stream
+                            && *p + last.count as u64 == first_position
+                            && last.first_sequence + last.count as u64 == first_sequence =>
+                    {
+                        last.count += count;
+                    }
+                    _ => out.push((
+                        first_position,
+                        keys::GlobalRun {
+                            stream: run.stream,
+                            first_sequence,
+                            count,
+                        },
+                    )),
+                }
+            }
         }
         Ok(out)
     }
