@@ -309,10 +309,10 @@ async fn retries_then_dead_letters_and_redrive() {
         )
         .unwrap();
     let mut letters = drain(&mut dlq, 2).await;
-    letters.sort_by(|a, b| a.key.cmp(&b.key));
+    letters.sort_by(|a, b| a.key().cmp(b.key()));
     let payload = |m: &Message| m.value_json()["payload"].clone();
     let p1 = payload(&letters[0]);
-    assert_eq!(letters[0].key, "c-1");
+    assert_eq!(letters[0].key(), "c-1");
     assert_eq!(p1["reason"], "processing_error");
     assert_eq!(p1["error"], "down");
     assert_eq!(p1["attempts"], 4);
@@ -336,7 +336,7 @@ async fn retries_then_dead_letters_and_redrive() {
     let metrics = engine.metrics().unwrap();
     let counters = metrics
         .iter()
-        .find(|m| m.topic() == TOPIC && m.event_type() == "Added")
+        .find(|m| m.topic == TOPIC && m.event_type == "Added")
         .unwrap();
     assert_eq!(counters.metrics.produced, 4);
     assert_eq!(counters.metrics.dead_lettered, 2);
@@ -452,7 +452,7 @@ async fn a_group_started_at_a_time_reads_from_it_while_members_join_after_a_reop
         early.is_empty(),
         "{} messages from before the group's start time, e.g. {}[{}]@{}",
         early.len(),
-        early[0].topic,
+        early[0].topic(),
         early[0].partition,
         early[0].offset
     );
