@@ -460,6 +460,73 @@ fn chunk_offsets(first_offset: u64, runs: &[TopicRun]) -> Vec<(u64, &[TopicRun])
 mod tests {
     use super::*;
 
+    /// `global_runs` lists exactly the events `read_global` does, for every range — ranges
+    /// that start and end inside a group commit's entry and inside a run — with one run per
+    /// stretch of one stream, merged across entries.
+    #[test]
+    fn global_runs_cover_the_global_order() {
+        use super::super::{AppendRequest, JournalConfig, NewEvent};
+        let event = |n: u8| NewEvent {
+            event_id: uuid::Uuid::from_u128(n as u128),
+            event_type: "Happened".into(),
+            event_version: "1.0".into(),
+            timestamp: chrono::DateTime::from_timestamp_micros(1_767_225_600_000_000).unwrap(),
+            correlation_id: uuid::Uuid::from_u128(1000 + n as u128),
+            causation_id: None,
+            source: "test".into(),
+            user_id: None,
+            session_id: None,
+            audit_context: None,
+            payload: vec![1, n],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let journal = JournalWriter::open(dir.path(), JournalConfig::default()).unwrap();
+        let (a, b) = (StreamId::new("T", "a"), StreamId::new("T", "b"));
+        // a×3, b×2, then a×2 in a commit of its own (its run continues a's only by stream, not
+        // by position), then a×1 right after a×2 in another commit (merged with it).
+        let mut n = 0u8;
+        for (stream, expected, count) in [(&a, 0, 3), (&b, 0, 2), (&a, 3, 2), (&a, 5, 1)] {
+            let events = (0..count)
+                .map(|_| {
+                    n += 1;
+                    event(n)
+                })
+                .collect();
+            journal
+                .append_blocking(AppendRequest::new(stream.clone(), expected, events))
+                .unwrap();
+        }
+        let all: Vec<(u64, StreamId, u64)> = journal.read_global(1).map(Result::unwrap).collect();
+        let last = all.len() as u64;
+        assert_eq!(last, 8);
+        for from in 1..=last {
+            for to in from..=last {
+                let runs = journal.global_runs(from, to).unwrap();
+                let expanded: Vec<(u64, StreamId, u64)> = runs
+                    .iter()
+                    .flat_map(|(p, r)| {
+                        (0..r.count as u64)
+                            .map(move |i| (p + i, r.stream.clone(), r.first_sequence + i))
+                    })
+                    .collect();
+                assert_eq!(
+                    expanded,
+                    all[(from - 1) as usize..to as usize],
+                    "{from}..={to}"
+                );
+                for pair in runs.windows(2) {
+                    let ((p, x), (q, y)) = (&pair[0], &pair[1]);
+                    let continues = x.stream == y.stream
+                        && p + x.count as u64 == *q
+                        && x.first_sequence + x.count as u64 == y.first_sequence;
+                    assert!(!continues, "{from}..={to}: runs not merged: {runs:?}");
+                }
+            }
+        }
+        assert!(journal.global_runs(3, 2).unwrap().is_empty());
+        journal.close().unwrap();
+    }
+
     #[test]
     fn keys_and_entries_round_trip() {
         let runs = vec![

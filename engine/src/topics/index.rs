@@ -44,8 +44,8 @@ pub(crate) struct Plan {
     slots: HashMap<String, HashMap<u32, usize>>,
 }
 
-/// What the planner needs of one event: borrowed from its stored bytes (or its decoded
-/// record when its topics depend on its payload).
+/// What the planner needs of one event, borrowed from its stored bytes (its topics come
+/// separately: from its type, or from its decoded record when they depend on its payload).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Routed<'a> {
     pub(crate) stream: &'a StreamId,
