@@ -78,12 +78,12 @@ fn check_catalog(m: &Message) {
         "user_id",
     ];
     want.sort_unstable();
-    assert_eq!(keys(v), want, "{}", m.topic);
-    assert_eq!(v["event_type"], m.event_type.as_str());
+    assert_eq!(keys(v), want, "{}", m.topic());
+    assert_eq!(v["event_type"], m.event_type());
     assert!(is_uuid(&v["event_id"]) && is_time(&v["timestamp"]));
     assert!(v["payload"].is_object());
     assert!(v["event_version"].is_string() && v["aggregate_type"].is_string());
-    assert_eq!(v["aggregate_id"], m.key.as_str());
+    assert_eq!(v["aggregate_id"], m.key());
     assert_eq!(v["sequence"].as_u64(), Some(m.sequence));
     assert_eq!(v["global_position"].as_u64(), Some(m.global_position));
     assert!(is_uuid(&v["correlation_id"]));
@@ -112,7 +112,7 @@ fn check_gacp(m: &Message) {
             ]
             .contains(&k),
             "{}: unexpected {k}",
-            m.topic
+            m.topic()
         );
     }
     assert!(is_uuid(&v["eventId"]));
@@ -157,7 +157,7 @@ fn check_coworking(m: &Message) {
 }
 
 fn check_headers(m: &Message) {
-    let names: Vec<&str> = m.headers.iter().map(|(k, _)| *k).collect();
+    let names: Vec<&str> = m.headers().map(|(k, _)| k).collect();
     assert_eq!(
         names,
         [
@@ -177,8 +177,8 @@ fn check_headers(m: &Message) {
         m.header("global_position"),
         Some(m.global_position.to_string().as_str())
     );
-    for (k, v) in &m.headers {
-        assert!(v.is_some() || *k == "causation_id", "{k} is null");
+    for (k, v) in m.headers() {
+        assert!(v.is_some() || k == "causation_id", "{k} is null");
     }
 }
 
@@ -190,12 +190,12 @@ impl WorkloadVisitor for PayloadCheck<'_> {
             for e in self.0.history::<A>(&stream.aggregate_id).unwrap() {
                 let m = &self.1[&e.event_id];
                 let value = m.value_json();
-                let payload = match WireFormat::for_topic(&m.topic) {
+                let payload = match WireFormat::for_topic(m.topic()) {
                     WireFormat::Coworking => &value["data"],
                     _ => &value["payload"],
                 };
                 assert_eq!(payload, &e.payload.payload_json(), "{}", e.event_type);
-                assert_eq!(m.topic, e.payload.topic());
+                assert_eq!(m.topic(), e.payload.topic());
                 self.2 += 1;
             }
         }
@@ -232,7 +232,7 @@ async fn every_topic_matches_its_seed_contract() {
         );
         for p in 0..info.partitions {
             for m in log.read(&info.name, p, 0, usize::MAX).unwrap() {
-                assert_eq!(partition_for(&m.key, info.partitions), p);
+                assert_eq!(partition_for(m.key(), info.partitions), p);
                 check_headers(&m);
                 match info.format {
                     WireFormat::Catalog => check_catalog(&m),
@@ -383,7 +383,7 @@ async fn session_and_audit_context_reach_the_record_the_envelope_and_the_gacp_me
         for m in log.read("orders.gacp", p, 0, usize::MAX).unwrap() {
             check_gacp(&m);
             let v = m.value_json();
-            if m.key == id(1) {
+            if m.key() == id(1) {
                 assert_eq!(v["sessionId"], session.to_string());
                 assert_eq!(
                     v["auditContext"],

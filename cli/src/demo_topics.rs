@@ -122,13 +122,13 @@ impl DemoConsumer {
 fn record(seen: &Mutex<Seen>, from_position: u64, batch: &[Message]) {
     let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
     for m in batch {
-        let key = (m.topic.clone(), m.key.clone());
+        let key = (m.topic().to_owned(), m.key().to_owned());
         let last = seen.last_sequence.get(&key).copied();
         if last.is_some_and(|l| m.sequence <= l) {
             let text = format!(
                 "{} {}: sequence {} after {}",
-                m.topic,
-                m.key,
+                m.topic(),
+                m.key(),
                 m.sequence,
                 last.unwrap_or(0)
             );

@@ -287,12 +287,14 @@ pub fn reconcile(
             differs("partition", message.partition.to_string(), text(p));
         }
         if let Some(k) = parsed.get("key") {
-            differs("key", message.key.clone(), text(k));
+            differs("key", message.key().to_owned(), text(k));
         }
         if let Some(Value::Object(headers)) = parsed.get("headers") {
-            for (name, value) in &message.headers {
-                if let Some(found) = headers.get(*name) {
-                    let expected = value.clone().map(Value::String).unwrap_or(Value::Null);
+            for (name, value) in message.headers() {
+                if let Some(found) = headers.get(name) {
+                    let expected = value
+                        .map(|v| Value::String(v.to_owned()))
+                        .unwrap_or(Value::Null);
                     differs(&format!("header {name}"), text(&expected), text(found));
                 }
             }
@@ -306,13 +308,16 @@ pub fn reconcile(
             }
             None => differs("value", "a JSON envelope".into(), "no JSON value".into()),
         }
-        let aggregate = (message.aggregate_type.clone(), message.key.clone());
+        let aggregate = (
+            message.aggregate_type().to_owned(),
+            message.key().to_owned(),
+        );
         let last = last_sequence.entry(aggregate).or_default();
         if message.sequence < *last {
             report.findings.push(Finding::OutOfOrder {
                 line: line_no,
                 event_id,
-                aggregate: format!("{}/{}", message.aggregate_type, message.key),
+                aggregate: format!("{}/{}", message.aggregate_type(), message.key()),
                 sequence: message.sequence,
                 after_sequence: *last,
             });

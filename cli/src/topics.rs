@@ -164,19 +164,18 @@ fn print_message(m: &Message, json: bool, out: &mut dyn Write) -> Result<(), Cli
         return Ok(());
     }
     let headers: Vec<String> = m
-        .headers
-        .iter()
-        .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("null")))
+        .headers()
+        .map(|(k, v)| format!("{k}={}", v.unwrap_or("null")))
         .collect();
     writeln!(
         out,
         "{}[{}]@{} key={} headers: {}\n  {}",
-        m.topic,
+        m.topic(),
         m.partition,
         m.offset,
-        m.key,
+        m.key(),
         headers.join(" "),
-        String::from_utf8_lossy(&m.value)
+        String::from_utf8_lossy(m.value())
     )?;
     Ok(())
 }

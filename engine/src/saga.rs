@@ -190,7 +190,7 @@ impl<S: Saga> SagaBuilder<S> {
         map: impl Fn(&EventEnvelope<A::Event>) -> Option<(String, S::Command)> + Send + Sync + 'static,
     ) -> Self {
         let observer: Observer<S> = Arc::new(move |engine: &Engine, message: &Message| {
-            let stream = StreamId::new(A::TYPE, message.key.clone());
+            let stream = StreamId::new(A::TYPE, message.key().to_owned());
             let envelope = crate::recovery::read_events::<A>(
                 engine.journal(),
                 &stream,
@@ -314,7 +314,7 @@ async fn observe_one<S: Saga>(
     message: Message,
 ) -> Result<(), HandlerError> {
     for (aggregate_type, observer) in observers {
-        if *aggregate_type != message.aggregate_type {
+        if *aggregate_type != message.aggregate_type() {
             continue;
         }
         let Some((saga_id, command, metadata)) = observer(engine, &message)? else {
@@ -342,10 +342,10 @@ async fn dispatch_one<S: Saga>(
     on_rejected: &OnRejected<S>,
     message: Message,
 ) -> Result<(), HandlerError> {
-    if message.aggregate_type != S::TYPE {
+    if message.aggregate_type() != S::TYPE {
         return Ok(());
     }
-    let stream = StreamId::new(S::TYPE, message.key.clone());
+    let stream = StreamId::new(S::TYPE, message.key().to_owned());
     let envelope = crate::recovery::read_events::<S>(
         engine.journal(),
         &stream,

@@ -362,8 +362,8 @@ async fn topics_carry_decrypted_redacted_or_erased_payloads() {
             .unwrap()
             .into_iter()
             .map(|m| {
-                let value: serde_json::Value = serde_json::from_slice(&m.value).unwrap();
-                (m.key, value["payload"].clone())
+                let value: serde_json::Value = serde_json::from_slice(m.value()).unwrap();
+                (m.key().to_owned(), value["payload"].clone())
             })
             .collect()
     };

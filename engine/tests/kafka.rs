@@ -95,21 +95,20 @@ fn compare(bootstrap: &str, engine_dir: &std::path::Path) -> usize {
                 k.offset, m.offset,
                 "partition {p}: Kafka offset = embedded offset"
             );
-            assert_eq!(k.key.as_deref(), Some(m.key.as_str()));
-            assert_eq!(k.value.as_deref().map(str::as_bytes), Some(&m.value[..]));
+            assert_eq!(k.key.as_deref(), Some(m.key()));
+            assert_eq!(k.value.as_deref().map(str::as_bytes), Some(m.value()));
             let mut kh = k.headers.clone();
             kh.sort();
             let mut mh: Vec<(String, Option<String>)> = m
-                .headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.clone()))
+                .headers()
+                .map(|(n, v)| (n.to_string(), v.map(str::to_owned)))
                 .collect();
             mh.sort();
             assert_eq!(kh, mh, "partition {p} offset {}", m.offset);
             assert!(ids.insert(m.event_id), "event {} twice", m.event_id);
             let seq = m.sequence;
-            let prev = last_seq.insert(m.key.clone(), seq).unwrap_or(0);
-            assert_eq!(seq, prev + 1, "{} out of order in Kafka", m.key);
+            let prev = last_seq.insert(m.key().to_owned(), seq).unwrap_or(0);
+            assert_eq!(seq, prev + 1, "{} out of order in Kafka", m.key());
             total += 1;
         }
     }

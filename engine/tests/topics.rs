@@ -77,9 +77,9 @@ fn check_topic(engine: &Engine) -> BTreeMap<String, (u32, u64)> {
         assert_eq!(messages.len() as u64, info.end_offsets[p as usize]);
         for (i, m) in messages.iter().enumerate() {
             assert_eq!(m.offset, i as u64, "gapless offsets");
-            assert_eq!(m.partition, partition_for(&m.key, 8));
-            let prev = last_seq.insert(m.key.clone(), m.sequence).unwrap_or(0);
-            assert_eq!(m.sequence, prev + 1, "per-aggregate order of {}", m.key);
+            assert_eq!(m.partition, partition_for(m.key(), 8));
+            let prev = last_seq.insert(m.key().to_owned(), m.sequence).unwrap_or(0);
+            assert_eq!(m.sequence, prev + 1, "per-aggregate order of {}", m.key());
             assert!(placed
                 .insert(m.event_id.to_string(), (p, m.offset))
                 .is_none());
@@ -212,7 +212,7 @@ async fn partitions_are_fixed_at_creation() {
     assert_eq!(info.partitions, 3);
     for p in 0..3 {
         for m in log.read(TOPIC, p, 0, 1000).unwrap() {
-            assert_eq!(partition_for(&m.key, 3), p);
+            assert_eq!(partition_for(m.key(), 3), p);
         }
     }
     engine.shutdown().await.unwrap();
@@ -254,11 +254,11 @@ async fn retries_then_dead_letters_and_redrive() {
         async move {
             let n = {
                 let mut a = attempts.lock().unwrap();
-                let n = a.entry(m.key.clone()).or_default();
+                let n = a.entry(m.key().to_owned()).or_default();
                 *n += 1;
                 *n
             };
-            match m.key.as_str() {
+            match m.key() {
                 "c-0" if n < 3 => Err(HandlerError::Processing(format!("try {n}"))),
                 "c-1" => Err(HandlerError::Processing("down".into())),
                 "c-2" => Err(HandlerError::Validation("amount missing".into())),
@@ -309,10 +309,10 @@ async fn retries_then_dead_letters_and_redrive() {
         )
         .unwrap();
     let mut letters = drain(&mut dlq, 2).await;
-    letters.sort_by(|a, b| a.key.cmp(&b.key));
+    letters.sort_by(|a, b| a.key().cmp(b.key()));
     let payload = |m: &Message| m.value_json()["payload"].clone();
     let p1 = payload(&letters[0]);
-    assert_eq!(letters[0].key, "c-1");
+    assert_eq!(letters[0].key(), "c-1");
     assert_eq!(p1["reason"], "processing_error");
     assert_eq!(p1["error"], "down");
     assert_eq!(p1["attempts"], 4);
@@ -349,8 +349,8 @@ async fn retries_then_dead_letters_and_redrive() {
     let fixed = move |m: Message| {
         let seen = seen2.clone();
         async move {
-            assert_eq!(m.key, "c-1");
-            assert_eq!(m.topic, TOPIC);
+            assert_eq!(m.key(), "c-1");
+            assert_eq!(m.topic(), TOPIC);
             assert_eq!(m.value_json()["payload"]["amount"], 5);
             seen.fetch_add(1, Ordering::SeqCst);
             Ok(())
@@ -452,7 +452,7 @@ async fn a_group_started_at_a_time_reads_from_it_while_members_join_after_a_reop
         early.is_empty(),
         "{} messages from before the group's start time, e.g. {}[{}]@{}",
         early.len(),
-        early[0].topic,
+        early[0].topic(),
         early[0].partition,
         early[0].offset
     );

@@ -105,8 +105,8 @@ fn placements(log: &TopicLog) -> BTreeMap<String, (u32, u64)> {
             .enumerate()
         {
             assert_eq!(m.offset, i as u64);
-            let prev = last.insert(m.key.clone(), m.sequence).unwrap_or(0);
-            assert_eq!(m.sequence, prev + 1, "order of {}", m.key);
+            let prev = last.insert(m.key().to_owned(), m.sequence).unwrap_or(0);
+            assert_eq!(m.sequence, prev + 1, "order of {}", m.key());
             assert!(out.insert(m.event_id.to_string(), (p, m.offset)).is_none());
         }
     }
@@ -208,7 +208,7 @@ fn topics_survive_crashes() {
             let mut heads: HashMap<String, u64> = HashMap::new();
             for p in 0..8 {
                 for m in log.read(TOPIC, p, 0, usize::MAX).unwrap() {
-                    heads.insert(m.key.clone(), m.sequence);
+                    heads.insert(m.key().to_owned(), m.sequence);
                 }
             }
             for (id, seq) in &acked {

@@ -48,7 +48,7 @@ fn read_one<A: Aggregate>(
     engine: &Engine,
     message: &Message,
 ) -> Result<EventEnvelope<A::Event>, HandlerError> {
-    let stream = StreamId::new(A::TYPE, message.key.clone());
+    let stream = StreamId::new(A::TYPE, message.key().to_owned());
     repository::read_events::<A>(
         engine.journal(),
         &stream,
@@ -124,7 +124,7 @@ where
         let engine = handler_engine.clone();
         let react = react.clone();
         async move {
-            if message.aggregate_type != A::TYPE || message.event_type != event_type {
+            if message.aggregate_type() != A::TYPE || message.event_type() != event_type {
                 return Ok(());
             }
             let envelope = read_one::<A>(&engine, &message)?;

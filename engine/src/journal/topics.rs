@@ -232,28 +232,60 @@ impl Journal {
         }))
     }
 
-    /// The records of a stream from `first` (`count` of them), in order, without the
-    /// chain check of `read_stream` (the topic index already fixes which records these are).
-    pub(crate) fn records_run(
+    /// The runs of the global index covering positions `from..=to`, in order, each as (its
+    /// first position, the run), trimmed to the range; consecutive runs of one stream are
+    /// merged. One `StreamId` per run, not per event (`read_global` expands runs per event):
+    /// the topic indexer's read.
+    pub(crate) fn global_runs(
         &self,
-        stream: &StreamId,
-        first: u64,
-        count: u32,
-    ) -> Result<Vec<super::Record>, StorageError> {
-        let db = self.shared.db()?;
-        let start = keys::stream_key(keys::EVENTS, stream, first);
-        let end = keys::stream_key(keys::EVENTS, stream, first + count as u64 - 1);
-        let mut out = Vec::with_capacity(count as usize);
-        for (i, entry) in db.range(start..=end).enumerate() {
-            let (_, value) = entry?;
-            out.push(self.record_for_topic(stream, first + i as u64, &value)?);
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, keys::GlobalRun)>, StorageError> {
+        let mut out: Vec<(u64, keys::GlobalRun)> = Vec::new();
+        if from > to {
+            return Ok(out);
         }
-        if out.len() != count as usize {
-            return Err(StorageError::corrupt(
-                stream,
-                first + out.len() as u64,
-                Corruption::MissingRecord,
-            ));
+        let db = self.shared.db()?;
+        // The index entry holding `from` starts at or before it.
+        let start = match db.range(..=keys::global_key(from)).next_back() {
+            Some(Ok((key, _))) if key.first() == Some(&keys::GLOBAL) => key.to_vec(),
+            _ => keys::global_key(0).to_vec(),
+        };
+        let bad = || StorageError::corrupt_store(Corruption::MalformedGlobalEntry);
+        for entry in db.range(start..=keys::global_key(to).to_vec()) {
+            let (key, value) = entry?;
+            let first = keys::parse_global_key(&key).ok_or_else(bad)?;
+            let mut position = first;
+            for run in keys::parse_global_entry(&value).ok_or_else(bad)? {
+                if run.count == 0 {
+                    continue;
+                }
+                let (run_from, run_to) = (position, position + run.count as u64 - 1);
+                position += run.count as u64;
+                if run_to < from || run_from > to {
+                    continue;
+                }
+                let skip = from.saturating_sub(run_from);
+                let count = (run_to.min(to) - run_from + 1 - skip) as u32;
+                let (first_position, first_sequence) = (run_from + skip, run.first_sequence + skip);
+                match out.last_mut() {
+                    Some((p, last))
+                        if last.stream == run.stream
+                            && *p + last.count as u64 == first_position
+                            && last.first_sequence + last.count as u64 == first_sequence =>
+                    {
+                        last.count += count;
+                    }
+                    _ => out.push((
+                        first_position,
+                        keys::GlobalRun {
+                            stream: run.stream,
+                            first_sequence,
+                            count,
+                        },
+                    )),
+                }
+            }
         }
         Ok(out)
     }
@@ -427,6 +459,73 @@ fn chunk_offsets(first_offset: u64, runs: &[TopicRun]) -> Vec<(u64, &[TopicRun])
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `global_runs` lists exactly the events `read_global` does, for every range — ranges
+    /// that start and end inside a group commit's entry and inside a run — with one run per
+    /// stretch of one stream, merged across entries.
+    #[test]
+    fn global_runs_cover_the_global_order() {
+        use super::super::{AppendRequest, JournalConfig, NewEvent};
+        let event = |n: u8| NewEvent {
+            event_id: uuid::Uuid::from_u128(n as u128),
+            event_type: "Happened".into(),
+            event_version: "1.0".into(),
+            timestamp: chrono::DateTime::from_timestamp_micros(1_767_225_600_000_000).unwrap(),
+            correlation_id: uuid::Uuid::from_u128(1000 + n as u128),
+            causation_id: None,
+            source: "test".into(),
+            user_id: None,
+            session_id: None,
+            audit_context: None,
+            payload: vec![1, n],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let journal = JournalWriter::open(dir.path(), JournalConfig::default()).unwrap();
+        let (a, b) = (StreamId::new("T", "a"), StreamId::new("T", "b"));
+        // a×3, b×2, then a×2 in a commit of its own (its run continues a's only by stream, not
+        // by position), then a×1 right after a×2 in another commit (merged with it).
+        let mut n = 0u8;
+        for (stream, expected, count) in [(&a, 0, 3), (&b, 0, 2), (&a, 3, 2), (&a, 5, 1)] {
+            let events = (0..count)
+                .map(|_| {
+                    n += 1;
+                    event(n)
+                })
+                .collect();
+            journal
+                .append_blocking(AppendRequest::new(stream.clone(), expected, events))
+                .unwrap();
+        }
+        let all: Vec<(u64, StreamId, u64)> = journal.read_global(1).map(Result::unwrap).collect();
+        let last = all.len() as u64;
+        assert_eq!(last, 8);
+        for from in 1..=last {
+            for to in from..=last {
+                let runs = journal.global_runs(from, to).unwrap();
+                let expanded: Vec<(u64, StreamId, u64)> = runs
+                    .iter()
+                    .flat_map(|(p, r)| {
+                        (0..r.count as u64)
+                            .map(move |i| (p + i, r.stream.clone(), r.first_sequence + i))
+                    })
+                    .collect();
+                assert_eq!(
+                    expanded,
+                    all[(from - 1) as usize..to as usize],
+                    "{from}..={to}"
+                );
+                for pair in runs.windows(2) {
+                    let ((p, x), (q, y)) = (&pair[0], &pair[1]);
+                    let continues = x.stream == y.stream
+                        && p + x.count as u64 == *q
+                        && x.first_sequence + x.count as u64 == y.first_sequence;
+                    assert!(!continues, "{from}..={to}: runs not merged: {runs:?}");
+                }
+            }
+        }
+        assert!(journal.global_runs(3, 2).unwrap().is_empty());
+        journal.close().unwrap();
+    }
 
     #[test]
     fn keys_and_entries_round_trip() {

@@ -17,6 +17,7 @@ pub use config::{KafkaConfig, Sasl, SaslMechanism};
 use crate::engine::Engine;
 use crate::error::StorageError;
 use crate::journal::JournalWriter;
+use crate::topics::render::HEADER_NAMES;
 use crate::topics::{Message, TopicError, TopicLog, DLQ_TOPIC};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -195,17 +196,14 @@ impl KafkaPublisher {
     /// aggregate id, the eight headers (null values kept), value = the envelope's JSON bytes,
     /// timestamp = the event's (milliseconds).
     pub fn record(m: &Message) -> FutureRecord<'_, [u8], [u8]> {
-        let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
-        for (k, v) in &m.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: v.as_deref(),
-            });
+        let mut headers = OwnedHeaders::new_with_capacity(HEADER_NAMES.len());
+        for (k, v) in m.headers() {
+            headers = headers.insert(Header { key: k, value: v });
         }
-        FutureRecord::to(&m.topic)
+        FutureRecord::to(m.topic())
             .partition(m.partition as i32)
-            .key(m.key.as_bytes())
-            .payload(&m.value[..])
+            .key(m.key().as_bytes())
+            .payload(m.value())
             .headers(headers)
             .timestamp(m.timestamp.timestamp_millis())
     }

@@ -408,21 +408,22 @@ impl Consumer {
             }
         }
         self.turn = self.turn.wrapping_add(1);
-        // Per event type; consecutive messages mostly share one, so hash once per change.
+        // Per event type; consecutive messages mostly share one, so hash once per change (and
+        // compare the header's bytes: no UTF-8 check per message).
         let mut counts: HashMap<&str, u64> = HashMap::new();
-        let mut current: Option<(&str, u64)> = None;
+        let mut current: Option<(&[u8], &str, u64)> = None;
         for m in &out {
             match &mut current {
-                Some((t, n)) if *t == m.event_type.as_str() => *n += 1,
+                Some((raw, _, n)) if *raw == m.event_type_bytes() => *n += 1,
                 _ => {
-                    if let Some((t, n)) = current.take() {
+                    if let Some((_, t, n)) = current.take() {
                         *counts.entry(t).or_default() += n;
                     }
-                    current = Some((m.event_type.as_str(), 1));
+                    current = Some((m.event_type_bytes(), m.event_type(), 1));
                 }
             }
         }
-        if let Some((t, n)) = current {
+        if let Some((_, t, n)) = current {
             *counts.entry(t).or_default() += n;
         }
         for (event_type, n) in counts {

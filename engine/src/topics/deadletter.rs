@@ -6,6 +6,7 @@
 //! verified by `evershard verify`, exported with everything else, and indexed into its topic
 //! by the same indexer, at offsets that never change. No second storage path exists for it.
 
+use super::message::{MessageArena, MessageMeta};
 use super::render::HEADER_NAMES;
 use super::{Message, TopicError, DLQ_TOPIC};
 use crate::journal::record::Record;
@@ -69,16 +70,15 @@ impl DeadLetter {
             error,
             attempts,
             consumer_group: group.to_owned(),
-            original_topic: message.topic.clone(),
+            original_topic: message.topic().to_owned(),
             partition: message.partition,
             offset: message.offset,
-            key: message.key.clone(),
+            key: message.key().to_owned(),
             headers: message
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
+                .headers()
+                .map(|(k, v)| (k.to_owned(), v.map(str::to_owned)))
                 .collect(),
-            value_json: String::from_utf8(message.value.clone()).expect("JSON is UTF-8"),
+            value_json: String::from_utf8(message.value().to_vec()).expect("JSON is UTF-8"),
         }
     }
 
@@ -113,7 +113,7 @@ impl DeadLetter {
         let bad = |reason: &str| TopicError::NotDeadLetter {
             reason: reason.to_owned(),
         };
-        if message.topic != DLQ_TOPIC || message.aggregate_type != DEAD_LETTER_TYPE {
+        if message.topic() != DLQ_TOPIC || message.aggregate_type() != DEAD_LETTER_TYPE {
             return Err(bad("not a message of dlq.events.v1"));
         }
         let value = message.value_json();
@@ -179,21 +179,21 @@ impl DeadLetter {
                 .and_then(|(_, v)| v.clone())
                 .unwrap_or_default()
         };
-        Message {
-            topic: self.original_topic.clone(),
+        let mut arena = MessageArena::new(&self.original_topic);
+        arena.begin(self.value_json.len() + self.key.len() + 256);
+        arena.value(self.value_json.as_bytes());
+        arena.key(&self.key);
+        for name in HEADER_NAMES {
+            let value = self
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_deref());
+            arena.header(value);
+        }
+        arena.finish(MessageMeta {
             partition: self.partition,
             offset: self.offset,
-            key: self.key.clone(),
-            headers: HEADER_NAMES
-                .iter()
-                .filter_map(|name| {
-                    self.headers
-                        .iter()
-                        .find(|(n, _)| n == name)
-                        .map(|(_, v)| (*name, v.clone()))
-                })
-                .collect(),
-            value: self.value_json.clone().into_bytes(),
             timestamp: serde_json::from_str::<serde_json::Value>(&self.value_json)
                 .ok()
                 .and_then(|v| {
@@ -205,11 +205,9 @@ impl DeadLetter {
                 .map(|t| t.with_timezone(&chrono::Utc))
                 .unwrap_or_default(),
             event_id: header("event_id").parse().unwrap_or_default(),
-            event_type: header("event_type"),
-            aggregate_type: header("aggregate_type"),
             sequence: header("sequence").parse().unwrap_or_default(),
             global_position: header("global_position").parse().unwrap_or_default(),
-        }
+        })
     }
 }
 

@@ -16,9 +16,8 @@ use super::metrics::Metrics;
 use super::{valid_name, TopicCatalog, TopicConfig, TopicError, PARTITIONS_MAX};
 use crate::error::StorageError;
 use crate::follower::{Follow, Follower};
-use crate::journal::record::Record;
 use crate::journal::topics::{StoredTopic, TopicEntry, TopicRun};
-use crate::journal::{Journal, JournalWriter, StreamId};
+use crate::journal::{view_checked, Journal, JournalWriter, StreamId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,11 +25,12 @@ use std::sync::{Arc, Mutex};
 /// Events one indexer batch covers at most.
 pub(crate) const INDEX_BATCH_EVENTS_MAX: u64 = 16_384;
 
-/// Routing state: stored topics and the next offset of every partition touched.
+/// Routing state: stored topics and the next offset of every partition touched (by topic,
+/// then partition: looked up by `&str`, with no key built per event).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Planner {
     pub(crate) topics: HashMap<String, StoredTopic>,
-    next: HashMap<(String, u32), u64>,
+    next: HashMap<String, HashMap<u32, u64>>,
 }
 
 /// One planned batch.
@@ -38,8 +38,20 @@ pub(crate) struct Planner {
 pub(crate) struct Plan {
     pub(crate) new_topics: Vec<(String, StoredTopic)>,
     pub(crate) entries: Vec<TopicEntry>,
-    /// Messages per (topic, event type), for the `produced` metric.
-    pub(crate) produced: HashMap<(String, String), u64>,
+    /// Messages per topic and event type, for the `produced` metric.
+    pub(crate) produced: HashMap<String, HashMap<String, u64>>,
+    /// The entry of each (topic, partition) in `entries`.
+    slots: HashMap<String, HashMap<u32, usize>>,
+}
+
+/// What the planner needs of one event, borrowed from its stored bytes (its topics come
+/// separately: from its type, or from its decoded record when they depend on its payload).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Routed<'a> {
+    pub(crate) stream: &'a StreamId,
+    pub(crate) event_type: &'a str,
+    pub(crate) sequence: u64,
+    pub(crate) global_position: u64,
 }
 
 impl Planner {
@@ -50,67 +62,80 @@ impl Planner {
         })
     }
 
+    /// The next offset of a partition: as planned by the batches before, or the stored end.
     fn next_offset(
         &mut self,
         journal: &Journal,
         topic: &str,
         partition: u32,
     ) -> Result<u64, StorageError> {
-        let key = (topic.to_owned(), partition);
-        if let Some(n) = self.next.get(&key) {
+        if let Some(n) = self.next.get(topic).and_then(|p| p.get(&partition)) {
             return Ok(*n);
         }
         let end = journal.partition_end(topic, partition)?;
-        self.next.insert(key, end);
+        self.next
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(partition, end);
         Ok(end)
     }
 
-    /// Routes `records` (consecutive global positions, in order) and assigns their offsets.
-    pub(crate) fn plan(
-        &mut self,
-        journal: &Journal,
-        catalog: &TopicCatalog,
-        records: &[Record],
-    ) -> Result<Plan, TopicError> {
-        let mut plan = Plan::default();
-        let mut slots: HashMap<(String, u32), usize> = HashMap::new();
-        for record in records {
-            let targets = catalog
-                .targets(record)
-                .map_err(|source| TopicError::Render {
-                    position: record.global_position,
-                    source,
-                })?;
-            for target in targets {
-                let topic = self.topic(&target, &mut plan)?;
-                let partition = super::partition_for(&record.aggregate_id, topic.partitions);
-                let key = (target.name.clone(), partition);
-                let slot = match slots.get(&key) {
-                    Some(i) => *i,
-                    None => {
-                        let first_offset = self.next_offset(journal, &target.name, partition)?;
-                        plan.entries.push(TopicEntry {
-                            topic: target.name.clone(),
-                            partition,
-                            first_offset,
-                            runs: Vec::new(),
-                        });
-                        slots.insert(key.clone(), plan.entries.len() - 1);
-                        plan.entries.len() - 1
-                    }
-                };
-                extend_runs(&mut plan.entries[slot].runs, record);
-                *self.next.get_mut(&key).expect("partition end loaded") += 1;
-                *plan
-                    .produced
-                    .entry((target.name, record.event_type.clone()))
-                    .or_default() += 1;
-            }
+    /// Moves each partition's next offset past the batch's entries.
+    fn finish(&mut self, plan: &Plan) {
+        for entry in &plan.entries {
+            let count: u64 = entry.runs.iter().map(|r| r.count as u64).sum();
+            let next = self.next.entry(entry.topic.clone()).or_default();
+            next.insert(entry.partition, entry.first_offset + count);
         }
-        Ok(plan)
     }
 
-    /// The stored config of a topic; a new topic is created with `target`'s.
+    /// Routes one event (the next global position after the previous one) to `targets` and
+    /// assigns its offsets.
+    fn add(
+        &mut self,
+        journal: &Journal,
+        plan: &mut Plan,
+        event: Routed<'_>,
+        targets: Vec<TopicConfig>,
+    ) -> Result<(), TopicError> {
+        for target in targets {
+            let topic = self.topic(&target, plan)?;
+            let partition = super::partition_for(&event.stream.aggregate_id, topic.partitions);
+            let name = target.name.as_str();
+            let slot = match plan.slots.get(name).and_then(|p| p.get(&partition)) {
+                Some(i) => *i,
+                None => {
+                    let first_offset = self.next_offset(journal, name, partition)?;
+                    plan.entries.push(TopicEntry {
+                        topic: target.name.clone(),
+                        partition,
+                        first_offset,
+                        runs: Vec::new(),
+                    });
+                    let i = plan.entries.len() - 1;
+                    plan.slots
+                        .entry(target.name.clone())
+                        .or_default()
+                        .insert(partition, i);
+                    i
+                }
+            };
+            // The partition's next offset moves in `finish`, once per batch.
+            extend_runs(&mut plan.entries[slot].runs, &event);
+            let per_type = match plan.produced.get_mut(name) {
+                Some(t) => t,
+                None => plan.produced.entry(target.name.clone()).or_default(),
+            };
+            match per_type.get_mut(event.event_type) {
+                Some(n) => *n += 1,
+                None => {
+                    per_type.insert(event.event_type.to_owned(), 1);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn topic(&mut self, target: &TopicConfig, plan: &mut Plan) -> Result<StoredTopic, TopicError> {
         if let Some(t) = self.topics.get(&target.name) {
             return Ok(*t);
@@ -142,13 +167,12 @@ pub(crate) fn check_config(config: &TopicConfig) -> Result<(), TopicError> {
     Ok(())
 }
 
-fn extend_runs(runs: &mut Vec<TopicRun>, record: &Record) {
+fn extend_runs(runs: &mut Vec<TopicRun>, event: &Routed<'_>) {
     if let Some(last) = runs.last_mut() {
         let count = last.count as u64;
-        if last.stream.aggregate_type == record.aggregate_type
-            && last.stream.aggregate_id == record.aggregate_id
-            && last.first_sequence + count == record.sequence
-            && last.first_position + count == record.global_position
+        if last.stream == *event.stream
+            && last.first_sequence + count == event.sequence
+            && last.first_position + count == event.global_position
             && last.count < u32::MAX
         {
             last.count += 1;
@@ -156,55 +180,61 @@ fn extend_runs(runs: &mut Vec<TopicRun>, record: &Record) {
         }
     }
     runs.push(TopicRun {
-        stream: StreamId::new(record.aggregate_type.clone(), record.aggregate_id.clone()),
-        first_sequence: record.sequence,
-        first_position: record.global_position,
+        stream: event.stream.clone(),
+        first_sequence: event.sequence,
+        first_position: event.global_position,
         count: 1,
     });
 }
 
-/// The records at global positions `from..=to`, in order. Consecutive events of one stream
-/// are read with one range scan.
-pub(crate) fn records_between(
+/// Plans the events at global positions `from..=to`, in order: each run of one stream read
+/// with one range scan, each record checked (CRC, place) and routed from its stored bytes. A
+/// record is decoded (and, if encrypted, opened) only when its topics depend on its payload —
+/// for the derived events, never: before, every event was decoded into a `Record` (its
+/// strings and payload copied, an encrypted one decrypted) to read its type.
+pub(crate) fn plan_between(
     journal: &Journal,
+    catalog: &TopicCatalog,
+    planner: &mut Planner,
     from: u64,
     to: u64,
-) -> Result<Vec<Record>, StorageError> {
-    let mut out = Vec::with_capacity((to + 1).saturating_sub(from) as usize);
-    let mut pending: Option<(StreamId, u64, u32)> = None;
-    let flush = |pending: &mut Option<(StreamId, u64, u32)>,
-                 out: &mut Vec<Record>|
-     -> Result<(), StorageError> {
-        if let Some((stream, first, count)) = pending.take() {
-            out.extend(journal.records_run(&stream, first, count)?);
-        }
-        Ok(())
-    };
-    for item in journal.read_global(from) {
-        let (position, stream, sequence) = item?;
-        if position > to {
-            break;
-        }
-        match &mut pending {
-            Some((s, first, count)) if *s == stream && *first + *count as u64 == sequence => {
-                *count += 1;
-            }
-            _ => {
-                flush(&mut pending, &mut out)?;
-                pending = Some((stream, sequence, 1));
-            }
-        }
+) -> Result<Plan, TopicError> {
+    let mut plan = Plan::default();
+    let mut position = from;
+    for (first_position, run) in journal.global_runs(from, to)? {
+        assert_eq!(first_position, position, "global order broken");
+        let stream = &run.stream;
+        journal.visit_run(
+            stream,
+            run.first_sequence,
+            run.count,
+            |sequence, bytes| -> Result<(), TopicError> {
+                let view = view_checked(stream, sequence, bytes)?;
+                assert_eq!(view.global_position, position, "global order broken");
+                position += 1;
+                let render = |source| TopicError::Render {
+                    position: view.global_position,
+                    source,
+                };
+                let targets = match catalog.targets_by_type(view.aggregate_type, view.event_type) {
+                    Some(targets) => targets,
+                    None => {
+                        let record = journal.record_for_topic(stream, sequence, bytes)?;
+                        catalog.targets(&record).map_err(render)?
+                    }
+                };
+                let event = Routed {
+                    stream,
+                    event_type: view.event_type,
+                    sequence,
+                    global_position: view.global_position,
+                };
+                planner.add(journal, &mut plan, event, targets)
+            },
+        )?;
     }
-    flush(&mut pending, &mut out)?;
-    for (i, record) in out.iter().enumerate() {
-        // The global index and the records agree on every position.
-        assert_eq!(
-            record.global_position,
-            from + i as u64,
-            "global order broken"
-        );
-    }
-    Ok(out)
+    planner.finish(&plan);
+    Ok(plan)
 }
 
 /// What the indexer shares with the engine.
@@ -279,13 +309,20 @@ impl Follow for Worker {
     }
 
     fn step(&mut self, writer: &JournalWriter, to: u64) -> Result<(), TopicError> {
-        let records = records_between(writer, self.cursor + 1, to)?;
-        let plan = self.planner.plan(writer, &self.catalog, &records)?;
+        let plan = plan_between(
+            writer,
+            &self.catalog,
+            &mut self.planner,
+            self.cursor + 1,
+            to,
+        )?;
         writer.write_topic_batch(self.cursor, to, &plan.new_topics, &plan.entries)?;
         self.cursor = to;
-        for ((topic, event_type), n) in plan.produced {
-            self.metrics
-                .update(&topic, &event_type, |m| m.produced += n);
+        for (topic, per_type) in plan.produced {
+            for (event_type, n) in per_type {
+                self.metrics
+                    .update(&topic, &event_type, |m| m.produced += n);
+            }
         }
         self.status.cursor.store(to, Ordering::Release);
         self.status.moved.send_replace(to);

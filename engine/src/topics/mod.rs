@@ -19,6 +19,7 @@
 pub(crate) mod consumer;
 pub(crate) mod deadletter;
 pub(crate) mod index;
+pub(crate) mod message;
 pub(crate) mod metrics;
 pub(crate) mod read;
 pub(crate) mod render;
@@ -232,6 +233,9 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 type RouteFn = fn(&Record) -> Result<&'static str, CodecError>;
+/// The topic of an event type when the type alone says (`DomainEvent::topic_of`): the
+/// indexer then routes the event from its stored bytes without decoding it.
+type TopicOfFn = fn(&str) -> Option<&'static str>;
 /// `(event_type, event_version, payload bytes)` → the payload's JSON: the parts of a record
 /// it needs, so that the read path renders from a borrowed view of the stored bytes.
 type PayloadFn = fn(&str, &str, &[u8]) -> Result<serde_json::Value, CodecError>;
@@ -243,6 +247,7 @@ pub(crate) type WritePayloadFn = fn(&str, &str, &[u8], &mut Vec<u8>) -> Result<(
 #[derive(Clone, Copy)]
 struct TypeFns {
     route: RouteFn,
+    topic_of: TopicOfFn,
     payload: PayloadFn,
     write_payload: WritePayloadFn,
 }
@@ -301,6 +306,7 @@ impl TopicCatalog {
             deadletter::DEAD_LETTER_TYPE.to_owned(),
             TypeFns {
                 route: deadletter::route,
+                topic_of: |_| Some(DLQ_TOPIC),
                 payload: deadletter::payload,
                 write_payload: deadletter::write_payload,
             },
@@ -314,6 +320,7 @@ impl TopicCatalog {
             A::TYPE.to_owned(),
             TypeFns {
                 route: route_of::<A>,
+                topic_of: <A::Event as DomainEvent>::topic_of,
                 payload: payload_of::<A>,
                 write_payload: write_payload_of::<A>,
             },
@@ -359,7 +366,35 @@ impl TopicCatalog {
         // A payload erased before it was indexed cannot be decoded: when its topic is known
         // only from the payload, it is not published (nothing of it could be anyway).
         let erased = record.at_rest == crate::journal::AtRest::Sealed;
-        let own = || (fns.route)(record);
+        self.targets_with(&record.aggregate_type, erased, || (fns.route)(record))
+    }
+
+    /// The topics of an event from its aggregate type and event type alone, as
+    /// [`targets`](Self::targets) gives them; `None` when they depend on its payload (its
+    /// aggregate's events do not name their topic by type): decode it and ask `targets`.
+    pub(crate) fn targets_by_type(
+        &self,
+        aggregate_type: &str,
+        event_type: &str,
+    ) -> Option<Vec<TopicConfig>> {
+        let Some(fns) = self.types.get(aggregate_type) else {
+            return Some(Vec::new());
+        };
+        let topic = (fns.topic_of)(event_type);
+        // `own` is asked only when a route needs the event's own topic; with none known by
+        // type, that is the payload's to say.
+        self.targets_with(aggregate_type, false, || {
+            topic.ok_or_else(|| CodecError::Mismatch("topic known from the payload only".into()))
+        })
+        .ok()
+    }
+
+    fn targets_with(
+        &self,
+        aggregate_type: &str,
+        erased: bool,
+        own: impl Fn() -> Result<&'static str, CodecError>,
+    ) -> Result<Vec<TopicConfig>, CodecError> {
         let config = |name: &str, format: Option<WireFormat>| {
             self.topics.get(name).cloned().unwrap_or_else(|| {
                 let c = TopicConfig::new(name);
@@ -369,7 +404,7 @@ impl TopicCatalog {
                 }
             })
         };
-        match self.routes.get(&record.aggregate_type) {
+        match self.routes.get(aggregate_type) {
             None => match own() {
                 Ok(topic) => Ok(vec![config(topic, None)]),
                 Err(_) if erased => Ok(Vec::new()),
@@ -438,8 +473,9 @@ impl TopicCatalog {
 
 pub use consumer::{Consumer, ConsumerOptions, StartFrom};
 pub use deadletter::{DeadLetter, DeadLetterReason};
+pub use message::Message;
 pub use metrics::{EventMetrics, GroupLag, Health, PartitionLag, TopicMetrics};
-pub use read::{Message, TopicInfo, TopicLog};
+pub use read::{TopicInfo, TopicLog};
 pub use subscribe::{Handler, HandlerError, RetryPolicy, Subscription, SubscriptionOptions};
 
 /// What went wrong in a topic operation.

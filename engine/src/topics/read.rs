@@ -2,7 +2,8 @@
 //! headers and value exactly as they are published. Consumers read through it; so do the CLI
 //! (`topics`, `consume`) and, later, a Kafka publisher.
 
-use super::index::{records_between, Planner};
+use super::index::{plan_between, Planner};
+use super::message::{Message, MessageArena};
 use super::render::{self, Fields};
 use super::{TopicCatalog, TopicError, WireFormat};
 use crate::journal::topics::{StoredTopic, TopicRun};
@@ -10,65 +11,6 @@ use crate::journal::{decode_checked, view_checked, AtRest, Journal, Record};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::Arc;
-use uuid::Uuid;
-
-/// One message of a topic, as published: `key`, `headers`, `value` are the Kafka record's
-/// parts; the other fields repeat what they hold for convenience.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Message {
-    pub topic: String,
-    pub partition: u32,
-    pub offset: u64,
-    /// The aggregate id.
-    pub key: String,
-    /// `event_id`, `event_type`, `event_version`, `aggregate_type`, `sequence`,
-    /// `global_position`, `correlation_id`, `causation_id` (value `None` when absent), in
-    /// this order.
-    pub headers: Vec<(&'static str, Option<String>)>,
-    /// One JSON object in the topic's wire format: the compact JSON bytes as published.
-    pub value: Vec<u8>,
-    /// When the event happened (the record's timestamp; the Kafka record's timestamp).
-    pub timestamp: DateTime<Utc>,
-    pub event_id: Uuid,
-    pub event_type: String,
-    pub aggregate_type: String,
-    pub sequence: u64,
-    pub global_position: u64,
-}
-
-impl Message {
-    /// The value parsed as JSON (for inspection; `value` holds the bytes as published).
-    pub fn value_json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.value).expect("a rendered value is JSON")
-    }
-
-    /// One header's value.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, v)| v.as_deref())
-    }
-
-    /// The message as one JSON object: topic, partition, offset, timestamp, key, headers
-    /// (an object; null values for absent headers) and value.
-    pub fn to_json(&self) -> serde_json::Value {
-        let headers: serde_json::Map<String, serde_json::Value> = self
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
-            .collect();
-        serde_json::json!({
-            "topic": self.topic,
-            "partition": self.partition,
-            "offset": self.offset,
-            "timestamp": render::rfc3339(self.timestamp),
-            "key": self.key,
-            "headers": headers,
-            "value": self.value_json(),
-        })
-    }
-}
 
 /// A topic as stored: its configuration and the end offset of each partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,8 +77,7 @@ impl TopicLog {
         let mut from = cursor + 1;
         while from <= last {
             let to = last.min(from + super::index::INDEX_BATCH_EVENTS_MAX - 1);
-            let records = records_between(journal, from, to)?;
-            let plan = planner.plan(journal, &catalog, &records)?;
+            let plan = plan_between(journal, &catalog, &mut planner, from, to)?;
             for entry in plan.entries {
                 tail.entries
                     .entry((entry.topic, entry.partition))
@@ -257,6 +198,7 @@ impl TopicLog {
             max,
             out: &mut out,
             scratch: Vec::with_capacity(4096),
+            arena: MessageArena::new(topic),
         };
         for entry in self.journal.topic_entries(topic, partition, from_offset) {
             let (first, runs) = entry?;
@@ -309,8 +251,10 @@ struct RunReader<'a> {
     from: u64,
     max: usize,
     out: &'a mut Vec<Message>,
-    /// Where each message's value is rendered before it is copied out at its size.
+    /// Where each message's value is rendered before it is copied into the arena.
     scratch: Vec<u8>,
+    /// The blocks the messages are built in (see `super::message`).
+    arena: MessageArena,
 }
 
 impl RunReader<'_> {
@@ -343,6 +287,7 @@ impl RunReader<'_> {
             let journal = &self.log.journal;
             let out = &mut *self.out;
             let scratch = &mut self.scratch;
+            let arena = &mut self.arena;
             // One range scan per run; each record checked (CRC, place) and rendered from its
             // stored bytes in place: nothing is copied out of the journal but the message.
             self.log.journal.visit_run(
@@ -383,9 +328,9 @@ impl RunReader<'_> {
                     };
                     let message = render::message(
                         scratch,
+                        arena,
                         payload,
                         format,
-                        topic,
                         partition,
                         first_offset + i,
                         &fields,

@@ -2,7 +2,8 @@
 //! format. Pure, so that every reader (consumers, the CLI, a Kafka publisher) renders the same
 //! bytes for the same record.
 
-use super::{Message, TopicError, WireFormat, WritePayloadFn};
+use super::message::{Message, MessageArena, MessageMeta};
+use super::{TopicError, WireFormat, WritePayloadFn};
 use crate::journal::record::{Record, RecordView, RECORD_FORMAT_V1};
 use chrono::SecondsFormat;
 use uuid::Uuid;
@@ -272,29 +273,6 @@ pub const HEADER_NAMES: [&str; 8] = [
     "causation_id",
 ];
 
-/// A UUID's hyphenated lower-case text, encoded on the stack (no formatting machinery).
-fn uuid_text(id: Uuid) -> String {
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    id.hyphenated().encode_lower(&mut buf).to_owned()
-}
-
-/// The headers of a message, in this order. `causation_id` has a null value when absent
-/// (Kafka headers allow null values; the header is always present, so a reader can rely on
-/// the set of names).
-pub(crate) fn headers(record: &Fields<'_>) -> Vec<(&'static str, Option<String>)> {
-    let values = [
-        Some(uuid_text(record.event_id)),
-        Some(record.event_type.to_owned()),
-        Some(record.event_version.to_owned()),
-        Some(record.aggregate_type.to_owned()),
-        Some(record.sequence.to_string()),
-        Some(record.global_position.to_string()),
-        Some(uuid_text(record.correlation_id)),
-        record.causation_id.map(uuid_text),
-    ];
-    HEADER_NAMES.into_iter().zip(values).collect()
-}
-
 /// What a message carries as its payload.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Payload {
@@ -309,16 +287,15 @@ pub(crate) enum Payload {
     Redacted,
 }
 
-/// Renders one record as the message at `(topic, partition, offset)` with `payload`. The value is
-/// written into `scratch` (reused from message to message) and copied out at its exact size:
-/// one allocation per value, never grown. (Growing it 256 → 512 → 1,024 bytes made a
-/// large-bin request per message, and glibc consolidates every freed small chunk on each
-/// one: that, not the instructions, was most of the catch-up's time.)
+/// Renders one record as the message at `(partition, offset)` of the arena's topic with
+/// `payload`. The value is written into `scratch` (reused from message to message), then the
+/// value, the key and the header values are copied into the arena's current block: no
+/// allocation of the message's own (see `super::message`).
 pub(crate) fn message(
     scratch: &mut Vec<u8>,
+    arena: &mut MessageArena,
     payload: Payload,
     format: WireFormat,
-    topic: &str,
     partition: u32,
     offset: u64,
     record: &Fields<'_>,
@@ -346,21 +323,40 @@ pub(crate) fn message(
         position: record.global_position,
         source,
     })?;
-    let value = scratch.as_slice().to_vec();
-    Ok(Message {
-        topic: topic.to_owned(),
+    // The headers' bytes: three UUIDs, two numbers of at most 20 digits, three strings.
+    let bytes = scratch.len()
+        + record.aggregate_id.len()
+        + record.event_type.len()
+        + record.event_version.len()
+        + record.aggregate_type.len()
+        + 3 * uuid::fmt::Hyphenated::LENGTH
+        + 2 * 20;
+    arena.begin(bytes);
+    arena.value(scratch);
+    arena.key(record.aggregate_id);
+    write_headers(arena, record);
+    Ok(arena.finish(MessageMeta {
         partition,
         offset,
-        key: record.aggregate_id.to_owned(),
-        headers: headers(record),
-        value,
         timestamp: record.timestamp,
         event_id: record.event_id,
-        event_type: record.event_type.to_owned(),
-        aggregate_type: record.aggregate_type.to_owned(),
         sequence: record.sequence,
         global_position: record.global_position,
-    })
+    }))
+}
+
+/// The headers of a message, in [`HEADER_NAMES`] order. `causation_id` has a null value
+/// when absent (Kafka headers allow null values; the header is always present, so a reader
+/// can rely on the set of names).
+fn write_headers(arena: &mut MessageArena, record: &Fields<'_>) {
+    arena.header_uuid(Some(record.event_id));
+    arena.header(Some(Some(record.event_type)));
+    arena.header(Some(Some(record.event_version)));
+    arena.header(Some(Some(record.aggregate_type)));
+    arena.header_u64(record.sequence);
+    arena.header_u64(record.global_position);
+    arena.header_uuid(Some(record.correlation_id));
+    arena.header_uuid(record.causation_id);
 }
 
 #[cfg(test)]
@@ -420,6 +416,26 @@ mod tests {
         event_type: &'a str,
         occurred_at: &'a str,
         data: &'a Value,
+    }
+
+    /// The headers `message` writes for `fields`, owned.
+    fn header_list(fields: &Fields<'_>) -> Vec<(&'static str, Option<String>)> {
+        let mut arena = MessageArena::new("t");
+        arena.begin(0);
+        arena.value(b"{}");
+        arena.key(fields.aggregate_id);
+        write_headers(&mut arena, fields);
+        let m = arena.finish(MessageMeta {
+            partition: 0,
+            offset: 0,
+            timestamp: fields.timestamp,
+            event_id: fields.event_id,
+            sequence: fields.sequence,
+            global_position: fields.global_position,
+        });
+        m.headers()
+            .map(|(n, v)| (n, v.map(str::to_owned)))
+            .collect()
     }
 
     fn reference(format: WireFormat, record: &Record, payload: &Value) -> Vec<u8> {
@@ -527,7 +543,7 @@ mod tests {
                     let mut from_view = Vec::new();
                     envelope(format, &fields, write, &mut from_view).unwrap();
                     assert_eq!(from_view, want, "{format:?} from the view");
-                    assert_eq!(headers(&fields), headers(&Fields::from(record)));
+                    assert_eq!(header_list(&fields), header_list(&Fields::from(record)));
                 } else {
                     assert_eq!(view.format, crate::journal::record::RECORD_FORMAT_V2);
                 }

@@ -254,8 +254,8 @@ impl Worker {
             let started = Instant::now();
             let result = self.handler.handle(message.clone()).await;
             rt.metrics.record_handled(
-                &message.topic,
-                &message.event_type,
+                message.topic(),
+                message.event_type(),
                 started.elapsed(),
                 attempt,
                 result.is_ok(),
@@ -287,9 +287,10 @@ impl Worker {
             Some((reason, text)) => {
                 let letter = DeadLetter::new(reason, text, attempt, &key.0, message);
                 dead_letter(&rt.writer, message, &letter).await?;
-                rt.metrics.update(&message.topic, &message.event_type, |m| {
-                    m.dead_lettered += 1
-                });
+                rt.metrics
+                    .update(message.topic(), message.event_type(), |m| {
+                        m.dead_lettered += 1
+                    });
                 self.dead_lettered.fetch_add(1, Ordering::AcqRel);
             }
         }
@@ -305,7 +306,7 @@ pub(crate) async fn dead_letter(
     message: &Message,
     letter: &DeadLetter,
 ) -> Result<(), TopicError> {
-    let stream = StreamId::new(DEAD_LETTER_TYPE, message.key.clone());
+    let stream = StreamId::new(DEAD_LETTER_TYPE, message.key().to_owned());
     let correlation_id = message
         .header("correlation_id")
         .and_then(|c| c.parse().ok())

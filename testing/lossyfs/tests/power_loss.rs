@@ -1031,8 +1031,8 @@ async fn check_topics(engine: &Engine, acked: &Acknowledged, report: &mut TrialR
                             .push(format!("{at}: expected offset {offset}"));
                     }
                     offset = m.offset + 1;
-                    let stream = StreamId::new(m.aggregate_type.as_str(), m.key.as_str());
-                    let own_topic = match m.aggregate_type.as_str() {
+                    let stream = StreamId::new(m.aggregate_type(), m.key());
+                    let own_topic = match m.aggregate_type() {
                         t if t == Ledger::TYPE => Appended::TOPIC,
                         t if t == ProductStock::TYPE => product_stock::TOPIC,
                         _ => "none",
