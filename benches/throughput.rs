@@ -41,7 +41,8 @@
 //!    rate of run 1, disk allocated per byte of event records, and
 //!    `EVERSHARD_BENCH_MANY_AGGREGATES` (default 1,000,000) aggregates touched once each with
 //!    passivation at the engine's defaults (rate ratio and resident set;
-//!    `EVERSHARD_BENCH_ACTIVE_PER_SHARD_MAX` changes the active limit of every run).
+//!    `EVERSHARD_BENCH_ACTIVE_PER_SHARD_MAX` changes the active limit of every run,
+//!    `EVERSHARD_BENCH_SLED_CACHE_MIB` sled's cache).
 //!    `EVERSHARD_BENCH_ONLY=goals` runs run 1, the plain file and these alone.
 //!
 //! For profiling the command path: `EVERSHARD_BENCH_ONLY=engine` stops after (1);
@@ -91,6 +92,12 @@ fn active_per_shard_max() -> usize {
     env("EVERSHARD_BENCH_ACTIVE_PER_SHARD_MAX", default as u64) as usize
 }
 
+/// The journal's default sled cache, or `EVERSHARD_BENCH_SLED_CACHE_MIB`.
+fn sled_cache_bytes() -> u64 {
+    let default_mib = JournalConfig::default().cache_bytes >> 20;
+    env("EVERSHARD_BENCH_SLED_CACHE_MIB", default_mib) << 20
+}
+
 struct Run {
     commands: u64,
     accepted: u64,
@@ -121,6 +128,7 @@ async fn evershard_durable(
         // Every aggregate stays active up to the engine's default limit; past it (the
         // 1,000,000-aggregate run) passivation works as configured by default.
         .active_per_shard_max((aggregates as usize).min(active_per_shard_max()))
+        .cache_bytes(sled_cache_bytes())
         .topic_indexer(topics)
         .open()
         .await

@@ -320,7 +320,7 @@ impl EngineBuilder {
         self.journal.batch_events_max = max;
         self
     }
-    /// sled's page cache. Default 256 MiB.
+    /// sled's page cache. Default 32 MiB (see `JournalConfig::cache_bytes`).
     pub fn cache_bytes(mut self, bytes: u64) -> Self {
         self.journal.cache_bytes = bytes;
         self

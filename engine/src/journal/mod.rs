@@ -65,7 +65,11 @@ pub struct JournalConfig {
     pub batch_events_max: usize,
     /// Upper bound of one group commit, in payload bytes.
     pub batch_bytes_max: usize,
-    /// sled's page cache.
+    /// sled's page cache. sled counts it in serialized bytes, and its heap is about twice
+    /// that: with 1,000,000 aggregates touched, 256 MiB cost +742 MiB resident and 32 MiB
+    /// +290 MiB (800 active aggregates), at the same durable rate. An aggregate's state lives
+    /// in its actor, so the cache serves recoveries, lookups of new streams and scans, which
+    /// the OS page cache backs anyway.
     pub cache_bytes: u64,
 }
 
@@ -75,7 +79,7 @@ impl Default for JournalConfig {
             durability: Durability::Durable,
             batch_events_max: 4096,
             batch_bytes_max: 8 * 1024 * 1024,
-            cache_bytes: 256 * 1024 * 1024,
+            cache_bytes: 32 * 1024 * 1024,
         }
     }
 }
