@@ -332,6 +332,13 @@ impl<A: Aggregate> EntityState<A> {
                 if !ops.is_empty() {
                     let mut request = AppendRequest::new(self.args.stream.clone(), version, vec![]);
                     request.extra_writes = ops;
+                    if let Some(gate) = rt.gate.get() {
+                        // Cluster mode: the correction travels through the journal topic too.
+                        if let Err(refusal) = gate.admit(&request).await {
+                            self.loaded = None;
+                            return Err(CommandError::from_gate(&self.args.stream, refusal));
+                        }
+                    }
                     if let Err(e) = rt.journal.append(request).await {
                         self.loaded = None;
                         return Err(CommandError::from_append(e));
@@ -450,6 +457,15 @@ impl<A: Aggregate> EntityState<A> {
             request
                 .extra_writes
                 .extend(idempotency_ops(A::TYPE, &claim.key, &record));
+        }
+        if let Some(gate) = rt.gate.get() {
+            // Cluster mode (docs/scale-out.md, KafkaDurable): the batch is on the journal topic
+            // and valid under this node's claim before it is appended here. A refusal means
+            // it is not acknowledged; the state was applied ahead, so it is rebuilt.
+            if let Err(refusal) = gate.admit(&request).await {
+                self.loaded = None;
+                return Err(CommandError::from_gate(&self.args.stream, refusal));
+            }
         }
         let committed = match rt.journal.append(request).await {
             Ok(c) => c,
