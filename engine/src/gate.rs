@@ -7,6 +7,7 @@
 //! layer compiles the same way in every build.
 
 use crate::journal::AppendRequest;
+use evershard_model::StreamId;
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
@@ -20,10 +21,17 @@ pub(crate) trait AppendGate: Send + Sync + Debug + 'static {
     /// locally; any refusal means the batch is not acknowledged (and, for
     /// [`GateRefusal::NotOwner`] and [`GateRefusal::Behind`], certainly took no effect).
     fn admit<'a>(&'a self, request: &'a AppendRequest) -> GateFuture<'a>;
+
+    /// The claim epoch under which this node serves the stream's partition now, or
+    /// [`GateRefusal::NotOwner`]. Checked before deciding: a state loaded under another
+    /// epoch is reloaded first.
+    fn serving(&self, stream: &StreamId) -> Result<u64, GateRefusal>;
 }
 
 /// Why a gate refused a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Only the cluster (feature `kafka`) installs a gate and so refuses.
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
 pub(crate) enum GateRefusal {
     /// This node does not serve the aggregate's partition (or lost it while the batch was
     /// in flight, which voids the batch): retry, at the owner.

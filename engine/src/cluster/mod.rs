@@ -615,6 +615,18 @@ impl AppendGate for DurableGate {
             outcome
         })
     }
+
+    fn serving(&self, stream: &evershard_model::StreamId) -> Result<u64, GateRefusal> {
+        let partition = partition_for(&stream.aggregate_id, self.shared.config.partitions);
+        let st = self.shared.lock();
+        st.served
+            .get(&partition)
+            .copied()
+            .ok_or_else(|| GateRefusal::NotOwner {
+                partition,
+                owner: st.owner(partition).map(|o| o.node),
+            })
+    }
 }
 
 impl DurableGate {

@@ -122,6 +122,10 @@ pub(crate) struct EntityState<A: Aggregate> {
     /// The keyring's erasure epoch when the state was loaded: after a subject is forgotten
     /// every entity reloads once, and one whose payloads were erased meets the erasure.
     epoch: u64,
+    /// Cluster mode: the claim epoch of the aggregate's partition the state was loaded
+    /// under. A partition that moved away and back may have been written by another node
+    /// in between, so a new claim reloads the state from the (replicated) local journal.
+    claim_epoch: Option<u64>,
 }
 
 /// The writes that move a stream's timer entry from `old` to `new` (none when equal): the
@@ -199,8 +203,26 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 }
 
 impl<A: Aggregate> EntityState<A> {
+    /// Cluster mode: refuses with `NotOwner` unless this node serves the aggregate's
+    /// partition (so nothing is decided, not even a rejection, on a state another node may
+    /// have moved on), and drops a state loaded under an earlier claim.
+    fn check_served(&mut self) -> Result<(), CommandError<A::Error>> {
+        let Some(gate) = self.args.rt.gate.get() else {
+            return Ok(());
+        };
+        let epoch = gate
+            .serving(&self.args.stream)
+            .map_err(|refusal| CommandError::from_gate(&self.args.stream, refusal))?;
+        if self.claim_epoch != Some(epoch) {
+            self.loaded = None;
+            self.claim_epoch = Some(epoch);
+        }
+        Ok(())
+    }
+
     /// Refuses once the state broke an invariant; recovers the state when it is not loaded.
     fn ensure_loaded(&mut self) -> Result<(), CommandError<A::Error>> {
+        self.check_served()?;
         let stream = &self.args.stream;
         let epoch = self.args.rt.journal.keyring().epoch();
         if epoch != self.epoch {
@@ -580,6 +602,7 @@ impl<A: Aggregate> Actor for EntityActor<A> {
             loaded: None,
             timer: None,
             epoch: 0,
+            claim_epoch: None,
         })
     }
 
