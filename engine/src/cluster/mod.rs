@@ -763,15 +763,16 @@ fn walk_one(shared: &Shared, partition: u32, offset: i64, entry: Option<Entry>) 
     }
     let verdict = walk.step(offset, entry.as_ref());
     match (&entry, &verdict) {
-        (Some(Entry::Claim(claim)), Verdict::Claimed) => {
-            if claim.node != shared.config.node || !st.my_epochs.contains(&(partition, claim.epoch))
-            {
-                if st.served.remove(&partition).is_some() {
-                    tracing::warn!(node = %shared.config.node, partition, by = %claim.node, epoch = claim.epoch, "partition claimed by another node; stopped serving");
-                }
-                if st.assigned.contains_key(&partition) {
-                    st.taken_at.insert(partition, Instant::now());
-                }
+        // Another node's claim, or one of this node's name from an earlier process.
+        (Some(Entry::Claim(claim)), Verdict::Claimed)
+            if claim.node != shared.config.node
+                || !st.my_epochs.contains(&(partition, claim.epoch)) =>
+        {
+            if st.served.remove(&partition).is_some() {
+                tracing::warn!(node = %shared.config.node, partition, by = %claim.node, epoch = claim.epoch, "partition claimed by another node; stopped serving");
+            }
+            if st.assigned.contains_key(&partition) {
+                st.taken_at.insert(partition, Instant::now());
             }
         }
         (Some(Entry::Batch(batch)), _) => {
