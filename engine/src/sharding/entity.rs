@@ -324,6 +324,13 @@ impl<A: Aggregate> EntityState<A> {
     /// When the state asks for no timer or a later one than the stored entry, the entry is
     /// corrected (an append of no events), so a stale entry never fires again.
     async fn fire_timer(&mut self) -> Result<bool, CommandError<A::Error>> {
+        if let Some(gate) = self.args.rt.gate.get() {
+            // Cluster mode: every node holds every partition's timer entries (replicated
+            // with the batches); only the partition's owner fires them.
+            if gate.serving(&self.args.stream).is_err() {
+                return Ok(false);
+            }
+        }
         self.ensure_loaded()?;
         let rt = self.args.rt.clone();
         let now = evershard_model::truncate_to_micros(rt.clock.now());
