@@ -54,7 +54,7 @@ impl Drop for Node {
     }
 }
 
-fn start_node(broker: &str, dir: &std::path::Path, name: &str) -> Node {
+fn start_node(broker: &str, dir: &std::path::Path, name: &str, extra: &[&str]) -> Node {
     let data = dir.join(name);
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_evershard-node"))
@@ -75,6 +75,7 @@ fn start_node(broker: &str, dir: &std::path::Path, name: &str) -> Node {
             "--reclaim-after-ms",
             "3000",
         ])
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -254,12 +255,11 @@ struct Walked {
     verdict: Verdict,
 }
 
-#[test]
-fn three_nodes_serve_fail_over_and_never_overlap() {
-    let Some(tansu) = kafka_support::tools("three_nodes_serve_fail_over_and_never_overlap") else {
-        return;
-    };
-    let seed: u64 = std::env::var("CLUSTER_SEED")
+/// One broker-backed run at a time: each measures a failover on a shared 2-core machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn seed() -> u64 {
+    let seed = std::env::var("CLUSTER_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
@@ -269,12 +269,30 @@ fn three_nodes_serve_fail_over_and_never_overlap() {
                 .as_nanos() as u64
         });
     println!("CLUSTER_SEED={seed}");
+    seed
+}
+
+fn signal(node: &Node, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &node.child.id().to_string()])
+        .status()
+        .expect("kill(1)");
+    assert!(status.success(), "kill {sig} {}", node.name);
+}
+
+#[test]
+fn three_nodes_serve_fail_over_and_never_overlap() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(tansu) = kafka_support::tools("three_nodes_serve_fail_over_and_never_overlap") else {
+        return;
+    };
+    let seed = seed();
     let broker = kafka_support::Broker::start(&tansu);
     let bootstrap = broker.bootstrap();
     let dir = tempfile::tempdir().unwrap();
     let mut nodes: Vec<Node> = ["n1", "n2", "n3"]
         .iter()
-        .map(|name| start_node(&bootstrap, dir.path(), name))
+        .map(|name| start_node(&bootstrap, dir.path(), name, &[]))
         .collect();
     let all: Vec<(String, String)> = nodes
         .iter()
@@ -351,8 +369,29 @@ fn three_nodes_serve_fail_over_and_never_overlap() {
     println!("first acknowledgement on a moved partition after {first_after:?}");
     assert!(served_again.as_millis() as u64 <= FAILOVER_BOUND_MS);
 
+    let rounds = ROUNDS_BEFORE + ROUNDS_AFTER;
+    verify(
+        &bootstrap,
+        &acks,
+        rounds,
+        nodes,
+        vec![(victim_name, victim_data)],
+    );
+}
+
+/// The checks of the journal topic and of every journal after a run (see the file's
+/// comment). `live` nodes are first waited for until they caught up with the topic, then
+/// killed; `dead` ones were killed before (their journals must hold a prefix including
+/// everything they acknowledged).
+fn verify(
+    bootstrap: &str,
+    acks: &[Ack],
+    rounds: u64,
+    nodes: Vec<Node>,
+    dead: Vec<(String, PathBuf)>,
+) {
     // The journal topic, read by kafka-python, walked through the validity rule.
-    let records = kafka_support::read_topic(&bootstrap, "evershard.test.journal");
+    let records = kafka_support::read_topic(bootstrap, "evershard.test.journal");
     let mut by_partition: BTreeMap<u32, Vec<&kafka_support::KafkaRecord>> = BTreeMap::new();
     for r in &records {
         by_partition.entry(r.partition).or_default().push(r);
@@ -457,9 +496,13 @@ fn three_nodes_serve_fail_over_and_never_overlap() {
 
     // Every acknowledgement: in order (event n at sequence n), a valid event of the topic,
     // written by the node that answered, never a void batch's.
-    let rounds = ROUNDS_BEFORE + ROUNDS_AFTER;
-    assert_eq!(acks.len(), AGGREGATES * rounds as usize);
-    for ack in &acks {
+    let acked: BTreeSet<(&str, u64)> = acks.iter().map(|a| (a.id.as_str(), a.n)).collect();
+    assert_eq!(
+        acked.len(),
+        AGGREGATES * rounds as usize,
+        "every command acknowledged"
+    );
+    for ack in acks {
         assert_eq!(ack.sequence, ack.n, "{ack:?}: per-aggregate order");
         let events = &streams[&ack.id];
         let (_, event_id, writer) = &events[ack.sequence as usize - 1];
@@ -513,7 +556,7 @@ fn three_nodes_serve_fail_over_and_never_overlap() {
     let survivor_dirs: Vec<PathBuf> = nodes.iter().map(|n| n.data.clone()).collect();
     drop(nodes); // SIGKILL: the journals are fdatasynced (Durability::Durable)
     let mut journals: Vec<(String, PathBuf, bool)> =
-        vec![(victim_name.clone(), victim_data, false)];
+        dead.into_iter().map(|(n, d)| (n, d, false)).collect();
     journals.extend(
         survivor_names
             .into_iter()
@@ -562,4 +605,93 @@ fn three_nodes_serve_fail_over_and_never_overlap() {
             }
         }
     }
+}
+
+/// A paused old owner (SIGSTOP, as a long GC pause or a frozen VM would) loses its
+/// partitions after the session timeout; a command that reached it during the pause is
+/// handled only after it resumes (SIGCONT), on its stale view that it still owns the
+/// partition. Its batch lands after the new owner's claim, so it is void and never
+/// acknowledged by the old owner; the command is answered by the new owner (through the hop)
+/// or refused as retryable. The node then rejoins and serves again, and every check of the
+/// first test holds over the whole run.
+#[test]
+fn a_paused_owner_is_fenced_and_rejoins() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(tansu) = kafka_support::tools("a_paused_owner_is_fenced_and_rejoins") else {
+        return;
+    };
+    let seed = seed();
+    let broker = kafka_support::Broker::start(&tansu);
+    let bootstrap = broker.bootstrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Queued produce requests must outlive the pause, so that the late batch is sent.
+    let extra = ["--kafka-timeout-ms", "60000"];
+    let nodes: Vec<Node> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|name| start_node(&bootstrap, dir.path(), name, &extra))
+        .collect();
+    let all: Vec<(String, String)> = nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.addr.clone()))
+        .collect();
+    let pairs: Vec<(&str, &str)> = all.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    println!(
+        "partitions served: {:?}",
+        wait_served(&pairs, true, Duration::from_secs(180))
+    );
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    run_clients(&all, seed, 1..=ROUNDS_BEFORE, &acks);
+
+    let victim = &nodes[0];
+    let victim_partitions = serving(&victim.addr).expect("the victim answers");
+    let late_id = (0..AGGREGATES)
+        .map(|a| format!("ledger-{a}"))
+        .find(|id| {
+            victim_partitions.contains(&evershard_engine::topic::partition_for(id, PARTITIONS))
+        })
+        .expect("an aggregate of the victim's partitions");
+    signal(victim, "-STOP");
+    let paused_at = Instant::now();
+    let late = {
+        let addr = victim.addr.clone();
+        let request = json!({"op": "append", "id": late_id, "n": ROUNDS_BEFORE + 1});
+        std::thread::spawn(move || call(&addr, &request))
+    };
+    let survivors: Vec<(&str, &str)> = pairs[1..].to_vec();
+    wait_served(&survivors, false, Duration::from_millis(FAILOVER_BOUND_MS));
+    println!(
+        "{} paused (SIGSTOP) serving {victim_partitions:?}; the others serve every partition \
+         after {} ms",
+        victim.name,
+        paused_at.elapsed().as_millis()
+    );
+    signal(victim, "-CONT");
+    let answer = late
+        .join()
+        .unwrap()
+        .expect("the resumed node answers the command it took while paused");
+    println!("the command sent to the paused node: {answer}");
+    if answer["ok"] == true {
+        assert_ne!(
+            answer["executed_by"], victim.name,
+            "the paused node acknowledged a command for a partition it had lost"
+        );
+    } else {
+        assert_eq!(answer["retryable"], true, "{answer}");
+    }
+    // Every node again, the late command's number included (a repeat if it took effect).
+    let rounds = ROUNDS_BEFORE + ROUNDS_AFTER;
+    run_clients(
+        &all,
+        seed.rotate_left(29),
+        ROUNDS_BEFORE + 1..=rounds,
+        &acks,
+    );
+    let status = call(&victim.addr, &json!({"op": "status"})).unwrap();
+    println!(
+        "{} after rejoining: serving {}, refused {} batches",
+        victim.name, status["serving"], status["refused"]
+    );
+    let acks: Vec<Ack> = acks.lock().unwrap().clone();
+    verify(&bootstrap, &acks, rounds, nodes, vec![]);
 }

@@ -59,6 +59,10 @@ struct Args {
     heartbeat_interval_ms: u64,
     #[arg(long, default_value_t = 5_000)]
     reclaim_after_ms: u64,
+    /// Kafka request timeout, also how long a produced batch may wait for its
+    /// acknowledgement.
+    #[arg(long, default_value_t = 10_000)]
+    kafka_timeout_ms: u64,
     /// Replication factor of the journal topic when this node creates it.
     #[arg(long, default_value_t = 1)]
     replication_factor: i32,
@@ -171,13 +175,14 @@ fn main() {
         let kafka = KafkaConfig::new(&args.brokers)
             .client_id(format!("evershard-node-{}", args.node))
             .replication_factor(args.replication_factor)
-            .request_timeout(Duration::from_secs(10))
+            .request_timeout(Duration::from_millis(args.kafka_timeout_ms))
             .connection_timeout(Duration::from_secs(5));
         let config = ClusterConfig::new(kafka, &args.cluster, &args.node, &endpoint)
             .partitions(args.partitions)
             .session_timeout_ms(args.session_timeout_ms)
             .heartbeat_interval_ms(args.heartbeat_interval_ms)
-            .reclaim_after_ms(args.reclaim_after_ms);
+            .reclaim_after_ms(args.reclaim_after_ms)
+            .ack_timeout_ms(args.kafka_timeout_ms.max(30_000));
         let cluster = engine.join_cluster(config).await.expect("join the cluster");
         Node {
             engine,
