@@ -385,7 +385,8 @@ impl Cluster {
     }
 
     /// Stops serving, leaves the group (its partitions move at once, without waiting for the
-    /// session timeout) and stops the threads. Blocking (at most a few poll intervals and the
+    /// session timeout) and stops the threads. The engine's gate stays installed: from here
+    /// on every command fails with `NotOwner` (a node that left serves nothing). Blocking (at most a few poll intervals and the
     /// group's leave request).
     pub fn leave(&self) {
         self.shared.stop.store(true, Ordering::Release);
