@@ -6,7 +6,8 @@
 //! broker (one produce and one fetch per command batch).
 //!
 //! `cargo bench -p evershard-cli --features kafka --bench cluster`
-//! (`CLUSTER_BENCH_NODES=1,2,3`, `CLUSTER_BENCH_SECS=10`, `CLUSTER_SEED`).
+//! (`CLUSTER_BENCH_NODES=1,2,3`, `CLUSTER_BENCH_SECS=10`, `CLUSTER_SEED`,
+//! `CLUSTER_BENCH_FETCH_WAIT_MS`: the nodes' `--fetch-wait-ms`, default theirs).
 
 #[path = "../tests/cluster_support/mod.rs"]
 mod cluster_support;
@@ -45,7 +46,7 @@ fn main() {
     let Some(tansu) = kafka_support::broker_tool("cluster bench") else {
         return;
     };
-    println!("CLUSTER_SEED={seed}; {CLIENTS} clients, {AGGREGATES} aggregates, {PARTITIONS} partitions, {secs} s per run");
+    println!("CLUSTER_SEED={seed}; fetch wait {:?} ms; {CLIENTS} clients, {AGGREGATES} aggregates, {PARTITIONS} partitions, {secs} s per run", std::env::var("CLUSTER_BENCH_FETCH_WAIT_MS").unwrap_or_else(|_| "10 (default)".into()));
     for n in nodes {
         run(&tansu, n, Duration::from_secs(secs), seed);
     }
@@ -55,6 +56,11 @@ fn run(tansu: &std::path::Path, count: usize, duration: Duration, seed: u64) {
     let broker = kafka_support::Broker::start(tansu);
     let bootstrap = broker.bootstrap();
     let dir = tempfile::tempdir().unwrap();
+    let fetch_wait = std::env::var("CLUSTER_BENCH_FETCH_WAIT_MS").ok();
+    let extra: Vec<&str> = match &fetch_wait {
+        Some(ms) => vec!["--fetch-wait-ms", ms.as_str()],
+        None => vec![],
+    };
     let nodes: Vec<_> = (1..=count)
         .map(|i| {
             start_node(
@@ -64,7 +70,7 @@ fn run(tansu: &std::path::Path, count: usize, duration: Duration, seed: u64) {
                 &format!("n{i}"),
                 PARTITIONS,
                 6_000,
-                &[],
+                &extra,
             )
         })
         .collect();

@@ -59,6 +59,9 @@ struct Args {
     heartbeat_interval_ms: u64,
     #[arg(long, default_value_t = 5_000)]
     reclaim_after_ms: u64,
+    /// The tailer's fetch.wait.max.ms (see `ClusterConfig::fetch_wait_ms`).
+    #[arg(long, default_value_t = 10)]
+    fetch_wait_ms: u64,
     /// Kafka request timeout, also how long a produced batch may wait for its
     /// acknowledgement.
     #[arg(long, default_value_t = 10_000)]
@@ -182,7 +185,8 @@ fn main() {
             .session_timeout_ms(args.session_timeout_ms)
             .heartbeat_interval_ms(args.heartbeat_interval_ms)
             .reclaim_after_ms(args.reclaim_after_ms)
-            .ack_timeout_ms(args.kafka_timeout_ms.max(30_000));
+            .ack_timeout_ms(args.kafka_timeout_ms.max(30_000))
+            .fetch_wait_ms(args.fetch_wait_ms);
         let cluster = engine.join_cluster(config).await.expect("join the cluster");
         Node {
             engine,

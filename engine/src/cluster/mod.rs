@@ -85,6 +85,11 @@ pub struct ClusterConfig {
     /// assignments overlap during a rebalance), how long this node leaves it before it claims
     /// it back. Default 5,000.
     pub reclaim_after_ms: u64,
+    /// The tailer's `fetch.wait.max.ms`: how long the broker may hold a fetch with nothing
+    /// new. A broker that answers as soon as data arrives (Kafka) makes it the idle cost
+    /// only; one that holds every fetch this long (tansu 0.6.0) adds it to every command's
+    /// latency. Default 10.
+    pub fetch_wait_ms: u64,
 }
 
 impl ClusterConfig {
@@ -105,6 +110,7 @@ impl ClusterConfig {
             ack_timeout_ms: 30_000,
             catch_up_timeout_ms: 120_000,
             reclaim_after_ms: 5_000,
+            fetch_wait_ms: 10,
         }
     }
 
@@ -135,6 +141,11 @@ impl ClusterConfig {
 
     pub fn reclaim_after_ms(mut self, ms: u64) -> Self {
         self.reclaim_after_ms = ms;
+        self
+    }
+
+    pub fn fetch_wait_ms(mut self, ms: u64) -> Self {
+        self.fetch_wait_ms = ms;
         self
     }
 
@@ -510,9 +521,11 @@ fn consumer_config(config: &ClusterConfig, group: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest")
-        // The gate waits for the tailer to read its batch back: a fetch returns as soon as
-        // there is data, and an idle one comes back within this bound.
-        .set("fetch.wait.max.ms", "50");
+        // The gate waits for the tailer to read its batch back. Kafka answers a fetch as soon
+        // as there is data, but tansu 0.6.0 holds every fetch for the whole
+        // fetch.wait.max.ms (measured with kafka-python: produce + read back took 261 ms at
+        // the default 500 ms, 61 ms at 50 ms), so the wait bounds each command's latency.
+        .set("fetch.wait.max.ms", config.fetch_wait_ms.to_string());
     for (k, v) in &config.kafka.extra {
         c.set(k, v);
     }
