@@ -429,6 +429,7 @@ impl EngineBuilder {
             idempotency_retention_ms: self.idempotency_retention_ms,
             skipped_snapshots: Default::default(),
             sensitive,
+            gate: Default::default(),
         });
         let fire: HashMap<&'static str, FireTimer> =
             self.types.iter().map(|(name, f)| (*name, f.1)).collect();
@@ -1357,6 +1358,12 @@ impl Engine {
 
 /// Topics, consumers, subscriptions, metrics (see `crate::topics`).
 impl Engine {
+    /// The actors' shared runtime (a cluster installs its append gate there).
+    #[cfg(feature = "kafka")]
+    pub(crate) fn runtime(&self) -> &Arc<Runtime> {
+        &self.inner.rt
+    }
+
     pub(crate) fn topics(&self) -> Result<&Arc<TopicsRuntime>, TopicError> {
         if self.inner.closing.load(Ordering::SeqCst) {
             return Err(TopicError::ShuttingDown);

@@ -433,6 +433,14 @@ pub enum UnavailableReason {
     /// The actor stopped (it failed, or was passivated) before it answered.
     #[error("its actor stopped before answering")]
     Stopped,
+    /// Cluster mode: the batch could not be replicated to the journal topic and checked in
+    /// time; it was not acknowledged (it may still land on the topic, unacknowledged).
+    #[error("its batch could not be replicated in time")]
+    ReplicationFailed,
+    /// Cluster mode: the batch cannot be replicated (a sealed payload; encryption at rest
+    /// is not built for cluster mode).
+    #[error("its batch cannot be replicated (sealed payloads are not supported in cluster mode)")]
+    NotReplicable,
 }
 
 /// Why a command was not executed (or a live state not read). `E` is the domain error.
@@ -490,13 +498,22 @@ pub enum CommandError<E: std::error::Error> {
     /// state to decide on. It refuses every command and state read, for good.
     #[error("{stream} is erased: its data subject was forgotten")]
     Erased { stream: StreamId },
+    /// Cluster mode: this node does not own (or no longer owns) the aggregate's partition;
+    /// nothing took effect. Retry at `owner` (the node of the partition's latest claim, when
+    /// known).
+    #[error("{stream} is not served here: partition {partition} is owned by {}", owner.as_deref().unwrap_or("no known node"))]
+    NotOwner {
+        stream: StreamId,
+        partition: u32,
+        owner: Option<String>,
+    },
     #[error(transparent)]
     Storage(StorageError),
 }
 
 impl<E: std::error::Error> CommandError<E> {
     /// True for errors where the same command may succeed when retried: `Conflict`,
-    /// `Overloaded` and `Unavailable`. Never for `HandlerPanicked` (a bug) or
+    /// `Overloaded`, `Unavailable` and `NotOwner`. Never for `HandlerPanicked` (a bug) or
     /// `InvariantViolated`.
     pub fn is_retryable(&self) -> bool {
         matches!(
@@ -504,7 +521,33 @@ impl<E: std::error::Error> CommandError<E> {
             CommandError::Conflict { .. }
                 | CommandError::Overloaded { .. }
                 | CommandError::Unavailable { .. }
+                | CommandError::NotOwner { .. }
         )
+    }
+
+    /// A gate's refusal of `stream`'s batch, as the command's error.
+    pub(crate) fn from_gate(stream: &StreamId, refusal: crate::gate::GateRefusal) -> Self {
+        use crate::gate::GateRefusal;
+        match refusal {
+            GateRefusal::NotOwner { partition, owner } => CommandError::NotOwner {
+                stream: stream.clone(),
+                partition,
+                owner,
+            },
+            GateRefusal::Behind { expected, actual } => CommandError::Conflict {
+                stream: stream.clone(),
+                expected,
+                actual,
+            },
+            GateRefusal::Replication => CommandError::Unavailable {
+                stream: stream.clone(),
+                reason: UnavailableReason::ReplicationFailed,
+            },
+            GateRefusal::Unsupported => CommandError::Unavailable {
+                stream: stream.clone(),
+                reason: UnavailableReason::NotReplicable,
+            },
+        }
     }
 
     pub(crate) fn from_append(e: AppendError) -> Self {

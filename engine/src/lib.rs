@@ -21,11 +21,14 @@
 //! types appear nowhere in it.
 
 mod audit;
+#[cfg(feature = "kafka")]
+mod cluster;
 /// Encryption at rest: key providers, master keys, erasure receipts (docs/security.md).
 pub mod crypto;
 mod engine;
 mod error;
 mod follower;
+mod gate;
 mod journal;
 #[cfg(feature = "kafka")]
 mod kafka;
@@ -82,12 +85,29 @@ pub mod topic {
     }
 }
 
+/// Cluster mode (feature `kafka`, docs/scale-out.md): several engines share the aggregates
+/// through the partitions of a Kafka journal topic, with claims fencing old owners.
+#[cfg(feature = "kafka")]
+pub use cluster::{
+    Cluster, ClusterConfig, ClusterError, ClusterStatus, Owner, Takeover,
+    DEFAULT_CLUSTER_PARTITIONS,
+};
 /// The Kafka publisher (feature `kafka`): relays the topics to a Kafka cluster, with a
 /// cursor per partition in the store and recovery from the broker's last message.
 #[cfg(feature = "kafka")]
 pub use kafka::{
     KafkaConfig, KafkaError, KafkaPublisher, PublisherLag, PublisherStatus, Sasl, SaslMechanism,
 };
+/// The journal topic's messages and its validity rule, for readers and auditors of the
+/// topic (feature `kafka`).
+#[cfg(feature = "kafka")]
+pub mod cluster_journal {
+    pub use crate::cluster::validity::{ClaimAt, Verdict, VoidReason, Walk};
+    pub use crate::cluster::wire::{
+        Batch, Claim, Entry, WireError, WireEvent, WireWrite, HEADER_EPOCH, HEADER_KIND,
+        HEADER_NODE,
+    };
+}
 /// The Kafka client the publisher is built on (rdkafka 0.39), for code that wants to produce
 /// or read exactly like it (`KafkaConfig::producer_config`, `KafkaPublisher::record`).
 #[cfg(feature = "kafka")]

@@ -122,6 +122,10 @@ pub(crate) struct EntityState<A: Aggregate> {
     /// The keyring's erasure epoch when the state was loaded: after a subject is forgotten
     /// every entity reloads once, and one whose payloads were erased meets the erasure.
     epoch: u64,
+    /// Cluster mode: the claim epoch of the aggregate's partition the state was loaded
+    /// under. A partition that moved away and back may have been written by another node
+    /// in between, so a new claim reloads the state from the (replicated) local journal.
+    claim_epoch: Option<u64>,
 }
 
 /// The writes that move a stream's timer entry from `old` to `new` (none when equal): the
@@ -199,8 +203,26 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 }
 
 impl<A: Aggregate> EntityState<A> {
+    /// Cluster mode: refuses with `NotOwner` unless this node serves the aggregate's
+    /// partition (so nothing is decided, not even a rejection, on a state another node may
+    /// have moved on), and drops a state loaded under an earlier claim.
+    fn check_served(&mut self) -> Result<(), CommandError<A::Error>> {
+        let Some(gate) = self.args.rt.gate.get() else {
+            return Ok(());
+        };
+        let epoch = gate
+            .serving(&self.args.stream)
+            .map_err(|refusal| CommandError::from_gate(&self.args.stream, refusal))?;
+        if self.claim_epoch != Some(epoch) {
+            self.loaded = None;
+            self.claim_epoch = Some(epoch);
+        }
+        Ok(())
+    }
+
     /// Refuses once the state broke an invariant; recovers the state when it is not loaded.
     fn ensure_loaded(&mut self) -> Result<(), CommandError<A::Error>> {
+        self.check_served()?;
         let stream = &self.args.stream;
         let epoch = self.args.rt.journal.keyring().epoch();
         if epoch != self.epoch {
@@ -302,6 +324,13 @@ impl<A: Aggregate> EntityState<A> {
     /// When the state asks for no timer or a later one than the stored entry, the entry is
     /// corrected (an append of no events), so a stale entry never fires again.
     async fn fire_timer(&mut self) -> Result<bool, CommandError<A::Error>> {
+        if let Some(gate) = self.args.rt.gate.get() {
+            // Cluster mode: every node holds every partition's timer entries (replicated
+            // with the batches); only the partition's owner fires them.
+            if gate.serving(&self.args.stream).is_err() {
+                return Ok(false);
+            }
+        }
         self.ensure_loaded()?;
         let rt = self.args.rt.clone();
         let now = evershard_model::truncate_to_micros(rt.clock.now());
@@ -332,6 +361,13 @@ impl<A: Aggregate> EntityState<A> {
                 if !ops.is_empty() {
                     let mut request = AppendRequest::new(self.args.stream.clone(), version, vec![]);
                     request.extra_writes = ops;
+                    if let Some(gate) = rt.gate.get() {
+                        // Cluster mode: the correction travels through the journal topic too.
+                        if let Err(refusal) = gate.admit(&request).await {
+                            self.loaded = None;
+                            return Err(CommandError::from_gate(&self.args.stream, refusal));
+                        }
+                    }
                     if let Err(e) = rt.journal.append(request).await {
                         self.loaded = None;
                         return Err(CommandError::from_append(e));
@@ -453,6 +489,15 @@ impl<A: Aggregate> EntityState<A> {
                 .extra_writes
                 .extend(idempotency_ops(A::TYPE, &claim.key, &record));
         }
+        if let Some(gate) = rt.gate.get() {
+            // Cluster mode (docs/scale-out.md, KafkaDurable): the batch is on the journal topic
+            // and valid under this node's claim before it is appended here. A refusal means
+            // it is not acknowledged; the state was applied ahead, so it is rebuilt.
+            if let Err(refusal) = gate.admit(&request).await {
+                self.loaded = None;
+                return Err(CommandError::from_gate(&self.args.stream, refusal));
+            }
+        }
         let committed = match rt.journal.append(request).await {
             Ok(c) => c,
             Err(e) => {
@@ -566,6 +611,7 @@ impl<A: Aggregate> Actor for EntityActor<A> {
             loaded: None,
             timer: None,
             epoch: 0,
+            claim_epoch: None,
         })
     }
 

@@ -71,6 +71,9 @@ pub(crate) struct Runtime {
     /// The aggregate types whose payloads and snapshots are encrypted at rest (empty
     /// without a key provider).
     pub sensitive: std::collections::HashSet<&'static str>,
+    /// Cluster mode: what every command batch passes before its local append (set once,
+    /// when the engine joins a cluster; see `crate::gate`).
+    pub gate: std::sync::OnceLock<Arc<dyn crate::gate::AppendGate>>,
 }
 
 /// Skipped-snapshot warnings an engine keeps in memory; older ones are only in the log.

@@ -1,0 +1,346 @@
+//! `evershard-node`: the example cluster service of docs/scale-out.md. One binary, several
+//! instances: each embeds an engine, joins the cluster (feature `kafka`) and takes commands
+//! over TCP as length-prefixed JSON (a 4-byte big-endian length, then a JSON object). A
+//! command for an aggregate whose partition another node serves is forwarded one hop to that
+//! node's endpoint (the latest claim's); a forwarded command is never forwarded again.
+//!
+//! ```text
+//! evershard-node --data DIR --brokers HOST:PORT --cluster NAME --node NAME --listen 127.0.0.1:PORT
+//! ```
+//!
+//! Requests and answers (every answer has `ok` and `node`, the node that answers):
+//! - `{"op":"append","id":"a-1","n":3}`: appends `n` to ledger `a-1`; `n` must be the
+//!   ledger's length plus one (a repeat of an applied `n` writes nothing and answers its
+//!   sequence). `{"ok":true,"sequence":3,"event_ids":[...],"executed_by":"n2"}`.
+//! - `{"op":"status"}`: the node's cluster status.
+//! - errors: `{"ok":false,"error":"not_owner"|"rejected"|"conflict"|"unavailable"|...,
+//!   "retryable":bool,"message":"...","partition":P,"owner":"n3"}`.
+//!
+//! It prints `listening ADDR` on stdout once it accepts connections.
+
+use clap::Parser;
+use evershard_engine::model::{Aggregate, DecideContext, DomainEvent};
+use evershard_engine::{Cluster, ClusterConfig, CommandError, Durability, Engine, KafkaConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Frames larger than this are refused (a command is a few dozen bytes).
+const FRAME_BYTES_MAX: u32 = 1 << 20;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "evershard-node",
+    about = "An evershard cluster node (example service)"
+)]
+struct Args {
+    /// The node's store directory.
+    #[arg(long)]
+    data: std::path::PathBuf,
+    /// Kafka bootstrap brokers.
+    #[arg(long)]
+    brokers: String,
+    #[arg(long, default_value = "example")]
+    cluster: String,
+    /// This node's name, unique in the cluster.
+    #[arg(long)]
+    node: String,
+    /// The address to listen on (also the endpoint other nodes forward to).
+    #[arg(long)]
+    listen: String,
+    #[arg(long, default_value_t = evershard_engine::DEFAULT_CLUSTER_PARTITIONS)]
+    partitions: u32,
+    #[arg(long, default_value_t = 10_000)]
+    session_timeout_ms: u64,
+    #[arg(long, default_value_t = 1_000)]
+    heartbeat_interval_ms: u64,
+    #[arg(long, default_value_t = 5_000)]
+    reclaim_after_ms: u64,
+    /// The tailer's fetch.wait.max.ms (see `ClusterConfig::fetch_wait_ms`).
+    #[arg(long, default_value_t = 10)]
+    fetch_wait_ms: u64,
+    /// Kafka request timeout, also how long a produced batch may wait for its
+    /// acknowledgement.
+    #[arg(long, default_value_t = 10_000)]
+    kafka_timeout_ms: u64,
+    /// Replication factor of the journal topic when this node creates it.
+    #[arg(long, default_value_t = 1)]
+    replication_factor: i32,
+}
+
+/// The example's aggregate: a ledger of numbers that must arrive in order, so that any lost,
+/// repeated or reordered event shows in the stream (event `n` is at sequence `n`).
+#[derive(Debug)]
+struct Ledger;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum LedgerCommand {
+    Append { n: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum LedgerEvent {
+    Appended { n: u64 },
+}
+
+impl DomainEvent for LedgerEvent {
+    fn event_type(&self) -> &'static str {
+        "Appended"
+    }
+    fn event_version(&self) -> &'static str {
+        "1.0"
+    }
+    fn topic(&self) -> &'static str {
+        "example.ledger"
+    }
+    fn payload_json(&self) -> Value {
+        let LedgerEvent::Appended { n } = self;
+        json!({ "n": n })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct LedgerState {
+    len: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum LedgerError {
+    #[error("the ledger holds {len} numbers: {n} is not the next")]
+    OutOfOrder { len: u64, n: u64 },
+}
+
+impl Aggregate for Ledger {
+    const TYPE: &'static str = "Ledger";
+    type State = LedgerState;
+    type Command = LedgerCommand;
+    type Event = LedgerEvent;
+    type Error = LedgerError;
+
+    fn decide(
+        state: &LedgerState,
+        command: &LedgerCommand,
+        _ctx: &DecideContext,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let LedgerCommand::Append { n } = command;
+        if *n == state.len + 1 {
+            Ok(vec![LedgerEvent::Appended { n: *n }])
+        } else if *n <= state.len {
+            Ok(vec![]) // a retry of an applied command (its answer was lost)
+        } else {
+            Err(LedgerError::OutOfOrder {
+                len: state.len,
+                n: *n,
+            })
+        }
+    }
+
+    fn apply(state: &mut LedgerState, event: &LedgerEvent) {
+        let LedgerEvent::Appended { n } = event;
+        state.len = *n;
+    }
+}
+
+struct Node {
+    engine: Engine,
+    cluster: Cluster,
+    name: String,
+    rt: tokio::runtime::Handle,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let listener = TcpListener::bind(&args.listen).expect("bind the listen address");
+    let endpoint = listener.local_addr().expect("a bound address").to_string();
+    let node = rt.block_on(async {
+        let engine = Engine::builder(&args.data)
+            .register::<Ledger>()
+            .durability(Durability::Durable)
+            .topic_indexer(false)
+            .source(format!("evershard-node/{}", args.node))
+            .open()
+            .await
+            .expect("open the store");
+        let kafka = KafkaConfig::new(&args.brokers)
+            .client_id(format!("evershard-node-{}", args.node))
+            .replication_factor(args.replication_factor)
+            .request_timeout(Duration::from_millis(args.kafka_timeout_ms))
+            .connection_timeout(Duration::from_secs(5));
+        let config = ClusterConfig::new(kafka, &args.cluster, &args.node, &endpoint)
+            .partitions(args.partitions)
+            .session_timeout_ms(args.session_timeout_ms)
+            .heartbeat_interval_ms(args.heartbeat_interval_ms)
+            .reclaim_after_ms(args.reclaim_after_ms)
+            .ack_timeout_ms(args.kafka_timeout_ms.max(30_000))
+            .fetch_wait_ms(args.fetch_wait_ms);
+        let cluster = engine.join_cluster(config).await.expect("join the cluster");
+        Node {
+            engine,
+            cluster,
+            name: args.node.clone(),
+            rt: tokio::runtime::Handle::current(),
+        }
+    });
+    let node = Arc::new(node);
+    println!("listening {endpoint}");
+    std::io::stdout().flush().ok();
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let node = node.clone();
+        std::thread::spawn(move || serve(&node, conn));
+    }
+}
+
+fn serve(node: &Node, mut conn: TcpStream) {
+    let _ = conn.set_nodelay(true);
+    while let Ok(request) = read_frame(&mut conn) {
+        let answer = match serde_json::from_slice::<Value>(&request) {
+            Ok(request) => handle(node, &request),
+            Err(e) => json!({"ok": false, "error": "bad_request", "retryable": false,
+                             "message": e.to_string()}),
+        };
+        let mut answer = answer;
+        answer["node"] = json!(node.name);
+        if write_frame(&mut conn, &serde_json::to_vec(&answer).expect("JSON")).is_err() {
+            return;
+        }
+    }
+}
+
+fn handle(node: &Node, request: &Value) -> Value {
+    match request["op"].as_str() {
+        Some("append") => {
+            let (Some(id), Some(n)) = (request["id"].as_str(), request["n"].as_u64()) else {
+                return json!({"ok": false, "error": "bad_request", "retryable": false,
+                              "message": "append needs id and n"});
+            };
+            let forwarded = request["forwarded"].as_bool().unwrap_or(false);
+            let partition = node.cluster.partition_for(id);
+            if !node.cluster.serves(partition) && !forwarded {
+                return forward(node, request, partition);
+            }
+            let result = node.rt.block_on(
+                node.engine
+                    .execute::<Ledger>(id, LedgerCommand::Append { n }),
+            );
+            match result {
+                Ok(events) => {
+                    let sequence = match events.last() {
+                        Some(e) => e.sequence,
+                        None => n, // a repeat: event n is at sequence n
+                    };
+                    json!({"ok": true, "sequence": sequence, "executed_by": node.name,
+                           "event_ids": events.iter().map(|e| e.event_id.to_string()).collect::<Vec<_>>()})
+                }
+                Err(CommandError::NotOwner { .. }) if !forwarded => {
+                    forward(node, request, partition)
+                }
+                Err(e) => error_answer(&e, partition),
+            }
+        }
+        Some("status") => {
+            let s = node.cluster.status();
+            json!({"ok": true, "serving": s.serving, "assigned": s.assigned,
+                   "takeovers": s.takeovers.iter().map(|t| json!({"partition": t.partition, "epoch": t.epoch, "took_ms": t.took_ms})).collect::<Vec<_>>(),
+                   "walked": s.walked, "pending_applies": s.pending_applies,
+                   "acknowledged": s.acknowledged, "refused": s.refused, "last_error": s.last_error})
+        }
+        other => json!({"ok": false, "error": "bad_request", "retryable": false,
+                        "message": format!("unknown op {other:?}")}),
+    }
+}
+
+fn error_answer(e: &CommandError<LedgerError>, partition: u32) -> Value {
+    let kind = match e {
+        CommandError::NotOwner { .. } => "not_owner",
+        CommandError::Rejected(_) => "rejected",
+        CommandError::Conflict { .. } => "conflict",
+        CommandError::Unavailable { .. } => "unavailable",
+        CommandError::Overloaded { .. } => "overloaded",
+        CommandError::ShuttingDown => "shutting_down",
+        _ => "failed",
+    };
+    let owner = match e {
+        CommandError::NotOwner { owner, .. } => owner.clone(),
+        _ => None,
+    };
+    json!({"ok": false, "error": kind, "retryable": e.is_retryable(), "message": e.to_string(),
+           "partition": partition, "owner": owner})
+}
+
+/// One hop to the owner this node knows; its answer is relayed as is (with `via`).
+fn forward(node: &Node, request: &Value, partition: u32) -> Value {
+    let not_owner = |owner: Option<String>, why: String| {
+        json!({"ok": false, "error": "not_owner", "retryable": true, "partition": partition,
+               "owner": owner, "message": why})
+    };
+    let Some(owner) = node.cluster.owner(partition) else {
+        return not_owner(None, format!("partition {partition} has no owner yet"));
+    };
+    if owner.node == node.name {
+        // The latest claim is this node's, but it does not serve (taking over, or just lost).
+        return not_owner(
+            Some(owner.node),
+            format!("partition {partition} is changing hands"),
+        );
+    }
+    let mut request = request.clone();
+    request["forwarded"] = json!(true);
+    let relay = || -> std::io::Result<Value> {
+        let addr: std::net::SocketAddr = owner
+            .endpoint
+            .parse()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+        conn.set_nodelay(true)?;
+        write_frame(&mut conn, &serde_json::to_vec(&request).expect("JSON"))?;
+        let bytes = read_frame(&mut conn)?;
+        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+    };
+    match relay() {
+        Ok(mut answer) => {
+            answer["via"] = json!(node.name);
+            answer
+        }
+        Err(e) => not_owner(
+            Some(owner.node.clone()),
+            format!("forwarding to {} at {}: {e}", owner.node, owner.endpoint),
+        ),
+    }
+}
+
+fn read_frame(conn: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len);
+    if len > FRAME_BYTES_MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a frame of {len} bytes (at most {FRAME_BYTES_MAX})"),
+        ));
+    }
+    let mut buf = vec![0u8; len as usize];
+    conn.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+fn write_frame(conn: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    conn.write_all(&(bytes.len() as u32).to_be_bytes())?;
+    conn.write_all(bytes)?;
+    conn.flush()
+}

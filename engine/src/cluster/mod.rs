@@ -1,0 +1,1018 @@
+//! Cluster mode (cargo feature `kafka`; docs/scale-out.md): several engines share the
+//! aggregates through the partitions of a Kafka journal topic.
+//!
+//! - **Ownership.** A consumer group (`evershard.<cluster>.owners`, cooperative-sticky,
+//!   dynamic membership) subscribed to the journal topic assigns partitions to nodes. A node
+//!   serves partition `p` only once it has also *claimed* it: caught up with `p`, appended a
+//!   [`wire::Claim`] with an epoch above every earlier one, and read up to that claim.
+//! - **KafkaDurable acknowledgement.** Every command batch passes the gate ([`DurableGate`])
+//!   before its local append: it is produced to `p` (`acks=all`), and acknowledged only when
+//!   the tailer has walked `p` up to the batch's offset and found it valid under the rule of
+//!   [`validity`] (no foreign claim in between). Otherwise the command fails with
+//!   `NotOwner` and took no effect.
+//! - **Replica.** One tailer thread reads every partition of the journal topic from the start,
+//!   walks it through the validity rule and appends the valid batches of other writers to the
+//!   local journal, so every node holds every valid batch, in each stream's order.
+//!
+//! Threads: the tailer, the group member, and the claimer (takeovers run there so that the
+//! group member keeps polling during a catch-up).
+
+pub mod validity;
+pub mod wire;
+
+use crate::engine::Engine;
+use crate::gate::{AppendGate, GateFuture, GateRefusal};
+use crate::journal::{AppendRequest, JournalWriter};
+use crate::kafka::KafkaConfig;
+use crate::topics::partition_for;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use validity::{ClaimAt, Verdict, VoidReason, Walk};
+use wire::{Batch, Claim, Entry};
+
+/// Journal-topic partitions of a new cluster unless set ([`ClusterConfig::partitions`]).
+pub const DEFAULT_CLUSTER_PARTITIONS: u32 = 24;
+
+/// How long the tailer leaves a batch of this node's live claim to the entity that wrote it
+/// (which appends it locally right after the check) before it appends the batch itself: the
+/// entity's local append failed, and the replica must not keep a hole.
+const OWN_APPEND_GRACE_MS: u64 = 10_000;
+
+/// How long the tailer's poll blocks when there is nothing to read; also bounds how late it
+/// sees the stop flag.
+const TAILER_POLL_MS: u64 = 20;
+
+/// How a node joins a cluster. Build with [`ClusterConfig::new`] and the setters.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Brokers, security and timeouts of every client (the publisher's configuration type).
+    pub kafka: KafkaConfig,
+    /// The cluster's name: topics `evershard.<cluster>.journal`, group
+    /// `evershard.<cluster>.owners`.
+    pub cluster: String,
+    /// This node's name, unique in the cluster (it signs claims and batches).
+    pub node: String,
+    /// Where this node takes forwarded commands; carried by its claims, returned as the owner
+    /// hint of `NotOwner`. Opaque to the engine.
+    pub endpoint: String,
+    /// Partitions of the journal topic (fixed when the cluster is created). Default 24.
+    pub partitions: u32,
+    /// The group's `session.timeout.ms`: how long after a node's last heartbeat the broker
+    /// reassigns its partitions. Default 10,000.
+    pub session_timeout_ms: u64,
+    /// The group's `heartbeat.interval.ms`. Default 1,000.
+    pub heartbeat_interval_ms: u64,
+    /// How long a command batch may take to be produced and checked before the command fails
+    /// with `Unavailable { ReplicationFailed }` (and the node re-claims the partition).
+    /// Default 30,000.
+    pub ack_timeout_ms: u64,
+    /// How long a takeover waits to catch up with a partition before it gives up and tries
+    /// again. Default 120,000.
+    pub catch_up_timeout_ms: u64,
+    /// After another node's claim took a partition this node is still assigned (the group's
+    /// assignments overlap during a rebalance), how long this node leaves it before it claims
+    /// it back. Default 5,000.
+    pub reclaim_after_ms: u64,
+    /// The tailer's `fetch.wait.max.ms`: how long the broker may hold a fetch with nothing
+    /// new. A broker that answers as soon as data arrives (Kafka) makes it the idle cost
+    /// only; one that holds every fetch this long (tansu 0.6.0) adds it to every command's
+    /// latency. Default 10.
+    pub fetch_wait_ms: u64,
+}
+
+impl ClusterConfig {
+    pub fn new(
+        kafka: KafkaConfig,
+        cluster: impl Into<String>,
+        node: impl Into<String>,
+        endpoint: impl Into<String>,
+    ) -> ClusterConfig {
+        ClusterConfig {
+            kafka,
+            cluster: cluster.into(),
+            node: node.into(),
+            endpoint: endpoint.into(),
+            partitions: DEFAULT_CLUSTER_PARTITIONS,
+            session_timeout_ms: 10_000,
+            heartbeat_interval_ms: 1_000,
+            ack_timeout_ms: 30_000,
+            catch_up_timeout_ms: 120_000,
+            reclaim_after_ms: 5_000,
+            fetch_wait_ms: 10,
+        }
+    }
+
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    pub fn session_timeout_ms(mut self, ms: u64) -> Self {
+        self.session_timeout_ms = ms;
+        self
+    }
+
+    pub fn heartbeat_interval_ms(mut self, ms: u64) -> Self {
+        self.heartbeat_interval_ms = ms;
+        self
+    }
+
+    pub fn ack_timeout_ms(mut self, ms: u64) -> Self {
+        self.ack_timeout_ms = ms;
+        self
+    }
+
+    pub fn catch_up_timeout_ms(mut self, ms: u64) -> Self {
+        self.catch_up_timeout_ms = ms;
+        self
+    }
+
+    pub fn reclaim_after_ms(mut self, ms: u64) -> Self {
+        self.reclaim_after_ms = ms;
+        self
+    }
+
+    pub fn fetch_wait_ms(mut self, ms: u64) -> Self {
+        self.fetch_wait_ms = ms;
+        self
+    }
+
+    /// The journal topic's name.
+    pub fn journal_topic(&self) -> String {
+        format!("evershard.{}.journal", self.cluster)
+    }
+
+    /// The ownership group's id.
+    pub fn owners_group(&self) -> String {
+        format!("evershard.{}.owners", self.cluster)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.kafka.validate()?;
+        if !crate::topics::valid_name(&self.journal_topic()) {
+            return Err(format!(
+                "cluster name {:?} makes no valid topic name",
+                self.cluster
+            ));
+        }
+        if self.node.is_empty() {
+            return Err("the node name is empty".into());
+        }
+        if self.partitions == 0 || self.partitions > crate::topics::PARTITIONS_MAX {
+            return Err(format!(
+                "partitions must be 1..={}, not {}",
+                crate::topics::PARTITIONS_MAX,
+                self.partitions
+            ));
+        }
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms >= self.session_timeout_ms
+        {
+            return Err(
+                "heartbeat_interval_ms must be above 0 and below session_timeout_ms".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Why joining a cluster failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    #[error("invalid cluster configuration: {reason}")]
+    Config { reason: String },
+    #[error("Kafka client: {reason}")]
+    Client { reason: String },
+    #[error("journal topic {topic} has {kafka} partitions, the configuration says {configured}")]
+    PartitionsMismatch {
+        topic: String,
+        kafka: u32,
+        configured: u32,
+    },
+    #[error("this engine already joined a cluster")]
+    AlreadyJoined,
+    #[error("joining a cluster needs a tokio runtime")]
+    NoRuntime,
+    #[error("starting a cluster thread: {reason}")]
+    Spawn { reason: String },
+}
+
+/// The owner of a partition as this node last read it: its latest effective claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub node: String,
+    pub endpoint: String,
+    pub epoch: u64,
+    /// The claim's offset in the partition.
+    pub offset: i64,
+}
+
+/// One completed takeover of a partition by this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Takeover {
+    pub partition: u32,
+    pub epoch: u64,
+    /// From the group's assignment to serving (catch-up, claim, read-back).
+    pub took_ms: u64,
+}
+
+/// What a node does now ([`Cluster::status`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub node: String,
+    /// Partitions served, with the epoch of this node's claim.
+    pub serving: Vec<(u32, u64)>,
+    /// Partitions the group assigns to this node.
+    pub assigned: Vec<u32>,
+    /// Every takeover since the node joined, oldest first.
+    pub takeovers: Vec<Takeover>,
+    /// Per partition, the offset of the next message the tailer walks.
+    pub walked: Vec<i64>,
+    /// Valid batches read but not yet in the local journal, over all partitions.
+    pub pending_applies: usize,
+    /// Batches this node's gate acknowledged / refused since it joined.
+    pub acknowledged: u64,
+    pub refused: u64,
+    /// The last error of a cluster thread, if any.
+    pub last_error: Option<String>,
+}
+
+/// A valid batch waiting for the local journal.
+#[derive(Debug)]
+struct Pending {
+    batch: Batch,
+    /// Written under a claim of this process: the entity appends it after the check.
+    own: bool,
+    seen: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    walks: Vec<Walk>,
+    pending: Vec<VecDeque<Pending>>,
+    /// Partitions served, with this node's epoch.
+    served: HashMap<u32, u64>,
+    /// Partitions the group assigns to this node, with when they were assigned.
+    assigned: HashMap<u32, Instant>,
+    /// Claims this process wrote, (partition, epoch): their batches' verdicts are kept for the
+    /// gate.
+    my_epochs: HashSet<(u32, u64)>,
+    /// Verdicts on this process's batches, by (partition, offset), until the gate takes them.
+    own_verdicts: HashMap<(u32, i64), Verdict>,
+    /// When another node's claim took a partition this node was assigned.
+    taken_at: HashMap<u32, Instant>,
+    takeovers: Vec<Takeover>,
+    acknowledged: u64,
+    refused: u64,
+    last_error: Option<String>,
+}
+
+impl State {
+    fn owner(&self, partition: u32) -> Option<Owner> {
+        self.walks
+            .get(partition as usize)
+            .and_then(Walk::latest_claim)
+            .map(|ClaimAt { offset, claim }| Owner {
+                node: claim.node.clone(),
+                endpoint: claim.endpoint.clone(),
+                epoch: claim.epoch,
+                offset: *offset,
+            })
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: ClusterConfig,
+    topic: String,
+    state: Mutex<State>,
+    /// Signalled after every tailer step, for the claimer's blocking waits.
+    walked: Condvar,
+    /// Signalled after every tailer step, for the gate's async waits.
+    notify: tokio::sync::Notify,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn error(&self, what: String) {
+        tracing::warn!(node = %self.config.node, "{what}");
+        self.lock().last_error = Some(what);
+    }
+
+    /// Stops serving `partition` if it is still served under `epoch` (the claimer claims it
+    /// again, with a new epoch, while the group assigns it here).
+    fn drop_serving(&self, partition: u32, epoch: u64, why: &str) {
+        let mut st = self.lock();
+        if st.served.get(&partition) == Some(&epoch) {
+            st.served.remove(&partition);
+            tracing::warn!(node = %self.config.node, partition, epoch, "stopped serving: {why}");
+        }
+    }
+
+    /// Waits (blocking, bounded) until `done` holds on the state; false on timeout or stop.
+    fn wait_until(&self, timeout: Duration, mut done: impl FnMut(&State) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.lock();
+        loop {
+            if done(&st) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || self.stop.load(Ordering::Acquire) {
+                return false;
+            }
+            // Bounded so that a stop is seen even without a tailer step.
+            let wait = (deadline - now).min(Duration::from_millis(200));
+            st = self
+                .walked
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// A node's membership of a cluster ([`Engine::join_cluster`]). Dropping it leaves the
+/// cluster like [`Cluster::leave`] without waiting.
+#[derive(Debug)]
+pub struct Cluster {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Cluster {
+    /// The journal-topic partition of an aggregate id (Kafka's murmur2, like the topics).
+    pub fn partition_for(&self, aggregate_id: &str) -> u32 {
+        partition_for(aggregate_id, self.shared.config.partitions)
+    }
+
+    /// The owner of a partition as far as this node has read the journal topic.
+    pub fn owner(&self, partition: u32) -> Option<Owner> {
+        self.shared.lock().owner(partition)
+    }
+
+    /// True when this node serves the partition now.
+    pub fn serves(&self, partition: u32) -> bool {
+        self.shared.lock().served.contains_key(&partition)
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.shared.config
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let st = self.shared.lock();
+        let mut serving: Vec<(u32, u64)> = st.served.iter().map(|(p, e)| (*p, *e)).collect();
+        serving.sort_unstable();
+        let mut assigned: Vec<u32> = st.assigned.keys().copied().collect();
+        assigned.sort_unstable();
+        ClusterStatus {
+            node: self.shared.config.node.clone(),
+            serving,
+            assigned,
+            takeovers: st.takeovers.clone(),
+            walked: st.walks.iter().map(|w| w.next_offset).collect(),
+            pending_applies: st.pending.iter().map(VecDeque::len).sum(),
+            acknowledged: st.acknowledged,
+            refused: st.refused,
+            last_error: st.last_error.clone(),
+        }
+    }
+
+    /// Stops serving, leaves the group (its partitions move at once, without waiting for the
+    /// session timeout) and stops the threads. The engine's gate stays installed: from here
+    /// on every command fails with `NotOwner` (a node that left serves nothing). Blocking (at most a few poll intervals and the
+    /// group's leave request).
+    pub fn leave(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.lock().served.clear();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.lock().served.clear();
+    }
+}
+
+impl Engine {
+    /// Joins a cluster (docs/scale-out.md): creates the journal topic if it is missing (and
+    /// refuses one with another partition count), installs the `KafkaDurable` gate in front
+    /// of every local append, and starts the tailer, the group member and the claimer. From
+    /// here on a command is executed only for an aggregate whose partition this node serves;
+    /// any other fails with `CommandError::NotOwner` and writes nothing. Once per engine.
+    pub async fn join_cluster(&self, config: ClusterConfig) -> Result<Cluster, ClusterError> {
+        config
+            .validate()
+            .map_err(|reason| ClusterError::Config { reason })?;
+        tokio::runtime::Handle::try_current().map_err(|_| ClusterError::NoRuntime)?;
+        let rt = self.runtime().clone();
+        if rt.gate.get().is_some() {
+            return Err(ClusterError::AlreadyJoined);
+        }
+        let topic = config.journal_topic();
+        {
+            let config = config.clone();
+            let topic = topic.clone();
+            tokio::task::spawn_blocking(move || ensure_topic(&config, &topic))
+                .await
+                .map_err(|e| ClusterError::Spawn {
+                    reason: e.to_string(),
+                })??;
+        }
+        let client = |e: rdkafka::error::KafkaError| ClusterError::Client {
+            reason: config.kafka.redact(&e.to_string()),
+        };
+        let mut pc = config.kafka.producer_config();
+        // A command waits for its batch: no batching delay beyond what concurrent commands
+        // fill in the meantime.
+        pc.set("linger.ms", "1");
+        let producer: FutureProducer = pc.create().map_err(client)?;
+        let tail: BaseConsumer = consumer_config(&config, &format!("{}.replica", config.node))
+            .create()
+            .map_err(client)?;
+        let mut members = consumer_config(&config, &config.owners_group());
+        members
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                config.heartbeat_interval_ms.to_string(),
+            );
+        let members: BaseConsumer = members.create().map_err(client)?;
+        let partitions = config.partitions as usize;
+        let shared = Arc::new(Shared {
+            topic,
+            state: Mutex::new(State {
+                walks: vec![Walk::new(); partitions],
+                pending: (0..partitions).map(|_| VecDeque::new()).collect(),
+                ..State::default()
+            }),
+            config,
+            walked: Condvar::new(),
+            notify: tokio::sync::Notify::new(),
+            stop: AtomicBool::new(false),
+        });
+        let gate = DurableGate {
+            shared: shared.clone(),
+            producer: producer.clone(),
+        };
+        rt.gate
+            .set(Arc::new(gate))
+            .map_err(|_| ClusterError::AlreadyJoined)?;
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| ClusterError::Spawn {
+                    reason: e.to_string(),
+                })
+        };
+        let journal = rt.journal.clone();
+        let mut threads = Vec::new();
+        let s = shared.clone();
+        threads.push(spawn(
+            "evershard-cluster-tailer",
+            Box::new(move || run_tailer(&s, tail, &journal)),
+        )?);
+        let s = shared.clone();
+        threads.push(spawn(
+            "evershard-cluster-member",
+            Box::new(move || run_member(&s, members)),
+        )?);
+        let s = shared.clone();
+        let handle = tokio::runtime::Handle::current();
+        threads.push(spawn(
+            "evershard-cluster-claimer",
+            Box::new(move || run_claimer(&s, &producer, &handle)),
+        )?);
+        Ok(Cluster {
+            shared,
+            threads: Mutex::new(threads),
+        })
+    }
+}
+
+fn consumer_config(config: &ClusterConfig, group: &str) -> ClientConfig {
+    let mut c = config.kafka.client_config();
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest")
+        // The gate waits for the tailer to read its batch back. Kafka answers a fetch as soon
+        // as there is data, but tansu 0.6.0 holds every fetch for the whole
+        // fetch.wait.max.ms (measured with kafka-python: produce + read back took 261 ms at
+        // the default 500 ms, 61 ms at 50 ms), so the wait bounds each command's latency.
+        .set("fetch.wait.max.ms", config.fetch_wait_ms.to_string());
+    for (k, v) in &config.kafka.extra {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Creates the journal topic if missing; refuses one with another partition count.
+fn ensure_topic(config: &ClusterConfig, topic: &str) -> Result<(), ClusterError> {
+    let client = |e: rdkafka::error::KafkaError| ClusterError::Client {
+        reason: config.kafka.redact(&e.to_string()),
+    };
+    let admin: AdminClient<DefaultClientContext> =
+        config.kafka.client_config().create().map_err(client)?;
+    let timeout = config.kafka.connection_timeout + config.kafka.request_timeout;
+    let count = |admin: &AdminClient<DefaultClientContext>| -> Result<Option<u32>, ClusterError> {
+        let md = admin
+            .inner()
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(client)?;
+        Ok(md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len() as u32))
+    };
+    if count(&admin)?.is_none() {
+        let new = NewTopic::new(
+            topic,
+            config.partitions as i32,
+            TopicReplication::Fixed(config.kafka.replication_factor),
+        );
+        let opts = AdminOptions::new().request_timeout(Some(timeout));
+        let results =
+            futures::executor::block_on(admin.create_topics(&[new], &opts)).map_err(client)?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(ClusterError::Client {
+                        reason: format!("creating topic {name}: {code}"),
+                    })
+                }
+            }
+        }
+    }
+    match count(&admin)? {
+        Some(n) if n == config.partitions => Ok(()),
+        Some(n) => Err(ClusterError::PartitionsMismatch {
+            topic: topic.to_owned(),
+            kafka: n,
+            configured: config.partitions,
+        }),
+        None => Err(ClusterError::Client {
+            reason: format!("topic {topic} not visible after its creation"),
+        }),
+    }
+}
+
+fn headers(entry: &Entry) -> OwnedHeaders {
+    let epoch = entry.epoch().to_string();
+    OwnedHeaders::new_with_capacity(3)
+        .insert(Header {
+            key: wire::HEADER_KIND,
+            value: Some(entry.kind()),
+        })
+        .insert(Header {
+            key: wire::HEADER_NODE,
+            value: Some(entry.node()),
+        })
+        .insert(Header {
+            key: wire::HEADER_EPOCH,
+            value: Some(&epoch),
+        })
+}
+
+/// The `KafkaDurable` gate: produce, read back, check, then let the entity append.
+#[derive(Clone)]
+struct DurableGate {
+    shared: Arc<Shared>,
+    producer: FutureProducer,
+}
+
+impl std::fmt::Debug for DurableGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableGate")
+            .field("node", &self.shared.config.node)
+            .finish()
+    }
+}
+
+impl AppendGate for DurableGate {
+    fn admit<'a>(&'a self, request: &'a AppendRequest) -> GateFuture<'a> {
+        Box::pin(async move {
+            let outcome = self.check(request).await;
+            let mut st = self.shared.lock();
+            match outcome {
+                Ok(()) => st.acknowledged += 1,
+                Err(_) => st.refused += 1,
+            }
+            outcome
+        })
+    }
+
+    fn serving(&self, stream: &evershard_model::StreamId) -> Result<u64, GateRefusal> {
+        let partition = partition_for(&stream.aggregate_id, self.shared.config.partitions);
+        let st = self.shared.lock();
+        st.served
+            .get(&partition)
+            .copied()
+            .ok_or_else(|| GateRefusal::NotOwner {
+                partition,
+                owner: st.owner(partition).map(|o| o.node),
+            })
+    }
+}
+
+impl DurableGate {
+    async fn check(&self, request: &AppendRequest) -> Result<(), GateRefusal> {
+        let shared = &self.shared;
+        if request.seal.is_some() {
+            return Err(GateRefusal::Unsupported);
+        }
+        let partition = partition_for(&request.stream.aggregate_id, shared.config.partitions);
+        let not_owner = |st: &State| GateRefusal::NotOwner {
+            partition,
+            owner: st.owner(partition).map(|o| o.node),
+        };
+        let epoch = {
+            let st = shared.lock();
+            let Some(&epoch) = st.served.get(&partition) else {
+                return Err(not_owner(&st));
+            };
+            let head = st.walks[partition as usize].head(&request.stream);
+            if head != request.expected_version {
+                return Err(GateRefusal::Behind {
+                    expected: request.expected_version,
+                    actual: head,
+                });
+            }
+            epoch
+        };
+        let entry = Entry::Batch(Batch::from_request(&shared.config.node, epoch, request));
+        let value = entry.encode();
+        let record = FutureRecord::to(&shared.topic)
+            .partition(partition as i32)
+            .key(request.stream.aggregate_id.as_bytes())
+            .payload(&value)
+            .headers(headers(&entry));
+        let ack_timeout = Duration::from_millis(shared.config.ack_timeout_ms);
+        let deadline = tokio::time::Instant::now() + ack_timeout;
+        let offset = match self
+            .producer
+            .send(record, Timeout::After(ack_timeout))
+            .await
+        {
+            Ok(delivery) => delivery.offset,
+            Err((e, _)) => {
+                shared.error(format!("producing a batch to partition {partition}: {e}"));
+                // It may still land, valid under this epoch: claim anew so that whatever
+                // lands is either read back into the journal or void.
+                shared.drop_serving(partition, epoch, "a batch's produce failed");
+                return Err(GateRefusal::Replication);
+            }
+        };
+        loop {
+            let notified = shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = shared.lock();
+                if let Some(verdict) = st.own_verdicts.remove(&(partition, offset)) {
+                    return match verdict {
+                        Verdict::Valid => Ok(()),
+                        Verdict::Void(VoidReason::OutOfSequence { expected_first, .. }) => {
+                            Err(GateRefusal::Behind {
+                                expected: request.expected_version,
+                                actual: expected_first - 1,
+                            })
+                        }
+                        Verdict::Void(_) | Verdict::Claimed => Err(not_owner(&st)),
+                    };
+                }
+                if st.walks[partition as usize].next_offset > offset {
+                    // Walked without a verdict kept: not this process's epoch any more.
+                    return Err(not_owner(&st));
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                shared.error(format!(
+                    "partition {partition}: batch at offset {offset} not read back within {} ms",
+                    shared.config.ack_timeout_ms
+                ));
+                shared.drop_serving(partition, epoch, "a batch was not read back in time");
+                shared.lock().own_verdicts.remove(&(partition, offset));
+                return Err(GateRefusal::Replication);
+            }
+        }
+    }
+}
+
+/// Reads every partition of the journal topic from the start, walks it, keeps verdicts for
+/// the gate and appends the valid batches to the local journal.
+fn run_tailer(shared: &Shared, consumer: BaseConsumer, journal: &JournalWriter) {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..shared.config.partitions {
+        if let Err(e) = tpl.add_partition_offset(&shared.topic, p as i32, Offset::Beginning) {
+            shared.error(format!("tailer: {e}"));
+            return;
+        }
+    }
+    if let Err(e) = consumer.assign(&tpl) {
+        shared.error(format!("tailer: assigning the journal topic: {e}"));
+        return;
+    }
+    while !shared.stop.load(Ordering::Acquire) {
+        let mut wait = Duration::from_millis(TAILER_POLL_MS);
+        let mut stepped = 0;
+        // Up to 1,000 messages per step, then the applies and the wake-ups.
+        while stepped < 1000 {
+            match consumer.poll(wait) {
+                None => break,
+                Some(Err(e)) => {
+                    shared.error(format!("tailer: {e}"));
+                    break;
+                }
+                Some(Ok(m)) => {
+                    let entry = m.payload().and_then(|v| Entry::decode(v).ok());
+                    walk_one(shared, m.partition() as u32, m.offset(), entry);
+                    stepped += 1;
+                    wait = Duration::ZERO;
+                }
+            }
+        }
+        apply_pending(shared, journal);
+        shared.walked.notify_all();
+        shared.notify.notify_waiters();
+    }
+}
+
+fn walk_one(shared: &Shared, partition: u32, offset: i64, entry: Option<Entry>) {
+    let mut guard = shared.lock();
+    let st = &mut *guard;
+    let Some(walk) = st.walks.get_mut(partition as usize) else {
+        return;
+    };
+    if offset < walk.next_offset {
+        return; // a re-delivery after a consumer reconnect
+    }
+    let verdict = walk.step(offset, entry.as_ref());
+    match (&entry, &verdict) {
+        // Another node's claim, or one of this node's name from an earlier process.
+        (Some(Entry::Claim(claim)), Verdict::Claimed)
+            if claim.node != shared.config.node
+                || !st.my_epochs.contains(&(partition, claim.epoch)) =>
+        {
+            if st.served.remove(&partition).is_some() {
+                tracing::warn!(node = %shared.config.node, partition, by = %claim.node, epoch = claim.epoch, "partition claimed by another node; stopped serving");
+            }
+            if st.assigned.contains_key(&partition) {
+                st.taken_at.insert(partition, Instant::now());
+            }
+        }
+        (Some(Entry::Batch(batch)), _) => {
+            let own = batch.node == shared.config.node
+                && st.my_epochs.contains(&(partition, batch.epoch));
+            if own {
+                st.own_verdicts.insert((partition, offset), verdict.clone());
+            }
+            if verdict == Verdict::Valid {
+                st.pending[partition as usize].push_back(Pending {
+                    batch: batch.clone(),
+                    own,
+                    seen: Instant::now(),
+                });
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Appends the valid batches read to the local journal, per partition in offset order, each
+/// when its stream's local head is just before it. A batch of this process's own claim is
+/// left to the entity that wrote it (it appends right after the gate's check) for
+/// [`OWN_APPEND_GRACE_MS`].
+fn apply_pending(shared: &Shared, journal: &JournalWriter) {
+    for p in 0..shared.config.partitions as usize {
+        loop {
+            let (batch, own, seen) = {
+                let st = shared.lock();
+                match st.pending[p].front() {
+                    None => break,
+                    Some(f) => (f.batch.clone(), f.own, f.seen),
+                }
+            };
+            let stream = batch.stream();
+            let head = match journal.reader().head(&stream) {
+                Ok(h) => h.sequence,
+                Err(e) => {
+                    shared.error(format!("replica: reading the head of {stream}: {e}"));
+                    break;
+                }
+            };
+            let done = if batch.events.is_empty() {
+                // Only keyspace writes (a timer correction): the writer's entity wrote them.
+                own || head >= batch.first_sequence
+            } else {
+                head >= batch.last_sequence()
+            };
+            if !done {
+                if own && seen.elapsed() < Duration::from_millis(OWN_APPEND_GRACE_MS) {
+                    break; // the entity appends it in a moment
+                }
+                if head + 1 != batch.first_sequence {
+                    break; // an earlier batch of the stream is still on its way
+                }
+                let request = match batch.to_request() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        shared.error(format!("replica: batch of {stream}: {e}"));
+                        break;
+                    }
+                };
+                if let Err(e) = journal.append_blocking(request) {
+                    // A conflict: the entity appended it meanwhile; the next round sees that.
+                    if !matches!(e, crate::error::AppendError::Conflict { .. }) {
+                        shared.error(format!("replica: appending a batch of {stream}: {e}"));
+                    }
+                    break;
+                }
+            }
+            shared.lock().pending[p].pop_front();
+        }
+    }
+}
+
+/// The group member: polls (which keeps the membership alive and runs the rebalances) and
+/// mirrors the assignment into the state. A revoked partition stops being served at once.
+fn run_member(shared: &Shared, consumer: BaseConsumer) {
+    if let Err(e) = consumer.subscribe(&[&shared.topic]) {
+        shared.error(format!("member: subscribing: {e}"));
+        return;
+    }
+    while !shared.stop.load(Ordering::Acquire) {
+        if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
+            shared.error(format!("member: {e}"));
+        }
+        let Ok(assignment) = consumer.assignment() else {
+            continue;
+        };
+        // The member only holds the assignment; the tailer reads the data.
+        let _ = consumer.pause(&assignment);
+        let now: BTreeSet<u32> = assignment
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == shared.topic)
+            .map(|e| e.partition() as u32)
+            .collect();
+        let mut st = shared.lock();
+        let revoked: Vec<u32> = st
+            .assigned
+            .keys()
+            .filter(|p| !now.contains(p))
+            .copied()
+            .collect();
+        for p in revoked {
+            st.assigned.remove(&p);
+            st.taken_at.remove(&p);
+            if st.served.remove(&p).is_some() {
+                tracing::info!(node = %shared.config.node, partition = p, "partition revoked; stopped serving");
+            }
+        }
+        for p in now {
+            st.assigned.entry(p).or_insert_with(Instant::now);
+        }
+    }
+    consumer.unsubscribe();
+    // Dropping the consumer closes it: it leaves the group, so the partitions move now.
+}
+
+/// Takes over the partitions assigned and not served, one at a time.
+fn run_claimer(shared: &Shared, producer: &FutureProducer, handle: &tokio::runtime::Handle) {
+    let reclaim_after = Duration::from_millis(shared.config.reclaim_after_ms);
+    while !shared.stop.load(Ordering::Acquire) {
+        let todo: Vec<u32> = {
+            let st = shared.lock();
+            let mut todo: Vec<u32> = st
+                .assigned
+                .keys()
+                .filter(|p| !st.served.contains_key(p))
+                .filter(|p| {
+                    st.taken_at
+                        .get(p)
+                        .is_none_or(|t| t.elapsed() >= reclaim_after)
+                })
+                .copied()
+                .collect();
+            todo.sort_unstable();
+            todo
+        };
+        if todo.is_empty() {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        for p in todo {
+            if shared.stop.load(Ordering::Acquire) {
+                return;
+            }
+            if let Err(why) = take_over(shared, producer, handle, p) {
+                shared.error(format!("takeover of partition {p}: {why}"));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Catch up with `p`, claim it, read up to the claim, check it is the latest, wait for the
+/// local journal to hold every valid batch before it, serve.
+fn take_over(
+    shared: &Shared,
+    producer: &FutureProducer,
+    handle: &tokio::runtime::Handle,
+    p: u32,
+) -> Result<(), String> {
+    use rdkafka::producer::Producer as _;
+    let timeout = shared.config.kafka.connection_timeout + shared.config.kafka.request_timeout;
+    let catch_up = Duration::from_millis(shared.config.catch_up_timeout_ms);
+    let (_, high) = producer
+        .client()
+        .fetch_watermarks(&shared.topic, p as i32, timeout)
+        .map_err(|e| format!("reading the end offset: {e}"))?;
+    let idx = p as usize;
+    if !shared.wait_until(catch_up, |st| {
+        st.walks[idx].next_offset >= high && st.pending[idx].is_empty()
+    }) {
+        return Err(format!("not caught up with offset {high} in time"));
+    }
+    let epoch = {
+        let mut st = shared.lock();
+        if !st.assigned.contains_key(&p) {
+            return Ok(()); // revoked meanwhile
+        }
+        let epoch = st.walks[idx].highest_epoch() + 1;
+        st.my_epochs.insert((p, epoch));
+        epoch
+    };
+    let entry = Entry::Claim(Claim {
+        node: shared.config.node.clone(),
+        endpoint: shared.config.endpoint.clone(),
+        epoch,
+    });
+    let value = entry.encode();
+    let record = FutureRecord::to(&shared.topic)
+        .partition(p as i32)
+        .key(shared.config.node.as_bytes())
+        .payload(&value)
+        .headers(headers(&entry));
+    let offset = handle
+        .block_on(producer.send(record, Timeout::After(timeout)))
+        .map_err(|(e, _)| format!("producing the claim: {e}"))?
+        .offset;
+    if !shared.wait_until(catch_up, |st| {
+        st.walks[idx].next_offset > offset && st.pending[idx].is_empty()
+    }) {
+        return Err(format!("claim at offset {offset} not read back in time"));
+    }
+    let mut st = shared.lock();
+    let latest = st.walks[idx].latest_claim().cloned();
+    match latest {
+        Some(ClaimAt { offset: o, claim }) if o == offset && claim.epoch == epoch => {
+            if !st.assigned.contains_key(&p) {
+                return Ok(()); // revoked meanwhile: the next owner claims over this one
+            }
+            let took_ms = st.assigned[&p].elapsed().as_millis() as u64;
+            st.served.insert(p, epoch);
+            st.taken_at.remove(&p);
+            st.takeovers.push(Takeover {
+                partition: p,
+                epoch,
+                took_ms,
+            });
+            tracing::info!(node = %shared.config.node, partition = p, epoch, took_ms, "serving");
+            Ok(())
+        }
+        other => Err(format!(
+            "claim epoch {epoch} at offset {offset} lost to {:?}",
+            other.map(|c| (c.claim.node, c.claim.epoch, c.offset))
+        )),
+    }
+}
