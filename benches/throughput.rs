@@ -98,6 +98,25 @@ fn sled_cache_bytes() -> u64 {
     env("EVERSHARD_BENCH_SLED_CACHE_MIB", default_mib) << 20
 }
 
+/// The workload of run 1, which the goals repeat in other shapes.
+#[derive(Clone, Copy)]
+struct Shape {
+    aggregates: u64,
+    commands: u64,
+    clients: u64,
+    seed: u64,
+    smoke: bool,
+}
+
+/// Client `client`'s aggregates (every `clients`-th of `aggregates`) and its generator.
+fn client_slice(client: u64, aggregates: u64, clients: u64, seed: u64) -> (Vec<String>, DemoRng) {
+    let ids = (client..aggregates)
+        .step_by(clients as usize)
+        .map(|i| format!("sku-{i}"))
+        .collect();
+    (ids, DemoRng::new(seed ^ client.wrapping_mul(0x9E37_79B9)))
+}
+
 struct Run {
     commands: u64,
     accepted: u64,
@@ -159,13 +178,9 @@ async fn evershard_durable(
     for client in 0..clients {
         let engine = engine.clone();
         tasks.push(tokio::spawn(async move {
-            let mut rng = DemoRng::new(seed ^ client.wrapping_mul(0x9E37_79B9));
             // This client's aggregates and a mirror of each state, kept by applying the events
             // the engine returns (so the generator proposes plausible commands).
-            let ids: Vec<String> = (client..aggregates)
-                .step_by(clients as usize)
-                .map(|i| format!("sku-{i}"))
-                .collect();
+            let (ids, mut rng) = client_slice(client, aggregates, clients, seed);
             // A client that touches each of its aggregates once (the 1,000,000-aggregate run)
             // keeps no mirrors: its own bookkeeping would otherwise be counted as the engine's
             // memory.
@@ -848,6 +863,13 @@ fn main() {
     // Loads of each kind whose p50 section 4 reports.
     let recovery_runs = env("EVERSHARD_BENCH_RECOVERY_RUNS", if smoke { 3 } else { 31 }) as usize;
     let seed = env("EVERSHARD_BENCH_SEED", 42);
+    let shape = Shape {
+        aggregates,
+        commands,
+        clients,
+        seed,
+        smoke,
+    };
     let base = std::env::var_os("EVERSHARD_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
@@ -923,17 +945,7 @@ fn main() {
         let file_t = file_ceiling(tmp.path(), records, run.record_bytes_avg as usize);
         let file_rate = records as f64 / file_t.as_secs_f64();
         println!("plain file        : {file_rate:>9.0} records/s  (one fdatasync per 1,000)");
-        goals(
-            &rt,
-            tmp.path(),
-            &run,
-            file_rate,
-            aggregates,
-            commands,
-            clients,
-            seed,
-            smoke,
-        );
+        goals(&rt, tmp.path(), &run, file_rate, &shape);
         return;
     }
     if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("idempotency") {
@@ -1035,34 +1047,26 @@ fn main() {
         recovery_runs,
     ));
     print_recovery(&recovery_figures, recovery_events, recovery_runs);
-    goals(
-        &rt,
-        tmp.path(),
-        &run,
-        file_rate,
-        aggregates,
-        commands,
-        clients,
-        seed,
-        smoke,
-    );
+    goals(&rt, tmp.path(), &run, file_rate, &shape);
 }
 
 /// Issue #13's figures that the sections above do not give, each with its target: the
 /// in-memory cqrs-es peer, 1,024 clients against the plain file, the latency at half the
 /// maximum rate, disk per byte of event records, and 1,000,000 aggregates with passivation.
-#[allow(clippy::too_many_arguments)]
 fn goals(
     rt: &tokio::runtime::Runtime,
     dir: &std::path::Path,
     run: &Run,
     file_rate: f64,
-    aggregates: u64,
-    commands: u64,
-    clients: u64,
-    seed: u64,
-    smoke: bool,
+    shape: &Shape,
 ) {
+    let Shape {
+        aggregates,
+        commands,
+        clients,
+        seed,
+        smoke,
+    } = *shape;
     let rate = run.commands as f64 / run.elapsed.as_secs_f64();
     println!("issue #13 goals (ratios to the first run above, {rate:.0} commands/s):");
 

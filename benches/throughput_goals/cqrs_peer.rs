@@ -11,7 +11,7 @@ use cqrs_es::{AggregateContext, AggregateError, EventEnvelope, EventStore};
 use evershard::aggregates::product_stock::{
     ProductStock, ProductStockCommand, ProductStockError, ProductStockEvent, ProductStockState,
 };
-use evershard::model::{Aggregate, DecideContext, DemoRng, DomainEvent, Workload};
+use evershard::model::{Aggregate, DecideContext, DomainEvent, Workload};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -157,11 +157,7 @@ pub async fn run(aggregates: u64, commands: u64, clients: u64, seed: u64) -> Pee
     for client in 0..clients {
         let cqrs = cqrs.clone();
         tasks.push(tokio::spawn(async move {
-            let mut rng = DemoRng::new(seed ^ client.wrapping_mul(0x9E37_79B9));
-            let ids: Vec<String> = (client..aggregates)
-                .step_by(clients as usize)
-                .map(|i| format!("sku-{i}"))
-                .collect();
+            let (ids, mut rng) = crate::client_slice(client, aggregates, clients, seed);
             let mut mirrors = vec![ProductStockState::default(); ids.len()];
             let mut accepted = 0u64;
             for n in 0..per_client {
