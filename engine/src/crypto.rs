@@ -649,7 +649,7 @@ pub(crate) fn warn_if_readable_by_others(path: &Path, what: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -711,6 +711,14 @@ mod tests {
         assert_ne!(key.seal(b"hello", &aad), sealed);
     }
 
+    /// Bytes from the hex the pinned vectors are written in (the keyring's tests use it too).
+    pub(crate) fn unhex(h: &str) -> Vec<u8> {
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
     /// The on-disk form, pinned: bytes sealed and wrapped by the first version of this code
     /// must open forever (the fixture rule for stored formats). A change to the cipher, the
     /// layout or the associated data fails here.
@@ -718,12 +726,6 @@ mod tests {
     fn sealed_and_wrapped_bytes_of_the_first_version_still_open() {
         const SEALED: &str = "00000000000000000000000000005eed8d9e890d48956280c431fcba302bd20e43cf8d777e21d654913918c673de3b4b76bf1573cde7341094fb0dafaefe6f75f479b8f3d89b";
         const WRAPPED: &str = "0d5fab0fb0cbd5f4cfe75bfb7774357bec6f52d53c371450eb8b579f735939eb15b85f6757348572bc5b16eabac203a22809895a8828e570f6cae73cc9a813976ad0f8349886af97";
-        let unhex = |h: &str| -> Vec<u8> {
-            (0..h.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
-                .collect()
-        };
         let master = MasterKey::new("pinned", [9; KEY_BYTES]).unwrap();
         let id = Uuid::from_u128(0x5eed);
         let key = DataKey::unwrap(id, Aead::XChaCha20Poly1305, &unhex(WRAPPED), &master).unwrap();
@@ -745,12 +747,6 @@ mod tests {
         const WRAPPED: &str = "303132333435363738393a3b3c3d3e3f40414243444546475e06b869e98ea9679eb60e5d824f41ee974054053097175395d7ffafa66d22d2c42c9f7fe476305cec22f97eaa7055fb";
         const SEALED: &str = "000000000000000000000000000006cca0a1a2a3a4a5a6a7a8a9aaabe2817645252a08a8c8ecf9fc89a54d8f019986257c44a39a2097c6f2d93e";
         const SNAPSHOT: &str = "000000000000000000000000000006ccb0b1b2b3b4b5b6b7b8b9babb007644a683614f459c1b0f64908dd281fc24b5a7fb2dd26ed0e0e794e68d4c";
-        let unhex = |h: &str| -> Vec<u8> {
-            (0..h.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
-                .collect()
-        };
         let master = MasterKey::new("pinned", [9; KEY_BYTES]).unwrap();
         let id = Uuid::from_u128(0x6cc);
         let key = DataKey::unwrap(id, Aead::Aes256Gcm, &unhex(WRAPPED), &master).unwrap();

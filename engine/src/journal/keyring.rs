@@ -390,6 +390,7 @@ mod tests {
     //! XChaCha20-Poly1305 keys and keep that algorithm, new keys are AES-256-GCM keys in
     //! format 2, rotation keeps each entry's format, and the algorithm byte is authenticated.
     use super::*;
+    use crate::crypto::tests::unhex;
 
     #[derive(Debug)]
     struct Keys(Vec<MasterKey>);
@@ -420,13 +421,6 @@ mod tests {
                 WriteOp::Remove { key } => db.remove(key).unwrap(),
             };
         }
-    }
-
-    fn unhex(h: &str) -> Vec<u8> {
-        (0..h.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
-            .collect()
     }
 
     #[test]
