@@ -7,16 +7,20 @@
 //! tests prove that today's code:
 //! - verifies it clean without any key, and reads every payload and snapshot with the key:
 //!   full replays and snapshot loads give exactly the recorded states;
-//! - still refuses the payloads of the subject forgotten in it, as erased;
-//! - runs it in a live engine: an old subject keeps sealing with its XChaCha20-Poly1305 key
-//!   (a key is never used under two algorithms), a new subject seals with AES-256-GCM (44
-//!   bytes of overhead instead of 56), both read back after a restart, a forget and a
-//!   master key rotation (which re-wraps keys of both formats) keep everything else readable
-//!   and `verify` clean;
+//! - still refuses the payloads of the subject forgotten in it, as erased, and reads its
+//!   erasure event (written before a subject could have several keys);
+//! - runs it in a live engine: an old subject written again gets a new AES-256-GCM key (a
+//!   key is never used under two algorithms; its old records keep opening with their
+//!   XChaCha20-Poly1305 key, no event rewritten), `Engine::upgrade_data_keys` does the same
+//!   for the subjects not written, a new subject seals with AES-256-GCM (44 bytes of
+//!   overhead instead of 56); all read back after a restart; a master key rotation re-wraps
+//!   every key of both generations; forgetting an upgraded subject erases both of its keys
+//!   (its old and new records all refused) and keeps everything else readable and `verify`
+//!   clean;
 //! - and the auditors' binary verifies and reads it the same way.
 
 use evershard::aggregates::product_stock::ProductStock;
-use evershard::engine::crypto::{FileKeyProvider, KeyProvider};
+use evershard::engine::crypto::{Erasure, FileKeyProvider, KeyProvider, ERASURE_TYPE};
 use evershard::engine::{repository, AtRest, Journal, LoadError, StorageError};
 use evershard::model::{Aggregate, DecideContext, DemoRng, Workload};
 use evershard::{Clock, Durability, Engine, ManualClock, StreamId};
@@ -127,6 +131,17 @@ fn the_first_format_verifies_without_keys_and_reads_exactly_with_them() {
         assert!(overhead.iter().all(|&o| o == XCHACHA_OVERHEAD_BYTES));
     }
     assert_erased(&journal);
+    // Its erasure event, recorded before subjects could have several keys, reads as the
+    // erasure of one key.
+    let erased = expected["erased_key_id"].as_str().unwrap();
+    let erasure = journal
+        .read_stream(&StreamId::new(ERASURE_TYPE, erased), 1, 1)
+        .next()
+        .unwrap()
+        .unwrap();
+    let body: Erasure = evershard::model::codec::decode(&erasure.payload).unwrap();
+    assert_eq!(body.key_id.to_string(), erased);
+    assert!(body.earlier_key_ids.is_empty());
 }
 
 /// The fixture's own time: a second after its last event. ProductStock's reservations expire
@@ -178,8 +193,20 @@ async fn grow(engine: &Engine, clock: &ManualClock, id: &str, events: u64, seed:
     }
 }
 
+/// Every record of `id` is refused as erased, those of both key generations.
+fn assert_all_erased(journal: &Journal, id: &str) -> usize {
+    let mut n = 0;
+    for record in journal.read_stream(&stream(id), 1, u64::MAX) {
+        match record {
+            Err(StorageError::Erased { .. }) => n += 1,
+            other => panic!("{id}: every record must be refused as erased, got {other:?}"),
+        }
+    }
+    n
+}
+
 #[tokio::test]
-async fn a_live_engine_keeps_old_keys_on_their_algorithm_and_seals_new_subjects_with_gcm() {
+async fn a_live_engine_upgrades_old_subjects_to_gcm_and_forget_erases_both_generations() {
     let (dir, store) = copy_store();
     let expected = expected();
     let clock = fixture_clock(&store);
@@ -189,15 +216,27 @@ async fn a_live_engine_keeps_old_keys_on_their_algorithm_and_seals_new_subjects_
         assert_eq!(version, expected[id]["version"].as_u64().unwrap());
         assert_eq!(&state_json(&state), &expected[id]["state"], "{id}");
     }
+    // Written again, the old subject is upgraded: its new events are AES-256-GCM's, its
+    // old ones stay XChaCha20-Poly1305's, byte for byte.
     grow(&engine, &clock, KEPT[0], 10, 1).await;
     grow(&engine, &clock, "sku-new", 10, 2).await;
     let old_version = expected[KEPT[0]]["version"].as_u64().unwrap();
     let journal = engine.journal();
-    assert!(overheads(journal, KEPT[0], old_version + 1, u64::MAX)
+    assert!(overheads(journal, KEPT[0], 1, old_version)
         .iter()
         .all(|&o| o == XCHACHA_OVERHEAD_BYTES));
+    let upgraded = overheads(journal, KEPT[0], old_version + 1, u64::MAX);
+    assert!(upgraded.len() >= 10 && upgraded.iter().all(|&o| o == GCM_OVERHEAD_BYTES));
     let new = overheads(journal, "sku-new", 1, u64::MAX);
     assert!(new.len() >= 10 && new.iter().all(|&o| o == GCM_OVERHEAD_BYTES));
+    // The explicit upgrade finds only the subject not written since (once).
+    assert_eq!(engine.upgrade_data_keys().await.unwrap(), 1);
+    assert_eq!(engine.upgrade_data_keys().await.unwrap(), 0);
+    grow(&engine, &clock, KEPT[1], 5, 3).await;
+    let kept_1_old = expected[KEPT[1]]["version"].as_u64().unwrap();
+    assert!(overheads(journal, KEPT[1], kept_1_old + 1, u64::MAX)
+        .iter()
+        .all(|&o| o == GCM_OVERHEAD_BYTES));
     let states: Vec<_> = [KEPT[0], KEPT[1], "sku-new"]
         .iter()
         .map(|id| {
@@ -208,7 +247,7 @@ async fn a_live_engine_keeps_old_keys_on_their_algorithm_and_seals_new_subjects_
         .collect();
     engine.shutdown().await.unwrap();
 
-    // Rotation re-wraps both kinds of key; the old master key then goes.
+    // Rotation re-wraps both generations; the old master key then goes.
     let rotated = dir.path().join("rotated.keys");
     std::fs::copy(fixture().join("master.keys"), &rotated).unwrap();
     FileKeyProvider::append_new_key(&rotated, "rotated-2026").unwrap();
@@ -218,18 +257,23 @@ async fn a_live_engine_keeps_old_keys_on_their_algorithm_and_seals_new_subjects_
         &clock,
     )
     .await;
-    // The old subjects' two keys and the new one's (the forgotten key is erased).
+    // Old and new keys of the two old subjects, and the new subject's (the fixture's
+    // forgotten key is erased).
     assert_eq!(
         engine
             .rotate_master_key(Arc::new(FileKeyProvider::open(&rotated).unwrap()))
             .await
             .unwrap(),
-        3
+        5
     );
-    engine
-        .forget_subject(KEPT[1], "fixture-test", "an erasure after the upgrade")
+    // Forgetting an upgraded subject destroys both of its keys in one erasure.
+    let receipt = engine
+        .forget_subject(KEPT[0], "fixture-test", "an erasure after the upgrade")
         .await
         .unwrap();
+    assert_eq!(receipt.earlier_key_ids.len(), 1, "{receipt:?}");
+    let erased = assert_all_erased(engine.journal(), KEPT[0]);
+    assert_eq!(erased as u64, states[0].2, "old and new records alike");
     engine.shutdown().await.unwrap();
     let text = std::fs::read_to_string(&rotated).unwrap();
     let only_new: String = text
@@ -240,17 +284,28 @@ async fn a_live_engine_keeps_old_keys_on_their_algorithm_and_seals_new_subjects_
     std::fs::write(&rotated, only_new + "\n").unwrap();
     let provider: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::open(&rotated).unwrap());
 
-    // Restarted on the new master key alone: the same states (snapshots or replay), the
-    // erasures hold, and verify is clean.
+    // Restarted on the new master key alone: the same states (snapshots or replay), both
+    // generations of the other old subject open, the erasures hold, and verify is clean.
     let engine = open_engine(&store, provider, &clock).await;
     for (id, state, version) in &states {
-        if id == KEPT[1] {
+        if id == KEPT[0] {
             assert!(engine.state::<ProductStock>(id).await.is_err(), "forgotten");
             continue;
         }
         let (now, at) = engine.state::<ProductStock>(id).await.unwrap();
         assert_eq!((&state_json(&now), at), (state, *version), "{id}");
+        let loaded =
+            repository::load::<ProductStock>(engine.journal(), &stream(id), u64::MAX, false)
+                .unwrap();
+        assert_eq!(
+            (&state_json(&loaded.state), loaded.version),
+            (state, *version)
+        );
     }
+    assert_eq!(
+        assert_all_erased(engine.journal(), KEPT[0]) as u64,
+        states[0].2
+    );
     let report = engine.verify().await.unwrap();
     assert!(report.is_clean(), "{report:#?}");
     assert_erased(engine.journal());

@@ -95,7 +95,11 @@ pub fn run(reg: &Registry, args: &ExportArgs, out: &mut dyn Write) -> Result<Out
                     })?;
                 evershard_engine::repository::envelope(
                     opened,
-                    serde_json::json!({ "key_id": body.key_id, "reason": body.reason }),
+                    serde_json::json!({
+                        "key_id": body.key_id,
+                        "earlier_key_ids": body.earlier_key_ids,
+                        "reason": body.reason,
+                    }),
                 )
             }
             Ok(opened) => (entry.expect("known type").record_json)(opened)

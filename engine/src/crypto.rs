@@ -489,18 +489,26 @@ pub const ERASURE_TYPE: &str = "evershard.Erasure";
 pub const ERASURE_EVENT_TYPE: &str = "SubjectForgotten";
 
 /// The payload of an erasure event (payload codec; plain: it holds no personal data). The
-/// subject itself is not recorded, only its key's id.
+/// subject itself is not recorded, only its keys' ids.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Erasure {
+    /// The subject's current key (the erasure event's aggregate id).
     pub key_id: Uuid,
     pub reason: String,
+    /// Its earlier keys, newest first, destroyed in the same batch: those of records sealed
+    /// before the subject's key was upgraded. Absent from erasures recorded before upgrades
+    /// (the payload codec names fields, so they read as empty).
+    #[serde(default)]
+    pub earlier_key_ids: Vec<Uuid>,
 }
 
 /// What [`crate::Engine::forget_subject`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ErasureReceipt {
-    /// The destroyed data key.
+    /// The destroyed current data key.
     pub key_id: Uuid,
+    /// The subject's earlier keys, destroyed with it (newest first).
+    pub earlier_key_ids: Vec<Uuid>,
     /// The erasure event's global position (a leaf of the Merkle tree).
     pub global_position: u64,
     pub erased_at: chrono::DateTime<chrono::Utc>,
@@ -709,6 +717,12 @@ pub(crate) mod tests {
         }
         // Two seals of the same payload differ (fresh nonce each time).
         assert_ne!(key.seal(b"hello", &aad), sealed);
+    }
+
+    /// A fresh XChaCha20-Poly1305 data key, as every key made before AES-256-GCM was (the
+    /// keyring's tests store such keys in entry format 1).
+    pub(crate) fn xchacha_data_key() -> DataKey {
+        DataKey::from_bytes(Uuid::new_v4(), Aead::XChaCha20Poly1305, random_key())
     }
 
     /// Bytes from the hex the pinned vectors are written in (the keyring's tests use it too).

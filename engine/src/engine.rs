@@ -739,13 +739,15 @@ impl Engine {
         EngineBuilder::new(data_dir)
     }
 
-    /// Forgets a data subject (crypto-shredding, docs/security.md): destroys the subject's
-    /// data key in one atomic, durable batch that also appends an audited erasure event
-    /// (aggregate type [`crate::crypto::ERASURE_TYPE`], id the key id; `who` as its user id,
-    /// `why` in its payload, the time as its timestamp). From then on the subject's payloads
-    /// and snapshots cannot be read by anyone: reads answer [`StorageError::Erased`], its
-    /// aggregates [`CommandError::Erased`]. Their records stay, so `verify`, digests and
-    /// inclusion proofs are unchanged. The subject is the aggregate id, or what
+    /// Forgets a data subject (crypto-shredding, docs/security.md): destroys every data key
+    /// the subject ever had (its current key and the earlier ones an upgrade left, see
+    /// [`Engine::upgrade_data_keys`]) in one atomic, durable batch that also appends an
+    /// audited erasure event (aggregate type [`crate::crypto::ERASURE_TYPE`], id the current
+    /// key's id; `who` as its user id, `why` and the earlier key ids in its payload, the time
+    /// as its timestamp). From then on the subject's payloads and snapshots cannot be read by
+    /// anyone: reads answer [`StorageError::Erased`], its aggregates
+    /// [`CommandError::Erased`]. Their records stay, so `verify`, digests and inclusion
+    /// proofs are unchanged. The subject is the aggregate id, or what
     /// `Aggregate::data_subject` names (Appointment: `patient:<uuid>`).
     ///
     /// Messages already read from topics or published to Kafka are beyond the store's reach.
@@ -758,9 +760,11 @@ impl Engine {
         let _inflight = self.enter().ok_or(ForgetError::ShuttingDown)?;
         let _admin = self.inner.key_admin.lock().await;
         let journal = &self.inner.journal;
-        let key_id = journal
-            .subject_key_id(subject)?
-            .ok_or(ForgetError::UnknownSubject)?;
+        // Until the erasure's batch is done no key is made for the subject (no upgrade on
+        // write either), so the list below is every key that can seal its payloads.
+        let (_forgetting, key_ids) = journal.begin_forget(subject)?;
+        let (&key_id, earlier_key_ids) =
+            key_ids.split_first().ok_or(ForgetError::UnknownSubject)?;
         let now = evershard_model::truncate_to_micros(self.inner.rt.clock.now());
         let stream = StreamId::new(crate::crypto::ERASURE_TYPE, key_id.to_string());
         let event = crate::journal::NewEvent {
@@ -777,22 +781,40 @@ impl Engine {
             payload: evershard_model::codec::encode(&crate::crypto::Erasure {
                 key_id,
                 reason: why.to_owned(),
+                earlier_key_ids: earlier_key_ids.to_vec(),
             }),
         };
         let mut request = crate::journal::AppendRequest::new(stream, 0, vec![event]);
-        request.erases = Some(key_id);
+        request.erases = key_ids.clone();
         request.key_writes = crate::journal::keyring::Keyring::erasure_writes(
             subject,
-            key_id,
+            &key_ids,
             now.timestamp_micros(),
         );
         let committed = journal.append(request).await?;
-        tracing::info!(%key_id, who, "data subject forgotten");
+        tracing::info!(%key_id, earlier = earlier_key_ids.len(), who, "data subject forgotten");
         Ok(crate::crypto::ErasureReceipt {
             key_id,
+            earlier_key_ids: earlier_key_ids.to_vec(),
             global_position: committed.records[0].global_position,
             erased_at: now,
         })
+    }
+
+    /// Gives every data subject whose current key is older than AES-256-GCM (an
+    /// XChaCha20-Poly1305 key, keyring entry format 1) a new AES-256-GCM key as its current
+    /// key, without rewriting any event: old records keep opening with the key they name,
+    /// new ones are sealed with the new key, and [`Engine::forget_subject`] erases both.
+    /// Each subject's new key and its key list are written in one atomic, durable batch. A
+    /// subject is upgraded anyway when it is next written; this does it for all at once
+    /// (`evershard`'s auditors' binary reads either). Returns how many subjects it upgraded.
+    pub async fn upgrade_data_keys(&self) -> Result<usize, StorageError> {
+        let _inflight = self.enter().ok_or(StorageError::Closed)?;
+        let _admin = self.inner.key_admin.lock().await;
+        let journal = self.inner.journal.clone();
+        tokio::task::spawn_blocking(move || journal.upgrade_data_keys())
+            .await
+            .map_err(|e| StorageError::Io(Arc::new(std::io::Error::other(e.to_string()))))?
     }
 
     /// Re-wraps every data key under `provider`'s current master key, which becomes the

@@ -68,9 +68,9 @@ pub struct AppendRequest {
     /// flagged encrypted, writes the key's entries while they are not yet durable, and
     /// refuses the request if the key was erased.
     pub(crate) seal: Option<Seal>,
-    /// This request records the erasure of this data key: from the moment the committer
-    /// takes it, no later request may seal with the key.
-    pub(crate) erases: Option<Uuid>,
+    /// This request records the erasure of these data keys (all of one subject's): from the
+    /// moment the committer takes it, no later request may seal with any of them.
+    pub(crate) erases: Vec<Uuid>,
     /// Writes into the data-key keyspaces (an erasure's), which `validate` keeps callers from.
     pub(crate) key_writes: Vec<WriteOp>,
 }
@@ -96,7 +96,7 @@ impl AppendRequest {
             events,
             extra_writes: Vec::new(),
             seal: None,
-            erases: None,
+            erases: Vec::new(),
             key_writes: Vec::new(),
         }
     }
@@ -660,7 +660,7 @@ impl Committer {
                     continue;
                 }
             }
-            if let Some(id) = request.erases {
+            for &id in &request.erases {
                 self.shared.keyring.mark_erased(id);
             }
             let mut prev = head;

@@ -130,6 +130,28 @@ struct Shared {
 
 /// How long closing a journal waits for sled to let go of the directory lock.
 const UNLOCK_WAIT_MS_MAX: u64 = 5_000;
+/// Subjects whose data keys one batch of [`Journal::upgrade_data_keys`] upgrades at most
+/// (two entries each): it bounds the batch, and the time writers wait to make a new key.
+pub const UPGRADE_BATCH_SUBJECTS_MAX: usize = 1_024;
+
+/// A keyring lookup's failure as the journal reports it.
+fn key_lookup_error(e: keyring::KeyLookup) -> StorageError {
+    match e {
+        keyring::KeyLookup::Storage(s) => s,
+        keyring::KeyLookup::Key(source) => StorageError::Key {
+            stream: None,
+            sequence: None,
+            source,
+        },
+        keyring::KeyLookup::Erased => StorageError::Key {
+            stream: None,
+            sequence: None,
+            source: crate::crypto::KeyError::Provider {
+                reason: "the subject's key was erased while it was being read".into(),
+            },
+        },
+    }
+}
 
 /// Drops a handle on sled's database and waits (bounded) until the directory lock is free.
 /// sled 0.34 hands log writes to its own thread pool (`threadpool::spawn`), whose jobs hold
@@ -855,6 +877,36 @@ impl JournalWriter {
         Ok(total)
     }
 
+    /// Gives every subject whose current data key is older than AES-256-GCM a new one (see
+    /// [`keyring::Keyring::upgrade`]), durably, in batches of at most
+    /// [`UPGRADE_BATCH_SUBJECTS_MAX`] subjects; returns how many it upgraded.
+    pub(crate) fn upgrade_data_keys(&self) -> Result<usize, StorageError> {
+        let db = self.shared.db()?;
+        let subjects = keyring::Keyring::subjects(&db)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(key_lookup_error)?;
+        let mut total = 0;
+        for chunk in subjects.chunks(UPGRADE_BATCH_SUBJECTS_MAX) {
+            total += self
+                .shared
+                .keyring
+                .upgrade(&db, chunk, |writes| {
+                    let mut batch = sled::Batch::default();
+                    for op in writes {
+                        match op {
+                            WriteOp::Put { key, value } => batch.insert(key, value),
+                            WriteOp::Remove { key } => batch.remove(key),
+                        }
+                    }
+                    self.shared.check_writable()?;
+                    db.apply_batch(batch)?;
+                    self.sync()
+                })
+                .map_err(key_lookup_error)?;
+        }
+        Ok(total)
+    }
+
     /// Removes up to `limit` idempotency records recorded before `before_micros`, oldest
     /// first; returns how many it removed. Like snapshot writes, not part of a command's
     /// batch and not synced: a sweep lost in a crash is simply done again. A record that a
@@ -1299,28 +1351,19 @@ impl Journal {
         self.shared
             .keyring
             .sealing_key(&db, subject)
-            .map_err(|e| match e {
-                keyring::KeyLookup::Storage(s) => s,
-                keyring::KeyLookup::Key(source) => StorageError::Key {
-                    stream: None,
-                    sequence: None,
-                    source,
-                },
-                keyring::KeyLookup::Erased => StorageError::Key {
-                    stream: None,
-                    sequence: None,
-                    source: crate::crypto::KeyError::Provider {
-                        reason: "the subject's key was erased while it was being read".into(),
-                    },
-                },
-            })
+            .map_err(key_lookup_error)
     }
 
-    /// The data key id of `subject`, if it has one.
-    pub(crate) fn subject_key_id(&self, subject: &str) -> Result<Option<uuid::Uuid>, StorageError> {
+    /// Starts forgetting `subject` (see [`keyring::Keyring::begin_forget`]): every key id
+    /// it has, current first, and the guard that keeps new keys from being made for it.
+    pub(crate) fn begin_forget(
+        &self,
+        subject: &str,
+    ) -> Result<(keyring::Forgetting<'_>, Vec<uuid::Uuid>), StorageError> {
         self.shared
             .keyring
-            .subject_key_id(&self.shared.db()?, subject)
+            .begin_forget(&self.shared.db()?, subject)
+            .map_err(key_lookup_error)
     }
 
     /// Opens (decrypts) the payload of a record as stored; a record stored in plain is
