@@ -14,7 +14,7 @@
 //! h, m | "merkle-size"                                           -> Merkle tree nodes (see `merkle`)
 //! x | y | z, m | "topics-cursor"                                   -> topic index, topic configs, consumer offsets (see `topics`)
 //! k | publisher | topic | partition u32 BE                          -> a Kafka publisher's cursor (see `publisher`)
-//! d | key_id 16, D | subject_len u16 BE | subject                   -> wrapped data keys, subjects' keys (see `keyring`)
+//! d | key_id 16, D | subject_len u16 BE | subject                   -> wrapped data keys, subjects' key lists (see `keyring`)
 //! ```
 //!
 //! Times in keys are microseconds since the epoch, an `i64` stored as `u64` with the sign bit
@@ -37,7 +37,7 @@ pub const TIMERS_BY_STREAM: u8 = b'T';
 pub const IDEMPOTENCY_BY_TIME: u8 = b'I';
 /// Wrapped data keys of encryption at rest, by key id (see `keyring`).
 pub const DATA_KEYS: u8 = b'd';
-/// Each data subject's current data key id (see `keyring`).
+/// Each data subject's data key ids, current first (see `keyring`).
 pub const DATA_SUBJECTS: u8 = b'D';
 
 /// An instant (microseconds since the epoch) as 8 bytes whose byte order is time order.
