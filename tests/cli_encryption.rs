@@ -26,6 +26,20 @@ use std::path::Path;
 use std::sync::Arc;
 use uuid::Uuid;
 
+/// `evershard ARGS.. --data DATA --key-file KEYS`, expecting exit `code`: (stdout, stderr).
+fn with_key(args: &[&str], data: &str, key_file: &str, code: i32) -> (String, String) {
+    let mut all = args.to_vec();
+    all.extend(["--data", data, "--key-file", key_file]);
+    expect_exit(&all, code)
+}
+
+/// One JSON value per line.
+fn json_lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 async fn write_store(store: &Path, keys: &Path) -> (Uuid, Uuid) {
     let provider: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::open(keys).unwrap());
     let engine = Engine::builder(store)
@@ -85,7 +99,7 @@ async fn encrypted_store_through_the_cli() {
     let (out, _) = expect_exit(&["verify", "--data", data], 0);
     assert!(out.contains("result: clean"), "{out}");
     assert!(out.contains("note") && out.contains("--key-file"), "{out}");
-    let (out, _) = expect_exit(&["verify", "--data", data, "--key-file", key_file], 0);
+    let (out, _) = with_key(&["verify"], data, key_file, 0);
     assert!(out.contains("result: clean"), "{out}");
 
     // Payloads need the key: a typed refusal, never a payload.
@@ -99,91 +113,35 @@ async fn encrypted_store_through_the_cli() {
     }
     let wrong = dir.path().join("wrong.keys");
     FileKeyProvider::append_new_key(&wrong, "m1").unwrap();
-    let (out, err) = expect_exit(
-        &[
-            "history",
-            "Credit",
-            &kept,
-            "--data",
-            data,
-            "--key-file",
-            wrong.to_str().unwrap(),
-        ],
+    let (out, err) = with_key(
+        &["history", "Credit", &kept],
+        data,
+        wrong.to_str().unwrap(),
         2,
     );
     assert!(err.contains("wrong master key"), "{err}");
     assert!(!out.contains("greenhouse-secret-purpose"));
 
     // With the key: the kept credit in full, the forgotten one as metadata only.
-    let (out, _) = expect_exit(
-        &[
-            "history",
-            "Credit",
-            &kept,
-            "--data",
-            data,
-            "--key-file",
-            key_file,
-            "--json",
-        ],
-        0,
-    );
+    let (out, _) = with_key(&["history", "Credit", &kept, "--json"], data, key_file, 0);
     assert!(out.contains("greenhouse-secret-purpose"), "{out}");
-    let (out, _) = expect_exit(
-        &[
-            "history",
-            "Credit",
-            &forgotten,
-            "--data",
-            data,
-            "--key-file",
-            key_file,
-            "--json",
-        ],
+    let (out, _) = with_key(
+        &["history", "Credit", &forgotten, "--json"],
+        data,
+        key_file,
         0,
     );
-    let lines: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), 1, "{out}");
     assert_eq!(lines[0]["payload"], serde_json::json!({ "erased": true }));
     assert_eq!(lines[0]["event_type"], "CreditApplicationCreated");
-    let (_, err) = expect_exit(
-        &[
-            "state",
-            "Credit",
-            &forgotten,
-            "--data",
-            data,
-            "--key-file",
-            key_file,
-        ],
-        2,
-    );
+    let (_, err) = with_key(&["state", "Credit", &forgotten], data, key_file, 2);
     assert!(err.contains("erased"), "{err}");
-    expect_exit(
-        &[
-            "state",
-            "Credit",
-            &kept,
-            "--data",
-            data,
-            "--key-file",
-            key_file,
-        ],
-        0,
-    );
+    with_key(&["state", "Credit", &kept], data, key_file, 0);
 
     // The store-wide trail: the same rules.
-    let (out, _) = expect_exit(
-        &["history", "--data", data, "--key-file", key_file, "--json"],
-        0,
-    );
-    let lines: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (out, _) = with_key(&["history", "--json"], data, key_file, 0);
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), 3, "{out}");
     assert_eq!(lines[0]["payload"]["purpose"], "greenhouse-secret-purpose");
     assert_eq!(lines[1]["payload"], serde_json::json!({ "erased": true }));
@@ -191,16 +149,17 @@ async fn encrypted_store_through_the_cli() {
     assert!(err.contains("--key-file") && out.is_empty(), "{out}\n{err}");
 
     // Export: erased marked, the erasure event readable, the record bytes on every line.
-    let (out, _) = expect_exit(&["export", "--data", data, "--key-file", key_file], 0);
-    let lines: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (out, _) = with_key(&["export"], data, key_file, 0);
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), 3, "{out}");
     assert!(lines.iter().all(|l| l["record"].is_string()));
     assert_eq!(lines[1]["payload"], serde_json::json!({ "erased": true }));
     assert_eq!(lines[2]["user_id"], "dpo@example.org");
     assert_eq!(lines[2]["payload"]["reason"], "erasure request 7");
+    assert_eq!(
+        lines[2]["payload"]["earlier_key_ids"],
+        serde_json::json!([])
+    );
 
     // A store opened to other users is warned about.
     #[cfg(unix)]

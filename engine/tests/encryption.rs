@@ -22,10 +22,10 @@ use evershard_engine::{
     AtRest, CommandError, Durability, Engine, ForgetError, Journal, SnapshotPolicy, StorageError,
     StreamId,
 };
+use evershard_testing::child::{self, TestChild};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -437,12 +437,7 @@ fn forget_crash_child() {
         return;
     };
     let dir = Path::new(&dir);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    child::runtime().block_on(async move {
         let engine = open(&dir.join("store"), &dir.join("master.keys")).await;
         let mut out = std::io::stdout().lock();
         for i in 0..12 {
@@ -478,34 +473,20 @@ fn forget_crash_child() {
 
 #[test]
 fn forget_survives_sigkill_at_any_moment() {
-    let seed: u64 = std::env::var("EVERSHARD_FORGET_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0xf0_4e75);
-    eprintln!("forget crash test seed {seed} (set EVERSHARD_FORGET_CRASH_SEED to reproduce)");
+    let seed = child::seed(
+        "EVERSHARD_FORGET_CRASH_SEED",
+        0xf0_4e75,
+        "forget crash test",
+    );
     let mut rng = DemoRng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     FileKeyProvider::append_new_key(dir.path().join("master.keys"), "m1").unwrap();
     let mut forgotten: BTreeSet<String> = BTreeSet::new();
     for round in 0..3 {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "forget_crash_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut child = TestChild::spawn("forget_crash_child", &[(CHILD_ENV, dir.path())]);
         let forgets_before_kill = rng.below(4);
         let mut seen = 0;
-        for line in lines.by_ref() {
-            let line = line.unwrap();
+        while let Some(line) = child.next_line() {
             if let Some(id) = line.strip_prefix("forgot ") {
                 forgotten.insert(id.to_owned());
                 seen += 1;
@@ -516,14 +497,12 @@ fn forget_survives_sigkill_at_any_moment() {
         }
         // A random moment a little later: the child is in the middle of its forgets.
         std::thread::sleep(Duration::from_micros(rng.below(3_000)));
-        child.kill().unwrap(); // SIGKILL
-        for line in lines {
-            let Ok(line) = line else { break };
+        // SIGKILL; the lines the child wrote before it landed were acknowledged too.
+        for line in child.kill() {
             if let Some(id) = line.strip_prefix("forgot ") {
                 forgotten.insert(id.to_owned());
             }
         }
-        child.wait().unwrap();
         eprintln!(
             "round {round}: killed after {seen} acknowledged forgets this round, {} in all",
             forgotten.len()
