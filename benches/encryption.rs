@@ -3,18 +3,32 @@
 //!
 //! ```text
 //! cargo bench --bench encryption
-//! EVERSHARD_BENCH_COMMANDS=40000 EVERSHARD_BENCH_ROUNDS=3 cargo bench --bench encryption
+//! EVERSHARD_BENCH_COMMANDS=40000 EVERSHARD_BENCH_ROUNDS=7 cargo bench --bench encryption
+//! ```
+//!
+//! Instruction counts of the replay alone, one store at a time (stable where rates are not;
+//! the fill runs too but is not collected):
+//!
+//! ```text
+//! cargo bench --bench encryption --no-run   # prints the binary's path
+//! EVERSHARD_BENCH_REPLAY_ONLY=sealed EVERSHARD_BENCH_REPLAY_EVENTS=2000 valgrind --tool=callgrind \
+//!     --toggle-collect='evershard_engine::recovery::load*' target/release/deps/encryption-HASH
 //! ```
 //!
 //! 1. **Durable command rate** (ack after flush + fdatasync): ProductStock commands from its
 //!    `Workload` generator, `CLIENTS` concurrent clients over `AGGREGATES` aggregates, with
 //!    ProductStock declared sensitive (every payload and snapshot sealed, one data key per
-//!    aggregate) and not (plain), alternating off/on for `EVERSHARD_BENCH_ROUNDS` rounds on
-//!    fresh stores so that disk noise hits both; the best rate of each is compared.
+//!    aggregate) and not (plain), alternating off/on for `EVERSHARD_BENCH_ROUNDS` rounds
+//!    (default 5) on fresh stores so that disk noise hits both. Every round is printed; the
+//!    figure is the median over rounds of each round's encrypted/plain ratio (a round's two
+//!    runs are seconds apart, so a slow spell of the disk or the machine hits both), with
+//!    the median rates beside it.
 //! 2. **Replay rate**: one aggregate of `EVERSHARD_BENCH_REPLAY_EVENTS` events, loaded by full
 //!    replay (`repository::load` without snapshots), sealed (AES-256-GCM, the AEAD of new
-//!    data keys) and plain, alternating; median of 15 loads. Also printed: what opening
-//!    costs per record (the sealed store read as stored vs opened, same loop).
+//!    data keys) and plain, alternating; median of 15 loads, and the median of the 15
+//!    paired ratios. Also printed: what opening costs per record (the sealed store read as
+//!    stored vs opened, same loop). `EVERSHARD_BENCH_REPLAY_ONLY=plain|sealed` fills and
+//!    replays that store only (for callgrind, above).
 //!
 //! Target: encrypted rates at least 85% of the plain ones.
 
@@ -185,6 +199,15 @@ fn replay_rates(
         p.push(load(&plain, plain_state));
         s.push(load(&sealed, sealed_state));
     }
+    let ratios: Vec<f64> = p
+        .iter()
+        .zip(&s)
+        .map(|(p, s)| p.as_secs_f64() / s.as_secs_f64())
+        .collect();
+    println!(
+        "replay, median of {loads} paired ratios (plain time / encrypted time): {:.1}%",
+        100.0 * median_f64(ratios)
+    );
     let median = |mut v: Vec<Duration>| {
         v.sort();
         v[v.len() / 2]
@@ -228,11 +251,39 @@ fn replay_rates(
     )
 }
 
+/// The median (the upper one of an even count).
+fn median_f64(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `EVERSHARD_BENCH_REPLAY_ONLY=plain|sealed`: fills that store alone and replays it
+/// `loads` times, for an instruction count of the replay (module docs).
+fn replay_only(which: &str, keys: &Path, dir: &Path, rt: &tokio::runtime::Runtime, events: u64) {
+    let sensitive = match which {
+        "plain" => false,
+        "sealed" => true,
+        other => panic!("EVERSHARD_BENCH_REPLAY_ONLY={other}: plain or sealed"),
+    };
+    let store = dir.join("replay-only");
+    let state = rt.block_on(fill_one(&store, keys, sensitive, events));
+    let journal = Journal::open_read_only(&store).unwrap();
+    journal.set_key_provider(Arc::new(FileKeyProvider::open(keys).unwrap()));
+    let stream = StreamId::new(ProductStock::TYPE, "sku-replay");
+    let loads = 3;
+    for _ in 0..loads {
+        let loaded = repository::load::<ProductStock>(&journal, &stream, u64::MAX, false).unwrap();
+        assert_eq!(loaded.state, state, "replayed state differs");
+    }
+    let version = journal.head(&stream).unwrap().sequence;
+    println!("replayed the {which} store ({version} events) {loads} times");
+}
+
 fn main() {
     // `cargo test --benches` runs this binary with `--bench`-less args: keep that quick.
     let smoke = !std::env::args().any(|a| a == "--bench");
     let commands = env("EVERSHARD_BENCH_COMMANDS", if smoke { 640 } else { 20_000 });
-    let rounds = env("EVERSHARD_BENCH_ROUNDS", if smoke { 1 } else { 2 });
+    let rounds = env("EVERSHARD_BENCH_ROUNDS", if smoke { 1 } else { 5 }).max(1);
     let replay_events = env(
         "EVERSHARD_BENCH_REPLAY_EVENTS",
         if smoke { 500 } else { 10_000 },
@@ -241,28 +292,38 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("master.keys");
     FileKeyProvider::append_new_key(&keys, "bench").unwrap();
+    if let Ok(which) = std::env::var("EVERSHARD_BENCH_REPLAY_ONLY") {
+        replay_only(&which, &keys, dir.path(), &rt, replay_events);
+        return;
+    }
 
     println!(
         "encryption at rest: {commands} durable ProductStock commands, {CLIENTS} clients, \
          {AGGREGATES} aggregates, {rounds} rounds (off, on alternating)"
     );
-    let (mut plain, mut sealed) = (0f64, 0f64);
+    let (mut plain, mut sealed, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        for sensitive in [false, true] {
+        let mut rates = [0f64; 2];
+        for (slot, sensitive) in [false, true].into_iter().enumerate() {
             let store = dir.path().join(format!("cmd-{round}-{sensitive}"));
-            let rate = rt.block_on(command_rate(&store, &keys, sensitive, commands));
-            println!(
-                "  round {round} {}: {rate:.0} commands/s",
-                if sensitive { "encrypted" } else { "plain    " }
-            );
-            let best = if sensitive { &mut sealed } else { &mut plain };
-            *best = best.max(rate);
+            rates[slot] = rt.block_on(command_rate(&store, &keys, sensitive, commands));
             let _ = std::fs::remove_dir_all(&store);
         }
+        let [p, s] = rates;
+        println!(
+            "  round {round}: plain {p:.0} commands/s, encrypted {s:.0} commands/s: {:.1}%",
+            100.0 * s / p
+        );
+        plain.push(p);
+        sealed.push(s);
+        ratios.push(s / p);
     }
     println!(
-        "durable commands: plain {plain:.0}/s, encrypted {sealed:.0}/s: {:.1}% (target >= 85%)",
-        100.0 * sealed / plain
+        "durable commands, median of {rounds} rounds: plain {:.0}/s, encrypted {:.0}/s; \
+         median ratio {:.1}% (target >= 85%)",
+        median_f64(plain),
+        median_f64(sealed),
+        100.0 * median_f64(ratios)
     );
     let (plain_dir, sealed_dir) = (
         dir.path().join("replay-plain"),

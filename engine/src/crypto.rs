@@ -289,13 +289,26 @@ impl DataKey {
     /// [`open`](Self::open) in place: `sealed` becomes the plain bytes (no second buffer,
     /// for replay). On an error its contents are unspecified.
     pub fn open_in_place(&self, sealed: &mut Vec<u8>, aad: &[u8]) -> Result<(), OpenFailure> {
+        let plain = self.open_detached(sealed, aad)?;
+        sealed.truncate(plain.end);
+        sealed.drain(..plain.start);
+        Ok(())
+    }
+
+    /// Decrypts `sealed` where it lies and returns where the plain bytes are in it (between
+    /// the header and the tag): nothing is moved or allocated, for a replay that opens one
+    /// record after another in one buffer. On an error its contents are unspecified.
+    pub fn open_detached(
+        &self,
+        sealed: &mut [u8],
+        aad: &[u8],
+    ) -> Result<std::ops::Range<usize>, OpenFailure> {
         let header = KEY_ID_BYTES + self.aead().nonce_bytes();
         if sealed.len() < header + TAG_BYTES {
             return Err(OpenFailure::Malformed);
         }
         let body_end = sealed.len() - TAG_BYTES;
-        // Decrypted where it lies, then moved down over the header once: the tag and the
-        // nonce are copied out first because the buffer is borrowed mutably.
+        // The tag and the nonce are copied out first because the buffer is borrowed mutably.
         let tag: [u8; TAG_BYTES] = sealed[body_end..].try_into().expect("16 bytes");
         let opened = match &self.inner.cipher {
             Cipher::XChaCha20Poly1305(cipher) => {
@@ -318,9 +331,25 @@ impl DataKey {
             }
         };
         opened.map_err(|_| OpenFailure::Tag)?;
-        sealed.truncate(body_end);
-        sealed.drain(..header);
-        Ok(())
+        Ok(header..body_end)
+    }
+
+    /// [`open_detached`](Self::open_detached) of an event record's sealed payload, its
+    /// identity as the associated data (built on the stack).
+    pub fn open_record_detached(
+        &self,
+        sealed: &mut [u8],
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: u64,
+    ) -> Result<std::ops::Range<usize>, OpenFailure> {
+        with_identity_aad(
+            RECORD_AAD_DOMAIN,
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            |aad| self.open_detached(sealed, aad),
+        )
     }
 
     /// Opens an event record's sealed payload in place, its identity as the associated data
@@ -684,6 +713,11 @@ pub(crate) mod tests {
         key.open_record_in_place(&mut in_place, "Credit", "c-1", 3)
             .unwrap();
         assert_eq!(in_place, b"hello");
+        let mut detached = sealed.clone();
+        let plain = key
+            .open_record_detached(&mut detached, "Credit", "c-1", 3)
+            .unwrap();
+        assert_eq!(&detached[plain], b"hello");
         // Too short to hold a nonce and a tag.
         assert_eq!(
             key.open(&sealed[..key.aead().seal_overhead_bytes() - 1], &aad),
