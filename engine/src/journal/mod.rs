@@ -1217,11 +1217,15 @@ impl Journal {
             Ok(db) => db,
             Err(e) => return failed(e),
         };
-        reads(
-            self.read_stream_sealed(stream, from, to).map(move |r| {
-                r.and_then(|mut record| self.open_in(&db, &mut record).map(|()| record))
-            }),
-        )
+        // One key per stream (or a few across an upgrade): kept between records, as in
+        // `visit_stream`.
+        let mut opener = None;
+        reads(self.read_stream_sealed(stream, from, to).map(move |r| {
+            r.and_then(|mut record| {
+                self.open_in_with(&db, &mut record, &mut opener)
+                    .map(|()| record)
+            })
+        }))
     }
 
     /// [`read_stream`](Self::read_stream) without opening encrypted payloads: each record as
@@ -1393,15 +1397,29 @@ impl Journal {
 
     /// Opens `record`'s payload in place; on an error it is left as it was.
     pub(crate) fn open_in(&self, db: &sled::Db, record: &mut Record) -> Result<(), StorageError> {
+        self.open_in_with(db, record, &mut None)
+    }
+
+    /// [`open_in`](Self::open_in) with the key `opener` holds, if still good (see
+    /// [`open_reusing`](Self::open_reusing)).
+    fn open_in_with(
+        &self,
+        db: &sled::Db,
+        record: &mut Record,
+        opener: &mut Option<Opener>,
+    ) -> Result<(), StorageError> {
         if record.at_rest != record::AtRest::Sealed {
             return Ok(());
         }
-        let key = self.key_of(
+        let key = self.key_reusing(
             db,
-            &record.aggregate_type,
-            &record.aggregate_id,
-            record.sequence,
+            (
+                &record.aggregate_type,
+                &record.aggregate_id,
+                record.sequence,
+            ),
             &record.payload,
+            opener,
         )?;
         // Opened in place (no second buffer, the identity built on the stack): on a failed
         // tag the record is refused anyway.
@@ -1464,21 +1482,33 @@ impl Journal {
             let stream = StreamId::new(aggregate_type, aggregate_id);
             StorageError::corrupt(&stream, sequence, Corruption::Undecryptable)
         };
-        let key_id = crate::crypto::sealed_key_id(sealed).ok_or_else(undecryptable)?;
-        // Read before the lookup: an erasure after it moves the epoch, and the next record
-        // looks the key up again (and meets the erasure).
-        let epoch = self.shared.keyring.epoch();
-        if !matches!(opener, Some(o) if o.key.id == key_id && o.epoch == epoch) {
-            let key = self.key_of(db, aggregate_type, aggregate_id, sequence, sealed)?;
-            *opener = Some(Opener { key, epoch });
-        }
-        let key = &opener.as_ref().expect("set above").key;
+        let key = self.key_reusing(db, (aggregate_type, aggregate_id, sequence), sealed, opener)?;
         buffer.clear();
         buffer.extend_from_slice(sealed);
         let plain = key
             .open_record_detached(buffer, aggregate_type, aggregate_id, sequence)
             .map_err(|_| undecryptable())?;
         Ok(&buffer[plain])
+    }
+
+    /// [`key_of`](Self::key_of), answered by `opener` when it holds the key `sealed` names
+    /// and no erasure happened since it was looked up; else looked up into `opener`.
+    fn key_reusing<'o>(
+        &self,
+        db: &sled::Db,
+        (aggregate_type, aggregate_id, sequence): (&str, &str, u64),
+        sealed: &[u8],
+        opener: &'o mut Option<Opener>,
+    ) -> Result<&'o crate::crypto::DataKey, StorageError> {
+        let key_id = crate::crypto::sealed_key_id(sealed);
+        // Read before the lookup: an erasure after it moves the epoch, and the next record
+        // looks the key up again (and meets the erasure).
+        let epoch = self.shared.keyring.epoch();
+        if !matches!(opener, Some(o) if Some(o.key.id) == key_id && o.epoch == epoch) {
+            let key = self.key_of(db, aggregate_type, aggregate_id, sequence, sealed)?;
+            *opener = Some(Opener { key, epoch });
+        }
+        Ok(&opener.as_ref().expect("set above").key)
     }
 
     /// The data key a sealed payload stored at `(aggregate_type, aggregate_id, sequence)`
