@@ -13,8 +13,8 @@
 //! - **B, sled per group:** the group's records concatenated under `G | first position` (split
 //!   into values under the 116 KiB limit of `journal/segments.rs`), one 8-byte `e` index key
 //!   per record (stream, sequence → position); one `apply_batch` + `flush`.
-//! - **C, segment file + sled index behind:** the group is framed into one buffer, one `write`
-//!   + one `fdatasync` acknowledges it; an indexer thread applies the `e` index keys (8-byte
+//! - **C, segment file + sled index behind:** the group is framed into one buffer, one `write` and
+//!   one `fdatasync` acknowledge it; an indexer thread applies the `e` index keys (8-byte
 //!   values) to sled in batches, without syncing (recoverable from the file's tail). The run
 //!   ends when the indexer has caught up, so its CPU is counted.
 //! - **D, segment file + index in memory:** the same file path with an in-memory per-stream
