@@ -26,6 +26,10 @@
 //! `cargo bench --bench layout` (`EVERSHARD_BENCH_LAYOUT_RECORDS`, default 200,000 per run;
 //! `EVERSHARD_BENCH_DIR` for the directory, so the disk under test is the one you name).
 
+#[path = "common/cpu.rs"]
+mod cpu;
+
+use cpu::process_cpu;
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -74,18 +78,6 @@ fn sled_config(path: &std::path::Path) -> sled::Config {
         .path(path)
         .segment_size(16 << 20)
         .cache_capacity(32 << 20)
-}
-
-/// CPU time (user + system) of the whole process so far.
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    // utime and stime are fields 14 and 15 of the whole line, 11 and 12 after the name.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // Linux reports them in USER_HZ, 100 per second on every mainstream configuration.
-    Duration::from_millis(ticks * 10)
 }
 
 /// The stream part of a key, as `journal::keys` writes it (type and id with their lengths).
