@@ -64,6 +64,19 @@ use std::sync::Arc;
 #[path = "common/cpu.rs"]
 mod cpu;
 use cpu::process_cpu;
+
+// The allocator the `evershard` binary uses and the README recommends to embedders (the
+// default `mimalloc` feature); `--no-default-features --features cli` measures glibc's.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Which allocator this bench binary runs with.
+const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "the system's (glibc malloc)"
+};
 #[path = "throughput_goals/cqrs_peer.rs"]
 mod cqrs_peer;
 #[path = "throughput_goals/latency.rs"]
@@ -867,7 +880,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    println!("evershard throughput bench: {aggregates} aggregates, {commands} commands, {clients} clients, seed {seed}");
+    println!("evershard throughput bench: {aggregates} aggregates, {commands} commands, {clients} clients, seed {seed}, allocator {ALLOCATOR}");
     println!("data dir: {}", tmp.path().display());
 
     if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("catchup") {
