@@ -422,3 +422,264 @@ fn last_segment_used(dir: &Path) -> u64 {
     }
     used
 }
+
+// ---- The index over the log (`LogIndex`): heads from frames, streams read backwards. ----
+
+use evershard_engine::seglog::{LogHead, LogIndex, LogIndexError};
+use evershard_engine::{AtRest, Record, StreamId};
+
+/// The stored bytes of event `sequence` of `stream` at `position`, chained to `prev_hash`.
+fn event_bytes(stream: &StreamId, sequence: u64, position: u64, prev_hash: [u8; 32]) -> Vec<u8> {
+    Record {
+        sequence,
+        global_position: position,
+        timestamp: chrono::DateTime::from_timestamp_micros(1_767_225_600_000_000 + position as i64)
+            .unwrap(),
+        event_id: uuid::Uuid::from_u128(position as u128),
+        correlation_id: uuid::Uuid::from_u128(7),
+        causation_id: None,
+        prev_hash,
+        aggregate_type: stream.aggregate_type.clone(),
+        aggregate_id: stream.aggregate_id.clone(),
+        event_type: "Happened".into(),
+        event_version: "1".into(),
+        source: "seglog-test".into(),
+        user_id: None,
+        session_id: None,
+        audit_context: None,
+        at_rest: AtRest::Plain,
+        payload: vec![sequence as u8; 20],
+    }
+    .encode()
+}
+
+fn stream(i: u64) -> StreamId {
+    StreamId {
+        aggregate_type: "ProductStock".into(),
+        aggregate_id: format!("sku-{i}"),
+    }
+}
+
+/// The test's own record of every stream: (position, bytes) of each event, oldest first.
+type Model = std::collections::HashMap<u64, Vec<(u64, Vec<u8>)>>;
+
+/// Appends `frames` frames of 1..=5 events of random streams (of `streams`), synced, and
+/// applies each to `index`, checkpointing every `checkpoint_every` frames.
+fn write_events(
+    log: &mut SegmentLog,
+    index: &mut LogIndex,
+    db: &sled::Db,
+    model: &mut Model,
+    rng: &mut Rng,
+    (frames, streams, checkpoint_every): (usize, u64, usize),
+) {
+    for f in 0..frames {
+        let first = log.next_position();
+        let mut records = Vec::new();
+        for i in 0..1 + rng.below(5) {
+            let s = rng.below(streams);
+            let events = model.entry(s).or_default();
+            let (previous_position, prev_hash) = events.last().map_or((0, [0u8; 32]), |(p, b)| {
+                (*p, evershard_engine::record::hash(b))
+            });
+            let position = first + i;
+            let bytes = event_bytes(&stream(s), events.len() as u64 + 1, position, prev_hash);
+            events.push((position, bytes.clone()));
+            records.push(FrameRecord {
+                previous_position,
+                bytes,
+            });
+        }
+        let frame = Frame {
+            first_position: first,
+            records,
+            writes: vec![],
+        };
+        log.append(&frame).unwrap();
+        log.sync().unwrap();
+        index.apply(db, &frame).unwrap();
+        if (f + 1) % checkpoint_every == 0 {
+            index.checkpoint(db).unwrap();
+        }
+    }
+}
+
+fn assert_index_matches(index: &LogIndex, db: &sled::Db, log: &SegmentLog, model: &Model) {
+    for (s, events) in model {
+        let (position, bytes) = events.last().unwrap();
+        assert_eq!(
+            index.head(db, &stream(*s)).unwrap(),
+            Some(LogHead {
+                sequence: events.len() as u64,
+                position: *position,
+                hash: evershard_engine::record::hash(bytes),
+            }),
+            "head of sku-{s}"
+        );
+        assert_eq!(&index.read_stream(db, log, &stream(*s), 1).unwrap(), events);
+        let from = 1 + events.len() as u64 / 2;
+        assert_eq!(
+            index.read_stream(db, log, &stream(*s), from).unwrap(),
+            events[from as usize - 1..],
+            "sku-{s} from sequence {from}"
+        );
+    }
+    assert_eq!(index.head(db, &stream(999_999)).unwrap(), None);
+    assert!(index
+        .read_stream(db, log, &stream(999_999), 1)
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn heads_come_from_the_frames_and_streams_read_back_along_their_pointers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(seed());
+    let db = sled::Config::new()
+        .path(dir.path().join("index"))
+        .open()
+        .unwrap();
+    let log_dir = dir.path().join("log");
+    let (mut log, _) = SegmentLog::open(&log_dir, 64 * 1024, 0, 1).unwrap();
+    let mut index = LogIndex::open(&db, &log).unwrap();
+    let mut model = Model::new();
+    write_events(
+        &mut log,
+        &mut index,
+        &db,
+        &mut model,
+        &mut rng,
+        (300, 20, 37),
+    );
+    assert!(
+        index.dirty_streams() > 0,
+        "some heads moved after the last checkpoint"
+    );
+    assert_index_matches(&index, &db, &log, &model);
+
+    // A restart without a checkpoint of the last frames: opening applies them again.
+    let applied = index.applied();
+    drop(index);
+    let index = LogIndex::open(&db, &log).unwrap();
+    assert_eq!(index.applied(), applied);
+    assert_index_matches(&index, &db, &log, &model);
+
+    // An index that lost every checkpoint (a new sled) is rebuilt from the whole log.
+    let fresh = sled::Config::new().temporary(true).open().unwrap();
+    let rebuilt = LogIndex::open(&fresh, &log).unwrap();
+    assert_eq!(rebuilt.applied(), applied);
+    assert_index_matches(&rebuilt, &fresh, &log, &model);
+}
+
+#[test]
+fn a_record_that_does_not_follow_its_head_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let (mut log, _) = SegmentLog::open(dir.path(), 64 * 1024, 0, 1).unwrap();
+    let mut index = LogIndex::open(&db, &log).unwrap();
+    let s = stream(1);
+    let first = event_bytes(&s, 1, 1, [0; 32]);
+    let frame = Frame {
+        first_position: 1,
+        records: vec![FrameRecord {
+            previous_position: 0,
+            bytes: first.clone(),
+        }],
+        writes: vec![],
+    };
+    log.append(&frame).unwrap();
+    log.sync().unwrap();
+    index.apply(&db, &frame).unwrap();
+    let hash = evershard_engine::record::hash(&first);
+    let cases: [(&str, u64, u64, [u8; 32]); 3] = [
+        ("its sequence is not the head's next", 3, 1, hash),
+        ("its previous position is not the head's", 2, 0, hash),
+        ("its previous hash is not the head's", 2, 1, [9; 32]),
+    ];
+    for (reason, sequence, previous_position, prev_hash) in cases {
+        let bad = Frame {
+            first_position: 2,
+            records: vec![FrameRecord {
+                previous_position,
+                bytes: event_bytes(&s, sequence, 2, prev_hash),
+            }],
+            writes: vec![],
+        };
+        match index.apply(&db, &bad) {
+            Err(LogIndexError::Chain {
+                reason: r,
+                position: 2,
+                ..
+            }) => assert_eq!(r, reason),
+            other => panic!("{reason}: expected a chain error, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        index.apply(&db, &frame),
+        Err(LogIndexError::Gap {
+            expected: 2,
+            got: 1
+        })
+    ));
+    // A log holding such a record is refused when an index is built from it.
+    let bad = Frame {
+        first_position: 2,
+        records: vec![FrameRecord {
+            previous_position: 0,
+            bytes: event_bytes(&s, 2, 2, hash),
+        }],
+        writes: vec![],
+    };
+    log.append(&bad).unwrap();
+    log.sync().unwrap();
+    let fresh = sled::Config::new().temporary(true).open().unwrap();
+    assert!(matches!(
+        LogIndex::open(&fresh, &log),
+        Err(LogIndexError::Chain { position: 2, .. })
+    ));
+}
+
+#[test]
+fn a_stream_read_checks_each_record_against_the_hash_its_successor_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(seed());
+    let db = sled::Config::new()
+        .path(dir.path().join("index"))
+        .open()
+        .unwrap();
+    let (mut log, _) = SegmentLog::open(&dir.path().join("a"), 64 * 1024, 0, 1).unwrap();
+    let mut index = LogIndex::open(&db, &log).unwrap();
+    let mut model = Model::new();
+    write_events(&mut log, &mut index, &db, &mut model, &mut rng, (40, 3, 1));
+    // A second log with the same frames, but the first record of the last frame has another
+    // payload (re-encoded, so its own checks pass): the checkpointed heads no longer match.
+    let (mut other, _) = SegmentLog::open(&dir.path().join("b"), 64 * 1024, 0, 1).unwrap();
+    let frames: Vec<Frame> = log.frames_from(1).collect::<Result<_, _>>().unwrap();
+    let last = frames.len() - 1;
+    for (i, mut frame) in frames.into_iter().enumerate() {
+        if i == last {
+            let mut record = Record::decode(&frame.records[0].bytes).unwrap();
+            record.payload = b"changed".to_vec();
+            frame.records[0].bytes = record.encode();
+        }
+        other.append(&frame).unwrap();
+    }
+    other.sync().unwrap();
+    let changed = Record::decode(&log.frames_from(1).last().unwrap().unwrap().records[0].bytes)
+        .unwrap()
+        .aggregate_id;
+    let index = LogIndex::open(&db, &other).unwrap();
+    let s = StreamId {
+        aggregate_type: "ProductStock".into(),
+        aggregate_id: changed,
+    };
+    match index.read_stream(&db, &other, &s, 1) {
+        Err(LogIndexError::Chain { reason, .. }) => {
+            assert_eq!(
+                reason,
+                "the record's hash is not the one its successor names"
+            )
+        }
+        other => panic!("expected a chain error, got {other:?}"),
+    }
+}

@@ -21,6 +21,8 @@ pub(crate) mod segments;
 // Increment 1 of the segment log (docs/design.md, "The next write path"): built and tested,
 // not yet written by the committer.
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+pub(crate) mod logindex;
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 pub(crate) mod seglog;
 mod snapfile;
 pub(crate) mod topics;
