@@ -24,7 +24,9 @@ use common::{Counter, CounterCommand};
 use evershard_engine::cluster_journal::{Claim, Entry, Verdict, VoidReason, Walk};
 use evershard_engine::rdkafka::producer::FutureProducer;
 use evershard_engine::rdkafka::producer::FutureRecord;
-use evershard_engine::{ClusterConfig, CommandError, Engine, KafkaConfig, StreamId};
+use evershard_engine::{
+    ClusterConfig, CommandError, Engine, KafkaConfig, StreamId, UnavailableReason,
+};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -54,22 +56,27 @@ fn kafka(broker: &kafka_support::Broker) -> KafkaConfig {
         .connection_timeout(Duration::from_secs(5))
 }
 
+/// Opens an engine of `Counter`s on `dir`, to join a cluster.
+fn open(rt: &tokio::runtime::Runtime, dir: &Path) -> Engine {
+    rt.block_on(
+        Engine::builder(dir)
+            .register::<Counter>()
+            .topic_indexer(false)
+            .joins_cluster(true)
+            .open(),
+    )
+    .unwrap()
+}
+
 /// Opens an engine of `Counter`s on `dir` and joins it to the cluster `config` names.
 fn join(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
     config: ClusterConfig,
 ) -> (Engine, evershard_engine::Cluster) {
-    rt.block_on(async {
-        let engine = Engine::builder(dir)
-            .register::<Counter>()
-            .topic_indexer(false)
-            .open()
-            .await
-            .unwrap();
-        let cluster = engine.join_cluster(config).await.unwrap();
-        (engine, cluster)
-    })
+    let engine = open(rt, dir);
+    let cluster = rt.block_on(engine.join_cluster(config)).unwrap();
+    (engine, cluster)
 }
 
 #[test]
@@ -291,8 +298,17 @@ fn a_node_resumes_the_topic_from_its_stored_position() {
         assert_eq!(add_one(&rt, &[(&a, &ca)], id), 4);
     }
 
-    // b again, same directory: it resumes where it stopped and catches up.
-    let (b, cb) = join(&rt, dir_b.path(), config("b"));
+    // b again, same directory. Opened to join a cluster, it appends nothing before it has
+    // joined; then it resumes where it stopped and catches up.
+    let b = open(&rt, dir_b.path());
+    match rt.block_on(b.execute::<Counter>("c-0", CounterCommand::Add(1))) {
+        Err(CommandError::Unavailable {
+            reason: UnavailableReason::NotJoined,
+            ..
+        }) => {}
+        other => panic!("a command before joining: {other:?}"),
+    }
+    let cb = rt.block_on(b.join_cluster(config("b"))).unwrap();
     let status = cb.status();
     println!("b resumed from {:?}", status.resumed_from);
     assert_eq!(

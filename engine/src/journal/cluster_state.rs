@@ -14,10 +14,7 @@ pub(crate) type StoredPairs = Vec<(Vec<u8>, Vec<u8>)>;
 impl Journal {
     /// Every `c` key under `prefix` (which must start with the `c` tag), in key order.
     #[cfg_attr(not(feature = "kafka"), allow(dead_code))] // read by the cluster at join
-    pub(crate) fn cluster_state(
-        &self,
-        prefix: &[u8],
-    ) -> Result<StoredPairs, StorageError> {
+    pub(crate) fn cluster_state(&self, prefix: &[u8]) -> Result<StoredPairs, StorageError> {
         assert_eq!(
             prefix.first(),
             Some(&keys::CLUSTER),
