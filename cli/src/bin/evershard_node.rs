@@ -72,6 +72,10 @@ struct Args {
     /// acknowledgement.
     #[arg(long, default_value_t = 10_000)]
     kafka_timeout_ms: u64,
+    /// Static membership (`group.instance.id` = the node's name; see
+    /// `ClusterConfig::static_membership`).
+    #[arg(long)]
+    static_membership: bool,
     /// Replication factor of the journal topic when this node creates it.
     #[arg(long, default_value_t = 1)]
     replication_factor: i32,
@@ -198,7 +202,8 @@ fn main() {
             .heartbeat_interval_ms(args.heartbeat_interval_ms)
             .reclaim_after_ms(args.reclaim_after_ms)
             .ack_timeout_ms(args.kafka_timeout_ms.max(30_000))
-            .fetch_wait_ms(args.fetch_wait_ms);
+            .fetch_wait_ms(args.fetch_wait_ms)
+            .static_membership(args.static_membership);
         let cluster = engine.join_cluster(config).await.expect("join the cluster");
         Node {
             engine,

@@ -92,6 +92,10 @@ pub struct ClusterConfig {
     /// only; one that holds every fetch this long (tansu 0.6.0) adds it to every command's
     /// latency. Default 10.
     pub fetch_wait_ms: u64,
+    /// Static membership: the group member's `group.instance.id` is the node's name, so a
+    /// node that restarts within the session timeout gets its partitions back without a
+    /// rebalance. Default false: tansu 0.6.0, the test broker, refuses it (docs/scale-out.md).
+    pub static_membership: bool,
 }
 
 impl ClusterConfig {
@@ -113,6 +117,7 @@ impl ClusterConfig {
             catch_up_timeout_ms: 120_000,
             reclaim_after_ms: 5_000,
             fetch_wait_ms: 10,
+            static_membership: false,
         }
     }
 
@@ -148,6 +153,11 @@ impl ClusterConfig {
 
     pub fn fetch_wait_ms(mut self, ms: u64) -> Self {
         self.fetch_wait_ms = ms;
+        self
+    }
+
+    pub fn static_membership(mut self, on: bool) -> Self {
+        self.static_membership = on;
         self
     }
 
@@ -505,6 +515,9 @@ impl Engine {
                 "heartbeat.interval.ms",
                 config.heartbeat_interval_ms.to_string(),
             );
+        if config.static_membership {
+            members.set("group.instance.id", &config.node);
+        }
         let members: BaseConsumer = members.create().map_err(client)?;
         let partitions = config.partitions as usize;
         let shared = Arc::new(Shared {
