@@ -8,6 +8,11 @@
 //! `cargo bench -p evershard-cli --features kafka --bench cluster`
 //! (`CLUSTER_BENCH_NODES=1,2,3`, `CLUSTER_BENCH_SECS=10`, `CLUSTER_SEED`,
 //! `CLUSTER_BENCH_FETCH_WAIT_MS`: the nodes' `--fetch-wait-ms`, default theirs).
+//!
+//! With `CLUSTER_BENCH_RESTART=1`, after each run node `n1` is killed (SIGKILL) and started
+//! again on its data directory, and a new node `fresh` starts on an empty one: how long each
+//! takes from its start until its tailer has walked the whole journal topic and applied it,
+//! and how many messages each read (the restarted one from its stored position).
 
 #[path = "../tests/cluster_support/mod.rs"]
 mod cluster_support;
@@ -150,6 +155,91 @@ fn run(tansu: &std::path::Path, count: usize, duration: Duration, seed: u64) {
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     let _ = call(&addrs[0].1, &json!({"op": "status"}));
-    drop(nodes);
+    if std::env::var("CLUSTER_BENCH_RESTART").is_ok_and(|v| v == "1") {
+        restart(nodes, &bootstrap, dir.path(), &extra);
+    } else {
+        drop(nodes);
+    }
     drop(broker);
+}
+
+/// The node's per-partition tailer positions and whether nothing waits to be applied.
+fn walked(addr: &str) -> Option<(Vec<u64>, bool)> {
+    let s = call(addr, &json!({"op": "status"})).ok()?;
+    let walked = s["walked"]
+        .as_array()?
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    Some((walked, s["pending_applies"] == 0))
+}
+
+/// Starts `name` on `dir` and measures how long until it has walked to `end` with nothing
+/// pending; returns (elapsed, messages read from where it resumed, the node).
+fn catch_up(
+    bootstrap: &str,
+    dir: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+    end: &[u64],
+) -> (Duration, u64, cluster_support::Node) {
+    let started = Instant::now();
+    let node = start_node(NODE, bootstrap, dir, name, PARTITIONS, 6_000, extra);
+    let deadline = started + Duration::from_secs(600);
+    let resumed: Vec<u64> = call(&node.addr, &json!({"op": "status"})).unwrap()["resumed_from"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    loop {
+        if let Some((w, idle)) = walked(&node.addr) {
+            if idle && w.iter().zip(end).all(|(w, e)| w >= e) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not catch up in 600 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let read = end.iter().zip(&resumed).map(|(e, r)| e - r).sum();
+    (started.elapsed(), read, node)
+}
+
+fn restart(
+    mut nodes: Vec<cluster_support::Node>,
+    bootstrap: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) {
+    // Every node walked the same topic: wait until n1 has applied all of it.
+    let end = loop {
+        let (w, idle) = walked(&nodes[0].addr).expect("n1 answers");
+        std::thread::sleep(Duration::from_millis(500));
+        let (again, still_idle) = walked(&nodes[0].addr).expect("n1 answers");
+        if idle && still_idle && again == w {
+            break w;
+        }
+    };
+    let total: u64 = end.iter().sum();
+    let first = nodes.remove(0);
+    let name = first.name.clone();
+    drop(first); // SIGKILL
+    let (restarted, reread, n1) = catch_up(bootstrap, dir, &name, extra, &end);
+    let (fresh, read, other) = catch_up(bootstrap, dir, "fresh", extra, &end);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "  catch-up of a {total}-message journal topic: {name} restarted on its data (SIGKILL) \
+         {:.2} s, {reread} messages re-read; a fresh node {:.2} s, {read} messages read; \
+         loadavg {}",
+        restarted.as_secs_f64(),
+        fresh.as_secs_f64(),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    drop((n1, other, nodes));
 }

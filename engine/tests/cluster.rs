@@ -15,6 +15,8 @@
 //! one leaves and stops while the other writes on; reopened on the same directory, it
 //! resumes every partition from the position it stored (not from offset 0), catches up, and
 //! its journal holds exactly the other's history: nothing skipped, nothing appended twice.
+//! Pointed at a new broker whose journal topic is shorter than its stored position, it
+//! refuses to join (`PositionAhead`) rather than skip the new topic's messages.
 #![cfg(feature = "kafka")]
 
 mod common;
@@ -25,7 +27,7 @@ use evershard_engine::cluster_journal::{Claim, Entry, Verdict, VoidReason, Walk}
 use evershard_engine::rdkafka::producer::FutureProducer;
 use evershard_engine::rdkafka::producer::FutureRecord;
 use evershard_engine::{
-    ClusterConfig, CommandError, Engine, KafkaConfig, StreamId, UnavailableReason,
+    ClusterConfig, ClusterError, CommandError, Engine, KafkaConfig, StreamId, UnavailableReason,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -343,5 +345,16 @@ fn a_node_resumes_the_topic_from_its_stored_position() {
     ca.leave();
     cb.leave();
     rt.block_on(a.shutdown()).unwrap();
+    rt.block_on(b.shutdown()).unwrap();
+    drop(b);
+
+    // The same store against a new broker (an empty journal topic of the same name).
+    let new_broker = kafka_support::Broker::start(&tansu);
+    let b = open(&rt, dir_b.path());
+    let config = ClusterConfig::new(kafka(&new_broker), "resume", "b", "127.0.0.1:b").partitions(2);
+    match rt.block_on(b.join_cluster(config)) {
+        Err(ClusterError::PositionAhead { stored, end: 0, .. }) if stored > 0 => {}
+        other => panic!("joining a shorter topic must fail with PositionAhead: {other:?}"),
+    }
     rt.block_on(b.shutdown()).unwrap();
 }
