@@ -2,7 +2,7 @@
 //! aggregates through the partitions of a Kafka journal topic.
 //!
 //! - **Ownership.** A consumer group (`evershard.<cluster>.owners`, cooperative-sticky,
-//!   dynamic membership) subscribed to the journal topic assigns partitions to nodes. A node
+//!   dynamic membership unless [`ClusterConfig::static_membership`]) subscribed to the journal topic assigns partitions to nodes. A node
 //!   serves partition `p` only once it has also *claimed* it: caught up with `p`, appended a
 //!   [`wire::Claim`] with an epoch above every earlier one, and read up to that claim.
 //! - **KafkaDurable acknowledgement.** Every command batch passes the gate ([`DurableGate`])
@@ -10,9 +10,10 @@
 //!   the tailer has walked `p` up to the batch's offset and found it valid under the rule of
 //!   [`validity`] (no foreign claim in between). Otherwise the command fails with
 //!   `NotOwner` and took no effect.
-//! - **Replica.** One tailer thread reads every partition of the journal topic from the start,
-//!   walks it through the validity rule and appends the valid batches of other writers to the
-//!   local journal, so every node holds every valid batch, in each stream's order.
+//! - **Replica.** One tailer thread reads every partition of the journal topic from the
+//!   position stored in the local journal ([`cursor`]; the start for a new store), walks it
+//!   through the validity rule and appends the valid batches of other writers to the local
+//!   journal, so every node holds every valid batch, in each stream's order.
 //!
 //! Threads: the tailer, the group member, and the claimer (takeovers run there so that the
 //! group member keeps polling during a catch-up).
@@ -94,7 +95,8 @@ pub struct ClusterConfig {
     pub fetch_wait_ms: u64,
     /// Static membership: the group member's `group.instance.id` is the node's name, so a
     /// node that restarts within the session timeout gets its partitions back without a
-    /// rebalance. Default false: tansu 0.6.0, the test broker, refuses it (docs/scale-out.md).
+    /// rebalance. Default false: with it, tansu 0.6.0 (the test broker) left partitions
+    /// unassigned for good (measured, docs/scale-out.md), so it is untested.
     pub static_membership: bool,
 }
 
