@@ -155,9 +155,11 @@ fn seed() -> u64 {
 }
 
 /// What every three-node test starts from: the serial lock, the tools, a printed seed, a
-/// broker and three nodes that serve every partition between them, each at least one.
+/// broker, three nodes that serve every partition between them (each at least one), and the
+/// first `ROUNDS_BEFORE` rounds of the clients through all three, acknowledged in `acks`.
 struct Run {
     nodes: Vec<Node>,
+    acks: Arc<Mutex<Vec<Ack>>>,
     all: Vec<(String, String)>,
     seed: u64,
     bootstrap: String,
@@ -194,8 +196,11 @@ impl Run {
             "partitions served: {:?}",
             wait_served(&pairs(&all), PARTITIONS, true, Duration::from_secs(180))
         );
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        run_clients(&all, seed, 1..=ROUNDS_BEFORE, &acks);
         Some(Run {
             nodes,
+            acks,
             all,
             seed,
             bootstrap,
@@ -232,15 +237,14 @@ fn three_nodes_serve_fail_over_and_never_overlap() {
     };
     let Run {
         mut nodes,
+        acks,
         all,
         seed,
         bootstrap,
         ..
     } = run;
 
-    // Phase 1: all three nodes up.
-    let acks = Arc::new(Mutex::new(Vec::new()));
-    run_clients(&all, seed, 1..=ROUNDS_BEFORE, &acks);
+    // Phase 1 (in Run::start): all three nodes up.
     {
         let acks = acks.lock().unwrap();
         let executors: BTreeSet<&str> = acks.iter().map(|a| a.executed_by.as_str()).collect();
@@ -563,14 +567,13 @@ fn a_paused_owner_is_fenced_and_rejoins() {
     };
     let Run {
         nodes,
+        acks,
         all,
         seed,
         bootstrap,
         ..
     } = run;
     let pairs = pairs(&all);
-    let acks = Arc::new(Mutex::new(Vec::new()));
-    run_clients(&all, seed, 1..=ROUNDS_BEFORE, &acks);
 
     let victim = &nodes[0];
     let victim_partitions = serving(&victim.addr).expect("the victim answers");
@@ -665,14 +668,13 @@ fn a_killed_node_restarts_on_its_data_and_its_timer_fires_once_elsewhere() {
     };
     let Run {
         mut nodes,
+        acks,
         all,
         seed,
         bootstrap,
         dir,
         ..
     } = run;
-    let acks = Arc::new(Mutex::new(Vec::new()));
-    run_clients(&all, seed, 1..=ROUNDS_BEFORE, &acks);
 
     // A reservation on a product of the victim's partitions, taken by the victim.
     let victim = nodes.remove(0);
