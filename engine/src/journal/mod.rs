@@ -8,6 +8,7 @@
 //! (group commit). Reads go straight to sled.
 
 mod checkpoint;
+mod cluster_state;
 mod committer;
 pub(crate) mod failpoint;
 mod fault;
