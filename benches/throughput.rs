@@ -61,6 +61,22 @@ use evershard::model::{Aggregate, DecideContext, DemoRng, Metadata, Workload};
 use std::io::Write;
 use std::sync::Arc;
 
+#[path = "common/cpu.rs"]
+mod cpu;
+use cpu::process_cpu;
+
+// The allocator the `evershard` binary uses and the README recommends to embedders (the
+// default `mimalloc` feature); `--no-default-features --features cli` measures glibc's.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Which allocator this bench binary runs with.
+const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "the system's (glibc malloc)"
+};
 #[path = "throughput_goals/cqrs_peer.rs"]
 mod cqrs_peer;
 #[path = "throughput_goals/latency.rs"]
@@ -828,21 +844,6 @@ async fn verify_rate(dir: &std::path::Path, events: u64, seed: u64) {
     .unwrap();
 }
 
-/// CPU time (user + system, every thread) this process has used so far; zero where
-/// `/proc/self/stat` cannot be read (then the CPU figures read 0).
-fn process_cpu() -> Duration {
-    let ticks = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            // The fields after the command name's closing parenthesis; utime and stime are
-            // the 12th and 13th of them (proc(5)), in clock ticks of 10 ms on Linux.
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
-    Duration::from_millis(ticks * 10)
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing special. Either way
     // a quick smoke run is enough under `cargo test`.
@@ -879,7 +880,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    println!("evershard throughput bench: {aggregates} aggregates, {commands} commands, {clients} clients, seed {seed}");
+    println!("evershard throughput bench: {aggregates} aggregates, {commands} commands, {clients} clients, seed {seed}, allocator {ALLOCATOR}");
     println!("data dir: {}", tmp.path().display());
 
     if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("catchup") {
@@ -910,6 +911,7 @@ fn main() {
     // `EVERSHARD_BENCH_KEYED=1` gives this first run a fresh idempotency key per command (to
     // profile the keyed path alone, with `EVERSHARD_BENCH_ONLY=engine`).
     let keyed_first = std::env::var("EVERSHARD_BENCH_KEYED").as_deref() == Ok("1");
+    let cpu_before = process_cpu();
     let run = rt.block_on(evershard_durable(
         &tmp.path().join("evershard"),
         aggregates,
@@ -929,8 +931,12 @@ fn main() {
         events_per_s,
         run.commands, run.accepted, run.events, secs, run.record_bytes_avg
     );
+    // Every thread's CPU, open and shutdown included: what bounds the rate on 2 cores once
+    // the disk's sync is shared by a group (docs/design.md, "The next write path").
+    let cpu = process_cpu().saturating_sub(cpu_before);
     println!(
-        "  its cost         : resident set +{:.1} MiB over the run; store {:.1} MiB on disk ({:.1} MiB allocated)",
+        "  its cost         : {:.1} µs CPU/command; resident set +{:.1} MiB over the run; store {:.1} MiB on disk ({:.1} MiB allocated)",
+        cpu.as_secs_f64() * 1e6 / run.commands.max(1) as f64,
         run.rss_growth_bytes as f64 / (1 << 20) as f64,
         run.disk_bytes as f64 / (1 << 20) as f64,
         run.disk_allocated_bytes as f64 / (1 << 20) as f64,

@@ -8,6 +8,13 @@
 //! `cargo bench -p evershard-cli --features kafka --bench cluster`
 //! (`CLUSTER_BENCH_NODES=1,2,3`, `CLUSTER_BENCH_SECS=10`, `CLUSTER_SEED`,
 //! `CLUSTER_BENCH_FETCH_WAIT_MS`: the nodes' `--fetch-wait-ms`, default theirs).
+//!
+//! With `CLUSTER_BENCH_RESTART=1`, after each run node `n1` is killed (SIGKILL) and started
+//! again on its data directory, and a new node `fresh` starts on an empty one: how long each
+//! takes from its start until its tailer has walked the whole journal topic and applied it,
+//! and how many messages each read (the restarted one from its stored position); a node that
+//! has not caught up after `CLUSTER_BENCH_CATCH_UP_SECS` (default 120) is reported with how
+//! far it got.
 
 #[path = "../tests/cluster_support/mod.rs"]
 mod cluster_support;
@@ -150,6 +157,106 @@ fn run(tansu: &std::path::Path, count: usize, duration: Duration, seed: u64) {
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     let _ = call(&addrs[0].1, &json!({"op": "status"}));
-    drop(nodes);
+    if std::env::var("CLUSTER_BENCH_RESTART").is_ok_and(|v| v == "1") {
+        restart(nodes, &bootstrap, dir.path(), &extra);
+    } else {
+        drop(nodes);
+    }
     drop(broker);
+}
+
+/// The node's per-partition tailer positions and whether nothing waits to be applied.
+fn walked(addr: &str) -> Option<(Vec<u64>, bool)> {
+    let s = call(addr, &json!({"op": "status"})).ok()?;
+    let walked = s["walked"]
+        .as_array()?
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    Some((walked, s["pending_applies"] == 0))
+}
+
+/// Starts `name` on `dir` and measures how long until it has walked to `end` with nothing
+/// pending (at most `CLUSTER_BENCH_CATCH_UP_SECS`); prints and returns the node.
+fn catch_up(
+    bootstrap: &str,
+    dir: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+    end: &[u64],
+) -> cluster_support::Node {
+    let bound = Duration::from_secs(
+        std::env::var("CLUSTER_BENCH_CATCH_UP_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(120),
+    );
+    let started = Instant::now();
+    let node = start_node(NODE, bootstrap, dir, name, PARTITIONS, 6_000, extra);
+    let resumed: Vec<u64> = call(&node.addr, &json!({"op": "status"})).unwrap()["resumed_from"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    let to_read: u64 = end.iter().zip(&resumed).map(|(e, r)| e - r).sum();
+    let mut last = resumed.clone();
+    let caught_up = loop {
+        if let Some((w, idle)) = walked(&node.addr) {
+            if idle && w.iter().zip(end).all(|(w, e)| w >= e) {
+                break true;
+            }
+            last = w;
+        }
+        if started.elapsed() >= bound {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    if caught_up {
+        println!(
+            "  {name}: resumed from {resumed:?}, read {to_read} messages, caught up in {:.2} s \
+             (from its start); loadavg {load}",
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        let read: u64 = last.iter().zip(&resumed).map(|(w, r)| w - r).sum();
+        println!(
+            "  {name}: resumed from {resumed:?}, NOT caught up after {} s: read {read} of \
+             {to_read} messages (walked {last:?}); loadavg {load}",
+            bound.as_secs()
+        );
+    }
+    node
+}
+
+fn restart(
+    mut nodes: Vec<cluster_support::Node>,
+    bootstrap: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) {
+    // Every node walked the same topic: wait until n1 has applied all of it.
+    let end = loop {
+        let (w, idle) = walked(&nodes[0].addr).expect("n1 answers");
+        std::thread::sleep(Duration::from_millis(500));
+        let (again, still_idle) = walked(&nodes[0].addr).expect("n1 answers");
+        if idle && still_idle && again == w {
+            break w;
+        }
+    };
+    let total: u64 = end.iter().sum();
+    println!("  catch-up of the {total}-message journal topic (ends {end:?}):");
+    let first = nodes.remove(0);
+    let name = first.name.clone();
+    drop(first); // SIGKILL
+    let n1 = catch_up(bootstrap, dir, &name, extra, &end);
+    let fresh = catch_up(bootstrap, dir, "fresh", extra, &end);
+    drop((n1, fresh, nodes));
 }

@@ -12,6 +12,13 @@
 //!   afterwards from the topic, read by an independent client (kafka-python), walked through
 //!   the validity rule and re-checked from the claims.
 //!
+//! - a node killed with SIGKILL and started again on the same data directory resumes the
+//!   journal topic from its stored position (not offset 0), rejoins, catches up and serves
+//!   again, its journal then holding exactly the topic's valid history;
+//! - a `ProductStock` reservation made on a node that is then killed expires once: its timer
+//!   fires on the partition's new owner, and the topic and every journal hold exactly one
+//!   `StockReleased` with reason `expired`, written by that owner.
+//!
 //! The clients pick nodes with a seeded generator (the seed is printed; `CLUSTER_SEED` sets
 //! it). Every wait is a bounded poll sized for a loaded 2-core machine.
 #![cfg(feature = "kafka")]
@@ -22,7 +29,9 @@ mod kafka_support;
 
 use cluster_support::{call, serving, start_node, wait_served, Node, Rng};
 
+use evershard_aggregates::product_stock::{ProductStock, ProductStockEvent, ReleaseReason};
 use evershard_engine::cluster_journal::{Entry, Verdict, Walk};
+use evershard_engine::model::Aggregate;
 use evershard_engine::StreamId;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -145,6 +154,74 @@ fn seed() -> u64 {
     seed
 }
 
+/// What every three-node test starts from: the serial lock, the tools, a printed seed, a
+/// broker, three nodes that serve every partition between them (each at least one), and the
+/// first `ROUNDS_BEFORE` rounds of the clients through all three, acknowledged in `acks`.
+struct Run {
+    nodes: Vec<Node>,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    all: Vec<(String, String)>,
+    seed: u64,
+    bootstrap: String,
+    dir: tempfile::TempDir,
+    _broker: kafka_support::Broker,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Run {
+    /// `None` when the Kafka test tools are missing (the test is skipped, said on stderr).
+    fn start(test: &str, extra: &[&str]) -> Option<Run> {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let tansu = kafka_support::tools(test)?;
+        let seed = seed();
+        let broker = kafka_support::Broker::start(&tansu);
+        let bootstrap = broker.bootstrap();
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<Node> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|name| {
+                start_node(
+                    NODE,
+                    &bootstrap,
+                    dir.path(),
+                    name,
+                    PARTITIONS,
+                    SESSION_TIMEOUT_MS,
+                    extra,
+                )
+            })
+            .collect();
+        let all = addresses(&nodes);
+        println!(
+            "partitions served: {:?}",
+            wait_served(&pairs(&all), PARTITIONS, true, Duration::from_secs(180))
+        );
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        run_clients(&all, seed, 1..=ROUNDS_BEFORE, &acks);
+        Some(Run {
+            nodes,
+            acks,
+            all,
+            seed,
+            bootstrap,
+            dir,
+            _broker: broker,
+            _serial: serial,
+        })
+    }
+}
+
+fn addresses(nodes: &[Node]) -> Vec<(String, String)> {
+    nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.addr.clone()))
+        .collect()
+}
+
+fn pairs(all: &[(String, String)]) -> Vec<(&str, &str)> {
+    all.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+}
+
 fn signal(node: &Node, sig: &str) {
     let status = Command::new("kill")
         .args([sig, &node.child.id().to_string()])
@@ -155,39 +232,19 @@ fn signal(node: &Node, sig: &str) {
 
 #[test]
 fn three_nodes_serve_fail_over_and_never_overlap() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(tansu) = kafka_support::tools("three_nodes_serve_fail_over_and_never_overlap") else {
+    let Some(run) = Run::start("three_nodes_serve_fail_over_and_never_overlap", &[]) else {
         return;
     };
-    let seed = seed();
-    let broker = kafka_support::Broker::start(&tansu);
-    let bootstrap = broker.bootstrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<Node> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|name| {
-            start_node(
-                NODE,
-                &bootstrap,
-                dir.path(),
-                name,
-                PARTITIONS,
-                SESSION_TIMEOUT_MS,
-                &[],
-            )
-        })
-        .collect();
-    let all: Vec<(String, String)> = nodes
-        .iter()
-        .map(|n| (n.name.clone(), n.addr.clone()))
-        .collect();
-    let pairs: Vec<(&str, &str)> = all.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    let spread = wait_served(&pairs, PARTITIONS, true, Duration::from_secs(180));
-    println!("partitions served: {spread:?}");
+    let Run {
+        mut nodes,
+        acks,
+        all,
+        seed,
+        bootstrap,
+        ..
+    } = run;
 
-    // Phase 1: all three nodes up.
-    let acks = Arc::new(Mutex::new(Vec::new()));
-    run_clients(&all, seed, 1..=ROUNDS_BEFORE, &acks);
+    // Phase 1 (in Run::start): all three nodes up.
     {
         let acks = acks.lock().unwrap();
         let executors: BTreeSet<&str> = acks.iter().map(|a| a.executed_by.as_str()).collect();
@@ -217,14 +274,10 @@ fn three_nodes_serve_fail_over_and_never_overlap() {
     }
     let survivors: Vec<(String, String)> = all[1..].to_vec();
     let watcher = {
-        let pairs: Vec<(String, String)> = survivors.clone();
+        let survivors = survivors.clone();
         std::thread::spawn(move || {
-            let pairs: Vec<(&str, &str)> = pairs
-                .iter()
-                .map(|(a, b)| (a.as_str(), b.as_str()))
-                .collect();
             wait_served(
-                &pairs,
+                &pairs(&survivors),
                 PARTITIONS,
                 false,
                 Duration::from_millis(FAILOVER_BOUND_MS),
@@ -353,12 +406,14 @@ fn verify(
 
     // Every stream's valid events: gapless from 1, in one partition.
     let mut streams: BTreeMap<String, Vec<(u64, String, String)>> = BTreeMap::new();
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
     for w in &walked {
         if let (Entry::Batch(b), Verdict::Valid) = (&w.entry, &w.verdict) {
             assert_eq!(
                 w.partition,
                 evershard_engine::topic::partition_for(&b.aggregate_id, PARTITIONS)
             );
+            types.insert(b.aggregate_id.clone(), b.aggregate_type.clone());
             let events = streams.entry(b.aggregate_id.clone()).or_default();
             for (i, e) in b.events.iter().enumerate() {
                 let sequence = b.first_sequence + i as u64;
@@ -459,7 +514,7 @@ fn verify(
         let journal = evershard_engine::Journal::open_read_only(data).unwrap();
         for (id, events) in &streams {
             let records: Vec<_> = journal
-                .read_stream(&StreamId::new("Ledger", id.as_str()), 1, u64::MAX)
+                .read_stream(&StreamId::new(types[id].as_str(), id.as_str()), 1, u64::MAX)
                 .collect::<Result<_, _>>()
                 .unwrap_or_else(|e| panic!("{name}: {id}: {e}"));
             for (i, r) in records.iter().enumerate() {
@@ -505,41 +560,20 @@ fn verify(
 /// the whole run. (engine/tests/cluster.rs forces the late-batch case through the API.)
 #[test]
 fn a_paused_owner_is_fenced_and_rejoins() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(tansu) = kafka_support::tools("a_paused_owner_is_fenced_and_rejoins") else {
-        return;
-    };
-    let seed = seed();
-    let broker = kafka_support::Broker::start(&tansu);
-    let bootstrap = broker.bootstrap();
-    let dir = tempfile::tempdir().unwrap();
     // Queued produce requests must outlive the pause, so that the late batch is sent.
     let extra = ["--kafka-timeout-ms", "60000"];
-    let nodes: Vec<Node> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|name| {
-            start_node(
-                NODE,
-                &bootstrap,
-                dir.path(),
-                name,
-                PARTITIONS,
-                SESSION_TIMEOUT_MS,
-                &extra,
-            )
-        })
-        .collect();
-    let all: Vec<(String, String)> = nodes
-        .iter()
-        .map(|n| (n.name.clone(), n.addr.clone()))
-        .collect();
-    let pairs: Vec<(&str, &str)> = all.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    println!(
-        "partitions served: {:?}",
-        wait_served(&pairs, PARTITIONS, true, Duration::from_secs(180))
-    );
-    let acks = Arc::new(Mutex::new(Vec::new()));
-    run_clients(&all, seed, 1..=ROUNDS_BEFORE, &acks);
+    let Some(run) = Run::start("a_paused_owner_is_fenced_and_rejoins", &extra) else {
+        return;
+    };
+    let Run {
+        nodes,
+        acks,
+        all,
+        seed,
+        bootstrap,
+        ..
+    } = run;
+    let pairs = pairs(&all);
 
     let victim = &nodes[0];
     let victim_partitions = serving(&victim.addr).expect("the victim answers");
@@ -598,4 +632,227 @@ fn a_paused_owner_is_fenced_and_rejoins() {
     );
     let acks: Vec<Ack> = acks.lock().unwrap().clone();
     verify(&bootstrap, &acks, rounds, nodes, vec![]);
+}
+
+/// A reservation's time to live in the restart test: long enough that the node that took it
+/// is killed well before it comes due (checked), short next to the failover.
+const RESERVATION_TTL_MS: u64 = 5_000;
+
+/// Runs a `ProductStock` command on `id` at `addr` (bounded retries of retryable answers).
+fn stock(addr: &str, id: &str, command: Value) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let answer = call(addr, &json!({"op": "stock", "id": id, "command": command}))
+            .unwrap_or_else(|e| panic!("stock {id} at {addr}: {e}"));
+        if answer["ok"] == true {
+            return answer;
+        }
+        assert_eq!(answer["retryable"], true, "stock {id}: {answer}");
+        assert!(Instant::now() < deadline, "stock {id}: {answer}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A node killed with SIGKILL and started again on the same data directory: it resumes the
+/// journal topic from its stored position, rejoins, catches up with what the others wrote
+/// meanwhile and serves again; every check of the first test holds over the whole run, its
+/// journal included. Before the kill it took a reservation whose expiry timer then fires on
+/// the partition's new owner, once.
+#[test]
+fn a_killed_node_restarts_on_its_data_and_its_timer_fires_once_elsewhere() {
+    let Some(run) = Run::start(
+        "a_killed_node_restarts_on_its_data_and_its_timer_fires_once_elsewhere",
+        &[],
+    ) else {
+        return;
+    };
+    let Run {
+        mut nodes,
+        acks,
+        all,
+        seed,
+        bootstrap,
+        dir,
+        ..
+    } = run;
+
+    // A reservation on a product of the victim's partitions, taken by the victim.
+    let victim = nodes.remove(0);
+    let victim_partitions = serving(&victim.addr).expect("the victim answers");
+    let product = (0..)
+        .map(|i| format!("product-{i}"))
+        .find(|id| {
+            victim_partitions.contains(&evershard_engine::topic::partition_for(id, PARTITIONS))
+        })
+        .unwrap();
+    stock(
+        &victim.addr,
+        &product,
+        json!({"SetReservationTtl": {"reservation_ttl_ms": RESERVATION_TTL_MS}}),
+    );
+    stock(
+        &victim.addr,
+        &product,
+        json!({"ReceiveStock": {"quantity": 10}}),
+    );
+    let reserved = stock(
+        &victim.addr,
+        &product,
+        json!({"Reserve": {"reservation_id": uuid::Uuid::new_v4(),
+                           "order_id": uuid::Uuid::new_v4(), "quantity": 3}}),
+    );
+    let reserved_at = Instant::now();
+    assert_eq!(reserved["executed_by"], victim.name, "{reserved}");
+    assert_eq!(reserved["event_types"], json!(["StockReserved"]));
+
+    // SIGKILL at once: the victim cannot have fired the timer (checked below by time too).
+    let (victim_name, victim_data) = (victim.name.clone(), victim.data.clone());
+    drop(victim);
+    let killed_after = reserved_at.elapsed();
+    assert!(
+        killed_after < Duration::from_millis(RESERVATION_TTL_MS),
+        "killed {killed_after:?} after the reservation: its timer may have fired there"
+    );
+    let survivors: Vec<(String, String)> = all[1..].to_vec();
+    wait_served(
+        &pairs(&survivors),
+        PARTITIONS,
+        false,
+        Duration::from_millis(FAILOVER_BOUND_MS),
+    );
+    run_clients(
+        &survivors,
+        seed.rotate_left(17),
+        ROUNDS_BEFORE + 1..=ROUNDS_BEFORE + ROUNDS_AFTER,
+        &acks,
+    );
+
+    // The victim again, on its data directory.
+    let again = start_node(
+        NODE,
+        &bootstrap,
+        dir.path(),
+        &victim_name,
+        PARTITIONS,
+        SESSION_TIMEOUT_MS,
+        &[],
+    );
+    assert_eq!(again.data, victim_data);
+    let status = call(&again.addr, &json!({"op": "status"})).unwrap();
+    println!(
+        "{victim_name} restarted; resumed from offsets {}",
+        status["resumed_from"]
+    );
+    let resumed: Vec<u64> = status["resumed_from"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(resumed.len(), PARTITIONS as usize);
+    assert!(
+        resumed.iter().all(|o| *o > 0),
+        "every partition resumes from a stored position, not offset 0: {resumed:?}"
+    );
+    nodes.insert(0, again);
+    let all = addresses(&nodes);
+    let rejoined = Instant::now();
+    println!(
+        "partitions served again: {:?} ({} ms after the restart)",
+        wait_served(&pairs(&all), PARTITIONS, true, Duration::from_secs(180)),
+        rejoined.elapsed().as_millis()
+    );
+    let phase3_from = acks.lock().unwrap().len();
+    let rounds = 2 * ROUNDS_BEFORE + ROUNDS_AFTER;
+    run_clients(
+        &all,
+        seed.rotate_left(41),
+        ROUNDS_BEFORE + ROUNDS_AFTER + 1..=rounds,
+        &acks,
+    );
+    let acks: Vec<Ack> = acks.lock().unwrap().clone();
+    assert!(
+        acks[phase3_from..]
+            .iter()
+            .any(|a| a.executed_by == victim_name),
+        "the restarted node executes commands again"
+    );
+
+    // The reservation's expiry: wait (bounded) until it is in the topic.
+    let released = |records: &[kafka_support::KafkaRecord]| -> Vec<(String, u64, String)> {
+        let mut walks: BTreeMap<u32, Walk> = BTreeMap::new();
+        let mut out = Vec::new();
+        for r in records {
+            let entry = Entry::decode(r.value.as_deref().unwrap().as_bytes()).unwrap();
+            let verdict = walks
+                .entry(r.partition)
+                .or_default()
+                .step(r.offset as i64, Some(&entry));
+            if let (Entry::Batch(b), Verdict::Valid) = (&entry, verdict) {
+                if b.aggregate_id == product {
+                    for (i, e) in b.events.iter().enumerate() {
+                        if e.event_type == "StockReleased" {
+                            out.push((
+                                e.event_id.to_string(),
+                                b.first_sequence + i as u64,
+                                b.node.clone(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let in_topic = loop {
+        let records = kafka_support::read_topic(&bootstrap, "evershard.test.journal");
+        let found = released(&records);
+        if !found.is_empty() || Instant::now() >= deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    println!("{product}: StockReleased in the topic: {in_topic:?}");
+    assert_eq!(in_topic.len(), 1, "the reservation expires exactly once");
+    let (release_id, release_sequence, fired_by) = in_topic[0].clone();
+    assert_ne!(fired_by, victim_name, "the timer fired on the new owner");
+
+    let dirs: Vec<(String, PathBuf)> = nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.data.clone()))
+        .collect();
+    verify(&bootstrap, &acks, rounds, nodes, vec![]);
+    // verify waited until every node caught up, then stopped them: every journal holds
+    // the one release, at its sequence, with reason `expired`.
+    for (name, data) in &dirs {
+        let journal = evershard_engine::Journal::open_read_only(data).unwrap();
+        let records: Vec<_> = journal
+            .read_stream(
+                &StreamId::new("ProductStock", product.as_str()),
+                1,
+                u64::MAX,
+            )
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let releases: Vec<_> = records
+            .iter()
+            .filter(|r| r.event_type == "StockReleased")
+            .collect();
+        assert_eq!(releases.len(), 1, "{name}: one StockReleased");
+        assert_eq!(releases[0].event_id.to_string(), release_id, "{name}");
+        assert_eq!(releases[0].sequence, release_sequence, "{name}");
+        let event = ProductStock::decode_event(
+            &releases[0].event_type,
+            &releases[0].event_version,
+            &releases[0].payload,
+        )
+        .unwrap();
+        match event {
+            ProductStockEvent::StockReleased(e) => {
+                assert_eq!(e.reason, ReleaseReason::Expired, "{name}")
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
 }

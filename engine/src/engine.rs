@@ -54,6 +54,7 @@ pub struct EngineBuilder {
     topic_indexer: bool,
     merkle_tree: bool,
     timer_poll_ms: u64,
+    joins_cluster: bool,
     idempotency_retention_ms: i64,
     guard_recoveries: HashMap<&'static str, GuardRecovery>,
     sensitive: std::collections::HashSet<&'static str>,
@@ -174,6 +175,7 @@ impl EngineBuilder {
             topic_indexer: true,
             merkle_tree: true,
             timer_poll_ms: 1000,
+            joins_cluster: false,
             idempotency_retention_ms: 24 * 60 * 60 * 1000,
             guard_recoveries: HashMap::new(),
             sensitive: DEFAULT_SENSITIVE_TYPES.into_iter().collect(),
@@ -247,6 +249,15 @@ impl EngineBuilder {
     /// [`Engine::run_due_timers`] or [`Engine::wake_timers`] is called.
     pub fn timer_poll_ms(mut self, ms: u64) -> Self {
         self.timer_poll_ms = ms.max(1);
+        self
+    }
+
+    /// This engine joins a cluster (`Engine::join_cluster`, feature `kafka`) once open. Until
+    /// it has, it appends nothing: due timers wait (a restarted node must not fire a timer
+    /// of a partition another node serves now) and commands fail with
+    /// `Unavailable { NotJoined }`. Default false.
+    pub fn joins_cluster(mut self, on: bool) -> Self {
+        self.joins_cluster = on;
         self
     }
 
@@ -430,6 +441,7 @@ impl EngineBuilder {
             skipped_snapshots: Default::default(),
             sensitive,
             gate: Default::default(),
+            awaits_gate: self.joins_cluster,
         });
         let fire: HashMap<&'static str, FireTimer> =
             self.types.iter().map(|(name, f)| (*name, f.1)).collect();

@@ -441,6 +441,10 @@ pub enum UnavailableReason {
     /// is not built for cluster mode).
     #[error("its batch cannot be replicated (sealed payloads are not supported in cluster mode)")]
     NotReplicable,
+    /// Cluster mode: the engine was opened to join a cluster (`EngineBuilder::joins_cluster`)
+    /// and has not joined yet.
+    #[error("this node has not joined its cluster yet")]
+    NotJoined,
 }
 
 /// Why a command was not executed (or a live state not read). `E` is the domain error.

@@ -208,6 +208,17 @@ pub use journal::{
     EVENTS_PER_APPEND_MAX,
 };
 
+/// The segment log that is to become the journal's write path (docs/design.md, "The next
+/// write path"): frames, segments, torn tails (tests and benches only, until it is wired).
+#[cfg(feature = "fault-injection")]
+pub mod seglog {
+    pub use crate::journal::logindex::{LogHead, LogIndex, LogIndexError, HEADS};
+    pub use crate::journal::seglog::{
+        Frame, FrameRecord, FrameWrite, OpenReport, SegLogError, SegmentLog, FRAME_BODY_BYTES_MAX,
+        FRAME_HEADER_BYTES, SEGMENT_BYTES, TABLE_EVERY_FRAMES,
+    };
+}
+
 /// The writes the engine makes for a timer and an idempotency key, for benchmarks that fill
 /// the keyspaces through `JournalWriter` without running commands (tests and benches only).
 #[cfg(feature = "fault-injection")]

@@ -1,5 +1,7 @@
-//! Cluster mode's fencing through the engine API, against a real broker (tansu 0.6.0 on
-//! 127.0.0.1): a node that serves a partition meets a foreign claim it has not read yet.
+//! Cluster mode through the engine API, against a real broker (tansu 0.6.0 on 127.0.0.1).
+//!
+//! `a_foreign_claim_fences_the_owner_and_it_claims_back`: a node that serves a partition
+//! meets a foreign claim it has not read yet.
 //! The test appends another node's claim to the journal topic itself and, right after the
 //! broker acknowledged it, sends the node a command. Whichever comes first in the node —
 //! reading the claim (the command is refused before anything is produced) or producing the
@@ -8,6 +10,13 @@
 //! the partition's history must stand. The node, still assigned the partition by the
 //! group, then claims it back after `reclaim_after_ms`, reloads the aggregate under its new
 //! claim and serves it again, at the next sequence.
+//!
+//! `a_node_resumes_the_topic_from_its_stored_position`: two engines share two partitions;
+//! one leaves and stops while the other writes on; reopened on the same directory, it
+//! resumes every partition from the position it stored (not from offset 0), catches up, and
+//! its journal holds exactly the other's history: nothing skipped, nothing appended twice.
+//! Pointed at a new broker whose journal topic is shorter than its stored position, it
+//! refuses to join (`PositionAhead`) rather than skip the new topic's messages.
 #![cfg(feature = "kafka")]
 
 mod common;
@@ -17,7 +26,11 @@ use common::{Counter, CounterCommand};
 use evershard_engine::cluster_journal::{Claim, Entry, Verdict, VoidReason, Walk};
 use evershard_engine::rdkafka::producer::FutureProducer;
 use evershard_engine::rdkafka::producer::FutureRecord;
-use evershard_engine::{ClusterConfig, CommandError, Engine, KafkaConfig, StreamId};
+use evershard_engine::{
+    ClusterConfig, ClusterError, CommandError, Engine, KafkaConfig, StreamId, UnavailableReason,
+};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -37,6 +50,37 @@ fn wait(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+fn kafka(broker: &kafka_support::Broker) -> KafkaConfig {
+    KafkaConfig::new(broker.bootstrap())
+        .client_id("evershard-cluster-test")
+        .replication_factor(1)
+        .request_timeout(Duration::from_secs(10))
+        .connection_timeout(Duration::from_secs(5))
+}
+
+/// Opens an engine of `Counter`s on `dir`, to join a cluster.
+fn open(rt: &tokio::runtime::Runtime, dir: &Path) -> Engine {
+    rt.block_on(
+        Engine::builder(dir)
+            .register::<Counter>()
+            .topic_indexer(false)
+            .joins_cluster(true)
+            .open(),
+    )
+    .unwrap()
+}
+
+/// Opens an engine of `Counter`s on `dir` and joins it to the cluster `config` names.
+fn join(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    config: ClusterConfig,
+) -> (Engine, evershard_engine::Cluster) {
+    let engine = open(rt, dir);
+    let cluster = rt.block_on(engine.join_cluster(config)).unwrap();
+    (engine, cluster)
+}
+
 #[test]
 fn a_foreign_claim_fences_the_owner_and_it_claims_back() {
     let Some(tansu) = kafka_support::tools("a_foreign_claim_fences_the_owner") else {
@@ -45,27 +89,14 @@ fn a_foreign_claim_fences_the_owner_and_it_claims_back() {
     let broker = kafka_support::Broker::start(&tansu);
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let kafka = KafkaConfig::new(broker.bootstrap())
-        .client_id("evershard-cluster-test")
-        .replication_factor(1)
-        .request_timeout(Duration::from_secs(10))
-        .connection_timeout(Duration::from_secs(5));
+    let kafka = kafka(&broker);
     let config = ClusterConfig::new(kafka.clone(), "fence", "a", "127.0.0.1:1")
         .partitions(1)
         .session_timeout_ms(6_000)
         .heartbeat_interval_ms(500)
         .reclaim_after_ms(2_000);
     let topic = config.journal_topic();
-    let (engine, cluster) = rt.block_on(async {
-        let engine = Engine::builder(dir.path())
-            .register::<Counter>()
-            .topic_indexer(false)
-            .open()
-            .await
-            .unwrap();
-        let cluster = engine.join_cluster(config).await.unwrap();
-        (engine, cluster)
-    });
+    let (engine, cluster) = join(&rt, dir.path(), config);
     wait("a serves partition 0", Duration::from_secs(120), || {
         cluster.serves(0)
     });
@@ -171,4 +202,159 @@ fn a_foreign_claim_fences_the_owner_and_it_claims_back() {
     );
     cluster.leave();
     rt.block_on(engine.shutdown()).unwrap();
+}
+
+/// Executes `Add(1)` on counter `id` through whichever of `nodes` serves its partition
+/// (bounded: a partition may be changing hands); returns the sequence written.
+fn add_one(
+    rt: &tokio::runtime::Runtime,
+    nodes: &[(&Engine, &evershard_engine::Cluster)],
+    id: &str,
+) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        for (engine, cluster) in nodes {
+            if !cluster.serves(cluster.partition_for(id)) {
+                continue;
+            }
+            match rt.block_on(engine.execute::<Counter>(id, CounterCommand::Add(1))) {
+                Ok(events) => return events[0].sequence,
+                Err(e) => assert!(e.is_retryable(), "{id}: {e}"),
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id}: no node executed Add(1) within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every `Counter` stream's event ids in `engine`'s journal, checked gapless from 1.
+fn histories(engine: &Engine, ids: &[String]) -> BTreeMap<String, Vec<uuid::Uuid>> {
+    ids.iter()
+        .map(|id| {
+            let records: Vec<_> = engine
+                .journal()
+                .read_stream(&StreamId::new("Counter", id.as_str()), 1, u64::MAX)
+                .collect::<Result<_, _>>()
+                .unwrap();
+            for (i, r) in records.iter().enumerate() {
+                assert_eq!(r.sequence, i as u64 + 1, "{id} is gapless");
+            }
+            (id.clone(), records.iter().map(|r| r.event_id).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn a_node_resumes_the_topic_from_its_stored_position() {
+    let Some(tansu) = kafka_support::tools("a_node_resumes_the_topic_from_its_stored_position")
+    else {
+        return;
+    };
+    let broker = kafka_support::Broker::start(&tansu);
+    let rt = runtime();
+    let config = |node: &str| {
+        ClusterConfig::new(kafka(&broker), "resume", node, format!("127.0.0.1:{node}"))
+            .partitions(2)
+            .session_timeout_ms(6_000)
+            .heartbeat_interval_ms(500)
+            .reclaim_after_ms(2_000)
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, ca) = join(&rt, dir_a.path(), config("a"));
+    let (b, cb) = join(&rt, dir_b.path(), config("b"));
+    let both = |ca: &evershard_engine::Cluster, cb: &evershard_engine::Cluster| {
+        (0..2).all(|p| ca.serves(p) || cb.serves(p))
+    };
+    wait("every partition served", Duration::from_secs(120), || {
+        both(&ca, &cb)
+    });
+    let ids: Vec<String> = (0..8).map(|i| format!("c-{i}")).collect();
+    for round in 1..=3 {
+        for id in &ids {
+            assert_eq!(add_one(&rt, &[(&a, &ca), (&b, &cb)], id), round);
+        }
+    }
+    // b catches up with everything a wrote, then leaves and stops: its tailer stores the
+    // position it reached.
+    let end = |c: &evershard_engine::Cluster| c.status().walked;
+    wait("b walked what a walked", Duration::from_secs(120), || {
+        let (sa, sb) = (ca.status(), cb.status());
+        sb.walked == sa.walked && sb.pending_applies == 0
+    });
+    cb.leave();
+    let walked_at_leave = end(&cb);
+    let before = histories(&b, &ids);
+    rt.block_on(b.shutdown()).unwrap();
+    drop(b);
+    println!("b left at offsets {walked_at_leave:?}");
+    assert!(walked_at_leave.iter().all(|o| *o > 0));
+
+    // a takes both partitions over and writes on.
+    wait("a serves both partitions", Duration::from_secs(120), || {
+        ca.serves(0) && ca.serves(1)
+    });
+    for id in &ids {
+        assert_eq!(add_one(&rt, &[(&a, &ca)], id), 4);
+    }
+
+    // b again, same directory. Opened to join a cluster, it appends nothing before it has
+    // joined; then it resumes where it stopped and catches up.
+    let b = open(&rt, dir_b.path());
+    match rt.block_on(b.execute::<Counter>("c-0", CounterCommand::Add(1))) {
+        Err(CommandError::Unavailable {
+            reason: UnavailableReason::NotJoined,
+            ..
+        }) => {}
+        other => panic!("a command before joining: {other:?}"),
+    }
+    let cb = rt.block_on(b.join_cluster(config("b"))).unwrap();
+    let status = cb.status();
+    println!("b resumed from {:?}", status.resumed_from);
+    assert_eq!(
+        status.resumed_from, walked_at_leave,
+        "b resumes every partition from the position it stored"
+    );
+    wait("b catches up with a", Duration::from_secs(120), || {
+        let (sa, sb) = (ca.status(), cb.status());
+        sb.walked >= sa.walked && sb.pending_applies == 0
+    });
+    wait("every partition served", Duration::from_secs(120), || {
+        both(&ca, &cb)
+    });
+    for id in &ids {
+        assert_eq!(add_one(&rt, &[(&a, &ca), (&b, &cb)], id), 5);
+    }
+    wait("a and b walked the same", Duration::from_secs(120), || {
+        let (sa, sb) = (ca.status(), cb.status());
+        sa.walked == sb.walked && sa.pending_applies == 0 && sb.pending_applies == 0
+    });
+    let (ha, hb) = (histories(&a, &ids), histories(&b, &ids));
+    for id in &ids {
+        assert_eq!(ha[id].len(), 5, "{id}: five events on a");
+        for (i, event) in before[id].iter().enumerate() {
+            assert_eq!(&ha[id][i], event, "{id}: b's history before it left is a's");
+        }
+    }
+    assert_eq!(
+        hb, ha,
+        "b holds exactly a's history: nothing skipped, nothing twice"
+    );
+    ca.leave();
+    cb.leave();
+    rt.block_on(a.shutdown()).unwrap();
+    rt.block_on(b.shutdown()).unwrap();
+    drop(b);
+
+    // The same store against a new broker (an empty journal topic of the same name).
+    let new_broker = kafka_support::Broker::start(&tansu);
+    let b = open(&rt, dir_b.path());
+    let config = ClusterConfig::new(kafka(&new_broker), "resume", "b", "127.0.0.1:b").partitions(2);
+    match rt.block_on(b.join_cluster(config)) {
+        Err(ClusterError::PositionAhead { stored, end: 0, .. }) if stored > 0 => {}
+        other => panic!("joining a shorter topic must fail with PositionAhead: {other:?}"),
+    }
+    rt.block_on(b.shutdown()).unwrap();
 }

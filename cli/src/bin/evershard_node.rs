@@ -12,6 +12,11 @@
 //! - `{"op":"append","id":"a-1","n":3}`: appends `n` to ledger `a-1`; `n` must be the
 //!   ledger's length plus one (a repeat of an applied `n` writes nothing and answers its
 //!   sequence). `{"ok":true,"sequence":3,"event_ids":[...],"executed_by":"n2"}`.
+//! - `{"op":"stock","id":"p-1","command":{"Reserve":{...}}}`: runs a `ProductStock`
+//!   command (its serde form, `evershard_aggregates::product_stock::ProductStockCommand`);
+//!   `{"ok":true,"sequence":4,"event_types":["StockReserved"],"event_ids":[...],
+//!   "executed_by":"n1"}`. A reservation's expiry is a timer: it fires on whichever node
+//!   serves the product's partition when it comes due.
 //! - `{"op":"status"}`: the node's cluster status.
 //! - errors: `{"ok":false,"error":"not_owner"|"rejected"|"conflict"|"unavailable"|...,
 //!   "retryable":bool,"message":"...","partition":P,"owner":"n3"}`.
@@ -19,6 +24,7 @@
 //! It prints `listening ADDR` on stdout once it accepts connections.
 
 use clap::Parser;
+use evershard_aggregates::product_stock::{ProductStock, ProductStockCommand};
 use evershard_engine::model::{Aggregate, DecideContext, DomainEvent};
 use evershard_engine::{Cluster, ClusterConfig, CommandError, Durability, Engine, KafkaConfig};
 use serde::{Deserialize, Serialize};
@@ -66,6 +72,10 @@ struct Args {
     /// acknowledgement.
     #[arg(long, default_value_t = 10_000)]
     kafka_timeout_ms: u64,
+    /// Static membership (`group.instance.id` = the node's name; see
+    /// `ClusterConfig::static_membership`).
+    #[arg(long)]
+    static_membership: bool,
     /// Replication factor of the journal topic when this node creates it.
     #[arg(long, default_value_t = 1)]
     replication_factor: i32,
@@ -169,6 +179,12 @@ fn main() {
     let node = rt.block_on(async {
         let engine = Engine::builder(&args.data)
             .register::<Ledger>()
+            .register::<ProductStock>()
+            // Nothing is appended before the gate is in place: a restarted node's due timers
+            // wait until it knows which partitions it serves.
+            .joins_cluster(true)
+            // Timers of a partition that moved here fire within this bound (docs/scale-out.md).
+            .timer_poll_ms(500)
             .durability(Durability::Durable)
             .topic_indexer(false)
             .source(format!("evershard-node/{}", args.node))
@@ -186,7 +202,8 @@ fn main() {
             .heartbeat_interval_ms(args.heartbeat_interval_ms)
             .reclaim_after_ms(args.reclaim_after_ms)
             .ack_timeout_ms(args.kafka_timeout_ms.max(30_000))
-            .fetch_wait_ms(args.fetch_wait_ms);
+            .fetch_wait_ms(args.fetch_wait_ms)
+            .static_membership(args.static_membership);
         let cluster = engine.join_cluster(config).await.expect("join the cluster");
         Node {
             engine,
@@ -222,49 +239,75 @@ fn serve(node: &Node, mut conn: TcpStream) {
 }
 
 fn handle(node: &Node, request: &Value) -> Value {
+    let bad = |message: &str| json!({"ok": false, "error": "bad_request", "retryable": false, "message": message});
     match request["op"].as_str() {
         Some("append") => {
             let (Some(id), Some(n)) = (request["id"].as_str(), request["n"].as_u64()) else {
-                return json!({"ok": false, "error": "bad_request", "retryable": false,
-                              "message": "append needs id and n"});
+                return bad("append needs id and n");
             };
-            let forwarded = request["forwarded"].as_bool().unwrap_or(false);
-            let partition = node.cluster.partition_for(id);
-            if !node.cluster.serves(partition) && !forwarded {
-                return forward(node, request, partition);
-            }
-            let result = node.rt.block_on(
-                node.engine
-                    .execute::<Ledger>(id, LedgerCommand::Append { n }),
-            );
-            match result {
-                Ok(events) => {
-                    let sequence = match events.last() {
-                        Some(e) => e.sequence,
-                        None => n, // a repeat: event n is at sequence n
-                    };
-                    json!({"ok": true, "sequence": sequence, "executed_by": node.name,
-                           "event_ids": events.iter().map(|e| e.event_id.to_string()).collect::<Vec<_>>()})
-                }
-                Err(CommandError::NotOwner { .. }) if !forwarded => {
-                    forward(node, request, partition)
-                }
-                Err(e) => error_answer(&e, partition),
-            }
+            run::<Ledger>(node, request, id, LedgerCommand::Append { n }, |events| {
+                // A repeat writes nothing: event n is at sequence n.
+                json!({"sequence": events.last().map_or(n, |e| e.sequence)})
+            })
+        }
+        Some("stock") => {
+            let Some(id) = request["id"].as_str() else {
+                return bad("stock needs id");
+            };
+            let command: ProductStockCommand =
+                match serde_json::from_value(request["command"].clone()) {
+                    Ok(c) => c,
+                    Err(e) => return bad(&format!("stock command: {e}")),
+                };
+            run::<ProductStock>(node, request, id, command, |events| {
+                json!({"sequence": events.last().map(|e| e.sequence),
+                       "event_types": events.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>()})
+            })
         }
         Some("status") => {
             let s = node.cluster.status();
             json!({"ok": true, "serving": s.serving, "assigned": s.assigned,
                    "takeovers": s.takeovers.iter().map(|t| json!({"partition": t.partition, "epoch": t.epoch, "took_ms": t.took_ms})).collect::<Vec<_>>(),
-                   "walked": s.walked, "pending_applies": s.pending_applies,
+                   "walked": s.walked, "resumed_from": s.resumed_from,
+                   "pending_applies": s.pending_applies,
                    "acknowledged": s.acknowledged, "refused": s.refused, "last_error": s.last_error})
         }
-        other => json!({"ok": false, "error": "bad_request", "retryable": false,
-                        "message": format!("unknown op {other:?}")}),
+        other => bad(&format!("unknown op {other:?}")),
     }
 }
 
-fn error_answer(e: &CommandError<LedgerError>, partition: u32) -> Value {
+/// Runs `command` on aggregate `id` here if this node serves its partition, else forwards
+/// the request one hop (unless it was forwarded already). `answer` adds the aggregate's
+/// fields to a successful answer.
+fn run<A: Aggregate>(
+    node: &Node,
+    request: &Value,
+    id: &str,
+    command: A::Command,
+    answer: impl FnOnce(&[evershard_engine::model::EventEnvelope<A::Event>]) -> Value,
+) -> Value {
+    let forwarded = request["forwarded"].as_bool().unwrap_or(false);
+    let partition = node.cluster.partition_for(id);
+    if !node.cluster.serves(partition) && !forwarded {
+        return forward(node, request, partition);
+    }
+    match node.rt.block_on(node.engine.execute::<A>(id, command)) {
+        Ok(events) => {
+            let mut ok = answer(&events);
+            ok["ok"] = json!(true);
+            ok["executed_by"] = json!(node.name);
+            ok["event_ids"] = json!(events
+                .iter()
+                .map(|e| e.event_id.to_string())
+                .collect::<Vec<_>>());
+            ok
+        }
+        Err(CommandError::NotOwner { .. }) if !forwarded => forward(node, request, partition),
+        Err(e) => error_answer(&e, partition),
+    }
+}
+
+fn error_answer<E: std::error::Error>(e: &CommandError<E>, partition: u32) -> Value {
     let kind = match e {
         CommandError::NotOwner { .. } => "not_owner",
         CommandError::Rejected(_) => "rejected",

@@ -36,7 +36,12 @@ pub fn start_node(
     extra: &[&str],
 ) -> Node {
     let data = dir.join(name);
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    // Appended to: a node restarted on the same directory keeps its earlier log.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .unwrap();
     let mut child = Command::new(bin)
         .args(["--data", data.to_str().unwrap(), "--brokers", broker])
         .args([

@@ -2,7 +2,7 @@
 //! aggregates through the partitions of a Kafka journal topic.
 //!
 //! - **Ownership.** A consumer group (`evershard.<cluster>.owners`, cooperative-sticky,
-//!   dynamic membership) subscribed to the journal topic assigns partitions to nodes. A node
+//!   dynamic membership unless [`ClusterConfig::static_membership`]) subscribed to the journal topic assigns partitions to nodes. A node
 //!   serves partition `p` only once it has also *claimed* it: caught up with `p`, appended a
 //!   [`wire::Claim`] with an epoch above every earlier one, and read up to that claim.
 //! - **KafkaDurable acknowledgement.** Every command batch passes the gate ([`DurableGate`])
@@ -10,13 +10,15 @@
 //!   the tailer has walked `p` up to the batch's offset and found it valid under the rule of
 //!   [`validity`] (no foreign claim in between). Otherwise the command fails with
 //!   `NotOwner` and took no effect.
-//! - **Replica.** One tailer thread reads every partition of the journal topic from the start,
-//!   walks it through the validity rule and appends the valid batches of other writers to the
-//!   local journal, so every node holds every valid batch, in each stream's order.
+//! - **Replica.** One tailer thread reads every partition of the journal topic from the
+//!   position stored in the local journal ([`cursor`]; the start for a new store), walks it
+//!   through the validity rule and appends the valid batches of other writers to the local
+//!   journal, so every node holds every valid batch, in each stream's order.
 //!
 //! Threads: the tailer, the group member, and the claimer (takeovers run there so that the
 //! group member keeps polling during a catch-up).
 
+pub mod cursor;
 pub mod validity;
 pub mod wire;
 
@@ -25,6 +27,7 @@ use crate::gate::{AppendGate, GateFuture, GateRefusal};
 use crate::journal::{AppendRequest, JournalWriter};
 use crate::kafka::KafkaConfig;
 use crate::topics::partition_for;
+use cursor::{Applied, CursorError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -90,6 +93,11 @@ pub struct ClusterConfig {
     /// only; one that holds every fetch this long (tansu 0.6.0) adds it to every command's
     /// latency. Default 10.
     pub fetch_wait_ms: u64,
+    /// Static membership: the group member's `group.instance.id` is the node's name, so a
+    /// node that restarts within the session timeout gets its partitions back without a
+    /// rebalance. Default false: with it, tansu 0.6.0 (the test broker) left partitions
+    /// unassigned for good (measured, docs/scale-out.md), so it is untested.
+    pub static_membership: bool,
 }
 
 impl ClusterConfig {
@@ -111,6 +119,7 @@ impl ClusterConfig {
             catch_up_timeout_ms: 120_000,
             reclaim_after_ms: 5_000,
             fetch_wait_ms: 10,
+            static_membership: false,
         }
     }
 
@@ -146,6 +155,11 @@ impl ClusterConfig {
 
     pub fn fetch_wait_ms(mut self, ms: u64) -> Self {
         self.fetch_wait_ms = ms;
+        self
+    }
+
+    pub fn static_membership(mut self, on: bool) -> Self {
+        self.static_membership = on;
         self
     }
 
@@ -207,6 +221,19 @@ pub enum ClusterError {
     NoRuntime,
     #[error("starting a cluster thread: {reason}")]
     Spawn { reason: String },
+    #[error("reading the stored tailer position: {0}")]
+    Position(#[from] CursorError),
+    /// The store's position in a partition lies past the partition's end: the journal topic
+    /// is not the one this store followed (recreated, or another broker).
+    #[error(
+        "partition {partition} of {topic} ends at offset {end}, this store's position is {stored}"
+    )]
+    PositionAhead {
+        topic: String,
+        partition: u32,
+        stored: i64,
+        end: i64,
+    },
 }
 
 /// The owner of a partition as this node last read it: its latest effective claim.
@@ -240,6 +267,9 @@ pub struct ClusterStatus {
     pub takeovers: Vec<Takeover>,
     /// Per partition, the offset of the next message the tailer walks.
     pub walked: Vec<i64>,
+    /// Per partition, the stored position the tailer resumed from when the node joined
+    /// (0: read from the start).
+    pub resumed_from: Vec<i64>,
     /// Valid batches read but not yet in the local journal, over all partitions.
     pub pending_applies: usize,
     /// Batches this node's gate acknowledged / refused since it joined.
@@ -249,19 +279,31 @@ pub struct ClusterStatus {
     pub last_error: Option<String>,
 }
 
-/// A valid batch waiting for the local journal.
+/// A message of a partition that moves the stored position once it is behind the applied
+/// prefix: an effective claim, or a valid batch waiting for the local journal.
 #[derive(Debug)]
 struct Pending {
-    batch: Batch,
-    /// Written under a claim of this process: the entity appends it after the check.
-    own: bool,
-    seen: Instant,
+    offset: i64,
+    step: Step,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Claim(ClaimAt),
+    Batch {
+        batch: Batch,
+        /// Written under a claim of this process: the entity appends it after the check.
+        own: bool,
+        seen: Instant,
+    },
 }
 
 #[derive(Debug, Default)]
 struct State {
     walks: Vec<Walk>,
     pending: Vec<VecDeque<Pending>>,
+    /// Where the tailer resumed each partition at join.
+    resumed_from: Vec<i64>,
     /// Partitions served, with this node's epoch.
     served: HashMap<u32, u64>,
     /// Partitions the group assigns to this node, with when they were assigned.
@@ -388,7 +430,13 @@ impl Cluster {
             assigned,
             takeovers: st.takeovers.clone(),
             walked: st.walks.iter().map(|w| w.next_offset).collect(),
-            pending_applies: st.pending.iter().map(VecDeque::len).sum(),
+            resumed_from: st.resumed_from.clone(),
+            pending_applies: st
+                .pending
+                .iter()
+                .flatten()
+                .filter(|p| matches!(p.step, Step::Batch { .. }))
+                .count(),
             acknowledged: st.acknowledged,
             refused: st.refused,
             last_error: st.last_error.clone(),
@@ -432,15 +480,24 @@ impl Engine {
             return Err(ClusterError::AlreadyJoined);
         }
         let topic = config.journal_topic();
+        // Where this store stopped following each partition (offset 0 if it never did).
+        let (walks, cursors) =
+            cursor::load(rt.journal.reader(), &config.cluster, config.partitions)?;
         {
             let config = config.clone();
             let topic = topic.clone();
-            tokio::task::spawn_blocking(move || ensure_topic(&config, &topic))
-                .await
-                .map_err(|e| ClusterError::Spawn {
-                    reason: e.to_string(),
-                })??;
+            let stored: Vec<i64> = cursors.iter().map(|c| c.next_offset).collect();
+            tokio::task::spawn_blocking(move || {
+                ensure_topic(&config, &topic)?;
+                check_positions(&config, &topic, &stored)
+            })
+            .await
+            .map_err(|e| ClusterError::Spawn {
+                reason: e.to_string(),
+            })??;
         }
+        let resumed_from: Vec<i64> = cursors.iter().map(|c| c.next_offset).collect();
+        let applied = Applied::new(&config.cluster, cursors);
         let client = |e: rdkafka::error::KafkaError| ClusterError::Client {
             reason: config.kafka.redact(&e.to_string()),
         };
@@ -460,12 +517,16 @@ impl Engine {
                 "heartbeat.interval.ms",
                 config.heartbeat_interval_ms.to_string(),
             );
+        if config.static_membership {
+            members.set("group.instance.id", &config.node);
+        }
         let members: BaseConsumer = members.create().map_err(client)?;
         let partitions = config.partitions as usize;
         let shared = Arc::new(Shared {
             topic,
             state: Mutex::new(State {
-                walks: vec![Walk::new(); partitions],
+                walks,
+                resumed_from,
                 pending: (0..partitions).map(|_| VecDeque::new()).collect(),
                 ..State::default()
             }),
@@ -494,7 +555,7 @@ impl Engine {
         let s = shared.clone();
         threads.push(spawn(
             "evershard-cluster-tailer",
-            Box::new(move || run_tailer(&s, tail, &journal)),
+            Box::new(move || run_tailer(&s, tail, &journal, applied)),
         )?);
         let s = shared.clone();
         threads.push(spawn(
@@ -530,6 +591,40 @@ fn consumer_config(config: &ClusterConfig, group: &str) -> ClientConfig {
         c.set(k, v);
     }
     c
+}
+
+/// Refuses a stored position past its partition's end: the store followed another journal
+/// topic (recreated, or on another broker), and resuming there would skip its messages.
+fn check_positions(
+    config: &ClusterConfig,
+    topic: &str,
+    stored: &[i64],
+) -> Result<(), ClusterError> {
+    if stored.iter().all(|o| *o == 0) {
+        return Ok(());
+    }
+    let client = |e: rdkafka::error::KafkaError| ClusterError::Client {
+        reason: config.kafka.redact(&e.to_string()),
+    };
+    let consumer: BaseConsumer = config.kafka.client_config().create().map_err(client)?;
+    let timeout = config.kafka.connection_timeout + config.kafka.request_timeout;
+    for (p, &position) in stored.iter().enumerate() {
+        if position == 0 {
+            continue;
+        }
+        let (_, end) = consumer
+            .fetch_watermarks(topic, p as i32, timeout)
+            .map_err(client)?;
+        if position > end {
+            return Err(ClusterError::PositionAhead {
+                topic: topic.to_owned(),
+                partition: p as u32,
+                stored: position,
+                end,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Creates the journal topic if missing; refuses one with another partition count.
@@ -727,12 +822,23 @@ impl DurableGate {
     }
 }
 
-/// Reads every partition of the journal topic from the start, walks it, keeps verdicts for
-/// the gate and appends the valid batches to the local journal.
-fn run_tailer(shared: &Shared, consumer: BaseConsumer, journal: &JournalWriter) {
+/// Reads every partition of the journal topic from its stored position (the start if none),
+/// walks it, keeps verdicts for the gate and appends the valid batches to the local journal,
+/// storing the position as it goes ([`cursor`]).
+fn run_tailer(
+    shared: &Shared,
+    consumer: BaseConsumer,
+    journal: &JournalWriter,
+    mut applied: Applied,
+) {
     let mut tpl = TopicPartitionList::new();
+    let from: Vec<i64> = shared.lock().walks.iter().map(|w| w.next_offset).collect();
     for p in 0..shared.config.partitions {
-        if let Err(e) = tpl.add_partition_offset(&shared.topic, p as i32, Offset::Beginning) {
+        let offset = match from[p as usize] {
+            0 => Offset::Beginning,
+            o => Offset::Offset(o),
+        };
+        if let Err(e) = tpl.add_partition_offset(&shared.topic, p as i32, offset) {
             shared.error(format!("tailer: {e}"));
             return;
         }
@@ -760,9 +866,16 @@ fn run_tailer(shared: &Shared, consumer: BaseConsumer, journal: &JournalWriter) 
                 }
             }
         }
-        apply_pending(shared, journal);
+        apply_pending(shared, journal, &mut applied);
+        if let Err(e) = applied.store(journal, false) {
+            shared.error(format!("tailer: storing the position: {e}"));
+        }
         shared.walked.notify_all();
         shared.notify.notify_waiters();
+    }
+    // A clean stop stores the position reached, so a restart re-reads nothing.
+    if let Err(e) = applied.store(journal, true) {
+        shared.error(format!("tailer: storing the position at stop: {e}"));
     }
 }
 
@@ -776,6 +889,15 @@ fn walk_one(shared: &Shared, partition: u32, offset: i64, entry: Option<Entry>) 
         return; // a re-delivery after a consumer reconnect
     }
     let verdict = walk.step(offset, entry.as_ref());
+    if let (Some(Entry::Claim(claim)), Verdict::Claimed) = (&entry, &verdict) {
+        st.pending[partition as usize].push_back(Pending {
+            offset,
+            step: Step::Claim(ClaimAt {
+                offset,
+                claim: claim.clone(),
+            }),
+        });
+    }
     match (&entry, &verdict) {
         // Another node's claim, or one of this node's name from an earlier process.
         (Some(Entry::Claim(claim)), Verdict::Claimed)
@@ -797,9 +919,12 @@ fn walk_one(shared: &Shared, partition: u32, offset: i64, entry: Option<Entry>) 
             }
             if verdict == Verdict::Valid {
                 st.pending[partition as usize].push_back(Pending {
-                    batch: batch.clone(),
-                    own,
-                    seen: Instant::now(),
+                    offset,
+                    step: Step::Batch {
+                        batch: batch.clone(),
+                        own,
+                        seen: Instant::now(),
+                    },
                 });
             }
         }
@@ -808,18 +933,32 @@ fn walk_one(shared: &Shared, partition: u32, offset: i64, entry: Option<Entry>) 
 }
 
 /// Appends the valid batches read to the local journal, per partition in offset order, each
-/// when its stream's local head is just before it. A batch of this process's own claim is
-/// left to the entity that wrote it (it appends right after the gate's check) for
-/// [`OWN_APPEND_GRACE_MS`].
-fn apply_pending(shared: &Shared, journal: &JournalWriter) {
-    for p in 0..shared.config.partitions as usize {
+/// when its stream's local head is just before it, and moves the partition's position past
+/// every message applied ([`cursor`]: in the same append when the tailer appends). A batch
+/// of this process's own claim is left to the entity that wrote it (it appends right after
+/// the gate's check) for [`OWN_APPEND_GRACE_MS`].
+fn apply_pending(shared: &Shared, journal: &JournalWriter, applied: &mut Applied) {
+    for p in 0..shared.config.partitions {
+        let idx = p as usize;
         loop {
-            let (batch, own, seen) = {
+            let (offset, step) = {
                 let st = shared.lock();
-                match st.pending[p].front() {
-                    None => break,
-                    Some(f) => (f.batch.clone(), f.own, f.seen),
+                match st.pending[idx].front() {
+                    None => {
+                        // Every message below the walk's position is applied or void.
+                        applied.walked_to(p, st.walks[idx].next_offset);
+                        break;
+                    }
+                    Some(f) => (f.offset, f.step.clone()),
                 }
+            };
+            let (batch, own, seen) = match step {
+                Step::Claim(at) => {
+                    applied.claim(p, &at);
+                    shared.lock().pending[idx].pop_front();
+                    continue;
+                }
+                Step::Batch { batch, own, seen } => (batch, own, seen),
             };
             let stream = batch.stream();
             let head = match journal.reader().head(&stream) {
@@ -835,20 +974,26 @@ fn apply_pending(shared: &Shared, journal: &JournalWriter) {
             } else {
                 head >= batch.last_sequence()
             };
-            if !done {
+            if done {
+                applied.batch(p, offset, &batch);
+            } else {
                 if own && seen.elapsed() < Duration::from_millis(OWN_APPEND_GRACE_MS) {
                     break; // the entity appends it in a moment
                 }
                 if head + 1 != batch.first_sequence {
                     break; // an earlier batch of the stream is still on its way
                 }
-                let request = match batch.to_request() {
+                let mut request = match batch.to_request() {
                     Ok(r) => r,
                     Err(e) => {
                         shared.error(format!("replica: batch of {stream}: {e}"));
                         break;
                     }
                 };
+                // The position past this batch, in the same sled batch as its events.
+                request
+                    .extra_writes
+                    .extend(applied.writes_with(p, offset, &batch));
                 if let Err(e) = journal.append_blocking(request) {
                     // A conflict: the entity appended it meanwhile; the next round sees that.
                     if !matches!(e, crate::error::AppendError::Conflict { .. }) {
@@ -856,8 +1001,9 @@ fn apply_pending(shared: &Shared, journal: &JournalWriter) {
                     }
                     break;
                 }
+                applied.appended(p, offset, &batch);
             }
-            shared.lock().pending[p].pop_front();
+            shared.lock().pending[idx].pop_front();
         }
     }
 }

@@ -70,6 +70,30 @@ impl Walk {
         Walk::default()
     }
 
+    /// The walk of a partition as it stood before `next_offset`, from a stored position
+    /// (`cluster::cursor`): the latest effective claim, the highest epoch and every stream's
+    /// last valid sequence below it. Walking on from there gives the verdicts a walk from
+    /// offset 0 gives.
+    pub fn resume(
+        next_offset: i64,
+        latest: Option<ClaimAt>,
+        highest_epoch: u64,
+        heads: HashMap<StreamId, u64>,
+    ) -> Walk {
+        assert!(
+            latest
+                .as_ref()
+                .is_none_or(|c| c.offset < next_offset && c.claim.epoch <= highest_epoch),
+            "a stored claim lies below the stored position and its epoch"
+        );
+        Walk {
+            next_offset,
+            latest,
+            highest_epoch,
+            heads,
+        }
+    }
+
     /// Walks the message at `offset` (which must be the next one: a partition's offsets only
     /// grow, and gaps — compacted or transaction-marker offsets — are allowed).
     pub fn step(&mut self, offset: i64, entry: Option<&Entry>) -> Verdict {
@@ -181,14 +205,43 @@ mod tests {
         })
     }
 
-    fn walk(entries: &[Entry]) -> (Walk, Vec<Verdict>) {
+    /// Walks `entries` (at offsets 0, 1, ...) and checks every verdict against `expected`
+    /// and the streams' heads after them against `heads`. Also checks the stored-position
+    /// promise: a walk resumed after any prefix (`Walk::resume` from that prefix's claim,
+    /// epoch and heads) gives the same verdicts and heads as the walk from offset 0.
+    fn check(entries: &[Entry], expected: &[Verdict], heads: &[(&str, u64)]) -> Walk {
         let mut w = Walk::new();
-        let verdicts = entries
+        let verdicts: Vec<Verdict> = entries
             .iter()
             .enumerate()
             .map(|(i, e)| w.step(i as i64, Some(e)))
             .collect();
-        (w, verdicts)
+        assert_eq!(verdicts, expected);
+        for (id, head) in heads {
+            assert_eq!(w.head(&StreamId::new("T", *id)), *head, "head of {id}");
+        }
+        for split in 0..entries.len() {
+            let mut prefix = Walk::new();
+            for (i, e) in entries[..split].iter().enumerate() {
+                prefix.step(i as i64, Some(e));
+            }
+            let mut resumed = Walk::resume(
+                prefix.next_offset,
+                prefix.latest_claim().cloned(),
+                prefix.highest_epoch(),
+                prefix.heads.clone(),
+            );
+            for (i, e) in entries.iter().enumerate().skip(split) {
+                assert_eq!(
+                    resumed.step(i as i64, Some(e)),
+                    expected[i],
+                    "resumed at {split}"
+                );
+            }
+            assert_eq!(resumed.heads, w.heads, "heads resumed at {split}");
+            assert_eq!(resumed.latest_claim(), w.latest_claim());
+        }
+        w
     }
 
     fn stale(node: &str, epoch: u64, claim_node: &str, claim_epoch: u64) -> Verdict {
@@ -200,33 +253,37 @@ mod tests {
         })
     }
 
+    fn out_of_sequence(expected_first: u64, first: u64) -> Verdict {
+        Verdict::Void(VoidReason::OutOfSequence {
+            expected_first,
+            first,
+        })
+    }
+
+    use Verdict::{Claimed, Valid};
+
     #[test]
     fn batches_under_the_latest_claim_in_sequence_are_valid() {
-        let (w, v) = walk(&[
-            claim("a", 1),
-            batch("a", 1, "x", 1, 2),
-            batch("a", 1, "y", 1, 1),
-            batch("a", 1, "x", 3, 1),
-        ]);
-        assert_eq!(
-            v,
-            [
-                Verdict::Claimed,
-                Verdict::Valid,
-                Verdict::Valid,
-                Verdict::Valid
-            ]
+        let w = check(
+            &[
+                claim("a", 1),
+                batch("a", 1, "x", 1, 2),
+                batch("a", 1, "y", 1, 1),
+                batch("a", 1, "x", 3, 1),
+            ],
+            &[Claimed, Valid, Valid, Valid],
+            &[("x", 3), ("y", 1)],
         );
-        assert_eq!(w.head(&StreamId::new("T", "x")), 3);
-        assert_eq!(w.head(&StreamId::new("T", "y")), 1);
         assert_eq!(w.latest_claim().unwrap().offset, 0);
     }
 
     #[test]
     fn a_batch_before_any_claim_is_void() {
-        let (w, v) = walk(&[batch("a", 0, "x", 1, 1), claim("a", 1)]);
-        assert_eq!(v[0], Verdict::Void(VoidReason::Unclaimed));
-        assert_eq!(w.head(&StreamId::new("T", "x")), 0);
+        check(
+            &[batch("a", 0, "x", 1, 1), claim("a", 1)],
+            &[Verdict::Void(VoidReason::Unclaimed), Claimed],
+            &[("x", 0)],
+        );
     }
 
     /// The case the rule exists for: `a` is paused after deciding a batch, `b` takes the
@@ -235,20 +292,27 @@ mod tests {
     /// every reader, so `a` never acknowledges it, and `b`'s history stands.
     #[test]
     fn a_paused_old_owners_late_batch_is_void() {
-        let (w, v) = walk(&[
-            claim("a", 1),
-            batch("a", 1, "x", 1, 1),
-            claim("b", 2),
-            batch("b", 2, "x", 2, 1),
-            batch("a", 1, "x", 2, 1), // a's late batch: the same sequence b wrote
-            batch("a", 1, "y", 1, 1), // and one for a stream b never touched
-            batch("b", 2, "x", 3, 1),
-        ]);
-        assert_eq!(v[4], stale("a", 1, "b", 2));
-        assert_eq!(v[5], stale("a", 1, "b", 2));
-        assert_eq!(v[6], Verdict::Valid);
-        assert_eq!(w.head(&StreamId::new("T", "x")), 3);
-        assert_eq!(w.head(&StreamId::new("T", "y")), 0);
+        check(
+            &[
+                claim("a", 1),
+                batch("a", 1, "x", 1, 1),
+                claim("b", 2),
+                batch("b", 2, "x", 2, 1),
+                batch("a", 1, "x", 2, 1), // a's late batch: the same sequence b wrote
+                batch("a", 1, "y", 1, 1), // and one for a stream b never touched
+                batch("b", 2, "x", 3, 1),
+            ],
+            &[
+                Claimed,
+                Valid,
+                Claimed,
+                Valid,
+                stale("a", 1, "b", 2),
+                stale("a", 1, "b", 2),
+                Valid,
+            ],
+            &[("x", 3), ("y", 0)],
+        );
     }
 
     /// Two nodes that both read epoch 1 and claim epoch 2: the first claim in the partition
@@ -256,88 +320,89 @@ mod tests {
     /// claim's node). The loser finds out when it reads up to its own claim.
     #[test]
     fn a_claim_race_is_won_by_the_earlier_claim() {
-        let (w, v) = walk(&[
-            claim("a", 1),
-            claim("b", 2),
-            claim("c", 2),
-            batch("c", 2, "x", 1, 1),
-            batch("b", 2, "x", 1, 1),
-        ]);
-        assert_eq!(
-            v[2],
-            Verdict::Void(VoidReason::ClaimNotNewer {
-                epoch: 2,
-                highest: 2
-            })
+        let w = check(
+            &[
+                claim("a", 1),
+                claim("b", 2),
+                claim("c", 2),
+                batch("c", 2, "x", 1, 1),
+                batch("b", 2, "x", 1, 1),
+            ],
+            &[
+                Claimed,
+                Claimed,
+                Verdict::Void(VoidReason::ClaimNotNewer {
+                    epoch: 2,
+                    highest: 2,
+                }),
+                stale("c", 2, "b", 2),
+                Valid,
+            ],
+            &[("x", 1)],
         );
-        assert_eq!(v[3], stale("c", 2, "b", 2));
-        assert_eq!(v[4], Verdict::Valid);
         assert_eq!(w.latest_claim().unwrap().claim.node, "b");
         assert_eq!(w.highest_epoch(), 2);
     }
 
     #[test]
     fn a_batch_that_skips_or_repeats_sequences_is_void() {
-        let (w, v) = walk(&[
-            claim("a", 1),
-            batch("a", 1, "x", 1, 2),
-            batch("a", 1, "x", 4, 1), // a gap
-            batch("a", 1, "x", 2, 1), // a repeat
-            batch("a", 1, "x", 3, 1),
-        ]);
-        assert_eq!(
-            v[2],
-            Verdict::Void(VoidReason::OutOfSequence {
-                expected_first: 3,
-                first: 4
-            })
+        check(
+            &[
+                claim("a", 1),
+                batch("a", 1, "x", 1, 2),
+                batch("a", 1, "x", 4, 1), // a gap
+                batch("a", 1, "x", 2, 1), // a repeat
+                batch("a", 1, "x", 3, 1),
+            ],
+            &[
+                Claimed,
+                Valid,
+                out_of_sequence(3, 4),
+                out_of_sequence(3, 2),
+                Valid,
+            ],
+            &[("x", 3)],
         );
-        assert_eq!(
-            v[3],
-            Verdict::Void(VoidReason::OutOfSequence {
-                expected_first: 3,
-                first: 2
-            })
-        );
-        assert_eq!(v[4], Verdict::Valid);
-        assert_eq!(w.head(&StreamId::new("T", "x")), 3);
     }
 
     /// An owner that claims again (it lost the partition and got it back) starts a new
     /// epoch: its own batches under the old epoch are void after the new claim.
     #[test]
     fn an_owners_own_old_epoch_is_void_after_its_new_claim() {
-        let (_, v) = walk(&[
-            claim("a", 1),
-            claim("b", 2),
-            claim("a", 3),
-            batch("a", 1, "x", 1, 1),
-            batch("a", 3, "x", 1, 1),
-        ]);
-        assert_eq!(v[3], stale("a", 1, "a", 3));
-        assert_eq!(v[4], Verdict::Valid);
+        check(
+            &[
+                claim("a", 1),
+                claim("b", 2),
+                claim("a", 3),
+                batch("a", 1, "x", 1, 1),
+                batch("a", 3, "x", 1, 1),
+            ],
+            &[Claimed, Claimed, Claimed, stale("a", 1, "a", 3), Valid],
+            &[("x", 1)],
+        );
     }
 
     #[test]
     fn undecodable_messages_are_void_and_offsets_may_skip() {
         let mut w = Walk::new();
-        assert_eq!(w.step(0, Some(&claim("a", 1))), Verdict::Claimed);
+        assert_eq!(w.step(0, Some(&claim("a", 1))), Claimed);
         assert_eq!(w.step(1, None), Verdict::Void(VoidReason::Undecodable));
-        assert_eq!(w.step(5, Some(&batch("a", 1, "x", 1, 1))), Verdict::Valid);
+        assert_eq!(w.step(5, Some(&batch("a", 1, "x", 1, 1))), Valid);
         assert_eq!(w.next_offset, 6);
     }
 
     /// A batch of no events (a timer correction) is valid at the head and moves nothing.
     #[test]
     fn an_empty_batch_checks_its_version_and_moves_no_head() {
-        let (w, v) = walk(&[
-            claim("a", 1),
-            batch("a", 1, "x", 1, 1),
-            batch("a", 1, "x", 2, 0),
-            batch("a", 1, "x", 2, 1),
-        ]);
-        assert_eq!(v[2], Verdict::Valid);
-        assert_eq!(v[3], Verdict::Valid);
-        assert_eq!(w.head(&StreamId::new("T", "x")), 2);
+        check(
+            &[
+                claim("a", 1),
+                batch("a", 1, "x", 1, 1),
+                batch("a", 1, "x", 2, 0),
+                batch("a", 1, "x", 2, 1),
+            ],
+            &[Claimed, Valid, Valid, Valid],
+            &[("x", 2)],
+        );
     }
 }

@@ -165,7 +165,8 @@ impl AppendRequest {
                     | &keys::TIMERS
                     | &keys::TIMERS_BY_STREAM
                     | &keys::IDEMPOTENCY
-                    | &keys::IDEMPOTENCY_BY_TIME,
+                    | &keys::IDEMPOTENCY_BY_TIME
+                    | &keys::CLUSTER,
                 ) => {}
                 _ => return Err(InvalidRequest::ForbiddenKeyspace),
             }

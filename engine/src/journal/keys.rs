@@ -15,6 +15,7 @@
 //! x | y | z, m | "topics-cursor"                                   -> topic index, topic configs, consumer offsets (see `topics`)
 //! k | publisher | topic | partition u32 BE                          -> a Kafka publisher's cursor (see `publisher`)
 //! d | key_id 16, D | subject_len u16 BE | subject                   -> wrapped data keys, subjects' key lists (see `keyring`)
+//! c | name_len u8 | cluster | 'p' partition u32 BE, or 'h' stream  -> a cluster tailer's stored position (see `cluster_state`)
 //! ```
 //!
 //! Times in keys are microseconds since the epoch, an `i64` stored as `u64` with the sign bit
@@ -35,6 +36,9 @@ pub const IDEMPOTENCY: u8 = b'i';
 pub const TIMERS_BY_STREAM: u8 = b'T';
 /// Idempotency records in the order they were recorded, for the retention sweep.
 pub const IDEMPOTENCY_BY_TIME: u8 = b'I';
+/// Cluster mode's tailer position and walk heads (see `cluster_state`): written in the same
+/// batch as the replicated events they cover.
+pub const CLUSTER: u8 = b'c';
 /// Wrapped data keys of encryption at rest, by key id (see `keyring`).
 pub const DATA_KEYS: u8 = b'd';
 /// Each data subject's data key ids, current first (see `keyring`).

@@ -208,6 +208,12 @@ impl<A: Aggregate> EntityState<A> {
     /// have moved on), and drops a state loaded under an earlier claim.
     fn check_served(&mut self) -> Result<(), CommandError<A::Error>> {
         let Some(gate) = self.args.rt.gate.get() else {
+            if self.args.rt.awaits_gate {
+                return Err(CommandError::Unavailable {
+                    stream: self.args.stream.clone(),
+                    reason: crate::error::UnavailableReason::NotJoined,
+                });
+            }
             return Ok(());
         };
         let epoch = gate
@@ -330,6 +336,9 @@ impl<A: Aggregate> EntityState<A> {
             if gate.serving(&self.args.stream).is_err() {
                 return Ok(false);
             }
+        } else if self.args.rt.awaits_gate {
+            // Not joined yet: whether this node serves the partition is not known.
+            return Ok(false);
         }
         self.ensure_loaded()?;
         let rt = self.args.rt.clone();

@@ -74,6 +74,11 @@ pub(crate) struct Runtime {
     /// Cluster mode: what every command batch passes before its local append (set once,
     /// when the engine joins a cluster; see `crate::gate`).
     pub gate: std::sync::OnceLock<Arc<dyn crate::gate::AppendGate>>,
+    /// Cluster mode: the engine joins a cluster after it opened
+    /// (`EngineBuilder::joins_cluster`). Until the gate is installed nothing is appended:
+    /// timers wait and commands fail with `Unavailable { NotJoined }`, so no batch bypasses
+    /// the journal topic.
+    pub awaits_gate: bool,
 }
 
 /// Skipped-snapshot warnings an engine keeps in memory; older ones are only in the log.

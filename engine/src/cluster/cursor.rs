@@ -1,0 +1,307 @@
+//! The tailer's stored position (docs/scale-out.md, "The stored tailer position"): per
+//! partition, the offset up to which every valid batch is in the local journal, with the
+//! walk's state at that offset (the latest effective claim, the highest epoch, each stream's
+//! last valid sequence). A node that restarts resumes each partition there instead of
+//! re-reading the journal topic from offset 0.
+//!
+//! Why it can never skip or double-append:
+//! - The position only covers a *prefix* of a partition: the tailer applies a partition's
+//!   valid batches in offset order, and moves the position past a batch only once the batch
+//!   is in the local journal.
+//! - When the tailer appends a batch itself, the new position (and the stream's head) are
+//!   `extra_writes` of that very append: one sled batch, so a crash keeps both or neither.
+//! - A batch of this node's live claim is appended by the entity that wrote it, not by the
+//!   tailer. The tailer covers it later — in its next own append, or in a position-only write
+//!   at most every [`POSITION_WRITE_INTERVAL_MS`] — and syncs the journal first, so the
+//!   position never names an append a crash could take back.
+//! - A position behind the journal only costs re-reading: the tailer finds those batches
+//!   already in the journal (the stream's head is at or past them) and skips them.
+//!
+//! Keys (the `c` keyspace, see `journal::keys`): `c | name_len u8 | cluster | 'p' | partition
+//! u32 BE` -> [`StoredCursor`] (a format byte, then JSON); `c | name_len u8 | cluster | 'h' |
+//! stream part` -> the stream's last valid sequence, u64 BE.
+
+use super::validity::{ClaimAt, Walk};
+use super::wire::{Batch, Claim};
+use crate::error::StorageError;
+use crate::journal::{keys, Journal, JournalWriter, WriteOp};
+use crate::topics::partition_for;
+use evershard_model::StreamId;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// How often at most the tailer writes a position that covers only appends of this node's
+/// own entities (each such write syncs the journal first). A crash loses at most this much
+/// progress, which costs re-reading, never correctness.
+pub const POSITION_WRITE_INTERVAL_MS: u64 = 1_000;
+
+/// Format byte of a stored cursor's value.
+const CURSOR_FORMAT_V1: u8 = 1;
+
+/// One partition's stored position and the walk's state there.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCursor {
+    /// The offset of the next message to walk: every valid batch below it is in the local
+    /// journal.
+    pub next_offset: i64,
+    /// The highest claim epoch below `next_offset`.
+    pub highest_epoch: u64,
+    /// The latest effective claim below `next_offset`, with its offset.
+    pub latest: Option<(i64, Claim)>,
+}
+
+/// Why the stored position cannot be read.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CursorError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("stored cluster position key {key:02x?} or its value is malformed")]
+    Malformed { key: Vec<u8> },
+}
+
+fn prefix(cluster: &str) -> Vec<u8> {
+    // A valid journal topic name keeps the cluster's name under 249 bytes.
+    assert!(cluster.len() <= u8::MAX as usize, "cluster name too long");
+    let mut key = Vec::with_capacity(2 + cluster.len() + 5);
+    key.push(keys::CLUSTER);
+    key.push(cluster.len() as u8);
+    key.extend_from_slice(cluster.as_bytes());
+    key
+}
+
+fn cursor_key(cluster: &str, partition: u32) -> Vec<u8> {
+    let mut key = prefix(cluster);
+    key.push(b'p');
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+fn head_key(cluster: &str, stream: &StreamId) -> Vec<u8> {
+    let mut key = prefix(cluster);
+    key.extend_from_slice(&keys::stream_prefix(b'h', stream));
+    key
+}
+
+fn encode_cursor(cursor: &StoredCursor) -> Vec<u8> {
+    let mut value = vec![CURSOR_FORMAT_V1];
+    value.extend(serde_json::to_vec(cursor).expect("cursors always serialize"));
+    value
+}
+
+/// Reads the stored walks of `cluster` (one per partition; a partition never stored starts
+/// at offset 0), with each partition's stored cursor.
+pub fn load(
+    journal: &Journal,
+    cluster: &str,
+    partitions: u32,
+) -> Result<(Vec<Walk>, Vec<StoredCursor>), CursorError> {
+    let mut cursors = vec![StoredCursor::default(); partitions as usize];
+    let mut heads: Vec<HashMap<StreamId, u64>> = vec![HashMap::new(); partitions as usize];
+    let base = prefix(cluster);
+    for (key, value) in journal.cluster_state(&base)? {
+        let malformed = || CursorError::Malformed { key: key.clone() };
+        let rest = &key[base.len()..];
+        match rest.split_first() {
+            Some((b'p', p)) => {
+                let p = u32::from_be_bytes(p.try_into().map_err(|_| malformed())?);
+                let cursor: StoredCursor = match value.split_first() {
+                    Some((&CURSOR_FORMAT_V1, json)) => {
+                        serde_json::from_slice(json).map_err(|_| malformed())?
+                    }
+                    _ => return Err(malformed()),
+                };
+                if let Some(slot) = cursors.get_mut(p as usize) {
+                    *slot = cursor;
+                }
+            }
+            Some((b'h', part)) => {
+                let (stream, tail) = keys::parse_stream_part(part).ok_or_else(malformed)?;
+                let head =
+                    u64::from_be_bytes(value.as_slice().try_into().map_err(|_| malformed())?);
+                if !tail.is_empty() {
+                    return Err(malformed());
+                }
+                let p = partition_for(&stream.aggregate_id, partitions);
+                heads[p as usize].insert(stream, head);
+            }
+            _ => return Err(malformed()),
+        }
+    }
+    let walks = cursors
+        .iter()
+        .zip(heads)
+        .map(|(c, heads)| {
+            let latest = c
+                .latest
+                .clone()
+                .map(|(offset, claim)| ClaimAt { offset, claim });
+            Walk::resume(c.next_offset, latest, c.highest_epoch, heads)
+        })
+        .collect();
+    Ok((walks, cursors))
+}
+
+/// One partition's applied prefix as the tailer moves it, and what is not stored yet.
+#[derive(Clone, Debug, Default)]
+struct Part {
+    cursor: StoredCursor,
+    /// Heads moved since the last write.
+    heads: HashMap<StreamId, u64>,
+    dirty: bool,
+}
+
+impl Part {
+    fn batch(&mut self, offset: i64, batch: &Batch) {
+        debug_assert!(offset >= self.cursor.next_offset);
+        if !batch.events.is_empty() {
+            self.heads.insert(batch.stream(), batch.last_sequence());
+        }
+        self.cursor.next_offset = offset + 1;
+        self.dirty = true;
+    }
+}
+
+/// The tailer's positions: what it applied per partition, and its writes.
+#[derive(Debug)]
+pub(super) struct Applied {
+    cluster: String,
+    parts: Vec<Part>,
+    last_write: Instant,
+}
+
+impl Applied {
+    pub(super) fn new(cluster: &str, cursors: Vec<StoredCursor>) -> Applied {
+        Applied {
+            cluster: cluster.to_owned(),
+            parts: cursors
+                .into_iter()
+                .map(|cursor| Part {
+                    cursor,
+                    ..Part::default()
+                })
+                .collect(),
+            last_write: Instant::now(),
+        }
+    }
+
+    /// An effective claim at `at.offset` is behind the applied prefix now.
+    pub(super) fn claim(&mut self, partition: u32, at: &ClaimAt) {
+        let part = &mut self.parts[partition as usize];
+        part.cursor.highest_epoch = part.cursor.highest_epoch.max(at.claim.epoch);
+        part.cursor.latest = Some((at.offset, at.claim.clone()));
+        part.cursor.next_offset = at.offset + 1;
+        part.dirty = true;
+    }
+
+    /// A valid batch at `offset` is in the local journal now (appended by an entity of this
+    /// node, or found there).
+    pub(super) fn batch(&mut self, partition: u32, offset: i64, batch: &Batch) {
+        self.parts[partition as usize].batch(offset, batch);
+    }
+
+    /// Everything below `next_offset` was walked and applied (the rest was void).
+    pub(super) fn walked_to(&mut self, partition: u32, next_offset: i64) {
+        let part = &mut self.parts[partition as usize];
+        if next_offset > part.cursor.next_offset {
+            part.cursor.next_offset = next_offset;
+            part.dirty = true;
+        }
+    }
+
+    /// The writes that store the position past `batch` at `offset`, for the tailer's own
+    /// append of it; [`Applied::appended`] takes them as done once the append succeeded.
+    pub(super) fn writes_with(&self, partition: u32, offset: i64, batch: &Batch) -> Vec<WriteOp> {
+        let mut next = self.parts[partition as usize].clone();
+        next.batch(offset, batch);
+        self.writes_of(partition, &next)
+    }
+
+    pub(super) fn appended(&mut self, partition: u32, offset: i64, batch: &Batch) {
+        let part = &mut self.parts[partition as usize];
+        part.batch(offset, batch);
+        part.heads.clear();
+        part.dirty = false;
+    }
+
+    fn writes_of(&self, partition: u32, part: &Part) -> Vec<WriteOp> {
+        let mut writes: Vec<WriteOp> = part
+            .heads
+            .iter()
+            .map(|(stream, head)| WriteOp::Put {
+                key: head_key(&self.cluster, stream),
+                value: head.to_be_bytes().to_vec(),
+            })
+            .collect();
+        writes.push(WriteOp::Put {
+            key: cursor_key(&self.cluster, partition),
+            value: encode_cursor(&part.cursor),
+        });
+        writes
+    }
+
+    /// Writes every partition's unstored position, if `force` or the interval passed: syncs
+    /// the journal first, since the positions may cover appends of this node's entities that
+    /// are not durable yet.
+    pub(super) fn store(
+        &mut self,
+        journal: &JournalWriter,
+        force: bool,
+    ) -> Result<(), StorageError> {
+        if !self.parts.iter().any(|p| p.dirty) {
+            return Ok(());
+        }
+        if !force && self.last_write.elapsed() < Duration::from_millis(POSITION_WRITE_INTERVAL_MS) {
+            return Ok(());
+        }
+        journal.sync()?;
+        let mut writes = Vec::new();
+        for (p, part) in self.parts.iter().enumerate() {
+            if part.dirty {
+                writes.extend(self.writes_of(p as u32, part));
+            }
+        }
+        journal.write_cluster_state(writes)?;
+        for part in &mut self.parts {
+            part.heads.clear();
+            part.dirty = false;
+        }
+        self.last_write = Instant::now();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_under_their_cluster_and_parse_back() {
+        let stream = StreamId::new("Ledger", "ledger-7");
+        let head = head_key("test", &stream);
+        assert!(head.starts_with(&prefix("test")));
+        assert!(
+            !head.starts_with(&prefix("tes")),
+            "the length byte separates names"
+        );
+        let part = &head[prefix("test").len() + 1..];
+        assert_eq!(keys::parse_stream_part(part), Some((stream, &[][..])));
+        let cursor = StoredCursor {
+            next_offset: 42,
+            highest_epoch: 3,
+            latest: Some((
+                17,
+                Claim {
+                    node: "n2".into(),
+                    endpoint: "127.0.0.1:9".into(),
+                    epoch: 3,
+                },
+            )),
+        };
+        let value = encode_cursor(&cursor);
+        assert_eq!(value[0], CURSOR_FORMAT_V1);
+        let back: StoredCursor = serde_json::from_slice(&value[1..]).unwrap();
+        assert_eq!(back, cursor);
+    }
+}

@@ -1,0 +1,271 @@
+//! The segment log's index (docs/design.md, "The next write path", increment 2a): stream heads
+//! maintained from the log's frames, checkpointed to sled once per many frames, and streams
+//! read backwards along their records' previous-position pointers. Not wired into the
+//! committer yet.
+//!
+//! A record in the log names its stream's previous record, so the only per-stream entry is
+//! the head — its sequence, position and record hash — and a head that moves many times
+//! between two checkpoints is written once. Heads moved since the last checkpoint live in
+//! memory (`dirty`); a checkpoint writes them with the cursor (the position after the last
+//! applied frame) in one sled batch, not synced: a checkpoint lost in a crash leaves an older
+//! cursor, and opening re-applies the frames after it (applying a frame is idempotent given
+//! the heads before it, which the checkpoint that wrote the cursor also wrote).
+//!
+//! ```text
+//! h | stream part (as in event keys)    sequence u64 LE | position u64 LE | SHA-256 of the record
+//! m | "log-applied"                      position u64 LE: every frame before it is in the heads
+//! ```
+
+use super::keys;
+use super::record::{self, Hash, RecordError, RecordView};
+use super::seglog::{Frame, SegLogError, SegmentLog};
+use super::StreamId;
+use std::collections::HashMap;
+
+/// The heads keyspace.
+pub const HEADS: u8 = b'h';
+/// Bytes of a head entry's value.
+const HEAD_VALUE_BYTES: usize = 8 + 8 + 32;
+
+/// What goes wrong with the log's index.
+#[derive(Debug, thiserror::Error)]
+pub enum LogIndexError {
+    #[error(transparent)]
+    Log(#[from] SegLogError),
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("the record at position {position} fails its checks: {source}")]
+    Record {
+        position: u64,
+        #[source]
+        source: RecordError,
+    },
+    /// A record that does not follow its stream's head: the log or the index is damaged.
+    #[error("the record at position {position} of {stream} does not follow its head: {reason}")]
+    Chain {
+        stream: StreamId,
+        position: u64,
+        reason: &'static str,
+    },
+    #[error("frame at position {got} applied, but the index is at {expected}")]
+    Gap { expected: u64, got: u64 },
+    #[error("a stored head or cursor is malformed: {0}")]
+    Malformed(&'static str),
+}
+
+/// A stream's last record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogHead {
+    pub sequence: u64,
+    pub position: u64,
+    pub hash: Hash,
+}
+
+impl LogHead {
+    fn encode(&self) -> [u8; HEAD_VALUE_BYTES] {
+        let mut out = [0u8; HEAD_VALUE_BYTES];
+        out[0..8].copy_from_slice(&self.sequence.to_le_bytes());
+        out[8..16].copy_from_slice(&self.position.to_le_bytes());
+        out[16..48].copy_from_slice(&self.hash);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<LogHead, LogIndexError> {
+        if bytes.len() != HEAD_VALUE_BYTES {
+            return Err(LogIndexError::Malformed("head entry length"));
+        }
+        Ok(LogHead {
+            sequence: u64::from_le_bytes(bytes[0..8].try_into().unwrap()),
+            position: u64::from_le_bytes(bytes[8..16].try_into().unwrap()),
+            hash: bytes[16..48].try_into().unwrap(),
+        })
+    }
+}
+
+fn cursor_key() -> Vec<u8> {
+    [&[keys::META][..], b"log-applied"].concat()
+}
+
+fn head_key(stream: &StreamId) -> Vec<u8> {
+    keys::stream_prefix(HEADS, stream)
+}
+
+/// The heads of a segment log's streams.
+#[derive(Debug)]
+pub struct LogIndex {
+    /// Heads moved since the last checkpoint, by head key.
+    dirty: HashMap<Vec<u8>, LogHead>,
+    /// The position after the last applied frame.
+    applied: u64,
+}
+
+impl LogIndex {
+    /// The index of `log` as `db` holds it, brought up to the log's end by applying the
+    /// frames after the stored cursor (those a lost or missing checkpoint did not cover).
+    pub fn open(db: &sled::Db, log: &SegmentLog) -> Result<LogIndex, LogIndexError> {
+        let applied = match db.get(cursor_key())? {
+            Some(v) => u64::from_le_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| LogIndexError::Malformed("cursor length"))?,
+            ),
+            None => log.first_position(),
+        };
+        if applied > log.next_position() {
+            // The cursor covers only synced frames, and the log keeps every synced frame
+            // (its durable floor is this cursor): a log shorter than that lost data.
+            return Err(LogIndexError::Malformed("the cursor is past the log's end"));
+        }
+        let mut index = LogIndex {
+            dirty: HashMap::new(),
+            applied,
+        };
+        for frame in log.frames_from(applied) {
+            index.apply(db, &frame?)?;
+        }
+        Ok(index)
+    }
+
+    /// The position after the last applied frame.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Heads moved since the last checkpoint.
+    pub fn dirty_streams(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// Moves the heads of `frame`'s streams. Only a synced frame may be applied: a checkpoint
+    /// may reach the disk before a crash, and its cursor is the log's durable floor at the
+    /// next open. The frame must start where the last one ended;
+    /// each record must pass its checks and follow its stream's head (sequence, previous
+    /// position and hash chain).
+    pub fn apply(&mut self, db: &sled::Db, frame: &Frame) -> Result<(), LogIndexError> {
+        if frame.first_position != self.applied {
+            return Err(LogIndexError::Gap {
+                expected: self.applied,
+                got: frame.first_position,
+            });
+        }
+        for (i, r) in frame.records.iter().enumerate() {
+            let position = frame.first_position + i as u64;
+            let view = RecordView::check(&r.bytes)
+                .map_err(|source| LogIndexError::Record { position, source })?;
+            let stream = StreamId {
+                aggregate_type: view.aggregate_type.to_owned(),
+                aggregate_id: view.aggregate_id.to_owned(),
+            };
+            let chain = |reason| LogIndexError::Chain {
+                stream: stream.clone(),
+                position,
+                reason,
+            };
+            if view.global_position != position {
+                return Err(chain("its header names another position"));
+            }
+            let key = head_key(&stream);
+            let head = match self.dirty.get(&key) {
+                Some(head) => Some(*head),
+                None => db.get(&key)?.map(|v| LogHead::decode(&v)).transpose()?,
+            };
+            match head {
+                None if view.sequence == 1 && r.previous_position == 0 => {}
+                None => return Err(chain("the stream has no head, and this is not sequence 1")),
+                Some(head) => {
+                    if view.sequence != head.sequence + 1 {
+                        return Err(chain("its sequence is not the head's next"));
+                    }
+                    if r.previous_position != head.position {
+                        return Err(chain("its previous position is not the head's"));
+                    }
+                    if view.prev_hash != &head.hash {
+                        return Err(chain("its previous hash is not the head's"));
+                    }
+                }
+            }
+            self.dirty.insert(
+                key,
+                LogHead {
+                    sequence: view.sequence,
+                    position,
+                    hash: record::hash(&r.bytes),
+                },
+            );
+        }
+        self.applied = frame.end_position();
+        Ok(())
+    }
+
+    /// Writes the moved heads and the cursor in one sled batch (not synced; see the module
+    /// docs) and forgets them from memory.
+    pub fn checkpoint(&mut self, db: &sled::Db) -> Result<(), LogIndexError> {
+        let mut batch = sled::Batch::default();
+        for (key, head) in self.dirty.drain() {
+            batch.insert(key, &head.encode()[..]);
+        }
+        batch.insert(cursor_key(), &self.applied.to_le_bytes()[..]);
+        db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The stream's head: moved since the last checkpoint, or as checkpointed.
+    pub fn head(&self, db: &sled::Db, stream: &StreamId) -> Result<Option<LogHead>, LogIndexError> {
+        let key = head_key(stream);
+        match self.dirty.get(&key) {
+            Some(head) => Ok(Some(*head)),
+            None => db.get(&key)?.map(|v| LogHead::decode(&v)).transpose(),
+        }
+    }
+
+    /// The stream's records from sequence `from` (at least 1) to its head, oldest first, as
+    /// (position, bytes): read backwards along the previous-position pointers, each record's
+    /// place and chain checked against the one after it.
+    pub fn read_stream(
+        &self,
+        db: &sled::Db,
+        log: &SegmentLog,
+        stream: &StreamId,
+        from: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, LogIndexError> {
+        let Some(head) = self.head(db, stream)? else {
+            return Ok(Vec::new());
+        };
+        let from = from.max(1);
+        let mut out = Vec::with_capacity(head.sequence.saturating_sub(from) as usize + 1);
+        let (mut position, mut sequence, mut hash) = (head.position, head.sequence, head.hash);
+        while sequence >= from {
+            let r = log.record_at(position)?;
+            let view = RecordView::check(&r.bytes)
+                .map_err(|source| LogIndexError::Record { position, source })?;
+            let chain = |reason| LogIndexError::Chain {
+                stream: stream.clone(),
+                position,
+                reason,
+            };
+            if view.aggregate_type != stream.aggregate_type
+                || view.aggregate_id != stream.aggregate_id
+                || view.sequence != sequence
+                || view.global_position != position
+            {
+                return Err(chain("a previous-position pointer leads to another record"));
+            }
+            if record::hash(&r.bytes) != hash {
+                return Err(chain(
+                    "the record's hash is not the one its successor names",
+                ));
+            }
+            hash = *view.prev_hash;
+            out.push((position, r.bytes));
+            if sequence == 1 {
+                break;
+            }
+            if r.previous_position == 0 || r.previous_position >= position {
+                return Err(chain("a previous-position pointer does not go back"));
+            }
+            (position, sequence) = (r.previous_position, sequence - 1);
+        }
+        out.reverse();
+        Ok(out)
+    }
+}

@@ -1,0 +1,729 @@
+//! The segment log: the write path docs/design.md chooses for issue #13 ("The next write path:
+//! a segment log"), increment 1 — the files, the frame format, preallocation, torn tails and
+//! reads by position. Not wired into the committer yet: the journal still writes sled only.
+//!
+//! A group commit is one **frame**, written with one `pwrite` into a **segment** file that was
+//! zero-filled and synced when it was made, so that the `fdatasync` that acknowledges the
+//! group has only data to write (a file that grows must also journal its size). Each record
+//! in a frame names the position of its stream's previous record, so a stream is read from its
+//! head backwards and needs no index entry per event.
+//!
+//! ```text
+//! segment file   log/<first position, 20 digits>.seg, SEGMENT_BYTES (or one frame, if larger)
+//! frame header   magic u32 LE "ESLF" | format u8 = 1 | 0u8 ×3 | first position u64 LE
+//!                | record count u32 LE | write count u32 LE | body length u32 LE
+//!                | CRC32C of the body u32 LE | CRC32C of the 32 bytes before u32 LE
+//! frame body     per record: previous position of its stream u64 LE (0 at sequence 1)
+//!                            | length u32 LE | the record's bytes (record formats 1 and 2)
+//!                per write:  op u8 (1 put, 2 remove) | key length u32 LE | key
+//!                            | value length u32 LE | value (puts only)
+//! ```
+//!
+//! Frames follow each other with no gap; positions run on from frame to frame and from
+//! segment to segment with no gap. After the last frame the segment holds zeroes.
+//!
+//! **Opening** scans every frame header and checks every body's CRC. The first frame that
+//! fails, in the last segment and at or above the caller's durable floor (the position up to
+//! which the log is known to have been synced), is a torn last group — never acknowledged,
+//! since acknowledgement follows the `fdatasync` — and is cut: the rest of the segment is
+//! zeroed and synced. Anywhere else (an earlier segment, or below the floor) it is corruption
+//! and the log refuses to open, naming the file and the offset.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Bytes of a new segment. Zero-filling it costs one sequential write of this size, off the
+/// acknowledgement path when [`SegmentLog::prepare_next`] is called ahead.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Bytes of a frame header.
+pub const FRAME_HEADER_BYTES: usize = 36;
+/// Largest frame body: a group commit is bounded far below this by the committer's
+/// `batch_bytes_max`; the bound keeps a damaged length field from asking for gigabytes.
+pub const FRAME_BODY_BYTES_MAX: usize = 256 << 20;
+/// One frame in this many gets an entry in a segment's in-memory position table; a read by
+/// position scans at most this many frame headers after the entry it starts from.
+pub const TABLE_EVERY_FRAMES: usize = 64;
+
+const MAGIC: u32 = u32::from_le_bytes(*b"ESLF");
+const FRAME_FORMAT: u8 = 1;
+const OP_PUT: u8 = 1;
+const OP_REMOVE: u8 = 2;
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
+const SEGMENT_SUFFIX: &str = ".seg";
+const PREPARED_NAME: &str = "next.seg.prepared";
+
+/// What goes wrong with the segment log, by cause.
+#[derive(Debug, thiserror::Error)]
+pub enum SegLogError {
+    #[error("segment log I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stored bytes fail their checks where no torn write can explain them.
+    #[error("segment log corrupt in {path} at byte {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: &'static str,
+    },
+    /// An append whose first position does not follow the log's last one.
+    #[error("append at position {got}, but the log's next position is {expected}")]
+    PositionGap { expected: u64, got: u64 },
+    #[error("a frame body of {bytes} bytes exceeds {max}")]
+    FrameTooLarge { bytes: usize, max: usize },
+    #[error("position {position} is not in the log (it holds {first} ..= {last})")]
+    NotFound {
+        position: u64,
+        first: u64,
+        last: u64,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SegLogError + '_ {
+    move |source| SegLogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One record of a frame: its stream's previous record's position and its stored bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameRecord {
+    pub previous_position: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// One keyspace write carried by a frame, applied to the index with the frame's records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FrameWrite {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Remove { key: Vec<u8> },
+}
+
+/// One group commit as stored: records at `first_position ..`, then the writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub first_position: u64,
+    pub records: Vec<FrameRecord>,
+    pub writes: Vec<FrameWrite>,
+}
+
+impl Frame {
+    /// The position after this frame's last record.
+    pub fn end_position(&self) -> u64 {
+        self.first_position + self.records.len() as u64
+    }
+
+    /// The frame's bytes, header and body.
+    pub fn encode(&self) -> Result<Vec<u8>, SegLogError> {
+        let body_len: usize = self
+            .records
+            .iter()
+            .map(|r| 12 + r.bytes.len())
+            .chain(self.writes.iter().map(|w| match w {
+                FrameWrite::Put { key, value } => 9 + key.len() + value.len(),
+                FrameWrite::Remove { key } => 5 + key.len(),
+            }))
+            .sum();
+        if body_len > FRAME_BODY_BYTES_MAX {
+            return Err(SegLogError::FrameTooLarge {
+                bytes: body_len,
+                max: FRAME_BODY_BYTES_MAX,
+            });
+        }
+        let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + body_len);
+        out.resize(FRAME_HEADER_BYTES, 0);
+        for r in &self.records {
+            out.extend_from_slice(&r.previous_position.to_le_bytes());
+            out.extend_from_slice(&(r.bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(&r.bytes);
+        }
+        for w in &self.writes {
+            let (op, key, value) = match w {
+                FrameWrite::Put { key, value } => (OP_PUT, key, Some(value)),
+                FrameWrite::Remove { key } => (OP_REMOVE, key, None),
+            };
+            out.push(op);
+            out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            out.extend_from_slice(key);
+            if let Some(value) = value {
+                out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                out.extend_from_slice(value);
+            }
+        }
+        assert_eq!(out.len(), FRAME_HEADER_BYTES + body_len, "frame length");
+        let header = Header {
+            first_position: self.first_position,
+            records: self.records.len() as u32,
+            writes: self.writes.len() as u32,
+            body_len: body_len as u32,
+            body_crc: crc32c::crc32c(&out[FRAME_HEADER_BYTES..]),
+        };
+        header.write(&mut out[..FRAME_HEADER_BYTES]);
+        Ok(out)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Header {
+    first_position: u64,
+    records: u32,
+    writes: u32,
+    body_len: u32,
+    body_crc: u32,
+}
+
+/// Why a header could not be read; `Zero` is the clean end of a segment's frames.
+enum HeaderRead {
+    Zero,
+    Bad(&'static str),
+    Ok(Header),
+}
+
+impl Header {
+    fn write(&self, out: &mut [u8]) {
+        out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        out[4] = FRAME_FORMAT;
+        out[5..8].fill(0);
+        out[8..16].copy_from_slice(&self.first_position.to_le_bytes());
+        out[16..20].copy_from_slice(&self.records.to_le_bytes());
+        out[20..24].copy_from_slice(&self.writes.to_le_bytes());
+        out[24..28].copy_from_slice(&self.body_len.to_le_bytes());
+        out[28..32].copy_from_slice(&self.body_crc.to_le_bytes());
+        let crc = crc32c::crc32c(&out[0..32]);
+        out[32..36].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    fn read(bytes: &[u8]) -> HeaderRead {
+        if bytes.iter().all(|&b| b == 0) {
+            return HeaderRead::Zero;
+        }
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        if u32_at(32) != crc32c::crc32c(&bytes[0..32]) {
+            return HeaderRead::Bad("frame header CRC mismatch");
+        }
+        if u32_at(0) != MAGIC {
+            return HeaderRead::Bad("not a frame (magic)");
+        }
+        if bytes[4] != FRAME_FORMAT || bytes[5..8] != [0, 0, 0] {
+            return HeaderRead::Bad("unknown frame format");
+        }
+        let body_len = u32_at(24);
+        if body_len as usize > FRAME_BODY_BYTES_MAX {
+            return HeaderRead::Bad("frame body length over the limit");
+        }
+        HeaderRead::Ok(Header {
+            first_position: u64::from_le_bytes(bytes[8..16].try_into().unwrap()),
+            records: u32_at(16),
+            writes: u32_at(20),
+            body_len,
+            body_crc: u32_at(28),
+        })
+    }
+
+    fn frame_bytes(&self) -> u64 {
+        FRAME_HEADER_BYTES as u64 + self.body_len as u64
+    }
+}
+
+/// Parses a checked body into the frame it holds.
+fn decode_body(header: &Header, body: &[u8]) -> Result<Frame, &'static str> {
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], &'static str> {
+        let end = at.checked_add(n).filter(|&e| e <= body.len());
+        let end = end.ok_or("frame body shorter than its contents")?;
+        let slice = &body[at..end];
+        at = end;
+        Ok(slice)
+    };
+    let mut records = Vec::with_capacity(header.records as usize);
+    for _ in 0..header.records {
+        let previous_position = u64::from_le_bytes(take(8)?.try_into().unwrap());
+        let len = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
+        records.push(FrameRecord {
+            previous_position,
+            bytes: take(len)?.to_vec(),
+        });
+    }
+    let mut writes = Vec::with_capacity(header.writes as usize);
+    for _ in 0..header.writes {
+        let op = take(1)?[0];
+        let key_len = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
+        let key = take(key_len)?.to_vec();
+        writes.push(match op {
+            OP_PUT => {
+                let value_len = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
+                FrameWrite::Put {
+                    key,
+                    value: take(value_len)?.to_vec(),
+                }
+            }
+            OP_REMOVE => FrameWrite::Remove { key },
+            _ => return Err("unknown write op in a frame"),
+        });
+    }
+    if at != body.len() {
+        return Err("frame body longer than its contents");
+    }
+    Ok(Frame {
+        first_position: header.first_position,
+        records,
+        writes,
+    })
+}
+
+/// One segment file and where its frames are.
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    file: File,
+    /// Position of its first record.
+    first_position: u64,
+    /// Position after its last record.
+    end_position: u64,
+    /// Bytes of its frames (the next frame goes here).
+    used_bytes: u64,
+    /// The file's length.
+    capacity_bytes: u64,
+    /// (first position, byte offset) of every `TABLE_EVERY_FRAMES`th frame, from the first.
+    table: Vec<(u64, u64)>,
+    frames: usize,
+}
+
+impl Segment {
+    fn note_frame(&mut self, header: &Header, offset: u64) {
+        if self.frames % TABLE_EVERY_FRAMES == 0 {
+            self.table.push((header.first_position, offset));
+        }
+        self.frames += 1;
+        self.used_bytes = offset + header.frame_bytes();
+        self.end_position = header.first_position + header.records as u64;
+    }
+
+    fn read_header(&self, offset: u64) -> Result<HeaderRead, SegLogError> {
+        let mut bytes = [0u8; FRAME_HEADER_BYTES];
+        if offset + FRAME_HEADER_BYTES as u64 > self.capacity_bytes {
+            return Ok(HeaderRead::Zero);
+        }
+        self.file
+            .read_exact_at(&mut bytes, offset)
+            .map_err(io(&self.path))?;
+        Ok(Header::read(&bytes))
+    }
+
+    /// The checked frame at `offset` whose header is `header`.
+    fn read_frame(&self, header: &Header, offset: u64) -> Result<Frame, SegLogError> {
+        let corrupt = |reason| SegLogError::Corrupt {
+            path: self.path.clone(),
+            offset,
+            reason,
+        };
+        if offset + header.frame_bytes() > self.capacity_bytes {
+            return Err(corrupt("frame runs past the end of its segment"));
+        }
+        let mut body = vec![0u8; header.body_len as usize];
+        self.file
+            .read_exact_at(&mut body, offset + FRAME_HEADER_BYTES as u64)
+            .map_err(io(&self.path))?;
+        if crc32c::crc32c(&body) != header.body_crc {
+            return Err(corrupt("frame body CRC mismatch"));
+        }
+        decode_body(header, &body).map_err(corrupt)
+    }
+}
+
+/// What opening found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    pub segments: usize,
+    pub frames: usize,
+    /// Where unacknowledged bytes after the last good frame (a torn group and anything
+    /// behind it) were zeroed: the segment and the offset the cut began at.
+    pub cut: Option<(PathBuf, u64)>,
+}
+
+/// The segment log of one store directory (`<dir>/log`).
+#[derive(Debug)]
+pub struct SegmentLog {
+    dir: PathBuf,
+    segment_bytes: u64,
+    segments: Vec<Segment>,
+    /// The position the next frame must start at.
+    next_position: u64,
+    /// A zero-filled, synced file ready to become the next segment.
+    prepared: Option<File>,
+    /// The active segment was written since the last `sync`.
+    dirty: bool,
+    /// A segment was created since the last `sync`: the directory needs a sync too.
+    dir_dirty: bool,
+}
+
+impl SegmentLog {
+    /// Opens (or creates) the log in `dir`. `durable_floor`: positions below it are known
+    /// to have been synced (the index's applied cursor); a bad frame there is corruption, not
+    /// a torn tail. `first_position`: the position a new, empty log starts at (1, or the one
+    /// after an old store's last sled record).
+    pub fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        durable_floor: u64,
+        first_position: u64,
+    ) -> Result<(SegmentLog, OpenReport), SegLogError> {
+        assert!(
+            segment_bytes >= (FRAME_HEADER_BYTES as u64) * 2,
+            "segment too small"
+        );
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut names: Vec<(u64, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+            let entry = entry.map_err(io(dir))?;
+            let name = entry.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SEGMENT_SUFFIX)) else {
+                continue;
+            };
+            if let Ok(first) = stem.parse::<u64>() {
+                names.push((first, entry.path()));
+            }
+        }
+        names.sort();
+        let mut log = SegmentLog {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            segments: Vec::with_capacity(names.len()),
+            next_position: names.first().map_or(first_position, |(first, _)| *first),
+            prepared: None,
+            dirty: false,
+            dir_dirty: false,
+        };
+        let mut report = OpenReport::default();
+        let count = names.len();
+        for (i, (first, path)) in names.into_iter().enumerate() {
+            let last = i + 1 == count;
+            if first != log.next_position {
+                return Err(SegLogError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: "segment does not start where the one before it ends",
+                });
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            let capacity_bytes = file.metadata().map_err(io(&path))?.len();
+            let mut segment = Segment {
+                path,
+                file,
+                first_position: first,
+                end_position: first,
+                used_bytes: 0,
+                capacity_bytes,
+                table: Vec::new(),
+                frames: 0,
+            };
+            let mut offset = 0u64;
+            // Why the frames of this segment end at `offset`: `None` for zeroes.
+            let failure = loop {
+                let failure = match segment.read_header(offset)? {
+                    HeaderRead::Zero => None,
+                    HeaderRead::Bad(reason) => Some(reason),
+                    HeaderRead::Ok(header) if header.first_position != segment.end_position => {
+                        Some("frame does not start where the one before it ends")
+                    }
+                    HeaderRead::Ok(header) => match segment.read_frame(&header, offset) {
+                        Ok(_) => {
+                            segment.note_frame(&header, offset);
+                            report.frames += 1;
+                            offset += header.frame_bytes();
+                            continue;
+                        }
+                        Err(SegLogError::Corrupt { reason, .. }) => Some(reason),
+                        Err(e) => return Err(e),
+                    },
+                };
+                break failure;
+            };
+            if last {
+                if segment.end_position < durable_floor {
+                    return Err(SegLogError::Corrupt {
+                        path: segment.path.clone(),
+                        offset,
+                        reason: failure.unwrap_or("the log ends before its durable floor"),
+                    });
+                }
+                // Everything after the last good frame was never acknowledged: a torn group,
+                // or later groups written behind a torn one (a power cut keeps any subset of
+                // the unsynced pages). Zero it, so that a frame written here next is followed
+                // by zeroes and no stale frame can ever line up behind it.
+                if zero_from(&segment.file, &segment.path, offset, capacity_bytes)? {
+                    report.cut = Some((segment.path.clone(), offset));
+                }
+            } else if let Some(reason) = failure {
+                // Synced before the next segment was started: no torn write explains it.
+                return Err(SegLogError::Corrupt {
+                    path: segment.path.clone(),
+                    offset,
+                    reason,
+                });
+            }
+            log.next_position = segment.end_position;
+            log.segments.push(segment);
+        }
+        report.segments = log.segments.len();
+        // A prepared file left by an earlier run is complete only if it was renamed; an
+        // unrenamed one may be partly zeroed. Start it again.
+        let prepared = dir.join(PREPARED_NAME);
+        if prepared.exists() {
+            std::fs::remove_file(&prepared).map_err(io(&prepared))?;
+        }
+        Ok((log, report))
+    }
+
+    /// The position the next appended frame must start at.
+    pub fn next_position(&self) -> u64 {
+        self.next_position
+    }
+
+    /// The first position the log holds (its first segment's), or the next one when empty.
+    pub fn first_position(&self) -> u64 {
+        self.segments
+            .first()
+            .map_or(self.next_position, |s| s.first_position)
+    }
+
+    /// Writes `frame` after the last one (one `pwrite`); durable only after [`Self::sync`].
+    pub fn append(&mut self, frame: &Frame) -> Result<(), SegLogError> {
+        if frame.first_position != self.next_position {
+            return Err(SegLogError::PositionGap {
+                expected: self.next_position,
+                got: frame.first_position,
+            });
+        }
+        let bytes = frame.encode()?;
+        let fits = self
+            .segments
+            .last()
+            .is_some_and(|s| s.used_bytes + bytes.len() as u64 <= s.capacity_bytes);
+        if !fits {
+            self.start_segment(frame.first_position, bytes.len() as u64)?;
+        }
+        let segment = self.segments.last_mut().expect("a segment was started");
+        let offset = segment.used_bytes;
+        segment
+            .file
+            .write_all_at(&bytes, offset)
+            .map_err(io(&segment.path))?;
+        let header = match Header::read(&bytes[..FRAME_HEADER_BYTES]) {
+            HeaderRead::Ok(h) => h,
+            _ => unreachable!("a header just encoded reads back"),
+        };
+        segment.note_frame(&header, offset);
+        self.next_position = frame.end_position();
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Makes every appended frame durable: `fdatasync` of the active segment (and of the
+    /// directory when a segment was created since the last sync).
+    pub fn sync(&mut self) -> Result<(), SegLogError> {
+        if self.dirty {
+            if let Some(segment) = self.segments.last() {
+                segment.file.sync_data().map_err(io(&segment.path))?;
+            }
+            self.dirty = false;
+        }
+        if self.dir_dirty {
+            sync_dir(&self.dir)?;
+            self.dir_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Zero-fills and syncs the file the next segment will be, so that starting it costs
+    /// a rename instead of a segment's worth of writes. Call it off the acknowledgement path.
+    pub fn prepare_next(&mut self) -> Result<(), SegLogError> {
+        if self.prepared.is_none() {
+            let path = self.dir.join(PREPARED_NAME);
+            self.prepared = Some(zero_filled(&path, self.segment_bytes)?);
+        }
+        Ok(())
+    }
+
+    fn start_segment(&mut self, first_position: u64, frame_bytes: u64) -> Result<(), SegLogError> {
+        // The previous segment's frames must be durable before a later segment can hold the
+        // next ones: opening treats only the last segment's bad frame as a torn tail.
+        self.sync()?;
+        // A last segment without frames (made by a run that stopped before writing one, or
+        // too small for this frame) is made again under the same name.
+        if self.segments.last().is_some_and(|s| s.frames == 0) {
+            self.segments.pop();
+        }
+        let path = self
+            .dir
+            .join(format!("{first_position:020}{SEGMENT_SUFFIX}"));
+        let file = match self.prepared.take() {
+            Some(file) if frame_bytes <= self.segment_bytes => {
+                let from = self.dir.join(PREPARED_NAME);
+                std::fs::rename(&from, &path).map_err(io(&from))?;
+                file
+            }
+            _ => zero_filled(&path, self.segment_bytes.max(frame_bytes))?,
+        };
+        let capacity_bytes = file.metadata().map_err(io(&path))?.len();
+        self.segments.push(Segment {
+            path,
+            file,
+            first_position,
+            end_position: first_position,
+            used_bytes: 0,
+            capacity_bytes,
+            table: Vec::new(),
+            frames: 0,
+        });
+        self.dir_dirty = true;
+        Ok(())
+    }
+
+    /// The frame holding `position`.
+    pub fn frame_at(&self, position: u64) -> Result<Frame, SegLogError> {
+        let not_found = || SegLogError::NotFound {
+            position,
+            first: self.first_position(),
+            last: self.next_position.saturating_sub(1),
+        };
+        let i = self
+            .segments
+            .partition_point(|s| s.first_position <= position);
+        let segment = i
+            .checked_sub(1)
+            .map(|i| &self.segments[i])
+            .filter(|s| position < s.end_position)
+            .ok_or_else(not_found)?;
+        let t = segment
+            .table
+            .partition_point(|&(first, _)| first <= position);
+        let (_, mut offset) = segment.table[t.checked_sub(1).ok_or_else(not_found)?];
+        loop {
+            let header = match segment.read_header(offset)? {
+                HeaderRead::Ok(h) => h,
+                _ => {
+                    return Err(SegLogError::Corrupt {
+                        path: segment.path.clone(),
+                        offset,
+                        reason: "a frame header read at open no longer reads",
+                    })
+                }
+            };
+            if position < header.first_position + header.records as u64 {
+                return segment.read_frame(&header, offset);
+            }
+            offset += header.frame_bytes();
+        }
+    }
+
+    /// The record at `position`.
+    pub fn record_at(&self, position: u64) -> Result<FrameRecord, SegLogError> {
+        let mut frame = self.frame_at(position)?;
+        let index = (position - frame.first_position) as usize;
+        Ok(frame.records.swap_remove(index))
+    }
+
+    /// Every frame from the one holding `from` to the last, in order, read sequentially.
+    pub fn frames_from(&self, from: u64) -> impl Iterator<Item = Result<Frame, SegLogError>> + '_ {
+        let start = self.segments.partition_point(|s| s.end_position <= from);
+        self.segments[start..].iter().flat_map(move |segment| {
+            let mut reader = SegmentReader::new(segment);
+            std::iter::from_fn(move || reader.next_frame().transpose())
+                .filter(move |f| !matches!(f, Ok(frame) if frame.end_position() <= from))
+        })
+    }
+}
+
+/// Sequential reading of one segment's frames, by offset (`pread`), so that any number of
+/// readers share the file handle with the writer.
+struct SegmentReader<'a> {
+    segment: &'a Segment,
+    offset: u64,
+}
+
+impl<'a> SegmentReader<'a> {
+    fn new(segment: &'a Segment) -> Self {
+        SegmentReader { segment, offset: 0 }
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame>, SegLogError> {
+        if self.offset >= self.segment.used_bytes {
+            return Ok(None);
+        }
+        let header = match self.segment.read_header(self.offset)? {
+            HeaderRead::Ok(h) => h,
+            HeaderRead::Bad(reason) => {
+                return Err(SegLogError::Corrupt {
+                    path: self.segment.path.clone(),
+                    offset: self.offset,
+                    reason,
+                })
+            }
+            HeaderRead::Zero => {
+                return Err(SegLogError::Corrupt {
+                    path: self.segment.path.clone(),
+                    offset: self.offset,
+                    reason: "a frame header read at open no longer reads",
+                })
+            }
+        };
+        let frame = self.segment.read_frame(&header, self.offset)?;
+        self.offset += header.frame_bytes();
+        Ok(Some(frame))
+    }
+}
+
+/// A new file of `bytes` zeroes, written (not a sparse hole: its extents must exist, so an
+/// `fdatasync` after writing into it has no metadata to journal) and synced.
+fn zero_filled(path: &Path, bytes: u64) -> Result<File, SegLogError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io(path))?;
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut at = 0u64;
+    while at < bytes {
+        let n = (bytes - at).min(ZERO_CHUNK_BYTES as u64) as usize;
+        file.write_all_at(&zeros[..n], at).map_err(io(path))?;
+        at += n as u64;
+    }
+    file.sync_all().map_err(io(path))?;
+    Ok(file)
+}
+
+/// Zeroes `from .. end` of a segment where it is not zero already and syncs what it wrote;
+/// true if anything was not zero.
+fn zero_from(file: &File, path: &Path, from: u64, end: u64) -> Result<bool, SegLogError> {
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut chunk = vec![0u8; ZERO_CHUNK_BYTES];
+    let (mut at, mut wrote) = (from, false);
+    while at < end {
+        let n = (end - at).min(ZERO_CHUNK_BYTES as u64) as usize;
+        file.read_exact_at(&mut chunk[..n], at).map_err(io(path))?;
+        if chunk[..n].iter().any(|&b| b != 0) {
+            file.write_all_at(&zeros[..n], at).map_err(io(path))?;
+            wrote = true;
+        }
+        at += n as u64;
+    }
+    if wrote {
+        file.sync_data().map_err(io(path))?;
+    }
+    Ok(wrote)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SegLogError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}

@@ -1,0 +1,685 @@
+//! The segment log (issue #13's next write path, increment 1: `journal::seglog`) proves here
+//! that what it was given comes back after a reopen, frame for frame and record for record,
+//! across segments; that a torn last group — and anything written behind it — is cut and
+//! never comes back, while a bad frame anywhere a torn write cannot explain refuses the log,
+//! naming the file and offset; and, under simulated power cuts (every unsynced 512-byte
+//! sector kept, zeroed or garbled at random, seeds printed), that every synced frame survives
+//! and the log reopens as a prefix of what was written.
+
+use evershard_engine::seglog::{
+    Frame, FrameRecord, FrameWrite, SegLogError, SegmentLog, FRAME_HEADER_BYTES,
+};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Small segments, so that a few frames span several.
+const SMALL_SEGMENT_BYTES: u64 = 4096;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("EVERSHARD_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    println!("seed {seed} (EVERSHARD_TEST_SEED={seed} repeats it)");
+    seed
+}
+
+/// A frame of 1..=max_records records of varied sizes, and sometimes writes.
+fn frame(rng: &mut Rng, first_position: u64, max_records: u64, record_bytes_max: u64) -> Frame {
+    let records = (0..1 + rng.below(max_records))
+        .map(|i| FrameRecord {
+            previous_position: if rng.below(4) == 0 {
+                0
+            } else {
+                rng.below(first_position + i)
+            },
+            bytes: (0..1 + rng.below(record_bytes_max))
+                .map(|_| rng.next() as u8)
+                .collect(),
+        })
+        .collect();
+    let writes = (0..rng.below(3))
+        .map(|_| {
+            let key = vec![b't', rng.next() as u8, rng.next() as u8];
+            if rng.below(2) == 0 {
+                FrameWrite::Put {
+                    key,
+                    value: vec![rng.next() as u8; rng.below(40) as usize],
+                }
+            } else {
+                FrameWrite::Remove { key }
+            }
+        })
+        .collect();
+    Frame {
+        first_position,
+        records,
+        writes,
+    }
+}
+
+fn open(dir: &Path, floor: u64) -> Result<SegmentLog, SegLogError> {
+    SegmentLog::open(dir, SMALL_SEGMENT_BYTES, floor, 1).map(|(log, _)| log)
+}
+
+fn all_frames(log: &SegmentLog) -> Vec<Frame> {
+    log.frames_from(1).collect::<Result<_, _>>().unwrap()
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Writes `count` frames, syncing after each; returns them.
+fn fill(log: &mut SegmentLog, rng: &mut Rng, count: usize) -> Vec<Frame> {
+    (0..count)
+        .map(|_| {
+            let f = frame(rng, log.next_position(), 8, 200);
+            log.append(&f).unwrap();
+            log.sync().unwrap();
+            f
+        })
+        .collect()
+}
+
+#[test]
+fn frames_and_records_come_back_after_reopen_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(seed());
+    let mut log = open(dir.path(), 0).unwrap();
+    log.prepare_next().unwrap();
+    let written = fill(&mut log, &mut rng, 60);
+    // One frame larger than a segment gets a segment of its own.
+    let big = Frame {
+        first_position: log.next_position(),
+        records: vec![FrameRecord {
+            previous_position: 1,
+            bytes: vec![0xEE; 3 * SMALL_SEGMENT_BYTES as usize],
+        }],
+        writes: vec![],
+    };
+    log.append(&big).unwrap();
+    log.sync().unwrap();
+    let mut written = written;
+    written.push(big);
+    drop(log);
+
+    assert!(
+        segment_files(dir.path()).len() > 3,
+        "the frames span segments"
+    );
+    let end = written.last().unwrap().end_position();
+    let (log, report) = SegmentLog::open(dir.path(), SMALL_SEGMENT_BYTES, end, 1).unwrap();
+    assert_eq!(report.frames, written.len());
+    assert_eq!(report.cut, None);
+    assert_eq!(all_frames(&log), written);
+    assert_eq!(log.next_position(), end);
+    for frame in &written {
+        for (i, record) in frame.records.iter().enumerate() {
+            let position = frame.first_position + i as u64;
+            assert_eq!(
+                &log.record_at(position).unwrap(),
+                record,
+                "position {position}"
+            );
+        }
+    }
+    // Reading from the middle starts at the frame holding that position.
+    let middle = written[30].first_position + 1;
+    let from_middle: Vec<Frame> = log.frames_from(middle).collect::<Result<_, _>>().unwrap();
+    assert!(from_middle[0].first_position <= middle && middle < from_middle[0].end_position());
+    assert_eq!(from_middle.last(), written.last());
+    assert!(matches!(
+        log.record_at(end),
+        Err(SegLogError::NotFound { position, .. }) if position == end
+    ));
+    assert!(matches!(
+        log.record_at(0),
+        Err(SegLogError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn an_empty_log_starts_where_it_is_told_and_refuses_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = SegmentLog::open(dir.path(), SMALL_SEGMENT_BYTES, 0, 1_001).unwrap();
+    assert_eq!(log.next_position(), 1_001);
+    let mut rng = Rng(7);
+    let gap = frame(&mut rng, 1_002, 2, 10);
+    assert!(matches!(
+        log.append(&gap),
+        Err(SegLogError::PositionGap {
+            expected: 1_001,
+            got: 1_002
+        })
+    ));
+    let f = frame(&mut rng, 1_001, 2, 10);
+    log.append(&f).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (log, _) = SegmentLog::open(dir.path(), SMALL_SEGMENT_BYTES, 0, 1).unwrap();
+    assert_eq!(
+        log.first_position(),
+        1_001,
+        "the files say where the log starts"
+    );
+    assert_eq!(all_frames(&log), vec![f]);
+}
+
+/// Writes synced frames, then one more unsynced, damages the unsynced one with `damage`
+/// (given the file and the frame's offset) and reopens with the synced end as the floor.
+fn torn_last_frame(damage: impl Fn(&std::fs::File, u64)) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(11);
+    let mut log = SegmentLog::open(dir.path(), 1 << 20, 0, 1).unwrap().0;
+    let synced = fill(&mut log, &mut rng, 5);
+    let floor = log.next_position();
+    let offset: u64 = synced
+        .iter()
+        .map(|f| f.encode().unwrap().len() as u64)
+        .sum();
+    let torn = frame(&mut rng, floor, 8, 200);
+    log.append(&torn).unwrap();
+    let behind = frame(&mut rng, torn.end_position(), 8, 200);
+    log.append(&behind).unwrap();
+    drop(log);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&segment_files(dir.path())[0])
+        .unwrap();
+    damage(&file, offset);
+
+    let (mut log, report) = SegmentLog::open(dir.path(), 1 << 20, floor, 1).unwrap();
+    assert_eq!(
+        report.cut.map(|(_, at)| at),
+        Some(offset),
+        "cut at the torn frame"
+    );
+    assert_eq!(
+        all_frames(&log),
+        synced,
+        "the synced frames, and nothing after them"
+    );
+    assert_eq!(log.next_position(), floor);
+    // Writing goes on where the log was cut, and a reopen sees exactly that.
+    let next = frame(&mut rng, floor, 1, 10);
+    log.append(&next).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (log, report) = SegmentLog::open(dir.path(), 1 << 20, floor, 1).unwrap();
+    assert_eq!(report.cut, None);
+    let mut expected = synced;
+    expected.push(next);
+    assert_eq!(all_frames(&log), expected);
+}
+
+#[test]
+fn a_torn_body_is_cut_with_the_frame_written_behind_it() {
+    torn_last_frame(|file, offset| {
+        file.write_all_at(&[0xFF; 7], offset + FRAME_HEADER_BYTES as u64 + 3)
+            .unwrap()
+    });
+}
+
+#[test]
+fn a_torn_header_is_cut_with_the_frame_written_behind_it() {
+    torn_last_frame(|file, offset| file.write_all_at(&[0; 12], offset + 8).unwrap());
+}
+
+#[test]
+fn a_lost_header_page_does_not_let_a_later_frame_line_up() {
+    // The torn frame's header is all zeroes (its page never reached the disk) while the
+    // frame behind it did: the frame behind must be cut too, not left for a later append
+    // to line up with.
+    torn_last_frame(|file, offset| file.write_all_at(&[0; FRAME_HEADER_BYTES], offset).unwrap());
+}
+
+#[test]
+fn damage_below_the_durable_floor_or_in_an_earlier_segment_refuses_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(13);
+    let mut log = open(dir.path(), 0).unwrap();
+    fill(&mut log, &mut rng, 40);
+    let floor = log.next_position();
+    drop(log);
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3);
+    // Flips one byte; returns the byte it replaced.
+    let damage = |path: &Path, at: u64, byte: Option<u8>| {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut old = [0u8];
+        file.read_exact_at(&mut old, at).unwrap();
+        file.write_all_at(&[byte.unwrap_or(!old[0])], at).unwrap();
+        old[0]
+    };
+    let at = FRAME_HEADER_BYTES as u64 + 1;
+
+    // The last segment, below the floor: synced data damaged, not a torn write.
+    let last = files.last().unwrap();
+    let was = damage(last, at, None);
+    match open(dir.path(), floor) {
+        Err(SegLogError::Corrupt { path, offset, .. }) => {
+            assert_eq!(&path, last);
+            assert_eq!(offset, 0);
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+
+    damage(last, at, Some(was));
+    assert_eq!(open(dir.path(), floor).unwrap().next_position(), floor);
+
+    // An earlier segment: refused whatever the floor.
+    let was = damage(&files[0], at, None);
+    match open(dir.path(), 0) {
+        Err(SegLogError::Corrupt { path, reason, .. }) => {
+            assert_eq!(path, files[0]);
+            assert_eq!(reason, "frame body CRC mismatch");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+
+    damage(&files[0], at, Some(was));
+
+    // A missing segment in the middle: the next one does not start where it should.
+    std::fs::remove_file(&files[1]).unwrap();
+    match open(dir.path(), 0) {
+        Err(SegLogError::Corrupt { path, reason, .. }) => {
+            assert_eq!(path, files[2]);
+            assert_eq!(
+                reason,
+                "segment does not start where the one before it ends"
+            );
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+/// Power cuts: frames are appended, some synced; then every 512-byte sector written since the
+/// last sync is kept, zeroed or garbled at random, and the log reopened.
+#[test]
+fn simulated_power_cuts_keep_every_synced_frame() {
+    let base = seed();
+    let (mut cut_trials, mut lost_frames) = (0, 0);
+    for trial in 0..40u64 {
+        let mut rng = Rng(base.wrapping_add(trial.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 0).unwrap();
+        let mut written = Vec::new();
+        let (mut synced_frames, mut synced_bytes) = (0usize, 0u64);
+        for _ in 0..30 + rng.below(30) {
+            let f = frame(&mut rng, log.next_position(), 6, 300);
+            log.append(&f).unwrap();
+            written.push(f);
+            if rng.below(3) == 0 {
+                log.sync().unwrap();
+                synced_frames = written.len();
+                synced_bytes = last_segment_used(dir.path());
+            }
+        }
+        let floor = written
+            .get(synced_frames.wrapping_sub(1))
+            .map_or(1, |f| f.end_position());
+        // Rotation syncs, so the unsynced frames are all in the last segment; if the last
+        // sync was in an earlier segment, everything in the last one is unsynced.
+        let last = segment_files(dir.path()).pop().unwrap();
+        let last_first: u64 = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+        let unsynced_from = if floor > last_first { synced_bytes } else { 0 };
+        drop(log);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&last)
+            .unwrap();
+        let len = file.metadata().unwrap().len();
+        let mut sector = unsynced_from / 512 * 512;
+        while sector < len {
+            let n = 512.min(len - sector) as usize;
+            let mut bytes = vec![0u8; n];
+            file.read_exact_at(&mut bytes, sector).unwrap();
+            let keep_from = unsynced_from.saturating_sub(sector) as usize;
+            match rng.below(3) {
+                0 => {}
+                1 => bytes[keep_from..].fill(0),
+                _ => bytes[keep_from..]
+                    .iter_mut()
+                    .for_each(|b| *b = rng.next() as u8),
+            }
+            file.write_all_at(&bytes, sector).unwrap();
+            sector += 512;
+        }
+        drop(file);
+
+        let (log, report) = SegmentLog::open(dir.path(), SMALL_SEGMENT_BYTES, floor, 1)
+            .unwrap_or_else(|e| panic!("trial {trial}: the log did not reopen: {e}"));
+        cut_trials += usize::from(report.cut.is_some());
+        let read = all_frames(&log);
+        lost_frames += written.len() - read.len();
+        assert!(
+            read.len() >= synced_frames && read[..] == written[..read.len()],
+            "trial {trial}: {} frames read, {synced_frames} synced, {} written; not a prefix",
+            read.len(),
+            written.len()
+        );
+        // And it stays that way: a second open changes nothing.
+        drop(log);
+        let (again, report) = SegmentLog::open(dir.path(), SMALL_SEGMENT_BYTES, floor, 1).unwrap();
+        assert_eq!(report.cut, None, "trial {trial}");
+        assert_eq!(all_frames(&again), read, "trial {trial}");
+    }
+    println!("40 trials: {cut_trials} cut a torn tail, {lost_frames} unsynced frames lost in all");
+    assert!(
+        cut_trials > 0 && lost_frames > 0,
+        "the cuts must have torn something"
+    );
+}
+
+/// Bytes of frames in the last segment (how far its non-zero prefix reaches), read back from
+/// the file: the frames end where the zeroes begin.
+fn last_segment_used(dir: &Path) -> u64 {
+    let last = segment_files(dir).pop().unwrap();
+    let bytes = std::fs::read(&last).unwrap();
+    let (mut at, mut used) = (0usize, 0u64);
+    while at + FRAME_HEADER_BYTES <= bytes.len() {
+        let header = &bytes[at..at + FRAME_HEADER_BYTES];
+        if header.iter().all(|&b| b == 0) {
+            break;
+        }
+        let body = u32::from_le_bytes(header[24..28].try_into().unwrap()) as usize;
+        at += FRAME_HEADER_BYTES + body;
+        used = at as u64;
+    }
+    used
+}
+
+// ---- The index over the log (`LogIndex`): heads from frames, streams read backwards. ----
+
+use evershard_engine::seglog::{LogHead, LogIndex, LogIndexError};
+use evershard_engine::{AtRest, Record, StreamId};
+
+/// The stored bytes of event `sequence` of `stream` at `position`, chained to `prev_hash`.
+fn event_bytes(stream: &StreamId, sequence: u64, position: u64, prev_hash: [u8; 32]) -> Vec<u8> {
+    Record {
+        sequence,
+        global_position: position,
+        timestamp: chrono::DateTime::from_timestamp_micros(1_767_225_600_000_000 + position as i64)
+            .unwrap(),
+        event_id: uuid::Uuid::from_u128(position as u128),
+        correlation_id: uuid::Uuid::from_u128(7),
+        causation_id: None,
+        prev_hash,
+        aggregate_type: stream.aggregate_type.clone(),
+        aggregate_id: stream.aggregate_id.clone(),
+        event_type: "Happened".into(),
+        event_version: "1".into(),
+        source: "seglog-test".into(),
+        user_id: None,
+        session_id: None,
+        audit_context: None,
+        at_rest: AtRest::Plain,
+        payload: vec![sequence as u8; 20],
+    }
+    .encode()
+}
+
+fn stream(i: u64) -> StreamId {
+    StreamId {
+        aggregate_type: "ProductStock".into(),
+        aggregate_id: format!("sku-{i}"),
+    }
+}
+
+/// The test's own record of every stream: (position, bytes) of each event, oldest first.
+type Model = std::collections::HashMap<u64, Vec<(u64, Vec<u8>)>>;
+
+/// Appends `frames` frames of 1..=5 events of random streams (of `streams`), synced, and
+/// applies each to `index`, checkpointing every `checkpoint_every` frames.
+fn write_events(
+    log: &mut SegmentLog,
+    index: &mut LogIndex,
+    db: &sled::Db,
+    model: &mut Model,
+    rng: &mut Rng,
+    (frames, streams, checkpoint_every): (usize, u64, usize),
+) {
+    for f in 0..frames {
+        let first = log.next_position();
+        let mut records = Vec::new();
+        for i in 0..1 + rng.below(5) {
+            let s = rng.below(streams);
+            let events = model.entry(s).or_default();
+            let (previous_position, prev_hash) = events.last().map_or((0, [0u8; 32]), |(p, b)| {
+                (*p, evershard_engine::record::hash(b))
+            });
+            let position = first + i;
+            let bytes = event_bytes(&stream(s), events.len() as u64 + 1, position, prev_hash);
+            events.push((position, bytes.clone()));
+            records.push(FrameRecord {
+                previous_position,
+                bytes,
+            });
+        }
+        let frame = Frame {
+            first_position: first,
+            records,
+            writes: vec![],
+        };
+        log.append(&frame).unwrap();
+        log.sync().unwrap();
+        index.apply(db, &frame).unwrap();
+        if (f + 1) % checkpoint_every == 0 {
+            index.checkpoint(db).unwrap();
+        }
+    }
+}
+
+fn assert_index_matches(index: &LogIndex, db: &sled::Db, log: &SegmentLog, model: &Model) {
+    for (s, events) in model {
+        let (position, bytes) = events.last().unwrap();
+        assert_eq!(
+            index.head(db, &stream(*s)).unwrap(),
+            Some(LogHead {
+                sequence: events.len() as u64,
+                position: *position,
+                hash: evershard_engine::record::hash(bytes),
+            }),
+            "head of sku-{s}"
+        );
+        assert_eq!(&index.read_stream(db, log, &stream(*s), 1).unwrap(), events);
+        let from = 1 + events.len() as u64 / 2;
+        assert_eq!(
+            index.read_stream(db, log, &stream(*s), from).unwrap(),
+            events[from as usize - 1..],
+            "sku-{s} from sequence {from}"
+        );
+    }
+    assert_eq!(index.head(db, &stream(999_999)).unwrap(), None);
+    assert!(index
+        .read_stream(db, log, &stream(999_999), 1)
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn heads_come_from_the_frames_and_streams_read_back_along_their_pointers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(seed());
+    let db = sled::Config::new()
+        .path(dir.path().join("index"))
+        .open()
+        .unwrap();
+    let log_dir = dir.path().join("log");
+    let (mut log, _) = SegmentLog::open(&log_dir, 64 * 1024, 0, 1).unwrap();
+    let mut index = LogIndex::open(&db, &log).unwrap();
+    let mut model = Model::new();
+    write_events(
+        &mut log,
+        &mut index,
+        &db,
+        &mut model,
+        &mut rng,
+        (300, 20, 37),
+    );
+    assert!(
+        index.dirty_streams() > 0,
+        "some heads moved after the last checkpoint"
+    );
+    assert_index_matches(&index, &db, &log, &model);
+
+    // A restart without a checkpoint of the last frames: opening applies them again.
+    let applied = index.applied();
+    drop(index);
+    let index = LogIndex::open(&db, &log).unwrap();
+    assert_eq!(index.applied(), applied);
+    assert_index_matches(&index, &db, &log, &model);
+
+    // An index that lost every checkpoint (a new sled) is rebuilt from the whole log.
+    let fresh = sled::Config::new().temporary(true).open().unwrap();
+    let rebuilt = LogIndex::open(&fresh, &log).unwrap();
+    assert_eq!(rebuilt.applied(), applied);
+    assert_index_matches(&rebuilt, &fresh, &log, &model);
+}
+
+#[test]
+fn a_record_that_does_not_follow_its_head_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let (mut log, _) = SegmentLog::open(dir.path(), 64 * 1024, 0, 1).unwrap();
+    let mut index = LogIndex::open(&db, &log).unwrap();
+    let s = stream(1);
+    let first = event_bytes(&s, 1, 1, [0; 32]);
+    let frame = Frame {
+        first_position: 1,
+        records: vec![FrameRecord {
+            previous_position: 0,
+            bytes: first.clone(),
+        }],
+        writes: vec![],
+    };
+    log.append(&frame).unwrap();
+    log.sync().unwrap();
+    index.apply(&db, &frame).unwrap();
+    let hash = evershard_engine::record::hash(&first);
+    let cases: [(&str, u64, u64, [u8; 32]); 3] = [
+        ("its sequence is not the head's next", 3, 1, hash),
+        ("its previous position is not the head's", 2, 0, hash),
+        ("its previous hash is not the head's", 2, 1, [9; 32]),
+    ];
+    for (reason, sequence, previous_position, prev_hash) in cases {
+        let bad = Frame {
+            first_position: 2,
+            records: vec![FrameRecord {
+                previous_position,
+                bytes: event_bytes(&s, sequence, 2, prev_hash),
+            }],
+            writes: vec![],
+        };
+        match index.apply(&db, &bad) {
+            Err(LogIndexError::Chain {
+                reason: r,
+                position: 2,
+                ..
+            }) => assert_eq!(r, reason),
+            other => panic!("{reason}: expected a chain error, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        index.apply(&db, &frame),
+        Err(LogIndexError::Gap {
+            expected: 2,
+            got: 1
+        })
+    ));
+    // A log holding such a record is refused when an index is built from it.
+    let bad = Frame {
+        first_position: 2,
+        records: vec![FrameRecord {
+            previous_position: 0,
+            bytes: event_bytes(&s, 2, 2, hash),
+        }],
+        writes: vec![],
+    };
+    log.append(&bad).unwrap();
+    log.sync().unwrap();
+    let fresh = sled::Config::new().temporary(true).open().unwrap();
+    assert!(matches!(
+        LogIndex::open(&fresh, &log),
+        Err(LogIndexError::Chain { position: 2, .. })
+    ));
+}
+
+#[test]
+fn a_stream_read_checks_each_record_against_the_hash_its_successor_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(seed());
+    let db = sled::Config::new()
+        .path(dir.path().join("index"))
+        .open()
+        .unwrap();
+    let (mut log, _) = SegmentLog::open(&dir.path().join("a"), 64 * 1024, 0, 1).unwrap();
+    let mut index = LogIndex::open(&db, &log).unwrap();
+    let mut model = Model::new();
+    write_events(&mut log, &mut index, &db, &mut model, &mut rng, (40, 3, 1));
+    // A second log with the same frames, but the first record of the last frame has another
+    // payload (re-encoded, so its own checks pass): the checkpointed heads no longer match.
+    let (mut other, _) = SegmentLog::open(&dir.path().join("b"), 64 * 1024, 0, 1).unwrap();
+    let frames: Vec<Frame> = log.frames_from(1).collect::<Result<_, _>>().unwrap();
+    let last = frames.len() - 1;
+    for (i, mut frame) in frames.into_iter().enumerate() {
+        if i == last {
+            let mut record = Record::decode(&frame.records[0].bytes).unwrap();
+            record.payload = b"changed".to_vec();
+            frame.records[0].bytes = record.encode();
+        }
+        other.append(&frame).unwrap();
+    }
+    other.sync().unwrap();
+    let changed = Record::decode(&log.frames_from(1).last().unwrap().unwrap().records[0].bytes)
+        .unwrap()
+        .aggregate_id;
+    let index = LogIndex::open(&db, &other).unwrap();
+    let s = StreamId {
+        aggregate_type: "ProductStock".into(),
+        aggregate_id: changed,
+    };
+    match index.read_stream(&db, &other, &s, 1) {
+        Err(LogIndexError::Chain { reason, .. }) => {
+            assert_eq!(
+                reason,
+                "the record's hash is not the one its successor names"
+            )
+        }
+        other => panic!("expected a chain error, got {other:?}"),
+    }
+}
