@@ -538,10 +538,17 @@ impl ProductStockState {
     }
 
     fn close(&mut self, reservation_id: Uuid, closed: ClosedReservation) {
-        let id = key(reservation_id);
-        if let Some(open) = self.reservations.remove(&id) {
-            self.reserved -= open.quantity;
-        }
+        // The open reservation's key moves to the closed map: no new key to allocate.
+        let removed = self
+            .reservations
+            .remove_entry(key_str(reservation_id, &mut [0; 36]));
+        let id = match removed {
+            Some((id, open)) => {
+                self.reserved -= open.quantity;
+                id
+            }
+            None => key(reservation_id),
+        };
         // The floor stays a lower bound (or stays unknown) with the new time in.
         if let Some(floor) = &mut self.closed_floor.0 {
             *floor = (*floor).min(closed.closed_at);
@@ -592,7 +599,9 @@ fn memory_expired(closed_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
 }
 
 fn key(reservation_id: Uuid) -> String {
-    reservation_id.to_string()
+    // The same text as `to_string` (lower-case, hyphenated), without the `Display`
+    // machinery: `apply` makes a key on every reservation and release it folds.
+    key_str(reservation_id, &mut [0; 36]).to_owned()
 }
 
 /// [`key`] written into `buf`, for a lookup: `apply` looks reservations up on most events,
