@@ -468,10 +468,12 @@ pub struct ProductStockState {
     /// Units per month, from [`SetDemandForecast`].
     pub average_monthly_demand: i64,
     /// Open (pending or confirmed) reservations by reservation id.
+    #[serde(deserialize_with = "map_in_one_build")]
     pub reservations: BTreeMap<String, Reservation>,
     /// Released or committed reservations of the last [`CLOSED_RESERVATION_MEMORY_MS`].
     /// Changed by `apply`: code that inserts here directly (a test building a state by hand)
     /// should not then fold events into the state, whose pruning relies on `closed_floor`.
+    #[serde(deserialize_with = "map_in_one_build")]
     pub closed_reservations: BTreeMap<String, ClosedReservation>,
     /// From [`SetReservationTtl`]; `None`: [`RESERVATION_TTL_MS`].
     pub reservation_ttl_ms: Option<i64>,
@@ -584,6 +586,42 @@ impl ProductStockState {
         let floor = self.closed_reservations.values().map(|c| c.closed_at).min();
         self.closed_floor = ClosedFloor(Some(floor.unwrap_or(DateTime::<Utc>::MAX_UTC)));
     }
+}
+
+/// Reads a map as serde reads a `BTreeMap` (the same entries; a stored map, written from a
+/// `BTreeMap`, has no equal keys, and of equal keys std's bulk build keeps the last, as
+/// `insert` does), but builds it in one pass from the entries instead of inserting them one by one: a
+/// snapshot's state holds thousands of reservations, written in key order, and recovery
+/// decodes it whole (`BTreeMap::from_iter` sorts, which costs one pass over sorted entries,
+/// then builds the tree bottom-up).
+fn map_in_one_build<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Entries<V>(std::marker::PhantomData<V>);
+
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Entries<V> {
+        type Value = BTreeMap<String, V>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+            formatter.write_str("a map")
+        }
+
+        fn visit_map<M: serde::de::MapAccess<'de>>(
+            self,
+            mut map: M,
+        ) -> Result<Self::Value, M::Error> {
+            // The size hint comes from the stored bytes: trust it only so far.
+            let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(4096));
+            while let Some(entry) = map.next_entry::<String, V>()? {
+                entries.push(entry);
+            }
+            Ok(entries.into_iter().collect())
+        }
+    }
+
+    deserializer.deserialize_map(Entries(std::marker::PhantomData))
 }
 
 fn safety_stock_for(average_monthly_demand: i64) -> i64 {

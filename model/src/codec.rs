@@ -236,7 +236,7 @@ pub mod timestamp {
 
     /// The number written by the two ASCII digits at `b[at..at + 2]`; `None` if either is
     /// not a digit.
-    #[inline]
+    #[inline(always)]
     fn two_digits(b: &[u8], at: usize) -> Option<u32> {
         let (tens, ones) = (b[at].wrapping_sub(b'0'), b[at + 1].wrapping_sub(b'0'));
         (tens <= 9 && ones <= 9).then(|| u32::from(tens) * 10 + u32::from(ones))
