@@ -958,6 +958,10 @@ impl JournalWriter {
     }
 }
 
+/// A stored key (or its tail) and value, as the raw test hooks return them.
+#[cfg(feature = "fault-injection")]
+pub type RawEntry = (Vec<u8>, Vec<u8>);
+
 // The largest snapshot `put_snapshot` stores fits the parts a manifest can name.
 const _: () = assert!(
     evershard_snapshots::SNAPSHOT_BYTES_MAX.div_ceil(segments::VALUE_BYTES_MAX)
@@ -1994,7 +1998,7 @@ impl Journal {
     pub fn raw_snapshot_entries_for_tests(
         &self,
         stream: &StreamId,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Vec<RawEntry>, StorageError> {
         let prefix = keys::stream_prefix(keys::SNAPSHOTS, stream);
         let mut out = Vec::new();
         for entry in self.shared.db()?.scan_prefix(&prefix) {
