@@ -5,7 +5,9 @@
 //! never use a partial one; a rewrite at the same sequence and pruning leave no stale part;
 //! a snapshot above `SNAPSHOT_BYTES_MAX` is refused with `SnapshotTooLarge`. Small snapshots
 //! stay one value under their key, byte for byte the one-key layout every older store has.
+//! A sealed (encrypted) snapshot is cut into parts the same way and opened after assembly.
 
+use evershard_engine::crypto::{FileKeyProvider, KeyProvider};
 use evershard_engine::model::{Aggregate, DecideContext, DomainEvent};
 use evershard_engine::segments::VALUE_BYTES_MAX;
 use evershard_engine::snapshot::{
@@ -17,6 +19,7 @@ use evershard_engine::{
 };
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
 
 /// An aggregate whose state keeps every note it was given: it grows by a note per event.
 #[derive(Debug)]
@@ -78,15 +81,16 @@ fn note(i: u64) -> String {
 }
 
 /// Writes `EVENTS` notes through an engine with a snapshot every 100 (keep 2) and waits
-/// (bounded) for the snapshot at `EVENTS`.
-async fn fill(dir: &Path) {
-    let engine = Engine::builder(dir)
+/// (bounded) for the snapshot at `EVENTS`; with `keys`, Notes is sensitive (sealed at rest).
+async fn fill(dir: &Path, keys: Option<Arc<dyn KeyProvider>>) {
+    let mut builder = Engine::builder(dir)
         .register::<Notes>()
         .durability(Durability::Buffered { flush_every_ms: 20 })
-        .snapshot_policy(SnapshotPolicy::every(100).keep(2))
-        .open()
-        .await
-        .expect("engine opens");
+        .snapshot_policy(SnapshotPolicy::every(100).keep(2));
+    if let Some(keys) = keys {
+        builder = builder.sensitive::<Notes>(true).key_provider(keys);
+    }
+    let engine = builder.open().await.expect("engine opens");
     for i in 0..EVENTS {
         engine.execute::<Notes>("n", note(i)).await.unwrap();
     }
@@ -120,7 +124,7 @@ fn layout(journal: &JournalWriter, stream: &StreamId) -> Vec<(u64, Option<u16>, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_above_the_value_bound_is_stored_in_parts_and_recovered_whole() {
     let dir = tempfile::tempdir().unwrap();
-    fill(dir.path()).await;
+    fill(dir.path(), None).await;
     let journal = JournalWriter::open(dir.path(), JournalConfig::default()).unwrap();
     let stream = StreamId::new(Notes::TYPE, "n");
     let replayed = repository::load::<Notes>(&journal, &stream, u64::MAX, false).unwrap();
@@ -214,4 +218,31 @@ async fn a_snapshot_above_the_value_bound_is_stored_in_parts_and_recovered_whole
         other => panic!("expected SnapshotTooLarge, got {other:?}"),
     }
     assert_eq!(journal.snapshot(&stream, EVENTS).unwrap(), Some(whole));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_snapshot_in_parts_is_opened_after_assembly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key_file) = (dir.path().join("store"), dir.path().join("master.keys"));
+    FileKeyProvider::append_new_key(&key_file, "m1").unwrap();
+    let keys = || -> Arc<dyn KeyProvider> { Arc::new(FileKeyProvider::open(&key_file).unwrap()) };
+    fill(&store, Some(keys())).await;
+    let journal = JournalWriter::open(&store, JournalConfig::default()).unwrap();
+    journal.set_key_provider(keys());
+    let stream = StreamId::new(Notes::TYPE, "n");
+    let parts = layout(&journal, &stream)
+        .into_iter()
+        .filter(|(seq, part, _)| *seq == EVENTS && part.is_some())
+        .count();
+    assert_eq!(parts, 2, "the sealed record is cut into parts");
+    let sealed = journal.snapshot(&stream, EVENTS).unwrap().unwrap();
+    assert_eq!(sealed[0], 2, "assembled, the record is sealed (format 2)");
+    let loaded = repository::load::<Notes>(&journal, &stream, u64::MAX, true).unwrap();
+    assert_eq!(loaded.from_snapshot, Some(EVENTS));
+    assert_eq!(
+        (loaded.events_replayed, loaded.skipped_snapshots.len()),
+        (0, 0)
+    );
+    assert_eq!(loaded.state.notes.len() as u64, EVENTS);
+    assert_eq!(loaded.state.notes[7], note(7));
 }
