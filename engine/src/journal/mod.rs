@@ -1825,35 +1825,34 @@ impl Journal {
     }
 
     /// Every stream that has snapshots, with their sequences, for verification: each record
-    /// whole, as [`Journal::snapshot`] reads it.
+    /// whole, as [`Journal::snapshot`] reads it (a one-value snapshot straight from the scan).
     pub fn all_snapshots(&self) -> Reads<'_, (StreamId, u64, Vec<u8>)> {
         let db = match self.shared.db() {
             Ok(db) => db,
             Err(e) => return failed(e),
         };
-        let listed = db.scan_prefix([keys::SNAPSHOTS]).keys().filter_map(|key| {
-            let key = match key {
-                Ok(key) => key,
+        reads(db.scan_prefix([keys::SNAPSHOTS]).filter_map(move |entry| {
+            let (key, value) = match entry {
+                Ok(entry) => entry,
                 Err(e) => return Some(Err(e.into())),
             };
             match keys::parse_snapshot_key(&key) {
-                Some((stream, seq, None)) => Some(Ok((stream, seq))),
+                Some((stream, seq, None))
+                    if value.first() != Some(&evershard_snapshots::SNAPSHOT_FORMAT_PARTS) =>
+                {
+                    Some(Ok((stream, seq, value.to_vec())))
+                }
+                // A manifest: its record is read with its parts.
+                Some((stream, seq, None)) => match self.snapshot(&stream, seq) {
+                    Ok(Some(bytes)) => Some(Ok((stream, seq, bytes))),
+                    Ok(None) => None,
+                    Err(e) => Some(Err(e)),
+                },
                 // A part is read with its snapshot.
                 Some((_, _, Some(_part))) => None,
                 None => Some(Err(StorageError::corrupt_store(Corruption::MalformedKey {
                     keyspace: "snapshot",
                 }))),
-            }
-        });
-        reads(listed.filter_map(move |listed| {
-            let (stream, seq) = match listed {
-                Ok(found) => found,
-                Err(e) => return Some(Err(e)),
-            };
-            match self.snapshot(&stream, seq) {
-                Ok(Some(bytes)) => Some(Ok((stream, seq, bytes))),
-                Ok(None) => None,
-                Err(e) => Some(Err(e)),
             }
         }))
     }
