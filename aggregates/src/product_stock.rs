@@ -468,10 +468,12 @@ pub struct ProductStockState {
     /// Units per month, from [`SetDemandForecast`].
     pub average_monthly_demand: i64,
     /// Open (pending or confirmed) reservations by reservation id.
+    #[serde(deserialize_with = "map_in_one_build")]
     pub reservations: BTreeMap<String, Reservation>,
     /// Released or committed reservations of the last [`CLOSED_RESERVATION_MEMORY_MS`].
     /// Changed by `apply`: code that inserts here directly (a test building a state by hand)
     /// should not then fold events into the state, whose pruning relies on `closed_floor`.
+    #[serde(deserialize_with = "map_in_one_build")]
     pub closed_reservations: BTreeMap<String, ClosedReservation>,
     /// From [`SetReservationTtl`]; `None`: [`RESERVATION_TTL_MS`].
     pub reservation_ttl_ms: Option<i64>,
@@ -538,10 +540,17 @@ impl ProductStockState {
     }
 
     fn close(&mut self, reservation_id: Uuid, closed: ClosedReservation) {
-        let id = key(reservation_id);
-        if let Some(open) = self.reservations.remove(&id) {
-            self.reserved -= open.quantity;
-        }
+        // The open reservation's key moves to the closed map: no new key to allocate.
+        let removed = self
+            .reservations
+            .remove_entry(key_str(reservation_id, &mut [0; 36]));
+        let id = match removed {
+            Some((id, open)) => {
+                self.reserved -= open.quantity;
+                id
+            }
+            None => key(reservation_id),
+        };
         // The floor stays a lower bound (or stays unknown) with the new time in.
         if let Some(floor) = &mut self.closed_floor.0 {
             *floor = (*floor).min(closed.closed_at);
@@ -579,6 +588,42 @@ impl ProductStockState {
     }
 }
 
+/// Reads a map as serde reads a `BTreeMap` (the same entries; a stored map, written from a
+/// `BTreeMap`, has no equal keys, and of equal keys std's bulk build keeps the last, as
+/// `insert` does), but builds it in one pass from the entries instead of inserting them one by one: a
+/// snapshot's state holds thousands of reservations, written in key order, and recovery
+/// decodes it whole (`BTreeMap::from_iter` sorts, which costs one pass over sorted entries,
+/// then builds the tree bottom-up).
+fn map_in_one_build<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Entries<V>(std::marker::PhantomData<V>);
+
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Entries<V> {
+        type Value = BTreeMap<String, V>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+            formatter.write_str("a map")
+        }
+
+        fn visit_map<M: serde::de::MapAccess<'de>>(
+            self,
+            mut map: M,
+        ) -> Result<Self::Value, M::Error> {
+            // The size hint comes from the stored bytes: trust it only so far.
+            let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(4096));
+            while let Some(entry) = map.next_entry::<String, V>()? {
+                entries.push(entry);
+            }
+            Ok(entries.into_iter().collect())
+        }
+    }
+
+    deserializer.deserialize_map(Entries(std::marker::PhantomData))
+}
+
 fn safety_stock_for(average_monthly_demand: i64) -> i64 {
     // Ceiling division of a non-negative number; demand is bounded by QUANTITY_MAX.
     (average_monthly_demand.max(0) * SAFETY_STOCK_PERCENT + 99) / 100
@@ -592,7 +637,9 @@ fn memory_expired(closed_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
 }
 
 fn key(reservation_id: Uuid) -> String {
-    reservation_id.to_string()
+    // The same text as `to_string` (lower-case, hyphenated), without the `Display`
+    // machinery: `apply` makes a key on every reservation and release it folds.
+    key_str(reservation_id, &mut [0; 36]).to_owned()
 }
 
 /// [`key`] written into `buf`, for a lookup: `apply` looks reservations up on most events,

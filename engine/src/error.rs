@@ -135,10 +135,10 @@ pub enum StorageError {
     /// The journal was closed (the engine shut down): reopen the store.
     #[error("the journal is closed")]
     Closed,
-    /// A snapshot larger than the journal's value bound was not written: it could make sled
-    /// write a tree node to a blob file, which a power cut can leave behind a durable
-    /// pointer (docs/design.md, "What the durability tests prove and how", point 5). Nothing
-    /// is lost: recovery replays the events instead.
+    /// A snapshot larger than `evershard_snapshots::SNAPSHOT_BYTES_MAX` was not written
+    /// (one above the journal's value bound is stored in parts, each within it, so that no
+    /// tree node outgrows sled's blob threshold: docs/design.md, "Snapshots in parts").
+    /// Nothing is lost: recovery starts from an older snapshot and replays the events after.
     #[error(
         "a snapshot of {bytes} bytes exceeds {max}; not written (recovery replays the events)"
     )]

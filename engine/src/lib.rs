@@ -193,7 +193,8 @@ pub mod repository {
 /// starts from, with a typed reason for each skipped one.
 pub mod snapshot {
     pub use crate::snapshots::{
-        select, Selection, SkipReason, SkippedSnapshot, SnapshotError, SnapshotRecord,
+        select, Manifest, Selection, SkipReason, SkippedSnapshot, SnapshotError, SnapshotRecord,
+        SNAPSHOT_BYTES_MAX,
     };
 }
 /// "Every N events, keep the newest K".

@@ -37,6 +37,8 @@
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+mod fast;
+
 /// Format 1: bincode 2, positional. Still written by [`encode_compact`]; always read.
 pub const CODEC_FORMAT_V1: u8 = 1;
 /// Format 2: MessagePack with named fields and variants. What [`encode`] writes.
@@ -113,6 +115,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
             Ok(value)
         }
         CODEC_FORMAT_V2 => {
+            // The lean reader first (replay's hot path); whatever it does not decode whole,
+            // rmp-serde decodes and decides (value or error), as it always did.
+            if let Ok(value) = fast::decode::<T>(body) {
+                return Ok(value);
+            }
             // Strings and field names are read borrowed from `body` (no copy into a buffer
             // per string, as through `io::Read`). That reader does not tell where the value
             // ended, so the end is checked by reading one more value: it must find none.
@@ -181,11 +188,6 @@ pub mod timestamp {
     /// `YYYY-MM-DDTHH:MM:SS` and a fraction of 0, 3, 6 or 9 digits, then `Z`; `None` for any
     /// other text or for fields out of range (chrono then decides).
     pub(crate) fn parse_utc_shape(b: &[u8]) -> Option<DateTime<Utc>> {
-        let digits = |range: std::ops::Range<usize>| -> Option<u32> {
-            b.get(range)?.iter().try_fold(0u32, |n, &c| {
-                c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
-            })
-        };
         let fraction_digits = match b.len() {
             20 => 0,
             24 => 3,
@@ -193,6 +195,8 @@ pub mod timestamp {
             30 => 9,
             _ => return None,
         };
+        // Replay parses every stored time (several per event): the fixed positions are read
+        // two digits at a time, without a loop or a closure per field.
         let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
         if separators.iter().any(|&(at, c)| b[at] != c) || b[b.len() - 1] != b'Z' {
             return None;
@@ -203,18 +207,39 @@ pub mod timestamp {
             if b[19] != b'.' {
                 return None;
             }
-            digits(20..20 + fraction_digits)? * 10u32.pow(9 - fraction_digits as u32)
+            let mut n = 0u32;
+            for &c in &b[20..20 + fraction_digits] {
+                let d = c.wrapping_sub(b'0');
+                if d > 9 {
+                    return None;
+                }
+                n = n * 10 + u32::from(d);
+            }
+            n * 10u32.pow(9 - fraction_digits as u32)
         };
+        let year = two_digits(b, 0)? * 100 + two_digits(b, 2)?;
         let date = NaiveDate::from_ymd_opt(
-            i32::try_from(digits(0..4)?).ok()?,
-            digits(5..7)?,
-            digits(8..10)?,
+            i32::try_from(year).ok()?,
+            two_digits(b, 5)?,
+            two_digits(b, 8)?,
         )?;
         // A leap second (`:60`) is not built here: `from_hms_nano_opt` refuses it and chrono's
         // parser takes it.
-        let time =
-            NaiveTime::from_hms_nano_opt(digits(11..13)?, digits(14..16)?, digits(17..19)?, nanos)?;
+        let time = NaiveTime::from_hms_nano_opt(
+            two_digits(b, 11)?,
+            two_digits(b, 14)?,
+            two_digits(b, 17)?,
+            nanos,
+        )?;
         Some(NaiveDateTime::new(date, time).and_utc())
+    }
+
+    /// The number written by the two ASCII digits at `b[at..at + 2]`; `None` if either is
+    /// not a digit.
+    #[inline(always)]
+    fn two_digits(b: &[u8], at: usize) -> Option<u32> {
+        let (tens, ones) = (b[at].wrapping_sub(b'0'), b[at + 1].wrapping_sub(b'0'));
+        (tens <= 9 && ones <= 9).then(|| u32::from(tens) * 10 + u32::from(ones))
     }
 
     struct TextVisitor;

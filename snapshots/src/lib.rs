@@ -16,6 +16,12 @@
 //! [17..]   the state, evershard_model::codec bytes (codec::encode_compact: format 1)
 //! ```
 //!
+//! A record larger than one journal value is stored in parts ([`Manifest`]): the journal keeps
+//! a manifest (format [`SNAPSHOT_FORMAT_PARTS`]) under the snapshot's key and the record's
+//! bytes, cut into pieces, under part keys, all in one atomic batch; reading assembles the
+//! record again, and a record whose parts do not assemble is handed on as its manifest, which
+//! [`SnapshotRecord::decode`] refuses with [`SnapshotError::Incomplete`].
+//!
 //! The state is written in the codec's compact, positional format 1 rather than the named
 //! format 2 the journal uses: a snapshot must be exactly the fold of its events, so a state
 //! whose shape changed should stop decoding (and be replayed) rather than load with defaults
@@ -32,7 +38,121 @@ pub const SNAPSHOT_FORMAT_V1: u8 = 1;
 /// before it), sealed with the stream and sequence as associated data. The engine opens it before
 /// [`select`]; this crate only names it.
 pub const SNAPSHOT_FORMAT_SEALED: u8 = 2;
+/// A snapshot stored in parts: the manifest under the snapshot's own key (see [`Manifest`]).
+/// Never the format of a whole record, so a record that decodes as this one is a manifest
+/// whose parts were not found whole.
+pub const SNAPSHOT_FORMAT_PARTS: u8 = 3;
 const HEADER_BYTES: usize = 17;
+
+/// The largest snapshot record stored, in bytes, whatever its parts: recovery holds a whole
+/// record in memory (and a sealed one twice, while it is opened), and a state this large
+/// takes longer to decode than a few thousand events take to replay. Larger ones are not
+/// written (`StorageError::SnapshotTooLarge`); recovery replays from an older one instead.
+pub const SNAPSHOT_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// The manifest of a snapshot record stored in parts (integers little-endian):
+///
+/// ```text
+/// [0]      SNAPSHOT_FORMAT_PARTS = 3
+/// [1..5]   CRC32C of bytes [5..13]
+/// [5..9]   record bytes: the length of the whole record, u32 LE
+/// [9..11]  part count n, u16 LE (2..=Manifest::PARTS_MAX)
+/// [11..13] reserved, 0
+/// ```
+///
+/// Part `i` (1..=n) holds the record's bytes from `(i - 1) * part_bytes` on, every part but
+/// the last exactly `part_bytes` long, where `part_bytes = ceil(record bytes / n)`. The
+/// assembled record is a whole record (format 1, or sealed format 2) with its own CRC or
+/// authentication tag, which checks the parts' contents; the manifest checks that they are
+/// all there, in order, of the right length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub record_bytes: u32,
+    pub parts: u16,
+}
+
+impl Manifest {
+    /// A manifest's length.
+    pub const BYTES: usize = 13;
+    /// The most parts a record is cut into: enough for [`SNAPSHOT_BYTES_MAX`] in parts of 64
+    /// KiB, below any journal value bound it is used with.
+    pub const PARTS_MAX: u16 = (SNAPSHOT_BYTES_MAX / (64 * 1024)) as u16;
+
+    /// How a record of `record_bytes` is cut into parts of at most `part_bytes_max`; `None`
+    /// when it fits one value (store it whole) or exceeds [`SNAPSHOT_BYTES_MAX`].
+    pub fn for_record(record_bytes: usize, part_bytes_max: usize) -> Option<Manifest> {
+        if record_bytes <= part_bytes_max || record_bytes > SNAPSHOT_BYTES_MAX {
+            return None;
+        }
+        let parts = record_bytes.div_ceil(part_bytes_max);
+        Some(Manifest {
+            record_bytes: u32::try_from(record_bytes).ok()?,
+            parts: u16::try_from(parts)
+                .ok()
+                .filter(|&p| p <= Self::PARTS_MAX)?,
+        })
+    }
+
+    /// Every part's length but the last one's.
+    pub fn part_bytes(&self) -> usize {
+        (self.record_bytes as usize).div_ceil(self.parts as usize)
+    }
+
+    /// The record's bytes of part `i` (1-based).
+    pub fn part<'a>(&self, record: &'a [u8], i: u16) -> &'a [u8] {
+        let size = self.part_bytes();
+        let start = (usize::from(i) - 1) * size;
+        &record[start..(start + size).min(record.len())]
+    }
+
+    pub fn encode(&self) -> [u8; Self::BYTES] {
+        let mut out = [0u8; Self::BYTES];
+        out[0] = SNAPSHOT_FORMAT_PARTS;
+        out[5..9].copy_from_slice(&self.record_bytes.to_le_bytes());
+        out[9..11].copy_from_slice(&self.parts.to_le_bytes());
+        let crc = crc32c::crc32c(&out[5..]);
+        out[1..5].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// The manifest in `bytes`, or `None` when they are not one (another format, damaged).
+    pub fn decode(bytes: &[u8]) -> Option<Manifest> {
+        let bytes: &[u8; Self::BYTES] = bytes.try_into().ok()?;
+        let crc = u32::from_le_bytes(bytes[1..5].try_into().expect("4 bytes"));
+        if bytes[0] != SNAPSHOT_FORMAT_PARTS || crc != crc32c::crc32c(&bytes[5..]) {
+            return None;
+        }
+        let manifest = Manifest {
+            record_bytes: u32::from_le_bytes(bytes[5..9].try_into().expect("4 bytes")),
+            parts: u16::from_le_bytes(bytes[9..11].try_into().expect("2 bytes")),
+        };
+        let sane = (2..=Self::PARTS_MAX).contains(&manifest.parts)
+            && bytes[11..13] == [0, 0]
+            && manifest.record_bytes as usize <= SNAPSHOT_BYTES_MAX
+            && manifest.record_bytes as usize >= manifest.parts as usize;
+        sane.then_some(manifest)
+    }
+
+    /// Assembles the record from its parts (in part order, as `(part number, bytes)`), or
+    /// `None` when one is missing, extra, out of order or of the wrong length.
+    pub fn assemble<'a>(
+        &self,
+        parts: impl IntoIterator<Item = (u16, &'a [u8])>,
+    ) -> Option<Vec<u8>> {
+        let mut record = Vec::with_capacity(self.record_bytes as usize);
+        let size = self.part_bytes();
+        let mut next = 1u16;
+        for (i, bytes) in parts {
+            let expected = size.min(self.record_bytes as usize - record.len());
+            if i != next || i > self.parts || bytes.len() != expected {
+                return None;
+            }
+            record.extend_from_slice(bytes);
+            next += 1;
+        }
+        (next == self.parts + 1 && record.len() == self.record_bytes as usize).then_some(record)
+    }
+}
 
 /// "Every N events, keep the newest K".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +213,10 @@ pub enum SnapshotError {
     Truncated(usize),
     #[error("unknown snapshot format {0}")]
     UnknownFormat(u8),
+    /// A snapshot stored in parts whose parts were not found whole (missing, extra, or of
+    /// the wrong length; or its manifest is damaged).
+    #[error("snapshot stored in parts is incomplete (a part is missing, extra or damaged)")]
+    Incomplete,
     /// The snapshot is encrypted and was not opened: its data key is erased, or no key
     /// provider is configured. Recovery replays the events instead.
     #[error(
@@ -135,6 +259,22 @@ impl SnapshotRecord {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<SnapshotRecord, SnapshotError> {
+        let (schema_version, sequence, state) = Self::check(bytes)?;
+        Ok(SnapshotRecord {
+            schema_version,
+            sequence,
+            state: state.to_vec(),
+        })
+    }
+
+    /// The checks of [`SnapshotRecord::decode`] (length, format, CRC), and the record's
+    /// schema version, sequence and state bytes, borrowed.
+    fn check(bytes: &[u8]) -> Result<(u32, u64, &[u8]), SnapshotError> {
+        // A manifest (shorter than a record) in place of a record: its parts did not
+        // assemble.
+        if bytes.first() == Some(&SNAPSHOT_FORMAT_PARTS) {
+            return Err(SnapshotError::Incomplete);
+        }
         if bytes.len() < HEADER_BYTES {
             return Err(SnapshotError::Truncated(bytes.len()));
         }
@@ -148,11 +288,11 @@ impl SnapshotRecord {
         if stored != crc32c::crc32c(&bytes[5..]) {
             return Err(SnapshotError::Checksum);
         }
-        Ok(SnapshotRecord {
-            schema_version: u32::from_le_bytes(bytes[5..9].try_into().expect("4 bytes")),
-            sequence: u64::from_le_bytes(bytes[9..17].try_into().expect("8 bytes")),
-            state: bytes[17..].to_vec(),
-        })
+        Ok((
+            u32::from_le_bytes(bytes[5..9].try_into().expect("4 bytes")),
+            u64::from_le_bytes(bytes[9..17].try_into().expect("8 bytes")),
+            &bytes[HEADER_BYTES..],
+        ))
     }
 
     /// Decodes the state after checking the schema version.
@@ -167,27 +307,35 @@ impl SnapshotRecord {
     }
 }
 
-/// Checks one stored snapshot (`key_sequence` from its key) for use in recovery.
+/// Checks one stored snapshot (`key_sequence` from its key) for use in recovery: the checks
+/// of [`SnapshotRecord::decode`], its place, the journal's head, the schema version, then
+/// the state decoded straight from `bytes` (no copy of the state's bytes first).
 pub fn load<S: DeserializeOwned>(
     key_sequence: u64,
     bytes: &[u8],
     current_schema: u32,
     journal_head: u64,
 ) -> Result<(u64, S), SnapshotError> {
-    let record = SnapshotRecord::decode(bytes)?;
-    if record.sequence != key_sequence {
+    let (schema_version, sequence, state) = SnapshotRecord::check(bytes)?;
+    if sequence != key_sequence {
         return Err(SnapshotError::Misplaced {
             key: key_sequence,
-            record: record.sequence,
+            record: sequence,
         });
     }
-    if record.sequence > journal_head {
+    if sequence > journal_head {
         return Err(SnapshotError::BeyondHead {
-            sequence: record.sequence,
+            sequence,
             head: journal_head,
         });
     }
-    Ok((record.sequence, record.state(current_schema)?))
+    if schema_version != current_schema {
+        return Err(SnapshotError::SchemaVersion {
+            found: schema_version,
+            current: current_schema,
+        });
+    }
+    Ok((sequence, codec::decode(state)?))
 }
 
 /// What [`select`] found: the snapshot recovery starts from, and why each newer one was
@@ -240,6 +388,51 @@ mod tests {
         assert!(p.is_due(98, 103));
         assert!(!p.is_due(100, 199));
         assert!(!SnapshotPolicy::disabled().is_due(0, 1000));
+    }
+
+    /// A record cut into parts by its manifest assembles to the same bytes; a missing,
+    /// extra, reordered or resized part, or a damaged manifest, does not assemble; a manifest
+    /// handed on in place of its record is refused as `Incomplete`.
+    #[test]
+    fn parts_assemble_exactly_and_refuse_any_other_set() {
+        let record = SnapshotRecord::encode_state(2, 7, &vec![0xabu8; 1000]);
+        assert_eq!(Manifest::for_record(record.len(), record.len()), None);
+        assert_eq!(
+            Manifest::for_record(SNAPSHOT_BYTES_MAX + 1, 64 * 1024),
+            None
+        );
+        let manifest = Manifest::for_record(record.len(), 300).expect("cut into parts");
+        assert_eq!(manifest.parts, 4);
+        assert_eq!(Manifest::decode(&manifest.encode()), Some(manifest));
+        let parts: Vec<(u16, &[u8])> = (1..=manifest.parts)
+            .map(|i| (i, manifest.part(&record, i)))
+            .collect();
+        assert!(parts.iter().all(|(_, p)| p.len() <= 300));
+        assert_eq!(
+            manifest.assemble(parts.clone()).as_deref(),
+            Some(&record[..])
+        );
+        let missing: Vec<_> = parts.iter().copied().filter(|(i, _)| *i != 2).collect();
+        assert_eq!(manifest.assemble(missing), None);
+        assert_eq!(manifest.assemble(parts[..3].iter().copied()), None);
+        let mut swapped = parts.clone();
+        swapped.swap(0, 1);
+        assert_eq!(manifest.assemble(swapped), None);
+        let mut extra = parts.clone();
+        extra.push((5, &record[..1]));
+        assert_eq!(manifest.assemble(extra), None);
+        let mut short = parts.clone();
+        short[3].1 = &short[3].1[1..];
+        assert_eq!(manifest.assemble(short), None);
+        for byte in 0..Manifest::BYTES {
+            let mut damaged = manifest.encode();
+            damaged[byte] ^= 0x10;
+            assert_eq!(Manifest::decode(&damaged), None, "byte {byte}");
+        }
+        assert_eq!(
+            SnapshotRecord::decode(&manifest.encode()),
+            Err(SnapshotError::Incomplete)
+        );
     }
 
     #[test]

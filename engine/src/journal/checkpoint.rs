@@ -397,10 +397,11 @@ impl JournalWriter {
         let mut snapshots = 0u64;
         for entry in keyspace(&src, keys::SNAPSHOTS) {
             let (key, value) = entry.map_err(source_error)?;
-            if let Some((stream, sequence)) = keys::parse_stream_key(&key) {
+            // A snapshot in parts is copied with its parts and counted once.
+            if let Some((stream, sequence, part)) = keys::parse_snapshot_key(&key) {
                 if heads.get(&stream).is_some_and(|head| sequence <= *head) {
                     copier.put(&key, &value)?;
-                    snapshots += 1;
+                    snapshots += u64::from(part.is_none());
                 }
             }
         }

@@ -4,7 +4,8 @@
 //! ```text
 //! e | type_len u8 | type | id_len u16 BE | id | sequence u64 BE   -> event record
 //! g | first global_position u64 BE                                 -> runs of the group commit (below)
-//! s | type_len u8 | type | id_len u16 BE | id | sequence u64 BE   -> snapshot record
+//! s | type_len u8 | type | id_len u16 BE | id | sequence u64 BE   -> snapshot record, or the manifest of one in parts
+//! s | type_len u8 | type | id_len u16 BE | id | sequence u64 BE | part u16 BE -> a part of a snapshot record (1..)
 //! m | name                                                          -> store metadata
 //! t | deadline u64 BE | type_len u8 | type | id_len u16 BE | id     -> (empty): a due timer
 //! T | type_len u8 | type | id_len u16 BE | id                       -> deadline i64 LE: its reverse entry
@@ -314,6 +315,40 @@ pub fn parse_stream_key(key: &[u8]) -> Option<(StreamId, u64)> {
     Some((stream, u64::from_be_bytes(seq)))
 }
 
+/// The key of part `part` (1-based) of the snapshot at `sequence`: its snapshot key and the
+/// part number, so that a snapshot's parts sort right after it, in order.
+pub fn snapshot_part_key(stream: &StreamId, sequence: u64, part: u16) -> Vec<u8> {
+    let mut key = stream_key(SNAPSHOTS, stream, sequence);
+    key.extend_from_slice(&part.to_be_bytes());
+    key
+}
+
+/// The part number of `key`, a key under the snapshot key `snapshot_key` (as a prefix scan
+/// of it finds them): `None` for the snapshot key itself and for any other shape.
+pub fn snapshot_part_of(snapshot_key: &[u8], key: &[u8]) -> Option<u16> {
+    let tail = key.strip_prefix(snapshot_key)?;
+    let part: [u8; 2] = tail.try_into().ok()?;
+    Some(u16::from_be_bytes(part)).filter(|&p| p > 0)
+}
+
+/// Parses a key of the snapshot keyspace: `(stream, sequence, None)` for a snapshot key,
+/// `(stream, sequence, Some(part))` for a part's key.
+pub fn parse_snapshot_key(key: &[u8]) -> Option<(StreamId, u64, Option<u16>)> {
+    if key.first() != Some(&SNAPSHOTS) {
+        return None;
+    }
+    let (stream, rest) = parse_stream_part(&key[1..])?;
+    match rest.len() {
+        8 => Some((stream, u64::from_be_bytes(rest.try_into().ok()?), None)),
+        10 => {
+            let seq = u64::from_be_bytes(rest[..8].try_into().ok()?);
+            let part = u16::from_be_bytes(rest[8..].try_into().ok()?);
+            (part > 0).then_some((stream, seq, Some(part)))
+        }
+        _ => None,
+    }
+}
+
 pub fn global_key(position: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
     key[0] = GLOBAL;
@@ -396,6 +431,25 @@ pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_part_keys_parse_and_sort_after_their_snapshot() {
+        let s = StreamId::new("ProductStock", "sku-1");
+        let head = stream_key(SNAPSHOTS, &s, 300);
+        let p1 = snapshot_part_key(&s, 300, 1);
+        let p2 = snapshot_part_key(&s, 300, 2);
+        let next = stream_key(SNAPSHOTS, &s, 301);
+        assert!(head < p1 && p1 < p2 && p2 < next);
+        assert_eq!(parse_snapshot_key(&head), Some((s.clone(), 300, None)));
+        assert_eq!(parse_snapshot_key(&p2), Some((s.clone(), 300, Some(2))));
+        assert_eq!(snapshot_part_of(&head, &p2), Some(2));
+        assert_eq!(snapshot_part_of(&head, &head), None);
+        assert_eq!(snapshot_part_of(&head, &next), None);
+        // Part 0 and other lengths are no snapshot keys.
+        assert_eq!(parse_snapshot_key(&snapshot_part_key(&s, 300, 0)), None);
+        assert_eq!(parse_snapshot_key(&head[..head.len() - 1]), None);
+        assert_eq!(parse_snapshot_key(&stream_key(EVENTS, &s, 300)), None);
+    }
 
     #[test]
     fn stream_keys_round_trip_and_sort_by_sequence() {

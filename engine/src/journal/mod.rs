@@ -831,6 +831,12 @@ impl JournalWriter {
 
     /// Stores a snapshot's bytes at `sequence`. Not part of the command path, not synced:
     /// a snapshot lost in a crash is taken again, and recovery never needs one.
+    ///
+    /// A record of up to [`segments::VALUE_BYTES_MAX`] is one value under the snapshot's key,
+    /// as it always was. A larger one (up to [`evershard_snapshots::SNAPSHOT_BYTES_MAX`]) is
+    /// stored in parts, each within the value bound so that no tree node outgrows sled's blob
+    /// threshold: its manifest under the snapshot's key, the parts under part keys, and the
+    /// parts of an earlier snapshot at the same sequence removed, in one atomic batch.
     pub fn put_snapshot(
         &self,
         stream: &StreamId,
@@ -840,16 +846,38 @@ impl JournalWriter {
         self.shared.check_writable()?;
         // A failed snapshot write does not poison the journal: snapshots are optional, and
         // the events are untouched by it.
-        // Bounded like every value, so that no tree node outgrows sled's blob threshold.
-        if bytes.len() > segments::VALUE_BYTES_MAX {
+        if bytes.len() > evershard_snapshots::SNAPSHOT_BYTES_MAX {
             return Err(StorageError::SnapshotTooLarge {
                 bytes: bytes.len(),
-                max: segments::VALUE_BYTES_MAX,
+                max: evershard_snapshots::SNAPSHOT_BYTES_MAX,
             });
         }
+        let manifest =
+            evershard_snapshots::Manifest::for_record(bytes.len(), segments::VALUE_BYTES_MAX);
         let key = keys::stream_key(keys::SNAPSHOTS, stream, sequence);
         failpoint::check(failpoint::SNAPSHOT_WRITE)?;
-        self.shared.db()?.insert(key, bytes)?;
+        let db = self.shared.db()?;
+        let mut batch = sled::Batch::default();
+        // Parts left by an earlier snapshot at this sequence that this one does not overwrite
+        // (only this thread writes snapshots, so none appears between the scan and the batch).
+        let parts = manifest.map_or(0, |m| m.parts);
+        for entry in db.scan_prefix(&key).keys() {
+            let old = entry?;
+            if keys::snapshot_part_of(&key, &old).is_some_and(|part| part > parts) {
+                batch.remove(old);
+            }
+        }
+        match manifest {
+            None => batch.insert(key, bytes),
+            Some(manifest) => {
+                batch.insert(key, &manifest.encode()[..]);
+                for part in 1..=manifest.parts {
+                    let part_key = keys::snapshot_part_key(stream, sequence, part);
+                    batch.insert(part_key, manifest.part(bytes, part));
+                }
+            }
+        }
+        db.apply_batch(batch)?;
         Ok(())
     }
 
@@ -974,18 +1002,37 @@ impl JournalWriter {
         Ok(removed)
     }
 
-    /// Deletes all but the newest `keep` snapshots of a stream.
+    /// Deletes all but the newest `keep` snapshots of a stream, each with its parts in one
+    /// atomic batch.
     pub fn prune_snapshots(&self, stream: &StreamId, keep: usize) -> Result<usize, StorageError> {
         self.shared.check_writable()?;
         let db = self.shared.db()?;
         let mut removed = 0;
-        for (seq, _) in self.snapshots(stream)?.into_iter().skip(keep) {
-            db.remove(keys::stream_key(keys::SNAPSHOTS, stream, seq))?;
+        for seq in self.snapshot_sequences(stream)?.into_iter().skip(keep) {
+            let key = keys::stream_key(keys::SNAPSHOTS, stream, seq);
+            let mut batch = sled::Batch::default();
+            for entry in db.scan_prefix(&key).keys() {
+                let old = entry?;
+                if old == key || keys::snapshot_part_of(&key, &old).is_some() {
+                    batch.remove(old);
+                }
+            }
+            db.apply_batch(batch)?;
             removed += 1;
         }
         Ok(removed)
     }
 }
+
+/// A stored key (or its tail) and value, as the raw test hooks return them.
+#[cfg(feature = "fault-injection")]
+pub type RawEntry = (Vec<u8>, Vec<u8>);
+
+// The largest snapshot `put_snapshot` stores fits the parts a manifest can name.
+const _: () = assert!(
+    evershard_snapshots::SNAPSHOT_BYTES_MAX.div_ceil(segments::VALUE_BYTES_MAX)
+        <= evershard_snapshots::Manifest::PARTS_MAX as usize
+);
 
 /// A boxed iterator of reads: what the journal's scans return.
 pub type Reads<'a, T> = Box<dyn Iterator<Item = Result<T, StorageError>> + 'a>;
@@ -1825,38 +1872,115 @@ impl Journal {
         Ok(self.shared.db()?.get(key)?.map(|v| v.to_vec()))
     }
 
-    /// Snapshots of a stream as (sequence, bytes), newest first.
+    /// Snapshots of a stream as (sequence, bytes), newest first: each a whole record (one
+    /// stored in parts is assembled, see [`Journal::snapshot`]).
     pub fn snapshots(&self, stream: &StreamId) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
-        let prefix = keys::stream_prefix(keys::SNAPSHOTS, stream);
         let mut out = Vec::new();
-        for entry in self.shared.db()?.scan_prefix(&prefix).rev() {
-            let (key, value) = entry?;
-            let (_, seq) = keys::parse_stream_key(&key).ok_or_else(|| StorageError::Corrupt {
-                stream: Some(stream.clone()),
-                sequence: None,
-                cause: Corruption::MalformedKey {
-                    keyspace: "snapshot",
-                },
-            })?;
-            out.push((seq, value.to_vec()));
+        for seq in self.snapshot_sequences(stream)? {
+            // Pruned since the listing: gone, not damaged.
+            if let Some(bytes) = self.snapshot(stream, seq)? {
+                out.push((seq, bytes));
+            }
         }
         Ok(out)
     }
 
-    /// Every stream that has snapshots, with their sequences, for verification.
+    /// The sequences of a stream's snapshots, newest first, read from their keys alone (a
+    /// snapshot's parts are not listed).
+    pub fn snapshot_sequences(&self, stream: &StreamId) -> Result<Vec<u64>, StorageError> {
+        let prefix = keys::stream_prefix(keys::SNAPSHOTS, stream);
+        let mut out = Vec::new();
+        for key in self.shared.db()?.scan_prefix(&prefix).keys().rev() {
+            let key = key?;
+            match keys::parse_snapshot_key(&key) {
+                Some((_, seq, None)) => out.push(seq),
+                Some((_, _, Some(_part))) => {}
+                None => {
+                    return Err(StorageError::Corrupt {
+                        stream: Some(stream.clone()),
+                        sequence: None,
+                        cause: Corruption::MalformedKey {
+                            keyspace: "snapshot",
+                        },
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The snapshot record stored at `sequence` (`None`: there is none), whole: a record
+    /// stored in parts is assembled from them. Parts that do not assemble (one missing, extra
+    /// or of the wrong length, or a damaged manifest) are read once more, in case a write or
+    /// prune of this snapshot ran between the reads; if they still do not, the manifest is
+    /// returned in place of the record, which `SnapshotRecord::decode` refuses as
+    /// `SnapshotError::Incomplete`. So a partial snapshot is never used.
+    pub fn snapshot(
+        &self,
+        stream: &StreamId,
+        sequence: u64,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let key = keys::stream_key(keys::SNAPSHOTS, stream, sequence);
+        let db = self.shared.db()?;
+        let mut attempt = 0;
+        loop {
+            let Some(head) = db.get(&key)? else {
+                return Ok(None);
+            };
+            if head.first() != Some(&evershard_snapshots::SNAPSHOT_FORMAT_PARTS) {
+                return Ok(Some(head.to_vec()));
+            }
+            let assembled = match evershard_snapshots::Manifest::decode(&head) {
+                Some(manifest) => {
+                    let mut parts = Vec::with_capacity(usize::from(manifest.parts));
+                    for entry in db.scan_prefix(&key) {
+                        let (part_key, value) = entry?;
+                        if let Some(part) = keys::snapshot_part_of(&key, &part_key) {
+                            parts.push((part, value));
+                        }
+                    }
+                    manifest.assemble(parts.iter().map(|(part, value)| (*part, value.as_ref())))
+                }
+                None => None,
+            };
+            match assembled {
+                Some(record) => return Ok(Some(record)),
+                None if attempt == 0 => attempt += 1,
+                None => return Ok(Some(head.to_vec())),
+            }
+        }
+    }
+
+    /// Every stream that has snapshots, with their sequences, for verification: each record
+    /// whole, as [`Journal::snapshot`] reads it (a one-value snapshot straight from the scan).
     pub fn all_snapshots(&self) -> Reads<'_, (StreamId, u64, Vec<u8>)> {
         let db = match self.shared.db() {
             Ok(db) => db,
             Err(e) => return failed(e),
         };
-        reads(db.scan_prefix([keys::SNAPSHOTS]).map(|entry| {
-            let (key, value) = entry?;
-            let (stream, seq) = keys::parse_stream_key(&key).ok_or_else(|| {
-                StorageError::corrupt_store(Corruption::MalformedKey {
+        reads(db.scan_prefix([keys::SNAPSHOTS]).filter_map(move |entry| {
+            let (key, value) = match entry {
+                Ok(entry) => entry,
+                Err(e) => return Some(Err(e.into())),
+            };
+            match keys::parse_snapshot_key(&key) {
+                Some((stream, seq, None))
+                    if value.first() != Some(&evershard_snapshots::SNAPSHOT_FORMAT_PARTS) =>
+                {
+                    Some(Ok((stream, seq, value.to_vec())))
+                }
+                // A manifest: its record is read with its parts.
+                Some((stream, seq, None)) => match self.snapshot(&stream, seq) {
+                    Ok(Some(bytes)) => Some(Ok((stream, seq, bytes))),
+                    Ok(None) => None,
+                    Err(e) => Some(Err(e)),
+                },
+                // A part is read with its snapshot.
+                Some((_, _, Some(_part))) => None,
+                None => Some(Err(StorageError::corrupt_store(Corruption::MalformedKey {
                     keyspace: "snapshot",
-                })
-            })?;
-            Ok((stream, seq, value.to_vec()))
+                }))),
+            }
         }))
     }
 
@@ -1872,7 +1996,10 @@ impl Journal {
                     stats.event_bytes += value.len() as u64;
                 }
                 Some(&keys::SNAPSHOTS) => {
-                    stats.snapshots += 1;
+                    // A snapshot in parts counts once, its parts' bytes with it.
+                    let is_part =
+                        keys::parse_snapshot_key(&key).is_some_and(|(_, _, p)| p.is_some());
+                    stats.snapshots += u64::from(!is_part);
                     stats.snapshot_bytes += value.len() as u64;
                 }
                 _ => {}
@@ -1987,6 +2114,38 @@ impl Journal {
         let mut key = keys::stream_prefix(keys::SNAPSHOTS, stream);
         key.extend_from_slice(suffix);
         db.insert(key, value)?;
+        db.flush()?;
+        Ok(())
+    }
+
+    /// Every key under `stream`'s snapshot prefix as (the key after the prefix, the value):
+    /// snapshots, manifests and parts as stored. For the snapshot tests only.
+    #[cfg(feature = "fault-injection")]
+    pub fn raw_snapshot_entries_for_tests(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Vec<RawEntry>, StorageError> {
+        let prefix = keys::stream_prefix(keys::SNAPSHOTS, stream);
+        let mut out = Vec::new();
+        for entry in self.shared.db()?.scan_prefix(&prefix) {
+            let (key, value) = entry?;
+            out.push((key[prefix.len()..].to_vec(), value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Removes the key `stream`'s snapshot prefix followed by `suffix`, bypassing every
+    /// check: for the snapshot tests only (a lost part).
+    #[cfg(feature = "fault-injection")]
+    pub fn remove_raw_snapshot_for_tests(
+        &self,
+        stream: &StreamId,
+        suffix: &[u8],
+    ) -> Result<(), StorageError> {
+        let db = self.shared.db()?;
+        let mut key = keys::stream_prefix(keys::SNAPSHOTS, stream);
+        key.extend_from_slice(suffix);
+        db.remove(key)?;
         db.flush()?;
         Ok(())
     }

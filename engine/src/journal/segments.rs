@@ -67,12 +67,12 @@ pub const fn blob_threshold_bytes(segment_bytes: usize) -> usize {
         - SLED_MESSAGE_HEADER_BYTES_MAX
 }
 
-/// The longest key the journal writes: an event, snapshot or timer key (`e`/`s` | stream
-/// part | sequence, `t` | deadline | stream part) of a stream with the longest type and id.
-/// Every other keyspace's keys are shorter (topic names are at most 249 bytes, publisher and
-/// group names 255), and a request's extra writes are checked against it.
+/// The longest key the journal writes: a snapshot part's key (`s` | stream part | sequence |
+/// part u16) of a stream with the longest type and id; event, snapshot and timer keys are 2
+/// bytes shorter. Every other keyspace's keys are shorter (topic names are at most 249 bytes,
+/// publisher and group names 255), and a request's extra writes are checked against it.
 pub const KEY_BYTES_MAX: usize =
-    1 + 1 + super::keys::AGGREGATE_TYPE_BYTES_MAX + 2 + super::keys::AGGREGATE_ID_BYTES_MAX + 8;
+    1 + 1 + super::keys::AGGREGATE_TYPE_BYTES_MAX + 2 + super::keys::AGGREGATE_ID_BYTES_MAX + 8 + 2;
 
 /// The largest value the journal writes: above the largest event record
 /// ([`super::record::RECORD_BYTES_MAX`]), global or topic index entry, and the bound checked on

@@ -8,7 +8,9 @@ mod writer;
 
 pub(crate) use writer::{SnapshotJob, Snapshotter};
 
-pub use evershard_snapshots::{select, Selection, SnapshotError, SnapshotPolicy, SnapshotRecord};
+pub use evershard_snapshots::{
+    select, Manifest, Selection, SnapshotError, SnapshotPolicy, SnapshotRecord, SNAPSHOT_BYTES_MAX,
+};
 
 use crate::journal::{Journal, StreamId};
 use evershard_model::Aggregate;
@@ -43,39 +45,59 @@ pub enum SkipReason {
 
 /// The newest usable snapshot of `stream` at or below `target` as (sequence, state), or
 /// `None` (replay from the first event), and every snapshot skipped on the way: newer ones
-/// that are unusable, and — when sled cannot read the stream's snapshot keys at all — one
-/// warning for the lot. A damaged snapshot is never a reason to refuse a stream whose events
-/// are intact; each skip is logged and returned.
+/// that are unusable (the checks of `evershard_snapshots::load`, as `select` makes them),
+/// one whose bytes cannot be read, and — when sled cannot list the stream's snapshot keys at
+/// all — one warning for the lot. A damaged snapshot is never a reason to refuse a stream
+/// whose events are intact; each skip is logged and returned.
+///
+/// Snapshots are read one at a time, newest first, and the reading stops at the first usable
+/// one: a snapshot can be megabytes (stored in parts), and the older ones kept beside it are
+/// only needed when it is unusable.
 pub(crate) fn recovery_start<A: Aggregate>(
     journal: &Journal,
     stream: &StreamId,
     target: u64,
     head: u64,
 ) -> (Option<(u64, A::State)>, Vec<SkippedSnapshot>) {
-    let (candidates, unreadable) = match journal.snapshots(stream) {
+    let (sequences, unlisted) = match journal.snapshot_sequences(stream) {
         Ok(all) => (all, None),
         Err(e) => (Vec::new(), Some(e)),
     };
-    let candidates: Vec<_> = candidates
-        .into_iter()
-        .filter(|(seq, _)| *seq <= target)
-        // Sealed snapshots are opened here; one that cannot be (erased, no key) stays
-        // sealed and is skipped below with its reason.
-        .map(|(seq, bytes)| (seq, journal.open_snapshot(stream, seq, bytes)))
-        .collect();
-    let selection = select::<A::State>(&candidates, A::STATE_SCHEMA_VERSION, head);
-    let fallback = selection.chosen.as_ref().map(|(seq, _)| *seq);
-    let mut skipped: Vec<SkippedSnapshot> = selection
-        .skipped
+    let mut chosen = None;
+    // (sequence, why), newest first.
+    let mut unusable: Vec<(Option<u64>, SkipReason)> = Vec::new();
+    for seq in sequences.into_iter().filter(|seq| *seq <= target) {
+        let bytes = match journal.snapshot(stream, seq) {
+            Ok(Some(bytes)) => bytes,
+            // Pruned since the listing.
+            Ok(None) => continue,
+            Err(e) => {
+                unusable.push((Some(seq), SkipReason::Unreadable(e.to_string())));
+                continue;
+            }
+        };
+        // A sealed snapshot is opened here; one that cannot be (erased, no key) stays
+        // sealed and is skipped with its reason.
+        let bytes = journal.open_snapshot(stream, seq, bytes);
+        match evershard_snapshots::load::<A::State>(seq, &bytes, A::STATE_SCHEMA_VERSION, head) {
+            Ok(found) => {
+                chosen = Some(found);
+                break;
+            }
+            Err(reason) => unusable.push((Some(seq), SkipReason::Unusable(reason))),
+        }
+    }
+    let fallback = chosen.as_ref().map(|(seq, _)| *seq);
+    let mut skipped: Vec<SkippedSnapshot> = unusable
         .into_iter()
         .map(|(sequence, reason)| SkippedSnapshot {
             stream: stream.clone(),
-            sequence: Some(sequence),
-            reason: SkipReason::Unusable(reason),
+            sequence,
+            reason,
             fallback,
         })
         .collect();
-    if let Some(e) = unreadable {
+    if let Some(e) = unlisted {
         skipped.push(SkippedSnapshot {
             stream: stream.clone(),
             sequence: None,
@@ -86,5 +108,5 @@ pub(crate) fn recovery_start<A: Aggregate>(
     for skip in &skipped {
         tracing::warn!(%skip, "skipping unusable snapshot");
     }
-    (selection.chosen, skipped)
+    (chosen, skipped)
 }
