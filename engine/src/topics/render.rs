@@ -3,6 +3,7 @@
 //! bytes for the same record.
 
 use super::message::{Message, MessageArena, MessageMeta};
+use super::transcode::Transcoder;
 use super::{TopicError, WireFormat, WritePayloadFn};
 use crate::journal::record::{Record, RecordView, RECORD_FORMAT_V1};
 use chrono::SecondsFormat;
@@ -288,12 +289,15 @@ pub(crate) enum Payload {
 }
 
 /// Renders one record as the message at `(partition, offset)` of the arena's topic with
-/// `payload`. The value is written into `scratch` (reused from message to message), then the
+/// `payload`, its own payload through `transcoder` (see `super::transcode`). The value is
+/// written into `scratch` (reused from message to message), then the
 /// value, the key and the header values are copied into the arena's current block: no
 /// allocation of the message's own (see `super::message`).
+#[allow(clippy::too_many_arguments)] // the reader's reused buffers, then the message's parts
 pub(crate) fn message(
     scratch: &mut Vec<u8>,
     arena: &mut MessageArena,
+    transcoder: &mut Transcoder,
     payload: Payload,
     format: WireFormat,
     partition: u32,
@@ -305,9 +309,14 @@ pub(crate) fn message(
         format,
         record,
         |out| match payload {
-            Payload::Own(write_payload) => {
-                write_payload(record.event_type, record.event_version, record.payload, out)
-            }
+            Payload::Own(write_payload) => transcoder.write(
+                write_payload,
+                record.aggregate_type,
+                record.event_type,
+                record.event_version,
+                record.payload,
+                out,
+            ),
             Payload::Erased => {
                 out.extend_from_slice(br#"{"erased":true}"#);
                 Ok(())

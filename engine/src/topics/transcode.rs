@@ -1,0 +1,641 @@
+//! A stored payload's JSON written straight from its MessagePack bytes, without the typed
+//! decode, where that gives the bytes the typed path gives.
+//!
+//! The typed path (`TopicCatalog::payload_writer`: decode the event, then
+//! `DomainEvent::write_payload_json`) was about half of a rendered message's cost on the
+//! catch-up read: MessagePack decoded by field name into the event struct, each timestamp
+//! parsed by chrono, then written back out as JSON with each timestamp formatted again. For
+//! a derived event the JSON is the payload struct's `serde_json::to_value` — its fields sorted
+//! by name — and most of its leaves are stored as they are written: strings (timestamps are
+//! stored as chrono's RFC 3339 text, the very text the JSON carries), integers, booleans,
+//! floats, nulls, arrays, maps; a UUID is its 16 bytes in MessagePack and its hyphenated text
+//! in JSON. [`Transcoder`] walks the stored bytes and writes that JSON: the outer
+//! `{"Variant": payload}` map of the event enum unwrapped, every map's members sorted by key.
+//!
+//! That is not the typed JSON for every type: [`evershard_model::Money`] is stored as minor
+//! units and written as a decimal string; a custom `payload_json` may drop or add fields; an
+//! upcaster may change the shape; a field removed from the struct is still in old bytes.
+//! So the transcoder trusts nothing it has not seen agree: each payload's **shape** — its
+//! aggregate type, event type and version, and the tree of its MessagePack kinds with every
+//! map key spelled out (string contents and numbers left out) — is compared once with the
+//! typed path, and the verdict kept for that exact shape. A shape whose transcoded JSON
+//! differed from the typed JSON is rendered by the typed path from then on; so is anything
+//! the transcoder does not handle (format 1 payloads, MessagePack extensions, binary values
+//! other than 16 bytes, non-string map keys, duplicate keys, nesting deeper than
+//! [`TRANSCODE_DEPTH_MAX`]) and every shape once [`SHAPES_CACHED_MAX`] are known.
+//!
+//! What this assumes: within one shape, a leaf's JSON is the same function of its stored value
+//! on both paths — true of derived serde types, of `String`, the integers, `bool`, floats,
+//! `Uuid` and chrono's types (their `Serialize` depends on the serializer's kind, not on the
+//! value). A hand-written `Serialize` or `payload_json` whose output depends on a string's or
+//! number's *value* beyond its kind (say, one that rewrites some strings and not others)
+//! would defeat the check; none of the registered aggregates has one (the render tests hold
+//! every aggregate's generated events to the typed bytes).
+
+use super::WritePayloadFn;
+use evershard_model::codec::CODEC_FORMAT_V2;
+use evershard_model::CodecError;
+
+/// Nesting deeper than this goes to the typed path (the walk recurses).
+pub(crate) const TRANSCODE_DEPTH_MAX: usize = 32;
+
+/// Shapes whose verdict one transcoder keeps; a shape seen after that takes the typed path.
+/// The seeds' events have a handful of shapes each (an `Option` set or not, a list's length).
+pub(crate) const SHAPES_CACHED_MAX: usize = 256;
+
+/// Why the walk stopped: the payload goes to the typed path, which decides.
+struct Unsupported;
+
+/// One map member while its map is written: where its key is in the input, where its value
+/// is in the output.
+#[derive(Clone, Copy)]
+struct Member {
+    key_start: usize,
+    key_end: usize,
+    value_start: usize,
+    value_end: usize,
+}
+
+/// Transcodes payloads for one reader (one per read: no locking); keeps the shapes' verdicts.
+#[derive(Default)]
+pub(crate) struct Transcoder {
+    /// The current payload's shape.
+    shape: Vec<u8>,
+    /// Shapes seen and whether their transcoded JSON was the typed JSON.
+    verdicts: Vec<(Box<[u8]>, bool)>,
+    /// The members of the maps being written (a stack: a nested map's above its parent's).
+    members: Vec<Member>,
+    /// A map's written values while its members are put in key order.
+    values: Vec<u8>,
+    /// The typed JSON while a shape is checked.
+    typed: Vec<u8>,
+}
+
+impl Transcoder {
+    /// Appends the JSON payload of a stored event to `out`: transcoded when its shape is known
+    /// to transcode to the typed bytes, else through `typed` (whose error is the answer).
+    pub(crate) fn write(
+        &mut self,
+        typed: WritePayloadFn,
+        aggregate_type: &str,
+        event_type: &str,
+        event_version: &str,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        let start = out.len();
+        let verdict = match self.transcode(aggregate_type, event_type, event_version, payload, out)
+        {
+            Ok(()) => self.verdict(),
+            Err(Unsupported) => Some(false),
+        };
+        match verdict {
+            Some(true) => Ok(()),
+            Some(false) => {
+                out.truncate(start);
+                typed(event_type, event_version, payload, out)
+            }
+            None if self.verdicts.len() >= SHAPES_CACHED_MAX => {
+                out.truncate(start);
+                typed(event_type, event_version, payload, out)
+            }
+            None => {
+                // A shape not seen before: render it both ways and keep whether they agree.
+                self.typed.clear();
+                typed(event_type, event_version, payload, &mut self.typed)?;
+                let same = out[start..] == self.typed[..];
+                if !same {
+                    out.truncate(start);
+                    out.extend_from_slice(&self.typed);
+                }
+                self.verdicts
+                    .push((self.shape.as_slice().into(), same));
+                Ok(())
+            }
+        }
+    }
+
+    /// The kept verdict of the current shape (`None`: not seen yet).
+    fn verdict(&self) -> Option<bool> {
+        self.verdicts
+            .iter()
+            .find(|(shape, _)| **shape == *self.shape)
+            .map(|(_, same)| *same)
+    }
+
+    /// Writes the transcoded JSON of `payload` into `out` and its shape into `self.shape`.
+    fn transcode(
+        &mut self,
+        aggregate_type: &str,
+        event_type: &str,
+        event_version: &str,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Unsupported> {
+        let Some((&CODEC_FORMAT_V2, body)) = payload.split_first() else {
+            return Err(Unsupported);
+        };
+        self.shape.clear();
+        self.members.clear();
+        for part in [aggregate_type, event_type, event_version] {
+            self.shape.extend_from_slice(part.as_bytes());
+            self.shape.push(0);
+        }
+        let mut input = Input { bytes: body, at: 0 };
+        // The event enum, externally tagged: `{"Variant": payload}`; its JSON is the payload's.
+        let 1 = input.map_len()? else {
+            return Err(Unsupported);
+        };
+        let (key_start, key_end) = input.str_range()?;
+        self.shape.extend_from_slice(&body[key_start..key_end]);
+        self.shape.push(0);
+        self.value(&mut input, out, 0)?;
+        if input.at != body.len() {
+            return Err(Unsupported);
+        }
+        Ok(())
+    }
+
+    /// One value: its JSON into `out`, its kind into the shape.
+    fn value(
+        &mut self,
+        input: &mut Input<'_>,
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> Result<(), Unsupported> {
+        if depth > TRANSCODE_DEPTH_MAX {
+            return Err(Unsupported);
+        }
+        let marker = input.byte()?;
+        match marker {
+            0x00..=0x7f => self.int(out, i64::from(marker)),
+            0xe0..=0xff => self.int(out, i64::from(marker as i8)),
+            0xc0 => {
+                self.shape.push(b'n');
+                out.extend_from_slice(b"null");
+            }
+            0xc2 => {
+                self.shape.push(b'f');
+                out.extend_from_slice(b"false");
+            }
+            0xc3 => {
+                self.shape.push(b't');
+                out.extend_from_slice(b"true");
+            }
+            0xcc => {
+                let n = input.take::<1>()?[0];
+                self.int(out, i64::from(n));
+            }
+            0xcd => {
+                let n = u16::from_be_bytes(input.take()?);
+                self.int(out, i64::from(n));
+            }
+            0xce => {
+                let n = u32::from_be_bytes(input.take()?);
+                self.int(out, i64::from(n));
+            }
+            0xcf => {
+                let n = u64::from_be_bytes(input.take()?);
+                self.shape.push(b'i');
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            }
+            0xd0 => {
+                let n = i8::from_be_bytes(input.take()?);
+                self.int(out, i64::from(n));
+            }
+            0xd1 => {
+                let n = i16::from_be_bytes(input.take()?);
+                self.int(out, i64::from(n));
+            }
+            0xd2 => {
+                let n = i32::from_be_bytes(input.take()?);
+                self.int(out, i64::from(n));
+            }
+            0xd3 => {
+                let n = i64::from_be_bytes(input.take()?);
+                self.int(out, n);
+            }
+            // serde_json's `Value` holds every float as an `f64` (an `f32` widened), and
+            // writes a non-finite one as `null`: its writer does both.
+            0xca => {
+                let f = f32::from_be_bytes(input.take()?);
+                self.float(out, f64::from(f), b'g');
+            }
+            0xcb => {
+                let f = f64::from_be_bytes(input.take()?);
+                self.float(out, f, b'd');
+            }
+            0xa0..=0xbf | 0xd9..=0xdb => {
+                let len = match marker {
+                    0xd9 => usize::from(input.take::<1>()?[0]),
+                    0xda => usize::from(u16::from_be_bytes(input.take()?)),
+                    0xdb => u32::from_be_bytes(input.take()?) as usize,
+                    _ => usize::from(marker & 0x1f),
+                };
+                let text = std::str::from_utf8(input.slice(len)?).map_err(|_| Unsupported)?;
+                self.shape.push(b's');
+                evershard_model::json::write_str(out, text);
+            }
+            // A UUID: serde's non-human-readable form is its 16 bytes. Other binary values
+            // (`serde_bytes`) are arrays of numbers in JSON: left to the typed path.
+            0xc4 => {
+                if input.take::<1>()?[0] != 16 {
+                    return Err(Unsupported);
+                }
+                let id = uuid::Uuid::from_bytes(input.take()?);
+                self.shape.push(b'u');
+                let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                out.push(b'"');
+                out.extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
+                out.push(b'"');
+            }
+            0x90..=0x9f | 0xdc | 0xdd => {
+                let len = match marker {
+                    0xdc => usize::from(u16::from_be_bytes(input.take()?)),
+                    0xdd => u32::from_be_bytes(input.take()?) as usize,
+                    _ => usize::from(marker & 0x0f),
+                };
+                self.shape.push(b'[');
+                out.push(b'[');
+                for i in 0..len {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    self.value(input, out, depth + 1)?;
+                }
+                self.shape.push(b']');
+                out.push(b']');
+            }
+            0x80..=0x8f | 0xde | 0xdf => {
+                input.at -= 1;
+                let len = input.map_len()?;
+                self.map(input, out, len, depth)?;
+            }
+            // Extensions, the unused marker 0xc1, bin16 / bin32 (never 16 bytes).
+            _ => return Err(Unsupported),
+        }
+        Ok(())
+    }
+
+    fn int(&mut self, out: &mut Vec<u8>, n: i64) {
+        self.shape.push(b'i');
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    }
+
+    fn float(&mut self, out: &mut Vec<u8>, f: f64, kind: u8) {
+        self.shape.push(kind);
+        serde_json::to_writer(&mut *out, &f).expect("a float always encodes");
+    }
+
+    /// A map of `len` members: its values written in stored order, then the members put in
+    /// key order (a `serde_json::Map` is a `BTreeMap`: sorted by the keys' bytes).
+    fn map(
+        &mut self,
+        input: &mut Input<'_>,
+        out: &mut Vec<u8>,
+        len: usize,
+        depth: usize,
+    ) -> Result<(), Unsupported> {
+        self.shape.push(b'{');
+        let base = self.members.len();
+        let values_start = out.len();
+        for _ in 0..len {
+            let (key_start, key_end) = input.str_range()?;
+            self.shape
+                .extend_from_slice(&input.bytes[key_start..key_end]);
+            self.shape.push(0);
+            let value_start = out.len();
+            self.value(input, out, depth + 1)?;
+            self.members.push(Member {
+                key_start,
+                key_end,
+                value_start,
+                value_end: out.len(),
+            });
+        }
+        self.shape.push(b'}');
+        let bytes = input.bytes;
+        let key = |m: &Member| &bytes[m.key_start..m.key_end];
+        let members = &mut self.members[base..];
+        members.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+        // A struct has no duplicate keys; a map with them is left to the typed path (which
+        // keeps the last, as `BTreeMap::insert` does).
+        if members.windows(2).any(|w| key(&w[0]) == key(&w[1])) {
+            return Err(Unsupported);
+        }
+        self.values.clear();
+        self.values.extend_from_slice(&out[values_start..]);
+        out.truncate(values_start);
+        out.push(b'{');
+        for (i, m) in members.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let name = std::str::from_utf8(key(m)).map_err(|_| Unsupported)?;
+            evershard_model::json::write_str(out, name);
+            out.push(b':');
+            out.extend_from_slice(
+                &self.values[m.value_start - values_start..m.value_end - values_start],
+            );
+        }
+        out.push(b'}');
+        self.members.truncate(base);
+        Ok(())
+    }
+}
+
+/// The MessagePack body being read.
+struct Input<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Input<'a> {
+    fn slice(&mut self, len: usize) -> Result<&'a [u8], Unsupported> {
+        let end = self.at.checked_add(len).ok_or(Unsupported)?;
+        let bytes = self.bytes.get(self.at..end).ok_or(Unsupported)?;
+        self.at = end;
+        Ok(bytes)
+    }
+
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], Unsupported> {
+        Ok(self.slice(N)?.try_into().expect("N bytes"))
+    }
+
+    fn byte(&mut self) -> Result<u8, Unsupported> {
+        Ok(self.take::<1>()?[0])
+    }
+
+    fn map_len(&mut self) -> Result<usize, Unsupported> {
+        match self.byte()? {
+            m @ 0x80..=0x8f => Ok(usize::from(m & 0x0f)),
+            0xde => Ok(usize::from(u16::from_be_bytes(self.take()?))),
+            0xdf => Ok(u32::from_be_bytes(self.take()?) as usize),
+            _ => Err(Unsupported),
+        }
+    }
+
+    /// A string's position in the input (a map key).
+    fn str_range(&mut self) -> Result<(usize, usize), Unsupported> {
+        let len = match self.byte()? {
+            m @ 0xa0..=0xbf => usize::from(m & 0x1f),
+            0xd9 => usize::from(self.byte()?),
+            0xda => usize::from(u16::from_be_bytes(self.take()?)),
+            0xdb => u32::from_be_bytes(self.take()?) as usize,
+            _ => return Err(Unsupported),
+        };
+        let start = self.at;
+        self.slice(len)?;
+        Ok((start, self.at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The transcoder's JSON is the typed path's bytes, for every kind of leaf the seeds'
+    //! events hold (strings that need escaping, integers of every width and sign, floats
+    //! with non-finite values, options, lists, maps, unit enum variants, UUIDs, timestamps),
+    //! on seeded pseudo-random values; the shapes that differ (money, a 16-byte binary that
+    //! is not a UUID) and what it does not handle (integer map keys, format 1, bad bytes)
+    //! are rendered by the typed path, with its bytes or its error.
+    use super::*;
+    use chrono::{DateTime, Utc};
+    use evershard_model::codec;
+    use evershard_model::json::write_json_payload;
+    use evershard_model::Money;
+    use serde::{Deserialize, Serialize};
+    use std::collections::BTreeMap;
+    use uuid::Uuid;
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Kind {
+        Alpha,
+        BetaGamma,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct Inner {
+        zeta: i32,
+        alpha: Option<Uuid>,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct Plain {
+        product_id: String,
+        reservation_id: Uuid,
+        quantity: i64,
+        big: u64,
+        small: i8,
+        ratio: f64,
+        tiny: f32,
+        flag: bool,
+        note: Option<String>,
+        tags: Vec<String>,
+        kind: Kind,
+        inner: Inner,
+        by_name: BTreeMap<String, i64>,
+        #[serde(with = "evershard_model::codec::timestamp")]
+        updated_at: DateTime<Utc>,
+        unit: (),
+    }
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct Priced {
+        amount: Money,
+        order_id: Uuid,
+    }
+
+    /// 16 bytes that serialize as bytes but are not a UUID: an array of numbers in JSON.
+    #[derive(Clone, Debug, PartialEq)]
+    struct Raw([u8; 16]);
+    impl Serialize for Raw {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&self.0)
+        }
+    }
+    impl<'de> Deserialize<'de> for Raw {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Raw, D::Error> {
+            let bytes: serde_bytes_like::Bytes = Deserialize::deserialize(d)?;
+            Ok(Raw(bytes.0))
+        }
+    }
+    mod serde_bytes_like {
+        pub struct Bytes(pub [u8; 16]);
+        impl<'de> serde::Deserialize<'de> for Bytes {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+                struct V;
+                impl serde::de::Visitor<'_> for V {
+                    type Value = Bytes;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("16 bytes")
+                    }
+                    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                        v.try_into().map(Bytes).map_err(E::custom)
+                    }
+                }
+                d.deserialize_bytes(V)
+            }
+        }
+    }
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct Holder {
+        raw: Raw,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct Numbered {
+        by_number: BTreeMap<u32, i64>,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    enum Event {
+        Plain(Plain),
+        Priced(Priced),
+        Holder(Holder),
+        Numbered(Numbered),
+    }
+
+    /// The typed path, as `TopicCatalog` builds it for a derived event.
+    fn typed(_: &str, _: &str, payload: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+        match codec::decode::<Event>(payload)? {
+            Event::Plain(p) => write_json_payload(&p, out),
+            Event::Priced(p) => write_json_payload(&p, out),
+            Event::Holder(p) => write_json_payload(&p, out),
+            Event::Numbered(p) => write_json_payload(&p, out),
+        }
+        Ok(())
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn text(&mut self) -> String {
+            const PIECES: [&str; 8] = ["a", "Z", "\"", "\\", "\u{1}", "é", "\n", "日本"];
+            (0..self.next() % 12)
+                .map(|_| PIECES[(self.next() % 8) as usize])
+                .collect()
+        }
+    }
+
+    fn plain(rng: &mut Rng) -> Plain {
+        let floats = [0.0, -0.0, 1.0, 0.1, -2.5e300, f64::NAN, f64::INFINITY, 1e-7];
+        let micros = (rng.next() % 300_000_000_000_000) as i64;
+        Plain {
+            product_id: rng.text(),
+            reservation_id: Uuid::from_u128(u128::from(rng.next()) << 64 | u128::from(rng.next())),
+            quantity: match rng.next() % 4 {
+                0 => i64::MIN,
+                1 => i64::MAX,
+                2 => -((rng.next() % 200) as i64),
+                _ => rng.next() as i64 >> (rng.next() % 64),
+            },
+            big: rng.next() >> (rng.next() % 64),
+            small: rng.next() as i8,
+            ratio: if rng.next() % 2 == 0 {
+                floats[(rng.next() % 8) as usize]
+            } else {
+                f64::from_bits(rng.next() >> 2)
+            },
+            tiny: f32::from_bits((rng.next() >> 34) as u32) / 3.0,
+            flag: rng.next() % 2 == 0,
+            note: (rng.next() % 2 == 0).then(|| rng.text()),
+            tags: (0..rng.next() % 3).map(|_| rng.text()).collect(),
+            kind: if rng.next() % 2 == 0 { Kind::Alpha } else { Kind::BetaGamma },
+            inner: Inner {
+                zeta: rng.next() as i32,
+                alpha: (rng.next() % 2 == 0).then(|| Uuid::from_u128(u128::from(rng.next()))),
+            },
+            by_name: (0..rng.next() % 4).map(|_| (rng.text(), rng.next() as i64)).collect(),
+            updated_at: DateTime::from_timestamp_micros(micros).unwrap(),
+            unit: (),
+        }
+    }
+
+    fn both(t: &mut Transcoder, payload: &[u8]) -> (Result<Vec<u8>, CodecError>, Vec<u8>) {
+        let mut got = b"prefix".to_vec();
+        let result = t
+            .write(typed, "T", "E", "1.0", payload, &mut got)
+            .map(|()| got[6..].to_vec());
+        let mut want = Vec::new();
+        let _ = typed("E", "1.0", payload, &mut want);
+        (result, want)
+    }
+
+    #[test]
+    fn transcoded_json_is_the_typed_json() {
+        let seed = 0x5eed_0007_u64;
+        println!("seed {seed:#x}");
+        let mut rng = Rng(seed);
+        let mut t = Transcoder::default();
+        for i in 0..20_000 {
+            let event = Event::Plain(plain(&mut rng));
+            let (got, want) = both(&mut t, &codec::encode(&event));
+            assert_eq!(
+                String::from_utf8(got.unwrap()).unwrap(),
+                String::from_utf8(want).unwrap(),
+                "value {i} of seed {seed:#x}: {event:?}"
+            );
+        }
+        // Every shape agreed: all of them are transcoded from now on.
+        assert!(!t.verdicts.is_empty());
+        assert!(t.verdicts.iter().all(|(_, same)| *same));
+    }
+
+    #[test]
+    fn shapes_that_differ_and_what_is_not_handled_take_the_typed_path() {
+        let mut t = Transcoder::default();
+        let events = [
+            Event::Priced(Priced {
+                amount: Money::from_minor(12_345),
+                order_id: Uuid::from_u128(9),
+            }),
+            Event::Holder(Holder { raw: Raw([7; 16]) }),
+        ];
+        for event in &events {
+            for _ in 0..3 {
+                let (got, want) = both(&mut t, &codec::encode(event));
+                assert_eq!(got.unwrap(), want, "{event:?}");
+            }
+        }
+        assert_eq!(t.verdicts.len(), 2, "one shape each, kept");
+        assert!(t.verdicts.iter().all(|(_, same)| !*same));
+
+        // Integer map keys, format 1: not transcoded (no verdict kept), the typed bytes.
+        let numbered = Event::Numbered(Numbered {
+            by_number: [(3, -1), (1, 2)].into(),
+        });
+        for payload in [codec::encode(&numbered), codec::encode_compact(&numbered)] {
+            let (got, want) = both(&mut t, &payload);
+            assert_eq!(got.unwrap(), want);
+        }
+        assert_eq!(t.verdicts.len(), 2);
+
+        // Bytes that do not decode: the typed path's error, and `out` as it was.
+        let good = codec::encode(&Event::Plain(plain(&mut Rng(3))));
+        for bad in [&good[..good.len() - 1], &[good.clone(), vec![0xc0]].concat()[..], &[]] {
+            let mut out = b"prefix".to_vec();
+            assert!(t.write(typed, "T", "E", "1.0", bad, &mut out).is_err());
+        }
+    }
+
+    #[test]
+    fn past_the_shape_limit_payloads_take_the_typed_path() {
+        let mut t = Transcoder::default();
+        let mut rng = Rng(11);
+        for i in 0..SHAPES_CACHED_MAX + 50 {
+            // A distinct key per payload: a distinct shape each.
+            let mut p = plain(&mut rng);
+            p.by_name = [(format!("k{i}"), 1)].into();
+            let (got, want) = both(&mut t, &codec::encode(&Event::Plain(p)));
+            assert_eq!(got.unwrap(), want);
+        }
+        assert_eq!(t.verdicts.len(), SHAPES_CACHED_MAX);
+    }
+}
