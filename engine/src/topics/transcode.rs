@@ -12,6 +12,12 @@
 //! in JSON. [`Transcoder`] walks the stored bytes and writes that JSON: the outer
 //! `{"Variant": payload}` map of the event enum unwrapped, every map's members sorted by key.
 //!
+//! Where the members go depends on the shape alone (below), so the walk is done in full —
+//! maps sorted, keys escaped — once per shape, into a **template**: the JSON with a
+//! placeholder for each leaf (a string, number, UUID, boolean or null). Every later payload
+//! of that shape is one pass over its bytes that writes its leaves' JSON in stored order,
+//! then the template filled in with them.
+//!
 //! That is not the typed JSON for every type: [`evershard_model::Money`] is stored as minor
 //! units and written as a decimal string; a custom `payload_json` may drop or add fields; an
 //! upcaster may change the shape; a field removed from the struct is still in old bytes.
@@ -43,11 +49,15 @@ pub(crate) const TRANSCODE_DEPTH_MAX: usize = 32;
 /// The seeds' events have a handful of shapes each (an `Option` set or not, a list's length).
 pub(crate) const SHAPES_CACHED_MAX: usize = 256;
 
+/// In a template, a leaf's place: this byte, then the leaf's index (`u32`, little-endian).
+/// It never occurs in JSON text (UTF-8 has no byte 0xFF).
+const LEAF: u8 = 0xFF;
+
 /// Why the walk stopped: the payload goes to the typed path, which decides.
 struct Unsupported;
 
-/// One map member while its map is written: where its key is in the input, where its value
-/// is in the output.
+/// One map member while its map's template is written: where its key is in the input, where
+/// its value is in the template.
 #[derive(Clone, Copy)]
 struct Member {
     key_start: usize,
@@ -56,13 +66,87 @@ struct Member {
     value_end: usize,
 }
 
-/// Transcodes payloads for one reader (one per read: no locking); keeps the shapes' verdicts.
+/// A piece of a template: bytes of its own, or the payload's leaf `i`.
+#[derive(Clone, Copy, Debug)]
+enum Piece {
+    Text { start: u32, end: u32 },
+    Leaf(u32),
+}
+
+/// What is known of one shape.
+struct Known {
+    shape: Box<[u8]>,
+    /// `None`: the shape's transcoded JSON differed from the typed JSON (typed path).
+    template: Option<Template>,
+}
+
+struct Template {
+    text: Box<[u8]>,
+    pieces: Box<[Piece]>,
+}
+
+impl Template {
+    fn compile(text: &[u8]) -> Template {
+        let mut pieces = Vec::new();
+        let (mut at, mut start) = (0, 0);
+        while at < text.len() {
+            if text[at] == LEAF {
+                if start < at {
+                    pieces.push(Piece::Text {
+                        start: start as u32,
+                        end: at as u32,
+                    });
+                }
+                let index = u32::from_le_bytes(text[at + 1..at + 5].try_into().expect("4 bytes"));
+                pieces.push(Piece::Leaf(index));
+                at += 5;
+                start = at;
+            } else {
+                at += 1;
+            }
+        }
+        if start < text.len() {
+            pieces.push(Piece::Text {
+                start: start as u32,
+                end: text.len() as u32,
+            });
+        }
+        Template {
+            text: text.into(),
+            pieces: pieces.into(),
+        }
+    }
+
+    /// The JSON: the template's text with `leaves` in their places.
+    fn fill(&self, leaves: &[u8], leaf_ends: &[u32], out: &mut Vec<u8>) {
+        for piece in self.pieces.iter() {
+            match *piece {
+                Piece::Text { start, end } => {
+                    out.extend_from_slice(&self.text[start as usize..end as usize])
+                }
+                Piece::Leaf(i) => {
+                    let i = i as usize;
+                    let start = if i == 0 { 0 } else { leaf_ends[i - 1] as usize };
+                    out.extend_from_slice(&leaves[start..leaf_ends[i] as usize]);
+                }
+            }
+        }
+    }
+}
+
+/// Transcodes payloads for one reader (one per read: no locking); keeps the shapes' verdicts
+/// and templates.
 #[derive(Default)]
 pub(crate) struct Transcoder {
     /// The current payload's shape.
     shape: Vec<u8>,
-    /// Shapes seen and whether their transcoded JSON was the typed JSON.
-    verdicts: Vec<(Box<[u8]>, bool)>,
+    /// Its leaves' JSON, back to back in stored order, and where each ends.
+    leaves: Vec<u8>,
+    leaf_ends: Vec<u32>,
+    /// The template being written (a shape seen for the first time).
+    template: Vec<u8>,
+    /// Shapes seen.
+    known: Vec<Known>,
     /// The members of the maps being written (a stack: a nested map's above its parent's).
     members: Vec<Member>,
     /// A map's written values while its members are put in key order.
@@ -83,59 +167,66 @@ impl Transcoder {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
-        let start = out.len();
-        let verdict = match self.transcode(aggregate_type, event_type, event_version, payload, out)
+        if self
+            .walk(aggregate_type, event_type, event_version, payload, false)
+            .is_err()
         {
-            Ok(()) => self.verdict(),
-            Err(Unsupported) => Some(false),
-        };
-        match verdict {
-            Some(true) => Ok(()),
-            Some(false) => {
-                out.truncate(start);
-                typed(event_type, event_version, payload, out)
-            }
-            None if self.verdicts.len() >= SHAPES_CACHED_MAX => {
-                out.truncate(start);
-                typed(event_type, event_version, payload, out)
-            }
-            None => {
-                // A shape not seen before: render it both ways and keep whether they agree.
-                self.typed.clear();
-                typed(event_type, event_version, payload, &mut self.typed)?;
-                let same = out[start..] == self.typed[..];
-                if !same {
-                    out.truncate(start);
-                    out.extend_from_slice(&self.typed);
-                }
-                self.verdicts
-                    .push((self.shape.as_slice().into(), same));
-                Ok(())
-            }
+            return typed(event_type, event_version, payload, out);
         }
+        if let Some(known) = self.known.iter().find(|k| *k.shape == *self.shape) {
+            return match &known.template {
+                Some(template) => {
+                    template.fill(&self.leaves, &self.leaf_ends, out);
+                    Ok(())
+                }
+                None => typed(event_type, event_version, payload, out),
+            };
+        }
+        if self.known.len() >= SHAPES_CACHED_MAX {
+            return typed(event_type, event_version, payload, out);
+        }
+        // A shape not seen before: its template (the walk again, maps sorted), then the
+        // payload rendered both ways; the verdict is kept.
+        if self
+            .walk(aggregate_type, event_type, event_version, payload, true)
+            .is_err()
+        {
+            return typed(event_type, event_version, payload, out);
+        }
+        self.typed.clear();
+        typed(event_type, event_version, payload, &mut self.typed)?;
+        let template = Template::compile(&self.template);
+        let start = out.len();
+        template.fill(&self.leaves, &self.leaf_ends, out);
+        let same = out[start..] == self.typed[..];
+        if !same {
+            out.truncate(start);
+            out.extend_from_slice(&self.typed);
+        }
+        self.known.push(Known {
+            shape: self.shape.as_slice().into(),
+            template: same.then_some(template),
+        });
+        Ok(())
     }
 
-    /// The kept verdict of the current shape (`None`: not seen yet).
-    fn verdict(&self) -> Option<bool> {
-        self.verdicts
-            .iter()
-            .find(|(shape, _)| **shape == *self.shape)
-            .map(|(_, same)| *same)
-    }
-
-    /// Writes the transcoded JSON of `payload` into `out` and its shape into `self.shape`.
-    fn transcode(
+    /// Reads `payload`: its shape into `self.shape`, its leaves' JSON into `self.leaves`,
+    /// and with `template`, its template into `self.template`.
+    fn walk(
         &mut self,
         aggregate_type: &str,
         event_type: &str,
         event_version: &str,
         payload: &[u8],
-        out: &mut Vec<u8>,
+        template: bool,
     ) -> Result<(), Unsupported> {
         let Some((&CODEC_FORMAT_V2, body)) = payload.split_first() else {
             return Err(Unsupported);
         };
         self.shape.clear();
+        self.leaves.clear();
+        self.leaf_ends.clear();
+        self.template.clear();
         self.members.clear();
         for part in [aggregate_type, event_type, event_version] {
             self.shape.extend_from_slice(part.as_bytes());
@@ -149,18 +240,45 @@ impl Transcoder {
         let (key_start, key_end) = input.str_range()?;
         self.shape.extend_from_slice(&body[key_start..key_end]);
         self.shape.push(0);
-        self.value(&mut input, out, 0)?;
+        self.value(&mut input, template, 0)?;
         if input.at != body.len() {
             return Err(Unsupported);
         }
         Ok(())
     }
 
-    /// One value: its JSON into `out`, its kind into the shape.
+    /// Ends a leaf written into `self.leaves`: its place in the template.
+    fn leaf(&mut self, kind: u8, template: bool) {
+        self.shape.push(kind);
+        if template {
+            self.template.push(LEAF);
+            let index = self.leaf_ends.len() as u32;
+            self.template.extend_from_slice(&index.to_le_bytes());
+        }
+        self.leaf_ends.push(self.leaves.len() as u32);
+    }
+
+    fn int(&mut self, n: i64, template: bool) {
+        self.leaves
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        self.leaf(b'i', template);
+    }
+
+    fn float(&mut self, f: f64, kind: u8, template: bool) {
+        serde_json::to_writer(&mut self.leaves, &f).expect("a float always encodes");
+        self.leaf(kind, template);
+    }
+
+    fn literal(&mut self, text: &[u8], kind: u8, template: bool) {
+        self.leaves.extend_from_slice(text);
+        self.leaf(kind, template);
+    }
+
+    /// One value: its leaves' JSON, its kind into the shape, with `template` its template.
     fn value(
         &mut self,
         input: &mut Input<'_>,
-        out: &mut Vec<u8>,
+        template: bool,
         depth: usize,
     ) -> Result<(), Unsupported> {
         if depth > TRANSCODE_DEPTH_MAX {
@@ -168,62 +286,54 @@ impl Transcoder {
         }
         let marker = input.byte()?;
         match marker {
-            0x00..=0x7f => self.int(out, i64::from(marker)),
-            0xe0..=0xff => self.int(out, i64::from(marker as i8)),
-            0xc0 => {
-                self.shape.push(b'n');
-                out.extend_from_slice(b"null");
-            }
-            0xc2 => {
-                self.shape.push(b'f');
-                out.extend_from_slice(b"false");
-            }
-            0xc3 => {
-                self.shape.push(b't');
-                out.extend_from_slice(b"true");
-            }
+            0x00..=0x7f => self.int(i64::from(marker), template),
+            0xe0..=0xff => self.int(i64::from(marker as i8), template),
+            0xc0 => self.literal(b"null", b'n', template),
+            0xc2 => self.literal(b"false", b'f', template),
+            0xc3 => self.literal(b"true", b't', template),
             0xcc => {
                 let n = input.take::<1>()?[0];
-                self.int(out, i64::from(n));
+                self.int(i64::from(n), template);
             }
             0xcd => {
                 let n = u16::from_be_bytes(input.take()?);
-                self.int(out, i64::from(n));
+                self.int(i64::from(n), template);
             }
             0xce => {
                 let n = u32::from_be_bytes(input.take()?);
-                self.int(out, i64::from(n));
+                self.int(i64::from(n), template);
             }
             0xcf => {
                 let n = u64::from_be_bytes(input.take()?);
-                self.shape.push(b'i');
-                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                self.leaves
+                    .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                self.leaf(b'i', template);
             }
             0xd0 => {
                 let n = i8::from_be_bytes(input.take()?);
-                self.int(out, i64::from(n));
+                self.int(i64::from(n), template);
             }
             0xd1 => {
                 let n = i16::from_be_bytes(input.take()?);
-                self.int(out, i64::from(n));
+                self.int(i64::from(n), template);
             }
             0xd2 => {
                 let n = i32::from_be_bytes(input.take()?);
-                self.int(out, i64::from(n));
+                self.int(i64::from(n), template);
             }
             0xd3 => {
                 let n = i64::from_be_bytes(input.take()?);
-                self.int(out, n);
+                self.int(n, template);
             }
             // serde_json's `Value` holds every float as an `f64` (an `f32` widened), and
             // writes a non-finite one as `null`: its writer does both.
             0xca => {
                 let f = f32::from_be_bytes(input.take()?);
-                self.float(out, f64::from(f), b'g');
+                self.float(f64::from(f), b'g', template);
             }
             0xcb => {
                 let f = f64::from_be_bytes(input.take()?);
-                self.float(out, f, b'd');
+                self.float(f, b'd', template);
             }
             0xa0..=0xbf | 0xd9..=0xdb => {
                 let len = match marker {
@@ -233,21 +343,23 @@ impl Transcoder {
                     _ => usize::from(marker & 0x1f),
                 };
                 let text = std::str::from_utf8(input.slice(len)?).map_err(|_| Unsupported)?;
-                self.shape.push(b's');
-                evershard_model::json::write_str(out, text);
+                evershard_model::json::write_str(&mut self.leaves, text);
+                self.leaf(b's', template);
             }
             // A UUID: serde's non-human-readable form is its 16 bytes. Other binary values
-            // (`serde_bytes`) are arrays of numbers in JSON: left to the typed path.
+            // (`serde_bytes`) are arrays of numbers in JSON: the shape's check sends them to
+            // the typed path. Other lengths: not a UUID, left to the typed path at once.
             0xc4 => {
                 if input.take::<1>()?[0] != 16 {
                     return Err(Unsupported);
                 }
                 let id = uuid::Uuid::from_bytes(input.take()?);
-                self.shape.push(b'u');
                 let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-                out.push(b'"');
-                out.extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
-                out.push(b'"');
+                self.leaves.push(b'"');
+                self.leaves
+                    .extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
+                self.leaves.push(b'"');
+                self.leaf(b'u', template);
             }
             0x90..=0x9f | 0xdc | 0xdd => {
                 let len = match marker {
@@ -256,20 +368,24 @@ impl Transcoder {
                     _ => usize::from(marker & 0x0f),
                 };
                 self.shape.push(b'[');
-                out.push(b'[');
+                if template {
+                    self.template.push(b'[');
+                }
                 for i in 0..len {
-                    if i > 0 {
-                        out.push(b',');
+                    if template && i > 0 {
+                        self.template.push(b',');
                     }
-                    self.value(input, out, depth + 1)?;
+                    self.value(input, template, depth + 1)?;
                 }
                 self.shape.push(b']');
-                out.push(b']');
+                if template {
+                    self.template.push(b']');
+                }
             }
             0x80..=0x8f | 0xde | 0xdf => {
                 input.at -= 1;
                 let len = input.map_len()?;
-                self.map(input, out, len, depth)?;
+                self.map(input, len, template, depth)?;
             }
             // Extensions, the unused marker 0xc1, bin16 / bin32 (never 16 bytes).
             _ => return Err(Unsupported),
@@ -277,68 +393,65 @@ impl Transcoder {
         Ok(())
     }
 
-    fn int(&mut self, out: &mut Vec<u8>, n: i64) {
-        self.shape.push(b'i');
-        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-    }
-
-    fn float(&mut self, out: &mut Vec<u8>, f: f64, kind: u8) {
-        self.shape.push(kind);
-        serde_json::to_writer(&mut *out, &f).expect("a float always encodes");
-    }
-
-    /// A map of `len` members: its values written in stored order, then the members put in
-    /// key order (a `serde_json::Map` is a `BTreeMap`: sorted by the keys' bytes).
+    /// A map of `len` members. With `template`: its values' templates written in stored
+    /// order, then the members put in key order (a `serde_json::Map` is a `BTreeMap`: sorted
+    /// by the keys' bytes).
     fn map(
         &mut self,
         input: &mut Input<'_>,
-        out: &mut Vec<u8>,
         len: usize,
+        template: bool,
         depth: usize,
     ) -> Result<(), Unsupported> {
         self.shape.push(b'{');
         let base = self.members.len();
-        let values_start = out.len();
+        let values_start = self.template.len();
         for _ in 0..len {
             let (key_start, key_end) = input.str_range()?;
             self.shape
                 .extend_from_slice(&input.bytes[key_start..key_end]);
             self.shape.push(0);
-            let value_start = out.len();
-            self.value(input, out, depth + 1)?;
-            self.members.push(Member {
-                key_start,
-                key_end,
-                value_start,
-                value_end: out.len(),
-            });
+            let value_start = self.template.len();
+            self.value(input, template, depth + 1)?;
+            if template {
+                self.members.push(Member {
+                    key_start,
+                    key_end,
+                    value_start,
+                    value_end: self.template.len(),
+                });
+            }
         }
         self.shape.push(b'}');
+        if !template {
+            return Ok(());
+        }
         let bytes = input.bytes;
         let key = |m: &Member| &bytes[m.key_start..m.key_end];
         let members = &mut self.members[base..];
-        members.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+        members.sort_by(|a, b| key(a).cmp(key(b)));
         // A struct has no duplicate keys; a map with them is left to the typed path (which
         // keeps the last, as `BTreeMap::insert` does).
         if members.windows(2).any(|w| key(&w[0]) == key(&w[1])) {
             return Err(Unsupported);
         }
         self.values.clear();
-        self.values.extend_from_slice(&out[values_start..]);
-        out.truncate(values_start);
-        out.push(b'{');
+        self.values
+            .extend_from_slice(&self.template[values_start..]);
+        self.template.truncate(values_start);
+        self.template.push(b'{');
         for (i, m) in members.iter().enumerate() {
             if i > 0 {
-                out.push(b',');
+                self.template.push(b',');
             }
             let name = std::str::from_utf8(key(m)).map_err(|_| Unsupported)?;
-            evershard_model::json::write_str(out, name);
-            out.push(b':');
-            out.extend_from_slice(
+            evershard_model::json::write_str(&mut self.template, name);
+            self.template.push(b':');
+            self.template.extend_from_slice(
                 &self.values[m.value_start - values_start..m.value_end - values_start],
             );
         }
-        out.push(b'}');
+        self.template.push(b'}');
         self.members.truncate(base);
         Ok(())
     }
@@ -584,8 +697,8 @@ mod tests {
             );
         }
         // Every shape agreed: all of them are transcoded from now on.
-        assert!(!t.verdicts.is_empty());
-        assert!(t.verdicts.iter().all(|(_, same)| *same));
+        assert!(!t.known.is_empty());
+        assert!(t.known.iter().all(|k| k.template.is_some()));
     }
 
     #[test]
@@ -604,8 +717,8 @@ mod tests {
                 assert_eq!(got.unwrap(), want, "{event:?}");
             }
         }
-        assert_eq!(t.verdicts.len(), 2, "one shape each, kept");
-        assert!(t.verdicts.iter().all(|(_, same)| !*same));
+        assert_eq!(t.known.len(), 2, "one shape each, kept");
+        assert!(t.known.iter().all(|k| k.template.is_none()));
 
         // Integer map keys, format 1: not transcoded (no verdict kept), the typed bytes.
         let numbered = Event::Numbered(Numbered {
@@ -615,7 +728,7 @@ mod tests {
             let (got, want) = both(&mut t, &payload);
             assert_eq!(got.unwrap(), want);
         }
-        assert_eq!(t.verdicts.len(), 2);
+        assert_eq!(t.known.len(), 2);
 
         // Bytes that do not decode: the typed path's error, and `out` as it was.
         let good = codec::encode(&Event::Plain(plain(&mut Rng(3))));
@@ -636,6 +749,6 @@ mod tests {
             let (got, want) = both(&mut t, &codec::encode(&Event::Plain(p)));
             assert_eq!(got.unwrap(), want);
         }
-        assert_eq!(t.verdicts.len(), SHAPES_CACHED_MAX);
+        assert_eq!(t.known.len(), SHAPES_CACHED_MAX);
     }
 }
