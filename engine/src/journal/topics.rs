@@ -322,9 +322,10 @@ impl Journal {
         // order): a point read, which descends the tree once, where a range scan descends it
         // to open the range and again to find its end.
         if count == 1 {
-            let value = db.get(&start).map_err(StorageError::from)?.ok_or_else(|| {
-                StorageError::corrupt(stream, first, Corruption::MissingRecord)
-            })?;
+            let value = db
+                .get(&start)
+                .map_err(StorageError::from)?
+                .ok_or_else(|| StorageError::corrupt(stream, first, Corruption::MissingRecord))?;
             return f(first, &value);
         }
         let end = keys::stream_key(keys::EVENTS, stream, first + count as u64 - 1);

@@ -660,12 +660,18 @@ mod tests {
             flag: rng.next() % 2 == 0,
             note: (rng.next() % 2 == 0).then(|| rng.text()),
             tags: (0..rng.next() % 3).map(|_| rng.text()).collect(),
-            kind: if rng.next() % 2 == 0 { Kind::Alpha } else { Kind::BetaGamma },
+            kind: if rng.next() % 2 == 0 {
+                Kind::Alpha
+            } else {
+                Kind::BetaGamma
+            },
             inner: Inner {
                 zeta: rng.next() as i32,
                 alpha: (rng.next() % 2 == 0).then(|| Uuid::from_u128(u128::from(rng.next()))),
             },
-            by_name: (0..rng.next() % 4).map(|_| (rng.text(), rng.next() as i64)).collect(),
+            by_name: (0..rng.next() % 4)
+                .map(|_| (rng.text(), rng.next() as i64))
+                .collect(),
             updated_at: DateTime::from_timestamp_micros(micros).unwrap(),
             unit: (),
         }
@@ -732,7 +738,11 @@ mod tests {
 
         // Bytes that do not decode: the typed path's error, and `out` as it was.
         let good = codec::encode(&Event::Plain(plain(&mut Rng(3))));
-        for bad in [&good[..good.len() - 1], &[good.clone(), vec![0xc0]].concat()[..], &[]] {
+        for bad in [
+            &good[..good.len() - 1],
+            &[good.clone(), vec![0xc0]].concat()[..],
+            &[],
+        ] {
             let mut out = b"prefix".to_vec();
             assert!(t.write(typed, "T", "E", "1.0", bad, &mut out).is_err());
         }
