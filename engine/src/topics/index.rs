@@ -34,8 +34,11 @@ pub(crate) struct Planner {
     /// The topics of each (aggregate type, event type) known by type, as the catalog answered
     /// (it does not change while a planner lives): asked once per type, not per event — the
     /// catalog builds a `Vec` and a `TopicConfig` (its name a `String`) per answer.
-    by_type: HashMap<String, HashMap<String, Option<Arc<[TopicConfig]>>>>,
+    by_type: HashMap<String, HashMap<String, Option<Targets>>>,
 }
+
+/// The topics one event goes to (shared: the planner hands out the ones it remembers).
+type Targets = Arc<[TopicConfig]>;
 
 /// One planned batch.
 #[derive(Debug, Default)]
@@ -73,7 +76,7 @@ impl Planner {
         catalog: &TopicCatalog,
         aggregate_type: &str,
         event_type: &str,
-    ) -> Option<Arc<[TopicConfig]>> {
+    ) -> Option<Targets> {
         if let Some(known) = self
             .by_type
             .get(aggregate_type)
@@ -245,7 +248,7 @@ pub(crate) fn plan_between(
                     position: view.global_position,
                     source,
                 };
-                let targets: Arc<[TopicConfig]> =
+                let targets: Targets =
                     match planner.targets_by_type(catalog, view.aggregate_type, view.event_type) {
                         Some(targets) => targets,
                         None => {
