@@ -291,40 +291,19 @@ impl Transcoder {
             0xc0 => self.literal(b"null", b'n', template),
             0xc2 => self.literal(b"false", b'f', template),
             0xc3 => self.literal(b"true", b't', template),
-            0xcc => {
-                let n = input.take::<1>()?[0];
-                self.int(i64::from(n), template);
-            }
-            0xcd => {
-                let n = u16::from_be_bytes(input.take()?);
-                self.int(i64::from(n), template);
-            }
-            0xce => {
-                let n = u32::from_be_bytes(input.take()?);
-                self.int(i64::from(n), template);
-            }
+            0xcc => self.int(i64::from(u8::from_be_bytes(input.take()?)), template),
+            0xcd => self.int(i64::from(u16::from_be_bytes(input.take()?)), template),
+            0xce => self.int(i64::from(u32::from_be_bytes(input.take()?)), template),
             0xcf => {
                 let n = u64::from_be_bytes(input.take()?);
                 self.leaves
                     .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
                 self.leaf(b'i', template);
             }
-            0xd0 => {
-                let n = i8::from_be_bytes(input.take()?);
-                self.int(i64::from(n), template);
-            }
-            0xd1 => {
-                let n = i16::from_be_bytes(input.take()?);
-                self.int(i64::from(n), template);
-            }
-            0xd2 => {
-                let n = i32::from_be_bytes(input.take()?);
-                self.int(i64::from(n), template);
-            }
-            0xd3 => {
-                let n = i64::from_be_bytes(input.take()?);
-                self.int(n, template);
-            }
+            0xd0 => self.int(i64::from(i8::from_be_bytes(input.take()?)), template),
+            0xd1 => self.int(i64::from(i16::from_be_bytes(input.take()?)), template),
+            0xd2 => self.int(i64::from(i32::from_be_bytes(input.take()?)), template),
+            0xd3 => self.int(i64::from_be_bytes(input.take()?), template),
             // serde_json's `Value` holds every float as an `f64` (an `f32` widened), and
             // writes a non-finite one as `null`: its writer does both.
             0xca => {
