@@ -23,7 +23,8 @@
 //! upcaster may change the shape; a field removed from the struct is still in old bytes.
 //! So the transcoder trusts nothing it has not seen agree: each payload's **shape** — its
 //! aggregate type, event type and version, and the tree of its MessagePack kinds with every
-//! map key spelled out (string contents and numbers left out) — is compared once with the
+//! map key spelled out, a non-finite float marked as the null it becomes (string contents
+//! and numbers left out) — is compared once with the
 //! typed path, and the verdict kept for that exact shape. A shape whose transcoded JSON
 //! differed from the typed JSON is rendered by the typed path from then on; so is anything
 //! the transcoder does not handle (format 1 payloads, MessagePack extensions, binary values
@@ -264,9 +265,11 @@ impl Transcoder {
         self.leaf(b'i', template);
     }
 
+    /// A non-finite float is `null` in JSON: a kind of its own in the shape, as a custom
+    /// `payload_json` may treat it as the null it becomes (Plant's drops null members).
     fn float(&mut self, f: f64, kind: u8, template: bool) {
         serde_json::to_writer(&mut self.leaves, &f).expect("a float always encodes");
-        self.leaf(kind, template);
+        self.leaf(if f.is_finite() { kind } else { b'n' }, template);
     }
 
     fn literal(&mut self, text: &[u8], kind: u8, template: bool) {
@@ -488,7 +491,7 @@ mod tests {
     //! events hold (strings that need escaping, integers of every width and sign, floats
     //! with non-finite values, options, lists, maps, unit enum variants, UUIDs, timestamps),
     //! on seeded pseudo-random values; the shapes that differ (money, a 16-byte binary that
-    //! is not a UUID) and what it does not handle (integer map keys, format 1, bad bytes)
+    //! is not a UUID, a custom payload that drops nulls) and what it does not handle (integer map keys, format 1, bad bytes)
     //! are rendered by the typed path, with its bytes or its error.
     use super::*;
     use chrono::{DateTime, Utc};
@@ -582,7 +585,14 @@ mod tests {
     }
 
     #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct Measured {
+        value: f64,
+        note: Option<String>,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
     enum Event {
+        Measured(Measured),
         Plain(Plain),
         Priced(Priced),
         Holder(Holder),
@@ -592,6 +602,12 @@ mod tests {
     /// The typed path, as `TopicCatalog` builds it for a derived event.
     fn typed(_: &str, _: &str, payload: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
         match codec::decode::<Event>(payload)? {
+            // A custom payload as Plant's: its null members dropped (a NaN is null).
+            Event::Measured(p) => {
+                let mut json = evershard_model::json_payload(&p);
+                json.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+                serde_json::to_writer(out, &json).unwrap();
+            }
             Event::Plain(p) => write_json_payload(&p, out),
             Event::Priced(p) => write_json_payload(&p, out),
             Event::Holder(p) => write_json_payload(&p, out),
@@ -724,6 +740,24 @@ mod tests {
         ] {
             let mut out = b"prefix".to_vec();
             assert!(t.write(typed, "T", "E", "1.0", bad, &mut out).is_err());
+        }
+    }
+
+    /// A payload whose JSON drops its null members: a NaN (null in JSON) and an absent
+    /// option are shapes of their own, so a template made from finite values is not used for
+    /// them.
+    #[test]
+    fn values_that_become_null_are_shapes_of_their_own() {
+        let mut t = Transcoder::default();
+        for value in [1.5, f64::NAN, 2.0, f64::INFINITY, -0.0] {
+            for note in [Some("n".to_owned()), None] {
+                let event = Event::Measured(Measured {
+                    value,
+                    note: note.clone(),
+                });
+                let (got, want) = both(&mut t, &codec::encode(&event));
+                assert_eq!(got.unwrap(), want, "{event:?}");
+            }
         }
     }
 
