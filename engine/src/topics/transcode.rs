@@ -24,8 +24,8 @@
 //! So the transcoder trusts nothing it has not seen agree: each payload's **shape** — its
 //! aggregate type, event type and version, and the tree of its MessagePack kinds with every
 //! map key spelled out, a non-finite float marked as the null it becomes (string contents
-//! and numbers left out) — is compared once with the
-//! typed path, and the verdict kept for that exact shape. A shape whose transcoded JSON
+//! and numbers left out) — is compared once with the typed path, and the verdict kept for
+//! that exact shape. A shape whose transcoded JSON
 //! differed from the typed JSON is rendered by the typed path from then on; so is anything
 //! the transcoder does not handle (format 1 payloads, MessagePack extensions, binary values
 //! other than 16 bytes, non-string map keys, duplicate keys, nesting deeper than
@@ -36,8 +36,12 @@
 //! `Uuid` and chrono's types (their `Serialize` depends on the serializer's kind, not on the
 //! value). A hand-written `Serialize` or `payload_json` whose output depends on a string's or
 //! number's *value* beyond its kind (say, one that rewrites some strings and not others)
-//! would defeat the check; none of the registered aggregates has one (the render tests hold
-//! every aggregate's generated events to the typed bytes).
+//! would defeat the check; none of the registered aggregates has one (`tests/topic_contracts.rs`
+//! checks every aggregate's published payloads against its `payload_json`). And the stored
+//! bytes are taken as `codec::encode` wrote them from the type: a timestamp's text is copied
+//! as stored (chrono's own text, which the typed path would write again), and a value the
+//! typed decode would refuse in a shape already verified (bytes written by hand, not by the
+//! type) is published as stored rather than failing the read.
 
 use super::WritePayloadFn;
 use evershard_model::codec::CODEC_FORMAT_V2;
