@@ -307,8 +307,8 @@ impl Journal {
     }
 
     /// Calls `f(sequence, bytes)` for the stored bytes of `count` records of a stream from
-    /// `first`, in order, with one range scan and no copy (the topic reader checks and renders
-    /// each in place). A record missing from the range is a `MissingRecord` corruption.
+    /// `first`, in order, with one range scan (one point read for one record) and no copy (the
+    /// topic reader checks and renders each in place). A record missing from the range is a `MissingRecord` corruption.
     pub(crate) fn visit_run<E: From<StorageError>>(
         &self,
         stream: &StreamId,
@@ -318,6 +318,16 @@ impl Journal {
     ) -> Result<(), E> {
         let db = self.shared.db()?;
         let start = keys::stream_key(keys::EVENTS, stream, first);
+        // A run of one record (most of them, where many aggregates interleave in the global
+        // order): a point read, which descends the tree once, where a range scan descends it
+        // to open the range and again to find its end.
+        if count == 1 {
+            let value = db
+                .get(&start)
+                .map_err(StorageError::from)?
+                .ok_or_else(|| StorageError::corrupt(stream, first, Corruption::MissingRecord))?;
+            return f(first, &value);
+        }
         let end = keys::stream_key(keys::EVENTS, stream, first + count as u64 - 1);
         let mut seen = 0u64;
         for entry in db.range(start..=end) {

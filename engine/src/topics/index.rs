@@ -31,7 +31,14 @@ pub(crate) const INDEX_BATCH_EVENTS_MAX: u64 = 16_384;
 pub(crate) struct Planner {
     pub(crate) topics: HashMap<String, StoredTopic>,
     next: HashMap<String, HashMap<u32, u64>>,
+    /// The topics of each (aggregate type, event type) known by type, as the catalog answered
+    /// (it does not change while a planner lives): asked once per type, not per event — the
+    /// catalog builds a `Vec` and a `TopicConfig` (its name a `String`) per answer.
+    by_type: HashMap<String, HashMap<String, Option<Targets>>>,
 }
+
+/// The topics one event goes to (shared: the planner hands out the ones it remembers).
+type Targets = Arc<[TopicConfig]>;
 
 /// One planned batch.
 #[derive(Debug, Default)]
@@ -59,7 +66,32 @@ impl Planner {
         Ok(Planner {
             topics: journal.stored_topics()?.into_iter().collect(),
             next: HashMap::new(),
+            by_type: HashMap::new(),
         })
+    }
+
+    /// [`TopicCatalog::targets_by_type`], remembered (see `by_type`).
+    fn targets_by_type(
+        &mut self,
+        catalog: &TopicCatalog,
+        aggregate_type: &str,
+        event_type: &str,
+    ) -> Option<Targets> {
+        if let Some(known) = self
+            .by_type
+            .get(aggregate_type)
+            .and_then(|types| types.get(event_type))
+        {
+            return known.clone();
+        }
+        let targets = catalog
+            .targets_by_type(aggregate_type, event_type)
+            .map(Arc::from);
+        self.by_type
+            .entry(aggregate_type.to_owned())
+            .or_default()
+            .insert(event_type.to_owned(), targets.clone());
+        targets
     }
 
     /// The next offset of a partition: as planned by the batches before, or the stored end.
@@ -96,10 +128,10 @@ impl Planner {
         journal: &Journal,
         plan: &mut Plan,
         event: Routed<'_>,
-        targets: Vec<TopicConfig>,
+        targets: &[TopicConfig],
     ) -> Result<(), TopicError> {
         for target in targets {
-            let topic = self.topic(&target, plan)?;
+            let topic = self.topic(target, plan)?;
             let partition = super::partition_for(&event.stream.aggregate_id, topic.partitions);
             let name = target.name.as_str();
             let slot = match plan.slots.get(name).and_then(|p| p.get(&partition)) {
@@ -216,20 +248,21 @@ pub(crate) fn plan_between(
                     position: view.global_position,
                     source,
                 };
-                let targets = match catalog.targets_by_type(view.aggregate_type, view.event_type) {
-                    Some(targets) => targets,
-                    None => {
-                        let record = journal.record_for_topic(stream, sequence, bytes)?;
-                        catalog.targets(&record).map_err(render)?
-                    }
-                };
+                let targets: Targets =
+                    match planner.targets_by_type(catalog, view.aggregate_type, view.event_type) {
+                        Some(targets) => targets,
+                        None => {
+                            let record = journal.record_for_topic(stream, sequence, bytes)?;
+                            catalog.targets(&record).map_err(render)?.into()
+                        }
+                    };
                 let event = Routed {
                     stream,
                     event_type: view.event_type,
                     sequence,
                     global_position: view.global_position,
                 };
-                planner.add(journal, &mut plan, event, targets)
+                planner.add(journal, &mut plan, event, &targets)
             },
         )?;
     }

@@ -246,7 +246,9 @@ impl MessageArena {
         self.header(Some(Some(digits.format(n))));
     }
 
-    /// A header written as a UUID's hyphenated lower-case text.
+    /// A header written as a UUID's hyphenated lower-case text. (The renderer formats the
+    /// ids once for the value and the headers, and passes their text to `header`.)
+    #[cfg(test)]
     pub(crate) fn header_uuid(&mut self, id: Option<Uuid>) {
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let text = id.map(|id| &*id.hyphenated().encode_lower(&mut buf));

@@ -24,6 +24,7 @@ pub(crate) mod metrics;
 pub(crate) mod read;
 pub(crate) mod render;
 pub(crate) mod subscribe;
+pub(crate) mod transcode;
 
 use crate::journal::record::Record;
 use evershard_model::{Aggregate, CodecError, DomainEvent};

@@ -5,6 +5,7 @@
 use super::index::{plan_between, Planner};
 use super::message::{Message, MessageArena};
 use super::render::{self, Fields};
+use super::transcode::Transcoder;
 use super::{TopicCatalog, TopicError, WireFormat};
 use crate::journal::topics::{StoredTopic, TopicRun};
 use crate::journal::{decode_checked, view_checked, AtRest, Journal, Record};
@@ -199,6 +200,7 @@ impl TopicLog {
             out: &mut out,
             scratch: Vec::with_capacity(4096),
             arena: MessageArena::new(topic),
+            transcoder: Transcoder::default(),
         };
         for entry in self.journal.topic_entries(topic, partition, from_offset) {
             let (first, runs) = entry?;
@@ -255,6 +257,8 @@ struct RunReader<'a> {
     scratch: Vec<u8>,
     /// The blocks the messages are built in (see `super::message`).
     arena: MessageArena,
+    /// Writes payloads from their stored bytes where that is the typed bytes.
+    transcoder: Transcoder,
 }
 
 impl RunReader<'_> {
@@ -288,6 +292,7 @@ impl RunReader<'_> {
             let out = &mut *self.out;
             let scratch = &mut self.scratch;
             let arena = &mut self.arena;
+            let transcoder = &mut self.transcoder;
             // One range scan per run; each record checked (CRC, place) and rendered from its
             // stored bytes in place: nothing is copied out of the journal but the message.
             self.log.journal.visit_run(
@@ -329,6 +334,7 @@ impl RunReader<'_> {
                     let message = render::message(
                         scratch,
                         arena,
+                        transcoder,
                         payload,
                         format,
                         partition,

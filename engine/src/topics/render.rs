@@ -3,6 +3,7 @@
 //! bytes for the same record.
 
 use super::message::{Message, MessageArena, MessageMeta};
+use super::transcode::Transcoder;
 use super::{TopicError, WireFormat, WritePayloadFn};
 use crate::journal::record::{Record, RecordView, RECORD_FORMAT_V1};
 use chrono::SecondsFormat;
@@ -147,9 +148,45 @@ fn uuid_json(out: &mut Vec<u8>, id: Uuid) {
     out.push(b'"');
 }
 
-fn opt_uuid_json(out: &mut Vec<u8>, id: Option<Uuid>) {
-    match id {
-        Some(id) => uuid_json(out, id),
+type UuidText = [u8; uuid::fmt::Hyphenated::LENGTH];
+
+/// The text of a record's three ids, formatted once per message: the value and the headers
+/// both carry them.
+struct IdTexts {
+    event_id: UuidText,
+    correlation_id: UuidText,
+    causation_id: Option<UuidText>,
+}
+
+impl IdTexts {
+    fn new(record: &Fields<'_>) -> Self {
+        let text = |id: Uuid| {
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            id.hyphenated().encode_lower(&mut buf);
+            buf
+        };
+        IdTexts {
+            event_id: text(record.event_id),
+            correlation_id: text(record.correlation_id),
+            causation_id: record.causation_id.map(text),
+        }
+    }
+
+    fn str(text: &UuidText) -> &str {
+        std::str::from_utf8(text).expect("a UUID's text is ASCII")
+    }
+}
+
+/// A formatted UUID, quoted.
+fn uuid_text_json(out: &mut Vec<u8>, text: &UuidText) {
+    out.push(b'"');
+    out.extend_from_slice(text);
+    out.push(b'"');
+}
+
+fn opt_uuid_text_json(out: &mut Vec<u8>, text: Option<&UuidText>) {
+    match text {
+        Some(text) => uuid_text_json(out, text),
         None => out.extend_from_slice(b"null"),
     }
 }
@@ -168,9 +205,23 @@ fn u64_json(out: &mut Vec<u8>, n: u64) {
 /// with the nullability of the seeds' envelopes (a unit test holds it to the bytes serde
 /// writes for the envelope structs), the payload straight into place (no `Value` tree), the
 /// timestamp formatted on the stack.
+/// (`message` renders through [`envelope_with`], which takes the ids formatted once for
+/// the value and the headers; this form is what the unit tests hold to the serde structs.)
+#[cfg(test)]
 pub(crate) fn envelope<E>(
     format: WireFormat,
     record: &Fields<'_>,
+    payload: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    out: &mut Vec<u8>,
+) -> Result<(), E> {
+    envelope_with(format, record, &IdTexts::new(record), payload, out)
+}
+
+/// [`envelope`] with the record's ids already formatted.
+fn envelope_with<E>(
+    format: WireFormat,
+    record: &Fields<'_>,
+    ids: &IdTexts,
     payload: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     out: &mut Vec<u8>,
 ) -> Result<(), E> {
@@ -183,7 +234,7 @@ pub(crate) fn envelope<E>(
             key(out, true, "event_type");
             str_json(out, record.event_type);
             key(out, false, "event_id");
-            uuid_json(out, record.event_id);
+            uuid_text_json(out, &ids.event_id);
             key(out, false, "timestamp");
             str_json(out, timestamp);
             key(out, false, "payload");
@@ -199,9 +250,9 @@ pub(crate) fn envelope<E>(
             key(out, false, "global_position");
             u64_json(out, record.global_position);
             key(out, false, "correlation_id");
-            uuid_json(out, record.correlation_id);
+            uuid_text_json(out, &ids.correlation_id);
             key(out, false, "causation_id");
-            opt_uuid_json(out, record.causation_id);
+            opt_uuid_text_json(out, ids.causation_id.as_ref());
             key(out, false, "source");
             str_json(out, record.source);
             key(out, false, "user_id");
@@ -212,7 +263,7 @@ pub(crate) fn envelope<E>(
         }
         WireFormat::Gacp => {
             key(out, true, "eventId");
-            uuid_json(out, record.event_id);
+            uuid_text_json(out, &ids.event_id);
             key(out, false, "eventType");
             str_json(out, record.event_type);
             key(out, false, "eventVersion");
@@ -220,11 +271,11 @@ pub(crate) fn envelope<E>(
             key(out, false, "timestamp");
             str_json(out, timestamp);
             key(out, false, "correlationId");
-            uuid_json(out, record.correlation_id);
+            uuid_text_json(out, &ids.correlation_id);
             // zod `.optional()`: absent, never null.
-            if let Some(c) = record.causation_id {
+            if let Some(c) = &ids.causation_id {
                 key(out, false, "causationId");
-                uuid_json(out, c);
+                uuid_text_json(out, c);
             }
             key(out, false, "source");
             str_json(out, record.source);
@@ -248,7 +299,7 @@ pub(crate) fn envelope<E>(
         }
         WireFormat::Coworking => {
             key(out, true, "eventId");
-            uuid_json(out, record.event_id);
+            uuid_text_json(out, &ids.event_id);
             key(out, false, "eventType");
             str_json(out, record.event_type);
             key(out, false, "occurredAt");
@@ -288,12 +339,15 @@ pub(crate) enum Payload {
 }
 
 /// Renders one record as the message at `(partition, offset)` of the arena's topic with
-/// `payload`. The value is written into `scratch` (reused from message to message), then the
+/// `payload`, its own payload through `transcoder` (see `super::transcode`). The value is
+/// written into `scratch` (reused from message to message), then the
 /// value, the key and the header values are copied into the arena's current block: no
 /// allocation of the message's own (see `super::message`).
+#[allow(clippy::too_many_arguments)] // the reader's reused buffers, then the message's parts
 pub(crate) fn message(
     scratch: &mut Vec<u8>,
     arena: &mut MessageArena,
+    transcoder: &mut Transcoder,
     payload: Payload,
     format: WireFormat,
     partition: u32,
@@ -301,13 +355,20 @@ pub(crate) fn message(
     record: &Fields<'_>,
 ) -> Result<Message, TopicError> {
     scratch.clear();
-    envelope(
+    let ids = IdTexts::new(record);
+    envelope_with(
         format,
         record,
+        &ids,
         |out| match payload {
-            Payload::Own(write_payload) => {
-                write_payload(record.event_type, record.event_version, record.payload, out)
-            }
+            Payload::Own(write_payload) => transcoder.write(
+                write_payload,
+                record.aggregate_type,
+                record.event_type,
+                record.event_version,
+                record.payload,
+                out,
+            ),
             Payload::Erased => {
                 out.extend_from_slice(br#"{"erased":true}"#);
                 Ok(())
@@ -334,7 +395,7 @@ pub(crate) fn message(
     arena.begin(bytes);
     arena.value(scratch);
     arena.key(record.aggregate_id);
-    write_headers(arena, record);
+    write_headers(arena, record, &ids);
     Ok(arena.finish(MessageMeta {
         partition,
         offset,
@@ -348,15 +409,15 @@ pub(crate) fn message(
 /// The headers of a message, in [`HEADER_NAMES`] order. `causation_id` has a null value
 /// when absent (Kafka headers allow null values; the header is always present, so a reader
 /// can rely on the set of names).
-fn write_headers(arena: &mut MessageArena, record: &Fields<'_>) {
-    arena.header_uuid(Some(record.event_id));
+fn write_headers(arena: &mut MessageArena, record: &Fields<'_>, ids: &IdTexts) {
+    arena.header(Some(Some(IdTexts::str(&ids.event_id))));
     arena.header(Some(Some(record.event_type)));
     arena.header(Some(Some(record.event_version)));
     arena.header(Some(Some(record.aggregate_type)));
     arena.header_u64(record.sequence);
     arena.header_u64(record.global_position);
-    arena.header_uuid(Some(record.correlation_id));
-    arena.header_uuid(record.causation_id);
+    arena.header(Some(Some(IdTexts::str(&ids.correlation_id))));
+    arena.header(Some(ids.causation_id.as_ref().map(IdTexts::str)));
 }
 
 #[cfg(test)]
@@ -424,7 +485,7 @@ mod tests {
         arena.begin(0);
         arena.value(b"{}");
         arena.key(fields.aggregate_id);
-        write_headers(&mut arena, fields);
+        write_headers(&mut arena, fields, &IdTexts::new(fields));
         let m = arena.finish(MessageMeta {
             partition: 0,
             offset: 0,
