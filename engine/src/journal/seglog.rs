@@ -5,15 +5,20 @@
 //! A group commit is one **frame**, written with one `pwrite` into a **segment** file that was
 //! zero-filled and synced when it was made, so that the `fdatasync` that acknowledges the
 //! group has only data to write (a file that grows must also journal its size). Each record
-//! in a frame names the position of its stream's previous record, so a stream is read from its
-//! head backwards and needs no index entry per event.
+//! in a frame names the **address** of its stream's previous record, so a stream is read from
+//! its head backwards, one read per record, and needs no index entry per event. An address is
+//! a byte offset in the log as if its segments were one file: a segment's base address is the
+//! sum of the sizes of the segments before it (segments keep their size for life). Pointing
+//! at a position instead made each hop read the whole frame holding the record (measured:
+//! docs/design.md, "The next write path").
 //!
 //! ```text
 //! segment file   log/<first position, 20 digits>.seg, SEGMENT_BYTES (or one frame, if larger)
 //! frame header   magic u32 LE "ESLF" | format u8 = 1 | 0u8 ×3 | first position u64 LE
 //!                | record count u32 LE | write count u32 LE | body length u32 LE
 //!                | CRC32C of the body u32 LE | CRC32C of the 32 bytes before u32 LE
-//! frame body     per record: previous position of its stream u64 LE (0 at sequence 1)
+//! frame body     per record: address of its stream's previous record u64 LE (0 at sequence
+//!                            1: address 0 is the first frame's header, never a record)
 //!                            | length u32 LE | the record's bytes (record formats 1 and 2)
 //!                per write:  op u8 (1 put, 2 remove) | key length u32 LE | key
 //!                            | value length u32 LE | value (puts only)
@@ -80,6 +85,8 @@ pub enum SegLogError {
         first: u64,
         last: u64,
     },
+    #[error("no record entry at log address {address}")]
+    NoRecordAt { address: u64 },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SegLogError + '_ {
@@ -89,12 +96,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SegLogError + '_ {
     }
 }
 
-/// One record of a frame: its stream's previous record's position and its stored bytes.
+/// One record of a frame: its stream's previous record's address (0 for none) and its
+/// stored bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrameRecord {
-    pub previous_position: u64,
+    pub previous_address: u64,
     pub bytes: Vec<u8>,
 }
+
+/// Bytes of a record's entry in a frame body before its bytes: previous address, length.
+const RECORD_ENTRY_HEADER_BYTES: usize = 12;
 
 /// One keyspace write carried by a frame, applied to the index with the frame's records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,12 +128,42 @@ impl Frame {
         self.first_position + self.records.len() as u64
     }
 
+    /// Bytes of the encoded frame, header included (what [`SegmentLog::reserve`] takes): it
+    /// does not depend on the addresses the records hold.
+    pub fn encoded_len(&self) -> usize {
+        FRAME_HEADER_BYTES + self.body_len()
+    }
+
+    /// The address of each record's entry, for a frame written at `frame_address`.
+    pub fn record_addresses(&self, frame_address: u64) -> Vec<u64> {
+        let mut at = frame_address + FRAME_HEADER_BYTES as u64;
+        self.records
+            .iter()
+            .map(|r| {
+                let address = at;
+                at += (RECORD_ENTRY_HEADER_BYTES + r.bytes.len()) as u64;
+                address
+            })
+            .collect()
+    }
+
+    fn body_len(&self) -> usize {
+        self.records
+            .iter()
+            .map(|r| RECORD_ENTRY_HEADER_BYTES + r.bytes.len())
+            .chain(self.writes.iter().map(|w| match w {
+                FrameWrite::Put { key, value } => 9 + key.len() + value.len(),
+                FrameWrite::Remove { key } => 5 + key.len(),
+            }))
+            .sum()
+    }
+
     /// The frame's bytes, header and body.
     pub fn encode(&self) -> Result<Vec<u8>, SegLogError> {
         let body_len: usize = self
             .records
             .iter()
-            .map(|r| 12 + r.bytes.len())
+            .map(|r| RECORD_ENTRY_HEADER_BYTES + r.bytes.len())
             .chain(self.writes.iter().map(|w| match w {
                 FrameWrite::Put { key, value } => 9 + key.len() + value.len(),
                 FrameWrite::Remove { key } => 5 + key.len(),
@@ -137,7 +178,7 @@ impl Frame {
         let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + body_len);
         out.resize(FRAME_HEADER_BYTES, 0);
         for r in &self.records {
-            out.extend_from_slice(&r.previous_position.to_le_bytes());
+            out.extend_from_slice(&r.previous_address.to_le_bytes());
             out.extend_from_slice(&(r.bytes.len() as u32).to_le_bytes());
             out.extend_from_slice(&r.bytes);
         }
@@ -241,10 +282,10 @@ fn decode_body(header: &Header, body: &[u8]) -> Result<Frame, &'static str> {
     };
     let mut records = Vec::with_capacity(header.records as usize);
     for _ in 0..header.records {
-        let previous_position = u64::from_le_bytes(take(8)?.try_into().unwrap());
+        let previous_address = u64::from_le_bytes(take(8)?.try_into().unwrap());
         let len = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
         records.push(FrameRecord {
-            previous_position,
+            previous_address,
             bytes: take(len)?.to_vec(),
         });
     }
@@ -280,6 +321,8 @@ fn decode_body(header: &Header, body: &[u8]) -> Result<Frame, &'static str> {
 struct Segment {
     path: PathBuf,
     file: File,
+    /// The address of its first byte: the sizes of the segments before it, summed.
+    base_address: u64,
     /// Position of its first record.
     first_position: u64,
     /// Position after its last record.
@@ -418,6 +461,7 @@ impl SegmentLog {
             let mut segment = Segment {
                 path,
                 file,
+                base_address: log.end_address(),
                 first_position: first,
                 end_position: first,
                 used_bytes: 0,
@@ -495,24 +539,45 @@ impl SegmentLog {
             .map_or(self.next_position, |s| s.first_position)
     }
 
-    /// Writes `frame` after the last one (one `pwrite`); durable only after [`Self::sync`].
-    pub fn append(&mut self, frame: &Frame) -> Result<(), SegLogError> {
+    /// The address after the last segment (where a new one would begin).
+    fn end_address(&self) -> u64 {
+        self.segments
+            .last()
+            .map_or(0, |s| s.base_address + s.capacity_bytes)
+    }
+
+    /// The address `frame` will be written at by the next [`Self::append`], starting a new
+    /// segment first if it does not fit in the current one. A frame's length does not depend
+    /// on the addresses its records hold, so a caller reserves with placeholders, then fills
+    /// in the pointers of records whose predecessor is in the same frame
+    /// ([`Frame::record_addresses`]).
+    pub fn reserve(&mut self, frame: &Frame) -> Result<u64, SegLogError> {
         if frame.first_position != self.next_position {
             return Err(SegLogError::PositionGap {
                 expected: self.next_position,
                 got: frame.first_position,
             });
         }
-        let bytes = frame.encode()?;
+        let frame_bytes = frame.encoded_len() as u64;
         let fits = self
             .segments
             .last()
-            .is_some_and(|s| s.used_bytes + bytes.len() as u64 <= s.capacity_bytes);
+            .is_some_and(|s| s.used_bytes + frame_bytes <= s.capacity_bytes);
         if !fits {
-            self.start_segment(frame.first_position, bytes.len() as u64)?;
+            self.start_segment(frame.first_position, frame_bytes)?;
         }
-        let segment = self.segments.last_mut().expect("a segment was started");
+        let segment = self.segments.last().expect("a segment was started");
+        Ok(segment.base_address + segment.used_bytes)
+    }
+
+    /// Writes `frame` after the last one (one `pwrite`) and returns its address; durable
+    /// only after [`Self::sync`].
+    pub fn append(&mut self, frame: &Frame) -> Result<u64, SegLogError> {
+        let address = self.reserve(frame)?;
+        let bytes = frame.encode()?;
+        let segment = self.segments.last_mut().expect("reserved");
         let offset = segment.used_bytes;
+        assert_eq!(segment.base_address + offset, address, "the reserved place");
         segment
             .file
             .write_all_at(&bytes, offset)
@@ -524,7 +589,44 @@ impl SegmentLog {
         segment.note_frame(&header, offset);
         self.next_position = frame.end_position();
         self.dirty = true;
-        Ok(())
+        Ok(address)
+    }
+
+    /// The record whose entry is at `address` (from a previous-address pointer or a head):
+    /// one read of the entry, nothing else of its frame. The caller checks that the record is
+    /// the one it expected (its bytes carry their own CRC, stream, sequence and position).
+    pub fn record_at_address(&self, address: u64) -> Result<FrameRecord, SegLogError> {
+        let i = self.segments.partition_point(|s| s.base_address <= address);
+        let segment = i
+            .checked_sub(1)
+            .map(|i| &self.segments[i])
+            .filter(|s| address - s.base_address + RECORD_ENTRY_HEADER_BYTES as u64 <= s.used_bytes)
+            .ok_or(SegLogError::NoRecordAt { address })?;
+        let offset = address - segment.base_address;
+        let mut head = [0u8; RECORD_ENTRY_HEADER_BYTES];
+        segment
+            .file
+            .read_exact_at(&mut head, offset)
+            .map_err(io(&segment.path))?;
+        let previous_address = u64::from_le_bytes(head[0..8].try_into().unwrap());
+        let len = u32::from_le_bytes(head[8..12].try_into().unwrap()) as u64;
+        let start = offset + RECORD_ENTRY_HEADER_BYTES as u64;
+        if start + len > segment.used_bytes {
+            return Err(SegLogError::Corrupt {
+                path: segment.path.clone(),
+                offset,
+                reason: "a record entry runs past its segment's frames",
+            });
+        }
+        let mut bytes = vec![0u8; len as usize];
+        segment
+            .file
+            .read_exact_at(&mut bytes, start)
+            .map_err(io(&segment.path))?;
+        Ok(FrameRecord {
+            previous_address,
+            bytes,
+        })
     }
 
     /// Makes every appended frame durable: `fdatasync` of the active segment (and of the
@@ -577,6 +679,7 @@ impl SegmentLog {
         self.segments.push(Segment {
             path,
             file,
+            base_address: self.end_address(),
             first_position,
             end_position: first_position,
             used_bytes: 0,
@@ -632,13 +735,17 @@ impl SegmentLog {
         Ok(frame.records.swap_remove(index))
     }
 
-    /// Every frame from the one holding `from` to the last, in order, read sequentially.
-    pub fn frames_from(&self, from: u64) -> impl Iterator<Item = Result<Frame, SegLogError>> + '_ {
+    /// Every frame from the one holding `from` to the last, in order, read sequentially, each
+    /// with its address.
+    pub fn frames_from(
+        &self,
+        from: u64,
+    ) -> impl Iterator<Item = Result<(u64, Frame), SegLogError>> + '_ {
         let start = self.segments.partition_point(|s| s.end_position <= from);
         self.segments[start..].iter().flat_map(move |segment| {
             let mut reader = SegmentReader::new(segment);
             std::iter::from_fn(move || reader.next_frame().transpose())
-                .filter(move |f| !matches!(f, Ok(frame) if frame.end_position() <= from))
+                .filter(move |f| !matches!(f, Ok((_, frame)) if frame.end_position() <= from))
         })
     }
 }
@@ -655,7 +762,7 @@ impl<'a> SegmentReader<'a> {
         SegmentReader { segment, offset: 0 }
     }
 
-    fn next_frame(&mut self) -> Result<Option<Frame>, SegLogError> {
+    fn next_frame(&mut self) -> Result<Option<(u64, Frame)>, SegLogError> {
         if self.offset >= self.segment.used_bytes {
             return Ok(None);
         }
@@ -677,8 +784,9 @@ impl<'a> SegmentReader<'a> {
             }
         };
         let frame = self.segment.read_frame(&header, self.offset)?;
+        let address = self.segment.base_address + self.offset;
         self.offset += header.frame_bytes();
-        Ok(Some(frame))
+        Ok(Some((address, frame)))
     }
 }
 
