@@ -141,17 +141,7 @@ struct Walked {
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn seed() -> u64 {
-    let seed = std::env::var("CLUSTER_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    println!("CLUSTER_SEED={seed}");
-    seed
+    evershard_testing::child::seed_or_clock("CLUSTER_SEED", "cluster")
 }
 
 /// What every three-node test starts from: the serial lock, the tools, a printed seed, a

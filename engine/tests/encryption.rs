@@ -539,16 +539,8 @@ fn forget_survives_sigkill_at_any_moment() {
 /// exact totals, and `verify` stays clean.
 #[tokio::test]
 async fn random_commands_forgets_and_restarts_never_expose_a_forgotten_payload() {
-    let seed: u64 = std::env::var("EVERSHARD_SHRED_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("shredding property seed {seed} (set EVERSHARD_SHRED_SEED to reproduce)");
+    let seed =
+        evershard_testing::child::seed_or_clock("EVERSHARD_SHRED_SEED", "shredding property");
     let mut rng = DemoRng::new(seed);
     let (_dir, store, keys) = setup();
     let mut engine = open(&store, &keys).await;

@@ -9,44 +9,19 @@
 use evershard_engine::seglog::{
     Frame, FrameRecord, FrameWrite, SegLogError, SegmentLog, FRAME_HEADER_BYTES,
 };
+use evershard_model::DemoRng;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Small segments, so that a few frames span several.
 const SMALL_SEGMENT_BYTES: u64 = 4096;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn seed() -> u64 {
-    let seed = std::env::var("EVERSHARD_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    println!("seed {seed} (EVERSHARD_TEST_SEED={seed} repeats it)");
-    seed
+    evershard_testing::child::seed_or_clock("EVERSHARD_TEST_SEED", "segment log")
 }
 
 /// A frame of 1..=max_records records of varied sizes, and sometimes writes.
-fn frame(rng: &mut Rng, first_position: u64, max_records: u64, record_bytes_max: u64) -> Frame {
+fn frame(rng: &mut DemoRng, first_position: u64, max_records: u64, record_bytes_max: u64) -> Frame {
     let records = (0..1 + rng.below(max_records))
         .map(|i| FrameRecord {
             previous_address: if rng.below(4) == 0 {
@@ -55,17 +30,17 @@ fn frame(rng: &mut Rng, first_position: u64, max_records: u64, record_bytes_max:
                 rng.below(first_position + i)
             },
             bytes: (0..1 + rng.below(record_bytes_max))
-                .map(|_| rng.next() as u8)
+                .map(|_| rng.next_u64() as u8)
                 .collect(),
         })
         .collect();
     let writes = (0..rng.below(3))
         .map(|_| {
-            let key = vec![b't', rng.next() as u8, rng.next() as u8];
+            let key = vec![b't', rng.next_u64() as u8, rng.next_u64() as u8];
             if rng.below(2) == 0 {
                 FrameWrite::Put {
                     key,
-                    value: vec![rng.next() as u8; rng.below(40) as usize],
+                    value: vec![rng.next_u64() as u8; rng.below(40) as usize],
                 }
             } else {
                 FrameWrite::Remove { key }
@@ -101,7 +76,7 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Writes `count` frames, syncing after each; returns them.
-fn fill(log: &mut SegmentLog, rng: &mut Rng, count: usize) -> Vec<Frame> {
+fn fill(log: &mut SegmentLog, rng: &mut DemoRng, count: usize) -> Vec<Frame> {
     (0..count)
         .map(|_| {
             let f = frame(rng, log.next_position(), 8, 200);
@@ -115,7 +90,7 @@ fn fill(log: &mut SegmentLog, rng: &mut Rng, count: usize) -> Vec<Frame> {
 #[test]
 fn frames_and_records_come_back_after_reopen_across_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng(seed());
+    let mut rng = DemoRng::new(seed());
     let mut log = open(dir.path(), 0).unwrap();
     log.prepare_next().unwrap();
     let written = fill(&mut log, &mut rng, 60);
@@ -187,7 +162,7 @@ fn an_empty_log_starts_where_it_is_told_and_refuses_a_gap() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = SegmentLog::open(dir.path(), SMALL_SEGMENT_BYTES, 0, 1_001).unwrap();
     assert_eq!(log.next_position(), 1_001);
-    let mut rng = Rng(7);
+    let mut rng = DemoRng::new(7);
     let gap = frame(&mut rng, 1_002, 2, 10);
     assert!(matches!(
         log.append(&gap),
@@ -213,7 +188,7 @@ fn an_empty_log_starts_where_it_is_told_and_refuses_a_gap() {
 /// (given the file and the frame's offset) and reopens with the synced end as the floor.
 fn torn_last_frame(damage: impl Fn(&std::fs::File, u64)) {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng(11);
+    let mut rng = DemoRng::new(11);
     let mut log = SegmentLog::open(dir.path(), 1 << 20, 0, 1).unwrap().0;
     let synced = fill(&mut log, &mut rng, 5);
     let floor = log.next_position();
@@ -281,7 +256,7 @@ fn a_lost_header_page_does_not_let_a_later_frame_line_up() {
 #[test]
 fn damage_below_the_durable_floor_or_in_an_earlier_segment_refuses_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng(13);
+    let mut rng = DemoRng::new(13);
     let mut log = open(dir.path(), 0).unwrap();
     fill(&mut log, &mut rng, 40);
     let floor = log.next_position();
@@ -349,7 +324,7 @@ fn simulated_power_cuts_keep_every_synced_frame() {
     let base = seed();
     let (mut cut_trials, mut lost_frames) = (0, 0);
     for trial in 0..40u64 {
-        let mut rng = Rng(base.wrapping_add(trial.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
+        let mut rng = DemoRng::new(base.wrapping_add(trial.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
         let dir = tempfile::tempdir().unwrap();
         let mut log = open(dir.path(), 0).unwrap();
         let mut written = Vec::new();
@@ -390,7 +365,7 @@ fn simulated_power_cuts_keep_every_synced_frame() {
                 1 => bytes[keep_from..].fill(0),
                 _ => bytes[keep_from..]
                     .iter_mut()
-                    .for_each(|b| *b = rng.next() as u8),
+                    .for_each(|b| *b = rng.next_u64() as u8),
             }
             file.write_all_at(&bytes, sector).unwrap();
             sector += 512;
@@ -493,7 +468,7 @@ fn write_events(
     index: &mut LogIndex,
     db: &sled::Db,
     model: &mut Model,
-    rng: &mut Rng,
+    rng: &mut DemoRng,
     (frames, streams, checkpoint_every): (usize, u64, usize),
 ) {
     for f in 0..frames {
@@ -571,7 +546,7 @@ fn assert_index_matches(index: &LogIndex, db: &sled::Db, log: &SegmentLog, model
 #[test]
 fn heads_come_from_the_frames_and_streams_read_back_along_their_pointers() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng(seed());
+    let mut rng = DemoRng::new(seed());
     let db = sled::Config::new()
         .path(dir.path().join("index"))
         .open()
@@ -690,7 +665,7 @@ fn a_record_that_does_not_follow_its_head_is_refused() {
 #[test]
 fn a_stream_read_checks_each_record_against_the_hash_its_successor_names() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng(seed());
+    let mut rng = DemoRng::new(seed());
     let db = sled::Config::new()
         .path(dir.path().join("index"))
         .open()

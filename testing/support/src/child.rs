@@ -18,6 +18,17 @@ pub fn seed(env: &str, default: u64, what: &str) -> u64 {
     seed
 }
 
+/// The seed of a randomised test that explores a new seed on every run: the variable `env`
+/// if set, else one from the clock. Printed (with how to replay it) so that a failing run can
+/// be reproduced.
+pub fn seed_or_clock(env: &str, what: &str) -> u64 {
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_nanos() as u64;
+    seed(env, clock, what)
+}
+
 /// The runtime a child writer runs on: two workers, as many as the CI machine has cores.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
