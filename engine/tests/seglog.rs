@@ -543,14 +543,16 @@ fn assert_index_matches(index: &LogIndex, db: &sled::Db, log: &SegmentLog, model
         .is_empty());
 }
 
+/// The sled database the heads are checkpointed to, under `dir`.
+fn index_db(dir: &Path) -> sled::Db {
+    sled::Config::new().path(dir.join("index")).open().unwrap()
+}
+
 #[test]
 fn heads_come_from_the_frames_and_streams_read_back_along_their_pointers() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = DemoRng::new(seed());
-    let db = sled::Config::new()
-        .path(dir.path().join("index"))
-        .open()
-        .unwrap();
+    let db = index_db(dir.path());
     let log_dir = dir.path().join("log");
     let (mut log, _) = SegmentLog::open(&log_dir, 64 * 1024, 0, 1).unwrap();
     let mut index = LogIndex::open(&db, &log).unwrap();
@@ -666,10 +668,7 @@ fn a_record_that_does_not_follow_its_head_is_refused() {
 fn a_stream_read_checks_each_record_against_the_hash_its_successor_names() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = DemoRng::new(seed());
-    let db = sled::Config::new()
-        .path(dir.path().join("index"))
-        .open()
-        .unwrap();
+    let db = index_db(dir.path());
     let (mut log, _) = SegmentLog::open(&dir.path().join("a"), 64 * 1024, 0, 1).unwrap();
     let mut index = LogIndex::open(&db, &log).unwrap();
     let mut model = Model::default();

@@ -881,6 +881,21 @@ impl JournalWriter {
         Ok(())
     }
 
+    /// Applies key entries (a rotation's re-wrapped keys, an upgrade's new ones) as one
+    /// atomic batch and syncs it: neither reports before its keys are durable.
+    fn apply_key_writes(&self, db: &sled::Db, writes: Vec<WriteOp>) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for op in writes {
+            match op {
+                WriteOp::Put { key, value } => batch.insert(key, value),
+                WriteOp::Remove { key } => batch.remove(key),
+            }
+        }
+        self.shared.check_writable()?;
+        db.apply_batch(batch)?;
+        self.sync()
+    }
+
     /// Re-wraps every data key under the provider's current master key, durably; returns
     /// how many it re-wrapped. Passes repeat (at most 3) until one finds nothing left, so a
     /// key first written during a pass is re-wrapped too.
@@ -904,16 +919,7 @@ impl JournalWriter {
             if count == 0 {
                 break;
             }
-            let mut batch = sled::Batch::default();
-            for op in writes {
-                match op {
-                    WriteOp::Put { key, value } => batch.insert(key, value),
-                    WriteOp::Remove { key } => batch.remove(key),
-                }
-            }
-            self.shared.check_writable()?;
-            db.apply_batch(batch)?;
-            self.sync()?;
+            self.apply_key_writes(&db, writes)?;
             total += count;
         }
         Ok(total)
@@ -932,18 +938,7 @@ impl JournalWriter {
             total += self
                 .shared
                 .keyring
-                .upgrade(&db, chunk, |writes| {
-                    let mut batch = sled::Batch::default();
-                    for op in writes {
-                        match op {
-                            WriteOp::Put { key, value } => batch.insert(key, value),
-                            WriteOp::Remove { key } => batch.remove(key),
-                        }
-                    }
-                    self.shared.check_writable()?;
-                    db.apply_batch(batch)?;
-                    self.sync()
-                })
+                .upgrade(&db, chunk, |writes| self.apply_key_writes(&db, writes))
                 .map_err(key_lookup_error)?;
         }
         Ok(total)
