@@ -33,13 +33,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use evershard_testing::child::runtime;
 
 /// Polls `done` every 50 ms for at most `timeout` (sized for a loaded 2-core machine).
 fn wait(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {

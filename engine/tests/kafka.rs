@@ -30,13 +30,7 @@ fn config(bootstrap: &str) -> KafkaConfig {
         .backoff(Duration::from_millis(50), Duration::from_secs(1))
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use evershard_testing::child::runtime;
 
 async fn caught_up(publisher: &KafkaPublisher, what: &str) {
     // Bounded: a loaded machine gets minutes, not an assumption about its speed.

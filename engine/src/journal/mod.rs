@@ -19,8 +19,8 @@ mod probe;
 pub(crate) mod publisher;
 pub(crate) mod record;
 pub(crate) mod segments;
-// Increment 1 of the segment log (docs/design.md, "The next write path"): built and tested,
-// not yet written by the committer.
+// Increments 1 and 2a of the segment log (docs/design.md, "The next write path"): built and
+// tested, not yet written by the committer.
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 pub(crate) mod logindex;
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
