@@ -110,6 +110,10 @@ pub enum Corruption {
     /// sled itself reports corruption of its files.
     #[error("sled reports corruption: {0}")]
     Sled(#[source] SledError),
+    /// The segment log's frames or a stream's pointers fail their checks (the file, offset
+    /// or position and the check, in words).
+    #[error("segment log: {0}")]
+    Log(Box<str>),
 }
 
 /// A fault met while reading the journal, or the storage cause of a failed write.
@@ -135,6 +139,11 @@ pub enum StorageError {
     /// The journal was closed (the engine shut down): reopen the store.
     #[error("the journal is closed")]
     Closed,
+    /// The operation does not read the segment log yet: the store keeps its events there
+    /// (`WritePath::Log`), and this reader still knows only the sled layout
+    /// (docs/design.md, "The next write path", increments 3 and 4).
+    #[error("{what} does not read stores on the segment log yet (docs/design.md, \"The next write path\")")]
+    NotOnLog { what: &'static str },
     /// A snapshot larger than `evershard_snapshots::SNAPSHOT_BYTES_MAX` was not written
     /// (one above the journal's value bound is stored in parts, each within it, so that no
     /// tree node outgrows sled's blob threshold: docs/design.md, "Snapshots in parts").
@@ -241,6 +250,38 @@ impl From<sled::Error> for StorageError {
                 StorageError::corrupt_store(Corruption::Sled(SledError::new(corruption)))
             }
             other => StorageError::Sled(SledError::new(other)),
+        }
+    }
+}
+
+impl From<crate::journal::seglog::SegLogError> for StorageError {
+    fn from(e: crate::journal::seglog::SegLogError) -> Self {
+        use crate::journal::seglog::SegLogError;
+        match e {
+            SegLogError::Io { path, source } => StorageError::Io(Arc::new(std::io::Error::new(
+                source.kind(),
+                format!("{}: {}", path.display(), plain_io_error(source)),
+            ))),
+            other => StorageError::corrupt_store(Corruption::Log(other.to_string().into())),
+        }
+    }
+}
+
+impl From<crate::journal::logindex::LogIndexError> for StorageError {
+    fn from(e: crate::journal::logindex::LogIndexError) -> Self {
+        use crate::journal::logindex::LogIndexError;
+        match e {
+            LogIndexError::Log(e) => e.into(),
+            LogIndexError::Sled(e) => e.into(),
+            LogIndexError::Record { source, .. } => {
+                StorageError::corrupt_store(Corruption::Record(source))
+            }
+            LogIndexError::Chain { ref stream, .. } => StorageError::Corrupt {
+                stream: Some(stream.clone()),
+                sequence: None,
+                cause: Corruption::Log(e.to_string().into()),
+            },
+            other => StorageError::corrupt_store(Corruption::Log(other.to_string().into())),
         }
     }
 }

@@ -213,6 +213,8 @@ impl JournalWriter {
             dir: dest.to_path_buf(),
             reason: reason.to_owned(),
         };
+        self.sled_layout_only("a checkpoint")
+            .map_err(|e| CheckpointError::Source(Box::new(e)))?;
         let existed = match probe::probe(dest) {
             Ok(probe::Probe::Missing) => false,
             Ok(probe::Probe::Empty) => true,

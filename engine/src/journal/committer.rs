@@ -7,9 +7,11 @@
 //! work of the next group overlaps the disk wait of the previous one.
 
 use super::keyring::SealingKey;
+use super::logindex::LogHead;
+use super::seglog::{Frame, FrameRecord, FrameWrite};
 use super::{
-    failpoint, fault, keys, record, segments, Durability, JournalConfig, Record, Shared,
-    StreamHead, StreamId,
+    failpoint, fault, keys, logstore, record, segments, Durability, JournalConfig, Record,
+    Shared, StreamHead, StreamId,
 };
 use crate::error::{AppendError, InvalidRequest, StorageError};
 use chrono::{DateTime, Utc};
@@ -241,6 +243,13 @@ pub(super) enum CommitJob {
     },
     #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     Sync { reply: ReplyTo<(), StorageError> },
+    /// Writes of no command (a key rotation's or upgrade's key entries), committed as a
+    /// group's writes are — on the segment log in a frame, so that opening re-applies them
+    /// in order with the frames' — and answered once synced.
+    Writes {
+        writes: Vec<WriteOp>,
+        reply: ReplyTo<(), StorageError>,
+    },
     /// Commit what is queued, sync it, answer the cut (the last global position, durable),
     /// then write nothing until `resume` is dropped or sent to. Appends queue meanwhile.
     /// What `JournalWriter::pause` sends: a checkpoint copies the keyspaces that commands
@@ -260,9 +269,36 @@ pub(super) struct Committer {
     db: sled::Db,
     config: JournalConfig,
     next_global: u64,
-    heads: HashMap<StreamId, StreamHead>,
+    heads: HashMap<StreamId, CommitHead>,
     syncer: mpsc::Sender<SyncBatch>,
     syncer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A stream's head as the committer builds on it: its last sequence and chain hash, and on
+/// the segment log where that record is (its entry's address, or its index in the frame
+/// being built, whose address is known once the frame has its place).
+#[derive(Clone, Copy, Debug)]
+struct CommitHead {
+    sequence: u64,
+    hash: record::Hash,
+    address: u64,
+    frame_record: Option<usize>,
+}
+
+impl CommitHead {
+    const EMPTY: CommitHead = CommitHead {
+        sequence: 0,
+        hash: record::ZERO_HASH,
+        address: 0,
+        frame_record: None,
+    };
+}
+
+/// A group written to the segment log whose sled writes wait for its `fdatasync` (see
+/// `logstore`): applied by the syncer, in order, before the group is acknowledged.
+struct LogGroup {
+    batch: sled::Batch,
+    seals: Vec<Seal>,
 }
 
 /// Work for the syncer: replies to send once everything applied before is on stable storage.
@@ -273,6 +309,8 @@ struct SyncBatch {
     shutdown: bool,
     /// The last global position applied before this hand-off: durable once synced.
     applied_through: u64,
+    /// Segment log only: the groups' sled writes, to apply after the log's sync.
+    log_groups: Vec<LogGroup>,
 }
 
 struct Syncer {
@@ -286,7 +324,14 @@ struct Syncer {
     /// store of evershard's size (where none should appear).
     segment_bytes: usize,
     blob_reported: bool,
+    /// A next segment is being zero-filled by a helper thread (segment log only).
+    preparing: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// Synced heads a checkpoint of the segment log's index waits for at most, in streams and
+/// in positions: the heads it keeps in memory, and what opening re-applies after a crash.
+const HEADS_CHECKPOINT_STREAMS: usize = 16_384;
+const HEADS_CHECKPOINT_POSITIONS: u64 = 65_536;
 
 impl Syncer {
     fn run(mut self, batches: mpsc::Receiver<SyncBatch>) {
@@ -305,6 +350,7 @@ impl Syncer {
                 batch.syncs.extend(more.syncs);
                 batch.shutdown |= more.shutdown;
                 batch.applied_through = batch.applied_through.max(more.applied_through);
+                batch.log_groups.extend(more.log_groups);
             }
             let result = if self
                 .shared
@@ -316,8 +362,15 @@ impl Syncer {
                 // A panic while syncing is a bug (or a failpoint): like a failed sync, it
                 // poisons the journal, and every waiter gets a typed error instead of a
                 // closed channel or no answer at all.
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sync()))
-                    .unwrap_or_else(|_| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match self
+                    .shared
+                    .log
+                    .is_some()
+                {
+                    true => self.sync_log(&mut batch),
+                    false => self.sync(),
+                }))
+                .unwrap_or_else(|_| {
                         self.shared
                             .poison("flush/fdatasync", &"the syncer panicked");
                         Err(StorageError::Poisoned)
@@ -346,6 +399,78 @@ impl Syncer {
             if batch.shutdown {
                 return;
             }
+            self.prepare_next_segment();
+        }
+    }
+
+    /// A group hand-off on the segment log: the log's `fdatasync`, then the groups' sled
+    /// writes (never before: see `logstore`), then the heads they moved count as synced;
+    /// explicit syncs and a shutdown also flush and sync sled (their callers wait for the
+    /// keyspaces written outside the committer: offsets, snapshots, cursors).
+    fn sync_log(&mut self, batch: &mut SyncBatch) -> Result<(), StorageError> {
+        let parts = self.shared.log.as_ref().expect("a store on the segment log");
+        #[cfg(feature = "fault-injection")]
+        if self
+            .shared
+            .fail_next_sync
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Err(std::io::Error::other("injected flush failure").into());
+        }
+        let pending = parts.write_log().take_sync()?;
+        if !fault::skip(fault::Sync::Fdatasync) {
+            failpoint::check(failpoint::FDATASYNC)?;
+            pending.run()?;
+        }
+        for group in batch.log_groups.drain(..) {
+            failpoint::check(failpoint::APPLY_BATCH)?;
+            self.db.apply_batch(group.batch)?;
+            for Seal(key) in group.seals {
+                key.mark_durable();
+            }
+        }
+        let mut index = parts.lock_index();
+        index.note_synced(batch.applied_through + 1);
+        let due = index.durable_streams() >= HEADS_CHECKPOINT_STREAMS
+            || index.durable_end() >= index.checkpointed_end() + HEADS_CHECKPOINT_POSITIONS;
+        if due || batch.shutdown {
+            index.checkpoint(&self.db)?;
+        }
+        drop(index);
+        if !batch.syncs.is_empty() || batch.shutdown {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Zero-fills the segment log's next segment on a helper thread when the active one is
+    /// past half full, so that starting it costs a rename on the committer's path.
+    fn prepare_next_segment(&mut self) {
+        use std::sync::atomic::Ordering;
+        let Some(parts) = &self.shared.log else { return };
+        let Some((path, bytes)) = parts.read_log().wants_prepared() else {
+            return;
+        };
+        if self.preparing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (shared, preparing) = (self.shared.clone(), self.preparing.clone());
+        let spawned = std::thread::Builder::new()
+            .name("evershard-segment".into())
+            .spawn(move || {
+                match super::seglog::prepare_file(&path, bytes) {
+                    Ok(file) => {
+                        if let Some(parts) = &shared.log {
+                            parts.write_log().install_prepared(file);
+                        }
+                    }
+                    // Not fatal: the committer makes the segment itself when it needs one.
+                    Err(e) => tracing::warn!(%e, "could not prepare the next log segment"),
+                }
+                preparing.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.preparing.store(false, Ordering::Release);
         }
     }
 
@@ -469,6 +594,7 @@ impl Committer {
             synced_blobs: Default::default(),
             segment_bytes: segments::segment_bytes_for(&shared.dir),
             blob_reported: false,
+            preparing: Default::default(),
         };
         let syncer_thread = std::thread::Builder::new()
             .name("evershard-syncer".into())
@@ -584,12 +710,30 @@ impl Committer {
     fn head(
         &mut self,
         stream: &StreamId,
-        staged: &HashMap<StreamId, StreamHead>,
-    ) -> Result<StreamHead, StorageError> {
+        staged: &HashMap<StreamId, CommitHead>,
+    ) -> Result<CommitHead, StorageError> {
         if let Some(h) = staged.get(stream).or_else(|| self.heads.get(stream)) {
             return Ok(*h);
         }
-        let head = super::read_head(&self.db, stream)?;
+        let head = match &self.shared.log {
+            Some(parts) => match parts.log_head(&self.db, stream)? {
+                Some(h) => CommitHead {
+                    sequence: h.sequence,
+                    hash: h.hash,
+                    address: h.address,
+                    frame_record: None,
+                },
+                None => CommitHead::EMPTY,
+            },
+            None => {
+                let StreamHead { sequence, hash } = super::read_head(&self.db, stream)?;
+                CommitHead {
+                    sequence,
+                    hash,
+                    ..CommitHead::EMPTY
+                }
+            }
+        };
         if self.heads.len() >= HEAD_CACHE_STREAMS_MAX {
             self.heads.clear();
         }
@@ -600,7 +744,17 @@ impl Committer {
     /// Commits one group; returns true when a shutdown was requested.
     fn commit_group(&mut self, group: Vec<CommitJob>) -> bool {
         let mut batch = sled::Batch::default();
-        let mut staged: HashMap<StreamId, StreamHead> = HashMap::new();
+        let mut staged: HashMap<StreamId, CommitHead> = HashMap::new();
+        // The segment log's frame, when the store is on it: the records go there instead of
+        // under `e` keys, the writes both there and (after the frame's sync) into sled.
+        let on_log = self.shared.log.is_some();
+        let mut frame = Frame {
+            first_position: self.next_global,
+            records: Vec::new(),
+            writes: Vec::new(),
+        };
+        // Per record of the frame: its predecessor's index in the frame, when it is there.
+        let mut in_frame_previous: Vec<Option<usize>> = Vec::new();
         let mut next_global = self.next_global;
         let mut runs: Vec<keys::GlobalRun> = Vec::new();
         let mut pending: Vec<Reply> = Vec::new();
@@ -616,6 +770,16 @@ impl Committer {
         for job in group {
             let (request, reply) = match job {
                 CommitJob::Sync { reply } => {
+                    syncs.push(reply);
+                    continue;
+                }
+                CommitJob::Writes { writes, reply } => {
+                    if !writes.is_empty() {
+                        any_writes = true;
+                    }
+                    for op in writes {
+                        write(&mut batch, &mut frame, on_log, op);
+                    }
                     syncs.push(reply);
                     continue;
                 }
@@ -693,13 +857,26 @@ impl Committer {
                     record.at_rest = record::AtRest::Sealed;
                 }
                 let bytes = record.encode();
-                batch.insert(
-                    keys::stream_key(keys::EVENTS, &request.stream, sequence),
-                    bytes.as_slice(),
-                );
-                prev = StreamHead {
+                let hash = record::hash(&bytes);
+                let frame_record = if on_log {
+                    in_frame_previous.push(prev.frame_record);
+                    frame.records.push(FrameRecord {
+                        previous_address: prev.address,
+                        bytes,
+                    });
+                    Some(frame.records.len() - 1)
+                } else {
+                    batch.insert(
+                        keys::stream_key(keys::EVENTS, &request.stream, sequence),
+                        bytes,
+                    );
+                    None
+                };
+                prev = CommitHead {
                     sequence,
-                    hash: record::hash(&bytes),
+                    hash,
+                    address: 0,
+                    frame_record,
                 };
                 record_hashes.push(prev.hash);
                 next_global += 1;
@@ -708,10 +885,7 @@ impl Committer {
             }
             if let Some(seal) = request.seal {
                 for op in seal.0.pending_writes() {
-                    match op {
-                        WriteOp::Put { key, value } => batch.insert(key, value),
-                        WriteOp::Remove { key } => batch.remove(key),
-                    }
+                    write(&mut batch, &mut frame, on_log, op);
                 }
                 seals.push(seal);
             }
@@ -727,9 +901,9 @@ impl Committer {
                                 continue;
                             }
                         }
-                        batch.insert(key, value)
+                        write(&mut batch, &mut frame, on_log, WriteOp::Put { key, value });
                     }
-                    WriteOp::Remove { key } => batch.remove(key),
+                    op @ WriteOp::Remove { .. } => write(&mut batch, &mut frame, on_log, op),
                 }
             }
             // The stream moved by exactly one sequence per event, from the expected version.
@@ -757,8 +931,12 @@ impl Committer {
             keys::global_entry_len(&runs),
             next_global - self.next_global
         );
+        // (On the segment log, positions are the frame's, and there is no global index.)
         let mut position = self.next_global;
         for chunk in runs.chunks(keys::GLOBAL_ENTRY_RUNS_MAX) {
+            if on_log {
+                break;
+            }
             batch.insert(
                 &keys::global_key(position)[..],
                 keys::global_entry_value(chunk),
@@ -768,14 +946,34 @@ impl Committer {
         for chunk in sweep_keys.chunks(keys::IDEMPOTENCY_GROUP_KEYS_MAX) {
             let listed: Vec<(i64, &[u8])> = chunk.iter().map(|(at, k)| (*at, &k[..])).collect();
             let (key, value) = keys::idempotency_group_entry(&listed);
-            batch.insert(key, value);
+            write(&mut batch, &mut frame, on_log, WriteOp::Put { key, value });
         }
+        let durable = matches!(self.config.durability, Durability::Durable);
+        // On the segment log: the group's sled writes, applied after the frame's sync (or
+        // at once in buffered mode, which acknowledges before it).
+        let mut log_group = None;
         if any_writes {
-            let written = failpoint::check(failpoint::APPLY_BATCH)
-                .map_err(sled::Error::Io)
-                .and_then(|()| self.db.apply_batch(batch));
-            if let Err(e) = written {
-                let err = StorageError::from(e);
+            let written = if on_log {
+                self.write_frame(frame, &in_frame_previous, &mut staged, &mut batch)
+                    .and_then(|()| match durable {
+                        true => {
+                            log_group = Some(LogGroup {
+                                batch: std::mem::take(&mut batch),
+                                seals: std::mem::take(&mut seals),
+                            });
+                            Ok(())
+                        }
+                        false => failpoint::check(failpoint::APPLY_BATCH)
+                            .map_err(StorageError::from)
+                            .and_then(|()| Ok(self.db.apply_batch(batch)?)),
+                    })
+            } else {
+                failpoint::check(failpoint::APPLY_BATCH)
+                    .map_err(sled::Error::Io)
+                    .and_then(|()| self.db.apply_batch(batch))
+                    .map_err(StorageError::from)
+            };
+            if let Err(err) = written {
                 self.shared.poison("batch write", &err);
                 for (reply, _) in pending {
                     let _ = reply.send(Err(AppendError::Storage(err.clone())));
@@ -788,6 +986,7 @@ impl Committer {
                         syncs,
                         shutdown,
                         applied_through: 0,
+                        log_groups: Vec::new(),
                     });
                 }
                 return shutdown;
@@ -808,12 +1007,12 @@ impl Committer {
         // The group is in sled: later groups build on these heads. If the sync below fails,
         // the journal is poisoned and no later group is written, so they never mislead.
         self.publish(staged, next_global);
-        let durable = matches!(self.config.durability, Durability::Durable);
         let mut handoff = SyncBatch {
             replies: Vec::new(),
             syncs,
             shutdown,
             applied_through: next_global - 1,
+            log_groups: log_group.into_iter().collect(),
         };
         if durable {
             handoff.replies = pending;
@@ -824,19 +1023,95 @@ impl Committer {
                 let _ = reply.send(result);
             }
         }
-        if !handoff.replies.is_empty() || !handoff.syncs.is_empty() || shutdown {
+        // On the segment log every written group goes to the syncer: in buffered mode too,
+        // where its sync runs behind the acknowledgement.
+        if !handoff.replies.is_empty()
+            || !handoff.syncs.is_empty()
+            || shutdown
+            || (on_log && any_writes)
+        {
             self.hand_to_syncer(handoff);
         }
         shutdown
     }
 
-    fn publish(&mut self, staged: HashMap<StreamId, StreamHead>, next_global: u64) {
+    /// Writes the group's frame to the segment log (one `pwrite`; the syncer syncs it),
+    /// fills in the pointers to predecessors in the same frame, moves the staged heads to
+    /// their records' addresses and the index's heads with them, and adds the cursor of the
+    /// frame's writes to `batch`.
+    fn write_frame(
+        &mut self,
+        mut frame: Frame,
+        in_frame_previous: &[Option<usize>],
+        staged: &mut HashMap<StreamId, CommitHead>,
+        batch: &mut sled::Batch,
+    ) -> Result<(), StorageError> {
+        let parts = self.shared.log.as_ref().expect("a store on the segment log");
+        failpoint::check(failpoint::APPLY_BATCH)?;
+        let mut log = parts.write_log();
+        let address = log.reserve(&frame)?;
+        let addresses = frame.record_addresses(address);
+        for (record, previous) in frame.records.iter_mut().zip(in_frame_previous) {
+            if let Some(i) = previous {
+                record.previous_address = addresses[*i];
+            }
+        }
+        let written = log.append(&frame)?;
+        assert_eq!(written, address, "the frame went where it was reserved");
+        drop(log);
+        batch.insert(
+            logstore::writes_cursor_key(),
+            &(address + frame.encoded_len() as u64).to_le_bytes()[..],
+        );
+        let mut heads = Vec::with_capacity(staged.len());
+        for (stream, head) in staged.iter_mut() {
+            if let Some(i) = head.frame_record.take() {
+                head.address = addresses[i];
+                heads.push((
+                    stream.clone(),
+                    LogHead {
+                        sequence: head.sequence,
+                        position: frame.first_position + i as u64,
+                        address: head.address,
+                        hash: head.hash,
+                    },
+                ));
+            }
+        }
+        parts
+            .lock_index()
+            .note_committed(frame.end_position(), heads);
+        Ok(())
+    }
+
+    fn publish(&mut self, staged: HashMap<StreamId, CommitHead>, next_global: u64) {
         assert!(
             next_global >= self.next_global,
             "global position moved backwards"
         );
         self.next_global = next_global;
         self.heads.extend(staged);
+    }
+}
+
+/// One write of a group: into the sled batch, and on the segment log into the frame too.
+fn write(batch: &mut sled::Batch, frame: &mut Frame, on_log: bool, op: WriteOp) {
+    match op {
+        WriteOp::Put { key, value } => {
+            if on_log {
+                frame.writes.push(FrameWrite::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                });
+            }
+            batch.insert(key, value);
+        }
+        WriteOp::Remove { key } => {
+            if on_log {
+                frame.writes.push(FrameWrite::Remove { key: key.clone() });
+            }
+            batch.remove(key);
+        }
     }
 }
 

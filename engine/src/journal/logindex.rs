@@ -12,7 +12,7 @@
 //! the heads before it, which the checkpoint that wrote the cursor also wrote).
 //!
 //! ```text
-//! h | stream part (as in event keys)    sequence u64 LE | position u64 LE | address u64 LE
+//! H | stream part (as in event keys)    sequence u64 LE | position u64 LE | address u64 LE
 //!                                        | SHA-256 of the record
 //! m | "log-applied"                      position u64 LE: every frame before it is in the heads
 //! ```
@@ -21,10 +21,10 @@ use super::keys;
 use super::record::{self, Hash, RecordError, RecordView};
 use super::seglog::{Frame, SegLogError, SegmentLog};
 use super::StreamId;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 /// The heads keyspace.
-pub const HEADS: u8 = b'h';
+pub const HEADS: u8 = b'H';
 /// Bytes of a head entry's value.
 const HEAD_VALUE_BYTES: usize = 8 + 8 + 8 + 32;
 
@@ -87,6 +87,23 @@ impl LogHead {
     }
 }
 
+/// A stored head entry's value.
+pub fn decode_head(bytes: &[u8]) -> Result<LogHead, LogIndexError> {
+    LogHead::decode(bytes)
+}
+
+/// The stored cursor (`m | "log-applied"`): every frame before it is in the stored heads.
+pub fn stored_cursor(db: &sled::Db) -> Result<Option<u64>, LogIndexError> {
+    db.get(cursor_key())?
+        .map(|v| {
+            v.as_ref()
+                .try_into()
+                .map(u64::from_le_bytes)
+                .map_err(|_| LogIndexError::Malformed("cursor length"))
+        })
+        .transpose()
+}
+
 fn cursor_key() -> Vec<u8> {
     [&[keys::META][..], b"log-applied"].concat()
 }
@@ -98,32 +115,40 @@ fn head_key(stream: &StreamId) -> Vec<u8> {
 /// The heads of a segment log's streams.
 #[derive(Debug)]
 pub struct LogIndex {
-    /// Heads moved since the last checkpoint, by head key.
-    dirty: HashMap<Vec<u8>, LogHead>,
-    /// The position after the last applied frame.
+    /// Every head moved since the last checkpoint, synced or not, by head key: what readers
+    /// and the committer see.
+    latest: HashMap<Vec<u8>, LogHead>,
+    /// The heads of frames synced since the last checkpoint: what the next one writes. A
+    /// checkpoint never writes a head of an unsynced frame, so that its cursor and heads
+    /// are always a state the log can reproduce after a crash.
+    durable: HashMap<Vec<u8>, LogHead>,
+    /// Frames the committer noted and the log has not synced yet: (end position, heads).
+    unsynced: VecDeque<(u64, Vec<(Vec<u8>, LogHead)>)>,
+    /// The position after the last applied or noted frame.
     applied: u64,
+    /// The position after the last synced frame.
+    durable_end: u64,
+    /// The cursor the last checkpoint wrote (or the one found at open).
+    checkpointed_end: u64,
 }
 
 impl LogIndex {
     /// The index of `log` as `db` holds it, brought up to the log's end by applying the
     /// frames after the stored cursor (those a lost or missing checkpoint did not cover).
     pub fn open(db: &sled::Db, log: &SegmentLog) -> Result<LogIndex, LogIndexError> {
-        let applied = match db.get(cursor_key())? {
-            Some(v) => u64::from_le_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| LogIndexError::Malformed("cursor length"))?,
-            ),
-            None => log.first_position(),
-        };
+        let applied = stored_cursor(db)?.unwrap_or(log.first_position());
         if applied > log.next_position() {
             // The cursor covers only synced frames, and the log keeps every synced frame
             // (its durable floor is this cursor): a log shorter than that lost data.
             return Err(LogIndexError::Malformed("the cursor is past the log's end"));
         }
         let mut index = LogIndex {
-            dirty: HashMap::new(),
+            latest: HashMap::new(),
+            durable: HashMap::new(),
+            unsynced: VecDeque::new(),
             applied,
+            durable_end: applied,
+            checkpointed_end: applied,
         };
         for frame in log.frames_from(applied) {
             let (address, frame) = frame?;
@@ -139,7 +164,50 @@ impl LogIndex {
 
     /// Heads moved since the last checkpoint.
     pub fn dirty_streams(&self) -> usize {
-        self.dirty.len()
+        self.latest.len()
+    }
+
+    /// Heads a checkpoint would write now (those of synced frames).
+    pub fn durable_streams(&self) -> usize {
+        self.durable.len()
+    }
+
+    /// The position after the last synced frame.
+    pub fn durable_end(&self) -> u64 {
+        self.durable_end
+    }
+
+    /// The cursor the last checkpoint wrote (or the stored one at open).
+    pub fn checkpointed_end(&self) -> u64 {
+        self.checkpointed_end
+    }
+
+    /// Moves the heads of a frame the committer just wrote (not synced yet), without
+    /// checking its records again: the committer built them from these very heads. Readers
+    /// see them at once; a checkpoint writes them only after [`Self::note_synced`].
+    pub fn note_committed(&mut self, end_position: u64, heads: Vec<(StreamId, LogHead)>) {
+        assert!(end_position >= self.applied, "frames noted out of order");
+        let heads: Vec<(Vec<u8>, LogHead)> = heads
+            .into_iter()
+            .map(|(stream, head)| (head_key(&stream), head))
+            .collect();
+        for (key, head) in &heads {
+            self.latest.insert(key.clone(), *head);
+        }
+        self.applied = end_position;
+        self.unsynced.push_back((end_position, heads));
+    }
+
+    /// Every frame before `end_position` is on stable storage.
+    pub fn note_synced(&mut self, end_position: u64) {
+        while let Some((end, _)) = self.unsynced.front() {
+            if *end > end_position {
+                break;
+            }
+            let (end, heads) = self.unsynced.pop_front().expect("a front");
+            self.durable.extend(heads);
+            self.durable_end = self.durable_end.max(end);
+        }
     }
 
     /// Moves the heads of `frame`'s streams. Only a synced frame may be applied: a checkpoint
@@ -153,6 +221,10 @@ impl LogIndex {
         address: u64,
         frame: &Frame,
     ) -> Result<(), LogIndexError> {
+        assert!(
+            self.unsynced.is_empty(),
+            "a checked frame applied behind unsynced ones"
+        );
         if frame.first_position != self.applied {
             return Err(LogIndexError::Gap {
                 expected: self.applied,
@@ -177,7 +249,7 @@ impl LogIndex {
                 return Err(chain("its header names another position"));
             }
             let key = head_key(&stream);
-            let head = match self.dirty.get(&key) {
+            let head = match self.latest.get(&key) {
                 Some(head) => Some(*head),
                 None => db.get(&key)?.map(|v| LogHead::decode(&v)).transpose()?,
             };
@@ -196,39 +268,58 @@ impl LogIndex {
                     }
                 }
             }
-            self.dirty.insert(
-                key,
-                LogHead {
-                    sequence: view.sequence,
-                    position,
-                    address: addresses[i],
-                    hash: record::hash(&r.bytes),
-                },
-            );
+            let head = LogHead {
+                sequence: view.sequence,
+                position,
+                address: addresses[i],
+                hash: record::hash(&r.bytes),
+            };
+            self.latest.insert(key.clone(), head);
+            self.durable.insert(key, head);
         }
         self.applied = frame.end_position();
+        self.durable_end = self.applied;
         Ok(())
     }
 
-    /// Writes the moved heads and the cursor in one sled batch (not synced; see the module
-    /// docs) and forgets them from memory.
+    /// Writes the heads of the synced frames and the cursor after them in one sled batch
+    /// (not synced; see the module docs) and forgets from memory those no later frame moved.
     pub fn checkpoint(&mut self, db: &sled::Db) -> Result<(), LogIndexError> {
         let mut batch = sled::Batch::default();
-        for (key, head) in self.dirty.drain() {
-            batch.insert(key, &head.encode()[..]);
+        for (key, head) in &self.durable {
+            batch.insert(&key[..], &head.encode()[..]);
         }
-        batch.insert(cursor_key(), &self.applied.to_le_bytes()[..]);
+        batch.insert(cursor_key(), &self.durable_end.to_le_bytes()[..]);
         db.apply_batch(batch)?;
+        self.checkpointed_end = self.durable_end;
+        for (key, head) in self.durable.drain() {
+            if self.latest.get(&key) == Some(&head) {
+                self.latest.remove(&key);
+            }
+        }
         Ok(())
     }
 
     /// The stream's head: moved since the last checkpoint, or as checkpointed.
     pub fn head(&self, db: &sled::Db, stream: &StreamId) -> Result<Option<LogHead>, LogIndexError> {
         let key = head_key(stream);
-        match self.dirty.get(&key) {
+        match self.latest.get(&key) {
             Some(head) => Ok(Some(*head)),
             None => db.get(&key)?.map(|v| LogHead::decode(&v)).transpose(),
         }
+    }
+
+    /// Every head moved since the last checkpoint whose key starts with `prefix` (a head
+    /// key prefix), sorted by key: what a listing merges with the checkpointed heads.
+    pub fn latest_heads(&self, prefix: &[u8]) -> Vec<(Vec<u8>, LogHead)> {
+        let mut out: Vec<(Vec<u8>, LogHead)> = self
+            .latest
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, h)| (k.clone(), *h))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// The stream's records from sequence `from` (at least 1) to its head, oldest first, as
@@ -241,9 +332,24 @@ impl LogIndex {
         stream: &StreamId,
         from: u64,
     ) -> Result<Vec<(u64, Vec<u8>)>, LogIndexError> {
-        let Some(head) = self.head(db, stream)? else {
-            return Ok(Vec::new());
-        };
+        match self.head(db, stream)? {
+            Some(head) => read_back(log, stream, head, from),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// A stream's records from sequence `from` (at least 1) to `head`, oldest first, as
+/// (position, bytes): read backwards along the previous-address pointers, one read per
+/// record, each record's place and chain checked against the one after it (the first one
+/// read against the head's hash).
+pub fn read_back(
+    log: &SegmentLog,
+    stream: &StreamId,
+    head: LogHead,
+    from: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, LogIndexError> {
+    {
         let from = from.max(1);
         let mut out = Vec::with_capacity(head.sequence.saturating_sub(from) as usize + 1);
         let (mut address, mut sequence, mut hash) = (head.address, head.sequence, head.hash);

@@ -213,6 +213,21 @@ impl Journal {
         from: u64,
         to: u64,
     ) -> Result<Vec<StoredRecord>, StorageError> {
+        if let Some(log) = &self.shared.log {
+            let mut out = Vec::with_capacity((to + 1).saturating_sub(from) as usize);
+            log.visit_positions(from, to, |position, bytes| {
+                let view = super::record::RecordView::check(bytes)
+                    .map_err(|e| StorageError::corrupt_store(Corruption::Record(e)))?;
+                out.push(StoredRecord {
+                    position,
+                    stream: StreamId::new(view.aggregate_type, view.aggregate_id),
+                    sequence: view.sequence,
+                    bytes: bytes.to_vec(),
+                });
+                Ok::<(), StorageError>(())
+            })?;
+            return Ok(out);
+        }
         let db = self.shared.db()?;
         let mut out: Vec<StoredRecord> = Vec::with_capacity((to + 1).saturating_sub(from) as usize);
         let mut run: Vec<(u64, StreamId, u64)> = Vec::new();
@@ -316,6 +331,7 @@ impl Journal {
         stream: &StreamId,
         sequence: u64,
     ) -> Result<(), StorageError> {
+        self.sled_layout_only("delete_record_for_tests")?;
         let db = self.shared.db()?;
         db.remove(keys::stream_key(keys::EVENTS, stream, sequence))?
             .ok_or_else(|| StorageError::corrupt(stream, sequence, Corruption::MissingRecord))?;
@@ -329,6 +345,7 @@ impl Journal {
         a: (&StreamId, u64),
         b: (&StreamId, u64),
     ) -> Result<(), StorageError> {
+        self.sled_layout_only("swap_records_for_tests")?;
         let db = self.shared.db()?;
         let key_a = keys::stream_key(keys::EVENTS, a.0, a.1);
         let key_b = keys::stream_key(keys::EVENTS, b.0, b.1);
@@ -344,6 +361,7 @@ impl Journal {
     /// Cuts the log after global position `keep`: the later events' records and their
     /// global index entries are removed, as if the log had been truncated.
     pub fn truncate_log_for_tests(&self, keep: u64) -> Result<(), StorageError> {
+        self.sled_layout_only("truncate_log_for_tests")?;
         let db = self.shared.db()?;
         let doomed: Vec<(u64, StreamId, u64)> =
             self.read_global(keep + 1).collect::<Result<_, _>>()?;

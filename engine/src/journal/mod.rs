@@ -19,15 +19,16 @@ mod probe;
 pub(crate) mod publisher;
 pub(crate) mod record;
 pub(crate) mod segments;
-// Increments 1 and 2a of the segment log (docs/design.md, "The next write path"): built and
-// tested, not yet written by the committer.
-#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+// The segment log (docs/design.md, "The next write path"): the committer writes it for
+// stores made with `WritePath::Log`.
 pub(crate) mod logindex;
+mod logstore;
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 pub(crate) mod seglog;
 mod snapfile;
 pub(crate) mod topics;
 mod verify;
+mod verify_log;
 
 // The writing types are public only with `fault-injection` (see lib.rs).
 pub use checkpoint::{CheckpointInfo, CheckpointMark};
@@ -78,6 +79,9 @@ pub struct JournalConfig {
     /// in its actor, so the cache serves recoveries, lookups of new streams and scans, which
     /// the OS page cache backs anyway.
     pub cache_bytes: u64,
+    /// Where a **new** store keeps its events; a store keeps the write path it was made
+    /// with, whatever this says.
+    pub write_path: WritePath,
 }
 
 impl Default for JournalConfig {
@@ -87,6 +91,34 @@ impl Default for JournalConfig {
             batch_events_max: 4096,
             batch_bytes_max: 8 * 1024 * 1024,
             cache_bytes: 32 * 1024 * 1024,
+            write_path: WritePath::from_env(),
+        }
+    }
+}
+
+/// Where a store keeps its events (docs/design.md, "The next write path").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WritePath {
+    /// Every record under its own sled key, with a global index in sled: every store made
+    /// before the segment log, and the default.
+    Sled,
+    /// Records in the append-only segment log (`<store>/log`), one frame and one
+    /// `fdatasync` per group commit; sled keeps stream heads (checkpointed), timers,
+    /// idempotency records, keys, topics and snapshots. Not yet read by `verify`,
+    /// checkpoints or the record-tampering test hooks ([`StorageError::NotOnLog`]).
+    Log,
+}
+
+impl WritePath {
+    /// The variable that picks the default for new stores (`sled` or `log`): how the test
+    /// suite runs in both positions (`.ci/run` runs the engine's tests once with `log`).
+    pub const ENV: &'static str = "EVERSHARD_WRITE_PATH";
+
+    /// [`WritePath::Log`] when `EVERSHARD_WRITE_PATH=log`, else [`WritePath::Sled`].
+    pub fn from_env() -> WritePath {
+        match std::env::var(Self::ENV).as_deref() {
+            Ok("log") => WritePath::Log,
+            _ => WritePath::Sled,
         }
     }
 }
@@ -127,6 +159,8 @@ struct Shared {
     /// The SHA-256 of each record the committer wrote, in global order, for the Merkle tree
     /// maintainer (`None` until one starts): what spares it reading every record back.
     record_hashes: Mutex<Option<merkle::RecordHashFeed>>,
+    /// The segment log and its heads, for a store on [`WritePath::Log`].
+    log: Option<logstore::LogParts>,
     /// Fault injection: while set, the syncer waits before each sync.
     #[cfg(feature = "fault-injection")]
     pub(crate) syncs_held: AtomicBool,
@@ -206,8 +240,9 @@ impl Drop for Shared {
 }
 
 impl Shared {
-    fn new(db: sled::Db, dir: PathBuf) -> Arc<Shared> {
+    fn new(db: sled::Db, dir: PathBuf, log: Option<logstore::LogParts>) -> Arc<Shared> {
         Arc::new(Shared {
+            log,
             db: RwLock::new(Some(db)),
             dir,
             poisoned: AtomicBool::new(false),
@@ -691,6 +726,9 @@ impl JournalWriter {
                 });
             }
             None => {
+                if config.write_path == WritePath::Log {
+                    logstore::mark_log_store(&db).map_err(|e| OpenError::storage(&dir, e))?;
+                }
                 db.insert(&meta_key, STORE_FORMAT).map_err(sled_err)?;
                 db.flush().map_err(sled_err)?;
                 // A new store: make its files' directory entries durable too, and sled's
@@ -723,8 +761,16 @@ impl JournalWriter {
         // sled 0.34's flush() ends in sync_file_range, which does not reach stable storage
         // (spacejam/sled#1452). Durable mode fdatasyncs sled's data file itself.
         let data_file = File::open(dir.join("db")).map_err(io)?;
-        let next_global = last_global_position(&db).map_err(|e| OpenError::storage(&dir, e))? + 1;
-        let shared = Shared::new(db.clone(), dir.clone());
+        let storage = |e| OpenError::storage(&dir, e);
+        let log = match logstore::is_log_store(&db).map_err(storage)? {
+            true => Some(logstore::LogParts::open_writable(&dir, &db).map_err(storage)?),
+            false => None,
+        };
+        let next_global = match &log {
+            Some(log) => log.next_position(),
+            None => last_global_position(&db).map_err(storage)? + 1,
+        };
+        let shared = Shared::new(db.clone(), dir.clone(), log);
         *shared.writer_lock.lock().unwrap_or_else(|e| e.into_inner()) = lock_marker(&dir);
         // What sled recovered at open is what survived: the watermark starts there.
         shared.mark_durable(next_global - 1);
@@ -883,17 +929,19 @@ impl JournalWriter {
 
     /// Applies key entries (a rotation's re-wrapped keys, an upgrade's new ones) as one
     /// atomic batch and syncs it: neither reports before its keys are durable.
-    fn apply_key_writes(&self, db: &sled::Db, writes: Vec<WriteOp>) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for op in writes {
-            match op {
-                WriteOp::Put { key, value } => batch.insert(key, value),
-                WriteOp::Remove { key } => batch.remove(key),
-            }
-        }
+    /// They go through the committer, as a group's writes do: on the segment log a frame
+    /// holds them, so that what opening re-applies after a crash keeps their order with the
+    /// commands' key writes.
+    fn apply_key_writes(&self, writes: Vec<WriteOp>) -> Result<(), StorageError> {
         self.shared.check_writable()?;
-        db.apply_batch(batch)?;
-        self.sync()
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(CommitJob::Writes {
+                writes,
+                reply: ReplyTo::new(reply, self.shared.clone()),
+            })
+            .map_err(|_| StorageError::Closed)?;
+        rx.blocking_recv().map_err(|_| self.shared.gone())?
     }
 
     /// Re-wraps every data key under the provider's current master key, durably; returns
@@ -919,7 +967,7 @@ impl JournalWriter {
             if count == 0 {
                 break;
             }
-            self.apply_key_writes(&db, writes)?;
+            self.apply_key_writes(writes)?;
             total += count;
         }
         Ok(total)
@@ -938,7 +986,7 @@ impl JournalWriter {
             total += self
                 .shared
                 .keyring
-                .upgrade(&db, chunk, |writes| self.apply_key_writes(&db, writes))
+                .upgrade(&db, chunk, |writes| self.apply_key_writes(writes))
                 .map_err(key_lookup_error)?;
         }
         Ok(total)
@@ -1200,8 +1248,19 @@ impl Journal {
                 source_dir: mark.source_dir,
             });
         }
-        let last = last_global_position(&db).map_err(|e| OpenError::storage(&dir, e))?;
-        let mut shared = Shared::new(db, dir);
+        let storage = |e| OpenError::storage(&dir, e);
+        let log = match logstore::is_log_store(&db).map_err(storage)? {
+            true => Some(
+                logstore::LogParts::open_read_only(private_copy.as_deref().unwrap_or(&dir), &db)
+                    .map_err(storage)?,
+            ),
+            false => None,
+        };
+        let last = match &log {
+            Some(log) => log.next_position() - 1,
+            None => last_global_position(&db).map_err(storage)?,
+        };
+        let mut shared = Shared::new(db, dir, log);
         Arc::get_mut(&mut shared)
             .expect("a new journal has one handle")
             .private_copy = private_copy;
@@ -1249,7 +1308,28 @@ impl Journal {
 
     /// The head of a stream: its last sequence (0 when empty) and the hash of its last record.
     pub fn head(&self, stream: &StreamId) -> Result<StreamHead, StorageError> {
-        read_head(&self.shared.db()?, stream)
+        let db = self.shared.db()?;
+        match &self.shared.log {
+            Some(log) => log.head(&db, stream),
+            None => read_head(&db, stream),
+        }
+    }
+
+    /// The segment log of a store on [`WritePath::Log`], or `what` refused with
+    /// [`StorageError::NotOnLog`] there, for the readers that know only the sled layout.
+    pub(crate) fn sled_layout_only(&self, what: &'static str) -> Result<(), StorageError> {
+        match self.shared.log {
+            Some(_) => Err(StorageError::NotOnLog { what }),
+            None => Ok(()),
+        }
+    }
+
+    /// The write path this store keeps its events on.
+    pub fn write_path(&self) -> WritePath {
+        match self.shared.log {
+            Some(_) => WritePath::Log,
+            None => WritePath::Sled,
+        }
     }
 
     /// The records of a stream with `from <= sequence <= to`, in order. A record that fails
@@ -1285,6 +1365,19 @@ impl Journal {
             Ok(db) => db,
             Err(e) => return failed(e),
         };
+        if let Some(log) = &self.shared.log {
+            // Read back from the head: each record's chain is checked against the one after it.
+            let stream = stream.clone();
+            return match log.read_stream(&db, &stream, from, to) {
+                Err(e) => failed(e),
+                Ok(records) => reads(
+                    records
+                        .into_iter()
+                        .zip(from..)
+                        .map(move |((_, bytes), sequence)| decode_checked(&stream, sequence, &bytes)),
+                ),
+            };
+        }
         // The chain link into the first record read: the stored record before it.
         let mut prev: Option<(u64, record::Hash)> = if from == 1 {
             Some((0, record::ZERO_HASH))
@@ -1338,6 +1431,16 @@ impl Journal {
             return Ok(());
         }
         let db = self.shared.db()?;
+        let mut opener: Option<Opener> = None;
+        let mut buffer = Vec::new();
+        if let Some(log) = &self.shared.log {
+            // Read back from the head, each record's chain checked against the one after it.
+            for ((_, bytes), sequence) in log.read_stream(&db, stream, from, to)?.iter().zip(from..) {
+                let view = view_checked(stream, sequence, bytes)?;
+                self.visit_opened(&db, &view, &mut opener, &mut buffer, &mut visit)?;
+            }
+            return Ok(());
+        }
         // The chain link into the first record read: the stored record before it.
         let mut prev: Option<(u64, record::Hash)> = if from == 1 {
             Some((0, record::ZERO_HASH))
@@ -1352,12 +1455,6 @@ impl Journal {
         // shape reads as 0, which the record's place check then names, as `read_stream`
         // does).
         let prefix_len = start.len() - 8;
-        // A stream's sealed records name one key (two or more across an upgrade), so the
-        // key is looked up when the id changes or an erasure happened since (the keyring's
-        // epoch moves with every erasure), not once per record; each payload is opened in
-        // one buffer reused across records. Both were a measurable part of a sealed replay.
-        let mut opener: Option<Opener> = None;
-        let mut buffer = Vec::new();
         for entry in db.range(start.as_slice()..=end.as_slice()) {
             let (key, value) = entry?;
             let sequence = match key.split_at_checked(prefix_len) {
@@ -1377,20 +1474,36 @@ impl Journal {
                 ));
             }
             prev = Some((sequence, record::hash(&value)));
-            if view.encrypted {
-                let plain = self.open_reusing(
-                    &db,
-                    (view.aggregate_type, view.aggregate_id, sequence),
-                    view.payload,
-                    &mut opener,
-                    &mut buffer,
-                )?;
-                visit(&view, plain)?;
-            } else {
-                visit(&view, view.payload)?;
-            }
+            self.visit_opened(&db, &view, &mut opener, &mut buffer, &mut visit)?;
         }
         Ok(())
+    }
+
+    /// Hands `view` to `visit` with its payload in plain. A stream's sealed records name one
+    /// key (two or more across an upgrade), so the key is looked up when the id changes or an
+    /// erasure happened since (the keyring's epoch moves with every erasure), not once per
+    /// record; each payload is opened in one buffer reused across records. Both were a
+    /// measurable part of a sealed replay.
+    fn visit_opened(
+        &self,
+        db: &sled::Db,
+        view: &record::RecordView<'_>,
+        opener: &mut Option<Opener>,
+        buffer: &mut Vec<u8>,
+        visit: &mut impl FnMut(&record::RecordView<'_>, &[u8]) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        if view.encrypted {
+            let plain = self.open_reusing(
+                db,
+                (view.aggregate_type, view.aggregate_id, view.sequence),
+                view.payload,
+                opener,
+                buffer,
+            )?;
+            visit(view, plain)
+        } else {
+            visit(view, view.payload)
+        }
     }
 
     /// Sets the key provider that opens encrypted payloads (and, for an engine's journal,
@@ -1746,6 +1859,12 @@ impl Journal {
             Ok(db) => db,
             Err(e) => return failed(e),
         };
+        if let Some(log) = &self.shared.log {
+            return match log.streams(&db, aggregate_type) {
+                Ok(streams) => reads(streams.into_iter().map(Ok)),
+                Err(e) => failed(e),
+            };
+        }
         let prefix = match aggregate_type {
             Some(t) => {
                 let mut p = vec![keys::EVENTS, t.len() as u8];
@@ -1797,6 +1916,9 @@ impl Journal {
             Ok(db) => db,
             Err(e) => return failed(e),
         };
+        if let Some(log) = &self.shared.log {
+            return log_global(log, from_position);
+        }
         // The index entry holding `from_position` starts at or before it.
         let start = match db.range(..=keys::global_key(from_position)).next_back() {
             Some(Ok((key, _))) if key.first() == Some(&keys::GLOBAL) => key.to_vec(),
@@ -1832,6 +1954,31 @@ impl Journal {
             Ok(db) => db,
             Err(e) => return failed(e),
         };
+        if let Some(log) = &self.shared.log {
+            // Callers read the recent past: a frame at a time from the end.
+            let mut next = Some(log.next_position());
+            let mut buffered: std::vec::IntoIter<Result<(u64, StreamId, u64), StorageError>> =
+                Vec::new().into_iter();
+            return reads(std::iter::from_fn(move || loop {
+                if let Some(item) = buffered.next() {
+                    return Some(item);
+                }
+                let before = next.take().filter(|&p| p > 1)?;
+                let mut chunk = Vec::new();
+                let mut first = before;
+                let visited = log.visit_positions_rev_from(before, |position, bytes| {
+                    first = position;
+                    chunk.push(global_place(position, bytes));
+                    Ok(chunk.len() < GLOBAL_READ_CHUNK)
+                });
+                if let Err(e) = visited {
+                    chunk.push(Err(e));
+                } else if !chunk.is_empty() {
+                    next = Some(first);
+                }
+                buffered = chunk.into_iter();
+            }));
+        }
         reads(
             db.range(keys::global_key(0).to_vec()..=keys::global_key(u64::MAX).to_vec())
                 .rev()
@@ -1863,8 +2010,13 @@ impl Journal {
         stream: &StreamId,
         sequence: u64,
     ) -> Result<Option<Vec<u8>>, StorageError> {
+        let db = self.shared.db()?;
+        if let Some(log) = &self.shared.log {
+            let mut records = log.read_stream(&db, stream, sequence, sequence)?;
+            return Ok(records.pop().map(|(_, bytes)| bytes));
+        }
         let key = keys::stream_key(keys::EVENTS, stream, sequence);
-        Ok(self.shared.db()?.get(key)?.map(|v| v.to_vec()))
+        Ok(db.get(key)?.map(|v| v.to_vec()))
     }
 
     /// Snapshots of a stream as (sequence, bytes), newest first: each a whole record (one
@@ -2002,6 +2154,11 @@ impl Journal {
         }
         stats.last_global_position = last_global_position(&db)?;
         stats.disk_bytes = db.size_on_disk()?;
+        if let Some(log) = &self.shared.log {
+            (stats.events, stats.event_bytes) = log.count()?;
+            stats.last_global_position = log.next_position() - 1;
+            stats.disk_bytes += dir_bytes(&self.shared.dir.join(logstore::LOG_DIR))?;
+        }
         Ok(stats)
     }
 
@@ -2018,6 +2175,9 @@ impl Journal {
     /// [`Journal::verify`] limited to a scope, with a thread count and progress callback.
     pub fn verify_with(&self, options: &VerifyOptions<'_>) -> VerifyReport {
         match self.shared.db() {
+            Ok(db) if self.shared.log.is_some() => {
+                verify_log::verify(&db, self.shared.log.as_ref().expect("checked"), options)
+            }
             Ok(db) => verify::verify(&db, options),
             Err(e) => {
                 let mut report = VerifyReport::default();
@@ -2168,6 +2328,7 @@ impl Journal {
         sequence: u64,
         edit: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), StorageError> {
+        self.sled_layout_only("rewriting a stored record")?;
         let db = self.shared.db()?;
         let key = keys::stream_key(keys::EVENTS, stream, sequence);
         let mut value = db
@@ -2210,6 +2371,64 @@ pub(crate) fn expand_runs(
         position += run.count as u64;
         (0..run.count as u64).map(move |i| (start + i, run.stream.clone(), run.first_sequence + i))
     })
+}
+
+/// Events a global read of the segment log reads per step.
+const GLOBAL_READ_CHUNK: usize = 1024;
+
+/// (position, stream, sequence) of the record `bytes` at `position` of the segment log,
+/// checked (CRC, fields) and checked to be where the log has it.
+fn global_place(position: u64, bytes: &[u8]) -> Result<(u64, StreamId, u64), StorageError> {
+    let view = record::RecordView::check(bytes)
+        .map_err(|e| StorageError::corrupt_store(Corruption::Record(e)))?;
+    let stream = StreamId::new(view.aggregate_type, view.aggregate_id);
+    if view.global_position != position {
+        return Err(StorageError::corrupt(
+            &stream,
+            view.sequence,
+            Corruption::Log(format!("record at position {position} says {}", view.global_position).into()),
+        ));
+    }
+    Ok((position, stream, view.sequence))
+}
+
+/// `read_global` of a store on the segment log: read forwards a chunk at a time.
+fn log_global(log: &logstore::LogParts, from: u64) -> Reads<'_, (u64, StreamId, u64)> {
+    let mut next = Some(from.max(1));
+    let mut buffered: std::vec::IntoIter<Result<(u64, StreamId, u64), StorageError>> =
+        Vec::new().into_iter();
+    reads(std::iter::from_fn(move || loop {
+        if let Some(item) = buffered.next() {
+            return Some(item);
+        }
+        let from = next.take()?;
+        let mut chunk = Vec::new();
+        let to = from + GLOBAL_READ_CHUNK as u64 - 1;
+        let visited = log.visit_positions(from, to, |position, bytes| {
+            chunk.push(global_place(position, bytes));
+            Ok::<(), StorageError>(())
+        });
+        match visited {
+            Err(e) => chunk.push(Err(e)),
+            Ok(()) if chunk.len() as u64 == to - from + 1 => next = Some(to + 1),
+            Ok(()) => {}
+        }
+        buffered = chunk.into_iter();
+    }))
+}
+
+/// Bytes of the files under `dir` (0 when it does not exist).
+fn dir_bytes(dir: &Path) -> Result<u64, StorageError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let mut bytes = 0;
+    for entry in entries {
+        bytes += entry?.metadata()?.len();
+    }
+    Ok(bytes)
 }
 
 /// A stream's head as stored: its last event key and the hash of that record.

@@ -41,6 +41,11 @@ use std::path::{Path, PathBuf};
 /// Bytes of a new segment. Zero-filling it costs one sequential write of this size, off the
 /// acknowledgement path when [`SegmentLog::prepare_next`] is called ahead.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Bytes of a log's first segment: a segment is at least this and at most the log's
+/// segment size, and otherwise as large as the log before it, so that a small store (a test,
+/// a demo) does not zero-fill 64 MiB for a few records, while a large one reaches full
+/// segments after a few doublings.
+pub const SEGMENT_BYTES_MIN: u64 = 1 << 20;
 /// Bytes of a frame header.
 pub const FRAME_HEADER_BYTES: usize = 36;
 /// Largest frame body: a group commit is bounded far below this by the committer's
@@ -402,6 +407,29 @@ pub struct SegmentLog {
     dirty: bool,
     /// A segment was created since the last `sync`: the directory needs a sync too.
     dir_dirty: bool,
+    /// False for a log opened with [`SegmentLog::open_read_only`].
+    writable: bool,
+}
+
+/// A sync of everything appended before it was taken ([`SegmentLog::take_sync`]), run
+/// without holding the log: the writer appends the next frames meanwhile.
+#[derive(Debug)]
+pub struct PendingSync {
+    file: Option<(File, PathBuf)>,
+    dir: Option<PathBuf>,
+}
+
+impl PendingSync {
+    /// `fdatasync` of the segment written to, then of the directory if a segment was made.
+    pub fn run(self) -> Result<(), SegLogError> {
+        if let Some((file, path)) = &self.file {
+            file.sync_data().map_err(io(path))?;
+        }
+        if let Some(dir) = &self.dir {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
 }
 
 impl SegmentLog {
@@ -415,11 +443,48 @@ impl SegmentLog {
         durable_floor: u64,
         first_position: u64,
     ) -> Result<(SegmentLog, OpenReport), SegLogError> {
+        Self::open_with(dir, segment_bytes, durable_floor, first_position, true)
+    }
+
+    /// Opens the log for reading only: nothing is created, cut, zeroed or removed. A torn
+    /// last group (what [`Self::open`] would cut) ends the log as read; appending to a log
+    /// opened so is a bug.
+    pub fn open_read_only(
+        dir: &Path,
+        segment_bytes: u64,
+        first_position: u64,
+    ) -> Result<SegmentLog, SegLogError> {
+        Self::open_with(dir, segment_bytes, 0, first_position, false).map(|(log, _)| log)
+    }
+
+    fn open_with(
+        dir: &Path,
+        segment_bytes: u64,
+        durable_floor: u64,
+        first_position: u64,
+        writable: bool,
+    ) -> Result<(SegmentLog, OpenReport), SegLogError> {
         assert!(
             segment_bytes >= (FRAME_HEADER_BYTES as u64) * 2,
             "segment too small"
         );
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        if writable {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        } else if !dir.exists() {
+            return Ok((
+                SegmentLog {
+                    dir: dir.to_path_buf(),
+                    segment_bytes,
+                    segments: Vec::new(),
+                    next_position: first_position,
+                    prepared: None,
+                    dirty: false,
+                    dir_dirty: false,
+                    writable,
+                },
+                OpenReport::default(),
+            ));
+        }
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io(dir))? {
             let entry = entry.map_err(io(dir))?;
@@ -440,6 +505,7 @@ impl SegmentLog {
             prepared: None,
             dirty: false,
             dir_dirty: false,
+            writable,
         };
         let mut report = OpenReport::default();
         let count = names.len();
@@ -454,7 +520,7 @@ impl SegmentLog {
             }
             let file = OpenOptions::new()
                 .read(true)
-                .write(true)
+                .write(writable)
                 .open(&path)
                 .map_err(io(&path))?;
             let capacity_bytes = file.metadata().map_err(io(&path))?.len();
@@ -502,8 +568,9 @@ impl SegmentLog {
                 // Everything after the last good frame was never acknowledged: a torn group,
                 // or later groups written behind a torn one (a power cut keeps any subset of
                 // the unsynced pages). Zero it, so that a frame written here next is followed
-                // by zeroes and no stale frame can ever line up behind it.
-                if zero_from(&segment.file, &segment.path, offset, capacity_bytes)? {
+                // by zeroes and no stale frame can ever line up behind it. (Read only: the
+                // log ends there, and nothing is changed.)
+                if writable && zero_from(&segment.file, &segment.path, offset, capacity_bytes)? {
                     report.cut = Some((segment.path.clone(), offset));
                 }
             } else if let Some(reason) = failure {
@@ -521,7 +588,7 @@ impl SegmentLog {
         // A prepared file left by an earlier run is complete only if it was renamed; an
         // unrenamed one may be partly zeroed. Start it again.
         let prepared = dir.join(PREPARED_NAME);
-        if prepared.exists() {
+        if writable && prepared.exists() {
             std::fs::remove_file(&prepared).map_err(io(&prepared))?;
         }
         Ok((log, report))
@@ -552,6 +619,7 @@ impl SegmentLog {
     /// in the pointers of records whose predecessor is in the same frame
     /// ([`Frame::record_addresses`]).
     pub fn reserve(&mut self, frame: &Frame) -> Result<u64, SegLogError> {
+        assert!(self.writable, "append to a segment log opened read-only");
         if frame.first_position != self.next_position {
             return Err(SegLogError::PositionGap {
                 expected: self.next_position,
@@ -645,14 +713,61 @@ impl SegmentLog {
         Ok(())
     }
 
+    /// What syncing everything appended so far takes, handed out so that the `fdatasync`
+    /// runs without the log (the writer goes on appending; the sync covers at least what was
+    /// appended before this call). Segments before the active one were synced when it began.
+    pub fn take_sync(&mut self) -> Result<PendingSync, SegLogError> {
+        let file = match self.segments.last() {
+            Some(segment) if self.dirty => Some((
+                segment.file.try_clone().map_err(io(&segment.path))?,
+                segment.path.clone(),
+            )),
+            _ => None,
+        };
+        self.dirty = false;
+        let dir = std::mem::take(&mut self.dir_dirty).then(|| self.dir.clone());
+        Ok(PendingSync { file, dir })
+    }
+
+    /// Marks the active segment as written to, so that the next sync covers it whatever was
+    /// synced before (opening calls it: frames that survived a crash may be in the page
+    /// cache only).
+    pub fn mark_unsynced(&mut self) {
+        self.dirty = !self.segments.is_empty();
+        self.dir_dirty = true;
+    }
+
     /// Zero-fills and syncs the file the next segment will be, so that starting it costs
     /// a rename instead of a segment's worth of writes. Call it off the acknowledgement path.
     pub fn prepare_next(&mut self) -> Result<(), SegLogError> {
         if self.prepared.is_none() {
             let path = self.dir.join(PREPARED_NAME);
-            self.prepared = Some(zero_filled(&path, self.segment_bytes)?);
+            self.prepared = Some(zero_filled(&path, self.next_segment_bytes())?);
         }
         Ok(())
+    }
+
+    /// The size of the next segment: as large as the log so far, within
+    /// [`SEGMENT_BYTES_MIN`] ..= the log's segment size.
+    fn next_segment_bytes(&self) -> u64 {
+        self.end_address()
+            .clamp(SEGMENT_BYTES_MIN.min(self.segment_bytes), self.segment_bytes)
+    }
+
+    /// Where a prepared next segment should be made, and its size, when the active segment
+    /// is past half full and none is ready: [`prepare_file`] makes it without the log, and
+    /// [`Self::install_prepared`] hands it over.
+    pub fn wants_prepared(&self) -> Option<(PathBuf, u64)> {
+        let active = self.segments.last()?;
+        (self.writable && self.prepared.is_none() && active.used_bytes * 2 >= active.capacity_bytes)
+            .then(|| (self.dir.join(PREPARED_NAME), self.next_segment_bytes()))
+    }
+
+    /// Takes a file made by [`prepare_file`] as the next segment.
+    pub fn install_prepared(&mut self, file: File) {
+        if self.prepared.is_none() {
+            self.prepared = Some(file);
+        }
     }
 
     fn start_segment(&mut self, first_position: u64, frame_bytes: u64) -> Result<(), SegLogError> {
@@ -667,13 +782,17 @@ impl SegmentLog {
         let path = self
             .dir
             .join(format!("{first_position:020}{SEGMENT_SUFFIX}"));
+        let prepared_bytes = match &self.prepared {
+            Some(file) => file.metadata().map_err(io(&path))?.len(),
+            None => 0,
+        };
         let file = match self.prepared.take() {
-            Some(file) if frame_bytes <= self.segment_bytes => {
+            Some(file) if frame_bytes <= prepared_bytes => {
                 let from = self.dir.join(PREPARED_NAME);
                 std::fs::rename(&from, &path).map_err(io(&from))?;
                 file
             }
-            _ => zero_filled(&path, self.segment_bytes.max(frame_bytes))?,
+            _ => zero_filled(&path, self.next_segment_bytes().max(frame_bytes))?,
         };
         let capacity_bytes = file.metadata().map_err(io(&path))?.len();
         self.segments.push(Segment {
@@ -693,6 +812,76 @@ impl SegmentLog {
 
     /// The frame holding `position`.
     pub fn frame_at(&self, position: u64) -> Result<Frame, SegLogError> {
+        let address = self.frame_address_of(position)?;
+        Ok(self.frame_at_address(address)?.0)
+    }
+
+    /// The record at `position`.
+    pub fn record_at(&self, position: u64) -> Result<FrameRecord, SegLogError> {
+        let mut frame = self.frame_at(position)?;
+        let index = (position - frame.first_position) as usize;
+        Ok(frame.records.swap_remove(index))
+    }
+
+    /// Every frame from the one holding `from` to the last, in order, read sequentially, each
+    /// with its address.
+    pub fn frames_from(
+        &self,
+        from: u64,
+    ) -> impl Iterator<Item = Result<(u64, Frame), SegLogError>> + '_ {
+        let start = self.segments.partition_point(|s| s.end_position <= from);
+        self.segments[start..].iter().flat_map(move |segment| {
+            let mut reader = SegmentReader::new(segment);
+            std::iter::from_fn(move || reader.next_frame().transpose())
+                .filter(move |f| !matches!(f, Ok((_, frame)) if frame.end_position() <= from))
+        })
+    }
+}
+
+impl SegmentLog {
+    /// Every frame from the one at `address` (a frame's address, or the log's end) to the
+    /// last, in order, each with its address: unlike [`Self::frames_from`], it also yields
+    /// frames without records (a group of writes only), which share their position with the
+    /// frame after them.
+    pub fn frames_from_address(
+        &self,
+        address: u64,
+    ) -> impl Iterator<Item = Result<(u64, Frame), SegLogError>> + '_ {
+        let start = self
+            .segments
+            .partition_point(|s| s.base_address + s.used_bytes <= address);
+        self.segments[start..].iter().flat_map(move |segment| {
+            let mut reader = SegmentReader::new(segment);
+            reader.offset = address.saturating_sub(segment.base_address);
+            std::iter::from_fn(move || reader.next_frame().transpose())
+        })
+    }
+
+    /// The address after the last frame (where the next one goes, if it fits).
+    pub fn end_of_frames(&self) -> u64 {
+        self.segments
+            .last()
+            .map_or(0, |s| s.base_address + s.used_bytes)
+    }
+
+    /// The frame at `address` (a frame's address) and the address after it.
+    pub fn frame_at_address(&self, address: u64) -> Result<(Frame, u64), SegLogError> {
+        let i = self.segments.partition_point(|s| s.base_address <= address);
+        let segment = i
+            .checked_sub(1)
+            .map(|i| &self.segments[i])
+            .filter(|s| address < s.base_address + s.used_bytes)
+            .ok_or(SegLogError::NoRecordAt { address })?;
+        let mut reader = SegmentReader::new(segment);
+        reader.offset = address - segment.base_address;
+        match reader.next_frame()? {
+            Some((_, frame)) => Ok((frame, segment.base_address + reader.offset)),
+            None => Err(SegLogError::NoRecordAt { address }),
+        }
+    }
+
+    /// The address of the frame holding `position`.
+    pub fn frame_address_of(&self, position: u64) -> Result<u64, SegLogError> {
         let not_found = || SegLogError::NotFound {
             position,
             first: self.first_position(),
@@ -722,31 +911,10 @@ impl SegmentLog {
                 }
             };
             if position < header.first_position + header.records as u64 {
-                return segment.read_frame(&header, offset);
+                return Ok(segment.base_address + offset);
             }
             offset += header.frame_bytes();
         }
-    }
-
-    /// The record at `position`.
-    pub fn record_at(&self, position: u64) -> Result<FrameRecord, SegLogError> {
-        let mut frame = self.frame_at(position)?;
-        let index = (position - frame.first_position) as usize;
-        Ok(frame.records.swap_remove(index))
-    }
-
-    /// Every frame from the one holding `from` to the last, in order, read sequentially, each
-    /// with its address.
-    pub fn frames_from(
-        &self,
-        from: u64,
-    ) -> impl Iterator<Item = Result<(u64, Frame), SegLogError>> + '_ {
-        let start = self.segments.partition_point(|s| s.end_position <= from);
-        self.segments[start..].iter().flat_map(move |segment| {
-            let mut reader = SegmentReader::new(segment);
-            std::iter::from_fn(move || reader.next_frame().transpose())
-                .filter(move |f| !matches!(f, Ok((_, frame)) if frame.end_position() <= from))
-        })
     }
 }
 
@@ -788,6 +956,11 @@ impl<'a> SegmentReader<'a> {
         self.offset += header.frame_bytes();
         Ok(Some((address, frame)))
     }
+}
+
+/// The next segment's file, zero-filled and synced (see [`SegmentLog::wants_prepared`]).
+pub fn prepare_file(path: &Path, bytes: u64) -> Result<File, SegLogError> {
+    zero_filled(path, bytes)
 }
 
 /// A new file of `bytes` zeroes, written (not a sparse hole: its extents must exist, so an

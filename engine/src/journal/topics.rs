@@ -245,6 +245,32 @@ impl Journal {
         if from > to {
             return Ok(out);
         }
+        if let Some(log) = &self.shared.log {
+            log.visit_positions(from, to, |position, bytes| {
+                let view = super::record::RecordView::check(bytes)
+                    .map_err(|e| StorageError::corrupt_store(Corruption::Record(e)))?;
+                match out.last_mut() {
+                    Some((p, last))
+                        if last.stream.aggregate_type == view.aggregate_type
+                            && last.stream.aggregate_id == view.aggregate_id
+                            && *p + last.count as u64 == position
+                            && last.first_sequence + last.count as u64 == view.sequence =>
+                    {
+                        last.count += 1;
+                    }
+                    _ => out.push((
+                        position,
+                        keys::GlobalRun {
+                            stream: StreamId::new(view.aggregate_type, view.aggregate_id),
+                            first_sequence: view.sequence,
+                            count: 1,
+                        },
+                    )),
+                }
+                Ok::<(), StorageError>(())
+            })?;
+            return Ok(out);
+        }
         let db = self.shared.db()?;
         // The index entry holding `from` starts at or before it.
         let start = match db.range(..=keys::global_key(from)).next_back() {
@@ -309,13 +335,34 @@ impl Journal {
     /// Calls `f(sequence, bytes)` for the stored bytes of `count` records of a stream from
     /// `first`, in order, with one range scan (one point read for one record) and no copy (the
     /// topic reader checks and renders each in place). A record missing from the range is a `MissingRecord` corruption.
+    ///
+    /// `first_position` is the global position of the run's first record (the runs of the
+    /// global and topic indexes hold consecutive positions): a store on the segment log reads
+    /// the run by position.
     pub(crate) fn visit_run<E: From<StorageError>>(
         &self,
         stream: &StreamId,
-        first: u64,
+        (first, first_position): (u64, u64),
         count: u32,
         mut f: impl FnMut(u64, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
+        if let Some(log) = &self.shared.log {
+            let mut seen = 0u64;
+            log.visit_positions(
+                first_position,
+                first_position + count as u64 - 1,
+                |_, bytes| {
+                    seen += 1;
+                    f(first + seen - 1, bytes)
+                },
+            )?;
+            if seen != count as u64 {
+                return Err(
+                    StorageError::corrupt(stream, first + seen, Corruption::MissingRecord).into(),
+                );
+            }
+            return Ok(());
+        }
         let db = self.shared.db()?;
         let start = keys::stream_key(keys::EVENTS, stream, first);
         // A run of one record (most of them, where many aggregates interleave in the global

@@ -89,7 +89,7 @@ impl VerifyScope {
         self.positions.is_some() || self.from.is_some() || self.to.is_some()
     }
 
-    fn stream_in(&self, stream: &StreamId) -> bool {
+    pub(super) fn stream_in(&self, stream: &StreamId) -> bool {
         self.aggregate_type
             .as_ref()
             .is_none_or(|t| *t == stream.aggregate_type)
@@ -100,7 +100,7 @@ impl VerifyScope {
     }
 
     /// Whether a record (by its unchecked header) is to be checked.
-    fn record_in(&self, bytes: &[u8]) -> bool {
+    pub(super) fn record_in(&self, bytes: &[u8]) -> bool {
         if !self.records_limited() {
             return true;
         }
@@ -220,7 +220,7 @@ impl VerifyReport {
         });
     }
 
-    fn push(&mut self, issue: VerifyIssue) {
+    pub(super) fn push(&mut self, issue: VerifyIssue) {
         if self.issues.len() < VERIFY_ISSUES_MAX {
             self.issues.push(issue);
         } else {

@@ -238,7 +238,7 @@ pub(crate) fn plan_between(
         let stream = &run.stream;
         journal.visit_run(
             stream,
-            run.first_sequence,
+            (run.first_sequence, first_position),
             run.count,
             |sequence, bytes| -> Result<(), TopicError> {
                 let view = view_checked(stream, sequence, bytes)?;

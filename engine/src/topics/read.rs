@@ -297,7 +297,7 @@ impl RunReader<'_> {
             // stored bytes in place: nothing is copied out of the journal but the message.
             self.log.journal.visit_run(
                 &run.stream,
-                first_sequence,
+                (first_sequence, first_position),
                 want as u32,
                 |sequence, bytes| -> Result<(), TopicError> {
                     let view = view_checked(&run.stream, sequence, bytes)?;

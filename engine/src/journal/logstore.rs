@@ -1,0 +1,307 @@
+//! A store on the segment log ([`super::WritePath::Log`], docs/design.md, "The next write
+//! path", increment 2): the log holds the records, sled the stream heads (checkpointed by
+//! [`LogIndex`]) and every keyspace the frames' writes go to (timers, idempotency records,
+//! keys, cluster positions), which the syncer applies after the frame's `fdatasync`.
+//!
+//! Why after: a write applied to sled before its frame is durable could reach the disk
+//! (sled writes a full buffer to its file whenever it likes) while the frame does not, and
+//! a power cut would then leave an idempotency record or a timer of a command that never
+//! happened. Applied after, sled never runs ahead of the durable log, and what a crash took
+//! from sled is re-applied at open from the frames after `m | "log-writes"`, the address
+//! after the last frame whose writes sled holds (written in the same sled batch as those
+//! writes). Re-applying a frame's writes in log order gives what applying them did.
+//!
+//! ```text
+//! m | "write-path"    "log" for a store on the segment log (absent: the sled layout)
+//! m | "log-writes"    address u64 LE: every frame before it has its writes in sled
+//! ```
+
+use super::logindex::{self, LogHead, LogIndex};
+use super::seglog::{self, Frame, FrameWrite, SegmentLog};
+use super::{keys, record, StreamHead, StreamId};
+use crate::error::{Corruption, StorageError};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// The folder of the segment log in a store directory.
+pub(super) const LOG_DIR: &str = "log";
+/// The value of `m | "write-path"` for a store on the segment log.
+const LOG_MARKER: &[u8] = b"log";
+
+pub(super) fn write_path_key() -> Vec<u8> {
+    [&[keys::META][..], b"write-path"].concat()
+}
+
+pub(super) fn writes_cursor_key() -> Vec<u8> {
+    [&[keys::META][..], b"log-writes"].concat()
+}
+
+/// Whether the store in `db` keeps its records on the segment log.
+pub(super) fn is_log_store(db: &sled::Db) -> Result<bool, StorageError> {
+    Ok(db.get(write_path_key())?.as_deref() == Some(LOG_MARKER))
+}
+
+/// Marks a new store as one on the segment log (before its first record).
+pub(super) fn mark_log_store(db: &sled::Db) -> Result<(), StorageError> {
+    db.insert(write_path_key(), LOG_MARKER)?;
+    Ok(())
+}
+
+/// A frame's writes into a sled batch, as the committer's batch would have held them.
+pub(super) fn add_writes(batch: &mut sled::Batch, writes: &[FrameWrite]) {
+    for w in writes {
+        match w {
+            FrameWrite::Put { key, value } => batch.insert(&key[..], &value[..]),
+            FrameWrite::Remove { key } => batch.remove(&key[..]),
+        }
+    }
+}
+
+/// The segment log of a store and its heads.
+pub(super) struct LogParts {
+    pub(super) log: RwLock<SegmentLog>,
+    pub(super) index: Mutex<LogIndex>,
+    /// The frame read last, with its address: the topic reader and the Merkle maintainer
+    /// read runs of consecutive positions one after another, and most fall in one frame.
+    last_frame: Mutex<Option<Arc<(u64, Frame)>>>,
+}
+
+impl LogParts {
+    /// Opens the log of the store in `dir` for writing: cuts a torn last group, syncs what
+    /// survived (a crash may have left it in the page cache only), brings the heads up to the
+    /// log's end and re-applies the writes of the frames sled lost.
+    pub(super) fn open_writable(dir: &Path, db: &sled::Db) -> Result<LogParts, StorageError> {
+        let floor = logindex::stored_cursor(db)?.unwrap_or(0);
+        let (mut log, report) =
+            SegmentLog::open(&dir.join(LOG_DIR), seglog::SEGMENT_BYTES, floor, 1)?;
+        if let Some((segment, offset)) = &report.cut {
+            tracing::warn!(
+                segment = %segment.display(),
+                offset,
+                "the segment log ended in a torn group (never acknowledged): cut there"
+            );
+        }
+        log.mark_unsynced();
+        log.take_sync()?.run()?;
+        let index = LogIndex::open(db, &log)?;
+        let from = match db.get(writes_cursor_key())? {
+            Some(v) => u64::from_le_bytes(v.as_ref().try_into().map_err(|_| {
+                StorageError::corrupt_store(Corruption::MalformedKey {
+                    keyspace: "log writes cursor",
+                })
+            })?),
+            None => 0,
+        };
+        let mut batch = sled::Batch::default();
+        let mut end = None;
+        for frame in log.frames_from_address(from) {
+            let (address, frame) = frame?;
+            add_writes(&mut batch, &frame.writes);
+            end = Some(address + frame.encoded_len() as u64);
+        }
+        if let Some(end) = end {
+            batch.insert(writes_cursor_key(), &end.to_le_bytes()[..]);
+            db.apply_batch(batch)?;
+            tracing::info!(
+                frames_from = from,
+                to = end,
+                "re-applied the writes of frames sled did not hold"
+            );
+        }
+        Ok(LogParts::new(log, index))
+    }
+
+    /// Opens the log of the store in `dir` for reading: nothing is cut, synced or written (a
+    /// torn last group ends the log as read; the writes of frames sled lost in a crash are
+    /// not re-applied: the next writable open does it).
+    pub(super) fn open_read_only(dir: &Path, db: &sled::Db) -> Result<LogParts, StorageError> {
+        let log = SegmentLog::open_read_only(&dir.join(LOG_DIR), seglog::SEGMENT_BYTES, 1)?;
+        let index = LogIndex::open(db, &log)?;
+        Ok(LogParts::new(log, index))
+    }
+
+    fn new(log: SegmentLog, index: LogIndex) -> LogParts {
+        LogParts {
+            log: RwLock::new(log),
+            index: Mutex::new(index),
+            last_frame: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn read_log(&self) -> std::sync::RwLockReadGuard<'_, SegmentLog> {
+        self.log.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn write_log(&self) -> std::sync::RwLockWriteGuard<'_, SegmentLog> {
+        self.log.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn lock_index(&self) -> std::sync::MutexGuard<'_, LogIndex> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The position the next frame starts at.
+    pub(super) fn next_position(&self) -> u64 {
+        self.read_log().next_position()
+    }
+
+    /// A stream's head with its place in the log, if it has records.
+    pub(super) fn log_head(
+        &self,
+        db: &sled::Db,
+        stream: &StreamId,
+    ) -> Result<Option<LogHead>, StorageError> {
+        Ok(self.lock_index().head(db, stream)?)
+    }
+
+    /// A stream's head as the journal reports it.
+    pub(super) fn head(&self, db: &sled::Db, stream: &StreamId) -> Result<StreamHead, StorageError> {
+        Ok(match self.log_head(db, stream)? {
+            Some(h) => StreamHead {
+                sequence: h.sequence,
+                hash: h.hash,
+            },
+            None => StreamHead {
+                sequence: 0,
+                hash: record::ZERO_HASH,
+            },
+        })
+    }
+
+    /// A stream's records with `from <= sequence <= to` as (position, bytes), oldest first,
+    /// read back from its head, each checked against the one after it.
+    pub(super) fn read_stream(
+        &self,
+        db: &sled::Db,
+        stream: &StreamId,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let Some(head) = self.log_head(db, stream)? else {
+            return Ok(Vec::new());
+        };
+        if from > to || from > head.sequence {
+            return Ok(Vec::new());
+        }
+        let mut records = logindex::read_back(&self.read_log(), stream, head, from)?;
+        let keep = (to.min(head.sequence) + 1).saturating_sub(from.max(1)) as usize;
+        records.truncate(keep);
+        Ok(records)
+    }
+
+    /// Every stream (of one aggregate type, or all) with its last sequence, in key order:
+    /// the checkpointed heads merged with those moved since.
+    pub(super) fn streams(
+        &self,
+        db: &sled::Db,
+        aggregate_type: Option<&str>,
+    ) -> Result<Vec<(StreamId, u64)>, StorageError> {
+        let mut prefix = vec![logindex::HEADS];
+        if let Some(t) = aggregate_type {
+            prefix.push(t.len() as u8);
+            prefix.extend_from_slice(t.as_bytes());
+        }
+        let latest = self.lock_index().latest_heads(&prefix);
+        let mut merged = std::collections::BTreeMap::new();
+        for entry in db.scan_prefix(&prefix) {
+            let (key, value) = entry?;
+            merged.insert(key.to_vec(), logindex::decode_head(&value)?.sequence);
+        }
+        for (key, head) in latest {
+            merged.insert(key, head.sequence);
+        }
+        merged
+            .into_iter()
+            .map(|(key, sequence)| {
+                let (stream, rest) = keys::parse_stream_part(&key[1..])
+                    .filter(|(_, rest)| rest.is_empty())
+                    .ok_or_else(|| {
+                        StorageError::corrupt_store(Corruption::MalformedKey {
+                            keyspace: "stream head",
+                        })
+                    })?;
+                debug_assert!(rest.is_empty());
+                Ok((stream, sequence))
+            })
+            .collect()
+    }
+
+    /// The frame holding `position`, from the one-frame cache when it is there.
+    fn frame_holding(&self, position: u64) -> Result<Arc<(u64, Frame)>, StorageError> {
+        let cached = self
+            .last_frame
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(c) = cached {
+            if c.1.first_position <= position && position < c.1.end_position() {
+                return Ok(c);
+            }
+        }
+        let log = self.read_log();
+        let address = log.frame_address_of(position)?;
+        let (frame, _) = log.frame_at_address(address)?;
+        drop(log);
+        let frame = Arc::new((address, frame));
+        *self.last_frame.lock().unwrap_or_else(|e| e.into_inner()) = Some(frame.clone());
+        Ok(frame)
+    }
+
+    /// Calls `f(position, bytes)` for the records at positions `from..=to`, in order
+    /// (unchecked: the caller checks each record as it needs). A position past the log's end
+    /// ends the visit.
+    pub(super) fn visit_positions<E: From<StorageError>>(
+        &self,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let end = self.next_position();
+        let mut position = from.max(1);
+        while position <= to && position < end {
+            let frame = self.frame_holding(position)?;
+            let (_, frame) = &*frame;
+            while position <= to && position < frame.end_position() {
+                let i = (position - frame.first_position) as usize;
+                f(position, &frame.records[i].bytes)?;
+                position += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The records before position `before`, newest first, a frame at a time: `f` returns
+    /// false to stop.
+    pub(super) fn visit_positions_rev_from(
+        &self,
+        before: u64,
+        mut f: impl FnMut(u64, &[u8]) -> Result<bool, StorageError>,
+    ) -> Result<(), StorageError> {
+        let first = self.read_log().first_position();
+        let mut position = before.min(self.next_position());
+        while position > first {
+            let frame = self.frame_holding(position - 1)?;
+            let (_, frame) = &*frame;
+            for (i, r) in frame.records.iter().enumerate().rev() {
+                let at = frame.first_position + i as u64;
+                if at < position && !f(at, &r.bytes)? {
+                    return Ok(());
+                }
+            }
+            position = frame.first_position;
+        }
+        Ok(())
+    }
+
+    /// Records and bytes in the log: (events, event record bytes).
+    pub(super) fn count(&self) -> Result<(u64, u64), StorageError> {
+        let log = self.read_log();
+        let (mut events, mut bytes) = (0u64, 0u64);
+        for frame in log.frames_from(log.first_position()) {
+            let (_, frame) = frame?;
+            events += frame.records.len() as u64;
+            bytes += frame.records.iter().map(|r| r.bytes.len() as u64).sum::<u64>();
+        }
+        Ok((events, bytes))
+    }
+}
