@@ -300,6 +300,13 @@ impl EngineBuilder {
         self.journal.durability = durability;
         self
     }
+    /// Where a **new** store keeps its events (an existing store keeps its own). Default:
+    /// [`WritePath::Sled`], or what `EVERSHARD_WRITE_PATH` says (docs/design.md, "The next
+    /// write path").
+    pub fn write_path(mut self, write_path: crate::journal::WritePath) -> Self {
+        self.journal.write_path = write_path;
+        self
+    }
     /// An aggregate idle this long leaves memory. Default 5 minutes.
     pub fn passivate_idle_ms(mut self, ms: u64) -> Self {
         self.sharding.passivate_idle_ms = ms;

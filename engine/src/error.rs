@@ -276,6 +276,9 @@ impl From<crate::journal::logindex::LogIndexError> for StorageError {
             LogIndexError::Record { source, .. } => {
                 StorageError::corrupt_store(Corruption::Record(source))
             }
+            LogIndexError::HashChain {
+                stream, sequence, ..
+            } => StorageError::corrupt(&stream, sequence, Corruption::HashChain),
             LogIndexError::Chain { ref stream, .. } => StorageError::Corrupt {
                 stream: Some(stream.clone()),
                 sequence: None,

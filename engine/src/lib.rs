@@ -151,6 +151,8 @@ pub use journal::JournalStats;
 pub use journal::Reads;
 /// A stream's last sequence and the hash of its last record.
 pub use journal::StreamHead;
+/// Where a store keeps its events: the sled layout or the segment log.
+pub use journal::WritePath;
 /// A checkpoint (`Engine::checkpoint`): what one copied, and what a checkpoint store says
 /// about itself (`Journal::checkpoint_mark`).
 pub use journal::{CheckpointInfo, CheckpointMark};

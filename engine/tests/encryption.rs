@@ -203,11 +203,26 @@ fn a_ciphertext_moved_into_another_record_does_not_open() {
         .rewrite_record_for_tests(&stream("b"), 1, |r| r.payload = a1.clone())
         .unwrap();
     for (id, seq) in [("a", 2), ("b", 1)] {
-        let record = writer
+        let read = writer
             .read_stream_sealed(&stream(id), seq, seq)
             .next()
-            .unwrap()
             .unwrap();
+        // On the segment log a stream's head names its last record's hash, so the edited
+        // record (each stream's last) is refused before any key is tried.
+        if writer.write_path() == evershard_engine::WritePath::Log {
+            assert!(
+                matches!(
+                    read,
+                    Err(StorageError::Corrupt {
+                        cause: evershard_engine::Corruption::HashChain,
+                        ..
+                    })
+                ),
+                "{id} {seq}: {read:?}"
+            );
+            continue;
+        }
+        let record = read.unwrap();
         match writer.open_record(record) {
             Err(StorageError::Corrupt { cause, .. }) => {
                 assert!(matches!(cause, evershard_engine::Corruption::Undecryptable))

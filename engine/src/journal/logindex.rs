@@ -48,6 +48,14 @@ pub enum LogIndexError {
         position: u64,
         reason: &'static str,
     },
+    /// A record's hash is not the one the record after it (or the head) names, or its
+    /// previous hash is not its predecessor's: the chain breaks at `sequence`.
+    #[error("the hash chain of {stream} breaks at sequence {sequence} (position {position})")]
+    HashChain {
+        stream: StreamId,
+        sequence: u64,
+        position: u64,
+    },
     #[error("frame at position {got} applied, but the index is at {expected}")]
     Gap { expected: u64, got: u64 },
     #[error("a stored head or cursor is malformed: {0}")]
@@ -264,7 +272,11 @@ impl LogIndex {
                         return Err(chain("its previous address is not the head's"));
                     }
                     if view.prev_hash != &head.hash {
-                        return Err(chain("its previous hash is not the head's"));
+                        return Err(LogIndexError::HashChain {
+                            stream: stream.clone(),
+                            sequence: view.sequence,
+                            position,
+                        });
                     }
                 }
             }
@@ -375,9 +387,11 @@ pub fn read_back(
                 return Err(chain("a previous-address pointer leads to another record"));
             }
             if record::hash(&r.bytes) != hash {
-                return Err(chain(
-                    "the record's hash is not the one its successor names",
-                ));
+                return Err(LogIndexError::HashChain {
+                    stream: stream.clone(),
+                    sequence,
+                    position,
+                });
             }
             hash = *view.prev_hash;
             out.push((position, r.bytes));

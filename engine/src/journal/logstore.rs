@@ -247,6 +247,12 @@ impl LogParts {
         Ok(frame)
     }
 
+    /// Drops the cached frame (a test hook rewrote the log under it).
+    #[cfg(feature = "fault-injection")]
+    pub(super) fn forget_cached_frame(&self) {
+        *self.last_frame.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// Calls `f(position, bytes)` for the records at positions `from..=to`, in order
     /// (unchecked: the caller checks each record as it needs). A position past the log's end
     /// ends the visit.

@@ -288,7 +288,11 @@ impl Journal {
 
     /// The highest committed global position (0 for an empty store).
     pub(crate) fn last_position(&self) -> Result<u64, StorageError> {
-        super::last_global_position(&self.shared.db()?)
+        let db = self.shared.db()?;
+        match &self.shared.log {
+            Some(log) => Ok(log.next_position() - 1),
+            None => super::last_global_position(&db),
+        }
     }
 }
 

@@ -918,6 +918,51 @@ impl SegmentLog {
     }
 }
 
+/// Test hook (feature `fault-injection`): the tampering tests' edits of a stored record.
+#[cfg(feature = "fault-injection")]
+impl SegmentLog {
+    /// Replaces the bytes of the record at `position` with `bytes` of the same length and
+    /// seals its frame's CRCs again, so that only the record's own checks (its CRC, place
+    /// and chain) can find the change, as an edit of a sled value would be found.
+    pub fn rewrite_record_for_tests(&mut self, position: u64, bytes: &[u8]) -> Result<(), SegLogError> {
+        let frame_address = self.frame_address_of(position)?;
+        let i = self.segments.partition_point(|s| s.base_address <= frame_address) - 1;
+        let segment = &self.segments[i];
+        let offset = frame_address - segment.base_address;
+        let HeaderRead::Ok(mut header) = segment.read_header(offset)? else {
+            unreachable!("a frame found by position has a header");
+        };
+        let mut body = vec![0u8; header.body_len as usize];
+        segment
+            .file
+            .read_exact_at(&mut body, offset + FRAME_HEADER_BYTES as u64)
+            .map_err(io(&segment.path))?;
+        let frame = decode_body(&header, &body).expect("a frame read at open decodes");
+        let index = (position - frame.first_position) as usize;
+        let entry = frame.record_addresses(frame_address)[index] - frame_address
+            - FRAME_HEADER_BYTES as u64;
+        let start = entry as usize + RECORD_ENTRY_HEADER_BYTES;
+        assert_eq!(
+            frame.records[index].bytes.len(),
+            bytes.len(),
+            "a record rewritten in the log keeps its length"
+        );
+        body[start..start + bytes.len()].copy_from_slice(bytes);
+        header.body_crc = crc32c::crc32c(&body);
+        let mut head = [0u8; FRAME_HEADER_BYTES];
+        header.write(&mut head);
+        // Opened here for writing: the hook also serves logs opened read-only.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&segment.path)
+            .map_err(io(&segment.path))?;
+        file.write_all_at(&head, offset).map_err(io(&segment.path))?;
+        file.write_all_at(&body, offset + FRAME_HEADER_BYTES as u64)
+            .map_err(io(&segment.path))?;
+        file.sync_data().map_err(io(&segment.path))
+    }
+}
+
 /// Sequential reading of one segment's frames, by offset (`pread`), so that any number of
 /// readers share the file handle with the writer.
 struct SegmentReader<'a> {
