@@ -296,6 +296,12 @@ pub enum OpenError {
     /// Another process — or another open journal in this process — holds the store's lock.
     #[error("the store at {} is locked by another process (is an engine running on it?)", dir.display())]
     Locked { dir: PathBuf },
+    /// A store on the segment log whose sled lacks the writes of its last frames (a crash
+    /// came before sled held them; the next writable open re-applies them). A reader, which
+    /// must not write the store, reads a private copy with them applied; this error says
+    /// that no copy could be made.
+    #[error("the store at {} needs the writes of its last log frames re-applied (the next writable open does it)", dir.display())]
+    WritesPending { dir: PathBuf },
     /// A read-only open found no store.
     #[error("no evershard store at {}", dir.display())]
     NotFound { dir: PathBuf },

@@ -47,6 +47,27 @@ pub(super) fn mark_log_store(db: &sled::Db) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Whether sled lacks the writes of some of the log's frames (a crash came before it held
+/// them): false for a store on the sled layout.
+pub(super) fn writes_pending(dir: &Path, db: &sled::Db) -> Result<bool, StorageError> {
+    if !is_log_store(db)? {
+        return Ok(false);
+    }
+    let log = SegmentLog::open_read_only(&dir.join(LOG_DIR), seglog::SEGMENT_BYTES, 1)?;
+    Ok(log.end_of_frames() > stored_writes_cursor(db)?)
+}
+
+fn stored_writes_cursor(db: &sled::Db) -> Result<u64, StorageError> {
+    match db.get(writes_cursor_key())? {
+        Some(v) => Ok(u64::from_le_bytes(v.as_ref().try_into().map_err(|_| {
+            StorageError::corrupt_store(Corruption::MalformedKey {
+                keyspace: "log writes cursor",
+            })
+        })?)),
+        None => Ok(0),
+    }
+}
+
 /// A frame's writes into a sled batch, as the committer's batch would have held them.
 pub(super) fn add_writes(batch: &mut sled::Batch, writes: &[FrameWrite]) {
     for w in writes {
@@ -84,14 +105,7 @@ impl LogParts {
         log.mark_unsynced();
         log.take_sync()?.run()?;
         let index = LogIndex::open(db, &log)?;
-        let from = match db.get(writes_cursor_key())? {
-            Some(v) => u64::from_le_bytes(v.as_ref().try_into().map_err(|_| {
-                StorageError::corrupt_store(Corruption::MalformedKey {
-                    keyspace: "log writes cursor",
-                })
-            })?),
-            None => 0,
-        };
+        let from = stored_writes_cursor(db)?;
         let mut batch = sled::Batch::default();
         let mut end = None;
         for frame in log.frames_from_address(from) {
@@ -187,6 +201,32 @@ impl LogParts {
         let keep = (to.min(head.sequence) + 1).saturating_sub(from.max(1)) as usize;
         records.truncate(keep);
         Ok(records)
+    }
+
+    /// A stream's record entries from its head back to sequence 1, oldest first, as
+    /// (sequence, bytes), following the previous-address pointers whatever the records
+    /// hold (an entry's pointer lies outside its record's bytes, so a damaged record does not
+    /// end the walk): what `verify` hands a visitor. False when a pointer does not lead back
+    /// (the walk stopped there).
+    pub(super) fn entries_back(&self, head: LogHead) -> (Vec<(u64, Vec<u8>)>, bool) {
+        let log = self.read_log();
+        let mut out = Vec::with_capacity(head.sequence as usize);
+        let (mut address, mut sequence) = (head.address, head.sequence);
+        let complete = loop {
+            let Ok(entry) = log.record_at_address(address) else {
+                break false;
+            };
+            out.push((sequence, entry.bytes));
+            if sequence == 1 {
+                break true;
+            }
+            if entry.previous_address == 0 || entry.previous_address >= address {
+                break false;
+            }
+            (address, sequence) = (entry.previous_address, sequence - 1);
+        };
+        out.reverse();
+        (out, complete)
     }
 
     /// Every stream (of one aggregate type, or all) with its last sequence, in key order:

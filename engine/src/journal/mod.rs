@@ -408,7 +408,7 @@ fn lock_marker(dir: &Path) -> Option<File> {
 /// Whether a read-only open that failed this way can read a private copy instead.
 fn may_read_a_copy(e: &OpenError) -> bool {
     match e {
-        OpenError::Locked { .. } => true,
+        OpenError::Locked { .. } | OpenError::WritesPending { .. } => true,
         OpenError::Storage { source, .. } => match source.as_ref() {
             StorageError::Io(io) => matches!(
                 io.kind(),
@@ -428,7 +428,8 @@ fn may_read_a_copy(e: &OpenError) -> bool {
     }
 }
 
-/// Copies a store's files (sled's `db`, `conf`, `snap.*`, `blobs/`, the marker) into a new
+/// Copies a store's files (sled's `db`, `conf`, `snap.*`, `blobs/`, the segment log's
+/// `log/`, the marker) into a new
 /// private directory under the temp dir, for reading. Files are copied as they are; nothing
 /// in `dir` is written.
 fn copy_store(dir: &Path) -> std::io::Result<PathBuf> {
@@ -446,7 +447,9 @@ fn copy_store(dir: &Path) -> std::io::Result<PathBuf> {
             let to = copy.join(entry.file_name());
             if kind.is_file() {
                 std::fs::copy(entry.path(), &to)?;
-            } else if kind.is_dir() && entry.file_name() == "blobs" {
+            } else if kind.is_dir()
+                && (entry.file_name() == "blobs" || entry.file_name() == logstore::LOG_DIR)
+            {
                 std::fs::create_dir(&to)?;
                 for blob in std::fs::read_dir(entry.path())? {
                     let blob = blob?;
@@ -1158,7 +1161,20 @@ impl Journal {
                 return Err(OpenError::Locked { dir });
             }
         }
-        let (db, private_copy) = match Self::open_in_place(&dir) {
+        let in_place = Self::open_in_place(&dir).and_then(|db| {
+            // A store on the segment log whose last frames' writes sled lost in a crash (the
+            // next writable open re-applies them): a reader must not write the store, so it
+            // reads a private copy with them applied.
+            match logstore::writes_pending(&dir, &db) {
+                Ok(false) => Ok(db),
+                Ok(true) => {
+                    close_db(Some(db), &dir);
+                    Err(OpenError::WritesPending { dir: dir.clone() })
+                }
+                Err(e) => Err(OpenError::storage(&dir, e)),
+            }
+        });
+        let (db, private_copy) = match in_place {
             Ok(db) => (db, None),
             // Another reader holds sled's lock (no engine does: the marker said so), or the
             // store cannot be written (a read-only mount or medium, files owned by someone
@@ -1249,12 +1265,13 @@ impl Journal {
             });
         }
         let storage = |e| OpenError::storage(&dir, e);
-        let log = match logstore::is_log_store(&db).map_err(storage)? {
-            true => Some(
-                logstore::LogParts::open_read_only(private_copy.as_deref().unwrap_or(&dir), &db)
-                    .map_err(storage)?,
-            ),
-            false => None,
+        let log = match (logstore::is_log_store(&db).map_err(storage)?, &private_copy) {
+            (false, _) => None,
+            (true, None) => Some(logstore::LogParts::open_read_only(&dir, &db).map_err(storage)?),
+            // A private copy is the reader's own: brought up to date as a writer would.
+            (true, Some(copy)) => {
+                Some(logstore::LogParts::open_writable(copy, &db).map_err(storage)?)
+            }
         };
         let last = match &log {
             Some(log) => log.next_position() - 1,

@@ -468,8 +468,15 @@ impl SegmentLog {
             segment_bytes >= (FRAME_HEADER_BYTES as u64) * 2,
             "segment too small"
         );
-        if writable {
+        if writable && !dir.exists() {
+            // The log's folder, and its name in the store's folder, must be durable before
+            // any frame in it is acknowledged: a power cut may otherwise drop the whole
+            // folder (found by the power-loss test).
             std::fs::create_dir_all(dir).map_err(io(dir))?;
+            sync_dir(dir)?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
         } else if !dir.exists() {
             return Ok((
                 SegmentLog {
@@ -878,6 +885,30 @@ impl SegmentLog {
             Some((_, frame)) => Ok((frame, segment.base_address + reader.offset)),
             None => Err(SegLogError::NoRecordAt { address }),
         }
+    }
+
+    /// The frame at `address` (a frame's address, or the end of a segment's frames, which
+    /// leads to the next segment's first frame) with its address and the address after it;
+    /// `None` at the log's end. For readers that walk the log a frame at a time without
+    /// holding it between frames.
+    pub fn frame_from(&self, address: u64) -> Result<Option<(u64, Frame, u64)>, SegLogError> {
+        let mut i = self.segments.partition_point(|s| s.base_address <= address);
+        let Some(mut at) = i.checked_sub(1) else {
+            return Ok(None);
+        };
+        let mut address = address;
+        while address >= self.segments[at].base_address + self.segments[at].used_bytes {
+            i = at + 1;
+            match self.segments.get(i) {
+                Some(next) => {
+                    at = i;
+                    address = next.base_address;
+                }
+                None => return Ok(None),
+            }
+        }
+        let (frame, next) = self.frame_at_address(address)?;
+        Ok(Some((address, frame, next)))
     }
 
     /// The address of the frame holding `position`.

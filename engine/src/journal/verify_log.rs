@@ -9,11 +9,16 @@
 //! reported where the pass meets it, and the pass stops there (the log after it cannot be
 //! walked).
 
+use super::logindex::LogHead;
 use super::logstore::LogParts;
 use super::record::{self, Hash, RecordView};
 use super::verify::{IssueKind, VerifyIssue, VerifyOptions, VerifyReport};
 use super::StreamId;
+use crate::audit::merkle;
 use std::collections::HashMap;
+
+/// Records checked between two progress calls.
+const PROGRESS_EVERY_RECORDS: u64 = 16_384;
 
 /// A stream's chain as the pass has seen it so far.
 struct Chain {
@@ -44,41 +49,60 @@ fn issue(
 pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) -> VerifyReport {
     let mut report = VerifyReport::default();
     let scope = &opts.scope;
+    let mut issues: Vec<VerifyIssue> = Vec::new();
     let mut chains: HashMap<StreamId, Chain> = HashMap::new();
+    // Damaged records by address, with their issue: a later record that points at one names
+    // its stream and sequence (its own bytes cannot), and is not reported as the echo.
+    let mut damaged: HashMap<u64, usize> = HashMap::new();
     let mut leaves: Option<Vec<Hash>> = scope.is_whole_store().then(Vec::new);
     let mut since_progress = 0u64;
-    let log = parts.read_log();
-    let total = log.next_position() - log.first_position();
-    let mut expected_position = log.first_position();
-    for frame in log.frames_from(log.first_position()) {
-        let (frame_address, frame) = match frame {
-            Ok(f) => f,
+    // The log as it is now: the pass reads up to here (a live store goes on growing), a frame
+    // at a time, without holding the log between frames.
+    let (first, end) = {
+        let log = parts.read_log();
+        (log.first_position(), log.next_position())
+    };
+    let total = end - first;
+    let mut address = 0u64;
+    let mut position = first;
+    while position < end {
+        let step = parts.read_log().frame_from(address);
+        let (frame_address, frame, next) = match step {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
             Err(e) => {
-                report.push(issue(
+                issues.push(issue(
                     IssueKind::Storage,
                     None,
                     None,
-                    Some(expected_position),
+                    Some(position),
                     format!("the segment log cannot be read on from here: {e}"),
                 ));
                 leaves = None;
                 break;
             }
         };
+        address = next;
         let addresses = frame.record_addresses(frame_address);
         for (i, r) in frame.records.iter().enumerate() {
-            let position = frame.first_position + i as u64;
-            expected_position = position + 1;
-            let leaf = record::hash(&r.bytes);
+            position = frame.first_position + i as u64;
+            if position >= end {
+                break;
+            }
+            let record_hash = record::hash(&r.bytes);
             if let Some(leaves) = &mut leaves {
-                leaves.push(leaf);
+                leaves.push(merkle::leaf_hash(&record_hash));
             }
             let view = match RecordView::check(&r.bytes) {
                 Ok(v) => v,
                 Err(e) => {
                     report.events += 1;
+                    if !scope.record_in(&r.bytes) {
+                        continue;
+                    }
                     report.events_checked += 1;
-                    report.push(issue(IssueKind::Record, None, None, Some(position), e.to_string()));
+                    damaged.insert(addresses[i], issues.len());
+                    issues.push(issue(IssueKind::Record, None, None, Some(position), e.to_string()));
                     continue;
                 }
             };
@@ -92,7 +116,7 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
                 since_progress += 1;
             }
             if view.global_position != position {
-                report.push(issue(
+                issues.push(issue(
                     IssueKind::Index,
                     Some(&stream),
                     Some(view.sequence),
@@ -100,15 +124,24 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
                     format!("the record at position {position} says {}", view.global_position),
                 ));
             }
+            let after_damage = damaged.get(&r.previous_address).copied();
+            if let Some(at) = after_damage {
+                // The damaged record before this one was this stream's, one sequence back.
+                let named = &mut issues[at];
+                named.stream = Some(stream.to_string());
+                named.sequence = view.sequence.checked_sub(1);
+            }
             let (expected, prev_hash, prev_address, ok) = match chains.get(&stream) {
                 Some(c) => (c.sequence + 1, c.hash, c.address, c.ok),
                 None => (1, record::ZERO_HASH, 0, true),
             };
             let mut this_ok = true;
-            if view.sequence != expected {
+            if after_damage.is_some() {
+                // Its chain check would only echo the damage already reported.
+            } else if view.sequence != expected {
                 this_ok = false;
                 if in_scope {
-                    report.push(issue(
+                    issues.push(issue(
                         IssueKind::Gap,
                         Some(&stream),
                         Some(view.sequence),
@@ -119,17 +152,16 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
             } else if in_scope && ok {
                 if view.prev_hash != &prev_hash {
                     this_ok = false;
-                    report.push(issue(
+                    issues.push(issue(
                         IssueKind::HashChain,
                         Some(&stream),
                         Some(view.sequence),
                         Some(position),
                         "the previous-record hash is not the SHA-256 of the stream's record before",
                     ));
-                }
-                if r.previous_address != prev_address {
+                } else if r.previous_address != prev_address {
                     this_ok = false;
-                    report.push(issue(
+                    issues.push(issue(
                         IssueKind::Index,
                         Some(&stream),
                         Some(view.sequence),
@@ -145,25 +177,26 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
                 stream,
                 Chain {
                     sequence: view.sequence,
-                    hash: leaf,
+                    hash: record_hash,
                     address: addresses[i],
                     position,
                     ok: this_ok,
                 },
             );
-            if since_progress >= 16_384 {
+            if since_progress >= PROGRESS_EVERY_RECORDS {
                 if let Some(progress) = opts.progress {
                     progress(since_progress, total);
                 }
                 since_progress = 0;
             }
         }
+        position = frame.end_position();
     }
-    drop(log);
     if let (Some(progress), true) = (opts.progress, since_progress > 0) {
         progress(since_progress, total);
     }
-    // Each stream's last record is its head, and every head has records.
+    // Each stream's last record is its head, and every head has records. A head that moved
+    // past the pass's end (a live store) is not compared.
     let heads = match parts.streams(db, None) {
         Ok(heads) => heads,
         Err(e) => {
@@ -171,10 +204,8 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
             Vec::new()
         }
     };
+    let mut head_of: HashMap<&StreamId, LogHead> = HashMap::new();
     for (stream, _) in &heads {
-        if !scope.stream_in(stream) {
-            continue;
-        }
         let head = match parts.log_head(db, stream) {
             Ok(Some(h)) => h,
             Ok(None) => continue,
@@ -183,8 +214,20 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
                 continue;
             }
         };
+        if let Some(&at) = damaged.get(&head.address) {
+            let named = &mut issues[at];
+            named.stream = Some(stream.to_string());
+            named.sequence = Some(head.sequence);
+            head_of.insert(stream, head);
+            continue;
+        }
+        if !scope.stream_in(stream) || head.position >= end {
+            head_of.insert(stream, head);
+            continue;
+        }
+        head_of.insert(stream, head);
         match chains.get(stream) {
-            None => report.push(issue(
+            None => issues.push(issue(
                 IssueKind::Index,
                 Some(stream),
                 Some(head.sequence),
@@ -195,7 +238,7 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
                 if (c.sequence, c.hash, c.address, c.position)
                     != (head.sequence, head.hash, head.address, head.position) =>
             {
-                report.push(issue(
+                issues.push(issue(
                     IssueKind::Index,
                     Some(stream),
                     Some(head.sequence),
@@ -209,20 +252,28 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
             Some(_) => {}
         }
     }
-    let in_scope: Vec<&StreamId> = chains.keys().filter(|s| scope.stream_in(s)).collect();
+    let mut in_scope: Vec<&StreamId> = chains.keys().filter(|s| scope.stream_in(s)).collect();
+    in_scope.sort();
     report.streams = in_scope.len() as u64;
-    if heads.iter().filter(|(s, _)| scope.stream_in(s)).count() != in_scope.len() {
-        for stream in &in_scope {
-            if !heads.iter().any(|(s, _)| s == *stream) {
-                report.push(issue(
-                    IssueKind::Index,
-                    Some(stream),
-                    None,
-                    None,
-                    "the log holds records of a stream that has no head",
-                ));
-            }
+    for stream in &in_scope {
+        if !head_of.contains_key(stream) {
+            issues.push(issue(
+                IssueKind::Index,
+                Some(stream),
+                None,
+                None,
+                "the log holds records of a stream that has no head",
+            ));
         }
+    }
+    // Damaged records are reported where the store holds them: with their stream and
+    // sequence when a pointer named them, else by position.
+    let in_scope_issue = |i: &VerifyIssue| match (&i.stream, &scope.aggregate_type) {
+        (None, _) | (_, None) => true,
+        (Some(s), Some(_)) => in_scope.iter().any(|id| id.to_string() == *s),
+    };
+    for issue in issues.into_iter().filter(in_scope_issue) {
+        report.push(issue);
     }
     report.global_entries = report.events;
     match (report.issues.first().cloned(), leaves) {
@@ -230,23 +281,25 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
         (Some(first), Some(_)) => report.tree_blocked = Some(first),
         (Some(_), None) => {}
     }
-    // Whole streams for the visitor, each read back from its head.
+    // Whole streams for the visitor, each walked back from its head.
     if let (Some(factory), false) = (opts.visit, scope_limits_records(opts)) {
-        let mut streams: Vec<&StreamId> = in_scope;
-        streams.sort();
-        for stream in streams {
+        for stream in in_scope {
             let Some(mut visitor) = factory(stream) else {
                 continue;
             };
-            let complete = match parts.read_stream(db, stream, 1, u64::MAX) {
-                Ok(records) => {
-                    for ((_, bytes), sequence) in records.iter().zip(1..) {
-                        visitor.record(sequence, RecordView::check(bytes).ok().as_ref());
-                    }
-                    true
-                }
-                Err(_) => false,
+            let Some(head) = head_of.get(stream).copied() else {
+                visitor.finish(false);
+                continue;
             };
+            let (entries, complete) = parts.entries_back(head);
+            for (sequence, bytes) in &entries {
+                let view = RecordView::check(bytes).ok().filter(|v| {
+                    v.aggregate_type == stream.aggregate_type
+                        && v.aggregate_id == stream.aggregate_id
+                        && v.sequence == *sequence
+                });
+                visitor.record(*sequence, view.as_ref());
+            }
             visitor.finish(complete);
         }
     }

@@ -636,6 +636,12 @@ fn run_child(
     .stderr(Stdio::null());
     if let Some(what) = skip_sync {
         cmd.env(SKIP_SYNC_ENV, what);
+        // Blob files and their folder are sled's: only a store on the sled layout writes
+        // events into sled (on the segment log sled's nodes stay small), so the blob
+        // mutations run on one whatever `EVERSHARD_WRITE_PATH` says for the other trials.
+        if what.starts_with("blob") {
+            cmd.env(evershard_engine::WritePath::ENV, "sled");
+        }
     }
     let mut child = cmd.spawn().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
