@@ -436,10 +436,11 @@ fn verify_names_the_aggregate_and_sequence_of_a_flipped_byte() {
     let (stdout, _) = expect_exit(&["verify", "--data", p(dir.path())], 1);
     // The flipped record fails its CRC. The next record's chain link to it cannot match any
     // more; that is the same break, so it is not reported a second time.
+    // (A store on the segment log also knows the damaged record's global position.)
     assert!(
-        stdout.contains(&format!(
-            "PROBLEM ProductStock/{id} sequence 2 [journal]: CRC32C"
-        )),
+        stdout.lines().any(|line| line
+            .starts_with(&format!("PROBLEM ProductStock/{id} sequence 2 "))
+            && line.contains("[journal]: CRC32C")),
         "{stdout}"
     );
     assert!(

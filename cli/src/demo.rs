@@ -604,6 +604,11 @@ async fn open_engine(args: &DemoArgs) -> Result<Engine, CliError> {
     };
     let mut builder = Engine::builder(&args.data)
         .durability(durability)
+        .write_path(match args.write_path {
+            Some(crate::WritePathArg::Sled) => evershard_engine::WritePath::Sled,
+            Some(crate::WritePathArg::Log) => evershard_engine::WritePath::Log,
+            None => evershard_engine::WritePath::from_env(),
+        })
         .clock(demo_clock().clone())
         .source(DEMO_SOURCE);
     if let Some(every) = args.snapshot_every {

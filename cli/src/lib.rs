@@ -124,6 +124,15 @@ impl std::fmt::Display for DurabilityArg {
     }
 }
 
+/// Where a new store keeps its events (docs/design.md, "The next write path").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WritePathArg {
+    /// Every record under its own sled key (every store made before the segment log).
+    Sled,
+    /// Records in an append-only segment log, one frame and one fdatasync per group commit.
+    Log,
+}
+
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// The store's directory (created if missing).
@@ -148,6 +157,10 @@ pub struct DemoArgs {
     /// When the engine acknowledges a command.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Durable)]
     pub durability: DurabilityArg,
+    /// Where a new store keeps its events; an existing store keeps its own. Default: `sled`,
+    /// or what `EVERSHARD_WRITE_PATH` says.
+    #[arg(long, value_enum)]
+    pub write_path: Option<WritePathArg>,
     /// Concurrent client tasks; each owns a share of the aggregates. In durable mode the
     /// clients with a command in flight share one flush, so more clients, more throughput.
     #[arg(long, value_name = "N", default_value_t = 64,

@@ -279,6 +279,12 @@ impl From<crate::journal::logindex::LogIndexError> for StorageError {
             LogIndexError::HashChain {
                 stream, sequence, ..
             } => StorageError::corrupt(&stream, sequence, Corruption::HashChain),
+            LogIndexError::Damaged {
+                stream,
+                sequence,
+                source,
+                ..
+            } => StorageError::corrupt(&stream, sequence, Corruption::Record(source)),
             LogIndexError::Chain { ref stream, .. } => StorageError::Corrupt {
                 stream: Some(stream.clone()),
                 sequence: None,

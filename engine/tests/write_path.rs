@@ -8,8 +8,8 @@
 
 use evershard_engine::model::DemoRng;
 use evershard_engine::{
-    AppendRequest, Durability, Journal, JournalConfig, JournalWriter, NewEvent, StreamId,
-    WritePath, WriteOp,
+    AppendRequest, Durability, Journal, JournalConfig, JournalWriter, NewEvent, StreamId, WriteOp,
+    WritePath,
 };
 use evershard_testing::child::{self, TestChild};
 use uuid::Uuid;
@@ -141,21 +141,38 @@ fn compare(seed: u64, journals: &[JournalWriter; 2], streams: &[StreamId], heads
     let [sled, log] = journals;
     assert_eq!(log.write_path(), WritePath::Log);
     for (stream, &head) in streams.iter().zip(heads) {
-        assert_eq!(sled.head(stream).unwrap(), log.head(stream).unwrap(), "seed {seed}");
+        assert_eq!(
+            sled.head(stream).unwrap(),
+            log.head(stream).unwrap(),
+            "seed {seed}"
+        );
         assert_eq!(sled.head(stream).unwrap().sequence, head);
-        let a: Vec<_> = sled.read_stream(stream, 1, u64::MAX).map(Result::unwrap).collect();
-        let b: Vec<_> = log.read_stream(stream, 1, u64::MAX).map(Result::unwrap).collect();
+        let a: Vec<_> = sled
+            .read_stream(stream, 1, u64::MAX)
+            .map(Result::unwrap)
+            .collect();
+        let b: Vec<_> = log
+            .read_stream(stream, 1, u64::MAX)
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(a, b, "seed {seed}: {stream}");
         let middle = (head / 2).max(1);
-        let a: Vec<_> = sled.read_stream(stream, middle, middle + 2).map(Result::unwrap).collect();
-        let b: Vec<_> = log.read_stream(stream, middle, middle + 2).map(Result::unwrap).collect();
+        let a: Vec<_> = sled
+            .read_stream(stream, middle, middle + 2)
+            .map(Result::unwrap)
+            .collect();
+        let b: Vec<_> = log
+            .read_stream(stream, middle, middle + 2)
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(a, b, "seed {seed}: {stream} from {middle}");
         assert_eq!(
             sled.record_bytes(stream, middle).unwrap(),
             log.record_bytes(stream, middle).unwrap()
         );
     }
-    let global = |j: &JournalWriter, from| -> Vec<_> { j.read_global(from).map(Result::unwrap).collect() };
+    let global =
+        |j: &JournalWriter, from| -> Vec<_> { j.read_global(from).map(Result::unwrap).collect() };
     assert_eq!(global(sled, 1), global(log, 1), "seed {seed}");
     assert_eq!(global(sled, 77), global(log, 77), "seed {seed}");
     for filter in [None, Some("Thing"), Some("Other"), Some("None")] {
@@ -191,6 +208,8 @@ fn write_path_child() {
         ..config(WritePath::Log)
     };
     let journal = JournalWriter::open(&dir, config).unwrap();
+    // The test harness's own "test ... " line has no newline yet: end it.
+    println!();
     for i in 0..CHILD_GROUPS {
         let stream = StreamId::new("Thing", format!("t{i}"));
         let mut request = AppendRequest::new(stream.clone(), 0, vec![event(i + 1)]);
@@ -223,25 +242,48 @@ fn sled_writes_lost_in_a_crash_are_reapplied_from_the_log() {
             })
             .count() as u64
     };
-    // A read-only open changes nothing: it shows what sled kept — not the groups' timers,
-    // which were applied after each frame's sync and never flushed.
+    // sled did not keep the groups' writes (applied after each frame's sync, never
+    // flushed): a reader, which must not write the store, sees that and reads a private
+    // copy with them re-applied — and sees every timer.
     let read_only = Journal::open_read_only(dir.path()).unwrap();
-    let kept = timers(&read_only);
-    assert_eq!(read_only.head(&StreamId::new("Thing", "t39")).unwrap().sequence, 1);
-    drop(read_only);
     assert!(
-        kept < CHILD_GROUPS,
-        "sled kept all {kept} timers: this test would not see a missing re-application"
+        read_only.reads_a_private_copy(),
+        "sled kept every write: this test would not see a missing re-application"
     );
+    assert_eq!(
+        timers(&read_only),
+        CHILD_GROUPS,
+        "the reader sees every timer"
+    );
+    assert_eq!(
+        read_only
+            .head(&StreamId::new("Thing", "t39"))
+            .unwrap()
+            .sequence,
+        1
+    );
+    drop(read_only);
+    // A writer re-applies them in place.
     let journal = JournalWriter::open(dir.path(), config(WritePath::Log)).unwrap();
-    assert_eq!(timers(&journal), CHILD_GROUPS, "every acknowledged timer is back");
+    assert_eq!(
+        timers(&journal),
+        CHILD_GROUPS,
+        "every acknowledged timer is back"
+    );
     for i in 0..CHILD_GROUPS {
         let stream = StreamId::new("Thing", format!("t{i}"));
         let deadline = journal.timer(&stream).unwrap().unwrap();
-        assert_eq!(deadline.timestamp_micros(), 1_800_000_000_000_000 + i as i64);
+        assert_eq!(
+            deadline.timestamp_micros(),
+            1_800_000_000_000_000 + i as i64
+        );
         assert_eq!(journal.head(&stream).unwrap().sequence, 1);
     }
     assert_eq!(journal.timers(None).count() as u64, CHILD_GROUPS);
     assert!(journal.verify().is_clean());
     journal.close().unwrap();
+    // Now sled holds them: a reader opens the store in place.
+    let read_only = Journal::open_read_only(dir.path()).unwrap();
+    assert!(!read_only.reads_a_private_copy());
+    assert_eq!(timers(&read_only), CHILD_GROUPS);
 }

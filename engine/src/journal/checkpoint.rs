@@ -213,8 +213,6 @@ impl JournalWriter {
             dir: dest.to_path_buf(),
             reason: reason.to_owned(),
         };
-        self.sled_layout_only("a checkpoint")
-            .map_err(|e| CheckpointError::Source(Box::new(e)))?;
         let existed = match probe::probe(dest) {
             Ok(probe::Probe::Missing) => false,
             Ok(probe::Probe::Empty) => true,
@@ -269,6 +267,8 @@ impl JournalWriter {
             dest,
             JournalConfig {
                 cache_bytes: COPY_CACHE_BYTES,
+                // The copy keeps the live store's layout.
+                write_path: self.write_path(),
                 ..JournalConfig::default()
             },
         )?;
@@ -297,14 +297,22 @@ impl JournalWriter {
         let paused = self.pause().map_err(source_error)?;
         let cut = paused.cut;
         caught_up(cut)?;
+        // (A store on the segment log: its heads are rebuilt by the copy from the records it
+        // copies, and its log cursors are the copy's own.)
         let added_only = [
             keys::EVENTS,
             keys::GLOBAL,
             keys::SNAPSHOTS,
             topics::TOPIC_INDEX,
             merkle::TREE,
+            super::logindex::HEADS,
         ];
-        let own_meta = [&super::meta_format_key()[..], CHECKPOINT_KEY];
+        let format_key = super::meta_format_key();
+        let log_meta = super::logstore::own_meta_keys();
+        let own_meta: Vec<&[u8]> = [&format_key[..], CHECKPOINT_KEY]
+            .into_iter()
+            .chain(log_meta.iter().map(|k| &k[..]))
+            .collect();
         for tag in (0..=u8::MAX).filter(|t| !added_only.contains(t)) {
             for entry in keyspace(&src, tag) {
                 let (key, value) = entry.map_err(source_error)?;
@@ -332,7 +340,17 @@ impl JournalWriter {
         // Step 4: commands flow again; copy what is only ever added to, up to the cut.
         let mut heads: HashMap<StreamId, u64> = HashMap::new();
         let mut events = 0u64;
-        for entry in src.range(vec![keys::GLOBAL]..keys::global_key(cut + 1).to_vec()) {
+        if let Some(log) = &self.shared.log {
+            let out_log = out.shared.log.as_ref().expect("the copy keeps the layout");
+            events = log
+                .copy_records_to(out_log, &out_db, cut, &mut heads)
+                .map_err(|e| write_error(dest, e))?;
+        }
+        let sled_layout = self.shared.log.is_none();
+        for entry in src
+            .range(vec![keys::GLOBAL]..keys::global_key(cut + 1).to_vec())
+            .filter(|_| sled_layout)
+        {
             let (key, value) = entry.map_err(source_error)?;
             let malformed = || {
                 source_error(StorageError::corrupt_store(Corruption::MalformedKey {

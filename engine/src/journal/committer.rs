@@ -10,8 +10,8 @@ use super::keyring::SealingKey;
 use super::logindex::LogHead;
 use super::seglog::{Frame, FrameRecord, FrameWrite};
 use super::{
-    failpoint, fault, keys, logstore, record, segments, Durability, JournalConfig, Record,
-    Shared, StreamHead, StreamId,
+    failpoint, fault, keys, logstore, record, segments, Durability, JournalConfig, Record, Shared,
+    StreamHead, StreamId,
 };
 use crate::error::{AppendError, InvalidRequest, StorageError};
 use chrono::{DateTime, Utc};
@@ -362,19 +362,17 @@ impl Syncer {
                 // A panic while syncing is a bug (or a failpoint): like a failed sync, it
                 // poisons the journal, and every waiter gets a typed error instead of a
                 // closed channel or no answer at all.
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match self
-                    .shared
-                    .log
-                    .is_some()
-                {
-                    true => self.sync_log(&mut batch),
-                    false => self.sync(),
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    match self.shared.log.is_some() {
+                        true => self.sync_log(&mut batch),
+                        false => self.sync(),
+                    }
                 }))
                 .unwrap_or_else(|_| {
-                        self.shared
-                            .poison("flush/fdatasync", &"the syncer panicked");
-                        Err(StorageError::Poisoned)
-                    })
+                    self.shared
+                        .poison("flush/fdatasync", &"the syncer panicked");
+                    Err(StorageError::Poisoned)
+                })
             };
             match result {
                 Ok(()) => {
@@ -408,7 +406,11 @@ impl Syncer {
     /// explicit syncs and a shutdown also flush and sync sled (their callers wait for the
     /// keyspaces written outside the committer: offsets, snapshots, cursors).
     fn sync_log(&mut self, batch: &mut SyncBatch) -> Result<(), StorageError> {
-        let parts = self.shared.log.as_ref().expect("a store on the segment log");
+        let parts = self
+            .shared
+            .log
+            .as_ref()
+            .expect("a store on the segment log");
         #[cfg(feature = "fault-injection")]
         if self
             .shared
@@ -447,7 +449,9 @@ impl Syncer {
     /// past half full, so that starting it costs a rename on the committer's path.
     fn prepare_next_segment(&mut self) {
         use std::sync::atomic::Ordering;
-        let Some(parts) = &self.shared.log else { return };
+        let Some(parts) = &self.shared.log else {
+            return;
+        };
         let Some((path, bytes)) = parts.read_log().wants_prepared() else {
             return;
         };
@@ -1046,7 +1050,11 @@ impl Committer {
         staged: &mut HashMap<StreamId, CommitHead>,
         batch: &mut sled::Batch,
     ) -> Result<(), StorageError> {
-        let parts = self.shared.log.as_ref().expect("a store on the segment log");
+        let parts = self
+            .shared
+            .log
+            .as_ref()
+            .expect("a store on the segment log");
         failpoint::check(failpoint::APPLY_BATCH)?;
         let mut log = parts.write_log();
         let address = log.reserve(&frame)?;

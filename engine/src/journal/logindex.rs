@@ -48,6 +48,15 @@ pub enum LogIndexError {
         position: u64,
         reason: &'static str,
     },
+    /// A stream's record read back from its head fails its own checks.
+    #[error("{stream} at sequence {sequence} (position {position}): {source}")]
+    Damaged {
+        stream: StreamId,
+        sequence: u64,
+        position: u64,
+        #[source]
+        source: RecordError,
+    },
     /// A record's hash is not the one the record after it (or the head) names, or its
     /// previous hash is not its predecessor's: the chain breaks at `sequence`.
     #[error("the hash chain of {stream} breaks at sequence {sequence} (position {position})")]
@@ -368,7 +377,9 @@ pub fn read_back(
         let mut position_max = head.position;
         while sequence >= from {
             let r = log.record_at_address(address)?;
-            let view = RecordView::check(&r.bytes).map_err(|source| LogIndexError::Record {
+            let view = RecordView::check(&r.bytes).map_err(|source| LogIndexError::Damaged {
+                stream: stream.clone(),
+                sequence,
                 position: position_max,
                 source,
             })?;

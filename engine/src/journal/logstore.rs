@@ -36,6 +36,16 @@ pub(super) fn writes_cursor_key() -> Vec<u8> {
     [&[keys::META][..], b"log-writes"].concat()
 }
 
+/// The `m` keys a store on the segment log keeps for itself (a checkpoint's copy has its
+/// own).
+pub(super) fn own_meta_keys() -> [Vec<u8>; 3] {
+    [
+        write_path_key(),
+        writes_cursor_key(),
+        [&[keys::META][..], b"log-applied"].concat(),
+    ]
+}
+
 /// Whether the store in `db` keeps its records on the segment log.
 pub(super) fn is_log_store(db: &sled::Db) -> Result<bool, StorageError> {
     Ok(db.get(write_path_key())?.as_deref() == Some(LOG_MARKER))
@@ -169,7 +179,11 @@ impl LogParts {
     }
 
     /// A stream's head as the journal reports it.
-    pub(super) fn head(&self, db: &sled::Db, stream: &StreamId) -> Result<StreamHead, StorageError> {
+    pub(super) fn head(
+        &self,
+        db: &sled::Db,
+        stream: &StreamId,
+    ) -> Result<StreamHead, StorageError> {
         Ok(match self.log_head(db, stream)? {
             Some(h) => StreamHead {
                 sequence: h.sequence,
@@ -287,6 +301,62 @@ impl LogParts {
         Ok(frame)
     }
 
+    /// Copies the records at positions `..=cut` into `out`, the empty log of a checkpoint
+    /// (`out_db` its sled), frame by frame as stored — the records' bytes unchanged, their
+    /// previous-address pointers made the copy's — and moves its heads; `heads` gets every
+    /// stream's last sequence. Frames of writes only are not copied: the copy's keyspaces
+    /// are the live store's at the cut. Returns the records copied.
+    pub(super) fn copy_records_to(
+        &self,
+        out: &LogParts,
+        out_db: &sled::Db,
+        cut: u64,
+        heads: &mut std::collections::HashMap<StreamId, u64>,
+    ) -> Result<u64, StorageError> {
+        let mut last_address: std::collections::HashMap<StreamId, u64> = Default::default();
+        let mut address = 0u64;
+        let mut copied = 0u64;
+        loop {
+            let Some((_, frame, next)) = self.read_log().frame_from(address)? else {
+                break;
+            };
+            address = next;
+            if frame.first_position > cut {
+                break;
+            }
+            if frame.records.is_empty() {
+                continue;
+            }
+            // The committer answers a pause between groups: no frame straddles the cut.
+            assert!(frame.end_position() <= cut + 1, "a frame straddles the cut");
+            let mut copy = Frame {
+                first_position: frame.first_position,
+                records: frame.records,
+                writes: Vec::new(),
+            };
+            let mut out_log = out.write_log();
+            let at = out_log.reserve(&copy)?;
+            let addresses = copy.record_addresses(at);
+            for (r, &record_address) in copy.records.iter_mut().zip(&addresses) {
+                let view = record::RecordView::check(&r.bytes)
+                    .map_err(|e| StorageError::corrupt_store(Corruption::Record(e)))?;
+                let stream = StreamId::new(view.aggregate_type, view.aggregate_id);
+                r.previous_address = last_address
+                    .insert(stream.clone(), record_address)
+                    .unwrap_or(0);
+                heads.insert(stream, view.sequence);
+            }
+            let written = out_log.append(&copy)?;
+            assert_eq!(written, at, "the frame went where it was reserved");
+            drop(out_log);
+            out.lock_index().apply(out_db, at, &copy)?;
+            copied += copy.records.len() as u64;
+        }
+        let end = out.read_log().end_of_frames();
+        out_db.insert(writes_cursor_key(), &end.to_le_bytes()[..])?;
+        Ok(copied)
+    }
+
     /// Drops the cached frame (a test hook rewrote the log under it).
     #[cfg(feature = "fault-injection")]
     pub(super) fn forget_cached_frame(&self) {
@@ -346,7 +416,11 @@ impl LogParts {
         for frame in log.frames_from(log.first_position()) {
             let (_, frame) = frame?;
             events += frame.records.len() as u64;
-            bytes += frame.records.iter().map(|r| r.bytes.len() as u64).sum::<u64>();
+            bytes += frame
+                .records
+                .iter()
+                .map(|r| r.bytes.len() as u64)
+                .sum::<u64>();
         }
         Ok((events, bytes))
     }

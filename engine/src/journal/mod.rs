@@ -1391,7 +1391,9 @@ impl Journal {
                     records
                         .into_iter()
                         .zip(from..)
-                        .map(move |((_, bytes), sequence)| decode_checked(&stream, sequence, &bytes)),
+                        .map(move |((_, bytes), sequence)| {
+                            decode_checked(&stream, sequence, &bytes)
+                        }),
                 ),
             };
         }
@@ -1452,7 +1454,8 @@ impl Journal {
         let mut buffer = Vec::new();
         if let Some(log) = &self.shared.log {
             // Read back from the head, each record's chain checked against the one after it.
-            for ((_, bytes), sequence) in log.read_stream(&db, stream, from, to)?.iter().zip(from..) {
+            for ((_, bytes), sequence) in log.read_stream(&db, stream, from, to)?.iter().zip(from..)
+            {
                 let view = view_checked(stream, sequence, bytes)?;
                 self.visit_opened(&db, &view, &mut opener, &mut buffer, &mut visit)?;
             }
@@ -2350,7 +2353,9 @@ impl Journal {
             let (position, mut value) = log
                 .read_stream(&db, stream, sequence, sequence)?
                 .pop()
-                .ok_or_else(|| StorageError::corrupt(stream, sequence, Corruption::MissingRecord))?;
+                .ok_or_else(|| {
+                    StorageError::corrupt(stream, sequence, Corruption::MissingRecord)
+                })?;
             edit(&mut value);
             // The frame's cache may hold the record as it was.
             log.forget_cached_frame();
@@ -2412,7 +2417,13 @@ fn global_place(position: u64, bytes: &[u8]) -> Result<(u64, StreamId, u64), Sto
         return Err(StorageError::corrupt(
             &stream,
             view.sequence,
-            Corruption::Log(format!("record at position {position} says {}", view.global_position).into()),
+            Corruption::Log(
+                format!(
+                    "record at position {position} says {}",
+                    view.global_position
+                )
+                .into(),
+            ),
         ));
     }
     Ok((position, stream, view.sequence))

@@ -757,8 +757,10 @@ impl SegmentLog {
     /// The size of the next segment: as large as the log so far, within
     /// [`SEGMENT_BYTES_MIN`] ..= the log's segment size.
     fn next_segment_bytes(&self) -> u64 {
-        self.end_address()
-            .clamp(SEGMENT_BYTES_MIN.min(self.segment_bytes), self.segment_bytes)
+        self.end_address().clamp(
+            SEGMENT_BYTES_MIN.min(self.segment_bytes),
+            self.segment_bytes,
+        )
     }
 
     /// Where a prepared next segment should be made, and its size, when the active segment
@@ -955,9 +957,16 @@ impl SegmentLog {
     /// Replaces the bytes of the record at `position` with `bytes` of the same length and
     /// seals its frame's CRCs again, so that only the record's own checks (its CRC, place
     /// and chain) can find the change, as an edit of a sled value would be found.
-    pub fn rewrite_record_for_tests(&mut self, position: u64, bytes: &[u8]) -> Result<(), SegLogError> {
+    pub fn rewrite_record_for_tests(
+        &mut self,
+        position: u64,
+        bytes: &[u8],
+    ) -> Result<(), SegLogError> {
         let frame_address = self.frame_address_of(position)?;
-        let i = self.segments.partition_point(|s| s.base_address <= frame_address) - 1;
+        let i = self
+            .segments
+            .partition_point(|s| s.base_address <= frame_address)
+            - 1;
         let segment = &self.segments[i];
         let offset = frame_address - segment.base_address;
         let HeaderRead::Ok(mut header) = segment.read_header(offset)? else {
@@ -970,7 +979,8 @@ impl SegmentLog {
             .map_err(io(&segment.path))?;
         let frame = decode_body(&header, &body).expect("a frame read at open decodes");
         let index = (position - frame.first_position) as usize;
-        let entry = frame.record_addresses(frame_address)[index] - frame_address
+        let entry = frame.record_addresses(frame_address)[index]
+            - frame_address
             - FRAME_HEADER_BYTES as u64;
         let start = entry as usize + RECORD_ENTRY_HEADER_BYTES;
         assert_eq!(
@@ -987,7 +997,8 @@ impl SegmentLog {
             .write(true)
             .open(&segment.path)
             .map_err(io(&segment.path))?;
-        file.write_all_at(&head, offset).map_err(io(&segment.path))?;
+        file.write_all_at(&head, offset)
+            .map_err(io(&segment.path))?;
         file.write_all_at(&body, offset + FRAME_HEADER_BYTES as u64)
             .map_err(io(&segment.path))?;
         file.sync_data().map_err(io(&segment.path))

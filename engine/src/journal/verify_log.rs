@@ -71,14 +71,17 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
-                issues.push(issue(
+                let blocked = issue(
                     IssueKind::Storage,
                     None,
                     None,
                     Some(position),
                     format!("the segment log cannot be read on from here: {e}"),
-                ));
-                leaves = None;
+                );
+                if leaves.take().is_some() {
+                    report.tree_blocked = Some(blocked.clone());
+                }
+                issues.push(blocked);
                 break;
             }
         };
@@ -102,7 +105,13 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
                     }
                     report.events_checked += 1;
                     damaged.insert(addresses[i], issues.len());
-                    issues.push(issue(IssueKind::Record, None, None, Some(position), e.to_string()));
+                    issues.push(issue(
+                        IssueKind::Record,
+                        None,
+                        None,
+                        Some(position),
+                        e.to_string(),
+                    ));
                     continue;
                 }
             };
@@ -121,7 +130,10 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
                     Some(&stream),
                     Some(view.sequence),
                     Some(position),
-                    format!("the record at position {position} says {}", view.global_position),
+                    format!(
+                        "the record at position {position} says {}",
+                        view.global_position
+                    ),
                 ));
             }
             let after_damage = damaged.get(&r.previous_address).copied();
@@ -276,11 +288,9 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
         report.push(issue);
     }
     report.global_entries = report.events;
-    match (report.issues.first().cloned(), leaves) {
-        (None, leaves) => report.leaves = leaves,
-        (Some(first), Some(_)) => report.tree_blocked = Some(first),
-        (Some(_), None) => {}
-    }
+    // The leaves are the stored records' hashes, damaged or not (as the sled layout's
+    // verify has them): the tree is recomputed whenever every record could be read.
+    report.leaves = leaves;
     // Whole streams for the visitor, each walked back from its head.
     if let (Some(factory), false) = (opts.visit, scope_limits_records(opts)) {
         for stream in in_scope {
