@@ -129,6 +129,9 @@ fn head_key(stream: &StreamId) -> Vec<u8> {
     keys::stream_prefix(HEADS, stream)
 }
 
+/// A head with its key (`H | stream part`).
+type KeyedHead = (Vec<u8>, LogHead);
+
 /// The heads of a segment log's streams.
 #[derive(Debug)]
 pub struct LogIndex {
@@ -140,7 +143,7 @@ pub struct LogIndex {
     /// are always a state the log can reproduce after a crash.
     durable: HashMap<Vec<u8>, LogHead>,
     /// Frames the committer noted and the log has not synced yet: (end position, heads).
-    unsynced: VecDeque<(u64, Vec<(Vec<u8>, LogHead)>)>,
+    unsynced: VecDeque<(u64, Vec<KeyedHead>)>,
     /// The position after the last applied or noted frame.
     applied: u64,
     /// The position after the last synced frame.
@@ -204,7 +207,7 @@ impl LogIndex {
     /// see them at once; a checkpoint writes them only after [`Self::note_synced`].
     pub fn note_committed(&mut self, end_position: u64, heads: Vec<(StreamId, LogHead)>) {
         assert!(end_position >= self.applied, "frames noted out of order");
-        let heads: Vec<(Vec<u8>, LogHead)> = heads
+        let heads: Vec<KeyedHead> = heads
             .into_iter()
             .map(|(stream, head)| (head_key(&stream), head))
             .collect();
