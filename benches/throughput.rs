@@ -47,6 +47,10 @@
 //!    `EVERSHARD_BENCH_SLED_CACHE_MIB` sled's cache).
 //!    `EVERSHARD_BENCH_ONLY=goals` runs run 1, the plain file and these alone.
 //!
+//! `EVERSHARD_BENCH_ONLY=writepath` (alone): run 1's workload on the sled layout and on the
+//! segment log (`WritePath::Log`), in `EVERSHARD_BENCH_PAIRS` alternating pairs, each run
+//! with its CPU per command; every other section follows `EVERSHARD_WRITE_PATH`.
+//!
 //! For profiling the command path: `EVERSHARD_BENCH_ONLY=engine` stops after (1);
 //! `EVERSHARD_BENCH_KEYED=1` gives (1) a fresh idempotency key per command.
 //!
@@ -57,7 +61,7 @@ use evershard::aggregates::product_stock::ProductStock;
 use evershard::aggregates::product_stock::{ReceiveStock, Reserve, RESERVATION_TTL_MS};
 use evershard::engine::{keyspace_writes, AppendRequest, JournalConfig, ManualClock};
 use evershard::engine::{
-    repository, Durability, Engine, Journal, JournalWriter, SnapshotPolicy, StreamId,
+    repository, Durability, Engine, Journal, JournalWriter, SnapshotPolicy, StreamId, WritePath,
 };
 use evershard::model::{Aggregate, DecideContext, DemoRng, Metadata, Workload};
 use std::io::Write;
@@ -133,6 +137,8 @@ enum Feature {
     Topics,
     /// A fresh idempotency key on every command.
     Keys,
+    /// The store on the segment log (`WritePath::Log`) instead of the sled layout.
+    Log,
 }
 
 /// The command rate with `feature` on over the rate without, from `rounds` pairs of runs on
@@ -156,8 +162,15 @@ fn paired_ratio(
         } else {
             [true, false]
         };
+        let mut cpu_us = [0.0; 2];
         for on in order {
             let store = dir.join(format!("pair-{round}-{on}"));
+            let write_path = match (feature, on) {
+                (Feature::Log, true) => WritePath::Log,
+                (Feature::Log, false) => WritePath::Sled,
+                _ => WritePath::from_env(),
+            };
+            let cpu_before = process_cpu();
             let run = rt.block_on(evershard_durable(
                 &store,
                 shape.aggregates,
@@ -166,14 +179,19 @@ fn paired_ratio(
                 shape.seed,
                 on && feature == Feature::Topics,
                 on && feature == Feature::Keys,
+                write_path,
             ));
+            cpu_us[usize::from(on)] = process_cpu().saturating_sub(cpu_before).as_secs_f64() * 1e6
+                / run.commands.max(1) as f64;
             rates[usize::from(on)] = run.commands as f64 / run.elapsed.as_secs_f64();
             let _ = std::fs::remove_dir_all(&store);
         }
         println!(
-            "  pair {round}: without {:.0}/s, with {:.0}/s, ratio {:.2}",
+            "  pair {round}: without {:.0}/s ({:.1} µs CPU/command), with {:.0}/s ({:.1} µs CPU/command), ratio {:.2}",
             rates[0],
+            cpu_us[0],
             rates[1],
+            cpu_us[1],
             rates[1] / rates[0]
         );
         ratios.push(rates[1] / rates[0]);
@@ -216,11 +234,13 @@ async fn evershard_durable(
     seed: u64,
     topics: bool,
     keyed: bool,
+    write_path: WritePath,
 ) -> Run {
     let rss_before = rss_bytes();
     let engine = Engine::builder(dir)
         .register::<ProductStock>()
         .durability(durability())
+        .write_path(write_path)
         .shards(8)
         // Every aggregate stays active up to the engine's default limit; past it (the
         // 1,000,000-aggregate run) passivation works as configured by default.
@@ -962,6 +982,22 @@ fn main() {
         print_recovery(&figures, recovery_events, recovery_runs);
         return;
     }
+    if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("writepath") {
+        // The two write paths, paired (docs/design.md, "The next write path"): run 1's
+        // workload on the sled layout and on the segment log, alternately, on fresh stores.
+        let shape = Shape {
+            aggregates,
+            commands,
+            clients,
+            seed,
+            smoke,
+        };
+        println!("write paths: run 1's workload, sled layout (without) and segment log (with)");
+        let pairs = env("EVERSHARD_BENCH_PAIRS", if smoke { 1 } else { 3 }) as usize;
+        let (ratio, rate) = paired_ratio(&rt, tmp.path(), &shape, Feature::Log, pairs);
+        println!("segment log over sled layout: median ratio {ratio:.2} ({rate:.0} commands/s on the log)");
+        return;
+    }
     if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("verify") {
         let events = env(
             "EVERSHARD_BENCH_VERIFY_EVENTS",
@@ -982,6 +1018,7 @@ fn main() {
         seed,
         false,
         keyed_first,
+        WritePath::from_env(),
     ));
     let secs = run.elapsed.as_secs_f64();
     let cmds_per_s = run.commands as f64 / secs;
@@ -1123,6 +1160,7 @@ fn goals(
         seed,
         false,
         false,
+        WritePath::from_env(),
     ));
     let wide_events = wide.events as f64 / wide.elapsed.as_secs_f64();
     println!(
@@ -1168,6 +1206,7 @@ fn goals(
         seed,
         false,
         false,
+        WritePath::from_env(),
     ));
     let million_rate = wide_run.commands as f64 / wide_run.elapsed.as_secs_f64();
     println!(

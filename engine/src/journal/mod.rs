@@ -6,6 +6,10 @@
 //! records are written by one atomic `apply_batch`. Appends go through a single committer
 //! thread ([`committer`]) which batches concurrent requests into one sled batch and one flush
 //! (group commit). Reads go straight to sled.
+//!
+//! A store made with [`WritePath::Log`] keeps its records in an append-only segment log
+//! instead ([`logstore`], docs/design.md, "The next write path"): a group is one frame and one
+//! `fdatasync`, sled keeps the heads and the other keyspaces.
 
 mod checkpoint;
 mod cluster_state;
@@ -56,7 +60,8 @@ pub use evershard_model::StreamId;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Durability {
     /// Acknowledge only after the sled flush **and** an fdatasync of sled's data file that
-    /// hold the append. A crash at any moment loses nothing acknowledged. The default.
+    /// hold the append (on the segment log: the `fdatasync` of the frame that holds it). A
+    /// crash at any moment loses nothing acknowledged. The default.
     #[default]
     Durable,
     /// Acknowledge once the batch is applied in sled's memory; sled flushes every
@@ -734,6 +739,15 @@ impl JournalWriter {
                 }
                 db.insert(&meta_key, STORE_FORMAT).map_err(sled_err)?;
                 db.flush().map_err(sled_err)?;
+                // sled's flush does not reach stable storage (see the syncer); the markers
+                // must, before anything is acknowledged: on the segment log nothing else
+                // syncs sled's file for a group, and a store that lost `m|write-path` would
+                // reopen on the sled layout without its log (found by the power-loss test).
+                if !fault::skip(fault::Sync::Fdatasync) {
+                    File::open(dir.join("db"))
+                        .and_then(|f| f.sync_data())
+                        .map_err(io)?;
+                }
                 // A new store: make its files' directory entries durable too, and sled's
                 // `conf`, which sled writes at creation and never syncs: a torn `conf`
                 // makes sled refuse to open the store (found by the power-loss test).

@@ -53,7 +53,9 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
     let mut chains: HashMap<StreamId, Chain> = HashMap::new();
     // Damaged records by address, with their issue: a later record that points at one names
     // its stream and sequence (its own bytes cannot), and is not reported as the echo.
-    let mut damaged: HashMap<u64, usize> = HashMap::new();
+    // (`None`: damaged but outside the scope, so not reported; its successor is still not
+    // an echo.)
+    let mut damaged: HashMap<u64, Option<usize>> = HashMap::new();
     let mut leaves: Option<Vec<Hash>> = scope.is_whole_store().then(Vec::new);
     let mut since_progress = 0u64;
     // The log as it is now: the pass reads up to here (a live store goes on growing), a frame
@@ -101,10 +103,11 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
                 Err(e) => {
                     report.events += 1;
                     if !scope.record_in(&r.bytes) {
+                        damaged.insert(addresses[i], None);
                         continue;
                     }
                     report.events_checked += 1;
-                    damaged.insert(addresses[i], issues.len());
+                    damaged.insert(addresses[i], Some(issues.len()));
                     issues.push(issue(
                         IssueKind::Record,
                         None,
@@ -137,11 +140,14 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
                 ));
             }
             let after_damage = damaged.get(&r.previous_address).copied();
-            if let Some(at) = after_damage {
+            if let Some(Some(at)) = after_damage {
                 // The damaged record before this one was this stream's, one sequence back.
+                // Named as the sled layout names it, by stream and sequence (the position
+                // stays only for a record nothing names).
                 let named = &mut issues[at];
                 named.stream = Some(stream.to_string());
                 named.sequence = view.sequence.checked_sub(1);
+                named.global_position = None;
             }
             let (expected, prev_hash, prev_address, ok) = match chains.get(&stream) {
                 Some(c) => (c.sequence + 1, c.hash, c.address, c.ok),
@@ -227,9 +233,12 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
             }
         };
         if let Some(&at) = damaged.get(&head.address) {
-            let named = &mut issues[at];
-            named.stream = Some(stream.to_string());
-            named.sequence = Some(head.sequence);
+            if let Some(at) = at {
+                let named = &mut issues[at];
+                named.stream = Some(stream.to_string());
+                named.sequence = Some(head.sequence);
+                named.global_position = None;
+            }
             head_of.insert(stream, head);
             continue;
         }
