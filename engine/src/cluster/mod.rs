@@ -10,20 +10,27 @@
 //!   the tailer has walked `p` up to the batch's offset and found it valid under the rule of
 //!   [`validity`] (no foreign claim in between). Otherwise the command fails with
 //!   `NotOwner` and took no effect.
+//! - **Local acknowledgement** ([`ClusterMode::Local`]). The gate ([`LocalGate`]) checks that
+//!   this node serves `p` and that the replication lag is under its bound, and adds the
+//!   batch's outbox entry ([`cursor`]) to the local append; once the append succeeded the
+//!   batch is queued, and the publisher thread produces the queue in order per partition
+//!   (idempotent producer). An outbox entry goes once the tailer walked its batch valid; a
+//!   queued batch that another node's claim voids forks the partition on this node, which
+//!   then refuses it ([`GateRefusal::Forked`]).
 //! - **Replica.** One tailer thread reads every partition of the journal topic from the
 //!   position stored in the local journal ([`cursor`]; the start for a new store), walks it
 //!   through the validity rule and appends the valid batches of other writers to the local
 //!   journal, so every node holds every valid batch, in each stream's order.
 //!
-//! Threads: the tailer, the group member, and the claimer (takeovers run there so that the
-//! group member keeps polling during a catch-up).
+//! Threads: the tailer, the group member, the claimer (takeovers run there so that the
+//! group member keeps polling during a catch-up) and, in `Local` mode, the publisher.
 
 pub mod cursor;
 pub mod validity;
 pub mod wire;
 
 use crate::engine::Engine;
-use crate::gate::{AppendGate, GateFuture, GateRefusal};
+use crate::gate::{AfterAppend, AppendGate, GateFuture, GateRefusal};
 use crate::journal::{AppendRequest, JournalWriter};
 use crate::kafka::KafkaConfig;
 use crate::topics::partition_for;
@@ -37,7 +44,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -56,6 +63,27 @@ const OWN_APPEND_GRACE_MS: u64 = 10_000;
 /// How long the tailer's poll blocks when there is nothing to read; also bounds how late it
 /// sees the stop flag.
 const TAILER_POLL_MS: u64 = 20;
+
+/// When a command is acknowledged (docs/scale-out.md, "Modes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ClusterMode {
+    /// After its batch is on the journal topic (`acks=all`) and checked valid, then appended
+    /// locally. Nothing acknowledged is lost with a node's disk.
+    #[default]
+    KafkaDurable,
+    /// After the local append (fdatasync with `Durability::Durable`); the batch is published
+    /// to the journal topic afterwards. A node's disk lost takes the batches not yet
+    /// published with it (the replication lag, bounded by
+    /// [`ClusterConfig::replication_lag_max_batches`]).
+    Local,
+}
+
+/// How many acknowledged batches a `Local` node may hold that are not yet on the journal
+/// topic, unless set ([`ClusterConfig::replication_lag_max_batches`]).
+pub const DEFAULT_REPLICATION_LAG_MAX_BATCHES: usize = 10_000;
+
+/// How long the publisher waits before producing again after a failed produce.
+const PUBLISH_RETRY_MS: u64 = 500;
 
 /// How a node joins a cluster. Build with [`ClusterConfig::new`] and the setters.
 #[derive(Clone, Debug)]
@@ -98,6 +126,14 @@ pub struct ClusterConfig {
     /// rebalance. Default false: with it, tansu 0.6.0 (the test broker) left partitions
     /// unassigned for good (measured, docs/scale-out.md), so it is untested.
     pub static_membership: bool,
+    /// When a command is acknowledged. Default [`ClusterMode::KafkaDurable`].
+    pub mode: ClusterMode,
+    /// `Local` mode: the most acknowledged batches this node holds that are not yet on the
+    /// journal topic; past it a new batch is refused with
+    /// `Unavailable { ReplicationLagging }` (retryable) and nothing is written. It bounds
+    /// what the loss of this node's disk can take. Default
+    /// [`DEFAULT_REPLICATION_LAG_MAX_BATCHES`].
+    pub replication_lag_max_batches: usize,
 }
 
 impl ClusterConfig {
@@ -120,7 +156,19 @@ impl ClusterConfig {
             reclaim_after_ms: 5_000,
             fetch_wait_ms: 10,
             static_membership: false,
+            mode: ClusterMode::KafkaDurable,
+            replication_lag_max_batches: DEFAULT_REPLICATION_LAG_MAX_BATCHES,
         }
+    }
+
+    pub fn mode(mut self, mode: ClusterMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    pub fn replication_lag_max_batches(mut self, batches: usize) -> Self {
+        self.replication_lag_max_batches = batches;
+        self
     }
 
     pub fn partitions(mut self, partitions: u32) -> Self {
@@ -191,6 +239,9 @@ impl ClusterConfig {
                 self.partitions
             ));
         }
+        if self.replication_lag_max_batches == 0 {
+            return Err("replication_lag_max_batches must be above 0".into());
+        }
         if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms >= self.session_timeout_ms
         {
             return Err(
@@ -255,6 +306,43 @@ pub struct Takeover {
     pub took_ms: u64,
 }
 
+/// `Local` mode: what this node acknowledged and has not seen valid on the journal topic yet
+/// (queued, or produced and not read back). All zero in `KafkaDurable`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationLag {
+    pub batches: usize,
+    /// Age of the oldest such batch, since this process queued it (or loaded it from the
+    /// outbox at join).
+    pub oldest_ms: u64,
+}
+
+/// An acknowledged `Local` batch that another node's claim voided (docs/scale-out.md,
+/// "Fork"): its events are in this node's journal and nowhere else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Orphan {
+    pub stream: evershard_model::StreamId,
+    pub first_sequence: u64,
+    pub event_ids: Vec<uuid::Uuid>,
+    pub epoch: u64,
+}
+
+/// A partition this node refuses because its store forked from the journal topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fork {
+    pub partition: u32,
+    /// The acknowledged batches no other node has, in queue order.
+    pub orphans: Vec<Orphan>,
+}
+
+/// What [`Cluster::health`] reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterHealth {
+    pub replication_lag: ReplicationLag,
+    /// Partitions refused because they forked (see [`Fork`]).
+    pub forked: Vec<u32>,
+    pub last_error: Option<String>,
+}
+
 /// What a node does now ([`Cluster::status`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterStatus {
@@ -277,6 +365,21 @@ pub struct ClusterStatus {
     pub refused: u64,
     /// The last error of a cluster thread, if any.
     pub last_error: Option<String>,
+    /// `Local` mode: acknowledged batches not yet seen valid on the topic.
+    pub replication_lag: ReplicationLag,
+    /// `Local` mode: partitions refused because they forked, with their orphaned batches.
+    pub forked: Vec<Fork>,
+}
+
+/// A `Local` batch acknowledged here and not yet walked valid on the topic.
+#[derive(Debug, Clone)]
+struct Queued {
+    /// Its outbox entry's number.
+    number: u64,
+    batch: Batch,
+    queued_at: Instant,
+    /// Handed to the producer (and not failed since).
+    sent: bool,
 }
 
 /// A message of a partition that moves the stored position once it is behind the applied
@@ -319,9 +422,57 @@ struct State {
     acknowledged: u64,
     refused: u64,
     last_error: Option<String>,
+    /// `Local` mode, per partition: acknowledged batches not yet walked valid, in order.
+    queue: Vec<VecDeque<Queued>>,
+    /// `Local` mode, per partition: outbox numbers walked valid, for the tailer to remove.
+    published: Vec<Vec<u64>>,
+    /// The next outbox number.
+    outbox_next: u64,
+    /// Per partition: the offset the tailer must reach before the publisher produces that
+    /// partition's queue loaded at join (its end then), so that a batch already on the topic
+    /// (produced just before a crash) is found there instead of produced twice.
+    publish_from: Vec<i64>,
+    /// Partitions refused because a queued batch was voided.
+    forked: BTreeMap<u32, Vec<Orphan>>,
 }
 
 impl State {
+    fn lag(&self) -> ReplicationLag {
+        let queued = self.queue.iter().flatten();
+        ReplicationLag {
+            batches: self.queue.iter().map(VecDeque::len).sum(),
+            oldest_ms: queued
+                .map(|q| q.queued_at.elapsed().as_millis() as u64)
+                .max()
+                .unwrap_or(0),
+        }
+    }
+
+    /// The partition's queued batches can never be valid any more: refuse the partition,
+    /// keep their outbox entries (the audit of what only this node has) and list them.
+    fn fork(&mut self, node: &str, partition: u32, why: &str) {
+        let orphans: Vec<Orphan> = self.queue[partition as usize]
+            .drain(..)
+            .map(|q| Orphan {
+                stream: q.batch.stream(),
+                first_sequence: q.batch.first_sequence,
+                event_ids: q.batch.events.iter().map(|e| e.event_id).collect(),
+                epoch: q.batch.epoch,
+            })
+            .collect();
+        self.served.remove(&partition);
+        for o in &orphans {
+            tracing::error!(node, partition, stream = %o.stream, first_sequence = o.first_sequence, epoch = o.epoch, event_ids = ?o.event_ids, "orphaned acknowledged batch (fork)");
+        }
+        tracing::error!(
+            node,
+            partition,
+            orphans = orphans.len(),
+            "partition forked: {why}; refused until the store is rebuilt"
+        );
+        self.forked.entry(partition).or_default().extend(orphans);
+    }
+
     fn owner(&self, partition: u32) -> Option<Owner> {
         self.walks
             .get(partition as usize)
@@ -344,6 +495,8 @@ struct Shared {
     walked: Condvar,
     /// Signalled after every tailer step, for the gate's async waits.
     notify: tokio::sync::Notify,
+    /// `Local` mode: signalled when a batch is queued, for the publisher.
+    queued: Condvar,
     stop: AtomicBool,
 }
 
@@ -440,6 +593,25 @@ impl Cluster {
             acknowledged: st.acknowledged,
             refused: st.refused,
             last_error: st.last_error.clone(),
+            replication_lag: st.lag(),
+            forked: st
+                .forked
+                .iter()
+                .map(|(p, orphans)| Fork {
+                    partition: *p,
+                    orphans: orphans.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The replication lag (`Local` mode), the forked partitions and the last error.
+    pub fn health(&self) -> ClusterHealth {
+        let st = self.shared.lock();
+        ClusterHealth {
+            replication_lag: st.lag(),
+            forked: st.forked.keys().copied().collect(),
+            last_error: st.last_error.clone(),
         }
     }
 
@@ -481,21 +653,49 @@ impl Engine {
         }
         let topic = config.journal_topic();
         // Where this store stopped following each partition (offset 0 if it never did).
-        let (walks, cursors) =
-            cursor::load(rt.journal.reader(), &config.cluster, config.partitions)?;
-        {
+        let cursor::Loaded {
+            walks,
+            cursors,
+            outbox,
+        } = cursor::load(rt.journal.reader(), &config.cluster, config.partitions)?;
+        // The outbox (`Local` batches acknowledged before a stop or crash) is published again
+        // in any mode: it is what this node acknowledged.
+        let publish_from = {
             let config = config.clone();
             let topic = topic.clone();
             let stored: Vec<i64> = cursors.iter().map(|c| c.next_offset).collect();
+            let with_outbox: Vec<bool> = outbox.iter().map(|o| !o.is_empty()).collect();
             tokio::task::spawn_blocking(move || {
                 ensure_topic(&config, &topic)?;
-                check_positions(&config, &topic, &stored)
+                check_positions(&config, &topic, &stored)?;
+                end_offsets(&config, &topic, &with_outbox)
             })
             .await
             .map_err(|e| ClusterError::Spawn {
                 reason: e.to_string(),
-            })??;
-        }
+            })??
+        };
+        let outbox_next = outbox
+            .iter()
+            .flatten()
+            .map(|o| o.number + 1)
+            .max()
+            .unwrap_or(0);
+        let loaded_at = Instant::now();
+        let queue: Vec<VecDeque<Queued>> = outbox
+            .into_iter()
+            .map(|entries| {
+                entries
+                    .into_iter()
+                    .map(|o| Queued {
+                        number: o.number,
+                        batch: o.batch,
+                        queued_at: loaded_at,
+                        sent: false,
+                    })
+                    .collect()
+            })
+            .collect();
         let resumed_from: Vec<i64> = cursors.iter().map(|c| c.next_offset).collect();
         let applied = Applied::new(&config.cluster, cursors);
         let client = |e: rdkafka::error::KafkaError| ClusterError::Client {
@@ -506,6 +706,11 @@ impl Engine {
         // fill in the meantime.
         pc.set("linger.ms", "1");
         let producer: FutureProducer = pc.create().map_err(client)?;
+        // The publisher's own (`producer_config` is idempotent with `acks=all`: retries
+        // neither repeat nor reorder a partition's batches within this process).
+        let mut pc = config.kafka.producer_config();
+        pc.set("linger.ms", "1");
+        let publisher: FutureProducer = pc.create().map_err(client)?;
         let tail: BaseConsumer = consumer_config(&config, &format!("{}.replica", config.node))
             .create()
             .map_err(client)?;
@@ -528,20 +733,28 @@ impl Engine {
                 walks,
                 resumed_from,
                 pending: (0..partitions).map(|_| VecDeque::new()).collect(),
+                queue,
+                published: vec![Vec::new(); partitions],
+                outbox_next,
+                publish_from,
                 ..State::default()
             }),
             config,
             walked: Condvar::new(),
             notify: tokio::sync::Notify::new(),
+            queued: Condvar::new(),
             stop: AtomicBool::new(false),
         });
-        let gate = DurableGate {
-            shared: shared.clone(),
-            producer: producer.clone(),
+        let gate: Arc<dyn AppendGate> = match shared.config.mode {
+            ClusterMode::KafkaDurable => Arc::new(DurableGate {
+                shared: shared.clone(),
+                producer: producer.clone(),
+            }),
+            ClusterMode::Local => Arc::new(LocalGate {
+                shared: shared.clone(),
+            }),
         };
-        rt.gate
-            .set(Arc::new(gate))
-            .map_err(|_| ClusterError::AlreadyJoined)?;
+        rt.gate.set(gate).map_err(|_| ClusterError::AlreadyJoined)?;
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
@@ -567,6 +780,12 @@ impl Engine {
         threads.push(spawn(
             "evershard-cluster-claimer",
             Box::new(move || run_claimer(&s, &producer, &handle)),
+        )?);
+        let s = shared.clone();
+        let handle = tokio::runtime::Handle::current();
+        threads.push(spawn(
+            "evershard-cluster-publisher",
+            Box::new(move || run_publisher(&s, &publisher, &handle)),
         )?);
         Ok(Cluster {
             shared,
@@ -625,6 +844,31 @@ fn check_positions(
         }
     }
     Ok(())
+}
+
+/// The end offset of each partition flagged (0 for the others): where the tailer must be
+/// before the publisher produces a partition's outbox loaded at join.
+fn end_offsets(
+    config: &ClusterConfig,
+    topic: &str,
+    flagged: &[bool],
+) -> Result<Vec<i64>, ClusterError> {
+    let mut ends = vec![0; flagged.len()];
+    if !flagged.iter().any(|f| *f) {
+        return Ok(ends);
+    }
+    let client = |e: rdkafka::error::KafkaError| ClusterError::Client {
+        reason: config.kafka.redact(&e.to_string()),
+    };
+    let consumer: BaseConsumer = config.kafka.client_config().create().map_err(client)?;
+    let timeout = config.kafka.connection_timeout + config.kafka.request_timeout;
+    for (p, _) in flagged.iter().enumerate().filter(|(_, f)| **f) {
+        ends[p] = consumer
+            .fetch_watermarks(topic, p as i32, timeout)
+            .map_err(client)?
+            .1;
+    }
+    Ok(ends)
 }
 
 /// Creates the journal topic if missing; refuses one with another partition count.
@@ -713,7 +957,7 @@ impl std::fmt::Debug for DurableGate {
 }
 
 impl AppendGate for DurableGate {
-    fn admit<'a>(&'a self, request: &'a AppendRequest) -> GateFuture<'a> {
+    fn admit<'a>(&'a self, request: &'a mut AppendRequest) -> GateFuture<'a> {
         Box::pin(async move {
             let outcome = self.check(request).await;
             let mut st = self.shared.lock();
@@ -721,20 +965,243 @@ impl AppendGate for DurableGate {
                 Ok(()) => st.acknowledged += 1,
                 Err(_) => st.refused += 1,
             }
-            outcome
+            outcome.map(|()| None)
         })
     }
 
     fn serving(&self, stream: &evershard_model::StreamId) -> Result<u64, GateRefusal> {
-        let partition = partition_for(&stream.aggregate_id, self.shared.config.partitions);
-        let st = self.shared.lock();
-        st.served
-            .get(&partition)
-            .copied()
-            .ok_or_else(|| GateRefusal::NotOwner {
-                partition,
-                owner: st.owner(partition).map(|o| o.node),
-            })
+        serving(&self.shared, stream)
+    }
+}
+
+/// The claim epoch under which this node serves the stream's partition, or why not.
+fn serving(shared: &Shared, stream: &evershard_model::StreamId) -> Result<u64, GateRefusal> {
+    let partition = partition_for(&stream.aggregate_id, shared.config.partitions);
+    let st = shared.lock();
+    if st.forked.contains_key(&partition) {
+        return Err(GateRefusal::Forked { partition });
+    }
+    st.served
+        .get(&partition)
+        .copied()
+        .ok_or_else(|| GateRefusal::NotOwner {
+            partition,
+            owner: st.owner(partition).map(|o| o.node),
+        })
+}
+
+/// The `Local` gate: checks, adds the outbox write, and queues the batch after the append.
+struct LocalGate {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for LocalGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalGate")
+            .field("node", &self.shared.config.node)
+            .finish()
+    }
+}
+
+impl AppendGate for LocalGate {
+    fn admit<'a>(&'a self, request: &'a mut AppendRequest) -> GateFuture<'a> {
+        let outcome = self.check(request);
+        let mut st = self.shared.lock();
+        match outcome {
+            Ok(_) => st.acknowledged += 1,
+            Err(_) => st.refused += 1,
+        }
+        Box::pin(std::future::ready(outcome.map(Some)))
+    }
+
+    fn serving(&self, stream: &evershard_model::StreamId) -> Result<u64, GateRefusal> {
+        serving(&self.shared, stream)
+    }
+}
+
+impl LocalGate {
+    fn check(&self, request: &mut AppendRequest) -> Result<AfterAppend, GateRefusal> {
+        let shared = &self.shared;
+        if request.seal.is_some() {
+            return Err(GateRefusal::Unsupported);
+        }
+        let partition = partition_for(&request.stream.aggregate_id, shared.config.partitions);
+        let idx = partition as usize;
+        let (epoch, number) = {
+            let mut st = shared.lock();
+            if st.forked.contains_key(&partition) {
+                return Err(GateRefusal::Forked { partition });
+            }
+            let Some(&epoch) = st.served.get(&partition) else {
+                return Err(GateRefusal::NotOwner {
+                    partition,
+                    owner: st.owner(partition).map(|o| o.node),
+                });
+            };
+            // Refused rather than held: the entity's actor would hold its mailbox for as long
+            // as the broker is away, and a caller learns more from a typed, retryable answer
+            // than from a timeout.
+            let batches: usize = st.queue.iter().map(VecDeque::len).sum();
+            if batches >= shared.config.replication_lag_max_batches {
+                return Err(GateRefusal::Lagging { batches });
+            }
+            // The local journal is ahead of the partition's walk by the queue: the stream's
+            // head is its latest queued batch's, if any.
+            let head = st.queue[idx]
+                .iter()
+                .rev()
+                .find(|q| {
+                    q.batch.aggregate_id == request.stream.aggregate_id
+                        && q.batch.aggregate_type == request.stream.aggregate_type
+                        && !q.batch.events.is_empty()
+                })
+                .map(|q| q.batch.last_sequence())
+                .unwrap_or_else(|| st.walks[idx].head(&request.stream));
+            if head != request.expected_version {
+                return Err(GateRefusal::Behind {
+                    expected: request.expected_version,
+                    actual: head,
+                });
+            }
+            let number = st.outbox_next;
+            st.outbox_next += 1;
+            (epoch, number)
+        };
+        let batch = Batch::from_request(&shared.config.node, epoch, request);
+        // In the batch's own sled batch: a crash keeps the events and their outbox entry, or
+        // neither.
+        request.extra_writes.push(cursor::outbox_put(
+            &shared.config.cluster,
+            partition,
+            number,
+            &batch,
+        ));
+        let shared = shared.clone();
+        Ok(Box::new(move || {
+            let mut st = shared.lock();
+            if st.forked.contains_key(&partition) {
+                // Forked while this batch was being appended: it is an orphan too.
+                st.queue[idx].push_back(Queued {
+                    number,
+                    batch,
+                    queued_at: Instant::now(),
+                    sent: false,
+                });
+                st.fork(
+                    &shared.config.node,
+                    partition,
+                    "a batch appended after the fork",
+                );
+                return;
+            }
+            st.queue[idx].push_back(Queued {
+                number,
+                batch,
+                queued_at: Instant::now(),
+                sent: false,
+            });
+            drop(st);
+            shared.queued.notify_all();
+        }))
+    }
+}
+
+/// `Local` mode: produces every partition's queue in order (the idempotent producer keeps a
+/// partition's order across its retries), once the partition's queue may be published: the
+/// tailer reached the end the partition had at join (for a queue loaded from the outbox) and
+/// the partition's latest effective claim is still the one the batch was written under
+/// (otherwise the batch is void wherever it lands: a fork). A batch leaves the queue when
+/// the tailer walks it valid.
+fn run_publisher(shared: &Shared, producer: &FutureProducer, handle: &tokio::runtime::Handle) {
+    let timeout = shared.config.kafka.connection_timeout + shared.config.kafka.request_timeout;
+    while !shared.stop.load(Ordering::Acquire) {
+        let todo: Vec<(u32, u64, Entry)> = {
+            let mut guard = shared.lock();
+            let st = &mut *guard;
+            let mut todo = Vec::new();
+            for p in 0..shared.config.partitions {
+                let idx = p as usize;
+                if st.forked.contains_key(&p)
+                    || st.walks[idx].next_offset < st.publish_from[idx]
+                    || st.queue[idx].iter().all(|q| q.sent)
+                {
+                    continue;
+                }
+                let latest = st.walks[idx]
+                    .latest_claim()
+                    .map(|c| (c.claim.node.clone(), c.claim.epoch));
+                let mine = |q: &Queued| latest == Some((shared.config.node.clone(), q.batch.epoch));
+                if let Some(q) = st.queue[idx].iter().find(|q| !q.sent && !mine(q)) {
+                    let why = format!(
+                        "a batch of epoch {} queued while the latest claim is {latest:?}",
+                        q.batch.epoch
+                    );
+                    st.fork(&shared.config.node, p, &why);
+                    continue;
+                }
+                for q in st.queue[idx].iter_mut().filter(|q| !q.sent) {
+                    q.sent = true;
+                    todo.push((p, q.number, Entry::Batch(q.batch.clone())));
+                }
+            }
+            if todo.is_empty() {
+                // Bounded, so that a stop or a partition becoming publishable is seen.
+                let _ = shared
+                    .queued
+                    .wait_timeout(guard, Duration::from_millis(50))
+                    .unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            todo
+        };
+        // Handed to the producer in queue order, then awaited: its queue keeps the order.
+        let mut deliveries = Vec::with_capacity(todo.len());
+        for (p, number, entry) in &todo {
+            let value = entry.encode();
+            let Entry::Batch(batch) = entry else {
+                unreachable!("only batches are queued")
+            };
+            let record = FutureRecord::to(&shared.topic)
+                .partition(*p as i32)
+                .key(batch.aggregate_id.as_bytes())
+                .payload(&value)
+                .headers(headers(entry));
+            // Enqueued at once (the record's bytes are copied); a full local queue is a
+            // failed produce like any other.
+            let delivery = producer.send_result(record).map_err(|(e, _)| e);
+            deliveries.push((*p, *number, delivery));
+        }
+        let mut failed = false;
+        // One bound for the round, not one per batch: a broker that is away costs one
+        // timeout, then the round is retried.
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (p, number, delivery) in deliveries {
+            let outcome = match delivery {
+                Ok(future) => match handle
+                    .block_on(async { tokio::time::timeout_at(deadline, future).await })
+                {
+                    Ok(Ok(Ok(_))) => Ok(()),
+                    Ok(Ok(Err((e, _)))) => Err(e.to_string()),
+                    Ok(Err(_canceled)) => Err("the producer dropped the delivery".to_owned()),
+                    Err(_elapsed) => Err(format!("no delivery report within {timeout:?}")),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = outcome {
+                failed = true;
+                shared.error(format!("publishing a batch to partition {p}: {e}"));
+                // Produced again later, after the batches of its partition still in flight;
+                // should one of those land first it is void (out of sequence) and is resent
+                // too (see `walk_one`).
+                let mut st = shared.lock();
+                if let Some(q) = st.queue[p as usize].iter_mut().find(|q| q.number == number) {
+                    q.sent = false;
+                }
+            }
+        }
+        if failed {
+            std::thread::sleep(Duration::from_millis(PUBLISH_RETRY_MS));
+        }
     }
 }
 
@@ -904,6 +1371,18 @@ fn walk_one(shared: &Shared, partition: u32, offset: i64, entry: Option<Entry>) 
             if claim.node != shared.config.node
                 || !st.my_epochs.contains(&(partition, claim.epoch)) =>
         {
+            // `Local`: a batch still queued under an earlier epoch lands after this claim
+            // wherever it lands, so it is void: this node's store forked.
+            if st.queue[partition as usize]
+                .iter()
+                .any(|q| q.batch.epoch < claim.epoch)
+            {
+                let why = format!(
+                    "claim of {} epoch {} at offset {offset}",
+                    claim.node, claim.epoch
+                );
+                st.fork(&shared.config.node, partition, &why);
+            }
             if st.served.remove(&partition).is_some() {
                 tracing::warn!(node = %shared.config.node, partition, by = %claim.node, epoch = claim.epoch, "partition claimed by another node; stopped serving");
             }
@@ -914,8 +1393,11 @@ fn walk_one(shared: &Shared, partition: u32, offset: i64, entry: Option<Entry>) 
         (Some(Entry::Batch(batch)), _) => {
             let own = batch.node == shared.config.node
                 && st.my_epochs.contains(&(partition, batch.epoch));
-            if own {
+            if own && shared.config.mode == ClusterMode::KafkaDurable {
                 st.own_verdicts.insert((partition, offset), verdict.clone());
+            }
+            if batch.node == shared.config.node {
+                local_verdict(shared, st, partition, offset, batch, &verdict);
             }
             if verdict == Verdict::Valid {
                 st.pending[partition as usize].push_back(Pending {
@@ -932,6 +1414,44 @@ fn walk_one(shared: &Shared, partition: u32, offset: i64, entry: Option<Entry>) 
     }
 }
 
+/// `Local` mode: what a verdict on one of this node's batches means for its queue. Valid: it
+/// is on the topic; its outbox entry goes with the next position write. Void because an
+/// earlier batch of its stream is missing (a failed produce, resent): resend it after that
+/// one. Void otherwise: it can never be valid (a fork).
+fn local_verdict(
+    shared: &Shared,
+    st: &mut State,
+    partition: u32,
+    offset: i64,
+    batch: &Batch,
+    verdict: &Verdict,
+) {
+    let idx = partition as usize;
+    let Some(at) = st.queue[idx].iter().position(|q| {
+        q.batch.epoch == batch.epoch
+            && q.batch.first_sequence == batch.first_sequence
+            && q.batch.aggregate_id == batch.aggregate_id
+            && q.batch.aggregate_type == batch.aggregate_type
+    }) else {
+        return; // a KafkaDurable batch, or a repeat of one already walked
+    };
+    match verdict {
+        Verdict::Valid => {
+            let q = st.queue[idx].remove(at).expect("found above");
+            st.published[idx].push(q.number);
+        }
+        Verdict::Void(VoidReason::OutOfSequence { expected_first, .. })
+            if *expected_first < batch.first_sequence =>
+        {
+            st.queue[idx][at].sent = false;
+        }
+        other => {
+            let why = format!("its batch at offset {offset} walked {other:?}");
+            st.fork(&shared.config.node, partition, &why);
+        }
+    }
+}
+
 /// Appends the valid batches read to the local journal, per partition in offset order, each
 /// when its stream's local head is just before it, and moves the partition's position past
 /// every message applied ([`cursor`]: in the same append when the tailer appends). A batch
@@ -940,6 +1460,10 @@ fn walk_one(shared: &Shared, partition: u32, offset: i64, entry: Option<Entry>) 
 fn apply_pending(shared: &Shared, journal: &JournalWriter, applied: &mut Applied) {
     for p in 0..shared.config.partitions {
         let idx = p as usize;
+        // Before any position write of `p`: it never moves past a batch whose outbox entry
+        // is still stored.
+        let published = std::mem::take(&mut shared.lock().published[idx]);
+        applied.published(p, published);
         loop {
             let (offset, step) = {
                 let st = shared.lock();
@@ -1062,6 +1586,10 @@ fn run_claimer(shared: &Shared, producer: &FutureProducer, handle: &tokio::runti
                 .assigned
                 .keys()
                 .filter(|p| !st.served.contains_key(p))
+                // `Local`: a new claim would void the batches still queued under the old one
+                // (published after a restart before claiming again); a forked partition is
+                // refused.
+                .filter(|p| st.queue[**p as usize].is_empty() && !st.forked.contains_key(p))
                 .filter(|p| {
                     st.taken_at
                         .get(p)
