@@ -27,6 +27,12 @@
 //! on the partition; reopened, the node finds its queued batch voided, refuses the partition
 //! with `Unavailable { Forked }` naming it, lists the orphaned event, keeps it in its journal
 //! and never publishes it.
+//!
+//! `the_lease_stops_a_node_cut_off_from_the_broker_before_its_session_times_out`: with the
+//! broker paused (SIGSTOP), a node refuses commands (`NotOwner`) once its lease
+//! (`session_timeout_ms − lease_margin_ms` after the send of its last answered request to
+//! the group coordinator) ran out — before the broker could hand its partition to another
+//! node — and serves again, at the next sequence, after the broker resumes.
 #![cfg(feature = "kafka")]
 
 mod common;
@@ -560,6 +566,73 @@ fn local_mode_acknowledges_first_publishes_after_and_refuses_a_fork() {
         valid, acked,
         "the orphan is nowhere on the topic's valid history"
     );
+    cluster.leave();
+    rt.block_on(engine.shutdown()).unwrap();
+}
+
+#[test]
+fn the_lease_stops_a_node_cut_off_from_the_broker_before_its_session_times_out() {
+    let Some(tansu) = kafka_support::tools("the_lease_stops_a_node_cut_off") else {
+        return;
+    };
+    let broker = kafka_support::Broker::start(&tansu);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    const SESSION_TIMEOUT_MS: u64 = 10_000;
+    const LEASE_MARGIN_MS: u64 = 3_000;
+    let config = ClusterConfig::new(kafka(&broker), "lease", "a", "127.0.0.1:1")
+        .partitions(1)
+        .session_timeout_ms(SESSION_TIMEOUT_MS)
+        .heartbeat_interval_ms(500)
+        .lease_margin_ms(LEASE_MARGIN_MS)
+        .mode(ClusterMode::Local);
+    let (engine, cluster) = join(&rt, dir.path(), config);
+    wait("a serves partition 0", Duration::from_secs(120), || {
+        cluster.serves(0)
+    });
+    let mut acked: Acked = BTreeMap::new();
+    add_retried(&rt, &engine, &mut acked, "c-1");
+    wait("published", Duration::from_secs(60), || {
+        cluster.health().replication_lag.batches == 0
+    });
+
+    let pid = broker.pid().expect("the broker runs").to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill {sig} broker");
+    };
+    signal("-STOP");
+    let paused = Instant::now();
+    // Every answer the coordinator gave was to a request sent before the pause, so the lease
+    // ends at most `session − margin` after it, whatever the load: waiting that out (plus a
+    // little) is what is tested, not a guess at speed.
+    let lease = Duration::from_millis(SESSION_TIMEOUT_MS - LEASE_MARGIN_MS);
+    std::thread::sleep(lease + Duration::from_millis(200));
+    let refused = rt.block_on(engine.execute::<Counter>("c-1", CounterCommand::Add(1)));
+    let at = paused.elapsed();
+    signal("-CONT");
+    match &refused {
+        Err(CommandError::NotOwner { partition: 0, .. }) => {}
+        other => panic!("a command {at:?} into the broker's pause: {other:?}"),
+    }
+    assert!(!cluster.serves(0));
+    assert_eq!(
+        cluster.health().replication_lag.batches,
+        0,
+        "nothing queued"
+    );
+    println!("refused {at:?} after the pause (session timeout {SESSION_TIMEOUT_MS} ms)");
+
+    wait(
+        "a serves partition 0 again",
+        Duration::from_secs(120),
+        || cluster.serves(0),
+    );
+    add_retried(&rt, &engine, &mut acked, "c-1");
+    assert_eq!(acked["c-1"].len(), 2, "the refused command wrote nothing");
     cluster.leave();
     rt.block_on(engine.shutdown()).unwrap();
 }

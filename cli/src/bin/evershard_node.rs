@@ -91,6 +91,10 @@ struct Args {
     /// are refused (`unavailable`, retryable).
     #[arg(long, default_value_t = evershard_engine::DEFAULT_REPLICATION_LAG_MAX_BATCHES)]
     replication_lag_max_batches: usize,
+    /// The node stops serving `session_timeout_ms − lease_margin_ms` after its last answered
+    /// request to the group coordinator (`ClusterConfig::lease_margin_ms`).
+    #[arg(long, default_value_t = 2_000)]
+    lease_margin_ms: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -226,7 +230,8 @@ fn main() {
                 Mode::KafkaDurable => ClusterMode::KafkaDurable,
                 Mode::Local => ClusterMode::Local,
             })
-            .replication_lag_max_batches(args.replication_lag_max_batches);
+            .replication_lag_max_batches(args.replication_lag_max_batches)
+            .lease_margin_ms(args.lease_margin_ms);
         let cluster = engine.join_cluster(config).await.expect("join the cluster");
         Node {
             engine,

@@ -128,6 +128,12 @@ pub struct ClusterConfig {
     pub static_membership: bool,
     /// When a command is acknowledged. Default [`ClusterMode::KafkaDurable`].
     pub mode: ClusterMode,
+    /// The lease (docs/scale-out.md, "Fencing"): a node serves nothing once
+    /// `session_timeout_ms − lease_margin_ms` has passed on its monotonic clock since the
+    /// send of its last request the group coordinator answered, so it stops acknowledging
+    /// before the broker can hand its partitions to another node. Default 2,000; below
+    /// `session_timeout_ms`.
+    pub lease_margin_ms: u64,
     /// `Local` mode: the most acknowledged batches this node holds that are not yet on the
     /// journal topic; past it a new batch is refused with
     /// `Unavailable { ReplicationLagging }` (retryable) and nothing is written. It bounds
@@ -158,7 +164,18 @@ impl ClusterConfig {
             static_membership: false,
             mode: ClusterMode::KafkaDurable,
             replication_lag_max_batches: DEFAULT_REPLICATION_LAG_MAX_BATCHES,
+            lease_margin_ms: 2_000,
         }
+    }
+
+    pub fn lease_margin_ms(mut self, ms: u64) -> Self {
+        self.lease_margin_ms = ms;
+        self
+    }
+
+    /// How long a contact with the group coordinator keeps this node serving.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.session_timeout_ms.saturating_sub(self.lease_margin_ms))
     }
 
     pub fn mode(mut self, mode: ClusterMode) -> Self {
@@ -238,6 +255,9 @@ impl ClusterConfig {
                 crate::topics::PARTITIONS_MAX,
                 self.partitions
             ));
+        }
+        if self.lease_margin_ms >= self.session_timeout_ms {
+            return Err("lease_margin_ms must be below session_timeout_ms".into());
         }
         if self.replication_lag_max_batches == 0 {
             return Err("replication_lag_max_batches must be above 0".into());
@@ -434,9 +454,25 @@ struct State {
     publish_from: Vec<i64>,
     /// Partitions refused because a queued batch was voided.
     forked: BTreeMap<u32, Vec<Orphan>>,
+    /// Until when the lease lets this node serve (`None`: no contact with the group
+    /// coordinator yet).
+    lease_until: Option<Instant>,
 }
 
 impl State {
+    fn leased(&self) -> bool {
+        self.lease_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// The epoch under which this node serves `partition` now: assigned, claimed, and the
+    /// lease running.
+    fn served_epoch(&self, partition: u32) -> Option<u64> {
+        self.served
+            .get(&partition)
+            .copied()
+            .filter(|_| self.leased())
+    }
+
     fn lag(&self) -> ReplicationLag {
         let queued = self.queue.iter().flatten();
         ReplicationLag {
@@ -562,9 +598,9 @@ impl Cluster {
         self.shared.lock().owner(partition)
     }
 
-    /// True when this node serves the partition now.
+    /// True when this node serves the partition now (claimed, and its lease running).
     pub fn serves(&self, partition: u32) -> bool {
-        self.shared.lock().served.contains_key(&partition)
+        self.shared.lock().served_epoch(partition).is_some()
     }
 
     pub fn config(&self) -> &ClusterConfig {
@@ -573,7 +609,12 @@ impl Cluster {
 
     pub fn status(&self) -> ClusterStatus {
         let st = self.shared.lock();
-        let mut serving: Vec<(u32, u64)> = st.served.iter().map(|(p, e)| (*p, *e)).collect();
+        let mut serving: Vec<(u32, u64)> = st
+            .served
+            .iter()
+            .filter(|_| st.leased())
+            .map(|(p, e)| (*p, *e))
+            .collect();
         serving.sort_unstable();
         let mut assigned: Vec<u32> = st.assigned.keys().copied().collect();
         assigned.sort_unstable();
@@ -725,7 +766,7 @@ impl Engine {
         if config.static_membership {
             members.set("group.instance.id", &config.node);
         }
-        let members: BaseConsumer = members.create().map_err(client)?;
+        let members: Arc<BaseConsumer> = Arc::new(members.create().map_err(client)?);
         let partitions = config.partitions as usize;
         let shared = Arc::new(Shared {
             topic,
@@ -773,7 +814,15 @@ impl Engine {
         let s = shared.clone();
         threads.push(spawn(
             "evershard-cluster-member",
-            Box::new(move || run_member(&s, members)),
+            Box::new({
+                let members = members.clone();
+                move || run_member(&s, &members)
+            }),
+        )?);
+        let s = shared.clone();
+        threads.push(spawn(
+            "evershard-cluster-lease",
+            Box::new(move || run_lease(&s, &members)),
         )?);
         let s = shared.clone();
         let handle = tokio::runtime::Handle::current();
@@ -981,9 +1030,7 @@ fn serving(shared: &Shared, stream: &evershard_model::StreamId) -> Result<u64, G
     if st.forked.contains_key(&partition) {
         return Err(GateRefusal::Forked { partition });
     }
-    st.served
-        .get(&partition)
-        .copied()
+    st.served_epoch(partition)
         .ok_or_else(|| GateRefusal::NotOwner {
             partition,
             owner: st.owner(partition).map(|o| o.node),
@@ -1032,7 +1079,7 @@ impl LocalGate {
             if st.forked.contains_key(&partition) {
                 return Err(GateRefusal::Forked { partition });
             }
-            let Some(&epoch) = st.served.get(&partition) else {
+            let Some(epoch) = st.served_epoch(partition) else {
                 return Err(GateRefusal::NotOwner {
                     partition,
                     owner: st.owner(partition).map(|o| o.node),
@@ -1218,7 +1265,7 @@ impl DurableGate {
         };
         let epoch = {
             let st = shared.lock();
-            let Some(&epoch) = st.served.get(&partition) else {
+            let Some(epoch) = st.served_epoch(partition) else {
                 return Err(not_owner(&st));
             };
             let head = st.walks[partition as usize].head(&request.stream);
@@ -1532,9 +1579,44 @@ fn apply_pending(shared: &Shared, journal: &JournalWriter, applied: &mut Applied
     }
 }
 
+/// The lease (docs/scale-out.md, "Fencing"): every heartbeat interval, asks the group
+/// coordinator for the group's committed offset of partition 0 (an OffsetFetch on the
+/// member's own client: librdkafka does not expose its heartbeats' answers), and on an
+/// answer extends the lease to the request's send time plus
+/// [`ClusterConfig::lease`]. A lease that ran out drops every served partition, so the
+/// node serves again only after the claimer caught up and claimed anew (a `Local` node must
+/// not acknowledge on a walk that may be missing another node's claim).
+fn run_lease(shared: &Shared, consumer: &BaseConsumer) {
+    let lease = shared.config.lease();
+    let interval = Duration::from_millis(shared.config.heartbeat_interval_ms);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&shared.topic, 0);
+    while !shared.stop.load(Ordering::Acquire) {
+        let sent = Instant::now();
+        // Bounded by the lease: a later answer could not extend it past now anyway.
+        let answered = consumer
+            .committed_offsets(tpl.clone(), Timeout::After(lease.min(interval * 4)))
+            .is_ok();
+        {
+            let mut st = shared.lock();
+            if !st.leased() && !st.served.is_empty() {
+                st.served.clear();
+                tracing::warn!(node = %shared.config.node, "lease ran out: no answer from the group coordinator for {lease:?}; stopped serving");
+            }
+            if answered {
+                st.lease_until = Some(sent + lease);
+            }
+        }
+        let spent = sent.elapsed();
+        if spent < interval {
+            std::thread::sleep(interval - spent);
+        }
+    }
+}
+
 /// The group member: polls (which keeps the membership alive and runs the rebalances) and
 /// mirrors the assignment into the state. A revoked partition stops being served at once.
-fn run_member(shared: &Shared, consumer: BaseConsumer) {
+fn run_member(shared: &Shared, consumer: &BaseConsumer) {
     if let Err(e) = consumer.subscribe(&[&shared.topic]) {
         shared.error(format!("member: subscribing: {e}"));
         return;
@@ -1590,6 +1672,8 @@ fn run_claimer(shared: &Shared, producer: &FutureProducer, handle: &tokio::runti
                 // (published after a restart before claiming again); a forked partition is
                 // refused.
                 .filter(|p| st.queue[**p as usize].is_empty() && !st.forked.contains_key(p))
+                // Without a running lease a claim could not be served.
+                .filter(|_| st.leased())
                 .filter(|p| {
                     st.taken_at
                         .get(p)
