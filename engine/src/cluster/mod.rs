@@ -131,8 +131,8 @@ pub struct ClusterConfig {
     /// The lease (docs/scale-out.md, "Fencing"): a node serves nothing once
     /// `session_timeout_ms − lease_margin_ms` has passed on its monotonic clock since the
     /// send of its last request the group coordinator answered, so it stops acknowledging
-    /// before the broker can hand its partitions to another node. Default 2,000; below
-    /// `session_timeout_ms`.
+    /// before the broker can hand its partitions to another node. Default 2,000; at least
+    /// `heartbeat_interval_ms`, below `session_timeout_ms`.
     pub lease_margin_ms: u64,
     /// `Local` mode: the most acknowledged batches this node holds that are not yet on the
     /// journal topic; past it a new batch is refused with
@@ -256,8 +256,15 @@ impl ClusterConfig {
                 self.partitions
             ));
         }
-        if self.lease_margin_ms >= self.session_timeout_ms {
-            return Err("lease_margin_ms must be below session_timeout_ms".into());
+        // The broker's last heartbeat may be up to one interval older than the last answered
+        // request the lease counts from (docs/scale-out.md, "Fencing").
+        if self.lease_margin_ms >= self.session_timeout_ms
+            || self.lease_margin_ms < self.heartbeat_interval_ms
+        {
+            return Err(
+                "lease_margin_ms must be at least heartbeat_interval_ms and below session_timeout_ms"
+                    .into(),
+            );
         }
         if self.replication_lag_max_batches == 0 {
             return Err("replication_lag_max_batches must be above 0".into());
