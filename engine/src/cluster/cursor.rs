@@ -381,4 +381,32 @@ mod tests {
         let back: StoredCursor = serde_json::from_slice(&value[1..]).unwrap();
         assert_eq!(back, cursor);
     }
+
+    #[test]
+    fn outbox_entries_sort_by_partition_then_number_and_decode_back() {
+        let batch = Batch {
+            node: "n1".into(),
+            epoch: 4,
+            aggregate_type: "Ledger".into(),
+            aggregate_id: "ledger-7".into(),
+            first_sequence: 3,
+            events: vec![],
+            writes: vec![],
+        };
+        let keys: Vec<Vec<u8>> = [(0, 9), (1, 0), (1, 2), (1, 256), (2, 1)]
+            .iter()
+            .map(|&(p, n)| outbox_key("test", p, n))
+            .collect();
+        assert!(
+            keys.windows(2).all(|w| w[0] < w[1]),
+            "queue order is key order"
+        );
+        assert!(keys.iter().all(|k| k.starts_with(&prefix("test"))));
+        let WriteOp::Put { key, value } = outbox_put("test", 1, 2, &batch) else {
+            panic!("an outbox entry is a put")
+        };
+        assert_eq!(key, keys[2]);
+        assert_eq!(value[0], OUTBOX_FORMAT_V1);
+        assert_eq!(Entry::decode(&value[1..]).unwrap(), Entry::Batch(batch));
+    }
 }

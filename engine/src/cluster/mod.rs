@@ -85,6 +85,13 @@ pub const DEFAULT_REPLICATION_LAG_MAX_BATCHES: usize = 10_000;
 /// How long the publisher waits before producing again after a failed produce.
 const PUBLISH_RETRY_MS: u64 = 500;
 
+/// The most batches the publisher hands to the producer in one round before it waits for
+/// their acknowledgements. Unbounded, a round of a long queue outlived the produce timeout
+/// on a slow broker (measured: tansu on a loaded 2-core machine, ~7,000 queued batches per
+/// node); the batches that timed out were produced again, which slowed the broker further,
+/// and two nodes' lags had not drained after 120 s.
+const PUBLISH_ROUND_BATCHES_MAX: usize = 500;
+
 /// How a node joins a cluster. Build with [`ClusterConfig::new`] and the setters.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
@@ -1193,7 +1200,12 @@ fn run_publisher(shared: &Shared, producer: &FutureProducer, handle: &tokio::run
                     st.fork(&shared.config.node, p, &why);
                     continue;
                 }
+                // A prefix of each partition's unsent batches: the next round sends on from
+                // there, so a partition's order holds.
                 for q in st.queue[idx].iter_mut().filter(|q| !q.sent) {
+                    if todo.len() >= PUBLISH_ROUND_BATCHES_MAX {
+                        break;
+                    }
                     q.sent = true;
                     todo.push((p, q.number, Entry::Batch(q.batch.clone())));
                 }
