@@ -340,8 +340,8 @@ pub struct Takeover {
     pub took_ms: u64,
 }
 
-/// `Local` mode: what this node acknowledged and has not seen valid on the journal topic yet
-/// (queued, or produced and not read back). All zero in `KafkaDurable`.
+/// `Local` mode: what this node acknowledged that the broker has not acknowledged yet
+/// (`acks=all`): what losing this node's disk now would lose. All zero in `KafkaDurable`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplicationLag {
     pub batches: usize,
@@ -399,7 +399,7 @@ pub struct ClusterStatus {
     pub refused: u64,
     /// The last error of a cluster thread, if any.
     pub last_error: Option<String>,
-    /// `Local` mode: acknowledged batches not yet seen valid on the topic.
+    /// `Local` mode: acknowledged batches the broker has not acknowledged yet.
     pub replication_lag: ReplicationLag,
     /// `Local` mode: partitions refused because they forked, with their orphaned batches.
     pub forked: Vec<Fork>,
@@ -414,6 +414,22 @@ struct Queued {
     queued_at: Instant,
     /// Handed to the producer (and not failed since).
     sent: bool,
+    /// The broker acknowledged it (`acks=all`): it is on the topic, so losing this node's
+    /// disk no longer loses it. It stays queued until walked valid.
+    delivered: bool,
+}
+
+/// An admitted `Local` batch between its admission and its queueing (or its failed append):
+/// counted against `replication_lag_max_batches`, so that concurrent admissions cannot pass
+/// the bound together.
+struct Reservation {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.shared.lock().reserved -= 1;
+    }
 }
 
 /// A message of a partition that moves the stored position once it is behind the applied
@@ -471,6 +487,10 @@ struct State {
     /// Until when the lease lets this node serve (`None`: no contact with the group
     /// coordinator yet).
     lease_until: Option<Instant>,
+    /// `Local` mode: queued batches the broker has not acknowledged (the replication lag).
+    undelivered: usize,
+    /// `Local` mode: batches admitted and not yet queued ([`Reservation`]).
+    reserved: usize,
 }
 
 impl State {
@@ -488,21 +508,47 @@ impl State {
     }
 
     fn lag(&self) -> ReplicationLag {
-        let queued = self.queue.iter().flatten();
         ReplicationLag {
-            batches: self.queue.iter().map(VecDeque::len).sum(),
-            oldest_ms: queued
+            batches: self.undelivered,
+            oldest_ms: self
+                .queue
+                .iter()
+                .filter_map(|q| q.iter().find(|q| !q.delivered))
                 .map(|q| q.queued_at.elapsed().as_millis() as u64)
                 .max()
                 .unwrap_or(0),
         }
     }
 
+    fn enqueue(&mut self, partition: u32, number: u64, batch: Batch) {
+        self.queue[partition as usize].push_back(Queued {
+            number,
+            batch,
+            queued_at: Instant::now(),
+            sent: false,
+            delivered: false,
+        });
+        self.undelivered += 1;
+    }
+
+    /// The broker acknowledged queued batch `number` of `partition` (if still queued).
+    fn delivered(&mut self, partition: u32, number: u64) {
+        if let Some(q) = self.queue[partition as usize]
+            .iter_mut()
+            .find(|q| q.number == number && !q.delivered)
+        {
+            q.delivered = true;
+            self.undelivered -= 1;
+        }
+    }
+
     /// The partition's queued batches can never be valid any more: refuse the partition,
     /// keep their outbox entries (the audit of what only this node has) and list them.
     fn fork(&mut self, node: &str, partition: u32, why: &str) {
-        let orphans: Vec<Orphan> = self.queue[partition as usize]
-            .drain(..)
+        let drained: Vec<Queued> = self.queue[partition as usize].drain(..).collect();
+        self.undelivered -= drained.iter().filter(|q| !q.delivered).count();
+        let orphans: Vec<Orphan> = drained
+            .into_iter()
             .map(|q| Orphan {
                 stream: q.batch.stream(),
                 first_sequence: q.batch.first_sequence,
@@ -747,10 +793,12 @@ impl Engine {
                         batch: o.batch,
                         queued_at: loaded_at,
                         sent: false,
+                        delivered: false,
                     })
                     .collect()
             })
             .collect();
+        let undelivered = queue.iter().map(VecDeque::len).sum();
         let resumed_from: Vec<i64> = cursors.iter().map(|c| c.next_offset).collect();
         let applied = Applied::new(&config.cluster, cursors);
         let client = |e: rdkafka::error::KafkaError| ClusterError::Client {
@@ -792,6 +840,7 @@ impl Engine {
                 published: vec![Vec::new(); partitions],
                 outbox_next,
                 publish_from,
+                undelivered,
                 ..State::default()
             }),
             config,
@@ -1102,7 +1151,7 @@ impl LocalGate {
             // Refused rather than held: the entity's actor would hold its mailbox for as long
             // as the broker is away, and a caller learns more from a typed, retryable answer
             // than from a timeout.
-            let batches: usize = st.queue.iter().map(VecDeque::len).sum();
+            let batches = st.undelivered + st.reserved;
             if batches >= shared.config.replication_lag_max_batches {
                 return Err(GateRefusal::Lagging { batches });
             }
@@ -1126,7 +1175,13 @@ impl LocalGate {
             }
             let number = st.outbox_next;
             st.outbox_next += 1;
+            st.reserved += 1;
             (epoch, number)
+        };
+        // Released when the closure runs (the batch is queued by then) or is dropped unrun
+        // (the append failed).
+        let reservation = Reservation {
+            shared: shared.clone(),
         };
         let batch = Batch::from_request(&shared.config.node, epoch, request);
         // In the batch's own sled batch: a crash keeps the events and their outbox entry, or
@@ -1140,28 +1195,17 @@ impl LocalGate {
         let shared = shared.clone();
         Ok(Box::new(move || {
             let mut st = shared.lock();
+            st.enqueue(partition, number, batch);
             if st.forked.contains_key(&partition) {
                 // Forked while this batch was being appended: it is an orphan too.
-                st.queue[idx].push_back(Queued {
-                    number,
-                    batch,
-                    queued_at: Instant::now(),
-                    sent: false,
-                });
                 st.fork(
                     &shared.config.node,
                     partition,
                     "a batch appended after the fork",
                 );
-                return;
             }
-            st.queue[idx].push_back(Queued {
-                number,
-                batch,
-                queued_at: Instant::now(),
-                sent: false,
-            });
             drop(st);
+            drop(reservation);
             shared.queued.notify_all();
         }))
     }
@@ -1246,7 +1290,10 @@ fn run_publisher(shared: &Shared, producer: &FutureProducer, handle: &tokio::run
                 Ok(future) => match handle
                     .block_on(async { tokio::time::timeout_at(deadline, future).await })
                 {
-                    Ok(Ok(Ok(_))) => Ok(()),
+                    Ok(Ok(Ok(_))) => {
+                        shared.lock().delivered(p, number);
+                        Ok(())
+                    }
                     Ok(Ok(Err((e, _)))) => Err(e.to_string()),
                     Ok(Err(_canceled)) => Err("the producer dropped the delivery".to_owned()),
                     Err(_elapsed) => Err(format!("no delivery report within {timeout:?}")),
@@ -1504,12 +1551,20 @@ fn local_verdict(
     match verdict {
         Verdict::Valid => {
             let q = st.queue[idx].remove(at).expect("found above");
+            if !q.delivered {
+                st.undelivered -= 1; // walked before its delivery report
+            }
             st.published[idx].push(q.number);
         }
         Verdict::Void(VoidReason::OutOfSequence { expected_first, .. })
             if *expected_first < batch.first_sequence =>
         {
-            st.queue[idx][at].sent = false;
+            let q = &mut st.queue[idx][at];
+            q.sent = false;
+            if q.delivered {
+                q.delivered = false;
+                st.undelivered += 1;
+            }
         }
         other => {
             let why = format!("its batch at offset {offset} walked {other:?}");
