@@ -7,7 +7,10 @@
 //!
 //! `cargo bench -p evershard-cli --features kafka --bench cluster`
 //! (`CLUSTER_BENCH_NODES=1,2,3`, `CLUSTER_BENCH_SECS=10`, `CLUSTER_SEED`,
-//! `CLUSTER_BENCH_FETCH_WAIT_MS`: the nodes' `--fetch-wait-ms`, default theirs).
+//! `CLUSTER_BENCH_FETCH_WAIT_MS`: the nodes' `--fetch-wait-ms`, default theirs;
+//! `CLUSTER_BENCH_MODE=local`: the nodes run `--mode local`, acknowledging after the local
+//! fdatasync and publishing after, and the run also reports each node's replication lag at
+//! the end of the measured window and how long it took to fall to zero).
 //!
 //! With `CLUSTER_BENCH_RESTART=1`, after each run node `n1` is killed (SIGKILL) and started
 //! again on its data directory, and a new node `fresh` starts on an empty one: how long each
@@ -64,10 +67,14 @@ fn run(tansu: &std::path::Path, count: usize, duration: Duration, seed: u64) {
     let bootstrap = broker.bootstrap();
     let dir = tempfile::tempdir().unwrap();
     let fetch_wait = std::env::var("CLUSTER_BENCH_FETCH_WAIT_MS").ok();
-    let extra: Vec<&str> = match &fetch_wait {
+    let mut extra: Vec<&str> = match &fetch_wait {
         Some(ms) => vec!["--fetch-wait-ms", ms.as_str()],
         None => vec![],
     };
+    let local = std::env::var("CLUSTER_BENCH_MODE").is_ok_and(|m| m == "local");
+    if local {
+        extra.extend(["--mode", "local"]);
+    }
     let nodes: Vec<_> = (1..=count)
         .map(|i| {
             start_node(
@@ -142,12 +149,33 @@ fn run(tansu: &std::path::Path, count: usize, duration: Duration, seed: u64) {
     for t in threads {
         t.join().expect("a client failed");
     }
+    if local {
+        // What a disk lost at the end of the window would have taken, and how long the
+        // publishers took to catch up once the clients stopped.
+        let lag =
+            |addr: &str| call(addr, &json!({"op": "status"})).unwrap()["replication_lag"].clone();
+        let at_end: Vec<_> = addrs
+            .iter()
+            .map(|(n, a)| format!("{n} {}", lag(a)))
+            .collect();
+        let drained = Instant::now();
+        let deadline = drained + Duration::from_secs(120);
+        while addrs.iter().any(|(_, a)| lag(a)["batches"] != 0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!(
+            "  replication lag when the clients stopped: {}; zero {:.2} s later",
+            at_end.join(", "),
+            drained.elapsed().as_secs_f64()
+        );
+    }
     let mut lat = latencies.lock().unwrap().clone();
     lat.sort_unstable();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "{count} node(s): {} commands in {:.1} s = {:.0} commands/s; latency p50 {:.1} ms, p99 {:.1} ms; {:.0}% forwarded; loadavg {}",
+        "{count} node(s){}: {} commands in {:.1} s = {:.0} commands/s; latency p50 {:.1} ms, p99 {:.1} ms; {:.0}% forwarded; loadavg {}",
+        if local { ", Local" } else { "" },
         lat.len(),
         elapsed.as_secs_f64(),
         lat.len() as f64 / elapsed.as_secs_f64(),

@@ -19,6 +19,12 @@
 //!   fires on the partition's new owner, and the topic and every journal hold exactly one
 //!   `StockReleased` with reason `expired`, written by that owner.
 //!
+//! - in `Local` mode (one node): commands acknowledged while the broker is paused (SIGSTOP)
+//!   raise the node's replication lag; the node is then killed with SIGKILL, the broker
+//!   resumed and the node restarted on its data directory: it publishes what it had
+//!   acknowledged but not published, its lag falls to zero, and the topic's valid batches hold
+//!   exactly the acknowledged events, in each aggregate's order.
+//!
 //! The clients pick nodes with a seeded generator (the seed is printed; `CLUSTER_SEED` sets
 //! it). Every wait is a bounded poll sized for a loaded 2-core machine.
 #![cfg(feature = "kafka")]
@@ -849,4 +855,165 @@ fn a_killed_node_restarts_on_its_data_and_its_timer_fires_once_elsewhere() {
             other => panic!("{name}: {other:?}"),
         }
     }
+}
+
+/// Polls a node's status until `done` holds (bounded); returns the last status.
+fn wait_status(addr: &str, what: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(s) = call(addr, &json!({"op": "status"})) {
+            if done(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}: {s}"
+            );
+        } else {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}: no answer"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_local_node_killed_with_sigkill_publishes_what_it_acknowledged_after_its_restart() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(tansu) = kafka_support::tools("a_local_node_killed_publishes_after_its_restart")
+    else {
+        return;
+    };
+    let seed = seed();
+    let broker = kafka_support::Broker::start(&tansu);
+    let bootstrap = broker.bootstrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A session timeout above the pause below, so that the node keeps its partitions while
+    // the broker is paused (the lease, which would bound that, is not built).
+    const LOCAL_SESSION_TIMEOUT_MS: u64 = 30_000;
+    let extra = ["--mode", "local"];
+    let node = start_node(
+        NODE,
+        &bootstrap,
+        dir.path(),
+        "n1",
+        PARTITIONS,
+        LOCAL_SESSION_TIMEOUT_MS,
+        &extra,
+    );
+    let addrs = vec![(node.name.clone(), node.addr.clone())];
+    wait_served(&pairs(&addrs), PARTITIONS, true, Duration::from_secs(180));
+    let mut rng = Rng(seed | 1);
+    let mut acks: Vec<Ack> = Vec::new();
+    for n in 1..=3 {
+        for a in 0..AGGREGATES {
+            acks.push(append(&addrs, &mut rng, &format!("ledger-{a}"), n));
+        }
+    }
+    wait_status(
+        &node.addr,
+        "round 1-3 published",
+        Duration::from_secs(120),
+        |s| s["replication_lag"]["batches"] == 0,
+    );
+
+    // The broker pauses: the node still acknowledges (locally); its lag rises.
+    let pid = broker.pid().expect("the broker runs").to_string();
+    let broker_signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success(),
+            "kill {sig} broker"
+        );
+    };
+    broker_signal("-STOP");
+    let paused = Instant::now();
+    for a in 0..AGGREGATES {
+        let answer = call(
+            &node.addr,
+            &json!({"op": "append", "id": format!("ledger-{a}"), "n": 4}),
+        )
+        .unwrap();
+        assert_eq!(
+            answer["ok"], true,
+            "acknowledged locally with the broker paused: {answer}"
+        );
+        acks.push(Ack {
+            id: format!("ledger-{a}"),
+            n: 4,
+            sequence: answer["sequence"].as_u64().unwrap(),
+            executed_by: answer["executed_by"].as_str().unwrap().to_owned(),
+            event_ids: answer["event_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect(),
+            forwarded: false,
+            at: Instant::now(),
+        });
+    }
+    let lagging = wait_status(&node.addr, "the lag rises", Duration::from_secs(30), |s| {
+        s["replication_lag"]["batches"].as_u64() == Some(AGGREGATES as u64)
+    });
+    println!(
+        "broker paused {:?}: replication_lag {} (load {})",
+        paused.elapsed(),
+        lagging["replication_lag"],
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+
+    // SIGKILL the node, resume the broker, start the node again on its data directory.
+    let data = node.data.clone();
+    drop(node);
+    broker_signal("-CONT");
+    let again = start_node(
+        NODE,
+        &bootstrap,
+        dir.path(),
+        "n1",
+        PARTITIONS,
+        LOCAL_SESSION_TIMEOUT_MS,
+        &extra,
+    );
+    assert_eq!(again.data, data);
+    let restarted = Instant::now();
+    let status = wait_status(
+        &again.addr,
+        "the restarted node publishes its lag",
+        Duration::from_secs(120),
+        |s| s["replication_lag"]["batches"] == 0,
+    );
+    println!(
+        "published {AGGREGATES} batches {:?} after the restart: {status}",
+        restarted.elapsed()
+    );
+    assert_eq!(
+        status["forked"],
+        json!([]),
+        "no fork: no other node claimed meanwhile"
+    );
+
+    // It serves again (after the killed member's session timeout) and goes on in order.
+    let addrs = vec![(again.name.clone(), again.addr.clone())];
+    wait_served(&pairs(&addrs), PARTITIONS, true, Duration::from_secs(180));
+    for a in 0..AGGREGATES {
+        acks.push(append(&addrs, &mut rng, &format!("ledger-{a}"), 5));
+    }
+    wait_status(
+        &again.addr,
+        "round 5 published",
+        Duration::from_secs(120),
+        |s| s["replication_lag"]["batches"] == 0,
+    );
+    // Every acknowledgement is the topic's valid event at its sequence, written by n1, and
+    // the topic holds nothing else: the checks of the three-node tests.
+    verify(&bootstrap, &acks, 5, vec![again], Vec::new());
 }

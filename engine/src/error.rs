@@ -501,6 +501,19 @@ pub enum UnavailableReason {
     /// and has not joined yet.
     #[error("this node has not joined its cluster yet")]
     NotJoined,
+    /// Cluster `Local` mode: the node already holds its `replication_lag_max_batches` of
+    /// acknowledged batches not yet on the journal topic (the broker is slow or down).
+    /// Nothing was written; retry once the lag falls.
+    #[error(
+        "the node's replication lag is at its bound ({batches} batches not on the journal topic)"
+    )]
+    ReplicationLagging { batches: usize },
+    /// Cluster `Local` mode: batches this node acknowledged in `partition` were voided by
+    /// another node's claim (the node's store forked from the journal topic). The node
+    /// refuses the partition until its store is rebuilt (docs/scale-out.md); another node
+    /// may serve it.
+    #[error("partition {partition} forked on this node: its store must be rebuilt")]
+    Forked { partition: u32 },
 }
 
 /// Why a command was not executed (or a live state not read). `E` is the domain error.
@@ -606,6 +619,14 @@ impl<E: std::error::Error> CommandError<E> {
             GateRefusal::Unsupported => CommandError::Unavailable {
                 stream: stream.clone(),
                 reason: UnavailableReason::NotReplicable,
+            },
+            GateRefusal::Lagging { batches } => CommandError::Unavailable {
+                stream: stream.clone(),
+                reason: UnavailableReason::ReplicationLagging { batches },
+            },
+            GateRefusal::Forked { partition } => CommandError::Unavailable {
+                stream: stream.clone(),
+                reason: UnavailableReason::Forked { partition },
             },
         }
     }

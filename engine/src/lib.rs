@@ -89,8 +89,9 @@ pub mod topic {
 /// through the partitions of a Kafka journal topic, with claims fencing old owners.
 #[cfg(feature = "kafka")]
 pub use cluster::{
-    Cluster, ClusterConfig, ClusterError, ClusterStatus, Owner, Takeover,
-    DEFAULT_CLUSTER_PARTITIONS,
+    Cluster, ClusterConfig, ClusterError, ClusterHealth, ClusterMode, ClusterStatus, Fork, Orphan,
+    Owner, ReplicationLag, Takeover, DEFAULT_CLUSTER_PARTITIONS,
+    DEFAULT_REPLICATION_LAG_MAX_BATCHES,
 };
 /// The Kafka publisher (feature `kafka`): relays the topics to a Kafka cluster, with a
 /// cursor per partition in the store and recovery from the broker's last message.

@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! evershard-node --data DIR --brokers HOST:PORT --cluster NAME --node NAME --listen 127.0.0.1:PORT
+//!                [--mode kafka-durable|local] [--replication-lag-max-batches N]
 //! ```
 //!
 //! Requests and answers (every answer has `ok` and `node`, the node that answers):
@@ -17,7 +18,8 @@
 //!   `{"ok":true,"sequence":4,"event_types":["StockReserved"],"event_ids":[...],
 //!   "executed_by":"n1"}`. A reservation's expiry is a timer: it fires on whichever node
 //!   serves the product's partition when it comes due.
-//! - `{"op":"status"}`: the node's cluster status.
+//! - `{"op":"status"}`: the node's cluster status, with `replication_lag` (`Local` mode:
+//!   `{"batches":B,"oldest_ms":T}`) and `forked` (partitions refused after a fork).
 //! - errors: `{"ok":false,"error":"not_owner"|"rejected"|"conflict"|"unavailable"|...,
 //!   "retryable":bool,"message":"...","partition":P,"owner":"n3"}`.
 //!
@@ -26,7 +28,9 @@
 use clap::Parser;
 use evershard_aggregates::product_stock::{ProductStock, ProductStockCommand};
 use evershard_engine::model::{Aggregate, DecideContext, DomainEvent};
-use evershard_engine::{Cluster, ClusterConfig, CommandError, Durability, Engine, KafkaConfig};
+use evershard_engine::{
+    Cluster, ClusterConfig, ClusterMode, CommandError, Durability, Engine, KafkaConfig,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -79,6 +83,24 @@ struct Args {
     /// Replication factor of the journal topic when this node creates it.
     #[arg(long, default_value_t = 1)]
     replication_factor: i32,
+    /// When a command is acknowledged: `kafka-durable` (on the journal topic first) or
+    /// `local` (after the local fdatasync, published after); docs/scale-out.md, "Modes".
+    #[arg(long, value_enum, default_value_t = Mode::KafkaDurable)]
+    mode: Mode,
+    /// `local` mode: acknowledged batches not yet on the journal topic past which commands
+    /// are refused (`unavailable`, retryable).
+    #[arg(long, default_value_t = evershard_engine::DEFAULT_REPLICATION_LAG_MAX_BATCHES)]
+    replication_lag_max_batches: usize,
+    /// The node stops serving `session_timeout_ms − lease_margin_ms` after its last answered
+    /// request to the group coordinator (`ClusterConfig::lease_margin_ms`).
+    #[arg(long, default_value_t = 2_000)]
+    lease_margin_ms: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Mode {
+    KafkaDurable,
+    Local,
 }
 
 /// The example's aggregate: a ledger of numbers that must arrive in order, so that any lost,
@@ -203,7 +225,13 @@ fn main() {
             .reclaim_after_ms(args.reclaim_after_ms)
             .ack_timeout_ms(args.kafka_timeout_ms.max(30_000))
             .fetch_wait_ms(args.fetch_wait_ms)
-            .static_membership(args.static_membership);
+            .static_membership(args.static_membership)
+            .mode(match args.mode {
+                Mode::KafkaDurable => ClusterMode::KafkaDurable,
+                Mode::Local => ClusterMode::Local,
+            })
+            .replication_lag_max_batches(args.replication_lag_max_batches)
+            .lease_margin_ms(args.lease_margin_ms);
         let cluster = engine.join_cluster(config).await.expect("join the cluster");
         Node {
             engine,
@@ -270,7 +298,9 @@ fn handle(node: &Node, request: &Value) -> Value {
                    "takeovers": s.takeovers.iter().map(|t| json!({"partition": t.partition, "epoch": t.epoch, "took_ms": t.took_ms})).collect::<Vec<_>>(),
                    "walked": s.walked, "resumed_from": s.resumed_from,
                    "pending_applies": s.pending_applies,
-                   "acknowledged": s.acknowledged, "refused": s.refused, "last_error": s.last_error})
+                   "acknowledged": s.acknowledged, "refused": s.refused, "last_error": s.last_error,
+                   "replication_lag": {"batches": s.replication_lag.batches, "oldest_ms": s.replication_lag.oldest_ms},
+                   "forked": s.forked.iter().map(|f| f.partition).collect::<Vec<_>>()})
         }
         other => bad(&format!("unknown op {other:?}")),
     }

@@ -19,10 +19,15 @@
 //!
 //! Keys (the `c` keyspace, see `journal::keys`): `c | name_len u8 | cluster | 'p' | partition
 //! u32 BE` -> [`StoredCursor`] (a format byte, then JSON); `c | name_len u8 | cluster | 'h' |
-//! stream part` -> the stream's last valid sequence, u64 BE.
+//! stream part` -> the stream's last valid sequence, u64 BE; `c | name_len u8 | cluster | 'o'
+//! | partition u32 BE | queue number u64 BE` -> a `Local` batch acknowledged and not yet known
+//! to be on the topic (the outbox: a format byte, then the encoded [`Entry`]). An outbox
+//! entry is written in the same sled batch as the batch's events, and removed no later than
+//! the position moves past the batch's valid copy on the topic, so a restarted node finds
+//! every acknowledged batch it has not seen on the topic.
 
 use super::validity::{ClaimAt, Walk};
-use super::wire::{Batch, Claim};
+use super::wire::{Batch, Claim, Entry};
 use crate::error::StorageError;
 use crate::journal::{keys, Journal, JournalWriter, WriteOp};
 use crate::topics::partition_for;
@@ -38,6 +43,16 @@ pub const POSITION_WRITE_INTERVAL_MS: u64 = 1_000;
 
 /// Format byte of a stored cursor's value.
 const CURSOR_FORMAT_V1: u8 = 1;
+
+/// Format byte of an outbox entry's value.
+const OUTBOX_FORMAT_V1: u8 = 1;
+
+/// A `Local` batch in the outbox, by its queue number (per node, rising).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outboxed {
+    pub number: u64,
+    pub batch: Batch,
+}
 
 /// One partition's stored position and the walk's state there.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,20 +99,43 @@ fn head_key(cluster: &str, stream: &StreamId) -> Vec<u8> {
     key
 }
 
+pub(super) fn outbox_key(cluster: &str, partition: u32, number: u64) -> Vec<u8> {
+    let mut key = prefix(cluster);
+    key.push(b'o');
+    key.extend_from_slice(&partition.to_be_bytes());
+    key.extend_from_slice(&number.to_be_bytes());
+    key
+}
+
+/// The outbox write of a `Local` batch, added to the batch's own append.
+pub(super) fn outbox_put(cluster: &str, partition: u32, number: u64, batch: &Batch) -> WriteOp {
+    let mut value = vec![OUTBOX_FORMAT_V1];
+    value.extend(Entry::Batch(batch.clone()).encode());
+    WriteOp::Put {
+        key: outbox_key(cluster, partition, number),
+        value,
+    }
+}
+
 fn encode_cursor(cursor: &StoredCursor) -> Vec<u8> {
     let mut value = vec![CURSOR_FORMAT_V1];
     value.extend(serde_json::to_vec(cursor).expect("cursors always serialize"));
     value
 }
 
+/// What a node stored of a cluster: per partition, the walk, the cursor and the outbox (in
+/// queue order).
+pub struct Loaded {
+    pub walks: Vec<Walk>,
+    pub cursors: Vec<StoredCursor>,
+    pub outbox: Vec<Vec<Outboxed>>,
+}
+
 /// Reads the stored walks of `cluster` (one per partition; a partition never stored starts
-/// at offset 0), with each partition's stored cursor.
-pub fn load(
-    journal: &Journal,
-    cluster: &str,
-    partitions: u32,
-) -> Result<(Vec<Walk>, Vec<StoredCursor>), CursorError> {
+/// at offset 0), with each partition's stored cursor and outbox.
+pub fn load(journal: &Journal, cluster: &str, partitions: u32) -> Result<Loaded, CursorError> {
     let mut cursors = vec![StoredCursor::default(); partitions as usize];
+    let mut outbox: Vec<Vec<Outboxed>> = vec![Vec::new(); partitions as usize];
     let mut heads: Vec<HashMap<StreamId, u64>> = vec![HashMap::new(); partitions as usize];
     let base = prefix(cluster);
     for (key, value) in journal.cluster_state(&base)? {
@@ -126,6 +164,21 @@ pub fn load(
                 let p = partition_for(&stream.aggregate_id, partitions);
                 heads[p as usize].insert(stream, head);
             }
+            Some((b'o', rest)) if rest.len() == 12 => {
+                let p = u32::from_be_bytes(rest[..4].try_into().map_err(|_| malformed())?);
+                let number = u64::from_be_bytes(rest[4..].try_into().map_err(|_| malformed())?);
+                let batch = match value.split_first() {
+                    Some((&OUTBOX_FORMAT_V1, bytes)) => match Entry::decode(bytes) {
+                        Ok(Entry::Batch(b)) => b,
+                        _ => return Err(malformed()),
+                    },
+                    _ => return Err(malformed()),
+                };
+                if let Some(slot) = outbox.get_mut(p as usize) {
+                    // Keys sort by partition then number: each list is in queue order.
+                    slot.push(Outboxed { number, batch });
+                }
+            }
             _ => return Err(malformed()),
         }
     }
@@ -140,7 +193,11 @@ pub fn load(
             Walk::resume(c.next_offset, latest, c.highest_epoch, heads)
         })
         .collect();
-    Ok((walks, cursors))
+    Ok(Loaded {
+        walks,
+        cursors,
+        outbox,
+    })
 }
 
 /// One partition's applied prefix as the tailer moves it, and what is not stored yet.
@@ -149,6 +206,9 @@ struct Part {
     cursor: StoredCursor,
     /// Heads moved since the last write.
     heads: HashMap<StreamId, u64>,
+    /// Outbox entries whose batch was walked valid on the topic, to remove with (or before)
+    /// the next position write.
+    published: Vec<u64>,
     dirty: bool,
 }
 
@@ -222,7 +282,20 @@ impl Applied {
         let part = &mut self.parts[partition as usize];
         part.batch(offset, batch);
         part.heads.clear();
+        part.published.clear();
         part.dirty = false;
+    }
+
+    /// `Local` batches of this node (outbox numbers) walked valid on the topic: their outbox
+    /// entries go with the next write of the partition's position, which is never one past
+    /// them without them.
+    pub(super) fn published(&mut self, partition: u32, numbers: Vec<u64>) {
+        if numbers.is_empty() {
+            return;
+        }
+        let part = &mut self.parts[partition as usize];
+        part.published.extend(numbers);
+        part.dirty = true;
     }
 
     fn writes_of(&self, partition: u32, part: &Part) -> Vec<WriteOp> {
@@ -234,6 +307,9 @@ impl Applied {
                 value: head.to_be_bytes().to_vec(),
             })
             .collect();
+        writes.extend(part.published.iter().map(|n| WriteOp::Remove {
+            key: outbox_key(&self.cluster, partition, *n),
+        }));
         writes.push(WriteOp::Put {
             key: cursor_key(&self.cluster, partition),
             value: encode_cursor(&part.cursor),
@@ -265,6 +341,7 @@ impl Applied {
         journal.write_cluster_state(writes)?;
         for part in &mut self.parts {
             part.heads.clear();
+            part.published.clear();
             part.dirty = false;
         }
         self.last_write = Instant::now();
@@ -303,5 +380,33 @@ mod tests {
         assert_eq!(value[0], CURSOR_FORMAT_V1);
         let back: StoredCursor = serde_json::from_slice(&value[1..]).unwrap();
         assert_eq!(back, cursor);
+    }
+
+    #[test]
+    fn outbox_entries_sort_by_partition_then_number_and_decode_back() {
+        let batch = Batch {
+            node: "n1".into(),
+            epoch: 4,
+            aggregate_type: "Ledger".into(),
+            aggregate_id: "ledger-7".into(),
+            first_sequence: 3,
+            events: vec![],
+            writes: vec![],
+        };
+        let keys: Vec<Vec<u8>> = [(0, 9), (1, 0), (1, 2), (1, 256), (2, 1)]
+            .iter()
+            .map(|&(p, n)| outbox_key("test", p, n))
+            .collect();
+        assert!(
+            keys.windows(2).all(|w| w[0] < w[1]),
+            "queue order is key order"
+        );
+        assert!(keys.iter().all(|k| k.starts_with(&prefix("test"))));
+        let WriteOp::Put { key, value } = outbox_put("test", 1, 2, &batch) else {
+            panic!("an outbox entry is a put")
+        };
+        assert_eq!(key, keys[2]);
+        assert_eq!(value[0], OUTBOX_FORMAT_V1);
+        assert_eq!(Entry::decode(&value[1..]).unwrap(), Entry::Batch(batch));
     }
 }

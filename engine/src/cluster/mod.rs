@@ -10,20 +10,27 @@
 //!   the tailer has walked `p` up to the batch's offset and found it valid under the rule of
 //!   [`validity`] (no foreign claim in between). Otherwise the command fails with
 //!   `NotOwner` and took no effect.
+//! - **Local acknowledgement** ([`ClusterMode::Local`]). The gate ([`LocalGate`]) checks that
+//!   this node serves `p` and that the replication lag is under its bound, and adds the
+//!   batch's outbox entry ([`cursor`]) to the local append; once the append succeeded the
+//!   batch is queued, and the publisher thread produces the queue in order per partition
+//!   (idempotent producer). An outbox entry goes once the tailer walked its batch valid; a
+//!   queued batch that another node's claim voids forks the partition on this node, which
+//!   then refuses it ([`GateRefusal::Forked`]).
 //! - **Replica.** One tailer thread reads every partition of the journal topic from the
 //!   position stored in the local journal ([`cursor`]; the start for a new store), walks it
 //!   through the validity rule and appends the valid batches of other writers to the local
 //!   journal, so every node holds every valid batch, in each stream's order.
 //!
-//! Threads: the tailer, the group member, and the claimer (takeovers run there so that the
-//! group member keeps polling during a catch-up).
+//! Threads: the tailer, the group member, the claimer (takeovers run there so that the
+//! group member keeps polling during a catch-up) and, in `Local` mode, the publisher.
 
 pub mod cursor;
 pub mod validity;
 pub mod wire;
 
 use crate::engine::Engine;
-use crate::gate::{AppendGate, GateFuture, GateRefusal};
+use crate::gate::{AfterAppend, AppendGate, GateFuture, GateRefusal};
 use crate::journal::{AppendRequest, JournalWriter};
 use crate::kafka::KafkaConfig;
 use crate::topics::partition_for;
@@ -37,7 +44,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -56,6 +63,34 @@ const OWN_APPEND_GRACE_MS: u64 = 10_000;
 /// How long the tailer's poll blocks when there is nothing to read; also bounds how late it
 /// sees the stop flag.
 const TAILER_POLL_MS: u64 = 20;
+
+/// When a command is acknowledged (docs/scale-out.md, "Modes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ClusterMode {
+    /// After its batch is on the journal topic (`acks=all`) and checked valid, then appended
+    /// locally. Nothing acknowledged is lost with a node's disk.
+    #[default]
+    KafkaDurable,
+    /// After the local append (fdatasync with `Durability::Durable`); the batch is published
+    /// to the journal topic afterwards. A node's disk lost takes the batches not yet
+    /// published with it (the replication lag, bounded by
+    /// [`ClusterConfig::replication_lag_max_batches`]).
+    Local,
+}
+
+/// How many acknowledged batches a `Local` node may hold that are not yet on the journal
+/// topic, unless set ([`ClusterConfig::replication_lag_max_batches`]).
+pub const DEFAULT_REPLICATION_LAG_MAX_BATCHES: usize = 10_000;
+
+/// How long the publisher waits before producing again after a failed produce.
+const PUBLISH_RETRY_MS: u64 = 500;
+
+/// The most batches the publisher hands to the producer in one round before it waits for
+/// their acknowledgements. Unbounded, a round of a long queue outlived the produce timeout
+/// on a slow broker (measured: tansu on a loaded 2-core machine, ~7,000 queued batches per
+/// node); the batches that timed out were produced again, which slowed the broker further,
+/// and two nodes' lags had not drained after 120 s.
+const PUBLISH_ROUND_BATCHES_MAX: usize = 500;
 
 /// How a node joins a cluster. Build with [`ClusterConfig::new`] and the setters.
 #[derive(Clone, Debug)]
@@ -98,6 +133,20 @@ pub struct ClusterConfig {
     /// rebalance. Default false: with it, tansu 0.6.0 (the test broker) left partitions
     /// unassigned for good (measured, docs/scale-out.md), so it is untested.
     pub static_membership: bool,
+    /// When a command is acknowledged. Default [`ClusterMode::KafkaDurable`].
+    pub mode: ClusterMode,
+    /// The lease (docs/scale-out.md, "Fencing"): a node serves nothing once
+    /// `session_timeout_ms − lease_margin_ms` has passed on its monotonic clock since the
+    /// send of its last request the group coordinator answered, so it stops acknowledging
+    /// before the broker can hand its partitions to another node. Default 2,000; at least
+    /// `heartbeat_interval_ms`, below `session_timeout_ms`.
+    pub lease_margin_ms: u64,
+    /// `Local` mode: the most acknowledged batches this node holds that are not yet on the
+    /// journal topic; past it a new batch is refused with
+    /// `Unavailable { ReplicationLagging }` (retryable) and nothing is written. It bounds
+    /// what the loss of this node's disk can take. Default
+    /// [`DEFAULT_REPLICATION_LAG_MAX_BATCHES`].
+    pub replication_lag_max_batches: usize,
 }
 
 impl ClusterConfig {
@@ -120,7 +169,30 @@ impl ClusterConfig {
             reclaim_after_ms: 5_000,
             fetch_wait_ms: 10,
             static_membership: false,
+            mode: ClusterMode::KafkaDurable,
+            replication_lag_max_batches: DEFAULT_REPLICATION_LAG_MAX_BATCHES,
+            lease_margin_ms: 2_000,
         }
+    }
+
+    pub fn lease_margin_ms(mut self, ms: u64) -> Self {
+        self.lease_margin_ms = ms;
+        self
+    }
+
+    /// How long a contact with the group coordinator keeps this node serving.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.session_timeout_ms.saturating_sub(self.lease_margin_ms))
+    }
+
+    pub fn mode(mut self, mode: ClusterMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    pub fn replication_lag_max_batches(mut self, batches: usize) -> Self {
+        self.replication_lag_max_batches = batches;
+        self
     }
 
     pub fn partitions(mut self, partitions: u32) -> Self {
@@ -191,6 +263,19 @@ impl ClusterConfig {
                 self.partitions
             ));
         }
+        // The broker's last heartbeat may be up to one interval older than the last answered
+        // request the lease counts from (docs/scale-out.md, "Fencing").
+        if self.lease_margin_ms >= self.session_timeout_ms
+            || self.lease_margin_ms < self.heartbeat_interval_ms
+        {
+            return Err(
+                "lease_margin_ms must be at least heartbeat_interval_ms and below session_timeout_ms"
+                    .into(),
+            );
+        }
+        if self.replication_lag_max_batches == 0 {
+            return Err("replication_lag_max_batches must be above 0".into());
+        }
         if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms >= self.session_timeout_ms
         {
             return Err(
@@ -255,6 +340,43 @@ pub struct Takeover {
     pub took_ms: u64,
 }
 
+/// `Local` mode: what this node acknowledged that the broker has not acknowledged yet
+/// (`acks=all`): what losing this node's disk now would lose. All zero in `KafkaDurable`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationLag {
+    pub batches: usize,
+    /// Age of the oldest such batch, since this process queued it (or loaded it from the
+    /// outbox at join).
+    pub oldest_ms: u64,
+}
+
+/// An acknowledged `Local` batch that another node's claim voided (docs/scale-out.md,
+/// "Fork"): its events are in this node's journal and nowhere else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Orphan {
+    pub stream: evershard_model::StreamId,
+    pub first_sequence: u64,
+    pub event_ids: Vec<uuid::Uuid>,
+    pub epoch: u64,
+}
+
+/// A partition this node refuses because its store forked from the journal topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fork {
+    pub partition: u32,
+    /// The acknowledged batches no other node has, in queue order.
+    pub orphans: Vec<Orphan>,
+}
+
+/// What [`Cluster::health`] reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterHealth {
+    pub replication_lag: ReplicationLag,
+    /// Partitions refused because they forked (see [`Fork`]).
+    pub forked: Vec<u32>,
+    pub last_error: Option<String>,
+}
+
 /// What a node does now ([`Cluster::status`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterStatus {
@@ -277,6 +399,37 @@ pub struct ClusterStatus {
     pub refused: u64,
     /// The last error of a cluster thread, if any.
     pub last_error: Option<String>,
+    /// `Local` mode: acknowledged batches the broker has not acknowledged yet.
+    pub replication_lag: ReplicationLag,
+    /// `Local` mode: partitions refused because they forked, with their orphaned batches.
+    pub forked: Vec<Fork>,
+}
+
+/// A `Local` batch acknowledged here and not yet walked valid on the topic.
+#[derive(Debug, Clone)]
+struct Queued {
+    /// Its outbox entry's number.
+    number: u64,
+    batch: Batch,
+    queued_at: Instant,
+    /// Handed to the producer (and not failed since).
+    sent: bool,
+    /// The broker acknowledged it (`acks=all`): it is on the topic, so losing this node's
+    /// disk no longer loses it. It stays queued until walked valid.
+    delivered: bool,
+}
+
+/// An admitted `Local` batch between its admission and its queueing (or its failed append):
+/// counted against `replication_lag_max_batches`, so that concurrent admissions cannot pass
+/// the bound together.
+struct Reservation {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.shared.lock().reserved -= 1;
+    }
 }
 
 /// A message of a partition that moves the stored position once it is behind the applied
@@ -319,9 +472,103 @@ struct State {
     acknowledged: u64,
     refused: u64,
     last_error: Option<String>,
+    /// `Local` mode, per partition: acknowledged batches not yet walked valid, in order.
+    queue: Vec<VecDeque<Queued>>,
+    /// `Local` mode, per partition: outbox numbers walked valid, for the tailer to remove.
+    published: Vec<Vec<u64>>,
+    /// The next outbox number.
+    outbox_next: u64,
+    /// Per partition: the offset the tailer must reach before the publisher produces that
+    /// partition's queue loaded at join (its end then), so that a batch already on the topic
+    /// (produced just before a crash) is found there instead of produced twice.
+    publish_from: Vec<i64>,
+    /// Partitions refused because a queued batch was voided.
+    forked: BTreeMap<u32, Vec<Orphan>>,
+    /// Until when the lease lets this node serve (`None`: no contact with the group
+    /// coordinator yet).
+    lease_until: Option<Instant>,
+    /// `Local` mode: queued batches the broker has not acknowledged (the replication lag).
+    undelivered: usize,
+    /// `Local` mode: batches admitted and not yet queued ([`Reservation`]).
+    reserved: usize,
 }
 
 impl State {
+    fn leased(&self) -> bool {
+        self.lease_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// The epoch under which this node serves `partition` now: assigned, claimed, and the
+    /// lease running.
+    fn served_epoch(&self, partition: u32) -> Option<u64> {
+        self.served
+            .get(&partition)
+            .copied()
+            .filter(|_| self.leased())
+    }
+
+    fn lag(&self) -> ReplicationLag {
+        ReplicationLag {
+            batches: self.undelivered,
+            oldest_ms: self
+                .queue
+                .iter()
+                .filter_map(|q| q.iter().find(|q| !q.delivered))
+                .map(|q| q.queued_at.elapsed().as_millis() as u64)
+                .max()
+                .unwrap_or(0),
+        }
+    }
+
+    fn enqueue(&mut self, partition: u32, number: u64, batch: Batch) {
+        self.queue[partition as usize].push_back(Queued {
+            number,
+            batch,
+            queued_at: Instant::now(),
+            sent: false,
+            delivered: false,
+        });
+        self.undelivered += 1;
+    }
+
+    /// The broker acknowledged queued batch `number` of `partition` (if still queued).
+    fn delivered(&mut self, partition: u32, number: u64) {
+        if let Some(q) = self.queue[partition as usize]
+            .iter_mut()
+            .find(|q| q.number == number && !q.delivered)
+        {
+            q.delivered = true;
+            self.undelivered -= 1;
+        }
+    }
+
+    /// The partition's queued batches can never be valid any more: refuse the partition,
+    /// keep their outbox entries (the audit of what only this node has) and list them.
+    fn fork(&mut self, node: &str, partition: u32, why: &str) {
+        let drained: Vec<Queued> = self.queue[partition as usize].drain(..).collect();
+        self.undelivered -= drained.iter().filter(|q| !q.delivered).count();
+        let orphans: Vec<Orphan> = drained
+            .into_iter()
+            .map(|q| Orphan {
+                stream: q.batch.stream(),
+                first_sequence: q.batch.first_sequence,
+                event_ids: q.batch.events.iter().map(|e| e.event_id).collect(),
+                epoch: q.batch.epoch,
+            })
+            .collect();
+        self.served.remove(&partition);
+        for o in &orphans {
+            tracing::error!(node, partition, stream = %o.stream, first_sequence = o.first_sequence, epoch = o.epoch, event_ids = ?o.event_ids, "orphaned acknowledged batch (fork)");
+        }
+        tracing::error!(
+            node,
+            partition,
+            orphans = orphans.len(),
+            "partition forked: {why}; refused until the store is rebuilt"
+        );
+        self.forked.entry(partition).or_default().extend(orphans);
+    }
+
     fn owner(&self, partition: u32) -> Option<Owner> {
         self.walks
             .get(partition as usize)
@@ -344,6 +591,8 @@ struct Shared {
     walked: Condvar,
     /// Signalled after every tailer step, for the gate's async waits.
     notify: tokio::sync::Notify,
+    /// `Local` mode: signalled when a batch is queued, for the publisher.
+    queued: Condvar,
     stop: AtomicBool,
 }
 
@@ -409,9 +658,9 @@ impl Cluster {
         self.shared.lock().owner(partition)
     }
 
-    /// True when this node serves the partition now.
+    /// True when this node serves the partition now (claimed, and its lease running).
     pub fn serves(&self, partition: u32) -> bool {
-        self.shared.lock().served.contains_key(&partition)
+        self.shared.lock().served_epoch(partition).is_some()
     }
 
     pub fn config(&self) -> &ClusterConfig {
@@ -420,7 +669,12 @@ impl Cluster {
 
     pub fn status(&self) -> ClusterStatus {
         let st = self.shared.lock();
-        let mut serving: Vec<(u32, u64)> = st.served.iter().map(|(p, e)| (*p, *e)).collect();
+        let mut serving: Vec<(u32, u64)> = st
+            .served
+            .iter()
+            .filter(|_| st.leased())
+            .map(|(p, e)| (*p, *e))
+            .collect();
         serving.sort_unstable();
         let mut assigned: Vec<u32> = st.assigned.keys().copied().collect();
         assigned.sort_unstable();
@@ -439,6 +693,25 @@ impl Cluster {
                 .count(),
             acknowledged: st.acknowledged,
             refused: st.refused,
+            last_error: st.last_error.clone(),
+            replication_lag: st.lag(),
+            forked: st
+                .forked
+                .iter()
+                .map(|(p, orphans)| Fork {
+                    partition: *p,
+                    orphans: orphans.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The replication lag (`Local` mode), the forked partitions and the last error.
+    pub fn health(&self) -> ClusterHealth {
+        let st = self.shared.lock();
+        ClusterHealth {
+            replication_lag: st.lag(),
+            forked: st.forked.keys().copied().collect(),
             last_error: st.last_error.clone(),
         }
     }
@@ -481,21 +754,51 @@ impl Engine {
         }
         let topic = config.journal_topic();
         // Where this store stopped following each partition (offset 0 if it never did).
-        let (walks, cursors) =
-            cursor::load(rt.journal.reader(), &config.cluster, config.partitions)?;
-        {
+        let cursor::Loaded {
+            walks,
+            cursors,
+            outbox,
+        } = cursor::load(rt.journal.reader(), &config.cluster, config.partitions)?;
+        // The outbox (`Local` batches acknowledged before a stop or crash) is published again
+        // in any mode: it is what this node acknowledged.
+        let publish_from = {
             let config = config.clone();
             let topic = topic.clone();
             let stored: Vec<i64> = cursors.iter().map(|c| c.next_offset).collect();
+            let with_outbox: Vec<bool> = outbox.iter().map(|o| !o.is_empty()).collect();
             tokio::task::spawn_blocking(move || {
                 ensure_topic(&config, &topic)?;
-                check_positions(&config, &topic, &stored)
+                check_positions(&config, &topic, &stored)?;
+                end_offsets(&config, &topic, &with_outbox)
             })
             .await
             .map_err(|e| ClusterError::Spawn {
                 reason: e.to_string(),
-            })??;
-        }
+            })??
+        };
+        let outbox_next = outbox
+            .iter()
+            .flatten()
+            .map(|o| o.number + 1)
+            .max()
+            .unwrap_or(0);
+        let loaded_at = Instant::now();
+        let queue: Vec<VecDeque<Queued>> = outbox
+            .into_iter()
+            .map(|entries| {
+                entries
+                    .into_iter()
+                    .map(|o| Queued {
+                        number: o.number,
+                        batch: o.batch,
+                        queued_at: loaded_at,
+                        sent: false,
+                        delivered: false,
+                    })
+                    .collect()
+            })
+            .collect();
+        let undelivered = queue.iter().map(VecDeque::len).sum();
         let resumed_from: Vec<i64> = cursors.iter().map(|c| c.next_offset).collect();
         let applied = Applied::new(&config.cluster, cursors);
         let client = |e: rdkafka::error::KafkaError| ClusterError::Client {
@@ -506,6 +809,11 @@ impl Engine {
         // fill in the meantime.
         pc.set("linger.ms", "1");
         let producer: FutureProducer = pc.create().map_err(client)?;
+        // The publisher's own (`producer_config` is idempotent with `acks=all`: retries
+        // neither repeat nor reorder a partition's batches within this process).
+        let mut pc = config.kafka.producer_config();
+        pc.set("linger.ms", "1");
+        let publisher: FutureProducer = pc.create().map_err(client)?;
         let tail: BaseConsumer = consumer_config(&config, &format!("{}.replica", config.node))
             .create()
             .map_err(client)?;
@@ -520,7 +828,7 @@ impl Engine {
         if config.static_membership {
             members.set("group.instance.id", &config.node);
         }
-        let members: BaseConsumer = members.create().map_err(client)?;
+        let members: Arc<BaseConsumer> = Arc::new(members.create().map_err(client)?);
         let partitions = config.partitions as usize;
         let shared = Arc::new(Shared {
             topic,
@@ -528,20 +836,29 @@ impl Engine {
                 walks,
                 resumed_from,
                 pending: (0..partitions).map(|_| VecDeque::new()).collect(),
+                queue,
+                published: vec![Vec::new(); partitions],
+                outbox_next,
+                publish_from,
+                undelivered,
                 ..State::default()
             }),
             config,
             walked: Condvar::new(),
             notify: tokio::sync::Notify::new(),
+            queued: Condvar::new(),
             stop: AtomicBool::new(false),
         });
-        let gate = DurableGate {
-            shared: shared.clone(),
-            producer: producer.clone(),
+        let gate: Arc<dyn AppendGate> = match shared.config.mode {
+            ClusterMode::KafkaDurable => Arc::new(DurableGate {
+                shared: shared.clone(),
+                producer: producer.clone(),
+            }),
+            ClusterMode::Local => Arc::new(LocalGate {
+                shared: shared.clone(),
+            }),
         };
-        rt.gate
-            .set(Arc::new(gate))
-            .map_err(|_| ClusterError::AlreadyJoined)?;
+        rt.gate.set(gate).map_err(|_| ClusterError::AlreadyJoined)?;
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
@@ -560,13 +877,27 @@ impl Engine {
         let s = shared.clone();
         threads.push(spawn(
             "evershard-cluster-member",
-            Box::new(move || run_member(&s, members)),
+            Box::new({
+                let members = members.clone();
+                move || run_member(&s, &members)
+            }),
+        )?);
+        let s = shared.clone();
+        threads.push(spawn(
+            "evershard-cluster-lease",
+            Box::new(move || run_lease(&s, &members)),
         )?);
         let s = shared.clone();
         let handle = tokio::runtime::Handle::current();
         threads.push(spawn(
             "evershard-cluster-claimer",
             Box::new(move || run_claimer(&s, &producer, &handle)),
+        )?);
+        let s = shared.clone();
+        let handle = tokio::runtime::Handle::current();
+        threads.push(spawn(
+            "evershard-cluster-publisher",
+            Box::new(move || run_publisher(&s, &publisher, &handle)),
         )?);
         Ok(Cluster {
             shared,
@@ -625,6 +956,31 @@ fn check_positions(
         }
     }
     Ok(())
+}
+
+/// The end offset of each partition flagged (0 for the others): where the tailer must be
+/// before the publisher produces a partition's outbox loaded at join.
+fn end_offsets(
+    config: &ClusterConfig,
+    topic: &str,
+    flagged: &[bool],
+) -> Result<Vec<i64>, ClusterError> {
+    let mut ends = vec![0; flagged.len()];
+    if !flagged.iter().any(|f| *f) {
+        return Ok(ends);
+    }
+    let client = |e: rdkafka::error::KafkaError| ClusterError::Client {
+        reason: config.kafka.redact(&e.to_string()),
+    };
+    let consumer: BaseConsumer = config.kafka.client_config().create().map_err(client)?;
+    let timeout = config.kafka.connection_timeout + config.kafka.request_timeout;
+    for (p, _) in flagged.iter().enumerate().filter(|(_, f)| **f) {
+        ends[p] = consumer
+            .fetch_watermarks(topic, p as i32, timeout)
+            .map_err(client)?
+            .1;
+    }
+    Ok(ends)
 }
 
 /// Creates the journal topic if missing; refuses one with another partition count.
@@ -713,7 +1069,7 @@ impl std::fmt::Debug for DurableGate {
 }
 
 impl AppendGate for DurableGate {
-    fn admit<'a>(&'a self, request: &'a AppendRequest) -> GateFuture<'a> {
+    fn admit<'a>(&'a self, request: &'a mut AppendRequest) -> GateFuture<'a> {
         Box::pin(async move {
             let outcome = self.check(request).await;
             let mut st = self.shared.lock();
@@ -721,20 +1077,244 @@ impl AppendGate for DurableGate {
                 Ok(()) => st.acknowledged += 1,
                 Err(_) => st.refused += 1,
             }
-            outcome
+            outcome.map(|()| None)
         })
     }
 
     fn serving(&self, stream: &evershard_model::StreamId) -> Result<u64, GateRefusal> {
-        let partition = partition_for(&stream.aggregate_id, self.shared.config.partitions);
-        let st = self.shared.lock();
-        st.served
-            .get(&partition)
-            .copied()
-            .ok_or_else(|| GateRefusal::NotOwner {
-                partition,
-                owner: st.owner(partition).map(|o| o.node),
-            })
+        serving(&self.shared, stream)
+    }
+}
+
+/// The claim epoch under which this node serves the stream's partition, or why not.
+fn serving(shared: &Shared, stream: &evershard_model::StreamId) -> Result<u64, GateRefusal> {
+    let partition = partition_for(&stream.aggregate_id, shared.config.partitions);
+    let st = shared.lock();
+    if st.forked.contains_key(&partition) {
+        return Err(GateRefusal::Forked { partition });
+    }
+    st.served_epoch(partition)
+        .ok_or_else(|| GateRefusal::NotOwner {
+            partition,
+            owner: st.owner(partition).map(|o| o.node),
+        })
+}
+
+/// The `Local` gate: checks, adds the outbox write, and queues the batch after the append.
+struct LocalGate {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for LocalGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalGate")
+            .field("node", &self.shared.config.node)
+            .finish()
+    }
+}
+
+impl AppendGate for LocalGate {
+    fn admit<'a>(&'a self, request: &'a mut AppendRequest) -> GateFuture<'a> {
+        let outcome = self.check(request);
+        let mut st = self.shared.lock();
+        match outcome {
+            Ok(_) => st.acknowledged += 1,
+            Err(_) => st.refused += 1,
+        }
+        Box::pin(std::future::ready(outcome.map(Some)))
+    }
+
+    fn serving(&self, stream: &evershard_model::StreamId) -> Result<u64, GateRefusal> {
+        serving(&self.shared, stream)
+    }
+}
+
+impl LocalGate {
+    fn check(&self, request: &mut AppendRequest) -> Result<AfterAppend, GateRefusal> {
+        let shared = &self.shared;
+        if request.seal.is_some() {
+            return Err(GateRefusal::Unsupported);
+        }
+        let partition = partition_for(&request.stream.aggregate_id, shared.config.partitions);
+        let idx = partition as usize;
+        let (epoch, number) = {
+            let mut st = shared.lock();
+            if st.forked.contains_key(&partition) {
+                return Err(GateRefusal::Forked { partition });
+            }
+            let Some(epoch) = st.served_epoch(partition) else {
+                return Err(GateRefusal::NotOwner {
+                    partition,
+                    owner: st.owner(partition).map(|o| o.node),
+                });
+            };
+            // Refused rather than held: the entity's actor would hold its mailbox for as long
+            // as the broker is away, and a caller learns more from a typed, retryable answer
+            // than from a timeout.
+            let batches = st.undelivered + st.reserved;
+            if batches >= shared.config.replication_lag_max_batches {
+                return Err(GateRefusal::Lagging { batches });
+            }
+            // The local journal is ahead of the partition's walk by the queue: the stream's
+            // head is its latest queued batch's, if any.
+            let head = st.queue[idx]
+                .iter()
+                .rev()
+                .find(|q| {
+                    q.batch.aggregate_id == request.stream.aggregate_id
+                        && q.batch.aggregate_type == request.stream.aggregate_type
+                        && !q.batch.events.is_empty()
+                })
+                .map(|q| q.batch.last_sequence())
+                .unwrap_or_else(|| st.walks[idx].head(&request.stream));
+            if head != request.expected_version {
+                return Err(GateRefusal::Behind {
+                    expected: request.expected_version,
+                    actual: head,
+                });
+            }
+            let number = st.outbox_next;
+            st.outbox_next += 1;
+            st.reserved += 1;
+            (epoch, number)
+        };
+        // Released when the closure runs (the batch is queued by then) or is dropped unrun
+        // (the append failed).
+        let reservation = Reservation {
+            shared: shared.clone(),
+        };
+        let batch = Batch::from_request(&shared.config.node, epoch, request);
+        // In the batch's own sled batch: a crash keeps the events and their outbox entry, or
+        // neither.
+        request.extra_writes.push(cursor::outbox_put(
+            &shared.config.cluster,
+            partition,
+            number,
+            &batch,
+        ));
+        let shared = shared.clone();
+        Ok(Box::new(move || {
+            let mut st = shared.lock();
+            st.enqueue(partition, number, batch);
+            if st.forked.contains_key(&partition) {
+                // Forked while this batch was being appended: it is an orphan too.
+                st.fork(
+                    &shared.config.node,
+                    partition,
+                    "a batch appended after the fork",
+                );
+            }
+            drop(st);
+            drop(reservation);
+            shared.queued.notify_all();
+        }))
+    }
+}
+
+/// `Local` mode: produces every partition's queue in order (the idempotent producer keeps a
+/// partition's order across its retries), once the partition's queue may be published: the
+/// tailer reached the end the partition had at join (for a queue loaded from the outbox) and
+/// the partition's latest effective claim is still the one the batch was written under
+/// (otherwise the batch is void wherever it lands: a fork). A batch leaves the queue when
+/// the tailer walks it valid.
+fn run_publisher(shared: &Shared, producer: &FutureProducer, handle: &tokio::runtime::Handle) {
+    let timeout = shared.config.kafka.connection_timeout + shared.config.kafka.request_timeout;
+    while !shared.stop.load(Ordering::Acquire) {
+        let todo: Vec<(u32, u64, Entry)> = {
+            let mut guard = shared.lock();
+            let st = &mut *guard;
+            let mut todo = Vec::new();
+            for p in 0..shared.config.partitions {
+                let idx = p as usize;
+                if st.forked.contains_key(&p)
+                    || st.walks[idx].next_offset < st.publish_from[idx]
+                    || st.queue[idx].iter().all(|q| q.sent)
+                {
+                    continue;
+                }
+                let latest = st.walks[idx]
+                    .latest_claim()
+                    .map(|c| (c.claim.node.clone(), c.claim.epoch));
+                let mine = |q: &Queued| latest == Some((shared.config.node.clone(), q.batch.epoch));
+                if let Some(q) = st.queue[idx].iter().find(|q| !q.sent && !mine(q)) {
+                    let why = format!(
+                        "a batch of epoch {} queued while the latest claim is {latest:?}",
+                        q.batch.epoch
+                    );
+                    st.fork(&shared.config.node, p, &why);
+                    continue;
+                }
+                // A prefix of each partition's unsent batches: the next round sends on from
+                // there, so a partition's order holds.
+                for q in st.queue[idx].iter_mut().filter(|q| !q.sent) {
+                    if todo.len() >= PUBLISH_ROUND_BATCHES_MAX {
+                        break;
+                    }
+                    q.sent = true;
+                    todo.push((p, q.number, Entry::Batch(q.batch.clone())));
+                }
+            }
+            if todo.is_empty() {
+                // Bounded, so that a stop or a partition becoming publishable is seen.
+                let _ = shared
+                    .queued
+                    .wait_timeout(guard, Duration::from_millis(50))
+                    .unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            todo
+        };
+        // Handed to the producer in queue order, then awaited: its queue keeps the order.
+        let mut deliveries = Vec::with_capacity(todo.len());
+        for (p, number, entry) in &todo {
+            let value = entry.encode();
+            let Entry::Batch(batch) = entry else {
+                unreachable!("only batches are queued")
+            };
+            let record = FutureRecord::to(&shared.topic)
+                .partition(*p as i32)
+                .key(batch.aggregate_id.as_bytes())
+                .payload(&value)
+                .headers(headers(entry));
+            // Enqueued at once (the record's bytes are copied); a full local queue is a
+            // failed produce like any other.
+            let delivery = producer.send_result(record).map_err(|(e, _)| e);
+            deliveries.push((*p, *number, delivery));
+        }
+        let mut failed = false;
+        // One bound for the round, not one per batch: a broker that is away costs one
+        // timeout, then the round is retried.
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (p, number, delivery) in deliveries {
+            let outcome = match delivery {
+                Ok(future) => match handle
+                    .block_on(async { tokio::time::timeout_at(deadline, future).await })
+                {
+                    Ok(Ok(Ok(_))) => {
+                        shared.lock().delivered(p, number);
+                        Ok(())
+                    }
+                    Ok(Ok(Err((e, _)))) => Err(e.to_string()),
+                    Ok(Err(_canceled)) => Err("the producer dropped the delivery".to_owned()),
+                    Err(_elapsed) => Err(format!("no delivery report within {timeout:?}")),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = outcome {
+                failed = true;
+                shared.error(format!("publishing a batch to partition {p}: {e}"));
+                // Produced again later, after the batches of its partition still in flight;
+                // should one of those land first it is void (out of sequence) and is resent
+                // too (see `walk_one`).
+                let mut st = shared.lock();
+                if let Some(q) = st.queue[p as usize].iter_mut().find(|q| q.number == number) {
+                    q.sent = false;
+                }
+            }
+        }
+        if failed {
+            std::thread::sleep(Duration::from_millis(PUBLISH_RETRY_MS));
+        }
     }
 }
 
@@ -751,7 +1331,7 @@ impl DurableGate {
         };
         let epoch = {
             let st = shared.lock();
-            let Some(&epoch) = st.served.get(&partition) else {
+            let Some(epoch) = st.served_epoch(partition) else {
                 return Err(not_owner(&st));
             };
             let head = st.walks[partition as usize].head(&request.stream);
@@ -904,6 +1484,18 @@ fn walk_one(shared: &Shared, partition: u32, offset: i64, entry: Option<Entry>) 
             if claim.node != shared.config.node
                 || !st.my_epochs.contains(&(partition, claim.epoch)) =>
         {
+            // `Local`: a batch still queued under an earlier epoch lands after this claim
+            // wherever it lands, so it is void: this node's store forked.
+            if st.queue[partition as usize]
+                .iter()
+                .any(|q| q.batch.epoch < claim.epoch)
+            {
+                let why = format!(
+                    "claim of {} epoch {} at offset {offset}",
+                    claim.node, claim.epoch
+                );
+                st.fork(&shared.config.node, partition, &why);
+            }
             if st.served.remove(&partition).is_some() {
                 tracing::warn!(node = %shared.config.node, partition, by = %claim.node, epoch = claim.epoch, "partition claimed by another node; stopped serving");
             }
@@ -914,8 +1506,11 @@ fn walk_one(shared: &Shared, partition: u32, offset: i64, entry: Option<Entry>) 
         (Some(Entry::Batch(batch)), _) => {
             let own = batch.node == shared.config.node
                 && st.my_epochs.contains(&(partition, batch.epoch));
-            if own {
+            if own && shared.config.mode == ClusterMode::KafkaDurable {
                 st.own_verdicts.insert((partition, offset), verdict.clone());
+            }
+            if batch.node == shared.config.node {
+                local_verdict(shared, st, partition, offset, batch, &verdict);
             }
             if verdict == Verdict::Valid {
                 st.pending[partition as usize].push_back(Pending {
@@ -932,6 +1527,52 @@ fn walk_one(shared: &Shared, partition: u32, offset: i64, entry: Option<Entry>) 
     }
 }
 
+/// `Local` mode: what a verdict on one of this node's batches means for its queue. Valid: it
+/// is on the topic; its outbox entry goes with the next position write. Void because an
+/// earlier batch of its stream is missing (a failed produce, resent): resend it after that
+/// one. Void otherwise: it can never be valid (a fork).
+fn local_verdict(
+    shared: &Shared,
+    st: &mut State,
+    partition: u32,
+    offset: i64,
+    batch: &Batch,
+    verdict: &Verdict,
+) {
+    let idx = partition as usize;
+    let Some(at) = st.queue[idx].iter().position(|q| {
+        q.batch.epoch == batch.epoch
+            && q.batch.first_sequence == batch.first_sequence
+            && q.batch.aggregate_id == batch.aggregate_id
+            && q.batch.aggregate_type == batch.aggregate_type
+    }) else {
+        return; // a KafkaDurable batch, or a repeat of one already walked
+    };
+    match verdict {
+        Verdict::Valid => {
+            let q = st.queue[idx].remove(at).expect("found above");
+            if !q.delivered {
+                st.undelivered -= 1; // walked before its delivery report
+            }
+            st.published[idx].push(q.number);
+        }
+        Verdict::Void(VoidReason::OutOfSequence { expected_first, .. })
+            if *expected_first < batch.first_sequence =>
+        {
+            let q = &mut st.queue[idx][at];
+            q.sent = false;
+            if q.delivered {
+                q.delivered = false;
+                st.undelivered += 1;
+            }
+        }
+        other => {
+            let why = format!("its batch at offset {offset} walked {other:?}");
+            st.fork(&shared.config.node, partition, &why);
+        }
+    }
+}
+
 /// Appends the valid batches read to the local journal, per partition in offset order, each
 /// when its stream's local head is just before it, and moves the partition's position past
 /// every message applied ([`cursor`]: in the same append when the tailer appends). A batch
@@ -940,6 +1581,10 @@ fn walk_one(shared: &Shared, partition: u32, offset: i64, entry: Option<Entry>) 
 fn apply_pending(shared: &Shared, journal: &JournalWriter, applied: &mut Applied) {
     for p in 0..shared.config.partitions {
         let idx = p as usize;
+        // Before any position write of `p`: it never moves past a batch whose outbox entry
+        // is still stored.
+        let published = std::mem::take(&mut shared.lock().published[idx]);
+        applied.published(p, published);
         loop {
             let (offset, step) = {
                 let st = shared.lock();
@@ -1008,9 +1653,44 @@ fn apply_pending(shared: &Shared, journal: &JournalWriter, applied: &mut Applied
     }
 }
 
+/// The lease (docs/scale-out.md, "Fencing"): every heartbeat interval, asks the group
+/// coordinator for the group's committed offset of partition 0 (an OffsetFetch on the
+/// member's own client: librdkafka does not expose its heartbeats' answers), and on an
+/// answer extends the lease to the request's send time plus
+/// [`ClusterConfig::lease`]. A lease that ran out drops every served partition, so the
+/// node serves again only after the claimer caught up and claimed anew (a `Local` node must
+/// not acknowledge on a walk that may be missing another node's claim).
+fn run_lease(shared: &Shared, consumer: &BaseConsumer) {
+    let lease = shared.config.lease();
+    let interval = Duration::from_millis(shared.config.heartbeat_interval_ms);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&shared.topic, 0);
+    while !shared.stop.load(Ordering::Acquire) {
+        let sent = Instant::now();
+        // Bounded by the lease: a later answer could not extend it past now anyway.
+        let answered = consumer
+            .committed_offsets(tpl.clone(), Timeout::After(lease.min(interval * 4)))
+            .is_ok();
+        {
+            let mut st = shared.lock();
+            if !st.leased() && !st.served.is_empty() {
+                st.served.clear();
+                tracing::warn!(node = %shared.config.node, "lease ran out: no answer from the group coordinator for {lease:?}; stopped serving");
+            }
+            if answered {
+                st.lease_until = Some(sent + lease);
+            }
+        }
+        let spent = sent.elapsed();
+        if spent < interval {
+            std::thread::sleep(interval - spent);
+        }
+    }
+}
+
 /// The group member: polls (which keeps the membership alive and runs the rebalances) and
 /// mirrors the assignment into the state. A revoked partition stops being served at once.
-fn run_member(shared: &Shared, consumer: BaseConsumer) {
+fn run_member(shared: &Shared, consumer: &BaseConsumer) {
     if let Err(e) = consumer.subscribe(&[&shared.topic]) {
         shared.error(format!("member: subscribing: {e}"));
         return;
@@ -1062,6 +1742,12 @@ fn run_claimer(shared: &Shared, producer: &FutureProducer, handle: &tokio::runti
                 .assigned
                 .keys()
                 .filter(|p| !st.served.contains_key(p))
+                // `Local`: a new claim would void the batches still queued under the old one
+                // (published after a restart before claiming again); a forked partition is
+                // refused.
+                .filter(|p| st.queue[**p as usize].is_empty() && !st.forked.contains_key(p))
+                // Without a running lease a claim could not be served.
+                .filter(|_| st.leased())
                 .filter(|p| {
                     st.taken_at
                         .get(p)

@@ -370,16 +370,23 @@ impl<A: Aggregate> EntityState<A> {
                 if !ops.is_empty() {
                     let mut request = AppendRequest::new(self.args.stream.clone(), version, vec![]);
                     request.extra_writes = ops;
+                    let mut after = None;
                     if let Some(gate) = rt.gate.get() {
                         // Cluster mode: the correction travels through the journal topic too.
-                        if let Err(refusal) = gate.admit(&request).await {
-                            self.loaded = None;
-                            return Err(CommandError::from_gate(&self.args.stream, refusal));
+                        match gate.admit(&mut request).await {
+                            Ok(a) => after = a,
+                            Err(refusal) => {
+                                self.loaded = None;
+                                return Err(CommandError::from_gate(&self.args.stream, refusal));
+                            }
                         }
                     }
                     if let Err(e) = rt.journal.append(request).await {
                         self.loaded = None;
                         return Err(CommandError::from_append(e));
+                    }
+                    if let Some(after) = after {
+                        after();
                     }
                     self.timer = want;
                 }
@@ -498,13 +505,18 @@ impl<A: Aggregate> EntityState<A> {
                 .extra_writes
                 .extend(idempotency_ops(A::TYPE, &claim.key, &record));
         }
+        let mut after = None;
         if let Some(gate) = rt.gate.get() {
-            // Cluster mode (docs/scale-out.md, KafkaDurable): the batch is on the journal topic
-            // and valid under this node's claim before it is appended here. A refusal means
-            // it is not acknowledged; the state was applied ahead, so it is rebuilt.
-            if let Err(refusal) = gate.admit(&request).await {
-                self.loaded = None;
-                return Err(CommandError::from_gate(&self.args.stream, refusal));
+            // Cluster mode (docs/scale-out.md): in KafkaDurable the batch is on the journal
+            // topic and valid under this node's claim before it is appended here; in Local it
+            // is queued for the topic after the append (`after`). A refusal means it is not
+            // acknowledged; the state was applied ahead, so it is rebuilt.
+            match gate.admit(&mut request).await {
+                Ok(a) => after = a,
+                Err(refusal) => {
+                    self.loaded = None;
+                    return Err(CommandError::from_gate(&self.args.stream, refusal));
+                }
             }
         }
         let committed = match rt.journal.append(request).await {
@@ -517,6 +529,10 @@ impl<A: Aggregate> EntityState<A> {
                 return Err(CommandError::from_append(e));
             }
         };
+        // Local mode: only a batch that is in the local journal is queued for the topic.
+        if let Some(after) = after {
+            after();
+        }
         assert_eq!(
             committed.version,
             version + events.len() as u64,

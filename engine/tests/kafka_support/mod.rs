@@ -234,6 +234,12 @@ impl Broker {
         self.restart();
     }
 
+    /// The broker process's id while it runs (for SIGSTOP/SIGCONT: a paused broker keeps its
+    /// connections and group state, a killed one does not).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the broker (SIGKILL) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
