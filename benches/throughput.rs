@@ -177,9 +177,11 @@ fn paired_ratio(
                 shape.commands,
                 shape.clients,
                 shape.seed,
-                on && feature == Feature::Topics,
-                on && feature == Feature::Keys,
-                write_path,
+                Extras {
+                    topics: on && feature == Feature::Topics,
+                    keyed: on && feature == Feature::Keys,
+                    write_path,
+                },
             ));
             cpu_us[usize::from(on)] = process_cpu().saturating_sub(cpu_before).as_secs_f64() * 1e6
                 / run.commands.max(1) as f64;
@@ -226,16 +228,39 @@ struct Run {
     disk_allocated_bytes: u64,
 }
 
+/// What a durable run adds to the plain workload, and where its store keeps its events.
+#[derive(Clone, Copy)]
+struct Extras {
+    /// The topic indexer and a live consumer group.
+    topics: bool,
+    /// A fresh idempotency key on every command.
+    keyed: bool,
+    write_path: WritePath,
+}
+
+impl Extras {
+    fn plain() -> Extras {
+        Extras {
+            topics: false,
+            keyed: false,
+            write_path: WritePath::from_env(),
+        }
+    }
+}
+
 async fn evershard_durable(
     dir: &std::path::Path,
     aggregates: u64,
     commands: u64,
     clients: u64,
     seed: u64,
-    topics: bool,
-    keyed: bool,
-    write_path: WritePath,
+    extras: Extras,
 ) -> Run {
+    let Extras {
+        topics,
+        keyed,
+        write_path,
+    } = extras;
     let rss_before = rss_bytes();
     let engine = Engine::builder(dir)
         .register::<ProductStock>()
@@ -1016,9 +1041,10 @@ fn main() {
         commands,
         clients,
         seed,
-        false,
-        keyed_first,
-        WritePath::from_env(),
+        Extras {
+            keyed: keyed_first,
+            ..Extras::plain()
+        },
     ));
     let secs = run.elapsed.as_secs_f64();
     let cmds_per_s = run.commands as f64 / secs;
@@ -1158,9 +1184,7 @@ fn goals(
         commands,
         many_clients,
         seed,
-        false,
-        false,
-        WritePath::from_env(),
+        Extras::plain(),
     ));
     let wide_events = wide.events as f64 / wide.elapsed.as_secs_f64();
     println!(
@@ -1204,9 +1228,7 @@ fn goals(
         million,
         clients,
         seed,
-        false,
-        false,
-        WritePath::from_env(),
+        Extras::plain(),
     ));
     let million_rate = wide_run.commands as f64 / wide_run.elapsed.as_secs_f64();
     println!(
