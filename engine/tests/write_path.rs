@@ -4,12 +4,17 @@
 //! in the sled layout (a seeded differential test: the seed is printed); and on the segment
 //! log, the sled writes of acknowledged groups that a crash took from sled (SIGKILL before
 //! sled ever flushed them) are re-applied from the log's frames at the next open — the test
-//! first shows they were missing, so it fails if the re-application does not happen.
+//! first shows they were missing, so it fails if the re-application does not happen — and an
+//! idempotency record whose command's events the log does not hold (what a power cut can
+//! leave in buffered mode) is not taken for a repeat.
 
-use evershard_engine::model::DemoRng;
+mod common;
+
+use common::{Counter, CounterCommand};
+use evershard_engine::model::{DemoRng, Metadata};
 use evershard_engine::{
-    AppendRequest, Durability, Journal, JournalConfig, JournalWriter, NewEvent, StreamId, WriteOp,
-    WritePath,
+    keyspace_writes, AppendRequest, Durability, Engine, Journal, JournalConfig, JournalWriter,
+    NewEvent, StreamId, WriteOp, WritePath,
 };
 use evershard_testing::child::{self, TestChild};
 use uuid::Uuid;
@@ -39,27 +44,10 @@ fn event(n: u64) -> NewEvent {
     }
 }
 
-/// The `T` entry of a timer of `stream` (the keyspace the timer tests read back).
+/// The `t` and `T` entries of a timer of `stream`.
 fn timer_entry(stream: &StreamId, deadline_micros: i64) -> Vec<WriteOp> {
-    let mut part = vec![stream.aggregate_type.len() as u8];
-    part.extend_from_slice(stream.aggregate_type.as_bytes());
-    part.extend_from_slice(&(stream.aggregate_id.len() as u16).to_be_bytes());
-    part.extend_from_slice(stream.aggregate_id.as_bytes());
-    let mut by_stream = vec![b'T'];
-    by_stream.extend_from_slice(&part);
-    let mut by_time = vec![b't'];
-    by_time.extend_from_slice(&((deadline_micros as u64) ^ (1 << 63)).to_be_bytes());
-    by_time.extend_from_slice(&part);
-    vec![
-        WriteOp::Put {
-            key: by_stream,
-            value: deadline_micros.to_le_bytes().to_vec(),
-        },
-        WriteOp::Put {
-            key: by_time,
-            value: Vec::new(),
-        },
-    ]
+    let deadline = chrono::DateTime::from_timestamp_micros(deadline_micros).unwrap();
+    keyspace_writes::timer(stream, deadline)
 }
 
 #[test]
@@ -286,4 +274,71 @@ fn sled_writes_lost_in_a_crash_are_reapplied_from_the_log() {
     let read_only = Journal::open_read_only(dir.path()).unwrap();
     assert!(!read_only.reads_a_private_copy());
     assert_eq!(timers(&read_only), CHILD_GROUPS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_record_without_its_events_is_not_a_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Engine::builder(dir.path())
+            .register::<Counter>()
+            .write_path(WritePath::Log)
+            .open()
+    };
+    let keyed = |key: u128| Metadata::new("test").idempotency_key(Uuid::from_u128(key));
+    let engine = open().await.unwrap();
+    let first = engine
+        .execute_with::<Counter>("c", CounterCommand::Add(1), keyed(1))
+        .await
+        .unwrap();
+    let recorded_at = first[0].timestamp;
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    // Records as a power cut can leave them: key 2 names sequence 2, which the stream does
+    // not have; key 3 names sequence 1, which another command (key 1's) wrote.
+    let stream = StreamId::new("Counter", "c");
+    let store = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let journal = JournalWriter::open(store, config(WritePath::Log)).unwrap();
+        let mut orphans = AppendRequest::new(stream.clone(), 1, Vec::new());
+        orphans.extra_writes = [
+            keyspace_writes::idempotency(&stream, &Uuid::from_u128(2), recorded_at, 2, 1),
+            keyspace_writes::idempotency(
+                &stream,
+                &Uuid::from_u128(3),
+                recorded_at + chrono::TimeDelta::seconds(1),
+                1,
+                1,
+            ),
+        ]
+        .concat();
+        journal.append_blocking(orphans).unwrap();
+        journal.close().unwrap();
+    })
+    .await
+    .unwrap();
+
+    let engine = open().await.unwrap();
+    // Key 1 is a repeat: the same envelope, nothing written.
+    let again = engine
+        .execute_with::<Counter>("c", CounterCommand::Add(1), keyed(1))
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    // Keys 2 and 3 are decided afresh (a stored record with a zero digest would otherwise
+    // answer a conflict, or key 1's events).
+    for (key, sequence) in [(2, 2), (3, 3)] {
+        let events = engine
+            .execute_with::<Counter>("c", CounterCommand::Add(1), keyed(key))
+            .await
+            .unwrap();
+        assert_eq!(events[0].sequence, sequence, "key {key}");
+        let repeat = engine
+            .execute_with::<Counter>("c", CounterCommand::Add(1), keyed(key))
+            .await
+            .unwrap();
+        assert_eq!(repeat, events, "key {key} is now a repeat");
+    }
+    assert_eq!(engine.state::<Counter>("c").await.unwrap().1, 3);
+    engine.shutdown().await.unwrap();
 }

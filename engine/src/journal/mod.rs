@@ -1835,20 +1835,45 @@ impl Journal {
         aggregate_type: &str,
         key: &uuid::Uuid,
     ) -> Result<Option<keys::IdempotencyRecord>, StorageError> {
-        let Some(value) = self
-            .shared
-            .db()?
-            .get(keys::idempotency_key(aggregate_type, key))?
-        else {
+        let db = self.shared.db()?;
+        let Some(value) = db.get(keys::idempotency_key(aggregate_type, key))? else {
             return Ok(None);
         };
-        keys::IdempotencyRecord::decode(&value)
-            .map(Some)
-            .ok_or_else(|| {
-                StorageError::corrupt_store(Corruption::MalformedKey {
-                    keyspace: "idempotency",
-                })
+        let record = keys::IdempotencyRecord::decode(&value).ok_or_else(|| {
+            StorageError::corrupt_store(Corruption::MalformedKey {
+                keyspace: "idempotency",
             })
+        })?;
+        // On the segment log in buffered mode a power cut can keep sled's copy of a record
+        // whose frame was lost (sled writes its buffer whenever it likes, and buffered mode
+        // applies a group's writes before the log's sync): a record naming events the stream
+        // does not have was never kept, and the command is decided afresh. (Durable mode
+        // applies them after the sync; the sled layout writes both in one batch.)
+        // The stream may have moved on since, with other commands' events at those
+        // sequences: the first one must carry the command's decide time, which the record
+        // holds too.
+        if let (Some(log), true) = (&self.shared.log, record.count > 0) {
+            let stream = StreamId::new(aggregate_type, record.aggregate_id.as_str());
+            let last = record.first_sequence + u64::from(record.count) - 1;
+            let kept = log.head(&db, &stream)?.sequence >= last && {
+                let first =
+                    log.read_stream(&db, &stream, record.first_sequence, record.first_sequence)?;
+                first.first().is_some_and(|(_, bytes)| {
+                    record::RecordView::check(bytes)
+                        .is_ok_and(|v| v.timestamp_micros == record.recorded_at_micros)
+                })
+            };
+            if !kept {
+                tracing::warn!(
+                    %stream,
+                    %key,
+                    "an idempotency record names events the log does not hold (a buffered \
+                     command lost in a crash): ignored"
+                );
+                return Ok(None);
+            }
+        }
+        Ok(Some(record))
     }
 
     /// The idempotency keys stored for one aggregate instance (within or past the retention
