@@ -49,7 +49,8 @@
 //!
 //! `EVERSHARD_BENCH_ONLY=writepath` (alone): run 1's workload on the sled layout and on the
 //! segment log (`WritePath::Log`), in `EVERSHARD_BENCH_PAIRS` alternating pairs, each run
-//! with its CPU per command; every other section follows `EVERSHARD_WRITE_PATH`.
+//! with its CPU per command; every other section follows `EVERSHARD_WRITE_PATH` (default:
+//! the segment log).
 //!
 //! For profiling the command path: `EVERSHARD_BENCH_ONLY=engine` stops after (1);
 //! `EVERSHARD_BENCH_KEYED=1` gives (1) a fresh idempotency key per command.

@@ -157,7 +157,7 @@ pub struct DemoArgs {
     /// When the engine acknowledges a command.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Durable)]
     pub durability: DurabilityArg,
-    /// Where a new store keeps its events; an existing store keeps its own. Default: `sled`,
+    /// Where a new store keeps its events; an existing store keeps its own. Default: `log`,
     /// or what `EVERSHARD_WRITE_PATH` says.
     #[arg(long, value_enum)]
     pub write_path: Option<WritePathArg>,

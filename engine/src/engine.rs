@@ -301,7 +301,7 @@ impl EngineBuilder {
         self
     }
     /// Where a **new** store keeps its events (an existing store keeps its own). Default:
-    /// [`WritePath::Sled`], or what `EVERSHARD_WRITE_PATH` says (docs/design.md, "The next
+    /// [`WritePath::Log`], or what `EVERSHARD_WRITE_PATH` says (docs/design.md, "The next
     /// write path").
     pub fn write_path(mut self, write_path: crate::journal::WritePath) -> Self {
         self.journal.write_path = write_path;

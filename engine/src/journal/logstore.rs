@@ -1,5 +1,5 @@
-//! A store on the segment log ([`super::WritePath::Log`], docs/design.md, "The next write
-//! path", increment 2): the log holds the records, sled the stream heads (checkpointed by
+//! A store on the segment log ([`super::WritePath::Log`], the default for new stores;
+//! docs/design.md, "The next write path"): the log holds the records, sled the stream heads (checkpointed by
 //! [`LogIndex`]) and every keyspace the frames' writes go to (timers, idempotency records,
 //! keys, cluster positions), which the syncer applies after the frame's `fdatasync`.
 //!

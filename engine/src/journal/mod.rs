@@ -105,25 +105,26 @@ impl Default for JournalConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WritePath {
     /// Every record under its own sled key, with a global index in sled: every store made
-    /// before the segment log, and the default.
+    /// before the segment log (they keep it forever), and new stores when asked for.
     Sled,
     /// Records in the append-only segment log (`<store>/log`), one frame and one
     /// `fdatasync` per group commit; sled keeps stream heads (checkpointed), timers,
-    /// idempotency records, keys, topics and snapshots. Not yet read by `verify`,
-    /// checkpoints or the record-tampering test hooks ([`StorageError::NotOnLog`]).
+    /// idempotency records, keys, topics and snapshots. The default for new stores. The
+    /// test hooks that delete, swap or truncate sled's records answer
+    /// [`StorageError::NotOnLog`].
     Log,
 }
 
 impl WritePath {
-    /// The variable that picks the default for new stores (`sled` or `log`): how the test
-    /// suite runs in both positions (`.ci/run` runs the engine's tests once with `log`).
+    /// The variable that picks the default for new stores (`log` or `sled`): how the test
+    /// suite runs in both positions (`.ci/run` runs it again with `sled`).
     pub const ENV: &'static str = "EVERSHARD_WRITE_PATH";
 
-    /// [`WritePath::Log`] when `EVERSHARD_WRITE_PATH=log`, else [`WritePath::Sled`].
+    /// [`WritePath::Sled`] when `EVERSHARD_WRITE_PATH=sled`, else [`WritePath::Log`].
     pub fn from_env() -> WritePath {
         match std::env::var(Self::ENV).as_deref() {
-            Ok("log") => WritePath::Log,
-            _ => WritePath::Sled,
+            Ok("sled") => WritePath::Sled,
+            _ => WritePath::Log,
         }
     }
 }
