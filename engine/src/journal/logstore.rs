@@ -212,7 +212,7 @@ impl LogParts {
         if from > to || from > head.sequence {
             return Ok(Vec::new());
         }
-        let mut records = logindex::read_back(&self.read_log(), stream, head, from)?;
+        let mut records = logindex::read_back(|| self.read_log(), stream, head, from)?;
         let keep = (to.min(head.sequence) + 1).saturating_sub(from.max(1)) as usize;
         records.truncate(keep);
         Ok(records)

@@ -704,6 +704,26 @@ impl SegmentLog {
         })
     }
 
+    /// Up to `len` bytes of the log from `address`, within the segment holding it and
+    /// its frames (fewer at their end): a reader's window onto records it is about to
+    /// follow pointers through.
+    pub fn read_span(&self, address: u64, len: usize) -> Result<(u64, Vec<u8>), SegLogError> {
+        let i = self.segments.partition_point(|s| s.base_address <= address);
+        let segment = i
+            .checked_sub(1)
+            .map(|i| &self.segments[i])
+            .filter(|s| address < s.base_address + s.used_bytes)
+            .ok_or(SegLogError::NoRecordAt { address })?;
+        let offset = address - segment.base_address;
+        let len = (len as u64).min(segment.used_bytes - offset) as usize;
+        let mut bytes = vec![0u8; len];
+        segment
+            .file
+            .read_exact_at(&mut bytes, offset)
+            .map_err(io(&segment.path))?;
+        Ok((segment.base_address, bytes))
+    }
+
     /// Makes every appended frame durable: `fdatasync` of the active segment (and of the
     /// directory when a segment was created since the last sync).
     pub fn sync(&mut self) -> Result<(), SegLogError> {
