@@ -312,16 +312,20 @@ impl JournalWriter {
             size_from,
             "merkle size changed under the maintainer"
         );
-        let mut batch = sled::Batch::default();
+        let mut writes = Vec::with_capacity(nodes.len());
         for (level, index, hash) in nodes {
             assert!(*level >= STORED_LEVEL_MIN, "only levels >= 8 are stored");
             // A node is written once its subtree is complete, and only then.
             assert!((index + 1) << level <= size_to, "node beyond the tree size");
-            batch.insert(&node_key(*level, *index)[..], &hash[..]);
+            writes.push((node_key(*level, *index).to_vec(), hash.to_vec()));
         }
-        batch.insert(SIZE_KEY, &size_to.to_le_bytes()[..]);
-        self.shared.db()?.apply_batch(batch)?;
-        Ok(())
+        // The size last: a crash before it computes these nodes again, and readers trust
+        // only nodes within the stored size (see `insert_then`).
+        super::insert_then(
+            &self.shared.db()?,
+            writes,
+            (SIZE_KEY.to_vec(), size_to.to_le_bytes().to_vec()),
+        )
     }
 }
 

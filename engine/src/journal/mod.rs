@@ -2444,6 +2444,25 @@ pub(crate) fn expand_runs(
     })
 }
 
+/// Writes `writes` into sled one key at a time, in order, then `last` (a follower's cursor):
+/// not as a `sled::Batch`, which makes sled seal and write its I/O buffer before and after it
+/// (a `pwrite` and a waited `sync_file_range` on its thread pool each; `pin_log` in sled
+/// 0.34). sled recovers a prefix of its log, so `last` never survives a crash without the
+/// writes before it; what a crash cuts short, the follower writes again from its older
+/// cursor, with the same keys and values — so only for writes that are the same when made
+/// again (the Merkle nodes: not the topic index, whose next offsets come from the stored
+/// entries, so entries left behind a cursor would be offered again at new offsets).
+pub(crate) fn insert_then(
+    db: &sled::Db,
+    writes: Vec<(Vec<u8>, Vec<u8>)>,
+    last: (Vec<u8>, Vec<u8>),
+) -> Result<(), StorageError> {
+    for (key, value) in writes.into_iter().chain(std::iter::once(last)) {
+        db.insert(key, value)?;
+    }
+    Ok(())
+}
+
 /// Events a global read of the segment log reads per step.
 const GLOBAL_READ_CHUNK: usize = 1024;
 
