@@ -308,6 +308,9 @@ struct LogGroup {
 struct SyncBatch {
     replies: Vec<Reply>,
     syncs: Vec<ReplyTo<(), StorageError>>,
+    /// Segment log only: writes of no command (`CommitJob::Writes`), durable with the log's
+    /// sync alone (explicit syncs also flush and sync sled).
+    written: Vec<ReplyTo<(), StorageError>>,
     shutdown: bool,
     /// The last global position applied before this hand-off: durable once synced.
     applied_through: u64,
@@ -350,6 +353,7 @@ impl Syncer {
             while let Ok(more) = batches.try_recv() {
                 batch.replies.extend(more.replies);
                 batch.syncs.extend(more.syncs);
+                batch.written.extend(more.written);
                 batch.shutdown |= more.shutdown;
                 batch.applied_through = batch.applied_through.max(more.applied_through);
                 batch.log_groups.extend(more.log_groups);
@@ -385,7 +389,7 @@ impl Syncer {
                     for (reply, result) in batch.replies {
                         let _ = reply.send(result);
                     }
-                    for reply in batch.syncs {
+                    for reply in batch.syncs.into_iter().chain(batch.written) {
                         let _ = reply.send(Ok(()));
                     }
                 }
@@ -393,6 +397,7 @@ impl Syncer {
                     if !matches!(e, StorageError::Poisoned) {
                         self.shared.poison("flush/fdatasync", &e);
                     }
+                    batch.syncs.extend(batch.written);
                     fail_all(batch.replies, batch.syncs, &e);
                 }
             }
@@ -775,6 +780,7 @@ impl Committer {
         let mut runs: Vec<keys::GlobalRun> = Vec::new();
         let mut pending: Vec<Reply> = Vec::new();
         let mut syncs = Vec::new();
+        let mut written = Vec::new();
         let mut any_writes = false;
         let mut shutdown = false;
         let mut seals: Vec<Seal> = Vec::new();
@@ -796,7 +802,10 @@ impl Committer {
                     for op in writes {
                         write(&mut batch, &mut frame, on_log, op);
                     }
-                    syncs.push(reply);
+                    match on_log {
+                        true => written.push(reply),
+                        false => syncs.push(reply),
+                    }
                     continue;
                 }
                 CommitJob::Shutdown { reply } => {
@@ -969,7 +978,7 @@ impl Committer {
         // at once in buffered mode, which acknowledges before it).
         let mut log_group = None;
         if any_writes {
-            let written = if on_log {
+            let written_result = if on_log {
                 self.write_frame(frame, &in_frame_previous, &mut staged)
                     .and_then(|(writes, writes_cursor)| match durable {
                         true => {
@@ -995,8 +1004,9 @@ impl Committer {
                     .and_then(|()| self.db.apply_batch(batch))
                     .map_err(StorageError::from)
             };
-            if let Err(err) = written {
+            if let Err(err) = written_result {
                 self.shared.poison("batch write", &err);
+                syncs.extend(written);
                 for (reply, _) in pending {
                     let _ = reply.send(Err(AppendError::Storage(err.clone())));
                 }
@@ -1004,11 +1014,9 @@ impl Committer {
                 // poisoned and, on shutdown, is joined.
                 if !syncs.is_empty() || shutdown {
                     self.hand_to_syncer(SyncBatch {
-                        replies: Vec::new(),
                         syncs,
                         shutdown,
-                        applied_through: 0,
-                        log_groups: Vec::new(),
+                        ..SyncBatch::default()
                     });
                 }
                 return shutdown;
@@ -1032,6 +1040,7 @@ impl Committer {
         let mut handoff = SyncBatch {
             replies: Vec::new(),
             syncs,
+            written,
             shutdown,
             applied_through: next_global - 1,
             log_groups: log_group.into_iter().collect(),
@@ -1049,6 +1058,7 @@ impl Committer {
         // where its sync runs behind the acknowledgement.
         if !handoff.replies.is_empty()
             || !handoff.syncs.is_empty()
+            || !handoff.written.is_empty()
             || shutdown
             || (on_log && any_writes)
         {

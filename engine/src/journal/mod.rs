@@ -951,6 +951,12 @@ impl JournalWriter {
     /// holds them, so that what opening re-applies after a crash keeps their order with the
     /// commands' key writes.
     fn apply_key_writes(&self, writes: Vec<WriteOp>) -> Result<(), StorageError> {
+        self.commit_writes(writes)
+    }
+
+    /// Commits writes of no command as a group commits its writes, and returns once they are
+    /// durable: in sled's batch of the next group, or on the segment log in a frame.
+    pub(crate) fn commit_writes(&self, writes: Vec<WriteOp>) -> Result<(), StorageError> {
         self.shared.check_writable()?;
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.jobs

@@ -489,13 +489,25 @@ impl JournalWriter {
     ) -> Result<(), StorageError> {
         self.shared.check_writable()?;
         let db = self.shared.db()?;
-        let mut batch = sled::Batch::default();
-        for (partition, offset) in offsets {
+        let keyed = offsets.iter().map(|(partition, offset)| {
             let mut key = offsets_prefix(group, Some(topic));
             key.extend_from_slice(&partition.to_be_bytes());
-            batch.insert(key, &offset.to_le_bytes()[..]);
-        }
+            (key, offset.to_le_bytes().to_vec())
+        });
         super::failpoint::check(super::failpoint::COMMIT_OFFSETS)?;
+        if self.shared.log.is_some() {
+            // On the segment log a frame of writes: durable with the next group's
+            // `fdatasync`, instead of a flush and sync of sled of its own (which also held
+            // back the acknowledgements of the groups synced with it).
+            let writes = keyed
+                .map(|(key, value)| super::WriteOp::Put { key, value })
+                .collect();
+            return self.commit_writes(writes);
+        }
+        let mut batch = sled::Batch::default();
+        for (key, value) in keyed {
+            batch.insert(key, value);
+        }
         db.apply_batch(batch)?;
         self.sync()
     }
