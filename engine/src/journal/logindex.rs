@@ -423,6 +423,34 @@ pub fn read_back<L: std::ops::Deref<Target = SegmentLog>>(
     }
 }
 
+/// A stream's record entries from `head` back to sequence 1, oldest first, as (sequence,
+/// bytes), following the previous-address pointers whatever the records hold (an entry's
+/// pointer lies outside its record's bytes, so a damaged record does not end the walk): what
+/// `verify` hands a visitor. False when a pointer does not lead back (the walk stopped).
+pub fn walk_back<L: std::ops::Deref<Target = SegmentLog>>(
+    log: impl Fn() -> L,
+    head: LogHead,
+) -> (Vec<(u64, Vec<u8>)>, bool) {
+    let mut window = Window::default();
+    let mut out = Vec::with_capacity(head.sequence as usize);
+    let (mut address, mut sequence) = (head.address, head.sequence);
+    let complete = loop {
+        let Ok(entry) = window.record_at(&log, address) else {
+            break false;
+        };
+        out.push((sequence, entry.bytes));
+        if sequence == 1 {
+            break true;
+        }
+        if entry.previous_address == 0 || entry.previous_address >= address {
+            break false;
+        }
+        (address, sequence) = (entry.previous_address, sequence - 1);
+    };
+    out.reverse();
+    (out, complete)
+}
+
 /// Bytes a backward read fetches at once: a stream's records written close together (one
 /// aggregate's burst, a replay's 10,000 events) come from one read instead of two per record.
 const READ_BACK_WINDOW_BYTES: u64 = 64 << 10;

@@ -218,30 +218,9 @@ impl LogParts {
         Ok(records)
     }
 
-    /// A stream's record entries from its head back to sequence 1, oldest first, as
-    /// (sequence, bytes), following the previous-address pointers whatever the records
-    /// hold (an entry's pointer lies outside its record's bytes, so a damaged record does not
-    /// end the walk): what `verify` hands a visitor. False when a pointer does not lead back
-    /// (the walk stopped there).
+    /// A stream's record entries from its head back (`logindex::walk_back`).
     pub(super) fn entries_back(&self, head: LogHead) -> (Vec<(u64, Vec<u8>)>, bool) {
-        let log = self.read_log();
-        let mut out = Vec::with_capacity(head.sequence as usize);
-        let (mut address, mut sequence) = (head.address, head.sequence);
-        let complete = loop {
-            let Ok(entry) = log.record_at_address(address) else {
-                break false;
-            };
-            out.push((sequence, entry.bytes));
-            if sequence == 1 {
-                break true;
-            }
-            if entry.previous_address == 0 || entry.previous_address >= address {
-                break false;
-            }
-            (address, sequence) = (entry.previous_address, sequence - 1);
-        };
-        out.reverse();
-        (out, complete)
+        logindex::walk_back(|| self.read_log(), head)
     }
 
     /// Every stream (of one aggregate type, or all) with its last sequence, in key order:
