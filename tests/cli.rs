@@ -24,7 +24,7 @@
 
 mod common;
 
-use common::cli::{expect_exit, json_lines, p};
+use common::cli::{expect_exit, json_lines, p, product_stock_demo};
 use evershard_aggregates::product_stock::{ProductStock, ProductStockState};
 use evershard_engine::model::Aggregate;
 use evershard_engine::{repository, Engine, Journal, JournalConfig, JournalWriter, StreamId};
@@ -34,28 +34,14 @@ use std::path::Path;
 
 /// A ProductStock-only demo store; snapshots every 5 events so that verify has some to check.
 fn product_stock_store(dir: &Path, aggregates: &str, commands: &str) {
-    expect_exit(
-        &[
-            "demo",
-            "--data",
-            p(dir),
-            "--type",
-            "ProductStock",
-            "--aggregates",
-            aggregates,
-            "--commands",
-            commands,
-            "--seed",
-            "7",
-            "--durability",
-            "buffered",
-            "--clients",
-            "3",
-            "--snapshot-every",
-            "5",
-        ],
-        0,
+    let args = product_stock_demo(
+        p(dir),
+        aggregates,
+        commands,
+        "7",
+        &["--snapshot-every", "5"],
     );
+    expect_exit(&args, 0);
 }
 
 /// `list` output as (type, id, last sequence).

@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::cli::{expect_stdout, p};
+use common::cli::{expect_stdout, p, product_stock_demo};
 use evershard_aggregates::product_stock::{ProductStock, ReceiveStock};
 use evershard_engine::{Durability, Engine, Journal, StreamId};
 use serde_json::Value;
@@ -29,25 +29,7 @@ fn demo(dir: &Path, commands: &str, seed: &str) {
 }
 
 fn demo_with(dir: &Path, commands: &str, seed: &str, extra: &[&str]) {
-    let mut args = vec![
-        "demo",
-        "--data",
-        p(dir),
-        "--type",
-        "ProductStock",
-        "--aggregates",
-        "3",
-        "--commands",
-        commands,
-        "--seed",
-        seed,
-        "--durability",
-        "buffered",
-        "--clients",
-        "3",
-    ];
-    args.extend_from_slice(extra);
-    expect_stdout(&args, 0);
+    expect_stdout(&product_stock_demo(p(dir), "3", commands, seed, extra), 0);
 }
 
 fn streams(dir: &Path) -> Vec<(String, u64)> {

@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::cli::{p, run};
+use common::cli::{p, product_stock_demo, run};
 use evershard_engine::{Journal, StreamId};
 use serde_json::Value;
 use std::path::Path;
@@ -47,25 +47,10 @@ fn demo(dir: &Path, aggregates: &str, commands: &str) {
 }
 
 fn demo_with(dir: &Path, aggregates: &str, commands: &str, extra: &[&str]) {
-    let mut args = vec![
-        "demo",
-        "--data",
-        p(dir),
-        "--type",
-        "ProductStock",
-        "--aggregates",
-        aggregates,
-        "--commands",
-        commands,
-        "--seed",
-        "11",
-        "--durability",
-        "buffered",
-        "--clients",
-        "3",
-    ];
-    args.extend_from_slice(extra);
-    expect_exit(&args, 0);
+    expect_exit(
+        &product_stock_demo(p(dir), aggregates, commands, "11", extra),
+        0,
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

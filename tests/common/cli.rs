@@ -55,3 +55,33 @@ pub fn json_lines(stdout: &str) -> Vec<Value> {
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
         .collect()
 }
+
+/// The arguments of a buffered ProductStock-only `evershard demo` into `dir` with three
+/// clients (`extra` appended): the store most CLI tests read.
+pub fn product_stock_demo<'a>(
+    dir: &'a str,
+    aggregates: &'a str,
+    commands: &'a str,
+    seed: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "demo",
+        "--data",
+        dir,
+        "--type",
+        "ProductStock",
+        "--aggregates",
+        aggregates,
+        "--commands",
+        commands,
+        "--seed",
+        seed,
+        "--durability",
+        "buffered",
+        "--clients",
+        "3",
+    ];
+    args.extend_from_slice(extra);
+    args
+}

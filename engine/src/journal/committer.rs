@@ -418,14 +418,7 @@ impl Syncer {
             .log
             .as_ref()
             .expect("a store on the segment log");
-        #[cfg(feature = "fault-injection")]
-        if self
-            .shared
-            .fail_next_sync
-            .swap(false, std::sync::atomic::Ordering::AcqRel)
-        {
-            return Err(std::io::Error::other("injected flush failure").into());
-        }
+        self.injected_failure()?;
         let pending = parts.write_log().take_sync()?;
         if !fault::skip(fault::Sync::Fdatasync) {
             failpoint::check(failpoint::FDATASYNC)?;
@@ -495,7 +488,8 @@ impl Syncer {
         }
     }
 
-    fn sync(&mut self) -> Result<(), StorageError> {
+    /// Fault injection: the failure `fail_next_sync_for_tests` asked for, once.
+    fn injected_failure(&self) -> Result<(), StorageError> {
         #[cfg(feature = "fault-injection")]
         if self
             .shared
@@ -504,6 +498,11 @@ impl Syncer {
         {
             return Err(std::io::Error::other("injected flush failure").into());
         }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self.injected_failure()?;
         failpoint::check(failpoint::FLUSH)?;
         self.db.flush()?;
         // Blobs first: once the data file is synced, its log points at them, and sled's

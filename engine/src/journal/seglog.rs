@@ -708,12 +708,7 @@ impl SegmentLog {
     /// its frames (fewer at their end): a reader's window onto records it is about to
     /// follow pointers through.
     pub fn read_span(&self, address: u64, len: usize) -> Result<(u64, Vec<u8>), SegLogError> {
-        let i = self.segments.partition_point(|s| s.base_address <= address);
-        let segment = i
-            .checked_sub(1)
-            .map(|i| &self.segments[i])
-            .filter(|s| address < s.base_address + s.used_bytes)
-            .ok_or(SegLogError::NoRecordAt { address })?;
+        let segment = self.segment_with_frames_at(address)?;
         let offset = address - segment.base_address;
         let len = (len as u64).min(segment.used_bytes - offset) as usize;
         let mut bytes = vec![0u8; len];
@@ -886,6 +881,15 @@ impl SegmentLog {
         })
     }
 
+    /// The segment whose frames hold `address`.
+    fn segment_with_frames_at(&self, address: u64) -> Result<&Segment, SegLogError> {
+        let i = self.segments.partition_point(|s| s.base_address <= address);
+        i.checked_sub(1)
+            .map(|i| &self.segments[i])
+            .filter(|s| address < s.base_address + s.used_bytes)
+            .ok_or(SegLogError::NoRecordAt { address })
+    }
+
     /// The address after the last frame (where the next one goes, if it fits).
     pub fn end_of_frames(&self) -> u64 {
         self.segments
@@ -895,12 +899,7 @@ impl SegmentLog {
 
     /// The frame at `address` (a frame's address) and the address after it.
     pub fn frame_at_address(&self, address: u64) -> Result<(Frame, u64), SegLogError> {
-        let i = self.segments.partition_point(|s| s.base_address <= address);
-        let segment = i
-            .checked_sub(1)
-            .map(|i| &self.segments[i])
-            .filter(|s| address < s.base_address + s.used_bytes)
-            .ok_or(SegLogError::NoRecordAt { address })?;
+        let segment = self.segment_with_frames_at(address)?;
         let mut reader = SegmentReader::new(segment);
         reader.offset = address - segment.base_address;
         match reader.next_frame()? {

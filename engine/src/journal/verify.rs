@@ -229,7 +229,7 @@ impl VerifyReport {
     }
 }
 
-fn new_issue(
+pub(super) fn new_issue(
     kind: IssueKind,
     stream: Option<&StreamId>,
     sequence: Option<u64>,

@@ -12,7 +12,7 @@
 use super::logindex::LogHead;
 use super::logstore::LogParts;
 use super::record::{self, Hash, RecordView};
-use super::verify::{IssueKind, VerifyIssue, VerifyOptions, VerifyReport};
+use super::verify::{new_issue, IssueKind, VerifyIssue, VerifyOptions, VerifyReport};
 use super::StreamId;
 use crate::audit::merkle;
 use std::collections::HashMap;
@@ -28,22 +28,6 @@ struct Chain {
     position: u64,
     /// False after a damaged or out-of-place record: the next check would only echo it.
     ok: bool,
-}
-
-fn issue(
-    kind: IssueKind,
-    stream: Option<&StreamId>,
-    sequence: Option<u64>,
-    position: Option<u64>,
-    problem: impl Into<String>,
-) -> VerifyIssue {
-    VerifyIssue {
-        kind,
-        stream: stream.map(|s| s.to_string()),
-        sequence,
-        global_position: position,
-        problem: problem.into(),
-    }
 }
 
 pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) -> VerifyReport {
@@ -73,7 +57,7 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
-                let blocked = issue(
+                let blocked = new_issue(
                     IssueKind::Storage,
                     None,
                     None,
@@ -108,7 +92,7 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
                     }
                     report.events_checked += 1;
                     damaged.insert(addresses[i], Some(issues.len()));
-                    issues.push(issue(
+                    issues.push(new_issue(
                         IssueKind::Record,
                         None,
                         None,
@@ -128,7 +112,7 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
                 since_progress += 1;
             }
             if view.global_position != position {
-                issues.push(issue(
+                issues.push(new_issue(
                     IssueKind::Index,
                     Some(&stream),
                     Some(view.sequence),
@@ -159,7 +143,7 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
             } else if view.sequence != expected {
                 this_ok = false;
                 if in_scope {
-                    issues.push(issue(
+                    issues.push(new_issue(
                         IssueKind::Gap,
                         Some(&stream),
                         Some(view.sequence),
@@ -170,7 +154,7 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
             } else if in_scope && ok {
                 if view.prev_hash != &prev_hash {
                     this_ok = false;
-                    issues.push(issue(
+                    issues.push(new_issue(
                         IssueKind::HashChain,
                         Some(&stream),
                         Some(view.sequence),
@@ -179,7 +163,7 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
                     ));
                 } else if r.previous_address != prev_address {
                     this_ok = false;
-                    issues.push(issue(
+                    issues.push(new_issue(
                         IssueKind::Index,
                         Some(&stream),
                         Some(view.sequence),
@@ -248,7 +232,7 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
         }
         head_of.insert(stream, head);
         match chains.get(stream) {
-            None => issues.push(issue(
+            None => issues.push(new_issue(
                 IssueKind::Index,
                 Some(stream),
                 Some(head.sequence),
@@ -259,7 +243,7 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
                 if (c.sequence, c.hash, c.address, c.position)
                     != (head.sequence, head.hash, head.address, head.position) =>
             {
-                issues.push(issue(
+                issues.push(new_issue(
                     IssueKind::Index,
                     Some(stream),
                     Some(head.sequence),
@@ -278,7 +262,7 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
     report.streams = in_scope.len() as u64;
     for stream in &in_scope {
         if !head_of.contains_key(stream) {
-            issues.push(issue(
+            issues.push(new_issue(
                 IssueKind::Index,
                 Some(stream),
                 None,
