@@ -972,6 +972,9 @@ fn main() {
     // Loads of each kind whose p50 section 4 reports.
     let recovery_runs = env("EVERSHARD_BENCH_RECOVERY_RUNS", if smoke { 3 } else { 31 }) as usize;
     let seed = env("EVERSHARD_BENCH_SEED", 42);
+    // The paired ratios (sections 5 and 6, and the write paths): pairs of runs in
+    // alternating order (`EVERSHARD_BENCH_PAIRS`).
+    let pairs = env("EVERSHARD_BENCH_PAIRS", if smoke { 1 } else { 3 }) as usize;
     let shape = Shape {
         aggregates,
         commands,
@@ -1011,15 +1014,7 @@ fn main() {
     if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("writepath") {
         // The two write paths, paired (docs/design.md, "The next write path"): run 1's
         // workload on the sled layout and on the segment log, alternately, on fresh stores.
-        let shape = Shape {
-            aggregates,
-            commands,
-            clients,
-            seed,
-            smoke,
-        };
         println!("write paths: run 1's workload, sled layout (without) and segment log (with)");
-        let pairs = env("EVERSHARD_BENCH_PAIRS", if smoke { 1 } else { 3 }) as usize;
         let (ratio, rate) = paired_ratio(&rt, tmp.path(), &shape, Feature::Log, pairs);
         println!("segment log over sled layout: median ratio {ratio:.2} ({rate:.0} commands/s on the log)");
         return;
@@ -1080,8 +1075,6 @@ fn main() {
         goals(&rt, tmp.path(), &run, file_rate, &shape);
         return;
     }
-    // Sections 5 and 6's ratios: paired runs in alternating order (`EVERSHARD_BENCH_PAIRS`).
-    let pairs = env("EVERSHARD_BENCH_PAIRS", if smoke { 1 } else { 3 }) as usize;
     let only = std::env::var("EVERSHARD_BENCH_ONLY").ok();
     if only.is_none() || only.as_deref() == Some("idempotency") {
         println!("with idempotency keys vs without, {pairs} pairs:");

@@ -68,6 +68,26 @@ struct Ack {
     at: Instant,
 }
 
+impl Ack {
+    /// The acknowledgement a node's answer to an append of `n` to `id` says, now.
+    fn from_answer(id: String, n: u64, answer: &Value, forwarded: bool) -> Ack {
+        Ack {
+            id,
+            n,
+            sequence: answer["sequence"].as_u64().unwrap(),
+            executed_by: answer["executed_by"].as_str().unwrap().to_owned(),
+            event_ids: answer["event_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect(),
+            forwarded,
+            at: Instant::now(),
+        }
+    }
+}
+
 /// Appends `n` to ledger `id` through random nodes of `addrs` until a node acknowledges it,
 /// retrying retryable answers and dead connections (bounded).
 fn append(addrs: &[(String, String)], rng: &mut Rng, id: &str, n: u64) -> Ack {
@@ -77,20 +97,8 @@ fn append(addrs: &[(String, String)], rng: &mut Rng, id: &str, n: u64) -> Ack {
         let (_, addr) = &addrs[rng.below(addrs.len())];
         match call(addr, &json!({"op": "append", "id": id, "n": n})) {
             Ok(answer) if answer["ok"] == true => {
-                return Ack {
-                    id: id.to_owned(),
-                    n,
-                    sequence: answer["sequence"].as_u64().unwrap(),
-                    executed_by: answer["executed_by"].as_str().unwrap().to_owned(),
-                    event_ids: answer["event_ids"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.as_str().unwrap().to_owned())
-                        .collect(),
-                    forwarded: answer.get("via").is_some(),
-                    at: Instant::now(),
-                }
+                let forwarded = answer.get("via").is_some();
+                return Ack::from_answer(id.to_owned(), n, &answer, forwarded);
             }
             Ok(answer) => {
                 assert_eq!(
@@ -943,20 +951,7 @@ fn a_local_node_killed_with_sigkill_publishes_what_it_acknowledged_after_its_res
             answer["ok"], true,
             "acknowledged locally with the broker paused: {answer}"
         );
-        acks.push(Ack {
-            id: format!("ledger-{a}"),
-            n: 4,
-            sequence: answer["sequence"].as_u64().unwrap(),
-            executed_by: answer["executed_by"].as_str().unwrap().to_owned(),
-            event_ids: answer["event_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_str().unwrap().to_owned())
-                .collect(),
-            forwarded: false,
-            at: Instant::now(),
-        });
+        acks.push(Ack::from_answer(format!("ledger-{a}"), 4, &answer, false));
     }
     let lagging = wait_status(&node.addr, "the lag rises", Duration::from_secs(30), |s| {
         s["replication_lag"]["batches"].as_u64() == Some(AGGREGATES as u64)
