@@ -1066,6 +1066,10 @@ fn main() {
     if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("engine") {
         return; // for profiling the command path alone
     }
+    if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("latency") {
+        latency_at_half(&rt, tmp.path(), aggregates, cmds_per_s, smoke);
+        return;
+    }
     if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("goals") {
         // Issue #13's figures alone: they need the plain file's rate for one ratio.
         let records = run.events.max(1000);
@@ -1141,6 +1145,32 @@ fn main() {
     goals(&rt, tmp.path(), &run, file_rate, &shape);
 }
 
+/// The latency of an open-loop load at half of `rate` (run 1's), with its target.
+fn latency_at_half(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    aggregates: u64,
+    rate: f64,
+    smoke: bool,
+) {
+    let seconds = if smoke { 0.5 } else { 5.0 };
+    let lat = rt.block_on(latency::open_loop(
+        &dir.join("latency"),
+        aggregates,
+        rate / 2.0,
+        seconds,
+    ));
+    println!(
+        "  latency at half that rate ({:.0}/s open loop, {} commands in {:.1} s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 < 5 ms)",
+        rate / 2.0,
+        lat.sent,
+        lat.elapsed.as_secs_f64(),
+        lat.quantile_ms(0.5),
+        lat.quantile_ms(0.99),
+        lat.quantile_ms(1.0)
+    );
+}
+
 /// Issue #13's figures that the sections above do not give, each with its target: the
 /// in-memory cqrs-es peer, 1,024 clients against the plain file, the latency at half the
 /// maximum rate, disk per byte of event records, and 1,000,000 aggregates with passivation.
@@ -1187,22 +1217,7 @@ fn goals(
         wide_events / file_rate
     );
 
-    let seconds = if smoke { 0.5 } else { 5.0 };
-    let lat = rt.block_on(latency::open_loop(
-        &dir.join("latency"),
-        aggregates,
-        rate / 2.0,
-        seconds,
-    ));
-    println!(
-        "  latency at half that rate ({:.0}/s open loop, {} commands in {:.1} s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 < 5 ms)",
-        rate / 2.0,
-        lat.sent,
-        lat.elapsed.as_secs_f64(),
-        lat.quantile_ms(0.5),
-        lat.quantile_ms(0.99),
-        lat.quantile_ms(1.0)
-    );
+    latency_at_half(rt, dir, aggregates, rate, smoke);
 
     let record_bytes = (run.events * run.record_bytes_avg).max(1);
     println!(

@@ -158,6 +158,41 @@ fn frames_and_records_come_back_after_reopen_across_segments() {
 }
 
 #[test]
+fn a_trimmed_log_gives_its_tail_back_and_keeps_every_address_across_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = DemoRng::new(seed());
+    let mut written = Vec::new();
+    for round in 0..4 {
+        let mut log = open(dir.path(), 0).unwrap();
+        log.prepare_next().unwrap();
+        written.extend(fill(&mut log, &mut rng, 3 + round * 7));
+        log.trim().unwrap();
+        drop(log);
+        let last = segment_files(dir.path()).pop().unwrap();
+        assert_eq!(
+            std::fs::metadata(&last).unwrap().len(),
+            last_segment_used(dir.path()),
+            "round {round}: the last segment ends where its frames do"
+        );
+        assert!(
+            !dir.path().join("next.seg.prepared").exists(),
+            "round {round}: the prepared segment is removed"
+        );
+    }
+    // Every frame comes back, and every record at the address its frame's layout gives it:
+    // the later segments' base addresses follow the trimmed lengths.
+    let end = written.last().unwrap().end_position();
+    let log = open(dir.path(), end).unwrap();
+    assert_eq!(all_frames(&log), written);
+    for frame in log.frames_from(1) {
+        let (address, frame) = frame.unwrap();
+        for (record, at) in frame.records.iter().zip(frame.record_addresses(address)) {
+            assert_eq!(&log.record_at_address(at).unwrap(), record);
+        }
+    }
+}
+
+#[test]
 fn an_empty_log_starts_where_it_is_told_and_refuses_a_gap() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = SegmentLog::open(dir.path(), SMALL_SEGMENT_BYTES, 0, 1_001).unwrap();
@@ -583,6 +618,61 @@ fn heads_come_from_the_frames_and_streams_read_back_along_their_pointers() {
     let rebuilt = LogIndex::open(&fresh, &log).unwrap();
     assert_eq!(rebuilt.applied(), applied);
     assert_index_matches(&rebuilt, &fresh, &log, &model);
+}
+
+#[test]
+fn a_checkpoint_written_while_heads_move_keeps_every_head_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = DemoRng::new(seed());
+    let db = index_db(dir.path());
+    let (mut log, _) = SegmentLog::open(&dir.path().join("log"), 64 * 1024, 0, 1).unwrap();
+    let mut index = LogIndex::open(&db, &log).unwrap();
+    let mut model = Model::default();
+    let never = usize::MAX;
+    write_events(
+        &mut log,
+        &mut index,
+        &db,
+        &mut model,
+        &mut rng,
+        (80, 12, never),
+    );
+    // The syncer's way: take the cut, let frames move heads, write the cut without the
+    // index, then finish. Heads stay readable at every step, and a reopen after each step
+    // (a crash) rebuilds them.
+    let cut = index.begin_checkpoint();
+    write_events(
+        &mut log,
+        &mut index,
+        &db,
+        &mut model,
+        &mut rng,
+        (40, 12, never),
+    );
+    assert_index_matches(&index, &db, &log, &model);
+    cut.write(&db).unwrap();
+    assert_index_matches(&index, &db, &log, &model);
+    assert_index_matches(&LogIndex::open(&db, &log).unwrap(), &db, &log, &model);
+    index.finish_checkpoint(cut);
+    assert_index_matches(&index, &db, &log, &model);
+    write_events(
+        &mut log,
+        &mut index,
+        &db,
+        &mut model,
+        &mut rng,
+        (40, 12, never),
+    );
+    index.checkpoint(&db).unwrap();
+    assert_index_matches(&index, &db, &log, &model);
+    assert_eq!(
+        index.dirty_streams(),
+        0,
+        "a checkpoint of every synced head"
+    );
+    let reopened = LogIndex::open(&db, &log).unwrap();
+    assert_eq!(reopened.applied(), index.applied());
+    assert_index_matches(&reopened, &db, &log, &model);
 }
 
 #[test]

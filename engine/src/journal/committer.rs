@@ -331,6 +331,8 @@ struct Syncer {
     blob_reported: bool,
     /// A next segment is being zero-filled by a helper thread (segment log only).
     preparing: Arc<std::sync::atomic::AtomicBool>,
+    /// A checkpoint of the segment log's heads being written behind the syncer.
+    checkpointing: Option<std::thread::JoinHandle<Result<(), StorageError>>>,
 }
 
 /// Synced heads a checkpoint of the segment log's index waits for at most, in streams and
@@ -413,11 +415,8 @@ impl Syncer {
     /// explicit syncs and a shutdown also flush and sync sled (their callers wait for the
     /// keyspaces written outside the committer: offsets, snapshots, cursors).
     fn sync_log(&mut self, batch: &mut SyncBatch) -> Result<(), StorageError> {
-        let parts = self
-            .shared
-            .log
-            .as_ref()
-            .expect("a store on the segment log");
+        let shared = self.shared.clone();
+        let parts = shared.log.as_ref().expect("a store on the segment log");
         self.injected_failure()?;
         let pending = parts.write_log().take_sync()?;
         if !fault::skip(fault::Sync::Fdatasync) {
@@ -441,18 +440,74 @@ impl Syncer {
                 key.mark_durable();
             }
         }
-        let mut index = parts.lock_index();
-        index.note_synced(batch.applied_through + 1);
-        let due = index.durable_streams() >= HEADS_CHECKPOINT_STREAMS
-            || index.durable_end() >= index.checkpointed_end() + HEADS_CHECKPOINT_POSITIONS;
-        if due || batch.shutdown {
-            index.checkpoint(&self.db)?;
+        self.checkpoint_joined(batch.shutdown)?;
+        let cut = {
+            let mut index = parts.lock_index();
+            index.note_synced(batch.applied_through + 1);
+            let due = index.durable_streams() >= HEADS_CHECKPOINT_STREAMS
+                || index.durable_end() >= index.checkpointed_end() + HEADS_CHECKPOINT_POSITIONS;
+            if batch.shutdown {
+                index.checkpoint(&self.db)?;
+            }
+            (due && !batch.shutdown && self.checkpointing.is_none())
+                .then(|| index.begin_checkpoint())
+        };
+        if let Some(cut) = cut {
+            self.checkpoint_behind(cut)?;
         }
-        drop(index);
         if !batch.syncs.is_empty() || batch.shutdown {
             self.sync()?;
         }
+        if batch.shutdown && !fault::skip(fault::Sync::Fdatasync) {
+            // The segment helper may be zero-filling the file `trim` removes.
+            while self.preparing.load(std::sync::atomic::Ordering::Acquire) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            parts.write_log().trim()?;
+        }
         Ok(())
+    }
+
+    /// Writes a checkpoint of the segment log's heads on a thread of its own, so that the
+    /// syncer goes on syncing and acknowledging meanwhile (measured: a checkpoint of 10,000
+    /// heads held every acknowledgement for 120-150 ms, the whole of the p99 latency at half
+    /// the maximum rate). Its heads stay readable in memory until it has finished.
+    fn checkpoint_behind(
+        &mut self,
+        cut: super::logindex::CheckpointCut,
+    ) -> Result<(), StorageError> {
+        let (shared, db) = (self.shared.clone(), self.db.clone());
+        let (cut_tx, cut_rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("evershard-checkpoint".into())
+            .spawn(move || {
+                let cut = cut_rx.recv().expect("the syncer sends the cut");
+                write_checkpoint(&shared, &db, cut)
+            });
+        match spawned {
+            Ok(thread) => {
+                cut_tx
+                    .send(cut)
+                    .expect("the checkpoint thread waits for it");
+                self.checkpointing = Some(thread);
+                Ok(())
+            }
+            // Not fatal: the syncer writes it itself.
+            Err(_) => write_checkpoint(&self.shared, &self.db, cut),
+        }
+    }
+
+    /// Joins the heads checkpoint written behind the syncer once it has finished (or at
+    /// once, with `wait`): its error poisons the journal like a failed sync.
+    fn checkpoint_joined(&mut self, wait: bool) -> Result<(), StorageError> {
+        if !wait && !self.checkpointing.as_ref().is_some_and(|t| t.is_finished()) {
+            return Ok(());
+        }
+        match self.checkpointing.take().map(|t| t.join()) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(_)) => Err(StorageError::Poisoned),
+        }
     }
 
     /// Zero-fills the segment log's next segment on a helper thread when the active one is
@@ -615,6 +670,7 @@ impl Committer {
             segment_bytes: segments::segment_bytes_for(&shared.dir),
             blob_reported: false,
             preparing: Default::default(),
+            checkpointing: None,
         };
         let syncer_thread = std::thread::Builder::new()
             .name("evershard-syncer".into())
@@ -1145,6 +1201,18 @@ fn write(batch: &mut sled::Batch, frame: &mut Frame, on_log: bool, op: WriteOp) 
 /// re-applies them from the frame. A reader may see part of a group's writes for a moment
 /// (a new timer before the old one is removed: firing is at-least-once, and a timer that
 /// finds nothing to do writes nothing).
+/// A heads checkpoint's sled batch, then the index forgets what sled now holds.
+fn write_checkpoint(
+    shared: &Shared,
+    db: &sled::Db,
+    cut: super::logindex::CheckpointCut,
+) -> Result<(), StorageError> {
+    let parts = shared.log.as_ref().expect("a store on the segment log");
+    cut.write(db)?;
+    parts.lock_index().finish_checkpoint(cut);
+    Ok(())
+}
+
 fn apply_writes(db: &sled::Db, writes: Vec<FrameWrite>) -> Result<(), StorageError> {
     for w in writes {
         match w {

@@ -132,6 +132,27 @@ fn head_key(stream: &StreamId) -> Vec<u8> {
 /// A head with its key (`H | stream part`).
 type KeyedHead = (Vec<u8>, LogHead);
 
+/// The synced heads and the cursor one checkpoint writes ([`LogIndex::begin_checkpoint`]).
+#[derive(Debug)]
+pub struct CheckpointCut {
+    heads: HashMap<Vec<u8>, LogHead>,
+    end: u64,
+}
+
+impl CheckpointCut {
+    /// One sled batch: the heads, and the cursor after the frames they came from (not
+    /// synced; see the module docs). Needs no lock on the index.
+    pub fn write(&self, db: &sled::Db) -> Result<(), LogIndexError> {
+        let mut batch = sled::Batch::default();
+        for (key, head) in &self.heads {
+            batch.insert(&key[..], &head.encode()[..]);
+        }
+        batch.insert(cursor_key(), &self.end.to_le_bytes()[..]);
+        db.apply_batch(batch)?;
+        Ok(())
+    }
+}
+
 /// The heads of a segment log's streams.
 #[derive(Debug)]
 pub struct LogIndex {
@@ -308,20 +329,40 @@ impl LogIndex {
 
     /// Writes the heads of the synced frames and the cursor after them in one sled batch
     /// (not synced; see the module docs) and forgets from memory those no later frame moved.
+    /// The three steps, for a caller that writes without holding the index (the syncer:
+    /// a checkpoint of 10,000 heads is a sled batch of ~120 ms, measured, which held every
+    /// acknowledgement and, under the index's lock, the committer too).
     pub fn checkpoint(&mut self, db: &sled::Db) -> Result<(), LogIndexError> {
-        let mut batch = sled::Batch::default();
-        for (key, head) in &self.durable {
-            batch.insert(&key[..], &head.encode()[..]);
+        let cut = self.begin_checkpoint();
+        cut.write(db)?;
+        self.finish_checkpoint(cut);
+        Ok(())
+    }
+
+    /// Takes the synced heads a checkpoint writes, and its cursor. Readers still find them
+    /// in memory until [`Self::finish_checkpoint`]; heads synced meanwhile wait for the next
+    /// checkpoint. Only one cut may be in flight: the next begins after this one finished.
+    pub fn begin_checkpoint(&mut self) -> CheckpointCut {
+        CheckpointCut {
+            heads: std::mem::take(&mut self.durable),
+            end: self.durable_end,
         }
-        batch.insert(cursor_key(), &self.durable_end.to_le_bytes()[..]);
-        db.apply_batch(batch)?;
-        self.checkpointed_end = self.durable_end;
-        for (key, head) in self.durable.drain() {
+    }
+
+    /// The cut is in sled: its cursor is the checkpointed one, and the heads no later frame
+    /// moved are read from sled from now on.
+    pub fn finish_checkpoint(&mut self, cut: CheckpointCut) {
+        assert!(
+            cut.end >= self.checkpointed_end,
+            "a checkpoint finished behind the one before it"
+        );
+        self.checkpointed_end = cut.end;
+        for (key, head) in cut.heads {
+            // Heads only move forward (sequences grow), so an equal head is the one written.
             if self.latest.get(&key) == Some(&head) {
                 self.latest.remove(&key);
             }
         }
-        Ok(())
     }
 
     /// The stream's head: moved since the last checkpoint, or as checkpointed.

@@ -580,6 +580,12 @@ impl SegmentLog {
                 if writable && zero_from(&segment.file, &segment.path, offset, capacity_bytes)? {
                     report.cut = Some((segment.path.clone(), offset));
                 }
+                // A segment trimmed at close whose new length a crash kept in the page cache
+                // only: make the length durable before a next segment's addresses build on it
+                // (see `trim`).
+                if writable && offset == capacity_bytes {
+                    segment.file.sync_all().map_err(io(&segment.path))?;
+                }
             } else if let Some(reason) = failure {
                 // Synced before the next segment was started: no torn write explains it.
                 return Err(SegLogError::Corrupt {
@@ -792,6 +798,33 @@ impl SegmentLog {
         if self.prepared.is_none() {
             self.prepared = Some(file);
         }
+    }
+
+    /// At a clean close, gives back the disk a log holds for frames to come: the active
+    /// segment's zero-filled tail and a prepared next segment, up to two segments (128 MiB)
+    /// that would otherwise count against a store at rest. The active segment's length
+    /// becomes the end of its frames, and that is synced at once: the next segment's base
+    /// address is the sum of the lengths before it, so a length that a power cut could
+    /// still turn back would move every address after it. The next run starts a new
+    /// segment (opening finds this one full).
+    pub fn trim(&mut self) -> Result<(), SegLogError> {
+        assert!(self.writable, "trim a segment log opened read-only");
+        self.sync()?;
+        if self.prepared.take().is_some() {
+            let path = self.dir.join(PREPARED_NAME);
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+        if let Some(segment) = self.segments.last_mut() {
+            if segment.used_bytes < segment.capacity_bytes {
+                segment
+                    .file
+                    .set_len(segment.used_bytes)
+                    .and_then(|()| segment.file.sync_all())
+                    .map_err(io(&segment.path))?;
+                segment.capacity_bytes = segment.used_bytes;
+            }
+        }
+        Ok(())
     }
 
     fn start_segment(&mut self, first_position: u64, frame_bytes: u64) -> Result<(), SegLogError> {
