@@ -193,6 +193,45 @@ fn a_trimmed_log_gives_its_tail_back_and_keeps_every_address_across_reopens() {
 }
 
 #[test]
+fn segments_of_writes_alone_begin_where_they_end_and_keep_their_own_files() {
+    // A trimmed segment is full, so the next frame starts a segment; a frame of writes alone
+    // (consumer offsets, a key rotation) holds no record, so that segment ends where it
+    // begins, and the next one begins at the same position again.
+    let dir = tempfile::tempdir().unwrap();
+    let writes_only = |first_position| Frame {
+        first_position,
+        records: vec![],
+        writes: vec![FrameWrite::Put {
+            key: b"toffset".to_vec(),
+            value: first_position.to_le_bytes().to_vec(),
+        }],
+    };
+    let mut written = Vec::new();
+    for round in 0..4 {
+        let mut log = open(dir.path(), 0).unwrap();
+        let frame = match round {
+            0 | 3 => Frame {
+                first_position: log.next_position(),
+                records: vec![FrameRecord {
+                    previous_address: 0,
+                    bytes: vec![round as u8; 100],
+                }],
+                writes: vec![],
+            },
+            _ => writes_only(log.next_position()),
+        };
+        log.append(&frame).unwrap();
+        log.trim().unwrap();
+        written.push(frame);
+    }
+    assert_eq!(segment_files(dir.path()).len(), 4, "one segment per run");
+    let log = open(dir.path(), 2).unwrap();
+    assert_eq!(all_frames(&log), written);
+    assert_eq!(log.record_at(1).unwrap().bytes, vec![0; 100]);
+    assert_eq!(log.record_at(2).unwrap().bytes, vec![3; 100]);
+}
+
+#[test]
 fn an_empty_log_starts_where_it_is_told_and_refuses_a_gap() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = SegmentLog::open(dir.path(), SMALL_SEGMENT_BYTES, 0, 1_001).unwrap();

@@ -925,13 +925,21 @@ impl JournalWriter {
         // Parts left by an earlier snapshot at this sequence that this one does not overwrite
         // (only this thread writes snapshots, so none appears between the scan and the batch).
         let parts = manifest.map_or(0, |m| m.parts);
+        let mut stale = 0;
         for entry in db.scan_prefix(&key).keys() {
             let old = entry?;
             if keys::snapshot_part_of(&key, &old).is_some_and(|part| part > parts) {
                 batch.remove(old);
+                stale += 1;
             }
         }
         match manifest {
+            // One key: a plain insert is as atomic, and takes no global lock (sled applies a
+            // batch under one, which holds every other write in the store meanwhile).
+            None if stale == 0 => {
+                db.insert(key, bytes)?;
+                return Ok(());
+            }
             None => batch.insert(key, bytes),
             Some(manifest) => {
                 batch.insert(key, &manifest.encode()[..]);

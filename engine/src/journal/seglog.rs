@@ -492,18 +492,22 @@ impl SegmentLog {
                 OpenReport::default(),
             ));
         }
-        let mut names: Vec<(u64, PathBuf)> = Vec::new();
+        let mut names: Vec<((u64, u32), PathBuf)> = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io(dir))? {
             let entry = entry.map_err(io(dir))?;
             let name = entry.file_name();
             let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SEGMENT_SUFFIX)) else {
                 continue;
             };
-            if let Ok(first) = stem.parse::<u64>() {
-                names.push((first, entry.path()));
+            if let Some(first_and_count) = parse_segment_stem(stem) {
+                names.push((first_and_count, entry.path()));
             }
         }
         names.sort();
+        let names: Vec<(u64, PathBuf)> = names
+            .into_iter()
+            .map(|((first, _), path)| (first, path))
+            .collect();
         let mut log = SegmentLog {
             dir: dir.to_path_buf(),
             segment_bytes,
@@ -836,9 +840,18 @@ impl SegmentLog {
         if self.segments.last().is_some_and(|s| s.frames == 0) {
             self.segments.pop();
         }
-        let path = self
-            .dir
-            .join(format!("{first_position:020}{SEGMENT_SUFFIX}"));
+        // Segments holding only frames of writes (no record) end where they begin, so the
+        // next one begins at the same position: it takes a count after the position, or two
+        // segments would share a name (and the second overwrite the first).
+        let same_first = self
+            .segments
+            .iter()
+            .filter(|s| s.first_position == first_position)
+            .count();
+        let path = self.dir.join(match same_first {
+            0 => format!("{first_position:020}{SEGMENT_SUFFIX}"),
+            n => format!("{first_position:020}-{n:04}{SEGMENT_SUFFIX}"),
+        });
         let prepared_bytes = match &self.prepared {
             Some(file) => file.metadata().map_err(io(&path))?.len(),
             None => 0,
@@ -1094,6 +1107,15 @@ impl<'a> SegmentReader<'a> {
         let address = self.segment.base_address + self.offset;
         self.offset += header.frame_bytes();
         Ok(Some((address, frame)))
+    }
+}
+
+/// A segment file's name without `.seg`: its first position, and a count when segments
+/// before it began at the same position (`<position>-<count>`; see `start_segment`).
+fn parse_segment_stem(stem: &str) -> Option<(u64, u32)> {
+    match stem.split_once('-') {
+        None => Some((stem.parse().ok()?, 0)),
+        Some((first, count)) => Some((first.parse().ok()?, count.parse().ok()?)),
     }
 }
 

@@ -432,23 +432,36 @@ impl JournalWriter {
             stored, cursor_from,
             "topic cursor changed under the indexer"
         );
-        let mut batch = sled::Batch::default();
-        for (name, topic) in new_topics {
-            let mut value = vec![1u8];
-            value.extend_from_slice(&topic.partitions.to_le_bytes());
-            value.push(topic.format);
-            batch.insert(config_key(name), value);
-        }
-        for entry in entries {
-            for (first, chunk) in chunk_offsets(entry.first_offset, &entry.runs) {
-                batch.insert(
-                    index_key(&entry.topic, entry.partition, first),
-                    entry_value(chunk),
-                );
-            }
-        }
-        batch.insert(CURSOR_KEY, &cursor_to.to_le_bytes()[..]);
+        let configs = new_topics
+            .iter()
+            .map(|(name, topic)| (config_key(name), config_value(topic)));
+        let index = entries.iter().flat_map(|entry| {
+            chunk_offsets(entry.first_offset, &entry.runs)
+                .into_iter()
+                .map(|(first, chunk)| {
+                    (
+                        index_key(&entry.topic, entry.partition, first),
+                        entry_value(chunk),
+                    )
+                })
+        });
+        let cursor = std::iter::once((CURSOR_KEY.to_vec(), cursor_to.to_le_bytes().to_vec()));
+        let puts = configs.chain(index).chain(cursor);
         super::failpoint::check(super::failpoint::TOPIC_BATCH)?;
+        if self.shared.log.is_some() {
+            // On the segment log a frame of writes, applied key by key after its sync and
+            // whole again by opening after a crash: as atomic as a batch, without sled's
+            // global write lock, which a batch holds and every other write in the store
+            // (the syncer's, so every acknowledgement) waited behind.
+            let writes = puts
+                .map(|(key, value)| super::WriteOp::Put { key, value })
+                .collect();
+            return self.commit_writes(writes);
+        }
+        let mut batch = sled::Batch::default();
+        for (key, value) in puts {
+            batch.insert(key, value);
+        }
         db.apply_batch(batch)?;
         Ok(())
     }
@@ -470,10 +483,7 @@ impl JournalWriter {
         let db = self.shared.db()?;
         let mut batch = sled::Batch::default();
         for (name, topic) in topics {
-            let mut value = vec![1u8];
-            value.extend_from_slice(&topic.partitions.to_le_bytes());
-            value.push(topic.format);
-            batch.insert(config_key(name), value);
+            batch.insert(config_key(name), config_value(topic));
         }
         db.apply_batch(batch)?;
         Ok(())
@@ -511,6 +521,14 @@ impl JournalWriter {
         db.apply_batch(batch)?;
         self.sync()
     }
+}
+
+/// A stored topic's configuration value: version 1 | partitions u32 LE | wire format u8.
+fn config_value(topic: &StoredTopic) -> Vec<u8> {
+    let mut value = vec![1u8];
+    value.extend_from_slice(&topic.partitions.to_le_bytes());
+    value.push(topic.format);
+    value
 }
 
 /// Splits a partition's runs into index entries of at most `TOPIC_ENTRY_RUNS_MAX` runs, each
