@@ -1,6 +1,7 @@
 //! The segment log: the write path docs/design.md chooses for issue #13 ("The next write path:
-//! a segment log"), increment 1 — the files, the frame format, preallocation, torn tails and
-//! reads by position. Not wired into the committer yet: the journal still writes sled only.
+//! a segment log") — the files, the frame format, preallocation, torn tails, trimming at
+//! close and reads by position. The committer writes it on `WritePath::Log` (the default for
+//! new stores); `logindex` keeps the streams' heads over it.
 //!
 //! A group commit is one **frame**, written with one `pwrite` into a **segment** file that was
 //! zero-filled and synced when it was made, so that the `fdatasync` that acknowledges the
@@ -13,7 +14,9 @@
 //! docs/design.md, "The next write path").
 //!
 //! ```text
-//! segment file   log/<first position, 20 digits>.seg, SEGMENT_BYTES (or one frame, if larger)
+//! segment file   log/<first position, 20 digits>.seg, SEGMENT_BYTES (or one frame, if larger);
+//!                <first position>-<count, 4 digits>.seg after segments that began at the
+//!                same position (they held frames of writes alone)
 //! frame header   magic u32 LE "ESLF" | format u8 = 1 | 0u8 ×3 | first position u64 LE
 //!                | record count u32 LE | write count u32 LE | body length u32 LE
 //!                | CRC32C of the body u32 LE | CRC32C of the 32 bytes before u32 LE
