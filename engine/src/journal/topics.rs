@@ -446,20 +446,14 @@ impl JournalWriter {
                 })
         });
         let cursor = std::iter::once((CURSOR_KEY.to_vec(), cursor_to.to_le_bytes().to_vec()));
-        let puts = configs.chain(index).chain(cursor);
         super::failpoint::check(super::failpoint::TOPIC_BATCH)?;
-        if self.shared.log.is_some() {
-            // On the segment log a frame of writes, applied key by key after its sync and
-            // whole again by opening after a crash: as atomic as a batch, without sled's
-            // global write lock, which a batch holds and every other write in the store
-            // (the syncer's, so every acknowledgement) waited behind.
-            let writes = puts
-                .map(|(key, value)| super::WriteOp::Put { key, value })
-                .collect();
-            return self.commit_writes(writes);
-        }
+        // One `sled::Batch` on both write paths, although sled applies a batch under its
+        // global write lock (every other write in the store, the syncer's included, waits
+        // behind it). Not a frame of writes through the committer: a checkpoint pauses the
+        // committer and then waits for the indexer to cover its cut, so the indexer must be
+        // able to write while the committer is paused.
         let mut batch = sled::Batch::default();
-        for (key, value) in puts {
+        for (key, value) in configs.chain(index).chain(cursor) {
             batch.insert(key, value);
         }
         db.apply_batch(batch)?;
