@@ -446,14 +446,21 @@ impl JournalWriter {
                 })
         });
         let cursor = std::iter::once((CURSOR_KEY.to_vec(), cursor_to.to_le_bytes().to_vec()));
+        let puts = configs.chain(index).chain(cursor);
         super::failpoint::check(super::failpoint::TOPIC_BATCH)?;
-        // One `sled::Batch` on both write paths, although sled applies a batch under its
-        // global write lock (every other write in the store, the syncer's included, waits
-        // behind it). Not a frame of writes through the committer: a checkpoint pauses the
-        // committer and then waits for the indexer to cover its cut, so the indexer must be
-        // able to write while the committer is paused.
+        if self.shared.log.is_some() {
+            // On the segment log a frame of writes, applied key by key after its sync and
+            // whole again by opening after a crash: as atomic as a batch, without sled's
+            // global write lock, which a batch holds while every other write in the store
+            // (the syncer's, so every acknowledgement) waits. A follower's writes: a
+            // checkpoint pauses the committer, then waits for the indexer to cover its cut.
+            let writes = puts
+                .map(|(key, value)| super::WriteOp::Put { key, value })
+                .collect();
+            return self.commit_follower_writes(writes);
+        }
         let mut batch = sled::Batch::default();
-        for (key, value) in configs.chain(index).chain(cursor) {
+        for (key, value) in puts {
             batch.insert(key, value);
         }
         db.apply_batch(batch)?;
