@@ -801,11 +801,7 @@ impl Committer {
         if paused.send(result).is_ok() && ok {
             // Ends when the pauser sends or drops its handle (also when it panics). Until
             // then, followers' writes are committed and everything else waits, in order.
-            loop {
-                match resume.try_recv() {
-                    Err(mpsc::TryRecvError::Empty) => {}
-                    Ok(()) | Err(mpsc::TryRecvError::Disconnected) => break,
-                }
+            while let Err(mpsc::TryRecvError::Empty) = resume.try_recv() {
                 match jobs.recv_timeout(PAUSE_POLL) {
                     Ok(
                         job @ CommitJob::Writes {
