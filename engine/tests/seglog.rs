@@ -622,15 +622,39 @@ fn index_db(dir: &Path) -> sled::Db {
     sled::Config::new().path(dir.join("index")).open().unwrap()
 }
 
+/// What the index tests start from: a seeded generator, the sled database under `dir`, an
+/// empty log of 64 KiB segments in `dir/<name>`, its index, and an empty model.
+struct IndexFixture {
+    rng: DemoRng,
+    db: sled::Db,
+    log: SegmentLog,
+    index: LogIndex,
+    model: Model,
+}
+
+fn index_fixture(dir: &Path, name: &str) -> IndexFixture {
+    let db = index_db(dir);
+    let (log, _) = SegmentLog::open(&dir.join(name), 64 * 1024, 0, 1).unwrap();
+    let index = LogIndex::open(&db, &log).unwrap();
+    IndexFixture {
+        rng: DemoRng::new(seed()),
+        db,
+        log,
+        index,
+        model: Model::default(),
+    }
+}
+
 #[test]
 fn heads_come_from_the_frames_and_streams_read_back_along_their_pointers() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = DemoRng::new(seed());
-    let db = index_db(dir.path());
-    let log_dir = dir.path().join("log");
-    let (mut log, _) = SegmentLog::open(&log_dir, 64 * 1024, 0, 1).unwrap();
-    let mut index = LogIndex::open(&db, &log).unwrap();
-    let mut model = Model::default();
+    let IndexFixture {
+        mut rng,
+        db,
+        mut log,
+        mut index,
+        mut model,
+    } = index_fixture(dir.path(), "log");
     write_events(
         &mut log,
         &mut index,
@@ -662,11 +686,13 @@ fn heads_come_from_the_frames_and_streams_read_back_along_their_pointers() {
 #[test]
 fn a_checkpoint_written_while_heads_move_keeps_every_head_readable() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = DemoRng::new(seed());
-    let db = index_db(dir.path());
-    let (mut log, _) = SegmentLog::open(&dir.path().join("log"), 64 * 1024, 0, 1).unwrap();
-    let mut index = LogIndex::open(&db, &log).unwrap();
-    let mut model = Model::default();
+    let IndexFixture {
+        mut rng,
+        db,
+        mut log,
+        mut index,
+        mut model,
+    } = index_fixture(dir.path(), "log");
     let never = usize::MAX;
     write_events(
         &mut log,
@@ -809,11 +835,13 @@ fn a_record_that_does_not_follow_its_head_is_refused() {
 #[test]
 fn a_stream_read_checks_each_record_against_the_hash_its_successor_names() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = DemoRng::new(seed());
-    let db = index_db(dir.path());
-    let (mut log, _) = SegmentLog::open(&dir.path().join("a"), 64 * 1024, 0, 1).unwrap();
-    let mut index = LogIndex::open(&db, &log).unwrap();
-    let mut model = Model::default();
+    let IndexFixture {
+        mut rng,
+        db,
+        mut log,
+        mut index,
+        mut model,
+    } = index_fixture(dir.path(), "a");
     write_events(&mut log, &mut index, &db, &mut model, &mut rng, (40, 3, 1));
     // A second log with the same frames, but the first record of the last frame has another
     // payload (re-encoded, so its own checks pass): the checkpointed heads no longer match.

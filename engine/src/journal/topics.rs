@@ -446,24 +446,38 @@ impl JournalWriter {
                 })
         });
         let cursor = std::iter::once((CURSOR_KEY.to_vec(), cursor_to.to_le_bytes().to_vec()));
-        let puts = configs.chain(index).chain(cursor);
         super::failpoint::check(super::failpoint::TOPIC_BATCH)?;
+        // A follower's writes: a checkpoint pauses the committer, then waits for the indexer
+        // to cover its cut.
+        self.put_atomically(configs.chain(index).chain(cursor), true)
+    }
+
+    /// Puts every entry, all or none after a crash: on the segment log a frame of writes
+    /// through the committer (applied key by key after its sync, whole again by opening after
+    /// a crash, and durable when this returns), as atomic as a batch without sled's global
+    /// write lock, which a batch holds while every other write in the store (the syncer's,
+    /// so every acknowledgement) waits; on the sled layout one batch, not synced.
+    /// `follower`: the writes of a background follower, committed while the committer is
+    /// paused too.
+    fn put_atomically(
+        &self,
+        puts: impl Iterator<Item = (Vec<u8>, Vec<u8>)>,
+        follower: bool,
+    ) -> Result<(), StorageError> {
         if self.shared.log.is_some() {
-            // On the segment log a frame of writes, applied key by key after its sync and
-            // whole again by opening after a crash: as atomic as a batch, without sled's
-            // global write lock, which a batch holds while every other write in the store
-            // (the syncer's, so every acknowledgement) waits. A follower's writes: a
-            // checkpoint pauses the committer, then waits for the indexer to cover its cut.
             let writes = puts
                 .map(|(key, value)| super::WriteOp::Put { key, value })
                 .collect();
-            return self.commit_follower_writes(writes);
+            return match follower {
+                true => self.commit_follower_writes(writes),
+                false => self.commit_writes(writes),
+            };
         }
         let mut batch = sled::Batch::default();
         for (key, value) in puts {
             batch.insert(key, value);
         }
-        db.apply_batch(batch)?;
+        self.shared.db()?.apply_batch(batch)?;
         Ok(())
     }
 
@@ -499,28 +513,20 @@ impl JournalWriter {
         offsets: &[(u32, u64)],
     ) -> Result<(), StorageError> {
         self.shared.check_writable()?;
-        let db = self.shared.db()?;
         let keyed = offsets.iter().map(|(partition, offset)| {
             let mut key = offsets_prefix(group, Some(topic));
             key.extend_from_slice(&partition.to_be_bytes());
             (key, offset.to_le_bytes().to_vec())
         });
         super::failpoint::check(super::failpoint::COMMIT_OFFSETS)?;
-        if self.shared.log.is_some() {
-            // On the segment log a frame of writes: durable with the next group's
-            // `fdatasync`, instead of a flush and sync of sled of its own (which also held
-            // back the acknowledgements of the groups synced with it).
-            let writes = keyed
-                .map(|(key, value)| super::WriteOp::Put { key, value })
-                .collect();
-            return self.commit_writes(writes);
+        self.put_atomically(keyed, false)?;
+        // On the segment log the frame is durable with the next group's `fdatasync`: no
+        // flush and sync of sled of its own (which also held back the acknowledgements of
+        // the groups synced with it).
+        match self.shared.log.is_some() {
+            true => Ok(()),
+            false => self.sync(),
         }
-        let mut batch = sled::Batch::default();
-        for (key, value) in keyed {
-            batch.insert(key, value);
-        }
-        db.apply_batch(batch)?;
-        self.sync()
     }
 }
 
