@@ -15,7 +15,7 @@ use super::{
 };
 use crate::error::{AppendError, InvalidRequest, StorageError};
 use chrono::{DateTime, Utc};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::File;
 use std::sync::{mpsc, Arc};
 use tokio::sync::oneshot;
@@ -249,10 +249,6 @@ pub(super) enum CommitJob {
     Writes {
         writes: Vec<WriteOp>,
         reply: ReplyTo<(), StorageError>,
-        /// A background follower's writes (the topic indexer's batch): committed during a
-        /// pause too, since a checkpoint pauses the committer and then waits for the
-        /// followers to cover its cut. They depend on no command queued before them.
-        while_paused: bool,
     },
     /// Commit what is queued, sync it, answer the cut (the last global position, durable),
     /// then write nothing until `resume` is dropped or sent to. Appends queue meanwhile.
@@ -276,12 +272,7 @@ pub(super) struct Committer {
     heads: HashMap<StreamId, CommitHead>,
     syncer: mpsc::Sender<SyncBatch>,
     syncer_thread: Option<std::thread::JoinHandle<()>>,
-    /// Jobs that arrived during a pause, other than followers' writes: run first after it.
-    backlog: VecDeque<CommitJob>,
 }
-
-/// How often a paused committer looks whether it may resume, between followers' writes.
-const PAUSE_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A stream's head as the committer builds on it: its last sequence and chain hash, and on
 /// the segment log where that record is (its entry's address, or its index in the frame
@@ -693,7 +684,6 @@ impl Committer {
             heads: HashMap::new(),
             syncer,
             syncer_thread: Some(syncer_thread),
-            backlog: VecDeque::new(),
         }
     }
 
@@ -722,13 +712,7 @@ impl Committer {
             ),
             _ => (0, 0),
         };
-        // Jobs a pause held back, before anything queued after them.
-        let next = |backlog: &mut VecDeque<CommitJob>, block: bool| match backlog.pop_front() {
-            Some(job) => Some(job),
-            None if block => jobs.recv().ok(),
-            None => jobs.try_recv().ok(),
-        };
-        while let Some(first) = next(&mut self.backlog, true) {
+        while let Ok(first) = jobs.recv() {
             let (mut events, mut bytes) = size(&first);
             // A pause ends the group: what was queued before it is in the cut, nothing after.
             let mut pause = None;
@@ -742,15 +726,15 @@ impl Committer {
                 && events < self.config.batch_events_max
                 && bytes < self.config.batch_bytes_max
             {
-                match next(&mut self.backlog, false) {
-                    Some(job @ CommitJob::Pause { .. }) => pause = Some(job),
-                    Some(job) => {
+                match jobs.try_recv() {
+                    Ok(job @ CommitJob::Pause { .. }) => pause = Some(job),
+                    Ok(job) => {
                         let (e, b) = size(&job);
                         events += e;
                         bytes += b;
                         group.push(job);
                     }
-                    None => break,
+                    Err(_) => break,
                 }
             }
             // A panic here is a bug in evershard; it must not leave a dead thread behind a
@@ -768,7 +752,7 @@ impl Committer {
                 }
             }
             if let Some(CommitJob::Pause { paused, resume }) = pause {
-                self.pause(paused, resume, &jobs);
+                self.pause(paused, resume);
             }
         }
         // Every sender is gone: leave the store synced.
@@ -780,12 +764,7 @@ impl Committer {
 
     /// Syncs everything applied, answers the cut, and blocks until resumed. A failed sync
     /// (a poisoned journal) answers the error and does not block.
-    fn pause(
-        &mut self,
-        paused: ReplyTo<u64, StorageError>,
-        resume: mpsc::Receiver<()>,
-        jobs: &mpsc::Receiver<CommitJob>,
-    ) {
+    fn pause(&mut self, paused: ReplyTo<u64, StorageError>, resume: mpsc::Receiver<()>) {
         let cut = self.next_global - 1;
         let (synced, done) = oneshot::channel();
         self.hand_to_syncer(SyncBatch {
@@ -799,25 +778,8 @@ impl Committer {
             .map(|()| cut);
         let ok = result.is_ok();
         if paused.send(result).is_ok() && ok {
-            // Ends when the pauser sends or drops its handle (also when it panics). Until
-            // then, followers' writes are committed and everything else waits, in order.
-            while let Err(mpsc::TryRecvError::Empty) = resume.try_recv() {
-                match jobs.recv_timeout(PAUSE_POLL) {
-                    Ok(
-                        job @ CommitJob::Writes {
-                            while_paused: true, ..
-                        },
-                    ) => {
-                        self.commit_group(vec![job]);
-                    }
-                    Ok(job) => self.backlog.push_back(job),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        let _ = resume.recv();
-                        break;
-                    }
-                }
-            }
+            // Ends when the pauser sends or drops its handle (also when it panics).
+            let _ = resume.recv();
         }
     }
 
@@ -888,7 +850,7 @@ impl Committer {
                     syncs.push(reply);
                     continue;
                 }
-                CommitJob::Writes { writes, reply, .. } => {
+                CommitJob::Writes { writes, reply } => {
                     if !writes.is_empty() {
                         any_writes = true;
                     }

@@ -965,23 +965,12 @@ impl JournalWriter {
     /// Commits writes of no command as a group commits its writes, and returns once they are
     /// durable: in sled's batch of the next group, or on the segment log in a frame.
     pub(crate) fn commit_writes(&self, writes: Vec<WriteOp>) -> Result<(), StorageError> {
-        self.send_writes(writes, false)
-    }
-
-    /// [`Self::commit_writes`] for a background follower that a checkpoint waits for: they
-    /// are committed while the committer is paused too.
-    pub(crate) fn commit_follower_writes(&self, writes: Vec<WriteOp>) -> Result<(), StorageError> {
-        self.send_writes(writes, true)
-    }
-
-    fn send_writes(&self, writes: Vec<WriteOp>, while_paused: bool) -> Result<(), StorageError> {
         self.shared.check_writable()?;
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.jobs
             .send(CommitJob::Writes {
                 writes,
                 reply: ReplyTo::new(reply, self.shared.clone()),
-                while_paused,
             })
             .map_err(|_| StorageError::Closed)?;
         rx.blocking_recv().map_err(|_| self.shared.gone())?

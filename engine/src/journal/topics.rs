@@ -447,31 +447,28 @@ impl JournalWriter {
         });
         let cursor = std::iter::once((CURSOR_KEY.to_vec(), cursor_to.to_le_bytes().to_vec()));
         super::failpoint::check(super::failpoint::TOPIC_BATCH)?;
-        // A follower's writes: a checkpoint pauses the committer, then waits for the indexer
-        // to cover its cut.
-        self.put_atomically(configs.chain(index).chain(cursor), true)
+        // One sled batch on both write paths, although sled applies a batch under its global
+        // write lock (every other write in the store, the syncer's included, waits behind
+        // it). Not a frame of writes through the committer: a checkpoint pauses the committer
+        // and then waits for the indexer to cover its cut; and a failure to apply it would
+        // then poison the journal, where a failed topic batch is retried.
+        self.put_atomically(configs.chain(index).chain(cursor), false)
     }
 
-    /// Puts every entry, all or none after a crash: on the segment log a frame of writes
-    /// through the committer (applied key by key after its sync, whole again by opening after
-    /// a crash, and durable when this returns), as atomic as a batch without sled's global
-    /// write lock, which a batch holds while every other write in the store (the syncer's,
-    /// so every acknowledgement) waits; on the sled layout one batch, not synced.
-    /// `follower`: the writes of a background follower, committed while the committer is
-    /// paused too.
+    /// Puts every entry, all or none after a crash: with `via_committer` on the segment log,
+    /// a frame of writes through the committer (applied key by key after its sync, whole
+    /// again by opening after a crash, and durable when this returns); otherwise one sled
+    /// batch, not synced.
     fn put_atomically(
         &self,
         puts: impl Iterator<Item = (Vec<u8>, Vec<u8>)>,
-        follower: bool,
+        via_committer: bool,
     ) -> Result<(), StorageError> {
-        if self.shared.log.is_some() {
+        if via_committer && self.shared.log.is_some() {
             let writes = puts
                 .map(|(key, value)| super::WriteOp::Put { key, value })
                 .collect();
-            return match follower {
-                true => self.commit_follower_writes(writes),
-                false => self.commit_writes(writes),
-            };
+            return self.commit_writes(writes);
         }
         let mut batch = sled::Batch::default();
         for (key, value) in puts {
@@ -519,7 +516,7 @@ impl JournalWriter {
             (key, offset.to_le_bytes().to_vec())
         });
         super::failpoint::check(super::failpoint::COMMIT_OFFSETS)?;
-        self.put_atomically(keyed, false)?;
+        self.put_atomically(keyed, true)?;
         // On the segment log the frame is durable with the next group's `fdatasync`: no
         // flush and sync of sled of its own (which also held back the acknowledgements of
         // the groups synced with it).
