@@ -1192,16 +1192,8 @@ fn write(batch: &mut sled::Batch, frame: &mut Frame, on_log: bool, op: WriteOp) 
     }
 }
 
-/// A segment log group's writes into sled, one key at a time, in the frame's order. Not a
-/// `sled::Batch`: sled seals and writes its I/O buffer (a `pwrite` and a waited
-/// `sync_file_range` on its thread pool) before and after every batch, which made sled's
-/// I/O threads a quarter of the durable bench's CPU (perf, 2026-11-26). Nothing needs the
-/// batch's atomicity here: the frame is durable, sled recovers a prefix of its log, and
-/// `m | "log-writes"`, written after them, is what says they are in; a crash in between
-/// re-applies them from the frame. A reader may see part of a group's writes for a moment
-/// (a new timer before the old one is removed: firing is at-least-once, and a timer that
-/// finds nothing to do writes nothing).
-/// A heads checkpoint's sled batch, then the index forgets what sled now holds.
+/// Writes a heads checkpoint's cut into sled (key by key, the cursor last), then the index
+/// forgets the heads sled now holds.
 fn write_checkpoint(
     shared: &Shared,
     db: &sled::Db,
@@ -1213,6 +1205,15 @@ fn write_checkpoint(
     Ok(())
 }
 
+/// A segment log group's writes into sled, one key at a time, in the frame's order. Not a
+/// `sled::Batch`: sled seals and writes its I/O buffer (a `pwrite` and a waited
+/// `sync_file_range` on its thread pool) before and after every batch, which made sled's
+/// I/O threads a quarter of the durable bench's CPU (perf, 2026-11-26). Nothing needs the
+/// batch's atomicity here: the frame is durable, sled recovers a prefix of its log, and
+/// `m | "log-writes"`, written after them, is what says they are in; a crash in between
+/// re-applies them from the frame. A reader may see part of a group's writes for a moment
+/// (a new timer before the old one is removed: firing is at-least-once, and a timer that
+/// finds nothing to do writes nothing).
 fn apply_writes(db: &sled::Db, writes: Vec<FrameWrite>) -> Result<(), StorageError> {
     for w in writes {
         match w {

@@ -452,24 +452,14 @@ impl JournalWriter {
         // it). Not a frame of writes through the committer: a checkpoint pauses the committer
         // and then waits for the indexer to cover its cut; and a failure to apply it would
         // then poison the journal, where a failed topic batch is retried.
-        self.put_atomically(configs.chain(index).chain(cursor), false)
+        self.put_batch(configs.chain(index).chain(cursor))
     }
 
-    /// Puts every entry, all or none after a crash: with `via_committer` on the segment log,
-    /// a frame of writes through the committer (applied key by key after its sync, whole
-    /// again by opening after a crash, and durable when this returns); otherwise one sled
-    /// batch, not synced.
-    fn put_atomically(
+    /// Puts every entry in one sled batch (all or none after a crash), not synced.
+    fn put_batch(
         &self,
         puts: impl Iterator<Item = (Vec<u8>, Vec<u8>)>,
-        via_committer: bool,
     ) -> Result<(), StorageError> {
-        if via_committer && self.shared.log.is_some() {
-            let writes = puts
-                .map(|(key, value)| super::WriteOp::Put { key, value })
-                .collect();
-            return self.commit_writes(writes);
-        }
         let mut batch = sled::Batch::default();
         for (key, value) in puts {
             batch.insert(key, value);
@@ -492,13 +482,11 @@ impl JournalWriter {
         topics: &[(String, StoredTopic)],
     ) -> Result<(), StorageError> {
         self.shared.check_writable()?;
-        let db = self.shared.db()?;
-        let mut batch = sled::Batch::default();
-        for (name, topic) in topics {
-            batch.insert(config_key(name), config_value(topic));
-        }
-        db.apply_batch(batch)?;
-        Ok(())
+        self.put_batch(
+            topics
+                .iter()
+                .map(|(name, topic)| (config_key(name), config_value(topic))),
+        )
     }
 
     /// Stores a group's committed offsets (next offset to read per partition) atomically and
@@ -516,14 +504,17 @@ impl JournalWriter {
             (key, offset.to_le_bytes().to_vec())
         });
         super::failpoint::check(super::failpoint::COMMIT_OFFSETS)?;
-        self.put_atomically(keyed, true)?;
-        // On the segment log the frame is durable with the next group's `fdatasync`: no
-        // flush and sync of sled of its own (which also held back the acknowledgements of
-        // the groups synced with it).
-        match self.shared.log.is_some() {
-            true => Ok(()),
-            false => self.sync(),
+        if self.shared.log.is_some() {
+            // On the segment log a frame of writes: durable with the next group's
+            // `fdatasync`, instead of a flush and sync of sled of its own (which also held
+            // back the acknowledgements of the groups synced with it).
+            let writes = keyed
+                .map(|(key, value)| super::WriteOp::Put { key, value })
+                .collect();
+            return self.commit_writes(writes);
         }
+        self.put_batch(keyed)?;
+        self.sync()
     }
 }
 
