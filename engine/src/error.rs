@@ -434,6 +434,10 @@ pub enum InvalidRequest {
     TooManyComplianceFlags { count: usize, max: usize },
     #[error("extra writes may only target the outbox, timer or idempotency keyspaces")]
     ForbiddenKeyspace,
+    /// An idempotency write that is not a record under its `i` key (as
+    /// `keyspace_writes::idempotency` makes it), or a removal: the sweep removes records.
+    #[error("an idempotency write must put a well-formed record under its `i` key")]
+    MalformedIdempotencyWrite,
     /// An extra write's key or value exceeds the journal's bounds (which keep sled from
     /// writing blob files; see `docs/design.md`).
     #[error("an extra write of a {key_bytes}-byte key and a {value_bytes}-byte value exceeds {key_max} and {value_max}")]

@@ -13,8 +13,8 @@ mod common;
 use common::{Counter, CounterCommand};
 use evershard_engine::model::{DemoRng, Metadata};
 use evershard_engine::{
-    keyspace_writes, AppendRequest, Durability, Engine, Journal, JournalConfig, JournalWriter,
-    NewEvent, StreamId, WriteOp, WritePath,
+    keyspace_writes, AppendRequest, CommandError, Durability, Engine, Journal, JournalConfig,
+    JournalWriter, NewEvent, StreamId, WriteOp, WritePath,
 };
 use evershard_testing::child::{self, TestChild};
 use uuid::Uuid;
@@ -295,7 +295,11 @@ async fn an_idempotency_record_without_its_events_is_not_a_repeat() {
     engine.shutdown().await.unwrap();
     drop(engine);
     // Records as a power cut can leave them: key 2 names sequence 2, which the stream does
-    // not have; key 3 names sequence 1, which another command (key 1's) wrote.
+    // not have; key 3 names sequence 1, which another command (key 1's) wrote. Keys 4 to 6
+    // record commands of no events: key 4's was decided on sequence 2, which the stream does
+    // not have (when it is looked up, another command has written it since, later than the
+    // record); key 5's on sequence 1 before it was written (its record is older than the
+    // event); key 6's on sequence 1 after it was written, which holds.
     let stream = StreamId::new("Counter", "c");
     let store = dir.path().to_path_buf();
     tokio::task::spawn_blocking(move || {
@@ -309,6 +313,27 @@ async fn an_idempotency_record_without_its_events_is_not_a_repeat() {
                 recorded_at + chrono::TimeDelta::seconds(1),
                 1,
                 1,
+            ),
+            keyspace_writes::idempotency(
+                &stream,
+                &Uuid::from_u128(4),
+                recorded_at,
+                3,
+                0,
+            ),
+            keyspace_writes::idempotency(
+                &stream,
+                &Uuid::from_u128(5),
+                recorded_at - chrono::TimeDelta::seconds(1),
+                2,
+                0,
+            ),
+            keyspace_writes::idempotency(
+                &stream,
+                &Uuid::from_u128(6),
+                recorded_at + chrono::TimeDelta::seconds(1),
+                2,
+                0,
             ),
         ]
         .concat();
@@ -325,9 +350,9 @@ async fn an_idempotency_record_without_its_events_is_not_a_repeat() {
         .await
         .unwrap();
     assert_eq!(again, first);
-    // Keys 2 and 3 are decided afresh (a stored record with a zero digest would otherwise
-    // answer a conflict, or key 1's events).
-    for (key, sequence) in [(2, 2), (3, 3)] {
+    // Keys 2 to 5 are decided afresh (a stored record with a zero digest would otherwise
+    // answer a conflict, or key 1's events, or no events).
+    for (key, sequence) in [(2, 2), (3, 3), (4, 4), (5, 5)] {
         let events = engine
             .execute_with::<Counter>("c", CounterCommand::Add(1), keyed(key))
             .await
@@ -339,6 +364,14 @@ async fn an_idempotency_record_without_its_events_is_not_a_repeat() {
             .unwrap();
         assert_eq!(repeat, events, "key {key} is now a repeat");
     }
-    assert_eq!(engine.state::<Counter>("c").await.unwrap().1, 3);
+    // Key 6's record holds: its zero digest is another command's.
+    let kept = engine
+        .execute_with::<Counter>("c", CounterCommand::Add(1), keyed(6))
+        .await;
+    assert!(
+        matches!(kept, Err(CommandError::IdempotencyConflict { .. })),
+        "{kept:?}"
+    );
+    assert_eq!(engine.state::<Counter>("c").await.unwrap().1, 5);
     engine.shutdown().await.unwrap();
 }

@@ -172,6 +172,24 @@ impl AppendRequest {
                 ) => {}
                 _ => return Err(InvalidRequest::ForbiddenKeyspace),
             }
+            // An idempotency write is a record under its `i` key (the committer files it in
+            // its group's entry), or the one-key sweep entry requests carried before.
+            let idempotency_ok = match (op.key().first(), op) {
+                (Some(&keys::IDEMPOTENCY), WriteOp::Put { key, value }) => {
+                    keys::parse_idempotency_key(key).is_some()
+                        && keys::IdempotencyRecord::decode(value).is_some()
+                }
+                (Some(&keys::IDEMPOTENCY_BY_TIME), WriteOp::Put { key, value }) => {
+                    value.is_empty() && keys::parse_idempotency_by_time_key(key).is_some()
+                }
+                (Some(&keys::IDEMPOTENCY | &keys::IDEMPOTENCY_BY_TIME), WriteOp::Remove { .. }) => {
+                    false
+                }
+                _ => true,
+            };
+            if !idempotency_ok {
+                return Err(InvalidRequest::MalformedIdempotencyWrite);
+            }
             let value_bytes = match op {
                 WriteOp::Put { value, .. } => value.len(),
                 WriteOp::Remove { .. } => 0,
@@ -839,8 +857,8 @@ impl Committer {
         let mut any_writes = false;
         let mut shutdown = false;
         let mut seals: Vec<Seal> = Vec::new();
-        // The idempotency keys the group records (recorded_at, `i` key): one sweep entry.
-        let mut sweep_keys: Vec<(i64, Vec<u8>)> = Vec::new();
+        // The idempotency records of the group, (`i` key, record): one group entry.
+        let mut idempotency_records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         // Each written record's SHA-256, in global order: the tree maintainer's leaves.
         let mut record_hashes: Vec<record::Hash> = Vec::new();
 
@@ -972,17 +990,15 @@ impl Committer {
             for op in request.extra_writes.into_iter().chain(request.key_writes) {
                 any_writes = true;
                 match op {
-                    WriteOp::Put { key, value } => {
-                        // A one-key sweep entry joins the group's single entry instead:
-                        // one sled key per group rather than per idempotent command.
-                        if value.is_empty() && key.first() == Some(&keys::IDEMPOTENCY_BY_TIME) {
-                            if let Some(swept) = keys::parse_idempotency_by_time_key(&key) {
-                                sweep_keys.push(swept);
-                                continue;
-                            }
-                        }
-                        write(&mut batch, &mut frame, on_log, WriteOp::Put { key, value });
+                    // An idempotency record joins the group's entry (see `idempotency`): one
+                    // sled key per group rather than per idempotent command. Its one-key
+                    // sweep entry (what requests carried before group entries) is that entry.
+                    WriteOp::Put { key, value } if key.first() == Some(&keys::IDEMPOTENCY) => {
+                        idempotency_records.push((key, value));
                     }
+                    WriteOp::Put { key, .. } if key.first() == Some(&keys::IDEMPOTENCY_BY_TIME) => {
+                    }
+                    op @ WriteOp::Put { .. } => write(&mut batch, &mut frame, on_log, op),
                     op @ WriteOp::Remove { .. } => write(&mut batch, &mut frame, on_log, op),
                 }
             }
@@ -1023,10 +1039,15 @@ impl Committer {
             );
             position += keys::global_entry_len(chunk);
         }
-        for chunk in sweep_keys.chunks(keys::IDEMPOTENCY_GROUP_KEYS_MAX) {
-            let listed: Vec<(i64, &[u8])> = chunk.iter().map(|(at, k)| (*at, &k[..])).collect();
-            let (key, value) = keys::idempotency_group_entry(&listed);
-            write(&mut batch, &mut frame, on_log, WriteOp::Put { key, value });
+        if !idempotency_records.is_empty() {
+            let mut index = self.shared.idempotency_index(&self.db).unwrap_or_else(|e| {
+                panic!("the idempotency index is built when the journal opens: {e}")
+            });
+            for chunk in idempotency_entry_chunks(&idempotency_records) {
+                let (key, value) = keys::idempotency_records_entry(&chunk);
+                index.add_group(&key, chunk.iter().map(|(k, _)| *k));
+                write(&mut batch, &mut frame, on_log, WriteOp::Put { key, value });
+            }
         }
         let durable = matches!(self.config.durability, Durability::Durable);
         // On the segment log: the group's sled writes, applied after the frame's sync (or
@@ -1037,6 +1058,19 @@ impl Committer {
                 self.write_frame(frame, &in_frame_previous, &mut staged)
                     .and_then(|(writes, writes_cursor)| match durable {
                         true => {
+                            // The group's idempotency entries go into sled now, on this
+                            // thread, while the syncer is busy with the groups before: on the
+                            // syncer they lengthened every group's time to acknowledgement
+                            // (see `idempotency`). Before the frame's sync, so a power cut can
+                            // keep an entry whose frame it lost: the look-up checks each
+                            // record against the stream (`Journal::idempotency_record`), as
+                            // for buffered mode. Every other write waits for the sync.
+                            let (early, writes): (Vec<_>, Vec<_>) =
+                                writes.into_iter().partition(|w| {
+                                    matches!(w, FrameWrite::Put { key, .. }
+                                        if key.first() == Some(&keys::IDEMPOTENCY_BY_TIME))
+                                });
+                            apply_writes(&self.db, early)?;
                             log_group = Some(LogGroup {
                                 writes,
                                 writes_cursor,
@@ -1235,4 +1269,30 @@ fn fail_all(pending: Vec<Reply>, syncs: Vec<ReplyTo<(), StorageError>>, err: &St
     for reply in syncs {
         let _ = reply.send(Err(err.clone()));
     }
+}
+
+/// A group's idempotency records, `(i key, record)`, cut into the chunks of one group entry
+/// each: at most `keys::IDEMPOTENCY_GROUP_KEYS_MAX` records and about
+/// `keys::IDEMPOTENCY_GROUP_VALUE_BYTES_MAX` bytes (a chunk always takes at least one record,
+/// which alone is far below `segments::VALUE_BYTES_MAX`).
+pub(super) fn idempotency_entry_chunks(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<Vec<(&[u8], &[u8])>> {
+    let mut chunks: Vec<Vec<(&[u8], &[u8])>> = Vec::new();
+    let mut bytes = 0;
+    for (key, record) in records {
+        let size = key.len() + 2 + record.len();
+        let full = chunks.last().is_none_or(|c| {
+            c.len() == keys::IDEMPOTENCY_GROUP_KEYS_MAX
+                || bytes + size > keys::IDEMPOTENCY_GROUP_VALUE_BYTES_MAX
+        });
+        if full {
+            chunks.push(Vec::new());
+            bytes = 1;
+        }
+        bytes += size;
+        chunks
+            .last_mut()
+            .expect("pushed above")
+            .push((&key[..], &record[..]));
+    }
+    chunks
 }

@@ -9,9 +9,10 @@
 //! m | name                                                          -> store metadata
 //! t | deadline u64 BE | type_len u8 | type | id_len u16 BE | id     -> (empty): a due timer
 //! T | type_len u8 | type | id_len u16 BE | id                       -> deadline i64 LE: its reverse entry
-//! i | type_len u8 | type | key (16 bytes)                           -> idempotency record (below)
-//! I | recorded_at u64 BE | type_len u8 | type | key (16 bytes)      -> (empty): sweep index, one key
-//! I | recorded_at u64 BE | 0x00 | type_len u8 | type | key (16 B)   -> sweep index, one group's keys (below)
+//! I | recorded_at u64 BE | 0x00 | type_len u8 | type | key (16 B)   -> one group's idempotency records (format 2, below)
+//! i | type_len u8 | type | key (16 bytes)                           -> (stores before format 2) one idempotency record
+//! I | recorded_at u64 BE | type_len u8 | type | key (16 bytes)      -> (stores before group entries) (empty): sweep index, one key
+//! I | recorded_at u64 BE | 0x00 | type_len u8 | type | key (16 B)   -> (format 1) sweep index, one group's `i` keys
 //! h, m | "merkle-size"                                           -> Merkle tree nodes (see `merkle`)
 //! x | y | z, m | "topics-cursor"                                   -> topic index, topic configs, consumer offsets (see `topics`)
 //! k | publisher | topic | partition u32 BE                          -> a Kafka publisher's cursor (see `publisher`)
@@ -125,6 +126,7 @@ pub const IDEMPOTENCY_GROUP_KEYS_MAX: usize = 256;
 /// Format byte of a group sweep entry's value.
 pub const IDEMPOTENCY_GROUP_FORMAT_V1: u8 = 1;
 
+/// (Format 1, written by stores before format 2; kept for the tests that make such stores.)
 /// `I | recorded_at | 0x00 | type_len | type | key`: the sweep entry of the idempotency keys
 /// one group commit recorded (up to [`IDEMPOTENCY_GROUP_KEYS_MAX`]), instead of one entry per
 /// key. `recorded_at` is the latest of theirs, so the sweep never takes a key early; the
@@ -137,6 +139,7 @@ pub const IDEMPOTENCY_GROUP_FORMAT_V1: u8 = 1;
 /// [0]   format = 1
 /// then per key: recorded_at i64 LE | type_len u8 | type | key (16 bytes)
 /// ```
+#[cfg(test)]
 pub fn idempotency_group_entry(keys: &[(i64, &[u8])]) -> (Vec<u8>, Vec<u8>) {
     assert!(
         !keys.is_empty() && keys.len() <= IDEMPOTENCY_GROUP_KEYS_MAX,
@@ -160,8 +163,88 @@ pub fn idempotency_group_entry(keys: &[(i64, &[u8])]) -> (Vec<u8>, Vec<u8>) {
     (key, value)
 }
 
+/// Format byte of a group entry that holds its keys' records (the `i` keys are not written).
+pub const IDEMPOTENCY_GROUP_FORMAT_V2: u8 = 2;
+
+/// Bytes of one format-2 group entry's value at most: a group with more records writes
+/// several entries. (A record is about 100 bytes; its largest, with a 1,024-byte aggregate
+/// id and a 255-byte type, 1,353.)
+pub const IDEMPOTENCY_GROUP_VALUE_BYTES_MAX: usize = 32 * 1024;
+
+/// The parts of an `i` key: (aggregate type, key). `None` unless it is one.
+pub fn parse_idempotency_key(key: &[u8]) -> Option<(&[u8], [u8; 16])> {
+    if key.first() != Some(&IDEMPOTENCY) {
+        return None;
+    }
+    let tlen = *key.get(1)? as usize;
+    let raw: [u8; 16] = key.get(2 + tlen..)?.try_into().ok()?;
+    (tlen > 0).then(|| (&key[2..2 + tlen], raw))
+}
+
+/// The group entry (format 2) of records that one group commit recorded: `(i key, record)`
+/// pairs, each record an [`IdempotencyRecord`] encoding. Its key has the form of
+/// [`idempotency_group_entry`]'s (`recorded_at` the latest of the records', then the first
+/// key), so the sweep meets both formats in time order. The value, integers little-endian:
+///
+/// ```text
+/// [0]   format = 2
+/// then per record: type_len u8 | type | key (16 bytes) | record_len u16 | record
+/// ```
+pub fn idempotency_records_entry(records: &[(&[u8], &[u8])]) -> (Vec<u8>, Vec<u8>) {
+    assert!(
+        !records.is_empty() && records.len() <= IDEMPOTENCY_GROUP_KEYS_MAX,
+        "a group entry holds 1..=IDEMPOTENCY_GROUP_KEYS_MAX records"
+    );
+    let latest = records
+        .iter()
+        .map(|(_, r)| IdempotencyRecord::recorded_at(r).expect("a record checked on submit"))
+        .max()
+        .expect("not empty");
+    let first = records[0].0;
+    assert!(parse_idempotency_key(first).is_some(), "an `i` key");
+    let mut key = Vec::with_capacity(10 + first.len());
+    key.push(IDEMPOTENCY_BY_TIME);
+    key.extend_from_slice(&time_key_part(latest));
+    key.push(0);
+    key.extend_from_slice(&first[1..]);
+    let size: usize = records.iter().map(|(k, r)| k.len() + 2 + r.len()).sum();
+    let mut value = Vec::with_capacity(1 + size);
+    value.push(IDEMPOTENCY_GROUP_FORMAT_V2);
+    for (i_key, record) in records {
+        assert!(parse_idempotency_key(i_key).is_some(), "an `i` key");
+        value.extend_from_slice(&i_key[1..]);
+        value.extend_from_slice(&(record.len() as u16).to_le_bytes());
+        value.extend_from_slice(record);
+    }
+    (key, value)
+}
+
+/// The `(i key, record bytes)` pairs of a format-2 group entry's value; `None` for another
+/// format or a malformed value.
+pub fn parse_idempotency_records_entry(value: &[u8]) -> Option<Vec<(Vec<u8>, &[u8])>> {
+    if value.first() != Some(&IDEMPOTENCY_GROUP_FORMAT_V2) {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut rest = &value[1..];
+    while !rest.is_empty() {
+        let tlen = *rest.first()? as usize;
+        let part = rest.get(..1 + tlen + 16)?;
+        let len_at = part.len();
+        let record_len = u16::from_le_bytes(rest.get(len_at..len_at + 2)?.try_into().ok()?);
+        let record = rest.get(len_at + 2..len_at + 2 + record_len as usize)?;
+        let mut i = Vec::with_capacity(1 + part.len());
+        i.push(IDEMPOTENCY);
+        i.extend_from_slice(part);
+        out.push((i, record));
+        rest = &rest[len_at + 2 + record.len()..];
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// The (recorded_at, `i` key) pairs a sweep entry names: one for a one-key entry (format of
-/// [`idempotency_by_time_key`], empty value), each listed one for a group entry.
+/// [`idempotency_by_time_key`], empty value), each listed one for a group entry (format 1).
+/// Format-2 entries are read by [`parse_idempotency_records_entry`].
 pub fn parse_idempotency_sweep_entry(key: &[u8], value: &[u8]) -> Option<Vec<(i64, Vec<u8>)>> {
     if key.get(9) != Some(&0) {
         return parse_idempotency_by_time_key(key).map(|one| vec![one]);
@@ -207,6 +290,14 @@ pub struct IdempotencyRecord {
 pub const IDEMPOTENCY_RECORD_FORMAT_V1: u8 = 1;
 
 impl IdempotencyRecord {
+    /// When an encoded record was recorded, without decoding the rest.
+    pub fn recorded_at(v: &[u8]) -> Option<i64> {
+        if v.first() != Some(&IDEMPOTENCY_RECORD_FORMAT_V1) {
+            return None;
+        }
+        Some(i64::from_le_bytes(v.get(1..9)?.try_into().ok()?))
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let id = self.aggregate_id.as_bytes();
         let mut v = Vec::with_capacity(55 + id.len());

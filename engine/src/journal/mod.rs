@@ -16,6 +16,7 @@ mod cluster_state;
 mod committer;
 pub(crate) mod failpoint;
 mod fault;
+mod idempotency;
 pub(crate) mod keyring;
 pub(crate) mod keys;
 pub(crate) mod merkle;
@@ -167,6 +168,8 @@ struct Shared {
     record_hashes: Mutex<Option<merkle::RecordHashFeed>>,
     /// The segment log and its heads, for a store on [`WritePath::Log`].
     log: Option<logstore::LogParts>,
+    /// Which sled entry holds each stored idempotency key's record (see `idempotency`).
+    idempotency: std::sync::OnceLock<Mutex<idempotency::IdempotencyIndex>>,
     /// Fault injection: while set, the syncer waits before each sync.
     #[cfg(feature = "fault-injection")]
     pub(crate) syncs_held: AtomicBool,
@@ -261,6 +264,7 @@ impl Shared {
             private_copy: None,
             keyring: keyring::Keyring::default(),
             record_hashes: Mutex::new(None),
+            idempotency: std::sync::OnceLock::new(),
             #[cfg(feature = "fault-injection")]
             syncs_held: AtomicBool::new(false),
             #[cfg(feature = "fault-injection")]
@@ -789,6 +793,9 @@ impl JournalWriter {
             None => last_global_position(&db).map_err(storage)? + 1,
         };
         let shared = Shared::new(db.clone(), dir.clone(), log);
+        // Before the committer starts: every group it writes is added to a built index.
+        let index = idempotency::IdempotencyIndex::build(&db).map_err(storage)?;
+        let _ = shared.idempotency.set(Mutex::new(index));
         *shared.writer_lock.lock().unwrap_or_else(|e| e.into_inner()) = lock_marker(&dir);
         // What sled recovered at open is what survived: the watermark starts there.
         shared.mark_durable(next_global - 1);
@@ -1022,59 +1029,6 @@ impl JournalWriter {
                 .map_err(key_lookup_error)?;
         }
         Ok(total)
-    }
-
-    /// Removes up to `limit` idempotency records recorded before `before_micros`, oldest
-    /// first; returns how many it removed. Like snapshot writes, not part of a command's
-    /// batch and not synced: a sweep lost in a crash is simply done again. A record that a
-    /// newer command with the same key replaced meanwhile is kept: the removal is a
-    /// compare-and-swap against the value the sweep read.
-    pub(crate) fn sweep_idempotency(
-        &self,
-        before_micros: i64,
-        limit: usize,
-    ) -> Result<usize, StorageError> {
-        self.shared.check_writable()?;
-        failpoint::check(failpoint::IDEMPOTENCY_SWEEP)?;
-        let db = self.shared.db()?;
-        let end = {
-            let mut k = vec![keys::IDEMPOTENCY_BY_TIME];
-            k.extend_from_slice(&keys::time_key_part(before_micros));
-            k
-        };
-        // Whole entries, oldest first, until they name `limit` keys (a group entry names up
-        // to `keys::IDEMPOTENCY_GROUP_KEYS_MAX`).
-        // Each entry's key and the (recorded_at, `i` key) pairs it lists.
-        type Listed = Vec<(i64, Vec<u8>)>;
-        let mut old: Vec<(sled::IVec, Listed)> = Vec::new();
-        let mut named = 0;
-        for entry in db.range(vec![keys::IDEMPOTENCY_BY_TIME]..end) {
-            if named >= limit {
-                break;
-            }
-            let (key, value) = entry?;
-            let listed = keys::parse_idempotency_sweep_entry(&key, &value).unwrap_or_default();
-            named += listed.len().max(1);
-            old.push((key, listed));
-        }
-        let mut removed = 0;
-        for (by_time, listed) in old {
-            // A malformed entry is removed and counted as one, as before group entries.
-            removed += usize::from(listed.is_empty());
-            for (at, key) in listed {
-                if let Some(value) = db.get(&key)? {
-                    let same = keys::IdempotencyRecord::decode(&value)
-                        .is_some_and(|r| r.recorded_at_micros == at);
-                    if same {
-                        // Err(CompareAndSwapError): replaced meanwhile; keep the new one.
-                        let _ = db.compare_and_swap(&key, Some(value), None::<&[u8]>)?;
-                    }
-                }
-                removed += 1;
-            }
-            db.remove(by_time)?;
-        }
-        Ok(removed)
     }
 
     /// Deletes all but the newest `keep` snapshots of a stream, each with its parts in one
@@ -1842,88 +1796,6 @@ impl Journal {
             .take(limit)
             .map(|entry| parse_timer_entry(entry?))
             .collect()
-    }
-
-    /// The idempotency record of `key` for an aggregate type, if one is stored.
-    pub(crate) fn idempotency_record(
-        &self,
-        aggregate_type: &str,
-        key: &uuid::Uuid,
-    ) -> Result<Option<keys::IdempotencyRecord>, StorageError> {
-        let db = self.shared.db()?;
-        let Some(value) = db.get(keys::idempotency_key(aggregate_type, key))? else {
-            return Ok(None);
-        };
-        let record = keys::IdempotencyRecord::decode(&value).ok_or_else(|| {
-            StorageError::corrupt_store(Corruption::MalformedKey {
-                keyspace: "idempotency",
-            })
-        })?;
-        // On the segment log in buffered mode a power cut can keep sled's copy of a record
-        // whose frame was lost (sled writes its buffer whenever it likes, and buffered mode
-        // applies a group's writes before the log's sync): a record naming events the stream
-        // does not have was never kept, and the command is decided afresh. (Durable mode
-        // applies them after the sync; the sled layout writes both in one batch.)
-        // The stream may have moved on since, with other commands' events at those
-        // sequences: the first one must carry the command's decide time, which the record
-        // holds too.
-        if let (Some(log), true) = (&self.shared.log, record.count > 0) {
-            let stream = StreamId::new(aggregate_type, record.aggregate_id.as_str());
-            let last = record.first_sequence + u64::from(record.count) - 1;
-            let kept = log.head(&db, &stream)?.sequence >= last && {
-                let first =
-                    log.read_stream(&db, &stream, record.first_sequence, record.first_sequence)?;
-                first.first().is_some_and(|(_, bytes)| {
-                    record::RecordView::check(bytes)
-                        .is_ok_and(|v| v.timestamp_micros == record.recorded_at_micros)
-                })
-            };
-            if !kept {
-                tracing::warn!(
-                    %stream,
-                    %key,
-                    "an idempotency record names events the log does not hold (a buffered \
-                     command lost in a crash): ignored"
-                );
-                return Ok(None);
-            }
-        }
-        Ok(Some(record))
-    }
-
-    /// The idempotency keys stored for one aggregate instance (within or past the retention
-    /// window; the sweep removes old ones), with when they were recorded and how many
-    /// events their command committed from which sequence. Scans the keys of the type.
-    pub fn idempotency_keys(
-        &self,
-        stream: &StreamId,
-    ) -> Result<Vec<IdempotencyEntry>, StorageError> {
-        let db = self.shared.db()?;
-        let t = stream.aggregate_type.as_bytes();
-        let mut prefix = vec![keys::IDEMPOTENCY, t.len() as u8];
-        prefix.extend_from_slice(t);
-        let mut out = Vec::new();
-        for entry in db.scan_prefix(&prefix) {
-            let (key, value) = entry?;
-            let malformed = || {
-                StorageError::corrupt_store(Corruption::MalformedKey {
-                    keyspace: "idempotency",
-                })
-            };
-            let record = keys::IdempotencyRecord::decode(&value).ok_or_else(malformed)?;
-            if record.aggregate_id != stream.aggregate_id {
-                continue;
-            }
-            let raw: [u8; 16] = key[prefix.len()..].try_into().map_err(|_| malformed())?;
-            out.push(IdempotencyEntry {
-                key: uuid::Uuid::from_bytes(raw),
-                recorded_at: micros_to_time(record.recorded_at_micros),
-                first_sequence: record.first_sequence,
-                events: record.count,
-            });
-        }
-        out.sort_by_key(|e| e.recorded_at);
-        Ok(out)
     }
 
     /// Every stream (optionally of one aggregate type) with its last sequence, in key order.
@@ -2709,94 +2581,4 @@ pub struct JournalStats {
     pub snapshot_bytes: u64,
     pub last_global_position: u64,
     pub disk_bytes: u64,
-}
-
-#[cfg(test)]
-mod sweep_tests {
-    //! The idempotency sweep reads both forms of `I` entries: the one-key entries of stores
-    //! written before group entries, and the group entries the committer writes now (one per
-    //! group commit), and keeps a key that a newer command recorded again.
-
-    use super::*;
-
-    fn record(at: i64) -> keys::IdempotencyRecord {
-        keys::IdempotencyRecord {
-            recorded_at_micros: at,
-            digest: [0; 32],
-            aggregate_id: "a".into(),
-            first_sequence: 1,
-            count: 0,
-        }
-    }
-
-    /// What the entity writes for a key recorded at `at`: the `i` record and a one-key `I`
-    /// entry, which the committer folds into its group entry.
-    fn recorded(key: u128, at: i64) -> [WriteOp; 2] {
-        let key = uuid::Uuid::from_u128(key);
-        [
-            WriteOp::Put {
-                key: keys::idempotency_key("T", &key),
-                value: record(at).encode(),
-            },
-            WriteOp::Put {
-                key: keys::idempotency_by_time_key(at, "T", &key),
-                value: Vec::new(),
-            },
-        ]
-    }
-
-    fn count(db: &sled::Db, tag: u8) -> usize {
-        db.scan_prefix([tag]).count()
-    }
-
-    #[test]
-    fn the_sweep_reads_one_key_and_group_entries_and_keeps_what_was_recorded_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = JournalConfig {
-            durability: Durability::Buffered {
-                flush_every_ms: 1000,
-            },
-            ..JournalConfig::default()
-        };
-        let writer = JournalWriter::open(dir.path(), config).unwrap();
-        let db = writer.shared.db().unwrap();
-        // A one-key entry as stores written before group entries hold it.
-        for op in recorded(1, 10) {
-            if let WriteOp::Put { key, value } = op {
-                db.insert(key, value).unwrap();
-            }
-        }
-        // Two keys in one request (one group): one group entry.
-        let stream = StreamId::new("T", "a");
-        let mut request = AppendRequest::new(stream.clone(), 0, Vec::new());
-        request.extra_writes = recorded(2, 20).into_iter().chain(recorded(3, 30)).collect();
-        writer.append_blocking(request).unwrap();
-        assert_eq!(count(&db, keys::IDEMPOTENCY), 3);
-        assert_eq!(
-            count(&db, keys::IDEMPOTENCY_BY_TIME),
-            2,
-            "the old entry and one group"
-        );
-
-        // Before 25: the old entry only (the group entry carries its latest time, 30).
-        assert_eq!(writer.sweep_idempotency(25, 100).unwrap(), 1);
-        assert_eq!(count(&db, keys::IDEMPOTENCY), 2);
-        // Key 2 recorded again at 40 (its window had ended): the group of 30 lists it at 20,
-        // so its sweep leaves the newer record alone.
-        let mut again = AppendRequest::new(stream, 0, Vec::new());
-        again.extra_writes = recorded(2, 40).to_vec();
-        writer.append_blocking(again).unwrap();
-        assert_eq!(writer.sweep_idempotency(31, 100).unwrap(), 2);
-        let left: Vec<_> = db
-            .scan_prefix([keys::IDEMPOTENCY])
-            .map(|e| keys::IdempotencyRecord::decode(&e.unwrap().1).unwrap())
-            .collect();
-        assert_eq!(left, vec![record(40)]);
-        assert_eq!(count(&db, keys::IDEMPOTENCY_BY_TIME), 1);
-        assert_eq!(writer.sweep_idempotency(41, 100).unwrap(), 1);
-        assert_eq!(count(&db, keys::IDEMPOTENCY), 0);
-        assert_eq!(count(&db, keys::IDEMPOTENCY_BY_TIME), 0);
-        drop(db);
-        writer.close().unwrap();
-    }
 }
