@@ -314,13 +314,7 @@ async fn an_idempotency_record_without_its_events_is_not_a_repeat() {
                 1,
                 1,
             ),
-            keyspace_writes::idempotency(
-                &stream,
-                &Uuid::from_u128(4),
-                recorded_at,
-                3,
-                0,
-            ),
+            keyspace_writes::idempotency(&stream, &Uuid::from_u128(4), recorded_at, 3, 0),
             keyspace_writes::idempotency(
                 &stream,
                 &Uuid::from_u128(5),
