@@ -1,7 +1,10 @@
 //! A store on the segment log ([`super::WritePath::Log`], the default for new stores;
 //! docs/design.md, "The next write path"): the log holds the records, sled the stream heads (checkpointed by
 //! [`LogIndex`]) and every keyspace the frames' writes go to (timers, idempotency records,
-//! keys, cluster positions), which the syncer applies after the frame's `fdatasync`.
+//! keys, cluster positions), which the syncer applies after the frame's `fdatasync` (all but
+//! a durable group's idempotency entries, which the committer applies as soon as it has
+//! written the frame, each record checked against the log when it is read: see
+//! `idempotency`).
 //!
 //! Why after: a write applied to sled before its frame is durable could reach the disk
 //! (sled writes a full buffer to its file whenever it likes) while the frame does not, and

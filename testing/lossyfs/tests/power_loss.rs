@@ -1483,7 +1483,8 @@ fn the_checks_see_each_kind_of_loss() {
             .open()
             .await
             .unwrap();
-        assert!(engine.sweep_idempotency_keys().await.unwrap() > 0);
+        // (The scheduler's first pass may have swept them already.)
+        engine.sweep_idempotency_keys().await.unwrap();
         engine.shutdown().await.unwrap();
     });
     expect(
