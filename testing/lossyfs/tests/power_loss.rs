@@ -368,11 +368,7 @@ fn power_loss_child_writer() {
     let clock = FastClock {
         epoch: DateTime::from_timestamp_micros(epoch).unwrap(),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async move {
         let engine = Engine::builder(&dir)
             .register::<Ledger>()
@@ -865,11 +861,7 @@ fn check_reopened(
     let now = earliest_deadline
         .map(|d| d - TimeDelta::microseconds(1))
         .map_or(Utc::now(), |d| d.min(Utc::now()));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let opened = tokio::time::timeout(
             Duration::from_millis(REOPEN_MS_MAX),
@@ -1469,11 +1461,7 @@ fn the_checks_see_each_kind_of_loss() {
     // Every idempotency record swept (an engine whose retention is zero): the repeats are
     // decided afresh and write, which a repeat must not. (A record written again with an
     // older time would not do: the newest record of a key answers.)
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let engine = Engine::builder(&store)
             .register::<Ledger>()
@@ -1569,4 +1557,13 @@ fn check_dumped_store() {
     check(Path::new(&dir), &acked, &mut report);
     print_losses(0, &report);
     assert!(report.losses.is_empty(), "{} losses", report.losses.len());
+}
+
+/// A runtime of two workers, as the child and the checks run engines.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
