@@ -260,7 +260,9 @@ impl Journal {
                 };
                 let records =
                     keys::parse_idempotency_records_entry(&value).ok_or_else(malformed)?;
-                match records.iter().find(|(k, _)| *k == i_key) {
+                // The last one: a group that recorded a key twice (raw writes can) holds
+                // the newer record last.
+                match records.iter().rev().find(|(k, _)| *k == i_key) {
                     Some((_, r)) => keys::IdempotencyRecord::decode(r).ok_or_else(malformed)?,
                     None => return Ok(None),
                 }

@@ -182,9 +182,9 @@ pub fn parse_idempotency_key(key: &[u8]) -> Option<(&[u8], [u8; 16])> {
 }
 
 /// The group entry (format 2) of records that one group commit recorded: `(i key, record)`
-/// pairs, each record an [`IdempotencyRecord`] encoding. Its key has the form of
-/// [`idempotency_group_entry`]'s (`recorded_at` the latest of the records', then the first
-/// key), so the sweep meets both formats in time order. The value, integers little-endian:
+/// pairs, each record an [`IdempotencyRecord`] encoding. Its key has the form of a format-1
+/// entry's (`recorded_at` the latest of the records', 0x00, then the first key), so the sweep
+/// meets both formats in time order. The value, integers little-endian:
 ///
 /// ```text
 /// [0]   format = 2
