@@ -53,7 +53,8 @@
 //! the segment log).
 //!
 //! For profiling the command path: `EVERSHARD_BENCH_ONLY=engine` stops after (1);
-//! `EVERSHARD_BENCH_KEYED=1` gives (1) a fresh idempotency key per command.
+//! `EVERSHARD_BENCH_KEYED=1` gives (1) a fresh idempotency key per command;
+//! `EVERSHARD_BENCH_TOPICS=1` gives (1) the topic indexer and a live consumer group.
 //!
 //! Note: this bench uses sled directly for the baseline only; the product touches sled solely
 //! in `engine::journal`.
@@ -1030,6 +1031,8 @@ fn main() {
     // `EVERSHARD_BENCH_KEYED=1` gives this first run a fresh idempotency key per command (to
     // profile the keyed path alone, with `EVERSHARD_BENCH_ONLY=engine`).
     let keyed_first = std::env::var("EVERSHARD_BENCH_KEYED").as_deref() == Ok("1");
+    // `EVERSHARD_BENCH_TOPICS=1`: the same, with the topic indexer and a live consumer group.
+    let topics_first = std::env::var("EVERSHARD_BENCH_TOPICS").as_deref() == Ok("1");
     let cpu_before = process_cpu();
     let run = rt.block_on(evershard_durable(
         &tmp.path().join("evershard"),
@@ -1039,6 +1042,7 @@ fn main() {
         seed,
         Extras {
             keyed: keyed_first,
+            topics: topics_first,
             ..Extras::plain()
         },
     ));

@@ -1202,7 +1202,13 @@ impl Committer {
         parts
             .lock_index()
             .note_committed(frame.end_position(), heads);
-        Ok((frame.writes, writes_cursor))
+        let Frame {
+            first_position,
+            records,
+            writes,
+        } = frame;
+        parts.note_written(first_position, records, writes_cursor);
+        Ok((writes, writes_cursor))
     }
 
     fn publish(&mut self, staged: HashMap<StreamId, CommitHead>, next_global: u64) {

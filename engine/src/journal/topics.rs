@@ -174,18 +174,17 @@ impl Journal {
         for entry in self.shared.db()?.scan_prefix([TOPIC_CONFIG]) {
             let (key, value) = entry?;
             let name = std::str::from_utf8(&key[1..]).map_err(|_| malformed("topic config"))?;
-            match value.as_ref() {
-                [1, p0, p1, p2, p3, format] => out.push((
-                    name.to_owned(),
-                    StoredTopic {
-                        partitions: u32::from_le_bytes([*p0, *p1, *p2, *p3]),
-                        format: *format,
-                    },
-                )),
-                _ => return Err(malformed("topic config")),
-            }
+            out.push((name.to_owned(), parse_config(&value)?));
         }
         Ok(out)
+    }
+
+    /// One topic's stored configuration (a point read: a consumer asks on every poll).
+    pub(crate) fn stored_topic(&self, topic: &str) -> Result<Option<StoredTopic>, StorageError> {
+        match self.shared.db()?.get(config_key(topic))? {
+            Some(value) => Ok(Some(parse_config(&value)?)),
+            None => Ok(None),
+        }
     }
 
     /// The next offset of a partition: the end of its last index entry (0 when empty).
@@ -515,6 +514,17 @@ impl JournalWriter {
         }
         self.put_batch(keyed)?;
         self.sync()
+    }
+}
+
+/// Reads a value of [`config_value`].
+fn parse_config(value: &[u8]) -> Result<StoredTopic, StorageError> {
+    match value {
+        [1, p0, p1, p2, p3, format] => Ok(StoredTopic {
+            partitions: u32::from_le_bytes([*p0, *p1, *p2, *p3]),
+            format: *format,
+        }),
+        _ => Err(malformed("topic config")),
     }
 }
 

@@ -135,8 +135,8 @@ impl TopicsRuntime {
 
     /// Partitions of a topic: stored, or what the indexer will create it with.
     pub(crate) fn partitions(&self, topic: &str) -> Result<u32, TopicError> {
-        match self.log.topic(topic) {
-            Ok(info) => Ok(info.partitions),
+        match self.log.stored_topic(topic) {
+            Ok(stored) => Ok(stored.partitions),
             Err(TopicError::UnknownTopic { .. }) => Ok(self
                 .catalog
                 .configured_topics()
@@ -390,7 +390,7 @@ impl Consumer {
     /// partition in offset order). Does not wait.
     pub fn try_poll(&mut self, max: usize) -> Result<Vec<Message>, TopicError> {
         self.refresh()?;
-        if self.positions.is_empty() || max == 0 || self.rt.log.topic(&self.topic).is_err() {
+        if self.positions.is_empty() || max == 0 || self.rt.log.stored_topic(&self.topic).is_err() {
             return Ok(Vec::new());
         }
         let partitions: Vec<u32> = self.positions.keys().copied().collect();

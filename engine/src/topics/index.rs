@@ -336,6 +336,8 @@ impl Follow for Worker {
     type Error = TopicError;
     const NAME: &'static str = "evershard-topic-indexer";
     const BATCH_EVENTS_MAX: u64 = INDEX_BATCH_EVENTS_MAX;
+    const STEP_EVENTS_MIN: u64 = 4096;
+    const STEP_WAIT_MS: u64 = 5;
 
     fn covered(&self) -> u64 {
         self.cursor

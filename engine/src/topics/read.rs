@@ -119,15 +119,20 @@ impl TopicLog {
         Ok(topics)
     }
 
+    /// One topic's stored configuration, or `UnknownTopic` (no end offsets read).
+    pub(crate) fn stored_topic(&self, name: &str) -> Result<StoredTopic, TopicError> {
+        let stored = match self.journal.stored_topic(name)? {
+            Some(t) => Some(t),
+            None => self.tail.topics.get(name).copied(),
+        };
+        stored.ok_or_else(|| TopicError::UnknownTopic {
+            topic: name.to_owned(),
+        })
+    }
+
     /// One topic's configuration, or `UnknownTopic`.
     pub fn topic(&self, name: &str) -> Result<TopicInfo, TopicError> {
-        let stored =
-            self.stored_topics()?
-                .get(name)
-                .copied()
-                .ok_or_else(|| TopicError::UnknownTopic {
-                    topic: name.to_owned(),
-                })?;
+        let stored = self.stored_topic(name)?;
         self.info(name, stored)
     }
 
@@ -175,13 +180,7 @@ impl TopicLog {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let info =
-            self.stored_topics()?
-                .get(topic)
-                .copied()
-                .ok_or_else(|| TopicError::UnknownTopic {
-                    topic: topic.to_owned(),
-                })?;
+        let info = self.stored_topic(topic)?;
         if partition >= info.partitions {
             return Err(TopicError::UnknownPartition {
                 topic: topic.to_owned(),
