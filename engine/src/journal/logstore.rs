@@ -111,11 +111,13 @@ pub(super) struct LogParts {
 }
 
 /// The newest frames of records, oldest first: their positions are consecutive.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct TailFrames {
     frames: VecDeque<Arc<CachedFrame>>,
     /// Bytes the frames hold (records and their bookkeeping).
     bytes: usize,
+    /// The bound on `bytes` past which the oldest frames go ([`TAIL_BYTES_MAX`]).
+    bytes_max: usize,
 }
 
 /// Bytes of record frames [`LogParts::note_written`] keeps at most: at the bench's rate
@@ -126,6 +128,14 @@ const TAIL_BYTES_MAX: usize = 16 << 20;
 const TAIL_RECORD_OVERHEAD_BYTES: usize = 32;
 
 impl TailFrames {
+    fn new(bytes_max: usize) -> TailFrames {
+        TailFrames {
+            frames: VecDeque::new(),
+            bytes: 0,
+            bytes_max,
+        }
+    }
+
     /// The cached frame holding `position`, if the tail covers it.
     fn holding(&self, position: u64) -> Option<Arc<CachedFrame>> {
         let first = self.frames.front()?.frame.first_position;
@@ -154,7 +164,7 @@ impl TailFrames {
         }
         self.bytes += c.held_bytes();
         self.frames.push_back(Arc::new(c));
-        while self.bytes > TAIL_BYTES_MAX && self.frames.len() > 1 {
+        while self.bytes > self.bytes_max && self.frames.len() > 1 {
             let old = self.frames.pop_front().expect("more than one frame");
             self.bytes -= old.held_bytes();
         }
@@ -236,7 +246,7 @@ impl LogParts {
             log: RwLock::new(log),
             index: Mutex::new(index),
             recent_frames: Mutex::new(VecDeque::new()),
-            tail: Mutex::new(TailFrames::default()),
+            tail: Mutex::new(TailFrames::new(TAIL_BYTES_MAX)),
         }
     }
 
@@ -488,7 +498,7 @@ impl LogParts {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        *self.tail.lock().unwrap_or_else(|e| e.into_inner()) = TailFrames::default();
+        *self.tail.lock().unwrap_or_else(|e| e.into_inner()) = TailFrames::new(TAIL_BYTES_MAX);
     }
 
     /// Calls `f(position, bytes)` for the records at positions `from..=to`, in order
@@ -551,5 +561,71 @@ impl LogParts {
                 .sum::<u64>();
         }
         Ok((events, bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The log's tail in memory answers exactly the positions it holds, keeps its positions
+    //! consecutive, and stays within its bound.
+    use super::*;
+
+    /// A frame of `records` records of `bytes` bytes each from `first_position`, whose
+    /// records name their position in their first byte.
+    fn frame(first_position: u64, records: usize, bytes: usize) -> CachedFrame {
+        let records = (0..records)
+            .map(|i| FrameRecord {
+                previous_address: 0,
+                bytes: vec![(first_position + i as u64) as u8; bytes],
+            })
+            .collect();
+        CachedFrame {
+            frame: Frame {
+                first_position,
+                records,
+                writes: Vec::new(),
+            },
+            next: 0,
+        }
+    }
+
+    #[test]
+    fn the_tail_answers_the_positions_it_holds_and_drops_the_oldest_past_its_bound() {
+        // Frames of 3 records of 68 bytes: 300 bytes each with the bookkeeping.
+        let mut tail = TailFrames::new(900);
+        assert!(tail.holding(1).is_none(), "an empty tail holds nothing");
+        for first in [1, 4, 7] {
+            tail.push(frame(first, 3, 68));
+        }
+        for position in 1..10u64 {
+            let c = tail.holding(position).expect("held");
+            let i = (position - c.frame.first_position) as usize;
+            assert_eq!(c.frame.records[i].bytes[0], position as u8);
+        }
+        assert!(tail.holding(0).is_none() && tail.holding(10).is_none());
+        // A fourth frame passes the bound: the oldest goes.
+        tail.push(frame(10, 3, 68));
+        assert_eq!(tail.bytes, 900);
+        assert!(tail.holding(3).is_none(), "the oldest frame was dropped");
+        assert_eq!(tail.holding(4).expect("held").frame.first_position, 4);
+        assert_eq!(tail.holding(12).expect("held").frame.first_position, 10);
+        // A frame larger than the bound is still kept, alone.
+        tail.push(frame(13, 10, 200));
+        assert_eq!(tail.frames.len(), 1);
+        assert!(tail.holding(12).is_none());
+        assert_eq!(tail.holding(22).expect("held").frame.first_position, 13);
+    }
+
+    #[test]
+    fn a_frame_that_does_not_follow_the_newest_starts_the_tail_again() {
+        let mut tail = TailFrames::new(1 << 20);
+        tail.push(frame(1, 2, 10));
+        tail.push(frame(3, 2, 10));
+        // Positions 5..=6 missing: a reader must not be told 7 follows 4.
+        tail.push(frame(7, 2, 10));
+        assert_eq!(tail.frames.len(), 1);
+        assert!(tail.holding(4).is_none());
+        assert_eq!(tail.holding(8).expect("held").frame.records[1].bytes[0], 8);
+        assert_eq!(tail.bytes, 2 * (10 + TAIL_RECORD_OVERHEAD_BYTES));
     }
 }
