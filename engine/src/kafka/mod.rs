@@ -17,6 +17,7 @@ pub use config::{KafkaConfig, Sasl, SaslMechanism};
 use crate::engine::Engine;
 use crate::error::StorageError;
 use crate::journal::JournalWriter;
+use crate::topics::read::ReadState;
 use crate::topics::render::HEADER_NAMES;
 use crate::topics::{Message, TopicError, TopicLog, DLQ_TOPIC};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -391,6 +392,8 @@ struct Task {
     /// Topics verified or created on the cluster: name -> partitions.
     ready_topics: HashMap<String, u32>,
     parts: BTreeMap<(String, u32), PartState>,
+    /// What the reads of each topic learned, for its next read (`TopicLog::read_with`).
+    read_states: HashMap<String, ReadState>,
 }
 
 fn client_error(config: &KafkaConfig, e: impl std::fmt::Display) -> KafkaError {
@@ -426,6 +429,7 @@ impl Task {
             producer: None,
             ready_topics: HashMap::new(),
             parts,
+            read_states: HashMap::new(),
         })
     }
 
@@ -897,6 +901,7 @@ impl Task {
             producer: None,
             ready_topics: HashMap::new(),
             parts: BTreeMap::new(),
+            read_states: HashMap::new(),
         }
     }
 
@@ -913,7 +918,10 @@ impl Task {
                 if self.log.end_offset(&topic, p)? <= next {
                     continue;
                 }
-                let messages = self.log.read(&topic, p, next, self.config.batch_max)?;
+                let mut messages = Vec::new();
+                let state = self.read_states.entry(topic.clone()).or_default();
+                self.log
+                    .read_with(state, &topic, p, next, self.config.batch_max, &mut messages)?;
                 if !messages.is_empty() {
                     out.push((key, messages));
                 }

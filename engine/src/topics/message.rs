@@ -173,7 +173,7 @@ pub(crate) struct MessageMeta {
 }
 
 /// Builds messages into shared blocks of [`ARENA_BLOCK_BYTES`]: one allocation per block,
-/// none per message. One per read.
+/// none per message. One per read, or per consumer across its reads.
 #[derive(Debug)]
 pub(crate) struct MessageArena {
     topic: Arc<str>,
@@ -194,6 +194,11 @@ impl MessageArena {
             present: 0,
             valued: 0,
         }
+    }
+
+    /// The topic its messages name.
+    pub(crate) fn topic(&self) -> &str {
+        &self.topic
     }
 
     /// Starts a message of about `bytes` bytes (value, key and headers): a fresh block when

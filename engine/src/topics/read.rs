@@ -177,8 +177,34 @@ impl TopicLog {
         from_offset: u64,
         max: usize,
     ) -> Result<Vec<Message>, TopicError> {
-        if max == 0 {
-            return Ok(Vec::new());
+        let mut out = Vec::new();
+        self.read_with(
+            &mut ReadState::default(),
+            topic,
+            partition,
+            from_offset,
+            max,
+            &mut out,
+        )?;
+        Ok(out)
+    }
+
+    /// [`TopicLog::read`] for a reader that reads again and again (a consumer): appends to
+    /// `out`, and keeps in `state` what it learned (the transcoder's verdict on each payload
+    /// shape, the arena block it fills) for its next read. A fresh state per read checked
+    /// every shape against the typed path again on every read of every partition.
+    pub(crate) fn read_with(
+        &self,
+        state: &mut ReadState,
+        topic: &str,
+        partition: u32,
+        from_offset: u64,
+        max: usize,
+        out: &mut Vec<Message>,
+    ) -> Result<(), TopicError> {
+        let max = out.len() + max;
+        if out.len() == max {
+            return Ok(());
         }
         let info = self.stored_topic(topic)?;
         if partition >= info.partitions {
@@ -188,7 +214,9 @@ impl TopicLog {
             });
         }
         let format = WireFormat::from_code(info.format).unwrap_or(WireFormat::Catalog);
-        let mut out = Vec::new();
+        if state.arena.as_ref().is_none_or(|a| a.topic() != topic) {
+            state.arena = Some(MessageArena::new(topic));
+        }
         let mut reader = RunReader {
             log: self,
             topic,
@@ -196,15 +224,15 @@ impl TopicLog {
             format,
             from: from_offset,
             max,
-            out: &mut out,
-            scratch: Vec::with_capacity(4096),
-            arena: MessageArena::new(topic),
-            transcoder: Transcoder::default(),
+            out,
+            scratch: &mut state.scratch,
+            arena: state.arena.as_mut().expect("set above"),
+            transcoder: &mut state.transcoder,
         };
         for entry in self.journal.topic_entries(topic, partition, from_offset) {
             let (first, runs) = entry?;
             if reader.entry(first, &runs)? {
-                return Ok(out);
+                return Ok(());
             }
         }
         if let Some(entries) = self.tail.entries.get(&(topic.to_owned(), partition)) {
@@ -214,7 +242,7 @@ impl TopicLog {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The first offset of `(topic, partition)` whose message's timestamp is at or after
@@ -243,7 +271,26 @@ impl TopicLog {
     }
 }
 
-/// Walks index entries from an offset, rendering messages until `max`.
+/// What a reader keeps from one read to the next (see [`TopicLog::read_with`]).
+#[derive(Default)]
+pub(crate) struct ReadState {
+    /// Where each message's value is rendered before it is copied into the arena.
+    scratch: Vec<u8>,
+    /// The blocks the messages are built in (see `super::message`), for one topic.
+    arena: Option<MessageArena>,
+    /// Writes payloads from their stored bytes where that is the typed bytes.
+    transcoder: Transcoder,
+}
+
+impl std::fmt::Debug for ReadState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadState")
+            .field("arena", &self.arena)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Walks index entries from an offset, rendering messages until `out` holds `max`.
 struct RunReader<'a> {
     log: &'a TopicLog,
     topic: &'a str,
@@ -252,12 +299,9 @@ struct RunReader<'a> {
     from: u64,
     max: usize,
     out: &'a mut Vec<Message>,
-    /// Where each message's value is rendered before it is copied into the arena.
-    scratch: Vec<u8>,
-    /// The blocks the messages are built in (see `super::message`).
-    arena: MessageArena,
-    /// Writes payloads from their stored bytes where that is the typed bytes.
-    transcoder: Transcoder,
+    scratch: &'a mut Vec<u8>,
+    arena: &'a mut MessageArena,
+    transcoder: &'a mut Transcoder,
 }
 
 impl RunReader<'_> {
@@ -289,9 +333,9 @@ impl RunReader<'_> {
             let redacted = self.log.catalog.redacts(topic);
             let journal = &self.log.journal;
             let out = &mut *self.out;
-            let scratch = &mut self.scratch;
-            let arena = &mut self.arena;
-            let transcoder = &mut self.transcoder;
+            let scratch = &mut *self.scratch;
+            let arena = &mut *self.arena;
+            let transcoder = &mut *self.transcoder;
             // One range scan per run; each record checked (CRC, place) and rendered from its
             // stored bytes in place: nothing is copied out of the journal but the message.
             self.log.journal.visit_run(

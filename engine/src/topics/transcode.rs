@@ -139,8 +139,8 @@ impl Template {
     }
 }
 
-/// Transcodes payloads for one reader (one per read: no locking); keeps the shapes' verdicts
-/// and templates.
+/// Transcodes payloads for one reader (one per read, or per consumer across its reads: no
+/// locking); keeps the shapes' verdicts and templates.
 #[derive(Default)]
 pub(crate) struct Transcoder {
     /// The current payload's shape.
