@@ -43,7 +43,12 @@ pub async fn open_loop(
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let mut sorted_us = Vec::with_capacity(total as usize);
+    // `EVERSHARD_BENCH_LATENCY_TRACE=1`: the worst latency of each 100 ms of the schedule,
+    // printed at the end, to place the stalls in time.
+    let trace = std::env::var("EVERSHARD_BENCH_LATENCY_TRACE").as_deref() == Ok("1");
+    let windows = std::sync::Arc::new(Windows::new(seconds));
     for i in 0..total {
+        let windows = windows.clone();
         let due = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due.into()).await;
         let engine = engine.clone();
@@ -53,7 +58,11 @@ pub async fn open_loop(
                 .execute::<ProductStock>(&id, ReceiveStock { quantity: 1 })
                 .await
                 .expect("a durable command");
-            due.elapsed().as_micros() as u64
+            let latency_us = due.elapsed().as_micros() as u64;
+            if trace {
+                windows.note(due - start, latency_us);
+            }
+            latency_us
         });
         // Reap what is done so the set does not grow with the run.
         while let Some(done) = tasks.try_join_next() {
@@ -64,9 +73,53 @@ pub async fn open_loop(
     let elapsed = start.elapsed();
     engine.shutdown().await.expect("shutdown");
     sorted_us.sort_unstable();
+    if trace {
+        windows.print();
+    }
     Latencies {
         sent: total,
         elapsed,
         sorted_us,
+    }
+}
+
+/// The worst latency per 100 ms window of the schedule.
+struct Windows(Vec<std::sync::atomic::AtomicU64>);
+
+impl Windows {
+    const WINDOW_MS: u64 = 100;
+
+    fn new(seconds: f64) -> Windows {
+        let n = (seconds * 1000.0 / Self::WINDOW_MS as f64).ceil() as usize + 1;
+        Windows(
+            (0..n)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        )
+    }
+
+    fn note(&self, at: Duration, latency_us: u64) {
+        let i = (at.as_millis() as u64 / Self::WINDOW_MS) as usize;
+        if let Some(w) = self.0.get(i) {
+            w.fetch_max(latency_us, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn print(&self) {
+        let worst: Vec<String> = self
+            .0
+            .iter()
+            .map(|w| {
+                format!(
+                    "{:.1}",
+                    w.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0
+                )
+            })
+            .collect();
+        println!(
+            "  worst latency (ms) per {} ms window: {}",
+            Self::WINDOW_MS,
+            worst.join(" ")
+        );
     }
 }

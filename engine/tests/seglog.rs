@@ -490,7 +490,7 @@ fn last_segment_used(dir: &Path) -> u64 {
 
 // ---- The index over the log (`LogIndex`): heads from frames, streams read backwards. ----
 
-use evershard_engine::seglog::{LogHead, LogIndex, LogIndexError};
+use evershard_engine::seglog::{stored_head, LogHead, LogIndex, LogIndexError};
 use evershard_engine::{AtRest, Record, StreamId};
 
 /// The stored bytes of event `sequence` of `stream` at `position`, chained to `prev_hash`.
@@ -592,8 +592,9 @@ fn write_events(
 fn assert_index_matches(index: &LogIndex, db: &sled::Db, log: &SegmentLog, model: &Model) {
     for (s, events) in &model.events {
         let (position, bytes) = events.last().unwrap();
+        let head = index.head(db, &stream(*s)).unwrap();
         assert_eq!(
-            index.head(db, &stream(*s)).unwrap(),
+            head,
             Some(LogHead {
                 sequence: events.len() as u64,
                 position: *position,
@@ -602,6 +603,13 @@ fn assert_index_matches(index: &LogIndex, db: &sled::Db, log: &SegmentLog, model
             }),
             "head of sku-{s}"
         );
+        // The lock-free way readers take: the index's moved head, else sled's.
+        let latest = index.latest_head(&stream(*s));
+        let split = match latest {
+            Some(h) => Some(h),
+            None => stored_head(db, &stream(*s)).unwrap(),
+        };
+        assert_eq!(split, head, "sku-{s} read as the index's or sled's head");
         assert_eq!(&index.read_stream(db, log, &stream(*s), 1).unwrap(), events);
         let from = 1 + events.len() as u64 / 2;
         assert_eq!(
@@ -718,7 +726,21 @@ fn a_checkpoint_written_while_heads_move_keeps_every_head_readable() {
     cut.write(&db).unwrap();
     assert_index_matches(&index, &db, &log, &model);
     assert_index_matches(&LogIndex::open(&db, &log).unwrap(), &db, &log, &model);
-    index.finish_checkpoint(cut);
+    // Finished as the checkpoint thread does: the cursor, then the heads forgotten a few at
+    // a time, frames moving heads in between.
+    let heads: Vec<_> = index.finish_checkpoint_cursor(cut).into_iter().collect();
+    for part in heads.chunks(5) {
+        index.forget_checkpointed(part.iter().cloned());
+        assert_index_matches(&index, &db, &log, &model);
+        write_events(
+            &mut log,
+            &mut index,
+            &db,
+            &mut model,
+            &mut rng,
+            (3, 12, never),
+        );
+    }
     assert_index_matches(&index, &db, &log, &model);
 
     // A crash in the middle of writing a cut (its heads go in one by one, the cursor last):

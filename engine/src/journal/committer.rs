@@ -1232,6 +1232,10 @@ fn write(batch: &mut sled::Batch, frame: &mut Frame, on_log: bool, op: WriteOp) 
     }
 }
 
+/// Heads a finished checkpoint forgets per hold of the index's lock (see
+/// `LogIndex::forget_checkpointed`).
+const CHECKPOINT_FORGET_HEADS_PER_LOCK: usize = 512;
+
 /// Writes a heads checkpoint's cut into sled (key by key, the cursor last), then the index
 /// forgets the heads sled now holds.
 fn write_checkpoint(
@@ -1241,7 +1245,14 @@ fn write_checkpoint(
 ) -> Result<(), StorageError> {
     let parts = shared.log.as_ref().expect("a store on the segment log");
     cut.write(db)?;
-    parts.lock_index().finish_checkpoint(cut);
+    let heads: Vec<_> = parts
+        .lock_index()
+        .finish_checkpoint_cursor(cut)
+        .into_iter()
+        .collect();
+    for part in heads.chunks(CHECKPOINT_FORGET_HEADS_PER_LOCK) {
+        parts.lock_index().forget_checkpointed(part.iter().cloned());
+    }
     Ok(())
 }
 

@@ -161,6 +161,13 @@ impl CheckpointCut {
     }
 }
 
+/// A stream's head as the last checkpoint wrote it (see [`LogIndex::latest_head`]).
+pub fn stored_head(db: &sled::Db, stream: &StreamId) -> Result<Option<LogHead>, LogIndexError> {
+    db.get(head_key(stream))?
+        .map(|v| LogHead::decode(&v))
+        .transpose()
+}
+
 /// The heads of a segment log's streams.
 #[derive(Debug)]
 pub struct LogIndex {
@@ -370,17 +377,39 @@ impl LogIndex {
     /// The cut is in sled: its cursor is the checkpointed one, and the heads no later frame
     /// moved are read from sled from now on.
     pub fn finish_checkpoint(&mut self, cut: CheckpointCut) {
+        let heads = self.finish_checkpoint_cursor(cut);
+        self.forget_checkpointed(heads);
+    }
+
+    /// The first half of [`Self::finish_checkpoint`]: the cut's cursor becomes the
+    /// checkpointed one; returns its heads, for [`Self::forget_checkpointed`].
+    pub fn finish_checkpoint_cursor(&mut self, cut: CheckpointCut) -> HashMap<Vec<u8>, LogHead> {
         assert!(
             cut.end >= self.checkpointed_end,
             "a checkpoint finished behind the one before it"
         );
         self.checkpointed_end = cut.end;
-        for (key, head) in cut.heads {
+        cut.heads
+    }
+
+    /// Forgets the heads of a finished checkpoint that no later frame moved (they are read
+    /// from sled from now on). Any part of them at a time: each head is forgotten on its
+    /// own, so a caller can let the index go between parts (10,000 at once held the lock
+    /// for milliseconds, and every reader and the syncer with it).
+    pub fn forget_checkpointed(&mut self, heads: impl IntoIterator<Item = (Vec<u8>, LogHead)>) {
+        for (key, head) in heads {
             // Heads only move forward (sequences grow), so an equal head is the one written.
             if self.latest.get(&key) == Some(&head) {
                 self.latest.remove(&key);
             }
         }
+    }
+
+    /// The stream's head if a frame moved it since the last checkpoint; `None` means it is
+    /// as sled holds it ([`stored_head`]). Reads no sled, so that a caller holding the
+    /// index's lock does not hold it through a sled read.
+    pub fn latest_head(&self, stream: &StreamId) -> Option<LogHead> {
+        self.latest.get(&head_key(stream)).copied()
     }
 
     /// The stream's head: moved since the last checkpoint, or as checkpointed.

@@ -291,7 +291,15 @@ impl LogParts {
         db: &sled::Db,
         stream: &StreamId,
     ) -> Result<Option<LogHead>, StorageError> {
-        Ok(self.lock_index().head(db, stream)?)
+        // Not `LogIndex::head`, which reads sled under the index's lock: a reader's sled
+        // read that took milliseconds held the syncer's acknowledgements with it. A head
+        // missing from the index cannot move into sled meanwhile (a checkpoint writes only
+        // heads the index holds), so sled's is the head as of the lookup.
+        let latest = self.lock_index().latest_head(stream);
+        match latest {
+            Some(head) => Ok(Some(head)),
+            None => Ok(logindex::stored_head(db, stream)?),
+        }
     }
 
     /// A stream's head as the journal reports it.
