@@ -663,14 +663,8 @@ fn heads_come_from_the_frames_and_streams_read_back_along_their_pointers() {
         mut index,
         mut model,
     } = index_fixture(dir.path(), "log");
-    write_events(
-        &mut log,
-        &mut index,
-        &db,
-        &mut model,
-        &mut rng,
-        (300, 20, 37),
-    );
+    let events = (300, 20, 37);
+    write_events(&mut log, &mut index, &db, &mut model, &mut rng, events);
     assert!(
         index.dirty_streams() > 0,
         "some heads moved after the last checkpoint"
@@ -702,26 +696,14 @@ fn a_checkpoint_written_while_heads_move_keeps_every_head_readable() {
         mut model,
     } = index_fixture(dir.path(), "log");
     let never = usize::MAX;
-    write_events(
-        &mut log,
-        &mut index,
-        &db,
-        &mut model,
-        &mut rng,
-        (80, 12, never),
-    );
+    let events = (80, 12, never);
+    write_events(&mut log, &mut index, &db, &mut model, &mut rng, events);
     // The syncer's way: take the cut, let frames move heads, write the cut without the
     // index, then finish. Heads stay readable at every step, and a reopen after each step
     // (a crash) rebuilds them.
     let cut = index.begin_checkpoint();
-    write_events(
-        &mut log,
-        &mut index,
-        &db,
-        &mut model,
-        &mut rng,
-        (40, 12, never),
-    );
+    let events = (40, 12, never);
+    write_events(&mut log, &mut index, &db, &mut model, &mut rng, events);
     assert_index_matches(&index, &db, &log, &model);
     cut.write(&db).unwrap();
     assert_index_matches(&index, &db, &log, &model);
@@ -732,14 +714,8 @@ fn a_checkpoint_written_while_heads_move_keeps_every_head_readable() {
     for part in heads.chunks(5) {
         index.forget_checkpointed(part.iter().cloned());
         assert_index_matches(&index, &db, &log, &model);
-        write_events(
-            &mut log,
-            &mut index,
-            &db,
-            &mut model,
-            &mut rng,
-            (3, 12, never),
-        );
+        let events = (3, 12, never);
+        write_events(&mut log, &mut index, &db, &mut model, &mut rng, events);
     }
     assert_index_matches(&index, &db, &log, &model);
 
