@@ -10,10 +10,11 @@
 //! (sled writes a full buffer to its file whenever it likes) while the frame does not, and
 //! a power cut would then leave an idempotency record or a timer of a command that never
 //! happened. Applied after, sled never runs ahead of the durable log, and what a crash took
-//! from sled is re-applied at open from the frames after `m | "log-writes"`, the address
-//! after the last frame whose writes sled holds (written after those writes, one key at a
-//! time: sled recovers a prefix of its log, so the cursor never survives a crash without
-//! them). Re-applying a frame's writes in log order gives what applying them did.
+//! from sled is re-applied at open from the frames after `m | "log-writes"`, an address
+//! every frame before which has its writes in sled (written after those writes, one key at
+//! a time: sled recovers a prefix of its log, so the cursor never survives a crash without
+//! them; it may lag behind frames that carried no write, and is current after a clean
+//! shutdown). Re-applying a frame's writes in log order gives what applying them did.
 //!
 //! ```text
 //! m | "write-path"    "log" for a store on the segment log (absent: the sled layout)
