@@ -276,6 +276,50 @@ fn sled_writes_lost_in_a_crash_are_reapplied_from_the_log() {
     assert_eq!(timers(&read_only), CHILD_GROUPS);
 }
 
+/// `m | "log-writes"` is not written for frames that carried no sled write until it lags
+/// 16 MiB, so that it stays off the acknowledgement path: a clean close still writes it, and
+/// a reader then opens the store in place, with nothing to re-apply.
+#[test]
+fn a_closed_store_has_no_writes_pending_after_groups_without_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let durable = || JournalConfig {
+        durability: Durability::Durable,
+        ..config(WritePath::Log)
+    };
+    let journal = JournalWriter::open(dir.path(), durable()).unwrap();
+    // A group with a timer (its writes applied, the cursor due), then many with none.
+    let first = StreamId::new("Thing", "t0");
+    let mut request = AppendRequest::new(first.clone(), 0, vec![event(1)]);
+    request.extra_writes = timer_entry(&first, 1_800_000_000_000_000);
+    journal.append_blocking(request).unwrap();
+    for i in 1..200u64 {
+        let stream = StreamId::new("Thing", format!("t{i}"));
+        journal
+            .append_blocking(AppendRequest::new(stream, 0, vec![event(i + 1)]))
+            .unwrap();
+    }
+    journal.close().unwrap();
+    let read_only = Journal::open_read_only(dir.path()).unwrap();
+    assert!(
+        !read_only.reads_a_private_copy(),
+        "the close left frames whose writes sled is not known to hold"
+    );
+    assert!(read_only.timer(&first).unwrap().is_some());
+    assert_eq!(
+        read_only
+            .head(&StreamId::new("Thing", "t199"))
+            .unwrap()
+            .sequence,
+        1
+    );
+    drop(read_only);
+    // And the writer opens it with everything where it was.
+    let journal = JournalWriter::open(dir.path(), durable()).unwrap();
+    assert_eq!(journal.timers(None).count(), 1);
+    assert!(journal.verify().is_clean());
+    journal.close().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_record_without_its_events_is_not_a_repeat() {
     let dir = tempfile::tempdir().unwrap();
