@@ -34,7 +34,8 @@ pub(crate) trait Follow: Send + 'static {
     const STEP_WAIT_MS: u64 = 0;
     /// The last global position covered.
     fn covered(&self) -> u64;
-    /// Covers `covered() + 1 ..= to` (one atomic write) and publishes the progress.
+    /// Covers `covered() + 1 ..= to` (durably committed by one write: a batch, or a cursor
+    /// written after the rest) and publishes the progress.
     fn step(&mut self, writer: &JournalWriter, to: u64) -> Result<(), Self::Error>;
     /// After a failed step: undoes what the step may have half-done in memory. True when the
     /// error means the journal is gone, so the thread stops.

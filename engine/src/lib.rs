@@ -262,6 +262,6 @@ pub mod keyspace_writes {
 pub mod failpoints {
     pub use crate::journal::failpoint::{
         ALL, APPLY_BATCH, BLOB_SYNC, COMMIT_OFFSETS, FDATASYNC, FLUSH, IDEMPOTENCY_SWEEP,
-        SNAPSHOT_WRITE, TOPIC_BATCH,
+        SNAPSHOT_WRITE, TOPIC_BATCH, TOPIC_BATCH_CURSOR,
     };
 }

@@ -14,7 +14,8 @@
 //! - a failed or panicking snapshot write does not poison the journal and does not stop the
 //!   snapshot thread (snapshots are optional: the next one is written);
 //! - a failed topic indexer batch does not poison the journal either: the indexer retries
-//!   and catches up once the failure clears;
+//!   and catches up once the failure clears; a batch that failed after its entries and
+//!   before its cursor gives no message twice, to the read-only view or to the next batch;
 //! - a failed consumer offset commit and a failed idempotency sweep (writes of their own,
 //!   outside any command's batch; timers and idempotency keys of a command are in its batch,
 //!   covered by `apply_batch`) answer a typed storage error, poison nothing, and succeed
@@ -30,6 +31,7 @@ use evershard_engine::failpoints;
 use evershard_engine::{
     AppendError, AppendRequest, CommandError, Durability, Engine, EngineError, Journal,
     JournalConfig, JournalWriter, NewEvent, SnapshotPolicy, StorageError, StreamId, TopicError,
+    TopicLog,
 };
 use std::path::Path;
 use std::sync::mpsc;
@@ -342,6 +344,98 @@ async fn a_failed_topic_batch_is_retried_without_poisoning() {
         .wait_indexed(durable, Duration::from_millis(HANG_BOUND_MS))
         .await;
     assert!(caught_up, "the indexer retries and catches up");
+    within("shutdown", engine.shutdown()).await.unwrap();
+    scenario.teardown();
+}
+
+/// Every message of `test.counters`: (partition, offset, aggregate id, sequence), in
+/// partition then offset order.
+fn counter_messages(log: &TopicLog) -> Vec<(u32, u64, String, u64)> {
+    let Ok(info) = log.topic("test.counters") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in 0..info.partitions {
+        for m in log.read("test.counters", p, 0, usize::MAX).unwrap() {
+            out.push((m.partition, m.offset, m.key().to_owned(), m.sequence));
+        }
+    }
+    out
+}
+
+/// The indexer writes a batch's entries, then its cursor: a batch that fails (or crashes)
+/// between the two leaves entries past the stored cursor. Neither the read-only view nor the
+/// next batch may count their events twice: both start each partition at its end at the
+/// cursor, and the indexer trims such entries before it plans again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_a_batch_left_past_its_cursor_give_no_message_twice() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_counters(dir.path(), 0).await;
+    fail::cfg(failpoints::TOPIC_BATCH_CURSOR, "return(eio)").unwrap();
+    for _ in 0..3 {
+        within(
+            "a command",
+            engine.execute::<Counter>("t", CounterCommand::Add(1)),
+        )
+        .await
+        .unwrap();
+    }
+    // The failing batch wrote its entries (readers may already see them), not its cursor.
+    let log = engine.topic_log().unwrap();
+    let mut written = false;
+    for _ in 0..HANG_BOUND_MS / 20 {
+        if counter_messages(&log).len() == 3 {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(written, "the failing batch wrote its three entries");
+    assert_eq!(log.cursor().unwrap(), 0, "and not its cursor");
+    drop(log);
+    // The shutdown's last batch fails the same way: the store is left as a crash there would.
+    within("shutdown", engine.shutdown()).await.unwrap();
+    let expected = |n: u64| -> Vec<(u64, String, u64)> {
+        (0..n).map(|i| (i, "t".to_owned(), i + 1)).collect()
+    };
+    let placed = |messages: Vec<(u32, u64, String, u64)>| -> Vec<(u64, String, u64)> {
+        messages
+            .into_iter()
+            .map(|(_, o, id, s)| (o, id, s))
+            .collect()
+    };
+
+    // The read-only view plans the three events in memory from the stored cursor (0).
+    let journal = Journal::open_read_only(dir.path()).unwrap();
+    let mut catalog = evershard_engine::TopicCatalog::new();
+    catalog.register::<Counter>();
+    let view = TopicLog::read_only(&journal, catalog).unwrap();
+    assert_eq!(placed(counter_messages(&view)), expected(3));
+    drop(view);
+    drop(journal);
+
+    fail::remove(failpoints::TOPIC_BATCH_CURSOR);
+    let engine = open_counters(dir.path(), 0).await;
+    for _ in 0..2 {
+        within(
+            "a command",
+            engine.execute::<Counter>("t", CounterCommand::Add(1)),
+        )
+        .await
+        .unwrap();
+    }
+    let durable = engine.journal().durable_position();
+    assert!(
+        engine
+            .wait_indexed(durable, Duration::from_millis(HANG_BOUND_MS))
+            .await,
+        "the indexer catches up"
+    );
+    let log = engine.topic_log().unwrap();
+    assert_eq!(placed(counter_messages(&log)), expected(5));
+    assert_eq!(log.topic("test.counters").unwrap().messages(), 5);
+    drop(log);
     within("shutdown", engine.shutdown()).await.unwrap();
     scenario.teardown();
 }

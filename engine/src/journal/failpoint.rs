@@ -20,8 +20,10 @@ pub const FDATASYNC: &str = "journal::fdatasync";
 pub const BLOB_SYNC: &str = "journal::blob_sync";
 /// A snapshot's insert (off the command path).
 pub const SNAPSHOT_WRITE: &str = "journal::snapshot_write";
-/// The topic indexer's batch (index entries and the topic cursor).
+/// The topic indexer's batch (before its first write: topic configs and index entries).
 pub const TOPIC_BATCH: &str = "journal::topic_batch";
+/// The topic indexer's cursor, written after the batch's entries.
+pub const TOPIC_BATCH_CURSOR: &str = "journal::topic_batch_cursor";
 /// A consumer group's committed offsets.
 pub const COMMIT_OFFSETS: &str = "journal::commit_offsets";
 /// The sweep of expired idempotency keys (its own writes, outside any command's batch).
@@ -29,13 +31,14 @@ pub const IDEMPOTENCY_SWEEP: &str = "journal::idempotency_sweep";
 
 /// Every failpoint, for tests that walk them all.
 #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     APPLY_BATCH,
     FLUSH,
     FDATASYNC,
     BLOB_SYNC,
     SNAPSHOT_WRITE,
     TOPIC_BATCH,
+    TOPIC_BATCH_CURSOR,
     COMMIT_OFFSETS,
     IDEMPOTENCY_SWEEP,
 ];

@@ -187,19 +187,36 @@ impl Journal {
         }
     }
 
+    /// The next offset of a partition as the index stood when its cursor was at `cursor`:
+    /// the end of its last entry whose events lie at or below `cursor` (0 when none does).
+    ///
+    /// The indexer writes a batch's entries key by key and its cursor last, so a crash (or
+    /// a failed write) can leave entries of a batch past the stored cursor. They map offsets
+    /// to the same events as the batch planned again will (offsets are a function of the
+    /// global order), but they end where that batch stopped, not where the cursor is; the
+    /// planner must start each partition from its end at the cursor.
+    pub(crate) fn partition_end_at(
+        &self,
+        topic: &str,
+        partition: u32,
+        cursor: u64,
+    ) -> Result<u64, StorageError> {
+        let prefix = partition_prefix(topic, partition);
+        for entry in self.shared.db()?.scan_prefix(&prefix).rev() {
+            let (key, value) = entry?;
+            let (_, _, first) = parse_index_key(&key).ok_or_else(|| malformed("topic index"))?;
+            let runs = parse_entry_value(&value).ok_or_else(|| malformed("topic index"))?;
+            if runs[0].first_position > cursor {
+                continue;
+            }
+            return Ok(first + runs.iter().map(|r| r.count as u64).sum::<u64>());
+        }
+        Ok(0)
+    }
+
     /// The next offset of a partition: the end of its last index entry (0 when empty).
     pub(crate) fn partition_end(&self, topic: &str, partition: u32) -> Result<u64, StorageError> {
-        let prefix = partition_prefix(topic, partition);
-        match self.shared.db()?.scan_prefix(&prefix).next_back() {
-            None => Ok(0),
-            Some(entry) => {
-                let (key, value) = entry?;
-                let (_, _, first) =
-                    parse_index_key(&key).ok_or_else(|| malformed("topic index"))?;
-                let runs = parse_entry_value(&value).ok_or_else(|| malformed("topic index"))?;
-                Ok(first + runs.iter().map(|r| r.count as u64).sum::<u64>())
-            }
-        }
+        self.partition_end_at(topic, partition, u64::MAX)
     }
 
     /// The index entries of one partition in offset order, starting with the one holding
@@ -215,12 +232,17 @@ impl Journal {
             Err(e) => return failed(e),
         };
         let prefix = partition_prefix(topic, partition);
-        let start = match db
-            .range(..=index_key(topic, partition, from_offset))
-            .next_back()
-        {
-            Some(Ok((key, _))) if key.starts_with(&prefix) => key.to_vec(),
-            _ => prefix.clone(),
+        // A reader that finished an entry asks for the offset the next one starts at: one
+        // point read finds it. Otherwise the entry holding the offset is the last one at or
+        // before it (a reverse range, which sled walks far more slowly).
+        let exact = index_key(topic, partition, from_offset);
+        let start = match db.contains_key(&exact) {
+            Ok(true) => exact,
+            Ok(false) => match db.range(..=exact).next_back() {
+                Some(Ok((key, _))) if key.starts_with(&prefix) => key.to_vec(),
+                _ => prefix.clone(),
+            },
+            Err(e) => return failed(e.into()),
         };
         let end = index_key(topic, partition, u64::MAX);
         super::reads(db.range(start..=end).map(|entry| {
@@ -313,6 +335,47 @@ impl Journal {
             }
         }
         Ok(out)
+    }
+
+    /// Visits the records at global positions `from..=to` in order, each checked once (CRC,
+    /// place) and handed over with its stream and view: the topic indexer's read. On the
+    /// segment log one pass over the positions (the stream is made once per run of one
+    /// stream); on sled the global index's runs, then each run's range scan.
+    pub(crate) fn visit_global<E: From<StorageError>>(
+        &self,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(&StreamId, super::record::RecordView<'_>, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if from > to {
+            return Ok(());
+        }
+        if let Some(log) = &self.shared.log {
+            let mut stream: Option<StreamId> = None;
+            return log.visit_positions(from, to, |_, bytes| {
+                let view = super::record::RecordView::check(bytes)
+                    .map_err(|e| StorageError::corrupt_store(Corruption::Record(e)))?;
+                let same = stream.as_ref().is_some_and(|s| {
+                    s.aggregate_type == view.aggregate_type && s.aggregate_id == view.aggregate_id
+                });
+                if !same {
+                    stream = Some(StreamId::new(view.aggregate_type, view.aggregate_id));
+                }
+                f(stream.as_ref().expect("set above"), view, bytes)
+            });
+        }
+        for (first_position, run) in self.global_runs(from, to)? {
+            let stream = &run.stream;
+            self.visit_run(
+                stream,
+                (run.first_sequence, first_position),
+                run.count,
+                |sequence, bytes| -> Result<(), E> {
+                    f(stream, super::view_checked(stream, sequence, bytes)?, bytes)
+                },
+            )?;
+        }
+        Ok(())
     }
 
     /// The record stored as `bytes` at `(stream, sequence)`, checked and, if encrypted,
@@ -409,9 +472,23 @@ impl Journal {
 }
 
 impl JournalWriter {
-    /// Writes one indexer batch atomically: new topic configs, index entries, and the cursor
-    /// moved from `cursor_from` to `cursor_to`. Not synced here: the batch is rebuilt
-    /// identically from the journal if a crash takes it back.
+    /// Writes one indexer batch: new topic configs, index entries, then the cursor moved from
+    /// `cursor_from` to `cursor_to`. Not synced here: the batch is rebuilt identically from
+    /// the journal if a crash takes it back.
+    ///
+    /// Key by key, the cursor last, not one sled batch: sled makes a batch atomic by sealing
+    /// its I/O buffer around it, so a batch every few milliseconds cost a buffer write (and
+    /// often a thread start) in sled's I/O pool each, and applied it under sled's global
+    /// write lock, where every other write in the store waits. sled recovers a prefix of its
+    /// log, so after a crash the stored cursor still has every entry it covers; entries of a
+    /// batch past it may remain, and [`JournalWriter::trim_topic_index`] removes them before
+    /// the indexer plans again. A reader that meets them reads the right messages: they map
+    /// offsets to the same events as the batch planned again (offsets follow the global
+    /// order).
+    ///
+    /// Not a frame of writes through the committer: a checkpoint pauses the committer and
+    /// then waits for the indexer to cover its cut; and a failure to apply it would then
+    /// poison the journal, where a failed topic batch is retried.
     pub(crate) fn write_topic_batch(
         &self,
         cursor_from: u64,
@@ -431,27 +508,51 @@ impl JournalWriter {
             stored, cursor_from,
             "topic cursor changed under the indexer"
         );
-        let configs = new_topics
-            .iter()
-            .map(|(name, topic)| (config_key(name), config_value(topic)));
-        let index = entries.iter().flat_map(|entry| {
-            chunk_offsets(entry.first_offset, &entry.runs)
-                .into_iter()
-                .map(|(first, chunk)| {
-                    (
-                        index_key(&entry.topic, entry.partition, first),
-                        entry_value(chunk),
-                    )
-                })
-        });
-        let cursor = std::iter::once((CURSOR_KEY.to_vec(), cursor_to.to_le_bytes().to_vec()));
         super::failpoint::check(super::failpoint::TOPIC_BATCH)?;
-        // One sled batch on both write paths, although sled applies a batch under its global
-        // write lock (every other write in the store, the syncer's included, waits behind
-        // it). Not a frame of writes through the committer: a checkpoint pauses the committer
-        // and then waits for the indexer to cover its cut; and a failure to apply it would
-        // then poison the journal, where a failed topic batch is retried.
-        self.put_batch(configs.chain(index).chain(cursor))
+        for (name, topic) in new_topics {
+            db.insert(config_key(name), config_value(topic))?;
+        }
+        for entry in entries {
+            for (first, chunk) in chunk_offsets(entry.first_offset, &entry.runs) {
+                db.insert(
+                    index_key(&entry.topic, entry.partition, first),
+                    entry_value(chunk),
+                )?;
+            }
+        }
+        super::failpoint::check(super::failpoint::TOPIC_BATCH_CURSOR)?;
+        db.insert(CURSOR_KEY, &cursor_to.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// Removes the index entries whose events lie past the stored cursor: what a batch that
+    /// did not finish (a crash, a failed write) left of itself. The indexer calls it before it
+    /// plans from the cursor, at start and after a failed batch, so that the batch planned
+    /// again does not leave older keys inside its entries. Returns how many it removed.
+    pub(crate) fn trim_topic_index(&self) -> Result<u64, StorageError> {
+        self.shared.check_writable()?;
+        let cursor = self.topic_cursor()?;
+        let db = self.shared.db()?;
+        let mut removed = 0;
+        for (name, topic) in self.stored_topics()? {
+            for partition in 0..topic.partitions {
+                let prefix = partition_prefix(&name, partition);
+                let mut past = Vec::new();
+                for entry in db.scan_prefix(&prefix).rev() {
+                    let (key, value) = entry?;
+                    let runs = parse_entry_value(&value).ok_or_else(|| malformed("topic index"))?;
+                    if runs[0].first_position <= cursor {
+                        break;
+                    }
+                    past.push(key);
+                }
+                for key in past {
+                    db.remove(key)?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Puts every entry in one sled batch (all or none after a crash), not synced.

@@ -120,7 +120,11 @@ impl TopicsRuntime {
         status: Arc<IndexerStatus>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let log = TopicLog::indexed(writer.reader().clone(), catalog.clone());
+        let log = TopicLog::indexed(
+            writer.reader().clone(),
+            catalog.clone(),
+            status.recent.clone(),
+        );
         Self {
             writer,
             log,

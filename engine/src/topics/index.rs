@@ -10,14 +10,16 @@
 //!
 //! [`Indexer`] is the background thread: it waits for the journal's durable watermark to move,
 //! plans the new events (at most `INDEX_BATCH_EVENTS_MAX` at a time) and writes one batch:
-//! entries + new topic configs + cursor, atomically.
+//! new topic configs and entries, then the cursor, which commits it (entries a failed or
+//! crashed batch left past the cursor are trimmed before the next plan).
 
 use super::metrics::Metrics;
+use super::recent::RecentIndex;
 use super::{valid_name, TopicCatalog, TopicConfig, TopicError, PARTITIONS_MAX};
 use crate::error::StorageError;
 use crate::follower::{Follow, Follower};
 use crate::journal::topics::{StoredTopic, TopicEntry, TopicRun};
-use crate::journal::{view_checked, Journal, JournalWriter, StreamId};
+use crate::journal::{Journal, JournalWriter, StreamId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +37,9 @@ pub(crate) struct Planner {
     /// (it does not change while a planner lives): asked once per type, not per event — the
     /// catalog builds a `Vec` and a `TopicConfig` (its name a `String`) per answer.
     by_type: HashMap<String, HashMap<String, Option<Targets>>>,
+    /// The stored cursor when the planner was loaded: a partition it has not planned yet
+    /// starts at its stored end at this cursor (see [`Journal::partition_end_at`]).
+    cursor: u64,
 }
 
 /// The topics one event goes to (shared: the planner hands out the ones it remembers).
@@ -67,6 +72,7 @@ impl Planner {
             topics: journal.stored_topics()?.into_iter().collect(),
             next: HashMap::new(),
             by_type: HashMap::new(),
+            cursor: journal.topic_cursor()?,
         })
     }
 
@@ -104,7 +110,7 @@ impl Planner {
         if let Some(n) = self.next.get(topic).and_then(|p| p.get(&partition)) {
             return Ok(*n);
         }
-        let end = journal.partition_end(topic, partition)?;
+        let end = journal.partition_end_at(topic, partition, self.cursor)?;
         self.next
             .entry(topic.to_owned())
             .or_default()
@@ -219,11 +225,11 @@ fn extend_runs(runs: &mut Vec<TopicRun>, event: &Routed<'_>) {
     });
 }
 
-/// Plans the events at global positions `from..=to`, in order: each run of one stream read
-/// with one range scan, each record checked (CRC, place) and routed from its stored bytes. A
-/// record is decoded (and, if encrypted, opened) only when its topics depend on its payload —
-/// for the derived events, never: before, every event was decoded into a `Record` (its
-/// strings and payload copied, an encrypted one decrypted) to read its type.
+/// Plans the events at global positions `from..=to`, in order: each record checked (CRC,
+/// place) once and routed from its stored bytes (see [`Journal::visit_global`]). A record is
+/// decoded (and, if encrypted, opened) only when its topics depend on its payload — for the
+/// derived events, never: before, every event was decoded into a `Record` (its strings and
+/// payload copied, an encrypted one decrypted) to read its type.
 pub(crate) fn plan_between(
     journal: &Journal,
     catalog: &TopicCatalog,
@@ -233,39 +239,29 @@ pub(crate) fn plan_between(
 ) -> Result<Plan, TopicError> {
     let mut plan = Plan::default();
     let mut position = from;
-    for (first_position, run) in journal.global_runs(from, to)? {
-        assert_eq!(first_position, position, "global order broken");
-        let stream = &run.stream;
-        journal.visit_run(
+    journal.visit_global(from, to, |stream, view, bytes| -> Result<(), TopicError> {
+        assert_eq!(view.global_position, position, "global order broken");
+        position += 1;
+        let render = |source| TopicError::Render {
+            position: view.global_position,
+            source,
+        };
+        let targets: Targets =
+            match planner.targets_by_type(catalog, view.aggregate_type, view.event_type) {
+                Some(targets) => targets,
+                None => {
+                    let record = journal.record_for_topic(stream, view.sequence, bytes)?;
+                    catalog.targets(&record).map_err(render)?.into()
+                }
+            };
+        let event = Routed {
             stream,
-            (run.first_sequence, first_position),
-            run.count,
-            |sequence, bytes| -> Result<(), TopicError> {
-                let view = view_checked(stream, sequence, bytes)?;
-                assert_eq!(view.global_position, position, "global order broken");
-                position += 1;
-                let render = |source| TopicError::Render {
-                    position: view.global_position,
-                    source,
-                };
-                let targets: Targets =
-                    match planner.targets_by_type(catalog, view.aggregate_type, view.event_type) {
-                        Some(targets) => targets,
-                        None => {
-                            let record = journal.record_for_topic(stream, sequence, bytes)?;
-                            catalog.targets(&record).map_err(render)?.into()
-                        }
-                    };
-                let event = Routed {
-                    stream,
-                    event_type: view.event_type,
-                    sequence,
-                    global_position: view.global_position,
-                };
-                planner.add(journal, &mut plan, event, &targets)
-            },
-        )?;
-    }
+            event_type: view.event_type,
+            sequence: view.sequence,
+            global_position: view.global_position,
+        };
+        planner.add(journal, &mut plan, event, &targets)
+    })?;
     planner.finish(&plan);
     Ok(plan)
 }
@@ -278,6 +274,8 @@ pub(crate) struct IndexerStatus {
     pub(crate) error: Mutex<Option<String>>,
     /// Wakes consumers waiting for new messages: carries the cursor.
     pub(crate) moved: tokio::sync::watch::Sender<u64>,
+    /// The entries of the batches stored last, for the readers that follow the indexer.
+    pub(crate) recent: Arc<RecentIndex>,
 }
 
 /// The background indexer: a [`Follower`] of the durable global order.
@@ -294,12 +292,14 @@ impl Indexer {
         metrics: Arc<Metrics>,
     ) -> Result<Indexer, TopicError> {
         let cursor = writer.topic_cursor()?;
+        writer.trim_topic_index()?;
         let planner = Planner::load(&writer)?;
         let (moved, _) = tokio::sync::watch::channel(cursor);
         let status = Arc::new(IndexerStatus {
             cursor: AtomicU64::new(cursor),
             error: Mutex::new(None),
             moved,
+            recent: Arc::default(),
         });
         let worker = Worker {
             catalog,
@@ -307,6 +307,7 @@ impl Indexer {
             status: status.clone(),
             planner,
             cursor,
+            fresh: true,
         };
         let follower =
             Follower::start(writer, worker).map_err(|e| TopicError::Storage(e.into()))?;
@@ -330,6 +331,9 @@ struct Worker {
     status: Arc<IndexerStatus>,
     planner: Planner,
     cursor: u64,
+    /// False after a failed step, until the next one has trimmed the index and loaded a
+    /// fresh planner.
+    fresh: bool,
 }
 
 impl Follow for Worker {
@@ -344,6 +348,13 @@ impl Follow for Worker {
     }
 
     fn step(&mut self, writer: &JournalWriter, to: u64) -> Result<(), TopicError> {
+        if !self.fresh {
+            // A fresh planner over an index without what a failed batch wrote past the
+            // cursor (its entries would otherwise stay inside the ones planned again).
+            writer.trim_topic_index()?;
+            self.planner = Planner::load(writer)?;
+            self.fresh = true;
+        }
         let plan = plan_between(
             writer,
             &self.catalog,
@@ -353,6 +364,9 @@ impl Follow for Worker {
         )?;
         writer.write_topic_batch(self.cursor, to, &plan.new_topics, &plan.entries)?;
         self.cursor = to;
+        // Stored: the readers that follow may take the entries from memory (before `moved`
+        // wakes them).
+        self.status.recent.push(plan.entries);
         for (topic, per_type) in plan.produced {
             for (event_type, n) in per_type {
                 self.metrics
@@ -364,11 +378,10 @@ impl Follow for Worker {
         Ok(())
     }
 
-    fn recover(&mut self, writer: &JournalWriter, error: &TopicError) -> bool {
-        // A fresh planner: the failed batch may have half-advanced it.
-        if let Ok(p) = Planner::load(writer) {
-            self.planner = p;
-        }
+    fn recover(&mut self, _writer: &JournalWriter, error: &TopicError) -> bool {
+        // The next step starts over: the failed batch may have half-advanced the planner
+        // and left entries past the cursor.
+        self.fresh = false;
         matches!(error, TopicError::Storage(StorageError::Closed))
     }
 

@@ -22,6 +22,7 @@ pub(crate) mod index;
 pub(crate) mod message;
 pub(crate) mod metrics;
 pub(crate) mod read;
+pub(crate) mod recent;
 pub(crate) mod render;
 pub(crate) mod subscribe;
 pub(crate) mod transcode;

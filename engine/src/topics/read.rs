@@ -4,6 +4,7 @@
 
 use super::index::{plan_between, Planner};
 use super::message::{Message, MessageArena};
+use super::recent::RecentIndex;
 use super::render::{self, Fields};
 use super::transcode::Transcoder;
 use super::{TopicCatalog, TopicError, WireFormat};
@@ -47,6 +48,9 @@ pub struct TopicLog {
     journal: Journal,
     catalog: Arc<TopicCatalog>,
     tail: Arc<Tail>,
+    /// The configurations read so far and, for the engine's log, the entries the indexer
+    /// stored last (see `super::recent`).
+    recent: Arc<RecentIndex>,
 }
 
 impl TopicLog {
@@ -55,11 +59,16 @@ impl TopicLog {
         &self.journal
     }
 
-    pub(crate) fn indexed(journal: Journal, catalog: Arc<TopicCatalog>) -> TopicLog {
+    pub(crate) fn indexed(
+        journal: Journal,
+        catalog: Arc<TopicCatalog>,
+        recent: Arc<RecentIndex>,
+    ) -> TopicLog {
         TopicLog {
             journal,
             catalog,
             tail: Arc::default(),
+            recent,
         }
     }
 
@@ -92,6 +101,7 @@ impl TopicLog {
             journal: journal.clone(),
             catalog: Arc::new(catalog),
             tail: Arc::new(tail),
+            recent: Arc::default(),
         })
     }
 
@@ -119,10 +129,17 @@ impl TopicLog {
         Ok(topics)
     }
 
-    /// One topic's stored configuration, or `UnknownTopic` (no end offsets read).
+    /// One topic's stored configuration, or `UnknownTopic` (no end offsets read). Kept once
+    /// read: a stored configuration never changes, and a consumer asks on every read.
     pub(crate) fn stored_topic(&self, name: &str) -> Result<StoredTopic, TopicError> {
+        if let Some(t) = self.recent.config(name) {
+            return Ok(t);
+        }
         let stored = match self.journal.stored_topic(name)? {
-            Some(t) => Some(t),
+            Some(t) => {
+                self.recent.keep_config(name, t);
+                Some(t)
+            }
             None => self.tail.topics.get(name).copied(),
         };
         stored.ok_or_else(|| TopicError::UnknownTopic {
@@ -229,10 +246,18 @@ impl TopicLog {
             arena: state.arena.as_mut().expect("set above"),
             transcoder: &mut state.transcoder,
         };
-        for entry in self.journal.topic_entries(topic, partition, from_offset) {
-            let (first, runs) = entry?;
-            if reader.entry(first, &runs)? {
-                return Ok(());
+        if let Some(entries) = self.recent.entries_from(topic, partition, from_offset) {
+            for (first, runs) in entries {
+                if reader.entry(first, &runs)? {
+                    return Ok(());
+                }
+            }
+        } else {
+            for entry in self.journal.topic_entries(topic, partition, from_offset) {
+                let (first, runs) = entry?;
+                if reader.entry(first, &runs)? {
+                    return Ok(());
+                }
             }
         }
         if let Some(entries) = self.tail.entries.get(&(topic.to_owned(), partition)) {
@@ -388,6 +413,10 @@ impl RunReader<'_> {
                     Ok(())
                 },
             )?;
+            // Read through here: an entry that overlaps this one (a read-only view's tail
+            // planned in memory over entries a crashed batch left past the stored cursor,
+            // which map the same offsets to the same events) yields nothing twice.
+            self.from = first_offset + want;
             offset += count;
             if self.out.len() >= self.max {
                 return Ok(true);
