@@ -16,7 +16,7 @@
 //!    events: the p50 of `EVERSHARD_BENCH_RECOVERY_RUNS` (default 31) loads from the newest
 //!    snapshot + tail (target < 1 ms), and of as many full replays, printed as the replay rate
 //!    (target >= 1,000,000 events/s). `EVERSHARD_BENCH_ONLY=recovery` runs this section alone.
-//! 5. topics: the workload of (1) in `EVERSHARD_BENCH_PAIRS` (default 3) pairs of runs on
+//! 5. topics: the workload of (1) in `EVERSHARD_BENCH_PAIRS` (default 5) pairs of runs on
 //!    fresh stores, without and with the indexer and a consumer group live (reading and
 //!    committing as it goes), the two runs of a pair back to back in alternating order; the
 //!    median of the pairs' rate ratios is the figure (target >= 0.9). Then a store of
@@ -975,7 +975,7 @@ fn main() {
     let seed = env("EVERSHARD_BENCH_SEED", 42);
     // The paired ratios (sections 5 and 6, and the write paths): pairs of runs in
     // alternating order (`EVERSHARD_BENCH_PAIRS`).
-    let pairs = env("EVERSHARD_BENCH_PAIRS", if smoke { 1 } else { 3 }) as usize;
+    let pairs = env("EVERSHARD_BENCH_PAIRS", if smoke { 1 } else { 5 }) as usize;
     let shape = Shape {
         aggregates,
         commands,
