@@ -146,7 +146,8 @@ enum Feature {
 /// The command rate with `feature` on over the rate without, from `rounds` pairs of runs on
 /// fresh stores, each pair run back to back in alternating order. A run's rate moves with the
 /// disk's sync latency and the other core's load from minute to minute, which the two runs of
-/// a pair share; the median of the pairs' ratios is the figure. Prints every pair; returns
+/// a pair share; the median of the pairs' ratios is the figure. Each run starts on a quiet disk
+/// (`quiesce_disk`). Prints every pair; returns
 /// (median ratio, median rate with the feature).
 fn paired_ratio(
     rt: &tokio::runtime::Runtime,
@@ -166,6 +167,7 @@ fn paired_ratio(
         };
         let mut cpu_us = [0.0; 2];
         for on in order {
+            quiesce_disk();
             let store = dir.join(format!("pair-{round}-{on}"));
             let write_path = match (feature, on) {
                 (Feature::Log, true) => WritePath::Log,
@@ -206,6 +208,15 @@ fn paired_ratio(
         v[v.len() / 2]
     };
     (median(&mut ratios), median(&mut with_rates))
+}
+
+/// Waits until the kernel has written back every dirty page (`sync`), so that a run does not
+/// share the disk with the writeback of what an earlier run or section wrote: in the full
+/// bench the pairs follow sections that fill 1,000,000 timers and keys (~770 MiB of sled
+/// files), whose writeback slowed the runs of the pairs that write more (keys, topics) by
+/// more than the others.
+fn quiesce_disk() {
+    let _ = std::process::Command::new("sync").status();
 }
 
 /// Client `client`'s aggregates (every `clients`-th of `aggregates`) and its generator.
