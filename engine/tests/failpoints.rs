@@ -196,6 +196,26 @@ async fn open_counters(dir: &Path, every: u64) -> Engine {
         .expect("engine opens")
 }
 
+/// `n` commands `Add(1)` to counter `id`, each bounded.
+async fn add_ones(engine: &Engine, id: &str, n: usize) {
+    for _ in 0..n {
+        within(
+            "a command",
+            engine.execute::<Counter>(id, CounterCommand::Add(1)),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// Waits (bounded) until the topic indexer covers everything durable; false if it does not.
+async fn indexed_all(engine: &Engine) -> bool {
+    let durable = engine.journal().durable_position();
+    engine
+        .wait_indexed(durable, Duration::from_millis(HANG_BOUND_MS))
+        .await
+}
+
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_millis(HANG_BOUND_MS), f)
         .await
@@ -284,14 +304,7 @@ async fn a_failed_snapshot_write_neither_poisons_nor_stops_snapshots() {
     }
     fail::remove(failpoints::SNAPSHOT_WRITE);
     // The snapshot thread survived the panic: the next due snapshot is written.
-    for _ in 0..2 {
-        within(
-            "a command",
-            engine.execute::<Counter>("s", CounterCommand::Add(1)),
-        )
-        .await
-        .unwrap();
-    }
+    add_ones(&engine, "s", 2).await;
     let mut written = false;
     for _ in 0..200 {
         if engine
@@ -373,14 +386,7 @@ async fn entries_a_batch_left_past_its_cursor_give_no_message_twice() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open_counters(dir.path(), 0).await;
     fail::cfg(failpoints::TOPIC_BATCH_CURSOR, "return(eio)").unwrap();
-    for _ in 0..3 {
-        within(
-            "a command",
-            engine.execute::<Counter>("t", CounterCommand::Add(1)),
-        )
-        .await
-        .unwrap();
-    }
+    add_ones(&engine, "t", 3).await;
     // The failing batch wrote its entries (readers may already see them), not its cursor.
     let log = engine.topic_log().unwrap();
     let mut written = false;
@@ -417,21 +423,8 @@ async fn entries_a_batch_left_past_its_cursor_give_no_message_twice() {
 
     fail::remove(failpoints::TOPIC_BATCH_CURSOR);
     let engine = open_counters(dir.path(), 0).await;
-    for _ in 0..2 {
-        within(
-            "a command",
-            engine.execute::<Counter>("t", CounterCommand::Add(1)),
-        )
-        .await
-        .unwrap();
-    }
-    let durable = engine.journal().durable_position();
-    assert!(
-        engine
-            .wait_indexed(durable, Duration::from_millis(HANG_BOUND_MS))
-            .await,
-        "the indexer catches up"
-    );
+    add_ones(&engine, "t", 2).await;
+    assert!(indexed_all(&engine).await, "the indexer catches up");
     let log = engine.topic_log().unwrap();
     assert_eq!(placed(counter_messages(&log)), expected(5));
     assert_eq!(log.topic("test.counters").unwrap().messages(), 5);
@@ -445,20 +438,8 @@ async fn failed_offset_commits_and_sweeps_are_typed_and_poison_nothing() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let engine = open_counters(dir.path(), 0).await;
-    for _ in 0..3 {
-        within(
-            "a command",
-            engine.execute::<Counter>("o", CounterCommand::Add(1)),
-        )
-        .await
-        .unwrap();
-    }
-    let durable = engine.journal().durable_position();
-    assert!(
-        engine
-            .wait_indexed(durable, Duration::from_millis(HANG_BOUND_MS))
-            .await
-    );
+    add_ones(&engine, "o", 3).await;
+    assert!(indexed_all(&engine).await);
     let mut consumer = engine.consumer("g", "test.counters").unwrap();
     let got = within("a poll", consumer.poll(100, Duration::from_millis(2_000)))
         .await
