@@ -5,7 +5,7 @@
 //! backoff and dead-letter to `dlq.events.v1`; a dead letter can be re-driven; a topic's
 //! partition count is fixed at creation; a group started at a time after a reopen, whose
 //! members join one by one, reads exactly the messages from that time and commits its start
-//! positions (issue 9's demo stall). Every wait is a bounded poll (no sleep assumes a
+//! positions (issue 9's demo stall); a commit writes only the positions that moved. Every wait is a bounded poll (no sleep assumes a
 //! speed); the randomised parts print their seed.
 
 mod common;
@@ -88,6 +88,47 @@ fn check_topic(engine: &Engine) -> BTreeMap<String, (u32, u64)> {
     let journal_events = engine.journal().read_global(1).count();
     assert_eq!(placed.len(), journal_events, "every event exactly once");
     placed
+}
+
+/// A commit writes only the positions that moved since the last one: with nothing new it
+/// writes nothing, waits for no sync, and the stored offsets stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_writes_only_the_positions_that_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let last = write(&engine, 7, 1, 5).await;
+    assert!(engine.wait_indexed(last, WAIT).await);
+    let committed = |engine: &Engine| -> Vec<(u32, u64)> {
+        let log = engine.topic_log().unwrap();
+        let all = log.committed_offsets().unwrap();
+        all.into_iter()
+            .filter(|(g, t, _, _)| g == "g" && t == TOPIC)
+            .map(|(_, _, p, o)| (p, o))
+            .collect()
+    };
+    let mut c = engine.consumer("g", TOPIC).unwrap();
+    assert_eq!(drain(&mut c, 5).await.len(), 5);
+    assert!(c.has_uncommitted());
+    let syncs = engine.journal().syncs_done();
+    c.commit().await.unwrap();
+    assert!(
+        engine.journal().syncs_done() > syncs,
+        "the first commit is a durable write"
+    );
+    assert!(!c.has_uncommitted());
+    let stored = committed(&engine);
+    assert_eq!(stored.iter().map(|(_, o)| o).sum::<u64>(), 5, "{stored:?}");
+
+    let syncs = engine.journal().syncs_done();
+    c.commit().await.unwrap();
+    assert_eq!(
+        engine.journal().syncs_done(),
+        syncs,
+        "nothing new: nothing written"
+    );
+    assert_eq!(committed(&engine), stored);
+    drop(c);
+    engine.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

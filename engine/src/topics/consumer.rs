@@ -483,12 +483,19 @@ impl Consumer {
     }
 
     /// Durably commits the current positions of the owned partitions (flush + fdatasync
-    /// before it returns): a restarted member of the group resumes there.
+    /// before it returns): a restarted member of the group resumes there. Only the positions
+    /// not durably committed yet are written (see [`Consumer::has_uncommitted`]); when there
+    /// are none, nothing is written and it returns at once.
     pub async fn commit(&mut self) -> Result<(), TopicError> {
         // Only partitions still ours: a partition that moved belongs to its new owner's
         // commits.
         self.refresh()?;
-        let offsets: Vec<(u32, u64)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
+        let offsets: Vec<(u32, u64)> = self
+            .positions
+            .iter()
+            .filter(|(p, o)| self.durable.get(p) != Some(o))
+            .map(|(p, o)| (*p, *o))
+            .collect();
         self.commit_offsets(offsets).await
     }
 
