@@ -253,45 +253,19 @@ impl Journal {
         }))
     }
 
-    /// The runs of the global index covering positions `from..=to`, in order, each as (its
-    /// first position, the run), trimmed to the range; consecutive runs of one stream are
-    /// merged. One `StreamId` per run, not per event (`read_global` expands runs per event):
-    /// the topic indexer's read.
-    pub(crate) fn global_runs(
-        &self,
-        from: u64,
-        to: u64,
-    ) -> Result<Vec<(u64, keys::GlobalRun)>, StorageError> {
+    /// The runs of the sled layout's global index covering positions `from..=to`, in order,
+    /// each as (its first position, the run), trimmed to the range; consecutive runs of one
+    /// stream are merged. One `StreamId` per run, not per event (`read_global` expands runs
+    /// per event): [`Journal::visit_global`]'s read on that layout.
+    fn global_runs(&self, from: u64, to: u64) -> Result<Vec<(u64, keys::GlobalRun)>, StorageError> {
         let mut out: Vec<(u64, keys::GlobalRun)> = Vec::new();
         if from > to {
             return Ok(out);
         }
-        if let Some(log) = &self.shared.log {
-            log.visit_positions(from, to, |position, bytes| {
-                let view = super::record::RecordView::check(bytes)
-                    .map_err(|e| StorageError::corrupt_store(Corruption::Record(e)))?;
-                match out.last_mut() {
-                    Some((p, last))
-                        if last.stream.aggregate_type == view.aggregate_type
-                            && last.stream.aggregate_id == view.aggregate_id
-                            && *p + last.count as u64 == position
-                            && last.first_sequence + last.count as u64 == view.sequence =>
-                    {
-                        last.count += 1;
-                    }
-                    _ => out.push((
-                        position,
-                        keys::GlobalRun {
-                            stream: StreamId::new(view.aggregate_type, view.aggregate_id),
-                            first_sequence: view.sequence,
-                            count: 1,
-                        },
-                    )),
-                }
-                Ok::<(), StorageError>(())
-            })?;
-            return Ok(out);
-        }
+        assert!(
+            self.shared.log.is_none(),
+            "the global index's runs are the sled layout's (the log is read by `visit_global`)"
+        );
         let db = self.shared.db()?;
         // The index entry holding `from` starts at or before it.
         let start = match db.range(..=keys::global_key(from)).next_back() {
@@ -653,11 +627,11 @@ fn chunk_offsets(first_offset: u64, runs: &[TopicRun]) -> Vec<(u64, &[TopicRun])
 mod tests {
     use super::*;
 
-    /// `global_runs` lists exactly the events `read_global` does, for every range — ranges
-    /// that start and end inside a group commit's entry and inside a run — with one run per
-    /// stretch of one stream, merged across entries.
+    /// `visit_global` visits exactly the events `read_global` lists, for every range — ranges
+    /// that start and end inside a group commit's entry and inside a run — and on the sled
+    /// layout `global_runs` has one run per stretch of one stream, merged across entries.
     #[test]
-    fn global_runs_cover_the_global_order() {
+    fn visit_global_covers_the_global_order() {
         use super::super::{AppendRequest, JournalConfig, NewEvent};
         let event = |n: u8| NewEvent {
             event_id: uuid::Uuid::from_u128(n as u128),
@@ -694,19 +668,22 @@ mod tests {
         assert_eq!(last, 8);
         for from in 1..=last {
             for to in from..=last {
-                let runs = journal.global_runs(from, to).unwrap();
-                let expanded: Vec<(u64, StreamId, u64)> = runs
-                    .iter()
-                    .flat_map(|(p, r)| {
-                        (0..r.count as u64)
-                            .map(move |i| (p + i, r.stream.clone(), r.first_sequence + i))
+                let mut visited: Vec<(u64, StreamId, u64)> = Vec::new();
+                journal
+                    .visit_global(from, to, |stream, view, _| -> Result<(), StorageError> {
+                        visited.push((view.global_position, stream.clone(), view.sequence));
+                        Ok(())
                     })
-                    .collect();
+                    .unwrap();
                 assert_eq!(
-                    expanded,
+                    visited,
                     all[(from - 1) as usize..to as usize],
                     "{from}..={to}"
                 );
+                if journal.shared.log.is_some() {
+                    continue;
+                }
+                let runs = journal.global_runs(from, to).unwrap();
                 for pair in runs.windows(2) {
                     let ((p, x), (q, y)) = (&pair[0], &pair[1]);
                     let continues = x.stream == y.stream
@@ -716,7 +693,14 @@ mod tests {
                 }
             }
         }
-        assert!(journal.global_runs(3, 2).unwrap().is_empty());
+        let mut none = true;
+        journal
+            .visit_global(3, 2, |_, _, _| -> Result<(), StorageError> {
+                none = false;
+                Ok(())
+            })
+            .unwrap();
+        assert!(none);
         journal.close().unwrap();
     }
 

@@ -29,7 +29,7 @@ pub(crate) const INDEX_BATCH_EVENTS_MAX: u64 = 16_384;
 
 /// Routing state: stored topics and the next offset of every partition touched (by topic,
 /// then partition: looked up by `&str`, with no key built per event).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub(crate) struct Planner {
     pub(crate) topics: HashMap<String, StoredTopic>,
     next: HashMap<String, HashMap<u32, u64>>,
