@@ -100,6 +100,20 @@ pub enum Corruption {
     /// The store's format marker is not evershard's.
     #[error("not an evershard journal (format marker {found:?})")]
     UnknownStoreFormat { found: Option<String> },
+    /// The record read at a global position says it is at another: the global index (sled)
+    /// or the log's frames disagree with the records.
+    #[error("record at global position {position} says it is at {found}")]
+    GlobalOrder { position: u64, found: u64 },
+    /// A topic index entry of one partition points at an event whose aggregate hashes to
+    /// another.
+    #[error(
+        "topic {topic} partition {partition}: the index points at an event of partition {found}"
+    )]
+    TopicPartition {
+        topic: Box<str>,
+        partition: u32,
+        found: u32,
+    },
     /// The record a test hook or an index points at does not exist.
     #[error("no such record")]
     MissingRecord,

@@ -337,19 +337,14 @@ impl IdempotencyRecord {
 
 pub use evershard_model::{AGGREGATE_ID_BYTES_MAX, AGGREGATE_TYPE_BYTES_MAX};
 
-/// `type_len | type | id_len | id`: the stream part shared by event and snapshot keys.
-pub fn stream_part(stream: &StreamId) -> Vec<u8> {
-    let mut out = Vec::with_capacity(stream_part_len(stream));
-    put_stream_part(&mut out, stream);
-    out
-}
-
-/// The length of [`stream_part`].
+/// The length of the stream part `type_len | type | id_len | id` shared by event and
+/// snapshot keys ([`put_stream_part`]).
 fn stream_part_len(stream: &StreamId) -> usize {
     3 + stream.aggregate_type.len() + stream.aggregate_id.len()
 }
 
-/// Appends [`stream_part`] to `out`: every key of the write path is built in one allocation.
+/// Appends the stream part `type_len | type | id_len | id` to `out`: every key of the write
+/// path is built in one allocation.
 fn put_stream_part(out: &mut Vec<u8>, stream: &StreamId) {
     let t = stream.aggregate_type.as_bytes();
     let i = stream.aggregate_id.as_bytes();

@@ -10,13 +10,17 @@
 //! ```
 //!
 //! An index entry covers offsets `first_offset..first_offset + n` of one partition, where n is
-//! the sum of its runs' counts. Value: run count (u32 LE), then per run the stream part
-//! (`type_len u8 | type | id_len u16 BE | id`), first sequence (u64 LE), first global position
-//! (u64 LE) and count (u32 LE): `count` events of one stream with consecutive sequences *and*
-//! consecutive global positions. One entry per (topic, partition) per indexer batch; the
-//! cursor moves in the same atomic batch.
+//! the sum of its runs' counts; a run is `count` events at consecutive global positions. One
+//! entry per (topic, partition) per indexer batch (split at [`TOPIC_ENTRY_RUNS_MAX`] runs).
+//! Value, written since format 2 ([`ENTRY_FORMAT_2`]): the tag byte `0xE2`, the first run's
+//! first global position (u64 LE) and count (LEB128), then per further run the gap from the
+//! previous run's end (LEB128) and its count (LEB128): two or three bytes per run where
+//! format 1 spent about 70. Format 1, still read (stores written before): run count (u32 LE),
+//! then per run the stream part (`type_len u8 | type | id_len u16 BE | id`), first sequence
+//! (u64 LE), first global position (u64 LE) and count (u32 LE); a format 1 run is also one
+//! stream's consecutive sequences, which nothing needs any more (the records say it).
 
-use super::keys::{self, parse_stream_part, stream_part};
+use super::keys::{self, parse_stream_part};
 use super::StreamId;
 use super::{failed, Journal, JournalWriter, Reads};
 use crate::error::{Corruption, StorageError};
@@ -28,23 +32,25 @@ pub const CONSUMER_OFFSETS: u8 = b'z';
 /// Topic and consumer-group names are 1..=249 bytes (Kafka's limit for topic names).
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 
-/// Runs in one index entry at most: a run takes at most 3 + 255 + 1024 + 20 bytes, so an
-/// entry stays below 96 KiB, within the journal's value bound (see
-/// `keys::GLOBAL_ENTRY_RUNS_MAX`).
+/// Runs in one index entry at most. A format 1 run took at most 3 + 255 + 1024 + 20 bytes,
+/// so such an entry stayed below 96 KiB, within the journal's value bound (see
+/// `keys::GLOBAL_ENTRY_RUNS_MAX`); a format 2 run takes at most 15.
 pub const TOPIC_ENTRY_RUNS_MAX: usize = 64;
 
-/// A topic index entry's bytes at most.
+/// A topic index entry's bytes at most (format 1, the larger).
 pub const TOPIC_ENTRY_BYTES_MAX: usize = 4 + TOPIC_ENTRY_RUNS_MAX
     * (3 + keys::AGGREGATE_TYPE_BYTES_MAX + keys::AGGREGATE_ID_BYTES_MAX + 8 + 8 + 4);
 
+/// The first byte of a format 2 index entry. A format 1 entry starts with its run count
+/// (u32 LE, 1..=64), so its first byte is never this.
+pub const ENTRY_FORMAT_2: u8 = 0xE2;
+
 const CURSOR_KEY: &[u8] = b"mtopics-cursor";
 
-/// `count` events of `stream` from `first_sequence`, at global positions from
-/// `first_position`, consecutive in both.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `count` events at consecutive global positions from `first_position`, consecutive
+/// offsets of one partition. Which stream each belongs to, the records say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TopicRun {
-    pub stream: StreamId,
-    pub first_sequence: u64,
     pub first_position: u64,
     pub count: u32,
 }
@@ -98,36 +104,102 @@ fn offsets_prefix(group: &str, topic: Option<&str>) -> Vec<u8> {
     key
 }
 
+/// A format 2 index entry's value (see the module docs). `runs` is not empty, each run's
+/// count is at least 1 and the runs are in position order, apart.
 pub fn entry_value(runs: &[TopicRun]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(4 + runs.len() * 40);
-    v.extend_from_slice(&(runs.len() as u32).to_le_bytes());
-    for run in runs {
-        v.extend_from_slice(&stream_part(&run.stream));
-        v.extend_from_slice(&run.first_sequence.to_le_bytes());
-        v.extend_from_slice(&run.first_position.to_le_bytes());
-        v.extend_from_slice(&run.count.to_le_bytes());
+    assert!(!runs.is_empty(), "an index entry without runs");
+    let mut v = Vec::with_capacity(1 + 8 + runs.len() * 3);
+    v.push(ENTRY_FORMAT_2);
+    v.extend_from_slice(&runs[0].first_position.to_le_bytes());
+    let mut end = runs[0].first_position;
+    for (i, run) in runs.iter().enumerate() {
+        assert!(run.count > 0, "an empty run in a topic index entry");
+        if i > 0 {
+            // Guards the format's data: a gap is unsigned, so runs must move forward.
+            assert!(
+                run.first_position >= end,
+                "topic index runs out of position order"
+            );
+            put_varint(&mut v, run.first_position - end);
+        }
+        put_varint(&mut v, u64::from(run.count));
+        end = run.first_position + u64::from(run.count);
     }
     v
 }
 
+/// The runs of an index entry of either format; `None` if it does not parse (or has no run,
+/// or a run of no event).
 pub fn parse_entry_value(value: &[u8]) -> Option<Vec<TopicRun>> {
+    let runs = match value.split_first()? {
+        (&ENTRY_FORMAT_2, rest) => parse_entry_value_2(rest)?,
+        _ => parse_entry_value_1(value)?,
+    };
+    (!runs.is_empty() && runs.iter().all(|r| r.count > 0)).then_some(runs)
+}
+
+fn parse_entry_value_2(value: &[u8]) -> Option<Vec<TopicRun>> {
+    let mut first_position = u64::from_le_bytes(value.get(..8)?.try_into().ok()?);
+    let mut rest = &value[8..];
+    let mut runs = Vec::new();
+    loop {
+        if !runs.is_empty() {
+            if rest.is_empty() {
+                return Some(runs);
+            }
+            first_position = first_position.checked_add(take_varint(&mut rest)?)?;
+        }
+        let count = u32::try_from(take_varint(&mut rest)?).ok()?;
+        runs.push(TopicRun {
+            first_position,
+            count,
+        });
+        first_position = first_position.checked_add(u64::from(count))?;
+    }
+}
+
+/// Format 1 (written before format 2): the stream parts and sequences are skipped.
+fn parse_entry_value_1(value: &[u8]) -> Option<Vec<TopicRun>> {
     let n = u32::from_le_bytes(value.get(..4)?.try_into().ok()?) as usize;
     let mut rest = &value[4..];
     let mut runs = Vec::with_capacity(n.min(TOPIC_ENTRY_RUNS_MAX));
     for _ in 0..n {
-        let (stream, after) = parse_stream_part(rest)?;
-        let first_sequence = u64::from_le_bytes(after.get(..8)?.try_into().ok()?);
+        let (_stream, after) = parse_stream_part(rest)?;
         let first_position = u64::from_le_bytes(after.get(8..16)?.try_into().ok()?);
         let count = u32::from_le_bytes(after.get(16..20)?.try_into().ok()?);
         rest = &after[20..];
         runs.push(TopicRun {
-            stream,
-            first_sequence,
             first_position,
             count,
         });
     }
-    (rest.is_empty() && !runs.is_empty()).then_some(runs)
+    rest.is_empty().then_some(runs)
+}
+
+/// LEB128: seven bits a byte, low first.
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn take_varint(input: &mut &[u8]) -> Option<u64> {
+    let mut n = 0u64;
+    for (i, &b) in input.iter().enumerate().take(10) {
+        let bits = u64::from(b & 0x7f);
+        // The tenth byte holds the top bit only.
+        if i == 9 && bits > 1 {
+            return None;
+        }
+        n |= bits << (7 * i);
+        if b & 0x80 == 0 {
+            *input = &input[i + 1..];
+            return Some(n);
+        }
+    }
+    None
 }
 
 fn parse_index_key(key: &[u8]) -> Option<(String, u32, u64)> {
@@ -312,42 +384,48 @@ impl Journal {
     }
 
     /// Visits the records at global positions `from..=to` in order, each checked once (CRC,
-    /// place) and handed over with its stream and view: the topic indexer's read. On the
-    /// segment log one pass over the positions (the stream is made once per run of one
-    /// stream); on sled the global index's runs, then each run's range scan.
+    /// place) and handed over as its view and bytes: the topic indexer's and the topic
+    /// readers' read. On the segment log one pass over the positions; on sled the global
+    /// index's runs, then each run's range scan. A position in the range without its record
+    /// is a `MissingRecord` corruption.
     pub(crate) fn visit_global<E: From<StorageError>>(
         &self,
         from: u64,
         to: u64,
-        mut f: impl FnMut(&StreamId, super::record::RecordView<'_>, &[u8]) -> Result<(), E>,
+        mut f: impl FnMut(super::record::RecordView<'_>, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         if from > to {
             return Ok(());
         }
+        let mut next = from;
         if let Some(log) = &self.shared.log {
-            let mut stream: Option<StreamId> = None;
-            return log.visit_positions(from, to, |_, bytes| {
+            log.visit_positions(from, to, |position, bytes| {
                 let view = super::record::RecordView::check(bytes)
                     .map_err(|e| StorageError::corrupt_store(Corruption::Record(e)))?;
-                let same = stream.as_ref().is_some_and(|s| {
-                    s.aggregate_type == view.aggregate_type && s.aggregate_id == view.aggregate_id
-                });
-                if !same {
-                    stream = Some(StreamId::new(view.aggregate_type, view.aggregate_id));
+                if view.global_position != position {
+                    return Err(misplaced_in_global_order(position, &view).into());
                 }
-                f(stream.as_ref().expect("set above"), view, bytes)
-            });
+                next = position + 1;
+                f(view, bytes)
+            })?;
+        } else {
+            for (first_position, run) in self.global_runs(from, to)? {
+                let stream = &run.stream;
+                let mut sequence = run.first_sequence;
+                self.visit_run(stream, sequence, run.count, |bytes| -> Result<(), E> {
+                    let view = super::view_checked(stream, sequence, bytes)?;
+                    let position = first_position + (sequence - run.first_sequence);
+                    if view.global_position != position {
+                        return Err(misplaced_in_global_order(position, &view).into());
+                    }
+                    sequence += 1;
+                    next = view.global_position + 1;
+                    f(view, bytes)
+                })?;
+            }
         }
-        for (first_position, run) in self.global_runs(from, to)? {
-            let stream = &run.stream;
-            self.visit_run(
-                stream,
-                (run.first_sequence, first_position),
-                run.count,
-                |sequence, bytes| -> Result<(), E> {
-                    f(stream, super::view_checked(stream, sequence, bytes)?, bytes)
-                },
-            )?;
+        if next <= to {
+            return Err(StorageError::corrupt_store(Corruption::MissingRecord).into());
         }
         Ok(())
     }
@@ -368,37 +446,17 @@ impl Journal {
         }
     }
 
-    /// Calls `f(sequence, bytes)` for the stored bytes of `count` records of a stream from
-    /// `first`, in order, with one range scan (one point read for one record) and no copy (the
-    /// topic reader checks and renders each in place). A record missing from the range is a `MissingRecord` corruption.
-    ///
-    /// `first_position` is the global position of the run's first record (the runs of the
-    /// global and topic indexes hold consecutive positions): a store on the segment log reads
-    /// the run by position.
-    pub(crate) fn visit_run<E: From<StorageError>>(
+    /// Calls `f(bytes)` for the stored bytes of `count` records of a stream from `first`, in
+    /// order, with one range scan (one point read for one record) and no copy: the sled
+    /// layout's read of a global index run. A record missing from the range is a
+    /// `MissingRecord` corruption.
+    fn visit_run<E: From<StorageError>>(
         &self,
         stream: &StreamId,
-        (first, first_position): (u64, u64),
+        first: u64,
         count: u32,
-        mut f: impl FnMut(u64, &[u8]) -> Result<(), E>,
+        mut f: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        if let Some(log) = &self.shared.log {
-            let mut seen = 0u64;
-            log.visit_positions(
-                first_position,
-                first_position + count as u64 - 1,
-                |_, bytes| {
-                    seen += 1;
-                    f(first + seen - 1, bytes)
-                },
-            )?;
-            if seen != count as u64 {
-                return Err(
-                    StorageError::corrupt(stream, first + seen, Corruption::MissingRecord).into(),
-                );
-            }
-            return Ok(());
-        }
         let db = self.shared.db()?;
         let start = keys::stream_key(keys::EVENTS, stream, first);
         // A run of one record (most of them, where many aggregates interleave in the global
@@ -409,13 +467,13 @@ impl Journal {
                 .get(&start)
                 .map_err(StorageError::from)?
                 .ok_or_else(|| StorageError::corrupt(stream, first, Corruption::MissingRecord))?;
-            return f(first, &value);
+            return f(&value);
         }
         let end = keys::stream_key(keys::EVENTS, stream, first + count as u64 - 1);
         let mut seen = 0u64;
         for entry in db.range(start..=end) {
             let (_, value) = entry.map_err(StorageError::from)?;
-            f(first + seen, &value)?;
+            f(&value)?;
             seen += 1;
         }
         if seen != count as u64 {
@@ -613,6 +671,18 @@ fn config_value(topic: &StoredTopic) -> Vec<u8> {
 
 /// Splits a partition's runs into index entries of at most `TOPIC_ENTRY_RUNS_MAX` runs, each
 /// with its first offset.
+/// A record found at `position` of the global order says it is at another.
+fn misplaced_in_global_order(position: u64, view: &super::record::RecordView<'_>) -> StorageError {
+    StorageError::corrupt(
+        &StreamId::new(view.aggregate_type, view.aggregate_id),
+        view.sequence,
+        Corruption::GlobalOrder {
+            position,
+            found: view.global_position,
+        },
+    )
+}
+
 fn chunk_offsets(first_offset: u64, runs: &[TopicRun]) -> Vec<(u64, &[TopicRun])> {
     let mut out = Vec::new();
     let mut offset = first_offset;
@@ -621,6 +691,25 @@ fn chunk_offsets(first_offset: u64, runs: &[TopicRun]) -> Vec<(u64, &[TopicRun])
         offset += chunk.iter().map(|r| r.count as u64).sum::<u64>();
     }
     out
+}
+
+/// An event of type `Happened` whose ids and payload derive from `n`, for the tests of the
+/// topic index.
+#[cfg(test)]
+pub(crate) fn test_event(n: u8) -> super::NewEvent {
+    super::NewEvent {
+        event_id: uuid::Uuid::from_u128(n as u128),
+        event_type: "Happened".into(),
+        event_version: "1.0".into(),
+        timestamp: chrono::DateTime::from_timestamp_micros(1_767_225_600_000_000).unwrap(),
+        correlation_id: uuid::Uuid::from_u128(1000 + n as u128),
+        causation_id: None,
+        source: "test".into(),
+        user_id: None,
+        session_id: None,
+        audit_context: None,
+        payload: vec![1, n],
+    }
 }
 
 #[cfg(test)]
@@ -632,20 +721,8 @@ mod tests {
     /// layout `global_runs` has one run per stretch of one stream, merged across entries.
     #[test]
     fn visit_global_covers_the_global_order() {
-        use super::super::{AppendRequest, JournalConfig, NewEvent};
-        let event = |n: u8| NewEvent {
-            event_id: uuid::Uuid::from_u128(n as u128),
-            event_type: "Happened".into(),
-            event_version: "1.0".into(),
-            timestamp: chrono::DateTime::from_timestamp_micros(1_767_225_600_000_000).unwrap(),
-            correlation_id: uuid::Uuid::from_u128(1000 + n as u128),
-            causation_id: None,
-            source: "test".into(),
-            user_id: None,
-            session_id: None,
-            audit_context: None,
-            payload: vec![1, n],
-        };
+        use super::super::{AppendRequest, JournalConfig};
+        let event = test_event;
         let dir = tempfile::tempdir().unwrap();
         let journal = JournalWriter::open(dir.path(), JournalConfig::default()).unwrap();
         let (a, b) = (StreamId::new("T", "a"), StreamId::new("T", "b"));
@@ -670,8 +747,9 @@ mod tests {
             for to in from..=last {
                 let mut visited: Vec<(u64, StreamId, u64)> = Vec::new();
                 journal
-                    .visit_global(from, to, |stream, view, _| -> Result<(), StorageError> {
-                        visited.push((view.global_position, stream.clone(), view.sequence));
+                    .visit_global(from, to, |view, _| -> Result<(), StorageError> {
+                        let stream = StreamId::new(view.aggregate_type, view.aggregate_id);
+                        visited.push((view.global_position, stream, view.sequence));
                         Ok(())
                     })
                     .unwrap();
@@ -695,12 +773,24 @@ mod tests {
         }
         let mut none = true;
         journal
-            .visit_global(3, 2, |_, _, _| -> Result<(), StorageError> {
+            .visit_global(3, 2, |_, _| -> Result<(), StorageError> {
                 none = false;
                 Ok(())
             })
             .unwrap();
         assert!(none);
+        // A range past the journal's end names the missing record rather than stopping short.
+        let past = journal.visit_global(7, 9, |_, _| -> Result<(), StorageError> { Ok(()) });
+        assert!(
+            matches!(
+                past,
+                Err(StorageError::Corrupt {
+                    cause: Corruption::MissingRecord,
+                    ..
+                })
+            ),
+            "{past:?}"
+        );
         journal.close().unwrap();
     }
 
@@ -708,20 +798,34 @@ mod tests {
     fn keys_and_entries_round_trip() {
         let runs = vec![
             TopicRun {
-                stream: StreamId::new("Order", "o-1"),
-                first_sequence: 3,
                 first_position: 17,
                 count: 2,
             },
             TopicRun {
-                stream: StreamId::new("Order", "o-10"),
-                first_sequence: 1,
                 first_position: 20,
                 count: 1,
             },
+            TopicRun {
+                first_position: 21 + 300,
+                count: 70_000,
+            },
         ];
-        assert_eq!(parse_entry_value(&entry_value(&runs)), Some(runs.clone()));
-        assert_eq!(parse_entry_value(&entry_value(&runs)[..9]), None);
+        let value = entry_value(&runs);
+        // The tag, 8 bytes of position, then 1 + (1 + 1) + (2 + 3) bytes of varints.
+        assert_eq!(value.len(), 1 + 8 + 1 + 2 + 5);
+        assert_eq!(parse_entry_value(&value), Some(runs.clone()));
+        for cut in 0..value.len() - 1 {
+            // A prefix is refused or reads as the runs it holds whole, never as other
+            // positions or counts (a cut varint keeps its continuation bit).
+            if let Some(parsed) = parse_entry_value(&value[..cut]) {
+                assert!(runs.starts_with(&parsed), "{cut}");
+            }
+        }
+        assert_eq!(parse_entry_value(&value[..9]), None);
+        assert_eq!(
+            parse_entry_value(&[ENTRY_FORMAT_2, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+            None
+        );
         let k = index_key("business.orders", 7, 300);
         assert_eq!(
             parse_index_key(&k),
@@ -732,7 +836,12 @@ mod tests {
         let mut ok = offsets_prefix("g", Some("t"));
         ok.extend_from_slice(&3u32.to_be_bytes());
         assert_eq!(parse_offsets_key(&ok), Some(("g".into(), "t".into(), 3)));
-        let many: Vec<TopicRun> = (0..130).map(|_| runs[1].clone()).collect();
+        let many: Vec<TopicRun> = (0..130u64)
+            .map(|i| TopicRun {
+                first_position: 2 * i + 1,
+                count: 1,
+            })
+            .collect();
         let chunks = chunk_offsets(10, &many);
         assert_eq!(
             chunks
@@ -741,5 +850,34 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(10, 64), (74, 64), (138, 2)]
         );
+    }
+
+    /// Entries written before format 2 (stream parts, sequences, fixed-width positions) read
+    /// as the same runs forever. The bytes are what that writer stored for two runs:
+    /// `Order/o-1` #3..=4 at positions 17..=18, then `Order/o-10` #1 at position 20.
+    #[test]
+    fn format_1_entries_still_read() {
+        const FORMAT_1: &str = "02000000\
+            054f7264657200036f2d31 0300000000000000 1100000000000000 02000000\
+            054f7264657200046f2d3130 0100000000000000 1400000000000000 01000000";
+        let v: Vec<u8> = FORMAT_1
+            .replace(' ', "")
+            .as_bytes()
+            .chunks(2)
+            .map(|h| u8::from_str_radix(std::str::from_utf8(h).unwrap(), 16).unwrap())
+            .collect();
+        let expected = vec![
+            TopicRun {
+                first_position: 17,
+                count: 2,
+            },
+            TopicRun {
+                first_position: 20,
+                count: 1,
+            },
+        ];
+        assert_eq!(parse_entry_value(&v), Some(expected));
+        assert_eq!(parse_entry_value(&v[..v.len() - 1]), None);
+        assert_eq!(parse_entry_value(&0u32.to_le_bytes()), None);
     }
 }

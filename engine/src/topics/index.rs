@@ -60,9 +60,8 @@ pub(crate) struct Plan {
 /// separately: from its type, or from its decoded record when they depend on its payload).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Routed<'a> {
-    pub(crate) stream: &'a StreamId,
+    pub(crate) aggregate_id: &'a str,
     pub(crate) event_type: &'a str,
-    pub(crate) sequence: u64,
     pub(crate) global_position: u64,
 }
 
@@ -138,7 +137,7 @@ impl Planner {
     ) -> Result<(), TopicError> {
         for target in targets {
             let topic = self.topic(target, plan)?;
-            let partition = super::partition_for(&event.stream.aggregate_id, topic.partitions);
+            let partition = super::partition_for(event.aggregate_id, topic.partitions);
             let name = target.name.as_str();
             let slot = match plan.slots.get(name).and_then(|p| p.get(&partition)) {
                 Some(i) => *i,
@@ -205,12 +204,12 @@ pub(crate) fn check_config(config: &TopicConfig) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// Appends the event's position to its partition's runs: a run grows while the partition's
+/// events are consecutive in the global order (one aggregate's command, or a stretch where
+/// every event routes here).
 fn extend_runs(runs: &mut Vec<TopicRun>, event: &Routed<'_>) {
     if let Some(last) = runs.last_mut() {
-        let count = last.count as u64;
-        if last.stream == *event.stream
-            && last.first_sequence + count == event.sequence
-            && last.first_position + count == event.global_position
+        if last.first_position + u64::from(last.count) == event.global_position
             && last.count < u32::MAX
         {
             last.count += 1;
@@ -218,8 +217,6 @@ fn extend_runs(runs: &mut Vec<TopicRun>, event: &Routed<'_>) {
         }
     }
     runs.push(TopicRun {
-        stream: event.stream.clone(),
-        first_sequence: event.sequence,
         first_position: event.global_position,
         count: 1,
     });
@@ -239,7 +236,7 @@ pub(crate) fn plan_between(
 ) -> Result<Plan, TopicError> {
     let mut plan = Plan::default();
     let mut position = from;
-    journal.visit_global(from, to, |stream, view, bytes| -> Result<(), TopicError> {
+    journal.visit_global(from, to, |view, bytes| -> Result<(), TopicError> {
         assert_eq!(view.global_position, position, "global order broken");
         position += 1;
         let render = |source| TopicError::Render {
@@ -250,14 +247,14 @@ pub(crate) fn plan_between(
             match planner.targets_by_type(catalog, view.aggregate_type, view.event_type) {
                 Some(targets) => targets,
                 None => {
-                    let record = journal.record_for_topic(stream, view.sequence, bytes)?;
+                    let stream = StreamId::new(view.aggregate_type, view.aggregate_id);
+                    let record = journal.record_for_topic(&stream, view.sequence, bytes)?;
                     catalog.targets(&record).map_err(render)?.into()
                 }
             };
         let event = Routed {
-            stream,
+            aggregate_id: view.aggregate_id,
             event_type: view.event_type,
-            sequence: view.sequence,
             global_position: view.global_position,
         };
         planner.add(journal, &mut plan, event, &targets)

@@ -122,7 +122,6 @@ mod tests {
     //! The kept entries answer exactly the offsets they hold, stay consecutive, and stay
     //! within their bound.
     use super::*;
-    use evershard_model::StreamId;
 
     fn entry(topic: &str, partition: u32, first_offset: u64, runs: u32) -> TopicEntry {
         TopicEntry {
@@ -131,9 +130,7 @@ mod tests {
             first_offset,
             runs: (0..runs)
                 .map(|i| TopicRun {
-                    stream: StreamId::new("T", format!("a{i}")),
-                    first_sequence: 1,
-                    first_position: first_offset + u64::from(i) + 1,
+                    first_position: 2 * (first_offset + u64::from(i)) + 1,
                     count: 1,
                 })
                 .collect(),
