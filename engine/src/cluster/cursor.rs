@@ -213,6 +213,20 @@ struct Part {
 }
 
 impl Part {
+    fn claim(&mut self, at: &ClaimAt) {
+        self.cursor.highest_epoch = self.cursor.highest_epoch.max(at.claim.epoch);
+        self.cursor.latest = Some((at.offset, at.claim.clone()));
+        self.cursor.next_offset = at.offset + 1;
+        self.dirty = true;
+    }
+
+    /// Stored by the write that carries it: nothing of it is left to store.
+    fn stored(&mut self) {
+        self.heads.clear();
+        self.published.clear();
+        self.dirty = false;
+    }
+
     fn batch(&mut self, offset: i64, batch: &Batch) {
         debug_assert!(offset >= self.cursor.next_offset);
         if !batch.events.is_empty() {
@@ -248,11 +262,7 @@ impl Applied {
 
     /// An effective claim at `at.offset` is behind the applied prefix now.
     pub(super) fn claim(&mut self, partition: u32, at: &ClaimAt) {
-        let part = &mut self.parts[partition as usize];
-        part.cursor.highest_epoch = part.cursor.highest_epoch.max(at.claim.epoch);
-        part.cursor.latest = Some((at.offset, at.claim.clone()));
-        part.cursor.next_offset = at.offset + 1;
-        part.dirty = true;
+        self.parts[partition as usize].claim(at);
     }
 
     /// A valid batch at `offset` is in the local journal now (appended by an entity of this
@@ -270,20 +280,22 @@ impl Applied {
         }
     }
 
-    /// The writes that store the position past `batch` at `offset`, for the tailer's own
-    /// append of it; [`Applied::appended`] takes them as done once the append succeeded.
-    pub(super) fn writes_with(&self, partition: u32, offset: i64, batch: &Batch) -> Vec<WriteOp> {
-        let mut next = self.parts[partition as usize].clone();
-        next.batch(offset, batch);
-        self.writes_of(partition, &next)
+    /// A plan of the partition's next steps, from its position now: the position each of
+    /// the tailer's appends carries (see [`PartPlan`]).
+    pub(super) fn plan(&self, partition: u32) -> PartPlan<'_> {
+        PartPlan {
+            cluster: &self.cluster,
+            partition,
+            part: self.parts[partition as usize].clone(),
+        }
     }
 
+    /// The tailer's append of `batch` at `offset` succeeded, with the writes
+    /// [`PartPlan::writes_with`] gave it.
     pub(super) fn appended(&mut self, partition: u32, offset: i64, batch: &Batch) {
         let part = &mut self.parts[partition as usize];
         part.batch(offset, batch);
-        part.heads.clear();
-        part.published.clear();
-        part.dirty = false;
+        part.stored();
     }
 
     /// `Local` batches of this node (outbox numbers) walked valid on the topic: their outbox
@@ -296,25 +308,6 @@ impl Applied {
         let part = &mut self.parts[partition as usize];
         part.published.extend(numbers);
         part.dirty = true;
-    }
-
-    fn writes_of(&self, partition: u32, part: &Part) -> Vec<WriteOp> {
-        let mut writes: Vec<WriteOp> = part
-            .heads
-            .iter()
-            .map(|(stream, head)| WriteOp::Put {
-                key: head_key(&self.cluster, stream),
-                value: head.to_be_bytes().to_vec(),
-            })
-            .collect();
-        writes.extend(part.published.iter().map(|n| WriteOp::Remove {
-            key: outbox_key(&self.cluster, partition, *n),
-        }));
-        writes.push(WriteOp::Put {
-            key: cursor_key(&self.cluster, partition),
-            value: encode_cursor(&part.cursor),
-        });
-        writes
     }
 
     /// Writes every partition's unstored position, if `force` or the interval passed: syncs
@@ -335,17 +328,66 @@ impl Applied {
         let mut writes = Vec::new();
         for (p, part) in self.parts.iter().enumerate() {
             if part.dirty {
-                writes.extend(self.writes_of(p as u32, part));
+                writes.extend(writes_of(&self.cluster, p as u32, part));
             }
         }
         journal.write_cluster_state(writes)?;
         for part in &mut self.parts {
-            part.heads.clear();
-            part.published.clear();
-            part.dirty = false;
+            part.stored();
         }
         self.last_write = Instant::now();
         Ok(())
+    }
+}
+
+/// The writes that store a partition's position: the heads moved, the outbox entries
+/// published, the cursor.
+fn writes_of(cluster: &str, partition: u32, part: &Part) -> Vec<WriteOp> {
+    let mut writes: Vec<WriteOp> = part
+        .heads
+        .iter()
+        .map(|(stream, head)| WriteOp::Put {
+            key: head_key(cluster, stream),
+            value: head.to_be_bytes().to_vec(),
+        })
+        .collect();
+    writes.extend(part.published.iter().map(|n| WriteOp::Remove {
+        key: outbox_key(cluster, partition, *n),
+    }));
+    writes.push(WriteOp::Put {
+        key: cursor_key(cluster, partition),
+        value: encode_cursor(&part.cursor),
+    });
+    writes
+}
+
+/// A partition's position as one round of the tailer moves it: the steps it plans in offset
+/// order — claims passed, batches found in the journal, batches it appends — each moving a
+/// copy of the position. Each append carries the position past its batch as if the appends
+/// planned before it succeeded: the journal commits them in the order they were submitted,
+/// and the tailer takes their answers in that order (see `apply_pending`).
+pub(super) struct PartPlan<'a> {
+    cluster: &'a str,
+    partition: u32,
+    part: Part,
+}
+
+impl PartPlan<'_> {
+    pub(super) fn claim(&mut self, at: &ClaimAt) {
+        self.part.claim(at);
+    }
+
+    pub(super) fn batch(&mut self, offset: i64, batch: &Batch) {
+        self.part.batch(offset, batch);
+    }
+
+    /// The writes that store the position past `batch` at `offset`, for the tailer's append
+    /// of it: what the plan had not stored yet goes with them.
+    pub(super) fn writes_with(&mut self, offset: i64, batch: &Batch) -> Vec<WriteOp> {
+        self.part.batch(offset, batch);
+        let writes = writes_of(self.cluster, self.partition, &self.part);
+        self.part.stored();
+        writes
     }
 }
 
@@ -408,5 +450,64 @@ mod tests {
         assert_eq!(key, keys[2]);
         assert_eq!(value[0], OUTBOX_FORMAT_V1);
         assert_eq!(Entry::decode(&value[1..]).unwrap(), Entry::Batch(batch));
+    }
+
+    /// A round's appends each carry the position past their own batch, as if the ones
+    /// planned before them succeeded: the cursor moves one batch at a time, a head is stored
+    /// by the append of its batch, and what the plan found stored before (a claim passed,
+    /// a batch the journal had, outbox entries published) goes with the first append.
+    #[test]
+    fn a_plan_gives_each_append_the_position_past_its_batch() {
+        let event = super::super::wire::WireEvent::from(&crate::journal::topics::test_event(1));
+        let batch = |id: &str, first_sequence: u64, events: usize| Batch {
+            node: "n1".into(),
+            epoch: 4,
+            aggregate_type: "Ledger".into(),
+            aggregate_id: id.into(),
+            first_sequence,
+            events: vec![event.clone(); events],
+            writes: vec![],
+        };
+        let cursor = |writes: &[WriteOp]| -> StoredCursor {
+            let WriteOp::Put { value, .. } = writes.last().unwrap() else {
+                panic!("the cursor is the last write")
+            };
+            serde_json::from_slice(&value[1..]).unwrap()
+        };
+        let heads = |writes: &[WriteOp]| -> Vec<Vec<u8>> {
+            writes
+                .iter()
+                .filter_map(|w| match w {
+                    WriteOp::Put { key, .. } if key != &cursor_key("test", 2) => Some(key.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut applied = Applied::new("test", vec![StoredCursor::default(); 3]);
+        applied.published(2, vec![7]);
+        let mut plan = applied.plan(2);
+        plan.batch(4, &batch("found", 1, 1));
+        let first = plan.writes_with(5, &batch("a", 1, 2));
+        let second = plan.writes_with(6, &batch("b", 3, 1));
+        assert_eq!(cursor(&first).next_offset, 6);
+        assert_eq!(cursor(&second).next_offset, 7);
+        let head = |id: &str| head_key("test", &StreamId::new("Ledger", id));
+        let mut expected = vec![head("a"), head("found")];
+        let mut got = heads(&first);
+        got.sort();
+        expected.sort();
+        assert_eq!(got, expected);
+        assert_eq!(heads(&second), vec![head("b")]);
+        assert!(first.contains(&WriteOp::Remove {
+            key: outbox_key("test", 2, 7)
+        }));
+        assert!(!second.iter().any(|w| matches!(w, WriteOp::Remove { .. })));
+        // The plan is a copy: nothing moves until the appends are answered.
+        assert_eq!(applied.parts[2].cursor.next_offset, 0);
+        applied.batch(2, 4, &batch("found", 1, 1));
+        applied.appended(2, 5, &batch("a", 1, 2));
+        applied.appended(2, 6, &batch("b", 3, 1));
+        assert_eq!(applied.parts[2].cursor.next_offset, 7);
+        assert!(!applied.parts[2].dirty);
     }
 }

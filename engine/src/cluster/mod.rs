@@ -30,11 +30,13 @@ pub mod validity;
 pub mod wire;
 
 use crate::engine::Engine;
+use crate::error::{AppendError, StorageError};
 use crate::gate::{AfterAppend, AppendGate, GateFuture, GateRefusal};
 use crate::journal::{AppendRequest, JournalWriter};
 use crate::kafka::KafkaConfig;
 use crate::topics::partition_for;
 use cursor::{Applied, CursorError};
+use evershard_model::StreamId;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -1573,45 +1575,87 @@ fn local_verdict(
     }
 }
 
+/// Appends the tailer submits in one round at most, before it takes their answers.
+const TAILER_APPENDS_IN_FLIGHT_MAX: usize = 1024;
+
+/// One step of a partition that a round of [`apply_pending`] planned, in offset order.
+enum Planned {
+    /// An effective claim, passed.
+    Claim(ClaimAt),
+    /// A valid batch the local journal has already.
+    Found(Batch),
+    /// A valid batch appended by the tailer: the append's answer.
+    Appending(
+        Batch,
+        tokio::sync::oneshot::Receiver<Result<crate::journal::Committed, AppendError>>,
+    ),
+}
+
+/// One partition's part of a round of [`apply_pending`].
+struct Round {
+    partition: u32,
+    /// Its planned steps, by offset.
+    steps: Vec<(i64, Planned)>,
+    /// Whether they reach the end of its queue.
+    whole: bool,
+}
+
 /// Appends the valid batches read to the local journal, per partition in offset order, each
 /// when its stream's local head is just before it, and moves the partition's position past
 /// every message applied ([`cursor`]: in the same append when the tailer appends). A batch
 /// of this process's own claim is left to the entity that wrote it (it appends right after
 /// the gate's check) for [`OWN_APPEND_GRACE_MS`].
+///
+/// A round submits its appends without waiting for each (up to
+/// [`TAILER_APPENDS_IN_FLIGHT_MAX`]), then takes the answers in order: the committer puts
+/// them in as few group commits as it can, one `fdatasync` each. Appended one at a time, a
+/// catch-up was bounded by the disk's sync rate. Each append carries the position past its
+/// batch as if the ones before it succeeded; the answers come in submission order, and a
+/// failed append stops its partition's round there (nothing after it is taken as applied;
+/// the next round finds in the journal what was appended after it). A failure is a conflict
+/// — the entity appended its own batch meanwhile, so the journal has it — or a journal that
+/// failed, which fails every append after it: so a stored position never passes a batch the
+/// journal lacks.
 fn apply_pending(shared: &Shared, journal: &JournalWriter, applied: &mut Applied) {
+    let mut rounds: Vec<Round> = Vec::new();
+    // The head each stream will have once the appends submitted so far are in.
+    let mut planned_heads: HashMap<StreamId, u64> = HashMap::new();
+    let mut in_flight = 0usize;
     for p in 0..shared.config.partitions {
         let idx = p as usize;
         // Before any position write of `p`: it never moves past a batch whose outbox entry
         // is still stored.
         let published = std::mem::take(&mut shared.lock().published[idx]);
         applied.published(p, published);
-        loop {
-            let (offset, step) = {
-                let st = shared.lock();
-                match st.pending[idx].front() {
-                    None => {
-                        // Every message below the walk's position is applied or void.
-                        applied.walked_to(p, st.walks[idx].next_offset);
-                        break;
-                    }
-                    Some(f) => (f.offset, f.step.clone()),
-                }
+        let mut plan = applied.plan(p);
+        let mut steps = Vec::new();
+        let mut whole = true;
+        for i in 0.. {
+            let Some((offset, step)) = shared.lock().pending[idx]
+                .get(i)
+                .map(|f| (f.offset, f.step.clone()))
+            else {
+                break;
             };
             let (batch, own, seen) = match step {
                 Step::Claim(at) => {
-                    applied.claim(p, &at);
-                    shared.lock().pending[idx].pop_front();
+                    plan.claim(&at);
+                    steps.push((offset, Planned::Claim(at)));
                     continue;
                 }
                 Step::Batch { batch, own, seen } => (batch, own, seen),
             };
             let stream = batch.stream();
-            let head = match journal.reader().head(&stream) {
-                Ok(h) => h.sequence,
-                Err(e) => {
-                    shared.error(format!("replica: reading the head of {stream}: {e}"));
-                    break;
-                }
+            let head = match planned_heads.get(&stream) {
+                Some(head) => *head,
+                None => match journal.reader().head(&stream) {
+                    Ok(h) => h.sequence,
+                    Err(e) => {
+                        shared.error(format!("replica: reading the head of {stream}: {e}"));
+                        whole = false;
+                        break;
+                    }
+                },
             };
             let done = if batch.events.is_empty() {
                 // Only keyspace writes (a timer correction): the writer's entity wrote them.
@@ -1620,35 +1664,106 @@ fn apply_pending(shared: &Shared, journal: &JournalWriter, applied: &mut Applied
                 head >= batch.last_sequence()
             };
             if done {
-                applied.batch(p, offset, &batch);
-            } else {
-                if own && seen.elapsed() < Duration::from_millis(OWN_APPEND_GRACE_MS) {
-                    break; // the entity appends it in a moment
-                }
-                if head + 1 != batch.first_sequence {
-                    break; // an earlier batch of the stream is still on its way
-                }
-                let mut request = match batch.to_request() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        shared.error(format!("replica: batch of {stream}: {e}"));
-                        break;
-                    }
-                };
-                // The position past this batch, in the same sled batch as its events.
-                request
-                    .extra_writes
-                    .extend(applied.writes_with(p, offset, &batch));
-                if let Err(e) = journal.append_blocking(request) {
-                    // A conflict: the entity appended it meanwhile; the next round sees that.
-                    if !matches!(e, crate::error::AppendError::Conflict { .. }) {
-                        shared.error(format!("replica: appending a batch of {stream}: {e}"));
-                    }
+                plan.batch(offset, &batch);
+                steps.push((offset, Planned::Found(batch)));
+                continue;
+            }
+            // The entity appends its own batch in a moment; an earlier batch of the stream
+            // is still on its way; or the round is full.
+            let wait = (own && seen.elapsed() < Duration::from_millis(OWN_APPEND_GRACE_MS))
+                || head + 1 != batch.first_sequence
+                || in_flight == TAILER_APPENDS_IN_FLIGHT_MAX;
+            if wait {
+                whole = false;
+                break;
+            }
+            let mut request = match batch.to_request() {
+                Ok(r) => r,
+                Err(e) => {
+                    shared.error(format!("replica: batch of {stream}: {e}"));
+                    whole = false;
                     break;
                 }
-                applied.appended(p, offset, &batch);
+            };
+            // The position past this batch, in the same sled batch as its events.
+            request
+                .extra_writes
+                .extend(plan.writes_with(offset, &batch));
+            match journal.submit(request) {
+                Ok(answer) => {
+                    planned_heads.insert(stream, batch.last_sequence());
+                    in_flight += 1;
+                    steps.push((offset, Planned::Appending(batch, answer)));
+                }
+                Err(e) => {
+                    shared.error(format!("replica: appending a batch of {stream}: {e}"));
+                    whole = false;
+                    break;
+                }
             }
-            shared.lock().pending[idx].pop_front();
+        }
+        rounds.push(Round {
+            partition: p,
+            steps,
+            whole,
+        });
+    }
+    for Round {
+        partition: p,
+        steps,
+        whole,
+    } in rounds
+    {
+        let idx = p as usize;
+        // Taken in order, up to the first failed append (whose successors are still waited
+        // for, so that the round ends with nothing of it in flight).
+        let mut applying = true;
+        for (offset, planned) in steps {
+            let applies = match planned {
+                Planned::Claim(at) => {
+                    if applying {
+                        applied.claim(p, &at);
+                    }
+                    true
+                }
+                Planned::Found(batch) => {
+                    if applying {
+                        applied.batch(p, offset, &batch);
+                    }
+                    true
+                }
+                Planned::Appending(batch, answer) => {
+                    let answer = answer
+                        .blocking_recv()
+                        .unwrap_or_else(|_| Err(AppendError::Storage(StorageError::Closed)));
+                    match answer {
+                        Ok(_) => {
+                            if applying {
+                                applied.appended(p, offset, &batch);
+                            }
+                            true
+                        }
+                        // The entity appended it meanwhile; the next round sees that.
+                        Err(AppendError::Conflict { .. }) => false,
+                        Err(e) => {
+                            let stream = batch.stream();
+                            shared.error(format!("replica: appending a batch of {stream}: {e}"));
+                            false
+                        }
+                    }
+                }
+            };
+            applying &= applies;
+            if applying {
+                shared.lock().pending[idx].pop_front();
+            }
+        }
+        if applying && whole {
+            // Every message below the walk's position is applied or void.
+            let st = shared.lock();
+            if st.pending[idx].is_empty() {
+                applied.walked_to(p, st.walks[idx].next_offset);
+            }
         }
     }
 }

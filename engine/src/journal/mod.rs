@@ -817,7 +817,9 @@ impl JournalWriter {
         &self.journal
     }
 
-    fn submit(
+    /// Submits an append without waiting for it: the receiver answers when it is
+    /// acknowledged. Appends submitted one after another commit in that order.
+    pub(crate) fn submit(
         &self,
         request: AppendRequest,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Committed, AppendError>>, AppendError> {
