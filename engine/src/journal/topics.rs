@@ -794,22 +794,16 @@ mod tests {
         journal.close().unwrap();
     }
 
+    fn run(first_position: u64, count: u32) -> TopicRun {
+        TopicRun {
+            first_position,
+            count,
+        }
+    }
+
     #[test]
     fn keys_and_entries_round_trip() {
-        let runs = vec![
-            TopicRun {
-                first_position: 17,
-                count: 2,
-            },
-            TopicRun {
-                first_position: 20,
-                count: 1,
-            },
-            TopicRun {
-                first_position: 21 + 300,
-                count: 70_000,
-            },
-        ];
+        let runs = vec![run(17, 2), run(20, 1), run(21 + 300, 70_000)];
         let value = entry_value(&runs);
         // The tag, 8 bytes of position, then 1 + (1 + 1) + (2 + 3) bytes of varints.
         assert_eq!(value.len(), 1 + 8 + 1 + 2 + 5);
@@ -836,12 +830,7 @@ mod tests {
         let mut ok = offsets_prefix("g", Some("t"));
         ok.extend_from_slice(&3u32.to_be_bytes());
         assert_eq!(parse_offsets_key(&ok), Some(("g".into(), "t".into(), 3)));
-        let many: Vec<TopicRun> = (0..130u64)
-            .map(|i| TopicRun {
-                first_position: 2 * i + 1,
-                count: 1,
-            })
-            .collect();
+        let many: Vec<TopicRun> = (0..130u64).map(|i| run(2 * i + 1, 1)).collect();
         let chunks = chunk_offsets(10, &many);
         assert_eq!(
             chunks
@@ -866,16 +855,7 @@ mod tests {
             .chunks(2)
             .map(|h| u8::from_str_radix(std::str::from_utf8(h).unwrap(), 16).unwrap())
             .collect();
-        let expected = vec![
-            TopicRun {
-                first_position: 17,
-                count: 2,
-            },
-            TopicRun {
-                first_position: 20,
-                count: 1,
-            },
-        ];
+        let expected = vec![run(17, 2), run(20, 1)];
         assert_eq!(parse_entry_value(&v), Some(expected));
         assert_eq!(parse_entry_value(&v[..v.len() - 1]), None);
         assert_eq!(parse_entry_value(&0u32.to_le_bytes()), None);
