@@ -153,6 +153,13 @@ pub enum StorageError {
     /// The journal was closed (the engine shut down): reopen the store.
     #[error("the journal is closed")]
     Closed,
+    /// `close` waited `waited_ms` for the committer's last sync and gave up: sled 0.34's
+    /// flush can wait forever for a log buffer no thread writes (spacejam/sled#1412, seen
+    /// here under load). What was acknowledged is durable (in durable mode its sync had
+    /// returned); the store stays locked while this process lives, and a later `close`
+    /// waits again.
+    #[error("closing the journal: its last sync did not finish within {waited_ms} ms (sled's flush; spacejam/sled#1412); the store stays locked until this process exits")]
+    CloseStalled { waited_ms: u64 },
     /// The operation does not read the segment log yet: the store keeps its events there
     /// (`WritePath::Log`), and this reader still knows only the sled layout
     /// (docs/design.md, "The next write path", increments 3 and 4).

@@ -3,7 +3,9 @@
 //! payloads per stream. After every step the journal must agree with the model: contents,
 //! heads, conflicts, a gapless global order, and a clean `verify`.
 //! Also: a failed flush poisons the journal instead of guessing; bad requests get typed
-//! errors; and concurrent durable appends share one flush (group commit).
+//! errors; concurrent durable appends share one flush (group commit); and a close whose last
+//! sync does not finish answers `CloseStalled` within its bound (sled's flush can hang:
+//! spacejam/sled#1412), then closes once the sync is through.
 
 use evershard_engine::{
     AppendError, Durability, Journal, JournalConfig, JournalWriter, StorageError, StreamId,
@@ -262,4 +264,35 @@ async fn concurrent_appends_share_one_flush() {
     tokio::task::spawn_blocking(move || journal.close().unwrap())
         .await
         .unwrap();
+}
+
+#[test]
+fn a_close_whose_last_sync_hangs_answers_within_its_bound() {
+    // The syncer held stands for sled's flush waiting forever: `close_within` gives up with
+    // a typed error instead of hanging, and leaves the journal open; once the sync can go
+    // on, a second close finishes, releases the lock, and the store reopens with every
+    // acknowledged event.
+    let dir = tempfile::tempdir().unwrap();
+    let journal = JournalWriter::open(dir.path(), JournalConfig::default()).unwrap();
+    let stream = StreamId::new("Close", "c");
+    journal
+        .append_blocking(AppendRequest::new(stream.clone(), 0, vec![event(vec![1])]))
+        .unwrap();
+    let gate = journal.hold_syncs_for_tests();
+    let started = std::time::Instant::now();
+    let stalled = journal.close_within(std::time::Duration::from_millis(200));
+    assert!(
+        matches!(stalled, Err(StorageError::CloseStalled { waited_ms: 200 })),
+        "{stalled:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert!(
+        JournalWriter::open(dir.path(), JournalConfig::default()).is_err(),
+        "a stalled close keeps the store locked"
+    );
+    drop(gate);
+    journal.close().unwrap();
+    let reopened = JournalWriter::open(dir.path(), JournalConfig::default()).unwrap();
+    assert_eq!(reopened.read_stream(&stream, 1, u64::MAX).count(), 1);
+    reopened.close().unwrap();
 }

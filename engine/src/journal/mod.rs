@@ -90,6 +90,11 @@ pub struct JournalConfig {
     pub write_path: WritePath,
 }
 
+/// How long [`JournalWriter::close`] waits for the committer's last sync before it answers
+/// [`StorageError::CloseStalled`]: sled 0.34's flush can wait forever (spacejam/sled#1412).
+/// A close after a heavy load syncs what sled holds in memory, seconds at most.
+pub const CLOSE_WAIT_MS_MAX: u64 = 120_000;
+
 impl Default for JournalConfig {
     fn default() -> Self {
         Self {
@@ -355,7 +360,12 @@ pub struct JournalWriter {
     journal: Journal,
     jobs: mpsc::Sender<CommitJob>,
     committer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// The answer to the shutdown a close sent and stopped waiting for
+    /// ([`StorageError::CloseStalled`]): the next close waits for it.
+    stalled_close: Arc<Mutex<Option<CloseAnswer>>>,
 }
+
+type CloseAnswer = tokio::sync::oneshot::Receiver<Result<(), StorageError>>;
 
 impl std::fmt::Debug for JournalWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -809,6 +819,7 @@ impl JournalWriter {
             journal: Journal { shared },
             jobs: tx,
             committer: Arc::new(Mutex::new(Some(handle))),
+            stalled_close: Arc::default(),
         })
     }
 
@@ -869,18 +880,61 @@ impl JournalWriter {
     /// Commits and syncs everything submitted so far, stops the committer, and closes sled's
     /// database, which releases the directory lock even while clones of this journal (or of
     /// its read view) are alive: their later calls fail with [`StorageError::Closed`].
-    /// Idempotent: a second call returns `Ok`.
+    /// Idempotent: a second call returns `Ok`. Waits at most [`CLOSE_WAIT_MS_MAX`] for the
+    /// last sync ([`JournalWriter::close_within`]).
     pub fn close(&self) -> Result<(), StorageError> {
+        self.close_within(std::time::Duration::from_millis(CLOSE_WAIT_MS_MAX))
+    }
+
+    /// [`JournalWriter::close`], waiting at most `wait` for the committer's last sync: past
+    /// it, [`StorageError::CloseStalled`], with the committer left to finish (or not) and
+    /// the store still open and locked.
+    pub fn close_within(&self, wait: std::time::Duration) -> Result<(), StorageError> {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(()); // closed before, by this or another clone
         }
-        let (reply, rx) = tokio::sync::oneshot::channel();
+        // A close that stalled before sent the shutdown already: wait for its answer.
+        let stalled = self
+            .stalled_close
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let answer = match stalled {
+            Some(rx) => Some(rx),
+            None => {
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                self.jobs
+                    .send(CommitJob::Shutdown {
+                        reply: ReplyTo::new(reply, self.shared.clone()),
+                    })
+                    .is_ok()
+                    .then_some(rx)
+            }
+        };
         // No answer means the committer is gone: nothing was synced, so say so.
-        let result = match self.jobs.send(CommitJob::Shutdown {
-            reply: ReplyTo::new(reply, self.shared.clone()),
-        }) {
-            Ok(()) => rx.blocking_recv().unwrap_or(Err(StorageError::Closed)),
-            Err(_) => Err(StorageError::Closed),
+        let result = match answer {
+            Some(mut rx) => {
+                let deadline = std::time::Instant::now() + wait;
+                loop {
+                    match rx.try_recv() {
+                        Ok(answer) => break answer,
+                        Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                            break Err(StorageError::Closed)
+                        }
+                        Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        let waited_ms = wait.as_millis() as u64;
+                        tracing::error!(dir = %self.shared.dir.display(), waited_ms, "the journal's last sync did not finish: the store stays open (spacejam/sled#1412)");
+                        // Not closed: a later `close` waits again, for this answer.
+                        *self.stalled_close.lock().unwrap_or_else(|e| e.into_inner()) = Some(rx);
+                        self.shared.closed.store(false, Ordering::Release);
+                        return Err(StorageError::CloseStalled { waited_ms });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+            None => Err(StorageError::Closed),
         };
         if let Some(handle) = self.committer.lock().expect("committer lock").take() {
             let _ = handle.join();
