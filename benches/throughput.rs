@@ -149,15 +149,28 @@ enum Feature {
 /// a pair share; the median of the pairs' ratios is the figure. Each run starts on a quiet disk
 /// (`quiesce_disk`). Prints every pair; returns
 /// (median ratio, median rate with the feature).
+/// The medians of a paired section.
+struct Paired {
+    /// The rate with the feature over the rate without.
+    ratio: f64,
+    /// The rate with the feature.
+    rate: f64,
+    /// CPU per command without the feature over CPU per command with it: what the feature
+    /// costs in CPU alone, which moves less from run to run on this machine than the rates
+    /// (a rate also moves with the disk's latency and the scheduler).
+    cpu_ratio: f64,
+}
+
 fn paired_ratio(
     rt: &tokio::runtime::Runtime,
     dir: &std::path::Path,
     shape: &Shape,
     feature: Feature,
     rounds: usize,
-) -> (f64, f64) {
+) -> Paired {
     let mut ratios = Vec::with_capacity(rounds);
     let mut with_rates = Vec::with_capacity(rounds);
+    let mut cpu_ratios = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let mut rates = [0.0; 2];
         let order = if round % 2 == 0 {
@@ -202,12 +215,17 @@ fn paired_ratio(
         );
         ratios.push(rates[1] / rates[0]);
         with_rates.push(rates[1]);
+        cpu_ratios.push(cpu_us[0] / cpu_us[1]);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    (median(&mut ratios), median(&mut with_rates))
+    Paired {
+        ratio: median(&mut ratios),
+        rate: median(&mut with_rates),
+        cpu_ratio: median(&mut cpu_ratios),
+    }
 }
 
 /// Waits until the kernel has written back every dirty page (`sync`), so that a run does not
@@ -1027,7 +1045,7 @@ fn main() {
         // The two write paths, paired (docs/design.md, "The next write path"): run 1's
         // workload on the sled layout and on the segment log, alternately, on fresh stores.
         println!("write paths: run 1's workload, sled layout (without) and segment log (with)");
-        let (ratio, rate) = paired_ratio(&rt, tmp.path(), &shape, Feature::Log, pairs);
+        let Paired { ratio, rate, .. } = paired_ratio(&rt, tmp.path(), &shape, Feature::Log, pairs);
         println!("segment log over sled layout: median ratio {ratio:.2} ({rate:.0} commands/s on the log)");
         return;
     }
@@ -1097,9 +1115,13 @@ fn main() {
     let only = std::env::var("EVERSHARD_BENCH_ONLY").ok();
     if only.is_none() || only.as_deref() == Some("idempotency") {
         println!("with idempotency keys vs without, {pairs} pairs:");
-        let (ratio, rate) = paired_ratio(&rt, tmp.path(), &shape, Feature::Keys, pairs);
+        let Paired {
+            ratio,
+            rate,
+            cpu_ratio,
+        } = paired_ratio(&rt, tmp.path(), &shape, Feature::Keys, pairs);
         println!(
-            "with idempotency : {rate:>9.0} commands/s  (a fresh key on every command); median ratio to without: {ratio:.2} (target >= 0.85)"
+            "with idempotency : {rate:>9.0} commands/s  (a fresh key on every command); median ratio to without: {ratio:.2} (target >= 0.85); CPU per command, without over with: {cpu_ratio:.2}"
         );
         if only.is_some() {
             return;
@@ -1110,9 +1132,13 @@ fn main() {
     }
     if only.is_none() || only.as_deref() == Some("topics") {
         println!("with topics vs without, {pairs} pairs:");
-        let (ratio, rate) = paired_ratio(&rt, tmp.path(), &shape, Feature::Topics, pairs);
+        let Paired {
+            ratio,
+            rate,
+            cpu_ratio,
+        } = paired_ratio(&rt, tmp.path(), &shape, Feature::Topics, pairs);
         println!(
-            "with topics       : {rate:>9.0} commands/s  (indexer + a live consumer group); median ratio to without: {ratio:.2} (target >= 0.90)"
+            "with topics       : {rate:>9.0} commands/s  (indexer + a live consumer group); median ratio to without: {ratio:.2} (target >= 0.90); CPU per command, without over with: {cpu_ratio:.2}"
         );
     }
     let catchup_events = env(
