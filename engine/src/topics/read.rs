@@ -97,7 +97,7 @@ impl TopicLog {
             }
             from = to + 1;
         }
-        tail.topics = planner.topics;
+        tail.topics = planner.topics.into_iter().collect();
         Ok(TopicLog {
             journal: journal.clone(),
             catalog: Arc::new(catalog),
