@@ -313,10 +313,21 @@ impl JournalWriter {
             .into_iter()
             .chain(log_meta.iter().map(|k| &k[..]))
             .collect();
+        // sled's format-3 idempotency entries (on the segment log) point into this store's
+        // log, at addresses the copy's log does not share: they are kept aside and the copy
+        // gets each entry's records (format 2) from its frame once commands flow again (a
+        // frame never changes).
+        let mut pointers = Vec::new();
         for tag in (0..=u8::MAX).filter(|t| !added_only.contains(t)) {
             for entry in keyspace(&src, tag) {
                 let (key, value) = entry.map_err(source_error)?;
                 if tag == keys::META && own_meta.contains(&key.as_ref()) {
+                    continue;
+                }
+                if tag == keys::IDEMPOTENCY_BY_TIME
+                    && value.first() == Some(&keys::IDEMPOTENCY_GROUP_FORMAT_V3)
+                {
+                    pointers.push((key, value));
                     continue;
                 }
                 copier.put(&key, &value)?;
@@ -423,6 +434,23 @@ impl JournalWriter {
                     copier.put(&key, &value)?;
                     snapshots += u64::from(part.is_none());
                 }
+            }
+        }
+        for (key, value) in pointers {
+            let malformed = || {
+                source_error(StorageError::corrupt_store(Corruption::MalformedKey {
+                    keyspace: "idempotency",
+                }))
+            };
+            let (address, _) =
+                keys::parse_idempotency_pointer_entry(&value).ok_or_else(malformed)?;
+            let log = self.shared.log.as_ref().ok_or_else(malformed)?;
+            // None: an entry whose frame a power cut took (a look-up ignores it too).
+            if let Some(records) = log
+                .idempotency_entry_at(address, &key)
+                .map_err(source_error)?
+            {
+                copier.put(&key, &records)?;
             }
         }
         copier.flush()?;

@@ -1256,7 +1256,7 @@ impl Committer {
             writes,
         } = frame;
         parts.note_written(first_position, records, writes_cursor);
-        Ok((writes, writes_cursor))
+        Ok((logstore::sled_writes(writes, address), writes_cursor))
     }
 
     fn publish(&mut self, staged: HashMap<StreamId, CommitHead>, next_global: u64) {

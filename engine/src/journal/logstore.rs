@@ -85,13 +85,39 @@ fn stored_writes_cursor(db: &sled::Db) -> Result<u64, StorageError> {
 }
 
 /// A frame's writes into a sled batch, as the committer's batch would have held them.
-pub(super) fn add_writes(batch: &mut sled::Batch, writes: &[FrameWrite]) {
+pub(super) fn add_writes(batch: &mut sled::Batch, writes: &[FrameWrite], frame_address: u64) {
     for w in writes {
         match w {
-            FrameWrite::Put { key, value } => batch.insert(&key[..], &value[..]),
+            FrameWrite::Put { key, value } => match pointer_value(key, value, frame_address) {
+                Some(pointer) => batch.insert(&key[..], pointer),
+                None => batch.insert(&key[..], &value[..]),
+            },
             FrameWrite::Remove { key } => batch.remove(&key[..]),
         }
     }
+}
+
+/// A frame's writes as sled stores them: a group's idempotency entry (format 2) becomes its
+/// format-3 copy, the keys and `frame_address` (`keys::idempotency_pointer_entry`; the
+/// records stay in the frame), every other write as it is.
+pub(super) fn sled_writes(writes: Vec<FrameWrite>, frame_address: u64) -> Vec<FrameWrite> {
+    writes
+        .into_iter()
+        .map(|w| match w {
+            FrameWrite::Put { key, value } => {
+                let value = pointer_value(&key, &value, frame_address).unwrap_or(value);
+                FrameWrite::Put { key, value }
+            }
+            remove => remove,
+        })
+        .collect()
+}
+
+fn pointer_value(key: &[u8], value: &[u8], frame_address: u64) -> Option<Vec<u8>> {
+    (key.first() == Some(&keys::IDEMPOTENCY_BY_TIME)
+        && value.first() == Some(&keys::IDEMPOTENCY_GROUP_FORMAT_V2))
+    .then(|| keys::idempotency_pointer_entry(frame_address, value))
+    .flatten()
 }
 
 /// The segment log of a store and its heads.
@@ -218,7 +244,7 @@ impl LogParts {
         let mut end = None;
         for frame in log.frames_from_address(from) {
             let (address, frame) = frame?;
-            add_writes(&mut batch, &frame.writes);
+            add_writes(&mut batch, &frame.writes, address);
             end = Some(address + frame.encoded_len() as u64);
         }
         if let Some(end) = end {
@@ -271,6 +297,35 @@ impl LogParts {
 
     pub(super) fn read_log(&self) -> std::sync::RwLockReadGuard<'_, SegmentLog> {
         self.log.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The records value (format 2) of the idempotency group entry `entry` as written into
+    /// the frame at `address` (sled holds its format-3 copy, which points here); `None` when
+    /// no frame there holds it. That is a pointer whose frame a power cut took: sled may keep
+    /// a group's entry whose frame never reached the disk (see `idempotency`), the log is
+    /// then cut before that frame, and later frames may have been written over its address —
+    /// reading there finds another frame, or the inside of one (whose bytes fail the header's
+    /// checks). An I/O error is an error.
+    pub(super) fn idempotency_entry_at(
+        &self,
+        address: u64,
+        entry: &[u8],
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let frame = match self.read_log().frame_at_address(address) {
+            Ok((frame, _)) => frame,
+            Err(seglog::SegLogError::Corrupt { .. } | seglog::SegLogError::NoRecordAt { .. }) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(frame.writes.into_iter().find_map(|w| match w {
+            FrameWrite::Put { key, value }
+                if key == entry && value.first() == Some(&keys::IDEMPOTENCY_GROUP_FORMAT_V2) =>
+            {
+                Some(value)
+            }
+            _ => None,
+        }))
     }
 
     pub(super) fn write_log(&self) -> std::sync::RwLockWriteGuard<'_, SegmentLog> {
