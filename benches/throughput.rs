@@ -30,8 +30,9 @@
 //!    through the command path, `EVERSHARD_BENCH_FIRED`, default 20,000), and the disk and
 //!    memory cost of `EVERSHARD_BENCH_TIMERS` (default 1,000,000) pending timers and of as
 //!    many idempotency keys, written through `JournalWriter` (the keyspaces alone, no events).
-//!    Memory is the process's resident set (`VmRSS`) before and after opening an engine on the
-//!    store and running a timer pass and a sweep: the scheduler reads timers page by page.
+//!    Memory is the resident set (`VmRSS`) of a fresh process (this binary run again) before
+//!    and after opening an engine on the store and running a timer pass and a sweep: the
+//!    scheduler reads timers page by page. `EVERSHARD_BENCH_ONLY=keyspaces` runs this alone.
 //!
 //!    `EVERSHARD_BENCH_ONLY=catchup` runs this catch-up read alone;
 //!    `EVERSHARD_BENCH_CATCHUP_STORE=DIR` keeps its filled store in DIR for later runs.
@@ -725,6 +726,30 @@ async fn fill_keyspace(dir: &std::path::Path, count: u64, timers: bool) -> (u64,
     (empty, dir_bytes(dir))
 }
 
+/// The variable that makes the bench binary measure [`engine_memory`] of the store it names
+/// and print it, instead of running the bench.
+const MEMORY_CHILD_ENV: &str = "EVERSHARD_BENCH_MEMORY_OF";
+
+/// [`engine_memory`] in a fresh process (this binary again, with [`MEMORY_CHILD_ENV`]): in
+/// the bench's own process the allocator reused the pages the fill had freed, so the
+/// difference said more about the fill than the engine (+65 MiB one run, +124 the next,
+/// +0.0 once, for the same code).
+fn engine_memory_in_child(dir: &std::path::Path) -> (u64, u64) {
+    let out = std::process::Command::new(std::env::current_exe().expect("this binary"))
+        .env(MEMORY_CHILD_ENV, dir)
+        .output()
+        .expect("run the memory child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "memory child failed: {text}");
+    let mut numbers = text
+        .lines()
+        .find_map(|l| l.strip_prefix("rss "))
+        .expect("the child prints `rss BEFORE AFTER`")
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().expect("a byte count"));
+    (numbers.next().unwrap(), numbers.next().unwrap())
+}
+
 /// The resident memory an engine adds when it opens a store holding the keyspaces filled
 /// above, runs a timer pass (none due: the clock is before every deadline) and a sweep
 /// (nothing expired), and looks up one idempotency key.
@@ -760,7 +785,7 @@ fn timer_figures(rt: &tokio::runtime::Runtime, dir: &std::path::Path, clients: u
     for (what, timers) in [("pending timers", true), ("idempotency keys", false)] {
         let store = dir.join(if timers { "timers" } else { "keys" });
         let (empty, full) = rt.block_on(fill_keyspace(&store, count, timers));
-        let (before, after) = rt.block_on(engine_memory(&store));
+        let (before, after) = engine_memory_in_child(&store);
         println!(
             "{count} {what}: {:.1} MiB on disk ({:.0} B each, sled's files); an engine on the store: +{:.1} MiB resident",
             (full.saturating_sub(empty)) as f64 / 1048576.0,
@@ -983,6 +1008,15 @@ async fn verify_rate(dir: &std::path::Path, events: u64, seed: u64) {
 }
 
 fn main() {
+    if let Some(dir) = std::env::var_os(MEMORY_CHILD_ENV) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (before, after) = rt.block_on(engine_memory(std::path::Path::new(&dir)));
+        println!("rss {before} {after}");
+        return;
+    }
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing special. Either way
     // a quick smoke run is enough under `cargo test`.
     let smoke = !std::env::args().any(|a| a == "--bench");
@@ -1047,6 +1081,10 @@ fn main() {
         println!("write paths: run 1's workload, sled layout (without) and segment log (with)");
         let Paired { ratio, rate, .. } = paired_ratio(&rt, tmp.path(), &shape, Feature::Log, pairs);
         println!("segment log over sled layout: median ratio {ratio:.2} ({rate:.0} commands/s on the log)");
+        return;
+    }
+    if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("keyspaces") {
+        timer_figures(&rt, tmp.path(), clients, smoke);
         return;
     }
     if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("verify") {
