@@ -1492,10 +1492,12 @@ impl Journal {
         let mut opener: Option<Opener> = None;
         let mut buffer = Vec::new();
         if let Some(log) = &self.shared.log {
-            // Read back from the head, each record's chain checked against the one after it.
+            // Read back from the head, each record checked (CRC, place) and its chain against
+            // the one after it: the views need no second CRC.
             for ((_, bytes), sequence) in log.read_stream(&db, stream, from, to)?.iter().zip(from..)
             {
-                let view = view_checked(stream, sequence, bytes)?;
+                let view = record::RecordView::of_checked(bytes)
+                    .map_err(|e| StorageError::corrupt(stream, sequence, e))?;
                 self.visit_opened(&db, &view, &mut opener, &mut buffer, &mut visit)?;
             }
             return Ok(());
