@@ -782,14 +782,28 @@ fn timer_figures(rt: &tokio::runtime::Runtime, dir: &std::path::Path, clients: u
         "EVERSHARD_BENCH_TIMERS",
         if smoke { 10_000 } else { 1_000_000 },
     );
+    // What an engine adds over a store with nothing in it: the baseline of the two below.
+    let empty_store = dir.join("empty");
+    rt.block_on(fill_keyspace(&empty_store, 0, true));
+    let (before, after) = engine_memory_in_child(&empty_store);
+    println!(
+        "an empty store   : an engine on it: +{:.1} MiB resident (threads, runtime, caches: included in the figures below)",
+        after.saturating_sub(before) as f64 / 1048576.0
+    );
+    let _ = std::fs::remove_dir_all(&empty_store);
     for (what, timers) in [("pending timers", true), ("idempotency keys", false)] {
         let store = dir.join(if timers { "timers" } else { "keys" });
         let (empty, full) = rt.block_on(fill_keyspace(&store, count, timers));
         let (before, after) = engine_memory_in_child(&store);
+        // On the segment log the frames hold what each append carried (an idempotency
+        // entry's records), sled its keyspaces.
+        let log = dir_bytes(&store.join("log"));
         println!(
-            "{count} {what}: {:.1} MiB on disk ({:.0} B each, sled's files); an engine on the store: +{:.1} MiB resident",
+            "{count} {what}: {:.1} MiB on disk ({:.0} B each; sled {:.1} MiB, the log {:.1} MiB); an engine on the store: +{:.1} MiB resident",
             (full.saturating_sub(empty)) as f64 / 1048576.0,
             full.saturating_sub(empty) as f64 / count as f64,
+            full.saturating_sub(empty).saturating_sub(log) as f64 / 1048576.0,
+            log as f64 / 1048576.0,
             after.saturating_sub(before) as f64 / 1048576.0
         );
         let _ = std::fs::remove_dir_all(&store);
