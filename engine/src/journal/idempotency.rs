@@ -532,10 +532,18 @@ mod tests {
         }
     }
 
-    /// What the entity writes for key `n` recorded at `at`: the record under its `i` key and
-    /// a one-key `I` entry (which the committer drops: its group entry is the sweep entry).
+    /// What the entity writes for key `n` recorded at `at`: the record under its `i` key.
     fn recorded(n: u128, at: i64) -> Vec<super::super::WriteOp> {
         crate::sharding::idempotency_ops("T", &uuid::Uuid::from_u128(n), &record(at)).to_vec()
+    }
+
+    /// The one-key `I` entry requests carried beside the record before group entries (a
+    /// cluster peer of an older build still sends it): the committer drops it.
+    fn legacy_sweep_entry(n: u128, at: i64) -> super::super::WriteOp {
+        super::super::WriteOp::Put {
+            key: keys::idempotency_by_time_key(at, "T", &uuid::Uuid::from_u128(n)),
+            value: Vec::new(),
+        }
     }
 
     fn count(db: &sled::Db, tag: u8) -> usize {
@@ -587,10 +595,18 @@ mod tests {
         // Keys 4 and 5 in one request (one group): one format-2 entry, no `i` key.
         let stream = StreamId::new("T", "a");
         let mut request = AppendRequest::new(stream.clone(), 0, Vec::new());
-        request.extra_writes = recorded(4, 20).into_iter().chain(recorded(5, 30)).collect();
+        request.extra_writes = recorded(4, 20)
+            .into_iter()
+            .chain([legacy_sweep_entry(4, 20)])
+            .chain(recorded(5, 30))
+            .collect();
         writer.append_blocking(request).unwrap();
         assert_eq!(count(&db, keys::IDEMPOTENCY), 3, "only the old store's");
-        assert_eq!(count(&db, keys::IDEMPOTENCY_BY_TIME), 3);
+        assert_eq!(
+            count(&db, keys::IDEMPOTENCY_BY_TIME),
+            3,
+            "the old store's two and one group entry (the one-key entry dropped)"
+        );
         assert_eq!(recorded_at(&writer, 4), Some(20));
         assert_eq!(recorded_at(&writer, 5), Some(30));
         // Key 2 recorded again at 40 (its window had ended).

@@ -92,7 +92,9 @@ pub fn idempotency_key(aggregate_type: &str, key: &uuid::Uuid) -> Vec<u8> {
     out
 }
 
-/// `I | recorded_at | type_len | type | key`.
+/// `I | recorded_at | type_len | type | key`: the one-key sweep entry of stores before group
+/// entries (read by [`parse_idempotency_by_time_key`]; made by the tests of those stores).
+#[cfg(test)]
 pub fn idempotency_by_time_key(
     recorded_at_micros: i64,
     aggregate_type: &str,

@@ -158,23 +158,20 @@ pub(crate) fn timer_ops(stream: &StreamId, old: Option<i64>, new: Option<i64>) -
     ops
 }
 
-/// The writes that record an idempotency key with its result: the `i` record and its `I`
-/// sweep index entry, in the same batch as the events.
+/// The write that records an idempotency key with its result, in the same batch as the
+/// events: the record under its `i` key, which the committer files in its group's entry.
+/// (Requests once carried a one-key `I` sweep entry beside it; the committer still takes and
+/// drops one, from a cluster peer of an older build, but building it cost a key per command
+/// for nothing.)
 pub(crate) fn idempotency_ops(
     aggregate_type: &str,
     key: &Uuid,
     record: &keys::IdempotencyRecord,
-) -> [WriteOp; 2] {
-    [
-        WriteOp::Put {
-            key: keys::idempotency_key(aggregate_type, key),
-            value: record.encode(),
-        },
-        WriteOp::Put {
-            key: keys::idempotency_by_time_key(record.recorded_at_micros, aggregate_type, key),
-            value: Vec::new(),
-        },
-    ]
+) -> [WriteOp; 1] {
+    [WriteOp::Put {
+        key: keys::idempotency_key(aggregate_type, key),
+        value: record.encode(),
+    }]
 }
 
 /// SHA-256 of the aggregate id and the command in the payload codec: what tells a repeat of
