@@ -236,7 +236,8 @@ pub mod keyspace_writes {
         crate::sharding::timer_ops(stream, None, Some(deadline.timestamp_micros()))
     }
 
-    /// An idempotency record of `key` (its `i` record and `I` index entry), for a command of
+    /// An idempotency record of `key` (its `i` record, which the committer files in its
+    /// group's `I` entry), for a command of
     /// `count` events from `first_sequence` of `stream`, recorded at `recorded_at`.
     pub fn idempotency(
         stream: &StreamId,

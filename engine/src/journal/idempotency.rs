@@ -726,6 +726,30 @@ mod tests {
             .map(|e| e.key.as_u128())
             .collect();
         assert_eq!(listed, vec![1, 2, 9]);
+
+        // A frame that begins at the address but whose body fails its CRC is corruption
+        // (damage after open: opening checks every body), not a key to decide afresh.
+        let segment = std::fs::read_dir(dir.path().join("log"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "seg"))
+            .unwrap();
+        let body_byte = address + super::super::seglog::FRAME_HEADER_BYTES as u64 + 1;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        let mut byte = [0u8];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut byte, body_byte).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &[byte[0] ^ 0xFF], body_byte).unwrap();
+        let damaged = writer.idempotency_record("T", &uuid::Uuid::from_u128(1));
+        assert!(
+            matches!(damaged, Err(StorageError::Corrupt { .. })),
+            "{damaged:?}"
+        );
+        std::os::unix::fs::FileExt::write_all_at(&file, &byte, body_byte).unwrap();
+        assert_eq!(recorded_at(&writer, 1), Some(10));
         drop(db);
         writer.close().unwrap();
 

@@ -304,21 +304,20 @@ impl LogParts {
     /// no frame there holds it. That is a pointer whose frame a power cut took: sled may keep
     /// a group's entry whose frame never reached the disk (see `idempotency`), the log is
     /// then cut before that frame, and later frames may have been written over its address —
-    /// reading there finds another frame, or the inside of one (whose bytes fail the header's
-    /// checks). An I/O error is an error.
+    /// reading there finds nothing, another frame, or the inside of one (whose bytes fail the
+    /// header's checks: `SegmentLog::frame_beginning_at`). A frame that begins there but
+    /// fails its body's checks is corruption, and an I/O error an error: neither may turn an
+    /// acknowledged key into a new one.
     pub(super) fn idempotency_entry_at(
         &self,
         address: u64,
         entry: &[u8],
     ) -> Result<Option<Vec<u8>>, StorageError> {
-        let frame = match self.read_log().frame_at_address(address) {
-            Ok((frame, _)) => frame,
-            Err(seglog::SegLogError::Corrupt { .. } | seglog::SegLogError::NoRecordAt { .. }) => {
-                return Ok(None)
-            }
-            Err(e) => return Err(e.into()),
+        let Some(frame) = self.read_log().frame_beginning_at(address)? else {
+            return Ok(None);
         };
-        Ok(frame.writes.into_iter().find_map(|w| match w {
+        // The last one: sled kept the last of a frame's writes under one key.
+        Ok(frame.writes.into_iter().rev().find_map(|w| match w {
             FrameWrite::Put { key, value }
                 if key == entry && value.first() == Some(&keys::IDEMPOTENCY_GROUP_FORMAT_V2) =>
             {
