@@ -491,7 +491,7 @@ fn last_segment_used(dir: &Path) -> u64 {
 // ---- The index over the log (`LogIndex`): heads from frames, streams read backwards. ----
 
 use evershard_engine::seglog::{stored_head, LogHead, LogIndex, LogIndexError};
-use evershard_engine::{AtRest, Record, StreamId};
+use evershard_engine::{AtRest, Record, RecordError, StreamId};
 
 /// The stored bytes of event `sequence` of `stream` at `position`, chained to `prev_hash`.
 fn event_bytes(stream: &StreamId, sequence: u64, position: u64, prev_hash: [u8; 32]) -> Vec<u8> {
@@ -830,8 +830,12 @@ fn a_record_that_does_not_follow_its_head_is_refused() {
     ));
 }
 
-#[test]
-fn a_stream_read_checks_each_record_against_the_hash_its_successor_names() {
+/// Reads back the stream of the first record of the last frame, from a second log with the
+/// same frames but that record's bytes changed by `change` (its length kept, so every
+/// address stays as it was): the checkpointed heads no longer match it.
+fn read_with_a_changed_record(
+    change: impl Fn(&mut Vec<u8>),
+) -> Result<Vec<(u64, Vec<u8>)>, LogIndexError> {
     let dir = tempfile::tempdir().unwrap();
     let IndexFixture {
         mut rng,
@@ -841,17 +845,12 @@ fn a_stream_read_checks_each_record_against_the_hash_its_successor_names() {
         mut model,
     } = index_fixture(dir.path(), "a");
     write_events(&mut log, &mut index, &db, &mut model, &mut rng, (40, 3, 1));
-    // A second log with the same frames, but the first record of the last frame has another
-    // payload (re-encoded, so its own checks pass): the checkpointed heads no longer match.
     let (mut other, _) = SegmentLog::open(&dir.path().join("b"), 64 * 1024, 0, 1).unwrap();
     let frames: Vec<(u64, Frame)> = log.frames_from(1).collect::<Result<_, _>>().unwrap();
     let last = frames.len() - 1;
     for (i, (address, mut frame)) in frames.into_iter().enumerate() {
         if i == last {
-            // Another payload of the same length, so every address stays as it was.
-            let mut record = Record::decode(&frame.records[0].bytes).unwrap();
-            record.payload = vec![0xEE; record.payload.len()];
-            frame.records[0].bytes = record.encode();
+            change(&mut frame.records[0].bytes);
         }
         assert_eq!(other.append(&frame).unwrap(), address);
     }
@@ -864,8 +863,39 @@ fn a_stream_read_checks_each_record_against_the_hash_its_successor_names() {
         aggregate_type: "ProductStock".into(),
         aggregate_id: changed,
     };
-    match index.read_stream(&db, &other, &s, 1) {
-        Err(LogIndexError::HashChain { stream, .. }) => assert_eq!(stream, s),
+    index.read_stream(&db, &other, &s, 1)
+}
+
+#[test]
+fn a_stream_read_checks_each_record_against_the_hash_its_successor_names() {
+    // Another payload, re-encoded: the record's own checks pass, its hash is not the head's.
+    let read = read_with_a_changed_record(|bytes| {
+        let mut record = Record::decode(bytes).unwrap();
+        record.payload = vec![0xEE; record.payload.len()];
+        *bytes = record.encode();
+    });
+    match read {
+        Err(LogIndexError::HashChain { stream, .. }) => {
+            assert_eq!(stream.aggregate_type, "ProductStock")
+        }
         other => panic!("expected a chain error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_stream_read_names_a_damaged_record_damaged_not_a_broken_chain() {
+    // One byte of the payload flipped, the CRC left as it was: the hash does not match
+    // either, but the record itself is what is wrong (the read checks the chain first and
+    // skips the CRC of bytes it vouches for; a mismatch gets the full check).
+    let read = read_with_a_changed_record(|bytes| {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xFF;
+    });
+    match read {
+        Err(LogIndexError::Damaged {
+            source: RecordError::Checksum { .. },
+            ..
+        }) => {}
+        other => panic!("expected a damaged record, got {other:?}"),
     }
 }

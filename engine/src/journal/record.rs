@@ -447,11 +447,13 @@ impl<'a> RecordView<'a> {
         Self::parse(bytes, true)
     }
 
-    /// The view of bytes that passed [`RecordView::check`] before and stayed in this
-    /// process's memory since: the same parse without the CRC, which only guards the trip
-    /// through storage. A stream read from the segment log checks each record as it follows
-    /// the pointers back (`logindex::read_back`, with the hash chain); computing the CRC again
-    /// to fold the records was an eighth of a full replay's time (perf, 2026-11-27).
+    /// The view of bytes known intact: bytes that passed [`RecordView::check`] before and
+    /// stayed in this process's memory since, or whose SHA-256 the hash chain vouches for
+    /// (the next record's `prev_hash`, or the head's hash). The same parse without the CRC,
+    /// which only guards the trip through storage. A stream read from the segment log checks
+    /// each record's chain as it follows the pointers back (`logindex::read_back`); computing
+    /// the CRC there and again to fold the records was a fifth of a full replay's time
+    /// (perf, 2026-11-27).
     pub(crate) fn of_checked(bytes: &'a [u8]) -> Result<RecordView<'a>, RecordError> {
         Self::parse(bytes, false)
     }
