@@ -437,19 +437,8 @@ impl JournalWriter {
             }
         }
         for (key, value) in pointers {
-            let malformed = || {
-                source_error(StorageError::corrupt_store(Corruption::MalformedKey {
-                    keyspace: "idempotency",
-                }))
-            };
-            let (address, _) =
-                keys::parse_idempotency_pointer_entry(&value).ok_or_else(malformed)?;
-            let log = self.shared.log.as_ref().ok_or_else(malformed)?;
             // None: an entry whose frame a power cut took (a look-up ignores it too).
-            if let Some(records) = log
-                .idempotency_entry_at(address, &key)
-                .map_err(source_error)?
-            {
+            if let Some(records) = self.group_records(&key, &value).map_err(source_error)? {
                 copier.put(&key, &records)?;
             }
         }

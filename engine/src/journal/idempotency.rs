@@ -329,7 +329,11 @@ impl Journal {
     /// that value itself, or for its format-3 copy on the segment log, the entry as written
     /// into the frame it points at; `None` when no frame there holds it (see
     /// `LogParts::idempotency_entry_at`).
-    fn group_records(&self, entry: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+    pub(super) fn group_records(
+        &self,
+        entry: &[u8],
+        value: &[u8],
+    ) -> Result<Option<Vec<u8>>, StorageError> {
         match value.first() {
             Some(&keys::IDEMPOTENCY_GROUP_FORMAT_V2) => Ok(Some(value.to_vec())),
             Some(&keys::IDEMPOTENCY_GROUP_FORMAT_V3) => {
