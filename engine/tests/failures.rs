@@ -299,6 +299,10 @@ async fn recovery_detects_a_broken_hash_chain() {
     // From the snapshot at 10: the first record after it must link to the stored record 10.
     let err = break_chain(12, 10, 11).await;
     assert!(is_broken_chain(&err, 11), "{err:?}");
+    // A replay long enough (over 512 records) that the segment log checks its chain on a
+    // second thread while the fold runs: the fold has gone past 300 when the check fails.
+    let err = break_chain(600, 0, 300).await;
+    assert!(is_broken_chain(&err, 300), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

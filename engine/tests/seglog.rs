@@ -830,12 +830,23 @@ fn a_record_that_does_not_follow_its_head_is_refused() {
     ));
 }
 
-/// Reads back the stream of the first record of the last frame, from a second log with the
-/// same frames but that record's bytes changed by `change` (its length kept, so every
-/// address stays as it was): the checkpointed heads no longer match it.
+/// A stream read back through [`LogIndex::read_stream`] (the chain checked record by record)
+/// and through [`LogIndex::fold_stream`] (a read of more than 512 records has its chain
+/// checked on a second thread while the fold runs; the fold here counts the records).
+struct Reads {
+    read: Result<Vec<(u64, Vec<u8>)>, LogIndexError>,
+    folded: Result<usize, LogIndexError>,
+}
+
+/// Reads back the stream of the first record of frame `changed_frame(frame count)`, from a
+/// second log with the same frames but that record's bytes changed by `change` (its length
+/// kept, so every address stays as it was): the checkpointed heads no longer match it.
+/// `shape` is `write_events`'s frames and streams.
 fn read_with_a_changed_record(
+    shape: (usize, u64),
+    changed_frame: impl Fn(usize) -> usize,
     change: impl Fn(&mut Vec<u8>),
-) -> Result<Vec<(u64, Vec<u8>)>, LogIndexError> {
+) -> Reads {
     let dir = tempfile::tempdir().unwrap();
     let IndexFixture {
         mut rng,
@@ -844,37 +855,57 @@ fn read_with_a_changed_record(
         mut index,
         mut model,
     } = index_fixture(dir.path(), "a");
-    write_events(&mut log, &mut index, &db, &mut model, &mut rng, (40, 3, 1));
+    write_events(
+        &mut log,
+        &mut index,
+        &db,
+        &mut model,
+        &mut rng,
+        (shape.0, shape.1, 1),
+    );
     let (mut other, _) = SegmentLog::open(&dir.path().join("b"), 64 * 1024, 0, 1).unwrap();
     let frames: Vec<(u64, Frame)> = log.frames_from(1).collect::<Result<_, _>>().unwrap();
-    let last = frames.len() - 1;
+    let changed = changed_frame(frames.len());
+    let changed_id = Record::decode(&frames[changed].1.records[0].bytes)
+        .unwrap()
+        .aggregate_id;
     for (i, (address, mut frame)) in frames.into_iter().enumerate() {
-        if i == last {
+        if i == changed {
             change(&mut frame.records[0].bytes);
         }
         assert_eq!(other.append(&frame).unwrap(), address);
     }
     other.sync().unwrap();
-    let changed = Record::decode(&log.frames_from(1).last().unwrap().unwrap().1.records[0].bytes)
-        .unwrap()
-        .aggregate_id;
     let index = LogIndex::open(&db, &other).unwrap();
     let s = StreamId {
         aggregate_type: "ProductStock".into(),
-        aggregate_id: changed,
+        aggregate_id: changed_id,
     };
-    index.read_stream(&db, &other, &s, 1)
+    Reads {
+        read: index.read_stream(&db, &other, &s, 1),
+        folded: index.fold_stream(&db, &other, &s, 1, |records| records.len()),
+    }
+}
+
+/// Another payload, re-encoded: the record's own checks pass, its hash is not the one the
+/// record after it (or the head) names.
+fn reencode_another_payload(bytes: &mut Vec<u8>) {
+    let mut record = Record::decode(bytes).unwrap();
+    record.payload = vec![0xEE; record.payload.len()];
+    *bytes = record.encode();
+}
+
+/// One byte of the payload flipped, the CRC left as it was: the hash does not match either,
+/// but the record itself is what is wrong.
+fn flip_the_last_byte(bytes: &mut Vec<u8>) {
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
 }
 
 #[test]
 fn a_stream_read_checks_each_record_against_the_hash_its_successor_names() {
-    // Another payload, re-encoded: the record's own checks pass, its hash is not the head's.
-    let read = read_with_a_changed_record(|bytes| {
-        let mut record = Record::decode(bytes).unwrap();
-        record.payload = vec![0xEE; record.payload.len()];
-        *bytes = record.encode();
-    });
-    match read {
+    let reads = read_with_a_changed_record((40, 3), |n| n - 1, reencode_another_payload);
+    match reads.read {
         Err(LogIndexError::HashChain { stream, .. }) => {
             assert_eq!(stream.aggregate_type, "ProductStock")
         }
@@ -884,18 +915,35 @@ fn a_stream_read_checks_each_record_against_the_hash_its_successor_names() {
 
 #[test]
 fn a_stream_read_names_a_damaged_record_damaged_not_a_broken_chain() {
-    // One byte of the payload flipped, the CRC left as it was: the hash does not match
-    // either, but the record itself is what is wrong (the read checks the chain first and
-    // skips the CRC of bytes it vouches for; a mismatch gets the full check).
-    let read = read_with_a_changed_record(|bytes| {
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xFF;
-    });
-    match read {
+    // The read checks the chain first and skips the CRC of bytes it vouches for; a mismatch
+    // gets the full check.
+    let reads = read_with_a_changed_record((40, 3), |n| n - 1, flip_the_last_byte);
+    match reads.read {
         Err(LogIndexError::Damaged {
             source: RecordError::Checksum { .. },
             ..
         }) => {}
         other => panic!("expected a damaged record, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_long_read_folded_while_its_chain_is_checked_names_what_a_read_names() {
+    // One stream of 600 frames of 1 to 5 records: well over the 512 records from which the
+    // chain is checked on a second thread. Intact, the fold sees every record; a record in
+    // the middle changed either way, the fold's answer is the read's error, not its count.
+    let reads = read_with_a_changed_record((600, 1), |n| n / 2, |_| {});
+    let records = reads.read.unwrap().len();
+    assert!(records > 512, "{records} records");
+    assert_eq!(reads.folded.unwrap(), records);
+    for (change, what) in [
+        (reencode_another_payload as fn(&mut Vec<u8>), "HashChain"),
+        (flip_the_last_byte, "Damaged"),
+    ] {
+        let reads = read_with_a_changed_record((600, 1), |n| n / 2, change);
+        let read = format!("{:?}", reads.read.unwrap_err());
+        let folded = format!("{:?}", reads.folded.unwrap_err());
+        assert!(read.starts_with(what), "{read}");
+        assert_eq!(folded, read);
     }
 }

@@ -449,6 +449,22 @@ impl LogIndex {
             None => Ok(Vec::new()),
         }
     }
+
+    /// [`LogIndex::read_stream`]'s records handed to `fold` ([`fold_back`]: a long read's
+    /// chain checked on a second thread while `fold` runs, a check's error winning).
+    pub fn fold_stream<T>(
+        &self,
+        db: &sled::Db,
+        log: &SegmentLog,
+        stream: &StreamId,
+        from: u64,
+        fold: impl FnOnce(&[(u64, Vec<u8>)]) -> T,
+    ) -> Result<T, LogIndexError> {
+        match self.head(db, stream)? {
+            Some(head) => fold_back(|| log, stream, head, from, usize::MAX, fold),
+            None => Ok(fold(&[])),
+        }
+    }
 }
 
 /// A stream's records from sequence `from` (at least 1) to `head`, oldest first, as
@@ -456,6 +472,154 @@ impl LogIndex {
 /// record, each record's place and chain checked against the one after it (the first one
 /// read against the head's hash).
 pub fn read_back<L: std::ops::Deref<Target = SegmentLog>>(
+    log: impl Fn() -> L,
+    stream: &StreamId,
+    head: LogHead,
+    from: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, LogIndexError> {
+    match walk_unhashed(&log, stream, head, from) {
+        Some(walked) if walked.first_unchained(0..walked.records.len()).is_none() => {
+            Ok(walked.records)
+        }
+        _ => read_back_strict(log, stream, head, from),
+    }
+}
+
+/// [`read_back`]'s records handed to `fold` (the oldest `keep` of them), with the same checks
+/// and the same errors, an error winning over what `fold` returned. For a long read the
+/// SHA-256 of the records against the chain (a quarter of a full replay's time) runs on a
+/// second thread while `fold` runs on this one, so `fold` may see records whose check then
+/// fails: what it built is to be dropped on an error, as a replay does.
+pub fn fold_back<L: std::ops::Deref<Target = SegmentLog>, T>(
+    log: impl Fn() -> L,
+    stream: &StreamId,
+    head: LogHead,
+    from: u64,
+    keep: usize,
+    fold: impl FnOnce(&[(u64, Vec<u8>)]) -> T,
+) -> Result<T, LogIndexError> {
+    let Some(walked) = walk_unhashed(&log, stream, head, from) else {
+        let records = read_back_strict(log, stream, head, from)?;
+        return Ok(fold(&records[..keep.min(records.len())]));
+    };
+    let all = 0..walked.records.len();
+    let kept = &walked.records[..keep.min(walked.records.len())];
+    let at = if walked.records.len() < PARALLEL_CHAIN_CHECK_MIN_RECORDS {
+        match walked.first_unchained(all) {
+            None => return Ok(fold(kept)),
+            Some(at) => at,
+        }
+    } else {
+        // Every record's hash on a second thread while this one folds.
+        let folded = std::thread::scope(|scope| {
+            let checker = std::thread::Builder::new()
+                .name("evershard-chain-check".into())
+                .spawn_scoped(scope, || walked.first_unchained(all.clone()));
+            match checker {
+                Ok(checker) => {
+                    let folded = fold(kept);
+                    match checker.join().expect("a SHA-256 loop does not panic") {
+                        None => Ok(folded),
+                        Some(at) => Err(at),
+                    }
+                }
+                // No thread to be had: check first, here.
+                Err(_) => match walked.first_unchained(all.clone()) {
+                    None => Ok(fold(kept)),
+                    Some(at) => Err(at),
+                },
+            }
+        });
+        match folded {
+            Ok(folded) => return Ok(folded),
+            Err(at) => at,
+        }
+    };
+    // The walk that names the first problem from the head down. Should it find none (the
+    // bytes read again are the chain's), the bytes this read holds still were not.
+    read_back_strict(log, stream, head, from)?;
+    Err(LogIndexError::HashChain {
+        stream: stream.clone(),
+        sequence: from.max(1) + at as u64,
+        position: walked.records[at].0,
+    })
+}
+
+/// Records in a read longer than this have their chain checked on a second thread while they
+/// are folded: below it, a thread costs more than it saves (a record's SHA-256 is about
+/// 0.3 µs; starting a thread, tens of µs).
+const PARALLEL_CHAIN_CHECK_MIN_RECORDS: usize = 512;
+
+/// A stream's records as the backward walk read them, every check made but the SHA-256 of
+/// each against the chain.
+struct Walked {
+    /// Oldest first, as (position, bytes).
+    records: Vec<(u64, Vec<u8>)>,
+    /// The SHA-256 the chain names for each record: the next record's `prev_hash`, the head's
+    /// hash for the newest.
+    chain: Vec<record::Hash>,
+}
+
+impl Walked {
+    /// The oldest record in `range` whose bytes do not hash to the chain's value.
+    fn first_unchained(&self, range: std::ops::Range<usize>) -> Option<usize> {
+        range
+            .clone()
+            .zip(&self.records[range.clone()])
+            .zip(&self.chain[range])
+            .find(|((_, (_, bytes)), hash)| record::hash(bytes) != **hash)
+            .map(|((at, _), _)| at)
+    }
+}
+
+/// [`read_back_strict`]'s walk without the SHA-256s: each record parsed (no CRC: the chain
+/// will vouch for the bytes) and its place checked. `None` when any of that fails: the
+/// strict walk then names the problem in its order, which this one does not keep.
+fn walk_unhashed<L: std::ops::Deref<Target = SegmentLog>>(
+    log: &impl Fn() -> L,
+    stream: &StreamId,
+    head: LogHead,
+    from: u64,
+) -> Option<Walked> {
+    let from = from.max(1);
+    let capacity = head.sequence.saturating_sub(from) as usize + 1;
+    let mut records = Vec::with_capacity(capacity);
+    let mut chain = Vec::with_capacity(capacity);
+    let (mut address, mut sequence, mut hash) = (head.address, head.sequence, head.hash);
+    let mut position_max = head.position;
+    let mut window = Window::default();
+    while sequence >= from {
+        let r = window.record_at(log, address).ok()?;
+        let view = RecordView::of_checked(&r.bytes).ok()?;
+        let position = view.global_position;
+        if view.aggregate_type != stream.aggregate_type
+            || view.aggregate_id != stream.aggregate_id
+            || view.sequence != sequence
+            || position > position_max
+            || (records.is_empty() && position != head.position)
+        {
+            return None;
+        }
+        chain.push(hash);
+        hash = *view.prev_hash;
+        records.push((position, r.bytes));
+        if sequence == 1 {
+            break;
+        }
+        if r.previous_address == 0 || r.previous_address >= address {
+            return None;
+        }
+        (address, sequence, position_max) = (r.previous_address, sequence - 1, position - 1);
+    }
+    records.reverse();
+    chain.reverse();
+    Some(Walked { records, chain })
+}
+
+/// [`read_back`] one check at a time, each record's hash before its place: the walk that
+/// names the first problem from the head down (a damaged record `Damaged`, bytes that are
+/// intact but not the chain's `HashChain`), taken when the fast walk finds one.
+fn read_back_strict<L: std::ops::Deref<Target = SegmentLog>>(
     log: impl Fn() -> L,
     stream: &StreamId,
     head: LogHead,

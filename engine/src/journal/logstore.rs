@@ -396,6 +396,31 @@ impl LogParts {
         Ok(records)
     }
 
+    /// [`LogParts::read_stream`]'s records handed to `fold`, their chain checked while it
+    /// runs (`logindex::fold_back`): a check's error wins over what `fold` returned.
+    pub(super) fn fold_stream<T>(
+        &self,
+        db: &sled::Db,
+        stream: &StreamId,
+        from: u64,
+        to: u64,
+        fold: impl FnOnce(&[(u64, Vec<u8>)]) -> T,
+    ) -> Result<T, StorageError> {
+        let head = match self.log_head(db, stream)? {
+            Some(head) if from <= to && from <= head.sequence => head,
+            _ => return Ok(fold(&[])),
+        };
+        let keep = (to.min(head.sequence) + 1).saturating_sub(from.max(1)) as usize;
+        Ok(logindex::fold_back(
+            || self.read_log(),
+            stream,
+            head,
+            from,
+            keep,
+            fold,
+        )?)
+    }
+
     /// A stream's record entries from its head back (`logindex::walk_back`).
     pub(super) fn entries_back(&self, head: LogHead) -> (Vec<(u64, Vec<u8>)>, bool) {
         logindex::walk_back(|| self.read_log(), head)

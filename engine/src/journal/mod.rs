@@ -1477,6 +1477,10 @@ impl Journal {
     /// sled's iteration, the CRC, the SHA-256 of the chain, and what `visit` does. Stops at
     /// the first error, the record's or `visit`'s, and returns it; a missing sequence is not
     /// an error here (the caller sees the next view's sequence and names the gap).
+    ///
+    /// On the segment log a long read's chain is checked on a second thread while `visit`
+    /// runs, so `visit` may be handed records whose check then fails: the call then returns
+    /// that error, and what `visit` built from them is to be dropped (a replay's state is).
     pub fn visit_stream(
         &self,
         stream: &StreamId,
@@ -1492,15 +1496,17 @@ impl Journal {
         let mut opener: Option<Opener> = None;
         let mut buffer = Vec::new();
         if let Some(log) = &self.shared.log {
-            // Read back from the head, each record checked (CRC, place) and its chain against
-            // the one after it: the views need no second CRC.
-            for ((_, bytes), sequence) in log.read_stream(&db, stream, from, to)?.iter().zip(from..)
-            {
-                let view = record::RecordView::of_checked(bytes)
-                    .map_err(|e| StorageError::corrupt(stream, sequence, e))?;
-                self.visit_opened(&db, &view, &mut opener, &mut buffer, &mut visit)?;
-            }
-            return Ok(());
+            // Read back from the head, each record's place checked and its chain against the
+            // one after it (on a second thread while this one visits, for a long read): the
+            // views need no CRC.
+            return log.fold_stream(&db, stream, from, to, |records| {
+                for ((_, bytes), sequence) in records.iter().zip(from..) {
+                    let view = record::RecordView::of_checked(bytes)
+                        .map_err(|e| StorageError::corrupt(stream, sequence, e))?;
+                    self.visit_opened(&db, &view, &mut opener, &mut buffer, &mut visit)?;
+                }
+                Ok(())
+            })?;
         }
         // The chain link into the first record read: the stored record before it.
         let mut prev: Option<(u64, record::Hash)> = if from == 1 {
