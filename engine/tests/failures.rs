@@ -300,7 +300,7 @@ async fn recovery_detects_a_broken_hash_chain() {
     let err = break_chain(12, 10, 11).await;
     assert!(is_broken_chain(&err, 11), "{err:?}");
     // A replay long enough (over 512 records) that the segment log checks its chain on a
-    // second thread while the fold runs: the fold has gone past 300 when the check fails.
+    // second thread while the fold runs (given more than one CPU): the fold has gone past 300 when the check fails.
     let err = break_chain(600, 0, 300).await;
     assert!(is_broken_chain(&err, 300), "{err:?}");
 }

@@ -883,7 +883,7 @@ fn read_with_a_changed_record(
     };
     Reads {
         read: index.read_stream(&db, &other, &s, 1),
-        folded: index.fold_stream(&db, &other, &s, 1, |records| records.len()),
+        folded: index.fold_stream(&db, &other, &s, 1, |views| views.len()),
     }
 }
 
@@ -930,7 +930,7 @@ fn a_stream_read_names_a_damaged_record_damaged_not_a_broken_chain() {
 #[test]
 fn a_long_read_folded_while_its_chain_is_checked_names_what_a_read_names() {
     // One stream of 600 frames of 1 to 5 records: well over the 512 records from which the
-    // chain is checked on a second thread. Intact, the fold sees every record; a record in
+    // chain is checked on a second thread (on a machine with more than one CPU). Intact, the fold sees every record; a record in
     // the middle changed either way, the fold's answer is the read's error, not its count.
     let reads = read_with_a_changed_record((600, 1), |n| n / 2, |_| {});
     let records = reads.read.unwrap().len();

@@ -450,15 +450,15 @@ impl LogIndex {
         }
     }
 
-    /// [`LogIndex::read_stream`]'s records handed to `fold` ([`fold_back`]: a long read's
-    /// chain checked on a second thread while `fold` runs, a check's error winning).
+    /// [`LogIndex::read_stream`]'s records handed to `fold` as views ([`fold_back`]: a long
+    /// read's chain checked on a second thread while `fold` runs, a check's error winning).
     pub fn fold_stream<T>(
         &self,
         db: &sled::Db,
         log: &SegmentLog,
         stream: &StreamId,
         from: u64,
-        fold: impl FnOnce(&[(u64, Vec<u8>)]) -> T,
+        fold: impl FnOnce(&[RecordView<'_>]) -> T,
     ) -> Result<T, LogIndexError> {
         match self.head(db, stream)? {
             Some(head) => fold_back(|| log, stream, head, from, usize::MAX, fold),
@@ -477,35 +477,53 @@ pub fn read_back<L: std::ops::Deref<Target = SegmentLog>>(
     head: LogHead,
     from: u64,
 ) -> Result<Vec<(u64, Vec<u8>)>, LogIndexError> {
-    match walk_unhashed(&log, stream, head, from) {
-        Some(walked) if walked.first_unchained(0..walked.records.len()).is_none() => {
-            Ok(walked.records)
+    if let Some(entries) = entries_back(&log, head, from) {
+        let placed = place(stream, head, &entries).map(|(views, chain)| {
+            let positions: Vec<u64> = views.iter().map(|v| v.global_position).collect();
+            (positions, first_unchained(&entries, &chain).is_none())
+        });
+        if let Some((positions, true)) = placed {
+            return Ok(positions.into_iter().zip(entries).collect());
         }
-        _ => read_back_strict(log, stream, head, from),
     }
+    read_back_strict(log, stream, head, from)
 }
 
-/// [`read_back`]'s records handed to `fold` (the oldest `keep` of them), with the same checks
-/// and the same errors, an error winning over what `fold` returned. For a long read the
-/// SHA-256 of the records against the chain (a quarter of a full replay's time) runs on a
-/// second thread while `fold` runs on this one, so `fold` may see records whose check then
-/// fails: what it built is to be dropped on an error, as a replay does.
+/// [`read_back`]'s records handed to `fold` as views (the oldest `keep` of them), with the
+/// same checks and the same errors, an error winning over what `fold` returned. For a long
+/// read the SHA-256 of the records against the chain (a quarter of a full replay's time)
+/// runs on a second thread while `fold` runs on this one, so `fold` may see records whose
+/// check then fails: what it built is to be dropped on an error, as a replay does.
 pub fn fold_back<L: std::ops::Deref<Target = SegmentLog>, T>(
     log: impl Fn() -> L,
     stream: &StreamId,
     head: LogHead,
     from: u64,
     keep: usize,
-    fold: impl FnOnce(&[(u64, Vec<u8>)]) -> T,
+    fold: impl FnOnce(&[RecordView<'_>]) -> T,
 ) -> Result<T, LogIndexError> {
-    let Some(walked) = walk_unhashed(&log, stream, head, from) else {
+    let entries = entries_back(&log, head, from);
+    let Some((entries, (views, chain))) = entries
+        .as_ref()
+        .and_then(|entries| Some((entries, place(stream, head, entries)?)))
+    else {
+        // The walk that names the first problem from the head down (should it find none,
+        // what it read is folded).
         let records = read_back_strict(log, stream, head, from)?;
-        return Ok(fold(&records[..keep.min(records.len())]));
+        let views = records
+            .iter()
+            .map(|(position, bytes)| {
+                RecordView::of_checked(bytes).map_err(|source| LogIndexError::Record {
+                    position: *position,
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(fold(&views[..keep.min(views.len())]));
     };
-    let all = 0..walked.records.len();
-    let kept = &walked.records[..keep.min(walked.records.len())];
-    let at = if walked.records.len() < PARALLEL_CHAIN_CHECK_MIN_RECORDS {
-        match walked.first_unchained(all) {
+    let kept = &views[..keep.min(views.len())];
+    let unchained = if entries.len() < PARALLEL_CHAIN_CHECK_MIN_RECORDS || !several_cpus() {
+        match first_unchained(entries, &chain) {
             None => return Ok(fold(kept)),
             Some(at) => at,
         }
@@ -514,7 +532,7 @@ pub fn fold_back<L: std::ops::Deref<Target = SegmentLog>, T>(
         let folded = std::thread::scope(|scope| {
             let checker = std::thread::Builder::new()
                 .name("evershard-chain-check".into())
-                .spawn_scoped(scope, || walked.first_unchained(all.clone()));
+                .spawn_scoped(scope, || first_unchained(entries, &chain));
             match checker {
                 Ok(checker) => {
                     let folded = fold(kept);
@@ -524,7 +542,7 @@ pub fn fold_back<L: std::ops::Deref<Target = SegmentLog>, T>(
                     }
                 }
                 // No thread to be had: check first, here.
-                Err(_) => match walked.first_unchained(all.clone()) {
+                Err(_) => match first_unchained(entries, &chain) {
                     None => Ok(fold(kept)),
                     Some(at) => Err(at),
                 },
@@ -540,8 +558,8 @@ pub fn fold_back<L: std::ops::Deref<Target = SegmentLog>, T>(
     read_back_strict(log, stream, head, from)?;
     Err(LogIndexError::HashChain {
         stream: stream.clone(),
-        sequence: from.max(1) + at as u64,
-        position: walked.records[at].0,
+        sequence: views[unchained].sequence,
+        position: views[unchained].global_position,
     })
 }
 
@@ -550,70 +568,85 @@ pub fn fold_back<L: std::ops::Deref<Target = SegmentLog>, T>(
 /// 0.3 µs; starting a thread, tens of µs).
 const PARALLEL_CHAIN_CHECK_MIN_RECORDS: usize = 512;
 
-/// A stream's records as the backward walk read them, every check made but the SHA-256 of
-/// each against the chain.
-struct Walked {
-    /// Oldest first, as (position, bytes).
-    records: Vec<(u64, Vec<u8>)>,
-    /// The SHA-256 the chain names for each record: the next record's `prev_hash`, the head's
-    /// hash for the newest.
-    chain: Vec<record::Hash>,
+/// Whether this process may run on more than one CPU (its affinity and cgroup quota, as
+/// `available_parallelism` reads them once): on one, a second thread only takes turns with
+/// the fold (5-30% slower replays under `taskset -c 0`).
+fn several_cpus() -> bool {
+    static SEVERAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SEVERAL.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
 }
 
-impl Walked {
-    /// The oldest record in `range` whose bytes do not hash to the chain's value.
-    fn first_unchained(&self, range: std::ops::Range<usize>) -> Option<usize> {
-        range
-            .clone()
-            .zip(&self.records[range.clone()])
-            .zip(&self.chain[range])
-            .find(|((_, (_, bytes)), hash)| record::hash(bytes) != **hash)
-            .map(|((at, _), _)| at)
-    }
+/// The oldest record whose bytes do not hash to the value the chain names for it.
+fn first_unchained(entries: &[Vec<u8>], chain: &[record::Hash]) -> Option<usize> {
+    entries
+        .iter()
+        .zip(chain)
+        .position(|(bytes, hash)| record::hash(bytes) != *hash)
 }
 
-/// [`read_back_strict`]'s walk without the SHA-256s: each record parsed (no CRC: the chain
-/// will vouch for the bytes) and its place checked. `None` when any of that fails: the
-/// strict walk then names the problem in its order, which this one does not keep.
-fn walk_unhashed<L: std::ops::Deref<Target = SegmentLog>>(
+/// The bytes of a stream's records from `head` back to sequence `from` (at least 1), oldest
+/// first, found by the previous-address pointers alone (nothing parsed: see [`place`]).
+/// `None` when a read fails or a pointer does not lead back: the strict walk
+/// ([`read_back_strict`]) then names the problem.
+fn entries_back<L: std::ops::Deref<Target = SegmentLog>>(
     log: &impl Fn() -> L,
-    stream: &StreamId,
     head: LogHead,
     from: u64,
-) -> Option<Walked> {
+) -> Option<Vec<Vec<u8>>> {
     let from = from.max(1);
-    let capacity = head.sequence.saturating_sub(from) as usize + 1;
-    let mut records = Vec::with_capacity(capacity);
-    let mut chain = Vec::with_capacity(capacity);
-    let (mut address, mut sequence, mut hash) = (head.address, head.sequence, head.hash);
-    let mut position_max = head.position;
+    if head.sequence < from {
+        return Some(Vec::new());
+    }
+    let mut entries = Vec::with_capacity((head.sequence - from + 1) as usize);
+    let (mut address, mut sequence) = (head.address, head.sequence);
     let mut window = Window::default();
-    while sequence >= from {
+    loop {
         let r = window.record_at(log, address).ok()?;
-        let view = RecordView::of_checked(&r.bytes).ok()?;
-        let position = view.global_position;
-        if view.aggregate_type != stream.aggregate_type
-            || view.aggregate_id != stream.aggregate_id
-            || view.sequence != sequence
-            || position > position_max
-            || (records.is_empty() && position != head.position)
-        {
-            return None;
-        }
-        chain.push(hash);
-        hash = *view.prev_hash;
-        records.push((position, r.bytes));
-        if sequence == 1 {
+        entries.push(r.bytes);
+        if sequence == from {
             break;
         }
         if r.previous_address == 0 || r.previous_address >= address {
             return None;
         }
-        (address, sequence, position_max) = (r.previous_address, sequence - 1, position - 1);
+        (address, sequence) = (r.previous_address, sequence - 1);
     }
-    records.reverse();
+    entries.reverse();
+    Some(entries)
+}
+
+/// The views of [`entries_back`]'s records, each parsed once (no CRC: the chain vouches for
+/// the bytes) and its place checked as [`read_back_strict`] checks it, with the SHA-256 the
+/// chain names for each (the next record's `prev_hash`, the head's hash for the newest).
+/// `None` when any of that fails: the strict walk then names the problem in its order, which
+/// this one does not keep.
+fn place<'a>(
+    stream: &StreamId,
+    head: LogHead,
+    entries: &'a [Vec<u8>],
+) -> Option<(Vec<RecordView<'a>>, Vec<record::Hash>)> {
+    let mut views = Vec::with_capacity(entries.len());
+    let mut chain = Vec::with_capacity(entries.len());
+    let (mut sequence, mut hash, mut position_max) = (head.sequence, head.hash, head.position);
+    for bytes in entries.iter().rev() {
+        let view = RecordView::of_checked(bytes).ok()?;
+        let position = view.global_position;
+        if view.aggregate_type != stream.aggregate_type
+            || view.aggregate_id != stream.aggregate_id
+            || view.sequence != sequence
+            || position > position_max
+            || (views.is_empty() && position != head.position)
+        {
+            return None;
+        }
+        chain.push(hash);
+        hash = *view.prev_hash;
+        views.push(view);
+        (sequence, position_max) = (sequence.saturating_sub(1), position.saturating_sub(1));
+    }
+    views.reverse();
     chain.reverse();
-    Some(Walked { records, chain })
+    Some((views, chain))
 }
 
 /// [`read_back`] one check at a time, each record's hash before its place: the walk that

@@ -396,15 +396,15 @@ impl LogParts {
         Ok(records)
     }
 
-    /// [`LogParts::read_stream`]'s records handed to `fold`, their chain checked while it
-    /// runs (`logindex::fold_back`): a check's error wins over what `fold` returned.
+    /// [`LogParts::read_stream`]'s records handed to `fold` as views, their chain checked while
+    /// it runs (`logindex::fold_back`): a check's error wins over what `fold` returned.
     pub(super) fn fold_stream<T>(
         &self,
         db: &sled::Db,
         stream: &StreamId,
         from: u64,
         to: u64,
-        fold: impl FnOnce(&[(u64, Vec<u8>)]) -> T,
+        fold: impl FnOnce(&[record::RecordView<'_>]) -> T,
     ) -> Result<T, StorageError> {
         let head = match self.log_head(db, stream)? {
             Some(head) if from <= to && from <= head.sequence => head,

@@ -1496,14 +1496,12 @@ impl Journal {
         let mut opener: Option<Opener> = None;
         let mut buffer = Vec::new();
         if let Some(log) = &self.shared.log {
-            // Read back from the head, each record's place checked and its chain against the
-            // one after it (on a second thread while this one visits, for a long read): the
-            // views need no CRC.
-            return log.fold_stream(&db, stream, from, to, |records| {
-                for ((_, bytes), sequence) in records.iter().zip(from..) {
-                    let view = record::RecordView::of_checked(bytes)
-                        .map_err(|e| StorageError::corrupt(stream, sequence, e))?;
-                    self.visit_opened(&db, &view, &mut opener, &mut buffer, &mut visit)?;
+            // Read back from the head, each record parsed once and its place checked, and its
+            // chain against the one after it (on a second thread while this one visits, for a
+            // long read): the views need no CRC.
+            return log.fold_stream(&db, stream, from, to, |views| {
+                for view in views {
+                    self.visit_opened(&db, view, &mut opener, &mut buffer, &mut visit)?;
                 }
                 Ok(())
             })?;
