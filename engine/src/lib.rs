@@ -216,7 +216,9 @@ pub use journal::{
 /// write path"): frames, segments, torn tails (tests and benches only, until it is wired).
 #[cfg(feature = "fault-injection")]
 pub mod seglog {
-    pub use crate::journal::logindex::{stored_head, LogHead, LogIndex, LogIndexError, HEADS};
+    pub use crate::journal::logindex::{
+        stored_head, ChainCheck, LogHead, LogIndex, LogIndexError, HEADS,
+    };
     pub use crate::journal::seglog::{
         Frame, FrameRecord, FrameWrite, OpenReport, SegLogError, SegmentLog, FRAME_BODY_BYTES_MAX,
         FRAME_HEADER_BYTES, SEGMENT_BYTES, TABLE_EVERY_FRAMES,

@@ -622,3 +622,88 @@ async fn random_commands_forgets_and_restarts_never_expose_a_forgotten_payload()
     engine.shutdown().await.unwrap();
     assert!(Journal::open_read_only(&store).unwrap().verify().is_clean());
 }
+
+#[test]
+fn a_long_sealed_replay_opens_ahead_of_the_fold_and_reports_what_a_short_one_does() {
+    // 600 sealed events in each of two streams: over the 512 from which a replay on the
+    // segment log opens payloads (and checks the chain) on a second thread ahead of the
+    // fold. The full replay gives the state; a forgotten subject's replay reads as erased; a
+    // payload moved into record 300 is named there (by the chain on the segment log, which
+    // vouches for the bytes before any key is tried; as undecryptable on the sled layout).
+    let (_dir, store, keys) = setup();
+    let events = 600u64;
+    let replay = |id: &str| {
+        let journal = Journal::open_read_only(&store).unwrap();
+        journal.set_key_provider(provider(&keys));
+        evershard_engine::repository::load::<Counter>(&journal, &stream(id), u64::MAX, false)
+    };
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let engine = Engine::builder(&store)
+            .register::<Counter>()
+            .sensitive::<Counter>(true)
+            .key_provider(provider(&keys))
+            .durability(Durability::Buffered { flush_every_ms: 50 })
+            .open()
+            .await
+            .unwrap();
+        // Amounts 1..=10: the test counter's `apply` panics on 13.
+        for i in 1..=events {
+            add(&engine, "long", 1 + i % 10).await;
+            add(&engine, "gone", 1 + i % 10).await;
+        }
+        engine.forget_subject("gone", "dpo", "test").await.unwrap();
+        engine.shutdown().await.unwrap();
+    });
+    let loaded = replay("long").unwrap();
+    assert_eq!(
+        loaded.state.total,
+        (1..=events).map(|i| 1 + i % 10).sum::<u64>()
+    );
+    assert_eq!(loaded.events_replayed, events);
+    let erased = replay("gone");
+    assert!(
+        matches!(
+            erased,
+            Err(evershard_engine::LoadError::Storage(
+                StorageError::Erased { .. }
+            ))
+        ),
+        "{erased:?}"
+    );
+
+    let writer = evershard_engine::JournalWriter::open(&store, Default::default()).unwrap();
+    let long = stream("long");
+    // Another record's payload of the same length (the segment log rewrites in place).
+    let payload_at = |sequence| {
+        writer
+            .read_stream_sealed(&long, sequence, sequence)
+            .next()
+            .unwrap()
+            .unwrap()
+            .payload
+    };
+    let length = payload_at(300).len();
+    let moved = (1..300)
+        .rev()
+        .map(payload_at)
+        .find(|p| p.len() == length)
+        .expect("a payload of the same length");
+    writer
+        .rewrite_record_for_tests(&long, 300, |r| r.payload = moved.clone())
+        .unwrap();
+    let on_log = writer.write_path() == evershard_engine::WritePath::Log;
+    writer.close().unwrap();
+    match replay("long") {
+        Err(evershard_engine::LoadError::Storage(StorageError::Corrupt {
+            sequence: Some(300),
+            cause,
+            ..
+        })) if on_log => assert!(matches!(cause, evershard_engine::Corruption::HashChain)),
+        Err(evershard_engine::LoadError::Storage(StorageError::Corrupt {
+            sequence: Some(300),
+            cause,
+            ..
+        })) => assert!(matches!(cause, evershard_engine::Corruption::Undecryptable)),
+        other => panic!("expected record 300 named, got {other:?}"),
+    }
+}

@@ -831,11 +831,13 @@ fn a_record_that_does_not_follow_its_head_is_refused() {
 }
 
 /// A stream read back through [`LogIndex::read_stream`] (the chain checked record by record)
-/// and through [`LogIndex::fold_stream`] (a read of more than 512 records has its chain
-/// checked on a second thread while the fold runs; the fold here counts the records).
+/// and twice through [`LogIndex::fold_stream`], the fold counting the records: `folded` with
+/// the chain checked beside it (on a second thread for a read of more than 512 records),
+/// `folded_unchecked` by a fold that leaves the check to `fold_stream`.
 struct Reads {
     read: Result<Vec<(u64, Vec<u8>)>, LogIndexError>,
     folded: Result<usize, LogIndexError>,
+    folded_unchecked: Result<usize, LogIndexError>,
 }
 
 /// Reads back the stream of the first record of frame `changed_frame(frame count)`, from a
@@ -883,7 +885,10 @@ fn read_with_a_changed_record(
     };
     Reads {
         read: index.read_stream(&db, &other, &s, 1),
-        folded: index.fold_stream(&db, &other, &s, 1, |views| views.len()),
+        folded: index.fold_stream(&db, &other, &s, 1, |views, check| {
+            check.beside(|| views.len())
+        }),
+        folded_unchecked: index.fold_stream(&db, &other, &s, 1, |views, _| views.len()),
     }
 }
 
@@ -936,6 +941,7 @@ fn a_long_read_folded_while_its_chain_is_checked_names_what_a_read_names() {
     let records = reads.read.unwrap().len();
     assert!(records > 512, "{records} records");
     assert_eq!(reads.folded.unwrap(), records);
+    assert_eq!(reads.folded_unchecked.unwrap(), records);
     for (change, what) in [
         (reencode_another_payload as fn(&mut Vec<u8>), "HashChain"),
         (flip_the_last_byte, "Damaged"),
@@ -943,7 +949,9 @@ fn a_long_read_folded_while_its_chain_is_checked_names_what_a_read_names() {
         let reads = read_with_a_changed_record((600, 1), |n| n / 2, change);
         let read = format!("{:?}", reads.read.unwrap_err());
         let folded = format!("{:?}", reads.folded.unwrap_err());
+        let folded_unchecked = format!("{:?}", reads.folded_unchecked.unwrap_err());
         assert!(read.starts_with(what), "{read}");
         assert_eq!(folded, read);
+        assert_eq!(folded_unchecked, read);
     }
 }

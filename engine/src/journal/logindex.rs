@@ -458,11 +458,11 @@ impl LogIndex {
         log: &SegmentLog,
         stream: &StreamId,
         from: u64,
-        fold: impl FnOnce(&[RecordView<'_>]) -> T,
+        fold: impl FnOnce(&[RecordView<'_>], &ChainCheck<'_>) -> T,
     ) -> Result<T, LogIndexError> {
         match self.head(db, stream)? {
             Some(head) => fold_back(|| log, stream, head, from, usize::MAX, fold),
-            None => Ok(fold(&[])),
+            None => Ok(fold(&[], &ChainCheck::new_checked())),
         }
     }
 }
@@ -490,17 +490,19 @@ pub fn read_back<L: std::ops::Deref<Target = SegmentLog>>(
 }
 
 /// [`read_back`]'s records handed to `fold` as views (the oldest `keep` of them), with the
-/// same checks and the same errors, an error winning over what `fold` returned. For a long
-/// read the SHA-256 of the records against the chain (a quarter of a full replay's time)
-/// runs on a second thread while `fold` runs on this one, so `fold` may see records whose
-/// check then fails: what it built is to be dropped on an error, as a replay does.
+/// same checks and the same errors, an error winning over what `fold` returned. The SHA-256
+/// of the records against the chain (a quarter of a full replay's time) is left to `fold`
+/// through its [`ChainCheck`], so that it can run it on a second thread beside the fold
+/// ([`ChainCheck::beside`]) or with other work there; whatever `fold` left unchecked is
+/// checked after it. `fold` may therefore see records whose check then fails: what it
+/// built is to be dropped on an error, as a replay does.
 pub fn fold_back<L: std::ops::Deref<Target = SegmentLog>, T>(
     log: impl Fn() -> L,
     stream: &StreamId,
     head: LogHead,
     from: u64,
     keep: usize,
-    fold: impl FnOnce(&[RecordView<'_>]) -> T,
+    fold: impl FnOnce(&[RecordView<'_>], &ChainCheck<'_>) -> T,
 ) -> Result<T, LogIndexError> {
     let entries = entries_back(&log, head, from);
     let Some((entries, (views, chain))) = entries
@@ -519,39 +521,15 @@ pub fn fold_back<L: std::ops::Deref<Target = SegmentLog>, T>(
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        return Ok(fold(&views[..keep.min(views.len())]));
+        return Ok(fold(
+            &views[..keep.min(views.len())],
+            &ChainCheck::new_checked(),
+        ));
     };
-    let kept = &views[..keep.min(views.len())];
-    let unchained = if entries.len() < PARALLEL_CHAIN_CHECK_MIN_RECORDS || !several_cpus() {
-        match first_unchained(entries, &chain) {
-            None => return Ok(fold(kept)),
-            Some(at) => at,
-        }
-    } else {
-        // Every record's hash on a second thread while this one folds.
-        let folded = std::thread::scope(|scope| {
-            let checker = std::thread::Builder::new()
-                .name("evershard-chain-check".into())
-                .spawn_scoped(scope, || first_unchained(entries, &chain));
-            match checker {
-                Ok(checker) => {
-                    let folded = fold(kept);
-                    match checker.join().expect("a SHA-256 loop does not panic") {
-                        None => Ok(folded),
-                        Some(at) => Err(at),
-                    }
-                }
-                // No thread to be had: check first, here.
-                Err(_) => match first_unchained(entries, &chain) {
-                    None => Ok(fold(kept)),
-                    Some(at) => Err(at),
-                },
-            }
-        });
-        match folded {
-            Ok(folded) => return Ok(folded),
-            Err(at) => at,
-        }
+    let check = ChainCheck::new(entries, &chain);
+    let folded = fold(&views[..keep.min(views.len())], &check);
+    let Some(unchained) = check.verdict() else {
+        return Ok(folded);
     };
     // The walk that names the first problem from the head down. Should it find none (the
     // bytes read again are the chain's), the bytes this read holds still were not.
@@ -563,15 +541,111 @@ pub fn fold_back<L: std::ops::Deref<Target = SegmentLog>, T>(
     })
 }
 
+/// The SHA-256 check of a [`fold_back`] read's records against its chain, which the fold
+/// runs where it likes (shared between threads: `Sync`), in pieces or whole; what it did not
+/// check, [`fold_back`] checks after it.
+pub struct ChainCheck<'a> {
+    entries: &'a [Vec<u8>],
+    chain: &'a [record::Hash],
+    /// Records checked so far (the pieces a fold checks do not overlap).
+    checked: std::sync::atomic::AtomicUsize,
+    /// The oldest record found unchained, or `usize::MAX`.
+    first_unchained: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for ChainCheck<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::sync::atomic::Ordering;
+        f.debug_struct("ChainCheck")
+            .field("records", &self.len())
+            .field("checked", &self.checked.load(Ordering::Acquire))
+            .field(
+                "first_unchained",
+                &self.first_unchained.load(Ordering::Acquire),
+            )
+            .finish()
+    }
+}
+
+impl<'a> ChainCheck<'a> {
+    fn new(entries: &'a [Vec<u8>], chain: &'a [record::Hash]) -> ChainCheck<'a> {
+        assert_eq!(entries.len(), chain.len(), "a hash per record");
+        ChainCheck {
+            entries,
+            chain,
+            checked: 0.into(),
+            first_unchained: usize::MAX.into(),
+        }
+    }
+
+    /// The check of a read with nothing left to check (none, or the strict walk's records).
+    pub(super) fn new_checked() -> ChainCheck<'static> {
+        ChainCheck::new(&[], &[])
+    }
+
+    /// The records of the read, the fold's views first (a read may hold records past its
+    /// `keep`).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Checks the records in `range` (oldest first, as the views). Pieces must not overlap.
+    pub fn check(&self, range: std::ops::Range<usize>) {
+        use std::sync::atomic::Ordering;
+        let found = first_unchained(&self.entries[range.clone()], &self.chain[range.clone()]);
+        if let Some(at) = found {
+            self.first_unchained
+                .fetch_min(range.start + at, Ordering::AcqRel);
+        }
+        self.checked.fetch_add(range.len(), Ordering::AcqRel);
+    }
+
+    /// Runs `fold` with the whole check on a second thread beside it, for a read of more
+    /// than `PARALLEL_CHAIN_CHECK_MIN_RECORDS` records when the process may use more than
+    /// one CPU; else `fold` alone (the check then runs after it, in [`fold_back`]).
+    pub fn beside<T>(&self, fold: impl FnOnce() -> T) -> T {
+        if self.len() < PARALLEL_CHAIN_CHECK_MIN_RECORDS || !several_cpus() {
+            return fold();
+        }
+        std::thread::scope(|scope| {
+            let checker = std::thread::Builder::new()
+                .name("evershard-chain-check".into())
+                .spawn_scoped(scope, || self.check(0..self.len()));
+            let folded = fold();
+            if let Ok(checker) = checker {
+                checker.join().expect("a SHA-256 loop does not panic");
+            }
+            folded
+        })
+    }
+
+    /// Checks what the fold left unchecked; the oldest unchained record, if any.
+    fn verdict(&self) -> Option<usize> {
+        use std::sync::atomic::Ordering;
+        if self.checked.load(Ordering::Acquire) != self.len() {
+            self.checked.store(0, Ordering::Release);
+            self.check(0..self.len());
+        }
+        match self.first_unchained.load(Ordering::Acquire) {
+            usize::MAX => None,
+            at => Some(at),
+        }
+    }
+}
+
 /// Records in a read longer than this have their chain checked on a second thread while they
 /// are folded: below it, a thread costs more than it saves (a record's SHA-256 is about
 /// 0.3 µs; starting a thread, tens of µs).
-const PARALLEL_CHAIN_CHECK_MIN_RECORDS: usize = 512;
+pub(super) const PARALLEL_CHAIN_CHECK_MIN_RECORDS: usize = 512;
 
 /// Whether this process may run on more than one CPU (its affinity and cgroup quota, as
 /// `available_parallelism` reads them once): on one, a second thread only takes turns with
 /// the fold (5-30% slower replays under `taskset -c 0`).
-fn several_cpus() -> bool {
+pub(super) fn several_cpus() -> bool {
     static SEVERAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SEVERAL.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
 }

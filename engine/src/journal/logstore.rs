@@ -396,19 +396,20 @@ impl LogParts {
         Ok(records)
     }
 
-    /// [`LogParts::read_stream`]'s records handed to `fold` as views, their chain checked while
-    /// it runs (`logindex::fold_back`): a check's error wins over what `fold` returned.
+    /// [`LogParts::read_stream`]'s records handed to `fold` as views, with the check of their
+    /// chain for it to run where it likes (`logindex::fold_back`): a check's error wins over
+    /// what `fold` returned.
     pub(super) fn fold_stream<T>(
         &self,
         db: &sled::Db,
         stream: &StreamId,
         from: u64,
         to: u64,
-        fold: impl FnOnce(&[record::RecordView<'_>]) -> T,
+        fold: impl FnOnce(&[record::RecordView<'_>], &logindex::ChainCheck<'_>) -> T,
     ) -> Result<T, StorageError> {
         let head = match self.log_head(db, stream)? {
             Some(head) if from <= to && from <= head.sequence => head,
-            _ => return Ok(fold(&[])),
+            _ => return Ok(fold(&[], &logindex::ChainCheck::new_checked())),
         };
         let keep = (to.min(head.sequence) + 1).saturating_sub(from.max(1)) as usize;
         Ok(logindex::fold_back(
