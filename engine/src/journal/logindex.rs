@@ -593,9 +593,12 @@ impl<'a> ChainCheck<'a> {
         self.entries.is_empty()
     }
 
-    /// Checks the records in `range` (oldest first, as the views). Pieces must not overlap.
-    pub fn check(&self, range: std::ops::Range<usize>) {
+    /// Checks the records in `range` (oldest first, as the views; the part past the read is
+    /// ignored). Pieces must not overlap: `checked` counts records, and a count short of the
+    /// read has [`fold_back`] check it all again.
+    pub(crate) fn check(&self, range: std::ops::Range<usize>) {
         use std::sync::atomic::Ordering;
+        let range = range.start.min(self.len())..range.end.min(self.len());
         let found = first_unchained(&self.entries[range.clone()], &self.chain[range.clone()]);
         if let Some(at) = found {
             self.first_unchained
@@ -606,9 +609,11 @@ impl<'a> ChainCheck<'a> {
 
     /// Runs `fold` with the whole check on a second thread beside it, for a read of more
     /// than `PARALLEL_CHAIN_CHECK_MIN_RECORDS` records when the process may use more than
-    /// one CPU; else `fold` alone (the check then runs after it, in [`fold_back`]).
+    /// one CPU; else the check first, then `fold` (which then sees only checked records,
+    /// unless the check failed: [`fold_back`] returns its error whatever `fold` did).
     pub fn beside<T>(&self, fold: impl FnOnce() -> T) -> T {
-        if self.len() < PARALLEL_CHAIN_CHECK_MIN_RECORDS || !several_cpus() {
+        if self.len() <= PARALLEL_CHAIN_CHECK_MIN_RECORDS || !several_cpus() {
+            self.check(0..self.len());
             return fold();
         }
         std::thread::scope(|scope| {
@@ -677,11 +682,16 @@ fn entries_back<L: std::ops::Deref<Target = SegmentLog>>(
     loop {
         let r = window.record_at(log, address).ok()?;
         entries.push(r.bytes);
-        if sequence == from {
+        if sequence == 1 {
             break;
         }
+        // Every record but the first points back, the last one read too (as in the strict
+        // walk: the pointer lies outside the bytes the chain vouches for).
         if r.previous_address == 0 || r.previous_address >= address {
             return None;
+        }
+        if sequence == from {
+            break;
         }
         (address, sequence) = (r.previous_address, sequence - 1);
     }

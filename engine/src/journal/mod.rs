@@ -192,8 +192,8 @@ struct Opener {
     epoch: u64,
 }
 
-/// A stream read of at least this many records with sealed payloads among them opens them on
-/// a second thread ahead of the fold (`Journal::visit_opening_ahead`): below it, starting a
+/// A stream read of more than this many records with sealed payloads among them opens them
+/// on a second thread ahead of the fold (`Journal::visit_opening_ahead`): below it, starting a
 /// thread costs more than it saves.
 const OPEN_AHEAD_MIN_RECORDS: usize = 512;
 
@@ -1486,9 +1486,11 @@ impl Journal {
     /// the first error, the record's or `visit`'s, and returns it; a missing sequence is not
     /// an error here (the caller sees the next view's sequence and names the gap).
     ///
-    /// On the segment log a long read's chain is checked on a second thread while `visit`
-    /// runs, so `visit` may be handed records whose check then fails: the call then returns
-    /// that error, and what `visit` built from them is to be dropped (a replay's state is).
+    /// On the segment log a read of more than 512 records has its chain checked on a second
+    /// thread while `visit` runs (when the process may use more than one CPU), so `visit` may
+    /// be handed records whose check then fails, and decode them: the call then returns that
+    /// error, whatever `visit` returned, and what `visit` built from them is to be dropped (a
+    /// replay's state is). A shorter read is checked before it is visited.
     pub fn visit_stream(
         &self,
         stream: &StreamId,
@@ -1508,7 +1510,7 @@ impl Journal {
             // chain against the one after it (on a second thread while this one visits, for a
             // long read): the views need no CRC.
             return log.fold_stream(&db, stream, from, to, |views, check| {
-                if views.len() >= OPEN_AHEAD_MIN_RECORDS
+                if views.len() > OPEN_AHEAD_MIN_RECORDS
                     && views.iter().any(|v| v.encrypted)
                     && logindex::several_cpus()
                 {
@@ -1646,7 +1648,8 @@ impl Journal {
                     check.check(views.len()..check.len());
                 });
             if opening.is_err() {
-                // No thread to be had: open here.
+                // No thread to be had: check the chain, then open here.
+                check.check(0..check.len());
                 let (mut opener, mut buffer) = (None, Vec::new());
                 for view in views {
                     self.visit_opened(db, view, &mut opener, &mut buffer, visit)?;
