@@ -841,13 +841,15 @@ struct Reads {
 }
 
 /// Reads back the stream of the first record of frame `changed_frame(frame count)`, from a
-/// second log with the same frames but that record's bytes changed by `change` (its length
+/// second log with the same frames but that record's entry changed by `change` (its length
 /// kept, so every address stays as it was): the checkpointed heads no longer match it.
-/// `shape` is `write_events`'s frames and streams.
+/// `shape` is `write_events`'s frames and streams. The reads start at sequence 1, or at the
+/// changed record's with `from_changed`.
 fn read_with_a_changed_record(
     shape: (usize, u64),
     changed_frame: impl Fn(usize) -> usize,
-    change: impl Fn(&mut Vec<u8>),
+    change: impl Fn(&mut FrameRecord),
+    from_changed: bool,
 ) -> Reads {
     let dir = tempfile::tempdir().unwrap();
     let IndexFixture {
@@ -868,12 +870,16 @@ fn read_with_a_changed_record(
     let (mut other, _) = SegmentLog::open(&dir.path().join("b"), 64 * 1024, 0, 1).unwrap();
     let frames: Vec<(u64, Frame)> = log.frames_from(1).collect::<Result<_, _>>().unwrap();
     let changed = changed_frame(frames.len());
-    let changed_id = Record::decode(&frames[changed].1.records[0].bytes)
-        .unwrap()
-        .aggregate_id;
+    let changed_record = Record::decode(&frames[changed].1.records[0].bytes).unwrap();
+    let changed_id = changed_record.aggregate_id;
+    let from = if from_changed {
+        changed_record.sequence
+    } else {
+        1
+    };
     for (i, (address, mut frame)) in frames.into_iter().enumerate() {
         if i == changed {
-            change(&mut frame.records[0].bytes);
+            change(&mut frame.records[0]);
         }
         assert_eq!(other.append(&frame).unwrap(), address);
     }
@@ -884,32 +890,32 @@ fn read_with_a_changed_record(
         aggregate_id: changed_id,
     };
     Reads {
-        read: index.read_stream(&db, &other, &s, 1),
-        folded: index.fold_stream(&db, &other, &s, 1, |views, check| {
+        read: index.read_stream(&db, &other, &s, from),
+        folded: index.fold_stream(&db, &other, &s, from, |views, check| {
             check.beside(|| views.len())
         }),
-        folded_unchecked: index.fold_stream(&db, &other, &s, 1, |views, _| views.len()),
+        folded_unchecked: index.fold_stream(&db, &other, &s, from, |views, _| views.len()),
     }
 }
 
 /// Another payload, re-encoded: the record's own checks pass, its hash is not the one the
 /// record after it (or the head) names.
-fn reencode_another_payload(bytes: &mut Vec<u8>) {
-    let mut record = Record::decode(bytes).unwrap();
+fn reencode_another_payload(entry: &mut FrameRecord) {
+    let mut record = Record::decode(&entry.bytes).unwrap();
     record.payload = vec![0xEE; record.payload.len()];
-    *bytes = record.encode();
+    entry.bytes = record.encode();
 }
 
 /// One byte of the payload flipped, the CRC left as it was: the hash does not match either,
 /// but the record itself is what is wrong.
-fn flip_the_last_byte(bytes: &mut Vec<u8>) {
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xFF;
+fn flip_the_last_byte(entry: &mut FrameRecord) {
+    let last = entry.bytes.len() - 1;
+    entry.bytes[last] ^= 0xFF;
 }
 
 #[test]
 fn a_stream_read_checks_each_record_against_the_hash_its_successor_names() {
-    let reads = read_with_a_changed_record((40, 3), |n| n - 1, reencode_another_payload);
+    let reads = read_with_a_changed_record((40, 3), |n| n - 1, reencode_another_payload, false);
     match reads.read {
         Err(LogIndexError::HashChain { stream, .. }) => {
             assert_eq!(stream.aggregate_type, "ProductStock")
@@ -922,7 +928,7 @@ fn a_stream_read_checks_each_record_against_the_hash_its_successor_names() {
 fn a_stream_read_names_a_damaged_record_damaged_not_a_broken_chain() {
     // The read checks the chain first and skips the CRC of bytes it vouches for; a mismatch
     // gets the full check.
-    let reads = read_with_a_changed_record((40, 3), |n| n - 1, flip_the_last_byte);
+    let reads = read_with_a_changed_record((40, 3), |n| n - 1, flip_the_last_byte, false);
     match reads.read {
         Err(LogIndexError::Damaged {
             source: RecordError::Checksum { .. },
@@ -937,21 +943,43 @@ fn a_long_read_folded_while_its_chain_is_checked_names_what_a_read_names() {
     // One stream of 600 frames of 1 to 5 records: well over the 512 records from which the
     // chain is checked on a second thread (on a machine with more than one CPU). Intact, the fold sees every record; a record in
     // the middle changed either way, the fold's answer is the read's error, not its count.
-    let reads = read_with_a_changed_record((600, 1), |n| n / 2, |_| {});
+    let reads = read_with_a_changed_record((600, 1), |n| n / 2, |_| {}, false);
     let records = reads.read.unwrap().len();
     assert!(records > 512, "{records} records");
     assert_eq!(reads.folded.unwrap(), records);
     assert_eq!(reads.folded_unchecked.unwrap(), records);
     for (change, what) in [
-        (reencode_another_payload as fn(&mut Vec<u8>), "HashChain"),
+        (
+            reencode_another_payload as fn(&mut FrameRecord),
+            "HashChain",
+        ),
         (flip_the_last_byte, "Damaged"),
     ] {
-        let reads = read_with_a_changed_record((600, 1), |n| n / 2, change);
+        let reads = read_with_a_changed_record((600, 1), |n| n / 2, change, false);
         let read = format!("{:?}", reads.read.unwrap_err());
         let folded = format!("{:?}", reads.folded.unwrap_err());
         let folded_unchecked = format!("{:?}", reads.folded_unchecked.unwrap_err());
         assert!(read.starts_with(what), "{read}");
         assert_eq!(folded, read);
         assert_eq!(folded_unchecked, read);
+    }
+}
+
+#[test]
+fn a_read_from_a_record_whose_pointer_does_not_go_back_names_the_chain() {
+    // The pointer lies outside the bytes the chain vouches for: a read that starts at that
+    // record still checks it (unless it is the stream's first), long reads and short ones,
+    // folded or not.
+    for shape in [(40, 1), (600, 1)] {
+        let reads =
+            read_with_a_changed_record(shape, |n| n / 2, |entry| entry.previous_address = 0, true);
+        let error = |r: Result<usize, LogIndexError>| format!("{:?}", r.expect_err("an error"));
+        let read = error(reads.read.map(|records| records.len()));
+        assert!(
+            read.starts_with("Chain") && read.contains("does not go back"),
+            "{read}"
+        );
+        assert_eq!(error(reads.folded), read);
+        assert_eq!(error(reads.folded_unchecked), read);
     }
 }
