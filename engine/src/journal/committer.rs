@@ -357,6 +357,9 @@ struct Syncer {
     writes_cursor_due: Option<u64>,
     /// The address after the last frame whose writes this syncer applied.
     writes_cursor_latest: u64,
+    /// Flushes sled between syncs in a store of 16 MiB segments (see `segments::SledRoller`);
+    /// stopped when the syncer ends, before the store's `db` closes.
+    _roller: Option<segments::SledRoller>,
 }
 
 /// Bytes of log whose frames carried no sled write that `m | "log-writes"` may lag behind
@@ -725,18 +728,24 @@ impl Committer {
         next_global: u64,
     ) -> Self {
         let (syncer, batches) = mpsc::channel();
+        let segment_bytes = segments::segment_bytes_for(&shared.dir);
+        let roller = segments::SledRoller::start(&db, segment_bytes, {
+            let shared = shared.clone();
+            move |e| shared.poison("flush of sled's buffer", &e)
+        });
         let sync_worker = Syncer {
             shared: shared.clone(),
             db: db.clone(),
             data_file,
             synced_blobs: Default::default(),
-            segment_bytes: segments::segment_bytes_for(&shared.dir),
+            segment_bytes,
             blob_reported: false,
             preparing: Default::default(),
             checkpointing: None,
             writes_cursor_stored: 0,
             writes_cursor_due: None,
             writes_cursor_latest: 0,
+            _roller: roller,
         };
         let syncer_thread = std::thread::Builder::new()
             .name("evershard-syncer".into())

@@ -133,6 +133,89 @@ pub(super) fn sled_config(dir: &Path) -> sled::Config {
         .segment_size(segment_bytes_for(dir))
 }
 
+/// Every segment size at or above this lets sled 0.34 lose a buffer (see [`SledRoller`]).
+const SLED_OFFSET_LIMIT_BYTES: usize = 1 << 24;
+
+/// How often [`SledRoller`] seals sled's current I/O buffer.
+pub(super) const SLED_ROLL_INTERVAL_MS: u64 = 20;
+
+/// Keeps sled 0.34 from losing an I/O buffer in a store of [`SEGMENT_BYTES`] segments.
+///
+/// sled keeps a buffer's write offset in the low 24 bits of the buffer's header
+/// (`pagecache/header.rs`), and `reserve_inner` refuses a reservation only when it would pass
+/// the buffer's capacity, not when it would reach it. A segment's first buffer spans the
+/// whole segment; with 2^24-byte segments, a reservation that fills it exactly wraps the
+/// offset to 0 and adds one to the buffer's count of writers, which then never returns to
+/// zero: the buffer is never written, and later reservations write over it from offset 0.
+/// sled's stable LSN stops before it for good, so every later `flush`, and every read of a
+/// page that was paged out from it, waits forever (spacejam/sled#1412 looks like this). Seen
+/// here: the throughput bench's 1,000,000-aggregate run hung in `Journal::stats` about once
+/// in five to fifteen runs under load (2026-11-27), sled's stable LSN at 100,663,295 (the
+/// end of segment 5), segments 7 to 28 written past it, segment 6 never.
+///
+/// A buffer only fills a whole segment when nothing seals it first, which on the segment log
+/// is the normal case: sled is flushed only by checkpoints and explicit syncs. The roller
+/// flushes sled every [`SLED_ROLL_INTERVAL_MS`] (sled's `flush`: it seals the buffer, writes
+/// it and waits for its `sync_file_range`; no fdatasync). The rest of a segment after a seal
+/// is a shorter buffer, which cannot reach 2^24; only a segment's first buffer is exposed,
+/// and only to what sled writes in one interval: 16 MiB in 20 ms is 800 MB/s, against about
+/// 20 MB/s in that run. Stores of smaller segments cannot overflow and get no roller.
+pub(super) struct SledRoller {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SledRoller {
+    /// A roller for `db`, whose segments are `segment_bytes`: `None` when they cannot
+    /// overflow (or, logged, when no thread could be started). `failed` hears a failed flush,
+    /// after which the roller stops (sled fails every later write the same way).
+    pub(super) fn start(
+        db: &sled::Db,
+        segment_bytes: usize,
+        failed: impl FnOnce(sled::Error) + Send + 'static,
+    ) -> Option<SledRoller> {
+        if segment_bytes < SLED_OFFSET_LIMIT_BYTES {
+            return None;
+        }
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let db = db.clone();
+        let interval = std::time::Duration::from_millis(SLED_ROLL_INTERVAL_MS);
+        let spawned = std::thread::Builder::new()
+            .name("evershard-sled-roll".into())
+            .spawn(move || {
+                // Until the owner drops its end.
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(interval)
+                {
+                    if let Err(e) = db.flush() {
+                        return failed(e);
+                    }
+                }
+            });
+        match spawned {
+            Ok(thread) => Some(SledRoller {
+                stop: Some(stop),
+                thread: Some(thread),
+            }),
+            Err(e) => {
+                tracing::warn!(%e, "could not start the thread that flushes sled's buffers: a buffer that fills a whole segment may never be written");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SledRoller {
+    /// Stops the roller and waits for its flush in progress, so that the store's `db` is
+    /// free to close.
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +230,47 @@ mod tests {
             LEGACY_SEGMENT_BYTES,
             "sled's default segment size changed: stores without a conf would not be legacy"
         );
+    }
+
+    /// sled writes a buffer that is not full only when flushed: the roller is what writes
+    /// one in a store whose owner does not flush (the segment log's), and only in a store
+    /// whose segments can overflow sled's offsets.
+    #[test]
+    fn the_roller_writes_sleds_buffer_where_nothing_else_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled_config(dir.path()).flush_every_ms(None).open().unwrap();
+        assert_eq!(segment_bytes_for(dir.path()), SEGMENT_BYTES);
+        db.flush().unwrap();
+        let file = dir.path().join("db");
+        let len = || std::fs::metadata(&file).unwrap().len();
+        let before = len();
+        db.insert(b"k", vec![7u8; 4096]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10 * SLED_ROLL_INTERVAL_MS));
+        assert_eq!(
+            len(),
+            before,
+            "sled wrote the buffer by itself: the test shows nothing"
+        );
+
+        assert!(SledRoller::start(&db, LEGACY_SEGMENT_BYTES, |_| {}).is_none());
+        let (failed, failures) = std::sync::mpsc::channel();
+        let roller = SledRoller::start(&db, SEGMENT_BYTES, move |e| {
+            let _ = failed.send(e.to_string());
+        })
+        .expect("a roller for 16 MiB segments");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while len() <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the roller did not write sled's buffer within 20 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(SLED_ROLL_INTERVAL_MS));
+        }
+        drop(roller); // joins its thread
+        assert!(failures.try_recv().is_err());
+        drop(db);
+        // Closed: the roller holds no handle on sled.
+        sled_config(dir.path()).open().expect("reopens");
     }
 
     #[test]
