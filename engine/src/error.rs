@@ -154,10 +154,11 @@ pub enum StorageError {
     #[error("the journal is closed")]
     Closed,
     /// `close` waited `waited_ms` for the committer's last sync and gave up: sled 0.34's
-    /// flush can wait forever for a log buffer no thread writes (spacejam/sled#1412, seen
-    /// here under load). What was acknowledged is durable (in durable mode its sync had
-    /// returned); the store stays locked while this process lives, and a later `close`
-    /// waits again.
+    /// flush can wait forever for a log buffer no thread writes (spacejam/sled#1412). The
+    /// one cause seen here, a buffer that fills a 16 MiB segment exactly, is kept away by
+    /// the writer's flushes every 20 ms (`segments::SledRoller`); this bound stays for any
+    /// other. What was acknowledged is durable (in durable mode its sync had returned); the
+    /// store stays locked while this process lives, and a later `close` waits again.
     #[error("closing the journal: its last sync did not finish within {waited_ms} ms (sled's flush; spacejam/sled#1412); the store stays locked until this process exits")]
     CloseStalled { waited_ms: u64 },
     /// The operation does not read the segment log yet: the store keeps its events there
