@@ -160,6 +160,10 @@ pub(super) const SLED_ROLL_INTERVAL_MS: u64 = 20;
 /// is a shorter buffer, which cannot reach 2^24; only a segment's first buffer is exposed,
 /// and only to what sled writes in one interval: 16 MiB in 20 ms is 800 MB/s, against about
 /// 20 MB/s in that run. Stores of smaller segments cannot overflow and get no roller.
+///
+/// Not sled's own periodic flusher (`flush_every_ms`, which buffered mode keeps): each of its
+/// rounds also runs sled's segment cleaning and ends in `sync_all` of `db` (`flusher.rs`),
+/// an fsync every 20 ms beside the log's own, which a roll needs neither of.
 pub(super) struct SledRoller {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
