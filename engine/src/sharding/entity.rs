@@ -266,12 +266,18 @@ impl<A: Aggregate> EntityState<A> {
                 "recovered"
             );
             self.args.rt.record_skipped(loaded.skipped_snapshots);
-            self.timer = self
-                .args
-                .rt
-                .journal
-                .timer_of(stream)
-                .map_err(CommandError::Storage)?;
+            // A stream's timer is written with its events, in their commit, so a stream with
+            // none has none; not reading it spares a new aggregate a sled read (2% of the CPU
+            // of the durable bench over 400,000 aggregates).
+            self.timer = match loaded.version {
+                0 => None,
+                _ => self
+                    .args
+                    .rt
+                    .journal
+                    .timer_of(stream)
+                    .map_err(CommandError::Storage)?,
+            };
             self.loaded = Some((loaded.state, loaded.version));
         }
         Ok(())
