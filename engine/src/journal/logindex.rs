@@ -547,8 +547,10 @@ pub fn fold_back<L: std::ops::Deref<Target = SegmentLog>, T>(
 pub struct ChainCheck<'a> {
     entries: &'a [Vec<u8>],
     chain: &'a [record::Hash],
-    /// Records checked so far (the pieces a fold checks do not overlap).
-    checked: std::sync::atomic::AtomicUsize,
+    /// The pieces checked so far, as the fold checked them. Ranges, not a count: pieces
+    /// that overlap and leave a gap could add up to the read's length, and a count would
+    /// then pass records nobody hashed.
+    checked: std::sync::Mutex<Vec<std::ops::Range<usize>>>,
     /// The oldest record found unchained, or `usize::MAX`.
     first_unchained: std::sync::atomic::AtomicUsize,
 }
@@ -558,7 +560,7 @@ impl std::fmt::Debug for ChainCheck<'_> {
         use std::sync::atomic::Ordering;
         f.debug_struct("ChainCheck")
             .field("records", &self.len())
-            .field("checked", &self.checked.load(Ordering::Acquire))
+            .field("checked", &*self.pieces())
             .field(
                 "first_unchained",
                 &self.first_unchained.load(Ordering::Acquire),
@@ -573,9 +575,16 @@ impl<'a> ChainCheck<'a> {
         ChainCheck {
             entries,
             chain,
-            checked: 0.into(),
+            checked: Default::default(),
             first_unchained: usize::MAX.into(),
         }
+    }
+
+    fn pieces(&self) -> std::sync::MutexGuard<'_, Vec<std::ops::Range<usize>>> {
+        // A piece is pushed whole or not at all, so a poisoned list is still true.
+        self.checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The check of a read with nothing left to check (none, or the strict walk's records).
@@ -594,17 +603,20 @@ impl<'a> ChainCheck<'a> {
     }
 
     /// Checks the records in `range` (oldest first, as the views; the part past the read is
-    /// ignored). Pieces must not overlap: `checked` counts records, and a count short of the
-    /// read has [`fold_back`] check it all again.
+    /// ignored). Pieces may overlap or leave gaps: [`fold_back`] checks whatever no piece
+    /// covered.
     pub(crate) fn check(&self, range: std::ops::Range<usize>) {
         use std::sync::atomic::Ordering;
         let range = range.start.min(self.len())..range.end.min(self.len());
+        if range.is_empty() {
+            return;
+        }
         let found = first_unchained(&self.entries[range.clone()], &self.chain[range.clone()]);
         if let Some(at) = found {
             self.first_unchained
                 .fetch_min(range.start + at, Ordering::AcqRel);
         }
-        self.checked.fetch_add(range.len(), Ordering::AcqRel);
+        self.pieces().push(range);
     }
 
     /// Runs `fold` with the whole check on a second thread beside it, for a read of more
@@ -628,12 +640,24 @@ impl<'a> ChainCheck<'a> {
         })
     }
 
-    /// Checks what the fold left unchecked; the oldest unchained record, if any.
+    /// Checks what the fold left unchecked (the gaps between its pieces: only those, so a
+    /// fold that stopped early costs the rest of the check, not all of it again); the
+    /// oldest unchained record, if any. Called once the fold and its threads are done.
     fn verdict(&self) -> Option<usize> {
         use std::sync::atomic::Ordering;
-        if self.checked.load(Ordering::Acquire) != self.len() {
-            self.checked.store(0, Ordering::Release);
-            self.check(0..self.len());
+        let mut pieces = std::mem::take(&mut *self.pieces());
+        pieces.sort_unstable_by_key(|piece| piece.start);
+        let mut gaps = Vec::new();
+        let mut covered = 0;
+        for piece in pieces {
+            if piece.start > covered {
+                gaps.push(covered..piece.start);
+            }
+            covered = covered.max(piece.end);
+        }
+        gaps.push(covered..self.len());
+        for gap in gaps {
+            self.check(gap);
         }
         match self.first_unchained.load(Ordering::Acquire) {
             usize::MAX => None,
@@ -893,3 +917,55 @@ const READ_BACK_RECORD_BYTES: u64 = 4 << 10;
 
 /// Bytes of a record entry's header in a frame: previous address u64, length u32.
 const ENTRY_HEADER_BYTES: usize = 12;
+
+#[cfg(test)]
+mod tests {
+    //! A read's chain check names its oldest unchained record whatever pieces the fold
+    //! checked: overlapping, with gaps, none, or all.
+    use super::*;
+
+    /// `records` records whose chain names every one's hash but those in `unchained`.
+    fn read(records: usize, unchained: &[usize]) -> (Vec<Vec<u8>>, Vec<record::Hash>) {
+        let entries: Vec<Vec<u8>> = (0..records)
+            .map(|i| format!("record {i}").into_bytes())
+            .collect();
+        let chain = entries
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| match unchained.contains(&i) {
+                true => [0xEE; 32],
+                false => record::hash(bytes),
+            })
+            .collect();
+        (entries, chain)
+    }
+
+    #[test]
+    fn pieces_that_overlap_and_leave_a_gap_still_check_every_record() {
+        let (entries, chain) = read(20, &[15]);
+        let check = ChainCheck::new(&entries, &chain);
+        // Twenty records' worth of pieces, none of them past record 9: a count of checked
+        // records took that for the whole read and passed record 15.
+        check.check(0..10);
+        check.check(0..10);
+        assert_eq!(check.verdict(), Some(15));
+    }
+
+    #[test]
+    fn the_oldest_unchained_record_is_named_whatever_was_checked_first() {
+        // (start, end) of each piece a fold checked.
+        let folds: [&[(usize, usize)]; 4] = [&[], &[(10, 20)], &[(0, 20)], &[(5, 8), (12, 30)]];
+        for pieces in folds {
+            let (entries, chain) = read(20, &[3, 15]);
+            let check = ChainCheck::new(&entries, &chain);
+            for &(start, end) in pieces {
+                check.check(start..end);
+            }
+            assert_eq!(check.verdict(), Some(3), "pieces {pieces:?}");
+        }
+        let (entries, chain) = read(20, &[]);
+        let check = ChainCheck::new(&entries, &chain);
+        check.check(4..9);
+        assert_eq!(check.verdict(), None);
+    }
+}
