@@ -1514,7 +1514,9 @@ impl Journal {
                     && views.iter().any(|v| v.encrypted)
                     && logindex::several_cpus()
                 {
-                    return self.visit_opening_ahead(&db, views, check, &mut visit);
+                    if let Some(visited) = self.visit_opening_ahead(&db, views, check, &mut visit) {
+                        return visited;
+                    }
                 }
                 check.beside(|| {
                     for view in views {
@@ -1596,13 +1598,15 @@ impl Journal {
     /// it, not two. Errors as `visit_opened`'s, at the same record: the records
     /// before a payload that fails to open are visited, and `visit`'s own error stops the
     /// opening (what it left unchecked of the chain, `logindex::fold_back` checks).
+    /// `None`, with nothing visited, when no thread could be had: the caller's plain walk
+    /// then does it all.
     fn visit_opening_ahead(
         &self,
         db: &sled::Db,
         views: &[record::RecordView<'_>],
         check: &logindex::ChainCheck<'_>,
         visit: &mut impl FnMut(&record::RecordView<'_>, &[u8]) -> Result<(), StorageError>,
-    ) -> Result<(), StorageError> {
+    ) -> Option<Result<(), StorageError>> {
         /// One chunk's opened payloads end to end, where each record's ends (a plain record
         /// adds none), and the error that stopped the opening within it.
         type Opened = (Vec<u8>, Vec<usize>, Option<StorageError>);
@@ -1648,32 +1652,29 @@ impl Journal {
                     check.check(views.len()..check.len());
                 });
             if opening.is_err() {
-                // No thread to be had: check the chain, then open here.
-                check.check(0..check.len());
-                let (mut opener, mut buffer) = (None, Vec::new());
-                for view in views {
-                    self.visit_opened(db, view, &mut opener, &mut buffer, visit)?;
-                }
-                return Ok(());
+                return None;
             }
-            for chunk in views.chunks(OPEN_AHEAD_CHUNK_RECORDS) {
-                // Gone only if the opening thread panicked: the scope then re-raises its panic.
-                let Ok((plain, ends, error)) = receiver.recv() else {
-                    return Ok(());
-                };
-                let mut start = 0;
-                for (view, end) in chunk.iter().zip(&ends) {
-                    match view.encrypted {
-                        true => visit(view, &plain[start..*end])?,
-                        false => visit(view, view.payload)?,
+            Some((|| {
+                for chunk in views.chunks(OPEN_AHEAD_CHUNK_RECORDS) {
+                    // Gone only if the opening thread panicked: the scope then re-raises its
+                    // panic.
+                    let Ok((plain, ends, error)) = receiver.recv() else {
+                        return Ok(());
+                    };
+                    let mut start = 0;
+                    for (view, end) in chunk.iter().zip(&ends) {
+                        match view.encrypted {
+                            true => visit(view, &plain[start..*end])?,
+                            false => visit(view, view.payload)?,
+                        }
+                        start = *end;
                     }
-                    start = *end;
+                    if let Some(e) = error {
+                        return Err(e);
+                    }
                 }
-                if let Some(e) = error {
-                    return Err(e);
-                }
-            }
-            Ok(())
+                Ok(())
+            })())
         })
     }
 
