@@ -37,6 +37,15 @@ pub(crate) enum EntityMsg<A: Aggregate> {
     FireTimer {
         reply: oneshot::Sender<Result<bool, CommandError<A::Error>>>,
     },
+    /// The shard passivated this actor's aggregate (idle: nothing in flight, out of the
+    /// routing table) and hands the actor another one, whose commands follow in the
+    /// mailbox: the state of the one before is dropped, as a stop would drop it. Spawning
+    /// an actor for a new aggregate and stopping the one it replaced were 12% of the CPU of
+    /// the durable bench over 400,000 aggregates (2026-11-27, perf). Not counted in flight.
+    Rebind {
+        stream: StreamId,
+        inflight: Arc<AtomicUsize>,
+    },
 }
 
 impl<A: Aggregate> EntityMsg<A> {
@@ -52,6 +61,8 @@ impl<A: Aggregate> EntityMsg<A> {
             EntityMsg::FireTimer { reply } => {
                 let _ = reply.send(Err(err));
             }
+            // Nobody waits on it: the shard sends it and handles its failure itself.
+            EntityMsg::Rebind { .. } => {}
         }
     }
 }
@@ -200,6 +211,32 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 }
 
 impl<A: Aggregate> EntityState<A> {
+    fn new(args: EntityArgs) -> Self {
+        EntityState {
+            args,
+            loaded: None,
+            timer: None,
+            epoch: 0,
+            claim_epoch: None,
+        }
+    }
+
+    /// Becomes the actor of another aggregate, as freshly started (see `EntityMsg::Rebind`).
+    fn rebind(&mut self, stream: StreamId, inflight: Arc<AtomicUsize>) {
+        assert_eq!(
+            self.args.inflight.load(Ordering::Acquire),
+            0,
+            "an aggregate with commands in flight was passivated"
+        );
+        let args = EntityArgs {
+            stream,
+            inflight,
+            rt: self.args.rt.clone(),
+            violations: self.args.violations.clone(),
+        };
+        *self = EntityState::new(args);
+    }
+
     /// Cluster mode: refuses with `NotOwner` unless this node serves the aggregate's
     /// partition (so nothing is decided, not even a rejection, on a state another node may
     /// have moved on), and drops a state loaded under an earlier claim.
@@ -634,13 +671,7 @@ impl<A: Aggregate> Actor for EntityActor<A> {
         _myself: ActorRef<Self::Msg>,
         args: EntityArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(EntityState {
-            args,
-            loaded: None,
-            timer: None,
-            epoch: 0,
-            claim_epoch: None,
-        })
+        Ok(EntityState::new(args))
     }
 
     async fn handle(
@@ -672,6 +703,10 @@ impl<A: Aggregate> Actor for EntityActor<A> {
             EntityMsg::FireTimer { reply } => {
                 let result = Box::pin(state.fire_timer()).await;
                 let _ = reply.send(result);
+            }
+            EntityMsg::Rebind { stream, inflight } => {
+                state.rebind(stream, inflight);
+                return Ok(());
             }
         }
         // Only after the reply: the shard may passivate us once this reaches zero.

@@ -208,18 +208,17 @@ impl<A: Aggregate> ShardState<A> {
         }
     }
 
-    /// Passivates the least recently used idle entity, approximately (CLOCK); false when
-    /// every entity is busy. Amortized O(1) per call: each queued actor is met at most twice
+    /// Takes the least recently used idle entity out of the routing table, approximately
+    /// (CLOCK), and returns its actor for the caller to stop or reuse; `None` when every
+    /// entity is busy. Amortized O(1) per call: each queued actor is met at most twice
     /// (its second chance, then its turn). A scan of every entity per spawned actor made
     /// touching many aggregates quadratic: 2,404 commands/s with 300,000 aggregates at 10,000
     /// active per shard, against 8,697/s at 1,000 (`benches/throughput.rs`, 2026-11-26).
-    fn passivate_lru(&mut self) -> bool {
+    fn passivate_lru(&mut self) -> Option<ActorRef<EntityMsg<A>>> {
         let mut budget = 2 * self.ring.len() + 1;
         while budget > 0 {
             budget -= 1;
-            let Some(mut queued) = self.ring.pop_front() else {
-                return false;
-            };
+            let mut queued = self.ring.pop_front()?;
             let victim = {
                 let mut entries = self.args.routes.lock();
                 let Some(entry) = entries.get(&queued.id) else {
@@ -236,12 +235,11 @@ impl<A: Aggregate> ShardState<A> {
                 }
                 entries.remove(&queued.id).and_then(|e| e.actor)
             };
-            if let Some(actor) = victim {
-                self.stop_all(vec![actor]);
-                return true;
+            if victim.is_some() {
+                return victim;
             }
         }
-        false
+        None
     }
 
     fn active(&self) -> usize {
@@ -262,19 +260,49 @@ impl<A: Aggregate> ShardState<A> {
         id: &str,
         inflight: Arc<AtomicUsize>,
     ) -> Result<ActorRef<EntityMsg<A>>, ActorProcessingErr> {
-        while self.active() >= self.args.rt.config.active_per_shard_max {
-            if !self.passivate_lru() {
-                break; // every active entity is busy: exceed the limit rather than block
+        let stream = StreamId::new(A::TYPE, id);
+        let max = self.args.rt.config.active_per_shard_max;
+        let reused = loop {
+            if self.active() < max {
+                break None;
             }
-        }
-        let args = EntityArgs {
-            stream: StreamId::new(A::TYPE, id),
-            rt: self.args.rt.clone(),
-            inflight,
-            violations: self.violations.clone(),
+            // Every active entity busy: exceed the limit rather than block.
+            let Some(victim) = self.passivate_lru() else {
+                break None;
+            };
+            if self.active() > max {
+                // Over the limit (all were busy before): back down to it first.
+                self.stop_all(vec![victim]);
+                continue;
+            }
+            // The passivated aggregate's actor becomes this one's, with no stop and no
+            // spawn; its mailbox holds this aggregate's commands behind the rebind.
+            let rebind = EntityMsg::Rebind {
+                stream: stream.clone(),
+                inflight: inflight.clone(),
+            };
+            match victim.cast(rebind) {
+                Ok(()) => break Some(victim),
+                // It stopped (failed) meanwhile: its supervision event finds nothing.
+                Err(_) => {
+                    self.by_actor.remove(&victim.get_id());
+                }
+            }
         };
-        let (actor, _) =
-            Actor::spawn_linked(None, EntityActor::<A>::new(), args, myself.get_cell()).await?;
+        let actor = match reused {
+            Some(actor) => actor,
+            None => {
+                let args = EntityArgs {
+                    stream,
+                    rt: self.args.rt.clone(),
+                    inflight,
+                    violations: self.violations.clone(),
+                };
+                let spawned =
+                    Actor::spawn_linked(None, EntityActor::<A>::new(), args, myself.get_cell());
+                spawned.await?.0
+            }
+        };
         self.by_actor.insert(actor.get_id(), id.to_owned());
         self.ring.push_back(Queued {
             id: id.to_owned(),
