@@ -16,16 +16,17 @@
 //!    events: the p50 of `EVERSHARD_BENCH_RECOVERY_RUNS` (default 31) loads from the newest
 //!    snapshot + tail (target < 1 ms), and of as many full replays, printed as the replay rate
 //!    (target >= 1,000,000 events/s). `EVERSHARD_BENCH_ONLY=recovery` runs this section alone.
-//! 5. topics: the workload of (1) in `EVERSHARD_BENCH_PAIRS` (default 5) pairs of runs on
-//!    fresh stores, without and with the indexer and a consumer group live (reading and
-//!    committing as it goes), the two runs of a pair back to back in alternating order; the
-//!    median of the pairs' rate ratios is the figure (target >= 0.9). Then a store of
+//! 5. topics: the workload of (1) on two engines open side by side on fresh stores, without
+//!    and with the indexer and a consumer group live (reading and committing as it goes),
+//!    taking turns in slices of `EVERSHARD_BENCH_SLICE_COMMANDS` (default 25,000) commands,
+//!    `EVERSHARD_BENCH_PAIRS` (default 5) times the commands of (1) each; the ratio of the
+//!    two engines' rates is the figure (target >= 0.9; see `paired_ratio`). Then a store of
 //!    `EVERSHARD_BENCH_CATCHUP_EVENTS` (default 1,000,000) events is indexed and a consumer
 //!    reads it from the beginning: the indexer's rate and the consumer's catch-up rate
 //!    (rendered messages/s; target >= 500,000).
-//! 6. idempotency keys: as the pairs of 5, with a fresh key on every command
+//! 6. idempotency keys: as the two engines of 5, with a fresh key on every command
 //!    (`execute_with`) in place of topics (target >= 0.85; `EVERSHARD_BENCH_ONLY=idempotency`
-//!    runs these pairs alone);
+//!    runs this section alone);
 //! 7. timers: how fast due timers fire (ProductStock reservations expired by the scheduler
 //!    through the command path, `EVERSHARD_BENCH_FIRED`, default 20,000), and the disk and
 //!    memory cost of `EVERSHARD_BENCH_TIMERS` (default 1,000,000) pending timers and of as
@@ -49,8 +50,8 @@
 //!    `EVERSHARD_BENCH_ONLY=goals` runs run 1, the plain file and these alone.
 //!
 //! `EVERSHARD_BENCH_ONLY=writepath` (alone): run 1's workload on the sled layout and on the
-//! segment log (`WritePath::Log`), in `EVERSHARD_BENCH_PAIRS` alternating pairs, each run
-//! with its CPU per command; every other section follows `EVERSHARD_WRITE_PATH` (default:
+//! segment log (`WritePath::Log`), two engines taking turns as in 5, each with its CPU per
+//! command; every other section follows `EVERSHARD_WRITE_PATH` (default:
 //! the segment log).
 //!
 //! For profiling the command path: `EVERSHARD_BENCH_ONLY=engine` stops after (1);
@@ -144,13 +145,7 @@ enum Feature {
     Log,
 }
 
-/// The command rate with `feature` on over the rate without, from `rounds` pairs of runs on
-/// fresh stores, each pair run back to back in alternating order. A run's rate moves with the
-/// disk's sync latency and the other core's load from minute to minute, which the two runs of
-/// a pair share; the median of the pairs' ratios is the figure. Each run starts on a quiet disk
-/// (`quiesce_disk`). Prints every pair; returns
-/// (median ratio, median rate with the feature).
-/// The medians of a paired section.
+/// The figures of a paired section.
 struct Paired {
     /// The rate with the feature over the rate without.
     ratio: f64,
@@ -162,80 +157,109 @@ struct Paired {
     cpu_ratio: f64,
 }
 
+/// The command rate with `feature` on over the rate without, from two engines open side by
+/// side on fresh stores that take turns: `rounds` x `shape.commands` commands each, in slices
+/// of `slice_commands`, the engine that goes first alternating from round to round. Each slice
+/// starts on a quiet disk (`quiesce_disk`) and runs alone.
+///
+/// Why slices and not one run per engine: a run's rate moves with the disk's sync latency and
+/// the other core's load from second to second (two runs of the same build, a minute apart,
+/// gave 44,000 and 79,000 commands/s on 2026-11-27). Runs of two seconds, one after the other,
+/// each met a different machine: pairs of them gave ratios from 0.61 to 1.04 for one build.
+/// Slices a fraction of a second long, interleaved, meet the same machine, and every slice of
+/// one engine has a slice of the other next to it. The figure is the ratio of the two
+/// engines' total rates (commands over the time of their slices); the spread of the slices'
+/// own ratios is printed beside it.
+///
+/// A slice with topics ends when the live consumer group has committed every event the slice
+/// wrote (`DurableEngine::drain`): the indexer's and the consumer's work is charged to the
+/// engine that caused it, not left running into the other engine's slice.
 fn paired_ratio(
     rt: &tokio::runtime::Runtime,
     dir: &std::path::Path,
     shape: &Shape,
     feature: Feature,
     rounds: usize,
+    slice_commands: u64,
 ) -> Paired {
-    let mut ratios = Vec::with_capacity(rounds);
-    let mut with_rates = Vec::with_capacity(rounds);
-    let mut cpu_ratios = Vec::with_capacity(rounds);
-    for round in 0..rounds {
-        let mut rates = [0.0; 2];
-        let order = if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        let mut cpu_us = [0.0; 2];
-        let mut empty_with = 0;
-        for on in order {
-            quiesce_disk();
-            let store = dir.join(format!("pair-{round}-{on}"));
-            let write_path = match (feature, on) {
-                (Feature::Log, true) => WritePath::Log,
-                (Feature::Log, false) => WritePath::Sled,
-                _ => WritePath::from_env(),
-            };
-            let cpu_before = process_cpu();
-            let run = rt.block_on(evershard_durable(
-                &store,
-                shape.aggregates,
-                shape.commands,
-                shape.clients,
-                shape.seed,
-                Extras {
-                    topics: on && feature == Feature::Topics,
-                    keyed: on && feature == Feature::Keys,
-                    write_path,
-                },
-            ));
-            cpu_us[usize::from(on)] = process_cpu().saturating_sub(cpu_before).as_secs_f64() * 1e6
-                / run.commands.max(1) as f64;
-            rates[usize::from(on)] = run.commands as f64 / run.elapsed.as_secs_f64();
-            if on {
-                empty_with = run.accepted_empty;
-            }
-            let _ = std::fs::remove_dir_all(&store);
-        }
-        // With keys, every accepted command that decided nothing is a durable append of its
-        // record, which the run without answers from memory.
-        let empty = match feature {
-            Feature::Keys => format!(", {empty_with} accepted with no events"),
-            _ => String::new(),
-        };
-        println!(
-            "  pair {round}: without {:.0}/s ({:.1} µs CPU/command), with {:.0}/s ({:.1} µs CPU/command{empty}), ratio {:.2}",
-            rates[0],
-            cpu_us[0],
-            rates[1],
-            cpu_us[1],
-            rates[1] / rates[0]
-        );
-        ratios.push(rates[1] / rates[0]);
-        with_rates.push(rates[1]);
-        cpu_ratios.push(cpu_us[0] / cpu_us[1]);
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+    let per_engine = shape.commands * rounds as u64;
+    let slice_commands = slice_commands.clamp(shape.clients, per_engine.max(shape.clients));
+    let slices = per_engine.div_ceil(slice_commands);
+    let extras = |on: bool| Extras {
+        topics: on && feature == Feature::Topics,
+        keyed: on && feature == Feature::Keys,
+        write_path: match (feature, on) {
+            (Feature::Log, true) => WritePath::Log,
+            (Feature::Log, false) => WritePath::Sled,
+            _ => WritePath::from_env(),
+        },
     };
+    let mut engines = [false, true].map(|on| {
+        rt.block_on(DurableEngine::open(
+            &dir.join(format!("paired-{on}")),
+            shape,
+            per_engine,
+            extras(on),
+        ))
+    });
+    // Per engine: commands, seconds, CPU seconds, accepted with no events.
+    let mut commands = [0u64; 2];
+    let mut secs = [0.0f64; 2];
+    let mut cpu_secs = [0.0f64; 2];
+    let mut empty = [0u64; 2];
+    let mut slice_ratios = Vec::with_capacity(slices as usize);
+    let mut done = 0;
+    for slice in 0..slices {
+        let size = slice_commands.min(per_engine - done);
+        done += size;
+        let order = if slice % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut rates = [0.0f64; 2];
+        for i in order {
+            quiesce_disk();
+            let cpu_before = process_cpu();
+            let ran = rt.block_on(engines[i].slice(size));
+            cpu_secs[i] += process_cpu().saturating_sub(cpu_before).as_secs_f64();
+            commands[i] += ran.commands;
+            secs[i] += ran.elapsed.as_secs_f64();
+            empty[i] += ran.accepted_empty;
+            rates[i] = ran.commands as f64 / ran.elapsed.as_secs_f64();
+        }
+        slice_ratios.push(rates[1] / rates[0]);
+    }
+    for engine in engines {
+        let store = engine.dir.clone();
+        rt.block_on(engine.finish());
+        let _ = std::fs::remove_dir_all(&store);
+    }
+    let rate = |i: usize| commands[i] as f64 / secs[i];
+    let cpu_us = |i: usize| cpu_secs[i] * 1e6 / commands[i].max(1) as f64;
+    slice_ratios.sort_by(f64::total_cmp);
+    let at = |q: usize| slice_ratios[(slice_ratios.len() - 1) * q / 4];
+    // With keys, every accepted command that decided nothing is a durable append of its
+    // record, which the engine without answers from memory.
+    let empty = match feature {
+        Feature::Keys => format!(", {} accepted with no events", empty[1]),
+        _ => String::new(),
+    };
+    println!(
+        "  {slices} slices of {slice_commands} commands each: without {:.0}/s ({:.1} µs CPU/command), with {:.0}/s ({:.1} µs CPU/command{empty})",
+        rate(0),
+        cpu_us(0),
+        rate(1),
+        cpu_us(1),
+    );
+    println!(
+        "  the slices' own ratios: min {:.2}, quartiles {:.2} {:.2} {:.2}, max {:.2}",
+        at(0),
+        at(1),
+        at(2),
+        at(3),
+        at(4)
+    );
     Paired {
-        ratio: median(&mut ratios),
-        rate: median(&mut with_rates),
-        cpu_ratio: median(&mut cpu_ratios),
+        ratio: rate(1) / rate(0),
+        rate: rate(1),
+        cpu_ratio: cpu_us(0) / cpu_us(1),
     }
 }
 
@@ -301,130 +325,244 @@ async fn evershard_durable(
     seed: u64,
     extras: Extras,
 ) -> Run {
-    let Extras {
-        topics,
-        keyed,
-        write_path,
-    } = extras;
-    let rss_before = rss_bytes();
-    let engine = Engine::builder(dir)
-        .register::<ProductStock>()
-        .durability(durability())
-        .write_path(write_path)
-        .shards(8)
-        // Every aggregate stays active up to the engine's default limit; past it (the
-        // 1,000,000-aggregate run) passivation works as configured by default.
-        .active_per_shard_max((aggregates as usize).min(active_per_shard_max()))
-        .cache_bytes(sled_cache_bytes())
-        .topic_indexer(topics)
-        .open()
-        .await
-        .expect("open engine");
-    // With topics: a consumer group reads business.inventory live and commits per batch.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let live = topics.then(|| {
-        let mut consumer = engine.consumer("bench", "business.inventory").unwrap();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut read = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                let batch = consumer
-                    .poll(4096, Duration::from_millis(50))
-                    .await
-                    .unwrap();
-                if !batch.is_empty() {
-                    read += batch.len() as u64;
-                    consumer.commit().await.unwrap();
+    let shape = Shape {
+        aggregates,
+        commands,
+        clients,
+        seed,
+        smoke: false,
+    };
+    let mut engine = DurableEngine::open(dir, &shape, commands, extras).await;
+    let ran = engine.slice(commands).await;
+    engine.finish_with(ran).await
+}
+
+/// An engine of the durable workload, with its clients' generators and mirrors kept between
+/// slices (`paired_ratio` runs two of them in turns; `evershard_durable` one in one slice).
+struct DurableEngine {
+    engine: Engine,
+    dir: std::path::PathBuf,
+    clients: Vec<Client>,
+    keyed: bool,
+    /// The live consumer group (with topics): its stop flag and its task.
+    live: Option<(
+        Arc<std::sync::atomic::AtomicBool>,
+        tokio::task::JoinHandle<u64>,
+    )>,
+    rss_before: u64,
+}
+
+/// One client: its aggregates (every `clients`-th), its generator, a mirror of each state
+/// (kept by applying the events the engine returns, so the generator proposes plausible
+/// commands), and how many commands it has sent.
+struct Client {
+    number: u64,
+    ids: Vec<String>,
+    rng: DemoRng,
+    mirrors: Vec<<ProductStock as Aggregate>::State>,
+    sent: u64,
+}
+
+/// What a slice of commands did.
+#[derive(Default)]
+struct Slice {
+    commands: u64,
+    accepted: u64,
+    accepted_empty: u64,
+    events: u64,
+    elapsed: Duration,
+}
+
+impl DurableEngine {
+    /// Opens the engine on `dir`, for `commands` commands in all (spread over the clients).
+    async fn open(dir: &std::path::Path, shape: &Shape, commands: u64, extras: Extras) -> Self {
+        let Extras {
+            topics,
+            keyed,
+            write_path,
+        } = extras;
+        let rss_before = rss_bytes();
+        let engine = Engine::builder(dir)
+            .register::<ProductStock>()
+            .durability(durability())
+            .write_path(write_path)
+            .shards(8)
+            // Every aggregate stays active up to the engine's default limit; past it (the
+            // 1,000,000-aggregate run) passivation works as configured by default.
+            .active_per_shard_max((shape.aggregates as usize).min(active_per_shard_max()))
+            .cache_bytes(sled_cache_bytes())
+            .topic_indexer(topics)
+            .open()
+            .await
+            .expect("open engine");
+        // With topics: a consumer group reads business.inventory live and commits per batch.
+        let live = topics.then(|| {
+            let mut consumer = engine.consumer("bench", "business.inventory").unwrap();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stopped = stop.clone();
+            let task = tokio::spawn(async move {
+                let mut read = 0u64;
+                while !stopped.load(std::sync::atomic::Ordering::Acquire) {
+                    let batch = consumer
+                        .poll(4096, Duration::from_millis(50))
+                        .await
+                        .unwrap();
+                    if !batch.is_empty() {
+                        read += batch.len() as u64;
+                        consumer.commit().await.unwrap();
+                    }
                 }
-            }
-            read
-        })
-    });
-    let per_client = commands / clients;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for client in 0..clients {
-        let engine = engine.clone();
-        tasks.push(tokio::spawn(async move {
-            // This client's aggregates and a mirror of each state, kept by applying the events
-            // the engine returns (so the generator proposes plausible commands).
-            let (ids, mut rng) = client_slice(client, aggregates, clients, seed);
-            // A client that touches each of its aggregates once (the 1,000,000-aggregate run)
-            // keeps no mirrors: its own bookkeeping would otherwise be counted as the engine's
-            // memory.
-            let mirrored = per_client > ids.len() as u64;
-            let fresh = <ProductStock as Aggregate>::State::default();
-            let mut mirrors = if mirrored {
-                vec![fresh.clone(); ids.len()]
-            } else {
-                Vec::new()
-            };
-            let (mut accepted, mut empty, mut events) = (0u64, 0u64, 0u64);
-            for n in 0..per_client {
-                let k = (n as usize) % ids.len();
-                let ctx = DecideContext::new(ids[k].clone(), chrono::Utc::now());
-                let state = mirrors.get(k).unwrap_or(&fresh);
-                let command = ProductStock::sample_command(state, &ctx, &mut rng);
-                let mut metadata = Metadata::new("bench");
-                if keyed {
-                    // A fresh key per command: every command records its result.
-                    metadata = metadata.idempotency_key(Uuid::from_u128(
-                        (u128::from(client) << 64) | u128::from(n),
-                    ));
+                read
+            });
+            (stop, task)
+        });
+        let per_client = commands / shape.clients;
+        let clients = (0..shape.clients)
+            .map(|number| {
+                let (ids, rng) = client_slice(number, shape.aggregates, shape.clients, shape.seed);
+                // A client that touches each of its aggregates once (the 1,000,000-aggregate
+                // run) keeps no mirrors: its own bookkeeping would otherwise be counted as the
+                // engine's memory.
+                let mirrors = match per_client > ids.len() as u64 {
+                    true => vec![<ProductStock as Aggregate>::State::default(); ids.len()],
+                    false => Vec::new(),
+                };
+                Client {
+                    number,
+                    ids,
+                    rng,
+                    mirrors,
+                    sent: 0,
                 }
-                match engine
-                    .execute_with::<ProductStock>(&ids[k], command, metadata)
-                    .await
-                {
-                    Ok(committed) => {
-                        accepted += 1;
-                        empty += u64::from(committed.is_empty());
-                        events += committed.len() as u64;
-                        if let Some(mirror) = mirrors.get_mut(k) {
-                            for e in &committed {
-                                ProductStock::apply(mirror, &e.payload);
+            })
+            .collect();
+        DurableEngine {
+            engine,
+            dir: dir.to_path_buf(),
+            clients,
+            keyed,
+            live,
+            rss_before,
+        }
+    }
+
+    /// Runs `commands` commands (spread over the clients, each with one in flight) and, with
+    /// topics, waits until the live consumer group has committed what they wrote.
+    async fn slice(&mut self, commands: u64) -> Slice {
+        let per_client = commands / self.clients.len() as u64;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for mut client in std::mem::take(&mut self.clients) {
+            let engine = self.engine.clone();
+            let keyed = self.keyed;
+            tasks.push(tokio::spawn(async move {
+                let fresh = <ProductStock as Aggregate>::State::default();
+                let mut ran = Slice::default();
+                for _ in 0..per_client {
+                    let n = client.sent;
+                    client.sent += 1;
+                    let k = (n as usize) % client.ids.len();
+                    let ctx = DecideContext::new(client.ids[k].clone(), chrono::Utc::now());
+                    let state = client.mirrors.get(k).unwrap_or(&fresh);
+                    let command = ProductStock::sample_command(state, &ctx, &mut client.rng);
+                    let mut metadata = Metadata::new("bench");
+                    if keyed {
+                        // A fresh key per command: every command records its result.
+                        metadata = metadata.idempotency_key(Uuid::from_u128(
+                            (u128::from(client.number) << 64) | u128::from(n),
+                        ));
+                    }
+                    ran.commands += 1;
+                    match engine
+                        .execute_with::<ProductStock>(&client.ids[k], command, metadata)
+                        .await
+                    {
+                        Ok(committed) => {
+                            ran.accepted += 1;
+                            ran.accepted_empty += u64::from(committed.is_empty());
+                            ran.events += committed.len() as u64;
+                            if let Some(mirror) = client.mirrors.get_mut(k) {
+                                for e in &committed {
+                                    ProductStock::apply(mirror, &e.payload);
+                                }
                             }
                         }
+                        Err(evershard::engine::CommandError::Rejected(_)) => {}
+                        Err(e) => panic!("command failed: {e}"),
                     }
-                    Err(evershard::engine::CommandError::Rejected(_)) => {}
-                    Err(e) => panic!("command failed: {e}"),
                 }
-            }
-            (accepted, empty, events)
-        }));
+                (client, ran)
+            }));
+        }
+        let mut total = Slice::default();
+        for task in tasks {
+            let (client, ran) = task.await.unwrap();
+            self.clients.push(client);
+            total.commands += ran.commands;
+            total.accepted += ran.accepted;
+            total.accepted_empty += ran.accepted_empty;
+            total.events += ran.events;
+        }
+        if self.live.is_some() {
+            self.drain().await;
+        }
+        total.elapsed = start.elapsed();
+        total
     }
-    let (mut accepted, mut accepted_empty, mut events) = (0, 0, 0);
-    for t in tasks {
-        let (a, z, e) = t.await.unwrap();
-        accepted += a;
-        accepted_empty += z;
-        events += e;
-    }
-    let elapsed = start.elapsed();
-    if let Some(live) = live {
-        stop.store(true, std::sync::atomic::Ordering::Release);
-        let read = live.await.unwrap();
-        let lag = engine
-            .consumer_lag("bench", "business.inventory")
-            .unwrap()
-            .total();
-        println!(
-            "  live consumer group: {read} messages read during the run, lag {lag} at its end"
+
+    /// Waits until the topic index covers every durable event and the live consumer group
+    /// has committed all of it (bounded: a minute).
+    async fn drain(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let end = self.engine.journal().durable_position();
+        assert!(
+            self.engine.wait_indexed(end, Duration::from_secs(60)).await,
+            "the topic index did not reach position {end} within a minute"
         );
+        loop {
+            let lag = self
+                .engine
+                .consumer_lag("bench", "business.inventory")
+                .unwrap()
+                .total();
+            if lag == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the live consumer group still lags {lag} messages after a minute"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
-    let stats = engine.journal().stats().unwrap();
-    let rss_growth_bytes = rss_bytes().saturating_sub(rss_before);
-    engine.shutdown().await.unwrap();
-    Run {
-        commands: per_client * clients,
-        accepted,
-        accepted_empty,
-        events,
-        elapsed,
-        record_bytes_avg: stats.event_bytes / stats.events.max(1),
-        rss_growth_bytes,
-        disk_bytes: dir_bytes(dir),
-        disk_allocated_bytes: dir_allocated_bytes(dir),
+
+    /// Stops the live consumer group and shuts the engine down.
+    async fn finish(self) {
+        self.finish_with(Slice::default()).await;
+    }
+
+    /// Stops the live consumer group, shuts the engine down, and reports `ran` with the
+    /// store's figures.
+    async fn finish_with(self, ran: Slice) -> Run {
+        if let Some((stop, task)) = self.live {
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            let read = task.await.unwrap();
+            println!("  live consumer group: {read} messages read");
+        }
+        let stats = self.engine.journal().stats().unwrap();
+        let rss_growth_bytes = rss_bytes().saturating_sub(self.rss_before);
+        self.engine.shutdown().await.unwrap();
+        Run {
+            commands: ran.commands,
+            accepted: ran.accepted,
+            accepted_empty: ran.accepted_empty,
+            events: ran.events,
+            elapsed: ran.elapsed,
+            record_bytes_avg: stats.event_bytes / stats.events.max(1),
+            rss_growth_bytes,
+            disk_bytes: dir_bytes(&self.dir),
+            disk_allocated_bytes: dir_allocated_bytes(&self.dir),
+        }
     }
 }
 
@@ -1066,9 +1204,14 @@ fn main() {
     // Loads of each kind whose p50 section 4 reports.
     let recovery_runs = env("EVERSHARD_BENCH_RECOVERY_RUNS", if smoke { 3 } else { 31 }) as usize;
     let seed = env("EVERSHARD_BENCH_SEED", 42);
-    // The paired ratios (sections 5 and 6, and the write paths): pairs of runs in
-    // alternating order (`EVERSHARD_BENCH_PAIRS`).
+    // The paired ratios (sections 5 and 6, and the write paths): two engines taking turns,
+    // `EVERSHARD_BENCH_PAIRS` x the commands of run 1 each, in slices of
+    // `EVERSHARD_BENCH_SLICE_COMMANDS` (see `paired_ratio`).
     let pairs = env("EVERSHARD_BENCH_PAIRS", if smoke { 1 } else { 5 }) as usize;
+    let slice_commands = env(
+        "EVERSHARD_BENCH_SLICE_COMMANDS",
+        if smoke { 500 } else { 25_000 },
+    );
     let shape = Shape {
         aggregates,
         commands,
@@ -1109,8 +1252,11 @@ fn main() {
         // The two write paths, paired (docs/design.md, "The next write path"): run 1's
         // workload on the sled layout and on the segment log, alternately, on fresh stores.
         println!("write paths: run 1's workload, sled layout (without) and segment log (with)");
-        let Paired { ratio, rate, .. } = paired_ratio(&rt, tmp.path(), &shape, Feature::Log, pairs);
-        println!("segment log over sled layout: median ratio {ratio:.2} ({rate:.0} commands/s on the log)");
+        let Paired { ratio, rate, .. } =
+            paired_ratio(&rt, tmp.path(), &shape, Feature::Log, pairs, slice_commands);
+        println!(
+            "segment log over sled layout: ratio {ratio:.2} ({rate:.0} commands/s on the log)"
+        );
         return;
     }
     if std::env::var("EVERSHARD_BENCH_ONLY").as_deref() == Ok("keyspaces") {
@@ -1182,14 +1328,21 @@ fn main() {
     }
     let only = std::env::var("EVERSHARD_BENCH_ONLY").ok();
     if only.is_none() || only.as_deref() == Some("idempotency") {
-        println!("with idempotency keys vs without, {pairs} pairs:");
+        println!("with idempotency keys vs without, two engines taking turns:");
         let Paired {
             ratio,
             rate,
             cpu_ratio,
-        } = paired_ratio(&rt, tmp.path(), &shape, Feature::Keys, pairs);
+        } = paired_ratio(
+            &rt,
+            tmp.path(),
+            &shape,
+            Feature::Keys,
+            pairs,
+            slice_commands,
+        );
         println!(
-            "with idempotency : {rate:>9.0} commands/s  (a fresh key on every command); median ratio to without: {ratio:.2} (target >= 0.85); CPU per command, without over with: {cpu_ratio:.2}"
+            "with idempotency : {rate:>9.0} commands/s  (a fresh key on every command); ratio to without: {ratio:.2} (target >= 0.85); CPU per command, without over with: {cpu_ratio:.2}"
         );
         if only.is_some() {
             return;
@@ -1199,14 +1352,21 @@ fn main() {
         timer_figures(&rt, tmp.path(), clients, smoke);
     }
     if only.is_none() || only.as_deref() == Some("topics") {
-        println!("with topics vs without, {pairs} pairs:");
+        println!("with topics vs without, two engines taking turns:");
         let Paired {
             ratio,
             rate,
             cpu_ratio,
-        } = paired_ratio(&rt, tmp.path(), &shape, Feature::Topics, pairs);
+        } = paired_ratio(
+            &rt,
+            tmp.path(),
+            &shape,
+            Feature::Topics,
+            pairs,
+            slice_commands,
+        );
         println!(
-            "with topics       : {rate:>9.0} commands/s  (indexer + a live consumer group); median ratio to without: {ratio:.2} (target >= 0.90); CPU per command, without over with: {cpu_ratio:.2}"
+            "with topics       : {rate:>9.0} commands/s  (indexer + a live consumer group); ratio to without: {ratio:.2} (target >= 0.90); CPU per command, without over with: {cpu_ratio:.2}"
         );
     }
     let catchup_events = env(
