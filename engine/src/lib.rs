@@ -235,7 +235,21 @@ pub mod keyspace_writes {
 
     /// A new timer of `stream` at `deadline`: its `t` entry and `T` reverse entry.
     pub fn timer(stream: &StreamId, deadline: DateTime<Utc>) -> Vec<WriteOp> {
-        crate::sharding::timer_ops(stream, None, Some(deadline.timestamp_micros()))
+        timer_moved(stream, None, Some(deadline))
+    }
+
+    /// The timer of `stream` moved from `from` to `to` (`None`: none): what a commit writes
+    /// when it changes the aggregate's next deadline.
+    pub fn timer_moved(
+        stream: &StreamId,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Vec<WriteOp> {
+        crate::sharding::timer_ops(
+            stream,
+            from.map(|t| t.timestamp_micros()),
+            to.map(|t| t.timestamp_micros()),
+        )
     }
 
     /// An idempotency record of `key` (its `i` record, which the committer files in its

@@ -276,6 +276,131 @@ fn sled_writes_lost_in_a_crash_are_reapplied_from_the_log() {
     assert_eq!(timers(&read_only), CHILD_GROUPS);
 }
 
+const TIMERS_CHILD_ENV: &str = "EVERSHARD_HELD_TIMERS_CHILD_DIR";
+const TIMERS_CHILD_STREAMS: u64 = 30;
+
+/// Where the held-timers child leaves stream `i`'s timer: set at `base + i`, then moved to
+/// `base + 1000 + i` for every other stream, and removed for every third (in that order).
+fn held_timer_history(i: u64) -> Vec<(Option<i64>, Option<i64>)> {
+    let base = 1_800_000_000_000_000i64;
+    let first = base + i as i64;
+    let moved = base + 1_000 + i as i64;
+    let mut history = vec![(None, Some(first))];
+    let mut now = first;
+    if i % 2 == 0 {
+        history.push((Some(now), Some(moved)));
+        now = moved;
+    }
+    if i % 3 == 0 {
+        history.push((Some(now), None));
+    }
+    history
+}
+
+/// The child: sets, moves and removes timers in acknowledged groups on the segment log,
+/// with a group carrying another keyspace's write (an outbox entry no reader looks at)
+/// after every few, so that `m | "log-writes"` passes frames whose timer writes are still
+/// held in memory (see `journal::deferred`); says so, and waits to be killed.
+#[test]
+#[ignore = "run by timer_writes_held_in_memory_come_back_after_a_crash as a child"]
+fn held_timers_child() {
+    let Ok(dir) = std::env::var(TIMERS_CHILD_ENV) else {
+        return;
+    };
+    let config = JournalConfig {
+        durability: Durability::Durable,
+        ..config(WritePath::Log)
+    };
+    let journal = JournalWriter::open(&dir, config).unwrap();
+    println!();
+    let at =
+        |micros: Option<i64>| micros.map(|m| chrono::DateTime::from_timestamp_micros(m).unwrap());
+    let mut sequence = std::collections::HashMap::new();
+    let mut n = 0u64;
+    for step in 0..3 {
+        for i in 0..TIMERS_CHILD_STREAMS {
+            let Some(&(from, to)) = held_timer_history(i).get(step) else {
+                continue;
+            };
+            let stream = StreamId::new("Thing", format!("t{i}"));
+            let version = sequence.entry(i).or_insert(0u64);
+            n += 1;
+            let mut request = AppendRequest::new(stream.clone(), *version, vec![event(n)]);
+            request.extra_writes = keyspace_writes::timer_moved(&stream, at(from), at(to));
+            if n % 4 == 0 {
+                request.extra_writes.push(WriteOp::Put {
+                    key: format!("oheld-timers-test-{n}").into_bytes(),
+                    value: vec![1],
+                });
+            }
+            journal.append_blocking(request).unwrap();
+            *version += 1;
+        }
+    }
+    println!("done");
+    std::thread::sleep(std::time::Duration::from_secs(600));
+}
+
+/// Timer writes wait in memory between their group's sync and their turn in sled, while
+/// other keyspaces' writes go in at once and move `m | "log-writes"` past them: after a
+/// SIGKILL, a reader (on its private copy) and a writer (in place) each find every stream's
+/// last timer, and no timer a later group moved or removed. Fails when opening applies the
+/// timer writes only from `m | "log-writes"` on.
+#[test]
+fn timer_writes_held_in_memory_come_back_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = TestChild::spawn("held_timers_child", &[(TIMERS_CHILD_ENV, dir.path())]);
+    while let Some(line) = child.next_line() {
+        if line == "done" {
+            break;
+        }
+    }
+    child.kill();
+    let expected: Vec<(StreamId, Option<i64>)> = (0..TIMERS_CHILD_STREAMS)
+        .map(|i| {
+            let last = held_timer_history(i).last().unwrap().1;
+            (StreamId::new("Thing", format!("t{i}")), last)
+        })
+        .collect();
+    let check = |journal: &Journal, who: &str| {
+        for (stream, deadline) in &expected {
+            assert_eq!(
+                journal.timer(stream).unwrap().map(|t| t.timestamp_micros()),
+                *deadline,
+                "{who}: the timer of {stream}"
+            );
+        }
+        let mut listed: Vec<(String, i64)> = journal
+            .timers(None)
+            .map(|t| {
+                let t = t.unwrap();
+                (t.stream.aggregate_id, t.deadline.timestamp_micros())
+            })
+            .collect();
+        listed.sort();
+        let mut wanted: Vec<(String, i64)> = expected
+            .iter()
+            .filter_map(|(s, d)| d.map(|d| (s.aggregate_id.clone(), d)))
+            .collect();
+        wanted.sort();
+        assert_eq!(listed, wanted, "{who}: the pending timers");
+    };
+    let read_only = Journal::open_read_only(dir.path()).unwrap();
+    assert!(
+        read_only.reads_a_private_copy(),
+        "sled holds every timer write: this test would not see a missing re-application"
+    );
+    check(&read_only, "a reader");
+    drop(read_only);
+    let journal = JournalWriter::open(dir.path(), config(WritePath::Log)).unwrap();
+    check(&journal, "a writer");
+    assert!(journal.verify().is_clean());
+    journal.close().unwrap();
+    let read_only = Journal::open_read_only(dir.path()).unwrap();
+    assert!(!read_only.reads_a_private_copy());
+    check(&read_only, "a reader after the writer's close");
+}
+
 /// `m | "log-writes"` is not written for frames that carried no sled write until it lags
 /// 16 MiB, so that it stays off the acknowledgement path: a clean close still writes it, and
 /// a reader then opens the store in place, with nothing to re-apply.

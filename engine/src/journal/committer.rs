@@ -6,6 +6,7 @@
 //! far and only then acknowledges. Many actors' appends thus share one flush, and the CPU
 //! work of the next group overlaps the disk wait of the previous one.
 
+use super::deferred;
 use super::keyring::SealingKey;
 use super::logindex::LogHead;
 use super::seglog::{Frame, FrameRecord, FrameWrite};
@@ -316,6 +317,8 @@ impl CommitHead {
 /// `logstore`): applied by the syncer, in order, before the group is acknowledged.
 struct LogGroup {
     writes: Vec<FrameWrite>,
+    /// The address of the group's frame.
+    frame_address: u64,
     /// The address after the group's frame (`m | "log-writes"` once its writes are in).
     writes_cursor: u64,
     seals: Vec<Seal>,
@@ -357,6 +360,15 @@ struct Syncer {
     writes_cursor_due: Option<u64>,
     /// The address after the last frame whose writes this syncer applied.
     writes_cursor_latest: u64,
+    /// The address of the first frame whose timer writes `LogParts::deferred` holds (not yet
+    /// taken for applying), and of the first whose taken writes are being applied behind the
+    /// syncer: the timers cursor may not pass the older of the two (see `deferred`).
+    held_since: Option<u64>,
+    applying_since: Option<u64>,
+    /// Held timer writes being applied to sled behind the syncer.
+    applying: Option<std::thread::JoinHandle<Result<(), StorageError>>>,
+    /// Whether `m | "log-timers"` may be in sled (an open may have left one).
+    timers_cursor_stored: bool,
     /// Flushes sled between syncs in a store of 16 MiB segments (see `segments::SledRoller`);
     /// stopped when the syncer ends, before the store's `db` closes.
     _roller: Option<segments::SledRoller>,
@@ -461,8 +473,18 @@ impl Syncer {
             let mut seals = Vec::new();
             let mut applied_any = false;
             for group in batch.log_groups.drain(..) {
-                applied_any |= !group.writes.is_empty();
-                apply_writes(&self.db, group.writes)?;
+                // Timer writes wait in memory for their turn (see `deferred`); the others go
+                // into sled now.
+                let (held, writes): (Vec<_>, Vec<_>) = group
+                    .writes
+                    .into_iter()
+                    .partition(|w| deferred::is_deferred(w.key()));
+                applied_any |= !writes.is_empty();
+                apply_writes(&self.db, writes)?;
+                if !held.is_empty() {
+                    self.held_since.get_or_insert(group.frame_address);
+                    parts.deferred.hold(held);
+                }
                 cursor = Some(group.writes_cursor);
                 seals.extend(group.seals);
             }
@@ -483,6 +505,12 @@ impl Syncer {
             for Seal(key) in seals {
                 key.mark_durable();
             }
+        }
+        if !batch.syncs.is_empty() || batch.shutdown {
+            // An explicit sync's callers (a checkpoint's copy, a shutdown) read sled itself.
+            self.apply_held_now()?;
+        } else {
+            self.apply_held_when_due()?;
         }
         if batch.shutdown && self.writes_cursor_latest > self.writes_cursor_stored {
             self.writes_cursor_due = Some(self.writes_cursor_latest);
@@ -527,10 +555,105 @@ impl Syncer {
 
     fn write_writes_cursor_now(&mut self) -> Result<(), StorageError> {
         if let Some(cursor) = self.writes_cursor_due.take() {
-            self.db
-                .insert(logstore::writes_cursor_key(), &cursor.to_le_bytes()[..])?;
+            // The timers cursor goes with it, in one batch: at the first frame whose timer
+            // writes sled may lack, or (none) removed, which means "at the writes cursor".
+            let mut batch = sled::Batch::default();
+            batch.insert(logstore::writes_cursor_key(), &cursor.to_le_bytes()[..]);
+            match self.applying_since.or(self.held_since) {
+                Some(floor) => {
+                    batch.insert(logstore::timers_cursor_key(), &floor.to_le_bytes()[..]);
+                    self.timers_cursor_stored = true;
+                }
+                None if self.timers_cursor_stored => {
+                    batch.remove(logstore::timers_cursor_key());
+                    self.timers_cursor_stored = false;
+                }
+                None => {}
+            }
+            self.db.apply_batch(batch)?;
             self.writes_cursor_stored = cursor;
         }
+        Ok(())
+    }
+
+    /// Joins the applying of held timer writes once it has finished (or at once, with
+    /// `wait`): its error poisons the journal like a failed sync.
+    fn applying_joined(&mut self, wait: bool) -> Result<(), StorageError> {
+        if !wait && !self.applying.as_ref().is_some_and(|t| t.is_finished()) {
+            return Ok(());
+        }
+        let Some(thread) = self.applying.take() else {
+            return Ok(());
+        };
+        match thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(StorageError::Poisoned),
+        }
+        self.applying_since = None;
+        if let Some(parts) = &self.shared.log {
+            parts.deferred.applied();
+        }
+        Ok(())
+    }
+
+    /// Starts applying the held timer writes behind the syncer once there are
+    /// [`deferred::DEFERRED_KEYS_MAX`] of them or they go back [`deferred::DEFERRED_LAG_BYTES_MAX`]
+    /// of log, one applying at a time; past twice the keys, waits for the one in flight.
+    fn apply_held_when_due(&mut self) -> Result<(), StorageError> {
+        self.applying_joined(false)?;
+        let Some(parts) = &self.shared.log else {
+            return Ok(());
+        };
+        let Some(since) = self.held_since else {
+            return Ok(());
+        };
+        let held = parts.deferred.held();
+        let due = held >= deferred::DEFERRED_KEYS_MAX
+            || self.writes_cursor_latest >= since + deferred::DEFERRED_LAG_BYTES_MAX;
+        if !due {
+            return Ok(());
+        }
+        if self.applying.is_some() {
+            if held < 2 * deferred::DEFERRED_KEYS_MAX {
+                return Ok(());
+            }
+            self.applying_joined(true)?;
+        }
+        let shared = self.shared.clone();
+        let parts = shared.log.as_ref().expect("a store on the segment log");
+        let Some(taken) = parts.deferred.take() else {
+            return Ok(());
+        };
+        self.applying_since = self.held_since.take();
+        let db = self.db.clone();
+        let behind = taken.clone();
+        let spawned = std::thread::Builder::new()
+            .name("evershard-timers".into())
+            .spawn(move || deferred::apply(&db, &behind));
+        match spawned {
+            Ok(thread) => self.applying = Some(thread),
+            // Not fatal: the syncer applies them itself.
+            Err(_) => {
+                deferred::apply(&self.db, &taken)?;
+                parts.deferred.applied();
+                self.applying_since = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies every held timer writes to sled before returning.
+    fn apply_held_now(&mut self) -> Result<(), StorageError> {
+        self.applying_joined(true)?;
+        let Some(parts) = &self.shared.log else {
+            return Ok(());
+        };
+        if let Some(taken) = parts.deferred.take() {
+            deferred::apply(&self.db, &taken)?;
+            parts.deferred.applied();
+        }
+        self.held_since = None;
         Ok(())
     }
 
@@ -745,6 +868,10 @@ impl Committer {
             writes_cursor_stored: 0,
             writes_cursor_due: None,
             writes_cursor_latest: 0,
+            held_since: None,
+            applying_since: None,
+            applying: None,
+            timers_cursor_stored: true,
             _roller: roller,
         };
         let syncer_thread = std::thread::Builder::new()
@@ -1113,7 +1240,7 @@ impl Committer {
         if any_writes {
             let written_result = if on_log {
                 self.write_frame(frame, &in_frame_previous, &mut staged)
-                    .and_then(|(writes, writes_cursor)| match durable {
+                    .and_then(|(writes, frame_address, writes_cursor)| match durable {
                         true => {
                             // The group's idempotency entries go into sled now, on this
                             // thread, while the syncer is busy with the groups before: on the
@@ -1130,6 +1257,7 @@ impl Committer {
                             apply_writes(&self.db, early)?;
                             log_group = Some(LogGroup {
                                 writes,
+                                frame_address,
                                 writes_cursor,
                                 seals: std::mem::take(&mut seals),
                             });
@@ -1222,7 +1350,7 @@ impl Committer {
         mut frame: Frame,
         in_frame_previous: &[Option<usize>],
         staged: &mut HashMap<StreamId, CommitHead>,
-    ) -> Result<(Vec<FrameWrite>, u64), StorageError> {
+    ) -> Result<(Vec<FrameWrite>, u64, u64), StorageError> {
         let parts = self
             .shared
             .log
@@ -1265,7 +1393,11 @@ impl Committer {
             writes,
         } = frame;
         parts.note_written(first_position, records, writes_cursor);
-        Ok((logstore::sled_writes(writes, address), writes_cursor))
+        Ok((
+            logstore::sled_writes(writes, address),
+            address,
+            writes_cursor,
+        ))
     }
 
     fn publish(&mut self, staged: HashMap<StreamId, CommitHead>, next_global: u64) {

@@ -21,6 +21,7 @@
 //! m | "log-writes"    address u64 LE: every frame before it has its writes in sled
 //! ```
 
+use super::deferred::{self, DeferredWrites};
 use super::logindex::{self, LogHead, LogIndex};
 use super::seglog::{self, Frame, FrameRecord, FrameWrite, SegmentLog};
 use super::{keys, record, StreamHead, StreamId};
@@ -42,12 +43,20 @@ pub(super) fn writes_cursor_key() -> Vec<u8> {
     [&[keys::META][..], b"log-writes"].concat()
 }
 
+/// The timers cursor: every frame before this address has its timer writes in sled (see
+/// `deferred`). A store without it (written before timer writes were held) has them up to
+/// the writes cursor.
+pub(super) fn timers_cursor_key() -> Vec<u8> {
+    [&[keys::META][..], b"log-timers"].concat()
+}
+
 /// The `m` keys a store on the segment log keeps for itself (a checkpoint's copy has its
 /// own).
-pub(super) fn own_meta_keys() -> [Vec<u8>; 3] {
+pub(super) fn own_meta_keys() -> [Vec<u8>; 4] {
     [
         write_path_key(),
         writes_cursor_key(),
+        timers_cursor_key(),
         [&[keys::META][..], b"log-applied"].concat(),
     ]
 }
@@ -70,18 +79,23 @@ pub(super) fn writes_pending(dir: &Path, db: &sled::Db) -> Result<bool, StorageE
         return Ok(false);
     }
     let log = SegmentLog::open_read_only(&dir.join(LOG_DIR), seglog::SEGMENT_BYTES, 1)?;
-    Ok(log.end_of_frames() > stored_writes_cursor(db)?)
+    let (writes_from, timers_from) = stored_cursors(db)?;
+    Ok(log.end_of_frames() > writes_from.min(timers_from))
 }
 
-fn stored_writes_cursor(db: &sled::Db) -> Result<u64, StorageError> {
-    match db.get(writes_cursor_key())? {
-        Some(v) => Ok(u64::from_le_bytes(v.as_ref().try_into().map_err(|_| {
-            StorageError::corrupt_store(Corruption::MalformedKey {
-                keyspace: "log writes cursor",
-            })
-        })?)),
-        None => Ok(0),
-    }
+/// The writes cursor and the timers cursor (see `timers_cursor_key`) as stored.
+fn stored_cursors(db: &sled::Db) -> Result<(u64, u64), StorageError> {
+    let cursor = |key: Vec<u8>, keyspace: &'static str| -> Result<Option<u64>, StorageError> {
+        match db.get(key)? {
+            Some(v) => Ok(Some(u64::from_le_bytes(v.as_ref().try_into().map_err(
+                |_| StorageError::corrupt_store(Corruption::MalformedKey { keyspace }),
+            )?))),
+            None => Ok(None),
+        }
+    };
+    let writes = cursor(writes_cursor_key(), "log writes cursor")?.unwrap_or(0);
+    let timers = cursor(timers_cursor_key(), "log timers cursor")?.unwrap_or(writes);
+    Ok((writes, timers))
 }
 
 /// A frame's writes into a sled batch, as the committer's batch would have held them.
@@ -135,6 +149,8 @@ pub(super) struct LogParts {
     /// lookup scanning frame headers, one `pread` each: a fifth of the process's CPU with a
     /// live consumer, perf 2026-11-27).
     tail: Mutex<TailFrames>,
+    /// Timer writes of synced groups that sled does not hold yet (see `deferred`).
+    pub(super) deferred: DeferredWrites,
 }
 
 /// The newest frames of records, oldest first: their positions are consecutive.
@@ -239,13 +255,28 @@ impl LogParts {
         log.mark_unsynced();
         log.take_sync()?.run()?;
         let index = LogIndex::open(db, &log)?;
-        let from = stored_writes_cursor(db)?;
+        // A frame's timer writes again from the timers cursor on, its other writes from the
+        // writes cursor on: each keyspace from where sled may lack it, in the log's order,
+        // which ends where applying every frame would (see `deferred`).
+        let (writes_from, timers_from) = stored_cursors(db)?;
+        let from = writes_from.min(timers_from);
         let mut batch = sled::Batch::default();
         let mut end = None;
         for frame in log.frames_from_address(from) {
-            let (address, frame) = frame?;
+            let (address, mut frame) = frame?;
+            if address < writes_from {
+                frame
+                    .writes
+                    .retain(|w| deferred::is_deferred(w.key()) && address >= timers_from);
+            } else if address < timers_from {
+                frame.writes.retain(|w| !deferred::is_deferred(w.key()));
+            }
             add_writes(&mut batch, &frame.writes, address);
             end = Some(address + frame.encoded_len() as u64);
+        }
+        // Every frame's writes are in sled now: no timers cursor means "at the writes cursor".
+        if timers_from != writes_from {
+            batch.remove(timers_cursor_key());
         }
         if let Some(end) = end {
             batch.insert(writes_cursor_key(), &end.to_le_bytes()[..]);
@@ -255,6 +286,8 @@ impl LogParts {
                 to = end,
                 "re-applied the writes of frames sled did not hold"
             );
+        } else if timers_from != writes_from {
+            db.apply_batch(batch)?;
         }
         Ok(LogParts::new(log, index))
     }
@@ -274,6 +307,7 @@ impl LogParts {
             index: Mutex::new(index),
             recent_frames: Mutex::new(VecDeque::new()),
             tail: Mutex::new(TailFrames::new(TAIL_BYTES_MAX)),
+            deferred: Default::default(),
         }
     }
 

@@ -14,6 +14,7 @@
 mod checkpoint;
 mod cluster_state;
 mod committer;
+mod deferred;
 pub(crate) mod failpoint;
 mod fault;
 mod idempotency;
@@ -1908,7 +1909,14 @@ impl Journal {
 
     /// Where a stream's timer is (its deadline, microseconds), read from its reverse entry.
     pub(crate) fn timer_of(&self, stream: &StreamId) -> Result<Option<i64>, StorageError> {
-        let Some(value) = self.shared.db()?.get(keys::timer_by_stream_key(stream))? else {
+        let db = self.shared.db()?;
+        let key = keys::timer_by_stream_key(stream);
+        // A held write first (see `deferred`): sled may not have it yet.
+        let value = match self.shared.log.as_ref().and_then(|p| p.deferred.get(&key)) {
+            Some(held) => held.map(sled::IVec::from),
+            None => db.get(&key)?,
+        };
+        let Some(value) = value else {
             return Ok(None);
         };
         let raw: [u8; 8] = value.as_ref().try_into().map_err(|_| {
@@ -1934,10 +1942,26 @@ impl Journal {
             Some(t) => keys::timer_key(t.timestamp_micros(), &StreamId::new("", "")),
             None => vec![keys::TIMERS + 1],
         };
+        let start = vec![keys::TIMERS];
         reads(
-            db.range(vec![keys::TIMERS]..end)
+            self.timer_entries(&db, start, end)
                 .map(|entry| parse_timer_entry(entry?)),
         )
+    }
+
+    /// The `t` entries in `start..end`: sled's, with the timer writes held in memory over
+    /// them (see `deferred`).
+    fn timer_entries(
+        &self,
+        db: &sled::Db,
+        start: Vec<u8>,
+        end: Vec<u8>,
+    ) -> impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> {
+        let held = match &self.shared.log {
+            Some(parts) => parts.deferred.range(&start, &end),
+            None => Vec::new(),
+        };
+        deferred::merged(db.range(start..end), held)
     }
 
     /// Up to `limit` timers with deadline <= `up_to_micros`, after `after` (exclusive), in
@@ -1961,7 +1985,7 @@ impl Journal {
         if start >= end {
             return Ok(Vec::new());
         }
-        db.range(start..end)
+        self.timer_entries(&db, start, end)
             .take(limit)
             .map(|entry| parse_timer_entry(entry?))
             .collect()

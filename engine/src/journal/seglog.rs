@@ -122,6 +122,14 @@ pub enum FrameWrite {
     Remove { key: Vec<u8> },
 }
 
+impl FrameWrite {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            FrameWrite::Put { key, .. } | FrameWrite::Remove { key } => key,
+        }
+    }
+}
+
 /// One group commit as stored: records at `first_position ..`, then the writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
