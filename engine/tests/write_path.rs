@@ -180,6 +180,25 @@ fn compare(seed: u64, journals: &[JournalWriter; 2], streams: &[StreamId], heads
     assert_eq!(a.leaves, b.leaves, "seed {seed}: the Merkle leaves");
 }
 
+/// A child's durable writer on the segment log in `dir`.
+fn child_writer(dir: &str) -> JournalWriter {
+    let config = JournalConfig {
+        durability: Durability::Durable,
+        ..config(WritePath::Log)
+    };
+    let journal = JournalWriter::open(dir, config).unwrap();
+    // The test harness's own "test ... " line has no newline yet: end it.
+    println!();
+    journal
+}
+
+/// A child says it is done and waits to be killed (sled is never flushed meanwhile).
+fn done_until_killed() -> ! {
+    println!("done");
+    std::thread::sleep(std::time::Duration::from_secs(600));
+    panic!("the parent did not kill this child within 10 minutes");
+}
+
 const CHILD_ENV: &str = "EVERSHARD_WRITE_PATH_CHILD_DIR";
 const CHILD_GROUPS: u64 = 40;
 
@@ -191,13 +210,7 @@ fn write_path_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let config = JournalConfig {
-        durability: Durability::Durable,
-        ..config(WritePath::Log)
-    };
-    let journal = JournalWriter::open(&dir, config).unwrap();
-    // The test harness's own "test ... " line has no newline yet: end it.
-    println!();
+    let journal = child_writer(&dir);
     for i in 0..CHILD_GROUPS {
         let stream = StreamId::new("Thing", format!("t{i}"));
         let mut request = AppendRequest::new(stream.clone(), 0, vec![event(i + 1)]);
@@ -205,8 +218,7 @@ fn write_path_child() {
         journal.append_blocking(request).unwrap();
         println!("ack {i}");
     }
-    println!("done");
-    std::thread::sleep(std::time::Duration::from_secs(600));
+    done_until_killed();
 }
 
 #[test]
@@ -307,12 +319,7 @@ fn held_timers_child() {
     let Ok(dir) = std::env::var(TIMERS_CHILD_ENV) else {
         return;
     };
-    let config = JournalConfig {
-        durability: Durability::Durable,
-        ..config(WritePath::Log)
-    };
-    let journal = JournalWriter::open(&dir, config).unwrap();
-    println!();
+    let journal = child_writer(&dir);
     let at =
         |micros: Option<i64>| micros.map(|m| chrono::DateTime::from_timestamp_micros(m).unwrap());
     let mut sequence = std::collections::HashMap::new();
@@ -337,8 +344,7 @@ fn held_timers_child() {
             *version += 1;
         }
     }
-    println!("done");
-    std::thread::sleep(std::time::Duration::from_secs(600));
+    done_until_killed();
 }
 
 /// Timer writes wait in memory between their group's sync and their turn in sled, while

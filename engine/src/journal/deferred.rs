@@ -104,30 +104,47 @@ impl DeferredWrites {
         state.applying.as_ref()?.get(key).cloned()
     }
 
-    /// The newest write of every held key in `start..end`, in key order.
-    pub(super) fn range(&self, start: &[u8], end: &[u8]) -> HeldRange {
+    /// The newest writes of the first `max` held keys in `start..end`, in key order, and
+    /// whether more held keys follow in the range. Bounded, so that a reader holds the lock
+    /// (which the syncer takes after every sync) for a moment whatever is held.
+    pub(super) fn chunk(&self, start: &[u8], end: &[u8], max: usize) -> (HeldRange, bool) {
         if start >= end {
-            return Vec::new();
+            return (Vec::new(), false);
         }
         let state = self.lock();
         let bounds = (
             std::ops::Bound::Included(start),
             std::ops::Bound::Excluded(end),
         );
-        let mut merged: BTreeMap<&[u8], &Option<Vec<u8>>> = BTreeMap::new();
-        if let Some(applying) = &state.applying {
-            merged.extend(applying.range::<[u8], _>(bounds).map(|(k, v)| (&k[..], v)));
+        let mut newest = state.newest.range::<[u8], _>(bounds).peekable();
+        let mut applying = state
+            .applying
+            .iter()
+            .flat_map(|a| a.range::<[u8], _>(bounds))
+            .peekable();
+        let mut out = Vec::new();
+        while out.len() < max {
+            let take_newest = match (newest.peek(), applying.peek()) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((n, _)), Some((a, _))) => {
+                    let (n_first, same) = (n <= a, n == a);
+                    if same {
+                        applying.next(); // the newer write of the same key wins
+                    }
+                    n_first
+                }
+            };
+            let (key, write) = match take_newest {
+                true => newest.next(),
+                false => applying.next(),
+            }
+            .expect("peeked");
+            out.push((key.clone(), write.clone()));
         }
-        merged.extend(
-            state
-                .newest
-                .range::<[u8], _>(bounds)
-                .map(|(k, v)| (&k[..], v)),
-        );
-        merged
-            .into_iter()
-            .map(|(k, v)| (k.to_vec(), v.clone()))
-            .collect()
+        let more = newest.peek().is_some() || applying.peek().is_some();
+        (out, more)
     }
 
     /// Takes the held writes for applying (readers still see them until [`Self::applied`]):
@@ -168,10 +185,78 @@ pub(super) fn apply(db: &sled::Db, held: &Held) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Held keys a merged read takes per chunk (see [`DeferredWrites::chunk`]).
+const MERGE_CHUNK_KEYS: usize = 256;
+
+/// Sled's entries of `start..end` with the writes `held` holds over them (none when `held`
+/// is `None`), read lazily: a chunk of held keys at a time, and sled's range up to the last
+/// of them, so a read holds neither the whole held range in memory nor the lock for long.
+pub(super) fn merged_range<'a>(
+    held: Option<&'a DeferredWrites>,
+    db: &sled::Db,
+    start: Vec<u8>,
+    end: Vec<u8>,
+) -> MergedRange<'a> {
+    let mut read = MergedRange {
+        held,
+        db: db.clone(),
+        end,
+        next_start: None,
+        current: None,
+    };
+    read.start_at(start);
+    read
+}
+
+pub(super) struct MergedRange<'a> {
+    held: Option<&'a DeferredWrites>,
+    db: sled::Db,
+    end: Vec<u8>,
+    /// Where the next chunk starts, if the current one was cut short.
+    next_start: Option<Vec<u8>>,
+    current: Option<Merged<sled::Iter>>,
+}
+
+impl MergedRange<'_> {
+    fn start_at(&mut self, start: Vec<u8>) {
+        let (held, more) = match self.held {
+            Some(h) => h.chunk(&start, &self.end, MERGE_CHUNK_KEYS),
+            None => (Vec::new(), false),
+        };
+        // Cut short: this chunk covers sled's range up to its last held key, inclusive.
+        let chunk_end = match (more, held.last()) {
+            (true, Some((last, _))) => {
+                let mut after = last.clone();
+                after.push(0); // the smallest key after it
+                self.next_start = Some(after.clone());
+                after
+            }
+            _ => {
+                self.next_start = None;
+                self.end.clone()
+            }
+        };
+        self.current = (start < chunk_end).then(|| merged(self.db.range(start..chunk_end), held));
+    }
+}
+
+impl Iterator for MergedRange<'_> {
+    type Item = sled::Result<(sled::IVec, sled::IVec)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(entry) = self.current.as_mut().and_then(Iterator::next) {
+                return Some(entry);
+            }
+            let start = self.next_start.take()?;
+            self.start_at(start);
+        }
+    }
+}
+
 /// Sled's entries of a range merged with the held writes of the same range (`held`, in key
-/// order, from [`DeferredWrites::range`]): a held write replaces sled's entry of its key, and
-/// a held removal hides it.
-pub(super) fn merged<I>(sled: I, held: HeldRange) -> Merged<I>
+/// order): a held write replaces sled's entry of its key, and a held removal hides it.
+fn merged<I>(sled: I, held: HeldRange) -> Merged<I>
 where
     I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
 {
@@ -181,7 +266,7 @@ where
     }
 }
 
-pub(super) struct Merged<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
+struct Merged<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
     sled: std::iter::Peekable<I>,
     held: std::iter::Peekable<<HeldRange as IntoIterator>::IntoIter>,
 }
@@ -248,7 +333,7 @@ mod tests {
         assert_eq!(held.get(&t(4)), Some(None));
         assert_eq!(held.get(&t(1)), None);
         let read = |held: &DeferredWrites| -> Vec<(Vec<u8>, Vec<u8>)> {
-            merged(db.range(t(0)..t(9)), held.range(&t(0), &t(9)))
+            merged_range(Some(held), &db, t(0), t(9))
                 .map(|e| {
                     let (k, v) = e.unwrap();
                     (k.to_vec(), v.to_vec())
@@ -276,15 +361,52 @@ mod tests {
     }
 
     #[test]
-    fn a_range_holds_only_its_keys() {
+    fn a_chunk_holds_only_its_keys_and_says_when_more_follow() {
         let held = DeferredWrites::default();
         held.hold(vec![put(t(1), b"a"), put(t(5), b"b"), put(t(9), b"c")]);
-        let keys: Vec<Vec<u8>> = held
-            .range(&t(2), &t(9))
-            .into_iter()
-            .map(|(k, _)| k)
+        let keys = |(chunk, more): (HeldRange, bool)| {
+            (chunk.into_iter().map(|(k, _)| k).collect::<Vec<_>>(), more)
+        };
+        assert_eq!(keys(held.chunk(&t(2), &t(9), 10)), (vec![t(5)], false));
+        assert_eq!(keys(held.chunk(&t(0), &t(10), 2)), (vec![t(1), t(5)], true));
+        assert!(held.chunk(&t(9), &t(2), 10).0.is_empty());
+    }
+
+    /// A read across many chunks (held keys far past one chunk, some being applied, removals
+    /// among them, sled's own keys between them) gives what one merge of everything would.
+    #[test]
+    fn a_read_in_chunks_is_the_whole_merge() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let key = |n: u32| [&[keys::TIMERS][..], &n.to_be_bytes()[..]].concat();
+        let mut expected = BTreeMap::new();
+        for n in (0..3_000).step_by(3) {
+            db.insert(key(n), b"sled").unwrap();
+            expected.insert(key(n), b"sled".to_vec());
+        }
+        let held = DeferredWrites::default();
+        held.hold((0..1_000).map(|n| put(key(n * 2), b"old")).collect());
+        let _applying = held.take().unwrap();
+        for n in 0..1_000u32 {
+            expected.insert(key(n * 2), b"old".to_vec());
+        }
+        let mut newest = Vec::new();
+        for n in 0..1_500u32 {
+            if n % 4 == 0 {
+                newest.push(FrameWrite::Remove { key: key(n * 2) });
+                expected.remove(&key(n * 2));
+            } else {
+                newest.push(put(key(n * 2), b"new"));
+                expected.insert(key(n * 2), b"new".to_vec());
+            }
+        }
+        held.hold(newest);
+        let read: Vec<(Vec<u8>, Vec<u8>)> = merged_range(Some(&held), &db, key(0), key(5_000))
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
             .collect();
-        assert_eq!(keys, vec![t(5)]);
-        assert!(held.range(&t(9), &t(2)).is_empty());
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = expected.into_iter().collect();
+        assert_eq!(read, expected);
     }
 }

@@ -1956,12 +1956,9 @@ impl Journal {
         db: &sled::Db,
         start: Vec<u8>,
         end: Vec<u8>,
-    ) -> impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> {
-        let held = match &self.shared.log {
-            Some(parts) => parts.deferred.range(&start, &end),
-            None => Vec::new(),
-        };
-        deferred::merged(db.range(start..end), held)
+    ) -> impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + '_ {
+        let held = self.shared.log.as_ref().map(|parts| &parts.deferred);
+        deferred::merged_range(held, db, start, end)
     }
 
     /// Up to `limit` timers with deadline <= `up_to_micros`, after `after` (exclusive), in
