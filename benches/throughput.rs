@@ -202,8 +202,9 @@ fn paired_ratio(
             extras(on),
         ))
     });
-    // Per engine: commands, seconds, CPU seconds, accepted with no events.
+    // Per engine: commands, seconds, CPU seconds, accepted, accepted with no events.
     let mut commands = [0u64; 2];
+    let mut accepted = [0u64; 2];
     let mut secs = [0.0f64; 2];
     let mut cpu_secs = [0.0f64; 2];
     let mut empty = [0u64; 2];
@@ -221,6 +222,7 @@ fn paired_ratio(
             cpu_secs[i] += process_cpu().saturating_sub(cpu_before).as_secs_f64();
             commands[i] += ran.commands;
             secs[i] += ran.elapsed.as_secs_f64();
+            accepted[i] += ran.accepted;
             empty[i] += ran.accepted_empty;
             rates[i] = ran.commands as f64 / ran.elapsed.as_secs_f64();
         }
@@ -236,9 +238,18 @@ fn paired_ratio(
     slice_ratios.sort_by(f64::total_cmp);
     let at = |q: usize| slice_ratios[(slice_ratios.len() - 1) * q / 4];
     // With keys, every accepted command that decided nothing is a durable append of its
-    // record, which the engine without answers from memory.
+    // record, which the engine without answers from memory: were an append the whole cost
+    // of a command, the ratio would be the appends without over the appends with.
+    let appends = |i: usize| match feature {
+        Feature::Keys if i == 1 => accepted[i],
+        _ => accepted[i] - empty[i],
+    };
     let empty = match feature {
-        Feature::Keys => format!(", {} accepted with no events", empty[1]),
+        Feature::Keys => format!(
+            ", {} accepted with no events; appends without over with: {:.2}",
+            empty[1],
+            appends(0) as f64 / appends(1).max(1) as f64
+        ),
         _ => String::new(),
     };
     println!(
