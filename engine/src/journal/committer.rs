@@ -314,7 +314,8 @@ impl CommitHead {
 }
 
 /// A group written to the segment log whose sled writes wait for its `fdatasync` (see
-/// `logstore`): applied by the syncer, in order, before the group is acknowledged.
+/// `logstore`): applied by the syncer, in order, before the group is acknowledged, except
+/// its timer writes, which wait in memory for their turn (see `deferred`).
 struct LogGroup {
     writes: Vec<FrameWrite>,
     /// The address of the group's frame.
