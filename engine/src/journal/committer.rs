@@ -521,6 +521,12 @@ impl Syncer {
             self.writes_cursor_due = Some(self.writes_cursor_latest);
             self.write_writes_cursor_now()?;
         }
+        if batch.shutdown && self.timers_cursor_stored {
+            // Everything held is in sled: a closed store keeps no timers cursor, so that a
+            // reader opens it in place.
+            self.db.remove(logstore::timers_cursor_key())?;
+            self.timers_cursor_stored = false;
+        }
         self.checkpoint_joined(batch.shutdown)?;
         let cut = {
             let mut index = parts.lock_index();

@@ -275,7 +275,8 @@ impl LogParts {
             end = Some(address + frame.encoded_len() as u64);
         }
         // Every frame's writes are in sled now: no timers cursor means "at the writes cursor".
-        if timers_from != writes_from {
+        let timers_cursor_stored = db.contains_key(timers_cursor_key())?;
+        if timers_cursor_stored {
             batch.remove(timers_cursor_key());
         }
         if let Some(end) = end {
@@ -286,7 +287,7 @@ impl LogParts {
                 to = end,
                 "re-applied the writes of frames sled did not hold"
             );
-        } else if timers_from != writes_from {
+        } else if timers_cursor_stored {
             db.apply_batch(batch)?;
         }
         Ok(LogParts::new(log, index))
