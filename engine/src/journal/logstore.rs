@@ -257,22 +257,26 @@ impl LogParts {
         let index = LogIndex::open(db, &log)?;
         // A frame's timer writes again from the timers cursor on, its other writes from the
         // writes cursor on: each keyspace from where sled may lack it, in the log's order,
-        // which ends where applying every frame would (see `deferred`).
+        // which ends where applying every frame would (see `deferred`). A frame counts as
+        // held by sled when it ends at or before a cursor, so that a cursor inside a frame
+        // (see `frames_from_address`) re-applies that frame whole.
         let (writes_from, timers_from) = stored_cursors(db)?;
         let from = writes_from.min(timers_from);
         let mut batch = sled::Batch::default();
         let mut end = None;
         for frame in log.frames_from_address(from) {
-            let (address, mut frame) = frame?;
-            if address < writes_from {
+            let (address, mut frame, next) = frame?;
+            if next <= writes_from {
                 frame
                     .writes
-                    .retain(|w| deferred::is_deferred(w.key()) && address >= timers_from);
-            } else if address < timers_from {
+                    .retain(|w| deferred::is_deferred(w.key()) && next > timers_from);
+            } else if next <= timers_from {
                 frame.writes.retain(|w| !deferred::is_deferred(w.key()));
             }
             add_writes(&mut batch, &frame.writes, address);
-            end = Some(address + frame.encoded_len() as u64);
+            // The frame's length in the log, not `frame.encoded_len()`: some of its writes
+            // may have been left out above.
+            end = Some(next);
         }
         // Every frame's writes are in sled now: no timers cursor means "at the writes cursor".
         let timers_cursor_stored = db.contains_key(timers_cursor_key())?;
@@ -691,7 +695,9 @@ impl LogParts {
 #[cfg(test)]
 mod tests {
     //! The log's tail in memory answers exactly the positions it holds, keeps its positions
-    //! consecutive, and stays within its bound.
+    //! consecutive, and stays within its bound. A writable open re-applies each keyspace's
+    //! writes from its cursor on and leaves the writes cursor at the end of the log's frames,
+    //! also when the last frame's writes were partly left out or a cursor lies inside a frame.
     use super::*;
 
     /// A frame of `records` records of `bytes` bytes each from `first_position`, whose
@@ -738,6 +744,89 @@ mod tests {
         assert_eq!(tail.frames.len(), 1);
         assert!(tail.holding(12).is_none());
         assert_eq!(tail.holding(22).expect("held").frame.first_position, 13);
+    }
+
+    /// A store whose log holds three frames of writes only, each a timer write and an
+    /// outbox write to the same two keys (values 1, 2, 3) and an outbox write to a key of
+    /// its own (`o` and its value), and whose sled holds none of them, with the cursors as given (`None`: not stored). Returns the frames' addresses
+    /// and the end of the log.
+    fn store_of_three_frames(
+        dir: &Path,
+        cursors: impl FnOnce(&[u64], u64) -> (Option<u64>, Option<u64>),
+    ) -> (sled::Db, Vec<u64>, u64) {
+        let db = super::super::segments::sled_config(dir).open().unwrap();
+        mark_log_store(&db).unwrap();
+        let (mut log, _) =
+            SegmentLog::open(&dir.join(LOG_DIR), seglog::SEGMENT_BYTES, 0, 1).unwrap();
+        let addresses: Vec<u64> = (1..=3u8)
+            .map(|v| {
+                let frame = Frame {
+                    first_position: 1,
+                    records: Vec::new(),
+                    writes: vec![
+                        FrameWrite::Put {
+                            key: vec![keys::TIMERS, b'k'],
+                            value: vec![v],
+                        },
+                        FrameWrite::Put {
+                            key: vec![keys::OUTBOX, b'k'],
+                            value: vec![v],
+                        },
+                        FrameWrite::Put {
+                            key: vec![keys::OUTBOX, v],
+                            value: vec![v],
+                        },
+                    ],
+                };
+                log.append(&frame).unwrap()
+            })
+            .collect();
+        log.sync().unwrap();
+        let end = log.end_of_frames();
+        drop(log);
+        let (writes, timers) = cursors(&addresses, end);
+        for (key, cursor) in [(writes_cursor_key(), writes), (timers_cursor_key(), timers)] {
+            if let Some(cursor) = cursor {
+                db.insert(key, &cursor.to_le_bytes()[..]).unwrap();
+            }
+        }
+        (db, addresses, end)
+    }
+
+    fn value(db: &sled::Db, keyspace: u8) -> Option<u8> {
+        db.get([keyspace, b'k']).unwrap().map(|v| v[0])
+    }
+
+    #[test]
+    fn an_open_leaves_the_writes_cursor_at_the_log_end_when_the_last_frame_was_cut_down() {
+        // A crash after the writes cursor passed every frame while the timer writes of the
+        // last two were held: only those are applied, and the last frame (whose outbox write
+        // is left out) still ends the log where it does on disk.
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _, end) = store_of_three_frames(dir.path(), |a, end| (Some(end), Some(a[1])));
+        drop(LogParts::open_writable(dir.path(), &db).unwrap());
+        assert_eq!(value(&db, keys::TIMERS), Some(3));
+        assert_eq!(
+            value(&db, keys::OUTBOX),
+            None,
+            "re-applied behind its cursor"
+        );
+        assert_eq!(stored_cursors(&db).unwrap(), (end, end));
+        assert!(!writes_pending(dir.path(), &db).unwrap());
+        // The next open starts at the end, as a reader's would.
+        drop(LogParts::open_writable(dir.path(), &db).unwrap());
+    }
+
+    #[test]
+    fn a_cursor_inside_a_frame_re_applies_that_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _, end) = store_of_three_frames(dir.path(), |a, _| (Some(a[1] + 10), None));
+        drop(LogParts::open_writable(dir.path(), &db).unwrap());
+        assert_eq!(value(&db, keys::TIMERS), Some(3));
+        assert_eq!(value(&db, keys::OUTBOX), Some(3));
+        let own = |v: u8| db.contains_key([keys::OUTBOX, v]).unwrap();
+        assert_eq!((own(1), own(2), own(3)), (false, true, true));
+        assert_eq!(stored_cursors(&db).unwrap(), (end, end));
     }
 
     #[test]

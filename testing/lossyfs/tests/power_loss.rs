@@ -707,6 +707,19 @@ fn check(store: &Path, acked: &Acknowledged, report: &mut TrialReport) {
             check_reopened(store, earliest_deadline, acked, report)
         });
     }
+    // The engine's recovery and clean close must leave a store that opens again: stop 30's
+    // open could store a writes cursor inside a frame, which only the next open refused.
+    if report.losses.is_empty() {
+        match Journal::open_read_only(store) {
+            Ok(journal) if journal.reads_a_private_copy() => report
+                .losses
+                .push("after the engine's clean close a reader still needs a private copy".into()),
+            Ok(_) => {}
+            Err(e) => report.losses.push(format!(
+                "the store does not open after the engine's close: {e}"
+            )),
+        }
+    }
 }
 
 /// The read-only checks; returns the earliest stored timer deadline.
