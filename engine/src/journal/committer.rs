@@ -1382,8 +1382,9 @@ impl Committer {
         }
         let written = log.append(&frame)?;
         assert_eq!(written, address, "the frame went where it was reserved");
+        // The address after this frame as the log has it (a cursor must end a frame).
+        let writes_cursor = log.end_of_frames();
         drop(log);
-        let writes_cursor = address + frame.encoded_len() as u64;
         let mut heads = Vec::with_capacity(staged.len());
         for (stream, head) in staged.iter_mut() {
             if let Some(i) = head.frame_record.take() {

@@ -283,6 +283,17 @@ impl LogParts {
         if timers_cursor_stored {
             batch.remove(timers_cursor_key());
         }
+        // The cursor goes to the log's end, past an empty last segment too (a crash between
+        // starting a segment and writing its first frame), so that a reader finds nothing
+        // pending: no frame lies between the last one and that end.
+        let log_end = log.end_of_frames();
+        assert!(
+            end.is_none_or(|end| end <= log_end),
+            "a frame past the log's end"
+        );
+        let end = end
+            .or((log_end > writes_from).then_some(log_end))
+            .map(|_| log_end);
         if let Some(end) = end {
             batch.insert(writes_cursor_key(), &end.to_le_bytes()[..]);
             db.apply_batch(batch)?;
@@ -815,6 +826,34 @@ mod tests {
         assert!(!writes_pending(dir.path(), &db).unwrap());
         // The next open starts at the end, as a reader's would.
         drop(LogParts::open_writable(dir.path(), &db).unwrap());
+    }
+
+    #[test]
+    fn an_open_moves_the_writes_cursor_past_an_empty_last_segment() {
+        // A crash after a new segment was made and before its first frame.
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _, end) = store_of_three_frames(dir.path(), |_, end| (Some(end), None));
+        let first_segment = std::fs::read_dir(dir.path().join(LOG_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .next()
+            .unwrap();
+        let bytes = std::fs::metadata(&first_segment).unwrap().len();
+        assert!(bytes > end, "the first segment has room after its frames");
+        let empty = dir
+            .path()
+            .join(LOG_DIR)
+            .join("00000000000000000001-0001.seg");
+        std::fs::write(&empty, vec![0u8; 4096]).unwrap();
+        assert!(writes_pending(dir.path(), &db).unwrap());
+        drop(LogParts::open_writable(dir.path(), &db).unwrap());
+        assert_eq!(stored_cursors(&db).unwrap().0, bytes);
+        assert!(!writes_pending(dir.path(), &db).unwrap());
+        assert_eq!(
+            value(&db, keys::OUTBOX),
+            None,
+            "re-applied behind its cursor"
+        );
     }
 
     #[test]
