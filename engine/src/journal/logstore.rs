@@ -9,7 +9,8 @@
 //! Why after: a write applied to sled before its frame is durable could reach the disk
 //! (sled writes a full buffer to its file whenever it likes) while the frame does not, and
 //! a power cut would then leave an idempotency record or a timer of a command that never
-//! happened. Applied after, sled never runs ahead of the durable log, and what a crash took
+//! happened. Applied after, sled never runs ahead of the durable log (in durable mode: a
+//! buffered store applies them at once and accepts that risk), and what a crash took
 //! from sled is re-applied at open from the frames after `m | "log-writes"`, an address
 //! every frame before which has its writes in sled (written after those writes, one key at
 //! a time: sled recovers a prefix of its log, so the cursor never survives a crash without
@@ -19,6 +20,9 @@
 //! ```text
 //! m | "write-path"    "log" for a store on the segment log (absent: the sled layout)
 //! m | "log-writes"    address u64 LE: every frame before it has its writes in sled
+//!                     (timer writes aside)
+//! m | "log-timers"    address u64 LE: every frame before it has its timer writes in sled
+//!                     (absent: the same as "log-writes"; see `deferred`)
 //! ```
 
 use super::deferred::{self, DeferredWrites};
@@ -283,17 +287,18 @@ impl LogParts {
         if timers_cursor_stored {
             batch.remove(timers_cursor_key());
         }
-        // The cursor goes to the log's end, past an empty last segment too (a crash between
+        // The cursor goes to the log's end: past an empty last segment too (a crash between
         // starting a segment and writing its first frame), so that a reader finds nothing
-        // pending: no frame lies between the last one and that end.
+        // pending, as no frame lies between the last one and that end; and back from beyond
+        // it. A buffered store writes the cursor before its frame's `fdatasync`, and sled's
+        // own flush may keep it while a power cut takes the frame: left there, the next
+        // frames would be written below it, and a crash then would skip their writes.
         let log_end = log.end_of_frames();
         assert!(
             end.is_none_or(|end| end <= log_end),
             "a frame past the log's end"
         );
-        let end = end
-            .or((log_end > writes_from).then_some(log_end))
-            .map(|_| log_end);
+        let end = (end.is_some() || log_end != writes_from).then_some(log_end);
         if let Some(end) = end {
             batch.insert(writes_cursor_key(), &end.to_le_bytes()[..]);
             db.apply_batch(batch)?;
@@ -854,6 +859,15 @@ mod tests {
             None,
             "re-applied behind its cursor"
         );
+    }
+
+    #[test]
+    fn an_open_brings_a_writes_cursor_past_the_log_back_to_its_end() {
+        // A buffered store's cursor that sled kept while a power cut took its frame.
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _, end) = store_of_three_frames(dir.path(), |_, end| (Some(end + 500), None));
+        drop(LogParts::open_writable(dir.path(), &db).unwrap());
+        assert_eq!(stored_cursors(&db).unwrap(), (end, end));
     }
 
     #[test]
