@@ -844,8 +844,18 @@ impl SegmentLog {
 
     fn start_segment(&mut self, first_position: u64, frame_bytes: u64) -> Result<(), SegLogError> {
         // The previous segment's frames must be durable before a later segment can hold the
-        // next ones: opening treats only the last segment's bad frame as a torn tail.
-        self.sync()?;
+        // next ones: opening treats only the last segment's bad frame as a torn tail. Synced
+        // here whatever `dirty` says: a sync the syncer took (`take_sync` clears the flags
+        // when it hands the sync out) may still be running, and the new segment's name could
+        // reach the disk before it ends; a power cut then would leave a segment that ends
+        // early before another, which no open accepts (found by review, 2026-11-28). Once
+        // per segment.
+        if let Some(segment) = self.segments.last() {
+            segment.file.sync_data().map_err(io(&segment.path))?;
+        }
+        sync_dir(&self.dir)?;
+        self.dirty = false;
+        self.dir_dirty = false;
         // A last segment without frames (made by a run that stopped before writing one, or
         // too small for this frame) is made again under the same name.
         if self.segments.last().is_some_and(|s| s.frames == 0) {
