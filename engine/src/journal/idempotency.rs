@@ -77,18 +77,35 @@ pub(crate) struct IdempotencyIndex {
 impl IdempotencyIndex {
     /// Reads every stored key's place: the `i` keys (stores written before format 2), then
     /// the group entries in time order, so a key recorded again points at its newest record.
-    pub(crate) fn build(db: &sled::Db) -> Result<IdempotencyIndex, StorageError> {
+    ///
+    /// `frames_end`, on the segment log: the end of the log's frames. A format-3 entry
+    /// pointing at or past it names a frame a crash took (sled may keep an entry the
+    /// committer applied before its frame's `fdatasync`): it is left out, and returned, for
+    /// a writer to remove before any frame is written there. Left in, it would hide the key's
+    /// valid record whenever it sorts after it, as when the clock stepped back before the
+    /// key was recorded again (found by review, 2026-11-28).
+    pub(crate) fn build(
+        db: &sled::Db,
+        frames_end: Option<u64>,
+    ) -> Result<(IdempotencyIndex, Vec<sled::IVec>), StorageError> {
         let mut index = IdempotencyIndex::default();
         for entry in db.scan_prefix([keys::IDEMPOTENCY]).keys() {
             index.add_legacy(&entry?);
         }
+        let mut lost = Vec::new();
         for entry in db.scan_prefix([keys::IDEMPOTENCY_BY_TIME]) {
             let (key, value) = entry?;
-            if let Some(i_keys) = keys::idempotency_entry_keys(&value) {
+            let past_the_log = frames_end.is_some_and(|end| {
+                keys::parse_idempotency_pointer_entry(&value)
+                    .is_some_and(|(address, _)| address >= end)
+            });
+            if past_the_log {
+                lost.push(key);
+            } else if let Some(i_keys) = keys::idempotency_entry_keys(&value) {
                 index.add_group(&key, i_keys.iter().map(|k| &k[..]));
             }
         }
-        Ok(index)
+        Ok((index, lost))
     }
 
     fn slot(&mut self, i_key: &[u8]) -> Option<Slot> {
@@ -225,9 +242,9 @@ impl Shared {
         if self.idempotency.get().is_none() {
             // Two readers may both build it; the first one's stays (a reader's store does
             // not change under it).
-            let _ = self
-                .idempotency
-                .set(Mutex::new(IdempotencyIndex::build(db)?));
+            let frames_end = self.log.as_ref().map(|l| l.read_log().end_of_frames());
+            let (index, _lost) = IdempotencyIndex::build(db, frames_end)?;
+            let _ = self.idempotency.set(Mutex::new(index));
         }
         Ok(self
             .idempotency
@@ -761,10 +778,55 @@ mod tests {
         let writer = JournalWriter::open(dir.path(), config).unwrap();
         assert_eq!(recorded_at(&writer, 2), Some(11));
         assert_eq!(recorded_at(&writer, 4), None);
-        assert_eq!(writer.sweep_idempotency(14, 100).unwrap(), 6);
+        // Five: the entry past the log's end went at open (see `build`).
+        assert_eq!(writer.sweep_idempotency(14, 100).unwrap(), 5);
         assert_eq!(recorded_at(&writer, 1), None);
         let db = writer.shared.db().unwrap();
         assert_eq!(count(&db, keys::IDEMPOTENCY_BY_TIME), 0);
+        drop(db);
+        writer.close().unwrap();
+    }
+
+    #[test]
+    fn an_entry_whose_frame_a_crash_took_is_removed_at_open_and_hides_no_valid_record() {
+        // Recorded at 10 and acknowledged. The power cut took a frame that recorded the key
+        // at 20 (before the clock stepped back), but sled kept that frame's entry.
+        use super::super::{AppendRequest, Durability, JournalConfig, JournalWriter, WritePath};
+        let dir = tempfile::tempdir().unwrap();
+        let config = JournalConfig {
+            durability: Durability::Durable,
+            write_path: WritePath::Log,
+            ..JournalConfig::default()
+        };
+        let writer = JournalWriter::open(dir.path(), config.clone()).unwrap();
+        let mut request = AppendRequest::new(StreamId::new("T", "a"), 0, Vec::new());
+        request.extra_writes = recorded(1, 10);
+        writer.append_blocking(request).unwrap();
+        let db = writer.shared.db().unwrap();
+        let end = writer
+            .shared
+            .log
+            .as_ref()
+            .unwrap()
+            .read_log()
+            .end_of_frames();
+        let records = [(i_key("T", 1), record(20).encode())];
+        let pairs: Vec<(&[u8], &[u8])> = records.iter().map(|(k, r)| (&k[..], &r[..])).collect();
+        let (key, full) = keys::idempotency_records_entry(&pairs);
+        db.insert(&key, keys::idempotency_pointer_entry(end, &full).unwrap())
+            .unwrap();
+        drop(db);
+        writer.close().unwrap();
+
+        // A reader skips it; a writer removes it.
+        let reader = Journal::open_read_only(dir.path()).unwrap();
+        assert_eq!(recorded_at(&reader, 1), Some(10));
+        drop(reader);
+        let writer = JournalWriter::open(dir.path(), config).unwrap();
+        assert_eq!(recorded_at(&writer, 1), Some(10));
+        let db = writer.shared.db().unwrap();
+        assert_eq!(count(&db, keys::IDEMPOTENCY_BY_TIME), 1);
+        assert!(db.get(&key).unwrap().is_none());
         drop(db);
         writer.close().unwrap();
     }

@@ -811,9 +811,27 @@ impl JournalWriter {
             Some(log) => log.next_position(),
             None => last_global_position(&db).map_err(storage)? + 1,
         };
+        let frames_end = log.as_ref().map(|l| l.read_log().end_of_frames());
         let shared = Shared::new(db.clone(), dir.clone(), log);
         // Before the committer starts: every group it writes is added to a built index.
-        let index = idempotency::IdempotencyIndex::build(&db).map_err(storage)?;
+        let (index, lost) =
+            idempotency::IdempotencyIndex::build(&db, frames_end).map_err(storage)?;
+        if !lost.is_empty() {
+            // Entries whose frames a crash took: gone, durably, before a frame of this
+            // session can lie at their addresses (and pass for theirs).
+            let mut batch = sled::Batch::default();
+            for key in &lost {
+                batch.remove(key);
+            }
+            db.apply_batch(batch)
+                .and_then(|()| db.flush().map(drop))
+                .map_err(|e| storage(e.into()))?;
+            data_file.sync_data().map_err(io)?;
+            tracing::warn!(
+                entries = lost.len(),
+                "removed idempotency entries whose frames a crash took"
+            );
+        }
         let _ = shared.idempotency.set(Mutex::new(index));
         *shared.writer_lock.lock().unwrap_or_else(|e| e.into_inner()) = lock_marker(&dir);
         // What sled recovered at open is what survived: the watermark starts there.
