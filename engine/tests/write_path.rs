@@ -6,7 +6,8 @@
 //! sled ever flushed them) are re-applied from the log's frames at the next open — the test
 //! first shows they were missing, so it fails if the re-application does not happen — and an
 //! idempotency record whose command's events the log does not hold (what a power cut can
-//! leave in buffered mode) is not taken for a repeat.
+//! leave in buffered mode) is not taken for a repeat; and a buffered group on the segment
+//! log counts as durable for the followers only after the log's sync.
 
 mod common;
 
@@ -543,4 +544,49 @@ async fn an_idempotency_record_without_its_events_is_not_a_repeat() {
     );
     assert_eq!(engine.state::<Counter>("c").await.unwrap().1, 5);
     engine.shutdown().await.unwrap();
+}
+
+/// In buffered mode a group is acknowledged before its sync; the durable watermark, which
+/// the topic indexer and the tree maintainer follow (and whose derived entries go into sled,
+/// which may reach the disk first), moves on the segment log only after the log's
+/// `fdatasync`, and on the sled layout at once (sled's prefix recovery keeps its
+/// followers' entries no further than the events). Fails when a buffered group on the log
+/// moves it at acknowledgement.
+#[test]
+fn a_buffered_group_on_the_log_counts_as_durable_only_after_its_sync() {
+    for (write_path, before_the_sync) in [(WritePath::Log, 0), (WritePath::Sled, 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = JournalWriter::open(
+            dir.path(),
+            JournalConfig {
+                durability: Durability::Buffered { flush_every_ms: 10 },
+                ..config(write_path)
+            },
+        )
+        .unwrap();
+        let gate = journal.hold_syncs_for_tests();
+        journal
+            .append_blocking(AppendRequest::new(
+                StreamId::new("Thing", "t1"),
+                0,
+                vec![event(1)],
+            ))
+            .unwrap();
+        assert_eq!(
+            journal.durable_position(),
+            before_the_sync,
+            "{write_path:?}: the watermark while the sync is held"
+        );
+        drop(gate);
+        let mut polls = 0;
+        while journal.durable_position() < 1 {
+            polls += 1;
+            assert!(
+                polls < 2_000,
+                "{write_path:?}: the sync did not move the watermark"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        journal.close().unwrap();
+    }
 }

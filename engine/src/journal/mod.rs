@@ -157,7 +157,8 @@ struct Shared {
     /// appends.
     syncs_done: std::sync::atomic::AtomicU64,
     /// The durable watermark: every global position at or below it is acknowledged (synced
-    /// in durable mode, applied in buffered mode). Readers that must never see an event that
+    /// in durable mode; in buffered mode synced on the segment log, applied on the sled
+    /// layout: see `Journal::durable_position`). Readers that must never see an event that
     /// a crash could take back (the topic indexer) stop here; `durable_moved` wakes them.
     durable_position: Mutex<u64>,
     durable_moved: std::sync::Condvar,
@@ -2342,8 +2343,11 @@ impl Journal {
     }
 
     /// The durable watermark: the highest global position such that it and every position
-    /// below it are acknowledged (after flush + fdatasync in durable mode; after the batch
-    /// was applied in buffered mode). A crash never takes back an event at or below it.
+    /// below it are acknowledged and on stable storage (after flush + fdatasync in durable
+    /// mode; in buffered mode after the log's fdatasync on the segment log, and after the
+    /// batch was applied on the sled layout, whose prefix recovery keeps what followers
+    /// derive no further than the events). A crash never takes back an event at or below
+    /// it, except on a buffered sled layout, where it takes back what follows with it.
     pub fn durable_position(&self) -> u64 {
         *self
             .shared
