@@ -7,7 +7,8 @@
 //! - recovery detects a broken hash chain: a record rewritten with a valid CRC but a wrong
 //!   `prev_hash`, in a full replay and in the first record after a snapshot;
 //! - a store held open is `OpenError::Locked`, detected from the lock itself (two opens in
-//!   one process conflict: sled's `flock` is per open file description);
+//!   one process conflict: sled's `flock` is per open file description), and an engine's
+//!   open waits for a reader holding the marker file before it opens sled;
 //! - a panic in `decide` is `HandlerPanicked` (not retryable), an actor that stops before
 //!   answering is `Unavailable` (retryable);
 //! - `shutdown` releases the store's lock before it returns: the same process reopens at
@@ -366,4 +367,44 @@ async fn shutdown_releases_the_lock_while_clones_live() {
         .await
         .unwrap();
     reopened.shutdown().await.unwrap();
+}
+
+/// A reader holds the store's marker file shared while it opens or copies the store: an
+/// engine's open waits for it before sled's open (whose recovery writes the store), and then
+/// opens. Fails when the writer opens sled first (as it did until 2026-11-28): sled's lock is
+/// then taken while the reader still holds the marker. (A writer that does not get there in
+/// the bounded wait below makes this pass without proving it, never fail.)
+#[test]
+fn an_engine_waits_for_a_reader_holding_the_marker_before_opening_sled() {
+    use fs2::FileExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    JournalWriter::open(dir.path(), JournalConfig::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    let marker = std::fs::File::open(dir.path().join("EVERSHARD")).unwrap();
+    marker.lock_shared().unwrap();
+    let opening = {
+        let dir = dir.path().to_path_buf();
+        std::thread::spawn(move || JournalWriter::open(&dir, JournalConfig::default()))
+    };
+    let sled_file = std::fs::File::open(dir.path().join("db")).unwrap();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(
+            sled_file.try_lock_shared().is_ok(),
+            "the writer took sled's lock while a reader held the marker"
+        );
+        sled_file.unlock().unwrap();
+        assert!(
+            !opening.is_finished(),
+            "the writer opened while a reader held the marker"
+        );
+    }
+    marker.unlock().unwrap();
+    let writer = opening
+        .join()
+        .unwrap()
+        .expect("the writer opens once the reader is done");
+    writer.close().unwrap();
 }

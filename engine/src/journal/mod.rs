@@ -419,20 +419,40 @@ fn map_open_error(dir: &Path, err: sled::Error) -> OpenError {
     OpenError::storage(dir, err)
 }
 
-/// The writer's exclusive lock on the marker file (see `Shared::writer_lock`). A reader may
-/// hold it shared for the moment of its own open: wait for that, bounded; a store without a
-/// marker file has none.
-fn lock_marker(dir: &Path) -> Option<File> {
+/// How long a writer's open waits for the readers that hold the marker file shared while
+/// they open the store or copy it (see `Journal::open_read_only`) before it refuses with
+/// [`OpenError::Locked`].
+const MARKER_WAIT_MS_MAX: u64 = 30_000;
+
+/// The writer's exclusive lock on the marker file (see `Shared::writer_lock`), taken before
+/// sled's open, whose recovery writes the store: a reader holds it shared for the moment of
+/// its own open or copy, so wait for that, bounded, then refuse. `None` for a store without
+/// a marker file (made before it existed). Until 2026-11-28 it was taken after sled's open
+/// and, past a 5 s wait, skipped: an engine could then recover and write a store a reader
+/// was copying, and run without the lock (found by review).
+fn lock_marker(dir: &Path) -> Result<Option<File>, OpenError> {
     use fs2::FileExt;
-    let file = File::open(dir.join(probe::MARKER_FILE)).ok()?;
-    for _ in 0..UNLOCK_WAIT_MS_MAX {
+    let Ok(file) = File::open(dir.join(probe::MARKER_FILE)) else {
+        return Ok(None);
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(MARKER_WAIT_MS_MAX);
+    let locked = || OpenError::Locked {
+        dir: dir.to_path_buf(),
+    };
+    loop {
         if file.try_lock_exclusive().is_ok() {
-            return Some(file);
+            return Ok(Some(file));
+        }
+        // Readers hold it shared, a running writer exclusively: only readers are waited for.
+        if file.try_lock_shared().is_err() {
+            return Err(locked());
+        }
+        file.unlock().map_err(|e| OpenError::storage(dir, e))?;
+        if std::time::Instant::now() >= deadline {
+            return Err(locked());
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    tracing::warn!(dir = %dir.display(), "readers kept the marker file locked; opened without the writer's marker lock");
-    None
 }
 
 /// Whether a read-only open that failed this way can read a private copy instead.
@@ -701,6 +721,7 @@ impl JournalWriter {
         } else {
             crate::crypto::warn_if_readable_by_others(&dir, "the store directory");
         }
+        let mut writer_lock = lock_marker(&dir)?;
         sync_before_recovery(&dir).map_err(io)?;
         let flush_every_ms = match config.durability {
             // No periodic flush: the syncer flushes and syncs every group itself, blob files
@@ -834,7 +855,11 @@ impl JournalWriter {
             );
         }
         let _ = shared.idempotency.set(Mutex::new(index));
-        *shared.writer_lock.lock().unwrap_or_else(|e| e.into_inner()) = lock_marker(&dir);
+        // A store that got its marker file at this open is locked now.
+        if writer_lock.is_none() {
+            writer_lock = lock_marker(&dir)?;
+        }
+        *shared.writer_lock.lock().unwrap_or_else(|e| e.into_inner()) = writer_lock;
         // What sled recovered at open is what survived: the watermark starts there.
         shared.mark_durable(next_global - 1);
         let (tx, rx) = mpsc::channel();
