@@ -376,14 +376,14 @@ async fn shutdown_releases_the_lock_while_clones_live() {
 /// the bounded wait below makes this pass without proving it, never fail.)
 #[test]
 fn an_engine_waits_for_a_reader_holding_the_marker_before_opening_sled() {
-    use fs2::FileExt as _;
+    use fs2::FileExt;
     let dir = tempfile::tempdir().unwrap();
     JournalWriter::open(dir.path(), JournalConfig::default())
         .unwrap()
         .close()
         .unwrap();
     let marker = std::fs::File::open(dir.path().join("EVERSHARD")).unwrap();
-    marker.lock_shared().unwrap();
+    FileExt::lock_shared(&marker).unwrap();
     let opening = {
         let dir = dir.path().to_path_buf();
         std::thread::spawn(move || JournalWriter::open(&dir, JournalConfig::default()))
@@ -392,16 +392,16 @@ fn an_engine_waits_for_a_reader_holding_the_marker_before_opening_sled() {
     for _ in 0..100 {
         std::thread::sleep(Duration::from_millis(5));
         assert!(
-            sled_file.try_lock_shared().is_ok(),
+            FileExt::try_lock_shared(&sled_file).is_ok(),
             "the writer took sled's lock while a reader held the marker"
         );
-        sled_file.unlock().unwrap();
+        FileExt::unlock(&sled_file).unwrap();
         assert!(
             !opening.is_finished(),
             "the writer opened while a reader held the marker"
         );
     }
-    marker.unlock().unwrap();
+    FileExt::unlock(&marker).unwrap();
     let writer = opening
         .join()
         .unwrap()

@@ -444,10 +444,10 @@ fn lock_marker(dir: &Path) -> Result<Option<File>, OpenError> {
             return Ok(Some(file));
         }
         // Readers hold it shared, a running writer exclusively: only readers are waited for.
-        if file.try_lock_shared().is_err() {
+        if FileExt::try_lock_shared(&file).is_err() {
             return Err(locked());
         }
-        file.unlock().map_err(|e| OpenError::storage(dir, e))?;
+        FileExt::unlock(&file).map_err(|e| OpenError::storage(dir, e))?;
         if std::time::Instant::now() >= deadline {
             return Err(locked());
         }
