@@ -279,10 +279,14 @@ impl JournalWriter {
             source_dir: source_dir.to_path_buf(),
             complete: false,
         };
-        // From here a crash leaves a store that says it is an incomplete checkpoint.
+        // From here a crash leaves a store that says it is an incomplete checkpoint: synced
+        // at once, as the copy's log frames may reach the disk before sled does (a segment
+        // roll syncs them), and a copy without the mark would open as an ordinary store
+        // missing its keyspaces (found by review, 2026-11-28).
         out_db
             .insert(CHECKPOINT_KEY, mark.encode())
             .map_err(|e| write_error(dest, e))?;
+        out.sync().map_err(|e| write_error(dest, e))?;
         let src = self.shared.db().map_err(source_error)?;
         let mut copier = Copier {
             db: &out_db,
