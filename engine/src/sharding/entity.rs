@@ -585,7 +585,12 @@ impl<A: Aggregate> EntityState<A> {
         // in-memory copy, which the next command rebuilds from the journal (and meets the
         // same panic, as a storage error, if `apply` itself is broken).
         match apply_panic {
-            None => self.after_commit(version, committed.version, seal.map(|k| k.key.clone())),
+            None => self.after_commit(
+                version,
+                committed.version,
+                committed.records.last().map_or(0, |r| r.global_position),
+                seal.map(|k| k.key.clone()),
+            ),
             Some(message) => {
                 self.loaded = None;
                 tracing::error!(stream = %self.args.stream, %message, "apply panicked; the events are committed, the state will be recovered");
@@ -604,7 +609,13 @@ impl<A: Aggregate> EntityState<A> {
     /// After the commit of events already applied to the in-memory state: checks the
     /// invariants and hands a snapshot to the writer when one is due. Never fails the
     /// command: the events stand.
-    fn after_commit(&mut self, version: u64, new_version: u64, seal: Option<DataKey>) {
+    fn after_commit(
+        &mut self,
+        version: u64,
+        new_version: u64,
+        last_position: u64,
+        seal: Option<DataKey>,
+    ) {
         let rt = self.args.rt.clone();
         let stream = &self.args.stream;
         let loaded = &mut self.loaded;
@@ -618,6 +629,7 @@ impl<A: Aggregate> EntityState<A> {
                 rt.snapshotter.submit(SnapshotJob {
                     stream: stream.clone(),
                     sequence: new_version,
+                    last_position,
                     encode: Box::new(move || {
                         let plain = SnapshotRecord::encode_state(
                             A::STATE_SCHEMA_VERSION,
