@@ -581,3 +581,72 @@ fn a_type_the_binary_does_not_know_is_reported_unknown_and_still_checked() {
         "{out}"
     );
 }
+
+/// Mistakes an auditor can make are refused, exit 2, and lose nothing: `keygen KEY` writes
+/// KEY.pub (appended, as documented, whatever KEY's extension) and never a secret beside an
+/// existing public key; `verify` scoped to a type, id or positions the store does not hold
+/// is not "clean"; `verify --proof-out` never writes over an existing file (the digest).
+#[test]
+fn auditor_mistakes_are_refused_and_lose_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, t) = (tmp.path().join("store"), tmp.path());
+    demo(&store, "50", "3");
+
+    expect_stdout(&["keygen", p(&t.join("audit.key"))], 0);
+    assert!(t.join("audit.key.pub").is_file() && !t.join("audit.pub").exists());
+    std::fs::write(t.join("fresh.key.pub"), "kept").unwrap();
+    common::cli::expect_exit(&["keygen", p(&t.join("fresh.key"))], 2);
+    assert!(
+        !t.join("fresh.key").exists(),
+        "a secret beside a public key it does not match"
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.join("fresh.key.pub")).unwrap(),
+        "kept"
+    );
+
+    let (id, _) = streams(&store).remove(0);
+    for scope in [
+        vec!["--type", "ProdctStock"],
+        vec!["--type", "ProductStock", "--id", "no-such-sku"],
+        vec!["--from-position", "1000000"],
+    ] {
+        let mut args = vec!["verify", "--data", p(&store)];
+        args.extend_from_slice(&scope);
+        common::cli::expect_exit(&args, 2);
+    }
+    let out = expect_stdout(
+        &[
+            "verify",
+            "--data",
+            p(&store),
+            "--type",
+            "ProductStock",
+            "--id",
+            &id,
+        ],
+        0,
+    );
+    assert!(out.contains("result: clean"), "{out}");
+
+    let digest = t.join("digest.json");
+    digest_to(&store, &digest, &[]);
+    let kept = std::fs::read(&digest).unwrap();
+    common::cli::expect_exit(
+        &[
+            "verify",
+            "--data",
+            p(&store),
+            "--digest",
+            p(&digest),
+            "--proof-out",
+            p(&digest),
+        ],
+        2,
+    );
+    assert_eq!(
+        std::fs::read(&digest).unwrap(),
+        kept,
+        "the digest was overwritten"
+    );
+}

@@ -56,7 +56,19 @@ pub fn keygen(args: &KeygenArgs, out: &mut dyn Write) -> Result<Outcome, CliErro
         .and_then(|mut f| f.read_exact(&mut seed))
         .map_err(|e| CliError::InvalidArgument(format!("no randomness from /dev/urandom: {e}")))?;
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let public_path = args.key.with_extension("pub");
+    // KEY.pub, as documented: appended, not in place of KEY's extension (`audit.key` gave
+    // `audit.pub`, and `x.pub` put the secret under a public key's name).
+    let public_path = {
+        let mut path = args.key.clone().into_os_string();
+        path.push(".pub");
+        std::path::PathBuf::from(path)
+    };
+    if public_path.exists() {
+        return Err(CliError::InvalidArgument(format!(
+            "{} exists: keygen writes new files only",
+            public_path.display()
+        )));
+    }
     write_new(
         &args.key,
         &format!("{SECRET_KEY_TAG} {}\n", hex(&seed)),
@@ -120,7 +132,14 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
             what: "computing the proof".into(),
             message,
         })?
-        .map_err(|e| audit_error(dir, e))?;
+        .map_err(|e| match e {
+            // The digest covered events the store no longer holds: the store changed (exit
+            // 1, as docs/audit.md says), not a mistake of the caller's.
+            AuditError::BeyondStore { size, store_size } => CliError::ProofRefused(format!(
+                "the digest covers {size} events and the store holds {store_size}: the store                  lost events since the digest was taken (run `evershard verify --digest`)"
+            )),
+            other => audit_error(dir, other),
+        })?;
     drop(journal);
     let root = digest.root()?;
     if !proof.verify(&root) {

@@ -191,7 +191,17 @@ fn check_digest(
                 let file = ConsistencyProofFile::new(&proof, &digest_root, &tree.root);
                 let written = serde_json::to_string_pretty(&file)
                     .map_err(|e| e.to_string())
-                    .and_then(|text| std::fs::write(path, text + "\n").map_err(|e| e.to_string()));
+                    .and_then(|text| {
+                        // A new file, as the argument says: never over the auditor's digest.
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(path)
+                            .and_then(|mut f| {
+                                std::io::Write::write_all(&mut f, (text + "\n").as_bytes())
+                            })
+                            .map_err(|e| e.to_string())
+                    });
                 if let Err(e) = written {
                     let message = format!("could not write {}: {e}", path.display());
                     problem(report, Check::Internal, message);

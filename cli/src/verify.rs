@@ -554,6 +554,14 @@ pub fn run(
     out: &mut dyn Write,
 ) -> Result<Outcome, CliError> {
     let scope = scope_of(registry, args)?;
+    if let Some(path) = &args.proof_out {
+        if path.exists() {
+            return Err(CliError::InvalidArgument(format!(
+                "--proof-out {} exists: name a new file (nothing is overwritten)",
+                path.display()
+            )));
+        }
+    }
     let digest = args
         .digest
         .as_deref()
@@ -579,6 +587,24 @@ pub fn run(
     };
     let report = audit_scoped(&journal, &options);
     drop(journal);
+    // A scope that names what the store does not hold is the caller's mistake (a typo in a
+    // type or id, positions past the end), not a clean store: said so, as `history` does.
+    let narrowed =
+        args.aggregate_type.is_some() || args.id.is_some() || options.scope.positions.is_some();
+    if narrowed && report.events_checked == 0 && report.problems.is_empty() {
+        return Err(match (&options.scope.aggregate_type, &args.id) {
+            (Some(t), Some(id)) => CliError::NoSuchAggregate {
+                aggregate_type: t.clone(),
+                aggregate_id: id.clone(),
+                dir: args.store.data.clone(),
+            },
+            _ => CliError::InvalidArgument(format!(
+                "nothing in the store at {} is in the scope {}",
+                args.store.data.display(),
+                report.scope
+            )),
+        });
+    }
     if args.json {
         let text = serde_json::to_string_pretty(&report).map_err(|source| CliError::Json {
             what: "the verify report".into(),
