@@ -99,9 +99,9 @@ fn run<F: Follow>(writer: JournalWriter, mut follow: F, flags: &Flags) {
         }
         let covered = follow.covered();
         let mut durable = if stopping {
-            writer.durable_position()
+            writer.synced_position()
         } else {
-            writer.wait_durable(covered, wait)
+            writer.wait_synced(covered, wait)
         };
         if durable <= covered {
             if stopping {
@@ -113,7 +113,7 @@ fn run<F: Follow>(writer: JournalWriter, mut follow: F, flags: &Flags) {
             // A sleep, not a wait on the watermark: the watermark wakes its waiters on every
             // group commit, which is what this avoids.
             std::thread::sleep(Duration::from_millis(F::STEP_WAIT_MS));
-            durable = writer.durable_position();
+            durable = writer.synced_position();
         }
         let to = durable.min(covered + F::BATCH_EVENTS_MAX);
         match follow.step(&writer, to) {

@@ -167,7 +167,7 @@ async fn a_buffered_snapshot_waits_for_its_events_to_be_durable() {
             .await
             .unwrap();
     }
-    let durable = engine.journal().durable_position() >= 5;
+    let durable = engine.journal().synced_position() >= 5;
     for _ in 0..40 {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         if !durable {

@@ -7,7 +7,7 @@
 //! first shows they were missing, so it fails if the re-application does not happen — and an
 //! idempotency record whose command's events the log does not hold (what a power cut can
 //! leave in buffered mode) is not taken for a repeat; and a buffered group on the segment
-//! log counts as durable for the followers only after the log's sync.
+//! log counts as synced for the followers only after the log's sync.
 
 mod common;
 
@@ -546,14 +546,15 @@ async fn an_idempotency_record_without_its_events_is_not_a_repeat() {
     engine.shutdown().await.unwrap();
 }
 
-/// In buffered mode a group is acknowledged before its sync; the durable watermark, which
-/// the topic indexer and the tree maintainer follow (and whose derived entries go into sled,
-/// which may reach the disk first), moves on the segment log only after the log's
-/// `fdatasync`, and on the sled layout at once (sled's prefix recovery keeps its
-/// followers' entries no further than the events). Fails when a buffered group on the log
-/// moves it at acknowledgement.
+/// In buffered mode a group is acknowledged before its sync: the durable watermark (what
+/// was acknowledged) moves at once; the synced watermark, which the topic indexer, the tree
+/// maintainer and the snapshot writer follow (and whose derived entries go into sled, which
+/// may reach the disk first), moves on the segment log only after the log's `fdatasync`,
+/// and on the sled layout at once (sled's prefix recovery keeps its followers' entries no
+/// further than the events). Fails when a buffered group on the log moves the synced
+/// watermark at acknowledgement.
 #[test]
-fn a_buffered_group_on_the_log_counts_as_durable_only_after_its_sync() {
+fn a_buffered_group_on_the_log_counts_as_synced_only_after_its_sync() {
     for (write_path, before_the_sync) in [(WritePath::Log, 0), (WritePath::Sled, 1)] {
         let dir = tempfile::tempdir().unwrap();
         let journal = JournalWriter::open(
@@ -574,12 +575,17 @@ fn a_buffered_group_on_the_log_counts_as_durable_only_after_its_sync() {
             .unwrap();
         assert_eq!(
             journal.durable_position(),
+            1,
+            "{write_path:?}: acknowledged"
+        );
+        assert_eq!(
+            journal.synced_position(),
             before_the_sync,
-            "{write_path:?}: the watermark while the sync is held"
+            "{write_path:?}: the synced watermark while the sync is held"
         );
         drop(gate);
         let mut polls = 0;
-        while journal.durable_position() < 1 {
+        while journal.synced_position() < 1 {
             polls += 1;
             assert!(
                 polls < 2_000,

@@ -432,7 +432,7 @@ impl Syncer {
                     self.shared
                         .syncs_done
                         .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                    self.shared.mark_durable(batch.applied_through);
+                    self.shared.mark_synced(batch.applied_through);
                     for (reply, result) in batch.replies {
                         let _ = reply.send(result);
                     }
@@ -1337,17 +1337,10 @@ impl Committer {
         if durable {
             handoff.replies = pending;
         } else {
-            // Buffered mode acknowledges now. On the sled layout sled's flusher makes the
-            // group durable shortly after, with all that follows it (sled recovers a prefix
-            // of its log), so the watermark moves now. On the segment log the frame is
-            // durable only after the syncer's `fdatasync`, while what a follower derives
-            // from it (the topic indexer's entries and cursor, the tree's nodes) goes into
-            // sled, whose flusher may write it first: a power cut then left topic offsets
-            // handed out for events the log lost, to be reused by other events (found by
-            // review, 2026-11-28). There the syncer moves it, after its sync.
-            if !on_log {
-                self.shared.mark_durable(next_global - 1);
-            }
+            // Buffered mode acknowledges now; sled's flusher makes it durable shortly after.
+            // (On the segment log the followers wait for the syncer's `fdatasync` instead:
+            // see `Shared::mark_synced`.)
+            self.shared.mark_durable(next_global - 1);
             for (reply, result) in pending {
                 let _ = reply.send(result);
             }

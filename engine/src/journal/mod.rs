@@ -156,11 +156,10 @@ struct Shared {
     /// Flush + fdatasync rounds the syncer has completed: with group commit, far fewer than
     /// appends.
     syncs_done: std::sync::atomic::AtomicU64,
-    /// The durable watermark: every global position at or below it is acknowledged (synced
-    /// in durable mode; in buffered mode synced on the segment log, applied on the sled
-    /// layout: see `Journal::durable_position`). Readers that must never see an event that
+    /// The watermarks: acknowledged (synced in durable mode, applied in buffered mode) and
+    /// synced (see [`Watermarks`]). Readers that must never see an event that
     /// a crash could take back (the topic indexer) stop here; `durable_moved` wakes them.
-    durable_position: Mutex<u64>,
+    durable_position: Mutex<Watermarks>,
     durable_moved: std::sync::Condvar,
     /// A writer's exclusive `flock` on the marker file, held while it is open: how readers
     /// tell a running engine (whose files they must not copy) from another reader.
@@ -187,6 +186,20 @@ struct Shared {
 
 /// How long closing a journal waits for sled to let go of the directory lock.
 const UNLOCK_WAIT_MS_MAX: u64 = 5_000;
+
+/// The journal's two watermarks (global positions; every position at or below one counts).
+#[derive(Clone, Copy, Debug, Default)]
+struct Watermarks {
+    /// Acknowledged: [`Journal::durable_position`].
+    acknowledged: u64,
+    /// On stable storage, or (buffered, sled layout) as safe as the events for what is
+    /// derived from them: what followers and the snapshot writer wait for. On the segment
+    /// log in buffered mode it trails `acknowledged` by a sync: the frames and sled are
+    /// separate files, and a follower's entries (topic offsets, tree nodes, a snapshot)
+    /// written into sled before the frame's `fdatasync` could outlive the frame in a power
+    /// cut (found by review, 2026-11-28).
+    synced: u64,
+}
 /// The data key a reader opened the last sealed record with, and the keyring's erasure
 /// epoch when it was looked up (see `Journal::visit_stream`).
 struct Opener {
@@ -273,7 +286,7 @@ impl Shared {
             poison_cause: Mutex::new(None),
             closed: AtomicBool::new(false),
             syncs_done: std::sync::atomic::AtomicU64::new(0),
-            durable_position: Mutex::new(0),
+            durable_position: Mutex::new(Watermarks::default()),
             durable_moved: std::sync::Condvar::new(),
             writer_lock: Mutex::new(None),
             private_copy: None,
@@ -313,14 +326,36 @@ impl Shared {
         }
     }
 
-    /// Moves the durable watermark up to `position` (never down) and wakes its waiters.
+    /// Moves the durable watermark up to `position` (never down) and wakes its waiters: a
+    /// group acknowledged. On the sled layout that is also the synced watermark (what
+    /// followers derive goes into the same sled log after the events, and sled recovers a
+    /// prefix); on the segment log [`Shared::mark_synced`] moves that one.
     fn mark_durable(&self, position: u64) {
-        let mut durable = self
+        let mut marks = self
             .durable_position
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if position > *durable {
-            *durable = position;
+        let moved =
+            position > marks.acknowledged || (self.log.is_none() && position > marks.synced);
+        marks.acknowledged = marks.acknowledged.max(position);
+        if self.log.is_none() {
+            marks.synced = marks.synced.max(position);
+        }
+        if moved {
+            self.durable_moved.notify_all();
+        }
+    }
+
+    /// Moves both watermarks up to `position`: every group up to it is on stable storage (the
+    /// syncer, after its `fdatasync`; an open, for what survived).
+    fn mark_synced(&self, position: u64) {
+        let mut marks = self
+            .durable_position
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if position > marks.acknowledged || position > marks.synced {
+            marks.acknowledged = marks.acknowledged.max(position);
+            marks.synced = marks.synced.max(position);
             self.durable_moved.notify_all();
         }
     }
@@ -861,7 +896,7 @@ impl JournalWriter {
         }
         *shared.writer_lock.lock().unwrap_or_else(|e| e.into_inner()) = writer_lock;
         // What sled recovered at open is what survived: the watermark starts there.
-        shared.mark_durable(next_global - 1);
+        shared.mark_synced(next_global - 1);
         let (tx, rx) = mpsc::channel();
         let committer = Committer::new(shared.clone(), db, data_file, config, next_global);
         let handle = std::thread::Builder::new()
@@ -1373,7 +1408,7 @@ impl Journal {
         Arc::get_mut(&mut shared)
             .expect("a new journal has one handle")
             .private_copy = private_copy;
-        shared.mark_durable(last);
+        shared.mark_synced(last);
         Ok(Journal { shared })
     }
 
@@ -2368,36 +2403,47 @@ impl Journal {
     }
 
     /// The durable watermark: the highest global position such that it and every position
-    /// below it are acknowledged and on stable storage (after flush + fdatasync in durable
-    /// mode; in buffered mode after the log's fdatasync on the segment log, and after the
-    /// batch was applied on the sled layout, whose prefix recovery keeps what followers
-    /// derive no further than the events). A crash never takes back an event at or below
-    /// it, except on a buffered sled layout, where it takes back what follows with it.
+    /// below it are acknowledged (after flush + fdatasync in durable mode; after the batch
+    /// was applied in buffered mode). A crash never takes back an event at or below it in
+    /// durable mode. Followers stop at [`Journal::synced_position`].
     pub fn durable_position(&self) -> u64 {
-        *self
-            .shared
+        self.shared
             .durable_position
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .acknowledged
     }
 
-    /// Waits until the durable watermark is above `after`, at most `timeout`; returns the
-    /// watermark. Also returns early when [`Journal::wake_durable_waiters`] is called.
-    pub(crate) fn wait_durable(&self, after: u64, timeout: std::time::Duration) -> u64 {
+    /// The synced watermark: every position at or below it is on stable storage (on the
+    /// sled layout in buffered mode: applied, and as safe as the events for what is derived
+    /// from them). What the followers (the topic indexer, the tree maintainer) and the
+    /// snapshot writer stop at. Equal to [`Journal::durable_position`] but in buffered mode
+    /// on the segment log, where it trails it by a sync.
+    pub fn synced_position(&self) -> u64 {
+        self.shared
+            .durable_position
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .synced
+    }
+
+    /// Waits until the synced watermark is above `after`, at most `timeout`; returns it.
+    /// Also returns early when [`Journal::wake_durable_waiters`] is called.
+    pub(crate) fn wait_synced(&self, after: u64, timeout: std::time::Duration) -> u64 {
         let guard = self
             .shared
             .durable_position
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if *guard > after {
-            return *guard;
+        if guard.synced > after {
+            return guard.synced;
         }
         let (guard, _) = self
             .shared
             .durable_moved
             .wait_timeout(guard, timeout)
             .unwrap_or_else(|e| e.into_inner());
-        *guard
+        guard.synced
     }
 
     /// Wakes every [`Journal::wait_durable`] caller (for a stop flag to be seen).

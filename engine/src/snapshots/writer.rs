@@ -14,12 +14,12 @@ pub(crate) struct SnapshotJob {
     pub stream: StreamId,
     pub sequence: u64,
     /// The global position of the snapshot's last event: it is written only once the
-    /// durable watermark covers it.
+    /// synced watermark covers it.
     pub last_position: u64,
     pub encode: Box<dyn FnOnce() -> Vec<u8> + Send>,
 }
 
-/// How long a snapshot waits for the durable watermark to cover its last event before it is
+/// How long a snapshot waits for the synced watermark to cover its last event before it is
 /// skipped (a journal that stopped syncing; the next one is taken again).
 const SNAPSHOT_DURABLE_WAIT_MS_MAX: u64 = 10_000;
 
@@ -43,16 +43,16 @@ impl Snapshotter {
                 // review, 2026-11-28). In durable mode the watermark covers it already.
                 let deadline = std::time::Instant::now()
                     + std::time::Duration::from_millis(SNAPSHOT_DURABLE_WAIT_MS_MAX);
-                while journal.durable_position() < job.last_position {
+                while journal.synced_position() < job.last_position {
                     if std::time::Instant::now() >= deadline || journal.is_poisoned() {
                         break;
                     }
-                    journal.wait_durable(
+                    journal.wait_synced(
                         job.last_position - 1,
                         std::time::Duration::from_millis(50),
                     );
                 }
-                if journal.durable_position() < job.last_position {
+                if journal.synced_position() < job.last_position {
                     tracing::debug!(stream = %job.stream, sequence = job.sequence, "snapshot skipped: its events are not durable yet");
                     continue;
                 }
