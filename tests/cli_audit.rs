@@ -585,7 +585,8 @@ fn a_type_the_binary_does_not_know_is_reported_unknown_and_still_checked() {
 /// Mistakes an auditor can make are refused, exit 2, and lose nothing: `keygen KEY` writes
 /// KEY.pub (appended, as documented, whatever KEY's extension) and never a secret beside an
 /// existing public key; `verify` scoped to a type, id or positions the store does not hold
-/// is not "clean"; `verify --proof-out` never writes over an existing file (the digest).
+/// is not "clean", nor is `history` of a type that nothing knows, or of a time range that ends
+/// before it begins; `verify --proof-out` never writes over an existing file (the digest).
 #[test]
 fn auditor_mistakes_are_refused_and_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -628,6 +629,28 @@ fn auditor_mistakes_are_refused_and_lose_nothing() {
         0,
     );
     assert!(out.contains("result: clean"), "{out}");
+
+    common::cli::expect_exit(
+        &["history", "--data", p(&store), "--type", "ProdctStock"],
+        2,
+    );
+    let listed = expect_stdout(
+        &["history", "--data", p(&store), "--type", "productstock"],
+        0,
+    );
+    assert!(listed.contains("ProductStock/"), "{listed}");
+    common::cli::expect_exit(
+        &[
+            "history",
+            "--data",
+            p(&store),
+            "--from",
+            "2030-01-01T00:00:00Z",
+            "--to",
+            "2020-01-01T00:00:00Z",
+        ],
+        2,
+    );
 
     let digest = t.join("digest.json");
     digest_to(&store, &digest, &[]);

@@ -1296,7 +1296,11 @@ fn observe(
     if already_seen(saga, o) {
         return Ok(vec![]);
     }
-    let is_new_source = !saga.seen.contains_key(&source_key(&o.source));
+    // A rejection report comes from the saga's own stream and is remembered by its step,
+    // not its source: it never counts against the bound (a 100-line order, its payment
+    // seen, refused every report with `TooManySources`; found by review, 2026-11-28).
+    let is_new_source = !matches!(o.fact, Fact::CommandRejected { .. })
+        && !saga.seen.contains_key(&source_key(&o.source));
     if is_new_source && saga.seen.len() >= SOURCES_MAX {
         return Err(OrderSagaError::TooManySources {
             sources: saga.seen.len() + 1,

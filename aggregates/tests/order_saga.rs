@@ -641,3 +641,30 @@ fn a_refused_release_of_a_line_whose_reserve_was_refused_leaves_it_rejected() {
         Some(CancelReason::CustomerRequest)
     );
 }
+
+/// An order of the most lines the saga takes (every line's stock, the order and the
+/// payment: `SOURCES_MAX` sources) still hears a refused command: a rejection report comes
+/// from the saga's own stream, which is no new source. Fails when the report counts as one
+/// (it was refused with `TooManySources`, and the payment then waited forever).
+#[test]
+fn a_saga_of_the_most_lines_still_hears_a_refused_command() {
+    let products: Vec<String> = (0..evershard_aggregates::order::ORDER_LINES_MAX)
+        .map(|i| format!("sku-{i}"))
+        .collect();
+    let lines: Vec<(&str, i64)> = products.iter().map(|p| (p.as_str(), 1)).collect();
+    let mut sim = Sim::started(&lines);
+    for product in &products {
+        sim.reserved(product);
+    }
+    sim.payment(Fact::PaymentFailed {
+        payment_id: payment_id_for(ORDER),
+        attempt: 1,
+        blocked: false,
+        reason: "declined".into(),
+    });
+    assert_eq!(sim.state().seen.len(), SOURCES_MAX);
+    sim.now = t0() + Duration::milliseconds(PAYMENT_RETRY_DELAY_MS);
+    assert_eq!(steps(&sim.run(Tick)), ["payment:2"]);
+    let refused = sim.rejected("payment:2", "the gateway is down");
+    assert!(!refused.is_empty(), "the refusal changed nothing");
+}

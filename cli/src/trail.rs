@@ -90,20 +90,34 @@ pub fn history_all(
     let journal = open_read_only(dir)?;
     let storage = |e| CliError::storage(dir, e);
     let filter = Filter::of(args);
-    // A type the build does not know can still be asked for, by its stored name.
-    let type_filter = args.type_filter.as_deref().map(|t| {
-        crate::registry::resolve(t)
-            .map(str::to_owned)
-            .unwrap_or(t.to_owned())
+    if let (Some(from), Some(to)) = (filter.from, filter.to) {
+        if from > to {
+            return Err(CliError::InvalidArgument(format!(
+                "--from {} is after --to {}",
+                from.to_rfc3339(),
+                to.to_rfc3339()
+            )));
+        }
+    }
+    // A type the build does not know can still be asked for, by its stored name (resolved
+    // against this binary's registry, which may hold its own types).
+    // `(name, unknown)`: the stored name when this build knows the type, else the name as
+    // typed (with the error to give if the store holds no such type either).
+    let type_filter = args.type_filter.as_deref().map(|t| match reg.resolve(t) {
+        Ok(known) => (known.to_owned(), None),
+        Err(unknown) => (t.to_owned(), Some(Box::new(unknown))),
     });
+    let mut type_seen = false;
     for entry in journal.read_global(1) {
         let (_position, stream, sequence) = entry.map_err(storage)?;
-        if type_filter
-            .as_deref()
-            .is_some_and(|t| t != stream.aggregate_type)
-        {
+        let wanted = match &type_filter {
+            None => true,
+            Some((t, _)) => *t == stream.aggregate_type,
+        };
+        if !wanted {
             continue;
         }
+        type_seen = true;
         let corrupt = |cause: Corruption| {
             storage(StorageError::Corrupt {
                 stream: Some(stream.clone()),
@@ -170,6 +184,12 @@ pub fn history_all(
         }
     }
     out.flush()?;
+    // A type neither this build nor the store knows is a typo, not an empty history.
+    if let Some((_, Some(unknown))) = type_filter {
+        if !type_seen {
+            return Err(*unknown);
+        }
+    }
     Ok(Outcome::Clean)
 }
 

@@ -388,8 +388,11 @@ async fn shutdown_twice_and_concurrently_gets_one_outcome() {
 async fn an_engine_dropped_without_shutdown_releases_the_store() {
     let dir = tempfile::tempdir().unwrap();
     {
+        // An hour between timer passes: the scheduler must not keep the engine alive for it
+        // (it held the engine across its wait, so the store stayed locked that long).
         let engine = Engine::builder(dir.path())
             .register::<Counter>()
+            .timer_poll_ms(3_600_000)
             .open()
             .await
             .unwrap();

@@ -707,3 +707,41 @@ fn a_long_sealed_replay_opens_ahead_of_the_fold_and_reports_what_a_short_one_doe
         other => panic!("expected record 300 named, got {other:?}"),
     }
 }
+
+/// A handler's dead letter of an encrypted event holds a reference to the event, not its
+/// decrypted value: stored in plain under the dead-letter stream (and published on the
+/// dead-letter topic), the value would outlive the erasure of its subject. Fails when the
+/// dead letter copies the decrypted message value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_of_an_encrypted_event_keeps_no_plaintext() {
+    use evershard_engine::{HandlerError, Message};
+    let (_dir, store, keys) = setup();
+    let engine = open(&store, &keys).await;
+    let handler =
+        |_m: Message| async move { Err(HandlerError::Validation("refused on purpose".into())) };
+    let sub = engine.subscribe("h", "test.counters", handler).unwrap();
+    engine
+        .execute::<Counter>("alice", CounterCommand::Add(987_654_321))
+        .await
+        .unwrap();
+    let mut polls = 0;
+    while sub.dead_lettered() < 1 {
+        polls += 1;
+        assert!(polls < 6_000, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let letters = StreamId::new("evershard.DeadLetter", "alice");
+    let records: Vec<_> = engine
+        .journal()
+        .read_stream(&letters, 1, u64::MAX)
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(records.len(), 1);
+    assert!(
+        !contains(&records[0].payload, b"987654321"),
+        "the plaintext amount"
+    );
+    assert!(contains(&records[0].payload, b"redacted"));
+    sub.stop().await.unwrap();
+    engine.shutdown().await.unwrap();
+}

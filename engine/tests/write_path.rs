@@ -398,6 +398,35 @@ fn timer_writes_held_in_memory_come_back_after_a_crash() {
         "sled holds every timer write: this test would not see a missing re-application"
     );
     check(&read_only, "a reader");
+    // The copy is the reader's alone, as the store is its owner's (docs/security.md).
+    let mine = format!("evershard-read-{}-", std::process::id());
+    let copies: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&mine))
+        .collect();
+    assert!(!copies.is_empty(), "the private copy under the temp dir");
+    for copy in copies {
+        use std::os::unix::fs::PermissionsExt;
+        let mut paths = vec![copy.path()];
+        while let Some(path) = paths.pop() {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue; // another test's copy, removed meanwhile
+            };
+            let want = if meta.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(
+                meta.permissions().mode() & 0o777,
+                want,
+                "{}",
+                path.display()
+            );
+            if meta.is_dir() {
+                if let Ok(entries) = std::fs::read_dir(&path) {
+                    paths.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()));
+                }
+            }
+        }
+    }
     drop(read_only);
     let journal = JournalWriter::open(dir.path(), config(WritePath::Log)).unwrap();
     check(&journal, "a writer");

@@ -525,7 +525,8 @@ fn copy_store(dir: &Path) -> std::io::Result<PathBuf> {
         COPIES.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        std::fs::create_dir(&copy)?;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new().mode(0o700).create(&copy)?;
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let kind = entry.file_type()?;
@@ -535,7 +536,7 @@ fn copy_store(dir: &Path) -> std::io::Result<PathBuf> {
             } else if kind.is_dir()
                 && (entry.file_name() == "blobs" || entry.file_name() == logstore::LOG_DIR)
             {
-                std::fs::create_dir(&to)?;
+                std::fs::DirBuilder::new().mode(0o700).create(&to)?;
                 for blob in std::fs::read_dir(entry.path())? {
                     let blob = blob?;
                     std::fs::copy(blob.path(), to.join(blob.file_name()))?;
@@ -543,12 +544,13 @@ fn copy_store(dir: &Path) -> std::io::Result<PathBuf> {
             }
         }
         // The copy is sled's to write (its recovery does): make it ours to write even when
-        // the original's files are read-only.
+        // the original's files are read-only, and ours alone, as the store is (0700 and
+        // 0600, docs/security.md): `set_readonly(false)` made it writable by everyone, and
+        // readable by everyone under the temp dir (found by review, 2026-11-28).
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o700))?;
         for entry in walk(&copy)? {
-            let mut permissions = std::fs::metadata(&entry)?.permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            permissions.set_readonly(false);
-            std::fs::set_permissions(&entry, permissions)?;
+            let mode = if entry.is_dir() { 0o700 } else { 0o600 };
+            std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode))?;
         }
         Ok(())
     })();
@@ -1128,11 +1130,15 @@ impl JournalWriter {
     }
 
     /// Re-wraps every data key under the provider's current master key, durably; returns
-    /// how many it re-wrapped. Passes repeat (at most 3) until one finds nothing left, so a
-    /// key first written during a pass is re-wrapped too.
+    /// how many it re-wrapped. Passes repeat (at most 4) until one finds nothing left after
+    /// a sync, so a key first written during a pass is re-wrapped too: a key whose first
+    /// group had taken its entry (wrapped under the old master) before the pass, and was not
+    /// in sled yet, reaches sled with the sync (without it, a pass that found nothing
+    /// returned, and that key stayed under the old master; found by review, 2026-11-28).
     pub(crate) fn rewrap_data_keys(&self) -> Result<usize, StorageError> {
         let mut total = 0;
-        for _ in 0..3 {
+        let mut synced_since_pass = false;
+        for _ in 0..4 {
             let db = self.shared.db()?;
             let (writes, count) = self
                 .shared
@@ -1148,8 +1154,15 @@ impl JournalWriter {
                     keyring::KeyLookup::Erased => unreachable!("rewrap skips erased keys"),
                 })?;
             if count == 0 {
-                break;
+                if synced_since_pass {
+                    break;
+                }
+                drop(db);
+                self.sync()?;
+                synced_since_pass = true;
+                continue;
             }
+            synced_since_pass = false;
             self.apply_key_writes(writes)?;
             total += count;
         }

@@ -306,6 +306,26 @@ pub(crate) async fn dead_letter(
     message: &Message,
     letter: &DeadLetter,
 ) -> Result<(), TopicError> {
+    // An encrypted event's dead letter keeps where the event is, not its value: stored in
+    // plain under the dead-letter stream, a decrypted value would outlive the erasure of its
+    // subject (and be published in clear on the dead-letter topic; found by review,
+    // 2026-11-28). The event itself, and its key, are one read away for a handler with
+    // access, as long as its subject is not forgotten.
+    let redacted;
+    let letter = match encrypted_original(writer, message)? {
+        true => {
+            redacted = DeadLetter {
+                value_json: serde_json::json!({
+                    "redacted": "the event is encrypted at rest: read it from the journal",
+                    "eventId": message.event_id.to_string(),
+                })
+                .to_string(),
+                ..letter.clone()
+            };
+            &redacted
+        }
+        false => letter,
+    };
     let stream = StreamId::new(DEAD_LETTER_TYPE, message.key().to_owned());
     let correlation_id = message
         .header("correlation_id")
@@ -344,4 +364,27 @@ pub(crate) async fn dead_letter(
         expected: 0,
         actual: 0,
     }))
+}
+
+/// Whether the event a message was rendered from is encrypted at rest (found by its
+/// aggregate type, key and sequence headers; a message without them is not an event's).
+fn encrypted_original(
+    writer: &crate::journal::JournalWriter,
+    message: &Message,
+) -> Result<bool, TopicError> {
+    let (Some(aggregate_type), Some(sequence)) = (
+        message.header("aggregate_type"),
+        message
+            .header("sequence")
+            .and_then(|s| s.parse::<u64>().ok()),
+    ) else {
+        return Ok(false);
+    };
+    let stream = StreamId::new(aggregate_type, message.key());
+    let Some(bytes) = writer.record_bytes(&stream, sequence)? else {
+        return Ok(false);
+    };
+    Ok(crate::journal::Record::decode(&bytes)
+        .map(|r| r.at_rest.is_encrypted())
+        .unwrap_or(false))
 }
