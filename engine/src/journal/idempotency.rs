@@ -670,15 +670,19 @@ mod tests {
         writer.close().unwrap();
     }
 
+    fn durable_on_the_log() -> super::super::JournalConfig {
+        super::super::JournalConfig {
+            durability: super::super::Durability::Durable,
+            write_path: super::super::WritePath::Log,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn on_the_segment_log_sled_holds_keys_and_a_frame_address_and_a_stale_address_is_no_record() {
-        use super::super::{AppendRequest, Durability, JournalConfig, JournalWriter, WritePath};
+        use super::super::{AppendRequest, JournalWriter};
         let dir = tempfile::tempdir().unwrap();
-        let config = JournalConfig {
-            durability: Durability::Durable,
-            write_path: WritePath::Log,
-            ..JournalConfig::default()
-        };
+        let config = durable_on_the_log();
         let writer = JournalWriter::open(dir.path(), config.clone()).unwrap();
         let stream = StreamId::new("T", "a");
         let mut request = AppendRequest::new(stream.clone(), 0, Vec::new());
@@ -791,13 +795,9 @@ mod tests {
     fn an_entry_whose_frame_a_crash_took_is_removed_at_open_and_hides_no_valid_record() {
         // Recorded at 10 and acknowledged. The power cut took a frame that recorded the key
         // at 20 (before the clock stepped back), but sled kept that frame's entry.
-        use super::super::{AppendRequest, Durability, JournalConfig, JournalWriter, WritePath};
+        use super::super::{AppendRequest, JournalWriter};
         let dir = tempfile::tempdir().unwrap();
-        let config = JournalConfig {
-            durability: Durability::Durable,
-            write_path: WritePath::Log,
-            ..JournalConfig::default()
-        };
+        let config = durable_on_the_log();
         let writer = JournalWriter::open(dir.path(), config.clone()).unwrap();
         let mut request = AppendRequest::new(StreamId::new("T", "a"), 0, Vec::new());
         request.extra_writes = recorded(1, 10);

@@ -124,6 +124,22 @@ impl Drop for Mounted {
     }
 }
 
+/// For a test that needs FUSE: true when it can be mounted; otherwise prints why and
+/// returns false (the test skips), unless `EVERSHARD_REQUIRE_FUSE=1` (as CI sets) makes
+/// that a panic. `what` names the test that did not run.
+pub fn fuse_or_skip(what: &str) -> bool {
+    match fuse_usable() {
+        Ok(()) => true,
+        Err(why) if std::env::var("EVERSHARD_REQUIRE_FUSE").as_deref() == Ok("1") => {
+            panic!("FUSE is required (EVERSHARD_REQUIRE_FUSE=1) but unusable: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED: FUSE is not usable here ({why}); {what} did not run");
+            false
+        }
+    }
+}
+
 /// Whether this machine can mount a FUSE filesystem here: `/dev/fuse` opens and a mount
 /// (as root directly, otherwise through `fusermount3`) succeeds. `Err` says why not.
 pub fn fuse_usable() -> Result<(), String> {

@@ -3,29 +3,16 @@
 //! `flock` excludes a second holder as on a disk. Skips, with a printed reason, where FUSE
 //! cannot be mounted (unless `EVERSHARD_REQUIRE_FUSE=1`, as CI sets, makes that a failure).
 
-use evershard_lossyfs::{fuse_usable, LossyFs, TornWrites};
+use evershard_lossyfs::{fuse_or_skip, LossyFs, TornWrites};
 // flock(2), as sled takes it on its `db` file.
 use fs2::FileExt as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 
-fn fuse_or_skip() -> bool {
-    match fuse_usable() {
-        Ok(()) => true,
-        Err(why) if std::env::var("EVERSHARD_REQUIRE_FUSE").as_deref() == Ok("1") => {
-            panic!("FUSE is required (EVERSHARD_REQUIRE_FUSE=1) but unusable: {why}")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED: FUSE is not usable here ({why})");
-            false
-        }
-    }
-}
-
 #[test]
 fn only_synced_content_and_names_survive_a_power_cut() {
-    if !fuse_or_skip() {
+    if !fuse_or_skip("the filesystem test") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -69,7 +56,7 @@ fn only_synced_content_and_names_survive_a_power_cut() {
 
 #[test]
 fn flock_excludes_a_second_holder() {
-    if !fuse_or_skip() {
+    if !fuse_or_skip("the filesystem test") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -65,7 +65,7 @@ use evershard_engine::{
     repository, CommandError, Durability, Engine, Journal, ManualClock, StreamId,
 };
 use evershard_lossyfs::model::SplitMix64;
-use evershard_lossyfs::{fuse_usable, LossyFs, TornWrites};
+use evershard_lossyfs::{fuse_or_skip, LossyFs, TornWrites};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
@@ -590,19 +590,6 @@ impl TrialReport {
             self.offsets_checked,
             self.blob_files_seen
         )
-    }
-}
-
-fn fuse_or_skip() -> bool {
-    match fuse_usable() {
-        Ok(()) => true,
-        Err(why) if std::env::var("EVERSHARD_REQUIRE_FUSE").as_deref() == Ok("1") => {
-            panic!("FUSE is required (EVERSHARD_REQUIRE_FUSE=1) but unusable: {why}")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED: FUSE is not usable here ({why}); the power-loss test did not run");
-            false
-        }
     }
 }
 
@@ -1285,7 +1272,7 @@ fn print_losses(seed: u64, report: &TrialReport) {
 
 #[test]
 fn power_loss_loses_nothing_acknowledged() {
-    if !fuse_or_skip() {
+    if !fuse_or_skip("the power-loss test") {
         return;
     }
     let base = base_seed();
@@ -1319,7 +1306,7 @@ fn power_loss_loses_nothing_acknowledged() {
 
 /// Runs trials with `skip_sync` until one detects a loss; fails if none does.
 fn mutation_is_detected(skip_sync: &str) {
-    if !fuse_or_skip() {
+    if !fuse_or_skip("the power-loss test") {
         return;
     }
     let base = base_seed() ^ 0xdead;
@@ -1514,7 +1501,7 @@ fn the_checks_see_each_kind_of_loss() {
 #[test]
 #[ignore = "soak: cargo test --release -p evershard-lossyfs -- --ignored soak (EVERSHARD_SOAK_MINUTES)"]
 fn soak_power_loss() {
-    if !fuse_or_skip() {
+    if !fuse_or_skip("the power-loss test") {
         return;
     }
     let minutes: u64 = std::env::var("EVERSHARD_SOAK_MINUTES")

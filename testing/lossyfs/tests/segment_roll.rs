@@ -7,23 +7,10 @@
 //! `EVERSHARD_REQUIRE_FUSE=1`, as CI sets).
 
 use evershard_engine::seglog::{Frame, FrameRecord, SegmentLog};
-use evershard_lossyfs::{fuse_usable, LossyFs, TornWrites};
+use evershard_lossyfs::{fuse_or_skip, LossyFs, TornWrites};
 
 /// Small segments, so that the third frame starts a second one.
 const SEGMENT_BYTES: u64 = 4096;
-
-fn fuse_or_skip() -> bool {
-    match fuse_usable() {
-        Ok(()) => true,
-        Err(why) if std::env::var("EVERSHARD_REQUIRE_FUSE").as_deref() == Ok("1") => {
-            panic!("FUSE is required (EVERSHARD_REQUIRE_FUSE=1) but unusable: {why}")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED: FUSE is not usable here ({why})");
-            false
-        }
-    }
-}
 
 /// One record of `bytes` bytes at `position`.
 fn frame(position: u64, bytes: usize) -> Frame {
@@ -39,7 +26,7 @@ fn frame(position: u64, bytes: usize) -> Frame {
 
 #[test]
 fn a_segment_roll_during_a_taken_sync_keeps_the_frames_before_it() {
-    if !fuse_or_skip() {
+    if !fuse_or_skip("the segment roll test") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
