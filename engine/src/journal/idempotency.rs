@@ -670,6 +670,16 @@ mod tests {
         writer.close().unwrap();
     }
 
+    fn log_end(writer: &super::super::JournalWriter) -> u64 {
+        writer
+            .shared
+            .log
+            .as_ref()
+            .expect("a store on the segment log")
+            .read_log()
+            .end_of_frames()
+    }
+
     fn durable_on_the_log() -> super::super::JournalConfig {
         super::super::JournalConfig {
             durability: super::super::Durability::Durable,
@@ -711,13 +721,7 @@ mod tests {
         let mut other = AppendRequest::new(stream.clone(), 0, Vec::new());
         other.extra_writes = recorded(9, 12);
         writer.append_blocking(other).unwrap();
-        let end = writer
-            .shared
-            .log
-            .as_ref()
-            .unwrap()
-            .read_log()
-            .end_of_frames();
+        let end = log_end(&writer);
         let later = keys::parse_idempotency_pointer_entry(
             &db.scan_prefix([keys::IDEMPOTENCY_BY_TIME])
                 .map(|e| e.unwrap().1)
@@ -803,13 +807,7 @@ mod tests {
         request.extra_writes = recorded(1, 10);
         writer.append_blocking(request).unwrap();
         let db = writer.shared.db().unwrap();
-        let end = writer
-            .shared
-            .log
-            .as_ref()
-            .unwrap()
-            .read_log()
-            .end_of_frames();
+        let end = log_end(&writer);
         let records = [(i_key("T", 1), record(20).encode())];
         let pairs: Vec<(&[u8], &[u8])> = records.iter().map(|(k, r)| (&k[..], &r[..])).collect();
         let (key, full) = keys::idempotency_records_entry(&pairs);
