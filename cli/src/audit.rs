@@ -136,7 +136,8 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> Result<Outcome, CliError>
             // The digest covered events the store no longer holds: the store changed (exit
             // 1, as docs/audit.md says), not a mistake of the caller's.
             AuditError::BeyondStore { size, store_size } => CliError::ProofRefused(format!(
-                "the digest covers {size} events and the store holds {store_size}: the store                  lost events since the digest was taken (run `evershard verify --digest`)"
+                "the digest covers {size} events and the store holds {store_size}: the store \
+                 lost events since the digest was taken (run `evershard verify --digest`)"
             )),
             other => audit_error(dir, other),
         })?;

@@ -200,6 +200,7 @@ struct Watermarks {
     /// cut (found by review, 2026-11-28).
     synced: u64,
 }
+
 /// The data key a reader opened the last sealed record with, and the keyring's erasure
 /// epoch when it was looked up (see `Journal::visit_stream`).
 struct Opener {

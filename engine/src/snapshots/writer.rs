@@ -21,7 +21,7 @@ pub(crate) struct SnapshotJob {
 
 /// How long a snapshot waits for the synced watermark to cover its last event before it is
 /// skipped (a journal that stopped syncing; the next one is taken again).
-const SNAPSHOT_DURABLE_WAIT_MS_MAX: u64 = 10_000;
+const SNAPSHOT_SYNCED_WAIT_MS_MAX: u64 = 10_000;
 
 #[derive(Debug)]
 pub(crate) struct Snapshotter {
@@ -34,15 +34,13 @@ impl Snapshotter {
         let (tx, rx) = sync_channel::<SnapshotJob>(SNAPSHOT_QUEUE_JOBS_MAX);
         let thread = std::thread::Builder::new().name("evershard-snapshots".into()).spawn(move || {
             for job in rx {
-                // A panic while encoding or storing (a bug, or a failpoint) loses this
-                // snapshot only: the thread goes on with the next one.
                 // Never a snapshot of events a crash could still take: in buffered mode an
                 // entity hands it over at acknowledgement, before the segment log's sync, and
                 // sled may keep it while a power cut takes the events; later events at the
                 // same sequences would then recover from the lost history's state (found by
                 // review, 2026-11-28). In durable mode the watermark covers it already.
                 let deadline = std::time::Instant::now()
-                    + std::time::Duration::from_millis(SNAPSHOT_DURABLE_WAIT_MS_MAX);
+                    + std::time::Duration::from_millis(SNAPSHOT_SYNCED_WAIT_MS_MAX);
                 while journal.synced_position() < job.last_position {
                     if std::time::Instant::now() >= deadline || journal.is_poisoned() {
                         break;
@@ -56,6 +54,8 @@ impl Snapshotter {
                     tracing::debug!(stream = %job.stream, sequence = job.sequence, "snapshot skipped: its events are not durable yet");
                     continue;
                 }
+                // A panic while encoding or storing (a bug, or a failpoint) loses this
+                // snapshot only: the thread goes on with the next one.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let bytes = (job.encode)();
                     journal
