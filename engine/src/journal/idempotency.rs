@@ -95,13 +95,16 @@ impl IdempotencyIndex {
         let mut lost = Vec::new();
         for entry in db.scan_prefix([keys::IDEMPOTENCY_BY_TIME]) {
             let (key, value) = entry?;
-            let past_the_log = frames_end.is_some_and(|end| {
-                keys::parse_idempotency_pointer_entry(&value)
-                    .is_some_and(|(address, _)| address >= end)
-            });
-            if past_the_log {
-                lost.push(key);
-            } else if let Some(i_keys) = keys::idempotency_entry_keys(&value) {
+            // A format-3 entry is parsed once, for its address and its keys.
+            let i_keys = match keys::parse_idempotency_pointer_entry(&value) {
+                Some((address, _)) if frames_end.is_some_and(|end| address >= end) => {
+                    lost.push(key);
+                    continue;
+                }
+                Some((_, i_keys)) => Some(i_keys),
+                None => keys::idempotency_entry_keys(&value),
+            };
+            if let Some(i_keys) = i_keys {
                 index.add_group(&key, i_keys.iter().map(|k| &k[..]));
             }
         }

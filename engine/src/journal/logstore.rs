@@ -87,8 +87,15 @@ pub(super) fn writes_pending(dir: &Path, db: &sled::Db) -> Result<bool, StorageE
     Ok(log.end_of_frames() > writes_from.min(timers_from))
 }
 
-/// The writes cursor and the timers cursor (see `timers_cursor_key`) as stored.
+/// The writes cursor and the timers cursor (see `timers_cursor_key`), an absent timers
+/// cursor read as the writes cursor.
 fn stored_cursors(db: &sled::Db) -> Result<(u64, u64), StorageError> {
+    let (writes, timers) = stored_cursor_keys(db)?;
+    Ok((writes, timers.unwrap_or(writes)))
+}
+
+/// The writes cursor (0 when absent) and the timers cursor, as stored.
+fn stored_cursor_keys(db: &sled::Db) -> Result<(u64, Option<u64>), StorageError> {
     let cursor = |key: Vec<u8>, keyspace: &'static str| -> Result<Option<u64>, StorageError> {
         match db.get(key)? {
             Some(v) => Ok(Some(u64::from_le_bytes(v.as_ref().try_into().map_err(
@@ -98,7 +105,7 @@ fn stored_cursors(db: &sled::Db) -> Result<(u64, u64), StorageError> {
         }
     };
     let writes = cursor(writes_cursor_key(), "log writes cursor")?.unwrap_or(0);
-    let timers = cursor(timers_cursor_key(), "log timers cursor")?.unwrap_or(writes);
+    let timers = cursor(timers_cursor_key(), "log timers cursor")?;
     Ok((writes, timers))
 }
 
@@ -264,7 +271,8 @@ impl LogParts {
         // which ends where applying every frame would (see `deferred`). A frame counts as
         // held by sled when it ends at or before a cursor, so that a cursor inside a frame
         // (see `frames_from_address`) re-applies that frame whole.
-        let (writes_from, timers_from) = stored_cursors(db)?;
+        let (writes_from, timers_stored) = stored_cursor_keys(db)?;
+        let timers_from = timers_stored.unwrap_or(writes_from);
         let from = writes_from.min(timers_from);
         let mut batch = sled::Batch::default();
         let mut end = None;
@@ -283,7 +291,7 @@ impl LogParts {
             end = Some(next);
         }
         // Every frame's writes are in sled now: no timers cursor means "at the writes cursor".
-        let timers_cursor_stored = db.contains_key(timers_cursor_key())?;
+        let timers_cursor_stored = timers_stored.is_some();
         if timers_cursor_stored {
             batch.remove(timers_cursor_key());
         }
