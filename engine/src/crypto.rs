@@ -559,6 +559,11 @@ pub struct ErasureReceipt {
     /// The erasure event's global position (a leaf of the Merkle tree).
     pub global_position: u64,
     pub erased_at: chrono::DateTime<chrono::Utc>,
+    /// The segment log's frames no longer hold copies of the subject's name or keys (always
+    /// true on the sled layout, which has no frames). False if scrubbing them failed: the
+    /// erasure holds all the same, and the next writable open scrubs them (see the error
+    /// logged, and docs/security.md).
+    pub log_scrubbed: bool,
 }
 
 /// A snapshot record's bytes sealed for storage: `SNAPSHOT_FORMAT_SEALED | sealed` (sealed

@@ -815,18 +815,26 @@ impl Engine {
         };
         let mut request = crate::journal::AppendRequest::new(stream, 0, vec![event]);
         request.erases = key_ids.clone();
-        request.key_writes = crate::journal::keyring::Keyring::erasure_writes(
-            subject,
-            &key_ids,
-            now.timestamp_micros(),
-        );
+        request.key_writes = journal.erasure_writes(subject, &key_ids, now.timestamp_micros());
         let committed = journal.append(request).await?;
         tracing::info!(%key_id, earlier = earlier_key_ids.len(), who, "data subject forgotten");
+        // The erasure is durable: a failed scrub is retried at the next writable open.
+        let scrubber = journal.clone();
+        let scrub =
+            match tokio::task::spawn_blocking(move || scrubber.scrub_superseded_keys()).await {
+                Ok(result) => result.map(drop).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+        if let Err(error) = &scrub {
+            tracing::error!(%error, "scrubbing the erased keys from the log failed; the next open retries");
+        }
+        let log_scrubbed = scrub.is_ok();
         Ok(crate::crypto::ErasureReceipt {
             key_id,
             earlier_key_ids: earlier_key_ids.to_vec(),
             global_position: committed.records[0].global_position,
             erased_at: now,
+            log_scrubbed,
         })
     }
 

@@ -220,8 +220,8 @@ pub mod seglog {
         stored_head, ChainCheck, LogHead, LogIndex, LogIndexError, HEADS,
     };
     pub use crate::journal::seglog::{
-        Frame, FrameRecord, FrameWrite, OpenReport, SegLogError, SegmentLog, FRAME_BODY_BYTES_MAX,
-        FRAME_HEADER_BYTES, SEGMENT_BYTES, TABLE_EVERY_FRAMES,
+        scrub_frames, Frame, FrameRecord, FrameWrite, OpenReport, ScrubbableFrames, SegLogError,
+        SegmentLog, FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES, SEGMENT_BYTES, TABLE_EVERY_FRAMES,
     };
 }
 
@@ -278,7 +278,7 @@ pub mod keyspace_writes {
 #[cfg(feature = "failpoints")]
 pub mod failpoints {
     pub use crate::journal::failpoint::{
-        ALL, APPLY_BATCH, BLOB_SYNC, COMMIT_OFFSETS, FDATASYNC, FLUSH, IDEMPOTENCY_SWEEP,
+        ALL, APPLY_BATCH, BLOB_SYNC, COMMIT_OFFSETS, FDATASYNC, FLUSH, IDEMPOTENCY_SWEEP, SCRUB,
         SNAPSHOT_WRITE, TOPIC_BATCH, TOPIC_BATCH_CURSOR,
     };
 }

@@ -9,13 +9,15 @@
 //! - topics publish decrypted or redacted payloads per topic, and an erased payload as
 //!   `{"erased":true}`, also one erased before the indexer reached it;
 //! - master key rotation re-wraps the data keys so the old master key can go;
+//! - on the segment log, forgetting scrubs the subject's name and every wrapping of its keys
+//!   from the log's frames, and only those;
 //! - a forget survives SIGKILL at any moment (child-process test, seeded);
 //! - random interleavings of commands, forgets and restarts never expose a forgotten payload
 //!   and never break `verify` (seeded; the seed is printed).
 
 mod common;
 
-use common::{Counter, CounterCommand};
+use common::{log_bytes, occurrences, subject_entry_key, Counter, CounterCommand};
 use evershard_engine::crypto::{FileKeyProvider, KeyError, KeyProvider};
 use evershard_engine::model::DemoRng;
 use evershard_engine::{
@@ -439,6 +441,85 @@ async fn rotation_rewraps_every_data_key_and_the_old_master_key_can_go() {
         );
     }
     engine.shutdown().await.unwrap();
+}
+
+/// The values of the `d | key_id` puts the log's frames carry: `op | key length 17 u32 LE |
+/// d | id | value length u32 LE | value` (seglog's write encoding).
+fn wrapped_key_entries(log: &[u8], key_id: uuid::Uuid) -> Vec<Vec<u8>> {
+    let mut needle = 17u32.to_le_bytes().to_vec();
+    needle.push(b'd');
+    needle.extend_from_slice(key_id.as_bytes());
+    let mut found = Vec::new();
+    for at in
+        (0..log.len().saturating_sub(needle.len())).filter(|&at| log[at..].starts_with(&needle))
+    {
+        let len_at = at + needle.len();
+        let len = u32::from_le_bytes(log[len_at..len_at + 4].try_into().unwrap()) as usize;
+        found.push(log[len_at + 4..len_at + 4 + len].to_vec());
+    }
+    found
+}
+
+/// On the segment log, forgetting a subject scrubs the frames that carried its key entries:
+/// its index entry (its name, in the entry's key) and every wrapping of its data key (the
+/// first seal's and a rotation's) are gone from the log's bytes, the erasure's own removal
+/// of the entry too, while the other subject's entry stays; the store reopens, verifies
+/// clean, and the other subject reads back. On the sled layout there is no log (sled's own
+/// reclaiming of old values is the limit docs/security.md states).
+#[tokio::test]
+async fn forgetting_scrubs_the_subjects_name_and_keys_from_the_log() {
+    let (_dir, store, keys) = setup();
+    let engine = open(&store, &keys).await;
+    for _ in 0..3 {
+        add(&engine, "alice", 1).await;
+        add(&engine, "bob", 2).await;
+    }
+    FileKeyProvider::append_new_key(&keys, "m2").unwrap();
+    assert_eq!(engine.rotate_master_key(provider(&keys)).await.unwrap(), 2);
+    engine.shutdown().await.unwrap();
+    let before = log_bytes(&store);
+
+    let engine = open(&store, &keys).await;
+    let receipt = engine
+        .forget_subject("alice", "dpo@example.org", "GDPR art. 17")
+        .await
+        .unwrap();
+    assert!(receipt.log_scrubbed);
+    add(&engine, "bob", 2).await;
+    engine.shutdown().await.unwrap();
+    if let (Some(before), Some(after)) = (before, log_bytes(&store)) {
+        let (alice, bob) = (subject_entry_key("alice"), subject_entry_key("bob"));
+        assert_eq!(occurrences(&before, &alice), 1, "alice's entry, before");
+        assert_eq!(
+            occurrences(&after, &alice),
+            0,
+            "alice's name left in the log"
+        );
+        assert_eq!(occurrences(&after, &bob), 1, "bob's entry stays");
+        let wrapped = wrapped_key_entries(&before, receipt.key_id);
+        assert_eq!(wrapped.len(), 2, "the first wrapping and the rotation's");
+        for value in &wrapped {
+            assert_eq!(
+                occurrences(&after, value),
+                0,
+                "a wrapping of alice's key left"
+            );
+        }
+        // What is left under her key's id: zeroed values and the erasure's marker.
+        let left = wrapped_key_entries(&after, receipt.key_id);
+        assert_eq!(left.iter().filter(|v| v.iter().all(|&b| b == 0)).count(), 2);
+    }
+
+    let engine = open(&store, &keys).await;
+    assert!(matches!(
+        engine.state::<Counter>("alice").await,
+        Err(CommandError::Erased { .. })
+    ));
+    assert_eq!(engine.state::<Counter>("bob").await.unwrap().0.total, 8);
+    add(&engine, "bob", 2).await;
+    assert!(engine.verify().await.unwrap().is_clean());
+    engine.shutdown().await.unwrap();
+    assert!(Journal::open_read_only(&store).unwrap().verify().is_clean());
 }
 
 const CHILD_ENV: &str = "EVERSHARD_FORGET_CRASH_DIR";

@@ -19,14 +19,16 @@
 //! - a failed consumer offset commit and a failed idempotency sweep (writes of their own,
 //!   outside any command's batch; timers and idempotency keys of a command are in its batch,
 //!   covered by `apply_batch`) answer a typed storage error, poison nothing, and succeed
-//!   when retried once the failure clears.
+//!   when retried once the failure clears;
+//! - a scrub of an erasure's key entries from the segment log cut short part way through a
+//!   write leaves the erasure whole, says so in the receipt, and the next open completes it.
 //!
 //! `fail` keeps one registry per process: each test holds a `FailScenario`, which serialises
 //! the tests of this binary and clears every failpoint when dropped.
 
 mod common;
 
-use common::{Counter, CounterCommand};
+use common::{log_bytes, occurrences, subject_entry_key, Counter, CounterCommand};
 use evershard_engine::failpoints;
 use evershard_engine::{
     AppendError, AppendRequest, CommandError, Durability, Engine, EngineError, Journal,
@@ -475,4 +477,71 @@ async fn failed_offset_commits_and_sweeps_are_typed_and_poison_nothing() {
         .expect("the retried sweep succeeds");
     within("shutdown", engine.shutdown()).await.unwrap();
     scenario.teardown();
+}
+
+/// An erasure whose scrub of the log's frames fails after zeroing one range (the first
+/// write it picked whole, the next one part way: its key zeroed, its value not): the
+/// erasure is done and durable, the receipt says the log was not scrubbed, the subject's
+/// name is still in the log, and the next open scrubs what is left, the torn write
+/// included. Nothing else changes: the other subject reads back and `verify` is clean.
+#[tokio::test]
+async fn a_scrub_cut_short_is_completed_at_the_next_open() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let keys = dir.path().join("master.keys");
+    evershard_engine::crypto::FileKeyProvider::append_new_key(&keys, "m1").unwrap();
+    let open = || async {
+        let provider = evershard_engine::crypto::FileKeyProvider::open(&keys).unwrap();
+        Engine::builder(&store)
+            .register::<Counter>()
+            .sensitive::<Counter>(true)
+            .key_provider(std::sync::Arc::new(provider))
+            .durability(Durability::Durable)
+            .open()
+            .await
+            .unwrap()
+    };
+    let engine = open().await;
+    for id in ["alice", "bob"] {
+        for _ in 0..3 {
+            within(
+                "a command",
+                engine.execute::<Counter>(id, CounterCommand::Add(1)),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    fail::cfg(failpoints::SCRUB, "1*off->return").unwrap();
+    let receipt = within("a forget", engine.forget_subject("alice", "dpo", "test"))
+        .await
+        .unwrap();
+    fail::remove(failpoints::SCRUB);
+    let on_log = log_bytes(&store).is_some();
+    assert_eq!(
+        receipt.log_scrubbed, !on_log,
+        "the sled layout has nothing to scrub"
+    );
+    within("shutdown", engine.shutdown()).await.unwrap();
+    let alice = subject_entry_key("alice");
+    if let Some(log) = log_bytes(&store) {
+        assert!(occurrences(&log, &alice) > 0, "the scrub was cut short");
+    }
+
+    let engine = open().await;
+    within("shutdown", engine.shutdown()).await.unwrap();
+    if let Some(log) = log_bytes(&store) {
+        assert_eq!(occurrences(&log, &alice), 0, "the open completed the scrub");
+        assert_eq!(occurrences(&log, &subject_entry_key("bob")), 1);
+    }
+    let engine = open().await;
+    assert!(matches!(
+        engine.state::<Counter>("alice").await,
+        Err(CommandError::Erased { .. })
+    ));
+    assert_eq!(engine.state::<Counter>("bob").await.unwrap().0.total, 3);
+    assert!(engine.verify().await.unwrap().is_clean());
+    within("shutdown", engine.shutdown()).await.unwrap();
+    drop(scenario);
 }

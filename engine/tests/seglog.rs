@@ -4,10 +4,12 @@
 //! never comes back, while a bad frame anywhere a torn write cannot explain refuses the log,
 //! naming the file and offset; and, under simulated power cuts (every unsynced 512-byte
 //! sector kept, zeroed or garbled at random, seeds printed), that every synced frame survives
-//! and the log reopens as a prefix of what was written.
+//! and the log reopens as a prefix of what was written; and that a scrub zeroes the key
+//! entries it is asked to in place, whole or cut short part way through a key, and leaves a
+//! log that opens with every record and every other write.
 
 use evershard_engine::seglog::{
-    Frame, FrameRecord, FrameWrite, SegLogError, SegmentLog, FRAME_HEADER_BYTES,
+    scrub_frames, Frame, FrameRecord, FrameWrite, SegLogError, SegmentLog, FRAME_HEADER_BYTES,
 };
 use evershard_model::DemoRng;
 use std::os::unix::fs::FileExt;
@@ -36,12 +38,13 @@ fn frame(rng: &mut DemoRng, first_position: u64, max_records: u64, record_bytes_
         .collect();
     let writes = (0..rng.below(3))
         .map(|_| {
-            let key = vec![b't', rng.next_u64() as u8, rng.next_u64() as u8];
+            // Sometimes a key entry (`D`, `d`): scrubbable, its frame format 2.
+            let keyspace = [b't', b't', b'D', b'd'][rng.below(4) as usize];
+            let key = vec![keyspace, rng.next_u64() as u8, rng.next_u64() as u8];
             if rng.below(2) == 0 {
-                FrameWrite::Put {
-                    key,
-                    value: vec![rng.next_u64() as u8; rng.below(40) as usize],
-                }
+                // Never all zeroes: that is how a scrubbed value reads.
+                let value = vec![rng.next_u64() as u8 | 1; 1 + rng.below(40) as usize];
+                FrameWrite::Put { key, value }
             } else {
                 FrameWrite::Remove { key }
             }
@@ -155,6 +158,131 @@ fn frames_and_records_come_back_after_reopen_across_segments() {
         log.record_at(0),
         Err(SegLogError::NotFound { .. })
     ));
+}
+
+/// Scrubbable writes (a data subject's `D` entry, a wrapped data key's `d` entry) make their
+/// frame format 2, whose body CRC leaves their bytes out. A scrub zeroes those the caller
+/// picks in place and syncs them; a scrub torn part way through a key (bytes zeroed by hand
+/// here, as a power cut may leave them) still opens, and a scrub run again completes it and
+/// counts only what it zeroed. The records and the other writes come back as written, and
+/// the segment's bytes no longer hold the scrubbed ones.
+#[test]
+fn a_scrub_zeroes_chosen_key_entries_in_place_and_completes_a_torn_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = DemoRng::new(seed());
+    let mut log = SegmentLog::open(dir.path(), 1 << 20, 0, 1).unwrap().0;
+    let alice_key = b"D\x00\x0dpatient:alice".to_vec();
+    let alice_wrapped: Vec<u8> = (1..=60).collect();
+    let bob_key = b"D\x00\x0bpatient:bob".to_vec();
+    let timer = FrameWrite::Put {
+        key: b"t-timer".to_vec(),
+        value: b"due".to_vec(),
+    };
+    let mut frames = Vec::new();
+    for writes in [
+        vec![
+            FrameWrite::Put {
+                key: alice_key.clone(),
+                value: vec![7; 16],
+            },
+            timer.clone(),
+            FrameWrite::Put {
+                key: [&b"d"[..], &[9; 16]].concat(),
+                value: alice_wrapped.clone(),
+            },
+        ],
+        vec![timer.clone()],
+        vec![FrameWrite::Put {
+            key: bob_key.clone(),
+            value: vec![8; 16],
+        }],
+        vec![FrameWrite::Remove {
+            key: alice_key.clone(),
+        }],
+    ] {
+        let mut f = frame(&mut rng, log.next_position(), 3, 100);
+        f.writes = writes;
+        log.append(&f).unwrap();
+        frames.push(f);
+    }
+    log.sync().unwrap();
+    let segment = segment_files(dir.path()).remove(0);
+    let formats: Vec<u8> = {
+        let bytes = std::fs::read(&segment).unwrap();
+        let mut at = 0;
+        frames
+            .iter()
+            .map(|f| {
+                let format = bytes[at + 4];
+                at += f.encoded_len();
+                format
+            })
+            .collect()
+    };
+    assert_eq!(formats, [2, 1, 2, 2], "key entries make a frame format 2");
+
+    // Torn: the first half of alice's name zeroed, the rest not (a scrub a power cut took
+    // part of). The log opens; the damaged write reads as it is.
+    let bytes = std::fs::read(&segment).unwrap();
+    let at = bytes
+        .windows(alice_key.len())
+        .position(|w| w == alice_key)
+        .unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.write_all_at(&[0; 7], at as u64).unwrap();
+    drop(log);
+    let log = SegmentLog::open(dir.path(), 1 << 20, 0, 1).unwrap().0;
+    let read = all_frames(&log);
+    assert_eq!(read[0].writes.len(), 3);
+    assert_ne!(read[0].writes[0].key(), &alice_key[..]);
+    assert_eq!(read[1..3], frames[1..3]);
+
+    // Scrub everything but bob's entry, in the frames before the last one.
+    let before = log.end_of_frames() - frames[3].encoded_len() as u64;
+    let choose = |w: &FrameWrite| Ok::<_, SegLogError>(w.key() != &bob_key[..]);
+    let scrubbed = scrub_frames(&log.scrubbable_frames(before), choose).unwrap();
+    assert_eq!(scrubbed, 2, "alice's torn entry and her wrapped key");
+    assert_eq!(
+        scrub_frames(&log.scrubbable_frames(before), choose).unwrap(),
+        0
+    );
+    drop(log);
+
+    let log = SegmentLog::open(dir.path(), 1 << 20, 0, 1).unwrap().0;
+    let read = all_frames(&log);
+    assert_eq!(read.len(), frames.len());
+    for (read, written) in read.iter().zip(&frames) {
+        assert_eq!(read.records, written.records, "records are never scrubbed");
+    }
+    assert_eq!(
+        read[0].writes,
+        [timer.clone()],
+        "the scrubbed writes are left out"
+    );
+    assert_eq!(
+        read[1..],
+        frames[1..],
+        "frames after `before` and bob's are untouched"
+    );
+    let count = |needle: &[u8]| {
+        let bytes = std::fs::read(&segment).unwrap();
+        bytes.windows(needle.len()).filter(|w| *w == needle).count()
+    };
+    assert_eq!(
+        count(b"t:alice"),
+        1,
+        "alice's name is left only after `before`"
+    );
+    assert_eq!(count(&alice_wrapped), 0, "her key is gone");
+    assert_eq!(count(&bob_key), 1);
+    // The frame after `before` (an erasure's own removal) is scrubbed once it is behind.
+    let all = scrub_frames(&log.scrubbable_frames(log.end_of_frames()), choose).unwrap();
+    assert_eq!(all, 1);
+    assert!(all_frames(&log)[3].writes.is_empty());
+    assert_eq!(count(b"t:alice"), 0);
 }
 
 #[test]

@@ -28,10 +28,13 @@ pub const TOPIC_BATCH_CURSOR: &str = "journal::topic_batch_cursor";
 pub const COMMIT_OFFSETS: &str = "journal::commit_offsets";
 /// The sweep of expired idempotency keys (its own writes, outside any command's batch).
 pub const IDEMPOTENCY_SWEEP: &str = "journal::idempotency_sweep";
+/// A scrub of erased key entries from the segment log's frames, after each range it zeroed
+/// (see `seglog::scrub_frames`).
+pub const SCRUB: &str = "journal::scrub";
 
 /// Every failpoint, for tests that walk them all.
 #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     APPLY_BATCH,
     FLUSH,
     FDATASYNC,
@@ -41,6 +44,7 @@ pub const ALL: [&str; 9] = [
     TOPIC_BATCH_CURSOR,
     COMMIT_OFFSETS,
     IDEMPOTENCY_SWEEP,
+    SCRUB,
 ];
 
 /// `Err` when a test configured failpoint `name` to return; panics when it configured a

@@ -23,6 +23,8 @@
 //!                     (timer writes aside)
 //! m | "log-timers"    address u64 LE: every frame before it has its timer writes in sled
 //!                     (absent: the same as "log-writes"; see `deferred`)
+//! m | "log-scrub"     empty: an erasure asks for the frames behind "log-writes" to be
+//!                     scrubbed of superseded key entries (see `LogParts::scrub_if_asked`)
 //! ```
 
 use super::deferred::{self, DeferredWrites};
@@ -54,13 +56,21 @@ pub(super) fn timers_cursor_key() -> Vec<u8> {
     [&[keys::META][..], b"log-timers"].concat()
 }
 
+/// Written in an erasure's frame, removed once the frames behind the writes cursor are
+/// scrubbed and synced: an erasure that a crash kept from its scrub is scrubbed at the next
+/// writable open.
+pub(super) fn scrub_marker_key() -> Vec<u8> {
+    [&[keys::META][..], b"log-scrub"].concat()
+}
+
 /// The `m` keys a store on the segment log keeps for itself (a checkpoint's copy has its
 /// own).
-pub(super) fn own_meta_keys() -> [Vec<u8>; 4] {
+pub(super) fn own_meta_keys() -> [Vec<u8>; 5] {
     [
         write_path_key(),
         writes_cursor_key(),
         timers_cursor_key(),
+        scrub_marker_key(),
         [&[keys::META][..], b"log-applied"].concat(),
     ]
 }
@@ -319,6 +329,50 @@ impl LogParts {
             db.apply_batch(batch)?;
         }
         Ok(LogParts::new(log, index))
+    }
+
+    /// If an erasure asked for it (`m | "log-scrub"`), zeroes in the frames behind the writes
+    /// cursor the scrubbable writes (data subjects' index entries and wrapped data keys, see
+    /// `seglog`) that sled's state superseded: a put whose value sled no longer holds for its
+    /// key (a forgotten subject's entry and keys; an entry an upgrade replaced; a key's
+    /// wrapping under a master key a rotation replaced) and every removal of a subject's
+    /// entry (only an erasure removes one: its key is the subject's name). Those frames are
+    /// never applied again, and what sled holds is all that is left of them, so the log
+    /// keeps no copy of a forgotten subject's name or keys. A write a scrub cut short has
+    /// damaged bytes, which differ from sled's, so a scrub run again completes it.
+    ///
+    /// `sync_sled` makes sled durable: once so that the writes cursor read after it is at
+    /// least the erasure frame's end (the syncer writes it after the erasure's
+    /// acknowledgement, before its next batch), and once more so that the cursor read is
+    /// durable before any frame behind it changes. Returns how many writes it scrubbed
+    /// (`None`: no scrub was asked for).
+    pub(super) fn scrub_if_asked(
+        &self,
+        db: &sled::Db,
+        mut sync_sled: impl FnMut() -> Result<(), StorageError>,
+    ) -> Result<Option<usize>, StorageError> {
+        if db.get(scrub_marker_key())?.is_none() {
+            return Ok(None);
+        }
+        sync_sled()?;
+        let (writes_cursor, _) = stored_cursor_keys(db)?;
+        sync_sled()?;
+        let frames = self.read_log().scrubbable_frames(writes_cursor);
+        let scrubbed = seglog::scrub_frames(&frames, |write| match write {
+            FrameWrite::Put { key, value } => {
+                Ok::<_, StorageError>(db.get(key)?.as_deref() != Some(&value[..]))
+            }
+            FrameWrite::Remove { .. } => Ok(true),
+        })?;
+        // Not synced: if a crash loses the removal, the next open scrubs again (finding
+        // nothing left to do).
+        db.remove(scrub_marker_key())?;
+        tracing::info!(
+            scrubbed,
+            before = writes_cursor,
+            "scrubbed superseded key entries from the log's frames"
+        );
+        Ok(Some(scrubbed))
     }
 
     /// Opens the log of the store in `dir` for reading: nothing is cut, synced or written (a

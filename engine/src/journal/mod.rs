@@ -893,6 +893,16 @@ impl JournalWriter {
             );
         }
         let _ = shared.idempotency.set(Mutex::new(index));
+        if let Some(parts) = &shared.log {
+            // An erasure a crash kept from scrubbing the log's frames (see `logstore`).
+            parts
+                .scrub_if_asked(&db, || {
+                    db.flush()?;
+                    data_file.sync_data()?;
+                    Ok(())
+                })
+                .map_err(storage)?;
+        }
         // A store that got its marker file at this open is locked now.
         if writer_lock.is_none() {
             writer_lock = lock_marker(&dir)?;
@@ -965,6 +975,38 @@ impl JournalWriter {
             })
             .map_err(|_| StorageError::Closed)?;
         rx.blocking_recv().map_err(|_| self.shared.gone())?
+    }
+
+    /// The writes that erase `subject`'s keys `ids` (see [`keyring::Keyring::erasure_writes`]),
+    /// and on the segment log the request to scrub the frames that hold copies of them
+    /// ([`JournalWriter::scrub_superseded_keys`]).
+    pub(crate) fn erasure_writes(
+        &self,
+        subject: &str,
+        ids: &[uuid::Uuid],
+        at_micros: i64,
+    ) -> Vec<WriteOp> {
+        let mut writes = keyring::Keyring::erasure_writes(subject, ids, at_micros);
+        if self.shared.log.is_some() {
+            writes.push(WriteOp::Put {
+                key: logstore::scrub_marker_key(),
+                value: Vec::new(),
+            });
+        }
+        writes
+    }
+
+    /// After an erasure on the segment log: zeroes the copies of superseded key entries
+    /// (the forgotten subject's name, key list and wrapped keys) that the frames behind the
+    /// writes cursor hold (see `logstore::LogParts::scrub_if_asked`), and syncs them. How
+    /// many writes it scrubbed; `None` if no erasure asked for a scrub (or the store is on the
+    /// sled layout, whose old values sled's own log keeps until it reclaims the space).
+    /// Blocking, like [`JournalWriter::sync`].
+    pub(crate) fn scrub_superseded_keys(&self) -> Result<Option<usize>, StorageError> {
+        let Some(parts) = &self.shared.log else {
+            return Ok(None);
+        };
+        parts.scrub_if_asked(&self.shared.db()?, || self.sync())
     }
 
     /// Blocking, like [`JournalWriter::sync`].

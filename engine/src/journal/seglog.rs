@@ -17,15 +17,28 @@
 //! segment file   log/<first position, 20 digits>.seg, SEGMENT_BYTES (or one frame, if larger);
 //!                <first position>-<count, 4 digits>.seg after segments that began at the
 //!                same position (they held frames of writes alone)
-//! frame header   magic u32 LE "ESLF" | format u8 = 1 | 0u8 ×3 | first position u64 LE
+//! frame header   magic u32 LE "ESLF" | format u8 (1, or 2: see below) | 0u8 ×3
+//!                | first position u64 LE
 //!                | record count u32 LE | write count u32 LE | body length u32 LE
 //!                | CRC32C of the body u32 LE | CRC32C of the 32 bytes before u32 LE
 //! frame body     per record: address of its stream's previous record u64 LE (0 at sequence
 //!                            1: address 0 is the first frame's header, never a record)
 //!                            | length u32 LE | the record's bytes (record formats 1 and 2)
-//!                per write:  op u8 (1 put, 2 remove) | key length u32 LE | key
+//!                per write:  op u8 (1 put, 2 remove; format 2: | 0x40 if the key may be
+//!                            scrubbed, | 0x80 if the value may) | key length u32 LE | key
 //!                            | value length u32 LE | value (puts only)
 //! ```
+//!
+//! **Scrubbable writes** (format 2, docs/security.md "Erasure"): a frame that carries a data
+//! subject's index entry (`D`: its name and key ids) or a wrapped data key (`d`) is format 2,
+//! and its body CRC leaves out the bytes of those keys and values (the ops and lengths stay
+//! in). Forgetting a subject overwrites them with zeroes in place ([`scrub_frames`]), in
+//! frames whose writes sled already holds for good, so that the log keeps no copy of an
+//! erased key or of the subject's name. Left out of the CRC, a scrub torn by a crash (some
+//! of the bytes zeroed) breaks no check: the wrapped key carries its own AEAD tag, and
+//! frames behind the writes cursor are never applied again. A write whose scrubbable bytes
+//! are all zeroes is scrubbed, and decoding leaves it out. Every other frame stays format 1,
+//! byte for byte as before.
 //!
 //! Frames follow each other with no gap; positions run on from frame to frame and from
 //! segment to segment with no gap. After the last frame the segment holds zeroes.
@@ -59,9 +72,27 @@ pub const FRAME_BODY_BYTES_MAX: usize = 256 << 20;
 pub const TABLE_EVERY_FRAMES: usize = 64;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"ESLF");
+/// A frame with no scrubbable write: its body CRC covers the whole body.
 const FRAME_FORMAT: u8 = 1;
+/// A frame with scrubbable writes: its body CRC leaves their scrubbable bytes out.
+const FRAME_FORMAT_SCRUBBABLE: u8 = 2;
 const OP_PUT: u8 = 1;
 const OP_REMOVE: u8 = 2;
+/// Op flags (format 2 only): the write's key, or its value, may be scrubbed.
+const OP_KEY_SCRUBBABLE: u8 = 0x40;
+const OP_VALUE_SCRUBBABLE: u8 = 0x80;
+const OP_FLAGS: u8 = OP_KEY_SCRUBBABLE | OP_VALUE_SCRUBBABLE;
+
+/// Which parts of a write to `key` a scrub may zero: (key, value). A subject's index entry
+/// names the subject in its key and its keys in its value; a data key's entry holds the
+/// wrapped key in its value (its key is the key's id, which the erasure event names anyway).
+fn scrubbable_parts(key: &[u8]) -> (bool, bool) {
+    match key.first() {
+        Some(&super::keys::DATA_SUBJECTS) => (true, true),
+        Some(&super::keys::DATA_KEYS) => (false, true),
+        _ => (false, false),
+    }
+}
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 const SEGMENT_SUFFIX: &str = ".seg";
 const PREPARED_NAME: &str = "next.seg.prepared";
@@ -174,17 +205,9 @@ impl Frame {
             .sum()
     }
 
-    /// The frame's bytes, header and body.
+    /// The frame's bytes, header and body: format 2 if a write may be scrubbed, else 1.
     pub fn encode(&self) -> Result<Vec<u8>, SegLogError> {
-        let body_len: usize = self
-            .records
-            .iter()
-            .map(|r| RECORD_ENTRY_HEADER_BYTES + r.bytes.len())
-            .chain(self.writes.iter().map(|w| match w {
-                FrameWrite::Put { key, value } => 9 + key.len() + value.len(),
-                FrameWrite::Remove { key } => 5 + key.len(),
-            }))
-            .sum();
+        let body_len = self.body_len();
         if body_len > FRAME_BODY_BYTES_MAX {
             return Err(SegLogError::FrameTooLarge {
                 bytes: body_len,
@@ -198,12 +221,24 @@ impl Frame {
             out.extend_from_slice(&(r.bytes.len() as u32).to_le_bytes());
             out.extend_from_slice(&r.bytes);
         }
+        let mut format = FRAME_FORMAT;
         for w in &self.writes {
             let (op, key, value) = match w {
                 FrameWrite::Put { key, value } => (OP_PUT, key, Some(value)),
                 FrameWrite::Remove { key } => (OP_REMOVE, key, None),
             };
-            out.push(op);
+            let (key_scrubbable, value_scrubbable) = scrubbable_parts(key);
+            let mut flags = 0;
+            if key_scrubbable {
+                flags |= OP_KEY_SCRUBBABLE;
+            }
+            if value_scrubbable && value.is_some() {
+                flags |= OP_VALUE_SCRUBBABLE;
+            }
+            if flags != 0 {
+                format = FRAME_FORMAT_SCRUBBABLE;
+            }
+            out.push(op | flags);
             out.extend_from_slice(&(key.len() as u32).to_le_bytes());
             out.extend_from_slice(key);
             if let Some(value) = value {
@@ -212,13 +247,16 @@ impl Frame {
             }
         }
         assert_eq!(out.len(), FRAME_HEADER_BYTES + body_len, "frame length");
-        let header = Header {
+        let mut header = Header {
+            format,
             first_position: self.first_position,
             records: self.records.len() as u32,
             writes: self.writes.len() as u32,
             body_len: body_len as u32,
-            body_crc: crc32c::crc32c(&out[FRAME_HEADER_BYTES..]),
+            body_crc: 0,
         };
+        header.body_crc = body_crc(&header, &out[FRAME_HEADER_BYTES..])
+            .expect("a body just encoded has its layout");
         header.write(&mut out[..FRAME_HEADER_BYTES]);
         Ok(out)
     }
@@ -226,6 +264,7 @@ impl Frame {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Header {
+    format: u8,
     first_position: u64,
     records: u32,
     writes: u32,
@@ -243,7 +282,7 @@ enum HeaderRead {
 impl Header {
     fn write(&self, out: &mut [u8]) {
         out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-        out[4] = FRAME_FORMAT;
+        out[4] = self.format;
         out[5..8].fill(0);
         out[8..16].copy_from_slice(&self.first_position.to_le_bytes());
         out[16..20].copy_from_slice(&self.records.to_le_bytes());
@@ -265,7 +304,8 @@ impl Header {
         if u32_at(0) != MAGIC {
             return HeaderRead::Bad("not a frame (magic)");
         }
-        if bytes[4] != FRAME_FORMAT || bytes[5..8] != [0, 0, 0] {
+        let format = bytes[4];
+        if !matches!(format, FRAME_FORMAT | FRAME_FORMAT_SCRUBBABLE) || bytes[5..8] != [0, 0, 0] {
             return HeaderRead::Bad("unknown frame format");
         }
         let body_len = u32_at(24);
@@ -273,6 +313,7 @@ impl Header {
             return HeaderRead::Bad("frame body length over the limit");
         }
         HeaderRead::Ok(Header {
+            format,
             first_position: u64::from_le_bytes(bytes[8..16].try_into().unwrap()),
             records: u32_at(16),
             writes: u32_at(20),
@@ -286,50 +327,127 @@ impl Header {
     }
 }
 
-/// Parses a checked body into the frame it holds.
-fn decode_body(header: &Header, body: &[u8]) -> Result<Frame, &'static str> {
+/// Where one write lies in a frame body: its op byte (flags included), and the byte ranges
+/// of its key and of its value (puts only).
+struct WriteSpan {
+    op: u8,
+    key: std::ops::Range<usize>,
+    value: Option<std::ops::Range<usize>>,
+}
+
+impl WriteSpan {
+    /// The ranges a scrub may zero, in body order.
+    fn scrubbable(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        let key = (self.op & OP_KEY_SCRUBBABLE != 0).then(|| self.key.clone());
+        let value = (self.op & OP_VALUE_SCRUBBABLE != 0)
+            .then(|| self.value.clone())
+            .flatten();
+        key.into_iter().chain(value)
+    }
+
+    /// Whether a scrub zeroed it: it has scrubbable bytes, and all are zeroes (a key or a
+    /// value that may be scrubbed is never all zeroes when written).
+    fn is_scrubbed(&self, body: &[u8]) -> bool {
+        self.scrubbable().map(|r| r.len()).sum::<usize>() > 0
+            && self.scrubbable().all(|r| body[r].iter().all(|&b| b == 0))
+    }
+}
+
+/// The layout of a body not yet checked, bounds-checked: each record's previous address
+/// and byte range, and each write's span.
+#[allow(clippy::type_complexity)]
+fn body_layout(
+    header: &Header,
+    body: &[u8],
+) -> Result<(Vec<(u64, std::ops::Range<usize>)>, Vec<WriteSpan>), &'static str> {
     let mut at = 0usize;
-    let mut take = |n: usize| -> Result<&[u8], &'static str> {
+    let mut take = |n: usize| -> Result<std::ops::Range<usize>, &'static str> {
         let end = at.checked_add(n).filter(|&e| e <= body.len());
         let end = end.ok_or("frame body shorter than its contents")?;
-        let slice = &body[at..end];
+        let range = at..end;
         at = end;
-        Ok(slice)
+        Ok(range)
     };
+    let u32_in = |r: std::ops::Range<usize>| u32::from_le_bytes(body[r].try_into().unwrap());
     let mut records = Vec::with_capacity(header.records as usize);
     for _ in 0..header.records {
-        let previous_address = u64::from_le_bytes(take(8)?.try_into().unwrap());
-        let len = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
-        records.push(FrameRecord {
-            previous_address,
-            bytes: take(len)?.to_vec(),
-        });
+        let previous_address = u64::from_le_bytes(body[take(8)?].try_into().unwrap());
+        let len = u32_in(take(4)?) as usize;
+        records.push((previous_address, take(len)?));
     }
     let mut writes = Vec::with_capacity(header.writes as usize);
     for _ in 0..header.writes {
-        let op = take(1)?[0];
-        let key_len = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
-        let key = take(key_len)?.to_vec();
-        writes.push(match op {
+        let op = body[take(1)?][0];
+        if op & OP_FLAGS != 0 && header.format != FRAME_FORMAT_SCRUBBABLE {
+            return Err("unknown write op in a frame");
+        }
+        let key_len = u32_in(take(4)?) as usize;
+        let key = take(key_len)?;
+        let value = match op & !OP_FLAGS {
             OP_PUT => {
-                let value_len = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
-                FrameWrite::Put {
-                    key,
-                    value: take(value_len)?.to_vec(),
-                }
+                let value_len = u32_in(take(4)?) as usize;
+                Some(take(value_len)?)
             }
-            OP_REMOVE => FrameWrite::Remove { key },
+            OP_REMOVE => None,
             _ => return Err("unknown write op in a frame"),
-        });
+        };
+        writes.push(WriteSpan { op, key, value });
     }
     if at != body.len() {
         return Err("frame body longer than its contents");
     }
+    Ok((records, writes))
+}
+
+/// The CRC a body's header must carry: of the whole body for format 1; for format 2 of the
+/// body without the scrubbable bytes of its writes (so that a scrub, whole or torn, keeps
+/// it). `Err` when a format 2 body has no valid layout.
+fn body_crc(header: &Header, body: &[u8]) -> Result<u32, &'static str> {
+    if header.format == FRAME_FORMAT {
+        return Ok(crc32c::crc32c(body));
+    }
+    let (_, writes) = body_layout(header, body)?;
+    let mut crc = 0u32;
+    let mut at = 0usize;
+    for range in writes.iter().flat_map(WriteSpan::scrubbable) {
+        crc = crc32c::crc32c_append(crc, &body[at..range.start]);
+        at = range.end;
+    }
+    Ok(crc32c::crc32c_append(crc, &body[at..]))
+}
+
+/// Parses a checked body into the frame it holds, leaving out scrubbed writes.
+fn decode_body(header: &Header, body: &[u8]) -> Result<Frame, &'static str> {
+    let (records, writes) = body_layout(header, body)?;
+    let records = records
+        .into_iter()
+        .map(|(previous_address, bytes)| FrameRecord {
+            previous_address,
+            bytes: body[bytes].to_vec(),
+        })
+        .collect();
+    let writes = writes
+        .iter()
+        .filter(|w| !w.is_scrubbed(body))
+        .map(|w| span_write(w, body))
+        .collect();
     Ok(Frame {
         first_position: header.first_position,
         records,
         writes,
     })
+}
+
+/// The write `span` describes in `body`.
+fn span_write(span: &WriteSpan, body: &[u8]) -> FrameWrite {
+    let key = body[span.key.clone()].to_vec();
+    match &span.value {
+        Some(value) => FrameWrite::Put {
+            key,
+            value: body[value.clone()].to_vec(),
+        },
+        None => FrameWrite::Remove { key },
+    }
 }
 
 /// One segment file and where its frames are.
@@ -350,12 +468,18 @@ struct Segment {
     /// (first position, byte offset) of every `TABLE_EVERY_FRAMES`th frame, from the first.
     table: Vec<(u64, u64)>,
     frames: usize,
+    /// Byte offsets of its frames that hold scrubbable writes (format 2): one per new data
+    /// key or erasure, what a scrub reads instead of every frame.
+    scrubbable: Vec<u64>,
 }
 
 impl Segment {
     fn note_frame(&mut self, header: &Header, offset: u64) {
         if self.frames % TABLE_EVERY_FRAMES == 0 {
             self.table.push((header.first_position, offset));
+        }
+        if header.format == FRAME_FORMAT_SCRUBBABLE {
+            self.scrubbable.push(offset);
         }
         self.frames += 1;
         self.used_bytes = offset + header.frame_bytes();
@@ -387,7 +511,7 @@ impl Segment {
         self.file
             .read_exact_at(&mut body, offset + FRAME_HEADER_BYTES as u64)
             .map_err(io(&self.path))?;
-        if crc32c::crc32c(&body) != header.body_crc {
+        if body_crc(header, &body) != Ok(header.body_crc) {
             return Err(corrupt("frame body CRC mismatch"));
         }
         decode_body(header, &body).map_err(corrupt)
@@ -556,6 +680,7 @@ impl SegmentLog {
                 capacity_bytes,
                 table: Vec::new(),
                 frames: 0,
+                scrubbable: Vec::new(),
             };
             let mut offset = 0u64;
             // Why the frames of this segment end at `offset`: `None` for zeroes.
@@ -896,6 +1021,7 @@ impl SegmentLog {
             capacity_bytes,
             table: Vec::new(),
             frames: 0,
+            scrubbable: Vec::new(),
         });
         self.dir_dirty = true;
         Ok(())
@@ -975,6 +1101,26 @@ impl SegmentLog {
             .map(|i| &self.segments[i])
             .filter(|s| address < s.base_address + s.used_bytes)
             .ok_or(SegLogError::NoRecordAt { address })
+    }
+
+    /// The frames that hold scrubbable writes and end at or before `before_address`: each
+    /// segment's file and their offsets in it, for [`scrub_frames`], which reads them without
+    /// holding the log (appends go on meanwhile; frames behind the end never change).
+    pub fn scrubbable_frames(&self, before_address: u64) -> Vec<ScrubbableFrames> {
+        self.segments
+            .iter()
+            .filter(|s| s.base_address < before_address && !s.scrubbable.is_empty())
+            .map(|s| ScrubbableFrames {
+                path: s.path.clone(),
+                offsets: s
+                    .scrubbable
+                    .iter()
+                    .copied()
+                    .filter(|&offset| s.base_address + offset < before_address)
+                    .collect(),
+                before_offset: before_address - s.base_address,
+            })
+            .collect()
     }
 
     /// The address after the last frame (where the next one goes, if it fits).
@@ -1112,7 +1258,7 @@ impl SegmentLog {
             "a record rewritten in the log keeps its length"
         );
         body[start..start + bytes.len()].copy_from_slice(bytes);
-        header.body_crc = crc32c::crc32c(&body);
+        header.body_crc = body_crc(&header, &body).expect("a frame read at open has its layout");
         let mut head = [0u8; FRAME_HEADER_BYTES];
         header.write(&mut head);
         // Opened here for writing: the hook also serves logs opened read-only.
@@ -1126,6 +1272,88 @@ impl SegmentLog {
             .map_err(io(&segment.path))?;
         file.sync_data().map_err(io(&segment.path))
     }
+}
+
+/// The frames of one segment file a scrub reads ([`SegmentLog::scrubbable_frames`]).
+#[derive(Clone, Debug)]
+pub struct ScrubbableFrames {
+    path: PathBuf,
+    offsets: Vec<u64>,
+    /// Only frames that end at or before this offset are scrubbed.
+    before_offset: u64,
+}
+
+/// Zeroes the scrubbable bytes of each not yet scrubbed write of `frames` that `choose`
+/// picks, then `fdatasync`s each file it wrote; returns how many writes it scrubbed. Each
+/// frame is checked first (its header and its body's CRC, which leaves those bytes out, so
+/// that a scrub a crash cut short reads as well as a whole one and can be run again). The
+/// caller vouches that no frame of `frames` will be applied again: their writes are in
+/// sled for good (see `logstore::LogParts::scrub_superseded`), and `choose` must pick a
+/// write whose bytes a torn scrub damaged (it sees them as they are). Scrubbing rewrites
+/// bytes of a frame in place: a power cut during it is assumed to leave the bytes of a
+/// sector outside the range written as they were (what SQLite calls a powersafe overwrite,
+/// its default assumption of disks); the range itself may be left part zeroed, part not.
+pub fn scrub_frames<E: From<SegLogError>>(
+    frames: &[ScrubbableFrames],
+    mut choose: impl FnMut(&FrameWrite) -> Result<bool, E>,
+) -> Result<usize, E> {
+    let mut scrubbed = 0;
+    for segment in frames {
+        let path = &segment.path;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io(path))?;
+        let corrupt = |offset, reason| SegLogError::Corrupt {
+            path: path.clone(),
+            offset,
+            reason,
+        };
+        let mut wrote = false;
+        for &offset in &segment.offsets {
+            let mut head = [0u8; FRAME_HEADER_BYTES];
+            file.read_exact_at(&mut head, offset).map_err(io(path))?;
+            let header = match Header::read(&head) {
+                HeaderRead::Ok(h) if h.format == FRAME_FORMAT_SCRUBBABLE => h,
+                HeaderRead::Ok(_) | HeaderRead::Zero => {
+                    Err(corrupt(offset, "a scrubbable frame's header changed"))?
+                }
+                HeaderRead::Bad(reason) => Err(corrupt(offset, reason))?,
+            };
+            if offset + header.frame_bytes() > segment.before_offset {
+                continue;
+            }
+            let body_at = offset + FRAME_HEADER_BYTES as u64;
+            let mut body = vec![0u8; header.body_len as usize];
+            file.read_exact_at(&mut body, body_at).map_err(io(path))?;
+            if body_crc(&header, &body) != Ok(header.body_crc) {
+                Err(corrupt(offset, "frame body CRC mismatch"))?;
+            }
+            let (_, writes) = body_layout(&header, &body).map_err(|r| corrupt(offset, r))?;
+            for span in &writes {
+                if span.scrubbable().next().is_none() || span.is_scrubbed(&body) {
+                    continue;
+                }
+                if !choose(&span_write(span, &body))? {
+                    continue;
+                }
+                for range in span.scrubbable() {
+                    let zeroes = vec![0u8; range.len()];
+                    file.write_all_at(&zeroes, body_at + range.start as u64)
+                        .map_err(io(path))?;
+                    // A test's scrub cut short here, between two ranges of one write.
+                    super::failpoint::check(super::failpoint::SCRUB).map_err(io(path))?;
+                }
+                wrote = true;
+                scrubbed += 1;
+            }
+        }
+        if wrote {
+            file.sync_data().map_err(io(path))?;
+        }
+    }
+    Ok(scrubbed)
 }
 
 /// Sequential reading of one segment's frames, by offset (`pread`), so that any number of

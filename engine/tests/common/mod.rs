@@ -108,3 +108,37 @@ impl Aggregate for Counter {
         Ok(())
     }
 }
+
+/// The bytes of every segment of the store's log, in order (`None`: a store on the sled
+/// layout, which has no log).
+pub fn log_bytes(store: &std::path::Path) -> Option<Vec<u8>> {
+    let mut files: Vec<_> = std::fs::read_dir(store.join("log"))
+        .ok()?
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    Some(
+        files
+            .iter()
+            .flat_map(|f| std::fs::read(f).unwrap())
+            .collect(),
+    )
+}
+
+/// How many times `needle` occurs in `haystack`.
+pub fn occurrences(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
+
+/// A data subject's index entry key as the log's frames carry it: `D | length u16 BE |
+/// name` (docs/design.md).
+pub fn subject_entry_key(subject: &str) -> Vec<u8> {
+    let mut key = vec![b'D'];
+    key.extend_from_slice(&(subject.len() as u16).to_be_bytes());
+    key.extend_from_slice(subject.as_bytes());
+    key
+}
