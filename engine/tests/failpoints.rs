@@ -30,6 +30,7 @@ mod common;
 
 use common::{log_bytes, occurrences, subject_entry_key, Counter, CounterCommand};
 use evershard_engine::failpoints;
+use evershard_engine::seglog::{SegmentLog, SEGMENT_BYTES};
 use evershard_engine::{
     AppendError, AppendRequest, CommandError, Durability, Engine, EngineError, Journal,
     JournalConfig, JournalWriter, NewEvent, SnapshotPolicy, StorageError, StreamId, TopicError,
@@ -525,14 +526,23 @@ async fn a_scrub_cut_short_is_completed_at_the_next_open() {
     );
     within("shutdown", engine.shutdown()).await.unwrap();
     let alice = subject_entry_key("alice");
+    // Writes a scrub zeroed part of: a key entry's key is never zeroes when written.
+    let torn_writes = || {
+        let log = SegmentLog::open_read_only(&store.join("log"), SEGMENT_BYTES, 1).unwrap();
+        let frames: Vec<_> = log.frames_from_address(0).map(Result::unwrap).collect();
+        let torn = frames.iter().flat_map(|(_, f, _)| &f.writes);
+        torn.filter(|w| w.key().first() == Some(&0)).count()
+    };
     if let Some(log) = log_bytes(&store) {
         assert!(occurrences(&log, &alice) > 0, "the scrub was cut short");
+        assert_eq!(torn_writes(), 1, "part way through a write");
     }
 
     let engine = open().await;
     within("shutdown", engine.shutdown()).await.unwrap();
     if let Some(log) = log_bytes(&store) {
         assert_eq!(occurrences(&log, &alice), 0, "the open completed the scrub");
+        assert_eq!(torn_writes(), 0, "the open completed the torn write");
         assert_eq!(occurrences(&log, &subject_entry_key("bob")), 1);
     }
     let engine = open().await;

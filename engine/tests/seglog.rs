@@ -259,7 +259,7 @@ fn a_scrub_zeroes_chosen_key_entries_in_place_and_completes_a_torn_one() {
     }
     assert_eq!(
         read[0].writes,
-        [timer.clone()],
+        std::slice::from_ref(&timer),
         "the scrubbed writes are left out"
     );
     assert_eq!(
