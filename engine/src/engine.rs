@@ -995,6 +995,11 @@ impl Engine {
     /// [`CommandError::IdempotencyConflict`]. Concurrent commands with one key run one after
     /// the other, so one executes and the others get its result. A command that is refused
     /// (any error) records nothing: a retry with the key is decided afresh.
+    ///
+    /// A keyed or guarded command runs on a task of its own: a caller that drops this future
+    /// (a timeout) while the command is on its way leaves the key held and the guard's
+    /// `settle` due until the command is answered, so a retry waits for it and gets its
+    /// result instead of running beside it.
     pub async fn execute_with<A: Aggregate>(
         &self,
         aggregate_id: &str,
@@ -1006,6 +1011,37 @@ impl Engine {
         metadata.idempotency_key = metadata
             .idempotency_key
             .or_else(|| A::idempotency_key(&command));
+        if metadata.idempotency_key.is_none() && !self.inner.guards.contains_key(A::TYPE) {
+            return self
+                .send::<A, _>(aggregate_id, |reply| EntityMsg::Execute {
+                    command,
+                    metadata,
+                    reply,
+                })
+                .await;
+        }
+        let (engine, aggregate_id) = (self.clone(), aggregate_id.to_owned());
+        let task = tokio::spawn(async move {
+            engine
+                .execute_held::<A>(&aggregate_id, command, metadata)
+                .await
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down.
+            Err(_) => Err(CommandError::ShuttingDown),
+        }
+    }
+
+    /// [`Engine::execute_with`]'s keyed or guarded command, on its own task: one at a time
+    /// per key, through the guard.
+    async fn execute_held<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: Metadata,
+    ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
         let Some(key) = metadata.idempotency_key else {
             return self
                 .execute_guarded::<A>(aggregate_id, command, metadata)
