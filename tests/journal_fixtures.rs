@@ -9,7 +9,10 @@
 //! - the stored 1.0 event loads through the repository upcast to 1.1 (genetics type
 //!   "hybrid"), keeping its stored `event_version` of "1.0" in the envelope;
 //! - a journal that holds the 1.0 event works in a live engine: the plant recovers, takes new
-//!   commands, `verify` is clean, and the auditors' CLI prints its history.
+//!   commands, `verify` is clean, and the auditors' CLI prints its history (the stored
+//!   version, "1.0"); its topic message names the version of the payload it carries
+//!   ("1.1", in the envelope and the header), as the seed's `EventMigrator` stamps a
+//!   migrated event, so that a consumer validates the payload against the right schema.
 
 use evershard::aggregates::plant::{ChangePlantStage, GeneticsType, Plant, PlantEvent, PlantStage};
 use evershard::engine::{repository, Journal, JournalConfig, JournalWriter};
@@ -193,6 +196,34 @@ async fn a_journal_holding_the_1_0_event_works_in_a_live_engine() {
         ["1.0", "1.0"],
         "stored versions are kept as written"
     );
+    let durable = engine.journal().durable_position();
+    assert!(
+        engine
+            .wait_indexed(durable, std::time::Duration::from_secs(60))
+            .await
+    );
+    let log = engine.topic_log().unwrap();
+    let partitions = log
+        .topics()
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == "cultivation.plants.v1")
+        .unwrap()
+        .partitions;
+    let messages: Vec<_> = (0..partitions)
+        .flat_map(|p| log.read("cultivation.plants.v1", p, 0, usize::MAX).unwrap())
+        .collect();
+    let created = messages
+        .iter()
+        .find(|m| m.header("event_type") == Some("plant.created"))
+        .expect("the 1.0 event's message");
+    assert_eq!(created.header("event_version"), Some("1.1"));
+    let value: serde_json::Value = serde_json::from_slice(created.value()).unwrap();
+    assert_eq!(
+        value["eventVersion"], "1.1",
+        "the version of the payload carried"
+    );
+    assert_eq!(value["payload"]["genetics"]["type"], "hybrid");
     engine.shutdown().await.unwrap();
     drop(engine);
 

@@ -97,6 +97,19 @@ pub trait DomainEvent:
         let _ = event_type;
         None
     }
+    /// The version of the events stored as `event_type` once decoded: what
+    /// [`DomainEvent::event_version`] answers for them, older stored versions included (an
+    /// upcaster in [`Aggregate::decode_event`] brings them to it). Topic messages carry it, as
+    /// the seed's `EventMigrator` stamps a migrated event with the version it migrated to, so
+    /// that the version a consumer reads names the payload's shape. `None`: the stored
+    /// version (the default); `#[derive(DomainEvent)]` answers for every variant.
+    fn version_of(event_type: &str) -> Option<&'static str>
+    where
+        Self: Sized,
+    {
+        let _ = event_type;
+        None
+    }
     /// The JSON payload of the outbound contract: the seed's field names and JSON types.
     fn payload_json(&self) -> serde_json::Value;
     /// [`DomainEvent::payload_json`] as compact JSON bytes appended to `out`: exactly the

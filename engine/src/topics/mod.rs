@@ -245,6 +245,10 @@ type PayloadFn = fn(&str, &str, &[u8]) -> Result<serde_json::Value, CodecError>;
 /// `Value` tree, see `DomainEvent::write_payload_json`).
 pub(crate) type WritePayloadFn = fn(&str, &str, &[u8], &mut Vec<u8>) -> Result<(), CodecError>;
 
+/// The version a message names for the events stored as an event type
+/// (`DomainEvent::version_of`): the decoded payload's, whatever version was stored.
+pub(crate) type VersionOfFn = fn(&str) -> Option<&'static str>;
+
 /// The typed parts of one aggregate type, monomorphized at registration.
 #[derive(Clone, Copy)]
 struct TypeFns {
@@ -252,6 +256,7 @@ struct TypeFns {
     topic_of: TopicOfFn,
     payload: PayloadFn,
     write_payload: WritePayloadFn,
+    version_of: VersionOfFn,
 }
 
 /// The topic of a record: from its event type alone when the event type says (the derive
@@ -311,6 +316,7 @@ impl TopicCatalog {
                 topic_of: |_| Some(DLQ_TOPIC),
                 payload: deadletter::payload,
                 write_payload: deadletter::write_payload,
+                version_of: |_| None,
             },
         );
         catalog
@@ -325,6 +331,7 @@ impl TopicCatalog {
                 topic_of: <A::Event as DomainEvent>::topic_of,
                 payload: payload_of::<A>,
                 write_payload: write_payload_of::<A>,
+                version_of: <A::Event as DomainEvent>::version_of,
             },
         );
     }
@@ -442,14 +449,15 @@ impl TopicCatalog {
         )
     }
 
-    /// How to write the JSON payload of `aggregate_type`'s events (looked up once per run of
-    /// records on the read path), or why it cannot be rendered.
+    /// How to write the JSON payload of `aggregate_type`'s events, and the version their
+    /// messages name (looked up once per run of records on the read path), or why they
+    /// cannot be rendered.
     pub(crate) fn payload_writer(
         &self,
         aggregate_type: &str,
-    ) -> Result<WritePayloadFn, CodecError> {
+    ) -> Result<(WritePayloadFn, VersionOfFn), CodecError> {
         match self.types.get(aggregate_type) {
-            Some(fns) => Ok(fns.write_payload),
+            Some(fns) => Ok((fns.write_payload, fns.version_of)),
             None => Err(CodecError::Mismatch(format!(
                 "no renderer for aggregate type {aggregate_type}"
             ))),

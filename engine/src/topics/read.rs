@@ -7,7 +7,7 @@ use super::message::{Message, MessageArena};
 use super::recent::RecentIndex;
 use super::render::{self, Fields};
 use super::transcode::Transcoder;
-use super::{TopicCatalog, TopicError, WireFormat, WritePayloadFn};
+use super::{TopicCatalog, TopicError, VersionOfFn, WireFormat, WritePayloadFn};
 use crate::error::{Corruption, StorageError};
 use crate::journal::topics::{StoredTopic, TopicRun};
 use crate::journal::{decode_checked, AtRest, Journal, Record, StreamId};
@@ -309,7 +309,7 @@ pub(crate) struct ReadState {
     /// Writes payloads from their stored bytes where that is the typed bytes.
     transcoder: Transcoder,
     /// The payload writer of the aggregate type read last.
-    writer: Option<(String, WritePayloadFn)>,
+    writer: Option<(String, WritePayloadFn, VersionOfFn)>,
 }
 
 impl std::fmt::Debug for ReadState {
@@ -334,7 +334,7 @@ struct RunReader<'a> {
     scratch: &'a mut Vec<u8>,
     arena: &'a mut MessageArena,
     transcoder: &'a mut Transcoder,
-    writer: &'a mut Option<(String, WritePayloadFn)>,
+    writer: &'a mut Option<(String, WritePayloadFn, VersionOfFn)>,
 }
 
 impl RunReader<'_> {
@@ -381,18 +381,18 @@ impl RunReader<'_> {
                         .into());
                     }
                     // Most runs hold one aggregate type: one catalog look-up per change.
-                    let write_payload = match writer {
-                        Some((t, w)) if t.as_str() == view.aggregate_type => *w,
+                    let (write_payload, version_of) = match writer {
+                        Some((t, w, v)) if t.as_str() == view.aggregate_type => (*w, *v),
                         _ => {
-                            let w =
+                            let (w, v) =
                                 catalog
                                     .payload_writer(view.aggregate_type)
                                     .map_err(|source| TopicError::Render {
                                         position: view.global_position,
                                         source,
                                     })?;
-                            *writer = Some((view.aggregate_type.to_owned(), w));
-                            w
+                            *writer = Some((view.aggregate_type.to_owned(), w, v));
+                            (w, v)
                         }
                     };
                     // A format 1 record in plain renders from its view; an encrypted one is
@@ -420,6 +420,12 @@ impl RunReader<'_> {
                             Fields::from(&decoded)
                         }
                     };
+                    // The decoded payload's version: an upcast event is published as what
+                    // it was upcast to, as the seed's `EventMigrator` stamps it.
+                    let mut fields = fields;
+                    if let Some(version) = version_of(fields.event_type) {
+                        fields.published_version = version;
+                    }
                     let message = render::message(
                         scratch,
                         arena,

@@ -76,7 +76,11 @@ pub(crate) struct Fields<'a> {
     pub(crate) aggregate_type: &'a str,
     pub(crate) aggregate_id: &'a str,
     pub(crate) event_type: &'a str,
+    /// The stored version: what the payload is decoded as.
     pub(crate) event_version: &'a str,
+    /// The version the message names (envelope and header): the decoded payload's, which
+    /// differs from the stored one for an event an upcaster brings to a later version.
+    pub(crate) published_version: &'a str,
     pub(crate) source: &'a str,
     pub(crate) user_id: Option<&'a str>,
     pub(crate) session_id: Option<Uuid>,
@@ -97,6 +101,7 @@ impl<'a> From<&'a Record> for Fields<'a> {
             aggregate_id: &r.aggregate_id,
             event_type: &r.event_type,
             event_version: &r.event_version,
+            published_version: &r.event_version,
             source: &r.source,
             user_id: r.user_id.as_deref(),
             session_id: r.session_id,
@@ -121,6 +126,7 @@ impl<'a> Fields<'a> {
             aggregate_id: v.aggregate_id,
             event_type: v.event_type,
             event_version: v.event_version,
+            published_version: v.event_version,
             source: v.source,
             user_id: v.user_id,
             session_id: None,
@@ -240,7 +246,7 @@ fn envelope_with<E>(
             key(out, false, "payload");
             payload(out)?;
             key(out, false, "event_version");
-            str_json(out, record.event_version);
+            str_json(out, record.published_version);
             key(out, false, "aggregate_type");
             str_json(out, record.aggregate_type);
             key(out, false, "aggregate_id");
@@ -267,7 +273,7 @@ fn envelope_with<E>(
             key(out, false, "eventType");
             str_json(out, record.event_type);
             key(out, false, "eventVersion");
-            str_json(out, record.event_version);
+            str_json(out, record.published_version);
             key(out, false, "timestamp");
             str_json(out, timestamp);
             key(out, false, "correlationId");
@@ -388,7 +394,7 @@ pub(crate) fn message(
     let bytes = scratch.len()
         + record.aggregate_id.len()
         + record.event_type.len()
-        + record.event_version.len()
+        + record.published_version.len()
         + record.aggregate_type.len()
         + 3 * uuid::fmt::Hyphenated::LENGTH
         + 2 * 20;
@@ -412,7 +418,7 @@ pub(crate) fn message(
 fn write_headers(arena: &mut MessageArena, record: &Fields<'_>, ids: &IdTexts) {
     arena.header(Some(Some(IdTexts::str(&ids.event_id))));
     arena.header(Some(Some(record.event_type)));
-    arena.header(Some(Some(record.event_version)));
+    arena.header(Some(Some(record.published_version)));
     arena.header(Some(Some(record.aggregate_type)));
     arena.header_u64(record.sequence);
     arena.header_u64(record.global_position);

@@ -134,6 +134,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
     let (mut names, mut versions, mut topics, mut payloads) = (vec![], vec![], vec![], vec![]);
     let mut payloads_into = vec![];
     let mut topics_by_name = vec![];
+    let mut versions_by_name = vec![];
     let mut errors: Option<syn::Error> = None;
     let mut push_error = |e: syn::Error| match &mut errors {
         Some(all) => all.combine(e),
@@ -193,6 +194,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
         versions.push(quote!(Self::#ident(_) => #version));
         topics.push(quote!(Self::#ident(_) => #topic));
         topics_by_name.push(quote!(if event_type == #name { return Some(#topic); }));
+        versions_by_name.push(quote!(if event_type == #name { return Some(#version); }));
         payloads.push(quote!(Self::#ident(payload) => #payload(payload)));
     }
     if let Some(errors) = errors {
@@ -215,6 +217,10 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             }
             fn topic_of(event_type: &str) -> Option<&'static str> {
                 #(#topics_by_name)*
+                None
+            }
+            fn version_of(event_type: &str) -> Option<&'static str> {
+                #(#versions_by_name)*
                 None
             }
             fn payload_json(&self) -> #krate::__private::serde_json::Value {
