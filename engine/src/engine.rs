@@ -780,7 +780,23 @@ impl Engine {
     /// `Aggregate::data_subject` names (Appointment: `patient:<uuid>`).
     ///
     /// Messages already read from topics or published to Kafka are beyond the store's reach.
+    ///
+    /// It runs to its end (the scrub included) on a task of its own, holding the lock that
+    /// keeps erasures and rotations apart, even if the caller stops waiting.
     pub async fn forget_subject(
+        &self,
+        subject: &str,
+        who: &str,
+        why: &str,
+    ) -> Result<crate::crypto::ErasureReceipt, ForgetError> {
+        let (subject, who, why) = (subject.to_owned(), who.to_owned(), why.to_owned());
+        self.detached(|engine| async move { engine.forget_held(&subject, &who, &why).await })
+            .await
+            .unwrap_or(Err(ForgetError::ShuttingDown))
+    }
+
+    /// [`Engine::forget_subject`], on its own task.
+    async fn forget_held(
         &self,
         subject: &str,
         who: &str,
@@ -845,13 +861,18 @@ impl Engine {
     /// Each subject's new key and its key list are written in one atomic, durable batch. A
     /// subject is upgraded anyway when it is next written; this does it for all at once
     /// (`evershard`'s auditors' binary reads either). Returns how many subjects it upgraded.
+    /// Like [`Engine::forget_subject`], it runs to its end even if the caller stops waiting.
     pub async fn upgrade_data_keys(&self) -> Result<usize, StorageError> {
-        let _inflight = self.enter().ok_or(StorageError::Closed)?;
-        let _admin = self.inner.key_admin.lock().await;
-        let journal = self.inner.journal.clone();
-        tokio::task::spawn_blocking(move || journal.upgrade_data_keys())
-            .await
-            .map_err(|e| StorageError::Io(Arc::new(std::io::Error::other(e.to_string()))))?
+        self.detached(|engine| async move {
+            let _inflight = engine.enter().ok_or(StorageError::Closed)?;
+            let _admin = engine.inner.key_admin.lock().await;
+            let journal = engine.inner.journal.clone();
+            tokio::task::spawn_blocking(move || journal.upgrade_data_keys())
+                .await
+                .map_err(|e| StorageError::Io(Arc::new(std::io::Error::other(e.to_string()))))?
+        })
+        .await
+        .unwrap_or(Err(StorageError::Closed))
     }
 
     /// Re-wraps every data key under `provider`'s current master key, which becomes the
@@ -859,17 +880,40 @@ impl Engine {
     /// the master keys being rotated away (a [`crate::crypto::FileKeyProvider`] file with
     /// the new key appended). Returns how many data keys were re-wrapped; once it returns,
     /// the old master keys can be removed from the provider. Durable when it returns.
+    /// Like [`Engine::forget_subject`], it runs to its end even if the caller stops waiting.
     pub async fn rotate_master_key(
         &self,
         provider: Arc<dyn KeyProvider>,
     ) -> Result<usize, StorageError> {
-        let _inflight = self.enter().ok_or(StorageError::Closed)?;
-        let _admin = self.inner.key_admin.lock().await;
-        let journal = self.inner.journal.clone();
-        journal.set_key_provider(provider);
-        tokio::task::spawn_blocking(move || journal.rewrap_data_keys())
-            .await
-            .map_err(|e| StorageError::Io(Arc::new(std::io::Error::other(e.to_string()))))?
+        self.detached(|engine| async move {
+            let _inflight = engine.enter().ok_or(StorageError::Closed)?;
+            let _admin = engine.inner.key_admin.lock().await;
+            let journal = engine.inner.journal.clone();
+            journal.set_key_provider(provider);
+            tokio::task::spawn_blocking(move || journal.rewrap_data_keys())
+                .await
+                .map_err(|e| StorageError::Io(Arc::new(std::io::Error::other(e.to_string()))))?
+        })
+        .await
+        .unwrap_or(Err(StorageError::Closed))
+    }
+
+    /// Runs `work` with a clone of the engine on a task of its own and waits for it. A
+    /// caller that drops the returned future (a timeout) does not cut the work short: what
+    /// it holds (a keyed command's idempotency key, the lock that keeps erasures and
+    /// rotations apart) is let go when the work is done, not while its command or batch is
+    /// still on its way. `None`: the runtime is shutting down. A panic of the work is the
+    /// caller's.
+    async fn detached<T, F>(&self, work: impl FnOnce(Engine) -> F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        match tokio::spawn(work(self.clone())).await {
+            Ok(value) => Some(value),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => None,
+        }
     }
 
     /// The journal's read view: history, streams, global order, verification, statistics.
@@ -1020,18 +1064,14 @@ impl Engine {
                 })
                 .await;
         }
-        let (engine, aggregate_id) = (self.clone(), aggregate_id.to_owned());
-        let task = tokio::spawn(async move {
+        let aggregate_id = aggregate_id.to_owned();
+        self.detached(|engine| async move {
             engine
                 .execute_held::<A>(&aggregate_id, command, metadata)
                 .await
-        });
-        match task.await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // The runtime is shutting down.
-            Err(_) => Err(CommandError::ShuttingDown),
-        }
+        })
+        .await
+        .unwrap_or(Err(CommandError::ShuttingDown))
     }
 
     /// [`Engine::execute_with`]'s keyed or guarded command, on its own task: one at a time

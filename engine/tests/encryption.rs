@@ -522,6 +522,49 @@ async fn forgetting_scrubs_the_subjects_name_and_keys_from_the_log() {
     assert!(Journal::open_read_only(&store).unwrap().verify().is_clean());
 }
 
+/// An erasure whose caller stops waiting (a dropped future) while its batch is on its way
+/// still holds the lock that keeps erasures and rotations apart until it is done: a master
+/// key rotation started then waits for it, and re-wraps only the live key. Let go at the
+/// cancellation, the rotation read the forgotten subject's key entry before the erasure's
+/// batch was applied and wrote it back, re-wrapped, after it: the key lived again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_waits_for_an_erasure_whose_caller_gave_up() {
+    let (_dir, store, keys) = setup();
+    let engine = open(&store, &keys).await;
+    add(&engine, "alice", 1).await;
+    add(&engine, "bob", 2).await;
+    let written = engine.journal().stats().unwrap().last_global_position;
+    let gate = engine.journal().hold_syncs_for_tests();
+    let forget = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.forget_subject("alice", "dpo", "test").await })
+    };
+    let mut polls = 0;
+    while engine.journal().stats().unwrap().last_global_position == written {
+        polls += 1;
+        assert!(polls < 2_000, "the erasure's batch was never written");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    forget.abort();
+    assert!(forget.await.unwrap_err().is_cancelled());
+    FileKeyProvider::append_new_key(&keys, "m2").unwrap();
+    let rotation = {
+        let (engine, provider) = (engine.clone(), provider(&keys));
+        tokio::spawn(async move { engine.rotate_master_key(provider).await })
+    };
+    drop(gate);
+    assert_eq!(rotation.await.unwrap().unwrap(), 1, "bob's key only");
+    engine.shutdown().await.unwrap();
+
+    let engine = open(&store, &keys).await;
+    assert!(matches!(
+        engine.state::<Counter>("alice").await,
+        Err(CommandError::Erased { .. })
+    ));
+    assert_eq!(engine.state::<Counter>("bob").await.unwrap().0.total, 2);
+    engine.shutdown().await.unwrap();
+}
+
 const CHILD_ENV: &str = "EVERSHARD_FORGET_CRASH_DIR";
 
 /// The child: writes to 12 subjects, then forgets them one by one, printing `forgot <id>`

@@ -23,8 +23,9 @@
 //!                     (timer writes aside)
 //! m | "log-timers"    address u64 LE: every frame before it has its timer writes in sled
 //!                     (absent: the same as "log-writes"; see `deferred`)
-//! m | "log-scrub"     empty: an erasure asks for the frames behind "log-writes" to be
-//!                     scrubbed of superseded key entries (see `LogParts::scrub_if_asked`)
+//! m | "log-scrub"     the erasure's key id (16 bytes): an erasure asks for the frames
+//!                     behind "log-writes" to be scrubbed of superseded key entries (see
+//!                     `LogParts::scrub_if_asked`)
 //! ```
 
 use super::deferred::{self, DeferredWrites};
@@ -351,9 +352,9 @@ impl LogParts {
         db: &sled::Db,
         mut sync_sled: impl FnMut() -> Result<(), StorageError>,
     ) -> Result<Option<usize>, StorageError> {
-        if db.get(scrub_marker_key())?.is_none() {
+        let Some(asked) = db.get(scrub_marker_key())? else {
             return Ok(None);
-        }
+        };
         sync_sled()?;
         let (writes_cursor, _) = stored_cursor_keys(db)?;
         sync_sled()?;
@@ -364,9 +365,10 @@ impl LogParts {
             }
             FrameWrite::Remove { .. } => Ok(true),
         })?;
-        // Not synced: if a crash loses the removal, the next open scrubs again (finding
-        // nothing left to do).
-        db.remove(scrub_marker_key())?;
+        // Only the request this scrub answered (an erasure's own key id): one made since, by
+        // an erasure after the cursor read above, stays for its own scrub. Not synced: if a
+        // crash loses the removal, the next open scrubs again (finding nothing left to do).
+        let _ = db.compare_and_swap(scrub_marker_key(), Some(asked), None::<&[u8]>)?;
         tracing::info!(
             scrubbed,
             before = writes_cursor,
@@ -776,6 +778,8 @@ mod tests {
     //! consecutive, and stays within its bound. A writable open re-applies each keyspace's
     //! writes from its cursor on and leaves the writes cursor at the end of the log's frames,
     //! also when the last frame's writes were partly left out or a cursor lies inside a frame.
+    //! A store on the log carries format marker 2, which builds that do not know frame format
+    //! 2 refuse; one made before gets it at its next writable open (not a read-only one).
     use super::*;
 
     /// A frame of `records` records of `bytes` bytes each from `first_position`, whose
@@ -955,5 +959,59 @@ mod tests {
         assert!(tail.holding(4).is_none());
         assert_eq!(tail.holding(8).expect("held").frame.records[1].bytes[0], 8);
         assert_eq!(tail.bytes, 2 * (10 + TAIL_RECORD_OVERHEAD_BYTES));
+    }
+
+    #[test]
+    fn a_log_store_carries_format_2_and_an_older_one_gets_it_at_its_next_writable_open() {
+        use crate::journal::{segments, JournalConfig, WritePath};
+        use crate::journal::{Journal, JournalWriter, STORE_FORMAT, STORE_FORMAT_V1};
+        let dir = tempfile::tempdir().unwrap();
+        let config = |write_path| JournalConfig {
+            write_path,
+            ..Default::default()
+        };
+        let marker = |dir: &Path, set: Option<&[u8]>| {
+            let db = segments::sled_config(dir).open().unwrap();
+            if let Some(set) = set {
+                db.insert(crate::journal::meta_format_key(), set).unwrap();
+                db.flush().unwrap();
+            }
+            db.get(crate::journal::meta_format_key())
+                .unwrap()
+                .unwrap()
+                .to_vec()
+        };
+        let log = dir.path().join("log");
+        JournalWriter::open(&log, config(WritePath::Log))
+            .unwrap()
+            .close()
+            .unwrap();
+        assert_eq!(marker(&log, None), STORE_FORMAT);
+        // As a store made before frame format 2 left it.
+        assert_eq!(marker(&log, Some(STORE_FORMAT_V1)), STORE_FORMAT_V1);
+        drop(Journal::open_read_only(&log).unwrap());
+        assert_eq!(
+            marker(&log, None),
+            STORE_FORMAT_V1,
+            "a read-only open changes nothing"
+        );
+        JournalWriter::open(&log, config(WritePath::Log))
+            .unwrap()
+            .close()
+            .unwrap();
+        assert_eq!(marker(&log, None), STORE_FORMAT);
+
+        let sled_layout = dir.path().join("sled");
+        for _ in 0..2 {
+            JournalWriter::open(&sled_layout, config(WritePath::Sled))
+                .unwrap()
+                .close()
+                .unwrap();
+            assert_eq!(
+                marker(&sled_layout, None),
+                STORE_FORMAT_V1,
+                "no frames: format 1"
+            );
+        }
     }
 }

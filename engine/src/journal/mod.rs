@@ -688,8 +688,20 @@ fn sync_recovered_names(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The format marker stored under `m|format`.
-const STORE_FORMAT: &[u8] = b"evershard-journal-v1";
+/// The format marker stored under `m|format` of a store on the segment log: its frames may
+/// be frame format 2 (scrubbable key entries, 2026-11-28), which a build before that reads
+/// as a torn last group, and in the last segment would cut, acknowledged frames with it.
+/// Such a build refuses this marker instead. Written when a log store is made, and at the
+/// first writable open of a log store made before (durably, before any frame is written).
+const STORE_FORMAT: &[u8] = b"evershard-journal-v2";
+/// The format marker of a store on the sled layout (no frames), and of a log store made
+/// before frame format 2.
+const STORE_FORMAT_V1: &[u8] = b"evershard-journal-v1";
+
+/// Whether `marker` is one of evershard's store format markers.
+fn is_store_format(marker: &[u8]) -> bool {
+    marker == STORE_FORMAT || marker == STORE_FORMAT_V1
+}
 
 fn meta_format_key() -> Vec<u8> {
     [&[keys::META][..], b"format"].concat()
@@ -698,7 +710,7 @@ fn meta_format_key() -> Vec<u8> {
 /// Refuses a store whose format marker is not evershard's.
 fn check_format(dir: &Path, found: Option<sled::IVec>) -> Result<(), OpenError> {
     match found {
-        Some(v) if v.as_ref() == STORE_FORMAT => Ok(()),
+        Some(v) if is_store_format(&v) => Ok(()),
         other => Err(OpenError::storage(
             dir,
             StorageError::corrupt_store(Corruption::UnknownStoreFormat {
@@ -818,10 +830,14 @@ impl JournalWriter {
                 });
             }
             None => {
-                if config.write_path == WritePath::Log {
-                    logstore::mark_log_store(&db).map_err(|e| OpenError::storage(&dir, e))?;
-                }
-                db.insert(&meta_key, STORE_FORMAT).map_err(sled_err)?;
+                let marker = match config.write_path {
+                    WritePath::Log => {
+                        logstore::mark_log_store(&db).map_err(|e| OpenError::storage(&dir, e))?;
+                        STORE_FORMAT
+                    }
+                    WritePath::Sled => STORE_FORMAT_V1,
+                };
+                db.insert(&meta_key, marker).map_err(sled_err)?;
                 db.flush().map_err(sled_err)?;
                 // sled's flush does not reach stable storage (see the syncer); the markers
                 // must, before anything is acknowledged: on the segment log nothing else
@@ -843,7 +859,19 @@ impl JournalWriter {
                 }
             }
             format => {
+                let v1 = format.as_deref() == Some(STORE_FORMAT_V1);
                 check_format(&dir, format)?;
+                if v1 && logstore::is_log_store(&db).map_err(|e| OpenError::storage(&dir, e))? {
+                    // Before this session's first frame, which may be format 2: durable, so
+                    // that no earlier build opens the store after it (see `STORE_FORMAT`).
+                    db.insert(&meta_key, STORE_FORMAT).map_err(sled_err)?;
+                    db.flush().map_err(sled_err)?;
+                    if !fault::skip(fault::Sync::Fdatasync) {
+                        File::open(dir.join("db"))
+                            .and_then(|f| f.sync_data())
+                            .map_err(io)?;
+                    }
+                }
                 if conf_was_missing && !fault::skip(fault::Sync::Dir) {
                     File::open(dir.join("conf"))
                         .and_then(|f| f.sync_all())
@@ -894,14 +922,17 @@ impl JournalWriter {
         }
         let _ = shared.idempotency.set(Mutex::new(index));
         if let Some(parts) = &shared.log {
-            // An erasure a crash kept from scrubbing the log's frames (see `logstore`).
-            parts
-                .scrub_if_asked(&db, || {
-                    db.flush()?;
-                    data_file.sync_data()?;
-                    Ok(())
-                })
-                .map_err(storage)?;
+            // An erasure a crash kept from scrubbing the log's frames (see `logstore`). A
+            // failure leaves the request for the next open, as it does for the erasure: the
+            // store serves meanwhile (the erasure holds; only the old bytes wait).
+            let scrub = parts.scrub_if_asked(&db, || {
+                db.flush()?;
+                data_file.sync_data()?;
+                Ok(())
+            });
+            if let Err(error) = scrub {
+                tracing::error!(%error, "scrubbing erased keys from the log's frames failed; the next open retries");
+            }
         }
         // A store that got its marker file at this open is locked now.
         if writer_lock.is_none() {
@@ -987,10 +1018,10 @@ impl JournalWriter {
         at_micros: i64,
     ) -> Vec<WriteOp> {
         let mut writes = keyring::Keyring::erasure_writes(subject, ids, at_micros);
-        if self.shared.log.is_some() {
+        if let (Some(_), Some(id)) = (&self.shared.log, ids.first()) {
             writes.push(WriteOp::Put {
                 key: logstore::scrub_marker_key(),
-                value: Vec::new(),
+                value: id.as_bytes().to_vec(),
             });
         }
         writes

@@ -233,9 +233,11 @@ fn crc32_ieee(bytes: &[u8]) -> u32 {
     !crc
 }
 
-/// True when sled's data file holds the bytes of evershard's format marker value.
+/// True when sled's data file holds the bytes of one of evershard's format marker values
+/// (their common prefix).
 fn holds_format_marker(db: &Path) -> std::io::Result<bool> {
-    let needle = super::STORE_FORMAT;
+    let needle = &super::STORE_FORMAT[..super::STORE_FORMAT.len() - 1];
+    debug_assert!(super::STORE_FORMAT_V1.starts_with(needle));
     let mut file = File::open(db)?;
     let mut buf = vec![0u8; 1 << 20];
     // The tail of the previous chunk, so that a marker across a chunk boundary is found.

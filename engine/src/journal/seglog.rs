@@ -194,6 +194,14 @@ impl Frame {
             .collect()
     }
 
+    /// Bytes of the body's record entries: where its writes begin.
+    fn records_bytes(&self) -> usize {
+        self.records
+            .iter()
+            .map(|r| RECORD_ENTRY_HEADER_BYTES + r.bytes.len())
+            .sum()
+    }
+
     fn body_len(&self) -> usize {
         self.records
             .iter()
@@ -361,13 +369,7 @@ fn body_layout(
     body: &[u8],
 ) -> Result<(Vec<(u64, std::ops::Range<usize>)>, Vec<WriteSpan>), &'static str> {
     let mut at = 0usize;
-    let mut take = |n: usize| -> Result<std::ops::Range<usize>, &'static str> {
-        let end = at.checked_add(n).filter(|&e| e <= body.len());
-        let end = end.ok_or("frame body shorter than its contents")?;
-        let range = at..end;
-        at = end;
-        Ok(range)
-    };
+    let mut take = taker(body, &mut at);
     let u32_in = |r: std::ops::Range<usize>| u32::from_le_bytes(body[r].try_into().unwrap());
     let mut records = Vec::with_capacity(header.records as usize);
     for _ in 0..header.records {
@@ -375,6 +377,34 @@ fn body_layout(
         let len = u32_in(take(4)?) as usize;
         records.push((previous_address, take(len)?));
     }
+    drop(take);
+    let writes = writes_layout(header, body, at)?;
+    Ok((records, writes))
+}
+
+/// Ranges of `bytes` taken one after another from `*at`, bounds-checked.
+fn taker<'a>(
+    bytes: &'a [u8],
+    at: &'a mut usize,
+) -> impl FnMut(usize) -> Result<std::ops::Range<usize>, &'static str> + 'a {
+    move |n| {
+        let end = at.checked_add(n).filter(|&e| e <= bytes.len());
+        let end = end.ok_or("frame body shorter than its contents")?;
+        let range = *at..end;
+        *at = end;
+        Ok(range)
+    }
+}
+
+/// The spans of the writes that fill `body` from `start` to its end (bounds-checked).
+fn writes_layout(
+    header: &Header,
+    body: &[u8],
+    start: usize,
+) -> Result<Vec<WriteSpan>, &'static str> {
+    let mut at = start;
+    let mut take = taker(body, &mut at);
+    let u32_in = |r: std::ops::Range<usize>| u32::from_le_bytes(body[r].try_into().unwrap());
     let mut writes = Vec::with_capacity(header.writes as usize);
     for _ in 0..header.writes {
         let op = body[take(1)?][0];
@@ -393,10 +423,11 @@ fn body_layout(
         };
         writes.push(WriteSpan { op, key, value });
     }
+    drop(take);
     if at != body.len() {
         return Err("frame body longer than its contents");
     }
-    Ok((records, writes))
+    Ok(writes)
 }
 
 /// The CRC a body's header must carry: of the whole body for format 1; for format 2 of the
@@ -468,18 +499,21 @@ struct Segment {
     /// (first position, byte offset) of every `TABLE_EVERY_FRAMES`th frame, from the first.
     table: Vec<(u64, u64)>,
     frames: usize,
-    /// Byte offsets of its frames that hold scrubbable writes (format 2): one per new data
-    /// key or erasure, what a scrub reads instead of every frame.
-    scrubbable: Vec<u64>,
+    /// Its frames that hold scrubbable writes (format 2: one per new data key, erasure,
+    /// upgrade or rotation): the frame's byte offset and where its writes begin in its
+    /// body, what a scrub reads instead of every frame.
+    scrubbable: Vec<(u64, u32)>,
 }
 
 impl Segment {
-    fn note_frame(&mut self, header: &Header, offset: u64) {
+    /// Notes the frame at `offset`, whose `header` was read and whose body was checked and
+    /// decoded as `frame`.
+    fn note_frame(&mut self, header: &Header, offset: u64, frame: &Frame) {
         if self.frames % TABLE_EVERY_FRAMES == 0 {
             self.table.push((header.first_position, offset));
         }
         if header.format == FRAME_FORMAT_SCRUBBABLE {
-            self.scrubbable.push(offset);
+            self.scrubbable.push((offset, frame.records_bytes() as u32));
         }
         self.frames += 1;
         self.used_bytes = offset + header.frame_bytes();
@@ -692,8 +726,8 @@ impl SegmentLog {
                         Some("frame does not start where the one before it ends")
                     }
                     HeaderRead::Ok(header) => match segment.read_frame(&header, offset) {
-                        Ok(_) => {
-                            segment.note_frame(&header, offset);
+                        Ok(frame) => {
+                            segment.note_frame(&header, offset, &frame);
                             report.frames += 1;
                             offset += header.frame_bytes();
                             continue;
@@ -807,7 +841,7 @@ impl SegmentLog {
             HeaderRead::Ok(h) => h,
             _ => unreachable!("a header just encoded reads back"),
         };
-        segment.note_frame(&header, offset);
+        segment.note_frame(&header, offset, frame);
         self.next_position = frame.end_position();
         self.dirty = true;
         Ok(address)
@@ -1112,11 +1146,11 @@ impl SegmentLog {
             .filter(|s| s.base_address < before_address && !s.scrubbable.is_empty())
             .map(|s| ScrubbableFrames {
                 path: s.path.clone(),
-                offsets: s
+                frames: s
                     .scrubbable
                     .iter()
                     .copied()
-                    .filter(|&offset| s.base_address + offset < before_address)
+                    .filter(|&(offset, _)| s.base_address + offset < before_address)
                     .collect(),
                 before_offset: before_address - s.base_address,
             })
@@ -1278,16 +1312,21 @@ impl SegmentLog {
 #[derive(Clone, Debug)]
 pub struct ScrubbableFrames {
     path: PathBuf,
-    offsets: Vec<u64>,
+    /// Each frame's offset, and where its writes begin in its body.
+    frames: Vec<(u64, u32)>,
     /// Only frames that end at or before this offset are scrubbed.
     before_offset: u64,
 }
 
 /// Zeroes the scrubbable bytes of each not yet scrubbed write of `frames` that `choose`
-/// picks, then `fdatasync`s each file it wrote; returns how many writes it scrubbed. Each
-/// frame is checked first (its header and its body's CRC, which leaves those bytes out, so
-/// that a scrub a crash cut short reads as well as a whole one and can be run again). The
-/// caller vouches that no frame of `frames` will be applied again: their writes are in
+/// picks, then `fdatasync`s each file it wrote; returns how many writes it scrubbed. It
+/// reads each frame's header and the writes after its records only (a frame of a busy
+/// store holds hundreds of records; an erasure reads every format 2 frame): the frame was
+/// checked whole when the log was opened or appended to, the writes are parsed with every
+/// length bounds-checked against that region, and zeroes go only into it, never into a
+/// record (whose bytes are vouched for by its own CRC and hash chain). A scrub a crash cut
+/// short reads as well as a whole one (the body CRC leaves those bytes out) and can be run
+/// again. The caller vouches that no frame of `frames` will be applied again: their writes are in
 /// sled for good (see `logstore::LogParts::scrub_superseded`), and `choose` must pick a
 /// write whose bytes a torn scrub damaged (it sees them as they are). Scrubbing rewrites
 /// bytes of a frame in place: a power cut during it is assumed to leave the bytes of a
@@ -1311,7 +1350,7 @@ pub fn scrub_frames<E: From<SegLogError>>(
             reason,
         };
         let mut wrote = false;
-        for &offset in &segment.offsets {
+        for &(offset, writes_start) in &segment.frames {
             let mut head = [0u8; FRAME_HEADER_BYTES];
             file.read_exact_at(&mut head, offset).map_err(io(path))?;
             let header = match Header::read(&head) {
@@ -1324,23 +1363,27 @@ pub fn scrub_frames<E: From<SegLogError>>(
             if offset + header.frame_bytes() > segment.before_offset {
                 continue;
             }
-            let body_at = offset + FRAME_HEADER_BYTES as u64;
-            let mut body = vec![0u8; header.body_len as usize];
-            file.read_exact_at(&mut body, body_at).map_err(io(path))?;
-            if body_crc(&header, &body) != Ok(header.body_crc) {
-                Err(corrupt(offset, "frame body CRC mismatch"))?;
-            }
-            let (_, writes) = body_layout(&header, &body).map_err(|r| corrupt(offset, r))?;
+            let Some(region_bytes) = (header.body_len).checked_sub(writes_start) else {
+                Err(corrupt(
+                    offset,
+                    "a scrubbable frame's writes begin past its body",
+                ))?
+            };
+            let writes_at = offset + FRAME_HEADER_BYTES as u64 + writes_start as u64;
+            let mut region = vec![0u8; region_bytes as usize];
+            file.read_exact_at(&mut region, writes_at)
+                .map_err(io(path))?;
+            let writes = writes_layout(&header, &region, 0).map_err(|r| corrupt(offset, r))?;
             for span in &writes {
-                if span.scrubbable().next().is_none() || span.is_scrubbed(&body) {
+                if span.scrubbable().next().is_none() || span.is_scrubbed(&region) {
                     continue;
                 }
-                if !choose(&span_write(span, &body))? {
+                if !choose(&span_write(span, &region))? {
                     continue;
                 }
                 for range in span.scrubbable() {
                     let zeroes = vec![0u8; range.len()];
-                    file.write_all_at(&zeroes, body_at + range.start as u64)
+                    file.write_all_at(&zeroes, writes_at + range.start as u64)
                         .map_err(io(path))?;
                     // A test's scrub cut short here, between two ranges of one write.
                     super::failpoint::check(super::failpoint::SCRUB).map_err(io(path))?;

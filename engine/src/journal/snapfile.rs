@@ -14,7 +14,7 @@
 //! read-only open refuses with [`crate::OpenError::DamagedSnapshotFile`], which names the
 //! file and the exact command that moves it aside.
 
-use super::{meta_format_key, verify, STORE_FORMAT};
+use super::{is_store_format, meta_format_key, verify};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -103,7 +103,7 @@ fn check_copy(copy: &Path) -> Result<(), String> {
         .open()
         .map_err(|e| format!("a copy without it does not open either: {e}"))?;
     match db.get(meta_format_key()) {
-        Ok(Some(v)) if v.as_ref() == STORE_FORMAT => {}
+        Ok(Some(v)) if is_store_format(&v) => {}
         Ok(_) => return Err("a copy without it has no evershard format marker".into()),
         Err(e) => return Err(format!("a copy without it does not read: {e}")),
     }
