@@ -414,6 +414,9 @@ fn tampering_is_caught_by_verify_and_by_an_earlier_digest() {
     let (problems, _) = verify_damaged(&dir, &digest);
     let gone = format!("positions {}..={size} were removed", size - 9);
     assert!(has(&problems, "digest", None, None, &gone), "{problems:?}");
+    // Without a digest too: the stored tree covered them.
+    let stored = format!("covers {size} events but the store holds {}", size - 10);
+    assert!(has(&problems, "tree", None, None, &stored), "{problems:?}");
 
     // A record re-encoded with a valid CRC at the end of its chain: the journal's checks
     // cannot see it; the digest does, and so does the stored tree node above it when its
@@ -586,7 +589,8 @@ fn a_type_the_binary_does_not_know_is_reported_unknown_and_still_checked() {
 /// KEY.pub (appended, as documented, whatever KEY's extension) and never a secret beside an
 /// existing public key; `verify` scoped to a type, id or positions the store does not hold
 /// is not "clean", nor is `history` of a type that nothing knows, or of a time range that ends
-/// before it begins; `verify --proof-out` never writes over an existing file (the digest).
+/// before it begins; `verify --proof-out` never writes over an existing file (the digest);
+/// `verify --digest` refuses a signed digest changed after signing also without `--pubkey`.
 #[test]
 fn auditor_mistakes_are_refused_and_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -672,4 +676,20 @@ fn auditor_mistakes_are_refused_and_lose_nothing() {
         kept,
         "the digest was overwritten"
     );
+
+    // A signed digest whose size and root were changed after signing (to those of a digest
+    // taken at another size: a consistent pair, so only the signature can tell).
+    let signed = digest_to(
+        &store,
+        &t.join("signed.json"),
+        &["--sign", p(&t.join("audit.key"))],
+    );
+    let earlier = digest_to(&store, &t.join("earlier.json"), &["--at-position", "10"]);
+    let mut forged = signed.clone();
+    forged["tree_size"] = earlier["tree_size"].clone();
+    forged["root_hash"] = earlier["root_hash"].clone();
+    let forged = write_json(&t.join("forged.json"), &forged);
+    let verify_forged = ["verify", "--data", p(&store), "--digest", p(&forged)];
+    let (_, stderr) = common::cli::expect_exit(&verify_forged, 2);
+    assert!(stderr.contains("signature"), "{stderr}");
 }

@@ -106,6 +106,20 @@ pub(crate) fn check(
         );
         problem(report, Check::Tree, message);
     }
+    // The maintainer stores a size only for events durable in the log, written after them:
+    // a stored tree larger than the log means events it covered are gone (the log's end cut
+    // off, or records removed), which no check of the remaining records can see.
+    if tree.stored_size > tree.leaves {
+        let message = format!(
+            "the stored Merkle tree covers {} events but the store holds {}: the events at \
+             global positions {}..={} were removed after the tree covered them",
+            tree.stored_size,
+            tree.leaves,
+            tree.leaves + 1,
+            tree.stored_size
+        );
+        problem(report, Check::Tree, message);
+    }
     let mut tree_report = TreeReport {
         tree_size: tree.leaves,
         root_hash: hex(&tree.root),

@@ -567,9 +567,16 @@ pub fn run(
         .as_deref()
         .map(crate::offline::read_digest)
         .transpose()?;
-    if let (Some(d), Some(key)) = (&digest, &args.pubkey) {
-        let key = crate::offline::read_public_key(key)?;
-        if let Err(why) = d.check_signature(Some(&key)) {
+    // A signed digest's signature is checked whether or not a key is pinned: a digest whose
+    // root or size was changed after signing is refused, not taken at its word (without
+    // --pubkey, a valid signature by the key it names only shows the file is whole).
+    if let Some(d) = &digest {
+        let pinned = args
+            .pubkey
+            .as_deref()
+            .map(crate::offline::read_public_key)
+            .transpose()?;
+        if let Err(why) = d.check_signature(pinned.as_ref()) {
             return Err(CliError::InvalidArgument(format!(
                 "the digest's signature: {why}"
             )));

@@ -48,6 +48,26 @@ pub(super) fn verify(db: &sled::Db, parts: &LogParts, opts: &VerifyOptions<'_>) 
         let log = parts.read_log();
         (log.first_position(), log.next_position())
     };
+    // Every store on the log starts its log at position 1 (no store moves onto the log from
+    // the sled layout): a later first position means its first segments are gone, and the
+    // leaves that remain would be hashed as the tree's first ones.
+    if first != 1 && end > first {
+        let missing = new_issue(
+            IssueKind::Storage,
+            None,
+            None,
+            Some(1),
+            format!(
+                "the segment log starts at global position {first}, not 1: the events at \
+                 1..={} are missing (its first segments were removed)",
+                first - 1
+            ),
+        );
+        if leaves.take().is_some() {
+            report.tree_blocked = Some(missing.clone());
+        }
+        issues.push(missing);
+    }
     let total = end - first;
     let mut address = 0u64;
     let mut position = first;
