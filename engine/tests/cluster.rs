@@ -33,6 +33,9 @@
 //! (`session_timeout_ms − lease_margin_ms` after the send of its last answered request to
 //! the group coordinator) ran out — before the broker could hand its partition to another
 //! node — and serves again, at the next sequence, after the broker resumes.
+//!
+//! `an_engine_not_opened_to_join_is_refused`: an engine opened without `joins_cluster(true)`
+//! (which may have appended outside the cluster's order) cannot join.
 #![cfg(feature = "kafka")]
 
 mod common;
@@ -634,5 +637,27 @@ fn the_lease_stops_a_node_cut_off_from_the_broker_before_its_session_times_out()
     add_retried(&rt, &engine, &mut acked, "c-1");
     assert_eq!(acked["c-1"].len(), 2, "the refused command wrote nothing");
     cluster.leave();
+    rt.block_on(engine.shutdown()).unwrap();
+}
+
+#[test]
+fn an_engine_not_opened_to_join_is_refused() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = rt
+        .block_on(
+            Engine::builder(dir.path())
+                .register::<Counter>()
+                .topic_indexer(false)
+                .open(),
+        )
+        .unwrap();
+    // No broker is needed: the engine is refused before any is asked.
+    let kafka = KafkaConfig::new("127.0.0.1:1").client_id("evershard-cluster-test");
+    let config = ClusterConfig::new(kafka, "unopened", "a", "127.0.0.1:a");
+    match rt.block_on(engine.join_cluster(config)) {
+        Err(ClusterError::NotOpenedToJoin) => {}
+        other => panic!("an engine not opened to join must be refused: {other:?}"),
+    }
     rt.block_on(engine.shutdown()).unwrap();
 }

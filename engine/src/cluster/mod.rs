@@ -304,6 +304,11 @@ pub enum ClusterError {
     },
     #[error("this engine already joined a cluster")]
     AlreadyJoined,
+    /// The engine was opened without [`crate::EngineBuilder::joins_cluster`]: it may have
+    /// appended (a timer due at open, a command) outside the cluster's order, at sequences
+    /// the journal topic gives to other events, which no check would see afterwards.
+    #[error("the engine was not opened to join a cluster: open it with EngineBuilder::joins_cluster(true)")]
+    NotOpenedToJoin,
     #[error("joining a cluster needs a tokio runtime")]
     NoRuntime,
     #[error("starting a cluster thread: {reason}")]
@@ -753,6 +758,9 @@ impl Engine {
         let rt = self.runtime().clone();
         if rt.gate.get().is_some() {
             return Err(ClusterError::AlreadyJoined);
+        }
+        if !rt.awaits_gate {
+            return Err(ClusterError::NotOpenedToJoin);
         }
         let topic = config.journal_topic();
         // Where this store stopped following each partition (offset 0 if it never did).
