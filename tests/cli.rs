@@ -659,3 +659,53 @@ fn the_demo_fires_real_timers_and_timers_lists_the_pending_ones() {
         .iter()
         .all(|e| e.get("idempotency_key").is_some()));
 }
+
+/// `state --at T` and `snapshot-at T` give what was committed by T: the stream's longest
+/// prefix stamped at or before T. With the clock stepped back, a later event stamped before
+/// an earlier one's time is not counted (it came after that one), where taking the highest
+/// sequence stamped at or before T gave a state holding an event stamped after T.
+#[test]
+fn a_state_at_a_time_stops_at_the_first_event_after_it() {
+    use evershard_aggregates::product_stock::ReceiveStock;
+    let dir = tempfile::tempdir().unwrap();
+    let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+    let rt = evershard_testing::child::runtime();
+    rt.block_on(async {
+        let clock = std::sync::Arc::new(evershard_engine::ManualClock::new(t(
+            "2027-01-15T12:00:00Z",
+        )));
+        let engine = Engine::builder(dir.path())
+            .register::<ProductStock>()
+            .clock(clock.clone())
+            .open()
+            .await
+            .unwrap();
+        for at in [
+            "2027-01-15T12:00:00Z",
+            "2027-01-15T12:00:10Z",
+            "2027-01-15T12:00:03Z",
+        ] {
+            clock.set(t(at));
+            engine
+                .execute::<ProductStock>("sku", ReceiveStock { quantity: 10 })
+                .await
+                .unwrap();
+        }
+        engine.shutdown().await.unwrap();
+    });
+    let at = state_json(dir.path(), "sku", &["--at", "2027-01-15T12:00:05Z"]);
+    assert_eq!(at["version"], 1, "{at}");
+    let (stdout, _) = expect_exit(
+        &[
+            "snapshot-at",
+            "2027-01-15T12:00:05Z",
+            "--data",
+            p(dir.path()),
+            "--type",
+            "ProductStock",
+        ],
+        0,
+    );
+    let row: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(row["sequence"], 1, "{row}");
+}

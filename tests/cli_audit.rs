@@ -122,6 +122,21 @@ fn digests_proofs_and_consistency_round_trip_and_forgeries_are_refused() {
         0,
     );
     assert!(ok.contains("result: valid"), "{ok}");
+    assert!(!ok.contains("not checked against a digest"), "{ok}");
+    // Without the second digest the proof's second root is its own word, and says so.
+    let unpinned = expect_stdout(
+        &[
+            "check-proof",
+            p(&t.join("consistency.json")),
+            "--digest",
+            p(&t.join("old.json")),
+        ],
+        0,
+    );
+    assert!(
+        unpinned.contains("not checked against a digest"),
+        "{unpinned}"
+    );
 
     // An inclusion proof of an early event against the old digest, checked offline.
     let (id, _) = streams(&store).remove(0);

@@ -229,7 +229,10 @@ pub fn history(
     Ok(Outcome::Clean)
 }
 
-/// The highest sequence whose event's timestamp is at or before `at` (0: none).
+/// The last sequence of the stream's longest prefix whose events are all at or before `at`
+/// (0: none): what had been committed by then. Not the highest sequence stamped at or before
+/// `at`: a clock stepped back (an NTP step, a failover to a node whose clock is behind) can
+/// stamp an event earlier than the one before it, and that event came after it all the same.
 pub(crate) fn last_sequence_at(
     journal: &Journal,
     stream: &StreamId,
@@ -239,9 +242,10 @@ pub(crate) fn last_sequence_at(
     // Times are metadata: no payload is opened (no key needed).
     for record in journal.read_stream_sealed(stream, 1, u64::MAX) {
         let record = record.map_err(|e| CliError::storage(journal.dir(), e))?;
-        if record.timestamp <= at {
-            last = record.sequence;
+        if record.timestamp > at {
+            break;
         }
+        last = record.sequence;
     }
     Ok(last)
 }

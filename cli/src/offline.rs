@@ -380,8 +380,17 @@ pub fn check_consistency(
             proof.first_size, proof.second_size
         ));
     }
+    // Without a second digest the second root is the proof file's own word: the check shows
+    // the two roots consistent, not that the second is the store's (found by review).
+    let unauthenticated = match to {
+        Some(_) => "",
+        None => {
+            "; the second root is the proof's own, not checked against a digest \
+             (give --to-digest to check it)"
+        }
+    };
     Ok(format!(
-        "the tree of {} events (root {}) is a prefix of the tree of {} events (root {})",
+        "the tree of {} events (root {}) is a prefix of the tree of {} events (root {}){unauthenticated}",
         proof.first_size, proof.first_root, proof.second_size, proof.second_root
     ))
 }

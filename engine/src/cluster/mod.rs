@@ -1550,11 +1550,15 @@ fn local_verdict(
     verdict: &Verdict,
 ) {
     let idx = partition as usize;
+    // The whole batch, not its stream and first sequence: a batch of no events (a timer
+    // correction, a keyed command that decided nothing) has the first sequence of the next
+    // event batch of its stream, and a second copy of it on the topic (a produce whose
+    // report timed out, sent again) would otherwise take that batch out of the queue, which
+    // then never reaches the topic (found by review). A batch round-trips the wire equal.
     let Some(at) = st.queue[idx].iter().position(|q| {
         q.batch.epoch == batch.epoch
             && q.batch.first_sequence == batch.first_sequence
-            && q.batch.aggregate_id == batch.aggregate_id
-            && q.batch.aggregate_type == batch.aggregate_type
+            && q.batch == *batch
     }) else {
         return; // a KafkaDurable batch, or a repeat of one already walked
     };
