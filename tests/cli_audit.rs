@@ -605,7 +605,8 @@ fn a_type_the_binary_does_not_know_is_reported_unknown_and_still_checked() {
 /// existing public key; `verify` scoped to a type, id or positions the store does not hold
 /// is not "clean", nor is `history` of a type that nothing knows, or of a time range that ends
 /// before it begins; `verify --proof-out` never writes over an existing file (the digest);
-/// `verify --digest` refuses a signed digest changed after signing also without `--pubkey`.
+/// `verify --digest` finds a signed digest changed after signing also without `--pubkey`
+/// (exit 1, a finding), and notes a signature by a key it was not given.
 #[test]
 fn auditor_mistakes_are_refused_and_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -705,6 +706,14 @@ fn auditor_mistakes_are_refused_and_lose_nothing() {
     forged["root_hash"] = earlier["root_hash"].clone();
     let forged = write_json(&t.join("forged.json"), &forged);
     let verify_forged = ["verify", "--data", p(&store), "--digest", p(&forged)];
-    let (_, stderr) = common::cli::expect_exit(&verify_forged, 2);
-    assert!(stderr.contains("signature"), "{stderr}");
+    let (stdout, _) = common::cli::expect_exit(&verify_forged, 1);
+    assert!(
+        stdout.contains("PROBLEM") && stdout.contains("signature"),
+        "{stdout}"
+    );
+    // The untouched one holds, and says its key was not pinned.
+    let signed_file = t.join("signed.json");
+    let verify_signed = ["verify", "--data", p(&store), "--digest", p(&signed_file)];
+    let (stdout, _) = common::cli::expect_exit(&verify_signed, 0);
+    assert!(stdout.contains("pass --pubkey to pin it"), "{stdout}");
 }

@@ -568,20 +568,35 @@ pub fn run(
         .map(crate::offline::read_digest)
         .transpose()?;
     // A signed digest's signature is checked whether or not a key is pinned: a digest whose
-    // root or size was changed after signing is refused, not taken at its word (without
-    // --pubkey, a valid signature by the key it names only shows the file is whole).
-    if let Some(d) = &digest {
-        let pinned = args
-            .pubkey
-            .as_deref()
-            .map(crate::offline::read_public_key)
-            .transpose()?;
-        if let Err(why) = d.check_signature(pinned.as_ref()) {
-            return Err(CliError::InvalidArgument(format!(
-                "the digest's signature: {why}"
-            )));
+    // root or size was changed after signing is a finding (exit 1, as `check-proof` refuses
+    // it), and its root is not checked, rather than taken at its word. Without --pubkey, a
+    // valid signature by the key the digest names only shows the file is whole: a note.
+    let pinned = args
+        .pubkey
+        .as_deref()
+        .map(crate::offline::read_public_key)
+        .transpose()?;
+    let mut signature_problem = None;
+    let mut signature_note = None;
+    let digest = match digest.map(|d| (d.check_signature(pinned.as_ref()), d)) {
+        Some((Ok(Some(key)), d)) => {
+            if pinned.is_none() {
+                signature_note = Some(format!(
+                    "the digest is signed by {key}, a key named only by the digest itself (pass \
+                     --pubkey to pin it)"
+                ));
+            }
+            Some(d)
         }
-    }
+        Some((Ok(None), d)) => Some(d),
+        Some((Err(why), _)) => {
+            signature_problem = Some(format!(
+                "the digest's signature: {why}; its root was not checked against the store"
+            ));
+            None
+        }
+        None => None,
+    };
     let journal = open_read_only(&args.store.data)?;
     let options = AuditOptions {
         registry: Some(registry),
@@ -592,8 +607,15 @@ pub fn run(
         },
         progress: true,
     };
-    let report = audit_scoped(&journal, &options);
+    let mut report = audit_scoped(&journal, &options);
     drop(journal);
+    if let Some(problem) = signature_problem {
+        report.problems.push(Finding::store(Check::Digest, problem));
+        report.clean = false;
+    }
+    report
+        .notes
+        .extend(signature_note.map(|note| Finding::store(Check::Digest, note)));
     // A scope that names what the store does not hold is the caller's mistake (a typo in a
     // type or id, positions past the end), not a clean store: said so, as `history` does.
     let narrowed =

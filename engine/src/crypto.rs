@@ -551,6 +551,7 @@ pub struct Erasure {
 
 /// What [`crate::Engine::forget_subject`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ErasureReceipt {
     /// The destroyed current data key.
     pub key_id: Uuid,
@@ -560,9 +561,10 @@ pub struct ErasureReceipt {
     pub global_position: u64,
     pub erased_at: chrono::DateTime<chrono::Utc>,
     /// The segment log's frames no longer hold copies of the subject's name or keys (always
-    /// true on the sled layout, which has no frames). False if scrubbing them failed: the
-    /// erasure holds all the same, and the next writable open scrubs them (see the error
-    /// logged, and docs/security.md).
+    /// true on the sled layout, which has no frames). False if scrubbing them failed (the
+    /// erasure holds all the same, and the next writable open scrubs them: see the error
+    /// logged), or if the log has frames written before 2026-11-28 that carry key entries,
+    /// which no scrub can zero (docs/security.md: rotate the master key).
     pub log_scrubbed: bool,
 }
 

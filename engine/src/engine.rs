@@ -763,6 +763,19 @@ impl Drop for InflightGuard<'_> {
     }
 }
 
+/// Runs blocking journal work (an erasure's scrub, a rotation's re-wrap) on tokio's blocking
+/// pool and waits for it; a panic there is the caller's, as in [`Engine::detached`], and a
+/// runtime shutting down answers `Closed`.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(StorageError::Closed),
+    }
+}
+
 impl Engine {
     pub fn builder(data_dir: impl Into<PathBuf>) -> EngineBuilder {
         EngineBuilder::new(data_dir)
@@ -836,15 +849,12 @@ impl Engine {
         tracing::info!(%key_id, earlier = earlier_key_ids.len(), who, "data subject forgotten");
         // The erasure is durable: a failed scrub is retried at the next writable open.
         let scrubber = journal.clone();
-        let scrub =
-            match tokio::task::spawn_blocking(move || scrubber.scrub_superseded_keys()).await {
-                Ok(result) => result.map(drop).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+        let scrub = blocking(move || scrubber.scrub_superseded_keys()).await;
         if let Err(error) = &scrub {
             tracing::error!(%error, "scrubbing the erased keys from the log failed; the next open retries");
         }
-        let log_scrubbed = scrub.is_ok();
+        // Frames written before frame format 2 keep their key entries (docs/security.md).
+        let log_scrubbed = scrub.is_ok() && journal.unscrubbable_key_frames() == 0;
         Ok(crate::crypto::ErasureReceipt {
             key_id,
             earlier_key_ids: earlier_key_ids.to_vec(),
@@ -867,9 +877,7 @@ impl Engine {
             let _inflight = engine.enter().ok_or(StorageError::Closed)?;
             let _admin = engine.inner.key_admin.lock().await;
             let journal = engine.inner.journal.clone();
-            tokio::task::spawn_blocking(move || journal.upgrade_data_keys())
-                .await
-                .map_err(|e| StorageError::Io(Arc::new(std::io::Error::other(e.to_string()))))?
+            blocking(move || journal.upgrade_data_keys()).await
         })
         .await
         .unwrap_or(Err(StorageError::Closed))
@@ -890,9 +898,7 @@ impl Engine {
             let _admin = engine.inner.key_admin.lock().await;
             let journal = engine.inner.journal.clone();
             journal.set_key_provider(provider);
-            tokio::task::spawn_blocking(move || journal.rewrap_data_keys())
-                .await
-                .map_err(|e| StorageError::Io(Arc::new(std::io::Error::other(e.to_string()))))?
+            blocking(move || journal.rewrap_data_keys()).await
         })
         .await
         .unwrap_or(Err(StorageError::Closed))
@@ -909,7 +915,9 @@ impl Engine {
         T: Send + 'static,
         F: std::future::Future<Output = T> + Send + 'static,
     {
-        match tokio::spawn(work(self.clone())).await {
+        // In the caller's span, as if it ran in place.
+        let work = tracing::Instrument::in_current_span(work(self.clone()));
+        match tokio::spawn(work).await {
             Ok(value) => Some(value),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => None,
@@ -1057,11 +1065,7 @@ impl Engine {
             .or_else(|| A::idempotency_key(&command));
         if metadata.idempotency_key.is_none() && !self.inner.guards.contains_key(A::TYPE) {
             return self
-                .send::<A, _>(aggregate_id, |reply| EntityMsg::Execute {
-                    command,
-                    metadata,
-                    reply,
-                })
+                .send_execute::<A>(aggregate_id, command, metadata)
                 .await;
         }
         let aggregate_id = aggregate_id.to_owned();
@@ -1112,12 +1116,8 @@ impl Engine {
                             > self.inner.rt.clock.now().timestamp_micros()
                     });
             if recorded {
-                self.send::<A, _>(aggregate_id, |reply| EntityMsg::Execute {
-                    command,
-                    metadata,
-                    reply,
-                })
-                .await
+                self.send_execute::<A>(aggregate_id, command, metadata)
+                    .await
             } else {
                 self.execute_guarded::<A>(aggregate_id, command, metadata)
                     .await
@@ -1135,6 +1135,21 @@ impl Engine {
         result
     }
 
+    /// Sends a command to its entity and waits for the answer.
+    async fn send_execute<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: Metadata,
+    ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
+        self.send::<A, _>(aggregate_id, |reply| EntityMsg::Execute {
+            command,
+            metadata,
+            reply,
+        })
+        .await
+    }
+
     async fn execute_guarded<A: Aggregate>(
         &self,
         aggregate_id: &str,
@@ -1149,11 +1164,7 @@ impl Engine {
             .cloned();
         let Some(guard) = guard else {
             return self
-                .send::<A, _>(aggregate_id, |reply| EntityMsg::Execute {
-                    command,
-                    metadata,
-                    reply,
-                })
+                .send_execute::<A>(aggregate_id, command, metadata)
                 .await;
         };
         let now = self.inner.rt.clock.now();
@@ -1162,11 +1173,7 @@ impl Engine {
             .map_err(CommandError::Rejected)?;
         let for_settle = command.clone();
         let result = self
-            .send::<A, _>(aggregate_id, |reply| EntityMsg::Execute {
-                command,
-                metadata,
-                reply,
-            })
+            .send_execute::<A>(aggregate_id, command, metadata)
             .await;
         guard.settle(aggregate_id, &for_settle, now, result.is_ok());
         result

@@ -234,14 +234,30 @@ fn a_scrub_zeroes_chosen_key_entries_in_place_and_completes_a_torn_one() {
         .unwrap();
     file.write_all_at(&[0; 7], at as u64).unwrap();
     drop(log);
-    let log = SegmentLog::open(dir.path(), 1 << 20, 0, 1).unwrap().0;
+    // Its key entries' own CRC fails: where no scrub may have reached (a bound of 0), that
+    // is damage, and read-only the log ends before it (a writable open would cut it, or
+    // refuse the log below its durable floor).
+    let strict = SegmentLog::open_read_only(dir.path(), 1 << 20, 1, 0).unwrap();
+    assert_eq!(
+        all_frames(&strict).len(),
+        0,
+        "a damaged key entry is not read"
+    );
+    drop(strict);
+    // Behind the bound a scrub may have reached, it opens; the damaged write reads as it is.
+    let before = frames[..3]
+        .iter()
+        .map(|f| f.encoded_len() as u64)
+        .sum::<u64>();
+    let log = SegmentLog::open_scrubbed(dir.path(), 1 << 20, 0, 1, before)
+        .unwrap()
+        .0;
     let read = all_frames(&log);
     assert_eq!(read[0].writes.len(), 3);
     assert_ne!(read[0].writes[0].key(), &alice_key[..]);
     assert_eq!(read[1..3], frames[1..3]);
 
     // Scrub everything but bob's entry, in the frames before the last one.
-    let before = log.end_of_frames() - frames[3].encoded_len() as u64;
     let choose = |w: &FrameWrite| Ok::<_, SegLogError>(w.key() != &bob_key[..]);
     let scrubbed = scrub_frames(&log.scrubbable_frames(before), choose).unwrap();
     assert_eq!(scrubbed, 2, "alice's torn entry and her wrapped key");
@@ -251,7 +267,9 @@ fn a_scrub_zeroes_chosen_key_entries_in_place_and_completes_a_torn_one() {
     );
     drop(log);
 
-    let log = SegmentLog::open(dir.path(), 1 << 20, 0, 1).unwrap().0;
+    let mut log = SegmentLog::open_scrubbed(dir.path(), 1 << 20, 0, 1, before)
+        .unwrap()
+        .0;
     let read = all_frames(&log);
     assert_eq!(read.len(), frames.len());
     for (read, written) in read.iter().zip(&frames) {
@@ -279,10 +297,41 @@ fn a_scrub_zeroes_chosen_key_entries_in_place_and_completes_a_torn_one() {
     assert_eq!(count(&alice_wrapped), 0, "her key is gone");
     assert_eq!(count(&bob_key), 1);
     // The frame after `before` (an erasure's own removal) is scrubbed once it is behind.
-    let all = scrub_frames(&log.scrubbable_frames(log.end_of_frames()), choose).unwrap();
+    let end = log.end_of_frames();
+    log.allow_scrubbed_before(end);
+    let all = scrub_frames(&log.scrubbable_frames(end), choose).unwrap();
     assert_eq!(all, 1);
     assert!(all_frames(&log)[3].writes.is_empty());
     assert_eq!(count(b"t:alice"), 0);
+    drop(log);
+
+    // A key entry damaged where no scrub reached (bob's, in a frame the bound does not
+    // cover) is found by its own CRC, though the body CRC leaves its bytes out.
+    let at = offset_of(&segment, &bob_key);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.write_all_at(b"X", at as u64 + 5).unwrap();
+    let bound = frames[..2]
+        .iter()
+        .map(|f| f.encoded_len() as u64)
+        .sum::<u64>();
+    let log = SegmentLog::open_read_only(dir.path(), 1 << 20, 1, bound).unwrap();
+    assert_eq!(
+        all_frames(&log).len(),
+        2,
+        "the log ends before the damaged frame"
+    );
+}
+
+/// The offset of `needle`'s first occurrence in `file`.
+fn offset_of(file: &Path, needle: &[u8]) -> usize {
+    let bytes = std::fs::read(file).unwrap();
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap()
 }
 
 #[test]

@@ -93,8 +93,9 @@ pub(super) fn writes_pending(dir: &Path, db: &sled::Db) -> Result<bool, StorageE
     if !is_log_store(db)? {
         return Ok(false);
     }
-    let log = SegmentLog::open_read_only(&dir.join(LOG_DIR), seglog::SEGMENT_BYTES, 1)?;
     let (writes_from, timers_from) = stored_cursors(db)?;
+    let log =
+        SegmentLog::open_read_only(&dir.join(LOG_DIR), seglog::SEGMENT_BYTES, 1, writes_from)?;
     Ok(log.end_of_frames() > writes_from.min(timers_from))
 }
 
@@ -265,8 +266,16 @@ impl LogParts {
     /// log's end and re-applies the writes of the frames sled lost.
     pub(super) fn open_writable(dir: &Path, db: &sled::Db) -> Result<LogParts, StorageError> {
         let floor = logindex::stored_cursor(db)?.unwrap_or(0);
-        let (mut log, report) =
-            SegmentLog::open(&dir.join(LOG_DIR), seglog::SEGMENT_BYTES, floor, 1)?;
+        // Frames behind the writes cursor may have been scrubbed (see `scrub_if_asked`); a
+        // frame after it fails its key entries' CRC only when damaged.
+        let (scrubbed_before, _) = stored_cursor_keys(db)?;
+        let (mut log, report) = SegmentLog::open_scrubbed(
+            &dir.join(LOG_DIR),
+            seglog::SEGMENT_BYTES,
+            floor,
+            1,
+            scrubbed_before,
+        )?;
         if let Some((segment, offset)) = &report.cut {
             tracing::warn!(
                 segment = %segment.display(),
@@ -358,7 +367,11 @@ impl LogParts {
         sync_sled()?;
         let (writes_cursor, _) = stored_cursor_keys(db)?;
         sync_sled()?;
-        let frames = self.read_log().scrubbable_frames(writes_cursor);
+        let frames = {
+            let mut log = self.write_log();
+            log.allow_scrubbed_before(writes_cursor);
+            log.scrubbable_frames(writes_cursor)
+        };
         let scrubbed = seglog::scrub_frames(&frames, |write| match write {
             FrameWrite::Put { key, value } => {
                 Ok::<_, StorageError>(db.get(key)?.as_deref() != Some(&value[..]))
@@ -381,7 +394,14 @@ impl LogParts {
     /// torn last group ends the log as read; the writes of frames sled lost in a crash are
     /// not re-applied: the next writable open does it).
     pub(super) fn open_read_only(dir: &Path, db: &sled::Db) -> Result<LogParts, StorageError> {
-        let log = SegmentLog::open_read_only(&dir.join(LOG_DIR), seglog::SEGMENT_BYTES, 1)?;
+        // Frames behind the writes cursor may have been scrubbed (see `scrub_if_asked`).
+        let (scrubbed_before, _) = stored_cursor_keys(db)?;
+        let log = SegmentLog::open_read_only(
+            &dir.join(LOG_DIR),
+            seglog::SEGMENT_BYTES,
+            1,
+            scrubbed_before,
+        )?;
         let index = LogIndex::open(db, &log)?;
         Ok(LogParts::new(log, index))
     }

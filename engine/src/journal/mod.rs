@@ -1040,6 +1040,15 @@ impl JournalWriter {
         parts.scrub_if_asked(&self.shared.db()?, || self.sync())
     }
 
+    /// Frames of the segment log that carry key entries in frame format 1 (written before
+    /// 2026-11-28): no scrub can zero them (0 on the sled layout).
+    pub(crate) fn unscrubbable_key_frames(&self) -> usize {
+        self.shared
+            .log
+            .as_ref()
+            .map_or(0, |parts| parts.read_log().unscrubbable_key_frames())
+    }
+
     /// Blocking, like [`JournalWriter::sync`].
     /// Commits and syncs everything submitted so far, stops the committer, and closes sled's
     /// database, which releases the directory lock even while clones of this journal (or of

@@ -30,15 +30,18 @@
 //! ```
 //!
 //! **Scrubbable writes** (format 2, docs/security.md "Erasure"): a frame that carries a data
-//! subject's index entry (`D`: its name and key ids) or a wrapped data key (`d`) is format 2,
-//! and its body CRC leaves out the bytes of those keys and values (the ops and lengths stay
-//! in). Forgetting a subject overwrites them with zeroes in place ([`scrub_frames`]), in
-//! frames whose writes sled already holds for good, so that the log keeps no copy of an
-//! erased key or of the subject's name. Left out of the CRC, a scrub torn by a crash (some
-//! of the bytes zeroed) breaks no check: the wrapped key carries its own AEAD tag, and
-//! frames behind the writes cursor are never applied again. A write whose scrubbable bytes
-//! are all zeroes is scrubbed, and decoding leaves it out. Every other frame stays format 1,
-//! byte for byte as before.
+//! subject's index entry (`D`: its name and key ids) or a wrapped data key (`d`) is format 2.
+//! Its body CRC leaves out the bytes of those keys and values (the ops and lengths stay in),
+//! and its body ends with a second CRC32C, of those bytes alone (`u32 LE`, itself under the
+//! body CRC). Forgetting a subject overwrites them with zeroes in place ([`scrub_frames`]),
+//! in frames whose writes sled already holds for good, so that the log keeps no copy of an
+//! erased key or of the subject's name. A scrub torn by a crash (some of the bytes zeroed)
+//! breaks the body CRC of no frame; the second CRC then fails, which the log accepts only for
+//! frames before the address the caller says scrubs may have reached (the writes cursor:
+//! such frames are never applied again). Anywhere else a failed second CRC is a damaged
+//! frame like any other (a torn last group, or corruption), so a key entry that will be
+//! applied is checked as before. A write whose scrubbable bytes are all zeroes is scrubbed,
+//! and decoding leaves it out. Every other frame stays format 1, byte for byte as before.
 //!
 //! Frames follow each other with no gap; positions run on from frame to frame and from
 //! segment to segment with no gap. After the last frame the segment holds zeroes.
@@ -82,6 +85,8 @@ const OP_REMOVE: u8 = 2;
 const OP_KEY_SCRUBBABLE: u8 = 0x40;
 const OP_VALUE_SCRUBBABLE: u8 = 0x80;
 const OP_FLAGS: u8 = OP_KEY_SCRUBBABLE | OP_VALUE_SCRUBBABLE;
+/// Bytes of a format 2 body's second CRC, of its scrubbable bytes.
+const SCRUB_CRC_BYTES: usize = 4;
 
 /// Which parts of a write to `key` a scrub may zero: (key, value). A subject's index entry
 /// names the subject in its key and its keys in its value; a data key's entry holds the
@@ -203,14 +208,27 @@ impl Frame {
     }
 
     fn body_len(&self) -> usize {
-        self.records
+        let writes: usize = self
+            .writes
             .iter()
-            .map(|r| RECORD_ENTRY_HEADER_BYTES + r.bytes.len())
-            .chain(self.writes.iter().map(|w| match w {
+            .map(|w| match w {
                 FrameWrite::Put { key, value } => 9 + key.len() + value.len(),
                 FrameWrite::Remove { key } => 5 + key.len(),
-            }))
-            .sum()
+            })
+            .sum();
+        let trailer = match self.has_scrubbable_writes() {
+            true => SCRUB_CRC_BYTES,
+            false => 0,
+        };
+        self.records_bytes() + writes + trailer
+    }
+
+    /// Whether the frame is written in format 2 (see [`scrubbable_parts`]).
+    fn has_scrubbable_writes(&self) -> bool {
+        self.writes.iter().any(|w| match w {
+            FrameWrite::Put { key, .. } => scrubbable_parts(key) != (false, false),
+            FrameWrite::Remove { key } => scrubbable_parts(key).0,
+        })
     }
 
     /// The frame's bytes, header and body: format 2 if a write may be scrubbed, else 1.
@@ -253,6 +271,22 @@ impl Frame {
                 out.extend_from_slice(&(value.len() as u32).to_le_bytes());
                 out.extend_from_slice(value);
             }
+        }
+        if format == FRAME_FORMAT_SCRUBBABLE {
+            let layout_header = Header {
+                format,
+                first_position: self.first_position,
+                records: self.records.len() as u32,
+                writes: self.writes.len() as u32,
+                body_len: 0,
+                body_crc: 0,
+            };
+            out.extend_from_slice(&[0; SCRUB_CRC_BYTES]);
+            let body = &out[FRAME_HEADER_BYTES..];
+            let layout = body_layout(&layout_header, body).expect("a body just encoded");
+            let crc = scrubbable_crc(body, &layout.writes);
+            let at = out.len() - SCRUB_CRC_BYTES;
+            out[at..].copy_from_slice(&crc.to_le_bytes());
         }
         assert_eq!(out.len(), FRAME_HEADER_BYTES + body_len, "frame length");
         let mut header = Header {
@@ -361,13 +395,15 @@ impl WriteSpan {
     }
 }
 
+/// Where a body's parts lie: each record's previous address and bytes, and each write.
+struct BodyLayout {
+    records: Vec<(u64, std::ops::Range<usize>)>,
+    writes: Vec<WriteSpan>,
+}
+
 /// The layout of a body not yet checked, bounds-checked: each record's previous address
 /// and byte range, and each write's span.
-#[allow(clippy::type_complexity)]
-fn body_layout(
-    header: &Header,
-    body: &[u8],
-) -> Result<(Vec<(u64, std::ops::Range<usize>)>, Vec<WriteSpan>), &'static str> {
+fn body_layout(header: &Header, body: &[u8]) -> Result<BodyLayout, &'static str> {
     let mut at = 0usize;
     let mut take = taker(body, &mut at);
     let u32_in = |r: std::ops::Range<usize>| u32::from_le_bytes(body[r].try_into().unwrap());
@@ -379,7 +415,7 @@ fn body_layout(
     }
     drop(take);
     let writes = writes_layout(header, body, at)?;
-    Ok((records, writes))
+    Ok(BodyLayout { records, writes })
 }
 
 /// Ranges of `bytes` taken one after another from `*at`, bounds-checked.
@@ -396,12 +432,22 @@ fn taker<'a>(
     }
 }
 
-/// The spans of the writes that fill `body` from `start` to its end (bounds-checked).
+/// The spans of the writes that fill `body` from `start` to its end, or for format 2 to its
+/// second CRC (bounds-checked).
 fn writes_layout(
     header: &Header,
     body: &[u8],
     start: usize,
 ) -> Result<Vec<WriteSpan>, &'static str> {
+    let trailer = match header.format {
+        FRAME_FORMAT_SCRUBBABLE => SCRUB_CRC_BYTES,
+        _ => 0,
+    };
+    let writes_end = body
+        .len()
+        .checked_sub(trailer)
+        .ok_or("frame body shorter than its contents")?;
+    let body = &body[..writes_end];
     let mut at = start;
     let mut take = taker(body, &mut at);
     let u32_in = |r: std::ops::Range<usize>| u32::from_le_bytes(body[r].try_into().unwrap());
@@ -437,19 +483,44 @@ fn body_crc(header: &Header, body: &[u8]) -> Result<u32, &'static str> {
     if header.format == FRAME_FORMAT {
         return Ok(crc32c::crc32c(body));
     }
-    let (_, writes) = body_layout(header, body)?;
+    Ok(masked_crc(body, &body_layout(header, body)?.writes))
+}
+
+/// The CRC32C of `body` without the scrubbable bytes of `writes`.
+fn masked_crc(body: &[u8], writes: &[WriteSpan]) -> u32 {
     let mut crc = 0u32;
     let mut at = 0usize;
     for range in writes.iter().flat_map(WriteSpan::scrubbable) {
         crc = crc32c::crc32c_append(crc, &body[at..range.start]);
         at = range.end;
     }
-    Ok(crc32c::crc32c_append(crc, &body[at..]))
+    crc32c::crc32c_append(crc, &body[at..])
+}
+
+/// The CRC32C of the scrubbable bytes of `writes`, in body order: a format 2 body's second
+/// CRC.
+fn scrubbable_crc(body: &[u8], writes: &[WriteSpan]) -> u32 {
+    writes
+        .iter()
+        .flat_map(WriteSpan::scrubbable)
+        .fold(0, |crc, range| crc32c::crc32c_append(crc, &body[range]))
+}
+
+/// Whether a format 2 body of layout `writes` (its body CRC checked) still holds the
+/// scrubbable bytes it was written with: its second CRC matches them.
+fn key_entries_intact(body: &[u8], writes: &[WriteSpan]) -> bool {
+    let stored = u32::from_le_bytes(body[body.len() - SCRUB_CRC_BYTES..].try_into().unwrap());
+    scrubbable_crc(body, writes) == stored
 }
 
 /// Parses a checked body into the frame it holds, leaving out scrubbed writes.
 fn decode_body(header: &Header, body: &[u8]) -> Result<Frame, &'static str> {
-    let (records, writes) = body_layout(header, body)?;
+    Ok(decode_layout(header, body, body_layout(header, body)?))
+}
+
+/// The frame a checked body of layout `layout` holds, leaving out scrubbed writes.
+fn decode_layout(header: &Header, body: &[u8], layout: BodyLayout) -> Frame {
+    let BodyLayout { records, writes } = layout;
     let records = records
         .into_iter()
         .map(|(previous_address, bytes)| FrameRecord {
@@ -462,11 +533,11 @@ fn decode_body(header: &Header, body: &[u8]) -> Result<Frame, &'static str> {
         .filter(|w| !w.is_scrubbed(body))
         .map(|w| span_write(w, body))
         .collect();
-    Ok(Frame {
+    Frame {
         first_position: header.first_position,
         records,
         writes,
-    })
+    }
 }
 
 /// The write `span` describes in `body`.
@@ -503,6 +574,9 @@ struct Segment {
     /// upgrade or rotation): the frame's byte offset and where its writes begin in its
     /// body, what a scrub reads instead of every frame.
     scrubbable: Vec<(u64, u32)>,
+    /// Its frames of format 1 that carry key entries (written before format 2): no scrub
+    /// can zero them.
+    unscrubbable_key_frames: usize,
 }
 
 impl Segment {
@@ -514,6 +588,9 @@ impl Segment {
         }
         if header.format == FRAME_FORMAT_SCRUBBABLE {
             self.scrubbable.push((offset, frame.records_bytes() as u32));
+        } else if frame.has_scrubbable_writes() {
+            // Written before frame format 2: its CRC covers the key entries.
+            self.unscrubbable_key_frames += 1;
         }
         self.frames += 1;
         self.used_bytes = offset + header.frame_bytes();
@@ -531,8 +608,15 @@ impl Segment {
         Ok(Header::read(&bytes))
     }
 
-    /// The checked frame at `offset` whose header is `header`.
-    fn read_frame(&self, header: &Header, offset: u64) -> Result<Frame, SegLogError> {
+    /// The checked frame at `offset` whose header is `header`. A format 2 frame whose key
+    /// entries fail their second CRC is accepted only if it ends at or before
+    /// `scrubbed_before` (a scrub may have zeroed them, see the module's doc).
+    fn read_frame(
+        &self,
+        header: &Header,
+        offset: u64,
+        scrubbed_before: u64,
+    ) -> Result<Frame, SegLogError> {
         let corrupt = |reason| SegLogError::Corrupt {
             path: self.path.clone(),
             offset,
@@ -545,10 +629,23 @@ impl Segment {
         self.file
             .read_exact_at(&mut body, offset + FRAME_HEADER_BYTES as u64)
             .map_err(io(&self.path))?;
-        if body_crc(header, &body) != Ok(header.body_crc) {
+        if header.format == FRAME_FORMAT {
+            if crc32c::crc32c(&body) != header.body_crc {
+                return Err(corrupt("frame body CRC mismatch"));
+            }
+            return decode_body(header, &body).map_err(corrupt);
+        }
+        // Format 2: the layout once, for both CRCs and the frame. A body too damaged to
+        // have a layout is a failed CRC as well.
+        let layout = body_layout(header, &body).map_err(|_| corrupt("frame body CRC mismatch"))?;
+        if masked_crc(&body, &layout.writes) != header.body_crc {
             return Err(corrupt("frame body CRC mismatch"));
         }
-        decode_body(header, &body).map_err(corrupt)
+        let end = self.base_address + offset + header.frame_bytes();
+        if end > scrubbed_before && !key_entries_intact(&body, &layout.writes) {
+            return Err(corrupt("frame key entries CRC mismatch"));
+        }
+        Ok(decode_layout(header, &body, layout))
     }
 }
 
@@ -578,6 +675,9 @@ pub struct SegmentLog {
     dir_dirty: bool,
     /// False for a log opened with [`SegmentLog::open_read_only`].
     writable: bool,
+    /// Frames that end at or before this address may have had key entries scrubbed (see
+    /// the module's doc): their failed second CRC is not damage.
+    scrubbed_before: u64,
 }
 
 /// A sync of everything appended before it was taken ([`SegmentLog::take_sync`]), run
@@ -612,18 +712,52 @@ impl SegmentLog {
         durable_floor: u64,
         first_position: u64,
     ) -> Result<(SegmentLog, OpenReport), SegLogError> {
-        Self::open_with(dir, segment_bytes, durable_floor, first_position, true)
+        Self::open_with(dir, segment_bytes, durable_floor, first_position, 0, true)
+    }
+
+    /// [`Self::open`] of a log whose frames ending at or before `scrubbed_before` may have
+    /// had key entries scrubbed (the store's writes cursor: see the module's doc).
+    pub fn open_scrubbed(
+        dir: &Path,
+        segment_bytes: u64,
+        durable_floor: u64,
+        first_position: u64,
+        scrubbed_before: u64,
+    ) -> Result<(SegmentLog, OpenReport), SegLogError> {
+        Self::open_with(
+            dir,
+            segment_bytes,
+            durable_floor,
+            first_position,
+            scrubbed_before,
+            true,
+        )
     }
 
     /// Opens the log for reading only: nothing is created, cut, zeroed or removed. A torn
     /// last group (what [`Self::open`] would cut) ends the log as read; appending to a log
-    /// opened so is a bug.
+    /// opened so is a bug. `scrubbed_before` as for [`Self::open_scrubbed`].
     pub fn open_read_only(
         dir: &Path,
         segment_bytes: u64,
         first_position: u64,
+        scrubbed_before: u64,
     ) -> Result<SegmentLog, SegLogError> {
-        Self::open_with(dir, segment_bytes, 0, first_position, false).map(|(log, _)| log)
+        Self::open_with(
+            dir,
+            segment_bytes,
+            0,
+            first_position,
+            scrubbed_before,
+            false,
+        )
+        .map(|(log, _)| log)
+    }
+
+    /// Lets frames ending at or before `address` fail their key entries' second CRC: a
+    /// scrub calls it before it zeroes any (it never lowers the bound).
+    pub fn allow_scrubbed_before(&mut self, address: u64) {
+        self.scrubbed_before = self.scrubbed_before.max(address);
     }
 
     fn open_with(
@@ -631,6 +765,7 @@ impl SegmentLog {
         segment_bytes: u64,
         durable_floor: u64,
         first_position: u64,
+        scrubbed_before: u64,
         writable: bool,
     ) -> Result<(SegmentLog, OpenReport), SegLogError> {
         assert!(
@@ -657,6 +792,7 @@ impl SegmentLog {
                     dirty: false,
                     dir_dirty: false,
                     writable,
+                    scrubbed_before,
                 },
                 OpenReport::default(),
             ));
@@ -686,6 +822,7 @@ impl SegmentLog {
             dirty: false,
             dir_dirty: false,
             writable,
+            scrubbed_before,
         };
         let mut report = OpenReport::default();
         let count = names.len();
@@ -715,6 +852,7 @@ impl SegmentLog {
                 table: Vec::new(),
                 frames: 0,
                 scrubbable: Vec::new(),
+                unscrubbable_key_frames: 0,
             };
             let mut offset = 0u64;
             // Why the frames of this segment end at `offset`: `None` for zeroes.
@@ -725,16 +863,18 @@ impl SegmentLog {
                     HeaderRead::Ok(header) if header.first_position != segment.end_position => {
                         Some("frame does not start where the one before it ends")
                     }
-                    HeaderRead::Ok(header) => match segment.read_frame(&header, offset) {
-                        Ok(frame) => {
-                            segment.note_frame(&header, offset, &frame);
-                            report.frames += 1;
-                            offset += header.frame_bytes();
-                            continue;
+                    HeaderRead::Ok(header) => {
+                        match segment.read_frame(&header, offset, scrubbed_before) {
+                            Ok(frame) => {
+                                segment.note_frame(&header, offset, &frame);
+                                report.frames += 1;
+                                offset += header.frame_bytes();
+                                continue;
+                            }
+                            Err(SegLogError::Corrupt { reason, .. }) => Some(reason),
+                            Err(e) => return Err(e),
                         }
-                        Err(SegLogError::Corrupt { reason, .. }) => Some(reason),
-                        Err(e) => return Err(e),
-                    },
+                    }
                 };
                 break failure;
             };
@@ -1056,6 +1196,7 @@ impl SegmentLog {
             table: Vec::new(),
             frames: 0,
             scrubbable: Vec::new(),
+            unscrubbable_key_frames: 0,
         });
         self.dir_dirty = true;
         Ok(())
@@ -1082,7 +1223,7 @@ impl SegmentLog {
     ) -> impl Iterator<Item = Result<(u64, Frame), SegLogError>> + '_ {
         let start = self.segments.partition_point(|s| s.end_position <= from);
         self.segments[start..].iter().flat_map(move |segment| {
-            let mut reader = SegmentReader::new(segment);
+            let mut reader = SegmentReader::new(segment, self.scrubbed_before);
             std::iter::from_fn(move || reader.next_frame().transpose())
                 .filter(move |f| !matches!(f, Ok((_, frame)) if frame.end_position() <= from))
         })
@@ -1109,7 +1250,7 @@ impl SegmentLog {
             .segments
             .partition_point(|s| s.base_address + s.used_bytes <= address);
         self.segments[start..].iter().flat_map(move |segment| {
-            let mut reader = SegmentReader::new(segment);
+            let mut reader = SegmentReader::new(segment, self.scrubbed_before);
             let offset = address.saturating_sub(segment.base_address);
             let t = segment.table.partition_point(|&(_, at)| at <= offset);
             reader.offset = t.checked_sub(1).map_or(0, |t| segment.table[t].1);
@@ -1143,7 +1284,7 @@ impl SegmentLog {
     pub fn scrubbable_frames(&self, before_address: u64) -> Vec<ScrubbableFrames> {
         self.segments
             .iter()
-            .filter(|s| s.base_address < before_address && !s.scrubbable.is_empty())
+            .filter(|s| s.base_address < before_address)
             .map(|s| ScrubbableFrames {
                 path: s.path.clone(),
                 frames: s
@@ -1154,7 +1295,17 @@ impl SegmentLog {
                     .collect(),
                 before_offset: before_address - s.base_address,
             })
+            .filter(|s| !s.frames.is_empty())
             .collect()
+    }
+
+    /// Frames that carry key entries in format 1 (written before format 2), which no scrub
+    /// can zero (see [`scrub_frames`]).
+    pub fn unscrubbable_key_frames(&self) -> usize {
+        self.segments
+            .iter()
+            .map(|s| s.unscrubbable_key_frames)
+            .sum()
     }
 
     /// The address after the last frame (where the next one goes, if it fits).
@@ -1167,7 +1318,7 @@ impl SegmentLog {
     /// The frame at `address` (a frame's address) and the address after it.
     pub fn frame_at_address(&self, address: u64) -> Result<(Frame, u64), SegLogError> {
         let segment = self.segment_with_frames_at(address)?;
-        let mut reader = SegmentReader::new(segment);
+        let mut reader = SegmentReader::new(segment, self.scrubbed_before);
         reader.offset = address - segment.base_address;
         match reader.next_frame()? {
             Some((_, frame)) => Ok((frame, segment.base_address + reader.offset)),
@@ -1187,7 +1338,11 @@ impl SegmentLog {
         };
         let offset = address - segment.base_address;
         match segment.read_header(offset)? {
-            HeaderRead::Ok(header) => Ok(Some(segment.read_frame(&header, offset)?)),
+            HeaderRead::Ok(header) => Ok(Some(segment.read_frame(
+                &header,
+                offset,
+                self.scrubbed_before,
+            )?)),
             HeaderRead::Bad(_) | HeaderRead::Zero => Ok(None),
         }
     }
@@ -1327,7 +1482,7 @@ pub struct ScrubbableFrames {
 /// record (whose bytes are vouched for by its own CRC and hash chain). A scrub a crash cut
 /// short reads as well as a whole one (the body CRC leaves those bytes out) and can be run
 /// again. The caller vouches that no frame of `frames` will be applied again: their writes are in
-/// sled for good (see `logstore::LogParts::scrub_superseded`), and `choose` must pick a
+/// sled for good (see `logstore::LogParts::scrub_if_asked`), and `choose` must pick a
 /// write whose bytes a torn scrub damaged (it sees them as they are). Scrubbing rewrites
 /// bytes of a frame in place: a power cut during it is assumed to leave the bytes of a
 /// sector outside the range written as they were (what SQLite calls a powersafe overwrite,
@@ -1404,11 +1559,17 @@ pub fn scrub_frames<E: From<SegLogError>>(
 struct SegmentReader<'a> {
     segment: &'a Segment,
     offset: u64,
+    /// The log's bound for scrubbed frames (see [`Segment::read_frame`]).
+    scrubbed_before: u64,
 }
 
 impl<'a> SegmentReader<'a> {
-    fn new(segment: &'a Segment) -> Self {
-        SegmentReader { segment, offset: 0 }
+    fn new(segment: &'a Segment, scrubbed_before: u64) -> Self {
+        SegmentReader {
+            segment,
+            offset: 0,
+            scrubbed_before,
+        }
     }
 
     fn next_frame(&mut self) -> Result<Option<(u64, Frame)>, SegLogError> {
@@ -1432,7 +1593,9 @@ impl<'a> SegmentReader<'a> {
                 })
             }
         };
-        let frame = self.segment.read_frame(&header, self.offset)?;
+        let frame = self
+            .segment
+            .read_frame(&header, self.offset, self.scrubbed_before)?;
         let address = self.segment.base_address + self.offset;
         self.offset += header.frame_bytes();
         Ok(Some((address, frame)))
