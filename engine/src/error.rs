@@ -469,6 +469,10 @@ pub enum InvalidRequest {
         key_max: usize,
         value_max: usize,
     },
+    /// Cluster mode: the command's batch would be a message of `bytes` on the journal
+    /// topic, more than the producer sends (`max`): it can never be replicated.
+    #[error("the command's batch is a {bytes}-byte message on the journal topic; at most {max}")]
+    ReplicatedBatchTooLarge { bytes: usize, max: usize },
 }
 
 /// Why an append was not acknowledged.
@@ -650,6 +654,9 @@ impl<E: std::error::Error> CommandError<E> {
                 stream: stream.clone(),
                 reason: UnavailableReason::ReplicationLagging { batches },
             },
+            GateRefusal::TooLarge { bytes, max } => {
+                CommandError::Invalid(InvalidRequest::ReplicatedBatchTooLarge { bytes, max })
+            }
             GateRefusal::Forked { partition } => CommandError::Unavailable {
                 stream: stream.clone(),
                 reason: UnavailableReason::Forked { partition },

@@ -65,4 +65,7 @@ pub(crate) enum GateRefusal {
     /// `Local` mode: batches this node acknowledged in the partition were voided by another
     /// node's claim (a fork); the node refuses the partition until its store is rebuilt.
     Forked { partition: u32 },
+    /// The batch's message on the journal topic would be larger than the producer sends
+    /// (`bytes` over `max`): it can never be replicated; nothing was sent or written.
+    TooLarge { bytes: usize, max: usize },
 }

@@ -21,7 +21,9 @@
 //! - `{"op":"status"}`: the node's cluster status, with `replication_lag` (`Local` mode:
 //!   `{"batches":B,"oldest_ms":T}`) and `forked` (partitions refused after a fork).
 //! - errors: `{"ok":false,"error":"not_owner"|"rejected"|"conflict"|"unavailable"|...,
-//!   "retryable":bool,"message":"...","partition":P,"owner":"n3"}`.
+//!   "retryable":bool,"message":"...","partition":P,"owner":"n3"}`. `"outcome_unknown"`: a
+//!   forwarded command reached its owner and no answer came back (it may have run);
+//!   retryable only for `append`, whose repeat cannot apply twice.
 //!
 //! It prints `listening ADDR` on stdout once it accepts connections.
 
@@ -373,7 +375,7 @@ fn forward(node: &Node, request: &Value, partition: u32) -> Value {
     }
     let mut request = request.clone();
     request["forwarded"] = json!(true);
-    let relay = || -> std::io::Result<Value> {
+    let send = || -> std::io::Result<TcpStream> {
         let addr: std::net::SocketAddr = owner
             .endpoint
             .parse()
@@ -382,18 +384,35 @@ fn forward(node: &Node, request: &Value, partition: u32) -> Value {
         conn.set_read_timeout(Some(Duration::from_secs(60)))?;
         conn.set_nodelay(true)?;
         write_frame(&mut conn, &serde_json::to_vec(&request).expect("JSON"))?;
-        let bytes = read_frame(&mut conn)?;
-        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+        Ok(conn)
     };
-    match relay() {
+    let where_to = format!("{} at {}", owner.node, owner.endpoint);
+    // Not sent whole: the owner cannot have run it (a frame cut short is no request).
+    let mut conn = match send() {
+        Ok(conn) => conn,
+        Err(e) => {
+            return not_owner(
+                Some(owner.node.clone()),
+                format!("forwarding to {where_to}: {e}"),
+            )
+        }
+    };
+    let answer = read_frame(&mut conn)
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).map_err(std::io::Error::other));
+    match answer {
         Ok(mut answer) => {
             answer["via"] = json!(node.name);
             answer
         }
-        Err(e) => not_owner(
-            Some(owner.node.clone()),
-            format!("forwarding to {} at {}: {e}", owner.node, owner.endpoint),
-        ),
+        // Sent, and no answer: the owner may have run it (found by review: this was a
+        // retryable `not_owner`, and a retry ran a command twice). Only a ledger append,
+        // which a repeat of its number cannot apply twice, is safe to send again.
+        Err(e) => {
+            let idempotent = request["op"] == "append";
+            json!({"ok": false, "error": "outcome_unknown", "retryable": idempotent,
+                   "partition": partition, "owner": owner.node,
+                   "message": format!("forwarded to {where_to}, no answer: {e}; it may have run")})
+        }
     }
 }
 

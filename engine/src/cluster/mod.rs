@@ -1355,6 +1355,15 @@ impl DurableGate {
         };
         let entry = Entry::Batch(Batch::from_request(&shared.config.node, epoch, request));
         let value = entry.encode();
+        // Refused before it is sent: the producer would fail it at once, and the failure
+        // path gives the partition up (the batch "may still land"), so a retrying client
+        // would bounce the partition between claims for ever (found by review).
+        if value.len() > JOURNAL_MESSAGE_BYTES_MAX {
+            return Err(GateRefusal::TooLarge {
+                bytes: value.len(),
+                max: JOURNAL_MESSAGE_BYTES_MAX,
+            });
+        }
         let record = FutureRecord::to(&shared.topic)
             .partition(partition as i32)
             .key(request.stream.aggregate_id.as_bytes())
@@ -1586,6 +1595,11 @@ fn local_verdict(
         }
     }
 }
+
+/// Bytes of a journal topic message at most: librdkafka's default `message.max.bytes`, which
+/// the producer keeps (a broker's default is 1,048,588). A `Local` batch is bounded far below
+/// by its outbox entry (`segments::VALUE_BYTES_MAX`).
+const JOURNAL_MESSAGE_BYTES_MAX: usize = 1_000_000;
 
 /// Appends the tailer submits in one round at most, before it takes their answers.
 const TAILER_APPENDS_IN_FLIGHT_MAX: usize = 1024;
