@@ -821,6 +821,17 @@ impl JournalWriter {
         }
         let sled_err = |e: sled::Error| OpenError::storage(&dir, e);
         let meta_key = meta_format_key();
+        // The format marker, durable (sled's flush, then an fdatasync of its file).
+        let write_format_marker = |marker: &[u8]| -> Result<(), OpenError> {
+            db.insert(&meta_key, marker).map_err(sled_err)?;
+            db.flush().map_err(sled_err)?;
+            if !fault::skip(fault::Sync::Fdatasync) {
+                File::open(dir.join("db"))
+                    .and_then(|f| f.sync_data())
+                    .map_err(io)?;
+            }
+            Ok(())
+        };
         match db.get(&meta_key).map_err(sled_err)? {
             // A store made before the marker file whose `db` merely holds the marker's bytes.
             None if found == (probe::Probe::Store { marked: false }) => {
@@ -837,17 +848,11 @@ impl JournalWriter {
                     }
                     WritePath::Sled => STORE_FORMAT_V1,
                 };
-                db.insert(&meta_key, marker).map_err(sled_err)?;
-                db.flush().map_err(sled_err)?;
                 // sled's flush does not reach stable storage (see the syncer); the markers
                 // must, before anything is acknowledged: on the segment log nothing else
                 // syncs sled's file for a group, and a store that lost `m|write-path` would
                 // reopen on the sled layout without its log (found by the power-loss test).
-                if !fault::skip(fault::Sync::Fdatasync) {
-                    File::open(dir.join("db"))
-                        .and_then(|f| f.sync_data())
-                        .map_err(io)?;
-                }
+                write_format_marker(marker)?;
                 // A new store: make its files' directory entries durable too, and sled's
                 // `conf`, which sled writes at creation and never syncs: a torn `conf`
                 // makes sled refuse to open the store (found by the power-loss test).
@@ -864,13 +869,7 @@ impl JournalWriter {
                 if v1 && logstore::is_log_store(&db).map_err(|e| OpenError::storage(&dir, e))? {
                     // Before this session's first frame, which may be format 2: durable, so
                     // that no earlier build opens the store after it (see `STORE_FORMAT`).
-                    db.insert(&meta_key, STORE_FORMAT).map_err(sled_err)?;
-                    db.flush().map_err(sled_err)?;
-                    if !fault::skip(fault::Sync::Fdatasync) {
-                        File::open(dir.join("db"))
-                            .and_then(|f| f.sync_data())
-                            .map_err(io)?;
-                    }
+                    write_format_marker(STORE_FORMAT)?;
                 }
                 if conf_was_missing && !fault::skip(fault::Sync::Dir) {
                     File::open(dir.join("conf"))
