@@ -531,7 +531,7 @@ async fn a_scrub_cut_short_is_completed_at_the_next_open() {
         // Any frame may be part scrubbed here (the bound a reader of the store would take
         // from its writes cursor).
         let log =
-            SegmentLog::open_read_only(&store.join("log"), SEGMENT_BYTES, 1, u64::MAX).unwrap();
+            SegmentLog::open_read_only(&store.join("log"), SEGMENT_BYTES, 0, 1, u64::MAX).unwrap();
         let frames: Vec<_> = log.frames_from_address(0).map(Result::unwrap).collect();
         let torn = frames.iter().flat_map(|(_, f, _)| &f.writes);
         torn.filter(|w| w.key().first() == Some(&0)).count()

@@ -237,7 +237,7 @@ fn a_scrub_zeroes_chosen_key_entries_in_place_and_completes_a_torn_one() {
     // Its key entries' own CRC fails: where no scrub may have reached (a bound of 0), that
     // is damage, and read-only the log ends before it (a writable open would cut it, or
     // refuse the log below its durable floor).
-    let strict = SegmentLog::open_read_only(dir.path(), 1 << 20, 1, 0).unwrap();
+    let strict = SegmentLog::open_read_only(dir.path(), 1 << 20, 0, 1, 0).unwrap();
     assert_eq!(
         all_frames(&strict).len(),
         0,
@@ -317,7 +317,7 @@ fn a_scrub_zeroes_chosen_key_entries_in_place_and_completes_a_torn_one() {
         .iter()
         .map(|f| f.encoded_len() as u64)
         .sum::<u64>();
-    let log = SegmentLog::open_read_only(dir.path(), 1 << 20, 1, bound).unwrap();
+    let log = SegmentLog::open_read_only(dir.path(), 1 << 20, 0, 1, bound).unwrap();
     assert_eq!(
         all_frames(&log).len(),
         2,

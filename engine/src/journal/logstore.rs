@@ -95,7 +95,7 @@ pub(super) fn writes_pending(dir: &Path, db: &sled::Db) -> Result<bool, StorageE
     }
     let (writes_from, timers_from) = stored_cursors(db)?;
     let log =
-        SegmentLog::open_read_only(&dir.join(LOG_DIR), seglog::SEGMENT_BYTES, 1, writes_from)?;
+        SegmentLog::open_read_only(&dir.join(LOG_DIR), seglog::SEGMENT_BYTES, 0, 1, writes_from)?;
     Ok(log.end_of_frames() > writes_from.min(timers_from))
 }
 
@@ -119,6 +119,17 @@ fn stored_cursor_keys(db: &sled::Db) -> Result<(u64, Option<u64>), StorageError>
     let writes = cursor(writes_cursor_key(), "log writes cursor")?.unwrap_or(0);
     let timers = cursor(timers_cursor_key(), "log timers cursor")?;
     Ok((writes, timers))
+}
+
+/// The position below which the log was synced, as sled says: the heads checkpoint's
+/// cursor, or past the Merkle maintainer's size (it follows the synced watermark), whichever
+/// is later. A bad frame below it is damage, not a torn last group: the log is refused
+/// rather than cut or read as ending there (with the heads' cursor alone, a frame the tree
+/// covered was cut after a crash, and a read-only `verify` said "clean" of the shorter log:
+/// found by review, 2026-11-28).
+fn synced_floor(db: &sled::Db) -> Result<u64, StorageError> {
+    let heads = logindex::stored_cursor(db)?.unwrap_or(0);
+    Ok(heads.max(super::merkle::stored_size(db)? + 1))
 }
 
 /// A frame's writes into a sled batch, as the committer's batch would have held them.
@@ -265,7 +276,7 @@ impl LogParts {
     /// survived (a crash may have left it in the page cache only), brings the heads up to the
     /// log's end and re-applies the writes of the frames sled lost.
     pub(super) fn open_writable(dir: &Path, db: &sled::Db) -> Result<LogParts, StorageError> {
-        let floor = logindex::stored_cursor(db)?.unwrap_or(0);
+        let floor = synced_floor(db)?;
         // Frames behind the writes cursor may have been scrubbed (see `scrub_if_asked`); a
         // frame after it fails its key entries' CRC only when damaged.
         let (scrubbed_before, _) = stored_cursor_keys(db)?;
@@ -396,9 +407,11 @@ impl LogParts {
     pub(super) fn open_read_only(dir: &Path, db: &sled::Db) -> Result<LogParts, StorageError> {
         // Frames behind the writes cursor may have been scrubbed (see `scrub_if_asked`).
         let (scrubbed_before, _) = stored_cursor_keys(db)?;
+        let floor = synced_floor(db)?;
         let log = SegmentLog::open_read_only(
             &dir.join(LOG_DIR),
             seglog::SEGMENT_BYTES,
+            floor,
             1,
             scrubbed_before,
         )?;
@@ -1032,6 +1045,80 @@ mod tests {
                 STORE_FORMAT_V1,
                 "no frames: format 1"
             );
+        }
+    }
+
+    /// A read-only open after a crash, with the heads never checkpointed (their cursor at 0)
+    /// and the Merkle maintainer past the log's last frames: a damaged last frame below the
+    /// maintainer's size is refused as corrupt, where it was read as a torn last group and
+    /// the log ended before it (a read-only `verify` said "clean"). With no stored tree it is
+    /// still a torn last group.
+    #[test]
+    fn a_read_only_open_refuses_a_damaged_frame_the_tree_covered() {
+        use crate::journal::{merkle, NewEvent};
+        use crate::journal::{segments, AppendRequest, JournalConfig, JournalWriter, WritePath};
+        let dir = tempfile::tempdir().unwrap();
+        let config = JournalConfig {
+            write_path: WritePath::Log,
+            ..Default::default()
+        };
+        let journal = JournalWriter::open(dir.path(), config).unwrap();
+        let stream = StreamId::new("Thing", "t");
+        for batch in 0..10u64 {
+            let events = (0..5)
+                .map(|i| NewEvent {
+                    event_id: uuid::Uuid::from_u128((batch * 5 + i) as u128 + 1),
+                    event_type: "Happened".into(),
+                    event_version: "1.0".into(),
+                    timestamp: chrono::DateTime::from_timestamp_micros(1_767_225_600_000_000)
+                        .unwrap(),
+                    correlation_id: uuid::Uuid::from_u128(7),
+                    causation_id: None,
+                    source: "test".into(),
+                    user_id: None,
+                    session_id: None,
+                    audit_context: None,
+                    payload: vec![7; 100],
+                })
+                .collect();
+            journal
+                .append_blocking(AppendRequest::new(stream.clone(), batch * 5, events))
+                .unwrap();
+        }
+        journal.close().unwrap();
+        // As a crash left it: no heads checkpoint.
+        let db = segments::sled_config(dir.path()).open().unwrap();
+        for key in db.scan_prefix([logindex::HEADS]).keys() {
+            db.remove(key.unwrap()).unwrap();
+        }
+        db.remove([&[keys::META][..], b"log-applied"].concat())
+            .unwrap();
+        // A byte of the last frame flipped.
+        let mut segments: Vec<_> = std::fs::read_dir(dir.path().join(LOG_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        segments.sort();
+        let last = segments.pop().unwrap();
+        let mut bytes = std::fs::read(&last).unwrap();
+        let at = bytes.len() - 10;
+        bytes[at] ^= 0xff;
+        std::fs::write(&last, &bytes).unwrap();
+
+        let torn = LogParts::open_read_only(dir.path(), &db).unwrap();
+        assert_eq!(
+            torn.next_position(),
+            46,
+            "no tree: a torn last group, read up to it"
+        );
+        drop(torn);
+        db.insert(merkle::SIZE_KEY, &50u64.to_le_bytes()[..])
+            .unwrap();
+        match LogParts::open_read_only(dir.path(), &db) {
+            Err(StorageError::Corrupt { .. }) => {}
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(parts) => panic!("read up to {} only", parts.next_position()),
         }
     }
 }

@@ -186,15 +186,20 @@ impl JournalWriter {
     }
 }
 
+/// The tree size the stored nodes of `db` cover (0 before the maintainer's first batch).
+pub(crate) fn stored_size(db: &sled::Db) -> Result<u64, StorageError> {
+    match db.get(SIZE_KEY)? {
+        None => Ok(0),
+        Some(v) => Ok(u64::from_le_bytes(
+            v.as_ref().try_into().map_err(|_| malformed())?,
+        )),
+    }
+}
+
 impl Journal {
     /// The tree size the stored nodes cover (0 before the maintainer's first batch).
     pub(crate) fn merkle_size(&self) -> Result<u64, StorageError> {
-        match self.shared.db()?.get(SIZE_KEY)? {
-            None => Ok(0),
-            Some(v) => Ok(u64::from_le_bytes(
-                v.as_ref().try_into().map_err(|_| malformed())?,
-            )),
-        }
+        stored_size(&self.shared.db()?)
     }
 
     /// A stored complete-subtree hash, if the maintainer wrote it.

@@ -735,18 +735,20 @@ impl SegmentLog {
     }
 
     /// Opens the log for reading only: nothing is created, cut, zeroed or removed. A torn
-    /// last group (what [`Self::open`] would cut) ends the log as read; appending to a log
-    /// opened so is a bug. `scrubbed_before` as for [`Self::open_scrubbed`].
+    /// last group (what [`Self::open`] would cut) ends the log as read, unless it lies below
+    /// `durable_floor` (as for [`Self::open`]: then the log is refused as corrupt); appending
+    /// to a log opened so is a bug. `scrubbed_before` as for [`Self::open_scrubbed`].
     pub fn open_read_only(
         dir: &Path,
         segment_bytes: u64,
+        durable_floor: u64,
         first_position: u64,
         scrubbed_before: u64,
     ) -> Result<SegmentLog, SegLogError> {
         Self::open_with(
             dir,
             segment_bytes,
-            0,
+            durable_floor,
             first_position,
             scrubbed_before,
             false,
