@@ -564,7 +564,8 @@ pub struct ErasureReceipt {
     /// true on the sled layout, which has no frames). False if scrubbing them failed (the
     /// erasure holds all the same, and the next writable open scrubs them: see the error
     /// logged), or if the log has frames written before 2026-11-28 that carry key entries,
-    /// which no scrub can zero (docs/security.md: rotate the master key).
+    /// which no scrub can zero: it stays false for such a store, whose remedy is a master-key
+    /// rotation with the old master key destroyed (docs/security.md).
     pub log_scrubbed: bool,
 }
 

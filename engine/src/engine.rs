@@ -849,7 +849,13 @@ impl Engine {
         tracing::info!(%key_id, earlier = earlier_key_ids.len(), who, "data subject forgotten");
         // The erasure is durable: a failed scrub is retried at the next writable open.
         let scrubber = journal.clone();
-        let scrub = blocking(move || scrubber.scrub_superseded_keys()).await;
+        // Not `blocking`: a panic of the scrub must not cost the caller the receipt of an
+        // erasure that is done (its next open scrubs again).
+        let scrub =
+            match tokio::task::spawn_blocking(move || scrubber.scrub_superseded_keys()).await {
+                Ok(result) => result.map(drop).map_err(|e| e.to_string()),
+                Err(e) => Err(format!("the scrub did not finish: {e}")),
+            };
         if let Err(error) = &scrub {
             tracing::error!(%error, "scrubbing the erased keys from the log failed; the next open retries");
         }

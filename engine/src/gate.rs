@@ -30,7 +30,8 @@ pub(crate) trait AppendGate: Send + Sync + Debug + 'static {
     /// bound, and the request now carries the batch's outbox write). The caller appends it
     /// and then runs the returned [`AfterAppend`], if any. Any refusal means the batch is not
     /// acknowledged (and, for [`GateRefusal::NotOwner`], [`GateRefusal::Behind`],
-    /// [`GateRefusal::Lagging`] and [`GateRefusal::Forked`], certainly took no effect).
+    /// [`GateRefusal::Lagging`], [`GateRefusal::Forked`] and [`GateRefusal::TooLarge`],
+    /// certainly took no effect).
     fn admit<'a>(&'a self, request: &'a mut AppendRequest) -> GateFuture<'a>;
 
     /// The claim epoch under which this node serves the stream's partition now, or

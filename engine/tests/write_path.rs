@@ -674,4 +674,12 @@ fn a_log_without_its_first_segment_is_reported() {
         "{:?}",
         &report.issues[..report.issues.len().min(3)]
     );
+    // Every segment gone: the log no longer reaches what the store says was synced.
+    for segment in &segments[1..] {
+        std::fs::remove_file(segment).unwrap();
+    }
+    assert!(
+        Journal::open_read_only(dir.path()).is_err(),
+        "a log with no segments left"
+    );
 }

@@ -1358,11 +1358,10 @@ impl DurableGate {
         // Refused before it is sent: the producer would fail it at once, and the failure
         // path gives the partition up (the batch "may still land"), so a retrying client
         // would bounce the partition between claims for ever (found by review).
-        if value.len() > JOURNAL_MESSAGE_BYTES_MAX {
-            return Err(GateRefusal::TooLarge {
-                bytes: value.len(),
-                max: JOURNAL_MESSAGE_BYTES_MAX,
-            });
+        let max = JOURNAL_MESSAGE_BYTES_MAX - MESSAGE_HEADROOM_BYTES;
+        let bytes = value.len() + request.stream.aggregate_id.len();
+        if bytes > max {
+            return Err(GateRefusal::TooLarge { bytes, max });
         }
         let record = FutureRecord::to(&shared.topic)
             .partition(partition as i32)
@@ -1600,6 +1599,10 @@ fn local_verdict(
 /// the producer keeps (a broker's default is 1,048,588). A `Local` batch is bounded far below
 /// by its outbox entry (`segments::VALUE_BYTES_MAX`).
 const JOURNAL_MESSAGE_BYTES_MAX: usize = 1_000_000;
+/// Bytes of a journal message besides its value and key that the producer counts against
+/// [`JOURNAL_MESSAGE_BYTES_MAX`]: its headers (kind, node, epoch) and librdkafka's
+/// per-message overhead, with room to spare.
+const MESSAGE_HEADROOM_BYTES: usize = 4096;
 
 /// Appends the tailer submits in one round at most, before it takes their answers.
 const TAILER_APPENDS_IN_FLIGHT_MAX: usize = 1024;

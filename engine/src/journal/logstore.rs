@@ -121,15 +121,27 @@ fn stored_cursor_keys(db: &sled::Db) -> Result<(u64, Option<u64>), StorageError>
     Ok((writes, timers))
 }
 
-/// The position below which the log was synced, as sled says: the heads checkpoint's
-/// cursor, or past the Merkle maintainer's size (it follows the synced watermark), whichever
-/// is later. A bad frame below it is damage, not a torn last group: the log is refused
-/// rather than cut or read as ending there (with the heads' cursor alone, a frame the tree
-/// covered was cut after a crash, and a read-only `verify` said "clean" of the shorter log:
-/// found by review, 2026-11-28).
-fn synced_floor(db: &sled::Db) -> Result<u64, StorageError> {
+/// For a read-only open: the position below which the log was synced, as sled says: the
+/// heads checkpoint's cursor, or past the Merkle maintainer's size (it follows the synced
+/// watermark), whichever is later. A bad frame below it is damage, not a torn last group:
+/// the log is refused rather than read as ending there (with a floor of 0, a read-only
+/// `verify` said "clean" of a log a damaged frame cut short: found by review, 2026-11-28).
+/// Not for a writable open, which keeps the heads' cursor: a store that a build before
+/// 2026-11-28 wrote in buffered mode may hold a tree size past what a power cut left of
+/// its log (its maintainer followed the acknowledged watermark), and refused there it could
+/// not be opened to write at all; a read-only open of it is refused, and a writable one
+/// cuts the torn group as before (then `verify` names the events the tree covered).
+fn read_only_floor(db: &sled::Db) -> Result<u64, StorageError> {
     let heads = logindex::stored_cursor(db)?.unwrap_or(0);
-    Ok(heads.max(super::merkle::stored_size(db)? + 1))
+    let tree = match super::merkle::stored_size(db) {
+        Ok(size) => size,
+        // Its own damage is `verify`'s to report: reads go on without it.
+        Err(e) => {
+            tracing::warn!(error = %e, "the stored Merkle size is unreadable: not used as a floor");
+            0
+        }
+    };
+    Ok(heads.max(tree.saturating_add(1)))
 }
 
 /// A frame's writes into a sled batch, as the committer's batch would have held them.
@@ -276,7 +288,7 @@ impl LogParts {
     /// survived (a crash may have left it in the page cache only), brings the heads up to the
     /// log's end and re-applies the writes of the frames sled lost.
     pub(super) fn open_writable(dir: &Path, db: &sled::Db) -> Result<LogParts, StorageError> {
-        let floor = synced_floor(db)?;
+        let floor = logindex::stored_cursor(db)?.unwrap_or(0);
         // Frames behind the writes cursor may have been scrubbed (see `scrub_if_asked`); a
         // frame after it fails its key entries' CRC only when damaged.
         let (scrubbed_before, _) = stored_cursor_keys(db)?;
@@ -333,6 +345,7 @@ impl LogParts {
         // own flush may keep it while a power cut takes the frame: left there, the next
         // frames would be written below it, and a crash then would skip their writes.
         let log_end = log.end_of_frames();
+        log.limit_scrubbed_before(log_end);
         assert!(
             end.is_none_or(|end| end <= log_end),
             "a frame past the log's end"
@@ -402,12 +415,13 @@ impl LogParts {
     }
 
     /// Opens the log of the store in `dir` for reading: nothing is cut, synced or written (a
-    /// torn last group ends the log as read; the writes of frames sled lost in a crash are
-    /// not re-applied: the next writable open does it).
+    /// torn last group ends the log as read, and a bad frame below [`read_only_floor`]
+    /// refuses it; the writes of frames sled lost in a crash are not re-applied: the next
+    /// writable open does it).
     pub(super) fn open_read_only(dir: &Path, db: &sled::Db) -> Result<LogParts, StorageError> {
         // Frames behind the writes cursor may have been scrubbed (see `scrub_if_asked`).
         let (scrubbed_before, _) = stored_cursor_keys(db)?;
-        let floor = synced_floor(db)?;
+        let floor = read_only_floor(db)?;
         let log = SegmentLog::open_read_only(
             &dir.join(LOG_DIR),
             seglog::SEGMENT_BYTES,
@@ -1119,6 +1133,15 @@ mod tests {
             Err(StorageError::Corrupt { .. }) => {}
             Err(other) => panic!("refused for another reason: {other}"),
             Ok(parts) => panic!("read up to {} only", parts.next_position()),
+        }
+        // Every segment file gone: no frame is met, and the log still ends below the floor.
+        for segment in segments.iter().chain([&last]) {
+            std::fs::remove_file(segment).unwrap();
+        }
+        match LogParts::open_read_only(dir.path(), &db) {
+            Err(StorageError::Corrupt { .. }) => {}
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(parts) => panic!("an empty log read, up to {}", parts.next_position()),
         }
     }
 }

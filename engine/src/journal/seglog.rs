@@ -703,8 +703,8 @@ impl PendingSync {
 
 impl SegmentLog {
     /// Opens (or creates) the log in `dir`. `durable_floor`: positions below it are known
-    /// to have been synced (the index's applied cursor); a bad frame there is corruption, not
-    /// a torn tail. `first_position`: the position a new, empty log starts at (1, or the one
+    /// to have been synced (the heads checkpoint's cursor; for a read-only open also the
+    /// Merkle maintainer's size); a bad frame there is corruption, not a torn tail. `first_position`: the position a new, empty log starts at (1, or the one
     /// after an old store's last sled record).
     pub fn open(
         dir: &Path,
@@ -762,6 +762,13 @@ impl SegmentLog {
         self.scrubbed_before = self.scrubbed_before.max(address);
     }
 
+    /// Lowers the bound of [`Self::allow_scrubbed_before`] to `address` at most: a writable
+    /// open that finds the writes cursor past the log's end (buffered mode after a power cut)
+    /// moves the cursor back, and frames appended past the new end are checked whole.
+    pub fn limit_scrubbed_before(&mut self, address: u64) {
+        self.scrubbed_before = self.scrubbed_before.min(address);
+    }
+
     fn open_with(
         dir: &Path,
         segment_bytes: u64,
@@ -784,6 +791,13 @@ impl SegmentLog {
                 sync_dir(parent)?;
             }
         } else if !dir.exists() {
+            if first_position < durable_floor {
+                return Err(SegLogError::Corrupt {
+                    path: dir.to_path_buf(),
+                    offset: 0,
+                    reason: "the log is missing, below its durable floor",
+                });
+            }
             return Ok((
                 SegmentLog {
                     dir: dir.to_path_buf(),
@@ -919,6 +933,14 @@ impl SegmentLog {
         let prepared = dir.join(PREPARED_NAME);
         if writable && prepared.exists() {
             std::fs::remove_file(&prepared).map_err(io(&prepared))?;
+        }
+        // A log without segments (their files removed) never met the check in the loop.
+        if log.next_position < durable_floor {
+            return Err(SegLogError::Corrupt {
+                path: dir.to_path_buf(),
+                offset: 0,
+                reason: "the log ends before its durable floor",
+            });
         }
         Ok((log, report))
     }
