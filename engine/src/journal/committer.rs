@@ -369,7 +369,7 @@ struct Syncer {
     /// Held timer writes taken for applying, and the last key applied of them: the syncer
     /// applies a few after each batch's acknowledgements (see `apply_held_some`).
     applying: Option<(Arc<deferred::Held>, Option<Vec<u8>>)>,
-    /// Whether `m | "log-timers"` may be in sled (an open may have left one).
+    /// Whether `m | "log-timers"` is in sled (a writable open removes it: none at start).
     timers_cursor_stored: bool,
     /// Flushes sled between syncs in a store of 16 MiB segments (see `segments::SledRoller`);
     /// stopped when the syncer ends, before the store's `db` closes.
@@ -886,7 +886,7 @@ impl Committer {
             held_since: None,
             applying_since: None,
             applying: None,
-            timers_cursor_stored: true,
+            timers_cursor_stored: false,
             _roller: roller,
         };
         let syncer_thread = std::thread::Builder::new()
