@@ -36,6 +36,18 @@
 //!
 //! `an_engine_not_opened_to_join_is_refused`: an engine opened without `joins_cluster(true)`
 //! (which may have appended outside the cluster's order) cannot join.
+//!
+//! `a_local_node_hands_a_moved_partition_over_only_once_its_queue_drained`: in `Local` mode
+//! a node holds batches it acknowledged and has not published yet (its publisher held, as
+//! with a broker that does not keep up) when a second node joins and the group moves one of
+//! its partitions. The node stops serving that partition at once but gives it up only once
+//! those batches are on the topic: the new owner's claim lands after them, so nothing forks
+//! and nothing acknowledged is lost, and the new owner serves the aggregates at their next
+//! sequence. Without the wait its claim voided them (a fork on the old node).
+//!
+//! `a_node_whose_tailer_dies_stops_and_leaves_the_group`: a cluster thread that panics stops
+//! the node as a whole — it serves nothing, says why in `health().stopped`, and leaves the
+//! group, so another node takes its partition long before the session timeout would free it.
 #![cfg(feature = "kafka")]
 
 mod common;
@@ -436,7 +448,10 @@ fn local_mode_acknowledges_first_publishes_after_and_refuses_a_fork() {
         .session_timeout_ms(45_000)
         .heartbeat_interval_ms(500)
         .mode(ClusterMode::Local)
-        .replication_lag_max_batches(LAG_MAX);
+        .replication_lag_max_batches(LAG_MAX)
+        // It leaves with a batch it cannot publish (the broker is stopped): that is the
+        // fork under test, and the hand-over's wait for it would only slow the test.
+        .handover_timeout_ms(1_000);
     let topic = config.journal_topic();
     let (engine, cluster) = join(&rt, dir.path(), config.clone());
     wait("a serves both partitions", Duration::from_secs(120), || {
@@ -480,24 +495,7 @@ fn local_mode_acknowledges_first_publishes_after_and_refuses_a_fork() {
     });
 
     // The topic holds exactly the acknowledged events, in each counter's order.
-    let valid_events = |records: &[kafka_support::KafkaRecord]| {
-        let mut walks: BTreeMap<u32, Walk> = BTreeMap::new();
-        let mut valid: BTreeMap<String, Vec<uuid::Uuid>> = BTreeMap::new();
-        for r in records {
-            let entry = Entry::decode(r.value.as_deref().unwrap().as_bytes()).unwrap();
-            let verdict = walks
-                .entry(r.partition)
-                .or_default()
-                .step(r.offset as i64, Some(&entry));
-            if let (Entry::Batch(b), Verdict::Valid) = (&entry, &verdict) {
-                let events = valid.entry(b.aggregate_id.clone()).or_default();
-                assert_eq!(b.first_sequence, events.len() as u64 + 1, "gapless");
-                events.extend(b.events.iter().map(|e| e.event_id));
-            }
-        }
-        valid
-    };
-    let valid = valid_events(&kafka_support::read_topic(&broker.bootstrap(), &topic));
+    let valid = topic_history(&broker, &topic);
     assert_eq!(
         valid, acked,
         "the topic's valid events are the acknowledged ones, in order"
@@ -564,7 +562,7 @@ fn local_mode_acknowledges_first_publishes_after_and_refuses_a_fork() {
     // was assigned no partition within 180 s, measured.)
     let journal = histories(&engine, &ids[..1]);
     assert_eq!(journal[&ids[0]].last(), Some(&orphan[0].event_id));
-    let valid = valid_events(&kafka_support::read_topic(&broker.bootstrap(), &topic));
+    let valid = topic_history(&broker, &topic);
     assert_eq!(
         valid, acked,
         "the orphan is nowhere on the topic's valid history"
@@ -660,4 +658,179 @@ fn an_engine_not_opened_to_join_is_refused() {
         other => panic!("an engine not opened to join must be refused: {other:?}"),
     }
     rt.block_on(engine.shutdown()).unwrap();
+}
+
+/// The counters' acknowledged event ids as the journal topic's valid history has them.
+fn topic_history(broker: &kafka_support::Broker, topic: &str) -> Acked {
+    let mut walks: BTreeMap<u32, Walk> = BTreeMap::new();
+    let mut valid: Acked = BTreeMap::new();
+    for r in kafka_support::read_topic(&broker.bootstrap(), topic) {
+        let entry = Entry::decode(r.value.as_deref().unwrap().as_bytes()).unwrap();
+        let verdict = walks
+            .entry(r.partition)
+            .or_default()
+            .step(r.offset as i64, Some(&entry));
+        if let (Entry::Batch(b), Verdict::Valid) = (&entry, &verdict) {
+            let events = valid.entry(b.aggregate_id.clone()).or_default();
+            assert_eq!(b.first_sequence, events.len() as u64 + 1, "gapless");
+            events.extend(b.events.iter().map(|e| e.event_id));
+        }
+    }
+    valid
+}
+
+#[test]
+fn a_local_node_hands_a_moved_partition_over_only_once_its_queue_drained() {
+    let Some(tansu) = kafka_support::tools("a_local_node_hands_a_moved_partition_over") else {
+        return;
+    };
+    let broker = kafka_support::Broker::start(&tansu);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rt = runtime();
+    let config = |node: &str, endpoint: &str| {
+        ClusterConfig::new(kafka(&broker), "handover", node, endpoint)
+            .partitions(2)
+            .session_timeout_ms(20_000)
+            .heartbeat_interval_ms(500)
+            .mode(ClusterMode::Local)
+    };
+    let topic = config("a", "").journal_topic();
+    let (engine_a, cluster_a) = join(&rt, dir_a.path(), config("a", "127.0.0.1:1"));
+    wait("a serves both partitions", Duration::from_secs(120), || {
+        cluster_a.serves(0) && cluster_a.serves(1)
+    });
+    let ids = ids_per_partition(2);
+    let mut acked: Acked = BTreeMap::new();
+    for id in &ids {
+        add_local(&rt, &engine_a, &mut acked, id).unwrap();
+    }
+    wait(
+        "the first batches published",
+        Duration::from_secs(60),
+        || cluster_a.health().replication_lag.batches == 0,
+    );
+
+    // Acknowledged, held back from the topic.
+    cluster_a.hold_publishing_for_tests(true);
+    for _ in 0..3 {
+        for id in &ids {
+            add_local(&rt, &engine_a, &mut acked, id).unwrap();
+        }
+    }
+    assert_eq!(cluster_a.health().replication_lag.batches, 6);
+
+    // b joins: the cooperative-sticky rebalance moves one partition from a to b.
+    let (engine_b, cluster_b) = join(&rt, dir_b.path(), config("b", "127.0.0.1:2"));
+    wait("a gives a partition up", Duration::from_secs(120), || {
+        cluster_a.status().assigned.len() == 1
+    });
+    let kept = cluster_a.status().assigned[0];
+    let moved = 1 - kept;
+    assert!(!cluster_a.serves(moved), "a stops serving it at once");
+    // While a's batches of the moved partition are not on the topic, b cannot claim it.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !cluster_b.serves(moved),
+        "b claimed before a's queue drained"
+    );
+    cluster_a.hold_publishing_for_tests(false);
+
+    wait(
+        "b serves the moved partition",
+        Duration::from_secs(120),
+        || cluster_b.serves(moved),
+    );
+    let health = cluster_a.health();
+    assert!(health.forked.is_empty(), "a forked: {health:?}");
+    assert_eq!(health.stopped, None);
+    // b has the whole history: its next event follows what a acknowledged.
+    add_local(&rt, &engine_b, &mut acked, &ids[moved as usize]).unwrap();
+    add_retried(&rt, &engine_a, &mut acked, &ids[kept as usize]);
+    wait("everything published", Duration::from_secs(60), || {
+        cluster_a.health().replication_lag.batches == 0
+            && cluster_b.health().replication_lag.batches == 0
+    });
+    assert_eq!(
+        topic_history(&broker, &topic),
+        acked,
+        "the topic's valid events are every acknowledged one, in order"
+    );
+
+    // A node that leaves hands its partitions over the same way: `leave` returns once what
+    // it acknowledged is on the topic (here once the publisher is released).
+    cluster_a.hold_publishing_for_tests(true);
+    for _ in 0..2 {
+        add_local(&rt, &engine_a, &mut acked, &ids[kept as usize]).unwrap();
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_secs(2));
+            cluster_a.hold_publishing_for_tests(false);
+        });
+        cluster_a.leave();
+    });
+    assert_eq!(cluster_a.health().replication_lag.batches, 0);
+    assert_eq!(
+        topic_history(&broker, &topic),
+        acked,
+        "a left nothing behind"
+    );
+    cluster_b.leave();
+    rt.block_on(engine_b.shutdown()).unwrap();
+    rt.block_on(engine_a.shutdown()).unwrap();
+}
+
+#[test]
+fn a_node_whose_tailer_dies_stops_and_leaves_the_group() {
+    let Some(tansu) = kafka_support::tools("a_node_whose_tailer_dies_stops") else {
+        return;
+    };
+    let broker = kafka_support::Broker::start(&tansu);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rt = runtime();
+    // Long enough that only a member that left frees the partition within the bound below.
+    const SESSION_TIMEOUT_MS: u64 = 60_000;
+    let config = |node: &str, endpoint: &str| {
+        ClusterConfig::new(kafka(&broker), "failstop", node, endpoint)
+            .partitions(1)
+            .session_timeout_ms(SESSION_TIMEOUT_MS)
+            .heartbeat_interval_ms(500)
+    };
+    let (engine_a, cluster_a) = join(&rt, dir_a.path(), config("a", "127.0.0.1:1"));
+    wait("a serves partition 0", Duration::from_secs(120), || {
+        cluster_a.serves(0)
+    });
+    let first = rt
+        .block_on(engine_a.execute::<Counter>("c-1", CounterCommand::Add(1)))
+        .unwrap();
+    assert_eq!(first[0].sequence, 1);
+
+    cluster_a.panic_thread_for_tests("tailer");
+    wait("a stops", Duration::from_secs(60), || {
+        cluster_a.health().stopped.is_some()
+    });
+    let stopped_at = Instant::now();
+    let why = cluster_a.health().stopped.unwrap();
+    assert!(why.contains("tailer thread panicked"), "{why}");
+    assert!(!cluster_a.serves(0));
+    match rt.block_on(engine_a.execute::<Counter>("c-1", CounterCommand::Add(1))) {
+        Err(CommandError::NotOwner { partition: 0, .. }) => {}
+        other => panic!("a stopped node must serve nothing: {other:?}"),
+    }
+
+    let (engine_b, cluster_b) = join(&rt, dir_b.path(), config("b", "127.0.0.1:2"));
+    wait(
+        "b serves partition 0 before a's session could time out",
+        Duration::from_millis(SESSION_TIMEOUT_MS * 3 / 4),
+        || cluster_b.serves(0),
+    );
+    println!("b serves {:?} after a stopped", stopped_at.elapsed());
+    let next = rt
+        .block_on(engine_b.execute::<Counter>("c-1", CounterCommand::Add(1)))
+        .unwrap();
+    assert_eq!(next[0].sequence, 2, "b replicated a's history");
+    cluster_b.leave();
+    cluster_a.leave();
+    rt.block_on(engine_b.shutdown()).unwrap();
+    rt.block_on(engine_a.shutdown()).unwrap();
 }

@@ -301,6 +301,7 @@ fn handle(node: &Node, request: &Value) -> Value {
                    "walked": s.walked, "resumed_from": s.resumed_from,
                    "pending_applies": s.pending_applies,
                    "acknowledged": s.acknowledged, "refused": s.refused, "last_error": s.last_error,
+                   "stopped": s.stopped,
                    "replication_lag": {"batches": s.replication_lag.batches, "oldest_ms": s.replication_lag.oldest_ms},
                    "forked": s.forked.iter().map(|f| f.partition).collect::<Vec<_>>()})
         }

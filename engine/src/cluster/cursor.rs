@@ -280,6 +280,13 @@ impl Applied {
         }
     }
 
+    /// The offset below which the partition is applied (what the next position write
+    /// stores).
+    #[cfg(test)]
+    pub(super) fn next_offset(&self, partition: u32) -> i64 {
+        self.parts[partition as usize].cursor.next_offset
+    }
+
     /// A plan of the partition's next steps, from its position now: the position each of
     /// the tailer's appends carries (see [`PartPlan`]).
     pub(super) fn plan(&self, partition: u32) -> PartPlan<'_> {

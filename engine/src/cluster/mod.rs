@@ -22,12 +22,18 @@
 //!   through the validity rule and appends the valid batches of other writers to the local
 //!   journal, so every node holds every valid batch, in each stream's order.
 //!
-//! Threads: the tailer, the group member, the claimer (takeovers run there so that the
-//! group member keeps polling during a catch-up) and, in `Local` mode, the publisher.
+//! Threads: the tailer, the group member and the lease ([`member`]), the claimer (takeovers
+//! run there so that the group member keeps polling during a catch-up) and, in `Local`
+//! mode, the publisher. Each is watched: one that ends or panics while the node runs stops
+//! the node (`Watch`).
 
 pub mod cursor;
+mod member;
 pub mod validity;
 pub mod wire;
+
+#[cfg(test)]
+mod tests;
 
 use crate::engine::Engine;
 use crate::error::{AppendError, StorageError};
@@ -37,6 +43,7 @@ use crate::kafka::KafkaConfig;
 use crate::topics::partition_for;
 use cursor::{Applied, CursorError};
 use evershard_model::StreamId;
+use member::{Member, MemberContext};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -46,7 +53,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -83,6 +90,11 @@ pub enum ClusterMode {
 /// How many acknowledged batches a `Local` node may hold that are not yet on the journal
 /// topic, unless set ([`ClusterConfig::replication_lag_max_batches`]).
 pub const DEFAULT_REPLICATION_LAG_MAX_BATCHES: usize = 10_000;
+
+/// The longest [`ClusterConfig::handover_timeout_ms`]: the hand-over runs inside the group
+/// member's rebalance callback, and the group drops a member that takes longer than its
+/// `max.poll.interval.ms` (librdkafka's default, 300,000, which the member keeps).
+const HANDOVER_TIMEOUT_MS_MAX: u64 = 240_000;
 
 /// How long the publisher waits before producing again after a failed produce.
 const PUBLISH_RETRY_MS: u64 = 500;
@@ -137,6 +149,12 @@ pub struct ClusterConfig {
     pub static_membership: bool,
     /// When a command is acknowledged. Default [`ClusterMode::KafkaDurable`].
     pub mode: ClusterMode,
+    /// `Local` mode: how long a node that gives a partition up (a rebalance moves it, or
+    /// [`Cluster::leave`]) waits for the batches it acknowledged there to be on the journal
+    /// topic before it lets the next owner claim it; batches still queued after it are void
+    /// under the next claim (a fork). Default 30,000; at most 240,000 (the group waits for a
+    /// member's rebalance at most its `max.poll.interval.ms`, 300,000).
+    pub handover_timeout_ms: u64,
     /// The lease (docs/scale-out.md, "Fencing"): a node serves nothing once
     /// `session_timeout_ms − lease_margin_ms` has passed on its monotonic clock since the
     /// send of its last request the group coordinator answered, so it stops acknowledging
@@ -172,6 +190,7 @@ impl ClusterConfig {
             fetch_wait_ms: 10,
             static_membership: false,
             mode: ClusterMode::KafkaDurable,
+            handover_timeout_ms: 30_000,
             replication_lag_max_batches: DEFAULT_REPLICATION_LAG_MAX_BATCHES,
             lease_margin_ms: 2_000,
         }
@@ -194,6 +213,11 @@ impl ClusterConfig {
 
     pub fn replication_lag_max_batches(mut self, batches: usize) -> Self {
         self.replication_lag_max_batches = batches;
+        self
+    }
+
+    pub fn handover_timeout_ms(mut self, ms: u64) -> Self {
+        self.handover_timeout_ms = ms;
         self
     }
 
@@ -274,6 +298,11 @@ impl ClusterConfig {
                 "lease_margin_ms must be at least heartbeat_interval_ms and below session_timeout_ms"
                     .into(),
             );
+        }
+        if self.handover_timeout_ms > HANDOVER_TIMEOUT_MS_MAX {
+            return Err(format!(
+                "handover_timeout_ms must be at most {HANDOVER_TIMEOUT_MS_MAX}"
+            ));
         }
         if self.replication_lag_max_batches == 0 {
             return Err("replication_lag_max_batches must be above 0".into());
@@ -378,6 +407,9 @@ pub struct Fork {
 /// What [`Cluster::health`] reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterHealth {
+    /// Why the node stopped on its own, if it did: one of its cluster threads ended or
+    /// panicked, and it serves nothing until the engine is reopened and joins again.
+    pub stopped: Option<String>,
     pub replication_lag: ReplicationLag,
     /// Partitions refused because they forked (see [`Fork`]).
     pub forked: Vec<u32>,
@@ -406,6 +438,8 @@ pub struct ClusterStatus {
     pub refused: u64,
     /// The last error of a cluster thread, if any.
     pub last_error: Option<String>,
+    /// Why the node stopped on its own, if it did ([`ClusterHealth::stopped`]).
+    pub stopped: Option<String>,
     /// `Local` mode: acknowledged batches the broker has not acknowledged yet.
     pub replication_lag: ReplicationLag,
     /// `Local` mode: partitions refused because they forked, with their orphaned batches.
@@ -431,11 +465,14 @@ struct Queued {
 /// the bound together.
 struct Reservation {
     shared: Arc<Shared>,
+    partition: u32,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.shared.lock().reserved -= 1;
+        let mut st = self.shared.lock();
+        st.reserved -= 1;
+        st.reserved_in[self.partition as usize] -= 1;
     }
 }
 
@@ -498,6 +535,24 @@ struct State {
     undelivered: usize,
     /// `Local` mode: batches admitted and not yet queued ([`Reservation`]).
     reserved: usize,
+    /// The same per partition, for a hand-over to wait for.
+    reserved_in: Vec<usize>,
+    /// `KafkaDurable`: this process's batches of no events that their entity appended, by
+    /// (partition, offset), until the tailer passes them. A batch with events shows in its
+    /// stream's head once appended; one with only keyspace writes (a timer correction, a
+    /// keyed command that decided nothing) does not, so its entity says so.
+    own_appended: HashSet<(u32, i64)>,
+    /// [`Cluster::leave`] runs: nothing is claimed any more.
+    leaving: bool,
+    /// The thread a test asked to panic ([`Cluster::panic_thread_for_tests`]).
+    #[cfg(feature = "fault-injection")]
+    panic_thread: Option<String>,
+    /// A test holds the publisher ([`Cluster::hold_publishing_for_tests`]).
+    #[cfg(feature = "fault-injection")]
+    publish_held: bool,
+    /// Why the node stopped on its own (a cluster thread ended or panicked): it serves
+    /// nothing from then on.
+    failed: Option<String>,
 }
 
 impl State {
@@ -646,6 +701,59 @@ impl Shared {
     }
 }
 
+/// Watches one cluster thread: should it end (return or panic) while the node is not
+/// stopping, the node stops as a whole — it serves nothing, says why in
+/// [`ClusterHealth::stopped`], and its other threads end, the member's leaving the group so
+/// that other nodes take its partitions at once. A node missing its tailer would hold
+/// partitions it can no longer check or replicate (and in `Local` mode keep acknowledging
+/// on a walk that misses other nodes' claims); one missing its member would keep serving
+/// partitions the group may have given away.
+struct Watch {
+    shared: Arc<Shared>,
+    what: &'static str,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if self.shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let how = if std::thread::panicking() {
+            "panicked"
+        } else {
+            "ended"
+        };
+        let mut st = self.shared.lock();
+        let last = st
+            .last_error
+            .as_deref()
+            .map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default();
+        let why = format!("the cluster's {} thread {how}{last}", self.what);
+        tracing::error!(node = %self.shared.config.node, "{why}; the node stops serving");
+        st.served.clear();
+        st.failed.get_or_insert(why);
+        drop(st);
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.walked.notify_all();
+        self.shared.queued.notify_all();
+        self.shared.notify.notify_waiters();
+    }
+}
+
+/// Panics when a test asked this thread to ([`Cluster::panic_thread_for_tests`]).
+fn fault_point(shared: &Shared, what: &str) {
+    #[cfg(feature = "fault-injection")]
+    {
+        let asked = shared.lock().panic_thread.as_deref() == Some(what);
+        if asked {
+            panic!("the {what} thread panics, as a test asked");
+        }
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = (shared, what);
+}
+
 /// A node's membership of a cluster ([`Engine::join_cluster`]). Dropping it leaves the
 /// cluster like [`Cluster::leave`] without waiting.
 #[derive(Debug)]
@@ -701,6 +809,7 @@ impl Cluster {
             acknowledged: st.acknowledged,
             refused: st.refused,
             last_error: st.last_error.clone(),
+            stopped: st.failed.clone(),
             replication_lag: st.lag(),
             forked: st
                 .forked
@@ -713,10 +822,12 @@ impl Cluster {
         }
     }
 
-    /// The replication lag (`Local` mode), the forked partitions and the last error.
+    /// Whether the node stopped on its own, the replication lag (`Local` mode), the forked
+    /// partitions and the last error.
     pub fn health(&self) -> ClusterHealth {
         let st = self.shared.lock();
         ClusterHealth {
+            stopped: st.failed.clone(),
             replication_lag: st.lag(),
             forked: st.forked.keys().copied().collect(),
             last_error: st.last_error.clone(),
@@ -725,15 +836,42 @@ impl Cluster {
 
     /// Stops serving, leaves the group (its partitions move at once, without waiting for the
     /// session timeout) and stops the threads. The engine's gate stays installed: from here
-    /// on every command fails with `NotOwner` (a node that left serves nothing). Blocking (at most a few poll intervals and the
-    /// group's leave request).
+    /// on every command fails with `NotOwner` (a node that left serves nothing). In `Local`
+    /// mode it first waits, at most [`ClusterConfig::handover_timeout_ms`], until the
+    /// batches it acknowledged are on the journal topic and walked valid: the nodes that get
+    /// its partitions claim them at once, which would void what is still queued (a fork).
+    /// Blocking (the drain, a few poll intervals and the group's leave request).
     pub fn leave(&self) {
+        {
+            let mut st = self.shared.lock();
+            st.leaving = true;
+            st.served.clear();
+        }
+        if self.shared.config.mode == ClusterMode::Local {
+            let partitions: Vec<u32> = (0..self.shared.config.partitions).collect();
+            member::hand_over(&self.shared, &partitions);
+        }
         self.shared.stop.store(true, Ordering::Release);
-        self.shared.lock().served.clear();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Cluster {
+    /// Makes the named cluster thread (`"tailer"` or `"member"`) panic at its next turn: for
+    /// tests of a node whose cluster machinery fails.
+    pub fn panic_thread_for_tests(&self, thread: &str) {
+        self.shared.lock().panic_thread = Some(thread.to_owned());
+    }
+
+    /// Holds (`true`) or releases the `Local` publisher: batches stay queued meanwhile, as
+    /// with a broker that does not keep up. For tests of hand-overs with a queue.
+    pub fn hold_publishing_for_tests(&self, held: bool) {
+        self.shared.lock().publish_held = held;
+        self.shared.queued.notify_all();
     }
 }
 
@@ -838,7 +976,6 @@ impl Engine {
         if config.static_membership {
             members.set("group.instance.id", &config.node);
         }
-        let members: Arc<BaseConsumer> = Arc::new(members.create().map_err(client)?);
         let partitions = config.partitions as usize;
         let shared = Arc::new(Shared {
             topic,
@@ -851,6 +988,7 @@ impl Engine {
                 outbox_next,
                 publish_from,
                 undelivered,
+                reserved_in: vec![0; partitions],
                 ..State::default()
             }),
             config,
@@ -868,11 +1006,30 @@ impl Engine {
                 shared: shared.clone(),
             }),
         };
+        // Its callbacks hand revoked partitions over (`member::hand_over`).
+        let client = |e: rdkafka::error::KafkaError| ClusterError::Client {
+            reason: shared.config.kafka.redact(&e.to_string()),
+        };
+        let members: Arc<Member> = Arc::new(
+            members
+                .create_with_context(MemberContext {
+                    shared: shared.clone(),
+                })
+                .map_err(client)?,
+        );
         rt.gate.set(gate).map_err(|_| ClusterError::AlreadyJoined)?;
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        // Each thread is watched: one that ends while the node runs stops the node (`Watch`).
+        let spawn = |what: &'static str, f: Box<dyn FnOnce() + Send>| {
+            let watch = Watch {
+                shared: shared.clone(),
+                what,
+            };
             std::thread::Builder::new()
-                .name(name.into())
-                .spawn(f)
+                .name(format!("evershard-cluster-{what}"))
+                .spawn(move || {
+                    let _watch = watch;
+                    f()
+                })
                 .map_err(|e| ClusterError::Spawn {
                     reason: e.to_string(),
                 })
@@ -881,32 +1038,32 @@ impl Engine {
         let mut threads = Vec::new();
         let s = shared.clone();
         threads.push(spawn(
-            "evershard-cluster-tailer",
+            "tailer",
             Box::new(move || run_tailer(&s, tail, &journal, applied)),
         )?);
         let s = shared.clone();
         threads.push(spawn(
-            "evershard-cluster-member",
+            "member",
             Box::new({
                 let members = members.clone();
-                move || run_member(&s, &members)
+                move || member::run_member(&s, &members)
             }),
         )?);
         let s = shared.clone();
         threads.push(spawn(
-            "evershard-cluster-lease",
-            Box::new(move || run_lease(&s, &members)),
+            "lease",
+            Box::new(move || member::run_lease(&s, &members)),
         )?);
         let s = shared.clone();
         let handle = tokio::runtime::Handle::current();
         threads.push(spawn(
-            "evershard-cluster-claimer",
+            "claimer",
             Box::new(move || run_claimer(&s, &producer, &handle)),
         )?);
         let s = shared.clone();
         let handle = tokio::runtime::Handle::current();
         threads.push(spawn(
-            "evershard-cluster-publisher",
+            "publisher",
             Box::new(move || run_publisher(&s, &publisher, &handle)),
         )?);
         Ok(Cluster {
@@ -1084,15 +1241,36 @@ impl AppendGate for DurableGate {
             let outcome = self.check(request).await;
             let mut st = self.shared.lock();
             match outcome {
-                Ok(()) => st.acknowledged += 1,
+                Ok(_) => st.acknowledged += 1,
                 Err(_) => st.refused += 1,
             }
-            outcome.map(|()| None)
+            drop(st);
+            let (partition, offset) = outcome?;
+            if !request.events.is_empty() {
+                return Ok(None); // its stream's head shows the tailer when it is appended
+            }
+            let shared = self.shared.clone();
+            let after: AfterAppend =
+                Box::new(move || mark_own_appended(&shared, partition, offset));
+            Ok(Some(after))
         })
     }
 
     fn serving(&self, stream: &evershard_model::StreamId) -> Result<u64, GateRefusal> {
         serving(&self.shared, stream)
+    }
+}
+
+/// `KafkaDurable`: this process's batch of no events at `offset` is in the local journal
+/// (see `State::own_appended`). Only while the tailer has not passed it (after
+/// `OWN_APPEND_GRACE_MS` it appends a batch itself), so that no mark outlives its batch.
+fn mark_own_appended(shared: &Shared, partition: u32, offset: i64) {
+    let mut st = shared.lock();
+    if st.pending[partition as usize]
+        .iter()
+        .any(|p| p.offset == offset)
+    {
+        st.own_appended.insert((partition, offset));
     }
 }
 
@@ -1186,12 +1364,14 @@ impl LocalGate {
             let number = st.outbox_next;
             st.outbox_next += 1;
             st.reserved += 1;
+            st.reserved_in[idx] += 1;
             (epoch, number)
         };
         // Released when the closure runs (the batch is queued by then) or is dropped unrun
         // (the append failed).
         let reservation = Reservation {
             shared: shared.clone(),
+            partition,
         };
         let batch = Batch::from_request(&shared.config.node, epoch, request);
         // In the batch's own sled batch: a crash keeps the events and their outbox entry, or
@@ -1234,7 +1414,15 @@ fn run_publisher(shared: &Shared, producer: &FutureProducer, handle: &tokio::run
             let mut guard = shared.lock();
             let st = &mut *guard;
             let mut todo = Vec::new();
-            for p in 0..shared.config.partitions {
+            #[cfg(feature = "fault-injection")]
+            let partitions = if st.publish_held {
+                0
+            } else {
+                shared.config.partitions
+            };
+            #[cfg(not(feature = "fault-injection"))]
+            let partitions = shared.config.partitions;
+            for p in 0..partitions {
                 let idx = p as usize;
                 if st.forked.contains_key(&p)
                     || st.walks[idx].next_offset < st.publish_from[idx]
@@ -1329,7 +1517,8 @@ fn run_publisher(shared: &Shared, producer: &FutureProducer, handle: &tokio::run
 }
 
 impl DurableGate {
-    async fn check(&self, request: &AppendRequest) -> Result<(), GateRefusal> {
+    /// The batch's (partition, offset) on the journal topic once it is valid there.
+    async fn check(&self, request: &AppendRequest) -> Result<(u32, i64), GateRefusal> {
         let shared = &self.shared;
         if request.seal.is_some() {
             return Err(GateRefusal::Unsupported);
@@ -1392,7 +1581,7 @@ impl DurableGate {
                 let mut st = shared.lock();
                 if let Some(verdict) = st.own_verdicts.remove(&(partition, offset)) {
                     return match verdict {
-                        Verdict::Valid => Ok(()),
+                        Verdict::Valid => Ok((partition, offset)),
                         Verdict::Void(VoidReason::OutOfSequence { expected_first, .. }) => {
                             Err(GateRefusal::Behind {
                                 expected: request.expected_version,
@@ -1446,6 +1635,7 @@ fn run_tailer(
         return;
     }
     while !shared.stop.load(Ordering::Acquire) {
+        fault_point(shared, "tailer");
         let mut wait = Duration::from_millis(TAILER_POLL_MS);
         let mut stepped = 0;
         // Up to 1,000 messages per step, then the applies and the wake-ups.
@@ -1687,8 +1877,16 @@ fn apply_pending(shared: &Shared, journal: &JournalWriter, applied: &mut Applied
                 },
             };
             let done = if batch.events.is_empty() {
-                // Only keyspace writes (a timer correction): the writer's entity wrote them.
-                own || head >= batch.first_sequence
+                // Only keyspace writes (a timer correction, a keyed command that decided
+                // nothing): no head shows them. A `Local` batch of this process was appended
+                // before it was produced; a `KafkaDurable` one is appended after the check,
+                // and its entity marks it then (`DurableGate::admit`). Counted applied
+                // before that, a position written meanwhile would pass writes this journal
+                // never got, for good (found by review).
+                let entity_wrote = own
+                    && (shared.config.mode == ClusterMode::Local
+                        || shared.lock().own_appended.contains(&(p, offset)));
+                entity_wrote || head >= batch.first_sequence
             } else {
                 head >= batch.last_sequence()
             };
@@ -1723,6 +1921,16 @@ fn apply_pending(shared: &Shared, journal: &JournalWriter, applied: &mut Applied
                     planned_heads.insert(stream, batch.last_sequence());
                     in_flight += 1;
                     steps.push((offset, Planned::Appending(batch, answer)));
+                    if own {
+                        // Its entity may append it meanwhile, and this append then fails
+                        // with a conflict. An append planned after it would still succeed,
+                        // storing a position past it without the writes this one carried
+                        // (its stream's head, published outbox entries): after a crash the
+                        // resumed walk would void that stream's next batch (found by
+                        // review). So it is the partition's last append of the round.
+                        whole = false;
+                        break;
+                    }
                 }
                 Err(e) => {
                     shared.error(format!("replica: appending a batch of {stream}: {e}"));
@@ -1784,7 +1992,9 @@ fn apply_pending(shared: &Shared, journal: &JournalWriter, applied: &mut Applied
             };
             applying &= applies;
             if applying {
-                shared.lock().pending[idx].pop_front();
+                let mut st = shared.lock();
+                st.pending[idx].pop_front();
+                st.own_appended.remove(&(p, offset));
             }
         }
         if applying && whole {
@@ -1795,85 +2005,6 @@ fn apply_pending(shared: &Shared, journal: &JournalWriter, applied: &mut Applied
             }
         }
     }
-}
-
-/// The lease (docs/scale-out.md, "Fencing"): every heartbeat interval, asks the group
-/// coordinator for the group's committed offset of partition 0 (an OffsetFetch on the
-/// member's own client: librdkafka does not expose its heartbeats' answers), and on an
-/// answer extends the lease to the request's send time plus
-/// [`ClusterConfig::lease`]. A lease that ran out drops every served partition, so the
-/// node serves again only after the claimer caught up and claimed anew (a `Local` node must
-/// not acknowledge on a walk that may be missing another node's claim).
-fn run_lease(shared: &Shared, consumer: &BaseConsumer) {
-    let lease = shared.config.lease();
-    let interval = Duration::from_millis(shared.config.heartbeat_interval_ms);
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(&shared.topic, 0);
-    while !shared.stop.load(Ordering::Acquire) {
-        let sent = Instant::now();
-        // Bounded by the lease: a later answer could not extend it past now anyway.
-        let answered = consumer
-            .committed_offsets(tpl.clone(), Timeout::After(lease.min(interval * 4)))
-            .is_ok();
-        {
-            let mut st = shared.lock();
-            if !st.leased() && !st.served.is_empty() {
-                st.served.clear();
-                tracing::warn!(node = %shared.config.node, "lease ran out: no answer from the group coordinator for {lease:?}; stopped serving");
-            }
-            if answered {
-                st.lease_until = Some(sent + lease);
-            }
-        }
-        let spent = sent.elapsed();
-        if spent < interval {
-            std::thread::sleep(interval - spent);
-        }
-    }
-}
-
-/// The group member: polls (which keeps the membership alive and runs the rebalances) and
-/// mirrors the assignment into the state. A revoked partition stops being served at once.
-fn run_member(shared: &Shared, consumer: &BaseConsumer) {
-    if let Err(e) = consumer.subscribe(&[&shared.topic]) {
-        shared.error(format!("member: subscribing: {e}"));
-        return;
-    }
-    while !shared.stop.load(Ordering::Acquire) {
-        if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
-            shared.error(format!("member: {e}"));
-        }
-        let Ok(assignment) = consumer.assignment() else {
-            continue;
-        };
-        // The member only holds the assignment; the tailer reads the data.
-        let _ = consumer.pause(&assignment);
-        let now: BTreeSet<u32> = assignment
-            .elements()
-            .iter()
-            .filter(|e| e.topic() == shared.topic)
-            .map(|e| e.partition() as u32)
-            .collect();
-        let mut st = shared.lock();
-        let revoked: Vec<u32> = st
-            .assigned
-            .keys()
-            .filter(|p| !now.contains(p))
-            .copied()
-            .collect();
-        for p in revoked {
-            st.assigned.remove(&p);
-            st.taken_at.remove(&p);
-            if st.served.remove(&p).is_some() {
-                tracing::info!(node = %shared.config.node, partition = p, "partition revoked; stopped serving");
-            }
-        }
-        for p in now {
-            st.assigned.entry(p).or_insert_with(Instant::now);
-        }
-    }
-    consumer.unsubscribe();
-    // Dropping the consumer closes it: it leaves the group, so the partitions move now.
 }
 
 /// Takes over the partitions assigned and not served, one at a time.
@@ -1890,8 +2021,9 @@ fn run_claimer(shared: &Shared, producer: &FutureProducer, handle: &tokio::runti
                 // (published after a restart before claiming again); a forked partition is
                 // refused.
                 .filter(|p| st.queue[**p as usize].is_empty() && !st.forked.contains_key(p))
-                // Without a running lease a claim could not be served.
-                .filter(|_| st.leased())
+                // Without a running lease a claim could not be served; a node that leaves
+                // claims nothing.
+                .filter(|_| st.leased() && !st.leaving)
                 .filter(|p| {
                     st.taken_at
                         .get(p)
