@@ -45,6 +45,13 @@
 //! and nothing acknowledged is lost, and the new owner serves the aggregates at their next
 //! sequence. Without the wait its claim voided them (a fork on the old node).
 //!
+//! `a_late_local_append_after_the_tailers_is_answered_with_its_events`: in `KafkaDurable` a
+//! batch checked valid on the topic whose entity's local append comes after the tailer's
+//! grace (a stalled disk, delayed by the test) reaches the journal through the tailer first;
+//! the entity's own append then conflicts, and the command is still answered with its
+//! events (it took effect), not with a `Conflict` that would have it decided and applied
+//! again.
+//!
 //! `a_node_whose_tailer_dies_stops_and_leaves_the_group`: a cluster thread that panics stops
 //! the node as a whole — it serves nothing, says why in `health().stopped`, and leaves the
 //! group, so another node takes its partition long before the session timeout would free it.
@@ -833,4 +840,53 @@ fn a_node_whose_tailer_dies_stops_and_leaves_the_group() {
     cluster_a.leave();
     rt.block_on(engine_b.shutdown()).unwrap();
     rt.block_on(engine_a.shutdown()).unwrap();
+}
+
+#[test]
+fn a_late_local_append_after_the_tailers_is_answered_with_its_events() {
+    let Some(tansu) = kafka_support::tools("a_late_local_append_after_the_tailers") else {
+        return;
+    };
+    let broker = kafka_support::Broker::start(&tansu);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let config = ClusterConfig::new(kafka(&broker), "late", "a", "127.0.0.1:1")
+        .partitions(1)
+        .session_timeout_ms(30_000)
+        .heartbeat_interval_ms(500)
+        .ack_timeout_ms(60_000);
+    let (engine, cluster) = join(&rt, dir.path(), config);
+    wait("a serves partition 0", Duration::from_secs(120), || {
+        cluster.serves(0)
+    });
+    // Past the tailer's grace for an own batch (10 s), with room for a loaded machine.
+    cluster.delay_own_appends_for_tests(Some(Duration::from_secs(16)));
+    let command = rt.spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .execute::<Counter>("c-1", CounterCommand::Add(1))
+                .await
+        }
+    });
+    let stream = StreamId::new("Counter", "c-1");
+    wait(
+        "the tailer appends the batch while its entity waits",
+        Duration::from_secs(60),
+        || engine.journal().head(&stream).unwrap().sequence == 1,
+    );
+    let answered = rt.block_on(command).unwrap();
+    let events = answered.expect("the command took effect: it is answered with its events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].sequence, 1);
+    let history = histories(&engine, &["c-1".to_owned()]);
+    assert_eq!(history["c-1"], vec![events[0].event_id]);
+
+    cluster.delay_own_appends_for_tests(None);
+    let next = rt
+        .block_on(engine.execute::<Counter>("c-1", CounterCommand::Add(1)))
+        .unwrap();
+    assert_eq!(next[0].sequence, 2, "the state follows the journal");
+    cluster.leave();
+    rt.block_on(engine.shutdown()).unwrap();
 }

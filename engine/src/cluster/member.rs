@@ -25,7 +25,7 @@ pub(super) struct MemberContext {
 impl ClientContext for MemberContext {}
 
 impl ConsumerContext for MemberContext {
-    fn pre_rebalance(&self, _consumer: &Member, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &Member, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let revoked: Vec<u32> = tpl
                 .elements()
@@ -33,7 +33,10 @@ impl ConsumerContext for MemberContext {
                 .filter(|e| e.topic() == self.shared.topic)
                 .map(|e| e.partition() as u32)
                 .collect();
-            hand_over(&self.shared, &revoked);
+            // A lost assignment (the session expired) may be another node's already:
+            // waiting would only keep this member from rejoining.
+            let wait = !consumer.assignment_lost();
+            hand_over(&self.shared, &revoked, wait);
         }
     }
 }
@@ -46,7 +49,10 @@ impl ConsumerContext for MemberContext {
 /// leaves) therefore loses nothing while the broker is reachable. Batches admitted before
 /// the revocation and still being appended are waited for too: they are queued once
 /// appended.
-pub(super) fn hand_over(shared: &Shared, revoked: &[u32]) {
+///
+/// Without `wait`, or once the node stops (a `leave` drained already; a dropped or failed
+/// node gives up at once), it only stops serving.
+pub(super) fn hand_over(shared: &Shared, revoked: &[u32], wait: bool) {
     if revoked.is_empty() {
         return;
     }
@@ -61,9 +67,9 @@ pub(super) fn hand_over(shared: &Shared, revoked: &[u32]) {
             }
         }
     }
-    if shared.config.mode != ClusterMode::Local {
-        // A KafkaDurable batch is acknowledged only once it is on the topic and valid: a
-        // batch in flight either makes it before the next claim or is void and refused.
+    // A KafkaDurable batch is acknowledged only once it is on the topic and valid: a batch
+    // in flight either makes it before the next claim or is void and refused.
+    if shared.config.mode != ClusterMode::Local || !wait || shared.stop.load(Ordering::Acquire) {
         return;
     }
     let started = Instant::now();
@@ -73,11 +79,21 @@ pub(super) fn hand_over(shared: &Shared, revoked: &[u32]) {
             .iter()
             .all(|p| st.queue[*p as usize].is_empty() && st.reserved_in[*p as usize] == 0)
     });
-    let queued: usize = {
+    let (queued, forked): (usize, Vec<u32>) = {
         let st = shared.lock();
-        revoked.iter().map(|p| st.queue[*p as usize].len()).sum()
+        (
+            revoked.iter().map(|p| st.queue[*p as usize].len()).sum(),
+            revoked
+                .iter()
+                .copied()
+                .filter(|p| st.forked.contains_key(p))
+                .collect(),
+        )
     };
-    if drained {
+    if !forked.is_empty() {
+        // The fork was logged where it was found; its queue emptied into the orphans.
+        tracing::warn!(node = %shared.config.node, partitions = ?forked, "revoked partitions handed over forked");
+    } else if drained {
         tracing::info!(node = %shared.config.node, partitions = ?revoked, took_ms = started.elapsed().as_millis() as u64, "revoked partitions handed over with their queues drained");
     } else {
         shared.error(format!(

@@ -299,6 +299,19 @@ impl ClusterConfig {
                     .into(),
             );
         }
+        let poll_interval_ms = self
+            .kafka
+            .extra
+            .iter()
+            .find(|(k, _)| k == "max.poll.interval.ms")
+            .and_then(|(_, v)| v.parse::<u64>().ok());
+        if let Some(poll_ms) = poll_interval_ms {
+            if self.handover_timeout_ms >= poll_ms {
+                return Err(format!(
+                    "handover_timeout_ms must be below max.poll.interval.ms ({poll_ms})"
+                ));
+            }
+        }
         if self.handover_timeout_ms > HANDOVER_TIMEOUT_MS_MAX {
             return Err(format!(
                 "handover_timeout_ms must be at most {HANDOVER_TIMEOUT_MS_MAX}"
@@ -550,6 +563,9 @@ struct State {
     /// A test holds the publisher ([`Cluster::hold_publishing_for_tests`]).
     #[cfg(feature = "fault-injection")]
     publish_held: bool,
+    /// A test delays entities' appends after the check (only
+    /// `Cluster::delay_own_appends_for_tests` sets it).
+    append_delay: Option<Duration>,
     /// Why the node stopped on its own (a cluster thread ended or panicked): it serves
     /// nothing from then on.
     failed: Option<String>,
@@ -566,7 +582,13 @@ impl State {
         self.served
             .get(&partition)
             .copied()
-            .filter(|_| self.leased())
+            .filter(|_| self.serving_at_all())
+    }
+
+    /// The lease runs and the node neither leaves nor stopped on its own: a claim that
+    /// slipped into `served` meanwhile is not served either.
+    fn serving_at_all(&self) -> bool {
+        self.leased() && !self.leaving && self.failed.is_none()
     }
 
     fn lag(&self) -> ReplicationLag {
@@ -731,10 +753,10 @@ impl Drop for Watch {
             .unwrap_or_default();
         let why = format!("the cluster's {} thread {how}{last}", self.what);
         tracing::error!(node = %self.shared.config.node, "{why}; the node stops serving");
-        st.served.clear();
-        st.failed.get_or_insert(why);
-        drop(st);
         self.shared.stop.store(true, Ordering::Release);
+        st.failed.get_or_insert(why);
+        st.served.clear();
+        drop(st);
         self.shared.walked.notify_all();
         self.shared.queued.notify_all();
         self.shared.notify.notify_waiters();
@@ -787,7 +809,7 @@ impl Cluster {
         let mut serving: Vec<(u32, u64)> = st
             .served
             .iter()
-            .filter(|_| st.leased())
+            .filter(|_| st.serving_at_all())
             .map(|(p, e)| (*p, *e))
             .collect();
         serving.sort_unstable();
@@ -840,7 +862,9 @@ impl Cluster {
     /// mode it first waits, at most [`ClusterConfig::handover_timeout_ms`], until the
     /// batches it acknowledged are on the journal topic and walked valid: the nodes that get
     /// its partitions claim them at once, which would void what is still queued (a fork).
-    /// Blocking (the drain, a few poll intervals and the group's leave request).
+    /// Blocking (the drain, a few poll intervals and the group's leave request): call it
+    /// where blocking is allowed (`spawn_blocking`, or a multi-threaded runtime's
+    /// `block_in_place`), since the appends the drain waits for need the runtime's workers.
     pub fn leave(&self) {
         {
             let mut st = self.shared.lock();
@@ -849,7 +873,7 @@ impl Cluster {
         }
         if self.shared.config.mode == ClusterMode::Local {
             let partitions: Vec<u32> = (0..self.shared.config.partitions).collect();
-            member::hand_over(&self.shared, &partitions);
+            member::hand_over(&self.shared, &partitions, true);
         }
         self.shared.stop.store(true, Ordering::Release);
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
@@ -867,6 +891,13 @@ impl Cluster {
         self.shared.lock().panic_thread = Some(thread.to_owned());
     }
 
+    /// Delays (`Some`) every `KafkaDurable` batch between its check and its entity's local
+    /// append, as a slow or stalled local disk would: past the tailer's grace for it, the
+    /// tailer appends it first. For tests of that race.
+    pub fn delay_own_appends_for_tests(&self, delay: Option<Duration>) {
+        self.shared.lock().append_delay = delay;
+    }
+
     /// Holds (`true`) or releases the `Local` publisher: batches stay queued meanwhile, as
     /// with a broker that does not keep up. For tests of hand-overs with a queue.
     pub fn hold_publishing_for_tests(&self, held: bool) {
@@ -878,7 +909,9 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
-        self.shared.lock().served.clear();
+        let mut st = self.shared.lock();
+        st.leaving = true;
+        st.served.clear();
     }
 }
 
@@ -1020,18 +1053,22 @@ impl Engine {
         rt.gate.set(gate).map_err(|_| ClusterError::AlreadyJoined)?;
         // Each thread is watched: one that ends while the node runs stops the node (`Watch`).
         let spawn = |what: &'static str, f: Box<dyn FnOnce() + Send>| {
-            let watch = Watch {
-                shared: shared.clone(),
-                what,
-            };
+            let watched = shared.clone();
             std::thread::Builder::new()
                 .name(format!("evershard-cluster-{what}"))
                 .spawn(move || {
-                    let _watch = watch;
+                    let _watch = Watch {
+                        shared: watched,
+                        what,
+                    };
                     f()
                 })
-                .map_err(|e| ClusterError::Spawn {
-                    reason: e.to_string(),
+                .map_err(|e| {
+                    // The threads started already end: the node serves nothing.
+                    shared.stop.store(true, Ordering::Release);
+                    ClusterError::Spawn {
+                        reason: e.to_string(),
+                    }
                 })
         };
         let journal = rt.journal.clone();
@@ -1239,13 +1276,18 @@ impl AppendGate for DurableGate {
     fn admit<'a>(&'a self, request: &'a mut AppendRequest) -> GateFuture<'a> {
         Box::pin(async move {
             let outcome = self.check(request).await;
-            let mut st = self.shared.lock();
-            match outcome {
-                Ok(_) => st.acknowledged += 1,
-                Err(_) => st.refused += 1,
-            }
-            drop(st);
+            let delay = {
+                let mut st = self.shared.lock();
+                match outcome {
+                    Ok(_) => st.acknowledged += 1,
+                    Err(_) => st.refused += 1,
+                }
+                st.append_delay
+            };
             let (partition, offset) = outcome?;
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
             if !request.events.is_empty() {
                 return Ok(None); // its stream's head shows the tailer when it is appended
             }
@@ -2104,8 +2146,10 @@ fn take_over(
     let latest = st.walks[idx].latest_claim().cloned();
     match latest {
         Some(ClaimAt { offset: o, claim }) if o == offset && claim.epoch == epoch => {
-            if !st.assigned.contains_key(&p) {
-                return Ok(()); // revoked meanwhile: the next owner claims over this one
+            if !st.assigned.contains_key(&p) || st.leaving || st.failed.is_some() {
+                // Revoked, or the node leaves or stopped meanwhile: the next owner claims
+                // over this one.
+                return Ok(());
             }
             let took_ms = st.assigned[&p].elapsed().as_millis() as u64;
             st.served.insert(p, epoch);

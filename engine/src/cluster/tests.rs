@@ -9,6 +9,8 @@
 //!   marked it appended (or, past the grace, appended by the tailer): no head shows it, and
 //!   a position stored before the entity's append would pass writes this journal never got.
 //!   A `Local` one is appended before it is ever produced.
+//! - A node that leaves or stopped on its own serves nothing, even a claim that slipped into
+//!   `served` meanwhile; the hand-over's bound stays under the member's poll interval.
 
 use super::cursor::{Applied, StoredCursor};
 use super::wire::{Batch, WireEvent};
@@ -157,4 +159,39 @@ fn a_local_own_empty_batch_is_applied_at_once() {
     assert_eq!(applied.next_offset(0), 1);
     assert!(shared.lock().pending[0].is_empty());
     journal.close().unwrap();
+}
+
+/// A claim that slipped into `served` while the node leaves or after it stopped on its own
+/// (a takeover finishing meanwhile) is not served: only a running node serves.
+#[test]
+fn a_leaving_or_stopped_node_serves_nothing_it_holds() {
+    let shared = shared(ClusterMode::Local);
+    let mut st = shared.lock();
+    st.served.insert(0, 3);
+    st.lease_until = Some(Instant::now() + Duration::from_secs(60));
+    assert_eq!(st.served_epoch(0), Some(3));
+    st.leaving = true;
+    assert_eq!(st.served_epoch(0), None);
+    st.leaving = false;
+    st.failed = Some("the tailer thread panicked".into());
+    assert_eq!(st.served_epoch(0), None);
+}
+
+/// The hand-over runs inside the member's rebalance callback: its bound must stay under the
+/// member's `max.poll.interval.ms`, the default's and one set through `extra`.
+#[test]
+fn the_handover_bound_stays_under_the_members_poll_interval() {
+    let config = |handover_ms: u64, extra: Option<&str>| {
+        let mut kafka = KafkaConfig::new("127.0.0.1:9");
+        if let Some(v) = extra {
+            kafka.extra.push(("max.poll.interval.ms".into(), v.into()));
+        }
+        ClusterConfig::new(kafka, "unit", "n1", "e").handover_timeout_ms(handover_ms)
+    };
+    assert!(config(30_000, None).validate().is_ok());
+    assert!(config(HANDOVER_TIMEOUT_MS_MAX + 1, None)
+        .validate()
+        .is_err());
+    assert!(config(30_000, Some("20000")).validate().is_err());
+    assert!(config(10_000, Some("20000")).validate().is_ok());
 }

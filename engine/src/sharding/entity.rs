@@ -546,6 +546,9 @@ impl<A: Aggregate> EntityState<A> {
                 .extend(idempotency_ops(A::TYPE, &claim.key, &record));
         }
         let mut after = None;
+        // The batch's event ids once a gate admitted it: a batch the gate found valid on the
+        // journal topic may reach this journal through the cluster's tailer first.
+        let mut admitted_ids = None;
         if let Some(gate) = rt.gate.get() {
             // Cluster mode (docs/scale-out.md): in KafkaDurable the batch is on the journal
             // topic and valid under this node's claim before it is appended here; in Local it
@@ -558,15 +561,38 @@ impl<A: Aggregate> EntityState<A> {
                     return Err(CommandError::from_gate(&self.args.stream, refusal));
                 }
             }
+            admitted_ids = Some(
+                request
+                    .events
+                    .iter()
+                    .map(|e| e.event_id)
+                    .collect::<Vec<_>>(),
+            );
         }
         let committed = match rt.journal.append(request).await {
             Ok(c) => c,
             Err(e) => {
-                // The state was applied ahead of the append: rebuild it from the journal
-                // before deciding again (also after a conflict, where someone else wrote,
-                // and a storage error, where it is unknown whether sled holds the events).
-                self.loaded = None;
-                return Err(CommandError::from_append(e));
+                // Cluster mode: the tailer appended this very batch (valid on the journal
+                // topic) while this append was late (past the tailer's grace for it). It
+                // took effect; a `Conflict` would tell the caller to decide again, and so
+                // to apply it twice.
+                let replicated = match (&e, &admitted_ids) {
+                    (crate::error::AppendError::Conflict { .. }, Some(ids)) if !ids.is_empty() => {
+                        self.appended_by_replica(version, ids)
+                    }
+                    _ => None,
+                };
+                match replicated {
+                    Some(committed) => committed,
+                    None => {
+                        // The state was applied ahead of the append: rebuild it from the
+                        // journal before deciding again (also after a conflict, where someone
+                        // else wrote, and a storage error, where it is unknown whether sled
+                        // holds the events).
+                        self.loaded = None;
+                        return Err(CommandError::from_append(e));
+                    }
+                }
             }
         };
         // Local mode: only a batch that is in the local journal is queued for the topic.
@@ -606,6 +632,27 @@ impl<A: Aggregate> EntityState<A> {
 }
 
 impl<A: Aggregate> EntityState<A> {
+    /// The records after `version` when they are exactly the events `ids` (the batch this
+    /// entity's gate admitted, appended by the cluster's tailer), as the append would have
+    /// answered them.
+    fn appended_by_replica(&self, version: u64, ids: &[Uuid]) -> Option<crate::journal::Committed> {
+        let last = version + ids.len() as u64;
+        let records: Vec<_> = self
+            .args
+            .rt
+            .journal
+            .reader()
+            .read_stream(&self.args.stream, version + 1, last)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let same =
+            records.len() == ids.len() && records.iter().zip(ids).all(|(r, id)| r.event_id == *id);
+        same.then_some(crate::journal::Committed {
+            records,
+            version: last,
+        })
+    }
+
     /// After the commit of events already applied to the in-memory state: checks the
     /// invariants and hands a snapshot to the writer when one is due. Never fails the
     /// command: the events stand.
