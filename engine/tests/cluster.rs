@@ -26,7 +26,8 @@
 //! node acknowledges a batch with the broker stopped and leaves; another node's claim lands
 //! on the partition; reopened, the node finds its queued batch voided, refuses the partition
 //! with `Unavailable { Forked }` naming it, lists the orphaned event, keeps it in its journal
-//! and never publishes it.
+//! and never publishes it, and stops (`health().stopped`), so that it does not hold the
+//! group's assignment of a partition it will not serve.
 //!
 //! `the_lease_stops_a_node_cut_off_from_the_broker_before_its_session_times_out`: with the
 //! broker paused (SIGSTOP), a node refuses commands (`NotOwner`) once its lease
@@ -51,6 +52,12 @@
 //! the entity's own append then conflicts, and the command is still answered with its
 //! events (it took effect), not with a `Conflict` that would have it decided and applied
 //! again.
+//!
+//! `a_local_node_that_forks_stops_and_its_partitions_move`: a `Local` node whose hand-over
+//! ran out (publisher held, a 1 s bound) finds the new owner's claim over its queued batch:
+//! a fork. It stops and leaves the group, so the new owner soon serves every partition —
+//! the forked node does not hold an assignment it will never serve — and continues each
+//! counter from the topic's valid history.
 //!
 //! `a_node_whose_tailer_dies_stops_and_leaves_the_group`: a cluster thread that panics stops
 //! the node as a whole — it serves nothing, says why in `health().stopped`, and leaves the
@@ -548,6 +555,13 @@ fn local_mode_acknowledges_first_publishes_after_and_refuses_a_fork() {
     );
     let status = cluster.status();
     println!("forks: {:?}", status.forked);
+    // It stopped: it serves nothing and left the group, so the other nodes would take every
+    // partition, the forked one included, rather than leave it unserved (that they do is
+    // `a_local_node_that_forks_stops_and_its_partitions_move`: after tansu 0.6.0 restarted,
+    // as here, a new member was assigned no partition within 150 s, measured).
+    let stopped = status.stopped.clone().expect("a forked node stops");
+    assert!(stopped.contains("partition 0 forked"), "{stopped}");
+    assert!(status.serving.is_empty());
     assert_eq!(status.forked[0].orphans.len(), 1);
     assert_eq!(
         status.forked[0].orphans[0].event_ids,
@@ -574,6 +588,7 @@ fn local_mode_acknowledges_first_publishes_after_and_refuses_a_fork() {
         valid, acked,
         "the orphan is nowhere on the topic's valid history"
     );
+
     cluster.leave();
     rt.block_on(engine.shutdown()).unwrap();
 }
@@ -889,4 +904,75 @@ fn a_late_local_append_after_the_tailers_is_answered_with_its_events() {
     assert_eq!(next[0].sequence, 2, "the state follows the journal");
     cluster.leave();
     rt.block_on(engine.shutdown()).unwrap();
+}
+
+#[test]
+fn a_local_node_that_forks_stops_and_its_partitions_move() {
+    let Some(tansu) = kafka_support::tools("a_local_node_that_forks_stops") else {
+        return;
+    };
+    let broker = kafka_support::Broker::start(&tansu);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rt = runtime();
+    // Long enough that only a member that left frees a partition within the bound below.
+    const SESSION_TIMEOUT_MS: u64 = 60_000;
+    let config = |node: &str, endpoint: &str| {
+        ClusterConfig::new(kafka(&broker), "forkstop", node, endpoint)
+            .partitions(2)
+            .session_timeout_ms(SESSION_TIMEOUT_MS)
+            .heartbeat_interval_ms(500)
+            .mode(ClusterMode::Local)
+            .handover_timeout_ms(1_000)
+    };
+    let (engine_a, cluster_a) = join(&rt, dir_a.path(), config("a", "127.0.0.1:1"));
+    wait("a serves both partitions", Duration::from_secs(120), || {
+        cluster_a.serves(0) && cluster_a.serves(1)
+    });
+    let ids = ids_per_partition(2);
+    let mut acked: Acked = BTreeMap::new();
+    for id in &ids {
+        add_local(&rt, &engine_a, &mut acked, id).unwrap();
+    }
+    wait(
+        "the first batches published",
+        Duration::from_secs(60),
+        || cluster_a.health().replication_lag.batches == 0,
+    );
+    cluster_a.hold_publishing_for_tests(true);
+    // Acknowledged and held back from the topic: the one of the partition that moves
+    // becomes an orphan.
+    for id in &ids {
+        let events = rt
+            .block_on(engine_a.execute::<Counter>(id, CounterCommand::Add(1)))
+            .unwrap();
+        assert_eq!(events[0].sequence, 2);
+    }
+
+    let (engine_b, cluster_b) = join(&rt, dir_b.path(), config("b", "127.0.0.1:2"));
+    wait("a forks and stops", Duration::from_secs(120), || {
+        cluster_a.health().stopped.is_some()
+    });
+    let stopped_at = Instant::now();
+    let health = cluster_a.health();
+    println!("a stopped: {health:?}");
+    assert_eq!(health.forked.len(), 1, "{health:?}");
+    assert!(health.stopped.unwrap().contains("forked"));
+    wait(
+        "b serves both partitions before a's session could time out",
+        Duration::from_millis(SESSION_TIMEOUT_MS * 3 / 4),
+        || cluster_b.serves(0) && cluster_b.serves(1),
+    );
+    println!("b serves both {:?} after a stopped", stopped_at.elapsed());
+    for id in &ids {
+        // The topic's valid history is what a published: each counter's first event.
+        add_local(&rt, &engine_b, &mut acked, id).unwrap();
+    }
+    assert_eq!(
+        topic_history(&broker, &config("a", "").journal_topic()),
+        acked
+    );
+    cluster_b.leave();
+    cluster_a.leave();
+    rt.block_on(engine_b.shutdown()).unwrap();
+    rt.block_on(engine_a.shutdown()).unwrap();
 }

@@ -627,8 +627,11 @@ impl State {
     }
 
     /// The partition's queued batches can never be valid any more: refuse the partition,
-    /// keep their outbox entries (the audit of what only this node has) and list them.
-    fn fork(&mut self, node: &str, partition: u32, why: &str) {
+    /// keep their outbox entries (the audit of what only this node has) and list them, and
+    /// stop the node (docs/scale-out.md, "Fork"): its store diverged, and while it held the
+    /// group's assignment of the partition no node would serve it.
+    fn fork(&mut self, shared: &Shared, partition: u32, why: &str) {
+        let node = shared.config.node.as_str();
         let drained: Vec<Queued> = self.queue[partition as usize].drain(..).collect();
         self.undelivered -= drained.iter().filter(|q| !q.delivered).count();
         let orphans: Vec<Orphan> = drained
@@ -651,6 +654,19 @@ impl State {
             "partition forked: {why}; refused until the store is rebuilt"
         );
         self.forked.entry(partition).or_default().extend(orphans);
+        // Stopping leaves the group (dynamic membership), so the other nodes take every
+        // partition of this one, the forked one included, at once.
+        shared.stop.store(true, Ordering::Release);
+        self.failed.get_or_insert_with(|| {
+            format!(
+                "partition {partition} forked ({why}): this store diverged from the journal topic; \
+                 restart the node on an empty directory, keeping this one (it holds the orphaned batches)"
+            )
+        });
+        self.served.clear();
+        shared.walked.notify_all();
+        shared.queued.notify_all();
+        shared.notify.notify_waiters();
     }
 
     fn owner(&self, partition: u32) -> Option<Owner> {
@@ -1430,11 +1446,7 @@ impl LocalGate {
             st.enqueue(partition, number, batch);
             if st.forked.contains_key(&partition) {
                 // Forked while this batch was being appended: it is an orphan too.
-                st.fork(
-                    &shared.config.node,
-                    partition,
-                    "a batch appended after the fork",
-                );
+                st.fork(&shared, partition, "a batch appended after the fork");
             }
             drop(st);
             drop(reservation);
@@ -1481,7 +1493,7 @@ fn run_publisher(shared: &Shared, producer: &FutureProducer, handle: &tokio::run
                         "a batch of epoch {} queued while the latest claim is {latest:?}",
                         q.batch.epoch
                     );
-                    st.fork(&shared.config.node, p, &why);
+                    st.fork(shared, p, &why);
                     continue;
                 }
                 // A prefix of each partition's unsent batches: the next round sends on from
@@ -1744,7 +1756,7 @@ fn walk_one(shared: &Shared, partition: u32, offset: i64, entry: Option<Entry>) 
                     "claim of {} epoch {} at offset {offset}",
                     claim.node, claim.epoch
                 );
-                st.fork(&shared.config.node, partition, &why);
+                st.fork(shared, partition, &why);
             }
             if st.served.remove(&partition).is_some() {
                 tracing::warn!(node = %shared.config.node, partition, by = %claim.node, epoch = claim.epoch, "partition claimed by another node; stopped serving");
@@ -1822,7 +1834,7 @@ fn local_verdict(
         }
         other => {
             let why = format!("its batch at offset {offset} walked {other:?}");
-            st.fork(&shared.config.node, partition, &why);
+            st.fork(shared, partition, &why);
         }
     }
 }
