@@ -25,7 +25,10 @@
 //!   forwarded command reached its owner and no answer came back (it may have run);
 //!   retryable only for `append`, whose repeat cannot apply twice.
 //!
-//! It prints `listening ADDR` on stdout once it accepts connections.
+//! It prints `listening ADDR` on stdout once it accepts connections. It exits with status 3
+//! when its node stops on its own (`Cluster::health().stopped`: a cluster thread failed, or a
+//! partition forked), after shutting its engine down, so that a supervisor restarts it (a
+//! forked store stops again at once: move its directory aside first).
 
 use clap::Parser;
 use evershard_aggregates::product_stock::{ProductStock, ProductStockCommand};
@@ -243,6 +246,19 @@ fn main() {
         }
     });
     let node = Arc::new(node);
+    // A node that stopped on its own serves nothing for good: exit, so that a supervisor
+    // notices and restarts it, rather than answer every command with `not_owner`.
+    std::thread::spawn({
+        let node = node.clone();
+        move || loop {
+            std::thread::sleep(Duration::from_millis(500));
+            if let Some(why) = node.cluster.health().stopped {
+                tracing::error!(node = %node.name, "the node stopped: {why}; exiting");
+                let _ = node.rt.block_on(node.engine.shutdown());
+                std::process::exit(3);
+            }
+        }
+    });
     println!("listening {endpoint}");
     std::io::stdout().flush().ok();
     for conn in listener.incoming() {
