@@ -5,8 +5,11 @@
 //! backoff and dead-letter to `dlq.events.v1`; a dead letter can be re-driven; a topic's
 //! partition count is fixed at creation; a group started at a time after a reopen, whose
 //! members join one by one, reads exactly the messages from that time and commits its start
-//! positions (issue 9's demo stall); a commit writes only the positions that moved. Every wait is a bounded poll (no sleep assumes a
-//! speed); the randomised parts print their seed.
+//! positions (issue 9's demo stall); a commit writes only the positions that moved; a
+//! member that joins a group takes a partition only once its holder gave it up, after the
+//! batch in hand and with its progress committed (never two members on one partition at
+//! once); a stopped subscription commits only what it handled. Every wait is a bounded poll
+//! (no sleep assumes a speed); the randomised parts print their seed.
 
 mod common;
 
@@ -474,8 +477,6 @@ async fn a_group_started_at_a_time_reads_from_it_while_members_join_after_a_reop
     }
     let (after, before) = split_at(&engine, t);
     assert_eq!((after.len(), before), (40, 200));
-    let assigned: BTreeSet<u32> = members.iter().flat_map(|m| m.assignment()).collect();
-    assert_eq!(assigned.len(), 8, "every partition has an owner");
     let started = Instant::now();
     loop {
         for member in &mut members {
@@ -488,6 +489,13 @@ async fn a_group_started_at_a_time_reads_from_it_while_members_join_after_a_reop
         assert!(started.elapsed() < WAIT, "{} of 40 delivered", seen.len());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // A partition moves once its holder gave it up at its own poll, so the last join's
+    // moves may take a second round of polls.
+    for member in &mut members {
+        got.extend(member.try_poll(10_000).unwrap());
+    }
+    let assigned: BTreeSet<u32> = members.iter().flat_map(|m| m.assignment()).collect();
+    assert_eq!(assigned.len(), 8, "every partition has an owner");
     let early: Vec<_> = got.iter().filter(|m| m.timestamp < t).collect();
     assert!(
         early.is_empty(),
@@ -579,5 +587,147 @@ async fn a_subscription_started_at_a_time_commits_its_start_and_reaches_lag_zero
     for subscription in subscriptions {
         subscription.stop().await.unwrap();
     }
+    engine.shutdown().await.unwrap();
+}
+
+/// Every (partition, offset) a handler saw, with the member that saw it.
+type Seen = Arc<Mutex<Vec<(&'static str, u32, u64)>>>;
+
+/// A handler that records what it sees as `member` and, while `gate` has no permit, waits
+/// at its first message.
+fn recording(
+    member: &'static str,
+    seen: Seen,
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+) -> impl Fn(
+    Message,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HandlerError>> + Send>>
+       + Send
+       + Sync
+       + 'static {
+    move |m: Message| {
+        let seen = seen.clone();
+        let gate = gate.clone();
+        Box::pin(async move {
+            let first = {
+                let mut seen = seen.lock().unwrap();
+                seen.push((member, m.partition, m.offset));
+                seen.iter().filter(|s| s.0 == member).count() == 1
+            };
+            if let (true, Some(gate)) = (first, gate) {
+                let _permit = gate.acquire().await.unwrap();
+            }
+            Ok(())
+        })
+    }
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < WAIT, "{what}: not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_member_takes_a_partition_only_after_its_holder_gave_it_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let last = write(&engine, 11, 40, 80).await;
+    assert!(engine.wait_indexed(last, WAIT).await);
+    let seen: Seen = Arc::default();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let a = engine
+        .subscribe("g", TOPIC, recording("a", seen.clone(), Some(gate.clone())))
+        .unwrap();
+    wait_until("a holds its first batch", || {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
+
+    // b joins while a is in the middle of a batch of every partition.
+    let b = engine
+        .subscribe("g", TOPIC, recording("b", seen.clone(), None))
+        .unwrap();
+    // Whatever b could do on its own, give it time to do it (the claim is that it does
+    // nothing, so this wait assumes no speed).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        seen.lock().unwrap().iter().all(|s| s.0 == "a"),
+        "b handled a partition a still held"
+    );
+    gate.add_permits(1);
+    wait_until("a's batch handled", || seen.lock().unwrap().len() >= 80).await;
+
+    let last = write(&engine, 12, 40, 40).await;
+    assert!(engine.wait_indexed(last, WAIT).await);
+    wait_until("everything handled", || seen.lock().unwrap().len() >= 120).await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let mut once: BTreeMap<(u32, u64), &str> = BTreeMap::new();
+    for (member, p, offset) in &seen {
+        if let Some(first) = once.insert((*p, *offset), member) {
+            panic!("partition {p} offset {offset} handled by {first} and {member}");
+        }
+    }
+    assert_eq!(once.len(), 120);
+    assert!(
+        seen.iter().any(|s| s.0 == "b"),
+        "b took its partitions once a gave them up"
+    );
+    // Each partition's offsets were handled in order, whoever handled them.
+    let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+    for (_, p, offset) in &seen {
+        let expected = next.entry(*p).or_default();
+        assert_eq!(offset, expected, "partition {p} out of order");
+        *expected += 1;
+    }
+    assert_eq!(engine.consumer_lag("g", TOPIC).unwrap().total(), 0);
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_stopped_mid_batch_commits_only_what_it_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let last = write(&engine, 13, 40, 80).await;
+    assert!(engine.wait_indexed(last, WAIT).await);
+    let seen: Seen = Arc::default();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let a = engine
+        .subscribe("s", TOPIC, recording("a", seen.clone(), Some(gate.clone())))
+        .unwrap();
+    wait_until("a holds its first batch", || {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
+    let stopping = tokio::spawn(a.stop());
+    // The stop is asked while the first message is in hand; then that message finishes.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.add_permits(1);
+    stopping.await.unwrap().unwrap();
+    let handled = seen.lock().unwrap().len();
+    assert!(
+        handled < 80,
+        "stop waited for the whole batch ({handled} handled)"
+    );
+    let lag = engine.consumer_lag("s", TOPIC).unwrap();
+    assert_eq!(
+        lag.total(),
+        80 - handled as u64,
+        "committed exactly what was handled"
+    );
+
+    let b = engine
+        .subscribe("s", TOPIC, recording("b", seen.clone(), None))
+        .unwrap();
+    wait_until("the rest handled", || seen.lock().unwrap().len() >= 80).await;
+    b.stop().await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let unique: BTreeSet<(u32, u64)> = seen.iter().map(|(_, p, o)| (*p, *o)).collect();
+    assert_eq!(unique.len(), 80);
+    assert_eq!(seen.len(), 80, "nothing handled twice");
     engine.shutdown().await.unwrap();
 }

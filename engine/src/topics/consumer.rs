@@ -4,8 +4,16 @@
 //! keyspace and made durable (flush + fdatasync) by `commit`; a restarted consumer resumes
 //! there. The consumers of one group on one topic in this process split the partitions
 //! round-robin by join order (partition p → member p mod n); a join or a leave bumps the
-//! group's generation and every member re-reads its assignment on its next poll. Progress
-//! not committed on a partition that moves is redelivered to its new owner (at-least-once).
+//! group's generation and every member re-reads its assignment on its next poll or commit.
+//! A partition changes hands the way Kafka's cooperative rebalance moves it: its holder
+//! gives it up at its next poll or commit (so the messages it holds are its own to finish;
+//! `commit` commits them first), and only then does the member it goes to start reading it,
+//! from the group's position there. Two members never read one partition at once, and only
+//! its holder commits it. (Before 2026-11-28 the new member started at once: while the old
+//! one finished a batch both handled the partition, out of order, and the old one's commits
+//! could move the group's offset back.) A member that keeps a partition and never polls or
+//! commits again holds it until it is dropped. Progress not committed on a partition that
+//! moves is redelivered to its new owner (at-least-once).
 //! Groups are independent. A waiting `poll` wakes on the indexer's notification, not by
 //! sleeping in a loop.
 //!
@@ -74,6 +82,9 @@ pub(crate) struct GroupState {
     positions: HashMap<u32, u64>,
     /// Recently handled event ids (bounded), shared by the group's in-process members.
     pub(crate) handled: HandledIds,
+    /// The member that holds each partition now: it alone reads and commits it, until it
+    /// gives it up (see the module docs).
+    holders: HashMap<u32, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -169,9 +180,13 @@ impl TopicsRuntime {
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(state) = groups.get_mut(&(group.to_owned(), topic.to_owned())) {
             state.members.retain(|m| *m != member);
+            state.holders.retain(|_, m| *m != member);
             state.generation += 1;
             if state.members.is_empty() {
+                // A group started afresh applies its `StartFrom`, and redelivers what it
+                // reads again.
                 state.positions.clear();
+                state.handled = HandledIds::default();
             }
         }
         drop(groups);
@@ -196,6 +211,57 @@ impl TopicsRuntime {
         let n = state.members.len() as u32;
         let mine = (0..partitions).filter(|p| p % n == index as u32).collect();
         (state.generation, mine)
+    }
+
+    /// Moves what `member` holds toward `wanted` (its assignment): gives up the partitions
+    /// it holds and is not assigned any more (the group's position there stays its last
+    /// commit), and takes the assigned ones nobody holds. A partition another member still
+    /// holds is taken at a later call, once that member gave it up: a give-up bumps the
+    /// generation, which wakes the waiting members. Returns the partitions it holds.
+    fn settle(&self, group: &str, topic: &str, member: u64, wanted: &[u32]) -> Vec<u32> {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = groups.get_mut(&(group.to_owned(), topic.to_owned())) else {
+            return Vec::new();
+        };
+        let before = state.holders.len();
+        state
+            .holders
+            .retain(|p, m| *m != member || wanted.contains(p));
+        let gave_up = state.holders.len() < before;
+        let mut held = Vec::with_capacity(wanted.len());
+        for p in wanted {
+            let holder = state.holders.entry(*p).or_insert(member);
+            if *holder == member {
+                held.push(*p);
+            }
+        }
+        if gave_up {
+            state.generation += 1;
+        }
+        drop(groups);
+        if gave_up {
+            self.generations.send_modify(|g| *g += 1);
+        }
+        held
+    }
+
+    /// Of `offsets`, those of partitions `member` holds: only a partition's holder commits
+    /// it.
+    fn held_only(
+        &self,
+        group: &str,
+        topic: &str,
+        member: u64,
+        offsets: Vec<(u32, u64)>,
+    ) -> Vec<(u32, u64)> {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = groups.get(&(group.to_owned(), topic.to_owned())) else {
+            return Vec::new();
+        };
+        offsets
+            .into_iter()
+            .filter(|(p, _)| state.holders.get(p) == Some(&member))
+            .collect()
     }
 
     /// The group's position on a partition in this process, if one was decided.
@@ -336,12 +402,15 @@ impl Consumer {
     /// the start position `start` names (see the module docs).
     fn refresh(&mut self) -> Result<(), TopicError> {
         let partitions = self.rt.partitions(&self.topic)?;
-        let (generation, mine) =
+        let (generation, wanted) =
             self.rt
                 .assignment(&self.group, &self.topic, self.member, partitions);
-        if generation == self.generation && mine.len() == self.positions.len() {
+        if generation == self.generation && wanted.len() == self.positions.len() {
             return Ok(());
         }
+        let mine = self
+            .rt
+            .settle(&self.group, &self.topic, self.member, &wanted);
         // The durable offsets are read only when a partition is new to this member.
         let committed = if mine.iter().any(|p| !self.positions.contains_key(p)) {
             self.rt.committed(&self.group, &self.topic)?
@@ -487,22 +556,34 @@ impl Consumer {
     /// not durably committed yet are written (see [`Consumer::has_uncommitted`]); when there
     /// are none, nothing is written and it returns at once.
     pub async fn commit(&mut self) -> Result<(), TopicError> {
-        // Only partitions still ours: a partition that moved belongs to its new owner's
-        // commits.
-        self.refresh()?;
+        // What this member read is its to commit: it holds its partitions until it gives
+        // them up, which it does right after (a partition assigned to another member moves
+        // with its progress committed, not redelivered).
         let offsets: Vec<(u32, u64)> = self
             .positions
             .iter()
             .filter(|(p, o)| self.durable.get(p) != Some(o))
             .map(|(p, o)| (*p, *o))
             .collect();
-        self.commit_offsets(offsets).await
+        self.commit_offsets(offsets).await?;
+        self.refresh()
+    }
+
+    /// True when the group changed since this member's last poll: its next poll or commit
+    /// may give a partition up (a subscription commits first, so that the partition moves
+    /// with its progress).
+    pub(crate) fn rebalancing(&self) -> bool {
+        self.generations.has_changed().unwrap_or(false)
     }
 
     pub(crate) async fn commit_offsets(
         &mut self,
         offsets: Vec<(u32, u64)>,
     ) -> Result<(), TopicError> {
+        // A member that gave a partition up commits nothing there: its new holder does.
+        let offsets = self
+            .rt
+            .held_only(&self.group, &self.topic, self.member, offsets);
         if offsets.is_empty() {
             return Ok(());
         }

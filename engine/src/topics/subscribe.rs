@@ -213,8 +213,16 @@ impl Worker {
                 }
                 continue;
             }
-            for message in batch {
-                self.deliver(&message).await?;
+            for (i, message) in batch.iter().enumerate() {
+                if self.stop.load(Ordering::Acquire) {
+                    // Stopped with messages in hand: the positions go back to the first one
+                    // not handled on each partition, so that the final commit passes none.
+                    for rest in batch[i..].iter().rev() {
+                        self.consumer.seek(rest.partition, rest.offset);
+                    }
+                    break;
+                }
+                self.deliver(message).await?;
                 if self.options.dedup {
                     let p = message.partition;
                     self.consumer
@@ -223,7 +231,8 @@ impl Worker {
                 }
             }
             uncommitted = true;
-            if last_commit.elapsed() >= interval {
+            // A partition that moves to another member moves with its progress committed.
+            if last_commit.elapsed() >= interval || self.consumer.rebalancing() {
                 self.consumer.commit().await?;
                 uncommitted = false;
                 last_commit = Instant::now();
