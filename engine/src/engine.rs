@@ -1614,14 +1614,35 @@ impl Engine {
     /// Hands the original message of a dead letter (a message of `dlq.events.v1`) to
     /// `handler` again, once; returns the handler's outcome. Re-driving does not change the
     /// dead-letter topic (its messages are facts); a failure may be dead-lettered again by the
-    /// caller with [`Engine::dead_letter`].
+    /// caller with [`Engine::dead_letter`]. A letter that does not hold its message's value
+    /// (an event encrypted at rest, or a value too large: [`DeadLetter::value_kept`]) is
+    /// re-driven with the message read again from its topic.
     pub async fn redrive(
         &self,
         dead_letter: &Message,
         handler: &impl Handler,
     ) -> Result<Result<(), HandlerError>, TopicError> {
         let letter = DeadLetter::from_message(dead_letter)?;
-        Ok(handler.handle(letter.original_message()).await)
+        let original = if letter.value_kept() {
+            letter.original_message()
+        } else {
+            let rt = self.topics()?;
+            let read = rt
+                .log
+                .read(&letter.original_topic, letter.partition, letter.offset, 1)?;
+            match read.into_iter().next() {
+                Some(m) if m.offset == letter.offset => m,
+                _ => {
+                    return Err(TopicError::NotDeadLetter {
+                        reason: format!(
+                            "its original message ({} partition {} offset {}) is not in its topic",
+                            letter.original_topic, letter.partition, letter.offset
+                        ),
+                    })
+                }
+            }
+        };
+        Ok(handler.handle(original).await)
     }
 
     /// Appends a dead letter for `message` (durably) to `dlq.events.v1`.

@@ -8,7 +8,9 @@
 //! positions (issue 9's demo stall); a commit writes only the positions that moved; a
 //! member that joins a group takes a partition only once its holder gave it up, after the
 //! batch in hand and with its progress committed (never two members on one partition at
-//! once); a stopped subscription commits only what it handled. Every wait is a bounded poll
+//! once); a stopped subscription commits only what it handled; a dead letter fits a record
+//! whatever the message and the error text (the error is cut, a value too large stays in its
+//! topic, where redrive reads it), so the subscription moves on. Every wait is a bounded poll
 //! (no sleep assumes a speed); the randomised parts print their seed.
 
 mod common;
@@ -730,4 +732,135 @@ async fn a_subscription_stopped_mid_batch_commits_only_what_it_handled() {
     assert_eq!(unique.len(), 80);
     assert_eq!(seen.len(), 80, "nothing handled twice");
     engine.shutdown().await.unwrap();
+}
+
+/// An aggregate whose events carry a text of any size (up to the journal's payload limit).
+#[derive(Debug)]
+struct Note;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Written {
+    text: String,
+}
+
+impl evershard_engine::model::DomainEvent for Written {
+    fn event_type(&self) -> &'static str {
+        "Written"
+    }
+    fn event_version(&self) -> &'static str {
+        "1.0"
+    }
+    fn topic(&self) -> &'static str {
+        "test.notes"
+    }
+    fn payload_json(&self) -> serde_json::Value {
+        serde_json::json!({ "text": self.text })
+    }
+}
+
+impl evershard_engine::model::Aggregate for Note {
+    const TYPE: &'static str = "Note";
+    type State = ();
+    type Command = String;
+    type Event = Written;
+    type Error = std::convert::Infallible;
+
+    fn decide(
+        _: &(),
+        text: &String,
+        _: &evershard_engine::model::DecideContext,
+    ) -> Result<Vec<Written>, Self::Error> {
+        Ok(vec![Written { text: text.clone() }])
+    }
+
+    fn apply(_: &mut (), _: &Written) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_fits_whatever_the_message_and_redrive_reads_a_large_one_from_its_topic() {
+    const NOTES: &str = "test.notes";
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder(dir.path())
+        .register::<Note>()
+        .open()
+        .await
+        .unwrap();
+    // Near the journal's payload limit (64 KiB): its dead letter could not hold it too.
+    let big = "x".repeat(60 * 1024);
+    engine.execute::<Note>("big", big.clone()).await.unwrap();
+    engine
+        .execute::<Note>("small", "hi".to_owned())
+        .await
+        .unwrap();
+    // A handler whose error text is far larger than a record.
+    let handler = |m: Message| async move {
+        match m.key() {
+            "big" => Err(HandlerError::Validation("e".repeat(100 * 1024))),
+            _ => Ok(()),
+        }
+    };
+    let sub = engine.subscribe("n", NOTES, handler).unwrap();
+    wait_until("both messages done", || {
+        sub.handled() + sub.dead_lettered() == 2
+    })
+    .await;
+    sub.stop().await.unwrap();
+    assert_eq!(
+        sub_counts(&engine, "n", NOTES),
+        0,
+        "the subscription moved past both"
+    );
+
+    let end = engine.journal().durable_position();
+    assert!(engine.wait_indexed(end, WAIT).await);
+    let mut dlq = engine
+        .consumer_with(
+            "inspect",
+            DLQ_TOPIC,
+            ConsumerOptions {
+                start: StartFrom::Beginning,
+            },
+        )
+        .unwrap();
+    let letters = drain(&mut dlq, 1).await;
+    let letter = evershard_engine::DeadLetter::from_message(&letters[0]).unwrap();
+    assert!(letter.error.len() < 5_000, "the error text is cut");
+    assert!(letter
+        .error
+        .ends_with(&format!("[cut: {} bytes in all]", 100 * 1024)));
+    assert!(
+        !letter.value_kept(),
+        "a value this large stays in its topic"
+    );
+
+    let log = engine.topic_log().unwrap();
+    let original = log
+        .read(NOTES, letter.partition, letter.offset, 1)
+        .unwrap()
+        .remove(0);
+    let got: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let seen = got.clone();
+    let redriven = move |m: Message| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push(m.value().to_vec());
+            Ok(())
+        }
+    };
+    assert_eq!(
+        engine.redrive(&letters[0], &redriven).await.unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        got.lock().unwrap().as_slice(),
+        &[original.value().to_vec()],
+        "redrive hands the original message, read from its topic"
+    );
+    assert_eq!(original.value_json()["payload"]["text"], big.as_str());
+    engine.shutdown().await.unwrap();
+}
+
+/// The lag of a group on a topic.
+fn sub_counts(engine: &Engine, group: &str, topic: &str) -> u64 {
+    engine.consumer_lag(group, topic).unwrap().total()
 }

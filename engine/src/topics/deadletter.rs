@@ -18,6 +18,14 @@ pub const DEAD_LETTER_TYPE: &str = "evershard.DeadLetter";
 /// The event type of a dead-letter record.
 pub const DEAD_LETTER_EVENT: &str = "event.dead_lettered";
 
+/// Bytes of a handler's error text a dead letter keeps; a longer one is cut (at a character
+/// boundary) and says so.
+pub const DEAD_LETTER_ERROR_BYTES_MAX: usize = 4096;
+
+/// The key of the value a dead letter holds in place of its original message's value when
+/// it cannot hold that one (see [`DeadLetter::value_kept`]).
+const VALUE_NOT_KEPT: &str = "evershardValueNotKept";
+
 /// Why a message was dead-lettered (the seed's reasons).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeadLetterReason {
@@ -79,6 +87,48 @@ impl DeadLetter {
                 .map(|(k, v)| (k.to_owned(), v.map(str::to_owned)))
                 .collect(),
             value_json: String::from_utf8(message.value().to_vec()).expect("JSON is UTF-8"),
+        }
+    }
+
+    /// Cuts the error text to [`DEAD_LETTER_ERROR_BYTES_MAX`].
+    pub(crate) fn bound_error(&mut self) {
+        if self.error.len() <= DEAD_LETTER_ERROR_BYTES_MAX {
+            return;
+        }
+        let total = self.error.len();
+        let mut cut = DEAD_LETTER_ERROR_BYTES_MAX;
+        while !self.error.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.error.truncate(cut);
+        self.error
+            .push_str(&format!(" [cut: {total} bytes in all]"));
+    }
+
+    /// The value a dead letter holds when it does not hold its message's: why, and the
+    /// event's id. Its original stays in its topic (kept forever), where redrive reads it.
+    pub(crate) fn value_not_kept(why: &str, message: &Message) -> String {
+        serde_json::json!({
+            VALUE_NOT_KEPT: why,
+            "eventId": message.event_id.to_string(),
+            "bytes": message.value().len(),
+        })
+        .to_string()
+    }
+
+    /// Whether the letter holds its original message's value. It does not for an event
+    /// encrypted at rest (a plain copy would outlive its subject's erasure), nor for a value
+    /// too large for a dead letter: then [`crate::Engine::redrive`] reads the original from
+    /// its topic. (Letters written before 2026-11-28 mark an encrypted event's value with
+    /// the keys `redacted` and `eventId` alone.)
+    pub fn value_kept(&self) -> bool {
+        match serde_json::from_str::<serde_json::Value>(&self.value_json) {
+            Ok(serde_json::Value::Object(map)) => {
+                let redacted =
+                    map.len() == 2 && map.contains_key("redacted") && map.contains_key("eventId");
+                !(map.contains_key(VALUE_NOT_KEPT) || redacted)
+            }
+            _ => true,
         }
     }
 

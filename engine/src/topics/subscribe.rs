@@ -320,21 +320,24 @@ pub(crate) async fn dead_letter(
     // subject (and be published in clear on the dead-letter topic; found by review,
     // 2026-11-28). The event itself, and its key, are one read away for a handler with
     // access, as long as its subject is not forgotten.
-    let redacted;
-    let letter = match encrypted_original(writer, message)? {
-        true => {
-            redacted = DeadLetter {
-                value_json: serde_json::json!({
-                    "redacted": "the event is encrypted at rest: read it from the journal",
-                    "eventId": message.event_id.to_string(),
-                })
-                .to_string(),
-                ..letter.clone()
-            };
-            &redacted
-        }
-        false => letter,
-    };
+    let mut letter = letter.clone();
+    if encrypted_original(writer, message)? {
+        letter.value_json = DeadLetter::value_not_kept(
+            "the event is encrypted at rest: redrive reads it from its topic",
+            message,
+        );
+    }
+    // A dead letter must fit a journal record, or the subscription could never move past
+    // the message (found by review, 2026-11-28): the handler's error text is cut, and a
+    // value too large to go with it is left where it is, in its topic, forever.
+    letter.bound_error();
+    if evershard_model::codec::encode(&letter).len() > crate::journal::record::PAYLOAD_BYTES_MAX {
+        letter.value_json = DeadLetter::value_not_kept(
+            "the message is larger than a dead letter holds: redrive reads it from its topic",
+            message,
+        );
+    }
+    let letter = &letter;
     let stream = StreamId::new(DEAD_LETTER_TYPE, message.key().to_owned());
     let correlation_id = message
         .header("correlation_id")
