@@ -864,3 +864,17 @@ async fn a_dead_letter_fits_whatever_the_message_and_redrive_reads_a_large_one_f
 fn sub_counts(engine: &Engine, group: &str, topic: &str) -> u64 {
     engine.consumer_lag(group, topic).unwrap().total()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_of_an_invalid_group_or_topic_name_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let long = "g".repeat(300);
+    for (group, topic) in [("", TOPIC), (long.as_str(), TOPIC), ("g", ""), ("g", "a b")] {
+        match engine.consumer_lag(group, topic) {
+            Err(TopicError::InvalidName { .. }) => {}
+            other => panic!("lag of {group:?} on {topic:?}: {other:?}"),
+        }
+    }
+    engine.shutdown().await.unwrap();
+}

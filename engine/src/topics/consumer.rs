@@ -295,6 +295,15 @@ impl TopicsRuntime {
         group: &str,
         topic: &str,
     ) -> Result<HashMap<u32, u64>, TopicError> {
+        // Checked here, not only where a consumer is made: the keys are built from the names
+        // (a length byte each), so an empty or overlong one would read another group's.
+        for name in [group, topic] {
+            if !super::valid_name(name) {
+                return Err(TopicError::InvalidName {
+                    name: name.to_owned(),
+                });
+            }
+        }
         Ok(self
             .writer
             .committed_offsets(Some(group))?
