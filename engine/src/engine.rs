@@ -1668,15 +1668,27 @@ impl Engine {
         let mut depth: HashMap<String, u64> = HashMap::new();
         for info in rt.log.topics()? {
             // Queue depth: messages the slowest group on the topic has not committed (all of
-            // them when no group reads it).
-            let mut groups: HashMap<&str, u64> = HashMap::new();
+            // them when no group reads it), counted like `consumer_lag`: a partition the
+            // group never committed counts whole (before 2026-11-28 it counted nothing).
+            let mut groups: HashMap<&str, HashMap<u32, u64>> = HashMap::new();
             for (g, t, p, o) in &committed {
                 if *t == info.name {
-                    let end = info.end_offsets.get(*p as usize).copied().unwrap_or(0);
-                    *groups.entry(g.as_str()).or_default() += end.saturating_sub(*o);
+                    groups.entry(g.as_str()).or_default().insert(*p, *o);
                 }
             }
-            let max = groups.values().copied().max().unwrap_or(info.messages());
+            let max = groups
+                .values()
+                .map(|offsets| {
+                    info.end_offsets
+                        .iter()
+                        .enumerate()
+                        .map(|(p, end)| {
+                            end.saturating_sub(offsets.get(&(p as u32)).copied().unwrap_or(0))
+                        })
+                        .sum::<u64>()
+                })
+                .max()
+                .unwrap_or(info.messages());
             depth.insert(info.name.clone(), max);
         }
         Ok(rt

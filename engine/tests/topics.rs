@@ -878,3 +878,32 @@ async fn lag_of_an_invalid_group_or_topic_name_is_a_typed_error() {
     }
     engine.shutdown().await.unwrap();
 }
+
+/// A topic's queue depth counts the slowest group's whole backlog, a partition it never
+/// committed included, as its lag does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_depth_agrees_with_the_slowest_groups_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let last = write(&engine, 21, 64, 120).await;
+    assert!(engine.wait_indexed(last, WAIT).await);
+    // A group of two members of which only one ever commits: the other's four partitions
+    // have no stored offset.
+    let mut one = engine.consumer("slow", TOPIC).unwrap();
+    let mut two = engine.consumer("slow", TOPIC).unwrap();
+    let read = one.try_poll(10_000).unwrap().len() as u64;
+    two.try_poll(10_000).unwrap();
+    one.commit().await.unwrap();
+    let lag = engine.consumer_lag("slow", TOPIC).unwrap().total();
+    assert_eq!(lag, 120 - read);
+    let depth = engine
+        .metrics()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.topic == TOPIC)
+        .unwrap()
+        .queue_depth;
+    assert_eq!(depth, lag, "queue depth is the slowest group's lag");
+    drop((one, two));
+    engine.shutdown().await.unwrap();
+}
