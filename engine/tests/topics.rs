@@ -907,3 +907,71 @@ async fn queue_depth_agrees_with_the_slowest_groups_lag() {
     drop((one, two));
     engine.shutdown().await.unwrap();
 }
+
+/// A message dead-lettered and then redelivered (the subscription died before committing
+/// past it) is dead-lettered once, not once per delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_message_is_dead_lettered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    // One counter, so both messages share a partition, in order: amount 1, then 2.
+    engine
+        .execute::<Counter>("c-9", CounterCommand::Add(1))
+        .await
+        .unwrap();
+    let last = engine
+        .execute::<Counter>("c-9", CounterCommand::Add(2))
+        .await
+        .unwrap()[0]
+        .global_position;
+    assert!(engine.wait_indexed(last, WAIT).await);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let handler = |gate: Option<Arc<tokio::sync::Semaphore>>| {
+        move |m: Message| {
+            let gate = gate.clone();
+            async move {
+                if m.value_json()["payload"]["amount"] == 1 {
+                    return Err(HandlerError::Validation("never valid".into()));
+                }
+                if let Some(gate) = gate {
+                    // The first subscription dies here, before any commit past amount 1.
+                    let _permit = gate.acquire().await.unwrap();
+                }
+                Ok(())
+            }
+        }
+    };
+    let options = SubscriptionOptions {
+        commit_interval_ms: 3_600_000,
+        ..SubscriptionOptions::default()
+    };
+    let first = engine
+        .subscribe_with("d", TOPIC, handler(Some(gate.clone())), options)
+        .unwrap();
+    wait_until("amount 1 dead-lettered", || first.dead_lettered() == 1).await;
+    drop(first); // aborted in amount 2's handler: nothing committed
+    assert_eq!(
+        engine.consumer_lag("d", TOPIC).unwrap().total(),
+        2,
+        "nothing committed"
+    );
+    let second = engine
+        .subscribe_with("d", TOPIC, handler(None), options)
+        .unwrap();
+    wait_until("both messages done again", || {
+        second.handled() + second.dead_lettered() == 2
+    })
+    .await;
+    second.stop().await.unwrap();
+    let letters: Vec<_> = engine
+        .journal()
+        .read_stream(
+            &evershard_engine::StreamId::new("evershard.DeadLetter", "c-9"),
+            1,
+            u64::MAX,
+        )
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(letters.len(), 1, "one dead letter for one message");
+    engine.shutdown().await.unwrap();
+}

@@ -295,7 +295,11 @@ impl Worker {
             }
             Some((reason, text)) => {
                 let letter = DeadLetter::new(reason, text, attempt, &key.0, message);
-                dead_letter(&rt.writer, message, &letter).await?;
+                // Redelivered after a crash (or a move) between its dead letter and the
+                // commit past it: dead-lettered once, not once per delivery.
+                if !dead_lettered_already(&rt.writer, &key.0, message)? {
+                    dead_letter(&rt.writer, message, &letter).await?;
+                }
                 rt.metrics
                     .update(message.topic(), message.event_type(), |m| {
                         m.dead_lettered += 1
@@ -305,6 +309,39 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// Dead letters of one key this looks back through for the letter of a redelivered message
+/// (the letter of a crash's window is the key's latest, or close to it).
+const DEAD_LETTER_LOOKBACK: u64 = 16;
+
+/// Whether `group` already dead-lettered `message` (its topic, partition and offset) among
+/// the latest letters of its key.
+fn dead_lettered_already(
+    writer: &crate::journal::JournalWriter,
+    group: &str,
+    message: &Message,
+) -> Result<bool, TopicError> {
+    let stream = StreamId::new(DEAD_LETTER_TYPE, message.key().to_owned());
+    let head = writer.head(&stream)?.sequence;
+    if head == 0 {
+        return Ok(false);
+    }
+    let from = head.saturating_sub(DEAD_LETTER_LOOKBACK - 1).max(1);
+    for record in writer.reader().read_stream(&stream, from, head) {
+        let record = record?;
+        let Ok(letter) = evershard_model::codec::decode::<DeadLetter>(&record.payload) else {
+            continue;
+        };
+        if letter.consumer_group == group
+            && letter.original_topic == message.topic()
+            && letter.partition == message.partition
+            && letter.offset == message.offset
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Appends a dead letter to the journal (durably, through the group commit). Its stream is
