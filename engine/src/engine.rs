@@ -910,19 +910,28 @@ impl Engine {
         .unwrap_or(Err(StorageError::Closed))
     }
 
-    /// Runs `work` with a clone of the engine on a task of its own and waits for it. A
-    /// caller that drops the returned future (a timeout) does not cut the work short: what
-    /// it holds (a keyed command's idempotency key, the lock that keeps erasures and
-    /// rotations apart) is let go when the work is done, not while its command or batch is
-    /// still on its way. `None`: the runtime is shutting down. A panic of the work is the
-    /// caller's.
+    /// Runs `work` with a clone of the engine and waits for it: its first step in the
+    /// caller's poll, the rest on a task of its own. A caller that drops the returned future
+    /// (a timeout) does not cut the work short: what it holds (a keyed command's idempotency
+    /// key, the lock that keeps erasures and rotations apart) is let go when the work is
+    /// done, not while its command or batch is still on its way. `None`: the runtime is
+    /// shutting down. A panic of the work is the caller's.
     async fn detached<T, F>(&self, work: impl FnOnce(Engine) -> F) -> Option<T>
     where
         T: Send + 'static,
         F: std::future::Future<Output = T> + Send + 'static,
     {
+        use std::task::Poll;
         // In the caller's span, as if it ran in place.
-        let work = tracing::Instrument::in_current_span(work(self.clone()));
+        let mut work = Box::pin(tracing::Instrument::in_current_span(work(self.clone())));
+        // The first step runs here: a command it sends on that step (an uncontended key's,
+        // a guarded one's) reaches its aggregate in the order the caller sent its commands,
+        // as an inline command does. Spawned whole, it was sent whenever the task first ran,
+        // after commands the caller sent later (found by review, 2026-11-28).
+        let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+        if let Poll::Ready(value) = first {
+            return Some(value);
+        }
         match tokio::spawn(work).await {
             Ok(value) => Some(value),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

@@ -3,6 +3,10 @@
 //! command keeps its idempotency key until it is answered, so a retry with the key waits
 //! for it and gets its result, and a guarded command still gets its guard's `settle`. The
 //! syncer is held, so that the commands stay in flight for as long as the test needs.
+//!
+//! And a keyed or guarded command, which runs apart from its caller so that it can outlive
+//! it, still reaches its aggregate in the order its caller sent it: sent in one task
+//! together with a plain command after it, it runs first.
 
 mod common;
 
@@ -119,5 +123,30 @@ async fn a_cancelled_keyed_command_keeps_its_key_and_is_settled() {
         counts.settled.load(Ordering::SeqCst) == 2
     })
     .await;
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_or_guarded_command_keeps_its_place_in_its_callers_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let counts = Arc::new(Counts::default());
+    let engine = Engine::builder(dir.path())
+        .register::<Counter>()
+        .guard::<Counter>(CountingGuard(counts.clone()))
+        .open()
+        .await
+        .unwrap();
+    for i in 0..50u128 {
+        let id = format!("order-{i}");
+        let keyed = Metadata::new("test").idempotency_key(uuid::Uuid::from_u128(i + 1));
+        // Sent in this order by one task: the keyed (and guarded) Add, then a plain check
+        // that needs it.
+        let (added, checked) = tokio::join!(
+            engine.execute_with::<Counter>(&id, CounterCommand::Add(5), keyed),
+            engine.execute::<Counter>(&id, CounterCommand::RequireAtLeast(5)),
+        );
+        added.unwrap();
+        checked.unwrap_or_else(|e| panic!("{id}: the check ran before the Add: {e}"));
+    }
     engine.shutdown().await.unwrap();
 }
