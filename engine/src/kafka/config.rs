@@ -237,6 +237,24 @@ impl KafkaConfig {
                 return Err("SASL needs a password".into());
             }
         }
+        // The idempotent producer needs retries; and `extra`, applied last, must not take
+        // back the guarantees the publisher documents.
+        if self.retries == 0 {
+            return Err("retries must be at least 1 (the idempotent producer needs them)".into());
+        }
+        for (key, value) in &self.extra {
+            let weakens = match key.as_str() {
+                "acks" | "request.required.acks" => !matches!(value.as_str(), "all" | "-1"),
+                "enable.idempotence" => value != "true",
+                "allow.auto.create.topics" => value != "false",
+                _ => false,
+            };
+            if weakens {
+                return Err(format!(
+                    "extra property {key}={value} would weaken the publisher's guarantees (acks from all in-sync replicas, idempotence, topics created with the store's partition count)"
+                ));
+            }
+        }
         if let Some(ca) = &self.ssl_ca_location {
             // A CA file with TLS off would be silently ignored: the connection would go out
             // in plain text while the operator believes it is verified.
@@ -269,6 +287,12 @@ impl KafkaConfig {
                 "socket.connection.setup.timeout.ms",
                 self.connection_timeout.as_millis().max(1000).to_string(),
             ),
+            // A metadata request of a producer-type client (the admin client, the producer)
+            // asks the broker to create a missing topic by default: a stock Kafka with
+            // `auto.create.topics.enable` then makes it with its own partition count, and the
+            // store's topic (8 partitions) is refused as a mismatch (found by review,
+            // 2026-11-28). Topics are created by the publisher, with the store's count.
+            ("allow.auto.create.topics", "false".into()),
             ("reconnect.backoff.ms", "100".into()),
             ("reconnect.backoff.max.ms", "2000".into()),
             // Keep librdkafka's own chatter off stderr: errors reach the publisher's status.
@@ -367,5 +391,30 @@ mod tests {
         assert_eq!(good.validate(), Ok(()));
         let props = format!("{:?}", good);
         assert!(!props.contains("s3cret-pw") && !props.contains("alice-user"));
+    }
+
+    /// `extra` is applied last: it may tune the clients, not take back acks from all
+    /// in-sync replicas, idempotence, or topics created with the store's partition count;
+    /// and no client asks the broker to create a topic (a stock Kafka would make it with its
+    /// own count).
+    #[test]
+    fn extra_properties_cannot_weaken_the_guarantees() {
+        let base = || KafkaConfig::new("b1:9092");
+        for (key, value) in [
+            ("acks", "1"),
+            ("request.required.acks", "0"),
+            ("enable.idempotence", "false"),
+            ("allow.auto.create.topics", "true"),
+        ] {
+            let refused = base().set(key, value).validate().unwrap_err();
+            assert!(refused.contains(key), "{refused}");
+        }
+        assert_eq!(base().set("acks", "all").validate(), Ok(()));
+        assert_eq!(base().set("linger.ms", "20").validate(), Ok(()));
+        assert!(base().retries(0).validate().is_err());
+        assert!(base()
+            .client_properties()
+            .iter()
+            .any(|(k, v)| *k == "allow.auto.create.topics" && v == "false"));
     }
 }

@@ -124,6 +124,9 @@ struct Shared {
 
 const LATENCY_SAMPLES_MAX: usize = 1 << 20;
 
+/// Anomalies a publisher keeps (each once; the oldest goes first).
+const ANOMALIES_MAX: usize = 256;
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -444,9 +447,18 @@ impl Task {
         self.shared.connected.store(false, Ordering::SeqCst);
     }
 
+    /// Records an anomaly once (a recovery after every failed round finds the same ones
+    /// again), keeping at most [`ANOMALIES_MAX`].
     fn anomaly(&self, text: String) {
+        let mut anomalies = lock(&self.shared.anomalies);
+        if anomalies.contains(&text) {
+            return;
+        }
         tracing::warn!(publisher = %self.config.publisher, "{text}");
-        lock(&self.shared.anomalies).push(text);
+        if anomalies.len() >= ANOMALIES_MAX {
+            anomalies.remove(0);
+        }
+        anomalies.push(text);
     }
 
     /// Creates missing topics with the store's partition count; checks existing ones.
@@ -579,12 +591,30 @@ impl Task {
         for key in todo {
             let (topic, partition) = (&key.0, key.1);
             let state = self.parts.get(&key).copied().unwrap_or_default();
-            let (_, high) = consumer
+            let (low, high) = consumer
                 .fetch_watermarks(topic, partition as i32, timeout)
                 .map_err(|e| client_error(&self.config, e))?;
             let mut next = state.next;
             let mut last_position = state.last_position;
-            if high <= 0 {
+            if high > 0 && low >= high {
+                // Emptied by the broker (retention: a record carries its event's time, so a
+                // partition quiet for the retention period, or a backfill, loses them all;
+                // or DeleteRecords). Its last message cannot be read, and waiting for it
+                // stopped every partition's publishing for good (found by review,
+                // 2026-11-28). Its offsets still count what was written: the store's
+                // offsets below `high` were published.
+                let published = (high as u64).min(self.log.end_offset(topic, partition)?);
+                if published > next {
+                    if let Some(m) = self.log.read(topic, partition, published - 1, 1)?.first() {
+                        last_position = m.global_position;
+                    }
+                    next = published;
+                }
+                self.anomaly(format!(
+                    "{topic}/{partition}: the Kafka partition's messages below offset {high} \
+                     were removed by the broker; resuming at offset {next}"
+                ));
+            } else if high <= 0 {
                 if state.next > 0 {
                     self.anomaly(format!(
                         "{topic}/{partition}: the Kafka partition is empty but {} messages were \
