@@ -143,7 +143,17 @@ pub fn load<A: Aggregate>(
         skipped_snapshots,
     };
     fold_tail::<A>(journal, stream, target, &mut loaded)?;
-    if let Err(invariant) = A::check_invariants(&loaded.state) {
+    // A panic of the aggregate's check is a violation too: escaped, it stopped the entity's
+    // actor (every later command `Stopped`, retryable) and the readers (found by review,
+    // 2026-11-28).
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        A::check_invariants(&loaded.state)
+    }))
+    .unwrap_or_else(|panic| {
+        let message = crate::sharding::panic_message(panic);
+        Err(format!("check_invariants panicked: {message}"))
+    });
+    if let Err(invariant) = checked {
         return Err(LoadError::InvariantViolated {
             stream: stream.clone(),
             invariant,

@@ -10,7 +10,9 @@
 //!   one process conflict: sled's `flock` is per open file description), and an engine's
 //!   open waits for a reader holding the marker file before it opens sled;
 //! - a panic in `decide` is `HandlerPanicked` (not retryable), an actor that stops before
-//!   answering is `Unavailable` (retryable);
+//!   answering is `Unavailable` (retryable); a panic of `check_invariants` is a violation
+//!   (after the commit: the command is `Ok`, later ones `InvariantViolated`, not retryable),
+//!   never a stopped actor;
 //! - `shutdown` releases the store's lock before it returns: the same process reopens at
 //!   once, with a clone of the old engine still alive, whose calls then fail typed.
 //!
@@ -121,6 +123,7 @@ impl Aggregate for Account {
     }
 
     fn check_invariants(state: &AccountState) -> Result<(), String> {
+        assert_ne!(state.balance, 13, "test: check_invariants panics at 13");
         if state.balance < 0 {
             return Err(NEVER_NEGATIVE.into());
         }
@@ -407,4 +410,35 @@ fn an_engine_waits_for_a_reader_holding_the_marker_before_opening_sled() {
         .unwrap()
         .expect("the writer opens once the reader is done");
     writer.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_invariant_check_is_a_violation_not_a_stopped_actor() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_accounts(dir.path()).await;
+    // The commit stands: its check panics after the events are in.
+    let events = engine
+        .execute::<Account>("q", AccountCommand::Deposit(13))
+        .await
+        .unwrap();
+    assert_eq!(events[0].sequence, 1);
+    // Recovery's check panics too: a typed, non-retryable violation, every time.
+    for _ in 0..3 {
+        let err = engine
+            .execute::<Account>("q", AccountCommand::Deposit(1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, CommandError::InvariantViolated { invariant, sequence: 1, .. }
+                if invariant.contains("check_invariants panicked")),
+            "{err:?}"
+        );
+        assert!(!err.is_retryable());
+    }
+    assert!(matches!(
+        engine.state::<Account>("q").await.unwrap_err(),
+        CommandError::InvariantViolated { .. }
+    ));
+    assert_eq!(engine.history::<Account>("q").unwrap().len(), 1);
+    engine.shutdown().await.unwrap();
 }

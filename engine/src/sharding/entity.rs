@@ -202,7 +202,8 @@ struct IdempotencyClaim {
     digest: [u8; 32],
 }
 
-fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+/// The text of a caught panic.
+pub(crate) fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -440,10 +441,22 @@ impl<A: Aggregate> EntityState<A> {
         let rt = self.args.rt.clone();
         // `DecideContext::new` keeps the store's resolution, so what `decide` saw is stored.
         let ctx = DecideContext::new(self.args.stream.aggregate_id.clone(), rt.clock.now());
-        let claim = metadata.idempotency_key.map(|key| IdempotencyClaim {
-            key,
-            digest: command_digest::<A>(&self.args.stream.aggregate_id, &command),
-        });
+        // The aggregate's own code (here the command's encoding) runs under `catch_unwind`
+        // wherever the entity calls it: a panic that escaped would stop the actor, and its
+        // callers would be told `Stopped` (retryable) for ever (found by review, 2026-11-28).
+        let claim = match metadata.idempotency_key {
+            None => None,
+            Some(key) => {
+                let digest = catch_unwind(AssertUnwindSafe(|| {
+                    command_digest::<A>(&self.args.stream.aggregate_id, &command)
+                }))
+                .map_err(|panic| CommandError::HandlerPanicked {
+                    stream: self.args.stream.clone(),
+                    message: panic_message(panic),
+                })?;
+                Some(IdempotencyClaim { key, digest })
+            }
+        };
         if let Some(claim) = &claim {
             if let Some(result) = self.idempotent_result(claim, ctx.now.timestamp_micros()) {
                 return result;
@@ -484,9 +497,31 @@ impl<A: Aggregate> EntityState<A> {
             Ok(next) => (next, None),
             Err(panic) => (self.timer, Some(panic_message(panic))),
         };
+        let stream = &self.args.stream;
+        let encoded = catch_unwind(AssertUnwindSafe(|| {
+            let subject = rt
+                .sensitive
+                .contains(A::TYPE)
+                .then(|| A::data_subject(state).unwrap_or_else(|| stream.aggregate_id.clone()));
+            let payloads: Vec<Vec<u8>> = events.iter().map(A::encode_event).collect();
+            (subject, payloads)
+        }));
+        let (subject, payloads) = match encoded {
+            Ok(encoded) => encoded,
+            Err(panic) => {
+                self.loaded = None;
+                let message = panic_message(panic);
+                tracing::error!(stream = %self.args.stream, %message, "encoding the events panicked; nothing written");
+                return Err(CommandError::HandlerPanicked {
+                    stream: self.args.stream.clone(),
+                    message,
+                });
+            }
+        };
         let new_events = events
             .iter()
-            .map(|event| NewEvent {
+            .zip(payloads)
+            .map(|(event, payload)| NewEvent {
                 // A v4 id from the thread's CSPRNG (as uuid's `fast-rng` does), not a
                 // getrandom system call per event.
                 event_id: uuid::Builder::from_random_bytes(rand::random()).into_uuid(),
@@ -499,14 +534,12 @@ impl<A: Aggregate> EntityState<A> {
                 user_id: metadata.user_id.clone(),
                 session_id: metadata.session_id,
                 audit_context: metadata.audit_context.clone(),
-                payload: A::encode_event(event),
+                payload,
             })
             .collect();
         // A sensitive type's payloads are sealed with its data subject's key (the subject
         // named by the state the events lead to).
-        let seal = if rt.sensitive.contains(A::TYPE) {
-            let subject =
-                A::data_subject(state).unwrap_or_else(|| self.args.stream.aggregate_id.clone());
+        let seal = if let Some(subject) = subject {
             match rt.journal.sealing_key(&subject) {
                 Ok(key) => Some(key),
                 Err(e) => {

@@ -9,6 +9,7 @@
 //! arrival order while different aggregates run in parallel. See docs/runtime-semantics.md.
 
 mod entity;
+pub(crate) use entity::panic_message;
 mod shard;
 
 pub(crate) use entity::EntityMsg;
