@@ -7,7 +7,9 @@
 //! group's generation and every member re-reads its assignment on its next poll or commit.
 //! A partition changes hands the way Kafka's cooperative rebalance moves it: its holder
 //! gives it up at its next poll or commit (so the messages it holds are its own to finish;
-//! `commit` commits them first), and only then does the member it goes to start reading it,
+//! `commit` commits them first; `poll` comes back empty once before giving up a partition
+//! with progress not committed, so that its caller can), and only then does the member it
+//! goes to start reading it,
 //! from the group's position there. Two members never read one partition at once, and only
 //! its holder commits it. (Before 2026-11-28 the new member started at once: while the old
 //! one finished a batch both handled the partition, out of order, and the old one's commits
@@ -264,6 +266,14 @@ impl TopicsRuntime {
             .collect()
     }
 
+    /// The group's generation (0 for a group without members).
+    fn assignment_generation(&self, group: &str, topic: &str) -> u64 {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups
+            .get(&(group.to_owned(), topic.to_owned()))
+            .map_or(0, |state| state.generation)
+    }
+
     /// The group's position on a partition in this process, if one was decided.
     fn group_position(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
         let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
@@ -339,6 +349,9 @@ pub struct Consumer {
     generations: tokio::sync::watch::Receiver<u64>,
     /// What its reads learned, kept for the next (see `TopicLog::read_with`).
     read_state: ReadState,
+    /// The group generation for which `poll` already came back empty once before giving a
+    /// partition up with progress not committed (see [`Consumer::poll`]).
+    offered: Option<u64>,
 }
 
 impl Consumer {
@@ -371,6 +384,7 @@ impl Consumer {
             moved,
             generations,
             read_state: ReadState::default(),
+            offered: None,
         })
     }
 
@@ -544,6 +558,12 @@ impl Consumer {
             // Mark the current values seen before reading, so a change after the read wakes us.
             self.moved.borrow_and_update();
             self.generations.borrow_and_update();
+            // A partition that moves away with progress not committed: come back empty once
+            // first, so that a caller that commits (a subscription does) moves it with its
+            // progress; the next poll gives it up either way.
+            if self.hand_off_pending()? {
+                return Ok(Vec::new());
+            }
             let batch = self.try_poll(max)?;
             if !batch.is_empty() {
                 return Ok(batch);
@@ -575,14 +595,51 @@ impl Consumer {
             .map(|(p, o)| (*p, *o))
             .collect();
         self.commit_offsets(offsets).await?;
-        self.refresh()
+        // The commit is done: a failure to re-read the assignment now is met again, and
+        // reported, by the next poll.
+        if let Err(e) = self.refresh() {
+            tracing::debug!(group = %self.group, topic = %self.topic, error = %e, "after a commit: the assignment could not be re-read");
+        }
+        Ok(())
     }
 
-    /// True when the group changed since this member's last poll: its next poll or commit
-    /// may give a partition up (a subscription commits first, so that the partition moves
-    /// with its progress).
-    pub(crate) fn rebalancing(&self) -> bool {
-        self.generations.has_changed().unwrap_or(false)
+    /// The member's assignment now, when its group changed since the member last looked
+    /// (its next poll or commit gives up what is not in it).
+    pub(crate) fn reassigned(&self) -> Result<Option<Vec<u32>>, TopicError> {
+        let partitions = self.rt.partitions(&self.topic)?;
+        let (generation, wanted) =
+            self.rt
+                .assignment(&self.group, &self.topic, self.member, partitions);
+        Ok((generation != self.generation).then_some(wanted))
+    }
+
+    /// [`Consumer::reassigned`], asked only when some group changed since the last poll (a
+    /// check cheap enough to make before each message a subscription hands over).
+    pub(crate) fn reassigned_since_poll(&self) -> Result<Option<Vec<u32>>, TopicError> {
+        if !self.generations.has_changed().unwrap_or(true) {
+            return Ok(None);
+        }
+        self.reassigned()
+    }
+
+    /// Whether the group moved a partition away from this member while its progress there
+    /// is not committed, and `poll` has not yet come back empty for that change.
+    fn hand_off_pending(&mut self) -> Result<bool, TopicError> {
+        let Some(wanted) = self.reassigned()? else {
+            return Ok(false);
+        };
+        let generation = self.rt.assignment_generation(&self.group, &self.topic);
+        if self.offered == Some(generation) {
+            return Ok(false);
+        }
+        let losing = self
+            .positions
+            .iter()
+            .any(|(p, o)| !wanted.contains(p) && self.durable.get(p) != Some(o));
+        if losing {
+            self.offered = Some(generation);
+        }
+        Ok(losing)
     }
 
     pub(crate) async fn commit_offsets(

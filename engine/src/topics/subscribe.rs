@@ -213,7 +213,9 @@ impl Worker {
                 }
                 continue;
             }
-            for (i, message) in batch.iter().enumerate() {
+            let mut batch = batch;
+            let mut i = 0;
+            while i < batch.len() {
                 if self.stop.load(Ordering::Acquire) {
                     // Stopped with messages in hand: the positions go back to the first one
                     // not handled on each partition, so that the final commit passes none.
@@ -222,6 +224,25 @@ impl Worker {
                     }
                     break;
                 }
+                if let Some(wanted) = self.consumer.reassigned_since_poll()? {
+                    // The group moved partitions: hand over at once, with progress committed,
+                    // the ones in hand that are no longer ours (the member they go to does not
+                    // wait for the rest of this batch: with retries, minutes), and go on with
+                    // the others.
+                    let rest = batch.split_off(i);
+                    let (keep, give): (Vec<Message>, Vec<Message>) = rest
+                        .into_iter()
+                        .partition(|m| wanted.contains(&m.partition));
+                    for m in give.iter().rev() {
+                        self.consumer.seek(m.partition, m.offset);
+                    }
+                    batch.extend(keep);
+                    self.consumer.commit().await?;
+                    last_commit = Instant::now();
+                    continue;
+                }
+                let message = &batch[i];
+                i += 1;
                 self.deliver(message).await?;
                 if self.options.dedup {
                     let p = message.partition;
@@ -232,7 +253,8 @@ impl Worker {
             }
             uncommitted = true;
             // A partition that moves to another member moves with its progress committed.
-            if last_commit.elapsed() >= interval || self.consumer.rebalancing() {
+            if last_commit.elapsed() >= interval || self.consumer.reassigned_since_poll()?.is_some()
+            {
                 self.consumer.commit().await?;
                 uncommitted = false;
                 last_commit = Instant::now();
@@ -299,12 +321,12 @@ impl Worker {
                 // commit past it: dead-lettered once, not once per delivery.
                 if !dead_lettered_already(&rt.writer, &key.0, message)? {
                     dead_letter(&rt.writer, message, &letter).await?;
+                    rt.metrics
+                        .update(message.topic(), message.event_type(), |m| {
+                            m.dead_lettered += 1
+                        });
+                    self.dead_lettered.fetch_add(1, Ordering::AcqRel);
                 }
-                rt.metrics
-                    .update(message.topic(), message.event_type(), |m| {
-                        m.dead_lettered += 1
-                    });
-                self.dead_lettered.fetch_add(1, Ordering::AcqRel);
             }
         }
         Ok(())
