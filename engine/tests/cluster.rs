@@ -940,23 +940,38 @@ fn a_local_node_that_forks_stops_and_its_partitions_move() {
     );
     cluster_a.hold_publishing_for_tests(true);
     // Acknowledged and held back from the topic: the one of the partition that moves
-    // becomes an orphan.
+    // becomes an orphan; the other's is published before a stops.
+    let mut held: Acked = BTreeMap::new();
     for id in &ids {
         let events = rt
             .block_on(engine_a.execute::<Counter>(id, CounterCommand::Add(1)))
             .unwrap();
         assert_eq!(events[0].sequence, 2);
+        held.insert(id.clone(), vec![events[0].event_id]);
     }
 
     let (engine_b, cluster_b) = join(&rt, dir_b.path(), config("b", "127.0.0.1:2"));
-    wait("a forks and stops", Duration::from_secs(120), || {
+    wait("a forks", Duration::from_secs(120), || {
         cluster_a.health().stopped.is_some()
     });
-    let stopped_at = Instant::now();
     let health = cluster_a.health();
-    println!("a stopped: {health:?}");
+    println!("a forked: {health:?}");
     assert_eq!(health.forked.len(), 1, "{health:?}");
     assert!(health.stopped.unwrap().contains("forked"));
+    assert!(
+        cluster_a.status().serving.is_empty(),
+        "a forked node serves nothing"
+    );
+    // a stops once its other partition's batch is on the topic.
+    let forked = health.forked[0];
+    let kept = 1 - forked;
+    cluster_a.hold_publishing_for_tests(false);
+    let kept_id = &ids[kept as usize];
+    acked
+        .get_mut(kept_id)
+        .unwrap()
+        .extend(held[kept_id].iter().copied());
+    let stopped_at = Instant::now();
     wait(
         "b serves both partitions before a's session could time out",
         Duration::from_millis(SESSION_TIMEOUT_MS * 3 / 4),

@@ -96,6 +96,11 @@ pub const DEFAULT_REPLICATION_LAG_MAX_BATCHES: usize = 10_000;
 /// `max.poll.interval.ms` (librdkafka's default, 300,000, which the member keeps).
 const HANDOVER_TIMEOUT_MS_MAX: u64 = 240_000;
 
+/// How long a `Local` node that found a fork goes on publishing its other partitions'
+/// acknowledged batches before it stops (`State::fork`). Not the hand-over's bound: a fork
+/// often follows a hand-over that ran out of it.
+const FORK_DRAIN_MS: u64 = 30_000;
+
 /// How long the publisher waits before producing again after a failed produce.
 const PUBLISH_RETRY_MS: u64 = 500;
 
@@ -566,9 +571,11 @@ struct State {
     /// A test delays entities' appends after the check (only
     /// `Cluster::delay_own_appends_for_tests` sets it).
     append_delay: Option<Duration>,
-    /// Why the node stopped on its own (a cluster thread ended or panicked): it serves
-    /// nothing from then on.
+    /// Why the node stopped on its own (a cluster thread ended or panicked, or a partition
+    /// forked): it serves nothing from then on.
     failed: Option<String>,
+    /// A fork stops the node once its other partitions' queues drained, or at this instant.
+    stop_after_drain: Option<Instant>,
 }
 
 impl State {
@@ -654,9 +661,14 @@ impl State {
             "partition forked: {why}; refused until the store is rebuilt"
         );
         self.forked.entry(partition).or_default().extend(orphans);
-        // Stopping leaves the group (dynamic membership), so the other nodes take every
-        // partition of this one, the forked one included, at once.
-        shared.stop.store(true, Ordering::Release);
+        // The node stops: stopping leaves the group (dynamic membership), so the other nodes
+        // take every partition of this one, the forked one included. First its other
+        // partitions' acknowledged batches go to the topic (at most `FORK_DRAIN_MS`: the
+        // tailer stops the node, `stop_once_drained`): the nodes that take them claim at
+        // once, which would void those too (found by review, 2026-11-28).
+        let drain = Duration::from_millis(FORK_DRAIN_MS);
+        self.stop_after_drain
+            .get_or_insert_with(|| Instant::now() + drain);
         self.failed.get_or_insert_with(|| {
             format!(
                 "partition {partition} forked ({why}): this store diverged from the journal topic; \
@@ -699,6 +711,40 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After a fork: stops the node once the queues of its partitions that did not fork are
+    /// empty (their batches walked valid) and nothing admitted is still being appended, or
+    /// once the drain's time ran out.
+    fn stop_once_drained(&self) {
+        let mut st = self.lock();
+        let Some(deadline) = st.stop_after_drain else {
+            return;
+        };
+        let drained = (0..self.config.partitions).all(|p| {
+            st.forked.contains_key(&p)
+                || (st.queue[p as usize].is_empty() && st.reserved_in[p as usize] == 0)
+        });
+        if !drained && Instant::now() < deadline {
+            return;
+        }
+        if !drained {
+            let queued: usize = (0..self.config.partitions)
+                .filter(|p| !st.forked.contains_key(p))
+                .map(|p| st.queue[p as usize].len())
+                .sum();
+            let why = format!(
+                "stopping after a fork with {queued} acknowledged batches of other partitions not yet on the journal topic: the next owners' claims void them"
+            );
+            tracing::error!(node = %self.config.node, "{why}");
+            st.last_error = Some(why);
+        }
+        st.stop_after_drain = None;
+        drop(st);
+        self.stop.store(true, Ordering::Release);
+        self.walked.notify_all();
+        self.queued.notify_all();
+        self.notify.notify_waiters();
     }
 
     fn error(&self, what: String) {
@@ -1712,6 +1758,7 @@ fn run_tailer(
         if let Err(e) = applied.store(journal, false) {
             shared.error(format!("tailer: storing the position: {e}"));
         }
+        shared.stop_once_drained();
         shared.walked.notify_all();
         shared.notify.notify_waiters();
     }
@@ -2075,9 +2122,9 @@ fn run_claimer(shared: &Shared, producer: &FutureProducer, handle: &tokio::runti
                 // (published after a restart before claiming again); a forked partition is
                 // refused.
                 .filter(|p| st.queue[**p as usize].is_empty() && !st.forked.contains_key(p))
-                // Without a running lease a claim could not be served; a node that leaves
-                // claims nothing.
-                .filter(|_| st.leased() && !st.leaving)
+                // Without a running lease a claim could not be served; a node that leaves,
+                // or stopped on its own (a fork drains before it stops), claims nothing.
+                .filter(|_| st.leased() && !st.leaving && st.failed.is_none())
                 .filter(|p| {
                     st.taken_at
                         .get(p)
