@@ -928,7 +928,12 @@ impl Engine {
         // a guarded one's) reaches its aggregate in the order the caller sent its commands,
         // as an inline command does. Spawned whole, it was sent whenever the task first ran,
         // after commands the caller sent later (found by review, 2026-11-28).
-        let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+        // Unconstrained: a caller whose task used up its cooperative budget would otherwise
+        // see the key's lock answer "later", and the command would go out spawned, late.
+        let first = tokio::task::unconstrained(std::future::poll_fn(|cx| {
+            Poll::Ready(work.as_mut().poll(cx))
+        }))
+        .await;
         if let Poll::Ready(value) = first {
             return Some(value);
         }
@@ -1063,10 +1068,12 @@ impl Engine {
     /// the other, so one executes and the others get its result. A command that is refused
     /// (any error) records nothing: a retry with the key is decided afresh.
     ///
-    /// A keyed or guarded command runs on a task of its own: a caller that drops this future
-    /// (a timeout) while the command is on its way leaves the key held and the guard's
-    /// `settle` due until the command is answered, so a retry waits for it and gets its
-    /// result instead of running beside it.
+    /// A keyed or guarded command is sent from the caller's first poll, like any command (so
+    /// one caller's commands reach their aggregate in the order it sent them, unless the key
+    /// is held by a concurrent command with it), and then waited for on a task of its own: a
+    /// caller that drops this future (a timeout) while the command is on its way leaves the
+    /// key held and the guard's `settle` due until the command is answered, so a retry
+    /// waits for it and gets its result instead of running beside it.
     pub async fn execute_with<A: Aggregate>(
         &self,
         aggregate_id: &str,

@@ -874,8 +874,9 @@ fn a_late_local_append_after_the_tailers_is_answered_with_its_events() {
     wait("a serves partition 0", Duration::from_secs(120), || {
         cluster.serves(0)
     });
-    // Past the tailer's grace for an own batch (10 s), with room for a loaded machine.
-    cluster.delay_own_appends_for_tests(Some(Duration::from_secs(16)));
+    // Held until the tailer has appended the batch itself (after its grace for an own
+    // batch, 10 s): the entity's append then comes second, whatever the machine's speed.
+    cluster.hold_own_appends_for_tests(true);
     let command = rt.spawn({
         let engine = engine.clone();
         async move {
@@ -890,6 +891,7 @@ fn a_late_local_append_after_the_tailers_is_answered_with_its_events() {
         Duration::from_secs(60),
         || engine.journal().head(&stream).unwrap().sequence == 1,
     );
+    cluster.hold_own_appends_for_tests(false);
     let answered = rt.block_on(command).unwrap();
     let events = answered.expect("the command took effect: it is answered with its events");
     assert_eq!(events.len(), 1);
@@ -897,7 +899,6 @@ fn a_late_local_append_after_the_tailers_is_answered_with_its_events() {
     let history = histories(&engine, &["c-1".to_owned()]);
     assert_eq!(history["c-1"], vec![events[0].event_id]);
 
-    cluster.delay_own_appends_for_tests(None);
     let next = rt
         .block_on(engine.execute::<Counter>("c-1", CounterCommand::Add(1)))
         .unwrap();

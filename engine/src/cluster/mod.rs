@@ -424,6 +424,7 @@ pub struct Fork {
 
 /// What [`Cluster::health`] reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClusterHealth {
     /// Why the node stopped on its own, if it did: one of its cluster threads ended or
     /// panicked, and it serves nothing until the engine is reopened and joins again.
@@ -436,6 +437,7 @@ pub struct ClusterHealth {
 
 /// What a node does now ([`Cluster::status`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClusterStatus {
     pub node: String,
     /// Partitions served, with the epoch of this node's claim.
@@ -568,9 +570,9 @@ struct State {
     /// A test holds the publisher ([`Cluster::hold_publishing_for_tests`]).
     #[cfg(feature = "fault-injection")]
     publish_held: bool,
-    /// A test delays entities' appends after the check (only
-    /// `Cluster::delay_own_appends_for_tests` sets it).
-    append_delay: Option<Duration>,
+    /// A test holds entities' appends after the check (only
+    /// `Cluster::hold_own_appends_for_tests` sets it).
+    appends_held: bool,
     /// Why the node stopped on its own (a cluster thread ended or panicked, or a partition
     /// forked): it serves nothing from then on.
     failed: Option<String>,
@@ -953,11 +955,12 @@ impl Cluster {
         self.shared.lock().panic_thread = Some(thread.to_owned());
     }
 
-    /// Delays (`Some`) every `KafkaDurable` batch between its check and its entity's local
-    /// append, as a slow or stalled local disk would: past the tailer's grace for it, the
-    /// tailer appends it first. For tests of that race.
-    pub fn delay_own_appends_for_tests(&self, delay: Option<Duration>) {
-        self.shared.lock().append_delay = delay;
+    /// Holds (`true`) or releases every `KafkaDurable` batch between its check and its
+    /// entity's local append, as a stalled local disk would: past the tailer's grace for it,
+    /// the tailer appends it first. For tests of that race.
+    pub fn hold_own_appends_for_tests(&self, held: bool) {
+        self.shared.lock().appends_held = held;
+        self.shared.notify.notify_waiters();
     }
 
     /// Holds (`true`) or releases the `Local` publisher: batches stay queued meanwhile, as
@@ -1338,17 +1341,21 @@ impl AppendGate for DurableGate {
     fn admit<'a>(&'a self, request: &'a mut AppendRequest) -> GateFuture<'a> {
         Box::pin(async move {
             let outcome = self.check(request).await;
-            let delay = {
+            {
                 let mut st = self.shared.lock();
                 match outcome {
                     Ok(_) => st.acknowledged += 1,
                     Err(_) => st.refused += 1,
                 }
-                st.append_delay
-            };
+            }
             let (partition, offset) = outcome?;
-            if let Some(delay) = delay {
-                tokio::time::sleep(delay).await;
+            loop {
+                let released = self.shared.notify.notified();
+                if !self.shared.lock().appends_held {
+                    break;
+                }
+                // Woken by the release, or by the tailer's next step.
+                let _ = tokio::time::timeout(Duration::from_millis(100), released).await;
             }
             if !request.events.is_empty() {
                 return Ok(None); // its stream's head shows the tailer when it is appended
