@@ -122,6 +122,25 @@ fn join(
     (engine, cluster)
 }
 
+/// [`join`], then waits (bounded) until the node serves every partition of the cluster.
+fn join_serving(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    config: ClusterConfig,
+) -> (Engine, evershard_engine::Cluster) {
+    let (engine, cluster) = join(rt, dir, config);
+    let partitions = cluster.config().partitions;
+    wait(
+        &format!(
+            "{} serves all {partitions} partitions",
+            cluster.config().node
+        ),
+        Duration::from_secs(120),
+        || (0..partitions).all(|p| cluster.serves(p)),
+    );
+    (engine, cluster)
+}
+
 #[test]
 fn a_foreign_claim_fences_the_owner_and_it_claims_back() {
     let Some(tansu) = kafka_support::tools("a_foreign_claim_fences_the_owner") else {
@@ -137,10 +156,7 @@ fn a_foreign_claim_fences_the_owner_and_it_claims_back() {
         .heartbeat_interval_ms(500)
         .reclaim_after_ms(2_000);
     let topic = config.journal_topic();
-    let (engine, cluster) = join(&rt, dir.path(), config);
-    wait("a serves partition 0", Duration::from_secs(120), || {
-        cluster.serves(0)
-    });
+    let (engine, cluster) = join_serving(&rt, dir.path(), config);
     let first = rt
         .block_on(engine.execute::<Counter>("c-1", CounterCommand::Add(1)))
         .unwrap();
@@ -609,10 +625,7 @@ fn the_lease_stops_a_node_cut_off_from_the_broker_before_its_session_times_out()
         .heartbeat_interval_ms(500)
         .lease_margin_ms(LEASE_MARGIN_MS)
         .mode(ClusterMode::Local);
-    let (engine, cluster) = join(&rt, dir.path(), config);
-    wait("a serves partition 0", Duration::from_secs(120), || {
-        cluster.serves(0)
-    });
+    let (engine, cluster) = join_serving(&rt, dir.path(), config);
     let mut acked: Acked = BTreeMap::new();
     add_retried(&rt, &engine, &mut acked, "c-1");
     wait("published", Duration::from_secs(60), || {
@@ -717,10 +730,7 @@ fn a_local_node_hands_a_moved_partition_over_only_once_its_queue_drained() {
             .mode(ClusterMode::Local)
     };
     let topic = config("a", "").journal_topic();
-    let (engine_a, cluster_a) = join(&rt, dir_a.path(), config("a", "127.0.0.1:1"));
-    wait("a serves both partitions", Duration::from_secs(120), || {
-        cluster_a.serves(0) && cluster_a.serves(1)
-    });
+    let (engine_a, cluster_a) = join_serving(&rt, dir_a.path(), config("a", "127.0.0.1:1"));
     let ids = ids_per_partition(2);
     let mut acked: Acked = BTreeMap::new();
     for id in &ids {
@@ -818,10 +828,7 @@ fn a_node_whose_tailer_dies_stops_and_leaves_the_group() {
             .session_timeout_ms(SESSION_TIMEOUT_MS)
             .heartbeat_interval_ms(500)
     };
-    let (engine_a, cluster_a) = join(&rt, dir_a.path(), config("a", "127.0.0.1:1"));
-    wait("a serves partition 0", Duration::from_secs(120), || {
-        cluster_a.serves(0)
-    });
+    let (engine_a, cluster_a) = join_serving(&rt, dir_a.path(), config("a", "127.0.0.1:1"));
     let first = rt
         .block_on(engine_a.execute::<Counter>("c-1", CounterCommand::Add(1)))
         .unwrap();
@@ -870,10 +877,7 @@ fn a_late_local_append_after_the_tailers_is_answered_with_its_events() {
         .session_timeout_ms(30_000)
         .heartbeat_interval_ms(500)
         .ack_timeout_ms(60_000);
-    let (engine, cluster) = join(&rt, dir.path(), config);
-    wait("a serves partition 0", Duration::from_secs(120), || {
-        cluster.serves(0)
-    });
+    let (engine, cluster) = join_serving(&rt, dir.path(), config);
     // Held until the tailer has appended the batch itself (after its grace for an own
     // batch, 10 s): the entity's append then comes second, whatever the machine's speed.
     cluster.hold_own_appends_for_tests(true);
@@ -925,10 +929,7 @@ fn a_local_node_that_forks_stops_and_its_partitions_move() {
             .mode(ClusterMode::Local)
             .handover_timeout_ms(1_000)
     };
-    let (engine_a, cluster_a) = join(&rt, dir_a.path(), config("a", "127.0.0.1:1"));
-    wait("a serves both partitions", Duration::from_secs(120), || {
-        cluster_a.serves(0) && cluster_a.serves(1)
-    });
+    let (engine_a, cluster_a) = join_serving(&rt, dir_a.path(), config("a", "127.0.0.1:1"));
     let ids = ids_per_partition(2);
     let mut acked: Acked = BTreeMap::new();
     for id in &ids {

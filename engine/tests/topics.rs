@@ -624,6 +624,35 @@ fn recording(
     }
 }
 
+/// 80 messages written, and member "a" of `group` subscribed, holding its first batch: its
+/// handler waits at the first message until the returned gate gets a permit.
+async fn holding_a_batch(
+    engine: &Engine,
+    seed: u64,
+    group: &str,
+) -> (
+    evershard_engine::Subscription,
+    Seen,
+    Arc<tokio::sync::Semaphore>,
+) {
+    let last = write(engine, seed, 40, 80).await;
+    assert!(engine.wait_indexed(last, WAIT).await);
+    let seen: Seen = Arc::default();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let a = engine
+        .subscribe(
+            group,
+            TOPIC,
+            recording("a", seen.clone(), Some(gate.clone())),
+        )
+        .unwrap();
+    wait_until("a holds its first batch", || {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
+    (a, seen, gate)
+}
+
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -636,17 +665,7 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 async fn a_joining_member_takes_a_partition_only_after_its_holder_gave_it_up() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path()).await;
-    let last = write(&engine, 11, 40, 80).await;
-    assert!(engine.wait_indexed(last, WAIT).await);
-    let seen: Seen = Arc::default();
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let a = engine
-        .subscribe("g", TOPIC, recording("a", seen.clone(), Some(gate.clone())))
-        .unwrap();
-    wait_until("a holds its first batch", || {
-        !seen.lock().unwrap().is_empty()
-    })
-    .await;
+    let (a, seen, gate) = holding_a_batch(&engine, 11, "g").await;
 
     // b joins while a is in the middle of a batch of every partition.
     let b = engine
@@ -700,17 +719,7 @@ async fn a_joining_member_takes_a_partition_only_after_its_holder_gave_it_up() {
 async fn a_subscription_stopped_mid_batch_commits_only_what_it_handled() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path()).await;
-    let last = write(&engine, 13, 40, 80).await;
-    assert!(engine.wait_indexed(last, WAIT).await);
-    let seen: Seen = Arc::default();
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let a = engine
-        .subscribe("s", TOPIC, recording("a", seen.clone(), Some(gate.clone())))
-        .unwrap();
-    wait_until("a holds its first batch", || {
-        !seen.lock().unwrap().is_empty()
-    })
-    .await;
+    let (a, seen, gate) = holding_a_batch(&engine, 13, "s").await;
     // The stop is asked (its first poll sets the flag) while the first message is in hand;
     // then that message finishes.
     let mut stopping = Box::pin(a.stop());
