@@ -123,16 +123,21 @@ fn recover_guard<A: Aggregate>(
     Ok(recent.len())
 }
 
-/// Fires the timer of one aggregate of a registered type (type-erased for the scheduler).
-type FireTimer = fn(Engine, String) -> BoxFuture<Result<bool, String>>;
+/// Fires the timer of one aggregate of a registered type (type-erased for the scheduler),
+/// found due at a deadline (microseconds).
+type FireTimer = fn(Engine, String, i64) -> BoxFuture<Result<bool, String>>;
 
 fn fire_timer<A: Aggregate>(
     engine: Engine,
     aggregate_id: String,
+    deadline: i64,
 ) -> BoxFuture<Result<bool, String>> {
     Box::pin(async move {
         engine
-            .send::<A, _>(&aggregate_id, |reply| EntityMsg::FireTimer { reply })
+            .send::<A, _>(&aggregate_id, |reply| EntityMsg::FireTimer {
+                deadline,
+                reply,
+            })
             .await
             .map_err(|e| e.to_string())
     })
@@ -1226,7 +1231,11 @@ impl Engine {
                     tracing::debug!(stream = %timer.stream, "timer of a type this engine does not run");
                     continue;
                 };
-                running.spawn(fire(self.clone(), timer.stream.aggregate_id.clone()));
+                running.spawn(fire(
+                    self.clone(),
+                    timer.stream.aggregate_id.clone(),
+                    timer.deadline.timestamp_micros(),
+                ));
             }
             while let Some(outcome) = running.join_next().await {
                 match outcome {

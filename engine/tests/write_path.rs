@@ -7,7 +7,9 @@
 //! first shows they were missing, so it fails if the re-application does not happen — and an
 //! idempotency record whose command's events the log does not hold (what a power cut can
 //! leave in buffered mode) is not taken for a repeat; and a buffered group on the segment
-//! log counts as synced for the followers only after the log's sync.
+//! log counts as synced for the followers only after the log's sync; and a timer entry
+//! without its aggregate's reverse entry (what a buffered store's crash can leave) is removed
+//! the first time it fires, not fired at every pass.
 
 mod common;
 
@@ -682,4 +684,51 @@ fn a_log_without_its_first_segment_is_reported() {
         Journal::open_read_only(dir.path()).is_err(),
         "a log with no segments left"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_timer_entry_is_removed_when_it_fires() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = StreamId::new("Counter", "c-1");
+    let deadline = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    // Its `t` entry alone: no `T`, and an aggregate whose state asks for no timer.
+    let store = dir.path().to_path_buf();
+    let stray = stream.clone();
+    tokio::task::spawn_blocking(move || {
+        let journal = JournalWriter::open(store, config(WritePath::Log)).unwrap();
+        let mut request = AppendRequest::new(stray.clone(), 0, Vec::new());
+        request.extra_writes = keyspace_writes::timer(&stray, deadline)
+            .into_iter()
+            .take(1)
+            .collect();
+        journal.append_blocking(request).unwrap();
+        journal.close().unwrap();
+    })
+    .await
+    .unwrap();
+    let clock = std::sync::Arc::new(evershard_engine::ManualClock::new(
+        deadline + chrono::TimeDelta::hours(1),
+    ));
+    let engine = Engine::builder(dir.path())
+        .register::<Counter>()
+        .clock(clock.clone())
+        .open()
+        .await
+        .unwrap();
+    assert_eq!(engine.journal().timers(None).count(), 1, "the stray entry");
+    assert_eq!(
+        engine.run_due_timers().await.unwrap(),
+        0,
+        "no timer command ran"
+    );
+    assert_eq!(
+        engine.journal().timers(None).count(),
+        0,
+        "the stray entry was removed"
+    );
+    assert!(engine.history::<Counter>("c-1").unwrap().is_empty());
+    assert!(engine.journal().timer(&stream).unwrap().is_none());
+    engine.shutdown().await.unwrap();
 }

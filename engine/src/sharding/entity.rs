@@ -32,9 +32,11 @@ pub(crate) enum EntityMsg<A: Aggregate> {
     GetState {
         reply: oneshot::Sender<StateResult<A>>,
     },
-    /// The scheduler found this aggregate's timer due: execute the command the current state
-    /// asks for, if its deadline is due. Answers whether a timer command ran.
+    /// The scheduler found this aggregate's timer due (its `t` entry at `deadline`,
+    /// microseconds): execute the command the current state asks for, if its deadline is
+    /// due. Answers whether a timer command ran.
     FireTimer {
+        deadline: i64,
         reply: oneshot::Sender<Result<bool, CommandError<A::Error>>>,
     },
     /// The shard passivated this actor's aggregate (idle: nothing in flight, out of the
@@ -58,7 +60,7 @@ impl<A: Aggregate> EntityMsg<A> {
             EntityMsg::GetState { reply } => {
                 let _ = reply.send(Err(err));
             }
-            EntityMsg::FireTimer { reply } => {
+            EntityMsg::FireTimer { reply, .. } => {
                 let _ = reply.send(Err(err));
             }
             // Nobody waits on it: the shard sends it and handles its failure itself.
@@ -370,7 +372,7 @@ impl<A: Aggregate> EntityState<A> {
     /// A due timer: runs the command the current state asks for, if its deadline has come.
     /// When the state asks for no timer or a later one than the stored entry, the entry is
     /// corrected (an append of no events), so a stale entry never fires again.
-    async fn fire_timer(&mut self) -> Result<bool, CommandError<A::Error>> {
+    async fn fire_timer(&mut self, fired: i64) -> Result<bool, CommandError<A::Error>> {
         if let Some(gate) = self.args.rt.gate.get() {
             // Cluster mode: every node holds every partition's timer entries (replicated
             // with the batches); only the partition's owner fires them.
@@ -407,7 +409,15 @@ impl<A: Aggregate> EntityState<A> {
             }
             other => {
                 let want = other.map(|(d, _)| d.timestamp_micros());
-                let ops = timer_ops(&self.args.stream, self.timer, want);
+                let mut ops = timer_ops(&self.args.stream, self.timer, want);
+                // The entry the scheduler fired is not this aggregate's timer (a buffered
+                // store's crash can leave a `t` entry without its `T`): removed, or it would
+                // fire at every pass (found by review, 2026-11-28).
+                if Some(fired) != self.timer && Some(fired) != want {
+                    ops.push(WriteOp::Remove {
+                        key: keys::timer_key(fired, &self.args.stream),
+                    });
+                }
                 if !ops.is_empty() {
                     let mut request = AppendRequest::new(self.args.stream.clone(), version, vec![]);
                     request.extra_writes = ops;
@@ -792,8 +802,8 @@ impl<A: Aggregate> Actor for EntityActor<A> {
                     .map(|()| state.loaded.clone().expect("loaded"));
                 let _ = reply.send(result);
             }
-            EntityMsg::FireTimer { reply } => {
-                let result = Box::pin(state.fire_timer()).await;
+            EntityMsg::FireTimer { deadline, reply } => {
+                let result = Box::pin(state.fire_timer(deadline)).await;
                 let _ = reply.send(result);
             }
             EntityMsg::Rebind { stream, inflight } => {
