@@ -1131,23 +1131,34 @@ impl Engine {
             // A key already recorded within its window goes straight to the aggregate, which
             // answers the recorded result: the guard would take the repeat for a duplicate.
             // Only a type with a guard needs this look-up (the entity makes its own).
-            let recorded = self.inner.guards.contains_key(A::TYPE)
-                && self
+            let recorded = match self.inner.guards.contains_key(A::TYPE) {
+                false => Ok(false),
+                true => self
                     .inner
                     .journal
                     .idempotency_record(A::TYPE, &key)
-                    .map_err(CommandError::Storage)?
-                    .is_some_and(|r| {
-                        let retention = self.inner.rt.idempotency_retention_ms.saturating_mul(1000);
-                        r.recorded_at_micros.saturating_add(retention)
-                            > self.inner.rt.clock.now().timestamp_micros()
-                    });
-            if recorded {
-                self.send_execute::<A>(aggregate_id, command, metadata)
-                    .await
-            } else {
-                self.execute_guarded::<A>(aggregate_id, command, metadata)
-                    .await
+                    .map_err(CommandError::Storage)
+                    .map(|record| {
+                        record.is_some_and(|r| {
+                            let retention =
+                                self.inner.rt.idempotency_retention_ms.saturating_mul(1000);
+                            r.recorded_at_micros.saturating_add(retention)
+                                > self.inner.rt.clock.now().timestamp_micros()
+                        })
+                    }),
+            };
+            // (An error falls through to the clean-up below: returned early, it left the
+            // key's lock in the map.)
+            match recorded {
+                Err(e) => Err(e),
+                Ok(true) => {
+                    self.send_execute::<A>(aggregate_id, command, metadata)
+                        .await
+                }
+                Ok(false) => {
+                    self.execute_guarded::<A>(aggregate_id, command, metadata)
+                        .await
+                }
             }
         };
         let mut locks = self
