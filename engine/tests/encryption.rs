@@ -895,3 +895,29 @@ async fn a_dead_letter_of_an_encrypted_event_keeps_no_plaintext() {
     );
     engine.shutdown().await.unwrap();
 }
+
+/// A panic of `apply` on a sensitive aggregate's new events writes nothing: the events would
+/// be sealed with the key of whatever subject the half-applied state names, and outlive the
+/// real subject's erasure. (Other types commit them, as docs/runtime-semantics.md says.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_apply_on_a_sensitive_aggregate_writes_nothing() {
+    let (_dir, store, keys) = setup();
+    let engine = open(&store, &keys).await;
+    match engine
+        .execute::<Counter>("alice", CounterCommand::AddUnlucky)
+        .await
+    {
+        Err(evershard_engine::CommandError::HandlerPanicked { message, .. }) => {
+            assert!(message.contains("apply cannot handle 13"), "{message}")
+        }
+        other => panic!("expected HandlerPanicked, got {other:?}"),
+    }
+    assert!(engine.history::<Counter>("alice").unwrap().is_empty());
+    // The aggregate goes on with commands whose events apply.
+    let events = engine
+        .execute::<Counter>("alice", CounterCommand::Add(2))
+        .await
+        .unwrap();
+    assert_eq!(events[0].sequence, 1);
+    engine.shutdown().await.unwrap();
+}

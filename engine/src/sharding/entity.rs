@@ -507,6 +507,18 @@ impl<A: Aggregate> EntityState<A> {
             Ok(next) => (next, None),
             Err(panic) => (self.timer, Some(panic_message(panic))),
         };
+        if let (Some(message), true) = (&apply_panic, rt.sensitive.contains(A::TYPE)) {
+            // A sensitive type's events are sealed with the key of the subject the new state
+            // names, and a half-applied state may name another: events under the wrong key
+            // would outlive their subject's erasure. Nothing is written (found by review,
+            // 2026-11-28); the aggregate answers so until `apply` is fixed.
+            self.loaded = None;
+            tracing::error!(stream = %self.args.stream, %message, "apply panicked on a sensitive aggregate's new events; nothing written");
+            return Err(CommandError::HandlerPanicked {
+                stream: self.args.stream.clone(),
+                message: message.clone(),
+            });
+        }
         let stream = &self.args.stream;
         let encoded = catch_unwind(AssertUnwindSafe(|| {
             let subject = rt
