@@ -597,10 +597,17 @@ type Seen = Arc<Mutex<Vec<(&'static str, u32, u64)>>>;
 
 /// A handler that records what it sees as `member` and, while `gate` has no permit, waits
 /// at its first message.
+/// With a handler: the engine, the group, and where the handler notes a commit that passed
+/// the message it is about to handle.
+type CommitCheck = (Engine, &'static str, Arc<Mutex<Vec<String>>>);
+
+/// With `check`, it also notes every message whose group's committed offset already passed
+/// it when the handler got it (a commit of a message not handled yet).
 fn recording(
     member: &'static str,
     seen: Seen,
     gate: Option<Arc<tokio::sync::Semaphore>>,
+    check: Option<CommitCheck>,
 ) -> impl Fn(
     Message,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HandlerError>> + Send>>
@@ -610,6 +617,16 @@ fn recording(
     move |m: Message| {
         let seen = seen.clone();
         let gate = gate.clone();
+        if let Some((engine, group, passed)) = &check {
+            let lag = engine.consumer_lag(group, TOPIC).unwrap();
+            let committed = lag.partitions[m.partition as usize].committed;
+            if committed > m.offset {
+                passed.lock().unwrap().push(format!(
+                    "{member}: partition {} committed at {committed} before offset {} was handled",
+                    m.partition, m.offset
+                ));
+            }
+        }
         Box::pin(async move {
             let first = {
                 let mut seen = seen.lock().unwrap();
@@ -629,7 +646,8 @@ fn recording(
 async fn holding_a_batch(
     engine: &Engine,
     seed: u64,
-    group: &str,
+    group: &'static str,
+    check: Option<CommitCheck>,
 ) -> (
     evershard_engine::Subscription,
     Seen,
@@ -643,7 +661,7 @@ async fn holding_a_batch(
         .subscribe(
             group,
             TOPIC,
-            recording("a", seen.clone(), Some(gate.clone())),
+            recording("a", seen.clone(), Some(gate.clone()), check),
         )
         .unwrap();
     wait_until("a holds its first batch", || {
@@ -665,11 +683,16 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 async fn a_joining_member_takes_a_partition_only_after_its_holder_gave_it_up() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path()).await;
-    let (a, seen, gate) = holding_a_batch(&engine, 11, "g").await;
+    let check: CommitCheck = (engine.clone(), "g", Arc::default());
+    let (a, seen, gate) = holding_a_batch(&engine, 11, "g", Some(check.clone())).await;
 
     // b joins while a is in the middle of a batch of every partition.
     let b = engine
-        .subscribe("g", TOPIC, recording("b", seen.clone(), None))
+        .subscribe(
+            "g",
+            TOPIC,
+            recording("b", seen.clone(), None, Some(check.clone())),
+        )
         .unwrap();
     // Whatever b could do on its own, give it time to do it (the claim is that it does
     // nothing, so this wait assumes no speed).
@@ -712,6 +735,11 @@ async fn a_joining_member_takes_a_partition_only_after_its_holder_gave_it_up() {
         *expected += 1;
     }
     assert_eq!(engine.consumer_lag("g", TOPIC).unwrap().total(), 0);
+    let passed = check.2.lock().unwrap().clone();
+    assert!(
+        passed.is_empty(),
+        "commits passed messages in hand: {passed:?}"
+    );
     engine.shutdown().await.unwrap();
 }
 
@@ -719,7 +747,7 @@ async fn a_joining_member_takes_a_partition_only_after_its_holder_gave_it_up() {
 async fn a_subscription_stopped_mid_batch_commits_only_what_it_handled() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path()).await;
-    let (a, seen, gate) = holding_a_batch(&engine, 13, "s").await;
+    let (a, seen, gate) = holding_a_batch(&engine, 13, "s", None).await;
     // The stop is asked (its first poll sets the flag) while the first message is in hand;
     // then that message finishes.
     let mut stopping = Box::pin(a.stop());
@@ -743,7 +771,7 @@ async fn a_subscription_stopped_mid_batch_commits_only_what_it_handled() {
     );
 
     let b = engine
-        .subscribe("s", TOPIC, recording("b", seen.clone(), None))
+        .subscribe("s", TOPIC, recording("b", seen.clone(), None, None))
         .unwrap();
     wait_until("the rest handled", || seen.lock().unwrap().len() >= 80).await;
     b.stop().await.unwrap();
@@ -1012,13 +1040,23 @@ async fn an_idle_member_commits_before_it_hands_a_partition_over() {
         ..SubscriptionOptions::default()
     };
     let a = engine
-        .subscribe_with("i", TOPIC, recording("a", seen.clone(), None), options)
+        .subscribe_with(
+            "i",
+            TOPIC,
+            recording("a", seen.clone(), None, None),
+            options,
+        )
         .unwrap();
     let last = write(&engine, 31, 40, 80).await;
     assert!(engine.wait_indexed(last, WAIT).await);
     wait_until("a handled everything", || seen.lock().unwrap().len() >= 80).await;
     let b = engine
-        .subscribe_with("i", TOPIC, recording("b", seen.clone(), None), options)
+        .subscribe_with(
+            "i",
+            TOPIC,
+            recording("b", seen.clone(), None, None),
+            options,
+        )
         .unwrap();
     let last = write(&engine, 32, 40, 40).await;
     assert!(engine.wait_indexed(last, WAIT).await);

@@ -230,14 +230,27 @@ impl Worker {
                     // wait for the rest of this batch: with retries, minutes), and go on with
                     // the others.
                     let rest = batch.split_off(i);
-                    let (keep, give): (Vec<Message>, Vec<Message>) = rest
-                        .into_iter()
-                        .partition(|m| wanted.contains(&m.partition));
-                    for m in give.iter().rev() {
+                    // Every partition with messages still in hand is committed at its first
+                    // one (a commit never passes a message not handled); the ones that stay
+                    // ours then read on from where the batch ended.
+                    let mut read_on: Vec<(u32, u64)> = Vec::new();
+                    for m in &rest {
+                        if wanted.contains(&m.partition)
+                            && !read_on.iter().any(|(p, _)| *p == m.partition)
+                        {
+                            if let Some(end) = self.consumer.position(m.partition) {
+                                read_on.push((m.partition, end));
+                            }
+                        }
+                    }
+                    for m in rest.iter().rev() {
                         self.consumer.seek(m.partition, m.offset);
                     }
-                    batch.extend(keep);
                     self.consumer.commit().await?;
+                    for (p, end) in read_on {
+                        self.consumer.seek(p, end);
+                    }
+                    batch.extend(rest.into_iter().filter(|m| wanted.contains(&m.partition)));
                     last_commit = Instant::now();
                     continue;
                 }
