@@ -820,17 +820,26 @@ fn a_node_whose_tailer_dies_stops_and_leaves_the_group() {
     let broker = kafka_support::Broker::start(&tansu);
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let rt = runtime();
-    // Long enough that only a member that left frees the partition within the bound below.
+    // Long enough that only a member that left frees a partition within the bound below.
     const SESSION_TIMEOUT_MS: u64 = 60_000;
     let config = |node: &str, endpoint: &str| {
         ClusterConfig::new(kafka(&broker), "failstop", node, endpoint)
-            .partitions(1)
+            .partitions(2)
             .session_timeout_ms(SESSION_TIMEOUT_MS)
             .heartbeat_interval_ms(500)
     };
     let (engine_a, cluster_a) = join_serving(&rt, dir_a.path(), config("a", "127.0.0.1:1"));
+    // b joins first, and the group settles: b serves one of the two partitions. (Joining
+    // while a was leaving, b once waited out a's whole session on tansu: a rebalance racing
+    // the leave.)
+    let (engine_b, cluster_b) = join(&rt, dir_b.path(), config("b", "127.0.0.1:2"));
+    wait("b serves one partition", Duration::from_secs(120), || {
+        cluster_b.status().serving.len() == 1 && cluster_a.status().serving.len() == 1
+    });
+    let kept = cluster_a.status().serving[0].0;
+    let id = &ids_per_partition(2)[kept as usize];
     let first = rt
-        .block_on(engine_a.execute::<Counter>("c-1", CounterCommand::Add(1)))
+        .block_on(engine_a.execute::<Counter>(id, CounterCommand::Add(1)))
         .unwrap();
     assert_eq!(first[0].sequence, 1);
 
@@ -841,21 +850,19 @@ fn a_node_whose_tailer_dies_stops_and_leaves_the_group() {
     let stopped_at = Instant::now();
     let why = cluster_a.health().stopped.unwrap();
     assert!(why.contains("tailer thread panicked"), "{why}");
-    assert!(!cluster_a.serves(0));
-    match rt.block_on(engine_a.execute::<Counter>("c-1", CounterCommand::Add(1))) {
-        Err(CommandError::NotOwner { partition: 0, .. }) => {}
+    assert!(!cluster_a.serves(kept));
+    match rt.block_on(engine_a.execute::<Counter>(id, CounterCommand::Add(1))) {
+        Err(CommandError::NotOwner { partition, .. }) if partition == kept => {}
         other => panic!("a stopped node must serve nothing: {other:?}"),
     }
-
-    let (engine_b, cluster_b) = join(&rt, dir_b.path(), config("b", "127.0.0.1:2"));
     wait(
-        "b serves partition 0 before a's session could time out",
+        "b serves a's partition before a's session could time out",
         Duration::from_millis(SESSION_TIMEOUT_MS * 3 / 4),
-        || cluster_b.serves(0),
+        || cluster_b.serves(kept),
     );
     println!("b serves {:?} after a stopped", stopped_at.elapsed());
     let next = rt
-        .block_on(engine_b.execute::<Counter>("c-1", CounterCommand::Add(1)))
+        .block_on(engine_b.execute::<Counter>(id, CounterCommand::Add(1)))
         .unwrap();
     assert_eq!(next[0].sequence, 2, "b replicated a's history");
     cluster_b.leave();
