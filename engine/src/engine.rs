@@ -1575,6 +1575,15 @@ impl Engine {
             .load(std::sync::atomic::Ordering::Acquire))
     }
 
+    /// Keeps the topic indexer from indexing anything new while `held`: for tests of readers
+    /// that find the index behind the journal.
+    #[cfg(feature = "fault-injection")]
+    pub fn hold_topic_indexer_for_tests(&self, held: bool) {
+        if let Some((indexer, _)) = &self.inner.topics {
+            indexer.hold_for_tests(held);
+        }
+    }
+
     /// Waits until the index covers `position` (at most `timeout`); true when it does.
     /// Returns false at once when the journal is poisoned (see [`Journal::is_poisoned`]):
     /// the indexer cannot write any more, so the index will not move until the store is

@@ -49,6 +49,9 @@ struct Flags {
     stop: AtomicBool,
     /// With `stop`: cover everything durable first (shutdown), or leave at once (drop).
     drain: AtomicBool,
+    /// A test holds the follower where it is ([`Follower::hold_for_tests`]).
+    #[cfg(feature = "fault-injection")]
+    held: AtomicBool,
 }
 
 /// The running thread of one [`Follow`].
@@ -83,6 +86,14 @@ impl Follower {
         }
     }
 
+    /// Keeps the thread from covering anything new while `held` (it still stops when told):
+    /// for tests of readers that find the follower behind the journal.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn hold_for_tests(&self, held: bool) {
+        self.flags.held.store(held, Ordering::Release);
+        self.journal.wake_durable_waiters();
+    }
+
     /// Tells the thread to stop without waiting for it (the engine dropped).
     pub(crate) fn stop_now(&self) {
         self.flags.stop.store(true, Ordering::Release);
@@ -96,6 +107,11 @@ fn run<F: Follow>(writer: JournalWriter, mut follow: F, flags: &Flags) {
         let stopping = flags.stop.load(Ordering::Acquire);
         if stopping && !flags.drain.load(Ordering::Acquire) {
             return;
+        }
+        #[cfg(feature = "fault-injection")]
+        if !stopping && flags.held.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
         }
         let covered = follow.covered();
         let mut durable = if stopping {

@@ -5,7 +5,8 @@
 //! backoff and dead-letter to `dlq.events.v1`; a dead letter can be re-driven; a topic's
 //! partition count is fixed at creation; a group started at a time after a reopen, whose
 //! members join one by one, reads exactly the messages from that time and commits its start
-//! positions (issue 9's demo stall); a commit writes only the positions that moved; a
+//! positions (issue 9's demo stall); a start at a time or an offset waits for an index
+//! that is behind the journal rather than reading from 0; a commit writes only the positions that moved; a
 //! member that joins a group takes a partition only once its holder gave it up, after the
 //! batch in hand and with its progress committed (never two members on one partition at
 //! once); a stopped subscription commits only what it handled; a dead letter fits a record
@@ -508,6 +509,86 @@ async fn a_group_started_at_a_time_reads_from_it_while_members_join_after_a_reop
         early[0].offset
     );
     drop(members);
+    engine.shutdown().await.unwrap();
+}
+
+/// A consumer started at a time or at an offset while the topic index is behind the journal
+/// (held here; in life an engine just opened on a journal it never indexed) decides its start
+/// only once the index covers the journal as it was when the consumer was made. It used to
+/// decide at once: a partition (or the whole topic) not indexed yet started at 0, and the
+/// consumer read the history it asked to skip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_or_offset_start_waits_for_the_index_to_cover_the_journal() {
+    let seed = 0x5a6a_0011;
+    eprintln!("seed {seed}");
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    let clock = Arc::new(ManualClock::new(t0));
+    let engine = open_on(dir.path(), &clock).await;
+    engine.hold_topic_indexer_for_tests(true);
+    write(&engine, seed, 64, 200).await;
+    clock.advance(chrono::TimeDelta::minutes(1));
+    let t = clock.now();
+    let mut from_time = engine
+        .consumer_with(
+            "late",
+            TOPIC,
+            ConsumerOptions {
+                start: StartFrom::Time(t),
+            },
+        )
+        .unwrap();
+    const SKIP: u64 = 10;
+    let mut from_offset = engine
+        .consumer_with(
+            "skip",
+            TOPIC,
+            ConsumerOptions {
+                start: StartFrom::Offset(SKIP),
+            },
+        )
+        .unwrap();
+    for consumer in [&mut from_time, &mut from_offset] {
+        let early = consumer
+            .poll(1000, Duration::from_millis(20))
+            .await
+            .unwrap();
+        assert!(early.is_empty(), "nothing is indexed yet");
+    }
+    let last = write(&engine, seed + 1, 64, 20).await;
+    engine.hold_topic_indexer_for_tests(false);
+    assert!(engine.wait_indexed(last, WAIT).await);
+
+    let (after, before) = split_at(&engine, t);
+    assert_eq!((after.len(), before), (20, 200));
+    let got = drain(&mut from_time, 20).await;
+    let rest = from_time
+        .poll(1000, Duration::from_millis(20))
+        .await
+        .unwrap();
+    let ids: BTreeSet<_> = got.iter().chain(&rest).map(|m| m.event_id).collect();
+    assert_eq!(
+        ids, after,
+        "exactly the messages from the time, none before it"
+    );
+
+    let log = engine.topic_log().unwrap();
+    let ends = log.topic(TOPIC).unwrap().end_offsets;
+    let expected: u64 = ends.iter().map(|e| e.saturating_sub(SKIP)).sum();
+    let got = drain(&mut from_offset, expected as usize).await;
+    let rest = from_offset
+        .poll(1000, Duration::from_millis(20))
+        .await
+        .unwrap();
+    assert!(rest.is_empty());
+    assert!(
+        got.iter().all(|m| m.offset >= SKIP),
+        "every partition from offset {SKIP}"
+    );
+    assert_eq!(got.len() as u64, expected);
+    drop((from_time, from_offset));
     engine.shutdown().await.unwrap();
 }
 

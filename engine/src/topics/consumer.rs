@@ -336,6 +336,11 @@ pub struct Consumer {
     topic: String,
     member: u64,
     start: StartFrom,
+    /// For an offset or a time start: the journal's synced position when the consumer was
+    /// made. Such a start is decided only once the topic index covers it, so that an index
+    /// still catching up (just opened on a long journal) is not taken for the topic's whole
+    /// contents: a partition not indexed yet would have started at 0.
+    start_indexed_through: u64,
     generation: u64,
     /// Next offset to read, per assigned partition.
     positions: BTreeMap<u32, u64>,
@@ -370,6 +375,10 @@ impl Consumer {
         }
         let moved = rt.status.moved.subscribe();
         let generations = rt.generations.subscribe();
+        let start_indexed_through = match options.start {
+            StartFrom::Offset(_) | StartFrom::Time(_) => rt.writer.synced_position(),
+            StartFrom::Committed | StartFrom::Beginning => 0,
+        };
         let member = rt.join(group, topic);
         Ok(Consumer {
             rt,
@@ -377,6 +386,7 @@ impl Consumer {
             topic: topic.to_owned(),
             member,
             start: options.start,
+            start_indexed_through,
             generation: u64::MAX,
             positions: BTreeMap::new(),
             durable: BTreeMap::new(),
@@ -452,6 +462,13 @@ impl Consumer {
             }
             let offset = match self.rt.group_position(&self.group, &self.topic, p) {
                 Some(o) => o,
+                // Not positioned yet: the partition reads nothing until the index covers the
+                // start (a poll waits on the indexer's progress, then decides it).
+                None if self.rt.status.cursor.load(Ordering::Acquire)
+                    < self.start_indexed_through =>
+                {
+                    continue;
+                }
                 None => {
                     let start = self.start_offset(p, self.start, &committed)?;
                     self.rt.decide_position(&self.group, &self.topic, p, start)

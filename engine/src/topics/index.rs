@@ -321,6 +321,12 @@ impl Indexer {
         self.follower.drain_and_stop();
     }
 
+    /// See [`Follower::hold_for_tests`].
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn hold_for_tests(&self, held: bool) {
+        self.follower.hold_for_tests(held);
+    }
+
     /// Tells the thread to stop without waiting for it (engine dropped).
     pub(crate) fn stop_now(&self) {
         self.follower.stop_now();
