@@ -274,6 +274,8 @@ impl Journal {
         let db = self.shared.db()?;
         let i_key = keys::idempotency_key(aggregate_type, key);
         let holder = self.shared.idempotency_index(&db)?.locate(&i_key);
+        // True when the record was read from its frame in the log (a format-3 pointer).
+        let mut in_frame = false;
         let record = match holder {
             None => return Ok(None),
             Some(Holder::Legacy) => match db.get(&i_key)? {
@@ -284,6 +286,7 @@ impl Journal {
                 let Some(value) = db.get(&entry)? else {
                     return Ok(None); // not applied yet, or a group that failed
                 };
+                in_frame = value.first() == Some(&keys::IDEMPOTENCY_GROUP_FORMAT_V3);
                 let Some(value) = self.group_records(&entry, &value)? else {
                     tracing::warn!(
                         aggregate_type,
@@ -312,7 +315,14 @@ impl Journal {
         // commands' events at those sequences: the first of the command's events must carry
         // its decide time, which the record holds too; for a command of no events, the last
         // event it was decided on must be no later than that.
-        if let Some(log) = &self.shared.log {
+        //
+        // Not for a record read from its frame: the frame holds the command's events too, and
+        // the log keeps a prefix of its frames (opening cuts everything after the first bad
+        // one), so the events it was decided on, appended before it, are there. The time test
+        // is also wrong for it: a clock that stepped back between those events and a command
+        // of no events made a kept record look lost, and a repeat of its key (or the key
+        // reused for another command) was decided afresh.
+        if let (Some(log), false) = (&self.shared.log, in_frame) {
             let stream = StreamId::new(aggregate_type, record.aggregate_id.as_str());
             let (at, last, same_time) = match record.count {
                 0 => (record.first_sequence - 1, record.first_sequence - 1, false),
