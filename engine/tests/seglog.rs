@@ -6,7 +6,8 @@
 //! sector kept, zeroed or garbled at random, seeds printed), that every synced frame survives
 //! and the log reopens as a prefix of what was written; and that a scrub zeroes the key
 //! entries it is asked to in place, whole or cut short part way through a key, and leaves a
-//! log that opens with every record and every other write.
+//! log that opens with every record and every other write; and that a look-up by position
+//! finds the holding frame from the frame starts met before, in any order.
 
 use evershard_engine::seglog::{
     scrub_frames, Frame, FrameRecord, FrameWrite, SegLogError, SegmentLog, FRAME_HEADER_BYTES,
@@ -158,6 +159,66 @@ fn frames_and_records_come_back_after_reopen_across_segments() {
         log.record_at(0),
         Err(SegLogError::NotFound { .. })
     ));
+}
+
+/// A look-up by position starts from the frame starts earlier look-ups met (and the
+/// successors of frames read, as noted by their readers) instead of the segment's table:
+/// whatever the order of the look-ups — random, sequential, or one frame in eight as a
+/// reader of one partition jumps — each answers the address of the frame that holds the
+/// position, across segments and over frames of writes alone.
+#[test]
+fn look_ups_by_position_from_frame_starts_met_before_find_the_holding_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = seed();
+    let mut rng = DemoRng::new(seed);
+    let (mut log, _) = SegmentLog::open(dir.path(), 64 << 10, 0, 1).unwrap();
+    for i in 0..1500 {
+        let f = if i % 7 == 3 {
+            // Writes alone: a frame that holds no position.
+            Frame {
+                first_position: log.next_position(),
+                records: vec![],
+                writes: vec![FrameWrite::Remove {
+                    key: vec![b't', i as u8],
+                }],
+            }
+        } else {
+            frame(&mut rng, log.next_position(), 8, 40)
+        };
+        log.append(&f).unwrap();
+    }
+    log.sync().unwrap();
+    let end = log.next_position();
+    drop(log);
+    let check = |log: &SegmentLog, positions: &mut dyn Iterator<Item = u64>| {
+        for position in positions {
+            let address = log.frame_address_of(position).unwrap();
+            let (frame, next) = log.frame_at_address(address).unwrap();
+            assert!(
+                frame.first_position <= position && position < frame.end_position(),
+                "position {position} (seed {seed}): frame at {address} holds {}..{}",
+                frame.first_position,
+                frame.end_position()
+            );
+            log.note_frame_start(frame.end_position(), next);
+        }
+    };
+    let reopen = || SegmentLog::open(dir.path(), 64 << 10, end, 1).unwrap().0;
+    let log = reopen();
+    assert!(segment_files(dir.path()).len() > 1, "several segments");
+    check(&log, &mut (1..end));
+    let log = reopen();
+    for start in 1..9 {
+        check(&log, &mut (start..end).step_by(8 * 4));
+    }
+    let log = reopen();
+    let mut random = DemoRng::new(seed ^ 1);
+    check(&log, &mut (0..5000).map(|_| 1 + random.below(end - 1)));
+    // A successor at the very end of the log is no frame start: not noted.
+    let (address, frame) = log.frames_from(end - 1).next().unwrap().unwrap();
+    let (_, next) = log.frame_at_address(address).unwrap();
+    log.note_frame_start(frame.end_position(), next);
+    check(&log, &mut (end - 1..end));
 }
 
 /// Scrubbable writes (a data subject's `D` entry, a wrapped data key's `d` entry) make their

@@ -1410,7 +1410,7 @@ impl Committer {
             records,
             writes,
         } = frame;
-        parts.note_written(first_position, records, writes_cursor);
+        parts.note_written(first_position, records);
         Ok((
             logstore::sled_writes(writes, address),
             address,

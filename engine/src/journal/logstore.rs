@@ -260,11 +260,10 @@ impl TailFrames {
     }
 }
 
-/// A frame read by position, with the address after it.
+/// A frame read by position, or written last.
 #[derive(Debug)]
 struct CachedFrame {
     frame: Frame,
-    next: u64,
 }
 
 impl CachedFrame {
@@ -279,9 +278,6 @@ impl CachedFrame {
 
 /// Frames kept by [`LogParts::frame_holding`]: a few per sequential reader.
 const RECENT_FRAMES_MAX: usize = 8;
-/// Frames of writes alone (no record) that a successor lookup walks over at most before it
-/// looks the position up from the segment's table instead.
-const SUCCESSOR_WALK_FRAMES_MAX: usize = 4;
 
 impl LogParts {
     /// Opens the log of the store in `dir` for writing: cuts a torn last group, syncs what
@@ -443,10 +439,10 @@ impl LogParts {
         }
     }
 
-    /// Keeps the records of a frame the committer has just written at the address before
-    /// `next` for the readers that follow the log (see `tail`); a frame of writes alone
-    /// holds no position and is not kept.
-    pub(super) fn note_written(&self, first_position: u64, records: Vec<FrameRecord>, next: u64) {
+    /// Keeps the records of a frame the committer has just written for the readers that
+    /// follow the log (see `tail`); a frame of writes alone holds no position and is not
+    /// kept.
+    pub(super) fn note_written(&self, first_position: u64, records: Vec<FrameRecord>) {
         if records.is_empty() {
             return;
         }
@@ -458,7 +454,7 @@ impl LogParts {
         self.tail
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(CachedFrame { frame, next });
+            .push(CachedFrame { frame });
     }
 
     pub(super) fn read_log(&self) -> std::sync::RwLockReadGuard<'_, SegmentLog> {
@@ -630,10 +626,9 @@ impl LogParts {
             .collect()
     }
 
-    /// The frame holding `position`: one read recently, or the one right after one read
-    /// recently (found by its address, with no lookup), or else looked up from the segment's
-    /// table of positions (which scans up to `TABLE_EVERY_FRAMES` frame headers, one `pread`
-    /// each: measured as most of the topic indexer's time when it followed the live log).
+    /// The frame holding `position`: from the tail the committer wrote last, one read
+    /// recently, or else looked up by position (`SegmentLog::frame_address_of`: from the
+    /// nearest frame start known, a scan of frame headers, one `pread` each).
     fn frame_holding(&self, position: u64) -> Result<Arc<CachedFrame>, StorageError> {
         if let Some(c) = self
             .tail
@@ -646,42 +641,24 @@ impl LogParts {
         let holds = |c: &CachedFrame| {
             c.frame.first_position <= position && position < c.frame.end_position()
         };
-        let successor_from = {
-            let recent = self.recent_frames.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(c) = recent.iter().find(|c| holds(c)) {
-                return Ok(c.clone());
-            }
-            recent
-                .iter()
-                .find(|c| c.frame.end_position() == position)
-                .map(|c| c.next)
-        };
-        let log = self.read_log();
-        let mut found = None;
-        if let Some(mut address) = successor_from {
-            for _ in 0..SUCCESSOR_WALK_FRAMES_MAX {
-                let Some((_, frame, next)) = log.frame_from(address)? else {
-                    break;
-                };
-                let c = CachedFrame { frame, next };
-                if holds(&c) {
-                    found = Some(c);
-                    break;
-                }
-                if c.frame.first_position > position {
-                    break;
-                }
-                address = next;
-            }
+        if let Some(c) = self
+            .recent_frames
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|c| holds(c))
+        {
+            return Ok(c.clone());
         }
-        let c = match found {
-            Some(c) => c,
-            None => {
-                let address = log.frame_address_of(position)?;
-                let (frame, next) = log.frame_at_address(address)?;
-                CachedFrame { frame, next }
-            }
-        };
+        // The look-up by position starts from the frame starts met before, this frame's
+        // successor among them (noted below): a sequential reader reads one header more
+        // per frame, a reader of one partition a header per frame it jumps over (before, a
+        // walk over up to four whole frames, then a scan from the segment's table).
+        let log = self.read_log();
+        let address = log.frame_address_of(position)?;
+        let (frame, next) = log.frame_at_address(address)?;
+        log.note_frame_start(frame.end_position(), next);
+        let c = CachedFrame { frame };
         drop(log);
         let c = Arc::new(c);
         let mut recent = self.recent_frames.lock().unwrap_or_else(|e| e.into_inner());
@@ -844,7 +821,6 @@ mod tests {
                 records,
                 writes: Vec::new(),
             },
-            next: 0,
         }
     }
 

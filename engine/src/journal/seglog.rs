@@ -53,9 +53,11 @@
 //! zeroed and synced. Anywhere else (an earlier segment, or below the floor) it is corruption
 //! and the log refuses to open, naming the file and the offset.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Bytes of a new segment. Zero-filling it costs one sequential write of this size, off the
 /// acknowledgement path when [`SegmentLog::prepare_next`] is called ahead.
@@ -674,6 +676,33 @@ pub struct SegmentLog {
     /// Frames that end at or before this address may have had key entries scrubbed (see
     /// the module's doc): their failed second CRC is not damage.
     scrubbed_before: u64,
+    /// Frame starts that position look-ups met beyond the segments' tables, by first
+    /// position (see [`SegmentLog::frame_address_of`]).
+    located: Mutex<Located>,
+}
+
+/// Frame starts a position look-up read on its way (first position → address), so that the
+/// next look-up nearby starts at the nearest one instead of at the table's entry, up to
+/// [`TABLE_EVERY_FRAMES`] headers back. Readers of one partition of a topic jump over the
+/// frames of the other partitions: a catch-up read of eight partitions made more than one
+/// `pread` of a header for every two messages (strace, 2026-11-28), most of them these
+/// scans. Bounded by [`LOCATED_FRAMES_MAX`] (emptied when full); every start in it is a
+/// frame's, as frames never move while the log is open.
+#[derive(Debug, Default)]
+struct Located {
+    starts: BTreeMap<u64, u64>,
+}
+
+/// Frame starts [`Located`] keeps at most (about 40 bytes each).
+const LOCATED_FRAMES_MAX: usize = 16_384;
+
+impl Located {
+    fn note(&mut self, first_position: u64, address: u64) {
+        if self.starts.len() >= LOCATED_FRAMES_MAX {
+            self.starts.clear();
+        }
+        self.starts.insert(first_position, address);
+    }
 }
 
 /// A sync of everything appended before it was taken ([`SegmentLog::take_sync`]), run
@@ -805,6 +834,7 @@ impl SegmentLog {
                     dir_dirty: false,
                     writable,
                     scrubbed_before,
+                    located: Mutex::default(),
                 },
                 OpenReport::default(),
             ));
@@ -835,6 +865,7 @@ impl SegmentLog {
             dir_dirty: false,
             writable,
             scrubbed_before,
+            located: Mutex::default(),
         };
         let mut report = OpenReport::default();
         let count = names.len();
@@ -1391,6 +1422,25 @@ impl SegmentLog {
         Ok(Some((address, frame, next)))
     }
 
+    /// Notes that a frame starts at `address` with first position `first_position` (the
+    /// successor of a frame read: its end position and the address after it), for the
+    /// look-ups of [`Self::frame_address_of`]. An address at the end of its segment's frames
+    /// is not a start, and is left out.
+    pub fn note_frame_start(&self, first_position: u64, address: u64) {
+        let i = self.segments.partition_point(|s| s.base_address <= address);
+        let Some(segment) = i.checked_sub(1).map(|i| &self.segments[i]) else {
+            return;
+        };
+        if address < segment.base_address + segment.used_bytes
+            && segment.first_position <= first_position
+        {
+            self.located
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .note(first_position, address);
+        }
+    }
+
     /// The address of the frame holding `position`.
     pub fn frame_address_of(&self, position: u64) -> Result<u64, SegLogError> {
         let not_found = || SegLogError::NotFound {
@@ -1409,7 +1459,18 @@ impl SegmentLog {
         let t = segment
             .table
             .partition_point(|&(first, _)| first <= position);
-        let (_, mut offset) = segment.table[t.checked_sub(1).ok_or_else(not_found)?];
+        let (table_first, mut offset) = segment.table[t.checked_sub(1).ok_or_else(not_found)?];
+        let mut located = self.located.lock().unwrap_or_else(|e| e.into_inner());
+        // A start met before, nearer than the table's entry (and in this segment: between
+        // the entry and the position, whose segment holds both).
+        if let Some((_, &address)) = located.starts.range(table_first..=position).next_back() {
+            assert!(
+                address >= segment.base_address
+                    && address < segment.base_address + segment.used_bytes,
+                "a frame start noted for position {position} lies outside its segment"
+            );
+            offset = address - segment.base_address;
+        }
         loop {
             let header = match segment.read_header(offset)? {
                 HeaderRead::Ok(h) => h,
@@ -1421,10 +1482,16 @@ impl SegmentLog {
                     })
                 }
             };
-            if position < header.first_position + header.records as u64 {
+            let end = header.first_position + header.records as u64;
+            if position < end {
+                located.note(header.first_position, segment.base_address + offset);
                 return Ok(segment.base_address + offset);
             }
             offset += header.frame_bytes();
+            if offset < segment.used_bytes {
+                // The next frame starts at the end of this one.
+                located.note(end, segment.base_address + offset);
+            }
         }
     }
 }
