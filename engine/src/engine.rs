@@ -929,8 +929,8 @@ impl Engine {
         use std::task::Poll;
         // In the caller's span, as if it ran in place.
         let mut work = Box::pin(tracing::Instrument::in_current_span(work(self.clone())));
-        // The first step runs here: a command it sends on that step (an uncontended key's,
-        // a guarded one's) reaches its aggregate in the order the caller sent its commands,
+        // The first step runs here: a command it sends on that step (an uncontended key's)
+        // reaches its aggregate in the order the caller sent its commands,
         // as an inline command does. Spawned whole, it was sent whenever the task first ran,
         // after commands the caller sent later (found by review, 2026-11-28).
         // Unconstrained: a caller whose task used up its cooperative budget would otherwise
@@ -1073,12 +1073,14 @@ impl Engine {
     /// the other, so one executes and the others get its result. A command that is refused
     /// (any error) records nothing: a retry with the key is decided afresh.
     ///
-    /// A keyed or guarded command is sent from the caller's first poll, like any command (so
-    /// one caller's commands reach their aggregate in the order it sent them, unless the key
-    /// is held by a concurrent command with it), and then waited for on a task of its own: a
+    /// A keyed command is sent from the caller's first poll, like any command (so one
+    /// caller's commands reach their aggregate in the order it sent them, unless the key is
+    /// held by a concurrent command with it), and then waited for on a task of its own: a
     /// caller that drops this future (a timeout) while the command is on its way leaves the
-    /// key held and the guard's `settle` due until the command is answered, so a retry
-    /// waits for it and gets its result instead of running beside it.
+    /// key held until the command is answered, so a retry waits for it and gets its result
+    /// instead of running beside it. The type's guard is asked and settled by the aggregate
+    /// (see [`CommandGuard`](crate::model::CommandGuard)), whether or not the caller still
+    /// waits.
     pub async fn execute_with<A: Aggregate>(
         &self,
         aggregate_id: &str,
@@ -1090,34 +1092,32 @@ impl Engine {
         metadata.idempotency_key = metadata
             .idempotency_key
             .or_else(|| A::idempotency_key(&command));
-        if metadata.idempotency_key.is_none() && !self.inner.guards.contains_key(A::TYPE) {
+        let guard = self.guard::<A>();
+        let Some(key) = metadata.idempotency_key else {
             return self
-                .send_execute::<A>(aggregate_id, command, metadata)
+                .send_execute::<A>(aggregate_id, command, metadata, guard)
                 .await;
-        }
+        };
         let aggregate_id = aggregate_id.to_owned();
         self.detached(|engine| async move {
             engine
-                .execute_held::<A>(&aggregate_id, command, metadata)
+                .execute_held::<A>(&aggregate_id, key, command, metadata, guard)
                 .await
         })
         .await
         .unwrap_or(Err(CommandError::ShuttingDown))
     }
 
-    /// [`Engine::execute_with`]'s keyed or guarded command, on its own task: one at a time
-    /// per key, through the guard.
+    /// [`Engine::execute_with`]'s command with idempotency key `key`, on its own task: one at
+    /// a time per key.
     async fn execute_held<A: Aggregate>(
         &self,
         aggregate_id: &str,
+        key: uuid::Uuid,
         command: A::Command,
         metadata: Metadata,
+        guard: Option<crate::sharding::Guard<A>>,
     ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
-        let Some(key) = metadata.idempotency_key else {
-            return self
-                .execute_guarded::<A>(aggregate_id, command, metadata)
-                .await;
-        };
         let lock = {
             let mut locks = self
                 .inner
@@ -1128,38 +1128,10 @@ impl Engine {
         };
         let result = {
             let _held = lock.lock().await;
-            // A key already recorded within its window goes straight to the aggregate, which
-            // answers the recorded result: the guard would take the repeat for a duplicate.
-            // Only a type with a guard needs this look-up (the entity makes its own).
-            let recorded = match self.inner.guards.contains_key(A::TYPE) {
-                false => Ok(false),
-                true => self
-                    .inner
-                    .journal
-                    .idempotency_record(A::TYPE, &key)
-                    .map_err(CommandError::Storage)
-                    .map(|record| {
-                        record.is_some_and(|r| {
-                            let retention =
-                                self.inner.rt.idempotency_retention_ms.saturating_mul(1000);
-                            r.recorded_at_micros.saturating_add(retention)
-                                > self.inner.rt.clock.now().timestamp_micros()
-                        })
-                    }),
-            };
-            // (An error falls through to the clean-up below: returned early, it left the
-            // key's lock in the map.)
-            match recorded {
-                Err(e) => Err(e),
-                Ok(true) => {
-                    self.send_execute::<A>(aggregate_id, command, metadata)
-                        .await
-                }
-                Ok(false) => {
-                    self.execute_guarded::<A>(aggregate_id, command, metadata)
-                        .await
-                }
-            }
+            // The aggregate answers a repeat, and asks the guard only when it is none (see
+            // `EntityState::execute`).
+            self.send_execute::<A>(aggregate_id, command, metadata, guard)
+                .await
         };
         let mut locks = self
             .inner
@@ -1173,48 +1145,30 @@ impl Engine {
         result
     }
 
+    /// The guard registered for `A`, if any.
+    fn guard<A: Aggregate>(&self) -> Option<crate::sharding::Guard<A>> {
+        self.inner
+            .guards
+            .get(A::TYPE)
+            .and_then(|g| g.downcast_ref::<crate::sharding::Guard<A>>())
+            .cloned()
+    }
+
     /// Sends a command to its entity and waits for the answer.
     async fn send_execute<A: Aggregate>(
         &self,
         aggregate_id: &str,
         command: A::Command,
         metadata: Metadata,
+        guard: Option<crate::sharding::Guard<A>>,
     ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
         self.send::<A, _>(aggregate_id, |reply| EntityMsg::Execute {
             command,
             metadata,
+            guard,
             reply,
         })
         .await
-    }
-
-    async fn execute_guarded<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-        command: A::Command,
-        metadata: Metadata,
-    ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
-        let guard = self
-            .inner
-            .guards
-            .get(A::TYPE)
-            .and_then(|g| g.downcast_ref::<Arc<dyn CommandGuard<A>>>())
-            .cloned();
-        let Some(guard) = guard else {
-            return self
-                .send_execute::<A>(aggregate_id, command, metadata)
-                .await;
-        };
-        let now = self.inner.rt.clock.now();
-        guard
-            .admit(aggregate_id, &command, now)
-            .map_err(CommandError::Rejected)?;
-        let for_settle = command.clone();
-        let result = self
-            .send_execute::<A>(aggregate_id, command, metadata)
-            .await;
-        guard.settle(aggregate_id, &for_settle, now, result.is_ok());
-        result
     }
 
     /// Fires every timer due by the engine's clock now, in deadline order, through the

@@ -7,6 +7,10 @@
 //! And a keyed or guarded command, which runs apart from its caller so that it can outlive
 //! it, still reaches its aggregate in the order its caller sent it: sent in one task
 //! together with a plain command after it, it runs first.
+//!
+//! And a retry of a guarded keyed command whose key's window ends while the retry waits in
+//! its aggregate's mailbox goes through the guard (the aggregate, not the engine before it,
+//! says what is a repeat).
 
 mod common;
 
@@ -61,9 +65,9 @@ async fn until(what: &str, done: impl Fn() -> bool) {
 
 /// The first keyed command waits in its entity's mailbox behind an unacknowledged one when
 /// its caller gives up. A retry with the key, sent then, is not admitted beside it: it
-/// waits, and answers the first command's event. The first is settled all the same. With
-/// the key's lock let go at the cancellation, the guard admitted the retry while the
-/// first was in flight, and never settled the first.
+/// waits, and answers the first command's event. The first is admitted and settled all the
+/// same. With the key's lock let go at the cancellation, the guard admitted the retry while
+/// the first was in flight, and never settled the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_keyed_command_keeps_its_key_and_is_settled() {
     let dir = tempfile::tempdir().unwrap();
@@ -85,20 +89,17 @@ async fn a_cancelled_keyed_command_keeps_its_key_and_is_settled() {
     })
     .await;
     let keyed = || Metadata::new("test").idempotency_key(uuid::Uuid::from_u128(7));
-    let first = {
-        let (engine, metadata) = (engine.clone(), keyed());
-        tokio::spawn(async move {
-            engine
-                .execute_with::<Counter>("c", CounterCommand::Add(10), metadata)
-                .await
-        })
-    };
-    until("the keyed command is admitted", || {
-        counts.admitted.load(Ordering::SeqCst) == 2
-    })
-    .await;
-    first.abort();
-    assert!(first.await.unwrap_err().is_cancelled());
+    {
+        let first = engine.execute_with::<Counter>("c", CounterCommand::Add(10), keyed());
+        let mut first = std::pin::pin!(first);
+        // One poll: a keyed command takes its first step — into its aggregate's mailbox,
+        // behind the plain one — in its caller's poll. Then its caller gives up.
+        tokio::select! {
+            biased;
+            _ = &mut first => panic!("the keyed command cannot be answered before the sync"),
+            _ = std::future::ready(()) => {}
+        }
+    }
     let retry = {
         let (engine, metadata) = (engine.clone(), keyed());
         tokio::spawn(async move {
@@ -148,5 +149,110 @@ async fn a_keyed_or_guarded_command_keeps_its_place_in_its_callers_order() {
         added.unwrap();
         checked.unwrap_or_else(|e| panic!("{id}: the check ran before the Add: {e}"));
     }
+    engine.shutdown().await.unwrap();
+}
+
+/// Refuses `Add(10)` once armed; counts what it admitted.
+struct ArmedGuard {
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    admitted: Arc<AtomicUsize>,
+}
+
+impl CommandGuard<Counter> for ArmedGuard {
+    fn admit(
+        &self,
+        _aggregate_id: &str,
+        command: &CounterCommand,
+        _now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), CounterError> {
+        if self.armed.load(Ordering::SeqCst) && *command == CounterCommand::Add(10) {
+            return Err(CounterError::TooLow(0));
+        }
+        self.admitted.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn settle(
+        &self,
+        _aggregate_id: &str,
+        _command: &CounterCommand,
+        _now: chrono::DateTime<chrono::Utc>,
+        _accepted: bool,
+    ) {
+    }
+}
+
+/// A retry of a guarded keyed command is sent while its key is recorded (a millisecond
+/// before its window ends) and reaches its aggregate, behind a command waiting for its sync,
+/// once the window has ended. The aggregate decides it afresh, so it must go through the
+/// guard, which refuses it. The engine used to look the key up itself and send a key it
+/// found recorded straight to the aggregate, past the guard: the retry was applied unguarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_whose_key_expires_on_its_way_goes_through_the_guard() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
+        .unwrap()
+        .to_utc();
+    let clock = Arc::new(evershard_engine::ManualClock::new(t0));
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let engine = Engine::builder(dir.path())
+        .register::<Counter>()
+        .guard::<Counter>(ArmedGuard {
+            armed: armed.clone(),
+            admitted: admitted.clone(),
+        })
+        .clock(clock.clone())
+        .idempotency_retention_ms(60_000)
+        .durability(Durability::Durable)
+        .open()
+        .await
+        .unwrap();
+    let keyed = || Metadata::new("test").idempotency_key(uuid::Uuid::from_u128(7));
+    engine
+        .execute_with::<Counter>("c", CounterCommand::Add(10), keyed())
+        .await
+        .unwrap();
+    armed.store(true, Ordering::SeqCst);
+
+    let gate = engine.journal().hold_syncs_for_tests();
+    let busy = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.execute::<Counter>("c", CounterCommand::Add(1)).await })
+    };
+    until("the plain command is written", || {
+        engine.journal().stats().unwrap().last_global_position >= 2
+    })
+    .await;
+    clock.set(t0 + chrono::TimeDelta::milliseconds(59_999));
+    let retry = engine.execute_with::<Counter>("c", CounterCommand::Add(10), keyed());
+    let mut retry = std::pin::pin!(retry);
+    // One poll: a keyed command takes its first step — up to its aggregate's mailbox — in
+    // its caller's poll.
+    tokio::select! {
+        biased;
+        _ = &mut retry => panic!("the retry cannot be answered before the sync"),
+        _ = std::future::ready(()) => {}
+    }
+    clock.set(t0 + chrono::TimeDelta::seconds(60));
+    drop(gate);
+    let retried = retry.await;
+    busy.await.unwrap().unwrap();
+    assert!(
+        matches!(
+            retried,
+            Err(evershard_engine::CommandError::Rejected(
+                CounterError::TooLow(0)
+            ))
+        ),
+        "past its window the retry is a new command, and its guard refuses it: {retried:?}"
+    );
+    let (state, _) = engine.state::<Counter>("c").await.unwrap();
+    assert_eq!(state.total, 11);
+    assert_eq!(
+        admitted.load(Ordering::SeqCst),
+        2,
+        "the first and the plain command"
+    );
     engine.shutdown().await.unwrap();
 }

@@ -2,8 +2,9 @@
 //! `decide` — e.g. "two identical payments (same payer, amount, currency, target) less than
 //! 10 s apart", where each payment is its own aggregate.
 //!
-//! A guard runs in the caller's task, before the command is routed to its aggregate
-//! (`admit`), and hears the outcome afterwards (`settle`). To be race-free, `admit` should
+//! A guard runs in the aggregate's actor once the command is known not to be an idempotent
+//! repeat, before `decide` and with the time `decide` sees (`admit`), and hears the outcome
+//! afterwards (`settle`); timer commands do not meet it. To be race-free, `admit` should
 //! *reserve* (record the command as if accepted) and `settle(accepted = false)` should take
 //! the reservation back: two identical commands sent at once then cannot both pass.
 //!
@@ -17,7 +18,8 @@ use crate::{Aggregate, EventEnvelope};
 use chrono::{DateTime, TimeDelta, Utc};
 
 pub trait CommandGuard<A: Aggregate>: Send + Sync + 'static {
-    /// Before routing. `Err` rejects the command (`CommandError::Rejected`); nothing is written.
+    /// Before `decide`, in the aggregate's actor (keep it quick: a lock and a map). `Err`
+    /// rejects the command (`CommandError::Rejected`); nothing is written.
     fn admit(
         &self,
         aggregate_id: &str,

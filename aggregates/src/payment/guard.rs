@@ -15,7 +15,7 @@
 //! the guard then fails open for those (a duplicate of a forgotten transaction passes), which
 //! is preferred over refusing every new payment. Rule (a) still holds inside each payment.
 //!
-//! Recommended engine use: `check` before routing the command and `record` only after the
+//! Recommended engine use: `check` before the command is decided and `record` only after the
 //! aggregate accepted it, so that a command rejected for another reason (amount above the
 //! limit, missing CVV) does not block a corrected one for 10 seconds. `check_and_record` does
 //! both at once for callers that record on arrival.

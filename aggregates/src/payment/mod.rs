@@ -83,7 +83,7 @@
 //!   (b) across payments by [`DuplicateTransactionGuard`], which the engine owns: an aggregate
 //!   cannot see other payments. The application installs it as an engine command guard,
 //!   `Engine::builder(..).guard::<Payment>(PaymentDuplicateGuard::new())`,
-//!   which reserves the fingerprint before routing and takes it back if the aggregate rejects
+//!   which reserves the fingerprint before `decide` and takes it back if the aggregate rejects
 //!   the command (tested in the root crate's `tests/payment_duplicate_guard.rs`). The duplicate check comes before the "attempt in progress"
 //!   check, so a fast identical repeat is reported as a duplicate.
 //! - **Refunds** may be partial; the sum of refunds never exceeds the completed amount. A

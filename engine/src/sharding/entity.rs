@@ -7,7 +7,9 @@ use crate::error::{CommandError, LoadError};
 use crate::journal::{keys, AppendRequest, NewEvent, Seal, StreamId, WriteOp};
 use crate::recovery as repository;
 use crate::snapshots::SnapshotJob;
-use evershard_model::{Aggregate, DecideContext, DomainEvent, EventEnvelope, Metadata};
+use evershard_model::{
+    Aggregate, CommandGuard, DecideContext, DomainEvent, EventEnvelope, Metadata,
+};
 use evershard_snapshots::SnapshotRecord;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;
@@ -23,10 +25,16 @@ pub(crate) type ExecuteResult<A> =
 pub(crate) type StateResult<A> =
     Result<(<A as Aggregate>::State, u64), CommandError<<A as Aggregate>::Error>>;
 
+/// The guard of an aggregate type (see [`CommandGuard`]).
+pub(crate) type Guard<A> = Arc<dyn CommandGuard<A>>;
+
 pub(crate) enum EntityMsg<A: Aggregate> {
     Execute {
         command: A::Command,
         metadata: Metadata,
+        /// The type's guard: asked by the aggregate once it knows the command is not an
+        /// idempotent repeat, at the time `decide` sees (see `EntityState::execute`).
+        guard: Option<Guard<A>>,
         reply: oneshot::Sender<ExecuteResult<A>>,
     },
     GetState {
@@ -397,7 +405,7 @@ impl<A: Aggregate> EntityState<A> {
         match wanted {
             Some((deadline, command)) if deadline <= now => {
                 let metadata = Metadata::new("evershard-timer");
-                self.execute(command, metadata).await?;
+                self.execute(command, metadata, None).await?;
                 if let Some((state, _)) = &self.loaded {
                     if let Some((next, _)) = A::next_timer(state) {
                         if next <= now {
@@ -446,7 +454,21 @@ impl<A: Aggregate> EntityState<A> {
         }
     }
 
-    async fn execute(&mut self, command: A::Command, metadata: Metadata) -> ExecuteResult<A> {
+    /// A command: its recorded result if its key is a repeat; else, through the type's guard
+    /// if it has one, decided and committed.
+    ///
+    /// The guard is asked here, after the repeat check and with the time `decide` sees, not
+    /// by the engine before it sends the command: a repeat must not meet the guard (which
+    /// would take it for a duplicate), and when the engine looked the key up itself, a key
+    /// whose window ended (or that the sweep removed) between its look and this one was
+    /// decided afresh past the guard (found by review, 2026-11-28). Settled here too, so a
+    /// caller that gave up cannot leave a reservation behind.
+    async fn execute(
+        &mut self,
+        command: A::Command,
+        metadata: Metadata,
+        guard: Option<Guard<A>>,
+    ) -> ExecuteResult<A> {
         self.ensure_loaded()?;
         let rt = self.args.rt.clone();
         // `DecideContext::new` keeps the store's resolution, so what `decide` saw is stored.
@@ -472,9 +494,50 @@ impl<A: Aggregate> EntityState<A> {
                 return result;
             }
         }
+        let Some(guard) = guard else {
+            return self
+                .decide_and_commit(&command, &metadata, ctx, claim)
+                .await;
+        };
+        let aggregate_id = &self.args.stream.aggregate_id;
+        let now = ctx.now;
+        match catch_unwind(AssertUnwindSafe(|| {
+            guard.admit(aggregate_id, &command, now)
+        })) {
+            Err(panic) => {
+                return Err(CommandError::HandlerPanicked {
+                    stream: self.args.stream.clone(),
+                    message: panic_message(panic),
+                })
+            }
+            Ok(Err(refusal)) => return Err(CommandError::Rejected(refusal)),
+            Ok(Ok(())) => {}
+        }
+        let result = self
+            .decide_and_commit(&command, &metadata, ctx, claim)
+            .await;
+        let accepted = result.is_ok();
+        let aggregate_id = &self.args.stream.aggregate_id;
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| {
+            guard.settle(aggregate_id, &command, now, accepted)
+        })) {
+            tracing::error!(stream = %self.args.stream, message = %panic_message(panic), "the guard's settle panicked");
+        }
+        result
+    }
+
+    /// [`Self::execute`] of a command that is not a repeat and was admitted.
+    async fn decide_and_commit(
+        &mut self,
+        command: &A::Command,
+        metadata: &Metadata,
+        ctx: DecideContext,
+        claim: Option<IdempotencyClaim>,
+    ) -> ExecuteResult<A> {
+        let rt = self.args.rt.clone();
         let (state, version) = self.loaded.as_mut().expect("loaded above");
         let version = *version;
-        let events = match catch_unwind(AssertUnwindSafe(|| A::decide(state, &command, &ctx))) {
+        let events = match catch_unwind(AssertUnwindSafe(|| A::decide(state, command, &ctx))) {
             Err(panic) => {
                 self.loaded = None;
                 let message = panic_message(panic);
@@ -803,9 +866,10 @@ impl<A: Aggregate> Actor for EntityActor<A> {
             EntityMsg::Execute {
                 command,
                 metadata,
+                guard,
                 reply,
             } => {
-                let result = Box::pin(state.execute(command, metadata)).await;
+                let result = Box::pin(state.execute(command, metadata, guard)).await;
                 let _ = reply.send(result);
             }
             EntityMsg::GetState { reply } => {

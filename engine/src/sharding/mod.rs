@@ -12,9 +12,9 @@ mod entity;
 pub(crate) use entity::panic_message;
 mod shard;
 
-pub(crate) use entity::EntityMsg;
 #[cfg(feature = "fault-injection")]
 pub(crate) use entity::{idempotency_ops, timer_ops};
+pub(crate) use entity::{EntityMsg, Guard};
 pub(crate) use shard::{Direct, Routes, ShardActor, ShardArgs, ShardMsg};
 
 use crate::journal::JournalWriter;
