@@ -273,8 +273,9 @@ impl EngineBuilder {
         self
     }
 
-    /// Adds a [`CommandGuard`] that every command to `A` passes before it is routed (one
-    /// guard per type; a second call replaces the first). `A` must also be registered.
+    /// Adds a [`CommandGuard`] that every command to `A` passes in its aggregate, before
+    /// `decide` (not an idempotent repeat, nor a timer command; one guard per type, a second
+    /// call replaces the first). `A` must also be registered.
     ///
     /// A guard with a [`CommandGuard::recovery_window`] is handed the events of `A` committed
     /// within that window before the clock's now, at open, before any command.

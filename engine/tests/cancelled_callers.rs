@@ -65,9 +65,10 @@ async fn until(what: &str, done: impl Fn() -> bool) {
 
 /// The first keyed command waits in its entity's mailbox behind an unacknowledged one when
 /// its caller gives up. A retry with the key, sent then, is not admitted beside it: it
-/// waits, and answers the first command's event. The first is admitted and settled all the
-/// same. With the key's lock let go at the cancellation, the guard admitted the retry while
-/// the first was in flight, and never settled the first.
+/// waits, and answers the first command's event; the key sent to another aggregate waits
+/// too, and is then refused as the first's. The first is admitted and settled all the same.
+/// With the key's lock let go at the cancellation, the key ran on the other aggregate while
+/// the first was in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_keyed_command_keeps_its_key_and_is_settled() {
     let dir = tempfile::tempdir().unwrap();
@@ -108,11 +109,29 @@ async fn a_cancelled_keyed_command_keeps_its_key_and_is_settled() {
                 .await
         })
     };
+    // The key for another aggregate of the type: only the key's lock keeps it from running
+    // beside the first (its aggregate is idle). Sent before the sync is let go.
+    let elsewhere = engine.execute_with::<Counter>("d", CounterCommand::Add(10), keyed());
+    let mut elsewhere = std::pin::pin!(elsewhere);
+    tokio::select! {
+        biased;
+        _ = &mut elsewhere => panic!("the key is held by the first command"),
+        _ = std::future::ready(()) => {}
+    }
     drop(gate);
     let retried = retry.await.unwrap().unwrap();
     busy.await.unwrap().unwrap();
     assert_eq!(retried.len(), 1, "the first command's event");
     assert_eq!(retried[0].sequence, 2);
+    let elsewhere = elsewhere.await;
+    assert!(
+        matches!(
+            elsewhere,
+            Err(evershard_engine::CommandError::IdempotencyConflict { .. })
+        ),
+        "the key is the first command's, for another aggregate: {elsewhere:?}"
+    );
+    assert_eq!(engine.state::<Counter>("d").await.unwrap().0.total, 0);
     let (state, _) = engine.state::<Counter>("c").await.unwrap();
     assert_eq!(state.total, 11, "the keyed command took effect once");
     assert_eq!(

@@ -221,6 +221,47 @@ fn look_ups_by_position_from_frame_starts_met_before_find_the_holding_frame() {
     check(&log, &mut (end - 1..end));
 }
 
+/// A frame of writes alone that ends a segment (trimmed at close) starts at the first
+/// position of the next segment: the start after the last frame of records there is no start
+/// of that position's frame, and a look-up of it after reading that frame finds the next
+/// segment's first frame (it once took the noted start, in the segment before, and failed an
+/// assertion).
+#[test]
+fn a_segment_ending_in_a_frame_of_writes_alone_does_not_mislead_the_next_look_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = DemoRng::new(seed());
+    let mut log = open(dir.path(), 0).unwrap();
+    fill(&mut log, &mut rng, 3);
+    let boundary = log.next_position();
+    let writes_alone = Frame {
+        first_position: boundary,
+        records: vec![],
+        writes: vec![FrameWrite::Remove { key: vec![b't', 1] }],
+    };
+    log.append(&writes_alone).unwrap();
+    log.sync().unwrap();
+    log.trim().unwrap();
+    drop(log);
+    let mut log = open(dir.path(), boundary).unwrap();
+    fill(&mut log, &mut rng, 3);
+    let files = segment_files(dir.path());
+    assert_eq!(
+        files.len(),
+        2,
+        "the frames after the reopen start a segment"
+    );
+    // Read the last frame of records of the first segment, as a reader does, and note its
+    // successor; then look up the next position.
+    let address = log.frame_address_of(boundary - 1).unwrap();
+    let (frame, next) = log.frame_at_address(address).unwrap();
+    assert_eq!(frame.end_position(), boundary);
+    log.note_frame_start(frame.end_position(), next);
+    let address = log.frame_address_of(boundary).unwrap();
+    let (frame, _) = log.frame_at_address(address).unwrap();
+    assert_eq!(frame.first_position, boundary);
+    assert!(!frame.records.is_empty(), "the next segment's first frame");
+}
+
 /// Scrubbable writes (a data subject's `D` entry, a wrapped data key's `d` entry) make their
 /// frame format 2, whose body CRC leaves their bytes out. A scrub zeroes those the caller
 /// picks in place and syncs them; a scrub torn part way through a key (bytes zeroed by hand

@@ -592,6 +592,36 @@ async fn a_time_or_offset_start_waits_for_the_index_to_cover_the_journal() {
     engine.shutdown().await.unwrap();
 }
 
+/// A consumer whose time start waits for the index (see above) is told when the index can
+/// no longer move (the journal refuses writes after a failed sync): it gets the error
+/// instead of an empty poll for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_waiting_for_an_index_that_cannot_move_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    engine.hold_topic_indexer_for_tests(true);
+    write(&engine, 0x5a6a_0012, 8, 20).await;
+    let mut consumer = engine
+        .consumer_with(
+            "late",
+            TOPIC,
+            ConsumerOptions {
+                start: StartFrom::Time(chrono::Utc::now()),
+            },
+        )
+        .unwrap();
+    engine.journal().fail_next_sync_for_tests();
+    let failed = engine
+        .execute::<Counter>("c-0", CounterCommand::Add(1))
+        .await;
+    assert!(failed.is_err(), "the failed sync refuses the command");
+    assert!(engine.journal().is_poisoned());
+    let polled = consumer.poll(1000, Duration::from_millis(20)).await;
+    assert!(matches!(polled, Err(TopicError::Storage(_))), "{polled:?}");
+    drop(consumer);
+    drop(engine);
+}
+
 /// Regression for the demo's saga stall (issue 9), at the subscription level: a group of four
 /// subscribed members started at a time commits its start position on every partition, also
 /// where no message came after the time, so its lag reaches 0 (a saga runner's `wait_idle`

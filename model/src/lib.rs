@@ -10,7 +10,7 @@
 //!   `#[derive(DomainEvent)]` writes that from `#[event(..)]` attributes on the enum.
 //! - [`EventEnvelope`]: what the journal stores around every event; [`StreamId`]: which
 //!   aggregate instance's stream it belongs to.
-//! - [`CommandGuard`]: rules that span aggregate instances, checked before a command is routed.
+//! - [`CommandGuard`]: rules that span aggregate instances, checked before a command is decided.
 //! - [`codec`]: the one place that turns values into bytes, behind a format byte: MessagePack
 //!   with named fields for events (format 2), bincode for snapshot states (format 1).
 //! - [`Money`]: integer minor units, never a binary float.

@@ -186,7 +186,7 @@ pub(super) struct LogParts {
     pub(super) index: Mutex<LogIndex>,
     /// The frames read last, newest first: the topic indexer, the topic readers and the
     /// Merkle maintainer each read consecutive positions, most in a frame they read just
-    /// before, or in the frame right after it (see [`LogParts::frame_holding`]).
+    /// before (see [`LogParts::frame_holding`]).
     recent_frames: Mutex<VecDeque<Arc<CachedFrame>>>,
     /// The frames of records the committer wrote last, as it wrote them: the topic indexer,
     /// a live consumer and the Merkle maintainer follow the log's tail, and before this

@@ -1431,8 +1431,11 @@ impl SegmentLog {
         let Some(segment) = i.checked_sub(1).map(|i| &self.segments[i]) else {
             return;
         };
+        // A frame of writes alone ending its segment starts at the next segment's first
+        // position: noted, a look-up of that position would start in the wrong segment.
         if address < segment.base_address + segment.used_bytes
             && segment.first_position <= first_position
+            && first_position < segment.end_position
         {
             self.located
                 .lock()
@@ -1460,18 +1463,25 @@ impl SegmentLog {
             .table
             .partition_point(|&(first, _)| first <= position);
         let (table_first, mut offset) = segment.table[t.checked_sub(1).ok_or_else(not_found)?];
-        let mut located = self.located.lock().unwrap_or_else(|e| e.into_inner());
-        // A start met before, nearer than the table's entry (and in this segment: between
-        // the entry and the position, whose segment holds both).
-        if let Some((_, &address)) = located.starts.range(table_first..=position).next_back() {
-            assert!(
-                address >= segment.base_address
-                    && address < segment.base_address + segment.used_bytes,
-                "a frame start noted for position {position} lies outside its segment"
-            );
+        let frames_end = segment.base_address + segment.used_bytes;
+        // A start met before, nearer than the table's entry: between the entry and the
+        // position, in this segment (any other is ignored, never trusted).
+        let remembered = self
+            .located
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .starts
+            .range(table_first..=position)
+            .next_back()
+            .map(|(_, &address)| address);
+        if let Some(address) =
+            remembered.filter(|&a| a >= segment.base_address + offset && a < frames_end)
+        {
             offset = address - segment.base_address;
         }
-        loop {
+        // Noted once the scan is done: the memo's lock is not held across the reads.
+        let mut met: Vec<(u64, u64)> = Vec::new();
+        let found = loop {
             let header = match segment.read_header(offset)? {
                 HeaderRead::Ok(h) => h,
                 _ => {
@@ -1484,15 +1494,20 @@ impl SegmentLog {
             };
             let end = header.first_position + header.records as u64;
             if position < end {
-                located.note(header.first_position, segment.base_address + offset);
-                return Ok(segment.base_address + offset);
+                met.push((header.first_position, segment.base_address + offset));
+                break segment.base_address + offset;
             }
             offset += header.frame_bytes();
-            if offset < segment.used_bytes {
+            if offset < segment.used_bytes && end < segment.end_position {
                 // The next frame starts at the end of this one.
-                located.note(end, segment.base_address + offset);
+                met.push((end, segment.base_address + offset));
             }
+        };
+        let mut located = self.located.lock().unwrap_or_else(|e| e.into_inner());
+        for (first_position, address) in met {
+            located.note(first_position, address);
         }
+        Ok(found)
     }
 }
 

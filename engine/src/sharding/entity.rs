@@ -206,6 +206,27 @@ pub(crate) fn command_digest<A: Aggregate>(aggregate_id: &str, command: &A::Comm
     h.finalize().into()
 }
 
+/// Settles an admitted command with the guard when dropped (see `EntityState::execute`).
+struct Settle<'a, A: Aggregate> {
+    guard: &'a Guard<A>,
+    aggregate_id: String,
+    command: &'a A::Command,
+    now: chrono::DateTime<chrono::Utc>,
+    accepted: bool,
+}
+
+impl<A: Aggregate> Drop for Settle<'_, A> {
+    fn drop(&mut self) {
+        let settled = catch_unwind(AssertUnwindSafe(|| {
+            self.guard
+                .settle(&self.aggregate_id, self.command, self.now, self.accepted)
+        }));
+        if let Err(panic) = settled {
+            tracing::error!(aggregate_id = %self.aggregate_id, message = %panic_message(panic), "the guard's settle panicked");
+        }
+    }
+}
+
 /// What an idempotent command records with its events.
 struct IdempotencyClaim {
     key: Uuid,
@@ -513,16 +534,19 @@ impl<A: Aggregate> EntityState<A> {
             Ok(Err(refusal)) => return Err(CommandError::Rejected(refusal)),
             Ok(Ok(())) => {}
         }
+        // Settled when dropped: after the answer, or if the engine's own code panics on the
+        // way (the actor then stops), as not accepted.
+        let mut settle = Settle {
+            guard: &guard,
+            aggregate_id: aggregate_id.clone(),
+            command: &command,
+            now,
+            accepted: false,
+        };
         let result = self
             .decide_and_commit(&command, &metadata, ctx, claim)
             .await;
-        let accepted = result.is_ok();
-        let aggregate_id = &self.args.stream.aggregate_id;
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| {
-            guard.settle(aggregate_id, &command, now, accepted)
-        })) {
-            tracing::error!(stream = %self.args.stream, message = %panic_message(panic), "the guard's settle panicked");
-        }
+        settle.accepted = result.is_ok();
         result
     }
 

@@ -339,10 +339,11 @@ pub struct Consumer {
     topic: String,
     member: u64,
     start: StartFrom,
-    /// For an offset or a time start: the journal's synced position when the consumer was
-    /// made. Such a start is decided only once the topic index covers it, so that an index
-    /// still catching up (just opened on a long journal) is not taken for the topic's whole
-    /// contents: a partition not indexed yet would have started at 0.
+    /// For an offset or a time start: the journal's acknowledged position when the consumer
+    /// was made (the indexer reaches it after the next sync). Such a start is decided only
+    /// once the topic index covers it, so that an index still catching up (just opened on a
+    /// long journal) is not taken for the topic's whole contents: a partition not indexed
+    /// yet would have started at 0.
     start_indexed_through: u64,
     generation: u64,
     /// Next offset to read, per assigned partition.
@@ -379,7 +380,7 @@ impl Consumer {
         let moved = rt.status.moved.subscribe();
         let generations = rt.generations.subscribe();
         let start_indexed_through = match options.start {
-            StartFrom::Offset(_) | StartFrom::Time(_) => rt.writer.synced_position(),
+            StartFrom::Offset(_) | StartFrom::Time(_) => rt.writer.durable_position(),
             StartFrom::Committed | StartFrom::Beginning => 0,
         };
         let member = rt.join(group, topic);
@@ -470,6 +471,10 @@ impl Consumer {
                 None if self.rt.status.cursor.load(Ordering::Acquire)
                     < self.start_indexed_through =>
                 {
+                    // An index that cannot move any more never will: say so, not wait.
+                    if self.rt.writer.is_poisoned() {
+                        return Err(TopicError::Storage(crate::error::StorageError::Poisoned));
+                    }
                     continue;
                 }
                 None => {
