@@ -303,6 +303,9 @@ mod tests {
             }
         }
         writer.write_merkle_batch(0, stored, &nodes).unwrap();
+        // Stored with the mark that the size follows the synced watermark (a floor for a
+        // writable open of the log).
+        assert_eq!(writer.reader().merkle_synced_size().unwrap(), Some(stored));
         let sizes = [0, 700, 1024, 3000, n - 1, n];
         let one = writer.check_tree_on(&leaves, &sizes, 1, 1 << 16).unwrap();
         assert_eq!(one.root, merkle::root_of_leaves(&leaves));

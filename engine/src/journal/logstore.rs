@@ -126,11 +126,12 @@ fn stored_cursor_keys(db: &sled::Db) -> Result<(u64, Option<u64>), StorageError>
 /// watermark), whichever is later. A bad frame below it is damage, not a torn last group:
 /// the log is refused rather than read as ending there (with a floor of 0, a read-only
 /// `verify` said "clean" of a log a damaged frame cut short: found by review, 2026-11-28).
-/// Not for a writable open, which keeps the heads' cursor: a store that a build before
-/// 2026-11-28 wrote in buffered mode may hold a tree size past what a power cut left of
-/// its log (its maintainer followed the acknowledged watermark), and refused there it could
-/// not be opened to write at all; a read-only open of it is refused, and a writable one
-/// cuts the torn group as before (then `verify` names the events the tree covered).
+/// A writable open uses the size only when a build that follows the synced watermark stored
+/// it ([`writable_floor`]): a store that a build before 2026-11-28 wrote in buffered mode may
+/// hold a tree size past what a power cut left of its log (its maintainer followed the
+/// acknowledged watermark), and refused there it could not be opened to write at all; a
+/// read-only open of it is refused, and a writable one cuts the torn group as before (then
+/// `verify` names the events the tree covered).
 fn read_only_floor(db: &sled::Db) -> Result<u64, StorageError> {
     let heads = logindex::stored_cursor(db)?.unwrap_or(0);
     let tree = match super::merkle::stored_size(db) {
@@ -142,6 +143,26 @@ fn read_only_floor(db: &sled::Db) -> Result<u64, StorageError> {
         }
     };
     Ok(heads.max(tree.saturating_add(1)))
+}
+
+/// For a writable open: the position below which the log was synced, as sled says: the
+/// heads checkpoint's cursor, or past the Merkle maintainer's size when a build that follows
+/// the synced watermark stored it (`merkle::SIZE_FOLLOWS_SYNCED_KEY`), whichever is later.
+/// A bad frame below it is damage: the log is refused. With the heads' cursor alone, a
+/// damaged frame of acknowledged events above it (written since the last checkpoint) was cut
+/// as a torn last group, with every frame after it (found by review, 2026-11-28). A size an
+/// older build stored is not used (see [`read_only_floor`]).
+fn writable_floor(db: &sled::Db) -> Result<u64, StorageError> {
+    let heads = logindex::stored_cursor(db)?.unwrap_or(0);
+    let tree = match super::merkle::stored_synced_size(db) {
+        Ok(size) => size.map_or(0, |s| s.saturating_add(1)),
+        // Its own damage is `verify`'s to report.
+        Err(e) => {
+            tracing::warn!(error = %e, "the stored Merkle size is unreadable: not used as a floor");
+            0
+        }
+    };
+    Ok(heads.max(tree))
 }
 
 /// A frame's writes into a sled batch, as the committer's batch would have held them.
@@ -284,7 +305,7 @@ impl LogParts {
     /// survived (a crash may have left it in the page cache only), brings the heads up to the
     /// log's end and re-applies the writes of the frames sled lost.
     pub(super) fn open_writable(dir: &Path, db: &sled::Db) -> Result<LogParts, StorageError> {
-        let floor = logindex::stored_cursor(db)?.unwrap_or(0);
+        let floor = writable_floor(db)?;
         // Frames behind the writes cursor may have been scrubbed (see `scrub_if_asked`); a
         // frame after it fails its key entries' CRC only when damaged.
         let (scrubbed_before, _) = stored_cursor_keys(db)?;
@@ -1042,7 +1063,9 @@ mod tests {
     /// and the Merkle maintainer past the log's last frames: a damaged last frame below the
     /// maintainer's size is refused as corrupt, where it was read as a torn last group and
     /// the log ended before it (a read-only `verify` said "clean"). With no stored tree it is
-    /// still a torn last group.
+    /// still a torn last group. A writable open refuses it too when the size was stored by a
+    /// maintainer that follows the synced watermark (it cut the frame, and every frame after
+    /// it), and cuts it as before under a size an older build stored.
     #[test]
     fn a_read_only_open_refuses_a_damaged_frame_the_tree_covered() {
         use crate::journal::{merkle, NewEvent};
@@ -1105,11 +1128,26 @@ mod tests {
         drop(torn);
         db.insert(merkle::SIZE_KEY, &50u64.to_le_bytes()[..])
             .unwrap();
+        // A writable open holds the log to a size stored by a maintainer that follows the
+        // synced watermark: the frame is damage, not a torn group (nothing is cut).
+        db.insert(merkle::SIZE_FOLLOWS_SYNCED_KEY, &[1u8][..])
+            .unwrap();
+        match LogParts::open_writable(dir.path(), &db) {
+            Err(StorageError::Corrupt { .. }) => {}
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(parts) => panic!("cut at {}", parts.next_position()),
+        }
         match LogParts::open_read_only(dir.path(), &db) {
             Err(StorageError::Corrupt { .. }) => {}
             Err(other) => panic!("refused for another reason: {other}"),
             Ok(parts) => panic!("read up to {} only", parts.next_position()),
         }
+        // A size an older build stored (no mark): a writable open cuts the damaged frame as a
+        // torn group, as before (such a size may lie past what a power cut left).
+        db.remove(merkle::SIZE_FOLLOWS_SYNCED_KEY).unwrap();
+        let cut = LogParts::open_writable(dir.path(), &db).unwrap();
+        assert_eq!(cut.next_position(), 46);
+        drop(cut);
         // Every segment file gone: no frame is met, and the log still ends below the floor.
         for segment in segments.iter().chain([&last]) {
             std::fs::remove_file(segment).unwrap();

@@ -26,6 +26,13 @@ pub const TREE: u8 = b'h';
 pub const STORED_LEVEL_MIN: u8 = 8;
 
 pub(crate) const SIZE_KEY: &[u8] = b"mmerkle-size";
+/// Present once a maintainer that follows the synced watermark stored the size (builds from
+/// 2026-11-28 on): the size is then a floor below which the log was synced, which a
+/// writable open of the segment log holds it to (see `logstore::writable_floor`). Written
+/// after the size, so that it is never seen beside a size an older build stored (whose
+/// maintainer, in buffered mode, followed the acknowledged watermark). Its own key, not a
+/// longer size value: builds that do not know it still read the size.
+pub(crate) const SIZE_FOLLOWS_SYNCED_KEY: &[u8] = b"mmerkle-size-synced";
 
 /// `h | level | index BE`.
 pub fn node_key(level: u8, index: u64) -> [u8; 10] {
@@ -186,6 +193,15 @@ impl JournalWriter {
     }
 }
 
+/// The stored tree size if a maintainer that follows the synced watermark stored it (see
+/// [`SIZE_FOLLOWS_SYNCED_KEY`]): every position up to it was synced.
+pub(crate) fn stored_synced_size(db: &sled::Db) -> Result<Option<u64>, StorageError> {
+    match db.get(SIZE_FOLLOWS_SYNCED_KEY)? {
+        Some(_) => stored_size(db).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// The tree size the stored nodes of `db` cover (0 before the maintainer's first batch).
 pub(crate) fn stored_size(db: &sled::Db) -> Result<u64, StorageError> {
     match db.get(SIZE_KEY)? {
@@ -200,6 +216,12 @@ impl Journal {
     /// The tree size the stored nodes cover (0 before the maintainer's first batch).
     pub(crate) fn merkle_size(&self) -> Result<u64, StorageError> {
         stored_size(&self.shared.db()?)
+    }
+
+    /// [`stored_synced_size`] of this store.
+    #[cfg(test)]
+    pub(crate) fn merkle_synced_size(&self) -> Result<Option<u64>, StorageError> {
+        stored_synced_size(&self.shared.db()?)
     }
 
     /// A stored complete-subtree hash, if the maintainer wrote it.
@@ -326,11 +348,14 @@ impl JournalWriter {
         }
         // The size last: a crash before it computes these nodes again, and readers trust
         // only nodes within the stored size (see `insert_then`).
+        let db = self.shared.db()?;
         super::insert_then(
-            &self.shared.db()?,
+            &db,
             writes,
             (SIZE_KEY.to_vec(), size_to.to_le_bytes().to_vec()),
-        )
+        )?;
+        db.insert(SIZE_FOLLOWS_SYNCED_KEY, &[1u8][..])?;
+        Ok(())
     }
 }
 
