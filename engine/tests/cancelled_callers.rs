@@ -21,11 +21,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Counts what the engine asks of a guard.
+/// Counts what the engine asks of a guard; once `armed`, the guard refuses `Add(10)`.
 #[derive(Default)]
 struct Counts {
     admitted: AtomicUsize,
     settled: AtomicUsize,
+    armed: std::sync::atomic::AtomicBool,
 }
 
 struct CountingGuard(Arc<Counts>);
@@ -34,9 +35,12 @@ impl CommandGuard<Counter> for CountingGuard {
     fn admit(
         &self,
         _aggregate_id: &str,
-        _command: &CounterCommand,
+        command: &CounterCommand,
         _now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), CounterError> {
+        if self.0.armed.load(Ordering::SeqCst) && *command == CounterCommand::Add(10) {
+            return Err(CounterError::TooLow(0));
+        }
         self.0.admitted.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -49,6 +53,16 @@ impl CommandGuard<Counter> for CountingGuard {
         _accepted: bool,
     ) {
         self.0.settled.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Polls a command's future once, which must not be answered yet: a keyed command takes
+/// its first step — into its aggregate's mailbox — in its caller's poll.
+async fn first_step<F: std::future::Future + Unpin>(command: &mut F, not_yet: &str) {
+    tokio::select! {
+        biased;
+        _ = command => panic!("{not_yet}"),
+        _ = std::future::ready(()) => {}
     }
 }
 
@@ -95,11 +109,11 @@ async fn a_cancelled_keyed_command_keeps_its_key_and_is_settled() {
         let mut first = std::pin::pin!(first);
         // One poll: a keyed command takes its first step — into its aggregate's mailbox,
         // behind the plain one — in its caller's poll. Then its caller gives up.
-        tokio::select! {
-            biased;
-            _ = &mut first => panic!("the keyed command cannot be answered before the sync"),
-            _ = std::future::ready(()) => {}
-        }
+        first_step(
+            &mut first,
+            "the keyed command cannot be answered before the sync",
+        )
+        .await;
     }
     let retry = {
         let (engine, metadata) = (engine.clone(), keyed());
@@ -113,11 +127,7 @@ async fn a_cancelled_keyed_command_keeps_its_key_and_is_settled() {
     // beside the first (its aggregate is idle). Sent before the sync is let go.
     let elsewhere = engine.execute_with::<Counter>("d", CounterCommand::Add(10), keyed());
     let mut elsewhere = std::pin::pin!(elsewhere);
-    tokio::select! {
-        biased;
-        _ = &mut elsewhere => panic!("the key is held by the first command"),
-        _ = std::future::ready(()) => {}
-    }
+    first_step(&mut elsewhere, "the key is held by the first command").await;
     drop(gate);
     let retried = retry.await.unwrap().unwrap();
     busy.await.unwrap().unwrap();
@@ -171,36 +181,6 @@ async fn a_keyed_or_guarded_command_keeps_its_place_in_its_callers_order() {
     engine.shutdown().await.unwrap();
 }
 
-/// Refuses `Add(10)` once armed; counts what it admitted.
-struct ArmedGuard {
-    armed: Arc<std::sync::atomic::AtomicBool>,
-    admitted: Arc<AtomicUsize>,
-}
-
-impl CommandGuard<Counter> for ArmedGuard {
-    fn admit(
-        &self,
-        _aggregate_id: &str,
-        command: &CounterCommand,
-        _now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), CounterError> {
-        if self.armed.load(Ordering::SeqCst) && *command == CounterCommand::Add(10) {
-            return Err(CounterError::TooLow(0));
-        }
-        self.admitted.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-
-    fn settle(
-        &self,
-        _aggregate_id: &str,
-        _command: &CounterCommand,
-        _now: chrono::DateTime<chrono::Utc>,
-        _accepted: bool,
-    ) {
-    }
-}
-
 /// A retry of a guarded keyed command is sent while its key is recorded (a millisecond
 /// before its window ends) and reaches its aggregate, behind a command waiting for its sync,
 /// once the window has ended. The aggregate decides it afresh, so it must go through the
@@ -213,14 +193,10 @@ async fn a_retry_whose_key_expires_on_its_way_goes_through_the_guard() {
         .unwrap()
         .to_utc();
     let clock = Arc::new(evershard_engine::ManualClock::new(t0));
-    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let admitted = Arc::new(AtomicUsize::new(0));
+    let counts = Arc::new(Counts::default());
     let engine = Engine::builder(dir.path())
         .register::<Counter>()
-        .guard::<Counter>(ArmedGuard {
-            armed: armed.clone(),
-            admitted: admitted.clone(),
-        })
+        .guard::<Counter>(CountingGuard(counts.clone()))
         .clock(clock.clone())
         .idempotency_retention_ms(60_000)
         .durability(Durability::Durable)
@@ -232,7 +208,7 @@ async fn a_retry_whose_key_expires_on_its_way_goes_through_the_guard() {
         .execute_with::<Counter>("c", CounterCommand::Add(10), keyed())
         .await
         .unwrap();
-    armed.store(true, Ordering::SeqCst);
+    counts.armed.store(true, Ordering::SeqCst);
 
     let gate = engine.journal().hold_syncs_for_tests();
     let busy = {
@@ -248,11 +224,7 @@ async fn a_retry_whose_key_expires_on_its_way_goes_through_the_guard() {
     let mut retry = std::pin::pin!(retry);
     // One poll: a keyed command takes its first step — up to its aggregate's mailbox — in
     // its caller's poll.
-    tokio::select! {
-        biased;
-        _ = &mut retry => panic!("the retry cannot be answered before the sync"),
-        _ = std::future::ready(()) => {}
-    }
+    first_step(&mut retry, "the retry cannot be answered before the sync").await;
     clock.set(t0 + chrono::TimeDelta::seconds(60));
     drop(gate);
     let retried = retry.await;
@@ -269,7 +241,7 @@ async fn a_retry_whose_key_expires_on_its_way_goes_through_the_guard() {
     let (state, _) = engine.state::<Counter>("c").await.unwrap();
     assert_eq!(state.total, 11);
     assert_eq!(
-        admitted.load(Ordering::SeqCst),
+        counts.admitted.load(Ordering::SeqCst),
         2,
         "the first and the plain command"
     );
