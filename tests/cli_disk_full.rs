@@ -41,7 +41,18 @@ fn demo(store: &Path, logs: &Path, seed: u64) -> (Option<i32>, String, String) {
         if started.elapsed() > Duration::from_millis(DEMO_BOUND_MS) {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("seed {seed}: the demo did not end within {DEMO_BOUND_MS} ms on a full disk");
+            // What it said last: where it stood when it stopped moving.
+            let tail = |p: &Path| {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            };
+            panic!(
+                "seed {seed}: the demo did not end within {DEMO_BOUND_MS} ms on a full disk\n\
+                 stdout (last lines):\n{}\nstderr (last lines):\n{}",
+                tail(&out_path),
+                tail(&err_path)
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     };
