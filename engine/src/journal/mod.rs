@@ -491,6 +491,31 @@ fn lock_marker(dir: &Path) -> Result<Option<File>, OpenError> {
     }
 }
 
+/// How long a reader's open tries the marker file's shared lock before it reports
+/// [`OpenError::Locked`]: the moment a closing writer's lock may outlive its close.
+const READER_MARKER_WAIT_MS_MAX: u64 = 250;
+
+/// Takes the marker file's shared lock, trying for up to [`READER_MARKER_WAIT_MS_MAX`]: an
+/// engine's exclusive `flock` belongs to the open file, and a process forked (to run a
+/// child) while the engine was open holds a copy of it until its `exec` closes it. So the
+/// lock can outlive the engine's `shutdown` by that moment: a test opening the store to
+/// read right after a shutdown was refused as `Locked` once in CI, while another test of the
+/// same binary started child processes (2026-11-28). A running engine still holds it after
+/// the wait: refused then.
+fn lock_marker_shared(marker: &File) -> bool {
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_millis(READER_MARKER_WAIT_MS_MAX);
+    loop {
+        if fs2::FileExt::try_lock_shared(marker).is_ok() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Whether a read-only open that failed this way can read a private copy instead.
 fn may_read_a_copy(e: &OpenError) -> bool {
     match e {
@@ -1379,7 +1404,7 @@ impl Journal {
         // open (or copy) keeps an engine from starting meanwhile.
         let marker = File::open(dir.join(probe::MARKER_FILE)).ok();
         if let Some(marker) = &marker {
-            if fs2::FileExt::try_lock_shared(marker).is_err() {
+            if !lock_marker_shared(marker) {
                 return Err(OpenError::Locked { dir });
             }
         }
