@@ -449,7 +449,8 @@ impl<'a> RecordView<'a> {
 
     /// The view of bytes known intact: bytes that passed [`RecordView::check`] before and
     /// stayed in this process's memory since, or whose SHA-256 the hash chain vouches for
-    /// (the next record's `prev_hash`, or the head's hash). The same parse without the CRC,
+    /// (the next record's `prev_hash`, or the head's hash), or that a segment log frame's
+    /// checked CRC covers (`seglog::Segment::read_frame`). The same parse without the CRC,
     /// which only guards the trip through storage. A stream read from the segment log checks
     /// each record's chain as it follows the pointers back (`logindex::read_back`); computing
     /// the CRC there and again to fold the records was a fifth of a full replay's time

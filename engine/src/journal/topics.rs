@@ -383,8 +383,8 @@ impl Journal {
         Ok(out)
     }
 
-    /// Visits the records at global positions `from..=to` in order, each checked once (CRC,
-    /// place) and handed over as its view and bytes: the topic indexer's and the topic
+    /// Visits the records at global positions `from..=to` in order, each checked once (CRC —
+    /// on the segment log the frame's —, place) and handed over as its view and bytes: the topic indexer's and the topic
     /// readers' read. On the segment log one pass over the positions; on sled the global
     /// index's runs, then each run's range scan. A position in the range without its record
     /// is a `MissingRecord` corruption.
@@ -400,7 +400,10 @@ impl Journal {
         let mut next = from;
         if let Some(log) = &self.shared.log {
             log.visit_positions(from, to, |position, bytes| {
-                let view = super::record::RecordView::check(bytes)
+                // Bytes of a frame the log checked as it read it (its body's CRC covers the
+                // records), or of one the committer wrote in this process: a record's own
+                // CRC again was a fiftieth of a live consumer's and the indexer's CPU.
+                let view = super::record::RecordView::of_checked(bytes)
                     .map_err(|e| StorageError::corrupt_store(Corruption::Record(e)))?;
                 if view.global_position != position {
                     return Err(misplaced_in_global_order(position, &view).into());
