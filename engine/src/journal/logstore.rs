@@ -133,16 +133,7 @@ fn stored_cursor_keys(db: &sled::Db) -> Result<(u64, Option<u64>), StorageError>
 /// read-only open of it is refused, and a writable one cuts the torn group as before (then
 /// `verify` names the events the tree covered).
 fn read_only_floor(db: &sled::Db) -> Result<u64, StorageError> {
-    let heads = logindex::stored_cursor(db)?.unwrap_or(0);
-    let tree = match super::merkle::stored_size(db) {
-        Ok(size) => size,
-        // Its own damage is `verify`'s to report: reads go on without it.
-        Err(e) => {
-            tracing::warn!(error = %e, "the stored Merkle size is unreadable: not used as a floor");
-            0
-        }
-    };
-    Ok(heads.max(tree.saturating_add(1)))
+    synced_floor(db, super::merkle::stored_size(db).map(Some))
 }
 
 /// For a writable open: the position below which the log was synced, as sled says: the
@@ -153,10 +144,19 @@ fn read_only_floor(db: &sled::Db) -> Result<u64, StorageError> {
 /// as a torn last group, with every frame after it (found by review, 2026-11-28). A size an
 /// older build stored is not used (see [`read_only_floor`]).
 fn writable_floor(db: &sled::Db) -> Result<u64, StorageError> {
+    synced_floor(db, super::merkle::stored_synced_size(db))
+}
+
+/// The later of the heads checkpoint's cursor and the position after `tree_size`, the Merkle
+/// size the open trusts (`None`: none).
+fn synced_floor(
+    db: &sled::Db,
+    tree_size: Result<Option<u64>, StorageError>,
+) -> Result<u64, StorageError> {
     let heads = logindex::stored_cursor(db)?.unwrap_or(0);
-    let tree = match super::merkle::stored_synced_size(db) {
+    let tree = match tree_size {
         Ok(size) => size.map_or(0, |s| s.saturating_add(1)),
-        // Its own damage is `verify`'s to report.
+        // Its own damage is `verify`'s to report: reads go on without it.
         Err(e) => {
             tracing::warn!(error = %e, "the stored Merkle size is unreadable: not used as a floor");
             0
