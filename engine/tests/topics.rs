@@ -1184,3 +1184,79 @@ async fn an_idle_member_commits_before_it_hands_a_partition_over() {
     );
     engine.shutdown().await.unwrap();
 }
+
+/// `offset_for_time` answers Kafka's `offsetsForTimes`: the first offset of a partition whose
+/// message's timestamp is at or after the time (the end offset when none is), also when
+/// timestamps do not rise with offsets (a clock that stepped back, equal timestamps), for a
+/// time between two microseconds, and through a reopened store's read-only view. The model
+/// is the partition read whole, message by message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_for_time_is_the_first_offset_at_or_after_the_time() {
+    let seed = 0x0ff5_e7a7;
+    eprintln!("seed {seed}");
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z")
+        .unwrap()
+        .to_utc();
+    let clock = Arc::new(ManualClock::new(t0));
+    let engine = open_on(dir.path(), &clock).await;
+    let mut rng = DemoRng::new(seed);
+    let mut last = 0;
+    for _ in 0..300 {
+        // Times within 40 ms of t0, in any order: many equal, many earlier than the last.
+        clock.set(t0 + chrono::TimeDelta::milliseconds(rng.below(40) as i64));
+        let id = format!("c-{}", rng.below(24));
+        let events = engine
+            .execute::<Counter>(&id, CounterCommand::Add(1))
+            .await
+            .unwrap();
+        last = events.last().unwrap().global_position;
+    }
+    assert!(engine.wait_indexed(last, WAIT).await);
+    let check = |log: &evershard_engine::TopicLog| {
+        let mut probes = vec![
+            t0 - chrono::TimeDelta::seconds(1),
+            t0 + chrono::TimeDelta::seconds(1),
+        ];
+        for ms in 0..40 {
+            let t = t0 + chrono::TimeDelta::milliseconds(ms);
+            probes.extend([
+                t,
+                t + chrono::TimeDelta::microseconds(1),
+                t - chrono::TimeDelta::microseconds(1),
+                // Between two microseconds: only a later message qualifies.
+                t + chrono::TimeDelta::nanoseconds(500),
+            ]);
+        }
+        let mut non_monotonic = 0;
+        for p in 0..8 {
+            let messages = log.read(TOPIC, p, 0, usize::MAX).unwrap();
+            non_monotonic += messages
+                .windows(2)
+                .filter(|w| w[1].timestamp < w[0].timestamp)
+                .count();
+            let end = log.end_offset(TOPIC, p).unwrap();
+            for &t in &probes {
+                let expected = messages
+                    .iter()
+                    .find(|m| m.timestamp >= t)
+                    .map_or(end, |m| m.offset);
+                assert_eq!(
+                    log.offset_for_time(TOPIC, p, t).unwrap(),
+                    expected,
+                    "partition {p}, time {t}"
+                );
+            }
+        }
+        assert!(
+            non_monotonic > 20,
+            "the timestamps go back and forth: {non_monotonic}"
+        );
+    };
+    check(&engine.topic_log().unwrap());
+    engine.shutdown().await.unwrap();
+    let journal = evershard_engine::Journal::open_read_only(dir.path()).unwrap();
+    let mut catalog = evershard_engine::TopicCatalog::new();
+    catalog.register::<Counter>();
+    check(&evershard_engine::TopicLog::read_only(&journal, catalog).unwrap());
+}
