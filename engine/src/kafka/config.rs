@@ -309,27 +309,67 @@ impl KafkaConfig {
         p
     }
 
-    /// `text` with the credentials (and extra property values) replaced by `<redacted>`.
+    /// `text` with the credentials (and extra property values) replaced by `<redacted>`. A
+    /// credential shorter than [`REDACTABLE_BYTES_MIN`] cannot be replaced without mangling
+    /// the rest of the text (a one-letter password is in most words): when the text holds
+    /// one, the whole text is withheld instead of shown with the credential in it.
     pub(crate) fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
         let mut secrets: Vec<&str> = Vec::new();
         if let Some(sasl) = &self.sasl {
             secrets.push(&sasl.password);
             secrets.push(&sasl.username);
         }
         secrets.extend(self.extra.iter().map(|(_, v)| v.as_str()));
+        secrets.retain(|s| !s.is_empty());
+        if secrets
+            .iter()
+            .any(|s| s.len() < REDACTABLE_BYTES_MIN && text.contains(s))
+        {
+            return WITHHELD.to_owned();
+        }
+        // The longest first: a credential inside another (a username inside its password)
+        // would otherwise leave the rest of the longer one in the text.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let mut out = text.to_owned();
         for s in secrets {
-            if s.len() >= 3 {
-                out = out.replace(s, "<redacted>");
-            }
+            out = out.replace(s, "<redacted>");
         }
         out
     }
 }
 
+/// Bytes a credential needs for [`KafkaConfig::redact`] to replace it in a text.
+const REDACTABLE_BYTES_MIN: usize = 3;
+
+/// What [`KafkaConfig::redact`] gives for a text that holds a credential too short to
+/// replace.
+const WITHHELD: &str = "<error text withheld: it may hold a credential too short to redact>";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_credential_withholds_the_text_and_a_longer_one_goes_first() {
+        let short = KafkaConfig::new("b:9092").sasl(SaslMechanism::Plain, "operator", "pw");
+        assert_eq!(short.redact("auth failed: bad pw for operator"), WITHHELD);
+        assert_eq!(
+            short.redact("broker down"),
+            "broker down",
+            "a text without the short credential is shown"
+        );
+        // The username inside another credential: the longer one goes first, whole.
+        let nested = KafkaConfig::new("b:9092")
+            .sasl(SaslMechanism::Plain, "bob", "s3cret-pw")
+            .set("ssl.key.password", "bob-key-1");
+        assert_eq!(
+            nested.redact("user bob, key bob-key-1"),
+            "user <redacted>, key <redacted>"
+        );
+        // An empty extra value redacts nothing and withholds nothing.
+        let empty = KafkaConfig::new("b:9092").set("ssl.key.password", "");
+        assert_eq!(empty.redact("tls failed"), "tls failed");
+    }
 
     #[test]
     fn debug_and_errors_never_show_credentials() {
