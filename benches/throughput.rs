@@ -1071,7 +1071,16 @@ async fn catch_up(dir: &std::path::Path, events: u64, seed: u64) {
     // the tree of the million leaves now. Measured beside it, the read met a one-off tree
     // build (a store an engine filled keeps its tree up to date as it goes).
     let deadline = Instant::now() + Duration::from_secs(3600);
-    while engine.tree_maintainer_status().map(|s| s.0) != Some(last) && Instant::now() < deadline {
+    loop {
+        let (size, error) = engine.tree_maintainer_status().expect("a maintainer");
+        assert!(error.is_none(), "the Merkle maintainer failed: {error:?}");
+        if size >= last {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Merkle maintainer is at {size} of {last}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut consumer = engine

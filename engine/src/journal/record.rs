@@ -447,8 +447,8 @@ impl<'a> RecordView<'a> {
         Self::parse(bytes, true)
     }
 
-    /// The view of bytes known intact: bytes that passed [`RecordView::check`] before and
-    /// stayed in this process's memory since, or whose SHA-256 the hash chain vouches for
+    /// The view of bytes known intact: bytes that passed [`RecordView::check`] before, or
+    /// that this process encoded, and stayed in its memory since, or whose SHA-256 the hash chain vouches for
     /// (the next record's `prev_hash`, or the head's hash), or that a segment log frame's
     /// checked CRC covers (`seglog::Segment::read_frame`). The same parse without the CRC,
     /// which only guards the trip through storage. A stream read from the segment log checks

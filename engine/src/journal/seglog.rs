@@ -626,6 +626,9 @@ impl Segment {
         FRAME_BODY.with_borrow_mut(|scratch| {
             let len = header.body_len as usize;
             if scratch.len() < len {
+                // Exactly: a doubled capacity past the bound below would free the buffer
+                // after every read of a frame a little larger than the last.
+                scratch.reserve_exact(len - scratch.len());
                 scratch.resize(len, 0);
             }
             let frame = self.check_body(header, offset, scrubbed_before, &mut scratch[..len]);

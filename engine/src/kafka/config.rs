@@ -309,33 +309,77 @@ impl KafkaConfig {
         p
     }
 
-    /// `text` with the credentials (and extra property values) replaced by `<redacted>`. A
-    /// credential shorter than [`REDACTABLE_BYTES_MIN`] cannot be replaced without mangling
-    /// the rest of the text (a one-letter password is in most words): when the text holds
-    /// one, the whole text is withheld instead of shown with the credential in it.
+    /// `text` with the credentials replaced by `<redacted>`: the SASL username and password,
+    /// and the values of the extra properties whose names say they are secret
+    /// ([`secret_property`]: passwords, keys, tokens, JAAS configuration); other extra values
+    /// (`acks`, `linger.ms`) are settings, and scrubbing them mangled texts (every `all` of
+    /// an `acks=all` configuration). Every occurrence of every credential is hidden, also
+    /// where two overlap. A credential shorter than [`REDACTABLE_BYTES_MIN`] is not searched
+    /// for (a one-letter password is in most words): a text in which one shows outside the
+    /// hidden parts is withheld whole instead of shown with the credential in it.
     pub(crate) fn redact(&self, text: &str) -> String {
         let mut secrets: Vec<&str> = Vec::new();
         if let Some(sasl) = &self.sasl {
             secrets.push(&sasl.password);
             secrets.push(&sasl.username);
         }
-        secrets.extend(self.extra.iter().map(|(_, v)| v.as_str()));
+        secrets.extend(
+            self.extra
+                .iter()
+                .filter(|(k, _)| secret_property(k))
+                .map(|(_, v)| v.as_str()),
+        );
         secrets.retain(|s| !s.is_empty());
-        if secrets
+        let mut hidden = vec![false; text.len()];
+        for s in secrets.iter().filter(|s| s.len() >= REDACTABLE_BYTES_MIN) {
+            for (at, _) in text.match_indices(s) {
+                hidden[at..at + s.len()].fill(true);
+            }
+        }
+        let short_shows = secrets
             .iter()
-            .any(|s| s.len() < REDACTABLE_BYTES_MIN && text.contains(s))
-        {
+            .filter(|s| s.len() < REDACTABLE_BYTES_MIN)
+            .any(|s| {
+                text.match_indices(s)
+                    .any(|(at, _)| !hidden[at..at + s.len()].iter().all(|h| *h))
+            });
+        if short_shows {
             return WITHHELD.to_owned();
         }
-        // The longest first: a credential inside another (a username inside its password)
-        // would otherwise leave the rest of the longer one in the text.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        let mut out = text.to_owned();
-        for s in secrets {
-            out = out.replace(s, "<redacted>");
+        // Runs of hidden bytes begin and end where a match does: on `char` boundaries.
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        while at < text.len() {
+            let run = hidden[at..]
+                .iter()
+                .take_while(|h| **h == hidden[at])
+                .count();
+            match hidden[at] {
+                true => out.push_str("<redacted>"),
+                false => out.push_str(&text[at..at + run]),
+            }
+            at += run;
         }
         out
     }
+}
+
+/// Whether an extra librdkafka property holds a secret, by its name (`ssl.key.password`,
+/// `ssl.keystore.password`, `sasl.oauthbearer.client.secret`, `sasl.jaas.config`, ...).
+fn secret_property(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "key",
+        "token",
+        "jaas",
+        "credential",
+        "pem",
+        "sasl.username",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
 }
 
 /// Bytes a credential needs for [`KafkaConfig::redact`] to replace it in a text.
@@ -369,6 +413,24 @@ mod tests {
         // An empty extra value redacts nothing and withholds nothing.
         let empty = KafkaConfig::new("b:9092").set("ssl.key.password", "");
         assert_eq!(empty.redact("tls failed"), "tls failed");
+        // Settings are not secrets: short or not, they leave the text alone.
+        let settings = KafkaConfig::new("b:9092")
+            .set("acks", "all")
+            .set("linger.ms", "5");
+        let text = "Connect to ipv4#10.0.0.5:9092 failed: all brokers down";
+        assert_eq!(settings.redact(text), text);
+        // Overlapping credentials are hidden together; a short one inside a hidden part
+        // does not withhold the text.
+        let overlap = KafkaConfig::new("b:9092")
+            .sasl(SaslMechanism::Plain, "ab", "abcd-pass")
+            .set("sasl.oauthbearer.client.secret", "pass-wxyz");
+        assert_eq!(overlap.redact("got abcd-pass-wxyz!"), "got <redacted>!");
+        // A credential that is a piece of the marker does not garble an earlier marker.
+        let marker = KafkaConfig::new("b:9092").sasl(SaslMechanism::Plain, "red", "s3cret-pw");
+        assert_eq!(
+            marker.redact("s3cret-pw for red"),
+            "<redacted> for <redacted>"
+        );
     }
 
     #[test]

@@ -227,8 +227,8 @@ fn extend_runs(runs: &mut Vec<TopicRun>, event: &Routed<'_>) {
     });
 }
 
-/// Plans the events at global positions `from..=to`, in order: each record checked (CRC,
-/// place) once and routed from its stored bytes (see [`Journal::visit_global`]). A record is
+/// Plans the events at global positions `from..=to`, in order: each record checked (CRC —
+/// on the segment log its frame's —, place) once and routed from its stored bytes (see [`Journal::visit_global`]). A record is
 /// decoded (and, if encrypted, opened) only when its topics depend on its payload — for the
 /// derived events, never: before, every event was decoded into a `Record` (its strings and
 /// payload copied, an encrypted one decrypted) to read its type.

@@ -443,8 +443,8 @@ impl RunReader<'_> {
             let transcoder = &mut *self.transcoder;
             let writer = &mut *self.writer;
             let mut i = 0u64;
-            // One pass over the run's positions; each record checked (CRC, place) and
-            // rendered from its stored bytes in place: nothing is copied out of the journal
+            // One pass over the run's positions; each record checked (CRC — on the segment
+            // log its frame's —, place) and rendered from its stored bytes in place: nothing is copied out of the journal
             // but the message.
             journal.visit_global(
                 first_position,
