@@ -196,7 +196,7 @@ enum Cipher {
     /// ring's AES-256-GCM: the same algorithm and bytes as RustCrypto's `aes-gcm`, which
     /// sealed the first AES-256-GCM records, at half its cost per record (291 → 141 ns to
     /// open 250 bytes on this machine): what kept replay of a sealed store from 85% of a plain
-    /// one (README, "Performance").
+    /// one (docs/performance-history.md).
     Aes256Gcm(ring::aead::LessSafeKey),
 }
 
