@@ -1530,6 +1530,31 @@ impl Engine {
             .load(std::sync::atomic::Ordering::Acquire))
     }
 
+    /// Sends the timer of `aggregate_id` (of a registered `aggregate_type`) found due at
+    /// `deadline` (microseconds), as the scheduler does for an entry it read: for tests of
+    /// an entry that moved between the scheduler's read and the fire.
+    #[cfg(feature = "fault-injection")]
+    pub async fn fire_timer_for_tests(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        deadline: i64,
+    ) -> Result<bool, String> {
+        let fire = self
+            .inner
+            .fire
+            .get(aggregate_type)
+            .ok_or("not registered")?;
+        fire(self.clone(), aggregate_id.to_owned(), deadline).await
+    }
+
+    /// Where the segment log's frames end (`None` on the sled layout): a test's proof that
+    /// nothing was written.
+    #[cfg(feature = "fault-injection")]
+    pub fn log_end_for_tests(&self) -> Option<u64> {
+        self.inner.journal.reader().log_end()
+    }
+
     /// Keeps the topic indexer from indexing anything new while `held`: for tests of readers
     /// that find the index behind the journal.
     #[cfg(feature = "fault-injection")]

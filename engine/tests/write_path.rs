@@ -701,3 +701,31 @@ async fn a_stray_timer_entry_is_removed_when_it_fires() {
     assert!(engine.journal().timer(&stream).unwrap().is_none());
     engine.shutdown().await.unwrap();
 }
+
+/// A timer the scheduler read that a command moved (or removed) before it fired finds no
+/// entry left: the fire does nothing and writes nothing (before, it wrote a frame removing
+/// the entry that was no longer there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_of_a_timer_moved_since_the_scheduler_read_it_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder(dir.path())
+        .register::<Counter>()
+        .write_path(WritePath::Log)
+        .open()
+        .await
+        .unwrap();
+    engine
+        .execute::<Counter>("c-1", CounterCommand::Add(1))
+        .await
+        .unwrap();
+    let end = engine.log_end_for_tests().expect("a store on the log");
+    // Counter asks for no timer: the entry of an hour ago is gone, as if moved.
+    let gone = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
+    assert_eq!(
+        engine.fire_timer_for_tests("Counter", "c-1", gone).await,
+        Ok(false)
+    );
+    assert_eq!(engine.log_end_for_tests(), Some(end), "nothing was written");
+    assert_eq!(engine.history::<Counter>("c-1").unwrap().len(), 1);
+    engine.shutdown().await.unwrap();
+}

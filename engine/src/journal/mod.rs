@@ -2106,16 +2106,41 @@ impl Journal {
         key.open(&bytes[1..], &aad).unwrap_or(bytes)
     }
 
+    /// Where the segment log's frames end (`None` on the sled layout).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn log_end(&self) -> Option<u64> {
+        self.shared
+            .log
+            .as_ref()
+            .map(|log| log.read_log().end_of_frames())
+    }
+
+    /// The value of a timer keyspace's `key`: a held write first (see `deferred`), for sled
+    /// may not have it yet.
+    fn timer_value(&self, key: &[u8]) -> Result<Option<sled::IVec>, StorageError> {
+        let db = self.shared.db()?;
+        Ok(
+            match self.shared.log.as_ref().and_then(|p| p.deferred.get(key)) {
+                Some(held) => held.map(sled::IVec::from),
+                None => db.get(key)?,
+            },
+        )
+    }
+
+    /// Whether the timer entry of `stream` at `deadline` (microseconds) is stored.
+    pub(crate) fn has_timer_entry(
+        &self,
+        deadline: i64,
+        stream: &StreamId,
+    ) -> Result<bool, StorageError> {
+        Ok(self
+            .timer_value(&keys::timer_key(deadline, stream))?
+            .is_some())
+    }
+
     /// Where a stream's timer is (its deadline, microseconds), read from its reverse entry.
     pub(crate) fn timer_of(&self, stream: &StreamId) -> Result<Option<i64>, StorageError> {
-        let db = self.shared.db()?;
-        let key = keys::timer_by_stream_key(stream);
-        // A held write first (see `deferred`): sled may not have it yet.
-        let value = match self.shared.log.as_ref().and_then(|p| p.deferred.get(&key)) {
-            Some(held) => held.map(sled::IVec::from),
-            None => db.get(&key)?,
-        };
-        let Some(value) = value else {
+        let Some(value) = self.timer_value(&keys::timer_by_stream_key(stream))? else {
             return Ok(None);
         };
         let raw: [u8; 8] = value.as_ref().try_into().map_err(|_| {

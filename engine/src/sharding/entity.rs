@@ -441,8 +441,17 @@ impl<A: Aggregate> EntityState<A> {
                 let mut ops = timer_ops(&self.args.stream, self.timer, want);
                 // The entry the scheduler fired is not this aggregate's timer (a buffered
                 // store's crash can leave a `t` entry without its `T`): removed, or it would
-                // fire at every pass (found by review, 2026-11-28).
-                if Some(fired) != self.timer && Some(fired) != want {
+                // fire at every pass (found by review, 2026-11-28). Only if it is there: a
+                // command that moved the timer after the scheduler read its page removed
+                // it, and a removal of nothing was a frame written by a timer that found
+                // nothing to do (found by review, 2026-11-28).
+                if Some(fired) != self.timer
+                    && Some(fired) != want
+                    && rt
+                        .journal
+                        .has_timer_entry(fired, &self.args.stream)
+                        .map_err(CommandError::Storage)?
+                {
                     ops.push(WriteOp::Remove {
                         key: keys::timer_key(fired, &self.args.stream),
                     });
