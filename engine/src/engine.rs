@@ -1628,6 +1628,13 @@ impl Engine {
         handler: impl Handler,
         options: SubscriptionOptions,
     ) -> Result<Subscription, TopicError> {
+        if options.batch_messages_max == 0 {
+            // A member that polls for nothing holds its partitions and never reads them.
+            return Err(TopicError::InvalidOption {
+                option: "batch_messages_max",
+                reason: "must be at least 1",
+            });
+        }
         let consumer = self.consumer_with(group, topic, options.consumer)?;
         Ok(crate::topics::subscribe::start(
             consumer,

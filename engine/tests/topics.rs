@@ -1282,3 +1282,105 @@ async fn offset_for_time_is_the_first_offset_at_or_after_the_time() {
     );
     check(&view);
 }
+
+/// A subscription on the dead-letter topic whose handler fails a letter does not
+/// dead-letter it again (its letter would be a new message of the same topic, failed by the
+/// same handler, without end): the topic keeps the one letter and the group reaches lag 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_its_handler_fails_is_not_dead_lettered_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let invalid = |_m: Message| async { Err(HandlerError::Validation("no".into())) };
+    let sub = engine.subscribe("h", TOPIC, invalid).unwrap();
+    let last = write(&engine, 0xd1, 1, 1).await;
+    assert!(engine.wait_indexed(last, WAIT).await);
+    wait_until("the event is dead-lettered", || sub.dead_lettered() == 1).await;
+    sub.stop().await.unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let alerting = move |_m: Message| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { Err(HandlerError::Processing("webhook down".into())) }
+    };
+    let options = SubscriptionOptions {
+        retry: RetryPolicy {
+            max_attempts: 2,
+            initial_backoff_ms: 1,
+            multiplier: 1.0,
+            max_backoff_ms: 1,
+        },
+        consumer: ConsumerOptions {
+            start: StartFrom::Beginning,
+        },
+        ..SubscriptionOptions::default()
+    };
+    let alerts = engine
+        .subscribe_with("alerts", DLQ_TOPIC, alerting, options)
+        .unwrap();
+    wait_until("the letter was tried twice", || {
+        calls.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    // Whatever it wrote is durable and indexed once the group reached lag 0.
+    wait_until("the alerts group reaches lag 0", || {
+        engine.consumer_lag("alerts", DLQ_TOPIC).unwrap().total() == 0
+    })
+    .await;
+    let end = engine.journal().durable_position();
+    assert!(engine.wait_indexed(end, WAIT).await);
+    assert_eq!(alerts.dead_lettered(), 0);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "tried twice, then passed");
+    alerts.stop().await.unwrap();
+    let log = engine.topic_log().unwrap();
+    assert_eq!(log.topic(DLQ_TOPIC).unwrap().messages(), 1, "one letter");
+    engine.shutdown().await.unwrap();
+}
+
+/// A poll for no message returns at once; a poll whose timeout no clock can hold
+/// (`Duration::MAX`) returns the messages there; a subscription asking for batches of no
+/// message is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_of_no_messages_or_for_ever_and_empty_batches_are_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let last = write(&engine, 0xb0, 4, 10).await;
+    assert!(engine.wait_indexed(last, WAIT).await);
+    let mut consumer = engine.consumer("g", TOPIC).unwrap();
+    let started = Instant::now();
+    assert!(consumer
+        .poll(0, Duration::from_secs(3600))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "returned at once"
+    );
+    assert_eq!(
+        consumer.poll(100, Duration::MAX).await.unwrap().len(),
+        10,
+        "no panic: the messages there"
+    );
+    let refused = engine
+        .subscribe_with(
+            "h",
+            TOPIC,
+            |_m: Message| async { Ok(()) },
+            SubscriptionOptions {
+                batch_messages_max: 0,
+                ..SubscriptionOptions::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            TopicError::InvalidOption {
+                option: "batch_messages_max",
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    engine.shutdown().await.unwrap();
+}

@@ -329,6 +329,8 @@ const POLL_RESERVE_MESSAGES: usize = 1024;
 /// Messages a poll reads from one partition before the next partition's turn (see
 /// [`Consumer::try_poll`]).
 const PARTITION_TURN_MESSAGES_MAX: usize = 256;
+/// The longest a poll waits (a year), for a timeout too long for a clock's `Instant`.
+const POLL_WAIT_SECS_MAX: u64 = 365 * 24 * 3600;
 
 /// A member of a consumer group reading one topic. Dropping it leaves the group (its
 /// partitions move to the other members); uncommitted progress is then redelivered.
@@ -448,6 +450,11 @@ impl Consumer {
         let mine = self
             .rt
             .settle(&self.group, &self.topic, self.member, &wanted);
+        // What `settle` gave up is gone now, whatever fails below: kept, a stale position
+        // would come back with the partition (the messages another member handled meanwhile
+        // read again, its commit moved back: found by review, 2026-11-28).
+        self.positions.retain(|p, _| mine.contains(p));
+        self.durable.retain(|p, _| mine.contains(p));
         // The durable offsets are read only when a partition is new to this member.
         let committed = if mine.iter().any(|p| !self.positions.contains_key(p)) {
             self.rt.committed(&self.group, &self.topic)?
@@ -595,7 +602,15 @@ impl Consumer {
         max: usize,
         timeout: Duration,
     ) -> Result<Vec<Message>, TopicError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        // A timeout past what an `Instant` can hold (`Duration::MAX` for "for ever") waits
+        // as long as one can: the sum panicked (found by review, 2026-11-28).
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(POLL_WAIT_SECS_MAX));
         loop {
             // Mark the current values seen before reading, so a change after the read wakes us.
             self.moved.borrow_and_update();

@@ -524,6 +524,11 @@ pub enum TopicError {
     },
     #[error("not a dead-letter message: {reason}")]
     NotDeadLetter { reason: String },
+    #[error("invalid {option}: {reason}")]
+    InvalidOption {
+        option: &'static str,
+        reason: &'static str,
+    },
     #[error("the engine is shutting down")]
     ShuttingDown,
     #[error("topics are turned off for this engine (EngineBuilder::topic_indexer(false))")]

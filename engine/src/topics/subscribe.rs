@@ -250,7 +250,14 @@ impl Worker {
                     for (p, end) in read_on {
                         self.consumer.seek(p, end);
                     }
-                    batch.extend(rest.into_iter().filter(|m| wanted.contains(&m.partition)));
+                    // Kept: the messages of partitions this member still holds after the
+                    // commit (which gives up what moved away); `wanted` alone was the
+                    // assignment before it, which a second change may have moved on (found
+                    // by review, 2026-11-28).
+                    let consumer = &self.consumer;
+                    batch.extend(rest.into_iter().filter(|m| {
+                        wanted.contains(&m.partition) && consumer.position(m.partition).is_some()
+                    }));
                     last_commit = Instant::now();
                     continue;
                 }
@@ -327,6 +334,13 @@ impl Worker {
                         g.handled.insert(message.event_id);
                     }
                 }
+            }
+            Some((reason, text)) if message.topic() == super::DLQ_TOPIC => {
+                // A dead letter whose handler fails is not dead-lettered again: its letter
+                // would be a new message of this topic, handed to the same handler, failed
+                // again — a loop that grows the journal without end (found by review,
+                // 2026-11-28). Logged, counted as failed by the metrics above, and passed.
+                tracing::error!(group = %key.0, partition = message.partition, offset = message.offset, ?reason, error = %text, attempts = attempt, "a handler failed a dead letter: it is not dead-lettered again");
             }
             Some((reason, text)) => {
                 let letter = DeadLetter::new(reason, text, attempt, &key.0, message);
