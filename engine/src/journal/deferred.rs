@@ -35,8 +35,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub(super) const DEFERRED_KEYS_MAX: usize = if cfg!(test) { 32 } else { 65_536 };
 
 /// Bytes of log past the first frame whose timer writes are held, after which the syncer
-/// applies them however few they are: what a writable open after a crash reads again at
-/// most for them.
+/// takes them however few they are. What a writable open after a crash reads again for them
+/// is this plus what the log grows while a taken set is still being applied (128 keys per
+/// sync, so at most 512 syncs for [`DEFERRED_KEYS_MAX`] keys): the cursor stays at the
+/// taken set's first frame until it is all in sled (found by review, 2026-11-28).
 pub(super) const DEFERRED_LAG_BYTES_MAX: u64 = 64 << 20;
 
 /// Whether `key` is one of the writes the syncer defers (the timer keyspaces).
