@@ -236,6 +236,38 @@ fn digests_proofs_and_consistency_round_trip_and_forgeries_are_refused() {
         "key.pub",
     );
     assert!(out.contains("REFUSED"), "{out}");
+    // The event type alone changed: every field the file states is the record's.
+    let mut forged = proof.clone();
+    forged["event_type"] = "OrderCancelled".into();
+    let out = check(
+        &write_json(&t.join("f4.json"), &forged),
+        "old.json",
+        "key.pub",
+    );
+    assert!(out.contains("REFUSED: the proof names"), "{out}");
+    // A leaf index at the end of u64: refused, not a crash.
+    let mut forged = proof.clone();
+    forged["leaf_index"] = u64::MAX.into();
+    let out = check(
+        &write_json(&t.join("f5.json"), &forged),
+        "old.json",
+        "key.pub",
+    );
+    assert!(out.contains("REFUSED: leaf index"), "{out}");
+    // Hex with a sign: `+5` is not `05` (one record, one spelling).
+    let mut forged = proof.clone();
+    let record = forged["record"].as_str().unwrap().to_owned();
+    let at = (0..record.len())
+        .step_by(2)
+        .find(|&i| record.as_bytes()[i] == b'0')
+        .expect("a byte below 0x10 in the record");
+    forged["record"] = format!("{}+{}", &record[..at], &record[at + 1..]).into();
+    let out = check(
+        &write_json(&t.join("f6.json"), &forged),
+        "old.json",
+        "key.pub",
+    );
+    assert!(out.contains("REFUSED: record is not hex"), "{out}");
     // The proof checked against the new digest (another tree).
     let out = check(&proof_file, "new.json", "key.pub");
     assert!(out.contains("REFUSED: the proof is for a tree of"), "{out}");

@@ -29,8 +29,11 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The bytes of hex text: two hex digits per byte and nothing else (`from_str_radix` alone
+/// took `+f` for `0f`, so one signed digest had several spellings: found by review,
+/// 2026-11-28).
 pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())
@@ -284,26 +287,40 @@ fn hash32(text: &str, what: &str) -> Result<Hash, String> {
 pub fn check_inclusion(proof: &InclusionProofFile, digest: &DigestFile) -> Result<String, String> {
     let bytes = unhex(&proof.record).ok_or("record is not hex")?;
     let record = Record::decode(&bytes).map_err(|e| format!("the record does not decode: {e}"))?;
+    // Every field the file states about the record is the record's (the event type was not
+    // compared: a file could name another type and still be "valid", found by review,
+    // 2026-11-28).
     let claimed = (
         proof.aggregate_type.as_str(),
         proof.aggregate_id.as_str(),
+        proof.event_type.as_str(),
         proof.sequence,
         proof.global_position,
     );
     let actual = (
         record.aggregate_type.as_str(),
         record.aggregate_id.as_str(),
+        record.event_type.as_str(),
         record.sequence,
         record.global_position,
     );
     if claimed != actual {
         return Err(format!(
-            "the proof names {}/{} sequence {} position {}, the record says {}/{} sequence {} \
-             position {}",
-            claimed.0, claimed.1, claimed.2, claimed.3, actual.0, actual.1, actual.2, actual.3
+            "the proof names {}/{} {} sequence {} position {}, the record says {}/{} {} \
+             sequence {} position {}",
+            claimed.0,
+            claimed.1,
+            claimed.2,
+            claimed.3,
+            claimed.4,
+            actual.0,
+            actual.1,
+            actual.2,
+            actual.3,
+            actual.4
         ));
     }
-    if proof.leaf_index + 1 != record.global_position {
+    if proof.leaf_index.checked_add(1) != Some(record.global_position) {
         return Err(format!(
             "leaf index {} is not the record's global position {} - 1",
             proof.leaf_index, record.global_position
