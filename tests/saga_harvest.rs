@@ -165,3 +165,108 @@ fn the_harvest_saga_of_the_docs_runs_end_to_end() {
         engine.shutdown().await.unwrap();
     });
 }
+
+/// A step that keeps failing (its target down) is dead-lettered and its saga waits; once the
+/// cause is gone, `SagaRunner::redrive` hands the letter to the dispatcher again: the plant
+/// is harvested and the saga ends. A message that is not a dead letter is refused.
+#[test]
+fn a_dead_lettered_step_is_re_driven_through_the_runner() {
+    use evershard::engine::{
+        send_to, HandlerError, RetryPolicy, SagaRunner, SubscriptionOptions, TopicError, DLQ_TOPIC,
+    };
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let engine = Engine::builder(dir.path())
+            .register::<Plant>()
+            .register::<HarvestSaga>()
+            .open()
+            .await
+            .unwrap();
+        let down = Arc::new(AtomicBool::new(true));
+        let target_down = down.clone();
+        let runner = SagaRunner::builder::<HarvestSaga>(&engine, "cultivation.harvest.v1")
+            .observe::<Plant>(TOPIC, |envelope| match &envelope.payload {
+                PlantEvent::PlantStageChanged(c) if c.new_stage == PlantStage::Ready => {
+                    let plant_id = envelope.aggregate_id.clone();
+                    Some((plant_id.clone(), HarvestCommand::PlantReady { plant_id }))
+                }
+                PlantEvent::PlantHarvested(_) => Some((
+                    envelope.aggregate_id.clone(),
+                    HarvestCommand::PlantHarvested,
+                )),
+                _ => None,
+            })
+            .dispatch(move |engine, send| {
+                let down = target_down.load(Ordering::SeqCst);
+                Box::pin(async move {
+                    if down {
+                        return Err(HandlerError::Processing("the plant service is down".into()));
+                    }
+                    let (plant_id, command) = send.command;
+                    send_to::<Plant>(&engine, &plant_id, command, send.metadata).await
+                })
+            })
+            .on_rejected(|rejected| HarvestCommand::StepRejected {
+                step: rejected.step.clone(),
+                error: rejected.error.clone(),
+            })
+            .options(SubscriptionOptions {
+                retry: RetryPolicy {
+                    max_attempts: 2,
+                    initial_backoff_ms: 1,
+                    multiplier: 1.0,
+                    max_backoff_ms: 1,
+                },
+                ..SubscriptionOptions::default()
+            })
+            .start()
+            .unwrap();
+        let plant = Uuid::new_v4();
+        let id = plant.to_string();
+        engine.execute::<Plant>(&id, create(plant)).await.unwrap();
+        engine.execute::<Plant>(&id, ready()).await.unwrap();
+        assert!(runner.wait_idle(IDLE).await);
+        let answer = HarvestCommand::InspectionCompleted {
+            approved: true,
+            harvest: Some(harvest(1200.0)),
+        };
+        engine.execute::<HarvestSaga>(&id, answer).await.unwrap();
+        let started = std::time::Instant::now();
+        while runner.dead_lettered() == 0 {
+            assert!(
+                started.elapsed() < IDLE,
+                "the failing step was not dead-lettered"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(runner.wait_idle(IDLE).await);
+        assert_eq!(ended(&engine, &id), None, "the saga waits");
+        let (state, _) = engine.state::<Plant>(&id).await.unwrap();
+        assert_eq!(state.plant.map(|p| p.stage), Some(PlantStage::Ready));
+
+        down.store(false, Ordering::SeqCst);
+        let log = engine.topic_log().unwrap();
+        let letters: Vec<_> = (0..log.topic(DLQ_TOPIC).unwrap().partitions)
+            .flat_map(|p| log.read(DLQ_TOPIC, p, 0, usize::MAX).unwrap())
+            .collect();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(runner.redrive(&letters[0]).await.unwrap(), Ok(()));
+        assert!(runner.wait_idle(IDLE).await);
+        assert_eq!(ended(&engine, &id).as_deref(), Some("harvested"));
+        let (state, _) = engine.state::<Plant>(&id).await.unwrap();
+        assert_eq!(state.plant.map(|p| p.stage), Some(PlantStage::Harvested));
+
+        let not_a_letter = log
+            .read(TOPIC, evershard::engine::topic::partition_for(&id, 8), 0, 1)
+            .unwrap();
+        assert!(matches!(
+            runner.redrive(&not_a_letter[0]).await,
+            Err(TopicError::NotDeadLetter { .. })
+        ));
+        runner.stop().await.unwrap();
+        engine.shutdown().await.unwrap();
+    });
+}

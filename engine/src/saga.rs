@@ -24,7 +24,7 @@
 use crate::engine::Engine;
 use crate::error::CommandError;
 use crate::topics::{
-    HandlerError, Message, RetryPolicy, Subscription, SubscriptionOptions, TopicError,
+    Handler, HandlerError, Message, RetryPolicy, Subscription, SubscriptionOptions, TopicError,
 };
 use evershard_model::{step_key, Aggregate, EventEnvelope, Metadata, Saga, StreamId};
 use std::collections::BTreeMap;
@@ -256,6 +256,7 @@ impl<S: Saga> SagaBuilder<S> {
         let dispatch = self.dispatch.ok_or(SagaStartError::MissingDispatch)?;
         let on_rejected = self.on_rejected.ok_or(SagaStartError::MissingOnRejected)?;
         let mut subscriptions = Vec::new();
+        let mut handlers: Vec<(String, Arc<dyn Handler>)> = Vec::new();
         for (topic, observers) in self.observers {
             let group = format!("{}.observe.{topic}", self.group_prefix);
             let engine = self.engine.clone();
@@ -265,6 +266,7 @@ impl<S: Saga> SagaBuilder<S> {
                 let observers = observers.clone();
                 async move { observe_one::<S>(&engine, &observers, message).await }
             };
+            handlers.push((group.clone(), Arc::new(handler.clone())));
             for _ in 0..self.members {
                 let subscription =
                     self.engine
@@ -280,6 +282,7 @@ impl<S: Saga> SagaBuilder<S> {
             let on_rejected = on_rejected.clone();
             async move { dispatch_one::<S>(&engine, &dispatch, &on_rejected, message).await }
         };
+        handlers.push((group.clone(), Arc::new(handler.clone())));
         for _ in 0..self.members {
             let subscription = self.engine.subscribe_with(
                 &group,
@@ -292,6 +295,7 @@ impl<S: Saga> SagaBuilder<S> {
         Ok(SagaRunner {
             engine: self.engine,
             subscriptions,
+            handlers,
         })
     }
 }
@@ -413,11 +417,20 @@ async fn dispatch_one<S: Saga>(
 
 /// A running saga: its subscriptions. `stop` commits and stops them; dropping it aborts them
 /// (what was not committed is redelivered at the next start — harmless, see the module docs).
-#[derive(Debug)]
 pub struct SagaRunner {
     engine: Engine,
     /// (group, topic, subscription)
     subscriptions: Vec<(String, String, Subscription)>,
+    /// Each group's handler, for [`SagaRunner::redrive`].
+    handlers: Vec<(String, Arc<dyn Handler>)>,
+}
+
+impl std::fmt::Debug for SagaRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SagaRunner")
+            .field("subscriptions", &self.subscriptions)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SagaRunner {
@@ -474,6 +487,38 @@ impl SagaRunner {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         false
+    }
+
+    /// Hands the message of a dead letter of this runner (a message of `dlq.events.v1` whose
+    /// group is one of [`SagaRunner::groups`]) to that group's handler again, once, as
+    /// [`Engine::redrive`] does; returns the handler's outcome. A step that kept failing
+    /// (its target down, a full disk) was dead-lettered and its saga waits: once the cause
+    /// is gone, this moves it on. Steps are idempotent (their keys), so re-driving one that
+    /// took effect meanwhile does nothing twice. A letter of another group is
+    /// `TopicError::NotDeadLetter`.
+    pub async fn redrive(
+        &self,
+        dead_letter: &Message,
+    ) -> Result<Result<(), HandlerError>, TopicError> {
+        let letter = crate::topics::DeadLetter::from_message(dead_letter)?;
+        let Some((_, handler)) = self
+            .handlers
+            .iter()
+            .find(|(group, _)| *group == letter.consumer_group)
+        else {
+            return Err(TopicError::NotDeadLetter {
+                reason: format!(
+                    "a dead letter of group {}, not of this saga runner",
+                    letter.consumer_group
+                ),
+            });
+        };
+        let handler = handler.clone();
+        self.engine
+            .redrive(dead_letter, &move |message: Message| {
+                handler.handle(message)
+            })
+            .await
     }
 
     /// Stops every subscription (each commits first); returns the first error.
