@@ -525,3 +525,67 @@ async fn a_saga_not_confirmed_within_30_minutes_is_compensated() {
     assert_eq!(flow.saga(order).await.outcome, Some(SagaOutcome::Cancelled));
     flow.finish_and_check().await;
 }
+
+/// The order is cancelled between the saga's decision to ask for the payment and the
+/// dispatch of that step (here by the dispatcher itself, just before `request-payment`):
+/// the order refuses `request-payment`, so `payment:1` is not sent — the customer is never
+/// charged — and is reported as refused, which ends the payment phase; the saga finishes
+/// cancelled with the stock released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_is_not_started_for_an_order_closed_before_its_dispatch() {
+    use evershard::aggregates::order_saga::SagaCommand;
+    use evershard::sagas::order::{
+        dispatch, observe_order, observe_payment, observe_stock, report_rejection,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = open(dir.path(), &clock).await;
+    let runner =
+        SagaRunner::builder::<OrderSaga>(&engine, evershard::aggregates::order_saga::TOPIC)
+            .observe::<Order>(evershard::aggregates::order::TOPIC, observe_order)
+            .observe::<ProductStock>(evershard::aggregates::product_stock::TOPIC, observe_stock)
+            .observe::<Payment>(evershard::aggregates::payment::TOPIC, observe_payment)
+            .dispatch(|engine, send| {
+                Box::pin(async move {
+                    if send.step == "request-payment" {
+                        if let SagaCommand::Order { order_id, .. } = &send.command {
+                            engine
+                                .execute::<Order>(
+                                    &order_id.to_string(),
+                                    CancelOrder {
+                                        reason: CancelReason::CustomerRequest,
+                                    },
+                                )
+                                .await
+                                .unwrap();
+                        }
+                    }
+                    dispatch(engine, send).await
+                })
+            })
+            .on_rejected(report_rejection)
+            .start()
+            .unwrap();
+    let flow = Flow {
+        _dir: dir,
+        clock,
+        engine,
+        runner,
+    };
+    flow.stock("sku-a", 10).await;
+    let order = flow.place(&[("sku-a", 2, 500)]).await;
+    flow.idle().await;
+    assert_eq!(flow.order_status(order).await, OrderStatus::Cancelled);
+    assert!(
+        flow.engine
+            .history::<Payment>(&payment_id_for(order).to_string())
+            .unwrap()
+            .is_empty(),
+        "no payment was started"
+    );
+    let saga = flow.saga(order).await;
+    assert_eq!(saga.outcome, Some(SagaOutcome::Cancelled), "{saga:?}");
+    let a = flow.product("sku-a").await;
+    assert_eq!((a.on_hand, a.reserved), (10, 0));
+    flow.finish_and_check().await;
+}

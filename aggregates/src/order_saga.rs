@@ -645,7 +645,7 @@ impl Saga for OrderSaga {
                         },
                     ));
                 }
-                sends.push(payment(
+                let initiate = payment(
                     format!("payment:{}", e.attempt),
                     e.payment_id,
                     crate::payment::InitiatePayment {
@@ -660,7 +660,15 @@ impl Saga for OrderSaga {
                         beneficiary_department_id: None,
                         transfer: None,
                     },
-                ));
+                );
+                // The first attempt waits for the order's consent: an order closed between
+                // the saga's decision and the dispatch refuses `request-payment`, and its
+                // customer must not be charged (the refused payment step then ends the
+                // payment phase: found by review, 2026-11-28).
+                sends.push(match e.attempt {
+                    1 => initiate.only_if_previous_accepted(),
+                    _ => initiate,
+                });
                 sends
             }
             OrderSagaEvent::PaymentSucceeded(e) if e.record_on_order => vec![order(

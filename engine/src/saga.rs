@@ -26,7 +26,7 @@ use crate::error::CommandError;
 use crate::topics::{
     Handler, HandlerError, Message, RetryPolicy, Subscription, SubscriptionOptions, TopicError,
 };
-use evershard_model::{step_key, Aggregate, EventEnvelope, Metadata, Saga, StreamId};
+use evershard_model::{step_key, Aggregate, EventEnvelope, Metadata, Outbound, Saga, StreamId};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -340,6 +340,27 @@ async fn observe_one<S: Saga>(
     Ok(())
 }
 
+/// Sends one outbound command of a saga event under its step's key.
+async fn send_step<S: Saga>(
+    engine: &Engine,
+    dispatch: &Dispatch<S>,
+    envelope: &EventEnvelope<S::Event>,
+    source: &str,
+    outbound: &Outbound<S::Outbound>,
+) -> Result<Sent, HandlerError> {
+    let metadata = Metadata::new(source.to_owned())
+        .correlation_id(envelope.correlation_id)
+        .causation_id(envelope.event_id)
+        .idempotency_key(step_key(S::TYPE, &envelope.aggregate_id, &outbound.step));
+    let send = SagaSend {
+        saga_id: envelope.aggregate_id.clone(),
+        step: outbound.step.clone(),
+        command: outbound.command.clone(),
+        metadata,
+    };
+    dispatch(engine.clone(), send).await
+}
+
 async fn dispatch_one<S: Saga>(
     engine: &Engine,
     dispatch: &Dispatch<S>,
@@ -365,20 +386,24 @@ async fn dispatch_one<S: Saga>(
     })?
     .map_err(|e| HandlerError::Processing(e.to_string()))?;
     let source = format!("{SAGA_SOURCE_PREFIX}{}", S::TYPE);
+    // The step before this one in the outbox and its refusal, if it was refused.
+    let mut refused: Option<(String, String)> = None;
     for outbound in S::outbox(&envelope.payload) {
-        let metadata = Metadata::new(source.clone())
-            .correlation_id(envelope.correlation_id)
-            .causation_id(envelope.event_id)
-            .idempotency_key(step_key(S::TYPE, &envelope.aggregate_id, &outbound.step));
-        let send = SagaSend {
-            saga_id: envelope.aggregate_id.clone(),
-            step: outbound.step.clone(),
-            command: outbound.command,
-            metadata,
+        let skipped = match (&refused, outbound.only_if_previous_accepted) {
+            (Some((step, error)), true) => Some(format!("not sent: {step} was refused: {error}")),
+            _ => None,
         };
-        let Sent::Rejected(error) = dispatch(engine.clone(), send).await? else {
-            continue;
+        let error = match skipped {
+            Some(error) => error,
+            None => match send_step::<S>(engine, dispatch, &envelope, &source, &outbound).await? {
+                Sent::Rejected(error) => error,
+                Sent::Done => {
+                    refused = None;
+                    continue;
+                }
+            },
         };
+        refused = Some((outbound.step.clone(), error.clone()));
         let rejected = RejectedStep {
             saga_id: envelope.aggregate_id.clone(),
             saga_event_type: envelope.event_type.clone(),

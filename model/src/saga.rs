@@ -31,6 +31,12 @@ pub struct Outbound<C> {
     pub step: String,
     /// The command, typed by the saga author (usually an enum over the target types).
     pub command: C,
+    /// Sent only if the command before it in the same outbox was not refused: a step that
+    /// depends on the one before it ([`Outbound::only_if_previous_accepted`]). When it was
+    /// refused, this one is not sent and is reported to the saga as refused too, with the
+    /// text `not sent: <previous step> was refused: <its error>`.
+    #[serde(default)]
+    pub only_if_previous_accepted: bool,
 }
 
 impl<C> Outbound<C> {
@@ -41,7 +47,19 @@ impl<C> Outbound<C> {
             "a step name has 1..={STEP_NAME_BYTES_MAX} bytes, got {:?}",
             step
         );
-        Self { step, command }
+        Self {
+            step,
+            command,
+            only_if_previous_accepted: false,
+        }
+    }
+
+    /// This step depends on the one before it in its outbox: not sent when that one was
+    /// refused (for example a payment after the order refused to await one: it was closed
+    /// meanwhile).
+    pub fn only_if_previous_accepted(mut self) -> Self {
+        self.only_if_previous_accepted = true;
+        self
     }
 }
 

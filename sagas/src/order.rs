@@ -218,7 +218,9 @@ pub fn observe_payment(
     observation(order_id.to_string(), Payment::TYPE, envelope, fact)
 }
 
-async fn dispatch(
+/// Sends one of the order saga's commands to its target (`order_saga_runner`'s dispatcher;
+/// public so that a runner built by hand, a test's, can wrap it).
+pub async fn dispatch(
     engine: Engine,
     send: SagaSend<SagaCommand>,
 ) -> Result<evershard_engine::Sent, evershard_engine::HandlerError> {
