@@ -83,6 +83,16 @@ fn harvest(wet_grams: f64) -> HarvestPlant {
     }
 }
 
+/// An engine running plants and their harvest sagas on `dir`.
+async fn open(dir: &std::path::Path) -> Engine {
+    Engine::builder(dir)
+        .register::<Plant>()
+        .register::<HarvestSaga>()
+        .open()
+        .await
+        .unwrap()
+}
+
 /// How the saga of `plant` ended, if it did.
 fn ended(engine: &Engine, plant: &str) -> Option<String> {
     engine
@@ -100,12 +110,7 @@ fn the_harvest_saga_of_the_docs_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let engine = Engine::builder(dir.path())
-            .register::<Plant>()
-            .register::<HarvestSaga>()
-            .open()
-            .await
-            .unwrap();
+        let engine = open(dir.path()).await;
         let runner = harvest_runner(&engine).unwrap();
         let [approved, refused, failing] = [(); 3].map(|_| Uuid::new_v4());
         for plant in [approved, refused, failing] {
@@ -179,12 +184,7 @@ fn a_dead_lettered_step_is_re_driven_through_the_runner() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let engine = Engine::builder(dir.path())
-            .register::<Plant>()
-            .register::<HarvestSaga>()
-            .open()
-            .await
-            .unwrap();
+        let engine = open(dir.path()).await;
         let down = Arc::new(AtomicBool::new(true));
         let target_down = down.clone();
         let runner = SagaRunner::builder::<HarvestSaga>(&engine, "cultivation.harvest.v1")

@@ -148,6 +148,19 @@ impl TopicLog {
         })
     }
 
+    /// The stored configuration of a topic that has `partition`: `UnknownTopic` or
+    /// `UnknownPartition` otherwise.
+    fn stored_partition(&self, topic: &str, partition: u32) -> Result<StoredTopic, TopicError> {
+        let info = self.stored_topic(topic)?;
+        if partition >= info.partitions {
+            return Err(TopicError::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+            });
+        }
+        Ok(info)
+    }
+
     /// One topic's configuration, or `UnknownTopic`.
     pub fn topic(&self, name: &str) -> Result<TopicInfo, TopicError> {
         let stored = self.stored_topic(name)?;
@@ -224,13 +237,7 @@ impl TopicLog {
         if out.len() == max {
             return Ok(());
         }
-        let info = self.stored_topic(topic)?;
-        if partition >= info.partitions {
-            return Err(TopicError::UnknownPartition {
-                topic: topic.to_owned(),
-                partition,
-            });
-        }
+        let info = self.stored_partition(topic, partition)?;
         let format = WireFormat::from_code(info.format).unwrap_or(WireFormat::Catalog);
         if state.arena.as_ref().is_none_or(|a| a.topic() != topic) {
             state.arena = Some(MessageArena::new(topic));
@@ -300,13 +307,7 @@ impl TopicLog {
         partition: u32,
         at: DateTime<Utc>,
     ) -> Result<u64, TopicError> {
-        let info = self.stored_topic(topic)?;
-        if partition >= info.partitions {
-            return Err(TopicError::UnknownPartition {
-                topic: topic.to_owned(),
-                partition,
-            });
-        }
+        let info = self.stored_partition(topic, partition)?;
         // Each record's timestamp from its header, nothing rendered: 2.1-2.4 million messages/s
         // where rendering each one read 0.6 million (the catch-up bench, 2026-11-28). Entries
         // may overlap (a read-only view's tail over entries a crashed batch left): `next` skips
@@ -332,17 +333,7 @@ impl TopicLog {
                         from,
                         run.first_position + count - 1,
                         |view, _| -> Result<(), TimeScan> {
-                            let owner = super::partition_for(view.aggregate_id, info.partitions);
-                            if owner != partition {
-                                return Err(TimeScan::Failed(
-                                    StorageError::corrupt_store(Corruption::TopicPartition {
-                                        topic: topic.into(),
-                                        partition,
-                                        found: owner,
-                                    })
-                                    .into(),
-                                ));
-                            }
+                            owned_here(topic, partition, info.partitions, view.aggregate_id)?;
                             if crate::journal::micros_to_time(view.timestamp_micros) >= at {
                                 return Err(TimeScan::Found(at_offset));
                             }
@@ -366,6 +357,25 @@ impl TopicLog {
         )?;
         Ok(found.unwrap_or(next))
     }
+}
+
+/// The index names positions only; the record says whose event it is, and its aggregate must
+/// hash to the partition read (else a `TopicPartition` corruption, not a wrong message).
+fn owned_here(
+    topic: &str,
+    partition: u32,
+    partitions: u32,
+    aggregate_id: &str,
+) -> Result<(), StorageError> {
+    let found = super::partition_for(aggregate_id, partitions);
+    if found != partition {
+        return Err(StorageError::corrupt_store(Corruption::TopicPartition {
+            topic: topic.into(),
+            partition,
+            found,
+        }));
+    }
+    Ok(())
 }
 
 /// How a scan for a time stops early: at the first message at or after it, or on an error.
@@ -444,23 +454,13 @@ impl RunReader<'_> {
             let writer = &mut *self.writer;
             let mut i = 0u64;
             // One pass over the run's positions; each record checked (CRC — on the segment
-            // log its frame's —, place) and rendered from its stored bytes in place: nothing is copied out of the journal
-            // but the message.
+            // log its frame's —, place) and rendered from its stored bytes in place: nothing
+            // is copied out of the journal but the message.
             journal.visit_global(
                 first_position,
                 first_position + want - 1,
                 |view, bytes| -> Result<(), TopicError> {
-                    // The index says which positions; the record says whose event it is,
-                    // and its aggregate must hash to this partition.
-                    let found = super::partition_for(view.aggregate_id, partitions);
-                    if found != partition {
-                        return Err(StorageError::corrupt_store(Corruption::TopicPartition {
-                            topic: topic.into(),
-                            partition,
-                            found,
-                        })
-                        .into());
-                    }
+                    owned_here(topic, partition, partitions, view.aggregate_id)?;
                     // Most runs hold one aggregate type: one catalog look-up per change.
                     let (write_payload, version_of) = match writer {
                         Some((t, w, v)) if t.as_str() == view.aggregate_type => (*w, *v),
