@@ -589,3 +589,66 @@ async fn a_payment_is_not_started_for_an_order_closed_before_its_dispatch() {
     assert_eq!((a.on_hand, a.reserved), (10, 0));
     flow.finish_and_check().await;
 }
+
+/// The race a review found: sku-b's reservations expire after one minute, and the order is
+/// paid after that but before the stock's expiry ran. The saga's `ConfirmReservation` is
+/// refused (expired), so the order never becomes ready for fulfilment and a hand-over is
+/// refused; the stock's expiry then cancels it with a refund. (Before, the hand-over was
+/// accepted, `commit:sku-b` was refused, and the saga finished fulfilled with sku-b's goods
+/// gone but never taken off its stock.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_order_whose_reservation_expired_is_not_handed_over_but_refunded() {
+    use evershard::aggregates::order::OrderError;
+    use evershard::engine::CommandError;
+    let flow = Flow::start().await;
+    flow.stock("sku-a", 10).await;
+    flow.stock("sku-b", 10).await;
+    flow.engine
+        .execute::<ProductStock>(
+            "sku-b",
+            SetReservationTtl {
+                reservation_ttl_ms: 60_000,
+            },
+        )
+        .await
+        .unwrap();
+    let order = flow.place(&[("sku-a", 3, 100), ("sku-b", 2, 100)]).await;
+    // Past sku-b's deadline; its expiry timer has not run (timers fire on `advance`).
+    flow.clock.advance(Duration::minutes(2));
+    flow.gateway_completes(order, "psp-1").await;
+    assert_eq!(flow.order_status(order).await, OrderStatus::Confirmed);
+    let saga = flow.saga(order).await;
+    let status = |p: &str| saga.line(p).unwrap().status;
+    assert_eq!(status("sku-a"), LineStatus::Confirmed, "{saga:?}");
+    assert_eq!(status("sku-b"), LineStatus::Reserved, "{saga:?}");
+
+    // The warehouse tries to hand it over.
+    match flow
+        .engine
+        .execute::<Order>(&order.to_string(), FulfilOrder)
+        .await
+    {
+        Err(CommandError::Rejected(OrderError::ReservationNotConfirmed { product_id })) => {
+            assert_eq!(product_id, "sku-b")
+        }
+        other => panic!("the hand-over should be refused, got {other:?}"),
+    }
+
+    // The stock's expiry reaches the order.
+    flow.advance(Duration::zero()).await;
+    let (state, _) = flow
+        .engine
+        .state::<Order>(&order.to_string())
+        .await
+        .unwrap();
+    let placed = state.order.unwrap();
+    assert_eq!(placed.status, OrderStatus::Cancelled);
+    assert_eq!(placed.cancel_reason, Some(CancelReason::ReservationExpired));
+    assert_eq!(flow.payment_status(order).await, PaymentStatus::Refunded);
+    for product in ["sku-a", "sku-b"] {
+        let p = flow.product(product).await;
+        assert_eq!((p.on_hand, p.reserved), (10, 0), "{product}");
+    }
+    assert_eq!(flow.saga(order).await.outcome, Some(SagaOutcome::Cancelled));
+    flow.finish_and_check().await;
+}

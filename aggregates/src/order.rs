@@ -17,8 +17,9 @@
 //! | [`CreateOrder`] | no order yet; 1..=[`ORDER_LINES_MAX`] lines, distinct non-empty products, 0 < quantity <= [`LINE_QUANTITY_MAX`], unit price >= 0 | `OrderCreated`; none for the same key and body again |
 //! | [`RecordStockReserved`] | created; the product is a line; quantity matches | `OrderLineReserved` [+ `OrderStockReserved` when every line is reserved]; none if already recorded |
 //! | [`RequestPayment`] | stock reserved | `OrderPaymentRequested`; none for the same payment again |
-//! | [`RecordPaymentCompleted`] | payment requested, same payment, amount == total | `OrderConfirmed`; none if already confirmed by it |
-//! | [`FulfilOrder`] | confirmed | `OrderFulfilled`; none if already fulfilled |
+//! | [`RecordPaymentCompleted`] | payment requested, same payment, amount == total | `OrderConfirmed` [+ `OrderReadyForFulfilment` if every line's reservation is confirmed already]; none if already confirmed by it |
+//! | [`RecordReservationConfirmed`] | not final; the line is reserved by this reservation | `OrderReservationConfirmed` [+ `OrderReadyForFulfilment` when every line is and the order is confirmed]; none if already recorded |
+//! | [`FulfilOrder`] | confirmed, and every line's reservation confirmed by its stock | `OrderFulfilled`; none if already fulfilled |
 //! | [`CancelOrder`] | not fulfilled (reasons `reservation_expired`/`timed_out` have their own commands) | `OrderCancelled`; none if already cancelled |
 //! | [`RecordReservationExpired`] | not fulfilled; the reservation is (or may be) this line's | `OrderCancelled` (reason `reservation_expired`); none if already cancelled |
 //! | [`ExpireOrder`] | an order exists | `OrderCancelled` (reason `timed_out`) if unconfirmed at its `expires_at`; otherwise none |
@@ -41,6 +42,11 @@
 //!   reserved_at}: every line is reserved; the saga requests payment.
 //! - `OrderPaymentRequested` {order_id, payment_id, amount, currency, requested_at}.
 //! - `OrderConfirmed` {order_id, payment_id, amount, currency, confirmed_at}: paid.
+//! - `OrderReservationConfirmed` {order_id, product_id, reservation_id, quantity,
+//!   confirmed_at}: the stock of one line confirmed its reservation (it no longer expires).
+//! - `OrderReadyForFulfilment` {order_id, reservations: [...], ready_at}: the order is paid
+//!   and every line's reservation is confirmed: it can be handed over (`FulfilOrder`). Once
+//!   per order, after both `OrderConfirmed` and the last `OrderReservationConfirmed`.
 //! - `OrderCancelled` {order_id, reason: customer_request|stock_unavailable|payment_failed|
 //!   reservation_expired|timed_out, refund_required, refund_amount?, payment_id?,
 //!   reservations_to_release: [{product_id, reservation_id, quantity}], cancelled_at}: the
@@ -75,6 +81,7 @@
 //! | `OrderStockReserved` | a new `Payment`, then `RequestPayment` |
 //! | `PaymentCompleted` | `RecordPaymentCompleted`; a blocked payment -> `CancelOrder` (payment_failed) |
 //! | `OrderConfirmed` | `product_stock::ConfirmReservation` per line (stops their expiry) |
+//! | `StockReservationConfirmed` on a product | `RecordReservationConfirmed` |
 //! | `OrderFulfilled` | `product_stock::CommitReservation` per `reservations_to_commit` |
 //! | `StockReleased` (expired) | `RecordReservationExpired` |
 //! | `OrderCancelled` | `ReleaseReservation` per `reservations_to_release` (reason = cancel reason, mapped); a refund of `refund_amount` on `payment_id` when `refund_required` |
@@ -109,6 +116,14 @@
 //!   completes on a cancelled order is rejected here (`OrderClosed`) and refunded by the saga.
 //! - **Reservation expiry after payment** (the order was confirmed before the saga could
 //!   confirm the reservation) cancels the order with a refund: the goods are gone.
+//! - **Fulfilment needs the stock secured.** `FulfilOrder` is refused
+//!   (`ReservationNotConfirmed`) until every line's reservation is confirmed by its stock
+//!   (`RecordReservationConfirmed`; `OrderReadyForFulfilment` says when). A paid order's
+//!   reservation can still expire before the saga's `ConfirmReservation` reaches the stock
+//!   (a product whose reservation TTL is shorter than the order's 30 minutes); handing such
+//!   an order over would ship goods the stock has given back to others, and the saga could
+//!   not commit them (found by review, 2026-11-28). The order is then cancelled with a
+//!   refund by `RecordReservationExpired`, as above.
 //! - `CancelOrder` refuses reasons `reservation_expired` and `timed_out`: those come with
 //!   their own checks through `RecordReservationExpired` and `ExpireOrder`.
 //! - A reservation recorded on a cancelled or fulfilled order is rejected (`OrderClosed`);
@@ -182,6 +197,14 @@ pub struct RecordPaymentCompleted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FulfilOrder;
 
+/// The stock of one line confirmed its reservation (`StockReservationConfirmed` on its
+/// product): the reservation no longer expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordReservationConfirmed {
+    pub product_id: String,
+    pub reservation_id: Uuid,
+}
+
 /// Cancels the order before fulfilment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelOrder {
@@ -215,10 +238,12 @@ pub enum OrderCommand {
     RecordReservationExpired(RecordReservationExpired),
     ExpireOrder(ExpireOrder),
     ExpireUnconfirmedReservation(ExpireUnconfirmedReservation),
+    RecordReservationConfirmed(RecordReservationConfirmed),
 }
 
 from_variants!(OrderCommand: CreateOrder, RecordStockReserved, RequestPayment,
-    RecordPaymentCompleted, FulfilOrder, CancelOrder, RecordReservationExpired, ExpireOrder, ExpireUnconfirmedReservation);
+    RecordPaymentCompleted, FulfilOrder, CancelOrder, RecordReservationExpired, ExpireOrder,
+    ExpireUnconfirmedReservation, RecordReservationConfirmed);
 
 // ---------------------------------------------------------------------------------------------
 // Events
@@ -329,6 +354,25 @@ pub struct OrderConfirmed {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderReservationConfirmed {
+    pub order_id: Uuid,
+    pub product_id: String,
+    pub reservation_id: Uuid,
+    pub quantity: i64,
+    #[serde(with = "evershard_model::codec::timestamp")]
+    pub confirmed_at: DateTime<Utc>,
+}
+
+/// The order is paid and every line's reservation is confirmed: it can be handed over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderReadyForFulfilment {
+    pub order_id: Uuid,
+    pub reservations: Vec<LineReservation>,
+    #[serde(with = "evershard_model::codec::timestamp")]
+    pub ready_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderCancelled {
     pub order_id: Uuid,
     pub reason: CancelReason,
@@ -363,10 +407,13 @@ pub enum OrderEvent {
     OrderLineReserved(OrderLineReserved),
     OrderStockReserved(OrderStockReserved),
     OrderPaymentRequested(OrderPaymentRequested),
+    OrderReservationConfirmed(OrderReservationConfirmed),
+    OrderReadyForFulfilment(OrderReadyForFulfilment),
 }
 
 from_variants!(OrderEvent: OrderCreated, OrderConfirmed, OrderCancelled, OrderFulfilled,
-    OrderLineReserved, OrderStockReserved, OrderPaymentRequested);
+    OrderLineReserved, OrderStockReserved, OrderPaymentRequested, OrderReservationConfirmed,
+    OrderReadyForFulfilment);
 
 // ---------------------------------------------------------------------------------------------
 // State
@@ -427,6 +474,8 @@ pub struct OrderLine {
     /// When the line's stock was reserved (`OrderLineReserved`).
     #[serde(with = "evershard_model::codec::timestamp::option")]
     pub reserved_at: Option<DateTime<Utc>>,
+    /// Set once the line's stock confirmed the reservation (`OrderReservationConfirmed`).
+    pub reservation_confirmed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -460,6 +509,12 @@ impl PlacedOrder {
 
     pub fn all_reserved(&self) -> bool {
         self.lines.iter().all(|l| l.reservation_id.is_some())
+    }
+
+    /// Every line's reservation is confirmed by its stock (with the order confirmed: it can
+    /// be handed over).
+    pub fn stock_confirmed(&self) -> bool {
+        self.lines.iter().all(|l| l.reservation_confirmed)
     }
 
     /// The reservations known so far, in line order.
@@ -559,6 +614,12 @@ pub enum OrderError {
     OrderClosed { status: OrderStatus },
     #[error("cancel reason {reason} is only given by its own command")]
     CancelReasonNotAllowed { reason: CancelReason },
+    #[error("line {product_id} has no reservation yet")]
+    LineNotReserved { product_id: String },
+    #[error(
+        "line {product_id}'s reservation is not confirmed by its stock yet: the order cannot be handed over"
+    )]
+    ReservationNotConfirmed { product_id: String },
     #[error("the clock {now} is out of the representable range for a deadline")]
     ClockOutOfRange { now: DateTime<Utc> },
 }
@@ -569,8 +630,8 @@ pub enum OrderError {
 
 impl Aggregate for Order {
     const TYPE: &'static str = "Order";
-    /// 2: order lines gained `reserved_at`.
-    const STATE_SCHEMA_VERSION: u32 = 2;
+    /// 2: order lines gained `reserved_at`; 3: `reservation_confirmed`.
+    const STATE_SCHEMA_VERSION: u32 = 3;
 
     type State = OrderState;
     type Command = OrderCommand;
@@ -604,6 +665,7 @@ impl Aggregate for Order {
             OrderCommand::RecordReservationExpired(c) => reservation_expired(order, c, ctx),
             OrderCommand::ExpireOrder(_) => expire(order, ctx),
             OrderCommand::ExpireUnconfirmedReservation(_) => expire_reservation(order, ctx),
+            OrderCommand::RecordReservationConfirmed(c) => reservation_confirmed(order, c, ctx),
         }
     }
 
@@ -624,6 +686,7 @@ impl Aggregate for Order {
                         line_total: l.line_total,
                         reservation_id: None,
                         reserved_at: None,
+                        reservation_confirmed: false,
                     })
                     .collect(),
                 total_amount: e.total_amount,
@@ -664,6 +727,13 @@ impl Aggregate for Order {
                 order.status = OrderStatus::Cancelled;
             }
             OrderEvent::OrderFulfilled(_) => order.status = OrderStatus::Fulfilled,
+            OrderEvent::OrderReservationConfirmed(e) => {
+                if let Some(line) = order.line_mut(&e.product_id) {
+                    line.reservation_confirmed = true;
+                }
+            }
+            // A summary: its lines were confirmed one by one.
+            OrderEvent::OrderReadyForFulfilment(_) => {}
         }
     }
 
@@ -704,6 +774,11 @@ impl Aggregate for Order {
             }
             if line.unit_price.is_negative() {
                 return Err(format!("line {p}: negative unit price {}", line.unit_price));
+            }
+            if line.reservation_confirmed && line.reservation_id.is_none() {
+                return Err(format!(
+                    "line {p}: a confirmed reservation that was never made"
+                ));
             }
             if line.unit_price.checked_mul(line.quantity) != Some(line.line_total) {
                 let line_total = line.line_total;
@@ -1011,14 +1086,18 @@ fn record_payment(
             paid: c.amount,
         });
     }
-    Ok(vec![OrderConfirmed {
+    let mut events = vec![OrderConfirmed {
         order_id: order.order_id,
         payment_id: c.payment_id,
         amount: c.amount,
         currency: order.currency,
         confirmed_at: ctx.now,
     }
-    .into()])
+    .into()];
+    if order.stock_confirmed() {
+        events.push(ready_for_fulfilment(order, ctx));
+    }
+    Ok(events)
 }
 
 fn fulfil(order: &PlacedOrder, ctx: &DecideContext) -> Result<Vec<OrderEvent>, OrderError> {
@@ -1026,6 +1105,11 @@ fn fulfil(order: &PlacedOrder, ctx: &DecideContext) -> Result<Vec<OrderEvent>, O
         return Ok(vec![]);
     }
     transition(order, OrderStatus::Fulfilled)?;
+    if let Some(line) = order.lines.iter().find(|l| !l.reservation_confirmed) {
+        return Err(OrderError::ReservationNotConfirmed {
+            product_id: line.product_id.clone(),
+        });
+    }
     Ok(vec![OrderFulfilled {
         order_id: order.order_id,
         total_amount: order.total_amount,
@@ -1081,6 +1165,66 @@ fn reservation_expired(
         }
     }
     cancel(order, CancelReason::ReservationExpired, ctx)
+}
+
+fn reservation_confirmed(
+    order: &PlacedOrder,
+    c: &RecordReservationConfirmed,
+    ctx: &DecideContext,
+) -> Result<Vec<OrderEvent>, OrderError> {
+    let line = order
+        .line(&c.product_id)
+        .ok_or_else(|| OrderError::UnknownLine {
+            product_id: c.product_id.clone(),
+        })?;
+    let recorded = line
+        .reservation_id
+        .ok_or_else(|| OrderError::LineNotReserved {
+            product_id: c.product_id.clone(),
+        })?;
+    if recorded != c.reservation_id {
+        return Err(OrderError::ReservationMismatch {
+            product_id: c.product_id.clone(),
+            recorded,
+            got: c.reservation_id,
+        });
+    }
+    if line.reservation_confirmed {
+        return Ok(vec![]);
+    }
+    if order.status.is_final() {
+        return Err(OrderError::OrderClosed {
+            status: order.status,
+        });
+    }
+    let mut events: Vec<OrderEvent> = vec![OrderReservationConfirmed {
+        order_id: order.order_id,
+        product_id: c.product_id.clone(),
+        reservation_id: c.reservation_id,
+        quantity: line.quantity,
+        confirmed_at: ctx.now,
+    }
+    .into()];
+    let unconfirmed = order
+        .lines
+        .iter()
+        .filter(|l| !l.reservation_confirmed)
+        .count();
+    if unconfirmed == 1 && order.status == OrderStatus::Confirmed {
+        events.push(ready_for_fulfilment(order, ctx));
+    }
+    Ok(events)
+}
+
+/// Paid and every line confirmed by its stock (the caller checked both): every line is
+/// reserved, as a line is confirmed only once reserved.
+fn ready_for_fulfilment(order: &PlacedOrder, ctx: &DecideContext) -> OrderEvent {
+    OrderReadyForFulfilment {
+        order_id: order.order_id,
+        reservations: order.reservations(),
+        ready_at: ctx.now,
+    }
+    .into()
 }
 
 fn is_unconfirmed(order: &PlacedOrder) -> bool {

@@ -20,8 +20,8 @@
 //! | `PaymentFailed`, not blocked | `PaymentAttemptFailed` (retry at + [`PAYMENT_RETRY_DELAY_MS`]) | — (the timer then: `PaymentAttemptRequested`, `payment:{n}`) |
 //! | `PaymentCompleted` | `PaymentSucceeded` | `RecordPaymentCompleted` (`record-payment`) |
 //! | `OrderConfirmed` | `OrderConfirmedSeen` | `ConfirmReservation` per line (`confirm:{product}`: stops expiry) |
-//! | `StockReservationConfirmed` | `LineConfirmed` | — |
-//! | `OrderFulfilled` (the warehouse's `FulfilOrder`) | `OrderFulfilledSeen` | `CommitReservation` per line (`commit:{product}`) |
+//! | `StockReservationConfirmed` | `LineConfirmed` | `RecordReservationConfirmed` (`record-confirmed:{product}`: the order can be handed over once every line's is recorded) |
+//! | `OrderFulfilled` (the warehouse's `FulfilOrder`, accepted once every line is confirmed) | `OrderFulfilledSeen` | `CommitReservation` per line (`commit:{product}`) |
 //! | `StockCommitted` | `LineCommitted` [+ `SagaFinished` fulfilled] | — |
 //!
 //! # Compensation
@@ -702,6 +702,15 @@ impl Saga for OrderSaga {
                     )
                 })
                 .collect(),
+            // The saga's reservation id is the order id.
+            OrderSagaEvent::LineConfirmed(e) => vec![order(
+                &format!("record-confirmed:{}", e.product_id),
+                e.order_id,
+                o::RecordReservationConfirmed {
+                    product_id: e.product_id.clone(),
+                    reservation_id: e.order_id,
+                },
+            )],
             OrderSagaEvent::OrderFulfilledSeen(e) => e
                 .commit
                 .iter()

@@ -144,6 +144,33 @@ fn confirmed() -> OrderEvent {
     .into()
 }
 
+fn line_confirmed(product: &str, n: u128, quantity: i64) -> OrderEvent {
+    OrderReservationConfirmed {
+        order_id: order_id(),
+        product_id: product.into(),
+        reservation_id: res(n),
+        quantity,
+        confirmed_at: fixed_now(),
+    }
+    .into()
+}
+
+fn ready_for_fulfilment() -> OrderEvent {
+    OrderReadyForFulfilment {
+        order_id: order_id(),
+        reservations: both_reservations(),
+        ready_at: fixed_now(),
+    }
+    .into()
+}
+
+fn confirm_line(product: &str, n: u128) -> RecordReservationConfirmed {
+    RecordReservationConfirmed {
+        product_id: product.into(),
+        reservation_id: res(n),
+    }
+}
+
 fn fulfilled() -> OrderEvent {
     OrderFulfilled {
         order_id: order_id(),
@@ -198,8 +225,17 @@ fn history_confirmed() -> Vec<OrderEvent> {
     h.push(confirmed());
     h
 }
-fn history_fulfilled() -> Vec<OrderEvent> {
+fn history_ready_for_fulfilment() -> Vec<OrderEvent> {
     let mut h = history_confirmed();
+    h.extend([
+        line_confirmed("sku-1", 1, 2),
+        line_confirmed("sku-2", 2, 1),
+        ready_for_fulfilment(),
+    ]);
+    h
+}
+fn history_fulfilled() -> Vec<OrderEvent> {
+    let mut h = history_ready_for_fulfilment();
     h.push(fulfilled());
     h
 }
@@ -432,6 +468,7 @@ fn commands_on_a_missing_order_are_rejected() {
         }
         .into(),
         ExpireOrder.into(),
+        confirm_line("sku-1", 1).into(),
     ];
     for command in commands {
         on(vec![])
@@ -648,7 +685,7 @@ fn payment_completed_rejections() {
 
 #[test]
 fn fulfil_a_confirmed_order_lists_the_reservations_to_commit() {
-    let state = on(history_confirmed())
+    let state = on(history_ready_for_fulfilment())
         .when(FulfilOrder)
         .then_expect_events([fulfilled()]);
     assert_eq!(status(&state), OrderStatus::Fulfilled);
@@ -667,6 +704,87 @@ fn fulfil_rejections() {
         });
     on(history_cancelled())
         .when(FulfilOrder)
+        .then_expect_error(OrderError::OrderClosed {
+            status: OrderStatus::Cancelled,
+        });
+}
+
+/// Paid is not enough: a reservation the stock has not confirmed can still expire, and goods
+/// handed over for it would leave a stock that gave them back to others.
+#[test]
+fn fulfil_waits_for_every_line_confirmed_by_its_stock() {
+    on(history_confirmed()).when(FulfilOrder).then_expect_error(
+        OrderError::ReservationNotConfirmed {
+            product_id: "sku-1".into(),
+        },
+    );
+    let mut one = history_confirmed();
+    one.push(line_confirmed("sku-1", 1, 2));
+    on(one)
+        .when(FulfilOrder)
+        .then_expect_error(OrderError::ReservationNotConfirmed {
+            product_id: "sku-2".into(),
+        });
+}
+
+// --- RecordReservationConfirmed --------------------------------------------------------------
+
+#[test]
+fn confirmed_reservations_are_recorded_and_the_last_one_says_the_stock_is_confirmed() {
+    let state = on(history_confirmed())
+        .when(confirm_line("sku-1", 1))
+        .then_expect_events([line_confirmed("sku-1", 1, 2)]);
+    assert!(!state.order.as_ref().unwrap().stock_confirmed());
+    let mut one = history_confirmed();
+    one.push(line_confirmed("sku-1", 1, 2));
+    let state = on(one.clone())
+        .when(confirm_line("sku-2", 2))
+        .then_expect_events([line_confirmed("sku-2", 2, 1), ready_for_fulfilment()]);
+    assert!(state.order.as_ref().unwrap().stock_confirmed());
+    // A repeat is accepted with no events, also once fulfilled.
+    on(one)
+        .when(confirm_line("sku-1", 1))
+        .then_expect_events([]);
+    on(history_fulfilled())
+        .when(confirm_line("sku-2", 2))
+        .then_expect_events([]);
+    // The stock may confirm before the payment completes (someone confirmed it by hand):
+    // recorded all the same, and the payment then makes the order ready.
+    let mut early = history_payment_requested();
+    early.push(line_confirmed("sku-1", 1, 2));
+    on(early.clone())
+        .when(confirm_line("sku-2", 2))
+        .then_expect_events([line_confirmed("sku-2", 2, 1)]);
+    early.push(line_confirmed("sku-2", 2, 1));
+    on(early)
+        .when(RecordPaymentCompleted {
+            payment_id: payment(),
+            amount: money("25.50"),
+        })
+        .then_expect_events([confirmed(), ready_for_fulfilment()]);
+}
+
+#[test]
+fn record_reservation_confirmed_rejections() {
+    on(history_confirmed())
+        .when(confirm_line("sku-9", 1))
+        .then_expect_error(OrderError::UnknownLine {
+            product_id: "sku-9".into(),
+        });
+    on(history_confirmed())
+        .when(confirm_line("sku-1", 7))
+        .then_expect_error(OrderError::ReservationMismatch {
+            product_id: "sku-1".into(),
+            recorded: res(1),
+            got: res(7),
+        });
+    on(history_one_line_reserved())
+        .when(confirm_line("sku-2", 2))
+        .then_expect_error(OrderError::LineNotReserved {
+            product_id: "sku-2".into(),
+        });
+    on(history_cancelled())
+        .when(confirm_line("sku-1", 1))
         .then_expect_error(OrderError::OrderClosed {
             status: OrderStatus::Cancelled,
         });
@@ -927,6 +1045,8 @@ fn the_happy_path_walks_the_lifecycle() {
             amount: money("25.50"),
         }
         .into(),
+        confirm_line("sku-1", 1).into(),
+        confirm_line("sku-2", 2).into(),
         FulfilOrder.into(),
     ];
     let mut seen = vec![];
@@ -945,6 +1065,9 @@ fn the_happy_path_walks_the_lifecycle() {
         stock_reserved(),
         payment_requested(),
         confirmed(),
+        line_confirmed("sku-1", 1, 2),
+        line_confirmed("sku-2", 2, 1),
+        ready_for_fulfilment(),
         fulfilled(),
     ];
     assert_eq!(seen, expected);
@@ -978,6 +1101,16 @@ fn check_invariants_catches_every_broken_invariant() {
         (
             "unreserved line",
             Box::new(|o| o.lines[0].reservation_id = None),
+        ),
+        (
+            "confirmed reservation never made",
+            Box::new(|o| {
+                o.status = OrderStatus::Created;
+                o.payment_id = None;
+                o.paid_amount = None;
+                o.lines[0].reservation_id = None;
+                o.lines[0].reservation_confirmed = true;
+            }),
         ),
         ("no payment id", Box::new(|o| o.payment_id = None)),
         (
@@ -1038,6 +1171,8 @@ fn one_of_each_event() -> Vec<OrderEvent> {
         line_reserved("sku-1", 1, 2),
         stock_reserved(),
         payment_requested(),
+        line_confirmed("sku-1", 1, 2),
+        ready_for_fulfilment(),
     ]
 }
 
@@ -1132,6 +1267,21 @@ fn every_event_matches_its_contract() {
                     ("cancelled_at", "datetime"),
                 ]
             }
+            OrderEvent::OrderReservationConfirmed(_) => vec![
+                ("order_id", "uuid"),
+                ("product_id", "string"),
+                ("reservation_id", "uuid"),
+                ("quantity", "integer"),
+                ("confirmed_at", "datetime"),
+            ],
+            OrderEvent::OrderReadyForFulfilment(_) => {
+                assert_elements(ty, &json["reservations"], &RESERVATION_CONTRACT);
+                vec![
+                    ("order_id", "uuid"),
+                    ("reservations", "array"),
+                    ("ready_at", "datetime"),
+                ]
+            }
             OrderEvent::OrderFulfilled(_) => {
                 assert_elements(ty, &json["reservations_to_commit"], &RESERVATION_CONTRACT);
                 vec![
@@ -1179,7 +1329,9 @@ fn event_types_are_the_seed_names_and_cancel_reasons_match_json() {
             "OrderFulfilled",
             "OrderLineReserved",
             "OrderStockReserved",
-            "OrderPaymentRequested"
+            "OrderPaymentRequested",
+            "OrderReservationConfirmed",
+            "OrderReadyForFulfilment"
         ]
     );
     assert_eq!(Order::TYPE, "Order");
@@ -1248,6 +1400,7 @@ fn commands_round_trip_through_json_and_codec() {
         }
         .into(),
         ExpireOrder.into(),
+        confirm_line("sku-2", 2).into(),
     ];
     for command in &commands {
         assert_json_and_codec_round_trip(command);
@@ -1260,6 +1413,7 @@ fn state_round_trips_through_json_and_codec() {
         vec![],
         history_one_line_reserved(),
         history_confirmed(),
+        history_fulfilled(),
         history_cancelled(),
     ] {
         let state = on(history).state().clone();
@@ -1301,7 +1455,7 @@ fn workload_drives_orders_through_every_outcome() {
             }
         }
     }
-    assert_eq!(seen.len(), 7, "event types seen: {seen:?}");
+    assert_eq!(seen.len(), 9, "event types seen: {seen:?}");
     assert_eq!(reasons.len(), 5, "cancel reasons seen: {reasons:?}");
     assert!(
         accepted > rejected * 5,

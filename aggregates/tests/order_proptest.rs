@@ -6,7 +6,8 @@
 //! Commands are biased toward the saga's real traffic: creates with one of two idempotency
 //! keys and one of four bodies (one invalid), stock reservations of the order's lines (ids
 //! from a pool of 2, quantities mostly right), payment requests and completions (payment ids
-//! from a pool of 2, amounts mostly right), fulfilment, cancellation with every reason,
+//! from a pool of 2, amounts mostly right), confirmations of the reservations by their stock
+//! (mostly the line's own reservation), fulfilment, cancellation with every reason,
 //! reservation expiry and the timeout; the clock sometimes jumps past the 30-minute deadline.
 //! After every command:
 //! - the invariants hold after every single event (as the engine checks them);
@@ -52,6 +53,11 @@ enum Op {
     PaymentCompleted {
         payment: u8,
         right_amount: bool,
+    },
+    ReservationConfirmed {
+        product: u8,
+        /// The line's own reservation (else one of the pool).
+        right_reservation: bool,
     },
     Fulfil,
     Cancel(CancelReason),
@@ -117,7 +123,9 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|payment| Op::RequestPayment { payment }),
         3 => (prop_oneof![8 => Just(0u8), 1 => Just(1u8)], prop::bool::weighted(0.85))
             .prop_map(|(payment, right_amount)| Op::PaymentCompleted { payment, right_amount }),
-        2 => Just(Op::Fulfil),
+        5 => (prop_oneof![9 => 0..3u8, 1 => Just(3u8)], prop::bool::weighted(0.85))
+            .prop_map(|(product, right_reservation)| Op::ReservationConfirmed { product, right_reservation }),
+        4 => Just(Op::Fulfil),
         1 => reason().prop_map(Op::Cancel),
         1 => (0..4u8, 0..2u8)
             .prop_map(|(product, reservation)| Op::ReservationExpired { product, reservation }),
@@ -183,6 +191,21 @@ fn command(op: &Op, state: &OrderState) -> OrderCommand {
             RecordPaymentCompleted {
                 payment_id: uuid(0x9A, payment),
                 amount,
+            }
+            .into()
+        }
+        Op::ReservationConfirmed {
+            product,
+            right_reservation,
+        } => {
+            let product_id = PRODUCTS[usize::from(product)].to_owned();
+            let recorded = order
+                .and_then(|o| o.line(&product_id))
+                .and_then(|l| l.reservation_id)
+                .filter(|_| right_reservation);
+            RecordReservationConfirmed {
+                product_id,
+                reservation_id: recorded.unwrap_or(uuid(0xA, 1)),
             }
             .into()
         }
@@ -308,7 +331,7 @@ fn the_generator_explores_every_event_type_and_cancel_reason() {
             }
         }
     }
-    assert_eq!(seen.len(), 7, "event types reached: {seen:?}");
+    assert_eq!(seen.len(), 9, "event types reached: {seen:?}");
     assert_eq!(reasons.len(), 5, "cancel reasons reached: {reasons:?}");
     assert!(refunds > 0, "no cancellation after payment");
 }

@@ -9,7 +9,9 @@
 //! Checked, each failure one line of [`FlowReport::violations`]:
 //! - per product: on hand = received + adjusted − committed; reserved = the sum of its open
 //!   reservations, each of an order neither cancelled nor fulfilled; on hand, reserved and
-//!   available never below zero;
+//!   available never below zero; every line of a fulfilled order committed on its stock
+//!   (one `StockCommitted` of the order's reservation, for the line's quantity: goods handed
+//!   over leave the stock);
 //! - every confirmed or fulfilled order has exactly one completed payment, equal to its
 //!   total; no order is charged twice (at most one completion over all its payments);
 //! - every cancelled order got back what was captured (refunds = captures);
@@ -323,14 +325,36 @@ fn check_product(
     orders: &BTreeMap<Uuid, PlacedOrder>,
 ) {
     let (mut received, mut adjusted, mut committed) = (0i64, 0i64, 0i64);
+    // Committed quantity per reservation id (the saga's reservation id is the order id).
+    let mut committed_for: BTreeMap<Uuid, i64> = BTreeMap::new();
     for event in events {
         match &event.payload {
             ProductStockEvent::InventoryUpdated(e) => match e.reason {
                 InventoryChangeReason::Received => received += e.quantity_change,
                 InventoryChangeReason::Adjusted => adjusted += e.quantity_change,
             },
-            ProductStockEvent::StockCommitted(e) => committed += e.quantity,
+            ProductStockEvent::StockCommitted(e) => {
+                committed += e.quantity;
+                *committed_for.entry(e.reservation_id).or_default() += e.quantity;
+            }
             _ => {}
+        }
+    }
+    for (order_id, order) in orders {
+        let Some(line) = order.line(product_id) else {
+            continue;
+        };
+        let got = committed_for.get(order_id).copied().unwrap_or(0);
+        let expected = if order.status == OrderStatus::Fulfilled {
+            line.quantity
+        } else {
+            0
+        };
+        if got != expected {
+            report.violations.push(format!(
+                "{product_id}: {} order {order_id} had {got} units committed, its line holds {}",
+                order.status, line.quantity
+            ));
         }
     }
     if state.on_hand != received + adjusted - committed {

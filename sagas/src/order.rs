@@ -132,7 +132,9 @@ pub fn observe_order(envelope: &EventEnvelope<OrderEvent>) -> Option<(String, Or
         OrderEvent::OrderCancelled(e) => Fact::OrderCancelled { reason: e.reason },
         OrderEvent::OrderLineReserved(_)
         | OrderEvent::OrderStockReserved(_)
-        | OrderEvent::OrderPaymentRequested(_) => return None,
+        | OrderEvent::OrderPaymentRequested(_)
+        | OrderEvent::OrderReservationConfirmed(_)
+        | OrderEvent::OrderReadyForFulfilment(_) => return None,
     };
     observation(envelope.aggregate_id.clone(), Order::TYPE, envelope, fact)
 }

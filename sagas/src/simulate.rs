@@ -1,6 +1,6 @@
 //! Stand-ins for the flow's external parties, for the demo and the tests: a payment gateway
 //! that answers the attempts the saga initiates, and a warehouse that hands over (or, for
-//! the customer, cancels) confirmed orders. Both are consumer groups over the engine's topics
+//! the customer, cancels) orders ready to be handed over. Both are consumer groups over the engine's topics
 //! like the saga itself, so they survive a crash and a redelivery the same way: each answer
 //! carries an idempotency key derived from what it answers, and is sent only while the thing
 //! it answers is still current (the attempt in progress, the confirmed order).
@@ -35,7 +35,7 @@ pub enum GatewayAnswer {
     Silent,
 }
 
-/// What the warehouse does with a confirmed order.
+/// What the warehouse does with an order ready to be handed over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WarehouseAction {
     Fulfil,
@@ -202,7 +202,8 @@ pub fn gateway(
 }
 
 /// Starts a warehouse (consumer group `group` on `business.orders`, from `start` when the
-/// group never committed) that does `plan(order id)` with each confirmed order.
+/// group never committed) that does `plan(order id)` with each order ready to be handed over
+/// (`OrderReadyForFulfilment`: paid, and every line's reservation confirmed by its stock).
 pub fn warehouse(
     engine: &Engine,
     group: &str,
@@ -213,10 +214,10 @@ pub fn warehouse(
     let react = move |engine: Engine, envelope: EventEnvelope<OrderEvent>| {
         let plan = plan.clone();
         async move {
-            let OrderEvent::OrderConfirmed(confirmed) = envelope.payload else {
+            let OrderEvent::OrderReadyForFulfilment(ready) = envelope.payload else {
                 return Ok(());
             };
-            let command: OrderCommand = match plan(confirmed.order_id) {
+            let command: OrderCommand = match plan(ready.order_id) {
                 WarehouseAction::Fulfil => FulfilOrder.into(),
                 WarehouseAction::CustomerCancels => CancelOrder {
                     reason: CancelReason::CustomerRequest,
@@ -224,7 +225,7 @@ pub fn warehouse(
                 .into(),
                 WarehouseAction::Hold => return Ok(()),
             };
-            let id = confirmed.order_id.to_string();
+            let id = ready.order_id.to_string();
             let (state, _) = engine
                 .state::<Order>(&id)
                 .await
@@ -240,7 +241,14 @@ pub fn warehouse(
             Ok(())
         }
     };
-    react_to::<Order, _, _>(engine, group, ORDERS_TOPIC, "OrderConfirmed", start, react)
+    react_to::<Order, _, _>(
+        engine,
+        group,
+        ORDERS_TOPIC,
+        "OrderReadyForFulfilment",
+        start,
+        react,
+    )
 }
 
 /// Why settling could not go on.

@@ -104,13 +104,25 @@ impl Workload for Order {
                     .into(),
                 }
             }
-            OrderStatus::Confirmed => match rng.below(100) {
-                0..=9 => CancelOrder {
-                    reason: CancelReason::CustomerRequest,
+            OrderStatus::Confirmed => {
+                // The saga records each line's confirmed reservation before the warehouse
+                // can hand the order over; now and then the warehouse tries too early.
+                let unconfirmed = order.lines.iter().find(|l| !l.reservation_confirmed);
+                match (rng.below(100), unconfirmed) {
+                    (0..=9, _) => CancelOrder {
+                        reason: CancelReason::CustomerRequest,
+                    }
+                    .into(),
+                    (10..=14, _) | (_, None) => FulfilOrder.into(),
+                    (_, Some(line)) => RecordReservationConfirmed {
+                        product_id: line.product_id.clone(),
+                        reservation_id: line
+                            .reservation_id
+                            .expect("confirmed: every line reserved"),
+                    }
+                    .into(),
                 }
-                .into(),
-                _ => FulfilOrder.into(),
-            },
+            }
             OrderStatus::Fulfilled | OrderStatus::Cancelled => match rng.below(4) {
                 0 => repeat_create(),
                 1 => FulfilOrder.into(),
