@@ -490,6 +490,10 @@ pub enum AppendError {
     InvalidRequest(#[from] InvalidRequest),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// Sealed events decided on a state read before a data subject was forgotten: nothing
+    /// was written (that state may hold the forgotten data). Reload and decide again.
+    #[error("a data subject was forgotten since the state of {stream} was read; reload and decide again")]
+    KeysChanged { stream: StreamId },
 }
 
 /// Why an aggregate's state could not be loaded from the journal.
@@ -519,6 +523,11 @@ pub enum UnavailableReason {
     /// The actor stopped (it failed, or was passivated) before it answered.
     #[error("its actor stopped before answering")]
     Stopped,
+    /// A data subject was being forgotten while the command ran (its events would be sealed
+    /// with a key the erasure does not destroy, or were decided on a state read before it);
+    /// nothing was written. A retry decides on the state as the erasure left it.
+    #[error("a data subject was being forgotten while it ran")]
+    SubjectForgotten,
     /// Cluster mode: the batch could not be replicated to the journal topic and checked in
     /// time; it was not acknowledged (it may still land on the topic, unacknowledged).
     #[error("its batch could not be replicated in time")]
@@ -680,6 +689,10 @@ impl<E: std::error::Error> CommandError<E> {
                 CommandError::Erased { stream }
             }
             AppendError::Storage(s) => CommandError::Storage(s),
+            AppendError::KeysChanged { stream } => CommandError::Unavailable {
+                stream,
+                reason: UnavailableReason::SubjectForgotten,
+            },
         }
     }
 

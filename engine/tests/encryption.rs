@@ -12,6 +12,8 @@
 //! - on the segment log, forgetting scrubs the subject's name and every wrapping of its keys
 //!   from the log's frames, and only those;
 //! - a forget survives SIGKILL at any moment (child-process test, seeded);
+//! - a command decided on a state read before its subject was forgotten commits nothing
+//!   (its events would carry the forgotten data under a new key);
 //! - random interleavings of commands, forgets and restarts never expose a forgotten payload
 //!   and never break `verify` (seeded; the seed is printed).
 
@@ -928,5 +930,56 @@ async fn a_panic_in_apply_on_a_sensitive_aggregate_writes_nothing() {
         .await
         .unwrap();
     assert_eq!(events[0].sequence, 1);
+    engine.shutdown().await.unwrap();
+}
+
+/// A command whose `decide` ran on alice's state read before alice was forgotten must not
+/// commit: its events (and a snapshot of the state) would carry alice's forgotten data under
+/// a key made after the erasure, readable for ever. The committer refuses it, the entity
+/// reloads and meets the erasure (found by review, 2026-11-28).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_decided_before_its_subject_was_forgotten_commits_nothing() {
+    use common::{DECIDE_GATE, GATE_NEXT_DECIDE};
+    let (_dir, store, keys) = setup();
+    let engine = open(&store, &keys).await;
+    for _ in 0..3 {
+        add(&engine, "alice", 7).await;
+    }
+    GATE_NEXT_DECIDE.store(true, std::sync::atomic::Ordering::Release);
+    let command = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .execute::<Counter>("alice", CounterCommand::AddGated(1))
+                .await
+        }
+    });
+    // `decide` is running on the loaded state (total 21).
+    tokio::task::spawn_blocking(|| DECIDE_GATE.wait())
+        .await
+        .unwrap();
+    engine
+        .forget_subject("alice", "dpo@example.org", "erasure during a command")
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(|| DECIDE_GATE.wait())
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(60), command)
+        .await
+        .expect("the command answers")
+        .unwrap();
+    assert!(
+        matches!(result, Err(CommandError::Erased { .. })),
+        "{result:?}"
+    );
+    // Nothing was appended after the erasure, and nothing of alice can be read.
+    let journal = engine.journal();
+    let records: Vec<_> = journal.read_stream(&stream("alice"), 1, u64::MAX).collect();
+    assert_eq!(records.len(), 3);
+    for r in &records {
+        assert!(matches!(r, Err(StorageError::Erased { .. })), "{r:?}");
+    }
+    assert!(journal.verify().is_clean());
     engine.shutdown().await.unwrap();
 }

@@ -76,6 +76,11 @@ pub struct AppendRequest {
     pub(crate) erases: Vec<Uuid>,
     /// Writes into the data-key keyspaces (an erasure's), which `validate` keeps callers from.
     pub(crate) key_writes: Vec<WriteOp>,
+    /// Sealed events: the keyring's erasure epoch when the state they were decided on was
+    /// read. The committer refuses them (`AppendError::KeysChanged`) if an erasure was taken
+    /// since: that state may hold a forgotten subject's data, which must not reach the
+    /// journal again under any key.
+    pub(crate) decided_at_epoch: Option<u64>,
 }
 
 /// The data key a request's payloads are sealed with.
@@ -101,6 +106,7 @@ impl AppendRequest {
             seal: None,
             erases: Vec::new(),
             key_writes: Vec::new(),
+            decided_at_epoch: None,
         }
     }
 
@@ -1119,6 +1125,17 @@ impl Committer {
                         key_id: key.key.id,
                     }
                     .into()));
+                    continue;
+                }
+                // Erasures move the epoch only here, on this thread: a request decided on a
+                // state read before one is refused, whatever key it seals with.
+                if request
+                    .decided_at_epoch
+                    .is_some_and(|epoch| epoch != self.shared.keyring.epoch())
+                {
+                    let _ = reply.send(Err(AppendError::KeysChanged {
+                        stream: request.stream.clone(),
+                    }));
                     continue;
                 }
             }

@@ -195,6 +195,9 @@ impl SealingKey {
 #[derive(Debug, Clone)]
 pub(crate) enum KeyLookup {
     Erased,
+    /// [`Keyring::sealing_key`] only: the subject is being forgotten and has no key to
+    /// seal with; none is made until its erasure is done.
+    Forgetting,
     Key(KeyError),
     Storage(StorageError),
 }
@@ -304,6 +307,11 @@ impl Keyring {
     /// entries the caller writes with its events, see [`SealingKey::pending_writes`]). A
     /// stored key made for an older algorithm than [`Aead::CURRENT`] is succeeded by a new
     /// key (the upgrade on write), unless the subject is being forgotten.
+    ///
+    /// [`KeyLookup::Forgetting`] while the subject is being forgotten and has no live stored
+    /// key: a key made now would not be among the keys the erasure destroys, and what it
+    /// sealed (state read before the erasure) would outlive it (found by review,
+    /// 2026-11-28).
     pub fn sealing_key(&self, db: &sled::Db, subject: &str) -> Result<Arc<SealingKey>, KeyLookup> {
         if let Some(k) = lock(&self.sealing).get(subject) {
             if k.key.aead() == Aead::CURRENT {
@@ -333,6 +341,7 @@ impl Keyring {
             Some(key) if key.aead() == Aead::CURRENT || forgetting => {
                 SealingKey::stored(key, ids[1..].to_vec())
             }
+            None if forgetting => return Err(KeyLookup::Forgetting),
             Some(_) => {
                 let master = provider.current().map_err(KeyLookup::Key)?;
                 SealingKey::new(subject, &master, ids)
@@ -386,6 +395,13 @@ impl Keyring {
                 let master = provider.get(master_id).map_err(KeyLookup::Key)?;
                 let key = DataKey::unwrap(id, aead, wrapped, &master).map_err(KeyLookup::Key)?;
                 let mut cache = lock(&self.opening);
+                // Checked again under the cache's lock, which `mark_erased` holds while it
+                // records an erasure: an erasure taken while this lookup read the entry or
+                // asked the provider must not see the key cached after it, where every
+                // later lookup would find it (found by review, 2026-11-28).
+                if self.is_erased(id) {
+                    return Err(KeyLookup::Erased);
+                }
                 if cache.len() >= DATA_KEYS_CACHED_MAX {
                     // Every key in it can be unwrapped again from the store: a key's entry
                     // is in the batch of the first events it seals, so no reader meets a
@@ -443,8 +459,12 @@ impl Keyring {
     /// committer calls it while it builds the erasure's batch, so every append it takes
     /// later is checked against it.
     pub fn mark_erased(&self, id: Uuid) {
-        lock(&self.erased).insert(id);
-        lock(&self.opening).remove(&id);
+        {
+            // Lock order: `opening`, then `erased` (as `data_key` takes them).
+            let mut opening = lock(&self.opening);
+            lock(&self.erased).insert(id);
+            opening.remove(&id);
+        }
         lock(&self.sealing).retain(|_, k| k.key.id != id);
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
@@ -879,5 +899,84 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A provider whose `get` meets the test at `gate` twice (on entering, then to go on),
+    /// once armed.
+    #[derive(Debug)]
+    struct Gated {
+        keys: Keys,
+        armed: std::sync::atomic::AtomicBool,
+        gate: std::sync::Barrier,
+    }
+
+    impl KeyProvider for Gated {
+        fn current(&self) -> Result<MasterKey, KeyError> {
+            self.keys.current()
+        }
+        fn get(&self, id: &str) -> Result<MasterKey, KeyError> {
+            if self.armed.swap(false, Ordering::AcqRel) {
+                self.gate.wait();
+                self.gate.wait();
+            }
+            self.keys.get(id)
+        }
+    }
+
+    /// An erasure taken while a lookup of the same key asks the provider: the lookup
+    /// must not leave the key cached, where every later lookup would find it (found by
+    /// review, 2026-11-28).
+    #[test]
+    fn an_erasure_during_a_lookup_does_not_leave_the_key_cached() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let master = MasterKey::generate("m1").unwrap();
+        let sealing = keyring(vec![master.clone()]).sealing_key(&db, "s").unwrap();
+        apply(&db, sealing.pending_writes());
+        let id = sealing.key.id;
+        let provider = Arc::new(Gated {
+            keys: Keys(vec![master]),
+            armed: std::sync::atomic::AtomicBool::new(true),
+            gate: std::sync::Barrier::new(2),
+        });
+        let ring = Keyring::default();
+        ring.set_provider(provider.clone());
+        std::thread::scope(|scope| {
+            let lookup = scope.spawn(|| ring.data_key(&db, id));
+            provider.gate.wait();
+            ring.mark_erased(id);
+            provider.gate.wait();
+            assert!(matches!(lookup.join().unwrap(), Err(KeyLookup::Erased)));
+        });
+        assert!(matches!(ring.data_key(&db, id), Err(KeyLookup::Erased)));
+    }
+
+    /// While a subject is being forgotten and its key is erased, no new key is made for it:
+    /// the erasure's list of keys was taken, and a new key would outlive it (found by
+    /// review, 2026-11-28). Once the erasure is done, new data gets a new key.
+    #[test]
+    fn no_key_is_made_for_a_subject_being_forgotten() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let ring = keyring(vec![MasterKey::generate("m1").unwrap()]);
+        let first = ring.sealing_key(&db, "s").unwrap();
+        apply(&db, first.pending_writes());
+        first.mark_durable();
+        let (guard, ids) = ring.begin_forget(&db, "s").unwrap();
+        assert_eq!(ids, [first.key.id]);
+        for &id in &ids {
+            ring.mark_erased(id);
+        }
+        // Before and after the erasure's writes land.
+        assert!(matches!(
+            ring.sealing_key(&db, "s"),
+            Err(KeyLookup::Forgetting)
+        ));
+        apply(&db, Keyring::erasure_writes("s", &ids, 0));
+        assert!(matches!(
+            ring.sealing_key(&db, "s"),
+            Err(KeyLookup::Forgetting)
+        ));
+        drop(guard);
+        let after = ring.sealing_key(&db, "s").unwrap();
+        assert!(!ids.contains(&after.key.id));
     }
 }

@@ -236,6 +236,13 @@ fn key_lookup_error(e: keyring::KeyLookup) -> StorageError {
                 reason: "the subject's key was erased while it was being read".into(),
             },
         },
+        keyring::KeyLookup::Forgetting => StorageError::Key {
+            stream: None,
+            sequence: None,
+            source: crate::crypto::KeyError::Provider {
+                reason: "the subject is being forgotten".into(),
+            },
+        },
     }
 }
 
@@ -1258,7 +1265,9 @@ impl JournalWriter {
                         sequence: None,
                         source,
                     },
-                    keyring::KeyLookup::Erased => unreachable!("rewrap skips erased keys"),
+                    keyring::KeyLookup::Erased | keyring::KeyLookup::Forgetting => {
+                        unreachable!("rewrap skips erased keys and makes none")
+                    }
                 })?;
             if count == 0 {
                 if synced_since_pass {
@@ -1894,16 +1903,18 @@ impl Journal {
         &self.shared.keyring
     }
 
-    /// The key that seals `subject`'s new payloads.
+    /// The key that seals `subject`'s new payloads; `None` while the subject is being
+    /// forgotten and has no key left to seal with (see [`keyring::Keyring::sealing_key`]).
     pub(crate) fn sealing_key(
         &self,
         subject: &str,
-    ) -> Result<Arc<keyring::SealingKey>, StorageError> {
+    ) -> Result<Option<Arc<keyring::SealingKey>>, StorageError> {
         let db = self.shared.db()?;
-        self.shared
-            .keyring
-            .sealing_key(&db, subject)
-            .map_err(key_lookup_error)
+        match self.shared.keyring.sealing_key(&db, subject) {
+            Ok(key) => Ok(Some(key)),
+            Err(keyring::KeyLookup::Forgetting) => Ok(None),
+            Err(e) => Err(key_lookup_error(e)),
+        }
     }
 
     /// Starts forgetting `subject` (see [`keyring::Keyring::begin_forget`]): every key id
@@ -2080,6 +2091,7 @@ impl Journal {
                 })
             }
             Err(keyring::KeyLookup::Storage(e)) => return Err(e),
+            Err(keyring::KeyLookup::Forgetting) => unreachable!("only sealing_key answers it"),
         };
         Ok(key)
     }

@@ -3,7 +3,7 @@
 
 use super::Runtime;
 use crate::crypto::DataKey;
-use crate::error::{CommandError, LoadError};
+use crate::error::{CommandError, LoadError, UnavailableReason};
 use crate::journal::{keys, AppendRequest, NewEvent, Seal, StreamId, WriteOp};
 use crate::recovery as repository;
 use crate::snapshots::SnapshotJob;
@@ -228,6 +228,7 @@ impl<A: Aggregate> Drop for Settle<'_, A> {
 }
 
 /// What an idempotent command records with its events.
+#[derive(Clone)]
 struct IdempotencyClaim {
     key: Uuid,
     digest: [u8; 32],
@@ -277,7 +278,7 @@ impl<A: Aggregate> EntityState<A> {
             if self.args.rt.awaits_gate {
                 return Err(CommandError::Unavailable {
                     stream: self.args.stream.clone(),
-                    reason: crate::error::UnavailableReason::NotJoined,
+                    reason: UnavailableReason::NotJoined,
                 });
             }
             return Ok(());
@@ -526,7 +527,7 @@ impl<A: Aggregate> EntityState<A> {
         }
         let Some(guard) = guard else {
             return self
-                .decide_and_commit(&command, &metadata, ctx, claim)
+                .decide_and_commit_fresh(&command, &metadata, ctx, claim)
                 .await;
         };
         let aggregate_id = &self.args.stream.aggregate_id;
@@ -553,10 +554,36 @@ impl<A: Aggregate> EntityState<A> {
             accepted: false,
         };
         let result = self
-            .decide_and_commit(&command, &metadata, ctx, claim)
+            .decide_and_commit_fresh(&command, &metadata, ctx, claim)
             .await;
         settle.accepted = result.is_ok();
         result
+    }
+
+    /// [`Self::decide_and_commit`], once more on a reloaded state when a data subject was
+    /// forgotten between the state's load and the commit: the committer refuses sealed
+    /// events decided on a state read before an erasure (they could carry the forgotten
+    /// data under a new key). Another erasure in between is answered `SubjectForgotten`.
+    async fn decide_and_commit_fresh(
+        &mut self,
+        command: &A::Command,
+        metadata: &Metadata,
+        ctx: DecideContext,
+        claim: Option<IdempotencyClaim>,
+    ) -> ExecuteResult<A> {
+        let result = self
+            .decide_and_commit(command, metadata, ctx.clone(), claim.clone())
+            .await;
+        match result {
+            Err(CommandError::Unavailable {
+                reason: UnavailableReason::SubjectForgotten,
+                ..
+            }) => {
+                self.ensure_loaded()?;
+                self.decide_and_commit(command, metadata, ctx, claim).await
+            }
+            other => other,
+        }
     }
 
     /// [`Self::execute`] of a command that is not a repeat and was admitted.
@@ -659,7 +686,14 @@ impl<A: Aggregate> EntityState<A> {
         // named by the state the events lead to).
         let seal = if let Some(subject) = subject {
             match rt.journal.sealing_key(&subject) {
-                Ok(key) => Some(key),
+                Ok(Some(key)) => Some(key),
+                Ok(None) => {
+                    self.loaded = None;
+                    return Err(CommandError::Unavailable {
+                        stream: self.args.stream.clone(),
+                        reason: UnavailableReason::SubjectForgotten,
+                    });
+                }
                 Err(e) => {
                     self.loaded = None;
                     return Err(CommandError::Storage(e));
@@ -683,6 +717,7 @@ impl<A: Aggregate> EntityState<A> {
         }
         let mut request = AppendRequest::new(self.args.stream.clone(), version, new_events);
         request.seal = seal.clone().map(Seal);
+        request.decided_at_epoch = Some(self.epoch);
         request.extra_writes = timer_ops(&self.args.stream, self.timer, next_timer);
         if let Some(claim) = &claim {
             let record = keys::IdempotencyRecord {

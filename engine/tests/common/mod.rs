@@ -17,7 +17,17 @@ pub enum CounterCommand {
     Explode,
     /// Commits an event whose `apply` panics (a bug in `apply`, found after the commit).
     AddUnlucky,
+    /// `Add`, but the first `decide` after [`GATE_NEXT_DECIDE`] was set meets the test at
+    /// [`DECIDE_GATE`] twice (on entering, then to go on): something can happen between the
+    /// state's load and the commit.
+    AddGated(u64),
 }
+
+/// Arms the gate of the next `AddGated` decide.
+pub static GATE_NEXT_DECIDE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+/// Where a gated `decide` and the test meet.
+pub static DECIDE_GATE: std::sync::Barrier = std::sync::Barrier::new(2);
 
 /// `apply` panics on an `Added` of this amount.
 pub const UNLUCKY_AMOUNT: u64 = 13;
@@ -81,6 +91,16 @@ impl Aggregate for Counter {
             }
             CounterCommand::RequireAtLeast(_) => Ok(vec![]),
             CounterCommand::Explode => panic!("boom (test panic)"),
+            CounterCommand::AddGated(n) => {
+                if GATE_NEXT_DECIDE.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                    DECIDE_GATE.wait();
+                    DECIDE_GATE.wait();
+                }
+                Ok(vec![CounterEvent::Added {
+                    before: state.total,
+                    amount: *n,
+                }])
+            }
             CounterCommand::AddUnlucky => Ok(vec![CounterEvent::Added {
                 before: state.total,
                 amount: UNLUCKY_AMOUNT,
