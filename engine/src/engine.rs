@@ -899,7 +899,10 @@ impl Engine {
     /// engine's provider; events and snapshots are not rewritten. `provider` must still hold
     /// the master keys being rotated away (a [`crate::crypto::FileKeyProvider`] file with
     /// the new key appended). Returns how many data keys were re-wrapped; once it returns,
-    /// the old master keys can be removed from the provider. Durable when it returns.
+    /// the old master keys can be removed from the provider. Durable when it returns. A
+    /// provider that cannot open every stored data key, or lacks the current master key, is
+    /// refused (a [`StorageError::Key`]) before anything changes: the engine keeps its
+    /// provider.
     /// Like [`Engine::forget_subject`], it runs to its end even if the caller stops waiting.
     pub async fn rotate_master_key(
         &self,
@@ -909,6 +912,12 @@ impl Engine {
             let _inflight = engine.enter().ok_or(StorageError::Closed)?;
             let _admin = engine.inner.key_admin.lock().await;
             let journal = engine.inner.journal.clone();
+            // Checked before the switch: a provider that cannot open every stored key (it
+            // lacks the old master key) would leave the engine unable to load aggregates
+            // whose keys are not cached, and keys made meanwhile wrapped with a master key
+            // the caller believes was never adopted (found by review, 2026-11-28).
+            let check = (journal.clone(), provider.clone());
+            blocking(move || check.0.check_key_successor(&*check.1)).await?;
             journal.set_key_provider(provider);
             blocking(move || journal.rewrap_data_keys()).await
         })

@@ -8,7 +8,8 @@
 //!   and inclusion proofs valid, and survives a reopen;
 //! - topics publish decrypted or redacted payloads per topic, and an erased payload as
 //!   `{"erased":true}`, also one erased before the indexer reached it;
-//! - master key rotation re-wraps the data keys so the old master key can go;
+//! - master key rotation re-wraps the data keys so the old master key can go, and a provider
+//!   that cannot open them is refused with nothing changed;
 //! - on the segment log, forgetting scrubs the subject's name and every wrapping of its keys
 //!   from the log's frames, and only those;
 //! - a forget survives SIGKILL at any moment (child-process test, seeded);
@@ -981,5 +982,48 @@ async fn a_command_decided_before_its_subject_was_forgotten_commits_nothing() {
         assert!(matches!(r, Err(StorageError::Erased { .. })), "{r:?}");
     }
     assert!(journal.verify().is_clean());
+    engine.shutdown().await.unwrap();
+}
+
+/// A rotation to a provider that lacks the old master key is refused before the switch: the
+/// engine keeps its provider and goes on opening keys it has not cached (before, the failed
+/// rotation left the incomplete provider in place; found by review, 2026-11-28).
+#[tokio::test]
+async fn a_rotation_to_a_provider_that_cannot_open_the_keys_changes_nothing() {
+    let (dir, store, keys) = setup();
+    let engine = open(&store, &keys).await;
+    for id in ["a", "b"] {
+        add(&engine, id, 5).await;
+    }
+    engine.shutdown().await.unwrap();
+    // Reopened: no data key is cached.
+    let engine = open(&store, &keys).await;
+    let only_new = dir.path().join("only-new.keys");
+    FileKeyProvider::append_new_key(&only_new, "m2").unwrap();
+    match engine.rotate_master_key(provider(&only_new)).await {
+        Err(StorageError::Key {
+            source: KeyError::UnknownMasterKey { id },
+            ..
+        }) => assert_eq!(id, "m1"),
+        other => panic!("expected UnknownMasterKey, got {other:?}"),
+    }
+    for id in ["a", "b"] {
+        assert_eq!(
+            engine.state::<Counter>(id).await.unwrap().0.total,
+            5,
+            "{id}"
+        );
+    }
+    add(&engine, "c", 5).await;
+    engine.shutdown().await.unwrap();
+    // Everything opens with the old key file alone.
+    let engine = open(&store, &keys).await;
+    for id in ["a", "b", "c"] {
+        assert_eq!(
+            engine.state::<Counter>(id).await.unwrap().0.total,
+            5,
+            "{id}"
+        );
+    }
     engine.shutdown().await.unwrap();
 }

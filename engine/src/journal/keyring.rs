@@ -516,6 +516,41 @@ impl Keyring {
         Ok((writes, count))
     }
 
+    /// Whether `successor` can take over from this keyring's provider: it has a current
+    /// master key, knows this provider's current one (keys made before the switch are
+    /// wrapped with it) and unwraps every live data key in `db`. Changes nothing.
+    pub fn check_successor(
+        &self,
+        db: &sled::Db,
+        successor: &dyn KeyProvider,
+    ) -> Result<(), KeyLookup> {
+        successor.current().map_err(KeyLookup::Key)?;
+        if let Some(current) = self.provider().ok().and_then(|p| p.current().ok()) {
+            successor.get(current.id()).map_err(KeyLookup::Key)?;
+        }
+        for entry in db.scan_prefix([keys::DATA_KEYS]) {
+            let (key, value) = entry?;
+            let id = Uuid::from_slice(&key[1..]).map_err(|_| {
+                KeyLookup::Key(KeyError::MalformedDataKey {
+                    key_id: Uuid::nil(),
+                })
+            })?;
+            match parse_entry(&value) {
+                None => return Err(KeyLookup::Key(KeyError::MalformedDataKey { key_id: id })),
+                Some(Entry::Erased) => {}
+                Some(Entry::Live {
+                    aead,
+                    master_id,
+                    wrapped,
+                }) => {
+                    let master = successor.get(master_id).map_err(KeyLookup::Key)?;
+                    DataKey::unwrap(id, aead, wrapped, &master).map_err(KeyLookup::Key)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The subjects whose `D` entry names a current key, in key order: what
     /// [`upgrade`](Self::upgrade) looks at.
     pub fn subjects(db: &sled::Db) -> impl Iterator<Item = Result<String, KeyLookup>> + '_ {

@@ -1894,6 +1894,19 @@ impl Journal {
         self.shared.keyring.set_provider(provider);
     }
 
+    /// Refuses a provider that cannot take over from the current one (see
+    /// [`keyring::Keyring::check_successor`]); changes nothing.
+    pub(crate) fn check_key_successor(
+        &self,
+        successor: &dyn crate::crypto::KeyProvider,
+    ) -> Result<(), StorageError> {
+        let db = self.shared.db()?;
+        self.shared
+            .keyring
+            .check_successor(&db, successor)
+            .map_err(key_lookup_error)
+    }
+
     /// True when a key provider is set.
     pub fn has_key_provider(&self) -> bool {
         self.shared.keyring.has_provider()
