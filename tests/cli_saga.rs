@@ -56,6 +56,7 @@ async fn build(dir: &std::path::Path) -> (Uuid, Uuid) {
     assert!(runner.wait_idle(idle).await);
     let complete = CompletePayment {
         provider_reference: "psp-cli".into(),
+        attempt: None,
     };
     engine
         .execute::<Payment>(&payment_id_for(fulfilled).to_string(), complete)

@@ -3,6 +3,8 @@
 //! currency, target) under another payment id is rejected within 10 s and accepted after;
 //! one rejected by the aggregate for another reason does not block its corrected retry; two
 //! identical initiations sent at once cannot both pass. Time comes from a `ManualClock`.
+//! Also: the engine's idempotency record of a keyed initiation does not digest the CVV (a
+//! repeat with another CVV is a repeat, not a conflict).
 
 use evershard::aggregates::payment::{
     Cvv, InitiatePayment, Payment, PaymentDuplicateGuard, PaymentError, PaymentMethod, TargetType,
@@ -165,4 +167,38 @@ async fn the_window_survives_a_restart() {
         .await
         .expect("10 s after the first, an identical payment is accepted");
     third.shutdown().await.unwrap();
+}
+
+/// The idempotency record's digest is stored in plain; with the CVV in it, anyone holding
+/// the store could try the 11,110 possible CVVs against the published rest of the command.
+/// So the digest leaves the digits out: the same key with another CVV is a repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idempotency_digest_leaves_the_cvv_out() {
+    use evershard::aggregates::payment::PaymentCommand;
+    use evershard::model::{Aggregate, Metadata};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(
+        chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
+    ));
+    let engine = engine(dir.path(), clock.clone()).await;
+    let p = Uuid::from_u128(31);
+    let keyed = || Metadata::new("test").idempotency_key(Uuid::from_u128(0x4e7));
+    let first = engine
+        .execute_with::<Payment>(&p.to_string(), initiate(p, Some("123")), keyed())
+        .await
+        .unwrap();
+    let again = engine
+        .execute_with::<Payment>(&p.to_string(), initiate(p, Some("456")), keyed())
+        .await
+        .unwrap();
+    assert_eq!(again, first, "a repeat answers the first result");
+    assert_eq!(engine.history::<Payment>(&p.to_string()).unwrap().len(), 1);
+    // The view keeps the CVV's presence (a card attempt without one is another command).
+    let view = |cvv: Option<&str>| {
+        let command: PaymentCommand = initiate(p, cvv).into();
+        Payment::idempotency_view(&command).into_owned()
+    };
+    assert_eq!(view(Some("123")), view(Some("4567")));
+    assert_ne!(view(Some("123")), view(None));
+    assert!(!format!("{:?}", serde_json::to_string(&view(Some("123")))).contains("123"));
 }

@@ -131,6 +131,7 @@ impl Flow {
                 &payment_id_for(order_id).to_string(),
                 CompletePayment {
                     provider_reference: reference.into(),
+                    attempt: None,
                 },
             )
             .await
@@ -144,6 +145,7 @@ impl Flow {
                 &payment_id_for(order_id).to_string(),
                 FailPayment {
                     reason: reason.into(),
+                    attempt: None,
                 },
             )
             .await

@@ -31,6 +31,9 @@
 //! | `rejected`, `closed` | final |
 //!
 //! # Rules (those the docs leave open are marked *chosen*)
+//! - *Chosen*: a credit addressed by a UUID aggregate id is that credit: `ApplyForCredit`
+//!   must name it as `credit_id` (`CreditIdMismatch`), since its events are keyed by the
+//!   aggregate id on the topics.
 //! - Applicant type `individual` | `organization`; requested amount > 0; term in months > 0;
 //!   *chosen:* the purpose must not be blank.
 //! - *Chosen:* applying again with exactly the same application is an idempotent repeat
@@ -367,6 +370,8 @@ pub enum CreditError {
     ApplicationNotFound,
     #[error("credit {credit_id} already has another application")]
     AlreadyApplied { credit_id: Uuid },
+    #[error("credit id {got} does not match the credit addressed, {expected}")]
+    CreditIdMismatch { expected: Uuid, got: Uuid },
     #[error("the requested amount must be greater than zero, got {0}")]
     NonPositiveRequestedAmount(Money),
     #[error("the term must be at least one month")]
@@ -424,7 +429,7 @@ impl Aggregate for Credit {
         ctx: &DecideContext,
     ) -> Result<Vec<CreditEvent>, CreditError> {
         match command {
-            CreditCommand::Apply(c) => apply_for(state, c),
+            CreditCommand::Apply(c) => apply_for(state, c, &ctx.aggregate_id),
             CreditCommand::Approve(c) => approve(state, c, ctx.now.date_naive()),
             CreditCommand::Reject(c) => reject(state, c),
             CreditCommand::ReceivePayment(c) => receive_payment(state, c),
@@ -464,7 +469,21 @@ impl Aggregate for Credit {
     }
 }
 
-fn apply_for(state: &CreditState, cmd: &ApplyForCredit) -> Result<Vec<CreditEvent>, CreditError> {
+fn apply_for(
+    state: &CreditState,
+    cmd: &ApplyForCredit,
+    addressed: &str,
+) -> Result<Vec<CreditEvent>, CreditError> {
+    // A credit addressed by a UUID is that credit: its events are keyed by the aggregate id
+    // on the topics, so another id in the body would publish a second lifecycle of it.
+    if let Ok(addressed) = Uuid::parse_str(addressed) {
+        if addressed != cmd.credit_id {
+            return Err(CreditError::CreditIdMismatch {
+                expected: addressed,
+                got: cmd.credit_id,
+            });
+        }
+    }
     let event = CreditApplicationCreated {
         credit_id: cmd.credit_id,
         applicant_id: cmd.applicant_id,

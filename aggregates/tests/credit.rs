@@ -137,6 +137,24 @@ fn an_application_is_filed_by_an_individual_or_an_organization() {
         .into()]);
 }
 
+/// A credit addressed by a UUID is that credit: an application naming another credit id
+/// would publish a second lifecycle of it under this record key.
+#[test]
+fn an_application_names_the_credit_it_is_addressed_to() {
+    let other = Uuid::from_u128(0xBAD);
+    given_no_events::<Credit>()
+        .id(other.to_string())
+        .when(apply_cmd())
+        .then_expect_error(CreditError::CreditIdMismatch {
+            expected: other,
+            got: credit_id(),
+        });
+    given_no_events::<Credit>()
+        .id(credit_id().to_string())
+        .when(apply_cmd())
+        .then_expect_events([created().into()]);
+}
+
 #[test]
 fn the_same_application_again_is_an_idempotent_repeat() {
     for history in [pending(), active(), rejected(), closed()] {

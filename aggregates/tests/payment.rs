@@ -487,6 +487,25 @@ fn a_retry_must_keep_payment_payer_and_target() {
         .then_expect_error(expected_target);
 }
 
+/// A payment addressed by a UUID is that payment: an initiation naming another payment id
+/// would publish a second lifecycle of it under this record key.
+#[test]
+fn an_initiation_names_the_payment_it_is_addressed_to() {
+    let other = Uuid::from_u128(0xBAD);
+    given_no_events::<Payment>()
+        .id(other.to_string())
+        .when(card_initiate())
+        .then_expect_error(PaymentError::PaymentIdMismatch {
+            expected: other,
+            got: payment_id(),
+        });
+    given_no_events::<Payment>()
+        .id(payment_id().to_string())
+        .at(t(0))
+        .when(card_initiate())
+        .then_expect_events([initiated(1, t(0)).into()]);
+}
+
 // ---- CompletePayment --------------------------------------------------------------------------
 
 #[test]
@@ -495,6 +514,7 @@ fn the_attempt_in_progress_completes() {
         .at(t(2))
         .when(CompletePayment {
             provider_reference: "psp-1".into(),
+            attempt: None,
         })
         .then_expect_events([completed(1, t(2)).into()]);
     assert_eq!(state.status, PaymentStatus::Completed);
@@ -509,6 +529,7 @@ fn a_retry_completes_as_its_own_attempt() {
         .at(t(31))
         .when(CompletePayment {
             provider_reference: "psp-1".into(),
+            attempt: None,
         })
         .then_expect_events([completed(2, t(31)).into()]);
 }
@@ -519,6 +540,7 @@ fn the_same_completion_again_is_an_idempotent_repeat() {
         .at(t(50))
         .when(CompletePayment {
             provider_reference: "psp-1".into(),
+            attempt: None,
         })
         .then_expect_events([]);
     assert_eq!(state.status, PaymentStatus::Completed);
@@ -529,6 +551,7 @@ fn another_completion_of_a_paid_payment_is_rejected() {
     given::<Payment>(history_completed())
         .when(CompletePayment {
             provider_reference: "psp-2".into(),
+            attempt: None,
         })
         .then_expect_error(PaymentError::AlreadyCompleted);
 }
@@ -543,6 +566,7 @@ fn completion_needs_an_attempt_in_progress() {
         given::<Payment>(history)
             .when(CompletePayment {
                 provider_reference: "psp-1".into(),
+                attempt: None,
             })
             .then_expect_error(PaymentError::NoAttemptInProgress { status });
     }
@@ -556,6 +580,7 @@ fn a_failure_is_counted_and_the_third_blocks() {
         .at(t(1))
         .when(FailPayment {
             reason: "card_declined".into(),
+            attempt: None,
         })
         .then_expect_events([failed(1, t(1)).into()]);
     assert_eq!(state.status, PaymentStatus::Failed);
@@ -567,6 +592,7 @@ fn a_failure_is_counted_and_the_third_blocks() {
         .at(t(41))
         .when(FailPayment {
             reason: "card_declined".into(),
+            attempt: None,
         })
         .then_expect_events([failed(3, t(41)).into()]);
     assert_eq!(state.status, PaymentStatus::Blocked);
@@ -584,6 +610,7 @@ fn a_failure_needs_an_attempt_in_progress() {
         given::<Payment>(history)
             .when(FailPayment {
                 reason: "timeout".into(),
+                attempt: None,
             })
             .then_expect_error(PaymentError::NoAttemptInProgress { status });
     }
@@ -599,9 +626,85 @@ fn a_paid_payment_cannot_fail() {
         given::<Payment>(history)
             .when(FailPayment {
                 reason: "timeout".into(),
+                attempt: None,
             })
             .then_expect_error(PaymentError::AlreadyCompleted);
     }
+}
+
+// ---- Answers that name their attempt ---------------------------------------------------------
+
+fn complete_attempt(attempt: u32) -> CompletePayment {
+    CompletePayment {
+        provider_reference: format!("psp-{attempt}"),
+        attempt: Some(attempt),
+    }
+}
+
+fn fail_attempt(attempt: u32) -> FailPayment {
+    FailPayment {
+        reason: "card_declined".into(),
+        attempt: Some(attempt),
+    }
+}
+
+/// The provider's failure of attempt 1, delivered again while attempt 2 is with the provider,
+/// is a repeat: it neither fails attempt 2 nor counts towards the block.
+#[test]
+fn a_repeated_failure_of_an_earlier_attempt_writes_nothing() {
+    let mut history = history_failed_once();
+    history.push(initiated(2, t(30)).into());
+    let state = given::<Payment>(history.clone())
+        .at(t(31))
+        .when(fail_attempt(1))
+        .then_expect_events([]);
+    assert_eq!(state.status, PaymentStatus::Initiated);
+    assert_eq!(state.failed_attempts, 1);
+    // Also once no attempt is in progress.
+    given::<Payment>(history_failed_once())
+        .when(fail_attempt(1))
+        .then_expect_events([]);
+    // The attempt it names, in progress, fails as before.
+    given::<Payment>(history)
+        .at(t(41))
+        .when(fail_attempt(2))
+        .then_expect_events([failed(2, t(41)).into()]);
+}
+
+/// A late success of attempt 1 (it had failed on a timeout) cannot complete attempt 2: the
+/// payment would record attempt 1's charge as attempt 2's, and attempt 2's own answer would
+/// then be refused.
+#[test]
+fn an_answer_for_another_attempt_is_refused() {
+    let mut history = history_failed_once();
+    history.push(initiated(2, t(30)).into());
+    given::<Payment>(history.clone())
+        .when(complete_attempt(1))
+        .then_expect_error(PaymentError::AttemptMismatch {
+            answered: 1,
+            in_progress: Some(2),
+        });
+    given::<Payment>(history.clone())
+        .when(fail_attempt(3))
+        .then_expect_error(PaymentError::AttemptMismatch {
+            answered: 3,
+            in_progress: Some(2),
+        });
+    given::<Payment>(history_failed_once())
+        .when(complete_attempt(1))
+        .then_expect_error(PaymentError::AttemptMismatch {
+            answered: 1,
+            in_progress: None,
+        });
+    let state = given::<Payment>(history)
+        .at(t(31))
+        .when(complete_attempt(2))
+        .then_expect_events([PaymentCompleted {
+            provider_reference: "psp-2".into(),
+            ..completed(2, t(31))
+        }
+        .into()]);
+    assert_eq!(state.status, PaymentStatus::Completed);
 }
 
 // ---- RefundPayment ----------------------------------------------------------------------------
@@ -878,6 +981,7 @@ fn accounts(reference: Option<&str>) -> TransferAccounts {
 fn complete() -> CompletePayment {
     CompletePayment {
         provider_reference: "psp-1".into(),
+        attempt: None,
     }
 }
 

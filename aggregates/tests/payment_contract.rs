@@ -452,10 +452,12 @@ fn commands_round_trip_through_json_and_codec() {
         .into(),
         CompletePayment {
             provider_reference: "psp-1".into(),
+            attempt: None,
         }
         .into(),
         FailPayment {
             reason: "cvv_mismatch".into(),
+            attempt: None,
         }
         .into(),
         RefundPayment {

@@ -126,10 +126,12 @@ fn chaos_command(state: &PaymentState, rng: &mut DemoRng) -> PaymentCommand {
         }
         1 => CompletePayment {
             provider_reference: (*rng.pick(&["psp-a", "psp-b"])).into(),
+            attempt: None,
         }
         .into(),
         2 => FailPayment {
             reason: "declined".into(),
+            attempt: None,
         }
         .into(),
         _ => {

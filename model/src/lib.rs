@@ -195,6 +195,16 @@ pub trait Aggregate: Send + Sync + 'static {
         None
     }
 
+    /// The command as its idempotency record sees it: the engine stores a SHA-256 of this
+    /// (with the aggregate id) to tell a repeat of a key from its reuse for another command,
+    /// in plain, for the key's retention window. A command that carries a secret of few
+    /// possible values (a card's CVV, a PIN) returns a copy without it: an unsalted digest
+    /// of a command whose other fields are published would give the secret away to anyone
+    /// who tries every value. Default: the command itself.
+    fn idempotency_view(command: &Self::Command) -> std::borrow::Cow<'_, Self::Command> {
+        std::borrow::Cow::Borrowed(command)
+    }
+
     /// When this aggregate next needs to act on its own, and what command the engine then
     /// sends it: a durable timer. The engine calls it on the state after every commit; when
     /// the deadline changed, it writes, moves or removes the timer entry in the same atomic

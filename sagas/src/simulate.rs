@@ -165,9 +165,14 @@ pub fn gateway(
             let command: PaymentCommand = match plan(initiated.payment_id, initiated.attempt) {
                 GatewayAnswer::Complete => CompletePayment {
                     provider_reference: format!("psp-{id}-{}", initiated.attempt),
+                    attempt: Some(initiated.attempt),
                 }
                 .into(),
-                GatewayAnswer::Fail(reason) => FailPayment { reason }.into(),
+                GatewayAnswer::Fail(reason) => FailPayment {
+                    reason,
+                    attempt: Some(initiated.attempt),
+                }
+                .into(),
                 GatewayAnswer::Silent => return Ok(()),
             };
             // Answer only the attempt still in progress: a redelivered initiation of an
@@ -282,16 +287,21 @@ pub async fn abandon_open_attempts(engine: &Engine) -> Result<usize, SettleError
             .state::<Payment>(&id)
             .await
             .map_err(|e| SettleError::State(e.to_string()))?;
-        let open = state
+        let Some(open) = state
             .attempts
             .last()
-            .is_some_and(|a| a.outcome == AttemptOutcome::Pending);
+            .filter(|a| a.outcome == AttemptOutcome::Pending)
+        else {
+            continue;
+        };
+        // Names the attempt read: a retry started meanwhile is not failed in its place.
         let fail = FailPayment {
             reason: "abandoned by the gateway".into(),
+            attempt: Some(open.attempt),
         };
         // A refusal means the attempt was answered meanwhile: nothing to abandon.
-        if open && engine.execute::<Payment>(&id, fail).await.is_ok() {
-            abandoned += 1;
+        if let Ok(events) = engine.execute::<Payment>(&id, fail).await {
+            abandoned += usize::from(!events.is_empty());
         }
     }
     Ok(abandoned)

@@ -10,8 +10,8 @@
 //! | command | accepted when | events |
 //! | --- | --- | --- |
 //! | [`InitiatePayment`] | new, or the last attempt failed (a retry) | `PaymentInitiated` |
-//! | [`CompletePayment`] | an attempt is in progress | `PaymentCompleted`, then `PaymentProcessed` if the attempt is an outgoing transfer, then `PaymentReceived` if the target is an invoice |
-//! | [`FailPayment`] | an attempt is in progress | `PaymentFailed` (the third one blocks) |
+//! | [`CompletePayment`] | an attempt is in progress (the one it names, if it names one) | `PaymentCompleted`, then `PaymentProcessed` if the attempt is an outgoing transfer, then `PaymentReceived` if the target is an invoice |
+//! | [`FailPayment`] | an attempt is in progress (the one it names, if it names one); none again for an attempt that failed already | `PaymentFailed` (the third one blocks) |
 //! | [`RefundPayment`] | completed, not yet fully refunded | `PaymentRefunded` |
 //!
 //! No new command: the two bank events arise from the existing lifecycle. The initiation
@@ -54,11 +54,17 @@
 //! | `blocked`, `refunded` | final |
 //!
 //! # Rules
+//! - **Payment id**: a payment addressed by a UUID aggregate id is that payment:
+//!   `InitiatePayment` must name it as `payment_id` ([`PaymentError::PaymentIdMismatch`]),
+//!   since its events are keyed by the aggregate id on the topics.
 //! - Methods: `card`, `apple_pay`, `paypal`, `bank_transfer`, `cash`.
 //! - **CVV**: a card attempt must carry a CVV of 3 or 4 ASCII digits; other methods must carry
 //!   none (a CVV sent with cash or PayPal is a client bug and is refused rather than silently
 //!   handled). The CVV is checked in `decide` and then dropped: events and state only record
-//!   `cvv_checked: true`, never the digits. [`Cvv`]'s `Debug` prints no digits either. Whether
+//!   `cvv_checked: true`, never the digits. [`Cvv`]'s `Debug` prints no digits either, and
+//!   the engine's idempotency record of a keyed command digests the command without them
+//!   ([`Aggregate::idempotency_view`]: a repeat of the key with another CVV is a repeat,
+//!   answered with the first attempt's result). Whether
 //!   the CVV *matches* the card is the provider's answer; a mismatch comes back as
 //!   [`FailPayment`] and counts as a failed attempt.
 //! - **Amount**: > 0 and at most 50,000.00 USD ([`AMOUNT_MAX_USD`]). Other currencies are
@@ -92,6 +98,14 @@
 //!   amount refunds everything still refundable. A refund is in the completed currency.
 //! - **Completion** is idempotent on its provider reference: the same `CompletePayment` again
 //!   after completion writes nothing; another reference is refused.
+//! - **Answers name their attempt.** A provider's answer is delivered at least once and may
+//!   come late, after the attempt it answers timed out and a retry started. `CompletePayment`
+//!   and `FailPayment` therefore carry the `attempt` they answer (`None`: the attempt in
+//!   progress, as before this field existed). An answer for another attempt than the one in
+//!   progress is refused ([`PaymentError::AttemptMismatch`]: a late success of a failed
+//!   attempt must be voided at the provider, it cannot complete the retry), and a repeated
+//!   failure of an attempt that failed already writes nothing: it neither fails the retry
+//!   nor counts towards the block (found by review, 2026-11-28).
 //! - **Invoice payments** (`target_type: invoice`; the `target_id` is the invoice id published
 //!   as `invoice_id`) must name the beneficiary department (the invoice's issuer):
 //!   [`PaymentError::BeneficiaryMissing`]; any other target must name none
@@ -458,17 +472,23 @@ impl InitiatePayment {
     }
 }
 
-/// The provider accepted the attempt in progress.
+/// The provider accepted an attempt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CompletePayment {
     /// The provider's transaction reference.
     pub provider_reference: String,
+    /// The attempt this answers (`PaymentInitiated.attempt`); `None`: the one in progress.
+    /// Absent in JSON reads as `None`.
+    pub attempt: Option<u32>,
 }
 
-/// The provider refused the attempt in progress (declined, CVV mismatch, timeout, ...).
+/// The provider refused an attempt (declined, CVV mismatch, timeout, ...).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FailPayment {
     pub reason: String,
+    /// The attempt this answers (`PaymentInitiated.attempt`); `None`: the one in progress.
+    /// Absent in JSON reads as `None`.
+    pub attempt: Option<u32>,
 }
 
 /// Refunds part or all of a completed payment.
@@ -760,6 +780,13 @@ pub enum PaymentError {
     },
     #[error("no attempt is in progress (status {status})")]
     NoAttemptInProgress { status: PaymentStatus },
+    /// The answer names another attempt than the one in progress (a late answer of an
+    /// attempt that was already answered, or of one not started).
+    #[error("the answer is for attempt {answered}, the attempt in progress is {in_progress:?}")]
+    AttemptMismatch {
+        answered: u32,
+        in_progress: Option<u32>,
+    },
     #[error("only a completed payment can be refunded (status {status})")]
     NotCompleted { status: PaymentStatus },
     #[error("the payment is already refunded in full")]
@@ -810,7 +837,7 @@ impl Aggregate for Payment {
         ctx: &DecideContext,
     ) -> Result<Vec<PaymentEvent>, PaymentError> {
         match command {
-            PaymentCommand::Initiate(c) => initiate(state, c, ctx.now),
+            PaymentCommand::Initiate(c) => initiate(state, c, ctx),
             PaymentCommand::Complete(c) => complete(state, c, ctx.now),
             PaymentCommand::Fail(c) => fail(state, c, ctx.now),
             PaymentCommand::Refund(c) => refund(state, c, ctx.now),
@@ -878,6 +905,19 @@ impl Aggregate for Payment {
         check_payment_invariants(state)
     }
 
+    /// The command without its CVV's digits (their presence stays): see the module docs.
+    fn idempotency_view(command: &PaymentCommand) -> std::borrow::Cow<'_, PaymentCommand> {
+        match command {
+            PaymentCommand::Initiate(c) if c.cvv.is_some() => {
+                std::borrow::Cow::Owned(PaymentCommand::Initiate(InitiatePayment {
+                    cvv: Some(Cvv::new("")),
+                    ..c.clone()
+                }))
+            }
+            _ => std::borrow::Cow::Borrowed(command),
+        }
+    }
+
     /// `PaymentInitiated` 1.0 is decoded in its legacy shape and upcast ([`legacy`]); every
     /// other record as the current enum, refusing another major version or a type mismatch.
     fn decode_event(
@@ -896,8 +936,19 @@ impl Aggregate for Payment {
 fn initiate(
     state: &PaymentState,
     cmd: &InitiatePayment,
-    now: DateTime<Utc>,
+    ctx: &DecideContext,
 ) -> Result<Vec<PaymentEvent>, PaymentError> {
+    let now = ctx.now;
+    // A payment addressed by a UUID is that payment: its events are keyed by the aggregate
+    // id on the topics, so another id in the body would publish a second lifecycle of it.
+    if let Ok(addressed) = Uuid::parse_str(&ctx.aggregate_id) {
+        if addressed != cmd.payment_id {
+            return Err(PaymentError::PaymentIdMismatch {
+                expected: addressed,
+                got: cmd.payment_id,
+            });
+        }
+    }
     match state.status {
         PaymentStatus::Blocked => {
             return Err(PaymentError::PaymentBlocked {
@@ -1028,6 +1079,35 @@ fn in_progress(state: &PaymentState) -> Option<(&PaymentIdentity, &PaymentAttemp
     Some((state.identity.as_ref()?, state.attempts.last()?))
 }
 
+/// The attempt an answer is for: the one in progress, which the answer names if it names
+/// one.
+fn answered(
+    state: &PaymentState,
+    named: Option<u32>,
+) -> Result<(&PaymentIdentity, &PaymentAttempt), PaymentError> {
+    let current = in_progress(state);
+    match (named, current) {
+        (Some(answered), Some((_, attempt))) if attempt.attempt != answered => {
+            Err(PaymentError::AttemptMismatch {
+                answered,
+                in_progress: Some(attempt.attempt),
+            })
+        }
+        (_, Some(current)) => Ok(current),
+        (Some(answered), None)
+            if matches!(state.status, PaymentStatus::Failed | PaymentStatus::Blocked) =>
+        {
+            Err(PaymentError::AttemptMismatch {
+                answered,
+                in_progress: None,
+            })
+        }
+        (_, None) => Err(PaymentError::NoAttemptInProgress {
+            status: state.status,
+        }),
+    }
+}
+
 fn complete(
     state: &PaymentState,
     cmd: &CompletePayment,
@@ -1040,9 +1120,7 @@ fn complete(
             Err(PaymentError::AlreadyCompleted)
         };
     }
-    let (id, attempt) = in_progress(state).ok_or(PaymentError::NoAttemptInProgress {
-        status: state.status,
-    })?;
+    let (id, attempt) = answered(state, cmd.attempt)?;
     let mut events = vec![PaymentCompleted {
         payment_id: id.payment_id,
         payer_id: id.payer_id,
@@ -1097,9 +1175,17 @@ fn fail(
     if state.status.is_paid() {
         return Err(PaymentError::AlreadyCompleted);
     }
-    let (id, attempt) = in_progress(state).ok_or(PaymentError::NoAttemptInProgress {
-        status: state.status,
-    })?;
+    // A repeat of an attempt's failure (the provider's answer delivered twice).
+    if let Some(n) = cmd.attempt {
+        if state
+            .attempts
+            .iter()
+            .any(|a| a.attempt == n && a.outcome == AttemptOutcome::Failed)
+        {
+            return Ok(vec![]);
+        }
+    }
+    let (id, attempt) = answered(state, cmd.attempt)?;
     let failed_attempts = state.failed_attempts + 1;
     Ok(vec![PaymentFailed {
         payment_id: id.payment_id,

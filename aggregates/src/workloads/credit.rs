@@ -37,8 +37,10 @@ impl Workload for Credit {
                 } else {
                     Money::from_major(rng.range(1_000, 500_000))
                 };
+                // The addressed credit (drawn either way: the stream of draws stays).
+                let drawn = rng.uuid();
                 ApplyForCredit {
-                    credit_id: rng.uuid(),
+                    credit_id: uuid::Uuid::parse_str(&ctx.aggregate_id).unwrap_or(drawn),
                     applicant_id: rng.uuid(),
                     applicant_type: *rng.pick(&ApplicantType::ALL),
                     requested_amount,

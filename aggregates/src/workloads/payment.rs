@@ -93,8 +93,10 @@ impl Workload for Payment {
                 let target_type = *rng.pick(&TargetType::ALL);
                 let invoice = target_type == TargetType::Invoice;
                 let (payment_method, cvv) = sample_method_and_cvv(rng, invoice);
+                // The addressed payment (drawn either way: the stream of draws stays).
+                let drawn = rng.uuid();
                 InitiatePayment {
-                    payment_id: rng.uuid(),
+                    payment_id: Uuid::parse_str(&ctx.aggregate_id).unwrap_or(drawn),
                     payer_id: rng.uuid(),
                     target_type,
                     target_id: rng.uuid(),
@@ -112,11 +114,13 @@ impl Workload for Payment {
                 if rng.chance(60) {
                     CompletePayment {
                         provider_reference: format!("psp-{:016x}", rng.next_u64()),
+                        attempt: None,
                     }
                     .into()
                 } else {
                     FailPayment {
                         reason: (*rng.pick(&FAILURE_REASONS)).to_owned(),
+                        attempt: None,
                     }
                     .into()
                 }
@@ -146,6 +150,7 @@ impl Workload for Payment {
                     }
                     _ => CompletePayment {
                         provider_reference: "psp-none".into(),
+                        attempt: None,
                     }
                     .into(),
                 }

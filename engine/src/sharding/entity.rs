@@ -195,14 +195,17 @@ pub(crate) fn idempotency_ops(
     }]
 }
 
-/// SHA-256 of the aggregate id and the command in the payload codec: what tells a repeat of
-/// an idempotency key from a reuse of it for another command.
+/// SHA-256 of the aggregate id and the command (as [`Aggregate::idempotency_view`] shows it)
+/// in the payload codec: what tells a repeat of an idempotency key from a reuse of it for
+/// another command.
 pub(crate) fn command_digest<A: Aggregate>(aggregate_id: &str, command: &A::Command) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update((aggregate_id.len() as u64).to_le_bytes());
     h.update(aggregate_id.as_bytes());
-    h.update(evershard_model::codec::encode(command));
+    h.update(evershard_model::codec::encode(&*A::idempotency_view(
+        command,
+    )));
     h.finalize().into()
 }
 
