@@ -190,8 +190,11 @@ impl EngineBuilder {
 
     /// The provider of the master key that wraps the data keys of encryption at rest
     /// (docs/security.md; [`crate::crypto::FileKeyProvider`] reads a key file). Without one,
-    /// nothing is encrypted: sensitive types are stored in plain and `open` logs a warning,
-    /// and payloads that an earlier run encrypted cannot be read. Default: none.
+    /// nothing is encrypted: sensitive types are stored in plain and `open` logs a warning —
+    /// except on a store an earlier run wrote with encryption, which `open` refuses
+    /// ([`ConfigError::KeyProviderRequired`]) while sensitive types are registered: declare
+    /// them not sensitive (`sensitive::<T>(false)`) to store them in plain from then on.
+    /// Default: none.
     pub fn key_provider(mut self, provider: Arc<dyn KeyProvider>) -> Self {
         self.key_provider = Some(provider);
         self
@@ -391,8 +394,26 @@ impl EngineBuilder {
                 self.sensitive.intersection(&registered).copied().collect()
             }
             None => {
-                let plain: Vec<_> = self.sensitive.intersection(&registered).collect();
+                let mut plain: Vec<&'static str> =
+                    self.sensitive.intersection(&registered).copied().collect();
+                plain.sort_unstable();
                 if !plain.is_empty() {
+                    // A store written with encryption: refused rather than silently writing
+                    // sensitive payloads in plain beside the sealed ones (found by review,
+                    // 2026-11-28).
+                    let encrypted = match journal.holds_data_keys() {
+                        Ok(held) => held,
+                        Err(e) => {
+                            let j = journal.clone();
+                            let _ = tokio::task::spawn_blocking(move || j.close()).await;
+                            return Err(e.into());
+                        }
+                    };
+                    if encrypted {
+                        let j = journal.clone();
+                        let _ = tokio::task::spawn_blocking(move || j.close()).await;
+                        return Err(ConfigError::KeyProviderRequired { types: plain }.into());
+                    }
                     tracing::warn!(types = ?plain, "no key provider: sensitive aggregate types are stored unencrypted (EngineBuilder::key_provider)");
                 }
                 Default::default()

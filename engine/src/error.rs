@@ -737,6 +737,15 @@ pub enum ForgetError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// The store was written with encryption at rest, sensitive types are registered, and
+    /// no key provider was given: opened anyway, their new payloads would be stored in
+    /// plain beside the sealed ones, and no erasure could reach them.
+    #[error(
+        "the store holds encrypted data and sensitive types {types:?} are registered, but no key \
+         provider was given (EngineBuilder::key_provider; to store them in plain from now on, \
+         say so with EngineBuilder::sensitive::<T>(false))"
+    )]
+    KeyProviderRequired { types: Vec<&'static str> },
     #[error("shards must be at least 1")]
     NoShards,
     #[error("mailbox limits must be at least 1")]

@@ -1027,3 +1027,40 @@ async fn a_rotation_to_a_provider_that_cannot_open_the_keys_changes_nothing() {
     }
     engine.shutdown().await.unwrap();
 }
+
+/// A store written with encryption, reopened without a key provider while its sensitive
+/// type is registered, is refused: opened, new payloads of that type would be stored in
+/// plain beside the sealed ones, where no erasure reaches them (found by review,
+/// 2026-11-28). Declaring the type not sensitive opens it, as the error says.
+#[tokio::test]
+async fn reopening_an_encrypted_store_without_a_key_provider_is_refused() {
+    let (_dir, store, keys) = setup();
+    let engine = open(&store, &keys).await;
+    add(&engine, "a", 5).await;
+    engine.shutdown().await.unwrap();
+    let without = || {
+        Engine::builder(&store)
+            .register::<Counter>()
+            .sensitive::<Counter>(true)
+    };
+    match without().open().await {
+        Err(evershard_engine::EngineError::Config(
+            evershard_engine::ConfigError::KeyProviderRequired { types },
+        )) => assert_eq!(types, ["Counter"]),
+        other => panic!("expected KeyProviderRequired, got {:?}", other.map(|_| ())),
+    }
+    // The refusal released the store: an open that says what it wants works.
+    let engine = without().sensitive::<Counter>(false).open().await.unwrap();
+    add(&engine, "b", 5).await;
+    engine.shutdown().await.unwrap();
+    // And one with the key reads both.
+    let engine = open(&store, &keys).await;
+    for id in ["a", "b"] {
+        assert_eq!(
+            engine.state::<Counter>(id).await.unwrap().0.total,
+            5,
+            "{id}"
+        );
+    }
+    engine.shutdown().await.unwrap();
+}

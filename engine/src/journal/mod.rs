@@ -1890,6 +1890,14 @@ impl Journal {
     /// Sets the key provider that opens encrypted payloads (and, for an engine's journal,
     /// wraps new data keys). A read-only journal (the CLI) takes one to read payloads;
     /// integrity checks never need it.
+    /// True when the store holds a data key (live or erased): it was written with
+    /// encryption at rest.
+    pub fn holds_data_keys(&self) -> Result<bool, StorageError> {
+        let db = self.shared.db()?;
+        let first = db.scan_prefix([keys::DATA_KEYS]).next().transpose()?;
+        Ok(first.is_some())
+    }
+
     pub fn set_key_provider(&self, provider: Arc<dyn crate::crypto::KeyProvider>) {
         self.shared.keyring.set_provider(provider);
     }
