@@ -76,7 +76,13 @@
 //!   [`REPEATED_ERRORS_WINDOW_SECONDS`] (counting back from `ctx.now`, strictly younger than
 //!   the window) disconnects the device: that command emits `DeviceErrorDetected` and
 //!   `DeviceDisconnected { reason: repeated_errors }` together. The window covers the
-//!   current connection only: connecting or disconnecting starts it afresh. The reason
+//!   current connection only: connecting or disconnecting starts it afresh.
+//!   *Chosen:* only `ReportError` counts. The `error_codes` of a telemetry reading are the
+//!   sensor's diagnostic codes as the catalog publishes them (`TelemetryReceived.metrics`),
+//!   kept and published as reported; a device (or its gateway) that detects a fault reports
+//!   it with `ReportError`, which is what `DeviceErrorDetected` and the automatic
+//!   disconnection follow. Counting both would count one fault twice whenever a device
+//!   reports it both ways. The reason
 //!   `repeated_errors` is reserved for this rule; a `DisconnectDevice` command carrying it
 //!   is rejected. `ReportError` does not require a calibration (an uncalibrated device can
 //!   still fail).

@@ -1206,6 +1206,15 @@ fn with_low_stock_alert(
     if events.is_empty() || before.is_low() {
         return events;
     }
+    // Without a demand forecast the safety stock is 0, and available stock never goes below
+    // 0 (an invariant): nothing can cross. The common case, and it skips cloning a state
+    // that may hold thousands of reservations on every command (found by review).
+    let forecast_changes = events
+        .iter()
+        .any(|e| matches!(e, ProductStockEvent::DemandForecastUpdated(_)));
+    if before.safety_stock() == 0 && !forecast_changes {
+        return events;
+    }
     let after = ProductStock::replay(before.clone(), &events);
     if after.is_low() {
         events.push(
