@@ -13,7 +13,7 @@ use chrono::Duration;
 use common::t0;
 use evershard::aggregates::order::{
     CancelOrder, CancelReason, CreateOrder, FulfilOrder, LineRequest, Order, OrderStatus,
-    ORDER_CONFIRMATION_TTL_MS,
+    PlacedOrder, ORDER_CONFIRMATION_TTL_MS,
 };
 use evershard::aggregates::order_saga::{
     payment_id_for, LineStatus, OrderSaga, OrderSagaEvent, PaymentPhase, SagaInstance, SagaOutcome,
@@ -91,6 +91,19 @@ impl Flow {
         panic!("timers kept firing after {SETTLE_ROUNDS_MAX} rounds");
     }
 
+    /// `product` keeps its reservations `ttl_ms` only.
+    async fn reservation_ttl(&self, product: &str, ttl_ms: i64) {
+        self.engine
+            .execute::<ProductStock>(
+                product,
+                SetReservationTtl {
+                    reservation_ttl_ms: ttl_ms,
+                },
+            )
+            .await
+            .unwrap();
+    }
+
     async fn stock(&self, product: &str, quantity: i64) {
         self.engine
             .execute::<ProductStock>(product, ReceiveStock { quantity })
@@ -162,13 +175,17 @@ impl Flow {
         state.saga.expect("the saga started")
     }
 
-    async fn order_status(&self, order_id: Uuid) -> OrderStatus {
+    async fn order(&self, order_id: Uuid) -> PlacedOrder {
         let (state, _) = self
             .engine
             .state::<Order>(&order_id.to_string())
             .await
             .unwrap();
-        state.status().expect("the order exists")
+        state.order.expect("the order exists")
+    }
+
+    async fn order_status(&self, order_id: Uuid) -> OrderStatus {
+        self.order(order_id).await.status
     }
 
     async fn product(&self, product: &str) -> ProductStockState {
@@ -289,13 +306,8 @@ async fn out_of_stock_releases_the_reserved_lines_and_cancels() {
     let order = flow.place(&[("sku-a", 2, 1000), ("sku-b", 3, 500)]).await;
 
     assert_eq!(flow.order_status(order).await, OrderStatus::Cancelled);
-    let (state, _) = flow
-        .engine
-        .state::<Order>(&order.to_string())
-        .await
-        .unwrap();
     assert_eq!(
-        state.order.unwrap().cancel_reason,
+        flow.order(order).await.cancel_reason,
         Some(CancelReason::StockUnavailable)
     );
     let saga = flow.saga(order).await;
@@ -368,12 +380,7 @@ async fn a_blocked_payment_releases_the_stock_and_cancels() {
         }
     }
     assert_eq!(flow.payment_status(order).await, PaymentStatus::Blocked);
-    let (state, _) = flow
-        .engine
-        .state::<Order>(&order.to_string())
-        .await
-        .unwrap();
-    let placed = state.order.unwrap();
+    let placed = flow.order(order).await;
     assert_eq!(placed.status, OrderStatus::Cancelled);
     assert_eq!(placed.cancel_reason, Some(CancelReason::PaymentFailed));
     assert_eq!(flow.product("sku-a").await.reserved, 0);
@@ -389,15 +396,7 @@ async fn an_expired_reservation_cancels_the_order_and_releases_the_other_lines()
     flow.stock("sku-a", 10).await;
     flow.stock("sku-b", 10).await;
     // sku-b keeps reservations one minute only: it expires long before the order's 30 min.
-    flow.engine
-        .execute::<ProductStock>(
-            "sku-b",
-            SetReservationTtl {
-                reservation_ttl_ms: 60_000,
-            },
-        )
-        .await
-        .unwrap();
+    flow.reservation_ttl("sku-b", 60_000).await;
     let order = flow.place(&[("sku-a", 3, 100), ("sku-b", 2, 100)]).await;
     assert_eq!(
         flow.order_status(order).await,
@@ -405,12 +404,7 @@ async fn an_expired_reservation_cancels_the_order_and_releases_the_other_lines()
     );
 
     flow.advance(Duration::minutes(2)).await;
-    let (state, _) = flow
-        .engine
-        .state::<Order>(&order.to_string())
-        .await
-        .unwrap();
-    let placed = state.order.unwrap();
+    let placed = flow.order(order).await;
     assert_eq!(placed.status, OrderStatus::Cancelled);
     assert_eq!(placed.cancel_reason, Some(CancelReason::ReservationExpired));
     assert_eq!(
@@ -505,12 +499,7 @@ async fn a_saga_not_confirmed_within_30_minutes_is_compensated() {
         OrderStatus::PaymentRequested
     );
     flow.advance(Duration::microseconds(1)).await;
-    let (state, _) = flow
-        .engine
-        .state::<Order>(&order.to_string())
-        .await
-        .unwrap();
-    let placed = state.order.unwrap();
+    let placed = flow.order(order).await;
     assert_eq!(placed.status, OrderStatus::Cancelled);
     assert!(
         matches!(
@@ -605,15 +594,7 @@ async fn a_paid_order_whose_reservation_expired_is_not_handed_over_but_refunded(
     let flow = Flow::start().await;
     flow.stock("sku-a", 10).await;
     flow.stock("sku-b", 10).await;
-    flow.engine
-        .execute::<ProductStock>(
-            "sku-b",
-            SetReservationTtl {
-                reservation_ttl_ms: 60_000,
-            },
-        )
-        .await
-        .unwrap();
+    flow.reservation_ttl("sku-b", 60_000).await;
     let order = flow.place(&[("sku-a", 3, 100), ("sku-b", 2, 100)]).await;
     // Past sku-b's deadline; its expiry timer has not run (timers fire on `advance`).
     flow.clock.advance(Duration::minutes(2));
@@ -638,12 +619,7 @@ async fn a_paid_order_whose_reservation_expired_is_not_handed_over_but_refunded(
 
     // The stock's expiry reaches the order.
     flow.advance(Duration::zero()).await;
-    let (state, _) = flow
-        .engine
-        .state::<Order>(&order.to_string())
-        .await
-        .unwrap();
-    let placed = state.order.unwrap();
+    let placed = flow.order(order).await;
     assert_eq!(placed.status, OrderStatus::Cancelled);
     assert_eq!(placed.cancel_reason, Some(CancelReason::ReservationExpired));
     assert_eq!(flow.payment_status(order).await, PaymentStatus::Refunded);

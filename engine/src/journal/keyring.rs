@@ -86,6 +86,26 @@ enum Entry<'a> {
     Erased,
 }
 
+/// Calls `visit` with every data key entry in `db` (its key, id and parsed value), in key
+/// order; a malformed one is an error.
+fn each_data_key(
+    db: &sled::Db,
+    mut visit: impl FnMut(&[u8], Uuid, Entry<'_>) -> Result<(), KeyLookup>,
+) -> Result<(), KeyLookup> {
+    for entry in db.scan_prefix([keys::DATA_KEYS]) {
+        let (key, value) = entry?;
+        let id = Uuid::from_slice(&key[1..]).map_err(|_| {
+            KeyLookup::Key(KeyError::MalformedDataKey {
+                key_id: Uuid::nil(),
+            })
+        })?;
+        let parsed =
+            parse_entry(&value).ok_or(KeyLookup::Key(KeyError::MalformedDataKey { key_id: id }))?;
+        visit(&key, id, parsed)?;
+    }
+    Ok(())
+}
+
 fn parse_entry(value: &[u8]) -> Option<Entry<'_>> {
     fn live(aead: Aead, len: u8, rest: &[u8]) -> Option<Entry<'_>> {
         let len = len as usize;
@@ -476,26 +496,17 @@ impl Keyring {
         let provider = self.provider().map_err(KeyLookup::Key)?;
         let current = provider.current().map_err(KeyLookup::Key)?;
         let mut writes = Vec::new();
-        for entry in db.scan_prefix([keys::DATA_KEYS]) {
-            let (key, value) = entry?;
-            let id = Uuid::from_slice(&key[1..]).map_err(|_| {
-                KeyLookup::Key(KeyError::MalformedDataKey {
-                    key_id: Uuid::nil(),
-                })
-            })?;
-            let Some(parsed) = parse_entry(&value) else {
-                return Err(KeyLookup::Key(KeyError::MalformedDataKey { key_id: id }));
-            };
+        each_data_key(db, |key, id, entry| {
             let Entry::Live {
                 aead,
                 master_id,
                 wrapped,
-            } = parsed
+            } = entry
             else {
-                continue;
+                return Ok(());
             };
             if master_id == current.id() {
-                continue;
+                return Ok(());
             }
             let old = provider.get(master_id).map_err(KeyLookup::Key)?;
             let data_key = DataKey::unwrap(id, aead, wrapped, &old).map_err(KeyLookup::Key)?;
@@ -503,7 +514,8 @@ impl Keyring {
                 key: key.to_vec(),
                 value: live_entry(&current, &data_key),
             });
-        }
+            Ok(())
+        })?;
         // Keys not yet durable carry their entries: re-wrap those too, so a late first write
         // does not bring back the old wrapping.
         for k in lock(&self.sealing).values() {
@@ -528,27 +540,18 @@ impl Keyring {
         if let Some(current) = self.provider().ok().and_then(|p| p.current().ok()) {
             successor.get(current.id()).map_err(KeyLookup::Key)?;
         }
-        for entry in db.scan_prefix([keys::DATA_KEYS]) {
-            let (key, value) = entry?;
-            let id = Uuid::from_slice(&key[1..]).map_err(|_| {
-                KeyLookup::Key(KeyError::MalformedDataKey {
-                    key_id: Uuid::nil(),
-                })
-            })?;
-            match parse_entry(&value) {
-                None => return Err(KeyLookup::Key(KeyError::MalformedDataKey { key_id: id })),
-                Some(Entry::Erased) => {}
-                Some(Entry::Live {
-                    aead,
-                    master_id,
-                    wrapped,
-                }) => {
-                    let master = successor.get(master_id).map_err(KeyLookup::Key)?;
-                    DataKey::unwrap(id, aead, wrapped, &master).map_err(KeyLookup::Key)?;
-                }
+        each_data_key(db, |_, id, entry| {
+            if let Entry::Live {
+                aead,
+                master_id,
+                wrapped,
+            } = entry
+            {
+                let master = successor.get(master_id).map_err(KeyLookup::Key)?;
+                DataKey::unwrap(id, aead, wrapped, &master).map_err(KeyLookup::Key)?;
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The subjects whose `D` entry names a current key, in key order: what
