@@ -10,7 +10,7 @@ mod harvest;
 
 use evershard::aggregates::plant::*;
 use evershard::Engine;
-use harvest::{harvest_runner, HarvestCommand, HarvestEvent, HarvestSaga};
+use harvest::{harvest_runner, HarvestCommand, HarvestEvent, HarvestSaga, HarvestState};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -269,4 +269,44 @@ fn a_dead_lettered_step_is_re_driven_through_the_runner() {
         runner.stop().await.unwrap();
         engine.shutdown().await.unwrap();
     });
+}
+
+/// The docs' saga refuses the two answers that would leave it wrong: an approval without
+/// the harvest to make (it would wait for ever) and a refusal after the harvest was sent (it
+/// would end "rejected" on a plant being harvested).
+#[test]
+fn contradicting_inspections_are_refused() {
+    use evershard::model::{Aggregate, DecideContext};
+    let ctx = DecideContext::new(Uuid::new_v4().to_string(), chrono::Utc::now());
+    let started = HarvestState {
+        started: true,
+        ..HarvestState::default()
+    };
+    let no_harvest = HarvestCommand::InspectionCompleted {
+        approved: true,
+        harvest: None,
+    };
+    assert!(HarvestSaga::decide(&started, &no_harvest, &ctx).is_err());
+    let authorized = HarvestState {
+        authorized: true,
+        ..started.clone()
+    };
+    let late_refusal = HarvestCommand::InspectionCompleted {
+        approved: false,
+        harvest: None,
+    };
+    assert!(HarvestSaga::decide(&authorized, &late_refusal, &ctx).is_err());
+    // Before the authorization a refusal ends the saga; after it an approval is a repeat.
+    assert_eq!(
+        HarvestSaga::decide(&started, &late_refusal, &ctx).map(|e| e.len()),
+        Ok(1)
+    );
+    let approval = HarvestCommand::InspectionCompleted {
+        approved: true,
+        harvest: Some(harvest(1200.0)),
+    };
+    assert_eq!(
+        HarvestSaga::decide(&authorized, &approval, &ctx).map(|e| e.len()),
+        Ok(0)
+    );
 }

@@ -98,10 +98,20 @@ impl Aggregate for HarvestSaga {
                     harvest: harvest.clone(),
                 })]
             }
+            // A late refusal cannot undo a harvest already sent.
+            HarvestCommand::InspectionCompleted {
+                approved: false, ..
+            } if state.authorized => {
+                return Err(HarvestError("the harvest is already authorized".into()))
+            }
             HarvestCommand::InspectionCompleted {
                 approved: false, ..
             } => vec![ended("rejected")],
-            HarvestCommand::InspectionCompleted { .. } => vec![],
+            // An approval without the harvest to make would leave the saga waiting forever.
+            HarvestCommand::InspectionCompleted { harvest: None, .. } => {
+                return Err(HarvestError("an approval must carry the harvest".into()))
+            }
+            HarvestCommand::InspectionCompleted { .. } => vec![], // a redelivery
             HarvestCommand::PlantHarvested => vec![ended("harvested")],
             HarvestCommand::StepRejected { error, .. } => vec![ended(&format!("failed: {error}"))],
         })
