@@ -476,7 +476,8 @@ fn apply_for(
 ) -> Result<Vec<CreditEvent>, CreditError> {
     // A credit addressed by a UUID is that credit: its events are keyed by the aggregate id
     // on the topics, so another id in the body would publish a second lifecycle of it.
-    if let Ok(addressed) = Uuid::parse_str(addressed) {
+    // (Checked on the first application: a credit filed before this rule keeps its id.)
+    if let (None, Ok(addressed)) = (&state.application, Uuid::parse_str(addressed)) {
         if addressed != cmd.credit_id {
             return Err(CreditError::CreditIdMismatch {
                 expected: addressed,

@@ -503,7 +503,13 @@ fn an_initiation_names_the_payment_it_is_addressed_to() {
         .id(payment_id().to_string())
         .at(t(0))
         .when(card_initiate())
-        .then_expect_events([initiated(1, t(0)).into()]);
+        .then_expect_events([initiated(1, t(0)).into()]); // A payment started before the rule under another id keeps its lifecycle: its retry is
+                                                          // checked against its recorded identity.
+    given::<Payment>(history_failed_once())
+        .id(other.to_string())
+        .at(t(30))
+        .when(card_initiate())
+        .then_expect_events([initiated(2, t(30)).into()]);
 }
 
 // ---- CompletePayment --------------------------------------------------------------------------
@@ -669,6 +675,17 @@ fn a_repeated_failure_of_an_earlier_attempt_writes_nothing() {
         .at(t(41))
         .when(fail_attempt(2))
         .then_expect_events([failed(2, t(41)).into()]);
+}
+
+/// Also once the retry completed: the repeat writes nothing, not `AlreadyCompleted`.
+#[test]
+fn a_repeated_failure_after_the_retry_completed_writes_nothing() {
+    let mut history = history_failed_once();
+    history.push(initiated(2, t(30)).into());
+    history.push(completed(2, t(31)).into());
+    given::<Payment>(history)
+        .when(fail_attempt(1))
+        .then_expect_events([]);
 }
 
 /// A late success of attempt 1 (it had failed on a timeout) cannot complete attempt 2: the

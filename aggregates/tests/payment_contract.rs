@@ -14,8 +14,8 @@
 use chrono::Duration;
 use evershard_aggregates::payment::*;
 use evershard_model::testing::{
-    assert_exact_contract, assert_json_and_codec_round_trip, assert_stored_event_round_trip,
-    fixed_now,
+    assert_command_round_trip, assert_exact_contract, assert_json_and_codec_round_trip,
+    assert_stored_event_round_trip, fixed_now,
 };
 use evershard_model::{codec, Aggregate, Currency, DomainEvent, Money};
 use uuid::Uuid;
@@ -474,7 +474,7 @@ fn commands_round_trip_through_json_and_codec() {
         .into(),
     ];
     for command in &commands {
-        assert_json_and_codec_round_trip(command);
+        assert_command_round_trip(command);
     }
 }
 
@@ -504,4 +504,37 @@ fn states_round_trip_through_json_and_codec() {
     );
     assert_json_and_codec_round_trip(&with_bank_data);
     assert_eq!(states[2].status, PaymentStatus::PartiallyRefunded);
+}
+
+/// `attempt: None` is not encoded: a keyed `CompletePayment` or `FailPayment` sent before the
+/// field existed has the same idempotency digest after (the same bytes), so its retry is a
+/// repeat, not a conflict.
+#[test]
+fn an_answer_without_an_attempt_encodes_as_before_the_field() {
+    #[derive(serde::Serialize)]
+    enum Before {
+        Complete { provider_reference: String },
+        Fail { reason: String },
+    }
+    let now = |c: PaymentCommand| evershard_model::codec::encode(&c);
+    assert_eq!(
+        now(CompletePayment {
+            provider_reference: "psp-1".into(),
+            attempt: None,
+        }
+        .into()),
+        evershard_model::codec::encode(&Before::Complete {
+            provider_reference: "psp-1".into()
+        })
+    );
+    assert_eq!(
+        now(FailPayment {
+            reason: "declined".into(),
+            attempt: None,
+        }
+        .into()),
+        evershard_model::codec::encode(&Before::Fail {
+            reason: "declined".into()
+        })
+    );
 }

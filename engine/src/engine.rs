@@ -847,7 +847,7 @@ impl Engine {
         let journal = &self.inner.journal;
         // Until the erasure's batch is done no key is made for the subject (no upgrade on
         // write either), so the list below is every key that can seal its payloads.
-        let (_forgetting, key_ids) = journal.begin_forget(subject)?;
+        let (forgetting, key_ids) = journal.begin_forget(subject)?;
         let (&key_id, earlier_key_ids) =
             key_ids.split_first().ok_or(ForgetError::UnknownSubject)?;
         let now = evershard_model::truncate_to_micros(self.inner.rt.clock.now());
@@ -871,8 +871,12 @@ impl Engine {
         };
         let mut request = crate::journal::AppendRequest::new(stream, 0, vec![event]);
         request.erases = key_ids.clone();
+        request.erases_subject = Some(subject.to_owned());
         request.key_writes = journal.erasure_writes(subject, &key_ids, now.timestamp_micros());
         let committed = journal.append(request).await?;
+        // The batch is done: new data of the subject may have a new key again (not only
+        // after the scrub below, which can take a while on a long log).
+        drop(forgetting);
         tracing::info!(%key_id, earlier = earlier_key_ids.len(), who, "data subject forgotten");
         // The erasure is durable: a failed scrub is retried at the next writable open.
         let scrubber = journal.clone();

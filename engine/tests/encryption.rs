@@ -940,36 +940,18 @@ async fn a_panic_in_apply_on_a_sensitive_aggregate_writes_nothing() {
 /// reloads and meets the erasure (found by review, 2026-11-28).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_decided_before_its_subject_was_forgotten_commits_nothing() {
-    use common::{DECIDE_GATE, GATE_NEXT_DECIDE};
     let (_dir, store, keys) = setup();
     let engine = open(&store, &keys).await;
     for _ in 0..3 {
         add(&engine, "alice", 7).await;
+        add(&engine, "bob", 7).await;
     }
-    GATE_NEXT_DECIDE.store(true, std::sync::atomic::Ordering::Release);
-    let command = tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            engine
-                .execute::<Counter>("alice", CounterCommand::AddGated(1))
-                .await
-        }
-    });
-    // `decide` is running on the loaded state (total 21).
-    tokio::task::spawn_blocking(|| DECIDE_GATE.wait())
-        .await
-        .unwrap();
-    engine
-        .forget_subject("alice", "dpo@example.org", "erasure during a command")
-        .await
-        .unwrap();
-    tokio::task::spawn_blocking(|| DECIDE_GATE.wait())
-        .await
-        .unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(60), command)
-        .await
-        .expect("the command answers")
-        .unwrap();
+    // Bob forgotten while alice's command is decided: it commits at its first decision.
+    let (result, decides) = gated_add_while_forgetting(&engine, "alice", "bob").await;
+    assert_eq!(result.unwrap().len(), 1);
+    assert_eq!(decides, 1, "an erasure of another subject refused nothing");
+    // Alice forgotten while alice's command is decided: refused, then erased.
+    let (result, _) = gated_add_while_forgetting(&engine, "alice", "alice").await;
     assert!(
         matches!(result, Err(CommandError::Erased { .. })),
         "{result:?}"
@@ -977,7 +959,7 @@ async fn a_command_decided_before_its_subject_was_forgotten_commits_nothing() {
     // Nothing was appended after the erasure, and nothing of alice can be read.
     let journal = engine.journal();
     let records: Vec<_> = journal.read_stream(&stream("alice"), 1, u64::MAX).collect();
-    assert_eq!(records.len(), 3);
+    assert_eq!(records.len(), 4);
     for r in &records {
         assert!(matches!(r, Err(StorageError::Erased { .. })), "{r:?}");
     }
@@ -1063,4 +1045,48 @@ async fn reopening_an_encrypted_store_without_a_key_provider_is_refused() {
         );
     }
     engine.shutdown().await.unwrap();
+}
+
+/// Runs `AddGated(1)` on `id` with its `decide` held while `forgotten` is forgotten; returns
+/// the command's answer and how many times `decide` ran it.
+async fn gated_add_while_forgetting(
+    engine: &Engine,
+    id: &str,
+    forgotten: &str,
+) -> (
+    Result<
+        Vec<evershard_engine::model::EventEnvelope<common::CounterEvent>>,
+        CommandError<common::CounterError>,
+    >,
+    usize,
+) {
+    use common::{DECIDE_GATE, GATED_DECIDES, GATE_NEXT_DECIDE};
+    use std::sync::atomic::Ordering;
+    let before = GATED_DECIDES.load(Ordering::Acquire);
+    GATE_NEXT_DECIDE.store(true, Ordering::Release);
+    let command = tokio::spawn({
+        let engine = engine.clone();
+        let id = id.to_owned();
+        async move {
+            engine
+                .execute::<Counter>(&id, CounterCommand::AddGated(1))
+                .await
+        }
+    });
+    // `decide` is running on the loaded state.
+    tokio::task::spawn_blocking(|| DECIDE_GATE.wait())
+        .await
+        .unwrap();
+    engine
+        .forget_subject(forgotten, "dpo@example.org", "erasure during a command")
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(|| DECIDE_GATE.wait())
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(60), command)
+        .await
+        .expect("the command answers")
+        .unwrap();
+    (result, GATED_DECIDES.load(Ordering::Acquire) - before)
 }

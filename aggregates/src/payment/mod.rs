@@ -478,7 +478,9 @@ pub struct CompletePayment {
     /// The provider's transaction reference.
     pub provider_reference: String,
     /// The attempt this answers (`PaymentInitiated.attempt`); `None`: the one in progress.
-    /// Absent in JSON reads as `None`.
+    /// Absent in JSON reads as `None`; `None` is not encoded, so the command's idempotency
+    /// digest is the one it had before this field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
 }
 
@@ -487,7 +489,8 @@ pub struct CompletePayment {
 pub struct FailPayment {
     pub reason: String,
     /// The attempt this answers (`PaymentInitiated.attempt`); `None`: the one in progress.
-    /// Absent in JSON reads as `None`.
+    /// Absent in JSON reads as `None`; `None` is not encoded (see [`CompletePayment`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
 }
 
@@ -941,7 +944,8 @@ fn initiate(
     let now = ctx.now;
     // A payment addressed by a UUID is that payment: its events are keyed by the aggregate
     // id on the topics, so another id in the body would publish a second lifecycle of it.
-    if let Ok(addressed) = Uuid::parse_str(&ctx.aggregate_id) {
+    // (Checked on the first attempt: a payment started before this rule keeps its id.)
+    if let (None, Ok(addressed)) = (&state.identity, Uuid::parse_str(&ctx.aggregate_id)) {
         if addressed != cmd.payment_id {
             return Err(PaymentError::PaymentIdMismatch {
                 expected: addressed,
@@ -1172,10 +1176,8 @@ fn fail(
     cmd: &FailPayment,
     now: DateTime<Utc>,
 ) -> Result<Vec<PaymentEvent>, PaymentError> {
-    if state.status.is_paid() {
-        return Err(PaymentError::AlreadyCompleted);
-    }
-    // A repeat of an attempt's failure (the provider's answer delivered twice).
+    // A repeat of an attempt's failure (the provider's answer delivered twice), also once a
+    // later attempt completed.
     if let Some(n) = cmd.attempt {
         if state
             .attempts
@@ -1184,6 +1186,9 @@ fn fail(
         {
             return Ok(vec![]);
         }
+    }
+    if state.status.is_paid() {
+        return Err(PaymentError::AlreadyCompleted);
     }
     let (id, attempt) = answered(state, cmd.attempt)?;
     let failed_attempts = state.failed_attempts + 1;

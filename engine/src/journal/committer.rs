@@ -77,10 +77,13 @@ pub struct AppendRequest {
     /// Writes into the data-key keyspaces (an erasure's), which `validate` keeps callers from.
     pub(crate) key_writes: Vec<WriteOp>,
     /// Sealed events: the keyring's erasure epoch when the state they were decided on was
-    /// read. The committer refuses them (`AppendError::KeysChanged`) if an erasure was taken
-    /// since: that state may hold a forgotten subject's data, which must not reach the
-    /// journal again under any key.
-    pub(crate) decided_at_epoch: Option<u64>,
+    /// read, and the data subject they are sealed for. The committer refuses them
+    /// (`AppendError::KeysChanged`) if that subject was erased since: the state may hold its
+    /// forgotten data, which must not reach the journal again under any key. Erasures of
+    /// other subjects do not matter.
+    pub(crate) decided_at: Option<(u64, String)>,
+    /// An erasure's request: the subject it forgets (its keys are in `erases`).
+    pub(crate) erases_subject: Option<String>,
 }
 
 /// The data key a request's payloads are sealed with.
@@ -106,7 +109,8 @@ impl AppendRequest {
             seal: None,
             erases: Vec::new(),
             key_writes: Vec::new(),
-            decided_at_epoch: None,
+            decided_at: None,
+            erases_subject: None,
         }
     }
 
@@ -1128,11 +1132,11 @@ impl Committer {
                     continue;
                 }
                 // Erasures move the epoch only here, on this thread: a request decided on a
-                // state read before one is refused, whatever key it seals with.
-                if request
-                    .decided_at_epoch
-                    .is_some_and(|epoch| epoch != self.shared.keyring.epoch())
-                {
+                // state read before its subject's erasure is refused, whatever key it seals
+                // with.
+                if request.decided_at.as_ref().is_some_and(|(epoch, subject)| {
+                    self.shared.keyring.erased_since(subject, *epoch)
+                }) {
                     let _ = reply.send(Err(AppendError::KeysChanged {
                         stream: request.stream.clone(),
                     }));
@@ -1141,6 +1145,9 @@ impl Committer {
             }
             for &id in &request.erases {
                 self.shared.keyring.mark_erased(id);
+            }
+            if let Some(subject) = &request.erases_subject {
+                self.shared.keyring.note_subject_erased(subject);
             }
             let mut prev = head;
             let mut records = Vec::with_capacity(request.events.len());

@@ -249,6 +249,10 @@ pub(crate) struct Keyring {
     /// Moves at every erasure: an entity that loaded its state at another epoch reloads it
     /// before its next command (and so meets the erasure).
     epoch: AtomicU64,
+    /// The epoch each subject forgotten by this process was erased at (one entry per
+    /// erasure, which are rare): sealed events decided on a state read before their
+    /// subject's erasure are refused (see [`Keyring::erased_since`]).
+    erased_subjects: Mutex<HashMap<String, u64>>,
     /// Serializes key creation against rotation's re-wrap of the same entries, upgrades and
     /// the start of an erasure.
     create: Mutex<()>,
@@ -478,6 +482,20 @@ impl Keyring {
     /// Forgets key `id` in memory: from here on nothing seals with it or opens with it. The
     /// committer calls it while it builds the erasure's batch, so every append it takes
     /// later is checked against it.
+    /// Records that `subject` was erased, at the epoch its keys' `mark_erased` moved to.
+    pub fn note_subject_erased(&self, subject: &str) {
+        let epoch = self.epoch();
+        lock(&self.erased_subjects).insert(subject.to_owned(), epoch);
+    }
+
+    /// True when `subject` was erased after epoch `since`: a state read at `since` may
+    /// hold its forgotten data.
+    pub fn erased_since(&self, subject: &str, since: u64) -> bool {
+        lock(&self.erased_subjects)
+            .get(subject)
+            .is_some_and(|&at| at > since)
+    }
+
     pub fn mark_erased(&self, id: Uuid) {
         {
             // Lock order: `opening`, then `erased` (as `data_key` takes them).

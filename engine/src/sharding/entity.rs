@@ -687,8 +687,8 @@ impl<A: Aggregate> EntityState<A> {
             .collect();
         // A sensitive type's payloads are sealed with its data subject's key (the subject
         // named by the state the events lead to).
-        let seal = if let Some(subject) = subject {
-            match rt.journal.sealing_key(&subject) {
+        let seal = if let Some(subject) = &subject {
+            match rt.journal.sealing_key(subject) {
                 Ok(Some(key)) => Some(key),
                 Ok(None) => {
                     self.loaded = None;
@@ -720,7 +720,7 @@ impl<A: Aggregate> EntityState<A> {
         }
         let mut request = AppendRequest::new(self.args.stream.clone(), version, new_events);
         request.seal = seal.clone().map(Seal);
-        request.decided_at_epoch = Some(self.epoch);
+        request.decided_at = subject.map(|subject| (self.epoch, subject));
         request.extra_writes = timer_ops(&self.args.stream, self.timer, next_timer);
         if let Some(claim) = &claim {
             let record = keys::IdempotencyRecord {

@@ -28,6 +28,8 @@ pub static GATE_NEXT_DECIDE: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 /// Where a gated `decide` and the test meet.
 pub static DECIDE_GATE: std::sync::Barrier = std::sync::Barrier::new(2);
+/// How many times `decide` ran an `AddGated`.
+pub static GATED_DECIDES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// `apply` panics on an `Added` of this amount.
 pub const UNLUCKY_AMOUNT: u64 = 13;
@@ -92,6 +94,7 @@ impl Aggregate for Counter {
             CounterCommand::RequireAtLeast(_) => Ok(vec![]),
             CounterCommand::Explode => panic!("boom (test panic)"),
             CounterCommand::AddGated(n) => {
+                GATED_DECIDES.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 if GATE_NEXT_DECIDE.swap(false, std::sync::atomic::Ordering::AcqRel) {
                     DECIDE_GATE.wait();
                     DECIDE_GATE.wait();
