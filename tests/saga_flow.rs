@@ -630,3 +630,60 @@ async fn a_paid_order_whose_reservation_expired_is_not_handed_over_but_refunded(
     assert_eq!(flow.saga(order).await.outcome, Some(SagaOutcome::Cancelled));
     flow.finish_and_check().await;
 }
+
+/// A store upgraded from before `record-confirmed` existed: its sagas recorded the stock's
+/// confirmations but never told the order, so a paid order could never be handed over.
+/// Played here by a dispatcher that drops that step; `resume_confirmed_lines` sends what a
+/// saga started after the change would have sent, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_confirmed_lines_readies_orders_paid_before_the_upgrade() {
+    use evershard::sagas::order::{
+        dispatch, observe_order, observe_payment, observe_stock, report_rejection,
+        resume_confirmed_lines,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = open(dir.path(), &clock).await;
+    let runner =
+        SagaRunner::builder::<OrderSaga>(&engine, evershard::aggregates::order_saga::TOPIC)
+            .observe::<Order>(evershard::aggregates::order::TOPIC, observe_order)
+            .observe::<ProductStock>(evershard::aggregates::product_stock::TOPIC, observe_stock)
+            .observe::<Payment>(evershard::aggregates::payment::TOPIC, observe_payment)
+            .dispatch(|engine, send| {
+                Box::pin(async move {
+                    if send.step.starts_with("record-confirmed:") {
+                        return Ok(evershard::engine::Sent::Done); // the old outbox
+                    }
+                    dispatch(engine, send).await
+                })
+            })
+            .on_rejected(report_rejection)
+            .start()
+            .unwrap();
+    let flow = Flow {
+        _dir: dir,
+        clock,
+        engine,
+        runner,
+    };
+    flow.stock("sku-a", 10).await;
+    flow.stock("sku-b", 10).await;
+    let order = flow.place(&[("sku-a", 2, 100), ("sku-b", 1, 100)]).await;
+    flow.gateway_completes(order, "psp-1").await;
+    let saga = flow.saga(order).await;
+    assert!(
+        saga.lines.iter().all(|l| l.status == LineStatus::Confirmed),
+        "{saga:?}"
+    );
+    let id = order.to_string();
+    let fulfil = || flow.engine.execute::<Order>(&id, FulfilOrder);
+    assert!(fulfil().await.is_err(), "not ready before the upgrade step");
+
+    assert_eq!(resume_confirmed_lines(&flow.engine).await.unwrap(), 2);
+    assert_eq!(resume_confirmed_lines(&flow.engine).await.unwrap(), 0);
+    assert!(flow.order(order).await.stock_confirmed());
+    fulfil().await.unwrap();
+    flow.idle().await;
+    assert_eq!(flow.saga(order).await.outcome, Some(SagaOutcome::Fulfilled));
+    flow.finish_and_check().await;
+}

@@ -257,3 +257,83 @@ pub fn report_rejection(rejected: &RejectedStep) -> OrderSagaCommand {
     }
     .into()
 }
+
+/// Why [`resume_confirmed_lines`] stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResumeError {
+    #[error("reading the store: {0}")]
+    Storage(#[from] evershard_engine::StorageError),
+    #[error("loading an aggregate: {0}")]
+    Load(#[from] evershard_engine::LoadError),
+    #[error("recording a confirmed line: {0}")]
+    Send(String),
+}
+
+/// The upgrade step for stores whose orders were paid before `FulfilOrder` needed every
+/// line's reservation recorded as confirmed (2026-11-28): for each saga not finished whose
+/// order is confirmed, it sends the order a `RecordReservationConfirmed` for every line the
+/// saga saw confirmed by its stock and the order has not recorded, with the saga's own step
+/// key (`record-confirmed:{product}`), so the order becomes ready for fulfilment
+/// (`OrderReadyForFulfilment`) as a saga started after the change would have made it. Before
+/// the change that step did not exist, and nothing else would send it: such an order could
+/// never be handed over. Idempotent (a second run sends nothing new); reads every saga
+/// (read-only, through the journal), so run it once after upgrading, with the engine open.
+/// Returns how many lines it recorded.
+pub async fn resume_confirmed_lines(engine: &Engine) -> Result<usize, ResumeError> {
+    use evershard_aggregates::order::RecordReservationConfirmed;
+    use evershard_aggregates::order_saga::{LineStatus, OrderPhase};
+    use evershard_engine::model::{step_key, Metadata};
+    use evershard_engine::{repository, StreamId};
+    let journal = engine.journal();
+    let mut recorded = 0;
+    let ids: Vec<String> = journal
+        .streams(Some(OrderSaga::TYPE))
+        .map(|s| Ok::<_, ResumeError>(s?.0.aggregate_id))
+        .collect::<Result<_, _>>()?;
+    for saga_id in ids {
+        let stream = StreamId::new(OrderSaga::TYPE, saga_id.clone());
+        let loaded = repository::load::<OrderSaga>(journal, &stream, u64::MAX, true)?;
+        let Some(saga) = loaded.state.saga else {
+            continue;
+        };
+        if saga.outcome.is_some() || saga.order != OrderPhase::Confirmed {
+            continue;
+        }
+        let order_stream = StreamId::new(Order::TYPE, saga_id.clone());
+        let order = repository::load::<Order>(journal, &order_stream, u64::MAX, true)?;
+        let Some(order) = order.state.order else {
+            continue;
+        };
+        for line in saga
+            .lines
+            .iter()
+            .filter(|l| l.status == LineStatus::Confirmed)
+        {
+            if order
+                .line(&line.product_id)
+                .is_none_or(|l| l.reservation_confirmed)
+            {
+                continue;
+            }
+            let step = format!("record-confirmed:{}", line.product_id);
+            let metadata = Metadata::new("evershard-sagas").idempotency_key(step_key(
+                OrderSaga::TYPE,
+                &saga_id,
+                &step,
+            ));
+            let command = RecordReservationConfirmed {
+                product_id: line.product_id.clone(),
+                // The saga's reservation id is the order id.
+                reservation_id: saga.order_id,
+            };
+            match send_to::<Order>(engine, &saga_id, command, metadata).await {
+                Ok(evershard_engine::Sent::Done) => recorded += 1,
+                // The order closed meanwhile: nothing to resume.
+                Ok(_) => {}
+                Err(e) => return Err(ResumeError::Send(e.to_string())),
+            }
+        }
+    }
+    Ok(recorded)
+}
