@@ -5,7 +5,7 @@
 
 use crate::error::{Corruption, LoadError, StorageError};
 use crate::journal::{Journal, Record, StreamId};
-use crate::snapshots::SkippedSnapshot;
+use crate::snapshots::{SkipReason, SkippedSnapshot};
 use evershard_model::{Aggregate, EventEnvelope};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -123,6 +123,42 @@ pub fn load<A: Aggregate>(
     upto: u64,
     use_snapshots: bool,
 ) -> Result<Loaded<A::State>, LoadError> {
+    let loaded = load_once::<A>(journal, stream, upto, use_snapshots)?;
+    match loaded {
+        Ok(loaded) => Ok(loaded),
+        // A snapshot is a cache: when the state it gave fails where the events alone may
+        // not, the events decide (found by review, 2026-11-28: a positional snapshot of a
+        // state type changed without its schema version decodes, to another state, and
+        // the aggregate was refused for good).
+        Err((Some(sequence), rejected)) => {
+            let mut replayed = match load_once::<A>(journal, stream, upto, false)? {
+                Ok(replayed) => replayed,
+                Err((_, error)) => return Err(error),
+            };
+            let skipped = SkippedSnapshot {
+                stream: stream.clone(),
+                sequence: Some(sequence),
+                reason: SkipReason::StateRejected(rejected.to_string()),
+                fallback: None,
+            };
+            tracing::warn!(%stream, sequence, reason = %skipped.reason, "snapshot skipped: its state failed where the events alone do not");
+            replayed.skipped_snapshots.push(skipped);
+            Ok(replayed)
+        }
+        Err((None, error)) => Err(error),
+    }
+}
+
+/// [`load`] without its fall-back: an error the state may owe to the snapshot it started
+/// from (`apply` panicked on a later event, or the invariants failed) comes back as
+/// `Ok(Err((Some(snapshot sequence), error)))`.
+#[allow(clippy::type_complexity)]
+fn load_once<A: Aggregate>(
+    journal: &Journal,
+    stream: &StreamId,
+    upto: u64,
+    use_snapshots: bool,
+) -> Result<Result<Loaded<A::State>, (Option<u64>, LoadError)>, LoadError> {
     let head = journal.head(stream)?.sequence;
     let target = upto.min(head);
     // A stream with no events (a new aggregate) has no snapshot to start from: one is of a
@@ -142,7 +178,19 @@ pub fn load<A: Aggregate>(
         events_replayed: 0,
         skipped_snapshots,
     };
-    fold_tail::<A>(journal, stream, target, &mut loaded)?;
+    if let Err(e) = fold_tail::<A>(journal, stream, target, &mut loaded) {
+        let owed_to_snapshot = matches!(
+            &e,
+            StorageError::Corrupt {
+                cause: Corruption::ApplyPanicked,
+                ..
+            }
+        );
+        return match (owed_to_snapshot, from_snapshot) {
+            (true, Some(sequence)) => Ok(Err((Some(sequence), e.into()))),
+            _ => Err(e.into()),
+        };
+    }
     // A panic of the aggregate's check is a violation too: escaped, it stopped the entity's
     // actor (every later command `Stopped`, retryable) and the readers (found by review,
     // 2026-11-28).
@@ -154,13 +202,14 @@ pub fn load<A: Aggregate>(
         Err(format!("check_invariants panicked: {message}"))
     });
     if let Err(invariant) = checked {
-        return Err(LoadError::InvariantViolated {
+        let violated = LoadError::InvariantViolated {
             stream: stream.clone(),
             invariant,
             sequence: loaded.version,
-        });
+        };
+        return Ok(Err((from_snapshot, violated)));
     }
-    Ok(loaded)
+    Ok(Ok(loaded))
 }
 
 /// Folds the events after `loaded.version` up to `target` into `loaded`. Reads each record

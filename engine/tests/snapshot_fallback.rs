@@ -7,7 +7,8 @@
 //! a snapshot record with a flipped byte (its CRC fails), and a key under the stream's
 //! snapshot prefix that does not parse, which makes reading the stream's snapshots fail as a
 //! damaged sled page does (issue #12: one flipped byte in a page made 957 of 1,785
-//! aggregates refuse to load while their events were intact).
+//! aggregates refuse to load while their events were intact). Also a snapshot that decodes
+//! to a state that is not the fold of its events (its invariants fail): the events decide.
 
 mod common;
 
@@ -191,5 +192,83 @@ async fn a_buffered_snapshot_waits_for_its_events_to_be_durable() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     assert_eq!(engine.journal().snapshot_sequences(&stream).unwrap(), [5]);
+    engine.shutdown().await.unwrap();
+}
+
+/// A snapshot that decodes, to a state that breaks the aggregate's invariants (as a state
+/// type changed without its schema version would), while the events alone are sound: the
+/// events decide, and the snapshot is reported. Before (found by review, 2026-11-28), the
+/// aggregate was refused for good as an invariant violation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_whose_state_fails_the_invariants_falls_back_to_the_events() {
+    use evershard_engine::model::Aggregate;
+    use evershard_engine::snapshot::SnapshotRecord;
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), &["a"], 10).await;
+    let stream = StreamId::new("Counter", "a");
+    let journal = Journal::open_read_only(dir.path()).unwrap();
+    let bad = common::CounterState {
+        total: 10,
+        events: 10,
+        broken: true,
+    };
+    let record = SnapshotRecord::encode_state(Counter::STATE_SCHEMA_VERSION, 10, &bad);
+    journal
+        .put_raw_snapshot_for_tests(&stream, &10u64.to_be_bytes(), &record)
+        .unwrap();
+    let loaded = repository::load::<Counter>(&journal, &stream, u64::MAX, true)
+        .expect("the events alone recover the aggregate");
+    assert_eq!((loaded.version, loaded.state.events), (10, 10));
+    assert!(!loaded.state.broken);
+    assert_eq!(loaded.from_snapshot, None, "a full replay");
+    assert_eq!(loaded.skipped_snapshots.len(), 1);
+    let skipped = &loaded.skipped_snapshots[0];
+    assert_eq!(skipped.sequence, Some(10));
+    assert!(
+        matches!(skipped.reason, SkipReason::StateRejected(_)),
+        "{skipped:?}"
+    );
+    drop(journal);
+    let engine = open_counters(dir.path()).await;
+    engine
+        .execute::<Counter>("a", CounterCommand::Add(1))
+        .await
+        .unwrap();
+    assert_eq!(engine.skipped_snapshots().len(), 1);
+    engine.shutdown().await.unwrap();
+}
+
+/// A policy written as a struct literal with `keep: 0` keeps the snapshot it writes (it
+/// pruned each one as soon as it was written; found by review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_that_keeps_none_keeps_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder(dir.path())
+        .register::<Counter>()
+        .durability(Durability::Buffered { flush_every_ms: 20 })
+        .snapshot_policy(SnapshotPolicy {
+            every_events: 5,
+            keep: 0,
+        })
+        .open()
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        engine
+            .execute::<Counter>("a", CounterCommand::Add(1))
+            .await
+            .unwrap();
+    }
+    let stream = StreamId::new("Counter", "a");
+    let mut kept = Vec::new();
+    for _ in 0..500 {
+        kept = engine.journal().snapshots(&stream).unwrap();
+        if kept.iter().any(|(seq, _)| *seq == 10) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let sequences: Vec<u64> = kept.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(sequences, [10]);
     engine.shutdown().await.unwrap();
 }

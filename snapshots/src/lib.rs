@@ -160,7 +160,7 @@ pub struct SnapshotPolicy {
     /// Take a snapshot each time an aggregate's version crosses a multiple of this.
     /// 0 disables snapshots.
     pub every_events: u64,
-    /// Snapshots kept per aggregate; older ones are pruned.
+    /// Snapshots kept per aggregate; older ones are pruned. At least 1 (a 0 is taken as 1).
     pub keep: usize,
 }
 

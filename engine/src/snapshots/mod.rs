@@ -41,6 +41,12 @@ pub enum SkipReason {
     /// Reading the stream's snapshots failed (in one line, as the storage error says it).
     #[error("unreadable: {0}")]
     Unreadable(String),
+    /// The snapshot decoded, but the state it gave broke the aggregate's invariants, or
+    /// `apply` panicked on an event after it, while a full replay of the events is sound:
+    /// the snapshot's state was not the fold of its events (a state type changed without
+    /// its `STATE_SCHEMA_VERSION`, say).
+    #[error("its state is not the fold of the events: {0}")]
+    StateRejected(String),
 }
 
 /// The newest usable snapshot of `stream` at or below `target` as (sequence, state), or
@@ -79,12 +85,22 @@ pub(crate) fn recovery_start<A: Aggregate>(
         // A sealed snapshot is opened here; one that cannot be (erased, no key) stays
         // sealed and is skipped with its reason.
         let bytes = journal.open_snapshot(stream, seq, bytes);
-        match evershard_snapshots::load::<A::State>(seq, &bytes, A::STATE_SCHEMA_VERSION, head) {
-            Ok(found) => {
+        // The state's `Deserialize` is the aggregate's code: a panic in it skips this
+        // snapshot rather than stopping whoever loads (found by review, 2026-11-28).
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            evershard_snapshots::load::<A::State>(seq, &bytes, A::STATE_SCHEMA_VERSION, head)
+        }));
+        match decoded {
+            Ok(Ok(found)) => {
                 chosen = Some(found);
                 break;
             }
-            Err(reason) => unusable.push((Some(seq), SkipReason::Unusable(reason))),
+            Ok(Err(reason)) => unusable.push((Some(seq), SkipReason::Unusable(reason))),
+            Err(panic) => {
+                let message = crate::sharding::panic_message(panic);
+                let reason = format!("decoding its state panicked: {message}");
+                unusable.push((Some(seq), SkipReason::StateRejected(reason)));
+            }
         }
     }
     let fallback = chosen.as_ref().map(|(seq, _)| *seq);

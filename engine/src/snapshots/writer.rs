@@ -31,6 +31,9 @@ pub(crate) struct Snapshotter {
 
 impl Snapshotter {
     pub fn start(journal: JournalWriter, keep: usize) -> std::io::Result<Snapshotter> {
+        // The policy's fields are public: a `keep` of 0 would prune each snapshot as soon as
+        // it is written (found by review). At least the one just written stays.
+        let keep = keep.max(1);
         let (tx, rx) = sync_channel::<SnapshotJob>(SNAPSHOT_QUEUE_JOBS_MAX);
         let thread = std::thread::Builder::new().name("evershard-snapshots".into()).spawn(move || {
             for job in rx {
