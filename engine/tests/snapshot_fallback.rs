@@ -272,3 +272,49 @@ async fn a_policy_that_keeps_none_keeps_the_newest() {
     assert_eq!(sequences, [10]);
     engine.shutdown().await.unwrap();
 }
+
+/// A malformed key under a stream's snapshot prefix does not stop pruning: the stream's
+/// later snapshots are pruned to `keep` as usual (they piled up, one every 5 events here;
+/// found by review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_snapshot_key_does_not_stop_pruning() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), &["a"], 5).await;
+    let stream = StreamId::new("Counter", "a");
+    {
+        let journal = Journal::open_read_only(dir.path()).unwrap();
+        journal
+            .put_raw_snapshot_for_tests(&stream, &[0xff; 3], b"garbage")
+            .unwrap();
+    }
+    let engine = open_counters(dir.path()).await;
+    for _ in 0..25 {
+        engine
+            .execute::<Counter>("a", CounterCommand::Add(1))
+            .await
+            .unwrap();
+    }
+    // Bounded wait for the snapshot at 30 and its pruning.
+    let mut kept = Vec::new();
+    for _ in 0..500 {
+        kept = engine
+            .journal()
+            .raw_snapshot_entries_for_tests(&stream)
+            .unwrap();
+        if kept.len() <= 3 && kept.iter().any(|(key, _)| key == &30u64.to_be_bytes()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let keys: Vec<&Vec<u8>> = kept.iter().map(|(key, _)| key).collect();
+    assert_eq!(
+        keys,
+        [
+            &25u64.to_be_bytes().to_vec(),
+            &30u64.to_be_bytes().to_vec(),
+            &vec![0xff; 3]
+        ],
+        "keep 2, and the malformed key"
+    );
+    engine.shutdown().await.unwrap();
+}

@@ -1310,7 +1310,17 @@ impl JournalWriter {
         self.shared.check_writable()?;
         let db = self.shared.db()?;
         let mut removed = 0;
-        for seq in self.snapshot_sequences(stream)?.into_iter().skip(keep) {
+        // Keys that do not parse are passed over, not a reason to stop pruning: one such
+        // key made every later snapshot of the stream pile up, unpruned (found by review;
+        // recovery reports the stream's snapshots as unreadable and replays).
+        let prefix = keys::stream_prefix(keys::SNAPSHOTS, stream);
+        let mut sequences = Vec::new();
+        for key in db.scan_prefix(&prefix).keys().rev() {
+            if let Some((_, seq, None)) = keys::parse_snapshot_key(&key?) {
+                sequences.push(seq);
+            }
+        }
+        for seq in sequences.into_iter().skip(keep) {
             let key = keys::stream_key(keys::SNAPSHOTS, stream, seq);
             let mut batch = sled::Batch::default();
             for entry in db.scan_prefix(&key).keys() {
