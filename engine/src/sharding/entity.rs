@@ -859,7 +859,7 @@ impl<A: Aggregate> EntityState<A> {
             let (state, loaded_version) = loaded.as_mut().expect("loaded before deciding");
             A::check_invariants(state)?;
             *loaded_version = new_version;
-            if rt.snapshot_policy.is_due(version, new_version) {
+            if rt.snapshot_policy.is_due(version, new_version) && rt.snapshotter.has_room() {
                 let snapshot_state = state.clone();
                 let sealed_stream = stream.clone();
                 rt.snapshotter.submit(SnapshotJob {

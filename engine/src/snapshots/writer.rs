@@ -3,12 +3,16 @@
 //! the next multiple of `every_events` takes one again, and recovery never needs one.
 
 use crate::journal::{JournalWriter, StreamId};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-/// Snapshots waiting to be written before new ones are skipped.
-const SNAPSHOT_QUEUE_JOBS_MAX: usize = 1024;
+/// Snapshots waiting to be written before new ones are skipped. Each holds a clone of its
+/// aggregate's state until it is encoded, so this bounds their memory: 256 states (of
+/// ProductStock with 1,000 open reservations, about 0.2 MB each: 50 MB). It was 1,024, and
+/// the clone was made before a full queue refused it (found by review, 2026-11-28).
+const SNAPSHOT_QUEUE_JOBS_MAX: usize = 256;
 
 pub(crate) struct SnapshotJob {
     pub stream: StreamId,
@@ -26,6 +30,8 @@ const SNAPSHOT_SYNCED_WAIT_MS_MAX: u64 = 10_000;
 #[derive(Debug)]
 pub(crate) struct Snapshotter {
     tx: Mutex<Option<SyncSender<SnapshotJob>>>,
+    /// Jobs handed over and not yet done: read before a state is cloned for a new one.
+    queued: Arc<AtomicUsize>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -35,8 +41,12 @@ impl Snapshotter {
         // it is written (found by review). At least the one just written stays.
         let keep = keep.max(1);
         let (tx, rx) = sync_channel::<SnapshotJob>(SNAPSHOT_QUEUE_JOBS_MAX);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let done = queued.clone();
         let thread = std::thread::Builder::new().name("evershard-snapshots".into()).spawn(move || {
             for job in rx {
+                // Counted out when taken: its state is dropped at the end of this turn.
+                done.fetch_sub(1, Ordering::AcqRel);
                 // Never a snapshot of events a crash could still take: in buffered mode an
                 // entity hands it over at acknowledgement, before the segment log's sync, and
                 // sled may keep it while a power cut takes the events; later events at the
@@ -74,19 +84,31 @@ impl Snapshotter {
         })?;
         Ok(Snapshotter {
             tx: Mutex::new(Some(tx)),
+            queued,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// False when the queue is full: the caller skips this snapshot without cloning its
+    /// state for it.
+    pub fn has_room(&self) -> bool {
+        self.queued.load(Ordering::Acquire) < SNAPSHOT_QUEUE_JOBS_MAX
     }
 
     pub fn submit(&self, job: SnapshotJob) {
         let guard = self.tx.lock().expect("snapshotter lock");
         let Some(tx) = guard.as_ref() else { return };
+        // Counted in before the send, so the writer's count out never runs first.
+        self.queued.fetch_add(1, Ordering::AcqRel);
         match tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(job)) => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
                 tracing::debug!(stream = %job.stream, sequence = job.sequence, "snapshot queue full; skipped")
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 
