@@ -318,3 +318,56 @@ async fn a_malformed_snapshot_key_does_not_stop_pruning() {
     );
     engine.shutdown().await.unwrap();
 }
+
+/// A snapshot beyond the stream's head (of events a crash took, in a store written before
+/// snapshots waited for their events' sync) is reported, not passed over in silence, and the
+/// entity removes it: once new events fill its sequences it would look usable (found by
+/// review, 2026-11-28).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_beyond_the_head_is_reported_and_removed() {
+    use evershard_engine::model::Aggregate;
+    use evershard_engine::snapshot::SnapshotRecord;
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), &["a"], 10).await;
+    let stream = StreamId::new("Counter", "a");
+    {
+        let journal = Journal::open_read_only(dir.path()).unwrap();
+        let lost = common::CounterState {
+            total: 99,
+            events: 20,
+            broken: false,
+        };
+        let record = SnapshotRecord::encode_state(Counter::STATE_SCHEMA_VERSION, 20, &lost);
+        journal
+            .put_raw_snapshot_for_tests(&stream, &20u64.to_be_bytes(), &record)
+            .unwrap();
+        let loaded = repository::load::<Counter>(&journal, &stream, u64::MAX, true).unwrap();
+        assert_eq!((loaded.version, loaded.from_snapshot), (10, Some(10)));
+        let skipped: Vec<_> = loaded.skipped_snapshots.iter().map(|s| &s.reason).collect();
+        assert_eq!(
+            skipped,
+            [&SkipReason::Unusable(SnapshotError::BeyondHead {
+                sequence: 20,
+                head: 10
+            })]
+        );
+    }
+    let engine = open_counters(dir.path()).await;
+    engine
+        .execute::<Counter>("a", CounterCommand::Add(1))
+        .await
+        .unwrap();
+    let sequences = engine.journal().snapshot_sequences(&stream).unwrap();
+    assert!(!sequences.contains(&20), "{sequences:?}");
+    // Its sequences refilled, the stream recovers from its own events.
+    for _ in 0..10 {
+        engine
+            .execute::<Counter>("a", CounterCommand::Add(1))
+            .await
+            .unwrap();
+    }
+    engine.shutdown().await.unwrap();
+    let journal = Journal::open_read_only(dir.path()).unwrap();
+    let loaded = repository::load::<Counter>(&journal, &stream, u64::MAX, true).unwrap();
+    assert_eq!((loaded.version, loaded.state.total), (21, 21));
+}

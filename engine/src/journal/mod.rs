@@ -1321,19 +1321,32 @@ impl JournalWriter {
             }
         }
         for seq in sequences.into_iter().skip(keep) {
-            let key = keys::stream_key(keys::SNAPSHOTS, stream, seq);
-            let mut batch = sled::Batch::default();
-            for entry in db.scan_prefix(&key).keys() {
-                let old = entry?;
-                if old == key || keys::snapshot_part_of(&key, &old).is_some() {
-                    batch.remove(old);
-                }
-            }
-            db.apply_batch(batch)?;
+            remove_snapshot_at(&db, stream, seq)?;
             removed += 1;
         }
         Ok(removed)
     }
+
+    /// Removes `stream`'s snapshot at `sequence` (its record or manifest and its parts), in
+    /// one batch: a snapshot beyond the stream's head, of events a crash took.
+    pub fn remove_snapshot(&self, stream: &StreamId, sequence: u64) -> Result<(), StorageError> {
+        self.shared.check_writable()?;
+        remove_snapshot_at(&self.shared.db()?, stream, sequence)
+    }
+}
+
+/// Removes the snapshot of `stream` at `seq` and its parts in one batch.
+fn remove_snapshot_at(db: &sled::Db, stream: &StreamId, seq: u64) -> Result<(), StorageError> {
+    let key = keys::stream_key(keys::SNAPSHOTS, stream, seq);
+    let mut batch = sled::Batch::default();
+    for entry in db.scan_prefix(&key).keys() {
+        let old = entry?;
+        if old == key || keys::snapshot_part_of(&key, &old).is_some() {
+            batch.remove(old);
+        }
+    }
+    db.apply_batch(batch)?;
+    Ok(())
 }
 
 /// A stored key (or its tail) and value, as the raw test hooks return them.

@@ -6,7 +6,7 @@ use crate::crypto::DataKey;
 use crate::error::{CommandError, LoadError, UnavailableReason};
 use crate::journal::{keys, AppendRequest, NewEvent, Seal, StreamId, WriteOp};
 use crate::recovery as repository;
-use crate::snapshots::SnapshotJob;
+use crate::snapshots::{SkipReason, SnapshotJob};
 use evershard_model::{
     Aggregate, CommandGuard, DecideContext, DomainEvent, EventEnvelope, Metadata,
 };
@@ -338,6 +338,20 @@ impl<A: Aggregate> EntityState<A> {
                 replayed = loaded.events_replayed,
                 "recovered"
             );
+            // A snapshot beyond the head (of events a crash took) goes: once new events
+            // fill its sequences it would look usable. A failure is logged; the next load
+            // tries again.
+            for skipped in &loaded.skipped_snapshots {
+                if let (
+                    Some(sequence),
+                    SkipReason::Unusable(evershard_snapshots::SnapshotError::BeyondHead { .. }),
+                ) = (skipped.sequence, &skipped.reason)
+                {
+                    if let Err(e) = self.args.rt.journal.remove_snapshot(stream, sequence) {
+                        tracing::warn!(%stream, sequence, %e, "a snapshot beyond the head could not be removed");
+                    }
+                }
+            }
             self.args.rt.record_skipped(loaded.skipped_snapshots);
             // A stream's timer is written with its events, in their commit, so a stream with
             // none has none; not reading it spares a new aggregate a sled read (2% of the CPU

@@ -72,7 +72,22 @@ pub(crate) fn recovery_start<A: Aggregate>(
     let mut chosen = None;
     // (sequence, why), newest first.
     let mut unusable: Vec<(Option<u64>, SkipReason)> = Vec::new();
-    for seq in sequences.into_iter().filter(|seq| *seq <= target) {
+    for seq in sequences {
+        if seq > head {
+            // Of events a crash took (a store whose snapshots did not wait for their events'
+            // sync, before 2026-11-28): never usable, and a danger once new events fill
+            // those sequences again. Reported (it was passed over in silence; found by
+            // review), and the entity removes it.
+            let beyond = evershard_snapshots::SnapshotError::BeyondHead {
+                sequence: seq,
+                head,
+            };
+            unusable.push((Some(seq), SkipReason::Unusable(beyond)));
+            continue;
+        }
+        if seq > target {
+            continue;
+        }
         let bytes = match journal.snapshot(stream, seq) {
             Ok(Some(bytes)) => bytes,
             // Pruned since the listing.
