@@ -130,11 +130,19 @@ pub fn load<A: Aggregate>(
         // not, the events decide (found by review, 2026-11-28: a positional snapshot of a
         // state type changed without its schema version decodes, to another state, and
         // the aggregate was refused for good).
-        Err((Some(sequence), rejected)) => {
+        Err((Some(sequence), rejected, skipped_before)) => {
             let mut replayed = match load_once::<A>(journal, stream, upto, false)? {
                 Ok(replayed) => replayed,
-                Err((_, error)) => return Err(error),
+                Err((_, error, _)) => return Err(error),
             };
+            // What the first pass skipped (a snapshot beyond the head, say) is still to be
+            // reported, and acted on; it fell back to a full replay in the end.
+            replayed
+                .skipped_snapshots
+                .extend(skipped_before.into_iter().map(|skipped| SkippedSnapshot {
+                    fallback: None,
+                    ..skipped
+                }));
             let skipped = SkippedSnapshot {
                 stream: stream.clone(),
                 sequence: Some(sequence),
@@ -145,20 +153,20 @@ pub fn load<A: Aggregate>(
             replayed.skipped_snapshots.push(skipped);
             Ok(replayed)
         }
-        Err((None, error)) => Err(error),
+        Err((None, error, _)) => Err(error),
     }
 }
 
 /// [`load`] without its fall-back: an error the state may owe to the snapshot it started
 /// from (`apply` panicked on a later event, or the invariants failed) comes back as
-/// `Ok(Err((Some(snapshot sequence), error)))`.
+/// `Ok(Err((Some(snapshot sequence), error, the snapshots skipped on the way)))`.
 #[allow(clippy::type_complexity)]
 fn load_once<A: Aggregate>(
     journal: &Journal,
     stream: &StreamId,
     upto: u64,
     use_snapshots: bool,
-) -> Result<Result<Loaded<A::State>, (Option<u64>, LoadError)>, LoadError> {
+) -> Result<Result<Loaded<A::State>, (Option<u64>, LoadError, Vec<SkippedSnapshot>)>, LoadError> {
     let head = journal.head(stream)?.sequence;
     let target = upto.min(head);
     // A stream with no events (a new aggregate) has no snapshot to start from: one is of a
@@ -187,7 +195,11 @@ fn load_once<A: Aggregate>(
             }
         );
         return match (owed_to_snapshot, from_snapshot) {
-            (true, Some(sequence)) => Ok(Err((Some(sequence), e.into()))),
+            (true, Some(sequence)) => Ok(Err((
+                Some(sequence),
+                e.into(),
+                std::mem::take(&mut loaded.skipped_snapshots),
+            ))),
             _ => Err(e.into()),
         };
     }
@@ -207,7 +219,7 @@ fn load_once<A: Aggregate>(
             invariant,
             sequence: loaded.version,
         };
-        return Ok(Err((from_snapshot, violated)));
+        return Ok(Err((from_snapshot, violated, loaded.skipped_snapshots)));
     }
     Ok(Ok(loaded))
 }

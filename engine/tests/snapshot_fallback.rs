@@ -371,3 +371,42 @@ async fn a_snapshot_beyond_the_head_is_reported_and_removed() {
     let loaded = repository::load::<Counter>(&journal, &stream, u64::MAX, true).unwrap();
     assert_eq!((loaded.version, loaded.state.total), (21, 21));
 }
+
+/// Both at once: a snapshot beyond the head and, below it, one whose state fails. The full
+/// replay decides, and both are reported (the first pass's skips were dropped by the
+/// fall-back; found by review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fall_back_to_the_events_keeps_what_the_first_pass_skipped() {
+    use evershard_engine::model::Aggregate;
+    use evershard_engine::snapshot::SnapshotRecord;
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), &["a"], 10).await;
+    let stream = StreamId::new("Counter", "a");
+    let journal = Journal::open_read_only(dir.path()).unwrap();
+    let state = |broken| common::CounterState {
+        total: 10,
+        events: 10,
+        broken,
+    };
+    for (sequence, broken) in [(20u64, false), (10, true)] {
+        let record =
+            SnapshotRecord::encode_state(Counter::STATE_SCHEMA_VERSION, sequence, &state(broken));
+        journal
+            .put_raw_snapshot_for_tests(&stream, &sequence.to_be_bytes(), &record)
+            .unwrap();
+    }
+    let loaded = repository::load::<Counter>(&journal, &stream, u64::MAX, true).unwrap();
+    assert_eq!((loaded.version, loaded.from_snapshot), (10, None));
+    let mut reasons: Vec<String> = loaded
+        .skipped_snapshots
+        .iter()
+        .map(|s| format!("{:?} {:?}", s.sequence, s.reason))
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("Some(10) StateRejected"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].contains("BeyondHead"), "{reasons:?}");
+}

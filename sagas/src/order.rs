@@ -258,16 +258,24 @@ pub fn report_rejection(rejected: &RejectedStep) -> OrderSagaCommand {
     .into()
 }
 
-/// Why [`resume_confirmed_lines`] stopped.
+/// Why [`resume_confirmed_lines`] could not run at all.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ResumeError {
     #[error("reading the store: {0}")]
     Storage(#[from] evershard_engine::StorageError),
-    #[error("loading an aggregate: {0}")]
-    Load(#[from] evershard_engine::LoadError),
-    #[error("recording a confirmed line: {0}")]
-    Send(String),
+    #[error("the scan of the sagas did not finish: {0}")]
+    Scan(String),
+}
+
+/// What [`resume_confirmed_lines`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResumeReport {
+    /// Lines recorded as confirmed on their order.
+    pub recorded: usize,
+    /// Sagas (by id) it could not look at or resume, with why; the others were resumed. A
+    /// later run tries them again.
+    pub failed: Vec<(String, String)>,
 }
 
 /// The upgrade step for stores whose orders were paid before `FulfilOrder` needed every
@@ -277,63 +285,77 @@ pub enum ResumeError {
 /// key (`record-confirmed:{product}`), so the order becomes ready for fulfilment
 /// (`OrderReadyForFulfilment`) as a saga started after the change would have made it. Before
 /// the change that step did not exist, and nothing else would send it: such an order could
-/// never be handed over. Idempotent (a second run sends nothing new); reads every saga
-/// (read-only, through the journal), so run it once after upgrading, with the engine open.
-/// Returns how many lines it recorded.
-pub async fn resume_confirmed_lines(engine: &Engine) -> Result<usize, ResumeError> {
+/// never be handed over. Idempotent (a second run sends nothing new). It reads every saga
+/// and its order through the journal (read-only, on a blocking thread), so run it once after
+/// upgrading, with the engine open; a saga it cannot read or resume is listed in the report
+/// and does not stop the others.
+pub async fn resume_confirmed_lines(engine: &Engine) -> Result<ResumeReport, ResumeError> {
     use evershard_aggregates::order::RecordReservationConfirmed;
     use evershard_aggregates::order_saga::{LineStatus, OrderPhase};
     use evershard_engine::model::{step_key, Metadata};
     use evershard_engine::{repository, StreamId};
-    let journal = engine.journal();
-    let mut recorded = 0;
-    let ids: Vec<String> = journal
-        .streams(Some(OrderSaga::TYPE))
-        .map(|s| Ok::<_, ResumeError>(s?.0.aggregate_id))
-        .collect::<Result<_, _>>()?;
-    for saga_id in ids {
-        let stream = StreamId::new(OrderSaga::TYPE, saga_id.clone());
-        let loaded = repository::load::<OrderSaga>(journal, &stream, u64::MAX, true)?;
-        let Some(saga) = loaded.state.saga else {
-            continue;
-        };
-        if saga.outcome.is_some() || saga.order != OrderPhase::Confirmed {
-            continue;
-        }
-        let order_stream = StreamId::new(Order::TYPE, saga_id.clone());
-        let order = repository::load::<Order>(journal, &order_stream, u64::MAX, true)?;
-        let Some(order) = order.state.order else {
-            continue;
-        };
-        for line in saga
-            .lines
-            .iter()
-            .filter(|l| l.status == LineStatus::Confirmed)
-        {
-            if order
-                .line(&line.product_id)
-                .is_none_or(|l| l.reservation_confirmed)
-            {
+    let journal = engine.journal().clone();
+    // (saga id = order id, product) of every line to record, and the sagas not readable.
+    let scan = tokio::task::spawn_blocking(move || {
+        let mut todo = Vec::new();
+        let mut failed = Vec::new();
+        for stream in journal.streams(Some(OrderSaga::TYPE)) {
+            let saga_id = stream?.0.aggregate_id;
+            let saga_stream = StreamId::new(OrderSaga::TYPE, saga_id.clone());
+            let order_stream = StreamId::new(Order::TYPE, saga_id.clone());
+            let loaded = repository::load::<OrderSaga>(&journal, &saga_stream, u64::MAX, true)
+                .and_then(|saga| {
+                    let order = repository::load::<Order>(&journal, &order_stream, u64::MAX, true)?;
+                    Ok((saga.state.saga, order.state.order))
+                });
+            let (saga, order) = match loaded {
+                Ok((Some(saga), Some(order))) => (saga, order),
+                Ok(_) => continue,
+                Err(e) => {
+                    failed.push((saga_id, e.to_string()));
+                    continue;
+                }
+            };
+            if saga.outcome.is_some() || saga.order != OrderPhase::Confirmed {
                 continue;
             }
-            let step = format!("record-confirmed:{}", line.product_id);
-            let metadata = Metadata::new("evershard-sagas").idempotency_key(step_key(
-                OrderSaga::TYPE,
-                &saga_id,
-                &step,
-            ));
-            let command = RecordReservationConfirmed {
-                product_id: line.product_id.clone(),
-                // The saga's reservation id is the order id.
-                reservation_id: saga.order_id,
-            };
-            match send_to::<Order>(engine, &saga_id, command, metadata).await {
-                Ok(evershard_engine::Sent::Done) => recorded += 1,
-                // The order closed meanwhile: nothing to resume.
-                Ok(_) => {}
-                Err(e) => return Err(ResumeError::Send(e.to_string())),
+            for line in saga
+                .lines
+                .iter()
+                .filter(|l| l.status == LineStatus::Confirmed)
+            {
+                if order
+                    .line(&line.product_id)
+                    .is_some_and(|l| !l.reservation_confirmed)
+                {
+                    todo.push((saga_id.clone(), saga.order_id, line.product_id.clone()));
+                }
             }
         }
+        Ok::<_, ResumeError>((todo, failed))
+    })
+    .await
+    .map_err(|e| ResumeError::Scan(e.to_string()))??;
+    let (todo, mut failed) = scan;
+    let mut recorded = 0;
+    for (saga_id, order_id, product_id) in todo {
+        let step = format!("record-confirmed:{product_id}");
+        let metadata = Metadata::new("evershard-sagas").idempotency_key(step_key(
+            OrderSaga::TYPE,
+            &saga_id,
+            &step,
+        ));
+        let command = RecordReservationConfirmed {
+            product_id,
+            // The saga's reservation id is the order id.
+            reservation_id: order_id,
+        };
+        match send_to::<Order>(engine, &saga_id, command, metadata).await {
+            Ok(evershard_engine::Sent::Done) => recorded += 1,
+            // The order closed meanwhile: nothing to resume.
+            Ok(_) => {}
+            Err(e) => failed.push((saga_id, e.to_string())),
+        }
     }
-    Ok(recorded)
+    Ok(ResumeReport { recorded, failed })
 }

@@ -81,7 +81,7 @@ pub struct AppendRequest {
     /// (`AppendError::KeysChanged`) if that subject was erased since: the state may hold its
     /// forgotten data, which must not reach the journal again under any key. Erasures of
     /// other subjects do not matter.
-    pub(crate) decided_at: Option<(u64, String)>,
+    pub(crate) decided_at: Option<(u64, Vec<String>)>,
     /// An erasure's request: the subject it forgets (its keys are in `erases`).
     pub(crate) erases_subject: Option<String>,
 }
@@ -1134,9 +1134,15 @@ impl Committer {
                 // Erasures move the epoch only here, on this thread: a request decided on a
                 // state read before its subject's erasure is refused, whatever key it seals
                 // with.
-                if request.decided_at.as_ref().is_some_and(|(epoch, subject)| {
-                    self.shared.keyring.erased_since(subject, *epoch)
-                }) {
+                if request
+                    .decided_at
+                    .as_ref()
+                    .is_some_and(|(epoch, subjects)| {
+                        subjects
+                            .iter()
+                            .any(|subject| self.shared.keyring.erased_since(subject, *epoch))
+                    })
+                {
                     let _ = reply.send(Err(AppendError::KeysChanged {
                         stream: request.stream.clone(),
                     }));

@@ -234,6 +234,18 @@ impl From<StorageError> for KeyLookup {
     }
 }
 
+/// How many erased subjects the keyring remembers the epoch of (about 100 bytes each); past
+/// it, their epochs fold into a floor.
+pub(crate) const ERASED_SUBJECTS_KEPT_MAX: usize = 65_536;
+
+/// Subjects erased by this process and the epoch of each, above `floor`.
+#[derive(Default)]
+struct ErasedSubjects {
+    subjects: HashMap<String, u64>,
+    /// States read before this epoch count as read before an erasure of any subject.
+    floor: u64,
+}
+
 /// The in-memory side: the provider, unwrapped keys, erasures seen by this process.
 #[derive(Default)]
 pub(crate) struct Keyring {
@@ -249,10 +261,10 @@ pub(crate) struct Keyring {
     /// Moves at every erasure: an entity that loaded its state at another epoch reloads it
     /// before its next command (and so meets the erasure).
     epoch: AtomicU64,
-    /// The epoch each subject forgotten by this process was erased at (one entry per
-    /// erasure, which are rare): sealed events decided on a state read before their
-    /// subject's erasure are refused (see [`Keyring::erased_since`]).
-    erased_subjects: Mutex<HashMap<String, u64>>,
+    /// The epoch each subject forgotten by this process was erased at: sealed events
+    /// decided on a state read before their subject's erasure are refused (see
+    /// [`Keyring::erased_since`]).
+    erased_subjects: Mutex<ErasedSubjects>,
     /// Serializes key creation against rotation's re-wrap of the same entries, upgrades and
     /// the start of an erasure.
     create: Mutex<()>,
@@ -479,23 +491,30 @@ impl Keyring {
         writes
     }
 
+    /// Records that `subject` was erased, at the epoch its keys' `mark_erased` moved to.
+    /// Past [`ERASED_SUBJECTS_KEPT_MAX`] subjects the record is dropped and its epoch becomes
+    /// a floor: a state read before it counts as read before any erasure (a safe refusal;
+    /// the entity reloads and decides again).
+    pub fn note_subject_erased(&self, subject: &str) {
+        let epoch = self.epoch();
+        let mut erased = lock(&self.erased_subjects);
+        if erased.subjects.len() >= ERASED_SUBJECTS_KEPT_MAX {
+            erased.subjects.clear();
+            erased.floor = epoch;
+        }
+        erased.subjects.insert(subject.to_owned(), epoch);
+    }
+
+    /// True when `subject` was erased after epoch `since` (or may have been: `since` is
+    /// below the floor): a state read at `since` may hold its forgotten data.
+    pub fn erased_since(&self, subject: &str, since: u64) -> bool {
+        let erased = lock(&self.erased_subjects);
+        since < erased.floor || erased.subjects.get(subject).is_some_and(|&at| at > since)
+    }
+
     /// Forgets key `id` in memory: from here on nothing seals with it or opens with it. The
     /// committer calls it while it builds the erasure's batch, so every append it takes
     /// later is checked against it.
-    /// Records that `subject` was erased, at the epoch its keys' `mark_erased` moved to.
-    pub fn note_subject_erased(&self, subject: &str) {
-        let epoch = self.epoch();
-        lock(&self.erased_subjects).insert(subject.to_owned(), epoch);
-    }
-
-    /// True when `subject` was erased after epoch `since`: a state read at `since` may
-    /// hold its forgotten data.
-    pub fn erased_since(&self, subject: &str, since: u64) -> bool {
-        lock(&self.erased_subjects)
-            .get(subject)
-            .is_some_and(|&at| at > since)
-    }
-
     pub fn mark_erased(&self, id: Uuid) {
         {
             // Lock order: `opening`, then `erased` (as `data_key` takes them).
@@ -1034,5 +1053,23 @@ mod tests {
         drop(guard);
         let after = ring.sealing_key(&db, "s").unwrap();
         assert!(!ids.contains(&after.key.id));
+    }
+
+    /// The record of erased subjects is bounded: past its size the epochs fold into a
+    /// floor, and a state read before the floor counts as read before any erasure.
+    #[test]
+    fn erased_subjects_are_bounded_and_fold_into_a_floor() {
+        let ring = Keyring::default();
+        for n in 0..=ERASED_SUBJECTS_KEPT_MAX {
+            ring.mark_erased(Uuid::from_u128(n as u128));
+            ring.note_subject_erased(&format!("s{n}"));
+        }
+        assert!(lock(&ring.erased_subjects).subjects.len() <= ERASED_SUBJECTS_KEPT_MAX);
+        let now = ring.epoch();
+        assert!(ring.erased_since("never-forgotten", 0), "below the floor");
+        assert!(!ring.erased_since("never-forgotten", now));
+        let last = format!("s{ERASED_SUBJECTS_KEPT_MAX}");
+        assert!(ring.erased_since(&last, now - 1));
+        assert!(!ring.erased_since(&last, now));
     }
 }

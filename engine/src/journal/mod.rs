@@ -1910,9 +1910,6 @@ impl Journal {
         })
     }
 
-    /// Sets the key provider that opens encrypted payloads (and, for an engine's journal,
-    /// wraps new data keys). A read-only journal (the CLI) takes one to read payloads;
-    /// integrity checks never need it.
     /// True when the store holds a data key (live or erased): it was written with
     /// encryption at rest.
     pub fn holds_data_keys(&self) -> Result<bool, StorageError> {
@@ -1921,6 +1918,9 @@ impl Journal {
         Ok(first.is_some())
     }
 
+    /// Sets the key provider that opens encrypted payloads (and, for an engine's journal,
+    /// wraps new data keys). A read-only journal (the CLI) takes one to read payloads;
+    /// integrity checks never need it.
     pub fn set_key_provider(&self, provider: Arc<dyn crate::crypto::KeyProvider>) {
         self.shared.keyring.set_provider(provider);
     }

@@ -637,15 +637,25 @@ impl<A: Aggregate> EntityState<A> {
         // here rather than after the commit: the events are still committed (as before
         // timers existed, see docs/runtime-semantics.md), the timer entry stays as it was,
         // and the state is rebuilt from the journal for the next command.
+        let stream_id = &self.args.stream.aggregate_id;
         let applied = catch_unwind(AssertUnwindSafe(|| {
+            // The subject the state was read under: the events may carry its data even if
+            // they move the state to another subject.
+            let read_under = rt
+                .sensitive
+                .contains(A::TYPE)
+                .then(|| A::data_subject(state).unwrap_or_else(|| stream_id.clone()));
             for event in &events {
                 A::apply(state, event);
             }
-            A::next_timer(state).map(|(deadline, _)| deadline.timestamp_micros())
+            (
+                read_under,
+                A::next_timer(state).map(|(deadline, _)| deadline.timestamp_micros()),
+            )
         }));
-        let (next_timer, apply_panic) = match applied {
-            Ok(next) => (next, None),
-            Err(panic) => (self.timer, Some(panic_message(panic))),
+        let (read_under, next_timer, apply_panic) = match applied {
+            Ok((read_under, next)) => (read_under, next, None),
+            Err(panic) => (None, self.timer, Some(panic_message(panic))),
         };
         if let (Some(message), true) = (&apply_panic, rt.sensitive.contains(A::TYPE)) {
             // A sensitive type's events are sealed with the key of the subject the new state
@@ -734,7 +744,13 @@ impl<A: Aggregate> EntityState<A> {
         }
         let mut request = AppendRequest::new(self.args.stream.clone(), version, new_events);
         request.seal = seal.clone().map(Seal);
-        request.decided_at = subject.map(|subject| (self.epoch, subject));
+        // Refused if either the subject the state was read under or the one it is sealed
+        // for was erased since the state was read.
+        request.decided_at = subject.map(|subject| {
+            let mut subjects = vec![subject];
+            subjects.extend(read_under.filter(|s| *s != subjects[0]));
+            (self.epoch, subjects)
+        });
         request.extra_writes = timer_ops(&self.args.stream, self.timer, next_timer);
         if let Some(claim) = &claim {
             let record = keys::IdempotencyRecord {
