@@ -71,6 +71,41 @@ impl Flow {
         }
     }
 
+    /// A flow whose runner sends its commands through `dispatch` (the order saga's own
+    /// observers and rejection report), for tests that step between the saga and a target.
+    async fn start_dispatching(
+        dispatch: impl Fn(
+                Engine,
+                evershard::engine::SagaSend<evershard::aggregates::order_saga::SagaCommand>,
+            ) -> evershard::engine::SagaFuture<
+                Result<evershard::engine::Sent, evershard::engine::HandlerError>,
+            > + Send
+            + Sync
+            + 'static,
+    ) -> Flow {
+        use evershard::sagas::order::{
+            observe_order, observe_payment, observe_stock, report_rejection,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(t0()));
+        let engine = open(dir.path(), &clock).await;
+        let runner =
+            SagaRunner::builder::<OrderSaga>(&engine, evershard::aggregates::order_saga::TOPIC)
+                .observe::<Order>(evershard::aggregates::order::TOPIC, observe_order)
+                .observe::<ProductStock>(evershard::aggregates::product_stock::TOPIC, observe_stock)
+                .observe::<Payment>(evershard::aggregates::payment::TOPIC, observe_payment)
+                .dispatch(dispatch)
+                .on_rejected(report_rejection)
+                .start()
+                .unwrap();
+        Flow {
+            _dir: dir,
+            clock,
+            engine,
+            runner,
+        }
+    }
+
     async fn idle(&self) {
         assert!(
             self.runner.wait_idle(IDLE_WAIT).await,
@@ -525,44 +560,26 @@ async fn a_saga_not_confirmed_within_30_minutes_is_compensated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_is_not_started_for_an_order_closed_before_its_dispatch() {
     use evershard::aggregates::order_saga::SagaCommand;
-    use evershard::sagas::order::{
-        dispatch, observe_order, observe_payment, observe_stock, report_rejection,
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(t0()));
-    let engine = open(dir.path(), &clock).await;
-    let runner =
-        SagaRunner::builder::<OrderSaga>(&engine, evershard::aggregates::order_saga::TOPIC)
-            .observe::<Order>(evershard::aggregates::order::TOPIC, observe_order)
-            .observe::<ProductStock>(evershard::aggregates::product_stock::TOPIC, observe_stock)
-            .observe::<Payment>(evershard::aggregates::payment::TOPIC, observe_payment)
-            .dispatch(|engine, send| {
-                Box::pin(async move {
-                    if send.step == "request-payment" {
-                        if let SagaCommand::Order { order_id, .. } = &send.command {
-                            engine
-                                .execute::<Order>(
-                                    &order_id.to_string(),
-                                    CancelOrder {
-                                        reason: CancelReason::CustomerRequest,
-                                    },
-                                )
-                                .await
-                                .unwrap();
-                        }
-                    }
-                    dispatch(engine, send).await
-                })
-            })
-            .on_rejected(report_rejection)
-            .start()
-            .unwrap();
-    let flow = Flow {
-        _dir: dir,
-        clock,
-        engine,
-        runner,
-    };
+    use evershard::sagas::order::dispatch;
+    let flow = Flow::start_dispatching(|engine, send| {
+        Box::pin(async move {
+            if send.step == "request-payment" {
+                if let SagaCommand::Order { order_id, .. } = &send.command {
+                    engine
+                        .execute::<Order>(
+                            &order_id.to_string(),
+                            CancelOrder {
+                                reason: CancelReason::CustomerRequest,
+                            },
+                        )
+                        .await
+                        .unwrap();
+                }
+            }
+            dispatch(engine, send).await
+        })
+    })
+    .await;
     flow.stock("sku-a", 10).await;
     let order = flow.place(&[("sku-a", 2, 500)]).await;
     flow.idle().await;
@@ -637,35 +654,16 @@ async fn a_paid_order_whose_reservation_expired_is_not_handed_over_but_refunded(
 /// saga started after the change would have sent, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_confirmed_lines_readies_orders_paid_before_the_upgrade() {
-    use evershard::sagas::order::{
-        dispatch, observe_order, observe_payment, observe_stock, report_rejection,
-        resume_confirmed_lines,
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(t0()));
-    let engine = open(dir.path(), &clock).await;
-    let runner =
-        SagaRunner::builder::<OrderSaga>(&engine, evershard::aggregates::order_saga::TOPIC)
-            .observe::<Order>(evershard::aggregates::order::TOPIC, observe_order)
-            .observe::<ProductStock>(evershard::aggregates::product_stock::TOPIC, observe_stock)
-            .observe::<Payment>(evershard::aggregates::payment::TOPIC, observe_payment)
-            .dispatch(|engine, send| {
-                Box::pin(async move {
-                    if send.step.starts_with("record-confirmed:") {
-                        return Ok(evershard::engine::Sent::Done); // the old outbox
-                    }
-                    dispatch(engine, send).await
-                })
-            })
-            .on_rejected(report_rejection)
-            .start()
-            .unwrap();
-    let flow = Flow {
-        _dir: dir,
-        clock,
-        engine,
-        runner,
-    };
+    use evershard::sagas::order::{dispatch, resume_confirmed_lines};
+    let flow = Flow::start_dispatching(|engine, send| {
+        Box::pin(async move {
+            if send.step.starts_with("record-confirmed:") {
+                return Ok(evershard::engine::Sent::Done); // the old outbox
+            }
+            dispatch(engine, send).await
+        })
+    })
+    .await;
     flow.stock("sku-a", 10).await;
     flow.stock("sku-b", 10).await;
     let order = flow.place(&[("sku-a", 2, 100), ("sku-b", 1, 100)]).await;
