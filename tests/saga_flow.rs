@@ -687,3 +687,50 @@ async fn resume_confirmed_lines_readies_orders_paid_before_the_upgrade() {
     assert_eq!(flow.saga(order).await.outcome, Some(SagaOutcome::Fulfilled));
     flow.finish_and_check().await;
 }
+
+/// The same for a retry (found by review): the order is cancelled between the retry's
+/// decision and its dispatch (a customer's cancel, or a reservation expiry, that the saga has
+/// not seen yet when the retry's timer fires). `request-payment:2` is refused, so the second
+/// attempt is never started and the customer is not charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_not_started_for_an_order_closed_before_its_dispatch() {
+    use evershard::aggregates::order_saga::SagaCommand;
+    use evershard::aggregates::payment::PaymentEvent;
+    use evershard::sagas::order::dispatch;
+    let flow = Flow::start_dispatching(|engine, send| {
+        Box::pin(async move {
+            if send.step == "request-payment:2" {
+                if let SagaCommand::Order { order_id, .. } = &send.command {
+                    engine
+                        .execute::<Order>(
+                            &order_id.to_string(),
+                            CancelOrder {
+                                reason: CancelReason::CustomerRequest,
+                            },
+                        )
+                        .await
+                        .unwrap();
+                }
+            }
+            dispatch(engine, send).await
+        })
+    })
+    .await;
+    flow.stock("sku-a", 10).await;
+    let order = flow.place(&[("sku-a", 1, 2500)]).await;
+    flow.gateway_fails(order, "card declined").await;
+    flow.advance(Duration::milliseconds(PAYMENT_RETRY_DELAY_MS))
+        .await;
+    assert_eq!(flow.order_status(order).await, OrderStatus::Cancelled);
+    let attempts = flow
+        .engine
+        .history::<Payment>(&payment_id_for(order).to_string())
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e.payload, PaymentEvent::PaymentInitiated(_)))
+        .count();
+    assert_eq!(attempts, 1, "the retry was not started");
+    let saga = flow.saga(order).await;
+    assert_eq!(saga.outcome, Some(SagaOutcome::Cancelled), "{saga:?}");
+    flow.finish_and_check().await;
+}

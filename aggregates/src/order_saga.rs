@@ -17,7 +17,7 @@
 //! |---|---|---|
 //! | `OrderCreated` | `SagaStarted` | `Reserve` per line (`reserve:{product}`; reservation id = order id) |
 //! | `StockReserved` | `LineReserved` [+ `PaymentAttemptRequested` (attempt 1) when every line is reserved] | `RecordStockReserved` (`record-reserved:{product}`); `RequestPayment` (`request-payment`) and `InitiatePayment` (`payment:1`) |
-//! | `PaymentFailed`, not blocked | `PaymentAttemptFailed` (retry at + [`PAYMENT_RETRY_DELAY_MS`]) | — (the timer then: `PaymentAttemptRequested`, `payment:{n}`) |
+//! | `PaymentFailed`, not blocked | `PaymentAttemptFailed` (retry at + [`PAYMENT_RETRY_DELAY_MS`]) | — (the timer then: `PaymentAttemptRequested`, `RequestPayment` (`request-payment:{n}`, the order's consent) and, if accepted, `payment:{n}`) |
 //! | `PaymentCompleted` | `PaymentSucceeded` | `RecordPaymentCompleted` (`record-payment`) |
 //! | `OrderConfirmed` | `OrderConfirmedSeen` | `ConfirmReservation` per line (`confirm:{product}`: stops expiry) |
 //! | `StockReservationConfirmed` | `LineConfirmed` | `RecordReservationConfirmed` (`record-confirmed:{product}`: the order can be handed over once every line's is recorded) |
@@ -635,16 +635,20 @@ impl Saga for OrderSaga {
                 )]
             }
             OrderSagaEvent::PaymentAttemptRequested(e) => {
-                let mut sends = Vec::with_capacity(2);
-                if e.attempt == 1 {
-                    sends.push(order(
-                        "request-payment",
-                        e.order_id,
-                        o::RequestPayment {
-                            payment_id: e.payment_id,
-                        },
-                    ));
-                }
+                // Every attempt first asks the order: the first records the payment on it,
+                // a retry's is a repeat the order answers with no events while it still
+                // waits for the payment, and refuses once it is closed.
+                let request_step = match e.attempt {
+                    1 => "request-payment".to_owned(),
+                    n => format!("request-payment:{n}"),
+                };
+                let mut sends = vec![order(
+                    &request_step,
+                    e.order_id,
+                    o::RequestPayment {
+                        payment_id: e.payment_id,
+                    },
+                )];
                 let initiate = payment(
                     format!("payment:{}", e.attempt),
                     e.payment_id,
@@ -661,14 +665,13 @@ impl Saga for OrderSaga {
                         transfer: None,
                     },
                 );
-                // The first attempt waits for the order's consent: an order closed between
-                // the saga's decision and the dispatch refuses `request-payment`, and its
+                // Each attempt waits for the order's consent: an order closed between the
+                // saga's decision and the dispatch (its customer cancelled, its reservation
+                // expired, a retry's timer fired late) refuses the request, and its
                 // customer must not be charged (the refused payment step then ends the
-                // payment phase: found by review, 2026-11-28).
-                sends.push(match e.attempt {
-                    1 => initiate.only_if_previous_accepted(),
-                    _ => initiate,
-                });
+                // payment phase: found by review, 2026-11-28, for the first attempt and
+                // then for the retries).
+                sends.push(initiate.only_if_previous_accepted());
                 sends
             }
             OrderSagaEvent::PaymentSucceeded(e) if e.record_on_order => vec![order(
@@ -1463,7 +1466,8 @@ fn observe_reserved(
         .lines
         .iter()
         .filter(|l| l.product_id != *product_id)
-        .all(|l| l.status == LineStatus::Reserved);
+        // A line a stock clerk confirmed by hand is reserved all the same (found by review).
+        .all(|l| matches!(l.status, LineStatus::Reserved | LineStatus::Confirmed));
     if record_on_order
         && others_reserved
         && !saga.timeout_requested

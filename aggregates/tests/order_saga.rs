@@ -322,17 +322,34 @@ fn a_failed_payment_is_retried_after_the_duplicate_window() {
     assert!(sim.run(Tick).is_empty(), "not before its time");
     sim.now = retry_at;
     let retry = sim.run(Tick);
-    assert_eq!(
-        steps(&retry),
-        ["payment:2"],
-        "no second RequestPayment on the order"
-    );
+    // The order consents again (a repeat it answers with no events while it waits for the
+    // payment, a refusal once closed): the attempt depends on it.
+    assert_eq!(steps(&retry), ["request-payment:2", "payment:2"]);
+    let sends = OrderSaga::outbox(&retry[0]);
+    assert!(sends[1].only_if_previous_accepted);
     assert_eq!(sim.state().payment, PaymentPhase::Requested { attempt: 2 });
     let paid = sim.payment(Fact::PaymentCompleted {
         payment_id: payment_id_for(ORDER),
         amount: Money::from_minor(1000),
     });
     assert_eq!(steps(&paid), ["record-payment"]);
+}
+
+/// A line a stock clerk confirmed by hand before the last line was reserved counts as
+/// reserved: the payment is requested (it waited until the order timed out).
+#[test]
+fn a_line_confirmed_before_the_last_is_reserved_still_requests_the_payment() {
+    let mut sim = Sim::started(&[("sku-a", 2), ("sku-b", 1)]);
+    sim.reserved("sku-a");
+    let confirmed = sim.stock(
+        "sku-a",
+        Fact::StockReservationConfirmed {
+            product_id: "sku-a".into(),
+        },
+    );
+    assert_eq!(names(&confirmed), ["LineConfirmed"]);
+    let last = sim.reserved("sku-b");
+    assert_eq!(names(&last), ["LineReserved", "PaymentAttemptRequested"]);
 }
 
 #[test]
@@ -348,7 +365,11 @@ fn a_blocked_payment_cancels_the_order() {
         });
         if attempt < 3 {
             sim.now += Duration::milliseconds(PAYMENT_RETRY_DELAY_MS);
-            assert_eq!(steps(&sim.run(Tick)), [format!("payment:{}", attempt + 1)]);
+            let next = attempt + 1;
+            assert_eq!(
+                steps(&sim.run(Tick)),
+                [format!("request-payment:{next}"), format!("payment:{next}")]
+            );
         } else {
             assert_eq!(names(&failed), ["PaymentAttemptFailed", "CancelRequested"]);
             assert_eq!(steps(&failed), ["cancel-order"]);
@@ -664,7 +685,7 @@ fn a_saga_of_the_most_lines_still_hears_a_refused_command() {
     });
     assert_eq!(sim.state().seen.len(), SOURCES_MAX);
     sim.now = t0() + Duration::milliseconds(PAYMENT_RETRY_DELAY_MS);
-    assert_eq!(steps(&sim.run(Tick)), ["payment:2"]);
+    assert_eq!(steps(&sim.run(Tick)), ["request-payment:2", "payment:2"]);
     let refused = sim.rejected("payment:2", "the gateway is down");
     assert!(!refused.is_empty(), "the refusal changed nothing");
 }
