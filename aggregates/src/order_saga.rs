@@ -1074,7 +1074,7 @@ impl Aggregate for OrderSaga {
             ));
         }
         if let (Some(requested), Some(captured)) = (saga.refund_requested, saga.captured) {
-            if requested != captured {
+            if requested > captured {
                 return Err(format!(
                     "refund of {requested} requested, {captured} captured"
                 ));
@@ -1577,12 +1577,18 @@ fn refund(saga: &SagaInstance, cause: Cause) -> Option<OrderSagaEvent> {
     if saga.refund_requested.is_some() {
         return None;
     }
+    // What is still refundable: a refund made by hand before (another refund id) has taken
+    // its part, and asking for the whole captured amount was refused for good (found by
+    // review, 2026-11-28).
+    let amount = captured
+        .checked_sub(saga.refunded_total)
+        .filter(|rest| rest.is_positive())?;
     Some(
         RefundRequested {
             order_id: saga.order_id,
             payment_id: saga.payment_id,
             refund_id: refund_id_for(saga.order_id),
-            amount: captured,
+            amount,
             cause,
         }
         .into(),

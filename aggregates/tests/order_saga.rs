@@ -512,6 +512,44 @@ fn cancelling_a_paid_order_refunds_the_captured_amount_once() {
     assert!(done.compensated);
 }
 
+/// A part refunded by hand before the cancellation (another refund id): the saga refunds
+/// the rest, not the whole captured amount (which the payment refuses), and finishes.
+#[test]
+fn a_cancelled_order_partly_refunded_by_hand_gets_the_rest() {
+    let mut sim = Sim::started(&[("sku-a", 1)]);
+    sim.reserved("sku-a");
+    sim.payment(Fact::PaymentCompleted {
+        payment_id: payment_id_for(ORDER),
+        amount: Money::from_minor(1000),
+    });
+    sim.order(Fact::OrderConfirmed);
+    sim.payment(Fact::PaymentRefunded {
+        payment_id: payment_id_for(ORDER),
+        amount: Money::from_minor(300),
+        total_refunded: Money::from_minor(300),
+    });
+    let cancelled = sim.order(Fact::OrderCancelled {
+        reason: CancelReason::CustomerRequest,
+    });
+    match &cancelled[..] {
+        [_, OrderSagaEvent::RefundRequested(r)] => assert_eq!(r.amount, Money::from_minor(700)),
+        other => panic!("{other:?}"),
+    }
+    sim.stock(
+        "sku-a",
+        Fact::StockReleased {
+            product_id: "sku-a".into(),
+            reason: ReleaseReason::Cancelled,
+        },
+    );
+    let refunded = sim.payment(Fact::PaymentRefunded {
+        payment_id: payment_id_for(ORDER),
+        amount: Money::from_minor(700),
+        total_refunded: Money::from_minor(1000),
+    });
+    assert!(finished(&refunded).is_some(), "{refunded:?}");
+}
+
 #[test]
 fn a_payment_that_completes_on_a_cancelled_order_is_refunded() {
     let mut sim = Sim::started(&[("sku-a", 1)]);
