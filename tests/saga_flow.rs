@@ -106,6 +106,32 @@ impl Flow {
         }
     }
 
+    /// A flow whose dispatcher cancels the order (as its customer) just before it sends
+    /// the step `step`: an order closed between the saga's decision and the dispatch.
+    async fn cancelling_before(step: &'static str) -> Flow {
+        use evershard::aggregates::order_saga::SagaCommand;
+        use evershard::sagas::order::dispatch;
+        Flow::start_dispatching(move |engine, send| {
+            Box::pin(async move {
+                if send.step == step {
+                    if let SagaCommand::Order { order_id, .. } = &send.command {
+                        engine
+                            .execute::<Order>(
+                                &order_id.to_string(),
+                                CancelOrder {
+                                    reason: CancelReason::CustomerRequest,
+                                },
+                            )
+                            .await
+                            .unwrap();
+                    }
+                }
+                dispatch(engine, send).await
+            })
+        })
+        .await
+    }
+
     async fn idle(&self) {
         assert!(
             self.runner.wait_idle(IDLE_WAIT).await,
@@ -559,27 +585,7 @@ async fn a_saga_not_confirmed_within_30_minutes_is_compensated() {
 /// cancelled with the stock released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_is_not_started_for_an_order_closed_before_its_dispatch() {
-    use evershard::aggregates::order_saga::SagaCommand;
-    use evershard::sagas::order::dispatch;
-    let flow = Flow::start_dispatching(|engine, send| {
-        Box::pin(async move {
-            if send.step == "request-payment" {
-                if let SagaCommand::Order { order_id, .. } = &send.command {
-                    engine
-                        .execute::<Order>(
-                            &order_id.to_string(),
-                            CancelOrder {
-                                reason: CancelReason::CustomerRequest,
-                            },
-                        )
-                        .await
-                        .unwrap();
-                }
-            }
-            dispatch(engine, send).await
-        })
-    })
-    .await;
+    let flow = Flow::cancelling_before("request-payment").await;
     flow.stock("sku-a", 10).await;
     let order = flow.place(&[("sku-a", 2, 500)]).await;
     flow.idle().await;
@@ -694,28 +700,8 @@ async fn resume_confirmed_lines_readies_orders_paid_before_the_upgrade() {
 /// attempt is never started and the customer is not charged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_is_not_started_for_an_order_closed_before_its_dispatch() {
-    use evershard::aggregates::order_saga::SagaCommand;
     use evershard::aggregates::payment::PaymentEvent;
-    use evershard::sagas::order::dispatch;
-    let flow = Flow::start_dispatching(|engine, send| {
-        Box::pin(async move {
-            if send.step == "request-payment:2" {
-                if let SagaCommand::Order { order_id, .. } = &send.command {
-                    engine
-                        .execute::<Order>(
-                            &order_id.to_string(),
-                            CancelOrder {
-                                reason: CancelReason::CustomerRequest,
-                            },
-                        )
-                        .await
-                        .unwrap();
-                }
-            }
-            dispatch(engine, send).await
-        })
-    })
-    .await;
+    let flow = Flow::cancelling_before("request-payment:2").await;
     flow.stock("sku-a", 10).await;
     let order = flow.place(&[("sku-a", 1, 2500)]).await;
     flow.gateway_fails(order, "card declined").await;

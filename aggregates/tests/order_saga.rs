@@ -57,6 +57,19 @@ impl Sim {
         sim
     }
 
+    /// A saga of one line of `quantity` units of `product`, reserved, paid (10.00 per unit)
+    /// and confirmed.
+    fn paid(product: &str, quantity: i64) -> Sim {
+        let mut sim = Sim::started(&[(product, quantity)]);
+        sim.reserved(product);
+        sim.payment(Fact::PaymentCompleted {
+            payment_id: payment_id_for(ORDER),
+            amount: Money::from_minor(quantity * 1000),
+        });
+        sim.order(Fact::OrderConfirmed);
+        sim
+    }
+
     fn next_source(&mut self, aggregate_type: &str, id: &str, event_type: &str) -> Source {
         let seq = self
             .sequences
@@ -473,13 +486,7 @@ fn an_expiry_before_confirmation_is_reported_to_the_order() {
 
 #[test]
 fn cancelling_a_paid_order_refunds_the_captured_amount_once() {
-    let mut sim = Sim::started(&[("sku-a", 3)]);
-    sim.reserved("sku-a");
-    sim.payment(Fact::PaymentCompleted {
-        payment_id: payment_id_for(ORDER),
-        amount: Money::from_minor(3000),
-    });
-    sim.order(Fact::OrderConfirmed);
+    let mut sim = Sim::paid("sku-a", 3);
     let cancelled = sim.order(Fact::OrderCancelled {
         reason: CancelReason::CustomerRequest,
     });
@@ -516,13 +523,7 @@ fn cancelling_a_paid_order_refunds_the_captured_amount_once() {
 /// the rest, not the whole captured amount (which the payment refuses), and finishes.
 #[test]
 fn a_cancelled_order_partly_refunded_by_hand_gets_the_rest() {
-    let mut sim = Sim::started(&[("sku-a", 1)]);
-    sim.reserved("sku-a");
-    sim.payment(Fact::PaymentCompleted {
-        payment_id: payment_id_for(ORDER),
-        amount: Money::from_minor(1000),
-    });
-    sim.order(Fact::OrderConfirmed);
+    let mut sim = Sim::paid("sku-a", 1);
     sim.payment(Fact::PaymentRefunded {
         payment_id: payment_id_for(ORDER),
         amount: Money::from_minor(300),
