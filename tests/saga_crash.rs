@@ -240,11 +240,18 @@ fn saga_crash_child() {
     });
 }
 
-async fn settle(engine: &Engine, clock: &Arc<ManualClock>, runner: &SagaRunner, seed: u64) {
+async fn settle(
+    engine: &Engine,
+    clock: &Arc<ManualClock>,
+    runner: &SagaRunner,
+    parties: &[&simulate::Party],
+    seed: u64,
+) {
     let advance = |by: Duration| clock.advance(by);
     let unfinished = simulate::settle(
         engine,
         runner,
+        parties,
         &advance,
         Duration::minutes(10),
         SETTLE_ROUNDS_MAX,
@@ -329,10 +336,10 @@ fn the_saga_keeps_its_invariants_across_sigkill() {
         let runner = order_saga_runner(&engine, OrderSagaOptions::default()).unwrap();
         let gateway = gateway(&engine, "gateway", evershard::StartFrom::Committed, final_gateway(seed)).unwrap();
         let warehouse = warehouse(&engine, "warehouse", evershard::StartFrom::Committed, warehouse_plan(seed)).unwrap();
-        settle(&engine, &clock, &runner, seed).await;
+        settle(&engine, &clock, &runner, &[&gateway, &warehouse], seed).await;
         clock.advance(Duration::hours(25));
         engine.run_due_timers().await.unwrap();
-        assert!(runner.wait_idle(IDLE_WAIT).await);
+        assert!(simulate::wait_quiet(&engine, &runner, &[&gateway, &warehouse], IDLE_WAIT).await);
 
         for id in &placed {
             let (state, _) = engine.state::<OrderSaga>(&id.to_string()).await.unwrap();

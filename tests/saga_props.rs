@@ -186,6 +186,7 @@ async fn play(stock: Vec<i64>, orders: Vec<OrderPlan>) -> Result<(), TestCaseErr
     let unfinished = simulate::settle(
         &engine,
         &runner,
+        &[&gateway, &warehouse],
         &advance,
         Duration::minutes(10),
         40,
@@ -196,7 +197,7 @@ async fn play(stock: Vec<i64>, orders: Vec<OrderPlan>) -> Result<(), TestCaseErr
     prop_assert_eq!(unfinished, 0);
     clock.advance(Duration::hours(25));
     engine.run_due_timers().await.unwrap();
-    prop_assert!(runner.wait_idle(IDLE_WAIT).await);
+    prop_assert!(simulate::wait_quiet(&engine, &runner, &[&gateway, &warehouse], IDLE_WAIT).await);
     let report = check_order_flow(engine.journal(), clock.now()).unwrap();
     prop_assert!(report.is_clean(), "violations: {:#?}", report.violations);
     prop_assert_eq!(report.sagas, orders.len());

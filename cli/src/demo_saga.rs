@@ -240,7 +240,7 @@ pub async fn run(
     while let Some(done) = clients.join_next().await {
         problems.extend(done.map_err(|e| demo(&e))?);
     }
-    let idle = runner.wait_idle(IDLE_WAIT).await;
+    let idle = simulate::wait_quiet(engine, &runner, &[&gateway, &warehouse], IDLE_WAIT).await;
     ticker.abort();
     let _ = ticker.await;
     if !idle {
@@ -250,6 +250,7 @@ pub async fn run(
     let unfinished = simulate::settle(
         engine,
         &runner,
+        &[&gateway, &warehouse],
         &step,
         TimeDelta::minutes(10),
         SETTLE_ROUNDS_MAX,

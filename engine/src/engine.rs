@@ -500,6 +500,7 @@ impl EngineBuilder {
                 }
             }
         }
+        let (startup_pass_tx, startup_pass_rx) = tokio::sync::watch::channel(false);
         let engine = Engine {
             inner: Arc::new(Inner {
                 journal,
@@ -515,6 +516,7 @@ impl EngineBuilder {
                 shutdown: tokio::sync::OnceCell::new(),
                 fire,
                 timer_pass: tokio::sync::Mutex::new(()),
+                startup_pass: startup_pass_rx,
                 timer_wake: Arc::new(Notify::new()),
                 timer_task: std::sync::Mutex::new(None),
                 key_locks: std::sync::Mutex::new(HashMap::new()),
@@ -526,6 +528,7 @@ impl EngineBuilder {
         let task = tokio::spawn(timer_loop(
             Arc::downgrade(&engine.inner),
             std::time::Duration::from_millis(self.timer_poll_ms),
+            startup_pass_tx,
         ));
         *engine.inner.timer_task.lock().expect("timer task lock") = Some(task);
         Ok(engine)
@@ -535,7 +538,14 @@ impl EngineBuilder {
 /// The timer scheduler: a pass at start-up (timers that came due while the process was down
 /// fire now, in deadline order), then again when the next known deadline comes, after at
 /// most `poll`, or when woken. Also sweeps idempotency keys past their retention.
-async fn timer_loop(engine: std::sync::Weak<Inner>, poll: std::time::Duration) {
+async fn timer_loop(
+    engine: std::sync::Weak<Inner>,
+    poll: std::time::Duration,
+    startup_pass: tokio::sync::watch::Sender<bool>,
+) {
+    // Dropped (the pass done, the loop ended or aborted): callers of the public passes stop
+    // waiting for the start-up pass.
+    let mut startup_pass = Some(startup_pass);
     loop {
         let (wait, woken) = {
             let Some(inner) = engine.upgrade() else {
@@ -545,7 +555,7 @@ async fn timer_loop(engine: std::sync::Weak<Inner>, poll: std::time::Duration) {
                 return;
             }
             let engine = Engine { inner };
-            let fired = match engine.run_due_timers().await {
+            let fired = match engine.timer_pass().await {
                 Ok(fired) => fired,
                 Err(_) if engine.inner.closing.load(Ordering::SeqCst) => return,
                 Err(e) => {
@@ -553,13 +563,16 @@ async fn timer_loop(engine: std::sync::Weak<Inner>, poll: std::time::Duration) {
                     0
                 }
             };
-            let swept = match engine.sweep_idempotency_keys().await {
+            let swept = match engine.sweep_pass().await {
                 Ok(swept) => swept,
                 Err(e) => {
                     tracing::warn!(%e, "idempotency sweep failed");
                     0
                 }
             };
+            if let Some(done) = startup_pass.take() {
+                let _ = done.send(true);
+            }
             // A full sweep means more are past their window: go on at once, so that keys
             // expire as fast as they are recorded (at one sweep per poll, a keyed load above
             // 10,000 commands/s grew the keyspace without bound; found by review).
@@ -732,6 +745,11 @@ struct Inner {
     fire: HashMap<&'static str, FireTimer>,
     /// One timer pass at a time (the background scheduler and `run_due_timers`).
     timer_pass: tokio::sync::Mutex<()>,
+    /// True once the scheduler's start-up pass (timers and sweep) is done, or its sender
+    /// dropped: the public passes wait for it, so that what they return never depends on
+    /// whether the start-up pass ran before them (a test's exact count met one that read the
+    /// clock after the test moved it).
+    startup_pass: tokio::sync::watch::Receiver<bool>,
     timer_wake: Arc<Notify>,
     timer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Idempotency keys of commands in flight, per aggregate type: a second command with
@@ -1210,8 +1228,20 @@ impl Engine {
     /// normal command path; returns how many timer commands ran. The background scheduler
     /// does the same at start-up, at the next deadline and at least every `timer_poll_ms`;
     /// tests that move a [`ManualClock`](crate::ManualClock) call this to fire at once.
-    /// Passes never overlap: this waits for a running one.
+    /// Passes never overlap: this waits for a running one, and for the start-up pass.
     pub async fn run_due_timers(&self) -> Result<usize, EngineError> {
+        self.after_startup_pass().await;
+        self.timer_pass().await
+    }
+
+    /// Waits until the scheduler's start-up pass is done (or will never be).
+    async fn after_startup_pass(&self) {
+        let mut done = self.inner.startup_pass.clone();
+        let _ = done.wait_for(|done| *done).await;
+    }
+
+    /// [`Engine::run_due_timers`] without waiting for the start-up pass: the scheduler's.
+    async fn timer_pass(&self) -> Result<usize, EngineError> {
         let _pass = self.inner.timer_pass.lock().await;
         let now = self.inner.rt.clock.now().timestamp_micros();
         let mut after = None;
@@ -1276,8 +1306,15 @@ impl Engine {
     }
 
     /// Removes idempotency records older than the retention window (at most 10,000 per
-    /// call); returns how many. The scheduler calls it on every pass.
+    /// call); returns how many. The scheduler calls it on every pass; this waits for its
+    /// start-up pass first.
     pub async fn sweep_idempotency_keys(&self) -> Result<usize, EngineError> {
+        self.after_startup_pass().await;
+        self.sweep_pass().await
+    }
+
+    /// [`Engine::sweep_idempotency_keys`] without waiting for the start-up pass.
+    async fn sweep_pass(&self) -> Result<usize, EngineError> {
         let retention = self.inner.rt.idempotency_retention_ms.saturating_mul(1000);
         let before = self
             .inner

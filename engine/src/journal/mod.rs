@@ -565,14 +565,14 @@ fn copy_store(dir: &Path) -> std::io::Result<PathBuf> {
             let kind = entry.file_type()?;
             let to = copy.join(entry.file_name());
             if kind.is_file() {
-                std::fs::copy(entry.path(), &to)?;
+                copy_private(&entry.path(), &to)?;
             } else if kind.is_dir()
                 && (entry.file_name() == "blobs" || entry.file_name() == logstore::LOG_DIR)
             {
                 std::fs::DirBuilder::new().mode(0o700).create(&to)?;
                 for blob in std::fs::read_dir(entry.path())? {
                     let blob = blob?;
-                    std::fs::copy(blob.path(), to.join(blob.file_name()))?;
+                    copy_private(&blob.path(), &to.join(blob.file_name()))?;
                 }
             }
         }
@@ -594,6 +594,22 @@ fn copy_store(dir: &Path) -> std::io::Result<PathBuf> {
             Err(e)
         }
     }
+}
+
+/// Copies the file `from` to a new file `to` that is private (0600) from its creation:
+/// `fs::copy` gives the copy the original's mode until the final `chmod`, and a log segment
+/// is created 0644 under the usual umask, so another reader of the temp dir could see it
+/// readable by all in between (a test that checks every copy's mode met it).
+fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut source = std::fs::File::open(from)?;
+    let mut target = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)?;
+    std::io::copy(&mut source, &mut target)?;
+    Ok(())
 }
 
 /// After sled refused the store at `dir` with `err`: when `err` is sled's corruption and
