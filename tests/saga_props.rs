@@ -169,17 +169,23 @@ async fn play(stock: Vec<i64>, orders: Vec<OrderPlan>) -> Result<(), TestCaseErr
             };
             let _ = engine.execute::<Order>(&order_id.to_string(), cancel).await;
         }
-        prop_assert!(runner.wait_idle(IDLE_WAIT).await);
+        prop_assert!(
+            simulate::wait_quiet(&engine, &runner, &[&gateway, &warehouse], IDLE_WAIT).await
+        );
         // Failed attempts are retried 10 s later: let the retries happen as time passes.
         for _ in 0..3 {
             clock.advance(Duration::seconds(10));
             engine.run_due_timers().await.unwrap();
-            prop_assert!(runner.wait_idle(IDLE_WAIT).await);
+            prop_assert!(
+                simulate::wait_quiet(&engine, &runner, &[&gateway, &warehouse], IDLE_WAIT).await
+            );
         }
         if plan.then_minutes > 0 {
             clock.advance(Duration::minutes(plan.then_minutes));
             engine.run_due_timers().await.unwrap();
-            prop_assert!(runner.wait_idle(IDLE_WAIT).await);
+            prop_assert!(
+                simulate::wait_quiet(&engine, &runner, &[&gateway, &warehouse], IDLE_WAIT).await
+            );
         }
     }
     let advance = |by: Duration| clock.advance(by);

@@ -134,12 +134,25 @@ pub fn tools(test: &str) -> Option<PathBuf> {
     }
 }
 
+/// A port for a broker, free now, below Linux's ephemeral range (32768-60999): a port that
+/// `bind(0)` handed out could be handed out again to another test's broker, node or
+/// outgoing connection while this broker is down for a restart on it. Below the range,
+/// only this function hands ports out: one process's (its pid picks where it starts)
+/// never repeat.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(37) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// A running tansu broker; killed on drop.
