@@ -886,9 +886,10 @@ impl Window {
         // reader does not hold the committer's appends back.
         let (base, _) = log().read_span(address, 0)?;
         start = start.max(base);
-        let (_, bytes) = log().read_span(start, (end - start) as usize)?;
+        // The window is replaced: forget where it was before the read, which may fail.
+        self.start = u64::MAX;
+        log().read_span_into(start, (end - start) as usize, &mut self.bytes)?;
         self.start = start;
-        self.bytes = bytes;
         match self.entry(address) {
             Some(r) => Ok(r),
             // A record longer than the window: read it on its own.
