@@ -746,9 +746,11 @@ struct Inner {
     /// One timer pass at a time (the background scheduler and `run_due_timers`).
     timer_pass: tokio::sync::Mutex<()>,
     /// True once the scheduler's start-up pass (timers and sweep) is done, or its sender
-    /// dropped: the public passes wait for it, so that what they return never depends on
-    /// whether the start-up pass ran before them (a test's exact count met one that read the
-    /// clock after the test moved it).
+    /// dropped: the public passes wait for it, so that once one has returned the start-up
+    /// pass is behind it and never runs beside a later call (a test's exact count met a
+    /// start-up pass that read the clock after the test's first calls). A clock moved before
+    /// the first call may still be seen by the start-up pass, whose firings that call does
+    /// not count.
     startup_pass: tokio::sync::watch::Receiver<bool>,
     timer_wake: Arc<Notify>,
     timer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,

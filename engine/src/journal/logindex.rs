@@ -886,8 +886,9 @@ impl Window {
         // reader does not hold the committer's appends back.
         let (base, _) = log().read_span(address, 0)?;
         start = start.max(base);
-        // The window is replaced: forget where it was before the read, which may fail.
+        // The window is replaced: forget it before the read, which may fail.
         self.start = u64::MAX;
+        self.bytes.clear();
         log().read_span_into(start, (end - start) as usize, &mut self.bytes)?;
         self.start = start;
         match self.entry(address) {
