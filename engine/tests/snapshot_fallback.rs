@@ -56,6 +56,22 @@ async fn fill(dir: &Path, ids: &[&str], n: u64) {
     engine.shutdown().await.unwrap();
 }
 
+/// Stores a snapshot of `state` at `sequence` of `stream`, as a writer would have: the
+/// record is well formed, whatever the state says.
+fn plant_snapshot(
+    journal: &Journal,
+    stream: &StreamId,
+    sequence: u64,
+    state: &common::CounterState,
+) {
+    use evershard_engine::model::Aggregate;
+    use evershard_engine::snapshot::SnapshotRecord;
+    let record = SnapshotRecord::encode_state(Counter::STATE_SCHEMA_VERSION, sequence, state);
+    journal
+        .put_raw_snapshot_for_tests(stream, &sequence.to_be_bytes(), &record)
+        .unwrap();
+}
+
 /// Flips one byte of the newest snapshot of `stream`, returning its sequence.
 fn damage_newest(journal: &Journal, stream: &StreamId) -> u64 {
     let (seq, mut bytes) = journal.snapshots(stream).unwrap().remove(0);
@@ -201,8 +217,6 @@ async fn a_buffered_snapshot_waits_for_its_events_to_be_durable() {
 /// aggregate was refused for good as an invariant violation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_whose_state_fails_the_invariants_falls_back_to_the_events() {
-    use evershard_engine::model::Aggregate;
-    use evershard_engine::snapshot::SnapshotRecord;
     let dir = tempfile::tempdir().unwrap();
     fill(dir.path(), &["a"], 10).await;
     let stream = StreamId::new("Counter", "a");
@@ -212,10 +226,7 @@ async fn a_snapshot_whose_state_fails_the_invariants_falls_back_to_the_events() 
         events: 10,
         broken: true,
     };
-    let record = SnapshotRecord::encode_state(Counter::STATE_SCHEMA_VERSION, 10, &bad);
-    journal
-        .put_raw_snapshot_for_tests(&stream, &10u64.to_be_bytes(), &record)
-        .unwrap();
+    plant_snapshot(&journal, &stream, 10, &bad);
     let loaded = repository::load::<Counter>(&journal, &stream, u64::MAX, true)
         .expect("the events alone recover the aggregate");
     assert_eq!((loaded.version, loaded.state.events), (10, 10));
@@ -324,8 +335,6 @@ async fn a_malformed_snapshot_key_does_not_stop_pruning() {
 /// review, 2026-11-28).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_beyond_the_head_is_reported_and_removed() {
-    use evershard_engine::model::Aggregate;
-    use evershard_engine::snapshot::SnapshotRecord;
     let dir = tempfile::tempdir().unwrap();
     fill(dir.path(), &["a"], 10).await;
     let stream = StreamId::new("Counter", "a");
@@ -336,10 +345,7 @@ async fn a_snapshot_beyond_the_head_is_reported_and_removed() {
             events: 20,
             broken: false,
         };
-        let record = SnapshotRecord::encode_state(Counter::STATE_SCHEMA_VERSION, 20, &lost);
-        journal
-            .put_raw_snapshot_for_tests(&stream, &20u64.to_be_bytes(), &record)
-            .unwrap();
+        plant_snapshot(&journal, &stream, 20, &lost);
         let loaded = repository::load::<Counter>(&journal, &stream, u64::MAX, true).unwrap();
         assert_eq!((loaded.version, loaded.from_snapshot), (10, Some(10)));
         let skipped: Vec<_> = loaded.skipped_snapshots.iter().map(|s| &s.reason).collect();
@@ -376,8 +382,6 @@ async fn a_snapshot_beyond_the_head_is_reported_and_removed() {
 /// fall-back; found by review).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fall_back_to_the_events_keeps_what_the_first_pass_skipped() {
-    use evershard_engine::model::Aggregate;
-    use evershard_engine::snapshot::SnapshotRecord;
     let dir = tempfile::tempdir().unwrap();
     fill(dir.path(), &["a"], 10).await;
     let stream = StreamId::new("Counter", "a");
@@ -388,11 +392,7 @@ async fn a_fall_back_to_the_events_keeps_what_the_first_pass_skipped() {
         broken,
     };
     for (sequence, broken) in [(20u64, false), (10, true)] {
-        let record =
-            SnapshotRecord::encode_state(Counter::STATE_SCHEMA_VERSION, sequence, &state(broken));
-        journal
-            .put_raw_snapshot_for_tests(&stream, &sequence.to_be_bytes(), &record)
-            .unwrap();
+        plant_snapshot(&journal, &stream, sequence, &state(broken));
     }
     let loaded = repository::load::<Counter>(&journal, &stream, u64::MAX, true).unwrap();
     assert_eq!((loaded.version, loaded.from_snapshot), (10, None));
